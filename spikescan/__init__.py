@@ -1,0 +1,15 @@
+"""spikescan: exact event-driven spiking neural networks on CPU (NumPy) and GPU (CuPy).
+
+NumPy in, NumPy out; CuPy in, CuPy out. See ``lif_forward`` / ``lif_backward`` for the spiking layer and
+``li_forward`` / ``li_backward`` for the non-spiking readout.
+"""
+
+from ._types import LIFGrads, LIFResiduals, LIFResult, LIGrads, LIResiduals, LIResult
+from .lif import lif_backward, lif_forward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "lif_forward", "lif_backward", "LIFResult", "LIFResiduals", "LIFGrads",
+    "LIResult", "LIResiduals", "LIGrads",
+]

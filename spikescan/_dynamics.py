@@ -1,0 +1,161 @@
+"""Closed forms of the current-based LIF neuron between input events (DESIGN.md sections 1-3).
+
+Everything here is elementwise float64 NumPy and is the single home of each formula: the sequential reference,
+the chunked scan, the readout and the backward passes all call these functions.
+
+Between events, from state ``(V0, I0)`` over a gap of length ``s``::
+
+    I(s) = b I0,  V(s) = a V0 + c I0,   a = e^{-s/tau_mem}, b = e^{-s/tau_syn},
+    c = r (a - b),  r = tau_syn / (tau_mem - tau_syn)
+
+``c`` is computed without cancellation as ``(s/tau_mem) a expm1(-s d)/(-s d)`` with
+``d = 1/tau_syn - 1/tau_mem`` when ``|s d|`` is small, which also covers ``tau_mem == tau_syn`` exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Iteration caps for the root solvers: loops stop as soon as every root has converged, the caps only bound
+# pathological (grazing) cases.  Newton falls back to bisection inside its bracket, so both reach full precision.
+NEWTON_MAX_ITERS = 100
+BISECTION_MAX_ITERS = 1100
+
+
+def _phi(x):
+    """``expm1(x) / x`` with the removable singularity at 0 filled in (``phi(0) = 1``)."""
+    x = np.asarray(x, dtype=np.float64)
+    safe = np.where(x == 0.0, 1.0, x)
+    return np.where(x == 0.0, 1.0, np.expm1(safe) / safe)
+
+
+def _log1p_ratio(z):
+    """``log1p(z) / z`` with ``1`` at ``z = 0``."""
+    z = np.asarray(z, dtype=np.float64)
+    safe = np.where(z == 0.0, 1.0, z)
+    return np.where(z == 0.0, 1.0, np.log1p(safe) / safe)
+
+
+def decay(s, tau_mem, tau_syn):
+    """Propagator entries ``(a, b, c)`` of the gap map ``[[a, c], [0, b]]`` for gap lengths ``s >= 0`` (may be inf).
+
+    All arguments broadcast. ``V(s) = a V0 + c I0`` and ``I(s) = b I0``.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    tau_mem = np.asarray(tau_mem, dtype=np.float64)
+    tau_syn = np.asarray(tau_syn, dtype=np.float64)
+    finite = np.isfinite(s)
+    sf = np.where(finite, s, 0.0)
+    a = np.where(finite, np.exp(-sf / tau_mem), 0.0)
+    b = np.where(finite, np.exp(-sf / tau_syn), 0.0)
+    d = 1.0 / tau_syn - 1.0 / tau_mem
+    x = -sf * d
+    small = np.abs(x) < 1.0
+    # Near tau_mem == tau_syn: c = (s/tau_mem) a phi(-s d); elsewhere the direct form has no cancellation.
+    c_small = (sf / tau_mem) * a * _phi(np.where(small, x, 0.0))
+    denom = np.where(small, 1.0, tau_mem - tau_syn)
+    c_large = tau_syn / denom * (a - b)
+    c = np.where(finite, np.where(small, c_small, c_large), 0.0)
+    return a, b, c
+
+
+def voltage(s, v0, i0, tau_mem, tau_syn):
+    """``V(s)`` from ``(v0, i0)`` after a gap ``s`` with no input."""
+    a, _, c = decay(s, tau_mem, tau_syn)
+    return a * v0 + c * i0
+
+
+def peak_time(v0, i0, tau_mem, tau_syn):
+    """Time ``s_peak > 0`` of the maximum of ``V`` after ``(v0, i0)``, or ``inf`` where ``V`` has no interior peak.
+
+    ``V`` is a sum of two exponentials, so it has at most one extremum. ``dV/ds = 0`` gives
+    ``s_peak = tau_syn (1 - v0/i0) log1p(z)/z`` with ``z = (1 - tau_syn/tau_mem)(v0/i0 - 1)``,
+    which is the DESIGN.md formula rewritten to stay exact at ``tau_mem == tau_syn``.
+    A peak exists iff ``i0 > 0``, ``i0 > v0`` and ``1 + z > 0``.
+    """
+    v0 = np.asarray(v0, dtype=np.float64)
+    i0 = np.asarray(i0, dtype=np.float64)
+    tau_mem = np.asarray(tau_mem, dtype=np.float64)
+    tau_syn = np.asarray(tau_syn, dtype=np.float64)
+    rising = (i0 > 0.0) & (i0 > v0)
+    ratio = np.where(rising, v0 / np.where(rising, i0, 1.0), 0.0)
+    z = (1.0 - tau_syn / tau_mem) * (ratio - 1.0)
+    has_peak = rising & (1.0 + z > 0.0)
+    zs = np.where(has_peak, z, 0.0)
+    s_peak = tau_syn * (1.0 - ratio) * _log1p_ratio(zs)
+    return np.where(has_peak, s_peak, np.inf)
+
+
+def fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold):
+    """Exact gap test (DESIGN.md section 2) for states with ``v0 < threshold``.
+
+    Returns ``(fires, s_hi)``: whether ``V`` reaches ``threshold`` in ``(0, gap]`` and the right end of the root
+    bracket ``min(s_peak, gap)`` (where ``V(s_hi) >= threshold`` when it fires).
+    """
+    gap = np.asarray(gap, dtype=np.float64)
+    s_peak = peak_time(v0, i0, tau_mem, tau_syn)
+    s_hi = np.minimum(s_peak, gap)
+    # V(inf) = 0 < threshold: an infinite s_hi (no peak, infinite gap) never fires.
+    fin = np.isfinite(s_hi) & (s_hi > 0.0)
+    v_hi = voltage(np.where(fin, s_hi, 0.0), v0, i0, tau_mem, tau_syn)
+    fires = fin & (v_hi >= threshold) & (np.asarray(i0) > np.asarray(v0))
+    return fires, s_hi
+
+
+def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton"):
+    """First root of ``V(s) = threshold`` on ``[0, s_hi]`` for firing states (DESIGN.md section 3).
+
+    Requires ``V(0) = v0 < threshold <= V(s_hi)`` with ``V`` increasing and concave on the bracket. All inputs are
+    broadcast to one shape; float64 throughout.
+
+    - ``"newton"``: Newton from ``s = 0``; iterates rise monotonically. A step that leaves the bracket or shrinks
+      it too slowly is replaced by a bisection step, so grazing spikes still converge to full precision.
+    - ``"bisection"``: halvings of the bracket until its width is one ulp.
+    - ``"analytic"``: closed form, valid only for ``tau_mem == 2 tau_syn`` (``V = (v0 + i0) x - i0 x^2`` with
+      ``x = e^{-s/tau_mem}``).
+    """
+    v0, i0, s_hi, tau_mem, tau_syn, threshold = np.broadcast_arrays(
+        *(np.asarray(x, dtype=np.float64) for x in (v0, i0, s_hi, tau_mem, tau_syn, threshold)))
+    if v0.size == 0:
+        return np.zeros(v0.shape)
+    if solver == "analytic":
+        # disc = (i0 - v0)^2 - 4 i0 (threshold - v0) >= 0 is what the gap test established; rounding can push a
+        # grazing case a few ulp below zero, where the double root is the exact answer.
+        disc = np.maximum((i0 - v0) ** 2 - 4.0 * i0 * (threshold - v0), 0.0)
+        xm1 = -2.0 * (threshold - v0) / (np.sqrt(disc) + (i0 - v0))
+        return -tau_mem * np.log1p(xm1)
+    lo = np.zeros(v0.shape)
+    hi = s_hi.copy()
+    if solver == "bisection":
+        for _ in range(BISECTION_MAX_ITERS):
+            mid = 0.5 * (lo + hi)
+            active = (mid > lo) & (mid < hi)
+            if not active.any():
+                break
+            up = voltage(mid, v0, i0, tau_mem, tau_syn) >= threshold
+            hi = np.where(active & up, mid, hi)
+            lo = np.where(active & ~up, mid, lo)
+        return hi
+    if solver != "newton":
+        raise ValueError(f"solver must be 'newton', 'bisection' or 'analytic', got {solver!r}")
+    for _ in range(NEWTON_MAX_ITERS):
+        # Invariant: V(lo) < threshold <= V(hi). Newton steps from lo never overshoot on the concave rising branch;
+        # a proposal outside (lo, hi) (rounding, grazing root near the peak) becomes a bisection step instead.
+        step_up = np.nextafter(lo, np.inf)
+        active = step_up < hi
+        if not active.any():
+            break
+        a, b, c = decay(lo, tau_mem, tau_syn)
+        v = a * v0 + c * i0
+        slope = (b * i0 - v) / tau_mem
+        s_newton = np.maximum(lo + (threshold - v) / np.where(slope > 0, slope, 1.0), step_up)
+        ok = (slope > 0) & (s_newton < hi)
+        s_next = np.where(ok, s_newton, 0.5 * (lo + hi))
+        up = voltage(s_next, v0, i0, tau_mem, tau_syn) >= threshold
+        hi = np.where(active & up, s_next, hi)
+        lo = np.where(active & ~up, s_next, lo)
+    # ``lo`` is the last iterate with V < threshold, ``hi`` the first with V >= threshold; the root is in between
+    # and the pair is at most an ulp or two apart after convergence.  Return the side with the smaller residual.
+    v_lo = voltage(lo, v0, i0, tau_mem, tau_syn)
+    v_hi = voltage(hi, v0, i0, tau_mem, tau_syn)
+    return np.where(threshold - v_lo <= v_hi - threshold, lo, hi)

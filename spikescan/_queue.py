@@ -1,0 +1,46 @@
+"""Per-neuron input queues (DESIGN.md section 5), for NumPy and CuPy arrays alike.
+
+A queue is the list of input spikes of one sample in order of arrival. Without delays all output neurons share it;
+with delays ``D[j, i]`` spike ``(t, j)`` reaches neuron ``i`` at ``t + D[j, i]``, so every neuron has its own order.
+"""
+
+from __future__ import annotations
+
+
+def build_queues(input_times, delays, xp):
+    """Sort the input spikes of every sample (and neuron, with delays) by arrival time.
+
+    Args:
+        input_times: ``[batch, n_in, max_in]`` float array, ``+inf`` padded.
+        delays: ``None`` or ``[n_in, n_out]`` float64 array.
+
+    Returns:
+        ``(queue_times, queue_index, queue_end)``: float64 ``[batch, Q, L1]`` arrival times (ascending, ``+inf``
+        padded, at least one ``+inf`` per row), int64 ``[batch, Q, L1]`` flat source index ``j * max_in + m``
+        (``-1`` for padding) and int64 ``[batch, Q]`` count of real entries. ``Q = 1`` without delays and
+        ``n_out`` with delays. ``L1`` is one more than the largest number of input spikes of any sample.
+    """
+    batch, n_in, max_in = input_times.shape
+    flat = input_times.reshape(batch, n_in * max_in).astype(xp.float64)
+    # A stable sort keeps simultaneous spikes in source order, so queues are reproducible.
+    order = xp.argsort(flat, axis=1, kind="stable") if xp.__name__ == "numpy" else xp.argsort(flat, axis=1)
+    times = xp.take_along_axis(flat, order, axis=1)
+    real = xp.isfinite(times)
+    n_real = real.sum(axis=1)
+    length = int(n_real.max()) if batch else 0
+    L1 = length + 1
+    pad = xp.full((batch, 1), xp.inf)
+    times = xp.concatenate([times[:, :length], pad], axis=1)
+    index = xp.concatenate([xp.where(real, order, -1)[:, :length], xp.full((batch, 1), -1, dtype=order.dtype)], 1)
+    index = index.astype(xp.int64)
+    if delays is None:
+        return times[:, None, :], index[:, None, :], n_real.astype(xp.int64)[:, None]
+    n_out = delays.shape[1]
+    src = xp.where(index >= 0, index // max_in, 0)
+    # [batch, n_out, L1]: arrival = t + D[j, i]; +inf stays +inf.
+    arrival = times[:, None, :] + xp.transpose(delays[src], (0, 2, 1))
+    order2 = xp.argsort(arrival, axis=2, kind="stable") if xp.__name__ == "numpy" else xp.argsort(arrival, axis=2)
+    q_times = xp.take_along_axis(arrival, order2, axis=2)
+    q_index = xp.take_along_axis(xp.broadcast_to(index[:, None, :], (batch, n_out, L1)), order2, axis=2)
+    q_end = xp.broadcast_to(n_real.astype(xp.int64)[:, None], (batch, n_out)).copy()
+    return q_times, q_index, q_end

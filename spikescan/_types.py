@@ -1,0 +1,105 @@
+"""Result and residual containers shared by every backend (NumPy and CuPy arrays alike)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+
+class LIFResiduals(NamedTuple):
+    """What ``lif_forward`` keeps for ``lif_backward``; arrays live on the device of the inputs.
+
+    Per-neuron input queues are sorted arrival times (``input time + delay``). Without delays every neuron of a
+    sample shares one queue (``Q = 1``); with delays each neuron has its own (``Q = n_out``).
+
+    - ``queue_times``: ``[batch, Q, L1]`` float64 arrival times, ascending, ``+inf`` padded; every row ends in at
+      least one ``+inf`` (a sentinel for the open gap after the last input).
+    - ``queue_index``: ``[batch, Q, L1]`` int64, flat index ``j * max_in + m`` into ``input_times[b]`` of each entry,
+      ``-1`` for padding.
+    - ``queue_end``: ``[batch, Q]`` int64, number of real (finite) entries per queue.
+    - ``spike_times``: ``[batch, n_out, max_spikes]`` float64 recorded spike times, ``+inf`` padded.
+    - ``spike_event``: ``[batch, n_out, max_spikes]`` int64: spike ``m`` lies in ``(t_{k-1}, t_k]`` of its queue,
+      i.e. after queue entries ``< k`` were applied; ``-1`` for padding.
+    - ``weights`` ``[n_in, n_out]``, ``delays`` ``[n_in, n_out]`` or ``None``, ``tau_mem`` and ``tau_syn`` ``[n_out]``
+      (all float64), ``threshold`` (float), ``input_shape`` and ``input_dtype`` of ``input_times``,
+      ``weights_dtype``, ``delays_dtype``.
+
+    Memory: ``O(batch * Q * L1)`` for the queues plus ``O(batch * n_out * max_spikes)``; every other state is
+    recomputed by the backward.
+    """
+
+    queue_times: Any
+    queue_index: Any
+    queue_end: Any
+    spike_times: Any
+    spike_event: Any
+    weights: Any
+    delays: Optional[Any]
+    tau_mem: Any
+    tau_syn: Any
+    threshold: float
+    input_shape: tuple
+    input_dtype: Any
+    weights_dtype: Any
+    delays_dtype: Any
+    solver: str
+
+
+class LIFResult(NamedTuple):
+    """Output of ``lif_forward``.
+
+    - ``times``: ``[batch, n_out, max_spikes]`` output spike times (dtype of ``input_times``), ascending, ``+inf``
+      padded.
+    - ``counts``: ``[batch, n_out]`` int64, the true number of spikes of each neuron over the whole input, which may
+      exceed ``max_spikes``: the dynamics stay exact and only the recording is capped.
+    - ``residuals``: ``LIFResiduals`` for ``lif_backward``.
+    """
+
+    times: Any
+    counts: Any
+    residuals: LIFResiduals
+
+    @property
+    def capped_spikes(self):
+        """Total number of spikes (over batch and neurons) that fired but were not recorded (``counts > max_spikes``)."""
+        max_spikes = self.times.shape[-1]
+        return int((self.counts - max_spikes).clip(0, None).sum())
+
+
+class LIFGrads(NamedTuple):
+    """Gradients of a scalar loss returned by ``lif_backward``; each matches the dtype and shape of its argument.
+
+    ``delays`` is ``None`` when the forward had no delays. ``threshold`` is a float64 scalar array. Time constants
+    get no gradient.
+    """
+
+    weights: Any
+    input_times: Any
+    delays: Optional[Any]
+    threshold: Any
+
+
+class LIResiduals(NamedTuple):
+    """What ``li_forward`` keeps for ``li_backward`` (see ``li_forward``)."""
+
+    input_times: Any
+    weights: Any
+    tau_mem: Any
+    tau_syn: Any
+    tau_readout: Optional[float]
+    t_max: float
+    readout: str
+    extra: Any
+
+
+class LIResult(NamedTuple):
+    """Output of ``li_forward``: ``values`` ``[batch, n_out]`` (dtype of ``input_times``) and residuals."""
+
+    values: Any
+    residuals: LIResiduals
+
+
+class LIGrads(NamedTuple):
+    """Gradients returned by ``li_backward``."""
+
+    weights: Any
+    input_times: Any

@@ -1,0 +1,143 @@
+"""Argument checks shared by the public functions: clear errors that name the argument and the value received.
+
+Nothing here modifies its inputs.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def array_module(*arrays):
+    """Return ``numpy`` or ``cupy`` for the given arrays; mixing the two is a ``TypeError``."""
+    kinds = set()
+    for x in arrays:
+        if x is None:
+            continue
+        mod = type(x).__module__.split(".")[0]
+        if mod == "cupy":
+            kinds.add("cupy")
+        elif isinstance(x, np.ndarray):
+            kinds.add("numpy")
+        else:
+            raise TypeError(f"expected a NumPy or CuPy array, got {type(x).__name__}")
+    if kinds == {"cupy", "numpy"}:
+        raise TypeError("arrays mix NumPy and CuPy; pass all arrays on the same device")
+    if "cupy" in kinds:
+        import cupy
+
+        from .cuda import is_available
+
+        if not is_available():
+            raise RuntimeError("CuPy arrays were given but no CUDA device is available")
+        return cupy
+    return np
+
+
+def _describe(x):
+    return f"{type(x).__name__} with shape {getattr(x, 'shape', None)} and dtype {getattr(x, 'dtype', None)}"
+
+
+def check_float_array(name, x, ndim):
+    """``x`` must be a float32/float64 array of ``ndim`` dimensions."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got {_describe(x)}")
+
+
+def _first_bad(xp, x, bad):
+    """A short description of the first entry where ``bad`` holds, for error messages."""
+    idx = tuple(int(i) for i in xp.argwhere(bad)[0])
+    return f"{x[idx].item()!r} at index {idx}"
+
+
+def check_spike_times(name, times):
+    """Spike tensor ``[batch, channels, max_spikes]``: no NaN, no negative time, ascending along the last axis."""
+    xp = array_module(times)
+    check_float_array(name, times, 3)
+    nan = xp.isnan(times)
+    if bool(nan.any()):
+        raise ValueError(f"{name} contains NaN ({_first_bad(xp, times, nan)}); pad unused slots with +inf")
+    neg = times < 0
+    if bool(neg.any()):
+        raise ValueError(f"{name} must be >= 0, got {_first_bad(xp, times, neg)}")
+    if times.shape[-1] > 1:
+        down = times[..., 1:] < times[..., :-1]
+        if bool(down.any()):
+            idx = tuple(int(i) for i in xp.argwhere(down)[0])
+            nxt = idx[:-1] + (idx[-1] + 1,)
+            raise ValueError(
+                f"{name} must be ascending along the last axis (+inf padding last); got {times[idx].item()!r} at "
+                f"index {idx} followed by {times[nxt].item()!r}")
+
+
+def check_finite(name, x):
+    xp = array_module(x)
+    bad = ~xp.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be finite, got {_first_bad(xp, x, bad)}")
+
+
+def check_weights(name, weights, n_in):
+    check_float_array(name, weights, 2)
+    if weights.shape[0] != n_in:
+        raise ValueError(f"{name} must have shape [n_in={n_in}, n_out], got {_describe(weights)}")
+    check_finite(name, weights)
+
+
+def check_delays(delays, weights):
+    if delays is None:
+        return
+    check_float_array("delays", delays, 2)
+    if delays.shape != weights.shape:
+        raise ValueError(f"delays must have the shape of weights {tuple(weights.shape)}, got {_describe(delays)}")
+    check_finite("delays", delays)
+    xp = array_module(delays)
+    neg = delays < 0
+    if bool(neg.any()):
+        raise ValueError(f"delays must be >= 0, got {_first_bad(xp, delays, neg)}")
+
+
+def time_constant(name, value, n_out, xp):
+    """Positive finite scalar or ``[n_out]`` array -> float64 ``[n_out]`` array on ``xp``."""
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
+    if isinstance(value, numbers.Real):
+        arr = xp.full((n_out,), float(value), dtype=xp.float64)
+    else:
+        if not hasattr(value, "shape"):
+            raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
+        if array_module(value) is not xp:
+            raise TypeError(f"{name} must live on the same device (NumPy/CuPy) as the spike times")
+        if value.shape not in ((), (n_out,)):
+            raise ValueError(f"{name} must be a scalar or have shape [{n_out}], got shape {tuple(value.shape)}")
+        arr = xp.broadcast_to(xp.asarray(value, dtype=xp.float64), (n_out,)).copy()
+    bad = ~(xp.isfinite(arr) & (arr > 0))
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be positive and finite, got {_first_bad(xp, arr, bad)}")
+    return arr
+
+
+def positive_scalar(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def choice(name, value, options):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {value!r}")
+    return value

@@ -1,0 +1,112 @@
+"""Public entry points of the spiking LIF layer: validation and dispatch to the NumPy or CuPy implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as v
+from ._types import LIFGrads, LIFResult
+
+METHODS = ("auto", "sequential", "scan")
+SOLVERS = ("newton", "bisection", "analytic")
+
+
+def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=None, method="auto",
+                chunk_size=128, solver="newton"):
+    """Exact event-driven simulation of a dense layer of current-based LIF neurons with hard reset.
+
+    Dynamics (DESIGN.md section 1), per output neuron ``i``::
+
+        tau_mem dV/dt = -V + I,   tau_syn dI/dt = -I,   V = I = 0 at t = 0
+        input spike (t, j) arrives at t + delays[j, i] and adds weights[j, i] to I
+        V reaches threshold from below  ->  output spike, V <- 0 (I is kept)
+
+    Spike times are roots of closed forms found to machine precision in float64, whatever the input dtype. Every
+    input spike is processed (no budget of steps), including the open interval after the last input.
+
+    Args:
+        input_times: ``[batch, n_in, max_in]`` float32/float64 spike times (any time unit, the same as the time
+            constants), ascending along the last axis, ``+inf`` padded. NaN and negative times are errors.
+        weights: ``[n_in, n_out]`` float32/float64.
+        tau_mem, tau_syn: positive time constants, scalars or ``[n_out]`` arrays; any ratio, equal included.
+        threshold: positive firing threshold.
+        max_spikes: number of output spikes recorded per neuron. A neuron that fires more keeps exact dynamics;
+            ``counts`` reports the true number and ``LIFResult.capped_spikes`` the total not recorded.
+        delays: optional ``[n_in, n_out]`` non-negative per-synapse delays.
+        method: ``"sequential"`` (event-by-event loop, the float64 reference), ``"scan"`` (chunked speculative
+            associative scan, DESIGN.md section 4) or ``"auto"`` (the faster for the shape). All are exact.
+        chunk_size: events per speculative chunk for ``"scan"``.
+        solver: ``"newton"`` (with bisection fallback), ``"bisection"``, or ``"analytic"`` (only for
+            ``tau_mem == 2 tau_syn``).
+
+    Returns:
+        ``LIFResult(times [batch, n_out, max_spikes], counts [batch, n_out], residuals)``. Arrays are NumPy for
+        NumPy inputs and CuPy for CuPy inputs.
+    """
+    xp = v.array_module(input_times, weights, delays)
+    v.check_spike_times("input_times", input_times)
+    v.check_weights("weights", weights, input_times.shape[1])
+    v.check_delays(delays, weights)
+    n_out = weights.shape[1]
+    tau_mem = v.time_constant("tau_mem", tau_mem, n_out, xp)
+    tau_syn = v.time_constant("tau_syn", tau_syn, n_out, xp)
+    threshold = v.positive_scalar("threshold", threshold)
+    max_spikes = v.positive_int("max_spikes", max_spikes)
+    chunk_size = v.positive_int("chunk_size", chunk_size)
+    v.choice("method", method, METHODS)
+    v.choice("solver", solver, SOLVERS)
+    if solver == "analytic" and not bool(xp.all(xp.abs(tau_mem - 2.0 * tau_syn) <= 1e-12 * tau_mem)):
+        bad = int(xp.argmax(xp.abs(tau_mem - 2.0 * tau_syn)))
+        raise ValueError(
+            "solver='analytic' needs tau_mem == 2 * tau_syn; got tau_mem="
+            f"{float(tau_mem[bad])!r}, tau_syn={float(tau_syn[bad])!r} (neuron {bad})")
+    if xp is np:
+        from . import _lif_numpy as impl
+
+        return impl.lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
+                                chunk_size, solver)
+    from .cuda import _lif as cuda_impl
+
+    return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
+                                      chunk_size, solver)
+
+
+def lif_backward(result, grad_times, *, method="auto"):
+    """Exact reverse-mode gradients of ``lif_forward`` (DESIGN.md section 6, no surrogates).
+
+    Spike times are differentiated by the implicit function theorem, the closed forms by an adjoint recurrence run
+    backwards over each neuron's events. Only spikes that were recorded carry gradient; ``+inf`` padding carries
+    none (its entries of ``grad_times`` are ignored). A grazing spike (``I`` close to ``threshold`` at the crossing)
+    has a large ``1 / (dV/dt)`` and correspondingly large gradients: they are returned as they are.
+
+    Args:
+        result: the ``LIFResult`` of ``lif_forward``.
+        grad_times: ``[batch, n_out, max_spikes]`` cotangent of ``result.times``.
+        method: ``"sequential"`` (reverse event loop), ``"scan"`` (reverse associative scan) or ``"auto"``.
+
+    Returns:
+        ``LIFGrads(weights, input_times, delays, threshold)`` with the shapes and dtypes of the forward arguments
+        (``delays`` is ``None`` without delays).
+    """
+    if not isinstance(result, LIFResult):
+        raise TypeError(f"result must be the LIFResult returned by lif_forward, got {type(result).__name__}")
+    xp = v.array_module(result.times, grad_times)
+    if tuple(grad_times.shape) != tuple(result.times.shape):
+        raise ValueError(f"grad_times must have the shape of result.times {tuple(result.times.shape)}, got shape "
+                         f"{tuple(grad_times.shape)}")
+    v.check_float_array("grad_times", grad_times, 3)
+    real = xp.isfinite(result.times)
+    bad = real & ~xp.isfinite(grad_times)
+    if bool(bad.any()):
+        raise ValueError(f"grad_times must be finite where result.times is, got {v._first_bad(xp, grad_times, bad)}")
+    v.choice("method", method, METHODS)
+    if xp is np:
+        from . import _lif_numpy as impl
+
+        return impl.lif_backward(result, grad_times, method)
+    from .cuda import _lif as cuda_impl
+
+    return cuda_impl.lif_backward_cuda(result, grad_times)
+
+
+__all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads"]
