@@ -1,0 +1,322 @@
+"""NumPy implementation of the LIF layer: sequential reference, chunked speculative scan, and exact backward.
+
+All state is float64. Neurons are flattened to ``n = b * n_out + i`` and vectorised over; each neuron reads its
+queue row ``b * Q + (i if Q > 1 else 0)`` (see ``_queue.build_queues``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dynamics as dyn
+from ._queue import build_queues
+from ._scan import recurrence_loop, recurrence_scan
+from ._types import LIFGrads, LIFResiduals, LIFResult
+
+# Neurons x points handled at once by the backward, to bound its memory (about 200 bytes per point).
+_BACKWARD_POINTS_PER_GROUP = 1 << 20
+
+
+class _Layout:
+    """Index bookkeeping shared by forward and backward."""
+
+    def __init__(self, queue_shape, n_out, max_in):
+        batch, Q, L1 = queue_shape
+        self.batch, self.Q, self.L1, self.n_out, self.max_in = batch, Q, L1, n_out, max_in
+        n = np.arange(batch * n_out)
+        self.b = n // n_out
+        self.i = n % n_out
+        self.row = self.b * Q + (self.i if Q > 1 else 0)
+
+
+def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
+    """Weight of queue entry ``ks`` of queue ``rows`` for neuron column ``cols``; 0 where ``applies`` is False."""
+    idx = queue_index[rows, ks]
+    src = np.where(idx >= 0, idx // max_in, 0)
+    return np.where(applies & (idx >= 0), weights[src, cols], 0.0)
+
+
+def _record(times, events, counts, neurons, t_spike, k, max_spikes):
+    slot = counts[neurons]
+    keep = slot < max_spikes
+    times[neurons[keep], slot[keep]] = t_spike[keep]
+    events[neurons[keep], slot[keep]] = k[keep] if np.ndim(k) else k
+    counts[neurons] += 1
+
+
+def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver):
+    """Event-by-event loop over the queue, vectorised over neurons (the float64 reference)."""
+    N = lay.row.size
+    V, I, t_cur = np.zeros(N), np.zeros(N), np.zeros(N)
+    counts = np.zeros(N, np.int64)
+    times = np.full((N, max_spikes), np.inf)
+    events = np.full((N, max_spikes), -1, np.int64)
+    for k in range(int(end.max(initial=0)) + 1):
+        active = k <= end
+        t_k = qt[lay.row, k]
+        gap = np.where(active, t_k, 0.0) - np.where(active, t_cur, 0.0)
+        while True:
+            fires, s_hi = dyn.fires_in_gap(V, I, gap, tm, ts, th)
+            f = np.flatnonzero(fires & active)
+            if f.size == 0:
+                break
+            s = dyn.solve_spike_time(V[f], I[f], s_hi[f], tm[f], ts[f], th, solver)
+            t_sp = np.minimum(t_cur[f] + s, t_k[f])
+            _, b, _ = dyn.decay(s, tm[f], ts[f])
+            V[f], I[f], t_cur[f] = 0.0, I[f] * b, t_sp
+            gap[f] = t_k[f] - t_sp
+            _record(times, events, counts, f, t_sp, k, max_spikes)
+        a, b, c = dyn.decay(gap, tm, ts)
+        w = _event_weights(W, qi, lay.max_in, lay.row, lay.i, k, active & (k < end))
+        V, I = a * V + c * I, b * I + w
+        t_cur = np.where(active, t_k, t_cur)
+    return times, events, counts
+
+
+def _chunk_states(V, I, gap, w):
+    """States after every event of a chunk from ``(V, I)``, by one associative scan of the event maps."""
+    a, b, c = gap
+    n, K = a.shape
+    A = np.zeros((n, K, 2, 2))
+    A[..., 0, 0], A[..., 0, 1], A[..., 1, 1] = a, c, b
+    e = np.zeros((n, K, 2))
+    e[..., 1] = w
+    x = recurrence_scan(A, e, x0=np.stack([V, I], axis=-1))
+    return x[..., 0], x[..., 1]
+
+
+def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_size):
+    """Chunked speculative scan (DESIGN.md section 4), vectorised over neurons.
+
+    Each round, every unfinished neuron takes its next ``chunk_size`` queue entries, scans them assuming no output
+    spike, tests every gap, and either commits the whole chunk or stops at the first firing gap, solves the spike
+    time there, resets, and resumes from the spike in the next round. Rounds continue until every queue is consumed.
+    """
+    N = lay.row.size
+    V, I, t_cur = np.zeros(N), np.zeros(N), np.zeros(N)
+    pos = np.zeros(N, np.int64)
+    counts = np.zeros(N, np.int64)
+    times = np.full((N, max_spikes), np.inf)
+    events = np.full((N, max_spikes), -1, np.int64)
+    offsets = np.arange(chunk_size)
+    L1 = qt.shape[1]
+    while True:
+        act = np.flatnonzero(pos <= end)
+        if act.size == 0:
+            break
+        idx = pos[act, None] + offsets
+        valid = idx <= end[act, None]
+        idx_c = np.minimum(idx, L1 - 1)
+        rows, cols = lay.row[act, None], lay.i[act, None]
+        t = qt[rows, idx_c]
+        w = _event_weights(W, qi, lay.max_in, rows, cols, idx_c, valid & (idx < end[act, None]))
+        t_prev = np.concatenate([t_cur[act, None], t[:, :-1]], axis=1)
+        gap = np.where(valid, t, 0.0) - np.where(valid, t_prev, 0.0)
+        tm_a, ts_a = tm[act, None], ts[act, None]
+        Vx, Ix = _chunk_states(V[act], I[act], dyn.decay(gap, tm_a, ts_a), w)
+        V0 = np.concatenate([V[act, None], Vx[:, :-1]], axis=1)
+        I0 = np.concatenate([I[act, None], Ix[:, :-1]], axis=1)
+        fires, s_hi = dyn.fires_in_gap(V0, I0, gap, tm_a, ts_a, th)
+        fires &= valid
+        any_fire = fires.any(axis=1)
+        # Neurons without a spike in the chunk commit all of it.
+        quiet = ~any_fire
+        nq = act[quiet]
+        last = valid[quiet].sum(axis=1) - 1
+        rq = np.flatnonzero(quiet)
+        V[nq], I[nq], t_cur[nq] = Vx[rq, last], Ix[rq, last], t[rq, last]
+        pos[nq] += last + 1
+        # The others stop at their first firing gap and spike there.
+        rf = np.flatnonzero(any_fire)
+        if rf.size:
+            nf = act[rf]
+            k = np.argmax(fires[rf], axis=1)
+            v0, i0 = V0[rf, k], I0[rf, k]
+            s = dyn.solve_spike_time(v0, i0, s_hi[rf, k], tm[nf], ts[nf], th, solver)
+            t_sp = np.minimum(t_prev[rf, k] + s, t[rf, k])
+            _, b, _ = dyn.decay(s, tm[nf], ts[nf])
+            V[nf], I[nf], t_cur[nf] = 0.0, i0 * b, t_sp
+            pos[nf] += k
+            _record(times, events, counts, nf, t_sp, pos[nf], max_spikes)
+    return times, events, counts
+
+
+def choose_forward_method(n_neurons, queue_len, chunk_size):
+    """``method="auto"`` on the CPU: the scan pays ``log2(chunk)`` array passes per round to save Python steps, which
+    wins while the per-step array work is small (few neurons), the loop otherwise."""
+    return "scan" if n_neurons * chunk_size <= (1 << 14) else "sequential"
+
+
+def choose_backward_method(n_neurons, n_points):
+    """``method="auto"`` for the backward: the reverse scan does ``log2(points)`` passes over every point, the loop
+    one pass with a Python step per point; the scan wins for few neurons."""
+    return "scan" if n_neurons <= 64 else "sequential"
+
+
+def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver):
+    batch, n_in, max_in = input_times.shape
+    n_out = weights.shape[1]
+    W = np.asarray(weights, np.float64)
+    D = None if delays is None else np.asarray(delays, np.float64)
+    qt, qi, qend = build_queues(input_times, D, np)
+    lay = _Layout(qt.shape, n_out, max_in)
+    qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
+    end = qend.reshape(-1)[lay.row]
+    tm, ts = tau_mem[lay.i], tau_syn[lay.i]
+    if method == "auto":
+        method = choose_forward_method(lay.row.size, qt.shape[2], chunk_size)
+    if method == "sequential":
+        times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver)
+    else:
+        times, events, counts = _forward_scan(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
+                                              chunk_size)
+    res = LIFResiduals(
+        queue_times=qt, queue_index=qi, queue_end=qend,
+        spike_times=times.reshape(batch, n_out, max_spikes), spike_event=events.reshape(batch, n_out, max_spikes),
+        weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
+        input_shape=tuple(input_times.shape), input_dtype=input_times.dtype, weights_dtype=weights.dtype,
+        delays_dtype=None if delays is None else delays.dtype, solver=solver)
+    return LIFResult(times=times.reshape(batch, n_out, max_spikes).astype(input_times.dtype),
+                     counts=counts.reshape(batch, n_out), residuals=res)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backward
+#
+# Each neuron's history is a sequence of points: its input events and its recorded spikes, in time order. With the
+# spike times known, the forward state after every point is a linear recurrence (inputs: x' = Phi(s) x + (0, w);
+# spikes: x' = diag(0, 1) Phi(s) x), and so is the adjoint (lV, lI, lT) of (V, I, time of the point) run backwards
+# (DESIGN.md section 6). Points after a neuron's last recorded spike influence no recorded spike and are skipped.
+# ``sequential`` evaluates both recurrences with a loop over points, ``scan`` with the associative scan.
+# --------------------------------------------------------------------------------------------------------------
+
+_PAD, _INPUT, _SPIKE = 0, 1, 2
+
+
+def _merge_points(res, grad_times, neurons, lay):
+    """Points of the given neurons in time order: kind, time, queue position (inputs), spike slot (spikes)."""
+    st = res.spike_times.reshape(-1, res.spike_times.shape[-1])[neurons]
+    se = res.spike_event.reshape(-1, res.spike_event.shape[-1])[neurons]
+    g = grad_times.reshape(-1, grad_times.shape[-1])[neurons].astype(np.float64)
+    rec = np.isfinite(st)
+    n_rec = rec.sum(axis=1)
+    n, S = st.shape
+    slots = np.arange(S)
+    spike_pos = np.where(rec, se + slots, -1)
+    # Number of points up to and including the last recorded spike; inputs beyond it are not needed.
+    n_points = np.where(n_rec > 0, spike_pos.max(axis=1, initial=-1) + 1, 0)
+    P = int(n_points.max(initial=0))
+    kind = np.zeros((n, P), np.int8)
+    tau = np.zeros((n, P))
+    qpos = np.zeros((n, P), np.int64)
+    slot = np.zeros((n, P), np.int64)
+    r, m = np.nonzero(rec)
+    kind[r, spike_pos[r, m]] = _SPIKE
+    tau[r, spike_pos[r, m]] = st[r, m]
+    slot[r, spike_pos[r, m]] = m
+    # Input k sits after every recorded spike with spike_event <= k.
+    is_input = (kind == _INPUT) | ((kind == _PAD) & (np.arange(P) < n_points[:, None]))
+    rr, pp = np.nonzero(is_input)
+    kk = pp - ((spike_pos[rr] >= 0) & (spike_pos[rr] < pp[:, None])).sum(axis=1)
+    kind[rr, pp] = _INPUT
+    qpos[rr, pp] = kk
+    rows = lay.row[neurons]
+    tau[rr, pp] = res.queue_times.reshape(-1, lay.L1)[rows[rr], kk]
+    # Trailing padding repeats the last time (zero-length, identity steps).
+    last_t = np.where(n_points > 0, tau[np.arange(n), np.maximum(n_points - 1, 0)], 0.0)
+    pad = np.arange(P) >= n_points[:, None]
+    tau = np.where(pad, last_t[:, None], tau)
+    gp = np.where(kind == _SPIKE, np.take_along_axis(np.where(rec, g, 0.0), slot, axis=1), 0.0)
+    return kind, tau, qpos, gp
+
+
+def _backward_group(res, grad_times, neurons, lay, method, grads):
+    kind, tau, qpos, g = _merge_points(res, grad_times, neurons, lay)
+    n, P = kind.shape
+    if P == 0:
+        return
+    tm = res.tau_mem[lay.i[neurons]][:, None]
+    ts = res.tau_syn[lay.i[neurons]][:, None]
+    th = res.threshold
+    rows, cols = lay.row[neurons][:, None], lay.i[neurons][:, None]
+    inp, spk = kind == _INPUT, kind == _SPIKE
+    w = _event_weights(res.weights, res.queue_index.reshape(-1, lay.L1), lay.max_in, rows, cols, qpos, inp)
+    s = np.diff(tau, axis=1, prepend=0.0)
+    a, b, c = dyn.decay(s, tm, ts)
+    run = recurrence_loop if method == "sequential" else recurrence_scan
+
+    # Forward states after every point.
+    A = np.zeros((n, P, 2, 2))
+    A[..., 0, 0] = np.where(inp, a, np.where(spk, 0.0, 1.0))
+    A[..., 0, 1] = np.where(inp, c, 0.0)
+    A[..., 1, 1] = np.where(inp | spk, b, 1.0)
+    e = np.zeros((n, P, 2))
+    e[..., 1] = w
+    x = run(A, e)
+    Vq = np.concatenate([np.zeros((n, 1)), x[:, :-1, 0]], axis=1)
+    Iq = np.concatenate([np.zeros((n, 1)), x[:, :-1, 1]], axis=1)
+
+    # Adjoint maps lambda_p -> lambda_{p-1} (rows: lV, lI, lT of the previous point).
+    I_pre = b * Iq
+    u = (I_pre - (a * Vq + c * Iq)) / tm
+    v_ = -I_pre / ts
+    D = np.where(spk, (I_pre - th) / tm, 1.0)
+    alpha, beta = -a / D, -c / D
+    B = np.zeros((n, P, 3, 3))
+    B[..., 0, 0] = np.where(inp, a, 0.0)
+    B[..., 1, 0] = np.where(inp, c, 0.0)
+    B[..., 1, 1] = np.where(inp, b, np.where(spk, b + beta * v_, 1.0))
+    B[..., 2, 0] = np.where(inp, -u, 0.0)
+    B[..., 2, 1] = np.where(inp, -v_, 0.0)
+    B[..., 0, 1] = np.where(spk, alpha * v_, 0.0)
+    B[..., 0, 2] = np.where(spk, alpha, 0.0)
+    B[..., 1, 2] = np.where(spk, beta, 0.0)
+    B[..., 2, 2] = np.where(inp, 0.0, 1.0)
+    B[..., 0, 0] += np.where(kind == _PAD, 1.0, 0.0)
+    f = np.zeros((n, P, 3))
+    f[..., 0], f[..., 1], f[..., 2] = alpha * g * spk, beta * g * spk, g * spk
+    # lam_before[p] is the adjoint of the point before p; the adjoint of point p itself is lam_before[p + 1].
+    lam_before = run(B, f, reverse=True)
+    lam = np.concatenate([lam_before[:, 1:], np.zeros((n, 1, 3))], axis=1)
+    lV, lI, lT = lam[..., 0], lam[..., 1], lam[..., 2]
+
+    grad_w = np.where(inp, lI, 0.0)
+    grad_arrival = np.where(inp, u * lV + v_ * lI + lT, 0.0)
+    grads["threshold"] += float(np.sum(np.where(spk, (lT + g + v_ * lI) / D, 0.0)))
+    r_i, p_i = np.nonzero(inp)
+    src_idx = res.queue_index.reshape(-1, lay.L1)[rows[r_i, 0], qpos[r_i, p_i]]
+    j = src_idx // lay.max_in
+    col = cols[r_i, 0]
+    n_in, n_out = res.weights.shape
+    grads["weights"] += np.bincount(j * n_out + col, grad_w[r_i, p_i], minlength=n_in * n_out).reshape(n_in, n_out)
+    flat_in = lay.b[neurons][r_i] * (n_in * lay.max_in) + src_idx
+    grads["input_times"] += np.bincount(flat_in, grad_arrival[r_i, p_i],
+                                        minlength=grads["input_times"].size).reshape(grads["input_times"].shape)
+    if res.delays is not None:
+        grads["delays"] += np.bincount(j * n_out + col, grad_arrival[r_i, p_i],
+                                       minlength=n_in * n_out).reshape(n_in, n_out)
+
+
+def lif_backward(result, grad_times, method):
+    res = result.residuals
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    lay = _Layout(res.queue_times.shape, n_out, max_in)
+    grads = {
+        "weights": np.zeros((n_in, n_out)),
+        "input_times": np.zeros((batch, n_in, max_in)),
+        "delays": None if res.delays is None else np.zeros((n_in, n_out)),
+        "threshold": 0.0,
+    }
+    N = batch * n_out
+    n_points = res.queue_times.shape[2] + res.spike_times.shape[2]
+    if method == "auto":
+        method = choose_backward_method(N, n_points)
+    group = max(1, _BACKWARD_POINTS_PER_GROUP // max(n_points, 1))
+    for start in range(0, N, group):
+        _backward_group(res, grad_times, np.arange(start, min(start + group, N)), lay, method, grads)
+    return LIFGrads(
+        weights=grads["weights"].astype(res.weights_dtype),
+        input_times=grads["input_times"].astype(res.input_dtype),
+        delays=None if res.delays is None else grads["delays"].astype(res.delays_dtype),
+        threshold=np.asarray(grads["threshold"], np.float64))
