@@ -1,0 +1,18 @@
+"""Spike-tensor datasets: Yin-Yang, latency-coded MNIST, SHD and SSC.
+
+Every loader returns a :class:`SpikeDataset` whose ``times`` are ``[n, channels, max_spikes]`` floats, ascending
+along the last axis and padded with ``+inf``, with ``labels [n]`` int64. Times are in milliseconds unless a
+loader's ``time_unit`` says otherwise. Optional dependencies (h5py, keras) are imported only when needed
+(``pip install spikescan[data]``).
+"""
+
+from ._core import DroppedSpikesWarning, SpikeDataset, bin_times, pack_events
+from .batching import SpikeBatches
+from .heidelberg import download_shd, download_ssc, shd, ssc
+from .mnist import latency_mnist, load_mnist_arrays
+from .yinyang import yinyang, yinyang_points
+
+__all__ = [
+    "DroppedSpikesWarning", "SpikeBatches", "SpikeDataset", "bin_times", "download_shd", "download_ssc",
+    "latency_mnist", "load_mnist_arrays", "pack_events", "shd", "ssc", "yinyang", "yinyang_points",
+]

@@ -1,0 +1,158 @@
+"""Shared pieces of the dataset loaders: the result type, event packing, validation."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
+
+
+class DroppedSpikesWarning(UserWarning):
+    """A loader discarded input spikes because of a crop or a cap that the caller asked for."""
+
+
+@dataclass
+class SpikeDataset:
+    """Spike tensors with labels.
+
+    Attributes:
+        times: ``[n, channels, max_spikes]`` float spike times in ``time_unit``, ascending along the last axis,
+            padded with ``+inf``.
+        labels: ``[n]`` int64 class indices.
+        class_names: name of each class, indexed by label.
+        time_unit: unit of ``times`` (``"s"``, ``"ms"`` or ``"us"``).
+        dropped: number of input spikes discarded by each crop or cap, keyed by the argument that caused it.
+        meta: per-dataset extras; arrays whose first axis has length ``n`` are per-sample and follow indexing.
+    """
+
+    times: np.ndarray
+    labels: np.ndarray
+    class_names: tuple = ()
+    time_unit: str = "ms"
+    dropped: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def dropped_spikes(self) -> int:
+        """Total number of input spikes discarded by crops and caps (0 when nothing was lost)."""
+        return int(sum(self.dropped.values()))
+
+    @property
+    def n_channels(self) -> int:
+        return self.times.shape[1]
+
+    @property
+    def max_spikes(self) -> int:
+        return self.times.shape[2]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names) if self.class_names else int(self.labels.max(initial=-1)) + 1
+
+    def spike_counts(self) -> np.ndarray:
+        """``[n, channels]`` int64 number of spikes per sample and channel."""
+        return np.isfinite(self.times).sum(axis=-1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index) -> "SpikeDataset":
+        """Subset by a slice, an integer array or a boolean mask (always returns a dataset)."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(index, index + 1 or None)
+        n = len(self)
+        meta = {k: v[index] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v
+                for k, v in self.meta.items()}
+        return SpikeDataset(self.times[index], self.labels[index], self.class_names, self.time_unit,
+                            dict(self.dropped), meta)
+
+
+def optional_import(name: str, extra: str = "data"):
+    """Import an optional dependency, or raise ImportError naming the pip extra that provides it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"{name} is required here: pip install spikescan[{extra}]  ({err})") from err
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+
+
+def check_count(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def report_dropped(source: str, dropped: dict, total_in: int, stacklevel: int = 3) -> None:
+    """Warn (DroppedSpikesWarning) when any crop or cap discarded spikes."""
+    n = sum(dropped.values())
+    if n:
+        parts = ", ".join(f"{k}: {v}" for k, v in dropped.items() if v)
+        warnings.warn(f"{source}: dropped {n} of {total_in} input spikes ({parts})", DroppedSpikesWarning,
+                      stacklevel=stacklevel)
+
+
+def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=np.float32):
+    """Pack per-sample event lists into a padded spike tensor.
+
+    Args:
+        samples: sequence of ``(channels, times)`` pairs of equal-length 1-D arrays, one pair per sample.
+        n_channels: number of channels; every channel index must lie in ``[0, n_channels)``.
+        max_spikes_per_channel: keep only the first this many spikes of each channel (None: keep all).
+        dtype: float dtype of the result.
+
+    Returns:
+        ``(times [n, n_channels, max_spikes] dtype, n_dropped)``: ascending, ``+inf``-padded; ``max_spikes`` is
+        the largest kept count (at least 1); ``n_dropped`` counts spikes removed by the cap.
+    """
+    cap = np.inf if max_spikes_per_channel is None else max_spikes_per_channel
+    counts = [np.bincount(ch, minlength=n_channels) for ch, _ in samples]
+    width = int(min(cap, max((c.max(initial=0) for c in counts), default=0)))
+    out = np.full((len(samples), n_channels, max(width, 1)), np.inf, dtype=dtype)
+    dropped = 0
+    for i, ((ch, t), cnt) in enumerate(zip(samples, counts)):
+        if len(t) == 0:
+            continue
+        order = np.lexsort((t, ch))
+        ch, t = ch[order], t[order]
+        starts = np.cumsum(cnt) - cnt
+        rank = np.arange(len(t)) - starts[ch]
+        keep = rank < width
+        dropped += int(len(t) - keep.sum())
+        out[i, ch[keep], rank[keep]] = t[keep]
+    return out, dropped
+
+
+def bin_times(times, bin_width: float, *, align: str = "left"):
+    """Quantise spike times to a grid of spacing ``bin_width`` (same unit as ``times``).
+
+    ``align="left"`` maps ``t`` to the left edge ``floor(t / bin_width) * bin_width``; ``align="center"`` to the
+    bin centre ``(floor(t / bin_width) + 0.5) * bin_width``. The map is monotone, so sorted spike lists stay
+    sorted (spikes in one bin become simultaneous) and ``+inf`` padding is unchanged. Returns a new array of the
+    input's dtype and shape.
+    """
+    check_positive("bin_width", bin_width)
+    check_choice("align", align, ("left", "center"))
+    t = np.asarray(times)
+    binned = np.floor(t.astype(np.float64) / bin_width)
+    if align == "center":
+        binned += 0.5
+    return (binned * bin_width).astype(t.dtype if t.dtype.kind == "f" else np.float64)

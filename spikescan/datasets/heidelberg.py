@@ -1,0 +1,215 @@
+"""Spiking Heidelberg Digits (SHD) and Spiking Speech Commands (SSC), read from the official HDF5 files.
+
+On disk (Cramer et al. 2020): ``spikes/times`` (one variable-length float array per sample, seconds),
+``spikes/units`` (matching variable-length uint16 channel ids in ``[0, 700)``), ``labels`` ``[n]``, and ``extra``
+with ``keys`` (class names), ``speaker`` and ``meta_info`` (SHD). Files: ``shd_{train,test}.h5`` and
+``ssc_{train,valid,test}.h5``, distributed gzipped (``.h5.gz``) at https://zenkelab.org/datasets/.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ._core import (TIME_UNITS, SpikeDataset, check_choice, check_count, check_positive, optional_import,
+                    pack_events, report_dropped)
+
+BASE_URL = "https://zenkelab.org/datasets/"
+N_UNITS = 700
+SPLITS = {"shd": ("train", "test"), "ssc": ("train", "valid", "test")}
+
+
+def _fetch(url: str, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
+        shutil.copyfileobj(r, f)
+    tmp.replace(dest)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(name: str, data_dir, splits, force: bool) -> list[Path]:
+    for s in splits:
+        check_choice("splits", s, SPLITS[name])
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sums = data_dir / "md5sums.txt"
+    _fetch(BASE_URL + "md5sums.txt", sums)
+    md5 = {line.split()[1]: line.split()[0] for line in sums.read_text().splitlines() if len(line.split()) == 2}
+    paths = []
+    for s in splits:
+        h5 = data_dir / f"{name}_{s}.h5"
+        gz = h5.with_name(h5.name + ".gz")
+        if force or not h5.is_file():
+            _fetch(BASE_URL + gz.name, gz)
+            if gz.name in md5 and _md5(gz) != md5[gz.name]:
+                raise OSError(f"MD5 mismatch for {gz} (expected {md5[gz.name]}); delete it and retry")
+            _gunzip(gz, h5)
+            gz.unlink()
+        paths.append(h5)
+    return paths
+
+
+def download_shd(data_dir, splits=("train", "test"), *, force: bool = False) -> list[Path]:
+    """Download ``shd_{split}.h5.gz`` from https://zenkelab.org/datasets/, check its MD5 against the published
+    ``md5sums.txt`` and decompress it to ``data_dir/shd_{split}.h5``. Returns the ``.h5`` paths.
+
+    Alternative: ``tonic.datasets.SHD(save_to=DIR, train=...)`` downloads the same files (as ``.h5.zip``) into
+    ``DIR/SHD``; pass that folder as ``data_dir``.
+    """
+    return _download("shd", data_dir, splits, force)
+
+
+def download_ssc(data_dir, splits=("train", "valid", "test"), *, force: bool = False) -> list[Path]:
+    """Download ``ssc_{split}.h5.gz`` like :func:`download_shd` (alternative: ``tonic.datasets.SSC``)."""
+    return _download("ssc", data_dir, splits, force)
+
+
+def _gunzip(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+    tmp.replace(dest)
+
+
+def hdf5_path(name: str, split: str, data_dir) -> Path:
+    """Path of ``{name}_{split}.h5`` in ``data_dir``, decompressing ``.h5.gz`` or ``.h5.zip`` next to it if only
+    the archive is there. Raises FileNotFoundError naming the expected path and how to get it."""
+    h5 = Path(data_dir) / f"{name}_{split}.h5"
+    if h5.is_file():
+        return h5
+    gz, zp = h5.with_name(h5.name + ".gz"), h5.with_name(h5.name + ".zip")
+    if gz.is_file():
+        _gunzip(gz, h5)
+    elif zp.is_file():
+        with zipfile.ZipFile(zp) as z:
+            z.extract(h5.name, h5.parent)
+    else:
+        raise FileNotFoundError(
+            f"{h5} not found (nor {gz.name} or {zp.name}). Download it with "
+            f"spikescan.datasets.download_{name}({str(h5.parent)!r}, splits=({split!r},)) from {BASE_URL}{gz.name}, "
+            f"or with tonic.datasets.{name.upper()} and pass its folder as data_dir.")
+    return h5
+
+
+def _decode(keys) -> tuple:
+    return tuple(k.decode() if isinstance(k, bytes) else str(k) for k in np.asarray(keys).ravel())
+
+
+def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t_max=None, channels=None,
+                    n_channels=None, max_spikes_per_channel=None, indices=None,
+                    dtype=np.float32) -> SpikeDataset:
+    """Load SHD (``name="shd"``) or SSC (``name="ssc"``) as a spike tensor. See :func:`shd`."""
+    check_choice("name", name, SPLITS)
+    check_choice("split", split, SPLITS[name])
+    check_choice("time_unit", time_unit, TIME_UNITS)
+    check_positive("t_max", t_max, allow_none=True)
+    check_count("max_spikes_per_channel", max_spikes_per_channel, allow_none=True)
+    try:
+        lo, hi = (0, N_UNITS) if channels is None else channels
+    except (TypeError, ValueError):
+        lo = hi = None
+    if not (isinstance(lo, (int, np.integer)) and isinstance(hi, (int, np.integer)) and 0 <= lo < hi <= N_UNITS):
+        raise ValueError(f"channels must be a (start, stop) pair with 0 <= start < stop <= {N_UNITS}, got {channels!r}")
+    check_count("n_channels", n_channels, allow_none=True)
+    width = hi - lo
+    if n_channels is not None and n_channels > width:
+        raise ValueError(f"n_channels must be <= the {width} selected channels, got {n_channels!r}")
+    n_out = width if n_channels is None else n_channels
+
+    h5py = optional_import("h5py")
+    path = hdf5_path(name, split, data_dir)
+    with h5py.File(path, "r") as f:
+        n_total = len(f["labels"])
+        if indices is None:
+            sel = slice(None)
+            order = None
+        else:
+            idx = np.asarray(indices, dtype=np.int64).ravel()
+            if idx.size and (idx.min() < -n_total or idx.max() >= n_total):
+                raise ValueError(f"indices must lie in [-{n_total}, {n_total}) for {path.name}, got {indices!r}")
+            sel, order = np.unique(idx % n_total, return_inverse=True)
+        raw_t, raw_u = f["spikes/times"][sel], f["spikes/units"][sel]
+        labels = np.asarray(f["labels"][sel], dtype=np.int64)
+        extra = f.get("extra")
+        class_names = _decode(extra["keys"][()]) if extra is not None and "keys" in extra else ()
+        meta = {"path": str(path)}
+        if extra is not None and "speaker" in extra:
+            meta["speaker"] = np.asarray(extra["speaker"][()])[sel]
+    if order is not None:
+        raw_t, raw_u, labels = raw_t[order], raw_u[order], labels[order]
+        if "speaker" in meta:
+            meta["speaker"] = meta["speaker"][order]
+
+    scale = TIME_UNITS[time_unit]
+    dropped = {"channels": 0, "t_max": 0}
+    samples = []
+    total_in = 0
+    for t, u in zip(raw_t, raw_u):
+        t = np.asarray(t, dtype=np.float64) * scale
+        u = np.asarray(u, dtype=np.int64)
+        total_in += len(t)
+        keep = (u >= lo) & (u < hi)
+        dropped["channels"] += int(len(u) - keep.sum())
+        if t_max is not None:
+            in_time = t <= t_max
+            dropped["t_max"] += int((keep & ~in_time).sum())
+            keep &= in_time
+        ch = u[keep] - lo
+        if n_channels is not None:
+            ch = ch * n_channels // width
+        samples.append((ch, t[keep]))
+    times, dropped["max_spikes_per_channel"] = pack_events(
+        samples, n_out, max_spikes_per_channel=max_spikes_per_channel, dtype=dtype)
+    report_dropped(f"{name}({split!r})", dropped, total_in, stacklevel=4)
+    return SpikeDataset(times, labels, class_names, time_unit, dropped, meta)
+
+
+def shd(split: str, *, data_dir, time_unit: str = "ms", t_max=None, channels=None, n_channels=None,
+        max_spikes_per_channel=None, indices=None, dtype=np.float32) -> SpikeDataset:
+    """Spiking Heidelberg Digits (20 classes, 700 channels) from ``data_dir/shd_{split}.h5`` (or ``.h5.gz``).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        data_dir: folder with the official files (see :func:`download_shd`).
+        time_unit: unit of the returned times: ``"ms"`` (default), ``"s"`` (as stored) or ``"us"``.
+        t_max: drop spikes later than this (in ``time_unit``); None keeps all.
+        channels: ``(start, stop)``: keep only units ``start <= u < stop``; None keeps all 700.
+        n_channels: pool the kept units into this many channels of consecutive units (unit ``u`` goes to
+            ``(u - start) * n_channels // (stop - start)``); a pooled channel carries the merged spike trains of its
+            units, which equals summing their input currents.
+        max_spikes_per_channel: keep only the first this many spikes of each (pooled) channel.
+        indices: load only these samples (in this order); None loads all.
+        dtype: float dtype of the times.
+
+    Every spike removed by ``channels``, ``t_max`` or ``max_spikes_per_channel`` is counted in
+    ``result.dropped[argument]`` (total ``result.dropped_spikes``) and reported by a ``DroppedSpikesWarning``.
+
+    Returns:
+        SpikeDataset with ``times [n, channels, max_spikes]`` (ascending, ``+inf``-padded, ``time_unit``),
+        ``labels [n]`` int64, ``class_names`` from ``extra/keys`` and ``meta["speaker"]``.
+    """
+    return load_heidelberg("shd", split, data_dir=data_dir, time_unit=time_unit, t_max=t_max, channels=channels,
+                           n_channels=n_channels, max_spikes_per_channel=max_spikes_per_channel, indices=indices,
+                           dtype=dtype)
+
+
+def ssc(split: str, *, data_dir, time_unit: str = "ms", t_max=None, channels=None, n_channels=None,
+        max_spikes_per_channel=None, indices=None, dtype=np.float32) -> SpikeDataset:
+    """Spiking Speech Commands (35 classes, 700 channels) from ``data_dir/ssc_{split}.h5`` (or ``.h5.gz``);
+    ``split`` is ``"train"``, ``"valid"`` or ``"test"``. Arguments and result as in :func:`shd`."""
+    return load_heidelberg("ssc", split, data_dir=data_dir, time_unit=time_unit, t_max=t_max, channels=channels,
+                           n_channels=n_channels, max_spikes_per_channel=max_spikes_per_channel, indices=indices,
+                           dtype=dtype)

@@ -1,0 +1,60 @@
+"""Latency-coded MNIST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._core import SpikeDataset, check_choice, check_positive, optional_import
+
+
+def load_mnist_arrays(split: str, data_dir=None):
+    """Raw MNIST images and labels: ``(images [n, 28, 28] uint8, labels [n] int64)``.
+
+    With ``data_dir``, reads ``data_dir/mnist.npz`` (keys ``x_train, y_train, x_test, y_test``, the file that
+    ``keras.datasets.mnist`` uses) with NumPy. Without it, calls ``keras.datasets.mnist.load_data()``, which reads
+    keras' cache (``~/.keras/datasets/mnist.npz``) and downloads the file there when it is missing.
+    """
+    check_choice("split", split, ("train", "test"))
+    if data_dir is not None:
+        path = Path(data_dir) / "mnist.npz"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found. Put keras' mnist.npz there (from "
+                "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz), "
+                "or pass data_dir=None to load it through keras.datasets.mnist")
+        with np.load(path, allow_pickle=False) as f:
+            x, y = f[f"x_{split}"], f[f"y_{split}"]
+    else:
+        keras = optional_import("keras", "keras")
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return np.asarray(x), np.asarray(y, dtype=np.int64)
+
+
+def latency_mnist(split: str, *, t_max: float = 20.0, threshold: float = 0.01, data_dir=None,
+                  dtype=np.float32) -> SpikeDataset:
+    """MNIST as a latency code: one spike per pixel, brighter pixels fire earlier.
+
+    A pixel of intensity ``v = pixel / 255`` spikes once at ``t_max * (1 - v)`` (ms): white at 0, dim pixels near
+    ``t_max``. Pixels with ``v < threshold`` (black background) stay silent. Channels are the row-major pixels.
+
+    Args:
+        split: ``"train"`` (60000 samples) or ``"test"`` (10000).
+        t_max: latest spike time in ms (> 0).
+        threshold: intensity in ``[0, 1]`` below which a pixel is silent.
+        data_dir: folder containing ``mnist.npz``; None loads through ``keras.datasets.mnist``.
+
+    Returns:
+        SpikeDataset with ``times [n, 784, 1]`` (dtype, ms, ``+inf`` for silent pixels), ``labels [n]`` int64.
+    """
+    check_choice("split", split, ("train", "test"))
+    check_positive("t_max", t_max)
+    check_positive("threshold", threshold, allow_zero=True)
+    if threshold > 1:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+    images, labels = load_mnist_arrays(split, data_dir)
+    v = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    times = np.where(v >= threshold, t_max * (1.0 - v), np.inf)
+    return SpikeDataset(times[:, :, None].astype(dtype), labels, tuple(str(d) for d in range(10)), "ms")

@@ -1,0 +1,352 @@
+import gzip
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, latency_mnist,
+                                pack_events, shd, ssc, yinyang, yinyang_points)
+
+
+def assert_spike_tensor(times):
+    assert times.ndim == 3
+    assert not np.isnan(times).any()
+    assert (times[np.isfinite(times)] >= 0).all()
+    finite = np.isfinite(times)
+    assert (np.diff(np.where(finite, times, np.finfo(times.dtype).max), axis=-1) >= 0).all()  # ascending
+    assert (finite[..., :-1] >= finite[..., 1:]).all()  # +inf only as trailing padding
+    assert np.isposinf(times[~finite]).all()
+
+
+# ---------------------------------------------------------------- Yin-Yang
+
+def test_yinyang_latency_shapes_ranges_balance():
+    ds = yinyang(3000, seed=42, t_min=1.0, t_max=11.0, t_bias=0.5)
+    assert ds.times.shape == (3000, 5, 1) and ds.times.dtype == np.float32
+    assert ds.labels.dtype == np.int64 and set(np.unique(ds.labels)) == {0, 1, 2}
+    assert np.bincount(ds.labels).min() > 3000 / 3 * 0.9  # balanced by rejection sampling
+    t = ds.times[:, :4, 0]
+    assert (t >= 1.0).all() and (t <= 11.0).all()
+    assert (ds.times[:, 4, 0] == 0.5).all()
+    v = ds.meta["values"]
+    np.testing.assert_allclose(t, 1.0 + 10.0 * v, rtol=1e-6)
+    np.testing.assert_allclose(v[:, :2] + v[:, 2:], 1.0)
+    assert (np.hypot(v[:, 0] - 0.5, v[:, 1] - 0.5) <= 0.5).all()
+    assert ds.class_names == ("yin", "yang", "dot")
+    assert_spike_tensor(ds.times)
+
+
+def test_yinyang_labels_follow_geometry():
+    xy, labels = yinyang_points(2000, seed=3)
+    d_left = np.hypot(xy[:, 0] - 0.25, xy[:, 1] - 0.5)
+    d_right = np.hypot(xy[:, 0] - 0.75, xy[:, 1] - 0.5)
+    dots = (d_left < 0.1) | (d_right < 0.1)
+    np.testing.assert_array_equal(labels == 2, dots)
+    # far from the small circles: upper half (outside the right lobe) is class 1, lower half (outside the left
+    # lobe) class 0
+    upper = ~dots & (xy[:, 1] > 0.5) & (d_right > 0.25)
+    lower = ~dots & (xy[:, 1] < 0.5) & (d_left > 0.25)
+    assert (labels[upper] == 1).all() and (labels[lower] == 0).all()
+
+
+def test_yinyang_determinism():
+    a, b, c = yinyang(200, seed=7), yinyang(200, seed=7), yinyang(200, seed=8)
+    np.testing.assert_array_equal(a.times, b.times)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.times, c.times)
+
+
+def test_yinyang_timing_variant_information_in_small_offsets():
+    lat = yinyang(500, seed=1)
+    tim = yinyang(500, seed=1, variant="timing", delta=0.5, onset_max=20.0)
+    np.testing.assert_array_equal(lat.labels, tim.labels)
+    ref = tim.times[:, 4, 0].astype(np.float64)
+    np.testing.assert_allclose(ref, tim.meta["onset"], rtol=1e-6)
+    assert ref.min() >= 0 and ref.max() <= 20.0 and np.ptp(ref) > 10.0  # absolute times span tens of ms
+    offsets = tim.times[:, :4, 0] - tim.times[:, 4:5, 0]
+    assert (offsets >= -1e-5).all() and (offsets <= 0.5 + 1e-5).all()  # information sits in <= 0.5 ms
+    np.testing.assert_allclose(offsets, 0.5 * lat.meta["values"], atol=1e-5)
+    assert_spike_tensor(tim.times)
+
+
+def test_bin_times():
+    t = np.array([[[0.04, 0.26, 1.0, np.inf]]], dtype=np.float32)
+    left = bin_times(t, 0.1)
+    np.testing.assert_allclose(left[..., :3], [[[0.0, 0.2, 1.0]]], atol=1e-6)
+    center = bin_times(t, 0.1, align="center")
+    np.testing.assert_allclose(center[..., :3], [[[0.05, 0.25, 1.05]]], atol=1e-6)
+    assert left.dtype == np.float32 and np.isposinf(left[..., 3]).all() and np.isposinf(center[..., 3]).all()
+    # coarse bins erase the timing code: every offset collapses onto its reference bin
+    tim = yinyang(300, seed=2, variant="timing")
+    coarse = bin_times(tim.times, 5.0)
+    assert_spike_tensor(coarse)
+    assert np.mean(coarse[:, :4, 0] == coarse[:, 4:5, 0]) > 0.9
+    with pytest.raises(ValueError, match="bin_width"):
+        bin_times(t, 0.0)
+
+
+def test_yinyang_validation():
+    with pytest.raises(ValueError, match="variant"):
+        yinyang(10, seed=0, variant="rate")
+    with pytest.raises(ValueError, match="t_max"):
+        yinyang(10, seed=0, t_max=-1.0)
+    with pytest.raises(ValueError, match="n_samples"):
+        yinyang(0, seed=0)
+    with pytest.raises(ValueError, match="delta"):
+        yinyang(10, seed=0, variant="timing", delta=0.0)
+
+
+# ---------------------------------------------------------------- MNIST
+
+def write_mnist(path, n_train=5, n_test=3):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)
+        x[:, :5] = 0
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, rng.integers(0, 10, size=n).astype(np.uint8)
+    np.savez(path / "mnist.npz", **arrays)
+    return arrays
+
+
+def test_latency_mnist_from_npz(tmp_path):
+    arrays = write_mnist(tmp_path)
+    ds = latency_mnist("test", data_dir=tmp_path, t_max=10.0, threshold=0.1)
+    assert ds.times.shape == (3, 784, 1) and ds.times.dtype == np.float32
+    np.testing.assert_array_equal(ds.labels, arrays["y_test"])
+    assert ds.labels.dtype == np.int64
+    v = arrays["x_test"].reshape(3, 784) / 255.0
+    t = ds.times[..., 0]
+    np.testing.assert_array_equal(np.isfinite(t), v >= 0.1)
+    np.testing.assert_allclose(t[v >= 0.1], 10.0 * (1.0 - v[v >= 0.1]), rtol=1e-6)
+    assert np.isposinf(t[:, :5 * 28]).all()  # black rows are silent
+    white = arrays["x_test"].reshape(3, 784) == 255
+    assert (t[white] == 0).all()
+    assert len(latency_mnist("train", data_dir=tmp_path)) == 5
+    assert_spike_tensor(ds.times)
+
+
+def test_latency_mnist_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mnist.npz"):
+        latency_mnist("train", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        latency_mnist("valid", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="t_max"):
+        latency_mnist("train", data_dir=tmp_path, t_max=-5.0)
+
+
+# ---------------------------------------------------------------- SHD / SSC
+
+SAMPLES = [  # (times in s, units, label)
+    ([0.0005, 0.001, 0.0012, 0.002, 0.5, 0.9], [3, 3, 699, 3, 0, 3], 1),
+    ([], [], 0),
+    ([0.25, 0.1, 0.75], [10, 10, 351], 2),  # unsorted in time within a unit
+]
+
+
+def write_heidelberg(path, samples=SAMPLES, n_classes=20):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        spikes = f.create_group("spikes")
+        times = spikes.create_dataset("times", (len(samples),), dtype=h5py.vlen_dtype(np.dtype("float16")))
+        units = spikes.create_dataset("units", (len(samples),), dtype=h5py.vlen_dtype(np.dtype("uint16")))
+        for i, (t, u, _) in enumerate(samples):
+            times[i] = np.asarray(t, dtype=np.float16)
+            units[i] = np.asarray(u, dtype=np.uint16)
+        f.create_dataset("labels", data=np.array([s[2] for s in samples], dtype=np.uint16))
+        extra = f.create_group("extra")
+        extra.create_dataset("keys", data=np.array([f"class-{k}".encode() for k in range(n_classes)]))
+        extra.create_dataset("speaker", data=np.arange(len(samples), dtype=np.uint16) + 4)
+        meta = extra.create_group("meta_info")
+        meta.create_dataset("gender", data=np.array([b"female"] * len(samples)))
+        meta.create_dataset("age", data=np.full(len(samples), 30, dtype=np.uint16))
+        meta.create_dataset("body_height", data=np.full(len(samples), 170, dtype=np.uint16))
+
+
+def f16_ms(x):
+    return np.float64(np.float16(x)) * 1e3
+
+
+def test_shd_reads_official_format(tmp_path):
+    write_heidelberg(tmp_path / "shd_train.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = shd("train", data_dir=tmp_path)
+    assert ds.times.shape == (3, 700, 4) and ds.times.dtype == np.float32
+    assert ds.time_unit == "ms" and ds.dropped_spikes == 0
+    np.testing.assert_array_equal(ds.labels, [1, 0, 2])
+    assert ds.class_names[:2] == ("class-0", "class-1")
+    np.testing.assert_array_equal(ds.meta["speaker"], [4, 5, 6])
+    counts = ds.spike_counts()
+    assert counts.sum() == 9 and counts[0, 3] == 4 and counts[1].sum() == 0
+    np.testing.assert_allclose(ds.times[0, 3], f16_ms([0.0005, 0.001, 0.002, 0.9]), rtol=1e-6)
+    np.testing.assert_allclose(ds.times[0, 699, 0], f16_ms(0.0012), rtol=1e-6)
+    np.testing.assert_allclose(ds.times[2, 10, :2], f16_ms([0.1, 0.25]), rtol=1e-6)  # sorted per channel
+    assert np.isposinf(ds.times[1]).all()
+    assert_spike_tensor(ds.times)
+
+
+def test_shd_caps_and_crops_are_reported(tmp_path):
+    write_heidelberg(tmp_path / "shd_test.h5")
+    with pytest.warns(DroppedSpikesWarning, match="dropped"):
+        ds = shd("test", data_dir=tmp_path, max_spikes_per_channel=2)
+    assert ds.times.shape[2] == 2 and ds.dropped == {"channels": 0, "t_max": 0, "max_spikes_per_channel": 2}
+    np.testing.assert_allclose(ds.times[0, 3], f16_ms([0.0005, 0.001]), rtol=1e-6)  # the earliest are kept
+
+    with pytest.warns(DroppedSpikesWarning):
+        ds = shd("test", data_dir=tmp_path, t_max=300.0)
+    assert ds.dropped["t_max"] == 3 and ds.dropped_spikes == 3
+    assert np.nanmax(np.where(np.isfinite(ds.times), ds.times, np.nan)) <= 300.0
+
+    with pytest.warns(DroppedSpikesWarning):
+        ds = shd("test", data_dir=tmp_path, channels=(0, 400), n_channels=4)
+    assert ds.times.shape[:2] == (3, 4) and ds.dropped == {"channels": 1, "t_max": 0, "max_spikes_per_channel": 0}
+    counts = ds.spike_counts()
+    np.testing.assert_array_equal(counts[0], [5, 0, 0, 0])  # units 0..99 pooled into channel 0
+    np.testing.assert_array_equal(counts[2], [2, 0, 0, 1])  # unit 351 -> 351 * 4 // 400 = 3
+    assert_spike_tensor(ds.times)
+
+
+def test_shd_pooling_merges_without_loss(tmp_path):
+    write_heidelberg(tmp_path / "shd_train.h5")
+    full = shd("train", data_dir=tmp_path, time_unit="s")
+    pooled = shd("train", data_dir=tmp_path, time_unit="s", n_channels=7)
+    assert pooled.dropped_spikes == 0 and pooled.times.shape[1] == 7
+    np.testing.assert_array_equal(pooled.spike_counts().sum(1), full.spike_counts().sum(1))
+    merged = np.sort(full.times[0][np.isfinite(full.times[0])])
+    np.testing.assert_array_equal(np.sort(pooled.times[0][np.isfinite(pooled.times[0])]), merged)
+
+
+def test_time_units(tmp_path):
+    write_heidelberg(tmp_path / "shd_train.h5")
+    s = shd("train", data_dir=tmp_path, time_unit="s", dtype=np.float64)
+    us = shd("train", data_dir=tmp_path, time_unit="us", dtype=np.float64)  # no float16 overflow
+    np.testing.assert_allclose(s.times[0, 3, 0], float(np.float16(0.0005)))
+    np.testing.assert_allclose(us.times[np.isfinite(us.times)], 1e6 * s.times[np.isfinite(s.times)])
+    assert us.time_unit == "us"
+
+
+def test_indices_and_subsets(tmp_path):
+    write_heidelberg(tmp_path / "shd_train.h5")
+    full = shd("train", data_dir=tmp_path)
+    part = shd("train", data_dir=tmp_path, indices=[2, 0, 2])
+    np.testing.assert_array_equal(part.labels, [2, 1, 2])
+    np.testing.assert_array_equal(part.meta["speaker"], [6, 4, 6])
+    np.testing.assert_array_equal(part.times[1], full.times[0])
+    sub = full[[2, 0]]
+    assert isinstance(sub, SpikeDataset) and len(sub) == 2
+    np.testing.assert_array_equal(sub.meta["speaker"], [6, 4])
+    assert len(full[-1]) == 1 and full[-1].labels[0] == 2
+
+
+def test_ssc_gz_and_splits(tmp_path):
+    write_heidelberg(tmp_path / "raw.h5", n_classes=35)
+    with open(tmp_path / "raw.h5", "rb") as fi, gzip.open(tmp_path / "ssc_valid.h5.gz", "wb") as fo:
+        shutil.copyfileobj(fi, fo)
+    ds = ssc("valid", data_dir=tmp_path)
+    assert (tmp_path / "ssc_valid.h5").is_file() and len(ds.class_names) == 35
+    assert ds.times.shape == (3, 700, 4)
+    with pytest.raises(ValueError, match="split"):
+        shd("valid", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        ssc("validation", data_dir=tmp_path)
+
+
+def test_heidelberg_missing_file_and_bad_args(tmp_path):
+    pytest.importorskip("h5py")
+    with pytest.raises(FileNotFoundError, match=r"shd_test\.h5.*download_shd"):
+        shd("test", data_dir=tmp_path)
+    write_heidelberg(tmp_path / "shd_train.h5")
+    with pytest.raises(ValueError, match="t_max"):
+        shd("train", data_dir=tmp_path, t_max=-1.0)
+    with pytest.raises(ValueError, match="time_unit"):
+        shd("train", data_dir=tmp_path, time_unit="min")
+    with pytest.raises(ValueError, match="channels"):
+        shd("train", data_dir=tmp_path, channels=(10, 5))
+    with pytest.raises(ValueError, match="n_channels"):
+        shd("train", data_dir=tmp_path, channels=(0, 10), n_channels=11)
+    with pytest.raises(ValueError, match="max_spikes_per_channel"):
+        shd("train", data_dir=tmp_path, max_spikes_per_channel=0)
+
+
+def test_pack_events():
+    samples = [(np.array([1, 0, 1, 1]), np.array([3.0, 1.0, 2.0, 0.5])), (np.array([], int), np.array([]))]
+    t, dropped = pack_events(samples, 3)
+    assert t.shape == (2, 3, 3) and dropped == 0
+    np.testing.assert_array_equal(t[0, 1], [0.5, 2.0, 3.0])
+    np.testing.assert_array_equal(t[0, 0], [1.0, np.inf, np.inf])
+    t, dropped = pack_events(samples, 3, max_spikes_per_channel=1)
+    assert t.shape == (2, 3, 1) and dropped == 2 and t[0, 1, 0] == 0.5
+
+
+# ---------------------------------------------------------------- batching
+
+def test_spike_batches_plain():
+    ds = yinyang(10, seed=0)
+    batches = SpikeBatches(ds, batch_size=4, use_keras=False)
+    assert len(batches) == 3
+    out = list(batches)
+    assert [len(y) for _, y in out] == [4, 4, 2]  # last partial batch kept
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in out]), ds.times)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in out]), ds.labels)
+
+
+def test_spike_batches_shuffle_seeded():
+    times, labels = np.arange(10, dtype=np.float32).reshape(10, 1, 1), np.arange(10)
+    a = SpikeBatches(times, labels, 3, shuffle=True, seed=5, use_keras=False)
+    b = SpikeBatches(times, labels, 3, shuffle=True, seed=5, use_keras=False)
+    e0 = np.concatenate([y for _, y in a])
+    e1 = np.concatenate([y for _, y in a])  # iteration advanced the epoch
+    np.testing.assert_array_equal(np.sort(e0), labels)
+    assert not np.array_equal(e0, e1) and not np.array_equal(e0, labels)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in b]), e0)
+    for x, y in b:
+        np.testing.assert_array_equal(x[:, 0, 0], y)  # times stay paired with labels
+
+
+def test_spike_batches_trim_and_errors():
+    times = np.full((4, 2, 5), np.inf, dtype=np.float32)
+    times[0, 0, :2] = [1.0, 2.0]
+    times[3, 1, :3] = [1.0, 2.0, 3.0]
+    b = SpikeBatches(times, np.zeros(4), 2, trim=True, use_keras=False)
+    assert b[0][0].shape == (2, 2, 2) and b[1][0].shape == (2, 2, 3)
+    with pytest.raises(IndexError):
+        b[2]
+    with pytest.raises(ValueError, match="batch_size"):
+        SpikeBatches(times, np.zeros(4), 0, use_keras=False)
+    with pytest.raises(ValueError, match="length"):
+        SpikeBatches(times, np.zeros(3), use_keras=False)
+
+
+def test_spike_batches_keras():
+    keras = pytest.importorskip("keras")
+    b = SpikeBatches(yinyang(5, seed=0), batch_size=2)
+    assert isinstance(b, keras.utils.PyDataset) and isinstance(b, SpikeBatches)
+    assert b.num_batches == 3 and b[2][0].shape == (1, 5, 1)
+
+
+def test_download_shd_offline(tmp_path, monkeypatch):
+    import hashlib
+    import io
+
+    from spikescan.datasets import download_shd, heidelberg
+
+    write_heidelberg(tmp_path / "raw.h5")
+    payload = gzip.compress((tmp_path / "raw.h5").read_bytes())
+    files = {"shd_test.h5.gz": payload,
+             "md5sums.txt": f"{hashlib.md5(payload).hexdigest()}  shd_test.h5.gz\n".encode()}
+    urls = []
+
+    def fake_urlopen(url):
+        urls.append(url)
+        return io.BytesIO(files[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(heidelberg.urllib.request, "urlopen", fake_urlopen)
+    (path,) = download_shd(tmp_path / "data", splits=("test",))
+    assert urls == ["https://zenkelab.org/datasets/md5sums.txt", "https://zenkelab.org/datasets/shd_test.h5.gz"]
+    assert path == tmp_path / "data" / "shd_test.h5" and path.read_bytes() == (tmp_path / "raw.h5").read_bytes()
+    assert len(shd("test", data_dir=tmp_path / "data")) == 3
+    files["md5sums.txt"] = b"0123  shd_test.h5.gz\n"
+    with pytest.raises(OSError, match="MD5"):
+        download_shd(tmp_path / "data", splits=("test",), force=True)
