@@ -1,0 +1,55 @@
+"""GPU backend of spikescan: CUDA kernels compiled through CuPy (CuPy arrays in, CuPy arrays out).
+
+The public functions (``spikescan.lif_forward`` etc.) dispatch here for CuPy inputs. Kernels live in
+``kernels/*.cu`` and compile lazily on first use (``_kernels.get_module``); ``python -m spikescan.cuda --check``
+compiles them all with NVRTC without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+__all__ = ["is_available", "choose_method"]
+
+
+@functools.lru_cache(maxsize=None)
+def is_available():
+    """True if CuPy imports and at least one CUDA device is present. Never raises."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _device_threads():
+    """(multiprocessors, resident threads per multiprocessor) of the current device; H100 figures without one."""
+    try:
+        import cupy
+
+        attrs = cupy.cuda.Device().attributes
+        return int(attrs["MultiProcessorCount"]), int(attrs["MaxThreadsPerMultiProcessor"])
+    except Exception:
+        return 132, 2048
+
+
+# One thread per neuron keeps the device busy once batch x neurons reaches this many threads per multiprocessor;
+# below it the warp-per-neuron scan (32x the threads) wins. A heuristic: re-tune with benchmarks/bench_lif_cuda.py.
+_SEQUENTIAL_THREADS_PER_SM = 256
+_MIN_SCAN_QUEUE = 64
+
+
+def choose_method(batch, n_out, queue_len):
+    """``method="auto"`` on the GPU: ``"sequential"`` or ``"scan"`` for a forward of this shape.
+
+    The fused sequential kernel runs one thread per (batch, neuron) and walks ``queue_len`` events serially; the scan
+    runs one warp per (batch, neuron) and walks ``queue_len / 32`` chunks (plus one chunk per output spike) at a
+    somewhat higher cost per event. The sequential kernel wins once ``batch * n_out`` threads fill the device
+    (``>= 256`` per multiprocessor, about 34k on an H100), and for short queues (``< 64`` events) where the
+    latency saved by the scan is small; the scan wins otherwise (small batch, inference, few neurons, long queues).
+    """
+    n_sm, _ = _device_threads()
+    if queue_len < _MIN_SCAN_QUEUE:
+        return "sequential"
+    return "sequential" if batch * n_out >= _SEQUENTIAL_THREADS_PER_SM * n_sm else "scan"

@@ -1,0 +1,173 @@
+"""CUDA sources of spikescan: loading, lazy compilation (memoized per device) and an offline NVRTC compile check.
+
+Every ``.cu`` file under ``kernels/`` is one ``cupy.RawModule`` holding all its template instantiations
+(``name_expressions``). Nothing compiles at import: ``get_kernel`` compiles a module the first time one of its
+kernels is needed on a device and caches it. ``check`` compiles every module for given architectures with NVRTC
+alone (no GPU, no driver), which is what ``python -m spikescan.cuda --check`` and the CI run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import re
+import threading
+
+_KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+# Output/cotangent dtypes that the templates are instantiated for.
+DTYPES = {"float32": "float", "float64": "double"}
+
+# module (file stem) -> kernel template names; each is instantiated for every entry of DTYPES.
+MODULES = {
+    "lif_forward": ("spikescan_lif_forward_sequential", "spikescan_lif_forward_step", "spikescan_lif_forward_scan"),
+    "lif_backward": ("spikescan_lif_backward",),
+}
+
+# Compiler options used at run time (CuPy adds the architecture and its own defaults) and by the check.
+OPTIONS = ("--std=c++17",)
+# Options that CuPy's RawModule adds by itself; the offline check adds them too so that it compiles the same thing.
+_CUPY_IMPLICIT_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
+def name_expression(kernel, dtype_name):
+    """``"spikescan_x<double>"`` for kernel ``spikescan_x`` and dtype ``"float64"``."""
+    return f"{kernel}<{DTYPES[str(dtype_name)]}>"
+
+
+def name_expressions(module):
+    return [name_expression(k, d) for k in MODULES[module] for d in DTYPES]
+
+
+def source(module):
+    """Full source of ``kernels/<module>.cu`` with local ``#include "x.cuh"`` files inlined (NVRTC needs no paths)."""
+    seen = set()
+
+    def expand(fname):
+        if fname in seen:  # include guards: every header once
+            return ""
+        seen.add(fname)
+        with open(os.path.join(_KERNEL_DIR, fname)) as f:
+            text = f.read().replace("#pragma once", "")
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(module + ".cu")
+
+
+_cache = {}
+_lock = threading.Lock()
+
+
+def get_module(module):
+    """The compiled ``cupy.RawModule`` for ``module`` on the current device (compiled on first use)."""
+    import cupy
+
+    key = (cupy.cuda.runtime.getDevice(), module)
+    mod = _cache.get(key)
+    if mod is None:
+        with _lock:
+            mod = _cache.get(key)
+            if mod is None:
+                mod = cupy.RawModule(code=source(module), options=OPTIONS, name_expressions=name_expressions(module))
+                _cache[key] = mod
+    return mod
+
+
+def get_kernel(module, kernel, dtype):
+    """The ``cupy.RawKernel`` ``kernel<T>`` of ``module`` for ``T`` matching NumPy ``dtype``."""
+    import numpy as np
+
+    return get_module(module).get_function(name_expression(kernel, np.dtype(dtype).name))
+
+
+def launch(module, kernel, dtype, grid, block, args):
+    """Launch ``kernel<dtype>`` with ``grid`` and ``block`` (ints) on the current stream."""
+    if grid <= 0:
+        return
+    get_kernel(module, kernel, dtype)((int(grid),), (int(block),), tuple(args))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Offline compile check (NVRTC only)
+# ------------------------------------------------------------------------------------------------------------
+
+def _preload_nvrtc():
+    """Make ``libnvrtc.so.12`` of the ``nvidia-cuda-nvrtc-cu12`` wheel loadable (CuPy may not look there)."""
+    try:
+        import nvidia.cuda_nvrtc as pkg  # namespace package of the PyPI wheel
+    except ImportError:
+        return
+    for base in list(getattr(pkg, "__path__", [])):
+        for lib in sorted(glob.glob(os.path.join(base, "lib", "libnvrtc.so*"))):
+            if "alt" in os.path.basename(lib) or "builtins" in os.path.basename(lib):
+                continue
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+                return
+            except OSError:
+                continue
+
+
+def nvrtc_module():
+    """``cupy_backends.cuda.libs.nvrtc`` when it can compile here, else ``None``."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+    except Exception:  # cupy missing or broken
+        return None
+    for attempt in range(2):
+        try:
+            nvrtc.getVersion()
+            return nvrtc
+        except Exception:
+            if attempt == 0:
+                _preload_nvrtc()
+    return None
+
+
+def compile_module(module, arch, nvrtc=None):
+    """Compile ``module`` for ``sm_<arch>`` with NVRTC; returns ``(ok, log)``. Needs no GPU."""
+    nvrtc = nvrtc or nvrtc_module()
+    if nvrtc is None:
+        raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
+    prog = nvrtc.createProgram(source(module), module + ".cu", [], [])
+    try:
+        exprs = name_expressions(module)
+        for e in exprs:
+            nvrtc.addNameExpression(prog, e)
+        opts = list(OPTIONS) + list(_CUPY_IMPLICIT_OPTIONS) + [f"--gpu-architecture=sm_{arch}"]
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except Exception as exc:  # NVRTCError: the log says why
+            return False, f"{exc}\n{nvrtc.getProgramLog(prog)}"
+        missing = []
+        for e in exprs:
+            try:
+                nvrtc.getLoweredName(prog, e)
+            except Exception:
+                missing.append(e)
+        log = nvrtc.getProgramLog(prog)
+        if missing:
+            return False, f"instantiations missing: {missing}\n{log}"
+        return True, log
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def check(archs=("80", "90"), modules=None, verbose=True):
+    """Compile every module (all instantiations) for every architecture. Returns the number of failures."""
+    nvrtc = nvrtc_module()
+    if nvrtc is None:
+        raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
+    failures = 0
+    for module in modules or MODULES:
+        for arch in archs:
+            ok, log = compile_module(module, arch, nvrtc)
+            failures += not ok
+            if verbose:
+                names = ", ".join(name_expressions(module))
+                print(f"[{'ok' if ok else 'FAIL'}] {module}.cu sm_{arch}: {names}")
+                if log.strip() and (not ok or "warning" in log):
+                    print(log.rstrip())
+    return failures

@@ -1,0 +1,152 @@
+"""CuPy launchers of the LIF layer kernels (``kernels/lif_forward.cu``, ``kernels/lif_backward.cu``).
+
+``lif_forward_cuda`` / ``lif_backward_cuda`` have the contract of ``spikescan._lif_numpy`` for validated CuPy
+arguments. The array logic is written against an array module ``xp`` and a ``launch`` function so that the same
+code also runs the kernels' host emulation in the tests (``_hostemu``) with NumPy arrays.
+
+Methods (all exact, identical spike counts):
+
+- ``"sequential"``: ``spikescan_lif_forward_sequential``, one thread per (batch, neuron), one launch.
+- ``"scan"``: ``spikescan_lif_forward_scan``, one warp per (batch, neuron), chunks of ``min(chunk_size, 32)``
+  events (one warp pass; a ``chunk_size`` above 32 gives the same results as 32, since a quiet chunk commits and the
+  next one continues from its state). Smaller chunk sizes exist for tests of the chunk boundaries.
+- ``"step"`` (benchmarks only): ``spikescan_lif_forward_step``, one launch per queue entry, the
+  one-event-per-step simulation that the scan is compared with.
+- ``"auto"``: ``spikescan.cuda.choose_method``.
+
+Memory: the forward keeps the queues and spike records of ``LIFResiduals`` and nothing else. The backward allocates,
+for its duration only, checkpoints of 32 bytes per neuron per 32 points of history (``(queue entries + spikes) / 32``),
+processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus float64 gradient accumulators.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._queue import build_queues
+from .._types import LIFGrads, LIFResiduals, LIFResult
+from . import _kernels
+
+SOLVER_CODES = {"newton": 0, "bisection": 1, "analytic": 2}
+WARP = 32
+THREADS_PER_BLOCK = 256
+BACKWARD_CHUNK = 32  # SPIKESCAN_BWD_CHUNK in lif_backward.cu
+_CHECKPOINT_BYTES = 1 << 29
+
+
+def _cupy_launch(module, kernel, dtype, grid, block, args):
+    _kernels.launch(module, kernel, dtype, grid, block, args)
+
+
+def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
+                     solver):
+    """Forward of the LIF layer on the GPU; arguments as validated by ``spikescan.lif_forward``.
+
+    ``tau_mem``, ``tau_syn``: float64 ``[n_out]`` CuPy arrays; ``threshold``: float; ``method``: ``"auto"``,
+    ``"sequential"``, ``"scan"`` (or ``"step"``, the benchmark baseline). Returns ``LIFResult`` of CuPy arrays.
+    """
+    import cupy
+
+    return forward(cupy, _cupy_launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
+                   chunk_size, solver)
+
+
+def lif_backward_cuda(result, grad_times):
+    """Backward of the LIF layer on the GPU: ``LIFGrads`` of CuPy arrays (see ``kernels/lif_backward.cu``)."""
+    import cupy
+
+    return backward(cupy, _cupy_launch, result, grad_times)
+
+
+def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
+            solver):
+    """Array-module-generic body of ``lif_forward_cuda``."""
+    batch, n_in, max_in = input_times.shape
+    n_out = weights.shape[1]
+    W = xp.ascontiguousarray(weights, dtype=xp.float64)
+    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    qt, qi, qe = build_queues(input_times, D, xp)
+    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int64),
+                  xp.ascontiguousarray(qe, dtype=xp.int64))
+    n_queues, L1 = qt.shape[1], qt.shape[2]
+    tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
+    ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
+    dtype = input_times.dtype
+    spike_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=xp.float64)
+    spike_event = xp.full((batch, n_out, max_spikes), -1, dtype=xp.int64)
+    out_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=dtype)
+    counts = xp.zeros((batch, n_out), dtype=xp.int64)
+    n = batch * n_out
+    if method == "auto":
+        from . import choose_method
+
+        method = choose_method(batch, n_out, L1 - 1)
+    common = [qt, qi, qe, W, tm, ts, np.float64(threshold), np.int32(SOLVER_CODES[solver]), np.int64(batch),
+              np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes)]
+    outputs = [spike_times, spike_event, out_times, counts]
+    if method == "sequential":
+        launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, THREADS_PER_BLOCK),
+               THREADS_PER_BLOCK, common + outputs)
+    elif method == "scan":
+        width = np.int32(min(int(chunk_size), WARP))
+        launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, THREADS_PER_BLOCK),
+               THREADS_PER_BLOCK, common + [width] + outputs)
+    elif method == "step":
+        state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)]
+        n_steps = int(qe.max()) + 1 if qe.size else 0
+        for k in range(n_steps):
+            launch("lif_forward", "spikescan_lif_forward_step", dtype, _blocks(n, THREADS_PER_BLOCK),
+                   THREADS_PER_BLOCK, common + [np.int64(k)] + state + outputs)
+    else:
+        raise ValueError(f"method must be 'auto', 'sequential', 'scan' or 'step', got {method!r}")
+    res = LIFResiduals(
+        queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
+        weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=float(threshold),
+        input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
+        delays_dtype=None if delays is None else delays.dtype, solver=solver)
+    return LIFResult(times=out_times, counts=counts, residuals=res)
+
+
+def backward(xp, launch, result, grad_times):
+    """Array-module-generic body of ``lif_backward_cuda``."""
+    res = result.residuals
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    max_spikes = res.spike_times.shape[2]
+    n_queues, L1 = res.queue_times.shape[1], res.queue_times.shape[2]
+    grad_times = xp.ascontiguousarray(grad_times)
+    counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
+    grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
+    grad_in = xp.zeros((batch, n_in, max_in), dtype=xp.float64)
+    grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
+    grad_th = xp.zeros(1, dtype=xp.float64)
+    n = batch * n_out
+    if n > 0:
+        # Points per neuron up to its last recorded spike: entries before it plus the recorded spikes.
+        n_rec = xp.minimum(counts, max_spikes).reshape(n)
+        last = xp.maximum(n_rec - 1, 0)
+        last_event = res.spike_event.reshape(n, max_spikes)[xp.arange(n), last]
+        n_points = int(xp.where(n_rec > 0, last_event + n_rec, 0).max())
+        n_ckpt = max(1, math.ceil(n_points / BACKWARD_CHUNK))
+        group = max(1, min(n, _CHECKPOINT_BYTES // (n_ckpt * 4 * 8)))
+        checkpoints = xp.empty(n_ckpt * 4 * group, dtype=xp.float64)
+        for start in range(0, n, group):
+            count = min(group, n - start)
+            args = [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn,
+                    np.float64(res.threshold), np.int64(batch), np.int64(n_in), np.int64(n_out),
+                    np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
+                    np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
+                    checkpoints, grad_w, grad_in, np.int32(res.delays is not None), grad_d, grad_th]
+            launch("lif_backward", "spikescan_lif_backward", grad_times.dtype, _blocks(count, THREADS_PER_BLOCK),
+                   THREADS_PER_BLOCK, args)
+    return LIFGrads(
+        weights=grad_w.astype(res.weights_dtype),
+        input_times=grad_in.astype(res.input_dtype),
+        delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
+        threshold=grad_th.reshape(()))
+
+
+def _blocks(threads, block):
+    return (int(threads) + block - 1) // block

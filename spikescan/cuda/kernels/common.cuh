@@ -1,0 +1,124 @@
+// spikescan: closed forms of the current-based LIF neuron between input events (DESIGN.md sections 1-3), float64.
+//
+// Device twins of spikescan/_dynamics.py (decay, voltage, peak_time, fires_in_gap, solve_spike_time); every kernel
+// includes this file, so each formula lives in one place on the GPU too. Keep the operation order identical to
+// the NumPy functions so that both round the same way as far as the math library allows.
+//
+// Between events, from state (V0, I0) over a gap s:  I(s) = b I0,  V(s) = a V0 + c I0,
+//   a = exp(-s/tau_mem), b = exp(-s/tau_syn), c = r (a - b), r = tau_syn / (tau_mem - tau_syn),
+// with c = (s/tau_mem) a expm1(x)/x, x = -s (1/tau_syn - 1/tau_mem), when |x| < 1 (no cancellation, exact at
+// tau_mem == tau_syn).  s = +inf gives a = b = c = 0.
+#pragma once
+
+#define SPIKESCAN_FULL_MASK 0xffffffffu
+#define SPIKESCAN_NEWTON_MAX_ITERS 100
+#define SPIKESCAN_BISECTION_MAX_ITERS 1100
+#define SPIKESCAN_SOLVER_NEWTON 0
+#define SPIKESCAN_SOLVER_BISECTION 1
+#define SPIKESCAN_SOLVER_ANALYTIC 2
+
+__device__ __forceinline__ double spikescan_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+
+// expm1(x) / x with phi(0) = 1.
+__device__ __forceinline__ double spikescan_phi(double x) { return x == 0.0 ? 1.0 : expm1(x) / x; }
+
+// log1p(z) / z with 1 at z = 0.
+__device__ __forceinline__ double spikescan_log1p_ratio(double z) { return z == 0.0 ? 1.0 : log1p(z) / z; }
+
+struct spikescan_decay_t {
+    double a, b, c;
+};
+
+// Propagator entries (a, b, c) of the gap map [[a, c], [0, b]] for a gap s >= 0 (may be +inf).
+__device__ __forceinline__ spikescan_decay_t spikescan_decay(double s, double tau_mem, double tau_syn) {
+    spikescan_decay_t r;
+    if (!isfinite(s)) {
+        r.a = 0.0; r.b = 0.0; r.c = 0.0;
+        return r;
+    }
+    r.a = exp(-s / tau_mem);
+    r.b = exp(-s / tau_syn);
+    const double d = 1.0 / tau_syn - 1.0 / tau_mem;
+    const double x = -s * d;
+    if (fabs(x) < 1.0) {
+        r.c = (s / tau_mem) * r.a * spikescan_phi(x);
+    } else {
+        r.c = tau_syn / (tau_mem - tau_syn) * (r.a - r.b);
+    }
+    return r;
+}
+
+__device__ __forceinline__ double spikescan_voltage(double s, double v0, double i0, double tau_mem,
+                                                    double tau_syn) {
+    const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+    return d.a * v0 + d.c * i0;
+}
+
+// Time s_peak > 0 of the maximum of V after (v0, i0), or +inf where V has no interior peak
+// (s_peak = tau_syn (1 - v0/i0) log1p(z)/z, z = (1 - tau_syn/tau_mem)(v0/i0 - 1)).
+__device__ __forceinline__ double spikescan_peak_time(double v0, double i0, double tau_mem, double tau_syn) {
+    const bool rising = (i0 > 0.0) && (i0 > v0);
+    const double ratio = rising ? v0 / i0 : 0.0;
+    const double z = (1.0 - tau_syn / tau_mem) * (ratio - 1.0);
+    const bool has_peak = rising && (1.0 + z > 0.0);
+    if (!has_peak) return spikescan_inf();
+    return tau_syn * (1.0 - ratio) * spikescan_log1p_ratio(z);
+}
+
+// Exact gap test (DESIGN.md section 2) for v0 < threshold: does V reach threshold in (0, gap]?  Writes the right
+// end of the root bracket min(s_peak, gap) to *s_hi.
+__device__ __forceinline__ bool spikescan_fires_in_gap(double v0, double i0, double gap, double tau_mem,
+                                                       double tau_syn, double threshold, double* s_hi) {
+    const double s_peak = spikescan_peak_time(v0, i0, tau_mem, tau_syn);
+    const double hi = fmin(s_peak, gap);
+    *s_hi = hi;
+    // V(inf) = 0 < threshold: an infinite bracket (no peak, open gap) never fires.
+    const bool fin = isfinite(hi) && (hi > 0.0);
+    if (!fin) return false;
+    const double v_hi = spikescan_voltage(hi, v0, i0, tau_mem, tau_syn);
+    return (v_hi >= threshold) && (i0 > v0);
+}
+
+// First root of V(s) = threshold on [0, s_hi] for a firing state (V(0) < threshold <= V(s_hi), V increasing and
+// concave there); DESIGN.md section 3.  solver: SPIKESCAN_SOLVER_NEWTON (Newton from 0 with bisection fallback),
+// _BISECTION, or _ANALYTIC (tau_mem == 2 tau_syn only).
+__device__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
+                                             double threshold, int solver) {
+    if (solver == SPIKESCAN_SOLVER_ANALYTIC) {
+        const double disc = fmax((i0 - v0) * (i0 - v0) - 4.0 * i0 * (threshold - v0), 0.0);
+        const double xm1 = -2.0 * (threshold - v0) / (sqrt(disc) + (i0 - v0));
+        return -tau_mem * log1p(xm1);
+    }
+    double lo = 0.0;
+    double hi = s_hi;
+    if (solver == SPIKESCAN_SOLVER_BISECTION) {
+        for (int it = 0; it < SPIKESCAN_BISECTION_MAX_ITERS; ++it) {
+            const double mid = 0.5 * (lo + hi);
+            if (!((mid > lo) && (mid < hi))) break;
+            if (spikescan_voltage(mid, v0, i0, tau_mem, tau_syn) >= threshold) hi = mid; else lo = mid;
+        }
+        return hi;
+    }
+    for (int it = 0; it < SPIKESCAN_NEWTON_MAX_ITERS; ++it) {
+        // Invariant V(lo) < threshold <= V(hi); a Newton proposal outside (lo, hi) becomes a bisection step.
+        const double step_up = nextafter(lo, spikescan_inf());
+        if (!(step_up < hi)) break;
+        const spikescan_decay_t d = spikescan_decay(lo, tau_mem, tau_syn);
+        const double v = d.a * v0 + d.c * i0;
+        const double slope = (d.b * i0 - v) / tau_mem;
+        const double s_newton = fmax(lo + (threshold - v) / (slope > 0.0 ? slope : 1.0), step_up);
+        const bool ok = (slope > 0.0) && (s_newton < hi);
+        const double s_next = ok ? s_newton : 0.5 * (lo + hi);
+        if (spikescan_voltage(s_next, v0, i0, tau_mem, tau_syn) >= threshold) hi = s_next; else lo = s_next;
+    }
+    const double v_lo = spikescan_voltage(lo, v0, i0, tau_mem, tau_syn);
+    const double v_hi = spikescan_voltage(hi, v0, i0, tau_mem, tau_syn);
+    return (threshold - v_lo <= v_hi - threshold) ? lo : hi;
+}
+
+// Weight of queue entry `flat` (= j * max_in + m, or -1 for padding) for output neuron i.
+__device__ __forceinline__ double spikescan_event_weight(const double* __restrict__ weights, long long flat,
+                                                         long long max_in, long long n_out, long long i) {
+    if (flat < 0) return 0.0;
+    return weights[(flat / max_in) * n_out + i];
+}

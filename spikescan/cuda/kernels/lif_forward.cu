@@ -1,0 +1,243 @@
+// spikescan: forward pass of a dense layer of current-based LIF neurons with exact hard reset.
+//
+// Three kernels over the same per-neuron input queues (spikescan/_queue.py: queue_times [batch, Q, L1] float64,
+// ascending, +inf padded with at least one +inf; queue_index [batch, Q, L1] int64 flat source j * max_in + m;
+// queue_end [batch, Q] int64; Q = 1 without delays, n_out with delays). All state and solves are float64; T is
+// the dtype of the recorded output times (float or double).  Outputs must be pre-filled by the launcher:
+// spike_times = +inf, spike_event = -1, out_times = +inf; the kernels write recorded spikes and counts.
+//
+//   spikescan_lif_forward_sequential<T>: one thread per (batch, neuron), walks the whole queue in one launch.
+//   spikescan_lif_forward_step<T>:       one thread per (batch, neuron), ONE queue entry per launch (state in
+//                                        global memory): the one-event-per-step baseline used by benchmarks.
+//   spikescan_lif_forward_scan<T>:       one warp per (batch, neuron): chunked speculative associative scan
+//                                        (DESIGN.md section 4) over chunks of `width` <= 32 events.
+//
+// A spike found in the gap that ends at queue entry k (entries < k applied) is recorded with spike_event = k;
+// spikes beyond max_spikes are counted but not recorded.  64-bit offsets throughout.
+#include "common.cuh"
+
+// Fire every spike inside the gap (t_prev, t_k]: the gap test, the root solve, the reset V <- 0 (I kept), and the
+// test again on the rest of the same gap.  Shared by the sequential and step kernels.
+template <typename T>
+__device__ __forceinline__ void spikescan_fire_in_gap(double& V, double& I, double& t_prev, double t_k,
+                                                      long long k, double tau_mem, double tau_syn,
+                                                      double threshold, int solver, long long& count,
+                                                      long long max_spikes, double* __restrict__ spike_times,
+                                                      long long* __restrict__ spike_event,
+                                                      T* __restrict__ out_times, long long rec_base) {
+    double gap = t_k - t_prev;
+    while (true) {
+        double s_hi;
+        if (!spikescan_fires_in_gap(V, I, gap, tau_mem, tau_syn, threshold, &s_hi)) break;
+        const double s = spikescan_solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold, solver);
+        const double t_spike = fmin(t_prev + s, t_k);
+        const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+        V = 0.0;
+        I = I * d.b;
+        t_prev = t_spike;
+        gap = t_k - t_spike;
+        if (count < max_spikes) {
+            spike_times[rec_base + count] = t_spike;
+            spike_event[rec_base + count] = k;
+            out_times[rec_base + count] = (T)t_spike;
+        }
+        ++count;
+    }
+}
+
+template <typename T>
+__global__ void spikescan_lif_forward_sequential(
+    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
+    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
+    double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
+    long long* __restrict__ counts) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_out) return;
+    const long long b = tid / n_out;
+    const long long i = tid - b * n_out;
+    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
+    const double* qt = queue_times + qrow * L1;
+    const long long* qi = queue_index + qrow * L1;
+    const long long end = queue_end[qrow];
+    const double tau_mem = tau_mem_arr[i];
+    const double tau_syn = tau_syn_arr[i];
+    const long long rec_base = tid * max_spikes;
+
+    double V = 0.0, I = 0.0, t_prev = 0.0;
+    long long count = 0;
+    for (long long k = 0; k <= end; ++k) {
+        const double t_k = qt[k];  // +inf at k == end: the open gap after the last input
+        spikescan_fire_in_gap<T>(V, I, t_prev, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                 spike_times, spike_event, out_times, rec_base);
+        if (k == end) break;
+        const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
+        const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
+        const double V_new = d.a * V + d.c * I;
+        I = d.b * I + w;
+        V = V_new;
+        t_prev = t_k;
+    }
+    counts[tid] = count;
+}
+
+// One queue entry k per launch for every (batch, neuron): the gap ending at entry k, then entry k itself.  State
+// (V, I, t_prev, count) lives in global memory between launches (zero-initialised by the launcher).
+template <typename T>
+__global__ void spikescan_lif_forward_step(
+    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
+    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
+    long long k, double* __restrict__ state_V, double* __restrict__ state_I, double* __restrict__ state_t,
+    double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
+    long long* __restrict__ counts) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_out) return;
+    const long long b = tid / n_out;
+    const long long i = tid - b * n_out;
+    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
+    const long long end = queue_end[qrow];
+    if (k > end) return;
+    const double tau_mem = tau_mem_arr[i];
+    const double tau_syn = tau_syn_arr[i];
+    double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid];
+    long long count = counts[tid];
+    const double t_k = queue_times[qrow * L1 + k];
+    spikescan_fire_in_gap<T>(V, I, t_prev, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                             spike_times, spike_event, out_times, tid * max_spikes);
+    if (k < end) {
+        const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
+        const double w = spikescan_event_weight(weights, queue_index[qrow * L1 + k], max_in, n_out, i);
+        const double V_new = d.a * V + d.c * I;
+        I = d.b * I + w;
+        V = V_new;
+        t_prev = t_k;
+    }
+    state_V[tid] = V;
+    state_I[tid] = I;
+    state_t[tid] = t_prev;
+    counts[tid] = count;
+}
+
+// One element of the affine scan: the map x -> M x + e with M = [[a, c], [0, b]], e = (eV, eI).
+struct spikescan_affine_t {
+    double a, c, b, eV, eI;
+};
+
+// later o earlier = (M2 M1, M2 e1 + e2).
+__device__ __forceinline__ spikescan_affine_t spikescan_compose(const spikescan_affine_t& later,
+                                                                const spikescan_affine_t& earlier) {
+    spikescan_affine_t r;
+    r.a = later.a * earlier.a;
+    r.c = later.a * earlier.c + later.c * earlier.b;
+    r.b = later.b * earlier.b;
+    r.eV = later.a * earlier.eV + later.c * earlier.eI + later.eV;
+    r.eI = later.b * earlier.eI + later.eI;
+    return r;
+}
+
+// Chunked speculative scan, one warp per (batch, neuron); blockDim.x must be a multiple of 32.
+//
+// Each round the warp holds the committed state (V, I) at time t0 with queue entries < k applied.  Lane l takes
+// queue entry e = k + l (lanes l >= width or e > end idle as identity maps): its gap (t_{e-1}, t_e] (t0 for l = 0)
+// and the map "decay over the gap, then add w_e".  A Hillis-Steele scan by shuffles (5 rounds) gives every prefix
+// state, the state at the start of each lane's gap is the previous lane's prefix, every lane runs the gap test on
+// its own gap, and __ballot_sync finds the first firing gap f.  No spike: commit the chunk (state of the last
+// active lane, k += active lanes).  Spike: every lane solves the same spike time (uniform control flow), lane 0
+// records it, the state resets to (0, b(s) I) at the spike, k += f, and the next round resumes from the spike, so
+// the rest of that gap is tested again.  Rounds continue until the +inf sentinel gap is consumed: no input is ever
+// dropped.  Work per round: one decay + gap test per lane and 5 x 5 shuffles; a spike costs one extra round.
+template <typename T>
+__global__ void spikescan_lif_forward_scan(
+    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
+    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
+    int width, double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
+    long long* __restrict__ counts) {
+    const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
+    const int lane = threadIdx.x & 31;
+    if (tid >= batch * n_out) return;  // uniform across the warp
+    const long long b = tid / n_out;
+    const long long i = tid - b * n_out;
+    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
+    const double* qt = queue_times + qrow * L1;
+    const long long* qi = queue_index + qrow * L1;
+    const long long end = queue_end[qrow];
+    const double tau_mem = tau_mem_arr[i];
+    const double tau_syn = tau_syn_arr[i];
+    const long long rec_base = tid * max_spikes;
+
+    double V = 0.0, I = 0.0, t0 = 0.0;
+    long long k = 0;
+    long long count = 0;
+    while (k <= end) {
+        const long long e = k + lane;
+        const bool active = (lane < width) && (e <= end);
+        const double t_e = active ? qt[e] : 0.0;
+        const double t_before = __shfl_up_sync(SPIKESCAN_FULL_MASK, t_e, 1);
+        const double t_prev = (lane == 0) ? t0 : t_before;
+        const double gap = active ? t_e - t_prev : 0.0;
+        spikescan_affine_t m;
+        if (active) {
+            const spikescan_decay_t d = spikescan_decay(gap, tau_mem, tau_syn);
+            m.a = d.a; m.c = d.c; m.b = d.b; m.eV = 0.0;
+            m.eI = (e < end) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;
+        } else {
+            m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
+        }
+#pragma unroll
+        for (int offset = 1; offset < 32; offset <<= 1) {
+            spikescan_affine_t earlier;
+            earlier.a = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.a, offset);
+            earlier.c = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.c, offset);
+            earlier.b = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.b, offset);
+            earlier.eV = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.eV, offset);
+            earlier.eI = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.eI, offset);
+            if (lane >= offset) m = spikescan_compose(m, earlier);
+        }
+        // State after this lane's entry, and at the start of its gap (previous lane's, or the committed state).
+        const double V_after = m.a * V + m.c * I + m.eV;
+        const double I_after = m.b * I + m.eI;
+        const double V_up = __shfl_up_sync(SPIKESCAN_FULL_MASK, V_after, 1);
+        const double I_up = __shfl_up_sync(SPIKESCAN_FULL_MASK, I_after, 1);
+        const double V_start = (lane == 0) ? V : V_up;
+        const double I_start = (lane == 0) ? I : I_up;
+        double s_hi = 0.0;
+        const bool fires = active && spikescan_fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold,
+                                                            &s_hi);
+        const unsigned fire_mask = __ballot_sync(SPIKESCAN_FULL_MASK, fires);
+        if (fire_mask == 0u) {
+            const long long remaining = end - k + 1;
+            const int n_active = (remaining < (long long)width) ? (int)remaining : width;
+            const int last = n_active - 1;
+            V = __shfl_sync(SPIKESCAN_FULL_MASK, V_after, last);
+            I = __shfl_sync(SPIKESCAN_FULL_MASK, I_after, last);
+            t0 = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, last);
+            k += n_active;
+            continue;
+        }
+        const int f = __ffs((int)fire_mask) - 1;
+        const double v0 = __shfl_sync(SPIKESCAN_FULL_MASK, V_start, f);
+        const double i0 = __shfl_sync(SPIKESCAN_FULL_MASK, I_start, f);
+        const double hi = __shfl_sync(SPIKESCAN_FULL_MASK, s_hi, f);
+        const double tp = __shfl_sync(SPIKESCAN_FULL_MASK, t_prev, f);
+        const double te = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, f);
+        const double s = spikescan_solve_spike_time(v0, i0, hi, tau_mem, tau_syn, threshold, solver);
+        const double t_spike = fmin(tp + s, te);
+        const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+        k += f;
+        if (lane == 0 && count < max_spikes) {
+            spike_times[rec_base + count] = t_spike;
+            spike_event[rec_base + count] = k;
+            out_times[rec_base + count] = (T)t_spike;
+        }
+        ++count;
+        V = 0.0;
+        I = i0 * d.b;
+        t0 = t_spike;
+    }
+    if (lane == 0) counts[tid] = count;
+}
