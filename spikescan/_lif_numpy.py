@@ -32,7 +32,7 @@ class _Layout:
 def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
     """Weight of queue entry ``ks`` of queue ``rows`` for neuron column ``cols``; 0 where ``applies`` is False."""
     idx = queue_index[rows, ks]
-    src = np.where(idx >= 0, idx // max_in, 0)
+    src = np.where(idx >= 0, idx // max(max_in, 1), 0)
     return np.where(applies & (idx >= 0), weights[src, cols], 0.0)
 
 
@@ -206,6 +206,8 @@ def _merge_points(res, grad_times, neurons, lay):
     # Number of points up to and including the last recorded spike; inputs beyond it are not needed.
     n_points = np.where(n_rec > 0, spike_pos.max(axis=1, initial=-1) + 1, 0)
     P = int(n_points.max(initial=0))
+    if P == 0:
+        return None
     kind = np.zeros((n, P), np.int8)
     tau = np.zeros((n, P))
     qpos = np.zeros((n, P), np.int64)
@@ -231,10 +233,11 @@ def _merge_points(res, grad_times, neurons, lay):
 
 
 def _backward_group(res, grad_times, neurons, lay, method, grads):
-    kind, tau, qpos, g = _merge_points(res, grad_times, neurons, lay)
-    n, P = kind.shape
-    if P == 0:
+    points = _merge_points(res, grad_times, neurons, lay)
+    if points is None:
         return
+    kind, tau, qpos, g = points
+    n, P = kind.shape
     tm = res.tau_mem[lay.i[neurons]][:, None]
     ts = res.tau_syn[lay.i[neurons]][:, None]
     th = res.threshold

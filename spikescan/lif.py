@@ -43,6 +43,10 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         ``LIFResult(times [batch, n_out, max_spikes], counts [batch, n_out], residuals)``. Arrays are NumPy for
         NumPy inputs and CuPy for CuPy inputs.
     """
+    v.check_float_array("input_times", input_times, 3)
+    v.check_float_array("weights", weights, 2)
+    if delays is not None:
+        v.check_float_array("delays", delays, 2)
     xp = v.array_module(input_times, weights, delays)
     v.check_spike_times("input_times", input_times)
     v.check_weights("weights", weights, input_times.shape[1])

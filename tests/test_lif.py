@@ -1,0 +1,495 @@
+"""Tests of the NumPy LIF layer: reference vs independent simulations, scan vs reference, gradients, bad input."""
+
+from __future__ import annotations
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan import _dynamics as dyn
+from spikescan._scan import recurrence_loop, recurrence_scan
+
+from _cases import queue_of_length, random_spikes, weights
+from tolerances import TOL
+
+
+def assert_same_spikes(ref, out, dtype="float64"):
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_array_equal(np.isfinite(out.times), np.isfinite(ref.times))
+    fin = np.isfinite(ref.times)
+    np.testing.assert_allclose(out.times[fin], ref.times[fin], **TOL[dtype]["times"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent simulations
+# ---------------------------------------------------------------------------------------------------------------
+
+def simulate_mpmath(input_times, weights, tau_mem, tau_syn, threshold, delays=None, dps=40):
+    """Event-by-event simulation in arbitrary precision with its own root finding: list of spike times per neuron."""
+    mp.mp.dps = dps
+    batch, n_in, max_in = input_times.shape
+    n_out = weights.shape[1]
+    tm, ts, th = mp.mpf(tau_mem), mp.mpf(tau_syn), mp.mpf(threshold)
+
+    def V(s, v0, i0):
+        if tm == ts:
+            return (v0 + i0 * s / tm) * mp.exp(-s / tm)
+        return v0 * mp.exp(-s / tm) + i0 * ts / (tm - ts) * (mp.exp(-s / tm) - mp.exp(-s / ts))
+
+    def dV(s, v0, i0):
+        return (i0 * mp.exp(-s / ts) - V(s, v0, i0)) / tm
+
+    out = []
+    for b in range(batch):
+        row = []
+        for i in range(n_out):
+            events = sorted((mp.mpf(float(input_times[b, j, m])) + (0 if delays is None else mp.mpf(delays[j, i])),
+                             mp.mpf(weights[j, i]))
+                            for j in range(n_in) for m in range(max_in) if np.isfinite(input_times[b, j, m]))
+            events.append((mp.inf, mp.mpf(0)))
+            v0, i0, t0, spikes = mp.mpf(0), mp.mpf(0), mp.mpf(0), []
+            for t_ev, w in events:
+                while True:
+                    # DESIGN.md section 2 in arbitrary precision: the peak from the log formula, then bisection.
+                    gap = t_ev - t0
+                    if not (i0 > v0 and i0 > 0):
+                        break
+                    if tm == ts:
+                        peak = tm * (1 - v0 / i0)
+                    else:
+                        arg = tm * i0 / ((tm - ts) * v0 + ts * i0)
+                        if arg <= 0:
+                            break
+                        peak = tm * ts / (tm - ts) * mp.log(arg)
+                    hi = min(peak, gap)
+                    if V(hi, v0, i0) < th:
+                        break
+                    root = mp.findroot(lambda s: V(s, v0, i0) - th, (mp.mpf(0), hi), solver="bisect")
+                    t0 = t0 + root
+                    i0 = i0 * mp.exp(-root / ts)
+                    v0 = mp.mpf(0)
+                    spikes.append(t0)
+                if t_ev == mp.inf:
+                    break
+                s = t_ev - t0
+                v0, i0, t0 = V(s, v0, i0), i0 * mp.exp(-s / ts) + w, t_ev
+            row.append(spikes)
+        out.append(row)
+    return out
+
+
+def simulate_euler(input_times, weights, tau_mem, tau_syn, threshold, t_end, dt=1e-4):
+    """Brute-force fixed-step integration (exact exponential Euler for I, RK2 for V) with linear crossing times."""
+    batch, n_in, max_in = input_times.shape
+    n_out = weights.shape[1]
+    steps = int(round(t_end / dt))
+    out = []
+    for b in range(batch):
+        drive = np.zeros((steps + 1, n_out))
+        for j in range(n_in):
+            for m in range(max_in):
+                t = input_times[b, j, m]
+                if np.isfinite(t) and t < t_end:
+                    drive[int(np.ceil(t / dt - 1e-9)), :] += weights[j]
+        V, I = np.zeros(n_out), np.zeros(n_out)
+        spikes = [[] for _ in range(n_out)]
+        for k in range(steps):
+            I = I + drive[k]
+            k1 = (I - V) / tau_mem
+            I_next = I * np.exp(-dt / tau_syn)
+            V_mid = V + dt * k1
+            V_next = V + 0.5 * dt * (k1 + (I_next - V_mid) / tau_mem)
+            cross = V_next >= threshold
+            for i in np.flatnonzero(cross):
+                frac = (threshold - V[i]) / (V_next[i] - V[i])
+                spikes[i].append((k + frac) * dt)
+            V = np.where(cross, 0.0, V_next)
+            I = I_next
+        out.append(spikes)
+    return out
+
+
+def test_reference_matches_arbitrary_precision():
+    rng = np.random.default_rng(0)
+    t = random_spikes(rng, 2, 5, 3, t_max=20.0)
+    W = weights(rng, 5, 3, mean=1.0, std=0.8)
+    for tau_mem, tau_syn in [(10.0, 4.0), (5.0, 5.0), (6.0, 3.0), (3.0, 7.0)]:
+        r = ss.lif_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=20, method="sequential")
+        ref = simulate_mpmath(t, W, tau_mem, tau_syn, 1.0)
+        assert sum(len(x) for row in ref for x in row) > 5
+        for b in range(2):
+            for i in range(3):
+                exact = ref[b][i]
+                assert r.counts[b, i] == len(exact)
+                got = r.times[b, i, : len(exact)]
+                rel = [abs((mp.mpf(float(g)) - e) / e) for g, e in zip(got, exact)]
+                assert max(rel, default=0) <= TOL["mpmath"]["rtol"], (tau_mem, tau_syn, b, i, rel)
+
+
+def test_reference_matches_brute_force_integration():
+    rng = np.random.default_rng(1)
+    t = random_spikes(rng, 1, 4, 3, t_max=15.0)
+    W = weights(rng, 4, 3, mean=1.2, std=0.6)
+    r = ss.lif_forward(t, W, tau_mem=8.0, tau_syn=3.0, max_spikes=30, method="sequential")
+    # Input spikes in the last 5 time units leave room for tail spikes, so integrate well beyond them.
+    euler = simulate_euler(t, W, 8.0, 3.0, 1.0, t_end=50.0, dt=4e-4)
+    assert r.counts.sum() > 3
+    for i in range(3):
+        assert r.counts[0, i] == len(euler[0][i])
+        # First-order in dt (inputs snap to the grid), so the agreement is a few dt; mpmath checks the digits.
+        np.testing.assert_allclose(r.times[0, i, : r.counts[0, i]], euler[0][i], atol=5e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scan vs sequential
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 8, 128])
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+@pytest.mark.parametrize("multiple", [1, 2])
+def test_scan_equals_sequential_around_chunk_multiples(chunk_size, offset, multiple):
+    rng = np.random.default_rng(chunk_size * 10 + offset + 3 * multiple)
+    length = max(1, chunk_size * multiple + offset)
+    t = queue_of_length(rng, length, t_max=2.0 * length)
+    # Strong weights make even a one-spike queue fire; longer queues fire often with weaker ones.
+    W = weights(rng, t.shape[1], 4, mean=3.5 if length < 4 else 0.8, std=1.0)
+    kw = dict(tau_mem=6.0, tau_syn=4.0, max_spikes=2 * length + 4)
+    ref = ss.lif_forward(t, W, method="sequential", **kw)
+    out = ss.lif_forward(t, W, method="scan", chunk_size=chunk_size, **kw)
+    assert ref.counts.sum() > 0
+    assert_same_spikes(ref, out)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn,solver", [
+    (10.0, 5.0, "newton"), (10.0, 5.0, "analytic"), (10.0, 5.0, "bisection"),
+    (5.0, 5.0, "newton"), (5.0, 5.0 * (1 + 1e-9), "newton"), (4.0, 9.0, "bisection"), (7.0, 3.0, "newton")])
+def test_scan_equals_sequential_time_constants_and_solvers(tau_mem, tau_syn, solver):
+    rng = np.random.default_rng(5)
+    t = random_spikes(rng, 3, 12, 4, t_max=40.0)
+    W = weights(rng, 12, 6)
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=40, solver=solver)
+    ref = ss.lif_forward(t, W, method="sequential", **kw)
+    assert ref.counts.sum() > 10
+    for cs in (1, 3, 8):
+        assert_same_spikes(ref, ss.lif_forward(t, W, method="scan", chunk_size=cs, **kw))
+
+
+def test_solvers_agree():
+    rng = np.random.default_rng(6)
+    t = random_spikes(rng, 2, 10, 4)
+    W = weights(rng, 10, 5)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=30, method="sequential")
+    ref = ss.lif_forward(t, W, solver="analytic", **kw)
+    assert ref.counts.sum() > 10
+    for solver in ("newton", "bisection"):
+        assert_same_spikes(ref, ss.lif_forward(t, W, solver=solver, **kw))
+
+
+def test_per_neuron_time_constants():
+    rng = np.random.default_rng(7)
+    t = random_spikes(rng, 2, 10, 4)
+    W = weights(rng, 10, 4)
+    tau_mem = np.array([10.0, 5.0, 4.0, 8.0])
+    tau_syn = np.array([5.0, 5.0, 9.0, 2.0])
+    r = ss.lif_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=30, method="sequential")
+    for i in range(4):
+        ri = ss.lif_forward(t, W[:, i:i + 1], tau_mem=tau_mem[i], tau_syn=tau_syn[i], max_spikes=30)
+        np.testing.assert_array_equal(ri.counts[:, 0], r.counts[:, i])
+        np.testing.assert_allclose(ri.times[:, 0], r.times[:, i], **TOL["float64"]["times"])
+    assert_same_spikes(r, ss.lif_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=30, method="scan",
+                                         chunk_size=4))
+
+
+def test_several_spikes_inside_one_gap_and_in_the_tail():
+    # One strong input: the neuron fires repeatedly after it, both before the second input and after the last one.
+    t = np.array([[[1.0, 30.0]]])
+    W = np.array([[12.0]])
+    for method in ("sequential", "scan"):
+        r = ss.lif_forward(t, W, tau_mem=5.0, tau_syn=10.0, max_spikes=50, method=method, chunk_size=2)
+        times = r.times[0, 0, : r.counts[0, 0]]
+        assert (times < 30.0).sum() >= 3 and (times > 30.0).sum() >= 3
+        assert np.all(np.diff(times) > 0)
+    ref = simulate_mpmath(t, W, 5.0, 10.0, 1.0)[0][0]
+    assert r.counts[0, 0] == len(ref)
+    np.testing.assert_allclose(r.times[0, 0, : len(ref)], [float(x) for x in ref], rtol=1e-12)
+
+
+def test_simultaneous_inputs_are_applied_together():
+    # Two inputs at the same time sum before any firing test: each alone is subthreshold, together they fire.
+    t = np.array([[[2.0], [2.0], [9.0]]])
+    W = np.array([[1.5], [1.5], [-5.0]])
+    for method in ("sequential", "scan"):
+        r = ss.lif_forward(t, W, tau_mem=5.0, tau_syn=5.0, max_spikes=4, method=method, chunk_size=1)
+        alone = ss.lif_forward(t[:, :1], W[:1], tau_mem=5.0, tau_syn=5.0, max_spikes=4, method=method)
+        assert r.counts[0, 0] >= 1 and alone.counts[0, 0] == 0
+        assert r.times[0, 0, 0] > 2.0
+
+
+def test_negative_weights_empty_and_padded_samples():
+    rng = np.random.default_rng(8)
+    t = random_spikes(rng, 4, 9, 3)
+    t[1] = np.inf  # all padding
+    W = weights(rng, 9, 5, mean=0.2, std=1.5)
+    assert (W < 0).any()
+    kw = dict(tau_mem=10.0, tau_syn=3.0, max_spikes=20)
+    ref = ss.lif_forward(t, W, method="sequential", **kw)
+    assert (ref.counts[1] == 0).all() and np.isinf(ref.times[1]).all()
+    assert_same_spikes(ref, ss.lif_forward(t, W, method="scan", chunk_size=3, **kw))
+    empty = np.zeros((2, 9, 0))
+    for method in ("sequential", "scan"):
+        r = ss.lif_forward(empty, W, method=method, **kw)
+        assert r.times.shape == (2, 5, 20) and np.isinf(r.times).all() and (r.counts == 0).all()
+        g = ss.lif_backward(r, np.ones_like(r.times))
+        assert g.input_times.shape == (2, 9, 0) and not g.weights.any()
+
+
+def test_delays_match_shifted_inputs():
+    rng = np.random.default_rng(9)
+    t = random_spikes(rng, 2, 8, 3)
+    W = weights(rng, 8, 3)
+    D = rng.uniform(0.0, 6.0, (8, 3))
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=30)
+    r = ss.lif_forward(t, W, delays=D, method="sequential", **kw)
+    assert r.counts.sum() > 5
+    for i in range(3):
+        shifted = np.sort(t + D[None, :, i, None], axis=-1)
+        ri = ss.lif_forward(shifted, W[:, i:i + 1], method="sequential", **kw)
+        np.testing.assert_array_equal(ri.counts[:, 0], r.counts[:, i])
+        np.testing.assert_allclose(ri.times[:, 0], r.times[:, i], **TOL["float64"]["times"])
+    for cs in (1, 2, 8, 128):
+        assert_same_spikes(r, ss.lif_forward(t, W, delays=D, method="scan", chunk_size=cs, **kw))
+
+
+def test_float32_inputs():
+    rng = np.random.default_rng(10)
+    t64 = random_spikes(rng, 2, 10, 4)
+    W64 = weights(rng, 10, 4)
+    t32, W32 = t64.astype(np.float32), W64.astype(np.float32)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=30)
+    r32 = ss.lif_forward(t32, W32, method="scan", chunk_size=4, **kw)
+    assert r32.times.dtype == np.float32
+    ref = ss.lif_forward(t32.astype(np.float64), W32.astype(np.float64), method="sequential", **kw)
+    assert_same_spikes(ref, r32, "float32")
+    g = ss.lif_backward(r32, np.ones_like(r32.times))
+    assert g.weights.dtype == np.float32 and g.input_times.dtype == np.float32
+
+
+def test_max_spikes_cap_is_reported_and_dynamics_stay_exact():
+    rng = np.random.default_rng(11)
+    t = random_spikes(rng, 2, 10, 5)
+    W = weights(rng, 10, 4, mean=1.5)
+    full = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=100)
+    assert full.counts.max() > 3
+    for method in ("sequential", "scan"):
+        capped = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=3, method=method, chunk_size=2)
+        np.testing.assert_array_equal(capped.counts, full.counts)
+        np.testing.assert_allclose(capped.times, full.times[..., :3], **TOL["float64"]["times"])
+        assert capped.capped_spikes == int(np.clip(full.counts - 3, 0, None).sum()) > 0
+        G = rng.normal(size=capped.times.shape)
+        g_cap = ss.lif_backward(capped, G, method=method)
+        G_full = np.zeros(full.times.shape)
+        G_full[..., :3] = G
+        g_full = ss.lif_backward(full, G_full, method=method)
+        np.testing.assert_allclose(g_cap.weights, g_full.weights, **TOL["float64"]["grads"])
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(12)
+    t = random_spikes(rng, 2, 6, 3)
+    W = weights(rng, 6, 3)
+    D = rng.uniform(0, 2, (6, 3))
+    copies = t.copy(), W.copy(), D.copy()
+    r = ss.lif_forward(t, W, delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=5, method="scan")
+    ss.lif_backward(r, np.ones_like(r.times))
+    for a, b in zip((t, W, D), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------------------------------------------
+
+def _loss(G, **kw):
+    r = ss.lif_forward(**kw)
+    return np.where(np.isfinite(r.times), r.times, 0.0).ravel() @ G.ravel(), r.counts
+
+
+def _fd(f, x, eps=1e-6):
+    out = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        if not np.isfinite(x[idx]):
+            continue
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        out[idx] = (f(xp) - f(xm)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("with_delays", [False, True])
+@pytest.mark.parametrize("taus", [(8.0, 4.0), (5.0, 5.0), (3.0, 6.0)])
+def test_gradients_match_finite_differences(with_delays, taus):
+    rng = np.random.default_rng(13)
+    t = random_spikes(rng, 2, 5, 3, t_max=25.0)
+    W = weights(rng, 5, 3, mean=1.0)
+    D = rng.uniform(0.0, 3.0, (5, 3)) if with_delays else None
+    tau_mem, tau_syn = taus
+    base = dict(input_times=t, weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=1.0, max_spikes=4,
+                method="sequential")
+    r = ss.lif_forward(**base)
+    assert r.counts.sum() > 4
+    G = rng.normal(size=r.times.shape)
+
+    def loss(**over):
+        value, counts = _loss(G, **{**base, **over})
+        # Finite differences are only meaningful while no spike appears or disappears.
+        np.testing.assert_array_equal(counts, r.counts)
+        return value
+
+    num = {
+        "weights": _fd(lambda x: loss(weights=x), W),
+        "input_times": _fd(lambda x: loss(input_times=x), t),
+        "threshold": (loss(threshold=1.0 + 1e-6) - loss(threshold=1.0 - 1e-6)) / 2e-6,
+    }
+    if with_delays:
+        num["delays"] = _fd(lambda x: loss(delays=x), D)
+    for method in ("sequential", "scan"):
+        g = ss.lif_backward(r, G, method=method)
+        for name, expected in num.items():
+            np.testing.assert_allclose(getattr(g, name), expected, err_msg=f"{method}: grad_{name}", **TOL["fd"])
+    assert np.isinf(t).any()
+    assert not ss.lif_backward(r, G).input_times[np.isinf(t)].any()
+
+
+@pytest.mark.parametrize("with_delays", [False, True])
+def test_scan_backward_equals_sequential_backward_on_larger_case(with_delays):
+    rng = np.random.default_rng(14)
+    t = random_spikes(rng, 3, 40, 6, t_max=100.0)
+    W = weights(rng, 40, 8, mean=0.3, std=0.5)
+    D = rng.uniform(0.0, 10.0, (40, 8)) if with_delays else None
+    r = ss.lif_forward(t, W, delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=12, method="scan", chunk_size=8)
+    assert r.counts.sum() > 30
+    G = rng.normal(size=r.times.shape)
+    a = ss.lif_backward(r, G, method="sequential")
+    b = ss.lif_backward(r, G, method="scan")
+    for name in ("weights", "input_times", "delays", "threshold"):
+        if getattr(a, name) is None:
+            continue
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), err_msg=f"grad_{name}",
+                                   **TOL["float64"]["grads"])
+
+
+def test_padding_cotangents_are_ignored():
+    rng = np.random.default_rng(15)
+    t = random_spikes(rng, 2, 6, 3)
+    W = weights(rng, 6, 3)
+    r = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8)
+    G = rng.normal(size=r.times.shape)
+    G2 = G.copy()
+    G2[np.isinf(r.times)] = 1e6
+    a, b = ss.lif_backward(r, G), ss.lif_backward(r, G2)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(a.input_times, b.input_times)
+
+
+def test_recurrence_scan_equals_loop():
+    rng = np.random.default_rng(16)
+    for d in (2, 3):
+        A = rng.normal(size=(4, 13, d, d)) * 0.5
+        e = rng.normal(size=(4, 13, d))
+        x0 = rng.normal(size=(4, d))
+        for reverse in (False, True):
+            np.testing.assert_allclose(recurrence_scan(A, e, x0, reverse), recurrence_loop(A, e, x0, reverse),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_decay_is_stable_near_equal_time_constants():
+    s = np.array([0.0, 1e-3, 1.0, 10.0, 100.0])
+    a, b, c = dyn.decay(s, 5.0, 5.0)
+    np.testing.assert_allclose(c, s / 5.0 * np.exp(-s / 5.0), rtol=1e-15)
+    _, _, c_near = dyn.decay(s, 5.0, 5.0 * (1 + 1e-10))
+    np.testing.assert_allclose(c_near, c, rtol=1e-8)
+    assert dyn.decay(np.inf, 5.0, 3.0) == (0.0, 0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+def _good():
+    rng = np.random.default_rng(17)
+    return dict(input_times=random_spikes(rng, 2, 4, 3), weights=weights(rng, 4, 3), tau_mem=10.0, tau_syn=5.0,
+                max_spikes=4)
+
+
+def _with(kw, name, value):
+    kw = dict(kw)
+    kw[name] = value
+    return kw
+
+
+@pytest.mark.parametrize("name,value,error,match", [
+    ("input_times", "nan", ValueError, r"input_times contains NaN \(nan at index \(0, 1, 0\)\)"),
+    ("input_times", "negative", ValueError, r"input_times must be >= 0, got -1.0"),
+    ("input_times", "unsorted", ValueError, r"input_times must be ascending"),
+    ("input_times", "2d", ValueError, r"input_times must have 3 dimensions"),
+    ("input_times", "int", TypeError, r"input_times must have dtype float32 or float64, got int64"),
+    ("input_times", [[[1.0]]], TypeError, r"input_times must be a NumPy or CuPy array"),
+    ("weights", "shape", ValueError, r"weights must have shape \[n_in=4, n_out\]"),
+    ("weights", "nan", ValueError, r"weights must be finite, got nan"),
+    ("delays", "negative", ValueError, r"delays must be >= 0, got -0.5"),
+    ("delays", "shape", ValueError, r"delays must have the shape of weights"),
+    ("tau_mem", -1.0, ValueError, r"tau_mem must be positive and finite, got -1.0"),
+    ("tau_syn", 0.0, ValueError, r"tau_syn must be positive and finite, got 0.0"),
+    ("tau_mem", np.array([1.0, 2.0]), ValueError, r"tau_mem must be a scalar or have shape \[3\]"),
+    ("tau_syn", np.array([1.0, np.nan, 2.0]), ValueError, r"tau_syn must be positive and finite, got nan"),
+    ("threshold", 0.0, ValueError, r"threshold must be a positive finite number, got 0.0"),
+    ("max_spikes", 0, ValueError, r"max_spikes must be a positive integer, got 0"),
+    ("chunk_size", 2.5, ValueError, r"chunk_size must be a positive integer, got 2.5"),
+    ("method", "fast", ValueError, r"method must be one of 'auto', 'sequential', 'scan'; got 'fast'"),
+    ("solver", "secant", ValueError, r"solver must be one of .*got 'secant'"),
+    ("solver", "analytic", ValueError, r"solver='analytic' needs tau_mem == 2 \* tau_syn; got tau_mem=10.0, "
+                                       r"tau_syn=6.0"),
+])
+def test_bad_input_raises_clear_errors(name, value, error, match):
+    kw = _good()
+    t = kw["input_times"]
+    if name == "input_times" and isinstance(value, str):
+        value = {
+            "nan": t.copy(),
+            "negative": t.copy(), "unsorted": t.copy(), "2d": t[0], "int": np.ones(t.shape, np.int64)}[value]
+        if match.startswith("input_times contains NaN"):
+            value[0, 1, 0] = np.nan
+        elif "must be >= 0" in match:
+            value[1, 2, 0] = -1.0
+        elif "ascending" in match:
+            value[0, 0, :] = [3.0, 1.0, 2.0]
+    elif name == "weights" and value == "shape":
+        value = kw["weights"][:3]
+    elif name == "weights" and value == "nan":
+        value = kw["weights"].copy()
+        value[2, 1] = np.nan
+    elif name == "delays":
+        value = np.zeros((4, 3)) if value == "negative" else np.zeros((3, 3))
+        value[0, 0] = -0.5
+    elif name == "solver" and value == "analytic":
+        kw["tau_syn"] = 6.0
+    before = t.copy()
+    with pytest.raises(error, match=match):
+        ss.lif_forward(**_with(kw, name, value))
+    np.testing.assert_array_equal(kw["input_times"], before)
+
+
+def test_backward_rejects_bad_cotangents():
+    kw = _good()
+    r = ss.lif_forward(**kw)
+    with pytest.raises(ValueError, match=r"grad_times must have the shape of result.times \(2, 3, 4\), got shape"):
+        ss.lif_backward(r, np.ones((2, 3, 5)))
+    G = np.ones(r.times.shape)
+    G[np.unravel_index(np.argmax(np.isfinite(r.times)), G.shape)] = np.nan
+    if np.isfinite(r.times).any():
+        with pytest.raises(ValueError, match="grad_times must be finite"):
+            ss.lif_backward(r, G)
+    with pytest.raises(TypeError, match="result must be the LIFResult"):
+        ss.lif_backward((r.times, r.counts), G)
