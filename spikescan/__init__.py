@@ -6,10 +6,11 @@ NumPy in, NumPy out; CuPy in, CuPy out. See ``lif_forward`` / ``lif_backward`` f
 
 from ._types import LIFGrads, LIFResiduals, LIFResult, LIGrads, LIResiduals, LIResult
 from .lif import lif_backward, lif_forward
+from .readout import li_backward, li_forward
 
 __version__ = "0.1.0"
 
 __all__ = [
     "lif_forward", "lif_backward", "LIFResult", "LIFResiduals", "LIFGrads",
-    "LIResult", "LIResiduals", "LIGrads",
+    "li_forward", "li_backward", "LIResult", "LIResiduals", "LIGrads",
 ]

@@ -79,7 +79,19 @@ class LIFGrads(NamedTuple):
 
 
 class LIResiduals(NamedTuple):
-    """What ``li_forward`` keeps for ``li_backward`` (see ``li_forward``)."""
+    """What ``li_forward`` keeps for ``li_backward``; arrays live on the device of the inputs.
+
+    - ``input_times`` ``[batch, n_in, max_in]`` and ``weights`` ``[n_in, n_out]``: float64 copies.
+    - ``tau_mem``, ``tau_syn``: ``[n_out]`` float64; ``tau_readout`` (float or ``None``), ``t_max`` (float),
+      ``readout`` (``"final"``, ``"max"`` or ``"integral"``).
+    - ``eval_time``: ``[batch, n_out]`` float64 time ``t*`` of the maximum for ``readout="max"``, else ``None``.
+    - ``kink_index``: ``[batch, n_out]`` int64 for ``readout="max"``: flat index ``j * max_in + m`` into
+      ``input_times[b]`` of the input that arrives exactly at ``t*`` when the maximum sits on that input's kink,
+      ``-1`` when ``t*`` is ``0``, ``t_max`` or an interior peak; ``None`` for the other readouts.
+    - ``input_dtype``, ``weights_dtype``: dtypes of the forward arguments (the gradients are returned in them).
+
+    Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_out)``.
+    """
 
     input_times: Any
     weights: Any
@@ -88,7 +100,10 @@ class LIResiduals(NamedTuple):
     tau_readout: Optional[float]
     t_max: float
     readout: str
-    extra: Any
+    eval_time: Optional[Any]
+    kink_index: Optional[Any]
+    input_dtype: Any
+    weights_dtype: Any
 
 
 class LIResult(NamedTuple):
@@ -99,7 +114,7 @@ class LIResult(NamedTuple):
 
 
 class LIGrads(NamedTuple):
-    """Gradients returned by ``li_backward``."""
+    """Gradients returned by ``li_backward``; each matches the dtype and shape of its forward argument."""
 
     weights: Any
     input_times: Any

@@ -1,0 +1,211 @@
+"""NumPy implementation of the leaky-integrator readout (``li_forward`` / ``li_backward``), float64 throughout.
+
+Without threshold or reset, ``V`` is linear in the weights: ``V_i(t) = sum_{(t_m, j): t_m < t} W[j, i] c_i(t - t_m)``
+with the PSP kernel ``c(s)`` of a unit current injected at ``s = 0`` (the ``c`` entry of ``_dynamics.decay``).
+
+- ``"final"`` and ``"integral"`` are sums over input spikes of ``W[j, i] kappa_i(t_m)`` with a closed-form kernel
+  ``kappa``: a feature tensor ``[batch, n_in]`` per group of neurons sharing ``(tau_mem, tau_syn)``, then a matmul.
+- ``"max"`` walks each sample's time-sorted input queue in blocks of events (states by a short loop, gap maxima
+  in closed form for the whole block at once) and keeps the arg max time ``t*``; the backward differentiates
+  ``V_i(t*)`` at fixed ``t*`` (envelope theorem) plus, when ``t*`` is an input time (a kink), the motion of ``t*``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dynamics as dyn
+from ._queue import build_queues
+from ._types import LIGrads, LIResiduals, LIResult
+
+# Elements (batch x inputs x neurons, or batch x events x neurons) handled per vectorised step, to bound memory.
+_POINTS_PER_STEP = 1 << 21
+_MAX_EVENT_BLOCK = 256
+
+
+def _tau_groups(tau_mem, tau_syn):
+    """``(tau_mem, tau_syn, neuron indices)`` for every distinct pair of time constants."""
+    pairs = np.stack([tau_mem, tau_syn], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return [(float(tm), float(ts), np.flatnonzero(inverse == g)) for g, (tm, ts) in enumerate(uniq)]
+
+
+def _final_kernel(u, tau_mem, tau_syn):
+    """``kappa = c(u)`` (``V(t_max)`` of a unit input ``u = t_max - t`` earlier) and ``d kappa / d t = -c'(u)``."""
+    _, b, c = dyn.decay(u, tau_mem, tau_syn)
+    return c, -(b - c) / tau_mem
+
+
+def _integral_kernel(t, u, tau_mem, tau_syn, tau_readout, t_max):
+    """``kappa(t) = int_t^{t_max} e^{-s/tau_readout} c(s - t) ds`` for an input at ``t = t_max - u``, and its ``d/dt``.
+
+    With ``alpha = 1/tau_mem``, ``beta = 1/tau_syn``, ``g = 1/tau_readout`` (0 without weighting),
+    ``c(s) = alpha (e^{-alpha s} - e^{-beta s}) / (beta - alpha)`` integrates to
+    ``kappa = e^{-g t} alpha u^2 exp[0, -(alpha + g) u, -(beta + g) u]`` (second divided difference, stable for any
+    equal or close rates). By parts, ``d kappa / dt = -e^{-g t_max} c(u) - g kappa``: two terms of one sign.
+    """
+    alpha = 1.0 / tau_mem
+    g = 0.0 if tau_readout is None else 1.0 / tau_readout
+    kappa = np.exp(-g * t) * alpha * u * u * dyn.exp_divided_difference2(-(alpha + g) * u, -(1.0 / tau_syn + g) * u)
+    _, _, c = dyn.decay(u, tau_mem, tau_syn)
+    return kappa, -np.exp(-g * t_max) * c - g * kappa
+
+
+def _linear_kernels(t, live, tau_mem, tau_syn, readout, t_max, tau_readout):
+    """``(kappa, d kappa / dt)`` shaped like ``t``, evaluated on the ``live`` inputs only (zero elsewhere)."""
+    t_live = t[live]
+    u = t_max - t_live
+    if readout == "final":
+        k_live, dk_live = _final_kernel(u, tau_mem, tau_syn)
+    else:
+        k_live, dk_live = _integral_kernel(t_live, u, tau_mem, tau_syn, tau_readout, t_max)
+    kappa = np.zeros(t.shape)
+    dkappa = np.zeros(t.shape)
+    kappa[live] = k_live
+    dkappa[live] = dk_live
+    return kappa, dkappa
+
+
+def _max_forward(t, W, tau_mem, tau_syn, t_max):
+    """``max_{0 <= t <= t_max} V(t)`` per ``[batch, n_out]`` with its time and the flat input index at a kink.
+
+    Candidates, in time order (ties keep the earliest): ``V(0) = 0``, then per gap between consecutive inputs
+    (clipped to ``t_max``) the interior peak (``_dynamics.peak_time``) and the value at the gap's end. An end that is
+    an input time is a kink candidate and records that input's flat index ``j * max_in + m``; otherwise ``-1``.
+    """
+    batch, n_in, max_in = t.shape
+    n_out = W.shape[1]
+    q_times, q_index, _ = build_queues(t, None, np)
+    qt, qi = q_times[:, 0, :], q_index[:, 0, :]
+    L1 = qt.shape[1]
+    W_pad = np.concatenate([W, np.zeros((1, n_out))])  # row n_in: the weight of padding entries
+    best = np.zeros((batch, n_out))
+    best_t = np.zeros((batch, n_out))
+    best_k = np.full((batch, n_out), -1, np.int64)
+    V = np.zeros((batch, n_out))
+    I = np.zeros((batch, n_out))
+    t_last = np.zeros(batch)
+    # With one pair of time constants for all neurons the gap maps are computed once per event, not per neuron.
+    uniform = bool(np.all(tau_mem == tau_mem[0]) and np.all(tau_syn == tau_syn[0])) if n_out else True
+    tm_a, ts_a = (tau_mem[:1], tau_syn[:1]) if uniform else (tau_mem, tau_syn)
+    block = int(max(1, min(_MAX_EVENT_BLOCK, _POINTS_PER_STEP // max(1, batch * n_out))))
+    for s0 in range(0, L1, block):
+        if s0 > 0 and bool(np.all(t_last >= t_max)):
+            break  # every later input arrives at or after t_max
+        tb, ib = qt[:, s0:s0 + block], qi[:, s0:s0 + block]
+        K = tb.shape[1]
+        ends = np.minimum(tb, t_max)
+        starts = np.concatenate([t_last[:, None], ends[:, :-1]], axis=1)
+        gaps = (ends - starts)[..., None]
+        applies = (tb < t_max) & (ib >= 0)
+        w = np.where(applies[..., None], W_pad[np.where(ib >= 0, ib // max(max_in, 1), n_in)], 0.0)
+        a, b, c = dyn.decay(gaps, tm_a, ts_a)
+        V0 = np.empty((batch, K, n_out))
+        I0 = np.empty((batch, K, n_out))
+        V_end = np.empty((batch, K, n_out))
+        for k in range(K):
+            V0[:, k], I0[:, k] = V, I
+            V = a[:, k] * V + c[:, k] * I
+            I = b[:, k] * I + w[:, k]
+            V_end[:, k] = V
+        s_peak = dyn.peak_time(V0, I0, tau_mem, tau_syn)
+        interior = s_peak < gaps
+        v_peak = np.full(V0.shape, -np.inf)
+        where = np.nonzero(interior)
+        v_peak[where] = dyn.voltage(s_peak[where], V0[where], I0[where], tau_mem[where[2]], tau_syn[where[2]])
+        shape = (batch, K, n_out)
+        values = np.stack([v_peak, V_end], axis=2).reshape(batch, 2 * K, n_out)
+        times = np.stack([starts[..., None] + np.where(interior, s_peak, 0.0),
+                          np.broadcast_to(ends[..., None], shape)], axis=2).reshape(batch, 2 * K, n_out)
+        kinks = np.stack([np.full(shape, -1, np.int64),
+                          np.broadcast_to(np.where(applies, ib, -1)[..., None], shape)], axis=2)
+        kinks = kinks.reshape(batch, 2 * K, n_out)
+        j = np.argmax(values, axis=1)[:, None, :]
+        v_blk = np.take_along_axis(values, j, axis=1)[:, 0]
+        better = v_blk > best
+        best = np.where(better, v_blk, best)
+        best_t = np.where(better, np.take_along_axis(times, j, axis=1)[:, 0], best_t)
+        best_k = np.where(better, np.take_along_axis(kinks, j, axis=1)[:, 0], best_k)
+        t_last = ends[:, -1]
+    return best, best_t, best_k
+
+
+def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):
+    """Same contract as ``spikescan.li_forward`` for validated NumPy arguments (``tau_*`` as ``[n_out]`` float64)."""
+    t = input_times.astype(np.float64)
+    W = weights.astype(np.float64)
+    batch = t.shape[0]
+    n_out = W.shape[1]
+    eval_time = kink_index = None
+    if readout == "max":
+        values, eval_time, kink_index = _max_forward(t, W, tau_mem, tau_syn, t_max)
+    else:
+        values = np.zeros((batch, n_out))
+        live = t < t_max
+        for tm, ts, idx in _tau_groups(tau_mem, tau_syn):
+            kappa, _ = _linear_kernels(t, live, tm, ts, readout, t_max, tau_readout)
+            values[:, idx] = kappa.sum(axis=2) @ W[:, idx]
+    residuals = LIResiduals(
+        input_times=t, weights=W, tau_mem=tau_mem, tau_syn=tau_syn, tau_readout=tau_readout, t_max=t_max,
+        readout=readout, eval_time=eval_time, kink_index=kink_index, input_dtype=input_times.dtype,
+        weights_dtype=weights.dtype)
+    return LIResult(values.astype(input_times.dtype), residuals)
+
+
+def _max_backward(res, g):
+    """Gradient of ``V_i(t*)`` with ``t*`` fixed, plus ``dV(t*)/dt_k = V'(t*^-)`` for the input ``k`` at a kink.
+
+    Works on the list of inputs before ``t_max`` (sorted by source ``j``), in chunks of neurons.
+    """
+    t, W = res.input_times, res.weights
+    batch, n_in, max_in = t.shape
+    n_out = W.shape[1]
+    grad_W = np.zeros(W.shape)
+    grad_t = np.zeros(t.shape)
+    j_e, b_e, m_e = np.nonzero(np.transpose(t < res.t_max, (1, 0, 2)))
+    t_e = t[b_e, j_e, m_e]
+    grad_t_e = np.zeros(t_e.shape)
+    counts = np.bincount(j_e, minlength=n_in)
+    sources = np.flatnonzero(counts)
+    starts = (np.cumsum(counts) - counts)[sources]
+    chunk = int(max(1, _POINTS_PER_STEP // max(1, t_e.size)))
+    for i0 in range(0, n_out if t_e.size else 0, chunk):
+        idx = slice(i0, min(n_out, i0 + chunk))
+        t_star = res.eval_time[b_e, idx]
+        live = t_e[:, None] < t_star  # an input at t* itself adds c(0) = 0 and moves t* instead (kink below)
+        tm, ts = res.tau_mem[idx], res.tau_syn[idx]
+        _, b, c = dyn.decay(np.where(live, t_star - t_e[:, None], 0.0), tm, ts)
+        c = np.where(live, c, 0.0)
+        b = np.where(live, b, 0.0)
+        W_e, g_e = W[j_e, idx], g[b_e, idx]
+        grad_W[sources, idx] = np.add.reduceat(c * g_e, starts, axis=0)
+        grad_t_e -= np.sum((b - c) / tm * g_e * W_e, axis=1)
+        kink = res.kink_index[:, idx]
+        has = kink >= 0
+        if bool(has.any()):
+            # V'(t*^-) = (I(t*^-) - V(t*)) / tau_mem from the inputs before t*, summed per sample.
+            terms = (b - c) * W_e
+            slope = np.stack([np.bincount(b_e, terms[:, i], minlength=batch) for i in range(terms.shape[1])], 1) / tm
+            rows = np.nonzero(has)[0]
+            np.add.at(grad_t.reshape(batch, n_in * max_in), (rows, kink[has]), (g[:, idx] * slope)[has])
+    grad_t[b_e, j_e, m_e] += grad_t_e
+    return grad_W, grad_t
+
+
+def li_backward(result, grad_values):
+    """Same contract as ``spikescan.li_backward`` for validated NumPy arguments."""
+    res = result.residuals
+    g = grad_values.astype(np.float64)
+    if res.readout == "max":
+        grad_W, grad_t = _max_backward(res, g)
+    else:
+        t, W = res.input_times, res.weights
+        grad_W = np.zeros(W.shape)
+        grad_t = np.zeros(t.shape)
+        live = t < res.t_max
+        for tm, ts, idx in _tau_groups(res.tau_mem, res.tau_syn):
+            kappa, dkappa = _linear_kernels(t, live, tm, ts, res.readout, res.t_max, res.tau_readout)
+            grad_W[:, idx] = kappa.sum(axis=2).T @ g[:, idx]
+            grad_t += dkappa * (g[:, idx] @ W[:, idx].T)[..., None]
+    return LIGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype))

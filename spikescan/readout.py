@@ -1,0 +1,116 @@
+"""Public entry points of the non-spiking readout layer: validation and dispatch to the NumPy or CuPy implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as v
+from ._types import LIGrads, LIResult
+
+READOUTS = ("integral", "max", "final")
+
+
+def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None):
+    """Exact readout of a dense layer of non-spiking leaky integrators over the window ``[0, t_max]``.
+
+    Dynamics (DESIGN.md sections 1 and 5), per output neuron ``i``, with no threshold and no reset::
+
+        tau_mem dV/dt = -V + I,   tau_syn dI/dt = -I,   V = I = 0 at t = 0
+        input spike (t, j) adds weights[j, i] to I
+
+    so ``V_i(t) = sum_{(t_m, j), t_m < t} weights[j, i] c_i(t - t_m)`` with the PSP kernel
+    ``c(s) = tau_syn / (tau_mem - tau_syn) (e^{-s/tau_mem} - e^{-s/tau_syn})`` (``(s/tau) e^{-s/tau}`` at equal
+    time constants; evaluated without cancellation for any ratio). Values, per ``readout``:
+
+    - ``"integral"``: ``int_0^{t_max} e^{-t/tau_readout} V(t) dt`` (plain integral when ``tau_readout`` is
+      ``None``). Exactly ``sum weights[j, i] kappa_i(t_m)`` with the closed-form per-spike kernel
+      ``kappa(t) = int_t^{t_max} e^{-s/tau_readout} c(s - t) ds``, a second divided difference of exponentials
+      (stable when ``tau_readout``, ``tau_mem`` and ``tau_syn`` coincide in any way).
+    - ``"final"``: ``V(t_max) = sum weights[j, i] c_i(t_max - t_m)``.
+    - ``"max"``: ``max_{0 <= t <= t_max} V(t)``. ``t = 0`` is included, so the value is ``>= 0`` (``0`` when ``V``
+      never rises above zero). Exact: per gap between consecutive inputs, the endpoints and the single interior
+      peak of a sum of two exponentials.
+
+    Boundary: the window is closed, ``[0, t_max]``; inputs at ``t >= t_max`` have no effect (an input exactly at
+    ``t_max`` would only start its PSP there) and get zero gradient, as does ``+inf`` padding. All arithmetic is
+    float64 whatever the input dtype.
+
+    Args:
+        input_times: ``[batch, n_in, max_in]`` float32/float64 spike times (same time unit as the time constants),
+            ascending along the last axis, ``+inf`` padded. NaN and negative times are errors.
+        weights: ``[n_in, n_out]`` float32/float64.
+        tau_mem, tau_syn: positive time constants, scalars or ``[n_out]`` arrays; any ratio, equal included.
+        readout: ``"integral"``, ``"max"`` or ``"final"``.
+        t_max: positive end of the observation window.
+        tau_readout: positive time constant of the weighting ``e^{-t/tau_readout}`` of ``"integral"``, or ``None``
+            for none. Only valid with ``readout="integral"``.
+
+    Returns:
+        ``LIResult(values [batch, n_out] in the dtype of input_times, residuals)``. Arrays are NumPy for NumPy
+        inputs and CuPy for CuPy inputs (CuPy goes to ``spikescan.cuda._readout``).
+
+    Cost (NumPy): ``"integral"``/``"final"`` evaluate one kernel per input spike and distinct ``(tau_mem,
+    tau_syn)`` pair, then a ``[batch, n_in] @ [n_in, n_out]`` matmul. ``"max"`` sorts each sample's inputs by time
+    (``build_queues``) and walks them in blocks of events: a short loop over the block for the states, the gap
+    maxima for the whole block at once. Residuals hold float64 copies of the inputs (see ``LIResiduals``).
+    """
+    v.check_float_array("input_times", input_times, 3)
+    v.check_float_array("weights", weights, 2)
+    xp = v.array_module(input_times, weights)
+    v.check_spike_times("input_times", input_times)
+    v.check_weights("weights", weights, input_times.shape[1])
+    n_out = weights.shape[1]
+    tau_mem = v.time_constant("tau_mem", tau_mem, n_out, xp)
+    tau_syn = v.time_constant("tau_syn", tau_syn, n_out, xp)
+    v.choice("readout", readout, READOUTS)
+    t_max = v.positive_scalar("t_max", t_max)
+    if tau_readout is not None:
+        tau_readout = v.positive_scalar("tau_readout", tau_readout)
+        if readout != "integral":
+            raise ValueError(f"tau_readout only applies to readout='integral'; got tau_readout={tau_readout!r} with "
+                             f"readout={readout!r} (pass tau_readout=None)")
+    if xp is np:
+        from . import _readout_numpy as impl
+
+        return impl.li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
+    from .cuda import _readout as cuda_impl
+
+    return cuda_impl.li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
+
+
+def li_backward(result, grad_values):
+    """Exact reverse-mode gradients of ``li_forward``.
+
+    ``"integral"`` and ``"final"`` are linear in the weights: ``d/d weights[j, i]`` is the summed kernel of input
+    ``j`` and ``d/d t_m`` is ``weights[j, i]`` times the kernel's time derivative. ``"max"`` uses the envelope
+    theorem at the arg max ``t*`` (an interior peak, ``t_max``, or ``0``): the gradient of ``V(t*)`` at fixed ``t*``.
+    When the maximum sits on the kink made by an input arriving at ``t*`` (e.g. an inhibitory input cutting off a
+    rise), ``t*`` moves with that input, which gets ``V'(t*^-)``; with several inputs at exactly that time it goes
+    to the first in the time-sorted order. Which point is the arg max is a discrete choice and has no gradient.
+    Inputs at ``t >= t_max`` and ``+inf`` padding get zero gradient.
+
+    Args:
+        result: the ``LIResult`` of ``li_forward``.
+        grad_values: ``[batch, n_out]`` finite cotangent of ``result.values``.
+
+    Returns:
+        ``LIGrads(weights, input_times)`` with the shapes and dtypes of the forward arguments.
+    """
+    if not isinstance(result, LIResult):
+        raise TypeError(f"result must be the LIResult returned by li_forward, got {type(result).__name__}")
+    v.check_float_array("grad_values", grad_values, 2)
+    xp = v.array_module(result.values, grad_values)
+    if tuple(grad_values.shape) != tuple(result.values.shape):
+        raise ValueError(f"grad_values must have the shape of result.values {tuple(result.values.shape)}, got shape "
+                         f"{tuple(grad_values.shape)}")
+    v.check_finite("grad_values", grad_values)
+    if xp is np:
+        from . import _readout_numpy as impl
+
+        return impl.li_backward(result, grad_values)
+    from .cuda import _readout as cuda_impl
+
+    return cuda_impl.li_backward_cuda(result, grad_values)
+
+
+__all__ = ["li_forward", "li_backward", "LIResult", "LIGrads"]
