@@ -1,15 +1,16 @@
 """Host emulation of the CUDA kernels, for testing them on a machine without a GPU.
 
 The ``.cu`` sources are compiled with the host C++ compiler (``g++ -std=c++20``) behind a small shim: every CUDA
-thread becomes an OS thread, each warp's 32 threads share a barrier, and the warp intrinsics the kernels use
-(``__shfl_sync``, ``__shfl_up_sync``, ``__ballot_sync``) exchange values through it, so lanes run in lock step at
-every warp-level operation exactly as the kernels assume. ``atomicAdd`` becomes an atomic add. The emulation runs
+thread becomes a coroutine (``ucontext``) on one OS thread, the 32 lanes of a warp are resumed in turn, and each
+warp intrinsic the kernels use (``__shfl_sync``, ``__shfl_up_sync``, ``__ballot_sync``) is a warp-wide barrier
+through which the lanes exchange values, so lanes run in lock step at every warp-level operation exactly as the
+kernels assume. Warps run one after another; ``atomicAdd`` is a plain add (one OS thread). The emulation runs
 the same source text as the GPU (``_kernels.source``) and the same launchers (``_lif.forward`` / ``backward`` with
 ``xp=numpy`` and ``launch=HostKernels(...).launch``), so on a CPU-only machine the tests check the kernels'
 indexing, control flow and arithmetic against the NumPy reference. It does not check what only a GPU shows (the
 device math library's last-ulp rounding, FMA contraction, memory-model or occupancy effects).
 
-Slow (an OS thread per CUDA thread): for small cases only.
+Slow (a coroutine per CUDA thread, no parallelism): for small cases only.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ _SHIM = r"""
 #include <cstring>
 #include <cstdint>
 #include <strings.h>
-#include <atomic>
-#include <barrier>
-#include <memory>
-#include <thread>
+#include <ucontext.h>
+#include <functional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -45,25 +44,37 @@ _SHIM = r"""
 #define __restrict__ __restrict
 
 struct spikescan_emu_dim3 { unsigned x = 0, y = 0, z = 0; };
-static thread_local spikescan_emu_dim3 threadIdx, blockIdx;
-static spikescan_emu_dim3 blockDim, gridDim;
+static spikescan_emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-struct spikescan_emu_warp {
-    explicit spikescan_emu_warp(int n) : bar(n) {}
-    std::barrier<> bar;
-    unsigned long long slots[32] = {};
+// Lanes of the running warp: one ucontext (coroutine) each, resumed in turn by the scheduler.
+struct spikescan_emu_lane {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    bool done = false;
 };
-static thread_local spikescan_emu_warp* emu_warp = nullptr;
-static thread_local int emu_lane = 0;
+static ucontext_t emu_scheduler;
+static spikescan_emu_lane emu_lanes[32];
+static int emu_lane = 0;
+static unsigned emu_warp_base = 0;
+static unsigned long long emu_slots[2][32];
+static int emu_bank[32];
+static std::function<void()> emu_body;
+
+// Every lane runs until it reaches the next warp-level operation (or exits); the scheduler resumes lanes in
+// order, so after one round every live lane has reached the same operation: a warp-wide barrier.
+static void emu_barrier() { swapcontext(&emu_lanes[emu_lane].ctx, &emu_scheduler); }
 
 template <class T> static T emu_exchange(T v, int src) {
+    // Two banks used alternately: a lane writes the next exchange's bank only after every lane has read this one
+    // (they all passed the next barrier), so one barrier per exchange suffices.
     static_assert(sizeof(T) <= 8, "64-bit values at most");
+    unsigned long long* slots = emu_slots[emu_bank[emu_lane]];
+    emu_bank[emu_lane] ^= 1;
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    emu_warp->slots[emu_lane] = bits;
-    emu_warp->bar.arrive_and_wait();
-    const unsigned long long r = emu_warp->slots[src];
-    emu_warp->bar.arrive_and_wait();
+    slots[emu_lane] = bits;
+    emu_barrier();
+    const unsigned long long r = slots[src];
     T out;
     std::memcpy(&out, &r, sizeof(T));
     return out;
@@ -74,17 +85,18 @@ template <class T> static T __shfl_up_sync(unsigned, T v, unsigned delta) {
     return emu_exchange(v, src < 0 ? emu_lane : src);
 }
 static unsigned __ballot_sync(unsigned, int pred) {
-    emu_warp->slots[emu_lane] = pred ? 1ull : 0ull;
-    emu_warp->bar.arrive_and_wait();
+    unsigned long long* slots = emu_slots[emu_bank[emu_lane]];
+    emu_bank[emu_lane] ^= 1;
+    slots[emu_lane] = pred ? 1ull : 0ull;
+    emu_barrier();
     unsigned mask = 0;
-    for (int l = 0; l < 32; ++l) mask |= (emu_warp->slots[l] ? 1u : 0u) << l;
-    emu_warp->bar.arrive_and_wait();
+    for (int l = 0; l < 32; ++l) mask |= (slots[l] ? 1u : 0u) << l;
     return mask;
 }
 static int __ffs(int x) { return ffs(x); }
 static int __popc(unsigned x) { return __builtin_popcount(x); }
 static double __longlong_as_double(long long x) { double d; std::memcpy(&d, &x, 8); return d; }
-static double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+static double atomicAdd(double* p, double v) { const double old = *p; *p = old + v; return old; }  // one OS thread
 """
 
 _LAUNCHER = r"""
@@ -93,30 +105,46 @@ static void emu_call(void (*k)(A...), void** args, std::index_sequence<I...>) {
     k(*static_cast<std::remove_reference_t<A>*>(args[I])...);
 }
 
+static void emu_trampoline() {
+    emu_body();
+    emu_lanes[emu_lane].done = true;  // returns to uc_link: the scheduler
+}
+
 template <class... A>
 static void emu_launch(void (*k)(A...), unsigned grid, unsigned block, void** args) {
     gridDim.x = grid;
     blockDim.x = block;
-    const unsigned n_warps = (block + 31) / 32;
+    emu_body = [=]() { emu_call(k, args, std::index_sequence_for<A...>{}); };
+    for (auto& lane : emu_lanes) {
+        if (lane.stack.empty()) lane.stack.resize(1 << 18);
+    }
     for (unsigned bx = 0; bx < grid; ++bx) {
-        std::vector<std::unique_ptr<spikescan_emu_warp>> warps;
-        std::vector<std::thread> threads;
-        for (unsigned w = 0; w < n_warps; ++w) {
-            const int lanes = (int)((block - 32 * w) < 32 ? (block - 32 * w) : 32);
-            warps.emplace_back(new spikescan_emu_warp(lanes));
-            spikescan_emu_warp* warp = warps.back().get();
-            for (int lane = 0; lane < lanes; ++lane) {
-                threads.emplace_back([=]() {
-                    emu_warp = warp;
-                    emu_lane = lane;
-                    threadIdx.x = 32 * w + lane;
-                    blockIdx.x = bx;
-                    emu_call(k, args, std::index_sequence_for<A...>{});
-                    warp->bar.arrive_and_drop();  // an exited lane no longer holds up the others
-                });
+        blockIdx.x = bx;
+        for (unsigned base = 0; base < block; base += 32) {
+            const int lanes = (int)((block - base) < 32 ? (block - base) : 32);
+            emu_warp_base = base;
+            std::memset(emu_slots, 0, sizeof(emu_slots));
+            std::memset(emu_bank, 0, sizeof(emu_bank));
+            for (int l = 0; l < lanes; ++l) {
+                spikescan_emu_lane& lane = emu_lanes[l];
+                lane.done = false;
+                getcontext(&lane.ctx);
+                lane.ctx.uc_stack.ss_sp = lane.stack.data();
+                lane.ctx.uc_stack.ss_size = lane.stack.size();
+                lane.ctx.uc_link = &emu_scheduler;
+                makecontext(&lane.ctx, emu_trampoline, 0);
+            }
+            for (bool live = true; live;) {
+                live = false;
+                for (int l = 0; l < lanes; ++l) {
+                    if (emu_lanes[l].done) continue;
+                    emu_lane = l;
+                    threadIdx.x = base + l;
+                    swapcontext(&emu_scheduler, &emu_lanes[l].ctx);
+                    live = live || !emu_lanes[l].done;
+                }
             }
         }
-        for (auto& t : threads) t.join();
     }
 }
 """
@@ -158,7 +186,7 @@ class HostKernels:
             with open(src, "w") as f:
                 f.write(text)
             tmp = so + f".{os.getpid()}.tmp"
-            cmd = [cxx, "-std=c++20", "-O1", "-g0", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-Wall",
+            cmd = [cxx, "-std=c++20", "-O1", "-g0", "-shared", "-fPIC", "-ffp-contract=off", "-Wall",
                    "-Wno-unused-function", "-Wno-unknown-pragmas", src, "-o", tmp]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

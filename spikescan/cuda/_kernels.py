@@ -24,6 +24,8 @@ DTYPES = {"float32": "float", "float64": "double"}
 MODULES = {
     "lif_forward": ("spikescan_lif_forward_sequential", "spikescan_lif_forward_step", "spikescan_lif_forward_scan"),
     "lif_backward": ("spikescan_lif_backward",),
+    "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
+                "spikescan_li_max_backward", "spikescan_li_max_kink"),
 }
 
 # Compiler options used at run time (CuPy adds the architecture and its own defaults) and by the check.

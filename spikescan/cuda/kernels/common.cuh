@@ -116,6 +116,26 @@ __device__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, 
     return (threshold - v_lo <= v_hi - threshold) ? lo : hi;
 }
 
+// Second divided difference exp[0, w1, w2] of the exponential at the nodes 0, w1, w2 <= 0 (twin of
+// _dynamics.exp_divided_difference2): across the widest pair when the nodes spread over more than 1, else the
+// series sum_m h_m(w1, w2) / (m + 2)! with h_m = w2 h_{m-1} + w1^m, truncated after m = 19.
+__device__ __forceinline__ double spikescan_exp_divided_difference2(double w1, double w2) {
+    const double lo = fmin(w1, w2);
+    const double mid = fmax(w1, w2);
+    if (lo < -1.0) {
+        return (spikescan_phi(mid) - exp(mid) * spikescan_phi(lo - mid)) / -lo;
+    }
+    double h = 1.0, x1_pow = 1.0, inv_fact = 0.5;
+    double dd = 0.5 * h;
+    for (int m = 1; m < 20; ++m) {
+        x1_pow = x1_pow * w1;
+        h = w2 * h + x1_pow;
+        inv_fact /= (double)(m + 2);
+        dd = dd + inv_fact * h;
+    }
+    return dd;
+}
+
 // Weight of queue entry `flat` (= j * max_in + m, or -1 for padding) for output neuron i.
 __device__ __forceinline__ double spikescan_event_weight(const double* __restrict__ weights, long long flat,
                                                          long long max_in, long long n_out, long long i) {

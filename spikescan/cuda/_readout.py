@@ -1,0 +1,107 @@
+"""CuPy launchers of the readout kernels (``kernels/readout.cu``): the contract of ``spikescan._readout_numpy``.
+
+``li_forward_cuda`` / ``li_backward_cuda`` take validated CuPy arguments (``tau_mem``, ``tau_syn`` as float64
+``[n_out]``). As in ``_lif``, the body is written against an array module and a launch function so the tests can
+run it through the host emulation.
+
+Work and memory: ``"final"``/``"integral"`` evaluate one closed-form kernel per (input spike, output neuron) with
+one thread per (batch, input channel, neuron); ``"max"`` sorts each sample's inputs (``build_queues``,
+``O(batch * n_in * max_in)``) and walks them with one thread per (batch, neuron). Residuals hold float64 copies of
+the inputs, plus ``eval_time`` and ``kink_index`` (``[batch, n_out]``) for ``"max"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._queue import build_queues
+from .._types import LIGrads, LIResiduals, LIResult
+
+THREADS_PER_BLOCK = 256
+READOUT_CODES = {"final": 0, "integral": 1}
+
+
+def _cupy_launch(module, kernel, dtype, grid, block, args):
+    from . import _kernels
+
+    _kernels.launch(module, kernel, dtype, grid, block, args)
+
+
+def li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):
+    """Readout forward on the GPU; arguments as validated by ``spikescan.li_forward``."""
+    import cupy
+
+    return forward(cupy, _cupy_launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
+
+
+def li_backward_cuda(result, grad_values):
+    """Readout backward on the GPU: ``LIGrads`` of CuPy arrays."""
+    import cupy
+
+    return backward(cupy, _cupy_launch, result, grad_values)
+
+
+def _blocks(threads):
+    return (int(threads) + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+
+
+def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):
+    """Array-module-generic body of ``li_forward_cuda``."""
+    batch, n_in, max_in = input_times.shape
+    n_out = weights.shape[1]
+    dtype = input_times.dtype
+    t_in = xp.ascontiguousarray(input_times)
+    t64 = xp.ascontiguousarray(input_times, dtype=xp.float64)
+    W = xp.ascontiguousarray(weights, dtype=xp.float64)
+    tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
+    ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
+    eval_time = kink_index = None
+    if readout == "max":
+        qt, qi, _ = build_queues(t64, None, xp)
+        qt = xp.ascontiguousarray(qt[:, 0, :])
+        qi = xp.ascontiguousarray(qi[:, 0, :], dtype=xp.int64)
+        values = xp.empty((batch, n_out), dtype=dtype)
+        eval_time = xp.empty((batch, n_out), dtype=xp.float64)
+        kink_index = xp.empty((batch, n_out), dtype=xp.int64)
+        launch("readout", "spikescan_li_max_forward", dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
+               [qt, qi, W, tm, ts, np.float64(t_max), np.int64(batch), np.int64(n_out), np.int64(qt.shape[1]),
+                np.int64(max_in), values, eval_time, kink_index])
+    else:
+        acc = xp.zeros((batch, n_out), dtype=xp.float64)
+        gamma = 0.0 if tau_readout is None else 1.0 / tau_readout
+        launch("readout", "spikescan_li_linear_forward", dtype, _blocks(batch * n_in * n_out), THREADS_PER_BLOCK,
+               [t_in, W, tm, ts, np.int32(READOUT_CODES[readout]), np.float64(t_max), np.float64(gamma),
+                np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), acc])
+        values = acc.astype(dtype)
+    residuals = LIResiduals(
+        input_times=t64, weights=W, tau_mem=tm, tau_syn=ts, tau_readout=tau_readout, t_max=t_max, readout=readout,
+        eval_time=eval_time, kink_index=kink_index, input_dtype=dtype, weights_dtype=weights.dtype)
+    return LIResult(values, residuals)
+
+
+def backward(xp, launch, result, grad_values):
+    """Array-module-generic body of ``li_backward_cuda``."""
+    res = result.residuals
+    t, W = res.input_times, res.weights
+    batch, n_in, max_in = t.shape
+    n_out = W.shape[1]
+    g = xp.ascontiguousarray(grad_values)
+    grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
+    grad_t = xp.zeros((batch, n_in, max_in), dtype=xp.float64)
+    n_threads = batch * n_in * n_out
+    if res.readout == "max":
+        v_star = xp.zeros((batch, n_out), dtype=xp.float64)
+        i_before = xp.zeros((batch, n_out), dtype=xp.float64)
+        launch("readout", "spikescan_li_max_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
+               [t, W, res.tau_mem, res.tau_syn, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out),
+                res.eval_time, g, grad_w, grad_t, v_star, i_before])
+        launch("readout", "spikescan_li_max_kink", g.dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
+               [res.tau_mem, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), res.kink_index, g,
+                v_star, i_before, grad_t])
+    else:
+        gamma = 0.0 if res.tau_readout is None else 1.0 / res.tau_readout
+        launch("readout", "spikescan_li_linear_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
+               [t, W, res.tau_mem, res.tau_syn, np.int32(READOUT_CODES[res.readout]), np.float64(res.t_max),
+                np.float64(gamma), np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), g, grad_w,
+                grad_t])
+    return LIGrads(grad_w.astype(res.weights_dtype), grad_t.astype(res.input_dtype))

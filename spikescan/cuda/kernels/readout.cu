@@ -1,0 +1,187 @@
+// spikescan: readout layer of non-spiking leaky integrators (twin of spikescan/_readout_numpy.py), float64 inside.
+//
+// V_i(t) = sum_{(t_m, j), t_m < t} W[j, i] c_i(t - t_m): linear in the weights, no threshold, no reset.
+//
+//   spikescan_li_linear_forward<T>:  readout "final" (V(t_max)) or "integral" (int_0^t_max e^{-g t} V dt), both
+//       sum_{j,m} W[j, i] kappa_i(t_jm) over inputs t < t_max.  One thread per (batch, j, i), i fastest (coalesced
+//       weights); the thread sums its max_in inputs, then one atomicAdd into values[b, i] (float64 accumulator,
+//       zero-filled).  T: dtype of input_times.
+//   spikescan_li_linear_backward<T>: same threads; grad_weights[j, i] += g[b, i] sum_m kappa (atomic over batch),
+//       grad_input_times[b, j, m] += g[b, i] W[j, i] dkappa/dt (atomic over i).  T: dtype of grad_values.
+//   spikescan_li_max_forward<T>: one thread per (batch, neuron) walks the time-sorted queue (Q = 1) once: per gap
+//       (clipped to t_max) the interior peak and the end value are candidates after V(0) = 0, strictly greater
+//       wins (ties keep the earliest).  Writes values (T), eval_time t* and kink_index (flat index of the input
+//       arriving exactly at t* when the maximum is that input's end-of-gap value, else -1).
+//   spikescan_li_max_backward<T>: one thread per (batch, j, i): envelope theorem at fixed t*:
+//       grad_weights[j, i] += g c(t* - t), grad_input_times -= g W (b - c)/tau_mem over inputs t < t*, and the
+//       partial sums V(t*) = sum W c, I(t*^-) = sum W b into per-(b, i) accumulators.
+//   spikescan_li_max_kink<T>: one thread per (batch, neuron): the input at a kink gets g V'(t*^-) =
+//       g (I(t*^-) - V(t*)) / tau_mem.
+// Readout codes: 0 = final, 1 = integral.  gamma = 1 / tau_readout (0 for the plain integral).
+#include "common.cuh"
+
+#define SPIKESCAN_READOUT_FINAL 0
+#define SPIKESCAN_READOUT_INTEGRAL 1
+
+// Kernel kappa of one input at time t < t_max, and d kappa / d t (see _readout_numpy._final_kernel and
+// _integral_kernel).
+__device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, double tau_syn, int readout,
+                                                    double t_max, double gamma, double* kappa, double* dkappa) {
+    const double u = t_max - t;
+    const spikescan_decay_t d = spikescan_decay(u, tau_mem, tau_syn);
+    if (readout == SPIKESCAN_READOUT_FINAL) {
+        *kappa = d.c;
+        *dkappa = -(d.b - d.c) / tau_mem;
+        return;
+    }
+    const double alpha = 1.0 / tau_mem;
+    const double k = exp(-gamma * t) * alpha * u * u *
+                     spikescan_exp_divided_difference2(-(alpha + gamma) * u, -(1.0 / tau_syn + gamma) * u);
+    *kappa = k;
+    *dkappa = -exp(-gamma * t_max) * d.c - gamma * k;
+}
+
+template <typename T>
+__global__ void spikescan_li_linear_forward(
+    const T* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
+    const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
+    long long max_in, long long n_out, double* __restrict__ values) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_in * n_out) return;
+    const long long i = tid % n_out;
+    const long long bj = tid / n_out;  // b * n_in + j
+    const long long j = bj % n_in;
+    const long long b = bj / n_in;
+    const T* t = input_times + bj * max_in;
+    double acc = 0.0;
+    for (long long m = 0; m < max_in; ++m) {
+        const double tm_ = (double)t[m];
+        if (!(tm_ < t_max)) break;  // ascending: the rest is later (or +inf padding)
+        double kappa, dkappa;
+        spikescan_li_kernel(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
+        acc += kappa;
+    }
+    if (acc != 0.0) atomicAdd(values + b * n_out + i, weights[j * n_out + i] * acc);
+}
+
+template <typename T>
+__global__ void spikescan_li_linear_backward(
+    const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
+    const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
+    long long max_in, long long n_out, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
+    double* __restrict__ grad_input_times) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_in * n_out) return;
+    const long long i = tid % n_out;
+    const long long bj = tid / n_out;
+    const long long j = bj % n_in;
+    const long long b = bj / n_in;
+    const double g = (double)grad_values[b * n_out + i];
+    const double gw = g * weights[j * n_out + i];
+    const double* t = input_times + bj * max_in;
+    double acc = 0.0;
+    for (long long m = 0; m < max_in; ++m) {
+        const double tm_ = t[m];
+        if (!(tm_ < t_max)) break;
+        double kappa, dkappa;
+        spikescan_li_kernel(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
+        acc += kappa;
+        atomicAdd(grad_input_times + bj * max_in + m, gw * dkappa);
+    }
+    atomicAdd(grad_weights + j * n_out + i, g * acc);
+}
+
+template <typename T>
+__global__ void spikescan_li_max_forward(
+    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ weights, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr, double t_max, long long batch, long long n_out, long long L1,
+    long long max_in, T* __restrict__ values, double* __restrict__ eval_time, long long* __restrict__ kink_index) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_out) return;
+    const long long b = tid / n_out;
+    const long long i = tid - b * n_out;
+    const double* qt = queue_times + b * L1;
+    const long long* qi = queue_index + b * L1;
+    const double tau_mem = tau_mem_arr[i];
+    const double tau_syn = tau_syn_arr[i];
+    double best = 0.0, best_t = 0.0;
+    long long best_k = -1;
+    double V = 0.0, I = 0.0, t_last = 0.0;
+    for (long long k = 0; k < L1; ++k) {
+        const double t_k = qt[k];
+        const double end = fmin(t_k, t_max);
+        const double gap = end - t_last;
+        const long long flat = qi[k];
+        const bool applies = (t_k < t_max) && (flat >= 0);
+        const spikescan_decay_t d = spikescan_decay(gap, tau_mem, tau_syn);
+        const double V0 = V, I0 = I;
+        V = d.a * V0 + d.c * I0;
+        I = d.b * I0 + (applies ? spikescan_event_weight(weights, flat, max_in, n_out, i) : 0.0);
+        const double s_peak = spikescan_peak_time(V0, I0, tau_mem, tau_syn);
+        if (s_peak < gap) {
+            const double v_peak = spikescan_voltage(s_peak, V0, I0, tau_mem, tau_syn);
+            if (v_peak > best) {
+                best = v_peak;
+                best_t = t_last + s_peak;
+                best_k = -1;
+            }
+        }
+        if (V > best) {
+            best = V;
+            best_t = end;
+            best_k = applies ? flat : -1;
+        }
+        t_last = end;
+        if (t_k >= t_max) break;  // later gaps have zero length
+    }
+    values[tid] = (T)best;
+    eval_time[tid] = best_t;
+    kink_index[tid] = best_k;
+}
+
+template <typename T>
+__global__ void spikescan_li_max_backward(
+    const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
+    const double* __restrict__ tau_syn, long long batch, long long n_in, long long max_in, long long n_out,
+    const double* __restrict__ eval_time, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
+    double* __restrict__ grad_input_times, double* __restrict__ v_star, double* __restrict__ i_before) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_in * n_out) return;
+    const long long i = tid % n_out;
+    const long long bj = tid / n_out;
+    const long long j = bj % n_in;
+    const long long b = bj / n_in;
+    const double g = (double)grad_values[b * n_out + i];
+    const double w = weights[j * n_out + i];
+    const double t_star = eval_time[b * n_out + i];
+    const double* t = input_times + bj * max_in;
+    double acc_c = 0.0, acc_b = 0.0;
+    for (long long m = 0; m < max_in; ++m) {
+        const double tm_ = t[m];
+        // An input at t* itself adds c(0) = 0 and moves t* instead (the kink kernel).
+        if (!(tm_ < t_star)) break;
+        const spikescan_decay_t d = spikescan_decay(t_star - tm_, tau_mem[i], tau_syn[i]);
+        acc_c += d.c;
+        acc_b += d.b;
+        atomicAdd(grad_input_times + bj * max_in + m, -((d.b - d.c) / tau_mem[i]) * g * w);
+    }
+    atomicAdd(grad_weights + j * n_out + i, g * acc_c);
+    atomicAdd(v_star + b * n_out + i, w * acc_c);
+    atomicAdd(i_before + b * n_out + i, w * acc_b);
+}
+
+template <typename T>
+__global__ void spikescan_li_max_kink(
+    const double* __restrict__ tau_mem, long long batch, long long n_in, long long max_in, long long n_out,
+    const long long* __restrict__ kink_index, const T* __restrict__ grad_values, const double* __restrict__ v_star,
+    const double* __restrict__ i_before, double* __restrict__ grad_input_times) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_out) return;
+    const long long kink = kink_index[tid];
+    if (kink < 0) return;
+    const long long b = tid / n_out;
+    const long long i = tid - b * n_out;
+    const double slope = (i_before[tid] - v_star[tid]) / tau_mem[i];
+    atomicAdd(grad_input_times + b * n_in * max_in + kink, (double)grad_values[tid] * slope);
+}

@@ -1,0 +1,356 @@
+"""Tests of the CUDA backend (``spikescan.cuda``) against the NumPy float64 reference.
+
+Every case runs on two backends:
+
+- ``gpu`` (marker ``gpu``): the real kernels through CuPy; skipped cleanly without a CUDA device.
+- ``emulated``: the same ``.cu`` sources compiled for the host by ``spikescan.cuda._hostemu`` (one OS thread per
+  CUDA thread, warp intrinsics through a per-warp barrier), driven by the same launchers with NumPy arrays. It runs
+  on any machine with ``g++`` and checks the kernels' logic where there is no GPU; it cannot see device-only
+  effects (math-library ulps, FMA contraction), which the ``gpu`` runs cover.
+
+Spike counts and spike events must be identical; times and gradients agree within ``tolerances.TOL``. A non-GPU test
+compiles every kernel with NVRTC for sm_80 and sm_90 (skipped when NVRTC is missing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan import _validate
+from spikescan.cuda import _hostemu, _kernels, _lif, _readout, choose_method, is_available
+
+from _cases import queue_of_length, random_spikes, weights
+from tolerances import TOL
+
+BACKENDS = [
+    pytest.param("emulated", id="emulated"),
+    pytest.param("gpu", id="gpu", marks=pytest.mark.gpu),
+]
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu")))
+
+
+class Backend:
+    """Runs the CUDA launchers on the GPU (CuPy) or on the host emulation (NumPy); returns NumPy arrays."""
+
+    def __init__(self, name, request):
+        self.name = name
+        if name == "gpu":
+            if not is_available():
+                pytest.skip("no CUDA device")
+            import cupy
+
+            self.xp, self.launch = cupy, _lif._cupy_launch
+            self.ro_launch = _readout._cupy_launch
+        else:
+            hk = request.getfixturevalue("host_kernels")
+            self.xp, self.launch, self.ro_launch = np, hk.launch, hk.launch
+
+    def to_device(self, x):
+        return None if x is None else self.xp.asarray(x)
+
+    def to_host(self, x):
+        if x is None or isinstance(x, (np.ndarray, float, int)):
+            return x
+        return self.xp.asnumpy(x)
+
+    def lif(self, t, W, D=None, *, tau_mem, tau_syn, threshold=1.0, max_spikes, method, chunk_size=32,
+            solver="newton"):
+        xp = self.xp
+        n_out = W.shape[1]
+        tm = _validate.time_constant("tau_mem", self.to_device(tau_mem) if np.ndim(tau_mem) else tau_mem, n_out, xp)
+        ts = _validate.time_constant("tau_syn", self.to_device(tau_syn) if np.ndim(tau_syn) else tau_syn, n_out, xp)
+        return _lif.forward(xp, self.launch, self.to_device(t), self.to_device(W), self.to_device(D), tm, ts,
+                            threshold, max_spikes, method, chunk_size, solver)
+
+    def lif_backward(self, result, G):
+        return _lif.backward(self.xp, self.launch, result, self.to_device(G))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return Backend(request.param, request)
+
+
+def assert_same_spikes(ref, out, backend, dtype="float64"):
+    counts, times = backend.to_host(out.counts), backend.to_host(out.times)
+    np.testing.assert_array_equal(counts, ref.counts)
+    np.testing.assert_array_equal(backend.to_host(out.residuals.spike_event), ref.residuals.spike_event)
+    assert times.dtype == ref.times.dtype
+    np.testing.assert_array_equal(np.isfinite(times), np.isfinite(ref.times))
+    fin = np.isfinite(ref.times)
+    np.testing.assert_allclose(times[fin], ref.times[fin], **TOL[dtype]["times"])
+
+
+def assert_same_grads(ref, out, backend, dtype="float64"):
+    for name in ("weights", "input_times", "delays", "threshold"):
+        a, b = getattr(ref, name), backend.to_host(getattr(out, name))
+        if a is None:
+            assert b is None
+            continue
+        assert b.shape == a.shape and b.dtype == a.dtype, name
+        np.testing.assert_allclose(b, a, err_msg=f"grad_{name}", **TOL[dtype]["grads"])
+
+
+def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_sizes=(32,), dtype="float64",
+               min_spikes=1, **kw):
+    """Forward and backward of every method and chunk size against the NumPy sequential reference."""
+    ref = ss.lif_forward(t, W, delays=D, method="sequential", **kw)
+    assert ref.counts.sum() >= min_spikes
+    rng = np.random.default_rng(int(ref.counts.sum()))
+    G = rng.normal(size=ref.times.shape).astype(ref.times.dtype)
+    ref_g = ss.lif_backward(ref, G, method="sequential")
+    for method in methods:
+        for cs in (chunk_sizes if method == "scan" else (32,)):
+            out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
+            assert_same_spikes(ref, out, backend, dtype)
+            assert_same_grads(ref_g, backend.lif_backward(out, G), backend, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LIF forward and backward (the cases of test_lif.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 32, 128])
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_chunk_boundaries(backend, chunk_size, offset):
+    rng = np.random.default_rng(chunk_size * 10 + offset)
+    width = min(chunk_size, 32)
+    for multiple in (1, 2):
+        length = max(1, width * multiple + offset)
+        t = queue_of_length(rng, length, t_max=2.0 * length)
+        W = weights(rng, t.shape[1], 3, mean=3.5 if length < 4 else 0.8, std=1.0)
+        check_case(backend, t, W, chunk_sizes=(chunk_size,), tau_mem=6.0, tau_syn=4.0, max_spikes=2 * length + 4)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn,solver", [
+    (10.0, 5.0, "newton"), (10.0, 5.0, "analytic"), (10.0, 5.0, "bisection"),
+    (5.0, 5.0, "newton"), (5.0, 5.0 * (1 + 1e-9), "newton"), (4.0, 9.0, "bisection"), (7.0, 3.0, "newton")])
+def test_time_constants_and_solvers(backend, tau_mem, tau_syn, solver):
+    rng = np.random.default_rng(5)
+    t = random_spikes(rng, 3, 12, 4, t_max=40.0)
+    W = weights(rng, 12, 5)
+    check_case(backend, t, W, methods=("sequential", "scan", "step"), chunk_sizes=(3, 32), min_spikes=10,
+               tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=40, solver=solver)
+
+
+def test_per_neuron_time_constants(backend):
+    rng = np.random.default_rng(7)
+    t = random_spikes(rng, 2, 10, 4)
+    W = weights(rng, 10, 4)
+    check_case(backend, t, W, chunk_sizes=(4, 32), min_spikes=5, tau_mem=np.array([10.0, 5.0, 4.0, 8.0]),
+               tau_syn=np.array([5.0, 5.0, 9.0, 2.0]), max_spikes=30)
+
+
+def test_several_spikes_inside_one_gap_and_in_the_tail(backend):
+    t = np.array([[[1.0, 30.0]]])
+    W = np.array([[12.0]])
+    check_case(backend, t, W, methods=("sequential", "scan", "step"), chunk_sizes=(1, 2, 32), min_spikes=6,
+               tau_mem=5.0, tau_syn=10.0, max_spikes=50)
+    out = backend.lif(t, W, tau_mem=5.0, tau_syn=10.0, max_spikes=50, method="scan", chunk_size=2)
+    times = backend.to_host(out.times)[0, 0, : int(backend.to_host(out.counts)[0, 0])]
+    assert (times < 30.0).sum() >= 3 and (times > 30.0).sum() >= 3
+
+
+def test_simultaneous_inputs_are_applied_together(backend):
+    t = np.array([[[2.0], [2.0], [9.0]]])
+    W = np.array([[1.5], [1.5], [-5.0]])
+    check_case(backend, t, W, chunk_sizes=(1, 32), tau_mem=5.0, tau_syn=5.0, max_spikes=4)
+
+
+def test_negative_weights_padded_and_empty_samples(backend):
+    rng = np.random.default_rng(8)
+    t = random_spikes(rng, 4, 9, 3)
+    t[1] = np.inf
+    W = weights(rng, 9, 5, mean=0.2, std=1.5)
+    check_case(backend, t, W, chunk_sizes=(3, 32), tau_mem=10.0, tau_syn=3.0, max_spikes=20)
+    empty = np.zeros((2, 9, 0))
+    for method in ("sequential", "scan"):
+        r = backend.lif(empty, W, tau_mem=10.0, tau_syn=3.0, max_spikes=20, method=method)
+        times = backend.to_host(r.times)
+        assert times.shape == (2, 5, 20) and np.isinf(times).all() and not backend.to_host(r.counts).any()
+        g = backend.lif_backward(r, np.ones(times.shape))
+        assert backend.to_host(g.input_times).shape == (2, 9, 0) and not backend.to_host(g.weights).any()
+
+
+def test_delays(backend):
+    rng = np.random.default_rng(9)
+    t = random_spikes(rng, 2, 8, 3)
+    W = weights(rng, 8, 3)
+    D = rng.uniform(0.0, 6.0, (8, 3))
+    check_case(backend, t, W, D, methods=("sequential", "scan", "step"), chunk_sizes=(1, 2, 8, 32), min_spikes=5,
+               tau_mem=10.0, tau_syn=4.0, max_spikes=30)
+
+
+def test_float32(backend):
+    rng = np.random.default_rng(10)
+    t = random_spikes(rng, 2, 10, 4).astype(np.float32)
+    W = weights(rng, 10, 4).astype(np.float32)
+    D = rng.uniform(0.0, 3.0, (10, 4)).astype(np.float32)
+    check_case(backend, t, W, chunk_sizes=(4, 32), dtype="float32", min_spikes=5, tau_mem=10.0, tau_syn=5.0,
+               max_spikes=30)
+    check_case(backend, t, W, D, chunk_sizes=(32,), dtype="float32", min_spikes=5, tau_mem=10.0, tau_syn=5.0,
+               max_spikes=30)
+
+
+def test_max_spikes_cap(backend):
+    rng = np.random.default_rng(11)
+    t = random_spikes(rng, 2, 10, 5)
+    W = weights(rng, 10, 4, mean=1.5)
+    full = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=100)
+    assert full.counts.max() > 3
+    check_case(backend, t, W, methods=("sequential", "scan", "step"), chunk_sizes=(2, 32), tau_mem=10.0,
+               tau_syn=5.0, max_spikes=3)
+    capped = backend.lif(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=3, method="scan", chunk_size=2)
+    np.testing.assert_array_equal(backend.to_host(capped.counts), full.counts)
+
+
+def test_larger_case_with_many_spikes(backend):
+    rng = np.random.default_rng(14)
+    batch, n_in = (2, 30) if backend.name == "emulated" else (4, 60)
+    t = random_spikes(rng, batch, n_in, 6, t_max=100.0)
+    W = weights(rng, n_in, 6, mean=0.3, std=0.5)
+    D = rng.uniform(0.0, 10.0, (n_in, 6))
+    for delays in (None, D):
+        check_case(backend, t, W, delays, chunk_sizes=(8, 32), min_spikes=30, tau_mem=10.0, tau_syn=5.0,
+                   max_spikes=12)
+
+
+def test_backward_checkpoint_groups(backend, monkeypatch):
+    """A tiny checkpoint budget forces one backward launch per neuron (the grouping path)."""
+    monkeypatch.setattr(_lif, "_CHECKPOINT_BYTES", 1)
+    rng = np.random.default_rng(15)
+    t = random_spikes(rng, 2, 12, 6, t_max=60.0)
+    W = weights(rng, 12, 3, mean=0.6)
+    check_case(backend, t, W, chunk_sizes=(32,), min_spikes=5, tau_mem=10.0, tau_syn=5.0, max_spikes=20)
+
+
+def test_inputs_are_not_modified(backend):
+    rng = np.random.default_rng(12)
+    t, W, D = random_spikes(rng, 2, 6, 3), weights(rng, 6, 3), rng.uniform(0, 2, (6, 3))
+    dev = [backend.to_device(x) for x in (t, W, D)]
+    r = _lif.forward(backend.xp, backend.launch, *dev,
+                     *(_validate.time_constant(n, v, 3, backend.xp) for n, v in (("tau_mem", 10.0), ("tau_syn", 5.0))),
+                     1.0, 5, "scan", 32, "newton")
+    _lif.backward(backend.xp, backend.launch, r, backend.xp.ones(r.times.shape))
+    for a, b in zip(dev, (t, W, D)):
+        np.testing.assert_array_equal(backend.to_host(a), b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API with CuPy arrays (dispatch, auto, types)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["auto", "sequential", "scan"])
+def test_public_api_cupy_in_cupy_out(method):
+    if not is_available():
+        pytest.skip("no CUDA device")
+    import cupy as cp
+
+    rng = np.random.default_rng(21)
+    t = random_spikes(rng, 3, 20, 5, t_max=60.0)
+    W = weights(rng, 20, 7, mean=0.5)
+    D = rng.uniform(0.0, 5.0, (20, 7))
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=16)
+    for delays in (None, D):
+        ref = ss.lif_forward(t, W, delays=delays, method="sequential", **kw)
+        out = ss.lif_forward(cp.asarray(t), cp.asarray(W), delays=None if delays is None else cp.asarray(delays),
+                             method=method, chunk_size=8, **kw)
+        assert isinstance(out.times, cp.ndarray) and isinstance(out.counts, cp.ndarray)
+        np.testing.assert_array_equal(cp.asnumpy(out.counts), ref.counts)
+        G = rng.normal(size=ref.times.shape)
+        g = ss.lif_backward(out, cp.asarray(G), method=method)
+        ref_g = ss.lif_backward(ref, G)
+        assert isinstance(g.weights, cp.ndarray) and isinstance(g.threshold, cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(g.weights), ref_g.weights, **TOL["float64"]["grads"])
+        np.testing.assert_allclose(cp.asnumpy(g.input_times), ref_g.input_times, **TOL["float64"]["grads"])
+        np.testing.assert_allclose(float(g.threshold), float(ref_g.threshold), **TOL["float64"]["grads"])
+
+
+@pytest.mark.gpu
+def test_kernels_compile_on_the_device():
+    if not is_available():
+        pytest.skip("no CUDA device")
+    for module in _kernels.MODULES:
+        _kernels.get_module(module)  # compiles through cupy.RawModule for the device's architecture
+        for name in _kernels.MODULES[module]:
+            for dtype in ("float32", "float64"):
+                _kernels.get_kernel(module, name, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readout
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("readout,tau_readout", [("final", None), ("integral", None), ("integral", 2.5),
+                                                 ("max", None)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_readout(backend, readout, tau_readout, dtype):
+    rng = np.random.default_rng(31)
+    t = random_spikes(rng, 3, 5, 6, t_max=5.0).astype(dtype)
+    t[0, 1, 3:] = np.inf
+    W = rng.normal(size=(5, 4)).astype(dtype)
+    tm, ts = np.array([1.0, 1.0, 0.6, 2.0]), np.array([0.5, 1.0, 1.2, 2.0 * (1 + 1e-9)])
+    kw = dict(readout=readout, t_max=4.0, tau_readout=tau_readout)
+    ref = ss.li_forward(t, W, tau_mem=tm, tau_syn=ts, **kw)
+    g = rng.normal(size=ref.values.shape).astype(dtype)
+    ref_g = ss.li_backward(ref, g)
+    xp = backend.xp
+    out = _readout.forward(xp, backend.ro_launch, backend.to_device(t), backend.to_device(W),
+                           backend.to_device(tm), backend.to_device(ts), readout, 4.0, tau_readout)
+    values = backend.to_host(out.values)
+    assert values.dtype == ref.values.dtype
+    np.testing.assert_allclose(values, ref.values, **TOL[dtype]["times"])
+    if readout == "max":
+        np.testing.assert_array_equal(backend.to_host(out.residuals.kink_index), ref.residuals.kink_index)
+    got_g = _readout.backward(xp, backend.ro_launch, out, backend.to_device(g))
+    for name in ("weights", "input_times"):
+        a, b = getattr(ref_g, name), backend.to_host(getattr(got_g, name))
+        assert b.dtype == a.dtype
+        np.testing.assert_allclose(b, a, err_msg=f"grad_{name}", **TOL[dtype]["grads"])
+
+
+@pytest.mark.parametrize("readout", ["final", "integral", "max"])
+def test_readout_empty_inputs(backend, readout):
+    t = np.zeros((2, 3, 0))
+    W = np.ones((3, 2))
+    tau = np.ones(2)
+    out = _readout.forward(backend.xp, backend.ro_launch, backend.to_device(t), backend.to_device(W),
+                           backend.to_device(tau), backend.to_device(tau), readout, 1.0, None)
+    assert not backend.to_host(out.values).any()
+    g = _readout.backward(backend.xp, backend.ro_launch, out, backend.xp.ones((2, 2)))
+    assert backend.to_host(g.input_times).shape == (2, 3, 0) and not backend.to_host(g.weights).any()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No GPU needed
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_all_kernels_compile_with_nvrtc():
+    if _kernels.nvrtc_module() is None:
+        pytest.skip("NVRTC is not available")
+    assert _kernels.check(("80", "90"), verbose=False) == 0
+
+
+def test_nothing_compiles_at_import_and_sources_resolve():
+    assert not _kernels._cache
+    for module in _kernels.MODULES:
+        src = _kernels.source(module)
+        assert "#include" not in src
+        for name in _kernels.MODULES[module]:
+            assert f"__global__ void {name}(" in src
+
+
+def test_is_available_and_choose_method():
+    assert isinstance(is_available(), bool)
+    assert choose_method(1, 16, 5000) == "scan"
+    assert choose_method(1024, 512, 5000) == "sequential"
+    assert choose_method(1, 16, 10) == "sequential"
