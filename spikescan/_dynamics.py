@@ -174,22 +174,36 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
         return hi
     if solver != "newton":
         raise ValueError(f"solver must be 'newton', 'bisection' or 'analytic', got {solver!r}")
+    v_lo = v0
+    v_hi = voltage(hi, v0, i0, tau_mem, tau_syn)
+    eps = np.finfo(np.float64).eps
+    noise = eps * (threshold + np.abs(v0) + np.abs(i0))
+    active = np.ones(lo.shape, bool)
     for _ in range(NEWTON_MAX_ITERS):
-        # Invariant: V(lo) < threshold <= V(hi). Newton steps from lo never overshoot on the concave rising branch;
-        # a proposal outside (lo, hi) (rounding, grazing root near the peak) becomes a bisection step instead.
-        step_up = np.nextafter(lo, np.inf)
-        active = step_up < hi
+        # Invariant: V(lo) < threshold <= V(hi), V concave on [lo, hi]. Each round probes three points at once: the
+        # Newton step from lo (below the root on the concave branch), the chord point (above it), and the midpoint
+        # (which guarantees the bracket at least halves, e.g. for grazing roots near the peak or when rounding puts
+        # a probe on the wrong side). An element stops once its bracket is two ulps wide, its Newton step is below
+        # float64 resolution, or V(hi) equals the threshold up to the rounding error of evaluating V.
+        a, b, c = decay(lo, tau_mem, tau_syn)
+        slope = (b * i0 - v_lo) / tau_mem
+        step = (threshold - v_lo) / np.where(slope > 0, slope, 1.0)
+        active &= ((np.nextafter(np.nextafter(lo, np.inf), np.inf) < hi) & ~((slope > 0) & (step <= eps * lo))
+                   & (v_hi - threshold > noise))
         if not active.any():
             break
-        a, b, c = decay(lo, tau_mem, tau_syn)
-        v = a * v0 + c * i0
-        slope = (b * i0 - v) / tau_mem
-        s_newton = np.maximum(lo + (threshold - v) / np.where(slope > 0, slope, 1.0), step_up)
-        ok = (slope > 0) & (s_newton < hi)
-        s_next = np.where(ok, s_newton, 0.5 * (lo + hi))
-        up = voltage(s_next, v0, i0, tau_mem, tau_syn) >= threshold
-        hi = np.where(active & up, s_next, hi)
-        lo = np.where(active & ~up, s_next, lo)
+        rise = v_hi - v_lo
+        probes = np.stack([
+            np.where(slope > 0, lo + step, lo),
+            lo + (hi - lo) * ((threshold - v_lo) / np.where(rise > 0, rise, 1.0)),
+            0.5 * (lo + hi)])
+        values = voltage(probes, v0, i0, tau_mem, tau_syn)
+        for s_try, v_try in zip(probes, values):
+            inside = active & (s_try > lo) & (s_try < hi)
+            up = inside & (v_try >= threshold)
+            down = inside & (v_try < threshold)
+            hi, v_hi = np.where(up, s_try, hi), np.where(up, v_try, v_hi)
+            lo, v_lo = np.where(down, s_try, lo), np.where(down, v_try, v_lo)
     # ``lo`` is the last iterate with V < threshold, ``hi`` the first with V >= threshold; the root is in between
     # and the pair is at most an ulp or two apart after convergence.  Return the side with the smaller residual.
     v_lo = voltage(lo, v0, i0, tau_mem, tau_syn)

@@ -76,13 +76,9 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver):
 def _chunk_states(V, I, gap, w):
     """States after every event of a chunk from ``(V, I)``, by one associative scan of the event maps."""
     a, b, c = gap
-    n, K = a.shape
-    A = np.zeros((n, K, 2, 2))
-    A[..., 0, 0], A[..., 0, 1], A[..., 1, 1] = a, c, b
-    e = np.zeros((n, K, 2))
-    e[..., 1] = w
-    x = recurrence_scan(A, e, x0=np.stack([V, I], axis=-1))
-    return x[..., 0], x[..., 1]
+    zero = np.zeros_like(a)
+    x = recurrence_scan(np.array([[a, c], [zero, b]]), np.array([zero, w]), x0=(V, I))
+    return x[0], x[1]
 
 
 def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_size):
@@ -249,15 +245,12 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     run = recurrence_loop if method == "sequential" else recurrence_scan
 
     # Forward states after every point.
-    A = np.zeros((n, P, 2, 2))
-    A[..., 0, 0] = np.where(inp, a, np.where(spk, 0.0, 1.0))
-    A[..., 0, 1] = np.where(inp, c, 0.0)
-    A[..., 1, 1] = np.where(inp | spk, b, 1.0)
-    e = np.zeros((n, P, 2))
-    e[..., 1] = w
-    x = run(A, e)
-    Vq = np.concatenate([np.zeros((n, 1)), x[:, :-1, 0]], axis=1)
-    Iq = np.concatenate([np.zeros((n, 1)), x[:, :-1, 1]], axis=1)
+    zero = np.zeros((n, P))
+    A = np.array([[np.where(inp, a, np.where(spk, 0.0, 1.0)), np.where(inp, c, 0.0)],
+                  [zero, np.where(inp | spk, b, 1.0)]])
+    x = run(A, np.array([zero, w]))
+    Vq = np.concatenate([np.zeros((n, 1)), x[0, :, :-1]], axis=1)
+    Iq = np.concatenate([np.zeros((n, 1)), x[1, :, :-1]], axis=1)
 
     # Adjoint maps lambda_p -> lambda_{p-1} (rows: lV, lI, lT of the previous point).
     I_pre = b * Iq
@@ -265,23 +258,15 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     v_ = -I_pre / ts
     D = np.where(spk, (I_pre - th) / tm, 1.0)
     alpha, beta = -a / D, -c / D
-    B = np.zeros((n, P, 3, 3))
-    B[..., 0, 0] = np.where(inp, a, 0.0)
-    B[..., 1, 0] = np.where(inp, c, 0.0)
-    B[..., 1, 1] = np.where(inp, b, np.where(spk, b + beta * v_, 1.0))
-    B[..., 2, 0] = np.where(inp, -u, 0.0)
-    B[..., 2, 1] = np.where(inp, -v_, 0.0)
-    B[..., 0, 1] = np.where(spk, alpha * v_, 0.0)
-    B[..., 0, 2] = np.where(spk, alpha, 0.0)
-    B[..., 1, 2] = np.where(spk, beta, 0.0)
-    B[..., 2, 2] = np.where(inp, 0.0, 1.0)
-    B[..., 0, 0] += np.where(kind == _PAD, 1.0, 0.0)
-    f = np.zeros((n, P, 3))
-    f[..., 0], f[..., 1], f[..., 2] = alpha * g * spk, beta * g * spk, g * spk
+    B = np.array([
+        [np.where(inp, a, np.where(spk, 0.0, 1.0)), np.where(spk, alpha * v_, 0.0), np.where(spk, alpha, 0.0)],
+        [np.where(inp, c, 0.0), np.where(inp, b, np.where(spk, b + beta * v_, 1.0)), np.where(spk, beta, 0.0)],
+        [np.where(inp, -u, 0.0), np.where(inp, -v_, 0.0), np.where(inp, 0.0, 1.0)]])
+    gs_ = g * spk
     # lam_before[p] is the adjoint of the point before p; the adjoint of point p itself is lam_before[p + 1].
-    lam_before = run(B, f, reverse=True)
-    lam = np.concatenate([lam_before[:, 1:], np.zeros((n, 1, 3))], axis=1)
-    lV, lI, lT = lam[..., 0], lam[..., 1], lam[..., 2]
+    lam_before = run(B, np.array([alpha * gs_, beta * gs_, gs_]), reverse=True)
+    lam = np.concatenate([lam_before[:, :, 1:], np.zeros((3, n, 1))], axis=2)
+    lV, lI, lT = lam[0], lam[1], lam[2]
 
     grad_w = np.where(inp, lI, 0.0)
     grad_arrival = np.where(inp, u * lV + v_ * lI + lT, 0.0)

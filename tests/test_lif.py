@@ -396,9 +396,9 @@ def test_padding_cotangents_are_ignored():
 def test_recurrence_scan_equals_loop():
     rng = np.random.default_rng(16)
     for d in (2, 3):
-        A = rng.normal(size=(4, 13, d, d)) * 0.5
-        e = rng.normal(size=(4, 13, d))
-        x0 = rng.normal(size=(4, d))
+        A = rng.normal(size=(d, d, 4, 13)) * 0.5
+        e = rng.normal(size=(d, 4, 13))
+        x0 = rng.normal(size=(d, 4))
         for reverse in (False, True):
             np.testing.assert_allclose(recurrence_scan(A, e, x0, reverse), recurrence_loop(A, e, x0, reverse),
                                        rtol=1e-12, atol=1e-12)
