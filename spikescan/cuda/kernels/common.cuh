@@ -80,7 +80,7 @@ __device__ __forceinline__ bool spikescan_fires_in_gap(double v0, double i0, dou
 }
 
 // First root of V(s) = threshold on [0, s_hi] for a firing state (V(0) < threshold <= V(s_hi), V increasing and
-// concave there); DESIGN.md section 3.  solver: SPIKESCAN_SOLVER_NEWTON (Newton from 0 with bisection fallback),
+// concave there); DESIGN.md section 3.  solver: SPIKESCAN_SOLVER_NEWTON (bracketed Newton with chord and midpoint probes),
 // _BISECTION, or _ANALYTIC (tau_mem == 2 tau_syn only).
 __device__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
                                              double threshold, int solver) {
@@ -99,21 +99,43 @@ __device__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, 
         }
         return hi;
     }
+    // Three-probe bracketed Newton (twin of _dynamics.solve_spike_time). Invariant: V(lo) < threshold <= V(hi), V
+    // concave on [lo, hi]. Each round probes the Newton step from lo (below the root), the chord point (above it)
+    // and the midpoint (the bracket at least halves); it stops once the bracket is two ulps wide, the Newton step is
+    // below float64 resolution, or V(hi) equals the threshold up to the rounding error of evaluating V.
+    const double eps = 2.220446049250313e-16;
+    const double noise = eps * (threshold + fabs(v0) + fabs(i0));
+    double v_lo = v0;
+    double v_hi = spikescan_voltage(hi, v0, i0, tau_mem, tau_syn);
     for (int it = 0; it < SPIKESCAN_NEWTON_MAX_ITERS; ++it) {
-        // Invariant V(lo) < threshold <= V(hi); a Newton proposal outside (lo, hi) becomes a bisection step.
-        const double step_up = nextafter(lo, spikescan_inf());
-        if (!(step_up < hi)) break;
         const spikescan_decay_t d = spikescan_decay(lo, tau_mem, tau_syn);
-        const double v = d.a * v0 + d.c * i0;
-        const double slope = (d.b * i0 - v) / tau_mem;
-        const double s_newton = fmax(lo + (threshold - v) / (slope > 0.0 ? slope : 1.0), step_up);
-        const bool ok = (slope > 0.0) && (s_newton < hi);
-        const double s_next = ok ? s_newton : 0.5 * (lo + hi);
-        if (spikescan_voltage(s_next, v0, i0, tau_mem, tau_syn) >= threshold) hi = s_next; else lo = s_next;
+        const double slope = (d.b * i0 - v_lo) / tau_mem;
+        const double step = (threshold - v_lo) / (slope > 0.0 ? slope : 1.0);
+        const bool active = (nextafter(nextafter(lo, spikescan_inf()), spikescan_inf()) < hi) &&
+                            !((slope > 0.0) && (step <= eps * lo)) && (v_hi - threshold > noise);
+        if (!active) break;
+        const double rise = v_hi - v_lo;
+        double probes[3];
+        probes[0] = slope > 0.0 ? lo + step : lo;
+        probes[1] = lo + (hi - lo) * ((threshold - v_lo) / (rise > 0.0 ? rise : 1.0));
+        probes[2] = 0.5 * (lo + hi);
+        double values[3];
+        for (int q = 0; q < 3; ++q) values[q] = spikescan_voltage(probes[q], v0, i0, tau_mem, tau_syn);
+        for (int q = 0; q < 3; ++q) {
+            if (!((probes[q] > lo) && (probes[q] < hi))) continue;
+            if (values[q] >= threshold) {
+                hi = probes[q];
+                v_hi = values[q];
+            } else {
+                lo = probes[q];
+                v_lo = values[q];
+            }
+        }
     }
-    const double v_lo = spikescan_voltage(lo, v0, i0, tau_mem, tau_syn);
-    const double v_hi = spikescan_voltage(hi, v0, i0, tau_mem, tau_syn);
-    return (threshold - v_lo <= v_hi - threshold) ? lo : hi;
+    // lo is the last iterate with V < threshold, hi the first with V >= threshold; return the smaller residual.
+    const double r_lo = threshold - spikescan_voltage(lo, v0, i0, tau_mem, tau_syn);
+    const double r_hi = spikescan_voltage(hi, v0, i0, tau_mem, tau_syn) - threshold;
+    return (r_lo <= r_hi) ? lo : hi;
 }
 
 // Second divided difference exp[0, w1, w2] of the exponential at the nodes 0, w1, w2 <= 0 (twin of
