@@ -80,8 +80,8 @@ __device__ __forceinline__ bool spikescan_fires_in_gap(double v0, double i0, dou
 }
 
 // First root of V(s) = threshold on [0, s_hi] for a firing state (V(0) < threshold <= V(s_hi), V increasing and
-// concave there); DESIGN.md section 3.  solver: SPIKESCAN_SOLVER_NEWTON (bracketed Newton with chord and midpoint probes),
-// _BISECTION, or _ANALYTIC (tau_mem == 2 tau_syn only).
+// concave there); DESIGN.md section 3.  solver: SPIKESCAN_SOLVER_NEWTON (bracketed Newton with chord and midpoint
+// probes), _BISECTION, or _ANALYTIC (tau_mem == 2 tau_syn only).
 __device__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
                                              double threshold, int solver) {
     if (solver == SPIKESCAN_SOLVER_ANALYTIC) {

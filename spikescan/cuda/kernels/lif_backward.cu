@@ -37,7 +37,8 @@ __global__ void spikescan_lif_backward(
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
-    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints, double* __restrict__ grad_weights, double* __restrict__ grad_input_times,
+    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
+    double* __restrict__ grad_weights, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold) {
     // This launch handles neurons [neuron_start, neuron_start + n_group) of the flattened batch * n_out.
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
