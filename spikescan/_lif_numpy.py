@@ -13,8 +13,10 @@ from ._queue import build_queues
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import LIFGrads, LIFResiduals, LIFResult
 
-# Neurons x points handled at once by the backward, to bound its memory (about 200 bytes per point).
-_BACKWARD_POINTS_PER_GROUP = 1 << 20
+# Neurons x points handled at once by the backward, to bound its memory (about 400 bytes per point, so ~1.6 GB for
+# the loop and ~0.5 GB for the scan, whose doubling steps make more temporaries). The loop pays a Python step per
+# point per group, so it takes larger groups.
+_BACKWARD_POINTS_PER_GROUP = {"sequential": 1 << 22, "scan": 1 << 20}
 
 
 class _Layout:
@@ -300,7 +302,7 @@ def lif_backward(result, grad_times, method):
     n_points = res.queue_times.shape[2] + res.spike_times.shape[2]
     if method == "auto":
         method = choose_backward_method(N, n_points)
-    group = max(1, _BACKWARD_POINTS_PER_GROUP // max(n_points, 1))
+    group = max(1, _BACKWARD_POINTS_PER_GROUP[method] // max(n_points, 1))
     for start in range(0, N, group):
         _backward_group(res, grad_times, np.arange(start, min(start + group, N)), lay, method, grads)
     return LIFGrads(
