@@ -38,7 +38,17 @@ def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
     return np.where(applies & (idx >= 0), weights[src, cols], 0.0)
 
 
-def _record(times, events, counts, neurons, t_spike, k, max_spikes):
+def _record(times, events, counts, last_spike, neurons, t_spike, k, max_spikes, n_out):
+    # Two spikes of one neuron at the same float64 time mean a current so large that the time between spikes is
+    # below the resolution of t: the exact spike train cannot be represented, so say so instead of looping on.
+    stuck = t_spike <= last_spike[neurons]
+    if stuck.any():
+        n = int(neurons[np.argmax(stuck)])
+        raise FloatingPointError(
+            f"neuron {n % n_out} of sample {n // n_out} fires twice at t={float(t_spike[np.argmax(stuck)])!r}: its "
+            "inter-spike interval is below float64 time resolution (synaptic current far above threshold; check "
+            "the weights)")
+    last_spike[neurons] = t_spike
     slot = counts[neurons]
     keep = slot < max_spikes
     times[neurons[keep], slot[keep]] = t_spike[keep]
@@ -53,6 +63,7 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver):
     counts = np.zeros(N, np.int64)
     times = np.full((N, max_spikes), np.inf)
     events = np.full((N, max_spikes), -1, np.int64)
+    last_spike = np.full(N, -np.inf)
     for k in range(int(end.max(initial=0)) + 1):
         active = k <= end
         t_k = qt[lay.row, k]
@@ -67,7 +78,7 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver):
             _, b, _ = dyn.decay(s, tm[f], ts[f])
             V[f], I[f], t_cur[f] = 0.0, I[f] * b, t_sp
             gap[f] = t_k[f] - t_sp
-            _record(times, events, counts, f, t_sp, k, max_spikes)
+            _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out)
         a, b, c = dyn.decay(gap, tm, ts)
         w = _event_weights(W, qi, lay.max_in, lay.row, lay.i, k, active & (k < end))
         V, I = a * V + c * I, b * I + w
@@ -96,6 +107,7 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
     counts = np.zeros(N, np.int64)
     times = np.full((N, max_spikes), np.inf)
     events = np.full((N, max_spikes), -1, np.int64)
+    last_spike = np.full(N, -np.inf)
     offsets = np.arange(chunk_size)
     L1 = qt.shape[1]
     while True:
@@ -135,7 +147,7 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
             _, b, _ = dyn.decay(s, tm[nf], ts[nf])
             V[nf], I[nf], t_cur[nf] = 0.0, i0 * b, t_sp
             pos[nf] += k
-            _record(times, events, counts, nf, t_sp, pos[nf], max_spikes)
+            _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out)
     return times, events, counts
 
 

@@ -294,6 +294,14 @@ def test_max_spikes_cap_is_reported_and_dynamics_stay_exact():
         np.testing.assert_allclose(g_cap.weights, g_full.weights, **TOL["float64"]["grads"])
 
 
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_unresolvable_spike_rate_raises(method):
+    # After a spike at t = 1e6 the next one comes ~1e-14 later: below the float64 spacing of t (1.2e-10).
+    t = np.array([[[1e6]]])
+    with pytest.raises(FloatingPointError, match=r"neuron 0 of sample 0 fires twice at t=1000000"):
+        ss.lif_forward(t, np.array([[1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=4, method=method)
+
+
 def test_inputs_are_not_modified():
     rng = np.random.default_rng(12)
     t = random_spikes(rng, 2, 6, 3)
