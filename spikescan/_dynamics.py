@@ -81,17 +81,24 @@ def decay(s, tau_mem, tau_syn):
     tau_mem = np.asarray(tau_mem, dtype=np.float64)
     tau_syn = np.asarray(tau_syn, dtype=np.float64)
     finite = np.isfinite(s)
-    sf = np.where(finite, s, 0.0)
-    a = np.where(finite, np.exp(-sf / tau_mem), 0.0)
-    b = np.where(finite, np.exp(-sf / tau_syn), 0.0)
-    d = 1.0 / tau_syn - 1.0 / tau_mem
-    x = -sf * d
+    all_finite = bool(finite.all())
+    sf = s if all_finite else np.where(finite, s, 0.0)
+    a = np.exp(-sf / tau_mem)
+    b = np.exp(-sf / tau_syn)
+    x = sf * (1.0 / tau_mem - 1.0 / tau_syn)
     small = np.abs(x) < 1.0
-    # Near tau_mem == tau_syn: c = (s/tau_mem) a phi(-s d); elsewhere the direct form has no cancellation.
-    c_small = (sf / tau_mem) * a * _phi(np.where(small, x, 0.0))
-    denom = np.where(small, 1.0, tau_mem - tau_syn)
-    c_large = tau_syn / denom * (a - b)
-    c = np.where(finite, np.where(small, c_small, c_large), 0.0)
+    # Near tau_mem == tau_syn: c = (s/tau_mem) a phi(-s d); elsewhere the direct form has no cancellation. The
+    # branches are only evaluated where some element needs them (this function is on every hot path).
+    if small.all():
+        c = (sf / tau_mem) * a * _phi(x)
+    elif not small.any():
+        c = tau_syn / (tau_mem - tau_syn) * (a - b)
+    else:
+        c_small = (sf / tau_mem) * a * _phi(np.where(small, x, 0.0))
+        c_large = tau_syn / np.where(small, 1.0, tau_mem - tau_syn) * (a - b)
+        c = np.where(small, c_small, c_large)
+    if not all_finite:
+        a, b, c = (np.where(finite, y, 0.0) for y in (a, b, c))
     return a, b, c
 
 
@@ -174,7 +181,7 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
         return hi
     if solver != "newton":
         raise ValueError(f"solver must be 'newton', 'bisection' or 'analytic', got {solver!r}")
-    v_lo = v0
+    v_lo, b_lo = v0, np.ones(v0.shape)
     v_hi = voltage(hi, v0, i0, tau_mem, tau_syn)
     eps = np.finfo(np.float64).eps
     noise = eps * (threshold + np.abs(v0) + np.abs(i0))
@@ -185,8 +192,7 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
         # (which guarantees the bracket at least halves, e.g. for grazing roots near the peak or when rounding puts
         # a probe on the wrong side). An element stops once its bracket is two ulps wide, its Newton step is below
         # float64 resolution, or V(hi) equals the threshold up to the rounding error of evaluating V.
-        a, b, c = decay(lo, tau_mem, tau_syn)
-        slope = (b * i0 - v_lo) / tau_mem
+        slope = (b_lo * i0 - v_lo) / tau_mem
         step = (threshold - v_lo) / np.where(slope > 0, slope, 1.0)
         active &= ((np.nextafter(np.nextafter(lo, np.inf), np.inf) < hi) & ~((slope > 0) & (step <= eps * lo))
                    & (v_hi - threshold > noise))
@@ -197,13 +203,14 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
             np.where(slope > 0, lo + step, lo),
             lo + (hi - lo) * ((threshold - v_lo) / np.where(rise > 0, rise, 1.0)),
             0.5 * (lo + hi)])
-        values = voltage(probes, v0, i0, tau_mem, tau_syn)
-        for s_try, v_try in zip(probes, values):
+        a, b, c = decay(probes, tau_mem, tau_syn)
+        values = a * v0 + c * i0
+        for s_try, v_try, b_try in zip(probes, values, b):
             inside = active & (s_try > lo) & (s_try < hi)
             up = inside & (v_try >= threshold)
             down = inside & (v_try < threshold)
             hi, v_hi = np.where(up, s_try, hi), np.where(up, v_try, v_hi)
-            lo, v_lo = np.where(down, s_try, lo), np.where(down, v_try, v_lo)
+            lo, v_lo, b_lo = np.where(down, s_try, lo), np.where(down, v_try, v_lo), np.where(down, b_try, b_lo)
     # ``lo`` is the last iterate with V < threshold, ``hi`` the first with V >= threshold; the root is in between
     # and the pair is at most an ulp or two apart after convergence.  Return the side with the smaller residual.
     v_lo = voltage(lo, v0, i0, tau_mem, tau_syn)

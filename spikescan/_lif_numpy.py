@@ -227,9 +227,10 @@ def _merge_points(res, grad_times, neurons, lay):
     tau[r, spike_pos[r, m]] = st[r, m]
     slot[r, spike_pos[r, m]] = m
     # Input k sits after every recorded spike with spike_event <= k.
-    is_input = (kind == _INPUT) | ((kind == _PAD) & (np.arange(P) < n_points[:, None]))
+    is_input = (kind == _PAD) & (np.arange(P) < n_points[:, None])
     rr, pp = np.nonzero(is_input)
-    kk = pp - ((spike_pos[rr] >= 0) & (spike_pos[rr] < pp[:, None])).sum(axis=1)
+    spikes_before = np.cumsum(kind == _SPIKE, axis=1)
+    kk = pp - spikes_before[rr, pp]
     kind[rr, pp] = _INPUT
     qpos[rr, pp] = kk
     rows = lay.row[neurons]
