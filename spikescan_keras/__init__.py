@@ -1,0 +1,11 @@
+"""Keras 3 frontend of spikescan: exact event-driven spiking layers for the torch and jax backends.
+
+``LIFLayer`` (spike tensor in, spike tensor out) and ``LIReadout`` (spike tensor in, logits out) hold weights and
+configuration; forward and backward are ``spikescan``'s, called through one custom-gradient op per layer.
+Set ``KERAS_BACKEND`` to ``torch`` or ``jax`` before importing keras.
+"""
+
+from ._host import CappedSpikesWarning
+from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer
+
+__all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "CappedSpikesWarning"]

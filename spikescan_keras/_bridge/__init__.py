@@ -1,0 +1,19 @@
+"""One bridge per Keras backend: the only modules that import torch, jax or tensorflow.
+
+Each exposes ``apply(op, spec, inputs) -> outputs``, a custom-gradient op whose forward and backward are the
+backend-free ``op.forward`` / ``op.backward`` of ``spikescan_keras._host``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+
+
+def apply(op, spec, inputs):
+    """Run ``op`` through the bridge of the active Keras backend (imported on first use)."""
+    backend = keras.backend.backend()
+    if backend not in ("torch", "jax", "tensorflow"):
+        raise NotImplementedError(f"spikescan_keras supports the 'jax' and 'torch' Keras backends, got {backend!r}")
+    return importlib.import_module(f"{__name__}.{backend}").apply(op, spec, inputs)

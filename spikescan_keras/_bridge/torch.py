@@ -1,0 +1,81 @@
+"""PyTorch bridge: a ``torch.autograd.Function`` whose forward and backward are spikescan's.
+
+- CPU tensors are viewed as NumPy arrays (``detach().numpy()``, zero-copy) and results are wrapped back with
+  ``torch.from_numpy`` (zero-copy).
+- CUDA tensors are handed to CuPy by DLPack and spikescan's CuPy path runs on torch's current stream of the tensor's
+  device, so no host copy and no extra synchronisation happen; results come back by DLPack too. This path needs
+  CuPy and a CUDA build of torch and is not exercised by the CPU test-suite.
+- Other devices (MPS, XPU, ...) raise a ``TypeError`` naming the device.
+
+Residuals: the spikescan result object lives on ``ctx`` until autograd frees the graph, so the backward does not
+recompute the forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def _check_devices(inputs):
+    device = inputs[0].device
+    if device.type not in ("cpu", "cuda"):
+        raise TypeError(f"spikescan_keras supports CPU and CUDA tensors on the torch backend, got a tensor on {device}")
+    if any(x.device != device for x in inputs):
+        raise ValueError(f"spike times and weights must be on one device, got {[str(x.device) for x in inputs]}")
+    return device
+
+
+def _to_array(tensor):
+    """Zero-copy NumPy (CPU) or CuPy (CUDA) view of ``tensor`` without autograd history."""
+    tensor = tensor.detach().contiguous()
+    if tensor.device.type == "cpu":
+        return tensor.numpy()
+    import cupy
+
+    return cupy.from_dlpack(tensor)
+
+
+def _to_tensor(array, device):
+    if device.type == "cpu":
+        return torch.from_numpy(array)
+    return torch.from_dlpack(array)
+
+
+@contextlib.contextmanager
+def _on_stream(device):
+    """Run CuPy work on torch's current stream of ``device`` (nothing to do on CPU)."""
+    if device.type != "cuda":
+        yield
+        return
+    import cupy
+
+    stream = torch.cuda.current_stream(device)
+    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream, device.index):
+        yield
+
+
+class _HostFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op, spec, *inputs):
+        device = _check_devices(inputs)
+        with _on_stream(device):  # conversions inside too: DLPack synchronises with the current stream
+            outputs, result = op.forward(spec, tuple(_to_array(x) for x in inputs))
+            outputs = tuple(_to_tensor(y, device) for y in outputs)
+        ctx.op, ctx.spec, ctx.result, ctx.device = op, spec, result, device
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad, *unused):
+        if grad is None:  # the differentiable output was not used
+            return (None, None) + (None,) * len(ctx.needs_input_grad[2:])
+        with _on_stream(ctx.device):
+            grads = ctx.op.backward(ctx.spec, ctx.result, _to_array(grad))
+            return (None, None) + tuple(_to_tensor(g, ctx.device) for g in grads)
+
+
+def apply(op, spec, inputs):
+    """Run ``op`` (see ``spikescan_keras._host``) on torch tensors; returns its outputs as a tuple of tensors."""
+    return _HostFunction.apply(op, spec, *inputs)

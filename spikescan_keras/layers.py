@@ -1,0 +1,276 @@
+"""Keras 3 layers around spikescan's exact event-driven LIF layer and leaky-integrator readout.
+
+The layers own weights, configuration and serialization; every number is computed by ``spikescan`` through one
+custom-gradient op per layer (``spikescan_keras._bridge``). Supported backends: ``torch`` and ``jax``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+import spikescan
+from spikescan import _dynamics, _validate
+
+from . import _bridge
+from ._host import LIFOp, LIFSpec, LIOp, LISpec
+
+_METHODS = ("auto", "sequential", "scan")
+_SOLVERS = ("newton", "bisection", "analytic")
+_READOUTS = ("integral", "max", "final")
+
+
+def _optional_positive(name, value):
+    return None if value is None else _validate.positive_scalar(name, value)
+
+
+def _initializer(name, value):
+    if value == "auto":
+        return "auto"
+    try:
+        return keras.initializers.get(value)
+    except ValueError as err:
+        raise ValueError(f"{name} must be 'auto' or a Keras initializer, got {value!r}") from err
+
+
+def _serialize_initializer(value):
+    return value if value == "auto" else keras.initializers.serialize(value)
+
+
+def _n_in(layer, input_shape):
+    if len(input_shape) != 3 or input_shape[1] is None:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} expects spike tensors [batch, neurons, max_spikes] "
+                         f"with a known number of neurons, got input shape {tuple(input_shape)}")
+    return int(input_shape[1])
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class SpikeCountRegularizer(keras.regularizers.Regularizer):
+    """Differentiable stand-in for a spike-count penalty, applied to a spike tensor ``times [batch, n, max_spikes]``::
+
+        penalty = strength * mean_b sum_{i, m} exp(-times[b, i, m] / tau)
+
+    Each recorded spike contributes ``exp(-t / tau)`` in ``(0, 1]`` (``+inf`` padding contributes 0, with a zero
+    gradient). A plain spike count is piecewise constant in the weights, so its gradient is zero almost everywhere;
+    this sum is smooth in the spike times and its gradient ``-strength / tau * exp(-t / tau)`` pushes spikes later,
+    until a neuron that is pushed past its last threshold crossing stops firing. For ``t << tau`` the penalty is
+    close to ``strength`` times the number of spikes per sample; choose ``tau`` of the order of the task's duration.
+
+    Args:
+        strength: non-negative weight of the penalty.
+        tau: positive time scale, in the unit of the spike times.
+    """
+
+    def __init__(self, strength, tau):
+        if isinstance(strength, bool) or not np.isfinite(strength) or strength < 0:
+            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+        self.strength = float(strength)
+        self.tau = _validate.positive_scalar("tau", tau)
+
+    def __call__(self, times):
+        return self.strength * ops.mean(ops.sum(ops.exp(-times / self.tau), axis=(1, 2)))
+
+    def get_config(self):
+        return {"strength": self.strength, "tau": self.tau}
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class DelayRange(keras.constraints.Constraint):
+    """Clips delays to ``[0, max_delay]`` (``[0, inf)`` when ``max_delay`` is None) after every optimizer step."""
+
+    def __init__(self, max_delay=None):
+        self.max_delay = _optional_positive("max_delay", max_delay)
+
+    def __call__(self, w):
+        return ops.clip(w, 0.0, np.inf if self.max_delay is None else self.max_delay)
+
+    def get_config(self):
+        return {"max_delay": self.max_delay}
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class LIFLayer(keras.layers.Layer):
+    """Dense layer of current-based LIF neurons with exact spike times and exact gradients (no surrogates).
+
+    Input and output are spike tensors ``[batch, neurons, max_spikes]``: spike times ascending along the last axis,
+    padded with ``+inf``, in any time unit shared with ``tau_mem``, ``tau_syn`` and ``max_delay``. Input
+    ``[batch, n_in, max_in]`` gives output ``[batch, units, max_spikes]``. The dynamics and gradients are those of
+    ``spikescan.lif_forward`` / ``spikescan.lif_backward`` (DESIGN.md sections 1-6)::
+
+        tau_mem dV/dt = -V + I,  tau_syn dI/dt = -I,  spike (t, j) adds kernel[j, i] to I at t + delays[j, i],
+        V = threshold  ->  output spike, V <- 0.
+
+    Weights: ``kernel [n_in, units]``; with ``delays=True`` also ``delays [n_in, units]``, kept in
+    ``[0, max_delay]`` by the ``DelayRange`` constraint (clipping after each optimizer step).
+
+    Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
+    non-trainable variable ``capped_spikes`` (int32) accumulates, over every call since it was built, the number of
+    spikes fired but not recorded, and a ``CappedSpikesWarning`` is issued the first time it happens.
+
+    Args:
+        units: number of LIF neurons.
+        tau_mem, tau_syn: positive membrane and synaptic time constants (scalars).
+        threshold: positive firing threshold (not trained).
+        max_spikes: spikes recorded per neuron (last axis of the output).
+        delays: learn one non-negative delay per synapse.
+        chunk_size, solver, method: passed to ``spikescan.lif_forward``.
+        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(mean=mu, stddev=mu)`` with
+            ``mu = 1.5 * threshold / (n_in * psp_peak)``, where ``psp_peak`` is the peak voltage that one input spike
+            of unit weight produces from rest. If each input channel spikes about once, the mean total drive is
+            1.5 thresholds, so a typical neuron fires one or a few spikes while the spread of weights (a sixth are
+            negative) keeps some silent. Inputs with many spikes per channel want smaller weights: pass your own.
+        delay_initializer: a Keras initializer or ``"auto"``: uniform on ``[0, max_delay]`` when ``max_delay`` is
+            set (arrival times spread over the delay range), else zeros.
+        max_delay: upper bound of the delays (None: unbounded).
+        kernel_regularizer: optional Keras regularizer of ``kernel``.
+        spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
+            model's losses).
+    """
+
+    def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
+                 solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
+                 kernel_regularizer=None, spike_count_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = _validate.positive_int("units", units)
+        self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
+        self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
+        self.threshold = _validate.positive_scalar("threshold", threshold)
+        self.max_spikes = _validate.positive_int("max_spikes", max_spikes)
+        if not isinstance(delays, bool):
+            raise TypeError(f"delays must be True or False, got {delays!r}")
+        self.use_delays = delays
+        self.chunk_size = _validate.positive_int("chunk_size", chunk_size)
+        self.solver = _validate.choice("solver", solver, _SOLVERS)
+        self.method = _validate.choice("method", method, _METHODS)
+        self.max_delay = _optional_positive("max_delay", max_delay)
+        self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
+        self.delay_initializer = _initializer("delay_initializer", delay_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.spike_count_regularizer = keras.regularizers.get(spike_count_regularizer)
+        if self.spike_count_regularizer is not None and not isinstance(self.spike_count_regularizer,
+                                                                       SpikeCountRegularizer):
+            raise TypeError("spike_count_regularizer must be a SpikeCountRegularizer or None, got "
+                            f"{spike_count_regularizer!r}")
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+        self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
+                             self.chunk_size, self.solver, self.name)
+
+    def _auto_kernel_initializer(self, n_in):
+        t_peak = _dynamics.peak_time(0.0, 1.0, self.tau_mem, self.tau_syn)
+        psp_peak = float(_dynamics.voltage(t_peak, 0.0, 1.0, self.tau_mem, self.tau_syn))
+        mu = 1.5 * self.threshold / (n_in * psp_peak)
+        return keras.initializers.RandomNormal(mean=mu, stddev=mu)
+
+    def build(self, input_shape):
+        n_in = _n_in(self, input_shape)
+        init = self.kernel_initializer
+        self.kernel = self.add_weight(
+            name="kernel", shape=(n_in, self.units),
+            initializer=self._auto_kernel_initializer(n_in) if init == "auto" else init,
+            regularizer=self.kernel_regularizer)
+        if self.use_delays:
+            init = self.delay_initializer
+            if init == "auto":
+                init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
+            self.delays = self.add_weight(name="delays", shape=(n_in, self.units), initializer=init,
+                                          constraint=DelayRange(self.max_delay))
+        self.capped_spikes = self.add_weight(name="capped_spikes", shape=(), dtype="int32", initializer="zeros",
+                                             trainable=False)
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
+
+    def call(self, inputs):
+        """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units, max_spikes]`` spike times."""
+        weights = (self.kernel, self.delays) if self.use_delays else (self.kernel,)
+        times, counts = _bridge.apply(LIFOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, *weights))))
+        capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
+        self.capped_spikes.assign_add(ops.cast(capped, "int32"))
+        if self.spike_count_regularizer is not None:
+            self.add_loss(self.spike_count_regularizer(times))
+        return times
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units, self.max_spikes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn, threshold=self.threshold,
+            max_spikes=self.max_spikes, delays=self.use_delays, chunk_size=self.chunk_size, solver=self.solver,
+            method=self.method, kernel_initializer=_serialize_initializer(self.kernel_initializer),
+            delay_initializer=_serialize_initializer(self.delay_initializer), max_delay=self.max_delay,
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class LIReadout(keras.layers.Layer):
+    """Non-spiking leaky-integrator readout: spike tensor ``[batch, n_in, max_spikes]`` -> logits ``[batch, units]``.
+
+    Each unit has the LIF sub-threshold dynamics without threshold; its logit is a functional of ``V(t)`` on
+    ``[0, t_max]`` computed in closed form by ``spikescan.li_forward`` (exact gradients by ``li_backward``):
+    ``"integral"``: ``int_0^t_max e^{-t/tau_readout} V(t) dt`` (plain integral with ``tau_readout=None``),
+    ``"max"``: ``max_t V(t)``, ``"final"``: ``V(t_max)``. The logits suit
+    ``SparseCategoricalCrossentropy(from_logits=True)``.
+
+    Args:
+        units: number of classes.
+        tau_mem, tau_syn: positive time constants.
+        readout: ``"integral"``, ``"max"`` or ``"final"``.
+        t_max: positive end of the readout window.
+        tau_readout: optional positive time scale of the integral's weighting (``readout="integral"`` only).
+        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(0, 1 / (sqrt(n_in) * u))`` where ``u`` is
+            the readout value of one unit-weight spike at ``t_max / 2``, so that with about one spike per input
+            neuron the logits start with unit scale whatever the time constants and the readout.
+        kernel_regularizer: optional Keras regularizer of ``kernel``.
+    """
+
+    def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None,
+                 kernel_initializer="auto", kernel_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = _validate.positive_int("units", units)
+        self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
+        self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
+        self.readout = _validate.choice("readout", readout, _READOUTS)
+        self.t_max = _validate.positive_scalar("t_max", t_max)
+        self.tau_readout = _optional_positive("tau_readout", tau_readout)
+        if tau_readout is not None and readout != "integral":
+            raise ValueError(f"tau_readout only applies to readout='integral', got tau_readout={tau_readout!r} with "
+                             f"readout={readout!r}")
+        self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+        self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout)
+
+    def _auto_kernel_initializer(self, n_in):
+        spike = np.full((1, 1, 1), 0.5 * self.t_max)
+        s = self._spec
+        unit = spikescan.li_forward(spike, np.ones((1, 1)), tau_mem=s.tau_mem, tau_syn=s.tau_syn, readout=s.readout,
+                                    t_max=s.t_max, tau_readout=s.tau_readout).values
+        return keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / (np.sqrt(n_in) * abs(float(unit[0, 0]))))
+
+    def build(self, input_shape):
+        n_in = _n_in(self, input_shape)
+        init = self.kernel_initializer
+        self.kernel = self.add_weight(
+            name="kernel", shape=(n_in, self.units),
+            initializer=self._auto_kernel_initializer(n_in) if init == "auto" else init,
+            regularizer=self.kernel_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
+
+    def call(self, inputs):
+        """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""
+        (values,) = _bridge.apply(LIOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, self.kernel))))
+        return values
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn, readout=self.readout, t_max=self.t_max,
+            tau_readout=self.tau_readout, kernel_initializer=_serialize_initializer(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer))
+        return config

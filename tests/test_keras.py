@@ -1,0 +1,277 @@
+"""Keras frontend: gradients through the layers, training, save/load, configs. One process per backend:
+
+    KERAS_BACKEND=torch python -m pytest tests/test_keras.py
+    KERAS_BACKEND=jax python -m pytest tests/test_keras.py
+
+Without ``KERAS_BACKEND`` the jax backend is used. Unsupported or missing backends skip the module.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "jax")
+if BACKEND not in ("torch", "jax"):
+    pytest.skip(f"spikescan_keras supports the torch and jax backends, KERAS_BACKEND={BACKEND!r}",
+                allow_module_level=True)
+pytest.importorskip(BACKEND)
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != BACKEND:
+    pytest.skip(f"keras was already imported with the {keras.backend.backend()!r} backend", allow_module_level=True)
+
+from keras import ops  # noqa: E402
+
+import spikescan  # noqa: E402
+import spikescan_keras as sk  # noqa: E402
+
+TAU_MEM, TAU_SYN, T_MAX = 10.0, 4.0, 40.0
+
+
+def spike_input(rng, batch=3, n_in=4, max_in=2, t_end=20.0):
+    times = np.sort(rng.uniform(0.0, t_end, (batch, n_in, max_in)), axis=-1)
+    times[0, 0, -1] = np.inf  # some padding
+    return times.astype(np.float32)
+
+
+def backend_grad(fn, args):
+    """Gradients of the scalar ``fn(*args)`` with respect to every argument, by the backend's autodiff."""
+    if BACKEND == "jax":
+        import jax
+
+        return [np.asarray(g) for g in jax.grad(fn, argnums=tuple(range(len(args))))(*args)]
+    import torch
+
+    tensors = [ops.convert_to_tensor(a).detach().requires_grad_(True) for a in args]  # on keras' device
+    return [g.cpu().numpy() for g in torch.autograd.grad(fn(*tensors), tensors)]
+
+
+def finite_differences(fn, args, eps=1e-6):
+    """Central differences of ``fn`` (NumPy, float64) with respect to every finite entry of every argument."""
+    grads = []
+    for k, arg in enumerate(args):
+        grad = np.zeros_like(arg)
+        for idx in zip(*np.nonzero(np.isfinite(arg))):
+            shifted = [a.copy() for a in args]
+            shifted[k][idx] += eps
+            up = fn(*shifted)
+            shifted[k][idx] -= 2 * eps
+            grad[idx] = (up - fn(*shifted)) / (2 * eps)
+        grads.append(grad)
+    return grads
+
+
+def two_layers(delays):
+    lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, delays=delays, max_delay=5.0)
+    readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=T_MAX, tau_readout=30.0)
+    return lif, readout
+
+
+@pytest.mark.parametrize("delays", [False, True])
+def test_gradients_match_finite_differences(delays):
+    """Backend autodiff through LIFLayer -> LIReadout equals float64 central differences of spikescan's forward."""
+    rng = np.random.default_rng(3)
+    x = spike_input(rng)
+    lif, readout = two_layers(delays)
+    readout(lif(x))
+    assert np.isfinite(ops.convert_to_numpy(lif(x))).sum() > 10, "the case should have spikes"
+    grad_times = rng.normal(size=(3, 6, 3))
+    grad_values = rng.normal(size=(3, 2))
+    params = [x] + [v.numpy() for v in lif.trainable_variables + readout.trainable_variables]
+
+    def loss_layers(x, *weights):
+        times, _ = lif.stateless_call(list(weights[:-1]), [lif.capped_spikes.value], x)
+        values, _ = readout.stateless_call([weights[-1]], [], times)
+        finite = ops.where(ops.isfinite(times), times, 0.0)  # padding carries no gradient
+        cotangents = [ops.convert_to_tensor(g.astype(np.float32)) for g in (grad_times, grad_values)]
+        return ops.sum(finite * cotangents[0]) + ops.sum(values * cotangents[1])
+
+    def loss_numpy(x, w, *rest):
+        delay, w_out = (rest[0], rest[1]) if delays else (None, rest[0])
+        res = spikescan.lif_forward(x, w, delays=delay, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3)
+        values = spikescan.li_forward(res.times, w_out, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral",
+                                      t_max=T_MAX, tau_readout=30.0).values
+        return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times) + np.sum(values * grad_values)
+
+    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
+    got = backend_grad(loss_layers, params)
+    names = ["input_times", "kernel"] + (["delays"] if delays else []) + ["readout_kernel"]
+    for name, g, e in zip(names, got, expected):
+        assert g.dtype == np.float32, name
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
+def test_float32_in_float32_out_and_shapes():
+    rng = np.random.default_rng(0)
+    x = spike_input(rng, batch=5, n_in=4, max_in=3)
+    lif, readout = two_layers(False)
+    times = lif(x)
+    logits = readout(times)
+    assert tuple(times.shape) == (5, 6, 3) == lif.compute_output_shape((5, 4, 3))
+    assert tuple(logits.shape) == (5, 2) == readout.compute_output_shape((5, 6, 3))
+    assert ops.convert_to_numpy(times).dtype == np.float32 and ops.convert_to_numpy(logits).dtype == np.float32
+    res = spikescan.lif_forward(x, lif.kernel.numpy(), tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3)
+    np.testing.assert_array_equal(ops.convert_to_numpy(times), res.times)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jit and the residual cache are specific to the jax bridge")
+def test_jax_jit_and_cache_fallback():
+    """Under jit the same gradients; a backward whose cached forward was evicted recomputes it."""
+    import jax
+
+    from spikescan_keras._bridge import jax as bridge
+
+    rng = np.random.default_rng(1)
+    x = spike_input(rng)
+    lif, _ = two_layers(True)
+    lif(x)
+    weights = [v.value for v in lif.trainable_variables]
+
+    def loss(x, w, d):
+        times, _ = lif.stateless_call([w, d], [lif.capped_spikes.value], x)
+        return ops.sum(ops.where(ops.isfinite(times), times, 0.0))
+
+    eager = jax.grad(loss, argnums=(0, 1, 2))(x, *weights)
+    jitted = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, *weights)
+    _, vjp = jax.vjp(loss, x, *weights)
+    bridge._cache.clear()
+    recomputed = vjp(np.float32(1.0))
+    assert not bridge._cache
+    for a, b, c in zip(eager, jitted, recomputed):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, c, rtol=1e-6)
+
+
+def timing_task(n=96, seed=0):
+    """Two classes: channel 0 spikes before channel 1 (class 0) or after it (class 1); channel 2 at t = 0."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    early, late = rng.uniform(0.0, 5.0, n), rng.uniform(8.0, 14.0, n)
+    t0, t1 = np.where(labels == 0, early, late), np.where(labels == 0, late, early)
+    times = np.stack([t0, t1, np.zeros(n)], axis=1)[:, :, None].astype(np.float32)
+    return times, labels
+
+
+def small_model(**lif_kwargs):
+    model = keras.Sequential([
+        keras.Input(shape=(3, 1)),
+        sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, **lif_kwargs),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.02),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def test_fit_reduces_loss():
+    keras.utils.set_random_seed(0)
+    x, y = timing_task()
+    model = small_model(delays=True, max_delay=10.0,
+                        spike_count_regularizer=sk.SpikeCountRegularizer(1e-3, tau=T_MAX))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        history = model.fit(x, y, batch_size=32, epochs=12, verbose=0)
+    loss = history.history["loss"]
+    assert loss[-1] < 0.6 * loss[0], loss
+    delays = model.layers[0].delays.numpy()
+    assert delays.min() >= 0.0 and delays.max() <= 10.0, "the DelayRange constraint keeps delays in [0, max_delay]"
+
+
+def test_save_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(1)
+    x, _ = timing_task(8)
+    model = small_model(delays=True, max_delay=4.0, kernel_regularizer="l2",
+                        spike_count_regularizer=sk.SpikeCountRegularizer(0.5, tau=20.0))
+    before = ops.convert_to_numpy(model(x))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), before)
+    lif = loaded.layers[0]
+    assert isinstance(lif, sk.LIFLayer) and isinstance(loaded.layers[1], sk.LIReadout)
+    assert lif.get_config() == model.layers[0].get_config()
+    assert lif.spike_count_regularizer.get_config() == {"strength": 0.5, "tau": 20.0}
+
+
+def test_capped_spikes_are_counted_and_warned():
+    x = np.zeros((2, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires repeatedly
+    lif = sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, kernel_initializer=keras.initializers.Constant(50.0))
+    with pytest.warns(sk.CappedSpikesWarning, match="max_spikes=1"):
+        times = lif(x)
+    counts = spikescan.lif_forward(x, np.full((1, 3), 50.0, np.float32), tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                   max_spikes=1).counts
+    assert counts.min() > 1
+    assert int(lif.capped_spikes.numpy()) == int((counts - 1).sum())
+    assert np.isfinite(ops.convert_to_numpy(times)).all()
+
+
+def test_spike_count_regularizer_value_and_gradient():
+    rng = np.random.default_rng(2)
+    x = spike_input(rng)
+    reg = sk.SpikeCountRegularizer(0.1, tau=15.0)
+    lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, spike_count_regularizer=reg)
+    times = ops.convert_to_numpy(lif(x))
+    assert len(lif.losses) == 1
+    expected = 0.1 * np.exp(-times / 15.0).sum(axis=(1, 2)).mean()
+    np.testing.assert_allclose(float(ops.convert_to_numpy(lif.losses[0])), expected, rtol=1e-5)
+
+    def penalty(w):
+        _, _, losses = lif.stateless_call([w], [lif.capped_spikes.value], x, return_losses=True)
+        return losses[0]
+
+    (grad,) = backend_grad(penalty, [lif.kernel.numpy()])
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0, "the penalty has a gradient through spike times"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(units=0), "units"),
+    (dict(tau_mem=-1.0), "tau_mem"),
+    (dict(tau_syn=0.0), "tau_syn"),
+    (dict(threshold=float("nan")), "threshold"),
+    (dict(max_spikes=0), "max_spikes"),
+    (dict(max_spikes=2.5), "max_spikes"),
+    (dict(solver="secant"), "solver"),
+    (dict(method="fast"), "method"),
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(max_delay=-1.0), "max_delay"),
+    (dict(kernel_initializer="no_such_init"), "kernel_initializer"),
+])
+def test_lif_bad_config(kwargs, match):
+    args = dict(units=4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        sk.LIFLayer(**args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(readout="mean"), "readout"),
+    (dict(t_max=0.0), "t_max"),
+    (dict(tau_readout=-2.0), "tau_readout"),
+    (dict(tau_mem=float("inf")), "tau_mem"),
+])
+def test_readout_bad_config(kwargs, match):
+    args = dict(units=3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX) | kwargs
+    with pytest.raises(ValueError, match=match):
+        sk.LIReadout(**args)
+
+
+def test_bad_types_and_inputs():
+    with pytest.raises(TypeError, match="delays"):
+        sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays="yes")
+    with pytest.raises(TypeError, match="spike_count_regularizer"):
+        sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, spike_count_regularizer="l2")
+    with pytest.raises(ValueError, match="tau"):
+        sk.SpikeCountRegularizer(0.1, tau=0.0)
+    with pytest.raises(ValueError, match="strength"):
+        sk.SpikeCountRegularizer(-1.0, tau=1.0)
+    lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
+    with pytest.raises(ValueError, match="ndim=3|spike tensors"):
+        lif(np.zeros((2, 3), np.float32))
+    lif(np.zeros((2, 3, 1), np.float32))
+    with pytest.raises(ValueError, match="axis 1|incompatible"):
+        lif(np.zeros((2, 5, 1), np.float32))
+    # spikescan validates the values; on jax its ValueError reaches the caller inside a JaxRuntimeError.
+    with pytest.raises(ValueError if BACKEND == "torch" else RuntimeError, match="input_times must be >= 0"):
+        lif(np.full((2, 3, 1), -1.0, np.float32))
+    with pytest.raises(ValueError, match="tau_readout"):
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)
