@@ -189,7 +189,15 @@ def run_jax(args):
         import bench_lif_jax
     except Exception as exc:  # pragma: no cover - depends on the machine
         return dict(skipped=f"bench_lif_jax not importable: {exc!r}")
-    return bench_lif_jax.compare(args.jax_batch, repeats=args.repeats, quick=args.quick)
+    import cupy
+
+    out = []
+    for batch in args.jax_batch:
+        # The sweep's cached blocks would otherwise stay reserved by CuPy while XLA allocates its own.
+        cupy.get_default_memory_pool().free_all_blocks()
+        out.append(bench_lif_jax.compare(batch, repeats=args.repeats, quick=args.quick))
+        print("jax comparison:", out[-1], flush=True)
+    return out
 
 
 def _format_row(r):
@@ -227,7 +235,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-baselines", dest="baselines", action="store_false")
     p.add_argument("--jax", action="store_true", help="also run the jax.lax.associative_scan comparison")
-    p.add_argument("--jax-batch", type=int, default=256)
+    p.add_argument("--jax-batch", type=int, nargs="+", default=[256], help="batch sizes of the JAX comparison")
+    p.add_argument("--jax-only", action="store_true", help="run only the JAX comparison (implies --jax)")
     p.add_argument("--quick", action="store_true", help="small sweep: batches 1 8, hidden 16 128, 2 repeats")
     p.add_argument("--output", help="JSON file to write")
     args = p.parse_args(argv)
@@ -235,7 +244,9 @@ def parse_args(argv=None):
         args.batches = [b for b in args.batches if b <= 8] or [1]
         args.hidden = [h for h in args.hidden if h <= 128] or [16]
         args.repeats = min(args.repeats, 2)
-        args.jax_batch = min(args.jax_batch, 8)
+        args.jax_batch = [min(b, 8) for b in args.jax_batch]
+    if args.jax_only:
+        args.jax, args.baselines = True, False
     return args
 
 
@@ -253,13 +264,12 @@ def main(argv=None):
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     print(f"device: {name} (sm_{dev.compute_capability}), {N_IN} inputs, {args.spikes} spikes/sample over "
           f"{DURATION:g} ms, tau_mem={TAU_MEM}, tau_syn={TAU_SYN}, max_spikes={MAX_SPIKES}")
-    rows = run_cupy_bench(args)
+    rows = [] if args.jax_only else run_cupy_bench(args)
     summary = summarise(rows)
     for e in summary:
         print(", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in e.items()))
     baselines = run_baselines(args) if args.baselines else []
     jax_result = run_jax(args) if args.jax else dict(skipped="not requested (--jax)")
-    print(f"jax comparison: {jax_result}")
     report = dict(benchmark="bench_lif_cuda", backend="cupy", device=name,
                   compute_capability=dev.compute_capability, cupy=cupy.__version__,
                   settings=dict(n_in=N_IN, spikes=args.spikes, duration_ms=DURATION, tau_mem=TAU_MEM,

@@ -275,3 +275,56 @@ def test_bad_types_and_inputs():
         lif(np.full((2, 3, 1), -1.0, np.float32))
     with pytest.raises(ValueError, match="tau_readout"):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(BACKEND != "torch", reason="the zero-copy CUDA path is the torch bridge's")
+def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp_path, monkeypatch):
+    """One ``train_on_batch`` on CUDA tensors: spikescan receives CuPy arrays (handed over by DLPack) and the CUDA
+    profiler, which sees every copy in the process (torch's and CuPy's), records no host<->device copy as large as
+    the smallest spike or weight tensor; only scalars (loss, metrics, sizes) may cross."""
+    import json
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cupy = pytest.importorskip("cupy")
+    from spikescan_keras import _host
+
+    keras.utils.set_random_seed(0)
+    x_np, y_np = timing_task(64)
+    x_np = np.concatenate([x_np, np.random.default_rng(1).uniform(0, 14, (64, 13, 1)).astype(np.float32)], axis=1)
+    x, y = torch.as_tensor(x_np, device="cuda"), torch.as_tensor(y_np, device="cuda")
+    model = keras.Sequential([
+        keras.Input(shape=(16, 1)),
+        sk.LIFLayer(32, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4, delays=True, max_delay=5.0),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)  # warm-up: builds the model, compiles the kernels
+    assert model.layers[0].kernel.value.device.type == "cuda"
+
+    array_types = []
+    for op in (_host.LIFOp, _host.LIOp):
+        def spy(spec, inputs, _forward=op.forward):
+            array_types.extend(type(a) for a in inputs)
+            return _forward(spec, inputs)
+        monkeypatch.setattr(op, "forward", staticmethod(spy))
+
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        model.train_on_batch(x, y)
+        torch.cuda.synchronize()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+
+    assert array_types and all(t is cupy.ndarray for t in array_types), array_types
+    kernels = [e["name"] for e in events if e.get("cat") == "kernel"]
+    assert any("spikescan_lif" in k for k in kernels), "the profiler must see CuPy's kernels for this test to mean"
+    copies = [(e["name"], e.get("args", {}).get("bytes")) for e in events if e.get("cat") == "gpu_memcpy"]
+    host_copies = [(name, size) for name, size in copies if "DtoD" not in name]
+    smallest = min(x_np.nbytes, 16 * 32 * 4)  # spike input, kernel
+    assert all(size is not None and size < smallest // 8 for _, size in host_copies), host_copies
