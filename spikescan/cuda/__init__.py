@@ -28,10 +28,18 @@ def _device_threads():
     try:
         import cupy
 
-        attrs = cupy.cuda.Device().attributes
-        return int(attrs["MultiProcessorCount"]), int(attrs["MaxThreadsPerMultiProcessor"])
+        return _device_threads_of(cupy.cuda.Device().id)
     except Exception:
         return 132, 2048
+
+
+@functools.lru_cache(maxsize=None)
+def _device_threads_of(device_id):
+    # Cached: ``Device.attributes`` queries every attribute, which costs about as much as a small forward.
+    import cupy
+
+    attrs = cupy.cuda.Device(device_id).attributes
+    return int(attrs["MultiProcessorCount"]), int(attrs["MaxThreadsPerMultiProcessor"])
 
 
 # One thread per neuron keeps the device busy once batch x neurons reaches this many threads per multiprocessor;
