@@ -1,0 +1,199 @@
+"""The example scripts end to end: each ``examples/*.py`` runs ``main(argv)`` for one tiny epoch on small data in
+the official on-disk formats, written here (no network), and its JSON summary is checked. One process per backend:
+
+    KERAS_BACKEND=torch python -m pytest tests/test_examples.py
+    KERAS_BACKEND=jax python -m pytest tests/test_examples.py
+
+Without ``KERAS_BACKEND`` the jax backend is used. Unsupported or missing backends skip the module. The scripts are
+imported by path with ``examples/`` on ``sys.path`` (they ``import _common``; ssc.py imports shd.py).
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "jax")
+if BACKEND not in ("torch", "jax"):
+    pytest.skip(f"spikescan_keras supports the torch and jax backends, KERAS_BACKEND={BACKEND!r}",
+                allow_module_level=True)
+pytest.importorskip(BACKEND)
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != BACKEND:
+    pytest.skip(f"keras was already imported with the {keras.backend.backend()!r} backend", allow_module_level=True)
+
+from spikescan.datasets import DroppedSpikesWarning  # noqa: E402
+
+from _datafiles import write_heidelberg, write_mnist  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+N_UNITS, N_POOLED = 700, 140  # cochlear channels of SHD / SSC, and the scripts' default --n-channels
+TINY = ["--epochs", "1", "--hidden", "8", "--batch-size", "4"]
+
+
+def example(name):
+    """``examples/{name}.py`` as the module ``name`` (imported once; ssc.py's ``import shd`` then finds it)."""
+    path = EXAMPLES / f"{name}.py"
+    module = sys.modules.get(name)
+    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == path:
+        return module
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def check_summary(path, returned, dataset):
+    """The JSON file at ``path`` holds what ``main`` returned, with the keys every example promises."""
+    assert path.is_file(), f"--output {path} was not written"
+    summary = json.loads(path.read_text())
+    assert summary == json.loads(json.dumps(returned))
+    assert {"dataset", "test_accuracy", "epochs", "seconds", "device"} <= summary.keys()
+    assert summary["dataset"] == dataset
+    assert isinstance(summary["test_accuracy"], float) and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["epochs"] == 1
+    assert isinstance(summary["seconds"], (int, float)) and summary["seconds"] >= 0
+    assert isinstance(summary["device"], str) and summary["device"]
+    assert summary.get("backend", BACKEND) == BACKEND
+    for key in ("dropped_input_spikes", "capped_spikes"):
+        if key in summary:
+            assert type(summary[key]) is int and summary[key] >= 0, (key, summary[key])
+    return summary
+
+
+# ---------------------------------------------------------------- SHD / SSC data
+
+def speech_samples(n, n_classes, seed, *, n_early=40, n_late=3, burst=6):
+    """``n`` samples ``(times in s, units, label)`` like SHD / SSC recordings, shuffled in time order:
+    ``n_early`` spikes on random units in [5, 800] ms, ``burst`` spikes of unit 42 (pooled channel 8) in
+    [10, 60] ms, and ``n_late`` spikes in [1100, 1400] ms, after the scripts' default ``--t-max`` of 1000 ms. No
+    spike lies within 10 ms of 500 ms, so a 500 ms crop drops a count that float16 rounding cannot change.
+    Labels run down from ``n_classes - 1`` (the largest label has to fit the readout)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        early = rng.uniform(0.005, 0.79, n_early)
+        early[early > 0.49] += 0.02
+        times = np.concatenate([early, np.linspace(0.01, 0.06, burst), rng.uniform(1.1, 1.4, n_late)])
+        units = np.concatenate([rng.integers(0, N_UNITS, n_early), np.full(burst, 42),
+                                rng.integers(0, N_UNITS, n_late)])
+        order = rng.permutation(len(times))
+        samples.append((times[order], units[order], (n_classes - 1 - i) % n_classes))
+    return samples
+
+
+def write_speech(data_dir, name, n_classes, splits, n=6):
+    """``{name}_{split}.h5`` for each split in ``data_dir``; returns the samples written, by split."""
+    data = {}
+    for k, split in enumerate(splits):
+        data[split] = speech_samples(n, n_classes, seed=k)
+        write_heidelberg(data_dir / f"{name}_{split}.h5", data[split], n_classes=n_classes)
+    return data
+
+
+def expected_drops(samples, *, t_max, cap=None):
+    """Input spikes the loader must drop: those after ``t_max`` (ms, after the float16 times are read), then those
+    beyond ``cap`` per pooled channel."""
+    dropped = 0
+    for times, units, _ in samples:
+        t_ms = np.asarray(times, np.float16).astype(np.float64) * 1e3
+        keep = t_ms <= t_max
+        dropped += int((~keep).sum())
+        if cap is not None:
+            counts = np.bincount(np.asarray(units)[keep] * N_POOLED // N_UNITS, minlength=N_POOLED)
+            dropped += int(np.maximum(counts - cap, 0).sum())
+    return dropped
+
+
+def run_speech(name, data_dir, out, *extra):
+    return example(name).main([*TINY, "--data-dir", str(data_dir), "--output", str(out), "--verbose", "0",
+                               "--limit", "4", *extra])
+
+
+def test_shd_crop_reported(tmp_path):
+    data = write_speech(tmp_path, "shd", 20, ("train", "test"))
+    expected = sum(expected_drops(s[:4], t_max=500.0) for s in data.values())
+    assert expected >= 2 * 4 * 3  # the late spikes of every loaded sample, and early ones after 500 ms
+    with pytest.warns(DroppedSpikesWarning):
+        returned = run_speech("shd", tmp_path, tmp_path / "shd.json", "--t-max", "500")
+    summary = check_summary(tmp_path / "shd.json", returned, "shd")
+    assert summary["dropped_input_spikes"] == expected
+    assert summary["n_train"] == summary["n_test"] == 4 and summary["limit"] == 4
+    assert summary["n_channels"] == N_POOLED and summary["t_max"] == 500.0
+
+
+def test_shd_input_cap_reported(tmp_path):
+    data = write_speech(tmp_path, "shd", 20, ("train", "test"))
+    expected = sum(expected_drops(s[:4], t_max=2000.0, cap=2) for s in data.values())
+    assert expected >= 2 * 4 * 4  # at least the burst of unit 42 beyond the cap, in every loaded sample
+    with pytest.warns(DroppedSpikesWarning):
+        returned = run_speech("shd", tmp_path, tmp_path / "shd.json", "--t-max", "2000", "--max-input-spikes", "2",
+                              "--n-channels", str(N_POOLED))
+    summary = check_summary(tmp_path / "shd.json", returned, "shd")
+    assert summary["dropped_input_spikes"] == expected
+    assert summary["max_input_spikes"] == 2
+
+
+def test_ssc_with_validation_split(tmp_path):
+    data = write_speech(tmp_path, "ssc", 35, ("train", "valid", "test"))
+    returned = run_speech("ssc", tmp_path, tmp_path / "ssc.json")
+    summary = check_summary(tmp_path / "ssc.json", returned, "ssc")
+    # default --t-max 1000 ms drops the late spikes of the loaded samples of all three splits
+    assert summary["dropped_input_spikes"] == sum(expected_drops(s[:4], t_max=1000.0) for s in data.values())
+    assert summary["dropped_input_spikes"] == 3 * 4 * 3
+    assert summary["n_train"] == summary["n_test"] == 4 and summary["t_max"] == 1000.0
+
+
+@pytest.mark.parametrize("name", ["shd", "ssc"])
+@pytest.mark.parametrize("limit", [[], ["--limit", "4"]], ids=["all", "limit"])
+def test_speech_missing_files(tmp_path, name, limit):
+    with pytest.raises(SystemExit) as exc:
+        example(name).main([*TINY, "--data-dir", str(tmp_path), *limit])
+    message = exc.value.code
+    assert isinstance(message, str) and message.startswith("error:")  # a message, not a traceback or status 0
+    assert f"{name}_train.h5" in message and f"download_{name}" in message and str(tmp_path) in message
+
+
+def test_shd_requires_data_dir(capsys):
+    with pytest.raises(SystemExit) as exc:
+        example("shd").main(TINY)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data-dir is required" in err and "shd_train.h5" in err and "download_shd" in err
+
+
+# ---------------------------------------------------------------- MNIST and Yin-Yang
+
+def test_mnist(tmp_path):
+    arrays = write_mnist(tmp_path, n_train=12, n_test=10)
+    assert arrays["x_train"].shape == (12, 28, 28) and arrays["x_train"].dtype == np.uint8
+    returned = example("mnist").main([*TINY, "--data-dir", str(tmp_path), "--output", str(tmp_path / "mnist.json"),
+                                      "--verbose", "0", "--limit", "8"])
+    summary = check_summary(tmp_path / "mnist.json", returned, "mnist")
+    assert summary["dropped_input_spikes"] == 0
+    assert summary["n_train"] == summary["n_test"] == 8
+
+
+def test_mnist_missing_file(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        example("mnist").main([*TINY, "--data-dir", str(tmp_path)])
+    message = exc.value.code
+    assert isinstance(message, str) and message.startswith("error:")
+    assert str(tmp_path / "mnist.npz") in message and "tf-keras-datasets/mnist.npz" in message
+
+
+def test_yinyang(tmp_path):
+    returned = example("yinyang").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8",
+                                        "--output", str(tmp_path / "yinyang.json")])
+    check_summary(tmp_path / "yinyang.json", returned, "yinyang")
