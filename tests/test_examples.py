@@ -197,3 +197,16 @@ def test_yinyang(tmp_path):
     returned = example("yinyang").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8",
                                         "--output", str(tmp_path / "yinyang.json")])
     check_summary(tmp_path / "yinyang.json", returned, "yinyang")
+
+
+def test_yinyang_timing(tmp_path):
+    returned = example("yinyang_timing").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden",
+                                               "8", "--bin-widths", "1.0", "0.1", "--verbose", "0",
+                                               "--output", str(tmp_path / "timing.json")])
+    check_summary(tmp_path / "timing.json", returned, "yinyang_timing")
+    runs = returned["runs"]
+    assert [r["bin_width_ms"] for r in runs] == [None, 1.0, 0.1]
+    assert returned["test_accuracy"] == runs[0]["test_accuracy"]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["capped_spikes"] >= 0 for r in runs)
+    with pytest.raises(SystemExit):
+        example("yinyang_timing").main(["--bin-widths", "0"])

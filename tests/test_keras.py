@@ -328,3 +328,31 @@ def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp
     host_copies = [(name, size) for name, size in copies if "DtoD" not in name]
     smallest = min(x_np.nbytes, 16 * 32 * 4)  # spike input, kernel
     assert all(size is not None and size < smallest // 8 for _, size in host_copies), host_copies
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="meta tensors are torch's")
+def test_torch_meta_tensors_trace_shapes_without_simulating(monkeypatch):
+    """Keras traces shapes with meta tensors (e.g. when fit builds its metrics): no simulation, right shapes."""
+    import torch
+
+    from spikescan_keras import _host
+
+    lif = sk.LIFLayer(5, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3)
+    readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)
+    lif.build((None, 4, 2))
+    readout.build((None, 5, 3))
+
+    def fail(*args):
+        raise AssertionError("the simulation ran on meta tensors")
+
+    monkeypatch.setattr(_host.LIFOp, "forward", staticmethod(fail))
+    monkeypatch.setattr(_host.LIOp, "forward", staticmethod(fail))
+    from spikescan_keras import _bridge
+
+    x, kernel = torch.empty((7, 4, 2), device="meta"), torch.empty((4, 5), device="meta")
+
+    times, counts = _bridge.apply(_host.LIFOp, lif._spec, (x, kernel))
+    assert times.shape == (7, 5, 3) and times.dtype == torch.float32 and times.device.type == "meta"
+    assert counts.shape == (7, 5) and counts.dtype == torch.int32
+    (values,) = _bridge.apply(_host.LIOp, readout._spec, (times, torch.empty((5, 2), device="meta")))
+    assert values.shape == (7, 2)

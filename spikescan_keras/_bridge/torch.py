@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 
@@ -76,6 +77,17 @@ class _HostFunction(torch.autograd.Function):
             return (None, None) + tuple(_to_tensor(g, ctx.device) for g in grads)
 
 
+def _torch_dtype(dtype):
+    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, np.dtype(dtype).name)
+
+
 def apply(op, spec, inputs):
-    """Run ``op`` (see ``spikescan_keras._host``) on torch tensors; returns its outputs as a tuple of tensors."""
+    """Run ``op`` (see ``spikescan_keras._host``) on torch tensors; returns its outputs as a tuple of tensors.
+
+    Tensors on the ``meta`` device (Keras traces shapes with them, e.g. when ``fit`` builds its metrics) get empty
+    outputs of the right shapes and dtypes without running the simulation.
+    """
+    if any(x.device.type == "meta" for x in inputs):
+        return tuple(torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device="meta")
+                     for shape, dtype in op.output_specs(spec, inputs))
     return _HostFunction.apply(op, spec, *inputs)
