@@ -1,10 +1,14 @@
 """Host emulation of the CUDA kernels, for testing them on a machine without a GPU.
 
 The ``.cu`` sources are compiled with the host C++ compiler (``g++ -std=c++20``) behind a small shim: every CUDA
-thread becomes a coroutine (``ucontext``) on one OS thread, the 32 lanes of a warp are resumed in turn, and each
-warp intrinsic the kernels use (``__shfl_sync``, ``__shfl_up_sync``, ``__ballot_sync``) is a warp-wide barrier
-through which the lanes exchange values, so lanes run in lock step at every warp-level operation exactly as the
-kernels assume. Warps run one after another; ``atomicAdd`` is a plain add (one OS thread). The emulation runs
+thread of a block becomes a coroutine (``ucontext``) on one OS thread, resumed in turn, and each warp intrinsic the
+kernels use (``__shfl_sync``, ``__shfl_up_sync``, ``__ballot_sync``) is a warp-wide barrier through which the lanes
+exchange values, so lanes run in lock step at every warp-level operation exactly as the kernels assume.
+``__syncthreads`` parks a thread until every live thread of the block has reached it, then all resume in the same
+round. ``__shared__`` variables are ``static`` (blocks run one after another), and dynamic shared memory
+(``SPIKESCAN_DYNAMIC_SHARED``, up to ``MAX_DYNAMIC_SHARED`` bytes) is one static buffer, filled with a NaN byte
+pattern before every block so that reads of unwritten entries show. Blocks of up to 1024 threads; ``atomicAdd`` is
+a plain add (one OS thread). The emulation runs
 the same source text as the GPU (``_kernels.source``) and the same launchers (``_lif.forward`` / ``backward`` with
 ``xp=numpy`` and ``launch=HostKernels(...).launch``), so on a CPU-only machine the tests check the kernels'
 indexing, control flow and arithmetic against the NumPy reference. It does not check what only a GPU shows (the
@@ -26,6 +30,9 @@ import numpy as np
 
 from . import _kernels
 
+# Dynamic shared memory of the emulated device: the opt-in maximum per block of an H100 (227 KiB).
+MAX_DYNAMIC_SHARED = 232448
+
 _SHIM = r"""
 #include <math.h>
 #include <cmath>
@@ -34,6 +41,7 @@ _SHIM = r"""
 #include <strings.h>
 #include <ucontext.h>
 #include <functional>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -42,34 +50,49 @@ _SHIM = r"""
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict
+#define __shared__ static
+// Dynamic shared memory: kernels declare it with this macro (the CUDA definition is in their source).
+#define SPIKESCAN_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(emu_dynamic_shared)
+static constexpr unsigned long long emu_max_dynamic_shared = SPIKESCAN_EMU_MAX_DYNAMIC_SHARED;
+alignas(16) static unsigned char emu_dynamic_shared[emu_max_dynamic_shared];
 
 struct spikescan_emu_dim3 { unsigned x = 0, y = 0, z = 0; };
 static spikescan_emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-// Lanes of the running warp: one ucontext (coroutine) each, resumed in turn by the scheduler.
+// Threads of the running block: one ucontext (coroutine) each, resumed in turn by the scheduler. Stacks are
+// allocated uninitialised (untouched pages cost no memory).
 struct spikescan_emu_lane {
     ucontext_t ctx;
-    std::vector<char> stack;
+    std::unique_ptr<char[]> stack;
     bool done = false;
+    bool at_sync = false;  // parked in __syncthreads
 };
+static constexpr int emu_max_threads = 1024;
+static constexpr std::size_t emu_stack_bytes = 1 << 18;
 static ucontext_t emu_scheduler;
-static spikescan_emu_lane emu_lanes[32];
-static int emu_lane = 0;
-static unsigned emu_warp_base = 0;
-static unsigned long long emu_slots[2][32];
-static int emu_bank[32];
+static spikescan_emu_lane emu_lanes[emu_max_threads];
+static int emu_thread = 0;  // thread of the block now running
+static int emu_lane = 0;    // its lane in its warp
+static unsigned long long emu_slots[emu_max_threads / 32][2][32];
+static int emu_bank[emu_max_threads];
 static std::function<void()> emu_body;
 
-// Every lane runs until it reaches the next warp-level operation (or exits); the scheduler resumes lanes in
-// order, so after one round every live lane has reached the same operation: a warp-wide barrier.
-static void emu_barrier() { swapcontext(&emu_lanes[emu_lane].ctx, &emu_scheduler); }
+// Every thread runs until it reaches the next warp-level operation (or exits); the scheduler resumes threads in
+// order, so after one round every live lane of a warp has reached the same operation: a warp-wide barrier.
+static void emu_barrier() { swapcontext(&emu_lanes[emu_thread].ctx, &emu_scheduler); }
+
+// Parked threads are not resumed; once every live thread is parked the scheduler releases them all together.
+static void __syncthreads() {
+    emu_lanes[emu_thread].at_sync = true;
+    emu_barrier();
+}
 
 template <class T> static T emu_exchange(T v, int src) {
     // Two banks used alternately: a lane writes the next exchange's bank only after every lane has read this one
     // (they all passed the next barrier), so one barrier per exchange suffices.
     static_assert(sizeof(T) <= 8, "64-bit values at most");
-    unsigned long long* slots = emu_slots[emu_bank[emu_lane]];
-    emu_bank[emu_lane] ^= 1;
+    unsigned long long* slots = emu_slots[emu_thread / 32][emu_bank[emu_thread]];
+    emu_bank[emu_thread] ^= 1;
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     slots[emu_lane] = bits;
@@ -85,8 +108,8 @@ template <class T> static T __shfl_up_sync(unsigned, T v, unsigned delta) {
     return emu_exchange(v, src < 0 ? emu_lane : src);
 }
 static unsigned __ballot_sync(unsigned, int pred) {
-    unsigned long long* slots = emu_slots[emu_bank[emu_lane]];
-    emu_bank[emu_lane] ^= 1;
+    unsigned long long* slots = emu_slots[emu_thread / 32][emu_bank[emu_thread]];
+    emu_bank[emu_thread] ^= 1;
     slots[emu_lane] = pred ? 1ull : 0ull;
     emu_barrier();
     unsigned mask = 0;
@@ -107,53 +130,63 @@ static void emu_call(void (*k)(A...), void** args, std::index_sequence<I...>) {
 
 static void emu_trampoline() {
     emu_body();
-    emu_lanes[emu_lane].done = true;  // returns to uc_link: the scheduler
+    emu_lanes[emu_thread].done = true;  // returns to uc_link: the scheduler
 }
 
 template <class... A>
-static void emu_launch(void (*k)(A...), unsigned grid, unsigned block, void** args) {
+static int emu_launch(void (*k)(A...), unsigned grid, unsigned block, unsigned long long shared_mem, void** args) {
+    if (block == 0 || block > (unsigned)emu_max_threads) return -2;
+    if (shared_mem > emu_max_dynamic_shared) return -3;
     gridDim.x = grid;
     blockDim.x = block;
     emu_body = [=]() { emu_call(k, args, std::index_sequence_for<A...>{}); };
-    for (auto& lane : emu_lanes) {
-        if (lane.stack.empty()) lane.stack.resize(1 << 18);
+    for (unsigned t = 0; t < block; ++t) {
+        if (!emu_lanes[t].stack) emu_lanes[t].stack.reset(new char[emu_stack_bytes]);
     }
     for (unsigned bx = 0; bx < grid; ++bx) {
         blockIdx.x = bx;
-        for (unsigned base = 0; base < block; base += 32) {
-            const int lanes = (int)((block - base) < 32 ? (block - base) : 32);
-            emu_warp_base = base;
-            std::memset(emu_slots, 0, sizeof(emu_slots));
-            std::memset(emu_bank, 0, sizeof(emu_bank));
-            for (int l = 0; l < lanes; ++l) {
-                spikescan_emu_lane& lane = emu_lanes[l];
-                lane.done = false;
-                getcontext(&lane.ctx);
-                lane.ctx.uc_stack.ss_sp = lane.stack.data();
-                lane.ctx.uc_stack.ss_size = lane.stack.size();
-                lane.ctx.uc_link = &emu_scheduler;
-                makecontext(&lane.ctx, emu_trampoline, 0);
+        std::memset(emu_dynamic_shared, 0xff, shared_mem);  // NaN doubles, -1 integers
+        std::memset(emu_slots, 0, sizeof(emu_slots));
+        std::memset(emu_bank, 0, sizeof(emu_bank));
+        for (unsigned t = 0; t < block; ++t) {
+            spikescan_emu_lane& lane = emu_lanes[t];
+            lane.done = false;
+            lane.at_sync = false;
+            getcontext(&lane.ctx);
+            lane.ctx.uc_stack.ss_sp = lane.stack.get();
+            lane.ctx.uc_stack.ss_size = emu_stack_bytes;
+            lane.ctx.uc_link = &emu_scheduler;
+            makecontext(&lane.ctx, emu_trampoline, 0);
+        }
+        for (;;) {
+            for (unsigned t = 0; t < block; ++t) {
+                if (emu_lanes[t].done || emu_lanes[t].at_sync) continue;
+                emu_thread = (int)t;
+                emu_lane = (int)(t & 31);
+                threadIdx.x = t;
+                swapcontext(&emu_scheduler, &emu_lanes[t].ctx);
             }
-            for (bool live = true; live;) {
-                live = false;
-                for (int l = 0; l < lanes; ++l) {
-                    if (emu_lanes[l].done) continue;
-                    emu_lane = l;
-                    threadIdx.x = base + l;
-                    swapcontext(&emu_scheduler, &emu_lanes[l].ctx);
-                    live = live || !emu_lanes[l].done;
-                }
+            bool live = false, running = false;
+            for (unsigned t = 0; t < block; ++t) {
+                live = live || !emu_lanes[t].done;
+                running = running || (!emu_lanes[t].done && !emu_lanes[t].at_sync);
+            }
+            if (!live) break;
+            if (!running) {  // every live thread is in __syncthreads (exited threads count as arrived)
+                for (unsigned t = 0; t < block; ++t) emu_lanes[t].at_sync = false;
             }
         }
     }
+    return 0;
 }
 """
 
 
 def _registry(module):
-    lines = ['extern "C" int spikescan_emu_launch(const char* name, unsigned grid, unsigned block, void** args) {']
+    lines = ['extern "C" int spikescan_emu_launch(const char* name, unsigned grid, unsigned block,',
+             '                                    unsigned long long shared_mem, void** args) {']
     for expr in _kernels.name_expressions(module):
-        lines.append(f'    if (!std::strcmp(name, "{expr}")) {{ emu_launch(&{expr}, grid, block, args); return 0; }}')
+        lines.append(f'    if (!std::strcmp(name, "{expr}")) return emu_launch(&{expr}, grid, block, shared_mem, args);')
     lines.append("    return -1;\n}")
     return "\n".join(lines)
 
@@ -178,7 +211,8 @@ class HostKernels:
         cxx = compiler()
         if cxx is None:
             raise RuntimeError("no host C++ compiler (g++) for the kernel emulation")
-        text = _SHIM + _kernels.source(module) + _LAUNCHER + _registry(module)
+        text = (f"#define SPIKESCAN_EMU_MAX_DYNAMIC_SHARED {MAX_DYNAMIC_SHARED}ull\n" + _SHIM + _kernels.source(module)
+                + _LAUNCHER + _registry(module))
         digest = hashlib.sha1(text.encode()).hexdigest()[:16]
         so = os.path.join(self.build_dir, f"{module}_{digest}.so")
         if not os.path.exists(so):
@@ -193,13 +227,13 @@ class HostKernels:
                 raise RuntimeError(f"host compilation of {module}.cu failed:\n{proc.stderr}")
             os.replace(tmp, so)
         lib = ctypes.CDLL(so)
-        lib.spikescan_emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+        lib.spikescan_emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
                                              ctypes.POINTER(ctypes.c_void_p)]
         lib.spikescan_emu_launch.restype = ctypes.c_int
         self._libs[module] = lib
         return lib
 
-    def launch(self, module, kernel, dtype, grid, block, args):
+    def launch(self, module, kernel, dtype, grid, block, args, shared_mem=0):
         """Same signature as ``_kernels.launch``, with NumPy arrays and NumPy scalars as arguments."""
         if grid <= 0:
             return
@@ -219,6 +253,10 @@ class HostKernels:
                 raise TypeError(f"unsupported kernel argument {type(a).__name__}")
         ptrs = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
         name = _kernels.name_expression(kernel, np.dtype(dtype).name)
-        rc = self.library(module).spikescan_emu_launch(name.encode(), int(grid), int(block), ptrs)
+        rc = self.library(module).spikescan_emu_launch(name.encode(), int(grid), int(block), int(shared_mem), ptrs)
+        if rc == -2:
+            raise ValueError(f"block must be 1 to 1024 threads, got {block}")
+        if rc == -3:
+            raise ValueError(f"shared_mem must be at most {MAX_DYNAMIC_SHARED} bytes, got {shared_mem}")
         if rc != 0:
             raise RuntimeError(f"unknown kernel {name}")
