@@ -1,5 +1,10 @@
 """GPU benchmark of the LIF layer (CuPy kernels): fused sequential vs warp scan vs auto, forward and forward+backward.
 
+Every row (one forward method) also times both backward kernels side by side (``--backward``): ``thread``
+(``lif_backward(method="sequential")``, one thread per neuron) and ``warp`` (``method="scan"``, one warp per neuron),
+as the backward alone (``backward_s_bwd_<name>``, on one fixed forward result) and forward+backward
+(``forward_backward_s_bwd_<name>``). ``forward_backward_s`` is the default (``method="auto"``) backward's.
+
 Sweeps batch x hidden size x (no delays, delays) on SHD-like random inputs (700 channels, ~5000 spikes per sample over
 1000 ms, ``bench_lif.shd_like_inputs``), checks that every method gives the same spike counts, and reports:
 
@@ -38,6 +43,7 @@ from bench_lif import DURATION, TAU_MEM, TAU_SYN, shd_like_inputs  # noqa: E402
 BATCHES = (1, 8, 64, 256)
 HIDDEN = (16, 128, 512)
 METHODS = ("sequential", "scan", "auto")
+BACKWARDS = {"thread": "sequential", "warp": "scan"}  # row suffix -> lif_backward(method=...)
 N_IN, SPIKES, MAX_SPIKES = 700, 5000, 64
 
 
@@ -105,21 +111,39 @@ def _forward_internal(t, w, d, method):
     return _lif.lif_forward_cuda(t, w, d, tm, ts, 1.0, MAX_SPIKES, method, 32, "newton")
 
 
-def _bench_one(t, w, d, method, repeats, n_updates, fwd=_forward):
+def _bench_one(t, w, d, method, repeats, n_updates, fwd=_forward, backwards=tuple(BACKWARDS)):
+    """Forward timing, then for each backward kernel in ``backwards``: backward alone and forward+backward."""
     import cupy
 
     res = fwd(t, w, d, method)  # warm-up: compiles kernels
     grad = cupy.where(cupy.isfinite(res.times), 1.0, 0.0).astype(res.times.dtype)
-    ss.lif_backward(res, grad)
+    for name in backwards:
+        ss.lif_backward(res, grad, method=BACKWARDS[name])
     fwd_s, res = _median_time(lambda: fwd(t, w, d, method), repeats)
-    both_s, _ = _median_time(lambda: ss.lif_backward(fwd(t, w, d, method), grad), repeats)
+    stats = dict(forward_s=fwd_s, forward_updates_per_s=n_updates / fwd_s)
+    if not backwards:
+        return stats, res
+    for name in backwards:
+        bwd = BACKWARDS[name]
+        stats[f"backward_s_bwd_{name}"], _ = _median_time(lambda: ss.lif_backward(res, grad, method=bwd), repeats)
+        both_s, _ = _median_time(lambda: ss.lif_backward(fwd(t, w, d, method), grad, method=bwd), repeats)
+        stats[f"forward_backward_s_bwd_{name}"] = both_s
+        stats[f"forward_backward_updates_per_s_bwd_{name}"] = n_updates / both_s
+    from spikescan.cuda import _lif
+
+    default = next((n for n in backwards if BACKWARDS[n] == _lif.BACKWARD_AUTO), None)
+    if default is None:
+        stats["forward_backward_s"], _ = _median_time(lambda: ss.lif_backward(fwd(t, w, d, method), grad), repeats)
+    else:
+        stats["forward_backward_s"] = stats[f"forward_backward_s_bwd_{default}"]
+    stats["forward_backward_updates_per_s"] = n_updates / stats["forward_backward_s"]
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     with _PeakPool() as hook:
         ss.lif_backward(fwd(t, w, d, method), grad)
         _sync()
-    return dict(forward_s=fwd_s, forward_backward_s=both_s, forward_updates_per_s=n_updates / fwd_s,
-                forward_backward_updates_per_s=n_updates / both_s, peak_pool_bytes=int(hook.peak)), res
+    stats["peak_pool_bytes"] = int(hook.peak)
+    return stats, res
 
 
 def run_cupy_bench(args):
@@ -140,7 +164,7 @@ def run_cupy_bench(args):
                 n_updates = n_spikes * n_out
                 ref_counts = None
                 for method in args.methods:
-                    stats, res = _bench_one(t, w, d, method, args.repeats, n_updates)
+                    stats, res = _bench_one(t, w, d, method, args.repeats, n_updates, backwards=args.backward)
                     counts = cupy.asnumpy(res.counts)
                     if ref_counts is None:
                         ref_counts = counts
@@ -171,7 +195,8 @@ def run_baselines(args):
             n_updates = int(np.isfinite(t_np).sum()) * n_out
             out = {}
             for method in ("step", "sequential", "scan"):
-                stats, res = _bench_one(t, w, d, method, args.repeats, n_updates, fwd=_forward_internal)
+                stats, res = _bench_one(t, w, d, method, args.repeats, n_updates, fwd=_forward_internal,
+                                        backwards=())
                 out[method] = stats
             row = dict(batch=1, n_out=n_out, delays=delays, **{f"{m}_forward_s": s["forward_s"]
                                                                for m, s in out.items()},
@@ -201,14 +226,18 @@ def run_jax(args):
 
 
 def _format_row(r):
+    bwd = "".join(f"   bwd_{n} {r[f'backward_s_bwd_{n}'] * 1e3:9.2f} ms "
+                  f"(fwd+bwd {r[f'forward_backward_s_bwd_{n}'] * 1e3:9.2f})" for n in BACKWARDS
+                  if f"backward_s_bwd_{n}" in r)
     return (f"b={r['batch']:<4} n_out={r['n_out']:<4} delays={r['delays']!s:<5} {r['method']:<10} "
             f"({r['resolved']:<10}) fwd {r['forward_s'] * 1e3:9.2f} ms {r['forward_updates_per_s']:10.3e}/s   "
-            f"fwd+bwd {r['forward_backward_s'] * 1e3:9.2f} ms {r['forward_backward_updates_per_s']:10.3e}/s   "
+            f"fwd+bwd {r['forward_backward_s'] * 1e3:9.2f} ms {r['forward_backward_updates_per_s']:10.3e}/s{bwd}   "
             f"peak {r['peak_pool_bytes'] / 2**20:9.1f} MiB   spikes/neuron {r['mean_spikes_per_neuron']:.1f}")
 
 
 def summarise(rows):
-    """Per shape: scan speed-up over sequential, and auto's time over the better of the two."""
+    """Per shape: scan speed-up over sequential, auto's time over the better of the two, and the warp backward's
+    speed-up over the thread backward (backward alone, on the sequential forward's row when there is one)."""
     out = []
     keys = sorted({(r["batch"], r["n_out"], r["delays"]) for r in rows})
     for key in keys:
@@ -220,6 +249,9 @@ def summarise(rows):
             if "auto" in by and {"sequential", "scan"} & by.keys():
                 entry[f"{k}_auto_over_best"] = by["auto"][k] / min(by[m][k] for m in ("sequential", "scan")
                                                                     if m in by)
+        row = by.get("sequential") or next(iter(by.values()))
+        if {"backward_s_bwd_thread", "backward_s_bwd_warp"} <= row.keys():
+            entry["backward_warp_speedup"] = row["backward_s_bwd_thread"] / row["backward_s_bwd_warp"]
         out.append(entry)
     return out
 
@@ -229,6 +261,8 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     p.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--backward", nargs="+", default=list(BACKWARDS), choices=list(BACKWARDS),
+                   help="backward kernels to time side by side (default: thread warp)")
     p.add_argument("--delays", type=lambda s: s.lower() in ("1", "true", "yes"), nargs="+", default=[False, True],
                    help="delay settings to sweep (default: false true)")
     p.add_argument("--spikes", type=int, default=SPIKES, help="input spikes per sample")
@@ -273,7 +307,8 @@ def main(argv=None):
     report = dict(benchmark="bench_lif_cuda", backend="cupy", device=name,
                   compute_capability=dev.compute_capability, cupy=cupy.__version__,
                   settings=dict(n_in=N_IN, spikes=args.spikes, duration_ms=DURATION, tau_mem=TAU_MEM,
-                                tau_syn=TAU_SYN, max_spikes=MAX_SPIKES, repeats=args.repeats),
+                                tau_syn=TAU_SYN, max_spikes=MAX_SPIKES, repeats=args.repeats,
+                                backward_kernels={n: BACKWARDS[n] for n in args.backward}),
                   rows=rows, summary=summary, baselines=baselines, jax=jax_result)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

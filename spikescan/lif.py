@@ -110,7 +110,7 @@ def lif_backward(result, grad_times, *, method="auto"):
         return impl.lif_backward(result, grad_times, method)
     from .cuda import _lif as cuda_impl
 
-    return cuda_impl.lif_backward_cuda(result, grad_times)
+    return cuda_impl.lif_backward_cuda(result, grad_times, method)
 
 
 __all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads"]

@@ -8,8 +8,9 @@ Every case runs on two backends:
   on any machine with ``g++`` and checks the kernels' logic where there is no GPU; it cannot see device-only
   effects (math-library ulps, FMA contraction), which the ``gpu`` runs cover.
 
-Spike counts and spike events must be identical; times and gradients agree within ``tolerances.TOL``. A non-GPU test
-compiles every kernel with NVRTC for sm_80 and sm_90 (skipped when NVRTC is missing).
+Spike counts and spike events must be identical; times and gradients agree within ``tolerances.TOL``; every backward
+case runs both backward kernels (``BACKWARD_METHODS``: thread per neuron and warp scan). A non-GPU test compiles
+every kernel with NVRTC for sm_80 and sm_90 (skipped when NVRTC is missing).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from spikescan.cuda import _hostemu, _kernels, _lif, _readout, choose_method, is
 
 from _cases import queue_of_length, random_spikes, weights
 from tolerances import TOL
+
+BACKWARD_METHODS = tuple(_lif.BACKWARD_KERNELS)  # "sequential" (thread per neuron), "scan" (warp per neuron)
 
 BACKENDS = [
     pytest.param("emulated", id="emulated"),
@@ -73,8 +76,8 @@ class Backend:
         return _lif.forward(xp, self.launch, self.to_device(t), self.to_device(W), self.to_device(D), tm, ts,
                             threshold, max_spikes, method, chunk_size, solver)
 
-    def lif_backward(self, result, G):
-        return _lif.backward(self.xp, self.launch, result, self.to_device(G))
+    def lif_backward(self, result, G, method="auto"):
+        return _lif.backward(self.xp, self.launch, result, self.to_device(G), method)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -92,19 +95,19 @@ def assert_same_spikes(ref, out, backend, dtype="float64"):
     np.testing.assert_allclose(times[fin], ref.times[fin], **TOL[dtype]["times"])
 
 
-def assert_same_grads(ref, out, backend, dtype="float64"):
+def assert_same_grads(ref, out, backend, dtype="float64", label=""):
     for name in ("weights", "input_times", "delays", "threshold"):
         a, b = getattr(ref, name), backend.to_host(getattr(out, name))
         if a is None:
             assert b is None
             continue
         assert b.shape == a.shape and b.dtype == a.dtype, name
-        np.testing.assert_allclose(b, a, err_msg=f"grad_{name}", **TOL[dtype]["grads"])
+        np.testing.assert_allclose(b, a, err_msg=f"grad_{name} {label}", **TOL[dtype]["grads"])
 
 
 def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_sizes=(32,), dtype="float64",
                min_spikes=1, **kw):
-    """Forward and backward of every method and chunk size against the NumPy sequential reference."""
+    """Forward of every method and chunk size, then both backward kernels, against the NumPy sequential reference."""
     ref = ss.lif_forward(t, W, delays=D, method="sequential", **kw)
     assert ref.counts.sum() >= min_spikes
     rng = np.random.default_rng(int(ref.counts.sum()))
@@ -114,7 +117,10 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
         for cs in (chunk_sizes if method == "scan" else (32,)):
             out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
             assert_same_spikes(ref, out, backend, dtype)
-            assert_same_grads(ref_g, backend.lif_backward(out, G), backend, dtype)
+            for bwd in BACKWARD_METHODS:
+                assert_same_grads(ref_g, backend.lif_backward(out, G, bwd), backend, dtype,
+                                  label=f"(forward {method}, chunk {cs}, backward {bwd})")
+    return ref
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,6 +239,33 @@ def test_backward_checkpoint_groups(backend, monkeypatch):
     t = random_spikes(rng, 2, 12, 6, t_max=60.0)
     W = weights(rng, 12, 3, mean=0.6)
     check_case(backend, t, W, chunk_sizes=(32,), min_spikes=5, tau_mem=10.0, tau_syn=5.0, max_spikes=20)
+
+
+def _spike_points(ref):
+    """Position ``spike_event[m] + m`` of every recorded spike among its neuron's backward points, per neuron."""
+    n_rec = np.minimum(ref.counts, ref.times.shape[2])
+    se = ref.residuals.spike_event
+    return [se[b, i, :n] + np.arange(n) for (b, i), n in np.ndenumerate(n_rec) if n > 0]
+
+
+def test_backward_many_points_and_spikes_at_chunk_boundaries(backend):
+    """Neurons with ~10 chunks of 32 points (the warp backward's chunk), spikes as the first and the last point of a
+    chunk and in runs of consecutive points (bursts inside one gap from a strong channel), capped records, delays."""
+    rng = np.random.default_rng(1)
+    t = random_spikes(rng, 2, 16, 16, t_max=200.0, p_silent=0.1)
+    W = rng.normal(0.1, 0.5, (16, 3))
+    W[0] = [2.0, 4.0, 20.0]
+    D = rng.uniform(0.0, 8.0, (16, 3))
+    for delays in (None, D):
+        ref = check_case(backend, t, W, delays, methods=("sequential",), tau_mem=8.0, tau_syn=6.0, max_spikes=64)
+        points = _spike_points(ref)
+        assert max(p[-1] for p in points) >= 6 * 32
+        assert any((p % 32 == 0).any() for p in points) and any((p % 32 == 31).any() for p in points)
+        assert any((np.diff(p) == 1).any() for p in points) and (ref.counts > 64).any()
+    # One input, then 80 recorded spikes in its gap: a chunk of 32 spikes and no input between the others.
+    ref = check_case(backend, np.array([[[1.0, 300.0]]]), np.array([[20.0]]), methods=("sequential",),
+                     tau_mem=2.0, tau_syn=60.0, max_spikes=80)
+    assert (np.diff(_spike_points(ref)[0]) == 1).all() and ref.counts[0, 0] > 80
 
 
 def test_inputs_are_not_modified(backend):

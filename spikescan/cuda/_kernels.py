@@ -23,7 +23,7 @@ DTYPES = {"float32": "float", "float64": "double"}
 # module (file stem) -> kernel template names; each is instantiated for every entry of DTYPES.
 MODULES = {
     "lif_forward": ("spikescan_lif_forward_sequential", "spikescan_lif_forward_step", "spikescan_lif_forward_scan"),
-    "lif_backward": ("spikescan_lif_backward",),
+    "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
                 "spikescan_li_max_backward", "spikescan_li_max_kink"),
 }

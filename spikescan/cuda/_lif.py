@@ -14,6 +14,14 @@ Methods (all exact, identical spike counts):
   one-event-per-step simulation that the scan is compared with.
 - ``"auto"``: ``spikescan.cuda.choose_method``.
 
+Backward methods (``lif_backward_cuda(..., method)``, same gradients up to rounding):
+
+- ``"sequential"``: ``spikescan_lif_backward``, one thread per (batch, neuron) walking its points one by one (the
+  reference kernel).
+- ``"scan"``: ``spikescan_lif_backward_scan``, one warp per (batch, neuron), 32 points per step by warp scans of the
+  forward and adjoint maps.
+- ``"auto"``: ``BACKWARD_AUTO`` (``"scan"``).
+
 Memory: the forward keeps the queues and spike records of ``LIFResiduals`` and nothing else. The backward allocates,
 for its duration only, checkpoints of 32 bytes per neuron per 32 points of history (``(queue entries + spikes) / 32``),
 processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus float64 gradient accumulators.
@@ -32,7 +40,9 @@ from . import _kernels
 SOLVER_CODES = {"newton": 0, "bisection": 1, "analytic": 2}
 WARP = 32
 THREADS_PER_BLOCK = 256
-BACKWARD_CHUNK = 32  # SPIKESCAN_BWD_CHUNK in lif_backward.cu
+BACKWARD_CHUNK = 32  # SPIKESCAN_BWD_CHUNK in lif_backward.cu (and the warp width of its scan kernel)
+BACKWARD_KERNELS = {"sequential": "spikescan_lif_backward", "scan": "spikescan_lif_backward_scan"}
+BACKWARD_AUTO = "scan"  # the warp scan hides the per-point latency that bounds the thread-per-neuron kernel
 _CHECKPOINT_BYTES = 1 << 29
 
 
@@ -53,11 +63,14 @@ def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, 
                    chunk_size, solver)
 
 
-def lif_backward_cuda(result, grad_times):
-    """Backward of the LIF layer on the GPU: ``LIFGrads`` of CuPy arrays (see ``kernels/lif_backward.cu``)."""
+def lif_backward_cuda(result, grad_times, method="auto"):
+    """Backward of the LIF layer on the GPU: ``LIFGrads`` of CuPy arrays (see ``kernels/lif_backward.cu``).
+
+    ``method``: ``"sequential"`` (thread per neuron), ``"scan"`` (warp per neuron) or ``"auto"``.
+    """
     import cupy
 
-    return backward(cupy, _cupy_launch, result, grad_times)
+    return backward(cupy, _cupy_launch, result, grad_times, method)
 
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
@@ -109,8 +122,14 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
 
-def backward(xp, launch, result, grad_times):
+def backward(xp, launch, result, grad_times, method="auto"):
     """Array-module-generic body of ``lif_backward_cuda``."""
+    if method == "auto":
+        method = BACKWARD_AUTO
+    if method not in BACKWARD_KERNELS:
+        raise ValueError(f"method must be 'auto', 'sequential' or 'scan', got {method!r}")
+    kernel = BACKWARD_KERNELS[method]
+    threads_per_neuron = WARP if method == "scan" else 1
     res = result.residuals
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
@@ -139,7 +158,7 @@ def backward(xp, launch, result, grad_times):
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, grad_w, grad_in, np.int32(res.delays is not None), grad_d, grad_th]
-            launch("lif_backward", "spikescan_lif_backward", grad_times.dtype, _blocks(count, THREADS_PER_BLOCK),
+            launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, args)
     return LIFGrads(
         weights=grad_w.astype(res.weights_dtype),

@@ -158,6 +158,24 @@ __device__ __forceinline__ double spikescan_exp_divided_difference2(double w1, d
     return dd;
 }
 
+// One element of the affine scan of the state (V, I) (the scan kernels of lif_forward.cu and lif_backward.cu): the
+// map x -> M x + e with M = [[a, c], [0, b]], e = (eV, eI).
+struct spikescan_affine_t {
+    double a, c, b, eV, eI;
+};
+
+// later o earlier = (M2 M1, M2 e1 + e2).
+__device__ __forceinline__ spikescan_affine_t spikescan_compose(const spikescan_affine_t& later,
+                                                                const spikescan_affine_t& earlier) {
+    spikescan_affine_t r;
+    r.a = later.a * earlier.a;
+    r.c = later.a * earlier.c + later.c * earlier.b;
+    r.b = later.b * earlier.b;
+    r.eV = later.a * earlier.eV + later.c * earlier.eI + later.eV;
+    r.eI = later.b * earlier.eI + later.eI;
+    return r;
+}
+
 // Weight of queue entry `flat` (= j * max_in + m, or -1 for padding) for output neuron i.
 __device__ __forceinline__ double spikescan_event_weight(const double* __restrict__ weights, long long flat,
                                                          long long max_in, long long n_out, long long i) {

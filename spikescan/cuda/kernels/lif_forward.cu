@@ -121,23 +121,6 @@ __global__ void spikescan_lif_forward_step(
     counts[tid] = count;
 }
 
-// One element of the affine scan: the map x -> M x + e with M = [[a, c], [0, b]], e = (eV, eI).
-struct spikescan_affine_t {
-    double a, c, b, eV, eI;
-};
-
-// later o earlier = (M2 M1, M2 e1 + e2).
-__device__ __forceinline__ spikescan_affine_t spikescan_compose(const spikescan_affine_t& later,
-                                                                const spikescan_affine_t& earlier) {
-    spikescan_affine_t r;
-    r.a = later.a * earlier.a;
-    r.c = later.a * earlier.c + later.c * earlier.b;
-    r.b = later.b * earlier.b;
-    r.eV = later.a * earlier.eV + later.c * earlier.eI + later.eV;
-    r.eI = later.b * earlier.eI + later.eI;
-    return r;
-}
-
 // Chunked speculative scan, one warp per (batch, neuron); blockDim.x must be a multiple of 32.
 //
 // Each round the warp holds the committed state (V, I) at time t0 with queue entries < k applied.  Lane l takes
