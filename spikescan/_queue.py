@@ -19,6 +19,19 @@ def build_queues(input_times, delays, xp):
         padded, at least one ``+inf`` per row), int64 ``[batch, Q, L1]`` flat source index ``j * max_in + m``
         (``-1`` for padding) and int64 ``[batch, Q]`` count of real entries. ``Q = 1`` without delays and
         ``n_out`` with delays. ``L1`` is one more than the largest number of input spikes of any sample.
+        Simultaneous arrivals keep the order of the shared queue (time, then source index).
+    """
+    times, index, n_real = shared_queue(input_times, xp)
+    if delays is None:
+        return times[:, None, :], index[:, None, :], n_real[:, None]
+    return delayed_queues(times, index, n_real, input_times.shape[2], delays, xp)
+
+
+def shared_queue(input_times, xp):
+    """The queue of every sample without delays: ``(times [batch, L1], index [batch, L1], n_real [batch])``.
+
+    Entries as in ``build_queues``: float64 times ascending (simultaneous spikes in flat source order), int64 flat
+    source index ``j * max_in + m`` (``-1`` for the ``+inf`` padding), int64 count of real entries.
     """
     batch, n_in, max_in = input_times.shape
     flat = input_times.reshape(batch, n_in * max_in).astype(xp.float64)
@@ -28,13 +41,19 @@ def build_queues(input_times, delays, xp):
     real = xp.isfinite(times)
     n_real = real.sum(axis=1)
     length = int(n_real.max()) if batch else 0
-    L1 = length + 1
     pad = xp.full((batch, 1), xp.inf)
     times = xp.concatenate([times[:, :length], pad], axis=1)
     index = xp.concatenate([xp.where(real, order, -1)[:, :length], xp.full((batch, 1), -1, dtype=order.dtype)], 1)
-    index = index.astype(xp.int64)
-    if delays is None:
-        return times[:, None, :], index[:, None, :], n_real.astype(xp.int64)[:, None]
+    return times, index.astype(xp.int64), n_real.astype(xp.int64)
+
+
+def delayed_queues(times, index, n_real, max_in, delays, xp):
+    """Per-neuron queues ``(queue_times, queue_index, queue_end)`` of ``build_queues`` from a ``shared_queue``.
+
+    A stable argsort of the ``[batch, n_out, L1]`` arrival times: simultaneous arrivals keep their order in the
+    shared queue. Memory: about 5 float64/int64 temporaries of that shape besides the outputs.
+    """
+    batch, L1 = times.shape
     n_out = delays.shape[1]
     src = xp.where(index >= 0, index // max_in, 0)
     # [batch, n_out, L1]: arrival = t + D[j, i]; +inf stays +inf.
@@ -42,5 +61,5 @@ def build_queues(input_times, delays, xp):
     order2 = xp.argsort(arrival, axis=2, kind="stable") if xp.__name__ == "numpy" else xp.argsort(arrival, axis=2)
     q_times = xp.take_along_axis(arrival, order2, axis=2)
     q_index = xp.take_along_axis(xp.broadcast_to(index[:, None, :], (batch, n_out, L1)), order2, axis=2)
-    q_end = xp.broadcast_to(n_real.astype(xp.int64)[:, None], (batch, n_out)).copy()
+    q_end = xp.broadcast_to(n_real[:, None], (batch, n_out)).copy()
     return q_times, q_index, q_end

@@ -26,7 +26,11 @@ MODULES = {
     "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
                 "spikescan_li_max_backward", "spikescan_li_max_kink"),
+    "queue": ("spikescan_delay_queue",),
 }
+
+# Modules instantiated for some entries of DTYPES only (queue times are float64 whatever the layer's dtype).
+MODULE_DTYPES = {"queue": ("float64",)}
 
 # Compiler options used at run time (CuPy adds the architecture and its own defaults) and by the check.
 OPTIONS = ("--std=c++17",)
@@ -40,7 +44,7 @@ def name_expression(kernel, dtype_name):
 
 
 def name_expressions(module):
-    return [name_expression(k, d) for k in MODULES[module] for d in DTYPES]
+    return [name_expression(k, d) for k in MODULES[module] for d in MODULE_DTYPES.get(module, DTYPES)]
 
 
 def source(module):
@@ -84,11 +88,28 @@ def get_kernel(module, kernel, dtype):
     return get_module(module).get_function(name_expression(kernel, np.dtype(dtype).name))
 
 
-def launch(module, kernel, dtype, grid, block, args):
-    """Launch ``kernel<dtype>`` with ``grid`` and ``block`` (ints) on the current stream."""
+def launch(module, kernel, dtype, grid, block, args, shared_mem=0):
+    """Launch ``kernel<dtype>`` with ``grid`` and ``block`` (ints) on the current stream.
+
+    ``shared_mem``: bytes of dynamic shared memory; above the default 48 KiB the kernel is opted in first (up to
+    ``max_shared_mem()``).
+    """
     if grid <= 0:
         return
-    get_kernel(module, kernel, dtype)((int(grid),), (int(block),), tuple(args))
+    k = get_kernel(module, kernel, dtype)
+    if shared_mem > _DEFAULT_SHARED and k.max_dynamic_shared_size_bytes < shared_mem:
+        k.max_dynamic_shared_size_bytes = int(shared_mem)
+    k((int(grid),), (int(block),), tuple(args), shared_mem=int(shared_mem))
+
+
+_DEFAULT_SHARED = 48 * 1024
+
+
+def max_shared_mem():
+    """Bytes of dynamic shared memory one block may opt in to on the current device."""
+    import cupy
+
+    return int(cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -33,9 +33,8 @@ import math
 
 import numpy as np
 
-from .._queue import build_queues
 from .._types import LIFGrads, LIFResiduals, LIFResult
-from . import _kernels
+from . import _kernels, _queue
 
 SOLVER_CODES = {"newton": 0, "bisection": 1, "analytic": 2}
 WARP = 32
@@ -46,8 +45,8 @@ BACKWARD_AUTO = "scan"  # the warp scan hides the per-point latency that bounds 
 _CHECKPOINT_BYTES = 1 << 29
 
 
-def _cupy_launch(module, kernel, dtype, grid, block, args):
-    _kernels.launch(module, kernel, dtype, grid, block, args)
+def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
+    _kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
 
 
 def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
@@ -80,7 +79,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     n_out = weights.shape[1]
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
-    qt, qi, qe = build_queues(input_times, D, xp)
+    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)  # delayed queues sorted by kernels/queue.cu
     qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int64),
                   xp.ascontiguousarray(qe, dtype=xp.int64))
     n_queues, L1 = qt.shape[1], qt.shape[2]
