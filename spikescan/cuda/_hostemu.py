@@ -186,7 +186,8 @@ def _registry(module):
     lines = ['extern "C" int spikescan_emu_launch(const char* name, unsigned grid, unsigned block,',
              '                                    unsigned long long shared_mem, void** args) {']
     for expr in _kernels.name_expressions(module):
-        lines.append(f'    if (!std::strcmp(name, "{expr}")) return emu_launch(&{expr}, grid, block, shared_mem, args);')
+        call = f"emu_launch(&{expr}, grid, block, shared_mem, args)"
+        lines.append(f'    if (!std::strcmp(name, "{expr}")) return {call};')
     lines.append("    return -1;\n}")
     return "\n".join(lines)
 
