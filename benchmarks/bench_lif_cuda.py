@@ -18,8 +18,13 @@ sequential kernel and the scan.  Optionally (``--jax``) a ``jax.lax.associative_
 SHD network forward+backward at batch 256 with delays (``bench_lif_jax.py``), if JAX with a GPU is installed; it is
 reported as skipped otherwise.
 
+``--queues`` (``--queues-only``: nothing else) times the delayed queues alone at batch 1, 64, 256 x 128, 512 neurons:
+the generic argsort path (``spikescan._queue.build_queues``) against ``kernels/queue.cu``, with peak pool bytes and a
+check that both give identical queues (report key ``queues``).
+
     python benchmarks/bench_lif_cuda.py --output benchmarks/results/gpu_h100.json
     python benchmarks/bench_lif_cuda.py --quick --output benchmarks/results/gpu_quick.json
+    python benchmarks/bench_lif_cuda.py --queues-only --output benchmarks/results/gpu_h100_queues.json
     python benchmarks/bench_lif.py --backend cupy ...        # same thing through the CPU benchmark's entry point
 """
 
@@ -45,6 +50,7 @@ HIDDEN = (16, 128, 512)
 METHODS = ("sequential", "scan", "auto")
 BACKWARDS = {"thread": "sequential", "warp": "scan"}  # row suffix -> lif_backward(method=...)
 N_IN, SPIKES, MAX_SPIKES = 700, 5000, 64
+QUEUE_BATCHES, QUEUE_HIDDEN = (1, 64, 256), (128, 512)  # --queues sweep
 
 
 def _sync():
@@ -209,6 +215,51 @@ def run_baselines(args):
     return rows
 
 
+def run_queue_bench(args):
+    """Delayed queues (``--queues``): the generic argsort path vs ``kernels/queue.cu``, time and peak pool bytes.
+
+    Both include the shared (no-delay) queue, which both build the same way (``shared_s``, timed alone).
+    """
+    import cupy
+
+    from spikescan._queue import build_queues, shared_queue
+    from spikescan.cuda import _kernels, _queue
+
+    paths = {"argsort": lambda t, d: build_queues(t, d, cupy),
+             "kernel": lambda t, d: _queue.build_queues(cupy, _kernels.launch, t, d)}
+    pool = cupy.get_default_memory_pool()
+    rows = []
+    for n_out in args.queue_hidden:
+        for batch in args.queue_batches:
+            t_np, _, d_np = shd_like_inputs(batch, N_IN, args.spikes, n_out, seed=batch + n_out, delays=True)
+            t, d = cupy.asarray(t_np), cupy.asarray(d_np)
+            row = dict(batch=batch, n_in=N_IN, n_out=n_out, input_spikes=int(np.isfinite(t_np).sum()))
+            row["shared_s"], _ = _median_time(lambda: shared_queue(t, cupy), args.repeats)
+            outs = {}
+            for name, fn in paths.items():
+                fn(t, d)  # warm-up: compiles
+                pool.free_all_blocks()
+                with _PeakPool() as hook:
+                    outs[name] = fn(t, d)
+                    _sync()
+                row[f"{name}_peak_pool_bytes"] = int(hook.peak)
+                row[f"{name}_s"], _ = _median_time(lambda: fn(t, d), args.repeats)
+                if name == "argsort":  # hold one result at a time
+                    outs[name] = [cupy.asnumpy(x) for x in outs[name]]
+                    pool.free_all_blocks()
+            row["queue_len"] = int(outs["kernel"][0].shape[2] - 1)
+            row["identical"] = all(np.array_equal(a, cupy.asnumpy(b)) for a, b in zip(outs["argsort"], outs["kernel"]))
+            row["argsort_over_kernel"] = row["argsort_s"] / row["kernel_s"]
+            rows.append(row)
+            print(f"queues b={batch:<4} n_out={n_out:<4} L={row['queue_len']:<5} shared {row['shared_s'] * 1e3:8.2f} ms"
+                  f"  argsort {row['argsort_s'] * 1e3:9.2f} ms ({row['argsort_peak_pool_bytes'] / 2**30:6.2f} GiB)"
+                  f"  kernel {row['kernel_s'] * 1e3:9.2f} ms ({row['kernel_peak_pool_bytes'] / 2**30:6.2f} GiB)"
+                  f"  {row['argsort_over_kernel']:.1f}x  identical={row['identical']}", flush=True)
+            del t, d, outs
+            pool.free_all_blocks()
+    return rows
+
+
 def run_jax(args):
     try:
         import bench_lif_jax
@@ -271,6 +322,11 @@ def parse_args(argv=None):
     p.add_argument("--jax", action="store_true", help="also run the jax.lax.associative_scan comparison")
     p.add_argument("--jax-batch", type=int, nargs="+", default=[256], help="batch sizes of the JAX comparison")
     p.add_argument("--jax-only", action="store_true", help="run only the JAX comparison (implies --jax)")
+    p.add_argument("--queues", action="store_true",
+                   help="also time the delayed queues: argsort path vs kernels/queue.cu (--queue-batches x hidden)")
+    p.add_argument("--queues-only", action="store_true", help="run only the delayed-queue comparison")
+    p.add_argument("--queue-batches", type=int, nargs="+", default=list(QUEUE_BATCHES))
+    p.add_argument("--queue-hidden", type=int, nargs="+", default=list(QUEUE_HIDDEN))
     p.add_argument("--quick", action="store_true", help="small sweep: batches 1 8, hidden 16 128, 2 repeats")
     p.add_argument("--output", help="JSON file to write")
     args = p.parse_args(argv)
@@ -281,6 +337,8 @@ def parse_args(argv=None):
         args.jax_batch = [min(b, 8) for b in args.jax_batch]
     if args.jax_only:
         args.jax, args.baselines = True, False
+    if args.queues_only:
+        args.queues, args.baselines = True, False
     return args
 
 
@@ -298,18 +356,19 @@ def main(argv=None):
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     print(f"device: {name} (sm_{dev.compute_capability}), {N_IN} inputs, {args.spikes} spikes/sample over "
           f"{DURATION:g} ms, tau_mem={TAU_MEM}, tau_syn={TAU_SYN}, max_spikes={MAX_SPIKES}")
-    rows = [] if args.jax_only else run_cupy_bench(args)
+    rows = [] if args.jax_only or args.queues_only else run_cupy_bench(args)
     summary = summarise(rows)
     for e in summary:
         print(", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in e.items()))
     baselines = run_baselines(args) if args.baselines else []
     jax_result = run_jax(args) if args.jax else dict(skipped="not requested (--jax)")
+    queues = run_queue_bench(args) if args.queues else dict(skipped="not requested (--queues)")
     report = dict(benchmark="bench_lif_cuda", backend="cupy", device=name,
                   compute_capability=dev.compute_capability, cupy=cupy.__version__,
                   settings=dict(n_in=N_IN, spikes=args.spikes, duration_ms=DURATION, tau_mem=TAU_MEM,
                                 tau_syn=TAU_SYN, max_spikes=MAX_SPIKES, repeats=args.repeats,
                                 backward_kernels={n: BACKWARDS[n] for n in args.backward}),
-                  rows=rows, summary=summary, baselines=baselines, jax=jax_result)
+                  rows=rows, summary=summary, baselines=baselines, jax=jax_result, queues=queues)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
