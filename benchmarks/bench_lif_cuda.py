@@ -226,7 +226,7 @@ def run_queue_bench(args):
     from spikescan.cuda import _kernels, _queue
 
     paths = {"argsort": lambda t, d: build_queues(t, d, cupy),
-             "kernel": lambda t, d: _queue.build_queues(cupy, _kernels.launch, t, d)}
+             "kernel": lambda t, d: _queue.build_queues(cupy, _kernels.launch, t, d, use_kernel=True)}
     pool = cupy.get_default_memory_pool()
     rows = []
     for n_out in args.queue_hidden:

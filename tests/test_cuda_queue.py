@@ -47,6 +47,7 @@ def device(request):
 def assert_same_queues(device, t, D, **kw):
     xp, launch, to_host = device
     ref = numpy_build_queues(t, D, np)
+    kw.setdefault("use_kernel", True)
     out = _queue.build_queues(xp, launch, xp.asarray(t), None if D is None else xp.asarray(D), **kw)
     for name, a, b in zip(("queue_times", "queue_index", "queue_end"), ref, out):
         b = to_host(b)

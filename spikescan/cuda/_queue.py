@@ -17,6 +17,10 @@ import numpy as np
 from .._queue import delayed_queues, shared_queue
 
 BYTES_PER_ENTRY = 12  # float64 arrival + int32 position in the shared queue
+# The kernel is checked against the NumPy queues bit for bit by the host emulation, but has not yet run on a GPU
+# (tests/test_cuda_queue.py and ``bench_lif_cuda.py --queues`` do so under the ``gpu`` marker). Until a GPU run has
+# verified it, the LIF forward keeps the generic argsort path; set this to True to use the kernel.
+USE_KERNEL = False
 MAX_THREADS = 512
 
 
@@ -34,7 +38,7 @@ def block_size(n_max, max_threads=MAX_THREADS):
     return threads
 
 
-def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS):
+def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None):
     """``spikescan._queue.build_queues(input_times, delays, xp)`` with the delayed queues sorted by the kernel.
 
     Args:
@@ -44,6 +48,7 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
         max_shared: bytes of shared memory a block may use (default: the device's opt-in maximum, or the
             emulator's); rows longer than it allows take the generic argsort path.
         max_threads: threads per block at most (a power of two; tests lower it so that threads loop).
+        use_kernel: sort the delayed queues with the kernel (default ``USE_KERNEL``) or the generic argsort path.
 
     Returns:
         ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``.
@@ -57,7 +62,7 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
     n_max = L1 - 1
     if max_shared is None:
         max_shared = _max_shared(xp)
-    if not kernel_fits(n_max, max_shared):
+    if not (USE_KERNEL if use_kernel is None else use_kernel) or not kernel_fits(n_max, max_shared):
         return delayed_queues(times, index, n_real, max_in, delays, xp)
     delays_t = xp.ascontiguousarray(xp.asarray(delays, dtype=xp.float64).T)
     q_times = xp.empty((batch, n_out, L1), dtype=xp.float64)
