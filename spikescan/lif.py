@@ -86,7 +86,9 @@ def lif_backward(result, grad_times, *, method="auto"):
     Args:
         result: the ``LIFResult`` of ``lif_forward``.
         grad_times: ``[batch, n_out, max_spikes]`` cotangent of ``result.times``.
-        method: ``"sequential"`` (reverse event loop), ``"scan"`` (reverse associative scan) or ``"auto"``.
+        method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
+            scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
+            ``"auto"`` (NumPy: by the number of neurons; CuPy: the thread-per-neuron kernel).
 
     Returns:
         ``LIFGrads(weights, input_times, delays, threshold)`` with the shapes and dtypes of the forward arguments
