@@ -176,6 +176,22 @@ __device__ __forceinline__ spikescan_affine_t spikescan_compose(const spikescan_
     return r;
 }
 
+// Inclusive prefix composition of the lanes' maps across a full warp (Hillis-Steele, 5 shuffle rounds): lane l
+// gets f_l o ... o f_0.
+__device__ __forceinline__ spikescan_affine_t spikescan_warp_prefix(spikescan_affine_t f, int lane) {
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        spikescan_affine_t earlier;
+        earlier.a = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.a, offset);
+        earlier.c = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.c, offset);
+        earlier.b = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.b, offset);
+        earlier.eV = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.eV, offset);
+        earlier.eI = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.eI, offset);
+        if (lane >= offset) f = spikescan_compose(f, earlier);
+    }
+    return f;
+}
+
 // Weight of queue entry `flat` (= j * max_in + m, or -1 for padding) for output neuron i.
 __device__ __forceinline__ double spikescan_event_weight(const double* __restrict__ weights, long long flat,
                                                          long long max_in, long long n_out, long long i) {

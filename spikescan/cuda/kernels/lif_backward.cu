@@ -282,21 +282,6 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
     return pt;
 }
 
-// Inclusive prefix composition of the lanes' forward maps (Hillis-Steele, 5 shuffle rounds).
-__device__ __forceinline__ spikescan_affine_t spikescan_warp_prefix(spikescan_affine_t f, int lane) {
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-        spikescan_affine_t earlier;
-        earlier.a = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.a, offset);
-        earlier.c = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.c, offset);
-        earlier.b = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.b, offset);
-        earlier.eV = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.eV, offset);
-        earlier.eI = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.eI, offset);
-        if (lane >= offset) f = spikescan_compose(f, earlier);
-    }
-    return f;
-}
-
 template <typename T>
 __global__ void spikescan_lif_backward_scan(
     const double* __restrict__ queue_times, const long long* __restrict__ queue_index,

@@ -171,16 +171,7 @@ __global__ void spikescan_lif_forward_scan(
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
         }
-#pragma unroll
-        for (int offset = 1; offset < 32; offset <<= 1) {
-            spikescan_affine_t earlier;
-            earlier.a = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.a, offset);
-            earlier.c = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.c, offset);
-            earlier.b = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.b, offset);
-            earlier.eV = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.eV, offset);
-            earlier.eI = __shfl_up_sync(SPIKESCAN_FULL_MASK, m.eI, offset);
-            if (lane >= offset) m = spikescan_compose(m, earlier);
-        }
+        m = spikescan_warp_prefix(m, lane);
         // State after this lane's entry, and at the start of its gap (previous lane's, or the committed state).
         const double V_after = m.a * V + m.c * I + m.eV;
         const double I_after = m.b * I + m.eI;
