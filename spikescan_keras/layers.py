@@ -45,6 +45,18 @@ def _n_in(layer, input_shape):
     return int(input_shape[1])
 
 
+def _build_kernel(layer, input_shape):
+    """Add ``layer.kernel [n_in, units]`` (its initializer, or the layer's ``"auto"`` rule; its regularizer) and
+    return ``n_in``."""
+    n_in = _n_in(layer, input_shape)
+    init = layer.kernel_initializer
+    layer.kernel = layer.add_weight(
+        name="kernel", shape=(n_in, layer.units),
+        initializer=layer._auto_kernel_initializer(n_in) if init == "auto" else init,
+        regularizer=layer.kernel_regularizer)
+    return n_in
+
+
 @keras.saving.register_keras_serializable(package="spikescan")
 class SpikeCountRegularizer(keras.regularizers.Regularizer):
     """Differentiable stand-in for a spike-count penalty, applied to a spike tensor ``times [batch, n, max_spikes]``::
@@ -163,12 +175,7 @@ class LIFLayer(keras.layers.Layer):
         return keras.initializers.RandomNormal(mean=mu, stddev=mu)
 
     def build(self, input_shape):
-        n_in = _n_in(self, input_shape)
-        init = self.kernel_initializer
-        self.kernel = self.add_weight(
-            name="kernel", shape=(n_in, self.units),
-            initializer=self._auto_kernel_initializer(n_in) if init == "auto" else init,
-            regularizer=self.kernel_regularizer)
+        n_in = _build_kernel(self, input_shape)
         if self.use_delays:
             init = self.delay_initializer
             if init == "auto":
@@ -251,12 +258,7 @@ class LIReadout(keras.layers.Layer):
         return keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / (np.sqrt(n_in) * abs(float(unit[0, 0]))))
 
     def build(self, input_shape):
-        n_in = _n_in(self, input_shape)
-        init = self.kernel_initializer
-        self.kernel = self.add_weight(
-            name="kernel", shape=(n_in, self.units),
-            initializer=self._auto_kernel_initializer(n_in) if init == "auto" else init,
-            regularizer=self.kernel_regularizer)
+        n_in = _build_kernel(self, input_shape)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
     def call(self, inputs):
