@@ -10,21 +10,15 @@ imported by path with ``examples/`` on ``sys.path`` (they ``import _common``; ss
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BACKEND = os.environ.setdefault("KERAS_BACKEND", "jax")
-if BACKEND not in ("torch", "jax"):
-    pytest.skip(f"spikescan_keras supports the torch and jax backends, KERAS_BACKEND={BACKEND!r}",
-                allow_module_level=True)
-pytest.importorskip(BACKEND)
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != BACKEND:
-    pytest.skip(f"keras was already imported with the {keras.backend.backend()!r} backend", allow_module_level=True)
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
 
 from spikescan.datasets import DroppedSpikesWarning  # noqa: E402
 

@@ -6,20 +6,14 @@
 Without ``KERAS_BACKEND`` the jax backend is used. Unsupported or missing backends skip the module.
 """
 
-import os
 import warnings
 
 import numpy as np
 import pytest
 
-BACKEND = os.environ.setdefault("KERAS_BACKEND", "jax")
-if BACKEND not in ("torch", "jax"):
-    pytest.skip(f"spikescan_keras supports the torch and jax backends, KERAS_BACKEND={BACKEND!r}",
-                allow_module_level=True)
-pytest.importorskip(BACKEND)
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != BACKEND:
-    pytest.skip(f"keras was already imported with the {keras.backend.backend()!r} backend", allow_module_level=True)
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
 
 from keras import ops  # noqa: E402
 
