@@ -153,8 +153,13 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
     out.update({k: v for k, v in result.items() if k not in out})
     out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                limit=args.limit, **extra)
-    print(json.dumps(out))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(out, f, indent=2)
-    return out
+    return emit(out, args.output)
+
+
+def emit(summary, output):
+    """Print ``summary`` as one JSON line and write it to ``output`` (if not None); returns it."""
+    print(json.dumps(summary))
+    if output:
+        with open(output, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary

@@ -11,14 +11,16 @@ Writes a JSON summary (dataset, test_accuracy, epochs, seconds, device) with ``-
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
+
+import _common  # noqa: E402
 
 from spikescan.datasets import yinyang  # noqa: E402
 from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
@@ -42,18 +44,6 @@ def build_model(hidden, max_spikes, learning_rate, decay_steps, *, tau_mem=TAU_M
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
-
-
-def device_name():
-    """Name of the device keras computes on: the GPU's name, or ``"cpu"``."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    import jax
-
-    device = jax.devices()[0]
-    return "cpu" if device.platform == "cpu" else device.device_kind
 
 
 def main(argv=None):
@@ -81,13 +71,9 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
-               "seconds": round(seconds, 1), "device": device_name(), "backend": keras.backend.backend(),
+               "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value))}
-    print(json.dumps(summary))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return _common.emit(summary, args.output)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 
+import _common  # noqa: E402
 import yinyang as latency  # noqa: E402  (examples/yinyang.py)
 from spikescan.datasets import bin_times, yinyang  # noqa: E402
 
@@ -89,14 +90,10 @@ def main(argv=None):
                                 delta=DELTA, onset_max=ONSET_MAX) for n, s in splits)
     runs = [train_one(train, val, test, args, width) for width in [None, *args.bin_widths]]
     summary = {"dataset": "yinyang_timing", "test_accuracy": runs[0]["test_accuracy"], "epochs": args.epochs,
-               "seconds": round(sum(r["seconds"] for r in runs), 1), "device": latency.device_name(),
+               "seconds": round(sum(r["seconds"] for r in runs), 1), "device": _common.device_name(),
                "backend": keras.backend.backend(), "delta_ms": DELTA, "onset_max_ms": ONSET_MAX,
                "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN, "runs": runs}
-    print(json.dumps(summary))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+    return _common.emit(summary, args.output)
 
 
 if __name__ == "__main__":
