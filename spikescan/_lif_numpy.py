@@ -275,11 +275,11 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     v_ = -I_pre / ts
     D = np.where(spk, (I_pre - th) / tm, 1.0)
     alpha, beta = -a / D, -c / D
-    B = np.array([
-        [np.where(inp, a, np.where(spk, 0.0, 1.0)), np.where(spk, alpha * v_, 0.0), np.where(spk, alpha, 0.0)],
-        [np.where(inp, c, 0.0), np.where(inp, b, np.where(spk, b + beta * v_, 1.0)), np.where(spk, beta, 0.0)],
-        [np.where(inp, -u, 0.0), np.where(inp, -v_, 0.0), np.where(inp, 0.0, 1.0)]])
     if method == "sequential":
+        B = np.array([
+            [np.where(inp, a, np.where(spk, 0.0, 1.0)), np.where(spk, alpha * v_, 0.0), np.where(spk, alpha, 0.0)],
+            [np.where(inp, c, 0.0), np.where(inp, b, np.where(spk, b + beta * v_, 1.0)), np.where(spk, beta, 0.0)],
+            [np.where(inp, -u, 0.0), np.where(inp, -v_, 0.0), np.where(inp, 0.0, 1.0)]])
         gs_ = g * spk
         # lam_before[p] is the adjoint of the point before p; the adjoint of point p itself is lam_before[p + 1].
         lam_before = run(B, np.array([alpha * gs_, beta * gs_, gs_]), reverse=True)
