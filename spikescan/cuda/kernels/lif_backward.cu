@@ -168,62 +168,40 @@ __global__ void spikescan_lif_backward(
 // spikescan_lif_backward_scan<T>: the same adjoint, one warp per (batch, neuron); same arguments and outputs as
 // spikescan_lif_backward (checkpoints indexed by warp), blockDim.x a multiple of 32.
 //
-// The points of a neuron form an affine recurrence whose maps are all known once the spike times are: a warp takes
-// them in chunks of 32 (lane l: point p0 + l; lanes past the last point are identity maps).
+// The points of a neuron are taken in chunks of 32 (lane l: point p0 + l; lanes past the last point idle).
 // - Which points are spikes: spike m is point P_m = se[m] + m (strictly increasing in m).  With m0 = spikes before
 //   the chunk (carried), lane l loads P_{m0+l}; the lanes whose P falls in the chunk are a ballot, and an OR
-//   butterfly of (1 << (P - p0)) gives the chunk's spike positions, so lane l knows whether it is a spike and
-//   m = m0 + (spike positions below l): exact, no search.  Spikes are sparse: the butterfly runs only for chunks
-//   that hold one.
+//   butterfly of (1 << (P - p0)) gives the chunk's spike mask, so lane l knows whether it is a spike and
+//   m = m0 + (spike lanes below l): exact, no search.  Spikes are sparse: the butterfly runs only for chunks that
+//   hold one.
 // - State: lane l builds its point's map (V, I) -> ([[a, c], [0, b]] (V, I) + (0, w)) (a spike: V <- 0 is the map
 //   [[0, 0], [0, b]]), a Hillis-Steele scan (5 shuffle rounds) composes the prefix maps, applied to the carried
 //   state they give the state after every point; the previous lane's is the state before it.
 // - Pass 1 walks the chunks forward and stores the checkpoint (V, I, t_prev, m0) before each (same layout as above).
-// - Pass 2 walks the chunks last to first: from the checkpoint the prefix scan recomputes every lane's previous state;
-//   the reverse step of every point is then an affine map of lambda = (lV, lI, lT) (the rules in the header):
-//     input:  lambda <- [[a, 0, 0], [c, b, 0], [-u, -v, 0]] lambda
-//     spike:  lambda <- [[0, -a v/D, -a/D], [0, b - c v/D, -c/D], [0, 0, 1]] lambda + (-a g/D, -c g/D, g),
-//             g = grad_times[m];
-//   a reverse scan of these 3x3 + offset maps (composed in float64 by shuffles from higher lanes, 5 rounds) applied
-//   to the carried adjoint (the one after the chunk) gives every lane's adjoint after its point (the next lane's
-//   result; the carry for the last lane), from which each lane computes its own contributions in parallel (grad
-//   weight, grad arrival time, grad delay, grad threshold).  The carry moves to lane 0's result.
-// Same recurrences as spikescan_lif_backward, associated differently: results agree to rounding (~1e-15 relative
-// in float64 for well-conditioned neurons).  Work per point: one decay and two forward + one reverse warp-scan
-// rounds per chunk (instead of three sequential steps); loads of queue times, indices and weights are coalesced
-// across the warp.  Reductions: grad_threshold is summed over the warp before one atomicAdd per neuron; the lanes
-// of a warp hold distinct queue entries, so atomics on grad_input_times never collide within a warp (grad_weights
-// and grad_delays can, when one input channel spikes twice in a chunk; the hardware serialises those).
+// - Pass 2 walks the chunks last to first, recomputes every lane's previous state from the checkpoint by the prefix
+//   scan, and gets the adjoint in closed form, span by span (DESIGN.md section 6).  Between spikes the adjoint has
+//   no source term in (lV, lI): an input's reverse step is the transposed gap map, and the transposed gap maps
+//   compose to the one of the whole span, so the adjoint after point l is
+//     (lV, lI)(l) = (a lV_A, c lV_A + b lI_A),  (a, b, c) = decay(t_A - t_l),   lT(l) = -gs(l + 1)  (lT_A at A),
+//   where A is the first "anchor" at or after l: the chunk's last point (adjoint = the carry) or a point just
+//   before a spike.  A warp-uniform loop visits the chunk's spikes from the last to the first; each takes the
+//   adjoint after it from its anchor by the formula above and applies the spike rule of the header, which gives
+//   the adjoint after the anchor before it.  Then every lane evaluates its own adjoint and its contributions in
+//   parallel (grad weight, grad arrival time, grad delay), and lane 0's reverse step gives the carry for the chunk
+//   before.  The span maps are the products of the sequential kernel's gap maps, rounded once instead of once per
+//   gap: results agree to rounding (~1e-15 relative in float64 for well-conditioned neurons).
+// Work per point: two decays, the forward prefix scan and a few shuffles; per spike a short warp-uniform step.
+// Loads of queue times, indices and weights are coalesced across the warp.  Reductions: grad_threshold is summed
+// over the warp before one atomicAdd per neuron; the lanes of a warp hold distinct queue entries, so atomics on
+// grad_input_times never collide within a warp (grad_weights and grad_delays can, when one input channel spikes
+// twice in a chunk; the hardware serialises those).
 // ---------------------------------------------------------------------------------------------------------------
-
-// Reverse step of one point, or a composition of them: lambda -> A lambda + e, A row-major 3 x 3.
-struct spikescan_adjoint_map_t {
-    double A[9];
-    double e[3];
-};
-
-// outer o inner (inner applied first) = (A_o A_i, A_o e_i + e_o).
-__device__ __forceinline__ spikescan_adjoint_map_t spikescan_adjoint_compose(const spikescan_adjoint_map_t& outer,
-                                                                             const spikescan_adjoint_map_t& inner) {
-    spikescan_adjoint_map_t r;
-#pragma unroll
-    for (int row = 0; row < 3; ++row) {
-#pragma unroll
-        for (int col = 0; col < 3; ++col) {
-            r.A[row * 3 + col] = outer.A[row * 3 + 0] * inner.A[0 * 3 + col] +
-                                 outer.A[row * 3 + 1] * inner.A[1 * 3 + col] +
-                                 outer.A[row * 3 + 2] * inner.A[2 * 3 + col];
-        }
-        r.e[row] = outer.A[row * 3 + 0] * inner.e[0] + outer.A[row * 3 + 1] * inner.e[1] +
-                   outer.A[row * 3 + 2] * inner.e[2] + outer.e[row];
-    }
-    return r;
-}
 
 // Lane's point of the chunk starting at p0 (see spikescan_lif_backward_scan).
 struct spikescan_chunk_point_t {
     bool active;           // p0 + lane < n_points
     bool spike;            // spike m, else queue entry k
+    unsigned spikes;       // the chunk's spike lanes (bit l: point p0 + l is a spike), same in every lane
     long long k, m;
     double t;              // time of the point
     spikescan_decay_t d;   // decay over the gap from the previous point (active lanes)
@@ -253,6 +231,7 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
     spikescan_chunk_point_t pt;
     const long long p = p0 + lane;
     pt.active = p < n_points;
+    pt.spikes = positions;
     pt.spike = (positions >> lane) & 1u;
     pt.m = m0 + __popc(positions & ((1u << lane) - 1u));
     pt.k = p - pt.m;
@@ -338,7 +317,7 @@ __global__ void spikescan_lif_backward_scan(
         m0 += n_spikes;
     }
 
-    // Pass 2: chunks last to first.
+    // Pass 2: chunks last to first (carry: the adjoint after the chunk's last point).
     double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0;
     for (long long c = n_chunks - 1; c >= 0; --c) {
         V = checkpoints[(c * 4 + 0) * n_group + local];
@@ -356,72 +335,96 @@ __global__ void spikescan_lif_backward_scan(
         const double I_up = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.b * I + f.eI, 1);
         const double Vp = (lane == 0) ? V : V_up;
         const double Ip = (lane == 0) ? I : I_up;
-
-        // This point's reverse step (identity for lanes past the last point).
+        // This lane's reverse-step coefficients (see the header): u, v for inputs; v, D, g for spikes.
         double u = 0.0, v = 0.0, D = 1.0, g = 0.0;
-        spikescan_adjoint_map_t r;
-#pragma unroll
-        for (int q = 0; q < 9; ++q) r.A[q] = (q % 4 == 0) ? 1.0 : 0.0;
-        r.e[0] = 0.0; r.e[1] = 0.0; r.e[2] = 0.0;
         if (pt.active) {
-            const spikescan_decay_t& d = pt.d;
-            const double I_pre = d.b * Ip;
+            const double I_pre = pt.d.b * Ip;
             v = -I_pre / tau_syn;
             if (pt.spike) {
                 D = (I_pre - threshold) / tau_mem;
                 g = (double)gt[pt.m];
-                const double ra = -d.a / D, rc = -d.c / D;
-                r.A[0] = 0.0; r.A[1] = ra * v;       r.A[2] = ra;
-                r.A[3] = 0.0; r.A[4] = d.b + rc * v; r.A[5] = rc;
-                r.A[6] = 0.0; r.A[7] = 0.0;          r.A[8] = 1.0;
-                r.e[0] = ra * g; r.e[1] = rc * g; r.e[2] = g;
             } else {
-                const double V_post = d.a * Vp + d.c * Ip;
+                const double V_post = pt.d.a * Vp + pt.d.c * Ip;
                 u = (I_pre - V_post) / tau_mem;
-                r.A[0] = d.a; r.A[1] = 0.0; r.A[2] = 0.0;
-                r.A[3] = d.c; r.A[4] = d.b; r.A[5] = 0.0;
-                r.A[6] = -u;  r.A[7] = -v;  r.A[8] = 0.0;
             }
         }
-        // Suffix composition: lane l ends with the reverse steps of points l..31, the later ones applied first.
-#pragma unroll
-        for (int offset = 1; offset < 32; offset <<= 1) {
-            const int src = (lane + offset < 32) ? lane + offset : lane;
-            spikescan_adjoint_map_t later;
-#pragma unroll
-            for (int q = 0; q < 9; ++q) later.A[q] = __shfl_sync(SPIKESCAN_FULL_MASK, r.A[q], src);
-#pragma unroll
-            for (int q = 0; q < 3; ++q) later.e[q] = __shfl_sync(SPIKESCAN_FULL_MASK, r.e[q], src);
-            if (lane + offset < 32) r = spikescan_adjoint_compose(r, later);
-        }
-        // Adjoint before this lane's reverse step (after its point in time): the next lane's result, or the carry.
-        const double out_V = r.A[0] * lV + r.A[1] * lI + r.A[2] * lT + r.e[0];
-        const double out_I = r.A[3] * lV + r.A[4] * lI + r.A[5] * lT + r.e[1];
-        const double out_T = r.A[6] * lV + r.A[7] * lI + r.A[8] * lT + r.e[2];
-        const int next = (lane < 31) ? lane + 1 : lane;
-        const double dn_V = __shfl_sync(SPIKESCAN_FULL_MASK, out_V, next);
-        const double dn_I = __shfl_sync(SPIKESCAN_FULL_MASK, out_I, next);
-        const double dn_T = __shfl_sync(SPIKESCAN_FULL_MASK, out_T, next);
-        const double aV = (lane < 31) ? dn_V : lV;
-        const double aI = (lane < 31) ? dn_I : lI;
-        const double aT = (lane < 31) ? dn_T : lT;
-        if (pt.active) {
-            if (pt.spike) {
-                const double gs = (aT + g) + v * aI;
-                g_threshold += gs / D;
-            } else {
-                const double gs = u * aV + v * aI;
-                const long long flat = qi[pt.k];
-                const long long j = flat / max_in;
-                atomicAdd(grad_weights + j * n_out + i, aI);
-                const double g_arrival = gs + aT;
-                atomicAdd(grad_input_times + in_base + flat, g_arrival);
-                if (has_delays) atomicAdd(grad_delays + j * n_out + i, g_arrival);
+        const int last = (n_points - p0 < 32) ? (int)(n_points - p0) - 1 : 31;
+        // Anchors: the last point, and every point just before a spike.  Anchor lanes hold the adjoint after their
+        // point in (aV, aI, aT); the last lane's is the carry.  (cV, cI, cT): the adjoint after point p0 - 1 when
+        // lane 0 is a spike.
+        const unsigned anchors = (pt.spikes >> 1) | (1u << last);
+        double aV = lV, aI = lI, aT = lT;
+        double cV = 0.0, cI = 0.0, cT = 0.0;
+        for (unsigned todo = pt.spikes; todo != 0u;) {  // warp-uniform: the chunk's spikes, last to first
+            const int q = 31 - __clz(todo);
+            todo &= ~(1u << q);
+            const int A = __ffs(anchors & (SPIKESCAN_FULL_MASK << q)) - 1;
+            const int q1 = (q < 31) ? q + 1 : q;
+            const double tA = __shfl_sync(SPIKESCAN_FULL_MASK, pt.t, A);
+            const double AV = __shfl_sync(SPIKESCAN_FULL_MASK, aV, A);
+            const double AI = __shfl_sync(SPIKESCAN_FULL_MASK, aI, A);
+            const double AT = __shfl_sync(SPIKESCAN_FULL_MASK, aT, A);
+            const double tq = __shfl_sync(SPIKESCAN_FULL_MASK, pt.t, q);
+            const double t1 = __shfl_sync(SPIKESCAN_FULL_MASK, pt.t, q1);
+            const double u1 = __shfl_sync(SPIKESCAN_FULL_MASK, u, q1);
+            const double v1 = __shfl_sync(SPIKESCAN_FULL_MASK, v, q1);
+            const double vq = __shfl_sync(SPIKESCAN_FULL_MASK, v, q);
+            const double Dq = __shfl_sync(SPIKESCAN_FULL_MASK, D, q);
+            const double gq = __shfl_sync(SPIKESCAN_FULL_MASK, g, q);
+            const double da = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.a, q);
+            const double db = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.b, q);
+            const double dc = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.c, q);
+            // Adjoint after the spike: from its anchor (q itself when q + 1 is a spike or q is the last point).
+            const spikescan_decay_t e = spikescan_decay(tA - tq, tau_mem, tau_syn);
+            const double sV = e.a * AV;
+            const double sI = e.c * AV + e.b * AI;
+            double sT = AT;
+            if (q != A) {  // point q + 1 is an input of the same span
+                const spikescan_decay_t e1 = spikescan_decay(tA - t1, tau_mem, tau_syn);
+                sT = -(u1 * (e1.a * AV) + v1 * (e1.c * AV + e1.b * AI));
+            }
+            const double lTt = sT + gq;
+            const double gs = lTt + vq * sI;
+            if (lane == q) g_threshold += gs / Dq;
+            const double nV = (-da / Dq) * gs;
+            const double nI = db * sI + (-dc / Dq) * gs;
+            if (q == 0) {
+                cV = nV; cI = nI; cT = lTt;
+            } else if (lane == q - 1) {
+                aV = nV; aI = nI; aT = lTt;
             }
         }
-        lV = __shfl_sync(SPIKESCAN_FULL_MASK, out_V, 0);
-        lI = __shfl_sync(SPIKESCAN_FULL_MASK, out_I, 0);
-        lT = __shfl_sync(SPIKESCAN_FULL_MASK, out_T, 0);
+        // Every lane's adjoint after its point, from its anchor; then its contributions.
+        const int A = pt.active ? __ffs(anchors & (SPIKESCAN_FULL_MASK << lane)) - 1 : lane;
+        const double tA = __shfl_sync(SPIKESCAN_FULL_MASK, pt.t, A);
+        const double AV = __shfl_sync(SPIKESCAN_FULL_MASK, aV, A);
+        const double AI = __shfl_sync(SPIKESCAN_FULL_MASK, aI, A);
+        const double AT = __shfl_sync(SPIKESCAN_FULL_MASK, aT, A);
+        double mV = 0.0, mI = 0.0, gs = 0.0;
+        if (pt.active && !pt.spike) {
+            const spikescan_decay_t e = spikescan_decay(tA - pt.t, tau_mem, tau_syn);
+            mV = e.a * AV;
+            mI = e.c * AV + e.b * AI;
+            gs = u * mV + v * mI;
+        }
+        const double gs_next = __shfl_sync(SPIKESCAN_FULL_MASK, gs, (lane < 31) ? lane + 1 : lane);
+        if (pt.active && !pt.spike) {
+            const double mT = (lane == A) ? AT : -gs_next;
+            const long long flat = qi[pt.k];
+            const long long j = flat / max_in;
+            atomicAdd(grad_weights + j * n_out + i, mI);
+            const double g_arrival = gs + mT;
+            atomicAdd(grad_input_times + in_base + flat, g_arrival);
+            if (has_delays) atomicAdd(grad_delays + j * n_out + i, g_arrival);
+        }
+        // Carry: the adjoint after point p0 - 1, by lane 0's reverse step (or the spike loop's, lane 0 a spike).
+        const double oV = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.a * mV, 0);
+        const double oI = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.c * mV + pt.d.b * mI, 0);
+        const double oT = __shfl_sync(SPIKESCAN_FULL_MASK, -gs, 0);
+        const bool spike0 = (pt.spikes & 1u) != 0u;
+        lV = spike0 ? cV : oV;
+        lI = spike0 ? cI : oI;
+        lT = spike0 ? cT : oT;
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
