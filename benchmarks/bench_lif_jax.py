@@ -9,7 +9,10 @@ spike). Steps are rematerialised (``jax.checkpoint``) so the backward stores onl
 
 ``compare`` times it against spikescan's CUDA kernels on the same network (forward + backward of both layers) and
 returns a dict; it returns ``{"skipped": reason}`` when JAX has no GPU. float32 in JAX (its default); spikescan
-computes in float64 internally. The readout layer is left out of both.
+computes in float64 internally. The readout layer is left out of both. spikescan is timed in each configuration of
+``SPIKESCAN_VARIANTS`` side by side (report key ``spikescan_variants``): the default one, which gives
+``speedup_spikescan_over_jax``, and the opt-in kernels (warp backward, delayed queues by ``kernels/queue.cu``), each
+checked to give the default's spike counts and weight gradients before it is timed.
 """
 
 from __future__ import annotations
@@ -165,25 +168,53 @@ def _inputs(batch, quick, seed=0):
     return t, (W1, D1, W2, D2), hidden
 
 
-def _spikescan_network(t, params, max_spikes):
-    """Forward + backward of the same network with spikescan (CuPy); returns (layer-2 counts, seconds)."""
+# spikescan configurations timed side by side: (lif_backward method, delayed queues by kernels/queue.cu).
+# "default" is what a user gets; the others switch on the kernels that are opt-in until a GPU run has measured them.
+SPIKESCAN_VARIANTS = {
+    "default": ("auto", None),
+    "warp_backward": ("scan", None),
+    "warp_backward_queue_kernel": ("scan", True),
+}
+
+
+def _spikescan_network(t, params, max_spikes, backward="auto", queue_kernel=None):
+    """Forward + backward of the same network with spikescan (CuPy): returns a function that runs it once.
+
+    ``backward``: ``lif_backward(method=...)``; ``queue_kernel``: value of ``spikescan.cuda._queue.USE_KERNEL`` during
+    the run (``None``: leave it)."""
     import cupy
 
     import spikescan as ss
+    from spikescan.cuda import _queue
 
     W1, D1, W2, D2 = (cupy.asarray(p) for p in params)
     kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=THRESHOLD, max_spikes=max_spikes)
     tt = cupy.asarray(t)
 
     def run():
-        r1 = ss.lif_forward(tt, W1, delays=D1, **kw)
-        r2 = ss.lif_forward(r1.times, W2, delays=D2, **kw)
-        g2 = ss.lif_backward(r2, cupy.isfinite(r2.times).astype(r2.times.dtype))
-        g1 = ss.lif_backward(r1, g2.input_times)
+        saved = _queue.USE_KERNEL
+        if queue_kernel is not None:
+            _queue.USE_KERNEL = queue_kernel
+        try:
+            r1 = ss.lif_forward(tt, W1, delays=D1, **kw)
+            r2 = ss.lif_forward(r1.times, W2, delays=D2, **kw)
+            g2 = ss.lif_backward(r2, cupy.isfinite(r2.times).astype(r2.times.dtype), method=backward)
+            g1 = ss.lif_backward(r1, g2.input_times, method=backward)
+        finally:
+            _queue.USE_KERNEL = saved
         cupy.cuda.get_current_stream().synchronize()
         return r1, r2, g1, g2
 
     return run
+
+
+def _median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def compare(batch=256, repeats=3, quick=False):
@@ -206,18 +237,24 @@ def compare(batch=256, repeats=3, quick=False):
     import cupy
 
     t, params, hidden = _inputs(batch, quick)
-    run_ss = _spikescan_network(t, params, MAX_SPIKES)
-    r1, r2, _, _ = run_ss()
+    runs = {name: _spikescan_network(t, params, MAX_SPIKES, bwd, qk) for name, (bwd, qk) in SPIKESCAN_VARIANTS.items()}
+    r1, r2, g1, _ = runs["default"]()
     # Static queue lengths for JAX: the longest real queue of each layer (known from the exact forward).
     L1 = int(np.isfinite(t).sum(axis=(1, 2)).max())
     L2 = int(cupy.isfinite(r1.times).sum(axis=(1, 2)).max())
-    ss_times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_ss()
-        ss_times.append(time.perf_counter() - t0)
+    variants = {}
+    for name, run in runs.items():
+        if name != "default":  # warm-up (kernel compiles) and the same results as the default, else no timing
+            v1, v2, h1, _ = run()
+            if not (bool((v2.counts == r2.counts).all()) and
+                    bool(cupy.allclose(h1.weights, g1.weights, rtol=1e-9, atol=1e-12))):
+                variants[name] = dict(skipped="results differ from the default configuration")
+                continue
+            del v1, v2, h1
+        variants[name] = dict(forward_backward_s=_median_seconds(run, repeats))
+    ss_default = variants["default"]["forward_backward_s"]
     r2_counts = cupy.asnumpy(r2.counts)
-    del r1, r2
+    del r1, r2, g1
     cupy.get_default_memory_pool().free_all_blocks()  # hand spikescan's memory back before XLA allocates
     forward, value_and_grad = make_network(L1, L2, MAX_SPIKES, hidden)
     jparams = tuple(jnp.asarray(p, jnp.float32) for p in params)
@@ -236,11 +273,17 @@ def compare(batch=256, repeats=3, quick=False):
                                                                                    MAX_SPIKES)))
     except Exception as exc:  # e.g. out of memory at batch 256
         return dict(skipped=f"jax run failed: {type(exc).__name__}: {str(exc)[:300]}", batch=batch,
-                    spikescan_forward_backward_s=float(np.median(ss_times)))
+                    spikescan_forward_backward_s=ss_default)
     out = dict(batch=batch, hidden=hidden, layers=2, delays=True, max_spikes=MAX_SPIKES, chunk=K, queue_len=[L1, L2],
                jax_device=str(gpus[0]), jax_version=jax.__version__, jax_compile_s=compile_s,
                jax_forward_backward_s=float(np.median(jax_times)),
-               spikescan_forward_backward_s=float(np.median(ss_times)),
+               spikescan_forward_backward_s=ss_default,
                fraction_of_neurons_with_equal_recorded_counts=agree)
     out["speedup_spikescan_over_jax"] = out["jax_forward_backward_s"] / out["spikescan_forward_backward_s"]
+    for v in variants.values():
+        if "forward_backward_s" in v:
+            v["speedup_over_jax"] = out["jax_forward_backward_s"] / v["forward_backward_s"]
+    out["spikescan_variants"] = {name: dict(backward=SPIKESCAN_VARIANTS[name][0],
+                                            queue_kernel=bool(SPIKESCAN_VARIANTS[name][1]), **v)
+                                 for name, v in variants.items()}
     return out
