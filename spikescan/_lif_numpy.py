@@ -38,16 +38,19 @@ def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
     return np.where(applies & (idx >= 0), weights[src, cols], 0.0)
 
 
+def unresolvable_spike_error(neuron, n_out, t):
+    """The error for flat neuron ``neuron`` (sample * n_out + index) firing twice at float64 time ``t``."""
+    return FloatingPointError(
+        f"neuron {neuron % n_out} of sample {neuron // n_out} fires twice at t={float(t)!r}: its inter-spike "
+        "interval is below float64 time resolution (synaptic current far above threshold; check the weights)")
+
+
 def _record(times, events, counts, last_spike, neurons, t_spike, k, max_spikes, n_out):
     # Two spikes of one neuron at the same float64 time mean a current so large that the time between spikes is
     # below the resolution of t: the exact spike train cannot be represented, so say so instead of looping on.
     stuck = t_spike <= last_spike[neurons]
     if stuck.any():
-        n = int(neurons[np.argmax(stuck)])
-        raise FloatingPointError(
-            f"neuron {n % n_out} of sample {n // n_out} fires twice at t={float(t_spike[np.argmax(stuck)])!r}: its "
-            "inter-spike interval is below float64 time resolution (synaptic current far above threshold; check "
-            "the weights)")
+        raise unresolvable_spike_error(int(neurons[np.argmax(stuck)]), n_out, t_spike[np.argmax(stuck)])
     last_spike[neurons] = t_spike
     slot = counts[neurons]
     keep = slot < max_spikes

@@ -221,6 +221,19 @@ def test_max_spikes_cap(backend):
     np.testing.assert_array_equal(backend.to_host(capped.counts), full.counts)
 
 
+@pytest.mark.parametrize("method", ["sequential", "scan", "step"])
+def test_unresolvable_spike_rate_raises_instead_of_hanging(backend, method):
+    # Neuron 1 of sample 1: after a spike at t = 1e6 the next one comes ~1e-14 later, below the float64 spacing of t
+    # (1.2e-10). Without the check a kernel would fire at t = 1e6 forever. The error is the NumPy path's.
+    t = np.array([[[np.inf]], [[1e6]]])
+    W = np.array([[0.5, 1e15]])
+    message = r"neuron 1 of sample 1 fires twice at t=1000000\.0"
+    with pytest.raises(FloatingPointError, match=message):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
+    with pytest.raises(FloatingPointError, match=message):
+        backend.lif(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, method=method)
+
+
 def test_larger_case_with_many_spikes(backend):
     rng = np.random.default_rng(14)
     batch, n_in = (2, 30) if backend.name == "emulated" else (4, 60)

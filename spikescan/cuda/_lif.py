@@ -22,6 +22,10 @@ Backward methods (``lif_backward_cuda(..., method)``, same gradients up to round
   forward and adjoint maps.
 - ``"auto"``: ``BACKWARD_AUTO`` (``"sequential"``).
 
+Errors: a neuron whose next spike rounds to its previous spike's time (an inter-spike interval below the float64
+spacing of t) stops in the kernel, and the forward raises ``FloatingPointError`` naming it, as the NumPy path does.
+Checking costs one host sync per forward.
+
 Memory: the forward keeps the queues and spike records of ``LIFResiduals`` and nothing else. The backward allocates,
 for its duration only, checkpoints of 32 bytes per neuron per 32 points of history (``(queue entries + spikes) / 32``),
 processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus float64 gradient accumulators.
@@ -33,6 +37,7 @@ import math
 
 import numpy as np
 
+from .._lif_numpy import unresolvable_spike_error
 from .._types import LIFGrads, LIFResiduals, LIFResult
 from . import _kernels, _queue
 
@@ -92,6 +97,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     spike_event = xp.full((batch, n_out, max_spikes), -1, dtype=xp.int64)
     out_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=dtype)
     counts = xp.zeros((batch, n_out), dtype=xp.int64)
+    stuck_times = xp.full(batch * n_out, np.inf, dtype=xp.float64)
     n = batch * n_out
     if method == "auto":
         from . import choose_method
@@ -99,7 +105,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         method = choose_method(batch, n_out, L1 - 1)
     common = [qt, qi, qe, W, tm, ts, np.float64(threshold), np.int32(SOLVER_CODES[solver]), np.int64(batch),
               np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes)]
-    outputs = [spike_times, spike_event, out_times, counts]
+    outputs = [spike_times, spike_event, out_times, counts, stuck_times]
     if method == "sequential":
         launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, THREADS_PER_BLOCK),
                THREADS_PER_BLOCK, common + outputs)
@@ -108,13 +114,18 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, THREADS_PER_BLOCK),
                THREADS_PER_BLOCK, common + [width] + outputs)
     elif method == "step":
-        state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)]
+        state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)] + [xp.full(n, -np.inf, dtype=xp.float64)]
         n_steps = int(qe.max()) + 1 if qe.size else 0
         for k in range(n_steps):
             launch("lif_forward", "spikescan_lif_forward_step", dtype, _blocks(n, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, common + [np.int64(k)] + state + outputs)
     else:
         raise ValueError(f"method must be 'auto', 'sequential', 'scan' or 'step', got {method!r}")
+    # One small reduction and a one-byte read (a host sync): the price of raising instead of recording garbage.
+    stuck = xp.isfinite(stuck_times)
+    if bool(stuck.any()):
+        first = int(xp.argmax(stuck))
+        raise unresolvable_spike_error(first, n_out, float(stuck_times[first]))
     res = LIFResiduals(
         queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
         weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=float(threshold),

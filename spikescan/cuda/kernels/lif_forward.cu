@@ -14,12 +14,19 @@
 //
 // A spike found in the gap that ends at queue entry k (entries < k applied) is recorded with spike_event = k;
 // spikes beyond max_spikes are counted but not recorded.  64-bit offsets throughout.
+//
+// Unresolvable spike trains: a neuron whose next spike rounds to the time of its previous one (an inter-spike
+// interval below the float64 spacing of t, from a current far above threshold) would fire forever at that time.
+// The kernels stop such a neuron, write the repeated time to stuck_times[tid] (pre-filled with +inf by the
+// launcher), and the launcher raises FloatingPointError, as the NumPy path does.
 #include "common.cuh"
 
 // Fire every spike inside the gap (t_prev, t_k]: the gap test, the root solve, the reset V <- 0 (I kept), and the
-// test again on the rest of the same gap.  Shared by the sequential and step kernels.
+// test again on the rest of the same gap.  Shared by the sequential and step kernels.  t_last: time of the
+// neuron's last spike (-inf before the first).  Returns false, with *stuck_time set, if a spike repeats t_last.
 template <typename T>
-__device__ __forceinline__ void spikescan_fire_in_gap(double& V, double& I, double& t_prev, double t_k,
+__device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, double& t_prev, double& t_last,
+                                                      double* __restrict__ stuck_time, double t_k,
                                                       long long k, double tau_mem, double tau_syn,
                                                       double threshold, int solver, long long& count,
                                                       long long max_spikes, double* __restrict__ spike_times,
@@ -31,10 +38,15 @@ __device__ __forceinline__ void spikescan_fire_in_gap(double& V, double& I, doub
         if (!spikescan_fires_in_gap(V, I, gap, tau_mem, tau_syn, threshold, &s_hi)) break;
         const double s = spikescan_solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold, solver);
         const double t_spike = fmin(t_prev + s, t_k);
+        if (t_spike <= t_last) {
+            *stuck_time = t_spike;
+            return false;
+        }
         const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
         V = 0.0;
         I = I * d.b;
         t_prev = t_spike;
+        t_last = t_spike;
         gap = t_k - t_spike;
         if (count < max_spikes) {
             spike_times[rec_base + count] = t_spike;
@@ -43,6 +55,7 @@ __device__ __forceinline__ void spikescan_fire_in_gap(double& V, double& I, doub
         }
         ++count;
     }
+    return true;
 }
 
 template <typename T>
@@ -52,7 +65,7 @@ __global__ void spikescan_lif_forward_sequential(
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
-    long long* __restrict__ counts) {
+    long long* __restrict__ counts, double* __restrict__ stuck_times) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const long long b = tid / n_out;
@@ -65,12 +78,14 @@ __global__ void spikescan_lif_forward_sequential(
     const double tau_syn = tau_syn_arr[i];
     const long long rec_base = tid * max_spikes;
 
-    double V = 0.0, I = 0.0, t_prev = 0.0;
+    double V = 0.0, I = 0.0, t_prev = 0.0, t_last = -spikescan_inf();
     long long count = 0;
     for (long long k = 0; k <= end; ++k) {
         const double t_k = qt[k];  // +inf at k == end: the open gap after the last input
-        spikescan_fire_in_gap<T>(V, I, t_prev, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                                 spike_times, spike_event, out_times, rec_base);
+        if (!spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, t_k, k, tau_mem, tau_syn, threshold,
+                                      solver, count, max_spikes, spike_times, spike_event, out_times, rec_base)) {
+            break;
+        }
         if (k == end) break;
         const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
@@ -83,7 +98,8 @@ __global__ void spikescan_lif_forward_sequential(
 }
 
 // One queue entry k per launch for every (batch, neuron): the gap ending at entry k, then entry k itself.  State
-// (V, I, t_prev, count) lives in global memory between launches (zero-initialised by the launcher).
+// (V, I, t_prev, t_last, count) lives in global memory between launches (initialised by the launcher: zeros, and
+// t_last = -inf).  A stuck neuron (finite stuck_times[tid]) takes no further step.
 template <typename T>
 __global__ void spikescan_lif_forward_step(
     const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
@@ -91,23 +107,24 @@ __global__ void spikescan_lif_forward_step(
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long k, double* __restrict__ state_V, double* __restrict__ state_I, double* __restrict__ state_t,
-    double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
-    long long* __restrict__ counts) {
+    double* __restrict__ state_last, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const long long b = tid / n_out;
     const long long i = tid - b * n_out;
     const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
     const long long end = queue_end[qrow];
-    if (k > end) return;
+    if (k > end || isfinite(stuck_times[tid])) return;
     const double tau_mem = tau_mem_arr[i];
     const double tau_syn = tau_syn_arr[i];
-    double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid];
+    double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
     const double t_k = queue_times[qrow * L1 + k];
-    spikescan_fire_in_gap<T>(V, I, t_prev, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                             spike_times, spike_event, out_times, tid * max_spikes);
-    if (k < end) {
+    const bool ok = spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, t_k, k, tau_mem, tau_syn,
+                                             threshold, solver, count, max_spikes, spike_times, spike_event,
+                                             out_times, tid * max_spikes);
+    if (ok && k < end) {
         const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, queue_index[qrow * L1 + k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
@@ -118,6 +135,7 @@ __global__ void spikescan_lif_forward_step(
     state_V[tid] = V;
     state_I[tid] = I;
     state_t[tid] = t_prev;
+    state_last[tid] = t_last;
     counts[tid] = count;
 }
 
@@ -139,7 +157,7 @@ __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     int width, double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
-    long long* __restrict__ counts) {
+    long long* __restrict__ counts, double* __restrict__ stuck_times) {
     const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
     const int lane = threadIdx.x & 31;
     if (tid >= batch * n_out) return;  // uniform across the warp
@@ -153,7 +171,7 @@ __global__ void spikescan_lif_forward_scan(
     const double tau_syn = tau_syn_arr[i];
     const long long rec_base = tid * max_spikes;
 
-    double V = 0.0, I = 0.0, t0 = 0.0;
+    double V = 0.0, I = 0.0, t0 = 0.0, t_last = -spikescan_inf();
     long long k = 0;
     long long count = 0;
     while (k <= end) {
@@ -201,6 +219,11 @@ __global__ void spikescan_lif_forward_scan(
         const double te = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, f);
         const double s = spikescan_solve_spike_time(v0, i0, hi, tau_mem, tau_syn, threshold, solver);
         const double t_spike = fmin(tp + s, te);
+        if (t_spike <= t_last) {  // warp-uniform: every lane solved the same spike
+            if (lane == 0) stuck_times[tid] = t_spike;
+            break;
+        }
+        t_last = t_spike;
         const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
         k += f;
         if (lane == 0 && count < max_spikes) {
