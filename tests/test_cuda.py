@@ -234,6 +234,20 @@ def test_unresolvable_spike_rate_raises_instead_of_hanging(backend, method):
         backend.lif(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, method=method)
 
 
+@pytest.mark.parametrize("bwd", BACKWARD_METHODS)
+def test_padding_cotangents_are_ignored(backend, bwd):
+    rng = np.random.default_rng(15)
+    t = random_spikes(rng, 2, 6, 3)
+    W = weights(rng, 6, 3)
+    ref = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8)
+    assert np.isinf(ref.times).any() and ref.counts.sum() > 0
+    G = rng.normal(size=ref.times.shape)
+    G_padded = G.copy()
+    G_padded[np.isinf(ref.times)] = 1e6
+    out = backend.lif(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8, method="scan")
+    assert_same_grads(ss.lif_backward(ref, G), backend.lif_backward(out, G_padded, bwd), backend)
+
+
 def test_larger_case_with_many_spikes(backend):
     rng = np.random.default_rng(14)
     batch, n_in = (2, 30) if backend.name == "emulated" else (4, 60)
