@@ -198,3 +198,28 @@ __device__ __forceinline__ double spikescan_event_weight(const double* __restric
     if (flat < 0) return 0.0;
     return weights[(flat / max_in) * n_out + i];
 }
+
+// The (batch, neuron) of a LIF layer with flat index tid = b * n_out + i: its queue (row b * n_queues + i, or b when
+// n_queues == 1, of queue_times / queue_index [batch, n_queues, L1]) and its end, its time constants and the base of
+// its spike records (tid * max_spikes).  The LIF kernels bind it with
+// `const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(...)`.
+struct spikescan_lif_neuron_t {
+    long long b, i;
+    const double* qt;
+    const long long* qi;
+    long long end;
+    double tau_mem, tau_syn;
+    long long rec_base;
+};
+
+__device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
+    long long tid, long long n_out, long long n_queues, long long L1, long long max_spikes,
+    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const long long* __restrict__ queue_end, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr) {
+    const long long b = tid / n_out;
+    const long long i = tid - b * n_out;
+    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
+    return {b, i, queue_times + qrow * L1, queue_index + qrow * L1, queue_end[qrow], tau_mem_arr[i], tau_syn_arr[i],
+            tid * max_spikes};
+}

@@ -44,14 +44,8 @@ __global__ void spikescan_lif_backward(
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
-    const long long b = tid / n_out;
-    const long long i = tid - b * n_out;
-    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
-    const double* qt = queue_times + qrow * L1;
-    const long long* qi = queue_index + qrow * L1;
-    const double tau_mem = tau_mem_arr[i];
-    const double tau_syn = tau_syn_arr[i];
-    const long long rec_base = tid * max_spikes;
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
     const T* gt = grad_times + rec_base;
@@ -277,14 +271,8 @@ __global__ void spikescan_lif_backward_scan(
     const int lane = threadIdx.x & 31;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
-    const long long b = tid / n_out;
-    const long long i = tid - b * n_out;
-    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
-    const double* qt = queue_times + qrow * L1;
-    const long long* qi = queue_index + qrow * L1;
-    const double tau_mem = tau_mem_arr[i];
-    const double tau_syn = tau_syn_arr[i];
-    const long long rec_base = tid * max_spikes;
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
     const T* gt = grad_times + rec_base;
@@ -374,9 +362,9 @@ __global__ void spikescan_lif_backward_scan(
             const double da = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.a, q);
             const double db = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.b, q);
             const double dc = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.c, q);
-            // Adjoint after the spike: from its anchor (q itself when q + 1 is a spike or q is the last point).
+            // Adjoint after the spike, from its anchor (q itself when q + 1 is a spike or q is the last point); the
+            // spike rule does not read its lV.
             const spikescan_decay_t e = spikescan_decay(tA - tq, tau_mem, tau_syn);
-            const double sV = e.a * AV;
             const double sI = e.c * AV + e.b * AI;
             double sT = AT;
             if (q != A) {  // point q + 1 is an input of the same span

@@ -68,15 +68,8 @@ __global__ void spikescan_lif_forward_sequential(
     long long* __restrict__ counts, double* __restrict__ stuck_times) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
-    const long long b = tid / n_out;
-    const long long i = tid - b * n_out;
-    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
-    const double* qt = queue_times + qrow * L1;
-    const long long* qi = queue_index + qrow * L1;
-    const long long end = queue_end[qrow];
-    const double tau_mem = tau_mem_arr[i];
-    const double tau_syn = tau_syn_arr[i];
-    const long long rec_base = tid * max_spikes;
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
 
     double V = 0.0, I = 0.0, t_prev = 0.0, t_last = -spikescan_inf();
     long long count = 0;
@@ -111,22 +104,18 @@ __global__ void spikescan_lif_forward_step(
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
-    const long long b = tid / n_out;
-    const long long i = tid - b * n_out;
-    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
-    const long long end = queue_end[qrow];
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
     if (k > end || isfinite(stuck_times[tid])) return;
-    const double tau_mem = tau_mem_arr[i];
-    const double tau_syn = tau_syn_arr[i];
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
-    const double t_k = queue_times[qrow * L1 + k];
+    const double t_k = qt[k];
     const bool ok = spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, t_k, k, tau_mem, tau_syn,
                                              threshold, solver, count, max_spikes, spike_times, spike_event,
-                                             out_times, tid * max_spikes);
+                                             out_times, rec_base);
     if (ok && k < end) {
         const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
-        const double w = spikescan_event_weight(weights, queue_index[qrow * L1 + k], max_in, n_out, i);
+        const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = d.b * I + w;
         V = V_new;
@@ -161,15 +150,8 @@ __global__ void spikescan_lif_forward_scan(
     const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
     const int lane = threadIdx.x & 31;
     if (tid >= batch * n_out) return;  // uniform across the warp
-    const long long b = tid / n_out;
-    const long long i = tid - b * n_out;
-    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
-    const double* qt = queue_times + qrow * L1;
-    const long long* qi = queue_index + qrow * L1;
-    const long long end = queue_end[qrow];
-    const double tau_mem = tau_mem_arr[i];
-    const double tau_syn = tau_syn_arr[i];
-    const long long rec_base = tid * max_spikes;
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
 
     double V = 0.0, I = 0.0, t0 = 0.0, t_last = -spikescan_inf();
     long long k = 0;
