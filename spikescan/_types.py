@@ -13,8 +13,8 @@ class LIFResiduals(NamedTuple):
 
     - ``queue_times``: ``[batch, Q, L1]`` float64 arrival times, ascending, ``+inf`` padded; every row ends in at
       least one ``+inf`` (a sentinel for the open gap after the last input).
-    - ``queue_index``: ``[batch, Q, L1]`` int64, flat index ``j * max_in + m`` into ``input_times[b]`` of each entry,
-      ``-1`` for padding.
+    - ``queue_index``: ``[batch, Q, L1]`` int64 (int32 on the CUDA backend), flat index ``j * max_in + m`` into
+      ``input_times[b]`` of each entry, ``-1`` for padding.
     - ``queue_end``: ``[batch, Q]`` int64, number of real (finite) entries per queue.
     - ``spike_times``: ``[batch, n_out, max_spikes]`` float64 recorded spike times, ``+inf`` padded.
     - ``spike_event``: ``[batch, n_out, max_spikes]`` int64: spike ``m`` lies in ``(t_{k-1}, t_k]`` of its queue,

@@ -51,7 +51,8 @@ def assert_same_queues(device, t, D, **kw):
     out = _queue.build_queues(xp, launch, xp.asarray(t), None if D is None else xp.asarray(D), **kw)
     for name, a, b in zip(("queue_times", "queue_index", "queue_end"), ref, out):
         b = to_host(b)
-        assert b.shape == a.shape and b.dtype == a.dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
+        dtype = np.int32 if name == "queue_index" else a.dtype  # the CUDA queues index with int32
+        assert b.shape == a.shape and b.dtype == dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
         np.testing.assert_array_equal(b, a, err_msg=name)
 
 
@@ -135,3 +136,15 @@ def test_block_size_and_limits():
     # H100 and A100 opt-in maxima per block (bytes): longest rows the kernel sorts.
     assert _queue.kernel_fits(19370, 232448) and not _queue.kernel_fits(19371, 232448)
     assert _queue.kernel_fits(13909, 166912) and not _queue.kernel_fits(13910, 166912)
+
+
+def test_flat_indices_beyond_int32_are_refused(device, monkeypatch):
+    # A real case needs n_in * max_in >= 2**31 (17 GB per sample); lower the limit instead. Nothing is launched.
+    xp, launch, _ = device
+    t = tied_spikes(np.random.default_rng(7), 1, 4, 3)
+    monkeypatch.setattr(_queue, "INDEX_LIMIT", 11)
+    with pytest.raises(ValueError, match=r"input_times of shape \(1, 4, 3\) has n_in \* max_in = 12 entries"):
+        _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(np.ones((4, 2))), use_kernel=True)
+    assert launch.launched == []
+    monkeypatch.setattr(_queue, "INDEX_LIMIT", 12)
+    assert_same_queues(device, t, np.ones((4, 2)))

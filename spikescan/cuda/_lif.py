@@ -26,9 +26,11 @@ Errors: a neuron whose next spike rounds to its previous spike's time (an inter-
 spacing of t) stops in the kernel, and the forward raises ``FloatingPointError`` naming it, as the NumPy path does.
 Checking costs one host sync per forward.
 
-Memory: the forward keeps the queues and spike records of ``LIFResiduals`` and nothing else. The backward allocates,
-for its duration only, checkpoints of 32 bytes per neuron per 32 points of history (``(queue entries + spikes) / 32``),
-processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus float64 gradient accumulators.
+Memory: the forward keeps the queues (12 bytes per entry: float64 time, int32 index; ``batch x L1`` entries without
+delays, ``batch x n_out x L1`` with delays) and spike records of ``LIFResiduals`` and nothing else. The backward
+allocates, for its duration only, checkpoints of 32 bytes per neuron per 32 points of history
+(``(queue entries + spikes) / 32``), processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus
+float64 gradient accumulators.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
     qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)  # see _queue.USE_KERNEL
-    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int64),
+    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
                   xp.ascontiguousarray(qe, dtype=xp.int64))
     n_queues, L1 = qt.shape[1], qt.shape[2]
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)

@@ -1,9 +1,11 @@
 """Launcher of ``kernels/queue.cu``: the per-neuron queues of a layer with delays, sorted on the GPU.
 
 ``build_queues(xp, launch, input_times, delays)`` has the result of ``spikescan._queue.build_queues`` (identical
-arrays, simultaneous arrivals included). It builds the shared queue of every sample as that function does, then
-``spikescan_delay_queue`` sorts each (sample, neuron) row in shared memory and writes the outputs directly, with no
-``[batch, n_out, L1]`` temporaries (the generic path holds about five of them at 8 bytes per entry).
+values, simultaneous arrivals included), except that ``queue_index`` is int32: the kernels read 12 bytes per queue
+entry instead of 16, and the queues a layer keeps for its backward take 25% less memory. It builds the shared queue
+of every sample as that function does, then ``spikescan_delay_queue`` sorts each (sample, neuron) row in shared
+memory and writes the outputs directly, with no ``[batch, n_out, L1]`` temporaries (the generic path holds about
+five of them at 8 bytes per entry).
 
 Limit: a row of ``n`` input spikes needs ``12 n`` bytes of shared memory, so the kernel runs while the longest
 sample has at most ``max_shared // 12`` spikes: 19370 on an H100 (227 KiB per block), 13909 on an A100
@@ -22,6 +24,7 @@ BYTES_PER_ENTRY = 12  # float64 arrival + int32 position in the shared queue
 # verified it, the LIF forward keeps the generic argsort path; set this to True to use the kernel.
 USE_KERNEL = False
 MAX_THREADS = 512
+INDEX_LIMIT = 2**31 - 1  # flat indices j * max_in + m < n_in * max_in must fit in int32
 
 
 def kernel_fits(n_max, max_shared):
@@ -51,22 +54,29 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
         use_kernel: sort the delayed queues with the kernel (default ``USE_KERNEL``) or the generic argsort path.
 
     Returns:
-        ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``.
+        ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32.
+
+    Raises:
+        ValueError: if a sample has ``n_in * max_in >= 2**31`` entries, beyond an int32 flat index.
     """
+    batch, n_in, max_in = input_times.shape
+    if n_in * max_in > INDEX_LIMIT:
+        raise ValueError(f"input_times of shape {tuple(input_times.shape)} has n_in * max_in = {n_in * max_in} "
+                         f"entries per sample; the CUDA backend indexes them with int32 (at most {INDEX_LIMIT})")
     times, index, n_real = shared_queue(input_times, xp)
     if delays is None:
-        return times[:, None, :], index[:, None, :], n_real[:, None]
-    batch, n_in, max_in = input_times.shape
+        return times[:, None, :], index[:, None, :].astype(xp.int32), n_real[:, None]
     n_out = delays.shape[1]
     L1 = times.shape[1]
     n_max = L1 - 1
     if max_shared is None:
         max_shared = _max_shared(xp)
     if not (USE_KERNEL if use_kernel is None else use_kernel) or not kernel_fits(n_max, max_shared):
-        return delayed_queues(times, index, n_real, max_in, delays, xp)
+        q_times, q_index, q_end = delayed_queues(times, index, n_real, max_in, delays, xp)
+        return q_times, q_index.astype(xp.int32), q_end
     delays_t = xp.ascontiguousarray(xp.asarray(delays, dtype=xp.float64).T)
     q_times = xp.empty((batch, n_out, L1), dtype=xp.float64)
-    q_index = xp.empty((batch, n_out, L1), dtype=xp.int64)
+    q_index = xp.empty((batch, n_out, L1), dtype=xp.int32)
     launch("queue", "spikescan_delay_queue", np.float64, batch * n_out, block_size(n_max, max_threads),
            [xp.ascontiguousarray(times), xp.ascontiguousarray(index), xp.ascontiguousarray(n_real), delays_t,
             np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), np.int64(n_max), q_times, q_index],

@@ -206,7 +206,7 @@ __device__ __forceinline__ double spikescan_event_weight(const double* __restric
 struct spikescan_lif_neuron_t {
     long long b, i;
     const double* qt;
-    const long long* qi;
+    const int* qi;
     long long end;
     double tau_mem, tau_syn;
     long long rec_base;
@@ -214,7 +214,7 @@ struct spikescan_lif_neuron_t {
 
 __device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
     long long tid, long long n_out, long long n_queues, long long L1, long long max_spikes,
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ tau_mem_arr,
     const double* __restrict__ tau_syn_arr) {
     const long long b = tid / n_out;

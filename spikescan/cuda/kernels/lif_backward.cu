@@ -31,7 +31,7 @@
 
 template <typename T>
 __global__ void spikescan_lif_backward(
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
@@ -207,7 +207,7 @@ struct spikescan_chunk_point_t {
 // *n_spikes.  Warp-collective: every lane of the warp must call it.
 __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
     int lane, long long p0, long long n_points, long long m0, long long n_rec, const long long* __restrict__ se,
-    const double* __restrict__ st, const double* __restrict__ qt, const long long* __restrict__ qi,
+    const double* __restrict__ st, const double* __restrict__ qt, const int* __restrict__ qi,
     const double* __restrict__ weights, long long max_in, long long n_out, long long i, double t_before,
     double tau_mem, double tau_syn, int* n_spikes) {
     const long long ms = m0 + lane;
@@ -257,7 +257,7 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
 
 template <typename T>
 __global__ void spikescan_lif_backward_scan(
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,

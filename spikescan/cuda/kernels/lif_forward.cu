@@ -1,7 +1,7 @@
 // spikescan: forward pass of a dense layer of current-based LIF neurons with exact hard reset.
 //
 // Three kernels over the same per-neuron input queues (spikescan/_queue.py: queue_times [batch, Q, L1] float64,
-// ascending, +inf padded with at least one +inf; queue_index [batch, Q, L1] int64 flat source j * max_in + m;
+// ascending, +inf padded with at least one +inf; queue_index [batch, Q, L1] int32 flat source j * max_in + m;
 // queue_end [batch, Q] int64; Q = 1 without delays, n_out with delays). All state and solves are float64; T is
 // the dtype of the recorded output times (float or double).  Outputs must be pre-filled by the launcher:
 // spike_times = +inf, spike_event = -1, out_times = +inf; the kernels write recorded spikes and counts.
@@ -60,7 +60,7 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
 
 template <typename T>
 __global__ void spikescan_lif_forward_sequential(
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
@@ -95,7 +95,7 @@ __global__ void spikescan_lif_forward_sequential(
 // t_last = -inf).  A stuck neuron (finite stuck_times[tid]) takes no further step.
 template <typename T>
 __global__ void spikescan_lif_forward_step(
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
@@ -141,7 +141,7 @@ __global__ void spikescan_lif_forward_step(
 // dropped.  Work per round: one decay + gap test per lane and 5 x 5 shuffles; a spike costs one extra round.
 template <typename T>
 __global__ void spikescan_lif_forward_scan(
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,

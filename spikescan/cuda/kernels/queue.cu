@@ -29,12 +29,12 @@ __device__ __forceinline__ bool spikescan_queue_before(T t1, int k1, T t2, int k
 
 // Grid: batch * n_out blocks (block b * n_out + i), any power-of-two block size. Shared: n_max * (sizeof(T) + 4)
 // bytes, n_max >= max(n_real). delays_t: [n_out, n_in] (the transpose of D, so that a row reads one contiguous
-// range). q_times, q_index: [batch, n_out, L1].
+// range). q_times, q_index: [batch, n_out, L1] (q_index int32: the launcher checks n_in * max_in < 2^31).
 template <class T>
 __global__ void spikescan_delay_queue(const T* __restrict__ times, const long long* __restrict__ index,
                                       const long long* __restrict__ n_real, const T* __restrict__ delays_t,
                                       long long n_in, long long n_out, long long L1, long long max_in,
-                                      long long n_max, T* __restrict__ q_times, long long* __restrict__ q_index) {
+                                      long long n_max, T* __restrict__ q_times, int* __restrict__ q_index) {
     SPIKESCAN_DYNAMIC_SHARED(double, spikescan_queue_shared);
     T* key = reinterpret_cast<T*>(spikescan_queue_shared);
     int* pos = reinterpret_cast<int*>(key + n_max);
@@ -83,7 +83,7 @@ __global__ void spikescan_delay_queue(const T* __restrict__ times, const long lo
     for (long long r = tid; r < L1; r += stride) {
         if (r < n) {
             q_times[out + r] = key[r];
-            q_index[out + r] = idx_row[pos[r]];
+            q_index[out + r] = (int)idx_row[pos[r]];
         } else {
             q_times[out + r] = spikescan_inf();
             q_index[out + r] = -1;
