@@ -6,6 +6,8 @@
 #   3. the layer sweep: fused sequential vs scan vs auto, both backward kernels, with and without delays;
 #   4. the jax.lax.associative_scan comparison of the 2 x 512 SHD network (batch 256 and 64), with every spikescan
 #      configuration of bench_lif_jax.SPIKESCAN_VARIANTS side by side.
+# Environment: pip install -e ".[cuda,keras,test]" torch (a CUDA build) "jax[cuda12]"; a missing piece fails or
+# skips only its own step.
 # usage: bash benchmarks/gpu_suite.sh OUTDIR [TAG]
 # writes OUTDIR/gpu_<TAG>_{tests.log,queues.json,sweep.json,jax.json}; TAG defaults to the device name
 # (e.g. nvidia_h100_80gb_hbm3). Each step runs even if an earlier one failed; the exit status is the first failure.
