@@ -9,7 +9,8 @@ spike). Steps are rematerialised (``jax.checkpoint``) so the backward stores onl
 
 ``compare`` times it against spikescan's CUDA kernels on the same network (forward + backward of both layers) and
 returns a dict; it returns ``{"skipped": reason}`` when JAX has no GPU. float32 in JAX (its default); spikescan
-computes in float64 internally. The readout layer is left out of both. spikescan is timed in each configuration of
+computes in float64 internally. The readout layer is left out of both; both differentiate the parameters (weights
+and delays of both layers), not the input spikes. spikescan is timed in each configuration of
 ``SPIKESCAN_VARIANTS`` side by side (report key ``spikescan_variants``): the default one, which gives
 ``speedup_spikescan_over_jax``, and the opt-in kernels (warp backward, delayed queues by ``kernels/queue.cu``), each
 checked to give the default's spike counts and weight gradients before it is timed.
@@ -199,7 +200,8 @@ def _spikescan_network(t, params, max_spikes, backward="auto", queue_kernel=None
             r1 = ss.lif_forward(tt, W1, delays=D1, **kw)
             r2 = ss.lif_forward(r1.times, W2, delays=D2, **kw)
             g2 = ss.lif_backward(r2, cupy.isfinite(r2.times).astype(r2.times.dtype), method=backward)
-            g1 = ss.lif_backward(r1, g2.input_times, method=backward)
+            # The network's input spikes are data: like jax.grad of the parameters, no gradient for them.
+            g1 = ss.lif_backward(r1, g2.input_times, method=backward, input_times_grad=False)
         finally:
             _queue.USE_KERNEL = saved
         cupy.cuda.get_current_stream().synchronize()

@@ -300,9 +300,10 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     col = cols[r_i, 0]
     n_in, n_out = res.weights.shape
     grads["weights"] += np.bincount(j * n_out + col, grad_w[r_i, p_i], minlength=n_in * n_out).reshape(n_in, n_out)
-    flat_in = lay.b[neurons][r_i] * (n_in * lay.max_in) + src_idx
-    grads["input_times"] += np.bincount(flat_in, grad_arrival[r_i, p_i],
-                                        minlength=grads["input_times"].size).reshape(grads["input_times"].shape)
+    if grads["input_times"] is not None:
+        flat_in = lay.b[neurons][r_i] * (n_in * lay.max_in) + src_idx
+        grads["input_times"] += np.bincount(flat_in, grad_arrival[r_i, p_i],
+                                            minlength=grads["input_times"].size).reshape(grads["input_times"].shape)
     if res.delays is not None:
         grads["delays"] += np.bincount(j * n_out + col, grad_arrival[r_i, p_i],
                                        minlength=n_in * n_out).reshape(n_in, n_out)
@@ -376,14 +377,14 @@ def _adjoint_by_segments(tau, inp, spk, a, b, c, u, v, alpha, beta, g, tm, ts):
     lV[sr, sp], lI[sr, sp], lT[sr, sp] = after_spk[0, sr, sm], after_spk[1, sr, sm], after_spk[2, sr, sm]
     return lV, lI, lT
 
-def lif_backward(result, grad_times, method):
+def lif_backward(result, grad_times, method, input_times_grad=True):
     res = result.residuals
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     lay = _Layout(res.queue_times.shape, n_out, max_in)
     grads = {
         "weights": np.zeros((n_in, n_out)),
-        "input_times": np.zeros((batch, n_in, max_in)),
+        "input_times": np.zeros((batch, n_in, max_in)) if input_times_grad else None,
         "delays": None if res.delays is None else np.zeros((n_in, n_out)),
         "threshold": 0.0,
     }
@@ -396,6 +397,6 @@ def lif_backward(result, grad_times, method):
         _backward_group(res, grad_times, np.arange(start, min(start + group, N)), lay, method, grads)
     return LIFGrads(
         weights=grads["weights"].astype(res.weights_dtype),
-        input_times=grads["input_times"].astype(res.input_dtype),
+        input_times=grads["input_times"].astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else grads["delays"].astype(res.delays_dtype),
         threshold=np.asarray(grads["threshold"], np.float64))

@@ -75,7 +75,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
                                       chunk_size, solver)
 
 
-def lif_backward(result, grad_times, *, method="auto"):
+def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
     """Exact reverse-mode gradients of ``lif_forward`` (DESIGN.md section 6, no surrogates).
 
     Spike times are differentiated by the implicit function theorem, the closed forms by an adjoint recurrence run
@@ -89,10 +89,12 @@ def lif_backward(result, grad_times, *, method="auto"):
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
             ``"auto"`` (NumPy: by the number of neurons; CuPy: the thread-per-neuron kernel).
+        input_times_grad: compute ``grad_input_times``. ``False`` skips its work (a scatter-add over every queue
+            entry) and returns ``None`` for it: for a first layer, whose input spikes are data.
 
     Returns:
         ``LIFGrads(weights, input_times, delays, threshold)`` with the shapes and dtypes of the forward arguments
-        (``delays`` is ``None`` without delays).
+        (``delays`` is ``None`` without delays; ``input_times`` is ``None`` when ``input_times_grad`` is False).
     """
     if not isinstance(result, LIFResult):
         raise TypeError(f"result must be the LIFResult returned by lif_forward, got {type(result).__name__}")
@@ -106,13 +108,15 @@ def lif_backward(result, grad_times, *, method="auto"):
     if bool(bad.any()):
         raise ValueError(f"grad_times must be finite where result.times is, got {v._first_bad(xp, grad_times, bad)}")
     v.choice("method", method, METHODS)
+    if not isinstance(input_times_grad, (bool, np.bool_)):
+        raise TypeError(f"input_times_grad must be True or False, got {input_times_grad!r}")
     if xp is np:
         from . import _lif_numpy as impl
 
-        return impl.lif_backward(result, grad_times, method)
+        return impl.lif_backward(result, grad_times, method, bool(input_times_grad))
     from .cuda import _lif as cuda_impl
 
-    return cuda_impl.lif_backward_cuda(result, grad_times, method)
+    return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad))
 
 
 __all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads"]

@@ -5,8 +5,9 @@ has the same shape:
 
 - ``forward(spec, inputs) -> (outputs, result)``: ``inputs`` a tuple of arrays, ``outputs`` a tuple of arrays whose
   first entry is the only differentiable one, ``result`` what the backward needs (a spikescan result object).
-- ``backward(spec, result, grad) -> grads``: ``grad`` the cotangent of ``outputs[0]``; one gradient per input,
-  with its shape and dtype.
+- ``backward(spec, result, grad, input_grad=True) -> grads``: ``grad`` the cotangent of ``outputs[0]``; one
+  gradient per input, with its shape and dtype. ``input_grad=False`` (the framework needs no gradient for
+  ``inputs[0]``, e.g. a first layer fed with data) lets an op skip that work and return ``None`` in its place.
 - ``output_specs(spec, inputs) -> ((shape, dtype), ...)`` for frameworks that need shapes before running (JAX).
 
 Only numerics from ``spikescan`` run here; nothing imports a deep-learning framework.
@@ -76,8 +77,8 @@ class LIFOp:
         return (result.times, result.counts.astype(np.int32)), result
 
     @staticmethod
-    def backward(spec: LIFSpec, result, grad_times):
-        grads = spikescan.lif_backward(result, grad_times)
+    def backward(spec: LIFSpec, result, grad_times, input_grad=True):
+        grads = spikescan.lif_backward(result, grad_times, input_times_grad=input_grad)
         return (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
 
     @staticmethod
@@ -98,7 +99,8 @@ class LIOp:
         return (result.values,), result
 
     @staticmethod
-    def backward(spec: LISpec, result, grad_values):
+    def backward(spec: LISpec, result, grad_values, input_grad=True):
+        # li_backward always computes the input gradient (cheap: one term per input spike and neuron).
         grads = spikescan.li_backward(result, grad_values)
         return grads.input_times, grads.weights
 

@@ -248,6 +248,23 @@ def test_padding_cotangents_are_ignored(backend, bwd):
     assert_same_grads(ss.lif_backward(ref, G), backend.lif_backward(out, G_padded, bwd), backend)
 
 
+@pytest.mark.parametrize("bwd", BACKWARD_METHODS)
+def test_backward_without_input_time_gradients(backend, bwd):
+    rng = np.random.default_rng(21)
+    t = random_spikes(rng, 2, 8, 4)
+    W = weights(rng, 8, 5)
+    D = rng.uniform(0.0, 2.0, (8, 5))
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=6)
+    ref = ss.lif_forward(t, W, delays=D, **kw)
+    assert ref.counts.sum() > 0
+    G = rng.normal(size=ref.times.shape)
+    ref_g = ss.lif_backward(ref, G)
+    out = backend.lif(t, W, D, method="scan", **kw)
+    part = _lif.backward(backend.xp, backend.launch, out, backend.to_device(G), bwd, input_times_grad=False)
+    assert part.input_times is None
+    assert_same_grads(ref_g._replace(input_times=None), part, backend)
+
+
 def test_larger_case_with_many_spikes(backend):
     rng = np.random.default_rng(14)
     batch, n_in = (2, 30) if backend.name == "emulated" else (4, 60)

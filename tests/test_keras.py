@@ -96,6 +96,38 @@ def test_gradients_match_finite_differences(delays):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
 
 
+def test_torch_skips_input_time_gradients_that_nobody_needs(monkeypatch):
+    """A first layer's input (data, no requires_grad) gets no input-time gradient work; the kernel's is unchanged."""
+    if BACKEND != "torch":
+        pytest.skip("torch autograd tells which inputs need a gradient")
+    import torch
+
+    rng = np.random.default_rng(8)
+    x = spike_input(rng)
+    lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, delays=True, max_delay=5.0)
+    lif(x)
+    seen = []
+    real_backward = spikescan.lif_backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("input_times_grad", True))
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(spikescan, "lif_backward", spy)
+    kernel_grads = []
+    for needs in (True, False):
+        xt = ops.convert_to_tensor(x).detach().requires_grad_(needs)
+        times = lif(xt)
+        loss = torch.where(torch.isfinite(times), times, torch.zeros_like(times)).sum()
+        loss.backward()
+        assert (xt.grad is not None) == needs
+        kernel_grads.append(lif.kernel.value.grad.cpu().numpy().copy())
+        lif.kernel.value.grad = None
+    assert seen == [True, False]
+    assert np.abs(kernel_grads[0]).max() > 0
+    np.testing.assert_array_equal(kernel_grads[1], kernel_grads[0])
+
+
 def test_float32_in_float32_out_and_shapes():
     rng = np.random.default_rng(0)
     x = spike_input(rng, batch=5, n_in=4, max_in=3)

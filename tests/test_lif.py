@@ -501,6 +501,25 @@ def test_backward_rejects_bad_cotangents():
             ss.lif_backward(r, G)
     with pytest.raises(TypeError, match="result must be the LIFResult"):
         ss.lif_backward((r.times, r.counts), G)
+    with pytest.raises(TypeError, match="input_times_grad must be True or False, got 'no'"):
+        ss.lif_backward(r, np.ones(r.times.shape), input_times_grad="no")
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_backward_without_input_time_gradients(method):
+    # A first layer's inputs are data: input_times_grad=False returns None for them and the other gradients unchanged.
+    rng = np.random.default_rng(21)
+    t = random_spikes(rng, 2, 8, 4)
+    W = weights(rng, 8, 5)
+    D = rng.uniform(0.0, 2.0, (8, 5))
+    r = ss.lif_forward(t, W, delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=6)
+    assert r.counts.sum() > 0
+    G = rng.normal(size=r.times.shape)
+    full = ss.lif_backward(r, G, method=method)
+    part = ss.lif_backward(r, G, method=method, input_times_grad=False)
+    assert part.input_times is None and np.abs(full.input_times).max() > 0
+    for name in ("weights", "delays", "threshold"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name), err_msg=name)
 
 
 def test_scan_backward_by_segments_equals_loop_on_random_layers():

@@ -71,14 +71,15 @@ def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, 
                    chunk_size, solver)
 
 
-def lif_backward_cuda(result, grad_times, method="auto"):
+def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True):
     """Backward of the LIF layer on the GPU: ``LIFGrads`` of CuPy arrays (see ``kernels/lif_backward.cu``).
 
-    ``method``: ``"sequential"`` (thread per neuron), ``"scan"`` (warp per neuron) or ``"auto"``.
+    ``method``: ``"sequential"`` (thread per neuron), ``"scan"`` (warp per neuron) or ``"auto"``;
+    ``input_times_grad``: False skips the input-time scatter-add and returns ``None`` for it.
     """
     import cupy
 
-    return backward(cupy, _cupy_launch, result, grad_times, method)
+    return backward(cupy, _cupy_launch, result, grad_times, method, input_times_grad)
 
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
@@ -136,7 +137,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
 
-def backward(xp, launch, result, grad_times, method="auto"):
+def backward(xp, launch, result, grad_times, method="auto", input_times_grad=True):
     """Array-module-generic body of ``lif_backward_cuda``."""
     if method == "auto":
         method = BACKWARD_AUTO
@@ -152,7 +153,7 @@ def backward(xp, launch, result, grad_times, method="auto"):
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
-    grad_in = xp.zeros((batch, n_in, max_in), dtype=xp.float64)
+    grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
     grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
     grad_th = xp.zeros(1, dtype=xp.float64)
     n = batch * n_out
@@ -171,12 +172,13 @@ def backward(xp, launch, result, grad_times, method="auto"):
                     np.float64(res.threshold), np.int64(batch), np.int64(n_in), np.int64(n_out),
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
-                    checkpoints, grad_w, grad_in, np.int32(res.delays is not None), grad_d, grad_th]
+                    checkpoints, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None),
+                    grad_d, grad_th]
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, args)
     return LIFGrads(
         weights=grad_w.astype(res.weights_dtype),
-        input_times=grad_in.astype(res.input_dtype),
+        input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
         threshold=grad_th.reshape(()))
 

@@ -73,8 +73,8 @@ class _HostFunction(torch.autograd.Function):
         if grad is None:  # the differentiable output was not used
             return (None, None) + (None,) * len(ctx.needs_input_grad[2:])
         with _on_stream(ctx.device):
-            grads = ctx.op.backward(ctx.spec, ctx.result, _to_array(grad))
-            return (None, None) + tuple(_to_tensor(g, ctx.device) for g in grads)
+            grads = ctx.op.backward(ctx.spec, ctx.result, _to_array(grad), input_grad=ctx.needs_input_grad[2])
+            return (None, None) + tuple(None if g is None else _to_tensor(g, ctx.device) for g in grads)
 
 
 def _torch_dtype(dtype):

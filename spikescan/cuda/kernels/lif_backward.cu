@@ -20,8 +20,8 @@
 // chunks last to first, recomputes the chunk's previous-point states into registers/local memory (3 doubles + 1
 // index per point), and walks them in reverse.  Work: two forward walks and one reverse walk per point.
 // Reductions (grad_weights [n_in, n_out], grad_input_times [batch, n_in, max_in], grad_delays [n_in, n_out],
-// grad_threshold [1]; float64, zero-filled by the launcher;
-// grad_delays is only written when has_delays != 0) use atomicAdd on double (sm_60+): summation order,
+// grad_threshold [1]; float64, zero-filled by the launcher; grad_input_times is only written when
+// has_input_grad != 0, grad_delays only when has_delays != 0) use atomicAdd on double (sm_60+): summation order,
 // and so the last bits, vary from run to run.
 #include "common.cuh"
 
@@ -38,7 +38,7 @@ __global__ void spikescan_lif_backward(
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
-    double* __restrict__ grad_weights, double* __restrict__ grad_input_times,
+    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold) {
     // This launch handles neurons [neuron_start, neuron_start + n_group) of the flattened batch * n_out.
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -134,7 +134,7 @@ __global__ void spikescan_lif_backward(
                 const long long j = flat / max_in;
                 atomicAdd(grad_weights + j * n_out + i, lI);
                 const double g_arrival = gs + lT;
-                atomicAdd(grad_input_times + in_base + flat, g_arrival);
+                if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, g_arrival);
                 if (has_delays) atomicAdd(grad_delays + j * n_out + i, g_arrival);
                 const double lV_old = lV;
                 lV = d.a * lV_old;
@@ -264,7 +264,7 @@ __global__ void spikescan_lif_backward_scan(
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
-    double* __restrict__ grad_weights, double* __restrict__ grad_input_times,
+    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold) {
     // Warp = neuron; exits below are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -402,7 +402,7 @@ __global__ void spikescan_lif_backward_scan(
             const long long j = flat / max_in;
             atomicAdd(grad_weights + j * n_out + i, mI);
             const double g_arrival = gs + mT;
-            atomicAdd(grad_input_times + in_base + flat, g_arrival);
+            if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, g_arrival);
             if (has_delays) atomicAdd(grad_delays + j * n_out + i, g_arrival);
         }
         // Carry: the adjoint after point p0 - 1, by lane 0's reverse step (or the spike loop's, lane 0 a spike).
