@@ -18,8 +18,8 @@ Backward methods (``lif_backward_cuda(..., method)``, same gradients up to round
 
 - ``"sequential"``: ``spikescan_lif_backward``, one thread per (batch, neuron) walking its points one by one (the
   reference kernel).
-- ``"scan"``: ``spikescan_lif_backward_scan``, one warp per (batch, neuron), 32 points per step by warp scans of the
-  forward and adjoint maps.
+- ``"scan"``: ``spikescan_lif_backward_scan``, one warp per (batch, neuron), 32 points per step: a warp scan of the
+  state maps, and the adjoint in closed form between spikes.
 - ``"auto"``: ``BACKWARD_AUTO`` (``"sequential"``).
 
 Errors: a neuron whose next spike rounds to its previous spike's time (an inter-spike interval below the float64
