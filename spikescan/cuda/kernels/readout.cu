@@ -41,6 +41,17 @@ __device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, do
     *dkappa = -exp(-gamma * t_max) * d.c - gamma * k;
 }
 
+// Thread tid of a launch over (batch, j, i), i fastest: sample b, input j, readout neuron i, and bj = b * n_in + j,
+// the row of input_times.
+struct spikescan_li_synapse_t {
+    long long b, j, i, bj;
+};
+
+__device__ __forceinline__ spikescan_li_synapse_t spikescan_li_synapse(long long tid, long long n_in, long long n_out) {
+    const long long bj = tid / n_out;
+    return {bj / n_in, bj % n_in, tid % n_out, bj};
+}
+
 template <typename T>
 __global__ void spikescan_li_linear_forward(
     const T* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
@@ -48,10 +59,7 @@ __global__ void spikescan_li_linear_forward(
     long long max_in, long long n_out, double* __restrict__ values) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
-    const long long i = tid % n_out;
-    const long long bj = tid / n_out;  // b * n_in + j
-    const long long j = bj % n_in;
-    const long long b = bj / n_in;
+    const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const T* t = input_times + bj * max_in;
     double acc = 0.0;
     for (long long m = 0; m < max_in; ++m) {
@@ -72,10 +80,7 @@ __global__ void spikescan_li_linear_backward(
     double* __restrict__ grad_input_times) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
-    const long long i = tid % n_out;
-    const long long bj = tid / n_out;
-    const long long j = bj % n_in;
-    const long long b = bj / n_in;
+    const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const double g = (double)grad_values[b * n_out + i];
     const double gw = g * weights[j * n_out + i];
     const double* t = input_times + bj * max_in;
@@ -148,10 +153,7 @@ __global__ void spikescan_li_max_backward(
     double* __restrict__ grad_input_times, double* __restrict__ v_star, double* __restrict__ i_before) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
-    const long long i = tid % n_out;
-    const long long bj = tid / n_out;
-    const long long j = bj % n_in;
-    const long long b = bj / n_in;
+    const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const double g = (double)grad_values[b * n_out + i];
     const double w = weights[j * n_out + i];
     const double t_star = eval_time[b * n_out + i];
