@@ -20,20 +20,24 @@ from spikescan.datasets import SpikeBatches
 from spikescan_keras import CappedSpikesWarning, LIFLayer
 
 
-def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes, init_spikes):
-    """ArgumentParser with the flags every example shares; a script adds its own afterwards."""
+def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes, init_spikes=None,
+           data_dir_help="folder holding the dataset files"):
+    """ArgumentParser with the flags every example shares; a script adds its own afterwards.
+
+    ``init_spikes=None`` leaves out ``--init-spikes`` (models whose initial weights are not calibrated)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--data-dir", default=None, help=data_dir_help)
     p.add_argument("--output", default=None, help="path of a JSON summary")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="use only the first N samples of each split (smoke tests)")
     p.add_argument("--hidden", type=int, default=hidden, help="LIF neurons per hidden layer")
     p.add_argument("--max-spikes", type=int, default=max_spikes,
                    help="output spikes recorded per hidden neuron (extra spikes are counted in capped_spikes)")
-    p.add_argument("--init-spikes", type=float, default=init_spikes,
-                   help="initial mean spikes per hidden neuron and sample, set by rescaling the initial weights")
+    if init_spikes is not None:
+        p.add_argument("--init-spikes", type=float, default=init_spikes,
+                       help="initial mean spikes per hidden neuron and sample, set by rescaling the initial weights")
     p.add_argument("--learning-rate", type=float, default=learning_rate, help="peak of a cosine-decayed Adam")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="keras verbosity of fit")

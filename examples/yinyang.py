@@ -10,7 +10,6 @@ Writes a JSON summary (dataset, test_accuracy, epochs, seconds, device) with ``-
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -47,17 +46,8 @@ def build_model(hidden, max_spikes, learning_rate, decay_steps, *, tau_mem=TAU_M
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--data-dir", default=None, help="unused: Yin-Yang is generated, not downloaded")
-    parser.add_argument("--output", default=None, help="path of a JSON summary")
-    parser.add_argument("--hidden", type=int, default=120)
-    parser.add_argument("--max-spikes", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use only the first N samples of each split (smoke tests)")
+    parser = _common.parser(__doc__, epochs=40, batch_size=32, hidden=120, learning_rate=3e-3, max_spikes=4,
+                            data_dir_help="unused: Yin-Yang is generated, not downloaded")
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)
@@ -67,7 +57,7 @@ def main(argv=None):
     model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps)
     start = time.perf_counter()
     model.fit(train.times, train.labels, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(val.times, val.labels), verbose=2)
+              validation_data=(val.times, val.labels), verbose=args.verbose)
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,

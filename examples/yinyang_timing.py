@@ -22,7 +22,6 @@ dataset, test_accuracy, epochs, seconds and device at top level and one entry pe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -65,21 +64,11 @@ def train_one(train, val, test, args, bin_width):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--data-dir", default=None, help="unused: Yin-Yang is generated, not downloaded")
-    parser.add_argument("--output", default=None, help="path of a JSON summary")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use only the first N samples of each split (smoke tests)")
+    parser = _common.parser(__doc__, epochs=30, batch_size=32, hidden=120, learning_rate=3e-3, max_spikes=4,
+                            data_dir_help="unused: Yin-Yang is generated, not downloaded")
     parser.add_argument("--bin-widths", type=float, nargs="*", default=[1.0],
                         help="time bins (ms) to compare with exact times (default: 1 ms, twice delta)")
     parser.add_argument("--readout", choices=("integral", "max"), default="integral")
-    parser.add_argument("--hidden", type=int, default=120)
-    parser.add_argument("--max-spikes", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="keras verbosity of fit")
     args = parser.parse_args(argv)
     for width in args.bin_widths:
         if not width > 0:
