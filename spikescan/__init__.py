@@ -4,6 +4,7 @@ NumPy in, NumPy out; CuPy in, CuPy out. See ``lif_forward`` / ``lif_backward`` f
 ``li_forward`` / ``li_backward`` for the non-spiking readout.
 """
 
+from . import encode
 from ._types import LIFGrads, LIFResiduals, LIFResult, LIGrads, LIResiduals, LIResult
 from .lif import lif_backward, lif_forward
 from .readout import li_backward, li_forward
@@ -13,4 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "lif_forward", "lif_backward", "LIFResult", "LIFResiduals", "LIFGrads",
     "li_forward", "li_backward", "LIResult", "LIResiduals", "LIGrads",
+    "encode",
 ]

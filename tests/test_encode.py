@@ -1,0 +1,266 @@
+import warnings
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan.datasets import DroppedSpikesWarning
+from spikescan.encode import latency, rate, scale
+
+
+def assert_spike_tensor(times):
+    assert isinstance(times, np.ndarray) and times.ndim == 3
+    assert not np.isnan(times).any()
+    assert (times[np.isfinite(times)] >= 0).all()
+    finite = np.isfinite(times)
+    assert (np.diff(np.where(finite, times, np.finfo(times.dtype).max), axis=-1) >= 0).all()  # ascending
+    assert (finite[..., :-1] >= finite[..., 1:]).all()  # +inf only as trailing padding
+    assert np.isposinf(times[~finite]).all()
+
+
+# ---------------------------------------------------------------- scale
+
+def test_scale_fit_and_reuse_train_bounds_with_clipping():
+    train = np.array([[0.0, 10.0, 5.0], [2.0, 20.0, 5.0], [4.0, 15.0, 5.0]])
+    x, low, high = scale(train)
+    np.testing.assert_array_equal(low, [0.0, 10.0, 5.0])
+    np.testing.assert_array_equal(high, [4.0, 20.0, 5.0])
+    np.testing.assert_array_equal(x, [[0.0, 0.0, 0.0], [0.5, 1.0, 0.0], [1.0, 0.5, 0.0]])  # constant -> 0
+    test = np.array([[-1.0, 25.0, 7.0], [1.0, 12.5, 5.0]])
+    xt, low2, high2 = scale(test, low, high)
+    np.testing.assert_array_equal(xt, [[0.0, 1.0, 0.0], [0.25, 0.25, 0.0]])  # clipped to [0, 1]
+    np.testing.assert_array_equal(low2, low)
+    np.testing.assert_array_equal(high2, high)
+    assert xt.dtype == np.float64
+    # scalar bounds, integer input (an image batch)
+    img = np.array([[0, 51, 255]], dtype=np.uint8)
+    xi, lo, hi = scale(img, 0, 255)
+    np.testing.assert_allclose(xi, [[0.0, 0.2, 1.0]])
+    assert lo.shape == hi.shape == (3,)
+
+
+def test_scale_validation():
+    with pytest.raises(ValueError, match="values must be finite.*nan.*\\(1, 0\\)"):
+        scale(np.array([[0.0, 1.0], [np.nan, 2.0]]))
+    with pytest.raises(ValueError, match="values must have 2 dimensions"):
+        scale(np.zeros(3))
+    with pytest.raises(TypeError, match="values"):
+        scale(np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="low.*shape"):
+        scale(np.zeros((2, 3)), np.zeros(2), np.ones(3))
+    with pytest.raises(ValueError, match="high must be >= low.*feature 1"):
+        scale(np.zeros((2, 2)), [0.0, 1.0], [1.0, 0.5])
+    with pytest.raises(ValueError, match="high must be finite"):
+        scale(np.zeros((2, 2)), 0.0, np.inf)
+    with pytest.raises(ValueError, match="no rows"):
+        scale(np.zeros((0, 2)))
+
+
+# ---------------------------------------------------------------- latency
+
+def test_latency_exact_times():
+    x = np.array([[1.0, 0.5, 0.25, 0.0]])
+    t = latency(x, t_min=2.0, t_max=10.0)
+    assert t.shape == (1, 4, 1) and t.dtype == np.float64
+    np.testing.assert_array_equal(t[0, :, 0], [2.0, 6.0, 8.0, np.inf])  # cut=0: a zero feature is silent
+    t32 = latency(x, t_max=8.0, dtype=np.float32)
+    assert t32.dtype == np.float32
+    np.testing.assert_array_equal(t32[0, :, 0], [0.0, 4.0, 6.0, np.inf])
+    assert_spike_tensor(t)
+
+
+def test_latency_cut():
+    x = np.array([[0.0, 0.2, 0.25, 0.3, 0.9]])
+    t = latency(x, t_max=10.0, cut=0.25)[0, :, 0]
+    np.testing.assert_array_equal(np.isfinite(t), [False, False, False, True, True])  # x <= cut is silent
+    np.testing.assert_allclose(t[3:], [7.0, 1.0])
+    every = latency(x, t_max=10.0, cut=None)[0, :, 0]  # no cut: zero spikes at t_max
+    np.testing.assert_allclose(every, [10.0, 8.0, 7.5, 7.0, 1.0])
+
+
+def test_latency_symmetric_layout():
+    x = np.array([[0.0, 0.25, 1.0], [0.5, 1.0, 0.75]])
+    t = latency(x, t_max=4.0, symmetric=True)
+    assert t.shape == (2, 6, 1)
+    np.testing.assert_array_equal(t[:, :3], latency(x, t_max=4.0))  # first the features ...
+    np.testing.assert_array_equal(t[:, 3:], latency(1.0 - x, t_max=4.0))  # ... then their mirrors
+    np.testing.assert_array_equal(t[0, :, 0], [np.inf, 3.0, 0.0, 0.0, 1.0, np.inf])
+    # every feature has exactly one spike on one side or the other when no value sits at 0 or 1 ...
+    assert np.isfinite(t[1]).sum() == 5  # ... here 1.0 silences its mirror
+    assert_spike_tensor(t)
+
+
+def test_latency_validation():
+    x = np.full((2, 3), 0.5)
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 1\].*1.5 at index \(1, 2\)"):
+        latency(np.array([[0.0, 0.5, 1.0], [0.2, 0.3, 1.5]]), t_max=1.0)
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 1\].*-0.1"):
+        latency(np.array([[-0.1]]), t_max=1.0)
+    with pytest.raises(ValueError, match="values must be finite.*inf"):
+        latency(np.array([[np.inf]]), t_max=1.0)
+    with pytest.raises(ValueError, match="values must have 2 dimensions.*\\(2, 3, 1\\)"):
+        latency(x[..., None], t_max=1.0)
+    with pytest.raises(ValueError, match="t_max must be > t_min=2.0, got 2.0"):
+        latency(x, t_max=2.0, t_min=2.0)
+    with pytest.raises(ValueError, match="t_min must be >= 0"):
+        latency(x, t_max=2.0, t_min=-1.0)
+    with pytest.raises(ValueError, match="t_max must be finite"):
+        latency(x, t_max=np.inf)
+    with pytest.raises(TypeError, match="t_max must be a real number"):
+        latency(x, t_max="10")
+    with pytest.raises(ValueError, match=r"cut must lie in \[0, 1\).*1.0"):
+        latency(x, t_max=1.0, cut=1.0)
+    with pytest.raises(ValueError, match="cut"):
+        latency(x, t_max=1.0, cut=-0.1)
+    with pytest.raises(TypeError, match="dtype"):
+        latency(x, t_max=1.0, dtype=np.int32)
+    with pytest.raises(TypeError, match="symmetric"):
+        latency(x, t_max=1.0, symmetric="yes")
+
+
+# ---------------------------------------------------------------- rate, regular
+
+def test_rate_regular_exact_times():
+    x = np.array([[0.0, 0.25, 0.5, 1.0]])
+    t = rate(x, t_max=8.0, max_spikes=4)
+    assert t.shape == (1, 4, 4) and t.dtype == np.float64
+    inf = np.inf
+    np.testing.assert_array_equal(t[0], [[inf, inf, inf, inf], [4.0, inf, inf, inf], [2.0, 6.0, inf, inf],
+                                         [1.0, 3.0, 5.0, 7.0]])
+    times, dropped = rate(x, t_max=8.0, max_spikes=4, return_dropped=True)
+    np.testing.assert_array_equal(times, t)
+    assert dropped == 0
+    # rounding is half up: 0.125 * 4 = 0.5 -> 1 spike
+    np.testing.assert_array_equal(rate(np.array([[0.125]]), t_max=8.0, max_spikes=4)[0, 0], [4.0, inf, inf, inf])
+
+
+def test_rate_regular_counts_and_format():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 7))
+    for m in (1, 3, 10):
+        t = rate(x, t_max=5.0, max_spikes=m, symmetric=True, dtype=np.float32)
+        assert t.shape == (300, 14, m) and t.dtype == np.float32
+        assert_spike_tensor(t)
+        counts = np.isfinite(t).sum(-1)
+        xs = np.concatenate([x, 1.0 - x], axis=1)
+        np.testing.assert_array_equal(counts, [[round(v * m) for v in row] for row in xs])  # no exact ties here
+        fin = t[np.isfinite(t)]
+        assert (fin > 0).all() and (fin < 5.0).all()  # strictly inside the window
+        # even spacing t_max / k
+        t64 = rate(x, t_max=5.0, max_spikes=m)
+        k = np.isfinite(t64).sum(-1)
+        with np.errstate(invalid="ignore"):  # inf - inf in the padding
+            gaps = np.diff(t64, axis=-1)
+        sel = np.isfinite(gaps)
+        np.testing.assert_allclose(gaps[sel], np.broadcast_to((5.0 / np.maximum(k, 1))[..., None], gaps.shape)[sel])
+
+
+# ---------------------------------------------------------------- rate, poisson
+
+@pytest.mark.filterwarnings("ignore::spikescan.datasets.DroppedSpikesWarning")
+def test_rate_poisson_reproducible():
+    x = np.random.default_rng(1).random((20, 4))
+    a = rate(x, t_max=10.0, max_spikes=50, mode="poisson", seed=3)
+    b = rate(x, t_max=10.0, max_spikes=50, mode="poisson", seed=3)
+    c = rate(x, t_max=10.0, max_spikes=50, mode="poisson", seed=4)
+    d = rate(x, t_max=10.0, max_spikes=50, mode="poisson", seed=np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, d)
+    assert not np.array_equal(a, c)
+    assert_spike_tensor(a)
+    fin = a[np.isfinite(a)]
+    assert (fin >= 0).all() and (fin < 10.0).all()
+
+
+def test_rate_poisson_mean_count():
+    # expected counts x * max_spikes = 1, 2, 4, 8 with max_spikes=40: a count above 40 has probability < 1e-15
+    x = np.tile([0.025, 0.05, 0.1, 0.2], (5000, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DroppedSpikesWarning)
+        t, dropped = rate(x, t_max=20.0, max_spikes=40, mode="poisson", seed=11, return_dropped=True)
+    assert dropped == 0
+    counts = np.isfinite(t).sum(-1)
+    expected = np.array([1.0, 2.0, 4.0, 8.0])
+    sigma = np.sqrt(expected / 5000)  # std of the mean of 5000 Poisson counts
+    assert (np.abs(counts.mean(0) - expected) < 6 * sigma).all()
+    assert np.abs(counts.var(0) / expected - 1).max() < 0.15  # Poisson: variance = mean
+    fin = t[np.isfinite(t)]
+    assert abs(fin.mean() - 10.0) < 6 * 20.0 / np.sqrt(12 * fin.size)  # uniform on [0, 20)
+
+
+def test_rate_poisson_dropped_exact_against_uncapped_draw():
+    x = np.random.default_rng(2).uniform(0.6, 1.0, (100, 3))
+    m, t_max, seed = 5, 10.0, 7
+    # the documented draw, uncapped
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(x * m)
+    u = rng.random(counts.sum()) * t_max
+    want_dropped = int(np.maximum(counts - m, 0).sum())
+    assert want_dropped > 0
+    with pytest.warns(DroppedSpikesWarning, match=f"{want_dropped} of {counts.sum()} spikes"):
+        t, dropped = rate(x, t_max=t_max, max_spikes=m, mode="poisson", seed=seed, return_dropped=True)
+    assert dropped == want_dropped and isinstance(dropped, int)
+    with pytest.warns(DroppedSpikesWarning, match="return_dropped=True"):
+        t2 = rate(x, t_max=t_max, max_spikes=m, mode="poisson", seed=seed)
+    np.testing.assert_array_equal(t, t2)
+    # each channel keeps its earliest max_spikes spikes of the uncapped train
+    start = 0
+    for (i, j), c in np.ndenumerate(counts):
+        full = np.sort(u[start:start + c])
+        start += c
+        kept = np.full(m, np.inf)
+        kept[:min(c, m)] = full[:m]
+        np.testing.assert_array_equal(t[i, j], kept)
+    assert_spike_tensor(t)
+
+
+def test_rate_symmetric_layout():
+    x = np.array([[0.0, 0.75]])
+    t = rate(x, t_max=4.0, max_spikes=4, symmetric=True)
+    assert t.shape == (1, 4, 4)
+    np.testing.assert_array_equal(np.isfinite(t).sum(-1), [[0, 3, 4, 1]])
+    p = rate(x, t_max=4.0, max_spikes=4, mode="poisson", seed=0, symmetric=True)
+    assert p.shape == (1, 4, 4) and np.isposinf(p[0, 0]).all()  # rate 0 never spikes
+
+
+def test_rate_validation():
+    x = np.full((2, 3), 0.5)
+    with pytest.raises(ValueError, match="max_spikes must be an integer >= 1, got 0"):
+        rate(x, t_max=1.0, max_spikes=0)
+    with pytest.raises(ValueError, match="max_spikes"):
+        rate(x, t_max=1.0, max_spikes=2.0)
+    with pytest.raises(ValueError, match="t_max must be > 0"):
+        rate(x, t_max=0.0, max_spikes=2)
+    with pytest.raises(ValueError, match="mode must be one of.*'burst'"):
+        rate(x, t_max=1.0, max_spikes=2, mode="burst")
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        rate(x, t_max=1.0, max_spikes=2, mode="poisson", seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        rate(x, t_max=1.0, max_spikes=2, mode="poisson", seed="abc")
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 1\].*2.0 at index \(0, 0\)"):
+        rate(np.array([[2.0]]), t_max=1.0, max_spikes=2)
+    with pytest.raises(ValueError, match="values must be finite.*nan"):
+        rate(np.array([[np.nan]]), t_max=1.0, max_spikes=2, mode="poisson")
+    with pytest.raises(TypeError, match="return_dropped"):
+        rate(x, t_max=1.0, max_spikes=2, return_dropped=1)
+
+
+# ---------------------------------------------------------------- into the network
+
+@pytest.mark.filterwarnings("ignore::spikescan.datasets.DroppedSpikesWarning")
+def test_encoded_tables_drive_lif_forward():
+    rng = np.random.default_rng(5)
+    table = rng.normal([5.0, 3.0, 4.0, 1.0], [0.8, 0.4, 1.7, 0.7], (12, 4))  # iris-like raw features
+    x_train, low, high = scale(table[:8])
+    x_test, _, _ = scale(table[8:], low, high)
+    encoded = [
+        latency(x_train, t_max=20.0, symmetric=True),
+        latency(x_test, t_max=20.0, cut=0.1, dtype=np.float32),
+        rate(x_test, t_max=20.0, max_spikes=6),
+        rate(x_train, t_max=20.0, max_spikes=6, mode="poisson", seed=0, symmetric=True, dtype=np.float32),
+    ]
+    for times in encoded:
+        weights = rng.normal(0.5, 0.5, (times.shape[1], 5)).astype(times.dtype)
+        out = ss.lif_forward(times, weights, tau_mem=10.0, tau_syn=5.0, threshold=1.0, max_spikes=4)
+        assert out.times.shape == (times.shape[0], 5, 4) and out.times.dtype == times.dtype
+        assert_spike_tensor(out.times)
