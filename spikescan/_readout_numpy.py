@@ -8,6 +8,8 @@ with the PSP kernel ``c(s)`` of a unit current injected at ``s = 0`` (the ``c`` 
 - ``"max"`` walks each sample's time-sorted input queue in blocks of events (states by a short loop, gap maxima
   in closed form for the whole block at once) and keeps the arg max time ``t*``; the backward differentiates
   ``V_i(t*)`` at fixed ``t*`` (envelope theorem) plus, when ``t*`` is an input time (a kink), the motion of ``t*``.
+- ``peak_forward`` / ``peak_backward`` (``spikescan.peak_voltage``) are the same walk with ``t_max = inf`` and
+  optional per-synapse delays (a queue per neuron), restricted to a subset of the neurons.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _dynamics as dyn
-from ._queue import build_queues
+from ._queue import delayed_queues, shared_queue
 from ._types import LIGrads, LIResiduals, LIResult
 
 # Elements (batch x inputs x neurons, or batch x events x neurons) handled per vectorised step, to bound memory.
@@ -67,39 +69,65 @@ def _linear_kernels(t, live, tau_mem, tau_syn, readout, t_max, tau_readout):
     return kappa, dkappa
 
 
-def _max_forward(t, W, tau_mem, tau_syn, t_max):
+def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None):
     """``max_{0 <= t <= t_max} V(t)`` per ``[batch, n_out]`` with its time and the flat input index at a kink.
 
-    Candidates, in time order (ties keep the earliest): ``V(0) = 0``, then per gap between consecutive inputs
-    (clipped to ``t_max``) the interior peak (``_dynamics.peak_time``) and the value at the gap's end. An end that is
-    an input time is a kink candidate and records that input's flat index ``j * max_in + m``; otherwise ``-1``.
+    ``t_max`` may be ``+inf`` (the peak over all ``t >= 0``, the open gap after the last arrival included). With
+    ``delays`` ``[n_in, n_out]`` every neuron walks its own queue of arrival times (``_queue.delayed_queues``), built
+    for a chunk of neurons at a time so that the queues stay within about ``_POINTS_PER_STEP`` entries.
     """
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
-    q_times, q_index, _ = build_queues(t, None, np)
-    qt, qi = q_times[:, 0, :], q_index[:, 0, :]
-    L1 = qt.shape[1]
+    times, index, n_real = shared_queue(t, np)
+    if delays is None or times.shape[1] == 1:  # one queue for all (with delays: only when there is no input)
+        return _walk_queues(times[:, None, :], index[:, None, :], W, tau_mem, tau_syn, t_max, max_in)
+    best = np.zeros((batch, n_out))
+    best_t = np.zeros((batch, n_out))
+    best_k = np.full((batch, n_out), -1, np.int64)
+    chunk = int(max(1, _POINTS_PER_STEP // max(1, batch * times.shape[1])))
+    for i0 in range(0, n_out, chunk):
+        idx = slice(i0, min(n_out, i0 + chunk))
+        qt, qi, _ = delayed_queues(times, index, n_real, max_in, delays[:, idx], np)
+        best[:, idx], best_t[:, idx], best_k[:, idx] = _walk_queues(qt, qi, W[:, idx], tau_mem[idx], tau_syn[idx],
+                                                                    t_max, max_in)
+    return best, best_t, best_k
+
+
+def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
+    """The maximum of ``V`` over ``[0, t_max]`` along input queues ``qt, qi`` ``[batch, Q, L1]`` (``build_queues``).
+
+    ``Q = 1`` (one queue shared by every neuron) or ``Q = n_out`` (a queue per neuron). Candidates, in time order
+    (ties keep the earliest): ``V(0) = 0``, then per gap between consecutive arrivals (clipped to ``t_max``) the
+    interior peak (``_dynamics.peak_time``) and the value at the gap's end. An end that is an arrival is a kink
+    candidate and records that input's flat index ``j * max_in + m``; otherwise ``-1``. With ``t_max = inf`` the gap
+    that starts at the last arrival is open (its end value is ``V(inf) = 0``, which never beats ``V(0)``); gaps past
+    it have length 0, never ``inf - inf``.
+    """
+    batch, Q, L1 = qt.shape
+    n_in, n_out = W.shape
     W_pad = np.concatenate([W, np.zeros((1, n_out))])  # row n_in: the weight of padding entries
     best = np.zeros((batch, n_out))
     best_t = np.zeros((batch, n_out))
     best_k = np.full((batch, n_out), -1, np.int64)
     V = np.zeros((batch, n_out))
     I = np.zeros((batch, n_out))
-    t_last = np.zeros(batch)
-    # With one pair of time constants for all neurons the gap maps are computed once per event, not per neuron.
+    t_last = np.zeros((batch, Q))
+    # With one pair of time constants for all neurons the gap maps of a shared queue are computed once per event.
     uniform = bool(np.all(tau_mem == tau_mem[0]) and np.all(tau_syn == tau_syn[0])) if n_out else True
     tm_a, ts_a = (tau_mem[:1], tau_syn[:1]) if uniform else (tau_mem, tau_syn)
     block = int(max(1, min(_MAX_EVENT_BLOCK, _POINTS_PER_STEP // max(1, batch * n_out))))
     for s0 in range(0, L1, block):
         if s0 > 0 and bool(np.all(t_last >= t_max)):
-            break  # every later input arrives at or after t_max
-        tb, ib = qt[:, s0:s0 + block], qi[:, s0:s0 + block]
+            break  # every later input arrives at or after t_max (for t_max = inf: every queue is done)
+        tb = np.transpose(qt[:, :, s0:s0 + block], (0, 2, 1))  # [batch, K, Q]
+        ib = np.transpose(qi[:, :, s0:s0 + block], (0, 2, 1))
         K = tb.shape[1]
         ends = np.minimum(tb, t_max)
-        starts = np.concatenate([t_last[:, None], ends[:, :-1]], axis=1)
-        gaps = (ends - starts)[..., None]
+        starts = np.concatenate([t_last[:, None, :], ends[:, :-1]], axis=1)
+        gaps = np.subtract(ends, starts, out=np.zeros(ends.shape), where=np.isfinite(starts))
         applies = (tb < t_max) & (ib >= 0)
-        w = np.where(applies[..., None], W_pad[np.where(ib >= 0, ib // max(max_in, 1), n_in)], 0.0)
+        src = np.where(applies, ib // max(max_in, 1), n_in)
+        w = W_pad[src[..., 0]] if Q == 1 else W_pad[src, np.arange(n_out)]
         a, b, c = dyn.decay(gaps, tm_a, ts_a)
         V0 = np.empty((batch, K, n_out))
         I0 = np.empty((batch, K, n_out))
@@ -116,10 +144,10 @@ def _max_forward(t, W, tau_mem, tau_syn, t_max):
         v_peak[where] = dyn.voltage(s_peak[where], V0[where], I0[where], tau_mem[where[2]], tau_syn[where[2]])
         shape = (batch, K, n_out)
         values = np.stack([v_peak, V_end], axis=2).reshape(batch, 2 * K, n_out)
-        times = np.stack([starts[..., None] + np.where(interior, s_peak, 0.0),
-                          np.broadcast_to(ends[..., None], shape)], axis=2).reshape(batch, 2 * K, n_out)
+        times = np.stack([np.broadcast_to(starts + np.where(interior, s_peak, 0.0), shape),
+                          np.broadcast_to(ends, shape)], axis=2).reshape(batch, 2 * K, n_out)
         kinks = np.stack([np.full(shape, -1, np.int64),
-                          np.broadcast_to(np.where(applies, ib, -1)[..., None], shape)], axis=2)
+                          np.broadcast_to(np.where(applies, ib, -1), shape)], axis=2)
         kinks = kinks.reshape(batch, 2 * K, n_out)
         j = np.argmax(values, axis=1)[:, None, :]
         v_blk = np.take_along_axis(values, j, axis=1)[:, 0]
@@ -153,17 +181,21 @@ def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_reado
     return LIResult(values.astype(input_times.dtype), residuals)
 
 
-def _max_backward(res, g):
-    """Gradient of ``V_i(t*)`` with ``t*`` fixed, plus ``dV(t*)/dt_k = V'(t*^-)`` for the input ``k`` at a kink.
+def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g):
+    """Gradient of ``sum g V_i(t*)``: ``V_i(t*)`` differentiated with ``t*`` fixed (envelope theorem), plus
+    ``dV(t*)/da = V'(t*^-)`` for the arrival ``a`` at a kink (``kink_index >= 0``), which moves ``t*`` with it.
 
-    Works on the list of inputs before ``t_max`` (sorted by source ``j``), in chunks of neurons.
+    An arrival is ``t + delays[j, i]`` (``t`` without delays); its gradient goes to the input time and to the delay.
+    Works on the list of inputs before ``t_max`` (sorted by source ``j``), in chunks of neurons so that the
+    ``[inputs, neurons]`` temporaries stay within about ``_POINTS_PER_STEP`` entries.
+    Returns ``(grad_W, grad_t, grad_D)``, ``grad_D`` ``None`` without delays.
     """
-    t, W = res.input_times, res.weights
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     grad_W = np.zeros(W.shape)
     grad_t = np.zeros(t.shape)
-    j_e, b_e, m_e = np.nonzero(np.transpose(t < res.t_max, (1, 0, 2)))
+    grad_D = None if delays is None else np.zeros(delays.shape)
+    j_e, b_e, m_e = np.nonzero(np.transpose(t < t_max, (1, 0, 2)))
     t_e = t[b_e, j_e, m_e]
     grad_t_e = np.zeros(t_e.shape)
     counts = np.bincount(j_e, minlength=n_in)
@@ -172,25 +204,32 @@ def _max_backward(res, g):
     chunk = int(max(1, _POINTS_PER_STEP // max(1, t_e.size)))
     for i0 in range(0, n_out if t_e.size else 0, chunk):
         idx = slice(i0, min(n_out, i0 + chunk))
-        t_star = res.eval_time[b_e, idx]
-        live = t_e[:, None] < t_star  # an input at t* itself adds c(0) = 0 and moves t* instead (kink below)
-        tm, ts = res.tau_mem[idx], res.tau_syn[idx]
-        _, b, c = dyn.decay(np.where(live, t_star - t_e[:, None], 0.0), tm, ts)
+        t_star = eval_time[b_e, idx]
+        arrival = t_e[:, None] if delays is None else t_e[:, None] + delays[j_e, idx]
+        live = arrival < t_star  # an arrival at t* itself adds c(0) = 0 and moves t* instead (kink below)
+        tm, ts = tau_mem[idx], tau_syn[idx]
+        _, b, c = dyn.decay(np.where(live, t_star - arrival, 0.0), tm, ts)
         c = np.where(live, c, 0.0)
         b = np.where(live, b, 0.0)
         W_e, g_e = W[j_e, idx], g[b_e, idx]
         grad_W[sources, idx] = np.add.reduceat(c * g_e, starts, axis=0)
-        grad_t_e -= np.sum((b - c) / tm * g_e * W_e, axis=1)
-        kink = res.kink_index[:, idx]
+        grad_arrival = -(b - c) / tm * g_e * W_e  # [inputs, neurons]: d loss / d arrival at fixed t*
+        grad_t_e += np.sum(grad_arrival, axis=1)
+        if grad_D is not None:
+            grad_D[sources, idx] = np.add.reduceat(grad_arrival, starts, axis=0)
+        kink = kink_index[:, idx]
         has = kink >= 0
         if bool(has.any()):
-            # V'(t*^-) = (I(t*^-) - V(t*)) / tau_mem from the inputs before t*, summed per sample.
+            # V'(t*^-) = (I(t*^-) - V(t*)) / tau_mem from the arrivals before t*, summed per sample.
             terms = (b - c) * W_e
             slope = np.stack([np.bincount(b_e, terms[:, i], minlength=batch) for i in range(terms.shape[1])], 1) / tm
-            rows = np.nonzero(has)[0]
-            np.add.at(grad_t.reshape(batch, n_in * max_in), (rows, kink[has]), (g[:, idx] * slope)[has])
+            rows, cols = np.nonzero(has)
+            moved = (g[:, idx] * slope)[has]
+            np.add.at(grad_t.reshape(batch, n_in * max_in), (rows, kink[has]), moved)
+            if grad_D is not None:
+                np.add.at(grad_D, (kink[has] // max_in, i0 + cols), moved)
     grad_t[b_e, j_e, m_e] += grad_t_e
-    return grad_W, grad_t
+    return grad_W, grad_t, grad_D
 
 
 def li_backward(result, grad_values):
@@ -198,7 +237,8 @@ def li_backward(result, grad_values):
     res = result.residuals
     g = grad_values.astype(np.float64)
     if res.readout == "max":
-        grad_W, grad_t = _max_backward(res, g)
+        grad_W, grad_t, _ = _max_grads(res.input_times, res.weights, None, res.tau_mem, res.tau_syn, res.t_max,
+                                       res.eval_time, res.kink_index, g)
     else:
         t, W = res.input_times, res.weights
         grad_W = np.zeros(W.shape)
@@ -209,3 +249,31 @@ def li_backward(result, grad_values):
             grad_W[:, idx] = kappa.sum(axis=2).T @ g[:, idx]
             grad_t += dkappa * (g[:, idx] @ W[:, idx].T)[..., None]
     return LIGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype))
+
+
+def peak_forward(t, W, D, tau_mem, tau_syn, neurons):
+    """``sup_{t >= 0} V_i(t)`` of the no-reset voltage for the neurons ``neurons`` (``[n_sel]`` int64 indices).
+
+    ``t``, ``W``, ``D`` (or ``None``), ``tau_*``: validated float64 NumPy arrays of ``spikescan.peak_voltage``.
+    Returns float64 ``values`` ``[batch, n_sel]``, the arg max ``eval_time`` and the int64 ``kink_index`` (see
+    ``PeakResiduals``).
+    """
+    D_sel = None if D is None else D[:, neurons]
+    return _max_forward(t, W[:, neurons], tau_mem[neurons], tau_syn[neurons], np.inf, D_sel)
+
+
+def peak_backward(t, W, D, tau_mem, tau_syn, neurons, eval_time, kink_index, g):
+    """Float64 ``(grad_W, grad_t, grad_D or None)`` of ``sum g * values`` for ``peak_forward``'s outputs.
+
+    ``g``: ``[batch, n_sel]`` cotangent of the selected neurons; the other columns of ``grad_W``/``grad_D`` are 0.
+    """
+    D_sel = None if D is None else D[:, neurons]
+    gW, grad_t, gD = _max_grads(t, W[:, neurons], D_sel, tau_mem[neurons], tau_syn[neurons], np.inf, eval_time,
+                                kink_index, g)
+    grad_W = np.zeros(W.shape)
+    grad_W[:, neurons] = gW
+    grad_D = None
+    if D is not None:
+        grad_D = np.zeros(D.shape)
+        grad_D[:, neurons] = gD
+    return grad_W, grad_t, grad_D

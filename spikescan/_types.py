@@ -118,3 +118,54 @@ class LIGrads(NamedTuple):
 
     weights: Any
     input_times: Any
+
+
+class PeakResiduals(NamedTuple):
+    """What ``peak_voltage`` keeps for ``peak_voltage_backward``. Arrays are NumPy (host) whatever the inputs.
+
+    - ``neurons``: ``[n_sel]`` int64, ascending indices of the output neurons that were computed (all of them
+      without a mask).
+    - ``input_times`` ``[batch, n_in, max_in]``, ``weights`` ``[n_in, n_out]``, ``delays`` ``[n_in, n_out]`` or
+      ``None``, ``tau_mem`` and ``tau_syn`` ``[n_out]``: float64 copies; ``None`` (all but the time constants) when
+      no neuron was selected, as nothing was computed.
+    - ``eval_time``: ``[batch, n_sel]`` float64 time ``t* >= 0`` of the peak of each computed neuron (finite).
+    - ``kink_index``: ``[batch, n_sel]`` int64 flat index ``j * max_in + m`` into ``input_times[b]`` of the input
+      whose arrival is exactly at ``t*`` when the peak sits on that arrival's kink, else ``-1``.
+    - ``input_shape``, ``n_out``; ``input_dtype``, ``weights_dtype``, ``delays_dtype`` (``None`` without delays):
+      shapes and dtypes of the forward arguments.
+
+    Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_sel)`` on the host.
+    """
+
+    neurons: Any
+    input_times: Optional[Any]
+    weights: Optional[Any]
+    delays: Optional[Any]
+    tau_mem: Any
+    tau_syn: Any
+    eval_time: Any
+    kink_index: Any
+    input_shape: tuple
+    n_out: int
+    input_dtype: Any
+    weights_dtype: Any
+    delays_dtype: Optional[Any]
+
+
+class PeakResult(NamedTuple):
+    """Output of ``peak_voltage``: ``values`` ``[batch, n_out]`` (dtype of ``input_times``, ``0`` for neurons left out
+    by the mask) and residuals."""
+
+    values: Any
+    residuals: PeakResiduals
+
+
+class PeakGrads(NamedTuple):
+    """Gradients returned by ``peak_voltage_backward``; each matches the dtype and shape of its forward argument.
+
+    ``delays`` is ``None`` when the forward had no delays. Neurons left out by the mask get zero gradient.
+    """
+
+    weights: Any
+    input_times: Any
+    delays: Optional[Any]

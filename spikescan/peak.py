@@ -1,0 +1,154 @@
+"""Public entry points of the silent-neuron objective (DESIGN.md section 10): the exact peak of the sub-threshold
+(no-reset) membrane voltage over all time, and its exact gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as v
+from ._types import PeakGrads, PeakResiduals, PeakResult
+
+
+def _to_host(xp, x):
+    return x if xp is np else xp.asnumpy(x)
+
+
+def _neuron_indices(neurons, n_out):
+    """``[n_sel]`` int64 host indices of the neurons selected by the boolean mask ``neurons`` (all for ``None``)."""
+    if neurons is None:
+        return np.arange(n_out, dtype=np.int64)
+    if not hasattr(neurons, "shape") or not hasattr(neurons, "dtype"):
+        raise TypeError(f"neurons must be None or a boolean NumPy/CuPy array of shape [n_out={n_out}], got "
+                        f"{type(neurons).__name__}")
+    xp = v.array_module(neurons)
+    if neurons.dtype != np.bool_:
+        raise TypeError(f"neurons must be a boolean mask (dtype bool), got dtype {neurons.dtype}")
+    if tuple(neurons.shape) != (n_out,):
+        raise ValueError(f"neurons must have shape [n_out={n_out}], got shape {tuple(neurons.shape)}")
+    return np.flatnonzero(_to_host(xp, neurons)).astype(np.int64)
+
+
+def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons=None):
+    """Exact peak over all time of the voltage of a dense layer of neurons without threshold or reset.
+
+    Dynamics (DESIGN.md sections 1 and 5) exactly those of ``li_forward``, per output neuron ``i``::
+
+        tau_mem dV/dt = -V + I,   tau_syn dI/dt = -I,   V = I = 0 at t = 0
+        input spike (t, j) arrives at t + delays[j, i] and adds weights[j, i] to I
+
+    so ``V_i(t) = sum_{(t_m, j): a < t} weights[j, i] c_i(t - a)``, ``a = t_m + delays[j, i]``, with the PSP kernel
+    ``c(s) = tau_syn / (tau_mem - tau_syn) (e^{-s/tau_mem} - e^{-s/tau_syn})`` (``(s/tau) e^{-s/tau}`` at equal
+    time constants). The value is ``values[b, i] = sup_{t >= 0} V_bi(t)``; ``t = 0`` is included, so it is ``>= 0``
+    (``0`` when ``V`` never rises above zero). For a LIF neuron that never fires this is the peak of its actual
+    voltage, so ``threshold - values`` is an exact, differentiable distance to firing (the silent-neuron objective
+    of DESIGN.md section 10).
+
+    Exact: per gap between consecutive arrivals, the endpoint values and the single interior peak of a sum of two
+    exponentials, including the open gap after the last arrival (``V -> 0`` at infinity never beats ``V(0) = 0``).
+    All arithmetic is float64 whatever the input dtype; ``+inf`` padding has no effect.
+
+    Args:
+        input_times: ``[batch, n_in, max_in]`` float32/float64 spike times (same time unit as the time constants
+            and delays), ascending along the last axis, ``+inf`` padded. NaN and negative times are errors.
+        weights: ``[n_in, n_out]`` float32/float64, finite.
+        tau_mem, tau_syn: positive time constants, scalars or ``[n_out]`` arrays; any ratio, equal included.
+        delays: optional ``[n_in, n_out]`` float32/float64 finite non-negative per-synapse delays.
+        neurons: optional boolean mask ``[n_out]`` (NumPy or CuPy): only these neurons are computed; the others
+            get value ``0`` and zero gradient. With no neuron selected nothing is computed (not even a copy).
+
+    Returns:
+        ``PeakResult(values [batch, n_out] in the dtype of input_times, residuals)``. NumPy for NumPy inputs, CuPy
+        for CuPy inputs: there is no CUDA kernel, CuPy inputs are copied to the host, computed with NumPy and the
+        values copied back (residuals stay on the host).
+
+    Cost: a stable sort of each sample's input spikes (with delays: of each neuron's arrivals, built for a chunk of
+    neurons at a time), then a walk over the arrivals in blocks of events: a short loop over the block for the
+    states, the gap peaks for the whole block at once, ``O(batch * n_sel * (n_spikes + 1))`` closed forms for
+    ``n_sel`` selected neurons. Temporaries, the per-neuron queues included, stay within about ``2**21`` elements
+    per step (``_readout_numpy._POINTS_PER_STEP``; at least one neuron's queues and one event per step) besides the
+    shared queue ``[batch, n_spikes + 1]``; residuals hold float64 host copies of the inputs (see
+    ``PeakResiduals``).
+    """
+    v.check_float_array("input_times", input_times, 3)
+    v.check_float_array("weights", weights, 2)
+    if delays is not None:
+        v.check_float_array("delays", delays, 2)
+    xp = v.array_module(input_times, weights, delays)
+    v.check_spike_times("input_times", input_times)
+    v.check_weights("weights", weights, input_times.shape[1])
+    v.check_delays(delays, weights)
+    n_out = weights.shape[1]
+    tau_mem = _to_host(xp, v.time_constant("tau_mem", tau_mem, n_out, xp))
+    tau_syn = _to_host(xp, v.time_constant("tau_syn", tau_syn, n_out, xp))
+    sel = _neuron_indices(neurons, n_out)
+    batch = input_times.shape[0]
+    values = np.zeros((batch, n_out))
+    t = W = D = None
+    eval_time = np.zeros((batch, sel.size))
+    kink_index = np.full((batch, sel.size), -1, np.int64)
+    if sel.size:
+        from . import _readout_numpy as impl
+
+        t = _to_host(xp, input_times).astype(np.float64)
+        W = _to_host(xp, weights).astype(np.float64)
+        D = None if delays is None else _to_host(xp, delays).astype(np.float64)
+        values[:, sel], eval_time, kink_index = impl.peak_forward(t, W, D, tau_mem, tau_syn, sel)
+    residuals = PeakResiduals(
+        neurons=sel, input_times=t, weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, eval_time=eval_time,
+        kink_index=kink_index, input_shape=tuple(input_times.shape), n_out=n_out, input_dtype=input_times.dtype,
+        weights_dtype=weights.dtype, delays_dtype=None if delays is None else delays.dtype)
+    values = values.astype(input_times.dtype)
+    return PeakResult(values if xp is np else xp.asarray(values), residuals)
+
+
+def peak_voltage_backward(result, grad_values):
+    """Exact reverse-mode gradients of ``peak_voltage`` (envelope theorem, as ``li_backward``'s ``"max"``).
+
+    The gradient of ``V_i(t*)`` at the fixed arg max ``t*`` (an interior peak or ``0``). When the peak sits on the
+    kink made by an arrival exactly at ``t*`` (e.g. an inhibitory input cutting off a rise), ``t*`` moves with that
+    arrival, which gets ``V'(t*^-)``; with several arrivals at exactly that time it goes to the first in the queue
+    order (time, then flat source index ``j * max_in + m``). The gradient with respect to an arrival time goes to
+    the input time and to the delay of that synapse. Which point is the arg max is a discrete choice and has no
+    gradient. ``+inf`` padding and neurons left out by the mask get zero gradient.
+
+    Args:
+        result: the ``PeakResult`` of ``peak_voltage``.
+        grad_values: ``[batch, n_out]`` finite cotangent of ``result.values`` (same array kind, NumPy or CuPy).
+
+    Returns:
+        ``PeakGrads(weights, input_times, delays)`` with the shapes and dtypes of the forward arguments (``delays``
+        is ``None`` without delays); CuPy for CuPy inputs (computed on the host, copied back).
+
+    Cost: ``O(n_spikes * n_sel)`` closed forms over the input spikes and selected neurons, in chunks of neurons.
+    """
+    if not isinstance(result, PeakResult):
+        raise TypeError(f"result must be the PeakResult returned by peak_voltage, got {type(result).__name__}")
+    v.check_float_array("grad_values", grad_values, 2)
+    xp = v.array_module(result.values, grad_values)
+    if tuple(grad_values.shape) != tuple(result.values.shape):
+        raise ValueError(f"grad_values must have the shape of result.values {tuple(result.values.shape)}, got shape "
+                         f"{tuple(grad_values.shape)}")
+    v.check_finite("grad_values", grad_values)
+    res = result.residuals
+    n_in = res.input_shape[1]
+    if res.neurons.size:
+        from . import _readout_numpy as impl
+
+        g = _to_host(xp, grad_values).astype(np.float64)[:, res.neurons]
+        grad_W, grad_t, grad_D = impl.peak_backward(res.input_times, res.weights, res.delays, res.tau_mem,
+                                                    res.tau_syn, res.neurons, res.eval_time, res.kink_index, g)
+    else:
+        grad_W = np.zeros((n_in, res.n_out))
+        grad_t = np.zeros(res.input_shape)
+        grad_D = None if res.delays_dtype is None else np.zeros((n_in, res.n_out))
+
+    def out(x, dtype):
+        if x is None:
+            return None
+        x = x.astype(dtype)
+        return x if xp is np else xp.asarray(x)
+
+    return PeakGrads(out(grad_W, res.weights_dtype), out(grad_t, res.input_dtype), out(grad_D, res.delays_dtype))
+
+
+__all__ = ["peak_voltage", "peak_voltage_backward", "PeakResult", "PeakGrads"]

@@ -1,0 +1,525 @@
+"""peak_voltage: values against a dense-grid brute force with golden-section refinement, gradients against central
+finite differences, the neuron mask, validation and dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spikescan
+from spikescan import _dynamics as dyn
+from spikescan import _readout_numpy
+from spikescan import li_backward, li_forward, peak_voltage, peak_voltage_backward
+from tolerances import TOL
+
+inf = np.inf
+nan = np.nan
+# The brute force evaluates the closed-form voltage (a sum of PSP kernels) on a dense grid that contains every
+# arrival (the kinks), then refines every local maximum of the grid by golden-section search: exact up to rounding.
+TOL_BRUTE = dict(rtol=1e-9, atol=1e-12)
+FD_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Independent reference
+# --------------------------------------------------------------------------------------------------------------------
+
+def _brute_peak(t, W, tau_mem, tau_syn, D=None, n_grid=4000, golden_iters=90):
+    """``sup_{t >= 0} V_bi(t)`` per ``[batch, n_out]`` from ``V(x) = sum_a w_a c(x - a)`` over the arrivals ``a``."""
+    batch, n_in, _ = t.shape
+    n_out = W.shape[1]
+    tm = np.broadcast_to(np.asarray(tau_mem, float), (n_out,))
+    ts = np.broadcast_to(np.asarray(tau_syn, float), (n_out,))
+    out = np.zeros((batch, n_out))
+    golden = (np.sqrt(5.0) - 1.0) / 2.0
+    for b in range(batch):
+        j, m = np.nonzero(np.isfinite(t[b]))
+        for i in range(n_out):
+            arr = t[b, j, m] + (0.0 if D is None else D[j, i])
+            w = W[j, i]
+            if arr.size == 0:
+                continue
+
+            def V(x):
+                s = x[..., None] - arr
+                _, _, c = dyn.decay(np.maximum(s, 0.0), tm[i], ts[i])
+                return np.sum(np.where(s > 0, c, 0.0) * w, axis=-1)
+
+            end = arr.max() + 40.0 * max(tm[i], ts[i])  # the PSPs have decayed by e^-40 after this
+            grid = np.unique(np.concatenate([np.linspace(0.0, end, n_grid), arr]))
+            vg = V(grid)
+            left = np.concatenate([[-inf], vg[:-1]])
+            right = np.concatenate([vg[1:], [-inf]])
+            p = np.flatnonzero((vg >= left) & (vg >= right))
+            lo = grid[np.maximum(p - 1, 0)]
+            hi = grid[np.minimum(p + 1, grid.size - 1)]
+            for _ in range(golden_iters):  # vectorised over all local maxima
+                x1 = hi - golden * (hi - lo)
+                x2 = lo + golden * (hi - lo)
+                keep_left = V(x1) >= V(x2)
+                hi = np.where(keep_left, x2, hi)
+                lo = np.where(keep_left, lo, x1)
+            out[b, i] = max(0.0, vg.max(), V(0.5 * (lo + hi)).max())
+    return out
+
+
+def _case(rng, batch=4, n_in=4, max_in=4, n_out=4, t_hi=5.0, w_mean=0.3):
+    """Random layer with padding, an all-padding sample, a spike at t = 0 and simultaneous spikes."""
+    t = np.sort(rng.uniform(0.05, t_hi, (batch, n_in, max_in)), axis=-1)
+    t[0, 1, max_in // 2:] = inf
+    t[1] = inf  # an all-padding sample
+    t[2, 0, 0] = 0.0  # a spike at t = 0
+    t[-1, 2, 0] = t[-1, 1, 0] = 0.5 * (t[-1, 1, 0] + t[-1, 2, 0])  # simultaneous spikes
+    t[-1] = np.sort(t[-1], axis=-1)
+    W = rng.normal(w_mean, 1.0, (n_in, n_out))  # mixed signs: inhibition included
+    return t, W
+
+
+def _delays(rng, n_in, n_out, grid=None):
+    D = rng.uniform(0.0, 2.0, (n_in, n_out))
+    D[0, 0] = 0.0
+    if grid is not None:
+        D = np.round(D / grid) * grid
+    return D
+
+
+def _nan_free(fn, *args, **kw):
+    """Call ``fn`` with every invalid operation (``inf - inf``, ``0/0``, ...) and division by zero an error."""
+    with np.errstate(invalid="raise", divide="raise"):
+        return fn(*args, **kw)
+
+
+TAUS = [
+    (1.0, 0.5),  # tau_mem = 2 tau_syn
+    (1.0, 1.0),  # equal time constants
+    (0.7, 1.3),  # tau_syn > tau_mem
+    (np.array([1.0, 0.8, 2.0, 0.5]), np.array([1.0, 0.4, 0.5, 0.5])),  # per neuron, equal ones included
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_delays", [False, True])
+@pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
+def test_values_match_brute_force(tau_mem, tau_syn, with_delays):
+    rng = np.random.default_rng(10)
+    for _ in range(2):
+        t, W = _case(rng)
+        D = _delays(rng, *W.shape) if with_delays else None
+        res = _nan_free(peak_voltage, t, W, tau_mem=tau_mem, tau_syn=tau_syn, delays=D)
+        np.testing.assert_allclose(res.values, _brute_peak(t, W, tau_mem, tau_syn, D), **TOL_BRUTE)
+        np.testing.assert_array_equal(res.values[1], 0.0)  # the all-padding sample
+        assert np.all(np.isfinite(res.residuals.eval_time)) and np.all(res.residuals.eval_time >= 0)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", TAUS[:2])
+def test_simultaneous_arrivals_through_delays_match_brute_force(tau_mem, tau_syn):
+    # Times and delays on a grid of 0.25: many arrivals coincide, and some coincide with a peak's kink.
+    rng = np.random.default_rng(11)
+    t, W = _case(rng, batch=3, n_in=5, max_in=3, n_out=4)
+    t = np.round(t * 4.0) / 4.0
+    D = _delays(rng, 5, 4, grid=0.25)
+    res = _nan_free(peak_voltage, t, W, tau_mem=tau_mem, tau_syn=tau_syn, delays=D)
+    np.testing.assert_allclose(res.values, _brute_peak(t, W, tau_mem, tau_syn, D), **TOL_BRUTE)
+    g = _nan_free(peak_voltage_backward, res, np.ones(res.values.shape))
+    assert all(np.all(np.isfinite(x)) for x in g)
+
+
+def test_single_psp_peak_in_the_open_gap():
+    # One input at t = 1 (tau_mem = 1, tau_syn = 0.5): c(s) = e^{-s} - e^{-2s} peaks at s = ln 2 with c = 1/4, in the
+    # open gap after the last arrival. An inhibitory-only neuron stays at V(0) = 0.
+    t = np.array([[[1.0, inf]], [[inf, inf]]])
+    W = np.array([[2.0, -1.0]])
+    res = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5)
+    np.testing.assert_allclose(res.values, [[0.5, 0.0], [0.0, 0.0]], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(res.residuals.eval_time[0, 0], 1.0 + np.log(2.0), rtol=1e-15)
+    np.testing.assert_array_equal(res.residuals.kink_index, -1)
+    g = peak_voltage_backward(res, np.ones((2, 2)))
+    np.testing.assert_allclose(g.weights, [[0.25, 0.0]], rtol=1e-15, atol=1e-17)
+    np.testing.assert_allclose(g.input_times, 0.0, atol=1e-15)  # the peak only shifts with the input
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
+def test_equals_li_max_with_a_late_t_max(tau_mem, tau_syn):
+    rng = np.random.default_rng(12)
+    t, W = _case(rng)
+    g = rng.normal(size=(4, 4))
+    peak = peak_voltage(t, W, tau_mem=tau_mem, tau_syn=tau_syn)
+    li = li_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, readout="max", t_max=1e3)
+    np.testing.assert_allclose(peak.values, li.values, **TOL["float64"]["times"])
+    np.testing.assert_array_equal(peak.residuals.kink_index, li.residuals.kink_index)
+    np.testing.assert_allclose(peak.residuals.eval_time, li.residuals.eval_time, **TOL["float64"]["times"])
+    gp, gl = peak_voltage_backward(peak, g), li_backward(li, g)
+    np.testing.assert_allclose(gp.weights, gl.weights, **TOL["float64"]["grads"])
+    np.testing.assert_allclose(gp.input_times, gl.input_times, **TOL["float64"]["grads"])
+    assert gp.delays is None
+
+
+def test_zero_delays_equal_no_delays():
+    rng = np.random.default_rng(13)
+    t, W = _case(rng)
+    g = rng.normal(size=(4, 4))
+    a = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.3)
+    b = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.3, delays=np.zeros_like(W))
+    np.testing.assert_array_equal(a.values, b.values)
+    ga, gb = peak_voltage_backward(a, g), peak_voltage_backward(b, g)
+    np.testing.assert_allclose(gb.weights, ga.weights, **TOL["float64"]["grads"])
+    np.testing.assert_allclose(gb.input_times, ga.input_times, **TOL["float64"]["grads"])
+    # d/d delay[j, i] = sum over the spikes of source j of d/d arrival, which is d/d input time without delays.
+    per_source = peak_voltage_backward(b, g).delays
+    assert per_source.shape == W.shape
+    np.testing.assert_allclose(per_source.sum(axis=1), gb.input_times.sum(axis=(0, 2)), **TOL["float64"]["grads"])
+
+
+def test_uniform_delay_shifts_the_peak_time():
+    rng = np.random.default_rng(14)
+    t, W = _case(rng)
+    a = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5)
+    b = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=np.full(W.shape, 0.75))
+    np.testing.assert_allclose(b.values, a.values, **TOL["float64"]["times"])
+    moved = a.residuals.eval_time > 0
+    np.testing.assert_allclose(b.residuals.eval_time[moved], a.residuals.eval_time[moved] + 0.75,
+                               **TOL["float64"]["times"])
+
+
+def test_event_blocks_and_neuron_chunks(monkeypatch):
+    # Small blocks of events and small neuron chunks (delayed queues and backward) give the same results.
+    rng = np.random.default_rng(15)
+    t, W = _case(rng, batch=3, n_in=6, max_in=7, n_out=5, t_hi=8.0)
+    D = _delays(rng, 6, 5)
+    g = rng.normal(size=(3, 5))
+    kw = dict(tau_mem=np.array([1.0, 0.7, 1.0, 2.0, 0.5]), tau_syn=0.5, delays=D)
+    ref = peak_voltage(t, W, **kw)
+    ref_g = peak_voltage_backward(ref, g)
+    monkeypatch.setattr(_readout_numpy, "_MAX_EVENT_BLOCK", 3)
+    monkeypatch.setattr(_readout_numpy, "_POINTS_PER_STEP", 3 * 6 * 7)
+    small = peak_voltage(t, W, **kw)
+    small_g = peak_voltage_backward(small, g)
+    np.testing.assert_array_equal(small.values, ref.values)
+    np.testing.assert_array_equal(small.residuals.eval_time, ref.residuals.eval_time)
+    np.testing.assert_array_equal(small.residuals.kink_index, ref.residuals.kink_index)
+    for a, b in zip(small_g, ref_g):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Gradients against central finite differences (float64)
+# --------------------------------------------------------------------------------------------------------------------
+
+def _fd_check(t, W, D, g, kw):
+    res = peak_voltage(t, W, delays=D, **kw)
+    grads = peak_voltage_backward(res, g)
+
+    def loss(t_, W_, D_):
+        return float(np.sum(g * peak_voltage(t_, W_, delays=D_, **kw).values))
+
+    def fd(x, which):
+        out = np.zeros_like(x)
+        for idx in zip(*np.nonzero(np.isfinite(x))):
+            xp, xm = x.copy(), x.copy()
+            xp[idx] += FD_EPS
+            xm[idx] -= FD_EPS
+            args_p = [t, W, D]
+            args_m = [t, W, D]
+            args_p[which], args_m[which] = xp, xm
+            out[idx] = (loss(*args_p) - loss(*args_m)) / (2 * FD_EPS)
+        return out
+
+    np.testing.assert_allclose(grads.weights, fd(W, 1), **TOL["fd"])
+    np.testing.assert_allclose(grads.input_times, fd(t, 0), **TOL["fd"])
+    if D is None:
+        assert grads.delays is None
+    else:
+        np.testing.assert_allclose(grads.delays, fd(D, 2), **TOL["fd"])
+    return res, grads
+
+
+@pytest.mark.parametrize("with_delays", [False, True])
+@pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
+def test_gradients_match_finite_differences(tau_mem, tau_syn, with_delays):
+    # Distinct random times (no ties, no spike at 0) and delays >= 0.1 (so that D - eps stays valid).
+    rng = np.random.default_rng(16)
+    t = np.sort(rng.uniform(0.1, 4.0, (3, 3, 3)), axis=-1)
+    t[0, 1, 1:] = inf
+    W = rng.normal(0.4, 1.0, (3, 4))
+    D = rng.uniform(0.1, 1.5, (3, 4)) if with_delays else None
+    g = rng.normal(size=(3, 4))
+    res, grads = _fd_check(t, W, D, g, dict(tau_mem=tau_mem, tau_syn=tau_syn))
+    assert np.any(res.values > 0)
+    np.testing.assert_array_equal(grads.input_times[~np.isfinite(t)], 0.0)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", [(1.0, 1.0), (1.0, 0.4), (0.6, 1.2)])
+def test_gradients_at_a_kink_through_delays(tau_mem, tau_syn):
+    # Neuron 0: the inhibitory input (j=1) arrives at 0.3 + 0.2 = 0.5 while V still rises, so the peak sits on its
+    # kink and moves with both its input time and its delay. Neuron 1: excitatory only, a peak in the open gap.
+    t = np.array([[[0.1, 0.45], [0.3, inf]],
+                  [[0.2, inf], [0.4, 2.0]]])
+    W = np.array([[1.0, 0.6], [-3.0, 0.4]])
+    D = np.array([[0.1, 0.3], [0.2, 0.5]])
+    g = np.array([[0.7, -1.2], [1.1, 0.4]])
+    res, grads = _fd_check(t, W, D, g, dict(tau_mem=tau_mem, tau_syn=tau_syn))
+    np.testing.assert_array_equal(res.residuals.kink_index[:, 0], 1 * 2 + 0)
+    np.testing.assert_allclose(res.residuals.eval_time[:, 0], [0.5, 0.6], rtol=1e-15)
+    np.testing.assert_array_equal(res.residuals.kink_index[:, 1], -1)
+    assert grads.delays[1, 0] * (g[0, 0] + g[1, 0]) > 0  # delaying the inhibition raises the peak
+
+
+def test_kink_tie_goes_to_the_first_arrival_in_queue_order():
+    # Two inhibitory arrivals at exactly 0.5 cut the rise: (j=2, m=0) at 0.2 + 0.3 and (j=1, m=0) at 0.3 + 0.2. The
+    # shared queue orders by input time, so (j=2, m=0) comes first and moves the peak; (j=1, m=0) gets no kink term.
+    t = np.array([[[0.1], [0.3], [0.2]]])
+    W = np.array([[1.0], [-2.0], [-2.0]])
+    D = np.array([[0.0], [0.2], [0.3]])
+    res = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=D)
+    np.testing.assert_array_equal(res.residuals.kink_index, [[2]])
+    np.testing.assert_array_equal(res.residuals.eval_time, [[0.5]])
+    g = peak_voltage_backward(res, np.ones((1, 1)))
+    # V'(0.5^-) = (I - V) / tau_mem of the one input at 0.1: I = e^{-0.8}, V = e^{-0.4} - e^{-0.8}.
+    rise = 2.0 * np.exp(-0.8) - np.exp(-0.4)
+    np.testing.assert_allclose(g.input_times[0, :, 0], [-rise, 0.0, rise], rtol=1e-12)
+    np.testing.assert_allclose(g.delays[:, 0], [-rise, 0.0, rise], rtol=1e-12)
+
+
+def test_all_negative_has_zero_value_and_gradient():
+    rng = np.random.default_rng(17)
+    t, _ = _case(rng)
+    W = -np.abs(rng.normal(size=(4, 4)))
+    res = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=_delays(rng, 4, 4))
+    grads = peak_voltage_backward(res, np.ones((4, 4)))
+    np.testing.assert_array_equal(res.values, 0.0)
+    np.testing.assert_array_equal(res.residuals.eval_time, 0.0)
+    for x in grads:
+        np.testing.assert_array_equal(x, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The neuron mask
+# --------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("with_delays", [False, True])
+def test_mask_selects_columns(with_delays):
+    rng = np.random.default_rng(18)
+    t, W = _case(rng, n_out=5)
+    D = _delays(rng, 4, 5) if with_delays else None
+    kw = dict(tau_mem=np.array([1.0, 0.7, 1.0, 2.0, 0.5]), tau_syn=0.5, delays=D)
+    g = rng.normal(size=(4, 5))
+    mask = np.array([True, False, True, True, False])
+    full = peak_voltage(t, W, **kw)
+    part = peak_voltage(t, W, neurons=mask, **kw)
+    np.testing.assert_allclose(part.values[:, mask], full.values[:, mask], **TOL["float64"]["times"])
+    np.testing.assert_array_equal(part.values[:, ~mask], 0.0)
+    gf = peak_voltage_backward(full, np.where(mask, g, 0.0))
+    gp = peak_voltage_backward(part, g)  # the cotangent of left-out neurons is ignored
+    for a, b in zip(gp, gf):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_allclose(a, b, **TOL["float64"]["grads"])
+    np.testing.assert_array_equal(gp.weights[:, ~mask], 0.0)
+    if with_delays:
+        np.testing.assert_array_equal(gp.delays[:, ~mask], 0.0)
+
+
+def test_empty_mask_computes_nothing(monkeypatch):
+    rng = np.random.default_rng(19)
+    t, W = _case(rng)
+    D = _delays(rng, 4, 4)
+
+    def fail(*args, **kw):
+        raise AssertionError("nothing should be computed")
+
+    monkeypatch.setattr(_readout_numpy, "peak_forward", fail)
+    monkeypatch.setattr(_readout_numpy, "peak_backward", fail)
+    res = peak_voltage(t.astype(np.float32), W, tau_mem=1.0, tau_syn=0.5, delays=D.astype(np.float32),
+                       neurons=np.zeros(4, bool))
+    assert res.values.dtype == np.float32 and res.values.shape == (4, 4)
+    np.testing.assert_array_equal(res.values, 0.0)
+    g = peak_voltage_backward(res, np.ones((4, 4), np.float32))
+    assert g.weights.dtype == np.float64 and g.input_times.dtype == np.float32 and g.delays.dtype == np.float32
+    assert g.weights.shape == W.shape and g.input_times.shape == t.shape and g.delays.shape == D.shape
+    for x in g:
+        np.testing.assert_array_equal(x, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dtypes, shapes, export
+# --------------------------------------------------------------------------------------------------------------------
+
+def test_float32_in_float32_out():
+    rng = np.random.default_rng(20)
+    t, W = _case(rng)
+    D = _delays(rng, 4, 4)
+    r64 = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=D)
+    r32 = peak_voltage(t.astype(np.float32), W.astype(np.float32), tau_mem=1.0, tau_syn=0.5,
+                       delays=D.astype(np.float32))
+    assert r32.values.dtype == np.float32
+    np.testing.assert_allclose(r32.values, r64.values, rtol=1e-5, atol=1e-6)
+    g = peak_voltage_backward(r32, np.ones((4, 4), np.float32))
+    assert g.weights.dtype == np.float32 and g.input_times.dtype == np.float32 and g.delays.dtype == np.float32
+    assert g.weights.shape == W.shape and g.input_times.shape == t.shape and g.delays.shape == D.shape
+    g_mixed = peak_voltage_backward(peak_voltage(t.astype(np.float32), W, tau_mem=1.0, tau_syn=0.5), np.ones((4, 4)))
+    assert g_mixed.weights.dtype == np.float64 and g_mixed.input_times.dtype == np.float32
+    assert g_mixed.delays is None
+
+
+def test_empty_inputs():
+    t = np.full((2, 3, 0), inf)
+    res = peak_voltage(t, np.ones((3, 2)), tau_mem=1.0, tau_syn=0.5, delays=np.ones((3, 2)))
+    np.testing.assert_array_equal(res.values, 0.0)
+    g = peak_voltage_backward(res, np.ones((2, 2)))
+    assert g.input_times.shape == (2, 3, 0)
+    np.testing.assert_array_equal(g.weights, 0.0)
+    np.testing.assert_array_equal(g.delays, 0.0)
+
+
+def test_exported():
+    assert spikescan.peak_voltage is peak_voltage and spikescan.peak_voltage_backward is peak_voltage_backward
+    for name in ("peak_voltage", "peak_voltage_backward", "PeakResult", "PeakResiduals", "PeakGrads"):
+        assert name in spikescan.__all__ and hasattr(spikescan, name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------------------------
+
+def _ok():
+    return np.array([[[0.5, 1.0, inf]]]), np.ones((1, 2))
+
+
+@pytest.mark.parametrize("change,exc,name", [
+    (dict(delays=np.array([[nan, 0.0]])), ValueError, "delays"),
+    (dict(delays=np.array([[-0.5, 0.0]])), ValueError, "delays"),
+    (dict(delays=np.array([[inf, 0.0]])), ValueError, "delays"),
+    (dict(delays=np.zeros((2, 2))), ValueError, "delays"),
+    (dict(delays=np.zeros((1, 2), np.int64)), TypeError, "delays"),
+    (dict(delays=[[0.0, 0.0]]), TypeError, "delays"),
+    (dict(neurons=np.ones(3, bool)), ValueError, "neurons"),
+    (dict(neurons=np.ones((1, 2), bool)), ValueError, "neurons"),
+    (dict(neurons=np.ones(2, np.int64)), TypeError, "neurons"),
+    (dict(neurons=[True, False]), TypeError, "neurons"),
+    (dict(tau_mem=-1.0), ValueError, "tau_mem"),
+    (dict(tau_mem=0.0), ValueError, "tau_mem"),
+    (dict(tau_syn=np.ones(3)), ValueError, "tau_syn"),
+    (dict(tau_syn=np.array([1.0, nan])), ValueError, "tau_syn"),
+    (dict(input_times=np.array([[[1.0, 0.5]]])), ValueError, "input_times"),
+    (dict(input_times=np.array([[[nan, 0.5]]])), ValueError, "input_times"),
+    (dict(input_times=np.array([[[-1.0, 0.5]]])), ValueError, "input_times"),
+    (dict(input_times=np.array([[[1, 2]]])), TypeError, "input_times"),
+    (dict(input_times=np.ones((1, 2))), ValueError, "input_times"),
+    (dict(weights=np.ones((2, 2))), ValueError, "weights"),
+    (dict(weights=np.array([[nan, 1.0]])), ValueError, "weights"),
+    (dict(weights=np.array([[inf, 1.0]])), ValueError, "weights"),
+    (dict(weights=[[1.0, 1.0]]), TypeError, "weights"),
+])
+def test_bad_forward_arguments(change, exc, name):
+    t, W = _ok()
+    kw = dict(input_times=t, weights=W, tau_mem=1.0, tau_syn=0.5)
+    kw.update(change)
+    with pytest.raises(exc, match=name):
+        peak_voltage(kw.pop("input_times"), kw.pop("weights"), **kw)
+
+
+def test_bad_delay_error_names_the_value():
+    t, W = _ok()
+    with pytest.raises(ValueError, match=r"delays must be >= 0, got -0\.5 at index \(0, 1\)"):
+        peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=np.array([[0.0, -0.5]]))
+
+
+def test_bad_backward_arguments():
+    t, W = _ok()
+    res = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5)
+    with pytest.raises(TypeError, match="result"):
+        peak_voltage_backward(res.values, np.ones((1, 2)))
+    with pytest.raises(TypeError, match="result"):
+        peak_voltage_backward(li_forward(t, W, tau_mem=1.0, tau_syn=0.5, t_max=2.0), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="grad_values"):
+        peak_voltage_backward(res, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="grad_values"):
+        peak_voltage_backward(res, np.array([[nan, 1.0]]))
+    with pytest.raises(TypeError, match="grad_values"):
+        peak_voltage_backward(res, np.ones((1, 2), np.int64))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CuPy (copies to the host; skipped without a device)
+# --------------------------------------------------------------------------------------------------------------------
+
+class _DeviceArray(np.ndarray):
+    """Stands in for a CuPy array (a NumPy array of another type) to test the host round trip without a GPU."""
+
+
+class _FakeCupy:
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(x):
+        return np.asarray(x)  # a plain ndarray
+
+    @staticmethod
+    def asarray(x, dtype=None):
+        return np.asarray(x, dtype=dtype).view(_DeviceArray)
+
+
+def test_device_arrays_round_trip_through_the_host(monkeypatch):
+    from spikescan import _validate
+
+    fake = _FakeCupy()
+    monkeypatch.setattr(_validate, "array_module",
+                        lambda *xs: fake if any(isinstance(x, _DeviceArray) for x in xs) else np)
+    seen = []
+    forward, backward = _readout_numpy.peak_forward, _readout_numpy.peak_backward
+
+    def spy(fn):
+        def wrapped(*args):
+            seen.extend(type(a) for a in args if isinstance(a, np.ndarray))
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(_readout_numpy, "peak_forward", spy(forward))
+    monkeypatch.setattr(_readout_numpy, "peak_backward", spy(backward))
+    rng = np.random.default_rng(22)
+    t, W = _case(rng)
+    D = _delays(rng, 4, 4).astype(np.float32)
+    mask = np.array([True, False, True, True])
+    g = rng.normal(size=(4, 4))
+    kw = dict(tau_mem=np.array([1.0, 0.5, 2.0, 1.0]), tau_syn=0.5)
+    ref = peak_voltage(t, W, delays=D, neurons=mask, **kw)
+    ref_g = peak_voltage_backward(ref, g)
+    dev = fake.asarray
+    got = peak_voltage(dev(t), dev(W), delays=dev(D), neurons=dev(mask), **{**kw, "tau_mem": dev(kw["tau_mem"])})
+    got_g = peak_voltage_backward(got, dev(g))
+    assert seen and all(tp is np.ndarray for tp in seen)  # the implementation only sees host arrays
+    assert type(got.values) is _DeviceArray and got.values.dtype == np.float64
+    np.testing.assert_array_equal(got.values, ref.values)
+    for a, b in zip(got_g, ref_g):
+        assert type(a) is _DeviceArray and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    assert got_g.delays.dtype == np.float32
+
+
+@pytest.mark.gpu
+def test_cupy_in_cupy_out():
+    cp = pytest.importorskip("cupy")
+    from spikescan.cuda import is_available
+
+    if not is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(21)
+    t, W = _case(rng)
+    D = _delays(rng, 4, 4)
+    mask = np.array([True, False, True, True])
+    g = rng.normal(size=(4, 4))
+    kw = dict(tau_mem=1.0, tau_syn=0.5)
+    ref = peak_voltage(t, W, delays=D, neurons=mask, **kw)
+    ref_g = peak_voltage_backward(ref, g)
+    got = peak_voltage(cp.asarray(t), cp.asarray(W), delays=cp.asarray(D), neurons=cp.asarray(mask), **kw)
+    assert isinstance(got.values, cp.ndarray)
+    got_g = peak_voltage_backward(got, cp.asarray(g))
+    np.testing.assert_array_equal(cp.asnumpy(got.values), ref.values)
+    for a, b in zip(got_g, ref_g):
+        assert isinstance(a, cp.ndarray)
+        np.testing.assert_array_equal(cp.asnumpy(a), b)
