@@ -5,7 +5,9 @@ configuration; forward and backward are ``spikescan``'s, called through one cust
 Set ``KERAS_BACKEND`` to ``torch`` or ``jax`` before importing keras.
 """
 
-from ._host import CappedSpikesWarning
+from ._host import CappedSpikesWarning, SilentLayerWarning
+from .callbacks import FiringMonitor
 from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer
 
-__all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "CappedSpikesWarning"]
+__all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "CappedSpikesWarning",
+           "SilentLayerWarning", "FiringMonitor"]

@@ -28,6 +28,21 @@ class CappedSpikesWarning(UserWarning):
     """Some neurons fired more than ``max_spikes`` times: their extra spikes were not passed to the next layer."""
 
 
+class SilentLayerWarning(UserWarning):
+    """A LIF layer fired no spike at all on a training batch: every exact gradient through it is zero."""
+
+
+def _warn_silent(layer_name):
+    # No count or batch number in the message: Python's default filter then shows it once per layer.
+    warnings.warn(
+        f"LIFLayer {layer_name!r} fired no spike on a training batch, so every gradient through it (and through the "
+        "layers before it) is zero and this batch teaches nothing. Its drive is below threshold: keep the layer's "
+        "first-batch calibration on (calibrate=(low, high), the default) and its silence_penalty > 0 so silent "
+        "neurons are pushed back towards threshold, or start from larger weights (kernel_initializer), a lower "
+        "threshold or longer time constants; if it fell silent during training, lower the learning rate.",
+        SilentLayerWarning, stacklevel=2)
+
+
 @dataclass(frozen=True)
 class LIFSpec:
     """Static arguments of ``spikescan.lif_forward`` (hashable, so JAX can treat it as a static argument)."""
@@ -40,6 +55,7 @@ class LIFSpec:
     chunk_size: int
     solver: str
     layer_name: str
+    training: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class LIFOp:
                 f"LIFLayer {spec.layer_name!r}: some neurons fired more than max_spikes={spec.max_spikes} times; "
                 "their extra spikes keep exact dynamics but are not passed on. The layer's `capped_spikes` "
                 "variable counts them; raise max_spikes if this matters.", CappedSpikesWarning)
+        if spec.training and result.counts.size and not bool(result.counts.any()):
+            _warn_silent(spec.layer_name)
         return (result.times, result.counts.astype(np.int32)), result
 
     @staticmethod
@@ -108,3 +126,92 @@ class LIOp:
     def output_specs(spec: LISpec, inputs):
         input_times, weights = inputs
         return (((input_times.shape[0], weights.shape[1]), input_times.dtype),)
+
+
+@dataclass(frozen=True)
+class PeakSpec:
+    """Static arguments of ``spikescan.peak_voltage``."""
+
+    tau_mem: float
+    tau_syn: float
+
+
+class PeakOp:
+    """``inputs = (input_times, weights, neurons)`` or ``(input_times, weights, delays, neurons)``;
+    ``outputs = (values,)``: ``values [batch, n_out]`` the peak sub-threshold voltage of each neuron over all time
+    (``spikescan.peak_voltage``), computed only for the columns where ``neurons [n_out]`` (float, 0 or 1) is set and
+    0 elsewhere. ``neurons`` gets a zero gradient.
+    """
+
+    @staticmethod
+    def forward(spec: PeakSpec, inputs):
+        input_times, weights, *delays, neurons = inputs
+        mask = neurons > 0.5
+        result = spikescan.peak_voltage(input_times, weights, delays=delays[0] if delays else None,
+                                        tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, neurons=mask)
+        return (result.values,), (result, neurons)
+
+    @staticmethod
+    def backward(spec: PeakSpec, residuals, grad_values, input_grad=True):
+        result, neurons = residuals
+        grads = spikescan.peak_voltage_backward(result, grad_values)
+        delays = () if grads.delays is None else (grads.delays,)
+        return (grads.input_times if input_grad else None, grads.weights, *delays, neurons * 0)
+
+    @staticmethod
+    def output_specs(spec: PeakSpec, inputs):
+        input_times, weights = inputs[:2]
+        return (((input_times.shape[0], weights.shape[1]), input_times.dtype),)
+
+
+@dataclass(frozen=True)
+class CalibrateSpec:
+    """Static arguments of ``spikescan.init.calibrate_scale``."""
+
+    tau_mem: float
+    tau_syn: float
+    threshold: float
+    target: tuple
+    method: str
+    solver: str
+    layer_name: str
+
+
+class CalibrateOp:
+    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``; ``outputs = (scale,)``, a scalar
+    in the dtype of ``weights``: the factor ``spikescan.init.calibrate_scale`` finds for these inputs. Not
+    differentiable (the layers apply ``stop_gradient``)."""
+
+    @staticmethod
+    def forward(spec: CalibrateSpec, inputs):
+        from spikescan.init import calibrate_scale
+
+        input_times, weights, *delays = inputs
+        scale, fraction = calibrate_scale(
+            _to_host(input_times), _to_host(weights), delays=_to_host(delays[0]) if delays else None,
+            tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
+            method=spec.method, solver=spec.solver)
+        low, high = spec.target
+        if not low <= fraction <= high:
+            warnings.warn(
+                f"LIFLayer {spec.layer_name!r}: calibration on the first training batch reached a firing fraction "
+                f"of {fraction:.3f} (target {low}-{high}) with the kernel scaled by {scale:.4g}; the inputs may carry "
+                "too few spikes for this layer.", SilentLayerWarning if fraction == 0.0 else UserWarning)
+        if isinstance(weights, np.ndarray):
+            return (np.asarray(scale, dtype=weights.dtype),), None
+        import cupy
+
+        return (cupy.asarray(scale, dtype=weights.dtype),), None
+
+    @staticmethod
+    def backward(spec, result, grad, input_grad=True):  # pragma: no cover - always behind stop_gradient
+        raise RuntimeError("the calibration factor is not differentiable")
+
+    @staticmethod
+    def output_specs(spec: CalibrateSpec, inputs):
+        return (((), inputs[1].dtype),)
+
+
+def _to_host(x):
+    """NumPy array of ``x`` (a copy from the device for CuPy: calibration runs once, on the host)."""
+    return x if isinstance(x, np.ndarray) else x.get()

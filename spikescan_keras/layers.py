@@ -6,15 +6,18 @@ custom-gradient op per layer (``spikescan_keras._bridge``). Supported backends: 
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 from keras import ops
 
 import spikescan
-from spikescan import _dynamics, _validate
+import spikescan.init
+from spikescan import _validate
 
 from . import _bridge
-from ._host import LIFOp, LIFSpec, LIOp, LISpec
+from ._host import CalibrateOp, CalibrateSpec, LIFOp, LIFSpec, LIOp, LISpec, PeakOp, PeakSpec
 
 _METHODS = ("auto", "sequential", "scan")
 _SOLVERS = ("newton", "bisection", "analytic")
@@ -127,22 +130,52 @@ class LIFLayer(keras.layers.Layer):
         max_spikes: spikes recorded per neuron (last axis of the output).
         delays: learn one non-negative delay per synapse.
         chunk_size, solver, method: passed to ``spikescan.lif_forward``.
-        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(mean=mu, stddev=mu)`` with
-            ``mu = 1.5 * threshold / (n_in * psp_peak)``, where ``psp_peak`` is the peak voltage that one input spike
-            of unit weight produces from rest. If each input channel spikes about once, the mean total drive is
-            1.5 thresholds, so a typical neuron fires one or a few spikes while the spread of weights (a sixth are
-            negative) keeps some silent. Inputs with many spikes per channel want smaller weights: pass your own.
+        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(mean=mu, stddev=mu)`` with ``mu`` from
+            ``spikescan.init.mean_weight``: the expected peak voltage is 1.5 thresholds for ``input_spikes`` input
+            spikes per sample spread over ``input_window`` (by default one near-synchronous spike per input
+            channel). A typical neuron then fires once or a few times while the spread of the weights (a sixth
+            negative) keeps some silent. With ``calibrate`` on, the first training batch corrects the scale anyway.
+        input_spikes, input_window: what the ``"auto"`` rule assumes of the inputs: expected spikes per sample (all
+            channels; ``None``: one per channel) and the duration they are spread over (``0``: near-synchronous).
         delay_initializer: a Keras initializer or ``"auto"``: uniform on ``[0, max_delay]`` when ``max_delay`` is
             set (arrival times spread over the delay range), else zeros.
         max_delay: upper bound of the delays (None: unbounded).
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
             model's losses).
+        calibrate: ``(low, high)`` fractions, or ``None`` to switch off. On its first training call (the first
+            batch of ``fit``) the layer measures the fraction of (sample, neuron) pairs that fire; outside
+            ``[low, high]`` it searches a factor that brings it into the range (``spikescan.init.calibrate_scale``)
+            and keeps it in the non-trainable weight ``kernel_scale``: the layer computes with
+            ``kernel * kernel_scale`` from then on, and the factor is saved with the model. Layers calibrate in
+            order, each on the spikes of the calibrated layers before it. Default ``(0.3, 0.9)``.
+        silence_penalty: strength of the revival objective (``0`` switches it off). On a training batch, for the
+            set ``S`` of neurons that fire on no sample of the batch, the layer adds to the model's loss::
+
+                silence_penalty / (threshold * units) * sum_{i in S} mean_b [(threshold - V*_bi) + h(Q_bi)]
+
+            ``V*_bi >= 0`` is the peak over all time of neuron ``i``'s voltage on sample ``b``
+            (``spikescan.peak_voltage``: exact, closed form per gap; for a neuron that does not fire it is its true
+            peak, below threshold), and ``Q_bi = sum_j n_bj kernel[j, i]`` is the summed weight of all the input
+            spikes the neuron receives (``n_bj`` spikes from input ``j``; ``Q tau_syn`` is the area under its
+            voltage), with ``h(Q) = threshold q / (1 + q)``, ``q = relu(-Q) / threshold``. The peak term pulls
+            neurons that rise but stay below threshold up to it; the net-drive term reaches the neurons whose
+            voltage never rises above rest (there ``V* = 0`` has no gradient, and ``Q <= 0``), with a bounded value
+            and a gradient that decays only like ``1 / q^2``. Each dead neuron adds less than ``2 silence_penalty /
+            units``; the objective is zero when every neuron fires somewhere in the batch, and its exact gradient
+            raises the drive of dead neurons, where the spike-time gradients are zero. Default ``1.0``.
+
+    Firing statistics: the non-trainable float32 weights ``silent_fraction`` (fraction of (sample, neuron) pairs
+    without a spike), ``dead_fraction`` (fraction of neurons silent on every sample) and ``spikes_per_neuron`` (mean
+    spike count, recorded or not) hold the values of the last training batch; ``spikescan_keras.FiringMonitor``
+    puts them into ``fit``'s logs. A layer that fires no spike at all on a training batch issues a
+    ``SilentLayerWarning`` naming it.
     """
 
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
-                 kernel_regularizer=None, spike_count_regularizer=None, **kwargs):
+                 kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
+                 input_spikes=None, input_window=0.0, **kwargs):
         super().__init__(**kwargs)
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
@@ -164,14 +197,26 @@ class LIFLayer(keras.layers.Layer):
                                                                        SpikeCountRegularizer):
             raise TypeError("spike_count_regularizer must be a SpikeCountRegularizer or None, got "
                             f"{spike_count_regularizer!r}")
+        self.calibrate = None if calibrate is None else spikescan.init._check_target(calibrate)
+        if isinstance(silence_penalty, bool) or not np.isfinite(silence_penalty) or silence_penalty < 0:
+            raise ValueError(f"silence_penalty must be a finite number >= 0, got {silence_penalty!r}")
+        self.silence_penalty = float(silence_penalty)
+        self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
+        if isinstance(input_window, bool) or not np.isfinite(input_window) or input_window < 0:
+            raise ValueError(f"input_window must be a finite number >= 0, got {input_window!r}")
+        self.input_window = float(input_window)
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name)
+        self._train_spec = dataclasses.replace(self._spec, training=True)
+        self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn)
+        if self.calibrate is not None:
+            self._calibrate_spec = CalibrateSpec(self.tau_mem, self.tau_syn, self.threshold, self.calibrate,
+                                                 self.method, self.solver, self.name)
 
     def _auto_kernel_initializer(self, n_in):
-        t_peak = _dynamics.peak_time(0.0, 1.0, self.tau_mem, self.tau_syn)
-        psp_peak = float(_dynamics.voltage(t_peak, 0.0, 1.0, self.tau_mem, self.tau_syn))
-        mu = 1.5 * self.threshold / (n_in * psp_peak)
+        mu = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn, threshold=self.threshold,
+                                        input_spikes=self.input_spikes, window=self.input_window)
         return keras.initializers.RandomNormal(mean=mu, stddev=mu)
 
     def build(self, input_shape):
@@ -184,17 +229,59 @@ class LIFLayer(keras.layers.Layer):
                                           constraint=DelayRange(self.max_delay))
         self.capped_spikes = self.add_weight(name="capped_spikes", shape=(), dtype="int32", initializer="zeros",
                                              trainable=False)
+        self.kernel_scale = self.add_weight(name="kernel_scale", shape=(), initializer="ones", trainable=False)
+        self.calibrated = self.add_weight(name="calibrated", shape=(), dtype="int32", initializer="zeros",
+                                          trainable=False)
+        for name in ("silent_fraction", "dead_fraction", "spikes_per_neuron"):
+            setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros", trainable=False))
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
-    def call(self, inputs):
+    def _scale(self, inputs, training):
+        """The kernel's factor: ``kernel_scale``, set by the calibration on the first training call."""
+        scale = ops.convert_to_tensor(self.kernel_scale)
+        if not training or self.calibrate is None:
+            return scale
+        kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))
+        extra = (ops.stop_gradient(ops.convert_to_tensor(self.delays)),) if self.use_delays else ()
+
+        def search():
+            (found,) = _bridge.apply(CalibrateOp, self._calibrate_spec, (ops.stop_gradient(inputs), kernel, *extra))
+            return ops.cast(ops.stop_gradient(found), scale.dtype)
+
+        scale = ops.cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"), lambda: scale, search)
+        self.kernel_scale.assign(scale)
+        self.calibrated.assign(ops.ones((), "int32"))
+        return scale
+
+    def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units, max_spikes]`` spike times."""
-        weights = (self.kernel, self.delays) if self.use_delays else (self.kernel,)
-        times, counts = _bridge.apply(LIFOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, *weights))))
+        inputs = ops.convert_to_tensor(inputs)
+        kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
+        delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
+        spec = self._train_spec if training else self._spec
+        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             self.add_loss(self.spike_count_regularizer(times))
+        if training:
+            silent = ops.cast(counts == 0, "float32")
+            dead = ops.min(silent, axis=0)  # [units]: 1 where no sample of the batch fired
+            self.silent_fraction.assign(ops.mean(silent))
+            self.dead_fraction.assign(ops.mean(dead))
+            self.spikes_per_neuron.assign(ops.mean(ops.cast(counts, "float32")))
+            if self.silence_penalty > 0:
+                self.add_loss(self._silence_loss(inputs, kernel, delays, ops.cast(dead, kernel.dtype)))
         return times
+
+    def _silence_loss(self, inputs, kernel, delays, dead):
+        """The revival objective of the class docstring; ``dead [units]`` is 1 for the neurons in ``S``."""
+        (peaks,) = _bridge.apply(PeakOp, self._peak_spec, (inputs, kernel, *delays, dead))
+        spikes = ops.sum(ops.cast(ops.isfinite(inputs), kernel.dtype), axis=-1)  # [batch, n_in]
+        net_drive = ops.matmul(spikes, kernel)  # [batch, units]
+        q = ops.relu(-net_drive) / self.threshold
+        gap = self.threshold - ops.cast(peaks, kernel.dtype) + self.threshold * q / (1.0 + q)
+        return self.silence_penalty / (self.threshold * self.units) * ops.sum(dead * ops.mean(gap, axis=0))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units, self.max_spikes)
@@ -207,7 +294,9 @@ class LIFLayer(keras.layers.Layer):
             method=self.method, kernel_initializer=_serialize_initializer(self.kernel_initializer),
             delay_initializer=_serialize_initializer(self.delay_initializer), max_delay=self.max_delay,
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer))
+            spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer),
+            calibrate=None if self.calibrate is None else list(self.calibrate), silence_penalty=self.silence_penalty,
+            input_spikes=self.input_spikes, input_window=self.input_window)
         return config
 
 

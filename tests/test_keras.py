@@ -75,7 +75,7 @@ def test_gradients_match_finite_differences(delays):
     params = [x] + [v.numpy() for v in lif.trainable_variables + readout.trainable_variables]
 
     def loss_layers(x, *weights):
-        times, _ = lif.stateless_call(list(weights[:-1]), [lif.capped_spikes.value], x)
+        times, _ = lif.stateless_call(list(weights[:-1]), [v.value for v in lif.non_trainable_variables], x)
         values, _ = readout.stateless_call([weights[-1]], [], times)
         finite = ops.where(ops.isfinite(times), times, 0.0)  # padding carries no gradient
         cotangents = [ops.convert_to_tensor(g.astype(np.float32)) for g in (grad_times, grad_values)]
@@ -155,7 +155,7 @@ def test_jax_jit_and_cache_fallback():
     weights = [v.value for v in lif.trainable_variables]
 
     def loss(x, w, d):
-        times, _ = lif.stateless_call([w, d], [lif.capped_spikes.value], x)
+        times, _ = lif.stateless_call([w, d], [v.value for v in lif.non_trainable_variables], x)
         return ops.sum(ops.where(ops.isfinite(times), times, 0.0))
 
     eager = jax.grad(loss, argnums=(0, 1, 2))(x, *weights)
@@ -197,9 +197,10 @@ def test_fit_reduces_loss():
                         spike_count_regularizer=sk.SpikeCountRegularizer(1e-3, tau=T_MAX))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sk.CappedSpikesWarning)
-        history = model.fit(x, y, batch_size=32, epochs=12, verbose=0)
-    loss = history.history["loss"]
-    assert loss[-1] < 0.6 * loss[0], loss
+        before, _ = model.evaluate(x, y, verbose=0)  # inference: cross-entropy only, no training-time penalties
+        model.fit(x, y, batch_size=32, epochs=12, verbose=0)
+        after, accuracy = model.evaluate(x, y, verbose=0)
+    assert after < 0.6 * before and accuracy >= 0.9, (before, after, accuracy)
     delays = model.layers[0].delays.numpy()
     assert delays.min() >= 0.0 and delays.max() <= 10.0, "the DelayRange constraint keeps delays in [0, max_delay]"
 
@@ -243,7 +244,7 @@ def test_spike_count_regularizer_value_and_gradient():
     np.testing.assert_allclose(float(ops.convert_to_numpy(lif.losses[0])), expected, rtol=1e-5)
 
     def penalty(w):
-        _, _, losses = lif.stateless_call([w], [lif.capped_spikes.value], x, return_losses=True)
+        _, _, losses = lif.stateless_call([w], [v.value for v in lif.non_trainable_variables], x, return_losses=True)
         return losses[0]
 
     (grad,) = backend_grad(penalty, [lif.kernel.numpy()])

@@ -1,0 +1,182 @@
+"""Initial weight scales for LIF layers: a data-free rule and a data-aware calibration.
+
+A LIF layer learns only through its spikes: a neuron that never reaches threshold has no spike time and every
+exact gradient through it is zero. Initial weights must therefore put a good part of the neurons above threshold
+on typical inputs, and not so far above that they fire in runaway bursts.
+
+- :func:`mean_weight` (data-free): the mean weight at which the expected peak voltage of a neuron receiving
+  ``input_spikes`` spikes spread uniformly over ``[0, window]`` is ``drive * threshold``. It accounts for how many
+  spikes arrive and how spread out they are: ``n`` near-synchronous spikes sum their PSP peaks, while spikes spread
+  over a window much longer than the time constants only add up to the mean rate times the PSP's area.
+- :func:`calibrate_scale` (data-aware): the factor by which to multiply a layer's weights so that the fraction of
+  (sample, neuron) pairs that fire on a batch of real inputs lies in a target range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dynamics
+from . import _validate as v
+
+
+def _psp_area(s, tau_mem, tau_syn):
+    """``C(s) = int_0^s c(u) du`` of the unit PSP ``c`` (``V`` of a unit current injected at 0), ``s >= 0``.
+
+    ``c(u) = alpha (e^{-alpha u} - e^{-beta u}) / (beta - alpha)`` with ``alpha = 1/tau_mem``, ``beta = 1/tau_syn``
+    integrates to ``alpha s^2 exp[0, -alpha s, -beta s]`` (second divided difference; stable for equal rates).
+    """
+    s = np.asarray(s, dtype=np.float64)
+    alpha, beta = 1.0 / tau_mem, 1.0 / tau_syn
+    return alpha * s * s * _dynamics.exp_divided_difference2(-alpha * s, -beta * s)
+
+
+def mean_psp_peak(tau_mem, tau_syn, window, *, points=4097):
+    """Peak over ``t`` of the mean voltage that one unit-weight spike, placed uniformly at random on
+    ``[0, window]``, produces: ``max_t (C(t) - C(t - window)) / window`` (``C`` the PSP's running area, ``C = 0``
+    for negative arguments); the PSP's own peak ``max_s c(s)`` when ``window == 0``.
+
+    The maximum is taken on a grid of ``points`` times over ``[0, window + t_peak + 5 max(tau)]`` (an
+    initialisation rule needs no more precision than that).
+    """
+    tau_mem, tau_syn = float(tau_mem), float(tau_syn)
+    t_peak = float(_dynamics.peak_time(0.0, 1.0, tau_mem, tau_syn))
+    psp_peak = float(_dynamics.voltage(t_peak, 0.0, 1.0, tau_mem, tau_syn))
+    if window <= 0.0:
+        return psp_peak
+    t = np.linspace(0.0, window + t_peak + 5.0 * max(tau_mem, tau_syn), points)
+    mean = (_psp_area(t, tau_mem, tau_syn) - _psp_area(np.maximum(t - window, 0.0), tau_mem, tau_syn)) / window
+    return float(min(psp_peak, mean.max()))
+
+
+def mean_weight(n_in, *, tau_mem, tau_syn, threshold=1.0, input_spikes=None, window=0.0, drive=1.5):
+    """Mean initial weight of a LIF layer with ``n_in`` inputs, from what the inputs look like (no data needed).
+
+    With ``N = input_spikes`` spikes per sample spread uniformly over ``[0, window]`` (same time unit as the time
+    constants) and weights of mean ``mu``, the expected voltage peaks at ``mu N m`` where ``m`` is
+    :func:`mean_psp_peak`: the PSP peak for near-synchronous inputs, about ``tau_syn / window`` for inputs spread
+    over a long window. Returns ``mu = drive * threshold / (N m)``.
+
+    Args:
+        n_in: number of input channels.
+        tau_mem, tau_syn, threshold: the layer's (positive scalars).
+        input_spikes: expected input spikes per sample (all channels); ``None`` means one per channel (``n_in``).
+        window: duration over which the input spikes are spread (``0``: near-synchronous).
+        drive: expected peak drive in thresholds (``1.5``: a typical neuron fires once or a few times, while the
+            spread of the weights keeps some silent).
+    """
+    n_in = v.positive_int("n_in", n_in)
+    tau_mem = v.positive_scalar("tau_mem", tau_mem)
+    tau_syn = v.positive_scalar("tau_syn", tau_syn)
+    threshold = v.positive_scalar("threshold", threshold)
+    drive = v.positive_scalar("drive", drive)
+    spikes = float(n_in) if input_spikes is None else v.positive_scalar("input_spikes", input_spikes)
+    if isinstance(window, bool) or not np.isfinite(window) or window < 0:
+        raise ValueError(f"window must be a finite number >= 0, got {window!r}")
+    return drive * threshold / (spikes * mean_psp_peak(tau_mem, tau_syn, float(window)))
+
+
+def input_statistics(input_times):
+    """``(spikes per sample, window)`` of a spike tensor ``[batch, n_in, max_in]``: the mean number of finite
+    spikes per sample and the mean spread (last minus first spike time) of the samples that have spikes."""
+    t = np.asarray(input_times, dtype=np.float64).reshape(input_times.shape[0], -1)
+    real = np.isfinite(t)
+    counts = real.sum(axis=1)
+    has = counts > 0
+    if not has.any():
+        return 0.0, 0.0
+    lo = np.where(real, t, np.inf).min(axis=1)[has]
+    hi = np.where(real, t, -np.inf).max(axis=1)[has]
+    return float(counts.mean()), float((hi - lo).mean())
+
+
+def firing_fraction(counts):
+    """Fraction of (sample, neuron) pairs with at least one spike, from spike counts ``[batch, n_out]``."""
+    counts = np.asarray(counts)
+    return float((counts > 0).mean()) if counts.size else 0.0
+
+
+def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, delays=None, target=(0.3, 0.9),
+                    max_rounds=24, method="auto", solver="newton"):
+    """Factor ``s`` such that ``lif_forward(input_times, s * weights, ...)`` fires on a fraction of (sample,
+    neuron) pairs inside ``target = (low, high)``; ``1.0`` when the weights already do.
+
+    Otherwise ``s`` is searched on a log scale, aiming at the middle of the range: doubling or halving until the
+    target is bracketed, then bisection, stopping as soon as a trial lands inside ``target`` (within
+    ``max_rounds`` trials; the best trial is returned otherwise). Trials start from the weights as they are and
+    move towards the target, so no trial is far above the firing onset (runaway firing is slow to simulate).
+    The first guess uses :func:`mean_weight` with the measured input statistics (:func:`input_statistics`).
+
+    A layer whose inputs carry no spike cannot be calibrated: ``1.0`` is returned. Each trial is one
+    ``lif_forward`` with ``max_spikes=1`` (the counts are exact whatever ``max_spikes``).
+
+    Args:
+        input_times: ``[batch, n_in, max_in]`` spike tensor (NumPy), e.g. the first training batch.
+        weights: ``[n_in, n_out]``; ``delays``: optional ``[n_in, n_out]``.
+        tau_mem, tau_syn, threshold, method, solver: as for ``lif_forward``.
+        target: ``(low, high)`` with ``0 < low < high <= 1``.
+
+    Returns:
+        ``(scale, fraction)``: the factor and the firing fraction it gives on ``input_times``.
+    """
+    from .lif import lif_forward
+
+    low, high = _check_target(target)
+    aim = 0.5 * (low + high)
+    weights = np.asarray(weights, dtype=np.float64)
+
+    def fraction(log_s):
+        out = lif_forward(input_times, weights * 2.0 ** log_s, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
+                          max_spikes=1, delays=delays, method=method, solver=solver)
+        return firing_fraction(out.counts)
+
+    f0 = fraction(0.0)
+    if low <= f0 <= high:
+        return 1.0, f0
+    spikes, window = input_statistics(input_times)
+    mean_abs = float(np.abs(weights.mean())) if weights.size else 0.0
+    if spikes == 0.0 or mean_abs == 0.0 or not np.isfinite(mean_abs):
+        return 1.0, f0
+    trials = [(0.0, f0)]
+    # First guess: the data-free rule fed with the measured statistics, but only in the direction that helps.
+    guess = np.log2(mean_weight(weights.shape[0], tau_mem=float(np.mean(tau_mem)), tau_syn=float(np.mean(tau_syn)),
+                                threshold=threshold, input_spikes=spikes, window=window) / mean_abs)
+    step = float(np.clip(guess, 0.25, 8.0)) if f0 < low else float(np.clip(guess, -8.0, -0.25))
+    lo = hi = None  # log scales known to give too few (lo) / too many (hi) firing pairs
+    if f0 < low:
+        lo = 0.0
+    else:
+        hi = 0.0
+    log_s = step
+    for _ in range(max_rounds - 1):
+        f = fraction(log_s)
+        trials.append((log_s, f))
+        if low <= f <= high:
+            return float(2.0 ** log_s), f
+        if f < low:
+            lo = log_s
+        else:
+            hi = log_s
+        if lo is not None and hi is not None:
+            log_s = 0.5 * (lo + hi)
+        elif hi is None:
+            log_s = lo + 1.0  # still too quiet: double
+        else:
+            log_s = hi - 1.0  # still too busy: halve
+        if abs(log_s) > 40:
+            break
+    best = min(trials, key=lambda p: abs(p[1] - aim))
+    return float(2.0 ** best[0]), best[1]
+
+
+def _check_target(target):
+    try:
+        low, high = (float(x) for x in target)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"target must be a pair (low, high) of fractions, got {target!r}") from err
+    if not (0.0 < low < high <= 1.0):
+        raise ValueError(f"target must satisfy 0 < low < high <= 1, got {target!r}")
+    return low, high
+
+
+__all__ = ["mean_weight", "mean_psp_peak", "calibrate_scale", "input_statistics", "firing_fraction"]

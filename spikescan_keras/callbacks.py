@@ -1,0 +1,62 @@
+"""Keras callbacks that report what the spiking layers do during ``fit``."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from .layers import LIFLayer
+
+_STATS = ("silent_fraction", "dead_fraction", "spikes_per_neuron")
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class FiringMonitor(keras.callbacks.Callback):
+    """Puts the firing statistics of every ``LIFLayer`` into ``fit``'s logs, so the progress bar and ``History``
+    show them: ``<layer>/silent_fraction`` (fraction of (sample, neuron) pairs without a spike),
+    ``<layer>/dead_fraction`` (fraction of neurons silent on every sample of a batch) and
+    ``<layer>/spikes_per_neuron`` (mean spike count per neuron and sample).
+
+    After each training batch the logs carry that batch's values; at the end of an epoch, the epoch's means over
+    its training batches (the figures ``History`` keeps). ``stats`` selects which of the three to report.
+
+    Usage: ``model.fit(..., callbacks=[spikescan_keras.FiringMonitor()])``.
+    """
+
+    def __init__(self, stats=_STATS):
+        super().__init__()
+        stats = tuple(stats)
+        unknown = [s for s in stats if s not in _STATS]
+        if unknown or not stats:
+            raise ValueError(f"stats must be a non-empty subset of {_STATS}, got {stats!r}")
+        self.stats = stats
+        self._sums = {}
+        self._batches = 0
+
+    def _layers(self):
+        return [layer for layer in self.model._flatten_layers() if isinstance(layer, LIFLayer)]
+
+    def _read(self):
+        out = {}
+        for layer in self._layers():
+            for name in self.stats:
+                out[f"{layer.name}/{name}"] = float(np.asarray(keras.ops.convert_to_numpy(getattr(layer, name).value)))
+        return out
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._sums, self._batches = {}, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        values = self._read()
+        self._batches += 1
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        if logs is not None:
+            logs.update(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._batches:
+            logs.update({key: total / self._batches for key, total in self._sums.items()})
+
+    def get_config(self):
+        return {"stats": list(self.stats)}
