@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"): the CUDA compile check, the array library and datasets, then the
-# Keras layers and examples once per Keras backend (KERAS_BACKEND is read at import, so one process per backend).
-# GPU tests carry the `gpu` marker and skip without a device.
+# Keras layers, examples and learning benchmark once per Keras backend (KERAS_BACKEND is read at import, so one
+# process per backend). GPU tests carry the `gpu` marker and skip without a device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m spikescan.cuda --check
-python -m pytest -q tests --ignore=tests/test_keras.py --ignore=tests/test_examples.py
+keras_tests=()
+for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_learning_bench.py; do
+  [ -f "$f" ] && keras_tests+=("$f")
+done
+python -m pytest -q tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
 for backend in torch jax; do
   echo "== Keras backend: $backend"
-  KERAS_BACKEND=$backend python -m pytest -q tests/test_keras.py $( [ -f tests/test_examples.py ] && echo tests/test_examples.py )
+  KERAS_BACKEND=$backend python -m pytest -q "${keras_tests[@]}"
 done

@@ -1,0 +1,200 @@
+"""Keras layers that learn out of the box: firing statistics, SilentLayerWarning, first-batch calibration, the
+revival objective for dead neurons (value and gradient against finite differences) and FiringMonitor.
+
+One process per backend (tools/test.sh); without KERAS_BACKEND the jax backend is used.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
+
+from keras import ops  # noqa: E402
+
+import spikescan  # noqa: E402
+import spikescan_keras as sk  # noqa: E402
+from test_keras import backend_grad, finite_differences, spike_input, timing_task  # noqa: E402
+
+TAU_MEM, TAU_SYN, T_MAX = 10.0, 4.0, 40.0
+
+
+def model_of(lif, learning_rate=0.02):
+    model = keras.Sequential([keras.Input(shape=(3, 1)), lif,
+                              sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def quiet_lif(mean=0.02, **kwargs):
+    """16 neurons whose initial kernel (``mean``, a unit input peaks at 0.22) is below threshold on the timing
+    task: silent everywhere."""
+    return sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, name="hidden",
+                       kernel_initializer=keras.initializers.RandomNormal(mean, mean / 4), **kwargs)
+
+
+def test_silent_layer_is_warned_and_its_statistics_logged():
+    keras.utils.set_random_seed(0)
+    x, y = timing_task(64)
+    model = model_of(quiet_lif(calibrate=None, silence_penalty=0.0))
+    with pytest.warns(sk.SilentLayerWarning, match="'hidden' fired no spike"):
+        history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[sk.FiringMonitor()])
+    lif = model.layers[0]
+    assert float(lif.silent_fraction.numpy()) == 1.0 and float(lif.dead_fraction.numpy()) == 1.0
+    assert float(lif.spikes_per_neuron.numpy()) == 0.0
+    assert history.history["hidden/silent_fraction"] == [1.0, 1.0]
+    assert history.history["hidden/dead_fraction"] == [1.0, 1.0]
+    # No revival objective and no spikes: every gradient is zero, the hidden kernel does not move.
+    before = lif.kernel.numpy().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.SilentLayerWarning)
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    np.testing.assert_array_equal(lif.kernel.numpy(), before)
+
+
+def test_inference_does_not_warn_or_update_statistics():
+    x, _ = timing_task(8)
+    lif = quiet_lif()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sk.SilentLayerWarning)
+        lif(x)  # training=False: no warning, no calibration
+    assert float(lif.silent_fraction.numpy()) == 0.0 and int(lif.calibrated.numpy()) == 0
+
+
+def test_firing_statistics_match_the_spike_counts():
+    """One batch, one step: the statistics are those of the forward pass, before the optimizer moved the kernel."""
+    keras.utils.set_random_seed(1)
+    x, y = timing_task(32)
+    model = model_of(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, calibrate=None))
+    lif = model.layers[0]
+    counts = spikescan.lif_forward(x, lif.kernel.numpy(), tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts
+    assert 0 < (counts == 0).mean() < 1, "the case should have silent and firing pairs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[sk.FiringMonitor()])
+    np.testing.assert_allclose(float(lif.silent_fraction.numpy()), (counts == 0).mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(lif.dead_fraction.numpy()), (counts == 0).all(axis=0).mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(lif.spikes_per_neuron.numpy()), counts.mean(), rtol=1e-6)
+    np.testing.assert_allclose(history.history[f"{lif.name}/spikes_per_neuron"], [counts.mean()], rtol=1e-6)
+
+
+def test_first_training_batch_calibrates_the_kernel_scale(tmp_path):
+    keras.utils.set_random_seed(2)
+    x, y = timing_task(64)
+    model = model_of(quiet_lif())
+    lif = model.layers[0]
+    kernel0 = lif.kernel.numpy().copy()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    scale = float(lif.kernel_scale.numpy())
+    assert int(lif.calibrated.numpy()) == 1 and scale > 4.0
+    # The factor is the one calibrate_scale finds on the first batch, and it brings the firing into the target.
+    expected, fraction = spikescan.init.calibrate_scale(x[:32], kernel0, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    np.testing.assert_allclose(scale, expected, rtol=1e-6)
+    assert 0.3 <= fraction <= 0.9
+    # Calibrated once: more training keeps the factor; save/load keeps it too.
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert float(lif.kernel_scale.numpy()) == scale
+    path = tmp_path / "calibrated.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert float(loaded.layers[0].kernel_scale.numpy()) == scale and int(loaded.layers[0].calibrated.numpy()) == 1
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
+    assert loaded.layers[0].get_config()["calibrate"] == [0.3, 0.9]
+
+
+def test_calibration_switched_off_keeps_the_scale():
+    keras.utils.set_random_seed(2)
+    x, y = timing_task(32)
+    model = model_of(quiet_lif(calibrate=None, silence_penalty=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.SilentLayerWarning)
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert float(model.layers[0].kernel_scale.numpy()) == 1.0 and int(model.layers[0].calibrated.numpy()) == 0
+
+
+def test_silent_first_layer_leaves_chance_by_the_revival_objective():
+    """Calibration off, a silent start: with the default silence_penalty the network revives and learns; without
+    it the loss never moves."""
+    x, y = timing_task(96)
+    results = {}
+    for penalty in (1.0, 0.0):
+        keras.utils.set_random_seed(3)
+        model = model_of(quiet_lif(1.0, calibrate=None, silence_penalty=penalty), learning_rate=0.05)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sk.SilentLayerWarning)
+            warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+            before, _ = model.evaluate(x, y, verbose=0)
+            assert np.isinf(ops.convert_to_numpy(model.layers[0](x))).all(), "the case starts silent"
+            model.fit(x, y, batch_size=16, epochs=8, verbose=0)
+            results[penalty] = (before, *model.evaluate(x, y, verbose=0))
+    before, after, accuracy = results[1.0]
+    assert accuracy >= 0.8 and after < 0.8 * before, results
+    before, after, accuracy = results[0.0]
+    assert after == pytest.approx(before, abs=1e-6) and accuracy <= 0.6, results
+
+
+def revival_numpy(x, w, delays, threshold, strength):
+    """The revival objective of LIFLayer's docstring, in float64 NumPy, with the dead set taken from lif_forward."""
+    res = spikescan.lif_forward(x, w, delays=delays, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=threshold,
+                                max_spikes=3)
+    dead = ~(res.counts > 0).any(axis=0)
+    peaks = spikescan.peak_voltage(x, w, delays=delays, tau_mem=TAU_MEM, tau_syn=TAU_SYN, neurons=dead).values
+    q = np.maximum(-(np.isfinite(x).sum(axis=-1) @ w), 0.0) / threshold
+    gap = threshold - peaks + threshold * q / (1.0 + q)
+    return strength / (threshold * w.shape[1]) * np.sum(dead * gap.mean(axis=0)), dead
+
+
+@pytest.mark.parametrize("delays", [False, True])
+def test_revival_objective_value_and_gradient_match_finite_differences(delays):
+    rng = np.random.default_rng(5)
+    x = spike_input(rng, batch=3, n_in=4, max_in=2)
+    lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, delays=delays, max_delay=5.0,
+                      silence_penalty=0.7, calibrate=None)
+    lif(x)
+    # Neurons 0-1 fire, 2-3 rise below threshold (V* > 0), 4-5 are inhibited (V* = 0, Q < 0).
+    w = np.concatenate([rng.uniform(1.0, 2.0, (4, 2)), rng.uniform(0.02, 0.08, (4, 2)),
+                        rng.uniform(-0.6, -0.2, (4, 2))], axis=1).astype(np.float32)
+    params = [x, w] + ([lif.delays.numpy()] if delays else [])
+
+    def penalty(x, w, *d):
+        _, _, losses = lif.stateless_call([w, *d], [v.value for v in lif.non_trainable_variables], x,
+                                          return_losses=True, training=True)
+        assert len(losses) == 1
+        return losses[0]
+
+    def numpy_penalty(x, w, *d):
+        return revival_numpy(x, w, d[0] if d else None, 1.0, 0.7)[0]
+
+    value, dead = revival_numpy(*[p.astype(np.float64) for p in params[:2]],
+                                params[2].astype(np.float64) if delays else None, 1.0, 0.7)
+    assert list(dead) == [False, False, True, True, True, True]
+    np.testing.assert_allclose(float(ops.convert_to_numpy(penalty(*params))), value, rtol=1e-5)
+    expected = finite_differences(numpy_penalty, [p.astype(np.float64) for p in params])
+    got = backend_grad(penalty, params)
+    for name, g, e in zip(["input_times", "kernel", "delays"], got, expected):
+        assert np.abs(e).max() > 0, name
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+    # Every dead neuron gets a gradient, including the inhibited ones that the peak term alone cannot reach.
+    assert np.all(np.abs(got[1][:, 2:]).max(axis=0) > 0) and np.all(got[1][:, :2] == 0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(calibrate=(0.9, 0.3)), "target"),
+    (dict(calibrate=0.5), "target"),
+    (dict(silence_penalty=-1.0), "silence_penalty"),
+    (dict(silence_penalty=float("nan")), "silence_penalty"),
+    (dict(input_spikes=0), "input_spikes"),
+    (dict(input_window=-2.0), "input_window"),
+])
+def test_new_options_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, **kwargs)
+
+
+def test_firing_monitor_rejects_unknown_statistics():
+    with pytest.raises(ValueError, match="stats"):
+        sk.FiringMonitor(stats=("rate",))
