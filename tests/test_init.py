@@ -1,0 +1,102 @@
+"""spikescan.init: the data-free initial weight rule and the data-aware calibration of a layer's weight scale."""
+
+import numpy as np
+import pytest
+
+import spikescan
+from spikescan import _dynamics
+from spikescan.init import calibrate_scale, firing_fraction, input_statistics, mean_psp_peak, mean_weight
+
+TAU_MEM, TAU_SYN = 10.0, 5.0
+
+
+def test_near_synchronous_rule_is_the_psp_peak():
+    t_peak = _dynamics.peak_time(0.0, 1.0, TAU_MEM, TAU_SYN)
+    psp_peak = float(_dynamics.voltage(t_peak, 0.0, 1.0, TAU_MEM, TAU_SYN))
+    assert mean_psp_peak(TAU_MEM, TAU_SYN, 0.0) == pytest.approx(psp_peak, rel=1e-12)
+    assert mean_weight(40, tau_mem=TAU_MEM, tau_syn=TAU_SYN) == pytest.approx(1.5 / (40 * psp_peak), rel=1e-12)
+
+
+@pytest.mark.parametrize("tau_mem, tau_syn", [(10.0, 5.0), (8.0, 8.0), (20.0, 2.0)])
+@pytest.mark.parametrize("window", [1.0, 20.0, 300.0])
+def test_mean_psp_peak_matches_quadrature(tau_mem, tau_syn, window):
+    """max_t (1/T) int_0^T c(t - s) ds by a fine trapezoid rule, against the closed-form running area."""
+    s = np.linspace(0.0, window, 4001)
+    t = np.linspace(0.0, window + 10 * max(tau_mem, tau_syn), 801)
+    u = t[:, None] - s[None, :]
+    c = np.where(u > 0, _dynamics.decay(np.maximum(u, 0.0), tau_mem, tau_syn)[2], 0.0)
+    mean = np.trapezoid(c, s, axis=1) / window
+    assert mean_psp_peak(tau_mem, tau_syn, window) == pytest.approx(mean.max(), rel=2e-3)
+
+
+def test_spread_inputs_need_larger_weights():
+    sync = mean_weight(50, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    spread = [mean_weight(50, tau_mem=TAU_MEM, tau_syn=TAU_SYN, window=w) for w in (5.0, 50.0, 500.0)]
+    assert sync < spread[0] < spread[1] < spread[2]
+    # Far longer than the time constants, the mean voltage is the rate times the PSP area tau_syn.
+    assert spread[2] == pytest.approx(1.5 * 500.0 / (50 * TAU_SYN), rel=0.05)
+    # Twice the spikes, half the weight.
+    assert mean_weight(50, tau_mem=TAU_MEM, tau_syn=TAU_SYN, input_spikes=200) == pytest.approx(sync / 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(window=-1.0), "window"), (dict(window=float("inf")), "window"), (dict(input_spikes=0), "input_spikes"),
+    (dict(tau_mem=0.0), "tau_mem"), (dict(drive=-1.0), "drive"),
+])
+def test_mean_weight_rejects_bad_arguments(kwargs, match):
+    args = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN) | kwargs
+    with pytest.raises(ValueError, match=match):
+        mean_weight(10, **args)
+
+
+def latency_batch(rng, batch=48, n_in=30, t_max=20.0):
+    """About half the channels carry one spike, spread over [0, t_max] (a latency code of sparse data)."""
+    t = rng.uniform(0.0, t_max, (batch, n_in, 1))
+    t[rng.random(t.shape) < 0.5] = np.inf
+    return t
+
+
+def fraction_at(x, w, scale):
+    return firing_fraction(spikescan.lif_forward(x, w * scale, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts)
+
+
+@pytest.mark.parametrize("start", [0.01, 30.0])
+def test_calibration_brings_silent_and_saturated_layers_into_the_target(start):
+    rng = np.random.default_rng(0)
+    x = latency_batch(rng)
+    w = rng.normal(1.0, 1.0, (30, 64)) * start * mean_weight(30, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    f0 = fraction_at(x, w, 1.0)
+    assert f0 < 0.05 if start < 1 else f0 > 0.95
+    scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, target=(0.4, 0.7))
+    assert 0.4 <= fraction <= 0.7
+    assert fraction == fraction_at(x, w, scale)
+    assert (scale > 1.0) if start < 1 else (scale < 1.0)
+
+
+def test_calibration_keeps_weights_already_in_range_and_delays_count():
+    rng = np.random.default_rng(1)
+    x = latency_batch(rng)
+    w = rng.normal(1.0, 1.0, (30, 64)) * 0.01
+    delays = rng.uniform(0.0, 10.0, (30, 64))
+    scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, delays=delays)
+    assert 0.3 <= fraction <= 0.9
+    counts = spikescan.lif_forward(x, w * scale, delays=delays, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts
+    assert firing_fraction(counts) == fraction
+    assert calibrate_scale(x, w * scale, tau_mem=TAU_MEM, tau_syn=TAU_SYN, delays=delays) == (1.0, fraction)
+
+
+def test_calibration_without_input_spikes_is_a_no_op():
+    x = np.full((4, 3, 2), np.inf)
+    assert calibrate_scale(x, np.ones((3, 5)), tau_mem=TAU_MEM, tau_syn=TAU_SYN) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("target", [(0.5, 0.5), (0.0, 0.5), (0.2, 1.5), 0.5, ("a", "b")])
+def test_calibration_rejects_bad_targets(target):
+    with pytest.raises(ValueError, match="target"):
+        calibrate_scale(np.zeros((1, 1, 1)), np.ones((1, 1)), tau_mem=TAU_MEM, tau_syn=TAU_SYN, target=target)
+
+
+def test_input_statistics():
+    x = np.array([[[1.0, 4.0], [np.inf, np.inf]], [[2.0, np.inf], [3.0, np.inf]], [[np.inf] * 2] * 2])
+    spikes, window = input_statistics(x)
+    assert spikes == pytest.approx(4 / 3) and window == pytest.approx((3.0 + 1.0) / 2)
