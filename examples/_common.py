@@ -1,5 +1,6 @@
-"""Shared pieces of the example scripts: flags, data loading with clear errors, weight calibration, the
-compile / fit / evaluate loop and the JSON summary.
+"""Shared pieces of the example scripts: flags, data loading with clear errors, the compile / fit / evaluate loop
+and the JSON summary. Initial weights need no help here: every LIFLayer calibrates its kernel scale on its first
+training batch and revives dead neurons by itself (``LIFLayer(calibrate=..., silence_penalty=...)``).
 
 Import it after ``KERAS_BACKEND`` is set (the scripts default it to ``torch``). Not part of the installed package:
 the scripts put ``examples/`` on ``sys.path`` to import it.
@@ -10,21 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 
 import keras
-import numpy as np
 from keras import ops
 
 from spikescan.datasets import SpikeBatches
-from spikescan_keras import CappedSpikesWarning, LIFLayer
+from spikescan_keras import FiringMonitor, LIFLayer
 
 
-def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes, init_spikes=None,
+def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
            data_dir_help="folder holding the dataset files"):
-    """ArgumentParser with the flags every example shares; a script adds its own afterwards.
-
-    ``init_spikes=None`` leaves out ``--init-spikes`` (models whose initial weights are not calibrated)."""
+    """ArgumentParser with the flags every example shares; a script adds its own afterwards."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=batch_size)
@@ -35,9 +32,6 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes, init_s
     p.add_argument("--hidden", type=int, default=hidden, help="LIF neurons per hidden layer")
     p.add_argument("--max-spikes", type=int, default=max_spikes,
                    help="output spikes recorded per hidden neuron (extra spikes are counted in capped_spikes)")
-    if init_spikes is not None:
-        p.add_argument("--init-spikes", type=float, default=init_spikes,
-                       help="initial mean spikes per hidden neuron and sample, set by rescaling the initial weights")
     p.add_argument("--learning-rate", type=float, default=learning_rate, help="peak of a cosine-decayed Adam")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="keras verbosity of fit")
@@ -70,51 +64,13 @@ def lif_layers(model):
 
 
 def capped_spikes(model):
-    """Output spikes fired but not recorded (beyond ``max_spikes``), summed over the LIF layers since the last
-    reset (:func:`calibrate` resets the counters)."""
+    """Output spikes fired but not recorded (beyond ``max_spikes``), summed over the LIF layers."""
     return sum(int(ops.convert_to_numpy(layer.capped_spikes.value)) for layer in lif_layers(model))
 
 
-def calibrate(model, times, *, spikes_per_neuron=1.0, tolerance=0.25, rounds=8):
-    """Rescale the kernels so that each LIF layer fires about ``spikes_per_neuron`` spikes per neuron and sample,
-    and the readout's logits start with unit standard deviation.
-
-    The layers' default initializers assume about one input spike per channel; latency MNIST leaves most pixels
-    silent and speech inputs have tens of spikes per channel, so a network initialised by that rule alone can be
-    silent (zero gradients) or saturated (capped spikes, huge logits). Layer by layer, on the calibration batch
-    ``times [b, channels, max_in]``, each LIF kernel is multiplied by a factor (1/256 to 256), found by a safeguarded
-    secant search on its logarithm, until the mean number of recorded spikes per (sample, neuron) is within a factor
-    ``1 +- tolerance`` of the target; then a readout kernel is divided by the standard deviation of its logits. The
-    ``capped_spikes`` counters are reset afterwards. Returns the factors, one per layer with a kernel.
-    """
-    x = ops.convert_to_tensor(times)
-    factors = []
-    with warnings.catch_warnings():  # capping at a trial scale is no news; training warns on its own
-        warnings.simplefilter("ignore", CappedSpikesWarning)
-        for layer in model.layers:
-            kernel = ops.convert_to_numpy(layer.kernel.value)
-            if isinstance(layer, LIFLayer):
-                lo, hi, log_s = -8.0, 8.0, 0.0
-                for i in range(rounds):
-                    layer.kernel.assign(kernel * 2.0 ** log_s)
-                    y = layer(x)
-                    rate = float(np.isfinite(ops.convert_to_numpy(y)).sum(axis=-1).mean())
-                    if abs(rate / spikes_per_neuron - 1.0) <= tolerance or i == rounds - 1:
-                        break  # the last trial stays applied
-                    lo, hi = (log_s, hi) if rate < spikes_per_neuron else (lo, log_s)
-                    # Guess rate ~ scale (doubling while silent), bisect when the guess leaves the bracket; small
-                    # steps avoid trial scales with huge spike counts, which are slow to simulate.
-                    step = 1.0 if rate == 0 else np.log2(spikes_per_neuron / rate)
-                    log_s = log_s + step if lo < log_s + step < hi else 0.5 * (lo + hi)
-                factors.append(2.0 ** log_s)
-                layer.capped_spikes.assign(0)
-            else:
-                y = layer(x)
-                std = float(np.std(ops.convert_to_numpy(y)))
-                factors.append(1.0 / std if std > 0 else 1.0)
-                layer.kernel.assign(kernel * factors[-1])
-            x = y
-    return factors
+def kernel_scales(model):
+    """The factor each LIF layer's first-batch calibration applied to its kernel (1.0 when none was needed)."""
+    return [round(float(ops.convert_to_numpy(layer.kernel_scale.value)), 4) for layer in lif_layers(model)]
 
 
 def compile_model(model, learning_rate, decay_steps):
@@ -123,24 +79,24 @@ def compile_model(model, learning_rate, decay_steps):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
 
-def train(model, train_set, test_set, args, *, val_set=None, calibration_samples=32):
-    """Calibrate (:func:`calibrate` to ``args.init_spikes`` spikes per hidden neuron), compile, ``fit`` for
-    ``args.epochs`` epochs (shuffled mini-batches, keras progress at ``args.verbose``), then evaluate on
-    ``test_set``.
+def train(model, train_set, test_set, args, *, val_set=None):
+    """Compile, ``fit`` for ``args.epochs`` epochs (shuffled mini-batches, keras progress at ``args.verbose``, the
+    LIF layers' firing statistics in the logs), then evaluate on ``test_set``.
 
-    Returns a dict with test_accuracy, test_loss, seconds (calibration and fit), calibration, capped_spikes
-    (over the whole run, evaluation included).
+    Returns a dict with test_accuracy, test_loss, seconds (fit), calibration (each LIF layer's kernel_scale),
+    capped_spikes (over the whole run, evaluation included) and the last epoch's firing statistics.
     """
     start = time.perf_counter()
-    factors = calibrate(model, train_set.times[:calibration_samples], spikes_per_neuron=args.init_spikes)
     batches = SpikeBatches(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     compile_model(model, args.learning_rate, args.epochs * len(batches))
     val = None if val_set is None else SpikeBatches(val_set, batch_size=args.batch_size)
-    model.fit(batches, epochs=args.epochs, validation_data=val, verbose=args.verbose)
+    history = model.fit(batches, epochs=args.epochs, validation_data=val, verbose=args.verbose,
+                        callbacks=[FiringMonitor()])
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(SpikeBatches(test_set, batch_size=args.batch_size), verbose=0)
+    firing = {key: round(values[-1], 4) for key, values in history.history.items() if "/" in key}
     return {"test_accuracy": float(test_accuracy), "test_loss": float(test_loss), "seconds": round(seconds, 1),
-            "calibration": [round(f, 4) for f in factors], "capped_spikes": capped_spikes(model)}
+            "calibration": kernel_scales(model), "capped_spikes": capped_spikes(model), "firing": firing}
 
 
 def first(dataset, limit):

@@ -44,8 +44,7 @@ def build_model(n_channels, hidden, max_spikes, t_max):
 
 
 def main(argv=None):
-    parser = _common.parser(__doc__, epochs=20, batch_size=64, hidden=350, learning_rate=2e-3, max_spikes=4,
-                            init_spikes=1.0)
+    parser = _common.parser(__doc__, epochs=20, batch_size=64, hidden=350, learning_rate=2e-3, max_spikes=4)
     parser.add_argument("--t-max", type=float, default=20.0, help="latest input spike time in ms (latency code)")
     args = parser.parse_args(argv)
 

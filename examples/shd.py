@@ -75,8 +75,7 @@ def load_split(name, split, args):
 def run(name, argv, doc):
     """Parse ``argv``, train and evaluate on SHD (``name="shd"``) or SSC (``"ssc"``); returns the summary dict."""
     n_classes, splits = DATASETS[name][1:]
-    parser = _common.parser(doc, epochs=30, batch_size=64, hidden=512, learning_rate=2e-3, max_spikes=32,
-                            init_spikes=4.0)
+    parser = _common.parser(doc, epochs=30, batch_size=64, hidden=512, learning_rate=2e-3, max_spikes=32)
     parser.add_argument("--n-channels", type=int, default=140, help="pool the 700 channels into this many (1-700)")
     parser.add_argument("--t-max", type=float, default=1000.0, help="drop input spikes after this time (ms)")
     parser.add_argument("--max-input-spikes", type=int, default=None, help="cap on spikes per input channel")

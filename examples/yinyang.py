@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import _common  # noqa: E402
 
 from spikescan.datasets import yinyang  # noqa: E402
-from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
+from spikescan_keras import FiringMonitor, LIFLayer, LIReadout  # noqa: E402
 
 # Time constants in ms. Inputs span [0, 30] ms; hidden spikes follow within a few tau_syn, so the readout window
 # t_max covers them. tau_mem == 2 tau_syn allows the closed-form spike-time solver (no Newton iterations).
@@ -56,13 +56,16 @@ def main(argv=None):
     steps = args.epochs * -(-len(train.labels) // args.batch_size)
     model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps)
     start = time.perf_counter()
-    model.fit(train.times, train.labels, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(val.times, val.labels), verbose=args.verbose)
+    history = model.fit(train.times, train.labels, batch_size=args.batch_size, epochs=args.epochs,
+                        validation_data=(val.times, val.labels), verbose=args.verbose,
+                        callbacks=[FiringMonitor()])
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
                "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
-               "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value))}
+               "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),
+               "calibration": _common.kernel_scales(model),
+               "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key}}
     return _common.emit(summary, args.output)
 
 
