@@ -54,7 +54,11 @@ def latency_mnist(split: str, *, t_max: float = 20.0, threshold: float = 0.01, d
     check_positive("threshold", threshold, allow_zero=True)
     if threshold > 1:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+    from .. import encode
+
     images, labels = load_mnist_arrays(split, data_dir)
     v = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    times = np.where(v >= threshold, t_max * (1.0 - v), np.inf)
-    return SpikeDataset(times[:, :, None].astype(dtype), labels, tuple(str(d) for d in range(10)), "ms")
+    # encode.latency silences x <= cut; the largest float below the threshold silences exactly v < threshold.
+    cut = None if threshold == 0 else float(np.nextafter(threshold, -np.inf))
+    times = encode.latency(v, t_max=t_max, cut=cut, dtype=dtype)
+    return SpikeDataset(times, labels, tuple(str(d) for d in range(10)), "ms")
