@@ -198,3 +198,20 @@ def test_new_options_are_validated(kwargs, match):
 def test_firing_monitor_rejects_unknown_statistics():
     with pytest.raises(ValueError, match="stats"):
         sk.FiringMonitor(stats=("rate",))
+
+
+def test_layer_killed_during_training_is_reported_and_revived():
+    """A too-large step that leaves every weight negative: the layer is reported silent and its neurons fire again."""
+    keras.utils.set_random_seed(4)
+    x, y = timing_task(64)
+    model = model_of(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, name="hidden"), 0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        lif = model.layers[0]
+        lif.kernel.assign(-np.abs(lif.kernel.numpy()) / 10.0)
+        assert np.isinf(ops.convert_to_numpy(lif(x))).all()
+        with pytest.warns(sk.SilentLayerWarning, match="'hidden'"):
+            history = model.fit(x, y, batch_size=8, epochs=10, verbose=0, callbacks=[sk.FiringMonitor()])
+    dead = history.history["hidden/dead_fraction"]
+    assert dead[0] == 1.0 and dead[-1] < 0.5, dead
