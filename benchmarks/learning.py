@@ -1,0 +1,387 @@
+"""Does the obvious spiking model learn? Side by side with a non-spiking MLP of the same size, in one run.
+
+"The obvious model" is what a new user writes from the README, with one fixed recipe and no per-dataset tuning:
+
+- features min-max scaled with ``spikescan.encode.scale`` (bounds from the training split, reused on the test
+  split), then a latency code ``encode.latency(x, t_max=20)`` or a rate code ``encode.rate(x, t_max=20,
+  max_spikes=8, mode="regular")`` (``--codes poisson`` adds ``mode="poisson"`` with a seed per fold);
+- ``Sequential([Input((channels, max_in)), LIFLayer(hidden, tau_mem=10, tau_syn=5, max_spikes=8),
+  LIReadout(classes, tau_mem=10, tau_syn=5, t_max=40)])``, every other argument at its default (so the kernel
+  scale is calibrated on the first training batch and the silence penalty is on);
+- ``compile("adam", SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])`` and
+  ``fit(x, y, batch_size=B, epochs=E)`` with no callbacks.
+
+The MLP is ``Sequential([Input((features,)), Dense(hidden, "relu"), Dense(classes)])`` on the scaled features,
+with the same optimizer, loss, batch size and epochs.
+
+Panel: scikit-learn's bundled iris, wine and breast_cancer tables, each latency- and rate-coded (the MLP once per
+table), with stratified k-fold cross-validation (``--folds``, fixed seed); and Yin-Yang
+(``spikescan.datasets.yinyang``: its own latency code, 5 channels over [0, 30] ms; the MLP gets the 4 coordinates
+``(x, y, 1 - x, 1 - y)``) with the published generators' seeds (train 42, test 40), ``--yinyang-train`` /
+``--yinyang-test`` samples, under a few reasonable settings of the time constants and readout (``t_max=60``),
+repeated ``--repeats`` times with different initialisation seeds. Every fold / repeat calls
+``keras.utils.set_random_seed`` before building each model, so a run is reproducible on one machine and backend.
+
+    KERAS_BACKEND=torch python benchmarks/learning.py                 # full panel -> results/learning_torch.json
+    python benchmarks/learning.py --quick --only iris                 # smoke test (no file unless --output)
+    python benchmarks/learning.py --markdown benchmarks/results/learning_torch.json   # README table from a file
+
+Cost: the spiking model's time goes into the exact event loops (``lif_forward`` / ``lif_backward`` on the host),
+about linear in the input events per sample, so the rate code costs about four times the latency code and
+breast_cancer (30 features) dominates the tables. On a 2-core CPU (torch backend, hidden 64, batch 32) one epoch of
+one fold took about 0.3 / 1.1 s (iris latency / rate), 0.4 / 1.1 s (wine), 1.6 / 5 s (breast_cancer), 3 s per
+Yin-Yang setting at 1000 samples, and 0.15-0.5 s for the MLP: the default panel (5 folds, 2 Yin-Yang seeds, 50
+epochs) takes about an hour there. ``--folds``, ``--repeats``, ``--yinyang-train`` and ``--epochs`` trade that
+against noise.
+
+Each entry of the JSON holds the per-fold test accuracies of both models, their means and (sample) standard
+deviations, ``gap = mlp_mean - snn_mean``, ``within_3_points = gap <= 0.03``, the seconds spent, and what the
+spiking hidden layer looked like at the end of training (``silent_fraction``, ``dead_fraction``,
+``spikes_per_neuron`` of the last training batch, the calibrated ``kernel_scale``, ``capped_spikes``), plus the
+warnings raised during training, counted by category.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import keras  # noqa: E402
+
+from _stamp import stamp  # noqa: E402
+from spikescan import encode  # noqa: E402
+from spikescan.datasets import yinyang, yinyang_points  # noqa: E402
+from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
+
+TABLES = ("iris", "wine", "breast_cancer")
+DATASETS = TABLES + ("yinyang",)
+CODES = ("latency", "rate", "poisson")
+
+# The one recipe of the tables (all three, both codes).
+ENCODE_T_MAX = 20.0
+INPUT_MAX_SPIKES = 8  # rate code: spikes for a feature at 1
+TABLE_SETTING = dict(name="tau10/5-integral", tau_mem=10.0, tau_syn=5.0, readout="integral", t_max=40.0)
+HIDDEN_MAX_SPIKES = 8
+
+# Yin-Yang: a few reasonable settings of the same model (not the full product of the options).
+YINYANG_SETTINGS = (
+    dict(name="tau20/10-integral", tau_mem=20.0, tau_syn=10.0, readout="integral", t_max=60.0),
+    dict(name="tau10/5-integral", tau_mem=10.0, tau_syn=5.0, readout="integral", t_max=60.0),
+    dict(name="tau40/10-integral", tau_mem=40.0, tau_syn=10.0, readout="integral", t_max=60.0),
+    dict(name="tau20/10-max", tau_mem=20.0, tau_syn=10.0, readout="max", t_max=60.0),
+)
+YINYANG_SEEDS = dict(train=42, test=40)  # the published generators' seeds
+
+FULL = dict(epochs=50, folds=5, repeats=2, hidden=64, batch_size=32, yinyang_train=1000, yinyang_test=1000,
+            table_limit=None)
+QUICK = dict(epochs=2, folds=2, repeats=1, hidden=16, batch_size=32, yinyang_train=64, yinyang_test=64,
+             table_limit=60)
+WITHIN = 0.03
+
+
+# ---------------------------------------------------------------- data
+
+def load_table(name, limit=None, seed=0):
+    """``(features [n, F] float64, labels [n] int64)`` of a scikit-learn bundled table; ``limit`` keeps a stratified
+    random subset of that many samples (smoke tests)."""
+    from sklearn import datasets as skd
+
+    x, y = getattr(skd, f"load_{name}")(return_X_y=True)
+    if limit is not None and limit < len(y):
+        from sklearn.model_selection import train_test_split
+
+        x, _, y, _ = train_test_split(x, y, train_size=limit, stratify=y, random_state=seed)
+    return np.asarray(x, np.float64), np.asarray(y, np.int64)
+
+
+def encode_split(code, x_train, x_test, seed):
+    """Scale with the training split's bounds, then spike-encode both splits with the fixed recipe."""
+    s_train, low, high = encode.scale(x_train)
+    s_test, _, _ = encode.scale(x_test, low, high)
+    if code == "latency":
+        return encode.latency(s_train, t_max=ENCODE_T_MAX), encode.latency(s_test, t_max=ENCODE_T_MAX)
+    mode = "regular" if code == "rate" else "poisson"
+    kw = dict(t_max=ENCODE_T_MAX, max_spikes=INPUT_MAX_SPIKES, mode=mode)
+    if mode == "poisson":
+        with warnings.catch_warnings():  # dropping the rare 9th spike of a value near 1 is part of the code
+            warnings.simplefilter("ignore")
+            return (encode.rate(s_train, seed=[seed, 0], **kw), encode.rate(s_test, seed=[seed, 1], **kw))
+    return encode.rate(s_train, **kw), encode.rate(s_test, **kw)
+
+
+def scaled_features(x_train, x_test):
+    s_train, low, high = encode.scale(x_train)
+    return s_train, encode.scale(x_test, low, high)[0]
+
+
+# ---------------------------------------------------------------- models
+
+def snn(input_shape, hidden, classes, setting):
+    return keras.Sequential([
+        keras.Input(shape=input_shape),
+        LIFLayer(hidden, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], max_spikes=HIDDEN_MAX_SPIKES),
+        LIReadout(classes, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], readout=setting["readout"],
+                  t_max=setting["t_max"]),
+    ])
+
+
+def mlp(features, hidden, classes):
+    return keras.Sequential([keras.Input((features,)), keras.layers.Dense(hidden, "relu"),
+                             keras.layers.Dense(classes)])
+
+
+def fit_evaluate(model, x_train, y_train, x_test, y_test, args):
+    """Compile with the fixed recipe, fit, evaluate. Returns (test accuracy, last-epoch train accuracy, warnings
+    raised by fit counted by category)."""
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose)
+        _, accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
+    counts = {}
+    for w in caught:
+        counts[w.category.__name__] = counts.get(w.category.__name__, 0) + 1
+    return float(accuracy), float(history.history["accuracy"][-1]), counts
+
+
+def firing(model):
+    """The hidden LIF layer's state after training (its statistics are those of the last training batch)."""
+    layer = next(lay for lay in model.layers if isinstance(lay, LIFLayer))
+    read = lambda v: float(np.asarray(keras.ops.convert_to_numpy(v.value)))  # noqa: E731
+    return dict(silent_fraction=read(layer.silent_fraction), dead_fraction=read(layer.dead_fraction),
+                spikes_per_neuron=read(layer.spikes_per_neuron), kernel_scale=read(layer.kernel_scale),
+                capped_spikes=int(read(layer.capped_spikes)))
+
+
+# ---------------------------------------------------------------- runs
+
+def seed_of(args, run):
+    return args.seed * 1000 + run
+
+
+def run_mlp(splits, classes, args):
+    """The MLP on each split ``(x_train, y_train, x_test, y_test)`` of features: per-fold accuracies and seconds."""
+    acc, train_acc, start = [], [], time.perf_counter()
+    for run, (x_tr, y_tr, x_te, y_te) in enumerate(splits):
+        keras.utils.set_random_seed(seed_of(args, run))
+        a, t, _ = fit_evaluate(mlp(x_tr.shape[1], args.hidden, classes), x_tr, y_tr, x_te, y_te, args)
+        acc.append(a)
+        train_acc.append(t)
+    return dict(accuracy=acc, train_accuracy=train_acc, seconds=time.perf_counter() - start)
+
+
+def run_snn(splits, classes, setting, args):
+    """The spiking model on each split of spike tensors: per-fold accuracies, firing statistics, seconds."""
+    acc, train_acc, stats, caught, start = [], [], [], {}, time.perf_counter()
+    for run, (t_tr, y_tr, t_te, y_te) in enumerate(splits):
+        keras.utils.set_random_seed(seed_of(args, run))
+        model = snn(t_tr.shape[1:], args.hidden, classes, setting)
+        a, t, w = fit_evaluate(model, t_tr, y_tr, t_te, y_te, args)
+        acc.append(a)
+        train_acc.append(t)
+        stats.append(firing(model))
+        for k, v in w.items():
+            caught[k] = caught.get(k, 0) + v
+    return dict(accuracy=acc, train_accuracy=train_acc, firing=stats, warnings=caught,
+                seconds=time.perf_counter() - start)
+
+
+def _mean_std(values):
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def entry(dataset, code, setting, snn_result, mlp_result, *, input_shape, n_train, n_test):
+    snn_mean, snn_std = _mean_std(snn_result["accuracy"])
+    mlp_mean, mlp_std = _mean_std(mlp_result["accuracy"])
+    per_fold = snn_result["firing"]
+    gap = mlp_mean - snn_mean
+    out = dict(dataset=dataset, code=code, setting=setting["name"], snn_accuracy=snn_result["accuracy"],
+               snn_mean=snn_mean, snn_std=snn_std, mlp_accuracy=mlp_result["accuracy"], mlp_mean=mlp_mean,
+               mlp_std=mlp_std, gap=gap, within_3_points=bool(gap <= WITHIN),
+               snn_train_accuracy=snn_result["train_accuracy"], mlp_train_accuracy=mlp_result["train_accuracy"],
+               seconds=round(snn_result["seconds"] + mlp_result["seconds"], 2),
+               snn_seconds=round(snn_result["seconds"], 2), mlp_seconds=round(mlp_result["seconds"], 2),
+               input_shape=list(map(int, input_shape)), n_train=n_train, n_test=n_test,
+               model=dict(setting, hidden_max_spikes=HIDDEN_MAX_SPIKES), warnings=snn_result["warnings"])
+    for key in ("silent_fraction", "dead_fraction", "spikes_per_neuron", "kernel_scale"):
+        out[key] = float(np.mean([f[key] for f in per_fold]))
+        out[f"{key}_per_fold"] = [f[key] for f in per_fold]
+    out["capped_spikes"] = int(sum(f["capped_spikes"] for f in per_fold))
+    return out
+
+
+def progress(e):
+    print(f"{e['dataset']:<14} {e['code']:<8} {e['setting']:<18} snn {e['snn_mean']:.3f}±{e['snn_std']:.3f}  "
+          f"mlp {e['mlp_mean']:.3f}±{e['mlp_std']:.3f}  gap {e['gap']:+.3f}  {e['seconds']:7.1f}s "
+          f"(snn {e['snn_seconds']:.1f}s, mlp {e['mlp_seconds']:.1f}s)  silent {e['silent_fraction']:.2f} "
+          f"dead {e['dead_fraction']:.2f} scale {e['kernel_scale']:.3g}", flush=True)
+
+
+def run_table(name, args):
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = load_table(name, args.table_limit, args.seed)
+    classes = int(y.max()) + 1
+    folds = list(StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=args.seed).split(x, y))
+    features = [(*scaled_features(x[tr], x[te]), tr, te) for tr, te in folds]
+    mlp_result = run_mlp([(f_tr, y[tr], f_te, y[te]) for f_tr, f_te, tr, te in features], classes, args)
+    for code in args.codes:
+        splits, shape = [], None
+        for run, (tr, te) in enumerate(folds):
+            t_tr, t_te = encode_split(code, x[tr], x[te], seed_of(args, run))
+            splits.append((t_tr, y[tr], t_te, y[te]))
+            shape = t_tr.shape[1:]
+        e = entry(name, code, TABLE_SETTING, run_snn(splits, classes, TABLE_SETTING, args), mlp_result,
+                  input_shape=shape, n_train=len(folds[0][0]), n_test=len(folds[0][1]))
+        progress(e)
+        yield e
+
+
+def run_yinyang(args):
+    train = yinyang(args.yinyang_train, seed=YINYANG_SEEDS["train"])
+    test = yinyang(args.yinyang_test, seed=YINYANG_SEEDS["test"])
+    xy_train, labels_train = yinyang_points(args.yinyang_train, seed=YINYANG_SEEDS["train"])
+    xy_test, labels_test = yinyang_points(args.yinyang_test, seed=YINYANG_SEEDS["test"])
+    assert np.array_equal(labels_train, train.labels) and np.array_equal(labels_test, test.labels)
+    f_train = np.concatenate([xy_train, 1.0 - xy_train], axis=1)  # the 4 coordinates the spikes encode
+    f_test = np.concatenate([xy_test, 1.0 - xy_test], axis=1)
+    repeats = range(args.repeats)
+    mlp_result = run_mlp([(f_train, labels_train, f_test, labels_test) for _ in repeats], 3, args)
+    for setting in args.yinyang_settings:
+        snn_result = run_snn([(train.times, train.labels, test.times, test.labels) for _ in repeats], 3, setting,
+                             args)
+        e = entry("yinyang", "latency", setting, snn_result, mlp_result, input_shape=train.times.shape[1:],
+                  n_train=args.yinyang_train, n_test=args.yinyang_test)
+        progress(e)
+        yield e
+
+
+# ---------------------------------------------------------------- report
+
+def markdown(report):
+    """A README table of a report (the dict this script writes)."""
+    s = report["settings"]
+    st = report["stamp"]
+    lines = [
+        f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
+        f"{s['epochs']} epochs; tables: {s['folds']}-fold stratified CV; Yin-Yang: {s['yinyang_train']} train / "
+        f"{s['yinyang_test']} test, {s['repeats']} seeds). Commit {str(st.get('commit'))[:10]}"
+        f"{' (dirty)' if st.get('dirty') else ''}, {st.get('keras_backend')} on {st.get('device')} "
+        f"({st.get('cpu')}, {st.get('cpu_count')} cores).",
+        "",
+        "| Dataset | Code | Setting | SNN test acc. | MLP test acc. | Gap (MLP - SNN) | Within 3 pts | "
+        "Silent / dead (end) | Kernel scale | Seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in report["entries"]:
+        lines.append(
+            f"| {e['dataset']} | {e['code']} | {e['setting']} | {100 * e['snn_mean']:.1f} ± {100 * e['snn_std']:.1f}% "
+            f"| {100 * e['mlp_mean']:.1f} ± {100 * e['mlp_std']:.1f}% | {100 * e['gap']:+.1f} | "
+            f"{'yes' if e['within_3_points'] else '**no**'} | {e['silent_fraction']:.2f} / {e['dead_fraction']:.2f} | "
+            f"{e['kernel_scale']:.3g} | {e['seconds']:.0f} |")
+    if not report.get("complete", True):
+        lines.append("")
+        lines.append("(incomplete run: the panel was interrupted)")
+    return "\n".join(lines)
+
+
+def _write(report, path):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, path)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 folds, 2 epochs, 16 hidden, few samples")
+    p.add_argument("--epochs", type=int, help=f"default {FULL['epochs']} ({QUICK['epochs']} with --quick)")
+    p.add_argument("--only", nargs="+", choices=DATASETS, metavar="NAME", help=f"datasets among {DATASETS}")
+    p.add_argument("--codes", nargs="+", choices=CODES, default=["latency", "rate"],
+                   help="input codes of the tables (default: latency rate)")
+    p.add_argument("--settings", nargs="+", choices=[s["name"] for s in YINYANG_SETTINGS], metavar="SETTING",
+                   help="Yin-Yang settings (default: all of " + ", ".join(s["name"] for s in YINYANG_SETTINGS) + ")")
+    p.add_argument("--folds", type=int, help=f"stratified folds of the tables (default {FULL['folds']})")
+    p.add_argument("--repeats", type=int, help=f"Yin-Yang initialisation seeds (default {FULL['repeats']})")
+    p.add_argument("--hidden", type=int, help=f"hidden units of both models (default {FULL['hidden']})")
+    p.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
+    p.add_argument("--yinyang-train", type=int, help=f"default {FULL['yinyang_train']}")
+    p.add_argument("--yinyang-test", type=int, help=f"default {FULL['yinyang_test']}")
+    p.add_argument("--table-limit", type=int, help="stratified subset of each table (default: all; 60 with --quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="keras verbosity of fit")
+    p.add_argument("--output", help="JSON file (default: benchmarks/results/learning_<backend>.json for a full run, "
+                                    "none with --quick); rewritten after every entry")
+    p.add_argument("--markdown", nargs="?", const="", metavar="JSON",
+                   help="print a README table of JSON and exit; without JSON, print the table of this run at the end")
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("epochs", "folds", "repeats", "hidden", "batch_size", "yinyang_train", "yinyang_test"):
+        if getattr(args, key) < (2 if key == "folds" else 1):
+            p.error(f"--{key.replace('_', '-')} is too small: {getattr(args, key)}")
+    args.datasets = list(dict.fromkeys(args.only or DATASETS))
+    args.yinyang_settings = [s for s in YINYANG_SETTINGS if args.settings is None or s["name"] in args.settings]
+    if args.quick and args.settings is None:
+        args.yinyang_settings = args.yinyang_settings[:1]
+    if args.output is None and not args.quick:
+        args.output = os.path.join(HERE, "results", f"learning_{keras.backend.backend()}.json")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            table = markdown(json.load(f))
+        print(table)
+        return table
+    import sklearn  # noqa: F401  (before the stamp, which records its version)
+
+    settings = {k: getattr(args, k) for k in ("quick", "epochs", "folds", "repeats", "hidden", "batch_size",
+                                              "yinyang_train", "yinyang_test", "table_limit", "seed", "codes",
+                                              "datasets")}
+    settings.update(
+        optimizer="adam (Keras defaults)", loss="SparseCategoricalCrossentropy(from_logits=True)",
+        encode_t_max=ENCODE_T_MAX, rate_max_spikes=INPUT_MAX_SPIKES, hidden_max_spikes=HIDDEN_MAX_SPIKES,
+        table_setting=TABLE_SETTING, yinyang_settings=args.yinyang_settings, yinyang_seeds=YINYANG_SEEDS,
+        within_points=WITHIN, std="sample standard deviation (ddof=1) over folds / repeats",
+        fold_seeds="keras.utils.set_random_seed(seed * 1000 + fold) before each model; StratifiedKFold(shuffle=True, "
+                   "random_state=seed)")
+    report = dict(benchmark="learning", stamp=stamp(), settings=settings, entries=[], complete=False)
+    start = time.perf_counter()
+    print(f"learning panel: {', '.join(args.datasets)}; backend {report['stamp'].get('keras_backend')}; "
+          f"epochs {args.epochs}, hidden {args.hidden}, batch {args.batch_size}, folds {args.folds}", flush=True)
+    for name in args.datasets:
+        for e in (run_yinyang(args) if name == "yinyang" else run_table(name, args)):
+            report["entries"].append(e)
+            _write(report, args.output)
+    report["complete"] = True
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    _write(report, args.output)
+    print(f"total {report['seconds']:.1f}s" + (f"; wrote {args.output}" if args.output else ""), flush=True)
+    if args.markdown == "":
+        print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""benchmarks/learning.py end to end in its --quick form (iris only): the harness runs in-process under the Keras
+backend of this process and writes a JSON report of the promised structure. One process per backend:
+
+    KERAS_BACKEND=torch python -m pytest tests/test_learning_bench.py
+    KERAS_BACKEND=jax python -m pytest tests/test_learning_bench.py
+
+Learning quality is not asserted here (two epochs on a few samples); the full panel is a benchmark, not a test.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
+pytest.importorskip("sklearn")
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "learning.py"
+
+
+def learning():
+    module = sys.modules.get("spikescan_learning_bench")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("spikescan_learning_bench", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["spikescan_learning_bench"] = module
+    return module
+
+
+def unit(x):
+    return isinstance(x, float) and math.isfinite(x) and 0.0 <= x <= 1.0
+
+
+def test_quick_iris(tmp_path, capsys):
+    out = tmp_path / "learning.json"
+    returned = learning().main(["--quick", "--only", "iris", "--output", str(out)])
+    assert out.is_file()
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert report["benchmark"] == "learning" and report["complete"] is True
+
+    stamp = report["stamp"]
+    assert {"commit", "dirty", "machine", "cpu", "python", "numpy", "keras", "keras_backend"} <= stamp.keys()
+    assert stamp["keras_backend"] == BACKEND
+
+    settings = report["settings"]
+    assert settings["quick"] is True and settings["datasets"] == ["iris"]
+    folds, epochs = settings["folds"], settings["epochs"]
+    assert folds >= 2 and epochs >= 1
+
+    entries = report["entries"]
+    assert [(e["dataset"], e["code"]) for e in entries] == [("iris", "latency"), ("iris", "rate")]
+    for e in entries:
+        assert isinstance(e["setting"], str) and e["setting"]
+        for model in ("snn", "mlp"):
+            accuracies = e[f"{model}_accuracy"]
+            assert isinstance(accuracies, list) and len(accuracies) == folds
+            assert all(unit(a) for a in accuracies), accuracies
+            assert unit(e[f"{model}_mean"]) and unit(e[f"{model}_std"])
+            assert e[f"{model}_mean"] == pytest.approx(sum(accuracies) / folds)
+        assert math.isfinite(e["gap"]) and e["gap"] == pytest.approx(e["mlp_mean"] - e["snn_mean"])
+        assert e["within_3_points"] is (e["gap"] <= 0.03)
+        assert isinstance(e["seconds"], (int, float)) and e["seconds"] >= 0
+        assert unit(e["silent_fraction"]) and unit(e["dead_fraction"])
+        assert len(e["silent_fraction_per_fold"]) == folds
+        assert math.isfinite(e["kernel_scale"]) and e["kernel_scale"] > 0
+    # The MLP runs once per dataset: both codes report the same MLP folds.
+    assert entries[0]["mlp_accuracy"] == entries[1]["mlp_accuracy"]
+
+    printed = capsys.readouterr().out
+    assert printed.count("iris ") >= 2 and "snn" in printed and "mlp" in printed
+
+    table = learning().main(["--markdown", str(out)])
+    assert table.count("\n| iris |") == 2
