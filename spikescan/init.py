@@ -97,9 +97,10 @@ def firing_fraction(counts):
 
 
 def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, delays=None, target=(0.3, 0.9),
-                    max_rounds=24, method="auto", solver="newton"):
+                    max_mean_count=None, max_rounds=24, method="auto", solver="newton"):
     """Factor ``s`` such that ``lif_forward(input_times, s * weights, ...)`` fires on a fraction of (sample,
-    neuron) pairs inside ``target = (low, high)``; ``1.0`` when the weights already do.
+    neuron) pairs inside ``target = (low, high)`` and, if ``max_mean_count`` is given, with a mean spike count per
+    (sample, neuron) of at most ``max_mean_count``; ``1.0`` when the weights already do.
 
     Otherwise ``s`` is searched on a log scale, aiming at the middle of the range: doubling or halving until the
     target is bracketed, then bisection, stopping as soon as a trial lands inside ``target`` (within
@@ -115,6 +116,10 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
         weights: ``[n_in, n_out]``; ``delays``: optional ``[n_in, n_out]``.
         tau_mem, tau_syn, threshold, method, solver: as for ``lif_forward``.
         target: ``(low, high)`` with ``0 < low < high <= 1``.
+        max_mean_count: optional bound on the mean spike count per (sample, neuron) (e.g. half of a layer's
+            ``max_spikes``, so that few spikes go unrecorded): a layer that fires on the right fraction of pairs
+            but in bursts is scaled down, as long as the fraction stays at or above ``low`` (the fraction wins
+            when both cannot hold).
 
     Returns:
         ``(scale, fraction)``: the factor and the firing fraction it gives on ``input_times``.
@@ -122,16 +127,23 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     from .lif import lif_forward
 
     low, high = _check_target(target)
+    if max_mean_count is not None:
+        max_mean_count = v.positive_scalar("max_mean_count", max_mean_count)
     aim = 0.5 * (low + high)
     weights = np.asarray(weights, dtype=np.float64)
+    busy = {}  # log scale -> whether the mean count exceeds max_mean_count
 
     def fraction(log_s):
         out = lif_forward(input_times, weights * 2.0 ** log_s, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
                           max_spikes=1, delays=delays, method=method, solver=solver)
+        busy[log_s] = max_mean_count is not None and float(out.counts.mean()) > max_mean_count
         return firing_fraction(out.counts)
 
+    def too_busy(log_s, f):
+        return f > high or (busy[log_s] and f > low)
+
     f0 = fraction(0.0)
-    if low <= f0 <= high:
+    if low <= f0 and not too_busy(0.0, f0):
         return 1.0, f0
     spikes, window = input_statistics(input_times)
     mean_abs = float(np.abs(weights.mean())) if weights.size else 0.0
@@ -142,7 +154,7 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     guess = np.log2(mean_weight(weights.shape[0], tau_mem=float(np.mean(tau_mem)), tau_syn=float(np.mean(tau_syn)),
                                 threshold=threshold, input_spikes=spikes, window=window) / mean_abs)
     step = float(np.clip(guess, 0.25, 8.0)) if f0 < low else float(np.clip(guess, -8.0, -0.25))
-    lo = hi = None  # log scales known to give too few (lo) / too many (hi) firing pairs
+    lo = hi = None  # log scales known to fire too little (lo) / too much (hi)
     if f0 < low:
         lo = 0.0
     else:
@@ -151,7 +163,7 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     for _ in range(max_rounds - 1):
         f = fraction(log_s)
         trials.append((log_s, f))
-        if low <= f <= high:
+        if low <= f and not too_busy(log_s, f):
             return float(2.0 ** log_s), f
         if f < low:
             lo = log_s
@@ -165,7 +177,8 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
             log_s = hi - 1.0  # still too busy: halve
         if abs(log_s) > 40:
             break
-    best = min(trials, key=lambda p: abs(p[1] - aim))
+    # No trial met every condition: the one closest to the target fraction, preferring trials without bursts.
+    best = min(trials, key=lambda p: (busy[p[0]] and p[1] >= low, abs(p[1] - aim)))
     return float(2.0 ** best[0]), best[1]
 
 

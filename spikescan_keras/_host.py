@@ -172,6 +172,7 @@ class CalibrateSpec:
     tau_syn: float
     threshold: float
     target: tuple
+    max_mean_count: float
     method: str
     solver: str
     layer_name: str
@@ -190,7 +191,7 @@ class CalibrateOp:
         scale, fraction = calibrate_scale(
             _to_host(input_times), _to_host(weights), delays=_to_host(delays[0]) if delays else None,
             tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
-            method=spec.method, solver=spec.solver)
+            max_mean_count=spec.max_mean_count, method=spec.method, solver=spec.solver)
         low, high = spec.target
         if not low <= fraction <= high:
             warnings.warn(

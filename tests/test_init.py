@@ -100,3 +100,16 @@ def test_input_statistics():
     x = np.array([[[1.0, 4.0], [np.inf, np.inf]], [[2.0, np.inf], [3.0, np.inf]], [[np.inf] * 2] * 2])
     spikes, window = input_statistics(x)
     assert spikes == pytest.approx(4 / 3) and window == pytest.approx((3.0 + 1.0) / 2)
+
+
+def test_calibration_tames_bursts_while_keeping_the_fraction():
+    """Rate-coded inputs: most pairs fire, but in bursts; a bound on the mean count scales the weights down."""
+    rng = np.random.default_rng(2)
+    x = np.sort(rng.uniform(0.0, 20.0, (32, 8, 8)), axis=-1)
+    w = rng.normal(0.0, 1.0, (8, 40))
+    counts0 = spikescan.lif_forward(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts
+    assert 0.3 <= firing_fraction(counts0) <= 0.9 and counts0.mean() > 4
+    assert calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN)[0] == 1.0  # the fraction alone is satisfied
+    scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_mean_count=2.0)
+    counts = spikescan.lif_forward(x, w * scale, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts
+    assert scale < 1.0 and counts.mean() <= 2.0 and 0.3 <= fraction == firing_fraction(counts)
