@@ -10,6 +10,7 @@ from ._types import PeakGrads, PeakResiduals, PeakResult
 from .lif import lif_backward, lif_forward
 from .peak import peak_voltage, peak_voltage_backward
 from .readout import li_backward, li_forward
+from .trace import TraceResult, li_trace, lif_trace
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,6 @@ __all__ = [
     "lif_forward", "lif_backward", "LIFResult", "LIFResiduals", "LIFGrads",
     "li_forward", "li_backward", "LIResult", "LIResiduals", "LIGrads",
     "peak_voltage", "peak_voltage_backward", "PeakResult", "PeakResiduals", "PeakGrads",
+    "lif_trace", "li_trace", "TraceResult",
     "encode",
 ]

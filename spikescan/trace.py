@@ -1,0 +1,245 @@
+"""Exact voltage and current traces of the LIF layer and the readout on any time grid (no integration).
+
+The spike times come from ``lif_forward``; the state at a grid time ``t`` is then one closed-form decay
+(DESIGN.md section 1) from the state right after the last event at or before ``t``, where the events of a neuron are
+its input arrivals and its own spikes (resets)::
+
+    V(t) = a V0 + c I0,   I(t) = b I0,   (a, b, c) = decay(t - t_event, tau_mem, tau_syn)
+
+The states after the events come from the same affine recurrence as the layer's own scan (DESIGN.md section 4) with
+each spike as the map ``(V, I) -> (0, I)``, so nothing is stepped through time: the grid can be as fine or as sparse,
+and as unordered, as wanted, and the values are exact up to float64 rounding.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _dynamics as dyn
+from . import _validate as v
+from ._queue import build_queues
+from ._scan import recurrence_scan
+from .lif import METHODS
+
+# First recording size for max_spikes=None; a neuron that fires more triggers one rerun with the largest count.
+_FIRST_MAX_SPIKES = 16
+
+
+class TraceResult(NamedTuple):
+    """Output of ``lif_trace`` and ``li_trace``: the exact state of every neuron on the time grid ``t``.
+
+    - ``voltage``: ``[batch, n_out, len(t)]`` membrane voltage ``V(t)``.
+    - ``current``: ``[batch, n_out, len(t)]`` synaptic current ``I(t)``.
+    - ``spike_times``: ``[batch, n_out, max_spikes]`` output spike times, ascending, ``+inf`` padded (the spike
+      tensor of ``lif_forward``); ``[batch, n_out, 0]`` for ``li_trace``, whose neurons do not spike.
+
+    Conventions (both right-continuous, i.e. the state just after everything that happens at ``t``):
+
+    - At an input arrival time the jump of ``I`` is included: ``I(t_arrival) = I(t_arrival^-) + weight``. ``V`` is
+      continuous there.
+    - At a spike time ``V`` is the post-reset value ``0``; the left limit ``V(t_spike^-)`` is the threshold. So
+      ``V(t) < threshold`` at every grid time (up to float64 rounding, about ``1e-12`` relative, on grid times a few
+      ulps before a spike): the threshold is only ever reached as a left limit. ``I`` is continuous at a spike.
+    - When an input arrives at exactly a spike time, the reset comes first, then the jump (as in ``lif_forward``).
+    - ``V = I = 0`` at ``t = 0`` unless an input arrives at ``0`` (then ``I(0)`` holds its weight).
+
+    Arrays have the dtype of ``input_times``, and are NumPy or CuPy like the inputs.
+    """
+
+    voltage: Any
+    current: Any
+    spike_times: Any
+
+
+def _check_grid(t):
+    """The time grid as a float64 NumPy vector (a CuPy grid is copied to the host)."""
+    if type(t).__module__.split(".")[0] == "cupy":
+        t = t.get()
+    if isinstance(t, (bool, np.bool_)) or isinstance(t, (str, bytes)):
+        raise TypeError(f"t must be a 1-D array of times, got {t!r}")
+    arr = np.asarray(t)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"t must be a 1-D array of real times, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"t must be 1-D (a vector of times), got shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise ValueError(f"t must hold finite times >= 0, got {float(arr[k])!r} at index {k}")
+    return arr
+
+
+def _to_host(x):
+    if x is None or isinstance(x, (numbers.Real, np.ndarray)):
+        return x
+    return x.get()  # CuPy
+
+
+def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
+    """``(V, I)`` ``[N, len(t)]`` float64 of ``N`` neurons from their queues and (all of) their spikes.
+
+    Args:
+        qt, qi: ``[rows, L1]`` queue times and flat source indices (``build_queues`` layout, reshaped).
+        row, col: ``[N]`` queue row and output column of each neuron.
+        W: ``[n_in, n_out]`` float64 weights; ``max_in`` the last axis of ``input_times``.
+        tm, ts: ``[N]`` time constants.
+        spike_t, spike_e: ``[N, S]`` spike times (``+inf`` padded) and the queue position each spike precedes
+            (``LIFResiduals.spike_event``; ``-1`` for padding). ``S`` may be 0.
+    """
+    N, T = row.size, t.size
+    L1 = qt.shape[1]
+    S = spike_t.shape[1]
+    q_t = qt[row]
+    q_i = qi[row]
+    w = np.where(q_i >= 0, W[np.where(q_i >= 0, q_i // max(max_in, 1), 0), col[:, None]], 0.0)
+    # Merge the events of each neuron in the order lif_forward applies them: spike m before queue entry
+    # spike_event[m] (sort key 2k), after entries < k (keys 2j + 1); padding spikes last.
+    key = np.concatenate([np.broadcast_to(2 * np.arange(L1) + 1, (N, L1)),
+                          np.where(spike_e >= 0, 2 * spike_e, 2 * L1 + 2)], axis=1)
+    order = np.argsort(key, axis=1, kind="stable")
+    times = np.take_along_axis(np.concatenate([q_t, spike_t], axis=1), order, axis=1)
+    is_spike = order >= L1
+    jump = np.take_along_axis(np.concatenate([w, np.zeros((N, S))], axis=1), order, axis=1)
+    finite = np.isfinite(times)
+    prev = np.concatenate([np.zeros((N, 1)), times[:, :-1]], axis=1)
+    gap = np.where(finite, times - np.where(finite, prev, 0.0), 0.0)
+    a, b, c = dyn.decay(gap, tm[:, None], ts[:, None])
+    # Input: (V, I) -> (a V + c I, b I + w). Spike (reset): (V, I) -> (0, b I). Padding (+inf): unused.
+    a = np.where(is_spike, 0.0, a)
+    c = np.where(is_spike, 0.0, c)
+    zero = np.zeros_like(a)
+    E = times.shape[1]  # >= 1: every queue ends in a +inf sentinel
+    state = recurrence_scan(np.array([[a, c], [zero, b]]), np.array([zero, jump]))
+    # Number of events at or before each grid time, per neuron: one flat searchsorted on integer keys
+    # (neuron * M + rank of the time among all distinct values), which are ascending along the flat array.
+    values = np.unique(np.concatenate([times[finite], t]))
+    M = values.size + 1
+    rank_e = np.where(finite, np.searchsorted(values, np.where(finite, times, 0.0)), M - 1)
+    rank_t = np.searchsorted(values, t)
+    base = np.arange(N, dtype=np.int64)[:, None] * M
+    n_before = np.searchsorted((base + rank_e).ravel(), (base + rank_t[None, :]).ravel(), side="right")
+    last = n_before.reshape(N, T) - np.arange(N, dtype=np.int64)[:, None] * E - 1
+    has = last >= 0
+    lc = np.maximum(last, 0)
+    V0 = np.where(has, np.take_along_axis(state[0], lc, axis=1), 0.0)
+    I0 = np.where(has, np.take_along_axis(state[1], lc, axis=1), 0.0)
+    t0 = np.where(has, np.take_along_axis(times, lc, axis=1), 0.0)
+    a, b, c = dyn.decay(t[None, :] - t0, tm[:, None], ts[:, None])
+    return a * V0 + c * I0, b * I0
+
+
+def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delays=None, max_spikes=None,
+              method="auto"):
+    """Exact membrane voltage and synaptic current of a ``lif_forward`` layer at the times ``t``.
+
+    Runs ``lif_forward`` for the exact spike times, then evaluates each neuron's state at every grid time from the
+    closed forms and the exact resets (no time stepping, no integration error). See ``TraceResult`` for the
+    conventions at input and spike times: right-continuous, with ``V`` reported as the post-reset ``0`` at a spike
+    and ``V < threshold`` everywhere else (``threshold`` is the left limit at each spike).
+
+    Args:
+        input_times, weights, tau_mem, tau_syn, threshold, delays, method: as for ``lif_forward``.
+        t: 1-D times (list, NumPy or CuPy array) at which to evaluate, finite and ``>= 0``, in any order (duplicates
+            allowed); the output's last axis follows this order.
+        max_spikes: length of the returned ``spike_times`` axis. ``None``: the largest spike count of any neuron (at
+            least 1), so every spike is returned. The trace itself always uses every spike: when a neuron fires more
+            than ``max_spikes`` times, ``lif_forward`` is rerun with the true count and only the recording is cut.
+
+    Returns:
+        ``TraceResult(voltage, current, spike_times)``: ``[batch, n_out, len(t)]`` twice and
+        ``[batch, n_out, max_spikes]``, in the dtype of ``input_times``.
+
+    CuPy inputs are copied to the host, computed with NumPy (the ``lif_forward`` NumPy path gives the same spike
+    times) and returned as CuPy arrays. Cost: one or two ``lif_forward`` calls, then ``O(batch * n_out * (E +
+    len(t)))`` memory with ``E`` the events (inputs plus spikes) per neuron, and an associative scan over ``E``.
+    """
+    v.check_float_array("input_times", input_times, 3)
+    v.check_float_array("weights", weights, 2)
+    if delays is not None:
+        v.check_float_array("delays", delays, 2)
+    xp = v.array_module(input_times, weights, delays)
+    v.check_spike_times("input_times", input_times)
+    v.check_weights("weights", weights, input_times.shape[1])
+    v.check_delays(delays, weights)
+    n_out = weights.shape[1]
+    tau_mem = v.time_constant("tau_mem", tau_mem, n_out, xp)
+    tau_syn = v.time_constant("tau_syn", tau_syn, n_out, xp)
+    threshold = v.positive_scalar("threshold", threshold)
+    if max_spikes is not None:
+        max_spikes = v.positive_int("max_spikes", max_spikes)
+    v.choice("method", method, METHODS)
+    grid = _check_grid(t)
+    dtype = input_times.dtype
+    args = [_to_host(x) for x in (input_times, weights, delays, tau_mem, tau_syn)]
+    from .lif import lif_forward
+
+    def forward(k):
+        return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
+                           delays=args[2], method=method)
+
+    result = forward(max_spikes or _FIRST_MAX_SPIKES)
+    most = int(result.counts.max(initial=0))
+    if most > result.times.shape[-1]:
+        result = forward(most)
+    res = result.residuals
+    batch, n_in, max_in = res.input_shape
+    Q, L1 = res.queue_times.shape[1:]
+    n = np.arange(batch * n_out)
+    b, i = n // n_out, n % n_out
+    row = b * Q + (i if Q > 1 else 0)
+    S = res.spike_times.shape[-1]
+    V, I = _state_on_grid(res.queue_times.reshape(-1, L1), res.queue_index.reshape(-1, L1), row, i, res.weights,
+                          max_in, res.tau_mem[i], res.tau_syn[i], res.spike_times.reshape(-1, S),
+                          res.spike_event.reshape(-1, S), grid)
+    keep = max_spikes if max_spikes is not None else max(most, 1)
+    spikes = res.spike_times[..., :keep]
+    if spikes.shape[-1] < keep:  # max_spikes above every count: pad with +inf
+        spikes = np.concatenate([spikes, np.full((batch, n_out, keep - spikes.shape[-1]), np.inf)], axis=-1)
+    out = [x.reshape(batch, n_out, x.shape[-1]).astype(dtype) for x in (V, I, spikes)]
+    return TraceResult(*(out if xp is np else [xp.asarray(x) for x in out]))
+
+
+def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
+    """Exact voltage and current of the ``li_forward`` readout (leaky integrators, no threshold, no reset) at ``t``.
+
+    ``V(t) = sum weights[j, i] c_i(t - t_m)`` over inputs ``t_m <= t`` and ``I(t) = sum weights[j, i]
+    e^{-(t - t_m)/tau_syn}``: the same values as ``li_forward(readout="final", t_max=t)`` for every grid time, in
+    one pass. Conventions as in ``TraceResult`` (``I`` includes an input arriving exactly at ``t``).
+
+    Args:
+        input_times, weights, tau_mem, tau_syn: as for ``li_forward``.
+        t: 1-D times, finite and ``>= 0``, in any order.
+
+    Returns:
+        ``TraceResult(voltage, current, spike_times)`` with ``spike_times`` of shape ``[batch, n_out, 0]``; dtype of
+        ``input_times``. CuPy inputs are computed on the host and returned as CuPy arrays.
+    """
+    v.check_float_array("input_times", input_times, 3)
+    v.check_float_array("weights", weights, 2)
+    xp = v.array_module(input_times, weights)
+    v.check_spike_times("input_times", input_times)
+    v.check_weights("weights", weights, input_times.shape[1])
+    n_out = weights.shape[1]
+    tau_mem = _to_host(v.time_constant("tau_mem", tau_mem, n_out, xp))
+    tau_syn = _to_host(v.time_constant("tau_syn", tau_syn, n_out, xp))
+    grid = _check_grid(t)
+    dtype = input_times.dtype
+    times_h = _to_host(input_times)
+    W = np.asarray(_to_host(weights), np.float64)
+    batch, n_in, max_in = times_h.shape
+    qt, qi, _ = build_queues(times_h, None, np)
+    L1 = qt.shape[2]
+    n = np.arange(batch * n_out)
+    b, i = n // n_out, n % n_out
+    V, I = _state_on_grid(qt.reshape(-1, L1), qi.reshape(-1, L1), b, i, W, max_in, tau_mem[i], tau_syn[i],
+                          np.zeros((n.size, 0)), np.zeros((n.size, 0), np.int64), grid)
+    out = [V.reshape(batch, n_out, grid.size).astype(dtype), I.reshape(batch, n_out, grid.size).astype(dtype),
+           np.zeros((batch, n_out, 0), dtype)]
+    return TraceResult(*(out if xp is np else [xp.asarray(x) for x in out]))
+
+
+__all__ = ["lif_trace", "li_trace", "TraceResult"]
