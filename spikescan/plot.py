@@ -1,0 +1,130 @@
+"""Plots of spike tensors and traces with matplotlib (optional: ``pip install spikescan[plot]``).
+
+``import spikescan`` does not import this module, and this module imports matplotlib only when a function is called.
+Every function draws on the given ``ax`` (or the current axes, ``plt.gca()``) and returns it.
+
+    import spikescan.plot
+    res = spikescan.lif_trace(input_times, weights, t, tau_mem=20.0, tau_syn=10.0)
+    spikescan.plot.raster(res.spike_times, sample=0)
+    spikescan.plot.trace(t, res.voltage[0], threshold=1.0, spike_times=res.spike_times[0], neurons=[0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("spikescan.plot needs matplotlib: pip install spikescan[plot]") from err
+    return plt
+
+
+def _host(x, name):
+    """A NumPy copy of ``x`` (NumPy, CuPy, a framework tensor with ``.numpy()`` or a nested list)."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        x = x.get()
+    elif not isinstance(x, np.ndarray) and hasattr(x, "detach"):  # torch
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _axes(ax):
+    return _pyplot().gca() if ax is None else ax
+
+
+def raster(times, *, sample=0, ax=None, **scatter_kwargs):
+    """Raster plot of a spike tensor: one point per spike at ``(time, neuron index)``.
+
+    Args:
+        times: ``[batch, neurons, max_spikes]`` (``sample`` picks the sample) or ``[neurons, max_spikes]`` spike
+            times, ``+inf`` padded (padding is skipped; so is any other non-finite entry). NumPy, CuPy or anything
+            ``numpy.asarray`` takes.
+        sample: index of the sample for a 3-D ``times``.
+        ax: matplotlib Axes to draw on; the current axes when ``None``.
+        **scatter_kwargs: passed to ``ax.scatter`` (defaults: ``marker="|"``, ``s=60``, ``color="k"``,
+            ``linewidths=1``).
+
+    Returns:
+        The Axes. The spikes are one ``PathCollection`` (the last of ``ax.collections``).
+    """
+    arr = _host(times, "times")
+    if arr.ndim == 3:
+        if not -arr.shape[0] <= sample < arr.shape[0]:
+            raise IndexError(f"sample {sample} is out of range for a batch of {arr.shape[0]}")
+        arr = arr[sample]
+    elif arr.ndim != 2:
+        raise ValueError(f"times must have shape [batch, neurons, max_spikes] or [neurons, max_spikes], got shape "
+                         f"{arr.shape}")
+    ax = _axes(ax)
+    neuron, slot = np.nonzero(np.isfinite(arr))
+    kwargs = dict(marker="|", s=60, color="k", linewidths=1)
+    kwargs.update(scatter_kwargs)
+    ax.scatter(arr[neuron, slot], neuron, **kwargs)
+    ax.set_xlabel("time")
+    ax.set_ylabel("neuron")
+    if arr.shape[0]:
+        ax.set_ylim(-0.5, arr.shape[0] - 0.5)
+    return ax
+
+
+def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None):
+    """Voltage traces of one sample: one line per neuron, an optional dashed threshold line and spike markers.
+
+    Args:
+        t: ``[T]`` times of the grid (any order: points are drawn sorted by time).
+        voltage: ``[neurons, T]`` voltages of one sample (e.g. ``lif_trace(...).voltage[b]``) or ``[T]`` for one
+            neuron.
+        neurons: indices of the neurons to draw (default: all).
+        threshold: draws a dashed horizontal line at this value (one more line in ``ax.lines``).
+        spike_times: ``[neurons, max_spikes]`` spike times of the same sample (``+inf`` padded), drawn as markers in
+            each neuron's colour at the threshold (the voltage's left limit at a spike), or at the top of that
+            neuron's trace when ``threshold`` is ``None``. Markers are one ``PathCollection`` per neuron, not lines.
+        ax: matplotlib Axes to draw on; the current axes when ``None``.
+
+    Returns:
+        The Axes, with one ``Line2D`` per drawn neuron (labelled ``"neuron i"``) plus one for the threshold.
+    """
+    tt = _host(t, "t")
+    vv = _host(voltage, "voltage")
+    if tt.ndim != 1:
+        raise ValueError(f"t must be 1-D, got shape {tt.shape}")
+    if vv.ndim == 1:
+        vv = vv[None, :]
+    if vv.ndim != 2 or vv.shape[1] != tt.size:
+        raise ValueError(f"voltage must have shape [neurons, len(t)={tt.size}] (one sample: pass "
+                         f"result.voltage[b]), got shape {vv.shape}")
+    idx = np.arange(vv.shape[0]) if neurons is None else np.atleast_1d(np.asarray(neurons, dtype=np.int64))
+    if idx.size and (idx.min() < -vv.shape[0] or idx.max() >= vv.shape[0]):
+        raise IndexError(f"neurons {idx.tolist()} out of range for {vv.shape[0]} neurons")
+    spikes = None
+    if spike_times is not None:
+        spikes = _host(spike_times, "spike_times")
+        if spikes.ndim == 1:
+            spikes = spikes[None, :]
+        if spikes.ndim != 2 or spikes.shape[0] != vv.shape[0]:
+            raise ValueError(f"spike_times must have shape [neurons={vv.shape[0]}, max_spikes] (the same sample as "
+                             f"voltage), got shape {spikes.shape}")
+    ax = _axes(ax)
+    order = np.argsort(tt, kind="stable")
+    for i in idx:
+        (line,) = ax.plot(tt[order], vv[i, order], label=f"neuron {int(i) % vv.shape[0]}")
+        if spikes is not None:
+            s = spikes[i][np.isfinite(spikes[i])]
+            height = threshold if threshold is not None else (vv[i].max() if vv.shape[1] else 0.0)
+            ax.scatter(s, np.full(s.shape, height), marker="v", color=line.get_color(), zorder=3)
+    if threshold is not None:
+        ax.axhline(float(threshold), linestyle="--", color="0.4", linewidth=1, label="threshold")
+    ax.set_xlabel("time")
+    ax.set_ylabel("voltage")
+    if 0 < idx.size <= 10:
+        ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+__all__ = ["raster", "trace"]

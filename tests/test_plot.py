@@ -1,0 +1,155 @@
+"""spikescan.plot (headless, Agg) and ``examples/yinyang.py --plot``.
+
+The module is skipped without matplotlib. The example test needs a Keras backend and runs only when KERAS_BACKEND
+is set (this file also runs in the backend-free pass of tools/test.sh), e.g.
+``KERAS_BACKEND=torch python -m pytest tests/test_plot.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import spikescan as ss  # noqa: E402
+import spikescan.plot as splot  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def ax():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+def _spikes():
+    times = np.full((2, 5, 3), np.inf)
+    times[0, 0, :2] = [1.0, 4.0]
+    times[0, 3, :3] = [0.5, 2.0, 7.0]
+    times[1, 1, 0] = 3.0
+    return times
+
+
+def test_raster_one_point_per_finite_spike(ax):
+    times = _spikes()
+    out = splot.raster(times, sample=0, ax=ax)
+    assert out is ax
+    points = ax.collections[-1].get_offsets()
+    assert len(points) == np.isfinite(times[0]).sum() == 5
+    assert sorted(map(tuple, np.asarray(points))) == sorted([(1.0, 0), (4.0, 0), (0.5, 3), (2.0, 3), (7.0, 3)])
+    splot.raster(times, sample=1, ax=ax, color="r")
+    assert len(ax.collections) == 2 and len(ax.collections[-1].get_offsets()) == 1
+    # 2-D input: one sample's [neurons, max_spikes].
+    splot.raster(times[0], ax=ax)
+    assert len(ax.collections[-1].get_offsets()) == 5
+
+
+def test_raster_current_axes_and_errors():
+    fig = plt.figure()
+    try:
+        assert splot.raster(_spikes()) is plt.gca()
+        with pytest.raises(ValueError, match="times must have shape"):
+            splot.raster(np.zeros(3))
+        with pytest.raises(IndexError, match="sample 2"):
+            splot.raster(_spikes(), sample=2)
+    finally:
+        plt.close(fig)
+
+
+def test_trace_lines_threshold_and_markers(ax):
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(0.0, 20.0, (1, 8, 2)), axis=-1)
+    W = rng.normal(0.5, 0.3, (8, 4))
+    t = np.linspace(0.0, 50.0, 400)
+    res = ss.lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0)
+    out = splot.trace(t, res.voltage[0], threshold=1.0, spike_times=res.spike_times[0], ax=ax)
+    assert out is ax
+    assert len(ax.lines) == 4 + 1
+    n_spikes = np.isfinite(res.spike_times[0]).sum()
+    assert n_spikes > 0
+    assert sum(len(c.get_offsets()) for c in ax.collections) == n_spikes
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), res.voltage[0, 0])
+
+
+def test_trace_neuron_subset_no_threshold_unsorted_grid(ax):
+    t = np.array([3.0, 1.0, 2.0])
+    V = np.array([[0.3, 0.1, 0.2], [1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])
+    splot.trace(t, V, neurons=[0, 2], ax=ax)
+    assert len(ax.lines) == 2
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(ax.lines[1].get_ydata(), [6.0, 7.0, 5.0])
+    splot.trace(t, V[1], ax=ax)  # one neuron as a vector
+    assert len(ax.lines) == 3
+    with pytest.raises(ValueError, match="voltage must have shape"):
+        splot.trace(t, V[None], ax=ax)
+    with pytest.raises(IndexError, match="out of range"):
+        splot.trace(t, V, neurons=[3], ax=ax)
+    with pytest.raises(ValueError, match="spike_times must have shape"):
+        splot.trace(t, V, spike_times=np.zeros((2, 1)), ax=ax)
+
+
+def test_lazy_import_and_clear_error(monkeypatch):
+    code = ("import sys, spikescan; assert 'spikescan.plot' not in sys.modules; import spikescan.plot; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"pip install spikescan\[plot\]"):
+        splot.raster(_spikes())
+
+
+# ------------------------------------------------------------------------------------ examples/yinyang.py --plot
+
+def _yinyang_example():
+    if not os.environ.get("KERAS_BACKEND"):
+        pytest.skip("KERAS_BACKEND is not set (the example test runs in the per-backend passes)")
+    backend = os.environ["KERAS_BACKEND"]
+    if backend not in ("torch", "jax"):
+        pytest.skip(f"spikescan_keras supports torch and jax, KERAS_BACKEND={backend!r}")
+    pytest.importorskip(backend)
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != backend:
+        pytest.skip(f"keras was already imported with the {keras.backend.backend()!r} backend")
+    module = sys.modules.get("yinyang")
+    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == EXAMPLES / "yinyang.py":
+        return module
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location("yinyang", EXAMPLES / "yinyang.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["yinyang"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_yinyang_example_writes_plots(tmp_path):
+    example = _yinyang_example()
+    out = tmp_path / "figures"
+    summary = example.main(["--epochs", "1", "--limit", "64", "--hidden", "8", "--verbose", "0",
+                            "--plot", str(out)])
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    for name in ("decision_regions.png", "hidden_raster.png", "hidden_trace.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 1000, name
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_yinyang_grid_encoding_matches_dataset():
+    example = _yinyang_example()
+    from spikescan.datasets import yinyang
+
+    data = yinyang(50, seed=40)
+    np.testing.assert_array_equal(example.encode_points(data.meta["values"][:, :2]), data.times)
