@@ -1,4 +1,4 @@
-"""Spike-tensor datasets: Yin-Yang, latency-coded MNIST, SHD and SSC.
+"""Spike-tensor datasets: Yin-Yang, latency-coded MNIST, SHD and SSC, and a bridge from tonic's event datasets.
 
 Every loader returns a :class:`SpikeDataset` whose ``times`` are ``[n, channels, max_spikes]`` floats, ascending
 along the last axis and padded with ``+inf``, with ``labels [n]`` int64. Times are in milliseconds unless a
@@ -10,9 +10,11 @@ from ._core import DroppedSpikesWarning, SpikeDataset, bin_times, pack_events
 from .batching import SpikeBatches
 from .heidelberg import download_shd, download_ssc, shd, ssc
 from .mnist import latency_mnist, load_mnist_arrays
+from .tonic import ToSpikeTensor, collate_spikes
 from .yinyang import yinyang, yinyang_points
 
 __all__ = [
-    "DroppedSpikesWarning", "SpikeBatches", "SpikeDataset", "bin_times", "download_shd", "download_ssc",
+    "DroppedSpikesWarning", "SpikeBatches", "SpikeDataset", "ToSpikeTensor", "bin_times", "collate_spikes",
+    "download_shd", "download_ssc",
     "latency_mnist", "load_mnist_arrays", "pack_events", "shd", "ssc", "yinyang", "yinyang_points",
 ]

@@ -1,0 +1,149 @@
+"""spikescan.datasets.ToSpikeTensor / collate_spikes on real tonic dataset classes, reading small files that the
+tests write in the official on-disk format (no network)."""
+
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from spikescan.datasets import DroppedSpikesWarning, ToSpikeTensor, collate_spikes
+
+from _datafiles import SAMPLES, write_heidelberg
+
+tonic = pytest.importorskip("tonic")
+pytest.importorskip("h5py")
+
+
+@pytest.fixture()
+def shd_dir(tmp_path):
+    """``tmp/SHD/shd_test.h5`` plus the archive tonic downloads (``shd_test.h5.zip``), as tonic leaves them after
+    its download: ``SHD._check_exists`` wants the archive file and at least one ``.h5`` (it checks no checksum
+    once the archive is there), so tonic loads them without touching the network."""
+    folder = tmp_path / "SHD"
+    folder.mkdir()
+    write_heidelberg(folder / "shd_test.h5")
+    with zipfile.ZipFile(folder / "shd_test.h5.zip", "w") as z:
+        z.write(folder / "shd_test.h5", "shd_test.h5")
+    return tmp_path
+
+
+def expected_tensor(times_s, units, n_channels, max_spikes, scale=1e-3, t_max=None):
+    """The spike tensor from the raw file contents, built by hand: tonic stores ``t`` as integer microseconds
+    (float16 seconds from the file, times 1e6, truncated by the cast to its int field)."""
+    t_us = (np.asarray(times_s, dtype=np.float16).astype(np.float64) * 1e6).astype(np.int64)
+    out = np.full((n_channels, max_spikes), np.inf, dtype=np.float32)
+    dropped = {"t_max": 0, "max_spikes": 0}
+    for c in range(n_channels):
+        t = np.sort(t_us[np.asarray(units) == c].astype(np.float64) * scale)
+        if t_max is not None:
+            dropped["t_max"] += int((t > t_max).sum())
+            t = t[t <= t_max]
+        dropped["max_spikes"] += max(len(t) - max_spikes, 0)
+        out[c, :min(len(t), max_spikes)] = t[:max_spikes]
+    return out, dropped
+
+
+def test_shd_through_tonic_exact_times(shd_dir):
+    transform = ToSpikeTensor(700, 8)
+    ds = tonic.datasets.SHD(save_to=str(shd_dir), train=False, transform=transform)
+    assert len(ds) == len(SAMPLES)
+    for i, (t, u, label) in enumerate(SAMPLES):
+        times, target = ds[i]
+        assert times.shape == (700, 8) and times.dtype == np.float32
+        expected, _ = expected_tensor(t, u, 700, 8)
+        np.testing.assert_array_equal(times, expected)
+        assert int(target) == label
+        assert np.isfinite(times).sum() == len(t)
+    assert transform.dropped_spikes == 0 and transform.dropped == {"t_max": 0, "max_spikes": 0}
+    # sample 0, unit 3: float16 seconds (0.9 is stored as 0.89990234375) -> integer microseconds -> ms
+    np.testing.assert_array_equal(ds[0][0][3, :5], np.float32([0.5, 1.0, 2.0, 899.902, np.inf]))
+
+
+def test_shd_dropped_spikes_counted_and_warned(shd_dir):
+    transform = ToSpikeTensor(700, 2, t_max=600.0)
+    ds = tonic.datasets.SHD(save_to=str(shd_dir), train=False, transform=transform)
+    with pytest.warns(DroppedSpikesWarning, match=r"dropped 2 of 6 spikes .*t_max: 1, max_spikes: 1"):
+        times, _ = ds[0]
+    expected, dropped = expected_tensor(*SAMPLES[0][:2], 700, 2, t_max=600.0)
+    assert dropped == {"t_max": 1, "max_spikes": 1}
+    np.testing.assert_array_equal(times, expected)
+    assert transform.last_dropped == dropped and transform.dropped_spikes == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds[1]  # empty sample: nothing dropped, no warning
+    assert transform.last_dropped == {"t_max": 0, "max_spikes": 0}
+    with pytest.warns(DroppedSpikesWarning, match=r"dropped 1 of 3 spikes .*t_max: 1\)"):
+        times, _ = ds[2]  # unit 351 at 750 ms is after t_max
+    np.testing.assert_array_equal(times, expected_tensor(*SAMPLES[2][:2], 700, 2, t_max=600.0)[0])
+    assert transform.dropped == {"t_max": 2, "max_spikes": 1} and transform.dropped_spikes == 3
+    transform.reset_dropped()
+    assert transform.dropped_spikes == 0
+
+
+@pytest.mark.parametrize("unit, scale", [("s", 1e-6), ("us", 1.0), ("ms", 1e-3)])
+def test_time_units(shd_dir, unit, scale):
+    ds = tonic.datasets.SHD(save_to=str(shd_dir), train=False, transform=ToSpikeTensor(700, 4, time_unit=unit))
+    times, _ = ds[2]
+    expected, _ = expected_tensor(*SAMPLES[2][:2], 700, 4, scale=scale)
+    np.testing.assert_allclose(times, expected, rtol=1e-7)
+
+
+def test_collate_plain_and_dataloader(shd_dir):
+    ds = tonic.datasets.SHD(save_to=str(shd_dir), train=False, transform=ToSpikeTensor(700, 8))
+    times, labels = collate_spikes([ds[i] for i in range(len(ds))])
+    assert times.shape == (3, 700, 8) and times.dtype == np.float32
+    assert labels.dtype == np.int64 and labels.tolist() == [s[2] for s in SAMPLES]
+    np.testing.assert_array_equal(times[2], ds[2][0])
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_spikes)
+    batches = list(loader)
+    assert [b[0].shape for b in batches] == [(2, 700, 8), (1, 700, 8)]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), times)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels)
+    with pytest.raises(ValueError, match="item 1 has shape"):
+        collate_spikes([(np.zeros((2, 3)), 0), (np.zeros((2, 4)), 1)])
+
+
+def test_2d_sensor_flattening_matches_tonic_frame_layout():
+    """A camera dataset's events (N-MNIST's dtype and sensor size): channel ``(p * H + y) * W + x``, the flattening
+    of tonic's ``ToFrame`` layout ``[P, H, W]``, so per-channel spike counts equal the flattened frame."""
+    cls = tonic.datasets.NMNIST
+    w, h, p = cls.sensor_size
+    rng = np.random.default_rng(0)
+    n = 300
+    events = np.zeros(n, dtype=cls.dtype)
+    events["x"], events["y"], events["p"] = rng.integers(0, w, n), rng.integers(0, h, n), rng.integers(0, p, n)
+    events["t"] = np.sort(rng.integers(0, 50_000, n))
+    to_spikes = ToSpikeTensor(w * h * p, 8, sensor_size=cls.sensor_size)
+    times = to_spikes(events)
+    assert times.shape == (w * h * p, 8)
+    frame = tonic.transforms.ToFrame(sensor_size=cls.sensor_size, event_count=n)(events.copy())  # [1, P, H, W]
+    np.testing.assert_array_equal(np.isfinite(times).sum(axis=1), frame.reshape(-1))
+    e = events[0]
+    c = (e["p"] * h + e["y"]) * w + e["x"]
+    assert np.float32(e["t"] / 1000.0) in times[c]
+    with pytest.raises(ValueError, match="W \\* H \\* P"):
+        ToSpikeTensor(100, 8, sensor_size=cls.sensor_size)
+    bad = events.copy()
+    bad["x"][0] = w
+    with pytest.raises(ValueError, match="'x' must lie in"):
+        to_spikes(bad)
+
+
+def test_validation():
+    events = np.zeros(3, dtype=tonic.datasets.SHD.dtype)
+    events["x"] = [0, 1, 5]
+    with pytest.raises(ValueError, match="channel 5 outside"):
+        ToSpikeTensor(5, 2)(events)
+    with pytest.raises(TypeError, match="structured event array"):
+        ToSpikeTensor(5, 2)(np.zeros(3))
+    with pytest.raises(ValueError, match="no field 'q'"):
+        ToSpikeTensor(8, 2, channel_field="q")(events)
+    with pytest.raises(ValueError, match="max_spikes"):
+        ToSpikeTensor(8, 0)
+    with pytest.raises(ValueError, match="time_unit"):
+        ToSpikeTensor(8, 2, time_unit="h")
+    out = ToSpikeTensor(8, 2)(events[:0])
+    assert out.shape == (8, 2) and np.isposinf(out).all()
+    assert "ToSpikeTensor(n_channels=8" in repr(ToSpikeTensor(8, 2))
