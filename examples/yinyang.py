@@ -5,7 +5,10 @@
 
 Data: ``spikescan.datasets.yinyang`` with the published splits (train 5000 / validation 1000 / test 1000 samples,
 seeds 42 / 41 / 40) and latency code: four input spikes at ``30 ms * (x, y, 1-x, 1-y)`` and a bias spike at 0.
-Writes a JSON summary (dataset, test_accuracy, epochs, seconds, device) with ``--output``.
+Writes a JSON summary (dataset, test_accuracy, epochs, seconds, device) with ``--output``. ``--plot DIR`` also
+writes figures after training (needs matplotlib): the decision regions over the disc with the test points
+(``decision_regions.png``), hidden-layer rasters of one test sample per class (``hidden_raster.png``) and exact
+voltage traces of a few hidden neurons for one sample (``hidden_trace.png``, ``spikescan.lif_trace``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 import _common  # noqa: E402
 
+import spikescan  # noqa: E402
 from spikescan.datasets import yinyang  # noqa: E402
+from spikescan.datasets.yinyang import CLASS_NAMES  # noqa: E402
 from spikescan_keras import FiringMonitor, LIFLayer, LIReadout  # noqa: E402
 
 # Time constants in ms. Inputs span [0, 30] ms; hidden spikes follow within a few tau_syn, so the readout window
@@ -45,10 +51,106 @@ def build_model(hidden, max_spikes, learning_rate, decay_steps, *, tau_mem=TAU_M
     return model
 
 
+def encode_points(xy, dtype=np.float32):
+    """Points ``[n, 2]`` in ``[0, 1]^2`` -> spike times ``[n, 5, 1]`` in ms, exactly as ``yinyang(...)`` encodes its
+    samples (latency code, its defaults): ``30 * (x, y, 1-x, 1-y)`` and a bias spike at 0."""
+    xy = np.asarray(xy, np.float64)
+    values = np.concatenate([xy, 1.0 - xy], axis=1)
+    times = np.concatenate([values * 30.0, np.zeros((len(xy), 1))], axis=1)
+    return times[:, :, None].astype(dtype)
+
+
+def hidden_weights(model):
+    """The hidden layer's effective kernel (``kernel * kernel_scale``, the calibration factor), its delays or
+    None, and its neuron parameters, as float64 NumPy for ``spikescan.lif_trace``."""
+    layer = model.get_layer("hidden")
+    kernel = keras.ops.convert_to_numpy(layer.kernel.value).astype(np.float64)
+    scale = float(keras.ops.convert_to_numpy(layer.kernel_scale.value))
+    delays = keras.ops.convert_to_numpy(layer.delays.value).astype(np.float64) if layer.use_delays else None
+    return dict(weights=kernel * scale, delays=delays, tau_mem=layer.tau_mem, tau_syn=layer.tau_syn,
+                threshold=layer.threshold)
+
+
+def write_plots(model, test, directory, *, grid=100):
+    """The three PNG figures of ``--plot`` (module docstring) in ``directory``; returns their paths."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    import spikescan.plot
+
+    os.makedirs(directory, exist_ok=True)
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    paths = []
+
+    # Decision regions: the model's class on a grid x grid lattice of the unit square, shown on the disc where the
+    # data live, with the test points on top (misclassified ones crossed).
+    u = (np.arange(grid) + 0.5) / grid
+    gx, gy = np.meshgrid(u, u)
+    xy = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    predicted = np.argmax(model.predict(encode_points(xy), batch_size=1000, verbose=0), axis=1).astype(float)
+    predicted[np.hypot(xy[:, 0] - 0.5, xy[:, 1] - 0.5) > 0.5] = np.nan
+    test_xy = test.meta["values"][:, :2]
+    test_pred = np.argmax(model.predict(test.times, batch_size=1000, verbose=0), axis=1)
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    ax.imshow(predicted.reshape(grid, grid), origin="lower", extent=(0, 1, 0, 1), cmap=ListedColormap(colors),
+              vmin=-0.5, vmax=2.5, alpha=0.35, interpolation="nearest")
+    for k, name in enumerate(CLASS_NAMES):
+        sel = test.labels == k
+        ax.scatter(*test_xy[sel].T, s=10, color=colors[k], edgecolors="k", linewidths=0.3, label=name)
+    wrong = test_pred != test.labels
+    ax.scatter(*test_xy[wrong].T, s=25, marker="x", color="k", linewidths=0.8, label="misclassified")
+    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xlabel="x", ylabel="y",
+           title=f"Decision regions, test accuracy {np.mean(~wrong):.1%}")
+    ax.legend(loc="upper right", fontsize="small")
+    paths.append(os.path.join(directory, "decision_regions.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+
+    # Hidden spikes of one test sample per class (exact, every spike), and the voltage of a few hidden neurons.
+    picks = [int(np.flatnonzero(test.labels == k)[0]) for k in range(len(CLASS_NAMES)) if (test.labels == k).any()]
+    params = hidden_weights(model)
+    inputs = test.times[picks].astype(np.float64)
+    t = np.linspace(0.0, T_MAX, 3001)
+    res = spikescan.lif_trace(inputs, t=t, **params)
+    fig = Figure(figsize=(4 * len(picks), 4))
+    for k, ax in enumerate(np.atleast_1d(fig.subplots(1, len(picks), sharey=True))):
+        spikescan.plot.raster(res.spike_times, sample=k, ax=ax)
+        ax.set(xlim=(0, T_MAX), xlabel="time (ms)",
+               title=f"{CLASS_NAMES[test.labels[picks[k]]]} sample (predicted {CLASS_NAMES[test_pred[picks[k]]]})")
+    paths.append(os.path.join(directory, "hidden_raster.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+
+    # Voltage: up to 4 firing neurons of the first picked sample (earliest first) and one silent one if any. The grid
+    # includes each spike time and the float just before it, so every line reaches the threshold at its spikes.
+    spikes = res.spike_times[0]
+    first = spikes[:, 0]
+    firing = np.flatnonzero(np.isfinite(first))
+    neurons = list(firing[np.argsort(first[firing])][:4]) + list(np.flatnonzero(~np.isfinite(first))[:1])
+    s = spikes[np.isfinite(spikes)]
+    t_fine = np.unique(np.concatenate([t, s, np.nextafter(s, -np.inf)]))
+    fine = spikescan.lif_trace(inputs[:1], t=t_fine, **params)
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    spikescan.plot.trace(t_fine, fine.voltage[0], neurons=neurons, threshold=params["threshold"],
+                         spike_times=fine.spike_times[0], ax=ax)
+    ax.set(xlabel="time (ms)", title=f"Hidden voltages, {CLASS_NAMES[test.labels[picks[0]]]} test sample")
+    paths.append(os.path.join(directory, "hidden_trace.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    return paths
+
+
 def main(argv=None):
     parser = _common.parser(__doc__, epochs=40, batch_size=32, hidden=120, learning_rate=3e-3, max_spikes=4,
                             data_dir_help="unused: Yin-Yang is generated, not downloaded")
+    parser.add_argument("--plot", default=None, metavar="DIR",
+                        help="after training, write PNG figures (decision regions, hidden raster, voltage traces) "
+                             "to DIR; needs matplotlib")
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as err:
+            raise SystemExit("error: --plot needs matplotlib: pip install spikescan[plot]") from err
 
     keras.utils.set_random_seed(args.seed)
     train, val, test = (yinyang(n if args.limit is None else min(n, args.limit), seed=s)
@@ -66,6 +168,9 @@ def main(argv=None):
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),
                "calibration": _common.kernel_scales(model),
                "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key}}
+    if args.plot is not None:
+        for path in write_plots(model, test, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
     return _common.emit(summary, args.output)
 
 

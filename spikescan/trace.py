@@ -22,7 +22,7 @@ from . import _dynamics as dyn
 from . import _validate as v
 from ._queue import build_queues
 from ._scan import recurrence_scan
-from .lif import METHODS
+from .lif import METHODS, lif_forward
 
 # First recording size for max_spikes=None; a neuron that fires more triggers one rerun with the largest count.
 _FIRST_MAX_SPIKES = 16
@@ -175,8 +175,6 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     grid = _check_grid(t)
     dtype = input_times.dtype
     args = [_to_host(x) for x in (input_times, weights, delays, tau_mem, tau_syn)]
-    from .lif import lif_forward
-
     def forward(k):
         return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
                            delays=args[2], method=method)
