@@ -24,6 +24,9 @@ from ._queue import build_queues
 from ._scan import recurrence_scan
 from .lif import METHODS, lif_forward
 
+# Neurons x (events + grid times) handled at once, to bound memory (a few dozen float64 temporaries per point).
+_POINTS_PER_GROUP = 1 << 20
+
 # First recording size for max_spikes=None; a neuron that fires more triggers one rerun with the largest count.
 _FIRST_MAX_SPIKES = 16
 
@@ -132,6 +135,17 @@ def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
     return a * V0 + c * I0, b * I0
 
 
+def _state_in_groups(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
+    """``_state_on_grid`` over groups of neurons of at most ``_POINTS_PER_GROUP`` points each."""
+    N = row.size
+    group = max(1, _POINTS_PER_GROUP // (qt.shape[1] + spike_t.shape[1] + t.size))
+    V, I = np.empty((N, t.size)), np.empty((N, t.size))
+    for start in range(0, N, group):
+        g = slice(start, min(start + group, N))
+        V[g], I[g] = _state_on_grid(qt, qi, row[g], col[g], W, max_in, tm[g], ts[g], spike_t[g], spike_e[g], t)
+    return V, I
+
+
 def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delays=None, max_spikes=None,
               method="auto"):
     """Exact membrane voltage and synaptic current of a ``lif_forward`` layer at the times ``t``.
@@ -155,7 +169,8 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
 
     CuPy inputs are copied to the host, computed with NumPy (the ``lif_forward`` NumPy path gives the same spike
     times) and returned as CuPy arrays. Cost: one or two ``lif_forward`` calls, then ``O(batch * n_out * (E +
-    len(t)))`` memory with ``E`` the events (inputs plus spikes) per neuron, and an associative scan over ``E``.
+    len(t)))`` work with ``E`` the events (inputs plus spikes) per neuron (an associative scan over ``E``), in
+    groups of neurons that bound the temporary memory to about ``2^20`` points at a time besides the outputs.
     """
     v.check_float_array("input_times", input_times, 3)
     v.check_float_array("weights", weights, 2)
@@ -190,7 +205,7 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     b, i = n // n_out, n % n_out
     row = b * Q + (i if Q > 1 else 0)
     S = res.spike_times.shape[-1]
-    V, I = _state_on_grid(res.queue_times.reshape(-1, L1), res.queue_index.reshape(-1, L1), row, i, res.weights,
+    V, I = _state_in_groups(res.queue_times.reshape(-1, L1), res.queue_index.reshape(-1, L1), row, i, res.weights,
                           max_in, res.tau_mem[i], res.tau_syn[i], res.spike_times.reshape(-1, S),
                           res.spike_event.reshape(-1, S), grid)
     keep = max_spikes if max_spikes is not None else max(most, 1)
@@ -233,7 +248,7 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
     L1 = qt.shape[2]
     n = np.arange(batch * n_out)
     b, i = n // n_out, n % n_out
-    V, I = _state_on_grid(qt.reshape(-1, L1), qi.reshape(-1, L1), b, i, W, max_in, tau_mem[i], tau_syn[i],
+    V, I = _state_in_groups(qt.reshape(-1, L1), qi.reshape(-1, L1), b, i, W, max_in, tau_mem[i], tau_syn[i],
                           np.zeros((n.size, 0)), np.zeros((n.size, 0), np.int64), grid)
     out = [V.reshape(batch, n_out, grid.size).astype(dtype), I.reshape(batch, n_out, grid.size).astype(dtype),
            np.zeros((batch, n_out, 0), dtype)]

@@ -303,3 +303,16 @@ def test_cupy_in_cupy_out():
     np.testing.assert_allclose(res.voltage.get(), ref.voltage, **TOL)
     li = li_trace(cupy.asarray(x), cupy.asarray(W), t, tau_mem=10.0, tau_syn=5.0)
     assert isinstance(li.voltage, cupy.ndarray)
+
+
+def test_neuron_groups_give_the_same_trace(monkeypatch):
+    from spikescan import trace as trace_module
+
+    x, W = _case(8)
+    t = np.linspace(0.0, 50.0, 64)
+    whole = lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, delays=np.full(W.shape, 1.5))
+    li_whole = li_trace(x, W, t, tau_mem=10.0, tau_syn=5.0)
+    monkeypatch.setattr(trace_module, "_POINTS_PER_GROUP", 100)  # one neuron per group
+    np.testing.assert_array_equal(lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, delays=np.full(W.shape, 1.5)).voltage,
+                                  whole.voltage)
+    np.testing.assert_array_equal(li_trace(x, W, t, tau_mem=10.0, tau_syn=5.0).current, li_whole.current)
