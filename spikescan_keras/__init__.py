@@ -2,12 +2,14 @@
 
 ``LIFLayer`` (spike tensor in, spike tensor out) and ``LIReadout`` (spike tensor in, logits out) hold weights and
 configuration; forward and backward are ``spikescan``'s, called through one custom-gradient op per layer.
-Set ``KERAS_BACKEND`` to ``torch`` or ``jax`` before importing keras.
+``export_nir`` / ``import_nir`` convert Sequential models to and from NIR graphs (``pip install spikescan[nir]``;
+``nir`` is imported only when they are called). Set ``KERAS_BACKEND`` to ``torch`` or ``jax`` before importing keras.
 """
 
 from ._host import CappedSpikesWarning, SilentLayerWarning
 from .callbacks import FiringMonitor
 from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer
+from .nir import export_nir, import_nir
 
 __all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "CappedSpikesWarning",
-           "SilentLayerWarning", "FiringMonitor"]
+           "SilentLayerWarning", "FiringMonitor", "export_nir", "import_nir"]

@@ -1,0 +1,562 @@
+"""Export and import of spiking models as NIR graphs (Neuromorphic Intermediate Representation, ``pip install nir``).
+
+``export_nir(model)`` turns a ``keras.Sequential`` of ``LIFLayer`` / ``LIReadout`` layers into a ``nir.NIRGraph``;
+``import_nir(graph)`` builds the ``keras.Sequential`` back, from our own graphs or from graphs written by other
+tools (a chain ``Input -> Linear -> CubaLIF -> ... -> Linear -> CubaLI -> Output``). ``nir`` is imported only
+inside these functions.
+
+The neuron (DESIGN.md section 1) and NIR's ``CubaLIF`` (``nir.CubaLIF`` docstring), for one neuron::
+
+    spikescan:  tau_mem dV/dt = -V + I        tau_syn dI/dt = -I        I <- I + w  per input spike
+                spike when V reaches threshold (upwards), then V <- 0 (I is kept); V = I = 0 at t = 0
+    NIR:        tau_mem dv/dt = (v_leak - v) + r I      tau_syn dI/dt = -I + w_in S
+                spike when v > v_threshold, then v <- v_reset;   S = W s(t)  (a Linear node W on the spikes)
+
+NIR spikes are events in continuous time, so a spike train ``s(t)`` is a sum of Dirac deltas: one input spike
+through weight ``W`` adds ``w_in W`` to ``tau_syn dI/dt`` for an instant, so ``I`` jumps by ``w_in W / tau_syn``
+(and the drive of ``v`` by ``r`` times that). The two models agree when ``r = 1``, ``v_leak = v_reset = 0``,
+``v_threshold = threshold`` and ``w_in W / tau_syn = w``. We write ``W = w`` unchanged and put the time constant
+into ``w_in``:
+
+=============================  ===========================================================================
+NIR field                      spikescan value (export) / use (import)
+=============================  ===========================================================================
+``Input.shape``                ``[n_in]``, the first layer's input neurons (its ``max_spikes`` axis, the
+                               spike-tensor padding, is in the graph metadata)
+``Linear.weight [out, in]``    ``(kernel * kernel_scale).T``, float32 (the calibration factor folded in);
+                               import: ``kernel = (weight * r * w_in / tau_syn).T``, exact when
+                               ``w_in == tau_syn`` and ``r == 1``. An ``Affine`` with zero bias reads as Linear
+``CubaLIF.tau_mem, tau_syn``   ``tau_mem``, ``tau_syn`` per neuron (arrays of one value), in the graph's unit
+``CubaLIF.w_in``               ``tau_syn`` (same array, graph unit): a spike then moves ``I`` by exactly ``W``
+``CubaLIF.r``                  1
+``CubaLIF.v_leak, v_reset``    0 (import: anything else is a ValueError)
+``CubaLIF.v_threshold``        ``threshold``
+``CubaLI``                     the ``LIReadout``: same fields and values, no threshold. NIR's output is
+                               ``v(t)``; our logit is a functional of it (``readout`` below, in metadata)
+``Delay`` (delays)             see "Delays" below
+``metadata["spikescan"]``      everything NIR has no field for (below)
+=============================  ===========================================================================
+
+Because ``W`` equals our weight, a tool that ignores ``w_in`` and reads ``W`` as the jump of ``I`` simulates our
+exported graphs with our dynamics: norse's NIR importer (as of its current source) maps CubaLIF to its ``LIFCell``,
+whose current jumps by the weight, without reading ``w_in``; jaxsnn's importer does not read ``w_in`` either
+(it reads time constants in ms: export with ``graph_time_unit="ms"`` for it). Reading third-party graphs,
+``import_nir(..., synapse="dirac")`` (default) applies NIR's equations as written (jump ``r w_in W / tau_syn``);
+``synapse="jump"`` reads ``I`` jumps by ``r w_in W`` instead, the convention of graphs written by norse
+(``w_in = 1``, ``r = 1``: jump ``W``). ``r`` is folded into the weights (``I' = r I`` obeys the same equations),
+so ``r != 1`` imports exactly; non-zero ``v_leak`` or ``v_reset`` (no equivalent here) raise ValueError. NIR's
+``v > v_threshold`` and our upward crossing of ``threshold`` are the same event in continuous time.
+
+Time unit. NIR graphs carry no unit field, and the ecosystem disagrees: the primitives table of NIR's
+documentation lists time constants in ms, while norse and snnTorch write seconds (jaxsnn reads ms).
+``export_nir`` writes seconds by default (``graph_time_unit="s"``: SI, as norse and snnTorch) and records the
+unit in ``graph.metadata["spikescan"]["time_unit"]``; the model's own unit is ``time_unit`` (``"ms"``
+default, as in our examples; also ``"s"``, ``"us"``). Every time-valued field (``tau_mem``, ``tau_syn``,
+``w_in``, ``Delay.delay``) is converted by one exact multiplication or correctly rounded division by a power of
+1000; ``import_nir`` converts back (the graph unit from our metadata when present, else ``graph_time_unit``,
+default ``"s"``) and, where our metadata holds the model's original value and it agrees with the converted one
+to 1e-12, takes the original, so a round trip reproduces the model bit for bit.
+
+Delays (``LIFLayer(delays=True)``: one delay per synapse ``D[j, i]``, input spike ``(t, j)`` reaches neuron
+``i`` at ``t + D[j, i]``). NIR's ``Delay`` delays a whole signal, so a per-synapse delay needs one signal per
+synapse. Export, for a layer ``L`` with ``n_in`` inputs and ``n_out`` neurons, ``K = n_in * n_out``::
+
+    ... -> L_fanout: Linear [K, n_in], 1 at (j * n_out + i, j), else 0     (input j copied to K slots)
+        -> L_delay:  Delay, delay[j * n_out + i] = D[j, i]
+        -> L_weight: Linear [n_out, K], kernel_eff[j, i] at (i, j * n_out + i), else 0
+        -> L: CubaLIF
+
+This is exact under NIR's semantics (Linear and Delay are linear and time-invariant) and uses only standard
+nodes, but the two dense matrices hold ``n_in * n_out * (n_in + n_out)`` floats (5 x 120: 76 800; 700 x 512:
+434 M, 1.7 GB in memory; ``nir.write`` gzips the zeros away on disk). Importers that implement ``nir.Delay``
+(and a Linear on its output) can run it; not all do (jaxsnn's, for one, reads only Input, Linear and CubaLIF):
+check a tool's list of supported primitives. ``import_nir`` reads this pattern (in any slot order: a fan-out
+with one non-zero per row, at most one path per synapse) and also ``Delay -> Linear`` (one delay per input) and
+``Linear -> Delay`` (one delay per neuron).
+
+Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph's), ``model_time_unit``,
+``synapse``, ``input_max_spikes``; each neuron node's ``metadata["spikescan"]``: the layer's ``layer`` class,
+``name``, ``units``, ``tau_mem``, ``tau_syn``, ``threshold`` and the fields NIR lacks, in the model's unit:
+``max_spikes``, ``method``, ``solver``, ``chunk_size``, ``calibrate`` (``"none"`` when off), ``silence_penalty``,
+``max_delay``, ``input_spikes``, ``input_window``, ``spike_count_strength`` / ``spike_count_tau``,
+``kernel_scale`` (already folded into the weights; informative) for ``LIFLayer``; ``readout``, ``t_max``,
+``tau_readout`` for ``LIReadout``. Optional entries are absent when None, as HDF5 has no None). Initializers and
+``kernel_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
+calibrated, so training an imported model starts from the imported weights.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import keras
+import numpy as np
+
+from .layers import LIFLayer, LIReadout, SpikeCountRegularizer
+
+_TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
+_SYNAPSES = ("dirac", "jump")
+_FORMAT = 1
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError as err:
+        raise ImportError(f"export_nir / import_nir need the nir package: pip install spikescan[nir]  ({err})") from err
+    return nir
+
+
+def _check_unit(name, unit):
+    if unit not in _TIME_UNITS:
+        raise ValueError(f"{name} must be one of {tuple(_TIME_UNITS)}, got {unit!r}")
+    return unit
+
+
+def _convert(x, src, dst):
+    """Time values from unit ``src`` to ``dst``: one exact multiplication or one correctly rounded division."""
+    a, b = _TIME_UNITS[src], _TIME_UNITS[dst]
+    x = np.asarray(x, dtype=np.float64)
+    return x * (b / a) if b >= a else x / (a / b)
+
+
+def _numpy(v):
+    return np.asarray(keras.ops.convert_to_numpy(v))
+
+
+# ------------------------------------------------------------------------------------------------------------ export
+
+def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
+    """A ``nir.NIRGraph`` of a ``keras.Sequential`` model of ``LIFLayer`` s and an optional final ``LIReadout``.
+
+    Args:
+        model: a built ``keras.Sequential`` (its input shape ``[batch, n_in, max_in]`` gives the ``Input`` node).
+        time_unit: the unit of the model's time constants, delays and spike times: ``"ms"`` (default), ``"s"``
+            or ``"us"``.
+        graph_time_unit: the unit written into the graph: ``"s"`` (default) or ``"ms"`` / ``"us"``.
+
+    Returns:
+        ``nir.NIRGraph`` with nodes ``input``, per layer ``<name>_weight`` (Linear) and ``<name>`` (CubaLIF or
+        CubaLI), with delays also ``<name>_fanout`` and ``<name>_delay``, and ``output``; see the module docstring
+        for the field-by-field mapping. Save it with ``nir.write(path, graph)``.
+    """
+    nir = _nir()
+    _check_unit("time_unit", time_unit)
+    _check_unit("graph_time_unit", graph_time_unit)
+    if not isinstance(model, keras.Sequential):
+        raise TypeError(f"export_nir supports keras.Sequential models, got {type(model).__name__}")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not layers:
+        raise ValueError("export_nir: the model has no layers")
+    for k, layer in enumerate(layers):
+        if not isinstance(layer, (LIFLayer, LIReadout)):
+            raise ValueError(f"export_nir: layer {layer.name!r} is a {type(layer).__name__}; only LIFLayer and a "
+                             "final LIReadout have NIR equivalents")
+        if isinstance(layer, LIReadout) and k != len(layers) - 1:
+            raise ValueError(f"export_nir: LIReadout {layer.name!r} must be the last layer")
+        if not layer.built:
+            raise ValueError(f"export_nir: layer {layer.name!r} is not built; call the model on data or build it")
+    try:
+        input_shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, ValueError) as err:
+        raise ValueError("export_nir: the model has no input shape; start it with keras.Input(shape=(n_in, "
+                         "max_in))") from err
+
+    def g(x):  # model time -> graph time
+        return _convert(x, time_unit, graph_time_unit)
+
+    nodes = {"input": nir.Input(input_type=np.array([input_shape[1]]))}
+    edges = []
+    prev = "input"
+
+    def chain(name, node):
+        nonlocal prev
+        nodes[name] = node
+        edges.append((prev, name))
+        prev = name
+
+    for layer in layers:
+        kernel = _numpy(layer.kernel).astype(np.float32)
+        n_in, n_out = kernel.shape
+        if isinstance(layer, LIFLayer):
+            kernel = kernel * np.float32(_numpy(layer.kernel_scale))  # what the layer computes with, in float32
+        tau_mem, tau_syn = np.full(n_out, g(layer.tau_mem)), np.full(n_out, g(layer.tau_syn))
+        if isinstance(layer, LIFLayer) and layer.use_delays:
+            k = n_in * n_out
+            delays = _numpy(layer.delays).astype(np.float32)
+            fanout = np.repeat(np.eye(n_in, dtype=np.float32), n_out, axis=0)  # row j * n_out + i <- input j
+            weight = np.zeros((n_out, k), dtype=np.float32)
+            weight[np.tile(np.arange(n_out), n_in), np.arange(k)] = kernel.ravel()
+            chain(f"{layer.name}_fanout", nir.Linear(weight=fanout))
+            chain(f"{layer.name}_delay", nir.Delay(delay=g(delays.astype(np.float64).ravel())))
+            chain(f"{layer.name}_weight", nir.Linear(weight=weight))
+        else:
+            chain(f"{layer.name}_weight", nir.Linear(weight=np.ascontiguousarray(kernel.T)))
+        meta = {"spikescan": _layer_metadata(layer, kernel_scale=isinstance(layer, LIFLayer))}
+        common = dict(tau_mem=tau_mem, tau_syn=tau_syn, r=np.ones(n_out), v_leak=np.zeros(n_out), w_in=tau_syn.copy(),
+                      metadata=meta)
+        if isinstance(layer, LIFLayer):
+            node = nir.CubaLIF(v_threshold=np.full(n_out, layer.threshold), v_reset=np.zeros(n_out), **common)
+        else:
+            node = nir.CubaLI(**common)
+        chain(layer.name, node)
+    nodes["output"] = nir.Output(output_type=np.array([layers[-1].units]))
+    edges.append((prev, "output"))
+    meta = {"format": _FORMAT, "time_unit": graph_time_unit, "model_time_unit": time_unit, "synapse": "dirac"}
+    if input_shape[2] is not None:
+        meta["input_max_spikes"] = int(input_shape[2])
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"spikescan": meta})
+
+
+def _layer_metadata(layer, kernel_scale):
+    meta = {"layer": type(layer).__name__, "name": layer.name, "units": layer.units, "tau_mem": layer.tau_mem,
+            "tau_syn": layer.tau_syn}
+    if isinstance(layer, LIReadout):
+        meta.update(readout=layer.readout, t_max=layer.t_max)
+        if layer.tau_readout is not None:
+            meta["tau_readout"] = layer.tau_readout
+        return meta
+    meta.update(threshold=layer.threshold, max_spikes=layer.max_spikes, method=layer.method, solver=layer.solver,
+                chunk_size=layer.chunk_size, silence_penalty=layer.silence_penalty,
+                calibrate="none" if layer.calibrate is None else np.array(layer.calibrate, dtype=np.float64),
+                input_window=layer.input_window, delays=layer.use_delays)
+    for key in ("max_delay", "input_spikes"):
+        if getattr(layer, key) is not None:
+            meta[key] = getattr(layer, key)
+    if layer.spike_count_regularizer is not None:
+        meta.update(spike_count_strength=layer.spike_count_regularizer.strength,
+                    spike_count_tau=layer.spike_count_regularizer.tau)
+    if kernel_scale:
+        meta["kernel_scale"] = float(_numpy(layer.kernel_scale))
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------------------ import
+
+def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", max_spikes=None, readout=None,
+               t_max=None, tau_readout=None, input_max_spikes=None):
+    """A ``keras.Sequential`` of ``LIFLayer`` s (and a final ``LIReadout``) equivalent to a NIR graph.
+
+    Supported graphs are chains ``Input -> [synapses] -> CubaLIF -> ... -> [synapses] -> CubaLI|CubaLIF ->
+    Output`` where ``[synapses]`` is ``Linear`` (or ``Affine`` with zero bias), ``Delay -> Linear``,
+    ``Linear -> Delay`` or ``Linear -> Delay -> Linear`` (a fan-out, one delay per synapse), with time constants
+    and thresholds equal across each node's neurons, ``v_leak = v_reset = 0``. Anything else (recurrent edges,
+    branches, subgraphs, other node types, per-neuron time constants, non-zero ``v_leak``, ``v_reset`` or
+    ``bias``) raises ValueError naming the node and field. The mapping is in the module docstring.
+
+    Args:
+        graph: a ``nir.NIRGraph`` (e.g. from ``nir.read(path)``).
+        time_unit: unit of the returned model's times: ``"ms"`` (default), ``"s"`` or ``"us"``.
+        graph_time_unit: the graph's unit; None takes the one our metadata records, else ``"s"``.
+        synapse: ``"dirac"`` (NIR's equations: a spike through weight ``W`` moves ``I`` by ``r w_in W /
+            tau_syn``) or ``"jump"`` (by ``r w_in W``: graphs written by norse and tools with its convention).
+        max_spikes, readout, t_max, tau_readout: for neuron nodes without our metadata (third-party graphs):
+            ``max_spikes`` of every ``LIFLayer`` (required then), ``readout`` (default ``"integral"``),
+            ``t_max`` (required for a ``CubaLI``; in ``time_unit``) and ``tau_readout`` of the ``LIReadout``.
+        input_max_spikes: the last axis of the model's input (spikes per input neuron); None takes the one our
+            metadata records, else leaves it open.
+
+    Returns:
+        A built ``keras.Sequential``; compile it to train or evaluate.
+    """
+    nir = _nir()
+    _check_unit("time_unit", time_unit)
+    if synapse not in _SYNAPSES:
+        raise ValueError(f"synapse must be one of {_SYNAPSES}, got {synapse!r}")
+    if not isinstance(graph, nir.NIRGraph):
+        raise TypeError(f"import_nir expects a nir.NIRGraph, got {type(graph).__name__}")
+    gmeta = _meta_dict(graph.metadata)
+    if graph_time_unit is None:
+        graph_time_unit = str(gmeta.get("time_unit", "s"))
+    _check_unit("graph_time_unit", graph_time_unit)
+    meta_unit = str(gmeta.get("model_time_unit", graph_time_unit))
+    _check_unit("metadata model_time_unit", meta_unit)
+    if input_max_spikes is None and "input_max_spikes" in gmeta:
+        input_max_spikes = int(gmeta["input_max_spikes"])
+
+    chain = _chain(graph, nir)
+    n_in = _input_size(chain[0], graph.nodes[chain[0]])
+    layers, weights = [], []
+    synapses, n_prev = [], n_in
+    for name in chain[1:-1]:
+        node = graph.nodes[name]
+        if isinstance(node, (nir.Linear, nir.Affine, nir.Delay)):
+            synapses.append(name)
+            continue
+        if not isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+            hint = (" (spikescan neurons need a synaptic current: CubaLIF / CubaLI)"
+                    if isinstance(node, (nir.LIF, nir.LI, nir.IF, nir.I)) else "")
+            raise ValueError(f"import_nir: node {name!r}: NIR node type {type(node).__name__} is not supported"
+                             f"{hint}; supported: Input, Linear, Affine (zero bias), Delay, CubaLIF, CubaLI, Output")
+        if layers and isinstance(layers[-1], LIReadout):
+            raise ValueError(f"import_nir: node {name!r} follows the CubaLI node {chain[chain.index(name) - 1]!r}; "
+                             "a CubaLI (LIReadout) must be the last neuron node")
+        if not synapses:
+            raise ValueError(f"import_nir: node {name!r} has no Linear node before it")
+        w, d = _synapses(graph, synapses, n_prev, nir)
+        layer, kernel, delays = _neuron(name, node, w, d, nir, time_unit, graph_time_unit, meta_unit, synapse,
+                                        dict(max_spikes=max_spikes, readout=readout, t_max=t_max,
+                                             tau_readout=tau_readout))
+        layers.append(layer)
+        weights.append((kernel, delays))
+        synapses, n_prev = [], kernel.shape[1]
+    if synapses:
+        raise ValueError(f"import_nir: node {synapses[0]!r}: synapse nodes after the last neuron node are not "
+                         "supported (the graph must end with CubaLIF or CubaLI -> Output)")
+    if not layers:
+        raise ValueError("import_nir: the graph has no CubaLIF or CubaLI node")
+    model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
+    for layer, (kernel, delays) in zip(layers, weights):
+        layer.kernel.assign(kernel)
+        if isinstance(layer, LIFLayer):
+            if delays is not None:
+                layer.delays.assign(delays)
+            layer.kernel_scale.assign(1.0)
+            layer.calibrated.assign(1)
+    return model
+
+
+def _meta_dict(metadata):
+    meta = metadata.get("spikescan", {}) if isinstance(metadata, dict) else {}
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _chain(graph, nir):
+    """Node names from the Input to the Output; ValueError for anything but a simple chain."""
+    nodes = graph.nodes
+    for name, node in nodes.items():
+        if isinstance(node, nir.NIRGraph):
+            raise ValueError(f"import_nir: node {name!r}: nested NIR graphs (subgraphs, e.g. recurrent layers) are "
+                             "not supported")
+    inputs = [n for n, v in nodes.items() if isinstance(v, nir.Input)]
+    outputs = [n for n, v in nodes.items() if isinstance(v, nir.Output)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(f"import_nir: the graph must have one Input and one Output node, got inputs {inputs} and "
+                         f"outputs {outputs}")
+    succ, pred = defaultdict(list), defaultdict(list)
+    for a, b in graph.edges:
+        a, b = str(a), str(b)
+        for n in (a, b):
+            if n not in nodes:
+                raise ValueError(f"import_nir: edge ({a!r}, {b!r}) names the unknown node {n!r}")
+        succ[a].append(b)
+        pred[b].append(a)
+    # Recurrent edges: an edge back to a node on the current depth-first path.
+    state = dict.fromkeys(nodes, 0)  # 0 unseen, 1 on the path, 2 done
+    for root in nodes:
+        if state[root]:
+            continue
+        stack = [(root, iter(succ[root]))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+            elif state[nxt] == 1:
+                raise ValueError(f"import_nir: node {node!r}: recurrent edge ({node!r} -> {nxt!r}); spikescan "
+                                 "layers are feed-forward")
+            elif state[nxt] == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(succ[nxt])))
+    chain = [inputs[0]]
+    while chain[-1] != outputs[0]:
+        cur = chain[-1]
+        nxt = succ[cur]
+        if len(nxt) != 1:
+            raise ValueError(f"import_nir: node {cur!r}: {'no outgoing edge' if not nxt else f'edges to {nxt}'}; "
+                             "only a chain Input -> ... -> Output is supported")
+        if len(pred[nxt[0]]) != 1:
+            raise ValueError(f"import_nir: node {nxt[0]!r}: several incoming edges {pred[nxt[0]]}; only a chain "
+                             "Input -> ... -> Output is supported")
+        chain.append(nxt[0])
+    extra = sorted(set(nodes) - set(chain))
+    if extra:
+        raise ValueError(f"import_nir: node {extra[0]!r} is not on the path from {inputs[0]!r} to {outputs[0]!r}")
+    return chain
+
+
+def _input_size(name, node):
+    shape = np.asarray(node.input_type["input"]).ravel()
+    if shape.size != 1:
+        raise ValueError(f"import_nir: node {name!r}: field 'shape' must be one-dimensional [n_in], got {shape}")
+    return int(shape[0])
+
+
+def _matrix(name, node, nir):
+    if isinstance(node, nir.Affine):
+        bias = np.asarray(node.bias, dtype=np.float64)
+        if np.any(bias != 0):
+            raise ValueError(f"import_nir: node {name!r}: field 'bias' must be 0 (a constant input current has no "
+                             f"spikescan equivalent), got values up to {np.abs(bias).max()!r}")
+    w = np.asarray(node.weight)
+    if w.ndim != 2:
+        raise ValueError(f"import_nir: node {name!r}: field 'weight' must be a matrix [out, in], got shape {w.shape}")
+    if w.dtype.kind not in "fiub" or not np.isfinite(w).all():
+        raise ValueError(f"import_nir: node {name!r}: field 'weight' must be finite numbers")
+    return w
+
+
+def _delay(name, node, size):
+    d = np.asarray(node.delay, dtype=np.float64).ravel()
+    if d.size != size:
+        raise ValueError(f"import_nir: node {name!r}: field 'delay' has {d.size} entries, expected {size}")
+    if not (np.isfinite(d).all() and (d >= 0).all()):
+        raise ValueError(f"import_nir: node {name!r}: field 'delay' must be finite and >= 0")
+    return d
+
+
+def _synapses(graph, names, n_in, nir):
+    """``(weight [n_out, n_in], delay [n_out, n_in] or None)`` of a run of Linear / Affine / Delay nodes."""
+    kinds = ["D" if isinstance(graph.nodes[n], nir.Delay) else "L" for n in names]
+    mats = {n: _matrix(n, graph.nodes[n], nir) for n, k in zip(names, kinds) if k == "L"}
+    first = names[0]
+    if kinds[0] == "L" and mats[first].shape[1] != n_in:
+        raise ValueError(f"import_nir: node {first!r}: field 'weight' has {mats[first].shape[1]} inputs, the "
+                         f"previous node has {n_in} outputs")
+    if kinds == ["L"]:
+        return mats[first], None
+    if kinds == ["D", "L"]:
+        w = mats[names[1]]
+        if w.shape[1] != n_in:
+            raise ValueError(f"import_nir: node {names[1]!r}: field 'weight' has {w.shape[1]} inputs, expected {n_in}")
+        return w, np.broadcast_to(_delay(first, graph.nodes[first], n_in), w.shape)
+    if kinds == ["L", "D"]:
+        w = mats[first]
+        d = _delay(names[1], graph.nodes[names[1]], w.shape[0])
+        return w, np.broadcast_to(d[:, None], w.shape)
+    if kinds == ["L", "D", "L"]:
+        return _fanout(names, mats[first], _delay(names[1], graph.nodes[names[1]], mats[first].shape[0]),
+                       mats[names[2]], n_in)
+    raise ValueError(f"import_nir: node {first!r}: unsupported run of synapse nodes "
+                     f"{' -> '.join(type(graph.nodes[n]).__name__ for n in names)}; supported: Linear, Delay -> "
+                     "Linear, Linear -> Delay, Linear -> Delay -> Linear")
+
+
+def _fanout(names, fan, d, w2, n_in):
+    """One delay per synapse: ``fan [K, n_in]`` copies inputs to K slots, ``d [K]`` delays them, ``w2 [n_out, K]``
+    weighs them."""
+    k = fan.shape[0]
+    if w2.shape[1] != k:
+        raise ValueError(f"import_nir: node {names[2]!r}: field 'weight' has {w2.shape[1]} inputs, expected {k}")
+    n_out = w2.shape[0]
+    nonzero = fan != 0
+    if not np.all(np.count_nonzero(nonzero, axis=1) == 1):
+        raise ValueError(f"import_nir: node {names[0]!r}: field 'weight': a fan-out before a Delay needs exactly one "
+                         "non-zero entry per row")
+    src = nonzero.argmax(axis=1)
+    del nonzero
+    gain = fan[np.arange(k), src]
+    if k == n_in * n_out and np.array_equal(src, np.arange(k) // n_out) and np.all(gain == 1):  # export_nir's layout
+        rows, cols = np.tile(np.arange(n_out), n_in), np.arange(k)
+        on_pattern = w2[rows, cols]
+        if np.count_nonzero(w2) != np.count_nonzero(on_pattern):
+            raise ValueError(f"import_nir: node {names[2]!r}: field 'weight': slot j * n_out + i of the fan-out "
+                             "may only feed neuron i (one delay per synapse)")
+        return on_pattern.reshape(n_in, n_out).T, d.reshape(n_in, n_out).T
+    gain = gain.astype(np.float64)
+    ii, kk = np.nonzero(w2)
+    jj = src[kk]
+    pairs = ii * n_in + jj
+    if len(np.unique(pairs)) != len(pairs):
+        dup = pairs[np.argmax(np.bincount(pairs) > 1)] if len(pairs) else 0
+        raise ValueError(f"import_nir: node {names[2]!r}: field 'weight': input {dup % n_in} reaches neuron "
+                         f"{dup // n_in} through several delayed paths; spikescan has one delay per synapse")
+    w = np.zeros((n_out, n_in), dtype=np.result_type(w2.dtype, np.float32))
+    delay = np.zeros((n_out, n_in))
+    w[ii, jj] = w2[ii, kk] * gain[kk] if np.any(gain != 1) else w2[ii, kk]
+    delay[ii, jj] = d[kk]
+    return w, delay
+
+
+def _param(name, node, field, n):
+    value = getattr(node, field)
+    try:
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+    except ValueError as err:
+        raise ValueError(f"import_nir: node {name!r}: field {field!r} has shape {np.shape(value)}, the Linear node "
+                         f"before it has {n} outputs") from err
+    if not np.isfinite(arr).all():
+        raise ValueError(f"import_nir: node {name!r}: field {field!r} must be finite")
+    return arr
+
+
+def _uniform(name, field, arr, positive=True):
+    if np.any(arr != arr[0]):
+        raise ValueError(f"import_nir: node {name!r}: field {field!r} must be the same for every neuron (spikescan "
+                         f"layers have one value per layer), got values from {arr.min()!r} to {arr.max()!r}")
+    if positive and not arr[0] > 0:
+        raise ValueError(f"import_nir: node {name!r}: field {field!r} must be > 0, got {arr[0]!r}")
+    return float(arr[0])
+
+
+def _pick(converted, original):
+    """The model's original value from our metadata when it matches the converted graph value (exact round trip)."""
+    if original is not None and np.isclose(float(original), converted, rtol=1e-12, atol=0.0):
+        return float(original)
+    return float(converted)
+
+
+def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, overrides):
+    """``(layer, kernel [n_in, n_out] float32, delays [n_in, n_out] float32 or None)`` for a CubaLIF / CubaLI."""
+    is_lif = isinstance(node, nir.CubaLIF)
+    n_out = w.shape[0]
+    p = {f: _param(name, node, f, n_out) for f in ("tau_mem", "tau_syn", "r", "v_leak", "w_in")}
+    if is_lif:
+        p.update({f: _param(name, node, f, n_out) for f in ("v_threshold", "v_reset")})
+    for field in ("v_leak", "v_reset") if is_lif else ("v_leak",):
+        if np.any(p[field] != 0):
+            raise ValueError(f"import_nir: node {name!r}: field {field!r} must be 0 (spikescan neurons rest and reset "
+                             f"at 0), got values up to {np.abs(p[field]).max()!r}")
+    tau_mem_g = _uniform(name, "tau_mem", p["tau_mem"])
+    tau_syn_g = _uniform(name, "tau_syn", p["tau_syn"])
+    meta = _meta_dict(node.metadata)
+    same_unit = meta_unit == time_unit
+
+    def model_time(graph_value, key):
+        return _pick(float(_convert(graph_value, graph_unit, time_unit)), meta.get(key) if same_unit else None)
+
+    def meta_time(key, default=None):
+        if key not in meta:
+            return default
+        return float(_convert(float(meta[key]), meta_unit, time_unit))
+
+    factor = p["r"] * p["w_in"] / (p["tau_syn"] if synapse == "dirac" else 1.0)
+    w = np.asarray(w)
+    kernel = w if np.all(factor == 1) else w.astype(np.float64) * factor[:, None]
+    kernel = np.ascontiguousarray(kernel.T).astype(np.float32)
+    delays = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(np.float32)
+    kwargs = dict(tau_mem=model_time(tau_mem_g, "tau_mem"), tau_syn=model_time(tau_syn_g, "tau_syn"),
+                  name=str(meta.get("name", name)).replace("/", "_"))
+    if not is_lif:
+        if delays is not None:
+            raise ValueError(f"import_nir: node {name!r}: delays before a CubaLI (LIReadout) are not supported")
+        t_max = meta_time("t_max", overrides["t_max"])
+        if t_max is None:
+            raise ValueError(f"import_nir: node {name!r}: a CubaLI needs the readout window; pass "
+                             f"import_nir(..., t_max=...) in {time_unit!r}")
+        readout = str(meta.get("readout", overrides["readout"] or "integral"))
+        tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
+        layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, **kwargs)
+        return layer, kernel, None
+    threshold = _uniform(name, "v_threshold", p["v_threshold"])
+    max_spikes = meta.get("max_spikes", overrides["max_spikes"])
+    if max_spikes is None:
+        raise ValueError(f"import_nir: node {name!r}: a CubaLIF needs max_spikes (spikes recorded per neuron); pass "
+                         "import_nir(..., max_spikes=N)")
+    extra = {}
+    if "method" in meta:
+        calibrate = meta.get("calibrate", "none")
+        extra = dict(method=str(meta["method"]), solver=str(meta["solver"]), chunk_size=int(meta["chunk_size"]),
+                     silence_penalty=float(meta["silence_penalty"]),
+                     calibrate=None if isinstance(calibrate, str) else tuple(float(c) for c in np.ravel(calibrate)),
+                     input_window=meta_time("input_window", 0.0))
+        if "input_spikes" in meta:
+            extra["input_spikes"] = float(meta["input_spikes"])
+        if "spike_count_strength" in meta:
+            extra["spike_count_regularizer"] = SpikeCountRegularizer(float(meta["spike_count_strength"]),
+                                                                     meta_time("spike_count_tau"))
+    layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
+                     max_delay=meta_time("max_delay"), **kwargs, **extra)
+    return layer, kernel, delays
