@@ -11,7 +11,10 @@ import numpy as np
 from . import _dynamics as dyn
 from ._queue import build_queues
 from ._scan import recurrence_loop, recurrence_scan
-from ._types import LIFGrads, LIFResiduals, LIFResult
+from ._types import LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
+
+# Default of ``lif_forward(max_total_spikes=...)``: spikes per neuron per sample, recorded or not.
+DEFAULT_MAX_TOTAL_SPIKES = 10_000
 
 # Neurons x points handled at once by the backward, to bound its memory (about 400 bytes per point, so ~1.6 GB for
 # the loop and ~0.5 GB for the scan, whose doubling steps make more temporaries). The loop pays a Python step per
@@ -45,12 +48,29 @@ def unresolvable_spike_error(neuron, n_out, t):
         "interval is below float64 time resolution (synaptic current far above threshold; check the weights)")
 
 
-def _record(times, events, counts, last_spike, neurons, t_spike, k, max_spikes, n_out):
+def runaway_firing_error(neuron, n_out, t, current, limit, threshold):
+    """The error for flat neuron ``neuron`` exceeding ``limit`` spikes with a spike at ``t`` and input current
+    ``current`` there."""
+    sample, index = neuron // n_out, neuron % n_out
+    return RunawayFiringError(
+        f"neuron {index} of sample {sample} fires more than max_total_spikes={limit} times: spike {limit + 1} at "
+        f"t={float(t)!r} with input current I={float(current)!r} (threshold {float(threshold)!r}); a current far "
+        "above threshold fires about once per tau_mem * threshold / I (check the weights), or raise "
+        "max_total_spikes if this many spikes are intended",
+        sample=int(sample), neuron=int(index), time=float(t), current=float(current), limit=int(limit))
+
+
+def _record(times, events, counts, last_spike, neurons, t_spike, k, max_spikes, n_out, limit, current, threshold):
     # Two spikes of one neuron at the same float64 time mean a current so large that the time between spikes is
     # below the resolution of t: the exact spike train cannot be represented, so say so instead of looping on.
     stuck = t_spike <= last_spike[neurons]
     if stuck.any():
         raise unresolvable_spike_error(int(neurons[np.argmax(stuck)]), n_out, t_spike[np.argmax(stuck)])
+    # Runaway firing: spike number limit + 1 (recorded or not) stops the forward.
+    over = counts[neurons] >= limit
+    if over.any():
+        j = np.argmax(over)
+        raise runaway_firing_error(int(neurons[j]), n_out, t_spike[j], current[j], limit, threshold)
     last_spike[neurons] = t_spike
     slot = counts[neurons]
     keep = slot < max_spikes
@@ -59,7 +79,7 @@ def _record(times, events, counts, last_spike, neurons, t_spike, k, max_spikes, 
     counts[neurons] += 1
 
 
-def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver):
+def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, limit):
     """Event-by-event loop over the queue, vectorised over neurons (the float64 reference)."""
     N = lay.row.size
     V, I, t_cur = np.zeros(N), np.zeros(N), np.zeros(N)
@@ -81,7 +101,7 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver):
             _, b, _ = dyn.decay(s, tm[f], ts[f])
             V[f], I[f], t_cur[f] = 0.0, I[f] * b, t_sp
             gap[f] = t_k[f] - t_sp
-            _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out)
+            _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out, limit, I[f], th)
         a, b, c = dyn.decay(gap, tm, ts)
         w = _event_weights(W, qi, lay.max_in, lay.row, lay.i, k, active & (k < end))
         V, I = a * V + c * I, b * I + w
@@ -97,12 +117,14 @@ def _chunk_states(V, I, gap, w):
     return x[0], x[1]
 
 
-def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_size):
+def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_size, limit):
     """Chunked speculative scan (DESIGN.md section 4), vectorised over neurons.
 
     Each round, every unfinished neuron takes its next ``chunk_size`` queue entries, scans them assuming no output
     spike, tests every gap, and either commits the whole chunk or stops at the first firing gap, solves the spike
-    time there, resets, and resumes from the spike in the next round. Rounds continue until every queue is consumed.
+    time there, resets, fires any further spikes of the same gap (the rest of the gap is tested again, as in the
+    sequential loop; a burst costs no chunk scans), and resumes after them in the next round. Rounds continue until
+    every queue is consumed.
     """
     N = lay.row.size
     V, I, t_cur = np.zeros(N), np.zeros(N), np.zeros(N)
@@ -146,11 +168,24 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
             k = np.argmax(fires[rf], axis=1)
             v0, i0 = V0[rf, k], I0[rf, k]
             s = dyn.solve_spike_time(v0, i0, s_hi[rf, k], tm[nf], ts[nf], th, solver)
-            t_sp = np.minimum(t_prev[rf, k] + s, t[rf, k])
+            t_end = t[rf, k]
+            t_sp = np.minimum(t_prev[rf, k] + s, t_end)
             _, b, _ = dyn.decay(s, tm[nf], ts[nf])
             V[nf], I[nf], t_cur[nf] = 0.0, i0 * b, t_sp
             pos[nf] += k
-            _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out)
+            _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf], th)
+            # The rest of the same gap (what the next round's first lane would test): fire until it stays quiet.
+            while True:
+                again, s_hi2 = dyn.fires_in_gap(V[nf], I[nf], t_end - t_cur[nf], tm[nf], ts[nf], th)
+                if not again.any():
+                    break
+                nf, t_end, s_hi2 = nf[again], t_end[again], s_hi2[again]
+                s = dyn.solve_spike_time(V[nf], I[nf], s_hi2, tm[nf], ts[nf], th, solver)
+                t_sp = np.minimum(t_cur[nf] + s, t_end)
+                _, b, _ = dyn.decay(s, tm[nf], ts[nf])
+                V[nf], I[nf], t_cur[nf] = 0.0, I[nf] * b, t_sp
+                _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
+                        th)
     return times, events, counts
 
 
@@ -167,7 +202,8 @@ def choose_backward_method(n_neurons, n_points):
     return "scan" if n_neurons <= 32 else "sequential"
 
 
-def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver):
+def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
+                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     W = np.asarray(weights, np.float64)
@@ -180,10 +216,11 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     if method == "auto":
         method = choose_forward_method(lay.row.size, qt.shape[2], chunk_size)
     if method == "sequential":
-        times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver)
+        times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
+                                                    max_total_spikes)
     else:
         times, events, counts = _forward_scan(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
-                                              chunk_size)
+                                              chunk_size, max_total_spikes)
     res = LIFResiduals(
         queue_times=qt, queue_index=qi, queue_end=qend,
         spike_times=times.reshape(batch, n_out, max_spikes), spike_event=events.reshape(batch, n_out, max_spikes),

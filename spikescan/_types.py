@@ -169,3 +169,28 @@ class PeakGrads(NamedTuple):
     weights: Any
     input_times: Any
     delays: Optional[Any]
+
+
+class RunawayFiringError(FloatingPointError):
+    """Raised by ``lif_forward`` when a neuron fires more than ``max_total_spikes`` times on one sample.
+
+    A neuron driven far above threshold (synaptic current ``I >> threshold``) fires one spike every
+    ``tau_mem * log(I / (I - threshold)) ~ tau_mem * threshold / I``, each an exact root solve: about ``1e15``
+    spikes for a weight of ``1e15``, hours of work on any backend. The limit stops it within seconds. Like the "fires twice" ``FloatingPointError`` (the same
+    condition once the inter-spike interval falls below the float64 resolution of ``t``), it subclasses
+    ``FloatingPointError``, so ``except FloatingPointError`` catches both.
+
+    Attributes (``None`` when the error was built by hand):
+        sample, neuron: the sample (batch index) and the output neuron that ran away (the lowest flat index
+            ``sample * n_out + neuron`` on the CUDA backend when several did).
+        time: time of its spike number ``limit + 1``, the one that was not allowed.
+        current: its input (synaptic) current ``I`` at that time.
+        limit: the ``max_total_spikes`` in force.
+    """
+
+    def __init__(self, message, sample=None, neuron=None, time=None, current=None, limit=None):
+        super().__init__(message)
+        self.sample, self.neuron, self.time, self.current, self.limit = sample, neuron, time, current, limit
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.sample, self.neuron, self.time, self.current, self.limit)

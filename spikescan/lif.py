@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as v
-from ._types import LIFGrads, LIFResult
+from ._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES
+from ._types import LIFGrads, LIFResult, RunawayFiringError
 
 METHODS = ("auto", "sequential", "scan")
 SOLVERS = ("newton", "bisection", "analytic")
 
 
 def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=None, method="auto",
-                chunk_size=128, solver="newton"):
+                chunk_size=128, solver="newton", max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
     """Exact event-driven simulation of a dense layer of current-based LIF neurons with hard reset.
 
     Dynamics (DESIGN.md section 1), per output neuron ``i``::
@@ -38,10 +39,24 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         chunk_size: events per speculative chunk for ``"scan"``.
         solver: ``"newton"`` (with bisection fallback), ``"bisection"``, or ``"analytic"`` (only for
             ``tau_mem == 2 tau_syn``).
+        max_total_spikes: most spikes one neuron may fire on one sample, counted over the whole input, recorded or
+            not (so it bounds ``counts``, where ``max_spikes`` bounds the recording). Default 10,000: far above
+            what trained layers fire, and reached within seconds even by the NumPy backend (about 0.3-1 ms per
+            spike of a lone bursting neuron). A neuron that would fire spike number ``max_total_spikes + 1`` stops
+            the forward with ``RunawayFiringError`` (a ``FloatingPointError``) naming the sample, the neuron, that
+            spike's time, its input current ``I`` there and the limit: a current far above threshold fires about
+            once per ``tau_mem * threshold / I``, so a weight of ``1e15`` would otherwise mean ``~1e15`` exact
+            spikes and hours of work. Raise it for long inputs that legitimately fire more.
 
     Returns:
         ``LIFResult(times [batch, n_out, max_spikes], counts [batch, n_out], residuals)``. Arrays are NumPy for
         NumPy inputs and CuPy for CuPy inputs.
+
+    Raises:
+        RunawayFiringError: a neuron exceeds ``max_total_spikes`` (every method and backend checks it as it goes;
+            the CUDA kernels stop that neuron and the launcher raises after the kernel).
+        FloatingPointError: a neuron fires twice at the same float64 time (its inter-spike interval is below the
+            resolution of ``t``), which no limit can represent.
     """
     v.check_float_array("input_times", input_times, 3)
     v.check_float_array("weights", weights, 2)
@@ -57,6 +72,8 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
     threshold = v.positive_scalar("threshold", threshold)
     max_spikes = v.positive_int("max_spikes", max_spikes)
     chunk_size = v.positive_int("chunk_size", chunk_size)
+    # Counts are int64: any larger limit means the same as 2**63 - 1.
+    max_total_spikes = min(v.positive_int("max_total_spikes", max_total_spikes), np.iinfo(np.int64).max)
     v.choice("method", method, METHODS)
     v.choice("solver", solver, SOLVERS)
     if solver == "analytic" and not bool(xp.all(xp.abs(tau_mem - 2.0 * tau_syn) <= 1e-12 * tau_mem)):
@@ -68,11 +85,11 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         from . import _lif_numpy as impl
 
         return impl.lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                                chunk_size, solver)
+                                chunk_size, solver, max_total_spikes)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                                      chunk_size, solver)
+                                      chunk_size, solver, max_total_spikes)
 
 
 def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
@@ -119,4 +136,4 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
     return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad))
 
 
-__all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads"]
+__all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads", "RunawayFiringError", "DEFAULT_MAX_TOTAL_SPIKES"]

@@ -24,7 +24,10 @@ Backward methods (``lif_backward_cuda(..., method)``, same gradients up to round
 
 Errors: a neuron whose next spike rounds to its previous spike's time (an inter-spike interval below the float64
 spacing of t) stops in the kernel, and the forward raises ``FloatingPointError`` naming it, as the NumPy path does.
-Checking costs one host sync per forward.
+A neuron that would fire more than ``max_total_spikes`` spikes stops in the kernel the same way (it also writes its
+current ``I`` at that spike and leaves ``counts = max_total_spikes + 1``), and the forward raises
+``RunawayFiringError`` with the NumPy path's fields. When several neurons stop, the lowest flat index
+``sample * n_out + neuron`` is reported. Checking costs one host sync per forward.
 
 Memory: the forward keeps the queues (12 bytes per entry: float64 time, int32 index; ``batch x L1`` entries without
 delays, ``batch x n_out x L1`` with delays) and spike records of ``LIFResiduals`` and nothing else. The backward
@@ -39,7 +42,7 @@ import math
 
 import numpy as np
 
-from .._lif_numpy import unresolvable_spike_error
+from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, runaway_firing_error, unresolvable_spike_error
 from .._types import LIFGrads, LIFResiduals, LIFResult
 from . import _kernels, _queue
 
@@ -59,7 +62,7 @@ def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
 
 
 def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
-                     solver):
+                     solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
     """Forward of the LIF layer on the GPU; arguments as validated by ``spikescan.lif_forward``.
 
     ``tau_mem``, ``tau_syn``: float64 ``[n_out]`` CuPy arrays; ``threshold``: float; ``method``: ``"auto"``,
@@ -68,7 +71,7 @@ def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, 
     import cupy
 
     return forward(cupy, _cupy_launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                   chunk_size, solver)
+                   chunk_size, solver, max_total_spikes)
 
 
 def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True):
@@ -83,7 +86,7 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True):
 
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
-            solver):
+            solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
     """Array-module-generic body of ``lif_forward_cuda``."""
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
@@ -101,14 +104,16 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     out_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=dtype)
     counts = xp.zeros((batch, n_out), dtype=xp.int64)
     stuck_times = xp.full(batch * n_out, np.inf, dtype=xp.float64)
+    stuck_current = xp.full(batch * n_out, np.nan, dtype=xp.float64)
+    limit = np.int64(min(int(max_total_spikes), np.iinfo(np.int64).max))
     n = batch * n_out
     if method == "auto":
         from . import choose_method
 
         method = choose_method(batch, n_out, L1 - 1)
     common = [qt, qi, qe, W, tm, ts, np.float64(threshold), np.int32(SOLVER_CODES[solver]), np.int64(batch),
-              np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes)]
-    outputs = [spike_times, spike_event, out_times, counts, stuck_times]
+              np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), limit]
+    outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
     if method == "sequential":
         launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, THREADS_PER_BLOCK),
                THREADS_PER_BLOCK, common + outputs)
@@ -128,7 +133,10 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     stuck = xp.isfinite(stuck_times)
     if bool(stuck.any()):
         first = int(xp.argmax(stuck))
-        raise unresolvable_spike_error(first, n_out, float(stuck_times[first]))
+        t_stop = float(stuck_times[first])
+        if int(counts.reshape(-1)[first]) > limit:  # the kernel left max_total_spikes + 1: runaway firing
+            raise runaway_firing_error(first, n_out, t_stop, float(stuck_current[first]), int(limit), threshold)
+        raise unresolvable_spike_error(first, n_out, t_stop)
     res = LIFResiduals(
         queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
         weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=float(threshold),

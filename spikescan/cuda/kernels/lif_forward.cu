@@ -19,17 +19,25 @@
 // interval below the float64 spacing of t, from a current far above threshold) would fire forever at that time.
 // The kernels stop such a neuron, write the repeated time to stuck_times[tid] (pre-filled with +inf by the
 // launcher), and the launcher raises FloatingPointError, as the NumPy path does.
+//
+// Runaway firing: a neuron that would fire spike number max_total_spikes + 1 (recorded or not) stops the same way:
+// it writes that spike's time to stuck_times[tid] and its current I there to stuck_current[tid], and leaves
+// counts[tid] = max_total_spikes + 1, by which the launcher tells it from an unresolvable spike and raises
+// RunawayFiringError.
 #include "common.cuh"
 
 // Fire every spike inside the gap (t_prev, t_k]: the gap test, the root solve, the reset V <- 0 (I kept), and the
 // test again on the rest of the same gap.  Shared by the sequential and step kernels.  t_last: time of the
-// neuron's last spike (-inf before the first).  Returns false, with *stuck_time set, if a spike repeats t_last.
+// neuron's last spike (-inf before the first).  Returns false, with *stuck_time set, if a spike repeats t_last or
+// would exceed max_total_spikes (then also *stuck_current, and count = max_total_spikes + 1).
 template <typename T>
 __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, double& t_prev, double& t_last,
-                                                      double* __restrict__ stuck_time, double t_k,
+                                                      double* __restrict__ stuck_time,
+                                                      double* __restrict__ stuck_current, double t_k,
                                                       long long k, double tau_mem, double tau_syn,
                                                       double threshold, int solver, long long& count,
-                                                      long long max_spikes, double* __restrict__ spike_times,
+                                                      long long max_spikes, long long max_total_spikes,
+                                                      double* __restrict__ spike_times,
                                                       long long* __restrict__ spike_event,
                                                       T* __restrict__ out_times, long long rec_base) {
     double gap = t_k - t_prev;
@@ -43,6 +51,12 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
             return false;
         }
         const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+        if (count >= max_total_spikes) {
+            *stuck_time = t_spike;
+            *stuck_current = I * d.b;
+            ++count;
+            return false;
+        }
         V = 0.0;
         I = I * d.b;
         t_prev = t_spike;
@@ -64,8 +78,9 @@ __global__ void spikescan_lif_forward_sequential(
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
-    long long* __restrict__ counts, double* __restrict__ stuck_times) {
+    long long max_total_spikes, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    double* __restrict__ stuck_current) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
@@ -75,8 +90,9 @@ __global__ void spikescan_lif_forward_sequential(
     long long count = 0;
     for (long long k = 0; k <= end; ++k) {
         const double t_k = qt[k];  // +inf at k == end: the open gap after the last input
-        if (!spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, t_k, k, tau_mem, tau_syn, threshold,
-                                      solver, count, max_spikes, spike_times, spike_event, out_times, rec_base)) {
+        if (!spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k, tau_mem,
+                                      tau_syn, threshold, solver, count, max_spikes, max_total_spikes, spike_times,
+                                      spike_event, out_times, rec_base)) {
             break;
         }
         if (k == end) break;
@@ -99,9 +115,10 @@ __global__ void spikescan_lif_forward_step(
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    long long k, double* __restrict__ state_V, double* __restrict__ state_I, double* __restrict__ state_t,
-    double* __restrict__ state_last, double* __restrict__ spike_times, long long* __restrict__ spike_event,
-    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times) {
+    long long max_total_spikes, long long k, double* __restrict__ state_V, double* __restrict__ state_I,
+    double* __restrict__ state_t, double* __restrict__ state_last, double* __restrict__ spike_times,
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
@@ -110,9 +127,9 @@ __global__ void spikescan_lif_forward_step(
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
     const double t_k = qt[k];
-    const bool ok = spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, t_k, k, tau_mem, tau_syn,
-                                             threshold, solver, count, max_spikes, spike_times, spike_event,
-                                             out_times, rec_base);
+    const bool ok = spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k,
+                                             tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                             max_total_spikes, spike_times, spike_event, out_times, rec_base);
     if (ok && k < end) {
         const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
@@ -145,8 +162,9 @@ __global__ void spikescan_lif_forward_scan(
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    int width, double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
-    long long* __restrict__ counts, double* __restrict__ stuck_times) {
+    long long max_total_spikes, int width, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    double* __restrict__ stuck_current) {
     const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
     const int lane = threadIdx.x & 31;
     if (tid >= batch * n_out) return;  // uniform across the warp
@@ -205,8 +223,16 @@ __global__ void spikescan_lif_forward_scan(
             if (lane == 0) stuck_times[tid] = t_spike;
             break;
         }
-        t_last = t_spike;
         const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+        if (count >= max_total_spikes) {  // runaway firing (warp-uniform)
+            if (lane == 0) {
+                stuck_times[tid] = t_spike;
+                stuck_current[tid] = i0 * d.b;
+            }
+            ++count;
+            break;
+        }
+        t_last = t_spike;
         k += f;
         if (lane == 0 && count < max_spikes) {
             spike_times[rec_base + count] = t_spike;

@@ -1,0 +1,267 @@
+"""Tests of the LIF layer's guards against pathological inputs (issue 15 items 1 and 2), on NumPy and on the CUDA
+kernels (host emulation everywhere, the real GPU when there is one).
+
+- Runaway firing: a neuron driven far above threshold would fire ~``I tau_mem / threshold`` exact spikes per unit
+  time (1e15 for a weight of 1e15); ``lif_forward(max_total_spikes=...)`` stops it with ``RunawayFiringError``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan import _lif_numpy, _validate
+from spikescan.cuda import _hostemu, _lif, is_available
+
+from _cases import random_spikes, weights
+
+RunawayFiringError = ss.RunawayFiringError
+
+# (input_times, weights, time constants): one neuron of a [2, 3] layer (neuron 2 of sample 1) runs away; the others
+# fire normally or not at all.
+RUNAWAY_CASES = {
+    # weight 1e15 at t = 1: a spike every ~1e-14 (resolvable at t ~ 1), ~1e15 of them.
+    "weight_1e15_at_t1": (1.0, 1e15, dict(tau_mem=10.0, tau_syn=5.0)),
+    # the same from t = 0, where float64 resolves even shorter intervals.
+    "weight_1e15_at_t0": (0.0, 1e15, dict(tau_mem=10.0, tau_syn=5.0)),
+    # weight 3 with a fast membrane and a slow synapse: ~135k spikes before the current decays to threshold.
+    "weight_3_fast_membrane": (1.0, 3.0, dict(tau_mem=1e-3, tau_syn=100.0)),
+}
+
+
+def layer_case(name):
+    t_input, w, taus = RUNAWAY_CASES[name]
+    # Channel 0 spikes in both samples at 0.5 and drives neurons 0 and 1 (time constants 10 and 5: neuron 0 fires
+    # normally, neuron 1 stays silent); channel 1 spikes only in sample 1, at t_input, and only reaches neuron 2,
+    # which has the case's time constants and runs away.
+    t = np.array([[[0.5], [np.inf]], [[0.5], [t_input]]])
+    W = np.array([[1.8, 0.3, 0.0], [0.0, 0.0, w]])
+    return t, W, {k: np.array([10.0, 10.0, v]) if k == "tau_mem" else np.array([5.0, 5.0, v])
+                  for k, v in taus.items()}
+
+
+def assert_runaway(err, sample, neuron, limit, t_min, threshold=1.0):
+    assert isinstance(err, FloatingPointError)
+    assert (err.sample, err.neuron, err.limit) == (sample, neuron, limit)
+    assert np.isfinite(err.time) and err.time >= t_min
+    assert np.isfinite(err.current) and err.current > threshold
+    msg = str(err)
+    assert f"neuron {neuron} of sample {sample} fires more than max_total_spikes={limit} times" in msg
+    assert f"spike {limit + 1} at t={err.time!r}" in msg and f"I={err.current!r}" in msg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runaway firing, NumPy
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+@pytest.mark.parametrize("case", list(RUNAWAY_CASES))
+def test_runaway_firing_raises_quickly(case, method):
+    t, W, taus = layer_case(case)
+    start = time.perf_counter()
+    with pytest.raises(RunawayFiringError) as info:
+        ss.lif_forward(t, W, max_spikes=4, method=method, max_total_spikes=1000, **taus)
+    elapsed = time.perf_counter() - start
+    assert_runaway(info.value, sample=1, neuron=2, limit=1000, t_min=float(t[1, 1, 0]))
+    assert elapsed < 30.0, f"{elapsed:.1f} s for 1000 spikes"
+
+
+def test_runaway_fields_agree_between_methods():
+    for case in RUNAWAY_CASES:
+        t, W, taus = layer_case(case)
+        errs = []
+        for method in ("sequential", "scan"):
+            with pytest.raises(RunawayFiringError) as info:
+                ss.lif_forward(t, W, max_spikes=4, method=method, chunk_size=3, max_total_spikes=50, **taus)
+            errs.append(info.value)
+        a, b = errs
+        assert (a.sample, a.neuron, a.limit) == (b.sample, b.neuron, b.limit)
+        np.testing.assert_allclose([b.time, b.current], [a.time, a.current], rtol=1e-12, err_msg=case)
+
+
+def test_runaway_firing_default_limit_finishes_in_seconds():
+    # The ~135k-spike neuron alone, with the default limit (10,000 spikes), on the method "auto" picks.
+    t, W, taus = np.array([[[1.0]]]), np.array([[3.0]]), RUNAWAY_CASES["weight_3_fast_membrane"][2]
+    assert ss.lif.DEFAULT_MAX_TOTAL_SPIKES == 10_000
+    start = time.perf_counter()
+    with pytest.raises(RunawayFiringError) as info:
+        ss.lif_forward(t, W, max_spikes=4, **taus)
+    elapsed = time.perf_counter() - start
+    assert_runaway(info.value, sample=0, neuron=0, limit=10_000, t_min=1.0)
+    assert elapsed < 60.0, f"{elapsed:.1f} s for the default limit"
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_limit_counts_every_spike_recorded_or_not(method):
+    # A neuron that fires exactly n spikes (most of them unrecorded) passes with max_total_spikes=n; with n - 1 the
+    # error names spike n: its time is the n-th spike of the full run, its current I is the current there.
+    t = np.array([[[1.0]]])
+    W = np.array([[3.0]])
+    taus = dict(tau_mem=1e-3, tau_syn=0.03)
+    full = ss.lif_forward(t, W, max_spikes=200, method="sequential", **taus)
+    n = int(full.counts[0, 0])
+    assert 20 < n < 200
+    ok = ss.lif_forward(t, W, max_spikes=2, method=method, chunk_size=2, max_total_spikes=n, **taus)
+    assert int(ok.counts[0, 0]) == n
+    with pytest.raises(RunawayFiringError) as info:
+        ss.lif_forward(t, W, max_spikes=2, method=method, chunk_size=2, max_total_spikes=n - 1, **taus)
+    err = info.value
+    assert (err.sample, err.neuron, err.limit) == (0, 0, n - 1)
+    t_n = float(full.residuals.spike_times[0, 0, n - 1])
+    assert err.time == pytest.approx(t_n, rel=1e-12)
+    assert err.current == pytest.approx(3.0 * np.exp(-(t_n - 1.0) / 0.03), rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+@pytest.mark.parametrize("with_delays", [False, True])
+def test_normal_layers_are_unaffected_by_the_limit(method, with_delays):
+    rng = np.random.default_rng(3)
+    t = random_spikes(rng, 3, 12, 5, t_max=40.0)
+    W = weights(rng, 12, 6, mean=0.8)
+    D = rng.uniform(0.0, 5.0, (12, 6)) if with_delays else None
+    kw = dict(delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=5, method=method, chunk_size=4)
+    ref = ss.lif_forward(t, W, **kw)
+    most = int(ref.counts.max())
+    assert most > 5  # some spikes are not recorded: the limit counts them all the same
+    for limit in (most, 2**62, 10**30):
+        out = ss.lif_forward(t, W, max_total_spikes=limit, **kw)
+        np.testing.assert_array_equal(out.counts, ref.counts)
+        np.testing.assert_array_equal(out.times, ref.times)
+        np.testing.assert_array_equal(out.residuals.spike_event, ref.residuals.spike_event)
+    with pytest.raises(RunawayFiringError):
+        ss.lif_forward(t, W, max_total_spikes=most - 1, **kw)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "100", None, np.float64(10.0)])
+def test_max_total_spikes_is_validated(value):
+    t, W = np.array([[[1.0]]]), np.array([[2.0]])
+    with pytest.raises(ValueError, match=r"max_total_spikes must be a positive integer, got "):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=2, max_total_spikes=value)
+    ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=2, max_total_spikes=np.int32(5))
+
+
+def test_runaway_error_is_exported_and_pickles():
+    assert issubclass(ss.RunawayFiringError, FloatingPointError)
+    assert "RunawayFiringError" in ss.__all__
+    err = _lif_numpy.runaway_firing_error(7, 3, 1.5, 2.5e3, 100, 1.0)
+    assert (err.sample, err.neuron, err.time, err.current, err.limit) == (2, 1, 1.5, 2.5e3, 100)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ss.RunawayFiringError and str(back) == str(err)
+    assert (back.sample, back.neuron, back.time, back.current, back.limit) == (2, 1, 1.5, 2.5e3, 100)
+
+
+def test_unresolvable_spike_is_still_reported_as_such():
+    # Spikes 1e-14 apart at t = 1e6 round to the same time at the second spike, long before any limit.
+    with pytest.raises(FloatingPointError, match=r"fires twice at t=1000000") as info:
+        ss.lif_forward(np.array([[[1e6]]]), np.array([[1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=4,
+                       max_total_spikes=3)
+    assert not isinstance(info.value, RunawayFiringError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA kernels: host emulation everywhere, the GPU when there is one
+# ---------------------------------------------------------------------------------------------------------------
+
+BACKENDS = [
+    pytest.param("emulated", id="emulated"),
+    pytest.param("gpu", id="gpu", marks=pytest.mark.gpu),
+]
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu")))
+
+
+class Backend:
+    """The CUDA launchers on the GPU (CuPy) or on the host emulation (NumPy); results as NumPy."""
+
+    def __init__(self, name, request):
+        self.name = name
+        if name == "gpu":
+            if not is_available():
+                pytest.skip("no CUDA device")
+            import cupy
+
+            self.xp, self.launch = cupy, _lif._cupy_launch
+        else:
+            self.xp, self.launch = np, request.getfixturevalue("host_kernels").launch
+
+    def host(self, x):
+        return x if x is None or isinstance(x, np.ndarray) else self.xp.asnumpy(x)
+
+    def lif(self, t, W, D=None, *, tau_mem, tau_syn, threshold=1.0, max_spikes, method, chunk_size=32,
+            solver="newton", **kw):
+        xp = self.xp
+        n_out = W.shape[1]
+        dev = (lambda x: None if x is None else xp.asarray(x))
+        tm = _validate.time_constant("tau_mem", dev(tau_mem) if np.ndim(tau_mem) else tau_mem, n_out, xp)
+        ts = _validate.time_constant("tau_syn", dev(tau_syn) if np.ndim(tau_syn) else tau_syn, n_out, xp)
+        return _lif.forward(xp, self.launch, dev(t), dev(W), dev(D), tm, ts, threshold, max_spikes, method,
+                            chunk_size, solver, **kw)
+
+    def lif_backward(self, result, G, method):
+        return _lif.backward(self.xp, self.launch, result, self.xp.asarray(G), method)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return Backend(request.param, request)
+
+
+CUDA_FORWARD_METHODS = ("sequential", "scan", "step")
+
+
+@pytest.mark.parametrize("method", CUDA_FORWARD_METHODS)
+def test_cuda_runaway_firing_raises_the_numpy_error(backend, method):
+    for case in RUNAWAY_CASES:
+        t, W, taus = layer_case(case)
+        with pytest.raises(RunawayFiringError) as ref:
+            ss.lif_forward(t, W, max_spikes=4, method="sequential", max_total_spikes=1000, **taus)
+        with pytest.raises(RunawayFiringError) as info:
+            backend.lif(t, W, max_spikes=4, method=method, max_total_spikes=1000, **taus)
+        a, b = ref.value, info.value
+        assert (b.sample, b.neuron, b.limit) == (a.sample, a.neuron, a.limit) == (1, 2, 1000), case
+        # Same spike, same current, up to the last bits of the math library's exp.
+        np.testing.assert_allclose([b.time, b.current], [a.time, a.current], rtol=1e-12, err_msg=case)
+        assert str(b).split(": spike")[0] == str(a).split(": spike")[0]
+
+
+def test_cuda_limit_counts_every_spike_and_normal_layers_are_unaffected(backend):
+    rng = np.random.default_rng(3)
+    t = random_spikes(rng, 2, 10, 4, t_max=40.0)
+    W = weights(rng, 10, 4, mean=0.8)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=3)
+    ref = ss.lif_forward(t, W, method="sequential", **kw)
+    most = int(ref.counts.max())
+    assert most > 3
+    for method in CUDA_FORWARD_METHODS:
+        base = backend.lif(t, W, method=method, **kw)
+        np.testing.assert_array_equal(backend.host(base.counts), ref.counts)
+        for limit in (most, 2**62):
+            out = backend.lif(t, W, method=method, max_total_spikes=limit, **kw)
+            for name in ("counts", "times"):
+                np.testing.assert_array_equal(backend.host(getattr(out, name)), backend.host(getattr(base, name)))
+        with pytest.raises(RunawayFiringError) as info:
+            backend.lif(t, W, method=method, max_total_spikes=most - 1, **kw)
+        with pytest.raises(RunawayFiringError) as ref_info:
+            ss.lif_forward(t, W, method="sequential", max_total_spikes=most - 1, **kw)
+        b, a = info.value, ref_info.value
+        if (b.sample, b.neuron) == (a.sample, a.neuron):  # several neurons may reach the limit
+            np.testing.assert_allclose([b.time, b.current], [a.time, a.current], rtol=1e-12)
+        assert b.limit == most - 1
+        assert int(ref.counts[b.sample, b.neuron]) == most
+
+
+def test_cuda_unresolvable_spike_is_still_reported_as_such(backend):
+    for method in CUDA_FORWARD_METHODS:
+        with pytest.raises(FloatingPointError, match=r"fires twice at t=1000000") as info:
+            backend.lif(np.array([[[1e6]]]), np.array([[1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=4,
+                        method=method, max_total_spikes=3)
+        assert not isinstance(info.value, RunawayFiringError)
