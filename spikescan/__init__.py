@@ -7,7 +7,7 @@ NumPy in, NumPy out; CuPy in, CuPy out. See ``lif_forward`` / ``lif_backward`` f
 from . import encode
 from ._types import LIFGrads, LIFResiduals, LIFResult, LIGrads, LIResiduals, LIResult
 from ._types import PeakGrads, PeakResiduals, PeakResult
-from ._types import RunawayFiringError
+from ._types import GrazingSpikeWarning, RunawayFiringError
 from .lif import lif_backward, lif_forward
 from .peak import peak_voltage, peak_voltage_backward
 from .readout import li_backward, li_forward
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "lif_forward", "lif_backward", "LIFResult", "LIFResiduals", "LIFGrads",
-    "RunawayFiringError",
+    "RunawayFiringError", "GrazingSpikeWarning",
     "li_forward", "li_backward", "LIResult", "LIResiduals", "LIGrads",
     "peak_voltage", "peak_voltage_backward", "PeakResult", "PeakResiduals", "PeakGrads",
     "lif_trace", "li_trace", "TraceResult",

@@ -6,12 +6,14 @@ queue row ``b * Q + (i if Q > 1 else 0)`` (see ``_queue.build_queues``).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _dynamics as dyn
 from ._queue import build_queues
 from ._scan import recurrence_loop, recurrence_scan
-from ._types import LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
+from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
 
 # Default of ``lif_forward(max_total_spikes=...)``: spikes per neuron per sample, recorded or not.
 DEFAULT_MAX_TOTAL_SPIKES = 10_000
@@ -313,8 +315,16 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     I_pre = b * Iq
     u = (I_pre - (a * Vq + c * Iq)) / tm
     v_ = -I_pre / ts
+    # D = dV/dt at a spike. A grazing spike (D <= 0: V peaks at the threshold, or rounding put the recomputed slope
+    # below zero) has no derivative of its time: its IFT term (alpha, beta, the threshold term: the 1/D factors) is
+    # dropped and the spike is reported (GrazingSpikeWarning) instead of dividing by zero.
     D = np.where(spk, (I_pre - th) / tm, 1.0)
-    alpha, beta = -a / D, -c / D
+    graze = spk & (D <= 0.0)
+    if graze.any():
+        D = np.where(graze, 1.0, D)
+        r_g, p_g = np.nonzero(graze)
+        grads["grazing"].append((int(r_g.size), int(neurons[r_g[0]]), float(tau[r_g[0], p_g[0]])))
+    alpha, beta = np.where(graze, 0.0, -a / D), np.where(graze, 0.0, -c / D)
     if method == "sequential":
         B = np.array([
             [np.where(inp, a, np.where(spk, 0.0, 1.0)), np.where(spk, alpha * v_, 0.0), np.where(spk, alpha, 0.0)],
@@ -330,7 +340,7 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
 
     grad_w = np.where(inp, lI, 0.0)
     grad_arrival = np.where(inp, u * lV + v_ * lI + lT, 0.0)
-    grads["threshold"] += float(np.sum(np.where(spk, (lT + g + v_ * lI) / D, 0.0)))
+    grads["threshold"] += float(np.sum(np.where(spk & ~graze, (lT + g + v_ * lI) / D, 0.0)))
     r_i, p_i = np.nonzero(inp)
     src_idx = res.queue_index.reshape(-1, lay.L1)[rows[r_i, 0], qpos[r_i, p_i]]
     j = src_idx // lay.max_in
@@ -414,6 +424,21 @@ def _adjoint_by_segments(tau, inp, spk, a, b, c, u, v, alpha, beta, g, tm, ts):
     lV[sr, sp], lI[sr, sp], lT[sr, sp] = after_spk[0, sr, sm], after_spk[1, sr, sm], after_spk[2, sr, sm]
     return lV, lI, lT
 
+def grazing_spike_warning(count, neuron, n_out, t):
+    """The warning for ``count`` grazing spikes, the first of flat neuron ``neuron`` at time ``t``."""
+    sample, index = neuron // n_out, neuron % n_out
+    return GrazingSpikeWarning(
+        f"{count} grazing spike(s) in lif_backward, the first of neuron {index} of sample {sample} at t={float(t)!r}: "
+        "V only touches the threshold there (dV/dt = 0), so the spike time is not differentiable; the "
+        "implicit-function term of each such spike is dropped instead of dividing by zero (no gradient from its "
+        "time through the state before it, nor to the threshold; it still moves with the start of its gap)",
+        count=int(count), sample=int(sample), neuron=int(index), time=float(t))
+
+
+def warn_grazing(count, neuron, n_out, t, stacklevel):
+    warnings.warn(grazing_spike_warning(count, neuron, n_out, t), stacklevel=stacklevel + 1)
+
+
 def lif_backward(result, grad_times, method, input_times_grad=True):
     res = result.residuals
     batch, n_in, max_in = res.input_shape
@@ -424,6 +449,7 @@ def lif_backward(result, grad_times, method, input_times_grad=True):
         "input_times": np.zeros((batch, n_in, max_in)) if input_times_grad else None,
         "delays": None if res.delays is None else np.zeros((n_in, n_out)),
         "threshold": 0.0,
+        "grazing": [],  # (count, first flat neuron, its earliest grazing spike time) per group with any
     }
     N = batch * n_out
     n_points = res.queue_times.shape[2] + res.spike_times.shape[2]
@@ -432,6 +458,10 @@ def lif_backward(result, grad_times, method, input_times_grad=True):
     group = max(1, _BACKWARD_POINTS_PER_GROUP[method] // max(n_points, 1))
     for start in range(0, N, group):
         _backward_group(res, grad_times, np.arange(start, min(start + group, N)), lay, method, grads)
+    if grads["grazing"]:
+        _, first, t_first = grads["grazing"][0]  # groups ascend in neuron index
+        # stacklevel 3: the caller of spikescan.lif_backward.
+        warn_grazing(sum(c for c, _, _ in grads["grazing"]), first, n_out, t_first, stacklevel=3)
     return LIFGrads(
         weights=grads["weights"].astype(res.weights_dtype),
         input_times=grads["input_times"].astype(res.input_dtype) if input_times_grad else None,

@@ -194,3 +194,30 @@ class RunawayFiringError(FloatingPointError):
 
     def __reduce__(self):
         return type(self), (self.args[0], self.sample, self.neuron, self.time, self.current, self.limit)
+
+
+class GrazingSpikeWarning(RuntimeWarning):
+    """Issued by ``lif_backward`` for recorded spikes where ``V`` only touches the threshold (``dV/dt = 0`` there).
+
+    The implicit function theorem gives ``dt*/dp = -(dR/dp) / (dV/dt)`` at a spike; at a grazing spike (``V`` peaks
+    exactly at the threshold, ``I(t*) = threshold``) the spike time is not differentiable: an infinitesimal change
+    of the inputs removes the spike or makes it a proper crossing. Instead of dividing by zero (NaN and inf
+    gradients), the backward drops the IFT term of every spike whose recomputed ``dV/dt`` is ``<= 0`` (zero, or
+    below zero by rounding, which an upward crossing cannot be): no gradient flows from that spike's time into the
+    state before it (nor through it to weights, input times and delays) or into the threshold. The reset still holds, ``I``
+    carries on, and the spike keeps moving with the start of its gap (``t* = t_prev + s``): a shift of every input
+    by ``dt`` still moves it by ``dt``, the one direction in which a grazing spike is differentiable. Spikes an ulp
+    away from grazing are differentiated as usual, with their large ``1 / (dV/dt)`` factors.
+
+    Attributes (``None`` when the warning was built by hand):
+        count: number of grazing spikes in the call (over batch and neurons).
+        sample, neuron: the first neuron (lowest flat index ``sample * n_out + neuron``) with one.
+        time: that neuron's earliest grazing spike time.
+    """
+
+    def __init__(self, message, count=None, sample=None, neuron=None, time=None):
+        super().__init__(message)
+        self.count, self.sample, self.neuron, self.time = count, sample, neuron, time
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.count, self.sample, self.neuron, self.time)

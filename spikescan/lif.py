@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _validate as v
 from ._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES
-from ._types import LIFGrads, LIFResult, RunawayFiringError
+from ._types import GrazingSpikeWarning, LIFGrads, LIFResult, RunawayFiringError
 
 METHODS = ("auto", "sequential", "scan")
 SOLVERS = ("newton", "bisection", "analytic")
@@ -97,8 +97,14 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
 
     Spike times are differentiated by the implicit function theorem, the closed forms by an adjoint recurrence run
     backwards over each neuron's events. Only spikes that were recorded carry gradient; ``+inf`` padding carries
-    none (its entries of ``grad_times`` are ignored). A grazing spike (``I`` close to ``threshold`` at the crossing)
-    has a large ``1 / (dV/dt)`` and correspondingly large gradients: they are returned as they are.
+    none (its entries of ``grad_times`` are ignored). A nearly grazing spike (``I`` close to ``threshold`` at the
+    crossing) has a large ``1 / (dV/dt)`` and correspondingly large gradients: they are returned as they are (about
+    ``3e16`` for a slope one ulp above zero). An exactly grazing spike (``V`` peaks at the threshold: the recomputed
+    ``dV/dt`` at the spike is ``<= 0``) has no derivative of its time; instead of dividing by zero (NaN and inf),
+    its implicit-function term is dropped (no gradient from its time through the state before it, nor to
+    ``threshold``; it still moves with the start of its gap, so a shift of all inputs still moves it) and a
+    ``GrazingSpikeWarning`` names the count, the first sample and neuron with one, and its spike time. Every
+    backend and method does this.
 
     Args:
         result: the ``LIFResult`` of ``lif_forward``.
@@ -136,4 +142,5 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
     return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad))
 
 
-__all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads", "RunawayFiringError", "DEFAULT_MAX_TOTAL_SPIKES"]
+__all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads", "RunawayFiringError", "GrazingSpikeWarning",
+           "DEFAULT_MAX_TOTAL_SPIKES"]

@@ -3,12 +3,18 @@ kernels (host emulation everywhere, the real GPU when there is one).
 
 - Runaway firing: a neuron driven far above threshold would fire ~``I tau_mem / threshold`` exact spikes per unit
   time (1e15 for a weight of 1e15); ``lif_forward(max_total_spikes=...)`` stops it with ``RunawayFiringError``.
+- Grazing spikes: where ``V`` peaks exactly at the threshold (``dV/dt = 0`` at the spike) the spike time is not
+  differentiable; ``lif_backward`` drops that spike's IFT term and issues ``GrazingSpikeWarning`` instead of
+  returning NaN. The exact case: one input of weight ``e`` at ``t = 2`` with ``tau_mem = tau_syn = 10``: ``V`` peaks
+  at ``t = 12`` at ``e * exp(-1)``, which rounds to exactly 1, and ``I`` there is the same product (for equal time
+  constants ``V(s) = (s / tau) exp(-s / tau) w``, so at ``s = tau`` both are ``exp(-1) * w`` bit for bit).
 """
 
 from __future__ import annotations
 
 import pickle
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +26,7 @@ from spikescan.cuda import _hostemu, _lif, is_available
 from _cases import random_spikes, weights
 
 RunawayFiringError = ss.RunawayFiringError
+GrazingSpikeWarning = ss.GrazingSpikeWarning
 
 # (input_times, weights, time constants): one neuron of a [2, 3] layer (neuron 2 of sample 1) runs away; the others
 # fire normally or not at all.
@@ -163,6 +170,117 @@ def test_unresolvable_spike_is_still_reported_as_such():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Grazing spikes, NumPy
+# ---------------------------------------------------------------------------------------------------------------
+
+GRAZE = dict(tau_mem=10.0, tau_syn=10.0)
+
+
+def grazing_single(w):
+    return np.array([[[2.0]]]), np.array([[w]])
+
+
+def grazing_layer():
+    """[2, 3] layer: neuron 2 of sample 1 grazes at t = 12 (input of weight e at t = 2), then fires a proper spike
+    after a second input at t = 20; the other neurons fire proper spikes (or none)."""
+    t = np.array([[[1.0, 20.0], [3.0, np.inf]], [[2.0, 20.0], [np.inf, np.inf]]])
+    W = np.array([[1.5, 0.7, np.e], [0.9, 0.5, 0.4]])
+    return t, W
+
+
+def backward_recording(result, G, method, backward=None):
+    """``lif_backward`` under ``errstate(all="raise")`` (no division by zero, no NaN arithmetic), with the warnings
+    it issued."""
+    with warnings.catch_warnings(record=True) as rec, np.errstate(all="raise"):
+        warnings.simplefilter("always")
+        g = (backward or ss.lif_backward)(result, G, method=method)
+    for name in ("weights", "input_times", "delays", "threshold"):
+        x = getattr(g, name)
+        assert x is None or np.isfinite(x).all(), (name, x)
+    return g, [w.message for w in rec]
+
+
+def test_exact_grazing_case_is_exact():
+    # The construction the tests rely on: the peak voltage and the current there are one product, exactly 1.
+    assert np.exp(-1.0) * np.e == 1.0
+    for method in ("sequential", "scan"):
+        r = ss.lif_forward(*grazing_single(np.e), max_spikes=2, method=method, **GRAZE)
+        assert int(r.counts[0, 0]) == 1 and r.times[0, 0, 0] == 12.0
+        # One ulp below e the peak stays under the threshold: no spike.
+        r = ss.lif_forward(*grazing_single(np.nextafter(np.e, 0.0)), max_spikes=2, method=method, **GRAZE)
+        assert int(r.counts[0, 0]) == 0
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_grazing_spike_warns_and_drops_its_ift_term(method):
+    r = ss.lif_forward(*grazing_single(np.e), max_spikes=2, method="sequential", **GRAZE)
+    G = np.full(r.times.shape, 0.7)
+    g, warned = backward_recording(r, G, method)
+    assert len(warned) == 1 and isinstance(warned[0], GrazingSpikeWarning)
+    w = warned[0]
+    assert (w.count, w.sample, w.neuron, w.time) == (1, 0, 0, 12.0)
+    assert "1 grazing spike(s) in lif_backward, the first of neuron 0 of sample 0 at t=12.0" in str(w)
+    # No gradient through the state before the spike or to the threshold; the spike still moves with its gap's
+    # start, so the input time gets the cotangent itself (a shift of the input shifts the spike).
+    assert g.weights[0, 0] == 0.0 and float(g.threshold) == 0.0
+    assert g.input_times[0, 0, 0] == 0.7
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_one_ulp_from_grazing_is_differentiated_as_usual(method):
+    w = np.nextafter(np.e, np.inf)
+    r = ss.lif_forward(*grazing_single(w), max_spikes=2, method="sequential", **GRAZE)
+    assert int(r.counts[0, 0]) == 1 and r.times[0, 0, 0] == 12.0
+    G = np.ones(r.times.shape)
+    g, warned = backward_recording(r, G, method)
+    assert warned == []
+    # IFT at the peak s = tau: dR/dt = (I - threshold) / tau_mem with I = exp(-1) w (one ulp above 1),
+    # dR/dw = exp(-1), dR/dthreshold = -1; the input time only shifts the spike.
+    slope = (np.exp(-1.0) * w - 1.0) / 10.0
+    assert slope == 2.0**-52 / 10.0
+    np.testing.assert_allclose(g.weights[0, 0], -np.exp(-1.0) / slope, rtol=1e-12)
+    np.testing.assert_allclose(float(g.threshold), 1.0 / slope, rtol=1e-12)
+    assert 1e16 < abs(g.weights[0, 0]) < 1e17 and 1e16 < float(g.threshold) < 1e17
+    np.testing.assert_allclose(g.input_times[0, 0, 0], 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_grazing_spike_in_a_layer_leaves_the_other_neurons_alone(method):
+    t, W = grazing_layer()
+    r = ss.lif_forward(t, W, max_spikes=4, method="sequential", **GRAZE)
+    assert r.times[1, 2, 0] == 12.0 and int(r.counts[1, 2]) == 2
+    assert r.counts[0].sum() >= 3
+    G = np.random.default_rng(0).normal(size=r.times.shape)
+    g, warned = backward_recording(r, G, method)
+    assert len(warned) == 1
+    assert (warned[0].count, warned[0].sample, warned[0].neuron, warned[0].time) == (1, 1, 2, 12.0)
+    # Sample 0 alone (no grazing spike) gives the same gradients to its own input times; the weights of neurons 0
+    # and 1 only see sample 0's proper spikes (sample 1 is silent there).
+    r0 = ss.lif_forward(t[:1], W, max_spikes=4, method="sequential", **GRAZE)
+    g0, warned0 = backward_recording(r0, G[:1], method)
+    assert warned0 == []
+    np.testing.assert_allclose(g.input_times[0], g0.input_times[0], rtol=1e-12, atol=1e-15)
+    assert r.counts[1, :2].sum() == 0
+    np.testing.assert_allclose(g.weights[:, :2], g0.weights[:, :2], rtol=1e-12, atol=1e-15)
+    # The second spike of the grazing neuron still differentiates through the current that carries on across the
+    # grazing spike: the weight of its first input gets gradient from it.
+    G2 = np.zeros(r.times.shape)
+    G2[1, 2, 1] = 1.0
+    g2, _ = backward_recording(r, G2, method)
+    assert g2.weights[0, 2] != 0.0
+
+
+def test_grazing_warning_is_exported_and_pickles():
+    assert issubclass(ss.GrazingSpikeWarning, RuntimeWarning)
+    assert "GrazingSpikeWarning" in ss.__all__
+    w = _lif_numpy.grazing_spike_warning(3, 5, 2, 12.0)
+    assert (w.count, w.sample, w.neuron, w.time) == (3, 2, 1, 12.0)
+    back = pickle.loads(pickle.dumps(w))
+    assert type(back) is ss.GrazingSpikeWarning and str(back) == str(w)
+    assert (back.count, back.sample, back.neuron, back.time) == (3, 2, 1, 12.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CUDA kernels: host emulation everywhere, the GPU when there is one
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -265,3 +383,41 @@ def test_cuda_unresolvable_spike_is_still_reported_as_such(backend):
             backend.lif(np.array([[[1e6]]]), np.array([[1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=4,
                         method=method, max_total_spikes=3)
         assert not isinstance(info.value, RunawayFiringError)
+
+
+@pytest.mark.parametrize("method", CUDA_FORWARD_METHODS)
+def test_cuda_grazing_spike_warns_with_the_numpy_fields(backend, method):
+    t, W = grazing_layer()
+    ref = ss.lif_forward(t, W, max_spikes=4, method="sequential", **GRAZE)
+    G = np.random.default_rng(0).normal(size=ref.times.shape)
+    out = backend.lif(t, W, max_spikes=4, method=method, **GRAZE)
+    np.testing.assert_array_equal(backend.host(out.counts), ref.counts)
+    for bwd in _lif.BACKWARD_KERNELS:
+        ref_g, ref_w = backward_recording(ref, G, "sequential")
+        g, warned = backward_recording(out, G, bwd, backward=backend.lif_backward)
+        if backend.name == "gpu" and not warned:
+            # Whether the peak is exactly at the threshold depends on the last bit of the device's exp(-1): without
+            # a grazing spike there the gradients are merely very large. They must be finite (checked above).
+            continue
+        assert len(warned) == 1 and isinstance(warned[0], GrazingSpikeWarning), bwd
+        a, b = ref_w[0], warned[0]
+        assert (b.count, b.sample, b.neuron, b.time) == (a.count, a.sample, a.neuron, a.time) == (1, 1, 2, 12.0)
+        assert str(b) == str(a)
+        for name in ("weights", "input_times", "threshold"):
+            np.testing.assert_allclose(backend.host(getattr(g, name)), getattr(ref_g, name), rtol=1e-9, atol=1e-9,
+                                       err_msg=f"{name} (backward {bwd})")
+
+
+def test_cuda_one_ulp_from_grazing_is_differentiated_as_usual(backend):
+    w = np.nextafter(np.e, np.inf)
+    ref = ss.lif_forward(*grazing_single(w), max_spikes=2, method="sequential", **GRAZE)
+    ref_g, _ = backward_recording(ref, np.ones(ref.times.shape), "sequential")
+    out = backend.lif(*grazing_single(w), max_spikes=2, method="sequential", **GRAZE)
+    for bwd in _lif.BACKWARD_KERNELS:
+        g, warned = backward_recording(out, np.ones(ref.times.shape), bwd, backward=backend.lif_backward)
+        if backend.name == "gpu":
+            continue  # the device's exp(-1) decides how far from grazing this is; finite is what is checked
+        assert warned == []
+        for name in ("weights", "input_times", "threshold"):
+            np.testing.assert_allclose(backend.host(getattr(g, name)), getattr(ref_g, name), rtol=1e-12,
+                                       err_msg=f"{name} (backward {bwd})")

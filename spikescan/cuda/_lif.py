@@ -29,6 +29,11 @@ current ``I`` at that spike and leaves ``counts = max_total_spikes + 1``), and t
 ``RunawayFiringError`` with the NumPy path's fields. When several neurons stop, the lowest flat index
 ``sample * n_out + neuron`` is reported. Checking costs one host sync per forward.
 
+Grazing spikes (``dV/dt <= 0`` at a recorded spike, ``V`` only touching the threshold): the backward kernels drop
+their IFT term (the ``1/(dV/dt)`` factors) instead of dividing by zero, count them per neuron with the earliest one's
+time, and the backward issues ``GrazingSpikeWarning`` with the NumPy path's fields (one more small reduction and
+host sync per backward).
+
 Memory: the forward keeps the queues (12 bytes per entry: float64 time, int32 index; ``batch x L1`` entries without
 delays, ``batch x n_out x L1`` with delays) and spike records of ``LIFResiduals`` and nothing else. The backward
 allocates, for its duration only, checkpoints of 32 bytes per neuron per 32 points of history
@@ -42,7 +47,7 @@ import math
 
 import numpy as np
 
-from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, runaway_firing_error, unresolvable_spike_error
+from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, runaway_firing_error, unresolvable_spike_error, warn_grazing
 from .._types import LIFGrads, LIFResiduals, LIFResult
 from . import _kernels, _queue
 
@@ -165,6 +170,8 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
     grad_th = xp.zeros(1, dtype=xp.float64)
     n = batch * n_out
+    grazing = xp.zeros((max(n, 1), 2), dtype=xp.float64)  # (count, earliest time) of each neuron's grazing spikes
+    grazing[:, 1] = np.inf
     if n > 0:
         # Points per neuron up to its last recorded spike: entries before it plus the recorded spikes.
         n_rec = xp.minimum(counts, max_spikes).reshape(n)
@@ -181,9 +188,14 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None),
-                    grad_d, grad_th]
+                    grad_d, grad_th, grazing]
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, args)
+        n_grazing = int(grazing[:, 0].sum())  # host sync
+        if n_grazing:
+            first = int(xp.argmax(grazing[:, 0] > 0))
+            # stacklevel 4: the caller of spikescan.lif_backward (through lif_backward_cuda).
+            warn_grazing(n_grazing, first, n_out, float(grazing[first, 1]), stacklevel=4)
     return LIFGrads(
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,

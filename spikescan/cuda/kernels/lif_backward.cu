@@ -13,6 +13,11 @@
 //             grad arrival_k += gs + lT;  (lV, lI, lT) <- (a lV, c lV + b lI, -gs)
 //   spike m:  D = (b Iq - threshold)/tau_mem, lTt = lT + grad_times[m];  gs = lTt + v lI;  grad threshold += gs/D;
 //             (lV, lI, lT) <- (-a gs/D, b lI - c gs/D, lTt)
+//   grazing spike m (D <= 0: V only touches the threshold, dV/dt = 0, or rounding put the slope below zero): its
+//             time is not differentiable; its IFT term (every 1/D factor) is dropped: (lV, lI, lT) <- (0, b lI, lTt),
+//             no threshold term.  The kernel counts such spikes of its neuron and keeps the earliest one's time in
+//             grazing[2 tid], grazing[2 tid + 1] (pre-filled with 0 and +inf by the launcher, written only when
+//             the neuron has one); the launcher issues GrazingSpikeWarning, as the NumPy backward does.
 // Memory: pass 1 walks the points forward and stores a checkpoint (V, I, time, spikes so far) before every
 // SPIKESCAN_BWD_CHUNK-th point into `checkpoints` ([n_ckpt, 4, n_group] float64, laid out so that a warp's
 // stores coalesce: 32 bytes per neuron per chunk, allocated by the launcher for this call only; the launcher
@@ -39,7 +44,8 @@ __global__ void spikescan_lif_backward(
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
-    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold) {
+    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
+    double* __restrict__ grazing) {
     // This launch handles neurons [neuron_start, neuron_start + n_group) of the flattened batch * n_out.
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (local >= n_group) return;
@@ -87,6 +93,7 @@ __global__ void spikescan_lif_backward(
     double prev_V[SPIKESCAN_BWD_CHUNK], prev_I[SPIKESCAN_BWD_CHUNK], prev_t[SPIKESCAN_BWD_CHUNK];
     long long code[SPIKESCAN_BWD_CHUNK];  // >= 0: input k; < 0: spike -(m + 1)
     double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0;
+    double n_grazing = 0.0, t_grazing = 0.0;
     const long long n_chunks = (n_points + SPIKESCAN_BWD_CHUNK - 1) / SPIKESCAN_BWD_CHUNK;
     for (long long c = n_chunks - 1; c >= 0; --c) {
         V = checkpoints[(c * 4 + 0) * n_group + local];
@@ -147,15 +154,26 @@ __global__ void spikescan_lif_backward(
                 const double D = (I_pre - threshold) / tau_mem;
                 const double v = -I_pre / tau_syn;
                 const double lTt = lT + (double)gt[ms];
-                const double gs = lTt + v * lI;
-                g_threshold += gs / D;
-                lV = (-d.a / D) * gs;
-                lI = d.b * lI + (-d.c / D) * gs;
+                if (D <= 0.0) {  // grazing spike: IFT term dropped (spikes are visited last to first)
+                    lV = 0.0;
+                    lI = d.b * lI;
+                    n_grazing += 1.0;
+                    t_grazing = st[ms];
+                } else {
+                    const double gs = lTt + v * lI;
+                    g_threshold += gs / D;
+                    lV = (-d.a / D) * gs;
+                    lI = d.b * lI + (-d.c / D) * gs;
+                }
                 lT = lTt;
             }
         }
     }
     atomicAdd(grad_threshold, g_threshold);
+    if (n_grazing > 0.0) {
+        grazing[2 * tid] = n_grazing;
+        grazing[2 * tid + 1] = t_grazing;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -265,7 +283,8 @@ __global__ void spikescan_lif_backward_scan(
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
-    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold) {
+    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
+    double* __restrict__ grazing) {
     // Warp = neuron; exits below are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -307,6 +326,7 @@ __global__ void spikescan_lif_backward_scan(
 
     // Pass 2: chunks last to first (carry: the adjoint after the chunk's last point).
     double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0;
+    double n_grazing = 0.0, t_grazing = 0.0;  // warp-uniform (the spike loop below is)
     for (long long c = n_chunks - 1; c >= 0; --c) {
         V = checkpoints[(c * 4 + 0) * n_group + local];
         I = checkpoints[(c * 4 + 1) * n_group + local];
@@ -373,9 +393,16 @@ __global__ void spikescan_lif_backward_scan(
             }
             const double lTt = sT + gq;
             const double gs = lTt + vq * sI;
-            if (lane == q) g_threshold += gs / Dq;
-            const double nV = (-da / Dq) * gs;
-            const double nI = db * sI + (-dc / Dq) * gs;
+            // A grazing spike (Dq <= 0) drops its IFT term: every 1/Dq factor (see spikescan_lif_backward).
+            const bool grazing_q = Dq <= 0.0;
+            if (grazing_q) {
+                n_grazing += 1.0;
+                t_grazing = tq;  // spikes are visited last to first: the earliest stays
+            } else if (lane == q) {
+                g_threshold += gs / Dq;
+            }
+            const double nV = grazing_q ? 0.0 : (-da / Dq) * gs;
+            const double nI = grazing_q ? db * sI : db * sI + (-dc / Dq) * gs;
             if (q == 0) {
                 cV = nV; cI = nI; cT = lTt;
             } else if (lane == q - 1) {
@@ -418,5 +445,11 @@ __global__ void spikescan_lif_backward_scan(
     for (int offset = 16; offset > 0; offset >>= 1) {
         g_threshold += __shfl_sync(SPIKESCAN_FULL_MASK, g_threshold, lane ^ offset);
     }
-    if (lane == 0) atomicAdd(grad_threshold, g_threshold);
+    if (lane == 0) {
+        atomicAdd(grad_threshold, g_threshold);
+        if (n_grazing > 0.0) {
+            grazing[2 * tid] = n_grazing;
+            grazing[2 * tid + 1] = t_grazing;
+        }
+    }
 }
