@@ -176,13 +176,13 @@ class RunawayFiringError(FloatingPointError):
 
     A neuron driven far above threshold (synaptic current ``I >> threshold``) fires one spike every
     ``tau_mem * log(I / (I - threshold)) ~ tau_mem * threshold / I``, each an exact root solve: about ``1e15``
-    spikes for a weight of ``1e15``, hours of work on any backend. The limit stops it within seconds. Like the "fires twice" ``FloatingPointError`` (the same
-    condition once the inter-spike interval falls below the float64 resolution of ``t``), it subclasses
-    ``FloatingPointError``, so ``except FloatingPointError`` catches both.
+    spikes for a weight of ``1e15``, hours of work on any backend. The limit stops it within seconds. Like the
+    "fires twice" ``FloatingPointError`` (the same condition once the inter-spike interval falls below the float64
+    resolution of ``t``), it subclasses ``FloatingPointError``, so ``except FloatingPointError`` catches both.
 
     Attributes (``None`` when the error was built by hand):
-        sample, neuron: the sample (batch index) and the output neuron that ran away (the lowest flat index
-            ``sample * n_out + neuron`` on the CUDA backend when several did).
+        sample, neuron: the sample (batch index) and the output neuron that ran away (when several do: on NumPy
+            the first to reach the limit, on CUDA the lowest flat index ``sample * n_out + neuron``).
         time: time of its spike number ``limit + 1``, the one that was not allowed.
         current: its input (synaptic) current ``I`` at that time.
         limit: the ``max_total_spikes`` in force.
@@ -204,10 +204,12 @@ class GrazingSpikeWarning(RuntimeWarning):
     of the inputs removes the spike or makes it a proper crossing. Instead of dividing by zero (NaN and inf
     gradients), the backward drops the IFT term of every spike whose recomputed ``dV/dt`` is ``<= 0`` (zero, or
     below zero by rounding, which an upward crossing cannot be): no gradient flows from that spike's time into the
-    state before it (nor through it to weights, input times and delays) or into the threshold. The reset still holds, ``I``
-    carries on, and the spike keeps moving with the start of its gap (``t* = t_prev + s``): a shift of every input
-    by ``dt`` still moves it by ``dt``, the one direction in which a grazing spike is differentiable. Spikes an ulp
-    away from grazing are differentiated as usual, with their large ``1 / (dV/dt)`` factors.
+    state before it (nor through it to weights, input times and delays) or into the threshold. The reset still
+    holds, ``I`` carries on, and the spike keeps moving with the start of its gap (``t* = t_prev + s``): a shift of
+    every input by ``dt`` still moves it by ``dt``, the one direction in which a grazing spike is differentiable.
+    Spikes an ulp away from grazing are differentiated as usual, with their large ``1 / (dV/dt)`` factors (about
+    ``3e16`` for a slope of one ulp). Whether a peak lands exactly on the threshold is decided by the last bit of
+    the arithmetic, so backends whose ``exp`` rounds differently may disagree on such a spike.
 
     Attributes (``None`` when the warning was built by hand):
         count: number of grazing spikes in the call (over batch and neurons).
