@@ -108,7 +108,8 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     move towards the target, so no trial is far above the firing onset (runaway firing is slow to simulate).
     The first guess uses :func:`mean_weight` with the measured input statistics (:func:`input_statistics`).
 
-    A layer whose inputs carry no spike cannot be calibrated: ``1.0`` is returned. Each trial is one
+    A layer whose inputs carry no spike cannot be calibrated: ``1.0`` is returned. A trial scale at which a neuron
+    runs away (``RunawayFiringError``) counts as too busy; the weights as given running away raise it. Each trial is one
     ``lif_forward`` with ``max_spikes=1`` (the counts are exact whatever ``max_spikes``).
 
     Args:
@@ -124,6 +125,7 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     Returns:
         ``(scale, fraction)``: the factor and the firing fraction it gives on ``input_times``.
     """
+    from ._types import RunawayFiringError
     from .lif import lif_forward
 
     low, high = _check_target(target)
@@ -134,8 +136,14 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     busy = {}  # log scale -> whether the mean count exceeds max_mean_count
 
     def fraction(log_s):
-        out = lif_forward(input_times, weights * 2.0 ** log_s, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
-                          max_spikes=1, delays=delays, method=method, solver=solver)
+        try:
+            out = lif_forward(input_times, weights * 2.0 ** log_s, tau_mem=tau_mem, tau_syn=tau_syn,
+                              threshold=threshold, max_spikes=1, delays=delays, method=method, solver=solver)
+        except RunawayFiringError:
+            if log_s == 0.0:
+                raise  # the weights as they are run away: the caller must know, not a trial scale
+            busy[log_s] = True  # a trial scale far above the onset: as busy as it gets
+            return 1.0
         busy[log_s] = max_mean_count is not None and float(out.counts.mean()) > max_mean_count
         return firing_fraction(out.counts)
 

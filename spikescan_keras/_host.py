@@ -56,6 +56,7 @@ class LIFSpec:
     solver: str
     layer_name: str
     training: bool = False
+    max_total_spikes: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class LIFOp:
         result = spikescan.lif_forward(
             input_times, weights, delays=delays[0] if delays else None, tau_mem=spec.tau_mem, tau_syn=spec.tau_syn,
             threshold=spec.threshold, max_spikes=spec.max_spikes, method=spec.method, chunk_size=spec.chunk_size,
-            solver=spec.solver)
+            solver=spec.solver, max_total_spikes=spec.max_total_spikes)
         if result.capped_spikes:
             # The message has no count, so Python's default filter shows it once per layer rather than every batch;
             # the layer's ``capped_spikes`` variable keeps the running total.

@@ -129,7 +129,8 @@ class LIFLayer(keras.layers.Layer):
         threshold: positive firing threshold (not trained).
         max_spikes: spikes recorded per neuron (last axis of the output).
         delays: learn one non-negative delay per synapse.
-        chunk_size, solver, method: passed to ``spikescan.lif_forward``.
+        chunk_size, solver, method, max_total_spikes: passed to ``spikescan.lif_forward`` (a neuron firing more
+            than ``max_total_spikes`` times on one sample raises ``spikescan.RunawayFiringError``).
         kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(mean=mu, stddev=mu)`` with ``mu`` from
             ``spikescan.init.mean_weight``: the expected peak voltage is 1.5 thresholds for ``input_spikes`` input
             spikes per sample spread over ``input_window`` (by default one near-synchronous spike per input
@@ -176,13 +177,14 @@ class LIFLayer(keras.layers.Layer):
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
                  kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
-                 input_spikes=None, input_window=0.0, **kwargs):
+                 input_spikes=None, input_window=0.0, max_total_spikes=10_000, **kwargs):
         super().__init__(**kwargs)
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
         self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
         self.threshold = _validate.positive_scalar("threshold", threshold)
         self.max_spikes = _validate.positive_int("max_spikes", max_spikes)
+        self.max_total_spikes = _validate.positive_int("max_total_spikes", max_total_spikes)
         if not isinstance(delays, bool):
             raise TypeError(f"delays must be True or False, got {delays!r}")
         self.use_delays = delays
@@ -208,7 +210,7 @@ class LIFLayer(keras.layers.Layer):
         self.input_window = float(input_window)
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
-                             self.chunk_size, self.solver, self.name)
+                             self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes)
         self._train_spec = dataclasses.replace(self._spec, training=True)
         self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn)
         if self.calibrate is not None:
@@ -297,7 +299,7 @@ class LIFLayer(keras.layers.Layer):
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer),
             calibrate=None if self.calibrate is None else list(self.calibrate), silence_penalty=self.silence_penalty,
-            input_spikes=self.input_spikes, input_window=self.input_window)
+            input_spikes=self.input_spikes, input_window=self.input_window, max_total_spikes=self.max_total_spikes)
         return config
 
 

@@ -113,3 +113,26 @@ def test_calibration_tames_bursts_while_keeping_the_fraction():
     scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_mean_count=2.0)
     counts = spikescan.lif_forward(x, w * scale, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts
     assert scale < 1.0 and counts.mean() <= 2.0 and 0.3 <= fraction == firing_fraction(counts)
+
+
+def test_calibration_trials_that_run_away_count_as_busy(monkeypatch):
+    """A trial scale at which a neuron runs away counts as too busy and the search goes on below it; weights that
+    run away as given raise."""
+    from spikescan import RunawayFiringError, lif
+    real = lif.lif_forward
+    trials = []
+
+    def guarded(input_times, weights, **kwargs):
+        trials.append(float(weights.max()))
+        if weights.max() > 5.0:
+            raise RunawayFiringError(0, 0, 1.0, 1e9, 10)
+        return real(input_times, weights, **kwargs)
+
+    monkeypatch.setattr(lif, "lif_forward", guarded)
+    x = np.zeros((4, 1, 1))
+    w = np.full((1, 3), 0.5)  # unit PSP peak 0.25: silent as given; weights above 5 "run away"
+    scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, target=(0.5, 1.0))
+    assert max(trials) > 5.0, "some trial ran away"
+    assert fraction == 1.0 and 4.0 <= 0.5 * scale <= 5.0
+    with pytest.raises(RunawayFiringError):
+        calibrate_scale(x, w * 20, tau_mem=TAU_MEM, tau_syn=TAU_SYN)

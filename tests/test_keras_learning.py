@@ -92,7 +92,8 @@ def test_first_training_batch_calibrates_the_kernel_scale(tmp_path):
     scale = float(lif.kernel_scale.numpy())
     assert int(lif.calibrated.numpy()) == 1 and scale > 4.0
     # The factor is the one calibrate_scale finds on the first batch, and it brings the firing into the target.
-    expected, fraction = spikescan.init.calibrate_scale(x[:32], kernel0, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    expected, fraction = spikescan.init.calibrate_scale(x[:32], kernel0, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                                        max_mean_count=lif.max_spikes / 2)
     np.testing.assert_allclose(scale, expected, rtol=1e-6)
     assert 0.3 <= fraction <= 0.9
     # Calibrated once: more training keeps the factor; save/load keeps it too.
@@ -215,3 +216,16 @@ def test_layer_killed_during_training_is_reported_and_revived():
             history = model.fit(x, y, batch_size=8, epochs=10, verbose=0, callbacks=[sk.FiringMonitor()])
     dead = history.history["hidden/dead_fraction"]
     assert dead[0] == 1.0 and dead[-1] < 0.5, dead
+
+
+def test_runaway_limit_reaches_the_layer():
+    x = np.zeros((1, 1, 1), np.float32)  # one strong input at t = 0
+    lif = sk.LIFLayer(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, max_total_spikes=50,
+                      kernel_initializer=keras.initializers.Constant(1e4))
+    assert lif.get_config()["max_total_spikes"] == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        with pytest.raises(Exception, match="max_total_spikes=50"):
+            lif(x)
+    with pytest.raises(ValueError, match="max_total_spikes"):
+        sk.LIFLayer(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, max_total_spikes=0)
