@@ -2,6 +2,16 @@
 and the JSON summary. Initial weights need no help here: every LIFLayer calibrates its kernel scale on its first
 training batch and revives dead neurons by itself (``LIFLayer(calibrate=..., silence_penalty=...)``).
 
+Training that loses nothing: with ``--backup-dir DIR`` the scripts back up the whole training state (every
+weight, the LIF layers' non-trainable ``kernel_scale`` / ``calibrated`` / statistics included, the optimizer with its
+step count, the epoch) to DIR at the end of every epoch and, with ``--backup-every N``, every N training batches
+(``keras.callbacks.BackupAndRestore``). Run the same command again after a kill and it resumes from the backup; the
+backup is deleted once the JSON summary is written.
+
+Test hook: the environment variable ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES=K`` ends the process with
+``os._exit(KILL_STATUS)`` right after its K-th training batch (after that batch's backup, if one is due), as a kill
+would; tests/test_resume.py uses it. Not for other use.
+
 Import it after ``KERAS_BACKEND`` is set (the scripts default it to ``torch``). Not part of the installed package:
 the scripts put ``examples/`` on ``sys.path`` to import it.
 """
@@ -10,6 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
 import time
 
 import keras
@@ -35,7 +48,117 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
     p.add_argument("--learning-rate", type=float, default=learning_rate, help="peak of a cosine-decayed Adam")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="keras verbosity of fit")
+    p.add_argument("--backup-dir", default=None, metavar="DIR",
+                   help="back up the training state to DIR (a folder of its own: it is deleted at the end) at the end "
+                        "of each epoch; run the same command again after an interruption and it resumes from the "
+                        "backup (default: no backup)")
+    p.add_argument("--backup-every", type=_positive_int, default=None, metavar="N",
+                   help="with --backup-dir, also back up every N training batches, so an interruption mid-epoch "
+                        "loses at most N batches of training (default: at the end of each epoch only)")
     return p
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of batches, got {value}")
+    return value
+
+
+KILL_ENV, KILL_STATUS = "SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES", 75
+# Flags that may change between an interrupted run and its resumption (everything else must match the backup).
+_FREE_FLAGS = {"verbose", "output", "plot", "backup_dir", "backup_every", "data_dir"}
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` for the example scripts.
+
+    Differences: with ``every`` (batches) it backs up every ``every`` batches *and* at the end of each epoch; a
+    resumed run keeps counting epochs from the restored one (keras restarts its own count at 0, so a backup written
+    during the first resumed epoch would send a second resumption back to epoch 0); the flags of the run are kept
+    in ``DIR/run_flags.json`` and a backup written with other flags stops the script (``SystemExit``) instead of
+    loading into a different model; ``batches`` (a ``SpikeBatches``) continues with the shuffle of the restored
+    epoch. The backup is kept after ``fit`` (the script deletes it with ``remove_backup`` once its summary is
+    written), so a run interrupted after training resumes with zero epochs left and only evaluates.
+
+    A run interrupted mid-epoch restarts that epoch from its first batch, with the weights and optimizer state of
+    the last backup (at most ``every`` batches old). ``resumed_from_epoch`` is the number of finished epochs the
+    backup held (None when nothing was restored).
+    """
+
+    def __init__(self, backup_dir, *, every=None, flags=None, batches=None):
+        super().__init__(backup_dir, save_freq="epoch" if every is None else int(every), delete_checkpoint=False)
+        self.flags, self.batches = flags, batches
+        self.resumed_from_epoch = None
+        self._flags_path = os.path.join(backup_dir, "run_flags.json")
+
+    def on_train_begin(self, logs=None):
+        restoring = os.path.exists(self._weights_path)
+        if restoring and self.flags is not None and os.path.exists(self._flags_path):
+            with open(self._flags_path) as f:
+                saved = json.load(f)
+            differ = {k: (saved.get(k), v) for k, v in self.flags.items() if saved.get(k) != v}
+            if differ:
+                changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(differ.items()))
+                raise SystemExit(f"error: the backup in {self.backup_dir} was written by a run with other flags "
+                                 f"({changes}); rerun with the same flags, or delete {self.backup_dir}")
+        super().on_train_begin(logs)
+        if restoring:
+            epoch = int(self.model._initial_epoch or 0)
+            self._current_epoch = self.resumed_from_epoch = epoch
+            if self.batches is not None and hasattr(self.batches, "_permutation"):
+                self.batches.epoch = epoch
+                self.batches._order = self.batches._permutation()
+            print(f"resuming from the backup in {self.backup_dir}: {epoch} epoch(s) done", file=sys.stderr,
+                  flush=True)
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.flags is not None:
+            with open(self._flags_path, "w") as f:
+                json.dump(self.flags, f, indent=2)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.save_freq != "epoch":
+            self._save_model()
+            self._batches_seen_since_last_saving = 0
+
+
+class _KillAfterBatches(keras.callbacks.Callback):
+    """Test hook (``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES``): ``os._exit`` after ``n`` training batches."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.seen = n, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.n:
+            print(f"{KILL_ENV}: exiting after {self.seen} training batches", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(KILL_STATUS)
+
+
+def fit_callbacks(args, *, batches=None, subdir=None):
+    """``(callbacks, backup)`` for ``model.fit``: FiringMonitor, the ``Backup`` of ``--backup-dir`` (in its
+    ``subdir`` when given; ``backup`` is None without the flag) and the test hook of ``KILL_ENV``."""
+    callbacks, backup = [FiringMonitor()], None
+    if args.backup_every is not None and args.backup_dir is None:
+        raise SystemExit("error: --backup-every needs --backup-dir")
+    if args.backup_dir is not None:
+        flags = {k: v for k, v in sorted(vars(args).items()) if k not in _FREE_FLAGS}
+        directory = args.backup_dir if subdir is None else os.path.join(args.backup_dir, subdir)
+        backup = Backup(directory, every=args.backup_every, flags=flags, batches=batches)
+        callbacks.append(backup)
+    if os.environ.get(KILL_ENV):
+        callbacks.append(_KillAfterBatches(int(os.environ[KILL_ENV])))
+    return callbacks, backup
+
+
+def remove_backup(args):
+    """Delete ``--backup-dir`` (if given): called once the run's summary is written."""
+    if getattr(args, "backup_dir", None) is not None:
+        shutil.rmtree(args.backup_dir, ignore_errors=True)
 
 
 def load(loader, *args, **kwargs):
@@ -84,19 +207,23 @@ def train(model, train_set, test_set, args, *, val_set=None):
     LIF layers' firing statistics in the logs), then evaluate on ``test_set``.
 
     Returns a dict with test_accuracy, test_loss, seconds (fit), calibration (each LIF layer's kernel_scale),
-    capped_spikes (over the whole run, evaluation included) and the last epoch's firing statistics.
+    capped_spikes (over the whole run, evaluation included), the last epoch's firing statistics and
+    resumed_from_epoch (``--backup-dir``: the epochs a restored backup held, else None). ``summary`` deletes the
+    backup once the summary is written.
     """
     start = time.perf_counter()
     batches = SpikeBatches(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     compile_model(model, args.learning_rate, args.epochs * len(batches))
     val = None if val_set is None else SpikeBatches(val_set, batch_size=args.batch_size)
+    callbacks, backup = fit_callbacks(args, batches=batches)
     history = model.fit(batches, epochs=args.epochs, validation_data=val, verbose=args.verbose,
-                        callbacks=[FiringMonitor()])
+                        callbacks=callbacks)
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(SpikeBatches(test_set, batch_size=args.batch_size), verbose=0)
     firing = {key: round(values[-1], 4) for key, values in history.history.items() if "/" in key}
     return {"test_accuracy": float(test_accuracy), "test_loss": float(test_loss), "seconds": round(seconds, 1),
-            "calibration": kernel_scales(model), "capped_spikes": capped_spikes(model), "firing": firing}
+            "calibration": kernel_scales(model), "capped_spikes": capped_spikes(model), "firing": firing,
+            "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
 
 
 def first(dataset, limit):
@@ -113,7 +240,9 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
     out.update({k: v for k, v in result.items() if k not in out})
     out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                limit=args.limit, **extra)
-    return emit(out, args.output)
+    emit(out, args.output)
+    remove_backup(args)
+    return out
 
 
 def emit(summary, output):

@@ -9,6 +9,8 @@ Writes a JSON summary (dataset, test_accuracy, epochs, seconds, device) with ``-
 writes figures after training (needs matplotlib): the decision regions over the disc with the test points
 (``decision_regions.png``), hidden-layer rasters of one test sample per class (``hidden_raster.png``) and exact
 voltage traces of a few hidden neurons for one sample (``hidden_trace.png``, ``spikescan.lif_trace``).
+``--backup-dir DIR`` (``--backup-every N`` batches) backs up the training state; the same command resumes a run that
+was killed (see ``examples/_common.py``); ``resumed_from_epoch`` in the summary says from which epoch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import _common  # noqa: E402
 import spikescan  # noqa: E402
 from spikescan.datasets import yinyang  # noqa: E402
 from spikescan.datasets.yinyang import CLASS_NAMES  # noqa: E402
-from spikescan_keras import FiringMonitor, LIFLayer, LIReadout  # noqa: E402
+from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
 
 # Time constants in ms. Inputs span [0, 30] ms; hidden spikes follow within a few tau_syn, so the readout window
 # t_max covers them. tau_mem == 2 tau_syn allows the closed-form spike-time solver (no Newton iterations).
@@ -157,21 +159,24 @@ def main(argv=None):
                         for n, s in ((5000, 42), (1000, 41), (1000, 40)))
     steps = args.epochs * -(-len(train.labels) // args.batch_size)
     model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps)
+    callbacks, backup = _common.fit_callbacks(args)
     start = time.perf_counter()
     history = model.fit(train.times, train.labels, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_data=(val.times, val.labels), verbose=args.verbose,
-                        callbacks=[FiringMonitor()])
+                        validation_data=(val.times, val.labels), verbose=args.verbose, callbacks=callbacks)
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
                "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),
                "calibration": _common.kernel_scales(model),
-               "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key}}
+               "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key},
+               "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
     if args.plot is not None:
         for path in write_plots(model, test, args.plot):
             print(f"wrote {path}", file=sys.stderr)
-    return _common.emit(summary, args.output)
+    _common.emit(summary, args.output)
+    _common.remove_backup(args)
+    return summary
 
 
 if __name__ == "__main__":
