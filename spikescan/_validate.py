@@ -105,6 +105,22 @@ def check_delays(delays, weights):
         raise ValueError(f"delays must be >= 0, got {_first_bad(xp, delays, neg)}")
 
 
+def layer(input_times, weights, tau_mem, tau_syn, delays=None):
+    """The checks every layer op starts with: ``input_times [batch, n_in, max_in]`` (float, sorted, no NaN or
+    negative times), ``weights [n_in, n_out]``, optional ``delays`` of the weights' shape (finite, ``>= 0``), all
+    on one array module; time constants as ``[n_out]`` float64 arrays on it. Returns ``(xp, tau_mem, tau_syn)``."""
+    check_float_array("input_times", input_times, 3)
+    check_float_array("weights", weights, 2)
+    if delays is not None:
+        check_float_array("delays", delays, 2)
+    xp = array_module(input_times, weights, delays)
+    check_spike_times("input_times", input_times)
+    check_weights("weights", weights, input_times.shape[1])
+    check_delays(delays, weights)
+    n_out = weights.shape[1]
+    return xp, time_constant("tau_mem", tau_mem, n_out, xp), time_constant("tau_syn", tau_syn, n_out, xp)
+
+
 def time_constant(name, value, n_out, xp):
     """Positive finite scalar or ``[n_out]`` array -> float64 ``[n_out]`` array on ``xp``."""
     if isinstance(value, bool) or value is None:

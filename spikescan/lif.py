@@ -58,17 +58,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         FloatingPointError: a neuron fires twice at the same float64 time (its inter-spike interval is below the
             resolution of ``t``), which no limit can represent.
     """
-    v.check_float_array("input_times", input_times, 3)
-    v.check_float_array("weights", weights, 2)
-    if delays is not None:
-        v.check_float_array("delays", delays, 2)
-    xp = v.array_module(input_times, weights, delays)
-    v.check_spike_times("input_times", input_times)
-    v.check_weights("weights", weights, input_times.shape[1])
-    v.check_delays(delays, weights)
-    n_out = weights.shape[1]
-    tau_mem = v.time_constant("tau_mem", tau_mem, n_out, xp)
-    tau_syn = v.time_constant("tau_syn", tau_syn, n_out, xp)
+    xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     threshold = v.positive_scalar("threshold", threshold)
     max_spikes = v.positive_int("max_spikes", max_spikes)
     chunk_size = v.positive_int("chunk_size", chunk_size)

@@ -69,17 +69,9 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     shared queue ``[batch, n_spikes + 1]``; residuals hold float64 host copies of the inputs (see
     ``PeakResiduals``).
     """
-    v.check_float_array("input_times", input_times, 3)
-    v.check_float_array("weights", weights, 2)
-    if delays is not None:
-        v.check_float_array("delays", delays, 2)
-    xp = v.array_module(input_times, weights, delays)
-    v.check_spike_times("input_times", input_times)
-    v.check_weights("weights", weights, input_times.shape[1])
-    v.check_delays(delays, weights)
+    xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
-    tau_mem = _to_host(xp, v.time_constant("tau_mem", tau_mem, n_out, xp))
-    tau_syn = _to_host(xp, v.time_constant("tau_syn", tau_syn, n_out, xp))
+    tau_mem, tau_syn = _to_host(xp, tau_mem), _to_host(xp, tau_syn)
     sel = _neuron_indices(neurons, n_out)
     batch = input_times.shape[0]
     values = np.zeros((batch, n_out))

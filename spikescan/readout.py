@@ -54,14 +54,7 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
     (``build_queues``) and walks them in blocks of events: a short loop over the block for the states, the gap
     maxima for the whole block at once. Residuals hold float64 copies of the inputs (see ``LIResiduals``).
     """
-    v.check_float_array("input_times", input_times, 3)
-    v.check_float_array("weights", weights, 2)
-    xp = v.array_module(input_times, weights)
-    v.check_spike_times("input_times", input_times)
-    v.check_weights("weights", weights, input_times.shape[1])
-    n_out = weights.shape[1]
-    tau_mem = v.time_constant("tau_mem", tau_mem, n_out, xp)
-    tau_syn = v.time_constant("tau_syn", tau_syn, n_out, xp)
+    xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn)
     v.choice("readout", readout, READOUTS)
     t_max = v.positive_scalar("t_max", t_max)
     if tau_readout is not None:

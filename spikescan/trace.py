@@ -172,17 +172,8 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     len(t)))`` work with ``E`` the events (inputs plus spikes) per neuron (an associative scan over ``E``), in
     groups of neurons that bound the temporary memory to about ``2^20`` points at a time besides the outputs.
     """
-    v.check_float_array("input_times", input_times, 3)
-    v.check_float_array("weights", weights, 2)
-    if delays is not None:
-        v.check_float_array("delays", delays, 2)
-    xp = v.array_module(input_times, weights, delays)
-    v.check_spike_times("input_times", input_times)
-    v.check_weights("weights", weights, input_times.shape[1])
-    v.check_delays(delays, weights)
+    xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
-    tau_mem = v.time_constant("tau_mem", tau_mem, n_out, xp)
-    tau_syn = v.time_constant("tau_syn", tau_syn, n_out, xp)
     threshold = v.positive_scalar("threshold", threshold)
     if max_spikes is not None:
         max_spikes = v.positive_int("max_spikes", max_spikes)
@@ -231,14 +222,9 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
         ``TraceResult(voltage, current, spike_times)`` with ``spike_times`` of shape ``[batch, n_out, 0]``; dtype of
         ``input_times``. CuPy inputs are computed on the host and returned as CuPy arrays.
     """
-    v.check_float_array("input_times", input_times, 3)
-    v.check_float_array("weights", weights, 2)
-    xp = v.array_module(input_times, weights)
-    v.check_spike_times("input_times", input_times)
-    v.check_weights("weights", weights, input_times.shape[1])
+    xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn)
     n_out = weights.shape[1]
-    tau_mem = _to_host(v.time_constant("tau_mem", tau_mem, n_out, xp))
-    tau_syn = _to_host(v.time_constant("tau_syn", tau_syn, n_out, xp))
+    tau_mem, tau_syn = _to_host(tau_mem), _to_host(tau_syn)
     grid = _check_grid(t)
     dtype = input_times.dtype
     times_h = _to_host(input_times)
