@@ -10,7 +10,8 @@ backup is deleted once the JSON summary is written.
 
 Test hook: the environment variable ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES=K`` ends the process with
 ``os._exit(KILL_STATUS)`` right after its K-th training batch (after that batch's backup, if one is due), as a kill
-would; tests/test_resume.py uses it. Not for other use.
+would, and prints ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES: {"batches": K, "calibration": [...]}`` to stderr first;
+tests/test_resume.py uses it. Not for other use.
 
 Import it after ``KERAS_BACKEND`` is set (the scripts default it to ``torch``). Not part of the installed package:
 the scripts put ``examples/`` on ``sys.path`` to import it.
@@ -133,7 +134,8 @@ class _KillAfterBatches(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
         if self.seen >= self.n:
-            print(f"{KILL_ENV}: exiting after {self.seen} training batches", file=sys.stderr)
+            print(f"{KILL_ENV}: " + json.dumps({"batches": self.seen, "calibration": kernel_scales(self.model)}),
+                  file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(KILL_STATUS)

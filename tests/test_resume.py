@@ -1,0 +1,133 @@
+"""Training that loses nothing: ``examples/yinyang.py --backup-dir D --backup-every N`` killed mid-epoch resumes
+from its backup when the same command runs again. One process per backend:
+
+    KERAS_BACKEND=torch python -m pytest tests/test_resume.py
+    KERAS_BACKEND=jax python -m pytest tests/test_resume.py
+
+The kill is the test hook of ``examples/_common.py``: ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES=K`` ends the script with
+``os._exit`` after its K-th training batch (no clean-up, as a kill), after printing the calibration factors. The
+script runs in subprocesses; the backup left behind is also loaded into a fresh model here to check that the LIF
+layer's non-trainable calibration state (``kernel_scale``, ``calibrated``) is in it.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+KILL_ENV, KILL_STATUS = "SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES", 75
+EPOCHS, LIMIT, BATCH, HIDDEN, EVERY = 4, 64, 16, 8, 2
+BATCHES_PER_EPOCH = LIMIT // BATCH
+# Killed after batch 3 (0-based 2) of the second epoch: the last backup (every 2 batches) is one batch old.
+KILL_AFTER = BATCHES_PER_EPOCH + 3
+# --max-spikes 1 makes the first-batch calibration scale the kernel (bursts the recording would cap) on both
+# backends, so a recalibration on resumption would show.
+FLAGS = ["--epochs", str(EPOCHS), "--limit", str(LIMIT), "--hidden", str(HIDDEN), "--batch-size", str(BATCH),
+         "--max-spikes", "1", "--backup-every", str(EVERY), "--verbose", "2"]
+
+
+def yinyang_module():
+    """``examples/yinyang.py`` as a module (it imports ``_common`` from ``examples/``)."""
+    module = sys.modules.get("yinyang")
+    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == EXAMPLES / "yinyang.py":
+        return module
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location("yinyang", EXAMPLES / "yinyang.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["yinyang"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(tmp_path, *extra, kill_after=None):
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env.update(KERAS_BACKEND=BACKEND, PYTHONUNBUFFERED="1")
+    if kill_after is not None:
+        env[KILL_ENV] = str(kill_after)
+    return subprocess.run([sys.executable, str(EXAMPLES / "yinyang.py"), *FLAGS, *extra], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def epochs_and_losses(stdout):
+    """The 1-based epoch numbers keras announced (``Epoch k/E``) and the training loss of each finished epoch."""
+    epochs = [int(m) for m in re.findall(rf"^Epoch (\d+)/{EPOCHS}$", stdout, re.M)]
+    losses = [float(m) for m in re.findall(r"^\d+/\d+ .* - loss: (\S+)", stdout, re.M)]
+    return epochs, losses
+
+
+def test_killed_run_resumes(tmp_path):
+    backup, output = tmp_path / "backup", tmp_path / "summary.json"
+    args = ["--backup-dir", str(backup), "--output", str(output)]
+
+    killed = run_script(tmp_path, *args, kill_after=KILL_AFTER)
+    assert killed.returncode == KILL_STATUS, killed.stdout + killed.stderr
+    assert not output.exists()
+    epochs, losses = epochs_and_losses(killed.stdout)
+    assert epochs == [1, 2] and len(losses) == 1, killed.stdout  # killed during the second epoch
+    (hook,) = [line for line in killed.stderr.splitlines() if line.startswith(KILL_ENV)]
+    at_kill = json.loads(hook.split(": ", 1)[1])
+    assert at_kill["batches"] == KILL_AFTER
+    calibration = at_kill["calibration"]
+    assert len(calibration) == 1 and calibration[0] != 1.0, calibration  # the first batch did calibrate
+
+    # The backup: mid-epoch (epoch index 1, its batch index 1), holding the calibration state.
+    metadata = json.loads((backup / "training_metadata.json").read_text())
+    assert metadata == {"epoch": 1, "batch": 1}
+    yinyang = yinyang_module()
+    model = yinyang.build_model(HIDDEN, 1, 3e-3, EPOCHS * BATCHES_PER_EPOCH)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(backup / "latest.weights.h5")
+    hidden = model.get_layer("hidden")
+    assert int(keras.ops.convert_to_numpy(hidden.calibrated)) == 1
+    assert round(float(keras.ops.convert_to_numpy(hidden.kernel_scale)), 4) == calibration[0]
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == BATCHES_PER_EPOCH + EVERY
+
+    # Other flags than the backup's: a clear stop, the backup left alone.
+    with pytest.raises(SystemExit) as exc:
+        yinyang.main([*FLAGS, "--hidden", str(HIDDEN + 1), "--verbose", "0", *args])
+    assert "other flags" in str(exc.value.code) and "hidden: 8 -> 9" in str(exc.value.code)
+    assert (backup / "latest.weights.h5").is_file()
+
+    resumed = run_script(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from the backup in {backup}: 1 epoch(s) done" in resumed.stderr
+    epochs_after, losses_after = epochs_and_losses(resumed.stdout)
+    assert epochs_after == [2, 3, 4], resumed.stdout  # only the remaining epochs, the interrupted one from its start
+    assert len(losses_after) == 3 and all(math.isfinite(x) for x in losses_after), resumed.stdout
+    assert losses_after[0] <= 1.05 * losses[-1], (losses, losses_after)  # no step back after resumption
+
+    summary = json.loads(output.read_text())
+    assert summary["epochs"] == EPOCHS and summary["resumed_from_epoch"] == 1
+    assert summary["calibration"] == calibration  # restored, not recalibrated on the first resumed batch
+    assert np.isfinite(summary["test_accuracy"])
+    assert not backup.exists()  # deleted once the summary was written
+
+
+def test_backup_flags(tmp_path, capsys):
+    yinyang = yinyang_module()
+    with pytest.raises(SystemExit) as exc:
+        yinyang.main(["--backup-dir", str(tmp_path), "--backup-every", "0"])
+    assert exc.value.code == 2 and "positive number of batches" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        yinyang.main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0", "--backup-every", "2"])
+    assert "--backup-every needs --backup-dir" in str(exc.value.code)
+
+
+def test_finished_run_leaves_no_backup(tmp_path):
+    backup = tmp_path / "backup"
+    summary = yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--batch-size", "8",
+                                     "--verbose", "0", "--backup-dir", str(backup), "--backup-every", "1"])
+    assert summary["resumed_from_epoch"] is None and not backup.exists()
