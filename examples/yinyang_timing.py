@@ -18,6 +18,9 @@ The same model is trained once on the exact times and once per ``--bin-widths`` 
 ``spikescan.datasets.bin_times`` (left edges of a grid with that spacing, the input a time-stepped simulator with
 that step sees; spikes in one bin become simultaneous). The JSON summary (``--output``) has the exact run's
 dataset, test_accuracy, epochs, seconds and device at top level and one entry per run under ``runs``.
+``--backup-dir DIR`` backs up each run in its own subfolder (``DIR/exact``, ``DIR/bins_1ms``, ...); the same command
+resumes an interrupted comparison, and a run that had finished is restored and only evaluated again (its
+``seconds`` then counts only that).
 """
 
 from __future__ import annotations
@@ -51,14 +54,16 @@ def train_one(train, val, test, args, bin_width):
     steps = args.epochs * -(-len(train.labels) // args.batch_size)
     model = latency.build_model(args.hidden, args.max_spikes, args.learning_rate, steps, tau_mem=TAU_MEM,
                                 tau_syn=TAU_SYN, t_max=T_MAX, readout=args.readout)
+    callbacks, backup = _common.fit_callbacks(args, subdir="exact" if bin_width is None else f"bins_{bin_width:g}ms")
     start = time.perf_counter()
     model.fit(code(train), train.labels, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(code(val), val.labels), verbose=args.verbose)
+              validation_data=(code(val), val.labels), verbose=args.verbose, callbacks=callbacks)
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(code(test), test.labels, batch_size=256, verbose=0)
     capped = int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value))
     run = {"input": "exact" if bin_width is None else f"bins of {bin_width:g} ms", "bin_width_ms": bin_width,
-           "test_accuracy": float(accuracy), "seconds": round(seconds, 1), "capped_spikes": capped}
+           "test_accuracy": float(accuracy), "seconds": round(seconds, 1), "capped_spikes": capped,
+           "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
     print(json.dumps(run), flush=True)
     return run
 
@@ -82,7 +87,9 @@ def main(argv=None):
                "seconds": round(sum(r["seconds"] for r in runs), 1), "device": _common.device_name(),
                "backend": keras.backend.backend(), "delta_ms": DELTA, "onset_max_ms": ONSET_MAX,
                "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN, "runs": runs}
-    return _common.emit(summary, args.output)
+    _common.emit(summary, args.output)
+    _common.remove_backup(args)
+    return summary
 
 
 if __name__ == "__main__":
