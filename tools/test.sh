@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m spikescan.cuda --check
 keras_tests=()
-for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_learning_bench.py tests/test_plot.py tests/test_nir.py; do
+for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_resume.py tests/test_learning_bench.py tests/test_plot.py tests/test_nir.py; do
   [ -f "$f" ] && keras_tests+=("$f")
 done
 python -m pytest -q tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
