@@ -160,7 +160,40 @@ def assert_same_spikes(ref, out, dtype, label):
     np.testing.assert_allclose(times[fin], ref.times[fin], err_msg=f"times {label}", **TOL[dtype]["times"])
 
 
-def assert_same_grads(ref, out, dtype, label):
+def conditioning(case, ref):
+    """``max over recorded spikes of (threshold / (tau_mem dV/dt))^2``, from the exact current at each spike
+    (``lif_trace``; ``dV/dt = (I - threshold) / tau_mem`` just before it), ``1`` without spikes.
+
+    Two exact implementations can place a spike differently by a few ulp of ``V`` divided by the slope ``dV/dt``;
+    the gradients carry ``1 / (dV/dt)``, so their difference grows like that shift times ``V'' / (dV/dt)``: the
+    square of ``1 / (tau_mem dV/dt)`` in threshold units. Gradient tolerances scale with it (``grad_tol``). Only
+    recorded spikes are measured."""
+    fin = np.isfinite(ref.times)
+    if not fin.any():
+        return 1.0
+    kw, _, _ = _split(case)
+    t = np.unique(np.asarray(ref.times, np.float64)[fin])
+    trace = ss.lif_trace(kw["input_times"], kw["weights"], t, tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"],
+                         threshold=kw["threshold"], delays=kw["delays"])
+    b, i, m = np.nonzero(fin)
+    current = trace.current[b, i, np.searchsorted(t, np.asarray(ref.times, np.float64)[b, i, m])]
+    tau_mem = np.broadcast_to(np.asarray(kw["tau_mem"], np.float64), (ref.times.shape[1],))[i]
+    slope = np.abs(current - kw["threshold"]) / tau_mem
+    with np.errstate(divide="ignore"):
+        return float(max(1.0, np.max((kw["threshold"] / (tau_mem * slope)) ** 2)))
+
+
+def grad_tol(dtype, cond):
+    """The tolerance table's gradient entry, widened by ``1e-13 * cond`` (see ``conditioning``; the constant is
+    empirical: about 500 ulp, fitted on the worst cases of the 3000-example run): well-conditioned spikes
+    (``tau_mem dV/dt`` of the order of the threshold) keep the table's ``1e-9``."""
+    tol = dict(TOL[dtype]["grads"])
+    tol["rtol"] += 1e-13 * cond
+    return tol
+
+
+def assert_same_grads(ref, out, dtype, label, cond=1.0):
+    tol = grad_tol(dtype, cond)
     for name in GRAD_NAMES:
         a, b = getattr(ref, name), getattr(out, name)
         if a is None:
@@ -168,7 +201,8 @@ def assert_same_grads(ref, out, dtype, label):
             continue
         b = np.asarray(b)
         assert b.shape == np.shape(a) and b.dtype == np.asarray(a).dtype, f"grad_{name} {label}"
-        np.testing.assert_allclose(b, a, err_msg=f"grad_{name} {label}", **TOL[dtype]["grads"])
+        atol = tol["atol"] + (tol["rtol"] - TOL[dtype]["grads"]["rtol"]) * float(np.max(np.abs(a), initial=0.0))
+        np.testing.assert_allclose(b, a, err_msg=f"grad_{name} {label}", rtol=tol["rtol"], atol=atol)
 
 
 def _reference(case):
@@ -185,6 +219,7 @@ def check_numpy(case):
     """``scan`` vs ``sequential`` forward and every NumPy backward against the reference; returns the reference."""
     kw, chunk_size, dtype = _split(case)
     ref, G, ref_g = _reference(case)
+    cond = conditioning(case, ref)
     out = ss.lif_forward(method="scan", chunk_size=chunk_size, **kw)
     assert_same_spikes(ref, out, dtype, f"(numpy scan, chunk {chunk_size})")
     with warnings.catch_warnings():
@@ -194,7 +229,7 @@ def check_numpy(case):
                 if fwd_name == "sequential" and bwd == "sequential":
                     continue
                 assert_same_grads(ref_g, ss.lif_backward(fwd, G, method=bwd), dtype,
-                                  f"(numpy forward {fwd_name}, backward {bwd})")
+                                  f"(numpy forward {fwd_name}, backward {bwd})", cond)
     return ref
 
 
@@ -203,6 +238,7 @@ def check_emulated(case):
     hk = host_kernels()
     kw, chunk_size, dtype = _split(case)
     ref, G, ref_g = _reference(case)
+    cond = conditioning(case, ref)
     n_out = kw["weights"].shape[1]
     tm = _validate.time_constant("tau_mem", kw["tau_mem"], n_out, np)
     ts = _validate.time_constant("tau_syn", kw["tau_syn"], n_out, np)
@@ -214,7 +250,7 @@ def check_emulated(case):
             assert_same_spikes(ref, out, dtype, f"(emulated {method}, chunk {chunk_size})")
             for bwd in BACKWARD_KERNELS:
                 assert_same_grads(ref_g, _lif.backward(np, hk.launch, out, G, bwd), dtype,
-                                  f"(emulated forward {method}, backward kernel {bwd})")
+                                  f"(emulated forward {method}, backward kernel {bwd})", cond)
     return ref
 
 
@@ -374,11 +410,15 @@ def test_scan_equals_sequential_many_layers_slow(case, grazing_case):
     check_numpy(grazing_case)
 
 
-@pytest.mark.xfail(strict=True, reason="near-grazing conditioning: see the docstring")
+@pytest.mark.xfail(strict=True, reason="near-grazing conditioning of the spike times: see the docstring")
 @fast(300)
 @given(case=layers(grazing=GRAZING_EPS_CLOSER))
 def test_closer_grazing_crossings(case):
-    """Margins of ``1e-8`` of the threshold: slopes ``dV/dt ~ 1e-4`` at the crossing. Found by this property: the
+    """Margins of ``1e-8`` of the threshold: slopes ``dV/dt ~ 1e-4`` at the crossing. The gradient tolerance now
+    scales with the conditioning (``grad_tol``), but the spike times themselves differ beyond the table's ``1e-12``
+    (e.g. 6.4319287342361005 vs 6.431928734226398, 1.5e-12 relative, for inputs at 0, 0, 1.5): a root of
+    ``V - threshold`` with slope ``s`` is only determined to ``ulp(V) / s``. Found by this property, with the fixed
+    gradient tolerance: the
     scan's spike time may differ from the reference's by ~1e-11 (both within ``TOL["float64"]["times"]`` and within
     ~1e-12 relative of the exact time), and the gradients, which carry ``1 / (dV/dt)``, then differ by ~1e-8
     relative, beyond ``TOL["float64"]["grads"]`` (1e-9). Minimal case: ``input_times = [[[1.8740749653552387,

@@ -9,7 +9,8 @@ keras_tests=()
 for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_resume.py tests/test_learning_bench.py tests/test_plot.py tests/test_nir.py; do
   [ -f "$f" ] && keras_tests+=("$f")
 done
-python -m pytest -q tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
+# Cases marked `slow` (larger fuzzing runs) are left to `python -m pytest -m slow tests`.
+python -m pytest -q -m "not slow" tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
 for backend in torch jax; do
   echo "== Keras backend: $backend"
   KERAS_BACKEND=$backend python -m pytest -q "${keras_tests[@]}"
