@@ -147,6 +147,31 @@ def positive_scalar(name, value):
     return float(value)
 
 
+def nonnegative_scalar(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def cotangent(name, grad, values):
+    """``grad`` must be a finite float array shaped like the forward output ``values`` (same array module)."""
+    check_float_array(name, grad, values.ndim)
+    xp = array_module(values, grad)
+    if tuple(grad.shape) != tuple(values.shape):
+        raise ValueError(f"{name} must have the shape of result.values {tuple(values.shape)}, got shape "
+                         f"{tuple(grad.shape)}")
+    check_finite(name, grad)
+    return xp
+
+
+def to_host(x):
+    """``x`` as a host value: ``None``, Python/NumPy scalars and NumPy arrays as they are, CuPy arrays copied."""
+    if x is None or isinstance(x, numbers.Real):
+        return x
+    xp = array_module(x)
+    return x if xp is np else xp.asnumpy(x)
+
+
 def positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

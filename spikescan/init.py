@@ -71,9 +71,8 @@ def mean_weight(n_in, *, tau_mem, tau_syn, threshold=1.0, input_spikes=None, win
     threshold = v.positive_scalar("threshold", threshold)
     drive = v.positive_scalar("drive", drive)
     spikes = float(n_in) if input_spikes is None else v.positive_scalar("input_spikes", input_spikes)
-    if isinstance(window, bool) or not np.isfinite(window) or window < 0:
-        raise ValueError(f"window must be a finite number >= 0, got {window!r}")
-    return drive * threshold / (spikes * mean_psp_peak(tau_mem, tau_syn, float(window)))
+    window = v.nonnegative_scalar("window", window)
+    return drive * threshold / (spikes * mean_psp_peak(tau_mem, tau_syn, window))
 
 
 def input_statistics(input_times):

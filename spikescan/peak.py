@@ -9,10 +9,6 @@ from . import _validate as v
 from ._types import PeakGrads, PeakResiduals, PeakResult
 
 
-def _to_host(xp, x):
-    return x if xp is np else xp.asnumpy(x)
-
-
 def _neuron_indices(neurons, n_out):
     """``[n_sel]`` int64 host indices of the neurons selected by the boolean mask ``neurons`` (all for ``None``)."""
     if neurons is None:
@@ -20,12 +16,12 @@ def _neuron_indices(neurons, n_out):
     if not hasattr(neurons, "shape") or not hasattr(neurons, "dtype"):
         raise TypeError(f"neurons must be None or a boolean NumPy/CuPy array of shape [n_out={n_out}], got "
                         f"{type(neurons).__name__}")
-    xp = v.array_module(neurons)
+    v.array_module(neurons)  # NumPy or CuPy, else a TypeError naming the type
     if neurons.dtype != np.bool_:
         raise TypeError(f"neurons must be a boolean mask (dtype bool), got dtype {neurons.dtype}")
     if tuple(neurons.shape) != (n_out,):
         raise ValueError(f"neurons must have shape [n_out={n_out}], got shape {tuple(neurons.shape)}")
-    return np.flatnonzero(_to_host(xp, neurons)).astype(np.int64)
+    return np.flatnonzero(v.to_host(neurons)).astype(np.int64)
 
 
 def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons=None):
@@ -71,7 +67,7 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
-    tau_mem, tau_syn = _to_host(xp, tau_mem), _to_host(xp, tau_syn)
+    tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     sel = _neuron_indices(neurons, n_out)
     batch = input_times.shape[0]
     values = np.zeros((batch, n_out))
@@ -81,9 +77,9 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     if sel.size:
         from . import _readout_numpy as impl
 
-        t = _to_host(xp, input_times).astype(np.float64)
-        W = _to_host(xp, weights).astype(np.float64)
-        D = None if delays is None else _to_host(xp, delays).astype(np.float64)
+        t = v.to_host(input_times).astype(np.float64)
+        W = v.to_host(weights).astype(np.float64)
+        D = None if delays is None else v.to_host(delays).astype(np.float64)
         values[:, sel], eval_time, kink_index = impl.peak_forward(t, W, D, tau_mem, tau_syn, sel)
     residuals = PeakResiduals(
         neurons=sel, input_times=t, weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, eval_time=eval_time,
@@ -115,18 +111,13 @@ def peak_voltage_backward(result, grad_values):
     """
     if not isinstance(result, PeakResult):
         raise TypeError(f"result must be the PeakResult returned by peak_voltage, got {type(result).__name__}")
-    v.check_float_array("grad_values", grad_values, 2)
-    xp = v.array_module(result.values, grad_values)
-    if tuple(grad_values.shape) != tuple(result.values.shape):
-        raise ValueError(f"grad_values must have the shape of result.values {tuple(result.values.shape)}, got shape "
-                         f"{tuple(grad_values.shape)}")
-    v.check_finite("grad_values", grad_values)
+    xp = v.cotangent("grad_values", grad_values, result.values)
     res = result.residuals
     n_in = res.input_shape[1]
     if res.neurons.size:
         from . import _readout_numpy as impl
 
-        g = _to_host(xp, grad_values).astype(np.float64)[:, res.neurons]
+        g = v.to_host(grad_values).astype(np.float64)[:, res.neurons]
         grad_W, grad_t, grad_D = impl.peak_backward(res.input_times, res.weights, res.delays, res.tau_mem,
                                                     res.tau_syn, res.neurons, res.eval_time, res.kink_index, g)
     else:

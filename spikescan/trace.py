@@ -13,7 +13,6 @@ and as unordered, as wanted, and the values are exact up to float64 rounding.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -74,12 +73,6 @@ def _check_grid(t):
         k = int(np.argmax(bad))
         raise ValueError(f"t must hold finite times >= 0, got {float(arr[k])!r} at index {k}")
     return arr
-
-
-def _to_host(x):
-    if x is None or isinstance(x, (numbers.Real, np.ndarray)):
-        return x
-    return x.get()  # CuPy
 
 
 def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
@@ -180,7 +173,7 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     v.choice("method", method, METHODS)
     grid = _check_grid(t)
     dtype = input_times.dtype
-    args = [_to_host(x) for x in (input_times, weights, delays, tau_mem, tau_syn)]
+    args = [v.to_host(x) for x in (input_times, weights, delays, tau_mem, tau_syn)]
     def forward(k):
         return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
                            delays=args[2], method=method)
@@ -224,11 +217,11 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn)
     n_out = weights.shape[1]
-    tau_mem, tau_syn = _to_host(tau_mem), _to_host(tau_syn)
+    tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     grid = _check_grid(t)
     dtype = input_times.dtype
-    times_h = _to_host(input_times)
-    W = np.asarray(_to_host(weights), np.float64)
+    times_h = v.to_host(input_times)
+    W = np.asarray(v.to_host(weights), np.float64)
     batch, n_in, max_in = times_h.shape
     qt, qi, _ = build_queues(times_h, None, np)
     L1 = qt.shape[2]

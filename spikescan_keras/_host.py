@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 import spikescan
+from spikescan import _validate
 
 
 class CappedSpikesWarning(UserWarning):
@@ -188,9 +189,9 @@ class CalibrateOp:
     def forward(spec: CalibrateSpec, inputs):
         from spikescan.init import calibrate_scale
 
-        input_times, weights, *delays = inputs
+        input_times, weights, *delays = map(_validate.to_host, inputs)  # calibration runs once, on the host
         scale, fraction = calibrate_scale(
-            _to_host(input_times), _to_host(weights), delays=_to_host(delays[0]) if delays else None,
+            input_times, weights, delays=delays[0] if delays else None,
             tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
             max_mean_count=spec.max_mean_count, method=spec.method, solver=spec.solver)
         low, high = spec.target
@@ -199,7 +200,7 @@ class CalibrateOp:
                 f"LIFLayer {spec.layer_name!r}: calibration on the first training batch reached a firing fraction "
                 f"of {fraction:.3f} (target {low}-{high}) with the kernel scaled by {scale:.4g}; the inputs may carry "
                 "too few spikes for this layer.", SilentLayerWarning if fraction == 0.0 else UserWarning)
-        if isinstance(weights, np.ndarray):
+        if isinstance(inputs[1], np.ndarray):
             return (np.asarray(scale, dtype=weights.dtype),), None
         import cupy
 
@@ -212,8 +213,3 @@ class CalibrateOp:
     @staticmethod
     def output_specs(spec: CalibrateSpec, inputs):
         return (((), inputs[1].dtype),)
-
-
-def _to_host(x):
-    """NumPy array of ``x`` (a copy from the device for CuPy: calibration runs once, on the host)."""
-    return x if isinstance(x, np.ndarray) else x.get()

@@ -78,9 +78,7 @@ class SpikeCountRegularizer(keras.regularizers.Regularizer):
     """
 
     def __init__(self, strength, tau):
-        if isinstance(strength, bool) or not np.isfinite(strength) or strength < 0:
-            raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
-        self.strength = float(strength)
+        self.strength = _validate.nonnegative_scalar("strength", strength)
         self.tau = _validate.positive_scalar("tau", tau)
 
     def __call__(self, times):
@@ -201,13 +199,9 @@ class LIFLayer(keras.layers.Layer):
             raise TypeError("spike_count_regularizer must be a SpikeCountRegularizer or None, got "
                             f"{spike_count_regularizer!r}")
         self.calibrate = None if calibrate is None else spikescan.init._check_target(calibrate)
-        if isinstance(silence_penalty, bool) or not np.isfinite(silence_penalty) or silence_penalty < 0:
-            raise ValueError(f"silence_penalty must be a finite number >= 0, got {silence_penalty!r}")
-        self.silence_penalty = float(silence_penalty)
+        self.silence_penalty = _validate.nonnegative_scalar("silence_penalty", silence_penalty)
         self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
-        if isinstance(input_window, bool) or not np.isfinite(input_window) or input_window < 0:
-            raise ValueError(f"input_window must be a finite number >= 0, got {input_window!r}")
-        self.input_window = float(input_window)
+        self.input_window = _validate.nonnegative_scalar("input_window", input_window)
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes)
