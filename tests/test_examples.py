@@ -8,10 +8,7 @@ Without ``KERAS_BACKEND`` the jax backend is used. Unsupported or missing backen
 imported by path with ``examples/`` on ``sys.path`` (they ``import _common``; ssc.py imports shd.py).
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,29 +20,10 @@ BACKEND, keras = keras_or_skip()
 from spikescan.datasets import DroppedSpikesWarning  # noqa: E402
 
 from _datafiles import write_heidelberg, write_mnist  # noqa: E402
+from _examples import example  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 N_UNITS, N_POOLED = 700, 140  # cochlear channels of SHD / SSC, and the scripts' default --n-channels
 TINY = ["--epochs", "1", "--hidden", "8", "--batch-size", "4"]
-
-
-def example(name):
-    """``examples/{name}.py`` as the module ``name`` (imported once; ssc.py's ``import shd`` then finds it)."""
-    path = EXAMPLES / f"{name}.py"
-    module = sys.modules.get(name)
-    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == path:
-        return module
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
 def check_summary(path, returned, dataset):

@@ -7,11 +7,9 @@ is set (this file also runs in the backend-free pass of tools/test.sh), e.g.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import spikescan as ss  # noqa: E402
 import spikescan.plot as splot  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from _examples import example  # noqa: E402
 
 
 @pytest.fixture
@@ -122,16 +120,7 @@ def _yinyang_example():
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != backend:
         pytest.skip(f"keras was already imported with the {keras.backend.backend()!r} backend")
-    module = sys.modules.get("yinyang")
-    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == EXAMPLES / "yinyang.py":
-        return module
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location("yinyang", EXAMPLES / "yinyang.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["yinyang"] = module
-    spec.loader.exec_module(module)
-    return module
+    return example("yinyang")
 
 
 def test_yinyang_example_writes_plots(tmp_path):

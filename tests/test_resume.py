@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from _keras_backend import keras_or_skip
 
 BACKEND, keras = keras_or_skip()
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from _examples import EXAMPLES, example  # noqa: E402
 KILL_ENV, KILL_STATUS = "SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES", 75
 EPOCHS, LIMIT, BATCH, HIDDEN, EVERY = 4, 64, 16, 8, 2
 BATCHES_PER_EPOCH = LIMIT // BATCH
@@ -40,9 +39,7 @@ FLAGS = ["--epochs", str(EPOCHS), "--limit", str(LIMIT), "--hidden", str(HIDDEN)
 
 def yinyang_module():
     """``examples/yinyang.py`` as a module (it imports ``_common`` from ``examples/``)."""
-    module = sys.modules.get("yinyang")
-    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == EXAMPLES / "yinyang.py":
-        return module
+    return example("yinyang")
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location("yinyang", EXAMPLES / "yinyang.py")
