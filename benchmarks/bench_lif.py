@@ -1,9 +1,16 @@
 """Benchmark the LIF layer: ``sequential`` vs ``scan`` vs ``auto``, forward and forward+backward, in one run.
 
-Prints a table and writes JSON. Times are medians over ``--repeats`` runs on the machine named in the JSON; compare
-ratios within one run, not absolute times across machines.
+Prints a table and writes JSON. Times are medians over ``--repeats`` calls (each call's time is kept in
+``*_s_repeats``) on the machine named in the JSON; compare ratios within one run, not absolute times across machines.
+The JSON starts with ``stamp`` (``_stamp.py``: commit, dirty flag, machine, versions).
+
+``--runs N`` repeats the whole measurement N times in one process (inputs regenerated each time): ``rows`` and
+``summary`` are the first run's, ``runs`` holds every run's ``summary`` and ``run_to_run`` the spread of each
+summary ratio over the runs (min, median, max and ``spread = (max - min) / median``), the run-to-run noise of the
+ratios on that machine.
 
     python benchmarks/bench_lif.py --output benchmarks/results/cpu.json
+    python benchmarks/bench_lif.py --shapes online --runs 5 --output benchmarks/results/cpu_runs.json
     python benchmarks/bench_lif.py --backend cupy --output benchmarks/results/gpu.json   # GPU sweep (bench_lif_cuda)
 """
 
@@ -12,15 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 import spikescan as ss  # noqa: E402
+from _stamp import stamp  # noqa: E402
 
 # The shapes of the core issue: (a) an SHD-like hidden layer, (b) online inference with few neurons.
 SHAPES = {
@@ -46,12 +56,13 @@ def shd_like_inputs(batch, n_in, spikes, n_out, seed=0, delays=False, dtype=np.f
 
 
 def _median_time(fn, repeats):
+    """Median seconds of ``repeats`` calls, the last call's result, and every call's seconds."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
+    return float(np.median(times)), out, times
 
 
 def run_numpy(shapes, methods, repeats, delays):
@@ -61,16 +72,17 @@ def run_numpy(shapes, methods, repeats, delays):
         kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=64, delays=d)
         ref = None
         for method in methods:
-            fwd_s, res = _median_time(lambda: ss.lif_forward(t, w, method=method, **kw), repeats)
+            fwd_s, res, fwd_all = _median_time(lambda: ss.lif_forward(t, w, method=method, **kw), repeats)
             grad = np.where(np.isfinite(res.times), 1.0, 0.0)
-            both_s, _ = _median_time(
+            both_s, _, both_all = _median_time(
                 lambda: ss.lif_backward(ss.lif_forward(t, w, method=method, **kw), grad, method=method), repeats)
             if ref is None:
                 ref = res
             # Every method is exact: a benchmark of a wrong answer would be meaningless.
             assert np.array_equal(res.counts, ref.counts), f"{method} disagrees with {methods[0]} on counts"
             rows.append(dict(shape=name, **shape, delays=delays, method=method, forward_s=fwd_s,
-                             forward_backward_s=both_s, mean_spikes_per_neuron=float(res.counts.mean()),
+                             forward_backward_s=both_s, forward_s_repeats=fwd_all,
+                             forward_backward_s_repeats=both_all, mean_spikes_per_neuron=float(res.counts.mean()),
                              max_spikes_per_neuron=int(res.counts.max()),
                              resolved=None if method != "auto" else _resolved(shape)))
     return rows
@@ -100,6 +112,19 @@ def summarise(rows):
     return out
 
 
+def run_to_run(summaries):
+    """Spread of every summary ratio over repeated runs: min, median, max, ``spread = (max - min) / median``."""
+    out = {}
+    for name in summaries[0]:
+        out[name] = {}
+        for key in summaries[0][name]:
+            values = [s[name][key] for s in summaries]
+            median = float(np.median(values))
+            out[name][key] = dict(min=min(values), median=median, max=max(values),
+                                  spread=(max(values) - min(values)) / median)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
@@ -107,6 +132,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["sequential", "scan", "auto"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--delays", action="store_true", help="per-synapse delays (per-neuron queues)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat the whole measurement this many times (run-to-run noise of the ratios)")
     p.add_argument("--quick", action="store_true", help="small inputs, one repeat (a smoke test)")
     p.add_argument("--output", help="JSON file to write")
     args, rest = p.parse_known_args(argv)
@@ -118,17 +145,30 @@ def main(argv=None):
     if args.quick:
         shapes = {k: dict(v, spikes=500, batch=min(v["batch"], 4)) for k, v in shapes.items()}
         args.repeats = 1
-    rows = run_numpy(shapes, args.methods, args.repeats, args.delays)
-    summary = summarise(rows)
+    provenance = stamp()
+    runs = []
+    for run in range(max(args.runs, 1)):
+        rows_of_run = run_numpy(shapes, args.methods, args.repeats, args.delays)
+        runs.append(dict(rows=rows_of_run, summary=summarise(rows_of_run)))
+        if args.runs > 1:
+            print(f"run {run + 1}/{args.runs}:", "; ".join(
+                f"{name} " + ", ".join(f"{k}={v:.3f}" for k, v in entry.items())
+                for name, entry in runs[-1]["summary"].items()), flush=True)
+    rows, summary = runs[0]["rows"], runs[0]["summary"]
     print(f"{'shape':<10} {'method':<11} {'forward s':>10} {'fwd+bwd s':>10} {'spikes/neuron':>14}")
     for r in rows:
         print(f"{r['shape']:<10} {r['method']:<11} {r['forward_s']:>10.3f} {r['forward_backward_s']:>10.3f} "
               f"{r['mean_spikes_per_neuron']:>14.2f}")
     for name, entry in summary.items():
         print(name, ", ".join(f"{k}={v:.2f}" for k, v in entry.items()))
-    report = dict(benchmark="bench_lif", backend="numpy", device=f"CPU: {platform.processor() or platform.machine()}"
-                  f", {os.cpu_count()} cores", numpy=np.__version__, repeats=args.repeats, rows=rows,
-                  summary=summary)
+    report = dict(benchmark="bench_lif", stamp=provenance, backend="numpy",
+                  device=f"CPU: {provenance['cpu']}, {os.cpu_count()} cores", numpy=np.__version__,
+                  repeats=args.repeats, rows=rows, summary=summary)
+    if args.runs > 1:
+        report.update(runs=[r["summary"] for r in runs], run_to_run=run_to_run([r["summary"] for r in runs]))
+        for name, entry in report["run_to_run"].items():
+            print(f"{name} over {args.runs} runs:", ", ".join(
+                f"{k} {v['min']:.3f}-{v['max']:.3f} (spread {100 * v['spread']:.1f}%)" for k, v in entry.items()))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

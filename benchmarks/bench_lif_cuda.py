@@ -12,6 +12,8 @@ Sweeps batch x hidden size x (no delays, delays) on SHD-like random inputs (700 
 - throughput in input-spike x neuron updates per second (real input spikes x output neurons / time),
 - peak CuPy memory-pool bytes of one forward+backward (counted by a memory hook in an untimed run).
 
+The JSON starts with ``stamp`` (``_stamp.py``: commit, dirty flag, machine, versions, and the GPU as ``device``).
+
 Baselines at batch 1 (``--no-baselines`` to skip): the one-event-per-launch simulation (``method="step"``: the same
 per-neuron update as the fused kernel, one kernel launch per queue entry; the paper's comparison) against the fused
 sequential kernel and the scan.  Optionally (``--jax``) a ``jax.lax.associative_scan`` implementation of the 2 x 512
@@ -43,6 +45,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 import spikescan as ss  # noqa: E402
+from _stamp import stamp  # noqa: E402
 from bench_lif import DURATION, TAU_MEM, TAU_SYN, shd_like_inputs  # noqa: E402
 
 BATCHES = (1, 8, 64, 256)
@@ -356,6 +359,7 @@ def main(argv=None):
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     print(f"device: {name} (sm_{dev.compute_capability}), {N_IN} inputs, {args.spikes} spikes/sample over "
           f"{DURATION:g} ms, tau_mem={TAU_MEM}, tau_syn={TAU_SYN}, max_spikes={MAX_SPIKES}")
+    provenance = stamp()
     rows = [] if args.jax_only or args.queues_only else run_cupy_bench(args)
     summary = summarise(rows)
     for e in summary:
@@ -363,7 +367,8 @@ def main(argv=None):
     baselines = run_baselines(args) if args.baselines else []
     jax_result = run_jax(args) if args.jax else dict(skipped="not requested (--jax)")
     queues = run_queue_bench(args) if args.queues else dict(skipped="not requested (--queues)")
-    report = dict(benchmark="bench_lif_cuda", backend="cupy", device=name,
+    provenance["device"] = name
+    report = dict(benchmark="bench_lif_cuda", stamp=provenance, backend="cupy", device=name,
                   compute_capability=dev.compute_capability, cupy=cupy.__version__,
                   settings=dict(n_in=N_IN, spikes=args.spikes, duration_ms=DURATION, tau_mem=TAU_MEM,
                                 tau_syn=TAU_SYN, max_spikes=MAX_SPIKES, repeats=args.repeats,
