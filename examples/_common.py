@@ -20,6 +20,7 @@ the scripts put ``examples/`` on ``sys.path`` to import it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -247,8 +248,22 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
     return out
 
 
+def stamp():
+    """``benchmarks/_stamp.py``'s provenance of a result (commit, dirty flag, machine, versions, device), or None
+    where the scripts run outside the repository."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "_stamp.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("spikescan_benchmarks_stamp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.stamp()
+
+
 def emit(summary, output):
-    """Print ``summary`` as one JSON line and write it to ``output`` (if not None); returns it."""
+    """Add ``stamp`` (``stamp()``: which commit ran, where) to ``summary``, print it as one JSON line and write it to
+    ``output`` (if not None); returns it."""
+    summary.setdefault("stamp", stamp())
     print(json.dumps(summary))
     if output:
         with open(output, "w") as f:

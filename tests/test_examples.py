@@ -38,6 +38,7 @@ def check_summary(path, returned, dataset):
     assert isinstance(summary["seconds"], (int, float)) and summary["seconds"] >= 0
     assert isinstance(summary["device"], str) and summary["device"]
     assert summary.get("backend", BACKEND) == BACKEND
+    assert {"commit", "dirty", "machine", "python", "numpy", "keras_backend"} <= summary["stamp"].keys()
     for key in ("dropped_input_spikes", "capped_spikes"):
         if key in summary:
             assert type(summary[key]) is int and summary[key] >= 0, (key, summary[key])
