@@ -65,6 +65,7 @@ if HERE not in sys.path:
 import keras  # noqa: E402
 
 from _stamp import stamp  # noqa: E402
+from report import learning_table  # noqa: E402
 from spikescan import encode  # noqa: E402
 from spikescan.datasets import yinyang, yinyang_points  # noqa: E402
 from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
@@ -278,36 +279,9 @@ def run_yinyang(args):
 # ---------------------------------------------------------------- report
 
 def markdown(report):
-    """A README table of a report (the dict this script writes)."""
-    s = report["settings"]
-    st = report["stamp"]
-    lines = [
-        f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
-        f"{s['epochs']} epochs; tables: {s['folds']}-fold stratified CV; Yin-Yang: {s['yinyang_train']} train / "
-        f"{s['yinyang_test']} test, {s['repeats']} seed{'s' if s['repeats'] > 1 else ''}; mean ± sample std over "
-        f"folds / seeds). Commit {str(st.get('commit'))[:10]}"
-        f"{' (dirty)' if st.get('dirty') else ''}, {st.get('keras_backend')} on {st.get('device')} "
-        f"({st.get('cpu')}, {st.get('cpu_count')} cores).",
-        "",
-        "| Dataset | Code | Setting | SNN test acc. | MLP test acc. | Gap (MLP - SNN) | Within 3 pts | "
-        "Silent / dead (end) | Spikes / neuron | Kernel scale | Seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def acc(e, model):
-        mean, runs = 100 * e[f"{model}_mean"], len(e[f"{model}_accuracy"])
-        return f"{mean:.1f}%" if runs < 2 else f"{mean:.1f} ± {100 * e[f'{model}_std']:.1f}%"
-
-    for e in report["entries"]:
-        lines.append(
-            f"| {e['dataset']} | {e['code']} | {e['setting']} | {acc(e, 'snn')} | {acc(e, 'mlp')} | "
-            f"{100 * e['gap']:+.1f} | {'yes' if e['within_3_points'] else '**no**'} | "
-            f"{e['silent_fraction']:.2f} / {e['dead_fraction']:.2f} | {e['spikes_per_neuron']:.2f} | "
-            f"{e['kernel_scale']:.3g} | {e['seconds']:.0f} |")
-    if not report.get("complete", True):
-        lines.append("")
-        lines.append("(incomplete run: the panel was interrupted)")
-    return "\n".join(lines)
+    """A README table of a report (the dict this script writes): ``report.learning_table``, which
+    ``benchmarks/report.py`` also renders into the README."""
+    return learning_table(report)
 
 
 def _write(report, path):

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command (README "Tests"): the CUDA compile check, the array library and datasets, then the
+# The project's test command (README "Tests"): the README's results tables against their JSON
+# (benchmarks/report.py --check), the CUDA compile check, the array library and datasets, then the
 # Keras layers, examples and learning benchmark once per Keras backend (KERAS_BACKEND is read at import, so one
 # process per backend). GPU tests carry the `gpu` marker and skip without a device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The README's results tables agree with the JSON results they are rendered from (standard library only).
+python benchmarks/report.py --check
 python -m spikescan.cuda --check
 keras_tests=()
 for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_resume.py tests/test_learning_bench.py tests/test_plot.py tests/test_nir.py; do

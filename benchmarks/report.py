@@ -1,0 +1,474 @@
+"""The README's results tables, rendered from the JSON results they report, and a check that the two agree.
+
+    python benchmarks/report.py            # print every table
+    python benchmarks/report.py --write    # rewrite the tables in README.md
+    python benchmarks/report.py --check    # exit 1, with a diff naming the table, where README.md differs (CI)
+
+Each table sits in README.md between ``<!-- report:NAME -->`` and ``<!-- /report:NAME -->``: everything between
+the markers is generated, everything outside them is left alone. The tables (``TABLES``):
+
+- ``examples``: the example scripts' results (``examples/results/*.json``, rows in ``EXAMPLES``);
+- ``learning_torch``, ``learning_jax``: ``benchmarks/learning.py``'s panels (``benchmarks/results/learning_*.json``;
+  ``learning.py --markdown`` prints the same table);
+- ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
+  ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them.
+
+Every table names the commit and the machine its numbers were measured on. Every results JSON names its commit in
+one of three ways: ``stamp`` (``_stamp.py``, written by the scripts when they measure); top-level ``commit`` /
+``dirty`` / ``machine`` written by hand beside a run (``stamped``: how); or ``provenance``, added afterwards to results
+from before the stamp, with the commit that added the file from the git history and ``recorded_at_measurement:
+false``. The tables say which ("stamped by hand", "from git history"). ``--check`` also fails for a results JSON
+that names no commit.
+
+Formats: ratios with two decimals below 10 (``0.75x``, ``7.94x``) and none from 10 (``74x``), ranges as
+``min-max``; accuracies in percent with one decimal; commits as 7 hex digits.
+
+Standard library only (no numpy, no keras), so CI can run it before anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+README = ROOT / "README.md"
+BENCHMARK_RESULTS = HERE / "results"
+EXAMPLE_RESULTS = ROOT / "examples" / "results"
+
+
+# ---------------------------------------------------------------- loading and provenance
+
+class Results:
+    """The JSON files of the two results folders, loaded on first use."""
+
+    def __init__(self, benchmark_dir=BENCHMARK_RESULTS, example_dir=EXAMPLE_RESULTS):
+        self.dirs = {"benchmarks": Path(benchmark_dir), "examples": Path(example_dir)}
+        self._cache = {}
+
+    def load(self, kind, name):
+        path = self.dirs[kind] / name
+        if path not in self._cache:
+            with open(path) as f:
+                self._cache[path] = json.load(f)
+        return self._cache[path]
+
+    def bench(self, name):
+        return self.load("benchmarks", name)
+
+    def example(self, name):
+        return self.load("examples", name)
+
+    def names(self, kind, pattern="*.json"):
+        return sorted(p.name for p in self.dirs[kind].glob(pattern))
+
+
+def provenance(report):
+    """``dict(commit, dirty, dirty_files, machine, how)`` of a results dict; ``how`` is ``"recorded"`` (a
+    ``stamp``), ``"by hand"`` (top-level ``commit``) or ``"history"`` (``provenance`` from the git history).
+    ValueError when the report names no commit."""
+    if isinstance(report.get("stamp"), dict) and report["stamp"].get("commit"):
+        st = report["stamp"]
+        device = st.get("device")
+        machine = device if device and device != "cpu" else f"{st.get('cpu_count')}-core {st.get('cpu')}"
+        return dict(commit=st["commit"], dirty=st.get("dirty"), dirty_files=", ".join(st.get("dirty_files") or []),
+                    machine=machine, how="recorded")
+    if isinstance(report.get("provenance"), dict) and report["provenance"].get("commit"):
+        p = report["provenance"]
+        how = "recorded" if p.get("recorded_at_measurement", False) else "history"
+        return dict(commit=p["commit"], dirty=p.get("dirty"), dirty_files=p.get("dirty_note", ""),
+                    machine=p.get("machine") or report.get("device"), how=how)
+    if report.get("commit"):
+        return dict(commit=report["commit"], dirty=report.get("dirty"), dirty_files=report.get("dirty_note", ""),
+                    machine=report.get("machine") or report.get("device"), how="by hand")
+    raise ValueError("names no commit (no stamp, provenance or commit)")
+
+
+def commit_text(report):
+    """``commit 0123abc``, with ``(dirty: ...)``, ``(stamped by hand)`` or ``(from git history)`` as it applies."""
+    p = provenance(report)
+    notes = []
+    if p["dirty"]:
+        notes.append(f"dirty: {p['dirty_files']}" if p["dirty_files"] else "dirty")
+    if p["how"] == "by hand":
+        notes.append("stamped by hand")
+    elif p["how"] == "history":
+        notes.append("from git history")
+    return f"commit {p['commit'][:7]}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _commit_or_none(report):
+    try:
+        return commit_text(report)
+    except ValueError:
+        return "no recorded commit"
+
+
+def machine_text(report):
+    return provenance(report)["machine"]
+
+
+def check_provenance(results):
+    """Messages for every results JSON that names no commit."""
+    errors = []
+    for kind, folder in results.dirs.items():
+        for name in results.names(kind):
+            try:
+                provenance(results.load(kind, name))
+            except ValueError as err:
+                errors.append(f"{folder / name}: {err}")
+    return errors
+
+
+# ---------------------------------------------------------------- formats
+
+def ratio(x):
+    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
+
+
+def ratio_range(values):
+    lo, hi = min(values), max(values)
+    return ratio(lo) if ratio(lo) == ratio(hi) else f"{ratio(lo)[:-1]}-{ratio(hi)}"
+
+
+def percent(x):
+    return f"{100 * x:.1f}%"
+
+
+def span(values, unit=""):
+    lo, hi = min(values), max(values)
+    return f"{lo}{unit}" if lo == hi else f"{lo}-{hi}{unit}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+# ---------------------------------------------------------------- examples
+
+# One row per example script; ``results`` lists its JSON summaries in examples/results/ (none: not measured yet).
+EXAMPLES = [
+    dict(dataset="Yin-Yang (latency code)", script="examples/yinyang.py", architecture="5 - 120 LIF - 3 LI",
+         results=["yinyang_torch_cpu.json", "yinyang_jax_cpu.json"], command="python examples/yinyang.py",
+         note="with first-batch calibration and the revival objective", paper="see paper"),
+    dict(dataset="Yin-Yang, timing code (0.5 ms)", script="examples/yinyang_timing.py",
+         architecture="same, time constants x 1/60", results=["yinyang_timing_torch_cpu.json"], classes=3,
+         paper="see paper"),
+    dict(dataset="Latency MNIST", script="examples/mnist.py", architecture="784 - 350 LIF - 10 LI", results=[],
+         paper="98.04%"),
+    dict(dataset="SHD", script="examples/shd.py", architecture="140 - 512 - 512 LIF (delays) - 20 LI", results=[],
+         paper="94.96%"),
+    dict(dataset="SSC", script="examples/ssc.py", architecture="140 - 512 - 512 LIF (delays) - 35 LI", results=[],
+         paper="77.79%"),
+]
+
+
+def _example_cells(spec, reports):
+    if not reports:
+        return "not measured yet", ""
+    if reports[0].get("runs"):  # one script, several inputs (yinyang_timing: exact times and time bins)
+        r = reports[0]
+        runs = r["runs"]
+        exact = [run for run in runs if run["bin_width_ms"] is None]
+        binned = sorted((run for run in runs if run["bin_width_ms"] is not None), key=lambda run: run["bin_width_ms"])
+        parts = [f"**{percent(run['test_accuracy'])}** exact times" for run in exact]
+        parts += [f"{percent(run['test_accuracy'])} with {run['bin_width_ms']:g} ms bins" for run in binned]
+        if spec.get("classes"):
+            parts[-1] += f" (chance {100 / spec['classes']:.0f}%)"
+        ours = "; ".join(parts) + f"; {r['epochs']} epochs"
+        widths = " ".join(str(run["bin_width_ms"]) for run in runs if run["bin_width_ms"] is not None)
+        command = (f"`python {spec['script']} --epochs {r['epochs']} --bin-widths {widths}`; "
+                   f"{r['seconds']:.0f} s for the {len(runs)} runs")
+        return ours, command
+    epochs = {r["epochs"] for r in reports}
+    ours = ", ".join(f"**{percent(r['test_accuracy'])}** ({r['backend']})" for r in reports)
+    ours += ", " + (f"{epochs.pop()} epochs" if len(epochs) == 1 else
+                    "/".join(str(r["epochs"]) for r in reports) + " epochs")
+    if spec.get("note"):
+        ours += f", {spec['note']}"
+    command = (f"`{spec['command']}`; fit " + ", ".join(f"{r['seconds']:.0f} s ({r['backend']})" for r in reports))
+    return ours, command
+
+
+def examples_table(results):
+    rows, measured = [], []
+    for spec in EXAMPLES:
+        reports = [results.example(name) for name in spec["results"]]
+        measured += list(zip(spec["results"], reports))
+        ours, command = _example_cells(spec, reports)
+        rows.append([spec["dataset"], f"`{spec['script']}`", spec["architecture"], ours, command, spec["paper"]])
+    caption = ["Measured at:", ""] + [f"- `{name}`: {commit_text(r)}, {machine_text(r)}" for name, r in measured]
+    return "\n".join(caption + [""] + table(
+        ["Dataset", "Script", "Architecture", "Ours (test accuracy)", "Command, fit time", "Paper"], rows))
+
+
+# ---------------------------------------------------------------- learning panel
+
+def learning_table(report):
+    """The README table of a ``benchmarks/learning.py`` report."""
+    s = report["settings"]
+    st = report["stamp"]
+    lines = [
+        f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
+        f"{s['epochs']} epochs; tables: {s['folds']}-fold stratified CV; Yin-Yang: {s['yinyang_train']} train / "
+        f"{s['yinyang_test']} test, {s['repeats']} seed{'s' if s['repeats'] > 1 else ''}; mean ± sample std over "
+        f"folds / seeds). Measured at {_commit_or_none(report)}, {st.get('keras_backend')} on {st.get('device')} "
+        f"({st.get('cpu')}, {st.get('cpu_count')} cores).",
+        "",
+        "| Dataset | Code | Setting | SNN test acc. | MLP test acc. | Gap (MLP - SNN) | Within 3 pts | "
+        "Silent / dead (end) | Spikes / neuron | Kernel scale | Seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def acc(e, model):
+        mean, runs = 100 * e[f"{model}_mean"], len(e[f"{model}_accuracy"])
+        return f"{mean:.1f}%" if runs < 2 else f"{mean:.1f} ± {100 * e[f'{model}_std']:.1f}%"
+
+    for e in report["entries"]:
+        lines.append(
+            f"| {e['dataset']} | {e['code']} | {e['setting']} | {acc(e, 'snn')} | {acc(e, 'mlp')} | "
+            f"{100 * e['gap']:+.1f} | {'yes' if e['within_3_points'] else '**no**'} | "
+            f"{e['silent_fraction']:.2f} / {e['dead_fraction']:.2f} | {e['spikes_per_neuron']:.2f} | "
+            f"{e['kernel_scale']:.3g} | {e['seconds']:.0f} |")
+    if not report.get("complete", True):
+        lines.append("")
+        lines.append("(incomplete run: the panel was interrupted)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- kernel benchmarks
+
+def _files(names, results):
+    """```a.json`, `b.json` (commit 0123abc ...)``, files of one commit grouped."""
+    groups = {}
+    for name in names:
+        groups.setdefault(commit_text(results.bench(name)), []).append(f"`{name}`")
+    return "; ".join(f"{', '.join(files)}, {commit}" for commit, files in groups.items())
+
+
+def _cpu_rows(name, results):
+    """One row per shape of a bench_lif.py result."""
+    r = results.bench(name)
+    rows = []
+    for shape, entry in r["summary"].items():
+        by = {row["method"]: row for row in r["rows"] if row["shape"] == shape}
+        first = next(iter(by.values()))
+        spread = r.get("run_to_run", {}).get(shape)
+        if spread:  # several runs: medians, and their ranges as the noise
+            runs = len(r["runs"])
+            measured = (f"median of {runs} runs: scan speed-up over sequential "
+                        f"{ratio(spread['forward_backward_s_scan_speedup']['median'])} fwd+bwd, "
+                        f"{ratio(spread['forward_s_scan_speedup']['median'])} forward; auto time / best method's "
+                        f"{ratio(spread['forward_backward_s_auto_over_best']['median'])} fwd+bwd, "
+                        f"{ratio(spread['forward_s_auto_over_best']['median'])} forward")
+            noise = (f"over {runs} runs: scan speed-up "
+                     f"{ratio_range(_minmax(spread, 'forward_backward_s_scan_speedup'))} fwd+bwd, "
+                     f"{ratio_range(_minmax(spread, 'forward_s_scan_speedup'))} forward; auto / best "
+                     f"{ratio_range(_minmax(spread, 'forward_backward_s_auto_over_best'))} fwd+bwd, "
+                     f"{ratio_range(_minmax(spread, 'forward_s_auto_over_best'))} forward")
+        else:
+            picked = set((by.get("auto", {}).get("resolved") or {}).values())
+            runs_as = f" (runs {next(iter(picked))})" if len(picked) == 1 else ""
+            measured = (f"scan speed-up over sequential {ratio(entry['forward_backward_s_scan_speedup'])} fwd+bwd, "
+                        f"{ratio(entry['forward_s_scan_speedup'])} forward; auto{runs_as} time / best method's "
+                        f"{ratio(entry['forward_backward_s_auto_over_best'])} fwd+bwd, "
+                        f"{ratio(entry['forward_s_auto_over_best'])} forward")
+            noise = f"one run (median of {r['repeats']} repeats)"
+            if len(picked) == 1:  # auto ran one method's code: where that method is the best, the same code twice
+                m = picked.pop()
+                same = [label for key, label in (("forward_backward_s", "fwd+bwd"), ("forward_s", "forward"))
+                        if m in by and all(by[m][key] <= row[key] for k, row in by.items() if k != "auto")]
+                if same:
+                    noise += (f"; auto / best ({' and '.join(same)}) times the same code twice: its distance from 1 "
+                              f"is noise")
+        rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons", measured, noise,
+                     _files([name], results)])
+    return rows
+
+
+def _minmax(spread, key):
+    return spread[key]["min"], spread[key]["max"]
+
+
+def _gpu_key(e):
+    return e["batch"], e["n_out"], e["delays"]
+
+
+def _gpu_rows(results):
+    """The H100 rows: scan vs one event per launch and vs the fused sequential kernel (batch 1), auto vs the best
+    kernel over the whole sweep, and the JAX comparison."""
+    nodelay, delays, again = (results.bench(f"gpu_h100_{n}.json") for n in ("nodelay", "delays", "auto_b1"))
+    machine = machine_text(nodelay)
+    b1 = [e for e in nodelay["summary"] if e["batch"] == 1]
+    remeasured = {_gpu_key(e): e for e in again["summary"]}
+    both = [e for e in b1 if _gpu_key(e) in remeasured]
+    rows = [[
+        machine, f"batch 1, {span([e['n_out'] for e in b1])} neurons",
+        f"scan forward {ratio_range([b['step_over_scan_forward'] for b in nodelay['baselines']])} the speed of one "
+        f"event per launch, {ratio_range([e['forward_s_scan_speedup'] for e in b1])} that of the fused sequential "
+        f"kernel",
+        f"another run (`gpu_h100_auto_b1.json`, {again['settings']['repeats']} repeats) at "
+        f"{' / '.join(str(e['n_out']) for e in both)} neurons: "
+        f"{' / '.join(ratio(remeasured[_gpu_key(e)]['forward_s_scan_speedup']) for e in both)} over sequential, "
+        f"here {' / '.join(ratio(e['forward_s_scan_speedup']) for e in both)}",
+        _files(["gpu_h100_nodelay.json"], results)]]
+    sweep = nodelay["summary"] + delays["summary"]
+    rows.append([
+        machine, f"batch {span(sorted({e['batch'] for e in sweep}))}, {span(sorted({e['n_out'] for e in sweep}))} "
+        f"neurons, delays or not",
+        f"auto fwd+bwd time {ratio_range([e['forward_backward_s_auto_over_best'] for e in sweep])} of the best "
+        f"kernel's",
+        f"another run (`gpu_h100_auto_b1.json`, batch 1): "
+        f"{ratio_range([e['forward_backward_s_auto_over_best'] for e in again['summary']])}",
+        _files(["gpu_h100_nodelay.json", "gpu_h100_delays.json"], results)])
+    jax = results.bench("gpu_h100_jax.json")
+    for e in jax["jax"]:
+        rows.append([
+            machine_text(jax), f"{e['layers']} x {e['hidden']}, {'delays' if e['delays'] else 'no delays'}, "
+            f"batch {e['batch']}, fwd+bwd",
+            f"spikescan {e['spikescan_forward_backward_s']:.2f} s vs JAX associative scan "
+            f"{e['jax_forward_backward_s']:.2f} s ({ratio(e['speedup_spikescan_over_jax'])} the speed)",
+            f"one run (median of {jax['settings']['repeats']} repeats)", _files(["gpu_h100_jax.json"], results)])
+    return rows
+
+
+def benchmarks_table(results):
+    rows = []
+    for name in results.names("benchmarks", "cpu_*.json"):
+        rows += _cpu_rows(name, results)
+    rows += _gpu_rows(results)
+    caption = ("Each ratio compares times from one run on one machine; \"auto time / best method's\" divides auto's "
+               "time by the faster of sequential and scan, so where auto runs the faster method's code it times the "
+               "same code twice and its distance from 1 is noise. Commits are those the results name (\"from git "
+               "history\": not recorded at the run).")
+    return "\n".join([caption, ""] + table(["Machine", "Shape", "Measured", "Run-to-run noise", "File, commit"], rows))
+
+
+def noise_text(results):
+    """One paragraph: the run-to-run spread of the CPU ratios, from the multi-run CPU results."""
+    parts = []
+    for name in results.names("benchmarks", "cpu_*.json"):
+        r = results.bench(name)
+        for shape, spread in r.get("run_to_run", {}).items():
+            fb, fw = spread["forward_backward_s_scan_speedup"], spread["forward_s_scan_speedup"]
+            parts.append(
+                f"`{name}` repeats the {shape} shape {len(r['runs'])} times on {machine_text(r)} "
+                f"({commit_text(r)}{'; ' + r['note'] if r.get('note') else ''}): scan's fwd+bwd speed-up ranged "
+                f"{ratio_range([fb['min'], fb['max']])} (median {ratio(fb['median'])}, spread (max - min) / median "
+                f"{100 * fb['spread']:.0f}%), its forward speed-up {ratio_range([fw['min'], fw['max']])} (median "
+                f"{ratio(fw['median'])}, spread {100 * fw['spread']:.0f}%)")
+    if not parts:
+        return "No CPU result holds repeated runs yet (`bench_lif.py --runs N`)."
+    return "CPU run-to-run noise: " + "; ".join(parts) + "."
+
+
+def benchmarks_section(results):
+    return benchmarks_table(results) + "\n\n" + noise_text(results)
+
+
+TABLES = {
+    "examples": examples_table,
+    "learning_torch": lambda results: learning_table(results.bench("learning_torch.json")),
+    "learning_jax": lambda results: learning_table(results.bench("learning_jax.json")),
+    "benchmarks": benchmarks_section,
+}
+
+
+# ---------------------------------------------------------------- README markers
+
+def _markers(name):
+    return f"<!-- report:{name} -->", f"<!-- /report:{name} -->"
+
+
+def blocks(readme):
+    """``{name: text between the markers}`` for every table of ``TABLES``; ValueError naming a missing marker."""
+    out = {}
+    for name in TABLES:
+        start, end = _markers(name)
+        if readme.count(start) != 1 or readme.count(end) != 1:
+            raise ValueError(f"README needs exactly one {start} and one {end}")
+        i, j = readme.index(start) + len(start), readme.index(end)
+        if j < i:
+            raise ValueError(f"{end} comes before {start}")
+        out[name] = readme[i:j]
+    return out
+
+
+def _block(text):
+    return f"\n\n{text}\n\n"
+
+
+def render(results):
+    return {name: fn(results) for name, fn in TABLES.items()}
+
+
+def write(readme, rendered):
+    blocks(readme)  # every marker present
+    for name, text in rendered.items():
+        start, end = _markers(name)
+        i, j = readme.index(start) + len(start), readme.index(end)
+        readme = readme[:i] + _block(text) + readme[j:]
+    return readme
+
+
+def check(readme, rendered, readme_name="README.md"):
+    """Messages (a unified diff per table) where ``readme`` differs from ``rendered``; empty when they agree."""
+    try:
+        current = blocks(readme)
+    except ValueError as err:
+        return [f"{readme_name}: {err}"]
+    messages = []
+    for name, text in rendered.items():
+        if current[name] != _block(text):
+            diff = difflib.unified_diff(current[name].strip("\n").splitlines(), text.splitlines(),
+                                        f"{readme_name} (table {name})", f"rendered from the JSON (table {name})",
+                                        lineterm="")
+            messages.append(f"table {name!r} in {readme_name} differs from its JSON:\n" + "\n".join(diff))
+    return messages
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the tables in the README")
+    mode.add_argument("--check", action="store_true", help="exit 1 where the README differs from the JSON")
+    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--benchmark-results", type=Path, default=BENCHMARK_RESULTS)
+    p.add_argument("--example-results", type=Path, default=EXAMPLE_RESULTS)
+    args = p.parse_args(argv)
+    results = Results(args.benchmark_results, args.example_results)
+    errors = check_provenance(results)
+    if errors:
+        print("results without a commit:\n  " + "\n  ".join(errors), file=sys.stderr)
+        return 1
+    rendered = render(results)
+    if args.check:
+        messages = check(args.readme.read_text(encoding="utf-8"), rendered, str(args.readme))
+        for message in messages:
+            print(message, file=sys.stderr)
+        if messages:
+            print(f"run `python benchmarks/report.py --write` to render {args.readme} from the JSON",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.readme}: {len(rendered)} results tables agree with the JSON")
+        return 0
+    if args.write:
+        text = args.readme.read_text(encoding="utf-8")
+        new = write(text, rendered)
+        if new != text:
+            args.readme.write_text(new, encoding="utf-8")
+        print(f"{args.readme}: {'rewrote' if new != text else 'unchanged,'} {len(rendered)} tables")
+        return 0
+    for name, text in rendered.items():
+        print(f"<!-- report:{name} -->\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
