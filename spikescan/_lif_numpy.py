@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from . import _dynamics as dyn
+from . import _memory
 from ._queue import build_queues
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
@@ -22,6 +23,7 @@ DEFAULT_MAX_TOTAL_SPIKES = 10_000
 # the loop and ~0.5 GB for the scan, whose doubling steps make more temporaries). The loop pays a Python step per
 # point per group, so it takes larger groups.
 _BACKWARD_POINTS_PER_GROUP = {"sequential": 1 << 22, "scan": 1 << 20}
+_BACKWARD_BYTES_PER_POINT = 480  # measured peak <= 400 (tests/test_memory.py checks the bound)
 
 
 class _Layout:
@@ -208,6 +210,11 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
                 max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
+    n_entries = _memory.most_entries(input_times, np)
+    if method == "auto":
+        method = choose_forward_method(batch * n_out, n_entries + 1, chunk_size)
+    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
+                          input_times.dtype.itemsize, np)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
     qt, qi, qend = build_queues(input_times, D, np)
@@ -215,8 +222,6 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
     end = qend.reshape(-1)[lay.row]
     tm, ts = tau_mem[lay.i], tau_syn[lay.i]
-    if method == "auto":
-        method = choose_forward_method(lay.row.size, qt.shape[2], chunk_size)
     if method == "sequential":
         times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
                                                     max_total_spikes)
@@ -456,6 +461,9 @@ def lif_backward(result, grad_times, method, input_times_grad=True):
     if method == "auto":
         method = choose_backward_method(N, n_points)
     group = max(1, _BACKWARD_POINTS_PER_GROUP[method] // max(n_points, 1))
+    # Within the memory limit, smaller groups of neurons (same results, more Python steps) rather than an error.
+    group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None, N,
+                                       group, _BACKWARD_BYTES_PER_POINT * n_points, res.spike_times.shape[2], np)
     for start in range(0, N, group):
         _backward_group(res, grad_times, np.arange(start, min(start + group, N)), lay, method, grads)
     if grads["grazing"]:

@@ -57,6 +57,9 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             the CUDA kernels stop that neuron and the launcher raises after the kernel).
         FloatingPointError: a neuron fires twice at the same float64 time (its inter-spike interval is below the
             resolution of ``t``), which no limit can represent.
+        MemoryError: the call would need more memory than it may use (free GPU memory on CuPy; on NumPy the memory
+            available, or ``spikescan.set_memory_limit`` / ``SPIKESCAN_MEMORY_LIMIT``), raised before allocating,
+            with the estimate by part (sort, queues, spike records, working arrays) and what to reduce.
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     threshold = v.positive_scalar("threshold", threshold)
@@ -108,6 +111,9 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
     Returns:
         ``LIFGrads(weights, input_times, delays, threshold)`` with the shapes and dtypes of the forward arguments
         (``delays`` is ``None`` without delays; ``input_times`` is ``None`` when ``input_times_grad`` is False).
+
+    Memory: neurons are processed in groups sized to stay within the memory limit (see ``lif_forward``), same
+    gradients up to rounding; ``MemoryError`` when not even one neuron's history fits beside the gradients.
     """
     if not isinstance(result, LIFResult):
         raise TypeError(f"result must be the LIFResult returned by lif_forward, got {type(result).__name__}")

@@ -47,6 +47,7 @@ import math
 
 import numpy as np
 
+from .. import _memory
 from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, runaway_firing_error, unresolvable_spike_error, warn_grazing
 from .._types import LIFGrads, LIFResiduals, LIFResult
 from . import _kernels, _queue
@@ -95,6 +96,13 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     """Array-module-generic body of ``lif_forward_cuda``."""
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
+    n_entries = _memory.most_entries(input_times, xp)  # one small reduction and read (a host sync)
+    if method == "auto":
+        from . import choose_method
+
+        method = choose_method(batch, n_out, n_entries)
+    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
+                          input_times.dtype.itemsize, xp)
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
     qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)  # see _queue.USE_KERNEL
@@ -112,10 +120,6 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     stuck_current = xp.full(batch * n_out, np.nan, dtype=xp.float64)
     limit = np.int64(min(int(max_total_spikes), np.iinfo(np.int64).max))
     n = batch * n_out
-    if method == "auto":
-        from . import choose_method
-
-        method = choose_method(batch, n_out, L1 - 1)
     common = [qt, qi, qe, W, tm, ts, np.float64(threshold), np.int32(SOLVER_CODES[solver]), np.int64(batch),
               np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), limit]
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
@@ -180,6 +184,9 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
         n_points = int(xp.where(n_rec > 0, last_event + n_rec, 0).max())
         n_ckpt = max(1, math.ceil(n_points / BACKWARD_CHUNK))
         group = max(1, min(n, _CHECKPOINT_BYTES // (n_ckpt * 4 * 8)))
+        # Within the memory limit, smaller groups of neurons (more launches, same gradients) rather than an error.
+        group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None, n,
+                                           group, n_ckpt * 4 * 8, max_spikes, xp)
         checkpoints = xp.empty(n_ckpt * 4 * group, dtype=xp.float64)
         for start in range(0, n, group):
             count = min(group, n - start)

@@ -1,0 +1,186 @@
+"""Memory estimates of the LIF layer (spikescan._memory): upper bounds on what a call allocates, a MemoryError
+before allocating when a call cannot fit, and smaller backward groups (same gradients) under a lowered limit."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan import _memory
+from spikescan.cuda import _hostemu, _lif
+
+from tolerances import TOL
+
+
+def _layer(seed, batch, n_in, max_in, n_out, delays):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, 50, (batch, n_in, max_in))
+    t[rng.random(t.shape) < 0.3] = np.inf
+    t = np.sort(t, axis=-1)
+    W = rng.normal(0.15, 0.3, (n_in, n_out))
+    D = rng.uniform(0, 5, (n_in, n_out)) if delays else None
+    return t, W, D
+
+
+@pytest.fixture
+def no_limit():
+    """Whatever a test sets, the next test starts from the default limit."""
+    previous = ss.set_memory_limit(None)
+    yield
+    ss.set_memory_limit(previous)
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+SHAPES = [  # batch, n_in, max_in, n_out, max_spikes, delays, chunk_size
+    (8, 100, 4, 64, 8, False, 128),
+    (8, 60, 4, 48, 8, True, 32),
+    (32, 20, 1, 200, 4, False, 64),
+    (2, 200, 6, 16, 16, True, 32),
+]
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}_in{}x{}_out{}_S{}_d{}_c{}".format(*s))
+def test_estimates_bound_what_numpy_allocates(shape, method, no_limit):
+    batch, n_in, max_in, n_out, max_spikes, delays, chunk = shape
+    t, W, D = _layer(0, batch, n_in, max_in, n_out, delays)
+    out, peak = _peak(lambda: ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=max_spikes, delays=D,
+                                             method=method, chunk_size=chunk))
+    parts = _memory.lif_forward_estimate(batch, n_in, max_in, n_out, _memory.most_entries(t, np), max_spikes,
+                                         delays, method, chunk, 8, "numpy")
+    assert peak <= sum(parts.values()), (peak, parts)
+    assert peak >= 0.3 * sum(parts.values()), (peak, parts)  # an estimate, not a blanket
+    g = np.ones_like(out.times)
+    res = out.residuals
+    n_points = res.queue_times.shape[2] + res.spike_times.shape[2]
+    working = batch * n_out * n_points * ss._lif_numpy._BACKWARD_BYTES_PER_POINT
+    need = sum(_memory.lif_backward_estimate(batch, n_in, max_in, n_out, True, delays, "numpy", working).values())
+    for bwd in ("sequential", "scan"):
+        _, peak = _peak(lambda: ss.lif_backward(out, g, method=bwd))
+        assert peak <= need, (bwd, peak, need)
+
+
+@pytest.mark.parametrize("delays", [False, True])
+def test_forward_raises_before_allocating(delays, no_limit):
+    t, W, D = _layer(1, 32, 200, 4, 128, delays)
+    args = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=16, delays=D, method="sequential")
+    need = sum(_memory.lif_forward_estimate(32, 200, 4, 128, _memory.most_entries(t, np), 16, delays, "sequential",
+                                            128, 8, "numpy").values())
+    ss.set_memory_limit(need // 2)
+    t0, W0 = t.copy(), W.copy()
+
+    def call():
+        with pytest.raises(MemoryError) as info:
+            ss.lif_forward(t, W, **args)
+        return info
+
+    info, peak = _peak(call)
+    msg = str(info.value)
+    assert "lif_forward(batch=32, n_out=128, max_spikes=16" in msg
+    assert "spikescan.set_memory_limit" in msg and "GiB" in msg
+    assert ("drop the delays" in msg) if delays else ("batch" in msg)
+    assert peak < need / 20  # nothing large was allocated before the error
+    np.testing.assert_array_equal(t, t0)
+    np.testing.assert_array_equal(W, W0)
+    # At the estimate the call runs.
+    ss.set_memory_limit(need)
+    ss.lif_forward(t, W, **args)
+
+
+def test_scan_advice_names_the_method(no_limit):
+    t, W, _ = _layer(2, 64, 20, 1, 200, False)
+    ss.set_memory_limit(50 << 20)
+    with pytest.raises(MemoryError, match="method='sequential'"):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, method="scan", chunk_size=128)
+    ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, method="sequential")
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_backward_shrinks_its_groups_under_a_lower_limit(method, no_limit):
+    t, W, D = _layer(3, 8, 60, 3, 24, True)
+    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8, delays=D)
+    g = np.random.default_rng(0).normal(size=out.times.shape)
+    ref = ss.lif_backward(out, g, method=method)
+    res = out.residuals
+    per_neuron = (res.queue_times.shape[2] + 8) * ss._lif_numpy._BACKWARD_BYTES_PER_POINT
+    grads = _memory.lif_backward_estimate(8, 60, 3, 24, True, True, "numpy", 0)["gradients"]
+    ss.set_memory_limit(grads + 5 * per_neuron)  # five neurons at a time instead of all 192
+    _, peak = _peak(lambda: ss.lif_backward(out, g, method=method))
+    low = ss.lif_backward(out, g, method=method)
+    assert peak <= grads + 5 * per_neuron
+    for name in ("weights", "input_times", "delays", "threshold"):
+        np.testing.assert_allclose(getattr(low, name), getattr(ref, name), rtol=1e-12, atol=1e-12, err_msg=name)
+    ss.set_memory_limit(grads + per_neuron // 2)  # not even one neuron's history fits
+    with pytest.raises(MemoryError, match=r"lif_backward\(batch=8, n_out=24, max_spikes=8, with delays\)"):
+        ss.lif_backward(out, g, method=method)
+
+
+def test_environment_variable(monkeypatch, no_limit):
+    t, W, _ = _layer(4, 4, 10, 2, 8, False)
+    monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "1K")
+    with pytest.raises(MemoryError, match="SPIKESCAN_MEMORY_LIMIT"):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
+    monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "1.5G")
+    assert _memory.available(np) == (3 << 29, "SPIKESCAN_MEMORY_LIMIT")
+    ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
+    ss.set_memory_limit(2048)  # the call's setting wins over the environment
+    assert _memory.available(np) == (2048, "spikescan.set_memory_limit")
+    ss.set_memory_limit(None)
+    monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="SPIKESCAN_MEMORY_LIMIT.*'lots'"):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1G"])
+def test_set_memory_limit_rejects(bad, no_limit):
+    with pytest.raises(ValueError, match="nbytes"):
+        ss.set_memory_limit(bad)
+    assert ss.set_memory_limit(None) is None  # unchanged
+
+
+def test_default_is_the_available_host_memory(no_limit, monkeypatch):
+    monkeypatch.delenv("SPIKESCAN_MEMORY_LIMIT", raising=False)
+    limit, source = _memory.available(np)
+    assert limit is not None and limit > (64 << 20) and "MemAvailable" in source
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu_memory")))
+
+
+def test_cuda_launchers_check_before_allocating(host_kernels, no_limit):
+    """The CUDA launchers (run here through the host emulation) raise before building queues and shrink the
+    backward's checkpoint groups under a lower limit, with the gradients of the unlimited run."""
+    t, W, D = _layer(5, 8, 40, 2, 16, True)
+    tm, ts = np.full(16, 10.0), np.full(16, 5.0)
+    out = _lif.forward(np, host_kernels.launch, t, W, D, tm, ts, 1.0, 8, "sequential", 32, "newton")
+    g = np.random.default_rng(1).normal(size=out.times.shape)
+    ref = _lif.backward(np, host_kernels.launch, out, g, "sequential")
+    need = sum(_memory.lif_forward_estimate(8, 40, 2, 16, _memory.most_entries(t, np), 8, True, "sequential", 32, 8,
+                                            "cupy").values())
+    ss.set_memory_limit(need - 1)
+    with pytest.raises(MemoryError, match=r"lif_forward\(batch=8, n_out=16, max_spikes=8, with delays\)"):
+        _lif.forward(np, host_kernels.launch, t, W, D, tm, ts, 1.0, 8, "sequential", 32, "newton")
+    grads = _memory.lif_backward_estimate(8, 40, 2, 16, True, True, "cupy", 0)["gradients"]
+    ss.set_memory_limit(grads + 3 * 4 * 8 * 4)  # three neurons' checkpoints (a few 32-point chunks) at a time
+    low = _lif.backward(np, host_kernels.launch, out, g, "sequential")
+    for name in ("weights", "input_times", "delays", "threshold"):
+        np.testing.assert_allclose(getattr(low, name), getattr(ref, name), **TOL["float64"]["grads"], err_msg=name)
+    ss.set_memory_limit(grads)
+    with pytest.raises(MemoryError, match="lif_backward"):
+        _lif.backward(np, host_kernels.launch, out, g, "sequential")
