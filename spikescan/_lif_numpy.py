@@ -206,13 +206,75 @@ def choose_backward_method(n_neurons, n_points):
     return "scan" if n_neurons <= 32 else "sequential"
 
 
+def numba_available():
+    """True if the compiled CPU kernels (``_lif_numba``, Numba) can be used."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_engine(engine):
+    """``"numba"`` or ``"numpy"`` for an ``engine`` argument of ``"auto"``, ``"numba"`` or ``"numpy"``."""
+    if engine == "auto":
+        return "numba" if numba_available() else "numpy"
+    if engine == "numba" and not numba_available():
+        raise ImportError("engine='numba' needs Numba, which is not installed: pip install 'spikescan[cpu]' (or "
+                          "pass engine='numpy' for the pure NumPy implementation)")
+    return engine
+
+
+def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
+    """``(table, True)``: the decays of every gap between consecutive queue entries when all neurons share one
+    queue per sample and one pair of time constants (then every neuron would compute the same ones), else a dummy
+    and False."""
+    from . import _lif_numba
+
+    if len(tau_mem) and shared and (tau_mem == tau_mem[0]).all() and (tau_syn == tau_syn[0]).all():
+        return _lif_numba.decay_table(qt2.size, qt2, qe, float(tau_mem[0]), float(tau_syn[0])), True
+    return np.zeros((1, 1, 3)), False
+
+
+def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
+                      limit):
+    """The Numba kernels (``_lif_numba``) on the NumPy queues; same outputs and errors as the NumPy methods."""
+    from . import _lif_numba
+    from ._neuron import SOLVER_CODES
+
+    N = lay.row.size
+    times = np.full((N, max_spikes), np.inf)
+    events = np.full((N, max_spikes), -1, np.int64)
+    counts = np.zeros(N, np.int64)
+    stuck_times = np.full(N, np.inf)
+    stuck_current = np.full(N, np.nan)
+    qt2, qi2, qe = (np.ascontiguousarray(qt2), np.ascontiguousarray(qi2), np.ascontiguousarray(qend.reshape(-1)))
+    table, use_table = _compiled_decay_table(qt2, qe, tau_mem, tau_syn, lay.Q == 1)
+    args = (qt2, qi2, qe, np.ascontiguousarray(W), np.ascontiguousarray(tau_mem, np.float64),
+            np.ascontiguousarray(tau_syn, np.float64), float(threshold), SOLVER_CODES[solver], lay.n_out,
+            max(lay.max_in, 1), max_spikes, int(limit), table, use_table)
+    work = N * qt2.shape[1]
+    if method == "sequential":
+        _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current)
+    else:
+        _lif_numba.forward_scan(work, *args, int(chunk_size), times, events, counts, stuck_times, stuck_current)
+    stuck = np.isfinite(stuck_times)
+    if stuck.any():
+        first = int(np.argmax(stuck))
+        if counts[first] > limit:  # the kernel left max_total_spikes + 1: runaway firing
+            raise runaway_firing_error(first, lay.n_out, stuck_times[first], stuck_current[first], limit, threshold)
+        raise unresolvable_spike_error(first, lay.n_out, stuck_times[first])
+    return times, events, counts
+
+
 def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
-                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
+                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="numpy"):
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     n_entries = _memory.most_entries(input_times, np)
     if method == "auto":
-        method = choose_forward_method(batch * n_out, n_entries + 1, chunk_size)
+        method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
+                                                                              chunk_size)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, np)
     W = np.asarray(weights, np.float64)
@@ -222,7 +284,10 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
     end = qend.reshape(-1)[lay.row]
     tm, ts = tau_mem[lay.i], tau_syn[lay.i]
-    if method == "sequential":
+    if engine == "numba":
+        times, events, counts = _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_spikes,
+                                                  method, chunk_size, solver, max_total_spikes)
+    elif method == "sequential":
         times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
                                                     max_total_spikes)
     else:
@@ -444,7 +509,64 @@ def warn_grazing(count, neuron, n_out, t, stacklevel):
     warnings.warn(grazing_spike_warning(count, neuron, n_out, t), stacklevel=stacklevel + 1)
 
 
-def lif_backward(result, grad_times, method, input_times_grad=True):
+# Bytes of per-(sample, neuron, queue entry) input-time gradients the compiled backward holds at once.
+_COMPILED_ARRIVAL_BYTES = 1 << 26
+
+
+def _backward_compiled(result, grad_times, input_times_grad):
+    """``lif_backward`` by the Numba kernel (``_lif_numba.backward``); the NumPy path's outputs and warning."""
+    from . import _lif_numba
+
+    res = result.residuals
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    N = batch * n_out
+    max_spikes = res.spike_times.shape[2]
+    L1 = res.queue_times.shape[2]
+    qt = np.ascontiguousarray(res.queue_times.reshape(-1, L1))
+    qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
+    qe = np.ascontiguousarray(res.queue_end.reshape(-1))
+    st = np.ascontiguousarray(res.spike_times.reshape(N, max_spikes))
+    se = np.ascontiguousarray(res.spike_event.reshape(N, max_spikes))
+    counts = np.ascontiguousarray(result.counts.reshape(N), dtype=np.int64)
+    g = np.ascontiguousarray(grad_times.reshape(N, max_spikes), dtype=np.float64)
+    has_delays = res.delays is not None
+    grad_w = np.zeros((n_in, n_out))
+    grad_d = np.zeros((n_in, n_out)) if has_delays else np.zeros((1, 1))
+    g_threshold = np.zeros(n_out)
+    grazing = np.zeros((max(N, 1), 2))
+    grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
+    # Samples per block: the per-(sample, neuron, entry) arrival gradients of one block stay within
+    # _COMPILED_ARRIVAL_BYTES (and the memory limit), then are summed into grad_in.
+    table, use_table = _compiled_decay_table(qt, qe, res.tau_mem, res.tau_syn, res.queue_times.shape[1] == 1)
+    per_sample = 8 * n_out * L1 if input_times_grad else 0
+    block = batch if per_sample == 0 else max(1, min(batch, _COMPILED_ARRIVAL_BYTES // per_sample))
+    block = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, block,
+                                       max(per_sample, 1), max_spikes, np)
+    for start in range(0, batch, block):
+        stop = min(start + block, batch)
+        g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
+        _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, qe, np.ascontiguousarray(res.weights), np.ascontiguousarray(res.tau_mem),
+                            np.ascontiguousarray(res.tau_syn), float(res.threshold), n_out, max(max_in, 1), st, se,
+                            counts, g, table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
+                            g_threshold, grazing)
+        if input_times_grad:
+            _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
+    n_graze = grazing[:, 0]
+    if n_graze.any():
+        first = int(np.argmax(n_graze > 0))
+        # stacklevel 4: the caller of spikescan.lif_backward.
+        warn_grazing(int(n_graze.sum()), first, n_out, float(grazing[first, 1]), stacklevel=4)
+    return LIFGrads(
+        weights=grad_w.astype(res.weights_dtype),
+        input_times=grad_in.reshape(batch, n_in, max_in).astype(res.input_dtype) if input_times_grad else None,
+        delays=grad_d.astype(res.delays_dtype) if has_delays else None,
+        threshold=np.asarray(g_threshold.sum(), np.float64))
+
+
+def lif_backward(result, grad_times, method, input_times_grad=True, engine="numpy"):
+    if engine == "numba":
+        return _backward_compiled(result, grad_times, input_times_grad)
     res = result.residuals
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]

@@ -10,10 +10,11 @@ from ._types import GrazingSpikeWarning, LIFGrads, LIFResult, RunawayFiringError
 
 METHODS = ("auto", "sequential", "scan")
 SOLVERS = ("newton", "bisection", "analytic")
+ENGINES = ("auto", "numba", "numpy")
 
 
 def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=None, method="auto",
-                chunk_size=128, solver="newton", max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
+                chunk_size=128, solver="newton", max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="auto"):
     """Exact event-driven simulation of a dense layer of current-based LIF neurons with hard reset.
 
     Dynamics (DESIGN.md section 1), per output neuron ``i``::
@@ -47,6 +48,10 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             spike's time, its input current ``I`` there and the limit: a current far above threshold fires about
             once per ``tau_mem * threshold / I``, so a weight of ``1e15`` would otherwise mean ``~1e15`` exact
             spikes and hours of work. Raise it for long inputs that legitimately fire more.
+        engine: how NumPy inputs are computed: ``"numba"`` (compiled CPU kernels, parallel over neurons; needs
+            ``pip install spikescan[cpu]``), ``"numpy"`` (the pure NumPy implementation, the reference) or
+            ``"auto"`` (Numba when installed). Both run the same algorithms with the same results (identical
+            counts, times to rounding). CuPy inputs always run the CUDA kernels (``"auto"`` only).
 
     Returns:
         ``LIFResult(times [batch, n_out, max_spikes], counts [batch, n_out], residuals)``. Arrays are NumPy for
@@ -69,6 +74,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
     max_total_spikes = min(v.positive_int("max_total_spikes", max_total_spikes), np.iinfo(np.int64).max)
     v.choice("method", method, METHODS)
     v.choice("solver", solver, SOLVERS)
+    engine = _engine(engine, xp)
     if solver == "analytic" and not bool(xp.all(xp.abs(tau_mem - 2.0 * tau_syn) <= 1e-12 * tau_mem)):
         bad = int(xp.argmax(xp.abs(tau_mem - 2.0 * tau_syn)))
         raise ValueError(
@@ -78,14 +84,26 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         from . import _lif_numpy as impl
 
         return impl.lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                                chunk_size, solver, max_total_spikes)
+                                chunk_size, solver, max_total_spikes, engine)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
                                       chunk_size, solver, max_total_spikes)
 
 
-def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
+def _engine(engine, xp):
+    v.choice("engine", engine, ENGINES)
+    if xp is not np:
+        if engine != "auto":
+            raise ValueError(f"engine={engine!r} applies to NumPy inputs; CuPy inputs run the CUDA kernels, pass "
+                             "engine='auto'")
+        return "cuda"
+    from ._lif_numpy import resolve_engine
+
+    return resolve_engine(engine)
+
+
+def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, engine="auto"):
     """Exact reverse-mode gradients of ``lif_forward`` (DESIGN.md section 6, no surrogates).
 
     Spike times are differentiated by the implicit function theorem, the closed forms by an adjoint recurrence run
@@ -105,6 +123,10 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
             ``"auto"`` (NumPy: by the number of neurons; CuPy: the thread-per-neuron kernel).
+        engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine has one backward,
+            the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
+            latency on a GPU warp and nothing on a CPU core); its sums have a fixed order, so its gradients are
+            bit-identical for any number of threads.
         input_times_grad: compute ``grad_input_times``. ``False`` skips its work (a scatter-add over every queue
             entry) and returns ``None`` for it: for a first layer, whose input spikes are data.
 
@@ -129,10 +151,11 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True):
     v.choice("method", method, METHODS)
     if not isinstance(input_times_grad, (bool, np.bool_)):
         raise TypeError(f"input_times_grad must be True or False, got {input_times_grad!r}")
+    engine = _engine(engine, xp)
     if xp is np:
         from . import _lif_numpy as impl
 
-        return impl.lif_backward(result, grad_times, method, bool(input_times_grad))
+        return impl.lif_backward(result, grad_times, method, bool(input_times_grad), engine)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad))

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import spikescan as ss
-from spikescan import _validate
+from spikescan import _lif_numpy, _validate
 from spikescan.cuda import _hostemu, _lif, _readout
 
 from tolerances import TOL
@@ -207,11 +207,11 @@ def assert_same_grads(ref, out, dtype, label, cond=1.0):
 
 def _reference(case):
     kw, chunk_size, dtype = _split(case)
-    ref = ss.lif_forward(method="sequential", **kw)
+    ref = ss.lif_forward(method="sequential", engine="numpy", **kw)
     G = np.random.default_rng(case["seed"] ^ 0x5EED).normal(size=ref.times.shape).astype(ref.times.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
-        ref_g = ss.lif_backward(ref, G, method="sequential")
+        ref_g = ss.lif_backward(ref, G, method="sequential", engine="numpy")
     return ref, G, ref_g
 
 
@@ -220,7 +220,7 @@ def check_numpy(case):
     kw, chunk_size, dtype = _split(case)
     ref, G, ref_g = _reference(case)
     cond = conditioning(case, ref)
-    out = ss.lif_forward(method="scan", chunk_size=chunk_size, **kw)
+    out = ss.lif_forward(method="scan", chunk_size=chunk_size, engine="numpy", **kw)
     assert_same_spikes(ref, out, dtype, f"(numpy scan, chunk {chunk_size})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
@@ -228,8 +228,23 @@ def check_numpy(case):
             for bwd in ("sequential", "scan"):
                 if fwd_name == "sequential" and bwd == "sequential":
                     continue
-                assert_same_grads(ref_g, ss.lif_backward(fwd, G, method=bwd), dtype,
+                assert_same_grads(ref_g, ss.lif_backward(fwd, G, method=bwd, engine="numpy"), dtype,
                                   f"(numpy forward {fwd_name}, backward {bwd})", cond)
+    return ref
+
+
+def check_compiled(case):
+    """The Numba engine (both forward methods, its backward) against the NumPy reference."""
+    kw, chunk_size, dtype = _split(case)
+    ref, G, ref_g = _reference(case)
+    cond = conditioning(case, ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
+        for method in ("sequential", "scan"):
+            out = ss.lif_forward(method=method, chunk_size=chunk_size, engine="numba", **kw)
+            assert_same_spikes(ref, out, dtype, f"(numba {method}, chunk {chunk_size})")
+            assert_same_grads(ref_g, ss.lif_backward(out, G, engine="numba"), dtype,
+                              f"(numba forward {method}, numba backward)", cond)
     return ref
 
 
@@ -258,7 +273,7 @@ def check_emulated(case):
 # LIF properties
 # ---------------------------------------------------------------------------------------------------------------
 
-_STATS = {"numpy": [0, 0], "grazing": [0, 0], "emulated": [0, 0]}  # [examples, examples with a spike]
+_STATS = {"numpy": [0, 0], "grazing": [0, 0], "emulated": [0, 0], "compiled": [0, 0]}  # [examples, examples with a spike]
 
 
 @fast(800)
@@ -287,6 +302,17 @@ def test_cuda_emulation_equals_reference_on_random_layers(case, grazing_case, wh
     ref = check_emulated(case)
     _STATS["emulated"][0] += 1
     _STATS["emulated"][1] += int(ref.counts.sum() > 0)
+
+
+@fast(300)
+@given(case=layers(), grazing_case=layers(grazing=GRAZING_EPS), which=st.booleans())
+def test_compiled_engine_equals_reference_on_random_layers(case, grazing_case, which):
+    pytest.importorskip("numba")
+    case = grazing_case if which else case
+    _note_case(case)
+    ref = check_compiled(case)
+    _STATS["compiled"][0] += 1
+    _STATS["compiled"][1] += int(ref.counts.sum() > 0)
 
 
 def test_random_layers_exercise_spikes():
@@ -408,6 +434,9 @@ def test_readout_cases_exercise_ties():
 def test_scan_equals_sequential_many_layers_slow(case, grazing_case):
     check_numpy(case)
     check_numpy(grazing_case)
+    if _lif_numpy.numba_available():
+        check_compiled(case)
+        check_compiled(grazing_case)
 
 
 @pytest.mark.xfail(strict=True, reason="near-grazing conditioning of the spike times: see the docstring")

@@ -13,6 +13,9 @@ from spikescan._scan import recurrence_loop, recurrence_scan
 from _cases import queue_of_length, random_spikes, weights
 from tolerances import TOL
 
+# Every test runs on both CPU engines (tests/conftest.py): the pure NumPy reference and the compiled kernels.
+pytestmark = pytest.mark.usefixtures("cpu_engine")
+
 
 def assert_same_spikes(ref, out, dtype="float64"):
     np.testing.assert_array_equal(out.counts, ref.counts)

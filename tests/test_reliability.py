@@ -65,6 +65,7 @@ def assert_runaway(err, sample, neuron, limit, t_min, threshold=1.0):
 # Runaway firing, NumPy
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("cpu_engine")
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 @pytest.mark.parametrize("case", list(RUNAWAY_CASES))
 def test_runaway_firing_raises_quickly(case, method):
@@ -77,6 +78,7 @@ def test_runaway_firing_raises_quickly(case, method):
     assert elapsed < 30.0, f"{elapsed:.1f} s for 1000 spikes"
 
 
+@pytest.mark.usefixtures("cpu_engine")
 def test_runaway_fields_agree_between_methods():
     for case in RUNAWAY_CASES:
         t, W, taus = layer_case(case)
@@ -90,6 +92,7 @@ def test_runaway_fields_agree_between_methods():
         np.testing.assert_allclose([b.time, b.current], [a.time, a.current], rtol=1e-12, err_msg=case)
 
 
+@pytest.mark.usefixtures("cpu_engine")
 def test_runaway_firing_default_limit_finishes_in_seconds():
     # The ~135k-spike neuron alone, with the default limit (10,000 spikes), on the method "auto" picks.
     t, W, taus = np.array([[[1.0]]]), np.array([[3.0]]), RUNAWAY_CASES["weight_3_fast_membrane"][2]
@@ -102,6 +105,7 @@ def test_runaway_firing_default_limit_finishes_in_seconds():
     assert elapsed < 60.0, f"{elapsed:.1f} s for the default limit"
 
 
+@pytest.mark.usefixtures("cpu_engine")
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 def test_limit_counts_every_spike_recorded_or_not(method):
     # A neuron that fires exactly n spikes (most of them unrecorded) passes with max_total_spikes=n; with n - 1 the
@@ -123,6 +127,7 @@ def test_limit_counts_every_spike_recorded_or_not(method):
     assert err.current == pytest.approx(3.0 * np.exp(-(t_n - 1.0) / 0.03), rel=1e-12)
 
 
+@pytest.mark.usefixtures("cpu_engine")
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 @pytest.mark.parametrize("with_delays", [False, True])
 def test_normal_layers_are_unaffected_by_the_limit(method, with_delays):
@@ -161,6 +166,7 @@ def test_runaway_error_is_exported_and_pickles():
     assert (back.sample, back.neuron, back.time, back.current, back.limit) == (2, 1, 1.5, 2.5e3, 100)
 
 
+@pytest.mark.usefixtures("cpu_engine")
 def test_unresolvable_spike_is_still_reported_as_such():
     # Spikes 1e-14 apart at t = 1e6 round to the same time at the second spike, long before any limit.
     with pytest.raises(FloatingPointError, match=r"fires twice at t=1000000") as info:
@@ -200,6 +206,7 @@ def backward_recording(result, G, method, backward=None):
     return g, [w.message for w in rec]
 
 
+@pytest.mark.usefixtures("cpu_engine")
 def test_exact_grazing_case_is_exact():
     # The construction the tests rely on: the peak voltage and the current there are one product, exactly 1.
     assert np.exp(-1.0) * np.e == 1.0
@@ -211,6 +218,7 @@ def test_exact_grazing_case_is_exact():
         assert int(r.counts[0, 0]) == 0
 
 
+@pytest.mark.usefixtures("cpu_engine")
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 def test_grazing_spike_warns_and_drops_its_ift_term(method):
     r = ss.lif_forward(*grazing_single(np.e), max_spikes=2, method="sequential", **GRAZE)
@@ -226,6 +234,7 @@ def test_grazing_spike_warns_and_drops_its_ift_term(method):
     assert g.input_times[0, 0, 0] == 0.7
 
 
+@pytest.mark.usefixtures("cpu_engine")
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 def test_one_ulp_from_grazing_is_differentiated_as_usual(method):
     w = np.nextafter(np.e, np.inf)
@@ -244,6 +253,7 @@ def test_one_ulp_from_grazing_is_differentiated_as_usual(method):
     np.testing.assert_allclose(g.input_times[0, 0, 0], 1.0, rtol=1e-12)
 
 
+@pytest.mark.usefixtures("cpu_engine")
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 def test_grazing_spike_in_a_layer_leaves_the_other_neurons_alone(method):
     t, W = grazing_layer()

@@ -1,0 +1,350 @@
+"""Compiled CPU kernels of the LIF layer (Numba, ``pip install spikescan[cpu]``): the CUDA kernels' algorithms as
+parallel loops over neurons, with the closed forms, gap test and solvers of ``_neuron``.
+
+Imported only when a NumPy call uses ``engine="numba"`` (or ``"auto"`` with Numba installed); compilation happens
+at the first call and is cached on disk (``cache=True``), so later processes load it.
+
+- ``forward_sequential``: one loop iteration per (sample, neuron), walking its queue event by event (the CUDA
+  ``spikescan_lif_forward_sequential``), ``prange`` over the flat neuron index.
+- ``forward_scan``: the chunked speculative scan of DESIGN.md section 4 per neuron: the states after the next
+  ``chunk_size`` events assuming no spike, then every gap of the chunk tested (independent tests, which the CPU
+  overlaps), commit up to the first firing gap, solve and reset there. The chunk's states come from the same
+  recurrence as the sequential walk, so both give bit-identical results; the scan saves nothing on most CPUs
+  (``method="auto"`` takes the sequential walk) and exists so that its chunk boundaries are tested like the GPU's.
+- ``backward``: the adjoint of the CUDA ``spikescan_lif_backward`` (a forward walk storing the state before every
+  point, then the reverse walk), ``prange`` over output neurons ``i``, samples in order inside, so that the
+  reductions into ``grad_weights[:, i]``, ``grad_delays[:, i]`` and the threshold need no atomics and the sums
+  have a fixed order: results are bit-identical run to run and for any number of threads. Input-time gradients are
+  written per (sample, neuron, queue entry) for a block of samples and summed in a second parallel pass over
+  samples, neurons in order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _neuron as nm
+
+_jit = njit(cache=True, nogil=True)
+
+# Below this much work (events times neurons) a kernel runs on the calling thread: waking a thread team costs more
+# than it saves, and far more when the machine is oversubscribed (an OpenMP barrier waits for a descheduled thread).
+SERIAL_WORK = 1 << 16
+
+
+class _Parallel:
+    """A kernel compiled twice from one Python function: ``prange`` as parallel loops, and as plain loops for small
+    work (``kernel(work, *args)``). Each is compiled on first use and cached on disk."""
+
+    def __init__(self, fn):
+        self.parallel = njit(cache=True, nogil=True, parallel=True)(fn)
+        self.serial = njit(cache=True, nogil=True)(fn)
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, work, *args):
+        return (self.serial if work < SERIAL_WORK else self.parallel)(*args)
+
+
+_pjit = _Parallel
+
+# Status codes of the per-neuron walks.
+_OK, _STUCK, _RUNAWAY = 0, 1, 2
+
+
+@_jit
+def _fire_in_gap(V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                 spike_times, spike_event, tid):
+    """Every spike inside the gap ``(t_prev, t_k]``: gap test, solve, reset (``I`` kept), test again.
+
+    Returns ``(status, V, I, t_prev, t_last, count, t_stop, I_stop)``."""
+    gap = t_k - t_prev
+    while True:
+        fires, s_hi = nm.fires_in_gap(V, I, gap, tau_mem, tau_syn, threshold)
+        if not fires:
+            break
+        s = nm.solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold, solver)
+        t_spike = min(t_prev + s, t_k)
+        if t_spike <= t_last:
+            return _STUCK, V, I, t_prev, t_last, count, t_spike, np.nan
+        _, b, _ = nm.decay(s, tau_mem, tau_syn)
+        if count >= limit:
+            return _RUNAWAY, V, I, t_prev, t_last, count + 1, t_spike, I * b
+        V = 0.0
+        I = I * b
+        t_prev = t_spike
+        t_last = t_spike
+        gap = t_k - t_spike
+        if count < max_spikes:
+            spike_times[tid, count] = t_spike
+            spike_event[tid, count] = k
+        count += 1
+    return _OK, V, I, t_prev, t_last, count, np.inf, np.nan
+
+
+@_pjit
+def decay_table(qt, qe, tau_mem, tau_syn):
+    """``(a, b, c)`` of the gap from entry ``k - 1`` (time 0 for ``k = 0``) to entry ``k`` of every queue row:
+    ``[rows, L1, 3]``. Shared by all neurons of a row when they share their time constants (no delays), it replaces
+    the two exponentials per neuron and event of every gap that holds no output spike by a load."""
+    rows, L1 = qt.shape
+    out = np.zeros((rows, L1, 3))
+    for r_ in prange(rows):
+        r = np.int64(r_)
+        prev = 0.0
+        for k in range(qe[r]):
+            a, b, c = nm.decay(qt[r, k] - prev, tau_mem, tau_syn)
+            out[r, k, 0] = a
+            out[r, k, 1] = b
+            out[r, k, 2] = c
+            prev = qt[r, k]
+    return out
+
+
+@_jit
+def _gap_decay(table, use_table, row, k, t_k, t_prev, fresh, tau_mem, tau_syn):
+    """``decay(t_k - t_prev)``: from the table when ``t_prev`` is the time of entry ``k - 1`` (``fresh``)."""
+    if use_table and fresh:
+        return table[row, k, 0], table[row, k, 1], table[row, k, 2]
+    return nm.decay(t_k - t_prev, tau_mem, tau_syn)
+
+
+@_pjit
+def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in, max_spikes, limit,
+                       table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
+    """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``; ``qe``: ``[batch * Q]``;
+    ``table``: ``decay_table`` when ``use_table``; outputs ``[batch * n_out, max_spikes]`` pre-filled (``inf`` /
+    ``-1``) and ``[batch * n_out]``."""
+    N = counts.shape[0]
+    Q = qt.shape[0] // max(N // n_out, 1) if N else 1
+    for t_ in prange(N):
+        tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
+        b = tid // n_out
+        i = tid - b * n_out
+        row = b * Q + (i if Q > 1 else 0)
+        tau_mem, tau_syn = tm_arr[i], ts_arr[i]
+        end = qe[row]
+        V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
+        count = 0
+        for k in range(end + 1):
+            t_k = qt[row, k]  # +inf at k == end: the open gap after the last input
+            a, bb, c = _gap_decay(table, use_table, row, k, t_k, t_prev, True, tau_mem, tau_syn)
+            if not nm.quiet_gap(V, I, a, bb, c, threshold):
+                before = count
+                status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
+                    V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                    spike_times, spike_event, tid)
+                if status != _OK:
+                    stuck_times[tid] = t_stop
+                    stuck_current[tid] = I_stop
+                    break
+                if count != before:  # the rest of the gap starts at the last spike
+                    a, bb, c = nm.decay(t_k - t_prev, tau_mem, tau_syn)
+            if k == end:
+                break
+            flat = qi[row, k]
+            w = W[flat // max_in, i] if flat >= 0 else 0.0
+            V_new = a * V + c * I
+            I = bb * I + w
+            V = V_new
+            t_prev = t_k
+        counts[tid] = count
+
+
+@_pjit
+def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in, max_spikes, limit, table,
+                 use_table, width, spike_times, spike_event, counts, stuck_times, stuck_current):
+    """Chunked speculative scan per (sample, neuron), chunks of ``width`` events; arguments as
+    ``forward_sequential``."""
+    N = counts.shape[0]
+    Q = qt.shape[0] // max(N // n_out, 1) if N else 1
+    for t_ in prange(N):
+        tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
+        b = tid // n_out
+        i = tid - b * n_out
+        row = b * Q + (i if Q > 1 else 0)
+        tau_mem, tau_syn = tm_arr[i], ts_arr[i]
+        end = qe[row]
+        V0 = np.empty(width)  # state before each lane's gap
+        I0 = np.empty(width)
+        T0 = np.empty(width)
+        DA = np.empty(width)  # decay over each lane's gap
+        DB = np.empty(width)
+        DC = np.empty(width)
+        V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
+        count = 0
+        pos = 0
+        status = _OK
+        while pos <= end and status == _OK:
+            n = min(width, end + 1 - pos)
+            # Speculation: states before every gap of the chunk, assuming no spike in it.
+            # Every chunk starts right after a queue entry (or at t = 0), so all its gaps come from the table.
+            v, cur, tp = V, I, t_prev
+            for l in range(n):
+                k = pos + l
+                V0[l], I0[l], T0[l] = v, cur, tp
+                t_k = qt[row, k]
+                a, bb, c = _gap_decay(table, use_table, row, k, t_k, tp, True, tau_mem, tau_syn)
+                DA[l], DB[l], DC[l] = a, bb, c
+                if k < end:
+                    flat = qi[row, k]
+                    w = W[flat // max_in, i] if flat >= 0 else 0.0
+                    v_new = a * v + c * cur
+                    cur = bb * cur + w
+                    v = v_new
+                    tp = t_k
+            # Gap tests of every lane (independent of each other), then the first firing one.
+            first = n
+            for l in range(n):
+                if nm.quiet_gap(V0[l], I0[l], DA[l], DB[l], DC[l], threshold):
+                    continue
+                fires, _ = nm.fires_in_gap(V0[l], I0[l], qt[row, pos + l] - T0[l], tau_mem, tau_syn, threshold)
+                if fires:
+                    first = l
+                    break
+            if first == n:  # a quiet chunk commits whole
+                V, I, t_prev = v, cur, tp
+                pos += n
+                continue
+            k = pos + first
+            V, I, t_prev = V0[first], I0[first], T0[first]
+            t_k = qt[row, k]
+            status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
+                V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                spike_times, spike_event, tid)
+            if status != _OK:
+                stuck_times[tid] = t_stop
+                stuck_current[tid] = I_stop
+                break
+            if k == end:
+                break
+            # Entry k itself (after the spike: its own gap), then the next chunk starts after it.
+            a, bb, c = nm.decay(t_k - t_prev, tau_mem, tau_syn)
+            flat = qi[row, k]
+            w = W[flat // max_in, i] if flat >= 0 else 0.0
+            V_new = a * V + c * I
+            I = bb * I + w
+            V = V_new
+            t_prev = t_k
+            pos = k + 1
+        counts[tid] = count
+
+
+@_pjit
+def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_times, spike_event, counts, grad_times,
+             table, use_table, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
+             g_threshold, grazing):
+    """Adjoint of samples ``[sample_start, sample_stop)``; ``prange`` over output neurons ``i``.
+
+    Accumulates into ``grad_w``, ``grad_d`` (``[n_in, n_out]``, columns owned by ``i``), ``g_threshold[i]`` and
+    ``grazing[tid] = (count, earliest time)``; writes ``g_arrival[b - sample_start, i, k]``, the gradient of the
+    arrival time of queue entry ``k`` of neuron ``(b, i)`` (zeroed by the caller), when ``has_input_grad``."""
+    max_spikes = spike_times.shape[1]
+    n_batch = (counts.shape[0] // n_out) if n_out else 0
+    Q = qt.shape[0] // max(n_batch, 1)
+    L1 = qt.shape[1]
+    P_max = L1 + max_spikes
+    for i_ in prange(n_out):
+        i = np.int64(i_)
+        prev_V = np.empty(P_max)
+        prev_I = np.empty(P_max)
+        code = np.empty(P_max, np.int64)  # >= 0: input k; < 0: spike -(m + 1)
+        dec = np.empty((P_max, 3))  # decay over the gap before each point, kept for the reverse walk
+        tau_mem, tau_syn = tm_arr[i], ts_arr[i]
+        for b in range(sample_start, sample_stop):
+            tid = b * n_out + i
+            row = b * Q + (i if Q > 1 else 0)
+            n_rec = min(counts[tid], max_spikes)
+            if n_rec == 0:
+                continue  # no recorded spike: no gradient flows through this neuron
+            n_points = spike_event[tid, n_rec - 1] + n_rec
+            # Forward over the points: the state before each.
+            V, I, tau = 0.0, 0.0, 0.0
+            m = 0
+            fresh = True  # the previous point is queue entry k - 1 (or t = 0): its gap is in the table
+            for p in range(n_points):
+                prev_V[p], prev_I[p] = V, I
+                k = p - m
+                if m < n_rec and spike_event[tid, m] == k:
+                    code[p] = -(m + 1)
+                    t = spike_times[tid, m]
+                    a, bb, c = nm.decay(t - tau, tau_mem, tau_syn)
+                    dec[p, 0], dec[p, 1], dec[p, 2] = a, bb, c
+                    V = 0.0
+                    I = bb * I
+                    tau = t
+                    m += 1
+                    fresh = False
+                else:
+                    code[p] = k
+                    t = qt[row, k]
+                    a, bb, c = _gap_decay(table, use_table, row, k, t, tau, fresh, tau_mem, tau_syn)
+                    dec[p, 0], dec[p, 1], dec[p, 2] = a, bb, c
+                    fresh = True
+                    flat = qi[row, k]
+                    w = W[flat // max_in, i] if flat >= 0 else 0.0
+                    V_new = a * V + c * I
+                    I = bb * I + w
+                    V = V_new
+                    tau = t
+            # Reverse walk of the adjoint (lV, lI, lT).
+            lV, lI, lT = 0.0, 0.0, 0.0
+            n_graze, t_graze = 0.0, 0.0
+            for p in range(n_points - 1, -1, -1):
+                Ip = prev_I[p]
+                if code[p] >= 0:
+                    kq = code[p]
+                    a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
+                    I_pre = bb * Ip
+                    V_post = a * prev_V[p] + c * Ip
+                    u = (I_pre - V_post) / tau_mem
+                    v = -I_pre / tau_syn
+                    gs = u * lV + v * lI
+                    j = qi[row, kq] // max_in
+                    grad_w[j, i] += lI
+                    g_arr = gs + lT
+                    if has_input_grad:
+                        g_arrival[b - sample_start, i, kq] = g_arr
+                    if has_delays:
+                        grad_d[j, i] += g_arr
+                    lV_old = lV
+                    lV = a * lV_old
+                    lI = c * lV_old + bb * lI
+                    lT = -gs
+                else:
+                    ms = -code[p] - 1
+                    t_s = spike_times[tid, ms]
+                    a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
+                    I_pre = bb * Ip
+                    D = (I_pre - threshold) / tau_mem
+                    v = -I_pre / tau_syn
+                    lTt = lT + grad_times[tid, ms]
+                    if D <= 0.0:  # grazing spike: its IFT term (every 1/D factor) is dropped
+                        lV = 0.0
+                        lI = bb * lI
+                        n_graze += 1.0
+                        t_graze = t_s
+                    else:
+                        gs = lTt + v * lI
+                        g_threshold[i] += gs / D  # in place: the same order whatever the sample blocks
+                        lV = (-a / D) * gs
+                        lI = bb * lI + (-c / D) * gs
+                    lT = lTt
+            if n_graze > 0.0:
+                grazing[tid, 0] = n_graze
+                grazing[tid, 1] = t_graze
+
+
+@_pjit
+def scatter_input_grads(qi, qe, g_arrival, sample_start, grad_in, n_out):
+    """``grad_in[b, flat] += g_arrival[b - sample_start, i, k]`` over neurons ``i`` (in order) and queue entries
+    ``k`` of samples ``b`` of the block; ``prange`` over samples."""
+    n_block = g_arrival.shape[0]
+    Q = qi.shape[0] // grad_in.shape[0]
+    for bl_ in prange(n_block):
+        bl = np.int64(bl_)
+        b = sample_start + bl
+        for i in range(n_out):
+            row = b * Q + (i if Q > 1 else 0)
+            for k in range(qe[row]):
+                grad_in[b, qi[row, k]] += g_arrival[bl, i, k]

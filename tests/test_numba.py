@@ -1,0 +1,207 @@
+"""The compiled CPU engine (``engine="numba"``): same results as the NumPy reference, deterministic for any number
+of threads, its shortcuts exact, and a clear choice of engine. Equality on random layers is in test_fuzz.py and
+every test of test_lif.py and test_reliability.py runs on both engines (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan import _dynamics, _lif_numpy, _neuron
+
+from tolerances import TOL
+
+numba = pytest.importorskip("numba")
+from spikescan import _lif_numba  # noqa: E402  (needs numba)
+
+
+def _layer(seed, batch=6, n_in=40, max_in=3, n_out=24, delays=False, mean=0.2):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, 40, (batch, n_in, max_in))
+    t[rng.random(t.shape) < 0.25] = np.inf
+    t = np.sort(t, axis=-1)
+    W = rng.normal(mean, 0.4, (n_in, n_out))
+    D = rng.uniform(0, 4, (n_in, n_out)) if delays else None
+    return t, W, D
+
+
+def _digest(out, grads):
+    return [np.asarray(x).tobytes() for x in (out.times, out.counts, out.residuals.spike_event, grads.weights,
+                                               grads.input_times, grads.threshold)
+            ] + ([grads.delays.tobytes()] if grads.delays is not None else [])
+
+
+def _run(t, W, D, tau_mem=10.0, method="sequential"):
+    out = ss.lif_forward(t, W, delays=D, tau_mem=tau_mem, tau_syn=5.0, max_spikes=6, method=method, chunk_size=4,
+                         engine="numba")
+    G = np.random.default_rng(3).normal(size=out.times.shape)
+    return out, ss.lif_backward(out, G, engine="numba")
+
+
+@pytest.mark.parametrize("delays", [False, True])
+def test_bitwise_identical_for_any_thread_count_and_dispatch(delays, monkeypatch):
+    t, W, D = _layer(0, batch=8, n_out=40, delays=delays)
+    monkeypatch.setattr(_lif_numba, "SERIAL_WORK", 0)  # parallel kernels even for this small layer
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _digest(*_run(t, W, D))
+        numba.set_num_threads(before)
+        many = _digest(*_run(t, W, D))
+    finally:
+        numba.set_num_threads(before)
+    monkeypatch.setattr(_lif_numba, "SERIAL_WORK", 1 << 62)  # the serial compilation
+    serial = _digest(*_run(t, W, D))
+    assert one == many == serial
+    assert _digest(*_run(t, W, D)) == many  # run to run
+
+
+def test_decay_table_changes_nothing():
+    """The shared decay table (one pair of time constants, no delays) against per-neuron decays (the same time
+    constants given per neuron but not all equal, so the table is off): identical bits for the equal neurons."""
+    t, W, _ = _layer(1, n_out=10)
+    shared = _run(t, W, None, tau_mem=10.0)
+    tm = np.full(10, 10.0)
+    tm[-1] = 11.0  # one different neuron switches the table off
+    per = _run(t, W, None, tau_mem=tm)
+    np.testing.assert_array_equal(shared[0].times[:, :-1], per[0].times[:, :-1])
+    np.testing.assert_array_equal(shared[0].counts[:, :-1], per[0].counts[:, :-1])
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_compiled_equals_reference_with_per_neuron_constants_and_delays(method):
+    rng = np.random.default_rng(2)
+    t, W, D = _layer(2, n_out=16, delays=True, mean=0.3)
+    tm, ts = rng.uniform(4, 20, 16), rng.uniform(2, 10, 16)
+    kw = dict(delays=D, tau_mem=tm, tau_syn=ts, max_spikes=5, method=method, chunk_size=3)
+    ref = ss.lif_forward(t, W, engine="numpy", **{**kw, "method": "sequential"})
+    out = ss.lif_forward(t, W, engine="numba", **kw)
+    assert ref.counts.sum() > 20
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_array_equal(out.residuals.spike_event, ref.residuals.spike_event)
+    np.testing.assert_allclose(out.times, ref.times, **TOL["float64"]["times"])
+    G = rng.normal(size=ref.times.shape)
+    a, b = ss.lif_backward(ref, G, engine="numpy"), ss.lif_backward(out, G, engine="numba")
+    for name in ("weights", "input_times", "delays", "threshold"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), **TOL["float64"]["grads"], err_msg=name)
+    # input_times_grad=False: the same other gradients, no input-time gradient.
+    c = ss.lif_backward(out, G, engine="numba", input_times_grad=False)
+    assert c.input_times is None
+    np.testing.assert_array_equal(c.weights, b.weights)
+
+
+def test_backward_blocks_of_samples_give_the_same_gradients(monkeypatch):
+    """Input-time gradients are gathered per block of samples: tiny blocks change no bit (fixed sum order)."""
+    t, W, D = _layer(4, batch=5, delays=True, mean=0.3)
+    out = ss.lif_forward(t, W, delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=6, engine="numba")
+    G = np.random.default_rng(0).normal(size=out.times.shape)
+    whole = ss.lif_backward(out, G, engine="numba")
+    monkeypatch.setattr(_lif_numpy, "_COMPILED_ARRIVAL_BYTES", 1)  # one sample per block
+    blocks = ss.lif_backward(out, G, engine="numba")
+    for name in ("weights", "input_times", "delays", "threshold"):
+        np.testing.assert_array_equal(getattr(blocks, name), getattr(whole, name), err_msg=name)
+
+
+def test_float32_and_cap_and_errors_match_reference():
+    t, W, _ = _layer(5, mean=0.5)
+    t32, W32 = t.astype(np.float32), W.astype(np.float32)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    ref = ss.lif_forward(t32, W32, engine="numpy", **kw)
+    out = ss.lif_forward(t32, W32, engine="numba", **kw)
+    assert out.times.dtype == np.float32 and ref.capped_spikes > 0 and out.capped_spikes == ref.capped_spikes
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_allclose(out.times, ref.times, **TOL["float32"]["times"])
+    G = np.ones_like(out.times)
+    g_ref, g_out = ss.lif_backward(ref, G, engine="numpy"), ss.lif_backward(out, G, engine="numba")
+    assert g_out.weights.dtype == np.float32 and g_out.input_times.dtype == np.float32
+    np.testing.assert_allclose(g_out.weights, g_ref.weights, **TOL["float32"]["grads"])
+    # Runaway firing: the same error fields as the reference.
+    big = np.array([[[0.0]]]), np.array([[1e15]])
+    errs = []
+    for engine in ("numpy", "numba"):
+        with pytest.raises(ss.RunawayFiringError) as info:
+            ss.lif_forward(*big, tau_mem=10.0, tau_syn=5.0, max_spikes=2, max_total_spikes=100, engine=engine)
+        errs.append((info.value.sample, info.value.neuron, info.value.limit, info.value.time))
+    assert errs[0][:3] == errs[1][:3] and errs[0][3] == pytest.approx(errs[1][3], rel=1e-12)
+
+
+def test_grazing_warning_from_the_compiled_backward():
+    t, W = np.array([[[2.0]]]), np.array([[np.e]])
+    r = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=10.0, max_spikes=2, engine="numba")
+    assert r.counts[0, 0] == 1
+    with pytest.warns(ss.GrazingSpikeWarning, match="neuron 0 of sample 0"):
+        g = ss.lif_backward(r, np.ones_like(r.times), engine="numba")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
+        ref = ss.lif_backward(r, np.ones_like(r.times), engine="numpy")
+    assert np.isfinite(g.weights).all()
+    np.testing.assert_allclose(g.weights, ref.weights, rtol=1e-12)
+
+
+def test_engine_argument():
+    t, W, _ = _layer(6)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=3)
+    with pytest.raises(ValueError, match="engine must be one of .*'fortran'"):
+        ss.lif_forward(t, W, engine="fortran", **kw)
+    r = ss.lif_forward(t, W, **kw)
+    with pytest.raises(ValueError, match="engine"):
+        ss.lif_backward(r, np.ones_like(r.times), engine="gpu")
+    assert _lif_numpy.resolve_engine("auto") == "numba"
+
+
+def test_without_numba_auto_falls_back_and_numba_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(_lif_numpy, "numba_available", lambda: False)
+    t, W, _ = _layer(7)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=3)
+    assert _lif_numpy.resolve_engine("auto") == "numpy"
+    ss.lif_forward(t, W, **kw)
+    with pytest.raises(ImportError, match=r"spikescan\[cpu\]"):
+        ss.lif_forward(t, W, engine="numba", **kw)
+
+
+def test_scalar_closed_forms_match_the_vectorised_reference():
+    rng = np.random.default_rng(8)
+    for _ in range(300):
+        tm, ts = rng.uniform(0.5, 20), rng.choice([rng.uniform(0.5, 20), None])
+        ts = tm * (1 + rng.choice([0.0, 1e-9, 1e-3])) if ts is None else ts
+        s, v0, i0 = rng.exponential(5), rng.uniform(-1, 1), rng.uniform(-1, 4)
+        np.testing.assert_allclose(_neuron.decay(s, tm, ts), [x.item() for x in _dynamics.decay(s, tm, ts)],
+                                   rtol=1e-14, atol=1e-300)
+        p, q = _neuron.peak_time(v0, i0, tm, ts), _dynamics.peak_time(v0, i0, tm, ts).item()
+        assert (p == q == math.inf) or p == pytest.approx(q, rel=1e-13)
+        if v0 < 1.0:
+            f, hi = _neuron.fires_in_gap(v0, i0, s, tm, ts, 1.0)
+            f_ref, hi_ref = _dynamics.fires_in_gap(v0, i0, s, tm, ts, 1.0)
+            assert f == bool(f_ref)
+            if f:
+                for solver, code in _neuron.SOLVER_CODES.items():
+                    if solver == "analytic":
+                        continue
+                    a = _neuron.solve_spike_time(v0, i0, hi, tm, ts, 1.0, code)
+                    b = _dynamics.solve_spike_time(v0, i0, hi_ref, tm, ts, 1.0, solver).item()
+                    assert a == pytest.approx(b, rel=1e-13, abs=1e-13)
+
+
+def test_quiet_gap_shortcut_never_hides_a_spike():
+    """``quiet_gap`` only says "no spike" where the full gap test says so too, including states a few ulps from
+    the threshold; and it does fire the shortcut on most quiet gaps (else it would save nothing)."""
+    rng = np.random.default_rng(9)
+    quiet = shortcut = 0
+    for n in range(20000):
+        tm, ts = rng.uniform(1, 20), rng.uniform(1, 20)
+        s = rng.exponential(3)
+        v0 = rng.uniform(-0.5, 1.0) if n % 3 else 1.0 - rng.integers(1, 50) * 2.2e-16
+        i0 = rng.uniform(-1, 3) if n % 5 else 1.0 + rng.integers(-50, 50) * 2.2e-16
+        a, b, c = _neuron.decay(s, tm, ts)
+        fires, _ = _neuron.fires_in_gap(v0, i0, s, tm, ts, 1.0)
+        fires_ref = bool(_dynamics.fires_in_gap(v0, i0, s, tm, ts, 1.0)[0])
+        assert fires == fires_ref
+        if _neuron.quiet_gap(v0, i0, a, b, c, 1.0):
+            assert not fires_ref, (v0, i0, s, tm, ts)
+            shortcut += 1
+        quiet += not fires_ref
+    assert shortcut > 0.5 * quiet
