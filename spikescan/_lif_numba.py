@@ -21,8 +21,17 @@ at the first call and is cached on disk (``cache=True``), so later processes loa
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import os
+
+# Numba's OpenMP runtime is loaded at its first parallel launch. By default its idle workers spin for a while after
+# every parallel region, which on a small machine takes the cores that the rest of a training step (torch's or
+# jax's own threads) needs between two kernels: measured on 2 cores, a Yin-Yang epoch took 2-3x longer. Unless the
+# user chose otherwise, idle workers sleep instead (GNU and Intel OpenMP); runtimes loaded earlier are unaffected.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("KMP_BLOCKTIME", "0")
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 from . import _neuron as nm
 

@@ -6,6 +6,7 @@ queue row ``b * Q + (i if Q > 1 else 0)`` (see ``_queue.build_queues``).
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -216,8 +217,17 @@ def numba_available():
 
 
 def resolve_engine(engine):
-    """``"numba"`` or ``"numpy"`` for an ``engine`` argument of ``"auto"``, ``"numba"`` or ``"numpy"``."""
+    """``"numba"`` or ``"numpy"`` for an ``engine`` argument of ``"auto"``, ``"numba"`` or ``"numpy"``.
+
+    ``"auto"`` is the environment variable ``SPIKESCAN_ENGINE`` when set (e.g. to run a Keras model on the pure
+    NumPy implementation without changing code), else Numba when installed.
+    """
     if engine == "auto":
+        chosen = os.environ.get("SPIKESCAN_ENGINE", "").strip().lower()
+        if chosen and chosen != "auto":
+            if chosen not in ("numba", "numpy"):
+                raise ValueError(f"SPIKESCAN_ENGINE must be 'auto', 'numba' or 'numpy', got {chosen!r}")
+            return resolve_engine(chosen)
         return "numba" if numba_available() else "numpy"
     if engine == "numba" and not numba_available():
         raise ImportError("engine='numba' needs Numba, which is not installed: pip install 'spikescan[cpu]' (or "

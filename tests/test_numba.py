@@ -205,3 +205,14 @@ def test_quiet_gap_shortcut_never_hides_a_spike():
             shortcut += 1
         quiet += not fires_ref
     assert shortcut > 0.5 * quiet
+
+
+def test_environment_variable_chooses_the_auto_engine(monkeypatch):
+    monkeypatch.setenv("SPIKESCAN_ENGINE", "numpy")
+    assert _lif_numpy.resolve_engine("auto") == "numpy"
+    assert _lif_numpy.resolve_engine("numba") == "numba"  # an explicit argument wins
+    monkeypatch.setenv("SPIKESCAN_ENGINE", "numba")
+    assert _lif_numpy.resolve_engine("auto") == "numba"
+    monkeypatch.setenv("SPIKESCAN_ENGINE", "cuda")
+    with pytest.raises(ValueError, match="SPIKESCAN_ENGINE.*'cuda'"):
+        _lif_numpy.resolve_engine("auto")
