@@ -58,6 +58,11 @@ def _device(keras):
 
             device = jax.devices()[0]
             return "cpu" if device.platform == "cpu" else device.device_kind
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") if gpus else "cpu"
     except Exception as err:  # a broken accelerator setup should not lose a benchmark's results
         return f"unknown ({type(err).__name__}: {err})"
     return "unknown"

@@ -179,6 +179,11 @@ def device_name():
         import torch
 
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") if gpus else "cpu"
     import jax
 
     device = jax.devices()[0]

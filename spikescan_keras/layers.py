@@ -1,7 +1,8 @@
 """Keras 3 layers around spikescan's exact event-driven LIF layer and leaky-integrator readout.
 
 The layers own weights, configuration and serialization; every number is computed by ``spikescan`` through one
-custom-gradient op per layer (``spikescan_keras._bridge``). Supported backends: ``torch`` and ``jax``.
+custom-gradient op per layer (``spikescan_keras._bridge``). Supported backends: ``torch``, ``jax`` and
+``tensorflow``.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ class LIFLayer(keras.layers.Layer):
                  kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
                  input_spikes=None, input_window=0.0, max_total_spikes=10_000, **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
         self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
@@ -322,6 +324,7 @@ class LIReadout(keras.layers.Layer):
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None,
                  kernel_initializer="auto", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
         self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)

@@ -3,6 +3,7 @@ the official on-disk formats, written here (no network), and its JSON summary is
 
     KERAS_BACKEND=torch python -m pytest tests/test_examples.py
     KERAS_BACKEND=jax python -m pytest tests/test_examples.py
+    KERAS_BACKEND=tensorflow python -m pytest tests/test_examples.py
 
 Without ``KERAS_BACKEND`` the jax backend is used. Unsupported or missing backends skip the module. The scripts are
 imported by path with ``examples/`` on ``sys.path`` (they ``import _common``; ssc.py imports shd.py).

@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=torch python -m pytest tests/test_keras.py
     KERAS_BACKEND=jax python -m pytest tests/test_keras.py
+    KERAS_BACKEND=tensorflow python -m pytest tests/test_keras.py
 
 Without ``KERAS_BACKEND`` the jax backend is used. Unsupported or missing backends skip the module.
 """
@@ -29,12 +30,23 @@ def spike_input(rng, batch=3, n_in=4, max_in=2, t_end=20.0):
     return times.astype(np.float32)
 
 
-def backend_grad(fn, args):
-    """Gradients of the scalar ``fn(*args)`` with respect to every argument, by the backend's autodiff."""
+def backend_grad(fn, args, graph=True):
+    """Gradients of the scalar ``fn(*args)`` with respect to every argument, by the backend's autodiff (on
+    tensorflow inside ``tf.function``, the graph mode of ``model.fit``, unless ``graph=False``)."""
     if BACKEND == "jax":
         import jax
 
         return [np.asarray(g) for g in jax.grad(fn, argnums=tuple(range(len(args))))(*args)]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def grads(*tensors):
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                value = fn(*tensors)
+            return tape.gradient(value, tensors)
+
+        return [g.numpy() for g in (tf.function(grads) if graph else grads)(*map(tf.convert_to_tensor, args))]
     import torch
 
     tensors = [ops.convert_to_tensor(a).detach().requires_grad_(True) for a in args]  # on keras' device
@@ -169,6 +181,79 @@ def test_jax_jit_and_cache_fallback():
         np.testing.assert_allclose(a, c, rtol=1e-6)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function and the residual cache of the tensorflow bridge")
+def test_tensorflow_graph_and_cache_fallback():
+    """Inside tf.function the same gradients as eagerly; a backward whose cached forward was evicted recomputes it;
+    a spikescan error inside a graph reaches the caller as an OpError carrying its message."""
+    import tensorflow as tf
+
+    from spikescan_keras._bridge import tensorflow as bridge
+
+    rng = np.random.default_rng(1)
+    x = spike_input(rng)
+    lif, _ = two_layers(True)
+    lif(x)
+    weights = [v.numpy() for v in lif.trainable_variables]
+
+    def loss(x, w, d):
+        times, _ = lif.stateless_call([w, d], [v.value for v in lif.non_trainable_variables], x)
+        return ops.sum(ops.where(ops.isfinite(times), times, 0.0))
+
+    eager = backend_grad(loss, [x, *weights], graph=False)
+    graph = backend_grad(loss, [x, *weights])
+    tensors = [tf.convert_to_tensor(a) for a in (x, *weights)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        value = loss(*tensors)
+    bridge._cache.clear()
+    recomputed = tape.gradient(value, tensors)
+    assert not bridge._cache
+    for a, b, c in zip(eager, graph, recomputed):
+        assert np.abs(a).max() > 0
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, c.numpy(), rtol=1e-6)
+    with pytest.raises(tf.errors.OpError, match="input_times must be >= 0"):
+        tf.function(loss)(np.full_like(x, -1.0), *weights)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the host-copy warning of the tensorflow bridge")
+def test_tensorflow_warns_once_that_a_gpu_copies_through_the_host(monkeypatch):
+    """With a GPU visible the op still runs on the host (tf.numpy_function): the first call says so, once."""
+    import tensorflow as tf
+
+    from spikescan_keras._bridge import tensorflow as bridge
+
+    def fake_gpu(device_type=None):
+        return ["/device:GPU:0"] if device_type == "GPU" else []
+
+    monkeypatch.setattr(bridge, "_device_checked", False)
+    monkeypatch.setattr(tf.config, "list_logical_devices", fake_gpu)
+    x = spike_input(np.random.default_rng(0))
+    lif, readout = two_layers(False)
+    with pytest.warns(UserWarning, match="copies its inputs to the host") as record:
+        readout(lif(x))
+    assert sum("copies its inputs" in str(w.message) for w in record) == 1
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="XLA compilation of the train step is tensorflow's jit_compile")
+def test_tensorflow_models_are_never_xla_compiled():
+    """tf.numpy_function cannot be compiled by XLA: the layers say so, and Keras turns jit_compile off, also when
+    asked for it."""
+    from keras.src.trainers.trainer import model_supports_jit
+
+    lif, readout = two_layers(False)
+    model = keras.Sequential([keras.Input(shape=(4, 2)), lif, readout])
+    assert not lif.supports_jit and not readout.supports_jit and not model_supports_jit(model)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert model.jit_compile is False
+    with pytest.warns(UserWarning, match="jit_compile"):
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=True)
+    assert model.jit_compile is False
+    x = spike_input(np.random.default_rng(0), batch=4)
+    model.fit(x, np.array([0, 1, 0, 1]), batch_size=2, epochs=1, verbose=0)
+
+
 def timing_task(n=96, seed=0):
     """Two classes: channel 0 spikes before channel 1 (class 0) or after it (class 1); channel 2 at t = 0."""
     rng = np.random.default_rng(seed)
@@ -297,8 +382,9 @@ def test_bad_types_and_inputs():
     lif(np.zeros((2, 3, 1), np.float32))
     with pytest.raises(ValueError, match="axis 1|incompatible"):
         lif(np.zeros((2, 5, 1), np.float32))
-    # spikescan validates the values; on jax its ValueError reaches the caller inside a JaxRuntimeError.
-    with pytest.raises(ValueError if BACKEND == "torch" else RuntimeError, match="input_times must be >= 0"):
+    # spikescan validates the values; on jax its ValueError reaches the caller inside a JaxRuntimeError (eager
+    # tensorflow raises it as it is).
+    with pytest.raises(RuntimeError if BACKEND == "jax" else ValueError, match="input_times must be >= 0"):
         lif(np.full((2, 3, 1), -1.0, np.float32))
     with pytest.raises(ValueError, match="tau_readout"):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)

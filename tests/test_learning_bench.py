@@ -3,6 +3,7 @@ backend of this process and writes a JSON report of the promised structure. One 
 
     KERAS_BACKEND=torch python -m pytest tests/test_learning_bench.py
     KERAS_BACKEND=jax python -m pytest tests/test_learning_bench.py
+    KERAS_BACKEND=tensorflow python -m pytest tests/test_learning_bench.py
 
 Learning quality is not asserted here (two epochs on a few samples); the full panel is a benchmark, not a test.
 """

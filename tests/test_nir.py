@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=torch python -m pytest tests/test_nir.py
     KERAS_BACKEND=jax python -m pytest tests/test_nir.py
+    KERAS_BACKEND=tensorflow python -m pytest tests/test_nir.py
 
 Skips without keras or nir.
 """

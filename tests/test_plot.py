@@ -114,8 +114,10 @@ def _yinyang_example():
     if not os.environ.get("KERAS_BACKEND"):
         pytest.skip("KERAS_BACKEND is not set (the example test runs in the per-backend passes)")
     backend = os.environ["KERAS_BACKEND"]
-    if backend not in ("torch", "jax"):
-        pytest.skip(f"spikescan_keras supports torch and jax, KERAS_BACKEND={backend!r}")
+    if backend not in ("torch", "jax", "tensorflow"):
+        pytest.skip(f"spikescan_keras supports torch, jax and tensorflow, KERAS_BACKEND={backend!r}")
+    if backend == "tensorflow":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     pytest.importorskip(backend)
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != backend:

@@ -3,6 +3,7 @@ from its backup when the same command runs again. One process per backend:
 
     KERAS_BACKEND=torch python -m pytest tests/test_resume.py
     KERAS_BACKEND=jax python -m pytest tests/test_resume.py
+    KERAS_BACKEND=tensorflow python -m pytest tests/test_resume.py
 
 The kill is the test hook of ``examples/_common.py``: ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES=K`` ends the script with
 ``os._exit`` after its K-th training batch (no clean-up, as a kill), after printing the calibration factors. The

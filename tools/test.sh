@@ -14,7 +14,7 @@ for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py
 done
 # Cases marked `slow` (larger fuzzing runs) are left to `python -m pytest -m slow tests`.
 python -m pytest -q -m "not slow" tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
-for backend in torch jax; do
+for backend in torch jax tensorflow; do
   echo "== Keras backend: $backend"
   KERAS_BACKEND=$backend python -m pytest -q "${keras_tests[@]}"
 done

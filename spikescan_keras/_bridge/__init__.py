@@ -15,5 +15,13 @@ def apply(op, spec, inputs):
     """Run ``op`` through the bridge of the active Keras backend (imported on first use)."""
     backend = keras.backend.backend()
     if backend not in ("torch", "jax", "tensorflow"):
-        raise NotImplementedError(f"spikescan_keras supports the 'jax' and 'torch' Keras backends, got {backend!r}")
+        raise NotImplementedError(
+            f"spikescan_keras supports the 'torch', 'jax' and 'tensorflow' Keras backends, got {backend!r}")
     return importlib.import_module(f"{__name__}.{backend}").apply(op, spec, inputs)
+
+
+def supports_jit():
+    """Whether a compiled Keras step may contain the bridge's op: not on TensorFlow, where ``tf.numpy_function``
+    cannot be compiled by XLA. The layers copy this into their ``supports_jit`` attribute, which Keras reads to
+    resolve ``jit_compile``."""
+    return keras.backend.backend() != "tensorflow"

@@ -16,35 +16,18 @@ from the saved inputs, which is correct and costs one extra forward.
 
 from __future__ import annotations
 
-import collections
 import functools
-import itertools
-import threading
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._residuals import ResidualCache
+
 _CACHE_SIZE = 16
-_cache = collections.OrderedDict()
-_lock = threading.Lock()
-_tokens = itertools.count()
+_cache = ResidualCache(_CACHE_SIZE)
 _warned_device = False
-
-
-def _stash(result):
-    with _lock:
-        token = next(_tokens) % (2 ** 31)
-        _cache[token] = result
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return token
-
-
-def _take(token):
-    with _lock:
-        return _cache.pop(token, None)
 
 
 def _structs(op, spec, inputs):
@@ -64,7 +47,7 @@ def _call(op, spec, inputs):
 def _call_fwd(op, spec, inputs):
     def host(*arrays):
         outputs, result = op.forward(spec, _host_arrays(arrays))
-        return (*outputs, np.int32(_stash(result)))
+        return (*outputs, np.int32(_cache.stash(result)))
 
     structs = _structs(op, spec, inputs) + (jax.ShapeDtypeStruct((), jnp.int32),)
     *outputs, token = jax.pure_callback(host, structs, *inputs, vmap_method="sequential")
@@ -76,7 +59,7 @@ def _call_bwd(op, spec, residuals, cotangents):
 
     def host(token, grad, *arrays):
         arrays = _host_arrays(arrays)
-        result = _take(int(token))
+        result = _cache.take(token)
         if result is None:
             result = op.forward(spec, arrays)[1]
         grads = op.backward(spec, result, np.asarray(grad))

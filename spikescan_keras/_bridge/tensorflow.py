@@ -1,14 +1,104 @@
-"""TensorFlow bridge: not supported (a decision, not an omission).
+"""TensorFlow bridge: ``tf.custom_gradient`` around two ``tf.numpy_function`` calls (forward, backward).
 
-A ``tf.custom_gradient`` around ``tf.numpy_function`` would run on CPU, but it cannot be saved in a SavedModel, is
-not XLA-compilable, and could not be tested here; on GPU there is no way to hand TensorFlow buffers to CuPy on
-TensorFlow's stream. Rather than ship an untested path, the layers raise a clear error on this backend.
+The op works eagerly and inside ``tf.function`` (graph mode, what ``model.fit`` runs). It cannot be compiled by
+XLA, so the layers set ``supports_jit = False`` on this backend and Keras resolves ``jit_compile="auto"`` (and an
+explicit ``jit_compile=True``, with Keras' warning) to ``False``. A SavedModel written by ``model.export`` refers to
+the Python callbacks of the process that wrote it, so it cannot be loaded and run elsewhere; ``model.save`` (the
+``.keras`` format: config and weights) works.
+
+Device: callbacks receive host NumPy arrays, so spikescan always runs its NumPy implementation here. With a GPU
+visible to TensorFlow, every call copies its inputs to the host and the results back: correct but slow, and a
+warning says so once. There is no zero-copy CuPy path: ``tf.numpy_function`` hands over host arrays, and although
+``tf.experimental.dlpack`` can share device buffers, TensorFlow exposes no CUDA stream for CuPy to order its work
+on. Use the torch backend for GPU training.
+
+Errors: an exception raised by spikescan (e.g. the ``ValueError`` for negative spike times) reaches an eager
+caller as it is; inside ``tf.function`` it reaches the caller as a ``tf.errors.OpError`` (``ValueError`` becomes
+``InvalidArgumentError``) whose message contains the original one.
+
+Residuals: as on the jax bridge, the forward callback keeps the spikescan result in a bounded host cache
+(``_residuals.ResidualCache``) and returns an integer token; the backward callback takes the result back by that
+token, or recomputes the forward from the saved inputs when it was evicted.
+
+Outputs after the first get no gradient: their cotangents (zeros of their dtype, or ``None``) are ignored, and a
+``None`` cotangent of the first output gives ``None`` input gradients.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from ._residuals import ResidualCache
+
+_CACHE_SIZE = 16
+_cache = ResidualCache(_CACHE_SIZE)
+_device_checked = False  # the GPU warning is decided on the first call
+
+
+def _output_specs(op, spec, inputs):
+    return tuple((tf.TensorShape(shape), tf.as_dtype(dtype)) for shape, dtype in op.output_specs(spec, inputs))
+
+
+def _host_arrays(arrays):
+    return tuple(np.asarray(a) for a in arrays)
+
+
+def _custom_gradient_op(op, spec):
+    """``fn(*inputs) -> outputs``: ``op`` as a TensorFlow function with ``op.backward`` as its gradient."""
+
+    @tf.custom_gradient
+    def fn(*inputs):
+        specs = _output_specs(op, spec, inputs)
+        input_dtypes = tuple(np.dtype(x.dtype.as_numpy_dtype) for x in inputs)
+
+        def forward(*arrays):
+            outputs, result = op.forward(spec, _host_arrays(arrays))
+            typed = tuple(np.asarray(y, dtype=dtype.as_numpy_dtype) for y, (_, dtype) in zip(outputs, specs))
+            return (*typed, np.int32(_cache.stash(result)))
+
+        *outputs, token = tf.numpy_function(forward, inputs, [dtype for _, dtype in specs] + [tf.int32],
+                                            stateful=True, name=f"spikescan_{op.__name__}")
+        for y, (shape, _) in zip(outputs, specs):
+            y.set_shape(shape)
+
+        def backward(grad, *unused):
+            if grad is None:  # the differentiable output does not reach the loss
+                return (None,) * len(inputs)
+
+            def host(token, grad, *arrays):
+                arrays = _host_arrays(arrays)
+                result = _cache.take(token)
+                if result is None:
+                    result = op.forward(spec, arrays)[1]
+                grads = op.backward(spec, result, np.asarray(grad))
+                return tuple(np.asarray(g, dtype=dtype) for g, dtype in zip(grads, input_dtypes))
+
+            grads = tf.numpy_function(host, (token, grad, *inputs), [x.dtype for x in inputs], stateful=True,
+                                      name=f"spikescan_{op.__name__}_grad")
+            for g, x in zip(grads, inputs):
+                g.set_shape(x.shape)
+            return tuple(grads)
+
+        return tuple(outputs), backward
+
+    return fn
+
+
+def _warn_device_once():
+    global _device_checked
+    if _device_checked:
+        return
+    _device_checked = True
+    if tf.config.list_logical_devices("GPU"):
+        warnings.warn("spikescan_keras on the TensorFlow backend runs on the host through tf.numpy_function; with a "
+                      "GPU every call copies its inputs to the host and the results back. Use the torch backend for "
+                      "zero-copy GPU training.", stacklevel=4)
+
 
 def apply(op, spec, inputs):
-    raise NotImplementedError(
-        "spikescan_keras supports the 'jax' and 'torch' Keras backends, not 'tensorflow'. Set the environment "
-        "variable KERAS_BACKEND=torch (or jax) before importing keras.")
+    """Run ``op`` (see ``spikescan_keras._host``) on TensorFlow tensors; returns its outputs as a tuple of tensors."""
+    _warn_device_once()
+    return _custom_gradient_op(op, spec)(*(tf.convert_to_tensor(x) for x in inputs))
