@@ -113,6 +113,7 @@ def _lif_run(dtype, method, delays, bwd):
 # NumPy
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("cpu_engine")  # the NumPy implementation and the compiled engine (tests/conftest.py)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("delays", [False, True])
 @pytest.mark.parametrize("method", ["sequential", "scan"])
