@@ -8,6 +8,13 @@ step count, the epoch) to DIR at the end of every epoch and, with ``--backup-eve
 (``keras.callbacks.BackupAndRestore``). Run the same command again after a kill and it resumes from the backup; the
 backup is deleted once the JSON summary is written.
 
+Data-parallel training (torch backend): started by ``torchrun --nproc_per_node=N script.py ...``, the scripts that
+call ``initialize_distributed`` (yinyang, mnist, shd, ssc) train one model on N processes
+(``spikescan_keras.distributed``): ``--batch-size`` stays the global batch size, each process trains on its slice of
+every batch, and the weights stay identical. Only rank 0 prints the progress and writes the summary, plots and
+backups; the summary records ``world_size``. A ``--backup-dir`` must be a folder that every process can read (every
+rank restores from it).
+
 Test hook: the environment variable ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES=K`` ends the process with
 ``os._exit(KILL_STATUS)`` right after its K-th training batch (after that batch's backup, if one is due), as a kill
 would, and prints ``SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES: {"batches": K, "calibration": [...]}`` to stderr first;
@@ -31,7 +38,7 @@ import keras
 from keras import ops
 
 from spikescan.datasets import SpikeBatches
-from spikescan_keras import FiringMonitor, LIFLayer
+from spikescan_keras import FiringMonitor, LIFLayer, distributed
 
 
 def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
@@ -58,6 +65,22 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
                    help="with --backup-dir, also back up every N training batches, so an interruption mid-epoch "
                         "loses at most N batches of training (default: at the end of each epoch only)")
     return p
+
+
+def initialize_distributed():
+    """Join the process group when started by ``torchrun`` (``spikescan_keras.distributed.initialize``); returns
+    the number of processes (1 otherwise). Call it before building the model."""
+    return distributed.initialize()
+
+
+def is_chief():
+    """Whether this process prints the summary and writes files: rank 0, or the only process."""
+    return distributed.rank() == 0
+
+
+def verbosity(args):
+    """``args.verbose`` on rank 0, silent on the other ranks."""
+    return args.verbose if is_chief() else 0
 
 
 def _positive_int(text):
@@ -113,10 +136,18 @@ class Backup(keras.callbacks.BackupAndRestore):
                 self.batches._order = self.batches._permutation()
             print(f"resuming from the backup in {self.backup_dir}: {epoch} epoch(s) done", file=sys.stderr,
                   flush=True)
+        if not is_chief():  # data-parallel training: rank 0 writes the backup folder
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         if self.flags is not None:
-            with open(self._flags_path, "w") as f:
+            partial = self._flags_path + ".partial"  # other ranks may be reading the flags: replace atomically
+            with open(partial, "w") as f:
                 json.dump(self.flags, f, indent=2)
+            os.replace(partial, self._flags_path)
+
+    def _save_model(self):
+        if is_chief():  # data-parallel training: the ranks hold the same state, rank 0 writes it
+            super()._save_model()
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -144,7 +175,8 @@ class _KillAfterBatches(keras.callbacks.Callback):
 
 def fit_callbacks(args, *, batches=None, subdir=None):
     """``(callbacks, backup)`` for ``model.fit``: FiringMonitor, the ``Backup`` of ``--backup-dir`` (in its
-    ``subdir`` when given; ``backup`` is None without the flag) and the test hook of ``KILL_ENV``."""
+    ``subdir`` when given; ``backup`` is None without the flag), the test hook of ``KILL_ENV`` and, with several
+    processes, ``DistributedDataParallel`` (last: it broadcasts rank 0's state after the backup is restored)."""
     callbacks, backup = [FiringMonitor()], None
     if args.backup_every is not None and args.backup_dir is None:
         raise SystemExit("error: --backup-every needs --backup-dir")
@@ -155,12 +187,14 @@ def fit_callbacks(args, *, batches=None, subdir=None):
         callbacks.append(backup)
     if os.environ.get(KILL_ENV):
         callbacks.append(_KillAfterBatches(int(os.environ[KILL_ENV])))
+    if distributed.world_size() > 1:
+        callbacks.append(distributed.DistributedDataParallel())
     return callbacks, backup
 
 
 def remove_backup(args):
-    """Delete ``--backup-dir`` (if given): called once the run's summary is written."""
-    if getattr(args, "backup_dir", None) is not None:
+    """Delete ``--backup-dir`` (if given; rank 0 only): called once the run's summary is written."""
+    if getattr(args, "backup_dir", None) is not None and is_chief():
         shutil.rmtree(args.backup_dir, ignore_errors=True)
 
 
@@ -212,7 +246,8 @@ def compile_model(model, learning_rate, decay_steps):
 
 def train(model, train_set, test_set, args, *, val_set=None):
     """Compile, ``fit`` for ``args.epochs`` epochs (shuffled mini-batches, keras progress at ``args.verbose``, the
-    LIF layers' firing statistics in the logs), then evaluate on ``test_set``.
+    LIF layers' firing statistics in the logs), then evaluate on ``test_set``. With several processes each trains
+    on its shard of every batch (``spikescan_keras.distributed.shard``) and evaluates the whole test set.
 
     Returns a dict with test_accuracy, test_loss, seconds (fit), calibration (each LIF layer's kernel_scale),
     capped_spikes (over the whole run, evaluation included), the last epoch's firing statistics and
@@ -224,8 +259,8 @@ def train(model, train_set, test_set, args, *, val_set=None):
     compile_model(model, args.learning_rate, args.epochs * len(batches))
     val = None if val_set is None else SpikeBatches(val_set, batch_size=args.batch_size)
     callbacks, backup = fit_callbacks(args, batches=batches)
-    history = model.fit(batches, epochs=args.epochs, validation_data=val, verbose=args.verbose,
-                        callbacks=callbacks)
+    history = model.fit(distributed.shard(batches), epochs=args.epochs, validation_data=val,
+                        verbose=verbosity(args), callbacks=callbacks)
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(SpikeBatches(test_set, batch_size=args.batch_size), verbose=0)
     firing = {key: round(values[-1], 4) for key, values in history.history.items() if "/" in key}
@@ -240,15 +275,18 @@ def first(dataset, limit):
 
 
 def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
-    """The JSON summary of a run: dataset, test_accuracy, epochs, seconds, device, backend, dropped_input_spikes,
-    capped_spikes, then ``result``'s other entries and ``extra``. Printed, and written to ``args.output`` if set."""
+    """The JSON summary of a run: dataset, test_accuracy, epochs, seconds, device, backend, world_size,
+    dropped_input_spikes, capped_spikes, then ``result``'s other entries and ``extra``. Printed, and written to
+    ``args.output`` if set, by rank 0 only."""
     out = {"dataset": dataset, "test_accuracy": result["test_accuracy"], "epochs": args.epochs,
            "seconds": result["seconds"], "device": device_name(), "backend": keras.backend.backend(),
-           "dropped_input_spikes": int(dropped_input_spikes), "capped_spikes": result["capped_spikes"]}
+           "world_size": distributed.world_size(), "dropped_input_spikes": int(dropped_input_spikes),
+           "capped_spikes": result["capped_spikes"]}
     out.update({k: v for k, v in result.items() if k not in out})
     out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                limit=args.limit, **extra)
-    emit(out, args.output)
+    if is_chief():
+        emit(out, args.output)
     remove_backup(args)
     return out
 

@@ -11,6 +11,11 @@ writes figures after training (needs matplotlib): the decision regions over the 
 voltage traces of a few hidden neurons for one sample (``hidden_trace.png``, ``spikescan.lif_trace``).
 ``--backup-dir DIR`` (``--backup-every N`` batches) backs up the training state; the same command resumes a run that
 was killed (see ``examples/_common.py``); ``resumed_from_epoch`` in the summary says from which epoch.
+
+Data-parallel (torch backend, see ``spikescan_keras.distributed``): ``torchrun --nproc_per_node=N
+examples/yinyang.py ...`` trains one model on N processes (gloo on CPU, NCCL with one GPU each), each on its slice of
+every shuffled global batch of ``--batch-size`` samples (``spikescan.datasets.SpikeBatches``); rank 0 alone prints
+and writes, and the summary records ``world_size``.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import numpy as np  # noqa: E402
 import _common  # noqa: E402
 
 import spikescan  # noqa: E402
-from spikescan.datasets import yinyang  # noqa: E402
+from spikescan.datasets import SpikeBatches, yinyang  # noqa: E402
 from spikescan.datasets.yinyang import CLASS_NAMES  # noqa: E402
-from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
+from spikescan_keras import LIFLayer, LIReadout, distributed  # noqa: E402
 
 # Time constants in ms. Inputs span [0, 30] ms; hidden spikes follow within a few tau_syn, so the readout window
 # t_max covers them. tau_mem == 2 tau_syn allows the closed-form spike-time solver (no Newton iterations).
@@ -154,27 +159,36 @@ def main(argv=None):
         except ImportError as err:
             raise SystemExit("error: --plot needs matplotlib: pip install spikescan[plot]") from err
 
+    world_size = _common.initialize_distributed()
     keras.utils.set_random_seed(args.seed)
     train, val, test = (yinyang(n if args.limit is None else min(n, args.limit), seed=s)
                         for n, s in ((5000, 42), (1000, 41), (1000, 40)))
-    steps = args.epochs * -(-len(train.labels) // args.batch_size)
+    if world_size == 1:  # keras batches and shuffles the arrays
+        data, batches = dict(x=train.times, y=train.labels, batch_size=args.batch_size), None
+        steps = args.epochs * -(-len(train.labels) // args.batch_size)
+    else:  # the same shuffled global batches on every rank, each rank training on its slice of them
+        batches = SpikeBatches(train.times, train.labels, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+        data = dict(x=distributed.shard(batches), validation_batch_size=args.batch_size)
+        steps = args.epochs * len(data["x"])
     model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps)
-    callbacks, backup = _common.fit_callbacks(args)
+    callbacks, backup = _common.fit_callbacks(args, batches=batches)
     start = time.perf_counter()
-    history = model.fit(train.times, train.labels, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_data=(val.times, val.labels), verbose=args.verbose, callbacks=callbacks)
+    history = model.fit(**data, epochs=args.epochs, validation_data=(val.times, val.labels),
+                        verbose=_common.verbosity(args), callbacks=callbacks)
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
                "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
+               "world_size": world_size,
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),
                "calibration": _common.kernel_scales(model),
                "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key},
                "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
-    if args.plot is not None:
+    if args.plot is not None and _common.is_chief():
         for path in write_plots(model, test, args.plot):
             print(f"wrote {path}", file=sys.stderr)
-    _common.emit(summary, args.output)
+    if _common.is_chief():
+        _common.emit(summary, args.output)
     _common.remove_backup(args)
     return summary
 

@@ -9,6 +9,9 @@ has the same shape:
   gradient per input, with its shape and dtype. ``input_grad=False`` (the framework needs no gradient for
   ``inputs[0]``, e.g. a first layer fed with data) lets an op skip that work and return ``None`` in its place.
 - ``output_specs(spec, inputs) -> ((shape, dtype), ...)`` for frameworks that need shapes before running (JAX).
+- ``per_sample``: True when every output is one row per sample along axis 0 of ``inputs[0]`` and the other inputs
+  are shared by all samples (weights), so a data-parallel bridge may run the op on each device's slice of the batch
+  and sum the shared inputs' gradients; False when the result depends on the whole batch (the calibration).
 
 Only numerics from ``spikescan`` run here; nothing imports a deep-learning framework.
 """
@@ -78,6 +81,8 @@ class LIFOp:
     true spike count per neuron, which may exceed ``max_spikes``).
     """
 
+    per_sample = True
+
     @staticmethod
     def forward(spec: LIFSpec, inputs):
         input_times, weights, *delays = inputs
@@ -110,6 +115,8 @@ class LIFOp:
 
 class LIOp:
     """``inputs = (input_times, weights)``; ``outputs = (values,)`` with ``values [batch, n_out]``."""
+
+    per_sample = True
 
     @staticmethod
     def forward(spec: LISpec, inputs):
@@ -144,6 +151,8 @@ class PeakOp:
     (``spikescan.peak_voltage``), computed only for the columns where ``neurons [n_out]`` (float, 0 or 1) is set and
     0 elsewhere. ``neurons`` gets a zero gradient.
     """
+
+    per_sample = True
 
     @staticmethod
     def forward(spec: PeakSpec, inputs):
@@ -184,6 +193,8 @@ class CalibrateOp:
     """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``; ``outputs = (scale,)``, a scalar
     in the dtype of ``weights``: the factor ``spikescan.init.calibrate_scale`` finds for these inputs. Not
     differentiable (the layers apply ``stop_gradient``)."""
+
+    per_sample = False
 
     @staticmethod
     def forward(spec: CalibrateSpec, inputs):

@@ -171,6 +171,9 @@ class LIFLayer(keras.layers.Layer):
     spike count, recorded or not) hold the values of the last training batch; ``spikescan_keras.FiringMonitor``
     puts them into ``fit``'s logs. A layer that fires no spike at all on a training batch issues a
     ``SilentLayerWarning`` naming it.
+
+    Data-parallel training (``spikescan_keras.distributed``): the calibration, the dead neurons of the revival
+    objective, the firing statistics and ``capped_spikes`` are those of the global batch, as in one process.
     """
 
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
@@ -209,6 +212,10 @@ class LIFLayer(keras.layers.Layer):
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes)
         self._train_spec = dataclasses.replace(self._spec, training=True)
         self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn)
+        # Set by spikescan_keras.distributed.DistributedDataParallel while it trains the model on several torch
+        # processes: the collectives that give the batch-wide quantities (calibration, dead neurons, statistics)
+        # the global batch's values.
+        self._data_parallel = None
         if self.calibrate is not None:
             self._calibrate_spec = CalibrateSpec(self.tau_mem, self.tau_syn, self.threshold, self.calibrate,
                                                  self.max_spikes / 2, self.method, self.solver, self.name)
@@ -244,8 +251,13 @@ class LIFLayer(keras.layers.Layer):
         extra = (ops.stop_gradient(ops.convert_to_tensor(self.delays)),) if self.use_delays else ()
 
         def search():
-            (found,) = _bridge.apply(CalibrateOp, self._calibrate_spec, (ops.stop_gradient(inputs), kernel, *extra))
-            return ops.cast(ops.stop_gradient(found), scale.dtype)
+            batch = ops.stop_gradient(inputs)
+            if self._data_parallel is not None:  # calibrate on the global batch, as one process would
+                batch = self._data_parallel.gather_batch(batch)
+            (found,) = _bridge.apply(CalibrateOp, self._calibrate_spec, (batch, kernel, *extra))
+            found = ops.cast(ops.stop_gradient(found), scale.dtype)
+            # Every rank found the same factor from the same data; rank 0's makes it identical bit for bit.
+            return found if self._data_parallel is None else self._data_parallel.broadcast(found)
 
         scale = ops.cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"), lambda: scale, search)
         self.kernel_scale.assign(scale)
@@ -260,18 +272,32 @@ class LIFLayer(keras.layers.Layer):
         spec = self._train_spec if training else self._spec
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
+        if training:
+            dead, capped = self._firing_statistics(counts, capped)
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             self.add_loss(self.spike_count_regularizer(times))
-        if training:
-            silent = ops.cast(counts == 0, "float32")
-            dead = ops.min(silent, axis=0)  # [units]: 1 where no sample of the batch fired
-            self.silent_fraction.assign(ops.mean(silent))
-            self.dead_fraction.assign(ops.mean(dead))
-            self.spikes_per_neuron.assign(ops.mean(ops.cast(counts, "float32")))
-            if self.silence_penalty > 0:
-                self.add_loss(self._silence_loss(inputs, kernel, delays, ops.cast(dead, kernel.dtype)))
+        if training and self.silence_penalty > 0:
+            self.add_loss(self._silence_loss(inputs, kernel, delays, ops.cast(dead, kernel.dtype)))
         return times
+
+    def _firing_statistics(self, counts, capped):
+        """Set ``silent_fraction``, ``dead_fraction`` and ``spikes_per_neuron`` from a training batch's ``counts
+        [batch, units]``; returns ``dead [units]`` (1.0 where no sample of the batch fired) and the unrecorded
+        spikes to count. In data-parallel training both are those of the global batch (``capped`` summed)."""
+        if self._data_parallel is None:
+            silent = ops.cast(counts == 0, "float32")
+            dead = ops.min(silent, axis=0)
+            self.silent_fraction.assign(ops.mean(silent))
+            self.spikes_per_neuron.assign(ops.mean(ops.cast(counts, "float32")))
+        else:
+            fired, silent, samples, capped = self._data_parallel.firing_sums(counts, capped)
+            pairs = ops.cast(samples * self.units, "float32")
+            dead = ops.cast(fired == 0, "float32")
+            self.silent_fraction.assign(ops.cast(silent, "float32") / pairs)
+            self.spikes_per_neuron.assign(ops.cast(ops.sum(fired), "float32") / pairs)
+        self.dead_fraction.assign(ops.mean(dead))
+        return dead, capped
 
     def _silence_loss(self, inputs, kernel, delays, dead):
         """The revival objective of the class docstring; ``dead [units]`` is 1 for the neurons in ``S``."""

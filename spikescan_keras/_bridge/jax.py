@@ -12,6 +12,15 @@ Residuals: the forward callback keeps the spikescan result in a small host cache
 the backward callback takes the result back by that token, so a training step runs the forward once. The cache is
 bounded (``_CACHE_SIZE`` results): a backward whose result was evicted, or that runs twice, recomputes the forward
 from the saved inputs, which is correct and costs one extra forward.
+
+Data parallelism: under a Keras distribution that shards the batch axis (``keras.distribution.DataParallel``, or
+``ModelParallel``'s data layout) a ``pure_callback`` would receive the global batch gathered onto one device. So
+``apply`` wraps the op in ``jax.shard_map`` over the batch axis: each device's callback runs on its own slice of
+the batch (on its own host, with several processes), the outputs stay sharded like the inputs, and the gradients of
+the shared inputs (weights) are summed over the devices by the transpose of ``shard_map``. An op that needs the
+whole batch (the first-batch calibration, ``per_sample = False``) all-gathers its first input inside the
+``shard_map`` instead, so every device computes the same result from the global batch, as one device would. A batch
+that does not divide evenly over the devices runs unsharded.
 """
 
 from __future__ import annotations
@@ -73,6 +82,46 @@ def _call_bwd(op, spec, residuals, cotangents):
 _call.defvjp(_call_fwd, _call_bwd)
 
 
+def _batch_sharding(batch):
+    """``(mesh, axis, devices)`` when the active Keras distribution shards axis 0 of an input batch of size ``batch``
+    over ``devices > 1`` devices (``axis``: a mesh axis name or a tuple of them), else None."""
+    from keras import distribution as keras_distribution
+
+    dist = keras_distribution.distribution()
+    if dist is None:
+        return None
+    sharding = dist.get_data_layout((batch,)).backend_layout
+    axis = sharding.spec[0] if len(sharding.spec) else None
+    if axis is None:
+        return None
+    mesh = sharding.mesh
+    devices = int(np.prod([mesh.shape[name] for name in (axis if isinstance(axis, tuple) else (axis,))]))
+    if devices < 2 or batch % devices:
+        return None
+    return mesh, axis, devices
+
+
+def _sharded(op, spec, inputs, mesh, axis):
+    """``_call`` inside ``jax.shard_map``: ``inputs[0]`` (and the outputs) split along axis 0 over ``axis``, the other
+    inputs replicated."""
+    P = jax.sharding.PartitionSpec
+    shared = (P(),) * (len(inputs) - 1)
+    if op.per_sample:
+        def local(first, *rest):
+            return _call(op, spec, (first, *rest))
+
+        out_specs = tuple(P(axis) for _ in op.output_specs(spec, inputs))
+    else:
+        def local(first, *rest):
+            return _call(op, spec, (jax.lax.all_gather(first, axis, tiled=True), *rest))
+
+        out_specs = tuple(P() for _ in op.output_specs(spec, inputs))
+    # check_vma=False: the callbacks' outputs carry no replication information; the transpose then sums the
+    # cotangents of the replicated inputs over the devices (psum), which is the gradient of the weights.
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(axis), *shared), out_specs=out_specs,
+                         check_vma=False)(*inputs)
+
+
 def apply(op, spec, inputs):
     """Run ``op`` (see ``spikescan_keras._host``) on JAX arrays; returns its outputs as a tuple of arrays."""
     global _warned_device
@@ -81,4 +130,11 @@ def apply(op, spec, inputs):
         warnings.warn(f"spikescan_keras on the JAX backend runs on the host through pure_callback; on "
                       f"{jax.default_backend()!r} every call copies its inputs to the host and back. Use the torch "
                       "backend for zero-copy GPU training.", stacklevel=3)
-    return _call(op, spec, tuple(inputs))
+    inputs = tuple(inputs)
+    sharding = _batch_sharding(inputs[0].shape[0])
+    if sharding is None:
+        return _call(op, spec, inputs)
+    mesh, axis, devices = sharding
+    # Each device stashes its own forward results until its backward takes them back.
+    _cache.size = max(_cache.size, _CACHE_SIZE * devices)
+    return tuple(_sharded(op, spec, inputs, mesh, axis))

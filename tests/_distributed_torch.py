@@ -1,0 +1,79 @@
+"""Worker of tests/test_distributed.py for the torch backend, run by ``torchrun --nproc_per_node=2`` (gloo on CPU).
+
+Each rank (1) trains a small Yin-Yang model data-parallel with ``spikescan_keras.distributed`` and writes its weights
+and ``fit``'s history to ``OUT/rank{r}.npz``; (2) runs ``examples/yinyang.py``'s ``main`` with
+``--output OUT/yinyang.json`` in the same process group, as ``torchrun examples/yinyang.py`` would, and writes the
+summary it returned to ``OUT/summary{r}.json``. ``train`` also gives the test's single-process reference.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/_distributed_torch.py OUT
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spikescan.datasets import SpikeBatches, yinyang  # noqa: E402
+from spikescan_keras import FiringMonitor, LIFLayer, LIReadout, distributed  # noqa: E402
+
+# 51 samples in global batches of 16: the last batch (3 samples) splits 2 + 1 between the ranks, so the gradients'
+# weighting by samples matters. The weak initial kernel makes the first-batch calibration scale it up, and some
+# neurons start dead (the revival objective acts). Seeded initializers: no global seeding needed.
+N_SAMPLES, GLOBAL_BATCH, EPOCHS, HIDDEN = 51, 16, 2, 12
+EXAMPLE_FLAGS = ["--epochs", "1", "--limit", "40", "--hidden", "6", "--batch-size", "16", "--verbose", "0"]
+
+
+def build():
+    model = keras.Sequential([
+        keras.Input(shape=(5, 1)),
+        LIFLayer(HIDDEN, tau_mem=20.0, tau_syn=10.0, max_spikes=2, solver="analytic", name="hidden",
+                 kernel_initializer=keras.initializers.RandomNormal(0.05, 0.1, seed=1)),
+        LIReadout(3, tau_mem=20.0, tau_syn=10.0, t_max=60.0, name="readout",
+                  kernel_initializer=keras.initializers.RandomNormal(0.0, 0.1, seed=2)),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def train():
+    """``(weights, history)`` after ``EPOCHS`` epochs on this rank's shard of the shuffled global batches (all of
+    each batch in a single process), with ``fit``'s default ``shuffle=True``."""
+    model = build()
+    data = yinyang(N_SAMPLES, seed=3)
+    # ShardedBatches with world_size=1 too: fit's default shuffle (each process's own random order of the batches)
+    # is then ignored in the reference as on the ranks.
+    batches = distributed.ShardedBatches(
+        SpikeBatches(data.times, data.labels, batch_size=GLOBAL_BATCH, shuffle=True, seed=1),
+        rank=distributed.rank(), world_size=distributed.world_size())
+    callbacks = [FiringMonitor()]
+    if distributed.world_size() > 1:
+        callbacks.append(distributed.DistributedDataParallel())
+    history = model.fit(batches, epochs=EPOCHS, verbose=0, callbacks=callbacks)
+    weights = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights}
+    return weights, history.history
+
+
+def main(out):
+    world = distributed.initialize()
+    rank = distributed.rank()
+    weights, history = train()
+    np.savez(os.path.join(out, f"rank{rank}.npz"), world_size=world,
+             **{f"w:{k}": v for k, v in weights.items()}, **{f"h:{k}": np.asarray(v) for k, v in history.items()})
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _examples import example
+
+    summary = example("yinyang").main([*EXAMPLE_FLAGS, "--output", os.path.join(out, "yinyang.json")])
+    with open(os.path.join(out, f"summary{rank}.json"), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k != "stamp"}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,111 @@
+"""Data-parallel training (``spikescan_keras.distributed``, the jax bridge's ``shard_map``) equals training in one
+process on the same global batches, up to the order of floating-point sums.
+
+torch: ``torchrun --nproc_per_node=2`` with gloo on CPU (tests/_distributed_torch.py): both ranks end with the same
+weights bit for bit, equal to one process's; the first-batch calibration, the firing statistics and the epoch logs
+are the global batch's; and ``examples/yinyang.py`` under the same process group records ``world_size`` and writes
+its summary from rank 0 only. jax: ``keras.distribution.DataParallel`` over two CPU devices in a subprocess
+(tests/_distributed_jax.py, ``XLA_FLAGS`` must be set before jax is imported): same weights and losses as one
+device, and every host call of the LIF op saw one device's half of the batch. One process per backend, like the
+other Keras tests:
+
+    KERAS_BACKEND=torch python -m pytest tests/test_distributed.py
+    KERAS_BACKEND=jax python -m pytest tests/test_distributed.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+# Floating-point sums over the batch run in another order (per rank, then across ranks).
+RTOL, ATOL = 1e-5, 1e-6
+
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torchrun data parallelism is the torch backend's; "
+                                "the jax backend's (keras.distribution) is tested under KERAS_BACKEND=jax")
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.DataParallel with shard_map is the jax "
+                              "backend's; the torch backend's (torchrun) is tested under KERAS_BACKEND=torch")
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               **extra)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def torchrun(tmp_path_factory):
+    """Run tests/_distributed_torch.py on two gloo processes; ``(out_dir, stdout)``."""
+    pytest.importorskip("torch.distributed")
+    out = tmp_path_factory.mktemp("ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TESTS / "_distributed_torch.py"), str(out)]
+    proc = subprocess.run(cmd, cwd=out, env=_env(KERAS_BACKEND="torch", OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return out, proc.stdout
+
+
+@torch_only
+def test_torch_ddp_ranks_agree_with_one_process(torchrun):
+    out, _ = torchrun
+    ranks = [np.load(out / f"rank{r}.npz") for r in (0, 1)]
+    assert [int(r["world_size"]) for r in ranks] == [2, 2]
+
+    import _distributed_torch
+
+    weights, history = _distributed_torch.train()  # this process: no process group, the whole global batches
+    for name, expected in weights.items():
+        got = [r[f"w:{name}"] for r in ranks]
+        np.testing.assert_array_equal(got[0], got[1], err_msg=f"{name} differs between the ranks")
+        np.testing.assert_allclose(got[0], expected, rtol=RTOL, atol=ATOL, err_msg=name)
+    scale = float(ranks[0]["w:sequential/hidden/kernel_scale"])
+    assert scale > 2.0, "the weak initial kernel should have been calibrated up (on the first global batch)"
+    for key, values in history.items():  # the epochs' loss, accuracy and firing statistics of the global data
+        np.testing.assert_allclose(ranks[0][f"h:{key}"], values, rtol=RTOL, atol=ATOL, err_msg=key)
+        np.testing.assert_array_equal(ranks[0][f"h:{key}"], ranks[1][f"h:{key}"], err_msg=key)
+    assert 0.0 < history["hidden/dead_fraction"][0], "the test should exercise the revival objective's dead set"
+
+
+@torch_only
+def test_torchrun_yinyang_example(torchrun):
+    out, stdout = torchrun
+    written = json.loads((out / "yinyang.json").read_text())
+    returned = [json.loads((out / f"summary{r}.json").read_text()) for r in (0, 1)]
+    assert written["world_size"] == 2 and written["dataset"] == "yinyang"
+    assert 0.0 <= written["test_accuracy"] <= 1.0
+    same = {k: v for k, v in written.items() if k not in ("stamp", "seconds")}  # each rank times itself
+    for summary in returned:
+        assert {k: v for k, v in summary.items() if k != "seconds"} == same
+    printed = [line for line in stdout.splitlines() if line.startswith('{"dataset"')]
+    assert len(printed) == 1, "only rank 0 prints the summary"
+
+
+@jax_only
+def test_jax_data_parallel_runs_each_device_on_its_batch():
+    proc = subprocess.run([sys.executable, str(TESTS / "_distributed_jax.py")], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, diff in result["diff"].items():
+        assert diff <= ATOL, (name, diff)
+    assert result["kernel_scale"] > 2.0, "the weak initial kernel should have been calibrated up"
+    np.testing.assert_allclose(result["parallel_history"]["loss"], result["single_history"]["loss"], rtol=RTOL)
+    # 48 samples in batches of 16 for 2 epochs: 6 steps. One device: 6 host calls of 16 samples. Two devices: 12
+    # calls of 8 (each device its half, not the global batch gathered onto one device).
+    assert result["single_seen"]["LIFOp"] == [16] * 6
+    assert result["parallel_seen"]["LIFOp"] == [8] * 12
+    # The calibration needs the whole first batch: each device all-gathers it, as one device would see it.
+    assert result["single_seen"]["CalibrateOp"] == [16]
+    assert result["parallel_seen"]["CalibrateOp"] == [16, 16]
