@@ -102,6 +102,54 @@ def decay(s, tau_mem, tau_syn):
     return a, b, c
 
 
+def _phi_prime(x):
+    """``d/dx (expm1(x) / x) = (x e^x - e^x + 1) / x^2``: the series ``sum_k k x^(k-1) / (k+1)!`` for ``|x| < 1``
+    (its closed form cancels there), the closed form elsewhere; ``1/2`` at 0."""
+    x = np.asarray(x, dtype=np.float64)
+    small = np.abs(x) < 1.0
+    xs = np.where(small, x, 0.0)
+    term = np.full(x.shape, 0.5)  # k = 1: 1 / 2!
+    out = term.copy()
+    for k in range(2, 22):
+        term = term * xs * k / ((k - 1) * (k + 1))  # k x^(k-1)/(k+1)! from (k-1) x^(k-2)/k!
+        out = out + term
+    xl = np.where(small, 1.0, x)
+    return np.where(small, out, (xl * np.exp(xl) - np.expm1(xl)) / (xl * xl))
+
+
+def decay_param_grads(s, tau_mem, tau_syn):
+    """Derivatives of the gap map entries with respect to the time constants at fixed gap ``s``:
+    ``(da/dtau_mem, dc/dtau_mem, db/dtau_syn, dc/dtau_syn)`` (``a`` does not depend on ``tau_syn`` nor ``b`` on
+    ``tau_mem``). Zero for ``s = inf``.
+
+    ``a = e^{-s/tau_mem}`` and ``b = e^{-s/tau_syn}`` give ``a s / tau_mem^2`` and ``b s / tau_syn^2``. For ``c``,
+    the branch of ``decay``: near ``tau_mem == tau_syn`` (``|x| < 1``, ``x = s (1/tau_mem - 1/tau_syn)``)
+    ``c = (s/tau_mem) a phi(x)`` is differentiated as a product (``phi'`` by its series), elsewhere
+    ``c = r (a - b)`` with ``r = tau_syn / (tau_mem - tau_syn)``.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    tau_mem = np.asarray(tau_mem, dtype=np.float64)
+    tau_syn = np.asarray(tau_syn, dtype=np.float64)
+    finite = np.isfinite(s)
+    sf = np.where(finite, s, 0.0)
+    a, b, c = decay(sf, tau_mem, tau_syn)
+    a_tm = a * sf / (tau_mem * tau_mem)
+    b_ts = b * sf / (tau_syn * tau_syn)
+    x = sf * (1.0 / tau_mem - 1.0 / tau_syn)
+    small = np.abs(x) < 1.0
+    pre = (sf / tau_mem) * a
+    dphi = _phi_prime(np.where(small, x, 0.0))
+    c_tm_small = c * (sf / tau_mem - 1.0) / tau_mem - pre * dphi * sf / (tau_mem * tau_mem)
+    c_ts_small = pre * dphi * sf / (tau_syn * tau_syn)
+    diff = np.where(small, 1.0, tau_mem - tau_syn)
+    r = tau_syn / diff
+    c_tm_large = -tau_syn / (diff * diff) * (a - b) + r * a_tm
+    c_ts_large = tau_mem / (diff * diff) * (a - b) - r * b_ts
+    c_tm = np.where(small, c_tm_small, c_tm_large)
+    c_ts = np.where(small, c_ts_small, c_ts_large)
+    return tuple(np.where(finite, y, 0.0) for y in (a_tm, c_tm, b_ts, c_ts))
+
+
 def voltage(s, v0, i0, tau_mem, tau_syn):
     """``V(s)`` from ``(v0, i0)`` after a gap ``s`` with no input."""
     a, _, c = decay(s, tau_mem, tau_syn)

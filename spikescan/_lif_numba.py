@@ -242,7 +242,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in
 @_pjit
 def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_times, spike_event, counts, grad_times,
              table, use_table, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
-             g_threshold, grazing):
+             g_threshold, g_tau_mem, g_tau_syn, grazing):
     """Adjoint of samples ``[sample_start, sample_stop)``; ``prange`` over output neurons ``i``.
 
     Accumulates into ``grad_w``, ``grad_d`` (``[n_in, n_out]``, columns owned by ``i``), ``g_threshold[i]`` and
@@ -258,7 +258,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
         prev_V = np.empty(P_max)
         prev_I = np.empty(P_max)
         code = np.empty(P_max, np.int64)  # >= 0: input k; < 0: spike -(m + 1)
-        dec = np.empty((P_max, 3))  # decay over the gap before each point, kept for the reverse walk
+        dec = np.empty((P_max, 4))  # decay over the gap before each point and its length, for the reverse walk
         tau_mem, tau_syn = tm_arr[i], ts_arr[i]
         for b in range(sample_start, sample_stop):
             tid = b * n_out + i
@@ -278,7 +278,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                     code[p] = -(m + 1)
                     t = spike_times[tid, m]
                     a, bb, c = nm.decay(t - tau, tau_mem, tau_syn)
-                    dec[p, 0], dec[p, 1], dec[p, 2] = a, bb, c
+                    dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
                     V = 0.0
                     I = bb * I
                     tau = t
@@ -288,7 +288,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                     code[p] = k
                     t = qt[row, k]
                     a, bb, c = _gap_decay(table, use_table, row, k, t, tau, fresh, tau_mem, tau_syn)
-                    dec[p, 0], dec[p, 1], dec[p, 2] = a, bb, c
+                    dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
                     fresh = True
                     flat = qi[row, k]
                     w = W[flat // max_in, i] if flat >= 0 else 0.0
@@ -304,6 +304,9 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                 if code[p] >= 0:
                     kq = code[p]
                     a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
+                    a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                    g_tau_mem[i] += lV * (a_tm * prev_V[p] + c_tm * Ip)
+                    g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
                     I_pre = bb * Ip
                     V_post = a * prev_V[p] + c * Ip
                     u = (I_pre - V_post) / tau_mem
@@ -324,10 +327,12 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                     ms = -code[p] - 1
                     t_s = spike_times[tid, ms]
                     a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
+                    a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
                     I_pre = bb * Ip
                     D = (I_pre - threshold) / tau_mem
                     v = -I_pre / tau_syn
                     lTt = lT + grad_times[tid, ms]
+                    g_tau_syn[i] += lI * (b_ts * Ip)  # the current after the reset, b I
                     if D <= 0.0:  # grazing spike: its IFT term (every 1/D factor) is dropped
                         lV = 0.0
                         lI = bb * lI
@@ -336,6 +341,9 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                     else:
                         gs = lTt + v * lI
                         g_threshold[i] += gs / D  # in place: the same order whatever the sample blocks
+                        ift = -gs / D  # the spike time's sensitivity to V: ds/dtheta = -dV/dtheta / D
+                        g_tau_mem[i] += ift * (a_tm * prev_V[p] + c_tm * Ip)
+                        g_tau_syn[i] += ift * (c_ts * Ip)
                         lV = (-a / D) * gs
                         lI = bb * lI + (-c / D) * gs
                     lT = lTt

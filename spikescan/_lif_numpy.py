@@ -421,6 +421,7 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     grad_w = np.where(inp, lI, 0.0)
     grad_arrival = np.where(inp, u * lV + v_ * lI + lT, 0.0)
     grads["threshold"] += float(np.sum(np.where(spk & ~graze, (lT + g + v_ * lI) / D, 0.0)))
+    _time_constant_grads(s, tm, ts, Vq, Iq, lV, lI, lT, g, v_, D, inp, spk, graze, lay.i[neurons], grads)
     r_i, p_i = np.nonzero(inp)
     src_idx = res.queue_index.reshape(-1, lay.L1)[rows[r_i, 0], qpos[r_i, p_i]]
     j = src_idx // lay.max_in
@@ -435,6 +436,27 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
         grads["delays"] += np.bincount(j * n_out + col, grad_arrival[r_i, p_i],
                                        minlength=n_in * n_out).reshape(n_in, n_out)
 
+
+
+def _time_constant_grads(s, tm, ts, Vq, Iq, lV, lI, lT, g, v, D, inp, spk, graze, cols, grads):
+    """Adds each neuron's ``d loss / d tau_mem`` and ``d loss / d tau_syn`` (DESIGN.md section 11) to ``grads``.
+
+    At fixed gap lengths, a point changes with the time constants through its gap map: an input's state after it,
+    ``(a V + c I, b I + w)``, by ``(a' V + c' I, b' I)``; a spike's time through the implicit function,
+    ``ds/dtheta = -(a' V + c' I) / D`` (times ``gs``, its total sensitivity, as for the threshold; dropped for a
+    grazing spike), and its current after the reset, ``b I``, by ``b' I``. ``(lV, lI, lT)`` is the adjoint after
+    each point, ``(Vq, Iq)`` the state before it.
+    """
+    a_tm, c_tm, b_ts, c_ts = dyn.decay_param_grads(s, tm, ts)
+    v_tm = a_tm * Vq + c_tm * Iq
+    v_ts = c_ts * Iq
+    i_ts = b_ts * Iq
+    ift = np.where(spk & ~graze, -(lT + g + v * lI) / D, 0.0)
+    g_tm = np.where(inp, lV * v_tm, 0.0) + ift * v_tm
+    g_ts = np.where(inp, lV * v_ts, 0.0) + np.where(inp | spk, lI * i_ts, 0.0) + ift * v_ts
+    n_out = grads["tau_mem"].size
+    grads["tau_mem"] += np.bincount(cols, g_tm.sum(axis=1), minlength=n_out)
+    grads["tau_syn"] += np.bincount(cols, g_ts.sum(axis=1), minlength=n_out)
 
 
 def _adjoint_by_segments(tau, inp, spk, a, b, c, u, v, alpha, beta, g, tm, ts):
@@ -544,6 +566,7 @@ def _backward_compiled(result, grad_times, input_times_grad):
     grad_w = np.zeros((n_in, n_out))
     grad_d = np.zeros((n_in, n_out)) if has_delays else np.zeros((1, 1))
     g_threshold = np.zeros(n_out)
+    g_tau_mem, g_tau_syn = np.zeros(n_out), np.zeros(n_out)
     grazing = np.zeros((max(N, 1), 2))
     grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
     # Samples per block: the per-(sample, neuron, entry) arrival gradients of one block stay within
@@ -559,7 +582,7 @@ def _backward_compiled(result, grad_times, input_times_grad):
         _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, qe, np.ascontiguousarray(res.weights), np.ascontiguousarray(res.tau_mem),
                             np.ascontiguousarray(res.tau_syn), float(res.threshold), n_out, max(max_in, 1), st, se,
                             counts, g, table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
-                            g_threshold, grazing)
+                            g_threshold, g_tau_mem, g_tau_syn, grazing)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
     n_graze = grazing[:, 0]
@@ -571,7 +594,7 @@ def _backward_compiled(result, grad_times, input_times_grad):
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.reshape(batch, n_in, max_in).astype(res.input_dtype) if input_times_grad else None,
         delays=grad_d.astype(res.delays_dtype) if has_delays else None,
-        threshold=np.asarray(g_threshold.sum(), np.float64))
+        threshold=np.asarray(g_threshold.sum(), np.float64), tau_mem=g_tau_mem, tau_syn=g_tau_syn)
 
 
 def lif_backward(result, grad_times, method, input_times_grad=True, engine="numpy"):
@@ -586,6 +609,8 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         "input_times": np.zeros((batch, n_in, max_in)) if input_times_grad else None,
         "delays": None if res.delays is None else np.zeros((n_in, n_out)),
         "threshold": 0.0,
+        "tau_mem": np.zeros(n_out),
+        "tau_syn": np.zeros(n_out),
         "grazing": [],  # (count, first flat neuron, its earliest grazing spike time) per group with any
     }
     N = batch * n_out
@@ -606,4 +631,4 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         weights=grads["weights"].astype(res.weights_dtype),
         input_times=grads["input_times"].astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else grads["delays"].astype(res.delays_dtype),
-        threshold=np.asarray(grads["threshold"], np.float64))
+        threshold=np.asarray(grads["threshold"], np.float64), tau_mem=grads["tau_mem"], tau_syn=grads["tau_syn"])

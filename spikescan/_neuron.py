@@ -111,6 +111,42 @@ def quiet_gap(v0, i0, a, b, c, threshold):
 
 
 @_scalar
+def phi_prime(x):
+    """``d/dx (expm1(x) / x)``: its series ``sum_k k x^(k-1) / (k+1)!`` for ``|x| < 1``, the closed form
+    ``(x e^x - expm1(x)) / x^2`` elsewhere (twin of ``_dynamics._phi_prime``)."""
+    if abs(x) < 1.0:
+        term = 0.5
+        out = 0.5
+        for k in range(2, 22):
+            term = term * x * k / ((k - 1) * (k + 1))
+            out = out + term
+        return out
+    return (x * math.exp(x) - math.expm1(x)) / (x * x)
+
+
+@_scalar
+def decay_param_grads(s, tau_mem, tau_syn, a, b, c):
+    """``(da/dtau_mem, dc/dtau_mem, db/dtau_syn, dc/dtau_syn)`` at fixed gap ``s`` with its decay ``(a, b, c)``
+    (twin of ``_dynamics.decay_param_grads``); zeros for ``s = inf``."""
+    if not math.isfinite(s):
+        return 0.0, 0.0, 0.0, 0.0
+    a_tm = a * s / (tau_mem * tau_mem)
+    b_ts = b * s / (tau_syn * tau_syn)
+    x = s * (1.0 / tau_mem - 1.0 / tau_syn)
+    if abs(x) < 1.0:
+        pre = (s / tau_mem) * a
+        dphi = phi_prime(x)
+        c_tm = c * (s / tau_mem - 1.0) / tau_mem - pre * dphi * s / (tau_mem * tau_mem)
+        c_ts = pre * dphi * s / (tau_syn * tau_syn)
+    else:
+        diff = tau_mem - tau_syn
+        r = tau_syn / diff
+        c_tm = -tau_syn / (diff * diff) * (a - b) + r * a_tm
+        c_ts = tau_mem / (diff * diff) * (a - b) - r * b_ts
+    return a_tm, c_tm, b_ts, c_ts
+
+
+@_scalar
 def _next_up(x):
     return math.nextafter(x, _INF)
 

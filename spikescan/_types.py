@@ -68,14 +68,17 @@ class LIFResult(NamedTuple):
 class LIFGrads(NamedTuple):
     """Gradients of a scalar loss returned by ``lif_backward``; each matches the dtype and shape of its argument.
 
-    ``delays`` is ``None`` when the forward had no delays. ``threshold`` is a float64 scalar array. Time constants
-    get no gradient.
+    ``delays`` is ``None`` when the forward had no delays. ``threshold`` is a float64 scalar array. ``tau_mem`` and
+    ``tau_syn`` are float64 ``[n_out]``: one gradient per neuron, also when the forward got one scalar (whose
+    gradient is their sum); ``None`` from backends that do not compute them yet.
     """
 
     weights: Any
     input_times: Any
     delays: Optional[Any]
     threshold: Any
+    tau_mem: Optional[Any] = None
+    tau_syn: Optional[Any] = None
 
 
 class LIResiduals(NamedTuple):

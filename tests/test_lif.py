@@ -365,8 +365,13 @@ def test_gradients_match_finite_differences(with_delays, taus):
     }
     if with_delays:
         num["delays"] = _fd(lambda x: loss(delays=x), D)
+    # Per-neuron time constants (DESIGN.md section 11): one gradient per neuron, also for scalar arguments; with
+    # tau_mem == tau_syn the perturbations cross the near-equal branch of the closed forms.
+    num["tau_mem"] = _fd(lambda x: loss(tau_mem=x), np.full(3, tau_mem))
+    num["tau_syn"] = _fd(lambda x: loss(tau_syn=x), np.full(3, tau_syn))
     for method in ("sequential", "scan"):
         g = ss.lif_backward(r, G, method=method)
+        assert g.tau_mem.shape == g.tau_syn.shape == (3,)
         for name, expected in num.items():
             np.testing.assert_allclose(getattr(g, name), expected, err_msg=f"{method}: grad_{name}", **TOL["fd"])
     assert np.isinf(t).any()
