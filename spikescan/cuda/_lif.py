@@ -173,6 +173,8 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
     grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
     grad_th = xp.zeros(1, dtype=xp.float64)
+    grad_tm = xp.zeros(n_out, dtype=xp.float64)
+    grad_ts = xp.zeros(n_out, dtype=xp.float64)
     n = batch * n_out
     grazing = xp.zeros((max(n, 1), 2), dtype=xp.float64)  # (count, earliest time) of each neuron's grazing spikes
     grazing[:, 1] = np.inf
@@ -195,7 +197,7 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None),
-                    grad_d, grad_th, grazing]
+                    grad_d, grad_th, grad_tm, grad_ts, grazing]
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, args)
         n_grazing = int(grazing[:, 0].sum())  # host sync
@@ -207,7 +209,7 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
-        threshold=grad_th.reshape(()))
+        threshold=grad_th.reshape(()), tau_mem=grad_tm, tau_syn=grad_ts)
 
 
 def _blocks(threads, block):

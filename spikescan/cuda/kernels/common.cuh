@@ -48,6 +48,51 @@ __device__ __forceinline__ spikescan_decay_t spikescan_decay(double s, double ta
     return r;
 }
 
+// d/dx (expm1(x)/x): the series sum_k k x^(k-1)/(k+1)! for |x| < 1, the closed form elsewhere (twin of
+// _neuron.phi_prime).
+__device__ __forceinline__ double spikescan_phi_prime(double x) {
+    if (fabs(x) < 1.0) {
+        double term = 0.5, out = 0.5;
+        for (int k = 2; k < 22; ++k) {
+            term = term * x * (double)k / (double)((k - 1) * (k + 1));
+            out = out + term;
+        }
+        return out;
+    }
+    return (x * exp(x) - expm1(x)) / (x * x);
+}
+
+// Derivatives of the gap map at fixed gap s with its decay d: da/dtau_mem, dc/dtau_mem, db/dtau_syn, dc/dtau_syn
+// (twin of _neuron.decay_param_grads; zeros for s = +inf).
+struct spikescan_param_grads_t {
+    double a_tm, c_tm, b_ts, c_ts;
+};
+
+__device__ __forceinline__ spikescan_param_grads_t spikescan_decay_param_grads(double s, double tau_mem,
+                                                                              double tau_syn,
+                                                                              spikescan_decay_t d) {
+    spikescan_param_grads_t g;
+    if (!isfinite(s)) {
+        g.a_tm = 0.0; g.c_tm = 0.0; g.b_ts = 0.0; g.c_ts = 0.0;
+        return g;
+    }
+    g.a_tm = d.a * s / (tau_mem * tau_mem);
+    g.b_ts = d.b * s / (tau_syn * tau_syn);
+    const double x = s * (1.0 / tau_mem - 1.0 / tau_syn);
+    if (fabs(x) < 1.0) {
+        const double pre = (s / tau_mem) * d.a;
+        const double dphi = spikescan_phi_prime(x);
+        g.c_tm = d.c * (s / tau_mem - 1.0) / tau_mem - pre * dphi * s / (tau_mem * tau_mem);
+        g.c_ts = pre * dphi * s / (tau_syn * tau_syn);
+    } else {
+        const double diff = tau_mem - tau_syn;
+        const double r = tau_syn / diff;
+        g.c_tm = -tau_syn / (diff * diff) * (d.a - d.b) + r * g.a_tm;
+        g.c_ts = tau_mem / (diff * diff) * (d.a - d.b) - r * g.b_ts;
+    }
+    return g;
+}
+
 __device__ __forceinline__ double spikescan_voltage(double s, double v0, double i0, double tau_mem,
                                                     double tau_syn) {
     const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);

@@ -45,7 +45,7 @@ __global__ void spikescan_lif_backward(
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    double* __restrict__ grazing) {
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, double* __restrict__ grazing) {
     // This launch handles neurons [neuron_start, neuron_start + n_group) of the flattened batch * n_out.
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (local >= n_group) return;
@@ -92,7 +92,7 @@ __global__ void spikescan_lif_backward(
     // Pass 2: chunks last to first; inside a chunk, recompute then reverse.
     double prev_V[SPIKESCAN_BWD_CHUNK], prev_I[SPIKESCAN_BWD_CHUNK], prev_t[SPIKESCAN_BWD_CHUNK];
     long long code[SPIKESCAN_BWD_CHUNK];  // >= 0: input k; < 0: spike -(m + 1)
-    double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0;
+    double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0, g_tau_mem = 0.0, g_tau_syn = 0.0;
     double n_grazing = 0.0, t_grazing = 0.0;
     const long long n_chunks = (n_points + SPIKESCAN_BWD_CHUNK - 1) / SPIKESCAN_BWD_CHUNK;
     for (long long c = n_chunks - 1; c >= 0; --c) {
@@ -131,7 +131,12 @@ __global__ void spikescan_lif_backward(
             const double Ip = prev_I[slot];
             if (code[slot] >= 0) {
                 const long long k = code[slot];
-                const spikescan_decay_t d = spikescan_decay(qt[k] - prev_t[slot], tau_mem, tau_syn);
+                const double s_gap = qt[k] - prev_t[slot];
+                const spikescan_decay_t d = spikescan_decay(s_gap, tau_mem, tau_syn);
+                // Time constants (DESIGN.md section 11): the state after the input moves with the gap map.
+                const spikescan_param_grads_t pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
+                g_tau_mem += lV * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
+                g_tau_syn += lV * (pg.c_ts * Ip) + lI * (pg.b_ts * Ip);
                 const double I_pre = d.b * Ip;
                 const double V_post = d.a * prev_V[slot] + d.c * Ip;
                 const double u = (I_pre - V_post) / tau_mem;
@@ -149,11 +154,14 @@ __global__ void spikescan_lif_backward(
                 lT = -gs;
             } else {
                 const long long ms = -code[slot] - 1;
-                const spikescan_decay_t d = spikescan_decay(st[ms] - prev_t[slot], tau_mem, tau_syn);
+                const double s_gap = st[ms] - prev_t[slot];
+                const spikescan_decay_t d = spikescan_decay(s_gap, tau_mem, tau_syn);
+                const spikescan_param_grads_t pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
                 const double I_pre = d.b * Ip;
                 const double D = (I_pre - threshold) / tau_mem;
                 const double v = -I_pre / tau_syn;
                 const double lTt = lT + (double)gt[ms];
+                g_tau_syn += lI * (pg.b_ts * Ip);  // the current after the reset, b I
                 if (D <= 0.0) {  // grazing spike: IFT term dropped (spikes are visited last to first)
                     lV = 0.0;
                     lI = d.b * lI;
@@ -162,6 +170,9 @@ __global__ void spikescan_lif_backward(
                 } else {
                     const double gs = lTt + v * lI;
                     g_threshold += gs / D;
+                    // The spike time moves with the time constants: ds/dtheta = -(dV/dtheta) / D.
+                    g_tau_mem += (-gs / D) * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
+                    g_tau_syn += (-gs / D) * (pg.c_ts * Ip);
                     lV = (-d.a / D) * gs;
                     lI = d.b * lI + (-d.c / D) * gs;
                 }
@@ -170,6 +181,8 @@ __global__ void spikescan_lif_backward(
         }
     }
     atomicAdd(grad_threshold, g_threshold);
+    atomicAdd(grad_tau_mem + i, g_tau_mem);
+    atomicAdd(grad_tau_syn + i, g_tau_syn);
     if (n_grazing > 0.0) {
         grazing[2 * tid] = n_grazing;
         grazing[2 * tid + 1] = t_grazing;
@@ -216,7 +229,8 @@ struct spikescan_chunk_point_t {
     unsigned spikes;       // the chunk's spike lanes (bit l: point p0 + l is a spike), same in every lane
     long long k, m;
     double t;              // time of the point
-    spikescan_decay_t d;   // decay over the gap from the previous point (active lanes)
+    double s;              // gap from the previous point (active lanes)
+    spikescan_decay_t d;   // decay over that gap
     spikescan_affine_t f;  // forward map of (V, I) over the gap from the previous point and the point itself
 };
 
@@ -259,8 +273,10 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
     }
     const double t_up = __shfl_up_sync(SPIKESCAN_FULL_MASK, pt.t, 1);
     const double t_prev = (lane == 0) ? t_before : t_up;
+    pt.s = 0.0;
     if (pt.active) {
-        pt.d = spikescan_decay(pt.t - t_prev, tau_mem, tau_syn);
+        pt.s = pt.t - t_prev;
+        pt.d = spikescan_decay(pt.s, tau_mem, tau_syn);
         pt.f.a = pt.spike ? 0.0 : pt.d.a;
         pt.f.c = pt.spike ? 0.0 : pt.d.c;
         pt.f.b = pt.d.b;
@@ -284,7 +300,7 @@ __global__ void spikescan_lif_backward_scan(
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    double* __restrict__ grazing) {
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, double* __restrict__ grazing) {
     // Warp = neuron; exits below are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -325,7 +341,7 @@ __global__ void spikescan_lif_backward_scan(
     }
 
     // Pass 2: chunks last to first (carry: the adjoint after the chunk's last point).
-    double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0;
+    double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0, g_tau_mem = 0.0, g_tau_syn = 0.0;  // per lane
     double n_grazing = 0.0, t_grazing = 0.0;  // warp-uniform (the spike loop below is)
     for (long long c = n_chunks - 1; c >= 0; --c) {
         V = checkpoints[(c * 4 + 0) * n_group + local];
@@ -401,6 +417,14 @@ __global__ void spikescan_lif_backward_scan(
             } else if (lane == q) {
                 g_threshold += gs / Dq;
             }
+            if (lane == q) {  // time constants: lane q holds the state before its spike (Vp, Ip) and its gap
+                const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
+                g_tau_syn += sI * (pg.b_ts * Ip);
+                if (!grazing_q) {
+                    g_tau_mem += (-gs / Dq) * (pg.a_tm * Vp + pg.c_tm * Ip);
+                    g_tau_syn += (-gs / Dq) * (pg.c_ts * Ip);
+                }
+            }
             const double nV = grazing_q ? 0.0 : (-da / Dq) * gs;
             const double nI = grazing_q ? db * sI : db * sI + (-dc / Dq) * gs;
             if (q == 0) {
@@ -424,6 +448,9 @@ __global__ void spikescan_lif_backward_scan(
         }
         const double gs_next = __shfl_sync(SPIKESCAN_FULL_MASK, gs, (lane < 31) ? lane + 1 : lane);
         if (pt.active && !pt.spike) {
+            const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
+            g_tau_mem += mV * (pg.a_tm * Vp + pg.c_tm * Ip);
+            g_tau_syn += mV * (pg.c_ts * Ip) + mI * (pg.b_ts * Ip);
             const double mT = (lane == A) ? AT : -gs_next;
             const long long flat = qi[pt.k];
             const long long j = flat / max_in;
@@ -444,9 +471,13 @@ __global__ void spikescan_lif_backward_scan(
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
         g_threshold += __shfl_sync(SPIKESCAN_FULL_MASK, g_threshold, lane ^ offset);
+        g_tau_mem += __shfl_sync(SPIKESCAN_FULL_MASK, g_tau_mem, lane ^ offset);
+        g_tau_syn += __shfl_sync(SPIKESCAN_FULL_MASK, g_tau_syn, lane ^ offset);
     }
     if (lane == 0) {
         atomicAdd(grad_threshold, g_threshold);
+        atomicAdd(grad_tau_mem + i, g_tau_mem);
+        atomicAdd(grad_tau_syn + i, g_tau_syn);
         if (n_grazing > 0.0) {
             grazing[2 * tid] = n_grazing;
             grazing[2 * tid + 1] = t_grazing;
