@@ -104,6 +104,21 @@ class DelayRange(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
+class TimeConstantFloor(keras.constraints.Constraint):
+    """Keeps trainable time constants at or above ``min_value`` (clipping after each optimizer step): the
+    dynamics need positive time constants, and a step that would cross zero is stopped at the floor."""
+
+    def __init__(self, min_value):
+        self.min_value = _validate.positive_scalar("min_value", min_value)
+
+    def __call__(self, w):
+        return ops.maximum(w, self.min_value)
+
+    def get_config(self):
+        return {"min_value": self.min_value}
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
 class LIFLayer(keras.layers.Layer):
     """Dense layer of current-based LIF neurons with exact spike times and exact gradients (no surrogates).
 
@@ -116,7 +131,12 @@ class LIFLayer(keras.layers.Layer):
         V = threshold  ->  output spike, V <- 0.
 
     Weights: ``kernel [n_in, units]``; with ``delays=True`` also ``delays [n_in, units]``, kept in
-    ``[0, max_delay]`` by the ``DelayRange`` constraint (clipping after each optimizer step).
+    ``[0, max_delay]`` by the ``DelayRange`` constraint (clipping after each optimizer step). With
+    ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn`` ``[units]`` (attributes
+    ``tau_mem_per_neuron``, ``tau_syn_per_neuron``), one per neuron, initialised to the ``tau_mem`` and ``tau_syn``
+    arguments, trained by their exact gradients (``spikescan.lif_backward``'s ``tau_mem`` / ``tau_syn``) and kept at
+    or above ``min_time_constant`` (default: 5% of the smaller argument) by ``TimeConstantFloor``. The first-batch
+    calibration uses the initial values; the revival objective moves the weights only.
 
     Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
     non-trainable variable ``capped_spikes`` (int32) accumulates, over every call since it was built, the number of
@@ -179,7 +199,8 @@ class LIFLayer(keras.layers.Layer):
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
                  kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
-                 input_spikes=None, input_window=0.0, max_total_spikes=10_000, **kwargs):
+                 input_spikes=None, input_window=0.0, max_total_spikes=10_000, trainable_time_constants=False,
+                 min_time_constant=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
@@ -207,11 +228,17 @@ class LIFLayer(keras.layers.Layer):
         self.silence_penalty = _validate.nonnegative_scalar("silence_penalty", silence_penalty)
         self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
         self.input_window = _validate.nonnegative_scalar("input_window", input_window)
+        if not isinstance(trainable_time_constants, bool):
+            raise TypeError(f"trainable_time_constants must be True or False, got {trainable_time_constants!r}")
+        self.trainable_time_constants = trainable_time_constants
+        self.min_time_constant = (0.05 * min(self.tau_mem, self.tau_syn) if min_time_constant is None
+                                  else _validate.positive_scalar("min_time_constant", min_time_constant))
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
-                             self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes)
+                             self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes,
+                             time_constant_inputs=trainable_time_constants)
         self._train_spec = dataclasses.replace(self._spec, training=True)
-        self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn)
+        self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn, time_constant_inputs=trainable_time_constants)
         # Set by spikescan_keras.distributed.DistributedDataParallel while it trains the model on several torch
         # processes: the collectives that give the batch-wide quantities (calibration, dead neurons, statistics)
         # the global batch's values.
@@ -233,6 +260,14 @@ class LIFLayer(keras.layers.Layer):
                 init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
             self.delays = self.add_weight(name="delays", shape=(n_in, self.units), initializer=init,
                                           constraint=DelayRange(self.max_delay))
+        if self.trainable_time_constants:
+            floor = TimeConstantFloor(self.min_time_constant)
+            self.tau_mem_per_neuron = self.add_weight(
+                name="tau_mem", shape=(self.units,), initializer=keras.initializers.Constant(self.tau_mem),
+                constraint=floor)
+            self.tau_syn_per_neuron = self.add_weight(
+                name="tau_syn", shape=(self.units,), initializer=keras.initializers.Constant(self.tau_syn),
+                constraint=floor)
         self.capped_spikes = self.add_weight(name="capped_spikes", shape=(), dtype="int32", initializer="zeros",
                                              trainable=False)
         self.kernel_scale = self.add_weight(name="kernel_scale", shape=(), initializer="ones", trainable=False)
@@ -269,8 +304,10 @@ class LIFLayer(keras.layers.Layer):
         inputs = ops.convert_to_tensor(inputs)
         kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
         delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
+        taus = ((ops.convert_to_tensor(self.tau_mem_per_neuron), ops.convert_to_tensor(self.tau_syn_per_neuron))
+                if self.trainable_time_constants else ())
         spec = self._train_spec if training else self._spec
-        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays))
+        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *taus))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         if training:
             dead, capped = self._firing_statistics(counts, capped)
@@ -278,7 +315,8 @@ class LIFLayer(keras.layers.Layer):
         if self.spike_count_regularizer is not None:
             self.add_loss(self.spike_count_regularizer(times))
         if training and self.silence_penalty > 0:
-            self.add_loss(self._silence_loss(inputs, kernel, delays, ops.cast(dead, kernel.dtype)))
+            taus = tuple(ops.stop_gradient(x) for x in taus)
+            self.add_loss(self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype)))
         return times
 
     def _firing_statistics(self, counts, capped):
@@ -299,9 +337,10 @@ class LIFLayer(keras.layers.Layer):
         self.dead_fraction.assign(ops.mean(dead))
         return dead, capped
 
-    def _silence_loss(self, inputs, kernel, delays, dead):
-        """The revival objective of the class docstring; ``dead [units]`` is 1 for the neurons in ``S``."""
-        (peaks,) = _bridge.apply(PeakOp, self._peak_spec, (inputs, kernel, *delays, dead))
+    def _silence_loss(self, inputs, kernel, extra, dead):
+        """The revival objective of the class docstring; ``dead [units]`` is 1 for the neurons in ``S``; ``extra``:
+        the delays and per-neuron time constants the layer has (``PeakOp``'s inputs)."""
+        (peaks,) = _bridge.apply(PeakOp, self._peak_spec, (inputs, kernel, *extra, dead))
         spikes = ops.sum(ops.cast(ops.isfinite(inputs), kernel.dtype), axis=-1)  # [batch, n_in]
         net_drive = ops.matmul(spikes, kernel)  # [batch, units]
         q = ops.relu(-net_drive) / self.threshold
@@ -321,7 +360,8 @@ class LIFLayer(keras.layers.Layer):
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer),
             calibrate=None if self.calibrate is None else list(self.calibrate), silence_penalty=self.silence_penalty,
-            input_spikes=self.input_spikes, input_window=self.input_window, max_total_spikes=self.max_total_spikes)
+            input_spikes=self.input_spikes, input_window=self.input_window, max_total_spikes=self.max_total_spikes,
+            trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant)
         return config
 
 

@@ -180,7 +180,11 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         n_in, n_out = kernel.shape
         if isinstance(layer, LIFLayer):
             kernel = kernel * np.float32(_numpy(layer.kernel_scale))  # what the layer computes with, in float32
-        tau_mem, tau_syn = np.full(n_out, g(layer.tau_mem)), np.full(n_out, g(layer.tau_syn))
+        if isinstance(layer, LIFLayer) and layer.trainable_time_constants:  # the trained per-neuron values
+            tau_mem = g(_numpy(layer.tau_mem_per_neuron).astype(np.float64))
+            tau_syn = g(_numpy(layer.tau_syn_per_neuron).astype(np.float64))
+        else:
+            tau_mem, tau_syn = np.full(n_out, g(layer.tau_mem)), np.full(n_out, g(layer.tau_syn))
         if isinstance(layer, LIFLayer) and layer.use_delays:
             k = n_in * n_out
             delays = _numpy(layer.delays).astype(np.float32)
@@ -219,7 +223,8 @@ def _layer_metadata(layer, kernel_scale):
     meta.update(threshold=layer.threshold, max_spikes=layer.max_spikes, method=layer.method, solver=layer.solver,
                 chunk_size=layer.chunk_size, silence_penalty=layer.silence_penalty,
                 calibrate="none" if layer.calibrate is None else np.array(layer.calibrate, dtype=np.float64),
-                input_window=layer.input_window, delays=layer.use_delays)
+                input_window=layer.input_window, delays=layer.use_delays,
+                trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant)
     for key in ("max_delay", "input_spikes"):
         if getattr(layer, key) is not None:
             meta[key] = getattr(layer, key)
@@ -294,11 +299,11 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
         if not synapses:
             raise ValueError(f"import_nir: node {name!r} has no Linear node before it")
         w, d = _synapses(graph, synapses, n_prev, nir)
-        layer, kernel, delays = _neuron(name, node, w, d, nir, time_unit, graph_time_unit, meta_unit, synapse,
-                                        dict(max_spikes=max_spikes, readout=readout, t_max=t_max,
-                                             tau_readout=tau_readout))
+        layer, kernel, delays, taus = _neuron(name, node, w, d, nir, time_unit, graph_time_unit, meta_unit,
+                                              synapse, dict(max_spikes=max_spikes, readout=readout, t_max=t_max,
+                                                            tau_readout=tau_readout))
         layers.append(layer)
-        weights.append((kernel, delays))
+        weights.append((kernel, delays, taus))
         synapses, n_prev = [], kernel.shape[1]
     if synapses:
         raise ValueError(f"import_nir: node {synapses[0]!r}: synapse nodes after the last neuron node are not "
@@ -306,11 +311,14 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     if not layers:
         raise ValueError("import_nir: the graph has no CubaLIF or CubaLI node")
     model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
-    for layer, (kernel, delays) in zip(layers, weights):
+    for layer, (kernel, delays, taus) in zip(layers, weights):
         layer.kernel.assign(kernel)
         if isinstance(layer, LIFLayer):
             if delays is not None:
                 layer.delays.assign(delays)
+            if taus is not None:
+                layer.tau_mem_per_neuron.assign(taus[0])
+                layer.tau_syn_per_neuron.assign(taus[1])
             layer.kernel_scale.assign(1.0)
             layer.calibrated.assign(1)
     return model
@@ -509,9 +517,19 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if np.any(p[field] != 0):
             raise ValueError(f"import_nir: node {name!r}: field {field!r} must be 0 (spikescan neurons rest and reset "
                              f"at 0), got values up to {np.abs(p[field]).max()!r}")
-    tau_mem_g = _uniform(name, "tau_mem", p["tau_mem"])
-    tau_syn_g = _uniform(name, "tau_syn", p["tau_syn"])
     meta = _meta_dict(node.metadata)
+    # A CubaLIF with one value per neuron (or exported from trainable time constants) becomes a LIFLayer with
+    # trainable per-neuron time constants; elsewhere one value per layer.
+    per_neuron = is_lif and (bool(meta.get("trainable_time_constants", False))
+                             or np.any(p["tau_mem"] != p["tau_mem"][0]) or np.any(p["tau_syn"] != p["tau_syn"][0]))
+    if per_neuron:
+        for field in ("tau_mem", "tau_syn"):
+            if not np.all(p[field] > 0):
+                raise ValueError(f"import_nir: node {name!r}: field {field!r} must be > 0, got {p[field].min()!r}")
+        tau_mem_g, tau_syn_g = float(p["tau_mem"][0]), float(p["tau_syn"][0])
+    else:
+        tau_mem_g = _uniform(name, "tau_mem", p["tau_mem"])
+        tau_syn_g = _uniform(name, "tau_syn", p["tau_syn"])
     same_unit = meta_unit == time_unit
 
     def model_time(graph_value, key):
@@ -539,7 +557,7 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         readout = str(meta.get("readout", overrides["readout"] or "integral"))
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, **kwargs)
-        return layer, kernel, None
+        return layer, kernel, None, None
     threshold = _uniform(name, "v_threshold", p["v_threshold"])
     max_spikes = meta.get("max_spikes", overrides["max_spikes"])
     if max_spikes is None:
@@ -557,6 +575,14 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if "spike_count_strength" in meta:
             extra["spike_count_regularizer"] = SpikeCountRegularizer(float(meta["spike_count_strength"]),
                                                                      meta_time("spike_count_tau"))
+    taus = None
+    if per_neuron:
+        if "tau_mem" in meta and "tau_syn" in meta:  # the layer's arguments (initial values), in the model's unit
+            kwargs.update(tau_mem=meta_time("tau_mem"), tau_syn=meta_time("tau_syn"))
+        extra.update(trainable_time_constants=True)
+        if "min_time_constant" in meta:
+            extra["min_time_constant"] = meta_time("min_time_constant")
+        taus = tuple(_convert(p[f], graph_unit, time_unit).astype(np.float32) for f in ("tau_mem", "tau_syn"))
     layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
                      max_delay=meta_time("max_delay"), **kwargs, **extra)
-    return layer, kernel, delays
+    return layer, kernel, delays, taus

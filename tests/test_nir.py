@@ -236,7 +236,11 @@ def test_unsupported_graphs_name_node_and_field():
     cases = [
         (graph_with(lif1=nir.CubaLIF(**{**lif, "v_leak": 0.1 * ones6})), r"node 'lif1'.*'v_leak'"),
         (graph_with(lif1=nir.CubaLIF(**{**lif, "v_reset": -ones6})), r"node 'lif1'.*'v_reset'"),
-        (graph_with(lif1=nir.CubaLIF(**{**lif, "tau_mem": np.linspace(0.01, 0.02, 6)})), r"node 'lif1'.*'tau_mem'"),
+        # Per-neuron time constants import into a LIFLayer with trainable ones (test_keras_time_constants.py), not
+        # into a readout, which has one value per layer.
+        (graph_with(lif1=nir.CubaLIF(**{**lif, "tau_mem": -0.02 * ones6})), r"node 'lif1'.*'tau_mem' must be > 0"),
+        (graph_with(li=nir.CubaLI(tau_mem=np.linspace(0.01, 0.02, 2), tau_syn=0.005 * np.ones(2), r=np.ones(2),
+                                  v_leak=np.zeros(2))), r"node 'li'.*'tau_mem'.*same for every neuron"),
         (graph_with(lif1=nir.CubaLIF(**{**lif, "v_threshold": 0 * ones6})), r"node 'lif1'.*'v_threshold'"),
         (graph_with(fc1=nir.Affine(weight=np.ones((6, 4)), bias=np.ones(6))), r"node 'fc1'.*'bias'"),
         (graph_with(lif1=nir.LIF(tau=0.02 * ones6, r=ones6, v_leak=0 * ones6, v_threshold=ones6)),

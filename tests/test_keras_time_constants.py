@@ -1,0 +1,107 @@
+"""LIFLayer(trainable_time_constants=True): per-neuron tau_mem / tau_syn weights trained by their exact gradients.
+One process per backend (KERAS_BACKEND=torch|jax|tensorflow python -m pytest tests/test_keras_time_constants.py)."""
+
+import numpy as np
+import pytest
+
+from _keras_backend import keras_or_skip
+
+BACKEND, keras = keras_or_skip()
+
+from keras import ops  # noqa: E402
+
+import spikescan  # noqa: E402
+import spikescan_keras as sk  # noqa: E402
+from test_keras import backend_grad, finite_differences, spike_input  # noqa: E402
+
+TAU_MEM, TAU_SYN = 10.0, 4.0
+
+
+def _layer(**kw):
+    return sk.LIFLayer(5, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, trainable_time_constants=True,
+                       calibrate=None, silence_penalty=0.0, **kw)
+
+
+def test_time_constant_gradients_match_finite_differences():
+    rng = np.random.default_rng(4)
+    x = spike_input(rng, n_in=4, max_in=3)
+    lif = _layer(kernel_initializer=keras.initializers.RandomNormal(1.0, 0.5, seed=2))
+    lif(x)
+    lif.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 5).astype(np.float32))
+    lif.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 5).astype(np.float32))
+    assert np.isfinite(ops.convert_to_numpy(lif(x))).sum() > 6, "the case should have spikes"
+    names = [v.path.split("/")[-1] for v in lif.trainable_variables]
+    assert names == ["kernel", "tau_mem", "tau_syn"]
+    grad_times = rng.normal(size=(3, 5, 3))
+    params = [v.numpy() for v in lif.trainable_variables]
+
+    def loss_layer(*weights):
+        times, _ = lif.stateless_call(list(weights), [v.value for v in lif.non_trainable_variables], x)
+        finite = ops.where(ops.isfinite(times), times, 0.0)
+        return ops.sum(finite * ops.convert_to_tensor(grad_times.astype(np.float32)))
+
+    def loss_numpy(w, tau_mem, tau_syn):
+        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=3)
+        return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
+
+    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
+    got = backend_grad(loss_layer, params)
+    for name, g, e in zip(names, got, expected):
+        assert g.dtype == np.float32, name
+        assert np.abs(e).max() > 0, name
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
+def test_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_them(tmp_path):
+    rng = np.random.default_rng(5)
+    x = np.sort(rng.uniform(0.0, 20.0, (32, 4, 2)), axis=-1).astype(np.float32)
+    y = (x[:, 0, 0] < x[:, 1, 0]).astype(np.int32)
+    model = keras.Sequential([
+        keras.Input(shape=(4, 2)),
+        sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, trainable_time_constants=True,
+                    min_time_constant=3.0, name="hidden"),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=40.0),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    lif = model.get_layer("hidden")
+    tau_mem, tau_syn = lif.tau_mem_per_neuron.numpy(), lif.tau_syn_per_neuron.numpy()
+    assert not np.allclose(tau_mem, TAU_MEM) and not np.allclose(tau_syn, TAU_SYN)  # they trained
+    assert tau_mem.min() >= 3.0 and tau_syn.min() >= 3.0  # TimeConstantFloor (a large step would cross it)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    again = loaded.get_layer("hidden")
+    assert again.trainable_time_constants and again.min_time_constant == 3.0
+    np.testing.assert_array_equal(again.tau_mem_per_neuron.numpy(), tau_mem)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x[:4])), ops.convert_to_numpy(model(x[:4])))
+
+
+@pytest.mark.parametrize("bad", ["yes", 1])
+def test_option_is_checked(bad):
+    with pytest.raises(TypeError, match="trainable_time_constants"):
+        sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, trainable_time_constants=bad)
+    with pytest.raises(ValueError, match="min_time_constant"):
+        sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, min_time_constant=-1.0)
+
+
+def test_nir_round_trip_keeps_the_trained_time_constants(tmp_path):
+    nir = pytest.importorskip("nir")
+    rng = np.random.default_rng(6)
+    model = keras.Sequential([keras.Input(shape=(4, 2)), _layer(name="hidden"),
+                              sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=40.0)])
+    lif = model.get_layer("hidden")
+    lif.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 5).astype(np.float32))
+    lif.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 5).astype(np.float32))
+    graph = sk.export_nir(model)
+    np.testing.assert_allclose(graph.nodes["hidden"].tau_mem * 1e3, lif.tau_mem_per_neuron.numpy(), rtol=1e-6)
+    path = tmp_path / "model.nir"
+    nir.write(path, graph)
+    back = sk.import_nir(nir.read(path))
+    again = back.get_layer("hidden")
+    assert again.trainable_time_constants
+    np.testing.assert_allclose(again.tau_mem_per_neuron.numpy(), lif.tau_mem_per_neuron.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(again.tau_syn_per_neuron.numpy(), lif.tau_syn_per_neuron.numpy(), rtol=1e-6)
+    x = spike_input(rng, n_in=4, max_in=2)
+    np.testing.assert_allclose(ops.convert_to_numpy(back(x)), ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)
