@@ -68,9 +68,24 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
 
 
 def initialize_distributed():
-    """Join the process group when started by ``torchrun`` (``spikescan_keras.distributed.initialize``); returns
-    the number of processes (1 otherwise). Call it before building the model."""
+    """Join the process group when started by ``torchrun`` (``spikescan_keras.distributed.initialize``) and set the
+    CPU threads (``cpu_threads``); returns the number of processes (1 otherwise). Call it before building the
+    model."""
+    cpu_threads()
     return distributed.initialize()
+
+
+def cpu_threads():
+    """On a CPU with the torch backend, torch's own operations get one thread (unless ``OMP_NUM_THREADS`` says
+    otherwise): in these models they are tiny (a readout and a loss on a batch), while the spiking layers' compiled
+    kernels use every core, and torch's idle OpenMP workers spinning between its operations took those cores. On the
+    2-core development machine two Yin-Yang epochs took 6.0-7.5 s this way against 11-23 s with torch's default."""
+    if keras.backend.backend() != "torch" or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
 
 
 def is_chief():
