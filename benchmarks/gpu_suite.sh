@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one command, for a machine with an NVIDIA GPU, CuPy and (for the last
 # step) JAX with CUDA:
-#   1. the GPU tests (`pytest -m gpu`) and the Keras tests on CUDA tensors (torch backend, if torch sees the GPU);
+#   1. the GPU tests (`pytest -m gpu`), the Keras tests on CUDA tensors (torch backend, if torch sees the GPU) and
+#      the jax backend's zero-copy buffer route (its GPU test, if jax sees the GPU);
 #   2. the delayed-queue comparison (generic argsort vs kernels/queue.cu);
 #   3. the layer sweep: fused sequential vs scan vs auto, both backward kernels, with and without delays;
 #   4. the jax.lax.associative_scan comparison of the 2 x 512 SHD network (batch 256 and 64), with every spikescan
@@ -22,6 +23,7 @@ step() { "$@" || { rc=$?; echo "step failed (exit $rc): $*"; [ "$status" -ne 0 ]
 log="$out/gpu_${tag}_tests.log"
 step bash -c "python -m pytest -q -m gpu tests --ignore=tests/test_keras.py --ignore=tests/test_examples.py 2>&1 | tee '$log'"
 step bash -c "KERAS_BACKEND=torch python -m pytest -q tests/test_keras.py 2>&1 | tail -5 | tee -a '$log'"
+step bash -c "XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 KERAS_BACKEND=jax python -m pytest -q -rs -m gpu tests/test_keras.py 2>&1 | tail -5 | tee -a '$log'"
 step python benchmarks/bench_lif_cuda.py --queues-only --repeats 3 --output "$out/gpu_${tag}_queues.json"
 step python benchmarks/bench_lif_cuda.py --repeats 3 --output "$out/gpu_${tag}_sweep.json"
 step python benchmarks/bench_lif_cuda.py --jax-only --jax-batch 256 64 --repeats 3 --output "$out/gpu_${tag}_jax.json"

@@ -12,6 +12,10 @@ has the same shape:
 - ``per_sample``: True when every output is one row per sample along axis 0 of ``inputs[0]`` and the other inputs
   are shared by all samples (weights), so a data-parallel bridge may run the op on each device's slice of the batch
   and sum the shared inputs' gradients; False when the result depends on the whole batch (the calibration).
+- optional ``check_values(spec, outputs) -> values`` and ``check(spec, *values)``: the op's host checks (warnings),
+  split so that a bridge that keeps the outputs on the device can leave them out of the op
+  (``spec.host_checks = False``), compute ``values`` (a few scalars) from the outputs with its own array library (only
+  operators, ``.sum()`` and ``.size`` are used) and hand just those to ``check`` on the host.
 
 Only numerics from ``spikescan`` run here; nothing imports a deep-learning framework.
 """
@@ -61,7 +65,7 @@ class LIFSpec:
     layer_name: str
     training: bool = False
     max_total_spikes: int = 10_000
-    time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are the last two inputs (trainable)
+    host_checks: bool = True  # False: the bridge runs ``LIFOp.check`` itself, on values it computed from the outputs
 
 
 @dataclass(frozen=True)
@@ -75,17 +79,8 @@ class LISpec:
     tau_readout: Optional[float]
 
 
-def _split_time_constants(spec, inputs):
-    """``(inputs without the time constants, tau_mem, tau_syn)``: the last two inputs when the spec says they are
-    inputs (per-neuron, trainable), else the spec's scalars."""
-    if spec.time_constant_inputs:
-        return inputs[:-2], inputs[-2], inputs[-1]
-    return inputs, spec.tau_mem, spec.tau_syn
-
-
 class LIFOp:
-    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``, followed by ``(tau_mem, tau_syn)``
-    ``[n_out]`` when ``spec.time_constant_inputs``; ``outputs = (times, counts)``.
+    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``; ``outputs = (times, counts)``.
 
     ``times [batch, n_out, max_spikes]`` has the dtype of ``input_times``; ``counts [batch, n_out]`` is int32 (the
     true spike count per neuron, which may exceed ``max_spikes``).
@@ -95,31 +90,41 @@ class LIFOp:
 
     @staticmethod
     def forward(spec: LIFSpec, inputs):
-        inputs, tau_mem, tau_syn = _split_time_constants(spec, inputs)
         input_times, weights, *delays = inputs
         result = spikescan.lif_forward(
-            input_times, weights, delays=delays[0] if delays else None, tau_mem=tau_mem, tau_syn=tau_syn,
+            input_times, weights, delays=delays[0] if delays else None, tau_mem=spec.tau_mem, tau_syn=spec.tau_syn,
             threshold=spec.threshold, max_spikes=spec.max_spikes, method=spec.method, chunk_size=spec.chunk_size,
             solver=spec.solver, max_total_spikes=spec.max_total_spikes)
-        if result.capped_spikes:
+        outputs = (result.times, result.counts.astype(np.int32))
+        if spec.host_checks:
+            LIFOp.check(spec, *LIFOp.check_values(spec, outputs))
+        return outputs, result
+
+    @staticmethod
+    def check_values(spec: LIFSpec, outputs):
+        """``(capped, fired)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and neurons), and the
+        number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent batch)."""
+        counts = outputs[1]
+        over = counts - spec.max_spikes
+        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0)
+
+    @staticmethod
+    def check(spec: LIFSpec, capped, fired):
+        """The forward's warnings, from the host values of ``check_values``."""
+        if int(capped):
             # The message has no count, so Python's default filter shows it once per layer rather than every batch;
             # the layer's ``capped_spikes`` variable keeps the running total.
             warnings.warn(
                 f"LIFLayer {spec.layer_name!r}: some neurons fired more than max_spikes={spec.max_spikes} times; "
                 "their extra spikes keep exact dynamics but are not passed on. The layer's `capped_spikes` "
                 "variable counts them; raise max_spikes if this matters.", CappedSpikesWarning)
-        if spec.training and result.counts.size and not bool(result.counts.any()):
+        if spec.training and not int(fired):
             _warn_silent(spec.layer_name)
-        return (result.times, result.counts.astype(np.int32)), result
 
     @staticmethod
     def backward(spec: LIFSpec, result, grad_times, input_grad=True):
         grads = spikescan.lif_backward(result, grad_times, input_times_grad=input_grad)
-        out = (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
-        if spec.time_constant_inputs:
-            dtype = grads.weights.dtype
-            out += (grads.tau_mem.astype(dtype), grads.tau_syn.astype(dtype))
-        return out
+        return (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
 
     @staticmethod
     def output_specs(spec: LIFSpec, inputs):
@@ -158,13 +163,10 @@ class PeakSpec:
 
     tau_mem: float
     tau_syn: float
-    time_constant_inputs: bool = False
 
 
 class PeakOp:
-    """``inputs = (input_times, weights, neurons)`` or ``(input_times, weights, delays, neurons)``, with
-    ``(tau_mem, tau_syn)`` ``[n_out]`` before ``neurons`` when ``spec.time_constant_inputs`` (they get a zero
-    gradient: the revival objective moves the weights, not the time constants);
+    """``inputs = (input_times, weights, neurons)`` or ``(input_times, weights, delays, neurons)``;
     ``outputs = (values,)``: ``values [batch, n_out]`` the peak sub-threshold voltage of each neuron over all time
     (``spikescan.peak_voltage``), computed only for the columns where ``neurons [n_out]`` (float, 0 or 1) is set and
     0 elsewhere. ``neurons`` gets a zero gradient.
@@ -174,21 +176,18 @@ class PeakOp:
 
     @staticmethod
     def forward(spec: PeakSpec, inputs):
-        *inputs, neurons = inputs
-        inputs, tau_mem, tau_syn = _split_time_constants(spec, tuple(inputs))
-        input_times, weights, *delays = inputs
+        input_times, weights, *delays, neurons = inputs
         mask = neurons > 0.5
         result = spikescan.peak_voltage(input_times, weights, delays=delays[0] if delays else None,
-                                        tau_mem=tau_mem, tau_syn=tau_syn, neurons=mask)
-        taus = (tau_mem * 0, tau_syn * 0) if spec.time_constant_inputs else ()
-        return (result.values,), (result, neurons, taus)
+                                        tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, neurons=mask)
+        return (result.values,), (result, neurons)
 
     @staticmethod
     def backward(spec: PeakSpec, residuals, grad_values, input_grad=True):
-        result, neurons, taus = residuals
+        result, neurons = residuals
         grads = spikescan.peak_voltage_backward(result, grad_values)
         delays = () if grads.delays is None else (grads.delays,)
-        return (grads.input_times if input_grad else None, grads.weights, *delays, *taus, neurons * 0)
+        return (grads.input_times if input_grad else None, grads.weights, *delays, neurons * 0)
 
     @staticmethod
     def output_specs(spec: PeakSpec, inputs):

@@ -93,9 +93,11 @@ def test_torchrun_yinyang_example(torchrun):
 
 
 @jax_only
-def test_jax_data_parallel_runs_each_device_on_its_batch():
-    proc = subprocess.run([sys.executable, str(TESTS / "_distributed_jax.py")], env=_env(), capture_output=True,
-                          text=True, timeout=300)
+@pytest.mark.parametrize("route", ["pure", "buffer"])
+def test_jax_data_parallel_runs_each_device_on_its_batch(route):
+    """Both routes of the jax bridge (SPIKESCAN_JAX_ROUTE: pure_callback, buffer_callback) run inside shard_map."""
+    proc = subprocess.run([sys.executable, str(TESTS / "_distributed_jax.py")], env=_env(SPIKESCAN_JAX_ROUTE=route),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, diff in result["diff"].items():

@@ -24,6 +24,28 @@ import spikescan_keras as sk  # noqa: E402
 TAU_MEM, TAU_SYN, T_MAX = 10.0, 4.0, 40.0
 
 
+@pytest.fixture(params=["pure", "buffer"] if BACKEND == "jax" else [None])
+def jax_route(request, monkeypatch):
+    """On jax, runs the test once per route of the jax bridge (``SPIKESCAN_JAX_ROUTE``): ``pure_callback``, then
+    ``buffer_callback`` on XLA's own buffers (NumPy views on CPU), and checks that the ops took that route and only
+    that one. A no-op on the other backends."""
+    if request.param is None:
+        yield None
+        return
+    from spikescan_keras._bridge import jax as bridge
+
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", request.param)
+    calls = {"pure": 0, "buffer": 0}
+    for table in (bridge._FORWARD, bridge._BACKWARD):
+        for name, fn in list(table.items()):
+            def counted(*args, _fn=fn, _name=name, **kwargs):
+                calls[_name] += 1
+                return _fn(*args, **kwargs)
+            monkeypatch.setitem(table, name, counted)
+    yield request.param
+    assert calls[request.param] > 0 and sum(calls.values()) == calls[request.param], calls
+
+
 def spike_input(rng, batch=3, n_in=4, max_in=2, t_end=20.0):
     times = np.sort(rng.uniform(0.0, t_end, (batch, n_in, max_in)), axis=-1)
     times[0, 0, -1] = np.inf  # some padding
@@ -75,7 +97,7 @@ def two_layers(delays):
 
 
 @pytest.mark.parametrize("delays", [False, True])
-def test_gradients_match_finite_differences(delays):
+def test_gradients_match_finite_differences(delays, jax_route):
     """Backend autodiff through LIFLayer -> LIReadout equals float64 central differences of spikescan's forward."""
     rng = np.random.default_rng(3)
     x = spike_input(rng)
@@ -154,7 +176,7 @@ def test_float32_in_float32_out_and_shapes():
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jit and the residual cache are specific to the jax bridge")
-def test_jax_jit_and_cache_fallback():
+def test_jax_jit_and_cache_fallback(jax_route):
     """Under jit the same gradients; a backward whose cached forward was evicted recomputes it."""
     import jax
 
@@ -179,6 +201,122 @@ def test_jax_jit_and_cache_fallback():
     for a, b, c in zip(eager, jitted, recomputed):
         np.testing.assert_allclose(a, b, rtol=1e-6)
         np.testing.assert_allclose(a, c, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the routes of the jax bridge")
+def test_jax_routes_train_identically(monkeypatch):
+    """pure_callback and buffer_callback run the same host code: the same jitted gradients, the same fit (losses,
+    weights, counted capped spikes) from the same weights; the buffer route's LIF op leaves its host checks to the
+    bridge (``host_checks=False``) and its warnings still come, from outside the op, also under jit."""
+    import jax
+
+    from spikescan_keras import _host
+
+    specs = []
+    forward = _host.LIFOp.forward
+
+    def spy(spec, inputs):
+        specs.append(spec.host_checks)
+        return forward(spec, inputs)
+
+    monkeypatch.setattr(_host.LIFOp, "forward", staticmethod(spy))
+    x, y = timing_task(32, seed=4)
+    runs, initial = {}, None
+    for route in ("pure", "buffer"):
+        monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", route)
+        specs.clear()
+        model = keras.Sequential([
+            keras.Input(shape=(3, 1)),
+            sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, delays=True, max_delay=5.0),
+            sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(0.02),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        initial = initial or model.get_weights()
+        model.set_weights(initial)
+        weights = [v.value for v in model.trainable_variables]
+        lif = model.layers[0]
+
+        def loss(kernel, delays):
+            times, _ = lif.stateless_call([kernel, delays], [v.value for v in lif.non_trainable_variables], x)
+            return ops.sum(ops.where(ops.isfinite(times), times, 0.0))
+
+        with pytest.warns(sk.CappedSpikesWarning, match=lif.name):
+            grads = jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1)))(*weights[:2]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+            history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+        assert specs and all(specs) == (route == "pure"), specs
+        runs[route] = (grads, history["loss"], [ops.convert_to_numpy(v.value) for v in model.weights])
+    for a, b in zip(jax.tree_util.tree_leaves(runs["pure"]), jax.tree_util.tree_leaves(runs["buffer"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the routes of the jax bridge")
+def test_jax_buffer_route_errors_reach_the_caller(monkeypatch):
+    """An exception raised by spikescan inside buffer_callback (here RunawayFiringError) fails the call, eagerly and
+    under jit, as a JaxRuntimeError (a RuntimeError) carrying the original type and message."""
+    import jax
+
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", "buffer")
+    x = np.zeros((1, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires without end
+    lif = sk.LIFLayer(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, max_total_spikes=50,
+                      kernel_initializer=keras.initializers.Constant(1e4))
+    lif.build(x.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        with pytest.raises(RuntimeError, match="(?s)RunawayFiringError.*max_total_spikes=50"):
+            lif(x)
+        jitted = jax.jit(lambda w: lif.stateless_call([w], [v.value for v in lif.non_trainable_variables], x)[0])
+        with pytest.raises(RuntimeError, match="(?s)RunawayFiringError.*max_total_spikes=50"):
+            jax.block_until_ready(jitted(lif.kernel.value))
+        with pytest.raises(RuntimeError, match="input_times must be >= 0"):
+            jax.block_until_ready(jax.grad(lambda t: ops.sum(lif(t)))(np.full((1, 1, 1), -1.0, np.float32)))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the routes of the jax bridge")
+def test_jax_route_selection_and_fallback_warnings(monkeypatch):
+    """SPIKESCAN_JAX_ROUTE: auto is pure_callback on CPU and buffer_callback on a GPU with CuPy; where the buffer
+    route cannot run (TPU, no CuPy, jax without buffer_callback) the op falls back to pure_callback, and off CPU a
+    warning, given once, says why and that every call copies through the host."""
+    import jax
+
+    from spikescan_keras._bridge import jax as bridge
+
+    monkeypatch.setattr(bridge, "_warned", set())
+    for value, expected in (("auto", "pure"), ("", "pure"), ("pure", "pure"), ("buffer", "buffer"),
+                            (" Buffer ", "buffer")):
+        monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", value)
+        assert bridge.route() == expected, value
+    monkeypatch.delenv("SPIKESCAN_JAX_ROUTE")
+    assert bridge.route() == "pure"
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", "fast")
+    with pytest.raises(ValueError, match="SPIKESCAN_JAX_ROUTE must be one of auto, buffer, pure"):
+        bridge.route()
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(bridge, "_cupy_missing", lambda: None)
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", "auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bridge.route() == "buffer"
+    monkeypatch.setattr(bridge, "_cupy_missing", lambda: "CuPy is not installed (pip install cupy-cuda12x)")
+    with pytest.warns(UserWarning, match="(?s)pure_callback.*CuPy is not installed.*copies its inputs to the host"):
+        assert bridge.route() == "pure"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bridge.route() == "pure", "the warning is given once"
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", "pure")
+    with pytest.warns(UserWarning, match="SPIKESCAN_JAX_ROUTE=pure"):
+        assert bridge.route() == "pure"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", "buffer")
+    with pytest.warns(UserWarning, match="buffer_callback does not run on 'tpu'"):
+        assert bridge.route() == "pure"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(bridge, "_buffer_callback", lambda: None)
+    with pytest.warns(UserWarning, match=r"SPIKESCAN_JAX_ROUTE=buffer: jax .* no jax.experimental.buffer_callback"):
+        assert bridge.route() == "pure"
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function and the residual cache of the tensorflow bridge")
@@ -275,7 +413,7 @@ def small_model(**lif_kwargs):
     return model
 
 
-def test_fit_reduces_loss():
+def test_fit_reduces_loss(jax_route):
     keras.utils.set_random_seed(0)
     x, y = timing_task()
     model = small_model(delays=True, max_delay=10.0,
@@ -306,7 +444,7 @@ def test_save_load_round_trip(tmp_path):
     assert lif.spike_count_regularizer.get_config() == {"strength": 0.5, "tau": 20.0}
 
 
-def test_capped_spikes_are_counted_and_warned():
+def test_capped_spikes_are_counted_and_warned(jax_route):
     x = np.zeros((2, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires repeatedly
     lif = sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, kernel_initializer=keras.initializers.Constant(50.0))
     with pytest.warns(sk.CappedSpikesWarning, match="max_spikes=1"):
@@ -318,7 +456,7 @@ def test_capped_spikes_are_counted_and_warned():
     assert np.isfinite(ops.convert_to_numpy(times)).all()
 
 
-def test_spike_count_regularizer_value_and_gradient():
+def test_spike_count_regularizer_value_and_gradient(jax_route):
     rng = np.random.default_rng(2)
     x = spike_input(rng)
     reg = sk.SpikeCountRegularizer(0.1, tau=15.0)
@@ -367,7 +505,7 @@ def test_readout_bad_config(kwargs, match):
         sk.LIReadout(**args)
 
 
-def test_bad_types_and_inputs():
+def test_bad_types_and_inputs(jax_route):
     with pytest.raises(TypeError, match="delays"):
         sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays="yes")
     with pytest.raises(TypeError, match="spike_count_regularizer"):
@@ -441,6 +579,68 @@ def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp
     host_copies = [(name, size) for name, size in copies if "DtoD" not in name]
     smallest = min(x_np.nbytes, 16 * 32 * 4)  # spike input, kernel
     assert all(size is not None and size < smallest // 8 for _, size in host_copies), host_copies
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(BACKEND != "jax", reason="the buffer route is the jax bridge's")
+def test_jax_gpu_training_step_moves_no_spike_or_weight_data_through_host(tmp_path, monkeypatch):
+    """One jitted ``train_on_batch`` on a GPU with CuPy (``SPIKESCAN_JAX_ROUTE=auto``: the buffer route): spikescan
+    receives CuPy arrays on XLA's buffers, its kernels run on XLA's stream (the profiler puts them on a stream that
+    also runs XLA's kernels), and the profiler, which sees every copy in the process (XLA's and CuPy's), records no
+    host<->device copy as large as the smallest spike or weight tensor; only scalars (residual tokens, the LIF
+    checks, spikescan's own checks, loss) may cross. Run it as ``XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
+    KERAS_BACKEND=jax python -m pytest -m gpu tests/test_keras.py``."""
+    import re
+
+    import jax
+
+    if jax.default_backend() != "gpu":
+        pytest.skip("no GPU for jax")
+    cupy = pytest.importorskip("cupy")
+    from spikescan_keras import _host
+    from spikescan_keras._bridge import jax as bridge
+
+    monkeypatch.delenv("SPIKESCAN_JAX_ROUTE", raising=False)
+    assert bridge.route() == "buffer"
+    keras.utils.set_random_seed(0)
+    x_np, y_np = timing_task(64)
+    x_np = np.concatenate([x_np, np.random.default_rng(1).uniform(0, 14, (64, 13, 1)).astype(np.float32)], axis=1)
+    x, y = jax.device_put(x_np), jax.device_put(y_np)
+    model = keras.Sequential([
+        keras.Input(shape=(16, 1)),
+        sk.LIFLayer(32, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4, delays=True, max_delay=5.0),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, y)  # warm-up: builds and compiles the step, calibrates, compiles the CuPy kernels
+    assert model.layers[0].kernel.value.devices().pop().platform == "gpu"
+
+    array_types = []
+    for op in (_host.LIFOp, _host.LIOp):
+        def spy(spec, inputs, _forward=op.forward):
+            array_types.extend(type(a) for a in inputs)
+            return _forward(spec, inputs)
+        monkeypatch.setattr(op, "forward", staticmethod(spy))
+
+    with jax.profiler.trace(str(tmp_path)):
+        model.train_on_batch(x, y)
+        jax.block_until_ready([v.value for v in model.variables])
+    (path,) = tmp_path.glob("plugins/profile/*/*.xplane.pb")
+    planes = [p for p in jax.profiler.ProfileData.from_file(str(path)).planes if p.name.startswith("/device:GPU")]
+    events = [(line.name, event.name, dict(event.stats)) for plane in planes for line in plane.lines
+              for event in line.events]
+
+    assert array_types and all(t is cupy.ndarray for t in array_types), array_types
+    ours = {line for line, name, _ in events if "spikescan_lif" in name}
+    assert ours, "the profiler must see CuPy's kernels for this test to mean anything"
+    xla = {line for line, name, _ in events if "Memcpy" not in name and "spikescan" not in name}
+    assert ours <= xla, ("CuPy's kernels must run on XLA's stream", ours, xla)
+    copies = [(name, stats.get("memcpy_details", "")) for _, name, stats in events if "Memcpy" in name]
+    host_copies = [(name, details) for name, details in copies if "D2D" not in name and "P2P" not in name]
+    sizes = [re.search(r"size:(\d+)", str(details)) for _, details in host_copies]
+    smallest = min(x_np.nbytes, 16 * 32 * 4)  # spike input, kernel
+    assert all(m is not None and int(m.group(1)) < smallest // 8 for m in sizes), host_copies
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="meta tensors are torch's")

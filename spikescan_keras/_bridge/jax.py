@@ -1,12 +1,37 @@
-"""JAX bridge: ``jax.custom_vjp`` around ``jax.pure_callback``, so the op works eagerly and under ``jax.jit``.
+"""JAX bridge: ``jax.custom_vjp`` around a host callback, so the op works eagerly and under ``jax.jit``.
 
-Device: callbacks receive host NumPy arrays, so spikescan always runs its NumPy implementation here. On a GPU or
-TPU backend JAX copies the inputs to the host and the results back: correct but slow, and a warning says so once.
-There is no zero-copy CuPy path under ``jit`` (it would need an XLA FFI custom call; ``pure_callback`` cannot hand
-device buffers over). Use the torch backend for GPU training.
+Routes: the environment variable ``SPIKESCAN_JAX_ROUTE`` (``auto``, the default, ``buffer`` or ``pure``; read when an
+op is traced, so a compiled step keeps the route it was traced with) picks how the callback gets its arrays.
 
-Errors: an exception raised by spikescan inside a callback (e.g. the ``ValueError`` for negative spike times)
-reaches the caller as a ``jax.errors.JaxRuntimeError`` whose message contains the original one.
+- ``buffer``: ``jax.experimental.buffer_callback`` (jax >= 0.6.1) hands the callback XLA's own buffers. On a GPU
+  they become CuPy arrays through ``__cuda_array_interface__`` (no copy), every CuPy call is enqueued on XLA's CUDA
+  stream of the op (``cupy.cuda.ExternalStream(ctx.stream)``) and the results are copied into XLA's output buffers on
+  that stream, so a training step moves no spike or weight data between host and device. On CPU the buffers are
+  NumPy views and spikescan's CPU engine runs on them (the same numbers as ``pure``; this is how the CPU tests
+  exercise the route). ``auto`` takes this route on a GPU when CuPy is installed.
+- ``pure``: ``jax.pure_callback`` hands host NumPy arrays over. ``auto`` takes it on CPU and, with a one-time warning
+  that every call copies its inputs to the host and the results back, on a GPU without CuPy or without
+  ``buffer_callback``, and on TPU (which ``buffer_callback`` does not support). ``buffer`` falls back to it, with the
+  same warning, where the buffer route cannot run.
+
+GPU memory: JAX preallocates 75% of the GPU for its own pool, and CuPy's kernels allocate from CuPy's pool beside
+it. Leave CuPy room with ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (e.g. ``0.5``) or ``XLA_PYTHON_CLIENT_PREALLOCATE=false``,
+set before jax is imported.
+
+Buffer-route details. The callback runs at every execution (``command_buffer_compatible=False``: its work depends on
+the data, e.g. spike counts size spikescan's arrays, and on the residual cache, so it cannot be replayed from a CUDA
+graph). XLA may reuse its buffers once the callback has returned, so a forward that keeps its result for the backward
+first copies its inputs (on the device). The LIF op's host checks (spikes beyond ``max_spikes``, a silent training
+batch) are left out of the op (``LIFSpec.host_checks = False``): the bridge computes their values from the op's
+``counts`` output on the device and hands only those scalars to a ``jax.debug.callback`` that warns, outside the op.
+spikescan's own checks (input validation, runaway firing) and the backward's read of its residual token still read a
+few scalars inside the op.
+
+Under ``jax.vmap`` either route calls the op once per mapped element (``vmap_method="sequential"``).
+
+Errors: an exception raised by spikescan inside a callback (e.g. the ``ValueError`` for negative spike times, a
+``RunawayFiringError``) reaches the caller, on either route, as a ``jax.errors.JaxRuntimeError`` (a
+``RuntimeError``) whose message contains the original one.
 
 Residuals: the forward callback keeps the spikescan result in a small host cache and returns an integer token;
 the backward callback takes the result back by that token, so a training step runs the forward once. The cache is
@@ -14,18 +39,21 @@ bounded (``_CACHE_SIZE`` results): a backward whose result was evicted, or that 
 from the saved inputs, which is correct and costs one extra forward.
 
 Data parallelism: under a Keras distribution that shards the batch axis (``keras.distribution.DataParallel``, or
-``ModelParallel``'s data layout) a ``pure_callback`` would receive the global batch gathered onto one device. So
-``apply`` wraps the op in ``jax.shard_map`` over the batch axis: each device's callback runs on its own slice of
-the batch (on its own host, with several processes), the outputs stay sharded like the inputs, and the gradients of
-the shared inputs (weights) are summed over the devices by the transpose of ``shard_map``. An op that needs the
-whole batch (the first-batch calibration, ``per_sample = False``) all-gathers its first input inside the
-``shard_map`` instead, so every device computes the same result from the global batch, as one device would. A batch
-that does not divide evenly over the devices runs unsharded.
+``ModelParallel``'s data layout) a callback would receive the global batch gathered onto one device. So ``apply``
+wraps the op in ``jax.shard_map`` over the batch axis: each device's callback runs on its own slice of the batch (on
+its own host, with several processes), the outputs stay sharded like the inputs, and the gradients of the shared
+inputs (weights) are summed over the devices by the transpose of ``shard_map``. An op that needs the whole batch (the
+first-batch calibration, ``per_sample = False``) all-gathers its first input inside the ``shard_map`` instead, so
+every device computes the same result from the global batch, as one device would. A batch that does not divide
+evenly over the devices runs unsharded. Both routes run inside ``shard_map``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import os
 import warnings
 
 import jax
@@ -36,36 +64,100 @@ from ._residuals import ResidualCache
 
 _CACHE_SIZE = 16
 _cache = ResidualCache(_CACHE_SIZE)
-_warned_device = False
+_ROUTES = ("auto", "buffer", "pure")
+_ROUTE_VARIABLE = "SPIKESCAN_JAX_ROUTE"
+_warned = set()  # the one-time warnings already given
+_DLPACK_CPU = 1  # DLDeviceType kDLCPU
+
+
+def _warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=5)  # the layer that called the op
+
+
+def _buffer_callback():
+    """``jax.experimental.buffer_callback.buffer_callback``, or None on jax < 0.6.1."""
+    try:
+        from jax.experimental.buffer_callback import buffer_callback
+    except ImportError:
+        return None
+    return buffer_callback
+
+
+def _cupy_missing():
+    """Why CuPy cannot run the buffer route's kernels on XLA's CUDA buffers, or None when it can."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install cupy-cuda12x)"
+    try:  # pragma: no cover - needs a GPU
+        if cupy.cuda.runtime.is_hip:
+            return "CuPy reads XLA's buffers through the CUDA array interface, which its ROCm build lacks"
+        if not cupy.cuda.is_available():
+            return "CuPy finds no CUDA device"
+    except Exception as error:  # e.g. a CuPy built for another CUDA version  # pragma: no cover - needs a GPU
+        return f"CuPy cannot use the GPU ({error})"
+    return None  # pragma: no cover - needs a GPU
+
+
+def _buffer_route_missing(platform):
+    """Why the buffer route cannot run on ``platform`` (the default JAX backend), or None when it can."""
+    if _buffer_callback() is None:
+        return f"jax {jax.__version__} has no jax.experimental.buffer_callback (jax >= 0.6.1 has)"
+    if platform == "cpu":
+        return None
+    if platform != "gpu":
+        return f"buffer_callback does not run on {platform!r}"
+    return _cupy_missing()
+
+
+def route():
+    """``"buffer"`` or ``"pure"``: the route ``apply`` takes now, from ``SPIKESCAN_JAX_ROUTE`` and the default JAX
+    backend (see the module docstring). Where the buffer route cannot run it is ``"pure"``, and off CPU a one-time
+    warning says why and that every call copies through the host."""
+    choice = os.environ.get(_ROUTE_VARIABLE, "auto").strip().lower() or "auto"
+    if choice not in _ROUTES:
+        raise ValueError(f"{_ROUTE_VARIABLE} must be one of {', '.join(_ROUTES)}; got {choice!r}")
+    platform = jax.default_backend()
+    if choice == "auto" and platform == "cpu":
+        return "pure"
+    reason = f"{_ROUTE_VARIABLE}=pure" if choice == "pure" else _buffer_route_missing(platform)
+    if reason is None:
+        return "buffer"
+    if platform != "cpu":
+        _warn_once(("pure", platform, reason),
+                   f"spikescan_keras on the JAX backend runs on the host through pure_callback ({reason}): on "
+                   f"{platform!r} every call copies its inputs to the host and the results back. Install CuPy (and "
+                   "jax >= 0.6.1) for the zero-copy buffer route on a CUDA GPU, or use the torch backend.")
+    elif choice == "buffer":
+        _warn_once(("pure", platform, reason), f"{_ROUTE_VARIABLE}=buffer: {reason}; using pure_callback.")
+    return "pure"
 
 
 def _structs(op, spec, inputs):
     return tuple(jax.ShapeDtypeStruct(tuple(shape), dtype) for shape, dtype in op.output_specs(spec, inputs))
 
 
+_TOKEN = jax.ShapeDtypeStruct((), jnp.int32)
+
+
+# -- pure route ---------------------------------------------------------------------------------------------------
+
 def _host_arrays(arrays):
     return tuple(np.asarray(a) for a in arrays)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _call(op, spec, inputs):
-    return jax.pure_callback(lambda *a: op.forward(spec, _host_arrays(a))[0], _structs(op, spec, inputs), *inputs,
-                             vmap_method="sequential")
-
-
-def _call_fwd(op, spec, inputs):
+def _pure_forward(op, spec, inputs, stash):
     def host(*arrays):
         outputs, result = op.forward(spec, _host_arrays(arrays))
-        return (*outputs, np.int32(_cache.stash(result)))
+        return (*outputs, np.int32(_cache.stash(result))) if stash else tuple(outputs)
 
-    structs = _structs(op, spec, inputs) + (jax.ShapeDtypeStruct((), jnp.int32),)
-    *outputs, token = jax.pure_callback(host, structs, *inputs, vmap_method="sequential")
-    return tuple(outputs), (inputs, token)
+    structs = _structs(op, spec, inputs) + ((_TOKEN,) if stash else ())
+    return tuple(jax.pure_callback(host, structs, *inputs, vmap_method="sequential"))
 
 
-def _call_bwd(op, spec, residuals, cotangents):
-    inputs, token = residuals
-
+def _pure_backward(op, spec, token, grad, inputs):
     def host(token, grad, *arrays):
         arrays = _host_arrays(arrays)
         result = _cache.take(token)
@@ -75,8 +167,87 @@ def _call_bwd(op, spec, residuals, cotangents):
         return tuple(np.asarray(g, dtype=a.dtype) for g, a in zip(grads, arrays))
 
     structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs)
-    grads = jax.pure_callback(host, structs, token, cotangents[0], *inputs, vmap_method="sequential")
-    return (tuple(grads),)
+    return tuple(jax.pure_callback(host, structs, token, grad, *inputs, vmap_method="sequential"))
+
+
+# -- buffer route -------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _array_library(ctx, buffers):
+    """NumPy for host buffers; for GPU buffers CuPy, with XLA's stream of this call current on the buffers' device."""
+    kind, device = buffers[0].__dlpack_device__()
+    if kind == _DLPACK_CPU:
+        yield np
+        return
+    import cupy  # pragma: no cover - needs a GPU
+
+    with cupy.cuda.Device(device), cupy.cuda.ExternalStream(ctx.stream, device):  # pragma: no cover - needs a GPU
+        yield cupy
+
+
+def _array(xp, buffer, copy=False):
+    """A NumPy or CuPy array on an XLA buffer (a view, valid during the callback only), or a copy of it."""
+    if not int(np.prod(buffer.shape)):
+        return xp.empty(buffer.shape, buffer.dtype)
+    array = xp.asarray(buffer)
+    return array.copy() if copy else array
+
+
+def _write(xp, buffers, values):
+    """Copy ``values`` into XLA's output ``buffers`` (casting to their dtypes); on a GPU on the current stream."""
+    for buffer, value in zip(buffers, values):
+        if int(np.prod(buffer.shape)):
+            xp.asarray(buffer)[...] = value
+
+
+def _buffer(callback, structs):
+    # Not command-buffer compatible: the callback must run at every execution (see the module docstring).
+    return _buffer_callback()(callback, structs, vmap_method="sequential", command_buffer_compatible=False)
+
+
+def _buffer_forward(op, spec, inputs, stash):
+    def callback(ctx, outs, *buffers):
+        with _array_library(ctx, buffers) as xp:
+            # A stashed result may refer to its inputs, which XLA reuses after the callback: it gets copies.
+            outputs, result = op.forward(spec, tuple(_array(xp, b, copy=stash) for b in buffers))
+            _write(xp, outs, (*outputs, _cache.stash(result)) if stash else outputs)
+
+    structs = _structs(op, spec, inputs) + ((_TOKEN,) if stash else ())
+    return tuple(_buffer(callback, structs)(*inputs))
+
+
+def _buffer_backward(op, spec, token, grad, inputs):
+    def callback(ctx, outs, token, grad, *buffers):
+        with _array_library(ctx, buffers) as xp:
+            arrays = tuple(_array(xp, b) for b in buffers)
+            result = _cache.take(int(_array(xp, token)))
+            if result is None:
+                result = op.forward(spec, arrays)[1]
+            _write(xp, outs, op.backward(spec, result, _array(xp, grad)))
+
+    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs)
+    return tuple(_buffer(callback, structs)(token, grad, *inputs))
+
+
+# -- the custom-gradient op ---------------------------------------------------------------------------------------
+
+_FORWARD = {"pure": _pure_forward, "buffer": _buffer_forward}
+_BACKWARD = {"pure": _pure_backward, "buffer": _buffer_backward}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _call(op, spec, route, inputs):
+    return _FORWARD[route](op, spec, inputs, stash=False)
+
+
+def _call_fwd(op, spec, route, inputs):
+    *outputs, token = _FORWARD[route](op, spec, inputs, stash=True)
+    return tuple(outputs), (inputs, token)
+
+
+def _call_bwd(op, spec, route, residuals, cotangents):
+    inputs, token = residuals
+    return (_BACKWARD[route](op, spec, token, cotangents[0], inputs),)
 
 
 _call.defvjp(_call_fwd, _call_bwd)
@@ -101,40 +272,47 @@ def _batch_sharding(batch):
     return mesh, axis, devices
 
 
-def _sharded(op, spec, inputs, mesh, axis):
+def _sharded(op, spec, route, inputs, mesh, axis):
     """``_call`` inside ``jax.shard_map``: ``inputs[0]`` (and the outputs) split along axis 0 over ``axis``, the other
     inputs replicated."""
     P = jax.sharding.PartitionSpec
     shared = (P(),) * (len(inputs) - 1)
     if op.per_sample:
         def local(first, *rest):
-            return _call(op, spec, (first, *rest))
+            return _call(op, spec, route, (first, *rest))
 
         out_specs = tuple(P(axis) for _ in op.output_specs(spec, inputs))
     else:
         def local(first, *rest):
-            return _call(op, spec, (jax.lax.all_gather(first, axis, tiled=True), *rest))
+            return _call(op, spec, route, (jax.lax.all_gather(first, axis, tiled=True), *rest))
 
         out_specs = tuple(P() for _ in op.output_specs(spec, inputs))
     # check_vma=False: the callbacks' outputs carry no replication information; the transpose then sums the
     # cotangents of the replicated inputs over the devices (psum), which is the gradient of the weights.
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(axis), *shared), out_specs=out_specs,
-                         check_vma=False)(*inputs)
+    return tuple(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), *shared), out_specs=out_specs,
+                               check_vma=False)(*inputs))
+
+
+def _check_on_host(op, spec, *values):
+    op.check(spec, *(np.asarray(v) for v in values))
 
 
 def apply(op, spec, inputs):
     """Run ``op`` (see ``spikescan_keras._host``) on JAX arrays; returns its outputs as a tuple of arrays."""
-    global _warned_device
-    if jax.default_backend() != "cpu" and not _warned_device:
-        _warned_device = True
-        warnings.warn(f"spikescan_keras on the JAX backend runs on the host through pure_callback; on "
-                      f"{jax.default_backend()!r} every call copies its inputs to the host and back. Use the torch "
-                      "backend for zero-copy GPU training.", stacklevel=3)
+    chosen = route()
+    deferred = chosen == "buffer" and hasattr(op, "check")
+    if deferred:
+        spec = dataclasses.replace(spec, host_checks=False)
     inputs = tuple(inputs)
     sharding = _batch_sharding(inputs[0].shape[0])
     if sharding is None:
-        return _call(op, spec, inputs)
-    mesh, axis, devices = sharding
-    # Each device stashes its own forward results until its backward takes them back.
-    _cache.size = max(_cache.size, _CACHE_SIZE * devices)
-    return tuple(_sharded(op, spec, inputs, mesh, axis))
+        outputs = _call(op, spec, chosen, inputs)
+    else:
+        mesh, axis, devices = sharding
+        # Each device stashes its own forward results until its backward takes them back.
+        _cache.size = max(_cache.size, _CACHE_SIZE * devices)
+        outputs = _sharded(op, spec, chosen, inputs, mesh, axis)
+    if deferred:
+        values = op.check_values(spec, tuple(jax.lax.stop_gradient(y) for y in outputs))
+        jax.debug.callback(functools.partial(_check_on_host, op, spec), *values)
+    return outputs
