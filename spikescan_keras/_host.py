@@ -66,6 +66,7 @@ class LIFSpec:
     training: bool = False
     max_total_spikes: int = 10_000
     host_checks: bool = True  # False: the bridge runs ``LIFOp.check`` itself, on values it computed from the outputs
+    time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are the last two inputs (trainable)
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,17 @@ class LISpec:
     tau_readout: Optional[float]
 
 
+def _split_time_constants(spec, inputs):
+    """``(inputs without the time constants, tau_mem, tau_syn)``: the last two inputs when the spec says they are
+    inputs (per-neuron, trainable), else the spec's scalars."""
+    if spec.time_constant_inputs:
+        return inputs[:-2], inputs[-2], inputs[-1]
+    return inputs, spec.tau_mem, spec.tau_syn
+
+
 class LIFOp:
-    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``; ``outputs = (times, counts)``.
+    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``, followed by ``(tau_mem, tau_syn)``
+    ``[n_out]`` when ``spec.time_constant_inputs``; ``outputs = (times, counts)``.
 
     ``times [batch, n_out, max_spikes]`` has the dtype of ``input_times``; ``counts [batch, n_out]`` is int32 (the
     true spike count per neuron, which may exceed ``max_spikes``).
@@ -90,9 +100,10 @@ class LIFOp:
 
     @staticmethod
     def forward(spec: LIFSpec, inputs):
+        inputs, tau_mem, tau_syn = _split_time_constants(spec, inputs)
         input_times, weights, *delays = inputs
         result = spikescan.lif_forward(
-            input_times, weights, delays=delays[0] if delays else None, tau_mem=spec.tau_mem, tau_syn=spec.tau_syn,
+            input_times, weights, delays=delays[0] if delays else None, tau_mem=tau_mem, tau_syn=tau_syn,
             threshold=spec.threshold, max_spikes=spec.max_spikes, method=spec.method, chunk_size=spec.chunk_size,
             solver=spec.solver, max_total_spikes=spec.max_total_spikes)
         outputs = (result.times, result.counts.astype(np.int32))
@@ -124,7 +135,11 @@ class LIFOp:
     @staticmethod
     def backward(spec: LIFSpec, result, grad_times, input_grad=True):
         grads = spikescan.lif_backward(result, grad_times, input_times_grad=input_grad)
-        return (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
+        out = (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
+        if spec.time_constant_inputs:
+            dtype = grads.weights.dtype
+            out += (grads.tau_mem.astype(dtype), grads.tau_syn.astype(dtype))
+        return out
 
     @staticmethod
     def output_specs(spec: LIFSpec, inputs):
@@ -163,10 +178,13 @@ class PeakSpec:
 
     tau_mem: float
     tau_syn: float
+    time_constant_inputs: bool = False
 
 
 class PeakOp:
-    """``inputs = (input_times, weights, neurons)`` or ``(input_times, weights, delays, neurons)``;
+    """``inputs = (input_times, weights, neurons)`` or ``(input_times, weights, delays, neurons)``, with
+    ``(tau_mem, tau_syn)`` ``[n_out]`` before ``neurons`` when ``spec.time_constant_inputs`` (they get a zero
+    gradient: the revival objective moves the weights, not the time constants);
     ``outputs = (values,)``: ``values [batch, n_out]`` the peak sub-threshold voltage of each neuron over all time
     (``spikescan.peak_voltage``), computed only for the columns where ``neurons [n_out]`` (float, 0 or 1) is set and
     0 elsewhere. ``neurons`` gets a zero gradient.
@@ -176,18 +194,21 @@ class PeakOp:
 
     @staticmethod
     def forward(spec: PeakSpec, inputs):
-        input_times, weights, *delays, neurons = inputs
+        *inputs, neurons = inputs
+        inputs, tau_mem, tau_syn = _split_time_constants(spec, tuple(inputs))
+        input_times, weights, *delays = inputs
         mask = neurons > 0.5
         result = spikescan.peak_voltage(input_times, weights, delays=delays[0] if delays else None,
-                                        tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, neurons=mask)
-        return (result.values,), (result, neurons)
+                                        tau_mem=tau_mem, tau_syn=tau_syn, neurons=mask)
+        taus = (tau_mem * 0, tau_syn * 0) if spec.time_constant_inputs else ()
+        return (result.values,), (result, neurons, taus)
 
     @staticmethod
     def backward(spec: PeakSpec, residuals, grad_values, input_grad=True):
-        result, neurons = residuals
+        result, neurons, taus = residuals
         grads = spikescan.peak_voltage_backward(result, grad_values)
         delays = () if grads.delays is None else (grads.delays,)
-        return (grads.input_times if input_grad else None, grads.weights, *delays, neurons * 0)
+        return (grads.input_times if input_grad else None, grads.weights, *delays, *taus, neurons * 0)
 
     @staticmethod
     def output_specs(spec: PeakSpec, inputs):
