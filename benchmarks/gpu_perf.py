@@ -1,0 +1,1556 @@
+"""The one-call GPU performance protocol (PERF.md section 5): every GPU measurement of the CUDA kernels in one command
+of at most ``--budget-s`` seconds (450 by default), writing one JSON.
+
+    python benchmarks/gpu_perf.py                                   # on a GPU machine with CuPy (and JAX, ncu)
+    python benchmarks/gpu_perf.py --ncu --output results/gpu_perf_h200.json
+    python benchmarks/gpu_perf.py --dry-run --output /tmp/perf.json   # every stage on the CPU (CI)
+
+Stages run one after another, each in its own subprocess with its own timeout (a share of what is left of the
+budget), so a stage that hangs or crashes loses only itself. Each stage writes its partial results as it goes, and
+the JSON is rewritten after every stage: a killed run still leaves data. The stages (PERF.md's S0-S7):
+
+- ``device`` (S0): device, clocks, software versions and ceilings (a large device-to-device copy; fp64 and fp32 FMA
+  rates of a register-only kernel).
+- ``gate`` (S1): correctness before timing. Every variant (``VARIANTS``: forward method x backward kernel x queue
+  builder) and the one-event-per-launch ``step`` forward run small cases (the network's two layers with delays and
+  layer 1 without) against the NumPy reference (``engine="numpy"``, ``method="sequential"``): identical spike
+  counts and ``spike_event``, spike times within ``tests/tolerances.py``'s ``TOL["float64"]``, gradients by name
+  (weights, input times, delays, threshold) within the same table; the queues of both builders bit-identical to
+  NumPy's. A variant that fails is recorded and not timed.
+- ``network_large`` / ``network_medium`` / ``network_single`` (S2, S4, S5): forward + backward of the SHD network of
+  PERF.md (700 -> 512 -> 512 LIF, learnable delays on both layers, ~5000 input spikes per sample; the inputs and
+  weights of ``bench_lif_jax.py``) at batch 256, 32 and 1, every variant that passed the gate: warm-up, then
+  ``--repeats`` timed runs with a CUDA event pair around every kernel launch, every queue build and every layer's
+  forward and backward (wall time with host syncs beside them). Checks that each variant gives the first one's
+  spike counts at the timed shape, counts the work (queue entries, backward points, spike solves) for the floor,
+  and at batch 256 measures each variant's peak memory (CuPy pool high-water mark by a memory hook, the pool's
+  reserved bytes and the device's used bytes by ``memGetInfo``).
+- ``jax_large`` / ``jax_medium`` / ``jax_single`` (S3, S4, S5): the ``jax.lax.associative_scan`` build of the paper's
+  algorithm (``bench_lif_jax.make_layer`` / ``queues``: the same network and inputs, queue lengths from the exact
+  forward) in float32 at batch 256, 32 and 1 and in float64 at batch 32: compile time, forward + backward time,
+  agreement of the recorded spike counts with spikescan's, the largest spike-time difference, and bounds on the
+  neurons whose inputs its fixed step budget leaves unprocessed (PERF.md section 4).
+- ``baselines_single`` (S5): batch 1, layer-1 shape, forward only: one event per launch (``step``) against the fused
+  sequential kernel, the scan and ``auto``.
+- ``sweep`` (S6): one layer with delays, hidden 16 / 128 / 512 x batch 1 / 32 / 256 (small shapes first, until the
+  stage's time is up): every forward method, and each backward kernel on ``auto``'s forward.
+- ``ncu`` (S7, ``--ncu``; skipped when ``ncu`` is missing): Nsight Compute (``--clock-control none``) on the default
+  variant's kernels at batch 32: launch statistics (registers, shared memory), occupancy, speed of light.
+
+The JSON: ``stamp`` (``_stamp.stamp()``: commit, dirty flag, machine, versions; ``device`` set to the GPU),
+``settings``, ``stages`` (``{name: {status, protocol_step, elapsed_s, timeout_s, reason?, result}}``, ``status`` one
+of ``ok``, ``skipped``, ``failed``, ``timeout``), ``gate`` (per variant), ``work`` and ``floor`` (the formula and
+its constants), ``fraction_of_floor`` (default variant, batch 256, forward + backward), ``speedups``
+(``[{batch, variant, baseline, ratio, measure}]``, ``baseline`` one of ``jax_f32``, ``jax_f64``, ``step``,
+``sequential``), ``summary`` (per batch: the fastest variant, ``auto`` against it forward-only and forward +
+backward), ``predictions`` (PERF.md's, beside the measurements) and ``table`` (the lines printed last).
+
+``--dry-run`` runs every stage on the CPU: NumPy arrays, the kernels' host emulation (``spikescan.cuda._hostemu``),
+``time.perf_counter`` instead of CUDA events, tracemalloc instead of the pool hook, JAX on the CPU at tiny sizes
+(recorded as skipped without JAX), tiny shapes. Its timings mean nothing; it checks that the protocol runs and
+writes the structure a GPU run writes (``"dry_run": true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(_HERE)
+for _path in (os.path.join(ROOT, "tests"), ROOT, _HERE):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from _stamp import stamp  # noqa: E402
+from bench_lif import shd_like_inputs  # noqa: E402
+from bench_lif_jax import MAX_SPIKES, TAU_MEM, TAU_SYN, THRESHOLD  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------------------
+# What is measured
+# ---------------------------------------------------------------------------------------------------------------
+
+# Variants of the CUDA path: forward method (spikescan.cuda._lif.forward), backward kernel (_lif.backward) and
+# module settings applied while the variant runs. "default" is what a user gets (auto / auto, library settings);
+# "sequential" is the GPU-verified kernel set, the baseline "sequential" of the speedups.
+VARIANTS = {
+    "default": dict(forward="auto", backward="auto", settings={}),
+    "sequential": dict(forward="sequential", backward="sequential",
+                       settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    "auto_warp_bwd_queue_kernel": dict(forward="auto", backward="scan",
+                                       settings={"spikescan.cuda._queue.USE_KERNEL": True}),
+}
+BASELINE_VARIANT = "sequential"
+SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential")
+CHUNK_SIZE = 32
+SWEEP_MAX_SPIKES = 64  # bench_lif_cuda.py's layer sweep
+
+
+class Shape:
+    """The two-layer network ``n_in -> hidden -> hidden`` (delays on both layers) and its input statistics."""
+
+    def __init__(self, n_in, spikes, hidden, w1_scale=1.0, w2_scale=1.0):
+        self.n_in, self.spikes, self.hidden, self.w1_scale, self.w2_scale = n_in, spikes, hidden, w1_scale, w2_scale
+
+    def as_dict(self):
+        return dict(n_in=self.n_in, spikes=self.spikes, hidden=self.hidden, w1_scale=self.w1_scale,
+                    w2_scale=self.w2_scale)
+
+
+# Real runs: the SHD network of PERF.md (bench_lif_jax._inputs); the gate's small case keeps its input statistics
+# with 64 hidden neurons, layer 2's weights scaled so that it fires a few to ~50 times per neuron (past max_spikes).
+# Dry runs: 24 inputs, 160 spikes (about the real rate per input), 8 hidden, weights scaled to the same firing regime
+# (layer 1 ~7 spikes per neuron, layer 2 ~12 with a third of its neurons past max_spikes).
+CONFIG = {
+    False: dict(network=Shape(700, 5000, 512), gate=Shape(700, 5000, 64, 1.0, 4.0), gate_batch=4,
+                batches=dict(large=256, medium=32, single=1), sweep_hidden=(16, 128, 512), sweep_batches=(1, 32, 256),
+                sweep_shape=(700, 5000, 1.0), repeats=3, warmup=1, ceiling_copy_bytes=1 << 30),
+    True: dict(network=Shape(24, 160, 8, 20.0, 24.0), gate=Shape(24, 160, 8, 20.0, 24.0), gate_batch=2,
+               batches=dict(large=3, medium=2, single=1), sweep_hidden=(4, 8), sweep_batches=(1, 2),
+               sweep_shape=(24, 160, 20.0), repeats=1, warmup=0, ceiling_copy_bytes=1 << 24),
+}
+
+# name -> (PERF.md step, longest timeout in seconds, least time worth starting it with). Timeouts are shares of the
+# budget: a stage gets at most its longest, and never so much that the stages after it lose their least.
+STAGES = {
+    "device": ("S0", 30, 5),
+    "gate": ("S1", 120, 20),
+    "network_large": ("S2", 120, 30),
+    "jax_large": ("S3", 90, 30),
+    "network_medium": ("S4", 45, 10),
+    "jax_medium": ("S4", 100, 30),
+    "network_single": ("S5", 40, 10),
+    "baselines_single": ("S5", 30, 10),
+    "jax_single": ("S5", 60, 20),
+    "sweep": ("S6", 60, 10),
+    "ncu": ("S7", 90, 20),
+}
+JAX_DTYPES = dict(large=("float32",), medium=("float32", "float64"), single=("float32",))
+DRY_RUN_JAX = ("medium",)  # the JAX stages a dry run runs (unless --dry-run-jax-all)
+
+# The counted floor of PERF.md section 1: instructions per unit of work of the section-4 formulation, issued at the
+# device's lane-instruction rate (SMs x 4 schedulers x 32 lanes x clock; H200 / H100 SXM: 132 x 128 x 1.98 GHz).
+FLOOR = dict(instructions_per_queue_entry=35, instructions_per_backward_point=30, instructions_per_spike_solve=300,
+             h200_issue_rate=3.35e13)
+FLOOR_FORMULA = ("floor_s = (35 * queue_entries + 30 * backward_points + 300 * spike_solves) / issue_rate; "
+                 "forward_floor_s = (35 * queue_entries + 300 * spike_solves) / issue_rate; issue_rate = "
+                 "multiprocessors * 128 lanes * clock (lane-instructions per second). queue_entries: input spike x "
+                 "neuron over both layers; backward_points: per neuron, queue entries before its last recorded "
+                 "spike plus its recorded spikes; spike_solves: every spike fired (counts, recorded or not). A "
+                 "throughput floor: at small batches the latency of each neuron's chain of chunks and spikes "
+                 "sets the time instead (PERF.md: ~0.4 ms at batch 32, ~0.1-0.15 ms at batch 1 on an H200). "
+                 "With PERF.md's counted batch-256 work (1.04 G entries, 749 M points, 4.84 M solves) this gives "
+                 "1.8 ms (1.13 ms forward) at 3.35e13/s; PERF.md quotes about 2.6 ms (1.9 ms forward), which "
+                 "implies ~25 more instructions per queue entry in the forward than the 35 it states (queue "
+                 "construction, presumably). The formula here uses the stated per-unit counts: a lower floor, so "
+                 "fraction_of_floor errs low.")
+PREDICTIONS = dict(
+    source="PERF.md sections 1-3 (predicted or counted; measured only where marked)",
+    floor_ms=dict(batch_256=2.6, batch_256_forward=1.9, batch_32=0.4, batch_1="0.1-0.15"),
+    measured_h100_batch_256_s=dict(spikescan_default=1.40, jax_f32=1.03),
+    milestones_batch_256_s=dict(M1="0.25-0.4", M2="0.065-0.095", M3="0.009-0.017"),
+    milestones_batch_1_forward_backward_ms=dict(M1="~8", M2="~1-1.5", M3="~0.15-0.3"),
+    targets=dict(batch_256_over_jax_f32=">= 10x", batch_1_over_today_default=">= 20x",
+                 batch_1_forward_over_step=">= 100x", fraction_of_floor_batch_256=">= 0.03 (M2)",
+                 peak_memory_batch_256="< 1/3 of 34 GiB"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs, devices, clocks
+# ---------------------------------------------------------------------------------------------------------------
+
+def network_inputs(shape, batch, seed=0):
+    """Input spikes ``[batch, n_in, max_in]`` and ``(W1, D1, W2, D2)``: ``bench_lif_jax._inputs`` for the real shape
+    (the JAX baseline and spikescan see the same arrays), scaled weights for the small ones."""
+    t, W1, D1 = shd_like_inputs(batch, shape.n_in, shape.spikes, shape.hidden, seed=seed, delays=True)
+    rng = np.random.default_rng(seed + 1)
+    W2 = rng.normal(0.0, 1.0, (shape.hidden, shape.hidden)) * 0.25 + 0.08
+    D2 = rng.uniform(0.0, 25.0, (shape.hidden, shape.hidden))
+    return t, (W1 * shape.w1_scale, D1, W2 * shape.w2_scale, D2)
+
+
+class StageSkipped(Exception):
+    """A stage that cannot run here (no device, no JAX, nothing passed the gate): recorded as skipped."""
+
+
+class Device:
+    """Where the kernels run: CuPy with ``_kernels.launch`` and CUDA events, or (dry run) NumPy with the host
+    emulation's launch and ``time.perf_counter``."""
+
+    def __init__(self, dry_run):
+        self.dry_run = dry_run
+        if dry_run:
+            from spikescan.cuda import _hostemu
+
+            if _hostemu.compiler() is None:
+                raise StageSkipped("no host C++ compiler for the kernel emulation")
+            self.xp = np
+            self.launch = _hostemu.HostKernels().launch
+            self.gpu = False
+        else:
+            from spikescan.cuda import _lif, is_available
+
+            if not is_available():
+                raise StageSkipped("no CUDA device (CuPy missing or no GPU)")
+            import cupy
+
+            self.xp = cupy
+            self.launch = _lif._cupy_launch
+            self.gpu = True
+
+    def asarray(self, x):
+        return None if x is None else self.xp.asarray(x)
+
+    def to_host(self, x):
+        if x is None or isinstance(x, (np.ndarray, float, int)):
+            return x
+        return self.xp.asnumpy(x)
+
+    def sync(self):
+        if self.gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def free(self):
+        if self.gpu:
+            self.xp.get_default_memory_pool().free_all_blocks()
+
+    def peak_memory(self, fn):
+        """Peak memory of ``fn()``: CuPy pool high-water mark (memory hook), pool and device bytes (``memGetInfo``);
+        dry run: tracemalloc's peak of the host allocations (NumPy reports its arrays to it)."""
+        if not self.gpu:
+            import tracemalloc
+
+            tracemalloc.start()
+            try:
+                fn()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            return dict(peak_bytes=int(peak), method="tracemalloc peak of host allocations (dry run)")
+        import cupy
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = "spikescan_gpu_perf_peak"
+
+            def __init__(hook):
+                hook.current = hook.peak = 0
+
+            def malloc_postprocess(hook, **kw):
+                hook.current += kw["mem_size"]
+                hook.peak = max(hook.peak, hook.current)
+
+            def free_postprocess(hook, **kw):
+                hook.current -= kw["mem_size"]
+
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        free0, total = cupy.cuda.runtime.memGetInfo()
+        hook = Hook()
+        with hook:
+            fn()
+            self.sync()
+        free1, _ = cupy.cuda.runtime.memGetInfo()
+        out = dict(peak_bytes=int(hook.peak), pool_reserved_bytes=int(pool.total_bytes()),
+                   device_used_bytes=int(total - free1), device_used_before_bytes=int(total - free0),
+                   device_total_bytes=int(total),
+                   method="CuPy memory-pool high-water mark (memory hook); memGetInfo after the run, pool not freed")
+        pool.free_all_blocks()
+        return out
+
+
+class _Host:
+    """Host arrays as a ``Device`` sees them (for results computed by the NumPy reference)."""
+
+    gpu, xp = False, np
+
+    @staticmethod
+    def to_host(x):
+        return x
+
+
+HOST = _Host()
+
+
+class Clock:
+    """Named time spans: CUDA event pairs on the current stream (GPU) or ``perf_counter`` (dry run)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.spans = []
+
+    @contextlib.contextmanager
+    def span(self, name):
+        if self.device.gpu:
+            import cupy
+
+            start = cupy.cuda.Event()
+            start.record()
+            try:
+                yield
+            finally:
+                end = cupy.cuda.Event()
+                end.record()
+                self.spans.append((name, start, end))
+        else:
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.spans.append((name, start, time.perf_counter()))
+
+    def totals(self):
+        """``{name: [seconds, count]}`` summed over the spans of each name."""
+        self.device.sync()
+        out = {}
+        for name, start, end in self.spans:
+            if self.device.gpu:
+                import cupy
+
+                seconds = cupy.cuda.get_elapsed_time(start, end) / 1e3
+            else:
+                seconds = end - start
+            entry = out.setdefault(name, [0.0, 0])
+            entry[0] += seconds
+            entry[1] += 1
+        return out
+
+
+@contextlib.contextmanager
+def applied(settings):
+    """Set module attributes (``{"package.module.NAME": value}``) for the duration; restore them after."""
+    saved = []
+    try:
+        for path, value in settings.items():
+            module_name, attr = path.rsplit(".", 1)
+            module = importlib.import_module(module_name)
+            saved.append((module, attr, getattr(module, attr)))
+            setattr(module, attr, value)
+        yield
+    finally:
+        for module, attr, value in reversed(saved):
+            setattr(module, attr, value)
+
+
+@contextlib.contextmanager
+def timed_queue_builds(clock):
+    """Time every ``spikescan.cuda._queue.build_queues`` call (the launchers reach it through the module)."""
+    from spikescan.cuda import _queue
+
+    if clock is None:
+        yield
+        return
+    original = _queue.build_queues
+
+    def build_queues(*args, **kwargs):
+        with clock.span("queue_build"):
+            return original(*args, **kwargs)
+
+    _queue.build_queues = build_queues
+    try:
+        yield
+    finally:
+        _queue.build_queues = original
+
+
+def timed_launch(device, clock, kernel_events=True):
+    if clock is None or not kernel_events:
+        return device.launch
+
+    def launch(module, kernel, dtype, grid, block, args, shared_mem=0):
+        with clock.span("kernel/" + kernel):
+            device.launch(module, kernel, dtype, grid, block, args, shared_mem)
+
+    return launch
+
+
+class Layer:
+    """One LIF layer on the device, driven through the CUDA launchers (``_lif.forward`` / ``_lif.backward``)."""
+
+    def __init__(self, device, W, D, max_spikes=MAX_SPIKES):
+        xp = device.xp
+        self.device, self.max_spikes = device, max_spikes
+        self.W, self.D = device.asarray(W), device.asarray(D)
+        n_out = W.shape[1]
+        self.tau_mem = xp.full(n_out, TAU_MEM, dtype=xp.float64)
+        self.tau_syn = xp.full(n_out, TAU_SYN, dtype=xp.float64)
+
+    def forward(self, t, method, launch):
+        from spikescan.cuda import _lif
+
+        return _lif.forward(self.device.xp, launch, t, self.W, self.D, self.tau_mem, self.tau_syn, THRESHOLD,
+                            self.max_spikes, method, CHUNK_SIZE, "newton")
+
+    def backward(self, result, grad_times, method, launch, input_times_grad=True):
+        from spikescan.cuda import _lif
+
+        return _lif.backward(self.device.xp, launch, result, grad_times, method, input_times_grad)
+
+
+class Network:
+    """The two-layer network; ``run`` is one forward (+ backward) of a variant, the loss that of ``bench_lif_jax``
+    (sum of layer 2's finite spike times: cotangent 1 on every recorded spike), no gradient for the input spikes."""
+
+    def __init__(self, device, t, params):
+        W1, D1, W2, D2 = params
+        self.device = device
+        self.t = device.asarray(t)
+        self.layers = (Layer(device, W1, D1), Layer(device, W2, D2))
+
+    def run(self, variant, clock=None, backward=True, kernel_events=True):
+        spec = VARIANTS[variant]
+        xp = self.device.xp
+        launch = timed_launch(self.device, clock, kernel_events)
+        span = clock.span if clock is not None else (lambda name: contextlib.nullcontext())
+        l1, l2 = self.layers
+        with applied(spec["settings"]), timed_queue_builds(clock):
+            with span("forward/layer1"):
+                r1 = l1.forward(self.t, spec["forward"], launch)
+            with span("forward/layer2"):
+                r2 = l2.forward(r1.times, spec["forward"], launch)
+            if not backward:
+                return r1, r2, None, None
+            with span("backward/layer2"):
+                g2 = l2.backward(r2, xp.isfinite(r2.times).astype(r2.times.dtype), spec["backward"], launch)
+            with span("backward/layer1"):
+                g1 = l1.backward(r1, g2.input_times, spec["backward"], launch, input_times_grad=False)
+        return r1, r2, g1, g2
+
+
+def median(values):
+    return float(np.median(values)) if len(values) else None
+
+
+def summarise_runs(runs):
+    """Medians over timed runs: wall, forward and backward (sums of the layers' spans), queue builds, kernels."""
+    out = dict(repeats=len(runs), wall_s=median([r["wall_s"] for r in runs]), wall_s_all=[r["wall_s"] for r in runs])
+    names = sorted({name for r in runs for name in r["spans"]})
+    spans = {name: median([r["spans"].get(name, [0.0, 0])[0] for r in runs]) for name in names}
+    out["forward_s"] = median([sum(v[0] for k, v in r["spans"].items() if k.startswith("forward/")) for r in runs])
+    backward = [sum(v[0] for k, v in r["spans"].items() if k.startswith("backward/")) for r in runs]
+    out["backward_s"] = median(backward) if any(k.startswith("backward/") for k in names) else None
+    out["queue_build_s"] = spans.get("queue_build")
+    out["spans_s"] = {k: v for k, v in spans.items() if not k.startswith("kernel/")}
+    out["kernels"] = {name[len("kernel/"):]: dict(seconds=spans[name], launches=runs[-1]["spans"].get(name, [0, 0])[1])
+                      for name in names if name.startswith("kernel/")}
+    return out
+
+
+def time_runs(device, fn, repeats, warmup, inspect=None):
+    """``warmup`` untimed calls of ``fn(clock)``, then ``repeats`` timed ones. ``inspect`` sees the first call's
+    result, which is dropped before the next call (at batch 256 one result holds gigabytes of queues). Returns
+    ``(inspect(first result) or None, runs)``."""
+    seen, runs = None, []
+    for i in range(warmup + repeats):
+        clock = Clock(device) if i >= warmup else None
+        device.sync()
+        start = time.perf_counter()
+        out = fn(clock)
+        device.sync()
+        wall = time.perf_counter() - start
+        if clock is not None:
+            runs.append(dict(wall_s=wall, spans=clock.totals()))
+        if i == 0 and inspect is not None:
+            seen = inspect(out)
+        del out
+    return seen, runs
+
+
+def work_counts(device, result, max_spikes):
+    """Queue entries, backward points and spike solves of one layer's forward result (host numbers)."""
+    res = result.residuals
+    counts = device.to_host(result.counts)
+    q_end = device.to_host(res.queue_end)
+    batch, n_out = counts.shape
+    entries = int(q_end.sum()) * (n_out // q_end.shape[1])
+    n_rec = np.minimum(counts, max_spikes).reshape(-1)
+    events = device.to_host(res.spike_event).reshape(-1, max_spikes)
+    last = events[np.arange(n_rec.size), np.maximum(n_rec - 1, 0)]
+    points = int(np.where(n_rec > 0, last + n_rec, 0).sum())
+    return dict(queue_entries=entries, backward_points=points, spike_solves=int(counts.sum()),
+                recorded_spikes=int(n_rec.sum()), queue_len=int(res.queue_times.shape[2] - 1),
+                mean_spikes_per_neuron=float(counts.mean()), neurons_over_max_spikes=int((counts > max_spikes).sum()),
+                neurons=int(counts.size))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages (each runs in its own process: ``--stage NAME``)
+# ---------------------------------------------------------------------------------------------------------------
+
+class StageWriter:
+    """The stage's result file, rewritten (atomically) whenever the stage has something new."""
+
+    def __init__(self, path):
+        self.path = path
+        self.result = {}
+
+    def flush(self, status=None, **extra):
+        record = dict(result=self.result, **extra)
+        if status is not None:
+            record["status"] = status
+        write_json(self.path, record)
+
+
+def write_json(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _finite(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class StageContext:
+    def __init__(self, args, writer):
+        self.args, self.writer = args, writer
+        self.dry_run = args.dry_run
+        self.config = CONFIG[args.dry_run]
+        self.deadline = args.deadline
+        self.workdir = args.workdir
+        path = os.path.join(args.workdir, "context.json")
+        self.shared = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.shared = json.load(f)
+        self.repeats = args.repeats if args.repeats else self.config["repeats"]
+
+    def time_left(self):
+        return self.deadline - time.time()
+
+    def variants(self):
+        """Variants the gate passed (all of them when the stage runs alone, without the orchestrator's context)."""
+        passed = self.shared.get("variants_passed")
+        return [v for v in VARIANTS if passed is None or v in passed]
+
+    def log(self, *msg):
+        print(*msg, flush=True)
+
+
+def compare(label, got, want, tol):
+    """One gate check: ``got`` against ``want`` with ``|got - want| <= atol + rtol |want|`` (non-finite entries must
+    match exactly). Returns ``dict(check, ok, max_abs_diff, worst_over_tolerance)``."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return dict(check=label, ok=False, reason=f"shape {got.shape} != {want.shape}")
+    fin = np.isfinite(want)
+    if not np.array_equal(np.isfinite(got), fin) or not np.array_equal(got[~fin], want[~fin]):
+        return dict(check=label, ok=False, reason="non-finite entries differ")
+    diff = np.abs(got[fin] - want[fin])
+    allowed = tol["atol"] + tol["rtol"] * np.abs(want[fin])
+    worst = float((diff / allowed).max()) if diff.size else 0.0
+    return dict(check=label, ok=bool(worst <= 1.0), max_abs_diff=float(diff.max()) if diff.size else 0.0,
+                worst_over_tolerance=worst)
+
+
+def compare_forward(device, label, out, ref, tol):
+    """Identical counts and ``spike_event``, times within ``tol["times"]``."""
+    checks = [dict(check=f"{label}/counts", ok=bool(np.array_equal(device.to_host(out.counts), ref.counts))),
+              dict(check=f"{label}/spike_event",
+                   ok=bool(np.array_equal(device.to_host(out.residuals.spike_event), ref.residuals.spike_event)))]
+    checks.append(compare(f"{label}/times", device.to_host(out.times), ref.times, tol["times"]))
+    return checks
+
+
+def compare_grads(device, label, grads, ref, tol):
+    """The gradients by name within ``tol["grads"]``: weights, input times, delays and threshold always (``None`` on
+    both sides or on neither), the time constants where both sides compute them."""
+    checks = []
+    for name in ("weights", "input_times", "delays", "threshold", "tau_mem", "tau_syn"):
+        a, b = getattr(ref, name, None), getattr(grads, name, None)
+        if a is None or b is None:
+            if name not in ("tau_mem", "tau_syn") and (a is None) != (b is None):
+                checks.append(dict(check=f"{label}/grad_{name}", ok=False, reason="computed on one side only"))
+            continue
+        checks.append(compare(f"{label}/grad_{name}", device.to_host(b), a, tol["grads"]))
+    return checks
+
+
+def stage_gate(ctx):
+    """S1: every variant (and the ``step`` forward) against the NumPy reference on small cases; queues bit-identical."""
+    import spikescan as ss
+    from spikescan import _queue as np_queue
+    from spikescan.cuda import _queue
+    from tolerances import TOL
+
+    device = Device(ctx.dry_run)
+    tol = TOL["float64"]
+    shape, batch = ctx.config["gate"], ctx.config["gate_batch"]
+    t, (W1, D1, W2, D2) = network_inputs(shape, batch, seed=3)
+    kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=THRESHOLD, max_spikes=MAX_SPIKES, method="sequential",
+              engine="numpy")
+    rng = np.random.default_rng(11)
+    ref1 = ss.lif_forward(t, W1, delays=D1, **kw)
+    cases = {"layer1": (t, W1, D1, ref1),
+             "layer2": (ref1.times, W2, D2, ss.lif_forward(ref1.times, W2, delays=D2, **kw)),
+             "layer1_no_delays": (t, W1, None, ss.lif_forward(t, W1, **kw))}
+    refs = {}
+    for name, (tin, W, D, ref) in cases.items():
+        G = rng.normal(size=ref.times.shape)
+        refs[name] = (device.asarray(tin), Layer(device, W, D), ref, G, device.asarray(G),
+                      ss.lif_backward(ref, G, method="sequential", engine="numpy"))
+    ctx.writer.result.update(
+        shape=dict(batch=batch, **shape.as_dict()), tolerances=tol, reference="spikescan.lif_forward / lif_backward, "
+        "engine='numpy', method='sequential'",
+        cases={name: dict(spikes=int(r[2].counts.sum()), max_per_neuron=int(r[2].counts.max()),
+                          neurons_over_max_spikes=int((r[2].counts > MAX_SPIKES).sum())) for name, r in refs.items()},
+        variants={})
+    # Queues: both builders, bit for bit (times, flat source index, ends).
+    want = np_queue.build_queues(t, D1, np)
+    queue_checks = {}
+    for builder, use_kernel in (("argsort", False), ("kernel", True)):
+        try:
+            got = _queue.build_queues(device.xp, device.launch, device.asarray(t), device.asarray(D1),
+                                      use_kernel=use_kernel)
+            same = all(np.array_equal(device.to_host(g).astype(w.dtype), w) for g, w in zip(got, want))
+            queue_checks[builder] = dict(ok=bool(same))
+        except Exception as exc:
+            queue_checks[builder] = dict(ok=False, reason=f"{type(exc).__name__}: {exc}")
+    ctx.writer.result["queues_bit_identical"] = queue_checks
+    ctx.writer.flush()
+    forwards = {}
+    for variant in list(VARIANTS) + ["step"]:
+        if ctx.time_left() < 2:
+            ctx.writer.result["variants"][variant] = dict(status="not_run", reason="gate stage out of time")
+            continue
+        spec = VARIANTS.get(variant, dict(forward="step", backward=None, settings={}))
+        checks = []
+        start = time.perf_counter()
+        try:
+            with applied(spec["settings"]):
+                for name, (tin, layer, ref, G, G_dev, ref_g) in refs.items():
+                    key = (name, spec["forward"], json.dumps(spec["settings"], sort_keys=True))
+                    if key not in forwards:
+                        forwards[key] = layer.forward(tin, spec["forward"], device.launch)
+                    out = forwards[key]
+                    checks += compare_forward(device, name, out, ref, tol)
+                    if spec["backward"] is not None:
+                        grads = layer.backward(out, G_dev, spec["backward"], device.launch)
+                        checks += compare_grads(device, f"{name}/backward_{spec['backward']}", grads, ref_g, tol)
+            uses_kernel = spec["settings"].get("spikescan.cuda._queue.USE_KERNEL", _queue.USE_KERNEL)
+            queue_ok = queue_checks["kernel" if uses_kernel else "argsort"]
+            checks.append(dict(check="queues_bit_identical", ok=queue_ok["ok"]))
+            ok = all(c["ok"] for c in checks)
+            entry = dict(status="pass" if ok else "fail", checks=checks,
+                         failed=[c["check"] for c in checks if not c["ok"]])
+        except Exception as exc:
+            entry = dict(status="error", checks=checks, reason=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc()[-2000:])
+        entry.update(forward=spec["forward"], backward=spec["backward"], settings=spec["settings"],
+                     seconds=time.perf_counter() - start)
+        ctx.writer.result["variants"][variant] = entry
+        ctx.log(f"gate {variant:<28} {entry['status']}" + (f"  failed: {entry.get('failed') or entry.get('reason')}"
+                                                           if entry["status"] != "pass" else ""))
+        ctx.writer.flush()
+
+
+def stage_network(ctx, role):
+    """S2 / S4 / S5: the network at one batch size, every variant that passed the gate."""
+    device = Device(ctx.dry_run)
+    batch = ctx.config["batches"][role]
+    shape = ctx.config["network"]
+    variants = ctx.variants()
+    if not variants:
+        raise StageSkipped("no variant passed the gate")
+    t, params = network_inputs(shape, batch)
+    net = Network(device, t, params)
+    result = ctx.writer.result
+    result.update(batch=batch, shape=shape.as_dict(), max_spikes=MAX_SPIKES, warmup=ctx.config["warmup"],
+                  repeats=ctx.repeats, variants={})
+    reference = {}
+
+    def inspect(out, variant):
+        """The first variant's counts and weight gradients become the reference of the others; its forward gives
+        the work counts and the JAX stage's queue lengths."""
+        r1, r2, g1, _ = out
+        counts = (device.to_host(r1.counts), device.to_host(r2.counts))
+        grad_w = device.to_host(g1.weights)
+        if not reference:
+            reference.update(variant=variant, counts=counts, grad_w=grad_w)
+            result["work"] = {f"layer{i + 1}": work_counts(device, r, MAX_SPIKES) for i, r in enumerate((r1, r2))}
+            save_reference(ctx, role, t, r1, r2, device)
+            return None
+        scale = max(float(np.abs(reference["grad_w"]).max()), 1e-300)
+        return dict(variant=reference["variant"],
+                    counts_identical=all(bool(np.array_equal(a, b)) for a, b in zip(counts, reference["counts"])),
+                    grad_weights_max_rel_diff=float(np.abs(grad_w - reference["grad_w"]).max()) / scale)
+
+    for variant in variants:
+        if reference and ctx.time_left() < 5:
+            result["variants"][variant] = dict(status="skipped", reason="stage out of time")
+            ctx.writer.flush()
+            continue
+        start = time.perf_counter()
+        try:
+            agrees, runs = time_runs(device, lambda clock: net.run(variant, clock), ctx.repeats, ctx.config["warmup"],
+                                     inspect=lambda out: inspect(out, variant))
+            entry = dict(status="ok", **summarise_runs(runs))
+            if agrees is not None:
+                entry["agrees_with"] = agrees
+            device.free()
+            if role == "large":
+                entry["memory"] = device.peak_memory(lambda: net.run(variant))
+        except Exception as exc:
+            entry = dict(status="failed", reason=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc()[-2000:])
+            device.free()
+        entry["seconds"] = time.perf_counter() - start
+        result["variants"][variant] = entry
+        if entry["status"] == "ok":
+            ctx.log(f"batch {batch:<4} {variant:<28} fwd {entry['forward_s'] * 1e3:10.2f} ms  bwd "
+                    f"{entry['backward_s'] * 1e3:10.2f} ms  wall {entry['wall_s'] * 1e3:10.2f} ms")
+        else:
+            ctx.log(f"batch {batch:<4} {variant:<28} {entry['status']}: {entry.get('reason')}")
+        ctx.writer.flush()
+
+
+def save_reference(ctx, role, t, r1, r2, device):
+    """What the JAX stage of the same batch needs from the exact forward: queue lengths, counts, recorded times,
+    queue ends and last arrivals (for its step-budget bounds)."""
+    arrays = dict(L1=int(np.isfinite(t).sum(axis=(1, 2)).max()))
+    for i, r in enumerate((r1, r2)):
+        res = r.residuals
+        q_end = device.to_host(res.queue_end)
+        q_times = device.to_host(res.queue_times)
+        last = np.take_along_axis(q_times, np.maximum(q_end - 1, 0)[..., None], axis=2)[..., 0]
+        arrays.update({f"counts{i + 1}": device.to_host(r.counts), f"times{i + 1}": device.to_host(r.times),
+                       f"queue_end{i + 1}": q_end, f"last_arrival{i + 1}": np.where(q_end > 0, last, -np.inf)})
+    arrays["L2"] = int(np.isfinite(arrays["times1"]).sum(axis=(1, 2)).max())
+    np.savez(os.path.join(ctx.workdir, f"reference_{role}.npz"), **arrays)
+
+
+def reference_for_jax(ctx, role, t, params):
+    """The network stage's reference, or (dry run) the CPU forward computed here."""
+    path = os.path.join(ctx.workdir, f"reference_{role}.npz")
+    if os.path.exists(path):
+        return dict(np.load(path)), "network stage (default variant)"
+    if not ctx.dry_run:
+        raise StageSkipped(f"no exact forward from network_{role} to take the queue lengths and counts from")
+    import spikescan as ss
+
+    W1, D1, W2, D2 = params
+    kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=THRESHOLD, max_spikes=MAX_SPIKES)
+    r1 = ss.lif_forward(t, W1, delays=D1, **kw)
+    r2 = ss.lif_forward(r1.times, W2, delays=D2, **kw)
+    save_reference(ctx, role, t, r1, r2, HOST)
+    return dict(np.load(path)), "spikescan CPU forward computed by this stage"
+
+
+def unprocessed_bounds(counts, queue_end, last_arrival, recorded_times, L, max_spikes, K):
+    """Bounds on the neurons whose inputs the JAX build leaves unprocessed: it runs ``ceil(L / K) + max_spikes + 1``
+    steps, each committing ``K`` entries or firing once (advancing at most ``K - 1``). A neuron with ``n`` entries
+    and ``c`` spikes before its last input needs at least ``c + ceil((n - c (K - 1)) / K)`` and at most
+    ``c + ceil(n / K)`` steps; ``c`` lies between its recorded spikes before the last input and its total count."""
+    budget = math.ceil(L / K) + max_spikes + 1
+    n = queue_end.astype(np.int64)
+    c_hi = counts.astype(np.int64)
+    c_lo = (recorded_times < last_arrival[..., None]).sum(-1)
+    need_lo = c_lo + np.ceil(np.maximum(n - c_lo * (K - 1), 0) / K)
+    need_hi = c_hi + np.ceil(n / K)
+    return dict(at_least=int((need_lo > budget).sum()), at_most=int((need_hi > budget).sum()), step_budget=budget,
+                neurons=int(n.size))
+
+
+def stage_jax(ctx, role):
+    """S3 / S4 / S5: the JAX build of the paper's algorithm (bench_lif_jax) at one batch size, per dtype."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if ctx.dry_run:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # Tiny shapes: compile time dominates; XLA's cheapest CPU pipeline keeps the dry run short.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                                   " --xla_llvm_disable_expensive_passes=true").strip()
+    try:
+        import jax
+        import jax.numpy as jnp
+    except Exception as exc:
+        raise StageSkipped(f"jax not importable: {type(exc).__name__}: {exc}")
+    import bench_lif_jax as bj
+
+    if ctx.dry_run:  # the dry run's programs are the same every time: compile them once per machine
+        jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "spikescan_gpu_perf_jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+    if ctx.dry_run:
+        jax_device = jax.devices("cpu")[0]
+    else:
+        try:
+            jax_device = jax.devices("gpu")[0]
+        except Exception as exc:
+            raise StageSkipped(f"jax has no GPU backend ({type(exc).__name__}: {exc})")
+    batch = ctx.config["batches"][role]
+    shape = ctx.config["network"]
+    t, params = network_inputs(shape, batch)
+    ref, ref_source = reference_for_jax(ctx, role, t, params)
+    L1, L2 = int(ref["L1"]), int(ref["L2"])
+    result = ctx.writer.result
+    result.update(batch=batch, shape=shape.as_dict(), max_spikes=MAX_SPIKES, chunk=bj.K, newton_steps=bj.NEWTON_STEPS,
+                  queue_len=[L1, L2], queue_len_source=ref_source, jax_version=jax.__version__,
+                  jax_device=str(jax_device), repeats=ctx.repeats, dtypes={},
+                  note="bench_lif_jax.make_layer / queues; loss = sum of layer 2's finite spike times (its "
+                       "make_network's), returning the spike times as aux so one compile gives times and outputs")
+    layer1 = bj.make_layer(L1, shape.hidden, MAX_SPIKES)
+    layer2 = bj.make_layer(L2, shape.hidden, MAX_SPIKES)
+
+    def loss(p, times):
+        W1, D1, W2, D2 = p
+        s1 = layer1(*bj.queues(times, W1, D1, L1))
+        s2 = layer2(*bj.queues(s1, W2, D2, L2))
+        return jnp.sum(jnp.where(jnp.isfinite(s2), s2, 0.0)), (s1, s2)
+
+    for dtype in JAX_DTYPES[role]:
+        if ctx.time_left() < 5:
+            result["dtypes"][dtype] = dict(status="skipped", reason="stage out of time")
+            continue
+        try:
+            if dtype == "float64":
+                jax.config.update("jax_enable_x64", True)
+            jdt = jnp.dtype(dtype)
+            with jax.default_device(jax_device):
+                jp = tuple(jnp.asarray(p, jdt) for p in params)
+                jt = jnp.asarray(t, jdt)
+                if jt.dtype != jdt:
+                    raise RuntimeError(f"jax gave {jt.dtype} for {dtype}")
+                value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+                start = time.perf_counter()
+                out = jax.block_until_ready(value_and_grad(jp, jt))
+                compile_s = time.perf_counter() - start
+                times = []
+                for _ in range(ctx.repeats):
+                    start = time.perf_counter()
+                    out = jax.block_until_ready(value_and_grad(jp, jt))
+                    times.append(time.perf_counter() - start)
+            (_, (s1, s2)), _ = out
+            entry = dict(status="ok", compile_s=compile_s, forward_backward_s=median(times),
+                         forward_backward_s_all=times)
+            for i, s in enumerate((np.asarray(s1, np.float64), np.asarray(s2, np.float64))):
+                entry[f"layer{i + 1}"] = agreement(s, ref, i + 1, L1 if i == 0 else L2, bj.K)
+            result["dtypes"][dtype] = entry
+            ctx.log(f"jax {dtype} batch {batch}: {entry['forward_backward_s'] * 1e3:.2f} ms (compile {compile_s:.1f} s)"
+                    f", layer-2 recorded counts equal for {entry['layer2']['fraction_equal_recorded_counts']:.3f}")
+        except Exception as exc:
+            result["dtypes"][dtype] = dict(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:500]}")
+            ctx.log(f"jax {dtype} batch {batch}: failed: {exc!r}"[:300])
+        ctx.writer.flush()
+    if not any(d.get("status") == "ok" for d in result["dtypes"].values()):
+        raise RuntimeError("no JAX run succeeded: " + "; ".join(f"{k}: {v.get('reason')}"
+                                                                  for k, v in result["dtypes"].items()))
+
+
+def agreement(s, ref, layer, L, K):
+    """JAX's recorded spikes of one layer against spikescan's exact forward."""
+    counts, times = ref[f"counts{layer}"], ref[f"times{layer}"]
+    want = np.minimum(counts, MAX_SPIKES)
+    got = np.isfinite(s).sum(-1)
+    equal = got == want
+    both = equal[..., None] & np.isfinite(s) & np.isfinite(times)
+    diff = np.abs(s - times)[both]
+    rel = diff / np.maximum(np.abs(times[both]), 1e-300)
+    return dict(fraction_equal_recorded_counts=float(equal.mean()),
+                neurons_missing_recorded_spikes=int((got < want).sum()),
+                neurons_extra_recorded_spikes=int((got > want).sum()),
+                max_abs_spike_time_diff=float(diff.max()) if diff.size else 0.0,
+                max_rel_spike_time_diff=float(rel.max()) if rel.size else 0.0,
+                neurons_with_unprocessed_inputs=unprocessed_bounds(counts, ref[f"queue_end{layer}"],
+                                                                  ref[f"last_arrival{layer}"], times, L, MAX_SPIKES, K))
+
+
+def stage_baselines(ctx):
+    """S5: batch 1, layer-1 shape, forward: one event per launch against the fused kernels."""
+    gate = ctx.shared.get("gate_variants", {})
+    if gate and gate.get("step", {}).get("status") != "pass":
+        raise StageSkipped("the step forward did not pass the gate")
+    device = Device(ctx.dry_run)
+    shape = ctx.config["network"]
+    t, (W1, D1, _, _) = network_inputs(shape, 1, seed=7)
+    layer = Layer(device, W1, D1)
+    td = device.asarray(t)
+    passed = {VARIANTS[v]["forward"] for v in ctx.variants() if not VARIANTS[v]["settings"].get(
+        "spikescan.cuda._queue.USE_KERNEL")} | {"step"}
+    result = ctx.writer.result
+    result.update(batch=1, n_in=shape.n_in, n_out=shape.hidden, spikes=shape.spikes, delays=True, methods={})
+    counts0 = None
+    for method in ("step", "sequential", "scan", "auto"):
+        if method not in passed:
+            result["methods"][method] = dict(status="skipped", reason="no variant with this forward passed the gate")
+            continue
+        if ctx.time_left() < 3:
+            result["methods"][method] = dict(status="skipped", reason="stage out of time")
+            continue
+
+        def fn(clock, method=method):
+            with timed_queue_builds(clock), (clock.span("forward/layer1") if clock else contextlib.nullcontext()):
+                # Step launches one kernel per queue entry: an event pair per launch would time the events.
+                return layer.forward(td, method, timed_launch(device, clock, kernel_events=method != "step"))
+
+        seen, runs = time_runs(device, fn, ctx.repeats, ctx.config["warmup"],
+                               inspect=lambda out: (device.to_host(out.counts),
+                                                    int(out.residuals.queue_times.shape[2] - 1)))
+        counts, queue_len = seen
+        counts0 = counts if counts0 is None else counts0
+        entry = dict(status="ok", identical_counts=bool(np.array_equal(counts, counts0)), queue_len=queue_len,
+                     **summarise_runs(runs))
+        result["methods"][method] = entry
+        ctx.log(f"batch 1 layer-1 forward {method:<10} {entry['forward_s'] * 1e3:10.3f} ms")
+        ctx.writer.flush()
+    m = result["methods"]
+    if m.get("step", {}).get("status") == "ok":
+        result["step_over"] = {k: m["step"]["forward_s"] / v["forward_s"] for k, v in m.items()
+                               if k != "step" and v.get("status") == "ok"}
+
+
+def stage_sweep(ctx):
+    """S6: one layer with delays over hidden x batch (small first), every forward method and backward kernel."""
+    from spikescan.cuda import _lif
+
+    device = Device(ctx.dry_run)
+    n_in, spikes, w_scale = ctx.config["sweep_shape"]
+    passing = [VARIANTS[v] for v in ctx.variants()
+               if not VARIANTS[v]["settings"].get("spikescan.cuda._queue.USE_KERNEL")]
+    forwards = [m for m in ("sequential", "scan", "auto") if any(s["forward"] == m for s in passing)]
+    backwards = [m for m in _lif.BACKWARD_KERNELS
+                 if any((_lif.BACKWARD_AUTO if s["backward"] == "auto" else s["backward"]) == m for s in passing)]
+    if not forwards:
+        raise StageSkipped("no forward method passed the gate")
+    result = ctx.writer.result
+    result.update(n_in=n_in, spikes=spikes, delays=True, max_spikes=SWEEP_MAX_SPIKES, rows=[], not_run=[])
+    shapes = sorted(((b * h, b, h) for h in ctx.config["sweep_hidden"] for b in ctx.config["sweep_batches"]))
+    for _, batch, hidden in shapes:
+        if ctx.time_left() < 5:
+            result["not_run"].append(dict(batch=batch, hidden=hidden, reason="stage out of time"))
+            continue
+        t, W, D = shd_like_inputs(batch, n_in, spikes, hidden, seed=batch + hidden, delays=True)
+        layer = Layer(device, W * w_scale, D, max_spikes=SWEEP_MAX_SPIKES)
+        td = device.asarray(t)
+        row = dict(batch=batch, hidden=hidden, forward={}, backward={})
+        kept = {}
+
+        def keep(out, method):
+            if method == "auto" or not kept:  # the backward runs on auto's forward (or the first there is)
+                kept["result"] = out
+            return float(device.to_host(out.counts).mean())
+
+        for method in forwards:
+            mean_spikes, runs = time_runs(device, lambda clock, m=method: _sweep_forward(layer, td, m, clock, device),
+                                          ctx.repeats, ctx.config["warmup"], inspect=lambda out, m=method: keep(out, m))
+            row["forward"][method] = dict(summarise_runs(runs), mean_spikes_per_neuron=mean_spikes)
+        auto_result = kept.pop("result")
+        grad = device.xp.isfinite(auto_result.times).astype(auto_result.times.dtype)
+        for method in backwards:
+            def fn(clock, m=method):
+                with (clock.span("backward/layer") if clock else contextlib.nullcontext()):
+                    return layer.backward(auto_result, grad, m, timed_launch(device, clock))
+
+            _, runs = time_runs(device, fn, ctx.repeats, ctx.config["warmup"])
+            row["backward"][method] = summarise_runs(runs)
+        result["rows"].append(row)
+        ctx.log(f"sweep batch {batch:<4} hidden {hidden:<4} " + "  ".join(
+            f"fwd {m} {v['forward_s'] * 1e3:.2f} ms" for m, v in row["forward"].items()) + "  " + "  ".join(
+            f"bwd {m} {v['backward_s'] * 1e3:.2f} ms" for m, v in row["backward"].items()))
+        auto_result = layer = td = grad = None  # hand the memory back before the next shape
+        device.free()
+        ctx.writer.flush()
+
+
+def _sweep_forward(layer, td, method, clock, device):
+    with timed_queue_builds(clock), (clock.span("forward/layer") if clock else contextlib.nullcontext()):
+        return layer.forward(td, method, timed_launch(device, clock))
+
+
+def stage_device(ctx):
+    """S0: device, clocks, versions, ceilings."""
+    result = ctx.writer.result
+    result["versions"] = _versions()
+    if ctx.dry_run:
+        from spikescan.cuda import _hostemu
+
+        import _stamp
+
+        result.update(device="host emulation (dry run)", cpu=_stamp._cpu_model(), cpu_count=os.cpu_count(),
+                      host_compiler=_hostemu.compiler())
+        n = ctx.config["ceiling_copy_bytes"] // 8
+        a, b = np.ones(n), np.empty(n)
+        best = min(_wall(lambda: np.copyto(b, a)) for _ in range(3))
+        result["ceilings"] = dict(copy_bytes_per_s=2 * a.nbytes / best, copy_bytes=int(a.nbytes),
+                                  note="host NumPy copy (dry run): no GPU ceilings")
+        # The FMA kernel of the GPU ceilings is only compiled here (NVRTC, no GPU needed).
+        compiled = check_fma_source()
+        result["fma_kernel_compiles"] = "NVRTC not available" if compiled is None else dict(
+            ok=compiled[0], log=compiled[1][-1000:])
+        return
+    import cupy
+
+    from spikescan.cuda import is_available
+
+    if not is_available():
+        raise StageSkipped("no CUDA device")
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    attrs = dev.attributes
+    clock_khz = attrs.get("ClockRate") or props.get("clockRate")
+    result.update(device=name, compute_capability=dev.compute_capability,
+                  multiprocessors=attrs.get("MultiProcessorCount"), clock_khz=clock_khz,
+                  memory_clock_khz=attrs.get("MemoryClockRate"), total_memory_bytes=int(props.get("totalGlobalMem", 0)),
+                  driver_version=cupy.cuda.runtime.driverGetVersion(),
+                  runtime_version=cupy.cuda.runtime.runtimeGetVersion(), nvidia_smi=_nvidia_smi())
+    if result["multiprocessors"] and clock_khz:
+        result["issue_rate"] = float(result["multiprocessors"]) * 128 * clock_khz * 1e3
+    ctx.writer.flush()
+    result["ceilings"] = _gpu_ceilings(ctx.config["ceiling_copy_bytes"], result.get("multiprocessors") or 132)
+
+
+def _wall(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _versions():
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for dist in ("numpy", "cupy-cuda12x", "cupy-cuda13x", "cupy", "jax", "jaxlib", "jax-cuda12-plugin", "numba",
+                 "spikescan"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _nvidia_smi():
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    fields = ("name,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,temperature.gpu,"
+              "driver_version")
+    try:
+        out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=15)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"failed: {exc!r}"
+    return dict(zip(fields.split(","), [v.strip() for v in out.stdout.splitlines()[0].split(",")])) \
+        if out.returncode == 0 and out.stdout.strip() else out.stderr.strip()[:300]
+
+
+_FMA_SOURCE = r"""
+__device__ __forceinline__ double spikescan_perf_fma1(double x, double a, double b) { return fma(x, a, b); }
+__device__ __forceinline__ float spikescan_perf_fma1(float x, float a, float b) { return fmaf(x, a, b); }
+
+template <typename T>
+__global__ void spikescan_perf_fma(T* out, long long n_iter, T a, T b) {
+    // Eight independent chains per thread: enough to fill the FMA pipes from registers alone.
+    T x0 = threadIdx.x, x1 = x0 + 1, x2 = x0 + 2, x3 = x0 + 3, x4 = x0 + 4, x5 = x0 + 5, x6 = x0 + 6, x7 = x0 + 7;
+    for (long long i = 0; i < n_iter; ++i) {
+        x0 = spikescan_perf_fma1(x0, a, b); x1 = spikescan_perf_fma1(x1, a, b);
+        x2 = spikescan_perf_fma1(x2, a, b); x3 = spikescan_perf_fma1(x3, a, b);
+        x4 = spikescan_perf_fma1(x4, a, b); x5 = spikescan_perf_fma1(x5, a, b);
+        x6 = spikescan_perf_fma1(x6, a, b); x7 = spikescan_perf_fma1(x7, a, b);
+    }
+    T s = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
+    if (s == (T)-12345.0) out[blockIdx.x * blockDim.x + threadIdx.x] = s;  // never true; keeps the loop alive
+}
+"""
+
+
+def check_fma_source(arch="90"):
+    """Compile ``_FMA_SOURCE`` with NVRTC alone (no GPU), as ``python -m spikescan.cuda --check`` does for the kernels:
+    ``(ok, log)``, or ``None`` without NVRTC."""
+    from spikescan.cuda import _kernels
+
+    nvrtc = _kernels.nvrtc_module()
+    if nvrtc is None:
+        return None
+    prog = nvrtc.createProgram(_FMA_SOURCE, "spikescan_perf_fma.cu", [], [])
+    try:
+        for expr in _FMA_NAMES:
+            nvrtc.addNameExpression(prog, expr)
+        try:
+            nvrtc.compileProgram(prog, ["--std=c++17", f"--gpu-architecture=sm_{arch}"])
+        except Exception as exc:
+            return False, f"{exc}\n{nvrtc.getProgramLog(prog)}"
+        return True, nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+_FMA_NAMES = ("spikescan_perf_fma<double>", "spikescan_perf_fma<float>")
+
+
+def _gpu_ceilings(copy_bytes, n_sm):
+    """A device-to-device copy's bandwidth and the fp64 / fp32 FMA rates (best of 3, CUDA events)."""
+    import cupy
+
+    def best_seconds(fn, reps=3):
+        fn()
+        out = []
+        for _ in range(reps):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        return min(out)
+
+    src = cupy.ones(copy_bytes // 8, dtype=cupy.float64)
+    dst = cupy.empty_like(src)
+    copy_s = best_seconds(lambda: cupy.copyto(dst, src))
+    src = dst = None
+    cupy.get_default_memory_pool().free_all_blocks()
+    out = dict(copy_bytes=int(copy_bytes), copy_bytes_per_s=2 * copy_bytes / copy_s)
+    mod = cupy.RawModule(code=_FMA_SOURCE, options=("--std=c++17",), name_expressions=list(_FMA_NAMES))
+    blocks, threads, n_iter = n_sm * 16, 256, 8192
+    for label, ctype, dtype in (("fp64", "double", np.float64), ("fp32", "float", np.float32)):
+        kernel = mod.get_function(f"spikescan_perf_fma<{ctype}>")
+        sink = cupy.zeros(blocks * threads, dtype=dtype)
+        seconds = best_seconds(lambda: kernel((blocks,), (threads,), (sink, np.int64(n_iter), dtype(0.999999),
+                                                                      dtype(1e-7))))
+        out[f"{label}_flop_per_s"] = 2.0 * 8 * n_iter * blocks * threads / seconds
+    return out
+
+
+def stage_ncu(ctx):
+    """S7: Nsight Compute on the default variant's kernels at the medium batch (``--clock-control none``)."""
+    if ctx.dry_run:
+        raise StageSkipped("dry run: Nsight Compute profiles GPU kernels only")
+    if not ctx.args.ncu:
+        raise StageSkipped("not requested (--ncu)")
+    exe = shutil.which("ncu")
+    if exe is None:
+        raise StageSkipped("ncu not found on PATH")
+    timeout = max(5.0, ctx.time_left() - 5)
+    cmd = [exe, "--clock-control", "none", "--target-processes", "all", "--kernel-name", "regex:spikescan",
+           "--launch-count", "12", "--section", "LaunchStats", "--section", "Occupancy", "--section",
+           "SpeedOfLight", "--csv", "--page", "details", sys.executable, os.path.abspath(__file__), "--stage",
+           "ncu_target", "--workdir", ctx.workdir, "--deadline", str(time.time() + timeout)]
+    ctx.writer.result["command"] = " ".join(cmd)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        ctx.writer.result["stdout_tail"] = (exc.stdout or b"")[-2000:] if isinstance(exc.stdout, str) else None
+        raise
+    with open(os.path.join(ctx.workdir, "ncu.csv"), "w") as f:
+        f.write(proc.stdout)
+    import csv
+
+    rows = [r for r in csv.reader(line for line in proc.stdout.splitlines() if line.startswith('"'))]
+    metrics = []
+    if rows:
+        header = rows[0]
+        col = {k: header.index(k) for k in ("ID", "Kernel Name", "Section Name", "Metric Name", "Metric Unit",
+                                             "Metric Value") if k in header}
+        for r in rows[1:]:
+            metrics.append({k.lower().replace(" ", "_"): r[i] for k, i in col.items() if i < len(r)})
+    ctx.writer.result.update(returncode=proc.returncode, metrics=metrics[:3000], metrics_total=len(metrics),
+                             stderr_tail=proc.stderr[-1500:])
+    if proc.returncode != 0 or not metrics:
+        raise RuntimeError(f"ncu exited {proc.returncode} with {len(metrics)} metric rows: {proc.stderr[-300:]}")
+
+
+def stage_ncu_target(ctx):
+    """What ncu profiles: one forward + backward of the default variant at the medium batch."""
+    device = Device(ctx.dry_run)
+    t, params = network_inputs(ctx.config["network"], ctx.config["batches"]["medium"])
+    Network(device, t, params).run("default")
+    device.sync()
+
+
+STAGE_FUNCTIONS = {
+    "device": stage_device,
+    "gate": stage_gate,
+    "network_large": lambda ctx: stage_network(ctx, "large"),
+    "jax_large": lambda ctx: stage_jax(ctx, "large"),
+    "network_medium": lambda ctx: stage_network(ctx, "medium"),
+    "jax_medium": lambda ctx: stage_jax(ctx, "medium"),
+    "network_single": lambda ctx: stage_network(ctx, "single"),
+    "baselines_single": stage_baselines,
+    "jax_single": lambda ctx: stage_jax(ctx, "single"),
+    "sweep": stage_sweep,
+    "ncu": stage_ncu,
+    "ncu_target": stage_ncu_target,
+}
+
+
+def run_stage_here(args):
+    """Body of ``--stage NAME`` (a subprocess of the orchestrator): run it, write its file, exit 0 unless it failed."""
+    writer = StageWriter(os.path.join(args.workdir, f"{args.stage}.json"))
+    writer.flush()
+    ctx = StageContext(args, writer)
+    try:
+        STAGE_FUNCTIONS[args.stage](ctx)
+    except StageSkipped as exc:
+        writer.flush(status="skipped", reason=str(exc))
+        return 0
+    except BaseException as exc:
+        writer.flush(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+        traceback.print_exc()
+        return 1
+    writer.flush(status="ok")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Orchestrator
+# ---------------------------------------------------------------------------------------------------------------
+
+class StageProcess:
+    """One stage's command in its own process group (so that a kill reaches its children), logging to a file."""
+
+    def __init__(self, cmd, result_path, log_path, env=None):
+        self.result_path, self.log_path = result_path, log_path
+        self.start = time.perf_counter()
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                         cwd=ROOT)
+
+    def finish(self, timeout):
+        """Wait until ``timeout`` seconds after the start, then kill the group. Returns the stage record: the file
+        the stage wrote (partial when it was killed), with ``status``, ``elapsed_s`` and ``returncode``."""
+        timed_out = False
+        try:
+            rc = self.proc.wait(timeout=max(0.0, timeout - (time.perf_counter() - self.start)))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(self.proc)
+            rc = self.proc.returncode
+        record = {}
+        if os.path.exists(self.result_path):
+            try:
+                with open(self.result_path) as f:
+                    record = json.load(f)
+            except (OSError, ValueError) as exc:
+                record = dict(reason=f"stage file unreadable: {exc!r}")
+        record.setdefault("result", {})
+        if timed_out:
+            record["status"] = "timeout"
+            record["reason"] = f"killed after {timeout:.0f} s (its result holds what it had written by then)"
+        elif "status" not in record:
+            record["status"] = "failed"
+            record.setdefault("reason", f"exited {rc} without a status")
+        elif rc != 0 and record["status"] == "ok":
+            record["status"] = "failed"
+            record["reason"] = f"exited {rc}"
+        record["elapsed_s"] = time.perf_counter() - self.start
+        record["returncode"] = rc
+        if record["status"] in ("failed", "timeout"):
+            try:
+                with open(self.log_path) as f:
+                    record["log_tail"] = f.read()[-2000:]
+            except OSError:
+                pass
+        return record
+
+
+def run_stage(cmd, timeout, result_path, log_path, env=None):
+    """Run one stage's command and return its record (``StageProcess.finish``)."""
+    return StageProcess(cmd, result_path, log_path, env).finish(timeout)
+
+
+def _kill_group(proc):
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _slug(name):
+    return re.sub("[^a-z0-9]+", "_", str(name).lower()).strip("_") or "unknown"
+
+
+def assemble(report):
+    """Derived parts of the report from the stage records: gate, work, floor, speedups, summary, table."""
+    stages = report["stages"]
+    dry = report["dry_run"]
+    batches = CONFIG[dry]["batches"]
+    gate = stages.get("gate", {}).get("result", {}).get("variants", {})
+    report["gate"] = {k: dict(status=v.get("status"), failed=v.get("failed", []), reason=v.get("reason"))
+                      for k, v in gate.items()}
+    device = stages.get("device", {}).get("result", {})
+    issue_rate = device.get("issue_rate")
+    floor = dict(formula=FLOOR_FORMULA, constants=FLOOR, issue_rate=issue_rate or FLOOR["h200_issue_rate"],
+                 issue_rate_source="this device (multiprocessors x 128 x clock)" if issue_rate else
+                 "PERF.md's H200 figure (device clock not known here)", by_batch={}, fractions=[])
+    work, speedups, summary = {}, [], {}
+    jax = {role: stages.get(f"jax_{role}", {}).get("result", {}).get("dtypes", {}) for role in batches}
+    for role, batch in batches.items():
+        net = stages.get(f"network_{role}", {}).get("result", {})
+        rows = {k: v for k, v in net.get("variants", {}).items() if v.get("status") == "ok"}
+        if "work" in net:
+            w = {k: sum(layer[k] for layer in net["work"].values())
+                 for k in ("queue_entries", "backward_points", "spike_solves")}
+            work[str(batch)] = dict(net["work"], total=w)
+            instr_fwd = FLOOR["instructions_per_queue_entry"] * w["queue_entries"] + \
+                FLOOR["instructions_per_spike_solve"] * w["spike_solves"]
+            instr = instr_fwd + FLOOR["instructions_per_backward_point"] * w["backward_points"]
+            entry = dict(floor_ms=1e3 * instr / floor["issue_rate"],
+                         forward_floor_ms=1e3 * instr_fwd / floor["issue_rate"])
+            floor["by_batch"][str(batch)] = entry
+            for name, row in rows.items():
+                floor["fractions"].append(dict(batch=batch, variant=name, floor_ms=entry["floor_ms"],
+                                               measured_ms=1e3 * row["wall_s"],
+                                               fraction=entry["floor_ms"] / (1e3 * row["wall_s"])))
+        for name, row in rows.items():
+            for dtype, baseline in (("float32", "jax_f32"), ("float64", "jax_f64")):
+                j = jax[role].get(dtype, {})
+                if j.get("status") == "ok":
+                    speedups.append(dict(batch=batch, variant=name, baseline=baseline,
+                                         ratio=j["forward_backward_s"] / row["wall_s"], measure="forward_backward"))
+            base = rows.get(BASELINE_VARIANT)
+            if base is not None and name != BASELINE_VARIANT:
+                speedups.append(dict(batch=batch, variant=name, baseline="sequential",
+                                     ratio=base["wall_s"] / row["wall_s"], measure="forward_backward"))
+                speedups.append(dict(batch=batch, variant=name, baseline="sequential",
+                                     ratio=base["forward_s"] / row["forward_s"], measure="forward"))
+        if rows:
+            best = min(rows, key=lambda k: rows[k]["wall_s"])
+            best_fwd = min(rows, key=lambda k: rows[k]["forward_s"])
+            s = dict(fastest_forward_backward=best, fastest_forward=best_fwd)
+            if "default" in rows:
+                s["default_over_fastest_forward_backward"] = rows["default"]["wall_s"] / rows[best]["wall_s"]
+                s["default_over_fastest_forward"] = rows["default"]["forward_s"] / rows[best_fwd]["forward_s"]
+            summary[str(batch)] = s
+    base = stages.get("baselines_single", {}).get("result", {})
+    for method, ratio in base.get("step_over", {}).items():
+        speedups.append(dict(batch=1, variant=f"forward_{method}", baseline="step", ratio=ratio, measure="forward",
+                             shape="layer 1 (n_in -> hidden), delays"))
+    report["work"], report["floor"], report["speedups"], report["summary"] = work, floor, speedups, summary
+    large = [f for f in floor["fractions"] if f["batch"] == batches["large"] and f["variant"] == "default"]
+    report["fraction_of_floor"] = large[0]["fraction"] if large else None
+    report["table"] = table(report)
+
+
+def table(report):
+    """The short table printed last (a remote run's reply keeps only the tail)."""
+    stages, lines = report["stages"], []
+    st = report.get("stamp", {})
+    lines.append(f"gpu_perf: {report.get('device')}, commit {str(st.get('commit'))[:10]}"
+                 f"{' (dirty)' if st.get('dirty') else ''}, budget {report['settings']['budget_s']:.0f} s, "
+                 f"elapsed {report.get('elapsed_s', 0):.0f} s"
+                 f"{', DRY RUN (timings meaningless)' if report['dry_run'] else ''}")
+    lines.append("stages: " + ", ".join(f"{k} {v.get('status')} {v.get('elapsed_s', 0):.0f}s"
+                                        for k, v in stages.items()))
+    bad = {k: v for k, v in report.get("gate", {}).items() if v["status"] != "pass"}
+    lines.append("gate: " + ("all pass" if report.get("gate") and not bad else
+                             "; ".join(f"{k} {v['status']} {v['failed'] or v['reason']}" for k, v in bad.items())
+                             or "not run"))
+    ratio = {(s["batch"], s["variant"], s["baseline"], s["measure"]): s["ratio"] for s in report["speedups"]}
+    for role, batch in CONFIG[report["dry_run"]]["batches"].items():
+        rows = stages.get(f"network_{role}", {}).get("result", {}).get("variants", {})
+        jax = stages.get(f"jax_{role}", {}).get("result", {}).get("dtypes", {})
+        jtxt = ", ".join(f"jax {k} {v['forward_backward_s'] * 1e3:.2f} ms" for k, v in jax.items()
+                         if v.get("status") == "ok")
+        lines.append(f"batch {batch}: {jtxt or 'no jax'}")
+        lines.append(f"  {'variant':<27}{'fwd ms':>10}{'bwd ms':>10}{'wall ms':>10}{'peak GiB':>9}{'/jax32':>8}"
+                     f"{'/jax64':>8}{'/seq':>7}")
+        for name, r in rows.items():
+            if r.get("status") != "ok":
+                lines.append(f"  {name:<27}{r.get('status')}: {str(r.get('reason'))[:60]}")
+                continue
+            peak = r.get("memory", {}).get("peak_bytes")
+            cells = [ratio.get((batch, name, b, "forward_backward")) for b in ("jax_f32", "jax_f64", "sequential")]
+            lines.append(f"  {name:<27}{r['forward_s'] * 1e3:10.2f}{(r['backward_s'] or 0) * 1e3:10.2f}"
+                         f"{r['wall_s'] * 1e3:10.2f}{'' if peak is None else f'{peak / 2**30:9.2f}':>9}"
+                         + "".join(f"{'-' if c is None else f'{c:.2f}x':>8}" for c in cells[:2])
+                         + f"{'-' if cells[2] is None else f'{cells[2]:.2f}x':>7}")
+    step = {k[1]: v for k, v in ratio.items() if k[2] == "step"}
+    if step:
+        lines.append("batch 1 layer-1 forward over one event per launch: "
+                     + ", ".join(f"{k[len('forward_'):]} {v:.1f}x" for k, v in step.items()))
+    if report.get("fraction_of_floor") is not None:
+        large = CONFIG[report["dry_run"]]["batches"]["large"]
+        lines.append(f"fraction_of_floor (default, batch {large}, fwd+bwd): {report['fraction_of_floor']:.2e} "
+                     f"(floor {report['floor']['by_batch'][str(large)]['floor_ms']:.3f} ms)")
+    lines.append(f"wrote {report.get('output')}")
+    return lines
+
+
+def orchestrate(args):
+    t0 = time.time()
+    config = CONFIG[args.dry_run]
+    workdir = args.workdir or tempfile.mkdtemp(prefix="spikescan_gpu_perf_")
+    os.makedirs(workdir, exist_ok=True)
+    selected = [s for s in STAGES if args.stages is None or s in args.stages]
+    provenance = stamp()
+    report = dict(benchmark="gpu_perf", dry_run=args.dry_run, stamp=provenance, device=None, output=args.output,
+                  settings=dict(budget_s=args.budget_s, network=config["network"].as_dict(),
+                                gate=dict(batch=config["gate_batch"], **config["gate"].as_dict()),
+                                batches=config["batches"], max_spikes=MAX_SPIKES, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                threshold=THRESHOLD, chunk_size=CHUNK_SIZE, warmup=config["warmup"],
+                                repeats=args.repeats or config["repeats"], variants=VARIANTS,
+                                sweep=dict(hidden=config["sweep_hidden"], batches=config["sweep_batches"],
+                                           max_spikes=SWEEP_MAX_SPIKES), jax_dtypes=JAX_DTYPES, ncu=args.ncu,
+                                timing="wall: perf_counter around a synchronized run; forward/backward/kernels: "
+                                       + ("perf_counter spans (dry run)" if args.dry_run else "CUDA event pairs")),
+                  predictions=PREDICTIONS, workdir=workdir,
+                  stages={s: dict(status="pending", protocol_step=STAGES[s][0]) for s in STAGES})
+    for s in STAGES:
+        if s not in selected:
+            report["stages"][s] = dict(status="skipped", protocol_step=STAGES[s][0], reason="not selected (--stages)",
+                                       result={})
+    context = {}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def command(name, deadline):
+        return [sys.executable, os.path.abspath(__file__), "--stage", name, "--workdir", workdir,
+                "--deadline", repr(deadline)] + (["--dry-run"] if args.dry_run else []) + \
+            (["--repeats", str(args.repeats)] if args.repeats else []) + (["--ncu"] if args.ncu else [])
+
+    # Dry run: the JAX stages need no device and compute their own reference, so they run beside the emulated
+    # stages (JAX's compiles take most of a dry run's time on a CPU). On a GPU every stage runs alone.
+    background = {}
+    if args.dry_run:
+        for name in selected:
+            if name.startswith("jax_") and name[4:] not in DRY_RUN_JAX and not args.dry_run_jax_all:
+                report["stages"][name] = dict(
+                    status="skipped", protocol_step=STAGES[name][0], result={},
+                    reason=f"dry run: the JAX stages differ only in batch size and jax_{'/jax_'.join(DRY_RUN_JAX)} "
+                           "runs the same code (float32 and float64); each JAX compile takes 10-30 s on a CPU "
+                           "(--dry-run-jax-all runs them all)")
+            elif name.startswith("jax_"):
+                # Beside the other stages it costs no budget; a cold compile cache on a busy CPU takes minutes.
+                timeout = max(STAGES[name][1], 0.8 * args.budget_s) * args.timeout_scale
+                deadline = time.time() + timeout - max(2.0, 0.1 * timeout)
+                process = StageProcess(command(name, deadline), os.path.join(workdir, f"{name}.json"),
+                                       os.path.join(workdir, f"{name}.log"), env)
+                background[name] = (timeout, process)
+    for i, name in enumerate(selected):
+        step, longest, least = STAGES[name]
+        if report["stages"][name]["status"] != "pending":
+            continue
+        if name == "ncu" and (args.dry_run or not args.ncu or shutil.which("ncu") is None):
+            why = ("dry run: Nsight Compute profiles GPU kernels only" if args.dry_run else
+                   "not requested (--ncu)" if not args.ncu else "ncu not found on PATH")
+            report["stages"][name] = dict(status="skipped", protocol_step=step, reason=why, result={})
+            print(f"[{name}] skipped: {why}", flush=True)
+            continue
+        if name in background:
+            timeout, process = background[name]
+            record = process.finish(timeout)
+        else:
+            reserve = sum(STAGES[s][2] for s in selected[i + 1:]
+                          if s not in background and report["stages"][s]["status"] == "pending"
+                          and (s != "ncu" or args.ncu)) + 5
+            left = args.budget_s - (time.time() - t0)
+            timeout = min(longest * args.timeout_scale, left - reserve)
+            if timeout < least * min(1.0, args.timeout_scale):
+                report["stages"][name] = dict(status="skipped", protocol_step=step, result={},
+                                              reason=f"budget: {left:.0f} s left, {reserve:.0f} s kept for later "
+                                                     "stages")
+                print(f"[{name}] skipped: budget", flush=True)
+                continue
+            write_json(os.path.join(workdir, "context.json"), context)
+            deadline = time.time() + timeout - max(2.0, 0.1 * timeout)
+            record = run_stage(command(name, deadline), timeout, os.path.join(workdir, f"{name}.json"),
+                               os.path.join(workdir, f"{name}.log"), env=env)
+        record.update(protocol_step=step, timeout_s=timeout)
+        report["stages"][name] = record
+        print(f"[{name}] {record['status']} in {record['elapsed_s']:.1f} s (timeout {timeout:.0f} s)"
+              + (f": {str(record.get('reason'))[:200]}" if record["status"] != "ok" else ""), flush=True)
+        if name == "device":
+            report["device"] = record["result"].get("device")
+            provenance["device"] = report["device"]
+            if record["status"] != "ok" and not args.dry_run:
+                for later in selected[i + 1:]:
+                    report["stages"][later] = dict(status="skipped", protocol_step=STAGES[later][0], result={},
+                                                   reason=f"the device stage {record['status']}: "
+                                                          f"{str(record.get('reason'))[:200]}")
+        if name == "gate":
+            variants = record["result"].get("variants", {})
+            context["variants_passed"] = [v for v, e in variants.items() if e.get("status") == "pass"]
+            context["gate_variants"] = {v: dict(status=e.get("status")) for v, e in variants.items()}
+        if report["output"] is None:
+            report["output"] = default_output(args.dry_run, report["device"])
+        report["elapsed_s"] = time.time() - t0
+        assemble(report)
+        write_json(report["output"], report)
+    if report["output"] is None:
+        report["output"] = default_output(args.dry_run, report["device"])
+    report["elapsed_s"] = time.time() - t0
+    assemble(report)
+    write_json(report["output"], report)
+    if not args.keep_workdir and not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+        report["workdir"] = None
+        write_json(report["output"], report)
+    print("\n".join(report["table"]), flush=True)
+    if not args.dry_run and "device" in selected and report["stages"]["device"]["status"] != "ok":
+        print("no GPU measured: the device stage did not run (see its reason); --dry-run runs on the CPU", flush=True)
+        return 2
+    failed = [k for k, v in report["stages"].items() if v.get("status") in ("failed", "timeout") and k != "ncu"]
+    gate_failed = [k for k, v in report["gate"].items() if v["status"] != "pass"]
+    return 1 if failed or gate_failed else 0
+
+
+def default_output(dry_run, device):
+    if dry_run:
+        return os.path.join(tempfile.gettempdir(), "gpu_perf_dry_run.json")
+    return os.path.join(_HERE, "results", f"gpu_perf_{_slug(device or 'unknown_gpu')}.json")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", help="the JSON (default benchmarks/results/gpu_perf_<device>.json; dry run: "
+                                    "<tmp>/gpu_perf_dry_run.json)")
+    p.add_argument("--budget-s", type=float, default=450.0, help="total seconds for every stage (default 450)")
+    p.add_argument("--dry-run", action="store_true", help="every stage on the CPU (host emulation, tiny shapes)")
+    p.add_argument("--ncu", action="store_true", help="also run Nsight Compute on the default variant (S7)")
+    p.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (default 3; dry run 1)")
+    p.add_argument("--dry-run-jax-all", action="store_true",
+                   help="dry run: run every JAX stage (default: jax_medium only, float32 and float64)")
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), help="run only these stages (the rest: skipped)")
+    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage's longest timeout")
+    p.add_argument("--workdir", help="folder for the stages' files (default: a temporary folder, removed at the end)")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temporary folder (stage logs, references)")
+    p.add_argument("--stage", help=argparse.SUPPRESS, choices=list(STAGE_FUNCTIONS))
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.stage and (args.workdir is None or args.deadline is None):
+        p.error("--stage needs --workdir and --deadline")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.stage:
+        return run_stage_here(args)
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
