@@ -11,7 +11,9 @@ the markers is generated, everything outside them is left alone. The tables (``T
 - ``learning_torch``, ``learning_jax``: ``benchmarks/learning.py``'s panels (``benchmarks/results/learning_*.json``;
   ``learning.py --markdown`` prints the same table);
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
-  ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them.
+  ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
+- ``cpu_peers``: spikescan against jaxsnn and a discrete-time baseline on the CPU
+  (``benchmarks/results/cpu_peers.json`` from ``bench_cpu_peers.py``), with the agreement checked before timing.
 
 Every table names the commit and the machine its numbers were measured on. Every results JSON names its commit in
 one of three ways: ``stamp`` (``_stamp.py``, written by the scripts when they measure); top-level ``commit`` /
@@ -21,7 +23,8 @@ false``. The tables say which ("stamped by hand", "from git history"). ``--check
 that names no commit.
 
 Formats: ratios with two decimals below 10 (``0.75x``, ``7.94x``) and none from 10 (``74x``), ranges as
-``min-max``; accuracies in percent with one decimal; commits as 7 hex digits.
+``min-max``; accuracies in percent with one decimal; times with three significant digits (``68.2 ms``,
+``13.3 s``); commits as 7 hex digits.
 
 Standard library only (no numpy, no keras), so CI can run it before anything else.
 """
@@ -137,6 +140,13 @@ def ratio_range(values):
 
 def percent(x):
     return f"{100 * x:.1f}%"
+
+
+def seconds(x):
+    ms = float(f"{1000 * x:.3g}")
+    if ms < 1000:
+        return f"{ms:g} ms"
+    return f"{x:.3g} s" if x < 1000 else f"{x:.0f} s"
 
 
 def span(values, unit=""):
@@ -292,6 +302,12 @@ def _cpu_rows(name, results):
     return rows
 
 
+def _bench_lif_names(results):
+    """The ``cpu_*.json`` results of ``bench_lif.py`` (``cpu_peers.json`` has its own table)."""
+    return [name for name in results.names("benchmarks", "cpu_*.json")
+            if results.bench(name).get("benchmark", "bench_lif") == "bench_lif"]
+
+
 def _minmax(spread, key):
     return spread[key]["min"], spread[key]["max"]
 
@@ -340,7 +356,7 @@ def _gpu_rows(results):
 
 def benchmarks_table(results):
     rows = []
-    for name in results.names("benchmarks", "cpu_*.json"):
+    for name in _bench_lif_names(results):
         rows += _cpu_rows(name, results)
     rows += _gpu_rows(results)
     caption = ("Each ratio compares times from one run on one machine; \"auto time / best method's\" divides auto's "
@@ -353,7 +369,7 @@ def benchmarks_table(results):
 def noise_text(results):
     """One paragraph: the run-to-run spread of the CPU ratios, from the multi-run CPU results."""
     parts = []
-    for name in results.names("benchmarks", "cpu_*.json"):
+    for name in _bench_lif_names(results):
         r = results.bench(name)
         for shape, spread in r.get("run_to_run", {}).items():
             fb, fw = spread["forward_backward_s_scan_speedup"], spread["forward_s_scan_speedup"]
@@ -372,11 +388,111 @@ def benchmarks_section(results):
     return benchmarks_table(results) + "\n\n" + noise_text(results)
 
 
+# ---------------------------------------------------------------- CPU: spikescan vs peers
+
+LAYER_NAMES = {"yinyang": "Yin-Yang", "shd": "SHD-like", "shd_delays": "SHD-like, delays"}
+
+
+def _layer_cell(layer):
+    delays = f", delays {layer['delay_range_ms'][0]:g}-{layer['delay_range_ms'][1]:g} ms" if layer["delays"] else ""
+    return (f"{LAYER_NAMES.get(layer['name'], layer['name'])}: batch {layer['batch']}, {layer['n_in']} inputs "
+            f"({layer['input_spikes_per_sample']:.0f} spikes/sample), {layer['n_out']} neurons{delays}; "
+            f"{layer['mean_spikes_per_neuron']:.1f} spikes/neuron")
+
+
+def _pair(row):
+    return f"{seconds(row['forward_s'])} / {seconds(row['forward_backward_s'])}"
+
+
+def _variant(row):
+    return f"{row['engine']} {row['method']}"
+
+
+def _peer_cell(row, best, note=""):
+    """``time / time (ratio / ratio)``: a peer's forward and fwd+bwd times and how many times spikescan's best."""
+    if row is None:
+        return "not run"
+    return (f"{_pair(row)} ({ratio(row['forward_s'] / best['forward_s'])} / "
+            f"{ratio(row['forward_backward_s'] / best['forward_backward_s'])}){note}")
+
+
+def _agreement_cell(entry):
+    if entry is None:
+        return "not checked"
+    if entry["status"] in ("skipped", "not comparable"):
+        return f"{entry['status']}: {entry['reason']}"
+    same = (f"same count on {entry['same_count_neurons']}/{entry['neurons_compared']} (sample, neuron) pairs, "
+            f"{entry['spikes_time_compared']} spikes")
+    return (f"{'**disagree**: ' if not entry['passed'] else ''}{same}; times within "
+            f"{entry['max_abs_time_diff_ms']:.1e} ms, weight gradients within "
+            f"{entry['max_rel_weight_grad_diff']:.1e} (relative)")
+
+
+def cpu_peers_table(results, name="cpu_peers.json"):
+    r = results.bench(name)
+    env, rows = r["environment"], r["rows"]
+    peers = r["peers"]
+    versions = [f"numba {env['numba']} ({env['numba_threads']} threads)" if env.get("numba") else "no numba"]
+    if peers["jaxsnn"]["status"] == "available":
+        versions.append(f"jaxsnn {env['jaxsnn']} on jax {env['jax']} (jit, float64)")
+    else:
+        versions.append(f"jaxsnn {peers['jaxsnn']['status']} ({peers['jaxsnn']['reason']})")
+    if peers["snntorch"]["status"] == "available":
+        versions.append(f"snntorch {env['snntorch']} on torch {env['torch']} (float32, {env['torch_threads']} threads)")
+    else:
+        versions.append(f"snntorch {peers['snntorch']['status']} ({peers['snntorch']['reason']})")
+    load = f"{env['load_average_start'][0]:.1f} at the start, {env['load_average_end'][0]:.1f} at the end"
+    dts = sorted({row["dt_ms"] for row in rows if row.get("dt_ms") is not None}, reverse=True)
+    caption = [
+        f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)} (load average {load}, shared with other "
+        f"jobs); {', '.join(versions)}; median of {r['settings']['repeats']} repeats after a warm-up call, "
+        f"{env['seconds'] / 60:.1f} min for the whole run. Times are forward / forward+backward; "
+        "in parentheses, how many times spikescan's best time of the row (> 1: spikescan is faster). "
+        "jaxsnn's spikes and weight gradients were checked against spikescan's before timing. The discrete-time "
+        "columns compute a different, approximate model (spikes on a grid of dt): compare their cost, not their "
+        "spikes; \"same counts\" is the share of (sample, neuron) pairs that fire as often as the exact neuron.",
+    ]
+    header = ["Layer", "spikescan best", "auto / best method, fwd+bwd", "NumPy / Numba engine, fwd+bwd",
+              "jaxsnn (EventProp)", "Agreement with jaxsnn"]
+    header += [f"discrete dt = {dt:g} ms (approx.)" for dt in dts]
+    table_rows = []
+    for layer in r["layers"]:
+        name_ = layer["name"]
+        mine = [row for row in rows if row["layer"] == name_ and row["implementation"] == "spikescan"]
+        best = {key: min(mine, key=lambda row: row[key]) for key in ("forward_s", "forward_backward_s")}
+        best_cell = (f"{seconds(best['forward_s']['forward_s'])} / "
+                     f"{seconds(best['forward_backward_s']['forward_backward_s'])} "
+                     f"({_variant(best['forward_s'])} / {_variant(best['forward_backward_s'])})")
+        best_times = {key: row[key] for key, row in best.items()}
+        by_ratio = {x["ratio"]: x for x in r["ratios"] if x["layer"] == name_}
+        autos = [f"{engine} {ratio(by_ratio[key]['forward_backward'])}" for engine in ("numba", "numpy")
+                 for key in [f"spikescan {engine} auto / best of sequential and scan"] if key in by_ratio]
+        engines = by_ratio.get("spikescan numpy best / numba best")
+        jax_row = next((row for row in rows if row["layer"] == name_ and row["implementation"] == "jaxsnn"), None)
+        entry = next((a for a in r["agreement"] if a["layer"] == name_ and a["peer"] == "jaxsnn"), None)
+        if jax_row is not None:
+            jax_cell = _peer_cell(jax_row, best_times)
+        elif entry is not None and entry["status"] == "disagree":
+            jax_cell = "not timed (spikes disagree)"
+        else:
+            jax_cell = "-"
+        cells = [_layer_cell(layer), best_cell, ", ".join(autos) or "-",
+                 ratio(engines["forward_backward"]) if engines else "-", jax_cell, _agreement_cell(entry)]
+        for dt in dts:
+            row = next((row for row in rows if row["layer"] == name_ and row.get("dt_ms") == dt), None)
+            approx = next((a for a in r["approximation"] if a["layer"] == name_ and a["dt_ms"] == dt), None)
+            note = f"; same counts {percent(approx['same_count_fraction'])}" if approx else ""
+            cells.append(_peer_cell(row, best_times, note))
+        table_rows.append(cells)
+    return "\n".join(caption + [""] + table(header, table_rows))
+
+
 TABLES = {
     "examples": examples_table,
     "learning_torch": lambda results: learning_table(results.bench("learning_torch.json")),
     "learning_jax": lambda results: learning_table(results.bench("learning_jax.json")),
     "benchmarks": benchmarks_section,
+    "cpu_peers": cpu_peers_table,
 }
 
 
