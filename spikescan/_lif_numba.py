@@ -119,7 +119,7 @@ def _gap_decay(table, use_table, row, k, t_k, t_prev, fresh, tau_mem, tau_syn):
 
 
 @_pjit
-def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in, max_spikes, limit,
+def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
                        table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
     """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``; ``qe``: ``[batch * Q]``;
     ``table``: ``decay_table`` when ``use_table``; outputs ``[batch * n_out, max_spikes]`` pre-filled (``inf`` /
@@ -131,7 +131,7 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, 
         b = tid // n_out
         i = tid - b * n_out
         row = b * Q + (i if Q > 1 else 0)
-        tau_mem, tau_syn = tm_arr[i], ts_arr[i]
+        tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
         end = qe[row]
         V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
         count = 0
@@ -161,7 +161,7 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, 
 
 
 @_pjit
-def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in, max_spikes, limit, table,
+def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit, table,
                  use_table, width, spike_times, spike_event, counts, stuck_times, stuck_current):
     """Chunked speculative scan per (sample, neuron), chunks of ``width`` events; arguments as
     ``forward_sequential``."""
@@ -172,7 +172,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in
         b = tid // n_out
         i = tid - b * n_out
         row = b * Q + (i if Q > 1 else 0)
-        tau_mem, tau_syn = tm_arr[i], ts_arr[i]
+        tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
         end = qe[row]
         V0 = np.empty(width)  # state before each lane's gap
         I0 = np.empty(width)
@@ -240,9 +240,9 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, threshold, solver, n_out, max_in
 
 
 @_pjit
-def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_times, spike_event, counts, grad_times,
+def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, spike_event, counts, grad_times,
              table, use_table, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
-             g_threshold, g_tau_mem, g_tau_syn, grazing):
+             g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing):
     """Adjoint of samples ``[sample_start, sample_stop)``; ``prange`` over output neurons ``i``.
 
     Accumulates into ``grad_w``, ``grad_d`` (``[n_in, n_out]``, columns owned by ``i``), ``g_threshold[i]`` and
@@ -259,7 +259,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
         prev_I = np.empty(P_max)
         code = np.empty(P_max, np.int64)  # >= 0: input k; < 0: spike -(m + 1)
         dec = np.empty((P_max, 4))  # decay over the gap before each point and its length, for the reverse walk
-        tau_mem, tau_syn = tm_arr[i], ts_arr[i]
+        tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
         for b in range(sample_start, sample_stop):
             tid = b * n_out + i
             row = b * Q + (i if Q > 1 else 0)
@@ -304,9 +304,10 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                 if code[p] >= 0:
                     kq = code[p]
                     a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
-                    a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
-                    g_tau_mem[i] += lV * (a_tm * prev_V[p] + c_tm * Ip)
-                    g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
+                    if want_tau:
+                        a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                        g_tau_mem[i] += lV * (a_tm * prev_V[p] + c_tm * Ip)
+                        g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
                     I_pre = bb * Ip
                     V_post = a * prev_V[p] + c * Ip
                     u = (I_pre - V_post) / tau_mem
@@ -327,7 +328,9 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, threshold, n_out, max_in, spike_time
                     ms = -code[p] - 1
                     t_s = spike_times[tid, ms]
                     a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
-                    a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                    a_tm, c_tm, b_ts, c_ts = 0.0, 0.0, 0.0, 0.0
+                    if want_tau:
+                        a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
                     I_pre = bb * Ip
                     D = (I_pre - threshold) / tau_mem
                     v = -I_pre / tau_syn

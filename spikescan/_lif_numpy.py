@@ -24,7 +24,7 @@ DEFAULT_MAX_TOTAL_SPIKES = 10_000
 # the loop and ~0.5 GB for the scan, whose doubling steps make more temporaries). The loop pays a Python step per
 # point per group, so it takes larger groups.
 _BACKWARD_POINTS_PER_GROUP = {"sequential": 1 << 22, "scan": 1 << 20}
-_BACKWARD_BYTES_PER_POINT = 480  # measured peak <= 400 (tests/test_memory.py checks the bound)
+_BACKWARD_BYTES_PER_POINT = 640  # measured peak <= 500 with the time-constant terms (tests/test_memory.py)
 
 
 class _Layout:
@@ -75,7 +75,7 @@ def _record(times, events, counts, last_spike, neurons, t_spike, k, max_spikes, 
     over = counts[neurons] >= limit
     if over.any():
         j = np.argmax(over)
-        raise runaway_firing_error(int(neurons[j]), n_out, t_spike[j], current[j], limit, threshold)
+        raise runaway_firing_error(int(neurons[j]), n_out, t_spike[j], current[j], limit, threshold[j])
     last_spike[neurons] = t_spike
     slot = counts[neurons]
     keep = slot < max_spikes
@@ -92,6 +92,7 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, lim
     times = np.full((N, max_spikes), np.inf)
     events = np.full((N, max_spikes), -1, np.int64)
     last_spike = np.full(N, -np.inf)
+    th = th[lay.i]  # per flat neuron
     for k in range(int(end.max(initial=0)) + 1):
         active = k <= end
         t_k = qt[lay.row, k]
@@ -101,12 +102,12 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, lim
             f = np.flatnonzero(fires & active)
             if f.size == 0:
                 break
-            s = dyn.solve_spike_time(V[f], I[f], s_hi[f], tm[f], ts[f], th, solver)
+            s = dyn.solve_spike_time(V[f], I[f], s_hi[f], tm[f], ts[f], th[f], solver)
             t_sp = np.minimum(t_cur[f] + s, t_k[f])
             _, b, _ = dyn.decay(s, tm[f], ts[f])
             V[f], I[f], t_cur[f] = 0.0, I[f] * b, t_sp
             gap[f] = t_k[f] - t_sp
-            _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out, limit, I[f], th)
+            _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out, limit, I[f], th[f])
         a, b, c = dyn.decay(gap, tm, ts)
         w = _event_weights(W, qi, lay.max_in, lay.row, lay.i, k, active & (k < end))
         V, I = a * V + c * I, b * I + w
@@ -140,6 +141,7 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
     last_spike = np.full(N, -np.inf)
     offsets = np.arange(chunk_size)
     L1 = qt.shape[1]
+    th = th[lay.i]  # per flat neuron
     while True:
         act = np.flatnonzero(pos <= end)
         if act.size == 0:
@@ -156,7 +158,7 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
         Vx, Ix = _chunk_states(V[act], I[act], dyn.decay(gap, tm_a, ts_a), w)
         V0 = np.concatenate([V[act, None], Vx[:, :-1]], axis=1)
         I0 = np.concatenate([I[act, None], Ix[:, :-1]], axis=1)
-        fires, s_hi = dyn.fires_in_gap(V0, I0, gap, tm_a, ts_a, th)
+        fires, s_hi = dyn.fires_in_gap(V0, I0, gap, tm_a, ts_a, th[act, None])
         fires &= valid
         any_fire = fires.any(axis=1)
         # Neurons without a spike in the chunk commit all of it.
@@ -172,25 +174,26 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
             nf = act[rf]
             k = np.argmax(fires[rf], axis=1)
             v0, i0 = V0[rf, k], I0[rf, k]
-            s = dyn.solve_spike_time(v0, i0, s_hi[rf, k], tm[nf], ts[nf], th, solver)
+            s = dyn.solve_spike_time(v0, i0, s_hi[rf, k], tm[nf], ts[nf], th[nf], solver)
             t_end = t[rf, k]
             t_sp = np.minimum(t_prev[rf, k] + s, t_end)
             _, b, _ = dyn.decay(s, tm[nf], ts[nf])
             V[nf], I[nf], t_cur[nf] = 0.0, i0 * b, t_sp
             pos[nf] += k
-            _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf], th)
+            _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
+                    th[nf])
             # The rest of the same gap (what the next round's first lane would test): fire until it stays quiet.
             while True:
-                again, s_hi2 = dyn.fires_in_gap(V[nf], I[nf], t_end - t_cur[nf], tm[nf], ts[nf], th)
+                again, s_hi2 = dyn.fires_in_gap(V[nf], I[nf], t_end - t_cur[nf], tm[nf], ts[nf], th[nf])
                 if not again.any():
                     break
                 nf, t_end, s_hi2 = nf[again], t_end[again], s_hi2[again]
-                s = dyn.solve_spike_time(V[nf], I[nf], s_hi2, tm[nf], ts[nf], th, solver)
+                s = dyn.solve_spike_time(V[nf], I[nf], s_hi2, tm[nf], ts[nf], th[nf], solver)
                 t_sp = np.minimum(t_cur[nf] + s, t_end)
                 _, b, _ = dyn.decay(s, tm[nf], ts[nf])
                 V[nf], I[nf], t_cur[nf] = 0.0, I[nf] * b, t_sp
                 _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
-                        th)
+                        th[nf])
     return times, events, counts
 
 
@@ -261,7 +264,8 @@ def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_s
     qt2, qi2, qe = (np.ascontiguousarray(qt2), np.ascontiguousarray(qi2), np.ascontiguousarray(qend.reshape(-1)))
     table, use_table = _compiled_decay_table(qt2, qe, tau_mem, tau_syn, lay.Q == 1)
     args = (qt2, qi2, qe, np.ascontiguousarray(W), np.ascontiguousarray(tau_mem, np.float64),
-            np.ascontiguousarray(tau_syn, np.float64), float(threshold), SOLVER_CODES[solver], lay.n_out,
+            np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
+            SOLVER_CODES[solver], lay.n_out,
             max(lay.max_in, 1), max_spikes, int(limit), table, use_table)
     work = N * qt2.shape[1]
     if method == "sequential":
@@ -272,13 +276,14 @@ def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_s
     if stuck.any():
         first = int(np.argmax(stuck))
         if counts[first] > limit:  # the kernel left max_total_spikes + 1: runaway firing
-            raise runaway_firing_error(first, lay.n_out, stuck_times[first], stuck_current[first], limit, threshold)
+            raise runaway_firing_error(first, lay.n_out, stuck_times[first], stuck_current[first], limit,
+                                       threshold[first % lay.n_out])
         raise unresolvable_spike_error(first, lay.n_out, stuck_times[first])
     return times, events, counts
 
 
 def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
-                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="numpy"):
+                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="numpy", threshold_is_scalar=True):
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     n_entries = _memory.most_entries(input_times, np)
@@ -286,7 +291,7 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
                                                                               chunk_size)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
-                          input_times.dtype.itemsize, np)
+                          input_times.dtype.itemsize, np, engine)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
     qt, qi, qend = build_queues(input_times, D, np)
@@ -307,6 +312,7 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         queue_times=qt, queue_index=qi, queue_end=qend,
         spike_times=times.reshape(batch, n_out, max_spikes), spike_event=events.reshape(batch, n_out, max_spikes),
         weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
+        threshold_is_scalar=threshold_is_scalar,
         input_shape=tuple(input_times.shape), input_dtype=input_times.dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver)
     return LIFResult(times=times.reshape(batch, n_out, max_spikes).astype(input_times.dtype),
@@ -375,7 +381,7 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     n, P = kind.shape
     tm = res.tau_mem[lay.i[neurons]][:, None]
     ts = res.tau_syn[lay.i[neurons]][:, None]
-    th = res.threshold
+    th = res.threshold[lay.i[neurons]][:, None]
     rows, cols = lay.row[neurons][:, None], lay.i[neurons][:, None]
     inp, spk = kind == _INPUT, kind == _SPIKE
     w = _event_weights(res.weights, res.queue_index.reshape(-1, lay.L1), lay.max_in, rows, cols, qpos, inp)
@@ -420,8 +426,10 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
 
     grad_w = np.where(inp, lI, 0.0)
     grad_arrival = np.where(inp, u * lV + v_ * lI + lT, 0.0)
-    grads["threshold"] += float(np.sum(np.where(spk & ~graze, (lT + g + v_ * lI) / D, 0.0)))
-    _time_constant_grads(s, tm, ts, Vq, Iq, lV, lI, lT, g, v_, D, inp, spk, graze, lay.i[neurons], grads)
+    grads["threshold"] += np.bincount(lay.i[neurons], np.sum(np.where(spk & ~graze, (lT + g + v_ * lI) / D, 0.0),
+                                                             axis=1), minlength=grads["threshold"].size)
+    if grads["tau_mem"] is not None:
+        _time_constant_grads(s, tm, ts, Vq, Iq, lV, lI, lT, g, v_, D, inp, spk, graze, lay.i[neurons], grads)
     r_i, p_i = np.nonzero(inp)
     src_idx = res.queue_index.reshape(-1, lay.L1)[rows[r_i, 0], qpos[r_i, p_i]]
     j = src_idx // lay.max_in
@@ -545,7 +553,7 @@ def warn_grazing(count, neuron, n_out, t, stacklevel):
 _COMPILED_ARRIVAL_BYTES = 1 << 26
 
 
-def _backward_compiled(result, grad_times, input_times_grad):
+def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads=False):
     """``lif_backward`` by the Numba kernel (``_lif_numba.backward``); the NumPy path's outputs and warning."""
     from . import _lif_numba
 
@@ -566,7 +574,7 @@ def _backward_compiled(result, grad_times, input_times_grad):
     grad_w = np.zeros((n_in, n_out))
     grad_d = np.zeros((n_in, n_out)) if has_delays else np.zeros((1, 1))
     g_threshold = np.zeros(n_out)
-    g_tau_mem, g_tau_syn = np.zeros(n_out), np.zeros(n_out)
+    g_tau_mem, g_tau_syn = np.zeros(n_out), np.zeros(n_out)  # stay zero unless time_constant_grads
     grazing = np.zeros((max(N, 1), 2))
     grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
     # Samples per block: the per-(sample, neuron, entry) arrival gradients of one block stay within
@@ -580,9 +588,10 @@ def _backward_compiled(result, grad_times, input_times_grad):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
         _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, qe, np.ascontiguousarray(res.weights), np.ascontiguousarray(res.tau_mem),
-                            np.ascontiguousarray(res.tau_syn), float(res.threshold), n_out, max(max_in, 1), st, se,
+                            np.ascontiguousarray(res.tau_syn), np.ascontiguousarray(res.threshold, np.float64), n_out,
+                            max(max_in, 1), st, se,
                             counts, g, table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
-                            g_threshold, g_tau_mem, g_tau_syn, grazing)
+                            g_threshold, bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
     n_graze = grazing[:, 0]
@@ -594,12 +603,20 @@ def _backward_compiled(result, grad_times, input_times_grad):
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.reshape(batch, n_in, max_in).astype(res.input_dtype) if input_times_grad else None,
         delays=grad_d.astype(res.delays_dtype) if has_delays else None,
-        threshold=np.asarray(g_threshold.sum(), np.float64), tau_mem=g_tau_mem, tau_syn=g_tau_syn)
+        threshold=threshold_grad(g_threshold, res), tau_mem=g_tau_mem if time_constant_grads else None,
+        tau_syn=g_tau_syn if time_constant_grads else None)
 
 
-def lif_backward(result, grad_times, method, input_times_grad=True, engine="numpy"):
+def threshold_grad(per_neuron, res):
+    """The threshold's gradient in the shape of the forward's argument: the sum over neurons for a scalar."""
+    if res.threshold_is_scalar:
+        return np.asarray(per_neuron.sum(), np.float64)
+    return np.asarray(per_neuron, np.float64)
+
+
+def lif_backward(result, grad_times, method, input_times_grad=True, engine="numpy", time_constant_grads=False):
     if engine == "numba":
-        return _backward_compiled(result, grad_times, input_times_grad)
+        return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads)
     res = result.residuals
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
@@ -608,9 +625,9 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         "weights": np.zeros((n_in, n_out)),
         "input_times": np.zeros((batch, n_in, max_in)) if input_times_grad else None,
         "delays": None if res.delays is None else np.zeros((n_in, n_out)),
-        "threshold": 0.0,
-        "tau_mem": np.zeros(n_out),
-        "tau_syn": np.zeros(n_out),
+        "threshold": np.zeros(n_out),
+        "tau_mem": np.zeros(n_out) if time_constant_grads else None,
+        "tau_syn": np.zeros(n_out) if time_constant_grads else None,
         "grazing": [],  # (count, first flat neuron, its earliest grazing spike time) per group with any
     }
     N = batch * n_out
@@ -631,4 +648,4 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         weights=grads["weights"].astype(res.weights_dtype),
         input_times=grads["input_times"].astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else grads["delays"].astype(res.delays_dtype),
-        threshold=np.asarray(grads["threshold"], np.float64), tau_mem=grads["tau_mem"], tau_syn=grads["tau_syn"])
+        threshold=threshold_grad(grads["threshold"], res), tau_mem=grads["tau_mem"], tau_syn=grads["tau_syn"])

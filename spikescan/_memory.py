@@ -122,7 +122,8 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
       entry);
     - ``spike records``: times and events (float64 and int64) and the output times, per recorded spike slot;
     - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane), or the loop's
-      per-neuron state (about 300 bytes per neuron).
+      per-neuron state (about 300 bytes per neuron); for the compiled engine (``backend="numba"``) the shared decay
+      table (24 bytes per queue entry) and a few per-neuron index arrays (64 bytes per neuron).
     """
     slots = batch * n_in * max_in
     L1 = n_entries + 1
@@ -134,6 +135,8 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
     if backend == "numpy":
         lanes = chunk_size if method == "scan" else 1
         parts["working"] = neurons * (400 * lanes if method == "scan" else 300)
+    elif backend == "numba":
+        parts["working"] = 24 * batch * L1 + 64 * neurons  # the table; index and per-neuron arrays
     return parts
 
 
@@ -176,9 +179,9 @@ def _forward_advice(parts, has_delays, method):
 
 
 def check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
-                  input_itemsize, xp):
+                  input_itemsize, xp, engine="numpy"):
     """``check`` with ``lif_forward_estimate``: raises ``MemoryError`` before the forward allocates."""
-    backend = "numpy" if xp.__name__ == "numpy" else "cupy"
+    backend = engine if xp.__name__ == "numpy" else "cupy"
     parts = lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
                                  input_itemsize, backend)
     return check(describe("lif_forward", batch, n_out, max_spikes, has_delays), parts, xp,

@@ -19,8 +19,9 @@ class LIFResiduals(NamedTuple):
     - ``spike_times``: ``[batch, n_out, max_spikes]`` float64 recorded spike times, ``+inf`` padded.
     - ``spike_event``: ``[batch, n_out, max_spikes]`` int64: spike ``m`` lies in ``(t_{k-1}, t_k]`` of its queue,
       i.e. after queue entries ``< k`` were applied; ``-1`` for padding.
-    - ``weights`` ``[n_in, n_out]``, ``delays`` ``[n_in, n_out]`` or ``None``, ``tau_mem`` and ``tau_syn`` ``[n_out]``
-      (all float64), ``threshold`` (float), ``input_shape`` and ``input_dtype`` of ``input_times``,
+    - ``weights`` ``[n_in, n_out]``, ``delays`` ``[n_in, n_out]`` or ``None``, ``tau_mem``, ``tau_syn`` and
+      ``threshold`` ``[n_out]`` (all float64; ``threshold_is_scalar``: the forward got one threshold, whose gradient
+      is then the sum over neurons), ``input_shape`` and ``input_dtype`` of ``input_times``,
       ``weights_dtype``, ``delays_dtype``.
 
     Memory: ``O(batch * Q * L1)`` for the queues plus ``O(batch * n_out * max_spikes)``; every other state is
@@ -36,12 +37,13 @@ class LIFResiduals(NamedTuple):
     delays: Optional[Any]
     tau_mem: Any
     tau_syn: Any
-    threshold: float
+    threshold: Any
     input_shape: tuple
     input_dtype: Any
     weights_dtype: Any
     delays_dtype: Any
     solver: str
+    threshold_is_scalar: bool = True
 
 
 class LIFResult(NamedTuple):
@@ -68,7 +70,8 @@ class LIFResult(NamedTuple):
 class LIFGrads(NamedTuple):
     """Gradients of a scalar loss returned by ``lif_backward``; each matches the dtype and shape of its argument.
 
-    ``delays`` is ``None`` when the forward had no delays. ``threshold`` is a float64 scalar array. ``tau_mem`` and
+    ``delays`` is ``None`` when the forward had no delays. ``threshold`` is float64 in the shape of the forward's
+    argument (a scalar array, or ``[n_out]``). ``tau_mem`` and
     ``tau_syn`` are float64 ``[n_out]``: one gradient per neuron, also when the forward got one scalar (whose
     gradient is their sum); ``None`` from backends that do not compute them yet.
     """

@@ -31,7 +31,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             constants), ascending along the last axis, ``+inf`` padded. NaN and negative times are errors.
         weights: ``[n_in, n_out]`` float32/float64.
         tau_mem, tau_syn: positive time constants, scalars or ``[n_out]`` arrays; any ratio, equal included.
-        threshold: positive firing threshold.
+        threshold: positive firing threshold, a scalar or ``[n_out]`` (one per neuron).
         max_spikes: number of output spikes recorded per neuron. A neuron that fires more keeps exact dynamics;
             ``counts`` reports the true number and ``LIFResult.capped_spikes`` the total not recorded.
         delays: optional ``[n_in, n_out]`` non-negative per-synapse delays.
@@ -67,7 +67,8 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             with the estimate by part (sort, queues, spike records, working arrays) and what to reduce.
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
-    threshold = v.positive_scalar("threshold", threshold)
+    threshold_is_scalar = np.ndim(threshold) == 0
+    threshold = v.time_constant("threshold", threshold, weights.shape[1], xp)  # positive finite, [n_out]
     max_spikes = v.positive_int("max_spikes", max_spikes)
     chunk_size = v.positive_int("chunk_size", chunk_size)
     # Counts are int64: any larger limit means the same as 2**63 - 1.
@@ -84,11 +85,11 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         from . import _lif_numpy as impl
 
         return impl.lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                                chunk_size, solver, max_total_spikes, engine)
+                                chunk_size, solver, max_total_spikes, engine, threshold_is_scalar)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                                      chunk_size, solver, max_total_spikes)
+                                      chunk_size, solver, max_total_spikes, threshold_is_scalar)
 
 
 def _engine(engine, xp):
@@ -103,7 +104,8 @@ def _engine(engine, xp):
     return resolve_engine(engine)
 
 
-def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, engine="auto"):
+def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, time_constant_grads=False,
+                 engine="auto"):
     """Exact reverse-mode gradients of ``lif_forward`` (DESIGN.md section 6, no surrogates).
 
     Spike times are differentiated by the implicit function theorem, the closed forms by an adjoint recurrence run
@@ -127,11 +129,15 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, en
             the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
             latency on a GPU warp and nothing on a CPU core); its sums have a fixed order, so its gradients are
             bit-identical for any number of threads.
+        time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (``[n_out]``; ``None``
+            otherwise): a few more operations per point (the gap maps' parameter derivatives), so off unless asked.
         input_times_grad: compute ``grad_input_times``. ``False`` skips its work (a scatter-add over every queue
             entry) and returns ``None`` for it: for a first layer, whose input spikes are data.
 
     Returns:
-        ``LIFGrads(weights, input_times, delays, threshold)`` with the shapes and dtypes of the forward arguments
+        ``LIFGrads(weights, input_times, delays, threshold, tau_mem, tau_syn)`` with the shapes and dtypes of the
+        forward arguments (``threshold`` in its shape: a scalar, or ``[n_out]``; ``tau_mem``, ``tau_syn`` always
+        ``[n_out]``)
         (``delays`` is ``None`` without delays; ``input_times`` is ``None`` when ``input_times_grad`` is False).
 
     Memory: neurons are processed in groups sized to stay within the memory limit (see ``lif_forward``), same
@@ -151,14 +157,18 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, en
     v.choice("method", method, METHODS)
     if not isinstance(input_times_grad, (bool, np.bool_)):
         raise TypeError(f"input_times_grad must be True or False, got {input_times_grad!r}")
+    if not isinstance(time_constant_grads, (bool, np.bool_)):
+        raise TypeError(f"time_constant_grads must be True or False, got {time_constant_grads!r}")
     engine = _engine(engine, xp)
     if xp is np:
         from . import _lif_numpy as impl
 
-        return impl.lif_backward(result, grad_times, method, bool(input_times_grad), engine)
+        return impl.lif_backward(result, grad_times, method, bool(input_times_grad), engine,
+                                 bool(time_constant_grads))
     from .cuda import _lif as cuda_impl
 
-    return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad))
+    return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad),
+                                       bool(time_constant_grads))
 
 
 __all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads", "RunawayFiringError", "GrazingSpikeWarning",

@@ -10,8 +10,8 @@ importing keras.
 
 from ._host import CappedSpikesWarning, SilentLayerWarning
 from .callbacks import FiringMonitor
-from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer, TimeConstantFloor
+from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer, PositiveFloor
 from .nir import export_nir, import_nir
 
-__all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "TimeConstantFloor", "CappedSpikesWarning",
+__all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "PositiveFloor", "CappedSpikesWarning",
            "SilentLayerWarning", "FiringMonitor", "export_nir", "import_nir"]

@@ -66,7 +66,8 @@ class LIFSpec:
     training: bool = False
     max_total_spikes: int = 10_000
     host_checks: bool = True  # False: the bridge runs ``LIFOp.check`` itself, on values it computed from the outputs
-    time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are the last two inputs (trainable)
+    time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are inputs (trainable)
+    threshold_input: bool = False  # True: per-neuron thresholds are the last input (trainable)
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,17 @@ def _split_time_constants(spec, inputs):
     return inputs, spec.tau_mem, spec.tau_syn
 
 
+def _split_threshold(spec, inputs):
+    """``(inputs without the threshold, threshold)``: the last input when ``spec.threshold_input``."""
+    if spec.threshold_input:
+        return inputs[:-1], inputs[-1]
+    return inputs, spec.threshold
+
+
 class LIFOp:
     """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``, followed by ``(tau_mem, tau_syn)``
-    ``[n_out]`` when ``spec.time_constant_inputs``; ``outputs = (times, counts)``.
+    ``[n_out]`` when ``spec.time_constant_inputs`` and ``threshold [n_out]`` when ``spec.threshold_input``;
+    ``outputs = (times, counts)``.
 
     ``times [batch, n_out, max_spikes]`` has the dtype of ``input_times``; ``counts [batch, n_out]`` is int32 (the
     true spike count per neuron, which may exceed ``max_spikes``).
@@ -100,11 +109,12 @@ class LIFOp:
 
     @staticmethod
     def forward(spec: LIFSpec, inputs):
+        inputs, threshold = _split_threshold(spec, inputs)
         inputs, tau_mem, tau_syn = _split_time_constants(spec, inputs)
         input_times, weights, *delays = inputs
         result = spikescan.lif_forward(
             input_times, weights, delays=delays[0] if delays else None, tau_mem=tau_mem, tau_syn=tau_syn,
-            threshold=spec.threshold, max_spikes=spec.max_spikes, method=spec.method, chunk_size=spec.chunk_size,
+            threshold=threshold, max_spikes=spec.max_spikes, method=spec.method, chunk_size=spec.chunk_size,
             solver=spec.solver, max_total_spikes=spec.max_total_spikes)
         outputs = (result.times, result.counts.astype(np.int32))
         if spec.host_checks:
@@ -134,11 +144,14 @@ class LIFOp:
 
     @staticmethod
     def backward(spec: LIFSpec, result, grad_times, input_grad=True):
-        grads = spikescan.lif_backward(result, grad_times, input_times_grad=input_grad)
+        grads = spikescan.lif_backward(result, grad_times, input_times_grad=input_grad,
+                                       time_constant_grads=spec.time_constant_inputs)
         out = (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
         if spec.time_constant_inputs:
             dtype = grads.weights.dtype
             out += (grads.tau_mem.astype(dtype), grads.tau_syn.astype(dtype))
+        if spec.threshold_input:
+            out += (grads.threshold.astype(grads.weights.dtype),)
         return out
 
     @staticmethod

@@ -104,9 +104,9 @@ class DelayRange(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
-class TimeConstantFloor(keras.constraints.Constraint):
-    """Keeps trainable time constants at or above ``min_value`` (clipping after each optimizer step): the
-    dynamics need positive time constants, and a step that would cross zero is stopped at the floor."""
+class PositiveFloor(keras.constraints.Constraint):
+    """Keeps trainable neuron parameters (time constants, thresholds) at or above ``min_value`` (clipping after
+    each optimizer step): the dynamics need them positive, and a step that would cross zero stops at the floor."""
 
     def __init__(self, min_value):
         self.min_value = _validate.positive_scalar("min_value", min_value)
@@ -135,8 +135,10 @@ class LIFLayer(keras.layers.Layer):
     ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn`` ``[units]`` (attributes
     ``tau_mem_per_neuron``, ``tau_syn_per_neuron``), one per neuron, initialised to the ``tau_mem`` and ``tau_syn``
     arguments, trained by their exact gradients (``spikescan.lif_backward``'s ``tau_mem`` / ``tau_syn``) and kept at
-    or above ``min_time_constant`` (default: 5% of the smaller argument) by ``TimeConstantFloor``. The first-batch
-    calibration uses the initial values; the revival objective moves the weights only.
+    or above ``min_time_constant`` (default: 5% of the smaller argument) by ``PositiveFloor``. With
+    ``trainable_threshold=True`` also ``threshold [units]`` (attribute ``threshold_per_neuron``), from the
+    ``threshold`` argument, kept at or above ``min_threshold`` (default 5% of it). The first-batch calibration uses
+    the initial values; the revival objective reads the current ones and moves the weights only.
 
     Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
     non-trainable variable ``capped_spikes`` (int32) accumulates, over every call since it was built, the number of
@@ -200,7 +202,7 @@ class LIFLayer(keras.layers.Layer):
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
                  kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
                  input_spikes=None, input_window=0.0, max_total_spikes=10_000, trainable_time_constants=False,
-                 min_time_constant=None, **kwargs):
+                 min_time_constant=None, trainable_threshold=False, min_threshold=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
@@ -233,10 +235,15 @@ class LIFLayer(keras.layers.Layer):
         self.trainable_time_constants = trainable_time_constants
         self.min_time_constant = (0.05 * min(self.tau_mem, self.tau_syn) if min_time_constant is None
                                   else _validate.positive_scalar("min_time_constant", min_time_constant))
+        if not isinstance(trainable_threshold, bool):
+            raise TypeError(f"trainable_threshold must be True or False, got {trainable_threshold!r}")
+        self.trainable_threshold = trainable_threshold
+        self.min_threshold = (0.05 * self.threshold if min_threshold is None
+                              else _validate.positive_scalar("min_threshold", min_threshold))
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes,
-                             time_constant_inputs=trainable_time_constants)
+                             time_constant_inputs=trainable_time_constants, threshold_input=trainable_threshold)
         self._train_spec = dataclasses.replace(self._spec, training=True)
         self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn, time_constant_inputs=trainable_time_constants)
         # Set by spikescan_keras.distributed.DistributedDataParallel while it trains the model on several torch
@@ -261,13 +268,17 @@ class LIFLayer(keras.layers.Layer):
             self.delays = self.add_weight(name="delays", shape=(n_in, self.units), initializer=init,
                                           constraint=DelayRange(self.max_delay))
         if self.trainable_time_constants:
-            floor = TimeConstantFloor(self.min_time_constant)
+            floor = PositiveFloor(self.min_time_constant)
             self.tau_mem_per_neuron = self.add_weight(
                 name="tau_mem", shape=(self.units,), initializer=keras.initializers.Constant(self.tau_mem),
                 constraint=floor)
             self.tau_syn_per_neuron = self.add_weight(
                 name="tau_syn", shape=(self.units,), initializer=keras.initializers.Constant(self.tau_syn),
                 constraint=floor)
+        if self.trainable_threshold:
+            self.threshold_per_neuron = self.add_weight(
+                name="threshold", shape=(self.units,), initializer=keras.initializers.Constant(self.threshold),
+                constraint=PositiveFloor(self.min_threshold))
         self.capped_spikes = self.add_weight(name="capped_spikes", shape=(), dtype="int32", initializer="zeros",
                                              trainable=False)
         self.kernel_scale = self.add_weight(name="kernel_scale", shape=(), initializer="ones", trainable=False)
@@ -306,8 +317,9 @@ class LIFLayer(keras.layers.Layer):
         delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
         taus = ((ops.convert_to_tensor(self.tau_mem_per_neuron), ops.convert_to_tensor(self.tau_syn_per_neuron))
                 if self.trainable_time_constants else ())
+        threshold = ((ops.convert_to_tensor(self.threshold_per_neuron),) if self.trainable_threshold else ())
         spec = self._train_spec if training else self._spec
-        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *taus))
+        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         if training:
             dead, capped = self._firing_statistics(counts, capped)
@@ -316,7 +328,8 @@ class LIFLayer(keras.layers.Layer):
             self.add_loss(self.spike_count_regularizer(times))
         if training and self.silence_penalty > 0:
             taus = tuple(ops.stop_gradient(x) for x in taus)
-            self.add_loss(self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype)))
+            thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
+            self.add_loss(self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype), thr))
         return times
 
     def _firing_statistics(self, counts, capped):
@@ -337,15 +350,16 @@ class LIFLayer(keras.layers.Layer):
         self.dead_fraction.assign(ops.mean(dead))
         return dead, capped
 
-    def _silence_loss(self, inputs, kernel, extra, dead):
+    def _silence_loss(self, inputs, kernel, extra, dead, threshold):
         """The revival objective of the class docstring; ``dead [units]`` is 1 for the neurons in ``S``; ``extra``:
-        the delays and per-neuron time constants the layer has (``PeakOp``'s inputs)."""
+        the delays and per-neuron time constants the layer has (``PeakOp``'s inputs); ``threshold`` a float or the
+        per-neuron thresholds ``[units]`` (each neuron's terms are scaled by its own)."""
         (peaks,) = _bridge.apply(PeakOp, self._peak_spec, (inputs, kernel, *extra, dead))
         spikes = ops.sum(ops.cast(ops.isfinite(inputs), kernel.dtype), axis=-1)  # [batch, n_in]
         net_drive = ops.matmul(spikes, kernel)  # [batch, units]
-        q = ops.relu(-net_drive) / self.threshold
-        gap = self.threshold - ops.cast(peaks, kernel.dtype) + self.threshold * q / (1.0 + q)
-        return self.silence_penalty / (self.threshold * self.units) * ops.sum(dead * ops.mean(gap, axis=0))
+        q = ops.relu(-net_drive) / threshold
+        gap = threshold - ops.cast(peaks, kernel.dtype) + threshold * q / (1.0 + q)
+        return self.silence_penalty / self.units * ops.sum(dead * ops.mean(gap, axis=0) / threshold)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units, self.max_spikes)
@@ -361,7 +375,8 @@ class LIFLayer(keras.layers.Layer):
             spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer),
             calibrate=None if self.calibrate is None else list(self.calibrate), silence_penalty=self.silence_penalty,
             input_spikes=self.input_spikes, input_window=self.input_window, max_total_spikes=self.max_total_spikes,
-            trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant)
+            trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant,
+            trainable_threshold=self.trainable_threshold, min_threshold=self.min_threshold)
         return config
 
 

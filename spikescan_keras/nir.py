@@ -200,7 +200,9 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         common = dict(tau_mem=tau_mem, tau_syn=tau_syn, r=np.ones(n_out), v_leak=np.zeros(n_out), w_in=tau_syn.copy(),
                       metadata=meta)
         if isinstance(layer, LIFLayer):
-            node = nir.CubaLIF(v_threshold=np.full(n_out, layer.threshold), v_reset=np.zeros(n_out), **common)
+            threshold = (_numpy(layer.threshold_per_neuron).astype(np.float64) if layer.trainable_threshold
+                         else np.full(n_out, layer.threshold))
+            node = nir.CubaLIF(v_threshold=threshold, v_reset=np.zeros(n_out), **common)
         else:
             node = nir.CubaLI(**common)
         chain(layer.name, node)
@@ -224,7 +226,8 @@ def _layer_metadata(layer, kernel_scale):
                 chunk_size=layer.chunk_size, silence_penalty=layer.silence_penalty,
                 calibrate="none" if layer.calibrate is None else np.array(layer.calibrate, dtype=np.float64),
                 input_window=layer.input_window, delays=layer.use_delays,
-                trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant)
+                trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant,
+                trainable_threshold=layer.trainable_threshold, min_threshold=layer.min_threshold)
     for key in ("max_delay", "input_spikes"):
         if getattr(layer, key) is not None:
             meta[key] = getattr(layer, key)
@@ -311,7 +314,7 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     if not layers:
         raise ValueError("import_nir: the graph has no CubaLIF or CubaLI node")
     model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
-    for layer, (kernel, delays, taus) in zip(layers, weights):
+    for layer, (kernel, delays, (taus, thresholds)) in zip(layers, weights):
         layer.kernel.assign(kernel)
         if isinstance(layer, LIFLayer):
             if delays is not None:
@@ -319,6 +322,8 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
             if taus is not None:
                 layer.tau_mem_per_neuron.assign(taus[0])
                 layer.tau_syn_per_neuron.assign(taus[1])
+            if thresholds is not None:
+                layer.threshold_per_neuron.assign(thresholds)
             layer.kernel_scale.assign(1.0)
             layer.calibrated.assign(1)
     return model
@@ -557,8 +562,16 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         readout = str(meta.get("readout", overrides["readout"] or "integral"))
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, **kwargs)
-        return layer, kernel, None, None
-    threshold = _uniform(name, "v_threshold", p["v_threshold"])
+        return layer, kernel, None, (None, None)
+    thresholds = None
+    if meta.get("trainable_threshold", False) or np.any(p["v_threshold"] != p["v_threshold"][0]):
+        if not np.all(p["v_threshold"] > 0):
+            raise ValueError(f"import_nir: node {name!r}: field 'v_threshold' must be > 0, got "
+                             f"{p['v_threshold'].min()!r}")
+        thresholds = p["v_threshold"].astype(np.float32)
+        threshold = float(meta.get("threshold", p["v_threshold"][0]))
+    else:
+        threshold = _uniform(name, "v_threshold", p["v_threshold"])
     max_spikes = meta.get("max_spikes", overrides["max_spikes"])
     if max_spikes is None:
         raise ValueError(f"import_nir: node {name!r}: a CubaLIF needs max_spikes (spikes recorded per neuron); pass "
@@ -575,6 +588,10 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if "spike_count_strength" in meta:
             extra["spike_count_regularizer"] = SpikeCountRegularizer(float(meta["spike_count_strength"]),
                                                                      meta_time("spike_count_tau"))
+    if thresholds is not None:
+        extra.update(trainable_threshold=True)
+        if "min_threshold" in meta:
+            extra["min_threshold"] = float(meta["min_threshold"])
     taus = None
     if per_neuron:
         if "tau_mem" in meta and "tau_syn" in meta:  # the layer's arguments (initial values), in the model's unit
@@ -585,4 +602,4 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         taus = tuple(_convert(p[f], graph_unit, time_unit).astype(np.float32) for f in ("tau_mem", "tau_syn"))
     layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
                      max_delay=meta_time("max_delay"), **kwargs, **extra)
-    return layer, kernel, delays, taus
+    return layer, kernel, delays, (taus, thresholds)

@@ -73,11 +73,13 @@ class Backend:
         n_out = W.shape[1]
         tm = _validate.time_constant("tau_mem", self.to_device(tau_mem) if np.ndim(tau_mem) else tau_mem, n_out, xp)
         ts = _validate.time_constant("tau_syn", self.to_device(tau_syn) if np.ndim(tau_syn) else tau_syn, n_out, xp)
+        th = self.to_device(threshold) if np.ndim(threshold) else threshold
         return _lif.forward(xp, self.launch, self.to_device(t), self.to_device(W), self.to_device(D), tm, ts,
-                            threshold, max_spikes, method, chunk_size, solver)
+                            th, max_spikes, method, chunk_size, solver)
 
-    def lif_backward(self, result, G, method="auto"):
-        return _lif.backward(self.xp, self.launch, result, self.to_device(G), method)
+    def lif_backward(self, result, G, method="auto", time_constant_grads=False):
+        return _lif.backward(self.xp, self.launch, result, self.to_device(G), method,
+                             time_constant_grads=time_constant_grads)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -112,13 +114,13 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
     assert ref.counts.sum() >= min_spikes
     rng = np.random.default_rng(int(ref.counts.sum()))
     G = rng.normal(size=ref.times.shape).astype(ref.times.dtype)
-    ref_g = ss.lif_backward(ref, G, method="sequential", engine="numpy")
+    ref_g = ss.lif_backward(ref, G, method="sequential", engine="numpy", time_constant_grads=True)
     for method in methods:
         for cs in (chunk_sizes if method == "scan" else (32,)):
             out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
             assert_same_spikes(ref, out, backend, dtype)
             for bwd in BACKWARD_METHODS:
-                assert_same_grads(ref_g, backend.lif_backward(out, G, bwd), backend, dtype,
+                assert_same_grads(ref_g, backend.lif_backward(out, G, bwd, time_constant_grads=True), backend, dtype,
                                   label=f"(forward {method}, chunk {cs}, backward {bwd})")
     return ref
 
@@ -156,6 +158,16 @@ def test_per_neuron_time_constants(backend):
     W = weights(rng, 10, 4)
     check_case(backend, t, W, chunk_sizes=(4, 32), min_spikes=5, tau_mem=np.array([10.0, 5.0, 4.0, 8.0]),
                tau_syn=np.array([5.0, 5.0, 9.0, 2.0]), max_spikes=30)
+
+
+def test_per_neuron_thresholds_with_delays(backend):
+    """``threshold [n_out]``: spikes and every gradient (the threshold's per neuron) as the NumPy reference."""
+    rng = np.random.default_rng(17)
+    t = random_spikes(rng, 2, 10, 4)
+    W = weights(rng, 10, 4)
+    D = rng.uniform(0.0, 3.0, (10, 4))
+    check_case(backend, t, W, D, chunk_sizes=(4, 32), min_spikes=5, tau_mem=8.0, tau_syn=4.0,
+               threshold=np.array([0.6, 1.0, 1.3, 0.9]), max_spikes=30)
 
 
 def test_several_spikes_inside_one_gap_and_in_the_tail(backend):

@@ -211,7 +211,7 @@ def _reference(case):
     G = np.random.default_rng(case["seed"] ^ 0x5EED).normal(size=ref.times.shape).astype(ref.times.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
-        ref_g = ss.lif_backward(ref, G, method="sequential", engine="numpy")
+        ref_g = ss.lif_backward(ref, G, method="sequential", engine="numpy", time_constant_grads=True)
     return ref, G, ref_g
 
 
@@ -228,7 +228,8 @@ def check_numpy(case):
             for bwd in ("sequential", "scan"):
                 if fwd_name == "sequential" and bwd == "sequential":
                     continue
-                assert_same_grads(ref_g, ss.lif_backward(fwd, G, method=bwd, engine="numpy"), dtype,
+                assert_same_grads(ref_g, ss.lif_backward(fwd, G, method=bwd, engine="numpy", time_constant_grads=True),
+                                  dtype,
                                   f"(numpy forward {fwd_name}, backward {bwd})", cond)
     return ref
 
@@ -243,7 +244,7 @@ def check_compiled(case):
         for method in ("sequential", "scan"):
             out = ss.lif_forward(method=method, chunk_size=chunk_size, engine="numba", **kw)
             assert_same_spikes(ref, out, dtype, f"(numba {method}, chunk {chunk_size})")
-            assert_same_grads(ref_g, ss.lif_backward(out, G, engine="numba"), dtype,
+            assert_same_grads(ref_g, ss.lif_backward(out, G, engine="numba", time_constant_grads=True), dtype,
                               f"(numba forward {method}, numba backward)", cond)
     return ref
 
@@ -264,7 +265,7 @@ def check_emulated(case):
                                kw["max_spikes"], method, chunk_size, kw["solver"])
             assert_same_spikes(ref, out, dtype, f"(emulated {method}, chunk {chunk_size})")
             for bwd in BACKWARD_KERNELS:
-                assert_same_grads(ref_g, _lif.backward(np, hk.launch, out, G, bwd), dtype,
+                assert_same_grads(ref_g, _lif.backward(np, hk.launch, out, G, bwd, time_constant_grads=True), dtype,
                                   f"(emulated forward {method}, backward kernel {bwd})", cond)
     return ref
 

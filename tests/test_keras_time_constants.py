@@ -1,4 +1,5 @@
-"""LIFLayer(trainable_time_constants=True): per-neuron tau_mem / tau_syn weights trained by their exact gradients.
+"""LIFLayer(trainable_time_constants=True, trainable_threshold=True): per-neuron tau_mem / tau_syn / threshold
+weights trained by their exact gradients.
 One process per backend (KERAS_BACKEND=torch|jax|tensorflow python -m pytest tests/test_keras_time_constants.py)."""
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_the
     lif = model.get_layer("hidden")
     tau_mem, tau_syn = lif.tau_mem_per_neuron.numpy(), lif.tau_syn_per_neuron.numpy()
     assert not np.allclose(tau_mem, TAU_MEM) and not np.allclose(tau_syn, TAU_SYN)  # they trained
-    assert tau_mem.min() >= 3.0 and tau_syn.min() >= 3.0  # TimeConstantFloor (a large step would cross it)
+    assert tau_mem.min() >= 3.0 and tau_syn.min() >= 3.0  # PositiveFloor (a large step would cross it)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -79,11 +80,15 @@ def test_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_the
 
 
 @pytest.mark.parametrize("bad", ["yes", 1])
-def test_option_is_checked(bad):
+def test_options_are_checked(bad):
     with pytest.raises(TypeError, match="trainable_time_constants"):
         sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, trainable_time_constants=bad)
     with pytest.raises(ValueError, match="min_time_constant"):
         sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, min_time_constant=-1.0)
+    with pytest.raises(TypeError, match="trainable_threshold"):
+        sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, trainable_threshold=bad)
+    with pytest.raises(ValueError, match="min_threshold"):
+        sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, min_threshold=0.0)
 
 
 def test_nir_round_trip_keeps_the_trained_time_constants(tmp_path):
@@ -104,4 +109,55 @@ def test_nir_round_trip_keeps_the_trained_time_constants(tmp_path):
     np.testing.assert_allclose(again.tau_mem_per_neuron.numpy(), lif.tau_mem_per_neuron.numpy(), rtol=1e-6)
     np.testing.assert_allclose(again.tau_syn_per_neuron.numpy(), lif.tau_syn_per_neuron.numpy(), rtol=1e-6)
     x = spike_input(rng, n_in=4, max_in=2)
+    np.testing.assert_allclose(ops.convert_to_numpy(back(x)), ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_trainable_threshold_gradients_fit_and_nir(tmp_path):
+    """LIFLayer(trainable_threshold=True): per-neuron thresholds with exact gradients (finite differences), trained
+    by fit above their floor, and carried through save/load and NIR."""
+    rng = np.random.default_rng(7)
+    x = spike_input(rng, n_in=4, max_in=3)
+    lif = _layer(trainable_threshold=True, kernel_initializer=keras.initializers.RandomNormal(1.0, 0.5, seed=3))
+    lif(x)
+    lif.threshold_per_neuron.assign(rng.uniform(0.7, 1.3, 5).astype(np.float32))
+    names = [v.path.split("/")[-1] for v in lif.trainable_variables]
+    assert names == ["kernel", "tau_mem", "tau_syn", "threshold"]
+    grad_times = rng.normal(size=(3, 5, 3))
+    params = [v.numpy() for v in lif.trainable_variables]
+
+    def loss_layer(*weights):
+        times, _ = lif.stateless_call(list(weights), [v.value for v in lif.non_trainable_variables], x)
+        return ops.sum(ops.where(ops.isfinite(times), times, 0.0) * ops.convert_to_tensor(grad_times.astype("f4")))
+
+    def loss_numpy(w, tau_mem, tau_syn, threshold):
+        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
+                                    max_spikes=3)
+        return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
+
+    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
+    got = backend_grad(loss_layer, params)
+    assert np.abs(expected[3]).max() > 0
+    np.testing.assert_allclose(got[3], expected[3], rtol=1e-4, atol=1e-4 * np.abs(expected[3]).max())
+
+    y = (x[:, 0, 0] < x[:, 1, 0]).astype(np.int32)
+    model = keras.Sequential([
+        keras.Input(shape=(4, 3)),
+        sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, trainable_threshold=True,
+                    min_threshold=0.6, name="hidden"),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=40.0),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(np.repeat(x, 8, axis=0), np.repeat(y, 8), batch_size=8, epochs=3, verbose=0)
+    hidden = model.get_layer("hidden")
+    th = hidden.threshold_per_neuron.numpy()
+    assert not np.allclose(th, 1.0) and th.min() >= 0.6
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.testing.assert_array_equal(keras.saving.load_model(path).get_layer("hidden").threshold_per_neuron.numpy(), th)
+    nir = pytest.importorskip("nir")
+    nir.write(tmp_path / "model.nir", sk.export_nir(model))
+    back = sk.import_nir(nir.read(tmp_path / "model.nir"))
+    assert back.get_layer("hidden").trainable_threshold
+    np.testing.assert_allclose(back.get_layer("hidden").threshold_per_neuron.numpy(), th, rtol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(back(x)), ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)

@@ -370,12 +370,47 @@ def test_gradients_match_finite_differences(with_delays, taus):
     num["tau_mem"] = _fd(lambda x: loss(tau_mem=x), np.full(3, tau_mem))
     num["tau_syn"] = _fd(lambda x: loss(tau_syn=x), np.full(3, tau_syn))
     for method in ("sequential", "scan"):
-        g = ss.lif_backward(r, G, method=method)
+        g = ss.lif_backward(r, G, method=method, time_constant_grads=True)
         assert g.tau_mem.shape == g.tau_syn.shape == (3,)
+        assert ss.lif_backward(r, G, method=method).tau_mem is None  # only when asked
         for name, expected in num.items():
             np.testing.assert_allclose(getattr(g, name), expected, err_msg=f"{method}: grad_{name}", **TOL["fd"])
     assert np.isinf(t).any()
     assert not ss.lif_backward(r, G).input_times[np.isinf(t)].any()
+
+
+def test_per_neuron_threshold_matches_separate_layers_and_finite_differences():
+    """``threshold [n_out]``: each neuron as a one-neuron layer with its own scalar threshold, and exact gradients
+    per neuron (a scalar threshold's gradient is their sum)."""
+    rng = np.random.default_rng(21)
+    t = random_spikes(rng, 2, 5, 3, t_max=25.0)
+    W = weights(rng, 5, 3, mean=1.0)
+    th = np.array([0.7, 1.0, 1.4])
+    base = dict(input_times=t, weights=W, tau_mem=8.0, tau_syn=4.0, threshold=th, max_spikes=4)
+    r = ss.lif_forward(**base)
+    assert (r.counts.sum(axis=0) > 0).all()
+    for i in range(3):
+        ri = ss.lif_forward(t, W[:, i:i + 1], tau_mem=8.0, tau_syn=4.0, threshold=float(th[i]), max_spikes=4)
+        np.testing.assert_array_equal(ri.counts[:, 0], r.counts[:, i])
+        np.testing.assert_allclose(ri.times[:, 0], r.times[:, i], **TOL["float64"]["times"])
+    G = rng.normal(size=r.times.shape)
+
+    def loss(x):
+        value, counts = _loss(G, **{**base, "threshold": x})
+        np.testing.assert_array_equal(counts, r.counts)
+        return value
+
+    expected = _fd(loss, th)
+    for method in ("sequential", "scan"):
+        g = ss.lif_backward(r, G, method=method)
+        assert g.threshold.shape == (3,)
+        np.testing.assert_allclose(g.threshold, expected, **TOL["fd"])
+    scalar = ss.lif_forward(**{**base, "threshold": 1.0})
+    G1 = rng.normal(size=scalar.times.shape)
+    per = ss.lif_forward(**{**base, "threshold": np.ones(3)})
+    a, b = ss.lif_backward(scalar, G1), ss.lif_backward(per, G1)
+    assert a.threshold.shape == () and b.threshold.shape == (3,)
+    np.testing.assert_allclose(a.threshold, b.threshold.sum(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("with_delays", [False, True])
@@ -460,7 +495,9 @@ def _with(kw, name, value):
     ("tau_syn", 0.0, ValueError, r"tau_syn must be positive and finite, got 0.0"),
     ("tau_mem", np.array([1.0, 2.0]), ValueError, r"tau_mem must be a scalar or have shape \[3\]"),
     ("tau_syn", np.array([1.0, np.nan, 2.0]), ValueError, r"tau_syn must be positive and finite, got nan"),
-    ("threshold", 0.0, ValueError, r"threshold must be a positive finite number, got 0.0"),
+    ("threshold", 0.0, ValueError, r"threshold must be positive and finite, got 0.0"),
+    ("threshold", np.array([1.0, -1.0, 1.0]), ValueError, r"threshold must be positive and finite, got -1.0"),
+    ("threshold", np.ones(4), ValueError, r"threshold must be a scalar or have shape \[3\], got shape \(4,\)"),
     ("max_spikes", 0, ValueError, r"max_spikes must be a positive integer, got 0"),
     ("chunk_size", 2.5, ValueError, r"chunk_size must be a positive integer, got 2.5"),
     ("method", "fast", ValueError, r"method must be one of 'auto', 'sequential', 'scan'; got 'fast'"),

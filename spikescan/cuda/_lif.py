@@ -68,19 +68,20 @@ def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
 
 
 def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
-                     solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
+                     solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, threshold_is_scalar=True):
     """Forward of the LIF layer on the GPU; arguments as validated by ``spikescan.lif_forward``.
 
-    ``tau_mem``, ``tau_syn``: float64 ``[n_out]`` CuPy arrays; ``threshold``: float; ``method``: ``"auto"``,
+    ``tau_mem``, ``tau_syn``, ``threshold``: float64 ``[n_out]`` CuPy arrays (a float threshold is broadcast);
+    ``method``: ``"auto"``,
     ``"sequential"``, ``"scan"`` (or ``"step"``, the benchmark baseline). Returns ``LIFResult`` of CuPy arrays.
     """
     import cupy
 
     return forward(cupy, _cupy_launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                   chunk_size, solver, max_total_spikes)
+                   chunk_size, solver, max_total_spikes, threshold_is_scalar)
 
 
-def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True):
+def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, time_constant_grads=False):
     """Backward of the LIF layer on the GPU: ``LIFGrads`` of CuPy arrays (see ``kernels/lif_backward.cu``).
 
     ``method``: ``"sequential"`` (thread per neuron), ``"scan"`` (warp per neuron) or ``"auto"``;
@@ -88,11 +89,11 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True):
     """
     import cupy
 
-    return backward(cupy, _cupy_launch, result, grad_times, method, input_times_grad)
+    return backward(cupy, _cupy_launch, result, grad_times, method, input_times_grad, time_constant_grads)
 
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
-            solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES):
+            solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, threshold_is_scalar=None):
     """Array-module-generic body of ``lif_forward_cuda``."""
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
@@ -111,6 +112,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     n_queues, L1 = qt.shape[1], qt.shape[2]
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
     ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
+    if threshold_is_scalar is None:
+        threshold_is_scalar = xp.ndim(threshold) == 0
+    th = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(threshold, dtype=xp.float64), (n_out,)))
     dtype = input_times.dtype
     spike_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=xp.float64)
     spike_event = xp.full((batch, n_out, max_spikes), -1, dtype=xp.int64)
@@ -120,7 +124,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     stuck_current = xp.full(batch * n_out, np.nan, dtype=xp.float64)
     limit = np.int64(min(int(max_total_spikes), np.iinfo(np.int64).max))
     n = batch * n_out
-    common = [qt, qi, qe, W, tm, ts, np.float64(threshold), np.int32(SOLVER_CODES[solver]), np.int64(batch),
+    common = [qt, qi, qe, W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int64(batch),
               np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), limit]
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
     if method == "sequential":
@@ -144,17 +148,18 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         first = int(xp.argmax(stuck))
         t_stop = float(stuck_times[first])
         if int(counts.reshape(-1)[first]) > limit:  # the kernel left max_total_spikes + 1: runaway firing
-            raise runaway_firing_error(first, n_out, t_stop, float(stuck_current[first]), int(limit), threshold)
+            raise runaway_firing_error(first, n_out, t_stop, float(stuck_current[first]), int(limit),
+                                       float(th[first % n_out]))
         raise unresolvable_spike_error(first, n_out, t_stop)
     res = LIFResiduals(
         queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
-        weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=float(threshold),
+        weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=th, threshold_is_scalar=bool(threshold_is_scalar),
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver)
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
 
-def backward(xp, launch, result, grad_times, method="auto", input_times_grad=True):
+def backward(xp, launch, result, grad_times, method="auto", input_times_grad=True, time_constant_grads=False):
     """Array-module-generic body of ``lif_backward_cuda``."""
     if method == "auto":
         method = BACKWARD_AUTO
@@ -172,7 +177,7 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
     grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
     grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
-    grad_th = xp.zeros(1, dtype=xp.float64)
+    grad_th = xp.zeros(n_out, dtype=xp.float64)
     grad_tm = xp.zeros(n_out, dtype=xp.float64)
     grad_ts = xp.zeros(n_out, dtype=xp.float64)
     n = batch * n_out
@@ -193,11 +198,11 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
         for start in range(0, n, group):
             count = min(group, n - start)
             args = [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn,
-                    np.float64(res.threshold), np.int64(batch), np.int64(n_in), np.int64(n_out),
+                    res.threshold, np.int64(batch), np.int64(n_in), np.int64(n_out),
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None),
-                    grad_d, grad_th, grad_tm, grad_ts, grazing]
+                    grad_d, grad_th, np.int32(time_constant_grads), grad_tm, grad_ts, grazing]
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, args)
         n_grazing = int(grazing[:, 0].sum())  # host sync
@@ -209,7 +214,8 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
-        threshold=grad_th.reshape(()), tau_mem=grad_tm, tau_syn=grad_ts)
+        threshold=grad_th.sum(keepdims=True).reshape(()) if res.threshold_is_scalar else grad_th,
+        tau_mem=grad_tm if time_constant_grads else None, tau_syn=grad_ts if time_constant_grads else None)
 
 
 def _blocks(threads, block):

@@ -25,7 +25,7 @@
 // chunks last to first, recomputes the chunk's previous-point states into registers/local memory (3 doubles + 1
 // index per point), and walks them in reverse.  Work: two forward walks and one reverse walk per point.
 // Reductions (grad_weights [n_in, n_out], grad_input_times [batch, n_in, max_in], grad_delays [n_in, n_out],
-// grad_threshold [1]; float64, zero-filled by the launcher; grad_input_times is only written when
+// grad_threshold [n_out]; float64, zero-filled by the launcher; grad_input_times is only written when
 // has_input_grad != 0, grad_delays only when has_delays != 0) use atomicAdd on double (sm_60+): summation order,
 // and so the last bits, vary from run to run.
 #include "common.cuh"
@@ -38,20 +38,23 @@ template <typename T>
 __global__ void spikescan_lif_backward(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
+    const double* __restrict__ threshold_arr,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, double* __restrict__ grazing) {
+    int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn,
+    double* __restrict__ grazing) {
     // This launch handles neurons [neuron_start, neuron_start + n_group) of the flattened batch * n_out.
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const double threshold = threshold_arr[i];  // per neuron
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
     const T* gt = grad_times + rec_base;
@@ -134,9 +137,11 @@ __global__ void spikescan_lif_backward(
                 const double s_gap = qt[k] - prev_t[slot];
                 const spikescan_decay_t d = spikescan_decay(s_gap, tau_mem, tau_syn);
                 // Time constants (DESIGN.md section 11): the state after the input moves with the gap map.
-                const spikescan_param_grads_t pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
-                g_tau_mem += lV * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
-                g_tau_syn += lV * (pg.c_ts * Ip) + lI * (pg.b_ts * Ip);
+                if (has_tau_grads) {
+                    const spikescan_param_grads_t pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
+                    g_tau_mem += lV * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
+                    g_tau_syn += lV * (pg.c_ts * Ip) + lI * (pg.b_ts * Ip);
+                }
                 const double I_pre = d.b * Ip;
                 const double V_post = d.a * prev_V[slot] + d.c * Ip;
                 const double u = (I_pre - V_post) / tau_mem;
@@ -156,7 +161,8 @@ __global__ void spikescan_lif_backward(
                 const long long ms = -code[slot] - 1;
                 const double s_gap = st[ms] - prev_t[slot];
                 const spikescan_decay_t d = spikescan_decay(s_gap, tau_mem, tau_syn);
-                const spikescan_param_grads_t pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
+                spikescan_param_grads_t pg = {0.0, 0.0, 0.0, 0.0};
+                if (has_tau_grads) pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
                 const double I_pre = d.b * Ip;
                 const double D = (I_pre - threshold) / tau_mem;
                 const double v = -I_pre / tau_syn;
@@ -180,7 +186,7 @@ __global__ void spikescan_lif_backward(
             }
         }
     }
-    atomicAdd(grad_threshold, g_threshold);
+    atomicAdd(grad_threshold + i, g_threshold);
     atomicAdd(grad_tau_mem + i, g_tau_mem);
     atomicAdd(grad_tau_syn + i, g_tau_syn);
     if (n_grazing > 0.0) {
@@ -293,14 +299,16 @@ template <typename T>
 __global__ void spikescan_lif_backward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
+    const double* __restrict__ threshold_arr,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
     const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, double* __restrict__ grazing) {
+    int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn,
+    double* __restrict__ grazing) {
     // Warp = neuron; exits below are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -308,6 +316,7 @@ __global__ void spikescan_lif_backward_scan(
     const long long tid = neuron_start + local;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const double threshold = threshold_arr[i];  // per neuron
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
     const T* gt = grad_times + rec_base;
@@ -417,7 +426,7 @@ __global__ void spikescan_lif_backward_scan(
             } else if (lane == q) {
                 g_threshold += gs / Dq;
             }
-            if (lane == q) {  // time constants: lane q holds the state before its spike (Vp, Ip) and its gap
+            if (has_tau_grads && lane == q) {  // time constants: lane q holds the state before its spike and gap
                 const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
                 g_tau_syn += sI * (pg.b_ts * Ip);
                 if (!grazing_q) {
@@ -448,9 +457,11 @@ __global__ void spikescan_lif_backward_scan(
         }
         const double gs_next = __shfl_sync(SPIKESCAN_FULL_MASK, gs, (lane < 31) ? lane + 1 : lane);
         if (pt.active && !pt.spike) {
-            const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
-            g_tau_mem += mV * (pg.a_tm * Vp + pg.c_tm * Ip);
-            g_tau_syn += mV * (pg.c_ts * Ip) + mI * (pg.b_ts * Ip);
+            if (has_tau_grads) {
+                const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
+                g_tau_mem += mV * (pg.a_tm * Vp + pg.c_tm * Ip);
+                g_tau_syn += mV * (pg.c_ts * Ip) + mI * (pg.b_ts * Ip);
+            }
             const double mT = (lane == A) ? AT : -gs_next;
             const long long flat = qi[pt.k];
             const long long j = flat / max_in;
@@ -475,7 +486,7 @@ __global__ void spikescan_lif_backward_scan(
         g_tau_syn += __shfl_sync(SPIKESCAN_FULL_MASK, g_tau_syn, lane ^ offset);
     }
     if (lane == 0) {
-        atomicAdd(grad_threshold, g_threshold);
+        atomicAdd(grad_threshold + i, g_threshold);
         atomicAdd(grad_tau_mem + i, g_tau_mem);
         atomicAdd(grad_tau_syn + i, g_tau_syn);
         if (n_grazing > 0.0) {

@@ -76,7 +76,8 @@ template <typename T>
 __global__ void spikescan_lif_forward_sequential(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
+    const double* __restrict__ threshold_arr, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
@@ -85,6 +86,7 @@ __global__ void spikescan_lif_forward_sequential(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const double threshold = threshold_arr[i];  // per neuron
 
     double V = 0.0, I = 0.0, t_prev = 0.0, t_last = -spikescan_inf();
     long long count = 0;
@@ -113,7 +115,8 @@ template <typename T>
 __global__ void spikescan_lif_forward_step(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
+    const double* __restrict__ threshold_arr, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, long long k, double* __restrict__ state_V, double* __restrict__ state_I,
     double* __restrict__ state_t, double* __restrict__ state_last, double* __restrict__ spike_times,
@@ -123,6 +126,7 @@ __global__ void spikescan_lif_forward_step(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const double threshold = threshold_arr[i];  // per neuron
     if (k > end || isfinite(stuck_times[tid])) return;
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
@@ -160,7 +164,8 @@ template <typename T>
 __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, double threshold, int solver,
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
+    const double* __restrict__ threshold_arr, int solver,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, int width, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
@@ -170,6 +175,7 @@ __global__ void spikescan_lif_forward_scan(
     if (tid >= batch * n_out) return;  // uniform across the warp
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const double threshold = threshold_arr[i];  // per neuron
 
     double V = 0.0, I = 0.0, t0 = 0.0, t_last = -spikescan_inf();
     long long k = 0;
