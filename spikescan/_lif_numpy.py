@@ -139,8 +139,11 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
     times = np.full((N, max_spikes), np.inf)
     events = np.full((N, max_spikes), -1, np.int64)
     last_spike = np.full(N, -np.inf)
-    offsets = np.arange(chunk_size)
     L1 = qt.shape[1]
+    # A chunk longer than the queue holds only padding past its end: the same states (each lane's prefix reads only
+    # the lanes before it) for log2(chunk) doubling steps instead of log2(L1).
+    chunk_size = min(chunk_size, L1)
+    offsets = np.arange(chunk_size)
     th = th[lay.i]  # per flat neuron
     while True:
         act = np.flatnonzero(pos <= end)
