@@ -368,3 +368,25 @@ def scatter_input_grads(qi, qe, g_arrival, sample_start, grad_in, n_out):
             row = b * Q + (i if Q > 1 else 0)
             for k in range(qe[row]):
                 grad_in[b, qi[row, k]] += g_arrival[bl, i, k]
+
+
+@_pjit
+def delayed_queues(times, index, n_real, src, delays, q_times, q_index):
+    """Per-neuron queues of a layer with delays from the shared queue of every sample (``_queue.delayed_queues``,
+    identical values): row ``(b, i)`` holds the arrivals ``times[b, k] + delays[src[b, k], i]`` of the real entries,
+    stably sorted (simultaneous arrivals keep their shared-queue order), then ``+inf`` / ``-1`` padding.
+    ``src``: the source neuron of every shared-queue entry; outputs ``[batch, n_out, L1]`` pre-filled with padding."""
+    batch, L1 = times.shape
+    n_out = delays.shape[1]
+    for r_ in prange(batch * n_out):
+        r = np.int64(r_)
+        b = r // n_out
+        i = r - b * n_out
+        n = n_real[b]
+        arrival = np.empty(n)
+        for k in range(n):
+            arrival[k] = times[b, k] + delays[src[b, k], i]
+        order = np.argsort(arrival, kind="mergesort")  # stable
+        for k in range(n):
+            q_times[b, i, k] = arrival[order[k]]
+            q_index[b, i, k] = index[b, order[k]]

@@ -201,9 +201,14 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
 
 
 def choose_forward_method(n_neurons, queue_len, chunk_size):
-    """``method="auto"`` on the CPU: the scan pays ``log2(chunk)`` array passes per round to save Python steps, which
-    wins while the per-step array work is small (few neurons), the loop otherwise."""
-    return "scan" if n_neurons * chunk_size <= (1 << 14) else "sequential"
+    """``method="auto"`` for the NumPy engine: the scan pays ``log2(chunk)`` array passes per round to save Python
+    steps, which wins on long queues while the per-round array work (neurons times chunk lanes) is small, the loop
+    otherwise. Measured on the 2-core development machine: ``benchmarks/results/cpu_peers.json`` (1024 neurons,
+    5000-event queues: scan 2.9 s against 5.3 s; 7680 neurons, 6-event queues: the loop 0.06 s against 0.12 s) and
+    ``benchmarks/results/cpu_2core.json`` (16 neurons: scan 0.07 s against 0.56 s; 8192 neurons: the loop 16 s against
+    22 s). The compiled engine always walks sequentially (its chunked walk computes the same states)."""
+    lanes = min(chunk_size, queue_len)
+    return "scan" if queue_len >= 64 and n_neurons * lanes <= (1 << 17) else "sequential"
 
 
 def choose_backward_method(n_neurons, n_points):
@@ -252,6 +257,25 @@ def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
     return np.zeros((1, 1, 3)), False
 
 
+def _delayed_queues_compiled(input_times, delays):
+    """``build_queues`` with delays, the per-neuron sorts in the compiled kernel (identical queues: the same stable
+    order)."""
+    from . import _lif_numba
+    from ._queue import shared_queue
+
+    times, index, n_real = shared_queue(input_times, np)
+    batch, L1 = times.shape
+    n_out = delays.shape[1]
+    max_in = max(input_times.shape[2], 1)
+    src = np.where(index >= 0, index // max_in, 0)
+    q_times = np.full((batch, n_out, L1), np.inf)
+    q_index = np.full((batch, n_out, L1), -1, np.int64)
+    _lif_numba.delayed_queues(batch * n_out * L1, np.ascontiguousarray(times), np.ascontiguousarray(index),
+                              np.ascontiguousarray(n_real), np.ascontiguousarray(src), np.ascontiguousarray(delays),
+                              q_times, q_index)
+    return q_times, q_index, np.broadcast_to(n_real[:, None], (batch, n_out)).copy()
+
+
 def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
                       limit):
     """The Numba kernels (``_lif_numba``) on the NumPy queues; same outputs and errors as the NumPy methods."""
@@ -291,13 +315,18 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     n_out = weights.shape[1]
     n_entries = _memory.most_entries(input_times, np)
     if method == "auto":
+        # Compiled: "sequential" (the chunked walk computes the same states in the same order and was no faster in
+        # benchmarks/results/cpu_peers.json: within 1.1x either way on all three layers).
         method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
                                                                               chunk_size)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, np, engine)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
-    qt, qi, qend = build_queues(input_times, D, np)
+    if engine == "numba" and D is not None:
+        qt, qi, qend = _delayed_queues_compiled(input_times, D)
+    else:
+        qt, qi, qend = build_queues(input_times, D, np)
     lay = _Layout(qt.shape, n_out, max_in)
     qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
     end = qend.reshape(-1)[lay.row]

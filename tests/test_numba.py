@@ -216,3 +216,21 @@ def test_environment_variable_chooses_the_auto_engine(monkeypatch):
     monkeypatch.setenv("SPIKESCAN_ENGINE", "cuda")
     with pytest.raises(ValueError, match="SPIKESCAN_ENGINE.*'cuda'"):
         _lif_numpy.resolve_engine("auto")
+
+
+def test_compiled_delayed_queues_equal_the_numpy_ones():
+    """The compiled per-neuron sorts give the queues of ``_queue.build_queues`` bit for bit, ties included."""
+    from spikescan import _queue
+
+    rng = np.random.default_rng(10)
+    for trial in range(3):
+        t = rng.uniform(0, 50, (3, 20, 4))
+        t[rng.random(t.shape) < 0.3] = np.inf
+        t = np.sort(t, axis=-1)
+        t[0, 1, 0] = t[0, 2, 0] = 5.0  # simultaneous inputs
+        D = rng.uniform(0, 5, (20, 7))
+        D[:, 3] = 1.0
+        if trial == 2:
+            D = np.round(D)  # many simultaneous arrivals
+        for a, b in zip(_queue.build_queues(t, D, np), _lif_numpy._delayed_queues_compiled(t, D)):
+            np.testing.assert_array_equal(a, b)
