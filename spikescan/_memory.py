@@ -121,8 +121,8 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
       order and the two outputs, 40 bytes each; CuPy keeps 12 of them), the shared queue without (24 bytes per
       entry);
     - ``spike records``: times and events (float64 and int64) and the output times, per recorded spike slot;
-    - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane), or the loop's
-      per-neuron state (about 300 bytes per neuron); for the compiled engine (``backend="numba"``) the shared decay
+    - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane, at most ``L1``
+      lanes), or the loop's per-neuron state (about 300 bytes per neuron); for the compiled engine (``backend="numba"``) the shared decay
       table (24 bytes per queue entry) and a few per-neuron index arrays (64 bytes per neuron).
     """
     slots = batch * n_in * max_in
@@ -133,7 +133,7 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
              "queues": (40 if has_delays else 24) * queue_entries,
              "spike records": neurons * max_spikes * (16 + input_itemsize) + 8 * neurons}
     if backend == "numpy":
-        lanes = chunk_size if method == "scan" else 1
+        lanes = min(chunk_size, L1) if method == "scan" else 1  # the scan's chunks are no longer than the queue
         parts["working"] = neurons * (400 * lanes if method == "scan" else 300)
     elif backend == "numba":
         parts["working"] = 24 * batch * L1 + 64 * neurons  # the table; index and per-neuron arrays
