@@ -56,7 +56,9 @@ def train():
     if distributed.world_size() > 1:
         callbacks.append(distributed.DistributedDataParallel())
     history = model.fit(batches, epochs=EPOCHS, verbose=0, callbacks=callbacks)
-    weights = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.weights}
+    # Keyed without the model's own name: Keras numbers models per process ("sequential_51" after other tests), so
+    # the reference trained inside the test process must match the ranks' fresh "sequential".
+    weights = {v.path.split("/", 1)[-1]: keras.ops.convert_to_numpy(v.value) for v in model.weights}
     return weights, history.history
 
 

@@ -70,7 +70,7 @@ def test_torch_ddp_ranks_agree_with_one_process(torchrun):
         got = [r[f"w:{name}"] for r in ranks]
         np.testing.assert_array_equal(got[0], got[1], err_msg=f"{name} differs between the ranks")
         np.testing.assert_allclose(got[0], expected, rtol=RTOL, atol=ATOL, err_msg=name)
-    scale = float(ranks[0]["w:sequential/hidden/kernel_scale"])
+    scale = float(ranks[0]["w:hidden/kernel_scale"])
     assert scale > 2.0, "the weak initial kernel should have been calibrated up (on the first global batch)"
     for key, values in history.items():  # the epochs' loss, accuracy and firing statistics of the global data
         np.testing.assert_allclose(ranks[0][f"h:{key}"], values, rtol=RTOL, atol=ATOL, err_msg=key)
