@@ -118,6 +118,24 @@ def _gap_decay(table, use_table, row, k, t_k, t_prev, fresh, tau_mem, tau_syn):
     return nm.decay(t_k - t_prev, tau_mem, tau_syn)
 
 
+@_jit
+def _neuron(tid, n_out, Q):
+    """``(i, row)``: the neuron index and the queue row of flat neuron ``tid = b * n_out + i`` (``Q`` queues per
+    sample: 1 without delays, ``n_out`` with)."""
+    b = tid // n_out
+    i = tid - b * n_out
+    return i, b * Q + (i if Q > 1 else 0)
+
+
+@_jit
+def _apply_input(V, I, a, b, c, qi, row, k, W, max_in, i):
+    """``(V, I)`` after the gap with decay ``(a, b, c)`` and then queue entry ``k`` of ``row`` (its weight added to
+    ``I``; padding adds nothing)."""
+    flat = qi[row, k]
+    w = W[flat // max_in, i] if flat >= 0 else 0.0
+    return a * V + c * I, b * I + w
+
+
 @_pjit
 def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
                        table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
@@ -128,9 +146,7 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max
     Q = qt.shape[0] // max(N // n_out, 1) if N else 1
     for t_ in prange(N):
         tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
-        b = tid // n_out
-        i = tid - b * n_out
-        row = b * Q + (i if Q > 1 else 0)
+        i, row = _neuron(tid, n_out, Q)
         tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
         end = qe[row]
         V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
@@ -151,11 +167,7 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max
                     a, bb, c = nm.decay(t_k - t_prev, tau_mem, tau_syn)
             if k == end:
                 break
-            flat = qi[row, k]
-            w = W[flat // max_in, i] if flat >= 0 else 0.0
-            V_new = a * V + c * I
-            I = bb * I + w
-            V = V_new
+            V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
             t_prev = t_k
         counts[tid] = count
 
@@ -169,9 +181,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
     Q = qt.shape[0] // max(N // n_out, 1) if N else 1
     for t_ in prange(N):
         tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
-        b = tid // n_out
-        i = tid - b * n_out
-        row = b * Q + (i if Q > 1 else 0)
+        i, row = _neuron(tid, n_out, Q)
         tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
         end = qe[row]
         V0 = np.empty(width)  # state before each lane's gap
@@ -196,11 +206,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
                 a, bb, c = _gap_decay(table, use_table, row, k, t_k, tp, True, tau_mem, tau_syn)
                 DA[l], DB[l], DC[l] = a, bb, c
                 if k < end:
-                    flat = qi[row, k]
-                    w = W[flat // max_in, i] if flat >= 0 else 0.0
-                    v_new = a * v + c * cur
-                    cur = bb * cur + w
-                    v = v_new
+                    v, cur = _apply_input(v, cur, a, bb, c, qi, row, k, W, max_in, i)
                     tp = t_k
             # Gap tests of every lane (independent of each other), then the first firing one.
             first = n
@@ -229,11 +235,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
                 break
             # Entry k itself (after the spike: its own gap), then the next chunk starts after it.
             a, bb, c = nm.decay(t_k - t_prev, tau_mem, tau_syn)
-            flat = qi[row, k]
-            w = W[flat // max_in, i] if flat >= 0 else 0.0
-            V_new = a * V + c * I
-            I = bb * I + w
-            V = V_new
+            V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
             t_prev = t_k
             pos = k + 1
         counts[tid] = count
@@ -290,11 +292,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     a, bb, c = _gap_decay(table, use_table, row, k, t, tau, fresh, tau_mem, tau_syn)
                     dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
                     fresh = True
-                    flat = qi[row, k]
-                    w = W[flat // max_in, i] if flat >= 0 else 0.0
-                    V_new = a * V + c * I
-                    I = bb * I + w
-                    V = V_new
+                    V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
                     tau = t
             # Reverse walk of the adjoint (lV, lI, lT).
             lV, lI, lT = 0.0, 0.0, 0.0
