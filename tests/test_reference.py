@@ -1,0 +1,292 @@
+"""spikescan.reference.lif_forward_reference: checked on its own (arbitrary precision, a brute-force grid
+integration, hand-made event orders), then used as the oracle of lif_forward's sequential and scan methods."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan.reference import lif_forward_reference
+
+from _cases import random_spikes, weights
+from tolerances import TOL
+
+
+def assert_same_spikes(ref_times, ref_counts, out_times, out_counts, dtype="float64"):
+    np.testing.assert_array_equal(out_counts, ref_counts)
+    np.testing.assert_array_equal(np.isfinite(out_times), np.isfinite(ref_times))
+    fin = np.isfinite(ref_times)
+    np.testing.assert_allclose(out_times[fin], ref_times[fin], **TOL[dtype]["times"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference against lif_forward (feed-forward), on both CPU engines
+# ---------------------------------------------------------------------------------------------------------------
+
+TIME_CONSTANTS = {
+    "tm>ts": (10.0, 4.0),
+    "tm<ts": (3.0, 7.0),
+    "tm==ts": (5.0, 5.0),
+    "tm~ts": (5.0, 5.0 * (1 + 1e-9)),
+    "tm==2ts": (8.0, 4.0),
+    "per-neuron": (np.array([10.0, 5.0, 3.0, 8.0, 6.0]), np.array([4.0, 5.0, 7.0, 8.0, 6.0 * (1 + 1e-9)])),
+}
+
+
+@pytest.mark.usefixtures("cpu_engine")
+@pytest.mark.parametrize("delayed", [False, True], ids=["no-delays", "delays"])
+@pytest.mark.parametrize("taus", list(TIME_CONSTANTS), ids=list(TIME_CONSTANTS))
+def test_lif_forward_matches_reference(taus, delayed):
+    tau_mem, tau_syn = TIME_CONSTANTS[taus]
+    rng = np.random.default_rng(11)
+    t = random_spikes(rng, 3, 8, 4, t_max=25.0)
+    W = weights(rng, 8, 5, mean=0.7, std=0.9)
+    D = rng.uniform(0.0, 6.0, (8, 5)) if delayed else None
+    threshold = np.array([1.0, 0.7, 1.3, 1.0, 0.9])
+    # max_spikes below the busiest neuron's count: the recording is capped, the counts are not.
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold, max_spikes=6, delays=D)
+    ref_times, ref_counts = lif_forward_reference(t, W, **kw)
+    assert ref_counts.sum() > 40
+    assert ref_counts.max() > 6
+    for method in ("sequential", "scan"):
+        out = ss.lif_forward(t, W, method=method, **kw)
+        assert_same_spikes(ref_times, ref_counts, out.times, out.counts)
+    out = ss.lif_forward(t, W, method="scan", chunk_size=3, **kw)
+    assert_same_spikes(ref_times, ref_counts, out.times, out.counts)
+
+
+@pytest.mark.usefixtures("cpu_engine")
+@pytest.mark.parametrize("seed", range(8))
+def test_lif_forward_matches_reference_random_layers(seed):
+    # Random shapes, per-neuron time constants (some equal), thresholds, delays or none, small max_spikes.
+    rng = np.random.default_rng(100 + seed)
+    batch, n_in, max_in, n_out = 2, int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 6))
+    t = random_spikes(rng, batch, n_in, max_in, t_max=20.0)
+    W = weights(rng, n_in, n_out, mean=1.5, std=1.0)
+    tau_mem = rng.uniform(2.0, 12.0, n_out)
+    tau_syn = np.where(rng.random(n_out) < 0.3, tau_mem, rng.uniform(2.0, 12.0, n_out))
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, threshold=rng.uniform(0.5, 1.5, n_out),
+              max_spikes=int(rng.integers(1, 5)), delays=rng.uniform(0.0, 5.0, (n_in, n_out)) if seed % 2 else None)
+    ref_times, ref_counts = lif_forward_reference(t, W, **kw)
+    assert ref_counts.sum() > 0
+    for method in ("sequential", "scan"):
+        out = ss.lif_forward(t, W, method=method, **kw)
+        assert_same_spikes(ref_times, ref_counts, out.times, out.counts)
+
+
+@pytest.mark.usefixtures("cpu_engine")
+@pytest.mark.parametrize("taus", ["tm>ts", "tm<ts", "tm==ts"])
+def test_lif_forward_matches_reference_after_the_last_input(taus):
+    # One strong early input: the neuron fires a burst long after it (the open interval after the last arrival).
+    tau_mem, tau_syn = TIME_CONSTANTS[taus]
+    t = np.array([[[0.5, 1.0, np.inf], [2.0, np.inf, np.inf]]])
+    W = np.array([[6.0, 1.5], [8.0, 0.8]])
+    D = np.array([[0.0, 1.0], [0.5, 3.0]])
+    for delays in (None, D):
+        kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, threshold=np.array([1.0, 0.6]), max_spikes=50, delays=delays)
+        ref_times, ref_counts = lif_forward_reference(t, W, **kw)
+        last_arrival = 2.0 if delays is None else 5.0
+        assert ref_counts[0, 0] > 4
+        assert (ref_times[0] > last_arrival + 1.0).sum() >= 2
+        for method in ("sequential", "scan"):
+            out = ss.lif_forward(t, W, method=method, **kw)
+            assert_same_spikes(ref_times, ref_counts, out.times, out.counts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference on its own: arbitrary precision, brute force, event order, runaway
+# ---------------------------------------------------------------------------------------------------------------
+
+def recurrent_case(delayed):
+    """Three neurons: 0 excites 1 and itself, 1 inhibits 0 and 2, 2 excites 0; optionally delayed."""
+    R = np.array([[0.4, 0.9, 0.0],
+                  [-1.2, 0.0, -0.8],
+                  [0.7, 0.0, 0.0]])
+    Dr = np.array([[0.3, 1.1, 0.0],
+                   [0.0, 0.0, 0.6],
+                   [2.0, 0.0, 0.0]]) if delayed else None
+    return R, Dr
+
+
+SMALL_CASES = {
+    "ff tm>ts delays": dict(tau_mem=8.0, tau_syn=3.0, delays=True),
+    "ff tm<ts": dict(tau_mem=3.0, tau_syn=6.0),
+    "ff tm==ts per-neuron threshold": dict(tau_mem=5.0, tau_syn=5.0, threshold=np.array([1.0, 0.6, 1.4])),
+    "recurrent": dict(tau_mem=8.0, tau_syn=3.0, recurrent="zero delays"),
+    "recurrent delayed, per-neuron taus": dict(tau_mem=np.array([8.0, 5.0, 4.0]), tau_syn=np.array([3.0, 5.0, 6.0]),
+                                               recurrent="delays", delays=True),
+}
+
+
+def small_case(name):
+    rng = np.random.default_rng(3)
+    t = random_spikes(rng, 1, 4, 3, t_max=10.0)
+    W = weights(rng, 4, 3, mean=1.3, std=0.6)
+    spec = dict(SMALL_CASES[name])
+    kw = dict(tau_mem=spec.pop("tau_mem"), tau_syn=spec.pop("tau_syn"), threshold=spec.pop("threshold", 1.0),
+              max_spikes=40)
+    if spec.pop("delays", False):
+        kw["delays"] = rng.uniform(0.0, 3.0, (4, 3))
+    if "recurrent" in spec:
+        kw["recurrent_weights"], kw["recurrent_delays"] = recurrent_case(spec.pop("recurrent") == "delays")
+    return t, W, kw
+
+
+@pytest.mark.parametrize("name", list(SMALL_CASES))
+def test_reference_float64_matches_arbitrary_precision(name):
+    t, W, kw = small_case(name)
+    times, counts = lif_forward_reference(t, W, **kw)
+    exact_times, exact_counts = lif_forward_reference(t, W, dps=40, **kw)
+    assert counts.sum() > 5
+    np.testing.assert_array_equal(counts, exact_counts)
+    fin = np.isfinite(exact_times)
+    np.testing.assert_array_equal(np.isfinite(times), fin)
+    np.testing.assert_allclose(times[fin], exact_times[fin], **TOL["mpmath"])
+
+
+def propagator(tau_mem, tau_syn, dt):
+    """exp(A dt) for d(V, I)/dt = A (V, I), A = [[-1/tau_mem, 1/tau_mem], [0, -1/tau_syn]], by its Taylor series
+    (|A dt| ~ 1e-4, so 12 terms are exact to rounding): no closed form shared with the reference."""
+    a = np.array([[-1.0 / tau_mem, 1.0 / tau_mem], [0.0, -1.0 / tau_syn]]) * dt
+    term, total = np.eye(2), np.eye(2)
+    for n in range(1, 12):
+        term = term @ a / n
+        total = total + term
+    return total
+
+
+def simulate_grid(input_times, W, tau_mem, tau_syn, threshold, t_end, dt, delays=None, recurrent_weights=None,
+                  recurrent_delays=None):
+    """Brute force on a grid of step dt: arrivals snap to the next grid point, the state moves by the exact 2x2
+    propagator per step; a crossing between two grid points is placed by linear interpolation, and the state at the
+    later grid point restarts from (0, I) at that time (zero-delay recurrent arrivals land there, after the reset).
+    One sample: spike-time lists."""
+    n_in, n_out = W.shape
+    tau_mem, tau_syn, threshold = (np.broadcast_to(np.asarray(x, float), (n_out,)) for x in (tau_mem, tau_syn, threshold))
+    delays = np.zeros((n_in, n_out)) if delays is None else delays
+    R = np.zeros((n_out, n_out)) if recurrent_weights is None else recurrent_weights
+    Dr = np.zeros((n_out, n_out)) if recurrent_delays is None else recurrent_delays
+    steps = int(round(t_end / dt))
+    drive = {}
+
+    def add(t, i, w):
+        k = math.ceil(t / dt)
+        if k < steps:
+            drive.setdefault(k, [0.0] * n_out)[i] += w
+
+    for j in range(n_in):
+        for t in input_times[0, j]:
+            if np.isfinite(t):
+                for i in range(n_out):
+                    add(t + delays[j, i], i, W[j, i])
+    P = [propagator(tau_mem[i], tau_syn[i], dt) for i in range(n_out)]
+    p_vv, p_vi, p_ii = ([float(p[r, c]) for p in P] for r, c in ((0, 0), (0, 1), (1, 1)))
+    th = [float(x) for x in threshold]
+    V, I = [0.0] * n_out, [0.0] * n_out
+    spikes = [[] for _ in range(n_out)]
+    for k in range(steps):
+        d = drive.get(k)
+        if d is not None:
+            I = [a + b for a, b in zip(I, d)]
+        for i in range(n_out):
+            v_next = p_vv[i] * V[i] + p_vi[i] * I[i]
+            I[i] = p_ii[i] * I[i]
+            if v_next >= th[i]:
+                frac = (th[i] - V[i]) / (v_next - V[i])
+                t_spike = (k + frac) * dt
+                spikes[i].append(t_spike)
+                # Reset at the crossing, not at the grid point: (V, I) at t_spike with V <- 0, moved to (k + 1) dt.
+                i_spike = propagator(tau_mem[i], tau_syn[i], frac * dt)[1, 1] * (I[i] / p_ii[i])
+                rest = propagator(tau_mem[i], tau_syn[i], (1.0 - frac) * dt)
+                v_next, I[i] = float(rest[0, 1] * i_spike), float(rest[1, 1] * i_spike)
+                for target in range(n_out):
+                    if R[i, target] != 0.0:
+                        add(max(t_spike + Dr[i, target], (k + 1) * dt), target, R[i, target])
+            V[i] = v_next
+    return spikes
+
+
+@pytest.mark.parametrize("name", list(SMALL_CASES))
+def test_reference_matches_brute_force_grid(name):
+    t, W, kw = small_case(name)
+    times, counts = lif_forward_reference(t, W, **kw)
+    dt, t_end = 2e-4, 30.0
+    grid = simulate_grid(t, W, kw["tau_mem"], kw["tau_syn"], kw["threshold"], t_end, dt, kw.get("delays"),
+                         kw.get("recurrent_weights"), kw.get("recurrent_delays"))
+    assert counts.sum() > 5
+    assert np.all(times[np.isfinite(times)] < t_end - 2.0)  # nothing the grid could miss at its end
+    for i in range(W.shape[1]):
+        assert counts[0, i] == len(grid[i]), (i, times[0, i, :counts[0, i]], grid[i])
+        # First order in dt (arrivals snap to the grid; the interpolated spike time moves recurrent arrivals): a few
+        # dt (0.7 dt feed-forward, 2.3 dt on the delayed recurrent case).
+        np.testing.assert_allclose(times[0, i, :counts[0, i]], grid[i], rtol=0, atol=5 * dt)
+
+
+def test_recurrent_cases_use_their_loops():
+    # The recurrent small cases differ from the same input without recurrence (the loops matter to the checks).
+    for name in ("recurrent", "recurrent delayed, per-neuron taus"):
+        t, W, kw = small_case(name)
+        with_r = lif_forward_reference(t, W, **kw)
+        kw.pop("recurrent_weights"), kw.pop("recurrent_delays")
+        without = lif_forward_reference(t, W, **kw)
+        assert not np.array_equal(with_r[1], without[1])
+
+
+def test_crossing_at_an_arrival_comes_before_it():
+    # A crossing at exactly the time of an arrival fires before that arrival is applied, even a huge inhibition.
+    t = np.array([[[1.0, np.inf]]])
+    W = np.array([[4.0]])
+    kw = dict(tau_mem=6.0, tau_syn=4.0, max_spikes=3)
+    times, counts = lif_forward_reference(t, W, **kw)
+    first = times[0, 0, 0]
+    assert counts[0, 0] >= 1 and np.isfinite(first)
+    t2 = np.array([[[1.0, np.inf], [first, np.inf]]])
+    times2, counts2 = lif_forward_reference(t2, np.array([[4.0], [-50.0]]), **kw)
+    assert counts2[0, 0] == 1 and times2[0, 0, 0] == first
+    # One ulp later the inhibition comes first (the crossing was the first float64 time with V >= threshold).
+    t3 = np.array([[[1.0, np.inf], [np.nextafter(first, 0.0), np.inf]]])
+    assert lif_forward_reference(t3, np.array([[4.0], [-50.0]]), **kw)[1][0, 0] == 0
+
+
+def test_zero_delay_recurrence_is_applied_after_every_spike_at_that_time():
+    # Two identical neurons cross at the same time; each strongly inhibits the other with no delay. Both fire,
+    # since the arrivals at t come after all spikes at t; then both are silenced.
+    t = np.array([[[1.0, 2.0, np.inf]]])
+    W = np.array([[3.0, 3.0]])
+    R = np.array([[0.0, -30.0], [-30.0, 0.0]])
+    kw = dict(tau_mem=6.0, tau_syn=4.0, max_spikes=5)
+    times, counts = lif_forward_reference(t, W, recurrent_weights=R, **kw)
+    assert counts.tolist() == [[1, 1]] and times[0, 0, 0] == times[0, 1, 0]
+    ff_times, ff_counts = lif_forward_reference(t, W, **kw)
+    assert ff_counts[0, 0] > 1 and ff_times[0, 0, 0] == times[0, 0, 0]
+    # A zero-delay self-excitation lands after the neuron's own reset: it fires again sooner, not at once.
+    self_times, self_counts = lif_forward_reference(t, W[:, :1], recurrent_weights=np.array([[0.5]]), **kw)
+    assert self_counts[0, 0] > ff_counts[0, 0]
+    assert self_times[0, 0, 0] == ff_times[0, 0, 0] < self_times[0, 0, 1] < ff_times[0, 0, 1]
+
+
+def test_unrecorded_spikes_still_propagate():
+    t, W, kw = small_case("recurrent")
+    full_times, full_counts = lif_forward_reference(t, W, **dict(kw, max_spikes=40))
+    capped_times, capped_counts = lif_forward_reference(t, W, **dict(kw, max_spikes=1))
+    assert full_counts.max() > 1
+    np.testing.assert_array_equal(capped_counts, full_counts)
+    np.testing.assert_array_equal(capped_times, full_times[..., :1])
+
+
+def test_zero_recurrent_weights_are_feed_forward():
+    t, W, kw = small_case("ff tm>ts delays")
+    ff = lif_forward_reference(t, W, **kw)
+    rec = lif_forward_reference(t, W, recurrent_weights=np.zeros((3, 3)), recurrent_delays=np.ones((3, 3)), **kw)
+    np.testing.assert_array_equal(rec[0], ff[0])
+    np.testing.assert_array_equal(rec[1], ff[1])
+
+
+def test_runaway_firing_raises():
+    t = np.array([[[np.inf], [1.0]]])
+    W = np.array([[0.0, 0.0], [0.0, 1e5]])
+    with pytest.raises(FloatingPointError, match=r"neuron 1 of sample 0 .*spike 10001 at t=1\.5\d*"):
+        lif_forward_reference(t, W, tau_mem=5.0, tau_syn=5.0, max_spikes=2)
