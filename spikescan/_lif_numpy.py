@@ -310,10 +310,15 @@ def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_s
 
 
 def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
-                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="numpy", threshold_is_scalar=True):
+                max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="numpy", threshold_is_scalar=True,
+                recurrent_weights=None, recurrent_delays=None):
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     n_entries = _memory.most_entries(input_times, np)
+    if recurrent_weights is not None:
+        return _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
+                                  chunk_size, solver, max_total_spikes, threshold_is_scalar, recurrent_weights,
+                                  recurrent_delays, n_entries)
     if method == "auto":
         # Compiled: "sequential" (the chunked walk computes the same states in the same order and was no faster in
         # benchmarks/results/cpu_peers.json: within 1.1x either way on all three layers).
@@ -349,6 +354,59 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         delays_dtype=None if delays is None else delays.dtype, solver=solver)
     return LIFResult(times=times.reshape(batch, n_out, max_spikes).astype(input_times.dtype),
                      counts=counts.reshape(batch, n_out), residuals=res)
+
+
+def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
+                       solver, max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays, n_entries):
+    """The recurrent layer (``_recurrent``) on the NumPy queues."""
+    from . import _recurrent
+
+    batch, n_in, max_in = input_times.shape
+    n_out = weights.shape[1]
+    method = "scan" if method == "auto" else method
+    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, "scan",
+                          chunk_size, input_times.dtype.itemsize, np, "numpy")
+    W = np.asarray(weights, np.float64)
+    D = None if delays is None else np.asarray(delays, np.float64)
+    R = np.asarray(recurrent_weights, np.float64)
+    Dr = None if recurrent_delays is None else np.asarray(recurrent_delays, np.float64)
+    qt, qi, qend = build_queues(input_times, D, np)
+    lay = _Layout(qt.shape, n_out, max_in)
+    row = lay.row.reshape(batch, n_out)
+    end = qend.reshape(-1)[row]
+    times, events, counts, log = _recurrent.forward(
+        qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2]), row, end, W, max(max_in, 1), tau_mem, tau_syn,
+        threshold, R, Dr, max_spikes, method, chunk_size, solver, max_total_spikes)
+    res = LIFResiduals(
+        queue_times=qt, queue_index=qi, queue_end=qend, spike_times=times, spike_event=events,
+        weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
+        threshold_is_scalar=threshold_is_scalar,
+        input_shape=tuple(input_times.shape), input_dtype=input_times.dtype, weights_dtype=weights.dtype,
+        delays_dtype=None if delays is None else delays.dtype, solver=solver,
+        recurrent_weights=R, recurrent_delays=Dr, recurrent_log=log,
+        recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype)
+    return LIFResult(times=times.astype(input_times.dtype), counts=counts, residuals=res)
+
+
+def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads):
+    from . import _recurrent
+
+    res = result.residuals
+    if time_constant_grads:
+        raise NotImplementedError("time_constant_grads=True: the gradients of tau_mem and tau_syn are not available "
+                                  "for recurrent layers yet (weights, delays, threshold, input times and the "
+                                  "recurrent weights and delays are)")
+    g, grazing = _recurrent.backward(res, grad_times, input_times_grad)
+    if grazing is not None:
+        warn_grazing(grazing[0], grazing[1], res.weights.shape[1], grazing[2], stacklevel=4)
+    return LIFGrads(
+        weights=g["weights"].astype(res.weights_dtype),
+        input_times=g["input_times"].astype(res.input_dtype) if input_times_grad else None,
+        delays=None if res.delays is None else g["delays"].astype(res.delays_dtype),
+        threshold=threshold_grad(g["threshold"], res),
+        recurrent_weights=g["recurrent_weights"].astype(res.weights_dtype),
+        recurrent_delays=None if res.recurrent_delays is None else g["recurrent_delays"].astype(
+            res.recurrent_delays_dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -647,6 +705,8 @@ def threshold_grad(per_neuron, res):
 
 
 def lif_backward(result, grad_times, method, input_times_grad=True, engine="numpy", time_constant_grads=False):
+    if result.residuals.recurrent_log is not None:
+        return _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads)
     if engine == "numba":
         return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads)
     res = result.residuals

@@ -23,6 +23,9 @@ class LIFResiduals(NamedTuple):
       ``threshold`` ``[n_out]`` (all float64; ``threshold_is_scalar``: the forward got one threshold, whose gradient
       is then the sum over neurons), ``input_shape`` and ``input_dtype`` of ``input_times``,
       ``weights_dtype``, ``delays_dtype``.
+    - Recurrent layers only (``None`` otherwise): ``recurrent_weights`` ``[n_out, n_out]`` and ``recurrent_delays``
+      (or ``None``) float64, ``recurrent_log`` (``RecurrentLog``: every spike, which the backward walks in reverse)
+      and ``recurrent_delays_dtype``. ``spike_event`` then counts the input queue entries applied before the spike.
 
     Memory: ``O(batch * Q * L1)`` for the queues plus ``O(batch * n_out * max_spikes)``; every other state is
     recomputed by the backward.
@@ -44,6 +47,24 @@ class LIFResiduals(NamedTuple):
     delays_dtype: Any
     solver: str
     threshold_is_scalar: bool = True
+    recurrent_weights: Optional[Any] = None
+    recurrent_delays: Optional[Any] = None
+    recurrent_log: Optional["RecurrentLog"] = None
+    recurrent_delays_dtype: Any = None
+
+
+class RecurrentLog(NamedTuple):
+    """Every spike of a recurrent layer (recorded or not) per sample, in the order the forward committed them
+    (ascending time; simultaneous spikes by neuron index), ``[batch, M]`` padded with ``+inf`` / ``-1`` / ``0``.
+
+    - ``times``: float64 spike times; ``neurons``: int64 neuron index; ``currents``: float64 synaptic current ``I``
+      at the spike (unchanged by the reset); ``count``: ``[batch]`` int64 spikes per sample.
+    """
+
+    times: Any
+    neurons: Any
+    currents: Any
+    count: Any
 
 
 class LIFResult(NamedTuple):
@@ -73,7 +94,9 @@ class LIFGrads(NamedTuple):
     ``delays`` is ``None`` when the forward had no delays. ``threshold`` is float64 in the shape of the forward's
     argument (a scalar array, or ``[n_out]``). ``tau_mem`` and
     ``tau_syn`` are float64 ``[n_out]``: one gradient per neuron, also when the forward got one scalar (whose
-    gradient is their sum); ``None`` from backends that do not compute them yet.
+    gradient is their sum); ``None`` from backends that do not compute them yet. ``recurrent_weights`` and
+    ``recurrent_delays`` (``[n_out, n_out]``) for a recurrent layer, ``None`` otherwise (and ``recurrent_delays``
+    without recurrent delays).
     """
 
     weights: Any
@@ -82,6 +105,8 @@ class LIFGrads(NamedTuple):
     threshold: Any
     tau_mem: Optional[Any] = None
     tau_syn: Optional[Any] = None
+    recurrent_weights: Optional[Any] = None
+    recurrent_delays: Optional[Any] = None
 
 
 class LIResiduals(NamedTuple):
@@ -120,10 +145,14 @@ class LIResult(NamedTuple):
 
 
 class LIGrads(NamedTuple):
-    """Gradients returned by ``li_backward``; each matches the dtype and shape of its forward argument."""
+    """Gradients returned by ``li_backward``; ``weights`` and ``input_times`` match the dtype and shape of their
+    forward arguments. ``tau_mem`` and ``tau_syn`` are float64 ``[n_out]`` with ``time_constant_grads=True`` (one
+    gradient per neuron, also when the forward got one scalar, whose gradient is their sum), else ``None``."""
 
     weights: Any
     input_times: Any
+    tau_mem: Optional[Any] = None
+    tau_syn: Optional[Any] = None
 
 
 class PeakResiduals(NamedTuple):

@@ -105,6 +105,37 @@ def check_delays(delays, weights):
         raise ValueError(f"delays must be >= 0, got {_first_bad(xp, delays, neg)}")
 
 
+def check_recurrent(recurrent_weights, recurrent_delays, weights, xp):
+    """``recurrent_weights [n_out, n_out]`` (finite) and optional ``recurrent_delays`` of its shape (finite,
+    ``>= 0``), on the array module of the layer."""
+    if recurrent_weights is None:
+        if recurrent_delays is not None:
+            raise ValueError("recurrent_delays needs recurrent_weights (the layer has no recurrent connections)")
+        return
+    n_out = weights.shape[1]
+    check_float_array("recurrent_weights", recurrent_weights, 2)
+    if tuple(recurrent_weights.shape) != (n_out, n_out):
+        raise ValueError(f"recurrent_weights must have shape [n_out, n_out] = [{n_out}, {n_out}], got "
+                         f"{_describe(recurrent_weights)}")
+    if array_module(recurrent_weights) is not xp:
+        raise TypeError(f"recurrent_weights must be on the array module of input_times ({xp.__name__}), got "
+                        f"{type(recurrent_weights).__module__}.{type(recurrent_weights).__name__}")
+    check_finite("recurrent_weights", recurrent_weights)
+    if recurrent_delays is None:
+        return
+    check_float_array("recurrent_delays", recurrent_delays, 2)
+    if tuple(recurrent_delays.shape) != (n_out, n_out):
+        raise ValueError(f"recurrent_delays must have shape [n_out, n_out] = [{n_out}, {n_out}], got "
+                         f"{_describe(recurrent_delays)}")
+    if array_module(recurrent_delays) is not xp:
+        raise TypeError(f"recurrent_delays must be on the array module of input_times ({xp.__name__}), got "
+                        f"{type(recurrent_delays).__module__}.{type(recurrent_delays).__name__}")
+    check_finite("recurrent_delays", recurrent_delays)
+    neg = recurrent_delays < 0
+    if bool(neg.any()):
+        raise ValueError(f"recurrent_delays must be >= 0, got {_first_bad(xp, recurrent_delays, neg)}")
+
+
 def layer(input_times, weights, tau_mem, tau_syn, delays=None):
     """The checks every layer op starts with: ``input_times [batch, n_in, max_in]`` (float, sorted, no NaN or
     negative times), ``weights [n_in, n_out]``, optional ``delays`` of the weights' shape (finite, ``>= 0``), all

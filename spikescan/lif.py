@@ -14,7 +14,8 @@ ENGINES = ("auto", "numba", "numpy")
 
 
 def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=None, method="auto",
-                chunk_size=128, solver="newton", max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="auto"):
+                chunk_size=128, solver="newton", max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="auto",
+                recurrent_weights=None, recurrent_delays=None):
     """Exact event-driven simulation of a dense layer of current-based LIF neurons with hard reset.
 
     Dynamics (DESIGN.md section 1), per output neuron ``i``::
@@ -22,6 +23,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         tau_mem dV/dt = -V + I,   tau_syn dI/dt = -I,   V = I = 0 at t = 0
         input spike (t, j) arrives at t + delays[j, i] and adds weights[j, i] to I
         V reaches threshold from below  ->  output spike, V <- 0 (I is kept)
+        recurrent: a spike of neuron k at t adds recurrent_weights[k, i] to I_i at t + recurrent_delays[k, i]
 
     Spike times are roots of closed forms found to machine precision in float64, whatever the input dtype. Every
     input spike is processed (no budget of steps), including the open interval after the last input.
@@ -48,6 +50,15 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             spike's time, its input current ``I`` there and the limit: a current far above threshold fires about
             once per ``tau_mem * threshold / I``, so a weight of ``1e15`` would otherwise mean ``~1e15`` exact
             spikes and hours of work. Raise it for long inputs that legitimately fire more.
+        recurrent_weights: optional ``[n_out, n_out]``: entry ``[k, i]`` is added to neuron ``i``'s current when
+            neuron ``k`` spikes (README "Recurrent layers"). Every spike propagates, recorded or not. ``"sequential"``
+            processes the earliest event of each sample at a time (the reference); ``"scan"`` (and ``"auto"``) lets
+            every neuron look ``chunk_size`` arrivals ahead and applies, at once, everything before the sample's
+            earliest possible next spike (plus the smallest recurrent delay), so whole windows go in one step. Both
+            run the NumPy implementation for NumPy inputs (``engine`` is not used); CuPy inputs are not supported
+            yet (``NotImplementedError``). A loop that excites itself without bound stops at
+            ``max_total_spikes`` with ``RunawayFiringError``.
+        recurrent_delays: optional non-negative ``[n_out, n_out]`` delays of the recurrent connections (0 without).
         engine: how NumPy inputs are computed: ``"numba"`` (compiled CPU kernels, parallel over neurons; needs
             ``pip install spikescan[cpu]``), ``"numpy"`` (the pure NumPy implementation, the reference) or
             ``"auto"`` (Numba when installed). Both run the same algorithms with the same results (identical
@@ -76,6 +87,10 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
     v.choice("method", method, METHODS)
     v.choice("solver", solver, SOLVERS)
     engine = _engine(engine, xp)
+    v.check_recurrent(recurrent_weights, recurrent_delays, weights, xp)
+    if recurrent_weights is not None and xp is not np:
+        raise NotImplementedError("recurrent_weights: recurrent layers run on NumPy inputs only so far; pass NumPy "
+                                  "arrays (cupy.asnumpy) for this layer")
     if solver == "analytic" and not bool(xp.all(xp.abs(tau_mem - 2.0 * tau_syn) <= 1e-12 * tau_mem)):
         bad = int(xp.argmax(xp.abs(tau_mem - 2.0 * tau_syn)))
         raise ValueError(
@@ -85,7 +100,8 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         from . import _lif_numpy as impl
 
         return impl.lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
-                                chunk_size, solver, max_total_spikes, engine, threshold_is_scalar)
+                                chunk_size, solver, max_total_spikes, engine, threshold_is_scalar,
+                                recurrent_weights, recurrent_delays)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,

@@ -1,0 +1,471 @@
+"""Recurrent LIF layer on NumPy (DESIGN.md section 9): forward by a global event loop or by parallel windows, and
+the exact backward (the adjoint of the event-driven ODE, in closed form between events).
+
+Semantics. Besides its input queue (``_queue.build_queues``), neuron ``i`` of a sample receives ``R[k, i]`` at
+``t + Dr[k, i]`` for every spike of neuron ``k`` at ``t`` (``Dr = 0`` without ``recurrent_delays``). A threshold
+crossing exactly at an arrival's time happens before that arrival is applied (as for inputs), so a zero-delay
+arrival follows every spike at its time, the sender's own reset included. Arrivals at one time are applied together
+(input entries in queue order, then recurrent ones in spike order). Every spike propagates, recorded or not.
+
+Forward (``forward``): the state of each neuron is kept at its own last event. ``method="sequential"``: per sample,
+the earliest next event over all neurons (a threshold crossing inside a neuron's current gap, or an arrival) is
+processed, one per sample per step, vectorised over samples. ``method="scan"``: per sample, every neuron looks
+``chunk_size`` arrivals ahead from its state (prefix states by the associative scan, gap tests on every gap); the
+earliest first crossing ``c`` over the sample's neurons, or the earliest end of a lookahead, ``h``, bounds what no
+new recurrent arrival can change: arrivals it causes come at ``c + min(Dr)`` or later. Every neuron then applies its
+arrivals before that horizon at once, and the crossings at ``c`` (and, with a positive minimum delay, every first
+crossing before ``c + min(Dr)``) are committed. Both methods apply the same operations in the same order to each
+neuron, so they agree to rounding; with ``R = 0`` they equal the feed-forward layer exactly.
+
+Backward (``backward``): between events the adjoint ``(lV, lI)`` of a neuron's state runs back through the
+transposed gap map and is continuous across arrivals (an arrival adds to ``I``); it jumps only at the neuron's own
+spikes. For a spike at ``t`` with current ``I_s``, ``D = (I_s - threshold) / tau_mem`` (``dV/dt`` before it) and
+``G`` the total derivative of the loss with respect to its time (its ``grad_times`` entry, plus every arrival it
+causes, plus ``-lV(t+) I_s / tau_mem`` for the later reset): ``lV(t-) = -G / D``, ``lI(t-) = lI(t+)``, and the
+threshold's gradient gains ``G / D``. An arrival of weight ``w`` at ``tau`` has ``d/dw = lI(tau+)`` and
+``d/dtau = w (lI(tau+) / tau_syn - lV(tau+) / tau_mem)`` (the jump of the vector field it causes). Spikes are
+walked last to first, vectorised over samples; the input arrivals, which feed nothing back, are done at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dynamics as dyn
+from ._types import RecurrentLog
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------------
+
+class _State:
+    """Per-sample event-loop state, arrays ``[batch, n_out]`` unless noted."""
+
+    def __init__(self, batch, n_out, max_spikes, limit):
+        self.V = np.zeros((batch, n_out))
+        self.I = np.zeros((batch, n_out))
+        self.t = np.zeros((batch, n_out))
+        self.p = np.zeros((batch, n_out), np.int64)  # next input queue entry
+        self.pend_t = np.full((batch, n_out, 4), np.inf)  # pending recurrent arrivals (slot order = spike order)
+        self.pend_w = np.zeros((batch, n_out, 4))
+        self.pend_m = np.zeros((batch, n_out, 4), np.int64)  # their spike's index in the log
+        self.log_t = np.full((batch, 16), np.inf)
+        self.log_k = np.full((batch, 16), -1, np.int64)
+        self.log_I = np.zeros((batch, 16))
+        self.n_log = np.zeros(batch, np.int64)
+        self.times = np.full((batch, n_out, max_spikes), np.inf)
+        self.events = np.full((batch, n_out, max_spikes), -1, np.int64)
+        self.counts = np.zeros((batch, n_out), np.int64)
+        self.last_spike = np.full((batch, n_out), -np.inf)
+        self.max_spikes, self.limit = max_spikes, limit
+
+    def _grow_log(self, need):
+        size = self.log_t.shape[1]
+        if need <= size:
+            return
+        new = max(need, 2 * size)
+        pad = new - size
+        self.log_t = np.pad(self.log_t, ((0, 0), (0, pad)), constant_values=np.inf)
+        self.log_k = np.pad(self.log_k, ((0, 0), (0, pad)), constant_values=-1)
+        self.log_I = np.pad(self.log_I, ((0, 0), (0, pad)))
+
+    def _grow_pending(self):
+        pad = self.pend_t.shape[2]
+        self.pend_t = np.pad(self.pend_t, ((0, 0), (0, 0), (0, pad)), constant_values=np.inf)
+        self.pend_w = np.pad(self.pend_w, ((0, 0), (0, 0), (0, pad)))
+        self.pend_m = np.pad(self.pend_m, ((0, 0), (0, 0), (0, pad)))
+
+
+def _runaway_error(b, k, n_out, t, current, limit, threshold):
+    from ._lif_numpy import runaway_firing_error
+
+    err = runaway_firing_error(b * n_out + k, n_out, t, current, limit, threshold)
+    err.args = (err.args[0] + "; in a recurrent layer this is usually runaway self-excitation: excitatory "
+                "recurrent_weights strong enough that every spike triggers more (scale them down, or add "
+                "inhibition)",)
+    return err
+
+
+def _commit_spikes(st, sb, sk, t_sp, I_after, p, R, Dr, th, n_out):
+    """Record spikes ``(sb, sk)`` at ``t_sp`` (at most one per sample per call), log them and schedule their
+    recurrent arrivals (only non-zero weights: a zero weight changes nothing)."""
+    from ._lif_numpy import unresolvable_spike_error
+
+    stuck = t_sp <= st.last_spike[sb, sk]
+    if stuck.any():
+        j = int(np.argmax(stuck))
+        raise unresolvable_spike_error(int(sb[j] * n_out + sk[j]), n_out, t_sp[j])
+    over = st.counts[sb, sk] >= st.limit
+    if over.any():
+        j = int(np.argmax(over))
+        raise _runaway_error(int(sb[j]), int(sk[j]), n_out, t_sp[j], I_after[j], st.limit, th[sk[j]])
+    st.last_spike[sb, sk] = t_sp
+    slot = st.counts[sb, sk]
+    keep = slot < st.max_spikes
+    st.times[sb[keep], sk[keep], slot[keep]] = t_sp[keep]
+    st.events[sb[keep], sk[keep], slot[keep]] = p[keep]
+    st.counts[sb, sk] += 1
+    m = st.n_log[sb]
+    st._grow_log(int(m.max(initial=-1)) + 1)
+    st.log_t[sb, m], st.log_k[sb, m], st.log_I[sb, m] = t_sp, sk, I_after
+    st.n_log[sb] += 1
+    # Arrivals [len(sb), n_out] into each target's first free pending slot.
+    w = R[sk]
+    arrive = np.broadcast_to(t_sp[:, None] + (0.0 if Dr is None else Dr[sk]), w.shape)
+    rb, ri = np.nonzero(w != 0.0)
+    if rb.size == 0:
+        return
+    free = np.isinf(st.pend_t[sb[rb], ri])
+    while not free.any(axis=1).all():
+        st._grow_pending()
+        free = np.isinf(st.pend_t[sb[rb], ri])
+    slot = np.argmax(free, axis=1)
+    st.pend_t[sb[rb], ri, slot] = arrive[rb, ri]
+    st.pend_w[sb[rb], ri, slot] = w[rb, ri]
+    st.pend_m[sb[rb], ri, slot] = m[rb]
+
+
+def _apply_arrivals(st, ab, ai, e, qt2, qi2, row, end, W, max_in, tm, ts):
+    """Advance neurons ``(ab, ai)`` to their arrival time ``e`` (no crossing before it) and apply every arrival at
+    ``e``: input entries in queue order, then pending recurrent ones in spike order."""
+    a, b, c = dyn.decay(e - st.t[ab, ai], tm[ai], ts[ai])
+    V, I = a * st.V[ab, ai] + c * st.I[ab, ai], b * st.I[ab, ai]
+    p = st.p[ab, ai]
+    r = row[ab, ai]
+    while True:
+        on = (p < end[ab, ai]) & (qt2[r, np.minimum(p, qt2.shape[1] - 1)] == e)
+        if not on.any():
+            break
+        idx = qi2[r[on], p[on]]
+        I[on] = I[on] + W[idx // max_in, ai[on]]
+        p = p + on
+    hit = st.pend_t[ab, ai] == e[:, None]
+    if hit.any():
+        for q in range(hit.shape[1]):  # slot order: the order the spikes were logged
+            h = hit[:, q]
+            I[h] = I[h] + st.pend_w[ab[h], ai[h], q]
+        pt = st.pend_t[ab, ai]
+        pt[hit] = np.inf
+        st.pend_t[ab, ai] = pt
+    st.V[ab, ai], st.I[ab, ai], st.t[ab, ai], st.p[ab, ai] = V, I, e, p
+
+
+def _next_arrival(st, qt2, row, end):
+    L1 = qt2.shape[1]
+    nxt_in = np.where(st.p < end, qt2[row, np.minimum(st.p, L1 - 1)], np.inf)
+    return np.minimum(nxt_in, st.pend_t.min(axis=2))
+
+
+def _forward_sequential(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, solver, limit):
+    batch, n_out = row.shape
+    st = _State(batch, n_out, max_spikes, limit)
+    live = np.ones(batch, bool)
+    while live.any():
+        nxt = _next_arrival(st, qt2, row, end)
+        fires, s_hi = dyn.fires_in_gap(st.V, st.I, nxt - st.t, tm, ts, th)
+        fires &= live[:, None]
+        cand = np.full((batch, n_out), np.inf)
+        s_sol = np.zeros((batch, n_out))
+        fb, fi = np.nonzero(fires)
+        if fb.size:
+            s = dyn.solve_spike_time(st.V[fb, fi], st.I[fb, fi], s_hi[fb, fi], tm[fi], ts[fi], th[fi], solver)
+            s_sol[fb, fi] = s
+            cand[fb, fi] = np.minimum(st.t[fb, fi] + s, nxt[fb, fi])
+        e_spk = cand.min(axis=1)
+        e_in = np.where(live, nxt.min(axis=1), np.inf)
+        spike = np.isfinite(e_spk) & (e_spk <= e_in)
+        arrive = ~spike & np.isfinite(e_in)
+        live &= spike | arrive
+        if spike.any():
+            hb, hk = np.nonzero(spike[:, None] & (cand == e_spk[:, None]))
+            _spike_round(st, hb, hk, cand[hb, hk], s_sol[hb, hk], R, Dr, tm, ts, th, n_out)
+        if arrive.any():
+            ab, ai = np.nonzero(arrive[:, None] & (nxt == e_in[:, None]))
+            _apply_arrivals(st, ab, ai, e_in[ab], qt2, qi2, row, end, W, max_in, tm, ts)
+    return st
+
+
+def _spike_round(st, hb, hk, t_sp, s, R, Dr, tm, ts, th, n_out):
+    """Reset and commit the spikes ``(hb, hk)``; several in one sample go in neuron order, one per call."""
+    _, b, _ = dyn.decay(s, tm[hk], ts[hk])
+    I_after = st.I[hb, hk] * b
+    st.V[hb, hk], st.I[hb, hk], st.t[hb, hk] = 0.0, I_after, t_sp
+    # rank of each spike within its sample (hb ascends, hk ascends within it)
+    first = np.r_[True, hb[1:] != hb[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(hb.size), 0))
+    rank = np.arange(hb.size) - start
+    for r in range(int(rank.max(initial=-1)) + 1):
+        on = rank == r
+        _commit_spikes(st, hb[on], hk[on], t_sp[on], I_after[on], st.p[hb[on], hk[on]], R, Dr, th, n_out)
+
+
+def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, solver, chunk_size, limit):
+    batch, n_out = row.shape
+    st = _State(batch, n_out, max_spikes, limit)
+    d_min = 0.0 if Dr is None else float(Dr[R != 0.0].min(initial=np.inf))
+    if not np.isfinite(d_min):
+        d_min = np.inf  # no recurrent connection: one window holds everything
+    K = int(chunk_size)
+    L1 = qt2.shape[1]
+    live = np.ones(batch, bool)
+    lanes = np.arange(K)
+    while live.any():
+        # Lookahead: up to K queue entries before the earliest pending recurrent arrival (which ends the lookahead).
+        pend_min = st.pend_t.min(axis=2)
+        pos = st.p[:, :, None] + lanes  # [batch, n_out, K]
+        ent_t = np.where(pos < end[:, :, None], qt2[row[:, :, None], np.minimum(pos, L1 - 1)], np.inf)
+        ent_ok = ent_t < pend_min[:, :, None]
+        ent_t = np.where(ent_ok, ent_t, np.inf)
+        n_ok = ent_ok.sum(axis=2)
+        # The lookahead ends at the last entry examined, or the pending arrival, or nowhere (open gap).
+        look_end = np.where(n_ok == K, ent_t[:, :, K - 1], pend_min)
+        # Gap boundaries: gap g (0..K) ends at entry g (or look_end after the last entry).
+        idx = qi2[row[:, :, None], np.minimum(pos, L1 - 1)]
+        w = np.where(ent_ok, W[np.where(ent_ok, idx, 0) // max_in, np.arange(n_out)[None, :, None]], 0.0)
+        # States before each entry: V0, I0 at st.t; after entry g the state at its time (plain loop over lanes:
+        # the same operations, in the same order, as applying the arrivals one by one).
+        Vs = np.empty((batch, n_out, K + 1))
+        Is = np.empty((batch, n_out, K + 1))
+        Ts = np.empty((batch, n_out, K + 1))
+        V, I, t = st.V, st.I, st.t
+        Vs[:, :, 0], Is[:, :, 0], Ts[:, :, 0] = V, I, t
+        for g in range(K):
+            ok = ent_ok[:, :, g]
+            tg = np.where(ok, ent_t[:, :, g], t)
+            a, b, c = dyn.decay(tg - t, tm, ts)  # ties: decay(0) is the identity, exactly
+            V = np.where(ok, a * V + c * I, V)
+            I = np.where(ok, b * I + w[:, :, g], I)
+            t = tg
+            Vs[:, :, g + 1], Is[:, :, g + 1], Ts[:, :, g + 1] = V, I, t
+        # Gap g runs from Ts[g] to the next boundary: entry g's time, or look_end for the gap after the last entry.
+        gap_end = np.concatenate([ent_t, np.full((batch, n_out, 1), np.inf)], axis=2)
+        last = n_ok[:, :, None] == np.arange(K + 1)  # the gap after the last ok entry
+        gap_end = np.where(last, look_end[:, :, None], gap_end)
+        valid = np.arange(K + 1) <= n_ok[:, :, None]
+        fires, s_hi = dyn.fires_in_gap(Vs, Is, np.where(valid, gap_end - Ts, 0.0), tm[:, None], ts[:, None],
+                                       th[:, None])
+        fires &= valid & live[:, None, None]
+        has = fires.any(axis=2)
+        g0 = np.argmax(fires, axis=2)
+        cand = np.full((batch, n_out), np.inf)
+        s_sol = np.zeros((batch, n_out))
+        fb, fi = np.nonzero(has)
+        if fb.size:
+            gg = g0[fb, fi]
+            s = dyn.solve_spike_time(Vs[fb, fi, gg], Is[fb, fi, gg], s_hi[fb, fi, gg], tm[fi], ts[fi], th[fi],
+                                     solver)
+            s_sol[fb, fi] = s
+            cand[fb, fi] = np.minimum(Ts[fb, fi, gg] + s, gap_end[fb, fi, gg])
+        # Horizon per sample: nothing before the earliest first crossing c, nor before the earliest lookahead end
+        # h (a neuron unexamined past h might fire there), can be changed by arrivals not yet scheduled.
+        c = cand.min(axis=1)
+        h = np.where(has, np.inf, look_end).min(axis=1)
+        c = np.where(live, c, np.inf)
+        h = np.where(live, h, np.inf)
+        done = live & ~np.isfinite(c) & ~np.isfinite(h)
+        # The earliest spike still possible in the sample is at horizon = min(c, h), so arrivals not yet scheduled
+        # come at horizon + d_min or later: every first crossing up to then is true (with d_min = 0, those at c
+        # when c <= h).
+        horizon = np.minimum(c, h)
+        commit = has & live[:, None] & (cand <= (horizon + d_min)[:, None])
+        # Entries applied: those before the horizon (at it too when the horizon is a lookahead end h < c: no crossing
+        # anywhere up to h), and, for committed neurons, those before their crossing.
+        at_h = (h < c)[:, None, None]
+        lim = horizon[:, None, None]
+        before = (ent_t < lim) | (at_h & (ent_t == lim))
+        before &= ent_ok & live[:, None, None]
+        # a neuron never applies entries at or after its own first crossing
+        before &= (ent_t < cand[:, :, None]) | ~has[:, :, None]
+        # committed neurons: apply everything before their crossing, even past the horizon (d_min > 0)
+        before |= commit[:, :, None] & ent_ok & (ent_t < cand[:, :, None])
+        n_apply = before.sum(axis=2)  # a prefix of the ok entries
+        nb, ni = np.nonzero(n_apply > 0)
+        k = n_apply[nb, ni]
+        st.V[nb, ni], st.I[nb, ni], st.t[nb, ni] = Vs[nb, ni, k], Is[nb, ni, k], Ts[nb, ni, k]
+        st.p[nb, ni] += k
+        if commit.any():
+            hb, hk = np.nonzero(commit)
+            _spike_round(st, hb, hk, cand[hb, hk], s_sol[hb, hk], R, Dr, tm, ts, th, n_out)
+        # Pending recurrent arrivals at or before the horizon (when no crossing is at it) are due: apply them.
+        pend_min = st.pend_t.min(axis=2)
+        nxt_in = np.where(st.p < end, qt2[row, np.minimum(st.p, L1 - 1)], np.inf)
+        due = live[:, None] & (pend_min <= nxt_in) & np.isfinite(pend_min) & (
+            (pend_min < horizon[:, None]) | ((h < c)[:, None] & (pend_min == horizon[:, None])))
+        due &= (pend_min < cand) | ~has
+        if due.any():
+            ab, ai = np.nonzero(due)
+            _apply_arrivals(st, ab, ai, pend_min[ab, ai], qt2, qi2, row, end, W, max_in, tm, ts)
+        # A sample whose lookahead found no crossing and no end anywhere has applied all its arrivals: finished.
+        live &= ~done
+    return st
+
+
+def forward(qt2, qi2, row, end, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes, method, chunk_size,
+            solver, limit):
+    """The recurrent layer's forward on queues ``qt2, qi2 [rows, L1]`` (``row [batch, n_out]`` each neuron's queue
+    row, ``end`` its number of real entries). Returns ``(times, events, counts, log)`` with ``times, events
+    [batch, n_out, max_spikes]`` (``events``: input entries applied before the spike), ``counts [batch, n_out]`` and
+    the ``RecurrentLog`` of every spike in commit order."""
+    if method == "sequential":
+        st = _forward_sequential(qt2, qi2, row, end, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes,
+                                 solver, limit)
+    else:
+        st = _forward_scan(qt2, qi2, row, end, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver,
+                           chunk_size, limit)
+    M = int(st.n_log.max(initial=0))
+    log = RecurrentLog(times=st.log_t[:, :M].copy(), neurons=st.log_k[:, :M].copy(),
+                       currents=st.log_I[:, :M].copy(), count=st.n_log.copy())
+    return st.times, st.events, st.counts, log
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------------
+
+# Queue entries x neurons looked up at once by the input-gradient pass (about 200 bytes each).
+_INPUT_POINTS_PER_GROUP = 1 << 21
+
+
+def _spike_positions(log, n_out):
+    """``pos [batch, M]``: the index of each logged spike among its neuron's spikes (log order is time order)."""
+    batch, M = log.neurons.shape
+    valid = np.arange(M)[None, :] < log.count[:, None]
+    key = (np.arange(batch)[:, None] * (n_out + 1) + np.where(valid, log.neurons, n_out)).reshape(-1)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    start = np.r_[0, np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1]
+    group_start = np.repeat(start, np.diff(np.r_[start, key.size]))
+    pos = np.empty(key.size, np.int64)
+    pos[order] = np.arange(key.size) - group_start
+    return np.where(valid, pos.reshape(batch, M), -1)
+
+
+class _Adjoint:
+    """Each neuron's spike times and the adjoint just before each of them, with lookups of the adjoint at any time."""
+
+    def __init__(self, log, counts, tau_mem, tau_syn):
+        batch, n_out = counts.shape
+        self.C = max(int(counts.max(initial=0)), 1)
+        self.counts = counts
+        self.pos = _spike_positions(log, n_out)
+        self.spike_t = np.full((batch, n_out, self.C), np.inf)
+        vb, vm = np.nonzero(self.pos >= 0)
+        self.spike_t[vb, log.neurons[vb, vm], self.pos[vb, vm]] = log.times[vb, vm]
+        self.lamV = np.zeros((batch, n_out, self.C))
+        self.lamI = np.zeros((batch, n_out, self.C))
+        self.tm, self.ts = tau_mem, tau_syn
+
+    def next_spike(self, b, i, t):
+        """Index of the first spike of neuron ``(b, i)`` strictly after ``t`` (its count when none); by bisection."""
+        shape = np.broadcast_shapes(np.shape(b), np.shape(i), np.shape(t))
+        lo = np.zeros(shape, np.int64)
+        hi = np.broadcast_to(self.counts[b, i], shape).copy()
+        for _ in range(int(np.ceil(np.log2(self.C + 1))) + 1):
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            right = active & (self.spike_t[b, i, np.minimum(mid, self.C - 1)] <= t)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
+        return lo
+
+    def after(self, b, i, t, c=None):
+        """The adjoint ``(lV, lI)`` of neuron ``(b, i)`` just after time ``t`` (after arrivals at ``t``): the adjoint
+        before its next spike ``c`` carried back through the transposed gap map; zero after its last spike."""
+        if c is None:
+            c = self.next_spike(b, i, t)
+        has = c < self.counts[b, i]
+        cc = np.minimum(c, self.C - 1)
+        span = np.where(has, self.spike_t[b, i, cc] - t, 0.0)
+        a, bb, ci = dyn.decay(span, self.tm[i], self.ts[i])
+        lV1, lI1 = self.lamV[b, i, cc], self.lamI[b, i, cc]
+        return np.where(has, a * lV1, 0.0), np.where(has, ci * lV1 + bb * lI1, 0.0)
+
+
+def backward(res, grad_times, input_times_grad):
+    """Gradients of a recurrent layer; returns ``(grads dict, grazing (count, first flat neuron, time) or None)``."""
+    log = res.recurrent_log
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    counts = np.zeros((batch, n_out), np.int64)
+    vb, vm = np.nonzero(np.arange(log.neurons.shape[1])[None, :] < log.count[:, None])
+    np.add.at(counts, (vb, log.neurons[vb, vm]), 1)
+    tm, ts, th = res.tau_mem, res.tau_syn, res.threshold
+    R, Dr = res.recurrent_weights, res.recurrent_delays
+    adj = _Adjoint(log, counts, tm, ts)
+    S = grad_times.shape[2]
+    g_all = np.asarray(grad_times, np.float64)
+    grad_R = np.zeros((n_out, n_out))
+    grad_Dr = None if Dr is None else np.zeros((n_out, n_out))
+    grad_th = np.zeros(n_out)
+    targets = np.arange(n_out)
+    graze_first = None
+    graze_count = 0
+    # Spikes last to first: everything a spike feeds (arrivals at or after it, the neurons' later spikes) is done.
+    for m in range(log.neurons.shape[1] - 1, -1, -1):
+        bs = np.flatnonzero(m < log.count)
+        if bs.size == 0:
+            continue
+        k, t, Is, ck = log.neurons[bs, m], log.times[bs, m], log.currents[bs, m], adj.pos[bs, m]
+        lV_after, lI_after = adj.after(bs, k, t, ck + 1)
+        g = np.where(ck < S, g_all[bs, k, np.minimum(ck, S - 1)], 0.0)
+        # Its arrivals at every target (zero weights too: their gradient is the adjoint there).
+        tau_a = np.broadcast_to(t[:, None] + (0.0 if Dr is None else Dr[k]), (bs.size, n_out))
+        lV_i, lI_i = adj.after(bs[:, None], targets[None, :], tau_a)
+        g_arrival = R[k] * (lI_i / ts - lV_i / tm)
+        np.add.at(grad_R, k, lI_i)
+        if grad_Dr is not None:
+            np.add.at(grad_Dr, k, g_arrival)
+        G = g + g_arrival.sum(axis=1) - lV_after * Is / tm[k]
+        D = (Is - th[k]) / tm[k]
+        graze = D <= 0.0
+        if graze.any():
+            j = int(np.argmax(graze))
+            graze_count += int(graze.sum())
+            cand = (float(t[j]), int(bs[j] * n_out + k[j]))
+            graze_first = cand if graze_first is None or cand[0] < graze_first[0] else graze_first
+        D = np.where(graze, 1.0, D)
+        adj.lamV[bs, k, ck] = np.where(graze, 0.0, -G / D)
+        adj.lamI[bs, k, ck] = lI_after
+        np.add.at(grad_th, k, np.where(graze, 0.0, G / D))
+    grads = _input_grads(res, adj, input_times_grad)
+    grads.update(threshold=grad_th, recurrent_weights=grad_R, recurrent_delays=grad_Dr)
+    grazing = None if graze_first is None else (graze_count, graze_first[1], graze_first[0])
+    return grads, grazing
+
+
+def _input_grads(res, adj, input_times_grad):
+    """``d/dW``, ``d/d input_times`` and ``d/d delays`` from every input queue entry: an entry of weight ``w`` at
+    ``tau`` for neuron ``i`` gives ``lI(tau+)`` and ``w (lI / tau_syn - lV / tau_mem)`` at ``tau+``."""
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    qt, qi, qend = res.queue_times, res.queue_index, res.queue_end
+    Q, L1 = qt.shape[1], qt.shape[2]
+    grad_W = np.zeros(n_in * n_out)
+    grad_D = None if res.delays is None else np.zeros(n_in * n_out)
+    grad_in = np.zeros(batch * n_in * max(max_in, 1)) if input_times_grad else None
+    group = max(1, _INPUT_POINTS_PER_GROUP // max(batch * L1, 1))
+    bb = np.arange(batch)[:, None, None]
+    for start in range(0, n_out, group):
+        cols = np.arange(start, min(start + group, n_out))
+        rows = cols if Q > 1 else np.zeros(cols.size, np.int64)
+        tau = qt[:, rows, :]  # [batch, G, L1]
+        idx = qi[:, rows, :]
+        real = np.arange(L1)[None, None, :] < qend[:, rows][:, :, None]
+        ii = np.broadcast_to(cols[None, :, None], tau.shape)
+        lV, lI = adj.after(np.broadcast_to(bb, tau.shape), ii, np.where(real, tau, 0.0))
+        j = np.where(real, idx, 0) // max(max_in, 1)
+        w = res.weights[j, ii]
+        g_arr = np.where(real, w * (lI / res.tau_syn[ii] - lV / res.tau_mem[ii]), 0.0)
+        flat = (j * n_out + ii)[real]
+        grad_W += np.bincount(flat, lI[real], minlength=n_in * n_out)
+        if grad_D is not None:
+            grad_D += np.bincount(flat, g_arr[real], minlength=n_in * n_out)
+        if grad_in is not None:
+            src = (np.broadcast_to(bb, tau.shape) * (n_in * max_in) + np.where(real, idx, 0))[real]
+            grad_in += np.bincount(src, g_arr[real], minlength=grad_in.size)
+    return {"weights": grad_W.reshape(n_in, n_out),
+            "delays": None if grad_D is None else grad_D.reshape(n_in, n_out),
+            "input_times": None if grad_in is None else grad_in[:batch * n_in * max_in].reshape(batch, n_in, max_in)}
