@@ -72,6 +72,44 @@ def exp_divided_difference2(w1, w2):
     return out
 
 
+def exp_divided_difference3(w1, w2, w3):
+    """Third divided difference ``exp[0, w1, w2, w3]`` of the exponential at the nodes ``0, w1, w2, w3 <= 0``.
+
+    Symmetric in its nodes and continued to coincident ones, so ``exp[0, w1, w1, w2] = d/dw1 exp[0, w1, w2]``: the
+    derivative of ``exp_divided_difference2`` in one node, which the time-constant gradients of the readout's
+    integral kernel need. Always in ``(0, 1/6]``.
+
+    Computed without cancellation in the same two regimes as ``exp_divided_difference2``: when the lowest node
+    ``lo`` is below ``-1``, as ``(exp[0, x, y] - exp[x, y, lo]) / (0 - lo)`` across the widest pair (``x, y`` the other
+    two nodes; ``exp[x, y, lo] = e^y exp[0, x - y, lo - y]`` with ``y >= x`` has no overflow; the two terms stay
+    apart by a factor of at least ``e/2``, about 1.36, reached at ``lo = -1, x = y = 0``); otherwise by the series ``sum_m h_m(w1, w2, w3) / (m + 3)!`` with the
+    complete homogeneous polynomials, ``h_m(w1, w2, w3) = w3 h_{m-1}(w1, w2, w3) + h_m(w1, w2)``, whose terms fall
+    below ``1e-19`` by ``m = 20``.
+    """
+    nodes = np.sort(np.stack(np.broadcast_arrays(*(np.asarray(w, dtype=np.float64) for w in (w1, w2, w3)))), axis=0)
+    lo, x, y = nodes
+    far = lo < -1.0
+    out = np.empty(lo.shape)
+    lo_f, x_f, y_f = lo[far], x[far], y[far]
+    out[far] = (exp_divided_difference2(x_f, y_f)
+                - np.exp(y_f) * exp_divided_difference2(x_f - y_f, lo_f - y_f)) / -lo_f
+    near = ~far
+    a, b, c = lo[near], x[near], y[near]
+    h2 = np.ones(a.shape)  # h_m(a, b)
+    h3 = np.ones(a.shape)  # h_m(a, b, c)
+    a_pow = np.ones(a.shape)
+    inv_fact = 1.0 / 6.0
+    dd_near = inv_fact * h3
+    for m in range(1, 21):
+        a_pow *= a
+        h2 = b * h2 + a_pow
+        h3 = c * h3 + h2
+        inv_fact /= m + 3
+        dd_near += inv_fact * h3
+    out[near] = dd_near
+    return out
+
+
 def decay(s, tau_mem, tau_syn):
     """Propagator entries ``(a, b, c)`` of the gap map ``[[a, c], [0, b]]`` for gap lengths ``s >= 0`` (may be inf).
 

@@ -203,6 +203,30 @@ __device__ __forceinline__ double spikescan_exp_divided_difference2(double w1, d
     return dd;
 }
 
+// Third divided difference exp[0, w1, w2, w3] of the exponential at the nodes 0, w1, w2, w3 <= 0 (twin of
+// _dynamics.exp_divided_difference3; exp[0, w1, w1, w2] = d/dw1 exp[0, w1, w2]). With the nodes sorted,
+// lo <= x <= y: across the widest pair, (exp[0, x, y] - e^y exp[0, x - y, lo - y]) / -lo, when lo < -1, else the
+// series sum_m h_m(lo, x, y) / (m + 3)! with h_m(lo, x, y) = y h_{m-1}(lo, x, y) + h_m(lo, x), truncated after m = 20.
+__device__ __forceinline__ double spikescan_exp_divided_difference3(double w1, double w2, double w3) {
+    const double lo = fmin(w1, fmin(w2, w3));
+    const double y = fmax(w1, fmax(w2, w3));
+    const double x = fmax(fmin(w1, w2), fmin(fmax(w1, w2), w3));  // the median
+    if (lo < -1.0) {
+        return (spikescan_exp_divided_difference2(x, y) - exp(y) * spikescan_exp_divided_difference2(x - y, lo - y)) /
+               -lo;
+    }
+    double h2 = 1.0, h3 = 1.0, lo_pow = 1.0, inv_fact = 1.0 / 6.0;
+    double dd = inv_fact * h3;
+    for (int m = 1; m < 21; ++m) {
+        lo_pow = lo_pow * lo;
+        h2 = x * h2 + lo_pow;
+        h3 = y * h3 + h2;
+        inv_fact /= (double)(m + 3);
+        dd = dd + inv_fact * h3;
+    }
+    return dd;
+}
+
 // One element of the affine scan of the state (V, I) (the scan kernels of lif_forward.cu and lif_backward.cu): the
 // map x -> M x + e with M = [[a, c], [0, b]], e = (eV, eI).
 struct spikescan_affine_t {
