@@ -54,19 +54,52 @@ def _integral_kernel(t, u, tau_mem, tau_syn, tau_readout, t_max):
     return kappa, -np.exp(-g * t_max) * c - g * kappa
 
 
-def _linear_kernels(t, live, tau_mem, tau_syn, readout, t_max, tau_readout):
-    """``(kappa, d kappa / dt)`` shaped like ``t``, evaluated on the ``live`` inputs only (zero elsewhere)."""
+def _integral_kernel_param_grads(t, u, tau_mem, tau_syn, tau_readout):
+    """``(d kappa / d tau_mem, d kappa / d tau_syn)`` of ``_integral_kernel`` at fixed input time ``t = t_max - u``.
+
+    ``kappa = e^{-g t} K`` with ``K = alpha u^2 exp[0, w1, w2]``, ``w1 = -(alpha + g) u``, ``w2 = -(beta + g) u``.
+    A node's derivative of a divided difference repeats that node (``d/dw1 exp[0, w1, w2] = exp[0, w1, w1, w2]``),
+    so with ``d/dtau_mem = -alpha^2 d/dalpha`` and ``d/dtau_syn = -beta^2 d/dbeta``::
+
+        dK/dtau_mem = -alpha^2 u^2 (exp[0, w1, w2] - alpha u exp[0, w1, w1, w2])
+        dK/dtau_syn = alpha beta^2 u^3 exp[0, w1, w2, w2]
+
+    Every divided difference is stable for equal or close rates. The first line is a difference of two positive
+    terms: its absolute error is a few ulp of ``alpha^2 u^2 exp[0, w1, w2]`` (it tends to 0 for ``u >> tau_mem``
+    without ``tau_readout``, where the total integral ``tau_syn`` no longer depends on ``tau_mem``).
+    """
+    alpha = 1.0 / tau_mem
+    beta = 1.0 / tau_syn
+    g = 0.0 if tau_readout is None else 1.0 / tau_readout
+    w1 = -(alpha + g) * u
+    w2 = -(beta + g) * u
+    damp = np.exp(-g * t)
+    dd2 = dyn.exp_divided_difference2(w1, w2)
+    k_tm = -alpha * alpha * u * u * (dd2 - alpha * u * dyn.exp_divided_difference3(w1, w1, w2))
+    k_ts = alpha * beta * beta * u * u * u * dyn.exp_divided_difference3(w1, w2, w2)
+    return damp * k_tm, damp * k_ts
+
+
+def _linear_kernels(t, live, tau_mem, tau_syn, readout, t_max, tau_readout, time_constant_grads=False):
+    """``(kappa, d kappa / dt)`` shaped like ``t``, evaluated on the ``live`` inputs only (zero elsewhere); with
+    ``time_constant_grads`` also ``(d kappa / d tau_mem, d kappa / d tau_syn)`` (at fixed input times)."""
     t_live = t[live]
     u = t_max - t_live
     if readout == "final":
-        k_live, dk_live = _final_kernel(u, tau_mem, tau_syn)
+        parts = _final_kernel(u, tau_mem, tau_syn)
+        if time_constant_grads:
+            _, c_tm, _, c_ts = dyn.decay_param_grads(u, tau_mem, tau_syn)
+            parts += (c_tm, c_ts)
     else:
-        k_live, dk_live = _integral_kernel(t_live, u, tau_mem, tau_syn, tau_readout, t_max)
-    kappa = np.zeros(t.shape)
-    dkappa = np.zeros(t.shape)
-    kappa[live] = k_live
-    dkappa[live] = dk_live
-    return kappa, dkappa
+        parts = _integral_kernel(t_live, u, tau_mem, tau_syn, tau_readout, t_max)
+        if time_constant_grads:
+            parts += _integral_kernel_param_grads(t_live, u, tau_mem, tau_syn, tau_readout)
+    out = []
+    for part in parts:
+        full = np.zeros(t.shape)
+        full[live] = part
+        out.append(full)
+    return tuple(out)
 
 
 def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None):
@@ -181,20 +214,27 @@ def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_reado
     return LIResult(values.astype(input_times.dtype), residuals)
 
 
-def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g):
+def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, time_constant_grads=False):
     """Gradient of ``sum g V_i(t*)``: ``V_i(t*)`` differentiated with ``t*`` fixed (envelope theorem), plus
     ``dV(t*)/da = V'(t*^-)`` for the arrival ``a`` at a kink (``kink_index >= 0``), which moves ``t*`` with it.
+
+    Time constants (``time_constant_grads``): only the explicit term ``sum W dc/dtau (t* - a)`` over the arrivals
+    before ``t*``. ``t*`` moves with ``tau`` only at an interior peak, where ``V'(t*) = 0`` cancels that motion; at
+    ``0``, ``t_max`` and a kink it is an arrival time or a bound, which the time constants do not move (an arrival
+    exactly at ``t*`` adds ``c(0) = 0`` and ``dc/dtau(0) = 0``).
 
     An arrival is ``t + delays[j, i]`` (``t`` without delays); its gradient goes to the input time and to the delay.
     Works on the list of inputs before ``t_max`` (sorted by source ``j``), in chunks of neurons so that the
     ``[inputs, neurons]`` temporaries stay within about ``_POINTS_PER_STEP`` entries.
-    Returns ``(grad_W, grad_t, grad_D)``, ``grad_D`` ``None`` without delays.
+    Returns ``(grad_W, grad_t, grad_D, grad_taus)``, ``grad_D`` ``None`` without delays, ``grad_taus``
+    ``(grad_tau_mem, grad_tau_syn)`` ``[n_out]`` with ``time_constant_grads``, else ``None``.
     """
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     grad_W = np.zeros(W.shape)
     grad_t = np.zeros(t.shape)
     grad_D = None if delays is None else np.zeros(delays.shape)
+    grad_taus = (np.zeros(n_out), np.zeros(n_out)) if time_constant_grads else None
     j_e, b_e, m_e = np.nonzero(np.transpose(t < t_max, (1, 0, 2)))
     t_e = t[b_e, j_e, m_e]
     grad_t_e = np.zeros(t_e.shape)
@@ -208,10 +248,15 @@ def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g):
         arrival = t_e[:, None] if delays is None else t_e[:, None] + delays[j_e, idx]
         live = arrival < t_star  # an arrival at t* itself adds c(0) = 0 and moves t* instead (kink below)
         tm, ts = tau_mem[idx], tau_syn[idx]
-        _, b, c = dyn.decay(np.where(live, t_star - arrival, 0.0), tm, ts)
+        s = np.where(live, t_star - arrival, 0.0)
+        _, b, c = dyn.decay(s, tm, ts)
         c = np.where(live, c, 0.0)
         b = np.where(live, b, 0.0)
         W_e, g_e = W[j_e, idx], g[b_e, idx]
+        if grad_taus is not None:
+            _, c_tm, _, c_ts = dyn.decay_param_grads(s, tm, ts)  # zero at s = 0, so dead arrivals add nothing
+            grad_taus[0][idx] = np.sum(c_tm * (g_e * W_e), axis=0)
+            grad_taus[1][idx] = np.sum(c_ts * (g_e * W_e), axis=0)
         grad_W[sources, idx] = np.add.reduceat(c * g_e, starts, axis=0)
         grad_arrival = -(b - c) / tm * g_e * W_e  # [inputs, neurons]: d loss / d arrival at fixed t*
         grad_t_e += np.sum(grad_arrival, axis=1)
@@ -229,26 +274,33 @@ def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g):
             if grad_D is not None:
                 np.add.at(grad_D, (kink[has] // max_in, i0 + cols), moved)
     grad_t[b_e, j_e, m_e] += grad_t_e
-    return grad_W, grad_t, grad_D
+    return grad_W, grad_t, grad_D, grad_taus
 
 
-def li_backward(result, grad_values):
+def li_backward(result, grad_values, time_constant_grads=False):
     """Same contract as ``spikescan.li_backward`` for validated NumPy arguments."""
     res = result.residuals
     g = grad_values.astype(np.float64)
     if res.readout == "max":
-        grad_W, grad_t, _ = _max_grads(res.input_times, res.weights, None, res.tau_mem, res.tau_syn, res.t_max,
-                                       res.eval_time, res.kink_index, g)
+        grad_W, grad_t, _, grad_taus = _max_grads(res.input_times, res.weights, None, res.tau_mem, res.tau_syn,
+                                                  res.t_max, res.eval_time, res.kink_index, g, time_constant_grads)
     else:
         t, W = res.input_times, res.weights
         grad_W = np.zeros(W.shape)
         grad_t = np.zeros(t.shape)
+        grad_taus = (np.zeros(W.shape[1]), np.zeros(W.shape[1])) if time_constant_grads else None
         live = t < res.t_max
         for tm, ts, idx in _tau_groups(res.tau_mem, res.tau_syn):
-            kappa, dkappa = _linear_kernels(t, live, tm, ts, res.readout, res.t_max, res.tau_readout)
+            kappa, dkappa, *k_taus = _linear_kernels(t, live, tm, ts, res.readout, res.t_max, res.tau_readout,
+                                                     time_constant_grads)
             grad_W[:, idx] = kappa.sum(axis=2).T @ g[:, idx]
             grad_t += dkappa * (g[:, idx] @ W[:, idx].T)[..., None]
-    return LIGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype))
+            for grad_tau, k_tau in zip(grad_taus or (), k_taus):
+                # d values[b, i] / d tau_i = sum_j (sum_m d kappa / d tau)[b, j] W[j, i]
+                grad_tau[idx] = np.sum(g[:, idx] * (k_tau.sum(axis=2) @ W[:, idx]), axis=0)
+    tau_mem, tau_syn = (None, None) if grad_taus is None else grad_taus
+    return LIGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype), tau_mem=tau_mem,
+                   tau_syn=tau_syn)
 
 
 def peak_forward(t, W, D, tau_mem, tau_syn, neurons):
@@ -268,8 +320,8 @@ def peak_backward(t, W, D, tau_mem, tau_syn, neurons, eval_time, kink_index, g):
     ``g``: ``[batch, n_sel]`` cotangent of the selected neurons; the other columns of ``grad_W``/``grad_D`` are 0.
     """
     D_sel = None if D is None else D[:, neurons]
-    gW, grad_t, gD = _max_grads(t, W[:, neurons], D_sel, tau_mem[neurons], tau_syn[neurons], np.inf, eval_time,
-                                kink_index, g)
+    gW, grad_t, gD, _ = _max_grads(t, W[:, neurons], D_sel, tau_mem[neurons], tau_syn[neurons], np.inf,
+                                   eval_time, kink_index, g)
     grad_W = np.zeros(W.shape)
     grad_W[:, neurons] = gW
     grad_D = None

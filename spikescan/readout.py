@@ -71,7 +71,7 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
     return cuda_impl.li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
 
 
-def li_backward(result, grad_values):
+def li_backward(result, grad_values, *, time_constant_grads=False):
     """Exact reverse-mode gradients of ``li_forward``.
 
     ``"integral"`` and ``"final"`` are linear in the weights: ``d/d weights[j, i]`` is the summed kernel of input
@@ -82,23 +82,38 @@ def li_backward(result, grad_values):
     to the first in the time-sorted order. Which point is the arg max is a discrete choice and has no gradient.
     Inputs at ``t >= t_max`` and ``+inf`` padding get zero gradient.
 
+    Time constants (``time_constant_grads=True``): ``d/d tau_mem[i]`` and ``d/d tau_syn[i]`` of ``sum g * values``
+    at fixed input times and weights, from the closed forms (``tau_readout`` and ``t_max`` are constants and get
+    none). ``"final"``: ``sum W dc/dtau (t_max - t_m)`` (``_dynamics.decay_param_grads``). ``"integral"``: the
+    derivative of the kernel ``kappa``, a divided difference of exponentials, in one of its nodes: a third divided
+    difference (``_dynamics.exp_divided_difference3``); stable for equal or close time constants. ``"max"``: the
+    explicit ``sum W dc/dtau (t* - t_m)`` at fixed ``t*``: at an interior peak ``V'(t*) = 0`` cancels the motion of
+    ``t*``, and at ``0``, ``t_max`` or a kink ``t*`` is a bound or an input time, which the time constants do not
+    move.
+
     Args:
         result: the ``LIResult`` of ``li_forward``.
         grad_values: ``[batch, n_out]`` finite cotangent of ``result.values``.
+        time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (a few more closed-form
+            evaluations per input spike and neuron, so off unless asked).
 
     Returns:
-        ``LIGrads(weights, input_times)`` with the shapes and dtypes of the forward arguments.
+        ``LIGrads(weights, input_times, tau_mem, tau_syn)``: ``weights`` and ``input_times`` with the shapes and
+        dtypes of the forward arguments; ``tau_mem``, ``tau_syn`` float64 ``[n_out]`` (one per neuron, also for a
+        scalar time constant, whose gradient is their sum) with ``time_constant_grads``, else ``None``.
     """
     if not isinstance(result, LIResult):
         raise TypeError(f"result must be the LIResult returned by li_forward, got {type(result).__name__}")
     xp = v.cotangent("grad_values", grad_values, result.values)
+    if not isinstance(time_constant_grads, (bool, np.bool_)):
+        raise TypeError(f"time_constant_grads must be True or False, got {time_constant_grads!r}")
     if xp is np:
         from . import _readout_numpy as impl
 
-        return impl.li_backward(result, grad_values)
+        return impl.li_backward(result, grad_values, bool(time_constant_grads))
     from .cuda import _readout as cuda_impl
 
-    return cuda_impl.li_backward_cuda(result, grad_values)
+    return cuda_impl.li_backward_cuda(result, grad_values, bool(time_constant_grads))
 
 
 __all__ = ["li_forward", "li_backward", "LIResult", "LIGrads"]

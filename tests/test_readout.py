@@ -10,6 +10,9 @@ import spikescan
 from spikescan import _dynamics as dyn
 from spikescan import _readout_numpy
 from spikescan import li_backward, li_forward
+from spikescan.cuda import _hostemu
+from spikescan.cuda import _readout as _readout_cuda
+from tolerances import TOL
 
 READOUTS = ("final", "integral", "max")
 
@@ -103,6 +106,25 @@ def test_exp_divided_difference2_matches_mpmath():
     got = dyn.exp_divided_difference2(np.array([a for a, _ in nodes]), np.array([b for _, b in nodes]))
     want = np.array([float(ref(a, b)) for a, b in nodes])
     np.testing.assert_allclose(got, want, rtol=2e-15, atol=0)
+
+
+def test_exp_divided_difference3_matches_mpmath():
+    mpmath.mp.dps = 130
+
+    def ref(*ws):
+        # Nodes moved 1e-25 apart: the confluent limit to far below float64 resolution; 130 digits absorb the
+        # cancellation of the 1e-75 denominators.
+        nodes = [mpmath.mpf(w) + k * mpmath.mpf("1e-25") for k, w in enumerate((0.0,) + ws)]
+        return sum(mpmath.exp(x) / mpmath.fprod(x - y for y in nodes if y is not x) for x in nodes)
+
+    nodes = [(0.0, 0.0, 0.0), (-1e-12, 0.0, -1e-12), (-1.0, -1.0, -1.0), (-1.0 - 1e-7, -1.0, -1.0),
+             (-1.0 - 1e-7, 0.0, 0.0), (-0.999, -1.001, -1.0), (-5.0, -5.0, -5.0 + 1e-9), (-1e3, -1e3, 0.0),
+             (-1e3, 0.0, 0.0), (-800.0, -801.0, -802.0), (-2.0, -1e-8, -1e-8), (-0.3, -3e-6, -0.9),
+             (-1e-300, -1e3, -1e3), (-30.0, -30.0, -0.1), (-3.0, -0.5, -2.9), (-0.34, -1.22, -9e-4)]
+    w = np.array(nodes).T
+    want = np.array([float(ref(*n)) for n in nodes])
+    for perm in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):  # symmetric in its nodes
+        np.testing.assert_allclose(dyn.exp_divided_difference3(*w[list(perm)]), want, rtol=4e-15, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -259,23 +281,32 @@ def test_linear_readout_gradients(readout, tau_mem, tau_syn, tau_readout):
     np.testing.assert_array_equal(grads.input_times[dead], 0.0)
 
 
-@pytest.mark.parametrize("tau_mem,tau_syn", [(1.0, 1.0), (1.0, 0.4), (0.6, 1.2)])
-def test_max_gradients_at_interior_peak_kink_and_t_max(tau_mem, tau_syn):
+def _max_kink_case():
+    """Neuron 0 (weights 1, -3): in every sample the inhibitory input (j=1, m=0) cuts a rise, so the maximum sits on
+    its kink. Neuron 1 (weights 0.6, 0.4, excitatory only): interior peaks in samples 0 and 1, still rising at
+    t_max = 3 in sample 2. Sample 1 also has an input after t_max."""
     inf = np.inf
-    # Neuron 0 (weights 1, -3): in every sample the inhibitory input (j=1, m=0) cuts a rise, so the maximum sits on
-    # its kink. Neuron 1 (weights 0.6, 0.4, excitatory only): interior peaks in samples 0 and 1, still rising at
-    # t_max in sample 2. Sample 1 also has an input after t_max.
     t = np.array([[[0.1, 0.4, inf], [0.3, inf, inf]],
                   [[0.1, inf, inf], [0.5, 3.5, inf]],
                   [[2.6, 2.8, inf], [2.7, inf, inf]]])
     W = np.array([[1.0, 0.6], [-3.0, 0.4]])
     g = np.array([[0.7, -1.2], [1.1, 0.4], [-0.5, 0.9]])
-    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, readout="max", t_max=3.0)
-    res = li_forward(t, W, **kw)
+    return t, W, g
+
+
+def _check_max_kink_case(res):
     np.testing.assert_array_equal(res.residuals.kink_index[:, 0], 1 * 3 + 0)
     np.testing.assert_array_equal(res.residuals.eval_time[:, 0], [0.3, 0.5, 2.7])
     np.testing.assert_array_equal(res.residuals.kink_index[:, 1], -1)
     assert np.all(res.residuals.eval_time[:2, 1] < 3.0) and res.residuals.eval_time[2, 1] == 3.0
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", [(1.0, 1.0), (1.0, 0.4), (0.6, 1.2)])
+def test_max_gradients_at_interior_peak_kink_and_t_max(tau_mem, tau_syn):
+    t, W, g = _max_kink_case()
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, readout="max", t_max=3.0)
+    res = li_forward(t, W, **kw)
+    _check_max_kink_case(res)
     grads = _fd_check(t, W, g, kw)
     assert np.all(grads.input_times[:, 1, 0] * g[:, 0] > 0)  # delaying the inhibition raises the maximum
     np.testing.assert_array_equal(grads.input_times[1, 1, 1], 0.0)  # after t_max
@@ -291,6 +322,119 @@ def test_max_all_negative_has_zero_gradient():
     np.testing.assert_array_equal(res.values, 0.0)
     np.testing.assert_array_equal(grads.weights, 0.0)
     np.testing.assert_array_equal(grads.input_times, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Time-constant gradients (li_backward(..., time_constant_grads=True))
+# --------------------------------------------------------------------------------------------------------------------
+
+READOUT_CASES = [("final", None), ("integral", None), ("integral", 2.5), ("max", None)]
+# Per neuron: unequal, exactly equal, tau_mem < tau_syn, equal up to 1e-9 and 1e-6 (the near-equal branches).
+TAU_MEM_PER_NEURON = np.array([1.0, 1.0, 0.6, 2.0, 0.7])
+TAU_SYN_PER_NEURON = np.array([0.5, 1.0, 1.2, 2.0 * (1 + 1e-9), 0.7 * (1 - 1e-6)])
+
+
+def _fd_time_constants(t, W, g, kw, tau_mem, tau_syn):
+    """Central differences (step ``FD_EPS``) of ``sum g * values`` in each neuron's ``tau_mem`` and ``tau_syn``."""
+    n_out = W.shape[1]
+    tau_mem, tau_syn = (np.broadcast_to(np.asarray(x, float), (n_out,)).copy() for x in (tau_mem, tau_syn))
+
+    def loss(tm, ts):
+        return float(np.sum(g * li_forward(t, W, tau_mem=tm, tau_syn=ts, **kw).values))
+
+    step = FD_EPS * np.eye(n_out)
+    fd_tm = np.array([(loss(tau_mem + e, tau_syn) - loss(tau_mem - e, tau_syn)) / (2 * FD_EPS) for e in step])
+    fd_ts = np.array([(loss(tau_mem, tau_syn + e) - loss(tau_mem, tau_syn - e)) / (2 * FD_EPS) for e in step])
+    return fd_tm, fd_ts
+
+
+def _check_time_constant_grads(t, W, g, kw, tau_mem, tau_syn):
+    res = li_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, **kw)
+    grads = li_backward(res, g, time_constant_grads=True)
+    fd_tm, fd_ts = _fd_time_constants(t, W, g, kw, tau_mem, tau_syn)
+    for name, got, want in (("tau_mem", grads.tau_mem, fd_tm), ("tau_syn", grads.tau_syn, fd_ts)):
+        assert got.dtype == np.float64 and got.shape == (W.shape[1],), name
+        assert np.abs(want).max() > 1e-2, name  # the case exercises the gradient
+        np.testing.assert_allclose(got, want, err_msg=f"grad_{name}", **TOL["fd"])
+    return res, grads
+
+
+@pytest.mark.parametrize("readout,tau_readout", READOUT_CASES)
+@pytest.mark.parametrize("taus", ["per_neuron", "equal", "unequal"])
+def test_time_constant_gradients_match_finite_differences(readout, tau_readout, taus):
+    rng = np.random.default_rng(11)
+    n_out = 5 if taus == "per_neuron" else 3
+    t, W = _random_case(rng, batch=3, n_in=4, max_in=4, n_out=n_out)
+    W[0] = np.abs(W[0]) + 0.5  # an excitatory input for every neuron, so that most maxima lie above V(0) = 0
+    g = rng.normal(size=(3, n_out))
+    tau_mem, tau_syn = dict(per_neuron=(TAU_MEM_PER_NEURON, TAU_SYN_PER_NEURON), equal=(1.3, 1.3),
+                            unequal=(0.9, 0.35))[taus]
+    kw = dict(readout=readout, t_max=4.0, tau_readout=tau_readout)
+    res, grads = _check_time_constant_grads(t, W, g, kw, tau_mem, tau_syn)
+    if taus != "per_neuron":  # one scalar for all neurons: its gradient is the sum of theirs
+        loss = lambda tm, ts: float(np.sum(g * li_forward(t, W, tau_mem=tm, tau_syn=ts, **kw).values))  # noqa: E731
+        fd = (loss(tau_mem + FD_EPS, tau_syn) - loss(tau_mem - FD_EPS, tau_syn)) / (2 * FD_EPS)
+        np.testing.assert_allclose(grads.tau_mem.sum(), fd, **TOL["fd"])
+    if readout == "max":
+        assert (res.residuals.eval_time > 0).sum() >= 6, "most maxima should lie above V(0) = 0"
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", [(1.0, 1.0), (1.0, 0.4), (0.6, 1.2), (1.0, 1.0 + 1e-9)])
+def test_max_time_constant_gradients_at_kink_interior_peak_and_t_max(tau_mem, tau_syn):
+    """The maximum on a kink (neuron 0), at an interior peak and at t_max (neuron 1): only the explicit derivative
+    at fixed ``t*`` counts in every case."""
+    t, W, g = _max_kink_case()
+    kw = dict(readout="max", t_max=3.0)
+    res, _ = _check_time_constant_grads(t, W, g, kw, np.full(2, tau_mem), np.full(2, tau_syn))
+    _check_max_kink_case(res)
+
+
+@pytest.mark.parametrize("readout,tau_readout", READOUT_CASES)
+def test_time_constant_grads_leave_the_other_gradients_unchanged(readout, tau_readout):
+    rng = np.random.default_rng(12)
+    t, W = _random_case(rng, n_out=5)
+    g = rng.normal(size=(2, 5))
+    res = li_forward(t, W, tau_mem=TAU_MEM_PER_NEURON, tau_syn=TAU_SYN_PER_NEURON, readout=readout, t_max=4.0,
+                     tau_readout=tau_readout)
+    off = li_backward(res, g)
+    on = li_backward(res, g, time_constant_grads=True)
+    assert off.tau_mem is None and off.tau_syn is None
+    np.testing.assert_array_equal(on.weights, off.weights)
+    np.testing.assert_array_equal(on.input_times, off.input_times)
+    # Inputs at or after t_max, +inf padding and an all-inhibitory "max" neuron contribute nothing.
+    res0 = li_forward(np.full((1, 2, 2), np.inf), np.ones((2, 3)), tau_mem=1.0, tau_syn=0.5, readout=readout,
+                      t_max=4.0, tau_readout=tau_readout)
+    zero = li_backward(res0, np.ones((1, 3)), time_constant_grads=True)
+    np.testing.assert_array_equal(zero.tau_mem, 0.0)
+    np.testing.assert_array_equal(zero.tau_syn, 0.0)
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu")))
+
+
+@pytest.mark.parametrize("readout,tau_readout", READOUT_CASES)
+def test_time_constant_grads_of_the_cuda_kernels_in_host_emulation(host_kernels, readout, tau_readout):
+    """The CUDA launchers (``spikescan.cuda._readout``, the path of CuPy inputs) through the host emulation of the
+    kernels, against the NumPy gradients."""
+    rng = np.random.default_rng(13)
+    t, W = _random_case(rng, batch=3, n_in=4, max_in=5, n_out=5)
+    g = rng.normal(size=(3, 5))
+    kw = dict(readout=readout, t_max=4.0, tau_readout=tau_readout)
+    ref = li_forward(t, W, tau_mem=TAU_MEM_PER_NEURON, tau_syn=TAU_SYN_PER_NEURON, **kw)
+    want = li_backward(ref, g, time_constant_grads=True)
+    out = _readout_cuda.forward(np, host_kernels.launch, t, W, TAU_MEM_PER_NEURON, TAU_SYN_PER_NEURON, readout, 4.0,
+                                tau_readout)
+    got = _readout_cuda.backward(np, host_kernels.launch, out, g, time_constant_grads=True)
+    for name in ("weights", "input_times", "tau_mem", "tau_syn"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), err_msg=f"grad_{name}",
+                                   **TOL["float64"]["grads"])
+    off = _readout_cuda.backward(np, host_kernels.launch, out, g)
+    assert off.tau_mem is None and off.tau_syn is None
+    np.testing.assert_array_equal(off.weights, got.weights)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -377,6 +521,8 @@ def test_bad_backward_arguments():
         li_backward(res, np.array([[np.nan, 1.0]]))
     with pytest.raises(TypeError, match="grad_values"):
         li_backward(res, np.ones((1, 2), np.int64))
+    with pytest.raises(TypeError, match="time_constant_grads"):
+        li_backward(res, np.ones((1, 2)), time_constant_grads="yes")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -397,9 +543,10 @@ def test_cupy_matches_numpy(readout):
     g = rng.normal(size=(3, 3))
     kw = dict(tau_mem=1.0, tau_syn=0.5, readout=readout, t_max=4.0)
     ref = li_forward(t, W, **kw)
-    ref_g = li_backward(ref, g)
+    ref_g = li_backward(ref, g, time_constant_grads=True)
     got = li_forward(cp.asarray(t), cp.asarray(W), **kw)
-    got_g = li_backward(got, cp.asarray(g))
+    got_g = li_backward(got, cp.asarray(g), time_constant_grads=True)
     np.testing.assert_allclose(cp.asnumpy(got.values), ref.values, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(cp.asnumpy(got_g.weights), ref_g.weights, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(cp.asnumpy(got_g.input_times), ref_g.input_times, rtol=1e-9, atol=1e-12)
+    for name in ("weights", "input_times", "tau_mem", "tau_syn"):
+        np.testing.assert_allclose(cp.asnumpy(getattr(got_g, name)), getattr(ref_g, name), rtol=1e-9, atol=1e-12,
+                                   err_msg=f"grad_{name}")

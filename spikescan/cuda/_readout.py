@@ -34,11 +34,11 @@ def li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_
     return forward(cupy, _cupy_launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
 
 
-def li_backward_cuda(result, grad_values):
+def li_backward_cuda(result, grad_values, time_constant_grads=False):
     """Readout backward on the GPU: ``LIGrads`` of CuPy arrays."""
     import cupy
 
-    return backward(cupy, _cupy_launch, result, grad_values)
+    return backward(cupy, _cupy_launch, result, grad_values, time_constant_grads)
 
 
 def _blocks(threads):
@@ -79,8 +79,12 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
     return LIResult(values, residuals)
 
 
-def backward(xp, launch, result, grad_values):
-    """Array-module-generic body of ``li_backward_cuda``."""
+def backward(xp, launch, result, grad_values, time_constant_grads=False):
+    """Array-module-generic body of ``li_backward_cuda``.
+
+    With ``time_constant_grads`` the same kernels also sum ``g W d kappa / d tau`` per neuron (atomics into the
+    ``[n_out]`` gradients of ``tau_mem`` and ``tau_syn``, from every (sample, input) thread of that neuron).
+    """
     res = result.residuals
     t, W = res.input_times, res.weights
     batch, n_in, max_in = t.shape
@@ -89,12 +93,16 @@ def backward(xp, launch, result, grad_values):
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
     grad_t = xp.zeros((batch, n_in, max_in), dtype=xp.float64)
     n_threads = batch * n_in * n_out
+    # Always allocated (a kernel argument cannot be null through CuPy); written only with tau_grads set.
+    grad_tm = xp.zeros(n_out, dtype=xp.float64)
+    grad_ts = xp.zeros(n_out, dtype=xp.float64)
+    tau_grads = np.int32(bool(time_constant_grads))
     if res.readout == "max":
         v_star = xp.zeros((batch, n_out), dtype=xp.float64)
         i_before = xp.zeros((batch, n_out), dtype=xp.float64)
         launch("readout", "spikescan_li_max_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
                [t, W, res.tau_mem, res.tau_syn, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out),
-                res.eval_time, g, grad_w, grad_t, v_star, i_before])
+                res.eval_time, g, grad_w, grad_t, v_star, i_before, tau_grads, grad_tm, grad_ts])
         launch("readout", "spikescan_li_max_kink", g.dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
                [res.tau_mem, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), res.kink_index, g,
                 v_star, i_before, grad_t])
@@ -103,5 +111,8 @@ def backward(xp, launch, result, grad_values):
         launch("readout", "spikescan_li_linear_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
                [t, W, res.tau_mem, res.tau_syn, np.int32(READOUT_CODES[res.readout]), np.float64(res.t_max),
                 np.float64(gamma), np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), g, grad_w,
-                grad_t])
-    return LIGrads(grad_w.astype(res.weights_dtype), grad_t.astype(res.input_dtype))
+                grad_t, tau_grads, grad_tm, grad_ts])
+    if not time_constant_grads:
+        grad_tm = grad_ts = None
+    return LIGrads(grad_w.astype(res.weights_dtype), grad_t.astype(res.input_dtype), tau_mem=grad_tm,
+                   tau_syn=grad_ts)

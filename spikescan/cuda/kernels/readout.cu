@@ -7,14 +7,18 @@
 //       weights); the thread sums its max_in inputs, then one atomicAdd into values[b, i] (float64 accumulator,
 //       zero-filled).  T: dtype of input_times.
 //   spikescan_li_linear_backward<T>: same threads; grad_weights[j, i] += g[b, i] sum_m kappa (atomic over batch),
-//       grad_input_times[b, j, m] += g[b, i] W[j, i] dkappa/dt (atomic over i).  T: dtype of grad_values.
+//       grad_input_times[b, j, m] += g[b, i] W[j, i] dkappa/dt (atomic over i).  T: dtype of grad_values.  With
+//       tau_grads != 0 also grad_tau_mem[i] += g[b, i] W[j, i] sum_m dkappa/dtau_mem (atomic over batch and j), and
+//       the same for tau_syn.
 //   spikescan_li_max_forward<T>: one thread per (batch, neuron) walks the time-sorted queue (Q = 1) once: per gap
 //       (clipped to t_max) the interior peak and the end value are candidates after V(0) = 0, strictly greater
 //       wins (ties keep the earliest).  Writes values (T), eval_time t* and kink_index (flat index of the input
 //       arriving exactly at t* when the maximum is that input's end-of-gap value, else -1).
 //   spikescan_li_max_backward<T>: one thread per (batch, j, i): envelope theorem at fixed t*:
 //       grad_weights[j, i] += g c(t* - t), grad_input_times -= g W (b - c)/tau_mem over inputs t < t*, and the
-//       partial sums V(t*) = sum W c, I(t*^-) = sum W b into per-(b, i) accumulators.
+//       partial sums V(t*) = sum W c, I(t*^-) = sum W b into per-(b, i) accumulators.  With tau_grads != 0 also
+//       grad_tau_mem[i] += g W sum dc/dtau_mem (t* - t) (the explicit term: t* does not move with the time
+//       constants, or moves at V'(t*) = 0), and the same for tau_syn.
 //   spikescan_li_max_kink<T>: one thread per (batch, neuron): the input at a kink gets g V'(t*^-) =
 //       g (I(t*^-) - V(t*)) / tau_mem.
 // Readout codes: 0 = final, 1 = integral.  gamma = 1 / tau_readout (0 for the plain integral).
@@ -39,6 +43,31 @@ __device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, do
                      spikescan_exp_divided_difference2(-(alpha + gamma) * u, -(1.0 / tau_syn + gamma) * u);
     *kappa = k;
     *dkappa = -exp(-gamma * t_max) * d.c - gamma * k;
+}
+
+// d kappa / d tau_mem and d kappa / d tau_syn of one input at time t < t_max (see
+// _readout_numpy._linear_kernels and _integral_kernel_param_grads): for "integral", with w1 = -(alpha + gamma) u and
+// w2 = -(beta + gamma) u, e^{-gamma t} times -alpha^2 u^2 (exp[0, w1, w2] - alpha u exp[0, w1, w1, w2]) and
+// alpha beta^2 u^3 exp[0, w1, w2, w2].
+__device__ __forceinline__ void spikescan_li_kernel_param_grads(double t, double tau_mem, double tau_syn, int readout,
+                                                                double t_max, double gamma, double* k_tm,
+                                                                double* k_ts) {
+    const double u = t_max - t;
+    if (readout == SPIKESCAN_READOUT_FINAL) {
+        const spikescan_param_grads_t pg =
+            spikescan_decay_param_grads(u, tau_mem, tau_syn, spikescan_decay(u, tau_mem, tau_syn));
+        *k_tm = pg.c_tm;
+        *k_ts = pg.c_ts;
+        return;
+    }
+    const double alpha = 1.0 / tau_mem;
+    const double beta = 1.0 / tau_syn;
+    const double w1 = -(alpha + gamma) * u;
+    const double w2 = -(beta + gamma) * u;
+    const double damp = exp(-gamma * t);
+    const double dd2 = spikescan_exp_divided_difference2(w1, w2);
+    *k_tm = damp * (-alpha * alpha * u * u * (dd2 - alpha * u * spikescan_exp_divided_difference3(w1, w1, w2)));
+    *k_ts = damp * (alpha * beta * beta * u * u * u * spikescan_exp_divided_difference3(w1, w2, w2));
 }
 
 // Thread tid of a launch over (batch, j, i), i fastest: sample b, input j, readout neuron i, and bj = b * n_in + j,
@@ -77,14 +106,15 @@ __global__ void spikescan_li_linear_backward(
     const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
     const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
     long long max_in, long long n_out, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
-    double* __restrict__ grad_input_times) {
+    double* __restrict__ grad_input_times, int tau_grads, double* __restrict__ grad_tau_mem,
+    double* __restrict__ grad_tau_syn) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const double g = (double)grad_values[b * n_out + i];
     const double gw = g * weights[j * n_out + i];
     const double* t = input_times + bj * max_in;
-    double acc = 0.0;
+    double acc = 0.0, acc_tm = 0.0, acc_ts = 0.0;
     for (long long m = 0; m < max_in; ++m) {
         const double tm_ = t[m];
         if (!(tm_ < t_max)) break;
@@ -92,8 +122,18 @@ __global__ void spikescan_li_linear_backward(
         spikescan_li_kernel(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
         acc += kappa;
         atomicAdd(grad_input_times + bj * max_in + m, gw * dkappa);
+        if (tau_grads) {
+            double k_tm, k_ts;
+            spikescan_li_kernel_param_grads(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &k_tm, &k_ts);
+            acc_tm += k_tm;
+            acc_ts += k_ts;
+        }
     }
     atomicAdd(grad_weights + j * n_out + i, g * acc);
+    if (tau_grads) {
+        atomicAdd(grad_tau_mem + i, gw * acc_tm);
+        atomicAdd(grad_tau_syn + i, gw * acc_ts);
+    }
 }
 
 template <typename T>
@@ -150,7 +190,8 @@ __global__ void spikescan_li_max_backward(
     const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
     const double* __restrict__ tau_syn, long long batch, long long n_in, long long max_in, long long n_out,
     const double* __restrict__ eval_time, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
-    double* __restrict__ grad_input_times, double* __restrict__ v_star, double* __restrict__ i_before) {
+    double* __restrict__ grad_input_times, double* __restrict__ v_star, double* __restrict__ i_before, int tau_grads,
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
@@ -158,7 +199,7 @@ __global__ void spikescan_li_max_backward(
     const double w = weights[j * n_out + i];
     const double t_star = eval_time[b * n_out + i];
     const double* t = input_times + bj * max_in;
-    double acc_c = 0.0, acc_b = 0.0;
+    double acc_c = 0.0, acc_b = 0.0, acc_tm = 0.0, acc_ts = 0.0;
     for (long long m = 0; m < max_in; ++m) {
         const double tm_ = t[m];
         // An input at t* itself adds c(0) = 0 and moves t* instead (the kink kernel).
@@ -167,8 +208,17 @@ __global__ void spikescan_li_max_backward(
         acc_c += d.c;
         acc_b += d.b;
         atomicAdd(grad_input_times + bj * max_in + m, -((d.b - d.c) / tau_mem[i]) * g * w);
+        if (tau_grads) {
+            const spikescan_param_grads_t pg = spikescan_decay_param_grads(t_star - tm_, tau_mem[i], tau_syn[i], d);
+            acc_tm += pg.c_tm;
+            acc_ts += pg.c_ts;
+        }
     }
     atomicAdd(grad_weights + j * n_out + i, g * acc_c);
+    if (tau_grads) {
+        atomicAdd(grad_tau_mem + i, g * w * acc_tm);
+        atomicAdd(grad_tau_syn + i, g * w * acc_ts);
+    }
     atomicAdd(v_star + b * n_out + i, w * acc_c);
     atomicAdd(i_before + b * n_out + i, w * acc_b);
 }
