@@ -79,6 +79,7 @@ class LISpec:
     readout: str
     t_max: float
     tau_readout: Optional[float]
+    time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are inputs (trainable)
 
 
 def _split_time_constants(spec, inputs):
@@ -162,26 +163,31 @@ class LIFOp:
 
 
 class LIOp:
-    """``inputs = (input_times, weights)``; ``outputs = (values,)`` with ``values [batch, n_out]``."""
+    """``inputs = (input_times, weights)``, followed by ``(tau_mem, tau_syn)`` ``[n_out]`` when
+    ``spec.time_constant_inputs``; ``outputs = (values,)`` with ``values [batch, n_out]``."""
 
     per_sample = True
 
     @staticmethod
     def forward(spec: LISpec, inputs):
-        input_times, weights = inputs
-        result = spikescan.li_forward(input_times, weights, tau_mem=spec.tau_mem, tau_syn=spec.tau_syn,
+        (input_times, weights), tau_mem, tau_syn = _split_time_constants(spec, inputs)
+        result = spikescan.li_forward(input_times, weights, tau_mem=tau_mem, tau_syn=tau_syn,
                                       readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
         return (result.values,), result
 
     @staticmethod
     def backward(spec: LISpec, result, grad_values, input_grad=True):
         # li_backward always computes the input gradient (cheap: one term per input spike and neuron).
-        grads = spikescan.li_backward(result, grad_values)
-        return grads.input_times, grads.weights
+        grads = spikescan.li_backward(result, grad_values, time_constant_grads=spec.time_constant_inputs)
+        out = (grads.input_times, grads.weights)
+        if spec.time_constant_inputs:
+            dtype = grads.weights.dtype
+            out += (grads.tau_mem.astype(dtype), grads.tau_syn.astype(dtype))
+        return out
 
     @staticmethod
     def output_specs(spec: LISpec, inputs):
-        input_times, weights = inputs
+        input_times, weights = inputs[:2]
         return (((input_times.shape[0], weights.shape[1]), input_times.dtype),)
 
 

@@ -380,6 +380,26 @@ class LIFLayer(keras.layers.Layer):
         return config
 
 
+def _time_constant_options(layer, trainable_time_constants, min_time_constant):
+    """Check and set ``layer.trainable_time_constants`` and ``layer.min_time_constant`` (default: 5% of the smaller
+    of ``layer.tau_mem`` and ``layer.tau_syn``), as ``LIFLayer`` does."""
+    if not isinstance(trainable_time_constants, bool):
+        raise TypeError(f"trainable_time_constants must be True or False, got {trainable_time_constants!r}")
+    layer.trainable_time_constants = trainable_time_constants
+    layer.min_time_constant = (0.05 * min(layer.tau_mem, layer.tau_syn) if min_time_constant is None
+                               else _validate.positive_scalar("min_time_constant", min_time_constant))
+
+
+def _build_time_constants(layer):
+    """Add ``layer.tau_mem_per_neuron`` and ``layer.tau_syn_per_neuron`` ``[units]`` (weights ``tau_mem``,
+    ``tau_syn``), initialised to the layer's scalars and kept at or above ``min_time_constant``."""
+    floor = PositiveFloor(layer.min_time_constant)
+    for name in ("tau_mem", "tau_syn"):
+        setattr(layer, f"{name}_per_neuron", layer.add_weight(
+            name=name, shape=(layer.units,), initializer=keras.initializers.Constant(getattr(layer, name)),
+            constraint=floor))
+
+
 @keras.saving.register_keras_serializable(package="spikescan")
 class LIReadout(keras.layers.Layer):
     """Non-spiking leaky-integrator readout: spike tensor ``[batch, n_in, max_spikes]`` -> logits ``[batch, units]``.
@@ -390,9 +410,15 @@ class LIReadout(keras.layers.Layer):
     ``"max"``: ``max_t V(t)``, ``"final"``: ``V(t_max)``. The logits suit
     ``SparseCategoricalCrossentropy(from_logits=True)``.
 
+    Weights: ``kernel [n_in, units]``; with ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn``
+    ``[units]`` (attributes ``tau_mem_per_neuron``, ``tau_syn_per_neuron``), one per unit, initialised to the
+    ``tau_mem`` and ``tau_syn`` arguments, trained by their exact gradients (``spikescan.li_backward``'s ``tau_mem`` /
+    ``tau_syn``: the derivative of the logit at fixed input spike times) and kept at or above ``min_time_constant``
+    (default: 5% of the smaller argument) by ``PositiveFloor``, as in ``LIFLayer``. ``tau_readout`` stays fixed.
+
     Args:
         units: number of classes.
-        tau_mem, tau_syn: positive time constants.
+        tau_mem, tau_syn: positive time constants (the initial values when trainable).
         readout: ``"integral"``, ``"max"`` or ``"final"``.
         t_max: positive end of the readout window.
         tau_readout: optional positive time scale of the integral's weighting (``readout="integral"`` only).
@@ -400,10 +426,13 @@ class LIReadout(keras.layers.Layer):
             the readout value of one unit-weight spike at ``t_max / 2``, so that with about one spike per input
             neuron the logits start with unit scale whatever the time constants and the readout.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
+        trainable_time_constants: learn one ``tau_mem`` and one ``tau_syn`` per unit.
+        min_time_constant: positive floor of the trained time constants (None: 5% of ``min(tau_mem, tau_syn)``).
     """
 
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None,
-                 kernel_initializer="auto", kernel_regularizer=None, **kwargs):
+                 kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,
+                 min_time_constant=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
@@ -417,8 +446,10 @@ class LIReadout(keras.layers.Layer):
                              f"readout={readout!r}")
         self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        _time_constant_options(self, trainable_time_constants, min_time_constant)
         self.input_spec = keras.layers.InputSpec(ndim=3)
-        self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout)
+        self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
+                            time_constant_inputs=self.trainable_time_constants)
 
     def _auto_kernel_initializer(self, n_in):
         spike = np.full((1, 1, 1), 0.5 * self.t_max)
@@ -429,11 +460,14 @@ class LIReadout(keras.layers.Layer):
 
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)
+        if self.trainable_time_constants:
+            _build_time_constants(self)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
     def call(self, inputs):
         """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""
-        (values,) = _bridge.apply(LIOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, self.kernel))))
+        taus = (self.tau_mem_per_neuron, self.tau_syn_per_neuron) if self.trainable_time_constants else ()
+        (values,) = _bridge.apply(LIOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, self.kernel, *taus))))
         return values
 
     def compute_output_shape(self, input_shape):
@@ -444,5 +478,6 @@ class LIReadout(keras.layers.Layer):
         config.update(
             units=self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn, readout=self.readout, t_max=self.t_max,
             tau_readout=self.tau_readout, kernel_initializer=_serialize_initializer(self.kernel_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer))
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant)
         return config

@@ -80,9 +80,10 @@ Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph'
 ``max_spikes``, ``method``, ``solver``, ``chunk_size``, ``calibrate`` (``"none"`` when off), ``silence_penalty``,
 ``max_delay``, ``input_spikes``, ``input_window``, ``spike_count_strength`` / ``spike_count_tau``,
 ``kernel_scale`` (already folded into the weights; informative) for ``LIFLayer``; ``readout``, ``t_max``,
-``tau_readout`` for ``LIReadout``. Optional entries are absent when None, as HDF5 has no None). Initializers and
-``kernel_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
-calibrated, so training an imported model starts from the imported weights.
+``tau_readout``, ``trainable_time_constants``, ``min_time_constant`` for ``LIReadout``. Optional entries are absent
+when None, as HDF5 has no None). Initializers and ``kernel_regularizer`` are not carried. Imported ``LIFLayer`` s
+have ``kernel_scale = 1`` and are marked as calibrated, so training an imported model starts from the imported
+weights.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         n_in, n_out = kernel.shape
         if isinstance(layer, LIFLayer):
             kernel = kernel * np.float32(_numpy(layer.kernel_scale))  # what the layer computes with, in float32
-        if isinstance(layer, LIFLayer) and layer.trainable_time_constants:  # the trained per-neuron values
+        if layer.trainable_time_constants:  # the trained per-neuron values
             tau_mem = g(_numpy(layer.tau_mem_per_neuron).astype(np.float64))
             tau_syn = g(_numpy(layer.tau_syn_per_neuron).astype(np.float64))
         else:
@@ -218,7 +219,8 @@ def _layer_metadata(layer, kernel_scale):
     meta = {"layer": type(layer).__name__, "name": layer.name, "units": layer.units, "tau_mem": layer.tau_mem,
             "tau_syn": layer.tau_syn}
     if isinstance(layer, LIReadout):
-        meta.update(readout=layer.readout, t_max=layer.t_max)
+        meta.update(readout=layer.readout, t_max=layer.t_max, trainable_time_constants=layer.trainable_time_constants,
+                    min_time_constant=layer.min_time_constant)
         if layer.tau_readout is not None:
             meta["tau_readout"] = layer.tau_readout
         return meta
@@ -248,9 +250,11 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     Supported graphs are chains ``Input -> [synapses] -> CubaLIF -> ... -> [synapses] -> CubaLI|CubaLIF ->
     Output`` where ``[synapses]`` is ``Linear`` (or ``Affine`` with zero bias), ``Delay -> Linear``,
     ``Linear -> Delay`` or ``Linear -> Delay -> Linear`` (a fan-out, one delay per synapse), with time constants
-    and thresholds equal across each node's neurons, ``v_leak = v_reset = 0``. Anything else (recurrent edges,
-    branches, subgraphs, other node types, per-neuron time constants, non-zero ``v_leak``, ``v_reset`` or
-    ``bias``) raises ValueError naming the node and field. The mapping is in the module docstring.
+    and thresholds equal across each node's neurons or, when a CubaLIF's differ (or our metadata says they were
+    trained, CubaLI included), as per-neuron trainable weights (``trainable_time_constants``,
+    ``trainable_threshold``), ``v_leak = v_reset = 0``. Anything else (recurrent edges, branches, subgraphs, other
+    node types, non-zero ``v_leak``, ``v_reset`` or ``bias``) raises ValueError naming the node and field. The
+    mapping is in the module docstring.
 
     Args:
         graph: a ``nir.NIRGraph`` (e.g. from ``nir.read(path)``).
@@ -316,12 +320,12 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
     for layer, (kernel, delays, (taus, thresholds)) in zip(layers, weights):
         layer.kernel.assign(kernel)
+        if taus is not None:
+            layer.tau_mem_per_neuron.assign(taus[0])
+            layer.tau_syn_per_neuron.assign(taus[1])
         if isinstance(layer, LIFLayer):
             if delays is not None:
                 layer.delays.assign(delays)
-            if taus is not None:
-                layer.tau_mem_per_neuron.assign(taus[0])
-                layer.tau_syn_per_neuron.assign(taus[1])
             if thresholds is not None:
                 layer.threshold_per_neuron.assign(thresholds)
             layer.kernel_scale.assign(1.0)
@@ -523,10 +527,11 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
             raise ValueError(f"import_nir: node {name!r}: field {field!r} must be 0 (spikescan neurons rest and reset "
                              f"at 0), got values up to {np.abs(p[field]).max()!r}")
     meta = _meta_dict(node.metadata)
-    # A CubaLIF with one value per neuron (or exported from trainable time constants) becomes a LIFLayer with
-    # trainable per-neuron time constants; elsewhere one value per layer.
-    per_neuron = is_lif and (bool(meta.get("trainable_time_constants", False))
-                             or np.any(p["tau_mem"] != p["tau_mem"][0]) or np.any(p["tau_syn"] != p["tau_syn"][0]))
+    # A CubaLIF with one value per neuron, or a CubaLIF / CubaLI exported from trainable time constants, becomes a
+    # layer with trainable per-neuron time constants; elsewhere one value per layer (a third-party CubaLI with
+    # differing values is an error, as before).
+    per_neuron = (bool(meta.get("trainable_time_constants", False))
+                  or (is_lif and (np.any(p["tau_mem"] != p["tau_mem"][0]) or np.any(p["tau_syn"] != p["tau_syn"][0]))))
     if per_neuron:
         for field in ("tau_mem", "tau_syn"):
             if not np.all(p[field] > 0):
@@ -552,6 +557,14 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
     delays = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(np.float32)
     kwargs = dict(tau_mem=model_time(tau_mem_g, "tau_mem"), tau_syn=model_time(tau_syn_g, "tau_syn"),
                   name=str(meta.get("name", name)).replace("/", "_"))
+    taus = None
+    if per_neuron:
+        if "tau_mem" in meta and "tau_syn" in meta:  # the layer's arguments (initial values), in the model's unit
+            kwargs.update(tau_mem=meta_time("tau_mem"), tau_syn=meta_time("tau_syn"))
+        kwargs.update(trainable_time_constants=True)
+        if "min_time_constant" in meta:
+            kwargs["min_time_constant"] = meta_time("min_time_constant")
+        taus = tuple(_convert(p[f], graph_unit, time_unit).astype(np.float32) for f in ("tau_mem", "tau_syn"))
     if not is_lif:
         if delays is not None:
             raise ValueError(f"import_nir: node {name!r}: delays before a CubaLI (LIReadout) are not supported")
@@ -562,7 +575,7 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         readout = str(meta.get("readout", overrides["readout"] or "integral"))
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, **kwargs)
-        return layer, kernel, None, (None, None)
+        return layer, kernel, None, (taus, None)
     thresholds = None
     if meta.get("trainable_threshold", False) or np.any(p["v_threshold"] != p["v_threshold"][0]):
         if not np.all(p["v_threshold"] > 0):
@@ -592,14 +605,6 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         extra.update(trainable_threshold=True)
         if "min_threshold" in meta:
             extra["min_threshold"] = float(meta["min_threshold"])
-    taus = None
-    if per_neuron:
-        if "tau_mem" in meta and "tau_syn" in meta:  # the layer's arguments (initial values), in the model's unit
-            kwargs.update(tau_mem=meta_time("tau_mem"), tau_syn=meta_time("tau_syn"))
-        extra.update(trainable_time_constants=True)
-        if "min_time_constant" in meta:
-            extra["min_time_constant"] = meta_time("min_time_constant")
-        taus = tuple(_convert(p[f], graph_unit, time_unit).astype(np.float32) for f in ("tau_mem", "tau_syn"))
     layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
                      max_delay=meta_time("max_delay"), **kwargs, **extra)
     return layer, kernel, delays, (taus, thresholds)
