@@ -314,8 +314,11 @@ def forward(qt2, qi2, row, end, W, max_in, tau_mem, tau_syn, threshold, R, Dr, m
         st = _forward_scan(qt2, qi2, row, end, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver,
                            chunk_size, limit)
     M = int(st.n_log.max(initial=0))
-    log = RecurrentLog(times=st.log_t[:, :M].copy(), neurons=st.log_k[:, :M].copy(),
-                       currents=st.log_I[:, :M].copy(), count=st.n_log.copy())
+    # Time order (the scan commits a window's spikes neuron by neuron); simultaneous spikes keep their commit order.
+    order = np.argsort(st.log_t[:, :M], axis=1, kind="stable")
+    log = RecurrentLog(times=np.take_along_axis(st.log_t[:, :M], order, 1),
+                       neurons=np.take_along_axis(st.log_k[:, :M], order, 1),
+                       currents=np.take_along_axis(st.log_I[:, :M], order, 1), count=st.n_log.copy())
     return st.times, st.events, st.counts, log
 
 

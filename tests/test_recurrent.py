@@ -1,0 +1,218 @@
+"""Recurrent LIF layer (DESIGN.md section 9): the parallel windows (``scan``) against the global event loop
+(``sequential``), both against the feed-forward layer when ``R = 0``, and every gradient against finite differences
+and against the feed-forward backward. The independent reference (``spikescan.reference``) is compared in
+``tests/test_recurrent_reference.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+
+from _cases import random_spikes, weights
+from tolerances import TOL
+
+
+def assert_same(ref, out, exact=False):
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_array_equal(np.isfinite(out.times), np.isfinite(ref.times))
+    fin = np.isfinite(ref.times)
+    if exact:
+        np.testing.assert_array_equal(out.times[fin], ref.times[fin])
+    else:
+        np.testing.assert_allclose(out.times[fin], ref.times[fin], **TOL["float64"]["times"])
+
+
+def case(seed, batch=3, n_in=6, n_out=5, max_in=5, r_mean=0.0, r_std=0.5, delays=False, rec_delays=False,
+         t_max=30.0):
+    rng = np.random.default_rng(seed)
+    t = random_spikes(rng, batch, n_in, max_in, t_max=t_max)
+    W = weights(rng, n_in, n_out, mean=1.0, std=0.8)
+    R = rng.normal(r_mean, r_std, (n_out, n_out))
+    # Self-connections stay, but weak enough that no neuron excites itself without bound (tested on its own).
+    np.fill_diagonal(R, np.clip(np.diag(R), -1.0, 0.2))
+    D = rng.uniform(0.0, 3.0, (n_in, n_out)) if delays else None
+    Dr = rng.uniform(0.0, 3.0, (n_out, n_out)) if rec_delays else None
+    return t, W, R, D, Dr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+@pytest.mark.parametrize("delays", [False, True])
+def test_zero_recurrent_weights_equal_the_feed_forward_layer_bit_for_bit(method, delays):
+    t, W, _, D, _ = case(1, delays=delays)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=6, delays=D)
+    ff = ss.lif_forward(t, W, method="sequential", engine="numpy", **kw)
+    assert ff.counts.sum() > 20
+    for chunk in (1, 2, 3, 128):
+        out = ss.lif_forward(t, W, recurrent_weights=np.zeros((5, 5)), method=method, chunk_size=chunk, **kw)
+        assert_same(ff, out, exact=True)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", [(10.0, 4.0), (5.0, 5.0), (3.0, 7.0)])
+@pytest.mark.parametrize("delays,rec_delays", [(False, False), (True, False), (False, True), (True, True)])
+def test_scan_equals_sequential(tau_mem, tau_syn, delays, rec_delays):
+    # Inhibitory, mixed and excitatory loops over the cases.
+    # (a slow synaptic current, tau_syn > tau_mem, turns even mixed loops into runaway excitation here)
+    r_mean = (-0.4, 0.0, 0.1)[(int(delays) + 2 * int(rec_delays) + int(tau_mem)) % 3] if tau_syn <= tau_mem else -0.3
+    t, W, R, D, Dr = case(2, r_mean=r_mean, r_std=0.3, delays=delays, rec_delays=rec_delays)
+    W *= 0.6
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=4, delays=D, recurrent_weights=R, recurrent_delays=Dr,
+              max_total_spikes=300)
+    ref = ss.lif_forward(t, W, method="sequential", **kw)
+    assert ref.counts.sum() > 10
+    for chunk in (1, 3, 128):
+        out = ss.lif_forward(t, W, method="scan", chunk_size=chunk, **kw)
+        assert_same(ref, out)
+        np.testing.assert_array_equal(out.residuals.recurrent_log.neurons, ref.residuals.recurrent_log.neurons)
+
+
+def test_recurrence_changes_the_spikes_and_unrecorded_spikes_propagate():
+    t, W, R, _, _ = case(3, r_mean=0.3)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, recurrent_weights=R)
+    ff = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=4.0, max_spikes=20)
+    full = ss.lif_forward(t, W, max_spikes=20, **kw)
+    assert not np.array_equal(full.counts, ff.counts)
+    # Recording one spike per neuron changes nothing else: the unrecorded ones still reach the other neurons.
+    one = ss.lif_forward(t, W, max_spikes=1, **kw)
+    np.testing.assert_array_equal(one.counts, full.counts)
+    np.testing.assert_array_equal(one.times[..., 0], full.times[..., 0])
+    assert one.capped_spikes == int(np.clip(full.counts - 1, 0, None).sum()) > 0
+
+
+def test_self_connection_with_zero_delay_arrives_after_the_reset():
+    # One neuron, one strong input: with a self-excitation R, the current after each spike grows by R.
+    t = np.array([[[1.0]]])
+    W = np.array([[6.0]])
+    base = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=10)
+    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=10, recurrent_weights=np.array([[0.5]]))
+    assert out.counts[0, 0] > base.counts[0, 0] >= 1
+    np.testing.assert_array_equal(out.times[0, 0, 0], base.times[0, 0, 0])  # the first spike is the same
+    log = out.residuals.recurrent_log
+    I = log.currents[0, : log.count[0]]
+    # Each logged current is the previous one plus 0.5, decayed over the interval (exp(-dt / tau_syn)).
+    dt = np.diff(log.times[0, : log.count[0]])
+    np.testing.assert_allclose(I[1:], (I[:-1] + 0.5) * np.exp(-dt / 5.0), rtol=1e-12)
+
+
+def test_runaway_self_excitation_is_reported():
+    t = np.array([[[1.0], [2.0]]])
+    W = np.array([[5.0, 5.0], [5.0, 5.0]])
+    R = np.full((2, 2), 3.0)
+    with pytest.raises(ss.RunawayFiringError, match="runaway self-excitation"):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, max_total_spikes=200)
+
+
+def test_bad_recurrent_arguments_are_named():
+    t, W, R, _, _ = case(4)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=2)
+    with pytest.raises(ValueError, match=r"recurrent_weights must have shape \[n_out, n_out\]"):
+        ss.lif_forward(t, W, recurrent_weights=R[:3], **kw)
+    bad = R.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="recurrent_weights"):
+        ss.lif_forward(t, W, recurrent_weights=bad, **kw)
+    with pytest.raises(ValueError, match="recurrent_delays must be >= 0"):
+        ss.lif_forward(t, W, recurrent_weights=R, recurrent_delays=-np.ones_like(R), **kw)
+    with pytest.raises(ValueError, match="recurrent_delays needs recurrent_weights"):
+        ss.lif_forward(t, W, recurrent_delays=np.ones_like(R), **kw)
+    with pytest.raises(ValueError, match="recurrent_delays must have shape"):
+        ss.lif_forward(t, W, recurrent_weights=R, recurrent_delays=np.ones((5, 4)), **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("delays", [False, True])
+@pytest.mark.parametrize("tau_mem,tau_syn", [(10.0, 4.0), (6.0, 6.0)])
+def test_backward_with_zero_recurrent_weights_equals_the_feed_forward_backward(delays, tau_mem, tau_syn):
+    t, W, _, D, _ = case(5, delays=delays)
+    th = np.linspace(0.8, 1.2, 5)
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=3, delays=D, threshold=th)
+    ff = ss.lif_forward(t, W, engine="numpy", **kw)
+    rec = ss.lif_forward(t, W, recurrent_weights=np.zeros((5, 5)), **kw)
+    g = np.random.default_rng(0).normal(size=ff.times.shape)
+    gf = ss.lif_backward(ff, g, engine="numpy", method="sequential")
+    gr = ss.lif_backward(rec, g)
+    assert np.abs(gf.weights).max() > 0.1
+    for name in ("weights", "input_times", "delays", "threshold"):
+        a, b = getattr(gf, name), getattr(gr, name)
+        if a is None:
+            assert b is None
+            continue
+        np.testing.assert_allclose(b, a, **TOL["float64"]["grads"], err_msg=name)
+
+
+def _finite_differences(args, name, loss, h=1e-6):
+    x = args[name]
+    out = np.full(x.shape, np.nan)
+    base_counts = loss(**args)[1]
+    for idx in np.ndindex(x.shape):
+        if not np.isfinite(x[idx]):
+            continue
+        vals = []
+        for sign in (1, -1):
+            moved = dict(args)
+            moved[name] = x.copy()
+            moved[name][idx] += sign * h
+            value, counts = loss(**moved)
+            if not np.array_equal(counts, base_counts):
+                break  # a spike appears or vanishes within the step: no derivative to compare
+            vals.append(value)
+        if len(vals) == 2:
+            out[idx] = (vals[0] - vals[1]) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("delays,rec_delays", [(False, False), (True, True)])
+@pytest.mark.parametrize("r_mean", [-0.3, 0.3])
+def test_every_gradient_matches_finite_differences(delays, rec_delays, r_mean):
+    t, W, R, D, Dr = case(6, batch=2, n_in=4, n_out=3, max_in=3, r_mean=r_mean, delays=delays,
+                          rec_delays=rec_delays, t_max=20.0)
+    th = np.array([1.0, 0.9, 1.1])
+    g = None
+
+    def loss(t, W, R, D, Dr, th):
+        r = ss.lif_forward(t, W, tau_mem=8.0, tau_syn=3.0, threshold=th, max_spikes=2, delays=D,
+                           recurrent_weights=R, recurrent_delays=Dr, method="scan", chunk_size=2)
+        return float(np.where(np.isfinite(r.times), r.times * g, 0.0).sum()), r.counts
+
+    args = dict(t=t, W=W, R=R, D=D, Dr=Dr, th=th)
+    res = ss.lif_forward(t, W, tau_mem=8.0, tau_syn=3.0, threshold=th, max_spikes=2, delays=D,
+                         recurrent_weights=R, recurrent_delays=Dr)
+    assert res.counts.sum() > 6 and res.capped_spikes > 0  # unrecorded spikes carry gradient too
+    g = np.random.default_rng(1).normal(size=res.times.shape)
+    grads = ss.lif_backward(res, g)
+    names = {"t": "input_times", "W": "weights", "R": "recurrent_weights", "th": "threshold", "D": "delays",
+             "Dr": "recurrent_delays"}
+    for key, field in names.items():
+        if args[key] is None:
+            assert getattr(grads, field) is None
+            continue
+        fd = _finite_differences(args, key, loss)
+        ok = np.isfinite(fd)
+        assert ok.mean() > 0.8, key
+        np.testing.assert_allclose(np.asarray(getattr(grads, field))[ok], fd[ok], **TOL["fd"], err_msg=key)
+
+
+def test_recurrent_gradients_reach_silent_senders_through_zero_weights():
+    # d loss / d R[k, i] is the receiver's current adjoint at the arrival even where R[k, i] = 0.
+    t, W, R, _, _ = case(7, r_mean=0.2)
+    R[0, 1] = 0.0
+    res = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=4.0, max_spikes=5, recurrent_weights=R)
+    g = np.where(np.isfinite(res.times), 1.0, 0.0)
+    grads = ss.lif_backward(res, g)
+    assert res.counts[:, 0].sum() > 0 and res.counts[:, 1].sum() > 0
+    assert grads.recurrent_weights[0, 1] != 0.0
+
+
+def test_time_constant_gradients_are_refused_for_recurrent_layers():
+    t, W, R, _, _ = case(8)
+    res = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=4.0, max_spikes=2, recurrent_weights=R)
+    with pytest.raises(NotImplementedError, match="time_constant_grads"):
+        ss.lif_backward(res, np.zeros(res.times.shape), time_constant_grads=True)
