@@ -27,6 +27,8 @@ MODULES = {
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
                 "spikescan_li_max_backward", "spikescan_li_max_kink"),
     "queue": ("spikescan_delay_queue",),
+    "recurrent": ("spikescan_recurrent_forward", "spikescan_recurrent_backward_spikes",
+                  "spikescan_recurrent_backward_inputs", "spikescan_recurrent_backward_weights"),
 }
 
 # Modules instantiated for some entries of DTYPES only (queue times are float64 whatever the layer's dtype).
