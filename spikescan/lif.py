@@ -55,9 +55,9 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             processes the earliest event of each sample at a time (the reference); ``"scan"`` (and ``"auto"``) lets
             every neuron look ``chunk_size`` arrivals ahead and applies, at once, everything before the sample's
             earliest possible next spike (plus the smallest recurrent delay), so whole windows go in one step. Both
-            run the NumPy implementation for NumPy inputs (``engine`` is not used); CuPy inputs are not supported
-            yet (``NotImplementedError``). A loop that excites itself without bound stops at
-            ``max_total_spikes`` with ``RunawayFiringError``.
+            run the NumPy implementation for NumPy inputs (``engine`` is not used); CuPy inputs run the CUDA event
+            loop (one block per sample; ``method`` and ``chunk_size`` do not apply). A loop that excites itself
+            without bound stops at ``max_total_spikes`` with ``RunawayFiringError``.
         recurrent_delays: optional non-negative ``[n_out, n_out]`` delays of the recurrent connections (0 without).
         engine: how NumPy inputs are computed: ``"numba"`` (compiled CPU kernels, parallel over neurons; needs
             ``pip install spikescan[cpu]``), ``"numpy"`` (the pure NumPy implementation, the reference) or
@@ -88,9 +88,6 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
     v.choice("solver", solver, SOLVERS)
     engine = _engine(engine, xp)
     v.check_recurrent(recurrent_weights, recurrent_delays, weights, xp)
-    if recurrent_weights is not None and xp is not np:
-        raise NotImplementedError("recurrent_weights: recurrent layers run on NumPy inputs only so far; pass NumPy "
-                                  "arrays (cupy.asnumpy) for this layer")
     if solver == "analytic" and not bool(xp.all(xp.abs(tau_mem - 2.0 * tau_syn) <= 1e-12 * tau_mem)):
         bad = int(xp.argmax(xp.abs(tau_mem - 2.0 * tau_syn)))
         raise ValueError(
@@ -102,6 +99,12 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
         return impl.lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
                                 chunk_size, solver, max_total_spikes, engine, threshold_is_scalar,
                                 recurrent_weights, recurrent_delays)
+    if recurrent_weights is not None:
+        from .cuda import _recurrent as cuda_recurrent
+
+        return cuda_recurrent.lif_forward_recurrent_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold,
+                                                         max_spikes, solver, max_total_spikes, threshold_is_scalar,
+                                                         recurrent_weights, recurrent_delays)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,

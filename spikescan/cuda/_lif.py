@@ -85,10 +85,15 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, 
     """Backward of the LIF layer on the GPU: ``LIFGrads`` of CuPy arrays (see ``kernels/lif_backward.cu``).
 
     ``method``: ``"sequential"`` (thread per neuron), ``"scan"`` (warp per neuron) or ``"auto"``;
-    ``input_times_grad``: False skips the input-time scatter-add and returns ``None`` for it.
+    ``input_times_grad``: False skips the input-time scatter-add and returns ``None`` for it. A recurrent layer's
+    result goes to ``_recurrent.lif_backward_recurrent_cuda`` (``method`` does not apply).
     """
     import cupy
 
+    if result.residuals.recurrent_log is not None:
+        from . import _recurrent
+
+        return _recurrent.lif_backward_recurrent_cuda(result, grad_times, input_times_grad, time_constant_grads)
     return backward(cupy, _cupy_launch, result, grad_times, method, input_times_grad, time_constant_grads)
 
 
