@@ -318,7 +318,7 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     if recurrent_weights is not None:
         return _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,
                                   chunk_size, solver, max_total_spikes, threshold_is_scalar, recurrent_weights,
-                                  recurrent_delays, n_entries)
+                                  recurrent_delays, n_entries, engine)
     if method == "auto":
         # Compiled: "sequential" (the chunked walk computes the same states in the same order and was no faster in
         # benchmarks/results/cpu_peers.json: within 1.1x either way on all three layers).
@@ -357,26 +357,41 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
 
 
 def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
-                       solver, max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays, n_entries):
-    """The recurrent layer (``_recurrent``) on the NumPy queues."""
+                       solver, max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays, n_entries,
+                       engine="numpy"):
+    """The recurrent layer on the NumPy queues: ``_recurrent`` (NumPy, ``method`` "sequential" or "scan") or, for
+    ``engine="numba"``, ``_recurrent_numba`` (its one forward, the event loop, for every ``method``)."""
     from . import _recurrent
 
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     method = "scan" if method == "auto" else method
-    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, "scan",
-                          chunk_size, input_times.dtype.itemsize, np, "numpy")
+    compiled = engine == "numba"
+    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
+                          "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
     R = np.asarray(recurrent_weights, np.float64)
     Dr = None if recurrent_delays is None else np.asarray(recurrent_delays, np.float64)
-    qt, qi, qend = build_queues(input_times, D, np)
-    lay = _Layout(qt.shape, n_out, max_in)
-    row = lay.row.reshape(batch, n_out)
-    end = qend.reshape(-1)[row]
-    times, events, counts, log = _recurrent.forward(
-        qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2]), row, end, W, max(max_in, 1), tau_mem, tau_syn,
-        threshold, R, Dr, max_spikes, method, chunk_size, solver, max_total_spikes)
+    if compiled and D is not None:
+        qt, qi, qend = _delayed_queues_compiled(input_times, D)
+    else:
+        qt, qi, qend = build_queues(input_times, D, np)
+    qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
+    if compiled:
+        from . import _recurrent_numba
+
+        table, use_table = _compiled_decay_table(qt2, qend.reshape(-1), tau_mem, tau_syn, qt.shape[1] == 1)
+        times, events, counts, log = _recurrent_numba.forward(
+            qt2, qi2, qend, W, max(max_in, 1), tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver,
+            max_total_spikes, batch, table, use_table)
+    else:
+        lay = _Layout(qt.shape, n_out, max_in)
+        row = lay.row.reshape(batch, n_out)
+        end = qend.reshape(-1)[row]
+        times, events, counts, log = _recurrent.forward(
+            qt2, qi2, row, end, W, max(max_in, 1), tau_mem, tau_syn, threshold, R, Dr, max_spikes, method,
+            chunk_size, solver, max_total_spikes)
     res = LIFResiduals(
         queue_times=qt, queue_index=qi, queue_end=qend, spike_times=times, spike_event=events,
         weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
@@ -388,15 +403,19 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     return LIFResult(times=times.astype(input_times.dtype), counts=counts, residuals=res)
 
 
-def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads):
-    from . import _recurrent
-
+def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine="numpy"):
+    """The recurrent layer's backward: ``_recurrent`` (NumPy) or ``_recurrent_numba`` (``engine="numba"``); the
+    same gradients to rounding, from the residuals of either engine's forward."""
     res = result.residuals
     if time_constant_grads:
         raise NotImplementedError("time_constant_grads=True: the gradients of tau_mem and tau_syn are not available "
                                   "for recurrent layers yet (weights, delays, threshold, input times and the "
                                   "recurrent weights and delays are)")
-    g, grazing = _recurrent.backward(res, grad_times, input_times_grad)
+    if engine == "numba":
+        from ._recurrent_numba import backward
+    else:
+        from ._recurrent import backward
+    g, grazing = backward(res, grad_times, input_times_grad)
     if grazing is not None:
         warn_grazing(grazing[0], grazing[1], res.weights.shape[1], grazing[2], stacklevel=4)
     return LIFGrads(
@@ -706,7 +725,7 @@ def threshold_grad(per_neuron, res):
 
 def lif_backward(result, grad_times, method, input_times_grad=True, engine="numpy", time_constant_grads=False):
     if result.residuals.recurrent_log is not None:
-        return _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads)
+        return _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine)
     if engine == "numba":
         return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads)
     res = result.residuals

@@ -1,7 +1,8 @@
 """Recurrent LIF layer (DESIGN.md section 9): the parallel windows (``scan``) against the global event loop
 (``sequential``), both against the feed-forward layer when ``R = 0``, and every gradient against finite differences
-and against the feed-forward backward. The independent reference (``spikescan.reference``) is compared in
-``tests/test_recurrent_reference.py``."""
+and against the feed-forward backward; every test on both CPU engines (``cpu_engine``: the compiled engine runs its
+one forward, the event loop, for both methods). The independent reference (``spikescan.reference``) is compared in
+``tests/test_recurrent_reference.py``, the engines with each other in ``tests/test_numba.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import spikescan as ss
 
 from _cases import random_spikes, weights
 from tolerances import TOL
+
+pytestmark = pytest.mark.usefixtures("cpu_engine")
 
 
 def assert_same(ref, out, exact=False):
@@ -46,7 +49,7 @@ def case(seed, batch=3, n_in=6, n_out=5, max_in=5, r_mean=0.0, r_std=0.5, delays
 def test_zero_recurrent_weights_equal_the_feed_forward_layer_bit_for_bit(method, delays):
     t, W, _, D, _ = case(1, delays=delays)
     kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=6, delays=D)
-    ff = ss.lif_forward(t, W, method="sequential", engine="numpy", **kw)
+    ff = ss.lif_forward(t, W, method="sequential", **kw)  # the same engine's feed-forward layer
     assert ff.counts.sum() > 20
     for chunk in (1, 2, 3, 128):
         out = ss.lif_forward(t, W, recurrent_weights=np.zeros((5, 5)), method=method, chunk_size=chunk, **kw)

@@ -1,0 +1,666 @@
+"""Compiled CPU kernels of the recurrent LIF layer (Numba): ``_recurrent``'s global event loop and its backward as
+scalar code, with the closed forms, gap test and solvers of ``_neuron``.
+
+Imported only when a recurrent layer runs with ``engine="numba"`` (or ``"auto"`` with Numba installed). Semantics
+are those of ``_recurrent`` (its module docstring); this engine has one forward, the event loop of
+``_recurrent._forward_sequential``, whatever ``method`` says.
+
+Forward (``forward``): ``prange`` over samples; per sample, the event loop with each neuron's state at its own last
+event. Every neuron keeps its next event: its first threshold crossing inside its current gap (up to its next
+arrival: the next entry of its input queue or the earliest of its pending recurrent arrivals), else that arrival.
+A tournament tree over the neurons, ordered by (time, crossing before arrival, neuron index), gives the sample's
+earliest. A round takes every crossing at that time (neuron order: reset, record, log, schedule the arrivals of
+non-zero recurrent weights into each target's heap ordered by (time, spike index)), or every arrival at that time
+(decay, input entries in queue order, then the pending recurrent ones in spike order). Only the neurons whose
+future changed (their state, or an arrival scheduled before their next one) recompute their next event; an arrival
+round of many neurons (every input entry of a layer without input delays reaches all of them) rebuilds the tree
+instead of updating it leaf by leaf. The gap test, solver and state updates are those of the NumPy loop on the
+same gaps, so both give identical counts and times to rounding (``_neuron`` vs ``_dynamics``). Each sample's
+``RecurrentLog`` goes into a buffer of a guessed length; samples that outgrow it run again with the length they
+needed (the same results: the loop is deterministic). Stuck and runaway spikes stop the sample and leave a flag;
+``forward`` raises the errors of the NumPy path after the kernel.
+
+Backward (``backward``): (1) ``prange`` over samples: the spike loop of ``_recurrent.backward`` per sample, spikes
+last to first, the adjoint of each target at each arrival from the target's next spike strictly after it (a
+pointer per neuron that moves back with the spikes, and a bisection from it with recurrent delays); the recurrent
+weight, delay and threshold gradients go into per-sample partial sums (blocks of samples bound their memory),
+added in sample order. (2) ``prange`` over neurons, samples in order: every input queue entry before the neuron's
+last spike (later ones carry no gradient), as ``_recurrent._input_grads``, into the neuron's columns of the weight
+and delay gradients, and the entry's arrival-time gradient per (sample, neuron, entry) for a block of samples,
+summed into the input-time gradient by ``_lif_numba.scatter_input_grads`` (samples in parallel, neurons in order).
+All sums have a fixed order: gradients are bit-identical for any number of threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import _lif_numba
+from . import _neuron as nm
+from ._lif_numba import _OK, _RUNAWAY, _STUCK
+from ._types import RecurrentLog
+
+_jit = njit(cache=True, nogil=True)
+_pjit = _lif_numba._Parallel
+
+# Kinds of a neuron's next event, in the order they happen at equal times.
+_CROSS, _ARRIVE, _NONE = 0, 1, 2
+
+# Bytes of the per-sample partial sums of the recurrent gradients, and of the per-(sample, neuron, queue entry)
+# arrival-time gradients, held at once by the backward.
+_PARTIAL_BYTES = 1 << 26
+_ARRIVAL_BYTES = 1 << 26
+
+# The longest log the last call needed: the next call's first guess of the per-sample log length.
+_log_hint = 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------------
+
+@_jit
+def _first(i, j, key_t, kind):
+    """Whether neuron ``i``'s next event comes before neuron ``j``'s: by time, crossings before arrivals, index."""
+    ti = key_t[i]
+    tj = key_t[j]
+    if ti != tj:
+        return ti < tj
+    if kind[i] != kind[j]:
+        return kind[i] < kind[j]
+    return i < j
+
+
+@_jit
+def _tree_build(win, P, key_t, kind):
+    for node in range(P - 1, 0, -1):
+        left = win[2 * node]
+        right = win[2 * node + 1]
+        win[node] = left if _first(left, right, key_t, kind) else right
+
+
+@_jit
+def _tree_update(win, P, i, key_t, kind):
+    node = (P + i) >> 1
+    while node >= 1:
+        left = win[2 * node]
+        right = win[2 * node + 1]
+        win[node] = left if _first(left, right, key_t, kind) else right
+        node >>= 1
+
+
+@_jit
+def _heap_push(ht, hm, hw, hn, i, t, m, w):
+    """Pending arrival ``(t, m, w)`` into neuron ``i``'s heap, ordered by ``(t, m)`` (``m`` the spike's log index);
+    the caller ensures the room."""
+    j = hn[i]
+    hn[i] = j + 1
+    while j > 0:
+        parent = (j - 1) >> 1
+        pt = ht[i, parent]
+        if pt < t or (pt == t and hm[i, parent] < m):
+            break
+        ht[i, j] = pt
+        hm[i, j] = hm[i, parent]
+        hw[i, j] = hw[i, parent]
+        j = parent
+    ht[i, j] = t
+    hm[i, j] = m
+    hw[i, j] = w
+
+
+@_jit
+def _heap_pop(ht, hm, hw, hn, i):
+    """Removes the first pending arrival of neuron ``i``."""
+    n = hn[i] - 1
+    hn[i] = n
+    if n == 0:
+        return
+    t = ht[i, n]
+    m = hm[i, n]
+    w = hw[i, n]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and (ht[i, c + 1] < ht[i, c] or (ht[i, c + 1] == ht[i, c] and hm[i, c + 1] < hm[i, c])):
+            c += 1
+        if ht[i, c] < t or (ht[i, c] == t and hm[i, c] < m):
+            ht[i, j] = ht[i, c]
+            hm[i, j] = hm[i, c]
+            hw[i, j] = hw[i, c]
+            j = c
+        else:
+            break
+    ht[i, j] = t
+    hm[i, j] = m
+    hw[i, j] = w
+
+
+@_jit
+def _heap_grow(ht, hm, hw, hn):
+    n_out, cap = ht.shape
+    t2 = np.empty((n_out, 2 * cap))
+    m2 = np.empty((n_out, 2 * cap), np.int64)
+    w2 = np.empty((n_out, 2 * cap))
+    for i in range(n_out):
+        for q in range(hn[i]):
+            t2[i, q] = ht[i, q]
+            m2[i, q] = hm[i, q]
+            w2[i, q] = hw[i, q]
+    return t2, m2, w2
+
+
+@_jit
+def _schedule(i, row, qt, qe, table, use_table, V, I, T, p, ht, hn, tau_mem, tau_syn, threshold, solver, nx, key_t,
+              kind, s_sol, da, db, dc):
+    """Neuron ``i``'s next event from its state: its next arrival ``nx[i]`` (input entry or pending recurrent one),
+    the decay over the gap up to it, and the first crossing inside the gap (the NumPy loop's gap test and solve on
+    the same gap)."""
+    k = p[i]
+    t_in = qt[row, k]  # +inf at the end of the queue
+    t_next = t_in
+    if hn[i] > 0 and ht[i, 0] < t_next:
+        t_next = ht[i, 0]
+    nx[i] = t_next
+    t0 = T[i]
+    gap = t_next - t0
+    if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
+        a, b, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
+    else:
+        a, b, c = nm.decay(gap, tau_mem, tau_syn)
+    da[i] = a
+    db[i] = b
+    dc[i] = c
+    v0 = V[i]
+    i0 = I[i]
+    if not nm.quiet_gap(v0, i0, a, b, c, threshold):
+        fires, s_hi = nm.fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold)
+        if fires:
+            s = nm.solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver)
+            s_sol[i] = s
+            key_t[i] = min(t0 + s, t_next)
+            kind[i] = _CROSS
+            return
+    key_t[i] = t_next
+    kind[i] = _ARRIVE
+
+
+@_jit
+def _arrive(i, e, row, qt, qi, qe, W, max_in, V, I, T, p, ht, hm, hw, hn, da, db, dc):
+    """Neuron ``i`` to its next arrival time ``e`` (no crossing before it) and every arrival at ``e``: input entries
+    in queue order, then pending recurrent ones in spike order (``_recurrent._apply_arrivals``)."""
+    v = V[i]
+    cur = I[i]
+    V[i] = da[i] * v + dc[i] * cur
+    cur = db[i] * cur
+    k = p[i]
+    end = qe[row]
+    while k < end and qt[row, k] == e:
+        cur = cur + W[qi[row, k] // max_in, i]
+        k += 1
+    p[i] = k
+    while hn[i] > 0 and ht[i, 0] == e:
+        cur = cur + hw[i, 0]
+        _heap_pop(ht, hm, hw, hn, i)
+    I[i] = cur
+    T[i] = e
+
+
+@_jit
+def _forward_sample(b, slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, max_in, limit, table,
+                    use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at):
+    """The event loop of sample ``b``: its rows of ``times``, ``events``, ``counts``; its log in row ``slot`` of
+    ``log_*`` (as far as it fits; ``n_log_out[slot]`` the full length); ``status[b] = (code, neuron)`` and
+    ``status_at[b] = (time, current)`` of a stuck or runaway spike."""
+    n_out = R.shape[0]
+    max_spikes = times.shape[2]
+    cap = log_t.shape[1]
+    for i in range(n_out):
+        counts[b, i] = 0
+        for c in range(max_spikes):
+            times[b, i, c] = np.inf
+            events[b, i, c] = -1
+    rows = np.empty(n_out, np.int64)
+    for i in range(n_out):
+        rows[i] = b * Q + (i if Q > 1 else 0)
+    V = np.zeros(n_out)
+    I = np.zeros(n_out)
+    T = np.zeros(n_out)
+    p = np.zeros(n_out, np.int64)
+    nx = np.empty(n_out)
+    key_t = np.full(n_out + 1, np.inf)  # slot n_out: the tree's padding
+    kind = np.full(n_out + 1, _NONE, np.int64)
+    s_sol = np.zeros(n_out)
+    da = np.zeros(n_out)
+    db = np.zeros(n_out)
+    dc = np.zeros(n_out)
+    last = np.full(n_out, -np.inf)
+    cnt = np.zeros(n_out, np.int64)
+    flag = np.zeros(n_out, np.bool_)
+    todo = np.empty(n_out, np.int64)
+    group = np.empty(n_out, np.int64)
+    hcap = 4
+    ht = np.empty((n_out, hcap))
+    hm = np.empty((n_out, hcap), np.int64)
+    hw = np.empty((n_out, hcap))
+    hn = np.zeros(n_out, np.int64)
+    P = 1
+    log_p = 1
+    while P < n_out:
+        P *= 2
+        log_p += 1
+    bulk_at = max(4, P // 16)
+    win = np.empty(2 * P, np.int64)
+    for i in range(P):
+        win[P + i] = i if i < n_out else n_out
+    for i in range(n_out):
+        _schedule(i, rows[i], qt, qe, table, use_table, V, I, T, p, ht, hn, tm_arr[i], ts_arr[i], th_arr[i], solver,
+                  nx, key_t, kind, s_sol, da, db, dc)
+    _tree_build(win, P, key_t, kind)
+    n_log = 0
+    code = _OK
+    while True:
+        j = win[1]
+        e = key_t[j]
+        if e == np.inf:
+            break
+        ng = 0
+        if kind[j] == _CROSS:
+            # Every crossing at e, in neuron order (the tree's order at equal keys).
+            while True:
+                j = win[1]
+                if key_t[j] != e or kind[j] != _CROSS:
+                    break
+                group[ng] = j
+                ng += 1
+                key_t[j] = np.inf
+                kind[j] = _NONE
+                _tree_update(win, P, j, key_t, kind)
+            nd = 0
+            for q in range(ng):
+                k = group[q]
+                _, bb, _ = nm.decay(s_sol[k], tm_arr[k], ts_arr[k])
+                V[k] = 0.0
+                I[k] = I[k] * bb
+                T[k] = e
+                flag[k] = True
+                todo[nd] = k
+                nd += 1
+            for q in range(ng):
+                k = group[q]
+                if e <= last[k]:
+                    code = _STUCK
+                    status[b, 1] = k
+                    status_at[b, 0] = e
+                    break
+                if cnt[k] >= limit:
+                    code = _RUNAWAY
+                    status[b, 1] = k
+                    status_at[b, 0] = e
+                    status_at[b, 1] = I[k]
+                    break
+                last[k] = e
+                c = cnt[k]
+                if c < max_spikes:
+                    times[b, k, c] = e
+                    events[b, k, c] = p[k]
+                cnt[k] = c + 1
+                if n_log < cap:
+                    log_t[slot, n_log] = e
+                    log_k[slot, n_log] = k
+                    log_I[slot, n_log] = I[k]
+                for r in range(n_out):
+                    w = R[k, r]
+                    if w == 0.0:
+                        continue  # changes nothing: not scheduled
+                    tau = e + Dr[k, r] if has_dr else e
+                    if hn[r] == hcap:
+                        ht, hm, hw = _heap_grow(ht, hm, hw, hn)
+                        hcap *= 2
+                    _heap_push(ht, hm, hw, hn, r, tau, n_log, w)
+                    if tau < nx[r] and not flag[r]:
+                        flag[r] = True
+                        todo[nd] = r
+                        nd += 1
+                n_log += 1
+            if code != _OK:
+                break
+            for q in range(nd):
+                i = todo[q]
+                flag[i] = False
+                _schedule(i, rows[i], qt, qe, table, use_table, V, I, T, p, ht, hn, tm_arr[i], ts_arr[i], th_arr[i],
+                          solver, nx, key_t, kind, s_sol, da, db, dc)
+            if nd * log_p > P:
+                _tree_build(win, P, key_t, kind)
+            else:
+                for q in range(nd):
+                    _tree_update(win, P, todo[q], key_t, kind)
+        else:
+            # Every arrival at e: leaf by leaf, or, once many, by one pass over the neurons and a new tree.
+            bulk = False
+            while True:
+                j = win[1]
+                if key_t[j] != e or kind[j] != _ARRIVE:
+                    break
+                group[ng] = j
+                ng += 1
+                key_t[j] = np.inf
+                kind[j] = _NONE
+                if ng >= bulk_at:
+                    bulk = True
+                    break
+                _tree_update(win, P, j, key_t, kind)
+            if bulk:
+                for i in range(n_out):
+                    if kind[i] == _ARRIVE and key_t[i] == e:
+                        group[ng] = i
+                        ng += 1
+            for q in range(ng):
+                i = group[q]
+                _arrive(i, e, rows[i], qt, qi, qe, W, max_in, V, I, T, p, ht, hm, hw, hn, da, db, dc)
+                _schedule(i, rows[i], qt, qe, table, use_table, V, I, T, p, ht, hn, tm_arr[i], ts_arr[i], th_arr[i],
+                          solver, nx, key_t, kind, s_sol, da, db, dc)
+            if bulk:
+                _tree_build(win, P, key_t, kind)
+            else:
+                for q in range(ng):
+                    _tree_update(win, P, group[q], key_t, kind)
+    status[b, 0] = code
+    for i in range(n_out):
+        counts[b, i] = cnt[i]
+    n_log_out[slot] = n_log
+
+
+@_pjit
+def forward_kernel(samples, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, max_in, limit, table,
+                   use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at):
+    """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there)."""
+    for s_ in prange(samples.shape[0]):
+        slot = np.int64(s_)
+        _forward_sample(samples[slot], slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, max_in,
+                        limit, table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
+
+
+def _log_length(n_out, max_spikes):
+    return max(256, min(n_out * max_spikes, 1 << 14), _log_hint + _log_hint // 4)
+
+
+def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver, limit, batch,
+            table, use_table):
+    """``_recurrent.forward`` by the compiled event loop, on queues ``qt2, qi2 [batch * Q, L1]`` and ``qend``
+    (``[batch, Q]``). Returns ``(times, events, counts, log)``; raises the NumPy path's errors."""
+    global _log_hint
+    from ._lif_numpy import unresolvable_spike_error
+    from ._neuron import SOLVER_CODES
+    from ._recurrent import _runaway_error
+
+    n_out = R.shape[0]
+    Q = qt2.shape[0] // max(batch, 1)
+    times = np.empty((batch, n_out, max_spikes))
+    events = np.empty((batch, n_out, max_spikes), np.int64)
+    counts = np.zeros((batch, n_out), np.int64)
+    status = np.zeros((batch, 2), np.int64)
+    status_at = np.full((batch, 2), np.nan)
+    has_dr = Dr is not None
+    common = (np.ascontiguousarray(qt2), np.ascontiguousarray(qi2), np.ascontiguousarray(qend.reshape(-1)), Q,
+              np.ascontiguousarray(W, np.float64), np.ascontiguousarray(tau_mem, np.float64),
+              np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
+              np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
+              has_dr, SOLVER_CODES[solver], max(int(max_in), 1), int(limit), table, use_table)
+    work = batch * n_out * qt2.shape[1]
+
+    def run(samples, length):
+        logs = (np.empty((samples.size, length)), np.empty((samples.size, length), np.int64),
+                np.empty((samples.size, length)))
+        n_log = np.zeros(samples.size, np.int64)
+        previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
+        try:
+            forward_kernel(work, samples, *common, times, events, counts, *logs, n_log, status, status_at)
+        finally:
+            numba.set_parallel_chunksize(previous)
+        return logs, n_log
+
+    length = _log_length(n_out, max_spikes)
+    (log_t, log_k, log_I), n_log = run(np.arange(batch), length)
+    bad = np.flatnonzero(status[:, 0] != _OK)
+    if bad.size:
+        b = int(bad[0])
+        k = int(status[b, 1])
+        if status[b, 0] == _RUNAWAY:
+            raise _runaway_error(b, k, n_out, status_at[b, 0], status_at[b, 1], limit, threshold[k])
+        raise unresolvable_spike_error(b * n_out + k, n_out, status_at[b, 0])
+    M = int(n_log.max(initial=0))
+    _log_hint = M
+    out_t = np.full((batch, M), np.inf)
+    out_k = np.full((batch, M), -1, np.int64)
+    out_I = np.zeros((batch, M))
+    fit = np.minimum(n_log, length)
+    keep = np.arange(min(M, length))[None, :] < fit[:, None]
+    for out, buf in ((out_t, log_t), (out_k, log_k), (out_I, log_I)):
+        out[:, :keep.shape[1]][keep] = buf[:, :keep.shape[1]][keep]
+    over = np.flatnonzero(n_log > length)
+    if over.size:  # the samples whose logs did not fit, again with the length they need
+        (log_t, log_k, log_I), _ = run(over, M)
+        for j, b in enumerate(over):
+            n = int(n_log[b])
+            out_t[b, :n], out_k[b, :n], out_I[b, :n] = log_t[j, :n], log_k[j, :n], log_I[j, :n]
+    log = RecurrentLog(times=out_t, neurons=out_k, currents=out_I, count=n_log)
+    return times, events, counts, log
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------------------------------
+
+@_jit
+def _adjoint_after(sp_t, lamV, lamI, b, base, n_i, c, t, tau_mem, tau_syn):
+    """``_recurrent._Adjoint.after``: the adjoint of a neuron just after ``t`` from its spike ``c`` (the first strictly
+    after ``t``; none when ``c == n_i``), its spikes at ``base ...`` of row ``b``."""
+    if c >= n_i:
+        return 0.0, 0.0
+    a, bb, ci = nm.decay(sp_t[b, base + c] - t, tau_mem, tau_syn)
+    lV1 = lamV[b, base + c]
+    lI1 = lamI[b, base + c]
+    return a * lV1, ci * lV1 + bb * lI1
+
+
+@_pjit
+def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_arr, R, Dr, has_dr, start, stop, off,
+                    sp_t, lamV, lamI, part_R, part_Dr, part_th, graze):
+    """The spike loop of ``_recurrent.backward`` for samples ``[start, stop)`` (``prange``): each neuron's spikes by
+    neuron (``off [batch, n_out + 1]``, ``sp_t``), the adjoint before each (``lamV``, ``lamI``), per-sample partial
+    gradients ``part_* [stop - start, ...]`` (zeroed by the caller) and ``graze[b] = (count, earliest time,
+    neuron)``."""
+    n_out = R.shape[0]
+    S = grad_times.shape[2]
+    for s_ in prange(stop - start):
+        bl = np.int64(s_)
+        b = start + bl
+        n = log_n[b]
+        cnt = np.zeros(n_out, np.int64)
+        for m in range(n):
+            cnt[log_k[b, m]] += 1
+        off[b, 0] = 0
+        for i in range(n_out):
+            off[b, i + 1] = off[b, i] + cnt[i]
+        fill = np.empty(n_out, np.int64)
+        for i in range(n_out):
+            fill[i] = off[b, i]
+        pos = np.empty(n, np.int64)
+        for m in range(n):
+            k = log_k[b, m]
+            c = fill[k]
+            sp_t[b, c] = log_t[b, m]
+            pos[m] = c - off[b, k]
+            fill[k] = c + 1
+        ptr = cnt.copy()  # per neuron: its first spike strictly after the current spike's time
+        n_graze = 0
+        t_graze = np.inf
+        k_graze = -1
+        # Spikes last to first: everything a spike feeds (arrivals at or after it, later spikes) is done.
+        for m in range(n - 1, -1, -1):
+            k = log_k[b, m]
+            t = log_t[b, m]
+            Is = log_I[b, m]
+            ck = pos[m]
+            tmk = tm_arr[k]
+            lV_after, lI_after = _adjoint_after(sp_t, lamV, lamI, b, off[b, k], cnt[k], ck + 1, t, tmk, ts_arr[k])
+            g = grad_times[b, k, ck] if ck < S else 0.0
+            total = 0.0
+            for i in range(n_out):
+                base = off[b, i]
+                c = ptr[i]
+                while c > 0 and sp_t[b, base + c - 1] > t:
+                    c -= 1
+                ptr[i] = c
+                tau = t
+                if has_dr:
+                    tau = t + Dr[k, i]
+                    hi = cnt[i]
+                    while c < hi:  # first spike strictly after the arrival
+                        mid = (c + hi) >> 1
+                        if sp_t[b, base + mid] <= tau:
+                            c = mid + 1
+                        else:
+                            hi = mid
+                lV, lI = _adjoint_after(sp_t, lamV, lamI, b, base, cnt[i], c, tau, tm_arr[i], ts_arr[i])
+                g_arrival = R[k, i] * (lI / ts_arr[i] - lV / tm_arr[i])
+                part_R[bl, k, i] += lI
+                if has_dr:
+                    part_Dr[bl, k, i] += g_arrival
+                total += g_arrival
+            G = g + total - lV_after * Is / tmk
+            D = (Is - th_arr[k]) / tmk
+            idx = off[b, k] + ck
+            if D <= 0.0:  # grazing: its IFT term is dropped
+                lamV[b, idx] = 0.0
+                n_graze += 1
+                if t <= t_graze:
+                    t_graze = t
+                    k_graze = k
+            else:
+                lamV[b, idx] = -G / D
+                part_th[bl, k] += G / D
+            lamI[b, idx] = lI_after
+        graze[b, 0] = n_graze
+        graze[b, 1] = t_graze
+        graze[b, 2] = k_graze
+
+
+@_pjit
+def backward_inputs(qt, qi, qe, Q, W, tm_arr, ts_arr, max_in, off, sp_t, lamV, lamI, start, stop, grad_w, grad_d,
+                    has_delays, g_arrival, has_input_grad):
+    """``_recurrent._input_grads`` for samples ``[start, stop)``; ``prange`` over neurons ``i`` (their columns of
+    ``grad_w``, ``grad_d``), samples and entries in order; ``g_arrival[b - start, i, k]`` (zeroed by the caller)."""
+    n_out = W.shape[1]
+    for i_ in prange(n_out):
+        i = np.int64(i_)
+        tmi = tm_arr[i]
+        tsi = ts_arr[i]
+        for b in range(start, stop):
+            base = off[b, i]
+            n_i = off[b, i + 1] - base
+            if n_i == 0:
+                continue
+            row = b * Q + (i if Q > 1 else 0)
+            t_last = sp_t[b, base + n_i - 1]
+            c = 0
+            for k in range(qe[row]):
+                tau = qt[row, k]
+                if tau >= t_last:
+                    break  # no spike after it: no gradient
+                while sp_t[b, base + c] <= tau:
+                    c += 1
+                lV, lI = _adjoint_after(sp_t, lamV, lamI, b, base, n_i, c, tau, tmi, tsi)
+                j = qi[row, k] // max_in
+                grad_w[j, i] += lI
+                if has_delays or has_input_grad:
+                    g_arr = W[j, i] * (lI / tsi - lV / tmi)
+                    if has_delays:
+                        grad_d[j, i] += g_arr
+                    if has_input_grad:
+                        g_arrival[b - start, i, k] = g_arr
+
+
+def backward(res, grad_times, input_times_grad):
+    """``_recurrent.backward`` by the compiled kernels: ``(grads dict, grazing (count, first flat neuron, time) or
+    None)``."""
+    log = res.recurrent_log
+    batch, n_in, max_in0 = res.input_shape
+    max_in = max(max_in0, 1)
+    n_out = res.weights.shape[1]
+    L1 = res.queue_times.shape[2]
+    Q = res.queue_times.shape[1]
+    tm = np.ascontiguousarray(res.tau_mem, np.float64)
+    ts = np.ascontiguousarray(res.tau_syn, np.float64)
+    th = np.ascontiguousarray(res.threshold, np.float64)
+    R = np.ascontiguousarray(res.recurrent_weights, np.float64)
+    has_dr = res.recurrent_delays is not None
+    Dr = np.ascontiguousarray(res.recurrent_delays, np.float64) if has_dr else np.zeros((1, 1))
+    M = log.times.shape[1]
+    log_t = np.ascontiguousarray(log.times, np.float64)
+    log_k = np.ascontiguousarray(log.neurons, np.int64)
+    log_I = np.ascontiguousarray(log.currents, np.float64)
+    log_n = np.ascontiguousarray(log.count, np.int64)
+    g_all = np.ascontiguousarray(grad_times, np.float64)
+    off = np.zeros((batch, n_out + 1), np.int64)
+    sp_t = np.empty((batch, max(M, 1)))
+    lamV = np.zeros((batch, max(M, 1)))
+    lamI = np.zeros((batch, max(M, 1)))
+    grad_R = np.zeros((n_out, n_out))
+    grad_Dr = np.zeros((n_out, n_out)) if has_dr else None
+    grad_th = np.zeros(n_out)
+    graze = np.zeros((batch, 3))
+    per_sample = 8 * n_out * (n_out * (2 if has_dr else 1) + 1)
+    block = max(1, min(batch, _PARTIAL_BYTES // per_sample))
+    previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
+    try:
+        for start in range(0, batch, block):
+            stop = min(start + block, batch)
+            part_R = np.zeros((stop - start, n_out, n_out))
+            part_Dr = np.zeros((stop - start, n_out, n_out) if has_dr else (1, 1, 1))
+            part_th = np.zeros((stop - start, n_out))
+            backward_spikes((stop - start) * n_out * max(M // max(batch, 1), 1), log_t, log_k, log_I, log_n, g_all,
+                            tm, ts, th, R, Dr, has_dr, start, stop, off, sp_t, lamV, lamI, part_R, part_Dr, part_th,
+                            graze)
+            for j in range(stop - start):  # in sample order
+                grad_R += part_R[j]
+                grad_th += part_th[j]
+                if has_dr:
+                    grad_Dr += part_Dr[j]
+    finally:
+        numba.set_parallel_chunksize(previous)
+    qt = np.ascontiguousarray(res.queue_times.reshape(-1, L1))
+    qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
+    qe = np.ascontiguousarray(res.queue_end.reshape(-1), dtype=np.int64)
+    W = np.ascontiguousarray(res.weights, np.float64)
+    has_delays = res.delays is not None
+    grad_W = np.zeros((n_in, n_out))
+    grad_D = np.zeros((n_in, n_out)) if has_delays else np.zeros((1, 1))
+    grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
+    per_sample = 8 * n_out * L1 if input_times_grad else 0
+    block = batch if per_sample == 0 else max(1, min(batch, _ARRIVAL_BYTES // per_sample))
+    for start in range(0, max(batch, 1), max(block, 1)):
+        stop = min(start + block, batch)
+        if stop <= start:
+            break
+        g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
+        backward_inputs((stop - start) * n_out * L1, qt, qi, qe, Q, W, tm, ts, max_in, off, sp_t, lamV, lamI, start,
+                        stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad)
+        if input_times_grad:
+            _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
+    grazing = None
+    n_graze = graze[:, 0]
+    if n_graze.any():
+        hit = np.flatnonzero(n_graze > 0)
+        b = int(hit[np.argmin(graze[hit, 1])])
+        grazing = (int(n_graze.sum()), b * n_out + int(graze[b, 2]), float(graze[b, 1]))
+    grads = {"weights": grad_W,
+             "delays": grad_D if has_delays else None,
+             "input_times": None if grad_in is None else grad_in[:, :n_in * max_in0].reshape(batch, n_in, max_in0),
+             "threshold": grad_th, "recurrent_weights": grad_R, "recurrent_delays": grad_Dr}
+    return grads, grazing
