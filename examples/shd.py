@@ -3,6 +3,11 @@ trainable per-synapse delays + LIReadout (the architecture of the Bullet Trains 
 
     python examples/shd.py --data-dir DIR                      # torch backend (default); a GPU is advised
     python examples/shd.py --data-dir DIR --epochs 1 --limit 256 --hidden 64   # quick look on a CPU
+    python examples/shd.py --data-dir DIR --recurrent          # one recurrent hidden layer instead of two
+
+``--recurrent``: one hidden ``LIFLayer(recurrent=True)`` (input delays as above, plus recurrent connections within
+the layer, exact spike times and gradients: README "Recurrent layers"), the architecture of the strongest
+exact-gradient SHD results, in place of the two feed-forward hidden layers.
 
 Data: ``DIR/shd_train.h5`` and ``DIR/shd_test.h5`` (or the ``.h5.gz`` / ``.h5.zip`` archives), the official files
 from https://zenkelab.org/datasets/. Download them with
@@ -46,12 +51,13 @@ READOUT = "integral"
 DATASETS = {"shd": (shd, 20, ("train", "test")), "ssc": (ssc, 35, ("train", "valid", "test"))}
 
 
-def build_model(n_channels, n_classes, hidden, max_spikes, t_max, max_delay):
+def build_model(n_channels, n_classes, hidden, max_spikes, t_max, max_delay, recurrent=False):
     lif = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, delays=True, max_delay=max_delay)
+    hidden_layers = ([LIFLayer(hidden, name="hidden1", recurrent=True, **lif)] if recurrent else
+                     [LIFLayer(hidden, name="hidden1", **lif), LIFLayer(hidden, name="hidden2", **lif)])
     return keras.Sequential([
         keras.Input(shape=(n_channels, None)),
-        LIFLayer(hidden, name="hidden1", **lif),
-        LIFLayer(hidden, name="hidden2", **lif),
+        *hidden_layers,
         LIReadout(n_classes, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=READOUT,
                   t_max=t_max + 2 * max_delay + 2 * TAU_MEM, name="readout"),
     ])
@@ -80,6 +86,8 @@ def run(name, argv, doc):
     parser.add_argument("--t-max", type=float, default=1000.0, help="drop input spikes after this time (ms)")
     parser.add_argument("--max-input-spikes", type=int, default=None, help="cap on spikes per input channel")
     parser.add_argument("--max-delay", type=float, default=MAX_DELAY, help="upper bound of the delays (ms)")
+    parser.add_argument("--recurrent", action="store_true",
+                        help="one recurrent hidden layer instead of two feed-forward ones")
     args = parser.parse_args(argv)
     if args.data_dir is None:
         parser.error(f"--data-dir is required: the folder with {', '.join(f'{name}_{s}.h5' for s in splits)} "
@@ -90,11 +98,13 @@ def run(name, argv, doc):
     keras.utils.set_random_seed(args.seed)
     data = {split: load_split(name, split, args) for split in splits}
     train, test, val = data["train"], data["test"], data.get("valid")
-    model = build_model(train.n_channels, n_classes, args.hidden, args.max_spikes, args.t_max, args.max_delay)
+    model = build_model(train.n_channels, n_classes, args.hidden, args.max_spikes, args.t_max, args.max_delay,
+                        recurrent=args.recurrent)
     result = _common.train(model, train, test, args, val_set=val)
     return _common.summary(name, args, result, dropped_input_spikes=sum(d.dropped_spikes for d in data.values()),
                            n_train=len(train), n_test=len(test), n_channels=args.n_channels, t_max=args.t_max,
-                           max_input_spikes=args.max_input_spikes, max_delay=args.max_delay)
+                           max_input_spikes=args.max_input_spikes, max_delay=args.max_delay,
+                           recurrent=args.recurrent)
 
 
 def main(argv=None):

@@ -365,7 +365,9 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
 
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
-    method = "scan" if method == "auto" else method
+    # "auto": the event loop, which the NumPy engine runs faster than the windows (benchmarks/bench_recurrent.py:
+    # about 7x on an SHD-like layer firing ~30 spikes per neuron, where each window commits few spikes).
+    method = "sequential" if method == "auto" else method
     compiled = engine == "numba"
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
                           "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine)

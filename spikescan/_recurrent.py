@@ -206,11 +206,13 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
     d_min = 0.0 if Dr is None else float(Dr[R != 0.0].min(initial=np.inf))
     if not np.isfinite(d_min):
         d_min = np.inf  # no recurrent connection: one window holds everything
-    K = int(chunk_size)
     L1 = qt2.shape[1]
     live = np.ones(batch, bool)
-    lanes = np.arange(K)
+    # The lookahead adapts between 4 and chunk_size: halved after a round that a spike ended (its far lanes were
+    # wasted), doubled after one that a lookahead's end bounded. The results do not depend on it.
+    K = min(int(chunk_size), 16)
     while live.any():
+        lanes = np.arange(K)
         # Lookahead: up to K queue entries before the earliest pending recurrent arrival (which ends the lookahead).
         pend_min = st.pend_t.min(axis=2)
         pos = st.p[:, :, None] + lanes  # [batch, n_out, K]
@@ -298,6 +300,8 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
             _apply_arrivals(st, ab, ai, pend_min[ab, ai], qt2, qi2, row, end, W, max_in, tm, ts)
         # A sample whose lookahead found no crossing and no end anywhere has applied all its arrivals: finished.
         live &= ~done
+        spike_bound = bool(((c <= h) & np.isfinite(c))[live].mean() >= 0.5) if live.any() else False
+        K = max(min(4, int(chunk_size)), K // 2) if spike_bound else min(int(chunk_size), 2 * K)
     return st
 
 

@@ -68,6 +68,8 @@ class LIFSpec:
     host_checks: bool = True  # False: the bridge runs ``LIFOp.check`` itself, on values it computed from the outputs
     time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are inputs (trainable)
     threshold_input: bool = False  # True: per-neuron thresholds are the last input (trainable)
+    recurrent: bool = False  # True: recurrent weights [n_out, n_out] follow the (delays of the) input weights
+    recurrent_delays: bool = False  # True: and recurrent delays [n_out, n_out] after them
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,20 @@ def _split_threshold(spec, inputs):
     return inputs, spec.threshold
 
 
+def _split_recurrent(spec, inputs):
+    """``(inputs without the recurrent ones, recurrent_weights or None, recurrent_delays or None)``."""
+    if not spec.recurrent:
+        return inputs, None, None
+    if spec.recurrent_delays:
+        return inputs[:-2], inputs[-2], inputs[-1]
+    return inputs[:-1], inputs[-1], None
+
+
 class LIFOp:
-    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``, followed by ``(tau_mem, tau_syn)``
-    ``[n_out]`` when ``spec.time_constant_inputs`` and ``threshold [n_out]`` when ``spec.threshold_input``;
+    """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``, followed by
+    ``recurrent_weights [n_out, n_out]`` (and ``recurrent_delays``) when ``spec.recurrent`` (``spec.recurrent_delays``),
+    ``(tau_mem, tau_syn)`` ``[n_out]`` when ``spec.time_constant_inputs`` and ``threshold [n_out]`` when
+    ``spec.threshold_input``;
     ``outputs = (times, counts)``.
 
     ``times [batch, n_out, max_spikes]`` has the dtype of ``input_times``; ``counts [batch, n_out]`` is int32 (the
@@ -112,11 +125,13 @@ class LIFOp:
     def forward(spec: LIFSpec, inputs):
         inputs, threshold = _split_threshold(spec, inputs)
         inputs, tau_mem, tau_syn = _split_time_constants(spec, inputs)
+        inputs, recurrent_weights, recurrent_delays = _split_recurrent(spec, inputs)
         input_times, weights, *delays = inputs
         result = spikescan.lif_forward(
             input_times, weights, delays=delays[0] if delays else None, tau_mem=tau_mem, tau_syn=tau_syn,
             threshold=threshold, max_spikes=spec.max_spikes, method=spec.method, chunk_size=spec.chunk_size,
-            solver=spec.solver, max_total_spikes=spec.max_total_spikes)
+            solver=spec.solver, max_total_spikes=spec.max_total_spikes, recurrent_weights=recurrent_weights,
+            recurrent_delays=recurrent_delays)
         outputs = (result.times, result.counts.astype(np.int32))
         if spec.host_checks:
             LIFOp.check(spec, *LIFOp.check_values(spec, outputs))
@@ -148,6 +163,10 @@ class LIFOp:
         grads = spikescan.lif_backward(result, grad_times, input_times_grad=input_grad,
                                        time_constant_grads=spec.time_constant_inputs)
         out = (grads.input_times, grads.weights) + (() if grads.delays is None else (grads.delays,))
+        if spec.recurrent:
+            out += (grads.recurrent_weights,)
+        if spec.recurrent_delays:
+            out += (grads.recurrent_delays,)
         if spec.time_constant_inputs:
             dtype = grads.weights.dtype
             out += (grads.tau_mem.astype(dtype), grads.tau_syn.astype(dtype))

@@ -140,6 +140,14 @@ class LIFLayer(keras.layers.Layer):
     ``threshold`` argument, kept at or above ``min_threshold`` (default 5% of it). The first-batch calibration uses
     the initial values; the revival objective reads the current ones and moves the weights only.
 
+    Recurrent (``recurrent=True``): also ``recurrent_kernel [units, units]``; a spike of neuron ``k`` at ``t`` adds
+    ``recurrent_kernel[k, i]`` to neuron ``i``'s current at ``t`` (after ``k``'s own reset for ``i == k``), or at
+    ``t + recurrent_delays[k, i]`` with ``recurrent_delays=True`` (weights ``recurrent_delays [units, units]`` in
+    ``[0, max_delay]``). Every spike propagates, recorded or not. Exact forward and gradients
+    (``spikescan.lif_forward(recurrent_weights=...)``, README "Recurrent layers"); time constants cannot be trained
+    in a recurrent layer yet. The calibration and the revival objective look at the input drive only (the recurrent
+    input starts near zero on average).
+
     Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
     non-trainable variable ``capped_spikes`` (int32) accumulates, over every call since it was built, the number of
     spikes fired but not recorded, and a ``CappedSpikesWarning`` is issued the first time it happens.
@@ -161,7 +169,14 @@ class LIFLayer(keras.layers.Layer):
             channels; ``None``: one per channel) and the duration they are spread over (``0``: near-synchronous).
         delay_initializer: a Keras initializer or ``"auto"``: uniform on ``[0, max_delay]`` when ``max_delay`` is
             set (arrival times spread over the delay range), else zeros.
-        max_delay: upper bound of the delays (None: unbounded).
+        max_delay: upper bound of the delays (None: unbounded), the recurrent ones included.
+        recurrent: add recurrent connections within the layer (``recurrent_kernel``).
+        recurrent_delays: learn one non-negative delay per recurrent connection.
+        recurrent_initializer: a Keras initializer or ``"auto"``: ``Normal(0, mu / 2)`` with ``mu`` the
+            ``"auto"`` input rule's mean weight for ``units`` inputs spiking once each (``spikescan.init.mean_weight``):
+            balanced excitation and inhibition, each recurrent input a fraction of what drives a neuron to threshold.
+        recurrent_delay_initializer: a Keras initializer or ``"auto"`` (uniform on ``[0, max_delay]``, or zeros).
+        recurrent_regularizer: optional Keras regularizer of ``recurrent_kernel``.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
             model's losses).
@@ -202,9 +217,24 @@ class LIFLayer(keras.layers.Layer):
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
                  kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
                  input_spikes=None, input_window=0.0, max_total_spikes=10_000, trainable_time_constants=False,
-                 min_time_constant=None, trainable_threshold=False, min_threshold=None, **kwargs):
+                 min_time_constant=None, trainable_threshold=False, min_threshold=None, recurrent=False,
+                 recurrent_delays=False, recurrent_initializer="auto", recurrent_delay_initializer="auto",
+                 recurrent_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = _bridge.supports_jit()
+        for name, value in (("recurrent", recurrent), ("recurrent_delays", recurrent_delays)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if recurrent_delays and not recurrent:
+            raise ValueError("recurrent_delays=True needs recurrent=True")
+        if recurrent and trainable_time_constants:
+            raise ValueError("trainable_time_constants=True is not available with recurrent=True yet: the exact "
+                             "time-constant gradients of recurrent layers are not implemented")
+        self.recurrent = recurrent
+        self.use_recurrent_delays = recurrent_delays
+        self.recurrent_initializer = _initializer("recurrent_initializer", recurrent_initializer)
+        self.recurrent_delay_initializer = _initializer("recurrent_delay_initializer", recurrent_delay_initializer)
+        self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
         self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
@@ -243,7 +273,8 @@ class LIFLayer(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes,
-                             time_constant_inputs=trainable_time_constants, threshold_input=trainable_threshold)
+                             time_constant_inputs=trainable_time_constants, threshold_input=trainable_threshold,
+                             recurrent=recurrent, recurrent_delays=recurrent_delays)
         self._train_spec = dataclasses.replace(self._spec, training=True)
         self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn, time_constant_inputs=trainable_time_constants)
         # Set by spikescan_keras.distributed.DistributedDataParallel while it trains the model on several torch
@@ -267,6 +298,20 @@ class LIFLayer(keras.layers.Layer):
                 init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
             self.delays = self.add_weight(name="delays", shape=(n_in, self.units), initializer=init,
                                           constraint=DelayRange(self.max_delay))
+        if self.recurrent:
+            init = self.recurrent_initializer
+            if init == "auto":
+                mu = spikescan.init.mean_weight(self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
+                                                threshold=self.threshold)
+                init = keras.initializers.RandomNormal(mean=0.0, stddev=0.5 * mu)
+            self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(self.units, self.units),
+                                                    initializer=init, regularizer=self.recurrent_regularizer)
+        if self.use_recurrent_delays:
+            init = self.recurrent_delay_initializer
+            if init == "auto":
+                init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
+            self.recurrent_delays = self.add_weight(name="recurrent_delays", shape=(self.units, self.units),
+                                                    initializer=init, constraint=DelayRange(self.max_delay))
         if self.trainable_time_constants:
             floor = PositiveFloor(self.min_time_constant)
             self.tau_mem_per_neuron = self.add_weight(
@@ -315,11 +360,13 @@ class LIFLayer(keras.layers.Layer):
         inputs = ops.convert_to_tensor(inputs)
         kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
         delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
+        recurrent = ((ops.convert_to_tensor(self.recurrent_kernel),) if self.recurrent else ()) + (
+            (ops.convert_to_tensor(self.recurrent_delays),) if self.use_recurrent_delays else ())
         taus = ((ops.convert_to_tensor(self.tau_mem_per_neuron), ops.convert_to_tensor(self.tau_syn_per_neuron))
                 if self.trainable_time_constants else ())
         threshold = ((ops.convert_to_tensor(self.threshold_per_neuron),) if self.trainable_threshold else ())
         spec = self._train_spec if training else self._spec
-        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *taus, *threshold))
+        times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         if training:
             dead, capped = self._firing_statistics(counts, capped)
@@ -376,7 +423,11 @@ class LIFLayer(keras.layers.Layer):
             calibrate=None if self.calibrate is None else list(self.calibrate), silence_penalty=self.silence_penalty,
             input_spikes=self.input_spikes, input_window=self.input_window, max_total_spikes=self.max_total_spikes,
             trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant,
-            trainable_threshold=self.trainable_threshold, min_threshold=self.min_threshold)
+            trainable_threshold=self.trainable_threshold, min_threshold=self.min_threshold,
+            recurrent=self.recurrent, recurrent_delays=self.use_recurrent_delays,
+            recurrent_initializer=_serialize_initializer(self.recurrent_initializer),
+            recurrent_delay_initializer=_serialize_initializer(self.recurrent_delay_initializer),
+            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer))
         return config
 
 

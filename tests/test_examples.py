@@ -119,6 +119,16 @@ def test_shd_input_cap_reported(tmp_path):
     assert summary["max_input_spikes"] == 2
 
 
+def test_shd_recurrent_trains_end_to_end(tmp_path):
+    write_speech(tmp_path, "shd", 20, ("train", "test"))
+    returned = run_speech("shd", tmp_path, tmp_path / "shd.json", "--recurrent")
+    summary = check_summary(tmp_path / "shd.json", returned, "shd")
+    assert summary["recurrent"] is True and summary["n_train"] == 4
+    model = example("shd").build_model(N_POOLED, 20, 6, 4, 1000.0, 25.0, recurrent=True)
+    hidden = [layer for layer in model.layers if layer.name.startswith("hidden")]
+    assert len(hidden) == 1 and hidden[0].recurrent
+
+
 def test_ssc_with_validation_split(tmp_path):
     data = write_speech(tmp_path, "ssc", 35, ("train", "valid", "test"))
     returned = run_speech("ssc", tmp_path, tmp_path / "ssc.json")
