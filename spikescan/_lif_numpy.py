@@ -409,15 +409,14 @@ def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grad
     """The recurrent layer's backward: ``_recurrent`` (NumPy) or ``_recurrent_numba`` (``engine="numba"``); the
     same gradients to rounding, from the residuals of either engine's forward."""
     res = result.residuals
-    if time_constant_grads:
-        raise NotImplementedError("time_constant_grads=True: the gradients of tau_mem and tau_syn are not available "
-                                  "for recurrent layers yet (weights, delays, threshold, input times and the "
-                                  "recurrent weights and delays are)")
     if engine == "numba":
         from ._recurrent_numba import backward
     else:
         from ._recurrent import backward
     g, grazing = backward(res, grad_times, input_times_grad)
+    tau_mem = tau_syn = None
+    if time_constant_grads:
+        tau_mem, tau_syn = _recurrent_time_constant_grads(res, grad_times, engine)
     if grazing is not None:
         warn_grazing(grazing[0], grazing[1], res.weights.shape[1], grazing[2], stacklevel=4)
     return LIFGrads(
@@ -427,7 +426,22 @@ def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grad
         threshold=threshold_grad(g["threshold"], res),
         recurrent_weights=g["recurrent_weights"].astype(res.weights_dtype),
         recurrent_delays=None if res.recurrent_delays is None else g["recurrent_delays"].astype(
-            res.recurrent_delays_dtype))
+            res.recurrent_delays_dtype), tau_mem=tau_mem, tau_syn=tau_syn)
+
+
+def _recurrent_time_constant_grads(res, grad_times, engine):
+    """``(tau_mem, tau_syn)`` gradients of a recurrent layer: each spike's derivative through everything outside its
+    neuron (the NumPy backward's spike walk), then the feed-forward backward of the layer unrolled with its own
+    spikes as fixed inputs (``_recurrent.unrolled_layer``), whose time-constant terms are exact per neuron."""
+    from . import _recurrent
+
+    g, _ = _recurrent.backward(res, grad_times, False, spike_grads=True)
+    unrolled, g_unrolled = _recurrent.unrolled_layer(res, g["spike_grads"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
+        grads = lif_backward(unrolled, g_unrolled, "auto", input_times_grad=False, engine=engine,
+                             time_constant_grads=True)
+    return grads.tau_mem, grads.tau_syn
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -391,8 +391,11 @@ class _Adjoint:
         return np.where(has, a * lV1, 0.0), np.where(has, ci * lV1 + bb * lI1, 0.0)
 
 
-def backward(res, grad_times, input_times_grad):
-    """Gradients of a recurrent layer; returns ``(grads dict, grazing (count, first flat neuron, time) or None)``."""
+def backward(res, grad_times, input_times_grad, spike_grads=False):
+    """Gradients of a recurrent layer; returns ``(grads dict, grazing (count, first flat neuron, time) or None)``.
+
+    ``spike_grads``: also ``grads["spike_grads"] [batch, M]``, each logged spike's derivative through everything
+    outside its own neuron (its ``grad_times`` entry plus the arrivals it causes), for ``time_constant_grads``."""
     log = res.recurrent_log
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
@@ -410,6 +413,7 @@ def backward(res, grad_times, input_times_grad):
     targets = np.arange(n_out)
     graze_first = None
     graze_count = 0
+    G_out = np.zeros(log.times.shape) if spike_grads else None
     # Spikes last to first: everything a spike feeds (arrivals at or after it, the neurons' later spikes) is done.
     for m in range(log.neurons.shape[1] - 1, -1, -1):
         bs = np.flatnonzero(m < log.count)
@@ -425,7 +429,10 @@ def backward(res, grad_times, input_times_grad):
         np.add.at(grad_R, k, lI_i)
         if grad_Dr is not None:
             np.add.at(grad_Dr, k, g_arrival)
-        G = g + g_arrival.sum(axis=1) - lV_after * Is / tm[k]
+        G_outside = g + g_arrival.sum(axis=1)
+        if G_out is not None:
+            G_out[bs, m] = G_outside
+        G = G_outside - lV_after * Is / tm[k]
         D = (Is - th[k]) / tm[k]
         graze = D <= 0.0
         if graze.any():
@@ -438,7 +445,7 @@ def backward(res, grad_times, input_times_grad):
         adj.lamI[bs, k, ck] = lI_after
         np.add.at(grad_th, k, np.where(graze, 0.0, G / D))
     grads = _input_grads(res, adj, input_times_grad)
-    grads.update(threshold=grad_th, recurrent_weights=grad_R, recurrent_delays=grad_Dr)
+    grads.update(threshold=grad_th, recurrent_weights=grad_R, recurrent_delays=grad_Dr, spike_grads=G_out)
     grazing = None if graze_first is None else (graze_count, graze_first[1], graze_first[0])
     return grads, grazing
 
@@ -476,3 +483,86 @@ def _input_grads(res, adj, input_times_grad):
     return {"weights": grad_W.reshape(n_in, n_out),
             "delays": None if grad_D is None else grad_D.reshape(n_in, n_out),
             "input_times": None if grad_in is None else grad_in[:batch * n_in * max_in].reshape(batch, n_in, max_in)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Time-constant gradients
+# ---------------------------------------------------------------------------------------------------------------
+
+def _bisect_left(sorted_rows, values):
+    """Per row, the number of entries of ``sorted_rows [..., L]`` (ascending, ``+inf`` padded) below each of
+    ``values [..., C]``."""
+    L = sorted_rows.shape[-1]
+    lo = np.zeros(values.shape, np.int64)
+    hi = np.full(values.shape, L, np.int64)
+    for _ in range(int(np.ceil(np.log2(L + 1))) + 1):
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) // 2
+        right = active & (np.take_along_axis(sorted_rows, np.minimum(mid, L - 1), axis=-1) < values)
+        lo = np.where(right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+    return lo
+
+
+def unrolled_layer(res, spike_grads):
+    """The recurrent layer as a feed-forward one whose inputs include its own spikes, all held fixed.
+
+    Each neuron's queue is its input entries merged with the recurrent arrivals it received (sources ``n_in + k``
+    with weights ``recurrent_weights[k]``), in the forward's order (at equal times inputs first, then arrivals in
+    spike order); every spike is recorded, with cotangent ``spike_grads`` (its derivative through everything outside
+    its neuron). By the chain rule over spikes, this layer's gradients of anything that acts on one neuron's own
+    dynamics (time constants, threshold, the weights into it) are the recurrent layer's.
+    Returns ``(LIFResult, grad_times)`` for ``_lif_numpy.lif_backward``."""
+    from ._types import LIFResiduals, LIFResult
+
+    log = res.recurrent_log
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    M = log.times.shape[1]
+    valid = np.arange(M)[None, :] < log.count[:, None]
+    counts = np.zeros((batch, n_out), np.int64)
+    vb, vm = np.nonzero(valid)
+    np.add.at(counts, (vb, log.neurons[vb, vm]), 1)
+    C = max(int(counts.max(initial=0)), 1)
+    pos = _spike_positions(log, n_out)
+    spike_t = np.full((batch, n_out, C), np.inf)
+    g = np.zeros((batch, n_out, C))
+    spike_t[vb, log.neurons[vb, vm], pos[vb, vm]] = log.times[vb, vm]
+    g[vb, log.neurons[vb, vm], pos[vb, vm]] = spike_grads[vb, vm]
+    max_v = max(max_in, C, 1)
+    # Input entries of each neuron [batch, n_out, L1] and the recurrent arrivals it received [batch, n_out, M].
+    qt, qi, qend = res.queue_times, res.queue_index, res.queue_end
+    rows = np.arange(n_out) if qt.shape[1] > 1 else np.zeros(n_out, np.int64)
+    L1 = qt.shape[2]
+    ext_real = np.arange(L1)[None, None, :] < qend[:, rows][:, :, None]
+    ext_t = np.where(ext_real, qt[:, rows, :], np.inf)
+    j = np.where(ext_real, qi[:, rows, :], 0) // max(max_in, 1)
+    m_in = np.where(ext_real, qi[:, rows, :], 0) % max(max_in, 1)
+    ext_idx = np.where(ext_real, j * max_v + m_in, -1)
+    k = np.where(valid, log.neurons, 0)
+    w_rec = res.recurrent_weights[k]  # [batch, M, n_out]
+    delay = 0.0 if res.recurrent_delays is None else res.recurrent_delays[k]
+    rec_real = valid[:, :, None] & (w_rec != 0.0)  # the forward schedules no zero-weight arrival
+    rec_t = np.where(rec_real, log.times[:, :, None] + delay, np.inf).transpose(0, 2, 1)
+    rec_idx = np.where(rec_real, ((n_in + k) * max_v + np.maximum(pos, 0))[:, :, None], -1).transpose(0, 2, 1)
+    times = np.concatenate([ext_t, rec_t], axis=2)
+    index = np.concatenate([ext_idx, rec_idx], axis=2)
+    # Ascending time; stable, so inputs stay before arrivals and arrivals in spike order at equal times.
+    order = np.argsort(times, axis=2, kind="stable")
+    times = np.take_along_axis(times, order, axis=2)
+    index = np.take_along_axis(index, order, axis=2)
+    end = np.isfinite(times).sum(axis=2)
+    L = int(end.max(initial=0)) + 1
+    times = np.concatenate([times, np.full((batch, n_out, 1), np.inf)], axis=2)[:, :, :L]
+    index = np.concatenate([index, np.full((batch, n_out, 1), -1)], axis=2)[:, :, :L]
+    # A spike lies after the entries before its time (an arrival at its exact time comes after it).
+    event = np.where(np.isfinite(spike_t), _bisect_left(times, spike_t), -1)
+    W = np.concatenate([res.weights, res.recurrent_weights], axis=0)
+    virtual = LIFResiduals(
+        queue_times=times, queue_index=index, queue_end=end, spike_times=spike_t, spike_event=event, weights=W,
+        delays=None, tau_mem=res.tau_mem, tau_syn=res.tau_syn, threshold=res.threshold, threshold_is_scalar=False,
+        input_shape=(batch, n_in + n_out, max_v), input_dtype=np.dtype(np.float64),
+        weights_dtype=np.dtype(np.float64), delays_dtype=None, solver=res.solver)
+    return LIFResult(times=spike_t, counts=counts, residuals=virtual), g

@@ -21,15 +21,20 @@ TAU_MEM, TAU_SYN = 10.0, 4.0
 def test_recurrent_gradients_match_finite_differences(recurrent_delays):
     rng = np.random.default_rng(11)
     x = spike_input(rng, n_in=3, max_in=3)
+    # With recurrent delays, trainable time constants too.
     lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, recurrent=True,
                       recurrent_delays=recurrent_delays, max_delay=3.0, calibrate=None, silence_penalty=0.0,
+                      trainable_time_constants=recurrent_delays,
                       kernel_initializer=keras.initializers.RandomNormal(1.0, 0.5, seed=2),
                       recurrent_initializer=keras.initializers.RandomNormal(0.0, 0.4, seed=3))
     lif(x)
     names = [v.path.split("/")[-1] for v in lif.trainable_variables]
-    assert names == ["kernel", "recurrent_kernel"] + (["recurrent_delays"] if recurrent_delays else [])
+    assert names == ["kernel", "recurrent_kernel"] + (
+        ["recurrent_delays", "tau_mem", "tau_syn"] if recurrent_delays else [])
     if recurrent_delays:
         lif.recurrent_delays.assign(rng.uniform(0.5, 3.0, (4, 4)).astype(np.float32))
+        lif.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 4).astype(np.float32))
+        lif.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 4).astype(np.float32))
     assert np.isfinite(ops.convert_to_numpy(lif(x))).sum() > 6, "the case should have spikes"
     grad_times = rng.normal(size=(3, 4, 3))
     params = [v.numpy() for v in lif.trainable_variables]
@@ -39,8 +44,8 @@ def test_recurrent_gradients_match_finite_differences(recurrent_delays):
         finite = ops.where(ops.isfinite(times), times, 0.0)
         return ops.sum(finite * ops.convert_to_tensor(grad_times.astype(np.float32)))
 
-    def loss_numpy(w, r, dr=None):
-        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3,
+    def loss_numpy(w, r, dr=None, tau_mem=TAU_MEM, tau_syn=TAU_SYN):
+        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=3,
                                     recurrent_weights=r, recurrent_delays=dr)
         return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
 
@@ -84,5 +89,3 @@ def test_recurrent_options_are_checked():
         sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, recurrent_delays=True)
     with pytest.raises(TypeError, match="recurrent must be True or False"):
         sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, recurrent="yes")
-    with pytest.raises(ValueError, match="trainable_time_constants=True is not available with recurrent=True"):
-        sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, recurrent=True, trainable_time_constants=True)

@@ -214,8 +214,46 @@ def test_recurrent_gradients_reach_silent_senders_through_zero_weights():
     assert grads.recurrent_weights[0, 1] != 0.0
 
 
-def test_time_constant_gradients_are_refused_for_recurrent_layers():
-    t, W, R, _, _ = case(8)
-    res = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=4.0, max_spikes=2, recurrent_weights=R)
-    with pytest.raises(NotImplementedError, match="time_constant_grads"):
-        ss.lif_backward(res, np.zeros(res.times.shape), time_constant_grads=True)
+@pytest.mark.parametrize("delays,rec_delays", [(False, False), (True, True)])
+def test_time_constant_gradients_match_finite_differences(delays, rec_delays):
+    t, W, R, D, Dr = case(6, batch=2, n_in=4, n_out=3, max_in=3, r_mean=0.2, delays=delays, rec_delays=rec_delays,
+                          t_max=20.0)
+    tau_mem, tau_syn = np.array([8.0, 6.0, 9.0]), np.array([3.0, 6.0, 2.0])  # one neuron with equal constants
+    W[:, 0] += 0.8  # every neuron fires
+    kw = dict(threshold=np.array([0.8, 0.9, 1.1]), max_spikes=2, delays=D, recurrent_weights=R,
+              recurrent_delays=Dr)
+    res = ss.lif_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, **kw)
+    assert (res.counts.sum(axis=0) > 0).all() and res.capped_spikes > 0
+    g = np.random.default_rng(1).normal(size=res.times.shape)
+    grads = ss.lif_backward(res, g, time_constant_grads=True)
+
+    def loss(tau_mem, tau_syn):
+        r = ss.lif_forward(t, W, tau_mem=tau_mem, tau_syn=tau_syn, **kw)
+        return float(np.where(np.isfinite(r.times), r.times * g, 0.0).sum()), r.counts
+
+    fd = _finite_differences(dict(tau_mem=tau_mem, tau_syn=tau_syn), "tau_mem", loss)
+    np.testing.assert_allclose(grads.tau_mem, fd, **TOL["fd"])
+    fd = _finite_differences(dict(tau_mem=tau_mem, tau_syn=tau_syn), "tau_syn", loss)
+    np.testing.assert_allclose(grads.tau_syn, fd, **TOL["fd"])
+    assert np.abs(grads.tau_mem).min() > 0 and np.abs(grads.tau_syn).min() > 0
+
+
+def test_unrolled_feed_forward_backward_reproduces_the_recurrent_gradients():
+    # The recurrent layer unrolled into a feed-forward one (its own spikes as fixed inputs, each spike's cotangent
+    # its derivative through the other neurons) must give, through the feed-forward backward (a different
+    # algorithm: the discrete point recurrence), the recurrent backward's weight, recurrent-weight and threshold
+    # gradients.
+    from spikescan import _recurrent
+
+    t, W, R, D, Dr = case(9, delays=True, rec_delays=True, r_mean=0.1)
+    res = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=4.0, threshold=np.linspace(0.9, 1.1, 5), max_spikes=2,
+                         delays=D, recurrent_weights=R, recurrent_delays=Dr)
+    assert res.capped_spikes > 0
+    g = np.random.default_rng(2).normal(size=res.times.shape)
+    grads = ss.lif_backward(res, g)
+    spike = _recurrent.backward(res.residuals, g, False, spike_grads=True)[0]["spike_grads"]
+    unrolled, g_unrolled = _recurrent.unrolled_layer(res.residuals, spike)
+    ff = ss.lif_backward(unrolled, g_unrolled, input_times_grad=False, engine="numpy", method="sequential")
+    np.testing.assert_allclose(ff.weights[:6], grads.weights, **TOL["float64"]["grads"])
+    np.testing.assert_allclose(ff.weights[6:], grads.recurrent_weights, **TOL["float64"]["grads"])
+    np.testing.assert_allclose(ff.threshold, grads.threshold, **TOL["float64"]["grads"])

@@ -197,9 +197,10 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
              stacklevel=4):
     """Array-module-generic body of ``lif_backward_recurrent_cuda``; ``block_size`` as in ``forward``."""
     if time_constant_grads:
-        raise NotImplementedError("time_constant_grads=True: the gradients of tau_mem and tau_syn are not available "
-                                  "for recurrent layers yet (weights, delays, threshold, input times and the "
-                                  "recurrent weights and delays are)")
+        raise NotImplementedError("time_constant_grads=True: the gradients of tau_mem and tau_syn of recurrent "
+                                  "layers are computed on NumPy inputs only so far, not by the CUDA kernels "
+                                  "(weights, delays, threshold, input times and the recurrent weights and delays "
+                                  "are)")
     res = result.residuals
     log = res.recurrent_log
     batch, n_in, max_in = res.input_shape
