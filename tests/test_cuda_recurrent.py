@@ -1,0 +1,302 @@
+"""The recurrent layer's CUDA kernels (``spikescan/cuda/kernels/recurrent.cu`` through ``spikescan.cuda._recurrent``)
+against the NumPy recurrent layer (``lif_forward(..., recurrent_weights=, engine="numpy")``, the global event loop).
+
+Every case runs on the host emulation (``emulated``: the same ``.cu`` source compiled for the CPU, CUDA threads as
+coroutines, see ``spikescan.cuda._hostemu``) and, under the ``gpu`` marker, on a device with CuPy arrays (skipped
+without one). Spike counts, spike events and the spike log's neurons must be identical; times, log currents and every
+gradient agree within ``tolerances.TOL``. Cases are tiny: the emulation is slow.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import spikescan as ss
+from spikescan import _validate
+from spikescan.cuda import _hostemu, _lif, _recurrent, is_available
+
+from _cases import random_spikes, weights
+from tolerances import TOL
+
+BACKENDS = [pytest.param("emulated", id="emulated"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(scope="module")
+def host_kernels(tmp_path_factory):
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu_recurrent")))
+
+
+class Backend:
+    """The recurrent launchers on the GPU (CuPy) or on the host emulation (NumPy); ``launched`` lists the kernels."""
+
+    def __init__(self, name, request):
+        self.name = name
+        if name == "gpu":
+            if not is_available():
+                pytest.skip("no CUDA device")
+            import cupy
+
+            self.xp, base = cupy, _recurrent._cupy_launch
+        else:
+            self.xp, base = np, request.getfixturevalue("host_kernels").launch
+        self.launched = []
+
+        def launch(*args, **kw):
+            self.launched.append(args[1])
+            return base(*args, **kw)
+
+        self.launch = launch
+
+    def dev(self, x):
+        return None if x is None else self.xp.asarray(x)
+
+    def host(self, x):
+        if x is None or isinstance(x, np.ndarray):
+            return x
+        return self.xp.asnumpy(x)
+
+    def forward(self, t, W, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=None, recurrent_weights,
+                recurrent_delays=None, solver="newton", max_total_spikes=300, **launcher):
+        xp, n_out = self.xp, W.shape[1]
+        tm = _validate.time_constant("tau_mem", self.dev(tau_mem) if np.ndim(tau_mem) else tau_mem, n_out, xp)
+        ts = _validate.time_constant("tau_syn", self.dev(tau_syn) if np.ndim(tau_syn) else tau_syn, n_out, xp)
+        th = _validate.time_constant("threshold", self.dev(threshold) if np.ndim(threshold) else threshold, n_out,
+                                     xp)
+        return _recurrent.forward(xp, self.launch, self.dev(t), self.dev(W), self.dev(delays), tm, ts, th, max_spikes,
+                                  solver, max_total_spikes, np.ndim(threshold) == 0, self.dev(recurrent_weights),
+                                  self.dev(recurrent_delays), **launcher)
+
+    def backward(self, result, G, input_times_grad=True, block_size=None):
+        return _recurrent.backward(self.xp, self.launch, result, self.dev(G), input_times_grad,
+                                   block_size=block_size)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return Backend(request.param, request)
+
+
+def case(seed, batch=3, n_in=6, n_out=5, max_in=5, r_mean=0.0, r_std=0.4, delays=False, rec_delays=False,
+         w_scale=0.6, t_max=30.0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    t = random_spikes(rng, batch, n_in, max_in, t_max=t_max, dtype=dtype)
+    W = weights(rng, n_in, n_out, mean=1.0, std=0.8) * w_scale
+    R = rng.normal(r_mean, r_std, (n_out, n_out))
+    np.fill_diagonal(R, np.clip(np.diag(R), -1.0, 0.2))  # self-connections, short of runaway self-excitation
+    D = rng.uniform(0.0, 3.0, (n_in, n_out)) if delays else None
+    Dr = rng.uniform(0.0, 3.0, (n_out, n_out)) if rec_delays else None
+    return t, W, R, D, Dr
+
+
+def check(backend, t, W, R, D=None, Dr=None, *, min_spikes=5, block_sizes=(None,), input_times_grad=True,
+          dtype="float64", **kw):
+    """Forward (every block size) and backward against the NumPy recurrent layer; returns the reference."""
+    kw.setdefault("max_total_spikes", 300)
+    args = dict(delays=D, recurrent_weights=R, recurrent_delays=Dr, **kw)
+    ref = ss.lif_forward(t, W, method="sequential", engine="numpy", **args)
+    assert ref.counts.sum() >= min_spikes
+    G = np.random.default_rng(int(ref.counts.sum())).normal(size=ref.times.shape).astype(ref.times.dtype)
+    ref_g = ss.lif_backward(ref, G, input_times_grad=input_times_grad, engine="numpy")
+    tol = TOL[dtype]
+    for block in block_sizes:
+        out = backend.forward(t, W, block_size=block, **args)
+        assert isinstance(out.times, backend.xp.ndarray)
+        label = f"block_size={block}"
+        counts, times = backend.host(out.counts), backend.host(out.times)
+        np.testing.assert_array_equal(counts, ref.counts, err_msg=label)
+        np.testing.assert_array_equal(backend.host(out.residuals.spike_event), ref.residuals.spike_event,
+                                      err_msg=label)
+        assert times.dtype == ref.times.dtype
+        fin = np.isfinite(ref.times)
+        np.testing.assert_array_equal(np.isfinite(times), fin, err_msg=label)
+        np.testing.assert_allclose(times[fin], ref.times[fin], err_msg=label, **tol["times"])
+        rlog, olog = ref.residuals.recurrent_log, out.residuals.recurrent_log
+        np.testing.assert_array_equal(backend.host(olog.count), rlog.count, err_msg=label)
+        np.testing.assert_array_equal(backend.host(olog.neurons), rlog.neurons, err_msg=label)
+        np.testing.assert_allclose(backend.host(olog.times), rlog.times, err_msg=label, **TOL["float64"]["times"])
+        np.testing.assert_allclose(backend.host(olog.currents), rlog.currents, err_msg=label,
+                                   **TOL["float64"]["times"])
+        grads = backend.backward(out, G, input_times_grad, block_size=block)
+        for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays",
+                     "tau_mem", "tau_syn"):
+            a, b = getattr(ref_g, name), backend.host(getattr(grads, name))
+            if a is None:
+                assert b is None, name
+                continue
+            assert b.shape == a.shape and b.dtype == a.dtype, (name, b.shape, a.shape, b.dtype, a.dtype)
+            np.testing.assert_allclose(b, a, err_msg=f"grad_{name} {label}", **tol["grads"])
+    return ref
+
+
+@pytest.mark.parametrize("rec_delays", [False, True], ids=["zero_rec_delays", "rec_delays"])
+@pytest.mark.parametrize("r_mean", [-0.4, 0.1], ids=["inhibitory", "excitatory"])
+def test_against_numpy_with_block_sizes_below_and_above_n_out(backend, rec_delays, r_mean):
+    t, W, R, _, Dr = case(1, r_mean=r_mean, rec_delays=rec_delays)
+    # 2 and 3 threads own 2-3 neurons each (and 3 is no power of two for the reductions); 8 leaves threads idle.
+    check(backend, t, W, R, Dr=Dr, tau_mem=10.0, tau_syn=4.0, max_spikes=4, block_sizes=(None, 2, 3, 8))
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", [(5.0, 5.0), (3.0, 7.0), (10.0, 5.0)],
+                         ids=["equal", "slow_synapse", "ratio_2"])
+def test_time_constant_regimes_input_delays_and_solvers(backend, tau_mem, tau_syn):
+    t, W, R, D, Dr = case(2, r_mean=-0.3, delays=True, rec_delays=tau_mem != tau_syn)
+    solver = "analytic" if tau_mem == 2 * tau_syn else "newton"
+    check(backend, t, W, R, D, Dr, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=4, solver=solver, block_sizes=(2,))
+
+
+def test_per_neuron_parameters_and_bisection(backend):
+    t, W, R, D, Dr = case(3, r_mean=0.05, delays=True, rec_delays=True)
+    rng = np.random.default_rng(3)
+    check(backend, t, W, R, D, Dr, tau_mem=rng.uniform(6.0, 12.0, 5), tau_syn=rng.uniform(2.0, 5.0, 5),
+          threshold=rng.uniform(0.7, 1.2, 5), max_spikes=3, solver="bisection", block_sizes=(4,))
+
+
+def test_capped_recording_propagates_every_spike(backend):
+    t, W, R, D, Dr = case(4, r_mean=0.15, rec_delays=True)
+    ref = check(backend, t, W, R, D, Dr, tau_mem=10.0, tau_syn=4.0, max_spikes=1, block_sizes=(3,),
+                input_times_grad=False)
+    assert ref.capped_spikes > 0
+
+
+def test_self_connections_with_zero_delay(backend):
+    # One neuron exciting itself (its zero-delay arrival after its own reset), and a pair with self-inhibition.
+    t = np.array([[[1.0]], [[4.0]]])
+    check(backend, t, np.array([[6.0]]), np.array([[0.5]]), tau_mem=10.0, tau_syn=5.0, max_spikes=10,
+          block_sizes=(1,), min_spikes=4)
+    t2, W2, _, _, _ = case(5, n_out=2, batch=2)
+    check(backend, t2, W2 * 2.0, np.array([[-0.8, 0.6], [0.7, -0.5]]), tau_mem=10.0, tau_syn=4.0, max_spikes=6,
+          block_sizes=(1, 2))
+
+
+def test_simultaneous_spikes_commit_in_neuron_order(backend):
+    # Identical neurons cross at the same time: the log lists them by index, each schedules its arrivals in turn.
+    t = np.array([[[1.0, 2.0, 6.0]]])
+    W = np.full((1, 4), 3.0)
+    R = np.array([[0.0, 0.3, -0.2, 0.1], [0.2, 0.0, 0.1, 0.3], [0.1, -0.1, 0.0, 0.2], [0.3, 0.2, 0.1, 0.0]])
+    # (block sizes 1 and 2: one thread owns several of the simultaneous spikers)
+    ref = check(backend, t, W, R, tau_mem=10.0, tau_syn=5.0, max_spikes=5, block_sizes=(None, 3, 2, 1))
+    log = ref.residuals.recurrent_log
+    assert np.any(np.diff(log.times[0, : log.count[0]]) == 0.0)
+    # Two identical neurons silencing each other with no delay: both spike (arrivals at t come after every spike at
+    # t), as in tests/test_recurrent_reference.py.
+    ref = check(backend, np.array([[[1.0, 2.0, np.inf]]]), np.array([[3.0, 3.0]]),
+                np.array([[0.0, -30.0], [-30.0, 0.0]]), tau_mem=6.0, tau_syn=4.0, max_spikes=5, min_spikes=2,
+                block_sizes=(1, 2))
+    assert ref.counts.tolist() == [[1, 1]]
+
+
+def test_crossing_at_the_time_of_an_input_entry_comes_first(backend):
+    # The threshold is V at t = 3 exactly (V still rising there), where the next input arrives: the spike is at 3.0,
+    # before that input (spike_event 1), and its zero-delay self-arrival comes after the reset.
+    from spikescan import _dynamics
+
+    t = np.array([[[1.0, 3.0, 5.0]]])
+    W = np.array([[3.0]])
+    threshold = float(_dynamics.voltage(2.0, 0.0, 3.0, 6.0, 4.0))
+    ref = check(backend, t, W, np.array([[0.4]]), tau_mem=6.0, tau_syn=4.0, threshold=threshold, max_spikes=4,
+                min_spikes=1, block_sizes=(1,))
+    assert ref.times[0, 0, 0] == 3.0 and ref.residuals.spike_event[0, 0, 0] == 1
+
+
+def test_recurrent_arrival_at_the_time_of_an_input_entry(backend):
+    # Neuron 0's first spike reaches neuron 1 exactly when an input does: both are applied in one step (input first).
+    t = np.array([[[1.0, 2.0, 9.0], [1.5, np.inf, np.inf]]])
+    W = np.array([[3.0, 0.4], [0.5, 0.3]])
+    R = np.array([[0.0, 0.7], [0.2, 0.0]])
+    kw = dict(tau_mem=6.0, tau_syn=4.0, max_spikes=4)
+    first = ss.lif_forward(t, W, recurrent_weights=R, engine="numpy", method="sequential", **kw).times[0, 0, 0]
+    Dr = np.full((2, 2), 0.5)
+    Dr[0, 1] = 9.0 - first
+    assert first + Dr[0, 1] == 9.0
+    check(backend, t, W, R, Dr=Dr, min_spikes=2, block_sizes=(1,), **kw)
+
+
+def test_float32_inputs(backend):
+    t, W, R, _, Dr = case(6, r_mean=-0.2, rec_delays=True, dtype=np.float32)
+    check(backend, t, W.astype(np.float32), R, Dr=Dr, tau_mem=10.0, tau_syn=4.0, max_spikes=3, dtype="float32",
+          block_sizes=(2,))
+
+
+def test_full_pending_buffers_and_short_logs_run_again_instead_of_dropping(backend):
+    t, W, R, D, Dr = case(7, r_mean=0.1, rec_delays=True)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=2, delays=D, recurrent_weights=R, recurrent_delays=Dr,
+              max_total_spikes=300)
+    ref = ss.lif_forward(t, W, method="sequential", engine="numpy", **kw)
+    assert ref.residuals.recurrent_log.count.max() > 8
+    full = backend.forward(t, W, block_size=2, **kw)
+    assert backend.launched == ["spikescan_recurrent_forward"]
+    backend.launched.clear()
+    small = backend.forward(t, W, block_size=2, pending_capacity=1, log_capacity=1, **kw)
+    # pending capacity 1 -> 2 -> 4 -> ..., then the log at its exact size: several runs, the same result.
+    assert backend.launched.count("spikescan_recurrent_forward") >= 3
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(backend.host(getattr(small, name)), backend.host(getattr(full, name)))
+    for name in ("times", "neurons", "currents", "count"):
+        a = backend.host(getattr(small.residuals.recurrent_log, name))
+        np.testing.assert_array_equal(a, backend.host(getattr(full.residuals.recurrent_log, name)), err_msg=name)
+    np.testing.assert_array_equal(backend.host(small.residuals.recurrent_log.neurons),
+                                  ref.residuals.recurrent_log.neurons)
+
+
+def test_runaway_self_excitation_and_errors(backend):
+    t = np.array([[[1.0], [2.0]]])
+    W = np.array([[5.0, 5.0], [5.0, 5.0]])
+    R = np.full((2, 2), 3.0)
+    with pytest.raises(ss.RunawayFiringError, match="runaway self-excitation") as err:
+        backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, max_total_spikes=50,
+                        block_size=2)
+    assert err.value.sample == 0 and err.value.limit == 50
+    out = backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.zeros((2, 2)))
+    with pytest.raises(NotImplementedError, match="time_constant_grads"):
+        _recurrent.backward(backend.xp, backend.launch, out, backend.xp.zeros_like(out.times),
+                            time_constant_grads=True)
+    with pytest.raises(ValueError, match="block_size"):
+        backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, block_size=0)
+
+
+def test_cupy_entry_points_dispatch_to_the_recurrent_kernels(host_kernels, monkeypatch):
+    # Without a GPU: NumPy stands in for CuPy and the emulation for the device, so that the wiring of
+    # lif_forward_recurrent_cuda and of lif_backward_cuda's dispatch runs (the gpu test below goes through lif.py).
+    monkeypatch.setitem(sys.modules, "cupy", np)
+    monkeypatch.setattr(_recurrent, "_cupy_launch", host_kernels.launch)
+    t, W, R, D, Dr = case(8, rec_delays=True, delays=True)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=3)
+    ref = ss.lif_forward(t, W, delays=D, recurrent_weights=R, recurrent_delays=Dr, method="sequential",
+                         engine="numpy", **kw)
+    n_out = W.shape[1]
+    tc = [_validate.time_constant(name, v, n_out, np) for name, v in (("tau_mem", 10.0), ("tau_syn", 4.0),
+                                                                      ("threshold", 1.0))]
+    out = _recurrent.lif_forward_recurrent_cuda(t, W, D, *tc, 3, "newton", 300, True, R, Dr)
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    G = np.ones_like(ref.times)
+    g = _lif.lif_backward_cuda(out, G, "auto", True, False)
+    ref_g = ss.lif_backward(ref, G, engine="numpy")
+    np.testing.assert_allclose(g.recurrent_delays, ref_g.recurrent_delays, **TOL["float64"]["grads"])
+    assert g.threshold.shape == ()
+
+
+@pytest.mark.gpu
+def test_public_api_on_the_gpu():
+    if not is_available():
+        pytest.skip("no CUDA device")
+    import cupy
+
+    t, W, R, D, Dr = case(9, r_mean=0.05, delays=True, rec_delays=True)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=3)
+    ref = ss.lif_forward(t, W, delays=D, recurrent_weights=R, recurrent_delays=Dr, engine="numpy", method="sequential",
+                         **kw)
+    out = ss.lif_forward(cupy.asarray(t), cupy.asarray(W), delays=cupy.asarray(D), recurrent_weights=cupy.asarray(R),
+                         recurrent_delays=cupy.asarray(Dr), **kw)
+    assert isinstance(out.residuals.recurrent_log.times, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(out.counts), ref.counts)
+    G = np.random.default_rng(0).normal(size=ref.times.shape)
+    g = ss.lif_backward(out, cupy.asarray(G))
+    ref_g = ss.lif_backward(ref, G, engine="numpy")
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+        np.testing.assert_allclose(cupy.asnumpy(getattr(g, name)), getattr(ref_g, name), err_msg=name,
+                                   **TOL["float64"]["grads"])
