@@ -34,6 +34,7 @@ NIR field                      spikescan value (export) / use (import)
 ``CubaLI``                     the ``LIReadout``: same fields and values, no threshold. NIR's output is
                                ``v(t)``; our logit is a functional of it (``readout`` below, in metadata)
 ``Delay`` (delays)             see "Delays" below
+recurrent connections          see "Recurrent layers" below
 ``metadata["spikescan"]``      everything NIR has no field for (below)
 =============================  ===========================================================================
 
@@ -74,16 +75,41 @@ check a tool's list of supported primitives. ``import_nir`` reads this pattern (
 with one non-zero per row, at most one path per synapse) and also ``Delay -> Linear`` (one delay per input) and
 ``Linear -> Delay`` (one delay per neuron).
 
+Recurrent layers (``LIFLayer(recurrent=True)``: a spike of neuron ``k`` at ``t`` adds ``recurrent_kernel[k, i]`` to
+neuron ``i``'s current at ``t``, or at ``t + recurrent_delays[k, i]`` with ``recurrent_delays=True``). NIR has no
+recurrent node; a graph may have cycles (NIR's documentation: "a recurrent network, a graph with cycles"), and a
+node's input is the sum of its incoming edges. The connection is the cycle::
+
+    ... -> L_weight -> L: CubaLIF -> L_recurrent: Linear [n_out, n_out] = recurrent_kernel.T -> L
+                         L -> (next layer)
+
+so NIR weight ``[i, k]`` (``[out, in]``) is ``recurrent_kernel[k, i]``. Through ``w_in = tau_syn`` a recurrent spike
+moves ``I`` by exactly the weight, as an input spike does; ``kernel_scale`` applies to the input kernel only, so
+``recurrent_kernel`` is written unscaled. With ``recurrent_delays`` the cycle holds the per-synapse pattern of
+"Delays" (exact for the same reason: Linear and Delay are linear and time-invariant, and a zero delay is the
+undelayed connection), ``L -> L_recurrent_fanout -> L_recurrent_delay -> L_recurrent -> L`` with ``n_out`` inputs
+(``2 n_out^3 + n_out^2`` floats: 512 neurons, 268 M). A zero-delay self-connection acts after the sender's reset
+(our convention; in continuous time the reset and the current jump coincide and the jump moves no voltage at
+once, so NIR's equations give the same); discrete-time simulators deliver recurrent spikes a step later. snnTorch
+writes its recurrent layers as the same cycle inside a subgraph node, which ``import_nir`` does not read (subgraphs
+are rejected). ``import_nir`` reads, for each CubaLIF, at most one cycle ``CubaLIF -> [synapses] -> the same
+CubaLIF`` whose synapse nodes (Linear, Affine with zero bias, Delay; the runs accepted before a layer) have one
+input and one output each, into ``LIFLayer(recurrent=True, recurrent_delays=<a Delay in the cycle>)``, the weight
+converted as an input weight (``synapse``, ``r``, ``w_in``); every other cycle (two layers, a CubaLI, a self-edge
+without a Linear, two recurrent cycles on one node) raises ValueError naming its nodes. A recurrent CubaLIF needs
+one time constant per layer (trainable time constants are not available with ``recurrent=True``).
+
 Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph's), ``model_time_unit``,
 ``synapse``, ``input_max_spikes``; each neuron node's ``metadata["spikescan"]``: the layer's ``layer`` class,
 ``name``, ``units``, ``tau_mem``, ``tau_syn``, ``threshold`` and the fields NIR lacks, in the model's unit:
 ``max_spikes``, ``method``, ``solver``, ``chunk_size``, ``calibrate`` (``"none"`` when off), ``silence_penalty``,
 ``max_delay``, ``input_spikes``, ``input_window``, ``spike_count_strength`` / ``spike_count_tau``,
-``kernel_scale`` (already folded into the weights; informative) for ``LIFLayer``; ``readout``, ``t_max``,
-``tau_readout``, ``trainable_time_constants``, ``min_time_constant`` for ``LIReadout``. Optional entries are absent
-when None, as HDF5 has no None). Initializers and ``kernel_regularizer`` are not carried. Imported ``LIFLayer`` s
-have ``kernel_scale = 1`` and are marked as calibrated, so training an imported model starts from the imported
-weights.
+``kernel_scale`` (already folded into the weights; informative), and for recurrent layers ``recurrent``,
+``recurrent_delays`` (informative: import reads the graph's cycle) and ``max_total_spikes`` for ``LIFLayer``;
+``readout``, ``t_max``, ``tau_readout``, ``trainable_time_constants``, ``min_time_constant`` for ``LIReadout``.
+Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
+``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
+calibrated, so training an imported model starts from the imported weights.
 """
 
 from __future__ import annotations
@@ -138,7 +164,9 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
 
     Returns:
         ``nir.NIRGraph`` with nodes ``input``, per layer ``<name>_weight`` (Linear) and ``<name>`` (CubaLIF or
-        CubaLI), with delays also ``<name>_fanout`` and ``<name>_delay``, and ``output``; see the module docstring
+        CubaLI), with delays also ``<name>_fanout`` and ``<name>_delay``, for a recurrent layer the cycle
+        ``<name> -> <name>_recurrent -> <name>`` (Linear ``recurrent_kernel.T``; with recurrent delays also
+        ``<name>_recurrent_fanout`` and ``<name>_recurrent_delay`` in it), and ``output``; see the module docstring
         for the field-by-field mapping. Save it with ``nir.write(path, graph)``.
     """
     nir = _nir()
@@ -187,13 +215,9 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         else:
             tau_mem, tau_syn = np.full(n_out, g(layer.tau_mem)), np.full(n_out, g(layer.tau_syn))
         if isinstance(layer, LIFLayer) and layer.use_delays:
-            k = n_in * n_out
-            delays = _numpy(layer.delays).astype(np.float32)
-            fanout = np.repeat(np.eye(n_in, dtype=np.float32), n_out, axis=0)  # row j * n_out + i <- input j
-            weight = np.zeros((n_out, k), dtype=np.float32)
-            weight[np.tile(np.arange(n_out), n_in), np.arange(k)] = kernel.ravel()
+            fanout, weight, delay = _per_synapse(kernel, _numpy(layer.delays))
             chain(f"{layer.name}_fanout", nir.Linear(weight=fanout))
-            chain(f"{layer.name}_delay", nir.Delay(delay=g(delays.astype(np.float64).ravel())))
+            chain(f"{layer.name}_delay", nir.Delay(delay=g(delay)))
             chain(f"{layer.name}_weight", nir.Linear(weight=weight))
         else:
             chain(f"{layer.name}_weight", nir.Linear(weight=np.ascontiguousarray(kernel.T)))
@@ -207,12 +231,41 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         else:
             node = nir.CubaLI(**common)
         chain(layer.name, node)
+        if isinstance(layer, LIFLayer) and layer.recurrent:
+            # The recurrent connection as a cycle (NIR has no recurrent node; a graph may have cycles):
+            # L -> L_recurrent (Linear [out, in] = recurrent_kernel.T) -> L, the input of L summing both edges.
+            rec = _numpy(layer.recurrent_kernel).astype(np.float32)  # not scaled by kernel_scale (layers.py)
+            loop = []
+            if layer.use_recurrent_delays:
+                fanout, weight, delay = _per_synapse(rec, _numpy(layer.recurrent_delays))
+                loop += [(f"{layer.name}_recurrent_fanout", nir.Linear(weight=fanout)),
+                         (f"{layer.name}_recurrent_delay", nir.Delay(delay=g(delay)))]
+            else:
+                weight = np.ascontiguousarray(rec.T)
+            loop.append((f"{layer.name}_recurrent", nir.Linear(weight=weight)))
+            src = layer.name
+            for name, rec_node in loop:
+                nodes[name] = rec_node
+                edges.append((src, name))
+                src = name
+            edges.append((src, layer.name))
     nodes["output"] = nir.Output(output_type=np.array([layers[-1].units]))
     edges.append((prev, "output"))
     meta = {"format": _FORMAT, "time_unit": graph_time_unit, "model_time_unit": time_unit, "synapse": "dirac"}
     if input_shape[2] is not None:
         meta["input_max_spikes"] = int(input_shape[2])
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"spikescan": meta})
+
+
+def _per_synapse(kernel, delays):
+    """``(fanout [K, n_in], weight [n_out, K], delay [K] float64)``, ``K = n_in * n_out``: one signal per synapse,
+    slot ``j * n_out + i`` carrying input ``j`` to neuron ``i`` (module docstring, "Delays")."""
+    n_in, n_out = kernel.shape
+    k = n_in * n_out
+    fanout = np.repeat(np.eye(n_in, dtype=np.float32), n_out, axis=0)  # row j * n_out + i <- input j
+    weight = np.zeros((n_out, k), dtype=np.float32)
+    weight[np.tile(np.arange(n_out), n_in), np.arange(k)] = kernel.ravel()
+    return fanout, weight, delays.astype(np.float32).astype(np.float64).ravel()
 
 
 def _layer_metadata(layer, kernel_scale):
@@ -233,6 +286,9 @@ def _layer_metadata(layer, kernel_scale):
     for key in ("max_delay", "input_spikes"):
         if getattr(layer, key) is not None:
             meta[key] = getattr(layer, key)
+    if layer.recurrent:
+        meta.update(recurrent=True, recurrent_delays=layer.use_recurrent_delays,
+                    max_total_spikes=layer.max_total_spikes)
     if layer.spike_count_regularizer is not None:
         meta.update(spike_count_strength=layer.spike_count_regularizer.strength,
                     spike_count_tau=layer.spike_count_regularizer.tau)
@@ -252,9 +308,10 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     ``Linear -> Delay`` or ``Linear -> Delay -> Linear`` (a fan-out, one delay per synapse), with time constants
     and thresholds equal across each node's neurons or, when a CubaLIF's differ (or our metadata says they were
     trained, CubaLI included), as per-neuron trainable weights (``trainable_time_constants``,
-    ``trainable_threshold``), ``v_leak = v_reset = 0``. Anything else (recurrent edges, branches, subgraphs, other
-    node types, non-zero ``v_leak``, ``v_reset`` or ``bias``) raises ValueError naming the node and field. The
-    mapping is in the module docstring.
+    ``trainable_threshold``), ``v_leak = v_reset = 0``. A CubaLIF may have one recurrent cycle ``CubaLIF ->
+    [synapses] -> the same CubaLIF`` (module docstring, "Recurrent layers"): it becomes ``LIFLayer(recurrent=True)``.
+    Anything else (other cycles, branches, subgraphs, other node types, non-zero ``v_leak``, ``v_reset`` or
+    ``bias``) raises ValueError naming the node and field. The mapping is in the module docstring.
 
     Args:
         graph: a ``nir.NIRGraph`` (e.g. from ``nir.read(path)``).
@@ -286,7 +343,7 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     if input_max_spikes is None and "input_max_spikes" in gmeta:
         input_max_spikes = int(gmeta["input_max_spikes"])
 
-    chain = _chain(graph, nir)
+    chain, loops = _chain(graph, nir)
     n_in = _input_size(chain[0], graph.nodes[chain[0]])
     layers, weights = [], []
     synapses, n_prev = [], n_in
@@ -306,11 +363,19 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
         if not synapses:
             raise ValueError(f"import_nir: node {name!r} has no Linear node before it")
         w, d = _synapses(graph, synapses, n_prev, nir)
-        layer, kernel, delays, taus = _neuron(name, node, w, d, nir, time_unit, graph_time_unit, meta_unit,
-                                              synapse, dict(max_spikes=max_spikes, readout=readout, t_max=t_max,
-                                                            tau_readout=tau_readout))
+        recurrent = None
+        if name in loops:
+            path = loops[name]
+            rw, rd = _synapses(graph, path, w.shape[0], nir)
+            if rw.shape[0] != w.shape[0]:
+                raise ValueError(f"import_nir: node {path[-1]!r}: field 'weight' has {rw.shape[0]} outputs, the "
+                                 f"recurrent connection of {name!r} needs {w.shape[0]}")
+            recurrent = (rw, rd)
+        layer, kernel, delays, taus, rec = _neuron(name, node, w, d, nir, time_unit, graph_time_unit, meta_unit,
+                                                   synapse, dict(max_spikes=max_spikes, readout=readout, t_max=t_max,
+                                                                 tau_readout=tau_readout), recurrent)
         layers.append(layer)
-        weights.append((kernel, delays, taus))
+        weights.append((kernel, delays, taus, rec))
         synapses, n_prev = [], kernel.shape[1]
     if synapses:
         raise ValueError(f"import_nir: node {synapses[0]!r}: synapse nodes after the last neuron node are not "
@@ -318,8 +383,12 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     if not layers:
         raise ValueError("import_nir: the graph has no CubaLIF or CubaLI node")
     model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
-    for layer, (kernel, delays, (taus, thresholds)) in zip(layers, weights):
+    for layer, (kernel, delays, (taus, thresholds), (rec_kernel, rec_delays)) in zip(layers, weights):
         layer.kernel.assign(kernel)
+        if rec_kernel is not None:
+            layer.recurrent_kernel.assign(rec_kernel)
+        if rec_delays is not None:
+            layer.recurrent_delays.assign(rec_delays)
         if taus is not None:
             layer.tau_mem_per_neuron.assign(taus[0])
             layer.tau_syn_per_neuron.assign(taus[1])
@@ -358,9 +427,15 @@ def _chain(graph, nir):
                 raise ValueError(f"import_nir: edge ({a!r}, {b!r}) names the unknown node {n!r}")
         succ[a].append(b)
         pred[b].append(a)
-    # Recurrent edges: an edge back to a node on the current depth-first path.
-    state = dict.fromkeys(nodes, 0)  # 0 unseen, 1 on the path, 2 done
-    for root in nodes:
+    loops = _recurrent_loops(nodes, succ, pred, nir)
+    for name, path in loops.items():  # take each layer's recurrent loop out of the graph
+        for a, b in zip([name, *path], [*path, name]):
+            succ[a].remove(b)
+            pred[b].remove(a)
+    remaining = [n for n in nodes if not any(n in path for path in loops.values())]
+    # Any other cycle: an edge back to a node on the current depth-first path.
+    state = dict.fromkeys(remaining, 0)  # 0 unseen, 1 on the path, 2 done
+    for root in remaining:
         if state[root]:
             continue
         stack = [(root, iter(succ[root]))]
@@ -372,8 +447,12 @@ def _chain(graph, nir):
                 state[node] = 2
                 stack.pop()
             elif state[nxt] == 1:
-                raise ValueError(f"import_nir: node {node!r}: recurrent edge ({node!r} -> {nxt!r}); spikescan "
-                                 "layers are feed-forward")
+                path = [n for n, _ in stack]
+                cycle = " -> ".join(repr(n) for n in [*path[path.index(nxt):], nxt])
+                raise ValueError(f"import_nir: node {node!r}: recurrent edge ({node!r} -> {nxt!r}) closes the cycle "
+                                 f"{cycle}; the only cycle supported is a layer's recurrent connection CubaLIF -> "
+                                 "Linear or Affine (zero bias), optionally with Delay as for input synapses, -> the "
+                                 "same CubaLIF, each node in it with one input and one output")
             elif state[nxt] == 0:
                 state[nxt] = 1
                 stack.append((nxt, iter(succ[nxt])))
@@ -388,10 +467,38 @@ def _chain(graph, nir):
             raise ValueError(f"import_nir: node {nxt[0]!r}: several incoming edges {pred[nxt[0]]}; only a chain "
                              "Input -> ... -> Output is supported")
         chain.append(nxt[0])
-    extra = sorted(set(nodes) - set(chain))
+    extra = sorted(set(remaining) - set(chain))
     if extra:
         raise ValueError(f"import_nir: node {extra[0]!r} is not on the path from {inputs[0]!r} to {outputs[0]!r}")
-    return chain
+    return chain, loops
+
+
+def _recurrent_loops(nodes, succ, pred, nir):
+    """``{neuron node: [synapse nodes]}``: the cycles ``N -> S1 -> ... -> Sk -> N`` through synapse nodes
+    (Linear, Affine, Delay) with one input and one output each, i.e. a layer's recurrent connection."""
+    synapse_types = (nir.Linear, nir.Affine, nir.Delay)
+    loops = {}
+    for name, node in nodes.items():
+        if not isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+            continue
+        for start in succ[name]:
+            path, cur = [], start
+            while (cur != name and cur not in path and isinstance(nodes[cur], synapse_types)
+                   and len(pred[cur]) == 1 and len(succ[cur]) == 1):
+                path.append(cur)
+                cur = succ[cur][0]
+            if cur != name or not path:
+                continue
+            cycle = " -> ".join(repr(n) for n in [name, *path, name])
+            if isinstance(node, nir.CubaLI):
+                raise ValueError(f"import_nir: node {name!r}: recurrent connection {cycle}; a CubaLI (LIReadout) has "
+                                 "no recurrent connections")
+            if name in loops:
+                other = " -> ".join(repr(n) for n in [name, *loops[name], name])
+                raise ValueError(f"import_nir: node {name!r}: two recurrent connections, {other} and {cycle}; a "
+                                 "spikescan layer has one recurrent weight matrix")
+            loops[name] = path
+    return loops
 
 
 def _input_size(name, node):
@@ -515,8 +622,10 @@ def _pick(converted, original):
     return float(converted)
 
 
-def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, overrides):
-    """``(layer, kernel [n_in, n_out] float32, delays [n_in, n_out] float32 or None)`` for a CubaLIF / CubaLI."""
+def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, overrides, recurrent=None):
+    """``(layer, kernel [n_in, n_out] float32, delays [n_in, n_out] float32 or None, (taus, thresholds),
+    (recurrent_kernel [n_out, n_out] or None, recurrent_delays or None))`` for a CubaLIF / CubaLI; ``recurrent``:
+    the ``(weight [n_out, n_out], delay or None)`` of its recurrent connection, in NIR's [out, in] order."""
     is_lif = isinstance(node, nir.CubaLIF)
     n_out = w.shape[0]
     p = {f: _param(name, node, f, n_out) for f in ("tau_mem", "tau_syn", "r", "v_leak", "w_in")}
@@ -551,10 +660,16 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         return float(_convert(float(meta[key]), meta_unit, time_unit))
 
     factor = p["r"] * p["w_in"] / (p["tau_syn"] if synapse == "dirac" else 1.0)
-    w = np.asarray(w)
-    kernel = w if np.all(factor == 1) else w.astype(np.float64) * factor[:, None]
-    kernel = np.ascontiguousarray(kernel.T).astype(np.float32)
-    delays = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(np.float32)
+
+    def weights(w, d):  # NIR [out, in] -> our [in, out]; the factor is the receiving neuron's
+        w = np.asarray(w)
+        kernel = w if np.all(factor == 1) else w.astype(np.float64) * factor[:, None]
+        kernel = np.ascontiguousarray(kernel.T).astype(np.float32)
+        return kernel, None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(
+            np.float32)
+
+    kernel, delays = weights(w, d)
+    rec = (None, None) if recurrent is None else weights(*recurrent)
     kwargs = dict(tau_mem=model_time(tau_mem_g, "tau_mem"), tau_syn=model_time(tau_syn_g, "tau_syn"),
                   name=str(meta.get("name", name)).replace("/", "_"))
     taus = None
@@ -575,7 +690,7 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         readout = str(meta.get("readout", overrides["readout"] or "integral"))
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, **kwargs)
-        return layer, kernel, None, (taus, None)
+        return layer, kernel, None, (taus, None), rec
     thresholds = None
     if meta.get("trainable_threshold", False) or np.any(p["v_threshold"] != p["v_threshold"][0]):
         if not np.all(p["v_threshold"] > 0):
@@ -605,6 +720,13 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         extra.update(trainable_threshold=True)
         if "min_threshold" in meta:
             extra["min_threshold"] = float(meta["min_threshold"])
+    if recurrent is not None:
+        if per_neuron:
+            raise ValueError(f"import_nir: node {name!r}: a recurrent layer needs one 'tau_mem' and one 'tau_syn' for "
+                             "all neurons (trainable time constants are not available with recurrent=True yet)")
+        extra.update(recurrent=True, recurrent_delays=rec[1] is not None)
+        if "max_total_spikes" in meta:
+            extra["max_total_spikes"] = int(meta["max_total_spikes"])
     layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
                      max_delay=meta_time("max_delay"), **kwargs, **extra)
-    return layer, kernel, delays, (taus, thresholds)
+    return layer, kernel, delays, (taus, thresholds), rec

@@ -284,3 +284,166 @@ def test_spikescan_keras_imports_without_nir():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "ImportError" in out.stdout and "spikescan[nir]" in out.stdout
+
+
+# ------------------------------------------------------------------------------------------------- recurrent layers
+
+def make_recurrent_model(recurrent_delays=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input(shape=(5, 3)),
+        sk.LIFLayer(7, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=0.8, max_spikes=4, calibrate=(0.2, 0.95),
+                    recurrent=True, recurrent_delays=recurrent_delays, max_delay=4.0, name="lif_r"),
+        sk.LIReadout(3, tau_mem=20.0, tau_syn=5.0, readout="integral", t_max=60.0, name="readout")])
+    layer = model.layers[0]
+    layer.kernel_scale.assign(0.6)  # scales the input kernel only, not recurrent_kernel
+    rec = np.random.default_rng(seed + 10).normal(0.0, 0.3, (7, 7)).astype(np.float32)
+    rec[0, 1], rec[1, 0] = 0.9, -0.7  # asymmetric: [k, i] from neuron k to neuron i
+    layer.recurrent_kernel.assign(rec)
+    return model
+
+
+def hidden_spikes(model, x):
+    return keras.ops.convert_to_numpy(model.layers[0](x, training=False))
+
+
+@pytest.mark.parametrize("recurrent_delays", [False, True])
+def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays):
+    model = make_recurrent_model(recurrent_delays)
+    path = tmp_path / "recurrent.nir"
+    nir.write(path, sk.export_nir(model))
+    back = sk.import_nir(nir.read(path))
+    x = spikes(np.random.default_rng(11))
+    assert_same(model, back, x)
+    np.testing.assert_array_equal(hidden_spikes(model, x), hidden_spikes(back, x))
+    a, b = model.layers[0], back.layers[0]
+    assert b.recurrent and b.use_recurrent_delays == recurrent_delays
+    for a_layer, b_layer in zip(model.layers, back.layers):
+        assert a_layer.get_config() == b_layer.get_config()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(b.recurrent_kernel),
+                                  keras.ops.convert_to_numpy(a.recurrent_kernel))
+    if recurrent_delays:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b.recurrent_delays),
+                                      keras.ops.convert_to_numpy(a.recurrent_delays))
+    # The recurrent connection matters in this network, so the comparison above tests it.
+    b.recurrent_kernel.assign(np.zeros((7, 7), np.float32))
+    assert not np.array_equal(hidden_spikes(model, x), hidden_spikes(back, x))
+
+
+def test_recurrent_export_is_a_cycle_with_nir_orientation():
+    model = make_recurrent_model()
+    rec = keras.ops.convert_to_numpy(model.layers[0].recurrent_kernel)
+    g = sk.export_nir(model)
+    assert list(g.nodes) == ["input", "lif_r_weight", "lif_r", "lif_r_recurrent", "readout_weight", "readout",
+                             "output"]
+    assert g.edges == [("input", "lif_r_weight"), ("lif_r_weight", "lif_r"), ("lif_r", "lif_r_recurrent"),
+                       ("lif_r_recurrent", "lif_r"), ("lif_r", "readout_weight"), ("readout_weight", "readout"),
+                       ("readout", "output")]
+    w = g.nodes["lif_r_recurrent"].weight
+    assert isinstance(g.nodes["lif_r_recurrent"], nir.Linear) and w.dtype == np.float32
+    assert (w[1, 0], w[0, 1]) == (np.float32(0.9), np.float32(-0.7))  # [out = i, in = k] = recurrent_kernel[k, i]
+    np.testing.assert_array_equal(w, rec.T)  # not scaled by kernel_scale (0.6), unlike lif_r_weight
+    np.testing.assert_array_equal(g.nodes["lif_r_weight"].weight,
+                                  (keras.ops.convert_to_numpy(model.layers[0].kernel) * np.float32(0.6)).T)
+    meta = g.nodes["lif_r"].metadata["spikescan"]
+    assert meta["recurrent"] and not meta["recurrent_delays"] and meta["max_total_spikes"] == 10_000
+    # Recurrent delays: the per-synapse pattern of input delays, inside the cycle.
+    model = make_recurrent_model(recurrent_delays=True)
+    layer = model.layers[0]
+    rec, rdel = (keras.ops.convert_to_numpy(v) for v in (layer.recurrent_kernel, layer.recurrent_delays))
+    g = sk.export_nir(model)
+    assert [e for e in g.edges if "recurrent" in e[0] or "recurrent" in e[1]] == [
+        ("lif_r", "lif_r_recurrent_fanout"), ("lif_r_recurrent_fanout", "lif_r_recurrent_delay"),
+        ("lif_r_recurrent_delay", "lif_r_recurrent"), ("lif_r_recurrent", "lif_r")]
+    fan, delay = g.nodes["lif_r_recurrent_fanout"].weight, g.nodes["lif_r_recurrent_delay"].delay
+    w = g.nodes["lif_r_recurrent"].weight
+    assert fan.shape == (49, 7) and delay.shape == (49,) and w.shape == (7, 49)
+    for k in range(7):
+        for i in range(7):
+            s = k * 7 + i  # slot: the spike of k delayed by recurrent_delays[k, i] into neuron i
+            assert fan[s, k] == 1 and fan[s].sum() == 1
+            assert delay[s] == rdel[k, i].astype(np.float64) / 1000  # seconds
+            assert w[i, s] == rec[k, i] and np.count_nonzero(w[:, s]) <= 1
+
+
+def test_feed_forward_export_has_no_recurrent_parts():
+    g = sk.export_nir(make_model(delays=True))
+    assert not any("recurrent" in n for n in g.nodes)
+    names = list(g.nodes)
+    assert g.edges == list(zip(names[:-1], names[1:]))  # still a plain chain
+    for name in ("lif_a", "lif_b"):
+        assert not {"recurrent", "recurrent_delays", "max_total_spikes"} & set(g.nodes[name].metadata["spikescan"])
+
+
+def two_neuron_graph(rec_weight, affine=False):
+    """Input (1) -> Linear -> CubaLIF (2 neurons) -> Output, neuron 0 driven by the input, neuron 1 only through the
+    recurrent Linear ``rec_weight`` [out, in] (third-party form, seconds, norse's jump convention)."""
+    ones = np.ones(2)
+    rec = (nir.Affine(weight=rec_weight, bias=np.zeros(2, np.float32)) if affine
+           else nir.Linear(weight=rec_weight))
+    nodes = {"in": nir.Input(input_type=np.array([1])),
+             "fc": nir.Linear(weight=np.array([[10.0], [0.0]], np.float32)),
+             "lif": nir.CubaLIF(tau_mem=0.02 * ones, tau_syn=0.005 * ones, r=ones, v_leak=0 * ones,
+                                v_threshold=ones, v_reset=0 * ones, w_in=ones),
+             "rec": rec,
+             "out": nir.Output(output_type=np.array([2]))}
+    edges = [("in", "fc"), ("fc", "lif"), ("lif", "rec"), ("rec", "lif"), ("lif", "out")]
+    return nir.NIRGraph(nodes=nodes, edges=edges)
+
+
+def test_recurrent_import_follows_nir_orientation():
+    x = np.array([[[1.0, np.inf]]], np.float32)  # one input spike at 1 ms
+    zero_to_one = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)  # NIR [out, in]: neuron 0 -> neuron 1
+    for affine in (False, True):
+        model = sk.import_nir(two_neuron_graph(zero_to_one, affine), synapse="jump", max_spikes=2)
+        layer = model.layers[0]
+        assert layer.recurrent and not layer.use_recurrent_delays
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.recurrent_kernel), zero_to_one.T)
+        out = hidden_spikes(model, x)[0]
+        assert np.isfinite(out[0, 0]) and np.isfinite(out[1, 0]) and out[1, 0] > out[0, 0]
+    # The transposed matrix connects neuron 1 to neuron 0: neuron 1 stays silent.
+    out = hidden_spikes(sk.import_nir(two_neuron_graph(zero_to_one.T.copy()), synapse="jump", max_spikes=2), x)[0]
+    assert np.isfinite(out[0, 0]) and not np.isfinite(out[1]).any()
+
+
+def test_unsupported_cycles_name_the_nodes():
+    def check(graph, match):
+        with pytest.raises(ValueError, match=match):
+            sk.import_nir(graph, max_spikes=4, t_max=60.0)
+
+    rec = np.eye(6, dtype=np.float32)
+    graph, *_ = other_tool_graph()
+    graph.edges.append(("lif1", "lif1"))  # a self-edge without a Linear
+    check(graph, r"recurrent edge \('lif1' -> 'lif1'\) closes the cycle 'lif1' -> 'lif1'")
+    graph, *_ = other_tool_graph()
+    graph.nodes["fc2b"] = nir.Linear(weight=np.ones((6, 2), np.float32))
+    graph.edges += [("li", "fc2b"), ("fc2b", "lif1")]  # a cycle through two layers
+    check(graph, r"node 'fc2b': recurrent edge \('fc2b' -> 'lif1'\) closes the cycle "
+                 r"'lif1' -> 'fc2' -> 'li' -> 'fc2b' -> 'lif1'")
+    graph, *_ = other_tool_graph()
+    graph.nodes["li_rec"] = nir.Linear(weight=np.eye(2, dtype=np.float32))
+    graph.edges += [("li", "li_rec"), ("li_rec", "li")]
+    check(graph, r"node 'li': recurrent connection 'li' -> 'li_rec' -> 'li'.*CubaLI")
+    graph, *_ = other_tool_graph()
+    graph.nodes.update(r1=nir.Linear(weight=rec), r2=nir.Linear(weight=rec))
+    graph.edges += [("lif1", "r1"), ("r1", "lif1"), ("lif1", "r2"), ("r2", "lif1")]
+    check(graph, r"node 'lif1': two recurrent connections, 'lif1' -> 'r1' -> 'lif1' and 'lif1' -> 'r2' -> 'lif1'")
+    graph, *_ = other_tool_graph()
+    graph.nodes["r1"] = nir.Affine(weight=rec, bias=np.ones(6, np.float32))
+    graph.edges += [("lif1", "r1"), ("r1", "lif1")]
+    check(graph, r"node 'r1'.*'bias'")
+    graph, *_ = other_tool_graph()
+    graph.nodes["r1"] = nir.Linear(weight=np.ones((6, 5), np.float32))
+    graph.edges += [("lif1", "r1"), ("r1", "lif1")]
+    check(graph, r"node 'r1'.*5 inputs")
+    graph, *_ = other_tool_graph()
+    graph.nodes["r1"] = nir.Delay(delay=np.zeros(6))
+    graph.edges += [("lif1", "r1"), ("r1", "lif1")]
+    check(graph, r"node 'r1'.*unsupported run of synapse nodes Delay")
+    graph, *_ = other_tool_graph()
+    ones6 = np.ones(6)
+    graph.nodes["lif1"] = nir.CubaLIF(tau_mem=np.linspace(0.01, 0.02, 6), tau_syn=0.005 * ones6, r=ones6,
+                                      v_leak=0 * ones6, v_threshold=ones6, v_reset=0 * ones6, w_in=ones6)
+    graph.nodes["r1"] = nir.Linear(weight=rec)
+    graph.edges += [("lif1", "r1"), ("r1", "lif1")]
+    check(graph, r"node 'lif1': a recurrent layer needs one 'tau_mem'")
