@@ -82,65 +82,6 @@ def _tree_build(win, P, key_t, kind):
 
 
 @_jit
-def _tree_update(win, P, i, key_t, kind):
-    node = (P + i) >> 1
-    while node >= 1:
-        left = win[2 * node]
-        right = win[2 * node + 1]
-        win[node] = left if _first(left, right, key_t, kind) else right
-        node >>= 1
-
-
-@_jit
-def _heap_push(ht, hm, hw, hn, i, t, m, w):
-    """Pending arrival ``(t, m, w)`` into neuron ``i``'s heap, ordered by ``(t, m)`` (``m`` the spike's log index);
-    the caller ensures the room."""
-    j = hn[i]
-    hn[i] = j + 1
-    while j > 0:
-        parent = (j - 1) >> 1
-        pt = ht[i, parent]
-        if pt < t or (pt == t and hm[i, parent] < m):
-            break
-        ht[i, j] = pt
-        hm[i, j] = hm[i, parent]
-        hw[i, j] = hw[i, parent]
-        j = parent
-    ht[i, j] = t
-    hm[i, j] = m
-    hw[i, j] = w
-
-
-@_jit
-def _heap_pop(ht, hm, hw, hn, i):
-    """Removes the first pending arrival of neuron ``i``."""
-    n = hn[i] - 1
-    hn[i] = n
-    if n == 0:
-        return
-    t = ht[i, n]
-    m = hm[i, n]
-    w = hw[i, n]
-    j = 0
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and (ht[i, c + 1] < ht[i, c] or (ht[i, c + 1] == ht[i, c] and hm[i, c + 1] < hm[i, c])):
-            c += 1
-        if ht[i, c] < t or (ht[i, c] == t and hm[i, c] < m):
-            ht[i, j] = ht[i, c]
-            hm[i, j] = hm[i, c]
-            hw[i, j] = hw[i, c]
-            j = c
-        else:
-            break
-    ht[i, j] = t
-    hm[i, j] = m
-    hw[i, j] = w
-
-
-@_jit
 def _heap_grow(ht, hm, hw, hn):
     n_out, cap = ht.shape
     t2 = np.empty((n_out, 2 * cap))
@@ -155,67 +96,29 @@ def _heap_grow(ht, hm, hw, hn):
 
 
 @_jit
-def _schedule(i, row, qt, qe, table, use_table, V, I, T, p, ht, hn, tau_mem, tau_syn, threshold, solver, nx, key_t,
-              kind, s_sol, da, db, dc):
-    """Neuron ``i``'s next event from its state: its next arrival ``nx[i]`` (input entry or pending recurrent one),
-    the decay over the gap up to it, and the first crossing inside the gap (the NumPy loop's gap test and solve on
-    the same gap)."""
-    k = p[i]
-    t_in = qt[row, k]  # +inf at the end of the queue
-    t_next = t_in
-    if hn[i] > 0 and ht[i, 0] < t_next:
-        t_next = ht[i, 0]
-    nx[i] = t_next
-    t0 = T[i]
-    gap = t_next - t0
-    if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
-        a, b, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
-    else:
-        a, b, c = nm.decay(gap, tau_mem, tau_syn)
-    da[i] = a
-    db[i] = b
-    dc[i] = c
-    v0 = V[i]
-    i0 = I[i]
+def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver):
+    """``(time, kind, s)`` of a neuron's next event from ``(v0, i0)`` at ``t0``: the first crossing inside the gap up
+    to its next arrival ``t_next`` (decay ``(a, b, c)`` over it), by the NumPy loop's gap test and solve on the same
+    gap, at ``min(t0 + s, t_next)``; else that arrival."""
     if not nm.quiet_gap(v0, i0, a, b, c, threshold):
+        gap = t_next - t0
         fires, s_hi = nm.fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold)
         if fires:
             s = nm.solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver)
-            s_sol[i] = s
-            key_t[i] = min(t0 + s, t_next)
-            kind[i] = _CROSS
-            return
-    key_t[i] = t_next
-    kind[i] = _ARRIVE
+            return min(t0 + s, t_next), _CROSS, s
+    return t_next, _ARRIVE, 0.0
 
 
 @_jit
-def _arrive(i, e, row, qt, qi, qe, W, max_in, V, I, T, p, ht, hm, hw, hn, da, db, dc):
-    """Neuron ``i`` to its next arrival time ``e`` (no crossing before it) and every arrival at ``e``: input entries
-    in queue order, then pending recurrent ones in spike order (``_recurrent._apply_arrivals``)."""
-    v = V[i]
-    cur = I[i]
-    V[i] = da[i] * v + dc[i] * cur
-    cur = db[i] * cur
-    k = p[i]
-    end = qe[row]
-    while k < end and qt[row, k] == e:
-        cur = cur + W[qi[row, k] // max_in, i]
-        k += 1
-    p[i] = k
-    while hn[i] > 0 and ht[i, 0] == e:
-        cur = cur + hw[i, 0]
-        _heap_pop(ht, hm, hw, hn, i)
-    I[i] = cur
-    T[i] = e
-
-
-@_jit
-def _forward_sample(b, slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, max_in, limit, table,
+def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
                     use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at):
-    """The event loop of sample ``b``: its rows of ``times``, ``events``, ``counts``; its log in row ``slot`` of
+    """The event loop of sample ``b`` (``src``: the source input of every queue entry, the row of ``W`` it adds): its
+    rows of ``times``, ``events``, ``counts``; its log in row ``slot`` of
     ``log_*`` (as far as it fits; ``n_log_out[slot]`` the full length); ``status[b] = (code, neuron)`` and
-    ``status_at[b] = (time, current)`` of a stuck or runaway spike."""
+    ``status_at[b] = (time, current)`` of a stuck or runaway spike.
+
+    Written as one loop body: the hot steps take no helper with array arguments (Numba reference-counts arrays
+    passed to a helper with loops, twice per array and call, which cost more than the arithmetic here)."""
     n_out = R.shape[0]
     max_spikes = times.shape[2]
     cap = log_t.shape[1]
@@ -227,12 +130,14 @@ def _forward_sample(b, slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, ha
     rows = np.empty(n_out, np.int64)
     for i in range(n_out):
         rows[i] = b * Q + (i if Q > 1 else 0)
+    # Per neuron: state at its own last event, next arrival, next event (key, kind; slot n_out pads the tree), the
+    # solved crossing and the decay over the gap up to the next arrival.
     V = np.zeros(n_out)
     I = np.zeros(n_out)
     T = np.zeros(n_out)
     p = np.zeros(n_out, np.int64)
     nx = np.empty(n_out)
-    key_t = np.full(n_out + 1, np.inf)  # slot n_out: the tree's padding
+    key_t = np.full(n_out + 1, np.inf)
     kind = np.full(n_out + 1, _NONE, np.int64)
     s_sol = np.zeros(n_out)
     da = np.zeros(n_out)
@@ -241,13 +146,15 @@ def _forward_sample(b, slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, ha
     last = np.full(n_out, -np.inf)
     cnt = np.zeros(n_out, np.int64)
     flag = np.zeros(n_out, np.bool_)
-    todo = np.empty(n_out, np.int64)
+    todo = np.arange(n_out)  # neurons whose next event must be recomputed
     group = np.empty(n_out, np.int64)
+    # Pending recurrent arrivals: a binary heap per neuron ordered by (time, spike's log index).
     hcap = 4
     ht = np.empty((n_out, hcap))
     hm = np.empty((n_out, hcap), np.int64)
     hw = np.empty((n_out, hcap))
     hn = np.zeros(n_out, np.int64)
+    # Tournament tree: win[node] the earliest neuron below node; leaves at P + i.
     P = 1
     log_p = 1
     while P < n_out:
@@ -257,118 +164,185 @@ def _forward_sample(b, slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, ha
     win = np.empty(2 * P, np.int64)
     for i in range(P):
         win[P + i] = i if i < n_out else n_out
-    for i in range(n_out):
-        _schedule(i, rows[i], qt, qe, table, use_table, V, I, T, p, ht, hn, tm_arr[i], ts_arr[i], th_arr[i], solver,
-                  nx, key_t, kind, s_sol, da, db, dc)
-    _tree_build(win, P, key_t, kind)
+    nd = n_out
+    rebuild = True
     n_log = 0
     code = _OK
     while True:
+        # Next events of the neurons whose future changed.
+        for q in range(nd):
+            i = todo[q]
+            flag[i] = False
+            row = rows[i]
+            k = p[i]
+            t_in = qt[row, k]  # +inf at the end of the queue
+            t_next = t_in
+            if hn[i] > 0 and ht[i, 0] < t_next:
+                t_next = ht[i, 0]
+            nx[i] = t_next
+            t0 = T[i]
+            if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
+                a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
+            else:
+                a, bb, c = nm.decay(t_next - t0, tm_arr[i], ts_arr[i])
+            da[i] = a
+            db[i] = bb
+            dc[i] = c
+            key_t[i], kind[i], s_sol[i] = _next_event(V[i], I[i], t0, t_next, a, bb, c, tm_arr[i], ts_arr[i], th_arr[i],
+                                                      solver)
+        if rebuild or nd * log_p > P:
+            _tree_build(win, P, key_t, kind)
+        else:
+            for q in range(nd):
+                node = (P + todo[q]) >> 1
+                while node >= 1:
+                    left = win[2 * node]
+                    right = win[2 * node + 1]
+                    win[node] = left if _first(left, right, key_t, kind) else right
+                    node >>= 1
         j = win[1]
         e = key_t[j]
         if e == np.inf:
             break
+        # The round: every neuron with the earliest (time, kind), in neuron order; an arrival round of many neurons
+        # takes the rest by one pass over the neurons and rebuilds the tree.
+        kd = kind[j]
         ng = 0
-        if kind[j] == _CROSS:
-            # Every crossing at e, in neuron order (the tree's order at equal keys).
-            while True:
-                j = win[1]
-                if key_t[j] != e or kind[j] != _CROSS:
-                    break
-                group[ng] = j
-                ng += 1
-                key_t[j] = np.inf
-                kind[j] = _NONE
-                _tree_update(win, P, j, key_t, kind)
-            nd = 0
-            for q in range(ng):
-                k = group[q]
-                _, bb, _ = nm.decay(s_sol[k], tm_arr[k], ts_arr[k])
-                V[k] = 0.0
-                I[k] = I[k] * bb
-                T[k] = e
-                flag[k] = True
-                todo[nd] = k
-                nd += 1
-            for q in range(ng):
-                k = group[q]
-                if e <= last[k]:
-                    code = _STUCK
-                    status[b, 1] = k
-                    status_at[b, 0] = e
-                    break
-                if cnt[k] >= limit:
-                    code = _RUNAWAY
-                    status[b, 1] = k
-                    status_at[b, 0] = e
-                    status_at[b, 1] = I[k]
-                    break
-                last[k] = e
-                c = cnt[k]
-                if c < max_spikes:
-                    times[b, k, c] = e
-                    events[b, k, c] = p[k]
-                cnt[k] = c + 1
-                if n_log < cap:
-                    log_t[slot, n_log] = e
-                    log_k[slot, n_log] = k
-                    log_I[slot, n_log] = I[k]
-                for r in range(n_out):
-                    w = R[k, r]
-                    if w == 0.0:
-                        continue  # changes nothing: not scheduled
-                    tau = e + Dr[k, r] if has_dr else e
-                    if hn[r] == hcap:
-                        ht, hm, hw = _heap_grow(ht, hm, hw, hn)
-                        hcap *= 2
-                    _heap_push(ht, hm, hw, hn, r, tau, n_log, w)
-                    if tau < nx[r] and not flag[r]:
-                        flag[r] = True
-                        todo[nd] = r
-                        nd += 1
-                n_log += 1
-            if code != _OK:
+        rebuild = False
+        while True:
+            j = win[1]
+            if key_t[j] != e or kind[j] != kd:
                 break
-            for q in range(nd):
-                i = todo[q]
-                flag[i] = False
-                _schedule(i, rows[i], qt, qe, table, use_table, V, I, T, p, ht, hn, tm_arr[i], ts_arr[i], th_arr[i],
-                          solver, nx, key_t, kind, s_sol, da, db, dc)
-            if nd * log_p > P:
-                _tree_build(win, P, key_t, kind)
-            else:
-                for q in range(nd):
-                    _tree_update(win, P, todo[q], key_t, kind)
-        else:
-            # Every arrival at e: leaf by leaf, or, once many, by one pass over the neurons and a new tree.
-            bulk = False
-            while True:
-                j = win[1]
-                if key_t[j] != e or kind[j] != _ARRIVE:
-                    break
-                group[ng] = j
-                ng += 1
-                key_t[j] = np.inf
-                kind[j] = _NONE
-                if ng >= bulk_at:
-                    bulk = True
-                    break
-                _tree_update(win, P, j, key_t, kind)
-            if bulk:
-                for i in range(n_out):
-                    if kind[i] == _ARRIVE and key_t[i] == e:
-                        group[ng] = i
-                        ng += 1
+            group[ng] = j
+            ng += 1
+            key_t[j] = np.inf
+            kind[j] = _NONE
+            if kd == _ARRIVE and ng >= bulk_at:
+                rebuild = True
+                break
+            node = (P + j) >> 1
+            while node >= 1:
+                left = win[2 * node]
+                right = win[2 * node + 1]
+                win[node] = left if _first(left, right, key_t, kind) else right
+                node >>= 1
+        if rebuild:
+            for i in range(n_out):
+                if kind[i] == _ARRIVE and key_t[i] == e:
+                    group[ng] = i
+                    ng += 1
+        nd = 0
+        if kd == _ARRIVE:
+            # Decay to e, input entries at e in queue order, then pending recurrent arrivals in spike order.
             for q in range(ng):
                 i = group[q]
-                _arrive(i, e, rows[i], qt, qi, qe, W, max_in, V, I, T, p, ht, hm, hw, hn, da, db, dc)
-                _schedule(i, rows[i], qt, qe, table, use_table, V, I, T, p, ht, hn, tm_arr[i], ts_arr[i], th_arr[i],
-                          solver, nx, key_t, kind, s_sol, da, db, dc)
-            if bulk:
-                _tree_build(win, P, key_t, kind)
-            else:
-                for q in range(ng):
-                    _tree_update(win, P, group[q], key_t, kind)
+                row = rows[i]
+                v = V[i]
+                cur = I[i]
+                V[i] = da[i] * v + dc[i] * cur
+                cur = db[i] * cur
+                k = p[i]
+                end = qe[row]
+                while k < end and qt[row, k] == e:
+                    cur = cur + W[src[row, k], i]
+                    k += 1
+                p[i] = k
+                while hn[i] > 0 and ht[i, 0] == e:
+                    cur = cur + hw[i, 0]
+                    # pop the heap's top
+                    n = hn[i] - 1
+                    hn[i] = n
+                    t_l = ht[i, n]
+                    m_l = hm[i, n]
+                    w_l = hw[i, n]
+                    h = 0
+                    while True:
+                        ch = 2 * h + 1
+                        if ch >= n:
+                            break
+                        if ch + 1 < n and (ht[i, ch + 1] < ht[i, ch]
+                                           or (ht[i, ch + 1] == ht[i, ch] and hm[i, ch + 1] < hm[i, ch])):
+                            ch += 1
+                        if ht[i, ch] < t_l or (ht[i, ch] == t_l and hm[i, ch] < m_l):
+                            ht[i, h] = ht[i, ch]
+                            hm[i, h] = hm[i, ch]
+                            hw[i, h] = hw[i, ch]
+                            h = ch
+                        else:
+                            break
+                    if n > 0:
+                        ht[i, h] = t_l
+                        hm[i, h] = m_l
+                        hw[i, h] = w_l
+                I[i] = cur
+                T[i] = e
+                flag[i] = True
+                todo[nd] = i
+                nd += 1
+            continue
+        # Spikes at e: reset all, then record, log and schedule each in neuron order.
+        for q in range(ng):
+            k = group[q]
+            _, bb, _ = nm.decay(s_sol[k], tm_arr[k], ts_arr[k])
+            V[k] = 0.0
+            I[k] = I[k] * bb
+            T[k] = e
+            flag[k] = True
+            todo[nd] = k
+            nd += 1
+        for q in range(ng):
+            k = group[q]
+            if e <= last[k]:
+                code = _STUCK
+                status[b, 1] = k
+                status_at[b, 0] = e
+                break
+            if cnt[k] >= limit:
+                code = _RUNAWAY
+                status[b, 1] = k
+                status_at[b, 0] = e
+                status_at[b, 1] = I[k]
+                break
+            last[k] = e
+            c = cnt[k]
+            if c < max_spikes:
+                times[b, k, c] = e
+                events[b, k, c] = p[k]
+            cnt[k] = c + 1
+            if n_log < cap:
+                log_t[slot, n_log] = e
+                log_k[slot, n_log] = k
+                log_I[slot, n_log] = I[k]
+            for r in range(n_out):
+                w = R[k, r]
+                if w == 0.0:
+                    continue  # changes nothing: not scheduled
+                tau = e + Dr[k, r] if has_dr else e
+                if hn[r] == hcap:
+                    ht, hm, hw = _heap_grow(ht, hm, hw, hn)
+                    hcap *= 2
+                # push (tau, n_log, w) onto r's heap
+                h = hn[r]
+                hn[r] = h + 1
+                while h > 0:
+                    parent = (h - 1) >> 1
+                    pt = ht[r, parent]
+                    if pt < tau or (pt == tau and hm[r, parent] < n_log):
+                        break
+                    ht[r, h] = pt
+                    hm[r, h] = hm[r, parent]
+                    hw[r, h] = hw[r, parent]
+                    h = parent
+                ht[r, h] = tau
+                hm[r, h] = n_log
+                hw[r, h] = w
+                if tau < nx[r] and not flag[r]:  # its next arrival moves earlier
+                    flag[r] = True
+                    todo[nd] = r
+                    nd += 1
+            n_log += 1
+        if code != _OK:
+            break
     status[b, 0] = code
     for i in range(n_out):
         counts[b, i] = cnt[i]
@@ -376,13 +350,13 @@ def _forward_sample(b, slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, ha
 
 
 @_pjit
-def forward_kernel(samples, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, max_in, limit, table,
+def forward_kernel(samples, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
                    use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there)."""
     for s_ in prange(samples.shape[0]):
         slot = np.int64(s_)
-        _forward_sample(samples[slot], slot, qt, qi, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, max_in,
-                        limit, table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
+        _forward_sample(samples[slot], slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
+                        table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
 
 
 def _log_length(n_out, max_spikes):
@@ -406,11 +380,12 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     status = np.zeros((batch, 2), np.int64)
     status_at = np.full((batch, 2), np.nan)
     has_dr = Dr is not None
-    common = (np.ascontiguousarray(qt2), np.ascontiguousarray(qi2), np.ascontiguousarray(qend.reshape(-1)), Q,
+    src = np.where(qi2 >= 0, qi2 // max(int(max_in), 1), 0)  # the row of W each entry adds (no division per neuron)
+    common = (np.ascontiguousarray(qt2), src, np.ascontiguousarray(qend.reshape(-1)), Q,
               np.ascontiguousarray(W, np.float64), np.ascontiguousarray(tau_mem, np.float64),
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
-              has_dr, SOLVER_CODES[solver], max(int(max_in), 1), int(limit), table, use_table)
+              has_dr, SOLVER_CODES[solver], int(limit), table, use_table)
     work = batch * n_out * qt2.shape[1]
 
     def run(samples, length):
@@ -457,15 +432,11 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
 # ---------------------------------------------------------------------------------------------------------------
 
 @_jit
-def _adjoint_after(sp_t, lamV, lamI, b, base, n_i, c, t, tau_mem, tau_syn):
-    """``_recurrent._Adjoint.after``: the adjoint of a neuron just after ``t`` from its spike ``c`` (the first strictly
-    after ``t``; none when ``c == n_i``), its spikes at ``base ...`` of row ``b``."""
-    if c >= n_i:
-        return 0.0, 0.0
-    a, bb, ci = nm.decay(sp_t[b, base + c] - t, tau_mem, tau_syn)
-    lV1 = lamV[b, base + c]
-    lI1 = lamI[b, base + c]
-    return a * lV1, ci * lV1 + bb * lI1
+def _adjoint_back(span, lV1, lI1, tau_mem, tau_syn):
+    """The adjoint ``(lV, lI)`` a time ``span`` before a point where it is ``(lV1, lI1)``, no event between: the
+    transposed gap map (``_recurrent._Adjoint.after``)."""
+    a, b, c = nm.decay(span, tau_mem, tau_syn)
+    return a * lV1, c * lV1 + b * lI1
 
 
 @_pjit
@@ -508,7 +479,11 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
             Is = log_I[b, m]
             ck = pos[m]
             tmk = tm_arr[k]
-            lV_after, lI_after = _adjoint_after(sp_t, lamV, lamI, b, off[b, k], cnt[k], ck + 1, t, tmk, ts_arr[k])
+            lV_after = 0.0
+            lI_after = 0.0
+            if ck + 1 < cnt[k]:
+                nxt = off[b, k] + ck + 1
+                lV_after, lI_after = _adjoint_back(sp_t[b, nxt] - t, lamV[b, nxt], lamI[b, nxt], tmk, ts_arr[k])
             g = grad_times[b, k, ck] if ck < S else 0.0
             total = 0.0
             for i in range(n_out):
@@ -527,7 +502,11 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
                             c = mid + 1
                         else:
                             hi = mid
-                lV, lI = _adjoint_after(sp_t, lamV, lamI, b, base, cnt[i], c, tau, tm_arr[i], ts_arr[i])
+                lV = 0.0
+                lI = 0.0
+                if c < cnt[i]:
+                    lV, lI = _adjoint_back(sp_t[b, base + c] - tau, lamV[b, base + c], lamI[b, base + c], tm_arr[i],
+                                           ts_arr[i])
                 g_arrival = R[k, i] * (lI / ts_arr[i] - lV / tm_arr[i])
                 part_R[bl, k, i] += lI
                 if has_dr:
@@ -552,7 +531,7 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
 
 
 @_pjit
-def backward_inputs(qt, qi, qe, Q, W, tm_arr, ts_arr, max_in, off, sp_t, lamV, lamI, start, stop, grad_w, grad_d,
+def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, start, stop, grad_w, grad_d,
                     has_delays, g_arrival, has_input_grad):
     """``_recurrent._input_grads`` for samples ``[start, stop)``; ``prange`` over neurons ``i`` (their columns of
     ``grad_w``, ``grad_d``), samples and entries in order; ``g_arrival[b - start, i, k]`` (zeroed by the caller)."""
@@ -575,8 +554,8 @@ def backward_inputs(qt, qi, qe, Q, W, tm_arr, ts_arr, max_in, off, sp_t, lamV, l
                     break  # no spike after it: no gradient
                 while sp_t[b, base + c] <= tau:
                     c += 1
-                lV, lI = _adjoint_after(sp_t, lamV, lamI, b, base, n_i, c, tau, tmi, tsi)
-                j = qi[row, k] // max_in
+                lV, lI = _adjoint_back(sp_t[b, base + c] - tau, lamV[b, base + c], lamI[b, base + c], tmi, tsi)
+                j = src[row, k]
                 grad_w[j, i] += lI
                 if has_delays or has_input_grad:
                     g_arr = W[j, i] * (lI / tsi - lV / tmi)
@@ -637,6 +616,7 @@ def backward(res, grad_times, input_times_grad):
     qt = np.ascontiguousarray(res.queue_times.reshape(-1, L1))
     qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
     qe = np.ascontiguousarray(res.queue_end.reshape(-1), dtype=np.int64)
+    src = np.where(qi >= 0, qi // max_in, 0)
     W = np.ascontiguousarray(res.weights, np.float64)
     has_delays = res.delays is not None
     grad_W = np.zeros((n_in, n_out))
@@ -649,7 +629,7 @@ def backward(res, grad_times, input_times_grad):
         if stop <= start:
             break
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
-        backward_inputs((stop - start) * n_out * L1, qt, qi, qe, Q, W, tm, ts, max_in, off, sp_t, lamV, lamI, start,
+        backward_inputs((stop - start) * n_out * L1, qt, src, qe, Q, W, tm, ts, off, sp_t, lamV, lamI, start,
                         stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
