@@ -142,9 +142,12 @@ def _apply_arrivals(st, ab, ai, e, qt2, qi2, row, end, W, max_in, tm, ts):
         p = p + on
     hit = st.pend_t[ab, ai] == e[:, None]
     if hit.any():
-        for q in range(hit.shape[1]):  # slot order: the order the spikes were logged
-            h = hit[:, q]
-            I[h] = I[h] + st.pend_w[ab[h], ai[h], q]
+        # in spike order (slots are reused, so their order is not the spikes')
+        order = np.argsort(np.where(hit, st.pend_m[ab, ai], np.iinfo(np.int64).max), axis=1, kind="stable")
+        for q in range(int(hit.sum(axis=1).max())):
+            slot = order[:, q]
+            h = hit[np.arange(ab.size), slot]
+            I[h] = I[h] + st.pend_w[ab[h], ai[h], slot[h]]
         pt = st.pend_t[ab, ai]
         pt[hit] = np.inf
         st.pend_t[ab, ai] = pt
@@ -211,38 +214,47 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
     # The lookahead adapts between 4 and chunk_size: halved after a round that a spike ended (its far lanes were
     # wasted), doubled after one that a lookahead's end bounded. The results do not depend on it.
     K = min(int(chunk_size), 16)
+    cols = np.arange(n_out)[None, :, None]
     while live.any():
         lanes = np.arange(K)
-        # Lookahead: up to K queue entries before the earliest pending recurrent arrival (which ends the lookahead).
-        pend_min = st.pend_t.min(axis=2)
+        # Lookahead: the next K arrivals of each neuron, input entries and pending recurrent ones merged in the
+        # order the event loop applies them (time; at equal times inputs first, then recurrent ones in spike order).
         pos = st.p[:, :, None] + lanes  # [batch, n_out, K]
-        ent_t = np.where(pos < end[:, :, None], qt2[row[:, :, None], np.minimum(pos, L1 - 1)], np.inf)
-        ent_ok = ent_t < pend_min[:, :, None]
-        ent_t = np.where(ent_ok, ent_t, np.inf)
-        n_ok = ent_ok.sum(axis=2)
-        # The lookahead ends at the last entry examined, or the pending arrival, or nowhere (open gap).
-        look_end = np.where(n_ok == K, ent_t[:, :, K - 1], pend_min)
-        # Gap boundaries: gap g (0..K) ends at entry g (or look_end after the last entry).
+        ext_ok = pos < end[:, :, None]
+        ext_t = np.where(ext_ok, qt2[row[:, :, None], np.minimum(pos, L1 - 1)], np.inf)
         idx = qi2[row[:, :, None], np.minimum(pos, L1 - 1)]
-        w = np.where(ent_ok, W[np.where(ent_ok, idx, 0) // max_in, np.arange(n_out)[None, :, None]], 0.0)
-        # States before each entry: V0, I0 at st.t; after entry g the state at its time (plain loop over lanes:
-        # the same operations, in the same order, as applying the arrivals one by one).
+        ext_w = np.where(ext_ok, W[np.where(ext_ok, idx, 0) // max_in, cols], 0.0)
+        by_spike = np.argsort(st.pend_m, axis=2, kind="stable")
+        order = np.take_along_axis(by_spike, np.argsort(np.take_along_axis(st.pend_t, by_spike, axis=2), axis=2,
+                                                        kind="stable"), axis=2)[:, :, :K]
+        pend_t = np.take_along_axis(st.pend_t, order, axis=2)
+        ev_t = np.concatenate([ext_t, pend_t], axis=2)
+        ev_w = np.concatenate([ext_w, np.take_along_axis(st.pend_w, order, axis=2)], axis=2)
+        ev_slot = np.concatenate([np.full(ext_t.shape, -1), order], axis=2)  # -1: an input entry
+        merged = np.argsort(ev_t, axis=2, kind="stable")[:, :, :K]
+        ev_t, ev_w, ev_slot = (np.take_along_axis(x, merged, axis=2) for x in (ev_t, ev_w, ev_slot))
+        ev_ok = np.isfinite(ev_t)
+        n_ok = ev_ok.sum(axis=2)
+        # Every arrival not examined comes at or after the K-th (the lookahead's end); none left: an open gap.
+        look_end = np.where(n_ok == K, ev_t[:, :, K - 1], np.inf)
+        # States after each arrival (plain loop over lanes: the same operations, in the same order, as applying the
+        # arrivals one by one).
         Vs = np.empty((batch, n_out, K + 1))
         Is = np.empty((batch, n_out, K + 1))
         Ts = np.empty((batch, n_out, K + 1))
         V, I, t = st.V, st.I, st.t
         Vs[:, :, 0], Is[:, :, 0], Ts[:, :, 0] = V, I, t
         for g in range(K):
-            ok = ent_ok[:, :, g]
-            tg = np.where(ok, ent_t[:, :, g], t)
+            ok = ev_ok[:, :, g]
+            tg = np.where(ok, ev_t[:, :, g], t)
             a, b, c = dyn.decay(tg - t, tm, ts)  # ties: decay(0) is the identity, exactly
             V = np.where(ok, a * V + c * I, V)
-            I = np.where(ok, b * I + w[:, :, g], I)
+            I = np.where(ok, b * I + ev_w[:, :, g], I)
             t = tg
             Vs[:, :, g + 1], Is[:, :, g + 1], Ts[:, :, g + 1] = V, I, t
-        # Gap g runs from Ts[g] to the next boundary: entry g's time, or look_end for the gap after the last entry.
-        gap_end = np.concatenate([ent_t, np.full((batch, n_out, 1), np.inf)], axis=2)
-        last = n_ok[:, :, None] == np.arange(K + 1)  # the gap after the last ok entry
+        # Gap g runs from Ts[g] to arrival g's time, or to look_end for the gap after the last arrival.
+        gap_end = np.concatenate([ev_t, np.full((batch, n_out, 1), np.inf)], axis=2)
+        last = n_ok[:, :, None] == np.arange(K + 1)
         gap_end = np.where(last, look_end[:, :, None], gap_end)
         valid = np.arange(K + 1) <= n_ok[:, :, None]
         fires, s_hi = dyn.fires_in_gap(Vs, Is, np.where(valid, gap_end - Ts, 0.0), tm[:, None], ts[:, None],
@@ -261,43 +273,32 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
             cand[fb, fi] = np.minimum(Ts[fb, fi, gg] + s, gap_end[fb, fi, gg])
         # Horizon per sample: nothing before the earliest first crossing c, nor before the earliest lookahead end
         # h (a neuron unexamined past h might fire there), can be changed by arrivals not yet scheduled.
-        c = cand.min(axis=1)
-        h = np.where(has, np.inf, look_end).min(axis=1)
-        c = np.where(live, c, np.inf)
-        h = np.where(live, h, np.inf)
+        c = np.where(live, cand.min(axis=1), np.inf)
+        h = np.where(live, np.where(has, np.inf, look_end).min(axis=1), np.inf)
         done = live & ~np.isfinite(c) & ~np.isfinite(h)
         # The earliest spike still possible in the sample is at horizon = min(c, h), so arrivals not yet scheduled
         # come at horizon + d_min or later: every first crossing up to then is true (with d_min = 0, those at c
         # when c <= h).
         horizon = np.minimum(c, h)
         commit = has & live[:, None] & (cand <= (horizon + d_min)[:, None])
-        # Entries applied: those before the horizon (at it too when the horizon is a lookahead end h < c: no crossing
-        # anywhere up to h), and, for committed neurons, those before their crossing.
+        # Arrivals applied: those before the horizon (at it too when the horizon is a lookahead end h < c: no
+        # crossing anywhere up to h), never at or after the neuron's own first crossing; a committed neuron applies
+        # everything before its crossing, even past the horizon (d_min > 0).
         at_h = (h < c)[:, None, None]
         lim = horizon[:, None, None]
-        before = (ent_t < lim) | (at_h & (ent_t == lim))
-        before &= ent_ok & live[:, None, None]
-        # a neuron never applies entries at or after its own first crossing
-        before &= (ent_t < cand[:, :, None]) | ~has[:, :, None]
-        # committed neurons: apply everything before their crossing, even past the horizon (d_min > 0)
-        before |= commit[:, :, None] & ent_ok & (ent_t < cand[:, :, None])
-        n_apply = before.sum(axis=2)  # a prefix of the ok entries
+        before = ((ev_t < lim) | (at_h & (ev_t == lim))) & ev_ok & live[:, None, None]
+        before &= (ev_t < cand[:, :, None]) | ~has[:, :, None]
+        before |= commit[:, :, None] & ev_ok & (ev_t < cand[:, :, None])
+        n_apply = before.sum(axis=2)  # a prefix of the merged arrivals
         nb, ni = np.nonzero(n_apply > 0)
         k = n_apply[nb, ni]
         st.V[nb, ni], st.I[nb, ni], st.t[nb, ni] = Vs[nb, ni, k], Is[nb, ni, k], Ts[nb, ni, k]
-        st.p[nb, ni] += k
+        st.p += (before & (ev_slot < 0)).sum(axis=2)
+        ab, ai, ag = np.nonzero(before & (ev_slot >= 0))
+        st.pend_t[ab, ai, ev_slot[ab, ai, ag]] = np.inf
         if commit.any():
             hb, hk = np.nonzero(commit)
             _spike_round(st, hb, hk, cand[hb, hk], s_sol[hb, hk], R, Dr, tm, ts, th, n_out)
-        # Pending recurrent arrivals at or before the horizon (when no crossing is at it) are due: apply them.
-        pend_min = st.pend_t.min(axis=2)
-        nxt_in = np.where(st.p < end, qt2[row, np.minimum(st.p, L1 - 1)], np.inf)
-        due = live[:, None] & (pend_min <= nxt_in) & np.isfinite(pend_min) & (
-            (pend_min < horizon[:, None]) | ((h < c)[:, None] & (pend_min == horizon[:, None])))
-        due &= (pend_min < cand) | ~has
-        if due.any():
-            ab, ai = np.nonzero(due)
-            _apply_arrivals(st, ab, ai, pend_min[ab, ai], qt2, qi2, row, end, W, max_in, tm, ts)
         # A sample whose lookahead found no crossing and no end anywhere has applied all its arrivals: finished.
         live &= ~done
         spike_bound = bool(((c <= h) & np.isfinite(c))[live].mean() >= 0.5) if live.any() else False

@@ -1,0 +1,140 @@
+"""Recurrent LIF layer on the CPU: the reference event loop against the parallel windows and the compiled engine,
+side by side in one run.
+
+An SHD-like recurrent layer (``spikes`` Poisson input spikes per sample on 700 channels over 1 s, 128 neurons,
+``tau_mem`` 20 ms, ``tau_syn`` 5 ms, recurrent weights ``N(0, 0.04)``), without recurrent delays and with recurrent
+delays uniform on [1, 5] ms (whose 1 ms minimum lets the parallel method commit whole windows). Every variant is
+first checked against ``engine="numpy", method="sequential"`` (identical spike counts, times and gradients within
+the test tolerances) and only then timed: forward, and forward + backward, median of ``--repeats``.
+
+    python benchmarks/bench_recurrent.py                         # -> benchmarks/results/recurrent_cpu.json
+    python benchmarks/bench_recurrent.py --quick --output F      # a small case (the test suite runs this)
+
+The JSON starts with ``stamp`` (``_stamp.py``: commit, dirty flag, machine, versions) and holds every repeat; ratios
+are against the reference (NumPy ``sequential``) on the same layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import spikescan as ss  # noqa: E402
+from spikescan._lif_numpy import numba_available  # noqa: E402
+from _stamp import stamp  # noqa: E402
+
+TAU_MEM, TAU_SYN, DURATION = 20.0, 5.0, 1000.0
+FULL = dict(batch=4, n_in=700, spikes=3000, n_out=128)
+QUICK = dict(batch=2, n_in=20, spikes=60, n_out=8)
+
+
+def layer(batch, n_in, spikes, n_out, recurrent_delays, seed=0):
+    """Input spike times, input weights, recurrent weights and (optionally) recurrent delays."""
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(spikes, np.full(n_in, 1.0 / n_in), size=batch)
+    t = np.full((batch, n_in, max(int(counts.max()), 1)), np.inf)
+    for b in range(batch):
+        for j in np.flatnonzero(counts[b]):
+            t[b, j, : counts[b, j]] = np.sort(rng.uniform(0.0, DURATION, counts[b, j]))
+    # Input weights whose mean current, about 1.1 thresholds, makes a neuron fire a few to a few tens of times.
+    mean = 1.1 * DURATION / (TAU_SYN * spikes)
+    w = rng.normal(mean, mean, (n_in, n_out))
+    r = rng.normal(0.0, 0.04, (n_out, n_out))
+    dr = rng.uniform(1.0, 5.0, (n_out, n_out)) if recurrent_delays else None
+    return t, w, r, dr
+
+
+def variants():
+    out = [("numpy", "sequential"), ("numpy", "scan")]
+    if numba_available():
+        out.append(("numba", "sequential"))
+    return out
+
+
+def _run(args, engine, method, max_spikes):
+    t, w, r, dr = args
+    return ss.lif_forward(t, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, recurrent_weights=r,
+                          recurrent_delays=dr, method=method, engine=engine)
+
+
+def _check(ref, out, gref, gout, label):
+    if not np.array_equal(out.counts, ref.counts):
+        raise AssertionError(f"{label}: spike counts differ from the reference")
+    fin = np.isfinite(ref.times)
+    np.testing.assert_allclose(out.times[fin], ref.times[fin], rtol=1e-12, atol=1e-12, err_msg=label)
+    for name in ("weights", "recurrent_weights", "recurrent_delays", "threshold"):
+        a, b = getattr(gref, name), getattr(gout, name)
+        if a is not None:
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9 * max(np.abs(a).max(), 1.0),
+                                       err_msg=f"{label}: {name}")
+
+
+def bench(shape, repeats, max_spikes=16):
+    rows = []
+    for rec_delays in (False, True):
+        args = layer(**shape, recurrent_delays=rec_delays)
+        ref = _run(args, "numpy", "sequential", max_spikes)
+        g = np.where(np.isfinite(ref.times), 1.0, 0.0)
+        gref = ss.lif_backward(ref, g, input_times_grad=False)
+        name = "shd_recurrent_delays" if rec_delays else "shd_recurrent"
+        for engine, method in variants():
+            label = f"{name}/{engine}/{method}"
+            out = _run(args, engine, method, max_spikes)
+            gout = ss.lif_backward(out, g, input_times_grad=False, engine=engine)
+            _check(ref, out, gref, gout, label)
+            fwd, full = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                res = _run(args, engine, method, max_spikes)
+                t1 = time.perf_counter()
+                ss.lif_backward(res, g, input_times_grad=False, engine=engine)
+                t2 = time.perf_counter()
+                fwd.append(t1 - t0)
+                full.append(t2 - t0)
+            rows.append(dict(layer=name, engine=engine, method=method, forward_s=float(np.median(fwd)),
+                             forward_backward_s=float(np.median(full)), forward_repeats=fwd, full_repeats=full,
+                             spikes_per_sample=float(ref.counts.sum() / shape["batch"]),
+                             capped_spikes=ref.capped_spikes))
+            print(f"{label:40s} forward {rows[-1]['forward_s']:.3f} s  forward+backward "
+                  f"{rows[-1]['forward_backward_s']:.3f} s", flush=True)
+    for row in rows:
+        base = next(r for r in rows if r["layer"] == row["layer"] and r["engine"] == "numpy"
+                    and r["method"] == "sequential")
+        row["forward_speedup"] = base["forward_s"] / row["forward_s"]
+        row["forward_backward_speedup"] = base["forward_backward_s"] / row["forward_backward_s"]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small layer (seconds)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", default=None, help="JSON path (default: results/recurrent_cpu.json; none with "
+                                                       "--quick unless given)")
+    args = parser.parse_args(argv)
+    shape = QUICK if args.quick else FULL
+    t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    rows = bench(shape, args.repeats)
+    report = dict(benchmark="bench_recurrent", stamp=stamp(), load_average=[load_start, os.getloadavg()[0]], settings=dict(shape=shape, tau_mem=TAU_MEM,
+                  tau_syn=TAU_SYN, duration_ms=DURATION, recurrent_std=0.04, recurrent_delays="uniform [1, 5] ms",
+                  repeats=args.repeats, quick=args.quick), rows=rows, seconds=time.perf_counter() - t0)
+    output = args.output or (None if args.quick else os.path.join(HERE, "results", "recurrent_cpu.json"))
+    if output:
+        with open(output, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/bench_recurrent.py --quick: every variant is checked against the reference before it is timed, and the
+JSON holds what the README table needs (stamp, settings, one row per layer and variant, speed-ups)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_recurrent  # noqa: E402
+
+
+def test_quick_run_writes_checked_rows(tmp_path):
+    out = tmp_path / "recurrent.json"
+    bench_recurrent.main(["--quick", "--repeats", "1", "--output", str(out)])
+    report = json.loads(out.read_text())
+    assert report["stamp"]["commit"] is None or len(report["stamp"]["commit"]) == 40
+    variants = bench_recurrent.variants()
+    assert len(report["rows"]) == 2 * len(variants)
+    for row in report["rows"]:
+        assert row["spikes_per_sample"] > 10  # the layer fires, so the timing means something
+        assert row["forward_s"] > 0 and row["forward_backward_s"] >= row["forward_s"]
+        assert np.isfinite(row["forward_speedup"]) and np.isfinite(row["forward_backward_speedup"])
+    refs = [r for r in report["rows"] if (r["engine"], r["method"]) == ("numpy", "sequential")]
+    assert [r["forward_speedup"] for r in refs] == [1.0, 1.0]
+
+
+def test_a_variant_that_disagrees_is_not_timed(monkeypatch):
+    real = bench_recurrent._run
+
+    def wrong(args, engine, method, max_spikes):
+        out = real(args, engine, method, max_spikes)
+        if method == "scan":
+            out.times[np.isfinite(out.times)] += 1e-6
+        return out
+
+    monkeypatch.setattr(bench_recurrent, "_run", wrong)
+    with pytest.raises(AssertionError, match="numpy/scan"):
+        bench_recurrent.bench(bench_recurrent.QUICK, repeats=1)
