@@ -251,6 +251,16 @@ def test_runaway_self_excitation_and_errors(backend):
         backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, max_total_spikes=50,
                         block_size=2)
     assert err.value.sample == 0 and err.value.limit == 50
+    # Neuron 1 of sample 1 fires again ~1e-14 after t = 1e6, below the float64 spacing of t there: the NumPy error.
+    t_stuck = np.array([[[np.inf]], [[1e6]]])
+    message = r"neuron 1 of sample 1 fires twice at t=1000000\.0"
+    R_stuck = np.array([[0.0, 0.1], [0.1, 0.0]])
+    with pytest.raises(FloatingPointError, match=message):
+        ss.lif_forward(t_stuck, np.array([[0.5, 1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=2,
+                       recurrent_weights=R_stuck, engine="numpy", method="sequential")
+    with pytest.raises(FloatingPointError, match=message):
+        backend.forward(t_stuck, np.array([[0.5, 1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=2,
+                        recurrent_weights=R_stuck, block_size=1)
     out = backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.zeros((2, 2)))
     with pytest.raises(NotImplementedError, match="time_constant_grads"):
         _recurrent.backward(backend.xp, backend.launch, out, backend.xp.zeros_like(out.times),

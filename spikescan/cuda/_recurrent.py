@@ -45,7 +45,8 @@ from ._lif import SOLVER_CODES
 MODULE = "recurrent"
 MAX_BLOCK = 256
 PENDING_CAPACITY = 16
-_STATE_FIELDS = 7  # SPIKESCAN_REC_FIELDS: V, I, t, last spike, crossing, its offset, earliest pending arrival
+_STATE_FIELDS = 8  # SPIKESCAN_REC_FIELDS: V, I, t, last spike, crossing, its offset, earliest pending, next arrival
+_INT_FIELDS = 3  # SPIKESCAN_REC_INT_FIELDS: next queue entry, pending count, crossing out of date
 _RED_BYTES = 32  # sizeof(spikescan_rec_red_t)
 THREADS_PER_BLOCK = 256
 
@@ -134,7 +135,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         stuck_current = xp.full(N, np.nan, dtype=xp.float64)
         overflow = xp.zeros(batch, dtype=xp.int32)
         state = xp.empty(_STATE_FIELDS * N, dtype=xp.float64)
-        istate = xp.empty(2 * N, dtype=xp.int64)
+        istate = xp.empty(_INT_FIELDS * N, dtype=xp.int64)
         pend_t = xp.empty(pend_cap * N, dtype=xp.float64)
         pend_w = xp.empty(pend_cap * N, dtype=xp.float64)
         args = [qt, qi, qe, W, tm, ts, th, R, R if Dr is None else Dr, np.int32(has_rd),
@@ -184,7 +185,7 @@ def _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays,
     parts = _memory.lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays,
                                          "sequential", 1, itemsize, "cupy")
     neurons = batch * n_out
-    parts["recurrent state"] = neurons * 8 * (_STATE_FIELDS + 2)
+    parts["recurrent state"] = neurons * 8 * (_STATE_FIELDS + _INT_FIELDS)
     parts["pending arrivals"] = neurons * 16 * pend_cap
     parts["spike log"] = batch * 24 * log_cap
     _memory.check(_memory.describe("lif_forward", batch, n_out, max_spikes, has_delays) + " (recurrent)", parts, xp,

@@ -20,8 +20,11 @@
 //   Errors (as spikescan_lif_forward_sequential): a spike at or before the neuron's previous one (unresolvable
 //   spike train) writes its time to stuck_times; spike number max_total_spikes + 1 writes its time and current to
 //   stuck_times / stuck_current and leaves counts = max_total_spikes + 1.  Either stops the sample.
-//   Scratch (no initialisation needed): state [7, batch * n_out] float64 (V, I, t, last spike, crossing time, its
-//   gap offset s, earliest pending arrival), istate [2, batch * n_out] int64 (next queue entry, pending count).
+//   A neuron's crossing depends only on its state and its next arrival, so it is recomputed only when one of them
+//   changed (an arrival applied, its own spike, or a pending arrival earlier than its next one): with delays an
+//   input event changes one neuron.  Scratch (no initialisation needed): state [8, batch * n_out] float64 (V, I,
+//   t, last spike, crossing time, its gap offset s, earliest pending arrival, next arrival), istate
+//   [3, batch * n_out] int64 (next queue entry, pending count, crossing out of date).
 //   Dynamic shared memory: blockDim * sizeof(spikescan_rec_red_t) bytes.
 //
 // Backward (the adjoint of the event ODE in closed form between events; three kernels):
@@ -46,7 +49,8 @@
 #define SPIKESCAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
-#define SPIKESCAN_REC_FIELDS 7
+#define SPIKESCAN_REC_FIELDS 8
+#define SPIKESCAN_REC_INT_FIELDS 3
 
 // One block-reduction element of the forward: earliest crossing c of neuron k (lexicographic min), earliest
 // arrival e, and a stop flag (or).
@@ -123,8 +127,10 @@ __global__ void spikescan_recurrent_forward(
     double* sCand = state + 4 * N;
     double* sS = state + 5 * N;
     double* sPendMin = state + 6 * N;
+    double* sNxt = state + 7 * N;
     long long* sP = istate;
     long long* sPendN = istate + N;
+    long long* sDirty = istate + 2 * N;
     SPIKESCAN_DYNAMIC_SHARED(spikescan_rec_red_t, spikescan_rec_shared);
     const spikescan_rec_red_op red_op;
 
@@ -137,6 +143,7 @@ __global__ void spikescan_recurrent_forward(
         sPendMin[nb] = spikescan_inf();
         sP[nb] = 0;
         sPendN[nb] = 0;
+        sDirty[nb] = 1;
         counts[nb] = 0;
     }
     long long stop = 0;   // this thread saw an error or a full buffer (or-reduced before anything depends on it)
@@ -145,19 +152,28 @@ __global__ void spikescan_recurrent_forward(
         // Every neuron's next arrival and first crossing before it.
         spikescan_rec_red_t mine = {spikescan_inf(), n_out, spikescan_inf(), stop};
         for (long long i = threadIdx.x; i < n_out; i += nthreads) {
-            const auto [bb, ii, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
-                b * n_out + i, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr,
-                tau_syn_arr);
             const long long nb = b * n_out + i;
-            const double nxt = spikescan_rec_next_arrival(qt, sP[nb], end, sPendMin[nb]);
-            const double V = sV[nb], I = sI[nb], t = sT[nb];
-            double s_hi = 0.0, cand = spikescan_inf(), s = 0.0;
-            if (spikescan_fires_in_gap(V, I, nxt - t, tau_mem, tau_syn, threshold_arr[i], &s_hi)) {
-                s = spikescan_solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold_arr[i], solver);
-                cand = fmin(t + s, nxt);
+            double nxt, cand;
+            if (!sDirty[nb]) {
+                nxt = sNxt[nb];
+                cand = sCand[nb];
+            } else {
+                const auto [bb, ii, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+                    nb, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr,
+                    tau_syn_arr);
+                nxt = spikescan_rec_next_arrival(qt, sP[nb], end, sPendMin[nb]);
+                const double V = sV[nb], I = sI[nb], t = sT[nb];
+                double s_hi = 0.0, s = 0.0;
+                cand = spikescan_inf();
+                if (spikescan_fires_in_gap(V, I, nxt - t, tau_mem, tau_syn, threshold_arr[i], &s_hi)) {
+                    s = spikescan_solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold_arr[i], solver);
+                    cand = fmin(t + s, nxt);
+                }
+                sNxt[nb] = nxt;
+                sCand[nb] = cand;
+                sS[nb] = s;
+                sDirty[nb] = 0;
             }
-            sCand[nb] = cand;
-            sS[nb] = s;
             if (cand < mine.c) {  // owned neurons ascend: the lowest index wins ties
                 mine.c = cand;
                 mine.k = i;
@@ -180,6 +196,7 @@ __global__ void spikescan_recurrent_forward(
                     sV[nk] = 0.0;
                     sI[nk] = I_after;
                     sT[nk] = t_sp;
+                    sDirty[nk] = 1;
                     const long long count = counts[nk];
                     if (t_sp <= sLast[nk]) {
                         stuck_times[nk] = t_sp;
@@ -222,6 +239,7 @@ __global__ void spikescan_recurrent_forward(
                             pend_w[q * N + ni] = w;
                             sPendN[ni] = q + 1;
                             sPendMin[ni] = fmin(sPendMin[ni], arrive);
+                            if (arrive < sNxt[ni]) sDirty[ni] = 1;  // its next arrival moves earlier
                         }
                     }
                     if (i > k && next.k == n_out && sCand[ni] == e_spk) {
@@ -279,6 +297,7 @@ __global__ void spikescan_recurrent_forward(
                 sI[nb] = I;
                 sT[nb] = e_in;
                 sP[nb] = p;
+                sDirty[nb] = 1;
             }
         } else {
             break;  // nothing left: the sample is done
