@@ -145,9 +145,12 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
                 log_k, log_I, log_n, stuck_times, stuck_current, overflow]
         launch(MODULE, "spikescan_recurrent_forward", dtype, batch, block, args, shared_mem=block * _RED_BYTES)
         del state, istate, pend_t, pend_w
+        if N == 0:
+            n_log_max = 0
+            break
         # One small read (a host sync): errors, full pending buffers, the longest log.
-        flags = xp.stack([xp.isfinite(stuck_times).any().astype(xp.int64), overflow.max(initial=0).astype(xp.int64),
-                          log_n.max(initial=0)])
+        flags = xp.stack([xp.isfinite(stuck_times).any().astype(xp.int64), overflow.max().astype(xp.int64),
+                          log_n.max()])
         stuck, overflowed, n_log_max = (int(x) for x in (flags.get() if hasattr(flags, "get") else flags))
         if stuck:
             first = int(xp.argmax(xp.isfinite(stuck_times)))
