@@ -402,8 +402,8 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     length = _log_length(n_out, max_spikes)
     (log_t, log_k, log_I), n_log = run(np.arange(batch), length)
     bad = np.flatnonzero(status[:, 0] != _OK)
-    if bad.size:
-        b = int(bad[0])
+    if bad.size:  # the first in simulated time (the lower sample at a tie)
+        b = int(bad[np.argmin(status_at[bad, 0])])
         k = int(status[b, 1])
         if status[b, 0] == _RUNAWAY:
             raise _runaway_error(b, k, n_out, status_at[b, 0], status_at[b, 1], limit, threshold[k])

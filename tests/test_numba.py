@@ -234,3 +234,164 @@ def test_compiled_delayed_queues_equal_the_numpy_ones():
             D = np.round(D)  # many simultaneous arrivals
         for a, b in zip(_queue.build_queues(t, D, np), _lif_numpy._delayed_queues_compiled(t, D)):
             np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recurrent layers (``_recurrent_numba``): the compiled event loop and backward against the NumPy engine
+# ---------------------------------------------------------------------------------------------------------------
+
+def _recurrent_layer(seed, r_kind="mixed", d_kind="none", taus="tm>ts", input_delays=False, batch=3, n_in=8, n_out=6,
+                     max_in=4, t_max=25.0, d_max=3.0):
+    """A recurrent layer: ``(t, W, kwargs)``; every kind of loop keeps self-connections (a non-zero diagonal)."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.0, t_max, (batch, n_in, max_in))
+    t[rng.random(t.shape) < 0.2] = np.inf
+    t = np.sort(t, axis=-1)
+    W = rng.normal(0.9, 0.7, (n_in, n_out))
+    R = {"excitatory": rng.uniform(0.02, 0.12, (n_out, n_out)), "inhibitory": rng.uniform(-0.6, -0.05, (n_out, n_out)),
+         "mixed": rng.normal(0.0, 0.3, (n_out, n_out))}[r_kind]
+    if r_kind == "mixed":
+        R[np.diag_indices(n_out)] = np.resize([0.15, -0.5, 0.2], n_out)
+    Dr = None
+    if d_kind != "none":
+        Dr = np.zeros((n_out, n_out)) if d_kind == "zero" else rng.uniform(0.2, d_max, (n_out, n_out))
+        if d_kind == "some zero":
+            Dr[rng.random(Dr.shape) < 0.4] = 0.0
+    tau_mem, tau_syn = {"tm>ts": (8.0, 3.0), "tm<ts": (3.0, 5.0), "tm==ts": (5.0, 5.0),
+                        "per-neuron": (rng.uniform(3.0, 9.0, n_out), rng.uniform(2.0, 6.0, n_out))}[taus]
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, threshold=rng.uniform(0.8, 1.2, n_out), max_spikes=40,
+              delays=rng.uniform(0.0, 4.0, (n_in, n_out)) if input_delays else None, recurrent_weights=R,
+              recurrent_delays=Dr)
+    return t, W, kw
+
+
+def _assert_engines_agree(t, W, kw, min_spikes=20):
+    """The compiled recurrent layer against the NumPy event loop: identical counts, events and log neurons; times,
+    logged currents and every gradient (of either engine's forward) within TOL["float64"]; both compiled methods
+    are the same event loop, bit for bit."""
+    ref = ss.lif_forward(t, W, engine="numpy", method="sequential", **kw)
+    out = ss.lif_forward(t, W, engine="numba", method="sequential", **kw)
+    assert ref.counts.sum() >= min_spikes
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_array_equal(out.residuals.spike_event, ref.residuals.spike_event)
+    fin = np.isfinite(ref.times)
+    np.testing.assert_array_equal(np.isfinite(out.times), fin)
+    np.testing.assert_allclose(out.times[fin], ref.times[fin], **TOL["float64"]["times"])
+    la, lb = ref.residuals.recurrent_log, out.residuals.recurrent_log
+    np.testing.assert_array_equal(lb.count, la.count)
+    np.testing.assert_array_equal(lb.neurons, la.neurons)
+    np.testing.assert_allclose(lb.times, la.times, **TOL["float64"]["times"])
+    np.testing.assert_allclose(lb.currents, la.currents, **TOL["float64"]["times"])
+    scan = ss.lif_forward(t, W, engine="numba", method="scan", chunk_size=2, **kw)
+    np.testing.assert_array_equal(scan.times, out.times)
+    G = np.random.default_rng(0).normal(size=ref.times.shape)
+    g_ref = ss.lif_backward(ref, G, engine="numpy")
+    for result in (out, ref):  # the compiled backward of either engine's forward
+        g_out = ss.lif_backward(result, G, engine="numba")
+        for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+            a, b = getattr(g_ref, name), getattr(g_out, name)
+            if a is None:
+                assert b is None, name
+                continue
+            np.testing.assert_allclose(b, a, **TOL["float64"]["grads"], err_msg=name)
+    assert np.abs(g_ref.recurrent_weights).max() > 0.1
+    return ref, out
+
+
+RECURRENT_CASES = [
+    # (recurrent weights, recurrent delays, time constants, input delays, max_spikes, input weight scale)
+    ("mixed", "none", "tm>ts", False, 40, 1.0),
+    ("excitatory", "positive", "tm>ts", True, 40, 1.0),
+    ("inhibitory", "some zero", "tm==ts", True, 40, 1.0),
+    ("mixed", "zero", "per-neuron", False, 40, 1.0),
+    ("excitatory", "some zero", "tm<ts", False, 1, 0.3),  # capped recording: unrecorded spikes still propagate
+    ("mixed", "positive", "tm==ts", True, 2, 1.0),
+]
+
+
+@pytest.mark.parametrize("r_kind,d_kind,taus,input_delays,max_spikes,w_scale", RECURRENT_CASES,
+                         ids=["-".join(map(str, c[:5])) for c in RECURRENT_CASES])
+def test_recurrent_compiled_equals_numpy(r_kind, d_kind, taus, input_delays, max_spikes, w_scale):
+    t, W, kw = _recurrent_layer(11, r_kind, d_kind, taus, input_delays)
+    kw["max_spikes"] = max_spikes
+    ref, _ = _assert_engines_agree(t, w_scale * W, kw)
+    if max_spikes < 3:
+        assert ref.capped_spikes > 0
+
+
+def test_recurrent_compiled_wide_layer_with_long_delays():
+    """More neurons than a few tree levels (and bulk rounds), recurrent delays long enough to pile up to 24 pending
+    arrivals on one neuron (the per-neuron heaps grow from 4)."""
+    t, W, kw = _recurrent_layer(12, "mixed", "positive", "tm>ts", False, batch=2, n_in=30, n_out=40, max_in=3,
+                                t_max=40.0, d_max=6.0)
+    kw["recurrent_weights"] *= 0.3
+    ref, _ = _assert_engines_agree(t, 0.2 * W, kw, min_spikes=60)
+    assert ref.residuals.recurrent_log.count.min() > 40
+
+
+def test_recurrent_compiled_float32():
+    t, W, kw = _recurrent_layer(14, "mixed", "some zero", "tm>ts", True)
+    t32, W32 = t.astype(np.float32), W.astype(np.float32)
+    a = ss.lif_forward(t32, W32, engine="numpy", method="sequential", **kw)
+    b = ss.lif_forward(t32, W32, engine="numba", **kw)
+    assert b.times.dtype == np.float32 and a.counts.sum() > 20
+    np.testing.assert_array_equal(b.counts, a.counts)
+    np.testing.assert_allclose(b.times, a.times, **TOL["float32"]["times"])
+    G = np.ones_like(a.times)
+    ga, gb = ss.lif_backward(a, G, engine="numpy"), ss.lif_backward(b, G, engine="numba")
+    assert gb.recurrent_weights.dtype == np.float32 and gb.input_times.dtype == np.float32
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+        np.testing.assert_allclose(getattr(gb, name), getattr(ga, name), **TOL["float32"]["grads"], err_msg=name)
+
+
+def _recurrent_digest(t, W, kw):
+    out = ss.lif_forward(t, W, engine="numba", **kw)
+    G = np.random.default_rng(3).normal(size=out.times.shape)
+    g = ss.lif_backward(out, G, engine="numba")
+    log = out.residuals.recurrent_log
+    return [np.asarray(x).tobytes() for x in (out.times, out.counts, out.residuals.spike_event, log.times, log.neurons,
+                                               log.currents, g.weights, g.input_times, g.delays, g.threshold,
+                                               g.recurrent_weights, g.recurrent_delays)]
+
+
+def test_recurrent_bitwise_identical_for_any_thread_count_log_length_and_blocks(monkeypatch):
+    """Parallel over samples with fixed sum orders: the same bits for 1 and 2 threads and the serial compilation,
+    and when every sample's log outgrows the first guess (run again) or the backward works one sample at a time."""
+    from spikescan import _recurrent_numba
+
+    t, W, kw = _recurrent_layer(13, "mixed", "some zero", "tm>ts", True, batch=6)
+    monkeypatch.setattr(_lif_numba, "SERIAL_WORK", 0)  # parallel kernels even for this small layer
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _recurrent_digest(t, W, kw)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = _recurrent_digest(t, W, kw)
+    finally:
+        numba.set_num_threads(before)
+    assert one == two
+    monkeypatch.setattr(_lif_numba, "SERIAL_WORK", 1 << 62)  # the serial compilation
+    assert _recurrent_digest(t, W, kw) == one
+    monkeypatch.setattr(_recurrent_numba, "_log_length", lambda n_out, max_spikes: 1)
+    monkeypatch.setattr(_recurrent_numba, "_PARTIAL_BYTES", 1)
+    monkeypatch.setattr(_recurrent_numba, "_ARRIVAL_BYTES", 1)
+    assert _recurrent_digest(t, W, kw) == one
+
+
+def test_recurrent_compiled_errors_match_numpy():
+    """Runaway self-excitation: the same error and fields from both engines (the compiled one raises after the
+    kernel, for the sample that runs away first in simulated time)."""
+    t = np.array([[[1.0], [2.0]], [[3.0], [np.inf]]])
+    W = np.array([[5.0, 5.0], [5.0, 5.0]])
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.full((2, 2), 3.0), max_total_spikes=50)
+    errs = []
+    for engine in ("numpy", "numba"):
+        with pytest.raises(ss.RunawayFiringError, match="runaway self-excitation") as info:
+            ss.lif_forward(t[1:], W, engine=engine, method="sequential", **kw)
+        errs.append(info.value)
+    assert (errs[0].sample, errs[0].neuron, errs[0].limit) == (errs[1].sample, errs[1].neuron, errs[1].limit)
+    assert errs[1].time == pytest.approx(errs[0].time, rel=1e-12)
+    assert errs[1].current == pytest.approx(errs[0].current, rel=1e-12)
+    with pytest.raises(ss.RunawayFiringError) as info:
+        ss.lif_forward(t, W, engine="numba", **kw)
+    assert info.value.sample == 0 and info.value.time < errs[0].time
