@@ -413,10 +413,10 @@ def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grad
         from ._recurrent_numba import backward
     else:
         from ._recurrent import backward
-    g, grazing = backward(res, grad_times, input_times_grad)
+    g, grazing = backward(res, grad_times, input_times_grad, spike_grads=time_constant_grads)
     tau_mem = tau_syn = None
     if time_constant_grads:
-        tau_mem, tau_syn = _recurrent_time_constant_grads(res, grad_times, engine)
+        tau_mem, tau_syn = _recurrent_time_constant_grads(res, grad_times, engine, g["spike_grads"])
     if grazing is not None:
         warn_grazing(grazing[0], grazing[1], res.weights.shape[1], grazing[2], stacklevel=4)
     return LIFGrads(
@@ -429,14 +429,16 @@ def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grad
             res.recurrent_delays_dtype), tau_mem=tau_mem, tau_syn=tau_syn)
 
 
-def _recurrent_time_constant_grads(res, grad_times, engine):
+def _recurrent_time_constant_grads(res, grad_times, engine, spike_grads=None):
     """``(tau_mem, tau_syn)`` gradients of a recurrent layer: each spike's derivative through everything outside its
-    neuron (the NumPy backward's spike walk), then the feed-forward backward of the layer unrolled with its own
-    spikes as fixed inputs (``_recurrent.unrolled_layer``), whose time-constant terms are exact per neuron."""
+    neuron (``spike_grads`` from the backward's spike walk of either engine; the NumPy one when not given), then the
+    feed-forward backward of the layer unrolled with its own spikes as fixed inputs (``_recurrent.unrolled_layer``),
+    whose time-constant terms are exact per neuron."""
     from . import _recurrent
 
-    g, _ = _recurrent.backward(res, grad_times, False, spike_grads=True)
-    unrolled, g_unrolled = _recurrent.unrolled_layer(res, g["spike_grads"])
+    if spike_grads is None:
+        spike_grads = _recurrent.backward(res, grad_times, False, spike_grads=True)[0]["spike_grads"]
+    unrolled, g_unrolled = _recurrent.unrolled_layer(res, spike_grads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
         grads = lif_backward(unrolled, g_unrolled, "auto", input_times_grad=False, engine=engine,

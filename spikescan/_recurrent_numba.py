@@ -441,11 +441,12 @@ def _adjoint_back(span, lV1, lI1, tau_mem, tau_syn):
 
 @_pjit
 def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_arr, R, Dr, has_dr, start, stop, off,
-                    sp_t, lamV, lamI, part_R, part_Dr, part_th, graze):
+                    sp_t, lamV, lamI, part_R, part_Dr, part_th, graze, want_spike_grads, spike_grads):
     """The spike loop of ``_recurrent.backward`` for samples ``[start, stop)`` (``prange``): each neuron's spikes by
     neuron (``off [batch, n_out + 1]``, ``sp_t``), the adjoint before each (``lamV``, ``lamI``), per-sample partial
-    gradients ``part_* [stop - start, ...]`` (zeroed by the caller) and ``graze[b] = (count, earliest time,
-    neuron)``."""
+    gradients ``part_* [stop - start, ...]`` (zeroed by the caller), ``graze[b] = (count, earliest time, neuron)``
+    and, when ``want_spike_grads``, ``spike_grads[b, m]``: spike ``m``'s derivative through everything outside its
+    neuron (``_recurrent.backward``'s ``spike_grads``)."""
     n_out = R.shape[0]
     S = grad_times.shape[2]
     for s_ in prange(stop - start):
@@ -512,7 +513,10 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
                 if has_dr:
                     part_Dr[bl, k, i] += g_arrival
                 total += g_arrival
-            G = g + total - lV_after * Is / tmk
+            G_outside = g + total
+            if want_spike_grads:
+                spike_grads[b, m] = G_outside
+            G = G_outside - lV_after * Is / tmk
             D = (Is - th_arr[k]) / tmk
             idx = off[b, k] + ck
             if D <= 0.0:  # grazing: its IFT term is dropped
@@ -565,9 +569,9 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
                         g_arrival[b - start, i, k] = g_arr
 
 
-def backward(res, grad_times, input_times_grad):
+def backward(res, grad_times, input_times_grad, spike_grads=False):
     """``_recurrent.backward`` by the compiled kernels: ``(grads dict, grazing (count, first flat neuron, time) or
-    None)``."""
+    None)``; ``spike_grads`` as there."""
     log = res.recurrent_log
     batch, n_in, max_in0 = res.input_shape
     max_in = max(max_in0, 1)
@@ -594,6 +598,7 @@ def backward(res, grad_times, input_times_grad):
     grad_Dr = np.zeros((n_out, n_out)) if has_dr else None
     grad_th = np.zeros(n_out)
     graze = np.zeros((batch, 3))
+    G_out = np.zeros(log.times.shape) if spike_grads else np.zeros((1, 1))
     per_sample = 8 * n_out * (n_out * (2 if has_dr else 1) + 1)
     block = max(1, min(batch, _PARTIAL_BYTES // per_sample))
     previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
@@ -605,7 +610,7 @@ def backward(res, grad_times, input_times_grad):
             part_th = np.zeros((stop - start, n_out))
             backward_spikes((stop - start) * n_out * max(M // max(batch, 1), 1), log_t, log_k, log_I, log_n, g_all,
                             tm, ts, th, R, Dr, has_dr, start, stop, off, sp_t, lamV, lamI, part_R, part_Dr, part_th,
-                            graze)
+                            graze, bool(spike_grads), G_out)
             for j in range(stop - start):  # in sample order
                 grad_R += part_R[j]
                 grad_th += part_th[j]
@@ -642,5 +647,6 @@ def backward(res, grad_times, input_times_grad):
     grads = {"weights": grad_W,
              "delays": grad_D if has_delays else None,
              "input_times": None if grad_in is None else grad_in[:, :n_in * max_in0].reshape(batch, n_in, max_in0),
-             "threshold": grad_th, "recurrent_weights": grad_R, "recurrent_delays": grad_Dr}
+             "threshold": grad_th, "recurrent_weights": grad_R, "recurrent_delays": grad_Dr,
+             "spike_grads": G_out if spike_grads else None}
     return grads, grazing

@@ -267,8 +267,8 @@ def _recurrent_layer(seed, r_kind="mixed", d_kind="none", taus="tm>ts", input_de
 
 def _assert_engines_agree(t, W, kw, min_spikes=20):
     """The compiled recurrent layer against the NumPy event loop: identical counts, events and log neurons; times,
-    logged currents and every gradient (of either engine's forward) within TOL["float64"]; both compiled methods
-    are the same event loop, bit for bit."""
+    logged currents and every gradient (of either engine's forward; the time constants' too) within
+    TOL["float64"]; both compiled methods are the same event loop, bit for bit."""
     ref = ss.lif_forward(t, W, engine="numpy", method="sequential", **kw)
     out = ss.lif_forward(t, W, engine="numba", method="sequential", **kw)
     assert ref.counts.sum() >= min_spikes
@@ -285,10 +285,11 @@ def _assert_engines_agree(t, W, kw, min_spikes=20):
     scan = ss.lif_forward(t, W, engine="numba", method="scan", chunk_size=2, **kw)
     np.testing.assert_array_equal(scan.times, out.times)
     G = np.random.default_rng(0).normal(size=ref.times.shape)
-    g_ref = ss.lif_backward(ref, G, engine="numpy")
+    g_ref = ss.lif_backward(ref, G, engine="numpy", time_constant_grads=True)
     for result in (out, ref):  # the compiled backward of either engine's forward
-        g_out = ss.lif_backward(result, G, engine="numba")
-        for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+        g_out = ss.lif_backward(result, G, engine="numba", time_constant_grads=True)
+        for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays",
+                     "tau_mem", "tau_syn"):
             a, b = getattr(g_ref, name), getattr(g_out, name)
             if a is None:
                 assert b is None, name
