@@ -55,9 +55,11 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             processes the earliest event of each sample at a time (the reference, and ``"auto"``); ``"scan"`` lets
             every neuron look up to ``chunk_size`` arrivals ahead and applies, at once, everything before the sample's
             earliest possible next spike (plus the smallest recurrent delay), so whole windows go in one step. Both
-            run the NumPy implementation for NumPy inputs (``engine`` is not used); CuPy inputs run the CUDA event
-            loop (one block per sample; ``method`` and ``chunk_size`` do not apply). A loop that excites itself
-            without bound stops at ``max_total_spikes`` with ``RunawayFiringError``.
+            are NumPy methods (``engine="numpy"``); the compiled engine has one forward for recurrent layers, the
+            event loop as scalar code per sample (parallel over samples), whatever ``method`` and ``chunk_size``
+            say (the same results as ``"sequential"`` to rounding). CuPy inputs run the CUDA event loop (one block
+            per sample; ``method`` and ``chunk_size`` do not apply). A loop that excites itself without bound stops
+            at ``max_total_spikes`` with ``RunawayFiringError``.
         recurrent_delays: optional non-negative ``[n_out, n_out]`` delays of the recurrent connections (0 without).
         engine: how NumPy inputs are computed: ``"numba"`` (compiled CPU kernels, parallel over neurons; needs
             ``pip install spikescan[cpu]``), ``"numpy"`` (the pure NumPy implementation, the reference) or
@@ -147,7 +149,9 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine has one backward,
             the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
             latency on a GPU warp and nothing on a CPU core); its sums have a fixed order, so its gradients are
-            bit-identical for any number of threads.
+            bit-identical for any number of threads. Recurrent layers: the spike loop last to first per sample
+            (parallel over samples), then the input entries per neuron; the gradients of the NumPy backward to
+            rounding, from either engine's forward; ``method`` does not apply.
         time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (``[n_out]``; ``None``
             otherwise): a few more operations per point (the gap maps' parameter derivatives), so off unless asked.
         input_times_grad: compute ``grad_input_times``. ``False`` skips its work (a scatter-add over every queue
