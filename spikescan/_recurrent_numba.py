@@ -62,14 +62,13 @@ _log_hint = 0
 # ---------------------------------------------------------------------------------------------------------------
 
 @_jit
-def _first(i, j, key_t, kind):
-    """Whether neuron ``i``'s next event comes before neuron ``j``'s: by time, crossings before arrivals, index."""
-    ti = key_t[i]
-    tj = key_t[j]
+def _earlier(ti, ki, i, tj, kj, j):
+    """Whether event ``(ti, ki)`` of neuron ``i`` comes before ``(tj, kj)`` of ``j``: by time, crossings before
+    arrivals, neuron index."""
     if ti != tj:
         return ti < tj
-    if kind[i] != kind[j]:
-        return kind[i] < kind[j]
+    if ki != kj:
+        return ki < kj
     return i < j
 
 
@@ -78,7 +77,7 @@ def _tree_build(win, P, key_t, kind):
     for node in range(P - 1, 0, -1):
         left = win[2 * node]
         right = win[2 * node + 1]
-        win[node] = left if _first(left, right, key_t, kind) else right
+        win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right], right) else right
 
 
 @_jit
@@ -198,7 +197,8 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
                 while node >= 1:
                     left = win[2 * node]
                     right = win[2 * node + 1]
-                    win[node] = left if _first(left, right, key_t, kind) else right
+                    win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right],
+                                                 right) else right
                     node >>= 1
         j = win[1]
         e = key_t[j]
@@ -224,7 +224,8 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
             while node >= 1:
                 left = win[2 * node]
                 right = win[2 * node + 1]
-                win[node] = left if _first(left, right, key_t, kind) else right
+                win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right], right) \
+                    else right
                 node >>= 1
         if rebuild:
             for i in range(n_out):
@@ -536,23 +537,66 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
 
 @_pjit
 def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, start, stop, grad_w, grad_d,
-                    has_delays, g_arrival, has_input_grad):
+                    has_delays, g_arrival, has_input_grad, table, use_table):
     """``_recurrent._input_grads`` for samples ``[start, stop)``; ``prange`` over neurons ``i`` (their columns of
-    ``grad_w``, ``grad_d``), samples and entries in order; ``g_arrival[b - start, i, k]`` (zeroed by the caller)."""
-    n_out = W.shape[1]
+    ``grad_w``, ``grad_d``), samples in order; ``g_arrival[b - start, i, k]`` (zeroed by the caller). An entry with
+    the adjoint ``(lV, lI)`` just after it gives ``d/dW = lI`` and its arrival time's gradient
+    ``w (lI / tau_syn - lV / tau_mem)``; only entries before the neuron's last spike carry gradient.
+
+    With the shared decay table (one queue per sample, shared time constants), each span of entries before a spike
+    is walked back from the spike by the table's gap maps (their product is the map of the whole span), entries in
+    reverse order: no exponential per neuron and entry. Otherwise the entries go in order, each with the map from
+    it to its next spike, as the NumPy backward computes them."""
+    n_in, n_out = W.shape
     for i_ in prange(n_out):
         i = np.int64(i_)
         tmi = tm_arr[i]
         tsi = ts_arr[i]
+        # Column i in contiguous copies (entries come in random source order); the sums' order is unchanged.
+        w_col = W[:, i].copy()
+        gw = grad_w[:, i].copy()
+        gd = grad_d[:, i].copy() if has_delays else gw
         for b in range(start, stop):
             base = off[b, i]
             n_i = off[b, i + 1] - base
             if n_i == 0:
                 continue
             row = b * Q + (i if Q > 1 else 0)
+            end = qe[row]
+            bl = b - start
+            if use_table:
+                lo = 0
+                for c in range(n_i):
+                    t_c = sp_t[b, base + c]
+                    hi = lo
+                    while hi < end and qt[row, hi] < t_c:  # the entries whose next spike is c
+                        hi += 1
+                    if hi == lo:
+                        continue
+                    k = hi - 1
+                    lV, lI = _adjoint_back(t_c - qt[row, k], lamV[b, base + c], lamI[b, base + c], tmi, tsi)
+                    while True:
+                        j = src[row, k]
+                        gw[j] += lI
+                        if has_delays or has_input_grad:
+                            g_arr = w_col[j] * (lI / tsi - lV / tmi)
+                            if has_delays:
+                                gd[j] += g_arr
+                            if has_input_grad:
+                                g_arrival[bl, i, k] = g_arr
+                        if k == lo:
+                            break
+                        a = table[row, k, 0]  # the gap from entry k - 1 to entry k
+                        bb = table[row, k, 1]
+                        cc = table[row, k, 2]
+                        lI = cc * lV + bb * lI
+                        lV = a * lV
+                        k -= 1
+                    lo = hi
+                continue
             t_last = sp_t[b, base + n_i - 1]
             c = 0
-            for k in range(qe[row]):
+            for k in range(end):
                 tau = qt[row, k]
                 if tau >= t_last:
                     break  # no spike after it: no gradient
@@ -560,18 +604,24 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
                     c += 1
                 lV, lI = _adjoint_back(sp_t[b, base + c] - tau, lamV[b, base + c], lamI[b, base + c], tmi, tsi)
                 j = src[row, k]
-                grad_w[j, i] += lI
+                gw[j] += lI
                 if has_delays or has_input_grad:
-                    g_arr = W[j, i] * (lI / tsi - lV / tmi)
+                    g_arr = w_col[j] * (lI / tsi - lV / tmi)
                     if has_delays:
-                        grad_d[j, i] += g_arr
+                        gd[j] += g_arr
                     if has_input_grad:
-                        g_arrival[b - start, i, k] = g_arr
+                        g_arrival[bl, i, k] = g_arr
+        for j in range(n_in):
+            grad_w[j, i] = gw[j]
+            if has_delays:
+                grad_d[j, i] = gd[j]
 
 
 def backward(res, grad_times, input_times_grad, spike_grads=False):
     """``_recurrent.backward`` by the compiled kernels: ``(grads dict, grazing (count, first flat neuron, time) or
     None)``; ``spike_grads`` as there."""
+    from ._lif_numpy import _compiled_decay_table
+
     log = res.recurrent_log
     batch, n_in, max_in0 = res.input_shape
     max_in = max(max_in0, 1)
@@ -622,6 +672,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
     qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
     qe = np.ascontiguousarray(res.queue_end.reshape(-1), dtype=np.int64)
     src = np.where(qi >= 0, qi // max_in, 0)
+    table, use_table = _compiled_decay_table(qt, qe, tm, ts, Q == 1)
     W = np.ascontiguousarray(res.weights, np.float64)
     has_delays = res.delays is not None
     grad_W = np.zeros((n_in, n_out))
@@ -635,7 +686,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
             break
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
         backward_inputs((stop - start) * n_out * L1, qt, src, qe, Q, W, tm, ts, off, sp_t, lamV, lamI, start,
-                        stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad)
+                        stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad, table, use_table)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
     grazing = None
