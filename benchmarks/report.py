@@ -495,17 +495,19 @@ def recurrent_table(results, name="recurrent_cpu.json"):
     shape = st["shape"]
     load = r.get("load_average")
     load_text = f", load average {load[0]:.1f} at the start, {load[1]:.1f} at the end" if load else ""
-    caption = (f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)}{load_text}. Recurrent layer, batch "
-               f"{shape['batch']}, {shape['n_in']} inputs ({shape['spikes']} spikes/sample over "
-               f"{st['duration_ms']:g} ms), {shape['n_out']} neurons, tau_mem {st['tau_mem']:g} ms, tau_syn "
+    caption = (f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)}{load_text}. Recurrent layer, "
+               f"{shape['n_in']} inputs ({shape['spikes']} spikes/sample over "
+               f"{st['duration_ms']:g} ms), tau_mem {st['tau_mem']:g} ms, tau_syn "
                f"{st['tau_syn']:g} ms, recurrent weights N(0, {st['recurrent_std']:g}); median of {st['repeats']} "
                "repeats. Every variant was checked against the NumPy `sequential` reference (identical counts, "
                "times and gradients within the test tolerances) before timing. Times are forward / "
-               "forward+backward; in parentheses, the speed-up over the reference.")
+               "forward+backward; the speed-ups are over the reference's (NumPy `sequential`) on the same layer.")
     header = ["Layer", "Spikes / sample", "Engine, method", "Forward / fwd+bwd", "Speed-up"]
     rows = []
     for row in r["rows"]:
         layer = "no recurrent delays" if row["layer"] == "shd_recurrent" else "recurrent delays 1-5 ms"
+        size = row.get("shape", shape)
+        layer += f", batch {size['batch']}, {size['n_out']} neurons"
         rows.append([layer, f"{row['spikes_per_sample']:.0f}", _variant(row), _pair(row),
                      f"{ratio(row['forward_speedup'])} / {ratio(row['forward_backward_speedup'])}"])
     return "\n".join([caption, ""] + table(header, rows))

@@ -365,9 +365,10 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
 
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
-    # "auto": the event loop, which the NumPy engine runs faster than the windows (benchmarks/bench_recurrent.py:
-    # about 7x on an SHD-like layer firing ~30 spikes per neuron, where each window commits few spikes).
-    method = "sequential" if method == "auto" else method
+    # "auto": the windows, which the NumPy engine runs faster than the event loop (benchmarks/results/
+    # recurrent_cpu.json: 1.6x on an SHD-like layer without recurrent delays, 7x with delays of 1-5 ms, where every
+    # arrival is an event of the loop). The compiled engine has one forward, the event loop.
+    method = "scan" if method == "auto" else method
     compiled = engine == "numba"
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
                           "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine)

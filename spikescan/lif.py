@@ -52,7 +52,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             spikes and hours of work. Raise it for long inputs that legitimately fire more.
         recurrent_weights: optional ``[n_out, n_out]``: entry ``[k, i]`` is added to neuron ``i``'s current when
             neuron ``k`` spikes (README "Recurrent layers"). Every spike propagates, recorded or not. ``"sequential"``
-            processes the earliest event of each sample at a time (the reference, and ``"auto"``); ``"scan"`` lets
+            processes the earliest event of each sample at a time (the reference); ``"scan"`` (and ``"auto"``) lets
             every neuron look up to ``chunk_size`` arrivals ahead and applies, at once, everything before the sample's
             earliest possible next spike (plus the smallest recurrent delay), so whole windows go in one step. Both
             are NumPy methods (``engine="numpy"``); the compiled engine has one forward for recurrent layers, the
