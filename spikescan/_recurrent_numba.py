@@ -94,7 +94,7 @@ def _heap_grow(ht, hm, hw, hn):
     return t2, m2, w2
 
 
-@_jit
+@njit(cache=True, nogil=True, inline="always")  # scalar arguments only: inlined without reference counting
 def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver):
     """``(time, kind, s)`` of a neuron's next event from ``(v0, i0)`` at ``t0``: the first crossing inside the gap up
     to its next arrival ``t_next`` (decay ``(a, b, c)`` over it), by the NumPy loop's gap test and solve on the same
@@ -165,79 +165,18 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
         win[P + i] = i if i < n_out else n_out
     nd = n_out
     rebuild = True
+    arriving = False  # the neurons to recompute first apply their arrivals at e
+    e = 0.0
     n_log = 0
     code = _OK
     while True:
-        # Next events of the neurons whose future changed.
+        # Next events of the neurons whose future changed; after an arrival round, its arrivals first: decay to e,
+        # input entries at e in queue order, then pending recurrent arrivals in spike order.
         for q in range(nd):
             i = todo[q]
             flag[i] = False
             row = rows[i]
-            k = p[i]
-            t_in = qt[row, k]  # +inf at the end of the queue
-            t_next = t_in
-            if hn[i] > 0 and ht[i, 0] < t_next:
-                t_next = ht[i, 0]
-            nx[i] = t_next
-            t0 = T[i]
-            if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
-                a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
-            else:
-                a, bb, c = nm.decay(t_next - t0, tm_arr[i], ts_arr[i])
-            da[i] = a
-            db[i] = bb
-            dc[i] = c
-            key_t[i], kind[i], s_sol[i] = _next_event(V[i], I[i], t0, t_next, a, bb, c, tm_arr[i], ts_arr[i], th_arr[i],
-                                                      solver)
-        if rebuild or nd * log_p > P:
-            _tree_build(win, P, key_t, kind)
-        else:
-            for q in range(nd):
-                node = (P + todo[q]) >> 1
-                while node >= 1:
-                    left = win[2 * node]
-                    right = win[2 * node + 1]
-                    win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right],
-                                                 right) else right
-                    node >>= 1
-        j = win[1]
-        e = key_t[j]
-        if e == np.inf:
-            break
-        # The round: every neuron with the earliest (time, kind), in neuron order; an arrival round of many neurons
-        # takes the rest by one pass over the neurons and rebuilds the tree.
-        kd = kind[j]
-        ng = 0
-        rebuild = False
-        while True:
-            j = win[1]
-            if key_t[j] != e or kind[j] != kd:
-                break
-            group[ng] = j
-            ng += 1
-            key_t[j] = np.inf
-            kind[j] = _NONE
-            if kd == _ARRIVE and ng >= bulk_at:
-                rebuild = True
-                break
-            node = (P + j) >> 1
-            while node >= 1:
-                left = win[2 * node]
-                right = win[2 * node + 1]
-                win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right], right) \
-                    else right
-                node >>= 1
-        if rebuild:
-            for i in range(n_out):
-                if kind[i] == _ARRIVE and key_t[i] == e:
-                    group[ng] = i
-                    ng += 1
-        nd = 0
-        if kd == _ARRIVE:
-            # Decay to e, input entries at e in queue order, then pending recurrent arrivals in spike order.
-            for q in range(ng):
-                i = group[q]
-                row = rows[i]
+            if arriving:
                 v = V[i]
                 cur = I[i]
                 V[i] = da[i] * v + dc[i] * cur
@@ -277,9 +216,73 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
                         hw[i, h] = w_l
                 I[i] = cur
                 T[i] = e
-                flag[i] = True
-                todo[nd] = i
-                nd += 1
+            k = p[i]
+            t_in = qt[row, k]  # +inf at the end of the queue
+            t_next = t_in
+            if hn[i] > 0 and ht[i, 0] < t_next:
+                t_next = ht[i, 0]
+            nx[i] = t_next
+            t0 = T[i]
+            if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
+                a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
+            else:
+                a, bb, c = nm.decay(t_next - t0, tm_arr[i], ts_arr[i])
+            da[i] = a
+            db[i] = bb
+            dc[i] = c
+            key_t[i], kind[i], s_sol[i] = _next_event(V[i], I[i], t0, t_next, a, bb, c, tm_arr[i], ts_arr[i], th_arr[i],
+                                                      solver)
+        if rebuild or nd * log_p > P:
+            _tree_build(win, P, key_t, kind)
+        else:
+            for q in range(nd):
+                node = (P + todo[q]) >> 1
+                while node >= 1:
+                    left = win[2 * node]
+                    right = win[2 * node + 1]
+                    win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right],
+                                                 right) else right
+                    node >>= 1
+        arriving = False
+        j = win[1]
+        e = key_t[j]
+        if e == np.inf:
+            break
+        # The round: every neuron with the earliest (time, kind), in neuron order; an arrival round of many neurons
+        # takes the rest by one pass over the neurons and rebuilds the tree.
+        kd = kind[j]
+        ng = 0
+        # Without input delays an input entry reaches every neuron whose next event it is: scan at once.
+        rebuild = kd == _ARRIVE and Q == 1 and qt[rows[j], p[j]] == e
+        while not rebuild:
+            j = win[1]
+            if key_t[j] != e or kind[j] != kd:
+                break
+            group[ng] = j
+            ng += 1
+            key_t[j] = np.inf
+            kind[j] = _NONE
+            if kd == _ARRIVE and ng >= bulk_at:
+                rebuild = True
+                break
+            node = (P + j) >> 1
+            while node >= 1:
+                left = win[2 * node]
+                right = win[2 * node + 1]
+                win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right], right) \
+                    else right
+                node >>= 1
+        if rebuild:
+            for i in range(n_out):
+                if kind[i] == _ARRIVE and key_t[i] == e:
+                    group[ng] = i
+                    ng += 1
+        nd = 0
+        if kd == _ARRIVE:  # applied with the next events' recomputation, in one pass
+            for q in range(ng):
+                todo[q] = group[q]
+            nd = ng
+            arriving = True
             continue
         # Spikes at e: reset all, then record, log and schedule each in neuron order.
         for q in range(ng):
