@@ -396,3 +396,13 @@ def test_recurrent_compiled_errors_match_numpy():
     with pytest.raises(ss.RunawayFiringError) as info:
         ss.lif_forward(t, W, engine="numba", **kw)
     assert info.value.sample == 0 and info.value.time < errs[0].time
+
+
+def test_recurrent_grazing_warning_from_the_compiled_backward():
+    t, W = np.array([[[2.0]]]), np.array([[np.e]])
+    r = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=10.0, max_spikes=2, recurrent_weights=np.array([[0.0]]),
+                       engine="numba")
+    assert r.counts[0, 0] == 1
+    with pytest.warns(ss.GrazingSpikeWarning, match="1 grazing spike.*neuron 0 of sample 0 at t=12.0"):
+        g = ss.lif_backward(r, np.ones_like(r.times), engine="numba")
+    assert np.isfinite(g.weights).all() and g.threshold == 0.0
