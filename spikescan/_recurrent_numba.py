@@ -12,23 +12,30 @@ A tournament tree over the neurons, ordered by (time, crossing before arrival, n
 earliest. A round takes every crossing at that time (neuron order: reset, record, log, schedule the arrivals of
 non-zero recurrent weights into each target's heap ordered by (time, spike index)), or every arrival at that time
 (decay, input entries in queue order, then the pending recurrent ones in spike order). Only the neurons whose
-future changed (their state, or an arrival scheduled before their next one) recompute their next event; an arrival
-round of many neurons (every input entry of a layer without input delays reaches all of them) rebuilds the tree
-instead of updating it leaf by leaf. The gap test, solver and state updates are those of the NumPy loop on the
-same gaps, so both give identical counts and times to rounding (``_neuron`` vs ``_dynamics``). Each sample's
+future changed (their state, or an arrival scheduled before their next one) recompute their next event, in the
+same pass that applies a round's arrivals; a round of many neurons (an input entry of a layer without input delays
+reaches all of them: one scan collects them) rebuilds the tree instead of updating it leaf by leaf. The gap test,
+solver and state updates are those of the NumPy loop on the same gaps (and the shared decay table of
+``_lif_numba`` where a gap runs from one queue entry to the next), so both give identical counts and times to
+rounding (``_neuron`` vs ``_dynamics``), and with ``R = 0`` the compiled feed-forward layer's bits. Each sample's
 ``RecurrentLog`` goes into a buffer of a guessed length; samples that outgrow it run again with the length they
 needed (the same results: the loop is deterministic). Stuck and runaway spikes stop the sample and leave a flag;
-``forward`` raises the errors of the NumPy path after the kernel.
+``forward`` raises the errors of the NumPy path after the kernel (of the sample whose error comes first in time).
 
 Backward (``backward``): (1) ``prange`` over samples: the spike loop of ``_recurrent.backward`` per sample, spikes
 last to first, the adjoint of each target at each arrival from the target's next spike strictly after it (a
 pointer per neuron that moves back with the spikes, and a bisection from it with recurrent delays); the recurrent
 weight, delay and threshold gradients go into per-sample partial sums (blocks of samples bound their memory),
-added in sample order. (2) ``prange`` over neurons, samples in order: every input queue entry before the neuron's
-last spike (later ones carry no gradient), as ``_recurrent._input_grads``, into the neuron's columns of the weight
-and delay gradients, and the entry's arrival-time gradient per (sample, neuron, entry) for a block of samples,
-summed into the input-time gradient by ``_lif_numba.scatter_input_grads`` (samples in parallel, neurons in order).
-All sums have a fixed order: gradients are bit-identical for any number of threads.
+added in sample order; ``spike_grads`` (for the time-constant gradients) on request. (2) ``prange`` over neurons,
+samples in order: every input queue entry before the neuron's last spike (later ones carry no gradient), as
+``_recurrent._input_grads``, into the neuron's columns of the weight and delay gradients, and the entry's
+arrival-time gradient per (sample, neuron, entry) for a block of samples, summed into the input-time gradient by
+``_lif_numba.scatter_input_grads`` (samples in parallel, neurons in order). With the shared decay table the
+adjoint is walked back from each spike over its entries by the table's gap maps (no exponential per entry; the
+same values to rounding). All sums have a fixed order: gradients are bit-identical for any number of threads.
+
+Performance note: Numba reference-counts the arrays passed to a helper with loops of its own, about 20 ns per call
+and array even when inlined; the hot loops therefore call helpers with scalar arguments only.
 """
 
 from __future__ import annotations
