@@ -366,8 +366,9 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     # "auto": the windows, which the NumPy engine runs faster than the event loop (benchmarks/results/
-    # recurrent_cpu.json: 1.6x on an SHD-like layer without recurrent delays, 7x with delays of 1-5 ms, where every
-    # arrival is an event of the loop). The compiled engine has one forward, the event loop.
+    # recurrent_cpu.json: 1.2x on an SHD-like layer without recurrent delays (1.6x in a run on a loaded machine),
+    # 7-8x with delays of 1-5 ms, where every arrival is an event of the loop). The compiled engine has one forward,
+    # the event loop.
     method = "scan" if method == "auto" else method
     compiled = engine == "numba"
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
