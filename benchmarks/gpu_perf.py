@@ -7,7 +7,8 @@ of at most ``--budget-s`` seconds (450 by default), writing one JSON.
 
 Stages run one after another, each in its own subprocess with its own timeout (a share of what is left of the
 budget), so a stage that hangs or crashes loses only itself. Each stage writes its partial results as it goes, and
-the JSON is rewritten after every stage: a killed run still leaves data. The stages (PERF.md's S0-S7):
+the JSON is rewritten after every stage: a killed run still leaves data. The stages, in order (PERF.md's S0-S7, and
+S8):
 
 - ``device`` (S0): device, clocks, software versions and ceilings (a large device-to-device copy; fp64 and fp32 FMA
   rates of a register-only kernel).
@@ -34,6 +35,24 @@ the JSON is rewritten after every stage: a killed run still leaves data. The sta
   sequential kernel, the scan and ``auto``.
 - ``sweep`` (S6): one layer with delays, hidden 16 / 128 / 512 x batch 1 / 32 / 256 (small shapes first, until the
   stage's time is up): every forward method, and each backward kernel on ``auto``'s forward.
+- ``recurrent`` (S8, not in PERF.md's list): the recurrent layer's CUDA kernels (``spikescan.cuda._recurrent``, one
+  block per sample) on ``bench_recurrent.layer``'s SHD-like layer (700 inputs, ~3000 input spikes per sample over
+  1 s, 128 and 512 neurons, without and with recurrent delays, ``max_spikes`` 16). Gate first, per layer: the CUDA
+  forward at batch 32 and its backward (cotangent on two samples, the first and the last, zero elsewhere) against
+  the NumPy engine on those two samples (``method="sequential"``; ``"scan"`` with recurrent delays, where the event
+  loop would take hours at 512 neurons): identical counts, spike events, log lengths and log neurons, times and
+  log currents within ``TOL["float64"]``, every gradient (weights, threshold, recurrent weights and delays, input
+  times) within the same table. The NumPy references (and Numba's compile of the recurrent engine) run from the
+  start of the protocol in a background process (``recurrent_reference``: CPU only, one thread, ``nice``), beside
+  the other stages; the stage waits for them. Then, for the layers that passed, cheapest row first: forward + backward
+  at batch 32 and 256 with a CUDA event pair around the forward, the backward and every kernel launch (wall time
+  beside them), the compiled CPU engine (``engine="numba"``, all cores, wall time of forward and of forward +
+  backward) on the same inputs, checked against the CUDA layer on every sample (counts, times, gradients within the
+  table), and the CUDA layer's peak memory. Every part runs only when its predicted time fits what is left of the
+  stage (from the last measurement: waves of blocks over the multiprocessors, rounds of samples over the CPU
+  threads, the ratio of events per sample); what did not fit is listed in ``skipped`` with the reason. Its timeout
+  (``STAGES``: at most 90 s, at least 20 s kept for it) comes out of the same 450 s; the earlier stages' are as
+  before.
 - ``ncu`` (S7, ``--ncu``; skipped when ``ncu`` is missing): Nsight Compute (``--clock-control none``) on the default
   variant's kernels at batch 32: launch statistics (registers, shared memory), occupancy, speed of light.
 
@@ -42,7 +61,8 @@ The JSON: ``stamp`` (``_stamp.stamp()``: commit, dirty flag, machine, versions; 
 of ``ok``, ``skipped``, ``failed``, ``timeout``), ``gate`` (per variant), ``work`` and ``floor`` (the formula and
 its constants), ``fraction_of_floor`` (default variant, batch 256, forward + backward), ``speedups``
 (``[{batch, variant, baseline, ratio, measure}]``, ``baseline`` one of ``jax_f32``, ``jax_f64``, ``step``,
-``sequential``), ``summary`` (per batch: the fastest variant, ``auto`` against it forward-only and forward +
+``sequential``, ``numba_cpu``: the recurrent rows, ``variant`` ``recurrent_n<neurons>[_delays]``), ``recurrent_gate``
+(per recurrent layer), ``summary`` (per batch: the fastest variant, ``auto`` against it forward-only and forward +
 backward), ``predictions`` (PERF.md's, beside the measurements) and ``table`` (the lines printed last).
 
 ``--dry-run`` runs every stage on the CPU: NumPy arrays, the kernels' host emulation (``spikescan.cuda._hostemu``),
@@ -98,7 +118,7 @@ VARIANTS = {
                                        settings={"spikescan.cuda._queue.USE_KERNEL": True}),
 }
 BASELINE_VARIANT = "sequential"
-SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential")
+SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")
 CHUNK_SIZE = 32
 SWEEP_MAX_SPIKES = 64  # bench_lif_cuda.py's layer sweep
 
@@ -121,10 +141,14 @@ class Shape:
 CONFIG = {
     False: dict(network=Shape(700, 5000, 512), gate=Shape(700, 5000, 64, 1.0, 4.0), gate_batch=4,
                 batches=dict(large=256, medium=32, single=1), sweep_hidden=(16, 128, 512), sweep_batches=(1, 32, 256),
-                sweep_shape=(700, 5000, 1.0), repeats=3, warmup=1, ceiling_copy_bytes=1 << 30),
+                sweep_shape=(700, 5000, 1.0), repeats=3, warmup=1, ceiling_copy_bytes=1 << 30,
+                recurrent=dict(n_in=700, spikes=3000, hidden=(128, 512), batches=(32, 256), reference_samples=2,
+                               max_spikes=16, w_scale=1.0)),
     True: dict(network=Shape(24, 160, 8, 20.0, 24.0), gate=Shape(24, 160, 8, 20.0, 24.0), gate_batch=2,
                batches=dict(large=3, medium=2, single=1), sweep_hidden=(4, 8), sweep_batches=(1, 2),
-               sweep_shape=(24, 160, 20.0), repeats=1, warmup=0, ceiling_copy_bytes=1 << 24),
+               sweep_shape=(24, 160, 20.0), repeats=1, warmup=0, ceiling_copy_bytes=1 << 24,
+               recurrent=dict(n_in=24, spikes=40, hidden=(4, 8), batches=(3, 4), reference_samples=2,
+                              max_spikes=16, w_scale=0.4)),
 }
 
 # name -> (PERF.md step, longest timeout in seconds, least time worth starting it with). Timeouts are shares of the
@@ -140,6 +164,7 @@ STAGES = {
     "baselines_single": ("S5", 30, 10),
     "jax_single": ("S5", 60, 20),
     "sweep": ("S6", 60, 10),
+    "recurrent": ("S8", 90, 20),
     "ncu": ("S7", 90, 20),
 }
 JAX_DTYPES = dict(large=("float32",), medium=("float32", "float64"), single=("float32",))
@@ -988,6 +1013,567 @@ def _sweep_forward(layer, td, method, clock, device):
         return layer.forward(td, method, timed_launch(device, clock))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The recurrent layer (S8): its CUDA kernels against the NumPy engine, then timed beside the compiled CPU engine
+# ---------------------------------------------------------------------------------------------------------------
+
+RECURRENT_MARGIN_S = 3.0  # kept free at the end of the recurrent stage (its last flush)
+RECURRENT_GRADS = ("weights", "threshold", "recurrent_weights", "recurrent_delays")
+
+
+def recurrent_layers(cfg):
+    """``[(key, hidden, recurrent_delays)]`` in the order the stage runs them (cheapest first)."""
+    return [(f"n{h}" + ("_delays" if rd else ""), h, rd) for h in cfg["hidden"] for rd in (False, True)]
+
+
+def recurrent_constants():
+    """``(tau_mem, tau_syn)`` of ``bench_recurrent.py``'s layer (threshold 1)."""
+    import bench_recurrent
+
+    return bench_recurrent.TAU_MEM, bench_recurrent.TAU_SYN
+
+
+def recurrent_inputs(cfg, batch, hidden, rec_delays):
+    """``bench_recurrent.layer``'s SHD-like recurrent layer (Poisson input spikes over 1 s, recurrent weights
+    ``N(0, 0.04)``, recurrent delays uniform on [1, 5] ms): the input spikes of ``batch`` samples, and the weights
+    drawn for the first batch of ``cfg["batches"]`` (the same layer at every batch; input weights times
+    ``w_scale``)."""
+    from bench_recurrent import layer
+
+    t = layer(batch, cfg["n_in"], cfg["spikes"], hidden, rec_delays)[0]
+    _, w, r, dr = layer(cfg["batches"][0], cfg["n_in"], cfg["spikes"], hidden, rec_delays)
+    return t, w * cfg["w_scale"], r, dr
+
+
+def recurrent_reference_samples(cfg):
+    """The samples of the gate's batch that the NumPy reference runs (first and last, evenly spread between)."""
+    last = cfg["batches"][0] - 1
+    return sorted({int(round(x)) for x in np.linspace(0, last, max(1, cfg["reference_samples"]))})
+
+
+def recurrent_cpu(t, w, r, dr, max_spikes, engine, method):
+    """``spikescan.lif_forward`` of the recurrent layer on the CPU."""
+    import spikescan as ss
+
+    tau_mem, tau_syn = recurrent_constants()
+    return ss.lif_forward(t, w, tau_mem=tau_mem, tau_syn=tau_syn, threshold=THRESHOLD, max_spikes=max_spikes,
+                          recurrent_weights=r, recurrent_delays=dr, method=method, engine=engine)
+
+
+def recurrent_reference_path(workdir, key):
+    return os.path.join(workdir, f"recurrent_reference_{key}.npz")
+
+
+def recurrent_reference_case(cfg, hidden, rec_delays, path):
+    """The NumPy engine on the reference samples of the gate's batch: forward, a random cotangent on the recorded
+    spikes, backward (input times included); every array the gate compares is saved to ``path``. The reference is
+    ``method="sequential"`` (the global event loop) without recurrent delays; with them that loop takes every
+    recurrent arrival as an event of its own (spikes x neurons per sample: hours at 512 neurons), so there it is
+    NumPy's ``method="scan"`` (the min-delay windows: identical counts, times equal to rounding,
+    ``tests/test_recurrent.py::test_scan_equals_sequential``)."""
+    import spikescan as ss
+
+    t, w, r, dr = recurrent_inputs(cfg, cfg["batches"][0], hidden, rec_delays)
+    samples = recurrent_reference_samples(cfg)
+    method = "scan" if rec_delays else "sequential"
+    start = time.perf_counter()
+    ref = recurrent_cpu(t[samples], w, r, dr, cfg["max_spikes"], "numpy", method)
+    forward_s = time.perf_counter() - start
+    G = np.random.default_rng(hidden + 1000 * rec_delays).normal(size=ref.times.shape)
+    start = time.perf_counter()
+    grads = ss.lif_backward(ref, G, input_times_grad=True, engine="numpy")
+    backward_s = time.perf_counter() - start
+    log = ref.residuals.recurrent_log
+    arrays = dict(samples=np.asarray(samples), counts=ref.counts, times=ref.times,
+                  spike_event=ref.residuals.spike_event, log_count=log.count, log_neurons=log.neurons,
+                  log_times=log.times, log_currents=log.currents, G=G, grad_input_times=grads.input_times)
+    for name in RECURRENT_GRADS:
+        value = getattr(grads, name)
+        if value is not None:
+            arrays[f"grad_{name}"] = np.asarray(value)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return dict(method=method, engine="numpy", samples=samples, forward_s=forward_s, backward_s=backward_s,
+                spikes=int(ref.counts.sum()), log_length=int(log.count.max()))
+
+
+def numba_info():
+    from spikescan._lif_numpy import numba_available
+
+    import _stamp
+
+    out = dict(available=numba_available(), cpu=_stamp._cpu_model(), cpu_count=os.cpu_count())
+    if out["available"]:
+        import numba
+
+        out.update(version=numba.__version__, threads=numba.get_num_threads(),
+                   threading_layer=str(numba.config.THREADING_LAYER))
+    return out
+
+
+def numba_warmup():
+    """One tiny recurrent forward + backward per recurrent-delay mode on ``engine="numba"``: compiles the engine (or
+    loads it from Numba's cache). Seconds, or ``None`` without Numba."""
+    import spikescan as ss
+    from spikescan._lif_numpy import numba_available
+
+    if not numba_available():
+        return None
+    start = time.perf_counter()
+    cfg = dict(n_in=6, spikes=30, batches=(2,), w_scale=1.0)
+    for rd in (False, True):
+        t, w, r, dr = recurrent_inputs(cfg, 2, 4, rd)
+        out = recurrent_cpu(t, w, r, dr, 4, "numba", "sequential")
+        ss.lif_backward(out, np.isfinite(out.times).astype(np.float64), input_times_grad=False, engine="numba")
+    return time.perf_counter() - start
+
+
+def stage_recurrent_reference(ctx):
+    """Beside the other stages (CPU only, one thread, low priority; the orchestrator starts it first): Numba's cache
+    of the recurrent engine, then the NumPy references of the recurrent gate, one file per layer as it is done."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    cfg = ctx.config["recurrent"]
+    result = ctx.writer.result
+    started = time.perf_counter()
+    result.update(cases={}, threads=dict((k, os.environ.get(k)) for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")))
+    result["numba_warmup_s"] = numba_warmup()
+    ctx.writer.flush()
+    for key, hidden, rd in recurrent_layers(cfg):
+        start = time.perf_counter()
+        try:
+            entry = dict(status="ok", **recurrent_reference_case(cfg, hidden, rd,
+                                                                 recurrent_reference_path(ctx.workdir, key)))
+        except Exception as exc:
+            entry = dict(status="failed", reason=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc()[-2000:])
+        entry["seconds"] = time.perf_counter() - start
+        result["cases"][key] = entry
+        result["seconds"] = time.perf_counter() - started
+        ctx.writer.flush()
+        ctx.log(f"recurrent reference {key}: {entry['status']} in {entry['seconds']:.1f} s")
+
+
+class RecurrentLayer:
+    """The recurrent layer on the device, driven through ``spikescan.cuda._recurrent.forward`` / ``backward``."""
+
+    def __init__(self, device, w, r, dr, max_spikes):
+        xp = device.xp
+        tau_mem, tau_syn = recurrent_constants()
+        n_out = w.shape[1]
+        self.device, self.max_spikes = device, max_spikes
+        self.W, self.R, self.Dr = device.asarray(w), device.asarray(r), device.asarray(dr)
+        self.tau_mem = xp.full(n_out, tau_mem, dtype=xp.float64)
+        self.tau_syn = xp.full(n_out, tau_syn, dtype=xp.float64)
+        self.threshold = xp.full(n_out, THRESHOLD, dtype=xp.float64)
+
+    def forward(self, t, launch):
+        from spikescan._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES
+        from spikescan.cuda import _recurrent
+
+        return _recurrent.forward(self.device.xp, launch, t, self.W, None, self.tau_mem, self.tau_syn, self.threshold,
+                                  self.max_spikes, "newton", DEFAULT_MAX_TOTAL_SPIKES, True, self.R, self.Dr)
+
+    def backward(self, result, grad_times, launch, input_times_grad=False):
+        from spikescan.cuda import _recurrent
+
+        return _recurrent.backward(self.device.xp, launch, result, grad_times, input_times_grad)
+
+    def run(self, t, clock=None):
+        """Forward + backward (cotangent 1 on every recorded spike, no input-time gradient), as timed."""
+        device = self.device
+        launch = timed_launch(device, clock)
+        span = clock.span if clock is not None else (lambda name: contextlib.nullcontext())
+        with timed_queue_builds(clock):
+            with span("forward/layer"):
+                out = self.forward(t, launch)
+            with span("backward/layer"):
+                grads = self.backward(out, device.xp.isfinite(out.times).astype(device.xp.float64), launch)
+        return out, grads
+
+
+def recurrent_gate_checks(device, out, grads, ref, tol):
+    """The CUDA forward and backward at the gate's batch against the NumPy reference on its samples: identical
+    counts, spike events, log lengths and log neurons; times, log times and currents within ``tol["times"]``;
+    gradients (the cotangent zero outside the reference samples) within ``tol["grads"]``, input-time gradients zero
+    outside them."""
+    host = device.to_host
+    S = [int(s) for s in ref["samples"]]
+    log = out.residuals.recurrent_log
+    checks = [dict(check="counts", ok=bool(np.array_equal(host(out.counts)[S], ref["counts"]))),
+              dict(check="spike_event",
+                   ok=bool(np.array_equal(host(out.residuals.spike_event)[S], ref["spike_event"]))),
+              compare("times", host(out.times)[S], ref["times"], tol["times"])]
+    n = ref["log_count"]
+    same_n = bool(np.array_equal(host(log.count)[S], n))
+    checks.append(dict(check="log_count", ok=same_n))
+    if same_n:
+        def flat(a, rows):
+            return np.concatenate([a[i, : n[j]] for j, i in enumerate(rows)])
+
+        ks = range(len(S))
+        checks.append(dict(check="log_neurons",
+                           ok=bool(np.array_equal(flat(host(log.neurons), S), flat(ref["log_neurons"], ks)))))
+        for name in ("times", "currents"):
+            checks.append(compare(f"log_{name}", flat(host(getattr(log, name)), S), flat(ref[f"log_{name}"], ks),
+                                  tol["times"]))
+    for name in RECURRENT_GRADS:
+        want, got = ref.get(f"grad_{name}"), getattr(grads, name)
+        if (want is None) != (got is None):
+            checks.append(dict(check=f"grad_{name}", ok=False, reason="computed on one side only"))
+        elif want is not None:
+            checks.append(compare(f"grad_{name}", host(got), want, tol["grads"]))
+    g_in = host(grads.input_times)
+    checks.append(compare("grad_input_times", g_in[S], ref["grad_input_times"], tol["grads"]))
+    others = np.ones(g_in.shape[0], dtype=bool)
+    others[S] = False
+    checks.append(dict(check="grad_input_times_zero_outside_reference_samples", ok=bool(not g_in[others].any())))
+    return checks
+
+
+def recurrent_agreement(host_gpu, cpu_out, cpu_grads, tol):
+    """The CUDA layer's first timed run against the compiled CPU engine's on the same inputs (every sample)."""
+    checks = [dict(check="counts", ok=bool(np.array_equal(host_gpu["counts"], cpu_out.counts))),
+              compare("times", host_gpu["times"], cpu_out.times, tol["times"])]
+    for name in RECURRENT_GRADS:
+        want, got = getattr(cpu_grads, name), host_gpu["grads"].get(name)
+        if (want is None) != (got is None):
+            checks.append(dict(check=f"grad_{name}", ok=False, reason="computed on one side only"))
+        elif want is not None:
+            checks.append(compare(f"grad_{name}", got, np.asarray(want), tol["grads"]))
+    return dict(ok=all(c["ok"] for c in checks), checks=checks, failed=[c["check"] for c in checks if not c["ok"]])
+
+
+def runs_that_fit(ctx, device, fn, repeats, warmup, estimate, inspect=None):
+    """``time_runs``, but each call only while ``1.2 x`` the last call's time (before the first: ``estimate``) fits
+    in what is left of the stage. Returns ``(inspect(first result), runs, calls not made)``."""
+    seen, runs, last = None, [], estimate
+    for i in range(warmup + repeats):
+        if ctx.time_left() - RECURRENT_MARGIN_S < 1.2 * last:
+            return seen, runs, warmup + repeats - i
+        clock = Clock(device) if i >= warmup else None
+        device.sync()
+        start = time.perf_counter()
+        out = fn(clock)
+        device.sync()
+        last = time.perf_counter() - start
+        if clock is not None:
+            runs.append(dict(wall_s=last, spans=clock.totals()))
+        if i == 0 and inspect is not None:
+            seen = inspect(out)
+        del out
+    return seen, runs, 0
+
+
+def wait_for_reference(ctx, key, cfg, hidden, rec_delays):
+    """The NumPy reference of one layer: from the background process (waiting for it while the stage has time), or
+    computed here when the stage runs without the orchestrator's background process."""
+    path = recurrent_reference_path(ctx.workdir, key)
+    status_path = os.path.join(ctx.workdir, "recurrent_reference.json")
+    if ctx.shared.get("recurrent_reference") != "background" and not os.path.exists(path):
+        info = recurrent_reference_case(cfg, hidden, rec_delays, path)
+        return dict(np.load(path)), dict(info, computed="in this stage")
+    waited = time.perf_counter()
+    while not os.path.exists(path):
+        case = {}
+        with contextlib.suppress(OSError, ValueError):
+            with open(status_path) as f:
+                record = json.load(f)
+            case = record.get("result", {}).get("cases", {}).get(key, {})
+            if record.get("status") and not case:
+                raise StageSkipped(f"the reference process ended ({record.get('status')}) without this layer")
+        if case.get("status") == "failed":
+            raise StageSkipped(f"the reference failed: {case.get('reason')}")
+        if ctx.time_left() < RECURRENT_MARGIN_S + 2:
+            raise StageSkipped(f"the NumPy reference was not ready after waiting {time.perf_counter() - waited:.0f} s")
+        time.sleep(0.2)
+    with open(status_path) as f:
+        case = json.load(f).get("result", {}).get("cases", {}).get(key, {})
+    return dict(np.load(path)), dict(case, computed="beside the other stages",
+                                     waited_s=time.perf_counter() - waited)
+
+
+def stage_recurrent(ctx):
+    """S8: the recurrent layer's CUDA kernels (``spikescan.cuda._recurrent``): the gate against the NumPy engine at
+    the first batch, then CUDA-event timing of forward and forward + backward at each batch beside the compiled CPU
+    engine (``engine="numba"``, wall time) on the same inputs, as long as the stage's time allows."""
+    from tolerances import TOL
+
+    device = Device(ctx.dry_run)
+    cfg = ctx.config["recurrent"]
+    tol = TOL["float64"]
+    b0 = cfg["batches"][0]
+    tau_mem, tau_syn = recurrent_constants()
+    result = ctx.writer.result
+    result.update(
+        shape=dict(n_in=cfg["n_in"], spikes_per_sample=cfg["spikes"], hidden=list(cfg["hidden"]), duration_ms=1000.0,
+                   tau_mem=tau_mem, tau_syn=tau_syn, threshold=THRESHOLD, max_spikes=cfg["max_spikes"],
+                   w_scale=cfg["w_scale"], input_delays=False, recurrent_std=0.04,
+                   recurrent_delays="none, or uniform [1, 5] ms", layer="bench_recurrent.layer"),
+        batches=list(cfg["batches"]), tolerances=tol, reference_samples=recurrent_reference_samples(cfg),
+        reference="spikescan.lif_forward / lif_backward, engine='numpy' (method 'sequential'; 'scan' with recurrent "
+                  "delays) on the reference samples of the first batch",
+        timing="GPU: forward and backward spans (CUDA events around each call, host syncs inside included) and "
+               "wall time of forward + backward; numba: wall time (perf_counter) of lif_forward and of "
+               "lif_forward + lif_backward, input-time gradients off on both",
+        gate={}, rows=[], skipped=[], numba=numba_info())
+    ctx.writer.flush()
+    # The kernels' compile (NVRTC, or the host compiler in a dry run) and Numba's cache, on a tiny layer.
+    small = dict(cfg, n_in=8, spikes=40, batches=(2,))
+    t, w, r, dr = recurrent_inputs(small, 2, 8, True)
+    start = time.perf_counter()
+    RecurrentLayer(device, w, r, dr, 4).run(device.asarray(t))
+    device.sync()
+    result["compile_s"] = time.perf_counter() - start
+    device.free()
+    result["numba_load_s"] = numba_warmup()
+    ctx.writer.flush()
+    layers = recurrent_layers(cfg)
+    estimate = {}  # key -> (batch, seconds of one GPU forward + backward)
+    last = None  # (events per sample, seconds) of the last layer through the gate
+    for key, hidden, rd in layers:
+        entry = recurrent_gate(ctx, device, cfg, tol, key, hidden, rd, last)
+        result["gate"][key] = entry
+        if entry["status"] in ("pass", "fail"):
+            estimate[key] = (b0, entry["gpu_forward_wall_s"] + entry["gpu_backward_wall_s"])
+            last = (entry["events_per_sample"], estimate[key][1])
+        ctx.log(f"recurrent gate {key:<14} {entry['status']}" + (
+            f"  failed: {entry.get('failed') or entry.get('reason')}" if entry["status"] != "pass" else ""))
+        ctx.writer.flush()
+    passed = [(k, h, rd) for k, h, rd in layers if result["gate"][k]["status"] == "pass"]
+    for key, _, _ in layers:
+        if result["gate"][key]["status"] != "pass":
+            result["skipped"] += [dict(batch=batch, layer=key, what="gpu and numba",
+                                       reason=f"gate {result['gate'][key]['status']}") for batch in cfg["batches"]]
+    if ctx.shared.get("recurrent_reference") == "background":  # a CPU thread still busy would slow the numba rows
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(ctx.workdir, "recurrent_reference.json")) as f:
+                result["reference_process_done_before_timing"] = bool(json.load(f).get("status"))
+    numba_threads = result["numba"].get("threads") or 1
+    sms = _multiprocessors(device)
+    numba_seen = {}  # key -> (batch, seconds of one numba forward + backward)
+    gate_walls = {k: v[1] for k, v in estimate.items()}
+    # The rows in the order of their predicted cost, cheapest first (a layer's smaller batch before its larger), so
+    # that an expensive row that does not fit leaves the cheaper ones measured.
+    todo = [(batch, key, hidden, rd) for batch in cfg["batches"] for key, hidden, rd in passed]
+    while todo:
+        batch, key, hidden, rd = min(todo, key=lambda x: predict_gpu(estimate[x[1]], x[0], sms))
+        todo.remove((batch, key, hidden, rd))
+        recurrent_row(ctx, device, cfg, tol, batch, key, hidden, rd, estimate, numba_seen, numba_threads, sms,
+                      gate_walls)
+
+
+def recurrent_events(ref, cfg, hidden, rec_delays):
+    """Events of a sample's global event loop (the CUDA forward's iterations, a block reduction each): its input
+    spikes, its spikes, and with recurrent delays every spike's arrival at each neuron at a time of its own."""
+    spikes = float(ref["log_count"].max())
+    return cfg["spikes"] + spikes * (hidden if rec_delays else 1)
+
+
+def recurrent_gate(ctx, device, cfg, tol, key, hidden, rd, last):
+    """One layer through the gate: the NumPy reference (waited for), the CUDA forward at the first batch, the CUDA
+    backward with the reference's cotangent on its samples (zero elsewhere), ``recurrent_gate_checks``. Not run when
+    the predicted time (the last layer's, x the ratio of events per sample, x 1.5) does not fit."""
+    b0 = cfg["batches"][0]
+    if ctx.time_left() < RECURRENT_MARGIN_S + 2:
+        return dict(status="not_run", reason="stage out of time")
+    start = time.perf_counter()
+    checks = []
+    try:
+        ref, ref_info = wait_for_reference(ctx, key, cfg, hidden, rd)
+    except StageSkipped as exc:
+        return dict(status="not_run", reason=str(exc), seconds=time.perf_counter() - start)
+    events = recurrent_events(ref, cfg, hidden, rd)
+    predicted = None if last is None else 1.5 * last[1] * events / last[0]
+    if predicted is not None and ctx.time_left() - RECURRENT_MARGIN_S < predicted:
+        return dict(status="not_run", predicted_s=predicted, events_per_sample=events, reference=ref_info,
+                    reason=f"predicted {predicted:.1f} s for the CUDA forward + backward does not fit the "
+                           f"{max(ctx.time_left(), 0):.0f} s left of the stage")
+    layer = td = out = grads = None
+    try:
+        t, w, r, dr = recurrent_inputs(cfg, b0, hidden, rd)
+        layer = RecurrentLayer(device, w, r, dr, cfg["max_spikes"])
+        td = device.asarray(t)
+        device.sync()
+        t0 = time.perf_counter()
+        out = layer.forward(td, device.launch)
+        device.sync()
+        forward_wall = time.perf_counter() - t0
+        G = np.zeros(out.times.shape)
+        G[[int(s) for s in ref["samples"]]] = ref["G"]
+        t0 = time.perf_counter()
+        grads = layer.backward(out, device.asarray(G), device.launch, input_times_grad=True)
+        device.sync()
+        backward_wall = time.perf_counter() - t0
+        checks = recurrent_gate_checks(device, out, grads, ref, tol)
+        ok = all(c["ok"] for c in checks)
+        entry = dict(status="pass" if ok else "fail", checks=checks,
+                     failed=[c["check"] for c in checks if not c["ok"]], reference=ref_info,
+                     gpu_forward_wall_s=forward_wall, gpu_backward_wall_s=backward_wall, predicted_s=predicted,
+                     events_per_sample=events, spikes_per_sample=float(device.to_host(out.counts).sum() / b0))
+    except Exception as exc:
+        entry = dict(status="error", checks=checks, reason=f"{type(exc).__name__}: {exc}",
+                     traceback=traceback.format_exc()[-2000:])
+    layer = td = out = grads = None
+    device.free()
+    entry["seconds"] = time.perf_counter() - start
+    return entry
+
+
+def _multiprocessors(device):
+    if not device.gpu:
+        return None
+    import cupy
+
+    return int(cupy.cuda.Device().attributes.get("MultiProcessorCount") or 0) or None
+
+
+def predict_gpu(measured, batch, sms):
+    """Seconds of one forward + backward of the CUDA layer at ``batch`` from ``(batch, seconds)`` measured for the
+    same layer: one block per sample, so on a GPU the ratio of the waves of blocks over the multiprocessors, x 1.5
+    for the slowest of more samples and blocks sharing a multiprocessor (never below the measured time); the host
+    emulation runs the blocks one after another (proportional to the batch)."""
+    b_prev, s_prev = measured
+    if batch == b_prev:
+        return s_prev
+    scale = batch / b_prev if sms is None else math.ceil(batch / sms) / math.ceil(b_prev / sms) * 1.5
+    return s_prev * max(scale, 1.0)
+
+
+def recurrent_row(ctx, device, cfg, tol, batch, key, hidden, rd, estimate, numba_seen, numba_threads, sms,
+                  gate_walls):
+    """One (batch, layer) row: the CUDA layer timed (warm-up, then up to ``repeats`` runs, as many as fit), the
+    compiled CPU engine timed on the same inputs and compared with it, then the CUDA layer's peak memory (one more
+    run), each part only when its predicted time fits what is left of the stage (else recorded in ``skipped``)."""
+    result = ctx.writer.result
+    row = dict(batch=batch, layer=key, hidden=hidden, recurrent_delays=rd)
+    skipped = result["skipped"]
+    t, w, r, dr = recurrent_inputs(cfg, batch, hidden, rd)
+    predicted = predict_gpu(estimate[key], batch, sms)
+    warmup = 0 if batch == cfg["batches"][0] else ctx.config["warmup"]  # the gate ran the first batch's shape
+    host = device.to_host
+
+    def inspect(out):
+        res, grads = out
+        log = res.residuals.recurrent_log
+        return dict(counts=host(res.counts), times=host(res.times),
+                    grads={n: None if getattr(grads, n) is None else host(getattr(grads, n))
+                           for n in RECURRENT_GRADS},
+                    log_length=int(host(log.count).max()))
+
+    layer = td = gpu_out = None
+    if ctx.time_left() - RECURRENT_MARGIN_S < 1.2 * predicted * (warmup + 1):
+        row["gpu"] = dict(status="skipped", predicted_s=predicted,
+                          reason=f"predicted {predicted:.2f} s per run x {warmup + 1} run(s) does not fit the "
+                                 f"{max(ctx.time_left(), 0):.0f} s left of the stage")
+        skipped += [dict(batch=batch, layer=key, what=what, reason=row["gpu"]["reason"])
+                    for what in ("gpu", "numba", "memory")]
+    else:
+        try:
+            layer = RecurrentLayer(device, w, r, dr, cfg["max_spikes"])
+            td = device.asarray(t)
+            gpu_out, runs, not_made = runs_that_fit(ctx, device, lambda clock: layer.run(td, clock), ctx.repeats,
+                                                    warmup, predicted, inspect=inspect)
+            if runs:
+                row["gpu"] = dict(status="ok", predicted_s=predicted, warmup=warmup, **summarise_runs(runs))
+                row["gpu"]["forward_backward_s"] = row["gpu"]["wall_s"]
+                estimate[key] = (batch, row["gpu"]["wall_s"])
+                if not_made:
+                    row["gpu"]["repeats_left_out"] = dict(count=not_made, reason="stage out of time")
+            else:
+                row["gpu"] = dict(status="skipped", predicted_s=predicted,
+                                  reason="stage out of time after the warm-up")
+                skipped += [dict(batch=batch, layer=key, what=what, reason=row["gpu"]["reason"])
+                            for what in ("gpu", "numba", "memory")]
+        except Exception as exc:
+            row["gpu"] = dict(status="failed", reason=f"{type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc()[-2000:])
+    if row["gpu"]["status"] == "ok":
+        row["spikes_per_sample"] = float(gpu_out["counts"].sum() / batch)
+        row["log_length"] = gpu_out["log_length"]
+        recurrent_numba_row(ctx, cfg, tol, row, t, w, r, dr, gpu_out, numba_seen, numba_threads, gate_walls)
+        gpu_out = None
+        if ctx.time_left() - RECURRENT_MARGIN_S > 1.2 * row["gpu"]["wall_s"]:
+            try:
+                device.free()
+                row["memory"] = device.peak_memory(lambda: layer.run(td))
+            except Exception as exc:
+                row["memory"] = dict(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        else:
+            skipped.append(dict(batch=batch, layer=key, what="memory", reason="stage out of time"))
+    layer = td = None
+    device.free()
+    result["rows"].append(row)
+    g, n = row["gpu"], row.get("numba", {})
+    ctx.log(f"recurrent batch {batch:<4} {key:<14} " + (
+        f"gpu fwd {g['forward_s'] * 1e3:9.2f} ms  fwd+bwd {g['wall_s'] * 1e3:9.2f} ms" if g["status"] == "ok"
+        else f"gpu {g['status']}: {g.get('reason')}") + (
+        f"  numba fwd {n['forward_s'] * 1e3:9.2f} ms  fwd+bwd {n['forward_backward_s'] * 1e3:9.2f} ms"
+        if n.get("status") == "ok" else (f"  numba {n.get('status')}: {n.get('reason')}" if n else "")))
+    ctx.writer.flush()
+
+
+def recurrent_numba_row(ctx, cfg, tol, row, t, w, r, dr, gpu_out, numba_seen, numba_threads, gate_walls):
+    """The compiled CPU engine on the row's inputs: wall time of forward and forward + backward (up to ``repeats``
+    runs, as many as fit), agreement with the CUDA layer's first run."""
+    import spikescan as ss
+
+    result = ctx.writer.result
+    batch, key = row["batch"], row["layer"]
+    if not result["numba"]["available"]:
+        row["numba"] = dict(status="skipped", reason="numba not installed")
+        result["skipped"].append(dict(batch=batch, layer=key, what="numba", reason="numba not installed"))
+        return
+    if numba_seen:
+        # This layer's last measurement, else the last one of another layer times the ratio of the two layers' GPU
+        # times in the gate (the same batch): x the ratio of rounds of samples over the engine's threads.
+        prev_key = key if key in numba_seen else list(numba_seen)[-1]
+        b_prev, s_prev = numba_seen[prev_key]
+        rounds = math.ceil(batch / numba_threads) / math.ceil(b_prev / numba_threads)
+        predicted = s_prev * rounds * (1.2 if prev_key == key else 1.5 * gate_walls[key] / gate_walls[prev_key])
+    else:
+        predicted = 0.0  # the first row (the cheapest): always run
+    fwd, full, first = [], [], {}
+    if ctx.time_left() - RECURRENT_MARGIN_S < predicted:
+        reason = (f"predicted {predicted:.1f} s for one forward + backward does not fit the "
+                  f"{max(ctx.time_left(), 0):.0f} s left of the stage")
+        row["numba"] = dict(status="skipped", predicted_s=predicted, reason=reason)
+        result["skipped"].append(dict(batch=batch, layer=key, what="numba", reason=reason))
+        return
+    last = predicted
+    try:
+        for i in range(ctx.repeats):
+            if i and ctx.time_left() - RECURRENT_MARGIN_S < 1.2 * last:
+                break
+            start = time.perf_counter()
+            out = recurrent_cpu(t, w, r, dr, cfg["max_spikes"], "numba", "sequential")
+            mid = time.perf_counter()
+            grads = ss.lif_backward(out, np.isfinite(out.times).astype(np.float64), input_times_grad=False,
+                                    engine="numba")
+            end = time.perf_counter()
+            fwd.append(mid - start)
+            full.append(end - start)
+            last = end - start
+            if i == 0:
+                first = dict(out=out, grads=grads)
+            out = grads = None
+    except Exception as exc:
+        row["numba"] = dict(status="failed", reason=f"{type(exc).__name__}: {exc}",
+                            traceback=traceback.format_exc()[-2000:])
+        return
+    row["numba"] = dict(status="ok", engine="numba", method="sequential", threads=numba_threads,
+                        predicted_s=predicted or None, repeats=len(full), forward_s=median(fwd),
+                        forward_backward_s=median(full), forward_s_all=fwd, forward_backward_s_all=full)
+    if len(full) < ctx.repeats:
+        row["numba"]["repeats_left_out"] = dict(count=ctx.repeats - len(full), reason="stage out of time")
+    numba_seen.pop(key, None)
+    numba_seen[key] = (batch, median(full))  # (last in the dict: the latest measurement)
+    row["agrees_with_numba"] = recurrent_agreement(gpu_out, first["out"], first["grads"], tol)
+
+
+
 def stage_device(ctx):
     """S0: device, clocks, versions, ceilings."""
     result = ctx.writer.result
@@ -1199,6 +1785,8 @@ STAGE_FUNCTIONS = {
     "baselines_single": stage_baselines,
     "jax_single": lambda ctx: stage_jax(ctx, "single"),
     "sweep": stage_sweep,
+    "recurrent": stage_recurrent,
+    "recurrent_reference": stage_recurrent_reference,
     "ncu": stage_ncu,
     "ncu_target": stage_ncu_target,
 }
@@ -1352,6 +1940,18 @@ def assemble(report):
     for method, ratio in base.get("step_over", {}).items():
         speedups.append(dict(batch=1, variant=f"forward_{method}", baseline="step", ratio=ratio, measure="forward",
                              shape="layer 1 (n_in -> hidden), delays"))
+    rec = stages.get("recurrent", {}).get("result", {})
+    report["recurrent_gate"] = {k: dict(status=v.get("status"), failed=v.get("failed", []), reason=v.get("reason"))
+                                for k, v in rec.get("gate", {}).items()}
+    for row in rec.get("rows", []):
+        g, n = row.get("gpu", {}), row.get("numba", {})
+        if g.get("status") == "ok" and n.get("status") == "ok":
+            shape = (f"recurrent layer {rec['shape']['n_in']} -> {row['hidden']}, "
+                     + ("recurrent delays" if row["recurrent_delays"] else "no recurrent delays"))
+            speedups.append(dict(batch=row["batch"], variant=f"recurrent_{row['layer']}", baseline="numba_cpu",
+                                 ratio=n["forward_backward_s"] / g["wall_s"], measure="forward_backward", shape=shape))
+            speedups.append(dict(batch=row["batch"], variant=f"recurrent_{row['layer']}", baseline="numba_cpu",
+                                 ratio=n["forward_s"] / g["forward_s"], measure="forward", shape=shape))
     report["work"], report["floor"], report["speedups"], report["summary"] = work, floor, speedups, summary
     large = [f for f in floor["fractions"] if f["batch"] == batches["large"] and f["variant"] == "default"]
     report["fraction_of_floor"] = large[0]["fraction"] if large else None
@@ -1395,11 +1995,44 @@ def table(report):
     if step:
         lines.append("batch 1 layer-1 forward over one event per launch: "
                      + ", ".join(f"{k[len('forward_'):]} {v:.1f}x" for k, v in step.items()))
+    lines += recurrent_table(report)
     if report.get("fraction_of_floor") is not None:
         large = CONFIG[report["dry_run"]]["batches"]["large"]
         lines.append(f"fraction_of_floor (default, batch {large}, fwd+bwd): {report['fraction_of_floor']:.2e} "
                      f"(floor {report['floor']['by_batch'][str(large)]['floor_ms']:.3f} ms)")
     lines.append(f"wrote {report.get('output')}")
+    return lines
+
+
+def recurrent_table(report):
+    rec = report["stages"].get("recurrent", {}).get("result", {})
+    if not rec.get("gate"):
+        return []
+    numba = rec.get("numba", {})
+    lines = ["recurrent (SHD-like, {n_in} in, {spikes_per_sample} spikes/sample; numba {t} threads): gate ".format(
+        t=numba.get("threads", "-"), **rec["shape"]) + ", ".join(
+        f"{k} {v['status']}" + (f" {v.get('failed') or v.get('reason')}" if v["status"] != "pass" else "")
+        for k, v in rec["gate"].items())]
+    if rec.get("rows"):
+        lines.append(f"  {'batch':>5} {'layer':<13}{'gpu fwd ms':>11}{'f+b ms':>10}{'numba fwd':>11}{'f+b ms':>10}"
+                     f"{'x fwd':>8}{'x f+b':>8}{'peak GiB':>9} agree")
+    order = {key: i for i, key in enumerate(rec["gate"])}
+    for row in sorted(rec.get("rows", []), key=lambda x: (x["batch"], order.get(x["layer"], 0))):
+        g, n = row.get("gpu", {}), row.get("numba", {})
+        if g.get("status") != "ok":
+            lines.append(f"  {row['batch']:>5} {row['layer']:<13}gpu {g.get('status')}: {str(g.get('reason'))[:60]}")
+            continue
+        ok = n.get("status") == "ok"
+        peak = row.get("memory", {}).get("peak_bytes")
+        agree = row.get("agrees_with_numba")
+        lines.append(f"  {row['batch']:>5} {row['layer']:<13}{g['forward_s'] * 1e3:11.2f}{g['wall_s'] * 1e3:10.2f}"
+                     + (f"{n['forward_s'] * 1e3:11.2f}{n['forward_backward_s'] * 1e3:10.2f}"
+                        f"{n['forward_s'] / g['forward_s']:7.2f}x{n['forward_backward_s'] / g['wall_s']:7.2f}x"
+                        if ok else f"{'numba ' + str(n.get('status')):>37}")
+                     + ("" if peak is None else f"{peak / 2**30:9.3f}") + " "
+                     + ("-" if agree is None else "yes" if agree["ok"] else f"NO {agree['failed']}"))
+    if rec.get("skipped"):
+        lines.append(f"  skipped: {len(rec['skipped'])} (see stages.recurrent.result.skipped)")
     return lines
 
 
@@ -1417,7 +2050,8 @@ def orchestrate(args):
                                 threshold=THRESHOLD, chunk_size=CHUNK_SIZE, warmup=config["warmup"],
                                 repeats=args.repeats or config["repeats"], variants=VARIANTS,
                                 sweep=dict(hidden=config["sweep_hidden"], batches=config["sweep_batches"],
-                                           max_spikes=SWEEP_MAX_SPIKES), jax_dtypes=JAX_DTYPES, ncu=args.ncu,
+                                           max_spikes=SWEEP_MAX_SPIKES), recurrent=config["recurrent"],
+                                jax_dtypes=JAX_DTYPES, ncu=args.ncu,
                                 timing="wall: perf_counter around a synchronized run; forward/backward/kernels: "
                                        + ("perf_counter spans (dry run)" if args.dry_run else "CUDA event pairs")),
                   predictions=PREDICTIONS, workdir=workdir,
@@ -1452,6 +2086,24 @@ def orchestrate(args):
                 process = StageProcess(command(name, deadline), os.path.join(workdir, f"{name}.json"),
                                        os.path.join(workdir, f"{name}.log"), env)
                 background[name] = (timeout, process)
+    # The recurrent stage's NumPy references take minutes of one CPU core at the real shapes: computed from the
+    # start beside the other stages (one thread, low priority, no GPU), the recurrent stage waits for them.
+    reference = None
+    if "recurrent" in selected:
+        threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+        reference = StageProcess(command("recurrent_reference", t0 + args.budget_s),
+                                 os.path.join(workdir, "recurrent_reference.json"),
+                                 os.path.join(workdir, "recurrent_reference.log"),
+                                 dict(env, CUDA_VISIBLE_DEVICES="", **threads))
+        context["recurrent_reference"] = "background"
+
+    def finish_reference():
+        record = reference.finish(time.perf_counter() - reference.start)  # stops it if it is still running
+        record["collected_after_s"] = record.pop("elapsed_s")  # its own time: result.seconds
+        if record["status"] == "timeout":
+            record["reason"] = "stopped: still running when the recurrent stage had ended"
+        return record
+
     for i, name in enumerate(selected):
         step, longest, least = STAGES[name]
         if report["stages"][name]["status"] != "pending":
@@ -1483,6 +2135,9 @@ def orchestrate(args):
                                os.path.join(workdir, f"{name}.log"), env=env)
         record.update(protocol_step=step, timeout_s=timeout)
         report["stages"][name] = record
+        if name == "recurrent" and reference is not None:
+            record["result"]["reference_process"] = finish_reference()
+            reference = None
         print(f"[{name}] {record['status']} in {record['elapsed_s']:.1f} s (timeout {timeout:.0f} s)"
               + (f": {str(record.get('reason'))[:200]}" if record["status"] != "ok" else ""), flush=True)
         if name == "device":
@@ -1502,6 +2157,8 @@ def orchestrate(args):
         report["elapsed_s"] = time.time() - t0
         assemble(report)
         write_json(report["output"], report)
+    if reference is not None:  # the recurrent stage did not run
+        report["stages"]["recurrent"].setdefault("result", {})["reference_process"] = finish_reference()
     if report["output"] is None:
         report["output"] = default_output(args.dry_run, report["device"])
     report["elapsed_s"] = time.time() - t0
@@ -1517,7 +2174,10 @@ def orchestrate(args):
         return 2
     failed = [k for k, v in report["stages"].items() if v.get("status") in ("failed", "timeout") and k != "ncu"]
     gate_failed = [k for k, v in report["gate"].items() if v["status"] != "pass"]
-    return 1 if failed or gate_failed else 0
+    gate_failed += [k for k, v in report["recurrent_gate"].items() if v["status"] in ("fail", "error")]
+    disagree = [r for r in report["stages"].get("recurrent", {}).get("result", {}).get("rows", [])
+                if not r.get("agrees_with_numba", {}).get("ok", True)]
+    return 1 if failed or gate_failed or disagree else 0
 
 
 def default_output(dry_run, device):

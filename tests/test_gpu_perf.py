@@ -66,7 +66,8 @@ def test_dry_run_stages(report):
         assert stage["status"] in STATUSES, (name, stage)
         assert stage["protocol_step"] == gpu_perf.STAGES[name][0]
         assert isinstance(stage.get("result"), dict)
-    must_run = ["device", "gate", "network_large", "network_medium", "network_single", "baselines_single", "sweep"]
+    must_run = ["device", "gate", "network_large", "network_medium", "network_single", "baselines_single", "sweep",
+                "recurrent"]
     assert [s for s in must_run if report["stages"][s]["status"] != "ok"] == []
     jax_status = report["stages"]["jax_medium"]["status"]
     assert jax_status == ("ok" if _jax_available() else "skipped"), report["stages"]["jax_medium"].get("reason")
@@ -143,6 +144,122 @@ def test_dry_run_speedups_and_floor(report):
     assert "35 * queue_entries" in floor["formula"] and floor["by_batch"]
     assert isinstance(report["fraction_of_floor"], float) and report["fraction_of_floor"] > 0
     assert report["predictions"]["floor_ms"]["batch_256"] == 2.6
+
+
+def test_dry_run_recurrent(report):
+    stage = report["stages"]["recurrent"]
+    rec = stage["result"]
+    cfg = gpu_perf.CONFIG[True]["recurrent"]
+    layers = gpu_perf.recurrent_layers(cfg)
+    assert [k for k, _, _ in layers] == list(rec["gate"])
+    assert rec["tolerances"] == TOL["float64"] and rec["reference_samples"] == [0, cfg["batches"][0] - 1]
+    # The NumPy references came from the background process, computed beside the other stages.
+    ref = rec["reference_process"]
+    assert ref["status"] == "ok", ref
+    assert {k: v["status"] for k, v in ref["result"]["cases"].items()} == {k: "ok" for k, _, _ in layers}
+    assert rec["reference_process_done_before_timing"] is True
+    for key, hidden, rd in layers:
+        gate = rec["gate"][key]
+        assert gate["status"] == "pass", (key, gate.get("failed"), gate.get("reason"))
+        assert gate["reference"]["method"] == ("scan" if rd else "sequential")
+        assert gate["reference"]["computed"] == "beside the other stages"
+        checks = {c["check"] for c in gate["checks"]}
+        assert {"counts", "spike_event", "times", "log_count", "log_neurons", "log_times", "log_currents",
+                "grad_weights", "grad_threshold", "grad_recurrent_weights", "grad_input_times",
+                "grad_input_times_zero_outside_reference_samples"} <= checks
+        assert ("grad_recurrent_delays" in checks) == rd
+        assert gate["spikes_per_sample"] > 0
+    assert report["recurrent_gate"] == {k: dict(status="pass", failed=[], reason=None) for k, _, _ in layers}
+    # Every (batch, layer) row timed on the kernels (host emulation here) and beside the compiled CPU engine.
+    rows = {(r["batch"], r["layer"]): r for r in rec["rows"]}
+    assert set(rows) == {(b, k) for b in cfg["batches"] for k, _, _ in layers}
+    assert rec["skipped"] == []
+    numba = rec["numba"]["available"]
+    speedups = {(s["batch"], s["variant"], s["measure"]): s for s in report["speedups"]
+                if s["baseline"] == "numba_cpu"}
+    for (batch, key), row in rows.items():
+        gpu = row["gpu"]
+        assert gpu["status"] == "ok", (batch, key, gpu.get("reason"))
+        assert gpu["forward_s"] > 0 and gpu["backward_s"] > 0 and gpu["wall_s"] >= gpu["forward_s"]
+        assert {"spikescan_recurrent_forward", "spikescan_recurrent_backward_spikes"} <= set(gpu["kernels"])
+        assert row["memory"]["peak_bytes"] > 0 and row["spikes_per_sample"] > 0
+        if not numba:
+            assert row["numba"]["status"] == "skipped"
+            continue
+        assert row["numba"]["status"] == "ok" and row["numba"]["forward_backward_s"] >= row["numba"]["forward_s"] > 0
+        assert row["agrees_with_numba"]["ok"], row["agrees_with_numba"]["failed"]
+        for measure in ("forward", "forward_backward"):
+            entry = speedups[(batch, f"recurrent_{key}", measure)]
+            assert entry["ratio"] > 0 and math.isfinite(entry["ratio"])
+    assert len(speedups) == (2 * len(rows) if numba else 0)
+    assert any(line.startswith("recurrent (SHD-like") for line in report["table"])
+
+
+def test_recurrent_gate_checks_see_differences(tmp_path):
+    # The CUDA layer's stand-in: NumPy on the whole batch, its backward with the reference's cotangent on the
+    # reference samples only; the gate compares it with the reference computed on those samples alone.
+    cfg = dict(gpu_perf.CONFIG[True]["recurrent"], batches=(3, 4))
+    path = str(tmp_path / "ref.npz")
+    info = gpu_perf.recurrent_reference_case(cfg, 4, True, path)
+    assert info["samples"] == [0, 2] and info["method"] == "scan"
+    ref = dict(np.load(path))
+    t, w, r, dr = gpu_perf.recurrent_inputs(cfg, 3, 4, True)
+    out = gpu_perf.recurrent_cpu(t, w, r, dr, cfg["max_spikes"], "numpy", "sequential")
+    G = np.zeros(out.times.shape)
+    G[[0, 2]] = ref["G"]
+    grads = ss.lif_backward(out, G, engine="numpy")
+    tol = TOL["float64"]
+    checks = gpu_perf.recurrent_gate_checks(gpu_perf.HOST, out, grads, ref, tol)
+    assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
+
+    def failed(out=out, grads=grads):
+        return {c["check"] for c in gpu_perf.recurrent_gate_checks(gpu_perf.HOST, out, grads, ref, tol)
+                if not c["ok"]}
+
+    assert failed(out=out._replace(times=out.times * (1 + 1e-9))) == {"times"}
+    rw = grads.recurrent_weights.copy()
+    rw[0, 1] += 1e-6
+    assert failed(grads=grads._replace(recurrent_weights=rw)) == {"grad_recurrent_weights"}
+    g_in = grads.input_times.copy()
+    g_in[1, 0, 0] = 1.0  # a sample outside the reference's
+    assert failed(grads=grads._replace(input_times=g_in)) == {"grad_input_times_zero_outside_reference_samples"}
+    assert failed(grads=grads._replace(recurrent_delays=None)) == {"grad_recurrent_delays"}
+
+
+def test_recurrent_stage_predicts_and_stops_in_time():
+    # One block per sample: on 132 multiprocessors batch 256 is two waves of batch 32's one (x 1.5 margin); the
+    # host emulation is proportional to the batch.
+    assert gpu_perf.predict_gpu((32, 1.0), 256, 132) == pytest.approx(3.0)
+    assert gpu_perf.predict_gpu((32, 1.0), 64, 132) == pytest.approx(1.5)
+    assert gpu_perf.predict_gpu((3, 1.0), 4, None) == pytest.approx(4 / 3)
+    assert gpu_perf.predict_gpu((32, 2.0), 32, 132) == 2.0
+
+    class Ctx:
+        left = 100.0
+
+        def time_left(self):
+            return self.left
+
+    calls = []
+
+    def fn(clock):
+        calls.append(clock)
+        return len(calls)
+
+    ctx = Ctx()
+    seen, runs, not_made = gpu_perf.runs_that_fit(ctx, _HostDevice(), fn, 3, 1, 0.01, inspect=lambda out: out)
+    assert (seen, len(runs), not_made, calls[0]) == (1, 3, 0, None)
+    ctx.left = gpu_perf.RECURRENT_MARGIN_S + 1.0  # a predicted 10 s run does not fit: nothing is run
+    calls.clear()
+    seen, runs, not_made = gpu_perf.runs_that_fit(ctx, _HostDevice(), fn, 3, 1, 10.0)
+    assert (seen, runs, not_made, calls) == (None, [], 4, [])
+
+
+class _HostDevice:
+    gpu, xp = False, np
+
+    def sync(self):
+        pass
 
 
 def test_fma_kernel_compiles():
