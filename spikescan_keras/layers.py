@@ -160,11 +160,14 @@ class LIFLayer(keras.layers.Layer):
         delays: learn one non-negative delay per synapse.
         chunk_size, solver, method, max_total_spikes: passed to ``spikescan.lif_forward`` (a neuron firing more
             than ``max_total_spikes`` times on one sample raises ``spikescan.RunawayFiringError``).
-        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(mean=mu, stddev=mu)`` with ``mu`` from
-            ``spikescan.init.mean_weight``: the expected peak voltage is 1.5 thresholds for ``input_spikes`` input
-            spikes per sample spread over ``input_window`` (by default one near-synchronous spike per input
-            channel). A typical neuron then fires once or a few times while the spread of the weights (a sixth
-            negative) keeps some silent. With ``calibrate`` on, the first training batch corrects the scale anyway.
+        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(mean=mu, stddev=mu * max(1, sqrt(n_in) /
+            2))`` with ``mu`` from ``spikescan.init.mean_weight``: the expected peak voltage is 1.5 thresholds for
+            ``input_spikes`` input spikes per sample spread over ``input_window`` (by default one near-synchronous
+            spike per input channel). The spread makes a neuron's summed input weight (``n_in`` independent
+            weights) differ from neuron to neuron by half its mean whatever ``n_in``, at least ``stddev = mu`` (a
+            sixth negative) for few inputs: neurons start selective for different inputs instead of nearly alike,
+            a typical one fires once or a few times and some stay silent. With ``calibrate`` on, the first training
+            batch corrects the scale anyway.
         input_spikes, input_window: what the ``"auto"`` rule assumes of the inputs: expected spikes per sample (all
             channels; ``None``: one per channel) and the duration they are spread over (``0``: near-synchronous).
         delay_initializer: a Keras initializer or ``"auto"``: uniform on ``[0, max_delay]`` when ``max_delay`` is
@@ -285,7 +288,10 @@ class LIFLayer(keras.layers.Layer):
     def _auto_kernel_initializer(self, n_in):
         mu = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn, threshold=self.threshold,
                                         input_spikes=self.input_spikes, window=self.input_window)
-        return keras.initializers.RandomNormal(mean=mu, stddev=mu)
+        # The summed weight of n_in independent inputs varies from neuron to neuron by half its mean (std
+        # sqrt(n_in) * stddev against mean n_in * mu); with stddev = mu alone, 26 inputs would start every neuron
+        # within ~20% of the same drive, nearly alike (the learning panel: 8 points lost on wine's latency code).
+        return keras.initializers.RandomNormal(mean=mu, stddev=mu * max(1.0, 0.5 * float(np.sqrt(n_in))))
 
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)
