@@ -105,6 +105,17 @@ def check_delays(delays, weights):
         raise ValueError(f"delays must be >= 0, got {_first_bad(xp, delays, neg)}")
 
 
+def _check_square(name, x, n_out, xp):
+    """``x`` a finite float ``[n_out, n_out]`` array on the array module ``xp``."""
+    check_float_array(name, x, 2)
+    if tuple(x.shape) != (n_out, n_out):
+        raise ValueError(f"{name} must have shape [n_out, n_out] = [{n_out}, {n_out}], got {_describe(x)}")
+    if array_module(x) is not xp:
+        raise TypeError(f"{name} must be on the array module of input_times ({xp.__name__}), got "
+                        f"{type(x).__module__}.{type(x).__name__}")
+    check_finite(name, x)
+
+
 def check_recurrent(recurrent_weights, recurrent_delays, weights, xp):
     """``recurrent_weights [n_out, n_out]`` (finite) and optional ``recurrent_delays`` of its shape (finite,
     ``>= 0``), on the array module of the layer."""
@@ -113,24 +124,10 @@ def check_recurrent(recurrent_weights, recurrent_delays, weights, xp):
             raise ValueError("recurrent_delays needs recurrent_weights (the layer has no recurrent connections)")
         return
     n_out = weights.shape[1]
-    check_float_array("recurrent_weights", recurrent_weights, 2)
-    if tuple(recurrent_weights.shape) != (n_out, n_out):
-        raise ValueError(f"recurrent_weights must have shape [n_out, n_out] = [{n_out}, {n_out}], got "
-                         f"{_describe(recurrent_weights)}")
-    if array_module(recurrent_weights) is not xp:
-        raise TypeError(f"recurrent_weights must be on the array module of input_times ({xp.__name__}), got "
-                        f"{type(recurrent_weights).__module__}.{type(recurrent_weights).__name__}")
-    check_finite("recurrent_weights", recurrent_weights)
+    _check_square("recurrent_weights", recurrent_weights, n_out, xp)
     if recurrent_delays is None:
         return
-    check_float_array("recurrent_delays", recurrent_delays, 2)
-    if tuple(recurrent_delays.shape) != (n_out, n_out):
-        raise ValueError(f"recurrent_delays must have shape [n_out, n_out] = [{n_out}, {n_out}], got "
-                         f"{_describe(recurrent_delays)}")
-    if array_module(recurrent_delays) is not xp:
-        raise TypeError(f"recurrent_delays must be on the array module of input_times ({xp.__name__}), got "
-                        f"{type(recurrent_delays).__module__}.{type(recurrent_delays).__name__}")
-    check_finite("recurrent_delays", recurrent_delays)
+    _check_square("recurrent_delays", recurrent_delays, n_out, xp)
     neg = recurrent_delays < 0
     if bool(neg.any()):
         raise ValueError(f"recurrent_delays must be >= 0, got {_first_bad(xp, recurrent_delays, neg)}")

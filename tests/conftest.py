@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spikescan import _lif_numpy
+from spikescan.cuda import _hostemu
 
 
 @pytest.fixture(params=["numpy", "numba"])
@@ -16,3 +17,12 @@ def cpu_engine(request, monkeypatch):
     else:
         monkeypatch.setattr(_lif_numpy, "numba_available", lambda: False)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    """The CUDA kernels compiled for the host emulation (``spikescan.cuda._hostemu``), once per test session and
+    shared by every test file that runs them; skipped without a host C++ compiler."""
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu")))

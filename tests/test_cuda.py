@@ -23,7 +23,7 @@ import pytest
 
 import spikescan as ss
 from spikescan import _validate
-from spikescan.cuda import _hostemu, _kernels, _lif, _readout, choose_method, is_available
+from spikescan.cuda import _kernels, _lif, _readout, choose_method, is_available
 
 from _cases import queue_of_length, random_spikes, weights
 from tolerances import TOL
@@ -34,13 +34,6 @@ BACKENDS = [
     pytest.param("emulated", id="emulated"),
     pytest.param("gpu", id="gpu", marks=pytest.mark.gpu),
 ]
-
-
-@pytest.fixture(scope="session")
-def host_kernels(tmp_path_factory):
-    if _hostemu.compiler() is None:
-        pytest.skip("no host C++ compiler for the kernel emulation")
-    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu")))
 
 
 class Backend:

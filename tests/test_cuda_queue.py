@@ -11,14 +11,7 @@ import numpy as np
 import pytest
 
 from spikescan._queue import build_queues as numpy_build_queues
-from spikescan.cuda import _hostemu, _queue, is_available
-
-
-@pytest.fixture(scope="module")
-def host_kernels(tmp_path_factory):
-    if _hostemu.compiler() is None:
-        pytest.skip("no host C++ compiler for the kernel emulation")
-    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu_queue")))
+from spikescan.cuda import _queue, is_available
 
 
 @pytest.fixture(params=[pytest.param("emulated", id="emulated"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)])

@@ -16,19 +16,12 @@ import pytest
 
 import spikescan as ss
 from spikescan import _validate
-from spikescan.cuda import _hostemu, _lif, _recurrent, is_available
+from spikescan.cuda import _lif, _recurrent, is_available
 
 from _cases import random_spikes, weights
 from tolerances import TOL
 
 BACKENDS = [pytest.param("emulated", id="emulated"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
-
-
-@pytest.fixture(scope="module")
-def host_kernels(tmp_path_factory):
-    if _hostemu.compiler() is None:
-        pytest.skip("no host C++ compiler for the kernel emulation")
-    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu_recurrent")))
 
 
 class Backend:

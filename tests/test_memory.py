@@ -10,7 +10,7 @@ import pytest
 
 import spikescan as ss
 from spikescan import _memory
-from spikescan.cuda import _hostemu, _lif
+from spikescan.cuda import _lif
 
 from tolerances import TOL
 
@@ -158,13 +158,6 @@ def test_default_is_the_available_host_memory(no_limit, monkeypatch):
     monkeypatch.delenv("SPIKESCAN_MEMORY_LIMIT", raising=False)
     limit, source = _memory.available(np)
     assert limit is not None and limit > (64 << 20) and "MemAvailable" in source
-
-
-@pytest.fixture(scope="module")
-def host_kernels(tmp_path_factory):
-    if _hostemu.compiler() is None:
-        pytest.skip("no host C++ compiler for the kernel emulation")
-    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu_memory")))
 
 
 def test_cuda_launchers_check_before_allocating(host_kernels, no_limit):

@@ -10,7 +10,6 @@ import spikescan
 from spikescan import _dynamics as dyn
 from spikescan import _readout_numpy
 from spikescan import li_backward, li_forward
-from spikescan.cuda import _hostemu
 from spikescan.cuda import _readout as _readout_cuda
 from tolerances import TOL
 
@@ -407,13 +406,6 @@ def test_time_constant_grads_leave_the_other_gradients_unchanged(readout, tau_re
     zero = li_backward(res0, np.ones((1, 3)), time_constant_grads=True)
     np.testing.assert_array_equal(zero.tau_mem, 0.0)
     np.testing.assert_array_equal(zero.tau_syn, 0.0)
-
-
-@pytest.fixture(scope="module")
-def host_kernels(tmp_path_factory):
-    if _hostemu.compiler() is None:
-        pytest.skip("no host C++ compiler for the kernel emulation")
-    return _hostemu.HostKernels(str(tmp_path_factory.mktemp("spikescan_hostemu")))
 
 
 @pytest.mark.parametrize("readout,tau_readout", READOUT_CASES)

@@ -97,6 +97,24 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, 
     return backward(cupy, _cupy_launch, result, grad_times, method, input_times_grad, time_constant_grads)
 
 
+def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar):
+    """What the forward launchers (this module's and ``_recurrent``'s) hand the kernels: contiguous float64 ``W``,
+    ``D`` (or ``None``), the input queues ``qt, qi (int32), qe (int64)`` built on the device, ``tm, ts`` and ``th``
+    ``[n_out]``, and ``threshold_is_scalar`` (from ``threshold`` when ``None``)."""
+    n_out = weights.shape[1]
+    W = xp.ascontiguousarray(weights, dtype=xp.float64)
+    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)  # see _queue.USE_KERNEL
+    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
+                  xp.ascontiguousarray(qe, dtype=xp.int64))
+    tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
+    ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
+    if threshold_is_scalar is None:
+        threshold_is_scalar = xp.ndim(threshold) == 0
+    th = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(threshold, dtype=xp.float64), (n_out,)))
+    return W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar
+
+
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
             solver, max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, threshold_is_scalar=None):
     """Array-module-generic body of ``lif_forward_cuda``."""
@@ -109,17 +127,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         method = choose_method(batch, n_out, n_entries)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp)
-    W = xp.ascontiguousarray(weights, dtype=xp.float64)
-    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
-    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)  # see _queue.USE_KERNEL
-    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
-                  xp.ascontiguousarray(qe, dtype=xp.int64))
+    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = device_inputs(
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar)
     n_queues, L1 = qt.shape[1], qt.shape[2]
-    tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
-    ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
-    if threshold_is_scalar is None:
-        threshold_is_scalar = xp.ndim(threshold) == 0
-    th = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(threshold, dtype=xp.float64), (n_out,)))
     dtype = input_times.dtype
     spike_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=xp.float64)
     spike_event = xp.full((batch, n_out, max_spikes), -1, dtype=xp.int64)

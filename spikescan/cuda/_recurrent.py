@@ -39,7 +39,7 @@ from .. import _memory
 from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, unresolvable_spike_error, warn_grazing
 from .._recurrent import _runaway_error
 from .._types import LIFGrads, LIFResiduals, LIFResult, RecurrentLog
-from . import _kernels, _queue
+from . import _kernels, _lif
 from ._lif import SOLVER_CODES
 
 MODULE = "recurrent"
@@ -107,19 +107,11 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     log_cap = max(log_cap, 1)
     _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, pend_cap, log_cap,
                   input_times.dtype.itemsize, xp)
-    W = xp.ascontiguousarray(weights, dtype=xp.float64)
-    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = _lif.device_inputs(
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar)
     R = xp.ascontiguousarray(recurrent_weights, dtype=xp.float64)
     Dr = None if recurrent_delays is None else xp.ascontiguousarray(recurrent_delays, dtype=xp.float64)
-    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)
-    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
-                  xp.ascontiguousarray(qe, dtype=xp.int64))
     n_queues, L1 = qt.shape[1], qt.shape[2]
-    tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
-    ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
-    if threshold_is_scalar is None:
-        threshold_is_scalar = xp.ndim(threshold) == 0
-    th = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(threshold, dtype=xp.float64), (n_out,)))
     dtype = input_times.dtype
     N = batch * n_out
     while True:
