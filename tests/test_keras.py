@@ -90,6 +90,17 @@ def finite_differences(fn, args, eps=1e-6):
     return grads
 
 
+def assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params):
+    """The backend's gradients of ``loss_layer`` at ``params`` (float32, one per name) against central differences
+    of the float64 ``loss_numpy``; every variable must move the loss."""
+    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
+    got = backend_grad(loss_layer, params)
+    for name, g, e in zip(names, got, expected):
+        assert g.dtype == np.float32, name
+        assert np.abs(e).max() > 0, name
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
 def two_layers(delays):
     lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, delays=delays, max_delay=5.0)
     readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=T_MAX, tau_readout=30.0)

@@ -12,7 +12,7 @@ from keras import ops  # noqa: E402
 
 import spikescan  # noqa: E402
 import spikescan_keras as sk  # noqa: E402
-from test_keras import backend_grad, finite_differences, spike_input  # noqa: E402
+from test_keras import assert_grads_match_finite_differences, spike_input  # noqa: E402
 
 TAU_MEM, TAU_SYN = 10.0, 4.0
 
@@ -49,12 +49,7 @@ def test_recurrent_gradients_match_finite_differences(recurrent_delays):
                                     recurrent_weights=r, recurrent_delays=dr)
         return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
 
-    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
-    got = backend_grad(loss_layer, params)
-    for name, g, e in zip(names, got, expected):
-        assert g.dtype == np.float32, name
-        assert np.abs(e).max() > 0, name
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+    assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params)
 
 
 def test_recurrent_layer_trains_with_fit_and_survives_save_load(tmp_path):

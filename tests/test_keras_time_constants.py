@@ -13,7 +13,8 @@ from keras import ops  # noqa: E402
 
 import spikescan  # noqa: E402
 import spikescan_keras as sk  # noqa: E402
-from test_keras import backend_grad, finite_differences, spike_input  # noqa: E402
+from test_keras import (  # noqa: E402
+    assert_grads_match_finite_differences, backend_grad, finite_differences, spike_input)
 
 TAU_MEM, TAU_SYN = 10.0, 4.0
 
@@ -45,12 +46,7 @@ def test_time_constant_gradients_match_finite_differences():
         res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=3)
         return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
 
-    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
-    got = backend_grad(loss_layer, params)
-    for name, g, e in zip(names, got, expected):
-        assert g.dtype == np.float32, name
-        assert np.abs(e).max() > 0, name
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+    assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params)
 
 
 def test_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_them(tmp_path):
@@ -198,12 +194,7 @@ def test_readout_time_constant_gradients_match_finite_differences(readout, tau_r
                                    t_max=25.0, tau_readout=tau_readout)
         return np.sum(res.values * grad_values)
 
-    expected = finite_differences(loss_numpy, [p.astype(np.float64) for p in params])
-    got = backend_grad(loss_layer, params)
-    for name, g, e in zip(names, got, expected):
-        assert g.dtype == np.float32, name
-        assert np.abs(e).max() > 0, name
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+    assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params)
 
 
 def test_readout_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_them(tmp_path):
