@@ -482,20 +482,29 @@ def time_runs(device, fn, repeats, warmup, inspect=None):
     """``warmup`` untimed calls of ``fn(clock)``, then ``repeats`` timed ones. ``inspect`` sees the first call's
     result, which is dropped before the next call (at batch 256 one result holds gigabytes of queues). Returns
     ``(inspect(first result) or None, runs)``."""
-    seen, runs = None, []
+    seen, runs, _ = _timed_calls(device, fn, repeats, warmup, inspect)
+    return seen, runs
+
+
+def _timed_calls(device, fn, repeats, warmup, inspect, may_call=None):
+    """The loop of ``time_runs``; before each call ``may_call(seconds of the last call, or None)`` may stop it.
+    Returns ``(inspect(first result) or None, runs, calls not made)``."""
+    seen, runs, last = None, [], None
     for i in range(warmup + repeats):
+        if may_call is not None and not may_call(last):
+            return seen, runs, warmup + repeats - i
         clock = Clock(device) if i >= warmup else None
         device.sync()
         start = time.perf_counter()
         out = fn(clock)
         device.sync()
-        wall = time.perf_counter() - start
+        last = time.perf_counter() - start
         if clock is not None:
-            runs.append(dict(wall_s=wall, spans=clock.totals()))
+            runs.append(dict(wall_s=last, spans=clock.totals()))
         if i == 0 and inspect is not None:
             seen = inspect(out)
         del out
-    return seen, runs
+    return seen, runs, 0
 
 
 def work_counts(device, result, max_spikes):
@@ -1249,22 +1258,8 @@ def recurrent_agreement(host_gpu, cpu_out, cpu_grads, tol):
 def runs_that_fit(ctx, device, fn, repeats, warmup, estimate, inspect=None):
     """``time_runs``, but each call only while ``1.2 x`` the last call's time (before the first: ``estimate``) fits
     in what is left of the stage. Returns ``(inspect(first result), runs, calls not made)``."""
-    seen, runs, last = None, [], estimate
-    for i in range(warmup + repeats):
-        if ctx.time_left() - RECURRENT_MARGIN_S < 1.2 * last:
-            return seen, runs, warmup + repeats - i
-        clock = Clock(device) if i >= warmup else None
-        device.sync()
-        start = time.perf_counter()
-        out = fn(clock)
-        device.sync()
-        last = time.perf_counter() - start
-        if clock is not None:
-            runs.append(dict(wall_s=last, spans=clock.totals()))
-        if i == 0 and inspect is not None:
-            seen = inspect(out)
-        del out
-    return seen, runs, 0
+    return _timed_calls(device, fn, repeats, warmup, inspect,
+                        lambda last: ctx.time_left() - RECURRENT_MARGIN_S >= 1.2 * (estimate if last is None else last))
 
 
 def wait_for_reference(ctx, key, cfg, hidden, rec_delays):
