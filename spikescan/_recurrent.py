@@ -490,20 +490,18 @@ def _input_grads(res, adj, input_times_grad):
 # Time-constant gradients
 # ---------------------------------------------------------------------------------------------------------------
 
-def _bisect_left(sorted_rows, values):
+def _bisect_left(sorted_rows, values, xp=np):
     """Per row, the number of entries of ``sorted_rows [..., L]`` (ascending, ``+inf`` padded) below each of
-    ``values [..., C]``."""
+    ``values [..., C]`` (a fixed number of halvings: no host sync on CuPy)."""
     L = sorted_rows.shape[-1]
-    lo = np.zeros(values.shape, np.int64)
-    hi = np.full(values.shape, L, np.int64)
+    lo = xp.zeros(values.shape, xp.int64)
+    hi = xp.full(values.shape, L, xp.int64)
     for _ in range(int(np.ceil(np.log2(L + 1))) + 1):
         active = lo < hi
-        if not active.any():
-            break
         mid = (lo + hi) // 2
-        right = active & (np.take_along_axis(sorted_rows, np.minimum(mid, L - 1), axis=-1) < values)
-        lo = np.where(right, mid + 1, lo)
-        hi = np.where(active & ~right, mid, hi)
+        right = active & (xp.take_along_axis(sorted_rows, xp.minimum(mid, L - 1), axis=-1) < values)
+        lo = xp.where(right, mid + 1, lo)
+        hi = xp.where(active & ~right, mid, hi)
     return lo
 
 
@@ -516,10 +514,10 @@ def unrolled_layer(res, spike_grads):
     its neuron). By the chain rule over spikes, this layer's gradients of anything that acts on one neuron's own
     dynamics (time constants, threshold, the weights into it) are the recurrent layer's.
     Returns ``(LIFResult, grad_times)`` for ``_lif_numpy.lif_backward``."""
-    from ._types import LIFResiduals, LIFResult
+    from ._types import LIFResult
 
     log = res.recurrent_log
-    batch, n_in, max_in = res.input_shape
+    batch = res.input_shape[0]
     n_out = res.weights.shape[1]
     M = log.times.shape[1]
     valid = np.arange(M)[None, :] < log.count[:, None]
@@ -532,38 +530,54 @@ def unrolled_layer(res, spike_grads):
     g = np.zeros((batch, n_out, C))
     spike_t[vb, log.neurons[vb, vm], pos[vb, vm]] = log.times[vb, vm]
     g[vb, log.neurons[vb, vm], pos[vb, vm]] = spike_grads[vb, vm]
-    max_v = max(max_in, C, 1)
+    return LIFResult(times=spike_t, counts=counts, residuals=unrolled_residuals(np, res, spike_t)), g
+
+
+def unrolled_residuals(xp, res, spike_t):
+    """``LIFResiduals`` of the unrolled layer (``unrolled_layer``) for any array module ``xp`` (NumPy, or CuPy for
+    the CUDA backward, which has each neuron's spikes ``spike_t [batch, n_out, C]`` from its spike walk).
+
+    ``spike_t``: every spike of each neuron, ascending, ``+inf`` padded. The inputs are the layer's ``n_in`` sources
+    and its ``n_out`` neurons with one flat index per source (``input_shape (batch, n_in + n_out, 1)``: the weight
+    row of each entry; the unrolled layer's input-time gradients mean nothing and are never asked for), weights
+    ``[n_in + n_out, n_out]`` (the input weights over the recurrent ones). Memory: a few ``[batch, n_out, L1 + M]``
+    arrays (``L1`` the input queue's length, ``M`` the longest spike log)."""
+    from ._types import LIFResiduals
+
+    log = res.recurrent_log
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    M = log.times.shape[1]
+    valid = xp.arange(M)[None, :] < log.count[:, None]
     # Input entries of each neuron [batch, n_out, L1] and the recurrent arrivals it received [batch, n_out, M].
     qt, qi, qend = res.queue_times, res.queue_index, res.queue_end
-    rows = np.arange(n_out) if qt.shape[1] > 1 else np.zeros(n_out, np.int64)
+    rows = xp.arange(n_out) if qt.shape[1] > 1 else xp.zeros(n_out, xp.int64)
     L1 = qt.shape[2]
-    ext_real = np.arange(L1)[None, None, :] < qend[:, rows][:, :, None]
-    ext_t = np.where(ext_real, qt[:, rows, :], np.inf)
-    j = np.where(ext_real, qi[:, rows, :], 0) // max(max_in, 1)
-    m_in = np.where(ext_real, qi[:, rows, :], 0) % max(max_in, 1)
-    ext_idx = np.where(ext_real, j * max_v + m_in, -1)
-    k = np.where(valid, log.neurons, 0)
+    ext_real = xp.arange(L1)[None, None, :] < qend[:, rows][:, :, None]
+    ext_t = xp.where(ext_real, qt[:, rows, :], xp.inf)
+    ext_idx = xp.where(ext_real, qi[:, rows, :].astype(xp.int64) // max(max_in, 1), -1)
+    k = xp.where(valid, log.neurons, 0)
     w_rec = res.recurrent_weights[k]  # [batch, M, n_out]
     delay = 0.0 if res.recurrent_delays is None else res.recurrent_delays[k]
     rec_real = valid[:, :, None] & (w_rec != 0.0)  # the forward schedules no zero-weight arrival
-    rec_t = np.where(rec_real, log.times[:, :, None] + delay, np.inf).transpose(0, 2, 1)
-    rec_idx = np.where(rec_real, ((n_in + k) * max_v + np.maximum(pos, 0))[:, :, None], -1).transpose(0, 2, 1)
-    times = np.concatenate([ext_t, rec_t], axis=2)
-    index = np.concatenate([ext_idx, rec_idx], axis=2)
-    # Ascending time; stable, so inputs stay before arrivals and arrivals in spike order at equal times.
-    order = np.argsort(times, axis=2, kind="stable")
-    times = np.take_along_axis(times, order, axis=2)
-    index = np.take_along_axis(index, order, axis=2)
-    end = np.isfinite(times).sum(axis=2)
-    L = int(end.max(initial=0)) + 1
-    times = np.concatenate([times, np.full((batch, n_out, 1), np.inf)], axis=2)[:, :, :L]
-    index = np.concatenate([index, np.full((batch, n_out, 1), -1)], axis=2)[:, :, :L]
+    rec_t = xp.where(rec_real, log.times[:, :, None] + delay, xp.inf).transpose(0, 2, 1)
+    rec_idx = xp.where(rec_real, (n_in + k)[:, :, None], -1).transpose(0, 2, 1)
+    times = xp.concatenate([ext_t, rec_t], axis=2)
+    index = xp.concatenate([ext_idx, rec_idx], axis=2)
+    # Ascending time; stable (CuPy's argsort always is), so inputs stay before arrivals and arrivals in spike order
+    # at equal times.
+    order = xp.argsort(times, axis=2, kind="stable") if xp is np else xp.argsort(times, axis=2)
+    times = xp.take_along_axis(times, order, axis=2)
+    index = xp.take_along_axis(index, order, axis=2)
+    end = xp.isfinite(times).sum(axis=2)
+    L = int(end.max()) + 1 if end.size else 1  # a host sync on CuPy
+    times = xp.concatenate([times, xp.full((batch, n_out, 1), xp.inf)], axis=2)[:, :, :L]
+    index = xp.concatenate([index, xp.full((batch, n_out, 1), -1, index.dtype)], axis=2)[:, :, :L]
     # A spike lies after the entries before its time (an arrival at its exact time comes after it).
-    event = np.where(np.isfinite(spike_t), _bisect_left(times, spike_t), -1)
-    W = np.concatenate([res.weights, res.recurrent_weights], axis=0)
-    virtual = LIFResiduals(
-        queue_times=times, queue_index=index, queue_end=end, spike_times=spike_t, spike_event=event, weights=W,
-        delays=None, tau_mem=res.tau_mem, tau_syn=res.tau_syn, threshold=res.threshold, threshold_is_scalar=False,
-        input_shape=(batch, n_in + n_out, max_v), input_dtype=np.dtype(np.float64),
-        weights_dtype=np.dtype(np.float64), delays_dtype=None, solver=res.solver)
-    return LIFResult(times=spike_t, counts=counts, residuals=virtual), g
+    event = xp.where(xp.isfinite(spike_t), _bisect_left(times, spike_t, xp), -1)
+    W = xp.concatenate([res.weights, res.recurrent_weights], axis=0)
+    return LIFResiduals(
+        queue_times=times, queue_index=index, queue_end=end.astype(xp.int64), spike_times=spike_t,
+        spike_event=event, weights=W, delays=None, tau_mem=res.tau_mem, tau_syn=res.tau_syn,
+        threshold=res.threshold, threshold_is_scalar=False, input_shape=(batch, n_in + n_out, 1),
+        input_dtype=np.dtype(np.float64), weights_dtype=np.dtype(np.float64), delays_dtype=None, solver=res.solver)
