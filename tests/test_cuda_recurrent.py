@@ -64,8 +64,8 @@ class Backend:
                                   solver, max_total_spikes, np.ndim(threshold) == 0, self.dev(recurrent_weights),
                                   self.dev(recurrent_delays), **launcher)
 
-    def backward(self, result, G, input_times_grad=True, block_size=None):
-        return _recurrent.backward(self.xp, self.launch, result, self.dev(G), input_times_grad,
+    def backward(self, result, G, input_times_grad=True, block_size=None, time_constant_grads=False):
+        return _recurrent.backward(self.xp, self.launch, result, self.dev(G), input_times_grad, time_constant_grads,
                                    block_size=block_size)
 
 
@@ -254,10 +254,6 @@ def test_runaway_self_excitation_and_errors(backend):
     with pytest.raises(FloatingPointError, match=message):
         backend.forward(t_stuck, np.array([[0.5, 1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=2,
                         recurrent_weights=R_stuck, block_size=1)
-    out = backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.zeros((2, 2)))
-    with pytest.raises(NotImplementedError, match="time_constant_grads"):
-        _recurrent.backward(backend.xp, backend.launch, out, backend.xp.zeros_like(out.times),
-                            time_constant_grads=True)
     with pytest.raises(ValueError, match="block_size"):
         backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, block_size=0)
 
@@ -277,10 +273,11 @@ def test_cupy_entry_points_dispatch_to_the_recurrent_kernels(host_kernels, monke
     out = _recurrent.lif_forward_recurrent_cuda(t, W, D, *tc, 3, "newton", 300, True, R, Dr)
     np.testing.assert_array_equal(out.counts, ref.counts)
     G = np.ones_like(ref.times)
-    g = _lif.lif_backward_cuda(out, G, "auto", True, False)
-    ref_g = ss.lif_backward(ref, G, engine="numpy")
-    np.testing.assert_allclose(g.recurrent_delays, ref_g.recurrent_delays, **TOL["float64"]["grads"])
-    assert g.threshold.shape == ()
+    g = _lif.lif_backward_cuda(out, G, "auto", True, True)
+    ref_g = ss.lif_backward(ref, G, engine="numpy", time_constant_grads=True)
+    for name in ("recurrent_delays", "tau_mem", "tau_syn"):
+        np.testing.assert_allclose(getattr(g, name), getattr(ref_g, name), err_msg=name, **TOL["float64"]["grads"])
+    assert g.threshold.shape == () and g.tau_mem.shape == g.tau_syn.shape == (n_out,)
 
 
 @pytest.mark.gpu
@@ -298,8 +295,106 @@ def test_public_api_on_the_gpu():
     assert isinstance(out.residuals.recurrent_log.times, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(out.counts), ref.counts)
     G = np.random.default_rng(0).normal(size=ref.times.shape)
-    g = ss.lif_backward(out, cupy.asarray(G))
-    ref_g = ss.lif_backward(ref, G, engine="numpy")
-    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+    g = ss.lif_backward(out, cupy.asarray(G), time_constant_grads=True)
+    ref_g = ss.lif_backward(ref, G, engine="numpy", time_constant_grads=True)
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays", "tau_mem",
+                 "tau_syn"):
         np.testing.assert_allclose(cupy.asnumpy(getattr(g, name)), getattr(ref_g, name), err_msg=name,
                                    **TOL["float64"]["grads"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Time constants (time_constant_grads=True): the spike walk's spike_grads, the layer unrolled on the device and the
+# feed-forward backward kernel, against the NumPy engine (itself checked against finite differences in
+# tests/test_recurrent.py).
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_time_constants(backend, t, W, R, D=None, Dr=None, *, min_spikes=5, block_size=None, dtype="float64",
+                         **kw):
+    """tau_mem / tau_syn gradients ``[n_out]`` against the NumPy engine, every other gradient against it too and
+    equal to the CUDA backward's without time constants; returns the reference forward."""
+    kw.setdefault("max_total_spikes", 300)
+    args = dict(delays=D, recurrent_weights=R, recurrent_delays=Dr, **kw)
+    ref = ss.lif_forward(t, W, method="sequential", engine="numpy", **args)
+    assert ref.counts.sum() >= min_spikes
+    G = np.random.default_rng(int(ref.counts.sum())).normal(size=ref.times.shape).astype(ref.times.dtype)
+    ref_g = ss.lif_backward(ref, G, engine="numpy", time_constant_grads=True)
+    out = backend.forward(t, W, block_size=block_size, **args)
+    np.testing.assert_array_equal(backend.host(out.counts), ref.counts)
+    plain = backend.backward(out, G, block_size=block_size)
+    backend.launched.clear()
+    grads = backend.backward(out, G, block_size=block_size, time_constant_grads=True)
+    # The unrolled layer goes through the feed-forward backward kernel.
+    assert "spikescan_lif_backward" in backend.launched
+    tol = TOL[dtype]["grads"]
+    n_out = W.shape[1]
+    for name in ("tau_mem", "tau_syn"):
+        a, b = getattr(ref_g, name), getattr(grads, name)
+        assert isinstance(b, backend.xp.ndarray) and getattr(plain, name) is None, name
+        b = backend.host(b)
+        assert b.shape == a.shape == (n_out,) and b.dtype == a.dtype, (name, b.shape, b.dtype)
+        assert np.abs(a).max() > 0, name
+        np.testing.assert_allclose(b, a, err_msg=f"grad_{name}", **tol)
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+        a, b, c = getattr(ref_g, name), backend.host(getattr(grads, name)), backend.host(getattr(plain, name))
+        if a is None:
+            assert b is None and c is None, name
+            continue
+        assert b.shape == a.shape and b.dtype == a.dtype, (name, b.shape, a.shape, b.dtype, a.dtype)
+        np.testing.assert_allclose(b, a, err_msg=f"grad_{name}", **tol)
+        np.testing.assert_allclose(b, c, rtol=1e-12, atol=1e-12, err_msg=f"grad_{name} with and without tau grads")
+    return ref
+
+
+@pytest.mark.parametrize("rec_delays", [False, True], ids=["zero_rec_delays", "rec_delays"])
+@pytest.mark.parametrize("r_mean", [-0.4, 0.1], ids=["inhibitory", "excitatory"])
+def test_time_constant_grads_against_numpy(backend, rec_delays, r_mean):
+    t, W, R, _, Dr = case(1, r_mean=r_mean, rec_delays=rec_delays)
+    check_time_constants(backend, t, W, R, Dr=Dr, tau_mem=10.0, tau_syn=4.0, max_spikes=4, block_size=3)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", [(5.0, 5.0), (10.0, 5.0)], ids=["equal", "ratio_2"])
+def test_time_constant_grads_regimes_and_input_delays(backend, tau_mem, tau_syn):
+    t, W, R, D, Dr = case(2, r_mean=-0.3, delays=True, rec_delays=tau_mem != tau_syn)
+    solver = "analytic" if tau_mem == 2 * tau_syn else "newton"
+    check_time_constants(backend, t, W, R, D, Dr, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=4, solver=solver,
+                         block_size=2)
+
+
+def test_time_constant_grads_per_neuron_parameters_and_capped_recording(backend):
+    # Per-neuron constants (one neuron with tau_mem == tau_syn) and thresholds; max_spikes=1 leaves most spikes
+    # unrecorded: they still feed the others, and their cotangent comes from there alone.
+    t, W, R, D, Dr = case(3, r_mean=0.05, delays=True, rec_delays=True)
+    rng = np.random.default_rng(3)
+    tau_mem, tau_syn = rng.uniform(6.0, 12.0, 5), rng.uniform(2.0, 5.0, 5)
+    tau_syn[2] = tau_mem[2]
+    ref = check_time_constants(backend, t, W, R, D, Dr, tau_mem=tau_mem, tau_syn=tau_syn,
+                               threshold=rng.uniform(0.7, 1.2, 5), max_spikes=1, solver="bisection", block_size=4)
+    assert ref.capped_spikes > 0
+
+
+def test_time_constant_grads_float32_inputs(backend):
+    t, W, R, _, Dr = case(6, r_mean=-0.2, rec_delays=True, dtype=np.float32)
+    check_time_constants(backend, t, W.astype(np.float32), R, Dr=Dr, tau_mem=10.0, tau_syn=4.0, max_spikes=3,
+                         dtype="float32", block_size=2)
+
+
+def test_time_constant_grads_keep_the_queue_order_at_equal_times(backend):
+    # Simultaneous spikes (their zero-delay arrivals at one time, in spike order), with a zero recurrent weight
+    # (never scheduled) ...
+    t = np.array([[[1.0, 2.0, 6.0]]])
+    W = np.full((1, 4), 3.0)
+    R = np.array([[0.0, 0.3, -0.2, 0.1], [0.2, 0.0, 0.1, 0.3], [0.1, -0.1, 0.0, 0.2], [0.3, 0.2, 0.1, 0.0]])
+    ref = check_time_constants(backend, t, W, R, tau_mem=10.0, tau_syn=5.0, max_spikes=5, block_size=2)
+    log = ref.residuals.recurrent_log
+    assert np.any(np.diff(log.times[0, : log.count[0]]) == 0.0)
+    # ... and a recurrent arrival at the time of an input entry (the input first).
+    t = np.array([[[1.0, 2.0, 9.0], [1.5, np.inf, np.inf]]])
+    W = np.array([[3.0, 0.4], [0.5, 0.3]])
+    R = np.array([[0.0, 0.7], [0.2, 0.0]])
+    kw = dict(tau_mem=6.0, tau_syn=4.0, max_spikes=4)
+    first = ss.lif_forward(t, W, recurrent_weights=R, engine="numpy", method="sequential", **kw).times[0, 0, 0]
+    Dr = np.full((2, 2), 0.5)
+    Dr[0, 1] = 9.0 - first
+    assert first + Dr[0, 1] == 9.0
+    check_time_constants(backend, t, W, R, Dr=Dr, min_spikes=2, block_size=1, **kw)

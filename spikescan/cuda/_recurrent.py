@@ -29,17 +29,26 @@ to run, as in the feed-forward backward) and ``spikescan_recurrent_backward_weig
 summing over samples in order: deterministic). The threshold's gradient is ``-sum(lamV)`` over the adjoints stored
 at the spikes (a CuPy reduction, deterministic). Working memory: three float64 ``[batch, n_out, C]`` arrays
 (``C`` the most spikes of a neuron) besides the gradients.
+
+Time constants (``time_constant_grads=True``), as on NumPy: the spike walk also writes each spike's derivative
+through everything outside its neuron; the layer is unrolled on the device into a feed-forward one whose inputs
+include its own spikes held fixed (``spikescan._recurrent.unrolled_residuals``: each neuron's input queue merged with
+the recurrent arrivals it received by a stable sort, a few ``[batch, n_out, L1 + M]`` arrays), and the feed-forward
+backward kernel (``_lif.backward``) gives each neuron's exact ``tau_mem`` / ``tau_syn`` terms. One more host sync
+(the unrolled queue's length).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from .. import _memory
 from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, unresolvable_spike_error, warn_grazing
-from .._recurrent import _runaway_error
-from .._types import LIFGrads, LIFResiduals, LIFResult, RecurrentLog
-from . import _kernels, _lif
+from .._recurrent import _runaway_error, unrolled_residuals
+from .._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RecurrentLog
+from . import _kernels, _lif, _queue
 from ._lif import SOLVER_CODES
 
 MODULE = "recurrent"
@@ -192,11 +201,6 @@ def _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays,
 def backward(xp, launch, result, grad_times, input_times_grad=True, time_constant_grads=False, block_size=None,
              stacklevel=4):
     """Array-module-generic body of ``lif_backward_recurrent_cuda``; ``block_size`` as in ``forward``."""
-    if time_constant_grads:
-        raise NotImplementedError("time_constant_grads=True: the gradients of tau_mem and tau_syn of recurrent "
-                                  "layers are computed on NumPy inputs only so far, not by the CUDA kernels "
-                                  "(weights, delays, threshold, input times and the recurrent weights and delays "
-                                  "are)")
     res = result.residuals
     log = res.recurrent_log
     batch, n_in, max_in = res.input_shape
@@ -214,10 +218,12 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
     M = log_t.shape[1]
     N = batch * n_out
     C = max(int(result.counts.max()) if N else 0, 1)  # host sync: the most spikes of a neuron
-    parts = _memory.lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_d, "", 24 * N * C)
+    per_spike = 32 if time_constant_grads else 24  # spike_t, lamV, lamI (and spike_grads)
+    parts = _memory.lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_d, "",
+                                          per_spike * N * C)
     _memory.check(_memory.describe("lif_backward", batch, n_out, max_spikes, has_d) + " (recurrent)", parts, xp,
-                  "reduce the batch (the backward keeps every spike's adjoint: 24 bytes per neuron per spike of "
-                  "the busiest neuron)")
+                  f"reduce the batch (the backward keeps every spike's adjoint: {per_spike} bytes per neuron per "
+                  "spike of the busiest neuron)")
     n_spk = xp.zeros((batch, n_out), dtype=xp.int64)
     remaining = xp.zeros((batch, n_out), dtype=xp.int64)
     spike_t = xp.full((batch, n_out, C), np.inf, dtype=xp.float64)
@@ -225,12 +231,15 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
     lamI = xp.zeros((batch, n_out, C), dtype=xp.float64)
     grazing = xp.zeros((max(N, 1), 2), dtype=xp.float64)
     grazing[:, 1] = np.inf
+    # Each spike's derivative through everything outside its neuron, for the time constants' gradients.
+    spike_grads = xp.zeros((batch, n_out, C) if time_constant_grads else 1, dtype=xp.float64)
     R = res.recurrent_weights
     Dr = R if res.recurrent_delays is None else res.recurrent_delays
     launch(MODULE, "spikescan_recurrent_backward_spikes", grad_times.dtype, batch, block,
            [log_t, log_k, log_I, log_n, np.int64(M), res.tau_mem, res.tau_syn, res.threshold, R, Dr,
             np.int32(has_rd), np.int64(batch), np.int64(n_out), np.int64(C), np.int64(max_spikes), grad_times,
-            n_spk, spike_t, lamV, lamI, remaining, grazing], shared_mem=block * 8)
+            n_spk, spike_t, lamV, lamI, remaining, grazing, np.int32(time_constant_grads), spike_grads],
+           shared_mem=block * 8)
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
     grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
     grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if has_d else xp.zeros(1, xp.float64)
@@ -248,17 +257,51 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
            [res.tau_mem, res.tau_syn, R, Dr, np.int32(has_rd), np.int64(batch), np.int64(n_out), np.int64(C),
             n_spk, spike_t, lamV, lamI, grad_r, grad_rd])
     grad_th = -lamV.sum(axis=(0, 2))  # G / D at every spike (0 at grazing ones)
+    del lamV, lamI, remaining
     n_grazing = int(grazing[:, 0].sum()) if N else 0  # host sync
     if n_grazing:
         first = int(xp.argmax(grazing[:, 0] > 0))
         warn_grazing(n_grazing, first, n_out, float(grazing[first, 1]), stacklevel=stacklevel)
+    tau_mem = tau_syn = None
+    if time_constant_grads:
+        tau_mem, tau_syn = _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads)
     return LIFGrads(
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
         delays=grad_d.astype(res.delays_dtype) if has_d else None,
         threshold=grad_th.sum(keepdims=True).reshape(()) if res.threshold_is_scalar else grad_th,
         recurrent_weights=grad_r.astype(res.weights_dtype),
-        recurrent_delays=grad_rd.astype(res.recurrent_delays_dtype) if has_rd else None)
+        recurrent_delays=grad_rd.astype(res.recurrent_delays_dtype) if has_rd else None, tau_mem=tau_mem,
+        tau_syn=tau_syn)
+
+
+def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads):
+    """``(tau_mem, tau_syn)`` gradients ``[n_out]``, as on NumPy (``_lif_numpy._recurrent_time_constant_grads``):
+    the layer unrolled on the device with its own spikes as fixed inputs (``spikescan._recurrent
+    .unrolled_residuals``), each spike's cotangent its derivative through everything outside its neuron
+    (``spike_grads`` of the spike walk), through the feed-forward backward kernel with ``time_constant_grads``."""
+    log = res.recurrent_log
+    batch, n_in, _ = res.input_shape
+    n_out = res.weights.shape[1]
+    entries = res.queue_times.shape[2] + log.times.shape[1]
+    # The unrolled queues: times, indices, sort order and a few temporaries per (sample, neuron, entry).
+    _memory.check(_memory.describe("lif_backward", batch, n_out, spike_t.shape[2], res.delays is not None)
+                  + " (recurrent, time constants)", {"unrolled queues": 48 * batch * n_out * entries}, xp,
+                  "reduce the batch (the time constants' gradients unroll each neuron's input queue merged with "
+                  "every recurrent arrival it received)")
+    if n_in + n_out > _queue.INDEX_LIMIT:
+        raise ValueError(f"time_constant_grads: n_in + n_out = {n_in + n_out} sources do not fit an int32 index")
+    virtual = unrolled_residuals(xp, res, spike_t)
+    virtual = virtual._replace(queue_index=xp.ascontiguousarray(virtual.queue_index, dtype=xp.int32),
+                               queue_times=xp.ascontiguousarray(virtual.queue_times),
+                               spike_event=xp.ascontiguousarray(virtual.spike_event),
+                               weights=xp.ascontiguousarray(virtual.weights))
+    unrolled = LIFResult(times=spike_t, counts=n_spk, residuals=virtual)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
+        grads = _lif.backward(xp, launch, unrolled, spike_grads, "auto", input_times_grad=False,
+                              time_constant_grads=True)
+    return grads.tau_mem, grads.tau_syn
 
 
 def _blocks(threads, block):

@@ -36,6 +36,9 @@
 //     owner stores lamV = -G / D, lamI = lI(t+) (the adjoint just before the spike; [batch, n_out, C]) with
 //     D = (I_s - threshold) / tau_mem.  A grazing spike (D <= 0) gets lamV = 0 and is counted in grazing
 //     [batch * n_out, 2] (count, earliest time; pre-filled 0 and +inf).  The threshold's gradient is -sum(lamV).
+//     With has_spike_grads, spike_grads [batch, n_out, C] (laid out as spike_t) also gets each spike's derivative
+//     through everything outside its neuron, G + lV(t+) I_s / tau_mem (_recurrent.backward's spike_grads): the
+//     cotangents of the layer unrolled with its own spikes as fixed inputs, for the time constants' gradients.
 //     Dynamic shared memory: blockDim doubles.
 //   spikescan_recurrent_backward_inputs<T>: one thread per (sample, neuron) over its input queue entries:
 //     grad_weights += lI, grad_delays and grad_input_times += w (lI / tau_syn - lV / tau_mem) at each entry.
@@ -342,7 +345,8 @@ __global__ void spikescan_recurrent_backward_spikes(
     const double* __restrict__ rec_weights, const double* __restrict__ rec_delays, int has_rec_delays,
     long long batch, long long n_out, long long C, long long max_spikes, const T* __restrict__ grad_times,
     long long* __restrict__ n_spk, double* __restrict__ spike_t, double* __restrict__ lamV,
-    double* __restrict__ lamI, long long* __restrict__ remaining, double* __restrict__ grazing) {
+    double* __restrict__ lamI, long long* __restrict__ remaining, double* __restrict__ grazing,
+    int has_spike_grads, double* __restrict__ spike_grads) {
     const long long b = blockIdx.x;
     if (b >= batch) return;
     const long long nthreads = blockDim.x;
@@ -390,7 +394,9 @@ __global__ void spikescan_recurrent_backward_spikes(
                                     tau_syn_arr[k], &lV_after, &lI_after);
         const double Is = lI[m];
         const double g = (ck < max_spikes) ? (double)grad_times[nk * max_spikes + ck] : 0.0;
-        const double G = g + arrivals - lV_after * Is / tau_mem;
+        const double G_outside = g + arrivals;
+        if (has_spike_grads) spike_grads[nk * C + ck] = G_outside;
+        const double G = G_outside - lV_after * Is / tau_mem;
         const double D = (Is - threshold_arr[k]) / tau_mem;
         if (D <= 0.0) {  // grazing: no derivative of its time; the IFT term is dropped
             grazing[2 * nk] += 1.0;
