@@ -144,8 +144,8 @@ class LIFLayer(keras.layers.Layer):
     ``recurrent_kernel[k, i]`` to neuron ``i``'s current at ``t`` (after ``k``'s own reset for ``i == k``), or at
     ``t + recurrent_delays[k, i]`` with ``recurrent_delays=True`` (weights ``recurrent_delays [units, units]`` in
     ``[0, max_delay]``). Every spike propagates, recorded or not. Exact forward and gradients
-    (``spikescan.lif_forward(recurrent_weights=...)``, README "Recurrent layers"; trainable time constants of a
-    recurrent layer need CPU tensors so far: the CUDA kernels do not compute their gradients). The calibration and the revival objective look at the input drive only (the recurrent
+    (``spikescan.lif_forward(recurrent_weights=...)``, README "Recurrent layers"; trainable time constants too, on
+    CPU and CUDA tensors). The calibration and the revival objective look at the input drive only (the recurrent
     input starts near zero on average).
 
     Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
