@@ -1,5 +1,5 @@
 """Compiled CPU kernels of the LIF layer (Numba, ``pip install spikescan[cpu]``): the CUDA kernels' algorithms as
-parallel loops over neurons, with the closed forms, gap test and solvers of ``_neuron``.
+parallel loops over neurons, with the scalar closed forms, gap test and solvers of ``neurons.lif``.
 
 Imported only when a NumPy call uses ``engine="numba"`` (or ``"auto"`` with Numba installed); compilation happens
 at the first call and is cached on disk (``cache=True``), so later processes load it.
@@ -33,7 +33,9 @@ os.environ.setdefault("KMP_BLOCKTIME", "0")
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from . import _neuron as nm
+from .neurons import lif
+
+lif.register_numba()
 
 _jit = njit(cache=True, nogil=True)
 
@@ -69,14 +71,14 @@ def _fire_in_gap(V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solv
     Returns ``(status, V, I, t_prev, t_last, count, t_stop, I_stop)``."""
     gap = t_k - t_prev
     while True:
-        fires, s_hi = nm.fires_in_gap(V, I, gap, tau_mem, tau_syn, threshold)
+        fires, s_hi = lif.fires_in_gap_scalar(V, I, gap, tau_mem, tau_syn, threshold)
         if not fires:
             break
-        s = nm.solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold, solver)
+        s = lif.solve_spike_time_scalar(V, I, s_hi, tau_mem, tau_syn, threshold, solver)
         t_spike = min(t_prev + s, t_k)
         if t_spike <= t_last:
             return _STUCK, V, I, t_prev, t_last, count, t_spike, np.nan
-        _, b, _ = nm.decay(s, tau_mem, tau_syn)
+        _, b, _ = lif.decay_scalar(s, tau_mem, tau_syn)
         if count >= limit:
             return _RUNAWAY, V, I, t_prev, t_last, count + 1, t_spike, I * b
         V = 0.0
@@ -102,7 +104,7 @@ def decay_table(qt, qe, tau_mem, tau_syn):
         r = np.int64(r_)
         prev = 0.0
         for k in range(qe[r]):
-            a, b, c = nm.decay(qt[r, k] - prev, tau_mem, tau_syn)
+            a, b, c = lif.decay_scalar(qt[r, k] - prev, tau_mem, tau_syn)
             out[r, k, 0] = a
             out[r, k, 1] = b
             out[r, k, 2] = c
@@ -115,7 +117,7 @@ def _gap_decay(table, use_table, row, k, t_k, t_prev, fresh, tau_mem, tau_syn):
     """``decay(t_k - t_prev)``: from the table when ``t_prev`` is the time of entry ``k - 1`` (``fresh``)."""
     if use_table and fresh:
         return table[row, k, 0], table[row, k, 1], table[row, k, 2]
-    return nm.decay(t_k - t_prev, tau_mem, tau_syn)
+    return lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
 
 
 @_jit
@@ -154,7 +156,7 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max
         for k in range(end + 1):
             t_k = qt[row, k]  # +inf at k == end: the open gap after the last input
             a, bb, c = _gap_decay(table, use_table, row, k, t_k, t_prev, True, tau_mem, tau_syn)
-            if not nm.quiet_gap(V, I, a, bb, c, threshold):
+            if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
                 before = count
                 status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
                     V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
@@ -164,7 +166,7 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max
                     stuck_current[tid] = I_stop
                     break
                 if count != before:  # the rest of the gap starts at the last spike
-                    a, bb, c = nm.decay(t_k - t_prev, tau_mem, tau_syn)
+                    a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
             if k == end:
                 break
             V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
@@ -211,9 +213,9 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
             # Gap tests of every lane (independent of each other), then the first firing one.
             first = n
             for l in range(n):
-                if nm.quiet_gap(V0[l], I0[l], DA[l], DB[l], DC[l], threshold):
+                if lif.quiet_gap_scalar(V0[l], I0[l], DA[l], DB[l], DC[l], threshold):
                     continue
-                fires, _ = nm.fires_in_gap(V0[l], I0[l], qt[row, pos + l] - T0[l], tau_mem, tau_syn, threshold)
+                fires, _ = lif.fires_in_gap_scalar(V0[l], I0[l], qt[row, pos + l] - T0[l], tau_mem, tau_syn, threshold)
                 if fires:
                     first = l
                     break
@@ -234,7 +236,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
             if k == end:
                 break
             # Entry k itself (after the spike: its own gap), then the next chunk starts after it.
-            a, bb, c = nm.decay(t_k - t_prev, tau_mem, tau_syn)
+            a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
             V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
             t_prev = t_k
             pos = k + 1
@@ -279,7 +281,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                 if m < n_rec and spike_event[tid, m] == k:
                     code[p] = -(m + 1)
                     t = spike_times[tid, m]
-                    a, bb, c = nm.decay(t - tau, tau_mem, tau_syn)
+                    a, bb, c = lif.decay_scalar(t - tau, tau_mem, tau_syn)
                     dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
                     V = 0.0
                     I = bb * I
@@ -303,7 +305,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     kq = code[p]
                     a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
                     if want_tau:
-                        a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                        a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
                         g_tau_mem[i] += lV * (a_tm * prev_V[p] + c_tm * Ip)
                         g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
                     I_pre = bb * Ip
@@ -328,7 +330,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
                     a_tm, c_tm, b_ts, c_ts = 0.0, 0.0, 0.0, 0.0
                     if want_tau:
-                        a_tm, c_tm, b_ts, c_ts = nm.decay_param_grads(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                        a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
                     I_pre = bb * Ip
                     D = (I_pre - threshold) / tau_mem
                     v = -I_pre / tau_syn

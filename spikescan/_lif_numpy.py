@@ -11,11 +11,11 @@ import warnings
 
 import numpy as np
 
-from . import _dynamics as dyn
 from . import _memory
 from ._queue import build_queues
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
+from .neurons import lif
 
 # Default of ``lif_forward(max_total_spikes=...)``: spikes per neuron per sample, recorded or not.
 DEFAULT_MAX_TOTAL_SPIKES = 10_000
@@ -98,17 +98,17 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, lim
         t_k = qt[lay.row, k]
         gap = np.where(active, t_k, 0.0) - np.where(active, t_cur, 0.0)
         while True:
-            fires, s_hi = dyn.fires_in_gap(V, I, gap, tm, ts, th)
+            fires, s_hi = lif.fires_in_gap(V, I, gap, tm, ts, th)
             f = np.flatnonzero(fires & active)
             if f.size == 0:
                 break
-            s = dyn.solve_spike_time(V[f], I[f], s_hi[f], tm[f], ts[f], th[f], solver)
+            s = lif.solve_spike_time(V[f], I[f], s_hi[f], tm[f], ts[f], th[f], solver)
             t_sp = np.minimum(t_cur[f] + s, t_k[f])
-            _, b, _ = dyn.decay(s, tm[f], ts[f])
+            _, b, _ = lif.decay(s, tm[f], ts[f])
             V[f], I[f], t_cur[f] = 0.0, I[f] * b, t_sp
             gap[f] = t_k[f] - t_sp
             _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out, limit, I[f], th[f])
-        a, b, c = dyn.decay(gap, tm, ts)
+        a, b, c = lif.decay(gap, tm, ts)
         w = _event_weights(W, qi, lay.max_in, lay.row, lay.i, k, active & (k < end))
         V, I = a * V + c * I, b * I + w
         t_cur = np.where(active, t_k, t_cur)
@@ -158,10 +158,10 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
         t_prev = np.concatenate([t_cur[act, None], t[:, :-1]], axis=1)
         gap = np.where(valid, t, 0.0) - np.where(valid, t_prev, 0.0)
         tm_a, ts_a = tm[act, None], ts[act, None]
-        Vx, Ix = _chunk_states(V[act], I[act], dyn.decay(gap, tm_a, ts_a), w)
+        Vx, Ix = _chunk_states(V[act], I[act], lif.decay(gap, tm_a, ts_a), w)
         V0 = np.concatenate([V[act, None], Vx[:, :-1]], axis=1)
         I0 = np.concatenate([I[act, None], Ix[:, :-1]], axis=1)
-        fires, s_hi = dyn.fires_in_gap(V0, I0, gap, tm_a, ts_a, th[act, None])
+        fires, s_hi = lif.fires_in_gap(V0, I0, gap, tm_a, ts_a, th[act, None])
         fires &= valid
         any_fire = fires.any(axis=1)
         # Neurons without a spike in the chunk commit all of it.
@@ -177,23 +177,23 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
             nf = act[rf]
             k = np.argmax(fires[rf], axis=1)
             v0, i0 = V0[rf, k], I0[rf, k]
-            s = dyn.solve_spike_time(v0, i0, s_hi[rf, k], tm[nf], ts[nf], th[nf], solver)
+            s = lif.solve_spike_time(v0, i0, s_hi[rf, k], tm[nf], ts[nf], th[nf], solver)
             t_end = t[rf, k]
             t_sp = np.minimum(t_prev[rf, k] + s, t_end)
-            _, b, _ = dyn.decay(s, tm[nf], ts[nf])
+            _, b, _ = lif.decay(s, tm[nf], ts[nf])
             V[nf], I[nf], t_cur[nf] = 0.0, i0 * b, t_sp
             pos[nf] += k
             _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
                     th[nf])
             # The rest of the same gap (what the next round's first lane would test): fire until it stays quiet.
             while True:
-                again, s_hi2 = dyn.fires_in_gap(V[nf], I[nf], t_end - t_cur[nf], tm[nf], ts[nf], th[nf])
+                again, s_hi2 = lif.fires_in_gap(V[nf], I[nf], t_end - t_cur[nf], tm[nf], ts[nf], th[nf])
                 if not again.any():
                     break
                 nf, t_end, s_hi2 = nf[again], t_end[again], s_hi2[again]
-                s = dyn.solve_spike_time(V[nf], I[nf], s_hi2, tm[nf], ts[nf], th[nf], solver)
+                s = lif.solve_spike_time(V[nf], I[nf], s_hi2, tm[nf], ts[nf], th[nf], solver)
                 t_sp = np.minimum(t_cur[nf] + s, t_end)
-                _, b, _ = dyn.decay(s, tm[nf], ts[nf])
+                _, b, _ = lif.decay(s, tm[nf], ts[nf])
                 V[nf], I[nf], t_cur[nf] = 0.0, I[nf] * b, t_sp
                 _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
                         th[nf])
@@ -280,7 +280,6 @@ def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_s
                       limit):
     """The Numba kernels (``_lif_numba``) on the NumPy queues; same outputs and errors as the NumPy methods."""
     from . import _lif_numba
-    from ._neuron import SOLVER_CODES
 
     N = lay.row.size
     times = np.full((N, max_spikes), np.inf)
@@ -292,7 +291,7 @@ def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_s
     table, use_table = _compiled_decay_table(qt2, qe, tau_mem, tau_syn, lay.Q == 1)
     args = (qt2, qi2, qe, np.ascontiguousarray(W), np.ascontiguousarray(tau_mem, np.float64),
             np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
-            SOLVER_CODES[solver], lay.n_out,
+            lif.SOLVER_CODES[solver], lay.n_out,
             max(lay.max_in, 1), max_spikes, int(limit), table, use_table)
     work = N * qt2.shape[1]
     if method == "sequential":
@@ -515,7 +514,7 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     inp, spk = kind == _INPUT, kind == _SPIKE
     w = _event_weights(res.weights, res.queue_index.reshape(-1, lay.L1), lay.max_in, rows, cols, qpos, inp)
     s = np.diff(tau, axis=1, prepend=0.0)
-    a, b, c = dyn.decay(s, tm, ts)
+    a, b, c = lif.decay(s, tm, ts)
     run = recurrence_loop if method == "sequential" else recurrence_scan
 
     # Forward states after every point.
@@ -584,7 +583,7 @@ def _time_constant_grads(s, tm, ts, Vq, Iq, lV, lI, lT, g, v, D, inp, spk, graze
     grazing spike), and its current after the reset, ``b I``, by ``b' I``. ``(lV, lI, lT)`` is the adjoint after
     each point, ``(Vq, Iq)`` the state before it.
     """
-    a_tm, c_tm, b_ts, c_ts = dyn.decay_param_grads(s, tm, ts)
+    a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads(s, tm, ts)
     v_tm = a_tm * Vq + c_tm * Iq
     v_ts = c_ts * Iq
     i_ts = b_ts * Iq
@@ -628,7 +627,7 @@ def _adjoint_by_segments(tau, inp, spk, a, b, c, u, v, alpha, beta, g, tm, ts):
         # After q, when q + 1 is an input: decay back from the next spike to q + 1, then through input q + 1.
         # (the spike's own map holds the decay of the gap before it, so the span ends at the point before q2)
         span = tau[r, np.clip(q2 - 1, 0, P - 1)] - tau[r, nxt]
-        da, db, dc = dyn.decay(np.where(last | consecutive, 0.0, span), tm[r, 0], ts[r, 0])
+        da, db, dc = lif.decay(np.where(last | consecutive, 0.0, span), tm[r, 0], ts[r, 0])
         V1, I1 = da * dV, dc * dV + db * dI
         lV = np.where(last, 0.0, np.where(consecutive, dV, a[r, nxt] * V1))
         lI = np.where(last, 0.0, np.where(consecutive, dI, c[r, nxt] * V1 + b[r, nxt] * I1))
@@ -644,7 +643,7 @@ def _adjoint_by_segments(tau, inp, spk, a, b, c, u, v, alpha, beta, g, tm, ts):
     qc = np.minimum(q, P - 1)
     # The spike's map holds the decay of the gap before it: the span ends at the point before the spike.
     span = np.take_along_axis(tau, np.maximum(qc - 1, 0), axis=1) - tau
-    da, db, dc = dyn.decay(np.where(valid, span, 0.0), tm, ts)
+    da, db, dc = lif.decay(np.where(valid, span, 0.0), tm, ts)
     bV = np.take_along_axis(before[0], slot, axis=1)
     bI = np.take_along_axis(before[1], slot, axis=1)
     bT = np.take_along_axis(before[2], slot, axis=1)

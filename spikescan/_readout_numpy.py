@@ -1,7 +1,7 @@
 """NumPy implementation of the leaky-integrator readout (``li_forward`` / ``li_backward``), float64 throughout.
 
 Without threshold or reset, ``V`` is linear in the weights: ``V_i(t) = sum_{(t_m, j): t_m < t} W[j, i] c_i(t - t_m)``
-with the PSP kernel ``c(s)`` of a unit current injected at ``s = 0`` (the ``c`` entry of ``_dynamics.decay``).
+with the PSP kernel ``c(s)`` of a unit current injected at ``s = 0`` (the ``c`` entry of ``neurons.lif.decay``).
 
 - ``"final"`` and ``"integral"`` are sums over input spikes of ``W[j, i] kappa_i(t_m)`` with a closed-form kernel
   ``kappa``: a feature tensor ``[batch, n_in]`` per group of neurons sharing ``(tau_mem, tau_syn)``, then a matmul.
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dynamics as dyn
 from ._queue import delayed_queues, shared_queue
 from ._types import LIGrads, LIResiduals, LIResult
+from .neurons import lif
 
 # Elements (batch x inputs x neurons, or batch x events x neurons) handled per vectorised step, to bound memory.
 _POINTS_PER_STEP = 1 << 21
@@ -35,7 +35,7 @@ def _tau_groups(tau_mem, tau_syn):
 
 def _final_kernel(u, tau_mem, tau_syn):
     """``kappa = c(u)`` (``V(t_max)`` of a unit input ``u = t_max - t`` earlier) and ``d kappa / d t = -c'(u)``."""
-    _, b, c = dyn.decay(u, tau_mem, tau_syn)
+    _, b, c = lif.decay(u, tau_mem, tau_syn)
     return c, -(b - c) / tau_mem
 
 
@@ -49,8 +49,8 @@ def _integral_kernel(t, u, tau_mem, tau_syn, tau_readout, t_max):
     """
     alpha = 1.0 / tau_mem
     g = 0.0 if tau_readout is None else 1.0 / tau_readout
-    kappa = np.exp(-g * t) * alpha * u * u * dyn.exp_divided_difference2(-(alpha + g) * u, -(1.0 / tau_syn + g) * u)
-    _, _, c = dyn.decay(u, tau_mem, tau_syn)
+    kappa = np.exp(-g * t) * alpha * u * u * lif.exp_divided_difference2(-(alpha + g) * u, -(1.0 / tau_syn + g) * u)
+    _, _, c = lif.decay(u, tau_mem, tau_syn)
     return kappa, -np.exp(-g * t_max) * c - g * kappa
 
 
@@ -74,9 +74,9 @@ def _integral_kernel_param_grads(t, u, tau_mem, tau_syn, tau_readout):
     w1 = -(alpha + g) * u
     w2 = -(beta + g) * u
     damp = np.exp(-g * t)
-    dd2 = dyn.exp_divided_difference2(w1, w2)
-    k_tm = -alpha * alpha * u * u * (dd2 - alpha * u * dyn.exp_divided_difference3(w1, w1, w2))
-    k_ts = alpha * beta * beta * u * u * u * dyn.exp_divided_difference3(w1, w2, w2)
+    dd2 = lif.exp_divided_difference2(w1, w2)
+    k_tm = -alpha * alpha * u * u * (dd2 - alpha * u * lif.exp_divided_difference3(w1, w1, w2))
+    k_ts = alpha * beta * beta * u * u * u * lif.exp_divided_difference3(w1, w2, w2)
     return damp * k_tm, damp * k_ts
 
 
@@ -88,7 +88,7 @@ def _linear_kernels(t, live, tau_mem, tau_syn, readout, t_max, tau_readout, time
     if readout == "final":
         parts = _final_kernel(u, tau_mem, tau_syn)
         if time_constant_grads:
-            _, c_tm, _, c_ts = dyn.decay_param_grads(u, tau_mem, tau_syn)
+            _, c_tm, _, c_ts = lif.decay_param_grads(u, tau_mem, tau_syn)
             parts += (c_tm, c_ts)
     else:
         parts = _integral_kernel(t_live, u, tau_mem, tau_syn, tau_readout, t_max)
@@ -131,7 +131,7 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
 
     ``Q = 1`` (one queue shared by every neuron) or ``Q = n_out`` (a queue per neuron). Candidates, in time order
     (ties keep the earliest): ``V(0) = 0``, then per gap between consecutive arrivals (clipped to ``t_max``) the
-    interior peak (``_dynamics.peak_time``) and the value at the gap's end. An end that is an arrival is a kink
+    interior peak (``neurons.lif.peak_time``) and the value at the gap's end. An end that is an arrival is a kink
     candidate and records that input's flat index ``j * max_in + m``; otherwise ``-1``. With ``t_max = inf`` the gap
     that starts at the last arrival is open (its end value is ``V(inf) = 0``, which never beats ``V(0)``); gaps past
     it have length 0, never ``inf - inf``.
@@ -161,7 +161,7 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
         applies = (tb < t_max) & (ib >= 0)
         src = np.where(applies, ib // max(max_in, 1), n_in)
         w = W_pad[src[..., 0]] if Q == 1 else W_pad[src, np.arange(n_out)]
-        a, b, c = dyn.decay(gaps, tm_a, ts_a)
+        a, b, c = lif.decay(gaps, tm_a, ts_a)
         V0 = np.empty((batch, K, n_out))
         I0 = np.empty((batch, K, n_out))
         V_end = np.empty((batch, K, n_out))
@@ -170,11 +170,11 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
             V = a[:, k] * V + c[:, k] * I
             I = b[:, k] * I + w[:, k]
             V_end[:, k] = V
-        s_peak = dyn.peak_time(V0, I0, tau_mem, tau_syn)
+        s_peak = lif.peak_time(V0, I0, tau_mem, tau_syn)
         interior = s_peak < gaps
         v_peak = np.full(V0.shape, -np.inf)
         where = np.nonzero(interior)
-        v_peak[where] = dyn.voltage(s_peak[where], V0[where], I0[where], tau_mem[where[2]], tau_syn[where[2]])
+        v_peak[where] = lif.voltage(s_peak[where], V0[where], I0[where], tau_mem[where[2]], tau_syn[where[2]])
         shape = (batch, K, n_out)
         values = np.stack([v_peak, V_end], axis=2).reshape(batch, 2 * K, n_out)
         times = np.stack([np.broadcast_to(starts + np.where(interior, s_peak, 0.0), shape),
@@ -249,12 +249,12 @@ def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, 
         live = arrival < t_star  # an arrival at t* itself adds c(0) = 0 and moves t* instead (kink below)
         tm, ts = tau_mem[idx], tau_syn[idx]
         s = np.where(live, t_star - arrival, 0.0)
-        _, b, c = dyn.decay(s, tm, ts)
+        _, b, c = lif.decay(s, tm, ts)
         c = np.where(live, c, 0.0)
         b = np.where(live, b, 0.0)
         W_e, g_e = W[j_e, idx], g[b_e, idx]
         if grad_taus is not None:
-            _, c_tm, _, c_ts = dyn.decay_param_grads(s, tm, ts)  # zero at s = 0, so dead arrivals add nothing
+            _, c_tm, _, c_ts = lif.decay_param_grads(s, tm, ts)  # zero at s = 0, so dead arrivals add nothing
             grad_taus[0][idx] = np.sum(c_tm * (g_e * W_e), axis=0)
             grad_taus[1][idx] = np.sum(c_ts * (g_e * W_e), axis=0)
         grad_W[sources, idx] = np.add.reduceat(c * g_e, starts, axis=0)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dynamics as dyn
 from ._types import RecurrentLog
+from .neurons import lif
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def _commit_spikes(st, sb, sk, t_sp, I_after, p, R, Dr, th, n_out):
 def _apply_arrivals(st, ab, ai, e, qt2, qi2, row, end, W, max_in, tm, ts):
     """Advance neurons ``(ab, ai)`` to their arrival time ``e`` (no crossing before it) and apply every arrival at
     ``e``: input entries in queue order, then pending recurrent ones in spike order."""
-    a, b, c = dyn.decay(e - st.t[ab, ai], tm[ai], ts[ai])
+    a, b, c = lif.decay(e - st.t[ab, ai], tm[ai], ts[ai])
     V, I = a * st.V[ab, ai] + c * st.I[ab, ai], b * st.I[ab, ai]
     p = st.p[ab, ai]
     r = row[ab, ai]
@@ -166,13 +166,13 @@ def _forward_sequential(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_sp
     live = np.ones(batch, bool)
     while live.any():
         nxt = _next_arrival(st, qt2, row, end)
-        fires, s_hi = dyn.fires_in_gap(st.V, st.I, nxt - st.t, tm, ts, th)
+        fires, s_hi = lif.fires_in_gap(st.V, st.I, nxt - st.t, tm, ts, th)
         fires &= live[:, None]
         cand = np.full((batch, n_out), np.inf)
         s_sol = np.zeros((batch, n_out))
         fb, fi = np.nonzero(fires)
         if fb.size:
-            s = dyn.solve_spike_time(st.V[fb, fi], st.I[fb, fi], s_hi[fb, fi], tm[fi], ts[fi], th[fi], solver)
+            s = lif.solve_spike_time(st.V[fb, fi], st.I[fb, fi], s_hi[fb, fi], tm[fi], ts[fi], th[fi], solver)
             s_sol[fb, fi] = s
             cand[fb, fi] = np.minimum(st.t[fb, fi] + s, nxt[fb, fi])
         e_spk = cand.min(axis=1)
@@ -191,7 +191,7 @@ def _forward_sequential(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_sp
 
 def _spike_round(st, hb, hk, t_sp, s, R, Dr, tm, ts, th, n_out):
     """Reset and commit the spikes ``(hb, hk)``; several in one sample go in neuron order, one per call."""
-    _, b, _ = dyn.decay(s, tm[hk], ts[hk])
+    _, b, _ = lif.decay(s, tm[hk], ts[hk])
     I_after = st.I[hb, hk] * b
     st.V[hb, hk], st.I[hb, hk], st.t[hb, hk] = 0.0, I_after, t_sp
     # rank of each spike within its sample (hb ascends, hk ascends within it)
@@ -247,7 +247,7 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
         for g in range(K):
             ok = ev_ok[:, :, g]
             tg = np.where(ok, ev_t[:, :, g], t)
-            a, b, c = dyn.decay(tg - t, tm, ts)  # ties: decay(0) is the identity, exactly
+            a, b, c = lif.decay(tg - t, tm, ts)  # ties: decay(0) is the identity, exactly
             V = np.where(ok, a * V + c * I, V)
             I = np.where(ok, b * I + ev_w[:, :, g], I)
             t = tg
@@ -257,7 +257,7 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
         last = n_ok[:, :, None] == np.arange(K + 1)
         gap_end = np.where(last, look_end[:, :, None], gap_end)
         valid = np.arange(K + 1) <= n_ok[:, :, None]
-        fires, s_hi = dyn.fires_in_gap(Vs, Is, np.where(valid, gap_end - Ts, 0.0), tm[:, None], ts[:, None],
+        fires, s_hi = lif.fires_in_gap(Vs, Is, np.where(valid, gap_end - Ts, 0.0), tm[:, None], ts[:, None],
                                        th[:, None])
         fires &= valid & live[:, None, None]
         has = fires.any(axis=2)
@@ -267,7 +267,7 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
         fb, fi = np.nonzero(has)
         if fb.size:
             gg = g0[fb, fi]
-            s = dyn.solve_spike_time(Vs[fb, fi, gg], Is[fb, fi, gg], s_hi[fb, fi, gg], tm[fi], ts[fi], th[fi],
+            s = lif.solve_spike_time(Vs[fb, fi, gg], Is[fb, fi, gg], s_hi[fb, fi, gg], tm[fi], ts[fi], th[fi],
                                      solver)
             s_sol[fb, fi] = s
             cand[fb, fi] = np.minimum(Ts[fb, fi, gg] + s, gap_end[fb, fi, gg])
@@ -387,7 +387,7 @@ class _Adjoint:
         has = c < self.counts[b, i]
         cc = np.minimum(c, self.C - 1)
         span = np.where(has, self.spike_t[b, i, cc] - t, 0.0)
-        a, bb, ci = dyn.decay(span, self.tm[i], self.ts[i])
+        a, bb, ci = lif.decay(span, self.tm[i], self.ts[i])
         lV1, lI1 = self.lamV[b, i, cc], self.lamI[b, i, cc]
         return np.where(has, a * lV1, 0.0), np.where(has, ci * lV1 + bb * lI1, 0.0)
 

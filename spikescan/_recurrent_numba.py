@@ -1,5 +1,5 @@
 """Compiled CPU kernels of the recurrent LIF layer (Numba): ``_recurrent``'s global event loop and its backward as
-scalar code, with the closed forms, gap test and solvers of ``_neuron``.
+scalar code, with the scalar closed forms, gap test and solvers of ``neurons.lif``.
 
 Imported only when a recurrent layer runs with ``engine="numba"`` (or ``"auto"`` with Numba installed). Semantics
 are those of ``_recurrent`` (its module docstring); this engine has one forward, the event loop of
@@ -17,7 +17,7 @@ same pass that applies a round's arrivals; a round of many neurons (an input ent
 reaches all of them: one scan collects them) rebuilds the tree instead of updating it leaf by leaf. The gap test,
 solver and state updates are those of the NumPy loop on the same gaps (and the shared decay table of
 ``_lif_numba`` where a gap runs from one queue entry to the next), so both give identical counts and times to
-rounding (``_neuron`` vs ``_dynamics``), and with ``R = 0`` the compiled feed-forward layer's bits. Each sample's
+rounding (scalar vs vectorised forms), and with ``R = 0`` the compiled feed-forward layer's bits. Each sample's
 ``RecurrentLog`` goes into a buffer of a guessed length; samples that outgrow it run again with the length they
 needed (the same results: the loop is deterministic). Stuck and runaway spikes stop the sample and leave a flag;
 ``forward`` raises the errors of the NumPy path after the kernel (of the sample whose error comes first in time).
@@ -45,9 +45,11 @@ import numpy as np
 from numba import njit, prange
 
 from . import _lif_numba
-from . import _neuron as nm
 from ._lif_numba import _OK, _RUNAWAY, _STUCK
 from ._types import RecurrentLog
+from .neurons import lif
+
+lif.register_numba()
 
 _jit = njit(cache=True, nogil=True)
 _pjit = _lif_numba._Parallel
@@ -106,11 +108,11 @@ def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver
     """``(time, kind, s)`` of a neuron's next event from ``(v0, i0)`` at ``t0``: the first crossing inside the gap up
     to its next arrival ``t_next`` (decay ``(a, b, c)`` over it), by the NumPy loop's gap test and solve on the same
     gap, at ``min(t0 + s, t_next)``; else that arrival."""
-    if not nm.quiet_gap(v0, i0, a, b, c, threshold):
+    if not lif.quiet_gap_scalar(v0, i0, a, b, c, threshold):
         gap = t_next - t0
-        fires, s_hi = nm.fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold)
+        fires, s_hi = lif.fires_in_gap_scalar(v0, i0, gap, tau_mem, tau_syn, threshold)
         if fires:
-            s = nm.solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver)
+            s = lif.solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver)
             return min(t0 + s, t_next), _CROSS, s
     return t_next, _ARRIVE, 0.0
 
@@ -233,7 +235,7 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
             if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
                 a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
             else:
-                a, bb, c = nm.decay(t_next - t0, tm_arr[i], ts_arr[i])
+                a, bb, c = lif.decay_scalar(t_next - t0, tm_arr[i], ts_arr[i])
             da[i] = a
             db[i] = bb
             dc[i] = c
@@ -294,7 +296,7 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
         # Spikes at e: reset all, then record, log and schedule each in neuron order.
         for q in range(ng):
             k = group[q]
-            _, bb, _ = nm.decay(s_sol[k], tm_arr[k], ts_arr[k])
+            _, bb, _ = lif.decay_scalar(s_sol[k], tm_arr[k], ts_arr[k])
             V[k] = 0.0
             I[k] = I[k] * bb
             T[k] = e
@@ -380,7 +382,6 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     (``[batch, Q]``). Returns ``(times, events, counts, log)``; raises the NumPy path's errors."""
     global _log_hint
     from ._lif_numpy import unresolvable_spike_error
-    from ._neuron import SOLVER_CODES
     from ._recurrent import _runaway_error
 
     n_out = R.shape[0]
@@ -396,7 +397,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(W, np.float64), np.ascontiguousarray(tau_mem, np.float64),
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
-              has_dr, SOLVER_CODES[solver], int(limit), table, use_table)
+              has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table)
     work = batch * n_out * qt2.shape[1]
 
     def run(samples, length):
@@ -446,7 +447,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
 def _adjoint_back(span, lV1, lI1, tau_mem, tau_syn):
     """The adjoint ``(lV, lI)`` a time ``span`` before a point where it is ``(lV1, lI1)``, no event between: the
     transposed gap map (``_recurrent._Adjoint.after``)."""
-    a, b, c = nm.decay(span, tau_mem, tau_syn)
+    a, b, c = lif.decay_scalar(span, tau_mem, tau_syn)
     return a * lV1, c * lV1 + b * lI1
 
 

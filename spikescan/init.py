@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _dynamics
 from . import _validate as v
+from .neurons import lif
 
 
 def _psp_area(s, tau_mem, tau_syn):
@@ -28,7 +28,7 @@ def _psp_area(s, tau_mem, tau_syn):
     """
     s = np.asarray(s, dtype=np.float64)
     alpha, beta = 1.0 / tau_mem, 1.0 / tau_syn
-    return alpha * s * s * _dynamics.exp_divided_difference2(-alpha * s, -beta * s)
+    return alpha * s * s * lif.exp_divided_difference2(-alpha * s, -beta * s)
 
 
 def mean_psp_peak(tau_mem, tau_syn, window, *, points=4097):
@@ -40,8 +40,8 @@ def mean_psp_peak(tau_mem, tau_syn, window, *, points=4097):
     initialisation rule needs no more precision than that).
     """
     tau_mem, tau_syn = float(tau_mem), float(tau_syn)
-    t_peak = float(_dynamics.peak_time(0.0, 1.0, tau_mem, tau_syn))
-    psp_peak = float(_dynamics.voltage(t_peak, 0.0, 1.0, tau_mem, tau_syn))
+    t_peak = float(lif.peak_time(0.0, 1.0, tau_mem, tau_syn))
+    psp_peak = float(lif.voltage(t_peak, 0.0, 1.0, tau_mem, tau_syn))
     if window <= 0.0:
         return psp_peak
     t = np.linspace(0.0, window + t_peak + 5.0 * max(tau_mem, tau_syn), points)

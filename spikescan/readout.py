@@ -84,9 +84,9 @@ def li_backward(result, grad_values, *, time_constant_grads=False):
 
     Time constants (``time_constant_grads=True``): ``d/d tau_mem[i]`` and ``d/d tau_syn[i]`` of ``sum g * values``
     at fixed input times and weights, from the closed forms (``tau_readout`` and ``t_max`` are constants and get
-    none). ``"final"``: ``sum W dc/dtau (t_max - t_m)`` (``_dynamics.decay_param_grads``). ``"integral"``: the
+    none). ``"final"``: ``sum W dc/dtau (t_max - t_m)`` (``neurons.lif.decay_param_grads``). ``"integral"``: the
     derivative of the kernel ``kappa``, a divided difference of exponentials, in one of its nodes: a third divided
-    difference (``_dynamics.exp_divided_difference3``); stable for equal or close time constants. ``"max"``: the
+    difference (``neurons.lif.exp_divided_difference3``); stable for equal or close time constants. ``"max"``: the
     explicit ``sum W dc/dtau (t* - t_m)`` at fixed ``t*``: at an interior peak ``V'(t*) = 0`` cancels the motion of
     ``t*``, and at ``0``, ``t_max`` or a kink ``t*`` is a bound or an input time, which the time constants do not
     move.

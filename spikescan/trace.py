@@ -17,11 +17,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _dynamics as dyn
 from . import _validate as v
 from ._queue import build_queues
 from ._scan import recurrence_scan
 from .lif import METHODS, lif_forward
+from .neurons import lif
 
 # Neurons x (events + grid times) handled at once, to bound memory (a few dozen float64 temporaries per point).
 _POINTS_PER_GROUP = 1 << 20
@@ -103,7 +103,7 @@ def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
     finite = np.isfinite(times)
     prev = np.concatenate([np.zeros((N, 1)), times[:, :-1]], axis=1)
     gap = np.where(finite, times - np.where(finite, prev, 0.0), 0.0)
-    a, b, c = dyn.decay(gap, tm[:, None], ts[:, None])
+    a, b, c = lif.decay(gap, tm[:, None], ts[:, None])
     # Input: (V, I) -> (a V + c I, b I + w). Spike (reset): (V, I) -> (0, b I). Padding (+inf): unused.
     a = np.where(is_spike, 0.0, a)
     c = np.where(is_spike, 0.0, c)
@@ -124,7 +124,7 @@ def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
     V0 = np.where(has, np.take_along_axis(state[0], lc, axis=1), 0.0)
     I0 = np.where(has, np.take_along_axis(state[1], lc, axis=1), 0.0)
     t0 = np.where(has, np.take_along_axis(times, lc, axis=1), 0.0)
-    a, b, c = dyn.decay(t[None, :] - t0, tm[:, None], ts[:, None])
+    a, b, c = lif.decay(t[None, :] - t0, tm[:, None], ts[:, None])
     return a * V0 + c * I0, b * I0
 
 

@@ -186,11 +186,11 @@ def test_simultaneous_spikes_commit_in_neuron_order(backend):
 def test_crossing_at_the_time_of_an_input_entry_comes_first(backend):
     # The threshold is V at t = 3 exactly (V still rising there), where the next input arrives: the spike is at 3.0,
     # before that input (spike_event 1), and its zero-delay self-arrival comes after the reset.
-    from spikescan import _dynamics
+    from spikescan.neurons import lif
 
     t = np.array([[[1.0, 3.0, 5.0]]])
     W = np.array([[3.0]])
-    threshold = float(_dynamics.voltage(2.0, 0.0, 3.0, 6.0, 4.0))
+    threshold = float(lif.voltage(2.0, 0.0, 3.0, 6.0, 4.0))
     ref = check(backend, t, W, np.array([[0.4]]), tau_mem=6.0, tau_syn=4.0, threshold=threshold, max_spikes=4,
                 min_spikes=1, block_sizes=(1,))
     assert ref.times[0, 0, 0] == 3.0 and ref.residuals.spike_event[0, 0, 0] == 1

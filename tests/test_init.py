@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 import spikescan
-from spikescan import _dynamics
+from spikescan.neurons import lif as lif_model
 from spikescan.init import calibrate_scale, firing_fraction, input_statistics, mean_psp_peak, mean_weight
 
 TAU_MEM, TAU_SYN = 10.0, 5.0
 
 
 def test_near_synchronous_rule_is_the_psp_peak():
-    t_peak = _dynamics.peak_time(0.0, 1.0, TAU_MEM, TAU_SYN)
-    psp_peak = float(_dynamics.voltage(t_peak, 0.0, 1.0, TAU_MEM, TAU_SYN))
+    t_peak = lif_model.peak_time(0.0, 1.0, TAU_MEM, TAU_SYN)
+    psp_peak = float(lif_model.voltage(t_peak, 0.0, 1.0, TAU_MEM, TAU_SYN))
     assert mean_psp_peak(TAU_MEM, TAU_SYN, 0.0) == pytest.approx(psp_peak, rel=1e-12)
     assert mean_weight(40, tau_mem=TAU_MEM, tau_syn=TAU_SYN) == pytest.approx(1.5 / (40 * psp_peak), rel=1e-12)
 
@@ -24,7 +24,7 @@ def test_mean_psp_peak_matches_quadrature(tau_mem, tau_syn, window):
     s = np.linspace(0.0, window, 4001)
     t = np.linspace(0.0, window + 10 * max(tau_mem, tau_syn), 801)
     u = t[:, None] - s[None, :]
-    c = np.where(u > 0, _dynamics.decay(np.maximum(u, 0.0), tau_mem, tau_syn)[2], 0.0)
+    c = np.where(u > 0, lif_model.decay(np.maximum(u, 0.0), tau_mem, tau_syn)[2], 0.0)
     mean = np.trapezoid(c, s, axis=1) / window
     assert mean_psp_peak(tau_mem, tau_syn, window) == pytest.approx(mean.max(), rel=2e-3)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import spikescan as ss
-from spikescan import _dynamics as dyn
+from spikescan.neurons import lif
 from spikescan._scan import recurrence_loop, recurrence_scan
 
 from _cases import queue_of_length, random_spikes, weights
@@ -457,11 +457,11 @@ def test_recurrence_scan_equals_loop():
 
 def test_decay_is_stable_near_equal_time_constants():
     s = np.array([0.0, 1e-3, 1.0, 10.0, 100.0])
-    a, b, c = dyn.decay(s, 5.0, 5.0)
+    a, b, c = lif.decay(s, 5.0, 5.0)
     np.testing.assert_allclose(c, s / 5.0 * np.exp(-s / 5.0), rtol=1e-15)
-    _, _, c_near = dyn.decay(s, 5.0, 5.0 * (1 + 1e-10))
+    _, _, c_near = lif.decay(s, 5.0, 5.0 * (1 + 1e-10))
     np.testing.assert_allclose(c_near, c, rtol=1e-8)
-    assert dyn.decay(np.inf, 5.0, 3.0) == (0.0, 0.0, 0.0)
+    assert lif.decay(np.inf, 5.0, 3.0) == (0.0, 0.0, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

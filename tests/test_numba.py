@@ -4,14 +4,14 @@ every test of test_lif.py and test_reliability.py runs on both engines (tests/co
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import pytest
 
 import spikescan as ss
-from spikescan import _dynamics, _lif_numpy, _neuron
+from spikescan import _lif_numpy
+from spikescan.neurons import lif
 
 from tolerances import TOL
 
@@ -163,29 +163,6 @@ def test_without_numba_auto_falls_back_and_numba_says_how_to_install(monkeypatch
         ss.lif_forward(t, W, engine="numba", **kw)
 
 
-def test_scalar_closed_forms_match_the_vectorised_reference():
-    rng = np.random.default_rng(8)
-    for _ in range(300):
-        tm, ts = rng.uniform(0.5, 20), rng.choice([rng.uniform(0.5, 20), None])
-        ts = tm * (1 + rng.choice([0.0, 1e-9, 1e-3])) if ts is None else ts
-        s, v0, i0 = rng.exponential(5), rng.uniform(-1, 1), rng.uniform(-1, 4)
-        np.testing.assert_allclose(_neuron.decay(s, tm, ts), [x.item() for x in _dynamics.decay(s, tm, ts)],
-                                   rtol=1e-14, atol=1e-300)
-        p, q = _neuron.peak_time(v0, i0, tm, ts), _dynamics.peak_time(v0, i0, tm, ts).item()
-        assert (p == q == math.inf) or p == pytest.approx(q, rel=1e-13)
-        if v0 < 1.0:
-            f, hi = _neuron.fires_in_gap(v0, i0, s, tm, ts, 1.0)
-            f_ref, hi_ref = _dynamics.fires_in_gap(v0, i0, s, tm, ts, 1.0)
-            assert f == bool(f_ref)
-            if f:
-                for solver, code in _neuron.SOLVER_CODES.items():
-                    if solver == "analytic":
-                        continue
-                    a = _neuron.solve_spike_time(v0, i0, hi, tm, ts, 1.0, code)
-                    b = _dynamics.solve_spike_time(v0, i0, hi_ref, tm, ts, 1.0, solver).item()
-                    assert a == pytest.approx(b, rel=1e-13, abs=1e-13)
-
-
 def test_quiet_gap_shortcut_never_hides_a_spike():
     """``quiet_gap`` only says "no spike" where the full gap test says so too, including states a few ulps from
     the threshold; and it does fire the shortcut on most quiet gaps (else it would save nothing)."""
@@ -196,11 +173,11 @@ def test_quiet_gap_shortcut_never_hides_a_spike():
         s = rng.exponential(3)
         v0 = rng.uniform(-0.5, 1.0) if n % 3 else 1.0 - rng.integers(1, 50) * 2.2e-16
         i0 = rng.uniform(-1, 3) if n % 5 else 1.0 + rng.integers(-50, 50) * 2.2e-16
-        a, b, c = _neuron.decay(s, tm, ts)
-        fires, _ = _neuron.fires_in_gap(v0, i0, s, tm, ts, 1.0)
-        fires_ref = bool(_dynamics.fires_in_gap(v0, i0, s, tm, ts, 1.0)[0])
+        a, b, c = lif.decay_scalar(s, tm, ts)
+        fires, _ = lif.fires_in_gap_scalar(v0, i0, s, tm, ts, 1.0)
+        fires_ref = bool(lif.fires_in_gap(v0, i0, s, tm, ts, 1.0)[0])
         assert fires == fires_ref
-        if _neuron.quiet_gap(v0, i0, a, b, c, 1.0):
+        if lif.quiet_gap_scalar(v0, i0, a, b, c, 1.0):
             assert not fires_ref, (v0, i0, s, tm, ts)
             shortcut += 1
         quiet += not fires_ref

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import spikescan
-from spikescan import _dynamics as dyn
+from spikescan.neurons import lif
 from spikescan import _readout_numpy
 from spikescan import li_backward, li_forward, peak_voltage, peak_voltage_backward
 from tolerances import TOL
@@ -42,7 +42,7 @@ def _brute_peak(t, W, tau_mem, tau_syn, D=None, n_grid=4000, golden_iters=90):
 
             def V(x):
                 s = x[..., None] - arr
-                _, _, c = dyn.decay(np.maximum(s, 0.0), tm[i], ts[i])
+                _, _, c = lif.decay(np.maximum(s, 0.0), tm[i], ts[i])
                 return np.sum(np.where(s > 0, c, 0.0) * w, axis=-1)
 
             end = arr.max() + 40.0 * max(tm[i], ts[i])  # the PSPs have decayed by e^-40 after this

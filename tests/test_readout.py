@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import spikescan
-from spikescan import _dynamics as dyn
+from spikescan.neurons import lif
 from spikescan import _readout_numpy
 from spikescan import li_backward, li_forward
 from spikescan.cuda import _readout as _readout_cuda
@@ -102,7 +102,7 @@ def test_exp_divided_difference2_matches_mpmath():
 
     nodes = [(0.0, 0.0), (-1e-12, 0.0), (-1.0, -1.0), (-1.0 - 1e-7, -1.0), (-0.999, -1.001), (-5.0, -5.0 + 1e-9),
              (-1e3, -1e3), (-1e3, 0.0), (-1e-300, -1e3), (-800.0, -801.0), (-2.0, -1e-8), (-0.3, -3e-6)]
-    got = dyn.exp_divided_difference2(np.array([a for a, _ in nodes]), np.array([b for _, b in nodes]))
+    got = lif.exp_divided_difference2(np.array([a for a, _ in nodes]), np.array([b for _, b in nodes]))
     want = np.array([float(ref(a, b)) for a, b in nodes])
     np.testing.assert_allclose(got, want, rtol=2e-15, atol=0)
 
@@ -123,7 +123,7 @@ def test_exp_divided_difference3_matches_mpmath():
     w = np.array(nodes).T
     want = np.array([float(ref(*n)) for n in nodes])
     for perm in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):  # symmetric in its nodes
-        np.testing.assert_allclose(dyn.exp_divided_difference3(*w[list(perm)]), want, rtol=4e-15, atol=0)
+        np.testing.assert_allclose(lif.exp_divided_difference3(*w[list(perm)]), want, rtol=4e-15, atol=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------

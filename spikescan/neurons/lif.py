@@ -1,18 +1,39 @@
-"""Closed forms of the current-based LIF neuron between input events (DESIGN.md sections 1-3).
+"""The current-based leaky integrate-and-fire neuron with exact hard reset (DESIGN.md sections 1-3): its closed forms
+between events, the exact gap test, the spike-time solvers and the derivatives with respect to its time constants.
 
-Everything here is elementwise float64 NumPy and is the single home of each formula: the sequential reference,
-the chunked scan, the readout and the backward passes all call these functions.
+Dynamics of one neuron::
+
+    tau_mem dV/dt = -V + I,   tau_syn dI/dt = -I,
+    input of weight w at t:   I <- I + w,
+    V(t) = threshold:         spike at t, V <- 0 (I kept).
 
 Between events, from state ``(V0, I0)`` over a gap of length ``s``::
 
     I(s) = b I0,  V(s) = a V0 + c I0,   a = e^{-s/tau_mem}, b = e^{-s/tau_syn},
     c = r (a - b),  r = tau_syn / (tau_mem - tau_syn)
 
-``c`` is computed without cancellation as ``(s/tau_mem) a expm1(-s d)/(-s d)`` with
-``d = 1/tau_syn - 1/tau_mem`` when ``|s d|`` is small, which also covers ``tau_mem == tau_syn`` exactly.
+``c`` is computed without cancellation as ``(s/tau_mem) a expm1(x)/x`` with ``x = s (1/tau_mem - 1/tau_syn)`` when
+``|x| < 1``, which also covers ``tau_mem == tau_syn`` exactly.
+
+Every formula is written twice, the two forms next to each other and in the same operation order:
+
+- the vectorised form (``decay``, ``voltage``, ``peak_time``, ``fires_in_gap``, ``solve_spike_time``,
+  ``decay_param_grads``, ``exp_divided_difference2/3``): elementwise float64 NumPy with broadcasting, called by the
+  NumPy engines (sequential reference, chunked scan, recurrent layer), the readout, ``trace`` and ``init``;
+- the scalar form (``<name>_scalar``, plus the shortcut ``quiet_gap_scalar``): one neuron at a time with the
+  ``math`` module, called by the compiled CPU kernels (``_lif_numba``, ``_recurrent_numba``). They are plain Python
+  functions until ``register_numba()`` (run by those modules when they are imported) registers them with
+  ``numba.extending.register_jitable``, so importing this module neither imports Numba nor compiles anything.
+
+The GPU twin is ``cuda/kernels/common.cuh``.
+
+A new neuron model is one module like this one (``spikescan/neurons/<model>.py``, the same functions in both forms)
+and one CUDA header with the same members; the engines reach the model only through these names.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -20,6 +41,33 @@ import numpy as np
 # pathological (grazing) cases.  Newton falls back to bisection inside its bracket, so both reach full precision.
 NEWTON_MAX_ITERS = 100
 BISECTION_MAX_ITERS = 1100
+# Solver codes of the scalar form (the compiled kernels take an int).
+SOLVER_NEWTON, SOLVER_BISECTION, SOLVER_ANALYTIC = 0, 1, 2
+SOLVER_CODES = {"newton": SOLVER_NEWTON, "bisection": SOLVER_BISECTION, "analytic": SOLVER_ANALYTIC}
+_EPS = 2.220446049250313e-16
+_INF = math.inf
+
+_SCALAR_FORMS = []
+_numba_registered = False
+
+
+def _scalar(fn):
+    """Marks ``fn`` as a scalar form for ``register_numba``; returns it unchanged."""
+    _SCALAR_FORMS.append(fn)
+    return fn
+
+
+def register_numba():
+    """Make the scalar forms callable from Numba-compiled code (``register_jitable``; idempotent). The compiled
+    engines' modules call it when they are imported, before anything of theirs compiles."""
+    global _numba_registered
+    if _numba_registered:
+        return
+    from numba.extending import register_jitable
+
+    for fn in _SCALAR_FORMS:
+        register_jitable(fn)
+    _numba_registered = True
 
 
 def _phi(x):
@@ -29,11 +77,23 @@ def _phi(x):
     return np.where(x == 0.0, 1.0, np.expm1(safe) / safe)
 
 
+@_scalar
+def phi_scalar(x):
+    """``expm1(x) / x`` with ``phi(0) = 1``."""
+    return 1.0 if x == 0.0 else math.expm1(x) / x
+
+
 def _log1p_ratio(z):
     """``log1p(z) / z`` with ``1`` at ``z = 0``."""
     z = np.asarray(z, dtype=np.float64)
     safe = np.where(z == 0.0, 1.0, z)
     return np.where(z == 0.0, 1.0, np.log1p(safe) / safe)
+
+
+@_scalar
+def log1p_ratio_scalar(z):
+    """``log1p(z) / z`` with ``1`` at ``z = 0``."""
+    return 1.0 if z == 0.0 else math.log1p(z) / z
 
 
 def exp_divided_difference2(w1, w2):
@@ -80,11 +140,11 @@ def exp_divided_difference3(w1, w2, w3):
     integral kernel need. Always in ``(0, 1/6]``.
 
     Computed without cancellation in the same two regimes as ``exp_divided_difference2``: when the lowest node
-    ``lo`` is below ``-1``, as ``(exp[0, x, y] - exp[x, y, lo]) / (0 - lo)`` across the widest pair (``x, y`` the other
-    two nodes; ``exp[x, y, lo] = e^y exp[0, x - y, lo - y]`` with ``y >= x`` has no overflow; the two terms stay
-    apart by a factor of at least ``e/2``, about 1.36, reached at ``lo = -1, x = y = 0``); otherwise by the series ``sum_m h_m(w1, w2, w3) / (m + 3)!`` with the
-    complete homogeneous polynomials, ``h_m(w1, w2, w3) = w3 h_{m-1}(w1, w2, w3) + h_m(w1, w2)``, whose terms fall
-    below ``1e-19`` by ``m = 20``.
+    ``lo`` is below ``-1``, as ``(exp[0, x, y] - exp[x, y, lo]) / (0 - lo)`` across the widest pair (``x, y`` the
+    other two nodes; ``exp[x, y, lo] = e^y exp[0, x - y, lo - y]`` with ``y >= x`` has no overflow; the two terms
+    stay apart by a factor of at least ``e/2``, about 1.36, reached at ``lo = -1, x = y = 0``); otherwise by the
+    series ``sum_m h_m(w1, w2, w3) / (m + 3)!`` with the complete homogeneous polynomials,
+    ``h_m(w1, w2, w3) = w3 h_{m-1}(w1, w2, w3) + h_m(w1, w2)``, whose terms fall below ``1e-19`` by ``m = 20``.
     """
     nodes = np.sort(np.stack(np.broadcast_arrays(*(np.asarray(w, dtype=np.float64) for w in (w1, w2, w3)))), axis=0)
     lo, x, y = nodes
@@ -140,6 +200,21 @@ def decay(s, tau_mem, tau_syn):
     return a, b, c
 
 
+@_scalar
+def decay_scalar(s, tau_mem, tau_syn):
+    """``(a, b, c)`` of the gap map ``[[a, c], [0, b]]`` for a gap ``s >= 0``; ``(0, 0, 0)`` for ``s = inf``."""
+    if not math.isfinite(s):
+        return 0.0, 0.0, 0.0
+    a = math.exp(-s / tau_mem)
+    b = math.exp(-s / tau_syn)
+    x = s * (1.0 / tau_mem - 1.0 / tau_syn)
+    if abs(x) < 1.0:
+        c = (s / tau_mem) * a * phi_scalar(x)
+    else:
+        c = tau_syn / (tau_mem - tau_syn) * (a - b)
+    return a, b, c
+
+
 def _phi_prime(x):
     """``d/dx (expm1(x) / x) = (x e^x - e^x + 1) / x^2``: the series ``sum_k k x^(k-1) / (k+1)!`` for ``|x| < 1``
     (its closed form cancels there), the closed form elsewhere; ``1/2`` at 0."""
@@ -153,6 +228,20 @@ def _phi_prime(x):
         out = out + term
     xl = np.where(small, 1.0, x)
     return np.where(small, out, (xl * np.exp(xl) - np.expm1(xl)) / (xl * xl))
+
+
+@_scalar
+def phi_prime_scalar(x):
+    """``d/dx (expm1(x) / x)``: its series ``sum_k k x^(k-1) / (k+1)!`` for ``|x| < 1``, the closed form
+    ``(x e^x - expm1(x)) / x^2`` elsewhere (twin of ``_phi_prime``)."""
+    if abs(x) < 1.0:
+        term = 0.5
+        out = 0.5
+        for k in range(2, 22):
+            term = term * x * k / ((k - 1) * (k + 1))
+            out = out + term
+        return out
+    return (x * math.exp(x) - math.expm1(x)) / (x * x)
 
 
 def decay_param_grads(s, tau_mem, tau_syn):
@@ -188,9 +277,38 @@ def decay_param_grads(s, tau_mem, tau_syn):
     return tuple(np.where(finite, y, 0.0) for y in (a_tm, c_tm, b_ts, c_ts))
 
 
+@_scalar
+def decay_param_grads_scalar(s, tau_mem, tau_syn, a, b, c):
+    """``(da/dtau_mem, dc/dtau_mem, db/dtau_syn, dc/dtau_syn)`` at fixed gap ``s`` with its decay ``(a, b, c)``
+    (twin of ``decay_param_grads``); zeros for ``s = inf``."""
+    if not math.isfinite(s):
+        return 0.0, 0.0, 0.0, 0.0
+    a_tm = a * s / (tau_mem * tau_mem)
+    b_ts = b * s / (tau_syn * tau_syn)
+    x = s * (1.0 / tau_mem - 1.0 / tau_syn)
+    if abs(x) < 1.0:
+        pre = (s / tau_mem) * a
+        dphi = phi_prime_scalar(x)
+        c_tm = c * (s / tau_mem - 1.0) / tau_mem - pre * dphi * s / (tau_mem * tau_mem)
+        c_ts = pre * dphi * s / (tau_syn * tau_syn)
+    else:
+        diff = tau_mem - tau_syn
+        r = tau_syn / diff
+        c_tm = -tau_syn / (diff * diff) * (a - b) + r * a_tm
+        c_ts = tau_mem / (diff * diff) * (a - b) - r * b_ts
+    return a_tm, c_tm, b_ts, c_ts
+
+
 def voltage(s, v0, i0, tau_mem, tau_syn):
     """``V(s)`` from ``(v0, i0)`` after a gap ``s`` with no input."""
     a, _, c = decay(s, tau_mem, tau_syn)
+    return a * v0 + c * i0
+
+
+@_scalar
+def voltage_scalar(s, v0, i0, tau_mem, tau_syn):
+    """``V(s)`` from ``(v0, i0)`` after a gap ``s`` with no input."""
+    a, _, c = decay_scalar(s, tau_mem, tau_syn)
     return a * v0 + c * i0
 
 
@@ -215,6 +333,17 @@ def peak_time(v0, i0, tau_mem, tau_syn):
     return np.where(has_peak, s_peak, np.inf)
 
 
+@_scalar
+def peak_time_scalar(v0, i0, tau_mem, tau_syn):
+    """Time ``s_peak > 0`` of the maximum of ``V`` after ``(v0, i0)``, ``inf`` where ``V`` has no interior peak."""
+    rising = (i0 > 0.0) and (i0 > v0)
+    ratio = v0 / i0 if rising else 0.0
+    z = (1.0 - tau_syn / tau_mem) * (ratio - 1.0)
+    if not (rising and (1.0 + z > 0.0)):
+        return _INF
+    return tau_syn * (1.0 - ratio) * log1p_ratio_scalar(z)
+
+
 def fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold):
     """Exact gap test (DESIGN.md section 2) for states with ``v0 < threshold``.
 
@@ -229,6 +358,48 @@ def fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold):
     v_hi = voltage(np.where(fin, s_hi, 0.0), v0, i0, tau_mem, tau_syn)
     fires = fin & (v_hi >= threshold) & (np.asarray(i0) > np.asarray(v0))
     return fires, s_hi
+
+
+@_scalar
+def fires_in_gap_scalar(v0, i0, gap, tau_mem, tau_syn, threshold):
+    """Exact gap test for ``v0 < threshold``: ``(fires, s_hi)``, ``s_hi = min(s_peak, gap)`` the bracket's end.
+
+    Cheap exit first: ``V`` only rises while ``V < I`` and ``I`` decays towards 0, so ``V(s) <= max(v0, i0, 0)``
+    for all ``s``; when that bound is below the threshold by more than the rounding error of evaluating ``V``
+    (``1e-14 (|v0| + |i0| + threshold)``), no evaluation of the full test could reach the threshold either, and the
+    answer is the same as the full test's without a transcendental call (``s_hi`` is then ``gap``, unused).
+    """
+    if max(v0, i0) + 1e-14 * (abs(v0) + abs(i0) + threshold) < threshold:
+        return False, gap
+    s_hi = min(peak_time_scalar(v0, i0, tau_mem, tau_syn), gap)
+    # V(inf) = 0 < threshold: an infinite bracket (no peak, open gap) never fires.
+    if not (math.isfinite(s_hi) and s_hi > 0.0):
+        return False, s_hi
+    v_hi = voltage_scalar(s_hi, v0, i0, tau_mem, tau_syn)
+    return (v_hi >= threshold) and (i0 > v0), s_hi
+
+
+@_scalar
+def quiet_gap_scalar(v0, i0, a, b, c, threshold):
+    """True when ``V`` provably stays below ``threshold`` over a gap with decay ``(a, b, c)`` from ``(v0, i0)``.
+
+    An exact shortcut of ``fires_in_gap`` for the compiled kernels, which already hold the gap's decay for the
+    state update: ``V`` has at most one extremum, so when it is still rising at the gap's end (``b i0 > V_end``),
+    its maximum over the gap is at an end, and ``V(0) = v0 < threshold``; so ``V_end < threshold`` settles it. Both
+    comparisons keep a margin of ``1e-14 (|v0| + |i0| + threshold)`` (far above the rounding of evaluating them), so
+    that the full test, which evaluates ``V`` at ``min(s_peak, gap)``, could not decide otherwise. With the bound
+    ``V <= max(v0, i0, 0)`` of ``fires_in_gap``.
+    """
+    margin = 1e-14 * (abs(v0) + abs(i0) + threshold)
+    if max(v0, i0) + margin < threshold:
+        return True
+    v_end = a * v0 + c * i0
+    return (v_end + margin < threshold) and (b * i0 - v_end > margin)
+
+
+@_scalar
+def _next_up(x):
+    return math.nextafter(x, _INF)
 
 
 def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton"):
@@ -302,3 +473,63 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
     v_lo = voltage(lo, v0, i0, tau_mem, tau_syn)
     v_hi = voltage(hi, v0, i0, tau_mem, tau_syn)
     return np.where(threshold - v_lo <= v_hi - threshold, lo, hi)
+
+
+@_scalar
+def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
+    """First root of ``V(s) = threshold`` on ``[0, s_hi]`` for a firing state (``solver``: a ``SOLVER_*`` code).
+
+    The three-probe bracketed Newton of ``solve_spike_time`` (Newton step from ``lo``, chord point,
+    midpoint; stops at a two-ulp bracket, a Newton step below float64 resolution, or ``V(hi)`` within the rounding
+    of the threshold), bisection to one ulp, or the closed form for ``tau_mem == 2 tau_syn``.
+    """
+    if solver == SOLVER_ANALYTIC:
+        disc = max((i0 - v0) * (i0 - v0) - 4.0 * i0 * (threshold - v0), 0.0)
+        xm1 = -2.0 * (threshold - v0) / (math.sqrt(disc) + (i0 - v0))
+        return -tau_mem * math.log1p(xm1)
+    lo = 0.0
+    hi = s_hi
+    if solver == SOLVER_BISECTION:
+        for _ in range(BISECTION_MAX_ITERS):
+            mid = 0.5 * (lo + hi)
+            if not ((mid > lo) and (mid < hi)):
+                break
+            if voltage_scalar(mid, v0, i0, tau_mem, tau_syn) >= threshold:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+    noise = _EPS * (threshold + abs(v0) + abs(i0))
+    v_lo = v0
+    b_lo = 1.0
+    v_hi = voltage_scalar(hi, v0, i0, tau_mem, tau_syn)
+    for _ in range(NEWTON_MAX_ITERS):
+        slope = (b_lo * i0 - v_lo) / tau_mem
+        step = (threshold - v_lo) / (slope if slope > 0.0 else 1.0)
+        if not ((_next_up(_next_up(lo)) < hi) and not ((slope > 0.0) and (step <= _EPS * lo))
+                and (v_hi - threshold > noise)):
+            break
+        rise = v_hi - v_lo
+        p0 = lo + step if slope > 0.0 else lo
+        p1 = lo + (hi - lo) * ((threshold - v_lo) / (rise if rise > 0.0 else 1.0))
+        p2 = 0.5 * (lo + hi)
+        # All three probes are evaluated from the same bracket, then applied in order (as the NumPy solver does).
+        a0, b0, c0 = decay_scalar(p0, tau_mem, tau_syn)
+        a1, b1, c1 = decay_scalar(p1, tau_mem, tau_syn)
+        a2, b2, c2 = decay_scalar(p2, tau_mem, tau_syn)
+        for q in range(3):
+            if q == 0:
+                s_try, v_try, b_try = p0, a0 * v0 + c0 * i0, b0
+            elif q == 1:
+                s_try, v_try, b_try = p1, a1 * v0 + c1 * i0, b1
+            else:
+                s_try, v_try, b_try = p2, a2 * v0 + c2 * i0, b2
+            if not ((s_try > lo) and (s_try < hi)):
+                continue
+            if v_try >= threshold:
+                hi, v_hi = s_try, v_try
+            else:
+                lo, v_lo, b_lo = s_try, v_try, b_try
+    r_lo = threshold - voltage_scalar(lo, v0, i0, tau_mem, tau_syn)
+    r_hi = voltage_scalar(hi, v0, i0, tau_mem, tau_syn) - threshold
+    return lo if r_lo <= r_hi else hi
