@@ -254,7 +254,7 @@ class HostKernels:
             else:
                 raise TypeError(f"unsupported kernel argument {type(a).__name__}")
         ptrs = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        name = _kernels.name_expression(kernel, np.dtype(dtype).name)
+        name = _kernels.name_expression(module, kernel, np.dtype(dtype).name)
         rc = self.library(module).spikescan_emu_launch(name.encode(), int(grid), int(block), int(shared_mem), ptrs)
         if rc == -2:
             raise ValueError(f"block must be 1 to 1024 threads, got {block}")

@@ -34,34 +34,45 @@ MODULES = {
 # Modules instantiated for some entries of DTYPES only (queue times are float64 whatever the layer's dtype).
 MODULE_DTYPES = {"queue": ("float64",)}
 
+# Modules whose kernels are templates on the neuron model too (``template <typename T, class Neuron>``), and the
+# model struct they are instantiated for (kernels/neurons/<model>.cuh).
+MODULE_NEURONS = {"lif_forward": "spikescan_lif", "lif_backward": "spikescan_lif", "readout": "spikescan_lif"}
+
 # Compiler options used at run time (CuPy adds the architecture and its own defaults) and by the check.
 OPTIONS = ("--std=c++17",)
 # Options that CuPy's RawModule adds by itself; the offline check adds them too so that it compiles the same thing.
 _CUPY_IMPLICIT_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 
 
-def name_expression(kernel, dtype_name):
-    """``"spikescan_x<double>"`` for kernel ``spikescan_x`` and dtype ``"float64"``."""
-    return f"{kernel}<{DTYPES[str(dtype_name)]}>"
+def name_expression(module, kernel, dtype_name):
+    """``"spikescan_x<double>"`` for kernel ``spikescan_x`` and dtype ``"float64"``, or
+    ``"spikescan_x<double, spikescan_lif>"`` in a module templated on the neuron model."""
+    neuron = MODULE_NEURONS.get(module)
+    return f"{kernel}<{DTYPES[str(dtype_name)]}{', ' + neuron if neuron else ''}>"
 
 
 def name_expressions(module):
-    return [name_expression(k, d) for k in MODULES[module] for d in MODULE_DTYPES.get(module, DTYPES)]
+    return [name_expression(module, k, d) for k in MODULES[module] for d in MODULE_DTYPES.get(module, DTYPES)]
 
 
 def source(module):
-    """Full source of ``kernels/<module>.cu`` with local ``#include "x.cuh"`` files inlined (NVRTC needs no paths)."""
+    """Full source of ``kernels/<module>.cu`` with local ``#include "x.cuh"`` files inlined (NVRTC needs no paths).
+
+    An include is resolved relative to the file that includes it (``neurons/lif.cuh`` includes ``../common.cuh``),
+    and every file is inlined once, where it is first included (``#pragma once``)."""
     seen = set()
 
-    def expand(fname):
-        if fname in seen:  # include guards: every header once
+    def expand(path):
+        path = os.path.normpath(path)
+        if path in seen:  # include guards: every header once
             return ""
-        seen.add(fname)
-        with open(os.path.join(_KERNEL_DIR, fname)) as f:
+        seen.add(path)
+        with open(path) as f:
             text = f.read().replace("#pragma once", "")
-        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+        here = os.path.dirname(path)
+        return _INCLUDE.sub(lambda m: expand(os.path.join(here, m.group(1))), text)
 
-    return expand(module + ".cu")
+    return expand(os.path.join(_KERNEL_DIR, module + ".cu"))
 
 
 _cache = {}
@@ -87,7 +98,7 @@ def get_kernel(module, kernel, dtype):
     """The ``cupy.RawKernel`` ``kernel<T>`` of ``module`` for ``T`` matching NumPy ``dtype``."""
     import numpy as np
 
-    return get_module(module).get_function(name_expression(kernel, np.dtype(dtype).name))
+    return get_module(module).get_function(name_expression(module, kernel, np.dtype(dtype).name))
 
 
 def launch(module, kernel, dtype, grid, block, args, shared_mem=0):

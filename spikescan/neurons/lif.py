@@ -25,10 +25,11 @@ Every formula is written twice, the two forms next to each other and in the same
   functions until ``register_numba()`` (run by those modules when they are imported) registers them with
   ``numba.extending.register_jitable``, so importing this module neither imports Numba nor compiles anything.
 
-The GPU twin is ``cuda/kernels/common.cuh``.
+The GPU twin is ``cuda/kernels/neurons/lif.cuh`` (``struct spikescan_lif``), on which the CUDA kernels are templated.
 
 A new neuron model is one module like this one (``spikescan/neurons/<model>.py``, the same functions in both forms)
-and one CUDA header with the same members; the engines reach the model only through these names.
+and one CUDA header (``cuda/kernels/neurons/<model>.cuh``, a struct with the same members, instantiated in
+``cuda/_kernels.py``); the engines reach the model only through these names.
 """
 
 from __future__ import annotations

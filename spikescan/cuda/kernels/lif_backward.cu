@@ -1,6 +1,7 @@
 // spikescan: exact adjoint (backward) of the LIF layer forward (DESIGN.md section 6).
 //
-// spikescan_lif_backward<T>: one thread per (batch, neuron); T is the dtype of grad_times.
+// spikescan_lif_backward<T>: one thread per (batch, neuron); T is the dtype of grad_times.  Both kernels of this file
+// are also templates on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif).
 //
 // A neuron's history up to its last recorded spike is a sequence of P "points" in time order: its queue entries
 // k < spike_event[last] and its recorded spikes (spike m sits after the entries k < spike_event[m]).  Nothing after
@@ -28,13 +29,13 @@
 // grad_threshold [n_out]; float64, zero-filled by the launcher; grad_input_times is only written when
 // has_input_grad != 0, grad_delays only when has_delays != 0) use atomicAdd on double (sm_60+): summation order,
 // and so the last bits, vary from run to run.
-#include "common.cuh"
+#include "neurons/lif.cuh"
 
 #ifndef SPIKESCAN_BWD_CHUNK
 #define SPIKESCAN_BWD_CHUNK 32
 #endif
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_lif_backward(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -77,14 +78,14 @@ __global__ void spikescan_lif_backward(
         const long long k = p - m;
         if (m < n_rec && se[m] == k) {
             const double t = st[m];
-            const spikescan_decay_t d = spikescan_decay(t - tau, tau_mem, tau_syn);
+            const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
             V = 0.0;
             I = d.b * I;
             tau = t;
             ++m;
         } else {
             const double t = qt[k];
-            const spikescan_decay_t d = spikescan_decay(t - tau, tau_mem, tau_syn);
+            const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
             const double V_new = d.a * V + d.c * I;
             I = d.b * I + spikescan_event_weight(weights, qi[k], max_in, n_out, i);
             V = V_new;
@@ -114,7 +115,7 @@ __global__ void spikescan_lif_backward(
             if (m < n_rec && se[m] == k) {
                 code[slot] = -(m + 1);
                 const double t = st[m];
-                const spikescan_decay_t d = spikescan_decay(t - tau, tau_mem, tau_syn);
+                const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
                 V = 0.0;
                 I = d.b * I;
                 tau = t;
@@ -122,7 +123,7 @@ __global__ void spikescan_lif_backward(
             } else {
                 code[slot] = k;
                 const double t = qt[k];
-                const spikescan_decay_t d = spikescan_decay(t - tau, tau_mem, tau_syn);
+                const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
                 const double V_new = d.a * V + d.c * I;
                 I = d.b * I + spikescan_event_weight(weights, qi[k], max_in, n_out, i);
                 V = V_new;
@@ -135,10 +136,10 @@ __global__ void spikescan_lif_backward(
             if (code[slot] >= 0) {
                 const long long k = code[slot];
                 const double s_gap = qt[k] - prev_t[slot];
-                const spikescan_decay_t d = spikescan_decay(s_gap, tau_mem, tau_syn);
+                const auto d = Neuron::decay(s_gap, tau_mem, tau_syn);
                 // Time constants (DESIGN.md section 11): the state after the input moves with the gap map.
                 if (has_tau_grads) {
-                    const spikescan_param_grads_t pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
+                    const auto pg = Neuron::decay_param_grads(s_gap, tau_mem, tau_syn, d);
                     g_tau_mem += lV * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
                     g_tau_syn += lV * (pg.c_ts * Ip) + lI * (pg.b_ts * Ip);
                 }
@@ -160,9 +161,9 @@ __global__ void spikescan_lif_backward(
             } else {
                 const long long ms = -code[slot] - 1;
                 const double s_gap = st[ms] - prev_t[slot];
-                const spikescan_decay_t d = spikescan_decay(s_gap, tau_mem, tau_syn);
-                spikescan_param_grads_t pg = {0.0, 0.0, 0.0, 0.0};
-                if (has_tau_grads) pg = spikescan_decay_param_grads(s_gap, tau_mem, tau_syn, d);
+                const auto d = Neuron::decay(s_gap, tau_mem, tau_syn);
+                typename Neuron::param_grads_t pg = {0.0, 0.0, 0.0, 0.0};
+                if (has_tau_grads) pg = Neuron::decay_param_grads(s_gap, tau_mem, tau_syn, d);
                 const double I_pre = d.b * Ip;
                 const double D = (I_pre - threshold) / tau_mem;
                 const double v = -I_pre / tau_syn;
@@ -229,21 +230,23 @@ __global__ void spikescan_lif_backward(
 // ---------------------------------------------------------------------------------------------------------------
 
 // Lane's point of the chunk starting at p0 (see spikescan_lif_backward_scan).
+template <class Neuron>
 struct spikescan_chunk_point_t {
-    bool active;           // p0 + lane < n_points
-    bool spike;            // spike m, else queue entry k
-    unsigned spikes;       // the chunk's spike lanes (bit l: point p0 + l is a spike), same in every lane
+    bool active;                 // p0 + lane < n_points
+    bool spike;                  // spike m, else queue entry k
+    unsigned spikes;             // the chunk's spike lanes (bit l: point p0 + l is a spike), same in every lane
     long long k, m;
-    double t;              // time of the point
-    double s;              // gap from the previous point (active lanes)
-    spikescan_decay_t d;   // decay over that gap
-    spikescan_affine_t f;  // forward map of (V, I) over the gap from the previous point and the point itself
+    double t;                    // time of the point
+    double s;                    // gap from the previous point (active lanes)
+    typename Neuron::decay_t d;  // decay over that gap
+    spikescan_affine_t f;        // forward map of (V, I) over the gap from the previous point and the point itself
 };
 
 // Classifies the warp's points p0 + lane, loads them and builds their forward maps.  m0: recorded spikes before
 // p0; t_before: time of point p0 - 1 (0 before the first point).  Returns the number of spikes in the chunk in
 // *n_spikes.  Warp-collective: every lane of the warp must call it.
-__device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
+template <class Neuron>
+__device__ __forceinline__ spikescan_chunk_point_t<Neuron> spikescan_chunk_point(
     int lane, long long p0, long long n_points, long long m0, long long n_rec, const long long* __restrict__ se,
     const double* __restrict__ st, const double* __restrict__ qt, const int* __restrict__ qi,
     const double* __restrict__ weights, long long max_in, long long n_out, long long i, double t_before,
@@ -260,7 +263,7 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
         }
     }
     *n_spikes = __popc(spike_lanes);
-    spikescan_chunk_point_t pt;
+    spikescan_chunk_point_t<Neuron> pt;
     const long long p = p0 + lane;
     pt.active = p < n_points;
     pt.spikes = positions;
@@ -282,7 +285,7 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
     pt.s = 0.0;
     if (pt.active) {
         pt.s = pt.t - t_prev;
-        pt.d = spikescan_decay(pt.s, tau_mem, tau_syn);
+        pt.d = Neuron::decay(pt.s, tau_mem, tau_syn);
         pt.f.a = pt.spike ? 0.0 : pt.d.a;
         pt.f.c = pt.spike ? 0.0 : pt.d.c;
         pt.f.b = pt.d.b;
@@ -295,7 +298,7 @@ __device__ __forceinline__ spikescan_chunk_point_t spikescan_chunk_point(
     return pt;
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -336,9 +339,8 @@ __global__ void spikescan_lif_backward_scan(
         }
         const long long p0 = c * 32;
         int n_spikes;
-        const spikescan_chunk_point_t pt = spikescan_chunk_point(lane, p0, n_points, m0, n_rec, se, st, qt, qi,
-                                                                 weights, max_in, n_out, i, tau, tau_mem, tau_syn,
-                                                                 &n_spikes);
+        const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, qt, qi, weights, max_in,
+                                                      n_out, i, tau, tau_mem, tau_syn, &n_spikes);
         const spikescan_affine_t f = spikescan_warp_prefix(pt.f, lane);
         const double V_after = f.a * V + f.c * I + f.eV;
         const double I_after = f.b * I + f.eI;
@@ -359,9 +361,8 @@ __global__ void spikescan_lif_backward_scan(
         m0 = (long long)checkpoints[(c * 4 + 3) * n_group + local];
         const long long p0 = c * 32;
         int n_spikes;
-        const spikescan_chunk_point_t pt = spikescan_chunk_point(lane, p0, n_points, m0, n_rec, se, st, qt, qi,
-                                                                 weights, max_in, n_out, i, tau, tau_mem, tau_syn,
-                                                                 &n_spikes);
+        const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, qt, qi, weights, max_in,
+                                                      n_out, i, tau, tau_mem, tau_syn, &n_spikes);
         // State before this lane's point: the previous lane's state after, or the checkpoint.
         const spikescan_affine_t f = spikescan_warp_prefix(pt.f, lane);
         const double V_up = __shfl_up_sync(SPIKESCAN_FULL_MASK, f.a * V + f.c * I + f.eV, 1);
@@ -409,11 +410,11 @@ __global__ void spikescan_lif_backward_scan(
             const double dc = __shfl_sync(SPIKESCAN_FULL_MASK, pt.d.c, q);
             // Adjoint after the spike, from its anchor (q itself when q + 1 is a spike or q is the last point); the
             // spike rule does not read its lV.
-            const spikescan_decay_t e = spikescan_decay(tA - tq, tau_mem, tau_syn);
+            const auto e = Neuron::decay(tA - tq, tau_mem, tau_syn);
             const double sI = e.c * AV + e.b * AI;
             double sT = AT;
             if (q != A) {  // point q + 1 is an input of the same span
-                const spikescan_decay_t e1 = spikescan_decay(tA - t1, tau_mem, tau_syn);
+                const auto e1 = Neuron::decay(tA - t1, tau_mem, tau_syn);
                 sT = -(u1 * (e1.a * AV) + v1 * (e1.c * AV + e1.b * AI));
             }
             const double lTt = sT + gq;
@@ -427,7 +428,7 @@ __global__ void spikescan_lif_backward_scan(
                 g_threshold += gs / Dq;
             }
             if (has_tau_grads && lane == q) {  // time constants: lane q holds the state before its spike and gap
-                const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
+                const auto pg = Neuron::decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
                 g_tau_syn += sI * (pg.b_ts * Ip);
                 if (!grazing_q) {
                     g_tau_mem += (-gs / Dq) * (pg.a_tm * Vp + pg.c_tm * Ip);
@@ -450,7 +451,7 @@ __global__ void spikescan_lif_backward_scan(
         const double AT = __shfl_sync(SPIKESCAN_FULL_MASK, aT, A);
         double mV = 0.0, mI = 0.0, gs = 0.0;
         if (pt.active && !pt.spike) {
-            const spikescan_decay_t e = spikescan_decay(tA - pt.t, tau_mem, tau_syn);
+            const auto e = Neuron::decay(tA - pt.t, tau_mem, tau_syn);
             mV = e.a * AV;
             mI = e.c * AV + e.b * AI;
             gs = u * mV + v * mI;
@@ -458,7 +459,7 @@ __global__ void spikescan_lif_backward_scan(
         const double gs_next = __shfl_sync(SPIKESCAN_FULL_MASK, gs, (lane < 31) ? lane + 1 : lane);
         if (pt.active && !pt.spike) {
             if (has_tau_grads) {
-                const spikescan_param_grads_t pg = spikescan_decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
+                const auto pg = Neuron::decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
                 g_tau_mem += mV * (pg.a_tm * Vp + pg.c_tm * Ip);
                 g_tau_syn += mV * (pg.c_ts * Ip) + mI * (pg.b_ts * Ip);
             }

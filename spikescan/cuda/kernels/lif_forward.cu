@@ -5,6 +5,8 @@
 // queue_end [batch, Q] int64; Q = 1 without delays, n_out with delays). All state and solves are float64; T is
 // the dtype of the recorded output times (float or double).  Outputs must be pre-filled by the launcher:
 // spike_times = +inf, spike_event = -1, out_times = +inf; the kernels write recorded spikes and counts.
+// Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif), whose closed
+// forms, gap test and solvers it calls.
 //
 //   spikescan_lif_forward_sequential<T>: one thread per (batch, neuron), walks the whole queue in one launch.
 //   spikescan_lif_forward_step<T>:       one thread per (batch, neuron), ONE queue entry per launch (state in
@@ -24,13 +26,13 @@
 // it writes that spike's time to stuck_times[tid] and its current I there to stuck_current[tid], and leaves
 // counts[tid] = max_total_spikes + 1, by which the launcher tells it from an unresolvable spike and raises
 // RunawayFiringError.
-#include "common.cuh"
+#include "neurons/lif.cuh"
 
 // Fire every spike inside the gap (t_prev, t_k]: the gap test, the root solve, the reset V <- 0 (I kept), and the
 // test again on the rest of the same gap.  Shared by the sequential and step kernels.  t_last: time of the
 // neuron's last spike (-inf before the first).  Returns false, with *stuck_time set, if a spike repeats t_last or
 // would exceed max_total_spikes (then also *stuck_current, and count = max_total_spikes + 1).
-template <typename T>
+template <typename T, class Neuron>
 __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, double& t_prev, double& t_last,
                                                       double* __restrict__ stuck_time,
                                                       double* __restrict__ stuck_current, double t_k,
@@ -43,14 +45,14 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
     double gap = t_k - t_prev;
     while (true) {
         double s_hi;
-        if (!spikescan_fires_in_gap(V, I, gap, tau_mem, tau_syn, threshold, &s_hi)) break;
-        const double s = spikescan_solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold, solver);
+        if (!Neuron::fires_in_gap(V, I, gap, tau_mem, tau_syn, threshold, &s_hi)) break;
+        const double s = Neuron::solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold, solver);
         const double t_spike = fmin(t_prev + s, t_k);
         if (t_spike <= t_last) {
             *stuck_time = t_spike;
             return false;
         }
-        const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+        const auto d = Neuron::decay(s, tau_mem, tau_syn);
         if (count >= max_total_spikes) {
             *stuck_time = t_spike;
             *stuck_current = I * d.b;
@@ -72,7 +74,7 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
     return true;
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_sequential(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -92,13 +94,13 @@ __global__ void spikescan_lif_forward_sequential(
     long long count = 0;
     for (long long k = 0; k <= end; ++k) {
         const double t_k = qt[k];  // +inf at k == end: the open gap after the last input
-        if (!spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k, tau_mem,
-                                      tau_syn, threshold, solver, count, max_spikes, max_total_spikes, spike_times,
-                                      spike_event, out_times, rec_base)) {
+        if (!spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k,
+                                              tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                              max_total_spikes, spike_times, spike_event, out_times, rec_base)) {
             break;
         }
         if (k == end) break;
-        const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
+        const auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = d.b * I + w;
@@ -111,7 +113,7 @@ __global__ void spikescan_lif_forward_sequential(
 // One queue entry k per launch for every (batch, neuron): the gap ending at entry k, then entry k itself.  State
 // (V, I, t_prev, t_last, count) lives in global memory between launches (initialised by the launcher: zeros, and
 // t_last = -inf).  A stuck neuron (finite stuck_times[tid]) takes no further step.
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_step(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -131,11 +133,11 @@ __global__ void spikescan_lif_forward_step(
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
     const double t_k = qt[k];
-    const bool ok = spikescan_fire_in_gap<T>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k,
-                                             tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                                             max_total_spikes, spike_times, spike_event, out_times, rec_base);
+    const bool ok = spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid,
+                                                     t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                                     max_total_spikes, spike_times, spike_event, out_times, rec_base);
     if (ok && k < end) {
-        const spikescan_decay_t d = spikescan_decay(t_k - t_prev, tau_mem, tau_syn);
+        const auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = d.b * I + w;
@@ -160,7 +162,7 @@ __global__ void spikescan_lif_forward_step(
 // records it, the state resets to (0, b(s) I) at the spike, k += f, and the next round resumes from the spike, so
 // the rest of that gap is tested again.  Rounds continue until the +inf sentinel gap is consumed: no input is ever
 // dropped.  Work per round: one decay + gap test per lane and 5 x 5 shuffles; a spike costs one extra round.
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -189,7 +191,7 @@ __global__ void spikescan_lif_forward_scan(
         const double gap = active ? t_e - t_prev : 0.0;
         spikescan_affine_t m;
         if (active) {
-            const spikescan_decay_t d = spikescan_decay(gap, tau_mem, tau_syn);
+            const auto d = Neuron::decay(gap, tau_mem, tau_syn);
             m.a = d.a; m.c = d.c; m.b = d.b; m.eV = 0.0;
             m.eI = (e < end) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;
         } else {
@@ -204,8 +206,7 @@ __global__ void spikescan_lif_forward_scan(
         const double V_start = (lane == 0) ? V : V_up;
         const double I_start = (lane == 0) ? I : I_up;
         double s_hi = 0.0;
-        const bool fires = active && spikescan_fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold,
-                                                            &s_hi);
+        const bool fires = active && Neuron::fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold, &s_hi);
         const unsigned fire_mask = __ballot_sync(SPIKESCAN_FULL_MASK, fires);
         if (fire_mask == 0u) {
             const long long remaining = end - k + 1;
@@ -223,13 +224,13 @@ __global__ void spikescan_lif_forward_scan(
         const double hi = __shfl_sync(SPIKESCAN_FULL_MASK, s_hi, f);
         const double tp = __shfl_sync(SPIKESCAN_FULL_MASK, t_prev, f);
         const double te = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, f);
-        const double s = spikescan_solve_spike_time(v0, i0, hi, tau_mem, tau_syn, threshold, solver);
+        const double s = Neuron::solve_spike_time(v0, i0, hi, tau_mem, tau_syn, threshold, solver);
         const double t_spike = fmin(tp + s, te);
         if (t_spike <= t_last) {  // warp-uniform: every lane solved the same spike
             if (lane == 0) stuck_times[tid] = t_spike;
             break;
         }
-        const spikescan_decay_t d = spikescan_decay(s, tau_mem, tau_syn);
+        const auto d = Neuron::decay(s, tau_mem, tau_syn);
         if (count >= max_total_spikes) {  // runaway firing (warp-uniform)
             if (lane == 0) {
                 stuck_times[tid] = t_spike;

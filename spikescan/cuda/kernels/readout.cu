@@ -22,17 +22,20 @@
 //   spikescan_li_max_kink<T>: one thread per (batch, neuron): the input at a kink gets g V'(t*^-) =
 //       g (I(t*^-) - V(t*)) / tau_mem.
 // Readout codes: 0 = final, 1 = integral.  gamma = 1 / tau_readout (0 for the plain integral).
-#include "common.cuh"
+// Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif): kappa is
+// built from its PSP kernel c and closed forms.
+#include "neurons/lif.cuh"
 
 #define SPIKESCAN_READOUT_FINAL 0
 #define SPIKESCAN_READOUT_INTEGRAL 1
 
 // Kernel kappa of one input at time t < t_max, and d kappa / d t (see _readout_numpy._final_kernel and
 // _integral_kernel).
+template <class Neuron>
 __device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, double tau_syn, int readout,
                                                     double t_max, double gamma, double* kappa, double* dkappa) {
     const double u = t_max - t;
-    const spikescan_decay_t d = spikescan_decay(u, tau_mem, tau_syn);
+    const auto d = Neuron::decay(u, tau_mem, tau_syn);
     if (readout == SPIKESCAN_READOUT_FINAL) {
         *kappa = d.c;
         *dkappa = -(d.b - d.c) / tau_mem;
@@ -40,7 +43,7 @@ __device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, do
     }
     const double alpha = 1.0 / tau_mem;
     const double k = exp(-gamma * t) * alpha * u * u *
-                     spikescan_exp_divided_difference2(-(alpha + gamma) * u, -(1.0 / tau_syn + gamma) * u);
+                     Neuron::exp_divided_difference2(-(alpha + gamma) * u, -(1.0 / tau_syn + gamma) * u);
     *kappa = k;
     *dkappa = -exp(-gamma * t_max) * d.c - gamma * k;
 }
@@ -49,13 +52,13 @@ __device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, do
 // _readout_numpy._linear_kernels and _integral_kernel_param_grads): for "integral", with w1 = -(alpha + gamma) u and
 // w2 = -(beta + gamma) u, e^{-gamma t} times -alpha^2 u^2 (exp[0, w1, w2] - alpha u exp[0, w1, w1, w2]) and
 // alpha beta^2 u^3 exp[0, w1, w2, w2].
+template <class Neuron>
 __device__ __forceinline__ void spikescan_li_kernel_param_grads(double t, double tau_mem, double tau_syn, int readout,
                                                                 double t_max, double gamma, double* k_tm,
                                                                 double* k_ts) {
     const double u = t_max - t;
     if (readout == SPIKESCAN_READOUT_FINAL) {
-        const spikescan_param_grads_t pg =
-            spikescan_decay_param_grads(u, tau_mem, tau_syn, spikescan_decay(u, tau_mem, tau_syn));
+        const auto pg = Neuron::decay_param_grads(u, tau_mem, tau_syn, Neuron::decay(u, tau_mem, tau_syn));
         *k_tm = pg.c_tm;
         *k_ts = pg.c_ts;
         return;
@@ -65,9 +68,9 @@ __device__ __forceinline__ void spikescan_li_kernel_param_grads(double t, double
     const double w1 = -(alpha + gamma) * u;
     const double w2 = -(beta + gamma) * u;
     const double damp = exp(-gamma * t);
-    const double dd2 = spikescan_exp_divided_difference2(w1, w2);
-    *k_tm = damp * (-alpha * alpha * u * u * (dd2 - alpha * u * spikescan_exp_divided_difference3(w1, w1, w2)));
-    *k_ts = damp * (alpha * beta * beta * u * u * u * spikescan_exp_divided_difference3(w1, w2, w2));
+    const double dd2 = Neuron::exp_divided_difference2(w1, w2);
+    *k_tm = damp * (-alpha * alpha * u * u * (dd2 - alpha * u * Neuron::exp_divided_difference3(w1, w1, w2)));
+    *k_ts = damp * (alpha * beta * beta * u * u * u * Neuron::exp_divided_difference3(w1, w2, w2));
 }
 
 // Thread tid of a launch over (batch, j, i), i fastest: sample b, input j, readout neuron i, and bj = b * n_in + j,
@@ -81,7 +84,7 @@ __device__ __forceinline__ spikescan_li_synapse_t spikescan_li_synapse(long long
     return {bj / n_in, bj % n_in, tid % n_out, bj};
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_li_linear_forward(
     const T* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
     const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
@@ -95,13 +98,13 @@ __global__ void spikescan_li_linear_forward(
         const double tm_ = (double)t[m];
         if (!(tm_ < t_max)) break;  // ascending: the rest is later (or +inf padding)
         double kappa, dkappa;
-        spikescan_li_kernel(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
+        spikescan_li_kernel<Neuron>(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
         acc += kappa;
     }
     if (acc != 0.0) atomicAdd(values + b * n_out + i, weights[j * n_out + i] * acc);
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_li_linear_backward(
     const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
     const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
@@ -119,12 +122,13 @@ __global__ void spikescan_li_linear_backward(
         const double tm_ = t[m];
         if (!(tm_ < t_max)) break;
         double kappa, dkappa;
-        spikescan_li_kernel(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
+        spikescan_li_kernel<Neuron>(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
         acc += kappa;
         atomicAdd(grad_input_times + bj * max_in + m, gw * dkappa);
         if (tau_grads) {
             double k_tm, k_ts;
-            spikescan_li_kernel_param_grads(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &k_tm, &k_ts);
+            spikescan_li_kernel_param_grads<Neuron>(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &k_tm,
+                                                    &k_ts);
             acc_tm += k_tm;
             acc_ts += k_ts;
         }
@@ -136,7 +140,7 @@ __global__ void spikescan_li_linear_backward(
     }
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_li_max_forward(
     const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
     const double* __restrict__ weights, const double* __restrict__ tau_mem_arr,
@@ -159,13 +163,13 @@ __global__ void spikescan_li_max_forward(
         const double gap = end - t_last;
         const long long flat = qi[k];
         const bool applies = (t_k < t_max) && (flat >= 0);
-        const spikescan_decay_t d = spikescan_decay(gap, tau_mem, tau_syn);
+        const auto d = Neuron::decay(gap, tau_mem, tau_syn);
         const double V0 = V, I0 = I;
         V = d.a * V0 + d.c * I0;
         I = d.b * I0 + (applies ? spikescan_event_weight(weights, flat, max_in, n_out, i) : 0.0);
-        const double s_peak = spikescan_peak_time(V0, I0, tau_mem, tau_syn);
+        const double s_peak = Neuron::peak_time(V0, I0, tau_mem, tau_syn);
         if (s_peak < gap) {
-            const double v_peak = spikescan_voltage(s_peak, V0, I0, tau_mem, tau_syn);
+            const double v_peak = Neuron::voltage(s_peak, V0, I0, tau_mem, tau_syn);
             if (v_peak > best) {
                 best = v_peak;
                 best_t = t_last + s_peak;
@@ -185,7 +189,7 @@ __global__ void spikescan_li_max_forward(
     kink_index[tid] = best_k;
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_li_max_backward(
     const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
     const double* __restrict__ tau_syn, long long batch, long long n_in, long long max_in, long long n_out,
@@ -204,12 +208,12 @@ __global__ void spikescan_li_max_backward(
         const double tm_ = t[m];
         // An input at t* itself adds c(0) = 0 and moves t* instead (the kink kernel).
         if (!(tm_ < t_star)) break;
-        const spikescan_decay_t d = spikescan_decay(t_star - tm_, tau_mem[i], tau_syn[i]);
+        const auto d = Neuron::decay(t_star - tm_, tau_mem[i], tau_syn[i]);
         acc_c += d.c;
         acc_b += d.b;
         atomicAdd(grad_input_times + bj * max_in + m, -((d.b - d.c) / tau_mem[i]) * g * w);
         if (tau_grads) {
-            const spikescan_param_grads_t pg = spikescan_decay_param_grads(t_star - tm_, tau_mem[i], tau_syn[i], d);
+            const auto pg = Neuron::decay_param_grads(t_star - tm_, tau_mem[i], tau_syn[i], d);
             acc_tm += pg.c_tm;
             acc_ts += pg.c_ts;
         }
@@ -223,7 +227,7 @@ __global__ void spikescan_li_max_backward(
     atomicAdd(i_before + b * n_out + i, w * acc_b);
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_li_max_kink(
     const double* __restrict__ tau_mem, long long batch, long long n_in, long long max_in, long long n_out,
     const long long* __restrict__ kink_index, const T* __restrict__ grad_values, const double* __restrict__ v_star,

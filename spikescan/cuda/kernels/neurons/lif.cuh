@@ -1,0 +1,258 @@
+// spikescan: the current-based LIF neuron (DESIGN.md sections 1-3), float64: the GPU twin of
+// spikescan/neurons/lif.py (its scalar forms), in the same operation order so that both round the same way as far as
+// the math library allows.
+//
+//   tau_mem dV/dt = -V + I,  tau_syn dI/dt = -I;  input w: I <- I + w;  V = threshold: spike, V <- 0 (I kept).
+//
+// Between events, from state (V0, I0) over a gap s:  I(s) = b I0,  V(s) = a V0 + c I0,
+//   a = exp(-s/tau_mem), b = exp(-s/tau_syn), c = r (a - b), r = tau_syn / (tau_mem - tau_syn),
+// with c = (s/tau_mem) a expm1(x)/x, x = -s (1/tau_syn - 1/tau_mem), when |x| < 1 (no cancellation, exact at
+// tau_mem == tau_syn).  s = +inf gives a = b = c = 0.
+//
+// The model is the struct spikescan_lif: the kernels of lif_forward.cu, lif_backward.cu and readout.cu are
+// templates on it (`template <typename T, class Neuron>`, instantiated in spikescan/cuda/_kernels.py), and call
+// Neuron::decay, Neuron::fires_in_gap, ... only.  A new neuron model with the same two-variable state is one header
+// like this one with a struct of the same members (and its Python twin in spikescan/neurons/).
+#pragma once
+
+#include "../common.cuh"
+
+#define SPIKESCAN_NEWTON_MAX_ITERS 100
+#define SPIKESCAN_BISECTION_MAX_ITERS 1100
+#define SPIKESCAN_SOLVER_NEWTON 0
+#define SPIKESCAN_SOLVER_BISECTION 1
+#define SPIKESCAN_SOLVER_ANALYTIC 2
+
+struct spikescan_lif {
+    // Propagator entries of the gap map [[a, c], [0, b]].
+    struct decay_t {
+        double a, b, c;
+    };
+
+    // Derivatives of the gap map at fixed gap: da/dtau_mem, dc/dtau_mem, db/dtau_syn, dc/dtau_syn.
+    struct param_grads_t {
+        double a_tm, c_tm, b_ts, c_ts;
+    };
+
+    // expm1(x) / x with phi(0) = 1.
+    static __device__ __forceinline__ double phi(double x) { return x == 0.0 ? 1.0 : expm1(x) / x; }
+
+    // log1p(z) / z with 1 at z = 0.
+    static __device__ __forceinline__ double log1p_ratio(double z) { return z == 0.0 ? 1.0 : log1p(z) / z; }
+
+    // Propagator entries (a, b, c) of the gap map [[a, c], [0, b]] for a gap s >= 0 (may be +inf).
+    static __device__ __forceinline__ decay_t decay(double s, double tau_mem, double tau_syn) {
+        decay_t r;
+        if (!isfinite(s)) {
+            r.a = 0.0; r.b = 0.0; r.c = 0.0;
+            return r;
+        }
+        r.a = exp(-s / tau_mem);
+        r.b = exp(-s / tau_syn);
+        const double d = 1.0 / tau_syn - 1.0 / tau_mem;
+        const double x = -s * d;
+        if (fabs(x) < 1.0) {
+            r.c = (s / tau_mem) * r.a * phi(x);
+        } else {
+            r.c = tau_syn / (tau_mem - tau_syn) * (r.a - r.b);
+        }
+        return r;
+    }
+
+    // d/dx (expm1(x)/x): the series sum_k k x^(k-1)/(k+1)! for |x| < 1, the closed form elsewhere (twin of
+    // lif.phi_prime_scalar).
+    static __device__ __forceinline__ double phi_prime(double x) {
+        if (fabs(x) < 1.0) {
+            double term = 0.5, out = 0.5;
+            for (int k = 2; k < 22; ++k) {
+                term = term * x * (double)k / (double)((k - 1) * (k + 1));
+                out = out + term;
+            }
+            return out;
+        }
+        return (x * exp(x) - expm1(x)) / (x * x);
+    }
+
+    // Derivatives of the gap map at fixed gap s with its decay d (twin of lif.decay_param_grads_scalar; zeros for
+    // s = +inf).
+    static __device__ __forceinline__ param_grads_t decay_param_grads(double s, double tau_mem, double tau_syn,
+                                                                      decay_t d) {
+        param_grads_t g;
+        if (!isfinite(s)) {
+            g.a_tm = 0.0; g.c_tm = 0.0; g.b_ts = 0.0; g.c_ts = 0.0;
+            return g;
+        }
+        g.a_tm = d.a * s / (tau_mem * tau_mem);
+        g.b_ts = d.b * s / (tau_syn * tau_syn);
+        const double x = s * (1.0 / tau_mem - 1.0 / tau_syn);
+        if (fabs(x) < 1.0) {
+            const double pre = (s / tau_mem) * d.a;
+            const double dphi = phi_prime(x);
+            g.c_tm = d.c * (s / tau_mem - 1.0) / tau_mem - pre * dphi * s / (tau_mem * tau_mem);
+            g.c_ts = pre * dphi * s / (tau_syn * tau_syn);
+        } else {
+            const double diff = tau_mem - tau_syn;
+            const double r = tau_syn / diff;
+            g.c_tm = -tau_syn / (diff * diff) * (d.a - d.b) + r * g.a_tm;
+            g.c_ts = tau_mem / (diff * diff) * (d.a - d.b) - r * g.b_ts;
+        }
+        return g;
+    }
+
+    static __device__ __forceinline__ double voltage(double s, double v0, double i0, double tau_mem, double tau_syn) {
+        const decay_t d = decay(s, tau_mem, tau_syn);
+        return d.a * v0 + d.c * i0;
+    }
+
+    // Time s_peak > 0 of the maximum of V after (v0, i0), or +inf where V has no interior peak
+    // (s_peak = tau_syn (1 - v0/i0) log1p(z)/z, z = (1 - tau_syn/tau_mem)(v0/i0 - 1)).
+    static __device__ __forceinline__ double peak_time(double v0, double i0, double tau_mem, double tau_syn) {
+        const bool rising = (i0 > 0.0) && (i0 > v0);
+        const double ratio = rising ? v0 / i0 : 0.0;
+        const double z = (1.0 - tau_syn / tau_mem) * (ratio - 1.0);
+        const bool has_peak = rising && (1.0 + z > 0.0);
+        if (!has_peak) return spikescan_inf();
+        return tau_syn * (1.0 - ratio) * log1p_ratio(z);
+    }
+
+    // Exact gap test (DESIGN.md section 2) for v0 < threshold: does V reach threshold in (0, gap]?  Writes the right
+    // end of the root bracket min(s_peak, gap) to *s_hi.
+    static __device__ __forceinline__ bool fires_in_gap(double v0, double i0, double gap, double tau_mem,
+                                                        double tau_syn, double threshold, double* s_hi) {
+        const double s_peak = peak_time(v0, i0, tau_mem, tau_syn);
+        const double hi = fmin(s_peak, gap);
+        *s_hi = hi;
+        // V(inf) = 0 < threshold: an infinite bracket (no peak, open gap) never fires.
+        const bool fin = isfinite(hi) && (hi > 0.0);
+        if (!fin) return false;
+        const double v_hi = voltage(hi, v0, i0, tau_mem, tau_syn);
+        return (v_hi >= threshold) && (i0 > v0);
+    }
+
+    // First root of V(s) = threshold on [0, s_hi] for a firing state (defined below).
+    static __device__ double solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
+                                              double threshold, int solver);
+
+    // Second divided difference exp[0, w1, w2] of the exponential at the nodes 0, w1, w2 <= 0 (twin of
+    // lif.exp_divided_difference2): across the widest pair when the nodes spread over more than 1, else the
+    // series sum_m h_m(w1, w2) / (m + 2)! with h_m = w2 h_{m-1} + w1^m, truncated after m = 19.  The integral of the
+    // PSP kernel c against an exponential reduces to it (the readout's "integral").
+    static __device__ __forceinline__ double exp_divided_difference2(double w1, double w2) {
+        const double lo = fmin(w1, w2);
+        const double mid = fmax(w1, w2);
+        if (lo < -1.0) {
+            return (phi(mid) - exp(mid) * phi(lo - mid)) / -lo;
+        }
+        double h = 1.0, x1_pow = 1.0, inv_fact = 0.5;
+        double dd = 0.5 * h;
+        for (int m = 1; m < 20; ++m) {
+            x1_pow = x1_pow * w1;
+            h = w2 * h + x1_pow;
+            inv_fact /= (double)(m + 2);
+            dd = dd + inv_fact * h;
+        }
+        return dd;
+    }
+
+    // Third divided difference exp[0, w1, w2, w3] of the exponential at the nodes 0, w1, w2, w3 <= 0 (twin of
+    // lif.exp_divided_difference3; exp[0, w1, w1, w2] = d/dw1 exp[0, w1, w2]). With the nodes sorted,
+    // lo <= x <= y: across the widest pair, (exp[0, x, y] - e^y exp[0, x - y, lo - y]) / -lo, when lo < -1, else the
+    // series sum_m h_m(lo, x, y) / (m + 3)! with h_m(lo, x, y) = y h_{m-1}(lo, x, y) + h_m(lo, x), truncated after
+    // m = 20.
+    static __device__ __forceinline__ double exp_divided_difference3(double w1, double w2, double w3) {
+        const double lo = fmin(w1, fmin(w2, w3));
+        const double y = fmax(w1, fmax(w2, w3));
+        const double x = fmax(fmin(w1, w2), fmin(fmax(w1, w2), w3));  // the median
+        if (lo < -1.0) {
+            return (exp_divided_difference2(x, y) - exp(y) * exp_divided_difference2(x - y, lo - y)) / -lo;
+        }
+        double h2 = 1.0, h3 = 1.0, lo_pow = 1.0, inv_fact = 1.0 / 6.0;
+        double dd = inv_fact * h3;
+        for (int m = 1; m < 21; ++m) {
+            lo_pow = lo_pow * lo;
+            h2 = x * h2 + lo_pow;
+            h3 = y * h3 + h2;
+            inv_fact /= (double)(m + 3);
+            dd = dd + inv_fact * h3;
+        }
+        return dd;
+    }
+};
+
+// First root of V(s) = threshold on [0, s_hi] for a firing state (V(0) < threshold <= V(s_hi), V increasing and
+// concave there); DESIGN.md section 3.  solver: SPIKESCAN_SOLVER_NEWTON (bracketed Newton with chord and midpoint
+// probes), _BISECTION, or _ANALYTIC (tau_mem == 2 tau_syn only).
+__device__ double spikescan_lif::solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
+                                                  double threshold, int solver) {
+    if (solver == SPIKESCAN_SOLVER_ANALYTIC) {
+        const double disc = fmax((i0 - v0) * (i0 - v0) - 4.0 * i0 * (threshold - v0), 0.0);
+        const double xm1 = -2.0 * (threshold - v0) / (sqrt(disc) + (i0 - v0));
+        return -tau_mem * log1p(xm1);
+    }
+    double lo = 0.0;
+    double hi = s_hi;
+    if (solver == SPIKESCAN_SOLVER_BISECTION) {
+        for (int it = 0; it < SPIKESCAN_BISECTION_MAX_ITERS; ++it) {
+            const double mid = 0.5 * (lo + hi);
+            if (!((mid > lo) && (mid < hi))) break;
+            if (voltage(mid, v0, i0, tau_mem, tau_syn) >= threshold) hi = mid; else lo = mid;
+        }
+        return hi;
+    }
+    // Three-probe bracketed Newton (twin of lif.solve_spike_time). Invariant: V(lo) < threshold <= V(hi), V concave
+    // on [lo, hi]. Each round probes the Newton step from lo (below the root), the chord point (above it) and the
+    // midpoint (the bracket at least halves); it stops once the bracket is two ulps wide, the Newton step is below
+    // float64 resolution, or V(hi) equals the threshold up to the rounding error of evaluating V.
+    const double eps = 2.220446049250313e-16;
+    const double noise = eps * (threshold + fabs(v0) + fabs(i0));
+    double v_lo = v0;
+    double v_hi = voltage(hi, v0, i0, tau_mem, tau_syn);
+    for (int it = 0; it < SPIKESCAN_NEWTON_MAX_ITERS; ++it) {
+        const decay_t d = decay(lo, tau_mem, tau_syn);
+        const double slope = (d.b * i0 - v_lo) / tau_mem;
+        const double step = (threshold - v_lo) / (slope > 0.0 ? slope : 1.0);
+        const bool active = (nextafter(nextafter(lo, spikescan_inf()), spikescan_inf()) < hi) &&
+                            !((slope > 0.0) && (step <= eps * lo)) && (v_hi - threshold > noise);
+        if (!active) break;
+        const double rise = v_hi - v_lo;
+        double probes[3];
+        probes[0] = slope > 0.0 ? lo + step : lo;
+        probes[1] = lo + (hi - lo) * ((threshold - v_lo) / (rise > 0.0 ? rise : 1.0));
+        probes[2] = 0.5 * (lo + hi);
+        double values[3];
+        for (int q = 0; q < 3; ++q) values[q] = voltage(probes[q], v0, i0, tau_mem, tau_syn);
+        for (int q = 0; q < 3; ++q) {
+            if (!((probes[q] > lo) && (probes[q] < hi))) continue;
+            if (values[q] >= threshold) {
+                hi = probes[q];
+                v_hi = values[q];
+            } else {
+                lo = probes[q];
+                v_lo = values[q];
+            }
+        }
+    }
+    // lo is the last iterate with V < threshold, hi the first with V >= threshold; return the smaller residual.
+    const double r_lo = threshold - voltage(lo, v0, i0, tau_mem, tau_syn);
+    const double r_hi = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold;
+    return (r_lo <= r_hi) ? lo : hi;
+}
+
+// The model's former free-function names, for recurrent.cu until its kernels are templated on the neuron model
+// like the others (it reaches them through common.cuh).
+typedef spikescan_lif::decay_t spikescan_decay_t;
+typedef spikescan_lif::param_grads_t spikescan_param_grads_t;
+
+__device__ __forceinline__ spikescan_decay_t spikescan_decay(double s, double tau_mem, double tau_syn) {
+    return spikescan_lif::decay(s, tau_mem, tau_syn);
+}
+
+__device__ __forceinline__ bool spikescan_fires_in_gap(double v0, double i0, double gap, double tau_mem,
+                                                       double tau_syn, double threshold, double* s_hi) {
+    return spikescan_lif::fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold, s_hi);
+}
+
+__device__ __forceinline__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, double tau_mem,
+                                                             double tau_syn, double threshold, int solver) {
+    return spikescan_lif::solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver);
+}
