@@ -6,7 +6,7 @@ Reference: by linearity, a hard reset at ``t_s`` (``V`` jumps from the threshold
     V(t) = sum_{arrivals t_m < t} w c(t - t_m) - threshold * sum_{spikes t_s <= t} e^{-(t - t_s)/tau_mem}
     I(t) = sum_{arrivals t_m <= t} w e^{-(t - t_m)/tau_syn}
 
-with the PSP kernel ``c`` written out here (not ``_dynamics``), one term per input and spike. ``trace`` instead
+with the PSP kernel ``c`` written out here (not ``neurons.lif``), one term per input and spike. ``trace`` instead
 walks each neuron's events with the affine scan and decays from the last one.
 """
 
