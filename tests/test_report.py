@@ -3,6 +3,7 @@
 results file that names no commit). Standard library only; the real README and results are only read."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,17 +30,34 @@ def test_real_readme_agrees():
     assert "agree" in out.stdout
 
 
-@pytest.mark.parametrize("table, old, new", [
-    ("examples", "**97.5%** (torch)", "**97.6%** (torch)"),
-    ("learning_torch", "| 94.7 ± 2.3% | 87.3 ± 4.6% |", "| 94.8 ± 2.3% | 87.3 ± 4.6% |"),
-    ("benchmarks", "7.94x fwd+bwd", "7.9x fwd+bwd"),
-    ("benchmarks", "commit a849388", "commit a849389"),
+def _tampered(text, table, pattern):
+    """``(old, new, tampered text)``: the first match of ``pattern`` inside ``table``'s markers, that match with the
+    number of its group 1 changed (first digit incremented), and ``text`` with that one match replaced; the test
+    follows reruns that change the numbers."""
+    start = text.index(f"<!-- report:{table} -->")
+    end = text.index(f"<!-- /report:{table} -->", start)
+    m = re.compile(pattern).search(text, start, end)
+    assert m, f"no {pattern!r} in table {table!r}"
+    old, value = m.group(0), m.group(1)
+    i = next(k for k, ch in enumerate(value) if ch.isdigit())
+    value = value[:i] + str((int(value[i]) + 1) % 10) + value[i + 1:]
+    offset = m.start(1) - m.start(0)
+    new = old[:offset] + value + old[offset + len(m.group(1)):]
+    return old, new, text[:m.start(0)] + new + text[m.end(0):]
+
+
+@pytest.mark.parametrize("table, pattern", [
+    ("examples", r"\*\*(\d+\.\d)%\*\* \(torch\)"),
+    ("learning_torch", r"\| (\d+\.\d) ± \d+\.\d% \| \d+\.\d ± \d+\.\d% \|"),
+    ("benchmarks", r"(\d+\.\d+)x fwd\+bwd"),
+    ("benchmarks", r"commit ([0-9a-f]{7})"),
 ])
-def test_tampered_readme_fails(tmp_path, table, old, new):
+def test_tampered_readme_fails(tmp_path, table, pattern):
     text = README.read_text(encoding="utf-8")
-    assert old in text, old
+    old, new, tampered = _tampered(text, table, pattern)
+    assert new != old
     readme = tmp_path / "README.md"
-    readme.write_text(text.replace(old, new, 1), encoding="utf-8")
+    readme.write_text(tampered, encoding="utf-8")
     out = report("--check", readme=readme)
     assert out.returncode == 1
     assert f"table '{table}'" in out.stderr
