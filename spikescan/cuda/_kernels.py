@@ -36,7 +36,8 @@ MODULE_DTYPES = {"queue": ("float64",)}
 
 # Modules whose kernels are templates on the neuron model too (``template <typename T, class Neuron>``), and the
 # model struct they are instantiated for (kernels/neurons/<model>.cuh).
-MODULE_NEURONS = {"lif_forward": "spikescan_lif", "lif_backward": "spikescan_lif", "readout": "spikescan_lif"}
+MODULE_NEURONS = {"lif_forward": "spikescan_lif", "lif_backward": "spikescan_lif", "readout": "spikescan_lif",
+                  "recurrent": "spikescan_lif"}
 
 # Compiler options used at run time (CuPy adds the architecture and its own defaults) and by the check.
 OPTIONS = ("--std=c++17",)

@@ -75,7 +75,3 @@ __device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
     return {b, i, queue_times + qrow * L1, queue_index + qrow * L1, queue_end[qrow], tau_mem_arr[i], tau_syn_arr[i],
             tid * max_spikes};
 }
-
-// recurrent.cu still calls the LIF model's closed forms by their free-function names (defined at the end of
-// neurons/lif.cuh) and includes only this file.
-#include "neurons/lif.cuh"

@@ -1,7 +1,8 @@
 // spikescan: the recurrent LIF layer (DESIGN.md section 9) on the GPU: the forward's global event loop and the exact
 // backward of spikescan/_recurrent.py ("sequential" forward, ``backward``), whose module docstring states the
 // semantics these kernels follow.  float64 state and solves; T is the dtype of the recorded output times and of
-// grad_times.  The closed forms, gap test and solvers are common.cuh's (the twins of _dynamics.py).
+// grad_times.  Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif,
+// the twin of spikescan/neurons/lif.py), whose closed forms, gap test and solvers it calls.
 //
 // spikescan_recurrent_forward<T>: one block per sample, threads over neurons (thread tid owns neurons tid,
 //   tid + blockDim, ...; any blockDim up to 1024).  Each step every thread finds, for its neurons, the next arrival
@@ -46,7 +47,7 @@
 //   spikescan_recurrent_backward_weights<T>: one thread per recurrent synapse (k, i), summing over samples and k's
 //     spikes in order: grad_recurrent_weights, grad_recurrent_delays (written, not accumulated; deterministic).
 // 64-bit offsets throughout.
-#include "common.cuh"
+#include "neurons/lif.cuh"
 
 #ifndef SPIKESCAN_DYNAMIC_SHARED
 #define SPIKESCAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
@@ -105,7 +106,7 @@ __device__ __forceinline__ double spikescan_rec_next_arrival(const double* qt, l
     return fmin(nxt_in, pend_min);
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_recurrent_forward(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -168,8 +169,8 @@ __global__ void spikescan_recurrent_forward(
                 const double V = sV[nb], I = sI[nb], t = sT[nb];
                 double s_hi = 0.0, s = 0.0;
                 cand = spikescan_inf();
-                if (spikescan_fires_in_gap(V, I, nxt - t, tau_mem, tau_syn, threshold_arr[i], &s_hi)) {
-                    s = spikescan_solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold_arr[i], solver);
+                if (Neuron::fires_in_gap(V, I, nxt - t, tau_mem, tau_syn, threshold_arr[i], &s_hi)) {
+                    s = Neuron::solve_spike_time(V, I, s_hi, tau_mem, tau_syn, threshold_arr[i], solver);
                     cand = fmin(t + s, nxt);
                 }
                 sNxt[nb] = nxt;
@@ -194,7 +195,7 @@ __global__ void spikescan_recurrent_forward(
                 const long long nk = b * n_out + k;
                 if (k % nthreads == (long long)threadIdx.x) {
                     const double t_sp = e_spk;
-                    const spikescan_decay_t d = spikescan_decay(sS[nk], tau_mem_arr[k], tau_syn_arr[k]);
+                    const auto d = Neuron::decay(sS[nk], tau_mem_arr[k], tau_syn_arr[k]);
                     const double I_after = sI[nk] * d.b;
                     sV[nk] = 0.0;
                     sI[nk] = I_after;
@@ -269,7 +270,7 @@ __global__ void spikescan_recurrent_forward(
                 long long p = sP[nb];
                 const double pend_min = sPendMin[nb];
                 if (spikescan_rec_next_arrival(qt, p, end, pend_min) != e_in) continue;
-                const spikescan_decay_t d = spikescan_decay(e_in - sT[nb], tau_mem, tau_syn);
+                const auto d = Neuron::decay(e_in - sT[nb], tau_mem, tau_syn);
                 const double V_old = sV[nb], I_old = sI[nb];
                 double I = d.b * I_old;
                 sV[nb] = d.a * V_old + d.c * I_old;
@@ -312,6 +313,7 @@ __global__ void spikescan_recurrent_forward(
 // The adjoint (lV, lI) of a neuron just after time t, given the index c of its next spike strictly after t (n: its
 // number of spikes): the adjoint before that spike carried back through the transposed gap map; zero after its last
 // spike (twin of _recurrent._Adjoint.after).
+template <class Neuron>
 __device__ __forceinline__ void spikescan_rec_adjoint_after(const double* spike_t, const double* lamV,
                                                             const double* lamI, long long c, long long n, double t,
                                                             double tau_mem, double tau_syn, double* lV,
@@ -321,7 +323,7 @@ __device__ __forceinline__ void spikescan_rec_adjoint_after(const double* spike_
         *lI = 0.0;
         return;
     }
-    const spikescan_decay_t d = spikescan_decay(spike_t[c] - t, tau_mem, tau_syn);
+    const auto d = Neuron::decay(spike_t[c] - t, tau_mem, tau_syn);
     const double lV1 = lamV[c], lI1 = lamI[c];
     *lV = d.a * lV1;
     *lI = d.c * lV1 + d.b * lI1;
@@ -337,7 +339,7 @@ __device__ __forceinline__ long long spikescan_rec_next_spike(const double* spik
     return lo;
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_recurrent_backward_spikes(
     const double* __restrict__ log_t, const long long* __restrict__ log_k, const double* __restrict__ log_I,
     const long long* __restrict__ log_n, long long log_cap, const double* __restrict__ tau_mem_arr,
@@ -380,8 +382,8 @@ __global__ void spikescan_recurrent_backward_spikes(
             const long long n = n_spk[ni];
             const long long c = spikescan_rec_next_spike(spike_t + ni * C, n, tau);
             double lV, lIa;
-            spikescan_rec_adjoint_after(spike_t + ni * C, lamV + ni * C, lamI + ni * C, c, n, tau, tau_mem_arr[i],
-                                        tau_syn_arr[i], &lV, &lIa);
+            spikescan_rec_adjoint_after<Neuron>(spike_t + ni * C, lamV + ni * C, lamI + ni * C, c, n, tau,
+                                                tau_mem_arr[i], tau_syn_arr[i], &lV, &lIa);
             part += rec_weights[k * n_out + i] * (lIa / tau_syn_arr[i] - lV / tau_mem_arr[i]);
         }
         const double arrivals = spikescan_block_reduce(part, spikescan_rec_sum_shared, sum_op);
@@ -390,8 +392,8 @@ __global__ void spikescan_recurrent_backward_spikes(
         const long long ck = --remaining[nk];
         const double tau_mem = tau_mem_arr[k];
         double lV_after, lI_after;
-        spikescan_rec_adjoint_after(spike_t + nk * C, lamV + nk * C, lamI + nk * C, ck + 1, n_spk[nk], t, tau_mem,
-                                    tau_syn_arr[k], &lV_after, &lI_after);
+        spikescan_rec_adjoint_after<Neuron>(spike_t + nk * C, lamV + nk * C, lamI + nk * C, ck + 1, n_spk[nk], t,
+                                            tau_mem, tau_syn_arr[k], &lV_after, &lI_after);
         const double Is = lI[m];
         const double g = (ck < max_spikes) ? (double)grad_times[nk * max_spikes + ck] : 0.0;
         const double G_outside = g + arrivals;
@@ -409,7 +411,7 @@ __global__ void spikescan_recurrent_backward_spikes(
     }
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_recurrent_backward_inputs(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
@@ -431,7 +433,7 @@ __global__ void spikescan_recurrent_backward_inputs(
         while (c < n && st[c] <= tau) ++c;
         if (c == n) break;  // no later spike: no gradient from here on
         double lV, lI;
-        spikescan_rec_adjoint_after(st, lamV + tid * C, lamI + tid * C, c, n, tau, tau_mem, tau_syn, &lV, &lI);
+        spikescan_rec_adjoint_after<Neuron>(st, lamV + tid * C, lamI + tid * C, c, n, tau, tau_mem, tau_syn, &lV, &lI);
         const long long flat = qi[e];
         const long long j = flat / max_in;
         const double w = weights[j * n_out + i];
@@ -442,7 +444,7 @@ __global__ void spikescan_recurrent_backward_inputs(
     }
 }
 
-template <typename T>
+template <typename T, class Neuron>
 __global__ void spikescan_recurrent_backward_weights(
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ rec_weights, const double* __restrict__ rec_delays, int has_rec_delays,
@@ -466,8 +468,8 @@ __global__ void spikescan_recurrent_backward_weights(
             while (c < n_i && spike_t[ni * C + c] <= tau) ++c;
             if (c == n_i) break;
             double lV, lI;
-            spikescan_rec_adjoint_after(spike_t + ni * C, lamV + ni * C, lamI + ni * C, c, n_i, tau, tau_mem,
-                                        tau_syn, &lV, &lI);
+            spikescan_rec_adjoint_after<Neuron>(spike_t + ni * C, lamV + ni * C, lamI + ni * C, c, n_i, tau,
+                                                tau_mem, tau_syn, &lV, &lI);
             g_w += lI;
             g_d += w * (lI / tau_syn - lV / tau_mem);
         }

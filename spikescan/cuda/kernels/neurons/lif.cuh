@@ -9,8 +9,8 @@
 // with c = (s/tau_mem) a expm1(x)/x, x = -s (1/tau_syn - 1/tau_mem), when |x| < 1 (no cancellation, exact at
 // tau_mem == tau_syn).  s = +inf gives a = b = c = 0.
 //
-// The model is the struct spikescan_lif: the kernels of lif_forward.cu, lif_backward.cu and readout.cu are
-// templates on it (`template <typename T, class Neuron>`, instantiated in spikescan/cuda/_kernels.py), and call
+// The model is the struct spikescan_lif: the kernels of lif_forward.cu, lif_backward.cu, readout.cu and recurrent.cu
+// are templates on it (`template <typename T, class Neuron>`, instantiated in spikescan/cuda/_kernels.py), and call
 // Neuron::decay, Neuron::fires_in_gap, ... only.  A new neuron model with the same two-variable state is one header
 // like this one with a struct of the same members (and its Python twin in spikescan/neurons/).
 #pragma once
@@ -236,23 +236,4 @@ __device__ double spikescan_lif::solve_spike_time(double v0, double i0, double s
     const double r_lo = threshold - voltage(lo, v0, i0, tau_mem, tau_syn);
     const double r_hi = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold;
     return (r_lo <= r_hi) ? lo : hi;
-}
-
-// The model's former free-function names, for recurrent.cu until its kernels are templated on the neuron model
-// like the others (it reaches them through common.cuh).
-typedef spikescan_lif::decay_t spikescan_decay_t;
-typedef spikescan_lif::param_grads_t spikescan_param_grads_t;
-
-__device__ __forceinline__ spikescan_decay_t spikescan_decay(double s, double tau_mem, double tau_syn) {
-    return spikescan_lif::decay(s, tau_mem, tau_syn);
-}
-
-__device__ __forceinline__ bool spikescan_fires_in_gap(double v0, double i0, double gap, double tau_mem,
-                                                       double tau_syn, double threshold, double* s_hi) {
-    return spikescan_lif::fires_in_gap(v0, i0, gap, tau_mem, tau_syn, threshold, s_hi);
-}
-
-__device__ __forceinline__ double spikescan_solve_spike_time(double v0, double i0, double s_hi, double tau_mem,
-                                                             double tau_syn, double threshold, int solver) {
-    return spikescan_lif::solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver);
 }
