@@ -38,7 +38,8 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             ``counts`` reports the true number and ``LIFResult.capped_spikes`` the total not recorded.
         delays: optional ``[n_in, n_out]`` non-negative per-synapse delays.
         method: ``"sequential"`` (event-by-event loop, the float64 reference), ``"scan"`` (chunked speculative
-            associative scan, DESIGN.md section 4) or ``"auto"`` (the faster for the shape). All are exact.
+            associative scan, DESIGN.md section 4) or ``"auto"`` (the faster for the shape). All are exact. Recurrent
+            layers: see ``recurrent_weights``.
         chunk_size: events per speculative chunk for ``"scan"``.
         solver: ``"newton"`` (with bisection fallback), ``"bisection"``, or ``"analytic"`` (only for
             ``tau_mem == 2 tau_syn``).
@@ -58,8 +59,10 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             are NumPy methods (``engine="numpy"``); the compiled engine has one forward for recurrent layers, the
             event loop as scalar code per sample (parallel over samples), whatever ``method`` and ``chunk_size``
             say (the same results as ``"sequential"`` to rounding). CuPy inputs run the CUDA event loop (one block
-            per sample; ``method`` and ``chunk_size`` do not apply). A loop that excites itself without bound stops
-            at ``max_total_spikes`` with ``RunawayFiringError``.
+            per sample, threads over its neurons): ``method="sequential"``, which ``"auto"`` selects there;
+            ``method="scan"`` raises ``ValueError`` (the windows have no CUDA kernel), and ``chunk_size`` does not
+            apply. A loop that excites itself without bound stops at ``max_total_spikes`` with
+            ``RunawayFiringError``.
         recurrent_delays: optional non-negative ``[n_out, n_out]`` delays of the recurrent connections (0 without).
         engine: how NumPy inputs are computed: ``"numba"`` (compiled CPU kernels, parallel over neurons; needs
             ``pip install spikescan[cpu]``), ``"numpy"`` (the pure NumPy implementation, the reference) or
@@ -106,7 +109,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
 
         return cuda_recurrent.lif_forward_recurrent_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold,
                                                          max_spikes, solver, max_total_spikes, threshold_is_scalar,
-                                                         recurrent_weights, recurrent_delays)
+                                                         recurrent_weights, recurrent_delays, method)
     from .cuda import _lif as cuda_impl
 
     return cuda_impl.lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method,

@@ -280,6 +280,49 @@ def test_cupy_entry_points_dispatch_to_the_recurrent_kernels(host_kernels, monke
     assert g.threshold.shape == () and g.tau_mem.shape == g.tau_syn.shape == (n_out,)
 
 
+def test_methods_on_cupy_inputs_name_the_event_loop(host_kernels, monkeypatch):
+    # The CUDA kernel is NumPy's "sequential" event loop: "sequential" and "auto" run it (the same launch, the same
+    # outputs bit for bit), NumPy's parallel windows ("scan") are a ValueError naming the argument, the value and what
+    # runs on CuPy, raised before anything is launched (the entry point and the generic body alike).
+    monkeypatch.setitem(sys.modules, "cupy", np)
+    launched = []
+
+    def launch(*args, **kw):
+        launched.append(args[1])
+        return host_kernels.launch(*args, **kw)
+
+    monkeypatch.setattr(_recurrent, "_cupy_launch", launch)
+    t, W, R, D, Dr = case(8, rec_delays=True, delays=True)
+    n_out = W.shape[1]
+    tc = [_validate.time_constant(name, v, n_out, np) for name, v in (("tau_mem", 10.0), ("tau_syn", 4.0),
+                                                                      ("threshold", 1.0))]
+    args = (t, W, D, *tc, 3, "newton", 300, True, R, Dr)
+    outs = {m: _recurrent.lif_forward_recurrent_cuda(*args, m) for m in ("sequential", "auto")}
+    assert launched == ["spikescan_recurrent_forward"] * 2
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(outs["auto"], name), getattr(outs["sequential"], name))
+    for name in ("times", "neurons", "currents", "count"):
+        np.testing.assert_array_equal(getattr(outs["auto"].residuals.recurrent_log, name),
+                                      getattr(outs["sequential"].residuals.recurrent_log, name))
+    ref = ss.lif_forward(t, W, delays=D, recurrent_weights=R, recurrent_delays=Dr, method="sequential",
+                         engine="numpy", tau_mem=10.0, tau_syn=4.0, max_spikes=3)
+    np.testing.assert_array_equal(outs["auto"].counts, ref.counts)
+    launched.clear()
+    message = r"method='scan' is not available for a recurrent layer on CuPy inputs: .*method='sequential'"
+    with pytest.raises(ValueError, match=message):
+        _recurrent.lif_forward_recurrent_cuda(*args, "scan")
+    with pytest.raises(ValueError, match=message):
+        _recurrent.forward(np, launch, *args, method="scan")
+    with pytest.raises(ValueError, match="method='step'"):
+        _recurrent.forward(np, launch, *args, method="step")
+    assert launched == []
+    assert _recurrent.check_method("auto") == _recurrent.check_method("sequential") == "sequential"
+    # NumPy inputs keep both methods.
+    windows = ss.lif_forward(t, W, delays=D, recurrent_weights=R, recurrent_delays=Dr, method="scan",
+                             engine="numpy", tau_mem=10.0, tau_syn=4.0, max_spikes=3)
+    np.testing.assert_array_equal(windows.counts, ref.counts)
+
+
 @pytest.mark.gpu
 def test_public_api_on_the_gpu():
     if not is_available():
@@ -292,6 +335,9 @@ def test_public_api_on_the_gpu():
                          **kw)
     out = ss.lif_forward(cupy.asarray(t), cupy.asarray(W), delays=cupy.asarray(D), recurrent_weights=cupy.asarray(R),
                          recurrent_delays=cupy.asarray(Dr), **kw)
+    with pytest.raises(ValueError, match="method='scan' is not available for a recurrent layer on CuPy inputs"):
+        ss.lif_forward(cupy.asarray(t), cupy.asarray(W), delays=cupy.asarray(D), recurrent_weights=cupy.asarray(R),
+                       recurrent_delays=cupy.asarray(Dr), method="scan", **kw)
     assert isinstance(out.residuals.recurrent_log.times, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(out.counts), ref.counts)
     G = np.random.default_rng(0).normal(size=ref.times.shape)

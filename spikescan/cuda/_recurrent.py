@@ -6,8 +6,9 @@ in ``_lif``, the bodies (``forward``, ``backward``) take an array module ``xp`` 
 tests run the same code on the kernels' host emulation (``_hostemu``) with NumPy arrays.
 
 Forward: ``spikescan_recurrent_forward``, one block per sample and threads over its neurons (``block_size``, default
-up to 256), the sample's global event loop with a block reduction per event. ``method`` and ``chunk_size`` of
-``lif_forward`` do not apply (the kernel is the event loop; a windowed variant would be the next step).
+up to 256), the sample's global event loop with a block reduction per event: NumPy's ``method="sequential"``, which
+is also what ``"auto"`` selects on CuPy inputs. NumPy's ``method="scan"`` (parallel windows) has no CUDA kernel and is
+a ``ValueError`` here (``check_method``), not a silent substitute; ``chunk_size`` does not apply.
 Sizes the kernel cannot know in advance are checked after it, never truncated:
 
 - pending recurrent arrivals: ``pending_capacity`` per (sample, neuron) (default ``min(n_out, 16)`` without
@@ -58,6 +59,20 @@ _STATE_FIELDS = 8  # SPIKESCAN_REC_FIELDS: V, I, t, last spike, crossing, its of
 _INT_FIELDS = 3  # SPIKESCAN_REC_INT_FIELDS: next queue entry, pending count, crossing out of date
 _RED_BYTES = 32  # sizeof(spikescan_rec_red_t)
 THREADS_PER_BLOCK = 256
+# lif_forward's methods for a recurrent layer on CuPy inputs: the kernel is the event loop ("sequential").
+METHODS = ("auto", "sequential")
+
+
+def check_method(method):
+    """The method the CUDA kernels run for ``lif_forward``'s ``method`` on a recurrent layer: ``"sequential"`` for
+    ``"auto"`` and ``"sequential"``; ``ValueError`` for anything else (``"scan"``, NumPy's parallel windows, has no
+    CUDA kernel)."""
+    if isinstance(method, str) and method in METHODS:
+        return "sequential"
+    raise ValueError(
+        f"method={method!r} is not available for a recurrent layer on CuPy inputs: the CUDA kernel is the event "
+        "loop, method='sequential' (also what method='auto' selects); method='scan' (parallel windows) runs on "
+        "NumPy inputs")
 
 
 def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
@@ -65,13 +80,15 @@ def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
 
 
 def lif_forward_recurrent_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, solver,
-                               max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays):
-    """Forward of the recurrent layer on the GPU; arguments as validated by ``spikescan.lif_forward``. Returns
-    ``LIFResult`` of CuPy arrays (``residuals.recurrent_log`` included)."""
+                               max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays,
+                               method="auto"):
+    """Forward of the recurrent layer on the GPU; arguments as validated by ``spikescan.lif_forward`` (``method``:
+    see ``check_method``). Returns ``LIFResult`` of CuPy arrays (``residuals.recurrent_log`` included)."""
+    check_method(method)  # before anything touches the device
     import cupy
 
     return forward(cupy, _cupy_launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, solver,
-                   max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays)
+                   max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays, method=method)
 
 
 def lif_backward_recurrent_cuda(result, grad_times, input_times_grad=True, time_constant_grads=False):
@@ -95,13 +112,14 @@ def _check_block(block_size):
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, solver,
             max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, threshold_is_scalar=None, recurrent_weights=None,
-            recurrent_delays=None, block_size=None, pending_capacity=None, log_capacity=None):
+            recurrent_delays=None, block_size=None, pending_capacity=None, log_capacity=None, method="auto"):
     """Array-module-generic body of ``lif_forward_recurrent_cuda``.
 
     ``block_size``: threads per sample (default ``default_block_size(n_out)``); ``pending_capacity``,
     ``log_capacity``: first sizes of the pending-arrival buffers and of the log (see the module docstring; tests
-    make them small to run the reruns).
+    make them small to run the reruns); ``method``: ``lif_forward``'s, checked by ``check_method``.
     """
+    check_method(method)
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     n_entries = _memory.most_entries(input_times, xp)  # one small reduction and read (a host sync)
