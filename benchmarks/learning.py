@@ -18,9 +18,9 @@ The MLP is ``Sequential([Input((features,)), Dense(hidden, "relu"), Dense(classe
 with the same optimizer, loss, batch size and epochs.
 
 Panel: scikit-learn's bundled iris, wine and breast_cancer tables, each latency- and rate-coded (the MLP once per
-table), with stratified k-fold cross-validation (``--folds``, fixed seed); and Yin-Yang
-(``spikescan.datasets.yinyang``: its own latency code, 5 channels over [0, 30] ms; the MLP gets the 4 coordinates
-``(x, y, 1 - x, 1 - y)``) with the published generators' seeds (train 42, test 40), ``--yinyang-train`` /
+split), with stratified k-fold cross-validation (``--folds``, fixed seed, reshuffled ``--table-repeats`` times); and
+Yin-Yang (``spikescan.datasets.yinyang``: its own latency code, 5 channels over [0, 30] ms; the MLP gets the 4
+coordinates ``(x, y, 1 - x, 1 - y)``) with the published generators' seeds (train 42, test 40), ``--yinyang-train`` /
 ``--yinyang-test`` samples, under a few reasonable settings of the time constants and readout (``t_max=60``),
 repeated ``--repeats`` times with different initialisation seeds. Every fold / repeat calls
 ``keras.utils.set_random_seed`` before building each model, so a run is reproducible on one machine and backend.
@@ -89,10 +89,10 @@ YINYANG_SETTINGS = (
 )
 YINYANG_SEEDS = dict(train=42, test=40)  # the published generators' seeds
 
-FULL = dict(epochs=50, folds=5, repeats=2, hidden=64, batch_size=32, yinyang_train=1000, yinyang_test=1000,
-            table_limit=None)
-QUICK = dict(epochs=2, folds=2, repeats=1, hidden=16, batch_size=32, yinyang_train=64, yinyang_test=64,
-             table_limit=60)
+FULL = dict(epochs=50, folds=5, repeats=2, table_repeats=1, hidden=64, batch_size=32, yinyang_train=1000,
+            yinyang_test=1000, table_limit=None)
+QUICK = dict(epochs=2, folds=2, repeats=1, table_repeats=1, hidden=16, batch_size=32, yinyang_train=64,
+             yinyang_test=64, table_limit=60)
 WITHIN = 0.03
 _NOISE = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # from the frameworks, not counted
 
@@ -242,7 +242,10 @@ def run_table(name, args):
 
     x, y = load_table(name, args.table_limit, args.seed)
     classes = int(y.max()) + 1
-    folds = list(StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=args.seed).split(x, y))
+    # --table-repeats reshuffles the k-fold split (random_state seed + r): with ~60 test samples per fold of a table,
+    # one sample is 1.7 points and one split's draw moves an entry by several.
+    folds = [f for r in range(args.table_repeats)
+             for f in StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=args.seed + r).split(x, y)]
     features = [(*scaled_features(x[tr], x[te]), tr, te) for tr, te in folds]
     mlp_result = run_mlp([(f_tr, y[tr], f_te, y[te]) for f_tr, f_te, tr, te in features], classes, args)
     for code in args.codes:
@@ -304,6 +307,8 @@ def parse(argv):
                    help="Yin-Yang settings (default: all of " + ", ".join(s["name"] for s in YINYANG_SETTINGS) + ")")
     p.add_argument("--folds", type=int, help=f"stratified folds of the tables (default {FULL['folds']})")
     p.add_argument("--repeats", type=int, help=f"Yin-Yang initialisation seeds (default {FULL['repeats']})")
+    p.add_argument("--table-repeats", type=int,
+                   help=f"k-fold splits of each table, each shuffled anew (default {FULL['table_repeats']})")
     p.add_argument("--hidden", type=int, help=f"hidden units of both models (default {FULL['hidden']})")
     p.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']}")
     p.add_argument("--yinyang-train", type=int, help=f"default {FULL['yinyang_train']}")
@@ -320,7 +325,8 @@ def parse(argv):
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "folds", "repeats", "hidden", "batch_size", "yinyang_train", "yinyang_test"):
+    for key in ("epochs", "folds", "repeats", "table_repeats", "hidden", "batch_size", "yinyang_train",
+                "yinyang_test"):
         if getattr(args, key) < (2 if key == "folds" else 1):
             p.error(f"--{key.replace('_', '-')} is too small: {getattr(args, key)}")
     args.datasets = list(dict.fromkeys(args.only or DATASETS))
@@ -341,16 +347,16 @@ def main(argv=None):
         return table
     import sklearn  # noqa: F401  (before the stamp, which records its version)
 
-    settings = {k: getattr(args, k) for k in ("quick", "epochs", "folds", "repeats", "hidden", "batch_size",
-                                              "yinyang_train", "yinyang_test", "table_limit", "seed", "codes",
-                                              "datasets")}
+    settings = {k: getattr(args, k) for k in ("quick", "epochs", "folds", "repeats", "table_repeats", "hidden",
+                                              "batch_size", "yinyang_train", "yinyang_test", "table_limit", "seed",
+                                              "codes", "datasets")}
     settings.update(
         optimizer="adam (Keras defaults)", loss="SparseCategoricalCrossentropy(from_logits=True)",
         encode_t_max=ENCODE_T_MAX, rate_max_spikes=INPUT_MAX_SPIKES, hidden_max_spikes=HIDDEN_MAX_SPIKES,
         table_setting=TABLE_SETTING, yinyang_settings=args.yinyang_settings, yinyang_seeds=YINYANG_SEEDS,
         within_points=WITHIN, std="sample standard deviation (ddof=1) over folds / repeats",
-        fold_seeds="keras.utils.set_random_seed(seed * 1000 + fold) before each model; StratifiedKFold(shuffle=True, "
-                   "random_state=seed)")
+        fold_seeds="keras.utils.set_random_seed(seed * 1000 + fold) before each model (folds numbered across "
+                   "repeats); StratifiedKFold(shuffle=True, random_state=seed + repeat) for each of table_repeats")
     report = dict(benchmark="learning", stamp=stamp(), settings=settings, entries=[], complete=False)
     start = time.perf_counter()
     print(f"learning panel: {', '.join(args.datasets)}; backend {report['stamp'].get('keras_backend')}; "
