@@ -22,6 +22,7 @@ at the first call and is cached on disk (``cache=True``), so later processes loa
 from __future__ import annotations
 
 import os
+import types
 
 # Numba's OpenMP runtime is loaded at its first parallel launch. By default its idle workers spin for a while after
 # every parallel region, which on a small machine takes the cores that the rest of a training step (torch's or
@@ -44,13 +45,29 @@ _jit = njit(cache=True, nogil=True)
 SERIAL_WORK = 1 << 16
 
 
+def _variant(fn, suffix):
+    """A copy of ``fn`` (same code, globals, defaults and closure) whose qualified name ends in ``.<suffix>``.
+
+    Numba's disk cache names its files after the function's qualified name and first line, and keys the entries
+    by signature and bytecode, not by compilation flags: two ``cache=True`` compilations of one function with and
+    without ``parallel=True`` would share one entry, and whichever was compiled first would be loaded by both in
+    every later process. Distinct names give each compilation its own files."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    copy.__qualname__ = f"{fn.__qualname__}.{suffix}"
+    return copy
+
+
 class _Parallel:
     """A kernel compiled twice from one Python function: ``prange`` as parallel loops, and as plain loops for small
-    work (``kernel(work, *args)``). Each is compiled on first use and cached on disk."""
+    work (``kernel(work, *args)``). Each is compiled on first use and cached on disk under its own name
+    (``<name>.parallel`` and ``<name>.serial``, see ``_variant``)."""
 
     def __init__(self, fn):
-        self.parallel = njit(cache=True, nogil=True, parallel=True)(fn)
-        self.serial = njit(cache=True, nogil=True)(fn)
+        self.parallel = njit(cache=True, nogil=True, parallel=True)(_variant(fn, "parallel"))
+        self.serial = njit(cache=True, nogil=True)(_variant(fn, "serial"))
         self.__doc__ = fn.__doc__
 
     def __call__(self, work, *args):

@@ -4,6 +4,10 @@ every test of test_lif.py and test_reliability.py runs on both engines (tests/co
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -58,6 +62,42 @@ def test_bitwise_identical_for_any_thread_count_and_dispatch(delays, monkeypatch
     serial = _digest(*_run(t, W, D))
     assert one == many == serial
     assert _digest(*_run(t, W, D)) == many  # run to run
+
+
+_CACHE_PROBE = """
+import json, sys
+import numpy as np
+from spikescan import _lif_numba as m
+qt, qe = np.array([[1.0, 2.5, 4.0]]), np.array([3])
+for v in sys.argv[1:]:
+    getattr(m.decay_table, v)(qt, qe, 10.0, 5.0)
+print(json.dumps({v: [len(getattr(m.decay_table, v).stats.cache_hits),
+                      len(getattr(m.decay_table, v).stats.cache_misses)] for v in sys.argv[1:]}))
+"""
+
+
+def test_parallel_and_serial_compilations_have_separate_disk_caches(tmp_path):
+    """Each kernel is compiled with and without ``parallel=True``, both with ``cache=True``. Numba's disk cache is
+    keyed by the function's name, line and signature, not by its flags: if both compilations came from one function,
+    whichever ran first would be loaded by both in every later process (a serial kernel on the parallel path).
+    Fresh cache: the serial one compiled alone, then the parallel one must miss; after that both hit, and the files
+    hold one kernel with parallel loops (Numba's ``parfor`` functions) and one without."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ss.__file__)))  # the spikescan under test
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+    def probe(*variants):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, *variants], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert probe("serial") == {"serial": [0, 1]}
+    assert probe("parallel") == {"parallel": [0, 1]}  # not the serial kernel from the cache
+    assert probe("serial", "parallel") == {"serial": [1, 0], "parallel": [1, 0]}
+    files = [os.path.join(d, f) for d, _, names in os.walk(tmp_path / "cache") for f in names if "decay_table" in f]
+    assert len([f for f in files if f.endswith(".nbi")]) == 2, files  # one index per compilation
+    data = [open(f, "rb").read() for f in files if f.endswith(".nbc")]
+    assert sorted(b"parfor" in d for d in data) == [False, True]  # one serial and one parallel kernel on disk
 
 
 def test_decay_table_changes_nothing():
