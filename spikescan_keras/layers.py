@@ -476,12 +476,9 @@ class LIReadout(keras.layers.Layer):
         readout: ``"integral"``, ``"max"`` or ``"final"``.
         t_max: positive end of the readout window.
         tau_readout: optional positive time scale of the integral's weighting (``readout="integral"`` only).
-        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(0, 0.3 / (sqrt(n_in) * u))`` where ``u``
-            is the readout value of one unit-weight spike at ``t_max / 2``, so that with about one spike per input
-            neuron the logits start with a scale of about 0.3 whatever the time constants and the readout: the
-            hidden layers shape their features before the readout's random weights commit the logits (on the
-            learning panel's small tables, 1.3 points more on wine's latency code over 5 seeds than unit scale,
-            4.5 points more than scale 3; Yin-Yang's "max" readout gains too).
+        kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(0, 1 / (sqrt(n_in) * u))`` where ``u`` is
+            the readout value of one unit-weight spike at ``t_max / 2``, so that with about one spike per input
+            neuron the logits start with unit scale whatever the time constants and the readout.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         trainable_time_constants: learn one ``tau_mem`` and one ``tau_syn`` per unit.
         min_time_constant: positive floor of the trained time constants (None: 5% of ``min(tau_mem, tau_syn)``).
@@ -513,7 +510,7 @@ class LIReadout(keras.layers.Layer):
         s = self._spec
         unit = spikescan.li_forward(spike, np.ones((1, 1)), tau_mem=s.tau_mem, tau_syn=s.tau_syn, readout=s.readout,
                                     t_max=s.t_max, tau_readout=s.tau_readout).values
-        return keras.initializers.RandomNormal(mean=0.0, stddev=0.3 / (np.sqrt(n_in) * abs(float(unit[0, 0]))))
+        return keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / (np.sqrt(n_in) * abs(float(unit[0, 0]))))
 
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)
