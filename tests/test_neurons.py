@@ -1,6 +1,7 @@
 """The neuron model's two forms (``spikescan.neurons.lif``): the scalar functions of the compiled kernels agree
 with the vectorised NumPy ones on random states, including equal and nearly equal time constants, tiny, zero and
-infinite gaps, and states a few ulps from the threshold."""
+infinite gaps, and states a few ulps from the threshold; the event jumps (input, reset) and the spike's terms of the
+backward (crossing slope, adjoint) give identical bits in both forms."""
 
 from __future__ import annotations
 
@@ -59,6 +60,54 @@ def test_scalar_closed_forms_match_the_vectorised_forms():
                     b = lif.solve_spike_time(v0, i0, hi_ref, tm, ts, 1.0, solver).item()
                     assert a == pytest.approx(b, rel=1e-13, abs=1e-13)
     assert fired > 100
+
+
+def test_event_jumps_forms_agree():
+    """The input jump, the reset, the crossing slope and the spike's adjoint: the scalar forms give the same bits as
+    the vectorised ones (elementwise and broadcast), on random states including a crossing at a grazing slope."""
+    rng = np.random.default_rng(5)
+    n = 500
+    i = rng.normal(0, 3, n)
+    i[:5] = [0.0, -0.0, 1.0, 1e-300, -2.5]
+    w = rng.normal(0, 1, n)
+    th = rng.uniform(0.5, 2, n)
+    th[2] = i[2]  # a grazing crossing: zero slope
+    tm = rng.uniform(0.5, 20, n)
+    g = rng.normal(0, 1, n)
+    jump = lif.input_jump(i, w)
+    v_after, i_after = lif.reset(th, i)
+    slope = lif.crossing_slope(i, th, tm)
+    safe = np.where(slope == 0.0, 1.0, slope)
+    adj = lif.spike_adjoint(g, safe)
+    assert v_after.shape == i_after.shape == slope.shape == adj.shape == (n,)
+    assert slope[2] == 0.0
+    for k in range(n):
+        assert lif.input_jump_scalar(i[k], w[k]) == jump[k]
+        assert lif.reset_scalar(th[k], i[k]) == (v_after[k], i_after[k]) == (0.0, i[k])
+        assert lif.crossing_slope_scalar(i[k], th[k], tm[k]) == slope[k]
+        assert lif.spike_adjoint_scalar(g[k], safe[k]) == adj[k]
+    # broadcasting: one threshold and time constant for every neuron
+    np.testing.assert_array_equal(lif.crossing_slope(i, 1.0, 2.0), [lif.crossing_slope_scalar(x, 1.0, 2.0) for x in i])
+    v0, i0 = lif.reset(1.0, i[:, None] * np.ones(3))
+    assert v0.shape == i0.shape == (n, 3) and not v0.any()
+
+
+def test_event_jumps_compile_in_the_kernels():
+    """The jumps' scalar forms are registered with Numba with the other scalar forms and give the same bits there."""
+    numba = pytest.importorskip("numba")
+    lif.register_numba()
+
+    @numba.njit
+    def jumps(i, w, th, tm, g):
+        v_after, i_after = lif.reset_scalar(th, i)
+        slope = lif.crossing_slope_scalar(i, th, tm)
+        return lif.input_jump_scalar(i, w), v_after, i_after, slope, lif.spike_adjoint_scalar(g, slope)
+
+    rng = np.random.default_rng(6)
+    for i, w, th, tm, g in rng.normal(1, 2, (50, 5)):
+        slope = lif.crossing_slope_scalar(i, th, abs(tm))
+        expected = (lif.input_jump_scalar(i, w), 0.0, i, slope, lif.spike_adjoint_scalar(g, slope))
+        assert jumps(i, w, th, abs(tm), g) == expected
 
 
 def test_analytic_solver_forms_agree_where_it_applies():

@@ -18,8 +18,9 @@ Between events, from state ``(V0, I0)`` over a gap of length ``s``::
 Every formula is written twice, the two forms next to each other and in the same operation order:
 
 - the vectorised form (``decay``, ``voltage``, ``peak_time``, ``fires_in_gap``, ``solve_spike_time``,
-  ``decay_param_grads``, ``exp_divided_difference2/3``): elementwise float64 NumPy with broadcasting, called by the
-  NumPy engines (sequential reference, chunked scan, recurrent layer), the readout, ``trace`` and ``init``;
+  ``decay_param_grads``, ``exp_divided_difference2/3``, and the event jumps ``input_jump``, ``reset``,
+  ``crossing_slope``, ``spike_adjoint``): elementwise float64 NumPy with broadcasting, called by the NumPy engines
+  (sequential reference, chunked scan, recurrent layer), the readout, ``trace`` and ``init``;
 - the scalar form (``<name>_scalar``, plus the shortcut ``quiet_gap_scalar``): one neuron at a time with the
   ``math`` module, called by the compiled CPU kernels (``_lif_numba``, ``_recurrent_numba``). They are plain Python
   functions until ``register_numba()`` (run by those modules when they are imported) registers them with
@@ -27,9 +28,22 @@ Every formula is written twice, the two forms next to each other and in the same
 
 The GPU twin is ``cuda/kernels/neurons/lif.cuh`` (``struct spikescan_lif``), on which the CUDA kernels are templated.
 
-A new neuron model is one module like this one (``spikescan/neurons/<model>.py``, the same functions in both forms)
-and one CUDA header (``cuda/kernels/neurons/<model>.cuh``, a struct with the same members, instantiated in
-``cuda/_kernels.py``); the engines reach the model only through these names.
+A new neuron model is one module like this one (``spikescan/neurons/<model>.py``) and one CUDA header
+(``cuda/kernels/neurons/<model>.cuh``, a struct instantiated in ``cuda/_kernels.py``), each providing, in both
+forms here and as static members there:
+
+- between events: ``decay`` (the gap map), ``voltage``, ``peak_time``, ``fires_in_gap`` (exact: no missed
+  spike), ``solve_spike_time`` (the first crossing in a bracket), and ``decay_param_grads`` for the time constants'
+  gradients;
+- at events: ``input_jump`` (the current after an arrival of weight ``w``) and ``reset`` (the state after a
+  spike, from the state at its crossing);
+- for the backward at a spike: ``crossing_slope`` (``dV/dt`` at the crossing, ``<= 0`` for a grazing spike) and
+  ``spike_adjoint`` (the adjoint of ``V`` just before the spike from the total derivative of its time).
+
+The engines reach the model through these names. Still inline in them: the jumps composed into the affine maps of a
+scan or of the backward's spike step (the chunked scan's event maps, the CUDA warp prefix, the feed-forward
+adjoint's ``-a / D``, ``-c / D``), each with a comment naming the function it mirrors, and the state's time
+derivatives at an event in the backwards (``dV/dt = (I - V) / tau_mem``, ``dI/dt = -I / tau_syn``).
 """
 
 from __future__ import annotations
@@ -534,3 +548,55 @@ def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
     r_lo = threshold - voltage_scalar(lo, v0, i0, tau_mem, tau_syn)
     r_hi = voltage_scalar(hi, v0, i0, tau_mem, tau_syn) - threshold
     return lo if r_lo <= r_hi else hi
+
+
+# Event jumps. An input or recurrent arrival of weight ``w`` and an output spike change the state instantly; the
+# engines apply them after advancing the state to the event with ``decay``. ``crossing_slope`` and
+# ``spike_adjoint`` are the backward's side of a spike: its time is an implicit function of the state through
+# ``V(t_spike) = threshold``, so every derivative of it is divided by ``dV/dt`` there.
+
+def input_jump(i, w):
+    """The current after an arrival of weight ``w`` at current ``i`` (``V`` is continuous): ``i + w``."""
+    return np.add(i, w)
+
+
+@_scalar
+def input_jump_scalar(i, w):
+    """The current after an arrival of weight ``w`` at current ``i``: ``i + w``."""
+    return i + w
+
+
+def reset(v, i):
+    """The state ``(V, I)`` right after a spike from the state ``(v, i)`` at its crossing (``v`` is the
+    threshold there): ``V`` resets to 0, the current is kept."""
+    return np.zeros(np.broadcast(v, i).shape), np.asarray(i, dtype=np.float64)
+
+
+@_scalar
+def reset_scalar(v, i):
+    """``(V, I)`` right after a spike from ``(v, i)`` at its crossing: ``(0, i)``."""
+    return 0.0, i
+
+
+def crossing_slope(i, threshold, tau_mem):
+    """``dV/dt`` at a threshold crossing with current ``i``: ``(i - threshold) / tau_mem`` (``V = threshold``
+    there). The spike time's derivatives divide by it; ``<= 0`` is a grazing spike (no derivative)."""
+    return (np.asarray(i, dtype=np.float64) - threshold) / tau_mem
+
+
+@_scalar
+def crossing_slope_scalar(i, threshold, tau_mem):
+    """``dV/dt`` at a threshold crossing with current ``i``: ``(i - threshold) / tau_mem``."""
+    return (i - threshold) / tau_mem
+
+
+def spike_adjoint(g, slope):
+    """Adjoint of ``V`` just before a spike from ``g``, the total derivative of the loss with respect to the spike
+    time, and the crossing slope: ``-g / slope`` (the spike time moves by ``-dV / slope``)."""
+    return -np.asarray(g, dtype=np.float64) / slope
+
+
+@_scalar
+def spike_adjoint_scalar(g, slope):
+    """Adjoint of ``V`` just before a spike: ``-g / slope``."""
+    return -g / slope
