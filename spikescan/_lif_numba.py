@@ -98,8 +98,7 @@ def _fire_in_gap(V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solv
         _, b, _ = lif.decay_scalar(s, tau_mem, tau_syn)
         if count >= limit:
             return _RUNAWAY, V, I, t_prev, t_last, count + 1, t_spike, I * b
-        V = 0.0
-        I = I * b
+        V, I = lif.reset_scalar(threshold, I * b)
         t_prev = t_spike
         t_last = t_spike
         gap = t_k - t_spike
@@ -152,7 +151,7 @@ def _apply_input(V, I, a, b, c, qi, row, k, W, max_in, i):
     ``I``; padding adds nothing)."""
     flat = qi[row, k]
     w = W[flat // max_in, i] if flat >= 0 else 0.0
-    return a * V + c * I, b * I + w
+    return a * V + c * I, lif.input_jump_scalar(b * I, w)
 
 
 @_pjit
@@ -300,8 +299,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     t = spike_times[tid, m]
                     a, bb, c = lif.decay_scalar(t - tau, tau_mem, tau_syn)
                     dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
-                    V = 0.0
-                    I = bb * I
+                    V, I = lif.reset_scalar(threshold, bb * I)
                     tau = t
                     m += 1
                     fresh = False
@@ -349,7 +347,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     if want_tau:
                         a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
                     I_pre = bb * Ip
-                    D = (I_pre - threshold) / tau_mem
+                    D = lif.crossing_slope_scalar(I_pre, threshold, tau_mem)
                     v = -I_pre / tau_syn
                     lTt = lT + grad_times[tid, ms]
                     g_tau_syn[i] += lI * (b_ts * Ip)  # the current after the reset, b I
@@ -361,10 +359,10 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     else:
                         gs = lTt + v * lI
                         g_threshold[i] += gs / D  # in place: the same order whatever the sample blocks
-                        ift = -gs / D  # the spike time's sensitivity to V: ds/dtheta = -dV/dtheta / D
+                        ift = lif.spike_adjoint_scalar(gs, D)  # ds/dtheta = -dV/dtheta / D
                         g_tau_mem[i] += ift * (a_tm * prev_V[p] + c_tm * Ip)
                         g_tau_syn[i] += ift * (c_ts * Ip)
-                        lV = (-a / D) * gs
+                        lV = (-a / D) * gs  # lif.spike_adjoint_scalar(gs, D) carried back through the decay
                         lI = bb * lI + (-c / D) * gs
                     lT = lTt
             if n_graze > 0.0:

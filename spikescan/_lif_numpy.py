@@ -105,12 +105,13 @@ def _forward_sequential(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, lim
             s = lif.solve_spike_time(V[f], I[f], s_hi[f], tm[f], ts[f], th[f], solver)
             t_sp = np.minimum(t_cur[f] + s, t_k[f])
             _, b, _ = lif.decay(s, tm[f], ts[f])
-            V[f], I[f], t_cur[f] = 0.0, I[f] * b, t_sp
+            V[f], I[f] = lif.reset(th[f], I[f] * b)
+            t_cur[f] = t_sp
             gap[f] = t_k[f] - t_sp
             _record(times, events, counts, last_spike, f, t_sp, k, max_spikes, lay.n_out, limit, I[f], th[f])
         a, b, c = lif.decay(gap, tm, ts)
         w = _event_weights(W, qi, lay.max_in, lay.row, lay.i, k, active & (k < end))
-        V, I = a * V + c * I, b * I + w
+        V, I = a * V + c * I, lif.input_jump(b * I, w)
         t_cur = np.where(active, t_k, t_cur)
     return times, events, counts
 
@@ -119,6 +120,7 @@ def _chunk_states(V, I, gap, w):
     """States after every event of a chunk from ``(V, I)``, by one associative scan of the event maps."""
     a, b, c = gap
     zero = np.zeros_like(a)
+    # Each event's map is its decay then lif.input_jump (the offset w), composed in the scan.
     x = recurrence_scan(np.array([[a, c], [zero, b]]), np.array([zero, w]), x0=(V, I))
     return x[0], x[1]
 
@@ -181,7 +183,8 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
             t_end = t[rf, k]
             t_sp = np.minimum(t_prev[rf, k] + s, t_end)
             _, b, _ = lif.decay(s, tm[nf], ts[nf])
-            V[nf], I[nf], t_cur[nf] = 0.0, i0 * b, t_sp
+            V[nf], I[nf] = lif.reset(th[nf], i0 * b)
+            t_cur[nf] = t_sp
             pos[nf] += k
             _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
                     th[nf])
@@ -194,7 +197,8 @@ def _forward_scan(qt, qi, end, W, lay, tm, ts, th, max_spikes, solver, chunk_siz
                 s = lif.solve_spike_time(V[nf], I[nf], s_hi2, tm[nf], ts[nf], th[nf], solver)
                 t_sp = np.minimum(t_cur[nf] + s, t_end)
                 _, b, _ = lif.decay(s, tm[nf], ts[nf])
-                V[nf], I[nf], t_cur[nf] = 0.0, I[nf] * b, t_sp
+                V[nf], I[nf] = lif.reset(th[nf], I[nf] * b)
+                t_cur[nf] = t_sp
                 _record(times, events, counts, last_spike, nf, t_sp, pos[nf], max_spikes, lay.n_out, limit, I[nf],
                         th[nf])
     return times, events, counts
@@ -517,7 +521,8 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     a, b, c = lif.decay(s, tm, ts)
     run = recurrence_loop if method == "sequential" else recurrence_scan
 
-    # Forward states after every point.
+    # Forward states after every point (inputs: decay then lif.input_jump, the offset w; spikes: decay then
+    # lif.reset, the zeroed row of the map).
     zero = np.zeros((n, P))
     A = np.array([[np.where(inp, a, np.where(spk, 0.0, 1.0)), np.where(inp, c, 0.0)],
                   [zero, np.where(inp | spk, b, 1.0)]])
@@ -532,12 +537,13 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
     # D = dV/dt at a spike. A grazing spike (D <= 0: V peaks at the threshold, or rounding put the recomputed slope
     # below zero) has no derivative of its time: its IFT term (alpha, beta, the threshold term: the 1/D factors) is
     # dropped and the spike is reported (GrazingSpikeWarning) instead of dividing by zero.
-    D = np.where(spk, (I_pre - th) / tm, 1.0)
+    D = np.where(spk, lif.crossing_slope(I_pre, th, tm), 1.0)
     graze = spk & (D <= 0.0)
     if graze.any():
         D = np.where(graze, 1.0, D)
         r_g, p_g = np.nonzero(graze)
         grads["grazing"].append((int(r_g.size), int(neurons[r_g[0]]), float(tau[r_g[0], p_g[0]])))
+    # A spike's adjoint jump, lif.spike_adjoint(gs, D) carried back through its decay: alpha gs and beta gs.
     alpha, beta = np.where(graze, 0.0, -a / D), np.where(graze, 0.0, -c / D)
     if method == "sequential":
         B = np.array([
@@ -587,7 +593,7 @@ def _time_constant_grads(s, tm, ts, Vq, Iq, lV, lI, lT, g, v, D, inp, spk, graze
     v_tm = a_tm * Vq + c_tm * Iq
     v_ts = c_ts * Iq
     i_ts = b_ts * Iq
-    ift = np.where(spk & ~graze, -(lT + g + v * lI) / D, 0.0)
+    ift = np.where(spk & ~graze, lif.spike_adjoint(lT + g + v * lI, D), 0.0)
     g_tm = np.where(inp, lV * v_tm, 0.0) + ift * v_tm
     g_ts = np.where(inp, lV * v_ts, 0.0) + np.where(inp | spk, lI * i_ts, 0.0) + ift * v_ts
     n_out = grads["tau_mem"].size

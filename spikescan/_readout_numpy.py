@@ -168,7 +168,7 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
         for k in range(K):
             V0[:, k], I0[:, k] = V, I
             V = a[:, k] * V + c[:, k] * I
-            I = b[:, k] * I + w[:, k]
+            I = lif.input_jump(b[:, k] * I, w[:, k])
             V_end[:, k] = V
         s_peak = lif.peak_time(V0, I0, tau_mem, tau_syn)
         interior = s_peak < gaps

@@ -138,7 +138,7 @@ def _apply_arrivals(st, ab, ai, e, qt2, qi2, row, end, W, max_in, tm, ts):
         if not on.any():
             break
         idx = qi2[r[on], p[on]]
-        I[on] = I[on] + W[idx // max_in, ai[on]]
+        I[on] = lif.input_jump(I[on], W[idx // max_in, ai[on]])
         p = p + on
     hit = st.pend_t[ab, ai] == e[:, None]
     if hit.any():
@@ -147,7 +147,7 @@ def _apply_arrivals(st, ab, ai, e, qt2, qi2, row, end, W, max_in, tm, ts):
         for q in range(int(hit.sum(axis=1).max())):
             slot = order[:, q]
             h = hit[np.arange(ab.size), slot]
-            I[h] = I[h] + st.pend_w[ab[h], ai[h], slot[h]]
+            I[h] = lif.input_jump(I[h], st.pend_w[ab[h], ai[h], slot[h]])
         pt = st.pend_t[ab, ai]
         pt[hit] = np.inf
         st.pend_t[ab, ai] = pt
@@ -193,7 +193,8 @@ def _spike_round(st, hb, hk, t_sp, s, R, Dr, tm, ts, th, n_out):
     """Reset and commit the spikes ``(hb, hk)``; several in one sample go in neuron order, one per call."""
     _, b, _ = lif.decay(s, tm[hk], ts[hk])
     I_after = st.I[hb, hk] * b
-    st.V[hb, hk], st.I[hb, hk], st.t[hb, hk] = 0.0, I_after, t_sp
+    st.V[hb, hk], st.I[hb, hk] = lif.reset(th[hk], I_after)
+    st.t[hb, hk] = t_sp
     # rank of each spike within its sample (hb ascends, hk ascends within it)
     first = np.r_[True, hb[1:] != hb[:-1]]
     start = np.maximum.accumulate(np.where(first, np.arange(hb.size), 0))
@@ -249,7 +250,7 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
             tg = np.where(ok, ev_t[:, :, g], t)
             a, b, c = lif.decay(tg - t, tm, ts)  # ties: decay(0) is the identity, exactly
             V = np.where(ok, a * V + c * I, V)
-            I = np.where(ok, b * I + ev_w[:, :, g], I)
+            I = np.where(ok, lif.input_jump(b * I, ev_w[:, :, g]), I)
             t = tg
             Vs[:, :, g + 1], Is[:, :, g + 1], Ts[:, :, g + 1] = V, I, t
         # Gap g runs from Ts[g] to arrival g's time, or to look_end for the gap after the last arrival.
@@ -434,7 +435,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
         if G_out is not None:
             G_out[bs, m] = G_outside
         G = G_outside - lV_after * Is / tm[k]
-        D = (Is - th[k]) / tm[k]
+        D = lif.crossing_slope(Is, th[k], tm[k])
         graze = D <= 0.0
         if graze.any():
             j = int(np.argmax(graze))
@@ -442,7 +443,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
             cand = (float(t[j]), int(bs[j] * n_out + k[j]))
             graze_first = cand if graze_first is None or cand[0] < graze_first[0] else graze_first
         D = np.where(graze, 1.0, D)
-        adj.lamV[bs, k, ck] = np.where(graze, 0.0, -G / D)
+        adj.lamV[bs, k, ck] = np.where(graze, 0.0, lif.spike_adjoint(G, D))
         adj.lamI[bs, k, ck] = lI_after
         np.add.at(grad_th, k, np.where(graze, 0.0, G / D))
     grads = _input_grads(res, adj, input_times_grad)

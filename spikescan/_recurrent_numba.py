@@ -193,11 +193,11 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
                 k = p[i]
                 end = qe[row]
                 while k < end and qt[row, k] == e:
-                    cur = cur + W[src[row, k], i]
+                    cur = lif.input_jump_scalar(cur, W[src[row, k], i])
                     k += 1
                 p[i] = k
                 while hn[i] > 0 and ht[i, 0] == e:
-                    cur = cur + hw[i, 0]
+                    cur = lif.input_jump_scalar(cur, hw[i, 0])
                     # pop the heap's top
                     n = hn[i] - 1
                     hn[i] = n
@@ -297,8 +297,7 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
         for q in range(ng):
             k = group[q]
             _, bb, _ = lif.decay_scalar(s_sol[k], tm_arr[k], ts_arr[k])
-            V[k] = 0.0
-            I[k] = I[k] * bb
+            V[k], I[k] = lif.reset_scalar(th_arr[k], I[k] * bb)
             T[k] = e
             flag[k] = True
             todo[nd] = k
@@ -529,7 +528,7 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
             if want_spike_grads:
                 spike_grads[b, m] = G_outside
             G = G_outside - lV_after * Is / tmk
-            D = (Is - th_arr[k]) / tmk
+            D = lif.crossing_slope_scalar(Is, th_arr[k], tmk)
             idx = off[b, k] + ck
             if D <= 0.0:  # grazing: its IFT term is dropped
                 lamV[b, idx] = 0.0
@@ -538,7 +537,7 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
                     t_graze = t
                     k_graze = k
             else:
-                lamV[b, idx] = -G / D
+                lamV[b, idx] = lif.spike_adjoint_scalar(G, D)
                 part_th[bl, k] += G / D
             lamI[b, idx] = lI_after
         graze[b, 0] = n_graze
