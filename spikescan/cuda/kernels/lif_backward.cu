@@ -79,15 +79,16 @@ __global__ void spikescan_lif_backward(
         if (m < n_rec && se[m] == k) {
             const double t = st[m];
             const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
-            V = 0.0;
-            I = d.b * I;
+            const auto r = Neuron::reset(threshold, d.b * I);
+            V = r.V;
+            I = r.I;
             tau = t;
             ++m;
         } else {
             const double t = qt[k];
             const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
             const double V_new = d.a * V + d.c * I;
-            I = d.b * I + spikescan_event_weight(weights, qi[k], max_in, n_out, i);
+            I = Neuron::input_jump(d.b * I, spikescan_event_weight(weights, qi[k], max_in, n_out, i));
             V = V_new;
             tau = t;
         }
@@ -116,8 +117,9 @@ __global__ void spikescan_lif_backward(
                 code[slot] = -(m + 1);
                 const double t = st[m];
                 const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
-                V = 0.0;
-                I = d.b * I;
+                const auto r = Neuron::reset(threshold, d.b * I);
+                V = r.V;
+                I = r.I;
                 tau = t;
                 ++m;
             } else {
@@ -125,7 +127,7 @@ __global__ void spikescan_lif_backward(
                 const double t = qt[k];
                 const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
                 const double V_new = d.a * V + d.c * I;
-                I = d.b * I + spikescan_event_weight(weights, qi[k], max_in, n_out, i);
+                I = Neuron::input_jump(d.b * I, spikescan_event_weight(weights, qi[k], max_in, n_out, i));
                 V = V_new;
                 tau = t;
             }
@@ -165,7 +167,7 @@ __global__ void spikescan_lif_backward(
                 typename Neuron::param_grads_t pg = {0.0, 0.0, 0.0, 0.0};
                 if (has_tau_grads) pg = Neuron::decay_param_grads(s_gap, tau_mem, tau_syn, d);
                 const double I_pre = d.b * Ip;
-                const double D = (I_pre - threshold) / tau_mem;
+                const double D = Neuron::crossing_slope(I_pre, threshold, tau_mem);
                 const double v = -I_pre / tau_syn;
                 const double lTt = lT + (double)gt[ms];
                 g_tau_syn += lI * (pg.b_ts * Ip);  // the current after the reset, b I
@@ -178,8 +180,10 @@ __global__ void spikescan_lif_backward(
                     const double gs = lTt + v * lI;
                     g_threshold += gs / D;
                     // The spike time moves with the time constants: ds/dtheta = -(dV/dtheta) / D.
-                    g_tau_mem += (-gs / D) * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
-                    g_tau_syn += (-gs / D) * (pg.c_ts * Ip);
+                    const double ift = Neuron::spike_adjoint(gs, D);
+                    g_tau_mem += ift * (pg.a_tm * prev_V[slot] + pg.c_tm * Ip);
+                    g_tau_syn += ift * (pg.c_ts * Ip);
+                    // Neuron::spike_adjoint carried back through the gap's decay.
                     lV = (-d.a / D) * gs;
                     lI = d.b * lI + (-d.c / D) * gs;
                 }
@@ -290,7 +294,7 @@ __device__ __forceinline__ spikescan_chunk_point_t<Neuron> spikescan_chunk_point
         pt.f.c = pt.spike ? 0.0 : pt.d.c;
         pt.f.b = pt.d.b;
         pt.f.eV = 0.0;
-        pt.f.eI = w;
+        pt.f.eI = w;  // a spike: Neuron::reset (zeroed V row), an input: Neuron::input_jump (offset w)
     } else {
         pt.d.a = 1.0; pt.d.b = 1.0; pt.d.c = 0.0;
         pt.f.a = 1.0; pt.f.c = 0.0; pt.f.b = 1.0; pt.f.eV = 0.0; pt.f.eI = 0.0;
@@ -375,7 +379,7 @@ __global__ void spikescan_lif_backward_scan(
             const double I_pre = pt.d.b * Ip;
             v = -I_pre / tau_syn;
             if (pt.spike) {
-                D = (I_pre - threshold) / tau_mem;
+                D = Neuron::crossing_slope(I_pre, threshold, tau_mem);
                 g = (double)gt[pt.m];
             } else {
                 const double V_post = pt.d.a * Vp + pt.d.c * Ip;
@@ -431,11 +435,12 @@ __global__ void spikescan_lif_backward_scan(
                 const auto pg = Neuron::decay_param_grads(pt.s, tau_mem, tau_syn, pt.d);
                 g_tau_syn += sI * (pg.b_ts * Ip);
                 if (!grazing_q) {
-                    g_tau_mem += (-gs / Dq) * (pg.a_tm * Vp + pg.c_tm * Ip);
-                    g_tau_syn += (-gs / Dq) * (pg.c_ts * Ip);
+                    const double ift = Neuron::spike_adjoint(gs, Dq);
+                    g_tau_mem += ift * (pg.a_tm * Vp + pg.c_tm * Ip);
+                    g_tau_syn += ift * (pg.c_ts * Ip);
                 }
             }
-            const double nV = grazing_q ? 0.0 : (-da / Dq) * gs;
+            const double nV = grazing_q ? 0.0 : (-da / Dq) * gs;  // Neuron::spike_adjoint back through the decay
             const double nI = grazing_q ? db * sI : db * sI + (-dc / Dq) * gs;
             if (q == 0) {
                 cV = nV; cI = nI; cT = lTt;

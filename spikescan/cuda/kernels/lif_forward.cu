@@ -59,8 +59,9 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
             ++count;
             return false;
         }
-        V = 0.0;
-        I = I * d.b;
+        const auto r = Neuron::reset(threshold, I * d.b);
+        V = r.V;
+        I = r.I;
         t_prev = t_spike;
         t_last = t_spike;
         gap = t_k - t_spike;
@@ -103,7 +104,7 @@ __global__ void spikescan_lif_forward_sequential(
         const auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
-        I = d.b * I + w;
+        I = Neuron::input_jump(d.b * I, w);
         V = V_new;
         t_prev = t_k;
     }
@@ -140,7 +141,7 @@ __global__ void spikescan_lif_forward_step(
         const auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
-        I = d.b * I + w;
+        I = Neuron::input_jump(d.b * I, w);
         V = V_new;
         t_prev = t_k;
     }
@@ -193,7 +194,7 @@ __global__ void spikescan_lif_forward_scan(
         if (active) {
             const auto d = Neuron::decay(gap, tau_mem, tau_syn);
             m.a = d.a; m.c = d.c; m.b = d.b; m.eV = 0.0;
-            m.eI = (e < end) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;
+            m.eI = (e < end) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;  // Neuron::input_jump
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
         }
@@ -247,8 +248,9 @@ __global__ void spikescan_lif_forward_scan(
             out_times[rec_base + count] = (T)t_spike;
         }
         ++count;
-        V = 0.0;
-        I = i0 * d.b;
+        const auto r = Neuron::reset(threshold, i0 * d.b);
+        V = r.V;
+        I = r.I;
         t0 = t_spike;
     }
     if (lane == 0) counts[tid] = count;

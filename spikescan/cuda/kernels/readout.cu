@@ -166,7 +166,7 @@ __global__ void spikescan_li_max_forward(
         const auto d = Neuron::decay(gap, tau_mem, tau_syn);
         const double V0 = V, I0 = I;
         V = d.a * V0 + d.c * I0;
-        I = d.b * I0 + (applies ? spikescan_event_weight(weights, flat, max_in, n_out, i) : 0.0);
+        I = Neuron::input_jump(d.b * I0, applies ? spikescan_event_weight(weights, flat, max_in, n_out, i) : 0.0);
         const double s_peak = Neuron::peak_time(V0, I0, tau_mem, tau_syn);
         if (s_peak < gap) {
             const double v_peak = Neuron::voltage(s_peak, V0, I0, tau_mem, tau_syn);

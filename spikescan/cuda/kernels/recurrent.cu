@@ -196,8 +196,9 @@ __global__ void spikescan_recurrent_forward(
                 if (k % nthreads == (long long)threadIdx.x) {
                     const double t_sp = e_spk;
                     const auto d = Neuron::decay(sS[nk], tau_mem_arr[k], tau_syn_arr[k]);
-                    const double I_after = sI[nk] * d.b;
-                    sV[nk] = 0.0;
+                    const auto r = Neuron::reset(threshold_arr[k], sI[nk] * d.b);
+                    const double I_after = r.I;
+                    sV[nk] = r.V;
                     sI[nk] = I_after;
                     sT[nk] = t_sp;
                     sDirty[nk] = 1;
@@ -275,7 +276,7 @@ __global__ void spikescan_recurrent_forward(
                 double I = d.b * I_old;
                 sV[nb] = d.a * V_old + d.c * I_old;
                 while (p < end && qt[p] == e_in) {
-                    I = I + spikescan_event_weight(weights, qi[p], max_in, n_out, i);
+                    I = Neuron::input_jump(I, spikescan_event_weight(weights, qi[p], max_in, n_out, i));
                     ++p;
                 }
                 if (pend_min == e_in) {
@@ -287,7 +288,7 @@ __global__ void spikescan_recurrent_forward(
                         const double pt = pend_t[q * N + nb];
                         const double pw = pend_w[q * N + nb];
                         if (pt == e_in) {
-                            I = I + pw;
+                            I = Neuron::input_jump(I, pw);
                         } else {
                             pend_t[kept * N + nb] = pt;
                             pend_w[kept * N + nb] = pw;
@@ -399,13 +400,13 @@ __global__ void spikescan_recurrent_backward_spikes(
         const double G_outside = g + arrivals;
         if (has_spike_grads) spike_grads[nk * C + ck] = G_outside;
         const double G = G_outside - lV_after * Is / tau_mem;
-        const double D = (Is - threshold_arr[k]) / tau_mem;
+        const double D = Neuron::crossing_slope(Is, threshold_arr[k], tau_mem);
         if (D <= 0.0) {  // grazing: no derivative of its time; the IFT term is dropped
             grazing[2 * nk] += 1.0;
             grazing[2 * nk + 1] = t;  // walked last to first: the earliest one stays
             lamV[nk * C + ck] = 0.0;
         } else {
-            lamV[nk * C + ck] = -G / D;
+            lamV[nk * C + ck] = Neuron::spike_adjoint(G, D);
         }
         lamI[nk * C + ck] = lI_after;
     }

@@ -11,8 +11,9 @@
 //
 // The model is the struct spikescan_lif: the kernels of lif_forward.cu, lif_backward.cu, readout.cu and recurrent.cu
 // are templates on it (`template <typename T, class Neuron>`, instantiated in spikescan/cuda/_kernels.py), and call
-// Neuron::decay, Neuron::fires_in_gap, ... only.  A new neuron model with the same two-variable state is one header
-// like this one with a struct of the same members (and its Python twin in spikescan/neurons/).
+// Neuron::decay, Neuron::fires_in_gap, Neuron::input_jump, Neuron::reset, ... only (where a jump is composed into
+// a warp scan's affine maps, a comment names the member it mirrors).  A new neuron model with the same two-variable
+// state is one header like this one with a struct of the same members (and its Python twin in spikescan/neurons/).
 #pragma once
 
 #include "../common.cuh"
@@ -33,6 +34,32 @@ struct spikescan_lif {
     struct param_grads_t {
         double a_tm, c_tm, b_ts, c_ts;
     };
+
+    // The neuron's state.
+    struct state_t {
+        double V, I;
+    };
+
+    // Event jumps (twins of lif.input_jump_scalar, lif.reset_scalar): the current after an arrival of weight w
+    // (V is continuous), and the state after a spike from the state (v, i) at its crossing (v = threshold there):
+    // V <- 0, I kept.
+    static __device__ __forceinline__ double input_jump(double i, double w) { return i + w; }
+
+    static __device__ __forceinline__ state_t reset(double v, double i) {
+        state_t r;
+        r.V = 0.0;
+        r.I = i;
+        return r;
+    }
+
+    // The backward at a spike (twins of lif.crossing_slope_scalar, lif.spike_adjoint_scalar): dV/dt at a crossing
+    // with current i (V = threshold; <= 0: a grazing spike, whose time has no derivative), and the adjoint of V just
+    // before the spike from g, the total derivative of the loss with respect to its time.
+    static __device__ __forceinline__ double crossing_slope(double i, double threshold, double tau_mem) {
+        return (i - threshold) / tau_mem;
+    }
+
+    static __device__ __forceinline__ double spike_adjoint(double g, double slope) { return -g / slope; }
 
     // expm1(x) / x with phi(0) = 1.
     static __device__ __forceinline__ double phi(double x) { return x == 0.0 ? 1.0 : expm1(x) / x; }
