@@ -224,9 +224,11 @@ def learning_table(report):
     """The README table of a ``benchmarks/learning.py`` report."""
     s = report["settings"]
     st = report["stamp"]
+    splits = s.get("table_repeats", 1)
+    cv = f"{s['folds']}-fold stratified CV" + (f", {splits} shuffles ({s['folds'] * splits} folds)" if splits > 1 else "")
     lines = [
         f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
-        f"{s['epochs']} epochs; tables: {s['folds']}-fold stratified CV; Yin-Yang: {s['yinyang_train']} train / "
+        f"{s['epochs']} epochs; tables: {cv}; Yin-Yang: {s['yinyang_train']} train / "
         f"{s['yinyang_test']} test, {s['repeats']} seed{'s' if s['repeats'] > 1 else ''}; mean ± sample std over "
         f"folds / seeds). Measured at {_commit_or_none(report)}, {st.get('keras_backend')} on {st.get('device')} "
         f"({st.get('cpu')}, {st.get('cpu_count')} cores).",
