@@ -8,6 +8,7 @@ alone (no GPU, no driver), which is what ``python -m spikescan.cuda --check`` an
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -163,23 +164,41 @@ def nvrtc_module():
     return None
 
 
-def compile_module(module, arch, nvrtc=None):
-    """Compile ``module`` for ``sm_<arch>`` with NVRTC; returns ``(ok, log)``. Needs no GPU."""
+def require_nvrtc(nvrtc=None):
+    """``nvrtc`` or the importable NVRTC binding; RuntimeError saying what to install when there is none."""
     nvrtc = nvrtc or nvrtc_module()
     if nvrtc is None:
         raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
+    return nvrtc
+
+
+@contextlib.contextmanager
+def nvrtc_program(module, options, nvrtc):
+    """An NVRTC program of ``module`` with every name expression, compiled with ``options``; yields ``(program,
+    error)``, ``error`` ``None`` or the compiler's message followed by the log. Destroyed on exit."""
     prog = nvrtc.createProgram(source(module), module + ".cu", [], [])
     try:
-        exprs = name_expressions(module)
-        for e in exprs:
+        for e in name_expressions(module):
             nvrtc.addNameExpression(prog, e)
-        opts = list(OPTIONS) + list(_CUPY_IMPLICIT_OPTIONS) + [f"--gpu-architecture=sm_{arch}"]
+        error = None
         try:
-            nvrtc.compileProgram(prog, opts)
+            nvrtc.compileProgram(prog, list(options))
         except Exception as exc:  # NVRTCError: the log says why
-            return False, f"{exc}\n{nvrtc.getProgramLog(prog)}"
+            error = f"{exc}\n{nvrtc.getProgramLog(prog)}"
+        yield prog, error
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def compile_module(module, arch, nvrtc=None):
+    """Compile ``module`` for ``sm_<arch>`` with NVRTC; returns ``(ok, log)``. Needs no GPU."""
+    nvrtc = require_nvrtc(nvrtc)
+    opts = [*OPTIONS, *_CUPY_IMPLICIT_OPTIONS, f"--gpu-architecture=sm_{arch}"]
+    with nvrtc_program(module, opts, nvrtc) as (prog, error):
+        if error is not None:
+            return False, error
         missing = []
-        for e in exprs:
+        for e in name_expressions(module):
             try:
                 nvrtc.getLoweredName(prog, e)
             except Exception:
@@ -188,15 +207,11 @@ def compile_module(module, arch, nvrtc=None):
         if missing:
             return False, f"instantiations missing: {missing}\n{log}"
         return True, log
-    finally:
-        nvrtc.destroyProgram(prog)
 
 
 def check(archs=("80", "90"), modules=None, verbose=True):
     """Compile every module (all instantiations) for every architecture. Returns the number of failures."""
-    nvrtc = nvrtc_module()
-    if nvrtc is None:
-        raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
+    nvrtc = require_nvrtc()
     failures = 0
     for module in modules or MODULES:
         for arch in archs:

@@ -123,22 +123,12 @@ def compile_resources(module, arch, nvrtc=None):
     """Compile ``module`` to CUBIN for ``sm_<arch>`` with ptxas' verbose output.
 
     Returns ``(log, {name expression: mangled name}, cubin bytes)``; RuntimeError with the log when it fails."""
-    nvrtc = nvrtc or _kernels.nvrtc_module()
-    if nvrtc is None:
-        raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
-    prog = nvrtc.createProgram(_kernels.source(module), module + ".cu", [], [])
-    try:
-        exprs = _kernels.name_expressions(module)
-        for e in exprs:
-            nvrtc.addNameExpression(prog, e)
-        try:
-            nvrtc.compileProgram(prog, list(options(arch)))
-        except Exception as exc:
-            raise RuntimeError(f"{module}.cu sm_{arch}: {exc}\n{nvrtc.getProgramLog(prog)}") from None
-        lowered = {e: nvrtc.getLoweredName(prog, e) for e in exprs}
+    nvrtc = _kernels.require_nvrtc(nvrtc)
+    with _kernels.nvrtc_program(module, options(arch), nvrtc) as (prog, error):
+        if error is not None:
+            raise RuntimeError(f"{module}.cu sm_{arch}: {error}")
+        lowered = {e: nvrtc.getLoweredName(prog, e) for e in _kernels.name_expressions(module)}
         return nvrtc.getProgramLog(prog), lowered, bytes(nvrtc.getCUBIN(prog))
-    finally:
-        nvrtc.destroyProgram(prog)
 
 
 def options(arch):
@@ -174,9 +164,7 @@ def resources(archs=("80", "90"), modules=None, nvrtc=None):
     """Rows (dicts, see ``rows_for``) for every instantiation of every module (default: all) and architecture, the
     architectures of one instantiation next to each other."""
     archs = tuple(str(a) for a in archs)
-    nvrtc = nvrtc or _kernels.nvrtc_module()
-    if nvrtc is None:
-        raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
+    nvrtc = _kernels.require_nvrtc(nvrtc)
     rows = []
     for module in modules or _kernels.MODULES:
         found = []
