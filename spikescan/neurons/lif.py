@@ -85,11 +85,17 @@ def register_numba():
     _numba_registered = True
 
 
-def _phi(x):
-    """``expm1(x) / x`` with the removable singularity at 0 filled in (``phi(0) = 1``)."""
+def _over_x(fn, x):
+    """``fn(x) / x`` elementwise with the removable singularity at 0 filled in by 1 (``fn(0) = 0``,
+    ``fn'(0) = 1``)."""
     x = np.asarray(x, dtype=np.float64)
     safe = np.where(x == 0.0, 1.0, x)
-    return np.where(x == 0.0, 1.0, np.expm1(safe) / safe)
+    return np.where(x == 0.0, 1.0, fn(safe) / safe)
+
+
+def _phi(x):
+    """``expm1(x) / x`` with the removable singularity at 0 filled in (``phi(0) = 1``)."""
+    return _over_x(np.expm1, x)
 
 
 @_scalar
@@ -100,9 +106,7 @@ def phi_scalar(x):
 
 def _log1p_ratio(z):
     """``log1p(z) / z`` with ``1`` at ``z = 0``."""
-    z = np.asarray(z, dtype=np.float64)
-    safe = np.where(z == 0.0, 1.0, z)
-    return np.where(z == 0.0, 1.0, np.log1p(safe) / safe)
+    return _over_x(np.log1p, z)
 
 
 @_scalar
