@@ -83,8 +83,8 @@ def lif_forward_recurrent_cuda(input_times, weights, delays, tau_mem, tau_syn, t
                                max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays,
                                method="auto"):
     """Forward of the recurrent layer on the GPU; arguments as validated by ``spikescan.lif_forward`` (``method``:
-    see ``check_method``). Returns ``LIFResult`` of CuPy arrays (``residuals.recurrent_log`` included)."""
-    check_method(method)  # before anything touches the device
+    see ``check_method``, which ``forward`` applies before anything touches the device). Returns ``LIFResult`` of
+    CuPy arrays (``residuals.recurrent_log`` included)."""
     import cupy
 
     return forward(cupy, _cupy_launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, solver,
