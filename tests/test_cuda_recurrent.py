@@ -196,8 +196,9 @@ def test_crossing_at_the_time_of_an_input_entry_comes_first(backend):
     assert ref.times[0, 0, 0] == 3.0 and ref.residuals.spike_event[0, 0, 0] == 1
 
 
-def test_recurrent_arrival_at_the_time_of_an_input_entry(backend):
-    # Neuron 0's first spike reaches neuron 1 exactly when an input does: both are applied in one step (input first).
+def arrival_at_an_input_entry():
+    """``(t, W, R, Dr, kw)``: neuron 0's first spike reaches neuron 1 exactly when an input does (the recurrent delay
+    chosen from the NumPy reference's spike time so that the sum is exact)."""
     t = np.array([[[1.0, 2.0, 9.0], [1.5, np.inf, np.inf]]])
     W = np.array([[3.0, 0.4], [0.5, 0.3]])
     R = np.array([[0.0, 0.7], [0.2, 0.0]])
@@ -206,6 +207,12 @@ def test_recurrent_arrival_at_the_time_of_an_input_entry(backend):
     Dr = np.full((2, 2), 0.5)
     Dr[0, 1] = 9.0 - first
     assert first + Dr[0, 1] == 9.0
+    return t, W, R, Dr, kw
+
+
+def test_recurrent_arrival_at_the_time_of_an_input_entry(backend):
+    # Both are applied in one step (input first).
+    t, W, R, Dr, kw = arrival_at_an_input_entry()
     check(backend, t, W, R, Dr=Dr, min_spikes=2, block_sizes=(1,), **kw)
 
 
@@ -435,12 +442,5 @@ def test_time_constant_grads_keep_the_queue_order_at_equal_times(backend):
     log = ref.residuals.recurrent_log
     assert np.any(np.diff(log.times[0, : log.count[0]]) == 0.0)
     # ... and a recurrent arrival at the time of an input entry (the input first).
-    t = np.array([[[1.0, 2.0, 9.0], [1.5, np.inf, np.inf]]])
-    W = np.array([[3.0, 0.4], [0.5, 0.3]])
-    R = np.array([[0.0, 0.7], [0.2, 0.0]])
-    kw = dict(tau_mem=6.0, tau_syn=4.0, max_spikes=4)
-    first = ss.lif_forward(t, W, recurrent_weights=R, engine="numpy", method="sequential", **kw).times[0, 0, 0]
-    Dr = np.full((2, 2), 0.5)
-    Dr[0, 1] = 9.0 - first
-    assert first + Dr[0, 1] == 9.0
+    t, W, R, Dr, kw = arrival_at_an_input_entry()
     check_time_constants(backend, t, W, R, Dr=Dr, min_spikes=2, block_size=1, **kw)
