@@ -225,7 +225,9 @@ def learning_table(report):
     s = report["settings"]
     st = report["stamp"]
     splits = s.get("table_repeats", 1)
-    cv = f"{s['folds']}-fold stratified CV" + (f", {splits} shuffles ({s['folds'] * splits} folds)" if splits > 1 else "")
+    cv = f"{s['folds']}-fold stratified CV"
+    if splits > 1:
+        cv += f", {splits} shuffles ({s['folds'] * splits} folds)"
     lines = [
         f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
         f"{s['epochs']} epochs; tables: {cv}; Yin-Yang: {s['yinyang_train']} train / "
