@@ -47,6 +47,7 @@ _SHIM = r"""
 #include <vector>
 
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict

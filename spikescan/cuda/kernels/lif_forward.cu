@@ -28,6 +28,14 @@
 // RunawayFiringError.
 #include "neurons/lif.cuh"
 
+// Launch bounds of the three kernels: 256-thread blocks (spikescan/cuda/_lif.py THREADS_PER_BLOCK, which must not
+// exceed it) and at least 3 resident blocks per SM, which caps ptxas at 80 registers per thread (65536 / 768 = 85,
+// rounded down to the 8-register allocation unit): 24 resident warps per SM instead of the 16 that 84-88 registers
+// leave. `python -m spikescan.cuda --resources` shows the count and that nothing spills.
+#define SPIKESCAN_FORWARD_THREADS 256
+#define SPIKESCAN_FORWARD_MIN_BLOCKS 3
+#define SPIKESCAN_FORWARD_BOUNDS __launch_bounds__(SPIKESCAN_FORWARD_THREADS, SPIKESCAN_FORWARD_MIN_BLOCKS)
+
 // Fire every spike inside the gap (t_prev, t_k]: the gap test, the root solve, the reset V <- 0 (I kept), and the
 // test again on the rest of the same gap.  Shared by the sequential and step kernels.  t_last: time of the
 // neuron's last spike (-inf before the first).  Returns false, with *stuck_time set, if a spike repeats t_last or
@@ -76,7 +84,7 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
 }
 
 template <typename T, class Neuron>
-__global__ void spikescan_lif_forward_sequential(
+__global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
@@ -180,12 +188,15 @@ __global__ void spikescan_lif_forward_scan(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
     const double threshold = threshold_arr[i];  // per neuron
 
+    // Queue positions as int: a row holds fewer than 2^31 entries (queue_index is int32 and the launcher checks
+    // n_in * max_in < 2^31), and `lane <= last - k` keeps k + lane from overflowing.
+    const int last = (int)end;
     double V = 0.0, I = 0.0, t0 = 0.0, t_last = -spikescan_inf();
-    long long k = 0;
+    int k = 0;
     long long count = 0;
-    while (k <= end) {
-        const long long e = k + lane;
-        const bool active = (lane < width) && (e <= end);
+    while (k <= last) {
+        const bool active = (lane < width) && (lane <= last - k);
+        const int e = active ? k + lane : 0;
         const double t_e = active ? qt[e] : 0.0;
         const double t_before = __shfl_up_sync(SPIKESCAN_FULL_MASK, t_e, 1);
         const double t_prev = (lane == 0) ? t0 : t_before;
@@ -194,7 +205,7 @@ __global__ void spikescan_lif_forward_scan(
         if (active) {
             const auto d = Neuron::decay(gap, tau_mem, tau_syn);
             m.a = d.a; m.c = d.c; m.b = d.b; m.eV = 0.0;
-            m.eI = (e < end) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;  // Neuron::input_jump
+            m.eI = (e < last) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;  // Neuron::input_jump
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
         }
@@ -210,12 +221,11 @@ __global__ void spikescan_lif_forward_scan(
         const bool fires = active && Neuron::fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold, &s_hi);
         const unsigned fire_mask = __ballot_sync(SPIKESCAN_FULL_MASK, fires);
         if (fire_mask == 0u) {
-            const long long remaining = end - k + 1;
-            const int n_active = (remaining < (long long)width) ? (int)remaining : width;
-            const int last = n_active - 1;
-            V = __shfl_sync(SPIKESCAN_FULL_MASK, V_after, last);
-            I = __shfl_sync(SPIKESCAN_FULL_MASK, I_after, last);
-            t0 = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, last);
+            const int n_active = (last - k < width) ? last - k + 1 : width;
+            const int src = n_active - 1;
+            V = __shfl_sync(SPIKESCAN_FULL_MASK, V_after, src);
+            I = __shfl_sync(SPIKESCAN_FULL_MASK, I_after, src);
+            t0 = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, src);
             k += n_active;
             continue;
         }
