@@ -28,10 +28,12 @@
 // RunawayFiringError.
 #include "neurons/lif.cuh"
 
-// Launch bounds of the three kernels: 256-thread blocks (spikescan/cuda/_lif.py THREADS_PER_BLOCK, which must not
-// exceed it) and at least 3 resident blocks per SM, which caps ptxas at 80 registers per thread (65536 / 768 = 85,
-// rounded down to the 8-register allocation unit): 24 resident warps per SM instead of the 16 that 84-88 registers
-// leave. `python -m spikescan.cuda --resources` shows the count and that nothing spills.
+// Launch bounds of the fused sequential kernel (the default at large batch): 256-thread blocks
+// (spikescan/cuda/_lif.py THREADS_PER_BLOCK, which must not exceed it; tested) and at least 3 resident blocks per
+// SM, which caps ptxas at 80 registers per thread (65536 / 768 = 85, rounded down to the 8-register allocation
+// unit): 24 resident warps per SM instead of the 16 that 86-88 registers left, with no spill
+// (`python -m spikescan.cuda --resources`). The scan and step kernels stay unbounded: at 80 registers the scan
+// kernel spills 8 bytes and the step kernel 4, which only a GPU run can weigh against the occupancy gained.
 #define SPIKESCAN_FORWARD_THREADS 256
 #define SPIKESCAN_FORWARD_MIN_BLOCKS 3
 #define SPIKESCAN_FORWARD_BOUNDS __launch_bounds__(SPIKESCAN_FORWARD_THREADS, SPIKESCAN_FORWARD_MIN_BLOCKS)
