@@ -215,6 +215,7 @@ def report(rows, archs, nvrtc=None):
 
 
 def write_json(rows, archs, path, nvrtc=None):
+    data = report(rows, archs, nvrtc)  # stamped before the file is opened: truncating it made the tree dirty
     with open(path, "w") as f:
-        json.dump(report(rows, archs, nvrtc), f, indent=2)
+        json.dump(data, f, indent=2)
         f.write("\n")
