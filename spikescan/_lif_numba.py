@@ -325,8 +325,8 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                         g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
                     I_pre = bb * Ip
                     V_post = a * prev_V[p] + c * Ip
-                    u = (I_pre - V_post) / tau_mem
-                    v = -I_pre / tau_syn
+                    u = lif.voltage_rate_scalar(V_post, I_pre, tau_mem)
+                    v = lif.current_rate_scalar(I_pre, tau_syn)
                     gs = u * lV + v * lI
                     j = qi[row, kq] // max_in
                     grad_w[j, i] += lI
@@ -348,7 +348,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                         a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
                     I_pre = bb * Ip
                     D = lif.crossing_slope_scalar(I_pre, threshold, tau_mem)
-                    v = -I_pre / tau_syn
+                    v = lif.current_rate_scalar(I_pre, tau_syn)
                     lTt = lT + grad_times[tid, ms]
                     g_tau_syn[i] += lI * (b_ts * Ip)  # the current after the reset, b I
                     if D <= 0.0:  # grazing spike: its IFT term (every 1/D factor) is dropped

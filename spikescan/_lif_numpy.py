@@ -532,8 +532,8 @@ def _backward_group(res, grad_times, neurons, lay, method, grads):
 
     # Adjoint maps lambda_p -> lambda_{p-1} (rows: lV, lI, lT of the previous point).
     I_pre = b * Iq
-    u = (I_pre - (a * Vq + c * Iq)) / tm
-    v_ = -I_pre / ts
+    u = lif.voltage_rate(a * Vq + c * Iq, I_pre, tm)
+    v_ = lif.current_rate(I_pre, ts)
     # D = dV/dt at a spike. A grazing spike (D <= 0: V peaks at the threshold, or rounding put the recomputed slope
     # below zero) has no derivative of its time: its IFT term (alpha, beta, the threshold term: the 1/D factors) is
     # dropped and the spike is reported (GrazingSpikeWarning) instead of dividing by zero.

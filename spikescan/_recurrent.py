@@ -427,14 +427,14 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
         # Its arrivals at every target (zero weights too: their gradient is the adjoint there).
         tau_a = np.broadcast_to(t[:, None] + (0.0 if Dr is None else Dr[k]), (bs.size, n_out))
         lV_i, lI_i = adj.after(bs[:, None], targets[None, :], tau_a)
-        g_arrival = R[k] * (lI_i / ts - lV_i / tm)
+        g_arrival = lif.arrival_time_grad(R[k], lV_i, lI_i, tm, ts)
         np.add.at(grad_R, k, lI_i)
         if grad_Dr is not None:
             np.add.at(grad_Dr, k, g_arrival)
         G_outside = g + g_arrival.sum(axis=1)
         if G_out is not None:
             G_out[bs, m] = G_outside
-        G = G_outside - lV_after * Is / tm[k]
+        G = G_outside + lif.reset_time_grad(lV_after, Is, tm[k])
         D = lif.crossing_slope(Is, th[k], tm[k])
         graze = D <= 0.0
         if graze.any():
@@ -474,7 +474,7 @@ def _input_grads(res, adj, input_times_grad):
         lV, lI = adj.after(np.broadcast_to(bb, tau.shape), ii, np.where(real, tau, 0.0))
         j = np.where(real, idx, 0) // max(max_in, 1)
         w = res.weights[j, ii]
-        g_arr = np.where(real, w * (lI / res.tau_syn[ii] - lV / res.tau_mem[ii]), 0.0)
+        g_arr = np.where(real, lif.arrival_time_grad(w, lV, lI, res.tau_mem[ii], res.tau_syn[ii]), 0.0)
         flat = (j * n_out + ii)[real]
         grad_W += np.bincount(flat, lI[real], minlength=n_in * n_out)
         if grad_D is not None:

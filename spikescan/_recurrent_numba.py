@@ -519,7 +519,7 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
                 if c < cnt[i]:
                     lV, lI = _adjoint_back(sp_t[b, base + c] - tau, lamV[b, base + c], lamI[b, base + c], tm_arr[i],
                                            ts_arr[i])
-                g_arrival = R[k, i] * (lI / ts_arr[i] - lV / tm_arr[i])
+                g_arrival = lif.arrival_time_grad_scalar(R[k, i], lV, lI, tm_arr[i], ts_arr[i])
                 part_R[bl, k, i] += lI
                 if has_dr:
                     part_Dr[bl, k, i] += g_arrival
@@ -527,7 +527,7 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
             G_outside = g + total
             if want_spike_grads:
                 spike_grads[b, m] = G_outside
-            G = G_outside - lV_after * Is / tmk
+            G = G_outside + lif.reset_time_grad_scalar(lV_after, Is, tmk)
             D = lif.crossing_slope_scalar(Is, th_arr[k], tmk)
             idx = off[b, k] + ck
             if D <= 0.0:  # grazing: its IFT term is dropped
@@ -589,7 +589,7 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
                         j = src[row, k]
                         gw[j] += lI
                         if has_delays or has_input_grad:
-                            g_arr = w_col[j] * (lI / tsi - lV / tmi)
+                            g_arr = lif.arrival_time_grad_scalar(w_col[j], lV, lI, tmi, tsi)
                             if has_delays:
                                 gd[j] += g_arr
                             if has_input_grad:
@@ -616,7 +616,7 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
                 j = src[row, k]
                 gw[j] += lI
                 if has_delays or has_input_grad:
-                    g_arr = w_col[j] * (lI / tsi - lV / tmi)
+                    g_arr = lif.arrival_time_grad_scalar(w_col[j], lV, lI, tmi, tsi)
                     if has_delays:
                         gd[j] += g_arr
                     if has_input_grad:

@@ -1,7 +1,8 @@
 """The neuron model's two forms (``spikescan.neurons.lif``): the scalar functions of the compiled kernels agree
 with the vectorised NumPy ones on random states, including equal and nearly equal time constants, tiny, zero and
-infinite gaps, and states a few ulps from the threshold; the event jumps (input, reset) and the spike's terms of the
-backward (crossing slope, adjoint) give identical bits in both forms."""
+infinite gaps, and states a few ulps from the threshold; the event jumps (input, reset), the spike's terms of the
+backward (crossing slope, adjoint) and the backward's vector field and event-time derivatives give identical bits in
+both forms."""
 
 from __future__ import annotations
 
@@ -108,6 +109,68 @@ def test_event_jumps_compile_in_the_kernels():
         slope = lif.crossing_slope_scalar(i, th, abs(tm))
         expected = (lif.input_jump_scalar(i, w), 0.0, i, slope, lif.spike_adjoint_scalar(g, slope))
         assert jumps(i, w, th, abs(tm), g) == expected
+
+
+def _backward_terms_case(rng, n):
+    v, i, w, lV, lI = rng.normal(0, 3, (5, n))
+    v[:4], i[:4] = [0.0, -0.0, 1.0, 2.5], [0.0, 0.0, 1.0, 1e-300]  # zero rates, a zero voltage
+    lV[:2], lI[:2] = [0.0, -0.0], [-0.0, 0.0]
+    tm, ts = rng.uniform(0.5, 20, (2, n))
+    ts[:n // 4] = tm[:n // 4]  # equal time constants
+    return v, i, w, lV, lI, tm, ts
+
+
+def test_backward_terms_forms_agree():
+    """The vector field (voltage_rate, current_rate) and the event-time derivatives (arrival_time_grad,
+    reset_time_grad): the scalar forms give the same bits as the vectorised ones (elementwise and broadcast), and
+    reset_time_grad added gives the bits of the subtraction the engines wrote before."""
+    rng = np.random.default_rng(7)
+    n = 500
+    v, i, w, lV, lI, tm, ts = _backward_terms_case(rng, n)
+    dv = lif.voltage_rate(v, i, tm)
+    di = lif.current_rate(i, ts)
+    g_arr = lif.arrival_time_grad(w, lV, lI, tm, ts)
+    g_reset = lif.reset_time_grad(lV, i, tm)
+    assert dv.shape == di.shape == g_arr.shape == g_reset.shape == (n,)
+    for k in range(n):
+        assert lif.voltage_rate_scalar(v[k], i[k], tm[k]) == dv[k]
+        assert lif.current_rate_scalar(i[k], ts[k]) == di[k]
+        assert lif.arrival_time_grad_scalar(w[k], lV[k], lI[k], tm[k], ts[k]) == g_arr[k]
+        assert lif.reset_time_grad_scalar(lV[k], i[k], tm[k]) == g_reset[k]
+    np.testing.assert_array_equal(dv, (i - v) / tm)
+    np.testing.assert_array_equal(di, -i / ts)
+    np.testing.assert_array_equal(g_arr, w * (lI / ts - lV / tm))
+    G = rng.normal(0, 1, n)
+    np.testing.assert_array_equal(G + g_reset, G - lV * i / tm)
+    # the crossing slope is the voltage rate at the threshold
+    np.testing.assert_array_equal(lif.crossing_slope(i, v, tm), dv)
+    # broadcasting: one time constant for every neuron, adjoints [n, 3]
+    np.testing.assert_array_equal(lif.voltage_rate(v, i, 2.0),
+                                  [lif.voltage_rate_scalar(a, b, 2.0) for a, b in zip(v, i)])
+    np.testing.assert_array_equal(lif.current_rate(i, 3.0), [lif.current_rate_scalar(x, 3.0) for x in i])
+    lV3 = lV[:, None] * np.array([1.0, -0.5, 2.0])
+    grid = lif.arrival_time_grad(w[:, None], lV3, lI[:, None], tm[:, None], ts[:, None])
+    assert grid.shape == (n, 3)
+    assert grid[5, 1] == lif.arrival_time_grad_scalar(w[5], lV3[5, 1], lI[5], tm[5], ts[5])
+
+
+def test_backward_terms_compile_in_the_kernels():
+    """The backward terms' scalar forms are registered with Numba and give the same bits there."""
+    numba = pytest.importorskip("numba")
+    lif.register_numba()
+
+    @numba.njit
+    def terms(v, i, w, lV, lI, tm, ts):
+        return (lif.voltage_rate_scalar(v, i, tm), lif.current_rate_scalar(i, ts),
+                lif.arrival_time_grad_scalar(w, lV, lI, tm, ts), lif.reset_time_grad_scalar(lV, i, tm),
+                lif.crossing_slope_scalar(i, v, tm))
+
+    rng = np.random.default_rng(8)
+    for v, i, w, lV, lI, tm, ts in zip(*_backward_terms_case(rng, 50)):
+        expected = (lif.voltage_rate_scalar(v, i, tm), lif.current_rate_scalar(i, ts),
+                    lif.arrival_time_grad_scalar(w, lV, lI, tm, ts), lif.reset_time_grad_scalar(lV, i, tm),
+                    lif.voltage_rate_scalar(v, i, tm))
+        assert terms(v, i, w, lV, lI, tm, ts) == expected
 
 
 def test_analytic_solver_forms_agree_where_it_applies():

@@ -18,8 +18,9 @@ Between events, from state ``(V0, I0)`` over a gap of length ``s``::
 Every formula is written twice, the two forms next to each other and in the same operation order:
 
 - the vectorised form (``decay``, ``voltage``, ``peak_time``, ``fires_in_gap``, ``solve_spike_time``,
-  ``decay_param_grads``, ``exp_divided_difference2/3``, and the event jumps ``input_jump``, ``reset``,
-  ``crossing_slope``, ``spike_adjoint``): elementwise float64 NumPy with broadcasting, called by the NumPy engines
+  ``decay_param_grads``, ``exp_divided_difference2/3``, the event jumps ``input_jump``, ``reset``,
+  ``crossing_slope``, ``spike_adjoint``, and the backward's ``voltage_rate``, ``current_rate``,
+  ``arrival_time_grad``, ``reset_time_grad``): elementwise float64 NumPy with broadcasting, called by the NumPy engines
   (sequential reference, chunked scan, recurrent layer), the readout, ``trace`` and ``init``;
 - the scalar form (``<name>_scalar``, plus the shortcut ``quiet_gap_scalar``): one neuron at a time with the
   ``math`` module, called by the compiled CPU kernels (``_lif_numba``, ``_recurrent_numba``). They are plain Python
@@ -38,12 +39,14 @@ forms here and as static members there:
 - at events: ``input_jump`` (the current after an arrival of weight ``w``) and ``reset`` (the state after a
   spike, from the state at its crossing);
 - for the backward at a spike: ``crossing_slope`` (``dV/dt`` at the crossing, ``<= 0`` for a grazing spike) and
-  ``spike_adjoint`` (the adjoint of ``V`` just before the spike from the total derivative of its time).
+  ``spike_adjoint`` (the adjoint of ``V`` just before the spike from the total derivative of its time);
+- for the backward at any event: the vector field ``voltage_rate`` (``dV/dt``) and ``current_rate`` (``dI/dt``),
+  and the derivatives of the loss with respect to an event's time from the adjoint just after it,
+  ``arrival_time_grad`` (an arrival of weight ``w``) and ``reset_time_grad`` (a spike, through its reset).
 
 The engines reach the model through these names. Still inline in them: the jumps composed into the affine maps of a
 scan or of the backward's spike step (the chunked scan's event maps, the CUDA warp prefix, the feed-forward
-adjoint's ``-a / D``, ``-c / D``), each with a comment naming the function it mirrors, and the state's time
-derivatives at an event in the backwards (``dV/dt = (I - V) / tau_mem``, ``dI/dt = -I / tau_syn``).
+adjoint's ``-a / D``, ``-c / D``), each with a comment naming the function it mirrors.
 """
 
 from __future__ import annotations
@@ -583,15 +586,16 @@ def reset_scalar(v, i):
 
 
 def crossing_slope(i, threshold, tau_mem):
-    """``dV/dt`` at a threshold crossing with current ``i``: ``(i - threshold) / tau_mem`` (``V = threshold``
-    there). The spike time's derivatives divide by it; ``<= 0`` is a grazing spike (no derivative)."""
-    return (np.asarray(i, dtype=np.float64) - threshold) / tau_mem
+    """``dV/dt`` at a threshold crossing with current ``i``: ``voltage_rate(threshold, i, tau_mem)``,
+    ``(i - threshold) / tau_mem`` (``V = threshold`` there). The spike time's derivatives divide by it; ``<= 0`` is a
+    grazing spike (no derivative)."""
+    return voltage_rate(threshold, i, tau_mem)
 
 
 @_scalar
 def crossing_slope_scalar(i, threshold, tau_mem):
     """``dV/dt`` at a threshold crossing with current ``i``: ``(i - threshold) / tau_mem``."""
-    return (i - threshold) / tau_mem
+    return voltage_rate_scalar(threshold, i, tau_mem)
 
 
 def spike_adjoint(g, slope):
@@ -604,3 +608,58 @@ def spike_adjoint(g, slope):
 def spike_adjoint_scalar(g, slope):
     """Adjoint of ``V`` just before a spike: ``-g / slope``."""
     return -g / slope
+
+
+# The vector field f = (dV/dt, dI/dt), used by the backwards at events, and the derivatives of the loss with respect
+# to an event's time: the state after the event, taken against the adjoint (lV, lI) just after it.
+
+def voltage_rate(v, i, tau_mem):
+    """``dV/dt`` at the state ``(v, i)``: ``(i - v) / tau_mem``."""
+    return (np.asarray(i, dtype=np.float64) - v) / tau_mem
+
+
+@_scalar
+def voltage_rate_scalar(v, i, tau_mem):
+    """``dV/dt`` at the state ``(v, i)``: ``(i - v) / tau_mem``."""
+    return (i - v) / tau_mem
+
+
+def current_rate(i, tau_syn):
+    """``dI/dt`` at the current ``i``: ``-i / tau_syn``."""
+    return -np.asarray(i, dtype=np.float64) / tau_syn
+
+
+@_scalar
+def current_rate_scalar(i, tau_syn):
+    """``dI/dt`` at the current ``i``: ``-i / tau_syn``."""
+    return -i / tau_syn
+
+
+def arrival_time_grad(w, lV, lI, tau_mem, tau_syn):
+    """Derivative of the loss with respect to the time of an arrival of weight ``w``, from the adjoint ``(lV, lI)``
+    just after it: ``w (lI / tau_syn - lV / tau_mem)``. The arrival adds ``w`` to ``I``, so the vector field jumps by
+    ``f_after - f_before = (w / tau_mem, -w / tau_syn)``; moved later by ``dt``, it changes the state after it by
+    ``(f_before - f_after) dt``."""
+    return w * (np.asarray(lI, dtype=np.float64) / tau_syn - lV / tau_mem)
+
+
+@_scalar
+def arrival_time_grad_scalar(w, lV, lI, tau_mem, tau_syn):
+    """Derivative of the loss with respect to an arrival's time: ``w (lI / tau_syn - lV / tau_mem)``."""
+    return w * (lI / tau_syn - lV / tau_mem)
+
+
+def reset_time_grad(lV, i, tau_mem):
+    """Derivative of the loss with respect to a spike's time through its reset, from the adjoint ``lV`` of ``V``
+    just after the spike and the current ``i`` there: ``-lV i / tau_mem``. ``V`` restarts from 0 (``reset``) at the
+    spike's time with ``dV/dt = voltage_rate(0, i, tau_mem)``, so a later spike leaves ``V`` lower by
+    ``i / tau_mem`` per unit of time (``I`` is continuous: no term; the state before the spike enters through
+    ``spike_adjoint``). Computed as ``((-lV) i) / tau_mem``, which is ``-(lV i / tau_mem)`` exactly, so
+    ``G + reset_time_grad(...)`` has the bits of ``G - lV i / tau_mem``."""
+    return -np.asarray(lV, dtype=np.float64) * i / tau_mem
+
+
+@_scalar
+def reset_time_grad_scalar(lV, i, tau_mem):
+    """Derivative of the loss with respect to a spike's time through its reset: ``-lV i / tau_mem``."""
+    return -lV * i / tau_mem

@@ -147,8 +147,8 @@ __global__ void spikescan_lif_backward(
                 }
                 const double I_pre = d.b * Ip;
                 const double V_post = d.a * prev_V[slot] + d.c * Ip;
-                const double u = (I_pre - V_post) / tau_mem;
-                const double v = -I_pre / tau_syn;
+                const double u = Neuron::voltage_rate(V_post, I_pre, tau_mem);
+                const double v = Neuron::current_rate(I_pre, tau_syn);
                 const double gs = u * lV + v * lI;
                 const long long flat = qi[k];
                 const long long j = flat / max_in;
@@ -168,7 +168,7 @@ __global__ void spikescan_lif_backward(
                 if (has_tau_grads) pg = Neuron::decay_param_grads(s_gap, tau_mem, tau_syn, d);
                 const double I_pre = d.b * Ip;
                 const double D = Neuron::crossing_slope(I_pre, threshold, tau_mem);
-                const double v = -I_pre / tau_syn;
+                const double v = Neuron::current_rate(I_pre, tau_syn);
                 const double lTt = lT + (double)gt[ms];
                 g_tau_syn += lI * (pg.b_ts * Ip);  // the current after the reset, b I
                 if (D <= 0.0) {  // grazing spike: IFT term dropped (spikes are visited last to first)
@@ -377,13 +377,13 @@ __global__ void spikescan_lif_backward_scan(
         double u = 0.0, v = 0.0, D = 1.0, g = 0.0;
         if (pt.active) {
             const double I_pre = pt.d.b * Ip;
-            v = -I_pre / tau_syn;
+            v = Neuron::current_rate(I_pre, tau_syn);
             if (pt.spike) {
                 D = Neuron::crossing_slope(I_pre, threshold, tau_mem);
                 g = (double)gt[pt.m];
             } else {
                 const double V_post = pt.d.a * Vp + pt.d.c * Ip;
-                u = (I_pre - V_post) / tau_mem;
+                u = Neuron::voltage_rate(V_post, I_pre, tau_mem);
             }
         }
         const int last = (n_points - p0 < 32) ? (int)(n_points - p0) - 1 : 31;

@@ -385,7 +385,7 @@ __global__ void spikescan_recurrent_backward_spikes(
             double lV, lIa;
             spikescan_rec_adjoint_after<Neuron>(spike_t + ni * C, lamV + ni * C, lamI + ni * C, c, n, tau,
                                                 tau_mem_arr[i], tau_syn_arr[i], &lV, &lIa);
-            part += rec_weights[k * n_out + i] * (lIa / tau_syn_arr[i] - lV / tau_mem_arr[i]);
+            part += Neuron::arrival_time_grad(rec_weights[k * n_out + i], lV, lIa, tau_mem_arr[i], tau_syn_arr[i]);
         }
         const double arrivals = spikescan_block_reduce(part, spikescan_rec_sum_shared, sum_op);
         if (k % nthreads != tid) continue;
@@ -399,7 +399,7 @@ __global__ void spikescan_recurrent_backward_spikes(
         const double g = (ck < max_spikes) ? (double)grad_times[nk * max_spikes + ck] : 0.0;
         const double G_outside = g + arrivals;
         if (has_spike_grads) spike_grads[nk * C + ck] = G_outside;
-        const double G = G_outside - lV_after * Is / tau_mem;
+        const double G = G_outside + Neuron::reset_time_grad(lV_after, Is, tau_mem);
         const double D = Neuron::crossing_slope(Is, threshold_arr[k], tau_mem);
         if (D <= 0.0) {  // grazing: no derivative of its time; the IFT term is dropped
             grazing[2 * nk] += 1.0;
@@ -438,7 +438,7 @@ __global__ void spikescan_recurrent_backward_inputs(
         const long long flat = qi[e];
         const long long j = flat / max_in;
         const double w = weights[j * n_out + i];
-        const double g_arrival = w * (lI / tau_syn - lV / tau_mem);
+        const double g_arrival = Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn);
         atomicAdd(grad_weights + j * n_out + i, lI);
         if (has_delays) atomicAdd(grad_delays + j * n_out + i, g_arrival);
         if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, g_arrival);
@@ -472,7 +472,7 @@ __global__ void spikescan_recurrent_backward_weights(
             spikescan_rec_adjoint_after<Neuron>(spike_t + ni * C, lamV + ni * C, lamI + ni * C, c, n_i, tau,
                                                 tau_mem, tau_syn, &lV, &lI);
             g_w += lI;
-            g_d += w * (lI / tau_syn - lV / tau_mem);
+            g_d += Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn);
         }
     }
     grad_rec_weights[tid] = g_w;

@@ -11,9 +11,10 @@
 //
 // The model is the struct spikescan_lif: the kernels of lif_forward.cu, lif_backward.cu, readout.cu and recurrent.cu
 // are templates on it (`template <typename T, class Neuron>`, instantiated in spikescan/cuda/_kernels.py), and call
-// Neuron::decay, Neuron::fires_in_gap, Neuron::input_jump, Neuron::reset, ... only (where a jump is composed into
-// a warp scan's affine maps, a comment names the member it mirrors).  A new neuron model with the same two-variable
-// state is one header like this one with a struct of the same members (and its Python twin in spikescan/neurons/).
+// Neuron::decay, Neuron::fires_in_gap, Neuron::input_jump, Neuron::reset, Neuron::voltage_rate, ... only (where a jump
+// is composed into a warp scan's affine maps, a comment names the member it mirrors).  A new neuron model with the
+// same two-variable state is one header like this one with a struct of the same members (and its Python twin in
+// spikescan/neurons/).
 #pragma once
 
 #include "../common.cuh"
@@ -56,10 +57,31 @@ struct spikescan_lif {
     // with current i (V = threshold; <= 0: a grazing spike, whose time has no derivative), and the adjoint of V just
     // before the spike from g, the total derivative of the loss with respect to its time.
     static __device__ __forceinline__ double crossing_slope(double i, double threshold, double tau_mem) {
-        return (i - threshold) / tau_mem;
+        return voltage_rate(threshold, i, tau_mem);  // (i - threshold) / tau_mem
     }
 
     static __device__ __forceinline__ double spike_adjoint(double g, double slope) { return -g / slope; }
+
+    // The backward at any event (twins of lif.voltage_rate_scalar, lif.current_rate_scalar,
+    // lif.arrival_time_grad_scalar, lif.reset_time_grad_scalar): the vector field dV/dt = (i - v) / tau_mem,
+    // dI/dt = -i / tau_syn; the derivative of the loss with respect to the time of an arrival of weight w from the
+    // adjoint (lV, lI) just after it, w (lI / tau_syn - lV / tau_mem) (the vector field jumps by (w / tau_mem,
+    // -w / tau_syn)); and with respect to a spike's time through its reset (V restarts from 0 with
+    // dV/dt = i / tau_mem), -lV i / tau_mem, computed as ((-lV) i) / tau_mem = -(lV i / tau_mem) exactly.
+    static __device__ __forceinline__ double voltage_rate(double v, double i, double tau_mem) {
+        return (i - v) / tau_mem;
+    }
+
+    static __device__ __forceinline__ double current_rate(double i, double tau_syn) { return -i / tau_syn; }
+
+    static __device__ __forceinline__ double arrival_time_grad(double w, double lV, double lI, double tau_mem,
+                                                               double tau_syn) {
+        return w * (lI / tau_syn - lV / tau_mem);
+    }
+
+    static __device__ __forceinline__ double reset_time_grad(double lV, double i, double tau_mem) {
+        return -lV * i / tau_mem;
+    }
 
     // expm1(x) / x with phi(0) = 1.
     static __device__ __forceinline__ double phi(double x) { return x == 0.0 ? 1.0 : expm1(x) / x; }
