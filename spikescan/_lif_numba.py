@@ -2,7 +2,8 @@
 parallel loops over neurons, with the scalar closed forms, gap test and solvers of ``neurons.lif``.
 
 Imported only when a NumPy call uses ``engine="numba"`` (or ``"auto"`` with Numba installed); compilation happens
-at the first call and is cached on disk (``cache=True``), so later processes load it.
+at the first call and is cached on disk (``cache=True``), so later processes load it. Each cached function's name
+carries a hash of the engines' sources (``SOURCE_STAMP``), so editing the neuron model invalidates the cache too.
 
 - ``forward_sequential``: one loop iteration per (sample, neuron), walking its queue event by event (the CUDA
   ``spikescan_lif_forward_sequential``), ``prange`` over the flat neuron index.
@@ -21,6 +22,7 @@ at the first call and is cached on disk (``cache=True``), so later processes loa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import types
 
@@ -38,7 +40,33 @@ from .neurons import lif
 
 lif.register_numba()
 
-_jit = njit(cache=True, nogil=True)
+# Numba's disk cache checks only the file that defines a function (its modification time and size): a kernel here
+# that calls neurons/lif.py's scalar forms, or a recurrent kernel that calls one of ours, would load machine code
+# compiled from the old model after an edit of those files alone. Every cached function's qualified name (which
+# names its cache files) therefore ends in a hash of the three sources.
+ENGINE_SOURCES = ("neurons/lif.py", "_lif_numba.py", "_recurrent_numba.py")
+
+
+def source_stamp(root=os.path.dirname(os.path.abspath(__file__)), names=ENGINE_SOURCES):
+    """First 12 hex digits of the SHA-256 of the files ``names`` under ``root``, in order."""
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(root, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
+SOURCE_STAMP = source_stamp()
+
+
+def cached_njit(suffix=None, **flags):
+    """``njit(cache=True, nogil=True, **flags)`` applied to a copy of the function named
+    ``<qualname>[.<suffix>].<SOURCE_STAMP>`` (see ``_variant``)."""
+    tag = SOURCE_STAMP if suffix is None else f"{suffix}.{SOURCE_STAMP}"
+    return lambda fn: njit(cache=True, nogil=True, **flags)(_variant(fn, tag))
+
+
+_jit = cached_njit()
 
 # Below this much work (events times neurons) a kernel runs on the calling thread: waking a thread team costs more
 # than it saves, and far more when the machine is oversubscribed (an OpenMP barrier waits for a descheduled thread).
@@ -63,11 +91,11 @@ def _variant(fn, suffix):
 class _Parallel:
     """A kernel compiled twice from one Python function: ``prange`` as parallel loops, and as plain loops for small
     work (``kernel(work, *args)``). Each is compiled on first use and cached on disk under its own name
-    (``<name>.parallel`` and ``<name>.serial``, see ``_variant``)."""
+    (``<name>.parallel.<stamp>`` and ``<name>.serial.<stamp>``, see ``cached_njit``)."""
 
     def __init__(self, fn):
-        self.parallel = njit(cache=True, nogil=True, parallel=True)(_variant(fn, "parallel"))
-        self.serial = njit(cache=True, nogil=True)(_variant(fn, "serial"))
+        self.parallel = cached_njit("parallel", parallel=True)(fn)
+        self.serial = cached_njit("serial")(fn)
         self.__doc__ = fn.__doc__
 
     def __call__(self, work, *args):

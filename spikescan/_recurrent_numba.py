@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import _lif_numba
 from ._lif_numba import _OK, _RUNAWAY, _STUCK
@@ -51,7 +51,7 @@ from .neurons import lif
 
 lif.register_numba()
 
-_jit = njit(cache=True, nogil=True)
+_jit = _lif_numba.cached_njit()  # cache names carry the sources' hash
 _pjit = _lif_numba._Parallel
 
 # Kinds of a neuron's next event, in the order they happen at equal times.
@@ -103,7 +103,7 @@ def _heap_grow(ht, hm, hw, hn):
     return t2, m2, w2
 
 
-@njit(cache=True, nogil=True, inline="always")  # scalar arguments only: inlined without reference counting
+@_lif_numba.cached_njit(inline="always")  # scalar arguments only: inlined without reference counting
 def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver):
     """``(time, kind, s)`` of a neuron's next event from ``(v0, i0)`` at ``t0``: the first crossing inside the gap up
     to its next arrival ``t_next`` (decay ``(a, b, c)`` over it), by the NumPy loop's gap test and solve on the same

@@ -100,6 +100,31 @@ def test_parallel_and_serial_compilations_have_separate_disk_caches(tmp_path):
     assert sorted(b"parfor" in d for d in data) == [False, True]  # one serial and one parallel kernel on disk
 
 
+def test_disk_cache_follows_the_neuron_model(tmp_path):
+    """Numba's disk cache checks only the file that defines a kernel; the kernels call the neuron model's scalar forms
+    in ``neurons/lif.py``. A copy of the package with a fresh cache: compiled once (miss), loaded next time (hit);
+    after an edit of ``neurons/lif.py`` alone (a comment: same mtime and size for ``_lif_numba.py``) the kernel must
+    compile again instead of loading code built from the old model."""
+    import shutil
+
+    pkg = os.path.dirname(os.path.abspath(ss.__file__))
+    shutil.copytree(pkg, tmp_path / "src" / "spikescan", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+    def probe():
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, "serial"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["serial"]
+
+    assert probe() == [0, 1]
+    assert probe() == [1, 0]
+    with open(tmp_path / "src" / "spikescan" / "neurons" / "lif.py", "a") as f:
+        f.write("\n# edited\n")
+    assert probe() == [0, 1]
+    assert probe() == [1, 0]
+
+
 def test_decay_table_changes_nothing():
     """The shared decay table (one pair of time constants, no delays) against per-neuron decays (the same time
     constants given per neuron but not all equal, so the table is off): identical bits for the equal neurons."""
