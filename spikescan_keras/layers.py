@@ -461,7 +461,7 @@ class LIReadout(keras.layers.Layer):
     Each unit has the LIF sub-threshold dynamics without threshold; its logit is a functional of ``V(t)`` on
     ``[0, t_max]`` computed in closed form by ``spikescan.li_forward`` (exact gradients by ``li_backward``):
     ``"integral"``: ``int_0^t_max e^{-t/tau_readout} V(t) dt`` (plain integral with ``tau_readout=None``),
-    ``"max"``: ``max_t V(t)``, ``"final"``: ``V(t_max)``. The logits suit
+    ``"max"``: ``max_t V(t)``, ``"final"``: ``V(t_max)``, times the constant ``scale``. The logits suit
     ``SparseCategoricalCrossentropy(from_logits=True)``.
 
     Weights: ``kernel [n_in, units]``; with ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn``
@@ -476,15 +476,23 @@ class LIReadout(keras.layers.Layer):
         readout: ``"integral"``, ``"max"`` or ``"final"``.
         t_max: positive end of the readout window.
         tau_readout: optional positive time scale of the integral's weighting (``readout="integral"`` only).
+        scale: positive constant multiplying the readout values (the logits are ``scale`` times the functional
+            above), or ``"auto"``: 1 for ``"integral"``; for ``"max"`` and ``"final"`` the ratio of the integral's
+            value to this readout's value for one unit-weight input spike at ``t_max / 2`` (same time constants and
+            window), so that every readout's logits move on the integral's scale when a weight changes. A voltage is
+            an integral's value divided by a time of the order of ``t_max``: unscaled, the max readout's logits
+            moved about 25 times slower per optimizer step than the integral's, and on Yin-Yang with Adam's
+            default step it stopped near 82% training accuracy (the integral reached 95%). ``layer.output_scale``
+            holds the value used.
         kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(0, 1 / (sqrt(n_in) * u))`` where ``u`` is
-            the readout value of one unit-weight spike at ``t_max / 2``, so that with about one spike per input
-            neuron the logits start with unit scale whatever the time constants and the readout.
+            the logit (``scale`` included) of one unit-weight spike at ``t_max / 2``, so that with about one spike
+            per input neuron the logits start with unit scale whatever the time constants and the readout.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         trainable_time_constants: learn one ``tau_mem`` and one ``tau_syn`` per unit.
         min_time_constant: positive floor of the trained time constants (None: 5% of ``min(tau_mem, tau_syn)``).
     """
 
-    def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None,
+    def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
                  kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,
                  min_time_constant=None, **kwargs):
         super().__init__(**kwargs)
@@ -504,13 +512,25 @@ class LIReadout(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
                             time_constant_inputs=self.trainable_time_constants)
+        if isinstance(scale, str):
+            if scale != "auto":
+                raise ValueError(f"scale must be 'auto' or a positive finite number, got {scale!r}")
+            self.scale = "auto"
+            self.output_scale = 1.0 if self.readout == "integral" else self._unit("integral") / self._unit()
+        else:
+            self.scale = self.output_scale = _validate.positive_scalar("scale", scale)
 
-    def _auto_kernel_initializer(self, n_in):
+    def _unit(self, readout=None):
+        """The readout value (unscaled) of one unit-weight input spike at ``t_max / 2``."""
         spike = np.full((1, 1, 1), 0.5 * self.t_max)
         s = self._spec
-        unit = spikescan.li_forward(spike, np.ones((1, 1)), tau_mem=s.tau_mem, tau_syn=s.tau_syn, readout=s.readout,
-                                    t_max=s.t_max, tau_readout=s.tau_readout).values
-        return keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / (np.sqrt(n_in) * abs(float(unit[0, 0]))))
+        readout = readout or s.readout
+        value = spikescan.li_forward(spike, np.ones((1, 1)), tau_mem=s.tau_mem, tau_syn=s.tau_syn, readout=readout,
+                                     t_max=s.t_max, tau_readout=s.tau_readout if readout == s.readout else None)
+        return abs(float(value.values[0, 0]))
+
+    def _auto_kernel_initializer(self, n_in):
+        return keras.initializers.RandomNormal(mean=0.0, stddev=1.0 / (np.sqrt(n_in) * self.output_scale * self._unit()))
 
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)
@@ -522,7 +542,7 @@ class LIReadout(keras.layers.Layer):
         """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""
         taus = (self.tau_mem_per_neuron, self.tau_syn_per_neuron) if self.trainable_time_constants else ()
         (values,) = _bridge.apply(LIOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, self.kernel, *taus))))
-        return values
+        return values if self.output_scale == 1.0 else values * self.output_scale
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
@@ -531,7 +551,8 @@ class LIReadout(keras.layers.Layer):
         config = super().get_config()
         config.update(
             units=self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn, readout=self.readout, t_max=self.t_max,
-            tau_readout=self.tau_readout, kernel_initializer=_serialize_initializer(self.kernel_initializer),
+            tau_readout=self.tau_readout, scale=self.scale,
+            kernel_initializer=_serialize_initializer(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant)
         return config

@@ -455,6 +455,49 @@ def test_save_load_round_trip(tmp_path):
     assert lif.spike_count_regularizer.get_config() == {"strength": 0.5, "tau": 20.0}
 
 
+@pytest.mark.parametrize("readout", ["integral", "max", "final"])
+def test_readout_scale(readout, tmp_path):
+    """Logits are ``output_scale`` times ``li_forward``'s values. ``"auto"``: 1 for the integral; for the max and
+    final readouts, the integral's value over this readout's for one unit-weight spike at ``t_max / 2``; the auto
+    initializer counts the scale. Saved and loaded with the model; gradients are the op's times the constant."""
+    rng = np.random.default_rng(5)
+    x = spike_input(rng, n_in=5, max_in=2)
+    unit = {r: float(spikescan.li_forward(np.full((1, 1, 1), T_MAX / 2), np.ones((1, 1)), tau_mem=TAU_MEM,
+                                          tau_syn=TAU_SYN, readout=r, t_max=T_MAX).values[0, 0])
+            for r in ("integral", readout)}
+    layer = sk.LIReadout(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout, t_max=T_MAX)
+    assert layer.scale == "auto"
+    np.testing.assert_allclose(layer.output_scale, unit["integral"] / unit[readout], rtol=1e-12)
+    assert (layer.output_scale == 1.0) == (readout == "integral") and layer.output_scale > 0
+    init = layer._auto_kernel_initializer(5)
+    np.testing.assert_allclose(init.stddev, 1.0 / (np.sqrt(5) * unit["integral"]), rtol=1e-12)
+    logits = ops.convert_to_numpy(layer(x))
+    w = layer.kernel.numpy().astype(np.float64)
+    values = spikescan.li_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout,
+                                  t_max=T_MAX).values
+    np.testing.assert_allclose(logits, layer.output_scale * values, rtol=1e-5, atol=1e-6)
+    fixed = sk.LIReadout(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout, t_max=T_MAX, scale=2.5)
+    fixed(x)
+    fixed.kernel.assign(layer.kernel.numpy())
+    assert fixed.output_scale == 2.5
+    np.testing.assert_allclose(ops.convert_to_numpy(fixed(x)), 2.5 * values, rtol=1e-5, atol=1e-6)
+
+    g = rng.normal(size=(x.shape[0], 3))
+    g_tensor = ops.convert_to_tensor(g.astype(np.float32))
+    (grad,) = backend_grad(lambda k: ops.sum(layer.stateless_call([k], [], x)[0] * g_tensor), [layer.kernel.numpy()])
+    expected = layer.output_scale * spikescan.li_backward(
+        spikescan.li_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout,
+                             t_max=T_MAX), g).weights
+    np.testing.assert_allclose(ops.convert_to_numpy(grad), expected, rtol=1e-4, atol=1e-6)
+
+    model = keras.Sequential([keras.Input(x.shape[1:]), fixed])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.layers[0].get_config()["scale"] == 2.5
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
+    assert sk.LIReadout.from_config(layer.get_config()).output_scale == layer.output_scale
+
+
 def test_capped_spikes_are_counted_and_warned(jax_route):
     x = np.zeros((2, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires repeatedly
     lif = sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, kernel_initializer=keras.initializers.Constant(50.0))
@@ -509,6 +552,11 @@ def test_lif_bad_config(kwargs, match):
     (dict(t_max=0.0), "t_max"),
     (dict(tau_readout=-2.0), "tau_readout"),
     (dict(tau_mem=float("inf")), "tau_mem"),
+    (dict(scale=0.0), "scale"),
+    (dict(scale=-1.0), "scale"),
+    (dict(scale=float("nan")), "scale"),
+    (dict(scale="max"), "scale"),
+    (dict(scale=True), "scale"),
 ])
 def test_readout_bad_config(kwargs, match):
     args = dict(units=3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX) | kwargs

@@ -192,7 +192,7 @@ def test_readout_time_constant_gradients_match_finite_differences(readout, tau_r
     def loss_numpy(w, tau_mem, tau_syn):
         res = spikescan.li_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, readout=readout,
                                    t_max=25.0, tau_readout=tau_readout)
-        return np.sum(res.values * grad_values)
+        return layer.output_scale * np.sum(res.values * grad_values)  # a constant set at construction
 
     assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params)
 
