@@ -106,7 +106,8 @@ Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph'
 ``max_delay``, ``input_spikes``, ``input_window``, ``spike_count_strength`` / ``spike_count_tau``,
 ``kernel_scale`` (already folded into the weights; informative), and for recurrent layers ``recurrent``,
 ``recurrent_delays`` (informative: import reads the graph's cycle) and ``max_total_spikes`` for ``LIFLayer``;
-``readout``, ``t_max``, ``tau_readout``, ``trainable_time_constants``, ``min_time_constant`` for ``LIReadout``.
+``readout``, ``t_max``, ``tau_readout``, ``scale`` (``"auto"`` or the factor), ``trainable_time_constants``,
+``min_time_constant`` for ``LIReadout``.
 Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
 ``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
 calibrated, so training an imported model starts from the imported weights.
@@ -272,8 +273,8 @@ def _layer_metadata(layer, kernel_scale):
     meta = {"layer": type(layer).__name__, "name": layer.name, "units": layer.units, "tau_mem": layer.tau_mem,
             "tau_syn": layer.tau_syn}
     if isinstance(layer, LIReadout):
-        meta.update(readout=layer.readout, t_max=layer.t_max, trainable_time_constants=layer.trainable_time_constants,
-                    min_time_constant=layer.min_time_constant)
+        meta.update(readout=layer.readout, t_max=layer.t_max, scale=layer.scale,
+                    trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant)
         if layer.tau_readout is not None:
             meta["tau_readout"] = layer.tau_readout
         return meta
@@ -689,7 +690,9 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
                              f"import_nir(..., t_max=...) in {time_unit!r}")
         readout = str(meta.get("readout", overrides["readout"] or "integral"))
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
-        layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, **kwargs)
+        scale = meta.get("scale", "auto")
+        scale = str(scale) if isinstance(scale, (str, bytes, np.str_)) else float(scale)
+        layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, scale=scale, **kwargs)
         return layer, kernel, None, (taus, None), rec
     thresholds = None
     if meta.get("trainable_threshold", False) or np.any(p["v_threshold"] != p["v_threshold"][0]):

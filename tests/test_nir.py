@@ -85,6 +85,19 @@ def test_round_trip_through_file_is_exact(tmp_path, delays, readout):
                                       keras.ops.convert_to_numpy(model.layers[0].delays))
 
 
+@pytest.mark.parametrize("readout, scale", [("max", 2.5), ("final", "auto")])
+def test_readout_scale_round_trip(tmp_path, readout, scale):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input(shape=(5, 3)),
+                              sk.LIFLayer(7, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, calibrate=None),
+                              sk.LIReadout(3, tau_mem=20.0, tau_syn=5.0, readout=readout, t_max=60.0, scale=scale)])
+    nir.write(tmp_path / "m.nir", sk.export_nir(model))
+    back = sk.import_nir(nir.read(tmp_path / "m.nir"))
+    assert back.layers[-1].get_config()["scale"] == scale
+    assert back.layers[-1].output_scale == model.layers[-1].output_scale
+    assert_same(model, back, spikes(np.random.default_rng(2)))
+
+
 def test_exported_fields():
     model = make_model(delays=False)
     g = sk.export_nir(model)
