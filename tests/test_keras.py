@@ -470,7 +470,7 @@ def test_readout_scale(readout, tmp_path):
     np.testing.assert_allclose(layer.output_scale, unit["integral"] / unit[readout], rtol=1e-12)
     assert (layer.output_scale == 1.0) == (readout == "integral") and layer.output_scale > 0
     init = layer._auto_kernel_initializer(5)
-    np.testing.assert_allclose(init.stddev, 1.0 / (np.sqrt(5) * unit["integral"]), rtol=1e-12)
+    np.testing.assert_allclose(init.stddev, 0.5 / (np.sqrt(5) * unit["integral"]), rtol=1e-12)
     logits = ops.convert_to_numpy(layer(x))
     w = layer.kernel.numpy().astype(np.float64)
     values = spikescan.li_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout,
