@@ -34,9 +34,12 @@ def _tau_groups(tau_mem, tau_syn):
 
 
 def _final_kernel(u, tau_mem, tau_syn):
-    """``kappa = c(u)`` (``V(t_max)`` of a unit input ``u = t_max - t`` earlier) and ``d kappa / d t = -c'(u)``."""
+    """``kappa = c(u)`` (``V(t_max)`` of a unit input ``u = t_max - t`` earlier) and ``d kappa / d t = -c'(u)``.
+
+    ``c'(u)`` is the model's vector field at the unit PSP's state ``(V, I) = (c(u), b(u))``:
+    ``lif.voltage_rate(c, b, tau_mem) = (b - c) / tau_mem``."""
     _, b, c = lif.decay(u, tau_mem, tau_syn)
-    return c, -(b - c) / tau_mem
+    return c, -lif.voltage_rate(c, b, tau_mem)
 
 
 def _integral_kernel(t, u, tau_mem, tau_syn, tau_readout, t_max):
@@ -258,14 +261,17 @@ def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, 
             grad_taus[0][idx] = np.sum(c_tm * (g_e * W_e), axis=0)
             grad_taus[1][idx] = np.sum(c_ts * (g_e * W_e), axis=0)
         grad_W[sources, idx] = np.add.reduceat(c * g_e, starts, axis=0)
-        grad_arrival = -(b - c) / tm * g_e * W_e  # [inputs, neurons]: d loss / d arrival at fixed t*
+        # [inputs, neurons]: d loss / d arrival at fixed t*, -c'(t* - arrival) g W (0 for dead arrivals: b = c = 0)
+        grad_arrival = -lif.voltage_rate(c, b, tm) * g_e * W_e
         grad_t_e += np.sum(grad_arrival, axis=1)
         if grad_D is not None:
             grad_D[sources, idx] = np.add.reduceat(grad_arrival, starts, axis=0)
         kink = kink_index[:, idx]
         has = kink >= 0
         if bool(has.any()):
-            # V'(t*^-) = (I(t*^-) - V(t*)) / tau_mem from the arrivals before t*, summed per sample.
+            # V'(t*^-) = (I(t*^-) - V(t*)) / tau_mem from the arrivals before t*, summed per sample: the vector field
+            # (lif.voltage_rate) with the difference taken per arrival, sum W (b - c), before the sum (kept inline:
+            # voltage_rate(sum W c, sum W b, tm) would subtract the sums and round differently).
             terms = (b - c) * W_e
             slope = np.stack([np.bincount(b_e, terms[:, i], minlength=batch) for i in range(terms.shape[1])], 1) / tm
             rows, cols = np.nonzero(has)

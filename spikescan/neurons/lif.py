@@ -42,11 +42,14 @@ forms here and as static members there:
   ``spike_adjoint`` (the adjoint of ``V`` just before the spike from the total derivative of its time);
 - for the backward at any event: the vector field ``voltage_rate`` (``dV/dt``) and ``current_rate`` (``dI/dt``),
   and the derivatives of the loss with respect to an event's time from the adjoint just after it,
-  ``arrival_time_grad`` (an arrival of weight ``w``) and ``reset_time_grad`` (a spike, through its reset).
+  ``arrival_time_grad`` (an arrival of weight ``w``) and ``reset_time_grad`` (a spike, through its reset). The
+  readout's slopes are ``voltage_rate`` too: the unit PSP's ``c'(s) = voltage_rate(c, b, tau_mem)`` at its state
+  ``(c(s), b(s))`` (``decay``), and ``V'(t*)`` at the "max" readout's kink.
 
 The engines reach the model through these names. Still inline in them: the jumps composed into the affine maps of a
 scan or of the backward's spike step (the chunked scan's event maps, the CUDA warp prefix, the feed-forward
-adjoint's ``-a / D``, ``-c / D``), each with a comment naming the function it mirrors.
+adjoint's ``-a / D``, ``-c / D``), and the NumPy "max" readout's kink slope ``sum W (b - c) / tau_mem`` (the
+difference is taken per arrival, before the sum over them), each with a comment naming the function it mirrors.
 """
 
 from __future__ import annotations
@@ -614,7 +617,8 @@ def spike_adjoint_scalar(g, slope):
 # to an event's time: the state after the event, taken against the adjoint (lV, lI) just after it.
 
 def voltage_rate(v, i, tau_mem):
-    """``dV/dt`` at the state ``(v, i)``: ``(i - v) / tau_mem``."""
+    """``dV/dt`` at the state ``(v, i)``: ``(i - v) / tau_mem``. At the unit PSP's state ``(c, b)`` after a gap
+    ``s`` (``decay``) it is the PSP kernel's slope ``c'(s)``."""
     return (np.asarray(i, dtype=np.float64) - v) / tau_mem
 
 

@@ -23,7 +23,9 @@
 //       g (I(t*^-) - V(t*)) / tau_mem.
 // Readout codes: 0 = final, 1 = integral.  gamma = 1 / tau_readout (0 for the plain integral).
 // Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif): kappa is
-// built from its PSP kernel c and closed forms.
+// built from its PSP kernel c and closed forms, and the slopes c'(s) = Neuron::voltage_rate(c, b, tau_mem) (the
+// vector field at the unit PSP's state (c(s), b(s))) and V'(t*^-) = Neuron::voltage_rate(V(t*), I(t*^-), tau_mem)
+// are its vector field.
 #include "neurons/lif.cuh"
 
 #define SPIKESCAN_READOUT_FINAL 0
@@ -38,7 +40,7 @@ __device__ __forceinline__ void spikescan_li_kernel(double t, double tau_mem, do
     const auto d = Neuron::decay(u, tau_mem, tau_syn);
     if (readout == SPIKESCAN_READOUT_FINAL) {
         *kappa = d.c;
-        *dkappa = -(d.b - d.c) / tau_mem;
+        *dkappa = -Neuron::voltage_rate(d.c, d.b, tau_mem);  // -c'(u), the vector field at the PSP's state (c, b)
         return;
     }
     const double alpha = 1.0 / tau_mem;
@@ -211,7 +213,7 @@ __global__ void spikescan_li_max_backward(
         const auto d = Neuron::decay(t_star - tm_, tau_mem[i], tau_syn[i]);
         acc_c += d.c;
         acc_b += d.b;
-        atomicAdd(grad_input_times + bj * max_in + m, -((d.b - d.c) / tau_mem[i]) * g * w);
+        atomicAdd(grad_input_times + bj * max_in + m, -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w);
         if (tau_grads) {
             const auto pg = Neuron::decay_param_grads(t_star - tm_, tau_mem[i], tau_syn[i], d);
             acc_tm += pg.c_tm;
@@ -238,6 +240,6 @@ __global__ void spikescan_li_max_kink(
     if (kink < 0) return;
     const long long b = tid / n_out;
     const long long i = tid - b * n_out;
-    const double slope = (i_before[tid] - v_star[tid]) / tau_mem[i];
+    const double slope = Neuron::voltage_rate(v_star[tid], i_before[tid], tau_mem[i]);
     atomicAdd(grad_input_times + b * n_in * max_in + kink, (double)grad_values[tid] * slope);
 }

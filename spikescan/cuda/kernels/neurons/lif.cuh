@@ -67,7 +67,8 @@ struct spikescan_lif {
     // dI/dt = -i / tau_syn; the derivative of the loss with respect to the time of an arrival of weight w from the
     // adjoint (lV, lI) just after it, w (lI / tau_syn - lV / tau_mem) (the vector field jumps by (w / tau_mem,
     // -w / tau_syn)); and with respect to a spike's time through its reset (V restarts from 0 with
-    // dV/dt = i / tau_mem), -lV i / tau_mem, computed as ((-lV) i) / tau_mem = -(lV i / tau_mem) exactly.
+    // dV/dt = i / tau_mem), -lV i / tau_mem, computed as ((-lV) i) / tau_mem = -(lV i / tau_mem) exactly.  The
+    // readout's slopes are voltage_rate too: c'(s) = voltage_rate(c, b, tau_mem) at the unit PSP's state (c, b).
     static __device__ __forceinline__ double voltage_rate(double v, double i, double tau_mem) {
         return (i - v) / tau_mem;
     }
