@@ -530,7 +530,14 @@ class LIReadout(keras.layers.Layer):
         readout = readout or s.readout
         value = spikescan.li_forward(spike, np.ones((1, 1)), tau_mem=s.tau_mem, tau_syn=s.tau_syn, readout=readout,
                                      t_max=s.t_max, tau_readout=s.tau_readout if readout == s.readout else None)
-        return abs(float(value.values[0, 0]))
+        value = abs(float(value.values[0, 0]))
+        if not (np.isfinite(value) and value > 0):  # e.g. "final" with t_max thousands of tau_mem: e^-1500 is 0
+            raise ValueError(
+                f"LIReadout(readout={s.readout!r}, t_max={s.t_max!r}, tau_mem={s.tau_mem!r}, tau_syn={s.tau_syn!r}): "
+                f"the {readout!r} value of one unit-weight spike at t_max / 2 is {value!r}, so the 'auto' scale and "
+                "kernel initializer are undefined; pass scale=<number> and a kernel_initializer, or a t_max of at "
+                "most a few hundred time constants")
+        return value
 
     def _auto_kernel_initializer(self, n_in):
         return keras.initializers.RandomNormal(mean=0.0, stddev=0.5 / (np.sqrt(n_in) * self.output_scale * self._unit()))

@@ -557,6 +557,7 @@ def test_lif_bad_config(kwargs, match):
     (dict(scale=float("nan")), "scale"),
     (dict(scale="max"), "scale"),
     (dict(scale=True), "scale"),
+    (dict(readout="final", t_max=3000.0, tau_mem=1.0, tau_syn=0.5), "unit-weight spike at t_max / 2 is 0.0"),
 ])
 def test_readout_bad_config(kwargs, match):
     args = dict(units=3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX) | kwargs
