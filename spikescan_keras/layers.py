@@ -540,7 +540,8 @@ class LIReadout(keras.layers.Layer):
         return value
 
     def _auto_kernel_initializer(self, n_in):
-        return keras.initializers.RandomNormal(mean=0.0, stddev=0.5 / (np.sqrt(n_in) * self.output_scale * self._unit()))
+        stddev = 0.5 / (np.sqrt(n_in) * self.output_scale * self._unit())
+        return keras.initializers.RandomNormal(mean=0.0, stddev=stddev)
 
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)

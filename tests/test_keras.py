@@ -500,7 +500,8 @@ def test_readout_scale(readout, tmp_path):
 
 def test_capped_spikes_are_counted_and_warned(jax_route):
     x = np.zeros((2, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires repeatedly
-    lif = sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, kernel_initializer=keras.initializers.Constant(50.0))
+    lif = sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1,
+                      kernel_initializer=keras.initializers.Constant(50.0))
     with pytest.warns(sk.CappedSpikesWarning, match="max_spikes=1"):
         times = lif(x)
     counts = spikescan.lif_forward(x, np.full((1, 3), 50.0, np.float32), tau_mem=TAU_MEM, tau_syn=TAU_SYN,
