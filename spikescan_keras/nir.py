@@ -690,8 +690,8 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
                              f"import_nir(..., t_max=...) in {time_unit!r}")
         readout = str(meta.get("readout", overrides["readout"] or "integral"))
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
-        scale = meta.get("scale", "auto")
-        scale = str(scale) if isinstance(scale, (str, bytes, np.str_)) else float(scale)
+        scale = meta.get("scale", "auto")  # "auto" (read back as a str, like "readout") or the factor
+        scale = str(scale) if isinstance(scale, str) else float(scale)
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, scale=scale, **kwargs)
         return layer, kernel, None, (taus, None), rec
     thresholds = None
