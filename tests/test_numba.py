@@ -76,21 +76,27 @@ print(json.dumps({v: [len(getattr(m.decay_table, v).stats.cache_hits),
 """
 
 
-def test_parallel_and_serial_compilations_have_separate_disk_caches(tmp_path):
-    """Each kernel is compiled with and without ``parallel=True``, both with ``cache=True``. Numba's disk cache is
-    keyed by the function's name, line and signature, not by its flags: if both compilations came from one function,
-    whichever ran first would be loaded by both in every later process (a serial kernel on the parallel path).
-    Fresh cache: the serial one compiled alone, then the parallel one must miss; after that both hit, and the files
-    hold one kernel with parallel loops (Numba's ``parfor`` functions) and one without."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(ss.__file__)))  # the spikescan under test
+def _cache_prober(tmp_path, root):
+    """``probe(*variants)``: runs ``_CACHE_PROBE`` in a fresh process on the spikescan package under ``root``, with
+    the disk cache in ``tmp_path / "cache"``; returns its ``{variant: [hits, misses]}``."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+               PYTHONPATH=os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
     def probe(*variants):
         out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, *variants], env=env, cwd=tmp_path,
                              capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    return probe
+
+
+def test_parallel_and_serial_compilations_have_separate_disk_caches(tmp_path):
+    """Each kernel is compiled with and without ``parallel=True``, both with ``cache=True``. Numba's disk cache is
+    keyed by the function's name, line and signature, not by its flags: if both compilations came from one function,
+    whichever ran first would be loaded by both in every later process (a serial kernel on the parallel path).
+    Fresh cache: the serial one compiled alone, then the parallel one must miss; after that both hit, and the files
+    hold one kernel with parallel loops (Numba's ``parfor`` functions) and one without."""
+    probe = _cache_prober(tmp_path, os.path.dirname(os.path.dirname(os.path.abspath(ss.__file__))))
     assert probe("serial") == {"serial": [0, 1]}
     assert probe("parallel") == {"parallel": [0, 1]}  # not the serial kernel from the cache
     assert probe("serial", "parallel") == {"serial": [1, 0], "parallel": [1, 0]}
@@ -109,20 +115,13 @@ def test_disk_cache_follows_the_neuron_model(tmp_path):
 
     pkg = os.path.dirname(os.path.abspath(ss.__file__))
     shutil.copytree(pkg, tmp_path / "src" / "spikescan", ignore=shutil.ignore_patterns("__pycache__"))
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=os.pathsep.join([str(tmp_path / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
-
-    def probe():
-        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, "serial"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])["serial"]
-
-    assert probe() == [0, 1]
-    assert probe() == [1, 0]
+    probe = _cache_prober(tmp_path, tmp_path / "src")
+    assert probe("serial") == {"serial": [0, 1]}
+    assert probe("serial") == {"serial": [1, 0]}
     with open(tmp_path / "src" / "spikescan" / "neurons" / "lif.py", "a") as f:
         f.write("\n# edited\n")
-    assert probe() == [0, 1]
-    assert probe() == [1, 0]
+    assert probe("serial") == {"serial": [0, 1]}
+    assert probe("serial") == {"serial": [1, 0]}
 
 
 def test_decay_table_changes_nothing():
