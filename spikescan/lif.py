@@ -9,6 +9,7 @@ from ._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResult, RunawayFiringError
 
 METHODS = ("auto", "sequential", "scan")
+BACKWARD_METHODS = METHODS + ("closed",)
 SOLVERS = ("newton", "bisection", "analytic")
 ENGINES = ("auto", "numba", "numpy")
 
@@ -148,7 +149,12 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         grad_times: ``[batch, n_out, max_spikes]`` cotangent of ``result.times``.
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
-            ``"auto"`` (NumPy: by the number of neurons; CuPy: the thread-per-neuron kernel).
+            ``"auto"`` (NumPy: by the number of neurons; CuPy: the thread-per-neuron kernel), or ``"closed"``
+            (opt-in, NumPy engine only: ``engine="numpy"``, or ``"auto"``, which then means NumPy; any other engine
+            and CuPy inputs raise ``ValueError``): the EventProp closed form (PERF.md P1c) of a feed-forward layer,
+            the adjoint between spikes as one decay from the next spike, a Python step per spike slot and every
+            input entry's contribution in one vectorised pass (``spikescan/_closed_backward.py``); the gradients of
+            ``"sequential"`` to rounding, grazing spikes included. Recurrent layers raise ``NotImplementedError``.
         engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine has one backward,
             the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
             latency on a GPU warp and nothing on a CPU core); its sums have a fixed order, so its gradients are
@@ -180,11 +186,19 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
     bad = real & ~xp.isfinite(grad_times)
     if bool(bad.any()):
         raise ValueError(f"grad_times must be finite where result.times is, got {v._first_bad(xp, grad_times, bad)}")
-    v.choice("method", method, METHODS)
+    v.choice("method", method, BACKWARD_METHODS)
     if not isinstance(input_times_grad, (bool, np.bool_)):
         raise TypeError(f"input_times_grad must be True or False, got {input_times_grad!r}")
     if not isinstance(time_constant_grads, (bool, np.bool_)):
         raise TypeError(f"time_constant_grads must be True or False, got {time_constant_grads!r}")
+    if method == "closed":
+        v.choice("engine", engine, ENGINES)
+        if xp is not np or engine == "numba":
+            raise ValueError(f"method='closed' runs on the NumPy engine only (engine='numpy' or 'auto' with NumPy "
+                             f"inputs), got engine={engine!r}" + ("" if xp is np else " with CuPy inputs"))
+        from ._closed_backward import lif_backward_closed
+
+        return lif_backward_closed(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
     engine = _engine(engine, xp)
     if xp is np:
         from . import _lif_numpy as impl
