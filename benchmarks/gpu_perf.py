@@ -116,6 +116,13 @@ VARIANTS = {
     "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "auto_warp_bwd_queue_kernel": dict(forward="auto", backward="scan",
                                        settings={"spikescan.cuda._queue.USE_KERNEL": True}),
+    # The forward kernels' exact cheap gap test (P3a's first part): same spikes, less work per quiet gap.
+    "sequential_quiet_gap": dict(forward="sequential", backward="sequential",
+                                 settings={"spikescan.cuda._queue.USE_KERNEL": False,
+                                           "spikescan.cuda._lif.QUIET_GAP": True}),
+    "scan_fwd_quiet_gap": dict(forward="scan", backward="sequential",
+                               settings={"spikescan.cuda._queue.USE_KERNEL": False,
+                                         "spikescan.cuda._lif.QUIET_GAP": True}),
 }
 BASELINE_VARIANT = "sequential"
 SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")

@@ -15,6 +15,7 @@ every kernel with NVRTC for sm_80 and sm_90 (skipped when NVRTC is missing).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -101,6 +102,30 @@ def assert_same_grads(ref, out, backend, dtype="float64", label=""):
         np.testing.assert_allclose(b, a, err_msg=f"grad_{name} {label}", **TOL[dtype]["grads"])
 
 
+@contextlib.contextmanager
+def quiet_gap(enabled):
+    """``_lif.QUIET_GAP`` set to ``enabled`` inside the block."""
+    saved = _lif.QUIET_GAP
+    _lif.QUIET_GAP = enabled
+    try:
+        yield
+    finally:
+        _lif.QUIET_GAP = saved
+
+
+def assert_quiet_gap_changes_nothing(backend, out, t, W, D, **kw):
+    """The forward with the other ``QUIET_GAP`` setting than ``out``'s: the exact cheap gap test only skips work, so
+    every output (times, events, counts) is bit-identical."""
+    with quiet_gap(not _lif.QUIET_GAP):
+        other = backend.lif(t, W, D, **kw)
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(backend.to_host(getattr(other, name)), backend.to_host(getattr(out, name)),
+                                      err_msg=name)
+    for name in ("spike_times", "spike_event"):
+        np.testing.assert_array_equal(backend.to_host(getattr(other.residuals, name)),
+                                      backend.to_host(getattr(out.residuals, name)), err_msg=name)
+
+
 def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_sizes=(32,), dtype="float64",
                min_spikes=1, **kw):
     """Forward of every method and chunk size, then both backward kernels, against the NumPy sequential reference."""
@@ -113,6 +138,7 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
         for cs in (chunk_sizes if method == "scan" else (32,)):
             out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
             assert_same_spikes(ref, out, backend, dtype)
+            assert_quiet_gap_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
             for bwd in BACKWARD_METHODS:
                 assert_same_grads(ref_g, backend.lif_backward(out, G, bwd, time_constant_grads=True), backend, dtype,
                                   label=f"(forward {method}, chunk {cs}, backward {bwd})")

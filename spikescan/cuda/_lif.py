@@ -60,6 +60,11 @@ BACKWARD_KERNELS = {"sequential": "spikescan_lif_backward", "scan": "spikescan_l
 # The warp scan should hide the per-point latency that bounds the thread-per-neuron kernel, but it has only run in
 # the host emulation so far: "auto" stays on the GPU-verified kernel until bench_lif_cuda.py has measured both.
 BACKWARD_AUTO = "sequential"
+# The forward kernels' exact cheap gap test (``spikescan_lif::quiet_gap``, the compiled CPU engine's shortcut): a gap
+# in which V provably stays below threshold skips the peak time (log1p) and the second decay of the full test.
+# Same spikes bit for bit (checked in the host emulation); off until a GPU run of benchmarks/gpu_perf.py has timed
+# both settings.
+QUIET_GAP = False
 _CHECKPOINT_BYTES = 1 << 29
 
 
@@ -139,7 +144,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     stuck_current = xp.full(batch * n_out, np.nan, dtype=xp.float64)
     limit = np.int64(min(int(max_total_spikes), np.iinfo(np.int64).max))
     n = batch * n_out
-    common = [qt, qi, qe, W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int64(batch),
+    common = [qt, qi, qe, W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)), np.int64(batch),
               np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), limit]
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
     if method == "sequential":

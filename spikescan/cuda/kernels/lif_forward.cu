@@ -14,6 +14,10 @@
 //   spikescan_lif_forward_scan<T>:       one warp per (batch, neuron): chunked speculative associative scan
 //                                        (DESIGN.md section 4) over chunks of `width` <= 32 events.
 //
+// quiet_exit (spikescan/cuda/_lif.py QUIET_GAP): 1 runs Neuron::quiet_gap on the gap's decay before the full gap test,
+// which it skips for the gaps where V provably stays below threshold (the compiled CPU engine's shortcut); the spikes
+// are the same bit for bit, only the work differs. 0 runs the full test on every gap.
+//
 // A spike found in the gap that ends at queue entry k (entries < k applied) is recorded with spike_event = k;
 // spikes beyond max_spikes are counted but not recorded.  64-bit offsets throughout.
 //
@@ -90,7 +94,7 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr, int solver,
+    const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
@@ -105,13 +109,25 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     long long count = 0;
     for (long long k = 0; k <= end; ++k) {
         const double t_k = qt[k];  // +inf at k == end: the open gap after the last input
-        if (!spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k,
-                                              tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                                              max_total_spikes, spike_times, spike_event, out_times, rec_base)) {
-            break;
+        // With quiet_exit the gap's decay comes first and rules most gaps out (then it is also the update's);
+        // without, the kernel is the plain one: full gap test, then the decay.
+        typename Neuron::decay_t d;
+        bool quiet = false;
+        if (quiet_exit) {
+            d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
+            quiet = Neuron::quiet_gap(V, I, d, threshold);
+        }
+        if (!quiet) {
+            if (!spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k,
+                                                  k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                                  max_total_spikes, spike_times, spike_event, out_times, rec_base)) {
+                break;
+            }
+            // Recomputed rather than kept live across the test (which would spill under the launch bounds): the
+            // rest of the gap after any spike, else the same value.
+            d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         }
         if (k == end) break;
-        const auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
@@ -129,7 +145,7 @@ __global__ void spikescan_lif_forward_step(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr, int solver,
+    const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, long long k, double* __restrict__ state_V, double* __restrict__ state_I,
     double* __restrict__ state_t, double* __restrict__ state_last, double* __restrict__ spike_times,
@@ -144,11 +160,20 @@ __global__ void spikescan_lif_forward_step(
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
     const double t_k = qt[k];
-    const bool ok = spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid,
-                                                     t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                                                     max_total_spikes, spike_times, spike_event, out_times, rec_base);
+    typename Neuron::decay_t d;  // as in the sequential kernel
+    bool quiet = false;
+    if (quiet_exit) {
+        d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
+        quiet = Neuron::quiet_gap(V, I, d, threshold);
+    }
+    bool ok = true;
+    if (!quiet) {
+        ok = spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k,
+                                              tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                              max_total_spikes, spike_times, spike_event, out_times, rec_base);
+        d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);  // the rest of the gap after any spike
+    }
     if (ok && k < end) {
-        const auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
@@ -178,7 +203,7 @@ __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
     const long long* __restrict__ queue_end, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr, int solver,
+    const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, int width, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
@@ -204,9 +229,11 @@ __global__ void spikescan_lif_forward_scan(
         const double t_prev = (lane == 0) ? t0 : t_before;
         const double gap = active ? t_e - t_prev : 0.0;
         spikescan_affine_t m;
+        typename Neuron::decay_t g;  // this lane's own gap map, kept for the quiet test
+        g.a = 1.0; g.b = 1.0; g.c = 0.0;
         if (active) {
-            const auto d = Neuron::decay(gap, tau_mem, tau_syn);
-            m.a = d.a; m.c = d.c; m.b = d.b; m.eV = 0.0;
+            g = Neuron::decay(gap, tau_mem, tau_syn);
+            m.a = g.a; m.c = g.c; m.b = g.b; m.eV = 0.0;
             m.eI = (e < last) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;  // Neuron::input_jump
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
@@ -220,7 +247,11 @@ __global__ void spikescan_lif_forward_scan(
         const double V_start = (lane == 0) ? V : V_up;
         const double I_start = (lane == 0) ? I : I_up;
         double s_hi = 0.0;
-        const bool fires = active && Neuron::fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold, &s_hi);
+        // The quiet test uses the lane's own gap map, not the prefix (whose rounding differs): the twin of the
+        // sequential kernels' and the compiled CPU engine's test, so every method rules out the same gaps.
+        const bool quiet = quiet_exit && Neuron::quiet_gap(V_start, I_start, g, threshold);
+        const bool fires = active && !quiet &&
+                           Neuron::fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold, &s_hi);
         const unsigned fire_mask = __ballot_sync(SPIKESCAN_FULL_MASK, fires);
         if (fire_mask == 0u) {
             const int n_active = (last - k < width) ? last - k + 1 : width;

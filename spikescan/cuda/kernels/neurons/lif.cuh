@@ -165,6 +165,20 @@ struct spikescan_lif {
         return tau_syn * (1.0 - ratio) * log1p_ratio(z);
     }
 
+    // True when V provably stays below threshold over a gap with decay d from (v0, i0) (twin of
+    // lif.quiet_gap_scalar): an exact shortcut of fires_in_gap for kernels that hold the gap's decay for the state
+    // update anyway. V has at most one extremum, so while it is still rising at the gap's end (b i0 > V_end) its
+    // maximum over the gap is at an end, and V(0) = v0 < threshold; V_end < threshold then settles it, with no
+    // peak time (log1p) and no second decay. Both comparisons keep a margin of 1e-14 (|v0| + |i0| + threshold),
+    // far above the rounding (and any FMA contraction) of evaluating them, so that fires_in_gap could not decide
+    // otherwise; with the bound V <= max(v0, i0, 0) of fires_in_gap.
+    static __device__ __forceinline__ bool quiet_gap(double v0, double i0, decay_t d, double threshold) {
+        const double margin = 1e-14 * (fabs(v0) + fabs(i0) + threshold);
+        if (fmax(v0, i0) + margin < threshold) return true;
+        const double v_end = d.a * v0 + d.c * i0;
+        return (v_end + margin < threshold) && (d.b * i0 - v_end > margin);
+    }
+
     // Exact gap test (DESIGN.md section 2) for v0 < threshold: does V reach threshold in (0, gap]?  Writes the right
     // end of the root bracket min(s_peak, gap) to *s_hi.
     static __device__ __forceinline__ bool fires_in_gap(double v0, double i0, double gap, double tau_mem,
