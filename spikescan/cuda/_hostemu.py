@@ -122,6 +122,7 @@ static int __popc(unsigned x) { return __builtin_popcount(x); }
 static int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 static double __longlong_as_double(long long x) { double d; std::memcpy(&d, &x, 8); return d; }
 static double atomicAdd(double* p, double v) { const double old = *p; *p = old + v; return old; }  // one OS thread
+static int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; return old; }
 """
 
 _LAUNCHER = r"""

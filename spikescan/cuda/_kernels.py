@@ -27,7 +27,7 @@ MODULES = {
     "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
                 "spikescan_li_max_backward", "spikescan_li_max_kink"),
-    "queue": ("spikescan_delay_queue",),
+    "queue": ("spikescan_delay_queue", "spikescan_delay_queue_counting"),
     "recurrent": ("spikescan_recurrent_forward", "spikescan_recurrent_backward_spikes",
                   "spikescan_recurrent_backward_inputs", "spikescan_recurrent_backward_weights"),
 }
