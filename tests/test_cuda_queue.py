@@ -1,8 +1,10 @@
 """The delayed queues built by ``kernels/queue.cu`` (``spikescan.cuda._queue``) against ``spikescan._queue``.
 
 The result must be identical (same arrays, same dtypes) to the NumPy ``build_queues``, simultaneous arrivals
-included, on the host emulation and (marker ``gpu``) on the device. The LIF cases with delays of ``test_cuda.py``
-run through the same kernel, since ``_lif.forward`` builds its queues with it.
+included, on the host emulation and (marker ``gpu``) on the device, with both kernels: every test that takes the
+``device`` fixture runs with the bitonic sort (``spikescan_delay_queue``) and with the counting sort
+(``spikescan_delay_queue_counting``). The LIF cases with delays of ``test_cuda.py`` run through the default kernel
+when ``_queue.USE_KERNEL`` is set.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from spikescan._queue import build_queues as numpy_build_queues
 from spikescan.cuda import _queue, is_available
 
 
+@pytest.fixture(params=sorted(_queue.KERNELS))
+def algorithm(request):
+    return request.param
+
+
 @pytest.fixture(params=[pytest.param("emulated", id="emulated"), pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)])
-def device(request):
-    """``(xp, launch, to_host)`` of the backend; ``launch`` records the kernels it launched."""
+def device(request, algorithm):
+    """``(xp, launch, to_host)`` of the backend; ``launch`` records the kernels it launched, and its ``algorithm``
+    is the kernel ``assert_same_queues`` asks for (``launch.kernel`` its name)."""
     if request.param == "gpu":
         if not is_available():
             pytest.skip("no CUDA device")
@@ -34,6 +42,8 @@ def device(request):
         return base(*args, **kw)
 
     launch.launched = launched
+    launch.algorithm = algorithm
+    launch.kernel = _queue.KERNELS[algorithm]
     return xp, launch, to_host
 
 
@@ -41,6 +51,7 @@ def assert_same_queues(device, t, D, **kw):
     xp, launch, to_host = device
     ref = numpy_build_queues(t, D, np)
     kw.setdefault("use_kernel", True)
+    kw.setdefault("algorithm", launch.algorithm)
     out = _queue.build_queues(xp, launch, xp.asarray(t), None if D is None else xp.asarray(D), **kw)
     for name, a, b in zip(("queue_times", "queue_index", "queue_end"), ref, out):
         b = to_host(b)
@@ -68,7 +79,7 @@ def test_random_cases_with_ties_padding_and_empty_samples(device, max_threads):
         if case % 4 == 1:
             D[:, 0] = 0.0  # a neuron without delays: its queue is the shared one
         assert_same_queues(device, t, D, max_threads=max_threads)
-    assert device[1].launched == ["spikescan_delay_queue"] * 12
+    assert device[1].launched == [device[1].kernel] * 12
 
 
 def test_lengths_around_powers_of_two(device):
@@ -110,10 +121,12 @@ def test_rows_too_long_for_shared_memory_take_the_argsort_path(device):
     rng = np.random.default_rng(5)
     t = tied_spikes(rng, 2, 10, 6)
     n_max = int(np.isfinite(t).sum(axis=(1, 2)).max())
-    assert_same_queues(device, t, rng.uniform(0.0, 2.0, (10, 3)), max_shared=_queue.BYTES_PER_ENTRY * n_max - 1)
+    algorithm = device[1].algorithm
+    need = _queue.shared_bytes(n_max, algorithm) + (_queue.COUNTING_STATIC_SHARED if algorithm == "counting" else 0)
+    assert_same_queues(device, t, rng.uniform(0.0, 2.0, (10, 3)), max_shared=need - 1)
     assert device[1].launched == []
-    assert_same_queues(device, t, rng.uniform(0.0, 2.0, (10, 3)), max_shared=_queue.BYTES_PER_ENTRY * n_max)
-    assert device[1].launched == ["spikescan_delay_queue"]
+    assert_same_queues(device, t, rng.uniform(0.0, 2.0, (10, 3)), max_shared=need)
+    assert device[1].launched == [device[1].kernel]
 
 
 def test_long_rows_beyond_48_kib_of_shared_memory(device):
@@ -123,12 +136,113 @@ def test_long_rows_beyond_48_kib_of_shared_memory(device):
     assert_same_queues(device, t, np.round(rng.uniform(0.0, 5.0, (250, 2)), 2))
 
 
+def queues_of_rows(rows, D):
+    """``input_times [len(rows), n_in, max_in]`` whose sample ``b`` has the spikes ``rows[b]`` (any order) spread
+    over ``n_in = D.shape[0]`` sources, ``+inf`` padded."""
+    n_in = D.shape[0]
+    max_in = max(1, max(-(-len(r) // n_in) for r in rows))
+    t = np.full((len(rows), n_in * max_in), np.inf)
+    for b, r in enumerate(rows):
+        t[b, : len(r)] = r
+    return np.sort(t.reshape(len(rows), n_in, max_in), axis=-1)
+
+
+def test_adversarial_arrivals(device):
+    """Cases aimed at the counting sort's bins (bin = a monotone function of the arrival over [min, max] of the row;
+    a larger arrival must never get a smaller bin): equal arrivals, arrivals one ulp apart on both sides of bin
+    boundaries, huge and tiny spreads, overflow of t + D to +inf and -inf, a far outlier that puts everything else in one bin,
+    arrivals descending along the shared queue; rows of 0, 1 and 2 entries and rows longer than the block."""
+    rng = np.random.default_rng(8)
+    n_in = 7
+    D = np.zeros((n_in, 3))
+    D[:, 1] = np.round(rng.uniform(0.0, 2.0, n_in), 1)
+    D[:, 2] = np.arange(n_in)[::-1] * 0.25  # later sources arrive earlier
+    # A row of 90 entries over [0, 10] (neuron 0, no delay) has 90 bins with edges at j / 9: entries on every edge
+    # and one ulp either side of it.
+    edges = np.arange(1, 30) / 9.0
+    on_edges = np.concatenate([[0.0, 10.0, 5.0], np.nextafter(edges, -np.inf), edges, np.nextafter(edges, np.inf)])
+    rows = [
+        [],  # empty sample: padding only
+        [3.0],
+        [2.0, 2.0],
+        [1.0, 1.0 + 2.0 ** -52],
+        np.full(70, 4.5),  # all equal (one bin; a neuron with equal delays keeps the shared order)
+        on_edges,
+        1.0 + np.arange(60) * 2.0 ** -52,  # a run of consecutive doubles
+        np.array([0.0, 1e-300, 5e-324, 1e300, 1.5e308, 1.7e308, 1.0, 2.0, 1e308]),  # huge spread; overflow below
+        np.array([1e-310, 1e-310 + 5e-324, 1e-310 + 1e-323, 0.0, 5e-324, 1e-309]),  # subnormal spread
+        np.concatenate([rng.uniform(0.0, 1.0, 80), [1e9]]),  # far outlier: the rest share bin 0
+        np.concatenate([np.round(rng.uniform(0.0, 5.0, 50)), np.full(40, 5.0)]),  # many ties at the maximum
+        np.concatenate([np.full(40, 0.0), np.round(rng.uniform(0.0, 5.0, 50), 1)]),  # many ties at the minimum
+        np.concatenate([-np.round(rng.uniform(0.0, 1e300, 30), -290), [-1.7e308, -1.5e308]]),  # negative, huge
+    ]
+    t = queues_of_rows(rows, D)
+    D_huge = D.copy()
+    D_huge[:, 1] = 1e308  # t + D overflows to +inf for t >= ~8e307: real entries at +inf, before the padding
+    D_minus = D.copy()
+    D_minus[:, 1] = -1e308  # negative delays (the layers refuse them, the queues do not): t + D = -inf
+    D_tiny = D.copy()
+    D_tiny[:, 1] = np.arange(n_in) * 5e-324  # subnormal delays
+    assert max(len(r) for r in rows) == len(on_edges) == 90
+    with np.errstate(over="ignore"):  # D_huge, D_minus
+        for delays in (D, D_huge, D_minus, D_tiny):
+            assert_same_queues(device, t, delays, max_threads=32)  # rows up to 90 entries: threads loop, 3 chunks
+    assert device[1].launched == [device[1].kernel] * 4
+
+
+def test_tied_rows_longer_than_the_block(device):
+    """A few distinct arrival values, each shared by many entries spread over several chunks of the scatter."""
+    rng = np.random.default_rng(9)
+    t = np.round(rng.uniform(0.0, 3.0, (2, 40, 8)))
+    t[1, :, 4:] = np.inf
+    D = np.round(rng.uniform(0.0, 2.0, (40, 3)))
+    D[:, 2] = 1.0  # equal delays: every entry of a time value ties
+    assert_same_queues(device, t, D, max_threads=64)
+
+
+def test_longest_row_on_an_h100(device):
+    """38634 spikes, the longest row of the counting kernel in 227 KiB (positions beyond 32767 and 2^15 bins); the
+    bitonic kernel's 12 bytes per entry do not fit, so it takes the argsort path."""
+    rng = np.random.default_rng(10)
+    n_in, max_in = 438, 89  # 38982 slots
+    t = np.sort(np.round(rng.uniform(0.0, 100.0, (1, n_in, max_in)), 3), axis=-1)
+    t.reshape(-1)[rng.permutation(n_in * max_in)[: n_in * max_in - 38634]] = np.inf
+    t = np.sort(t, axis=-1)
+    assert int(np.isfinite(t).sum()) == 38634
+    D = np.round(rng.uniform(0.0, 5.0, (n_in, 1)), 2)
+    assert_same_queues(device, t, D, max_shared=232448)
+    assert device[1].launched == ([device[1].kernel] if device[1].algorithm == "counting" else [])
+
+
+def test_default_kernel_and_unknown_algorithm(device, monkeypatch):
+    xp, launch, _ = device
+    t = tied_spikes(np.random.default_rng(11), 2, 4, 3)
+    assert _queue.ALGORITHM == "bitonic" and _queue.USE_KERNEL is False  # opt-in until a GPU run measures both
+    assert_same_queues(device, t, np.ones((4, 2)), use_kernel=None, algorithm=None)
+    assert launch.launched == []  # USE_KERNEL False: the argsort path
+    monkeypatch.setattr(_queue, "USE_KERNEL", True)
+    monkeypatch.setattr(_queue, "ALGORITHM", launch.algorithm)
+    assert_same_queues(device, t, np.ones((4, 2)), use_kernel=None, algorithm=None)
+    assert launch.launched == [launch.kernel]
+    with pytest.raises(ValueError, match=r"algorithm must be one of \['bitonic', 'counting'\], got 'radix'"):
+        _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(np.ones((4, 2))), algorithm="radix")
+
+
 def test_block_size_and_limits():
     assert [_queue.block_size(n) for n in (0, 1, 64, 65, 1000, 5000)] == [32, 32, 32, 64, 512, 512]
     assert _queue.block_size(5000, max_threads=64) == 64
-    # H100 and A100 opt-in maxima per block (bytes): longest rows the kernel sorts.
+    assert [_queue.block_size(n, algorithm="counting") for n in (0, 32, 33, 64, 65, 300, 5000)] == \
+        [32, 32, 64, 64, 128, 512, 512]
+    # H100 and A100 opt-in maxima per block (bytes): longest rows the kernels sort.
     assert _queue.kernel_fits(19370, 232448) and not _queue.kernel_fits(19371, 232448)
     assert _queue.kernel_fits(13909, 166912) and not _queue.kernel_fits(13910, 166912)
+    assert _queue.kernel_fits(38634, 232448, "counting") and not _queue.kernel_fits(38635, 232448, "counting")
+    assert _queue.kernel_fits(27712, 166912, "counting") and not _queue.kernel_fits(27713, 166912, "counting")
+    # uint16 positions: 65536 entries at most, whatever the shared memory.
+    assert _queue.kernel_fits(65536, 2**20, "counting") and not _queue.kernel_fits(65537, 2**20, "counting")
+    assert _queue.shared_bytes(1000, "counting") == 6000 and _queue.shared_bytes(1000) == 12000
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        _queue.kernel_fits(10, 2**20, "radix")
 
 
 def test_flat_indices_beyond_int32_are_refused(device, monkeypatch):
@@ -137,7 +251,8 @@ def test_flat_indices_beyond_int32_are_refused(device, monkeypatch):
     t = tied_spikes(np.random.default_rng(7), 1, 4, 3)
     monkeypatch.setattr(_queue, "INDEX_LIMIT", 11)
     with pytest.raises(ValueError, match=r"input_times of shape \(1, 4, 3\) has n_in \* max_in = 12 entries"):
-        _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(np.ones((4, 2))), use_kernel=True)
+        _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(np.ones((4, 2))), use_kernel=True,
+                            algorithm=launch.algorithm)
     assert launch.launched == []
     monkeypatch.setattr(_queue, "INDEX_LIMIT", 12)
     assert_same_queues(device, t, np.ones((4, 2)))

@@ -3,13 +3,21 @@
 ``build_queues(xp, launch, input_times, delays)`` has the result of ``spikescan._queue.build_queues`` (identical
 values, simultaneous arrivals included), except that ``queue_index`` is int32: the kernels read 12 bytes per queue
 entry instead of 16, and the queues a layer keeps for its backward take 25% less memory. It builds the shared queue
-of every sample as that function does, then ``spikescan_delay_queue`` sorts each (sample, neuron) row in shared
-memory and writes the outputs directly, with no ``[batch, n_out, L1]`` temporaries (the generic path holds about
-five of them at 8 bytes per entry).
+of every sample as that function does, then orders the delayed queues either by the generic argsort path
+(``spikescan._queue.delayed_queues``; the default, ``USE_KERNEL = False``) or by a kernel: one thread block per
+(sample, neuron) row orders it in shared memory and writes the outputs directly, with no ``[batch, n_out, L1]``
+temporaries (the generic path holds about five of them at 8 bytes per entry). Two kernels (``algorithm``, default
+``ALGORITHM``), with identical results:
 
-Limit: a row of ``n`` input spikes needs ``12 n`` bytes of shared memory, so the kernel runs while the longest
-sample has at most ``max_shared // 12`` spikes: 19370 on an H100 (227 KiB per block), 13909 on an A100
-(163 KiB). Longer queues take the generic argsort path (``spikescan._queue.delayed_queues``).
+- ``"bitonic"`` (``spikescan_delay_queue``): a bitonic sort of (arrival, position) pairs, 12 bytes of shared memory
+  per entry, so rows of at most ``max_shared // 12`` spikes: 19370 on an H100 (227 KiB per block), 13909 on an A100
+  (163 KiB).
+- ``"counting"`` (``spikescan_delay_queue_counting``): a counting sort into one bin per entry by a bin function
+  monotone in the arrival, then an insertion sort of every bin; 6 bytes per entry (an int count per bin, a uint16
+  position per entry; arrivals are recomputed, not stored) plus ``COUNTING_STATIC_SHARED`` bytes, so rows of at most
+  38634 spikes on an H100 and 27712 on an A100 (and 65536 whatever the device: uint16 positions).
+
+Rows longer than the chosen kernel allows take the generic argsort path.
 """
 
 from __future__ import annotations
@@ -18,30 +26,52 @@ import numpy as np
 
 from .._queue import delayed_queues, shared_queue
 
-BYTES_PER_ENTRY = 12  # float64 arrival + int32 position in the shared queue
-# The kernel is checked against the NumPy queues bit for bit by the host emulation, but has not yet run on a GPU
+BYTES_PER_ENTRY = 12  # bitonic: float64 arrival + int32 position in the shared queue
+COUNTING_BYTES_PER_ENTRY = 6  # counting: int32 bin count + uint16 position in the shared queue
+COUNTING_STATIC_SHARED = 640  # counting: per-warp min, max (float64) and sum (int32) for 32 warps
+COUNTING_MAX_ROW = 65536  # counting: positions are uint16
+# The kernels are checked against the NumPy queues bit for bit by the host emulation, but have not yet run on a GPU
 # (tests/test_cuda_queue.py and ``bench_lif_cuda.py --queues`` do so under the ``gpu`` marker). Until a GPU run has
-# verified it, the LIF forward keeps the generic argsort path; set this to True to use the kernel.
+# verified them, the LIF forward keeps the generic argsort path; set this to True to use a kernel.
 USE_KERNEL = False
+# Kernel used when USE_KERNEL is True: "bitonic" until a GPU run has measured both.
+ALGORITHM = "bitonic"
+KERNELS = {"bitonic": "spikescan_delay_queue", "counting": "spikescan_delay_queue_counting"}
 MAX_THREADS = 512
 INDEX_LIMIT = 2**31 - 1  # flat indices j * max_in + m < n_in * max_in must fit in int32
 
 
-def kernel_fits(n_max, max_shared):
-    """True if rows of ``n_max`` entries fit in ``max_shared`` bytes of shared memory."""
-    return n_max * BYTES_PER_ENTRY <= max_shared and n_max < 2**31
+def shared_bytes(n_max, algorithm="bitonic"):
+    """Dynamic shared memory (bytes) of ``algorithm``'s kernel for rows of up to ``n_max`` entries."""
+    return n_max * (BYTES_PER_ENTRY if _check_algorithm(algorithm) == "bitonic" else COUNTING_BYTES_PER_ENTRY)
 
 
-def block_size(n_max, max_threads=MAX_THREADS):
-    """Threads per row: one per comparator of a network step (``P / 2``, ``P >= n_max`` a power of two), 32 to
-    ``max_threads``."""
+def kernel_fits(n_max, max_shared, algorithm="bitonic"):
+    """True if ``algorithm``'s kernel sorts rows of ``n_max`` entries within ``max_shared`` bytes of shared memory
+    (dynamic and static)."""
+    if _check_algorithm(algorithm) == "bitonic":
+        return shared_bytes(n_max, algorithm) <= max_shared and n_max < 2**31
+    return shared_bytes(n_max, algorithm) + COUNTING_STATIC_SHARED <= max_shared and n_max <= COUNTING_MAX_ROW
+
+
+def block_size(n_max, max_threads=MAX_THREADS, algorithm="bitonic"):
+    """Threads per row, 32 to ``max_threads`` (a power of two). Bitonic: one per comparator of a network step
+    (``P / 2``, ``P >= n_max`` a power of two). Counting: one per entry (a power of two ``>= n_max``)."""
+    per_thread = 2 if _check_algorithm(algorithm) == "bitonic" else 1
     threads = 32
-    while threads < max_threads and 2 * threads < n_max:
+    while threads < max_threads and per_thread * threads < n_max:
         threads *= 2
     return threads
 
 
-def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None):
+def _check_algorithm(algorithm):
+    if algorithm not in KERNELS:
+        raise ValueError(f"algorithm must be one of {sorted(KERNELS)}, got {algorithm!r}")
+    return algorithm
+
+
+def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None,
+                 algorithm=None):
     """``spikescan._queue.build_queues(input_times, delays, xp)`` with the delayed queues sorted by the kernel.
 
     Args:
@@ -51,14 +81,17 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
         max_shared: bytes of shared memory a block may use (default: the device's opt-in maximum, or the
             emulator's); rows longer than it allows take the generic argsort path.
         max_threads: threads per block at most (a power of two; tests lower it so that threads loop).
-        use_kernel: sort the delayed queues with the kernel (default ``USE_KERNEL``) or the generic argsort path.
+        use_kernel: sort the delayed queues with a kernel (default ``USE_KERNEL``) or the generic argsort path.
+        algorithm: the kernel, ``"bitonic"`` or ``"counting"`` (default ``ALGORITHM``); same results.
 
     Returns:
         ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32.
 
     Raises:
-        ValueError: if a sample has ``n_in * max_in >= 2**31`` entries, beyond an int32 flat index.
+        ValueError: if a sample has ``n_in * max_in >= 2**31`` entries, beyond an int32 flat index, or for an
+            unknown ``algorithm``.
     """
+    algorithm = _check_algorithm(ALGORITHM if algorithm is None else algorithm)
     batch, n_in, max_in = input_times.shape
     if n_in * max_in > INDEX_LIMIT:
         raise ValueError(f"input_times of shape {tuple(input_times.shape)} has n_in * max_in = {n_in * max_in} "
@@ -71,16 +104,16 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
     n_max = L1 - 1
     if max_shared is None:
         max_shared = _max_shared(xp)
-    if not (USE_KERNEL if use_kernel is None else use_kernel) or not kernel_fits(n_max, max_shared):
+    if not (USE_KERNEL if use_kernel is None else use_kernel) or not kernel_fits(n_max, max_shared, algorithm):
         q_times, q_index, q_end = delayed_queues(times, index, n_real, max_in, delays, xp)
         return q_times, q_index.astype(xp.int32), q_end
     delays_t = xp.ascontiguousarray(xp.asarray(delays, dtype=xp.float64).T)
     q_times = xp.empty((batch, n_out, L1), dtype=xp.float64)
     q_index = xp.empty((batch, n_out, L1), dtype=xp.int32)
-    launch("queue", "spikescan_delay_queue", np.float64, batch * n_out, block_size(n_max, max_threads),
+    launch("queue", KERNELS[algorithm], np.float64, batch * n_out, block_size(n_max, max_threads, algorithm),
            [xp.ascontiguousarray(times), xp.ascontiguousarray(index), xp.ascontiguousarray(n_real), delays_t,
             np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), np.int64(n_max), q_times, q_index],
-           shared_mem=n_max * BYTES_PER_ENTRY)
+           shared_mem=shared_bytes(n_max, algorithm))
     q_end = xp.broadcast_to(n_real[:, None], (batch, n_out)).copy()
     return q_times, q_index, q_end
 
