@@ -111,6 +111,13 @@ VARIANTS = {
     "default": dict(forward="auto", backward="auto", settings={}),
     "sequential": dict(forward="sequential", backward="sequential",
                        settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    # Every opt-in path at once (the M2 candidate so far): warp backward from the forward's checkpoints, counting-
+    # sort queues, the quiet-gap forward. Early in the list so that a stage short of time still measures it.
+    "m2_candidate": dict(forward="auto", backward="scan",
+                         settings={"spikescan.cuda._queue.USE_KERNEL": True,
+                                   "spikescan.cuda._queue.ALGORITHM": "counting",
+                                   "spikescan.cuda._lif.QUIET_GAP": True,
+                                   "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True}),
     "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
@@ -123,6 +130,17 @@ VARIANTS = {
     "scan_fwd_quiet_gap": dict(forward="scan", backward="sequential",
                                settings={"spikescan.cuda._queue.USE_KERNEL": False,
                                          "spikescan.cuda._lif.QUIET_GAP": True}),
+    # P1b: the forward writes the backward's checkpoints, the backward skips its first pass (one launch, no groups).
+    "fwd_checkpoints": dict(forward="sequential", backward="sequential",
+                            settings={"spikescan.cuda._queue.USE_KERNEL": False,
+                                      "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True}),
+    "fwd_checkpoints_warp_bwd": dict(forward="sequential", backward="scan",
+                                     settings={"spikescan.cuda._queue.USE_KERNEL": False,
+                                               "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True}),
+    # P2b's counting-sort queue kernel against the bitonic one (auto_warp_bwd_queue_kernel) and the argsort path.
+    "queue_counting": dict(forward="sequential", backward="sequential",
+                           settings={"spikescan.cuda._queue.USE_KERNEL": True,
+                                     "spikescan.cuda._queue.ALGORITHM": "counting"}),
 }
 BASELINE_VARIANT = "sequential"
 SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")

@@ -179,11 +179,13 @@ def _forward_advice(parts, has_delays, method):
 
 
 def check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
-                  input_itemsize, xp, engine="numpy"):
-    """``check`` with ``lif_forward_estimate``: raises ``MemoryError`` before the forward allocates."""
+                  input_itemsize, xp, engine="numpy", extra=None):
+    """``check`` with ``lif_forward_estimate``: raises ``MemoryError`` before the forward allocates. ``extra``:
+    further named byte counts of the call (e.g. the CUDA forward's backward checkpoints)."""
     backend = engine if xp.__name__ == "numpy" else "cupy"
     parts = lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
                                  input_itemsize, backend)
+    parts.update(extra or {})
     return check(describe("lif_forward", batch, n_out, max_spikes, has_delays), parts, xp,
                  _forward_advice(parts, has_delays, method))
 

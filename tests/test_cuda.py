@@ -113,6 +113,17 @@ def quiet_gap(enabled):
         _lif.QUIET_GAP = saved
 
 
+@contextlib.contextmanager
+def forward_checkpoints(enabled):
+    """``_lif.FORWARD_CHECKPOINTS`` set to ``enabled`` inside the block."""
+    saved = _lif.FORWARD_CHECKPOINTS
+    _lif.FORWARD_CHECKPOINTS = enabled
+    try:
+        yield
+    finally:
+        _lif.FORWARD_CHECKPOINTS = saved
+
+
 def assert_quiet_gap_changes_nothing(backend, out, t, W, D, **kw):
     """The forward with the other ``QUIET_GAP`` setting than ``out``'s: the exact cheap gap test only skips work, so
     every output (times, events, counts) is bit-identical."""
@@ -142,6 +153,14 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
             for bwd in BACKWARD_METHODS:
                 assert_same_grads(ref_g, backend.lif_backward(out, G, bwd, time_constant_grads=True), backend, dtype,
                                   label=f"(forward {method}, chunk {cs}, backward {bwd})")
+            if method != "step":  # the forward's checkpoints replace the backward's first pass
+                with forward_checkpoints(True):
+                    out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
+                assert out.residuals.checkpoints is not None
+                assert_same_spikes(ref, out, backend, dtype)
+                for bwd in BACKWARD_METHODS:
+                    assert_same_grads(ref_g, backend.lif_backward(out, G, bwd, time_constant_grads=True), backend,
+                                      dtype, label=f"(forward {method} with checkpoints, chunk {cs}, backward {bwd})")
     return ref
 
 
@@ -333,15 +352,45 @@ def test_backward_many_points_and_spikes_at_chunk_boundaries(backend):
     W[0] = [2.0, 4.0, 20.0]
     D = rng.uniform(0.0, 8.0, (16, 3))
     for delays in (None, D):
-        ref = check_case(backend, t, W, delays, methods=("sequential",), tau_mem=8.0, tau_syn=6.0, max_spikes=64)
+        # Both forwards: with FORWARD_CHECKPOINTS their checkpoints at spikes on chunk boundaries are what the
+        # backward starts its chunks from.
+        ref = check_case(backend, t, W, delays, methods=("sequential", "scan"), tau_mem=8.0, tau_syn=6.0,
+                         max_spikes=64)
         points = _spike_points(ref)
         assert max(p[-1] for p in points) >= 6 * 32
         assert any((p % 32 == 0).any() for p in points) and any((p % 32 == 31).any() for p in points)
         assert any((np.diff(p) == 1).any() for p in points) and (ref.counts > 64).any()
     # One input, then 80 recorded spikes in its gap: a chunk of 32 spikes and no input between the others.
-    ref = check_case(backend, np.array([[[1.0, 300.0]]]), np.array([[20.0]]), methods=("sequential",),
+    ref = check_case(backend, np.array([[[1.0, 300.0]]]), np.array([[20.0]]), methods=("sequential", "scan"),
                      tau_mem=2.0, tau_syn=60.0, max_spikes=80)
     assert (np.diff(_spike_points(ref)[0]) == 1).all() and ref.counts[0, 0] > 80
+
+
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_backward_reads_the_forwards_checkpoints(backend, method):
+    """With FORWARD_CHECKPOINTS the backward starts every chunk from the forward's checkpoints (no first pass):
+    moving one checkpoint's current moves the gradients, and the checkpoints hold the backward's own states (the
+    plain path's gradients to rounding, checked by check_case)."""
+    rng = np.random.default_rng(3)
+    t = random_spikes(rng, 1, 16, 12, t_max=150.0, p_silent=0.1)
+    W = weights(rng, 16, 2, mean=0.5)
+    with forward_checkpoints(True):
+        out = backend.lif(t, W, method=method, tau_mem=8.0, tau_syn=6.0, max_spikes=40)
+    ckpt = backend.to_host(out.residuals.checkpoints)
+    assert ckpt.shape == (-(-(out.residuals.queue_times.shape[2] - 1 + 40) // 32), 4, 2)
+    n_points = _spike_points(ss.lif_forward(t, W, tau_mem=8.0, tau_syn=6.0, max_spikes=40))[0][-1] + 1
+    assert n_points > 64  # at least three chunks for neuron 0
+    G = np.ones(out.times.shape)
+    G[~np.isfinite(backend.to_host(out.times))] = 0.0
+    for bwd in BACKWARD_METHODS:
+        plain = backend.to_host(backend.lif_backward(out, G, bwd).weights)
+        moved = ckpt.copy()
+        moved[1, 1, 0] += 0.25  # the current I before point 32 of neuron 0
+        shifted = out._replace(residuals=out.residuals._replace(checkpoints=backend.to_device(moved)))
+        changed = backend.to_host(backend.lif_backward(shifted, G, bwd).weights)
+        assert np.abs(changed[:, 0] - plain[:, 0]).max() > 1e-6, bwd
+        # Neuron 1's chunks are untouched (to the last bits a GPU's atomics may reorder).
+        np.testing.assert_allclose(changed[:, 1], plain[:, 1], rtol=1e-12, atol=1e-12 * np.abs(plain).max())
 
 
 def test_inputs_are_not_modified(backend):

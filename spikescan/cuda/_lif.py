@@ -38,7 +38,9 @@ Memory: the forward keeps the queues (12 bytes per entry: float64 time, int32 in
 delays, ``batch x n_out x L1`` with delays) and spike records of ``LIFResiduals`` and nothing else. The backward
 allocates, for its duration only, checkpoints of 32 bytes per neuron per 32 points of history
 (``(queue entries + spikes) / 32``), processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus
-float64 gradient accumulators.
+float64 gradient accumulators. With ``FORWARD_CHECKPOINTS`` the forward writes those checkpoints instead (sized
+for the longest possible history, ``(max input spikes + max_spikes) / 32`` per neuron, kept in the residuals) and the
+backward runs one launch with no first pass.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ BACKWARD_AUTO = "sequential"
 # Same spikes bit for bit (checked in the host emulation); off until a GPU run of benchmarks/gpu_perf.py has timed
 # both settings.
 QUIET_GAP = False
+# Backward checkpoints written by the forward kernels (PERF.md P1b): the state before every 32nd point of each
+# neuron's history, kept in the residuals (32 bytes per neuron per 32 points, sized for the longest possible history:
+# the queue plus max_spikes), so that the backward kernels skip their first pass (a forward walk over every point)
+# and need no checkpoint groups. Gradients equal the plain path's to rounding (the forward's states at spikes are
+# reset from the solved offset, the backward's from the recorded time). Off until a GPU run has timed it.
+FORWARD_CHECKPOINTS = False
 _CHECKPOINT_BYTES = 1 << 29
 
 
@@ -130,8 +138,11 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         from . import choose_method
 
         method = choose_method(batch, n_out, n_entries)
+    with_checkpoints = bool(FORWARD_CHECKPOINTS) and method in ("sequential", "scan") and batch * n_out > 0
+    n_ckpt = -(-(n_entries + max_spikes) // BACKWARD_CHUNK)  # a history: <= n_entries inputs, max_spikes spikes
+    extra = {"backward checkpoints": n_ckpt * 32 * batch * n_out} if with_checkpoints else None
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
-                          input_times.dtype.itemsize, xp)
+                          input_times.dtype.itemsize, xp, extra=extra)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = device_inputs(
         xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar)
     n_queues, L1 = qt.shape[1], qt.shape[2]
@@ -147,13 +158,22 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     common = [qt, qi, qe, W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)), np.int64(batch),
               np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), limit]
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
+    checkpoints = None
+    if with_checkpoints:
+        # The host emulation fills them with NaN so that a checkpoint the forward failed to write shows in the
+        # gradients.
+        assert L1 - 1 <= n_entries, (L1, n_entries)
+        checkpoints = (xp.full if xp.__name__ == "numpy" else _empty)((n_ckpt, 4, n), np.nan, dtype=xp.float64)
+        ckpt_args = [checkpoints, np.int64(n_ckpt)]
+    else:
+        ckpt_args = [xp.empty(1, dtype=xp.float64), np.int64(0)]  # n_ckpt = 0: the kernels write none
     if method == "sequential":
         launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, THREADS_PER_BLOCK),
-               THREADS_PER_BLOCK, common + outputs)
+               THREADS_PER_BLOCK, common + outputs + ckpt_args)
     elif method == "scan":
         width = np.int32(min(int(chunk_size), WARP))
         launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, THREADS_PER_BLOCK),
-               THREADS_PER_BLOCK, common + [width] + outputs)
+               THREADS_PER_BLOCK, common + [width] + outputs + ckpt_args)
     elif method == "step":
         state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)] + [xp.full(n, -np.inf, dtype=xp.float64)]
         n_steps = int(qe.max()) + 1 if qe.size else 0
@@ -175,8 +195,15 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
         weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=th, threshold_is_scalar=bool(threshold_is_scalar),
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
-        delays_dtype=None if delays is None else delays.dtype, solver=solver)
+        delays_dtype=None if delays is None else delays.dtype, solver=solver, checkpoints=checkpoints)
     return LIFResult(times=out_times, counts=counts, residuals=res)
+
+
+def _empty(shape, fill_value, dtype):
+    """``cupy.empty`` with ``xp.full``'s signature (the fill value is not written)."""
+    import cupy
+
+    return cupy.empty(shape, dtype=dtype)
 
 
 def backward(xp, launch, result, grad_times, method="auto", input_times_grad=True, time_constant_grads=False):
@@ -204,25 +231,32 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     grazing = xp.zeros((max(n, 1), 2), dtype=xp.float64)  # (count, earliest time) of each neuron's grazing spikes
     grazing[:, 1] = np.inf
     if n > 0:
-        # Points per neuron up to its last recorded spike: entries before it plus the recorded spikes.
-        n_rec = xp.minimum(counts, max_spikes).reshape(n)
-        last = xp.maximum(n_rec - 1, 0)
-        last_event = res.spike_event.reshape(n, max_spikes)[xp.arange(n), last]
-        n_points = int(xp.where(n_rec > 0, last_event + n_rec, 0).max())
-        n_ckpt = max(1, math.ceil(n_points / BACKWARD_CHUNK))
-        group = max(1, min(n, _CHECKPOINT_BYTES // (n_ckpt * 4 * 8)))
-        # Within the memory limit, smaller groups of neurons (more launches, same gradients) rather than an error.
-        group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None, n,
-                                           group, n_ckpt * 4 * 8, max_spikes, xp)
-        checkpoints = xp.empty(n_ckpt * 4 * group, dtype=xp.float64)
+        ready = res.checkpoints is not None
+        if ready:  # written by the forward: no first pass, one launch, no working memory beyond the gradients
+            n_ckpt, group, checkpoints = res.checkpoints.shape[0], n, res.checkpoints
+            _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None, n, n,
+                                       0, max_spikes, xp)
+        else:
+            # Points per neuron up to its last recorded spike: entries before it plus the recorded spikes.
+            n_rec = xp.minimum(counts, max_spikes).reshape(n)
+            last = xp.maximum(n_rec - 1, 0)
+            last_event = res.spike_event.reshape(n, max_spikes)[xp.arange(n), last]
+            n_points = int(xp.where(n_rec > 0, last_event + n_rec, 0).max())  # host sync
+            n_ckpt = max(1, math.ceil(n_points / BACKWARD_CHUNK))
+            group = max(1, min(n, _CHECKPOINT_BYTES // (n_ckpt * 4 * 8)))
+            # Within the memory limit, smaller groups of neurons (more launches, same gradients) rather than an
+            # error.
+            group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None,
+                                               n, group, n_ckpt * 4 * 8, max_spikes, xp)
+            checkpoints = xp.empty(n_ckpt * 4 * group, dtype=xp.float64)
         for start in range(0, n, group):
             count = min(group, n - start)
             args = [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn,
                     res.threshold, np.int64(batch), np.int64(n_in), np.int64(n_out),
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
-                    checkpoints, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None),
-                    grad_d, grad_th, np.int32(time_constant_grads), grad_tm, grad_ts, grazing]
+                    checkpoints, np.int32(ready), grad_w, np.int32(input_times_grad), grad_in,
+                    np.int32(res.delays is not None), grad_d, grad_th, np.int32(time_constant_grads), grad_tm, grad_ts, grazing]
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
                    THREADS_PER_BLOCK, args)
         n_grazing = int(grazing[:, 0].sum())  # host sync

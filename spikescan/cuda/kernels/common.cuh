@@ -75,3 +75,20 @@ __device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
     return {b, i, queue_times + qrow * L1, queue_index + qrow * L1, queue_end[qrow], tau_mem_arr[i], tau_syn_arr[i],
             tid * max_spikes};
 }
+
+// Backward checkpoints (lif_backward.cu): the state (V, I, time of the last point, recorded spikes so far) before
+// every SPIKESCAN_CKPT_POINTS-th point of a neuron's history, stored [n_ckpt, 4, columns] so that a warp's stores
+// coalesce. Written by the backward's own first pass, or by the forward kernels (spikescan/cuda/_lif.py
+// FORWARD_CHECKPOINTS), in which case the backward skips that pass.
+#define SPIKESCAN_CKPT_POINTS 32
+
+__device__ __forceinline__ void spikescan_store_checkpoint(double* __restrict__ checkpoints, long long n_ckpt,
+                                                           long long columns, long long column, long long p,
+                                                           long long spikes, double V, double I, double t) {
+    const long long c = p / SPIKESCAN_CKPT_POINTS;
+    if (p != c * SPIKESCAN_CKPT_POINTS || c >= n_ckpt) return;
+    checkpoints[(c * 4 + 0) * columns + column] = V;
+    checkpoints[(c * 4 + 1) * columns + column] = I;
+    checkpoints[(c * 4 + 2) * columns + column] = t;
+    checkpoints[(c * 4 + 3) * columns + column] = (double)spikes;
+}

@@ -23,7 +23,8 @@
 // SPIKESCAN_BWD_CHUNK-th point into `checkpoints` ([n_ckpt, 4, n_group] float64, laid out so that a warp's
 // stores coalesce: 32 bytes per neuron per chunk, allocated by the launcher for this call only; the launcher
 // splits the neurons into groups to bound it).  Pass 2 visits the
-// chunks last to first, recomputes the chunk's previous-point states into registers/local memory (3 doubles + 1
+// chunks last to first (ckpt_ready: the forward kernels wrote the checkpoints, [n_ckpt, 4, batch * n_out] indexed
+// by the flat neuron, and pass 1 is skipped), recomputes the chunk's previous-point states into registers/local memory (3 doubles + 1
 // index per point), and walks them in reverse.  Work: two forward walks and one reverse walk per point.
 // Reductions (grad_weights [n_in, n_out], grad_input_times [batch, n_in, max_in], grad_delays [n_in, n_out],
 // grad_threshold [n_out]; float64, zero-filled by the launcher; grad_input_times is only written when
@@ -32,8 +33,10 @@
 #include "neurons/lif.cuh"
 
 #ifndef SPIKESCAN_BWD_CHUNK
-#define SPIKESCAN_BWD_CHUNK 32
+#define SPIKESCAN_BWD_CHUNK SPIKESCAN_CKPT_POINTS
 #endif
+static_assert(SPIKESCAN_BWD_CHUNK == SPIKESCAN_CKPT_POINTS && SPIKESCAN_CKPT_POINTS == 32,
+              "the forward's checkpoints (common.cuh) and the scan kernel's warp chunks assume 32 points");
 
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward(
@@ -44,7 +47,7 @@ __global__ void spikescan_lif_backward(
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
-    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
+    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints, int ckpt_ready,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
     int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn,
@@ -64,16 +67,21 @@ __global__ void spikescan_lif_backward(
     const long long n_points = se[n_rec - 1] + n_rec;
     const long long in_base = b * n_in * max_in;
 
+    // Checkpoints written by the forward (ckpt_ready: [n_ckpt, 4, batch * n_out], column tid) or by pass 1 here
+    // ([n_ckpt, 4, n_group], column local).
+    const long long columns = ckpt_ready ? batch * n_out : n_group;
+    const long long column = ckpt_ready ? tid : local;
+
     // Pass 1: forward over the points, checkpoint before every chunk.
     double V = 0.0, I = 0.0, tau = 0.0;
     long long m = 0;  // spikes passed so far; the next input is k = p - m
-    for (long long p = 0; p < n_points; ++p) {
+    for (long long p = 0; p < (ckpt_ready ? 0 : n_points); ++p) {
         if (p % SPIKESCAN_BWD_CHUNK == 0) {
             const long long c = p / SPIKESCAN_BWD_CHUNK;
-            checkpoints[(c * 4 + 0) * n_group + local] = V;
-            checkpoints[(c * 4 + 1) * n_group + local] = I;
-            checkpoints[(c * 4 + 2) * n_group + local] = tau;
-            checkpoints[(c * 4 + 3) * n_group + local] = (double)m;
+            checkpoints[(c * 4 + 0) * columns + column] = V;
+            checkpoints[(c * 4 + 1) * columns + column] = I;
+            checkpoints[(c * 4 + 2) * columns + column] = tau;
+            checkpoints[(c * 4 + 3) * columns + column] = (double)m;
         }
         const long long k = p - m;
         if (m < n_rec && se[m] == k) {
@@ -101,10 +109,10 @@ __global__ void spikescan_lif_backward(
     double n_grazing = 0.0, t_grazing = 0.0;
     const long long n_chunks = (n_points + SPIKESCAN_BWD_CHUNK - 1) / SPIKESCAN_BWD_CHUNK;
     for (long long c = n_chunks - 1; c >= 0; --c) {
-        V = checkpoints[(c * 4 + 0) * n_group + local];
-        I = checkpoints[(c * 4 + 1) * n_group + local];
-        tau = checkpoints[(c * 4 + 2) * n_group + local];
-        m = (long long)checkpoints[(c * 4 + 3) * n_group + local];
+        V = checkpoints[(c * 4 + 0) * columns + column];
+        I = checkpoints[(c * 4 + 1) * columns + column];
+        tau = checkpoints[(c * 4 + 2) * columns + column];
+        m = (long long)checkpoints[(c * 4 + 3) * columns + column];
         const long long p0 = c * SPIKESCAN_BWD_CHUNK;
         const long long p1 = (p0 + SPIKESCAN_BWD_CHUNK < n_points) ? p0 + SPIKESCAN_BWD_CHUNK : n_points;
         for (long long p = p0; p < p1; ++p) {
@@ -311,7 +319,7 @@ __global__ void spikescan_lif_backward_scan(
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
     long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
     const long long* __restrict__ spike_event, const long long* __restrict__ counts,
-    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints,
+    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints, int ckpt_ready,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
     int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn,
@@ -333,13 +341,17 @@ __global__ void spikescan_lif_backward_scan(
     const long long n_chunks = (n_points + 31) / 32;
     const long long in_base = b * n_in * max_in;
 
+    // Checkpoints from the forward (ckpt_ready) or from pass 1, as in spikescan_lif_backward.
+    const long long columns = ckpt_ready ? batch * n_out : n_group;
+    const long long column = ckpt_ready ? tid : local;
+
     // Pass 1: chunks forward, checkpoint (V, I, t_prev, m0) before each.
     double V = 0.0, I = 0.0, tau = 0.0;
     long long m0 = 0;
-    for (long long c = 0; c < n_chunks; ++c) {
+    for (long long c = 0; c < (ckpt_ready ? 0 : n_chunks); ++c) {
         if (lane < 4) {
             const double value = (lane == 0) ? V : (lane == 1) ? I : (lane == 2) ? tau : (double)m0;
-            checkpoints[(c * 4 + lane) * n_group + local] = value;
+            checkpoints[(c * 4 + lane) * columns + column] = value;
         }
         const long long p0 = c * 32;
         int n_spikes;
@@ -359,10 +371,10 @@ __global__ void spikescan_lif_backward_scan(
     double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0, g_tau_mem = 0.0, g_tau_syn = 0.0;  // per lane
     double n_grazing = 0.0, t_grazing = 0.0;  // warp-uniform (the spike loop below is)
     for (long long c = n_chunks - 1; c >= 0; --c) {
-        V = checkpoints[(c * 4 + 0) * n_group + local];
-        I = checkpoints[(c * 4 + 1) * n_group + local];
-        tau = checkpoints[(c * 4 + 2) * n_group + local];
-        m0 = (long long)checkpoints[(c * 4 + 3) * n_group + local];
+        V = checkpoints[(c * 4 + 0) * columns + column];
+        I = checkpoints[(c * 4 + 1) * columns + column];
+        tau = checkpoints[(c * 4 + 2) * columns + column];
+        m0 = (long long)checkpoints[(c * 4 + 3) * columns + column];
         const long long p0 = c * 32;
         int n_spikes;
         const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, qt, qi, weights, max_in,

@@ -18,6 +18,11 @@
 // which it skips for the gaps where V provably stays below threshold (the compiled CPU engine's shortcut); the spikes
 // are the same bit for bit, only the work differs. 0 runs the full test on every gap.
 //
+// Backward checkpoints (spikescan/cuda/_lif.py FORWARD_CHECKPOINTS; n_ckpt > 0, checkpoints [n_ckpt, 4,
+// batch * n_out]): the sequential and scan kernels also store the state before every 32nd point of the backward's
+// history (queue entries and recorded spikes, common.cuh spikescan_store_checkpoint), so that the backward kernels
+// skip their first pass. n_ckpt = 0 stores none (the step kernel never does).
+//
 // A spike found in the gap that ends at queue entry k (entries < k applied) is recorded with spike_event = k;
 // spikes beyond max_spikes are counted but not recorded.  64-bit offsets throughout.
 //
@@ -55,7 +60,9 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
                                                       long long max_spikes, long long max_total_spikes,
                                                       double* __restrict__ spike_times,
                                                       long long* __restrict__ spike_event,
-                                                      T* __restrict__ out_times, long long rec_base) {
+                                                      T* __restrict__ out_times, long long rec_base,
+                                                      double* __restrict__ checkpoints, long long n_ckpt,
+                                                      long long ckpt_columns, long long tid) {
     double gap = t_k - t_prev;
     while (true) {
         double s_hi;
@@ -72,6 +79,10 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
             *stuck_current = I * d.b;
             ++count;
             return false;
+        }
+        // The spike is point k + count of the backward's history: the state before it (recorded spikes only).
+        if (n_ckpt > 0 && count < max_spikes) {
+            spikescan_store_checkpoint(checkpoints, n_ckpt, ckpt_columns, tid, k + count, count, V, I, t_prev);
         }
         const auto r = Neuron::reset(threshold, I * d.b);
         V = r.V;
@@ -98,7 +109,7 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
-    double* __restrict__ stuck_current) {
+    double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
@@ -120,7 +131,8 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
         if (!quiet) {
             if (!spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k,
                                                   k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                                                  max_total_spikes, spike_times, spike_event, out_times, rec_base)) {
+                                                  max_total_spikes, spike_times, spike_event, out_times, rec_base,
+                                                  checkpoints, n_ckpt, batch * n_out, tid)) {
                 break;
             }
             // Recomputed rather than kept live across the test (which would spill under the launch bounds): the
@@ -128,6 +140,9 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
             d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
         }
         if (k == end) break;
+        if (n_ckpt > 0 && count < max_spikes) {  // entry k is point k + count
+            spikescan_store_checkpoint(checkpoints, n_ckpt, batch * n_out, tid, k + count, count, V, I, t_prev);
+        }
         const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
@@ -170,7 +185,8 @@ __global__ void spikescan_lif_forward_step(
     if (!quiet) {
         ok = spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k, k,
                                               tau_mem, tau_syn, threshold, solver, count, max_spikes,
-                                              max_total_spikes, spike_times, spike_event, out_times, rec_base);
+                                              max_total_spikes, spike_times, spike_event, out_times, rec_base,
+                                              nullptr, 0, 0, tid);
         d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);  // the rest of the gap after any spike
     }
     if (ok && k < end) {
@@ -207,7 +223,7 @@ __global__ void spikescan_lif_forward_scan(
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, int width, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
-    double* __restrict__ stuck_current) {
+    double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
     const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
     const int lane = threadIdx.x & 31;
     if (tid >= batch * n_out) return;  // uniform across the warp
@@ -253,6 +269,16 @@ __global__ void spikescan_lif_forward_scan(
         const bool fires = active && !quiet &&
                            Neuron::fires_in_gap(V_start, I_start, gap, tau_mem, tau_syn, threshold, &s_hi);
         const unsigned fire_mask = __ballot_sync(SPIKESCAN_FULL_MASK, fires);
+        if (n_ckpt > 0 && count < max_spikes) {  // warp-uniform
+            // Lanes whose start state is committed: all active ones of a quiet round (but the sentinel, no point),
+            // the ones up to the first firing lane f otherwise (lane f's point is the spike, e + count).
+            const int first = (fire_mask == 0u) ? 32 : __ffs((int)fire_mask) - 1;
+            const bool committed = active && ((fire_mask == 0u) ? (e < last) : (lane <= first));
+            if (committed) {
+                spikescan_store_checkpoint(checkpoints, n_ckpt, batch * n_out, tid, (long long)e + count, count,
+                                           V_start, I_start, t_prev);
+            }
+        }
         if (fire_mask == 0u) {
             const int n_active = (last - k < width) ? last - k + 1 : width;
             const int src = n_active - 1;
