@@ -112,12 +112,13 @@ VARIANTS = {
     "sequential": dict(forward="sequential", backward="sequential",
                        settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     # Every opt-in path at once (the M2 candidate so far): warp backward from the forward's checkpoints, counting-
-    # sort queues, the quiet-gap forward. Early in the list so that a stage short of time still measures it.
+    # sort queues, the quiet-gap forward, 64-thread blocks for small launches. Early in the list so that a stage short of time still measures it.
     "m2_candidate": dict(forward="auto", backward="scan",
                          settings={"spikescan.cuda._queue.USE_KERNEL": True,
                                    "spikescan.cuda._queue.ALGORITHM": "counting",
                                    "spikescan.cuda._lif.QUIET_GAP": True,
-                                   "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True}),
+                                   "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True,
+                                   "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64}),
     "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),

@@ -27,11 +27,13 @@ def build_queues(input_times, delays, xp):
     return delayed_queues(times, index, n_real, input_times.shape[2], delays, xp)
 
 
-def shared_queue(input_times, xp):
+def shared_queue(input_times, xp, length=None):
     """The queue of every sample without delays: ``(times [batch, L1], index [batch, L1], n_real [batch])``.
 
     Entries as in ``build_queues``: float64 times ascending (simultaneous spikes in flat source order), int64 flat
     source index ``j * max_in + m`` (``-1`` for the ``+inf`` padding), int64 count of real entries.
+    ``length``: the most real entries of any sample (``L1 - 1``) when the caller already knows it
+    (``_memory.most_entries``); otherwise it is read from the device here (a host sync on CuPy).
     """
     batch, n_in, max_in = input_times.shape
     flat = input_times.reshape(batch, n_in * max_in).astype(xp.float64)
@@ -40,7 +42,8 @@ def shared_queue(input_times, xp):
     times = xp.take_along_axis(flat, order, axis=1)
     real = xp.isfinite(times)
     n_real = real.sum(axis=1)
-    length = int(n_real.max()) if batch else 0
+    if length is None:
+        length = int(n_real.max()) if batch else 0
     pad = xp.full((batch, 1), xp.inf)
     times = xp.concatenate([times[:, :length], pad], axis=1)
     index = xp.concatenate([xp.where(real, order, -1)[:, :length], xp.full((batch, 1), -1, dtype=order.dtype)], 1)

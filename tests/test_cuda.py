@@ -366,6 +366,31 @@ def test_backward_many_points_and_spikes_at_chunk_boundaries(backend):
     assert (np.diff(_spike_points(ref)[0]) == 1).all() and ref.counts[0, 0] > 80
 
 
+@pytest.mark.parametrize("small", [32, 64])
+def test_small_grid_blocks(backend, monkeypatch, small):
+    """With SMALL_GRID_BLOCK, small launches use smaller blocks (more blocks over the same neurons, one warp or
+    more per block): every forward method and backward kernel still gives the reference's results."""
+    monkeypatch.setattr(_lif, "SMALL_GRID_BLOCK", small)
+    assert _lif.block_size(7) == small and _lif.block_size(7 * 32) == small
+    rng = np.random.default_rng(21)
+    t = random_spikes(rng, 3, 12, 5, t_max=60.0)
+    W = weights(rng, 12, 11, mean=0.6)  # 33 neurons: blocks of 32 threads split them unevenly
+    check_case(backend, t, W, rng.uniform(0.0, 5.0, (12, 11)), min_spikes=5, tau_mem=10.0, tau_syn=5.0,
+               max_spikes=20)
+
+
+def test_small_grid_block_rule(monkeypatch):
+    monkeypatch.setattr(_lif, "SMALL_GRID_BLOCK", None)
+    assert _lif.block_size(1) == _lif.THREADS_PER_BLOCK
+    monkeypatch.setattr(_lif, "SMALL_GRID_BLOCK", 64)
+    few = _lif.SMALL_GRID_WAVES * _lif.SMALL_GRID_SMS * _lif.THREADS_PER_BLOCK
+    assert _lif.block_size(few - _lif.THREADS_PER_BLOCK) == 64 and _lif.block_size(few) == _lif.THREADS_PER_BLOCK
+    for bad in (48, 0, 512):
+        monkeypatch.setattr(_lif, "SMALL_GRID_BLOCK", bad)
+        with pytest.raises(ValueError, match="SMALL_GRID_BLOCK"):
+            _lif.block_size(1)
+
+
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 def test_backward_reads_the_forwards_checkpoints(backend, method):
     """With FORWARD_CHECKPOINTS the backward starts every chunk from the forward's checkpoints (no first pass):

@@ -117,6 +117,26 @@ def test_without_delays_the_shared_queue_is_returned(device):
     assert device[1].launched == []
 
 
+@pytest.mark.parametrize("delays", [False, True])
+def test_a_known_length_gives_the_same_queues(device, delays):
+    """The forward passes the most input spikes of any sample (``_memory.most_entries``, which it reads anyway) so
+    that the queue build needs no host read of its own; the queues are the same, empty samples included."""
+    from spikescan import _memory
+
+    rng = np.random.default_rng(5)
+    t = tied_spikes(rng, 3, 6, 4)
+    t[1] = np.inf
+    D = rng.uniform(0.0, 3.0, (6, 3)) if delays else None
+    xp, launch, to_host = device
+    length = _memory.most_entries(xp.asarray(t), xp)
+    assert length == np.isfinite(t).reshape(3, -1).sum(axis=1).max()
+    ref = numpy_build_queues(t, D, np)
+    out = _queue.build_queues(xp, launch, xp.asarray(t), None if D is None else xp.asarray(D), use_kernel=True,
+                              length=length)
+    for a, b in zip(ref, out):
+        np.testing.assert_array_equal(to_host(b), a)
+
+
 def test_rows_too_long_for_shared_memory_take_the_argsort_path(device):
     rng = np.random.default_rng(5)
     t = tied_spikes(rng, 2, 10, 6)

@@ -73,6 +73,14 @@ QUIET_GAP = False
 # and need no checkpoint groups. Gradients equal the plain path's to rounding (the forward's states at spikes are
 # reset from the solved offset, the backward's from the recorded time). Off until a GPU run has timed it.
 FORWARD_CHECKPOINTS = False
+# Small grids (PERF.md P5): a launch of fewer than SMALL_GRID_WAVES * SMALL_GRID_SMS blocks of THREADS_PER_BLOCK
+# leaves most SMs idle (batch 1 x 512 neurons: two blocks of the thread-per-neuron backward, on two SMs). With
+# SMALL_GRID_BLOCK set, such launches use blocks of that many threads instead (a multiple of 32), which spreads the
+# same neurons over up to THREADS_PER_BLOCK / SMALL_GRID_BLOCK times as many SMs. Same results (a block only
+# groups neurons). Off (None) until a GPU run has timed it.
+SMALL_GRID_BLOCK = None
+SMALL_GRID_SMS = 132  # an H100 / H200; a smaller device only makes the rule choose small blocks less often
+SMALL_GRID_WAVES = 4
 _CHECKPOINT_BYTES = 1 << 29
 
 
@@ -110,14 +118,17 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, 
     return backward(cupy, _cupy_launch, result, grad_times, method, input_times_grad, time_constant_grads)
 
 
-def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar):
+def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar,
+                  n_entries=None):
     """What the forward launchers (this module's and ``_recurrent``'s) hand the kernels: contiguous float64 ``W``,
     ``D`` (or ``None``), the input queues ``qt, qi (int32), qe (int64)`` built on the device, ``tm, ts`` and ``th``
-    ``[n_out]``, and ``threshold_is_scalar`` (from ``threshold`` when ``None``)."""
+    ``[n_out]``, and ``threshold_is_scalar`` (from ``threshold`` when ``None``). ``n_entries``: the most input
+    spikes of any sample when the caller has read it (``_memory.most_entries``), which spares the queue build its
+    own host sync."""
     n_out = weights.shape[1]
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
-    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D)  # see _queue.USE_KERNEL
+    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D, length=n_entries)  # see _queue.USE_KERNEL
     qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
                   xp.ascontiguousarray(qe, dtype=xp.int64))
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
@@ -144,7 +155,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp, extra=extra)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = device_inputs(
-        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar)
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
     n_queues, L1 = qt.shape[1], qt.shape[2]
     dtype = input_times.dtype
     spike_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=xp.float64)
@@ -168,12 +179,14 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     else:
         ckpt_args = [xp.empty(1, dtype=xp.float64), np.int64(0)]  # n_ckpt = 0: the kernels write none
     if method == "sequential":
-        launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, THREADS_PER_BLOCK),
-               THREADS_PER_BLOCK, common + outputs + ckpt_args)
+        block = block_size(n)
+        launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, block), block,
+               common + outputs + ckpt_args)
     elif method == "scan":
         width = np.int32(min(int(chunk_size), WARP))
-        launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, THREADS_PER_BLOCK),
-               THREADS_PER_BLOCK, common + [width] + outputs + ckpt_args)
+        block = block_size(n * WARP)
+        launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, block), block,
+               common + [width] + outputs + ckpt_args)
     elif method == "step":
         state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)] + [xp.full(n, -np.inf, dtype=xp.float64)]
         n_steps = int(qe.max()) + 1 if qe.size else 0
@@ -257,8 +270,8 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, np.int32(ready), grad_w, np.int32(input_times_grad), grad_in,
                     np.int32(res.delays is not None), grad_d, grad_th, np.int32(time_constant_grads), grad_tm, grad_ts, grazing]
-            launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, THREADS_PER_BLOCK),
-                   THREADS_PER_BLOCK, args)
+            block = block_size(count * threads_per_neuron)
+            launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, block), block, args)
         n_grazing = int(grazing[:, 0].sum())  # host sync
         if n_grazing:
             first = int(xp.argmax(grazing[:, 0] > 0))
@@ -270,6 +283,18 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
         delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
         threshold=grad_th.sum(keepdims=True).reshape(()) if res.threshold_is_scalar else grad_th,
         tau_mem=grad_tm if time_constant_grads else None, tau_syn=grad_ts if time_constant_grads else None)
+
+
+def block_size(threads):
+    """Threads per block for a launch of ``threads`` threads: ``THREADS_PER_BLOCK``, or ``SMALL_GRID_BLOCK`` when
+    that is set and the launch would fill fewer than ``SMALL_GRID_WAVES`` waves of ``SMALL_GRID_SMS`` blocks."""
+    if SMALL_GRID_BLOCK is not None and _blocks(threads, THREADS_PER_BLOCK) < SMALL_GRID_WAVES * SMALL_GRID_SMS:
+        block = int(SMALL_GRID_BLOCK)
+        if block % WARP or not 0 < block <= THREADS_PER_BLOCK:
+            raise ValueError(f"SMALL_GRID_BLOCK must be a positive multiple of {WARP} up to {THREADS_PER_BLOCK}, "
+                             f"got {SMALL_GRID_BLOCK!r}")
+        return block
+    return THREADS_PER_BLOCK
 
 
 def _blocks(threads, block):

@@ -71,7 +71,7 @@ def _check_algorithm(algorithm):
 
 
 def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None,
-                 algorithm=None):
+                 algorithm=None, length=None):
     """``spikescan._queue.build_queues(input_times, delays, xp)`` with the delayed queues sorted by the kernel.
 
     Args:
@@ -83,6 +83,7 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
         max_threads: threads per block at most (a power of two; tests lower it so that threads loop).
         use_kernel: sort the delayed queues with a kernel (default ``USE_KERNEL``) or the generic argsort path.
         algorithm: the kernel, ``"bitonic"`` or ``"counting"`` (default ``ALGORITHM``); same results.
+        length: the most input spikes of any sample, if the caller has it (saves a host sync).
 
     Returns:
         ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32.
@@ -96,7 +97,7 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
     if n_in * max_in > INDEX_LIMIT:
         raise ValueError(f"input_times of shape {tuple(input_times.shape)} has n_in * max_in = {n_in * max_in} "
                          f"entries per sample; the CUDA backend indexes them with int32 (at most {INDEX_LIMIT})")
-    times, index, n_real = shared_queue(input_times, xp)
+    times, index, n_real = shared_queue(input_times, xp, length)
     if delays is None:
         return times[:, None, :], index[:, None, :].astype(xp.int32), n_real[:, None]
     n_out = delays.shape[1]

@@ -135,7 +135,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, pend_cap, log_cap,
                   input_times.dtype.itemsize, xp)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = _lif.device_inputs(
-        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar)
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
     R = xp.ascontiguousarray(recurrent_weights, dtype=xp.float64)
     Dr = None if recurrent_delays is None else xp.ascontiguousarray(recurrent_delays, dtype=xp.float64)
     n_queues, L1 = qt.shape[1], qt.shape[2]
