@@ -72,10 +72,12 @@ def run_numpy(shapes, methods, repeats, delays):
         kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=64, delays=d)
         ref = None
         for method in methods:
-            fwd_s, res, fwd_all = _median_time(lambda: ss.lif_forward(t, w, method=method, **kw), repeats)
+            # "FORWARD+BACKWARD" (e.g. "sequential+closed") times a backward-only method after a forward method.
+            fwd_m, bwd_m = method.split("+") if "+" in method else (method, method)
+            fwd_s, res, fwd_all = _median_time(lambda: ss.lif_forward(t, w, method=fwd_m, **kw), repeats)
             grad = np.where(np.isfinite(res.times), 1.0, 0.0)
             both_s, _, both_all = _median_time(
-                lambda: ss.lif_backward(ss.lif_forward(t, w, method=method, **kw), grad, method=method), repeats)
+                lambda: ss.lif_backward(ss.lif_forward(t, w, method=fwd_m, **kw), grad, method=bwd_m), repeats)
             if ref is None:
                 ref = res
             # Every method is exact: a benchmark of a wrong answer would be meaningless.
@@ -129,7 +131,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     p.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=list(SHAPES))
-    p.add_argument("--methods", nargs="+", default=["sequential", "scan", "auto"])
+    p.add_argument("--methods", nargs="+", default=["sequential", "scan", "auto"],
+                   help="forward methods (the backward runs the same method), or FORWARD+BACKWARD pairs such as "
+                        "sequential+closed")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--delays", action="store_true", help="per-synapse delays (per-neuron queues)")
     p.add_argument("--runs", type=int, default=1,
@@ -161,7 +165,9 @@ def main(argv=None):
               f"{r['mean_spikes_per_neuron']:>14.2f}")
     for name, entry in summary.items():
         print(name, ", ".join(f"{k}={v:.2f}" for k, v in entry.items()))
-    report = dict(benchmark="bench_lif", stamp=provenance, backend="numpy",
+    from spikescan._lif_numpy import resolve_engine
+
+    report = dict(benchmark="bench_lif", stamp=provenance, backend="numpy", engine=resolve_engine("auto"),
                   device=f"CPU: {provenance['cpu']}, {os.cpu_count()} cores", numpy=np.__version__,
                   repeats=args.repeats, rows=rows, summary=summary)
     if args.runs > 1:
