@@ -25,6 +25,7 @@ DTYPES = {"float32": "float", "float64": "double"}
 MODULES = {
     "lif_forward": ("spikescan_lif_forward_sequential", "spikescan_lif_forward_step", "spikescan_lif_forward_scan"),
     "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
+    "lif_backward_closed": ("spikescan_lif_backward_closed",),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
                 "spikescan_li_max_backward", "spikescan_li_max_kink"),
     "queue": ("spikescan_delay_queue", "spikescan_delay_queue_counting"),
@@ -38,7 +39,7 @@ MODULE_DTYPES = {"queue": ("float64",)}
 # Modules whose kernels are templates on the neuron model too (``template <typename T, class Neuron>``), and the
 # model struct they are instantiated for (kernels/neurons/<model>.cuh).
 MODULE_NEURONS = {"lif_forward": "spikescan_lif", "lif_backward": "spikescan_lif", "readout": "spikescan_lif",
-                  "recurrent": "spikescan_lif"}
+                  "recurrent": "spikescan_lif", "lif_backward_closed": "spikescan_lif"}
 
 # Compiler options used at run time (CuPy adds the architecture and its own defaults) and by the check.
 OPTIONS = ("--std=c++17",)
