@@ -150,10 +150,12 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
             ``"auto"`` (NumPy: by the number of neurons; CuPy: the thread-per-neuron kernel), or ``"closed"``
-            (opt-in, NumPy engine only: ``engine="numpy"``, or ``"auto"``, which then means NumPy; any other engine
-            and CuPy inputs raise ``ValueError``): the EventProp closed form (PERF.md P1c) of a feed-forward layer,
-            the adjoint between spikes as one decay from the next spike, a Python step per spike slot and every
-            input entry's contribution in one vectorised pass (``spikescan/_closed_backward.py``); the gradients of
+            (opt-in; NumPy engine: ``engine="numpy"``, or ``"auto"``, which then means NumPy, and
+            ``engine="numba"`` raises ``ValueError``; CuPy inputs: a warp per neuron, checked in the kernels' host
+            emulation, not yet run on a GPU, with ``time_constant_grads=True`` the thread-per-neuron kernel): the
+            EventProp closed form of a feed-forward layer, the adjoint between spikes as one decay from the next
+            spike, so the spikes are walked and every input entry's contribution is computed independently
+            (``spikescan/_closed_backward.py``, ``spikescan/cuda/kernels/lif_backward_closed.cu``); the gradients of
             ``"sequential"`` to rounding, grazing spikes included. Recurrent layers raise ``NotImplementedError``.
         engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine has one backward,
             the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
@@ -193,9 +195,13 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         raise TypeError(f"time_constant_grads must be True or False, got {time_constant_grads!r}")
     if method == "closed":
         v.choice("engine", engine, ENGINES)
-        if xp is not np or engine == "numba":
-            raise ValueError(f"method='closed' runs on the NumPy engine only (engine='numpy' or 'auto' with NumPy "
-                             f"inputs), got engine={engine!r}" + ("" if xp is np else " with CuPy inputs"))
+        if xp is not np:
+            from .cuda._closed import lif_backward_closed_cuda
+
+            return lif_backward_closed_cuda(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
+        if engine == "numba":
+            raise ValueError(f"method='closed' runs on the NumPy engine or on CuPy inputs (engine='numpy' or 'auto' "
+                             f"with NumPy inputs), got engine={engine!r}")
         from ._closed_backward import lif_backward_closed
 
         return lif_backward_closed(result, grad_times, bool(input_times_grad), bool(time_constant_grads))

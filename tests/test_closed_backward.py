@@ -320,10 +320,10 @@ def test_gradients_match_finite_differences(taus):
 # Dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_closed_runs_on_the_numpy_engine_only(monkeypatch):
+def test_closed_runs_on_the_numpy_engine_not_the_compiled_one(monkeypatch):
     r = ss.lif_forward(**_case("plain"), engine="numpy")
     G = np.ones(r.times.shape)
-    with pytest.raises(ValueError, match=r"method='closed' runs on the NumPy engine only.*engine='numba'"):
+    with pytest.raises(ValueError, match=r"method='closed' runs on the NumPy engine or on CuPy.*engine='numba'"):
         ss.lif_backward(r, G, method="closed", engine="numba")
     with pytest.raises(ValueError, match="engine must be"):
         ss.lif_backward(r, G, method="closed", engine="cuda")

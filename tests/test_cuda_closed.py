@@ -241,3 +241,27 @@ def test_public_wrapper_falls_back_for_time_constants():
     g = _closed.lif_backward_closed_cuda(out, cupy.asarray(G), False, False)
     assert g.input_times is None and g.tau_mem is None
     np.testing.assert_allclose(cupy.asnumpy(g.weights), ref.weights, **TOL["float64"]["grads"])
+
+
+@pytest.mark.gpu
+def test_public_api_cupy_in_cupy_out():
+    """``spikescan.lif_backward(method="closed")`` on CuPy inputs runs the kernel and returns CuPy arrays."""
+    from spikescan.cuda import is_available
+
+    if not is_available():
+        pytest.skip("no CUDA device")
+    import cupy
+
+    kw = _case("delays")
+    r = ss.lif_forward(**kw, method="sequential", engine="numpy")
+    G = np.random.default_rng(3).normal(size=r.times.shape)
+    ref = ss.lif_backward(r, G, method="sequential", engine="numpy")
+    out = ss.lif_forward(**{k: cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()})
+    g = ss.lif_backward(out, cupy.asarray(G), method="closed")
+    for name in GRAD_NAMES:
+        a, b = getattr(ref, name), getattr(g, name)
+        if a is None:
+            assert b is None
+            continue
+        assert isinstance(b, cupy.ndarray), name
+        np.testing.assert_allclose(cupy.asnumpy(b), a, err_msg=name, **TOL["float64"]["grads"])
