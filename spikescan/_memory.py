@@ -110,7 +110,7 @@ def check(what, parts, xp, advice):
 
 
 def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
-                         input_itemsize, backend):
+                         input_itemsize, backend, permutation=False):
     """Peak bytes of ``lif_forward``'s large arrays, by part.
 
     ``n_entries``: the most input spikes of any sample (queue length ``L1 = n_entries + 1``).
@@ -119,7 +119,9 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
       sorted times, mask and index: about 33 bytes per slot);
     - ``queues``: per-neuron queues with delays (``batch * n_out * L1`` entries: arrival times, gathered delays, sort
       order and the two outputs, 40 bytes each; CuPy keeps 12 of them), the shared queue without (24 bytes per
-      entry);
+      entry); with ``permutation`` (the CUDA queue kernels' permutation format, ``spikescan.cuda._queue.PERMUTATION``)
+      2 bytes per per-neuron entry (a uint16 position) plus the shared queue and its sort (24 bytes per sample
+      entry: float64 times, int64 and int32 index);
     - ``spike records``: times and events (float64 and int64) and the output times, per recorded spike slot;
     - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane, at most ``L1``
       lanes), or the loop's per-neuron state (about 300 bytes per neuron); for the compiled engine (``backend="numba"``) the shared decay
@@ -130,7 +132,8 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
     neurons = batch * n_out
     queue_entries = batch * (n_out if has_delays else 1) * L1
     parts = {"sort": 33 * slots,
-             "queues": (40 if has_delays else 24) * queue_entries,
+             "queues": (2 * queue_entries + 24 * batch * L1 if permutation
+                        else (40 if has_delays else 24) * queue_entries),
              "spike records": neurons * max_spikes * (16 + input_itemsize) + 8 * neurons}
     if backend == "numpy":
         lanes = min(chunk_size, L1) if method == "scan" else 1  # the scan's chunks are no longer than the queue
@@ -179,12 +182,13 @@ def _forward_advice(parts, has_delays, method):
 
 
 def check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
-                  input_itemsize, xp, engine="numpy", extra=None):
+                  input_itemsize, xp, engine="numpy", extra=None, permutation=False):
     """``check`` with ``lif_forward_estimate``: raises ``MemoryError`` before the forward allocates. ``extra``:
-    further named byte counts of the call (e.g. the CUDA forward's backward checkpoints)."""
+    further named byte counts of the call (e.g. the CUDA forward's backward checkpoints); ``permutation``: the
+    queues take the CUDA permutation format."""
     backend = engine if xp.__name__ == "numpy" else "cupy"
     parts = lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
-                                 input_itemsize, backend)
+                                 input_itemsize, backend, permutation)
     parts.update(extra or {})
     return check(describe("lif_forward", batch, n_out, max_spikes, has_delays), parts, xp,
                  _forward_advice(parts, has_delays, method))

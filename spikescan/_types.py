@@ -29,6 +29,16 @@ class LIFResiduals(NamedTuple):
     - ``checkpoints``: CUDA backend with ``spikescan.cuda._lif.FORWARD_CHECKPOINTS`` only (``None`` otherwise): the
       state before every 32nd point of each neuron's history, written by the forward kernels so that the backward
       skips its first pass; float64 ``[n_ckpt, 4, batch * n_out]``, 1 byte per point.
+    - Permutation format (CUDA backend, layers with delays, ``spikescan.cuda._queue.PERMUTATION``; ``None``
+      otherwise): ``queue_times`` and ``queue_index`` are then ``None`` and the queues are kept as
+      ``queue_perm`` ``[batch, n_out, L1]`` uint16 (position in the sample's shared queue of each entry, in arrival
+      order; padding entries point at a padding position), ``shared_times`` ``[batch, L1]`` float64 and
+      ``shared_index`` ``[batch, L1]`` int32 (the shared queue: ascending times, flat sources, ``+inf`` / ``-1``
+      padded) and ``delays_t`` ``[n_out, n_in]`` float64 (``delays`` transposed). Entry ``k`` of neuron ``i``'s
+      queue is ``time = shared_times[b, p] + delays_t[i, shared_index[b, p] // max_in]`` (the same IEEE addition
+      as the materialised queues; ``+inf`` for padding) and ``index = shared_index[b, p]``, ``p =
+      queue_perm[b, i, k]``; ``queue_end`` stays ``[batch, n_out]``. 2 bytes per entry instead of 12;
+      ``spikescan.cuda._queue.residual_queues`` expands them. ``queue_length`` is ``L1`` in either format.
 
     Memory: ``O(batch * Q * L1)`` for the queues plus ``O(batch * n_out * max_spikes)``; every other state is
     recomputed by the backward.
@@ -55,6 +65,15 @@ class LIFResiduals(NamedTuple):
     recurrent_log: Optional["RecurrentLog"] = None
     recurrent_delays_dtype: Any = None
     checkpoints: Optional[Any] = None
+    queue_perm: Optional[Any] = None
+    shared_times: Optional[Any] = None
+    shared_index: Optional[Any] = None
+    delays_t: Optional[Any] = None
+
+    @property
+    def queue_length(self):
+        """``L1``: entries per queue row (the most input spikes of any sample, plus the ``+inf`` sentinel)."""
+        return (self.queue_times if self.queue_perm is None else self.queue_perm).shape[2]
 
 
 class RecurrentLog(NamedTuple):

@@ -25,7 +25,7 @@ import pytest
 
 import spikescan as ss
 from spikescan import _validate
-from spikescan.cuda import _kernels, _lif, _readout, choose_method, is_available
+from spikescan.cuda import _kernels, _lif, _queue, _readout, choose_method, is_available
 
 from _cases import queue_of_length, random_spikes, weights
 from tolerances import TOL
@@ -124,6 +124,27 @@ def forward_checkpoints(enabled):
         _lif.FORWARD_CHECKPOINTS = saved
 
 
+@contextlib.contextmanager
+def permutation(enabled, algorithm="counting"):
+    """``_queue.PERMUTATION`` set to ``enabled`` (and ``_queue.ALGORITHM`` to ``algorithm``) inside the block."""
+    saved = _queue.PERMUTATION, _queue.ALGORITHM
+    _queue.PERMUTATION, _queue.ALGORITHM = enabled, algorithm
+    try:
+        yield
+    finally:
+        _queue.PERMUTATION, _queue.ALGORITHM = saved
+
+
+def assert_identical_spikes(out, other, backend, label=""):
+    """Bit-identical outputs and spike records of two forwards."""
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(backend.to_host(getattr(other, name)), backend.to_host(getattr(out, name)),
+                                      err_msg=f"{name} {label}")
+    for name in ("spike_times", "spike_event"):
+        np.testing.assert_array_equal(backend.to_host(getattr(other.residuals, name)),
+                                      backend.to_host(getattr(out.residuals, name)), err_msg=f"{name} {label}")
+
+
 def assert_quiet_gap_changes_nothing(backend, out, t, W, D, **kw):
     """The forward with the other ``QUIET_GAP`` setting than ``out``'s: the exact cheap gap test only skips work, so
     every output (times, events, counts) is bit-identical."""
@@ -150,6 +171,20 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
             out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
             assert_same_spikes(ref, out, backend, dtype)
             assert_quiet_gap_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
+            if D is not None:  # the permutation format of the queues: both queue kernels, with and without the
+                # forward's checkpoints; spikes bit-identical to the materialised queues'
+                for algorithm, checkpoints in (("counting", False), ("bitonic", method != "step")):
+                    label = f"(forward {method} on permuted queues ({algorithm}), checkpoints {checkpoints}, chunk {cs}"
+                    with permutation(True, algorithm), forward_checkpoints(checkpoints):
+                        permuted = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
+                    res = permuted.residuals
+                    assert res.queue_perm is not None and res.queue_times is None and res.queue_index is None
+                    assert res.queue_perm.dtype == np.uint16 and res.queue_length == out.residuals.queue_length
+                    assert (res.checkpoints is not None) == checkpoints
+                    assert_identical_spikes(out, permuted, backend, label + ")")
+                    for bwd in BACKWARD_METHODS:
+                        assert_same_grads(ref_g, backend.lif_backward(permuted, G, bwd, time_constant_grads=True),
+                                          backend, dtype, label=f"{label}, backward {bwd})")
             for bwd in BACKWARD_METHODS:
                 assert_same_grads(ref_g, backend.lif_backward(out, G, bwd, time_constant_grads=True), backend, dtype,
                                   label=f"(forward {method}, chunk {cs}, backward {bwd})")
@@ -550,3 +585,14 @@ def test_is_available_and_choose_method():
     assert choose_method(1, 16, 5000) == "scan"
     assert choose_method(1024, 512, 5000) == "sequential"
     assert choose_method(1, 16, 10) == "sequential"
+
+
+def test_permutation_memory_estimate():
+    """The CUDA forward's estimate counts the permutation format's 2 bytes per queue entry plus the shared queue."""
+    from spikescan import _memory
+
+    args = (4, 10, 3, 8, 29, 5, True, "sequential", 32, 8, "cupy")
+    materialised = _memory.lif_forward_estimate(*args)["queues"]
+    permuted = _memory.lif_forward_estimate(*args, permutation=True)["queues"]
+    assert materialised == 40 * 4 * 8 * 30
+    assert permuted == 2 * 4 * 8 * 30 + 24 * 4 * 30

@@ -58,6 +58,39 @@ def assert_same_queues(device, t, D, **kw):
         dtype = np.int32 if name == "queue_index" else a.dtype  # the CUDA queues index with int32
         assert b.shape == a.shape and b.dtype == dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
         np.testing.assert_array_equal(b, a, err_msg=name)
+    if D is not None:
+        assert_same_permutation(device, t, D, ref, **kw)
+
+
+def assert_same_permutation(device, t, D, ref, **kw):
+    """``build_queues(..., permutation=True)``: where the format applies, a ``uint16`` permutation of the shared
+    queue whose expansion (``times[perm] + D``) is ``ref`` bit for bit, padding rows pointing at a padding position;
+    the materialised ``ref`` otherwise. Its launches are taken off the record afterwards."""
+    xp, launch, to_host = device
+    kw = {name: value for name, value in kw.items() if name != "use_kernel"}
+    before = len(launch.launched)
+    out = _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(D), permutation=True, **kw)
+    batch, n_out, L1 = ref[0].shape
+    applies = _queue.permutation_applies(xp, L1 - 1, True, kw.get("max_shared"), kw["algorithm"])
+    assert isinstance(out, _queue.PermutedQueues) == applies
+    if applies:
+        assert launch.launched[before:] == [_queue.KERNELS[kw["algorithm"] or _queue.ALGORITHM]]
+        perm, times, index, end, delays_t = (to_host(x) for x in out)
+        assert perm.dtype == np.uint16 and perm.shape == (batch, n_out, L1)
+        assert times.dtype == np.float64 and times.shape == (batch, L1)
+        assert index.dtype == np.int32 and index.shape == (batch, L1)
+        np.testing.assert_array_equal(end, ref[2], err_msg="queue_end")
+        n_real = ref[2][:, 0]
+        for b in range(batch):  # padding rows point at a padding position of the shared queue
+            np.testing.assert_array_equal(perm[b, :, n_real[b]:], n_real[b])
+            assert times[b, n_real[b]] == np.inf and index[b, n_real[b]] == -1
+        q_times, q_index = _queue.expand(np, perm, times, index, delays_t, t.shape[2])
+        np.testing.assert_array_equal(q_times, ref[0], err_msg="expanded queue_times")
+        np.testing.assert_array_equal(q_index, ref[1], err_msg="expanded queue_index")
+    else:
+        for name, a, b in zip(("queue_times", "queue_index", "queue_end"), ref, out):
+            np.testing.assert_array_equal(to_host(b), a, err_msg=name)
+    del launch.launched[before:]
 
 
 def tied_spikes(rng, batch, n_in, max_in, grid=0.5, t_max=10.0, p_silent=0.3):
@@ -238,6 +271,7 @@ def test_default_kernel_and_unknown_algorithm(device, monkeypatch):
     xp, launch, _ = device
     t = tied_spikes(np.random.default_rng(11), 2, 4, 3)
     assert _queue.ALGORITHM == "bitonic" and _queue.USE_KERNEL is False  # opt-in until a GPU run measures both
+    assert _queue.PERMUTATION is False  # likewise
     assert_same_queues(device, t, np.ones((4, 2)), use_kernel=None, algorithm=None)
     assert launch.launched == []  # USE_KERNEL False: the argsort path
     monkeypatch.setattr(_queue, "USE_KERNEL", True)
@@ -276,3 +310,19 @@ def test_flat_indices_beyond_int32_are_refused(device, monkeypatch):
     assert launch.launched == []
     monkeypatch.setattr(_queue, "INDEX_LIMIT", 12)
     assert_same_queues(device, t, np.ones((4, 2)))
+
+
+def test_permutation_falls_back_beyond_uint16_positions(device, monkeypatch):
+    """Queues longer than ``PERMUTATION_MAX_L1`` (uint16 positions) are materialised; so are layers without delays."""
+    xp, launch, to_host = device
+    rng = np.random.default_rng(12)
+    t = tied_spikes(rng, 2, 6, 5)
+    D = rng.uniform(0.0, 2.0, (6, 3))
+    L1 = int(np.isfinite(t).sum(axis=(1, 2)).max()) + 1
+    kw = dict(algorithm=launch.algorithm, permutation=True)
+    assert isinstance(_queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(D), **kw), _queue.PermutedQueues)
+    assert not isinstance(_queue.build_queues(xp, launch, xp.asarray(t), None, **kw), _queue.PermutedQueues)
+    monkeypatch.setattr(_queue, "PERMUTATION_MAX_L1", L1 - 1)
+    out = _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(D), **kw)
+    for a, b in zip(numpy_build_queues(t, D, np), out):
+        np.testing.assert_array_equal(to_host(b), a)

@@ -35,7 +35,9 @@ time, and the backward issues ``GrazingSpikeWarning`` with the NumPy path's fiel
 host sync per backward).
 
 Memory: the forward keeps the queues (12 bytes per entry: float64 time, int32 index; ``batch x L1`` entries without
-delays, ``batch x n_out x L1`` with delays) and spike records of ``LIFResiduals`` and nothing else. The backward
+delays, ``batch x n_out x L1`` with delays; with ``_queue.PERMUTATION`` and delays, 2 bytes per entry, a uint16
+position in the sample's shared queue, whose arrivals the kernels recompute bit for bit) and spike records of
+``LIFResiduals`` and nothing else. The backward
 allocates, for its duration only, checkpoints of 32 bytes per neuron per 32 points of history
 (``(queue entries + spikes) / 32``), processing neurons in groups so that they stay below ``_CHECKPOINT_BYTES``, plus
 float64 gradient accumulators. With ``FORWARD_CHECKPOINTS`` the forward writes those checkpoints instead (sized
@@ -119,18 +121,24 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, 
 
 
 def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar,
-                  n_entries=None):
+                  n_entries=None, permutation=False):
     """What the forward launchers (this module's and ``_recurrent``'s) hand the kernels: contiguous float64 ``W``,
     ``D`` (or ``None``), the input queues ``qt, qi (int32), qe (int64)`` built on the device, ``tm, ts`` and ``th``
     ``[n_out]``, and ``threshold_is_scalar`` (from ``threshold`` when ``None``). ``n_entries``: the most input
     spikes of any sample when the caller has read it (``_memory.most_entries``), which spares the queue build its
-    own host sync."""
+    own host sync. ``permutation`` (this module's forward only; the recurrent kernels read materialised queues):
+    ``qt`` is a ``_queue.PermutedQueues`` and ``qi``, ``qe`` are ``None`` when that format applies."""
     n_out = weights.shape[1]
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
-    qt, qi, qe = _queue.build_queues(xp, launch, input_times, D, length=n_entries)  # see _queue.USE_KERNEL
-    qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
-                  xp.ascontiguousarray(qe, dtype=xp.int64))
+    queues = _queue.build_queues(xp, launch, input_times, D, length=n_entries,  # see _queue.USE_KERNEL
+                                 permutation=permutation)
+    if isinstance(queues, _queue.PermutedQueues):
+        qt, qi, qe = queues, None, None
+    else:
+        qt, qi, qe = queues
+        qt, qi, qe = (xp.ascontiguousarray(qt), xp.ascontiguousarray(qi, dtype=xp.int32),
+                      xp.ascontiguousarray(qe, dtype=xp.int64))
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
     ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
     if threshold_is_scalar is None:
@@ -152,11 +160,16 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     with_checkpoints = bool(FORWARD_CHECKPOINTS) and method in ("sequential", "scan") and batch * n_out > 0
     n_ckpt = -(-(n_entries + max_spikes) // BACKWARD_CHUNK)  # a history: <= n_entries inputs, max_spikes spikes
     extra = {"backward checkpoints": n_ckpt * 32 * batch * n_out} if with_checkpoints else None
+    permutation = bool(_queue.PERMUTATION) and _queue.permutation_applies(xp, n_entries, delays is not None)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
-                          input_times.dtype.itemsize, xp, extra=extra)
+                          input_times.dtype.itemsize, xp, extra=extra, permutation=permutation)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = device_inputs(
-        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
-    n_queues, L1 = qt.shape[1], qt.shape[2]
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries,
+        permutation)
+    permuted = qt if isinstance(qt, _queue.PermutedQueues) else None
+    queue_args = _queue_args(xp, qt, qi, qe)
+    qe = queue_args[2]
+    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     dtype = input_times.dtype
     spike_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=xp.float64)
     spike_event = xp.full((batch, n_out, max_spikes), -1, dtype=xp.int64)
@@ -166,8 +179,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     stuck_current = xp.full(batch * n_out, np.nan, dtype=xp.float64)
     limit = np.int64(min(int(max_total_spikes), np.iinfo(np.int64).max))
     n = batch * n_out
-    common = [qt, qi, qe, W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)), np.int64(batch),
-              np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), limit]
+    common = queue_args + [np.int64(n_in), W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)),
+                           np.int64(batch), np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in),
+                           np.int64(max_spikes), limit]
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
     checkpoints = None
     if with_checkpoints:
@@ -204,12 +218,28 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
             raise runaway_firing_error(first, n_out, t_stop, float(stuck_current[first]), int(limit),
                                        float(th[first % n_out]))
         raise unresolvable_spike_error(first, n_out, t_stop)
+    if permuted is None:
+        queues = dict(queue_times=qt, queue_index=qi, queue_end=qe)
+    else:
+        queues = dict(queue_times=None, queue_index=None, queue_end=permuted.end, queue_perm=permuted.perm,
+                      shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t)
     res = LIFResiduals(
-        queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
+        **queues, spike_times=spike_times, spike_event=spike_event,
         weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=th, threshold_is_scalar=bool(threshold_is_scalar),
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver, checkpoints=checkpoints)
     return LIFResult(times=out_times, counts=counts, residuals=res)
+
+
+def _queue_args(xp, qt, qi, qe):
+    """The LIF kernels' queue arguments ``[queue_times, queue_index, queue_end, queue_perm, delays_t, permuted]``
+    from materialised queues ``qt, qi, qe``, or from a ``_queue.PermutedQueues`` ``qt`` (then the shared queue as
+    ``[batch, 1, L1]`` queues, one end per sample, and the permutation; see common.cuh ``spikescan_queue_t``)."""
+    if not isinstance(qt, _queue.PermutedQueues):
+        return [qt, qi, qe, xp.empty(1, dtype=xp.uint16), xp.empty(1, dtype=xp.float64), np.int32(0)]
+    batch, L1 = qt.times.shape
+    return [qt.times.reshape(batch, 1, L1), qt.index.reshape(batch, 1, L1),
+            xp.ascontiguousarray(qt.end[:, :1]), qt.perm, qt.delays_t, np.int32(1)]
 
 
 def _empty(shape, fill_value, dtype):
@@ -231,7 +261,12 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
-    n_queues, L1 = res.queue_times.shape[1], res.queue_times.shape[2]
+    if res.queue_perm is None:
+        queue_args = _queue_args(xp, res.queue_times, res.queue_index, res.queue_end)
+    else:
+        queue_args = _queue_args(xp, _queue.PermutedQueues(res.queue_perm, res.shared_times, res.shared_index,
+                                                           res.queue_end, res.delays_t), None, None)
+    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
@@ -264,7 +299,7 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
             checkpoints = xp.empty(n_ckpt * 4 * group, dtype=xp.float64)
         for start in range(0, n, group):
             count = min(group, n - start)
-            args = [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn,
+            args = queue_args + [res.weights, res.tau_mem, res.tau_syn,
                     res.threshold, np.int64(batch), np.int64(n_in), np.int64(n_out),
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),

@@ -18,9 +18,21 @@ temporaries (the generic path holds about five of them at 8 bytes per entry). Tw
   38634 spikes on an H100 and 27712 on an A100 (and 65536 whatever the device: uint16 positions).
 
 Rows longer than the chosen kernel allows take the generic argsort path.
+
+Permutation format (opt-in, ``PERMUTATION``; PERF.md P2b): ``build_queues(..., permutation=True)`` has the kernel
+write, per (sample, neuron) row, only a ``uint16`` permutation ``perm[b, i, r]``: the position in the sample's shared
+queue of the row's r-th arrival (rows r >= n_real point at the shared queue's padding position ``n_real[b]``, time
+``+inf``, index ``-1``). The LIF kernels read entry k as ``times[b, p] + D^T[i, index[b, p] // max_in]`` with
+``p = perm[k]``: the same IEEE addition, so the arrivals are bit-identical to the materialised queues. 2 bytes per
+entry instead of 12, plus the shared queue (12 bytes per sample entry) and ``D^T``. It returns a
+``PermutedQueues``; it falls back to the materialised 3-tuple without delays, when ``L1 > PERMUTATION_MAX_L1``
+(uint16 positions; no int32 variant) and when the row does not fit the chosen kernel. The recurrent layers
+(``_recurrent``) always take the materialised format.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,8 +49,62 @@ USE_KERNEL = False
 # Kernel used when USE_KERNEL is True: "bitonic" until a GPU run has measured both.
 ALGORITHM = "bitonic"
 KERNELS = {"bitonic": "spikescan_delay_queue", "counting": "spikescan_delay_queue_counting"}
+# Permutation format for the feed-forward LIF layers with delays (see above): sorted by the ALGORITHM kernel whatever
+# USE_KERNEL says (only the kernels write permutations). Bit-identical spikes in the host emulation
+# (tests/test_cuda.py); off until a GPU run of benchmarks/gpu_perf.py has measured it.
+PERMUTATION = False
+PERMUTATION_MAX_L1 = 65536  # positions 0 .. L1 - 1 in uint16
 MAX_THREADS = 512
 INDEX_LIMIT = 2**31 - 1  # flat indices j * max_in + m < n_in * max_in must fit in int32
+
+
+class PermutedQueues(NamedTuple):
+    """The queues of a layer with delays in the permutation format (device arrays).
+
+    - ``perm``: ``[batch, n_out, L1]`` uint16, position in the sample's shared queue of each row's entries (in
+      arrival order; rows ``r >= n_real[b]`` hold ``n_real[b]``, a padding position).
+    - ``times``: ``[batch, L1]`` float64, the shared queue (ascending, ``+inf`` padded).
+    - ``index``: ``[batch, L1]`` int32, its flat sources ``j * max_in + m`` (``-1`` for padding).
+    - ``end``: ``[batch, n_out]`` int64, real entries per row (``n_real[b]`` on every row of sample ``b``).
+    - ``delays_t``: ``[n_out, n_in]`` float64, ``D`` transposed (a row reads one contiguous range).
+    """
+
+    perm: Any
+    times: Any
+    index: Any
+    end: Any
+    delays_t: Any
+
+
+def permutation_applies(xp, n_entries, has_delays, max_shared=None, algorithm=None):
+    """True if ``build_queues(..., permutation=True)`` writes the permutation format for queues of ``n_entries``
+    entries at most (``L1 = n_entries + 1``): delays, ``L1 <= PERMUTATION_MAX_L1`` and a row that fits the kernel."""
+    algorithm = _check_algorithm(ALGORITHM if algorithm is None else algorithm)
+    if not has_delays or n_entries + 1 > PERMUTATION_MAX_L1:
+        return False
+    return kernel_fits(n_entries, _max_shared(xp) if max_shared is None else max_shared, algorithm)
+
+
+def expand(xp, perm, times, index, delays_t, max_in):
+    """The materialised ``(queue_times [batch, n_out, L1] float64, queue_index [batch, n_out, L1] int32)`` of a
+    permutation (``PermutedQueues`` fields): arrivals by the LIF kernels' addition, ``+inf`` / ``-1`` padding. For
+    tests and tools; the layers never materialise them."""
+    batch, n_out, L1 = perm.shape
+    p = perm.astype(xp.int64)
+    rows = xp.arange(batch)[:, None, None]
+    q_index = index[rows, p]
+    j = xp.where(q_index >= 0, q_index, 0) // max_in
+    arrival = times[rows, p] + delays_t[xp.arange(n_out)[None, :, None], j]
+    q_times = xp.where(q_index >= 0, arrival, np.inf)
+    return q_times, q_index.astype(xp.int32)
+
+
+def residual_queues(xp, residuals):
+    """``(queue_times, queue_index)`` of ``LIFResiduals`` in either format (the permutation format expanded)."""
+    if residuals.queue_perm is None:
+        return residuals.queue_times, residuals.queue_index
+    return expand(xp, residuals.queue_perm, residuals.shared_times, residuals.shared_index, residuals.delays_t,
+                  residuals.input_shape[2])
 
 
 def shared_bytes(n_max, algorithm="bitonic"):
@@ -71,7 +137,7 @@ def _check_algorithm(algorithm):
 
 
 def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None,
-                 algorithm=None, length=None):
+                 algorithm=None, length=None, permutation=False):
     """``spikescan._queue.build_queues(input_times, delays, xp)`` with the delayed queues sorted by the kernel.
 
     Args:
@@ -84,9 +150,12 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
         use_kernel: sort the delayed queues with a kernel (default ``USE_KERNEL``) or the generic argsort path.
         algorithm: the kernel, ``"bitonic"`` or ``"counting"`` (default ``ALGORITHM``); same results.
         length: the most input spikes of any sample, if the caller has it (saves a host sync).
+        permutation: with delays, write the permutation format (``PermutedQueues``) when it applies (see the
+            module docstring; the kernel sorts the rows whatever ``use_kernel`` says).
 
     Returns:
-        ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32.
+        ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32; or a
+        ``PermutedQueues`` (``permutation`` and it applies).
 
     Raises:
         ValueError: if a sample has ``n_in * max_in >= 2**31`` entries, beyond an int32 flat index, or for an
@@ -105,17 +174,29 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
     n_max = L1 - 1
     if max_shared is None:
         max_shared = _max_shared(xp)
-    if not (USE_KERNEL if use_kernel is None else use_kernel) or not kernel_fits(n_max, max_shared, algorithm):
+    permuted = bool(permutation) and permutation_applies(xp, n_max, True, max_shared, algorithm)
+    if not permuted and (not (USE_KERNEL if use_kernel is None else use_kernel)
+                         or not kernel_fits(n_max, max_shared, algorithm)):
         q_times, q_index, q_end = delayed_queues(times, index, n_real, max_in, delays, xp)
         return q_times, q_index.astype(xp.int32), q_end
     delays_t = xp.ascontiguousarray(xp.asarray(delays, dtype=xp.float64).T)
-    q_times = xp.empty((batch, n_out, L1), dtype=xp.float64)
-    q_index = xp.empty((batch, n_out, L1), dtype=xp.int32)
+    if permuted:
+        q_perm = xp.empty((batch, n_out, L1), dtype=xp.uint16)
+        q_times = xp.empty(1, dtype=xp.float64)  # not written
+        q_index = xp.empty(1, dtype=xp.int32)
+    else:
+        q_perm = xp.empty(1, dtype=xp.uint16)  # not written
+        q_times = xp.empty((batch, n_out, L1), dtype=xp.float64)
+        q_index = xp.empty((batch, n_out, L1), dtype=xp.int32)
+    times = xp.ascontiguousarray(times)
     launch("queue", KERNELS[algorithm], np.float64, batch * n_out, block_size(n_max, max_threads, algorithm),
-           [xp.ascontiguousarray(times), xp.ascontiguousarray(index), xp.ascontiguousarray(n_real), delays_t,
-            np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), np.int64(n_max), q_times, q_index],
+           [times, xp.ascontiguousarray(index), xp.ascontiguousarray(n_real), delays_t,
+            np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), np.int64(n_max), q_times, q_index,
+            np.int32(permuted), q_perm],
            shared_mem=shared_bytes(n_max, algorithm))
     q_end = xp.broadcast_to(n_real[:, None], (batch, n_out)).copy()
+    if permuted:
+        return PermutedQueues(q_perm, times, xp.ascontiguousarray(index, dtype=xp.int32), q_end, delays_t)
     return q_times, q_index, q_end
 
 

@@ -76,6 +76,48 @@ __device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
             tid * max_spikes};
 }
 
+// A LIF neuron's input queue in either of its two formats (spikescan/cuda/_queue.py PERMUTATION), read by entry:
+// `time(k)` (arrival) and `index(k)` (flat source j * max_in + m, -1 for padding).
+// - Materialised (perm == nullptr): t, idx are the neuron's queue row of queue_times / queue_index.
+// - Permutation (layers with delays): t, idx are the sample's shared queue (spikescan/_queue.py shared_queue, times
+//   ascending, +inf / -1 padded), perm the neuron's row of uint16 positions in it (padding entries point at a
+//   padding position) and d the neuron's row of D^T ([n_out, n_in]). Entry k is position p = perm[k]; its arrival
+//   is t[p] + d[idx[p] / max_in], the same IEEE double addition as spikescan/_queue.py's delayed_queues and
+//   kernels/queue.cu, so the arrivals are bit-identical to the materialised queue's. 2 bytes per entry instead of
+//   12. The branch on perm is uniform across a launch.
+struct spikescan_queue_t {
+    // Rows are addressed from the kernel's arguments on every access rather than held as row pointers: the
+    // arguments live in the constant bank, so the permutation format keeps no extra register live across the
+    // forward's root solves (the bounded sequential kernel stays at 80 registers without spilling).
+    const double* t;
+    const int* idx;
+    const unsigned short* perm;  // queue_perm [batch * n_out, L1]
+    const double* d;             // delays_t [n_out, n_in]
+    int permuted;
+    long long tid, i, n_in, L1;
+    int max_in;
+    __device__ __forceinline__ double time(long long k) const {
+        if (!permuted) return t[k];
+        const int p = perm[tid * L1 + k];
+        const int flat = idx[p];
+        return flat < 0 ? spikescan_inf() : t[p] + d[i * n_in + flat / max_in];
+    }
+    __device__ __forceinline__ int index(long long k) const {
+        return idx[permuted ? (long long)perm[tid * L1 + k] : k];
+    }
+};
+
+// The queue of neuron tid = b * n_out + i from spikescan_lif_neuron's (qt, qi): with permuted != 0 the launcher
+// passed the shared queue as queue_times / queue_index (n_queues = 1, so qt, qi are sample b's row of it),
+// queue_perm [batch * n_out, L1] uint16 and delays_t [n_out, n_in]; otherwise queue_perm and delays_t are unused.
+__device__ __forceinline__ spikescan_queue_t spikescan_lif_queue(const double* qt, const int* qi, int permuted,
+                                                                 const unsigned short* __restrict__ queue_perm,
+                                                                 const double* __restrict__ delays_t,
+                                                                 long long tid, long long i, long long n_in,
+                                                                 long long L1, long long max_in) {
+    return {qt, qi, queue_perm, delays_t, permuted, tid, i, n_in, L1, (int)max_in};
+}
+
 // Backward checkpoints (lif_backward.cu): the state (V, I, time of the last point, recorded spikes so far) before
 // every SPIKESCAN_CKPT_POINTS-th point of a neuron's history, stored [n_ckpt, 4, columns] so that a warp's stores
 // coalesce. Written by the backward's own first pass, or by the forward kernels (spikescan/cuda/_lif.py

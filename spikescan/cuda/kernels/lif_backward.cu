@@ -1,6 +1,8 @@
 // spikescan: exact adjoint (backward) of the LIF layer forward (DESIGN.md section 6).
 //
-// spikescan_lif_backward<T>: one thread per (batch, neuron); T is the dtype of grad_times.  Both kernels of this file
+// spikescan_lif_backward<T>: one thread per (batch, neuron); T is the dtype of grad_times.  Queues as in
+// lif_forward.cu: materialised, or (permuted != 0) the permutation format read through common.cuh's
+// spikescan_queue_t.  Both kernels of this file
 // are also templates on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif).
 //
 // A neuron's history up to its last recorded spike is a sequence of P "points" in time order: its queue entries
@@ -41,7 +43,8 @@ static_assert(SPIKESCAN_BWD_CHUNK == SPIKESCAN_CKPT_POINTS && SPIKESCAN_CKPT_POI
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
@@ -58,6 +61,7 @@ __global__ void spikescan_lif_backward(
     const long long tid = neuron_start + local;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
@@ -93,10 +97,10 @@ __global__ void spikescan_lif_backward(
             tau = t;
             ++m;
         } else {
-            const double t = qt[k];
+            const double t = q.time(k);
             const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
             const double V_new = d.a * V + d.c * I;
-            I = Neuron::input_jump(d.b * I, spikescan_event_weight(weights, qi[k], max_in, n_out, i));
+            I = Neuron::input_jump(d.b * I, spikescan_event_weight(weights, q.index(k), max_in, n_out, i));
             V = V_new;
             tau = t;
         }
@@ -132,10 +136,10 @@ __global__ void spikescan_lif_backward(
                 ++m;
             } else {
                 code[slot] = k;
-                const double t = qt[k];
+                const double t = q.time(k);
                 const auto d = Neuron::decay(t - tau, tau_mem, tau_syn);
                 const double V_new = d.a * V + d.c * I;
-                I = Neuron::input_jump(d.b * I, spikescan_event_weight(weights, qi[k], max_in, n_out, i));
+                I = Neuron::input_jump(d.b * I, spikescan_event_weight(weights, q.index(k), max_in, n_out, i));
                 V = V_new;
                 tau = t;
             }
@@ -145,7 +149,7 @@ __global__ void spikescan_lif_backward(
             const double Ip = prev_I[slot];
             if (code[slot] >= 0) {
                 const long long k = code[slot];
-                const double s_gap = qt[k] - prev_t[slot];
+                const double s_gap = q.time(k) - prev_t[slot];
                 const auto d = Neuron::decay(s_gap, tau_mem, tau_syn);
                 // Time constants (DESIGN.md section 11): the state after the input moves with the gap map.
                 if (has_tau_grads) {
@@ -158,7 +162,7 @@ __global__ void spikescan_lif_backward(
                 const double u = Neuron::voltage_rate(V_post, I_pre, tau_mem);
                 const double v = Neuron::current_rate(I_pre, tau_syn);
                 const double gs = u * lV + v * lI;
-                const long long flat = qi[k];
+                const long long flat = q.index(k);
                 const long long j = flat / max_in;
                 atomicAdd(grad_weights + j * n_out + i, lI);
                 const double g_arrival = gs + lT;
@@ -260,7 +264,7 @@ struct spikescan_chunk_point_t {
 template <class Neuron>
 __device__ __forceinline__ spikescan_chunk_point_t<Neuron> spikescan_chunk_point(
     int lane, long long p0, long long n_points, long long m0, long long n_rec, const long long* __restrict__ se,
-    const double* __restrict__ st, const double* __restrict__ qt, const int* __restrict__ qi,
+    const double* __restrict__ st, const spikescan_queue_t& q,
     const double* __restrict__ weights, long long max_in, long long n_out, long long i, double t_before,
     double tau_mem, double tau_syn, int* n_spikes) {
     const long long ms = m0 + lane;
@@ -288,8 +292,8 @@ __device__ __forceinline__ spikescan_chunk_point_t<Neuron> spikescan_chunk_point
         if (pt.spike) {
             pt.t = st[pt.m];
         } else {
-            pt.t = qt[pt.k];
-            w = spikescan_event_weight(weights, qi[pt.k], max_in, n_out, i);
+            pt.t = q.time(pt.k);
+            w = spikescan_event_weight(weights, q.index(pt.k), max_in, n_out, i);
         }
     }
     const double t_up = __shfl_up_sync(SPIKESCAN_FULL_MASK, pt.t, 1);
@@ -313,7 +317,8 @@ __device__ __forceinline__ spikescan_chunk_point_t<Neuron> spikescan_chunk_point
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
@@ -331,6 +336,7 @@ __global__ void spikescan_lif_backward_scan(
     const long long tid = neuron_start + local;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
@@ -355,7 +361,7 @@ __global__ void spikescan_lif_backward_scan(
         }
         const long long p0 = c * 32;
         int n_spikes;
-        const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, qt, qi, weights, max_in,
+        const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, q, weights, max_in,
                                                       n_out, i, tau, tau_mem, tau_syn, &n_spikes);
         const spikescan_affine_t f = spikescan_warp_prefix(pt.f, lane);
         const double V_after = f.a * V + f.c * I + f.eV;
@@ -377,7 +383,7 @@ __global__ void spikescan_lif_backward_scan(
         m0 = (long long)checkpoints[(c * 4 + 3) * columns + column];
         const long long p0 = c * 32;
         int n_spikes;
-        const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, qt, qi, weights, max_in,
+        const auto pt = spikescan_chunk_point<Neuron>(lane, p0, n_points, m0, n_rec, se, st, q, weights, max_in,
                                                       n_out, i, tau, tau_mem, tau_syn, &n_spikes);
         // State before this lane's point: the previous lane's state after, or the checkpoint.
         const spikescan_affine_t f = spikescan_warp_prefix(pt.f, lane);
@@ -481,7 +487,7 @@ __global__ void spikescan_lif_backward_scan(
                 g_tau_syn += mV * (pg.c_ts * Ip) + mI * (pg.b_ts * Ip);
             }
             const double mT = (lane == A) ? AT : -gs_next;
-            const long long flat = qi[pt.k];
+            const long long flat = q.index(pt.k);
             const long long j = flat / max_in;
             atomicAdd(grad_weights + j * n_out + i, mI);
             const double g_arrival = gs + mT;

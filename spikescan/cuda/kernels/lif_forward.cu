@@ -2,7 +2,10 @@
 //
 // Three kernels over the same per-neuron input queues (spikescan/_queue.py: queue_times [batch, Q, L1] float64,
 // ascending, +inf padded with at least one +inf; queue_index [batch, Q, L1] int32 flat source j * max_in + m;
-// queue_end [batch, Q] int64; Q = 1 without delays, n_out with delays). All state and solves are float64; T is
+// queue_end [batch, Q] int64; Q = 1 without delays, n_out with delays), or, with permuted != 0, the permutation
+// format of a layer with delays (common.cuh spikescan_queue_t: queue_times / queue_index / queue_end are then the
+// shared queue [batch, 1, L1] and its ends, queue_perm [batch, n_out, L1] uint16 and delays_t [n_out, n_in]; the
+// arrivals are recomputed bit for bit; queue_perm and delays_t are unused otherwise). All state and solves are float64; T is
 // the dtype of the recorded output times (float or double).  Outputs must be pre-filled by the launcher:
 // spike_times = +inf, spike_event = -1, out_times = +inf; the kernels write recorded spikes and counts.
 // Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif), whose closed
@@ -103,7 +106,8 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
 template <typename T, class Neuron>
 __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
@@ -114,12 +118,13 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
 
     double V = 0.0, I = 0.0, t_prev = 0.0, t_last = -spikescan_inf();
     long long count = 0;
     for (long long k = 0; k <= end; ++k) {
-        const double t_k = qt[k];  // +inf at k == end: the open gap after the last input
+        const double t_k = q.time(k);  // +inf at k == end: the open gap after the last input
         // With quiet_exit the gap's decay comes first and rules most gaps out (then it is also the update's);
         // without, the kernel is the plain one: full gap test, then the decay.
         typename Neuron::decay_t d;
@@ -143,7 +148,7 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
         if (n_ckpt > 0 && count < max_spikes) {  // entry k is point k + count
             spikescan_store_checkpoint(checkpoints, n_ckpt, batch * n_out, tid, k + count, count, V, I, t_prev);
         }
-        const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
+        const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
         V = V_new;
@@ -158,7 +163,8 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
 template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_step(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
@@ -170,11 +176,12 @@ __global__ void spikescan_lif_forward_step(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
     if (k > end || isfinite(stuck_times[tid])) return;
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
     long long count = counts[tid];
-    const double t_k = qt[k];
+    const double t_k = q.time(k);
     typename Neuron::decay_t d;  // as in the sequential kernel
     bool quiet = false;
     if (quiet_exit) {
@@ -190,7 +197,7 @@ __global__ void spikescan_lif_forward_step(
         d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);  // the rest of the gap after any spike
     }
     if (ok && k < end) {
-        const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
+        const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
         V = V_new;
@@ -217,7 +224,8 @@ __global__ void spikescan_lif_forward_step(
 template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
@@ -229,6 +237,7 @@ __global__ void spikescan_lif_forward_scan(
     if (tid >= batch * n_out) return;  // uniform across the warp
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
 
     // Queue positions as int: a row holds fewer than 2^31 entries (queue_index is int32 and the launcher checks
@@ -240,7 +249,7 @@ __global__ void spikescan_lif_forward_scan(
     while (k <= last) {
         const bool active = (lane < width) && (lane <= last - k);
         const int e = active ? k + lane : 0;
-        const double t_e = active ? qt[e] : 0.0;
+        const double t_e = active ? q.time(e) : 0.0;
         const double t_before = __shfl_up_sync(SPIKESCAN_FULL_MASK, t_e, 1);
         const double t_prev = (lane == 0) ? t0 : t_before;
         const double gap = active ? t_e - t_prev : 0.0;
@@ -250,7 +259,7 @@ __global__ void spikescan_lif_forward_scan(
         if (active) {
             g = Neuron::decay(gap, tau_mem, tau_syn);
             m.a = g.a; m.c = g.c; m.b = g.b; m.eV = 0.0;
-            m.eI = (e < last) ? spikescan_event_weight(weights, qi[e], max_in, n_out, i) : 0.0;  // Neuron::input_jump
+            m.eI = (e < last) ? spikescan_event_weight(weights, q.index(e), max_in, n_out, i) : 0.0;  // Neuron::input_jump
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
         }

@@ -6,7 +6,10 @@
 // (b, i) row orders the pairs (arrival[k], k) of the n_real[b] real entries in shared memory and writes
 //   q_times[b, i, r] = arrival[k_r],  q_index[b, i, r] = index[b, k_r]  for r < n_real[b],
 //   q_times = +inf, q_index = -1                                        for n_real[b] <= r < L1,
-// where k_0, k_1, ... orders the entries by arrival and then by k. Pairs are distinct, so the order is a total one
+// where k_0, k_1, ... orders the entries by arrival and then by k. With permuted != 0 (spikescan/cuda/_queue.py
+// PERMUTATION, L1 <= 65536) a kernel writes instead q_perm[b, i, r] = k_r (uint16) for r < n_real[b] and
+// n_real[b] (a padding position of the shared queue: time +inf, index -1) for r >= n_real[b], 2 bytes per entry
+// instead of 12; the LIF kernels recompute the arrivals with the same addition (common.cuh spikescan_queue_t). Pairs are distinct, so the order is a total one
 // and equals the stable argsort of spikescan/_queue.py::delayed_queues (simultaneous arrivals keep their order in
 // the shared queue), bit for bit: the arrival is one IEEE double addition on both sides. Two kernels compute it
 // (spikescan/cuda/_queue.py chooses):
@@ -48,7 +51,8 @@ template <class T>
 __global__ void spikescan_delay_queue(const T* __restrict__ times, const long long* __restrict__ index,
                                       const long long* __restrict__ n_real, const T* __restrict__ delays_t,
                                       long long n_in, long long n_out, long long L1, long long max_in,
-                                      long long n_max, T* __restrict__ q_times, int* __restrict__ q_index) {
+                                      long long n_max, T* __restrict__ q_times, int* __restrict__ q_index,
+                                      int permuted, unsigned short* __restrict__ q_perm) {
     SPIKESCAN_DYNAMIC_SHARED(double, spikescan_queue_shared);
     T* key = reinterpret_cast<T*>(spikescan_queue_shared);
     int* pos = reinterpret_cast<int*>(key + n_max);
@@ -94,6 +98,10 @@ __global__ void spikescan_delay_queue(const T* __restrict__ times, const long lo
     }
 
     const long long out = row * L1;
+    if (permuted) {  // positions in the shared queue; padding points at its position n (a padding entry, n < L1)
+        for (long long r = tid; r < L1; r += stride) q_perm[out + r] = (unsigned short)(r < n ? pos[r] : n);
+        return;
+    }
     for (long long r = tid; r < L1; r += stride) {
         if (r < n) {
             q_times[out + r] = key[r];
@@ -158,7 +166,8 @@ template <class T>
 __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, const long long* __restrict__ index,
                                                const long long* __restrict__ n_real, const T* __restrict__ delays_t,
                                                long long n_in, long long n_out, long long L1, long long max_in,
-                                               long long n_max, T* __restrict__ q_times, int* __restrict__ q_index) {
+                                               long long n_max, T* __restrict__ q_times, int* __restrict__ q_index,
+                                               int permuted, unsigned short* __restrict__ q_perm) {
     SPIKESCAN_DYNAMIC_SHARED(double, spikescan_queue_shared);
     int* bins = reinterpret_cast<int*>(spikescan_queue_shared);
     unsigned short* perm = reinterpret_cast<unsigned short*>(bins + n_max);
@@ -280,6 +289,10 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
     __syncthreads();
 
     const long long out = row * L1;
+    if (permuted) {  // as in spikescan_delay_queue
+        for (long long r = tid; r < L1; r += stride) q_perm[out + r] = r < n ? perm[r] : (unsigned short)n;
+        return;
+    }
     for (long long r = tid; r < L1; r += stride) {
         if (r < n) {
             const int k = perm[r];
