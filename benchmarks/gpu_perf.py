@@ -118,7 +118,8 @@ VARIANTS = {
                                    "spikescan.cuda._queue.ALGORITHM": "counting",
                                    "spikescan.cuda._lif.QUIET_GAP": True,
                                    "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True,
-                                   "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64}),
+                                   "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
+                                   "spikescan.cuda._queue.PERMUTATION": True}),
     "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
@@ -142,6 +143,12 @@ VARIANTS = {
     "queue_counting": dict(forward="sequential", backward="sequential",
                            settings={"spikescan.cuda._queue.USE_KERNEL": True,
                                      "spikescan.cuda._queue.ALGORITHM": "counting"}),
+    # P2b's memory half: uint16 permutations of the shared queue instead of materialised queues (2 bytes per entry
+    # instead of 12), the LIF kernels recomputing every arrival.
+    "queue_permutation": dict(forward="auto", backward="auto",
+                              settings={"spikescan.cuda._queue.USE_KERNEL": True,
+                                        "spikescan.cuda._queue.ALGORITHM": "counting",
+                                        "spikescan.cuda._queue.PERMUTATION": True}),
 }
 BASELINE_VARIANT = "sequential"
 SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")
@@ -545,7 +552,7 @@ def work_counts(device, result, max_spikes):
     last = events[np.arange(n_rec.size), np.maximum(n_rec - 1, 0)]
     points = int(np.where(n_rec > 0, last + n_rec, 0).sum())
     return dict(queue_entries=entries, backward_points=points, spike_solves=int(counts.sum()),
-                recorded_spikes=int(n_rec.sum()), queue_len=int(res.queue_times.shape[2] - 1),
+                recorded_spikes=int(n_rec.sum()), queue_len=int(res.queue_length - 1),
                 mean_spikes_per_neuron=float(counts.mean()), neurons_over_max_spikes=int((counts > max_spikes).sum()),
                 neurons=int(counts.size))
 
@@ -799,11 +806,14 @@ def stage_network(ctx, role):
 def save_reference(ctx, role, t, r1, r2, device):
     """What the JAX stage of the same batch needs from the exact forward: queue lengths, counts, recorded times,
     queue ends and last arrivals (for its step-budget bounds)."""
+    from spikescan.cuda._queue import residual_queues
+
     arrays = dict(L1=int(np.isfinite(t).sum(axis=(1, 2)).max()))
     for i, r in enumerate((r1, r2)):
         res = r.residuals
         q_end = device.to_host(res.queue_end)
-        q_times = device.to_host(res.queue_times)
+        q_times = device.to_host(res.queue_times if res.queue_perm is None  # the permutation format: expanded
+                                 else residual_queues(device.xp, res)[0])
         last = np.take_along_axis(q_times, np.maximum(q_end - 1, 0)[..., None], axis=2)[..., 0]
         arrays.update({f"counts{i + 1}": device.to_host(r.counts), f"times{i + 1}": device.to_host(r.times),
                        f"queue_end{i + 1}": q_end, f"last_arrival{i + 1}": np.where(q_end > 0, last, -np.inf)})
@@ -976,7 +986,7 @@ def stage_baselines(ctx):
 
         seen, runs = time_runs(device, fn, ctx.repeats, ctx.config["warmup"],
                                inspect=lambda out: (device.to_host(out.counts),
-                                                    int(out.residuals.queue_times.shape[2] - 1)))
+                                                    int(out.residuals.queue_length - 1)))
         counts, queue_len = seen
         counts0 = counts if counts0 is None else counts0
         entry = dict(status="ok", identical_counts=bool(np.array_equal(counts, counts0)), queue_len=queue_len,
