@@ -57,7 +57,7 @@ _ENTRIES_PER_GROUP = 1 << 20
 _BYTES_PER_ENTRY = 400
 
 
-def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant_grads=False):
+def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant_grads=False, stacklevel=3):
     """``lif_backward`` of a feed-forward layer by the EventProp closed form; the outputs and warning of
     ``_lif_numpy.lif_backward``."""
     res = result.residuals
@@ -102,8 +102,8 @@ def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant
             start = stop
     if grads["grazing"]:
         _, first, t_first = grads["grazing"][0]  # groups ascend in neuron index
-        # stacklevel 3: the caller of spikescan.lif_backward.
-        warn_grazing(sum(c for c, _, _ in grads["grazing"]), first, n_out, t_first, stacklevel=3)
+        # stacklevel 3 (called by spikescan.lif_backward; 4 through _lif_numpy.lif_backward): its caller.
+        warn_grazing(sum(c for c, _, _ in grads["grazing"]), first, n_out, t_first, stacklevel=stacklevel)
     return LIFGrads(
         weights=grads["weights"].reshape(n_in, n_out).astype(res.weights_dtype),
         input_times=(grads["input_times"].reshape(batch, n_in, max_in).astype(res.input_dtype)
