@@ -11,6 +11,8 @@ ratios on that machine.
 
     python benchmarks/bench_lif.py --output benchmarks/results/cpu.json
     python benchmarks/bench_lif.py --shapes online --runs 5 --output benchmarks/results/cpu_runs.json
+    SPIKESCAN_ENGINE=numpy python benchmarks/bench_lif.py --methods sequential scan sequential+closed \
+        --output benchmarks/results/cpu_closed_backward.json   # a backward-only method: FORWARD+BACKWARD
     python benchmarks/bench_lif.py --backend cupy --output benchmarks/results/gpu.json   # GPU sweep (bench_lif_cuda)
 """
 
@@ -78,13 +80,14 @@ def run_numpy(shapes, methods, repeats, delays):
             grad = np.where(np.isfinite(res.times), 1.0, 0.0)
             both_s, _, both_all = _median_time(
                 lambda: ss.lif_backward(ss.lif_forward(t, w, method=fwd_m, **kw), grad, method=bwd_m), repeats)
+            bwd_s, _, bwd_all = _median_time(lambda: ss.lif_backward(res, grad, method=bwd_m), repeats)
             if ref is None:
                 ref = res
             # Every method is exact: a benchmark of a wrong answer would be meaningless.
             assert np.array_equal(res.counts, ref.counts), f"{method} disagrees with {methods[0]} on counts"
             rows.append(dict(shape=name, **shape, delays=delays, method=method, forward_s=fwd_s,
                              forward_backward_s=both_s, forward_s_repeats=fwd_all,
-                             forward_backward_s_repeats=both_all, mean_spikes_per_neuron=float(res.counts.mean()),
+                             forward_backward_s_repeats=both_all, backward_s=bwd_s, backward_s_repeats=bwd_all, mean_spikes_per_neuron=float(res.counts.mean()),
                              max_spikes_per_neuron=int(res.counts.max()),
                              resolved=None if method != "auto" else _resolved(shape)))
     return rows

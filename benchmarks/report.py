@@ -274,6 +274,18 @@ def _cpu_rows(name, results):
         by = {row["method"]: row for row in r["rows"] if row["shape"] == shape}
         first = next(iter(by.values()))
         spread = r.get("run_to_run", {}).get(shape)
+        pairs = [m for m in by if "+" in m]  # FORWARD+BACKWARD: a backward-only method after a forward method
+        if pairs:
+            parts = []
+            for m in pairs:
+                bwd = m.split("+")[1]
+                against = ", ".join(f"{ratio(by[k]['backward_s'] / by[m]['backward_s'])} {k}'s"
+                                    for k in ("sequential", "scan") if k in by)
+                parts.append(f"{bwd} backward alone (same forward result), speed: {against}")
+            engine = f" ({r['engine']} engine)" if r.get("engine") else ""
+            rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons{engine}",
+                         "; ".join(parts), f"one run (median of {r['repeats']} repeats)", _files([name], results)])
+            continue
         if spread:  # several runs: medians, and their ranges as the noise
             runs = len(r["runs"])
             measured = (f"median of {runs} runs: scan speed-up over sequential "
