@@ -87,7 +87,8 @@ def run_numpy(shapes, methods, repeats, delays):
             assert np.array_equal(res.counts, ref.counts), f"{method} disagrees with {methods[0]} on counts"
             rows.append(dict(shape=name, **shape, delays=delays, method=method, forward_s=fwd_s,
                              forward_backward_s=both_s, forward_s_repeats=fwd_all,
-                             forward_backward_s_repeats=both_all, backward_s=bwd_s, backward_s_repeats=bwd_all, mean_spikes_per_neuron=float(res.counts.mean()),
+                             forward_backward_s_repeats=both_all, backward_s=bwd_s, backward_s_repeats=bwd_all,
+                             mean_spikes_per_neuron=float(res.counts.mean()),
                              max_spikes_per_neuron=int(res.counts.max()),
                              resolved=None if method != "auto" else _resolved(shape)))
     return rows
@@ -147,7 +148,8 @@ def main(argv=None):
     if args.backend == "cupy":
         from bench_lif_cuda import main as cuda_main
 
-        return cuda_main(rest + (["--output", args.output] if args.output else []) + (["--quick"] if args.quick else []))
+        return cuda_main(rest + (["--output", args.output] if args.output else [])
+                         + (["--quick"] if args.quick else []))
     shapes = {k: SHAPES[k] for k in args.shapes}
     if args.quick:
         shapes = {k: dict(v, spikes=500, batch=min(v["batch"], 4)) for k, v in shapes.items()}
