@@ -12,8 +12,10 @@ Not covered:
   time_constant_grads=True)`` runs the thread-per-neuron kernel (``_lif.backward(method="sequential")``) instead;
   ``backward_closed`` itself returns ``tau_mem = tau_syn = None``.
 - recurrent layers: ``NotImplementedError``, as on NumPy.
-- queues kept as permutations of the shared queue (``residuals.queue_perm``, opt-in ``_queue.PERMUTATION``):
-  ``NotImplementedError``; the kernel reads the materialised ``queue_times`` / ``queue_index`` rows.
+
+Queues: materialised, or kept as permutations of the shared queue (``residuals.queue_perm``, opt-in
+``_queue.PERMUTATION``); the kernel reads both through common.cuh's ``spikescan_queue_t``, with the same queue
+arguments as ``_lif.backward`` (``_lif._queue_args``).
 
 Reductions are ``atomicAdd`` on double, as in the other backward kernels (the last bits vary from run to run);
 deterministic per-lane partial sums (PERF.md P4) are a later step.
@@ -29,7 +31,7 @@ import numpy as np
 from .. import _memory
 from .._lif_numpy import warn_grazing
 from .._types import LIFGrads
-from . import _lif
+from . import _lif, _queue
 
 KERNEL = "spikescan_lif_backward_closed"
 MODULE = "lif_backward_closed"
@@ -57,14 +59,15 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
     res = result.residuals
     if res.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only")
-    if getattr(res, "queue_perm", None) is not None:
-        raise NotImplementedError("lif_backward(method='closed') on CUDA reads materialised queues; this forward kept "
-                                  "its queues as permutations (spikescan.cuda._queue.PERMUTATION): use "
-                                  "method='sequential' or 'scan', or run the forward without PERMUTATION")
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
-    n_queues, L1 = res.queue_times.shape[1], res.queue_times.shape[2]
+    if res.queue_perm is None:
+        queue_args = _lif._queue_args(xp, res.queue_times, res.queue_index, res.queue_end)
+    else:
+        queue_args = _lif._queue_args(xp, _queue.PermutedQueues(res.queue_perm, res.shared_times, res.shared_index,
+                                                                res.queue_end, res.delays_t), None, None)
+    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
@@ -82,11 +85,11 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
         work = (xp.full if xp.__name__ == "numpy" else _empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
         for start in range(0, n, group):
             count = min(group, n - start)
-            args = [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn,
-                    res.threshold, np.int64(batch), np.int64(n_in), np.int64(n_out), np.int64(n_queues),
-                    np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start), np.int64(count),
-                    res.spike_times, res.spike_event, counts, grad_times, work, grad_w, np.int32(input_times_grad),
-                    grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing]
+            args = queue_args + [
+                res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
+                np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes),
+                np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts, grad_times, work, grad_w,
+                np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing]
             block = _lif.block_size(count * _lif.WARP)
             launch(MODULE, KERNEL, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
         n_grazing = int(grazing[:, 0].sum())  # host sync

@@ -2,9 +2,10 @@
 // spikescan/_closed_backward.py (read its docstring for the derivation; DESIGN.md section 6).
 //
 // spikescan_lif_backward_closed<T, Neuron>: one warp per (batch, neuron), blockDim.x a multiple of 32; T is the dtype
-// of grad_times; Neuron is the model struct (neurons/lif.cuh's spikescan_lif).  It reads the materialised queue of
-// its neuron (queue_times / queue_index via spikescan_lif_neuron) and the recorded spikes (spike_times, spike_event,
-// counts); n_rec = min(counts, max_spikes) recorded spikes at T_0 < ... , spike m found in the gap that ends at queue
+// of grad_times; Neuron is the model struct (neurons/lif.cuh's spikescan_lif).  It reads the queue of its neuron in
+// either format through common.cuh's spikescan_queue_t (materialised queue_times / queue_index rows, or with
+// permuted != 0 the sample's shared queue, the neuron's queue_perm row and delays_t, as lif_backward.cu does) and the
+// recorded spikes (spike_times, spike_event, counts); n_rec = min(counts, max_spikes) recorded spikes at T_0 < ... , spike m found in the gap that ends at queue
 // entry spike_event[m] (se[m]).  Entry k belongs to the span of the first recorded spike with se[m] > k (entries
 // se[m-1] <= k < se[m], se[-1] = 0): ties resolve as the forward decided.  Entries k >= se[n_rec - 1] move no
 // recorded spike and are skipped.
@@ -55,7 +56,8 @@ __device__ __forceinline__ void spikescan_closed_warp_sync() {
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const double* __restrict__ weights,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights,
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr,
     long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
@@ -72,6 +74,7 @@ __global__ void spikescan_lif_backward_closed(
     const long long tid = neuron_start + local;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
     const double* st = spike_times + rec_base;
     const long long* se = spike_event + rec_base;
@@ -89,8 +92,8 @@ __global__ void spikescan_lif_backward_closed(
         const double Tm = st[m];
         double J = 0.0;
         for (long long k = lo + lane; k < hi; k += 32) {
-            const double w = spikescan_event_weight(weights, qi[k], max_in, n_out, i);
-            J += w * Neuron::decay(Tm - qt[k], tau_mem, tau_syn).b;
+            const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
+            J += w * Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b;
         }
 #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) J += __shfl_sync(SPIKESCAN_FULL_MASK, J, lane ^ offset);
@@ -123,7 +126,7 @@ __global__ void spikescan_lif_backward_closed(
                     carry = gs;
                 } else if (se[m] > 0) {  // the arrival before it (there is always one: V = I = 0 until then)
                     const long long k = se[m] - 1;
-                    const long long flat = qi[k];
+                    const long long flat = q.index(k);
                     if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, gs);
                     if (has_delays) atomicAdd(grad_delays + (flat / max_in) * n_out + i, gs);
                 }
@@ -153,10 +156,10 @@ __global__ void spikescan_lif_backward_closed(
         const double lVm = wk[2 * m];
         const double lIm = wk[2 * m + 1];
         for (long long k = lo + lane; k < hi; k += 32) {
-            const auto d = Neuron::decay(Tm - qt[k], tau_mem, tau_syn);
+            const auto d = Neuron::decay(Tm - q.time(k), tau_mem, tau_syn);
             const double lV = d.a * lVm;
             const double lI = d.c * lVm + d.b * lIm;
-            const long long flat = qi[k];
+            const long long flat = q.index(k);
             const long long j = flat / max_in;
             const double w = weights[j * n_out + i];
             atomicAdd(grad_weights + j * n_out + i, lI);
