@@ -20,7 +20,7 @@ from spikescan.cuda import _closed
 
 from _cases import random_spikes, weights
 from test_closed_backward import _case, _spike_currents
-from test_cuda import BACKENDS, Backend
+from test_cuda import BACKENDS, Backend, assert_identical_spikes, permutation
 from test_reliability import GRAZE, grazing_layer
 from tolerances import TOL
 
@@ -101,6 +101,43 @@ def test_closed_kernel_on_the_case_suite(backend, name):
     if name == "ties":
         qt = r.residuals.queue_times
         assert (np.isfinite(qt[..., 1:]) & (qt[..., 1:] == qt[..., :-1])).any()
+
+
+@pytest.mark.parametrize("algorithm", ["bitonic", "counting"])
+@pytest.mark.parametrize("name", ["delays", "ties", "near_equal_time_constants"])
+def test_closed_kernel_on_permutation_queues(backend, name, algorithm):
+    """Forwards that keep their queues as permutations of the shared queue (``_queue.PERMUTATION``, layers with
+    delays, both queue kernels): the kernel reads them through common.cuh's ``spikescan_queue_t`` and gives the
+    gradients it gives on the materialised queues of the same case, and the NumPy sequential backward's."""
+    kw = _case(name)
+    assert kw.get("delays") is not None
+    r = ss.lif_forward(**kw, method="sequential", engine="numpy")
+    G = np.random.default_rng(9).normal(size=r.times.shape).astype(r.times.dtype)
+    refs = {flag: reference(kw, G, flag) for flag in (True, False)}
+    args = (kw["input_times"], kw["weights"], kw["delays"])
+    opts = dict(tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"], threshold=kw["threshold"], max_spikes=kw["max_spikes"])
+    for method in FORWARD_METHODS:
+        label = f"{name} forward={method} on permuted queues ({algorithm})"
+        out = backend.lif(*args, **opts, method=method)
+        assert out.residuals.queue_perm is None
+        with permutation(True, algorithm):
+            permuted = backend.lif(*args, **opts, method=method)
+        res = permuted.residuals
+        assert res.queue_perm is not None and res.queue_times is None and res.queue_index is None
+        assert_identical_spikes(out, permuted, backend, label)
+        for flag, (_, g_ref, warned_ref) in refs.items():
+            g_mat, _ = closed(backend, out, G, flag)
+            g, warned = closed(backend, permuted, G, flag)
+            assert_same_grads(g_ref, g, backend, label=f"{label} input_times_grad={flag}")
+            assert [str(w) for w in warned] == [str(w) for w in warned_ref]
+            for gname in GRAD_NAMES:
+                a, b = getattr(g_mat, gname), getattr(g, gname)
+                if a is None:
+                    assert b is None, gname
+                    continue
+                # Same arrivals bit for bit, so equal up to the order of the atomic sums.
+                np.testing.assert_allclose(backend.to_host(b), backend.to_host(a), rtol=1e-13, atol=1e-13,
+                                           err_msg=f"grad_{gname} {label} input_times_grad={flag} vs materialised")
 
 
 def test_spans_longer_than_two_warps(backend):
