@@ -34,7 +34,8 @@ S8):
 - ``baselines_single`` (S5): batch 1, layer-1 shape, forward only: one event per launch (``step``) against the fused
   sequential kernel, the scan and ``auto``.
 - ``sweep`` (S6): one layer with delays, hidden 16 / 128 / 512 x batch 1 / 32 / 256 (small shapes first, until the
-  stage's time is up): every forward method, and each backward kernel on ``auto``'s forward.
+  stage's time is up): every forward method, and each backward kernel (the closed form's included) on ``auto``'s
+  forward.
 - ``recurrent`` (S8, not in PERF.md's list): the recurrent layer's CUDA kernels (``spikescan.cuda._recurrent``, one
   block per sample) on ``bench_recurrent.layer``'s SHD-like layer (700 inputs, ~3000 input spikes per sample over
   1 s, 128 and 512 neurons, without and with recurrent delays, ``max_spikes`` 16). Gate first, per layer: the CUDA
@@ -104,8 +105,9 @@ from bench_lif_jax import MAX_SPIKES, TAU_MEM, TAU_SYN, THRESHOLD  # noqa: E402
 # What is measured
 # ---------------------------------------------------------------------------------------------------------------
 
-# Variants of the CUDA path: forward method (spikescan.cuda._lif.forward), backward kernel (_lif.backward) and
-# module settings applied while the variant runs. "default" is what a user gets (auto / auto, library settings);
+# Variants of the CUDA path: forward method (spikescan.cuda._lif.forward), backward kernel (_lif.backward, or
+# "closed": the closed-form kernel, spikescan.cuda._closed.backward_closed) and module settings applied while the
+# variant runs. "default" is what a user gets (auto / auto, library settings);
 # "sequential" is the GPU-verified kernel set, the baseline "sequential" of the speedups.
 VARIANTS = {
     "default": dict(forward="auto", backward="auto", settings={}),
@@ -149,6 +151,17 @@ VARIANTS = {
                               settings={"spikescan.cuda._queue.USE_KERNEL": True,
                                         "spikescan.cuda._queue.ALGORITHM": "counting",
                                         "spikescan.cuda._queue.PERMUTATION": True}),
+    # P1c: the closed-form (EventProp) backward, one warp per neuron (kernels/lif_backward_closed.cu). Last so that
+    # a stage short of time drops these first.
+    "closed_bwd": dict(forward="sequential", backward="closed", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    # m2_candidate with the closed-form backward (which reads neither the forward's checkpoints nor a first pass).
+    "m2_closed": dict(forward="auto", backward="closed",
+                      settings={"spikescan.cuda._queue.USE_KERNEL": True,
+                                "spikescan.cuda._queue.ALGORITHM": "counting",
+                                "spikescan.cuda._lif.QUIET_GAP": True,
+                                "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True,
+                                "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
+                                "spikescan.cuda._queue.PERMUTATION": True}),
 }
 BASELINE_VARIANT = "sequential"
 SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")
@@ -440,7 +453,8 @@ def timed_launch(device, clock, kernel_events=True):
 
 
 class Layer:
-    """One LIF layer on the device, driven through the CUDA launchers (``_lif.forward`` / ``_lif.backward``)."""
+    """One LIF layer on the device, driven through the CUDA launchers (``_lif.forward`` / ``_lif.backward``, or
+    ``_closed.backward_closed`` for the backward method ``"closed"``)."""
 
     def __init__(self, device, W, D, max_spikes=MAX_SPIKES):
         xp = device.xp
@@ -457,8 +471,10 @@ class Layer:
                             self.max_spikes, method, CHUNK_SIZE, "newton")
 
     def backward(self, result, grad_times, method, launch, input_times_grad=True):
-        from spikescan.cuda import _lif
+        from spikescan.cuda import _closed, _lif
 
+        if method == "closed":
+            return _closed.backward_closed(self.device.xp, launch, result, grad_times, input_times_grad)
         return _lif.backward(self.device.xp, launch, result, grad_times, method, input_times_grad)
 
 
@@ -1009,7 +1025,7 @@ def stage_sweep(ctx):
     passing = [VARIANTS[v] for v in ctx.variants()
                if not VARIANTS[v]["settings"].get("spikescan.cuda._queue.USE_KERNEL")]
     forwards = [m for m in ("sequential", "scan", "auto") if any(s["forward"] == m for s in passing)]
-    backwards = [m for m in _lif.BACKWARD_KERNELS
+    backwards = [m for m in (*_lif.BACKWARD_KERNELS, "closed")
                  if any((_lif.BACKWARD_AUTO if s["backward"] == "auto" else s["backward"]) == m for s in passing)]
     if not forwards:
         raise StageSkipped("no forward method passed the gate")
