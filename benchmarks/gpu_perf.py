@@ -123,6 +123,16 @@ VARIANTS = {
                                    "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True,
                                    "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
                                    "spikescan.cuda._queue.PERMUTATION": True}),
+    # P1c: the closed-form (EventProp) backward, one warp per neuron (kernels/lif_backward_closed.cu).
+    "closed_bwd": dict(forward="sequential", backward="closed", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    # m2_candidate with the closed-form backward (which reads neither the forward's checkpoints nor a first pass).
+    "m2_closed": dict(forward="auto", backward="closed",
+                      settings={"spikescan.cuda._queue.USE_KERNEL": True,
+                                "spikescan.cuda._queue.ALGORITHM": "counting",
+                                "spikescan.cuda._lif.QUIET_GAP": True,
+                                "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False,  # the closed form reads none
+                                "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
+                                "spikescan.cuda._queue.PERMUTATION": True}),
     "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
@@ -152,17 +162,6 @@ VARIANTS = {
                               settings={"spikescan.cuda._queue.USE_KERNEL": True,
                                         "spikescan.cuda._queue.ALGORITHM": "counting",
                                         "spikescan.cuda._queue.PERMUTATION": True}),
-    # P1c: the closed-form (EventProp) backward, one warp per neuron (kernels/lif_backward_closed.cu). Last so that
-    # a stage short of time drops these first.
-    "closed_bwd": dict(forward="sequential", backward="closed", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
-    # m2_candidate with the closed-form backward (which reads neither the forward's checkpoints nor a first pass).
-    "m2_closed": dict(forward="auto", backward="closed",
-                      settings={"spikescan.cuda._queue.USE_KERNEL": True,
-                                "spikescan.cuda._queue.ALGORITHM": "counting",
-                                "spikescan.cuda._lif.QUIET_GAP": True,
-                                "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False,  # the closed form reads none
-                                "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
-                                "spikescan.cuda._queue.PERMUTATION": True}),
 }
 BASELINE_VARIANT = "sequential"
 SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")
