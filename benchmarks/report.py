@@ -283,7 +283,8 @@ def _cpu_rows(name, results):
                                     for k in ("sequential", "scan") if k in by)
                 parts.append(f"{bwd} backward alone (same forward result), speed: {against}")
             engine = f" ({r['engine']} engine)" if r.get("engine") else ""
-            rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons{engine}",
+            delays = ", delays" if first.get("delays") else ""
+            rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons{delays}{engine}",
                          "; ".join(parts), f"one run (median of {r['repeats']} repeats)", _files([name], results)])
             continue
         if spread:  # several runs: medians, and their ranges as the noise

@@ -217,11 +217,10 @@ def choose_forward_method(n_neurons, queue_len, chunk_size):
 
 def choose_backward_method(n_neurons, n_points):
     """``method="auto"`` for the backward of a feed-forward layer: ``"closed"`` (``_closed_backward``: a Python
-    step per spike slot, every input entry in one vectorised pass). Measured against the other two on a 2-core CPU
-    (700 inputs, 5000 input spikes per sample; 4 to 512 neurons, batch 1 to 32, 6 and 150 spikes per neuron, with
-    and without delays and time-constant gradients): 3.5-8x faster than the faster of ``"sequential"`` (a Python
-    step per point) and ``"scan"`` (states by ``log2(points)`` passes, which used to win below ~32 neurons); see
-    ``benchmarks/results/cpu_closed_backward.json``."""
+    step per spike slot, every input entry in one vectorised pass): on a 2-core CPU, 4.7-7.3x faster than the
+    faster of ``"sequential"`` (a Python step per point) and ``"scan"`` (states by ``log2(points)`` passes, which
+    used to win below ~32 neurons) for an SHD-like layer at batch 32 x 256 and 1 x 16 neurons, with and without
+    delays (``benchmarks/results/cpu_closed_backward*.json``)."""
     return "closed"
 
 

@@ -149,8 +149,8 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         grad_times: ``[batch, n_out, max_spikes]`` cotangent of ``result.times``.
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
-            ``"auto"`` (NumPy engine: ``"closed"`` for a feed-forward layer, 3.5-8x faster than the other two on a
-            2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy engine: ``engine="numpy"``, or
+            ``"auto"`` (NumPy engine: ``"closed"`` for a feed-forward layer, 4.7-7.3x faster than the other two on
+            a 2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy engine: ``engine="numpy"``, or
             ``"auto"``, which then means NumPy, and ``engine="numba"`` raises ``ValueError``; CuPy inputs: a warp per neuron, checked in the kernels' host
             emulation, not yet run on a GPU, with ``time_constant_grads=True`` the thread-per-neuron kernel): the
             EventProp closed form of a feed-forward layer, the adjoint between spikes as one decay from the next
