@@ -29,8 +29,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _memory
-from .._lif_numpy import warn_grazing
-from .._types import LIFGrads
 from . import _lif, _queue
 
 KERNEL = "spikescan_lif_backward_closed"
@@ -82,7 +80,7 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
         group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None,
                                            n, n, slot_bytes, max_spikes, xp)
         # The host emulation fills the work buffer with NaN so that a slot read before it is written shows.
-        work = (xp.full if xp.__name__ == "numpy" else _empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
+        work = (xp.full if xp.__name__ == "numpy" else _lif._empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
         for start in range(0, n, group):
             count = min(group, n - start)
             args = queue_args + [
@@ -92,21 +90,6 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
                 np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing]
             block = _lif.block_size(count * _lif.WARP)
             launch(MODULE, KERNEL, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
-        n_grazing = int(grazing[:, 0].sum())  # host sync
-        if n_grazing:
-            first = int(xp.argmax(grazing[:, 0] > 0))
-            # stacklevel 4: the caller of spikescan.lif_backward (through lif_backward_closed_cuda).
-            warn_grazing(n_grazing, first, n_out, float(grazing[first, 1]), stacklevel=4)
-    return LIFGrads(
-        weights=grad_w.astype(res.weights_dtype),
-        input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
-        delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
-        threshold=grad_th.sum(keepdims=True).reshape(()) if res.threshold_is_scalar else grad_th,
-        tau_mem=None, tau_syn=None)
-
-
-def _empty(shape, fill_value, dtype):
-    """``cupy.empty`` with ``xp.full``'s signature (the fill value is not written)."""
-    import cupy
-
-    return cupy.empty(shape, dtype=dtype)
+    # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
+    return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
+                             grad_d, grad_th, None, None, stacklevel=5)

@@ -304,20 +304,33 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, np.int32(ready), grad_w, np.int32(input_times_grad), grad_in,
-                    np.int32(res.delays is not None), grad_d, grad_th, np.int32(time_constant_grads), grad_tm, grad_ts, grazing]
+                    np.int32(res.delays is not None), grad_d, grad_th, np.int32(time_constant_grads), grad_tm,
+                    grad_ts, grazing]
             block = block_size(count * threads_per_neuron)
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, block), block, args)
+    # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_cuda and this function).
+    return finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None, grad_d,
+                        grad_th, grad_tm if time_constant_grads else None,
+                        grad_ts if time_constant_grads else None, stacklevel=5)
+
+
+def finish_grads(xp, res, grazing, grad_w, grad_in, grad_d, grad_th, grad_tm, grad_ts, stacklevel):
+    """What every CUDA backward launcher ends with: ``GrazingSpikeWarning`` from the kernels' per-neuron
+    ``grazing`` records (``[neurons, 2]``: count, earliest time; one host sync; ``None`` for no neurons), then
+    ``LIFGrads`` in the forward arguments' dtypes (``grad_in``, ``grad_tm``, ``grad_ts``: ``None`` when not
+    computed; a scalar threshold gets the sum over neurons). ``stacklevel`` counts from this function's caller's
+    caller, as ``warnings.warn`` would from the launcher."""
+    if grazing is not None:
         n_grazing = int(grazing[:, 0].sum())  # host sync
         if n_grazing:
             first = int(xp.argmax(grazing[:, 0] > 0))
-            # stacklevel 4: the caller of spikescan.lif_backward (through lif_backward_cuda).
-            warn_grazing(n_grazing, first, n_out, float(grazing[first, 1]), stacklevel=4)
+            warn_grazing(n_grazing, first, res.weights.shape[1], float(grazing[first, 1]), stacklevel=stacklevel)
     return LIFGrads(
         weights=grad_w.astype(res.weights_dtype),
-        input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
+        input_times=None if grad_in is None else grad_in.astype(res.input_dtype),
         delays=None if res.delays is None else grad_d.astype(res.delays_dtype),
         threshold=grad_th.sum(keepdims=True).reshape(()) if res.threshold_is_scalar else grad_th,
-        tau_mem=grad_tm if time_constant_grads else None, tau_syn=grad_ts if time_constant_grads else None)
+        tau_mem=grad_tm, tau_syn=grad_ts)
 
 
 def block_size(threads):
