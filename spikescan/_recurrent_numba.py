@@ -44,7 +44,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _lif_numba
+from . import _lif_numba, _memory
 from ._lif_numba import _OK, _RUNAWAY, _STUCK
 from ._types import RecurrentLog
 from .neurons import lif
@@ -421,6 +421,14 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
         raise unresolvable_spike_error(b * n_out + k, n_out, status_at[b, 0])
     M = int(n_log.max(initial=0))
     _log_hint = M
+    over = np.flatnonzero(n_log > length)
+    # The spike log of every sample (float64 time, int64 neuron, float64 current), and a second run's buffers for
+    # the samples that outgrew the guess: known only now, so checked only now, before they are allocated.
+    _memory.check(f"lif_forward(batch={batch}, n_out={n_out}, max_spikes={max_spikes}, recurrent, engine='numba')",
+                  {"spike log": 24 * batch * M, "second run's log": 24 * over.size * M}, np,
+                  f"the layer fired up to {M} spikes on one sample (every neuron's, recorded or not); reduce the "
+                  f"batch or the recurrent excitation, or lower max_total_spikes (now {limit}) to stop runaway "
+                  "firing sooner; or raise the limit with spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT")
     out_t = np.full((batch, M), np.inf)
     out_k = np.full((batch, M), -1, np.int64)
     out_I = np.zeros((batch, M))
@@ -428,7 +436,6 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     keep = np.arange(min(M, length))[None, :] < fit[:, None]
     for out, buf in ((out_t, log_t), (out_k, log_k), (out_I, log_I)):
         out[:, :keep.shape[1]][keep] = buf[:, :keep.shape[1]][keep]
-    over = np.flatnonzero(n_log > length)
     if over.size:  # the samples whose logs did not fit, again with the length they need
         (log_t, log_k, log_I), _ = run(over, M)
         for j, b in enumerate(over):

@@ -181,3 +181,25 @@ def test_cuda_launchers_check_before_allocating(host_kernels, no_limit):
     ss.set_memory_limit(grads)
     with pytest.raises(MemoryError, match="lif_backward"):
         _lif.backward(np, host_kernels.launch, out, g, "sequential")
+
+
+def test_the_compiled_recurrent_log_is_checked_before_it_is_allocated():
+    """The compiled recurrent engine learns the length of its spike log (every spike of a sample) only by running;
+    a log beyond the limit raises MemoryError naming it before the log is allocated, and fits just above."""
+    pytest.importorskip("numba")
+    t = np.array([[[0.0]], [[1.0]]])
+    W = np.full((1, 4), 200.0)  # one strong input: hundreds of spikes from one entry
+    R = np.full((4, 4), 0.1)
+    np.fill_diagonal(R, 0.0)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, engine="numba")
+    M = ss.lif_forward(t, W, **kw).residuals.recurrent_log.times.shape[1]
+    assert M > 100
+    log_bytes = 24 * 2 * M  # float64 time, int64 neuron, float64 current per spike, two samples
+    previous = ss.set_memory_limit(log_bytes - 1)
+    try:
+        with pytest.raises(MemoryError, match=rf"spike log .*fired up to {M} spikes on one sample"):
+            ss.lif_forward(t, W, **kw)
+        ss.set_memory_limit(log_bytes)
+        assert ss.lif_forward(t, W, **kw).residuals.recurrent_log.times.shape[1] == M
+    finally:
+        ss.set_memory_limit(previous)
