@@ -114,14 +114,15 @@ VARIANTS = {
     "sequential": dict(forward="sequential", backward="sequential",
                        settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     # Every opt-in path at once (the M2 candidate so far): warp backward from the forward's checkpoints, counting-
-    # sort permutation queues, the quiet-gap forward, 64-thread blocks for small launches. Early in the list so that
-    # a stage short of time still measures it.
+    # sort permutation queues, the quiet-gap forward, the scan forward's three-lane solve, 64-thread blocks for
+    # small launches. Early in the list so that a stage short of time still measures it.
     "m2_candidate": dict(forward="auto", backward="scan",
                          settings={"spikescan.cuda._queue.USE_KERNEL": True,
                                    "spikescan.cuda._queue.ALGORITHM": "counting",
                                    "spikescan.cuda._lif.QUIET_GAP": True,
                                    "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True,
                                    "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
+                                   "spikescan.cuda._lif.WARP_SOLVE": True,
                                    "spikescan.cuda._queue.PERMUTATION": True}),
     # P1c: the closed-form (EventProp) backward, one warp per neuron (kernels/lif_backward_closed.cu).
     "closed_bwd": dict(forward="sequential", backward="closed", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
@@ -132,6 +133,7 @@ VARIANTS = {
                                 "spikescan.cuda._lif.QUIET_GAP": True,
                                 "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False,  # the closed form reads none
                                 "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
+                                "spikescan.cuda._lif.WARP_SOLVE": True,
                                 "spikescan.cuda._queue.PERMUTATION": True}),
     "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
@@ -145,6 +147,10 @@ VARIANTS = {
     "scan_fwd_quiet_gap": dict(forward="scan", backward="sequential",
                                settings={"spikescan.cuda._queue.USE_KERNEL": False,
                                          "spikescan.cuda._lif.QUIET_GAP": True}),
+    # The scan forward's Newton solve with its three probes on three lanes (same spikes bit for bit).
+    "scan_fwd_warp_solve": dict(forward="scan", backward="sequential",
+                                settings={"spikescan.cuda._queue.USE_KERNEL": False,
+                                          "spikescan.cuda._lif.WARP_SOLVE": True}),
     # P1b: the forward writes the backward's checkpoints, the backward skips its first pass (one launch, no groups).
     "fwd_checkpoints": dict(forward="sequential", backward="sequential",
                             settings={"spikescan.cuda._queue.USE_KERNEL": False,

@@ -150,12 +150,26 @@ def assert_quiet_gap_changes_nothing(backend, out, t, W, D, **kw):
     every output (times, events, counts) is bit-identical."""
     with quiet_gap(not _lif.QUIET_GAP):
         other = backend.lif(t, W, D, **kw)
-    for name in ("times", "counts"):
-        np.testing.assert_array_equal(backend.to_host(getattr(other, name)), backend.to_host(getattr(out, name)),
-                                      err_msg=name)
-    for name in ("spike_times", "spike_event"):
-        np.testing.assert_array_equal(backend.to_host(getattr(other.residuals, name)),
-                                      backend.to_host(getattr(out.residuals, name)), err_msg=name)
+    assert_identical_spikes(out, other, backend, "(other QUIET_GAP)")
+
+
+@contextlib.contextmanager
+def warp_solve(enabled):
+    """``_lif.WARP_SOLVE`` set to ``enabled`` inside the block."""
+    saved = _lif.WARP_SOLVE
+    _lif.WARP_SOLVE = enabled
+    try:
+        yield
+    finally:
+        _lif.WARP_SOLVE = saved
+
+
+def assert_warp_solve_changes_nothing(backend, out, t, W, D, **kw):
+    """The scan forward with the other ``WARP_SOLVE`` setting than ``out``'s: the same Newton iterates with the probes
+    spread over three lanes, so every output is bit-identical (and the other solvers take the same path)."""
+    with warp_solve(not _lif.WARP_SOLVE):
+        other = backend.lif(t, W, D, **kw)
+    assert_identical_spikes(out, other, backend, "(other WARP_SOLVE)")
 
 
 def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_sizes=(32,), dtype="float64",
@@ -171,6 +185,8 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
             out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
             assert_same_spikes(ref, out, backend, dtype)
             assert_quiet_gap_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
+            if method == "scan":
+                assert_warp_solve_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
             if D is not None:  # the permutation format of the queues: both queue kernels, with and without the
                 # forward's checkpoints; spikes bit-identical to the materialised queues'
                 for algorithm, checkpoints in (("counting", False), ("bitonic", method != "step")):

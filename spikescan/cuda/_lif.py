@@ -75,6 +75,10 @@ QUIET_GAP = False
 # and need no checkpoint groups. Gradients equal the plain path's to rounding (the forward's states at spikes are
 # reset from the solved offset, the backward's from the recorded time). Off until a GPU run has timed it.
 FORWARD_CHECKPOINTS = False
+# The scan forward's spike solve with the Newton solver's three probe voltages of each round evaluated by three lanes
+# at once (spikescan_lif::solve_spike_time_warp; PERF.md P3a's "one lane per probe"): the same iterates and spike
+# times bit for bit, one voltage's latency per round instead of three. Off until a GPU run has timed it.
+WARP_SOLVE = False
 # Small grids (PERF.md P5): a launch of fewer than SMALL_GRID_WAVES * SMALL_GRID_SMS blocks of THREADS_PER_BLOCK
 # leaves most SMs idle (batch 1 x 512 neurons: two blocks of the thread-per-neuron backward, on two SMs). With
 # SMALL_GRID_BLOCK set, such launches use blocks of that many threads instead (a multiple of 32), which spreads the
@@ -200,7 +204,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         width = np.int32(min(int(chunk_size), WARP))
         block = block_size(n * WARP)
         launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, block), block,
-               common + [width] + outputs + ckpt_args)
+               common + [width, np.int32(bool(WARP_SOLVE))] + outputs + ckpt_args)
     elif method == "step":
         state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)] + [xp.full(n, -np.inf, dtype=xp.float64)]
         n_steps = int(qe.max()) + 1 if qe.size else 0

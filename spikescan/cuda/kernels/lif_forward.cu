@@ -229,8 +229,8 @@ __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
     const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    long long max_total_spikes, int width, double* __restrict__ spike_times, long long* __restrict__ spike_event,
-    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    long long max_total_spikes, int width, int warp_solve, double* __restrict__ spike_times,
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
     double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
     const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
     const int lane = threadIdx.x & 31;
@@ -303,7 +303,10 @@ __global__ void spikescan_lif_forward_scan(
         const double hi = __shfl_sync(SPIKESCAN_FULL_MASK, s_hi, f);
         const double tp = __shfl_sync(SPIKESCAN_FULL_MASK, t_prev, f);
         const double te = __shfl_sync(SPIKESCAN_FULL_MASK, t_e, f);
-        const double s = Neuron::solve_spike_time(v0, i0, hi, tau_mem, tau_syn, threshold, solver);
+        // warp_solve (spikescan/cuda/_lif.py WARP_SOLVE): the same solve with its probes spread over three lanes.
+        const double s = warp_solve
+                             ? Neuron::solve_spike_time_warp(v0, i0, hi, tau_mem, tau_syn, threshold, solver, lane)
+                             : Neuron::solve_spike_time(v0, i0, hi, tau_mem, tau_syn, threshold, solver);
         const double t_spike = fmin(tp + s, te);
         if (t_spike <= t_last) {  // warp-uniform: every lane solved the same spike
             if (lane == 0) stuck_times[tid] = t_spike;

@@ -197,6 +197,13 @@ struct spikescan_lif {
     static __device__ double solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
                                               double threshold, int solver);
 
+    // solve_spike_time called by all 32 lanes of a warp with the same arguments (warp-collective): the same
+    // iterates and result bit for bit, but the Newton solver's three probe voltages of a round are evaluated by lanes
+    // 0-2 at once (and the two final residuals by lanes 0-1) and broadcast, so a round costs one voltage's latency
+    // instead of three. Bisection and the analytic solver run as in solve_spike_time on every lane.
+    static __device__ double solve_spike_time_warp(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
+                                                   double threshold, int solver, int lane);
+
     // Second divided difference exp[0, w1, w2] of the exponential at the nodes 0, w1, w2 <= 0 (twin of
     // lif.exp_divided_difference2): across the widest pair when the nodes spread over more than 1, else the
     // series sum_m h_m(w1, w2) / (m + 2)! with h_m = w2 h_{m-1} + w1^m, truncated after m = 19.  The integral of the
@@ -299,5 +306,50 @@ __device__ double spikescan_lif::solve_spike_time(double v0, double i0, double s
     // lo is the last iterate with V < threshold, hi the first with V >= threshold; return the smaller residual.
     const double r_lo = threshold - voltage(lo, v0, i0, tau_mem, tau_syn);
     const double r_hi = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold;
+    return (r_lo <= r_hi) ? lo : hi;
+}
+
+__device__ double spikescan_lif::solve_spike_time_warp(double v0, double i0, double s_hi, double tau_mem,
+                                                       double tau_syn, double threshold, int solver, int lane) {
+    if (solver != SPIKESCAN_SOLVER_NEWTON) return solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver);
+    // solve_spike_time's Newton branch, line for line; only where a voltage is evaluated differs (see above).
+    double lo = 0.0;
+    double hi = s_hi;
+    const double eps = 2.220446049250313e-16;
+    const double noise = eps * (threshold + fabs(v0) + fabs(i0));
+    double v_lo = v0;
+    double v_hi = voltage(hi, v0, i0, tau_mem, tau_syn);
+    for (int it = 0; it < SPIKESCAN_NEWTON_MAX_ITERS; ++it) {
+        const decay_t d = decay(lo, tau_mem, tau_syn);
+        const double slope = (d.b * i0 - v_lo) / tau_mem;
+        const double step = (threshold - v_lo) / (slope > 0.0 ? slope : 1.0);
+        const bool active = (nextafter(nextafter(lo, spikescan_inf()), spikescan_inf()) < hi) &&
+                            !((slope > 0.0) && (step <= eps * lo)) && (v_hi - threshold > noise);
+        if (!active) break;  // warp-uniform: every lane holds the same iterates
+        const double rise = v_hi - v_lo;
+        double probes[3];
+        probes[0] = slope > 0.0 ? lo + step : lo;
+        probes[1] = lo + (hi - lo) * ((threshold - v_lo) / (rise > 0.0 ? rise : 1.0));
+        probes[2] = 0.5 * (lo + hi);
+        // Selected, not indexed by lane (a dynamic index would put probes[] in local memory); lanes > 2 evaluate
+        // probe 2 as well, unused.
+        const double mine = voltage(lane == 0 ? probes[0] : (lane == 1 ? probes[1] : probes[2]), v0, i0, tau_mem,
+                                    tau_syn);
+        double values[3];
+        for (int q = 0; q < 3; ++q) values[q] = __shfl_sync(SPIKESCAN_FULL_MASK, mine, q);
+        for (int q = 0; q < 3; ++q) {
+            if (!((probes[q] > lo) && (probes[q] < hi))) continue;
+            if (values[q] >= threshold) {
+                hi = probes[q];
+                v_hi = values[q];
+            } else {
+                lo = probes[q];
+                v_lo = values[q];
+            }
+        }
+    }
+    const double v_end = voltage(lane == 1 ? hi : lo, v0, i0, tau_mem, tau_syn);
+    const double r_lo = threshold - __shfl_sync(SPIKESCAN_FULL_MASK, v_end, 0);
+    const double r_hi = __shfl_sync(SPIKESCAN_FULL_MASK, v_end, 1) - threshold;
     return (r_lo <= r_hi) ? lo : hi;
 }
