@@ -723,10 +723,10 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     for start in range(0, batch, block):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
-        _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, qe, np.ascontiguousarray(res.weights), np.ascontiguousarray(res.tau_mem),
-                            np.ascontiguousarray(res.tau_syn), np.ascontiguousarray(res.threshold, np.float64), n_out,
-                            max(max_in, 1), st, se,
-                            counts, g, table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
+        _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, qe, np.ascontiguousarray(res.weights),
+                            np.ascontiguousarray(res.tau_mem), np.ascontiguousarray(res.tau_syn),
+                            np.ascontiguousarray(res.threshold, np.float64), n_out, max(max_in, 1), st, se, counts, g,
+                            table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
                             g_threshold, bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)

@@ -124,8 +124,9 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
       entry: float64 times, int64 and int32 index);
     - ``spike records``: times and events (float64 and int64) and the output times, per recorded spike slot;
     - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane, at most ``L1``
-      lanes), or the loop's per-neuron state (about 300 bytes per neuron); for the compiled engine (``backend="numba"``) the shared decay
-      table (24 bytes per queue entry) and a few per-neuron index arrays (64 bytes per neuron).
+      lanes), or the loop's per-neuron state (about 300 bytes per neuron); for the compiled engine
+      (``backend="numba"``) the shared decay table (24 bytes per queue entry) and a few per-neuron index arrays (64
+      bytes per neuron).
     """
     slots = batch * n_in * max_in
     L1 = n_entries + 1

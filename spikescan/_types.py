@@ -106,7 +106,8 @@ class LIFResult(NamedTuple):
 
     @property
     def capped_spikes(self):
-        """Total number of spikes (over batch and neurons) that fired but were not recorded (``counts > max_spikes``)."""
+        """Total number of spikes (over batch and neurons) that fired but were not recorded
+        (``counts > max_spikes``)."""
         max_spikes = self.times.shape[-1]
         return int((self.counts - max_spikes).clip(0, None).sum())
 
