@@ -197,6 +197,12 @@ struct spikescan_lif {
     static __device__ double solve_spike_time(double v0, double i0, double s_hi, double tau_mem, double tau_syn,
                                               double threshold, int solver);
 
+    // The three-probe bracketed Newton solver of solve_spike_time (defined below); Warp: warp-collective, the probe
+    // voltages of a round evaluated by lanes 0-2 at once and broadcast (solve_spike_time_warp), else all on this lane.
+    template <bool Warp>
+    static __device__ __forceinline__ double newton_spike_time(double v0, double i0, double s_hi, double tau_mem,
+                                                               double tau_syn, double threshold, int lane);
+
     // solve_spike_time called by all 32 lanes of a warp with the same arguments (warp-collective): the same
     // iterates and result bit for bit, but the Newton solver's three probe voltages of a round are evaluated by lanes
     // 0-2 at once (and the two final residuals by lanes 0-1) and broadcast, so a round costs one voltage's latency
@@ -270,49 +276,23 @@ __device__ double spikescan_lif::solve_spike_time(double v0, double i0, double s
         }
         return hi;
     }
-    // Three-probe bracketed Newton (twin of lif.solve_spike_time). Invariant: V(lo) < threshold <= V(hi), V concave
-    // on [lo, hi]. Each round probes the Newton step from lo (below the root), the chord point (above it) and the
-    // midpoint (the bracket at least halves); it stops once the bracket is two ulps wide, the Newton step is below
-    // float64 resolution, or V(hi) equals the threshold up to the rounding error of evaluating V.
-    const double eps = 2.220446049250313e-16;
-    const double noise = eps * (threshold + fabs(v0) + fabs(i0));
-    double v_lo = v0;
-    double v_hi = voltage(hi, v0, i0, tau_mem, tau_syn);
-    for (int it = 0; it < SPIKESCAN_NEWTON_MAX_ITERS; ++it) {
-        const decay_t d = decay(lo, tau_mem, tau_syn);
-        const double slope = (d.b * i0 - v_lo) / tau_mem;
-        const double step = (threshold - v_lo) / (slope > 0.0 ? slope : 1.0);
-        const bool active = (nextafter(nextafter(lo, spikescan_inf()), spikescan_inf()) < hi) &&
-                            !((slope > 0.0) && (step <= eps * lo)) && (v_hi - threshold > noise);
-        if (!active) break;
-        const double rise = v_hi - v_lo;
-        double probes[3];
-        probes[0] = slope > 0.0 ? lo + step : lo;
-        probes[1] = lo + (hi - lo) * ((threshold - v_lo) / (rise > 0.0 ? rise : 1.0));
-        probes[2] = 0.5 * (lo + hi);
-        double values[3];
-        for (int q = 0; q < 3; ++q) values[q] = voltage(probes[q], v0, i0, tau_mem, tau_syn);
-        for (int q = 0; q < 3; ++q) {
-            if (!((probes[q] > lo) && (probes[q] < hi))) continue;
-            if (values[q] >= threshold) {
-                hi = probes[q];
-                v_hi = values[q];
-            } else {
-                lo = probes[q];
-                v_lo = values[q];
-            }
-        }
-    }
-    // lo is the last iterate with V < threshold, hi the first with V >= threshold; return the smaller residual.
-    const double r_lo = threshold - voltage(lo, v0, i0, tau_mem, tau_syn);
-    const double r_hi = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold;
-    return (r_lo <= r_hi) ? lo : hi;
+    return newton_spike_time<false>(v0, i0, s_hi, tau_mem, tau_syn, threshold, 0);
 }
 
 __device__ double spikescan_lif::solve_spike_time_warp(double v0, double i0, double s_hi, double tau_mem,
                                                        double tau_syn, double threshold, int solver, int lane) {
     if (solver != SPIKESCAN_SOLVER_NEWTON) return solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver);
-    // solve_spike_time's Newton branch, line for line; only where a voltage is evaluated differs (see above).
+    return newton_spike_time<true>(v0, i0, s_hi, tau_mem, tau_syn, threshold, lane);
+}
+
+// Three-probe bracketed Newton (twin of lif.solve_spike_time). Invariant: V(lo) < threshold <= V(hi), V concave on
+// [lo, hi]. Each round probes the Newton step from lo (below the root), the chord point (above it) and the midpoint
+// (the bracket at least halves); it stops once the bracket is two ulps wide, the Newton step is below float64
+// resolution, or V(hi) equals the threshold up to the rounding error of evaluating V. Warp only changes which lane
+// evaluates a voltage: every lane holds the same iterates, so the result is the same bit for bit.
+template <bool Warp>
+__device__ __forceinline__ double spikescan_lif::newton_spike_time(double v0, double i0, double s_hi, double tau_mem,
+                                                                   double tau_syn, double threshold, int lane) {
     double lo = 0.0;
     double hi = s_hi;
     const double eps = 2.220446049250313e-16;
@@ -325,18 +305,22 @@ __device__ double spikescan_lif::solve_spike_time_warp(double v0, double i0, dou
         const double step = (threshold - v_lo) / (slope > 0.0 ? slope : 1.0);
         const bool active = (nextafter(nextafter(lo, spikescan_inf()), spikescan_inf()) < hi) &&
                             !((slope > 0.0) && (step <= eps * lo)) && (v_hi - threshold > noise);
-        if (!active) break;  // warp-uniform: every lane holds the same iterates
+        if (!active) break;  // with Warp, warp-uniform
         const double rise = v_hi - v_lo;
         double probes[3];
         probes[0] = slope > 0.0 ? lo + step : lo;
         probes[1] = lo + (hi - lo) * ((threshold - v_lo) / (rise > 0.0 ? rise : 1.0));
         probes[2] = 0.5 * (lo + hi);
-        // Selected, not indexed by lane (a dynamic index would put probes[] in local memory); lanes > 2 evaluate
-        // probe 2 as well, unused.
-        const double mine = voltage(lane == 0 ? probes[0] : (lane == 1 ? probes[1] : probes[2]), v0, i0, tau_mem,
-                                    tau_syn);
         double values[3];
-        for (int q = 0; q < 3; ++q) values[q] = __shfl_sync(SPIKESCAN_FULL_MASK, mine, q);
+        if constexpr (Warp) {
+            // Selected, not indexed by lane (a dynamic index would put probes[] in local memory); lanes > 2
+            // evaluate probe 2 as well, unused.
+            const double mine = voltage(lane == 0 ? probes[0] : (lane == 1 ? probes[1] : probes[2]), v0, i0,
+                                        tau_mem, tau_syn);
+            for (int q = 0; q < 3; ++q) values[q] = __shfl_sync(SPIKESCAN_FULL_MASK, mine, q);
+        } else {
+            for (int q = 0; q < 3; ++q) values[q] = voltage(probes[q], v0, i0, tau_mem, tau_syn);
+        }
         for (int q = 0; q < 3; ++q) {
             if (!((probes[q] > lo) && (probes[q] < hi))) continue;
             if (values[q] >= threshold) {
@@ -348,8 +332,15 @@ __device__ double spikescan_lif::solve_spike_time_warp(double v0, double i0, dou
             }
         }
     }
-    const double v_end = voltage(lane == 1 ? hi : lo, v0, i0, tau_mem, tau_syn);
-    const double r_lo = threshold - __shfl_sync(SPIKESCAN_FULL_MASK, v_end, 0);
-    const double r_hi = __shfl_sync(SPIKESCAN_FULL_MASK, v_end, 1) - threshold;
-    return (r_lo <= r_hi) ? lo : hi;
+    // lo is the last iterate with V < threshold, hi the first with V >= threshold; return the smaller residual.
+    if constexpr (Warp) {
+        const double v_end = voltage(lane == 1 ? hi : lo, v0, i0, tau_mem, tau_syn);
+        const double r_lo = threshold - __shfl_sync(SPIKESCAN_FULL_MASK, v_end, 0);
+        const double r_hi = __shfl_sync(SPIKESCAN_FULL_MASK, v_end, 1) - threshold;
+        return (r_lo <= r_hi) ? lo : hi;
+    } else {
+        const double r_lo = threshold - voltage(lo, v0, i0, tau_mem, tau_syn);
+        const double r_hi = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold;
+        return (r_lo <= r_hi) ? lo : hi;
+    }
 }
