@@ -241,16 +241,13 @@ def _spike_currents(r):
     return out
 
 
-def test_grazing_bookkeeping_after_spikes_and_after_arrivals(monkeypatch):
-    """Grazing spikes inside bursts: one after another spike of the same gap passes its time derivative to that
-    spike, one after an arrival to the arrival's time. Exact grazing cannot be built at will there, so the crossing
-    slope is forced to 0 (the grazing rule) for every spike with a current below a cutoff; the record itself stays
-    the forward's, so both backwards must agree exactly as for true grazing spikes."""
-    kw = _case("bursts")
-    r = ss.lif_forward(**kw, engine="numpy")
+def burst_grazing_cutoff(r):
+    """``(cutoff, forced)`` for a forward of ``_case("bursts")``: a current between the spikes' currents (the middle
+    of the widest relative gap among the central ones, far from every spike's current) and the recorded spikes below
+    it, which the grazing tests make grazing. Asserts that they include spikes after another spike of the same gap
+    and spikes after an arrival, and a grazing spike after a grazing one."""
     I_spk = _spike_currents(r)
     values = np.sort(I_spk[np.isfinite(I_spk)])
-    # The cutoff: the middle of the widest relative gap among the central currents, far from any spike's current.
     mid = values[len(values) // 4: 3 * len(values) // 4 + 1]
     i = int(np.argmax(np.diff(mid) / mid[1:]))
     cutoff = 0.5 * (mid[i] + mid[i + 1])
@@ -261,6 +258,17 @@ def test_grazing_bookkeeping_after_spikes_and_after_arrivals(monkeypatch):
     after_arrival = forced.copy()
     after_arrival[..., 1:] &= ev[..., 1:] != ev[..., :-1]
     assert after_spike.any() and after_arrival.any() and (after_spike & forced[..., :-1]).any()
+    return cutoff, forced
+
+
+def test_grazing_bookkeeping_after_spikes_and_after_arrivals(monkeypatch):
+    """Grazing spikes inside bursts: one after another spike of the same gap passes its time derivative to that
+    spike, one after an arrival to the arrival's time. Exact grazing cannot be built at will there, so the crossing
+    slope is forced to 0 (the grazing rule) for every spike with a current below a cutoff; the record itself stays
+    the forward's, so both backwards must agree exactly as for true grazing spikes."""
+    kw = _case("bursts")
+    r = ss.lif_forward(**kw, engine="numpy")
+    cutoff, forced = burst_grazing_cutoff(r)
     original = lif.crossing_slope
     monkeypatch.setattr(lif, "crossing_slope",
                         lambda i, threshold, tau_mem: np.where(np.asarray(i) < cutoff, 0.0,

@@ -19,7 +19,7 @@ import spikescan as ss
 from spikescan.cuda import _closed
 
 from _cases import random_spikes, weights
-from test_closed_backward import _case, _spike_currents
+from test_closed_backward import _case, burst_grazing_cutoff
 from test_cuda import BACKENDS, Backend, assert_identical_spikes, permutation
 from test_reliability import GRAZE, grazing_layer
 from tolerances import TOL
@@ -194,18 +194,8 @@ def test_grazing_bookkeeping_after_spikes_and_after_arrivals(backend):
     record whose threshold was swapped."""
     kw = _case("bursts")
     r = ss.lif_forward(**kw, method="sequential", engine="numpy")
-    I_spk = _spike_currents(r)
-    values = np.sort(I_spk[np.isfinite(I_spk)])
-    mid = values[len(values) // 4: 3 * len(values) // 4 + 1]
-    i = int(np.argmax(np.diff(mid) / mid[1:]))
-    cutoff = 0.5 * (mid[i] + mid[i + 1])
-    assert np.min(np.abs(values - cutoff)) > 1e-6 * cutoff
-    forced = I_spk < cutoff
+    cutoff, forced = burst_grazing_cutoff(r)
     ev = r.residuals.spike_event
-    after_spike = forced[..., 1:] & (ev[..., 1:] == ev[..., :-1])
-    after_arrival = forced.copy()
-    after_arrival[..., 1:] &= ev[..., 1:] != ev[..., :-1]
-    assert after_spike.any() and after_arrival.any() and (after_spike & forced[..., :-1]).any()
     n_out = kw["weights"].shape[1]
 
     def forced_grazing(result, xp):
