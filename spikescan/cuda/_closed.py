@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _memory
-from . import _lif, _queue
+from . import _lif
 
 KERNEL = "spikescan_lif_backward_closed"
 MODULE = "lif_backward_closed"
@@ -60,21 +60,12 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
-    if res.queue_perm is None:
-        queue_args = _lif._queue_args(xp, res.queue_times, res.queue_index, res.queue_end)
-    else:
-        queue_args = _lif._queue_args(xp, _queue.PermutedQueues(res.queue_perm, res.shared_times, res.shared_index,
-                                                                res.queue_end, res.delays_t), None, None)
+    queue_args = _lif.residual_queue_args(xp, res)
     n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
-    grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
-    grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
-    grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
-    grad_th = xp.zeros(n_out, dtype=xp.float64)
+    grad_w, grad_in, grad_d, grad_th, grazing = _lif.gradient_buffers(xp, res, input_times_grad)
     n = batch * n_out
-    grazing = xp.zeros((max(n, 1), 2), dtype=xp.float64)  # (count, earliest time) of each neuron's grazing spikes
-    grazing[:, 1] = np.inf
     if n > 0 and max_spikes > 0:
         slot_bytes = 2 * 8 * max_spikes
         group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None,

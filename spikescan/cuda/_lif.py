@@ -265,23 +265,14 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
-    if res.queue_perm is None:
-        queue_args = _queue_args(xp, res.queue_times, res.queue_index, res.queue_end)
-    else:
-        queue_args = _queue_args(xp, _queue.PermutedQueues(res.queue_perm, res.shared_times, res.shared_index,
-                                                           res.queue_end, res.delays_t), None, None)
+    queue_args = residual_queue_args(xp, res)
     n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
-    grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
-    grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
-    grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
-    grad_th = xp.zeros(n_out, dtype=xp.float64)
+    grad_w, grad_in, grad_d, grad_th, grazing = gradient_buffers(xp, res, input_times_grad)
     grad_tm = xp.zeros(n_out, dtype=xp.float64)
     grad_ts = xp.zeros(n_out, dtype=xp.float64)
     n = batch * n_out
-    grazing = xp.zeros((max(n, 1), 2), dtype=xp.float64)  # (count, earliest time) of each neuron's grazing spikes
-    grazing[:, 1] = np.inf
     if n > 0:
         ready = res.checkpoints is not None
         if ready:  # written by the forward: no first pass, one launch, no working memory beyond the gradients
@@ -316,6 +307,30 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     return finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None, grad_d,
                         grad_th, grad_tm if time_constant_grads else None,
                         grad_ts if time_constant_grads else None, stacklevel=5)
+
+
+def residual_queue_args(xp, res):
+    """The queue arguments of the backward kernels (``_queue_args``) from a forward's residuals, in whichever format
+    the forward kept its queues (materialised, or permutations of the shared queue)."""
+    if res.queue_perm is None:
+        return _queue_args(xp, res.queue_times, res.queue_index, res.queue_end)
+    return _queue_args(xp, _queue.PermutedQueues(res.queue_perm, res.shared_times, res.shared_index, res.queue_end,
+                                                 res.delays_t), None, None)
+
+
+def gradient_buffers(xp, res, input_times_grad):
+    """Zeroed float64 accumulators of the backward kernels: ``(grad_w [n_in, n_out], grad_in [batch, n_in, max_in]
+    (one element without input_times_grad), grad_d [n_in, n_out] (one element without delays), grad_th [n_out],
+    grazing [neurons, 2])``, ``grazing`` holding (count, earliest time) of each neuron's grazing spikes."""
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
+    grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
+    grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if res.delays is not None else xp.zeros(1, xp.float64)
+    grad_th = xp.zeros(n_out, dtype=xp.float64)
+    grazing = xp.zeros((max(batch * n_out, 1), 2), dtype=xp.float64)
+    grazing[:, 1] = np.inf
+    return grad_w, grad_in, grad_d, grad_th, grazing
 
 
 def finish_grads(xp, res, grazing, grad_w, grad_in, grad_d, grad_th, grad_tm, grad_ts, stacklevel):
