@@ -39,6 +39,8 @@ class LIFResiduals(NamedTuple):
       as the materialised queues; ``+inf`` for padding) and ``index = shared_index[b, p]``, ``p =
       queue_perm[b, i, k]``; ``queue_end`` stays ``[batch, n_out]``. 2 bytes per entry instead of 12;
       ``spikescan.cuda._queue.residual_queues`` expands them. ``queue_length`` is ``L1`` in either format.
+      The CUDA forward of a layer with delays keeps ``shared_times`` and ``shared_index`` with materialised queues
+      too (12 bytes per input spike), for the deterministic closed backward (``spikescan.cuda._closed``).
 
     Memory: ``O(batch * Q * L1)`` for the queues plus ``O(batch * n_out * max_spikes)``; every other state is
     recomputed by the backward.

@@ -10,6 +10,7 @@ emulation runs a coroutine per CUDA thread.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -33,11 +34,17 @@ def backend(request):
     return Backend(request.param, request)
 
 
-def closed(backend, result, G, input_times_grad=True):
+# The kernel's two ways of summing the entries' contributions: atomics, or (``_closed.DETERMINISTIC``) per-spike
+# records and the two source-major kernels.
+REDUCTIONS = (False, True)
+
+
+def closed(backend, result, G, input_times_grad=True, deterministic=False):
     """``backward_closed`` on ``backend`` with the warnings it issued."""
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        g = _closed.backward_closed(backend.xp, backend.launch, result, backend.to_device(G), input_times_grad)
+        g = _closed.backward_closed(backend.xp, backend.launch, result, backend.to_device(G), input_times_grad,
+                                    deterministic)
     return g, [w.message for w in rec]
 
 
@@ -75,9 +82,10 @@ def check(backend, kw, G=None, dtype="float64", label=""):
                           method=method)
         np.testing.assert_array_equal(backend.to_host(out.counts), r.counts)
         np.testing.assert_array_equal(backend.to_host(out.residuals.spike_event), r.residuals.spike_event)
-        for flag, (_, g_ref, warned_ref) in refs.items():
-            g, warned = closed(backend, out, G, flag)
-            assert_same_grads(g_ref, g, backend, dtype, f"{label} forward={method} input_times_grad={flag}")
+        for (flag, (_, g_ref, warned_ref)), det in itertools.product(refs.items(), REDUCTIONS):
+            g, warned = closed(backend, out, G, flag, det)
+            assert_same_grads(g_ref, g, backend, dtype,
+                              f"{label} forward={method} input_times_grad={flag} deterministic={det}")
             assert [str(w) for w in warned] == [str(w) for w in warned_ref]
     return r
 
@@ -125,17 +133,22 @@ def test_closed_kernel_on_permutation_queues(backend, name, algorithm):
         res = permuted.residuals
         assert res.queue_perm is not None and res.queue_times is None and res.queue_index is None
         assert_identical_spikes(out, permuted, backend, label)
-        for flag, (_, g_ref, warned_ref) in refs.items():
-            g_mat, _ = closed(backend, out, G, flag)
-            g, warned = closed(backend, permuted, G, flag)
-            assert_same_grads(g_ref, g, backend, label=f"{label} input_times_grad={flag}")
+        for (flag, (_, g_ref, warned_ref)), det in itertools.product(refs.items(), REDUCTIONS):
+            g_mat, _ = closed(backend, out, G, flag, det)
+            g, warned = closed(backend, permuted, G, flag, det)
+            assert_same_grads(g_ref, g, backend, label=f"{label} input_times_grad={flag} deterministic={det}")
             assert [str(w) for w in warned] == [str(w) for w in warned_ref]
             for gname in GRAD_NAMES:
                 a, b = getattr(g_mat, gname), getattr(g, gname)
                 if a is None:
                     assert b is None, gname
                     continue
-                # Same arrivals bit for bit, so equal up to the order of the atomic sums.
+                # Same arrivals bit for bit, so equal up to the order of the atomic sums (deterministic: the same
+                # sums in the same order).
+                if det:
+                    np.testing.assert_array_equal(backend.to_host(b), backend.to_host(a),
+                                                  err_msg=f"grad_{gname} {label} input_times_grad={flag}")
+                    continue
                 np.testing.assert_allclose(backend.to_host(b), backend.to_host(a), rtol=1e-13, atol=1e-13,
                                            err_msg=f"grad_{gname} {label} input_times_grad={flag} vs materialised")
 
@@ -172,15 +185,16 @@ def test_grazing_spike_warns_with_the_numpy_fields(backend):
     for method in FORWARD_METHODS:
         out = backend.lif(t, W, tau_mem=GRAZE["tau_mem"], tau_syn=GRAZE["tau_syn"], max_spikes=4, method=method)
         np.testing.assert_array_equal(backend.to_host(out.counts), r.counts)
-        g, warned = closed(backend, out, G)
-        if backend.name == "gpu" and not warned:
-            # Whether the peak is exactly at the threshold depends on the last bit of the device's exp(-1).
-            continue
-        assert len(warned) == 1 and isinstance(warned[0], ss.GrazingSpikeWarning)
-        a, b = warned_ref[0], warned[0]
-        assert (b.count, b.sample, b.neuron, b.time) == (a.count, a.sample, a.neuron, a.time) == (1, 1, 2, 12.0)
-        assert str(b) == str(a)
-        assert_same_grads(g_ref, g, backend, label=f"grazing forward={method}")
+        for det in REDUCTIONS:
+            g, warned = closed(backend, out, G, deterministic=det)
+            if backend.name == "gpu" and not warned:
+                # Whether the peak is exactly at the threshold depends on the last bit of the device's exp(-1).
+                continue
+            assert len(warned) == 1 and isinstance(warned[0], ss.GrazingSpikeWarning)
+            a, b = warned_ref[0], warned[0]
+            assert (b.count, b.sample, b.neuron, b.time) == (a.count, a.sample, a.neuron, a.time) == (1, 1, 2, 12.0)
+            assert str(b) == str(a)
+            assert_same_grads(g_ref, g, backend, label=f"grazing forward={method} deterministic={det}")
 
 
 def test_grazing_bookkeeping_after_spikes_and_after_arrivals(backend):
@@ -211,9 +225,10 @@ def test_grazing_bookkeeping_after_spikes_and_after_arrivals(backend):
         out = backend.lif(kw["input_times"], kw["weights"], tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"],
                           max_spikes=kw["max_spikes"], method=method)
         np.testing.assert_array_equal(backend.to_host(out.residuals.spike_event), ev)
-        g, warned = closed(backend, forced_grazing(out, backend.xp), G)
-        assert_same_grads(ref, g, backend, label=f"forced grazing, forward={method}")
-        assert [str(w) for w in warned] == [str(rec[0].message)]
+        for det in REDUCTIONS:
+            g, warned = closed(backend, forced_grazing(out, backend.xp), G, deterministic=det)
+            assert_same_grads(ref, g, backend, label=f"forced grazing, forward={method} deterministic={det}")
+            assert [str(w) for w in warned] == [str(rec[0].message)]
 
 
 def test_groups_of_neurons_give_the_same_gradients(backend, monkeypatch):
@@ -234,6 +249,89 @@ def test_groups_of_neurons_give_the_same_gradients(backend, monkeypatch):
     for name in GRAD_NAMES:
         np.testing.assert_allclose(backend.to_host(getattr(split, name)), backend.to_host(getattr(whole, name)),
                                    rtol=1e-13, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["delays", "ties"])
+def test_deterministic_reductions_do_not_depend_on_grouping_or_blocks(backend, monkeypatch, name):
+    """The deterministic reductions sum every gradient in one fixed order (samples, then each source's spikes; or
+    neurons), so gradients are bit for bit the same with the samples in groups of one and with small blocks."""
+    kw = _case(name)
+    r = backend.lif(kw["input_times"], kw["weights"], kw["delays"], tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"],
+                    max_spikes=kw["max_spikes"], method="sequential")
+    G = np.random.default_rng(7).normal(size=r.times.shape)
+    whole, _ = closed(backend, r, G, deterministic=True)
+    calls = []
+
+    def one_at_a_time(*args):
+        calls.append(args)
+        return 1
+
+    with monkeypatch.context() as m:
+        m.setattr(_closed._memory, "fit_backward_group", one_at_a_time)
+        split, _ = closed(backend, r, G, deterministic=True)
+    assert calls and r.counts.shape[0] > 1
+    with monkeypatch.context() as m:
+        m.setattr(_closed._lif, "SMALL_GRID_BLOCK", 32)
+        small, _ = closed(backend, r, G, deterministic=True)
+    for name in GRAD_NAMES:
+        for other in (split, small):
+            np.testing.assert_array_equal(backend.to_host(getattr(other, name)), backend.to_host(getattr(whole, name)),
+                                          err_msg=name)
+
+
+def test_deterministic_spans_split_tied_arrivals_as_the_record_says(backend):
+    """Which span an entry belongs to is the record's decision (``spike_event``), also inside a run of equal
+    arrivals: from different input times through the delays, and from equal input times (then by source). The
+    record is edited so that a span ends inside such runs; the source-major kernels, which compare keys (arrival,
+    input time, source) instead of queue positions, must split the run where the queue-walking kernel does."""
+    rng = np.random.default_rng(4)
+    n_in, n_out = 6, 3
+    t = np.sort(rng.integers(0, 6, (2, n_in, 3)).astype(np.float64), axis=-1)
+    D = rng.integers(0, 3, (n_in, n_out)).astype(np.float64)  # integer times: many exactly equal arrivals
+    W = weights(rng, n_in, n_out, mean=0.5, std=0.3)
+    out = backend.lif(t, W, D, tau_mem=8.0, tau_syn=4.0, max_spikes=4, method="sequential")
+    res = out.residuals
+    qt = backend.to_host(res.queue_times)
+    ev = backend.to_host(res.spike_event).copy()
+    n_rec = np.minimum(backend.to_host(out.counts), ev.shape[-1])
+    edited = 0
+    for b, i in zip(*np.nonzero(n_rec > 0)):
+        row = qt[b, i]
+        ties = np.nonzero(np.isfinite(row[1:]) & (row[1:] == row[:-1]))[0] + 1  # k with arrival k == arrival k - 1
+        last = ev[b, i, n_rec[b, i] - 1]
+        for k in ties[ties < last][:1]:
+            m = int(np.searchsorted(ev[b, i, :n_rec[b, i]], k, side="right"))  # the span that holds entry k
+            lo = ev[b, i, m - 1] if m > 0 else 0
+            if lo < k:
+                ev[b, i, m] = k  # span m now ends between the two equal arrivals
+                edited += 1
+    assert edited >= 2
+    src = backend.to_host(res.queue_index)
+    assert any((src[b, i, k] // 3 != src[b, i, k - 1] // 3) for b, i, k in zip(*np.nonzero(
+        np.isfinite(qt[..., 1:]) & (qt[..., 1:] == qt[..., :-1])))), "no tie across sources"
+    edited_out = out._replace(residuals=res._replace(spike_event=backend.to_device(ev)))
+    G = rng.normal(size=out.times.shape)
+    for flag in (True, False):
+        walk, _ = closed(backend, edited_out, G, flag, deterministic=False)
+        det, _ = closed(backend, edited_out, G, flag, deterministic=True)
+        plain, _ = closed(backend, out, G, flag, deterministic=True)
+        assert not np.allclose(backend.to_host(det.weights), backend.to_host(plain.weights))  # the edit matters
+        for name in GRAD_NAMES:
+            a, b = getattr(walk, name), getattr(det, name)
+            if a is None:
+                assert b is None
+                continue
+            np.testing.assert_allclose(backend.to_host(b), backend.to_host(a), rtol=1e-12, atol=1e-12,
+                                       err_msg=f"grad_{name} input_times_grad={flag}")
+
+
+def test_deterministic_needs_the_shared_queue():
+    """A result whose residuals lack the shared queue (a layer with delays not run by the CUDA forward) is refused
+    with the reason, not summed wrongly."""
+    kw = _case("delays")
+    r = ss.lif_forward(**kw, method="sequential", engine="numpy")
+    with pytest.raises(ValueError, match="shared input queue"):
+        _closed.backward_closed(np, None, r, np.zeros(r.times.shape), True, True)
 
 
 def test_a_silent_layer_and_one_spike_slot(backend):

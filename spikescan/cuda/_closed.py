@@ -17,11 +17,18 @@ Queues: materialised, or kept as permutations of the shared queue (``residuals.q
 ``_queue.PERMUTATION``); the kernel reads both through common.cuh's ``spikescan_queue_t``, with the same queue
 arguments as ``_lif.backward`` (``_lif._queue_args``).
 
-Reductions are ``atomicAdd`` on double, as in the other backward kernels (the last bits vary from run to run);
-deterministic per-lane partial sums (PERF.md P4) are a later step.
+Reductions: by default ``atomicAdd`` on double, as in the other backward kernels (the last bits vary from run to
+run). With ``DETERMINISTIC`` (opt-in; PERF.md P4) the kernel stops after the spikes' adjoints and leaves per-spike
+records, and two source-major kernels sum every entry's contributions in registers: one thread per synapse ``(j,
+i)`` for the weight, delay and threshold gradients (samples and spikes in order), one per input spike for its time
+gradient (neurons in order). No atomics: the gradients are bitwise reproducible, whatever the grouping. Each entry's
+decay is then computed three times instead of twice (the currents, and once per kernel), and the input times are
+kept as a dense float64 table ``[samples, n_in * max_in + 1]`` built from the shared queue (which the CUDA forward
+keeps for every layer, ``LIFResiduals.shared_times``/``shared_index``).
 
 Memory: besides the float64 gradient accumulators, a work buffer of 16 bytes per recorded-spike slot
-(``batch x n_out x max_spikes``) for the call's duration, in groups of neurons when the memory limit asks for it.
+(``batch x n_out x max_spikes``) for the call's duration, in groups of neurons when the memory limit asks for it;
+with ``DETERMINISTIC``, 56 bytes per slot plus the input-time table, in groups of whole samples.
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ from . import _lif
 
 KERNEL = "spikescan_lif_backward_closed"
 MODULE = "lif_backward_closed"
+SYNAPSES_KERNEL = "spikescan_lif_backward_closed_synapses"
+INPUTS_KERNEL = "spikescan_lif_backward_closed_inputs"
+
+# Opt-in (PERF.md P4): deterministic reductions (see the module docstring); a GPU run of benchmarks/gpu_perf.py
+# decides whether they become the default.
+DETERMINISTIC = False
+# Fields of a recorded spike in the deterministic records (kernels/lif_backward_closed.cu SPIKESCAN_CLOSED_FIELDS).
+RECORD_FIELDS = 7
 
 
 def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_constant_grads=False):
@@ -51,12 +66,15 @@ def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_con
     return backward_closed(cupy, _lif._cupy_launch, result, grad_times, input_times_grad)
 
 
-def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
+def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deterministic=None):
     """Array-module-generic body of ``lif_backward_closed_cuda`` (``xp``/``launch`` as in ``_lif.backward``: CuPy
-    and ``_lif._cupy_launch``, or NumPy and the host emulation's launch)."""
+    and ``_lif._cupy_launch``, or NumPy and the host emulation's launch); ``deterministic``: default
+    ``DETERMINISTIC``."""
     res = result.residuals
     if res.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only")
+    if DETERMINISTIC if deterministic is None else deterministic:
+        return _backward_deterministic(xp, launch, result, grad_times, input_times_grad)
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
@@ -78,9 +96,85 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True):
                 res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
                 np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes),
                 np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts, grad_times, work, grad_w,
-                np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing]
+                np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing,
+                np.int32(0), grad_th]
             block = _lif.block_size(count * _lif.WARP)
             launch(MODULE, KERNEL, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
                              grad_d, grad_th, None, None, stacklevel=5)
+
+
+def shared_queue_of(xp, res):
+    """The shared queue ``(times [batch, L1] float64, index [batch, L1] int32)`` of a forward's residuals: the queue
+    itself without delays, else the one the CUDA forward keeps (``shared_times``, ``shared_index``)."""
+    if res.delays is None:
+        return res.queue_times[:, 0, :], res.queue_index[:, 0, :]
+    if res.shared_times is None:
+        raise ValueError("the deterministic closed backward needs the forward's shared input queue "
+                         "(LIFResiduals.shared_times), which this result lacks: it was not made by the CUDA forward")
+    return res.shared_times, res.shared_index
+
+
+def input_table(xp, times, index, n_in, max_in):
+    """Dense float64 input times ``[samples, n_in * max_in + 1]`` (column ``j * max_in + m``, ``+inf`` padded; the
+    last column takes the queue's padding) from shared-queue rows, without a host sync."""
+    rows, L1 = times.shape
+    stride = n_in * max_in + 1
+    table = xp.full((rows, stride), np.inf, dtype=xp.float64)
+    col = xp.where(index >= 0, index, stride - 1).astype(xp.int64)
+    table[xp.arange(rows)[:, None], col] = times
+    table[:, stride - 1] = np.inf
+    return table
+
+
+def _backward_deterministic(xp, launch, result, grad_times, input_times_grad):
+    """``backward_closed`` with ``DETERMINISTIC`` (see the module docstring and lif_backward_closed.cu)."""
+    res = result.residuals
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    S = res.spike_times.shape[2]
+    has_delays = res.delays is not None
+    queue_args = _lif.residual_queue_args(xp, res)
+    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
+    shared_times, shared_index = shared_queue_of(xp, res)
+    grad_times = xp.ascontiguousarray(grad_times)
+    counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
+    grad_w, grad_in, grad_d, grad_th, grazing = _lif.gradient_buffers(xp, res, input_times_grad)
+    if batch * n_out > 0 and S > 0 and n_in * max_in > 0:
+        stride = n_in * max_in + 1
+        per_sample = n_out * (RECORD_FIELDS * 8 * S + 8) + stride * 8
+        group = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, batch,
+                                           per_sample, S, xp)
+        D = res.delays if has_delays else xp.empty(1, dtype=xp.float64)
+        fill = xp.full if xp.__name__ == "numpy" else _lif._empty  # NaN on the host: unwritten records show
+        for b0 in range(0, batch, group):
+            n_b = min(group, batch - b0)
+            n = n_b * n_out
+            rec = fill(RECORD_FIELDS * S * n, np.nan, dtype=xp.float64)
+            thr_part = fill(n, np.nan, dtype=xp.float64)
+            args = queue_args + [
+                res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
+                np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(S),
+                np.int64(b0 * n_out), np.int64(n), res.spike_times, res.spike_event, counts, grad_times, rec, grad_w,
+                np.int32(input_times_grad), grad_in, np.int32(has_delays), grad_d, grad_th, grazing, np.int32(1),
+                thr_part]
+            block = _lif.block_size(n * _lif.WARP)
+            launch(MODULE, KERNEL, grad_times.dtype, _lif._blocks(n * _lif.WARP, block), block, args)
+            table = input_table(xp, shared_times[b0:b0 + n_b], shared_index[b0:b0 + n_b], n_in, max_in)
+            common = [table, np.int64(stride), res.weights, D, np.int32(has_delays), res.tau_mem, res.tau_syn,
+                      np.int64(n_in), np.int64(n_out), np.int64(max_in), np.int64(S), counts, np.int64(b0),
+                      np.int64(n_b), rec]
+            threads = n_in * n_out
+            block = _lif.block_size(threads)
+            launch(MODULE, SYNAPSES_KERNEL, grad_times.dtype, _lif._blocks(threads, block), block,
+                   common + [thr_part, grad_w, grad_d, grad_th])
+            if input_times_grad:
+                threads = n_b * n_in * max_in
+                block = _lif.block_size(threads)
+                launch(MODULE, INPUTS_KERNEL, grad_times.dtype, _lif._blocks(threads, block), block,
+                       common + [grad_in])
+    # stacklevel 6: the caller of spikescan.lif_backward (through lif_backward_closed_cuda, backward_closed and this
+    # function).
+    return _lif.finish_grads(xp, res, grazing if batch * n_out > 0 else None, grad_w,
+                             grad_in if input_times_grad else None, grad_d, grad_th, None, None, stacklevel=6)

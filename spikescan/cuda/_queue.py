@@ -137,7 +137,7 @@ def _check_algorithm(algorithm):
 
 
 def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None,
-                 algorithm=None, length=None, permutation=False):
+                 algorithm=None, length=None, permutation=False, shared=None):
     """``spikescan._queue.build_queues(input_times, delays, xp)`` with the delayed queues sorted by the kernel.
 
     Args:
@@ -152,6 +152,8 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
         length: the most input spikes of any sample, if the caller has it (saves a host sync).
         permutation: with delays, write the permutation format (``PermutedQueues``) when it applies (see the
             module docstring; the kernel sorts the rows whatever ``use_kernel`` says).
+        shared: the shared queue ``shared_queue(input_times, xp, length)`` when the caller has built it (it is
+            then not built again).
 
     Returns:
         ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32; or a
@@ -166,7 +168,7 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
     if n_in * max_in > INDEX_LIMIT:
         raise ValueError(f"input_times of shape {tuple(input_times.shape)} has n_in * max_in = {n_in * max_in} "
                          f"entries per sample; the CUDA backend indexes them with int32 (at most {INDEX_LIMIT})")
-    times, index, n_real = shared_queue(input_times, xp, length)
+    times, index, n_real = shared_queue(input_times, xp, length) if shared is None else shared
     if delays is None:
         return times[:, None, :], index[:, None, :].astype(xp.int32), n_real[:, None]
     n_out = delays.shape[1]

@@ -5,10 +5,10 @@
 // of grad_times; Neuron is the model struct (neurons/lif.cuh's spikescan_lif).  It reads the queue of its neuron in
 // either format through common.cuh's spikescan_queue_t (materialised queue_times / queue_index rows, or with
 // permuted != 0 the sample's shared queue, the neuron's queue_perm row and delays_t, as lif_backward.cu does) and the
-// recorded spikes (spike_times, spike_event, counts); n_rec = min(counts, max_spikes) recorded spikes at T_0 < ... , spike m found in the gap that ends at queue
-// entry spike_event[m] (se[m]).  Entry k belongs to the span of the first recorded spike with se[m] > k (entries
-// se[m-1] <= k < se[m], se[-1] = 0): ties resolve as the forward decided.  Entries k >= se[n_rec - 1] move no
-// recorded spike and are skipped.
+// recorded spikes (spike_times, spike_event, counts); n_rec = min(counts, max_spikes) recorded spikes at
+// T_0 < ..., spike m found in the gap that ends at queue entry spike_event[m] (se[m]).  Entry k belongs to the span
+// of the first recorded spike with se[m] > k (entries se[m-1] <= k < se[m], se[-1] = 0): ties resolve as the forward
+// decided.  Entries k >= se[n_rec - 1] move no recorded spike and are skipped.
 //
 // 1. Currents at the spikes, spikes first to last (warp-uniform loop): lanes stride over the span's entries and
 //    sum w_k b(T_m - t_k), a xor butterfly adds the lanes' sums (every lane gets the same bits: fp addition is
@@ -36,8 +36,10 @@
 // after step 1 and (lV_m^-, lI_m^-) after step 2.
 // Reductions (grad_weights [n_in, n_out], grad_input_times [batch, n_in, max_in], grad_delays [n_in, n_out],
 // grad_threshold [n_out]; float64, zero-filled by the launcher) use atomicAdd on double (sm_60+) as the other
-// backward kernels do: the summation order, and so the last bits, vary from run to run.  Deterministic per-lane
-// partial sums (PERF.md P4) are a later step.
+// backward kernels do: the summation order, and so the last bits, vary from run to run.  With records != 0
+// (spikescan/cuda/_closed.py DETERMINISTIC, PERF.md P4) the kernel instead stops after step 2 and leaves per-spike
+// records (`work` is then the records buffer, thr_part the per-neuron threshold terms) for the two source-major
+// kernels at the end of this file, which sum without atomics.
 // Time-constant gradients are not computed here: the launcher (spikescan/cuda/_closed.py) runs spikescan_lif_backward
 // for time_constant_grads=True.
 #include "neurons/lif.cuh"
@@ -53,6 +55,23 @@ __device__ __forceinline__ void spikescan_closed_warp_sync() {
 #endif
 }
 
+// One queue entry's contributions in closed form (step 3, and the source-major kernels): the adjoint just after an
+// arrival s = T_m - t_k before the end T_m of its span, from that spike's (lV_m^-, lI_m^-), and with `arrival`
+// its time gradient Neuron::arrival_time_grad (weight w).
+struct spikescan_closed_entry_t {
+    double lI, g_arrival;
+};
+
+template <class Neuron>
+__device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(double s, double lVm, double lIm, double w,
+                                                                           double tau_mem, double tau_syn,
+                                                                           bool arrival) {
+    const auto d = Neuron::decay(s, tau_mem, tau_syn);
+    const double lV = d.a * lVm;
+    const double lI = d.c * lVm + d.b * lIm;
+    return {lI, arrival ? Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn) : 0.0};
+}
+
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed(
     const double* __restrict__ queue_times, const int* __restrict__ queue_index,
@@ -66,7 +85,7 @@ __global__ void spikescan_lif_backward_closed(
     const T* __restrict__ grad_times, double* __restrict__ work,
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    double* __restrict__ grazing) {
+    double* __restrict__ grazing, int records, double* __restrict__ thr_part) {
     // Warp = neuron [neuron_start, neuron_start + n_group) of the flattened batch * n_out; exits are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -80,9 +99,15 @@ __global__ void spikescan_lif_backward_closed(
     const long long* se = spike_event + rec_base;
     const T* gt = grad_times + rec_base;
     const long long n_rec = counts[tid] < max_spikes ? counts[tid] : max_spikes;
+    if (records && lane == 0) thr_part[local] = 0.0;
     if (n_rec == 0) return;  // no recorded spike: no gradient flows through this neuron
     const long long in_base = b * n_in * max_in;
-    double* wk = work + local * max_spikes * 2;
+    // Slot (m, field) of this neuron's per-spike data: the interleaved work buffer [n_group, max_spikes, 2], or with
+    // records != 0 the field-major records [SPIKESCAN_CLOSED_FIELDS, max_spikes, n_group] (fields 1 and 2 there).
+    const auto slot = [&](long long m, int field) -> double& {
+        return records ? work[(((long long)field + 1) * max_spikes + m) * n_group + local]
+                       : work[(local * max_spikes + m) * 2 + field];
+    };
 
     // 1. Currents at the spikes.
     double I = 0.0;
@@ -98,7 +123,7 @@ __global__ void spikescan_lif_backward_closed(
 #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) J += __shfl_sync(SPIKESCAN_FULL_MASK, J, lane ^ offset);
         I = (m > 0) ? Neuron::decay(Tm - st[m - 1], tau_mem, tau_syn).b * I + J : J;
-        if (lane == 0) wk[2 * m] = I;
+        if (lane == 0) slot(m, 0) = I;
     }
 
     // 2. Adjoint at the spikes, last to first (lane 0).
@@ -113,10 +138,11 @@ __global__ void spikescan_lif_backward_closed(
                 lV_plus = d.a * lV_next;
                 lI_plus = d.c * lV_next + d.b * lI_next;
             }
-            const double Im = wk[2 * m];
+            const double Im = slot(m, 0);
             const double gs = ((double)gt[m] + carry) + Neuron::reset_time_grad(lV_plus, Im, tau_mem);
             const double D = Neuron::crossing_slope(Im, threshold, tau_mem);
             carry = 0.0;
+            double pass = 0.0, pass_flat = -1.0;  // records: what a grazing spike passes to the arrival before it
             double lV_minus;
             if (D <= 0.0) {  // grazing: IFT term dropped; its time moves with the point before it
                 lV_minus = 0.0;
@@ -127,24 +153,45 @@ __global__ void spikescan_lif_backward_closed(
                 } else if (se[m] > 0) {  // the arrival before it (there is always one: V = I = 0 until then)
                     const long long k = se[m] - 1;
                     const long long flat = q.index(k);
-                    if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, gs);
-                    if (has_delays) atomicAdd(grad_delays + (flat / max_in) * n_out + i, gs);
+                    if (records) {
+                        pass = gs;
+                        pass_flat = (double)flat;
+                    } else {
+                        if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, gs);
+                        if (has_delays) atomicAdd(grad_delays + (flat / max_in) * n_out + i, gs);
+                    }
                 }
             } else {
                 lV_minus = Neuron::spike_adjoint(gs, D);
                 g_threshold += gs / D;
             }
-            wk[2 * m] = lV_minus;
-            wk[2 * m + 1] = lI_plus;
+            slot(m, 0) = lV_minus;
+            slot(m, 1) = lI_plus;
+            if (records) {  // the span's end and its key (queue entry se[m], the first entry after the span)
+                const long long k = se[m];
+                const auto rec = [&](int field) -> double& {
+                    return work[((long long)field * max_spikes + m) * n_group + local];
+                };
+                rec(0) = st[m];
+                rec(3) = q.time(k);
+                rec(4) = (double)q.index(k);
+                rec(5) = pass;
+                rec(6) = pass_flat;
+            }
             lV_next = lV_minus;
             lI_next = lI_plus;
         }
-        atomicAdd(grad_threshold + i, g_threshold);
+        if (records) {
+            thr_part[local] = g_threshold;
+        } else {
+            atomicAdd(grad_threshold + i, g_threshold);
+        }
         if (n_grazing > 0.0) {
             grazing[2 * tid] = n_grazing;
             grazing[2 * tid + 1] = t_grazing;
         }
     }
+    if (records) return;  // the entries are the two source-major kernels' (below)
     spikescan_closed_warp_sync();
 
     // 3. Every entry before the last recorded spike, span by span.
@@ -153,21 +200,155 @@ __global__ void spikescan_lif_backward_closed(
         const long long hi = se[m];
         if (lo >= hi) continue;
         const double Tm = st[m];
-        const double lVm = wk[2 * m];
-        const double lIm = wk[2 * m + 1];
+        const double lVm = slot(m, 0);
+        const double lIm = slot(m, 1);
         for (long long k = lo + lane; k < hi; k += 32) {
-            const auto d = Neuron::decay(Tm - q.time(k), tau_mem, tau_syn);
-            const double lV = d.a * lVm;
-            const double lI = d.c * lVm + d.b * lIm;
             const long long flat = q.index(k);
             const long long j = flat / max_in;
             const double w = weights[j * n_out + i];
-            atomicAdd(grad_weights + j * n_out + i, lI);
-            if (has_input_grad || has_delays) {
-                const double g_arrival = Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn);
-                if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, g_arrival);
-                if (has_delays) atomicAdd(grad_delays + j * n_out + i, g_arrival);
-            }
+            const auto e = spikescan_closed_entry<Neuron>(Tm - q.time(k), lVm, lIm, w, tau_mem, tau_syn,
+                                                          has_input_grad || has_delays);
+            atomicAdd(grad_weights + j * n_out + i, e.lI);
+            if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, e.g_arrival);
+            if (has_delays) atomicAdd(grad_delays + j * n_out + i, e.g_arrival);
         }
     }
+}
+
+
+// ---------------------------------------------------------------------------------------------------------------
+// Deterministic reductions (PERF.md P4): the entries' contributions summed by lanes that own their outputs.
+//
+// With records != 0, spikescan_lif_backward_closed stops after step 2 and leaves per recorded spike m of neuron
+// `local` of the group the field-major records rec[(f * max_spikes + m) * n_group + local]: f = 0 T_m, 1 lV_m^-,
+// 2 lI_m^-, 3 and 4 the arrival and flat source of queue entry se[m] (the first entry after the span: +inf and -1
+// when the queue ends first), 5 and 6 what a grazing spike m passes to the arrival before it (value, flat source;
+// 0 and -1 otherwise), and the neuron's threshold gradient in thr_part[local] (no atomics).  Two kernels then visit
+// every input spike from the source side, over the group's samples b0 .. b0 + n_b - 1:
+//
+// - spikescan_lif_backward_closed_synapses: one thread per synapse (j, i); it walks the samples in order and source
+//   j's spikes in order (ascending times), keeps the span pointer s of neuron (b, i) moving forward (arrivals of one
+//   source are ascending), and adds grad weight, grad delay and (threads j == 0) the threshold term to running sums
+//   loaded from and stored back to the gradient buffers: the summation order is the same whatever the grouping.
+// - spikescan_lif_backward_closed_inputs: one thread per input spike (b, j, m); it walks the neurons i in order,
+//   finds the span by binary search over the neuron's recorded spikes and stores the sum of the grad arrivals.
+//
+// An entry lies in span s when its key (arrival, input time, flat source) is below the key of the entry that ends the
+// span: the order of the queues (shared queue by (time, source), delayed queues stably by arrival), so ties resolve
+// as the forward decided.  Arrivals are recomputed as t + D[j, i], the queues' own IEEE addition.  The input times
+// come from `table` [n_b, stride] float64 (column flat, +inf padded; built from the shared queue by the launcher).
+// No atomics: gradients are bitwise reproducible from run to run and independent of the launch's grouping.
+#define SPIKESCAN_CLOSED_FIELDS 7
+
+// True if the entry (arrival, t, flat) lies before the end of span s of neuron `local` (records as above; `row` is
+// the sample's row of the input-time table, for the tie on arrivals).
+__device__ __forceinline__ bool spikescan_closed_before(const double* __restrict__ rec, long long max_spikes,
+                                                        long long n_group, long long local, long long s,
+                                                        const double* __restrict__ row, double arrival, double t,
+                                                        long long flat) {
+    const double end_arrival = rec[(3 * max_spikes + s) * n_group + local];
+    if (arrival != end_arrival) return arrival < end_arrival;
+    const long long end_flat = (long long)rec[(4 * max_spikes + s) * n_group + local];
+    const double end_t = row[end_flat];  // equal finite arrivals: the span's end is a real entry
+    if (t != end_t) return t < end_t;
+    return flat < end_flat;
+}
+
+// The contributions of entry (arrival, flat) of neuron `local` (span s, weight w): (grad weight, grad arrival
+// including what a grazing spike passes to it).
+template <class Neuron>
+__device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_record_entry(
+    const double* __restrict__ rec, long long max_spikes, long long n_group, long long local, long long s,
+    double arrival, long long flat, double w, double tau_mem, double tau_syn, bool with_arrival) {
+    const auto field = [&](int f) { return rec[((long long)f * max_spikes + s) * n_group + local]; };
+    auto e = spikescan_closed_entry<Neuron>(field(0) - arrival, field(1), field(2), w, tau_mem, tau_syn, with_arrival);
+    if (with_arrival && (double)flat == field(6)) e.g_arrival += field(5);
+    return e;
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_synapses(
+    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
+    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr, long long n_in, long long n_out, long long max_in, long long max_spikes,
+    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec,
+    const double* __restrict__ thr_part, double* __restrict__ grad_weights, double* __restrict__ grad_delays,
+    double* __restrict__ grad_threshold) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // j * n_out + i
+    if (idx >= n_in * n_out) return;
+    const long long j = idx / n_out;
+    const long long i = idx - j * n_out;
+    const long long n_group = n_b * n_out;
+    const double w = weights[idx];
+    const double d = has_delays ? delays[idx] : 0.0;
+    const double tau_mem = tau_mem_arr[i], tau_syn = tau_syn_arr[i];
+    double gw = grad_weights[idx];
+    double gd = has_delays ? grad_delays[idx] : 0.0;
+    double gth = j == 0 ? grad_threshold[i] : 0.0;
+    for (long long bl = 0; bl < n_b; ++bl) {
+        const long long local = bl * n_out + i;
+        if (j == 0) gth += thr_part[local];
+        const long long count = counts[(b0 + bl) * n_out + i];
+        const long long n_rec = count < max_spikes ? count : max_spikes;
+        const double* row = table + bl * stride;
+        long long s = 0;
+        for (long long m = 0; m < max_in && s < n_rec; ++m) {
+            const long long flat = j * max_in + m;
+            const double t = row[flat];
+            if (!(t < spikescan_inf())) break;  // +inf padding ends the source's spikes
+            const double arrival = has_delays ? t + d : t;
+            while (s < n_rec && !spikescan_closed_before(rec, max_spikes, n_group, local, s, row, arrival, t, flat)) {
+                ++s;
+            }
+            if (s == n_rec) break;  // after the last recorded spike: moves nothing recorded (later spikes neither)
+            const auto e = spikescan_closed_record_entry<Neuron>(rec, max_spikes, n_group, local, s, arrival, flat, w,
+                                                                 tau_mem, tau_syn, has_delays != 0);
+            gw += e.lI;
+            gd += e.g_arrival;
+        }
+    }
+    grad_weights[idx] = gw;
+    if (has_delays) grad_delays[idx] = gd;
+    if (j == 0) grad_threshold[i] = gth;
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_inputs(
+    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
+    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr, long long n_in, long long n_out, long long max_in, long long max_spikes,
+    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec,
+    double* __restrict__ grad_input_times) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // bl * n_in * max_in + flat
+    const long long per_sample = n_in * max_in;
+    if (idx >= n_b * per_sample) return;
+    const long long bl = idx / per_sample;
+    const long long flat = idx - bl * per_sample;
+    const long long j = flat / max_in;
+    const long long n_group = n_b * n_out;
+    const double* row = table + bl * stride;
+    const double t = row[flat];
+    if (!(t < spikescan_inf())) return;  // padding: its gradient stays zero
+    double g = 0.0;
+    for (long long i = 0; i < n_out; ++i) {
+        const long long count = counts[(b0 + bl) * n_out + i];
+        const long long n_rec = count < max_spikes ? count : max_spikes;
+        if (n_rec == 0) continue;
+        const long long local = bl * n_out + i;
+        const double arrival = has_delays ? t + delays[j * n_out + i] : t;
+        long long lo = 0, hi = n_rec;  // the first span whose end lies after the entry
+        while (lo < hi) {
+            const long long mid = (lo + hi) >> 1;
+            if (spikescan_closed_before(rec, max_spikes, n_group, local, mid, row, arrival, t, flat)) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        if (lo == n_rec) continue;
+        g += spikescan_closed_record_entry<Neuron>(rec, max_spikes, n_group, local, lo, arrival, flat,
+                                                   weights[j * n_out + i], tau_mem_arr[i], tau_syn_arr[i], true)
+                 .g_arrival;
+    }
+    grad_input_times[(b0 + bl) * per_sample + flat] = g;
 }
