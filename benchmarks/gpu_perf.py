@@ -109,6 +109,15 @@ from bench_lif_jax import MAX_SPIKES, TAU_MEM, TAU_SYN, THRESHOLD  # noqa: E402
 # "closed": the closed-form kernel, spikescan.cuda._closed.backward_closed) and module settings applied while the
 # variant runs. "default" is what a user gets (auto / auto, library settings);
 # "sequential" is the GPU-verified kernel set, the baseline "sequential" of the speedups.
+# The M2 forward and queue settings shared by the m2_* variants (FORWARD_CHECKPOINTS off: the closed-form backward
+# reads none).
+M2_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": True,
+               "spikescan.cuda._queue.ALGORITHM": "counting",
+               "spikescan.cuda._lif.QUIET_GAP": True,
+               "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False,
+               "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
+               "spikescan.cuda._lif.WARP_SOLVE": True,
+               "spikescan.cuda._queue.PERMUTATION": True}
 VARIANTS = {
     "default": dict(forward="auto", backward="auto", settings={}),
     "sequential": dict(forward="sequential", backward="sequential",
@@ -117,34 +126,14 @@ VARIANTS = {
     # sort permutation queues, the quiet-gap forward, the scan forward's three-lane solve, 64-thread blocks for
     # small launches. Early in the list so that a stage short of time still measures it.
     "m2_candidate": dict(forward="auto", backward="scan",
-                         settings={"spikescan.cuda._queue.USE_KERNEL": True,
-                                   "spikescan.cuda._queue.ALGORITHM": "counting",
-                                   "spikescan.cuda._lif.QUIET_GAP": True,
-                                   "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True,
-                                   "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
-                                   "spikescan.cuda._lif.WARP_SOLVE": True,
-                                   "spikescan.cuda._queue.PERMUTATION": True}),
+                         settings={**M2_SETTINGS, "spikescan.cuda._lif.FORWARD_CHECKPOINTS": True}),
     # P1c: the closed-form (EventProp) backward, one warp per neuron (kernels/lif_backward_closed.cu).
     "closed_bwd": dict(forward="sequential", backward="closed", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     # m2_candidate with the closed-form backward (which reads neither the forward's checkpoints nor a first pass).
-    "m2_closed": dict(forward="auto", backward="closed",
-                      settings={"spikescan.cuda._queue.USE_KERNEL": True,
-                                "spikescan.cuda._queue.ALGORITHM": "counting",
-                                "spikescan.cuda._lif.QUIET_GAP": True,
-                                "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False,  # the closed form reads none
-                                "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
-                                "spikescan.cuda._lif.WARP_SOLVE": True,
-                                "spikescan.cuda._queue.PERMUTATION": True}),
+    "m2_closed": dict(forward="auto", backward="closed", settings=M2_SETTINGS),
     # m2_closed with deterministic reductions (P4): per-spike records, then source-major kernels without atomics.
     "m2_closed_det": dict(forward="auto", backward="closed",
-                          settings={"spikescan.cuda._queue.USE_KERNEL": True,
-                                    "spikescan.cuda._queue.ALGORITHM": "counting",
-                                    "spikescan.cuda._lif.QUIET_GAP": True,
-                                    "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False,
-                                    "spikescan.cuda._lif.SMALL_GRID_BLOCK": 64,
-                                    "spikescan.cuda._lif.WARP_SOLVE": True,
-                                    "spikescan.cuda._queue.PERMUTATION": True,
-                                    "spikescan.cuda._closed.DETERMINISTIC": True}),
+                          settings={**M2_SETTINGS, "spikescan.cuda._closed.DETERMINISTIC": True}),
     "closed_det_bwd": dict(forward="sequential", backward="closed",
                            settings={"spikescan.cuda._queue.USE_KERNEL": False,
                                      "spikescan.cuda._closed.DETERMINISTIC": True}),

@@ -571,10 +571,16 @@ def test_readout_empty_inputs(backend, readout):
 # No GPU needed
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_all_kernels_compile_with_nvrtc():
+def test_compile_check_with_nvrtc(monkeypatch):
+    """``python -m spikescan.cuda --check`` (``_kernels.check``), which tools/test.sh runs on every kernel before the
+    tests, passes a module that compiles and counts one that does not; every instantiation's compile is asserted by
+    test_cuda_resources (ptxas resources on sm_80 and sm_90), so this compiles one small module only."""
     if _kernels.nvrtc_module() is None:
         pytest.skip("NVRTC is not available")
-    assert _kernels.check(("80", "90"), verbose=False) == 0
+    assert _kernels.check(("90",), modules=("queue",), verbose=False) == 0
+    source = _kernels.source
+    monkeypatch.setattr(_kernels, "source", lambda module: source(module) + "\nthis is not C++;\n")
+    assert _kernels.check(("90",), modules=("queue",), verbose=False) == 1
 
 
 def test_nothing_compiles_at_import_and_sources_resolve():
