@@ -152,8 +152,8 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             ``"auto"`` (NumPy engine: ``"closed"`` for a feed-forward layer, 4.7-7.3x faster than the other two on
             a 2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy engine: ``engine="numpy"``, or
             ``"auto"``, which then means NumPy, and ``engine="numba"`` raises ``ValueError``; CuPy inputs: a warp
-            per neuron, checked in the kernels' host emulation, not yet run on a GPU, with
-            ``time_constant_grads=True`` the thread-per-neuron kernel): the
+            per neuron, checked in the kernels' host emulation, not yet run on a GPU; with
+            ``spikescan.cuda._closed.DETERMINISTIC`` its sums have a fixed order, bit-identical from run to run): the
             EventProp closed form of a feed-forward layer, the adjoint between spikes as one decay from the next
             spike, so the spikes are walked and every input entry's contribution is computed independently
             (``spikescan/_closed_backward.py``, ``spikescan/cuda/kernels/lif_backward_closed.cu``); the gradients of

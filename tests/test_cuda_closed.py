@@ -39,12 +39,12 @@ def backend(request):
 REDUCTIONS = (False, True)
 
 
-def closed(backend, result, G, input_times_grad=True, deterministic=False):
+def closed(backend, result, G, input_times_grad=True, deterministic=False, time_constant_grads=False):
     """``backward_closed`` on ``backend`` with the warnings it issued."""
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         g = _closed.backward_closed(backend.xp, backend.launch, result, backend.to_device(G), input_times_grad,
-                                    deterministic)
+                                    deterministic, time_constant_grads)
     return g, [w.message for w in rec]
 
 
@@ -259,7 +259,7 @@ def test_deterministic_reductions_do_not_depend_on_grouping_or_blocks(backend, m
     r = backend.lif(kw["input_times"], kw["weights"], kw["delays"], tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"],
                     max_spikes=kw["max_spikes"], method="sequential")
     G = np.random.default_rng(7).normal(size=r.times.shape)
-    whole, _ = closed(backend, r, G, deterministic=True)
+    whole, _ = closed(backend, r, G, deterministic=True, time_constant_grads=True)
     calls = []
 
     def one_at_a_time(*args):
@@ -268,15 +268,40 @@ def test_deterministic_reductions_do_not_depend_on_grouping_or_blocks(backend, m
 
     with monkeypatch.context() as m:
         m.setattr(_closed._memory, "fit_backward_group", one_at_a_time)
-        split, _ = closed(backend, r, G, deterministic=True)
+        split, _ = closed(backend, r, G, deterministic=True, time_constant_grads=True)
     assert calls and r.counts.shape[0] > 1
     with monkeypatch.context() as m:
         m.setattr(_closed._lif, "SMALL_GRID_BLOCK", 32)
-        small, _ = closed(backend, r, G, deterministic=True)
-    for name in GRAD_NAMES:
+        small, _ = closed(backend, r, G, deterministic=True, time_constant_grads=True)
+    for name in GRAD_NAMES + ("tau_mem", "tau_syn"):
         for other in (split, small):
             np.testing.assert_array_equal(backend.to_host(getattr(other, name)), backend.to_host(getattr(whole, name)),
                                           err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["plain", "delays", "per_neuron_time_constants", "near_equal_time_constants",
+                                  "equal_time_constants", "bursts", "capped"])
+def test_time_constant_gradients(backend, name):
+    """``time_constant_grads=True``: the entries' and the spans' opening terms (both reductions) against the NumPy
+    sequential backward, every gradient by name, both CUDA forwards."""
+    kw = _case(name)
+    r = ss.lif_forward(**kw, method="sequential", engine="numpy")
+    G = np.random.default_rng(6).normal(size=r.times.shape)
+    ref = ss.lif_backward(r, G, method="sequential", engine="numpy", time_constant_grads=True)
+    for method, det in itertools.product(FORWARD_METHODS, REDUCTIONS):
+        out = backend.lif(kw["input_times"], kw["weights"], kw.get("delays"), tau_mem=kw["tau_mem"],
+                          tau_syn=kw["tau_syn"], threshold=kw["threshold"], max_spikes=kw["max_spikes"],
+                          method=method)
+        g, _ = closed(backend, out, G, deterministic=det, time_constant_grads=True)
+        for gname in GRAD_NAMES + ("tau_mem", "tau_syn"):
+            a, b = getattr(ref, gname), backend.to_host(getattr(g, gname))
+            if a is None:
+                assert b is None, gname
+                continue
+            assert np.shape(b) == np.shape(a), gname
+            np.testing.assert_allclose(b, a, err_msg=f"grad_{gname} {name} forward={method} deterministic={det}",
+                                       **TOL["float64"]["grads"])
+        assert np.abs(ref.tau_mem).max() > 0 and np.abs(ref.tau_syn).max() > 0
 
 
 def test_deterministic_spans_split_tied_arrivals_as_the_record_says(backend):
@@ -344,7 +369,7 @@ def test_a_silent_layer_and_one_spike_slot(backend):
 
 
 @pytest.mark.gpu
-def test_public_wrapper_falls_back_for_time_constants():
+def test_public_wrapper_with_time_constants():
     from spikescan.cuda import is_available
 
     if not is_available():

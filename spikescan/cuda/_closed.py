@@ -6,12 +6,9 @@ Opt-in: ``spikescan.lif_backward(method="closed")`` with CuPy inputs dispatches 
 gradient summed to a scalar for a scalar threshold, and ``GrazingSpikeWarning`` with the NumPy path's fields (one
 small reduction and host sync, the only one).
 
-Not covered:
-
-- time-constant gradients: the kernel does not compute them; ``lif_backward_closed_cuda(...,
-  time_constant_grads=True)`` runs the thread-per-neuron kernel (``_lif.backward(method="sequential")``) instead;
-  ``backward_closed`` itself returns ``tau_mem = tau_syn = None``.
-- recurrent layers: ``NotImplementedError``, as on NumPy.
+With ``time_constant_grads=True`` the kernels add the time constants' gradients (the NumPy closed form's terms:
+each entry's response and each span's opening state through the derivative of the span's map). Recurrent layers:
+``NotImplementedError``, as on NumPy.
 
 Queues: materialised, or kept as permutations of the shared queue (``residuals.queue_perm``, opt-in
 ``_queue.PERMUTATION``); the kernel reads both through common.cuh's ``spikescan_queue_t``, with the same queue
@@ -41,6 +38,9 @@ from . import _lif
 KERNEL = "spikescan_lif_backward_closed"
 MODULE = "lif_backward_closed"
 SYNAPSES_KERNEL = "spikescan_lif_backward_closed_synapses"
+# With time_constant_grads: the same kernels compiled with the time-constant terms (a suffix; separate kernels keep
+# the common case's register allocation).
+TAU_SUFFIX = "_tau"
 INPUTS_KERNEL = "spikescan_lif_backward_closed_inputs"
 
 # Opt-in (PERF.md P4): deterministic reductions (see the module docstring); a GPU run of benchmarks/gpu_perf.py
@@ -53,20 +53,19 @@ RECORD_FIELDS = 7
 def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_constant_grads=False):
     """``lif_backward(method="closed")`` on the GPU: ``LIFGrads`` of CuPy arrays.
 
-    ``time_constant_grads=True`` falls back to the thread-per-neuron kernel (the closed-form kernel has no
-    time-constant terms yet); a recurrent layer raises ``NotImplementedError``, as the NumPy ``"closed"`` does.
+    A recurrent layer raises ``NotImplementedError``, as the NumPy ``"closed"`` does.
     """
     import cupy
 
     if result.residuals.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only; for a recurrent "
                                   "layer use method='sequential', 'scan' or 'auto'")
-    if time_constant_grads:
-        return _lif.backward(cupy, _lif._cupy_launch, result, grad_times, "sequential", input_times_grad, True)
-    return backward_closed(cupy, _lif._cupy_launch, result, grad_times, input_times_grad)
+    return backward_closed(cupy, _lif._cupy_launch, result, grad_times, input_times_grad,
+                           time_constant_grads=time_constant_grads)
 
 
-def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deterministic=None):
+def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deterministic=None,
+                    time_constant_grads=False):
     """Array-module-generic body of ``lif_backward_closed_cuda`` (``xp``/``launch`` as in ``_lif.backward``: CuPy
     and ``_lif._cupy_launch``, or NumPy and the host emulation's launch); ``deterministic``: default
     ``DETERMINISTIC``."""
@@ -74,7 +73,7 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
     if res.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only")
     if DETERMINISTIC if deterministic is None else deterministic:
-        return _backward_deterministic(xp, launch, result, grad_times, input_times_grad)
+        return _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads)
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
@@ -83,6 +82,7 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w, grad_in, grad_d, grad_th, grazing = _lif.gradient_buffers(xp, res, input_times_grad)
+    grad_tm, grad_ts = xp.zeros(n_out, dtype=xp.float64), xp.zeros(n_out, dtype=xp.float64)
     n = batch * n_out
     if n > 0 and max_spikes > 0:
         slot_bytes = 2 * 8 * max_spikes
@@ -97,12 +97,13 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
                 np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes),
                 np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts, grad_times, work, grad_w,
                 np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing,
-                np.int32(0), grad_th]
+                np.int32(0), grad_th, grad_tm, grad_ts]
             block = _lif.block_size(count * _lif.WARP)
-            launch(MODULE, KERNEL, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
+            launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else ""), grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
+    tau = time_constant_grads
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
-                             grad_d, grad_th, None, None, stacklevel=5)
+                             grad_d, grad_th, grad_tm if tau else None, grad_ts if tau else None, stacklevel=5)
 
 
 def shared_queue_of(xp, res):
@@ -128,7 +129,7 @@ def input_table(xp, times, index, n_in, max_in):
     return table
 
 
-def _backward_deterministic(xp, launch, result, grad_times, input_times_grad):
+def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads):
     """``backward_closed`` with ``DETERMINISTIC`` (see the module docstring and lif_backward_closed.cu)."""
     res = result.residuals
     batch, n_in, max_in = res.input_shape
@@ -141,6 +142,11 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad):
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w, grad_in, grad_d, grad_th, grazing = _lif.gradient_buffers(xp, res, input_times_grad)
+    tau = bool(time_constant_grads)
+    # The spikes' time-constant terms (summed by the synapse kernel's threads j == 0) and each synapse's entries'
+    # ([2, n_in, n_out], summed over sources once at the end, a fixed-order reduction).
+    grad_tm, grad_ts = xp.zeros(n_out, dtype=xp.float64), xp.zeros(n_out, dtype=xp.float64)
+    tau_part = xp.zeros((2, n_in, n_out) if tau else 1, dtype=xp.float64)
     if batch * n_out > 0 and S > 0 and n_in * max_in > 0:
         stride = n_in * max_in + 1
         per_sample = n_out * (RECORD_FIELDS * 8 * S + 8) + stride * 8
@@ -152,23 +158,24 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad):
             n_b = min(group, batch - b0)
             n = n_b * n_out
             rec = fill(RECORD_FIELDS * S * n, np.nan, dtype=xp.float64)
-            thr_part = fill(n, np.nan, dtype=xp.float64)
+            thr_part = fill(3 * n, np.nan, dtype=xp.float64)  # threshold, tau_mem, tau_syn terms per neuron
             args = queue_args + [
                 res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
                 np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(S),
                 np.int64(b0 * n_out), np.int64(n), res.spike_times, res.spike_event, counts, grad_times, rec, grad_w,
                 np.int32(input_times_grad), grad_in, np.int32(has_delays), grad_d, grad_th, grazing, np.int32(1),
-                thr_part]
+                thr_part, grad_tm, grad_ts]
             block = _lif.block_size(n * _lif.WARP)
-            launch(MODULE, KERNEL, grad_times.dtype, _lif._blocks(n * _lif.WARP, block), block, args)
+            launch(MODULE, KERNEL + (TAU_SUFFIX if tau else ""), grad_times.dtype, _lif._blocks(n * _lif.WARP, block), block, args)
             table = input_table(xp, shared_times[b0:b0 + n_b], shared_index[b0:b0 + n_b], n_in, max_in)
             common = [table, np.int64(stride), res.weights, D, np.int32(has_delays), res.tau_mem, res.tau_syn,
                       np.int64(n_in), np.int64(n_out), np.int64(max_in), np.int64(S), counts, np.int64(b0),
                       np.int64(n_b), rec]
             threads = n_in * n_out
             block = _lif.block_size(threads)
-            launch(MODULE, SYNAPSES_KERNEL, grad_times.dtype, _lif._blocks(threads, block), block,
-                   common + [thr_part, grad_w, grad_d, grad_th])
+            launch(MODULE, SYNAPSES_KERNEL + (TAU_SUFFIX if tau else ""), grad_times.dtype,
+                   _lif._blocks(threads, block), block, common + [thr_part, grad_w, grad_d, grad_th, tau_part, grad_tm,
+                                                                   grad_ts])
             if input_times_grad:
                 threads = n_b * n_in * max_in
                 block = _lif.block_size(threads)
@@ -176,5 +183,9 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad):
                        common + [grad_in])
     # stacklevel 6: the caller of spikescan.lif_backward (through lif_backward_closed_cuda, backward_closed and this
     # function).
+    if tau:
+        grad_tm = grad_tm + tau_part[0].sum(axis=0)
+        grad_ts = grad_ts + tau_part[1].sum(axis=0)
     return _lif.finish_grads(xp, res, grazing if batch * n_out > 0 else None, grad_w,
-                             grad_in if input_times_grad else None, grad_d, grad_th, None, None, stacklevel=6)
+                             grad_in if input_times_grad else None, grad_d, grad_th, grad_tm if tau else None,
+                             grad_ts if tau else None, stacklevel=6)

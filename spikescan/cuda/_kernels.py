@@ -25,7 +25,8 @@ DTYPES = {"float32": "float", "float64": "double"}
 MODULES = {
     "lif_forward": ("spikescan_lif_forward_sequential", "spikescan_lif_forward_step", "spikescan_lif_forward_scan"),
     "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
-    "lif_backward_closed": ("spikescan_lif_backward_closed", "spikescan_lif_backward_closed_synapses",
+    "lif_backward_closed": ("spikescan_lif_backward_closed", "spikescan_lif_backward_closed_tau",
+                            "spikescan_lif_backward_closed_synapses", "spikescan_lif_backward_closed_synapses_tau",
                             "spikescan_lif_backward_closed_inputs"),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
                 "spikescan_li_max_backward", "spikescan_li_max_kink"),

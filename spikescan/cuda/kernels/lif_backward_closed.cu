@@ -40,8 +40,13 @@
 // (spikescan/cuda/_closed.py DETERMINISTIC, PERF.md P4) the kernel instead stops after step 2 and leaves per-spike
 // records (`work` is then the records buffer, thr_part the per-neuron threshold terms) for the two source-major
 // kernels at the end of this file, which sum without atomics.
-// Time-constant gradients are not computed here: the launcher (spikescan/cuda/_closed.py) runs spikescan_lif_backward
-// for time_constant_grads=True.
+// Time-constant gradients (kernels spikescan_lif_backward_closed_tau and spikescan_lif_backward_closed_synapses_tau,
+// the same bodies compiled with the terms of spikescan/_closed_backward.py): each entry's response (0, w) against
+// lambda_m^- through the derivative of its span's map, (lV_m^- dc/dtau_mem w, (lV_m^- dc/dtau_syn + lI_m^-
+// db/dtau_syn) w) (Neuron::decay_param_grads at T_m - t_k), and per spike m >= 1 the state (0, I_{m-1}) left by the
+// spike that opens its span, the same through the map of T_m - T_{m-1}.  Atomic mode: lanes sum, a butterfly adds
+// the lanes, lane 0 adds the spike terms and one atomicAdd per neuron and constant.  Records mode: the spike terms
+// go to thr_part's rows 1 and 2, the entries' to the synapse kernel's per-synapse sums.
 #include "neurons/lif.cuh"
 
 // Orders lane 0's global stores before the other lanes' loads of them (a warp barrier with memory ordering).  The
@@ -57,35 +62,52 @@ __device__ __forceinline__ void spikescan_closed_warp_sync() {
 
 // One queue entry's contributions in closed form (step 3, and the source-major kernels): the adjoint just after an
 // arrival s = T_m - t_k before the end T_m of its span, from that spike's (lV_m^-, lI_m^-), and with `arrival`
-// its time gradient Neuron::arrival_time_grad (weight w).
+// its time gradient Neuron::arrival_time_grad (weight w), with `tau` its time-constant terms (see the header).
 struct spikescan_closed_entry_t {
-    double lI, g_arrival;
+    double lI, g_arrival, g_tau_mem, g_tau_syn;
 };
 
 template <class Neuron>
 __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(double s, double lVm, double lIm, double w,
                                                                            double tau_mem, double tau_syn,
-                                                                           bool arrival) {
+                                                                           bool arrival, bool tau) {
     const auto d = Neuron::decay(s, tau_mem, tau_syn);
     const double lV = d.a * lVm;
     const double lI = d.c * lVm + d.b * lIm;
-    return {lI, arrival ? Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn) : 0.0};
+    spikescan_closed_entry_t e = {lI, arrival ? Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn) : 0.0, 0.0,
+                                  0.0};
+    if (tau) {
+        const auto pg = Neuron::decay_param_grads(s, tau_mem, tau_syn, d);
+        e.g_tau_mem = lVm * pg.c_tm * w;
+        e.g_tau_syn = (lVm * pg.c_ts + lIm * pg.b_ts) * w;
+    }
+    return e;
 }
 
-template <typename T, class Neuron>
-__global__ void spikescan_lif_backward_closed(
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
-    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr,
-    long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
-    long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
-    const long long* __restrict__ spike_event, const long long* __restrict__ counts,
-    const T* __restrict__ grad_times, double* __restrict__ work,
-    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
-    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    double* __restrict__ grazing, int records, double* __restrict__ thr_part) {
+#define SPIKESCAN_CLOSED_NEURON_PARAMS \
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index, \
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm, \
+    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights, \
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, \
+    const double* __restrict__ threshold_arr, \
+    long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in, \
+    long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times, \
+    const long long* __restrict__ spike_event, const long long* __restrict__ counts, \
+    const T* __restrict__ grad_times, double* __restrict__ work, \
+    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times, \
+    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold, \
+    double* __restrict__ grazing, int records, double* __restrict__ thr_part, \
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn
+#define SPIKESCAN_CLOSED_NEURON_ARGS \
+    queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, weights, tau_mem_arr, tau_syn_arr, \
+    threshold_arr, batch, n_in, n_out, n_queues, L1, max_in, max_spikes, neuron_start, n_group, spike_times, \
+    spike_event, counts, grad_times, work, grad_weights, has_input_grad, grad_input_times, has_delays, grad_delays, \
+    grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn
+
+// The kernel body, compiled once without and once with the time-constant terms (separate kernels, so that the
+// common case keeps the smaller register allocation).
+template <typename T, class Neuron, bool Tau>
+__device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_PARAMS) {
     // Warp = neuron [neuron_start, neuron_start + n_group) of the flattened batch * n_out; exits are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
@@ -99,7 +121,9 @@ __global__ void spikescan_lif_backward_closed(
     const long long* se = spike_event + rec_base;
     const T* gt = grad_times + rec_base;
     const long long n_rec = counts[tid] < max_spikes ? counts[tid] : max_spikes;
-    if (records && lane == 0) thr_part[local] = 0.0;
+    if (records && lane == 0) {
+        for (int row = 0; row < 3; ++row) thr_part[row * n_group + local] = 0.0;
+    }
     if (n_rec == 0) return;  // no recorded spike: no gradient flows through this neuron
     const long long in_base = b * n_in * max_in;
     // Slot (m, field) of this neuron's per-spike data: the interleaved work buffer [n_group, max_spikes, 2], or with
@@ -131,6 +155,7 @@ __global__ void spikescan_lif_backward_closed(
         double lV_next = 0.0, lI_next = 0.0;  // lambda^- of spike m + 1
         double carry = 0.0;                   // gs of a grazing spike m + 1 that shares spike m's gap
         double g_threshold = 0.0, n_grazing = 0.0, t_grazing = 0.0;
+        double g_tau_mem = 0.0, g_tau_syn = 0.0;  // the spikes' terms
         for (long long m = n_rec - 1; m >= 0; --m) {
             double lV_plus = 0.0, lI_plus = 0.0;
             if (m + 1 < n_rec) {
@@ -165,6 +190,14 @@ __global__ void spikescan_lif_backward_closed(
                 lV_minus = Neuron::spike_adjoint(gs, D);
                 g_threshold += gs / D;
             }
+            if (Tau && m > 0) {  // the state (0, I_{m-1}) left by spike m - 1, across the gap to spike m
+                const double gap = st[m] - st[m - 1];
+                const auto pg = Neuron::decay_param_grads(gap, tau_mem, tau_syn,
+                                                          Neuron::decay(gap, tau_mem, tau_syn));
+                const double I_prev = slot(m - 1, 0);  // not yet overwritten (spikes are visited last to first)
+                g_tau_mem += lV_minus * pg.c_tm * I_prev;
+                g_tau_syn += (lV_minus * pg.c_ts + lI_plus * pg.b_ts) * I_prev;
+            }
             slot(m, 0) = lV_minus;
             slot(m, 1) = lI_plus;
             if (records) {  // the span's end and its key (queue entry se[m], the first entry after the span)
@@ -183,8 +216,14 @@ __global__ void spikescan_lif_backward_closed(
         }
         if (records) {
             thr_part[local] = g_threshold;
+            thr_part[n_group + local] = g_tau_mem;
+            thr_part[2 * n_group + local] = g_tau_syn;
         } else {
             atomicAdd(grad_threshold + i, g_threshold);
+            if (Tau) {  // the entries' terms follow after step 3
+                atomicAdd(grad_tau_mem + i, g_tau_mem);
+                atomicAdd(grad_tau_syn + i, g_tau_syn);
+            }
         }
         if (n_grazing > 0.0) {
             grazing[2 * tid] = n_grazing;
@@ -195,6 +234,7 @@ __global__ void spikescan_lif_backward_closed(
     spikescan_closed_warp_sync();
 
     // 3. Every entry before the last recorded spike, span by span.
+    double e_tau_mem = 0.0, e_tau_syn = 0.0;  // this lane's entries' time-constant terms
     for (long long m = 0; m < n_rec; ++m) {  // warp-uniform
         const long long lo = (m > 0) ? se[m - 1] : 0;
         const long long hi = se[m];
@@ -207,12 +247,34 @@ __global__ void spikescan_lif_backward_closed(
             const long long j = flat / max_in;
             const double w = weights[j * n_out + i];
             const auto e = spikescan_closed_entry<Neuron>(Tm - q.time(k), lVm, lIm, w, tau_mem, tau_syn,
-                                                          has_input_grad || has_delays);
+                                                          has_input_grad || has_delays, Tau);
             atomicAdd(grad_weights + j * n_out + i, e.lI);
             if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, e.g_arrival);
             if (has_delays) atomicAdd(grad_delays + j * n_out + i, e.g_arrival);
+            e_tau_mem += e.g_tau_mem;
+            e_tau_syn += e.g_tau_syn;
         }
     }
+    if (Tau) {  // warp-uniform
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            e_tau_mem += __shfl_sync(SPIKESCAN_FULL_MASK, e_tau_mem, lane ^ offset);
+            e_tau_syn += __shfl_sync(SPIKESCAN_FULL_MASK, e_tau_syn, lane ^ offset);
+        }
+        if (lane == 0) {
+            atomicAdd(grad_tau_mem + i, e_tau_mem);
+            atomicAdd(grad_tau_syn + i, e_tau_syn);
+        }
+    }}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed(SPIKESCAN_CLOSED_NEURON_PARAMS) {
+    spikescan_closed_neuron<T, Neuron, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_tau(SPIKESCAN_CLOSED_NEURON_PARAMS) {
+    spikescan_closed_neuron<T, Neuron, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 
@@ -259,21 +321,28 @@ __device__ __forceinline__ bool spikescan_closed_before(const double* __restrict
 template <class Neuron>
 __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_record_entry(
     const double* __restrict__ rec, long long max_spikes, long long n_group, long long local, long long s,
-    double arrival, long long flat, double w, double tau_mem, double tau_syn, bool with_arrival) {
+    double arrival, long long flat, double w, double tau_mem, double tau_syn, bool with_arrival, bool tau) {
     const auto field = [&](int f) { return rec[((long long)f * max_spikes + s) * n_group + local]; };
-    auto e = spikescan_closed_entry<Neuron>(field(0) - arrival, field(1), field(2), w, tau_mem, tau_syn, with_arrival);
+    auto e = spikescan_closed_entry<Neuron>(field(0) - arrival, field(1), field(2), w, tau_mem, tau_syn, with_arrival,
+                                            tau);
     if (with_arrival && (double)flat == field(6)) e.g_arrival += field(5);
     return e;
 }
 
-template <typename T, class Neuron>
-__global__ void spikescan_lif_backward_closed_synapses(
-    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
-    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
-    const double* __restrict__ tau_syn_arr, long long n_in, long long n_out, long long max_in, long long max_spikes,
-    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec,
-    const double* __restrict__ thr_part, double* __restrict__ grad_weights, double* __restrict__ grad_delays,
-    double* __restrict__ grad_threshold) {
+#define SPIKESCAN_CLOSED_SYNAPSE_PARAMS \
+    const double* __restrict__ table, long long stride, const double* __restrict__ weights, \
+    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr, \
+    const double* __restrict__ tau_syn_arr, long long n_in, long long n_out, long long max_in, long long max_spikes, \
+    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec, \
+    const double* __restrict__ thr_part, double* __restrict__ grad_weights, double* __restrict__ grad_delays, \
+    double* __restrict__ grad_threshold, double* __restrict__ tau_part, \
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn
+#define SPIKESCAN_CLOSED_SYNAPSE_ARGS \
+    table, stride, weights, delays, has_delays, tau_mem_arr, tau_syn_arr, n_in, n_out, max_in, max_spikes, counts, \
+    b0, n_b, rec, thr_part, grad_weights, grad_delays, grad_threshold, tau_part, grad_tau_mem, grad_tau_syn
+
+template <typename T, class Neuron, bool Tau>
+__device__ __forceinline__ void spikescan_closed_synapse(SPIKESCAN_CLOSED_SYNAPSE_PARAMS) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // j * n_out + i
     if (idx >= n_in * n_out) return;
     const long long j = idx / n_out;
@@ -285,9 +354,20 @@ __global__ void spikescan_lif_backward_closed_synapses(
     double gw = grad_weights[idx];
     double gd = has_delays ? grad_delays[idx] : 0.0;
     double gth = j == 0 ? grad_threshold[i] : 0.0;
+    // Time constants: this synapse's entries (tau_part [2, n_in, n_out]) and, threads j == 0, the spikes' terms.
+    const long long n_syn = n_in * n_out;
+    double gtm = Tau ? tau_part[idx] : 0.0, gts = Tau ? tau_part[n_syn + idx] : 0.0;
+    double stm = (Tau && j == 0) ? grad_tau_mem[i] : 0.0;
+    double sts = (Tau && j == 0) ? grad_tau_syn[i] : 0.0;
     for (long long bl = 0; bl < n_b; ++bl) {
         const long long local = bl * n_out + i;
-        if (j == 0) gth += thr_part[local];
+        if (j == 0) {
+            gth += thr_part[local];
+            if (Tau) {
+                stm += thr_part[n_group + local];
+                sts += thr_part[2 * n_group + local];
+            }
+        }
         const long long count = counts[(b0 + bl) * n_out + i];
         const long long n_rec = count < max_spikes ? count : max_spikes;
         const double* row = table + bl * stride;
@@ -302,14 +382,34 @@ __global__ void spikescan_lif_backward_closed_synapses(
             }
             if (s == n_rec) break;  // after the last recorded spike: moves nothing recorded (later spikes neither)
             const auto e = spikescan_closed_record_entry<Neuron>(rec, max_spikes, n_group, local, s, arrival, flat, w,
-                                                                 tau_mem, tau_syn, has_delays != 0);
+                                                                 tau_mem, tau_syn, has_delays != 0,
+                                                                 Tau);
             gw += e.lI;
             gd += e.g_arrival;
+            gtm += e.g_tau_mem;
+            gts += e.g_tau_syn;
         }
     }
     grad_weights[idx] = gw;
     if (has_delays) grad_delays[idx] = gd;
     if (j == 0) grad_threshold[i] = gth;
+    if (Tau) {
+        tau_part[idx] = gtm;
+        tau_part[n_syn + idx] = gts;
+        if (j == 0) {
+            grad_tau_mem[i] = stm;
+            grad_tau_syn[i] = sts;
+        }
+    }}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_synapses(SPIKESCAN_CLOSED_SYNAPSE_PARAMS) {
+    spikescan_closed_synapse<T, Neuron, false>(SPIKESCAN_CLOSED_SYNAPSE_ARGS);
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_synapses_tau(SPIKESCAN_CLOSED_SYNAPSE_PARAMS) {
+    spikescan_closed_synapse<T, Neuron, true>(SPIKESCAN_CLOSED_SYNAPSE_ARGS);
 }
 
 template <typename T, class Neuron>
@@ -347,7 +447,8 @@ __global__ void spikescan_lif_backward_closed_inputs(
         }
         if (lo == n_rec) continue;
         g += spikescan_closed_record_entry<Neuron>(rec, max_spikes, n_group, local, lo, arrival, flat,
-                                                   weights[j * n_out + i], tau_mem_arr[i], tau_syn_arr[i], true)
+                                                   weights[j * n_out + i], tau_mem_arr[i], tau_syn_arr[i], true,
+                                                   false)
                  .g_arrival;
     }
     grad_input_times[(b0 + bl) * per_sample + flat] = g;
