@@ -13,8 +13,13 @@ for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py
   [ -f "$f" ] && keras_tests+=("$f")
 done
 # Cases marked `slow` (larger fuzzing runs) are left to `python -m pytest -m slow tests`.
-python -m pytest -q -m "not slow" tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
+# pytest-xdist: one worker per core (at most 4), whole files per worker (module fixtures run once); SPIKESCAN_TEST_
+# WORKERS=0 runs in this process.
+workers=${SPIKESCAN_TEST_WORKERS:-$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
+parallel=()
+if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadfile); fi
+python -m pytest -q "${parallel[@]}" -m "not slow" tests $(printf -- '--ignore=%s ' "${keras_tests[@]}")
 for backend in torch jax tensorflow; do
   echo "== Keras backend: $backend"
-  KERAS_BACKEND=$backend python -m pytest -q "${keras_tests[@]}"
+  KERAS_BACKEND=$backend python -m pytest -q "${parallel[@]}" "${keras_tests[@]}"
 done

@@ -220,7 +220,9 @@ class HostKernels:
         digest = hashlib.sha1(text.encode()).hexdigest()[:16]
         so = os.path.join(self.build_dir, f"{module}_{digest}.so")
         if not os.path.exists(so):
-            src = os.path.join(self.build_dir, f"{module}_{digest}.cpp")
+            # Per-process source and output names, then an atomic rename: processes (pytest-xdist workers) that
+            # build the same module at once never read each other's half-written files.
+            src = os.path.join(self.build_dir, f"{module}_{digest}.{os.getpid()}.cpp")
             with open(src, "w") as f:
                 f.write(text)
             tmp = so + f".{os.getpid()}.tmp"
@@ -230,6 +232,7 @@ class HostKernels:
             if proc.returncode != 0:
                 raise RuntimeError(f"host compilation of {module}.cu failed:\n{proc.stderr}")
             os.replace(tmp, so)
+            os.remove(src)
         lib = ctypes.CDLL(so)
         lib.spikescan_emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_ulonglong,
                                              ctypes.POINTER(ctypes.c_void_p)]
