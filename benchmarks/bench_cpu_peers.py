@@ -149,13 +149,12 @@ def resolved_auto(engine, t, spec, max_spikes, chunk_size=128):
     """What ``method="auto"`` runs for this layer."""
     if engine == "numba":
         return dict(forward="sequential", backward="compiled reverse walk (the numba engine's only backward)")
-    from spikescan._lif_numpy import choose_backward_method, choose_forward_method
+    from spikescan._lif_numpy import BACKWARD_AUTO, choose_forward_method
     from spikescan._memory import most_entries
 
     n = spec["batch"] * spec["n_out"]
     entries = most_entries(t, np)
-    return dict(forward=choose_forward_method(n, entries + 1, chunk_size),
-                backward=choose_backward_method(n, entries + 1 + max_spikes))
+    return dict(forward=choose_forward_method(n, entries + 1, chunk_size), backward=BACKWARD_AUTO)
 
 
 def _check(name, engine, method, res, grads, ref):

@@ -95,11 +95,13 @@ def run_numpy(shapes, methods, repeats, delays):
 
 
 def _resolved(shape):
-    from spikescan._lif_numpy import choose_backward_method, choose_forward_method
+    from spikescan._lif_numpy import BACKWARD_AUTO, choose_forward_method, resolve_engine
+
+    if resolve_engine("auto") == "numba":  # as bench_cpu_peers.resolved_auto
+        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's only backward)")
 
     n = shape["batch"] * shape["n_out"]
-    return dict(forward=choose_forward_method(n, shape["spikes"] + 1, 128),
-                backward=choose_backward_method(n, shape["spikes"] + 65))
+    return dict(forward=choose_forward_method(n, shape["spikes"] + 1, 128), backward=BACKWARD_AUTO)
 
 
 def summarise(rows):
@@ -111,9 +113,9 @@ def summarise(rows):
         for key in ("forward_s", "forward_backward_s"):
             if {"sequential", "scan"} <= by.keys():
                 entry[f"{key}_scan_speedup"] = by["sequential"][key] / by["scan"][key]
-            if "auto" in by:
-                best = min(by[m][key] for m in ("sequential", "scan") if m in by)
-                entry[f"{key}_auto_over_best"] = by["auto"][key] / best
+            others = [by[m][key] for m in ("sequential", "scan") if m in by]
+            if "auto" in by and others:  # (auto alone has nothing to be compared with)
+                entry[f"{key}_auto_over_best"] = by["auto"][key] / min(others)
         out[name] = entry
     return out
 

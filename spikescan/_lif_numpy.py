@@ -215,13 +215,12 @@ def choose_forward_method(n_neurons, queue_len, chunk_size):
     return "scan" if queue_len >= 64 and n_neurons * lanes <= (1 << 17) else "sequential"
 
 
-def choose_backward_method(n_neurons, n_points):
-    """``method="auto"`` for the backward of a feed-forward layer: ``"closed"`` (``_closed_backward``: a Python
-    step per spike slot, every input entry in one vectorised pass): on a 2-core CPU, 4.7-7.3x faster than the
-    faster of ``"sequential"`` (a Python step per point) and ``"scan"`` (states by ``log2(points)`` passes, which
-    used to win below ~32 neurons) for an SHD-like layer at batch 32 x 256 and 1 x 16 neurons, with and without
-    delays (``benchmarks/results/cpu_closed_backward*.json``)."""
-    return "closed"
+# ``method="auto"`` for the backward of a feed-forward layer on the NumPy engine: ``"closed"`` (``_closed_backward``:
+# a Python step per spike slot, every input entry in one vectorised pass), on a 2-core CPU 4.7-7.3x faster than the
+# faster of ``"sequential"`` (a Python step per point) and ``"scan"`` (states by ``log2(points)`` passes, which used
+# to win below ~32 neurons) for an SHD-like layer at batch 32 x 256 and 1 x 16 neurons, with and without delays
+# (``benchmarks/results/cpu_closed_backward*.json``), whatever the layer's size.
+BACKWARD_AUTO = "closed"
 
 
 def numba_available():
@@ -757,8 +756,7 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads)
     res = result.residuals
     if method == "auto":
-        method = choose_backward_method(res.spike_times.shape[0] * res.spike_times.shape[1],
-                                        res.queue_times.shape[2] + res.spike_times.shape[2])
+        method = BACKWARD_AUTO
     if method == "closed":
         from ._closed_backward import lif_backward_closed
 
