@@ -747,6 +747,9 @@ def stage_gate(ctx):
                     if spec["backward"] is not None:
                         grads = layer.backward(out, G_dev, spec["backward"], device.launch)
                         checks += compare_grads(device, f"{name}/backward_{spec['backward']}", grads, ref_g, tol)
+                        if name == "layer1":  # the same backward again: bit for bit? (atomic sums need not be)
+                            again = layer.backward(out, G_dev, spec["backward"], device.launch)
+                            checks.append(repeatability_check(device, grads, again, spec))
             uses_kernel = spec["settings"].get("spikescan.cuda._queue.USE_KERNEL", _queue.USE_KERNEL)
             queue_ok = queue_checks["kernel" if uses_kernel else "argsort"]
             checks.append(dict(check="queues_bit_identical", ok=queue_ok["ok"]))
@@ -762,6 +765,17 @@ def stage_gate(ctx):
         ctx.log(f"gate {variant:<28} {entry['status']}" + (f"  failed: {entry.get('failed') or entry.get('reason')}"
                                                            if entry["status"] != "pass" else ""))
         ctx.writer.flush()
+
+
+def repeatability_check(device, grads, again, spec):
+    """Whether a second backward gave bit-identical gradients: required (``ok``) of the variants that promise it
+    (``spikescan.cuda._closed.DETERMINISTIC``), recorded for the others (atomic sums vary in their last bits)."""
+    names = [n for n in ("weights", "input_times", "delays", "threshold") if getattr(grads, n) is not None]
+    differ = [n for n in names if not np.array_equal(device.to_host(getattr(grads, n)),
+                                                     device.to_host(getattr(again, n)))]
+    promised = bool(spec["settings"].get("spikescan.cuda._closed.DETERMINISTIC", False))
+    return dict(check="layer1/repeatable", ok=not (promised and differ), required=promised, bit_identical=not differ,
+                differ=differ)
 
 
 def stage_network(ctx, role):

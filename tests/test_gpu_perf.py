@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -91,6 +92,11 @@ def test_dry_run_gate(report):
                 grads = {f"{case}/backward_{bwd}/grad_{g}" for g in ("weights", "input_times", "threshold")}
                 assert grads <= checks, (name, case)
                 assert (f"{case}/backward_{bwd}/grad_delays" in checks) == (case != "layer1_no_delays")
+        if name != "step":  # a second backward, bit for bit: required where the variant promises it
+            (rep,) = [c for c in entry["checks"] if c["check"] == "layer1/repeatable"]
+            promised = gpu_perf.VARIANTS[name]["settings"].get("spikescan.cuda._closed.DETERMINISTIC", False)
+            assert rep["required"] == promised and rep["ok"], (name, rep)
+    assert any(v["settings"].get("spikescan.cuda._closed.DETERMINISTIC") for v in gpu_perf.VARIANTS.values())
     assert {k: v["status"] for k, v in report["gate"].items()} == {k: "pass" for k in gate["variants"]}
     # The gate's cases reach the tail that max_spikes does not record.
     assert gate["cases"]["layer2"]["neurons_over_max_spikes"] > 0
@@ -310,3 +316,21 @@ def test_a_variant_that_failed_the_gate_is_not_timed(tmp_path):
     args = argparse.Namespace(dry_run=True, deadline=time.time() + 60, workdir=str(tmp_path), repeats=0)
     ctx = gpu_perf.StageContext(args, gpu_perf.StageWriter(str(tmp_path / "x.json")))
     assert ctx.variants() == ["sequential", "scan_fwd"]
+
+
+def test_repeatability_check_holds_only_a_promise():
+    """The gate's second-backward check fails a variant that promises bit-identical gradients and gets different bits,
+    and only records the difference for the others."""
+    from spikescan import LIFGrads
+
+    device = types.SimpleNamespace(to_host=np.asarray)
+    grads = LIFGrads(weights=np.ones(3), input_times=np.zeros(2), delays=None, threshold=np.zeros(()), tau_mem=None,
+                     tau_syn=None)
+    nudged = grads._replace(weights=np.array([1.0, np.nextafter(1.0, 2.0), 1.0]))
+    det = dict(settings={"spikescan.cuda._closed.DETERMINISTIC": True})
+    atomic = dict(settings={})
+    assert gpu_perf.repeatability_check(device, grads, grads, det)["ok"]
+    failed = gpu_perf.repeatability_check(device, grads, nudged, det)
+    assert not failed["ok"] and failed["differ"] == ["weights"] and not failed["bit_identical"]
+    recorded = gpu_perf.repeatability_check(device, grads, nudged, atomic)
+    assert recorded["ok"] and not recorded["required"] and recorded["differ"] == ["weights"]
