@@ -63,14 +63,14 @@ class Backend:
         return self.xp.asnumpy(x)
 
     def lif(self, t, W, D=None, *, tau_mem, tau_syn, threshold=1.0, max_spikes, method, chunk_size=32,
-            solver="newton"):
+            solver="newton", **kw):
         xp = self.xp
         n_out = W.shape[1]
         tm = _validate.time_constant("tau_mem", self.to_device(tau_mem) if np.ndim(tau_mem) else tau_mem, n_out, xp)
         ts = _validate.time_constant("tau_syn", self.to_device(tau_syn) if np.ndim(tau_syn) else tau_syn, n_out, xp)
         th = self.to_device(threshold) if np.ndim(threshold) else threshold
         return _lif.forward(xp, self.launch, self.to_device(t), self.to_device(W), self.to_device(D), tm, ts,
-                            th, max_spikes, method, chunk_size, solver)
+                            th, max_spikes, method, chunk_size, solver, **kw)
 
     def lif_backward(self, result, G, method="auto", time_constant_grads=False):
         return _lif.backward(self.xp, self.launch, result, self.to_device(G), method,

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 import spikescan as ss
-from spikescan import _lif_numpy, _validate
-from spikescan.cuda import _lif, is_available
+from spikescan import _lif_numpy
+from spikescan.cuda import _lif
 
 from _cases import random_spikes, weights
+from test_cuda import BACKENDS, Backend
 
 RunawayFiringError = ss.RunawayFiringError
 GrazingSpikeWarning = ss.GrazingSpikeWarning
@@ -294,43 +295,6 @@ def test_grazing_warning_is_exported_and_pickles():
 # CUDA kernels: host emulation everywhere, the GPU when there is one
 # ---------------------------------------------------------------------------------------------------------------
 
-BACKENDS = [
-    pytest.param("emulated", id="emulated"),
-    pytest.param("gpu", id="gpu", marks=pytest.mark.gpu),
-]
-
-
-class Backend:
-    """The CUDA launchers on the GPU (CuPy) or on the host emulation (NumPy); results as NumPy."""
-
-    def __init__(self, name, request):
-        self.name = name
-        if name == "gpu":
-            if not is_available():
-                pytest.skip("no CUDA device")
-            import cupy
-
-            self.xp, self.launch = cupy, _lif._cupy_launch
-        else:
-            self.xp, self.launch = np, request.getfixturevalue("host_kernels").launch
-
-    def host(self, x):
-        return x if x is None or isinstance(x, np.ndarray) else self.xp.asnumpy(x)
-
-    def lif(self, t, W, D=None, *, tau_mem, tau_syn, threshold=1.0, max_spikes, method, chunk_size=32,
-            solver="newton", **kw):
-        xp = self.xp
-        n_out = W.shape[1]
-        dev = (lambda x: None if x is None else xp.asarray(x))
-        tm = _validate.time_constant("tau_mem", dev(tau_mem) if np.ndim(tau_mem) else tau_mem, n_out, xp)
-        ts = _validate.time_constant("tau_syn", dev(tau_syn) if np.ndim(tau_syn) else tau_syn, n_out, xp)
-        return _lif.forward(xp, self.launch, dev(t), dev(W), dev(D), tm, ts, threshold, max_spikes, method,
-                            chunk_size, solver, **kw)
-
-    def lif_backward(self, result, G, method):
-        return _lif.backward(self.xp, self.launch, result, self.xp.asarray(G), method)
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return Backend(request.param, request)
@@ -364,11 +328,11 @@ def test_cuda_limit_counts_every_spike_and_normal_layers_are_unaffected(backend)
     assert most > 3
     for method in CUDA_FORWARD_METHODS:
         base = backend.lif(t, W, method=method, **kw)
-        np.testing.assert_array_equal(backend.host(base.counts), ref.counts)
+        np.testing.assert_array_equal(backend.to_host(base.counts), ref.counts)
         for limit in (most, 2**62):
             out = backend.lif(t, W, method=method, max_total_spikes=limit, **kw)
             for name in ("counts", "times"):
-                np.testing.assert_array_equal(backend.host(getattr(out, name)), backend.host(getattr(base, name)))
+                np.testing.assert_array_equal(backend.to_host(getattr(out, name)), backend.to_host(getattr(base, name)))
         with pytest.raises(RunawayFiringError) as info:
             backend.lif(t, W, method=method, max_total_spikes=most - 1, **kw)
         with pytest.raises(RunawayFiringError) as ref_info:
@@ -394,7 +358,7 @@ def test_cuda_grazing_spike_warns_with_the_numpy_fields(backend, method):
     ref = ss.lif_forward(t, W, max_spikes=4, method="sequential", **GRAZE)
     G = np.random.default_rng(0).normal(size=ref.times.shape)
     out = backend.lif(t, W, max_spikes=4, method=method, **GRAZE)
-    np.testing.assert_array_equal(backend.host(out.counts), ref.counts)
+    np.testing.assert_array_equal(backend.to_host(out.counts), ref.counts)
     for bwd in _lif.BACKWARD_KERNELS:
         ref_g, ref_w = backward_recording(ref, G, "sequential")
         g, warned = backward_recording(out, G, bwd, backward=backend.lif_backward)
@@ -407,7 +371,7 @@ def test_cuda_grazing_spike_warns_with_the_numpy_fields(backend, method):
         assert (b.count, b.sample, b.neuron, b.time) == (a.count, a.sample, a.neuron, a.time) == (1, 1, 2, 12.0)
         assert str(b) == str(a)
         for name in ("weights", "input_times", "threshold"):
-            np.testing.assert_allclose(backend.host(getattr(g, name)), getattr(ref_g, name), rtol=1e-9, atol=1e-9,
+            np.testing.assert_allclose(backend.to_host(getattr(g, name)), getattr(ref_g, name), rtol=1e-9, atol=1e-9,
                                        err_msg=f"{name} (backward {bwd})")
 
 
@@ -422,5 +386,5 @@ def test_cuda_one_ulp_from_grazing_is_differentiated_as_usual(backend):
             continue  # the device's exp(-1) decides how far from grazing this is; finite is what is checked
         assert warned == []
         for name in ("weights", "input_times", "threshold"):
-            np.testing.assert_allclose(backend.host(getattr(g, name)), getattr(ref_g, name), rtol=1e-12,
+            np.testing.assert_allclose(backend.to_host(getattr(g, name)), getattr(ref_g, name), rtol=1e-12,
                                        err_msg=f"{name} (backward {bwd})")
