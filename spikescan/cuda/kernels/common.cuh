@@ -118,6 +118,56 @@ __device__ __forceinline__ spikescan_queue_t spikescan_lif_queue(const double* q
     return {qt, qi, queue_perm, delays_t, permuted, tid, i, n_in, L1, (int)max_in};
 }
 
+// The backward kernels' view of neuron tid = b * n_out + i (lif_backward.cu, lif_backward_closed.cu): its queue in
+// either format, time constants, threshold, recorded spikes (times st, queue events se, cotangents gt: rows of
+// spike_times / spike_event / grad_times) and n_rec = min(counts, max_spikes).  Bound with
+// `const auto [b, i, q, tau_mem, tau_syn, threshold, st, se, gt, n_rec] = spikescan_lif_backward_neuron(...)`.
+// The leading parameters of the LIF backward kernels (those spikescan_lif_backward_neuron reads, and the layer's
+// sizes, weights and launch group); each kernel appends its own.
+#define SPIKESCAN_LIF_BACKWARD_NEURON_PARAMS \
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index, \
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm, \
+    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights, \
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, \
+    const double* __restrict__ threshold_arr, \
+    long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in, \
+    long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times, \
+    const long long* __restrict__ spike_event, const long long* __restrict__ counts, \
+    const T* __restrict__ grad_times
+#define SPIKESCAN_LIF_BACKWARD_NEURON_ARGS \
+    queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, weights, tau_mem_arr, tau_syn_arr, \
+    threshold_arr, batch, n_in, n_out, n_queues, L1, max_in, max_spikes, neuron_start, n_group, spike_times, \
+    spike_event, counts, grad_times
+
+template <typename T>
+struct spikescan_lif_backward_neuron_t {
+    long long b, i;
+    spikescan_queue_t q;
+    double tau_mem, tau_syn, threshold;
+    const double* st;
+    const long long* se;
+    const T* gt;
+    long long n_rec;
+};
+
+template <typename T>
+__device__ __forceinline__ spikescan_lif_backward_neuron_t<T> spikescan_lif_backward_neuron(
+    long long tid, const double* __restrict__ queue_times, const int* __restrict__ queue_index,
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, int permuted, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr, const double* __restrict__ threshold_arr, long long n_in,
+    long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
+    const double* __restrict__ spike_times, const long long* __restrict__ spike_event,
+    const long long* __restrict__ counts, const T* __restrict__ grad_times) {
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    (void)end;
+    const long long count = counts[tid];
+    return {b, i, spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in), tau_mem,
+            tau_syn, threshold_arr[i], spike_times + rec_base, spike_event + rec_base, grad_times + rec_base,
+            count < max_spikes ? count : max_spikes};
+}
+
 // Backward checkpoints (lif_backward.cu): the state (V, I, time of the last point, recorded spikes so far) before
 // every SPIKESCAN_CKPT_POINTS-th point of a neuron's history, stored [n_ckpt, 4, columns] so that a warp's stores
 // coalesce. Written by the backward's own first pass, or by the forward kernels (spikescan/cuda/_lif.py

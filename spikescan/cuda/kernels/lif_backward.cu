@@ -40,33 +40,24 @@
 static_assert(SPIKESCAN_BWD_CHUNK == SPIKESCAN_CKPT_POINTS && SPIKESCAN_CKPT_POINTS == 32,
               "the forward's checkpoints (common.cuh) and the scan kernel's warp chunks assume 32 points");
 
+// The parameters of both kernels (one list: the launcher, spikescan/cuda/_lif.py backward, passes the same
+// arguments to either).
+#define SPIKESCAN_LIF_BACKWARD_PARAMS \
+    SPIKESCAN_LIF_BACKWARD_NEURON_PARAMS, long long n_ckpt, double* __restrict__ checkpoints, int ckpt_ready, \
+    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times, \
+    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold, \
+    int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, \
+    double* __restrict__ grazing
+
 template <typename T, class Neuron>
-__global__ void spikescan_lif_backward(
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
-    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr,
-    long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
-    long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
-    const long long* __restrict__ spike_event, const long long* __restrict__ counts,
-    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints, int ckpt_ready,
-    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
-    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn,
-    double* __restrict__ grazing) {
+__global__ void spikescan_lif_backward(SPIKESCAN_LIF_BACKWARD_PARAMS) {
     // This launch handles neurons [neuron_start, neuron_start + n_group) of the flattened batch * n_out.
     const long long local = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
-    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
-        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
-    const double threshold = threshold_arr[i];  // per neuron
-    const double* st = spike_times + rec_base;
-    const long long* se = spike_event + rec_base;
-    const T* gt = grad_times + rec_base;
-    const long long n_rec = counts[tid] < max_spikes ? counts[tid] : max_spikes;
+    const auto [b, i, q, tau_mem, tau_syn, threshold, st, se, gt, n_rec] = spikescan_lif_backward_neuron(
+        tid, queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, tau_mem_arr, tau_syn_arr,
+        threshold_arr, n_in, n_out, n_queues, L1, max_in, max_spikes, spike_times, spike_event, counts, grad_times);
     if (n_rec == 0) return;  // no recorded spike: no gradient flows through this neuron
     const long long n_points = se[n_rec - 1] + n_rec;
     const long long in_base = b * n_in * max_in;
@@ -315,33 +306,15 @@ __device__ __forceinline__ spikescan_chunk_point_t<Neuron> spikescan_chunk_point
 }
 
 template <typename T, class Neuron>
-__global__ void spikescan_lif_backward_scan(
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
-    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr,
-    long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in,
-    long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times,
-    const long long* __restrict__ spike_event, const long long* __restrict__ counts,
-    const T* __restrict__ grad_times, long long n_ckpt, double* __restrict__ checkpoints, int ckpt_ready,
-    double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times,
-    int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold,
-    int has_tau_grads, double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn,
-    double* __restrict__ grazing) {
+__global__ void spikescan_lif_backward_scan(SPIKESCAN_LIF_BACKWARD_PARAMS) {
     // Warp = neuron; exits below are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
-    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
-        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
-    const double threshold = threshold_arr[i];  // per neuron
-    const double* st = spike_times + rec_base;
-    const long long* se = spike_event + rec_base;
-    const T* gt = grad_times + rec_base;
-    const long long n_rec = counts[tid] < max_spikes ? counts[tid] : max_spikes;
+    const auto [b, i, q, tau_mem, tau_syn, threshold, st, se, gt, n_rec] = spikescan_lif_backward_neuron(
+        tid, queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, tau_mem_arr, tau_syn_arr,
+        threshold_arr, n_in, n_out, n_queues, L1, max_in, max_spikes, spike_times, spike_event, counts, grad_times);
     if (n_rec == 0) return;
     const long long n_points = se[n_rec - 1] + n_rec;
     const long long n_chunks = (n_points + 31) / 32;

@@ -85,23 +85,13 @@ __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(doubl
 }
 
 #define SPIKESCAN_CLOSED_NEURON_PARAMS \
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index, \
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm, \
-    const double* __restrict__ delays_t, int permuted, const double* __restrict__ weights, \
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, \
-    const double* __restrict__ threshold_arr, \
-    long long batch, long long n_in, long long n_out, long long n_queues, long long L1, long long max_in, \
-    long long max_spikes, long long neuron_start, long long n_group, const double* __restrict__ spike_times, \
-    const long long* __restrict__ spike_event, const long long* __restrict__ counts, \
-    const T* __restrict__ grad_times, double* __restrict__ work, \
+    SPIKESCAN_LIF_BACKWARD_NEURON_PARAMS, double* __restrict__ work, \
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times, \
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold, \
     double* __restrict__ grazing, int records, double* __restrict__ thr_part, \
     double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn
 #define SPIKESCAN_CLOSED_NEURON_ARGS \
-    queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, weights, tau_mem_arr, tau_syn_arr, \
-    threshold_arr, batch, n_in, n_out, n_queues, L1, max_in, max_spikes, neuron_start, n_group, spike_times, \
-    spike_event, counts, grad_times, work, grad_weights, has_input_grad, grad_input_times, has_delays, grad_delays, \
+    SPIKESCAN_LIF_BACKWARD_NEURON_ARGS, work, grad_weights, has_input_grad, grad_input_times, has_delays, grad_delays, \
     grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn
 
 // The kernel body, compiled once without and once with the time-constant terms (separate kernels, so that the
@@ -113,14 +103,9 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
     const int lane = threadIdx.x & 31;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
-    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
-        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
-    const double threshold = threshold_arr[i];  // per neuron
-    const double* st = spike_times + rec_base;
-    const long long* se = spike_event + rec_base;
-    const T* gt = grad_times + rec_base;
-    const long long n_rec = counts[tid] < max_spikes ? counts[tid] : max_spikes;
+    const auto [b, i, q, tau_mem, tau_syn, threshold, st, se, gt, n_rec] = spikescan_lif_backward_neuron(
+        tid, queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, tau_mem_arr, tau_syn_arr,
+        threshold_arr, n_in, n_out, n_queues, L1, max_in, max_spikes, spike_times, spike_event, counts, grad_times);
     if (records && lane == 0) {
         for (int row = 0; row < 3; ++row) thr_part[row * n_group + local] = 0.0;
     }
