@@ -555,6 +555,44 @@ def test_readout(backend, readout, tau_readout, dtype):
         np.testing.assert_allclose(b, a, err_msg=f"grad_{name}", **TOL[dtype]["grads"])
 
 
+@pytest.mark.parametrize("readout,tau_readout", [("final", None), ("integral", 2.5), ("max", None)])
+def test_readout_deterministic_reductions(backend, monkeypatch, readout, tau_readout):
+    """``_readout.DETERMINISTIC``: partial sums per (sample, channel, neuron) reduced in a fixed order and the input
+    times' gradients summed per input spike (``spikescan_li_inputs``), against the NumPy readout and the atomic
+    kernels, time constants included; for ``"max"`` on inputs whose maximum sits on kinks (the kink term)."""
+    rng = np.random.default_rng(32)
+    t = np.sort(rng.integers(0, 8, (4, 5, 3)) * 0.5, axis=-1)  # a coarse grid: inputs at t* make kinks
+    t[0, 1, 2:] = np.inf
+    W = rng.normal(0.0, 1.5, (5, 3))
+    W[rng.random(W.shape) < 0.4] *= -3.0
+    tm, ts = np.array([1.0, 0.6, 2.0]), np.array([0.5, 1.2, 2.0 * (1 + 1e-9)])
+    kw = dict(readout=readout, t_max=3.0, tau_readout=tau_readout)
+    ref = ss.li_forward(t, W, tau_mem=tm, tau_syn=ts, **kw)
+    g = rng.normal(size=ref.values.shape)
+    ref_g = ss.li_backward(ref, g, time_constant_grads=True)
+    if readout == "max":
+        assert (ref.residuals.kink_index >= 0).sum() >= 5
+    xp = backend.xp
+    outs = {}
+    for det in (False, True):
+        monkeypatch.setattr(_readout, "DETERMINISTIC", det)
+        out = _readout.forward(xp, backend.ro_launch, backend.to_device(t), backend.to_device(W),
+                               backend.to_device(tm), backend.to_device(ts), readout, 3.0, tau_readout)
+        grads = _readout.backward(xp, backend.ro_launch, out, backend.to_device(g), time_constant_grads=True)
+        outs[det] = (out, grads)
+        np.testing.assert_allclose(backend.to_host(out.values), ref.values, err_msg=f"values deterministic={det}",
+                                   **TOL["float64"]["times"])
+        for name in ("weights", "input_times", "tau_mem", "tau_syn"):
+            a, b = getattr(ref_g, name), backend.to_host(getattr(grads, name))
+            assert b.shape == a.shape and b.dtype == a.dtype, name
+            np.testing.assert_allclose(b, a, err_msg=f"grad_{name} deterministic={det}", **TOL["float64"]["grads"])
+    (a_out, a_g), (d_out, d_g) = outs[False], outs[True]
+    np.testing.assert_allclose(backend.to_host(d_out.values), backend.to_host(a_out.values), rtol=1e-13, atol=1e-13)
+    for name in ("weights", "input_times", "tau_mem", "tau_syn"):
+        np.testing.assert_allclose(backend.to_host(getattr(d_g, name)), backend.to_host(getattr(a_g, name)),
+                                   rtol=1e-13, atol=1e-13, err_msg=name)
+
+
 @pytest.mark.parametrize("readout", ["final", "integral", "max"])
 def test_readout_empty_inputs(backend, readout):
     t = np.zeros((2, 3, 0))

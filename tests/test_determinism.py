@@ -31,8 +31,10 @@ On a real GPU (read from ``spikescan/cuda/kernels/*.cu``):
     the per-(sample, neuron) partial sums ``V(t*)`` and ``I(t*^-)`` behind the kink term.
 - ``peak_voltage`` has no CUDA path (NumPy only).
 
-The ``gpu``-marked test below asserts bitwise equality of the deterministic outputs on two runs and closeness
-(not equality) of the atomically accumulated ones.
+The ``gpu``-marked tests below assert bitwise equality of the deterministic outputs on two runs and closeness
+(not equality) of the atomically accumulated ones; and bitwise equality of everything under the opt-in
+deterministic settings (``spikescan.cuda._closed.DETERMINISTIC`` for the closed-form LIF backward,
+``spikescan.cuda._readout.DETERMINISTIC`` for the readouts: fixed-order reductions, no float atomics).
 """
 
 from __future__ import annotations
@@ -296,3 +298,44 @@ def test_gpu_forward_is_bitwise_and_atomic_gradients_are_close(method, delays):
         for name in ("weights", "input_times"):
             np.testing.assert_allclose(cp.asnumpy(getattr(b2, name)), cp.asnumpy(getattr(b1, name)), rtol=1e-12,
                                        atol=1e-12, err_msg=f"readout {readout} grad_{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("delays", [False, True])
+def test_gpu_deterministic_settings_are_bitwise(monkeypatch, delays):
+    """With ``_closed.DETERMINISTIC`` and ``_readout.DETERMINISTIC``, the closed-form LIF backward (time constants
+    included) and the readouts' values and gradients are bit-identical run to run on the GPU, where the atomic
+    kernels' are only close (the test above)."""
+    if not is_available():
+        pytest.skip("no CUDA device")
+    import cupy as cp
+
+    from spikescan.cuda import _closed
+
+    monkeypatch.setattr(_closed, "DETERMINISTIC", True)
+    monkeypatch.setattr(_readout, "DETERMINISTIC", True)
+    rng = np.random.default_rng(13)
+    t = random_spikes(rng, 32, 60, 6, t_max=100.0)
+    W = weights(rng, 60, 48, mean=0.3, std=0.5)
+    D = rng.uniform(0.0, 8.0, (60, 48)) if delays else None
+    G = rng.normal(size=(32, 48, 12))
+    out = ss.lif_forward(cp.asarray(t), cp.asarray(W), delays=None if D is None else cp.asarray(D), tau_mem=10.0,
+                         tau_syn=5.0, max_spikes=12)
+    assert int(out.counts.sum()) > 100
+    runs = []
+    for _ in range(2):
+        g = ss.lif_backward(out, cp.asarray(G), method="closed", time_constant_grads=True)
+        runs.append({n: cp.asnumpy(getattr(g, n)) for n in ("weights", "input_times", "delays", "threshold",
+                                                            "tau_mem", "tau_syn") if getattr(g, n) is not None})
+    for name in runs[0]:
+        assert runs[0][name].tobytes() == runs[1][name].tobytes(), f"closed backward grad_{name} run to run"
+    tm, ts = cp.full(48, 10.0), cp.full(48, 5.0)
+    for readout in ("max", "integral", "final"):
+        results = []
+        for _ in range(2):
+            r = _readout.forward(cp, _readout._cupy_launch, cp.asarray(t), cp.asarray(W), tm, ts, readout, 80.0,
+                                 None)
+            b = _readout.backward(cp, _readout._cupy_launch, r, cp.asarray(G[:, :, 0]), time_constant_grads=True)
+            results.append([cp.asnumpy(x) for x in (r.values, b.weights, b.input_times, b.tau_mem, b.tau_syn)])
+        for k, (x, y) in enumerate(zip(*results)):
+            assert x.tobytes() == y.tobytes(), f"readout {readout} output {k} run to run"

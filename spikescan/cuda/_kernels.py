@@ -29,7 +29,7 @@ MODULES = {
                             "spikescan_lif_backward_closed_synapses", "spikescan_lif_backward_closed_synapses_tau",
                             "spikescan_lif_backward_closed_inputs"),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",
-                "spikescan_li_max_backward", "spikescan_li_max_kink"),
+                "spikescan_li_max_backward", "spikescan_li_max_kink", "spikescan_li_inputs"),
     "queue": ("spikescan_delay_queue", "spikescan_delay_queue_counting"),
     "recurrent": ("spikescan_recurrent_forward", "spikescan_recurrent_backward_spikes",
                   "spikescan_recurrent_backward_inputs", "spikescan_recurrent_backward_weights"),

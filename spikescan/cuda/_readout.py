@@ -8,6 +8,14 @@ Work and memory: ``"final"``/``"integral"`` evaluate one closed-form kernel per 
 one thread per (batch, input channel, neuron); ``"max"`` sorts each sample's inputs (``build_queues``,
 ``O(batch * n_in * max_in)``) and walks them with one thread per (batch, neuron). Residuals hold float64 copies of
 the inputs, plus ``eval_time`` and ``kink_index`` (``[batch, n_out]``) for ``"max"``.
+
+Reductions: by default ``atomicAdd`` on double (the readout values over input channels, the gradients over samples,
+channels and neurons), so the last bits vary from run to run. With ``DETERMINISTIC`` (opt-in, like
+``_closed.DETERMINISTIC``) the (batch, channel, neuron) threads write their partial sums to ``[batch, n_in, n_out]``
+buffers that are summed along the reduced axes afterwards (fixed-order reductions), and one thread per input spike
+sums its time gradient over the neurons in order (``spikescan_li_inputs``): values and gradients are then bitwise
+reproducible. Extra memory: up to five float64 ``[batch, n_in, n_out]`` buffers during the backward (weights,
+two time constants, and for ``"max"`` V(t*) and I(t*^-)), one during the forward.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from .._types import LIGrads, LIResiduals, LIResult
 
 THREADS_PER_BLOCK = 256
 READOUT_CODES = {"final": 0, "integral": 1}
+# Opt-in: fixed-order reductions instead of atomics (see the module docstring).
+DETERMINISTIC = False
 
 
 def _cupy_launch(module, kernel, dtype, grid, block, args):
@@ -67,12 +77,13 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
                [qt, qi, W, tm, ts, np.float64(t_max), np.int64(batch), np.int64(n_out), np.int64(qt.shape[1]),
                 np.int64(max_in), values, eval_time, kink_index])
     else:
-        acc = xp.zeros((batch, n_out), dtype=xp.float64)
+        det = bool(DETERMINISTIC)
+        acc = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
         gamma = 0.0 if tau_readout is None else 1.0 / tau_readout
         launch("readout", "spikescan_li_linear_forward", dtype, _blocks(batch * n_in * n_out), THREADS_PER_BLOCK,
                [t_in, W, tm, ts, np.int32(READOUT_CODES[readout]), np.float64(t_max), np.float64(gamma),
-                np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), acc])
-        values = acc.astype(dtype)
+                np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), acc, np.int32(det)])
+        values = (acc.sum(axis=1) if det else acc).astype(dtype)
     residuals = LIResiduals(
         input_times=t64, weights=W, tau_mem=tm, tau_syn=ts, tau_readout=tau_readout, t_max=t_max, readout=readout,
         eval_time=eval_time, kink_index=kink_index, input_dtype=dtype, weights_dtype=weights.dtype)
@@ -90,28 +101,49 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     g = xp.ascontiguousarray(grad_values)
-    grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
+    det = bool(DETERMINISTIC)
+    # Deterministic: the (batch, channel, neuron) threads' partial sums, reduced below in a fixed order.
+    per_neuron = (batch, n_in, n_out) if det else (n_out,)
+    grad_w = xp.zeros((batch, n_in, n_out) if det else (n_in, n_out), dtype=xp.float64)
     grad_t = xp.zeros((batch, n_in, max_in), dtype=xp.float64)
     n_threads = batch * n_in * n_out
     # Always allocated (a kernel argument cannot be null through CuPy); written only with tau_grads set.
-    grad_tm = xp.zeros(n_out, dtype=xp.float64)
-    grad_ts = xp.zeros(n_out, dtype=xp.float64)
     tau_grads = np.int32(bool(time_constant_grads))
+    grad_tm = xp.zeros(per_neuron if tau_grads else 1, dtype=xp.float64)
+    grad_ts = xp.zeros(per_neuron if tau_grads else 1, dtype=xp.float64)
+    gamma = 0.0 if res.tau_readout is None else 1.0 / res.tau_readout
+    code = np.int32(READOUT_CODES.get(res.readout, -1))
     if res.readout == "max":
-        v_star = xp.zeros((batch, n_out), dtype=xp.float64)
-        i_before = xp.zeros((batch, n_out), dtype=xp.float64)
+        v_star = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
+        i_before = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
         launch("readout", "spikescan_li_max_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
                [t, W, res.tau_mem, res.tau_syn, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out),
-                res.eval_time, g, grad_w, grad_t, v_star, i_before, tau_grads, grad_tm, grad_ts])
-        launch("readout", "spikescan_li_max_kink", g.dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
-               [res.tau_mem, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), res.kink_index, g,
-                v_star, i_before, grad_t])
+                res.eval_time, g, grad_w, grad_t, v_star, i_before, tau_grads, grad_tm, grad_ts, np.int32(det)])
+        if det:
+            v_star, i_before = v_star.sum(axis=1), i_before.sum(axis=1)
+            launch("readout", "spikescan_li_inputs", g.dtype, _blocks(batch * n_in * max_in), THREADS_PER_BLOCK,
+                   [t, W, res.tau_mem, res.tau_syn, code, np.float64(res.t_max), np.float64(gamma), np.int64(batch),
+                    np.int64(n_in), np.int64(max_in), np.int64(n_out), g, np.int32(1), res.eval_time,
+                    res.kink_index, v_star, i_before, grad_t])
+        else:
+            launch("readout", "spikescan_li_max_kink", g.dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
+                   [res.tau_mem, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), res.kink_index,
+                    g, v_star, i_before, grad_t])
     else:
-        gamma = 0.0 if res.tau_readout is None else 1.0 / res.tau_readout
         launch("readout", "spikescan_li_linear_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
-               [t, W, res.tau_mem, res.tau_syn, np.int32(READOUT_CODES[res.readout]), np.float64(res.t_max),
+               [t, W, res.tau_mem, res.tau_syn, code, np.float64(res.t_max),
                 np.float64(gamma), np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), g, grad_w,
-                grad_t, tau_grads, grad_tm, grad_ts])
+                grad_t, tau_grads, grad_tm, grad_ts, np.int32(det)])
+        if det:
+            unused = xp.zeros(1, dtype=xp.float64)
+            launch("readout", "spikescan_li_inputs", g.dtype, _blocks(batch * n_in * max_in), THREADS_PER_BLOCK,
+                   [t, W, res.tau_mem, res.tau_syn, code, np.float64(res.t_max), np.float64(gamma), np.int64(batch),
+                    np.int64(n_in), np.int64(max_in), np.int64(n_out), g, np.int32(0), unused,
+                    xp.zeros(1, dtype=xp.int64), unused, unused, grad_t])
+    if det:
+        grad_w = grad_w.sum(axis=0)
+        if tau_grads:
+            grad_tm, grad_ts = grad_tm.sum(axis=(0, 1)), grad_ts.sum(axis=(0, 1))
     if not time_constant_grads:
         grad_tm = grad_ts = None
     return LIGrads(grad_w.astype(res.weights_dtype), grad_t.astype(res.input_dtype), tau_mem=grad_tm,

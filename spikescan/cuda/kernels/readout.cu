@@ -90,7 +90,7 @@ template <typename T, class Neuron>
 __global__ void spikescan_li_linear_forward(
     const T* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
     const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
-    long long max_in, long long n_out, double* __restrict__ values) {
+    long long max_in, long long n_out, double* __restrict__ values, int partial) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
@@ -103,7 +103,11 @@ __global__ void spikescan_li_linear_forward(
         spikescan_li_kernel<Neuron>(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
         acc += kappa;
     }
-    if (acc != 0.0) atomicAdd(values + b * n_out + i, weights[j * n_out + i] * acc);
+    if (partial) {
+        values[tid] = weights[j * n_out + i] * acc;  // [batch, n_in, n_out], summed over j by the launcher
+    } else if (acc != 0.0) {
+        atomicAdd(values + b * n_out + i, weights[j * n_out + i] * acc);
+    }
 }
 
 template <typename T, class Neuron>
@@ -112,7 +116,7 @@ __global__ void spikescan_li_linear_backward(
     const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
     long long max_in, long long n_out, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
     double* __restrict__ grad_input_times, int tau_grads, double* __restrict__ grad_tau_mem,
-    double* __restrict__ grad_tau_syn) {
+    double* __restrict__ grad_tau_syn, int partial) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
@@ -126,7 +130,7 @@ __global__ void spikescan_li_linear_backward(
         double kappa, dkappa;
         spikescan_li_kernel<Neuron>(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
         acc += kappa;
-        atomicAdd(grad_input_times + bj * max_in + m, gw * dkappa);
+        if (!partial) atomicAdd(grad_input_times + bj * max_in + m, gw * dkappa);
         if (tau_grads) {
             double k_tm, k_ts;
             spikescan_li_kernel_param_grads<Neuron>(tm_, tau_mem[i], tau_syn[i], readout, t_max, gamma, &k_tm,
@@ -134,6 +138,14 @@ __global__ void spikescan_li_linear_backward(
             acc_tm += k_tm;
             acc_ts += k_ts;
         }
+    }
+    if (partial) {  // [batch, n_in, n_out] each, summed by the launcher; the input times by spikescan_li_inputs
+        grad_weights[tid] = g * acc;
+        if (tau_grads) {
+            grad_tau_mem[tid] = gw * acc_tm;
+            grad_tau_syn[tid] = gw * acc_ts;
+        }
+        return;
     }
     atomicAdd(grad_weights + j * n_out + i, g * acc);
     if (tau_grads) {
@@ -197,7 +209,7 @@ __global__ void spikescan_li_max_backward(
     const double* __restrict__ tau_syn, long long batch, long long n_in, long long max_in, long long n_out,
     const double* __restrict__ eval_time, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
     double* __restrict__ grad_input_times, double* __restrict__ v_star, double* __restrict__ i_before, int tau_grads,
-    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn) {
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, int partial) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
@@ -213,12 +225,24 @@ __global__ void spikescan_li_max_backward(
         const auto d = Neuron::decay(t_star - tm_, tau_mem[i], tau_syn[i]);
         acc_c += d.c;
         acc_b += d.b;
-        atomicAdd(grad_input_times + bj * max_in + m, -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w);
+        if (!partial) {
+            atomicAdd(grad_input_times + bj * max_in + m, -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w);
+        }
         if (tau_grads) {
             const auto pg = Neuron::decay_param_grads(t_star - tm_, tau_mem[i], tau_syn[i], d);
             acc_tm += pg.c_tm;
             acc_ts += pg.c_ts;
         }
+    }
+    if (partial) {  // [batch, n_in, n_out] each, summed by the launcher; the input times by spikescan_li_inputs
+        grad_weights[tid] = g * acc_c;
+        if (tau_grads) {
+            grad_tau_mem[tid] = g * w * acc_tm;
+            grad_tau_syn[tid] = g * w * acc_ts;
+        }
+        v_star[tid] = w * acc_c;
+        i_before[tid] = w * acc_b;
+        return;
     }
     atomicAdd(grad_weights + j * n_out + i, g * acc_c);
     if (tau_grads) {
@@ -242,4 +266,45 @@ __global__ void spikescan_li_max_kink(
     const long long i = tid - b * n_out;
     const double slope = Neuron::voltage_rate(v_star[tid], i_before[tid], tau_mem[i]);
     atomicAdd(grad_input_times + b * n_in * max_in + kink, (double)grad_values[tid] * slope);
+}
+
+
+// Deterministic input-time gradients (spikescan/cuda/_readout.py DETERMINISTIC): one thread per input spike
+// (b, j, m) sums its terms over the readout neurons i in order, instead of atomics from the (b, j, i) threads.
+// "final" / "integral" (max_mode == 0): g W dkappa/dt for t < t_max.  "max" (max_mode != 0): -g W c'(t* - t) for
+// t < t*, then the kink term g V'(t*^-) where kink_index[b, i] is this input (as spikescan_li_max_kink, from the
+// summed v_star = V(t*) and i_before = I(t*^-), [batch, n_out]).
+template <typename T, class Neuron>
+__global__ void spikescan_li_inputs(
+    const double* __restrict__ input_times, const double* __restrict__ weights, const double* __restrict__ tau_mem,
+    const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
+    long long max_in, long long n_out, const T* __restrict__ grad_values, int max_mode,
+    const double* __restrict__ eval_time, const long long* __restrict__ kink_index,
+    const double* __restrict__ v_star, const double* __restrict__ i_before, double* __restrict__ grad_input_times) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // (b * n_in + j) * max_in + m
+    if (tid >= batch * n_in * max_in) return;
+    const long long bj = tid / max_in;
+    const long long b = bj / n_in;
+    const long long j = bj - b * n_in;
+    const long long flat = tid - b * n_in * max_in;  // j * max_in + m
+    const double t = input_times[tid];
+    double acc = 0.0;
+    for (long long i = 0; i < n_out; ++i) {
+        const double g = (double)grad_values[b * n_out + i];
+        const double w = weights[j * n_out + i];
+        if (max_mode) {
+            if (t < eval_time[b * n_out + i]) {
+                const auto d = Neuron::decay(eval_time[b * n_out + i] - t, tau_mem[i], tau_syn[i]);
+                acc += -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w;
+            }
+            if (kink_index[b * n_out + i] == flat) {
+                acc += g * Neuron::voltage_rate(v_star[b * n_out + i], i_before[b * n_out + i], tau_mem[i]);
+            }
+        } else if (t < t_max) {
+            double kappa, dkappa;
+            spikescan_li_kernel<Neuron>(t, tau_mem[i], tau_syn[i], readout, t_max, gamma, &kappa, &dkappa);
+            acc += g * w * dkappa;
+        }
+    }
+    grad_input_times[tid] = acc;
 }
