@@ -444,3 +444,62 @@ def test_time_constant_grads_keep_the_queue_order_at_equal_times(backend):
     # ... and a recurrent arrival at the time of an input entry (the input first).
     t, W, R, Dr, kw = arrival_at_an_input_entry()
     check_time_constants(backend, t, W, R, Dr=Dr, min_spikes=2, block_size=1, **kw)
+
+
+DETERMINISTIC_KERNELS = {"spikescan_recurrent_backward_synapses", "spikescan_recurrent_backward_input_times"}
+
+
+@pytest.mark.parametrize("delays,rec_delays", [(False, False), (True, False), (True, True)],
+                         ids=["no_delays", "input_delays", "both_delays"])
+def test_deterministic_backward(backend, monkeypatch, delays, rec_delays):
+    """``_recurrent.DETERMINISTIC``: the input gradients from the source-major kernels (no atomics) and the time
+    constants' terms summed per neuron in a fixed order; every gradient against the NumPy layer and the atomic
+    kernels', and bit for bit the same with the unrolled layer split into groups of neurons."""
+    t, W, R, D, Dr = case(7, r_mean=-0.1, delays=delays, rec_delays=rec_delays)
+    kw = dict(tau_mem=10.0, tau_syn=4.0, max_spikes=3)
+    atomic = check_time_constants(backend, t, W, R, D, Dr, **kw)
+    G = np.random.default_rng(int(atomic.counts.sum())).normal(size=atomic.times.shape)
+    out = backend.forward(t, W, delays=D, recurrent_weights=R, recurrent_delays=Dr, **kw)
+    plain = backend.backward(out, G, time_constant_grads=True)
+    monkeypatch.setattr(_recurrent, "DETERMINISTIC", True)
+    backend.launched.clear()
+    check_time_constants(backend, t, W, R, D, Dr, **kw)
+    assert DETERMINISTIC_KERNELS <= set(backend.launched)
+    assert "spikescan_recurrent_backward_inputs" not in backend.launched
+    # The unrolled layer's time constants: per-neuron terms summed in a fixed order (has_tau_grads == 2).
+    flags = []
+    base = backend.launch
+    monkeypatch.setattr(backend, "launch", lambda *a, **k: (flags.append(a[1] == "spikescan_lif_backward" and any(
+        isinstance(x, np.int32) and x == 2 for x in a[5])), base(*a, **k))[1])
+    backend.backward(out, G, time_constant_grads=True)
+    monkeypatch.setattr(backend, "launch", base)
+    assert any(flags)
+    det = backend.backward(out, G, time_constant_grads=True)
+    with monkeypatch.context() as m:
+        m.setattr(_recurrent._lif._memory, "fit_backward_group", lambda *a: 1)  # one neuron per launch
+        split = backend.backward(out, G, time_constant_grads=True)
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays",
+                 "tau_mem", "tau_syn"):
+        a, b, c = (None if getattr(x, name) is None else backend.host(getattr(x, name)) for x in (plain, det, split))
+        if a is None:
+            assert b is None and c is None, name
+            continue
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=f"grad_{name} deterministic vs atomic")
+        np.testing.assert_array_equal(c, b, err_msg=f"grad_{name} split into groups")
+
+
+def test_deterministic_backward_at_equal_times(backend, monkeypatch):
+    """The next-spike rule at equal times (an input entry at a spike's time comes after it; a recurrent arrival
+    together with an input), through the source-major kernels."""
+    monkeypatch.setattr(_recurrent, "DETERMINISTIC", True)
+    from spikescan.neurons import lif
+
+    t = np.array([[[1.0, 3.0, 5.0]]])
+    threshold = float(lif.voltage(2.0, 0.0, 3.0, 6.0, 4.0))
+    # Zero input delays: the same spikes, and the input entry at the spike's time has a delay gradient (the
+    # adjoint just after it), which the next-spike rule decides.
+    ref = check(backend, t, np.array([[3.0]]), np.array([[0.4]]), D=np.zeros((1, 1)), tau_mem=6.0, tau_syn=4.0,
+                threshold=threshold, max_spikes=4, min_spikes=1, block_sizes=(1,))
+    assert ref.times[0, 0, 0] == 3.0
+    t, W, R, Dr, kw = arrival_at_an_input_entry()
+    check(backend, t, W, R, Dr=Dr, min_spikes=2, block_sizes=(1,), **kw)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _memory
-from . import _lif
+from . import _lif, _queue
 
 KERNEL = "spikescan_lif_backward_closed"
 MODULE = "lif_backward_closed"
@@ -106,29 +106,6 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
                              grad_d, grad_th, grad_tm if tau else None, grad_ts if tau else None, stacklevel=5)
 
 
-def shared_queue_of(xp, res):
-    """The shared queue ``(times [batch, L1] float64, index [batch, L1] int32)`` of a forward's residuals: the queue
-    itself without delays, else the one the CUDA forward keeps (``shared_times``, ``shared_index``)."""
-    if res.delays is None:
-        return res.queue_times[:, 0, :], res.queue_index[:, 0, :]
-    if res.shared_times is None:
-        raise ValueError("the deterministic closed backward needs the forward's shared input queue "
-                         "(LIFResiduals.shared_times), which this result lacks: it was not made by the CUDA forward")
-    return res.shared_times, res.shared_index
-
-
-def input_table(xp, times, index, n_in, max_in):
-    """Dense float64 input times ``[samples, n_in * max_in + 1]`` (column ``j * max_in + m``, ``+inf`` padded; the
-    last column takes the queue's padding) from shared-queue rows, without a host sync."""
-    rows, L1 = times.shape
-    stride = n_in * max_in + 1
-    table = xp.full((rows, stride), np.inf, dtype=xp.float64)
-    col = xp.where(index >= 0, index, stride - 1).astype(xp.int64)
-    table[xp.arange(rows)[:, None], col] = times
-    table[:, stride - 1] = np.inf
-    return table
-
-
 def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads):
     """``backward_closed`` with ``DETERMINISTIC`` (see the module docstring and lif_backward_closed.cu)."""
     res = result.residuals
@@ -138,7 +115,7 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, ti
     has_delays = res.delays is not None
     queue_args = _lif.residual_queue_args(xp, res)
     n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
-    shared_times, shared_index = shared_queue_of(xp, res)
+    shared_times, shared_index = _queue.shared_queue_of(res)
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w, grad_in, grad_d, grad_th, grazing = _lif.gradient_buffers(xp, res, input_times_grad)
@@ -167,7 +144,7 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, ti
                 thr_part, grad_tm, grad_ts]
             block = _lif.block_size(n * _lif.WARP)
             launch(MODULE, KERNEL + (TAU_SUFFIX if tau else ""), grad_times.dtype, _lif._blocks(n * _lif.WARP, block), block, args)
-            table = input_table(xp, shared_times[b0:b0 + n_b], shared_index[b0:b0 + n_b], n_in, max_in)
+            table = _queue.input_table(xp, shared_times[b0:b0 + n_b], shared_index[b0:b0 + n_b], n_in, max_in)
             common = [table, np.int64(stride), res.weights, D, np.int32(has_delays), res.tau_mem, res.tau_syn,
                       np.int64(n_in), np.int64(n_out), np.int64(max_in), np.int64(S), counts, np.int64(b0),
                       np.int64(n_b), rec]

@@ -32,7 +32,8 @@ MODULES = {
                 "spikescan_li_max_backward", "spikescan_li_max_kink", "spikescan_li_inputs"),
     "queue": ("spikescan_delay_queue", "spikescan_delay_queue_counting"),
     "recurrent": ("spikescan_recurrent_forward", "spikescan_recurrent_backward_spikes",
-                  "spikescan_recurrent_backward_inputs", "spikescan_recurrent_backward_weights"),
+                  "spikescan_recurrent_backward_inputs", "spikescan_recurrent_backward_weights",
+                  "spikescan_recurrent_backward_synapses", "spikescan_recurrent_backward_input_times"),
 }
 
 # Modules instantiated for some entries of DTYPES only (queue times are float64 whatever the layer's dtype).

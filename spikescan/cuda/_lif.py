@@ -259,8 +259,11 @@ def _empty(shape, fill_value, dtype):
     return cupy.empty(shape, dtype=dtype)
 
 
-def backward(xp, launch, result, grad_times, method="auto", input_times_grad=True, time_constant_grads=False):
-    """Array-module-generic body of ``lif_backward_cuda``."""
+def backward(xp, launch, result, grad_times, method="auto", input_times_grad=True, time_constant_grads=False,
+             tau_partials=False):
+    """Array-module-generic body of ``lif_backward_cuda``. ``tau_partials`` (with ``time_constant_grads``): the
+    kernels write each neuron's time-constant terms and this function sums them over samples in a fixed order, so
+    those two gradients are bitwise reproducible (the others still sum by atomics)."""
     if method == "auto":
         method = BACKWARD_AUTO
     if method not in BACKWARD_KERNELS:
@@ -276,9 +279,10 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w, grad_in, grad_d, grad_th, grazing = gradient_buffers(xp, res, input_times_grad)
-    grad_tm = xp.zeros(n_out, dtype=xp.float64)
-    grad_ts = xp.zeros(n_out, dtype=xp.float64)
     n = batch * n_out
+    partials = bool(tau_partials and time_constant_grads)
+    grad_tm = xp.zeros(n if partials else n_out, dtype=xp.float64)
+    grad_ts = xp.zeros(n if partials else n_out, dtype=xp.float64)
     if n > 0:
         ready = res.checkpoints is not None
         if ready:  # written by the forward: no first pass, one launch, no working memory beyond the gradients
@@ -305,10 +309,12 @@ def backward(xp, launch, result, grad_times, method="auto", input_times_grad=Tru
                     np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes), np.int64(start),
                     np.int64(count), res.spike_times, res.spike_event, counts, grad_times, np.int64(n_ckpt),
                     checkpoints, np.int32(ready), grad_w, np.int32(input_times_grad), grad_in,
-                    np.int32(res.delays is not None), grad_d, grad_th, np.int32(time_constant_grads), grad_tm,
-                    grad_ts, grazing]
+                    np.int32(res.delays is not None), grad_d, grad_th,
+                    np.int32(2 if partials else bool(time_constant_grads)), grad_tm, grad_ts, grazing]
             block = block_size(count * threads_per_neuron)
             launch("lif_backward", kernel, grad_times.dtype, _blocks(count * threads_per_neuron, block), block, args)
+    if partials:  # per (sample, neuron), summed over samples in order
+        grad_tm, grad_ts = grad_tm.reshape(batch, n_out).sum(axis=0), grad_ts.reshape(batch, n_out).sum(axis=0)
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_cuda and this function).
     return finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None, grad_d,
                         grad_th, grad_tm if time_constant_grads else None,

@@ -210,3 +210,26 @@ def _max_shared(xp):
     from ._kernels import max_shared_mem
 
     return max_shared_mem()
+
+
+def shared_queue_of(res):
+    """The shared queue ``(times [batch, L1] float64, index [batch, L1] int32)`` of a forward's residuals: the queue
+    itself without delays, else the one the CUDA forward keeps (``shared_times``, ``shared_index``)."""
+    if res.delays is None:
+        return res.queue_times[:, 0, :], res.queue_index[:, 0, :]
+    if res.shared_times is None:
+        raise ValueError("the deterministic backward needs the forward's shared input queue "
+                         "(LIFResiduals.shared_times), which this result lacks: it was not made by the CUDA forward")
+    return res.shared_times, res.shared_index
+
+
+def input_table(xp, times, index, n_in, max_in):
+    """Dense float64 input times ``[samples, n_in * max_in + 1]`` (column ``j * max_in + m``, ``+inf`` padded; the
+    last column takes the queue's padding) from shared-queue rows, without a host sync."""
+    rows, L1 = times.shape
+    stride = n_in * max_in + 1
+    table = xp.full((rows, stride), np.inf, dtype=xp.float64)
+    col = xp.where(index >= 0, index, stride - 1).astype(xp.int64)
+    table[xp.arange(rows)[:, None], col] = times
+    table[:, stride - 1] = np.inf
+    return table

@@ -31,6 +31,13 @@ summing over samples in order: deterministic). The threshold's gradient is ``-su
 at the spikes (a CuPy reduction, deterministic). Working memory: three float64 ``[batch, n_out, C]`` arrays
 (``C`` the most spikes of a neuron) besides the gradients.
 
+With ``DETERMINISTIC`` (opt-in, like ``_closed.DETERMINISTIC``) the input gradients come instead from
+``spikescan_recurrent_backward_synapses`` (thread per input synapse: samples and spikes in order) and
+``spikescan_recurrent_backward_input_times`` (thread per input spike: neurons in order), which read a dense float64
+input-time table built from the shared queue (``_queue.input_table``; the forward keeps the shared queue of a layer
+with delays, 12 bytes per input spike), and the time constants' terms are summed per neuron in a fixed order
+(``_lif.backward(..., tau_partials=True)``): every gradient is then bitwise reproducible.
+
 Time constants (``time_constant_grads=True``), as on NumPy: the spike walk also writes each spike's derivative
 through everything outside its neuron; the layer is unrolled on the device into a feed-forward one whose inputs
 include its own spikes held fixed (``spikescan._recurrent.unrolled_residuals``: each neuron's input queue merged with
@@ -61,6 +68,8 @@ _RED_BYTES = 32  # sizeof(spikescan_rec_red_t)
 THREADS_PER_BLOCK = 256
 # lif_forward's methods for a recurrent layer on CuPy inputs: the kernel is the event loop ("sequential").
 METHODS = ("auto", "sequential")
+# Opt-in: the backward without float atomics (see the module docstring).
+DETERMINISTIC = False
 
 
 def check_method(method):
@@ -134,8 +143,11 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     log_cap = max(log_cap, 1)
     _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, pend_cap, log_cap,
                   input_times.dtype.itemsize, xp)
+    # With delays the shared queue is kept for the deterministic backward (as _lif.forward does).
+    shared = _queue.shared_queue(input_times, xp, n_entries) if delays is not None else None
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = _lif.device_inputs(
-        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries,
+        shared=shared)
     R = xp.ascontiguousarray(recurrent_weights, dtype=xp.float64)
     Dr = None if recurrent_delays is None else xp.ascontiguousarray(recurrent_delays, dtype=xp.float64)
     n_queues, L1 = qt.shape[1], qt.shape[2]
@@ -197,7 +209,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver,
         recurrent_weights=R, recurrent_delays=Dr, recurrent_log=log,
-        recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype)
+        recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype,
+        shared_times=None if shared is None else shared[0],
+        shared_index=None if shared is None else xp.ascontiguousarray(shared[1], dtype=xp.int32))
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
 
@@ -237,8 +251,10 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
     N = batch * n_out
     C = max(int(result.counts.max()) if N else 0, 1)  # host sync: the most spikes of a neuron
     per_spike = 32 if time_constant_grads else 24  # spike_t, lamV, lamI (and spike_grads)
+    det = bool(DETERMINISTIC)
+    table_bytes = 8 * batch * (n_in * max_in + 1) if det else 0  # the deterministic kernels' input-time table
     parts = _memory.lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_d, "",
-                                          per_spike * N * C)
+                                          per_spike * N * C + table_bytes)
     _memory.check(_memory.describe("lif_backward", batch, n_out, max_spikes, has_d) + " (recurrent)", parts, xp,
                   f"reduce the batch (the backward keeps every spike's adjoint: {per_spike} bytes per neuron per "
                   "spike of the busiest neuron)")
@@ -261,12 +277,25 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
     grad_w = xp.zeros((n_in, n_out), dtype=xp.float64)
     grad_in = xp.zeros((batch, n_in, max_in) if input_times_grad else 1, dtype=xp.float64)
     grad_d = xp.zeros((n_in, n_out), dtype=xp.float64) if has_d else xp.zeros(1, xp.float64)
-    launch(MODULE, "spikescan_recurrent_backward_inputs", grad_times.dtype, _blocks(N, THREADS_PER_BLOCK),
-           THREADS_PER_BLOCK,
-           [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn, np.int64(batch),
-            np.int64(n_in), np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max(max_in, 1)),
-            np.int64(C), n_spk, spike_t, lamV, lamI, grad_w, np.int32(input_times_grad), grad_in, np.int32(has_d),
-            grad_d])
+    if det and n_in * max_in > 0:
+        times, index = _queue.shared_queue_of(res)
+        table = _queue.input_table(xp, times, index, n_in, max_in)
+        common = [table, np.int64(table.shape[1]), res.weights, res.delays if has_d else grad_d, np.int32(has_d),
+                  res.tau_mem, res.tau_syn, np.int64(batch), np.int64(n_in), np.int64(n_out), np.int64(max_in),
+                  np.int64(C), n_spk, spike_t, lamV, lamI]
+        launch(MODULE, "spikescan_recurrent_backward_synapses", grad_times.dtype,
+               _blocks(n_in * n_out, THREADS_PER_BLOCK), THREADS_PER_BLOCK, common + [grad_w, grad_d])
+        if input_times_grad:
+            launch(MODULE, "spikescan_recurrent_backward_input_times", grad_times.dtype,
+                   _blocks(batch * n_in * max_in, THREADS_PER_BLOCK), THREADS_PER_BLOCK, common + [grad_in])
+        del table
+    elif not det:
+        launch(MODULE, "spikescan_recurrent_backward_inputs", grad_times.dtype, _blocks(N, THREADS_PER_BLOCK),
+               THREADS_PER_BLOCK,
+               [res.queue_times, res.queue_index, res.queue_end, res.weights, res.tau_mem, res.tau_syn,
+                np.int64(batch), np.int64(n_in), np.int64(n_out), np.int64(n_queues), np.int64(L1),
+                np.int64(max(max_in, 1)), np.int64(C), n_spk, spike_t, lamV, lamI, grad_w, np.int32(input_times_grad),
+                grad_in, np.int32(has_d), grad_d])
     grad_r = xp.zeros((n_out, n_out), dtype=xp.float64)
     grad_rd = xp.zeros((n_out, n_out), dtype=xp.float64) if has_rd else xp.zeros(1, xp.float64)
     launch(MODULE, "spikescan_recurrent_backward_weights", grad_times.dtype, _blocks(n_out * n_out,
@@ -318,7 +347,7 @@ def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
         grads = _lif.backward(xp, launch, unrolled, spike_grads, "auto", input_times_grad=False,
-                              time_constant_grads=True)
+                              time_constant_grads=True, tau_partials=bool(DETERMINISTIC))
     return grads.tau_mem, grads.tau_syn
 
 

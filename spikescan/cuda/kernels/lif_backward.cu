@@ -40,6 +40,22 @@
 static_assert(SPIKESCAN_BWD_CHUNK == SPIKESCAN_CKPT_POINTS && SPIKESCAN_CKPT_POINTS == 32,
               "the forward's checkpoints (common.cuh) and the scan kernel's warp chunks assume 32 points");
 
+// A neuron's time-constant gradients: added to grad_tau_mem[i] / grad_tau_syn[i] ([n_out]) with atomics
+// (has_tau_grads == 1; also 0, which adds zeros), or written at tid into [batch * n_out] buffers that the launcher
+// sums over samples in a fixed order (has_tau_grads == 2: bitwise reproducible, spikescan/cuda/_lif.py
+// tau_partials; the recurrent backward's time constants under DETERMINISTIC).
+__device__ __forceinline__ void spikescan_store_tau_grads(int has_tau_grads, double* __restrict__ grad_tau_mem,
+                                                          double* __restrict__ grad_tau_syn, long long i,
+                                                          long long tid, double g_tau_mem, double g_tau_syn) {
+    if (has_tau_grads == 2) {
+        grad_tau_mem[tid] = g_tau_mem;
+        grad_tau_syn[tid] = g_tau_syn;
+        return;
+    }
+    atomicAdd(grad_tau_mem + i, g_tau_mem);
+    atomicAdd(grad_tau_syn + i, g_tau_syn);
+}
+
 // The parameters of both kernels (one list: the launcher, spikescan/cuda/_lif.py backward, passes the same
 // arguments to either).
 #define SPIKESCAN_LIF_BACKWARD_PARAMS \
@@ -195,8 +211,7 @@ __global__ void spikescan_lif_backward(SPIKESCAN_LIF_BACKWARD_PARAMS) {
         }
     }
     atomicAdd(grad_threshold + i, g_threshold);
-    atomicAdd(grad_tau_mem + i, g_tau_mem);
-    atomicAdd(grad_tau_syn + i, g_tau_syn);
+    spikescan_store_tau_grads(has_tau_grads, grad_tau_mem, grad_tau_syn, i, tid, g_tau_mem, g_tau_syn);
     if (n_grazing > 0.0) {
         grazing[2 * tid] = n_grazing;
         grazing[2 * tid + 1] = t_grazing;
@@ -484,8 +499,7 @@ __global__ void spikescan_lif_backward_scan(SPIKESCAN_LIF_BACKWARD_PARAMS) {
     }
     if (lane == 0) {
         atomicAdd(grad_threshold + i, g_threshold);
-        atomicAdd(grad_tau_mem + i, g_tau_mem);
-        atomicAdd(grad_tau_syn + i, g_tau_syn);
+        spikescan_store_tau_grads(has_tau_grads, grad_tau_mem, grad_tau_syn, i, tid, g_tau_mem, g_tau_syn);
         if (n_grazing > 0.0) {
             grazing[2 * tid] = n_grazing;
             grazing[2 * tid + 1] = t_grazing;

@@ -46,6 +46,13 @@
 //     atomicAdd on double, like spikescan_lif_backward: the last bits of these three vary from run to run.
 //   spikescan_recurrent_backward_weights<T>: one thread per recurrent synapse (k, i), summing over samples and k's
 //     spikes in order: grad_recurrent_weights, grad_recurrent_delays (written, not accumulated; deterministic).
+//   Deterministic input gradients (spikescan/cuda/_recurrent.py DETERMINISTIC), instead of
+//   spikescan_recurrent_backward_inputs, from a dense float64 input-time table ([batch, stride], column j * max_in
+//   + m, +inf padded; the arrival recomputed as t + D[j, i], the queues' IEEE addition):
+//     spikescan_recurrent_backward_synapses<T>: one thread per input synapse (j, i), samples and source j's spikes
+//       in order (the next-spike pointer moves forward: arrivals of one source ascend): grad_weights, grad_delays.
+//     spikescan_recurrent_backward_input_times<T>: one thread per input spike (b, j, m), neurons in order (next
+//       spike by binary search): grad_input_times.  No atomics: bitwise reproducible.
 // 64-bit offsets throughout.
 #include "neurons/lif.cuh"
 
@@ -477,4 +484,74 @@ __global__ void spikescan_recurrent_backward_weights(
     }
     grad_rec_weights[tid] = g_w;
     if (has_rec_delays) grad_rec_delays[tid] = g_d;
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_recurrent_backward_synapses(
+    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
+    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr, long long batch, long long n_in, long long n_out, long long max_in,
+    long long C, const long long* __restrict__ n_spk, const double* __restrict__ spike_t,
+    const double* __restrict__ lamV, const double* __restrict__ lamI, double* __restrict__ grad_weights,
+    double* __restrict__ grad_delays) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // j * n_out + i
+    if (idx >= n_in * n_out) return;
+    const long long j = idx / n_out;
+    const long long i = idx - j * n_out;
+    const double w = weights[idx];
+    const double d = has_delays ? delays[idx] : 0.0;
+    const double tau_mem = tau_mem_arr[i], tau_syn = tau_syn_arr[i];
+    double gw = 0.0, gd = 0.0;
+    for (long long b = 0; b < batch; ++b) {
+        const long long ni = b * n_out + i;
+        const long long n = n_spk[ni];
+        const double* st = spike_t + ni * C;
+        const double* row = table + b * stride + j * max_in;
+        long long c = 0;  // next spike strictly after the arrival
+        for (long long m = 0; m < max_in; ++m) {
+            const double t = row[m];
+            if (!(t < spikescan_inf())) break;  // +inf padding ends the source's spikes
+            const double arrival = has_delays ? t + d : t;
+            while (c < n && st[c] <= arrival) ++c;
+            if (c == n) break;  // no later spike: no gradient from here on (later arrivals neither)
+            double lV, lI;
+            spikescan_rec_adjoint_after<Neuron>(st, lamV + ni * C, lamI + ni * C, c, n, arrival, tau_mem, tau_syn,
+                                                &lV, &lI);
+            gw += lI;
+            if (has_delays) gd += Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn);
+        }
+    }
+    grad_weights[idx] = gw;
+    if (has_delays) grad_delays[idx] = gd;
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_recurrent_backward_input_times(
+    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
+    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
+    const double* __restrict__ tau_syn_arr, long long batch, long long n_in, long long n_out, long long max_in,
+    long long C, const long long* __restrict__ n_spk, const double* __restrict__ spike_t,
+    const double* __restrict__ lamV, const double* __restrict__ lamI, double* __restrict__ grad_input_times) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // b * n_in * max_in + flat
+    const long long per_sample = n_in * max_in;
+    if (idx >= batch * per_sample) return;
+    const long long b = idx / per_sample;
+    const long long flat = idx - b * per_sample;
+    const long long j = flat / max_in;
+    const double t = table[b * stride + flat];
+    if (!(t < spikescan_inf())) return;  // padding: its gradient stays zero
+    double g = 0.0;
+    for (long long i = 0; i < n_out; ++i) {
+        const long long ni = b * n_out + i;
+        const long long n = n_spk[ni];
+        const double* st = spike_t + ni * C;
+        const double arrival = has_delays ? t + delays[j * n_out + i] : t;
+        const long long c = spikescan_rec_next_spike(st, n, arrival);
+        if (c == n) continue;
+        double lV, lI;
+        spikescan_rec_adjoint_after<Neuron>(st, lamV + ni * C, lamI + ni * C, c, n, arrival, tau_mem_arr[i],
+                                            tau_syn_arr[i], &lV, &lI);
+        g += Neuron::arrival_time_grad(weights[j * n_out + i], lV, lI, tau_mem_arr[i], tau_syn_arr[i]);
+    }
+    grad_input_times[idx] = g;
 }
