@@ -8,6 +8,7 @@ from . import encode
 from ._types import LIFGrads, LIFResiduals, LIFResult, LIGrads, LIResiduals, LIResult
 from ._types import PeakGrads, PeakResiduals, PeakResult
 from ._types import GrazingSpikeWarning, RunawayFiringError
+from ._determinism import deterministic, set_deterministic
 from ._memory import set_memory_limit
 from .lif import lif_backward, lif_forward
 from .peak import peak_voltage, peak_voltage_backward
@@ -23,5 +24,7 @@ __all__ = [
     "peak_voltage", "peak_voltage_backward", "PeakResult", "PeakResiduals", "PeakGrads",
     "lif_trace", "li_trace", "TraceResult",
     "set_memory_limit",
+    "set_deterministic",
+    "deterministic",
     "encode",
 ]

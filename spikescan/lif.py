@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _determinism
 from . import _validate as v
 from ._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResult, RunawayFiringError
@@ -158,6 +159,8 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             spike, so the spikes are walked and every input entry's contribution is computed independently
             (``spikescan/_closed_backward.py``, ``spikescan/cuda/kernels/lif_backward_closed.cu``); the gradients of
             ``"sequential"`` to rounding, grazing spikes included. Recurrent layers raise ``NotImplementedError``.
+            With ``spikescan.set_deterministic(True)`` and CuPy inputs, ``"auto"`` runs ``"closed"`` with
+            fixed-order sums (bit-identical from run to run) and ``"sequential"`` / ``"scan"`` raise ``ValueError``.
         engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine has one backward,
             the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
             latency on a GPU warp and nothing on a CPU core); its sums have a fixed order, so its gradients are
@@ -194,6 +197,13 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         raise TypeError(f"input_times_grad must be True or False, got {input_times_grad!r}")
     if not isinstance(time_constant_grads, (bool, np.bool_)):
         raise TypeError(f"time_constant_grads must be True or False, got {time_constant_grads!r}")
+    if xp is not np and result.residuals.recurrent_log is None and _determinism.deterministic():
+        # Bitwise-reproducible mode: the closed-form kernel with fixed-order sums; the others sum with atomics.
+        if method in ("sequential", "scan"):
+            raise ValueError(f"method={method!r} sums gradients with float atomics on the GPU, so its last bits vary "
+                             f"from run to run; with spikescan.set_deterministic(True) use method='auto' or 'closed' "
+                             f"(or turn the setting off)")
+        method = "closed"
     if method == "closed":
         v.choice("engine", engine, ENGINES)
         if xp is not np:

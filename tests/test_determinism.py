@@ -339,3 +339,88 @@ def test_gpu_deterministic_settings_are_bitwise(monkeypatch, delays):
             results.append([cp.asnumpy(x) for x in (r.values, b.weights, b.input_times, b.tau_mem, b.tau_syn)])
         for k, (x, y) in enumerate(zip(*results)):
             assert x.tobytes() == y.tobytes(), f"readout {readout} output {k} run to run"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# spikescan.set_deterministic: the switch and what it routes (the kernels themselves: test_cuda_closed,
+# test_cuda (readouts), test_cuda_recurrent)
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def restore_switch(monkeypatch):
+    monkeypatch.delenv("SPIKESCAN_DETERMINISTIC", raising=False)
+    yield
+    ss.set_deterministic(None)
+
+
+def test_switch_and_environment_variable(restore_switch, monkeypatch):
+    assert ss.deterministic() is False
+    monkeypatch.setenv("SPIKESCAN_DETERMINISTIC", "1")
+    assert ss.deterministic() is True
+    ss.set_deterministic(False)  # the call wins over the environment
+    assert ss.deterministic() is False
+    ss.set_deterministic(None)
+    assert ss.deterministic() is True
+    monkeypatch.setenv("SPIKESCAN_DETERMINISTIC", "sometimes")
+    with pytest.raises(ValueError, match="SPIKESCAN_DETERMINISTIC.*'sometimes'"):
+        ss.deterministic()
+    with pytest.raises(TypeError, match="enabled must be True, False or None, got 1"):
+        ss.set_deterministic(1)
+
+
+def test_switch_routes_every_cuda_path_to_its_fixed_order_kernels(restore_switch, host_kernels):
+    """With the switch on (and the per-module settings off), the emulated CUDA launchers run the deterministic
+    kernels: the closed-form backward's source-major kernels, the readouts' per-input kernel, the recurrent layer's
+    source-major kernels; with it off, none of them."""
+    from spikescan.cuda import _closed, _recurrent
+
+    assert not (_closed.DETERMINISTIC or _readout.DETERMINISTIC or _recurrent.DETERMINISTIC)
+    rng = np.random.default_rng(5)
+    t = random_spikes(rng, 2, 6, 4, t_max=20.0)
+    W = weights(rng, 6, 4, mean=0.6, std=0.4)
+    D = rng.uniform(0.0, 2.0, (6, 4))
+    R = rng.normal(-0.1, 0.3, (4, 4))
+    tm, ts = np.full(4, 10.0), np.full(4, 5.0)
+    deterministic_kernels = {"spikescan_lif_backward_closed_synapses", "spikescan_li_inputs",
+                             "spikescan_recurrent_backward_synapses", "spikescan_recurrent_backward_input_times"}
+    for enabled in (False, True):
+        ss.set_deterministic(enabled)
+        names = []
+
+        def launch(module, kernel, *args, **kw):
+            names.append(kernel)
+            return host_kernels.launch(module, kernel, *args, **kw)
+
+        out = _lif.forward(np, launch, t, W, D, tm, ts, 1.0, 4, "sequential", 32, "newton")
+        assert out.counts.sum() > 0
+        _closed.backward_closed(np, launch, out, np.ones(out.times.shape))
+        ro = _readout.forward(np, launch, t, W, tm, ts, "final", 20.0, None)
+        _readout.backward(np, launch, ro, np.ones(ro.values.shape))
+        rec = _recurrent.forward(np, launch, t, W, D, tm, ts, np.ones(4), 4, "newton", 300, True, R, None)
+        _recurrent.backward(np, launch, rec, np.ones(rec.times.shape))
+        if enabled:
+            assert deterministic_kernels <= set(names), sorted(deterministic_kernels - set(names))
+        else:
+            assert not deterministic_kernels & set(names), sorted(deterministic_kernels & set(names))
+
+
+@pytest.mark.gpu
+def test_gpu_public_switch_is_bitwise(restore_switch):
+    """``spikescan.set_deterministic(True)`` on CuPy inputs: ``lif_backward``'s default method is bit-identical run
+    to run, and the methods that sum with atomics are refused with the reason."""
+    if not is_available():
+        pytest.skip("no CUDA device")
+    import cupy as cp
+
+    rng = np.random.default_rng(17)
+    t = random_spikes(rng, 16, 40, 6, t_max=100.0)
+    W = weights(rng, 40, 32, mean=0.3, std=0.5)
+    D = rng.uniform(0.0, 8.0, (40, 32))
+    ss.set_deterministic(True)
+    out = ss.lif_forward(cp.asarray(t), cp.asarray(W), delays=cp.asarray(D), tau_mem=10.0, tau_syn=5.0, max_spikes=8)
+    G = cp.asarray(rng.normal(size=out.times.shape))
+    g1, g2 = ss.lif_backward(out, G), ss.lif_backward(out, G)
+    for name in ("weights", "input_times", "delays", "threshold"):
+        assert cp.asnumpy(getattr(g1, name)).tobytes() == cp.asnumpy(getattr(g2, name)).tobytes(), name
+    with pytest.raises(ValueError, match="method='sequential' sums gradients with float atomics"):
+        ss.lif_backward(out, G, method="sequential")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _memory
+from .. import _determinism, _memory
 from . import _lif, _queue
 
 KERNEL = "spikescan_lif_backward_closed"
@@ -50,7 +50,8 @@ DETERMINISTIC = False
 RECORD_FIELDS = 7
 
 
-def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_constant_grads=False):
+def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_constant_grads=False,
+                             deterministic=None):
     """``lif_backward(method="closed")`` on the GPU: ``LIFGrads`` of CuPy arrays.
 
     A recurrent layer raises ``NotImplementedError``, as the NumPy ``"closed"`` does.
@@ -60,19 +61,19 @@ def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_con
     if result.residuals.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only; for a recurrent "
                                   "layer use method='sequential', 'scan' or 'auto'")
-    return backward_closed(cupy, _lif._cupy_launch, result, grad_times, input_times_grad,
-                           time_constant_grads=time_constant_grads)
+    return backward_closed(cupy, _lif._cupy_launch, result, grad_times, input_times_grad, deterministic,
+                           time_constant_grads)
 
 
 def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deterministic=None,
                     time_constant_grads=False):
     """Array-module-generic body of ``lif_backward_closed_cuda`` (``xp``/``launch`` as in ``_lif.backward``: CuPy
     and ``_lif._cupy_launch``, or NumPy and the host emulation's launch); ``deterministic``: default
-    ``DETERMINISTIC``."""
+    ``DETERMINISTIC`` or ``spikescan.deterministic()``."""
     res = result.residuals
     if res.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only")
-    if DETERMINISTIC if deterministic is None else deterministic:
+    if (DETERMINISTIC or _determinism.deterministic()) if deterministic is None else deterministic:
         return _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads)
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _determinism
 from .._queue import build_queues
 from .._types import LIGrads, LIResiduals, LIResult
 
@@ -51,6 +52,11 @@ def li_backward_cuda(result, grad_values, time_constant_grads=False):
     return backward(cupy, _cupy_launch, result, grad_values, time_constant_grads)
 
 
+def enabled():
+    """Whether the readout kernels run their fixed-order variant: ``DETERMINISTIC`` or ``spikescan.deterministic()``."""
+    return bool(DETERMINISTIC) or _determinism.deterministic()
+
+
 def _blocks(threads):
     return (int(threads) + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
 
@@ -77,7 +83,7 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
                [qt, qi, W, tm, ts, np.float64(t_max), np.int64(batch), np.int64(n_out), np.int64(qt.shape[1]),
                 np.int64(max_in), values, eval_time, kink_index])
     else:
-        det = bool(DETERMINISTIC)
+        det = enabled()
         acc = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
         gamma = 0.0 if tau_readout is None else 1.0 / tau_readout
         launch("readout", "spikescan_li_linear_forward", dtype, _blocks(batch * n_in * n_out), THREADS_PER_BLOCK,
@@ -101,7 +107,7 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     g = xp.ascontiguousarray(grad_values)
-    det = bool(DETERMINISTIC)
+    det = enabled()
     # Deterministic: the (batch, channel, neuron) threads' partial sums, reduced below in a fixed order.
     per_neuron = (batch, n_in, n_out) if det else (n_out,)
     grad_w = xp.zeros((batch, n_in, n_out) if det else (n_in, n_out), dtype=xp.float64)

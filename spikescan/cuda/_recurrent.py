@@ -52,7 +52,7 @@ import warnings
 
 import numpy as np
 
-from .. import _memory
+from .. import _determinism, _memory
 from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, unresolvable_spike_error, warn_grazing
 from .._recurrent import _runaway_error, unrolled_residuals
 from .._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RecurrentLog
@@ -251,7 +251,7 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
     N = batch * n_out
     C = max(int(result.counts.max()) if N else 0, 1)  # host sync: the most spikes of a neuron
     per_spike = 32 if time_constant_grads else 24  # spike_t, lamV, lamI (and spike_grads)
-    det = bool(DETERMINISTIC)
+    det = bool(DETERMINISTIC) or _determinism.deterministic()
     table_bytes = 8 * batch * (n_in * max_in + 1) if det else 0  # the deterministic kernels' input-time table
     parts = _memory.lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_d, "",
                                           per_spike * N * C + table_bytes)
@@ -311,7 +311,7 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
         warn_grazing(n_grazing, first, n_out, float(grazing[first, 1]), stacklevel=stacklevel)
     tau_mem = tau_syn = None
     if time_constant_grads:
-        tau_mem, tau_syn = _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads)
+        tau_mem, tau_syn = _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads, det)
     return LIFGrads(
         weights=grad_w.astype(res.weights_dtype),
         input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
@@ -322,7 +322,7 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
         tau_syn=tau_syn)
 
 
-def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads):
+def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads, deterministic=False):
     """``(tau_mem, tau_syn)`` gradients ``[n_out]``, as on NumPy (``_lif_numpy._recurrent_time_constant_grads``):
     the layer unrolled on the device with its own spikes as fixed inputs (``spikescan._recurrent
     .unrolled_residuals``), each spike's cotangent its derivative through everything outside its neuron
@@ -347,7 +347,7 @@ def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
         grads = _lif.backward(xp, launch, unrolled, spike_grads, "auto", input_times_grad=False,
-                              time_constant_grads=True, tau_partials=bool(DETERMINISTIC))
+                              time_constant_grads=True, tau_partials=deterministic)
     return grads.tau_mem, grads.tau_syn
 
 
