@@ -413,12 +413,74 @@ def scatter_input_grads(qi, qe, g_arrival, sample_start, grad_in, n_out):
                 grad_in[b, qi[row, k]] += g_arrival[bl, i, k]
 
 
+# Bucket sort of a queue row (delayed_queues): fall back to a merge sort when the buckets' insertion sorts would cost
+# more than this many comparisons per entry (sum of squared bucket sizes over the entries; about 2 for spread-out
+# arrivals).
+_BUCKET_COST = 8
+
+
+@_jit
+def stable_order(values, bucket_sort=True):
+    """The stable ascending order of ``values`` (finite floats): ``np.argsort(values, kind="mergesort")``, the same
+    permutation (which ``bucket_sort=False`` returns directly). Bucket sort: one bucket per entry over ``[min,
+    max]`` by a bucket index that is monotone in the value (so equal values share a bucket, and entries enter their
+    bucket in index order), then an insertion sort per bucket that moves an entry only past strictly larger values;
+    O(n) for spread-out values. Rows whose buckets would be crowded (``_BUCKET_COST``), or whose span does not give
+    a finite scale, take the merge sort."""
+    n = values.size
+    if not bucket_sort:
+        return np.argsort(values, kind="mergesort")
+    lo, hi = np.inf, -np.inf
+    for k in range(n):
+        lo = min(lo, values[k])
+        hi = max(hi, values[k])
+    span = hi - lo
+    if n <= 1 or span == 0.0:
+        return np.arange(n)  # all equal: index order is the stable order
+    scale = n / span
+    if not (np.isfinite(span) and np.isfinite(scale)):
+        return np.argsort(values, kind="mergesort")
+    bucket = np.empty(n, np.int64)
+    start = np.zeros(n + 3, np.int64)  # buckets 0 .. n; start[c + 2] counts bucket c, then prefix sums
+    for k in range(n):
+        c = np.int64((values[k] - lo) * scale)  # monotone in values[k]: a rounded subtraction, a positive scale
+        c = min(c, n)
+        bucket[k] = c
+        start[c + 2] += 1
+    cost = 0
+    for c in range(n + 1):
+        cost += start[c + 2] * start[c + 2]
+    if cost > _BUCKET_COST * n + 64:
+        return np.argsort(values, kind="mergesort")
+    for c in range(n + 1):
+        start[c + 2] += start[c + 1]  # start[c + 1]: first slot of bucket c
+    order = np.empty(n, np.int64)
+    for k in range(n):  # ascending k: a bucket holds its entries in index order
+        c = bucket[k]
+        order[start[c + 1]] = k
+        start[c + 1] += 1
+    # start[c] is now the first slot of bucket c (and start[c + 1] its end).
+    for c in range(n + 1):
+        first, end = start[c], start[c + 1]
+        for x in range(first + 1, end):
+            key = order[x]
+            v = values[key]
+            y = x - 1
+            while y >= first and values[order[y]] > v:  # strictly larger only: ties keep index order
+                order[y + 1] = order[y]
+                y -= 1
+            order[y + 1] = key
+    return order
+
+
 @_pjit
-def delayed_queues(times, index, n_real, src, delays, q_times, q_index):
+def delayed_queues(times, index, n_real, src, delays, q_times, q_index, bucket_sort=True):
     """Per-neuron queues of a layer with delays from the shared queue of every sample (``_queue.delayed_queues``,
     identical values): row ``(b, i)`` holds the arrivals ``times[b, k] + delays[src[b, k], i]`` of the real entries,
-    stably sorted (simultaneous arrivals keep their shared-queue order), then ``+inf`` / ``-1`` padding.
-    ``src``: the source neuron of every shared-queue entry; outputs ``[batch, n_out, L1]`` pre-filled with padding."""
+    stably sorted (simultaneous arrivals keep their shared-queue order; ``stable_order``), then ``+inf`` / ``-1``
+    padding. ``src``: the source neuron of every shared-queue entry; outputs ``[batch, n_out, L1]``, every element
+    written here (padding included). ``bucket_sort=False``: the merge sort for every row (the benchmark's
+    baseline, benchmarks/bench_queues.py)."""
     batch, L1 = times.shape
     n_out = delays.shape[1]
     for r_ in prange(batch * n_out):
@@ -429,7 +491,10 @@ def delayed_queues(times, index, n_real, src, delays, q_times, q_index):
         arrival = np.empty(n)
         for k in range(n):
             arrival[k] = times[b, k] + delays[src[b, k], i]
-        order = np.argsort(arrival, kind="mergesort")  # stable
+        order = stable_order(arrival, bucket_sort)
         for k in range(n):
             q_times[b, i, k] = arrival[order[k]]
             q_index[b, i, k] = index[b, order[k]]
+        for k in range(n, L1):
+            q_times[b, i, k] = np.inf
+            q_index[b, i, k] = -1

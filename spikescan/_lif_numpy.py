@@ -262,9 +262,9 @@ def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
     return np.zeros((1, 1, 3)), False
 
 
-def _delayed_queues_compiled(input_times, delays):
+def _delayed_queues_compiled(input_times, delays, bucket_sort=True):
     """``build_queues`` with delays, the per-neuron sorts in the compiled kernel (identical queues: the same stable
-    order)."""
+    order; ``bucket_sort``: ``_lif_numba.stable_order``'s, else a merge sort per row)."""
     from . import _lif_numba
     from ._queue import shared_queue
 
@@ -273,11 +273,11 @@ def _delayed_queues_compiled(input_times, delays):
     n_out = delays.shape[1]
     max_in = max(input_times.shape[2], 1)
     src = np.where(index >= 0, index // max_in, 0)
-    q_times = np.full((batch, n_out, L1), np.inf)
-    q_index = np.full((batch, n_out, L1), -1, np.int64)
+    q_times = np.empty((batch, n_out, L1))  # every element written by the kernel
+    q_index = np.empty((batch, n_out, L1), np.int64)
     _lif_numba.delayed_queues(batch * n_out * L1, np.ascontiguousarray(times), np.ascontiguousarray(index),
                               np.ascontiguousarray(n_real), np.ascontiguousarray(src), np.ascontiguousarray(delays),
-                              q_times, q_index)
+                              q_times, q_index, bool(bucket_sort))
     return q_times, q_index, np.broadcast_to(n_real[:, None], (batch, n_out)).copy()
 
 

@@ -447,3 +447,40 @@ def test_recurrent_grazing_warning_from_the_compiled_backward():
     with pytest.warns(ss.GrazingSpikeWarning, match="1 grazing spike.*neuron 0 of sample 0 at t=12.0"):
         g = ss.lif_backward(r, np.ones_like(r.times), engine="numba")
     assert np.isfinite(g.weights).all() and g.threshold == 0.0
+
+
+def test_bucket_sort_is_the_stable_merge_sort_order():
+    """``_lif_numba.stable_order`` (bucket sort, merge sort fallback) returns ``np.argsort(kind="mergesort")``'s
+    permutation on rows built to break it: ties (also -0.0 against 0.0), all equal, sorted and reversed rows, outliers
+    that crowd the buckets (the fallback), spans that overflow or give an infinite scale, tiny rows, and random rows
+    with values on a coarse grid."""
+    from spikescan import _lif_numba
+
+    rng = np.random.default_rng(4)
+    rows = [np.array([]), np.array([3.0]), np.array([2.0, 1.0]), np.full(50, 7.0), np.array([0.0, -0.0, 0.0, -0.0]),
+            np.arange(100.0), np.arange(100.0)[::-1].copy(), np.r_[rng.uniform(0, 1, 200), 1e12],
+            np.r_[rng.uniform(0, 1, 50), -1e308, 1e308], np.array([0.0, 5e-324, 1e-323, 5e-324]),
+            np.r_[np.full(30, 1.0), np.full(30, 1.0 + 2**-52)], np.round(rng.uniform(0, 20, 500)) * 0.5,
+            rng.uniform(-1e3, 1e3, 5000), np.sort(rng.uniform(0, 1000, 3000)) + rng.uniform(0, 25, 3000)]
+    rows += [np.round(rng.normal(0, 10, int(n))) for n in rng.integers(2, 400, 30)]
+    for k, row in enumerate(rows):
+        want = np.argsort(row, kind="mergesort")
+        np.testing.assert_array_equal(_lif_numba.stable_order(row), want, err_msg=f"row {k}")
+        np.testing.assert_array_equal(_lif_numba.stable_order(row, False), want, err_msg=f"row {k} merge sort")
+
+
+def test_bucket_sort_stays_in_bounds(tmp_path):
+    """The bucket sort's indexing under Numba's bounds checking (a fresh cache, so the checked build is the one that
+    runs): an out-of-bounds bucket index would raise here instead of silently reading memory."""
+    code = ("import numpy as np\n"
+            "from spikescan import _lif_numba, _lif_numpy, _queue\n"
+            "rng = np.random.default_rng(1)\n"
+            "for row in (rng.uniform(0, 1, 300), np.arange(50.0), np.r_[rng.uniform(0, 1, 40), 1e9]):\n"
+            "    assert np.array_equal(_lif_numba.stable_order(row), np.argsort(row, kind='mergesort'))\n"
+            "t = np.sort(rng.uniform(0, 30, (2, 9, 5)), axis=-1)\n"
+            "D = rng.uniform(0, 4, (9, 6))\n"
+            "for a, b in zip(_queue.build_queues(t, D, np), _lif_numpy._delayed_queues_compiled(t, D)):\n"
+            "    assert np.array_equal(a, b)\n")
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
