@@ -37,8 +37,9 @@ recorded as ``approximation``.
 
 Times are medians over ``--repeats`` calls after a warm-up call (Numba compiles and JAX traces on the first call;
 the NumPy engine compiles nothing and gets none: its first timed call is the one checked); every call's time is
-kept in ``*_s_repeats``. The JSON starts with ``stamp`` (``_stamp.py``: commit, machine, versions), then ``environment`` (library versions, thread counts, the load average during the run: on a shared
-machine the absolute times move with it, ratios within one run less).
+kept in ``*_s_repeats``. The JSON starts with ``stamp`` (``_stamp.py``: commit, machine, versions), then
+``environment`` (library versions, thread counts, the load average during the run: on a shared machine the absolute
+times move with it, ratios within one run less).
 
     python benchmarks/bench_cpu_peers.py --output benchmarks/results/cpu_peers.json   # needs jaxsnn, snntorch
     python benchmarks/bench_cpu_peers.py --quick --peers none                           # smoke run

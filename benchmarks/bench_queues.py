@@ -91,8 +91,8 @@ def main(argv=None):
                           "bucket_over_numpy": by["numpy"] / by["numba_bucket"]}
         print(name, ", ".join(f"{k} {v:.2f}x" for k, v in speedups[name].items()))
     report = dict(benchmark="bench_queues", stamp=provenance,
-                  device=f"CPU: {provenance['cpu']}, {os.cpu_count()} cores", numba=numba.__version__, numba_threads=numba.get_num_threads(), repeats=args.repeats, rows=rows,
-                  speedups=speedups)
+                  device=f"CPU: {provenance['cpu']}, {os.cpu_count()} cores", numba=numba.__version__,
+                  numba_threads=numba.get_num_threads(), repeats=args.repeats, rows=rows, speedups=speedups)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

@@ -130,9 +130,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     rows = bench(shape, args.repeats)
-    report = dict(benchmark="bench_recurrent", stamp=stamp(), load_average=[load_start, os.getloadavg()[0]], settings=dict(shape=shape, tau_mem=TAU_MEM,
-                  tau_syn=TAU_SYN, duration_ms=DURATION, recurrent_std=0.04, recurrent_delays="uniform [1, 5] ms",
-                  repeats=args.repeats, quick=args.quick), rows=rows, seconds=time.perf_counter() - t0)
+    report = dict(benchmark="bench_recurrent", stamp=stamp(), load_average=[load_start, os.getloadavg()[0]],
+                  settings=dict(shape=shape, tau_mem=TAU_MEM, tau_syn=TAU_SYN, duration_ms=DURATION,
+                                recurrent_std=0.04, recurrent_delays="uniform [1, 5] ms", repeats=args.repeats,
+                                quick=args.quick),
+                  rows=rows, seconds=time.perf_counter() - t0)
     output = args.output or (None if args.quick else os.path.join(HERE, "results", "recurrent_cpu.json"))
     if output:
         with open(output, "w") as f:

@@ -100,7 +100,8 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
                 np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing,
                 np.int32(0), grad_th, grad_tm, grad_ts]
             block = _lif.block_size(count * _lif.WARP)
-            launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else ""), grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
+            launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else ""), grad_times.dtype,
+                   _lif._blocks(count * _lif.WARP, block), block, args)
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     tau = time_constant_grads
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
@@ -144,7 +145,8 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, ti
                 np.int32(input_times_grad), grad_in, np.int32(has_delays), grad_d, grad_th, grazing, np.int32(1),
                 thr_part, grad_tm, grad_ts]
             block = _lif.block_size(n * _lif.WARP)
-            launch(MODULE, KERNEL + (TAU_SUFFIX if tau else ""), grad_times.dtype, _lif._blocks(n * _lif.WARP, block), block, args)
+            launch(MODULE, KERNEL + (TAU_SUFFIX if tau else ""), grad_times.dtype, _lif._blocks(n * _lif.WARP, block),
+                   block, args)
             table = _queue.input_table(xp, shared_times[b0:b0 + n_b], shared_index[b0:b0 + n_b], n_in, max_in)
             common = [table, np.int64(stride), res.weights, D, np.int32(has_delays), res.tau_mem, res.tau_syn,
                       np.int64(n_in), np.int64(n_out), np.int64(max_in), np.int64(S), counts, np.int64(b0),

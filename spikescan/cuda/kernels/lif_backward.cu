@@ -24,10 +24,10 @@
 // Memory: pass 1 walks the points forward and stores a checkpoint (V, I, time, spikes so far) before every
 // SPIKESCAN_BWD_CHUNK-th point into `checkpoints` ([n_ckpt, 4, n_group] float64, laid out so that a warp's
 // stores coalesce: 32 bytes per neuron per chunk, allocated by the launcher for this call only; the launcher
-// splits the neurons into groups to bound it).  Pass 2 visits the
-// chunks last to first (ckpt_ready: the forward kernels wrote the checkpoints, [n_ckpt, 4, batch * n_out] indexed
-// by the flat neuron, and pass 1 is skipped), recomputes the chunk's previous-point states into registers/local memory (3 doubles + 1
-// index per point), and walks them in reverse.  Work: two forward walks and one reverse walk per point.
+// splits the neurons into groups to bound it).  Pass 2 visits the chunks last to first (ckpt_ready: the forward
+// kernels wrote the checkpoints, [n_ckpt, 4, batch * n_out] indexed by the flat neuron, and pass 1 is skipped),
+// recomputes the chunk's previous-point states into registers/local memory (3 doubles + 1 index per point), and
+// walks them in reverse.  Work: two forward walks and one reverse walk per point.
 // Reductions (grad_weights [n_in, n_out], grad_input_times [batch, n_in, max_in], grad_delays [n_in, n_out],
 // grad_threshold [n_out]; float64, zero-filled by the launcher; grad_input_times is only written when
 // has_input_grad != 0, grad_delays only when has_delays != 0) use atomicAdd on double (sm_60+): summation order,

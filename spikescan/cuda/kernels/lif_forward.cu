@@ -5,8 +5,8 @@
 // queue_end [batch, Q] int64; Q = 1 without delays, n_out with delays), or, with permuted != 0, the permutation
 // format of a layer with delays (common.cuh spikescan_queue_t: queue_times / queue_index / queue_end are then the
 // shared queue [batch, 1, L1] and its ends, queue_perm [batch, n_out, L1] uint16 and delays_t [n_out, n_in]; the
-// arrivals are recomputed bit for bit; queue_perm and delays_t are unused otherwise). All state and solves are float64; T is
-// the dtype of the recorded output times (float or double).  Outputs must be pre-filled by the launcher:
+// arrivals are recomputed bit for bit; queue_perm and delays_t are unused otherwise). All state and solves are
+// float64; T is the dtype of the recorded output times (float or double).  Outputs must be pre-filled by the launcher:
 // spike_times = +inf, spike_event = -1, out_times = +inf; the kernels write recorded spikes and counts.
 // Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif), whose closed
 // forms, gap test and solvers it calls.
@@ -230,8 +230,9 @@ __global__ void spikescan_lif_forward_scan(
     const double* __restrict__ threshold_arr, int solver, int quiet_exit,
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
     long long max_total_spikes, int width, int warp_solve, double* __restrict__ spike_times,
-    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
-    double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
+    long long n_ckpt) {
     const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
     const int lane = threadIdx.x & 31;
     if (tid >= batch * n_out) return;  // uniform across the warp
@@ -259,7 +260,8 @@ __global__ void spikescan_lif_forward_scan(
         if (active) {
             g = Neuron::decay(gap, tau_mem, tau_syn);
             m.a = g.a; m.c = g.c; m.b = g.b; m.eV = 0.0;
-            m.eI = (e < last) ? spikescan_event_weight(weights, q.index(e), max_in, n_out, i) : 0.0;  // Neuron::input_jump
+            // Neuron::input_jump as an affine map: the weight is added to I.
+            m.eI = (e < last) ? spikescan_event_weight(weights, q.index(e), max_in, n_out, i) : 0.0;
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
         }

@@ -9,10 +9,10 @@
 // where k_0, k_1, ... orders the entries by arrival and then by k. With permuted != 0 (spikescan/cuda/_queue.py
 // PERMUTATION, L1 <= 65536) a kernel writes instead q_perm[b, i, r] = k_r (uint16) for r < n_real[b] and
 // n_real[b] (a padding position of the shared queue: time +inf, index -1) for r >= n_real[b], 2 bytes per entry
-// instead of 12; the LIF kernels recompute the arrivals with the same addition (common.cuh spikescan_queue_t). Pairs are distinct, so the order is a total one
-// and equals the stable argsort of spikescan/_queue.py::delayed_queues (simultaneous arrivals keep their order in
-// the shared queue), bit for bit: the arrival is one IEEE double addition on both sides. Two kernels compute it
-// (spikescan/cuda/_queue.py chooses):
+// instead of 12; the LIF kernels recompute the arrivals with the same addition (common.cuh spikescan_queue_t).
+// Pairs are distinct, so the order is a total one and equals the stable argsort of
+// spikescan/_queue.py::delayed_queues (simultaneous arrivals keep their order in the shared queue), bit for bit:
+// the arrival is one IEEE double addition on both sides. Two kernels compute it (spikescan/cuda/_queue.py chooses):
 //
 // spikescan_delay_queue, bitonic sort: the network in the variant whose comparators all put the smaller element at
 // the lower position (the first step of every merge compares mirrored positions, k -> k ^ (2^s - 1)). Positions
