@@ -371,10 +371,32 @@ def _gpu_rows(results):
     return rows
 
 
+def _queue_rows(results):
+    """One row per shape of a bench_queues.py result: the compiled engine's delayed-queue sorts and NumPy's."""
+    rows = []
+    for name in results.names("benchmarks", "cpu_*.json"):
+        r = results.bench(name)
+        if r.get("benchmark") != "bench_queues":
+            continue
+        for shape in r["speedups"]:
+            by = {row["method"]: row for row in r["rows"] if row["shape"] == shape}
+            first = by["numba_bucket"]
+            measured = (f"delayed queues built by bucket sort in {seconds(first['seconds'])}: "
+                        f"{ratio(by['numba_merge']['seconds'] / first['seconds'])} the speed of the merge sort "
+                        f"({seconds(by['numba_merge']['seconds'])}), "
+                        f"{ratio(by['numpy']['seconds'] / first['seconds'])} NumPy's argsort "
+                        f"({seconds(by['numpy']['seconds'])}); identical queues")
+            rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons, delays (numba engine, "
+                         f"{r['numba_threads']} threads)", measured, f"one run (median of {r['repeats']} repeats)",
+                         _files([name], results)])
+    return rows
+
+
 def benchmarks_table(results):
     rows = []
     for name in _bench_lif_names(results):
         rows += _cpu_rows(name, results)
+    rows += _queue_rows(results)
     rows += _gpu_rows(results)
     caption = ("Each ratio compares times from one run on one machine; \"auto time / best method's\" divides auto's "
                "time by the faster of sequential and scan, so where auto runs the faster method's code it times the "
