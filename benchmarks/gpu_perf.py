@@ -2041,6 +2041,12 @@ def table(report):
     lines.append("gate: " + ("all pass" if report.get("gate") and not bad else
                              "; ".join(f"{k} {v['status']} {v['failed'] or v['reason']}" for k, v in bad.items())
                              or "not run"))
+    repeats = {name: c for name, v in stages.get("gate", {}).get("result", {}).get("variants", {}).items()
+               for c in v.get("checks", []) if c.get("check") == "layer1/repeatable"}
+    if repeats:
+        differ = sorted(k for k, c in repeats.items() if not c["bit_identical"])
+        lines.append(f"backward twice, bit-identical: {len(repeats) - len(differ)}/{len(repeats)} variants"
+                     + (f"; differ: {', '.join(differ)}" if differ else ""))
     ratio = {(s["batch"], s["variant"], s["baseline"], s["measure"]): s["ratio"] for s in report["speedups"]}
     for role, batch in CONFIG[report["dry_run"]]["batches"].items():
         rows = stages.get(f"network_{role}", {}).get("result", {}).get("variants", {})
