@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 import spikescan as ss
 from spikescan import _lif_numpy, _validate
-from spikescan.cuda import _hostemu, _lif, _readout
+from spikescan.cuda import _closed, _hostemu, _lif, _readout
 
 from tolerances import TOL
 
@@ -267,6 +267,10 @@ def check_emulated(case):
             for bwd in BACKWARD_KERNELS:
                 assert_same_grads(ref_g, _lif.backward(np, hk.launch, out, G, bwd, time_constant_grads=True), dtype,
                                   f"(emulated forward {method}, backward kernel {bwd})", cond)
+            if method == "sequential":  # the closed-form kernel, atomic and deterministic reductions
+                for det in (False, True):
+                    assert_same_grads(ref_g, _closed.backward_closed(np, hk.launch, out, G, True, det, True), dtype,
+                                      f"(emulated forward {method}, closed-form kernel, deterministic={det})", cond)
     return ref
 
 
