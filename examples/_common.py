@@ -37,6 +37,7 @@ import time
 import keras
 from keras import ops
 
+import spikescan
 from spikescan.datasets import SpikeBatches
 from spikescan_keras import FiringMonitor, LIFLayer, distributed
 
@@ -61,18 +62,28 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
                    help="back up the training state to DIR (a folder of its own: it is deleted at the end) at the end "
                         "of each epoch; run the same command again after an interruption and it resumes from the "
                         "backup (default: no backup)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bit-identical spiking layers and readouts from run to run on a GPU "
+                        "(spikescan.set_deterministic; NumPy inputs always are); the summary records it")
     p.add_argument("--backup-every", type=_positive_int, default=None, metavar="N",
                    help="with --backup-dir, also back up every N training batches, so an interruption mid-epoch "
                         "loses at most N batches of training (default: at the end of each epoch only)")
     return p
 
 
-def initialize_distributed():
-    """Join the process group when started by ``torchrun`` (``spikescan_keras.distributed.initialize``) and set the
-    CPU threads (``cpu_threads``); returns the number of processes (1 otherwise). Call it before building the
-    model."""
+def initialize_distributed(args=None):
+    """Join the process group when started by ``torchrun`` (``spikescan_keras.distributed.initialize``), set the
+    CPU threads (``cpu_threads``) and, with ``args.deterministic``, spikescan's bitwise-reproducible mode; returns
+    the number of processes (1 otherwise). Call it before building the model."""
+    apply_deterministic(args)
     cpu_threads()
     return distributed.initialize()
+
+
+def apply_deterministic(args):
+    """``spikescan.set_deterministic(True)`` when the run asked for it (``--deterministic``)."""
+    if args is not None and getattr(args, "deterministic", False):
+        spikescan.set_deterministic(True)
 
 
 def cpu_threads():
@@ -295,7 +306,8 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
     ``args.output`` if set, by rank 0 only."""
     out = {"dataset": dataset, "test_accuracy": result["test_accuracy"], "epochs": args.epochs,
            "seconds": result["seconds"], "device": device_name(), "backend": keras.backend.backend(),
-           "world_size": distributed.world_size(), "dropped_input_spikes": int(dropped_input_spikes),
+           "world_size": distributed.world_size(), "deterministic": spikescan.deterministic(),
+           "dropped_input_spikes": int(dropped_input_spikes),
            "capped_spikes": result["capped_spikes"]}
     out.update({k: v for k, v in result.items() if k not in out})
     out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,

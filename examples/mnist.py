@@ -47,7 +47,7 @@ def main(argv=None):
     parser = _common.parser(__doc__, epochs=20, batch_size=64, hidden=350, learning_rate=2e-3, max_spikes=4)
     parser.add_argument("--t-max", type=float, default=20.0, help="latest input spike time in ms (latency code)")
     args = parser.parse_args(argv)
-    _common.initialize_distributed()
+    _common.initialize_distributed(args)
 
     keras.utils.set_random_seed(args.seed)
     train, test = (_common.first(_common.load(latency_mnist, split, t_max=args.t_max, data_dir=args.data_dir),

@@ -93,7 +93,7 @@ def run(name, argv, doc):
         parser.error(f"--data-dir is required: the folder with {', '.join(f'{name}_{s}.h5' for s in splits)} "
                      f"(download: python -c \"from spikescan.datasets import download_{name}; "
                      f"download_{name}('DIR')\")")
-    _common.initialize_distributed()
+    _common.initialize_distributed(args)
 
     keras.utils.set_random_seed(args.seed)
     data = {split: load_split(name, split, args) for split in splits}

@@ -159,7 +159,7 @@ def main(argv=None):
         except ImportError as err:
             raise SystemExit("error: --plot needs matplotlib: pip install spikescan[plot]") from err
 
-    world_size = _common.initialize_distributed()
+    world_size = _common.initialize_distributed(args)
     keras.utils.set_random_seed(args.seed)
     train, val, test = (yinyang(n if args.limit is None else min(n, args.limit), seed=s)
                         for n, s in ((5000, 42), (1000, 41), (1000, 40)))
@@ -179,7 +179,7 @@ def main(argv=None):
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
                "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
-               "world_size": world_size,
+               "world_size": world_size, "deterministic": spikescan.deterministic(),
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),
                "calibration": _common.kernel_scales(model),
                "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key},

@@ -37,6 +37,7 @@ import keras  # noqa: E402
 
 import _common  # noqa: E402
 import yinyang as latency  # noqa: E402  (examples/yinyang.py)
+import spikescan  # noqa: E402
 from spikescan.datasets import bin_times, yinyang  # noqa: E402
 
 DELTA, ONSET_MAX = 0.5, 20.0
@@ -78,6 +79,7 @@ def main(argv=None):
     for width in args.bin_widths:
         if not width > 0:
             parser.error(f"--bin-widths must be positive, got {width!r}")
+    _common.apply_deterministic(args)
 
     splits = ((5000, 42), (1000, 41), (1000, 40))
     train, val, test = (yinyang(n if args.limit is None else min(n, args.limit), seed=s, variant="timing",
@@ -86,7 +88,7 @@ def main(argv=None):
     summary = {"dataset": "yinyang_timing", "test_accuracy": runs[0]["test_accuracy"], "epochs": args.epochs,
                "seconds": round(sum(r["seconds"] for r in runs), 1), "device": _common.device_name(),
                "backend": keras.backend.backend(), "delta_ms": DELTA, "onset_max_ms": ONSET_MAX,
-               "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN, "runs": runs}
+               "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN, "deterministic": spikescan.deterministic(), "runs": runs}
     _common.emit(summary, args.output)
     _common.remove_backup(args)
     return summary

@@ -183,6 +183,24 @@ def test_yinyang(tmp_path):
     check_summary(tmp_path / "yinyang.json", returned, "yinyang")
 
 
+def test_deterministic_flag_sets_the_switch_and_is_recorded(tmp_path, monkeypatch):
+    """``--deterministic`` turns on ``spikescan.set_deterministic`` for the run (it changes nothing on a CPU, where
+    every engine is deterministic) and the summary says so; without it the summary records ``False``."""
+    import spikescan
+
+    monkeypatch.delenv("SPIKESCAN_DETERMINISTIC", raising=False)
+    args = ["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8", "--verbose", "0"]
+    try:
+        plain = example("yinyang").main(args + ["--output", str(tmp_path / "plain.json")])
+        assert plain["deterministic"] is False and not spikescan.deterministic()
+        det = example("yinyang").main(args + ["--deterministic", "--output", str(tmp_path / "det.json")])
+        assert det["deterministic"] is True and spikescan.deterministic()
+        assert json.loads((tmp_path / "det.json").read_text())["deterministic"] is True
+        assert det["test_accuracy"] == plain["test_accuracy"]  # the same run: NumPy inputs are deterministic anyway
+    finally:
+        spikescan.set_deterministic(None)
+
+
 def test_yinyang_timing(tmp_path):
     returned = example("yinyang_timing").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden",
                                                "8", "--bin-widths", "1.0", "0.1", "--verbose", "0",
