@@ -103,15 +103,20 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
     return true;
 }
 
+// The leading parameters of the three forward kernels (the launcher, spikescan/cuda/_lif.py forward, passes them
+// first to each); each kernel appends its own.
+#define SPIKESCAN_LIF_FORWARD_PARAMS \
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index, \
+    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm, \
+    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights, \
+    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, \
+    const double* __restrict__ threshold_arr, int solver, int quiet_exit, \
+    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes, \
+    long long max_total_spikes
+
 template <typename T, class Neuron>
 __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
-    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr, int solver, int quiet_exit,
-    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    long long max_total_spikes, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    SPIKESCAN_LIF_FORWARD_PARAMS, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
     double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -162,13 +167,7 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
 // t_last = -inf).  A stuck neuron (finite stuck_times[tid]) takes no further step.
 template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_step(
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
-    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr, int solver, int quiet_exit,
-    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    long long max_total_spikes, long long k, double* __restrict__ state_V, double* __restrict__ state_I,
+    SPIKESCAN_LIF_FORWARD_PARAMS, long long k, double* __restrict__ state_V, double* __restrict__ state_I,
     double* __restrict__ state_t, double* __restrict__ state_last, double* __restrict__ spike_times,
     long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
     double* __restrict__ stuck_times, double* __restrict__ stuck_current) {
@@ -223,13 +222,7 @@ __global__ void spikescan_lif_forward_step(
 // dropped.  Work per round: one decay + gap test per lane and 5 x 5 shuffles; a spike costs one extra round.
 template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_scan(
-    const double* __restrict__ queue_times, const int* __restrict__ queue_index,
-    const long long* __restrict__ queue_end, const unsigned short* __restrict__ queue_perm,
-    const double* __restrict__ delays_t, int permuted, long long n_in, const double* __restrict__ weights,
-    const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr,
-    const double* __restrict__ threshold_arr, int solver, int quiet_exit,
-    long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes,
-    long long max_total_spikes, int width, int warp_solve, double* __restrict__ spike_times,
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
     long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
     double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
     long long n_ckpt) {
