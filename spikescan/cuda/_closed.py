@@ -79,7 +79,6 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
     n_out = res.weights.shape[1]
     max_spikes = res.spike_times.shape[2]
     queue_args = _lif.residual_queue_args(xp, res)
-    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
     grad_w, grad_in, grad_d, grad_th, grazing = _lif.gradient_buffers(xp, res, input_times_grad)
@@ -93,19 +92,31 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
         work = (xp.full if xp.__name__ == "numpy" else _lif._empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
         for start in range(0, n, group):
             count = min(group, n - start)
-            args = queue_args + [
-                res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
-                np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(max_spikes),
-                np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts, grad_times, work, grad_w,
-                np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d, grad_th, grazing,
-                np.int32(0), grad_th, grad_tm, grad_ts]
+            args = _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad,
+                                [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts)
             block = _lif.block_size(count * _lif.WARP)
             launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else ""), grad_times.dtype,
                    _lif._blocks(count * _lif.WARP, block), block, args)
-    # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     tau = time_constant_grads
+    # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
                              grad_d, grad_th, grad_tm if tau else None, grad_ts if tau else None, stacklevel=5)
+
+
+def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad, grads, records,
+                 thr_part, grad_tm, grad_ts):
+    """The arguments of ``spikescan_lif_backward_closed[_tau]`` for neurons ``[start, start + count)``; ``grads``:
+    ``[grad_w, grad_in, grad_d, grad_th, grazing]`` (``_lif.gradient_buffers``); ``records``: 0 (atomic sums) or 1
+    (per-spike records in ``work``, the per-neuron terms in ``thr_part``)."""
+    batch, n_in, max_in = res.input_shape
+    grad_w, grad_in, grad_d, grad_th, grazing = grads
+    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
+    return queue_args + [
+        res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
+        np.int64(res.weights.shape[1]), np.int64(n_queues), np.int64(L1), np.int64(max_in),
+        np.int64(res.spike_times.shape[2]), np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts,
+        grad_times, work, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d,
+        grad_th, grazing, np.int32(records), thr_part, grad_tm, grad_ts]
 
 
 def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads):
@@ -116,7 +127,6 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, ti
     S = res.spike_times.shape[2]
     has_delays = res.delays is not None
     queue_args = _lif.residual_queue_args(xp, res)
-    n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
     shared_times, shared_index = _queue.shared_queue_of(res)
     grad_times = xp.ascontiguousarray(grad_times)
     counts = xp.ascontiguousarray(result.counts, dtype=xp.int64)
@@ -138,12 +148,8 @@ def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, ti
             n = n_b * n_out
             rec = fill(RECORD_FIELDS * S * n, np.nan, dtype=xp.float64)
             thr_part = fill(3 * n, np.nan, dtype=xp.float64)  # threshold, tau_mem, tau_syn terms per neuron
-            args = queue_args + [
-                res.weights, res.tau_mem, res.tau_syn, res.threshold, np.int64(batch), np.int64(n_in),
-                np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in), np.int64(S),
-                np.int64(b0 * n_out), np.int64(n), res.spike_times, res.spike_event, counts, grad_times, rec, grad_w,
-                np.int32(input_times_grad), grad_in, np.int32(has_delays), grad_d, grad_th, grazing, np.int32(1),
-                thr_part, grad_tm, grad_ts]
+            args = _neuron_args(res, queue_args, b0 * n_out, n, counts, grad_times, rec, input_times_grad,
+                                [grad_w, grad_in, grad_d, grad_th, grazing], 1, thr_part, grad_tm, grad_ts)
             block = _lif.block_size(n * _lif.WARP)
             launch(MODULE, KERNEL + (TAU_SUFFIX if tau else ""), grad_times.dtype, _lif._blocks(n * _lif.WARP, block),
                    block, args)
