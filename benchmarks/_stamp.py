@@ -100,3 +100,15 @@ if __name__ == "__main__":
     import json
 
     print(json.dumps(stamp(), indent=2))
+
+
+def write_json(report, path, indent=2):
+    """Write ``report`` to ``path`` (parent folders created) through a temporary file and a rename, so that an
+    interrupted run never leaves half a result file behind."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=indent)
+    os.replace(tmp, path)

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -68,7 +67,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import spikescan as ss  # noqa: E402
-from _stamp import stamp  # noqa: E402
+from _stamp import stamp, write_json  # noqa: E402
 from bench_lif import shd_like_inputs  # noqa: E402
 from spikescan.datasets import yinyang  # noqa: E402
 
@@ -636,9 +635,7 @@ def main(argv=None):
     for r in report["ratios"]:
         print(f"{r['layer']:<11} {r['ratio']}: forward {r['forward']:.2f}x, fwd+bwd {r['forward_backward']:.2f}x")
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output)
     return report
 
 

@@ -19,7 +19,6 @@ ratios on that machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import spikescan as ss  # noqa: E402
-from _stamp import stamp  # noqa: E402
+from _stamp import stamp, write_json  # noqa: E402
 
 # The shapes of the core issue: (a) an SHD-like hidden layer, (b) online inference with few neurons.
 SHAPES = {
@@ -183,9 +182,7 @@ def main(argv=None):
             print(f"{name} over {args.runs} runs:", ", ".join(
                 f"{k} {v['min']:.3f}-{v['max']:.3f} (spread {100 * v['spread']:.1f}%)" for k, v in entry.items()))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output)
     return report
 
 

@@ -33,7 +33,6 @@ check that both give identical queues (report key ``queues``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -45,7 +44,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
 import spikescan as ss  # noqa: E402
-from _stamp import stamp  # noqa: E402
+from _stamp import stamp, write_json  # noqa: E402
 from bench_lif import DURATION, TAU_MEM, TAU_SYN, shd_like_inputs  # noqa: E402
 
 BATCHES = (1, 8, 64, 256)
@@ -375,9 +374,7 @@ def main(argv=None):
                                 backward_kernels={n: BACKWARDS[n] for n in args.backward}),
                   rows=rows, summary=summary, baselines=baselines, jax=jax_result, queues=queues)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output)
         print(f"wrote {args.output}")
     return 0
 

@@ -19,7 +19,6 @@ warm-up call (Numba compiles, or loads its cache, then); the JSON is stamped wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
-from _stamp import stamp  # noqa: E402
+from _stamp import stamp, write_json  # noqa: E402
 from bench_lif import shd_like_inputs  # noqa: E402
 
 SHAPES = {
@@ -94,9 +93,7 @@ def main(argv=None):
                   device=f"CPU: {provenance['cpu']}, {os.cpu_count()} cores", numba=numba.__version__,
                   numba_threads=numba.get_num_threads(), repeats=args.repeats, rows=rows, speedups=speedups)
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(report, args.output)
     return report
 
 

@@ -18,7 +18,6 @@ are against the reference (NumPy ``sequential``) on the same layer.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import spikescan as ss  # noqa: E402
 from spikescan._lif_numpy import numba_available  # noqa: E402
-from _stamp import stamp  # noqa: E402
+from _stamp import stamp, write_json  # noqa: E402
 
 TAU_MEM, TAU_SYN, DURATION = 20.0, 5.0, 1000.0
 FULL = dict(batch=4, n_in=700, spikes=3000, n_out=128)
@@ -137,8 +136,7 @@ def main(argv=None):
                   rows=rows, seconds=time.perf_counter() - t0)
     output = args.output or (None if args.quick else os.path.join(HERE, "results", "recurrent_cpu.json"))
     if output:
-        with open(output, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(report, output, indent=1)
         print(f"wrote {output}")
     return report
 

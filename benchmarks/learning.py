@@ -64,7 +64,7 @@ if HERE not in sys.path:
 
 import keras  # noqa: E402
 
-from _stamp import stamp  # noqa: E402
+from _stamp import stamp, write_json  # noqa: E402
 from report import learning_table  # noqa: E402
 from spikescan import encode  # noqa: E402
 from spikescan.datasets import yinyang, yinyang_points  # noqa: E402
@@ -289,11 +289,7 @@ def markdown(report):
 
 def _write(report, path):
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, path)
+        write_json(report, path)
 
 
 def parse(argv):
