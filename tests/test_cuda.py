@@ -593,6 +593,30 @@ def test_readout_deterministic_reductions(backend, monkeypatch, readout, tau_rea
                                    rtol=1e-13, atol=1e-13, err_msg=name)
 
 
+def test_readout_deterministic_partials_are_checked_against_the_memory_limit(host_kernels, monkeypatch):
+    """The deterministic readout's ``[batch, n_in, n_out]`` partial sums are counted before they are allocated: a
+    limit below them is a ``MemoryError`` naming the call and the sizes, and nothing is launched."""
+    rng = np.random.default_rng(3)
+    t = random_spikes(rng, 8, 40, 3, t_max=5.0)
+    W, tau = rng.normal(size=(40, 10)), np.ones(10)
+    launched = []
+
+    def launch(*args, **kw):
+        launched.append(args[1])
+        return host_kernels.launch(*args, **kw)
+
+    monkeypatch.setattr(_readout, "DETERMINISTIC", True)
+    previous = ss.set_memory_limit(8 * 8 * 40 * 10 - 1)  # one float64 short of the forward's partial sums
+    try:
+        with pytest.raises(MemoryError, match=r"li_forward\(batch=8, n_in=40, n_out=10\) with .*set_deterministic"):
+            _readout.forward(np, launch, t, W, tau, tau, "final", 4.0, None)
+        assert launched == []
+    finally:
+        ss.set_memory_limit(previous)
+    out = _readout.forward(np, launch, t, W, tau, tau, "final", 4.0, None)
+    assert launched == ["spikescan_li_linear_forward"] and out.values.shape == (8, 10)
+
+
 @pytest.mark.parametrize("readout", ["final", "integral", "max"])
 def test_readout_empty_inputs(backend, readout):
     t = np.zeros((2, 3, 0))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _determinism
+from .. import _determinism, _memory
 from .._queue import build_queues
 from .._types import LIGrads, LIResiduals, LIResult
 
@@ -50,6 +50,16 @@ def li_backward_cuda(result, grad_values, time_constant_grads=False):
     import cupy
 
     return backward(cupy, _cupy_launch, result, grad_values, time_constant_grads)
+
+
+def _check_partials(what, batch, n_in, n_out, max_in, n_buffers, xp):
+    """``MemoryError`` naming the sizes before the deterministic kernels' ``n_buffers`` float64 ``[batch, n_in,
+    n_out]`` partial sums (and the input gradient) are allocated."""
+    per = 8 * batch * n_in * n_out
+    parts = {"partial sums": n_buffers * per, "input gradient": 8 * batch * n_in * max_in}
+    _memory.check(f"{what}(batch={batch}, n_in={n_in}, n_out={n_out}) with spikescan.set_deterministic", parts, xp,
+                  "reduce the batch, or turn the deterministic mode off (its partial sums take "
+                  f"{n_buffers} x 8 bytes per (sample, input, output) triple)")
 
 
 def enabled():
@@ -84,6 +94,8 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
                 np.int64(max_in), values, eval_time, kink_index])
     else:
         det = enabled()
+        if det:
+            _check_partials("li_forward", batch, n_in, n_out, 0, 1, xp)
         acc = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
         gamma = 0.0 if tau_readout is None else 1.0 / tau_readout
         launch("readout", "spikescan_li_linear_forward", dtype, _blocks(batch * n_in * n_out), THREADS_PER_BLOCK,
@@ -108,6 +120,9 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
     n_out = W.shape[1]
     g = xp.ascontiguousarray(grad_values)
     det = enabled()
+    if det:
+        _check_partials("li_backward", batch, n_in, n_out, max_in,
+                        1 + 2 * bool(time_constant_grads) + 2 * (res.readout == "max"), xp)
     # Deterministic: the (batch, channel, neuron) threads' partial sums, reduced below in a fixed order.
     per_neuron = (batch, n_in, n_out) if det else (n_out,)
     grad_w = xp.zeros((batch, n_in, n_out) if det else (n_in, n_out), dtype=xp.float64)
