@@ -474,6 +474,65 @@ def stable_order(values, bucket_sort=True):
 
 
 @_pjit
+def unrolled_counts(qend, Q, log_k, log_n, R, n_out, out_end):
+    """Entries per (sample, neuron) row of the unrolled recurrent layer (``unrolled_queues``): the neuron's input
+    entries plus the recurrent arrivals it received (spikes ``m < log_n[b]`` of neurons ``k`` with ``R[k, i] !=
+    0``); ``out_end [batch * n_out]``."""
+    for r_ in prange(out_end.shape[0]):
+        r = np.int64(r_)
+        b = r // n_out
+        i = r - b * n_out
+        n = qend[b * Q + (i if Q > 1 else 0)]
+        for m in range(log_n[b]):
+            if R[log_k[b, m], i] != 0.0:
+                n += 1
+        out_end[r] = n
+
+
+@_pjit
+def unrolled_queues(qt, qi, qend, Q, max_in, n_in, log_t, log_k, log_n, R, Dr, has_rd, n_out, out_times,
+                    out_index):
+    """The queues of ``_recurrent.unrolled_residuals`` (identical values) for NumPy arrays: row ``(b, i)`` holds the
+    neuron's input entries (source ``j = flat // max_in``) merged with the recurrent arrivals it received
+    (``log_t[b, m] + Dr[k, i]``, source ``n_in + k``, zero-weight arrivals left out), ascending, at equal times the
+    inputs first and the arrivals in spike order: the stable sort of the NumPy version. The arrivals are put in order
+    by ``stable_order`` and merged with the (already sorted) input entries. Outputs ``[batch, n_out, L]``, every
+    element written (``+inf`` / ``-1`` padding)."""
+    L = out_times.shape[2]
+    M = log_t.shape[1]
+    for r_ in prange(out_times.shape[0] * n_out):
+        r = np.int64(r_)
+        b = r // n_out
+        i = r - b * n_out
+        row = b * Q + (i if Q > 1 else 0)
+        n_ext = qend[row]
+        rec_t = np.empty(M)
+        rec_src = np.empty(M, np.int64)
+        n_rec = 0
+        for m in range(log_n[b]):
+            k = log_k[b, m]
+            if R[k, i] != 0.0:
+                rec_t[n_rec] = log_t[b, m] + (Dr[k, i] if has_rd else 0.0)
+                rec_src[n_rec] = n_in + k
+                n_rec += 1
+        order = stable_order(rec_t[:n_rec])
+        a = 0
+        c = 0
+        for p in range(n_ext + n_rec):
+            if c >= n_rec or (a < n_ext and qt[row, a] <= rec_t[order[c]]):  # ties: the input first
+                out_times[b, i, p] = qt[row, a]
+                out_index[b, i, p] = qi[row, a] // max_in
+                a += 1
+            else:
+                out_times[b, i, p] = rec_t[order[c]]
+                out_index[b, i, p] = rec_src[order[c]]
+                c += 1
+        for p in range(n_ext + n_rec, L):
+            out_times[b, i, p] = np.inf
+            out_index[b, i, p] = -1
+
+
+@_pjit
 def delayed_queues(times, index, n_real, src, delays, q_times, q_index, bucket_sort=True):
     """Per-neuron queues of a layer with delays from the shared queue of every sample (``_queue.delayed_queues``,
     identical values): row ``(b, i)`` holds the arrivals ``times[b, k] + delays[src[b, k], i]`` of the real entries,

@@ -444,7 +444,7 @@ def _recurrent_time_constant_grads(res, grad_times, engine, spike_grads=None):
 
     if spike_grads is None:
         spike_grads = _recurrent.backward(res, grad_times, False, spike_grads=True)[0]["spike_grads"]
-    unrolled, g_unrolled = _recurrent.unrolled_layer(res, spike_grads)
+    unrolled, g_unrolled = _recurrent.unrolled_layer(res, spike_grads, compiled=engine == "numba")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
         grads = lif_backward(unrolled, g_unrolled, "auto", input_times_grad=False, engine=engine,

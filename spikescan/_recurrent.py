@@ -506,7 +506,7 @@ def _bisect_left(sorted_rows, values, xp=np):
     return lo
 
 
-def unrolled_layer(res, spike_grads):
+def unrolled_layer(res, spike_grads, compiled=False):
     """The recurrent layer as a feed-forward one whose inputs include its own spikes, all held fixed.
 
     Each neuron's queue is its input entries merged with the recurrent arrivals it received (sources ``n_in + k``
@@ -514,7 +514,8 @@ def unrolled_layer(res, spike_grads):
     spike order); every spike is recorded, with cotangent ``spike_grads`` (its derivative through everything outside
     its neuron). By the chain rule over spikes, this layer's gradients of anything that acts on one neuron's own
     dynamics (time constants, threshold, the weights into it) are the recurrent layer's.
-    Returns ``(LIFResult, grad_times)`` for ``_lif_numpy.lif_backward``."""
+    Returns ``(LIFResult, grad_times)`` for ``_lif_numpy.lif_backward``; ``compiled``: the queues by the compiled
+    kernels (``unrolled_residuals``)."""
     from ._types import LIFResult
 
     log = res.recurrent_log
@@ -531,10 +532,10 @@ def unrolled_layer(res, spike_grads):
     g = np.zeros((batch, n_out, C))
     spike_t[vb, log.neurons[vb, vm], pos[vb, vm]] = log.times[vb, vm]
     g[vb, log.neurons[vb, vm], pos[vb, vm]] = spike_grads[vb, vm]
-    return LIFResult(times=spike_t, counts=counts, residuals=unrolled_residuals(np, res, spike_t)), g
+    return LIFResult(times=spike_t, counts=counts, residuals=unrolled_residuals(np, res, spike_t, compiled)), g
 
 
-def unrolled_residuals(xp, res, spike_t):
+def unrolled_residuals(xp, res, spike_t, compiled=False):
     """``LIFResiduals`` of the unrolled layer (``unrolled_layer``) for any array module ``xp`` (NumPy, or CuPy for
     the CUDA backward, which has each neuron's spikes ``spike_t [batch, n_out, C]`` from its spike walk).
 
@@ -542,9 +543,58 @@ def unrolled_residuals(xp, res, spike_t):
     and its ``n_out`` neurons with one flat index per source (``input_shape (batch, n_in + n_out, 1)``: the weight
     row of each entry; the unrolled layer's input-time gradients mean nothing and are never asked for), weights
     ``[n_in + n_out, n_out]`` (the input weights over the recurrent ones). Memory: a few ``[batch, n_out, L1 + M]``
-    arrays (``L1`` the input queue's length, ``M`` the longest spike log)."""
+    arrays (``L1`` the input queue's length, ``M`` the longest spike log). ``compiled`` (NumPy only): the queues by
+    the compiled kernels (``_lif_numba.unrolled_queues``: the same values, each row merged instead of sorted)."""
     from ._types import LIFResiduals
 
+    batch, n_in, _ = res.input_shape
+    n_out = res.weights.shape[1]
+    if compiled and xp is np:
+        times, index, end = _unrolled_queues_compiled(res)
+    else:
+        times, index, end = _unrolled_queues(xp, res)
+    # A spike lies after the entries before its time (an arrival at its exact time comes after it).
+    event = xp.where(xp.isfinite(spike_t), _bisect_left(times, spike_t, xp), -1)
+    W = xp.concatenate([res.weights, res.recurrent_weights], axis=0)
+    return LIFResiduals(
+        queue_times=times, queue_index=index, queue_end=end.astype(xp.int64), spike_times=spike_t,
+        spike_event=event, weights=W, delays=None, tau_mem=res.tau_mem, tau_syn=res.tau_syn,
+        threshold=res.threshold, threshold_is_scalar=False, input_shape=(batch, n_in + n_out, 1),
+        input_dtype=np.dtype(np.float64), weights_dtype=np.dtype(np.float64), delays_dtype=None, solver=res.solver)
+
+
+def _unrolled_queues_compiled(res):
+    """``_unrolled_queues`` on NumPy by ``_lif_numba.unrolled_counts`` / ``unrolled_queues``."""
+    from . import _lif_numba
+
+    log = res.recurrent_log
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    qt, qi, qend = res.queue_times, res.queue_index, res.queue_end
+    Q, L1 = qt.shape[1], qt.shape[2]
+    qt2 = np.ascontiguousarray(qt.reshape(batch * Q, L1))
+    qi2 = np.ascontiguousarray(qi.reshape(batch * Q, L1), dtype=np.int64)
+    qe = np.ascontiguousarray(qend.reshape(-1), dtype=np.int64)
+    log_t = np.ascontiguousarray(log.times, dtype=np.float64)
+    log_k = np.ascontiguousarray(log.neurons, dtype=np.int64)
+    log_n = np.ascontiguousarray(log.count, dtype=np.int64)
+    R = np.ascontiguousarray(res.recurrent_weights, dtype=np.float64)
+    has_rd = res.recurrent_delays is not None
+    Dr = np.ascontiguousarray(res.recurrent_delays, dtype=np.float64) if has_rd else R
+    work = batch * n_out * (L1 + log_t.shape[1])
+    end = np.empty(batch * n_out, np.int64)
+    _lif_numba.unrolled_counts(work, qe, Q, log_k, log_n, R, n_out, end)
+    L = int(end.max()) + 1 if end.size else 1
+    times = np.empty((batch, n_out, L))
+    index = np.empty((batch, n_out, L), np.int64)
+    _lif_numba.unrolled_queues(work, qt2, qi2, qe, Q, max(max_in, 1), n_in, log_t, log_k, log_n, R, Dr, has_rd,
+                               n_out, times, index)
+    return times, index, end.reshape(batch, n_out)
+
+
+def _unrolled_queues(xp, res):
+    """The unrolled layer's queues ``(times, index, end)``: ``[batch, n_out, L]`` ascending, source indices, real
+    entries per row (see ``unrolled_residuals``)."""
     log = res.recurrent_log
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
@@ -574,11 +624,4 @@ def unrolled_residuals(xp, res, spike_t):
     L = int(end.max()) + 1 if end.size else 1  # a host sync on CuPy
     times = xp.concatenate([times, xp.full((batch, n_out, 1), xp.inf)], axis=2)[:, :, :L]
     index = xp.concatenate([index, xp.full((batch, n_out, 1), -1, index.dtype)], axis=2)[:, :, :L]
-    # A spike lies after the entries before its time (an arrival at its exact time comes after it).
-    event = xp.where(xp.isfinite(spike_t), _bisect_left(times, spike_t, xp), -1)
-    W = xp.concatenate([res.weights, res.recurrent_weights], axis=0)
-    return LIFResiduals(
-        queue_times=times, queue_index=index, queue_end=end.astype(xp.int64), spike_times=spike_t,
-        spike_event=event, weights=W, delays=None, tau_mem=res.tau_mem, tau_syn=res.tau_syn,
-        threshold=res.threshold, threshold_is_scalar=False, input_shape=(batch, n_in + n_out, 1),
-        input_dtype=np.dtype(np.float64), weights_dtype=np.dtype(np.float64), delays_dtype=None, solver=res.solver)
+    return times, index, end

@@ -470,7 +470,7 @@ def test_bucket_sort_is_the_stable_merge_sort_order():
 
 
 def test_bucket_sort_stays_in_bounds(tmp_path):
-    """The bucket sort's indexing under Numba's bounds checking (a fresh cache, so the checked build is the one that
+    """The bucket sort's (and the unrolled recurrent queues') indexing under Numba's bounds checking (a fresh cache, so the checked build is the one that
     runs): an out-of-bounds bucket index would raise here instead of silently reading memory."""
     code = ("import numpy as np\n"
             "from spikescan import _lif_numba, _lif_numpy, _queue\n"
@@ -480,7 +480,69 @@ def test_bucket_sort_stays_in_bounds(tmp_path):
             "t = np.sort(rng.uniform(0, 30, (2, 9, 5)), axis=-1)\n"
             "D = rng.uniform(0, 4, (9, 6))\n"
             "for a, b in zip(_queue.build_queues(t, D, np), _lif_numpy._delayed_queues_compiled(t, D)):\n"
-            "    assert np.array_equal(a, b)\n")
+            "    assert np.array_equal(a, b)\n"
+            "import spikescan as ss\n"
+            "from spikescan import _recurrent\n"
+            "R = rng.normal(0, 0.3, (6, 6)); R[0, 1] = 0.0\n"
+            "r = ss.lif_forward(t, rng.normal(0.9, 0.7, (9, 6)), delays=D, tau_mem=6.0, tau_syn=3.0, max_spikes=3,\n"
+            "                   recurrent_weights=R, recurrent_delays=rng.uniform(0, 2, (6, 6)), engine='numpy')\n"
+            "g = np.ones(r.residuals.recurrent_log.times.shape)\n"
+            "a, _ = _recurrent.unrolled_layer(r.residuals, g)\n"
+            "b, _ = _recurrent.unrolled_layer(r.residuals, g, compiled=True)\n"
+            "assert np.array_equal(a.residuals.queue_index, b.residuals.queue_index)\n")
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("d_kind", ["none", "zero", "some zero", "positive"])
+def test_unrolled_queues_compiled_equal_numpy(d_kind):
+    """The recurrent layer's unrolled queues (time-constant gradients) from the compiled merge equal the NumPy
+    stable sort bit for bit: inputs and arrivals on an integer grid (many equal times: inputs first, then arrivals
+    in spike order), zero recurrent weights (no arrival), with and without input delays."""
+    from spikescan import _recurrent
+
+    rng = np.random.default_rng(21)
+    for input_delays in (False, True):
+        t = np.sort(rng.integers(0, 12, (3, 8, 4)).astype(np.float64), axis=-1)
+        t[rng.random(t.shape) < 0.2] = np.inf
+        t = np.sort(t, axis=-1)
+        W = rng.normal(0.9, 0.7, (8, 6))
+        R = rng.normal(0.0, 0.3, (6, 6))
+        R[rng.random(R.shape) < 0.3] = 0.0
+        R[np.diag_indices(6)] = np.resize([0.15, -0.5, 0.0], 6)
+        Dr = None if d_kind == "none" else (np.zeros((6, 6)) if d_kind == "zero" else
+                                            rng.integers(0, 4, (6, 6)).astype(np.float64))
+        if d_kind == "some zero":
+            Dr[rng.random(Dr.shape) < 0.5] = 0.0
+        D = rng.integers(0, 3, (8, 6)).astype(np.float64) if input_delays else None
+        r = ss.lif_forward(t, W, delays=D, tau_mem=6.0, tau_syn=3.0, max_spikes=5, recurrent_weights=R,
+                           recurrent_delays=Dr, engine="numpy")
+        log = r.residuals.recurrent_log
+        assert log.count.sum() > 5
+        g = rng.normal(size=log.times.shape)
+        a, ga = _recurrent.unrolled_layer(r.residuals, g)
+        b, gb = _recurrent.unrolled_layer(r.residuals, g, compiled=True)
+        for name in ("queue_times", "queue_index", "queue_end", "spike_event", "spike_times", "weights"):
+            np.testing.assert_array_equal(getattr(b.residuals, name), getattr(a.residuals, name), err_msg=name)
+        np.testing.assert_array_equal(gb, ga)
+        qt = a.residuals.queue_times
+        assert (np.isfinite(qt[..., 1:]) & (qt[..., 1:] == qt[..., :-1])).any()  # equal times occur
+
+
+def test_unrolled_queues_compiled_put_inputs_before_arrivals_at_equal_times():
+    """A recurrent arrival at exactly the time of an input entry (test_cuda_recurrent's construction): the input
+    comes first in the unrolled queue, in the compiled merge as in the NumPy sort."""
+    from spikescan import _recurrent
+    from test_cuda_recurrent import arrival_at_an_input_entry
+
+    t, W, R, Dr, kw = arrival_at_an_input_entry()
+    r = ss.lif_forward(t, W, recurrent_weights=R, recurrent_delays=Dr, engine="numpy", method="sequential", **kw)
+    g = np.ones(r.residuals.recurrent_log.times.shape)
+    a, _ = _recurrent.unrolled_layer(r.residuals, g)
+    b, _ = _recurrent.unrolled_layer(r.residuals, g, compiled=True)
+    qt, qi = a.residuals.queue_times[0, 1], a.residuals.queue_index[0, 1]
+    at = np.nonzero(qt == 9.0)[0]
+    assert at.size == 2 and qi[at[0]] < W.shape[0] <= qi[at[1]]  # the input (source < n_in), then the arrival
+    for name in ("queue_times", "queue_index", "queue_end", "spike_event"):
+        np.testing.assert_array_equal(getattr(b.residuals, name), getattr(a.residuals, name), err_msg=name)
