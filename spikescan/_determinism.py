@@ -34,6 +34,12 @@ def set_deterministic(enabled):
     _flag = enabled
 
 
+def applies(setting):
+    """Whether a CUDA path runs its fixed-order variant: its own module setting (``spikescan.cuda._closed``,
+    ``_readout``, ``_recurrent`` ``DETERMINISTIC``, for benchmarks and tests) or the switch (``deterministic()``)."""
+    return bool(setting) or deterministic()
+
+
 def deterministic():
     """True if the bitwise-reproducible GPU mode is on (``set_deterministic``, else ``SPIKESCAN_DETERMINISTIC``)."""
     if _flag is not None:

@@ -73,7 +73,7 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
     res = result.residuals
     if res.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only")
-    if (DETERMINISTIC or _determinism.deterministic()) if deterministic is None else deterministic:
+    if _determinism.applies(DETERMINISTIC) if deterministic is None else deterministic:
         return _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads)
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]

@@ -125,19 +125,24 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, 
 
 
 def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar,
-                  n_entries=None, permutation=False, shared=None):
+                  n_entries=None, permutation=False):
     """What the forward launchers (this module's and ``_recurrent``'s) hand the kernels: contiguous float64 ``W``,
     ``D`` (or ``None``), the input queues ``qt, qi (int32), qe (int64)`` built on the device, ``tm, ts`` and ``th``
     ``[n_out]``, and ``threshold_is_scalar`` (from ``threshold`` when ``None``). ``n_entries``: the most input
     spikes of any sample when the caller has read it (``_memory.most_entries``), which spares the queue build its
     own host sync. ``permutation`` (this module's forward only; the recurrent kernels read materialised queues):
-    ``qt`` is a ``_queue.PermutedQueues`` and ``qi``, ``qe`` are ``None`` when that format applies. ``shared``: the
-    shared queue if the caller built it (``_queue.shared_queue``)."""
+    ``qt`` is a ``_queue.PermutedQueues`` and ``qi``, ``qe`` are ``None`` when that format applies. Last, ``kept``:
+    the ``LIFResiduals`` fields of the shared queue (``shared_times``, ``shared_index``) that a layer with delays
+    keeps for the deterministic backwards (12 bytes per input spike, 1 / n_out of the delayed queues; ``{}``
+    without delays, whose queue is the shared one)."""
     n_out = weights.shape[1]
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    shared = _queue.shared_queue(input_times, xp, n_entries) if D is not None else None
     queues = _queue.build_queues(xp, launch, input_times, D, length=n_entries,  # see _queue.USE_KERNEL
                                  permutation=permutation, shared=shared)
+    kept = {} if shared is None else dict(shared_times=shared[0],
+                                          shared_index=xp.ascontiguousarray(shared[1], dtype=xp.int32))
     if isinstance(queues, _queue.PermutedQueues):
         qt, qi, qe = queues, None, None
     else:
@@ -149,7 +154,7 @@ def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, th
     if threshold_is_scalar is None:
         threshold_is_scalar = xp.ndim(threshold) == 0
     th = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(threshold, dtype=xp.float64), (n_out,)))
-    return W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar
+    return W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept
 
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
@@ -168,12 +173,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     permutation = bool(_queue.PERMUTATION) and _queue.permutation_applies(xp, n_entries, delays is not None)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp, extra=extra, permutation=permutation)
-    # With delays the shared queue is kept for the deterministic closed backward (_closed.DETERMINISTIC): 12 bytes
-    # per input spike, 1 / n_out of the delayed queues.
-    shared = _queue.shared_queue(input_times, xp, n_entries) if delays is not None else None
-    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = device_inputs(
+    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = device_inputs(
         xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries,
-        permutation, shared)
+        permutation)
     permuted = qt if isinstance(qt, _queue.PermutedQueues) else None
     queue_args = _queue_args(xp, qt, qi, qe)
     qe = queue_args[2]
@@ -227,9 +229,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
                                        float(th[first % n_out]))
         raise unresolvable_spike_error(first, n_out, t_stop)
     if permuted is None:
-        queues = dict(queue_times=qt, queue_index=qi, queue_end=qe)
-        if shared is not None:
-            queues.update(shared_times=shared[0], shared_index=xp.ascontiguousarray(shared[1], dtype=xp.int32))
+        queues = dict(queue_times=qt, queue_index=qi, queue_end=qe, **kept)
     else:
         queues = dict(queue_times=None, queue_index=None, queue_end=permuted.end, queue_perm=permuted.perm,
                       shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t)

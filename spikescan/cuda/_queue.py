@@ -230,6 +230,5 @@ def input_table(xp, times, index, n_in, max_in):
     stride = n_in * max_in + 1
     table = xp.full((rows, stride), np.inf, dtype=xp.float64)
     col = xp.where(index >= 0, index, stride - 1).astype(xp.int64)
-    table[xp.arange(rows)[:, None], col] = times
-    table[:, stride - 1] = np.inf
+    table[xp.arange(rows)[:, None], col] = times  # the padding column only ever receives +inf
     return table

@@ -62,11 +62,6 @@ def _check_partials(what, batch, n_in, n_out, max_in, n_buffers, xp):
                   f"{n_buffers} x 8 bytes per (sample, input, output) triple)")
 
 
-def enabled():
-    """Whether the readout kernels run their fixed-order variant: ``DETERMINISTIC`` or ``spikescan.deterministic()``."""
-    return bool(DETERMINISTIC) or _determinism.deterministic()
-
-
 def _blocks(threads):
     return (int(threads) + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
 
@@ -93,7 +88,7 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
                [qt, qi, W, tm, ts, np.float64(t_max), np.int64(batch), np.int64(n_out), np.int64(qt.shape[1]),
                 np.int64(max_in), values, eval_time, kink_index])
     else:
-        det = enabled()
+        det = _determinism.applies(DETERMINISTIC)
         if det:
             _check_partials("li_forward", batch, n_in, n_out, 0, 1, xp)
         acc = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
@@ -119,7 +114,7 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     g = xp.ascontiguousarray(grad_values)
-    det = enabled()
+    det = _determinism.applies(DETERMINISTIC)
     if det:
         _check_partials("li_backward", batch, n_in, n_out, max_in,
                         1 + 2 * bool(time_constant_grads) + 2 * (res.readout == "max"), xp)

@@ -143,11 +143,8 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     log_cap = max(log_cap, 1)
     _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, pend_cap, log_cap,
                   input_times.dtype.itemsize, xp)
-    # With delays the shared queue is kept for the deterministic backward (as _lif.forward does).
-    shared = _queue.shared_queue(input_times, xp, n_entries) if delays is not None else None
-    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar = _lif.device_inputs(
-        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries,
-        shared=shared)
+    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = _lif.device_inputs(
+        xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
     R = xp.ascontiguousarray(recurrent_weights, dtype=xp.float64)
     Dr = None if recurrent_delays is None else xp.ascontiguousarray(recurrent_delays, dtype=xp.float64)
     n_queues, L1 = qt.shape[1], qt.shape[2]
@@ -209,9 +206,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver,
         recurrent_weights=R, recurrent_delays=Dr, recurrent_log=log,
-        recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype,
-        shared_times=None if shared is None else shared[0],
-        shared_index=None if shared is None else xp.ascontiguousarray(shared[1], dtype=xp.int32))
+        recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype, **kept)
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
 
@@ -251,7 +246,7 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
     N = batch * n_out
     C = max(int(result.counts.max()) if N else 0, 1)  # host sync: the most spikes of a neuron
     per_spike = 32 if time_constant_grads else 24  # spike_t, lamV, lamI (and spike_grads)
-    det = bool(DETERMINISTIC) or _determinism.deterministic()
+    det = _determinism.applies(DETERMINISTIC)
     table_bytes = 8 * batch * (n_in * max_in + 1) if det else 0  # the deterministic kernels' input-time table
     parts = _memory.lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_d, "",
                                           per_spike * N * C + table_bytes)
