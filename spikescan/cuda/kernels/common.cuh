@@ -51,6 +51,20 @@ __device__ __forceinline__ double spikescan_event_weight(const double* __restric
     return weights[(flat / max_in) * n_out + i];
 }
 
+// Input spike idx of a launch over (sample, source, spike) of input_times [samples, n_in, max_in]: its sample, its
+// flat index j * max_in + m within the sample and its source j (the deterministic kernels' thread per input spike).
+// Bound with `const auto [b, flat, j] = spikescan_input_spike(idx, n_in, max_in)`.
+struct spikescan_input_spike_t {
+    long long b, flat, j;
+};
+
+__device__ __forceinline__ spikescan_input_spike_t spikescan_input_spike(long long idx, long long n_in,
+                                                                         long long max_in) {
+    const long long b = idx / (n_in * max_in);
+    const long long flat = idx - b * n_in * max_in;
+    return {b, flat, flat / max_in};
+}
+
 // The (batch, neuron) of a LIF layer with flat index tid = b * n_out + i: its queue (row b * n_queues + i, or b when
 // n_queues == 1, of queue_times / queue_index [batch, n_queues, L1]) and its end, its time constants and the base of
 // its spike records (tid * max_spikes).  The LIF kernels bind it with

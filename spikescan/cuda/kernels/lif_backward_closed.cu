@@ -314,13 +314,15 @@ __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_record_entr
     return e;
 }
 
-#define SPIKESCAN_CLOSED_SYNAPSE_PARAMS \
+// The leading parameters of the two source-major kernels (the launcher passes the same list to both).
+#define SPIKESCAN_CLOSED_SOURCE_PARAMS \
     const double* __restrict__ table, long long stride, const double* __restrict__ weights, \
     const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr, \
     const double* __restrict__ tau_syn_arr, long long n_in, long long n_out, long long max_in, long long max_spikes, \
-    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec, \
-    const double* __restrict__ thr_part, double* __restrict__ grad_weights, double* __restrict__ grad_delays, \
-    double* __restrict__ grad_threshold, double* __restrict__ tau_part, \
+    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec
+#define SPIKESCAN_CLOSED_SYNAPSE_PARAMS \
+    SPIKESCAN_CLOSED_SOURCE_PARAMS, const double* __restrict__ thr_part, double* __restrict__ grad_weights, \
+    double* __restrict__ grad_delays, double* __restrict__ grad_threshold, double* __restrict__ tau_part, \
     double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn
 #define SPIKESCAN_CLOSED_SYNAPSE_ARGS \
     table, stride, weights, delays, has_delays, tau_mem_arr, tau_syn_arr, n_in, n_out, max_in, max_spikes, counts, \
@@ -398,18 +400,11 @@ __global__ void spikescan_lif_backward_closed_synapses_tau(SPIKESCAN_CLOSED_SYNA
 }
 
 template <typename T, class Neuron>
-__global__ void spikescan_lif_backward_closed_inputs(
-    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
-    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
-    const double* __restrict__ tau_syn_arr, long long n_in, long long n_out, long long max_in, long long max_spikes,
-    const long long* __restrict__ counts, long long b0, long long n_b, const double* __restrict__ rec,
-    double* __restrict__ grad_input_times) {
+__global__ void spikescan_lif_backward_closed_inputs(SPIKESCAN_CLOSED_SOURCE_PARAMS,
+                                                     double* __restrict__ grad_input_times) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // bl * n_in * max_in + flat
-    const long long per_sample = n_in * max_in;
-    if (idx >= n_b * per_sample) return;
-    const long long bl = idx / per_sample;
-    const long long flat = idx - bl * per_sample;
-    const long long j = flat / max_in;
+    if (idx >= n_b * n_in * max_in) return;
+    const auto [bl, flat, j] = spikescan_input_spike(idx, n_in, max_in);  // bl: the sample within the group
     const long long n_group = n_b * n_out;
     const double* row = table + bl * stride;
     const double t = row[flat];
@@ -436,5 +431,5 @@ __global__ void spikescan_lif_backward_closed_inputs(
                                                    false)
                  .g_arrival;
     }
-    grad_input_times[(b0 + bl) * per_sample + flat] = g;
+    grad_input_times[(b0 + bl) * n_in * max_in + flat] = g;
 }

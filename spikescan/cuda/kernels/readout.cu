@@ -283,10 +283,7 @@ __global__ void spikescan_li_inputs(
     const double* __restrict__ v_star, const double* __restrict__ i_before, double* __restrict__ grad_input_times) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // (b * n_in + j) * max_in + m
     if (tid >= batch * n_in * max_in) return;
-    const long long bj = tid / max_in;
-    const long long b = bj / n_in;
-    const long long j = bj - b * n_in;
-    const long long flat = tid - b * n_in * max_in;  // j * max_in + m
+    const auto [b, flat, j] = spikescan_input_spike(tid, n_in, max_in);
     const double t = input_times[tid];
     double acc = 0.0;
     for (long long i = 0; i < n_out; ++i) {

@@ -486,14 +486,17 @@ __global__ void spikescan_recurrent_backward_weights(
     if (has_rec_delays) grad_rec_delays[tid] = g_d;
 }
 
+// The leading parameters of the two deterministic input-gradient kernels (the launcher passes the same list to both).
+#define SPIKESCAN_REC_SOURCE_PARAMS \
+    const double* __restrict__ table, long long stride, const double* __restrict__ weights, \
+    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr, \
+    const double* __restrict__ tau_syn_arr, long long batch, long long n_in, long long n_out, long long max_in, \
+    long long C, const long long* __restrict__ n_spk, const double* __restrict__ spike_t, \
+    const double* __restrict__ lamV, const double* __restrict__ lamI
+
 template <typename T, class Neuron>
-__global__ void spikescan_recurrent_backward_synapses(
-    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
-    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
-    const double* __restrict__ tau_syn_arr, long long batch, long long n_in, long long n_out, long long max_in,
-    long long C, const long long* __restrict__ n_spk, const double* __restrict__ spike_t,
-    const double* __restrict__ lamV, const double* __restrict__ lamI, double* __restrict__ grad_weights,
-    double* __restrict__ grad_delays) {
+__global__ void spikescan_recurrent_backward_synapses(SPIKESCAN_REC_SOURCE_PARAMS, double* __restrict__ grad_weights,
+                                                      double* __restrict__ grad_delays) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // j * n_out + i
     if (idx >= n_in * n_out) return;
     const long long j = idx / n_out;
@@ -526,18 +529,11 @@ __global__ void spikescan_recurrent_backward_synapses(
 }
 
 template <typename T, class Neuron>
-__global__ void spikescan_recurrent_backward_input_times(
-    const double* __restrict__ table, long long stride, const double* __restrict__ weights,
-    const double* __restrict__ delays, int has_delays, const double* __restrict__ tau_mem_arr,
-    const double* __restrict__ tau_syn_arr, long long batch, long long n_in, long long n_out, long long max_in,
-    long long C, const long long* __restrict__ n_spk, const double* __restrict__ spike_t,
-    const double* __restrict__ lamV, const double* __restrict__ lamI, double* __restrict__ grad_input_times) {
+__global__ void spikescan_recurrent_backward_input_times(SPIKESCAN_REC_SOURCE_PARAMS,
+                                                         double* __restrict__ grad_input_times) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // b * n_in * max_in + flat
-    const long long per_sample = n_in * max_in;
-    if (idx >= batch * per_sample) return;
-    const long long b = idx / per_sample;
-    const long long flat = idx - b * per_sample;
-    const long long j = flat / max_in;
+    if (idx >= batch * n_in * max_in) return;
+    const auto [b, flat, j] = spikescan_input_spike(idx, n_in, max_in);
     const double t = table[b * stride + flat];
     if (!(t < spikescan_inf())) return;  // padding: its gradient stays zero
     double g = 0.0;
