@@ -8,12 +8,20 @@ For each shape (SHD-like inputs, ``bench_lif.shd_like_inputs``, with per-synapse
   NumPy engine's path;
 - ``numba_merge``: the compiled kernel with a merge sort per row (``_lif_numba.delayed_queues(...,
   bucket_sort=False)``), the compiled engine's path before the bucket sort;
-- ``numba_bucket``: the compiled kernel with ``_lif_numba.stable_order``'s bucket sort, what the compiled engine
-  runs now.
+- ``numba_bucket``: the compiled kernel with ``_lif_numba.stable_order``'s bucket sort, materialised queues
+  (``[batch, n_out, L1]`` float64 times and int64 sources, 16 bytes per entry);
+- ``numba_permutation``: the same sort writing the permutation format (``_lif_numba.delayed_permutation``: a uint16
+  position per entry plus the shared queue), what the compiled engine runs now.
 
-All three must give identical queues (checked before timing). Times are the median of ``--repeats`` calls after a
-warm-up call (Numba compiles, or loads its cache, then); the JSON is stamped with the commit, machine and versions
-(``_stamp.py``).
+All must give identical queues (the permutation expanded; checked before timing). ``bytes`` is what each keeps.
+
+Then the whole compiled layer (``lif_forward`` and ``lif_forward`` + ``lif_backward``, ``engine="numba"``) with
+each format (``_lif_numpy.COMPILED_PERMUTATION`` on and off; the two alternate call by call, so drifts of the
+machine hit both alike): times, the residual bytes held after the forward and the backward's peak of traced
+allocations (``tracemalloc``), and a check that spikes and every gradient are bit-identical. ``--no-layer`` skips it.
+
+Times are the median of ``--repeats`` calls after a warm-up call (Numba compiles, or loads its cache, then); the JSON
+is stamped with the commit, machine and versions (``_stamp.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import os
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -43,7 +52,19 @@ def builders():
 
     return {"numpy": lambda t, d: _queue.build_queues(t, d, np),
             "numba_merge": lambda t, d: _lif_numpy._delayed_queues_compiled(t, d, bucket_sort=False),
-            "numba_bucket": lambda t, d: _lif_numpy._delayed_queues_compiled(t, d, bucket_sort=True)}
+            "numba_bucket": lambda t, d: _lif_numpy._delayed_queues_compiled(t, d, bucket_sort=True),
+            "numba_permutation": lambda t, d: _lif_numpy._delayed_queues_compiled(t, d, permutation=True)}
+
+
+def _materialised(out, max_in):
+    """``(queue_times, queue_index, queue_end)`` of a builder's output, and the bytes it keeps."""
+    from spikescan import _queue
+
+    if isinstance(out, _queue.PermutedQueues):
+        q_times, q_index = _queue.expand(np, out.perm, out.times, out.index, out.delays_t, max_in)
+        kept = out.perm.nbytes + out.times.nbytes + out.index.nbytes + out.end.nbytes
+        return (q_times, q_index, out.end), kept
+    return tuple(out), sum(a.nbytes for a in out)
 
 
 def run(shapes, repeats):
@@ -52,20 +73,77 @@ def run(shapes, repeats):
         t, _, d = shd_like_inputs(**shape, delays=True)
         want = None
         for method, build in builders().items():
-            out = build(t, d)  # warm-up (compiles or loads Numba's cache)
+            out, kept = _materialised(build(t, d), t.shape[2])  # warm-up (compiles or loads Numba's cache)
             if want is None:
                 want = out
             identical = all(np.array_equal(a, b) for a, b in zip(out, want))
             if not identical:
                 raise AssertionError(f"{method} builds other queues than numpy on {name}")
+            del out
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 build(t, d)
                 times.append(time.perf_counter() - t0)
             rows.append(dict(shape=name, **shape, method=method, seconds=float(np.median(times)), repeats=times,
-                             entries=int(np.isfinite(want[0]).sum()), identical_to_numpy=identical))
-            print(f"{name:<14} {method:<13} {rows[-1]['seconds'] * 1e3:9.1f} ms", flush=True)
+                             entries=int(np.isfinite(want[0]).sum()), bytes=int(kept), identical_to_numpy=identical))
+            print(f"{name:<14} {method:<18} {rows[-1]['seconds'] * 1e3:9.1f} ms {kept / 2**20:9.1f} MiB", flush=True)
+    return rows
+
+
+def _layer_call(t, w, d, permutation):
+    """One compiled forward and backward with the given queue format: times, bytes and outputs."""
+    import spikescan as ss
+    from spikescan import _lif_numpy
+
+    _lif_numpy.COMPILED_PERMUTATION = permutation
+    kw = dict(tau_mem=20.0, tau_syn=5.0, max_spikes=64, delays=d, engine="numba")
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = ss.lif_forward(t, w, **kw)
+    t1 = time.perf_counter()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    grads = ss.lif_backward(out, np.where(np.isfinite(out.times), 1.0, 0.0), engine="numba")
+    t2 = time.perf_counter()
+    backward_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    digest = [np.asarray(x).tobytes() for x in (out.times, out.counts, grads.weights, grads.delays,
+                                                grads.input_times, grads.threshold)]
+    return dict(forward_s=t1 - t0, forward_backward_s=t2 - t0, held_bytes=int(held),
+                backward_peak_bytes=int(backward_peak)), digest
+
+
+def run_layer(shapes, repeats):
+    """The compiled layer with each queue format, alternating call by call."""
+    from spikescan import _lif_numpy
+
+    before = _lif_numpy.COMPILED_PERMUTATION
+    rows = []
+    try:
+        for name, shape in shapes.items():
+            t, w, d = shd_like_inputs(**shape, delays=True)
+            calls = {True: [], False: []}
+            digests = {}
+            for rep in range(repeats + 1):
+                for permutation in (True, False):
+                    measured, digests[permutation] = _layer_call(t, w, d, permutation)
+                    if rep:  # the first round warms up
+                        calls[permutation].append(measured)
+            identical = digests[True] == digests[False]
+            if not identical:
+                raise AssertionError(f"the permutation format changes the layer's outputs on {name}")
+            for permutation, ms in calls.items():
+                row = dict(shape=name, **shape, queues="permutation" if permutation else "materialised",
+                           identical=identical, calls=ms)
+                for key in ("forward_s", "forward_backward_s", "held_bytes", "backward_peak_bytes"):
+                    row[key] = float(np.median([m[key] for m in ms]))
+                rows.append(row)
+                print(f"{name:<14} layer, {row['queues']:<12} forward {row['forward_s']:.3f} s, fwd+bwd "
+                      f"{row['forward_backward_s']:.3f} s, held {row['held_bytes'] / 2**20:.0f} MiB, backward peak "
+                      f"{row['backward_peak_bytes'] / 2**20:.0f} MiB", flush=True)
+    finally:
+        _lif_numpy.COMPILED_PERMUTATION = before
     return rows
 
 
@@ -73,6 +151,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one small shape, two repeats (the tests' run)")
+    parser.add_argument("--no-layer", action="store_true", help="skip the whole-layer comparison of the formats")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     shapes = SHAPES
@@ -83,15 +162,25 @@ def main(argv=None):
     import numba
 
     rows = run(shapes, args.repeats)
+    layer = [] if args.no_layer else run_layer(shapes, args.repeats)
     speedups = {}
     for name in shapes:
         by = {r["method"]: r["seconds"] for r in rows if r["shape"] == name}
         speedups[name] = {"bucket_over_merge": by["numba_merge"] / by["numba_bucket"],
-                          "bucket_over_numpy": by["numpy"] / by["numba_bucket"]}
+                          "bucket_over_numpy": by["numpy"] / by["numba_bucket"],
+                          "permutation_over_bucket": by["numba_bucket"] / by["numba_permutation"]}
+        fmt = {r["queues"]: r for r in layer if r["shape"] == name}
+        if fmt:
+            p, m = fmt["permutation"], fmt["materialised"]
+            speedups[name].update(layer_forward=m["forward_s"] / p["forward_s"],
+                                  layer_forward_backward=m["forward_backward_s"] / p["forward_backward_s"],
+                                  layer_held_bytes=m["held_bytes"] / p["held_bytes"],
+                                  layer_backward_peak_bytes=m["backward_peak_bytes"] / p["backward_peak_bytes"])
         print(name, ", ".join(f"{k} {v:.2f}x" for k, v in speedups[name].items()))
     report = dict(benchmark="bench_queues", stamp=provenance,
                   device=f"CPU: {provenance['cpu']}, {os.cpu_count()} cores", numba=numba.__version__,
-                  numba_threads=numba.get_num_threads(), repeats=args.repeats, rows=rows, speedups=speedups)
+                  numba_threads=numba.get_num_threads(), repeats=args.repeats, rows=rows, layer=layer,
+                  speedups=speedups)
     if args.output:
         write_json(report, args.output)
     return report

@@ -386,6 +386,24 @@ def _queue_rows(results):
                         f"({seconds(by['numba_merge']['seconds'])}), "
                         f"{ratio(by['numpy']['seconds'] / first['seconds'])} NumPy's argsort "
                         f"({seconds(by['numpy']['seconds'])}); identical queues")
+            perm = by.get("numba_permutation")
+            if perm is not None:
+                measured += (f"; as a permutation (the engine's format) in {seconds(perm['seconds'])}, keeping "
+                             f"{perm['bytes'] / 2**20:.0f} MiB instead of {first['bytes'] / 2**20:.0f} MiB")
+            fmt = {row["queues"]: row for row in r.get("layer", []) if row["shape"] == shape}
+            if fmt:
+                sp = r["speedups"][shape]
+                measured += (f". Whole layer with the permutation against materialised queues: forward "
+                             f"{seconds(fmt['permutation']['forward_s'])} vs "
+                             f"{seconds(fmt['materialised']['forward_s'])} ({ratio(sp['layer_forward'])}), fwd+bwd "
+                             f"{seconds(fmt['permutation']['forward_backward_s'])} vs "
+                             f"{seconds(fmt['materialised']['forward_backward_s'])} "
+                             f"({ratio(sp['layer_forward_backward'])}); residuals held "
+                             f"{fmt['permutation']['held_bytes'] / 2**20:.0f} vs "
+                             f"{fmt['materialised']['held_bytes'] / 2**20:.0f} MiB "
+                             f"({ratio(sp['layer_held_bytes'])} less), backward peak "
+                             f"{fmt['permutation']['backward_peak_bytes'] / 2**20:.0f} vs "
+                             f"{fmt['materialised']['backward_peak_bytes'] / 2**20:.0f} MiB; bit-identical")
             rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons, delays (numba engine, "
                          f"{r['numba_threads']} threads)", measured, f"one run (median of {r['repeats']} repeats)",
                          _files([name], results)])

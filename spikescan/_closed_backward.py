@@ -48,6 +48,7 @@ import numpy as np
 
 from . import _memory
 from ._lif_numpy import _Layout, threshold_grad, warn_grazing
+from ._queue import materialised
 from ._types import LIFGrads
 from .neurons import lif
 
@@ -60,7 +61,7 @@ _BYTES_PER_ENTRY = 400
 def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant_grads=False, stacklevel=3):
     """``lif_backward`` of a feed-forward layer by the EventProp closed form; the outputs and warning of
     ``_lif_numpy.lif_backward``."""
-    res = result.residuals
+    res = materialised(result.residuals)  # a compiled forward's permutation format: expanded
     if res.recurrent_log is not None:
         raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only; for a recurrent "
                                   "layer use method='sequential', 'scan' or 'auto'")

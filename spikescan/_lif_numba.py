@@ -12,6 +12,9 @@ carries a hash of the engines' sources (``SOURCE_STAMP``), so editing the neuron
   overlaps), commit up to the first firing gap, solve and reset there. The chunk's states come from the same
   recurrence as the sequential walk, so both give bit-identical results; the scan saves nothing on most CPUs
   (``method="auto"`` takes the sequential walk) and exists so that its chunk boundaries are tested like the GPU's.
+- ``delayed_permutation`` (and ``delayed_queues``, materialised): the per-neuron queues of a layer with delays;
+  every kernel reads a queue entry through ``_entry``, from materialised queues or from the permutation format
+  (``_queue.PermutedQueues``: 2 bytes per entry instead of 16, the same bits).
 - ``backward``: the adjoint of the CUDA ``spikescan_lif_backward`` (a forward walk storing the state before every
   point, then the reverse walk), ``prange`` over output neurons ``i``, samples in order inside, so that the
   reductions into ``grad_weights[:, i]``, ``grad_delays[:, i]`` and the threshold need no atomics and the sums
@@ -104,6 +107,10 @@ class _Parallel:
 
 _pjit = _Parallel
 
+# The ``pq`` argument of the kernels that read materialised queues (``_entry``): an empty permutation.
+NO_PERMUTATION = (np.zeros((0, 0), np.uint16), np.zeros((0, 0)), np.zeros((0, 0), np.int64),
+                  np.zeros((0, 0), np.int64), np.zeros((0, 0)))
+
 # Status codes of the per-neuron walks.
 _OK, _STUCK, _RUNAWAY = 0, 1, 2
 
@@ -174,22 +181,51 @@ def _neuron(tid, n_out, Q):
 
 
 @_jit
-def _apply_input(V, I, a, b, c, qi, row, k, W, max_in, i):
-    """``(V, I)`` after the gap with decay ``(a, b, c)`` and then queue entry ``k`` of ``row`` (its weight added to
-    ``I``; padding adds nothing)."""
-    flat = qi[row, k]
-    w = W[flat // max_in, i] if flat >= 0 else 0.0
+def _queue_shape(qt, pq):
+    """``(rows, L1)`` of the queues: ``qt``'s, or the permutation's when ``pq`` holds one (see ``_entry``)."""
+    perm = pq[0]
+    return (perm.shape[0], perm.shape[1]) if perm.shape[0] else (qt.shape[0], qt.shape[1])
+
+
+@cached_njit(inline="always")
+def _entry(qt, qi, permuted, perm, times, source, delays_t, row, k, max_in):
+    """``(arrival, source neuron j)`` of entry ``k`` of queue ``row`` (``j = -1`` for padding).
+
+    Materialised queues ``qt``, ``qi`` ``[rows, L1]`` (``j = qi // max_in``); or, when ``permuted`` (``pq = (perm,
+    times, index, source, delays_t)``, unpacked by the caller outside its loops; ``perm [batch * n_out, L1]``,
+    ``source = index // max_in`` per shared-queue entry; ``_queue.PermutedQueues``), entry ``k`` of row ``b * n_out
+    + i`` is ``times[b, p] + delays_t[i, source[b, p]]``, ``p = perm[row, k]``: the addition that built the
+    materialised queues, so the same bits, and no integer division."""
+    if not permuted:
+        flat = qi[row, k]
+        return qt[row, k], np.int64(flat // max_in if flat >= 0 else -1)
+    n_out = delays_t.shape[0]
+    b = row // n_out
+    p = perm[row, k]
+    j = np.int64(source[b, p])
+    if j < 0:
+        return np.inf, j
+    return times[b, p] + delays_t[row - b * n_out, j], j
+
+
+@_jit
+def _apply_input(V, I, a, b, c, j, W, i):
+    """``(V, I)`` after the gap with decay ``(a, b, c)`` and then the queue entry of source neuron ``j`` (its
+    weight added to ``I``; padding, ``j < 0``, adds nothing)."""
+    w = W[j, i] if j >= 0 else 0.0
     return a * V + c * I, lif.input_jump_scalar(b * I, w)
 
 
 @_pjit
-def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
+def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
                        table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
-    """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``; ``qe``: ``[batch * Q]``;
-    ``table``: ``decay_table`` when ``use_table``; outputs ``[batch * n_out, max_spikes]`` pre-filled (``inf`` /
-    ``-1``) and ``[batch * n_out]``."""
+    """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``, or the permutation format
+    ``pq`` (``_entry``); ``qe``: ``[batch * Q]``; ``table``: ``decay_table`` when ``use_table``; outputs
+    ``[batch * n_out, max_spikes]`` pre-filled (``inf`` / ``-1``) and ``[batch * n_out]``."""
     N = counts.shape[0]
-    Q = qt.shape[0] // max(N // n_out, 1) if N else 1
+    Q = _queue_shape(qt, pq)[0] // max(N // n_out, 1) if N else 1
+    perm, s_times, _, s_source, delays_t = pq
+    permuted = perm.shape[0] > 0
     for t_ in prange(N):
         tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
         i, row = _neuron(tid, n_out, Q)
@@ -198,7 +234,8 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max
         V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
         count = 0
         for k in range(end + 1):
-            t_k = qt[row, k]  # +inf at k == end: the open gap after the last input
+            # +inf at k == end: the open gap after the last input
+            t_k, j = _entry(qt, qi, permuted, perm, s_times, s_source, delays_t, row, k, max_in)
             a, bb, c = _gap_decay(table, use_table, row, k, t_k, t_prev, True, tau_mem, tau_syn)
             if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
                 before = count
@@ -213,18 +250,20 @@ def forward_sequential(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max
                     a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
             if k == end:
                 break
-            V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
+            V, I = _apply_input(V, I, a, bb, c, j, W, i)
             t_prev = t_k
         counts[tid] = count
 
 
 @_pjit
-def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit, table,
+def forward_scan(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit, table,
                  use_table, width, spike_times, spike_event, counts, stuck_times, stuck_current):
     """Chunked speculative scan per (sample, neuron), chunks of ``width`` events; arguments as
     ``forward_sequential``."""
     N = counts.shape[0]
-    Q = qt.shape[0] // max(N // n_out, 1) if N else 1
+    Q = _queue_shape(qt, pq)[0] // max(N // n_out, 1) if N else 1
+    perm, s_times, _, s_source, delays_t = pq
+    permuted = perm.shape[0] > 0
     for t_ in prange(N):
         tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
         i, row = _neuron(tid, n_out, Q)
@@ -236,6 +275,8 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
         DA = np.empty(width)  # decay over each lane's gap
         DB = np.empty(width)
         DC = np.empty(width)
+        TK = np.empty(width)  # each lane's queue entry: arrival and source neuron
+        FK = np.empty(width, np.int64)
         V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
         count = 0
         pos = 0
@@ -248,18 +289,19 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
             for l in range(n):
                 k = pos + l
                 V0[l], I0[l], T0[l] = v, cur, tp
-                t_k = qt[row, k]
+                t_k, j = _entry(qt, qi, permuted, perm, s_times, s_source, delays_t, row, k, max_in)
+                TK[l], FK[l] = t_k, j
                 a, bb, c = _gap_decay(table, use_table, row, k, t_k, tp, True, tau_mem, tau_syn)
                 DA[l], DB[l], DC[l] = a, bb, c
                 if k < end:
-                    v, cur = _apply_input(v, cur, a, bb, c, qi, row, k, W, max_in, i)
+                    v, cur = _apply_input(v, cur, a, bb, c, j, W, i)
                     tp = t_k
             # Gap tests of every lane (independent of each other), then the first firing one.
             first = n
             for l in range(n):
                 if lif.quiet_gap_scalar(V0[l], I0[l], DA[l], DB[l], DC[l], threshold):
                     continue
-                fires, _ = lif.fires_in_gap_scalar(V0[l], I0[l], qt[row, pos + l] - T0[l], tau_mem, tau_syn, threshold)
+                fires, _ = lif.fires_in_gap_scalar(V0[l], I0[l], TK[l] - T0[l], tau_mem, tau_syn, threshold)
                 if fires:
                     first = l
                     break
@@ -269,7 +311,7 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
                 continue
             k = pos + first
             V, I, t_prev = V0[first], I0[first], T0[first]
-            t_k = qt[row, k]
+            t_k = TK[first]
             status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
                 V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
                 spike_times, spike_event, tid)
@@ -281,31 +323,35 @@ def forward_scan(qt, qi, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, m
                 break
             # Entry k itself (after the spike: its own gap), then the next chunk starts after it.
             a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
-            V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
+            V, I = _apply_input(V, I, a, bb, c, FK[first], W, i)
             t_prev = t_k
             pos = k + 1
         counts[tid] = count
 
 
 @_pjit
-def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, spike_event, counts, grad_times,
-             table, use_table, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
-             g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing):
-    """Adjoint of samples ``[sample_start, sample_stop)``; ``prange`` over output neurons ``i``.
+def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, spike_event, counts,
+             grad_times, table, use_table, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival,
+             has_input_grad, g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing):
+    """Adjoint of samples ``[sample_start, sample_stop)``; ``prange`` over output neurons ``i``; queues as in
+    ``forward_sequential``.
 
     Accumulates into ``grad_w``, ``grad_d`` (``[n_in, n_out]``, columns owned by ``i``), ``g_threshold[i]`` and
     ``grazing[tid] = (count, earliest time)``; writes ``g_arrival[b - sample_start, i, k]``, the gradient of the
     arrival time of queue entry ``k`` of neuron ``(b, i)`` (zeroed by the caller), when ``has_input_grad``."""
     max_spikes = spike_times.shape[1]
     n_batch = (counts.shape[0] // n_out) if n_out else 0
-    Q = qt.shape[0] // max(n_batch, 1)
-    L1 = qt.shape[1]
+    rows, L1 = _queue_shape(qt, pq)
+    Q = rows // max(n_batch, 1)
+    perm, s_times, _, s_source, delays_t = pq
+    permuted = perm.shape[0] > 0
     P_max = L1 + max_spikes
     for i_ in prange(n_out):
         i = np.int64(i_)
         prev_V = np.empty(P_max)
         prev_I = np.empty(P_max)
         code = np.empty(P_max, np.int64)  # >= 0: input k; < 0: spike -(m + 1)
+        source = np.empty(P_max, np.int64)  # the input's source neuron
         dec = np.empty((P_max, 4))  # decay over the gap before each point and its length, for the reverse walk
         tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
         for b in range(sample_start, sample_stop):
@@ -333,11 +379,12 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     fresh = False
                 else:
                     code[p] = k
-                    t = qt[row, k]
+                    t, j = _entry(qt, qi, permuted, perm, s_times, s_source, delays_t, row, k, max_in)
+                    source[p] = j
                     a, bb, c = _gap_decay(table, use_table, row, k, t, tau, fresh, tau_mem, tau_syn)
                     dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
                     fresh = True
-                    V, I = _apply_input(V, I, a, bb, c, qi, row, k, W, max_in, i)
+                    V, I = _apply_input(V, I, a, bb, c, j, W, i)
                     tau = t
             # Reverse walk of the adjoint (lV, lI, lT).
             lV, lI, lT = 0.0, 0.0, 0.0
@@ -356,7 +403,7 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
                     u = lif.voltage_rate_scalar(V_post, I_pre, tau_mem)
                     v = lif.current_rate_scalar(I_pre, tau_syn)
                     gs = u * lV + v * lI
-                    j = qi[row, kq] // max_in
+                    j = source[p]
                     grad_w[j, i] += lI
                     g_arr = gs + lT
                     if has_input_grad:
@@ -399,18 +446,22 @@ def backward(qt, qi, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, 
 
 
 @_pjit
-def scatter_input_grads(qi, qe, g_arrival, sample_start, grad_in, n_out):
+def scatter_input_grads(qi, pq, qe, g_arrival, sample_start, grad_in, n_out):
     """``grad_in[b, flat] += g_arrival[b - sample_start, i, k]`` over neurons ``i`` (in order) and queue entries
-    ``k`` of samples ``b`` of the block; ``prange`` over samples."""
+    ``k`` of samples ``b`` of the block (flat sources from ``qi`` or the permutation ``pq``, as in ``_entry``);
+    ``prange`` over samples."""
     n_block = g_arrival.shape[0]
-    Q = qi.shape[0] // grad_in.shape[0]
+    perm, _, index, _, _ = pq
+    permuted = perm.shape[0] > 0
+    Q = (perm.shape[0] if permuted else qi.shape[0]) // grad_in.shape[0]
     for bl_ in prange(n_block):
         bl = np.int64(bl_)
         b = sample_start + bl
         for i in range(n_out):
             row = b * Q + (i if Q > 1 else 0)
             for k in range(qe[row]):
-                grad_in[b, qi[row, k]] += g_arrival[bl, i, k]
+                flat = index[b, perm[row, k]] if permuted else qi[row, k]
+                grad_in[b, flat] += g_arrival[bl, i, k]
 
 
 # Bucket sort of a queue row (delayed_queues): fall back to a merge sort when the buckets' insertion sorts would cost
@@ -557,3 +608,26 @@ def delayed_queues(times, index, n_real, src, delays, q_times, q_index, bucket_s
         for k in range(n, L1):
             q_times[b, i, k] = np.inf
             q_index[b, i, k] = -1
+
+
+@_pjit
+def delayed_permutation(times, index, n_real, src, delays_t, perm, bucket_sort=True):
+    """``delayed_queues`` in the permutation format (``_queue.PermutedQueues``): row ``b * n_out + i`` of ``perm``
+    ``[batch * n_out, L1]`` holds the shared-queue positions of the row's entries in the stable order of their
+    arrivals ``times[b, k] + delays_t[i, src[b, k]]`` (the same order, so ``_entry`` gives ``delayed_queues``'s
+    values), then ``n_real[b]`` (a padding position) for the padding. Every element written here."""
+    batch, L1 = times.shape
+    n_out = delays_t.shape[0]
+    for r_ in prange(batch * n_out):
+        r = np.int64(r_)
+        b = r // n_out
+        i = r - b * n_out
+        n = n_real[b]
+        arrival = np.empty(n)
+        for k in range(n):
+            arrival[k] = times[b, k] + delays_t[i, src[b, k]]
+        order = stable_order(arrival, bucket_sort)
+        for k in range(n):
+            perm[r, k] = order[k]
+        for k in range(n, L1):
+            perm[r, k] = n

@@ -12,13 +12,19 @@ import warnings
 import numpy as np
 
 from . import _memory
-from ._queue import build_queues
+from ._queue import PermutedQueues, build_queues, materialised
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
 from .neurons import lif
 
 # Default of ``lif_forward(max_total_spikes=...)``: spikes per neuron per sample, recorded or not.
 DEFAULT_MAX_TOTAL_SPIKES = 10_000
+
+# The compiled engine keeps the queues of a feed-forward layer with delays in the permutation format
+# (``_queue.PermutedQueues``: 2 bytes per entry instead of 16, uint16 positions while L1 <= 65536, int32 beyond);
+# False materialises them as the NumPy engine does (benchmarks/bench_queues.py compares the two).
+COMPILED_PERMUTATION = True
+PERMUTATION_MAX_UINT16 = 65536
 
 # Neurons x points handled at once by the backward, to bound its memory (about 400 bytes per point, so ~1.6 GB for
 # the loop and ~0.5 GB for the scan, whose doubling steps make more temporaries). The loop pays a Python step per
@@ -262,9 +268,10 @@ def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
     return np.zeros((1, 1, 3)), False
 
 
-def _delayed_queues_compiled(input_times, delays, bucket_sort=True):
+def _delayed_queues_compiled(input_times, delays, bucket_sort=True, permutation=False):
     """``build_queues`` with delays, the per-neuron sorts in the compiled kernel (identical queues: the same stable
-    order; ``bucket_sort``: ``_lif_numba.stable_order``'s, else a merge sort per row)."""
+    order; ``bucket_sort``: ``_lif_numba.stable_order``'s, else a merge sort per row). ``permutation``: the same
+    queues as a ``_queue.PermutedQueues`` (``_lif_numba.delayed_permutation``)."""
     from . import _lif_numba
     from ._queue import shared_queue
 
@@ -273,6 +280,13 @@ def _delayed_queues_compiled(input_times, delays, bucket_sort=True):
     n_out = delays.shape[1]
     max_in = max(input_times.shape[2], 1)
     src = np.where(index >= 0, index // max_in, 0)
+    if permutation:
+        delays_t = np.ascontiguousarray(delays.T)
+        perm = np.empty((batch, n_out, L1), np.uint16 if L1 <= PERMUTATION_MAX_UINT16 else np.int32)
+        _lif_numba.delayed_permutation(batch * n_out * L1, np.ascontiguousarray(times), np.ascontiguousarray(index),
+                                       np.ascontiguousarray(n_real), np.ascontiguousarray(src), delays_t,
+                                       perm.reshape(batch * n_out, L1), bool(bucket_sort))
+        return PermutedQueues(perm, times, index, np.broadcast_to(n_real[:, None], (batch, n_out)).copy(), delays_t)
     q_times = np.empty((batch, n_out, L1))  # every element written by the kernel
     q_index = np.empty((batch, n_out, L1), np.int64)
     _lif_numba.delayed_queues(batch * n_out * L1, np.ascontiguousarray(times), np.ascontiguousarray(index),
@@ -281,9 +295,29 @@ def _delayed_queues_compiled(input_times, delays, bucket_sort=True):
     return q_times, q_index, np.broadcast_to(n_real[:, None], (batch, n_out)).copy()
 
 
-def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver,
-                      limit):
-    """The Numba kernels (``_lif_numba``) on the NumPy queues; same outputs and errors as the NumPy methods."""
+def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1):
+    """``(qt2, qi2, pq, qe)`` for the ``_lif_numba`` kernels: materialised ``[rows, L1]`` queues and an empty
+    permutation tuple, or empty queue arrays and ``permuted``'s ``(perm [batch * n_out, L1], times, index, source,
+    delays_t)`` with ``source = index // max_in`` (see ``_lif_numba._entry``)."""
+    from ._lif_numba import NO_PERMUTATION
+
+    qe = np.ascontiguousarray(qend.reshape(-1), dtype=np.int64)
+    if permuted is None:
+        L1 = qt.shape[-1]
+        return (np.ascontiguousarray(qt.reshape(-1, L1)), np.ascontiguousarray(qi.reshape(-1, L1), dtype=np.int64),
+                NO_PERMUTATION, qe)
+    perm = permuted.perm
+    index = np.ascontiguousarray(permuted.index, dtype=np.int64)
+    max_in = max(int(max_in), 1)
+    source = np.where(index >= 0, index // max_in, -1)
+    pq = (np.ascontiguousarray(perm.reshape(-1, perm.shape[-1])), np.ascontiguousarray(permuted.times), index,
+          source, np.ascontiguousarray(permuted.delays_t))
+    return np.zeros((0, 0)), np.zeros((0, 0), np.int64), pq, qe
+
+
+def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit):
+    """The Numba kernels (``_lif_numba``) on the queues ``compiled_queue_args`` made; same outputs and errors as
+    the NumPy methods."""
     from . import _lif_numba
 
     N = lay.row.size
@@ -292,13 +326,14 @@ def _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_s
     counts = np.zeros(N, np.int64)
     stuck_times = np.full(N, np.inf)
     stuck_current = np.full(N, np.nan)
-    qt2, qi2, qe = (np.ascontiguousarray(qt2), np.ascontiguousarray(qi2), np.ascontiguousarray(qend.reshape(-1)))
-    table, use_table = _compiled_decay_table(qt2, qe, tau_mem, tau_syn, lay.Q == 1)
-    args = (qt2, qi2, qe, np.ascontiguousarray(W), np.ascontiguousarray(tau_mem, np.float64),
+    qt2, qi2, pq, qe = queues
+    # The table needs materialised queues shared by the neurons (a one-neuron layer with delays has Q == 1 too).
+    table, use_table = _compiled_decay_table(qt2, qe, tau_mem, tau_syn, lay.Q == 1 and qt2.size > 0)
+    args = (qt2, qi2, pq, qe, np.ascontiguousarray(W), np.ascontiguousarray(tau_mem, np.float64),
             np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
             lif.SOLVER_CODES[solver], lay.n_out,
             max(lay.max_in, 1), max_spikes, int(limit), table, use_table)
-    work = N * qt2.shape[1]
+    work = N * lay.L1
     if method == "sequential":
         _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current)
     else:
@@ -328,29 +363,40 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         # benchmarks/results/cpu_peers.json: within 1.1x either way on all three layers).
         method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
                                                                               chunk_size)
+    permutation = engine == "numba" and delays is not None and COMPILED_PERMUTATION
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
-                          input_times.dtype.itemsize, np, engine)
+                          input_times.dtype.itemsize, np, engine, permutation=permutation)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
-    if engine == "numba" and D is not None:
+    permuted = None
+    if permutation:
+        permuted = _delayed_queues_compiled(input_times, D, permutation=True)
+        qt = qi = None
+        qend = permuted.end
+    elif engine == "numba" and D is not None:
         qt, qi, qend = _delayed_queues_compiled(input_times, D)
     else:
         qt, qi, qend = build_queues(input_times, D, np)
-    lay = _Layout(qt.shape, n_out, max_in)
-    qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
-    end = qend.reshape(-1)[lay.row]
+    lay = _Layout((qt if permuted is None else permuted.perm).shape, n_out, max_in)
     tm, ts = tau_mem[lay.i], tau_syn[lay.i]
     if engine == "numba":
-        times, events, counts = _forward_compiled(qt2, qi2, qend, W, lay, tau_mem, tau_syn, threshold, max_spikes,
-                                                  method, chunk_size, solver, max_total_spikes)
-    elif method == "sequential":
-        times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
-                                                    max_total_spikes)
+        queues = compiled_queue_args(qt, qi, qend, permuted, max_in)
+        times, events, counts = _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method,
+                                                  chunk_size, solver, max_total_spikes)
     else:
-        times, events, counts = _forward_scan(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
-                                              chunk_size, max_total_spikes)
+        qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
+        end = qend.reshape(-1)[lay.row]
+        if method == "sequential":
+            times, events, counts = _forward_sequential(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
+                                                        max_total_spikes)
+        else:
+            times, events, counts = _forward_scan(qt2, qi2, end, W, lay, tm, ts, threshold, max_spikes, solver,
+                                                  chunk_size, max_total_spikes)
+    queues = (dict(queue_times=qt, queue_index=qi, queue_end=qend) if permuted is None else
+              dict(queue_times=None, queue_index=None, queue_end=qend, queue_perm=permuted.perm,
+                   shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t))
     res = LIFResiduals(
-        queue_times=qt, queue_index=qi, queue_end=qend,
+        **queues,
         spike_times=times.reshape(batch, n_out, max_spikes), spike_event=events.reshape(batch, n_out, max_spikes),
         weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
         threshold_is_scalar=threshold_is_scalar,
@@ -697,10 +743,10 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     n_out = res.weights.shape[1]
     N = batch * n_out
     max_spikes = res.spike_times.shape[2]
-    L1 = res.queue_times.shape[2]
-    qt = np.ascontiguousarray(res.queue_times.reshape(-1, L1))
-    qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
-    qe = np.ascontiguousarray(res.queue_end.reshape(-1))
+    L1 = res.queue_length
+    permuted = None if res.queue_perm is None else PermutedQueues(res.queue_perm, res.shared_times, res.shared_index,
+                                                                   res.queue_end, res.delays_t)
+    qt, qi, pq, qe = compiled_queue_args(res.queue_times, res.queue_index, res.queue_end, permuted, max_in)
     st = np.ascontiguousarray(res.spike_times.reshape(N, max_spikes))
     se = np.ascontiguousarray(res.spike_event.reshape(N, max_spikes))
     counts = np.ascontiguousarray(result.counts.reshape(N), dtype=np.int64)
@@ -714,7 +760,8 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
     # Samples per block: the per-(sample, neuron, entry) arrival gradients of one block stay within
     # _COMPILED_ARRIVAL_BYTES (and the memory limit), then are summed into grad_in.
-    table, use_table = _compiled_decay_table(qt, qe, res.tau_mem, res.tau_syn, res.queue_times.shape[1] == 1)
+    table, use_table = _compiled_decay_table(qt, qe, res.tau_mem, res.tau_syn,
+                                             permuted is None and res.queue_times.shape[1] == 1)
     per_sample = 8 * n_out * L1 if input_times_grad else 0
     block = batch if per_sample == 0 else max(1, min(batch, _COMPILED_ARRIVAL_BYTES // per_sample))
     block = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, block,
@@ -722,13 +769,14 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     for start in range(0, batch, block):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
-        _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, qe, np.ascontiguousarray(res.weights),
+        _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, pq, qe,
+                            np.ascontiguousarray(res.weights),
                             np.ascontiguousarray(res.tau_mem), np.ascontiguousarray(res.tau_syn),
                             np.ascontiguousarray(res.threshold, np.float64), n_out, max(max_in, 1), st, se, counts, g,
                             table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
                             g_threshold, bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
         if input_times_grad:
-            _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
+            _lif_numba.scatter_input_grads(g_arrival.size, qi, pq, qe, g_arrival, start, grad_in, n_out)
     n_graze = grazing[:, 0]
     if n_graze.any():
         first = int(np.argmax(n_graze > 0))
@@ -754,6 +802,8 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         return _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine)
     if engine == "numba":
         return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads)
+    if result.residuals.queue_perm is not None:  # a compiled forward's queues, for the NumPy methods
+        result = result._replace(residuals=materialised(result.residuals))
     res = result.residuals
     if method == "auto":
         method = BACKWARD_AUTO

@@ -119,9 +119,10 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
       sorted times, mask and index: about 33 bytes per slot);
     - ``queues``: per-neuron queues with delays (``batch * n_out * L1`` entries: arrival times, gathered delays, sort
       order and the two outputs, 40 bytes each; CuPy keeps 12 of them), the shared queue without (24 bytes per
-      entry); with ``permutation`` (the CUDA queue kernels' permutation format, ``spikescan.cuda._queue.PERMUTATION``)
-      2 bytes per per-neuron entry (a uint16 position) plus the shared queue and its sort (24 bytes per sample
-      entry: float64 times, int64 and int32 index);
+      entry); with ``permutation`` (the permutation format of ``_queue.PermutedQueues``: the CUDA queue kernels'
+      with ``spikescan.cuda._queue.PERMUTATION``, the compiled engine's for layers with delays) 2 bytes per
+      per-neuron entry (a uint16 position) plus the shared queue and its sort (24 bytes per sample entry: float64
+      times, int64 and int32 index);
     - ``spike records``: times and events (float64 and int64) and the output times, per recorded spike slot;
     - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane, at most ``L1``
       lanes), or the loop's per-neuron state (about 300 bytes per neuron); for the compiled engine

@@ -6,6 +6,10 @@ with delays ``D[j, i]`` spike ``(t, j)`` reaches neuron ``i`` at ``t + D[j, i]``
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import numpy as np
+
 
 def build_queues(input_times, delays, xp):
     """Sort the input spikes of every sample (and neuron, with delays) by arrival time.
@@ -66,3 +70,72 @@ def delayed_queues(times, index, n_real, max_in, delays, xp):
     q_index = xp.take_along_axis(xp.broadcast_to(index[:, None, :], (batch, n_out, L1)), order2, axis=2)
     q_end = xp.broadcast_to(n_real[:, None], (batch, n_out)).copy()
     return q_times, q_index, q_end
+
+
+class PermutedQueues(NamedTuple):
+    """The queues of a layer with delays in the permutation format (PERF.md P2b), written by the CUDA queue kernels
+    (``spikescan.cuda._queue``) and by the compiled CPU engine (``_lif_numba.delayed_permutation``).
+
+    - ``perm``: ``[batch, n_out, L1]`` uint16 (int32 on the compiled engine when ``L1 > 65536``), the position in the
+      sample's shared queue of each row's entries, in arrival order; rows ``r >= n_real[b]`` hold ``n_real[b]``, a
+      padding position.
+    - ``times``: ``[batch, L1]`` float64, the shared queue (ascending, ``+inf`` padded).
+    - ``index``: ``[batch, L1]`` int32 (CUDA) or int64 (NumPy), its flat sources ``j * max_in + m`` (``-1`` for
+      padding).
+    - ``end``: ``[batch, n_out]`` int64, real entries per row (``n_real[b]`` on every row of sample ``b``).
+    - ``delays_t``: ``[n_out, n_in]`` float64, ``D`` transposed (a row reads one contiguous range).
+
+    Entry ``k`` of neuron ``i``: ``time = times[b, p] + delays_t[i, index[b, p] // max_in]`` (the addition of the
+    materialised queues, so the same bits; ``+inf`` for padding), ``p = perm[b, i, k]``.
+    """
+
+    perm: Any
+    times: Any
+    index: Any
+    end: Any
+    delays_t: Any
+
+
+def expand(xp, perm, times, index, delays_t, max_in):
+    """The materialised ``(queue_times [batch, n_out, L1] float64, queue_index [batch, n_out, L1])`` of a
+    permutation (``PermutedQueues`` fields; the index keeps ``index``'s dtype): arrivals by the kernels' addition,
+    ``+inf`` / ``-1`` padding."""
+    batch, n_out, L1 = perm.shape
+    p = perm.astype(xp.int64)
+    rows = xp.arange(batch)[:, None, None]
+    q_index = index[rows, p]
+    j = xp.where(q_index >= 0, q_index, 0) // max_in
+    arrival = times[rows, p] + delays_t[xp.arange(n_out)[None, :, None], j]
+    q_times = xp.where(q_index >= 0, arrival, np.inf)
+    return q_times, q_index
+
+
+def residual_queues(xp, residuals):
+    """``(queue_times, queue_index)`` of ``LIFResiduals`` in either format (the permutation format expanded)."""
+    if residuals.queue_perm is None:
+        return residuals.queue_times, residuals.queue_index
+    return expand(xp, residuals.queue_perm, residuals.shared_times, residuals.shared_index, residuals.delays_t,
+                  residuals.input_shape[2])
+
+
+# Peak bytes per queue entry of ``expand``: positions, indices, sources, arrivals and the outputs (8 bytes each) and
+# the masks.
+EXPAND_BYTES_PER_ENTRY = 48
+
+
+def materialised(residuals, xp=np):
+    """``residuals`` with its queues in the materialised format (a copy with ``queue_times`` and ``queue_index``
+    expanded and the permutation fields cleared; unchanged if already materialised): for the paths that walk
+    ``[batch, Q, L1]`` queue arrays (the NumPy backward methods, ``lif_trace``)."""
+    if residuals.queue_perm is None:
+        return residuals
+    from . import _memory
+
+    batch, n_out, L1 = residuals.queue_perm.shape
+    _memory.check(f"expanding the queues of a layer with delays ([{batch}, {n_out}, {L1}] entries)",
+                  {"queues": EXPAND_BYTES_PER_ENTRY * batch * n_out * L1}, xp,
+                  "the compiled engine's backward (engine='numba', or 'auto' with Numba installed, method "
+                  "'auto') reads them as they are; or reduce the batch")
+    q_times, q_index = residual_queues(xp, residuals)
+    return residuals._replace(queue_times=q_times, queue_index=q_index, queue_perm=None, shared_times=None,
+                              shared_index=None, delays_t=None)

@@ -705,7 +705,8 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
         backward_inputs((stop - start) * n_out * L1, qt, src, qe, Q, W, tm, ts, off, sp_t, lamV, lamI, start,
                         stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad, table, use_table)
         if input_times_grad:
-            _lif_numba.scatter_input_grads(g_arrival.size, qi, qe, g_arrival, start, grad_in, n_out)
+            _lif_numba.scatter_input_grads(g_arrival.size, qi, _lif_numba.NO_PERMUTATION, qe, g_arrival, start, grad_in,
+                                           n_out)
     grazing = None
     n_graze = graze[:, 0]
     if n_graze.any():

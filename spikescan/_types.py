@@ -29,16 +29,19 @@ class LIFResiduals(NamedTuple):
     - ``checkpoints``: CUDA backend with ``spikescan.cuda._lif.FORWARD_CHECKPOINTS`` only (``None`` otherwise): the
       state before every 32nd point of each neuron's history, written by the forward kernels so that the backward
       skips its first pass; float64 ``[n_ckpt, 4, batch * n_out]``, 1 byte per point.
-    - Permutation format (CUDA backend, layers with delays, ``spikescan.cuda._queue.PERMUTATION``; ``None``
-      otherwise): ``queue_times`` and ``queue_index`` are then ``None`` and the queues are kept as
-      ``queue_perm`` ``[batch, n_out, L1]`` uint16 (position in the sample's shared queue of each entry, in arrival
-      order; padding entries point at a padding position), ``shared_times`` ``[batch, L1]`` float64 and
-      ``shared_index`` ``[batch, L1]`` int32 (the shared queue: ascending times, flat sources, ``+inf`` / ``-1``
-      padded) and ``delays_t`` ``[n_out, n_in]`` float64 (``delays`` transposed). Entry ``k`` of neuron ``i``'s
-      queue is ``time = shared_times[b, p] + delays_t[i, shared_index[b, p] // max_in]`` (the same IEEE addition
-      as the materialised queues; ``+inf`` for padding) and ``index = shared_index[b, p]``, ``p =
-      queue_perm[b, i, k]``; ``queue_end`` stays ``[batch, n_out]``. 2 bytes per entry instead of 12;
-      ``spikescan.cuda._queue.residual_queues`` expands them. ``queue_length`` is ``L1`` in either format.
+    - Permutation format (feed-forward layers with delays on the compiled CPU engine, ``engine="numba"``, unless
+      ``_lif_numpy.COMPILED_PERMUTATION`` is off; on the CUDA backend with ``spikescan.cuda._queue.PERMUTATION``;
+      ``None`` otherwise): ``queue_times`` and ``queue_index`` are then ``None`` and the queues are kept as
+      ``queue_perm`` ``[batch, n_out, L1]`` uint16 (int32 on the compiled engine when ``L1 > 65536``; position in
+      the sample's shared queue of each entry, in arrival order; padding entries point at a padding position),
+      ``shared_times`` ``[batch, L1]`` float64 and ``shared_index`` ``[batch, L1]`` (int32 on CUDA, int64 on
+      NumPy; the shared queue: ascending times, flat sources, ``+inf`` / ``-1`` padded) and ``delays_t``
+      ``[n_out, n_in]`` float64 (``delays`` transposed). Entry ``k`` of neuron ``i``'s queue is ``time =
+      shared_times[b, p] + delays_t[i, shared_index[b, p] // max_in]`` (the same IEEE addition as the materialised
+      queues; ``+inf`` for padding) and ``index = shared_index[b, p]``, ``p = queue_perm[b, i, k]``;
+      ``queue_end`` stays ``[batch, n_out]``. 2 bytes per entry instead of 12 (CUDA) or 16 (NumPy);
+      ``spikescan._queue.residual_queues`` expands them and ``_queue.materialised`` gives residuals in the other
+      format (the NumPy backward methods and ``lif_trace`` use it). ``queue_length`` is ``L1`` in either format.
       The CUDA forward of a layer with delays keeps ``shared_times`` and ``shared_index`` with materialised queues
       too (12 bytes per input spike), for the deterministic closed backward (``spikescan.cuda._closed``).
 

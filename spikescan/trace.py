@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _validate as v
-from ._queue import build_queues
+from ._queue import build_queues, materialised
 from ._scan import recurrence_scan
 from .lif import METHODS, lif_forward
 from .neurons import lif
@@ -182,7 +182,7 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     most = int(result.counts.max(initial=0))
     if most > result.times.shape[-1]:
         result = forward(most)
-    res = result.residuals
+    res = materialised(result.residuals)
     batch, n_in, max_in = res.input_shape
     Q, L1 = res.queue_times.shape[1:]
     n = np.arange(batch * n_out)

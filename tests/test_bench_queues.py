@@ -1,5 +1,5 @@
-"""``benchmarks/bench_queues.py --quick``: the three queue builders agree before they are timed, and the JSON has
-every row and the speedups."""
+"""``benchmarks/bench_queues.py --quick``: the queue builders agree before they are timed, the layer gives the same
+bits with either queue format, and the JSON has every row and the speedups."""
 
 from __future__ import annotations
 
@@ -20,9 +20,27 @@ def test_quick_run_writes_checked_rows(tmp_path):
     bench_queues.main(["--quick", "--output", str(out)])
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_queues" and "commit" in report["stamp"]
-    assert {r["method"] for r in report["rows"]} == {"numpy", "numba_merge", "numba_bucket"}
+    assert {r["method"] for r in report["rows"]} == {"numpy", "numba_merge", "numba_bucket", "numba_permutation"}
     assert all(r["identical_to_numpy"] and r["seconds"] > 0 and r["entries"] > 0 for r in report["rows"])
-    assert set(report["speedups"]["quick"]) == {"bucket_over_merge", "bucket_over_numpy"}
+    kept = {r["method"]: r["bytes"] for r in report["rows"]}
+    assert kept["numba_permutation"] < kept["numba_bucket"] == kept["numpy"]
+    assert {r["queues"] for r in report["layer"]} == {"permutation", "materialised"}
+    assert all(r["identical"] and len(r["calls"]) == 2 and r["held_bytes"] > 0 for r in report["layer"])
+    assert set(report["speedups"]["quick"]) == {"bucket_over_merge", "bucket_over_numpy", "permutation_over_bucket",
+                                                "layer_forward", "layer_forward_backward", "layer_held_bytes",
+                                                "layer_backward_peak_bytes"}
+
+
+def test_a_format_that_changes_the_layer_is_reported(monkeypatch):
+    real = bench_queues._layer_call
+
+    def broken(t, w, d, permutation):
+        measured, digest = real(t, w, d, permutation)
+        return measured, digest + [b"x"] if permutation else digest
+
+    monkeypatch.setattr(bench_queues, "_layer_call", broken)
+    with pytest.raises(AssertionError, match="permutation format changes the layer's outputs"):
+        bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=300, n_out=16)}, 1)
 
 
 def test_a_builder_that_disagrees_is_not_timed(monkeypatch):

@@ -62,13 +62,15 @@ def test_estimates_bound_what_numpy_allocates(shape, method, no_limit, cpu_engin
     ss.lif_backward(warm, np.ones_like(warm.times), method="sequential")
     out, peak = _peak(lambda: ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=max_spikes, delays=D,
                                              method=method, chunk_size=chunk))
+    permutation = delays and cpu_engine == "numba" and ss._lif_numpy.COMPILED_PERMUTATION
+    assert (out.residuals.queue_perm is not None) == permutation
     parts = _memory.lif_forward_estimate(batch, n_in, max_in, n_out, _memory.most_entries(t, np), max_spikes,
-                                         delays, method, chunk, 8, cpu_engine)
+                                         delays, method, chunk, 8, cpu_engine, permutation)
     assert peak <= sum(parts.values()), (peak, parts)
     assert peak >= 0.3 * sum(parts.values()), (peak, parts)  # an estimate, not a blanket
     g = np.ones_like(out.times)
     res = out.residuals
-    n_points = res.queue_times.shape[2] + res.spike_times.shape[2]
+    n_points = res.queue_length + res.spike_times.shape[2]
     working = batch * n_out * n_points * ss._lif_numpy._BACKWARD_BYTES_PER_POINT
     need = sum(_memory.lif_backward_estimate(batch, n_in, max_in, n_out, True, delays, "numpy", working).values())
     for bwd in ("sequential", "scan"):
@@ -114,7 +116,7 @@ def test_scan_advice_names_the_method(no_limit):
 @pytest.mark.parametrize("method", ["sequential", "scan"])
 def test_backward_shrinks_its_groups_under_a_lower_limit(method, no_limit):
     t, W, D = _layer(3, 8, 60, 3, 24, True)
-    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8, delays=D)
+    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8, delays=D, engine="numpy")
     g = np.random.default_rng(0).normal(size=out.times.shape)
     ref = ss.lif_backward(out, g, method=method, engine="numpy")
     res = out.residuals

@@ -277,6 +277,107 @@ def test_compiled_delayed_queues_equal_the_numpy_ones():
             np.testing.assert_array_equal(a, b)
 
 
+def _tie_heavy_layer(seed, batch=3, n_in=20, max_in=4, n_out=7):
+    """Inputs and delays with simultaneous inputs and, through rounded delays, many simultaneous arrivals."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(np.where(rng.random((batch, n_in, max_in)) < 0.3, np.inf,
+                         np.round(rng.uniform(0, 50, (batch, n_in, max_in)), 1)), axis=-1)
+    t[0, 1, 0] = t[0, 2, 0] = 5.0
+    D = np.round(rng.uniform(0, 5, (n_in, n_out)), 1)
+    D[:, 3] = 1.0
+    D[:4, -1] = 0.0
+    return t, D
+
+
+@pytest.mark.parametrize("uint16", [True, False])
+def test_compiled_permutation_expands_to_the_numpy_queues(uint16, monkeypatch):
+    """The permutation format (``_lif_numba.delayed_permutation``) expands to the queues of
+    ``_queue.build_queues`` bit for bit, ties included; uint16 positions, and int32 past
+    ``PERMUTATION_MAX_UINT16`` (made small here)."""
+    from spikescan import _queue
+
+    if not uint16:
+        monkeypatch.setattr(_lif_numpy, "PERMUTATION_MAX_UINT16", 4)
+    for seed in range(3):
+        t, D = _tie_heavy_layer(seed)
+        q = _lif_numpy._delayed_queues_compiled(t, D, permutation=True)
+        assert q.perm.dtype == (np.uint16 if uint16 else np.int32)
+        ref_t, ref_i, ref_e = _queue.build_queues(t, D, np)
+        q_t, q_i = _queue.expand(np, q.perm, q.times, q.index, q.delays_t, t.shape[2])
+        np.testing.assert_array_equal(q_t, ref_t)
+        np.testing.assert_array_equal(q_i, ref_i)
+        np.testing.assert_array_equal(q.end, ref_e)
+        # Every padding entry points at a padding position of its sample's shared queue.
+        pad = np.arange(q.perm.shape[2]) >= ref_e[..., None]
+        assert (q.index[np.arange(t.shape[0])[:, None, None], q.perm.astype(np.int64)][pad] == -1).all()
+
+
+def _forward_backward(t, W, D, permutation, monkeypatch, method="sequential", **kw):
+    monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", permutation)
+    kw = dict(delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=6, method=method, chunk_size=4, **kw)
+    out = ss.lif_forward(t, W, engine="numba", **kw)
+    G = np.random.default_rng(3).normal(size=out.times.shape)
+    return out, ss.lif_backward(out, G, engine="numba", time_constant_grads=True), G
+
+
+@pytest.mark.parametrize("method,n_out", [("sequential", 9), ("scan", 9), ("sequential", 1)])
+def test_compiled_permutation_format_changes_no_bit(method, n_out, monkeypatch):
+    """A layer with delays keeps its queues as a permutation of the shared queue on the compiled engine: 2 bytes
+    per entry instead of 16, and the same bits as with materialised queues (spikes, every gradient), ties and
+    per-neuron thresholds included, and for one neuron (whose queues, one per sample, look like a layer without
+    delays'); the NumPy backward methods expand it."""
+    t, D = _tie_heavy_layer(7, batch=4, n_out=max(n_out, 6))
+    D = D[:, :n_out]
+    W = np.random.default_rng(7).normal(0.6, 0.5, (t.shape[1], n_out))
+    th = np.linspace(0.8, 1.2, n_out)
+    out_m, g_m, G = _forward_backward(t, W, D, False, monkeypatch, method, threshold=th)
+    out_p, g_p, _ = _forward_backward(t, W, D, True, monkeypatch, method, threshold=th)
+    res = out_p.residuals
+    assert res.queue_times is None and res.queue_index is None and res.queue_perm.dtype == np.uint16
+    assert out_m.residuals.queue_perm is None
+    assert res.queue_length == out_m.residuals.queue_length
+    assert out_m.counts.sum() > 4 * n_out
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(out_p, name), getattr(out_m, name), err_msg=name)
+    np.testing.assert_array_equal(res.spike_event, out_m.residuals.spike_event)
+    for name in ("weights", "input_times", "delays", "threshold", "tau_mem", "tau_syn"):
+        np.testing.assert_array_equal(getattr(g_p, name), getattr(g_m, name), err_msg=name)
+    for bwd in ("sequential", "closed"):
+        a = ss.lif_backward(out_p, G, method=bwd, engine="numpy")
+        b = ss.lif_backward(out_m, G, method=bwd, engine="numpy")
+        for name in ("weights", "input_times", "delays", "threshold"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"{bwd} {name}")
+    # Residual memory: the permutation and the shared queue (2 n_out + 16 bytes per input spike) against
+    # [batch, n_out, L1] times and indices (16 n_out).
+    held_p = res.queue_perm.nbytes + res.shared_times.nbytes + res.shared_index.nbytes
+    held_m = out_m.residuals.queue_times.nbytes + out_m.residuals.queue_index.nbytes
+    assert held_p == (2 * n_out + 16) * held_m // (16 * n_out)
+    # Expanding them for a NumPy method is checked against the memory limit first.
+    previous = ss.set_memory_limit(1000)
+    try:
+        with pytest.raises(MemoryError, match=r"expanding the queues of a layer with delays.*engine='numba'"):
+            ss.lif_backward(out_p, G, method="sequential", engine="numpy")
+    finally:
+        ss.set_memory_limit(previous)
+
+
+def test_compiled_permutation_trace(monkeypatch):
+    """``lif_trace`` of a layer with delays (its forward takes the permutation format) against the voltages from
+    materialised queues."""
+    from spikescan.trace import lif_trace
+
+    t, D = _tie_heavy_layer(8, batch=2, n_out=5)
+    W = np.random.default_rng(8).normal(0.6, 0.5, (t.shape[1], 5))
+    grid = np.linspace(0.0, 60.0, 301)
+    traces = {}
+    for permutation in (True, False):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", permutation)
+        traces[permutation] = lif_trace(t, W, grid, delays=D, tau_mem=10.0, tau_syn=5.0)
+    for name in traces[True]._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(traces[True], name)),
+                                      np.asarray(getattr(traces[False], name)), err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Recurrent layers (``_recurrent_numba``): the compiled event loop and backward against the NumPy engine
 # ---------------------------------------------------------------------------------------------------------------
@@ -470,8 +571,9 @@ def test_bucket_sort_is_the_stable_merge_sort_order():
 
 
 def test_bucket_sort_stays_in_bounds(tmp_path):
-    """The bucket sort's (and the unrolled recurrent queues') indexing under Numba's bounds checking (a fresh cache, so the checked build is the one that
-    runs): an out-of-bounds bucket index would raise here instead of silently reading memory."""
+    """The bucket sort's (and the unrolled recurrent queues' and the permutation format's) indexing under Numba's
+    bounds checking (a fresh cache, so the checked build is the one that runs): an out-of-bounds index would raise
+    here instead of silently reading memory."""
     code = ("import numpy as np\n"
             "from spikescan import _lif_numba, _lif_numpy, _queue\n"
             "rng = np.random.default_rng(1)\n"
@@ -482,6 +584,13 @@ def test_bucket_sort_stays_in_bounds(tmp_path):
             "for a, b in zip(_queue.build_queues(t, D, np), _lif_numpy._delayed_queues_compiled(t, D)):\n"
             "    assert np.array_equal(a, b)\n"
             "import spikescan as ss\n"
+            "q = _lif_numpy._delayed_queues_compiled(t, D, permutation=True)\n"
+            "assert np.array_equal(_queue.expand(np, q.perm, q.times, q.index, q.delays_t, 5)[0],\n"
+            "                      _queue.build_queues(t, D, np)[0])\n"
+            "f = ss.lif_forward(t, rng.normal(0.9, 0.7, (9, 6)), delays=D, tau_mem=6.0, tau_syn=3.0, max_spikes=3,\n"
+            "                   engine='numba')\n"
+            "assert f.residuals.queue_perm is not None and f.counts.sum() > 0\n"
+            "ss.lif_backward(f, np.ones(f.times.shape), engine='numba', time_constant_grads=True)\n"
             "from spikescan import _recurrent\n"
             "R = rng.normal(0, 0.3, (6, 6)); R[0, 1] = 0.0\n"
             "r = ss.lif_forward(t, rng.normal(0.9, 0.7, (9, 6)), delays=D, tau_mem=6.0, tau_syn=3.0, max_spikes=3,\n"

@@ -32,11 +32,9 @@ entry instead of 12, plus the shared queue (12 bytes per sample entry) and ``D^T
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import numpy as np
 
-from .._queue import delayed_queues, shared_queue
+from .._queue import PermutedQueues, delayed_queues, expand, residual_queues, shared_queue  # noqa: F401 (re-exported)
 
 BYTES_PER_ENTRY = 12  # bitonic: float64 arrival + int32 position in the shared queue
 COUNTING_BYTES_PER_ENTRY = 6  # counting: int32 bin count + uint16 position in the shared queue
@@ -58,24 +56,6 @@ MAX_THREADS = 512
 INDEX_LIMIT = 2**31 - 1  # flat indices j * max_in + m < n_in * max_in must fit in int32
 
 
-class PermutedQueues(NamedTuple):
-    """The queues of a layer with delays in the permutation format (device arrays).
-
-    - ``perm``: ``[batch, n_out, L1]`` uint16, position in the sample's shared queue of each row's entries (in
-      arrival order; rows ``r >= n_real[b]`` hold ``n_real[b]``, a padding position).
-    - ``times``: ``[batch, L1]`` float64, the shared queue (ascending, ``+inf`` padded).
-    - ``index``: ``[batch, L1]`` int32, its flat sources ``j * max_in + m`` (``-1`` for padding).
-    - ``end``: ``[batch, n_out]`` int64, real entries per row (``n_real[b]`` on every row of sample ``b``).
-    - ``delays_t``: ``[n_out, n_in]`` float64, ``D`` transposed (a row reads one contiguous range).
-    """
-
-    perm: Any
-    times: Any
-    index: Any
-    end: Any
-    delays_t: Any
-
-
 def permutation_applies(xp, n_entries, has_delays, max_shared=None, algorithm=None):
     """True if ``build_queues(..., permutation=True)`` writes the permutation format for queues of ``n_entries``
     entries at most (``L1 = n_entries + 1``): delays, ``L1 <= PERMUTATION_MAX_L1`` and a row that fits the kernel."""
@@ -83,28 +63,6 @@ def permutation_applies(xp, n_entries, has_delays, max_shared=None, algorithm=No
     if not has_delays or n_entries + 1 > PERMUTATION_MAX_L1:
         return False
     return kernel_fits(n_entries, _max_shared(xp) if max_shared is None else max_shared, algorithm)
-
-
-def expand(xp, perm, times, index, delays_t, max_in):
-    """The materialised ``(queue_times [batch, n_out, L1] float64, queue_index [batch, n_out, L1] int32)`` of a
-    permutation (``PermutedQueues`` fields): arrivals by the LIF kernels' addition, ``+inf`` / ``-1`` padding. For
-    tests and tools; the layers never materialise them."""
-    batch, n_out, L1 = perm.shape
-    p = perm.astype(xp.int64)
-    rows = xp.arange(batch)[:, None, None]
-    q_index = index[rows, p]
-    j = xp.where(q_index >= 0, q_index, 0) // max_in
-    arrival = times[rows, p] + delays_t[xp.arange(n_out)[None, :, None], j]
-    q_times = xp.where(q_index >= 0, arrival, np.inf)
-    return q_times, q_index.astype(xp.int32)
-
-
-def residual_queues(xp, residuals):
-    """``(queue_times, queue_index)`` of ``LIFResiduals`` in either format (the permutation format expanded)."""
-    if residuals.queue_perm is None:
-        return residuals.queue_times, residuals.queue_index
-    return expand(xp, residuals.queue_perm, residuals.shared_times, residuals.shared_index, residuals.delays_t,
-                  residuals.input_shape[2])
 
 
 def shared_bytes(n_max, algorithm="bitonic"):
