@@ -1482,6 +1482,10 @@ def recurrent_gate(ctx, device, cfg, tol, key, hidden, rd, last):
                      failed=[c["check"] for c in checks if not c["ok"]], reference=ref_info,
                      gpu_forward_wall_s=forward_wall, gpu_backward_wall_s=backward_wall, predicted_s=predicted,
                      events_per_sample=events, spikes_per_sample=float(device.to_host(out.counts).sum() / b0))
+        if ctx.time_left() - RECURRENT_MARGIN_S >= 3 * backward_wall:
+            entry["deterministic"] = recurrent_deterministic(device, layer, out, G, grads, ref, tol)
+        else:
+            entry["deterministic"] = dict(status="not_run", reason="stage out of time")
     except Exception as exc:
         entry = dict(status="error", checks=checks, reason=f"{type(exc).__name__}: {exc}",
                      traceback=traceback.format_exc()[-2000:])
@@ -1489,6 +1493,35 @@ def recurrent_gate(ctx, device, cfg, tol, key, hidden, rd, last):
     device.free()
     entry["seconds"] = time.perf_counter() - start
     return entry
+
+
+def recurrent_deterministic(device, layer, out, G, grads, ref, tol):
+    """The fixed-order backward (``spikescan.cuda._recurrent.DETERMINISTIC``) on the gate's forward: its gradients
+    against the reference (as the gate checks the default's), two runs bit for bit, and their wall times (to set
+    beside the default's). Recorded beside the gate; it does not decide the gate, which is the default's."""
+    from spikescan.cuda import _recurrent
+
+    names = [n for n in RECURRENT_GRADS + ("input_times",) if getattr(grads, n) is not None]
+    before = _recurrent.DETERMINISTIC
+    runs, walls = [], []
+    try:
+        _recurrent.DETERMINISTIC = True
+        for _ in range(2):
+            t0 = time.perf_counter()
+            runs.append(layer.backward(out, device.asarray(G), device.launch, input_times_grad=True))
+            device.sync()
+            walls.append(time.perf_counter() - t0)
+    except Exception as exc:
+        return dict(status="error", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
+    finally:
+        _recurrent.DETERMINISTIC = before
+    checks = [c for c in recurrent_gate_checks(device, out, runs[0], ref, tol) if c["check"].startswith("grad_")]
+    differ = [n for n in names if not np.array_equal(device.to_host(getattr(runs[0], n)),
+                                                     device.to_host(getattr(runs[1], n)))]
+    checks.append(dict(check="repeatable", ok=not differ, differ=differ))
+    ok = all(c["ok"] for c in checks)
+    return dict(status="pass" if ok else "fail", checks=checks, failed=[c["check"] for c in checks if not c["ok"]],
+                gpu_backward_wall_s=walls)
 
 
 def _multiprocessors(device):
@@ -2088,6 +2121,13 @@ def recurrent_table(report):
         t=numba.get("threads", "-"), **rec["shape"]) + ", ".join(
         f"{k} {v['status']}" + (f" {v.get('failed') or v.get('reason')}" if v["status"] != "pass" else "")
         for k, v in rec["gate"].items())]
+    det = {k: v["deterministic"] for k, v in rec["gate"].items() if "deterministic" in v}
+    if det:
+        lines.append("  deterministic backward (gate batch): " + ", ".join(
+            f"{k} {d['status']}" + (f" {d.get('failed') or d.get('reason')}" if d["status"] != "pass" else "")
+            + (f" {min(d['gpu_backward_wall_s']) / rec['gate'][k]['gpu_backward_wall_s']:.2f}x the default's wall"
+               if d.get("gpu_backward_wall_s") and rec["gate"][k].get("gpu_backward_wall_s") else "")
+            for k, d in det.items()))
     if rec.get("rows"):
         lines.append(f"  {'batch':>5} {'layer':<13}{'gpu fwd ms':>11}{'f+b ms':>10}{'numba fwd':>11}{'f+b ms':>10}"
                      f"{'x fwd':>8}{'x f+b':>8}{'peak GiB':>9} agree")

@@ -175,6 +175,13 @@ def test_dry_run_recurrent(report):
                 "grad_input_times_zero_outside_reference_samples"} <= checks
         assert ("grad_recurrent_delays" in checks) == rd
         assert gate["spikes_per_sample"] > 0
+        # The fixed-order backward beside the gate: against the reference and bit for bit twice.
+        det = gate["deterministic"]
+        assert det["status"] == "pass", (key, det.get("failed"), det.get("reason"))
+        det_checks = {c["check"] for c in det["checks"]}
+        assert {"grad_weights", "grad_threshold", "grad_recurrent_weights", "grad_input_times",
+                "repeatable"} <= det_checks
+        assert ("grad_recurrent_delays" in det_checks) == rd and len(det["gpu_backward_wall_s"]) == 2
     assert report["recurrent_gate"] == {k: dict(status="pass", failed=[], reason=None) for k, _, _ in layers}
     # Every (batch, layer) row timed on the kernels (host emulation here) and beside the compiled CPU engine.
     rows = {(r["batch"], r["layer"]): r for r in rec["rows"]}
@@ -199,6 +206,7 @@ def test_dry_run_recurrent(report):
             assert entry["ratio"] > 0 and math.isfinite(entry["ratio"])
     assert len(speedups) == (2 * len(rows) if numba else 0)
     assert any(line.startswith("recurrent (SHD-like") for line in report["table"])
+    assert any(line.startswith("  deterministic backward (gate batch): ") for line in report["table"])
 
 
 def test_recurrent_gate_checks_see_differences(tmp_path):
