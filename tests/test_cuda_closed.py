@@ -415,3 +415,26 @@ def test_public_api_cupy_in_cupy_out():
             continue
         assert isinstance(b, cupy.ndarray), name
         np.testing.assert_allclose(cupy.asnumpy(b), a, err_msg=name, **TOL["float64"]["grads"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["closed", "sequential"])
+def test_gpu_grazing_warning_points_at_the_callers_line(method):
+    """Through the public ``spikescan.lif_backward`` on CuPy inputs, the grazing warning is attributed to the line
+    that called it (each CUDA backward path passes its own ``stacklevel``), as on NumPy."""
+    from spikescan.cuda import is_available
+
+    if not is_available():
+        pytest.skip("no CUDA device")
+    import cupy as cp
+
+    t, W = grazing_layer()
+    r = ss.lif_forward(cp.asarray(t), cp.asarray(W), max_spikes=4, method="sequential", **GRAZE)
+    G = cp.asarray(np.random.default_rng(0).normal(size=r.times.shape))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ss.lif_backward(r, G, method=method)
+    grazing = [w for w in rec if isinstance(w.message, ss.GrazingSpikeWarning)]
+    if not grazing:
+        pytest.skip("no grazing spike on this device (the peak's last bit depends on the device's exp)")
+    assert len(grazing) == 1 and grazing[0].filename == __file__, [(w.filename, w.lineno) for w in grazing]
