@@ -583,25 +583,33 @@ def unrolled_queues(qt, qi, qend, Q, max_in, n_in, log_t, log_k, log_n, R, Dr, h
             out_index[b, i, p] = -1
 
 
+@_jit
+def _delayed_row(times, src, delays_t, n_real, r, bucket_sort):
+    """``(b, i, n, arrival, order)`` of queue row ``r = b * n_out + i``: the arrivals ``times[b, k] + delays_t[i,
+    src[b, k]]`` of the sample's ``n`` real shared-queue entries and their stable ascending order
+    (``stable_order``)."""
+    n_out = delays_t.shape[0]
+    b = r // n_out
+    i = r - b * n_out
+    n = n_real[b]
+    arrival = np.empty(n)
+    for k in range(n):
+        arrival[k] = times[b, k] + delays_t[i, src[b, k]]
+    return b, i, n, arrival, stable_order(arrival, bucket_sort)
+
+
 @_pjit
-def delayed_queues(times, index, n_real, src, delays, q_times, q_index, bucket_sort=True):
+def delayed_queues(times, index, n_real, src, delays_t, q_times, q_index, bucket_sort=True):
     """Per-neuron queues of a layer with delays from the shared queue of every sample (``_queue.delayed_queues``,
-    identical values): row ``(b, i)`` holds the arrivals ``times[b, k] + delays[src[b, k], i]`` of the real entries,
-    stably sorted (simultaneous arrivals keep their shared-queue order; ``stable_order``), then ``+inf`` / ``-1``
-    padding. ``src``: the source neuron of every shared-queue entry; outputs ``[batch, n_out, L1]``, every element
-    written here (padding included). ``bucket_sort=False``: the merge sort for every row (the benchmark's
-    baseline, benchmarks/bench_queues.py)."""
+    identical values): row ``(b, i)`` holds the arrivals ``times[b, k] + delays_t[i, src[b, k]]`` of the real
+    entries, stably sorted (simultaneous arrivals keep their shared-queue order; ``stable_order``), then ``+inf`` /
+    ``-1`` padding. ``src``: the source neuron of every shared-queue entry; ``delays_t``: ``[n_out, n_in]``;
+    outputs ``[batch, n_out, L1]``, every element written here (padding included). ``bucket_sort=False``: the merge
+    sort for every row (the benchmark's baseline, benchmarks/bench_queues.py)."""
     batch, L1 = times.shape
-    n_out = delays.shape[1]
-    for r_ in prange(batch * n_out):
-        r = np.int64(r_)
-        b = r // n_out
-        i = r - b * n_out
-        n = n_real[b]
-        arrival = np.empty(n)
-        for k in range(n):
-            arrival[k] = times[b, k] + delays[src[b, k], i]
-        order = stable_order(arrival, bucket_sort)
+    n_out = delays_t.shape[0]
+    for r in prange(batch * n_out):
+        b, i, n, arrival, order = _delayed_row(times, src, delays_t, n_real, np.int64(r), bucket_sort)
         for k in range(n):
             q_times[b, i, k] = arrival[order[k]]
             q_index[b, i, k] = index[b, order[k]]
@@ -614,19 +622,13 @@ def delayed_queues(times, index, n_real, src, delays, q_times, q_index, bucket_s
 def delayed_permutation(times, index, n_real, src, delays_t, perm, bucket_sort=True):
     """``delayed_queues`` in the permutation format (``_queue.PermutedQueues``): row ``b * n_out + i`` of ``perm``
     ``[batch * n_out, L1]`` holds the shared-queue positions of the row's entries in the stable order of their
-    arrivals ``times[b, k] + delays_t[i, src[b, k]]`` (the same order, so ``_entry`` gives ``delayed_queues``'s
-    values), then ``n_real[b]`` (a padding position) for the padding. Every element written here."""
+    arrivals (the same order, so ``_entry`` gives ``delayed_queues``'s values), then ``n_real[b]`` (a padding
+    position) for the padding. Every element written here."""
     batch, L1 = times.shape
     n_out = delays_t.shape[0]
     for r_ in prange(batch * n_out):
-        r = np.int64(r_)
-        b = r // n_out
-        i = r - b * n_out
-        n = n_real[b]
-        arrival = np.empty(n)
-        for k in range(n):
-            arrival[k] = times[b, k] + delays_t[i, src[b, k]]
-        order = stable_order(arrival, bucket_sort)
+        r = np.int64(r_)  # prange indices may be typed unsigned
+        _, _, n, _, order = _delayed_row(times, src, delays_t, n_real, r, bucket_sort)
         for k in range(n):
             perm[r, k] = order[k]
         for k in range(n, L1):

@@ -280,8 +280,8 @@ def _delayed_queues_compiled(input_times, delays, bucket_sort=True, permutation=
     n_out = delays.shape[1]
     max_in = max(input_times.shape[2], 1)
     src = np.where(index >= 0, index // max_in, 0)
+    delays_t = np.ascontiguousarray(delays.T)
     if permutation:
-        delays_t = np.ascontiguousarray(delays.T)
         perm = np.empty((batch, n_out, L1), np.uint16 if L1 <= PERMUTATION_MAX_UINT16 else np.int32)
         _lif_numba.delayed_permutation(batch * n_out * L1, np.ascontiguousarray(times), np.ascontiguousarray(index),
                                        np.ascontiguousarray(n_real), np.ascontiguousarray(src), delays_t,
@@ -290,8 +290,8 @@ def _delayed_queues_compiled(input_times, delays, bucket_sort=True, permutation=
     q_times = np.empty((batch, n_out, L1))  # every element written by the kernel
     q_index = np.empty((batch, n_out, L1), np.int64)
     _lif_numba.delayed_queues(batch * n_out * L1, np.ascontiguousarray(times), np.ascontiguousarray(index),
-                              np.ascontiguousarray(n_real), np.ascontiguousarray(src), np.ascontiguousarray(delays),
-                              q_times, q_index, bool(bucket_sort))
+                              np.ascontiguousarray(n_real), np.ascontiguousarray(src), delays_t, q_times, q_index,
+                              bool(bucket_sort))
     return q_times, q_index, np.broadcast_to(n_real[:, None], (batch, n_out)).copy()
 
 
