@@ -13,7 +13,8 @@ carries a hash of the engines' sources (``SOURCE_STAMP``), so editing the neuron
   recurrence as the sequential walk, so both give bit-identical results; the scan saves nothing on most CPUs
   (``method="auto"`` takes the sequential walk) and exists so that its chunk boundaries are tested like the GPU's.
 - ``delayed_permutation`` (and ``delayed_queues``, materialised): the per-neuron queues of a layer with delays;
-  every kernel reads a queue entry through ``_entry``, from materialised queues or from the permutation format
+  every kernel reads its queue rows from materialised queues or, expanded row by row (``_expand_row``), from
+  the permutation format
   (``_queue.PermutedQueues``: 2 bytes per entry instead of 16, the same bits).
 - ``backward``: the adjoint of the CUDA ``spikescan_lif_backward`` (a forward walk storing the state before every
   point, then the reverse walk), ``prange`` over output neurons ``i``, samples in order inside, so that the
@@ -107,9 +108,9 @@ class _Parallel:
 
 _pjit = _Parallel
 
-# The ``pq`` argument of the kernels that read materialised queues (``_entry``): an empty permutation.
+# The ``pq`` argument of the kernels that read materialised queues (``_queue_arrays``): an empty permutation.
 NO_PERMUTATION = (np.zeros((0, 0), np.uint16), np.zeros((0, 0)), np.zeros((0, 0), np.int64),
-                  np.zeros((0, 0), np.int64), np.zeros((0, 0)))
+                  np.zeros((0, 0), np.int64), np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0), np.int64))
 
 # Status codes of the per-neuron walks.
 _OK, _STUCK, _RUNAWAY = 0, 1, 2
@@ -182,37 +183,46 @@ def _neuron(tid, n_out, Q):
 
 @_jit
 def _queue_shape(qt, pq):
-    """``(rows, L1)`` of the queues: ``qt``'s, or the permutation's when ``pq`` holds one (see ``_entry``)."""
+    """``(rows, L1)`` of the queues: ``qt``'s, or the permutation's when ``pq`` holds one (see ``_queue_arrays``)."""
     perm = pq[0]
     return (perm.shape[0], perm.shape[1]) if perm.shape[0] else (qt.shape[0], qt.shape[1])
 
 
-@cached_njit(inline="always")
-def _entry(qt, qi, permuted, perm, times, source, delays_t, row, k, max_in):
-    """``(arrival, source neuron j)`` of entry ``k`` of queue ``row`` (``j = -1`` for padding).
-
-    Materialised queues ``qt``, ``qi`` ``[rows, L1]`` (``j = qi // max_in``); or, when ``permuted`` (``pq = (perm,
-    times, index, source, delays_t)``, unpacked by the caller outside its loops; ``perm [batch * n_out, L1]``,
-    ``source = index // max_in`` per shared-queue entry; ``_queue.PermutedQueues``), entry ``k`` of row ``b * n_out
-    + i`` is ``times[b, p] + delays_t[i, source[b, p]]``, ``p = perm[row, k]``: the addition that built the
-    materialised queues, so the same bits, and no integer division."""
-    if not permuted:
-        flat = qi[row, k]
-        return qt[row, k], np.int64(flat // max_in if flat >= 0 else -1)
-    n_out = delays_t.shape[0]
-    b = row // n_out
-    p = perm[row, k]
-    j = np.int64(source[b, p])
-    if j < 0:
-        return np.inf, j
-    return times[b, p] + delays_t[row - b * n_out, j], j
+@_jit
+def _queue_arrays(qt, qi, pq):
+    """``(QT, QI, permuted)``: the 2-d arrays the kernel reads its queue rows from. Materialised queues: ``qt``,
+    ``qi`` themselves (row ``b * Q + ...``). Permutation format ``pq = (perm, times, index, source, delays_t,
+    scratch_times, scratch_index)`` (``perm [batch * n_out, L1]`` not empty; ``_queue.PermutedQueues``, ``source =
+    index // max_in``): the scratch ``[chunks, L1]``; the kernel then splits its neurons into that many chunks
+    (its parallel loop runs over them) and ``_expand_row`` fills a chunk's row one neuron at a time."""
+    if pq[0].shape[0] == 0:
+        return qt, qi, False
+    return pq[5], pq[6], True
 
 
 @_jit
-def _apply_input(V, I, a, b, c, j, W, i):
-    """``(V, I)`` after the gap with decay ``(a, b, c)`` and then the queue entry of source neuron ``j`` (its
-    weight added to ``I``; padding, ``j < 0``, adds nothing)."""
-    w = W[j, i] if j >= 0 else 0.0
+def _expand_row(QT, QI, pq, row, n, max_in, slot):
+    """Expand the first ``n`` entries of permuted queue ``row = b * n_out + i`` into scratch row ``slot`` of ``QT``,
+    ``QI`` (the calling chunk's) and return ``slot``: entry ``k`` is ``times[b, p] + delays_t[i, source[b, p]]``
+    (the addition that built the materialised queues, so the same bits) and ``index[b, p]``, ``p = perm[row, k]``.
+    Called once per neuron, and only for permuted queues, so that the materialised path pays nothing per neuron."""
+    perm, times, index, source, delays_t = pq[0], pq[1], pq[2], pq[3], pq[4]
+    n_out = delays_t.shape[0]
+    b = row // n_out
+    i = row - b * n_out
+    for k in range(n):
+        p = perm[row, k]
+        flat = index[b, p]
+        QI[slot, k] = flat
+        QT[slot, k] = times[b, p] + delays_t[i, source[b, p]] if flat >= 0 else np.inf
+    return slot
+
+
+@_jit
+def _apply_input(V, I, a, b, c, flat, W, max_in, i):
+    """``(V, I)`` after the gap with decay ``(a, b, c)`` and then the queue entry of flat source ``flat`` (its
+    weight added to ``I``; padding, ``flat < 0``, adds nothing)."""
+    w = W[flat // max_in, i] if flat >= 0 else 0.0
     return a * V + c * I, lif.input_jump_scalar(b * I, w)
 
 
@@ -220,39 +230,40 @@ def _apply_input(V, I, a, b, c, j, W, i):
 def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
                        table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
     """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``, or the permutation format
-    ``pq`` (``_entry``); ``qe``: ``[batch * Q]``; ``table``: ``decay_table`` when ``use_table``; outputs
+    ``pq`` (``_queue_arrays``); ``qe``: ``[batch * Q]``; ``table``: ``decay_table`` when ``use_table``; outputs
     ``[batch * n_out, max_spikes]`` pre-filled (``inf`` / ``-1``) and ``[batch * n_out]``."""
     N = counts.shape[0]
     Q = _queue_shape(qt, pq)[0] // max(N // n_out, 1) if N else 1
-    perm, s_times, _, s_source, delays_t = pq
-    permuted = perm.shape[0] > 0
-    for t_ in prange(N):
-        tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
-        i, row = _neuron(tid, n_out, Q)
-        tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
-        end = qe[row]
-        V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
-        count = 0
-        for k in range(end + 1):
-            # +inf at k == end: the open gap after the last input
-            t_k, j = _entry(qt, qi, permuted, perm, s_times, s_source, delays_t, row, k, max_in)
-            a, bb, c = _gap_decay(table, use_table, row, k, t_k, t_prev, True, tau_mem, tau_syn)
-            if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
-                before = count
-                status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
-                    V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
-                    spike_times, spike_event, tid)
-                if status != _OK:
-                    stuck_times[tid] = t_stop
-                    stuck_current[tid] = I_stop
+    QT, QI, permuted = _queue_arrays(qt, qi, pq)
+    chunks = QT.shape[0] if permuted else N  # permuted: a scratch row per chunk of neurons
+    for c_ in prange(chunks):
+        chunk = np.int64(c_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
+        for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
+            i, row = _neuron(tid, n_out, Q)
+            tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
+            end = qe[row]
+            r = _expand_row(QT, QI, pq, row, end + 1, max_in, chunk) if permuted else row
+            V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
+            count = 0
+            for k in range(end + 1):
+                t_k = QT[r, k]  # +inf at k == end: the open gap after the last input
+                a, bb, c = _gap_decay(table, use_table, row, k, t_k, t_prev, True, tau_mem, tau_syn)
+                if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
+                    before = count
+                    status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
+                        V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                        spike_times, spike_event, tid)
+                    if status != _OK:
+                        stuck_times[tid] = t_stop
+                        stuck_current[tid] = I_stop
+                        break
+                    if count != before:  # the rest of the gap starts at the last spike
+                        a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
+                if k == end:
                     break
-                if count != before:  # the rest of the gap starts at the last spike
-                    a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
-            if k == end:
-                break
-            V, I = _apply_input(V, I, a, bb, c, j, W, i)
-            t_prev = t_k
-        counts[tid] = count
+                V, I = _apply_input(V, I, a, bb, c, QI[r, k], W, max_in, i)
+                t_prev = t_k
+            counts[tid] = count
 
 
 @_pjit
@@ -262,71 +273,71 @@ def forward_scan(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_i
     ``forward_sequential``."""
     N = counts.shape[0]
     Q = _queue_shape(qt, pq)[0] // max(N // n_out, 1) if N else 1
-    perm, s_times, _, s_source, delays_t = pq
-    permuted = perm.shape[0] > 0
-    for t_ in prange(N):
-        tid = np.int64(t_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
-        i, row = _neuron(tid, n_out, Q)
-        tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
-        end = qe[row]
-        V0 = np.empty(width)  # state before each lane's gap
-        I0 = np.empty(width)
-        T0 = np.empty(width)
-        DA = np.empty(width)  # decay over each lane's gap
-        DB = np.empty(width)
-        DC = np.empty(width)
-        TK = np.empty(width)  # each lane's queue entry: arrival and source neuron
-        FK = np.empty(width, np.int64)
-        V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
-        count = 0
-        pos = 0
-        status = _OK
-        while pos <= end and status == _OK:
-            n = min(width, end + 1 - pos)
-            # Speculation: states before every gap of the chunk, assuming no spike in it.
-            # Every chunk starts right after a queue entry (or at t = 0), so all its gaps come from the table.
-            v, cur, tp = V, I, t_prev
-            for l in range(n):
-                k = pos + l
-                V0[l], I0[l], T0[l] = v, cur, tp
-                t_k, j = _entry(qt, qi, permuted, perm, s_times, s_source, delays_t, row, k, max_in)
-                TK[l], FK[l] = t_k, j
-                a, bb, c = _gap_decay(table, use_table, row, k, t_k, tp, True, tau_mem, tau_syn)
-                DA[l], DB[l], DC[l] = a, bb, c
-                if k < end:
-                    v, cur = _apply_input(v, cur, a, bb, c, j, W, i)
-                    tp = t_k
-            # Gap tests of every lane (independent of each other), then the first firing one.
-            first = n
-            for l in range(n):
-                if lif.quiet_gap_scalar(V0[l], I0[l], DA[l], DB[l], DC[l], threshold):
+    QT, QI, permuted = _queue_arrays(qt, qi, pq)
+    chunks = QT.shape[0] if permuted else N  # permuted: a scratch row per chunk of neurons
+    for c_ in prange(chunks):
+        chunk = np.int64(c_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
+        for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
+            i, row = _neuron(tid, n_out, Q)
+            tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
+            end = qe[row]
+            r = _expand_row(QT, QI, pq, row, end + 1, max_in, chunk) if permuted else row
+            V0 = np.empty(width)  # state before each lane's gap
+            I0 = np.empty(width)
+            T0 = np.empty(width)
+            DA = np.empty(width)  # decay over each lane's gap
+            DB = np.empty(width)
+            DC = np.empty(width)
+            V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
+            count = 0
+            pos = 0
+            status = _OK
+            while pos <= end and status == _OK:
+                n = min(width, end + 1 - pos)
+                # Speculation: states before every gap of the chunk, assuming no spike in it.
+                # Every chunk starts right after a queue entry (or at t = 0), so all its gaps come from the table.
+                v, cur, tp = V, I, t_prev
+                for l in range(n):
+                    k = pos + l
+                    V0[l], I0[l], T0[l] = v, cur, tp
+                    t_k = QT[r, k]
+                    a, bb, c = _gap_decay(table, use_table, row, k, t_k, tp, True, tau_mem, tau_syn)
+                    DA[l], DB[l], DC[l] = a, bb, c
+                    if k < end:
+                        v, cur = _apply_input(v, cur, a, bb, c, QI[r, k], W, max_in, i)
+                        tp = t_k
+                # Gap tests of every lane (independent of each other), then the first firing one.
+                first = n
+                for l in range(n):
+                    if lif.quiet_gap_scalar(V0[l], I0[l], DA[l], DB[l], DC[l], threshold):
+                        continue
+                    fires, _ = lif.fires_in_gap_scalar(V0[l], I0[l], QT[r, pos + l] - T0[l], tau_mem, tau_syn,
+                                                       threshold)
+                    if fires:
+                        first = l
+                        break
+                if first == n:  # a quiet chunk commits whole
+                    V, I, t_prev = v, cur, tp
+                    pos += n
                     continue
-                fires, _ = lif.fires_in_gap_scalar(V0[l], I0[l], TK[l] - T0[l], tau_mem, tau_syn, threshold)
-                if fires:
-                    first = l
+                k = pos + first
+                V, I, t_prev = V0[first], I0[first], T0[first]
+                t_k = QT[r, k]
+                status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
+                    V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                    spike_times, spike_event, tid)
+                if status != _OK:
+                    stuck_times[tid] = t_stop
+                    stuck_current[tid] = I_stop
                     break
-            if first == n:  # a quiet chunk commits whole
-                V, I, t_prev = v, cur, tp
-                pos += n
-                continue
-            k = pos + first
-            V, I, t_prev = V0[first], I0[first], T0[first]
-            t_k = TK[first]
-            status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
-                V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
-                spike_times, spike_event, tid)
-            if status != _OK:
-                stuck_times[tid] = t_stop
-                stuck_current[tid] = I_stop
-                break
-            if k == end:
-                break
-            # Entry k itself (after the spike: its own gap), then the next chunk starts after it.
-            a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
-            V, I = _apply_input(V, I, a, bb, c, FK[first], W, i)
-            t_prev = t_k
-            pos = k + 1
-        counts[tid] = count
+                if k == end:
+                    break
+                # Entry k itself (after the spike: its own gap), then the next chunk starts after it.
+                a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
+                V, I = _apply_input(V, I, a, bb, c, QI[r, k], W, max_in, i)
+                t_prev = t_k
+                pos = k + 1
+            counts[tid] = count
 
 
 @_pjit
@@ -343,115 +354,115 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
     n_batch = (counts.shape[0] // n_out) if n_out else 0
     rows, L1 = _queue_shape(qt, pq)
     Q = rows // max(n_batch, 1)
-    perm, s_times, _, s_source, delays_t = pq
-    permuted = perm.shape[0] > 0
+    QT, QI, permuted = _queue_arrays(qt, qi, pq)
     P_max = L1 + max_spikes
-    for i_ in prange(n_out):
-        i = np.int64(i_)
-        prev_V = np.empty(P_max)
-        prev_I = np.empty(P_max)
-        code = np.empty(P_max, np.int64)  # >= 0: input k; < 0: spike -(m + 1)
-        source = np.empty(P_max, np.int64)  # the input's source neuron
-        dec = np.empty((P_max, 4))  # decay over the gap before each point and its length, for the reverse walk
-        tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
-        for b in range(sample_start, sample_stop):
-            tid = b * n_out + i
-            row = b * Q + (i if Q > 1 else 0)
-            n_rec = min(counts[tid], max_spikes)
-            if n_rec == 0:
-                continue  # no recorded spike: no gradient flows through this neuron
-            n_points = spike_event[tid, n_rec - 1] + n_rec
-            # Forward over the points: the state before each.
-            V, I, tau = 0.0, 0.0, 0.0
-            m = 0
-            fresh = True  # the previous point is queue entry k - 1 (or t = 0): its gap is in the table
-            for p in range(n_points):
-                prev_V[p], prev_I[p] = V, I
-                k = p - m
-                if m < n_rec and spike_event[tid, m] == k:
-                    code[p] = -(m + 1)
-                    t = spike_times[tid, m]
-                    a, bb, c = lif.decay_scalar(t - tau, tau_mem, tau_syn)
-                    dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
-                    V, I = lif.reset_scalar(threshold, bb * I)
-                    tau = t
-                    m += 1
-                    fresh = False
-                else:
-                    code[p] = k
-                    t, j = _entry(qt, qi, permuted, perm, s_times, s_source, delays_t, row, k, max_in)
-                    source[p] = j
-                    a, bb, c = _gap_decay(table, use_table, row, k, t, tau, fresh, tau_mem, tau_syn)
-                    dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
-                    fresh = True
-                    V, I = _apply_input(V, I, a, bb, c, j, W, i)
-                    tau = t
-            # Reverse walk of the adjoint (lV, lI, lT).
-            lV, lI, lT = 0.0, 0.0, 0.0
-            n_graze, t_graze = 0.0, 0.0
-            for p in range(n_points - 1, -1, -1):
-                Ip = prev_I[p]
-                if code[p] >= 0:
-                    kq = code[p]
-                    a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
-                    if want_tau:
-                        a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
-                        g_tau_mem[i] += lV * (a_tm * prev_V[p] + c_tm * Ip)
-                        g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
-                    I_pre = bb * Ip
-                    V_post = a * prev_V[p] + c * Ip
-                    u = lif.voltage_rate_scalar(V_post, I_pre, tau_mem)
-                    v = lif.current_rate_scalar(I_pre, tau_syn)
-                    gs = u * lV + v * lI
-                    j = source[p]
-                    grad_w[j, i] += lI
-                    g_arr = gs + lT
-                    if has_input_grad:
-                        g_arrival[b - sample_start, i, kq] = g_arr
-                    if has_delays:
-                        grad_d[j, i] += g_arr
-                    lV_old = lV
-                    lV = a * lV_old
-                    lI = c * lV_old + bb * lI
-                    lT = -gs
-                else:
-                    ms = -code[p] - 1
-                    t_s = spike_times[tid, ms]
-                    a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
-                    a_tm, c_tm, b_ts, c_ts = 0.0, 0.0, 0.0, 0.0
-                    if want_tau:
-                        a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
-                    I_pre = bb * Ip
-                    D = lif.crossing_slope_scalar(I_pre, threshold, tau_mem)
-                    v = lif.current_rate_scalar(I_pre, tau_syn)
-                    lTt = lT + grad_times[tid, ms]
-                    g_tau_syn[i] += lI * (b_ts * Ip)  # the current after the reset, b I
-                    if D <= 0.0:  # grazing spike: its IFT term (every 1/D factor) is dropped
-                        lV = 0.0
-                        lI = bb * lI
-                        n_graze += 1.0
-                        t_graze = t_s
+    chunks = QT.shape[0] if permuted else n_out  # permuted: a scratch row per chunk of neurons
+    for c_ in prange(chunks):
+        chunk = np.int64(c_)
+        for i in range(chunk * n_out // chunks, (chunk + 1) * n_out // chunks):
+            prev_V = np.empty(P_max)
+            prev_I = np.empty(P_max)
+            code = np.empty(P_max, np.int64)  # >= 0: input k; < 0: spike -(m + 1)
+            dec = np.empty((P_max, 4))  # decay over the gap before each point and its length, for the reverse walk
+            tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
+            for b in range(sample_start, sample_stop):
+                tid = b * n_out + i
+                row = b * Q + (i if Q > 1 else 0)
+                n_rec = min(counts[tid], max_spikes)
+                if n_rec == 0:
+                    continue  # no recorded spike: no gradient flows through this neuron
+                n_points = spike_event[tid, n_rec - 1] + n_rec
+                r = _expand_row(QT, QI, pq, row, n_points - n_rec, max_in, chunk) if permuted else row
+                # Forward over the points: the state before each.
+                V, I, tau = 0.0, 0.0, 0.0
+                m = 0
+                fresh = True  # the previous point is queue entry k - 1 (or t = 0): its gap is in the table
+                for p in range(n_points):
+                    prev_V[p], prev_I[p] = V, I
+                    k = p - m
+                    if m < n_rec and spike_event[tid, m] == k:
+                        code[p] = -(m + 1)
+                        t = spike_times[tid, m]
+                        a, bb, c = lif.decay_scalar(t - tau, tau_mem, tau_syn)
+                        dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
+                        V, I = lif.reset_scalar(threshold, bb * I)
+                        tau = t
+                        m += 1
+                        fresh = False
                     else:
-                        gs = lTt + v * lI
-                        g_threshold[i] += gs / D  # in place: the same order whatever the sample blocks
-                        ift = lif.spike_adjoint_scalar(gs, D)  # ds/dtheta = -dV/dtheta / D
-                        g_tau_mem[i] += ift * (a_tm * prev_V[p] + c_tm * Ip)
-                        g_tau_syn[i] += ift * (c_ts * Ip)
-                        lV = (-a / D) * gs  # lif.spike_adjoint_scalar(gs, D) carried back through the decay
-                        lI = bb * lI + (-c / D) * gs
-                    lT = lTt
-            if n_graze > 0.0:
-                grazing[tid, 0] = n_graze
-                grazing[tid, 1] = t_graze
+                        code[p] = k
+                        t = QT[r, k]
+                        a, bb, c = _gap_decay(table, use_table, row, k, t, tau, fresh, tau_mem, tau_syn)
+                        dec[p, 0], dec[p, 1], dec[p, 2], dec[p, 3] = a, bb, c, t - tau
+                        fresh = True
+                        V, I = _apply_input(V, I, a, bb, c, QI[r, k], W, max_in, i)
+                        tau = t
+                # Reverse walk of the adjoint (lV, lI, lT).
+                lV, lI, lT = 0.0, 0.0, 0.0
+                n_graze, t_graze = 0.0, 0.0
+                for p in range(n_points - 1, -1, -1):
+                    Ip = prev_I[p]
+                    if code[p] >= 0:
+                        kq = code[p]
+                        a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
+                        if want_tau:
+                            a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                            g_tau_mem[i] += lV * (a_tm * prev_V[p] + c_tm * Ip)
+                            g_tau_syn[i] += lV * (c_ts * Ip) + lI * (b_ts * Ip)
+                        I_pre = bb * Ip
+                        V_post = a * prev_V[p] + c * Ip
+                        u = lif.voltage_rate_scalar(V_post, I_pre, tau_mem)
+                        v = lif.current_rate_scalar(I_pre, tau_syn)
+                        gs = u * lV + v * lI
+                        j = QI[r, kq] // max_in
+                        grad_w[j, i] += lI
+                        g_arr = gs + lT
+                        if has_input_grad:
+                            g_arrival[b - sample_start, i, kq] = g_arr
+                        if has_delays:
+                            grad_d[j, i] += g_arr
+                        lV_old = lV
+                        lV = a * lV_old
+                        lI = c * lV_old + bb * lI
+                        lT = -gs
+                    else:
+                        ms = -code[p] - 1
+                        t_s = spike_times[tid, ms]
+                        a, bb, c = dec[p, 0], dec[p, 1], dec[p, 2]
+                        a_tm, c_tm, b_ts, c_ts = 0.0, 0.0, 0.0, 0.0
+                        if want_tau:
+                            a_tm, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(dec[p, 3], tau_mem, tau_syn, a, bb, c)
+                        I_pre = bb * Ip
+                        D = lif.crossing_slope_scalar(I_pre, threshold, tau_mem)
+                        v = lif.current_rate_scalar(I_pre, tau_syn)
+                        lTt = lT + grad_times[tid, ms]
+                        g_tau_syn[i] += lI * (b_ts * Ip)  # the current after the reset, b I
+                        if D <= 0.0:  # grazing spike: its IFT term (every 1/D factor) is dropped
+                            lV = 0.0
+                            lI = bb * lI
+                            n_graze += 1.0
+                            t_graze = t_s
+                        else:
+                            gs = lTt + v * lI
+                            g_threshold[i] += gs / D  # in place: the same order whatever the sample blocks
+                            ift = lif.spike_adjoint_scalar(gs, D)  # ds/dtheta = -dV/dtheta / D
+                            g_tau_mem[i] += ift * (a_tm * prev_V[p] + c_tm * Ip)
+                            g_tau_syn[i] += ift * (c_ts * Ip)
+                            lV = (-a / D) * gs  # lif.spike_adjoint_scalar(gs, D) carried back through the decay
+                            lI = bb * lI + (-c / D) * gs
+                        lT = lTt
+                if n_graze > 0.0:
+                    grazing[tid, 0] = n_graze
+                    grazing[tid, 1] = t_graze
 
 
 @_pjit
 def scatter_input_grads(qi, pq, qe, g_arrival, sample_start, grad_in, n_out):
     """``grad_in[b, flat] += g_arrival[b - sample_start, i, k]`` over neurons ``i`` (in order) and queue entries
-    ``k`` of samples ``b`` of the block (flat sources from ``qi`` or the permutation ``pq``, as in ``_entry``);
+    ``k`` of samples ``b`` of the block (flat sources from ``qi`` or the permutation ``pq``, as in ``_expand_row``);
     ``prange`` over samples."""
     n_block = g_arrival.shape[0]
-    perm, _, index, _, _ = pq
+    perm, index = pq[0], pq[2]
     permuted = perm.shape[0] > 0
     Q = (perm.shape[0] if permuted else qi.shape[0]) // grad_in.shape[0]
     for bl_ in prange(n_block):
@@ -622,7 +633,7 @@ def delayed_queues(times, index, n_real, src, delays_t, q_times, q_index, bucket
 def delayed_permutation(times, index, n_real, src, delays_t, perm, bucket_sort=True):
     """``delayed_queues`` in the permutation format (``_queue.PermutedQueues``): row ``b * n_out + i`` of ``perm``
     ``[batch * n_out, L1]`` holds the shared-queue positions of the row's entries in the stable order of their
-    arrivals (the same order, so ``_entry`` gives ``delayed_queues``'s values), then ``n_real[b]`` (a padding
+    arrivals (the same order, so ``_expand_row`` gives ``delayed_queues``'s values), then ``n_real[b]`` (a padding
     position) for the padding. Every element written here."""
     batch, L1 = times.shape
     n_out = delays_t.shape[0]

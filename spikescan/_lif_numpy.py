@@ -25,6 +25,9 @@ DEFAULT_MAX_TOTAL_SPIKES = 10_000
 # False materialises them as the NumPy engine does (benchmarks/bench_queues.py compares the two).
 COMPILED_PERMUTATION = True
 PERMUTATION_MAX_UINT16 = 65536
+# The compiled kernels walk permuted queues in chunks of neurons, this many per Numba thread (each chunk expands its
+# neurons' rows into one scratch row).
+COMPILED_CHUNKS_PER_THREAD = 8
 
 # Neurons x points handled at once by the backward, to bound its memory (about 400 bytes per point, so ~1.6 GB for
 # the loop and ~0.5 GB for the scan, whose doubling steps make more temporaries). The loop pays a Python step per
@@ -295,10 +298,25 @@ def _delayed_queues_compiled(input_times, delays, bucket_sort=True, permutation=
     return q_times, q_index, np.broadcast_to(n_real[:, None], (batch, n_out)).copy()
 
 
-def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1):
+def compiled_scratch_rows(units):
+    """Rows of the scratch (``L1`` times and sources each) that the compiled kernels walk permuted queues with:
+    one per chunk of ``units`` (the forward's neurons, the backward's output neurons), a few chunks per thread."""
+    import numba
+
+    return max(1, min(int(units), COMPILED_CHUNKS_PER_THREAD * numba.get_num_threads()))
+
+
+def compiled_scratch_bytes(permutation, units, L1):
+    """``{"scratch rows": bytes}`` of ``compiled_queue_args``'s scratch (none without ``permutation``): for the
+    memory estimate."""
+    return {"scratch rows": 16 * L1 * compiled_scratch_rows(units)} if permutation else {}
+
+
+def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1, units=1):
     """``(qt2, qi2, pq, qe)`` for the ``_lif_numba`` kernels: materialised ``[rows, L1]`` queues and an empty
     permutation tuple, or empty queue arrays and ``permuted``'s ``(perm [batch * n_out, L1], times, index, source,
-    delays_t)`` with ``source = index // max_in`` (see ``_lif_numba._entry``)."""
+    delays_t)`` with ``source = index // max_in`` and ``compiled_scratch_rows(units)`` scratch rows of times and
+    sources (see ``_lif_numba._queue_arrays``)."""
     from ._lif_numba import NO_PERMUTATION
 
     qe = np.ascontiguousarray(qend.reshape(-1), dtype=np.int64)
@@ -307,11 +325,13 @@ def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1):
         return (np.ascontiguousarray(qt.reshape(-1, L1)), np.ascontiguousarray(qi.reshape(-1, L1), dtype=np.int64),
                 NO_PERMUTATION, qe)
     perm = permuted.perm
+    L1 = perm.shape[-1]
     index = np.ascontiguousarray(permuted.index, dtype=np.int64)
     max_in = max(int(max_in), 1)
     source = np.where(index >= 0, index // max_in, -1)
-    pq = (np.ascontiguousarray(perm.reshape(-1, perm.shape[-1])), np.ascontiguousarray(permuted.times), index,
-          source, np.ascontiguousarray(permuted.delays_t))
+    chunks = compiled_scratch_rows(units)
+    pq = (np.ascontiguousarray(perm.reshape(-1, L1)), np.ascontiguousarray(permuted.times), index, source,
+          np.ascontiguousarray(permuted.delays_t), np.empty((chunks, L1)), np.empty((chunks, L1), np.int64))
     return np.zeros((0, 0)), np.zeros((0, 0), np.int64), pq, qe
 
 
@@ -365,7 +385,8 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
                                                                               chunk_size)
     permutation = engine == "numba" and delays is not None and COMPILED_PERMUTATION
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
-                          input_times.dtype.itemsize, np, engine, permutation=permutation)
+                          input_times.dtype.itemsize, np, engine, extra=compiled_scratch_bytes(
+                              permutation, batch * n_out, n_entries + 1), permutation=permutation)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
     permuted = None
@@ -380,7 +401,7 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     lay = _Layout((qt if permuted is None else permuted.perm).shape, n_out, max_in)
     tm, ts = tau_mem[lay.i], tau_syn[lay.i]
     if engine == "numba":
-        queues = compiled_queue_args(qt, qi, qend, permuted, max_in)
+        queues = compiled_queue_args(qt, qi, qend, permuted, max_in, batch * n_out)
         times, events, counts = _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method,
                                                   chunk_size, solver, max_total_spikes)
     else:
@@ -746,7 +767,7 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     L1 = res.queue_length
     permuted = None if res.queue_perm is None else PermutedQueues(res.queue_perm, res.shared_times, res.shared_index,
                                                                    res.queue_end, res.delays_t)
-    qt, qi, pq, qe = compiled_queue_args(res.queue_times, res.queue_index, res.queue_end, permuted, max_in)
+    qt, qi, pq, qe = compiled_queue_args(res.queue_times, res.queue_index, res.queue_end, permuted, max_in, n_out)
     st = np.ascontiguousarray(res.spike_times.reshape(N, max_spikes))
     se = np.ascontiguousarray(res.spike_event.reshape(N, max_spikes))
     counts = np.ascontiguousarray(result.counts.reshape(N), dtype=np.int64)

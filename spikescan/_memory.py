@@ -179,15 +179,15 @@ def _forward_advice(parts, has_delays, method):
             "spike records": "reduce max_spikes or the batch (records grow with batch * n_out * max_spikes)",
             "working": ("reduce chunk_size or the batch, or use method='sequential' (less working memory)"
                         if method == "scan" else "reduce the batch")}
-    return (tips[biggest] + "; everything grows linearly with the batch; or raise the limit with "
-            "spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT if more memory is really there")
+    return (tips.get(biggest, "reduce the batch") + "; everything grows linearly with the batch; or raise the "
+            "limit with spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT if more memory is really there")
 
 
 def check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
                   input_itemsize, xp, engine="numpy", extra=None, permutation=False):
     """``check`` with ``lif_forward_estimate``: raises ``MemoryError`` before the forward allocates. ``extra``:
-    further named byte counts of the call (e.g. the CUDA forward's backward checkpoints); ``permutation``: the
-    queues take the CUDA permutation format."""
+    further named byte counts of the call (e.g. the CUDA forward's backward checkpoints, the compiled engine's
+    scratch rows); ``permutation``: the queues take the permutation format."""
     backend = engine if xp.__name__ == "numpy" else "cupy"
     parts = lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays, method, chunk_size,
                                  input_itemsize, backend, permutation)

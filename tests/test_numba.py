@@ -361,6 +361,22 @@ def test_compiled_permutation_format_changes_no_bit(method, n_out, monkeypatch):
         ss.set_memory_limit(previous)
 
 
+def test_compiled_permutation_chunks_change_no_bit(monkeypatch):
+    """The kernels walk permuted queues in chunks of neurons, each expanding its rows into one scratch row: any
+    number of chunks (one neuron each, several, one for all), serial or parallel, gives the same bits."""
+    t, D = _tie_heavy_layer(9, batch=3, n_out=8)
+    W = np.random.default_rng(9).normal(0.6, 0.5, (t.shape[1], 8))
+    digests = []
+    for per_thread, serial_work in ((1, 0), (3, 0), (1000, 0), (1, 1 << 62)):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_CHUNKS_PER_THREAD", per_thread)
+        monkeypatch.setattr(_lif_numba, "SERIAL_WORK", serial_work)
+        for method in ("sequential", "scan"):
+            out, grads, _ = _forward_backward(t, W, D, True, monkeypatch, method)
+            assert out.residuals.queue_perm is not None
+            digests.append(_digest(out, grads) + [grads.tau_mem.tobytes(), grads.tau_syn.tobytes()])
+    assert all(d == digests[0] for d in digests)
+
+
 def test_compiled_permutation_trace(monkeypatch):
     """``lif_trace`` of a layer with delays (its forward takes the permutation format) against the voltages from
     materialised queues."""
