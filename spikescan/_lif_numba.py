@@ -644,3 +644,20 @@ def delayed_permutation(times, index, n_real, src, delays_t, perm, bucket_sort=T
             perm[r, k] = order[k]
         for k in range(n, L1):
             perm[r, k] = n
+
+
+@_pjit
+def expand_permutation(perm, times, index, source, delays_t, q_times, q_index):
+    """The materialised queues ``q_times``, ``q_index`` ``[batch * n_out, L1]`` of a permutation (``_queue.expand``'s
+    values: the same addition, ``+inf`` / ``-1`` padding), in parallel over rows: for the kernels that read whole
+    materialised queues (the recurrent layer's), from residuals that keep the permutation."""
+    n_out = delays_t.shape[0]
+    for r_ in prange(perm.shape[0]):
+        r = np.int64(r_)
+        b = r // n_out
+        i = r - b * n_out
+        for k in range(perm.shape[1]):
+            p = perm[r, k]
+            flat = index[b, p]
+            q_index[r, k] = flat
+            q_times[r, k] = times[b, p] + delays_t[i, source[b, p]] if flat >= 0 else np.inf

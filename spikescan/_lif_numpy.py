@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from . import _memory
-from ._queue import PermutedQueues, build_queues, materialised
+from ._queue import PermutedQueues, build_queues, expand_compiled, materialised
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
 from .neurons import lif
@@ -448,7 +448,13 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     D = None if delays is None else np.asarray(delays, np.float64)
     R = np.asarray(recurrent_weights, np.float64)
     Dr = None if recurrent_delays is None else np.asarray(recurrent_delays, np.float64)
-    if compiled and D is not None:
+    permuted = None
+    if compiled and D is not None and COMPILED_PERMUTATION:
+        # The event loop reads materialised queues: expanded for this call, the permutation kept for the backward.
+        permuted = _delayed_queues_compiled(input_times, D, permutation=True)
+        qt, qi = expand_compiled(permuted.perm, permuted.times, permuted.index, permuted.delays_t, max_in)
+        qend = permuted.end
+    elif compiled and D is not None:
         qt, qi, qend = _delayed_queues_compiled(input_times, D)
     else:
         qt, qi, qend = build_queues(input_times, D, np)
@@ -467,8 +473,12 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         times, events, counts, log = _recurrent.forward(
             qt2, qi2, row, end, W, max(max_in, 1), tau_mem, tau_syn, threshold, R, Dr, max_spikes, method,
             chunk_size, solver, max_total_spikes)
+    queues = (dict(queue_times=qt, queue_index=qi, queue_end=qend) if permuted is None else
+              dict(queue_times=None, queue_index=None, queue_end=qend, queue_perm=permuted.perm,
+                   shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t))
+    del qt, qi, qt2, qi2  # the expanded queues of a permuted layer are not kept
     res = LIFResiduals(
-        queue_times=qt, queue_index=qi, queue_end=qend, spike_times=times, spike_event=events,
+        **queues, spike_times=times, spike_event=events,
         weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
         threshold_is_scalar=threshold_is_scalar,
         input_shape=tuple(input_times.shape), input_dtype=input_times.dtype, weights_dtype=weights.dtype,
@@ -480,8 +490,9 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
 
 def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine="numpy"):
     """The recurrent layer's backward: ``_recurrent`` (NumPy) or ``_recurrent_numba`` (``engine="numba"``); the
-    same gradients to rounding, from the residuals of either engine's forward."""
-    res = result.residuals
+    same gradients to rounding, from the residuals of either engine's forward (queues kept as a permutation are
+    expanded for the call)."""
+    res = materialised(result.residuals, compiled=engine == "numba")
     if engine == "numba":
         from ._recurrent_numba import backward
     else:

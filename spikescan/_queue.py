@@ -123,19 +123,40 @@ def residual_queues(xp, residuals):
 EXPAND_BYTES_PER_ENTRY = 48
 
 
-def materialised(residuals, xp=np):
+def expand_compiled(perm, times, index, delays_t, max_in):
+    """``expand`` for NumPy arrays by the compiled kernel (``_lif_numba.expand_permutation``; needs Numba): the same
+    values, int64 sources, 16 bytes per entry written and no temporaries of that size."""
+    from . import _lif_numba
+
+    batch, n_out, L1 = perm.shape
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    source = np.where(index >= 0, index // max(int(max_in), 1), -1)
+    q_times = np.empty((batch, n_out, L1))
+    q_index = np.empty((batch, n_out, L1), np.int64)
+    _lif_numba.expand_permutation(perm.size, np.ascontiguousarray(perm.reshape(-1, L1)), np.ascontiguousarray(times),
+                                  index, source, np.ascontiguousarray(delays_t), q_times.reshape(-1, L1),
+                                  q_index.reshape(-1, L1))
+    return q_times, q_index
+
+
+def materialised(residuals, xp=np, compiled=False):
     """``residuals`` with its queues in the materialised format (a copy with ``queue_times`` and ``queue_index``
     expanded and the permutation fields cleared; unchanged if already materialised): for the paths that walk
-    ``[batch, Q, L1]`` queue arrays (the NumPy backward methods, ``lif_trace``)."""
+    ``[batch, Q, L1]`` queue arrays (the NumPy backward methods, ``lif_trace``, the recurrent layer's backward).
+    ``compiled``: by ``expand_compiled`` (the compiled engine's callers)."""
     if residuals.queue_perm is None:
         return residuals
     from . import _memory
 
     batch, n_out, L1 = residuals.queue_perm.shape
     _memory.check(f"expanding the queues of a layer with delays ([{batch}, {n_out}, {L1}] entries)",
-                  {"queues": EXPAND_BYTES_PER_ENTRY * batch * n_out * L1}, xp,
+                  {"queues": (16 if compiled else EXPAND_BYTES_PER_ENTRY) * batch * n_out * L1}, xp,
                   "the compiled engine's backward (engine='numba', or 'auto' with Numba installed, method "
                   "'auto') reads them as they are; or reduce the batch")
-    q_times, q_index = residual_queues(xp, residuals)
+    if compiled and xp is np:
+        q_times, q_index = expand_compiled(residuals.queue_perm, residuals.shared_times, residuals.shared_index,
+                                           residuals.delays_t, residuals.input_shape[2])
+    else:
+        q_times, q_index = residual_queues(xp, residuals)
     return residuals._replace(queue_times=q_times, queue_index=q_index, queue_perm=None, shared_times=None,
                               shared_index=None, delays_t=None)

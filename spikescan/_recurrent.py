@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._queue import materialised
 from ._types import RecurrentLog
 from .neurons import lif
 
@@ -398,6 +399,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
 
     ``spike_grads``: also ``grads["spike_grads"] [batch, M]``, each logged spike's derivative through everything
     outside its own neuron (its ``grad_times`` entry plus the arrivals it causes), for ``time_constant_grads``."""
+    res = materialised(res)  # a compiled forward's permutation format
     log = res.recurrent_log
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
@@ -547,6 +549,8 @@ def unrolled_residuals(xp, res, spike_t, compiled=False):
     the compiled kernels (``_lif_numba.unrolled_queues``: the same values, each row merged instead of sorted)."""
     from ._types import LIFResiduals
 
+    if xp is np:
+        res = materialised(res, compiled=compiled)  # a compiled forward's permutation format
     batch, n_in, _ = res.input_shape
     n_out = res.weights.shape[1]
     if compiled and xp is np:

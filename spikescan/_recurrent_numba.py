@@ -638,7 +638,9 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
     """``_recurrent.backward`` by the compiled kernels: ``(grads dict, grazing (count, first flat neuron, time) or
     None)``; ``spike_grads`` as there."""
     from ._lif_numpy import _compiled_decay_table
+    from ._queue import materialised
 
+    res = materialised(res, compiled=True)  # queues kept as a permutation: expanded for this call
     log = res.recurrent_log
     batch, n_in, max_in0 = res.input_shape
     max_in = max(max_in0, 1)

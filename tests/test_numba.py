@@ -478,6 +478,47 @@ def test_recurrent_compiled_equals_numpy(r_kind, d_kind, taus, input_delays, max
         assert ref.capped_spikes > 0
 
 
+@pytest.mark.parametrize("d_kind", ["none", "positive"])
+def test_recurrent_compiled_keeps_input_queues_as_a_permutation(d_kind, monkeypatch):
+    """A compiled recurrent layer with input delays keeps its input queues as a permutation between forward and
+    backward (expanded by ``_queue.expand_compiled`` for each call): the same bits as with materialised queues
+    (spikes, log, every gradient, time constants included), the NumPy backward from it, and the compiled
+    expansion equal to ``_queue.expand``."""
+    from spikescan import _queue
+
+    t, W, kw = _recurrent_layer(21, d_kind=d_kind, input_delays=True)
+    out = {}
+    for permutation in (True, False):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", permutation)
+        r = ss.lif_forward(t, W, engine="numba", **kw)
+        G = np.random.default_rng(2).normal(size=r.times.shape)
+        out[permutation] = r, ss.lif_backward(r, G, engine="numba", time_constant_grads=True), G
+    (rp, gp, G), (rm, gm, _) = out[True], out[False]
+    res = rp.residuals
+    assert res.queue_times is None and res.queue_perm is not None and rm.residuals.queue_perm is None
+    assert rm.counts.sum() > 20
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(rp, name), getattr(rm, name), err_msg=name)
+    for name in RecurrentLogFields:
+        np.testing.assert_array_equal(getattr(res.recurrent_log, name), getattr(rm.residuals.recurrent_log, name))
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays",
+                 "tau_mem", "tau_syn"):
+        a, b = getattr(gp, name), getattr(gm, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    a = ss.lif_backward(rp, G, engine="numpy")
+    b = ss.lif_backward(rm, G, engine="numpy")
+    for name in ("weights", "input_times", "delays", "recurrent_weights"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"numpy {name}")
+    q = (res.queue_perm, res.shared_times, res.shared_index, res.delays_t, t.shape[2])
+    for x, y in zip(_queue.expand_compiled(*q), _queue.expand(np, *q)):
+        np.testing.assert_array_equal(x, y)
+
+
+RecurrentLogFields = ("times", "neurons", "currents", "count")
+
+
 def test_recurrent_compiled_wide_layer_with_long_delays():
     """More neurons than a few tree levels (and bulk rounds), recurrent delays long enough to pile up to 24 pending
     arrivals on one neuron (the per-neuron heaps grow from 4)."""
