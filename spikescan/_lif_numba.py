@@ -108,7 +108,7 @@ class _Parallel:
 
 _pjit = _Parallel
 
-# The ``pq`` argument of the kernels that read materialised queues (``_queue_arrays``): an empty permutation.
+# The ``pq`` argument of the kernels that read materialised queues (``_queue_setup``): an empty permutation.
 NO_PERMUTATION = (np.zeros((0, 0), np.uint16), np.zeros((0, 0)), np.zeros((0, 0), np.int64),
                   np.zeros((0, 0), np.int64), np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0), np.int64))
 
@@ -182,30 +182,28 @@ def _neuron(tid, n_out, Q):
 
 
 @_jit
-def _queue_shape(qt, pq):
-    """``(rows, L1)`` of the queues: ``qt``'s, or the permutation's when ``pq`` holds one (see ``_queue_arrays``)."""
-    perm = pq[0]
-    return (perm.shape[0], perm.shape[1]) if perm.shape[0] else (qt.shape[0], qt.shape[1])
+def _queue_setup(qt, qi, pq, batch, units):
+    """``(Q, L1, QT, QI, permuted, chunks)`` of a kernel over ``units`` (neurons or output neurons) of ``batch``
+    samples: ``Q`` queues per sample of ``L1`` entries, and the 2-d arrays it reads its queue rows from.
+
+    Materialised queues: ``QT, QI = qt, qi`` (row ``b * Q + ...``), one chunk per unit. Permutation format ``pq =
+    (perm, times, index, source, delays_t, scratch_times, scratch_index)`` (``perm [batch * n_out, L1]`` not empty;
+    ``_queue.PermutedQueues``, ``source = index // max_in``): the scratch ``[chunks, L1]``; the kernel splits its
+    units into that many chunks (its parallel loop runs over them) and ``_expand_row`` fills a chunk's row one
+    neuron at a time."""
+    permuted = pq[0].shape[0] > 0
+    rows, L1 = pq[0].shape if permuted else qt.shape
+    QT, QI = (pq[5], pq[6]) if permuted else (qt, qi)
+    return rows // max(batch, 1), L1, QT, QI, permuted, QT.shape[0] if permuted else units
 
 
 @_jit
-def _queue_arrays(qt, qi, pq):
-    """``(QT, QI, permuted)``: the 2-d arrays the kernel reads its queue rows from. Materialised queues: ``qt``,
-    ``qi`` themselves (row ``b * Q + ...``). Permutation format ``pq = (perm, times, index, source, delays_t,
-    scratch_times, scratch_index)`` (``perm [batch * n_out, L1]`` not empty; ``_queue.PermutedQueues``, ``source =
-    index // max_in``): the scratch ``[chunks, L1]``; the kernel then splits its neurons into that many chunks
-    (its parallel loop runs over them) and ``_expand_row`` fills a chunk's row one neuron at a time."""
-    if pq[0].shape[0] == 0:
-        return qt, qi, False
-    return pq[5], pq[6], True
-
-
-@_jit
-def _expand_row(QT, QI, pq, row, n, max_in, slot):
-    """Expand the first ``n`` entries of permuted queue ``row = b * n_out + i`` into scratch row ``slot`` of ``QT``,
-    ``QI`` (the calling chunk's) and return ``slot``: entry ``k`` is ``times[b, p] + delays_t[i, source[b, p]]``
-    (the addition that built the materialised queues, so the same bits) and ``index[b, p]``, ``p = perm[row, k]``.
-    Called once per neuron, and only for permuted queues, so that the materialised path pays nothing per neuron."""
+def _expand_row(QT, QI, pq, row, n, slot):
+    """Expand the first ``n`` entries of permuted queue ``row = b * n_out + i`` into row ``slot`` of ``QT``, ``QI``
+    (the calling chunk's scratch row, or ``expand_permutation``'s output row) and return ``slot``: entry ``k`` is
+    ``times[b, p] + delays_t[i, source[b, p]]`` (the addition that built the materialised queues, so the same bits)
+    and ``index[b, p]``, ``p = perm[row, k]``. Called once per neuron, and only for permuted queues, so that the
+    materialised path pays nothing per neuron."""
     perm, times, index, source, delays_t = pq[0], pq[1], pq[2], pq[3], pq[4]
     n_out = delays_t.shape[0]
     b = row // n_out
@@ -230,19 +228,17 @@ def _apply_input(V, I, a, b, c, flat, W, max_in, i):
 def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
                        table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
     """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``, or the permutation format
-    ``pq`` (``_queue_arrays``); ``qe``: ``[batch * Q]``; ``table``: ``decay_table`` when ``use_table``; outputs
+    ``pq`` (``_queue_setup``); ``qe``: ``[batch * Q]``; ``table``: ``decay_table`` when ``use_table``; outputs
     ``[batch * n_out, max_spikes]`` pre-filled (``inf`` / ``-1``) and ``[batch * n_out]``."""
     N = counts.shape[0]
-    Q = _queue_shape(qt, pq)[0] // max(N // n_out, 1) if N else 1
-    QT, QI, permuted = _queue_arrays(qt, qi, pq)
-    chunks = QT.shape[0] if permuted else N  # permuted: a scratch row per chunk of neurons
+    Q, _, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, N // n_out if N else 0, N)
     for c_ in prange(chunks):
         chunk = np.int64(c_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
         for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             i, row = _neuron(tid, n_out, Q)
             tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
             end = qe[row]
-            r = _expand_row(QT, QI, pq, row, end + 1, max_in, chunk) if permuted else row
+            r = _expand_row(QT, QI, pq, row, end + 1, chunk) if permuted else row
             V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
             count = 0
             for k in range(end + 1):
@@ -272,16 +268,14 @@ def forward_scan(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_i
     """Chunked speculative scan per (sample, neuron), chunks of ``width`` events; arguments as
     ``forward_sequential``."""
     N = counts.shape[0]
-    Q = _queue_shape(qt, pq)[0] // max(N // n_out, 1) if N else 1
-    QT, QI, permuted = _queue_arrays(qt, qi, pq)
-    chunks = QT.shape[0] if permuted else N  # permuted: a scratch row per chunk of neurons
+    Q, _, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, N // n_out if N else 0, N)
     for c_ in prange(chunks):
         chunk = np.int64(c_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
         for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             i, row = _neuron(tid, n_out, Q)
             tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
             end = qe[row]
-            r = _expand_row(QT, QI, pq, row, end + 1, max_in, chunk) if permuted else row
+            r = _expand_row(QT, QI, pq, row, end + 1, chunk) if permuted else row
             V0 = np.empty(width)  # state before each lane's gap
             I0 = np.empty(width)
             T0 = np.empty(width)
@@ -352,11 +346,8 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
     arrival time of queue entry ``k`` of neuron ``(b, i)`` (zeroed by the caller), when ``has_input_grad``."""
     max_spikes = spike_times.shape[1]
     n_batch = (counts.shape[0] // n_out) if n_out else 0
-    rows, L1 = _queue_shape(qt, pq)
-    Q = rows // max(n_batch, 1)
-    QT, QI, permuted = _queue_arrays(qt, qi, pq)
+    Q, L1, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, n_batch, n_out)
     P_max = L1 + max_spikes
-    chunks = QT.shape[0] if permuted else n_out  # permuted: a scratch row per chunk of neurons
     for c_ in prange(chunks):
         chunk = np.int64(c_)
         for i in range(chunk * n_out // chunks, (chunk + 1) * n_out // chunks):
@@ -372,7 +363,7 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
                 if n_rec == 0:
                     continue  # no recorded spike: no gradient flows through this neuron
                 n_points = spike_event[tid, n_rec - 1] + n_rec
-                r = _expand_row(QT, QI, pq, row, n_points - n_rec, max_in, chunk) if permuted else row
+                r = _expand_row(QT, QI, pq, row, n_points - n_rec, chunk) if permuted else row
                 # Forward over the points: the state before each.
                 V, I, tau = 0.0, 0.0, 0.0
                 m = 0
@@ -647,17 +638,11 @@ def delayed_permutation(times, index, n_real, src, delays_t, perm, bucket_sort=T
 
 
 @_pjit
-def expand_permutation(perm, times, index, source, delays_t, q_times, q_index):
-    """The materialised queues ``q_times``, ``q_index`` ``[batch * n_out, L1]`` of a permutation (``_queue.expand``'s
-    values: the same addition, ``+inf`` / ``-1`` padding), in parallel over rows: for the kernels that read whole
-    materialised queues (the recurrent layer's), from residuals that keep the permutation."""
-    n_out = delays_t.shape[0]
-    for r_ in prange(perm.shape[0]):
+def expand_permutation(pq, q_times, q_index):
+    """The materialised queues ``q_times``, ``q_index`` ``[batch * n_out, L1]`` of a permutation ``pq = (perm, times,
+    index, source, delays_t)`` (``_queue.expand``'s values: the same addition, ``+inf`` / ``-1`` padding), in
+    parallel over rows, each by ``_expand_row``: for the kernels that read whole materialised queues (the recurrent
+    layer's), from residuals that keep the permutation."""
+    for r_ in prange(q_times.shape[0]):
         r = np.int64(r_)
-        b = r // n_out
-        i = r - b * n_out
-        for k in range(perm.shape[1]):
-            p = perm[r, k]
-            flat = index[b, p]
-            q_index[r, k] = flat
-            q_times[r, k] = times[b, p] + delays_t[i, source[b, p]] if flat >= 0 else np.inf
+        _expand_row(q_times, q_index, pq, r, q_times.shape[1], r)

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from . import _memory
-from ._queue import PermutedQueues, build_queues, expand_compiled, materialised
+from ._queue import PermutedQueues, build_queues, compiled_permutation, expand_compiled, materialised
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
 from .neurons import lif
@@ -316,7 +316,7 @@ def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1, units=1):
     """``(qt2, qi2, pq, qe)`` for the ``_lif_numba`` kernels: materialised ``[rows, L1]`` queues and an empty
     permutation tuple, or empty queue arrays and ``permuted``'s ``(perm [batch * n_out, L1], times, index, source,
     delays_t)`` with ``source = index // max_in`` and ``compiled_scratch_rows(units)`` scratch rows of times and
-    sources (see ``_lif_numba._queue_arrays``)."""
+    sources (see ``_lif_numba._queue_setup``)."""
     from ._lif_numba import NO_PERMUTATION
 
     qe = np.ascontiguousarray(qend.reshape(-1), dtype=np.int64)
@@ -324,14 +324,10 @@ def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1, units=1):
         L1 = qt.shape[-1]
         return (np.ascontiguousarray(qt.reshape(-1, L1)), np.ascontiguousarray(qi.reshape(-1, L1), dtype=np.int64),
                 NO_PERMUTATION, qe)
-    perm = permuted.perm
-    L1 = perm.shape[-1]
-    index = np.ascontiguousarray(permuted.index, dtype=np.int64)
-    max_in = max(int(max_in), 1)
-    source = np.where(index >= 0, index // max_in, -1)
+    L1 = permuted.perm.shape[-1]
     chunks = compiled_scratch_rows(units)
-    pq = (np.ascontiguousarray(perm.reshape(-1, L1)), np.ascontiguousarray(permuted.times), index, source,
-          np.ascontiguousarray(permuted.delays_t), np.empty((chunks, L1)), np.empty((chunks, L1), np.int64))
+    pq = compiled_permutation(permuted.perm, permuted.times, permuted.index, permuted.delays_t, max_in) + (
+        np.empty((chunks, L1)), np.empty((chunks, L1), np.int64))
     return np.zeros((0, 0)), np.zeros((0, 0), np.int64), pq, qe
 
 

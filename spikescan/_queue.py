@@ -123,19 +123,26 @@ def residual_queues(xp, residuals):
 EXPAND_BYTES_PER_ENTRY = 48
 
 
+def compiled_permutation(perm, times, index, delays_t, max_in):
+    """The compiled kernels' form of a permutation (NumPy arrays): ``(perm [batch * n_out, L1], times, index (int64),
+    source = index // max_in (-1 for padding), delays_t)``, each contiguous."""
+    L1 = perm.shape[-1]
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    source = np.where(index >= 0, index // max(int(max_in), 1), -1)
+    return (np.ascontiguousarray(perm.reshape(-1, L1)), np.ascontiguousarray(times), index, source,
+            np.ascontiguousarray(delays_t))
+
+
 def expand_compiled(perm, times, index, delays_t, max_in):
     """``expand`` for NumPy arrays by the compiled kernel (``_lif_numba.expand_permutation``; needs Numba): the same
     values, int64 sources, 16 bytes per entry written and no temporaries of that size."""
     from . import _lif_numba
 
     batch, n_out, L1 = perm.shape
-    index = np.ascontiguousarray(index, dtype=np.int64)
-    source = np.where(index >= 0, index // max(int(max_in), 1), -1)
     q_times = np.empty((batch, n_out, L1))
     q_index = np.empty((batch, n_out, L1), np.int64)
-    _lif_numba.expand_permutation(perm.size, np.ascontiguousarray(perm.reshape(-1, L1)), np.ascontiguousarray(times),
-                                  index, source, np.ascontiguousarray(delays_t), q_times.reshape(-1, L1),
-                                  q_index.reshape(-1, L1))
+    _lif_numba.expand_permutation(perm.size, compiled_permutation(perm, times, index, delays_t, max_in),
+                                  q_times.reshape(-1, L1), q_index.reshape(-1, L1))
     return q_times, q_index
 
 
