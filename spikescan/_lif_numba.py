@@ -12,6 +12,10 @@ carries a hash of the engines' sources (``SOURCE_STAMP``), so editing the neuron
   overlaps), commit up to the first firing gap, solve and reset there. The chunk's states come from the same
   recurrence as the sequential walk, so both give bit-identical results; the scan saves nothing on most CPUs
   (``method="auto"`` takes the sequential walk) and exists so that its chunk boundaries are tested like the GPU's.
+- ``forward_rebased``: the sequential walk of a layer with delays (and one pair of time constants) with rebased
+  exponential sums (PERF.md P3b): products of tabulated factors instead of two exponentials per queue entry, the
+  exact step wherever a gap is not provably quiet; the same spikes and entries, times within rounding of
+  ``forward_sequential``'s (``_lif_numpy.COMPILED_REBASED`` and its limits decide when it runs).
 - ``delayed_permutation`` (and ``delayed_queues``, materialised): the per-neuron queues of a layer with delays;
   every kernel reads its queue rows from materialised queues or, expanded row by row (``_expand_row``), from
   the permutation format
@@ -331,6 +335,132 @@ def forward_scan(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_i
                 V, I = _apply_input(V, I, a, bb, c, QI[r, k], W, max_in, i)
                 t_prev = t_k
                 pos = k + 1
+            counts[tid] = count
+
+
+@_jit
+def _exact_step(V, I, t_prev, t_last, t_k, k, w, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                spike_times, spike_event, tid):
+    """``forward_sequential``'s step over the gap that ends at queue entry ``k`` (time ``t_k``; ``+inf`` for the
+    open gap after the last entry) and then the entry itself (weight ``w``; nothing arrives at ``+inf``), the decays
+    computed from the gap's length. Returns ``(status, V, I, t_prev, t_last, count, t_stop, I_stop)``."""
+    a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
+    if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
+        before = count
+        status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
+            V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+            spike_times, spike_event, tid)
+        if status != _OK:
+            return status, V, I, t_prev, t_last, count, t_stop, I_stop
+        if count != before:  # the rest of the gap starts at the last spike
+            a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
+    if t_k == np.inf:
+        return _OK, V, I, t_prev, t_last, count, np.inf, np.nan
+    return _OK, a * V + c * I, lif.input_jump_scalar(bb * I, w), t_k, t_last, count, np.inf, np.nan
+
+
+@_pjit
+def rebased_tables(times, delays_t, tau_mem, tau_syn, width, E, F):
+    """The factors of ``forward_rebased``. Per input slot ``f`` of sample ``b`` (``times [batch, n_in * max_in]``,
+    ``+inf`` padding): ``E[b, f] = (e^{(t - T)/tau_mem}, e^{(t - T)/tau_syn}, blk)`` with the block ``blk =
+    floor(t / width)`` and its start ``T = blk * width`` (so every exponent lies in ``[0, width / tau)``; zeros for
+    padding). Per synapse: ``F[i, j] = (e^{D[j, i]/tau_mem}, e^{D[j, i]/tau_syn})`` (``delays_t [n_out, n_in]``)."""
+    batch, n_flat = times.shape
+    for b_ in prange(batch):
+        b = np.int64(b_)
+        for f in range(n_flat):
+            t = times[b, f]
+            if t < np.inf:
+                blk = np.floor(t / width)
+                T = blk * width
+                E[b, f, 0] = np.exp((t - T) / tau_mem)
+                E[b, f, 1] = np.exp((t - T) / tau_syn)
+                E[b, f, 2] = blk
+            else:
+                E[b, f, 0] = 0.0
+                E[b, f, 1] = 0.0
+                E[b, f, 2] = 0.0
+    n_out, n_in = delays_t.shape
+    for i_ in prange(n_out):
+        i = np.int64(i_)
+        for j in range(n_in):
+            F[i, j, 0] = np.exp(delays_t[i, j] / tau_mem)
+            F[i, j, 1] = np.exp(delays_t[i, j] / tau_syn)
+
+
+@_pjit
+def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit, E, F,
+                    width, n_blocks, span, spike_times, spike_event, counts, stuck_times, stuck_current):
+    """``forward_sequential`` for a layer with delays, with rebased exponential sums instead of two exponentials
+    per queue entry (PERF.md P3b). After an anchor ``t0`` (where the state was ``(V0, I0)``) and before the next
+    spike, ``I(t) = B e^{-(t - t0)/tau_syn}`` and ``V(t) = A e^{-(t - t0)/tau_mem} - r I(t)`` with ``r = tau_syn /
+    (tau_mem - tau_syn)``, ``A = V0 + r I0 + r sum w alpha_k``, ``B = I0 + sum w beta_k``, and an arrival at ``t_k =
+    t + D`` has ``alpha_k = e^{(t_k - t0)/tau_mem}`` = ``E * F * G``: the input slot's factor and the synapse's
+    (``rebased_tables``) times ``G = e^{(T - t0)/tau_mem}`` of the slot's time block, computed once per block and
+    anchor. So an entry costs products and two divisions; every exponent stays below ``width / tau + max(D) / tau
+    + span / tau``.
+
+    Every gap is tested with ``quiet_gap_scalar``'s comparisons on the states at its two ends
+    (``lif.quiet_ends_scalar``). A gap that is not provably quiet, the open gap after the last entry, and an entry
+    more than ``span`` after the anchor take ``forward_sequential``'s exact step (``_exact_step``: decays from the
+    gap's length, solve, reset), and the walk re-anchors after it. Spike counts and queue entries are
+    ``forward_sequential``'s; states, and so spike times, differ from it by rounding. Arguments as
+    ``forward_sequential`` (without the decay table) plus the tables, the block ``width``, the number of blocks and
+    the re-anchoring ``span``; time constants shared by all neurons (the tables are built for one pair)."""
+    N = counts.shape[0]
+    Q, _, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, N // n_out if N else 0, N)
+    for c_ in prange(chunks):
+        chunk = np.int64(c_)
+        Gm = np.empty(n_blocks)  # G of each time block for the current anchor (valid where stamp == anchor)
+        Gs = np.empty(n_blocks)
+        stamp = np.full(n_blocks, -1, np.int64)
+        anchor = 0
+        for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
+            i, row = _neuron(tid, n_out, Q)
+            b = tid // n_out
+            tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
+            r_syn = tau_syn / (tau_mem - tau_syn)
+            end = qe[row]
+            r = _expand_row(QT, QI, pq, row, end + 1, chunk) if permuted else row
+            V, I, t_prev, t_last = 0.0, 0.0, 0.0, -np.inf
+            count = 0
+            status, t_stop, I_stop = _OK, np.inf, np.nan
+            anchor += 1
+            t0, A, B = 0.0, 0.0, 0.0
+            for k in range(end + 1):
+                t_k = QT[r, k]  # +inf at k == end: the open gap after the last input
+                w = 0.0
+                if k < end:
+                    flat = QI[r, k]
+                    j = flat // max_in
+                    w = W[j, i]
+                    if t_k - t0 <= span:
+                        blk = np.int64(E[b, flat, 2])
+                        if stamp[blk] != anchor:
+                            T = E[b, flat, 2] * width
+                            Gm[blk] = np.exp((T - t0) / tau_mem)
+                            Gs[blk] = np.exp((T - t0) / tau_syn)
+                            stamp[blk] = anchor
+                        alpha = E[b, flat, 0] * F[i, j, 0] * Gm[blk]
+                        beta = E[b, flat, 1] * F[i, j, 1] * Gs[blk]
+                        I_end = B / beta
+                        V_end = A / alpha - r_syn * I_end
+                        if lif.quiet_ends_scalar(V, I, V_end, I_end, threshold):
+                            A += r_syn * w * alpha
+                            B += w * beta
+                            V, I = V_end, lif.input_jump_scalar(I_end, w)
+                            t_prev = t_k
+                            continue
+                status, V, I, t_prev, t_last, count, t_stop, I_stop = _exact_step(
+                    V, I, t_prev, t_last, t_k, k, w, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+                    spike_times, spike_event, tid)
+                if status != _OK or k == end:
+                    break
+                anchor += 1
+                t0, A, B = t_k, V + r_syn * I, I
+            if status != _OK:
+                stuck_times[tid] = t_stop
+                stuck_current[tid] = I_stop
             counts[tid] = count
 
 

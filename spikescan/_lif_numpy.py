@@ -25,6 +25,16 @@ DEFAULT_MAX_TOTAL_SPIKES = 10_000
 # False materialises them as the NumPy engine does (benchmarks/bench_queues.py compares the two).
 COMPILED_PERMUTATION = True
 PERMUTATION_MAX_UINT16 = 65536
+# The compiled sequential forward of a layer with delays and one pair of time constants sums rebased exponentials
+# (``_lif_numba.forward_rebased``, PERF.md P3b) instead of taking two exponentials per queue entry; False: the
+# exponentials (``forward_sequential``). It applies while every exponent stays small: |r| = |tau_syn / (tau_mem -
+# tau_syn)| <= REBASED_MAX_R (V is a difference of two sums scaled by r), max(delays) <= REBASED_MAX_DELAY * min(tau);
+# time blocks of REBASED_BLOCK * min(tau) and a new anchor at least every REBASED_SPAN * min(tau).
+COMPILED_REBASED = True
+REBASED_MAX_R = 8.0
+REBASED_MAX_DELAY = 32.0
+REBASED_BLOCK = 8.0
+REBASED_SPAN = 16.0
 # The compiled kernels walk permuted queues in chunks of neurons, this many per Numba thread (each chunk expands its
 # neurons' rows into one scratch row).
 COMPILED_CHUNKS_PER_THREAD = 8
@@ -331,9 +341,46 @@ def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1, units=1):
     return np.zeros((0, 0)), np.zeros((0, 0), np.int64), pq, qe
 
 
-def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit):
+def rebased_applies(delays, tau_mem, tau_syn):
+    """Whether the compiled sequential forward takes ``_lif_numba.forward_rebased`` (see ``COMPILED_REBASED``)."""
+    if not COMPILED_REBASED or delays is None or not len(tau_mem):
+        return False
+    tm, ts = float(tau_mem[0]), float(tau_syn[0])
+    if not ((tau_mem == tm).all() and (tau_syn == ts).all()):
+        return False
+    return abs(ts) <= REBASED_MAX_R * abs(tm - ts) and (delays.size == 0 or
+                                                         float(delays.max()) <= REBASED_MAX_DELAY * min(tm, ts))
+
+
+def rebased_bytes(applies, input_times, n_out):
+    """``{"rebased tables": bytes}`` of ``_rebased_args``'s tables (none unless ``applies``): for the memory
+    estimate (24 bytes per input slot, a float64 copy of the input times and its mask; 16 per synapse)."""
+    batch, n_in, max_in = input_times.shape
+    return {"rebased tables": 40 * batch * n_in * max_in + 16 * n_out * n_in} if applies else {}
+
+
+def _rebased_args(input_times, D, tau_mem, tau_syn):
+    """``(E, F, width, n_blocks, span)`` of ``_lif_numba.forward_rebased`` (tables by ``rebased_tables``)."""
+    from . import _lif_numba
+
+    batch = input_times.shape[0]
+    tm, ts = float(tau_mem[0]), float(tau_syn[0])
+    tmin = min(tm, ts)
+    width = REBASED_BLOCK * tmin
+    flat = np.ascontiguousarray(input_times.reshape(batch, -1), np.float64)
+    finite = flat[np.isfinite(flat)]
+    n_blocks = int(np.floor(finite.max() / width)) + 1 if finite.size else 1
+    delays_t = np.ascontiguousarray(D.T)
+    E = np.empty(flat.shape + (3,))
+    F = np.empty(delays_t.shape + (2,))
+    _lif_numba.rebased_tables(flat.size + delays_t.size, flat, delays_t, tm, ts, width, E, F)
+    return E, F, width, n_blocks, REBASED_SPAN * tmin
+
+
+def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit,
+                      rebased=None):
     """The Numba kernels (``_lif_numba``) on the queues ``compiled_queue_args`` made; same outputs and errors as
-    the NumPy methods."""
+    the NumPy methods. ``rebased``: ``_rebased_args``' tables, for the sequential method."""
     from . import _lif_numba
 
     N = lay.row.size
@@ -350,7 +397,9 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
             lif.SOLVER_CODES[solver], lay.n_out,
             max(lay.max_in, 1), max_spikes, int(limit), table, use_table)
     work = N * lay.L1
-    if method == "sequential":
+    if method == "sequential" and rebased is not None:
+        _lif_numba.forward_rebased(work, *args[:-2], *rebased, times, events, counts, stuck_times, stuck_current)
+    elif method == "sequential":
         _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current)
     else:
         _lif_numba.forward_scan(work, *args, int(chunk_size), times, events, counts, stuck_times, stuck_current)
@@ -380,11 +429,13 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
                                                                               chunk_size)
     permutation = engine == "numba" and delays is not None and COMPILED_PERMUTATION
-    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
-                          input_times.dtype.itemsize, np, engine, extra=compiled_scratch_bytes(
-                              permutation, batch * n_out, n_entries + 1), permutation=permutation)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
+    rebased = engine == "numba" and method == "sequential" and rebased_applies(D, tau_mem, tau_syn)
+    _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
+                          input_times.dtype.itemsize, np, engine, extra={
+                              **compiled_scratch_bytes(permutation, batch * n_out, n_entries + 1),
+                              **rebased_bytes(rebased, input_times, n_out)}, permutation=permutation)
     permuted = None
     if permutation:
         permuted = _delayed_queues_compiled(input_times, D, permutation=True)
@@ -398,8 +449,9 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
     tm, ts = tau_mem[lay.i], tau_syn[lay.i]
     if engine == "numba":
         queues = compiled_queue_args(qt, qi, qend, permuted, max_in, batch * n_out)
-        times, events, counts = _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method,
-                                                  chunk_size, solver, max_total_spikes)
+        times, events, counts = _forward_compiled(
+            queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, max_total_spikes,
+            _rebased_args(input_times, D, tau_mem, tau_syn) if rebased else None)
     else:
         qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
         end = qend.reshape(-1)[lay.row]

@@ -69,6 +69,10 @@ def test_estimates_bound_what_numpy_allocates(shape, method, no_limit, cpu_engin
                                          cpu_engine, permutation)
     if permutation:
         parts.update(ss._lif_numpy.compiled_scratch_bytes(True, batch * n_out, n_entries + 1))
+    rebased = cpu_engine == "numba" and method == "sequential" and ss._lif_numpy.rebased_applies(
+        D, np.full(n_out, 10.0), np.full(n_out, 5.0))
+    assert rebased == (delays and cpu_engine == "numba" and method == "sequential")
+    parts.update(ss._lif_numpy.rebased_bytes(rebased, t, n_out))
     assert peak <= sum(parts.values()), (peak, parts)
     assert peak >= 0.3 * sum(parts.values()), (peak, parts)  # an estimate, not a blanket
     g = np.ones_like(out.times)

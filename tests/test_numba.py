@@ -366,14 +366,117 @@ def test_compiled_permutation_chunks_change_no_bit(monkeypatch):
     number of chunks (one neuron each, several, one for all), serial or parallel, gives the same bits."""
     t, D = _tie_heavy_layer(9, batch=3, n_out=8)
     W = np.random.default_rng(9).normal(0.6, 0.5, (t.shape[1], 8))
-    digests = []
+    digests = {"sequential": [], "scan": []}  # the sequential forward sums rebased exponentials: other bits
     for per_thread, serial_work in ((1, 0), (3, 0), (1000, 0), (1, 1 << 62)):
         monkeypatch.setattr(_lif_numpy, "COMPILED_CHUNKS_PER_THREAD", per_thread)
         monkeypatch.setattr(_lif_numba, "SERIAL_WORK", serial_work)
-        for method in ("sequential", "scan"):
+        for method in digests:
             out, grads, _ = _forward_backward(t, W, D, True, monkeypatch, method)
             assert out.residuals.queue_perm is not None
-            digests.append(_digest(out, grads) + [grads.tau_mem.tobytes(), grads.tau_syn.tobytes()])
+            digests[method].append(_digest(out, grads) + [grads.tau_mem.tobytes(), grads.tau_syn.tobytes()])
+    for method, found in digests.items():
+        assert all(d == found[0] for d in found), method
+
+
+def _rebased_and_exact(t, W, D, monkeypatch, **kw):
+    """The compiled sequential forward with rebased exponential sums and with two exponentials per entry, the
+    NumPy reference, and how many times ``forward_rebased`` ran."""
+    kw = dict(delays=D, method="sequential", **kw)
+    calls = []
+    real = _lif_numba.forward_rebased
+    monkeypatch.setattr(_lif_numba, "forward_rebased", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED", True)
+    fast = ss.lif_forward(t, W, engine="numba", **kw)
+    monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED", False)
+    exact = ss.lif_forward(t, W, engine="numba", **kw)
+    ref = ss.lif_forward(t, W, engine="numpy", **kw)
+    return fast, exact, ref, len(calls)
+
+
+def _assert_same_spikes(out, ref, tol):
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_array_equal(out.residuals.spike_event, ref.residuals.spike_event)
+    np.testing.assert_allclose(out.times, ref.times, **tol)
+
+
+REBASED_CASES = [  # tau_mem, tau_syn, input time span, weight mean, delay span, whether forward_rebased applies
+    (20.0, 5.0, 40.0, 0.5, 4.0, True),
+    (10.0, 4.0, 40.0, 0.3, 4.0, True),
+    (4.0, 10.0, 40.0, 0.1, 4.0, True),  # tau_mem < tau_syn: r < 0
+    (10.0, 8.8, 40.0, 0.3, 4.0, True),  # r = 7.3, near the limit: V is a difference of two large sums
+    (2.0, 1.0, 2000.0, 1.2, 30.0, True),  # t / tau up to 2000: every exponent only through blocks and anchors
+    (10.0, 9.0, 40.0, 0.3, 4.0, False),  # r = 9 > REBASED_MAX_R: the exponentials
+    (5.0, 5.0, 40.0, 0.3, 4.0, False),  # equal time constants
+    (4.0, 1.0, 40.0, 0.5, 40.0, False),  # delays over REBASED_MAX_DELAY * min(tau)
+]
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn,span,mean,d_span,applies", REBASED_CASES)
+def test_rebased_forward_equals_the_exponential_walk(tau_mem, tau_syn, span, mean, d_span, applies, monkeypatch):
+    """The compiled sequential forward of a layer with delays sums rebased exponentials (``forward_rebased``, PERF.md
+    P3b): the same spike counts and queue entries as the walk with two exponentials per entry and as the NumPy
+    reference, spike times within the float64 tolerance, with ties, long silences (new anchors) and spans far
+    beyond ``e^{t / tau}``'s range; the time constants where it would lose precision take the exponentials."""
+    rng = np.random.default_rng(int(tau_mem * 100 + span))
+    t = np.where(rng.random((4, 30, 5)) < 0.3, np.inf, rng.uniform(0, span, (4, 30, 5)))
+    t[0, :3, 0] = 7.0  # simultaneous inputs
+    t[1, :, :2] = rng.uniform(0, 5, (30, 2))  # a burst, then (small span) a long silence
+    t[1, :, 2:] = rng.uniform(span * 3, span * 3 + 10, (30, 3))
+    t = np.sort(t, axis=-1)
+    D = np.round(rng.uniform(0, d_span, (30, 9)), 1)  # rounded: many simultaneous arrivals
+    D[:, 0] = 0.0
+    W = rng.normal(mean, 0.6, (30, 9))
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=5, threshold=np.linspace(0.8, 1.2, 9))
+    fast, exact, ref, calls = _rebased_and_exact(t, W, D, monkeypatch, **kw)
+    assert calls == int(applies)
+    assert ref.counts.sum() > 40 and (ref.counts > 5).any()  # recorded spikes and spikes past max_spikes
+    _assert_same_spikes(fast, ref, TOL["float64"]["times"])
+    _assert_same_spikes(fast, exact, TOL["float64"]["times"])
+    if not applies:
+        np.testing.assert_array_equal(fast.times, exact.times)
+    # The backward takes the spike times as given: gradients within the tolerance of the exact walk's.
+    G = rng.normal(size=fast.times.shape)
+    g_fast = ss.lif_backward(fast, G, engine="numba", time_constant_grads=True)
+    g_exact = ss.lif_backward(exact, G, engine="numba", time_constant_grads=True)
+    for name in ("weights", "delays", "input_times", "threshold", "tau_mem", "tau_syn"):
+        np.testing.assert_allclose(getattr(g_fast, name), getattr(g_exact, name), **TOL["float64"]["grads"],
+                                   err_msg=name)
+
+
+def test_rebased_forward_float32_cap_runaway_and_per_neuron_constants(monkeypatch):
+    """float32 inputs (tables from their float64 values), the spike cap, and runaway firing (the same error) through
+    the rebased walk; per-neuron time constants take the exponentials (the tables hold one pair)."""
+    t, W, D = _layer(11, mean=0.5, delays=True)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    fast, exact, ref, calls = _rebased_and_exact(t.astype(np.float32), W.astype(np.float32), D.astype(np.float32),
+                                                 monkeypatch, **kw)
+    assert calls == 1 and fast.times.dtype == np.float32 and fast.capped_spikes == ref.capped_spikes > 0
+    _assert_same_spikes(fast, ref, TOL["float32"]["times"])
+    errs = []
+    for rebased in (True, False):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED", rebased)
+        with pytest.raises(ss.RunawayFiringError) as info:
+            ss.lif_forward(t, W * 1e12, delays=D, max_total_spikes=50, engine="numba", **kw)
+        errs.append((info.value.sample, info.value.neuron, info.value.limit, info.value.time))
+    assert errs[0][:3] == errs[1][:3] and errs[0][3] == pytest.approx(errs[1][3], rel=1e-12)
+    per_neuron = dict(kw, tau_mem=np.linspace(8.0, 12.0, W.shape[1]))
+    _, _, _, calls = _rebased_and_exact(t, W, D, monkeypatch, **per_neuron)
+    assert calls == 0
+
+
+def test_rebased_forward_is_the_same_for_any_chunking_and_format(monkeypatch):
+    """Anchors and block factors are per neuron: any chunking of the neurons, serial or parallel, and either queue
+    format give the same bits."""
+    t, D = _tie_heavy_layer(13, batch=3, n_out=8)
+    W = np.random.default_rng(13).normal(0.6, 0.5, (t.shape[1], 8))
+    kw = dict(delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=6, engine="numba")
+    digests = []
+    for per_thread, serial_work, permutation in ((1, 0, True), (3, 0, True), (1000, 0, False), (1, 1 << 62, True)):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_CHUNKS_PER_THREAD", per_thread)
+        monkeypatch.setattr(_lif_numba, "SERIAL_WORK", serial_work)
+        monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", permutation)
+        out = ss.lif_forward(t, W, **kw)
+        digests.append([out.times.tobytes(), out.counts.tobytes(), out.residuals.spike_event.tobytes()])
     assert all(d == digests[0] for d in digests)
 
 
@@ -647,6 +750,11 @@ def test_bucket_sort_stays_in_bounds(tmp_path):
             "f = ss.lif_forward(t, rng.normal(0.9, 0.7, (9, 6)), delays=D, tau_mem=6.0, tau_syn=3.0, max_spikes=3,\n"
             "                   engine='numba')\n"
             "assert f.residuals.queue_perm is not None and f.counts.sum() > 0\n"
+            "assert _lif_numpy.rebased_applies(D, np.full(6, 6.0), np.full(6, 3.0))  # forward_rebased ran\n"
+            "tl = np.sort(rng.uniform(0, 400, (2, 9, 5)), axis=-1)  # many time blocks and anchors\n"
+            "fl = ss.lif_forward(tl, rng.normal(0.9, 0.7, (9, 6)), delays=D, tau_mem=2.0, tau_syn=1.0,\n"
+            "                    max_spikes=3, engine='numba')\n"
+            "assert fl.counts.sum() > 0\n"
             "ss.lif_backward(f, np.ones(f.times.shape), engine='numba', time_constant_grads=True)\n"
             "from spikescan import _recurrent\n"
             "R = rng.normal(0, 0.3, (6, 6)); R[0, 1] = 0.0\n"

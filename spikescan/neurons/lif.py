@@ -423,6 +423,17 @@ def quiet_gap_scalar(v0, i0, a, b, c, threshold):
 
 
 @_scalar
+def quiet_ends_scalar(v0, i0, v_end, i_end, threshold):
+    """``quiet_gap_scalar`` from the states at both ends of the gap, ``(v0, i0)`` and ``(v_end, i_end)`` (before
+    the arrival that ends it), as the rebased walk of the compiled engine computes them (``_lif_numba``
+    ``forward_rebased``): the same comparisons and margin."""
+    margin = 1e-14 * (abs(v0) + abs(i0) + threshold)
+    if max(v0, i0) + margin < threshold:
+        return True
+    return (v_end + margin < threshold) and (i_end - v_end > margin)
+
+
+@_scalar
 def _next_up(x):
     return math.nextafter(x, _INF)
 
