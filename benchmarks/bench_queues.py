@@ -16,9 +16,12 @@ For each shape (SHD-like inputs, ``bench_lif.shd_like_inputs``, with per-synapse
 All must give identical queues (the permutation expanded; checked before timing). ``bytes`` is what each keeps.
 
 Then the whole compiled layer (``lif_forward`` and ``lif_forward`` + ``lif_backward``, ``engine="numba"``) with
-each format (``_lif_numpy.COMPILED_PERMUTATION`` on and off; the two alternate call by call, so drifts of the
-machine hit both alike): times, the residual bytes held after the forward and the backward's peak of traced
-allocations (``tracemalloc``), and a check that spikes and every gradient are bit-identical. ``--no-layer`` skips it.
+each format (``_lif_numpy.COMPILED_PERMUTATION`` on and off, the forward summing two exponentials per entry in both)
+and with the permutation and the rebased exponential sums (``_lif_numpy.COMPILED_REBASED``, the engine's default);
+the variants alternate call by call, so drifts of the machine hit all alike. Recorded: times, the residual bytes held
+after the forward and the backward's peak of traced allocations (``tracemalloc``); checked: the two formats give
+bit-identical spikes and gradients, the rebased sums identical spike counts and queue entries and times within
+1e-12 (the largest difference is recorded). ``--no-layer`` skips it.
 
 Times are the median of ``--repeats`` calls after a warm-up call (Numba compiles, or loads its cache, then); the JSON
 is stamped with the commit, machine and versions (``_stamp.py``).
@@ -91,12 +94,14 @@ def run(shapes, repeats):
     return rows
 
 
-def _layer_call(t, w, d, permutation):
-    """One compiled forward and backward with the given queue format: times, bytes and outputs."""
+def _layer_call(t, w, d, permutation, rebased=False):
+    """One compiled forward and backward with the given queue format and forward sums: times, bytes and
+    outputs."""
     import spikescan as ss
     from spikescan import _lif_numpy
 
     _lif_numpy.COMPILED_PERMUTATION = permutation
+    _lif_numpy.COMPILED_REBASED = rebased
     kw = dict(tau_mem=20.0, tau_syn=5.0, max_spikes=64, delays=d, engine="numba")
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -111,39 +116,63 @@ def _layer_call(t, w, d, permutation):
     digest = [np.asarray(x).tobytes() for x in (out.times, out.counts, grads.weights, grads.delays,
                                                 grads.input_times, grads.threshold)]
     return dict(forward_s=t1 - t0, forward_backward_s=t2 - t0, held_bytes=int(held),
-                backward_peak_bytes=int(backward_peak)), digest
+                backward_peak_bytes=int(backward_peak)), digest, out
+
+
+# The whole-layer variants: (queue format, forward sums). The formats are compared with the exponential sums on
+# both sides; the rebased sums with the permutation format (the engine's default).
+LAYER_VARIANTS = {"permutation": (True, False), "materialised": (False, False), "rebased": (True, True)}
+
+
+def _rebased_agreement(fast, exact, name):
+    """The largest relative spike-time difference of the rebased forward from the exponential one; raises unless
+    counts and queue entries are identical and the times agree within 1e-12."""
+    same = (np.array_equal(fast.counts, exact.counts)
+            and np.array_equal(fast.residuals.spike_event, exact.residuals.spike_event))
+    fin = np.isfinite(exact.times)
+    worst = float(np.max(np.abs(fast.times[fin] - exact.times[fin]) / np.abs(exact.times[fin]), initial=0.0))
+    if not same or worst > 1e-12:
+        raise AssertionError(f"the rebased forward changes the spikes on {name} (identical counts and entries: "
+                             f"{same}; largest relative time difference {worst:.2e})")
+    return worst
 
 
 def run_layer(shapes, repeats):
-    """The compiled layer with each queue format, alternating call by call."""
+    """The compiled layer in each variant (``LAYER_VARIANTS``), alternating call by call."""
     from spikescan import _lif_numpy
 
-    before = _lif_numpy.COMPILED_PERMUTATION
+    before = _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED
     rows = []
     try:
         for name, shape in shapes.items():
             t, w, d = shd_like_inputs(**shape, delays=True)
-            calls = {True: [], False: []}
-            digests = {}
+            calls = {v: [] for v in LAYER_VARIANTS}
+            digests, outs = {}, {}
             for rep in range(repeats + 1):
-                for permutation in (True, False):
-                    measured, digests[permutation] = _layer_call(t, w, d, permutation)
+                for variant, flags in LAYER_VARIANTS.items():
+                    measured, digests[variant], outs[variant] = _layer_call(t, w, d, *flags)
                     if rep:  # the first round warms up
-                        calls[permutation].append(measured)
-            identical = digests[True] == digests[False]
+                        calls[variant].append(measured)
+            identical = digests["permutation"] == digests["materialised"]
             if not identical:
                 raise AssertionError(f"the permutation format changes the layer's outputs on {name}")
-            for permutation, ms in calls.items():
-                row = dict(shape=name, **shape, queues="permutation" if permutation else "materialised",
-                           identical=identical, calls=ms)
+            worst = _rebased_agreement(outs["rebased"], outs["permutation"], name)
+            for variant, ms in calls.items():
+                row = dict(shape=name, **shape, queues="permutation" if LAYER_VARIANTS[variant][0] else "materialised",
+                           sums="rebased" if LAYER_VARIANTS[variant][1] else "exponentials",
+                           output_spikes=int(outs[variant].counts.sum()), calls=ms)
+                if variant == "rebased":
+                    row.update(same_spikes=True, max_relative_time_difference=worst)
+                else:
+                    row.update(identical=identical)
                 for key in ("forward_s", "forward_backward_s", "held_bytes", "backward_peak_bytes"):
                     row[key] = float(np.median([m[key] for m in ms]))
                 rows.append(row)
-                print(f"{name:<14} layer, {row['queues']:<12} forward {row['forward_s']:.3f} s, fwd+bwd "
-                      f"{row['forward_backward_s']:.3f} s, held {row['held_bytes'] / 2**20:.0f} MiB, backward peak "
-                      f"{row['backward_peak_bytes'] / 2**20:.0f} MiB", flush=True)
+                print(f"{name:<14} layer, {row['queues']:<12} {row['sums']:<12} forward {row['forward_s']:.3f} s, "
+                      f"fwd+bwd {row['forward_backward_s']:.3f} s, held {row['held_bytes'] / 2**20:.0f} MiB, "
+                      f"backward peak {row['backward_peak_bytes'] / 2**20:.0f} MiB", flush=True)
     finally:
-        _lif_numpy.COMPILED_PERMUTATION = before
+        _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED = before
     return rows
 
 
@@ -156,7 +185,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     shapes = SHAPES
     if args.quick:
-        shapes = {"quick": dict(batch=2, n_in=50, spikes=300, n_out=16)}
+        shapes = {"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}  # the input rate makes neurons fire
         args.repeats = 2
     provenance = stamp()
     import numba
@@ -169,9 +198,12 @@ def main(argv=None):
         speedups[name] = {"bucket_over_merge": by["numba_merge"] / by["numba_bucket"],
                           "bucket_over_numpy": by["numpy"] / by["numba_bucket"],
                           "permutation_over_bucket": by["numba_bucket"] / by["numba_permutation"]}
-        fmt = {r["queues"]: r for r in layer if r["shape"] == name}
+        fmt = {(r["queues"], r.get("sums", "exponentials")): r for r in layer if r["shape"] == name}
         if fmt:
-            p, m = fmt["permutation"], fmt["materialised"]
+            p, m = fmt["permutation", "exponentials"], fmt["materialised", "exponentials"]
+            rb = fmt["permutation", "rebased"]
+            speedups[name].update(rebased_forward=p["forward_s"] / rb["forward_s"],
+                                  rebased_forward_backward=p["forward_backward_s"] / rb["forward_backward_s"])
             speedups[name].update(layer_forward=m["forward_s"] / p["forward_s"],
                                   layer_forward_backward=m["forward_backward_s"] / p["forward_backward_s"],
                                   layer_held_bytes=m["held_bytes"] / p["held_bytes"],

@@ -390,7 +390,9 @@ def _queue_rows(results):
             if perm is not None:
                 measured += (f"; as a permutation (the engine's format) in {seconds(perm['seconds'])}, keeping "
                              f"{perm['bytes'] / 2**20:.0f} MiB instead of {first['bytes'] / 2**20:.0f} MiB")
-            fmt = {row["queues"]: row for row in r.get("layer", []) if row["shape"] == shape}
+            fmt = {row["queues"]: row for row in r.get("layer", [])
+                   if row["shape"] == shape and row.get("sums", "exponentials") == "exponentials"}
+            rebased = [row for row in r.get("layer", []) if row["shape"] == shape and row.get("sums") == "rebased"]
             if fmt:
                 sp = r["speedups"][shape]
                 measured += (f". Whole layer with the permutation against materialised queues: forward "
@@ -404,6 +406,15 @@ def _queue_rows(results):
                              f"({ratio(sp['layer_held_bytes'])} less), backward peak "
                              f"{fmt['permutation']['backward_peak_bytes'] / 2**20:.0f} vs "
                              f"{fmt['materialised']['backward_peak_bytes'] / 2**20:.0f} MiB; bit-identical")
+            if rebased:
+                rb, sp = rebased[0], r["speedups"][shape]
+                measured += (f". Rebased exponential sums in the forward (the default) against two exponentials "
+                             f"per entry: forward {seconds(rb['forward_s'])} vs "
+                             f"{seconds(fmt['permutation']['forward_s'])} ({ratio(sp['rebased_forward'])}), fwd+bwd "
+                             f"{seconds(rb['forward_backward_s'])} vs "
+                             f"{seconds(fmt['permutation']['forward_backward_s'])} "
+                             f"({ratio(sp['rebased_forward_backward'])}); identical spike counts, spike times within "
+                             f"{rb['max_relative_time_difference']:.1e} relative")
             rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons, delays (numba engine, "
                          f"{r['numba_threads']} threads)", measured, f"one run (median of {r['repeats']} repeats)",
                          _files([name], results)])

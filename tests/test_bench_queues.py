@@ -24,23 +24,44 @@ def test_quick_run_writes_checked_rows(tmp_path):
     assert all(r["identical_to_numpy"] and r["seconds"] > 0 and r["entries"] > 0 for r in report["rows"])
     kept = {r["method"]: r["bytes"] for r in report["rows"]}
     assert kept["numba_permutation"] < kept["numba_bucket"] == kept["numpy"]
-    assert {r["queues"] for r in report["layer"]} == {"permutation", "materialised"}
-    assert all(r["identical"] and len(r["calls"]) == 2 and r["held_bytes"] > 0 for r in report["layer"])
+    assert {(r["queues"], r["sums"]) for r in report["layer"]} == {
+        ("permutation", "exponentials"), ("materialised", "exponentials"), ("permutation", "rebased")}
+    assert all(len(r["calls"]) == 2 and r["held_bytes"] > 0 and r["output_spikes"] > 50 for r in report["layer"])
+    for r in report["layer"]:
+        if r["sums"] == "rebased":
+            assert r["same_spikes"] and 0.0 <= r["max_relative_time_difference"] <= 1e-12
+        else:
+            assert r["identical"]
     assert set(report["speedups"]["quick"]) == {"bucket_over_merge", "bucket_over_numpy", "permutation_over_bucket",
                                                 "layer_forward", "layer_forward_backward", "layer_held_bytes",
-                                                "layer_backward_peak_bytes"}
+                                                "layer_backward_peak_bytes", "rebased_forward",
+                                                "rebased_forward_backward"}
 
 
 def test_a_format_that_changes_the_layer_is_reported(monkeypatch):
     real = bench_queues._layer_call
 
-    def broken(t, w, d, permutation):
-        measured, digest = real(t, w, d, permutation)
-        return measured, digest + [b"x"] if permutation else digest
+    def broken(t, w, d, permutation, rebased=False):
+        measured, digest, out = real(t, w, d, permutation, rebased)
+        return measured, digest + [b"x"] if permutation else digest, out
 
     monkeypatch.setattr(bench_queues, "_layer_call", broken)
     with pytest.raises(AssertionError, match="permutation format changes the layer's outputs"):
-        bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=300, n_out=16)}, 1)
+        bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
+
+
+def test_rebased_sums_that_change_the_spikes_are_reported(monkeypatch):
+    real = bench_queues._layer_call
+
+    def shifted(t, w, d, permutation, rebased=False):
+        measured, digest, out = real(t, w, d, permutation, rebased)
+        if rebased:
+            out.times[...] = out.times * (1 + 1e-9)
+        return measured, digest, out
+
+    monkeypatch.setattr(bench_queues, "_layer_call", shifted)
+    with pytest.raises(AssertionError, match="rebased forward changes the spikes"):
+        bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
 
 
 def test_a_builder_that_disagrees_is_not_timed(monkeypatch):
@@ -53,4 +74,4 @@ def test_a_builder_that_disagrees_is_not_timed(monkeypatch):
 
     monkeypatch.setattr(bench_queues, "builders", broken)
     with pytest.raises(AssertionError, match="numba_bucket builds other queues"):
-        bench_queues.run({"quick": dict(batch=2, n_in=50, spikes=300, n_out=16)}, 1)
+        bench_queues.run({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
