@@ -249,16 +249,13 @@ def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out,
                 t_k = QT[r, k]  # +inf at k == end: the open gap after the last input
                 a, bb, c = _gap_decay(table, use_table, row, k, t_k, t_prev, True, tau_mem, tau_syn)
                 if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
-                    before = count
-                    status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
-                        V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
-                        spike_times, spike_event, tid)
+                    status, V, I, t_prev, t_last, count, t_stop, I_stop, a, bb, c = _spikes_in_gap(
+                        V, I, a, bb, c, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count,
+                        max_spikes, limit, spike_times, spike_event, tid)
                     if status != _OK:
                         stuck_times[tid] = t_stop
                         stuck_current[tid] = I_stop
                         break
-                    if count != before:  # the rest of the gap starts at the last spike
-                        a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
                 if k == end:
                     break
                 V, I = _apply_input(V, I, a, bb, c, QI[r, k], W, max_in, i)
@@ -339,6 +336,21 @@ def forward_scan(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_i
 
 
 @_jit
+def _spikes_in_gap(V, I, a, bb, c, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                   limit, spike_times, spike_event, tid):
+    """``_fire_in_gap`` on a gap that is not provably quiet, whose decay is ``(a, bb, c)``; returns its outputs and
+    the decay over the rest of the gap (from the last spike, if any): ``(status, V, I, t_prev, t_last, count,
+    t_stop, I_stop, a, bb, c)``."""
+    before = count
+    status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
+        V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit, spike_times,
+        spike_event, tid)
+    if status == _OK and count != before:  # the rest of the gap starts at the last spike
+        a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
+    return status, V, I, t_prev, t_last, count, t_stop, I_stop, a, bb, c
+
+
+@_jit
 def _exact_step(V, I, t_prev, t_last, t_k, k, w, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
                 spike_times, spike_event, tid):
     """``forward_sequential``'s step over the gap that ends at queue entry ``k`` (time ``t_k``; ``+inf`` for the
@@ -346,14 +358,11 @@ def _exact_step(V, I, t_prev, t_last, t_k, k, w, tau_mem, tau_syn, threshold, so
     computed from the gap's length. Returns ``(status, V, I, t_prev, t_last, count, t_stop, I_stop)``."""
     a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
     if not lif.quiet_gap_scalar(V, I, a, bb, c, threshold):
-        before = count
-        status, V, I, t_prev, t_last, count, t_stop, I_stop = _fire_in_gap(
-            V, I, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
+        status, V, I, t_prev, t_last, count, t_stop, I_stop, a, bb, c = _spikes_in_gap(
+            V, I, a, bb, c, t_prev, t_last, t_k, k, tau_mem, tau_syn, threshold, solver, count, max_spikes, limit,
             spike_times, spike_event, tid)
         if status != _OK:
             return status, V, I, t_prev, t_last, count, t_stop, I_stop
-        if count != before:  # the rest of the gap starts at the last spike
-            a, bb, c = lif.decay_scalar(t_k - t_prev, tau_mem, tau_syn)
     if t_k == np.inf:
         return _OK, V, I, t_prev, t_last, count, np.inf, np.nan
     return _OK, a * V + c * I, lif.input_jump_scalar(bb * I, w), t_k, t_last, count, np.inf, np.nan
