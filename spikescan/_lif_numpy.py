@@ -343,13 +343,19 @@ def compiled_queue_args(qt, qi, qend, permuted=None, max_in=1, units=1):
 
 def rebased_applies(delays, tau_mem, tau_syn):
     """Whether the compiled sequential forward takes ``_lif_numba.forward_rebased`` (see ``COMPILED_REBASED``)."""
-    if not COMPILED_REBASED or delays is None or not len(tau_mem):
+    return (COMPILED_REBASED and delays is not None
+            and rebased_within_limits(float(delays.max()) if delays.size else 0.0, tau_mem, tau_syn))
+
+
+def rebased_within_limits(max_delay, tau_mem, tau_syn):
+    """The limits of the rebased sums (``REBASED_MAX_R``, ``REBASED_MAX_DELAY``) for ``[n_out]`` NumPy time
+    constants and the largest delay; shared by the compiled engine and the CUDA kernel."""
+    if not len(tau_mem):
         return False
     tm, ts = float(tau_mem[0]), float(tau_syn[0])
     if not ((tau_mem == tm).all() and (tau_syn == ts).all()):
         return False
-    return abs(ts) <= REBASED_MAX_R * abs(tm - ts) and (delays.size == 0 or
-                                                         float(delays.max()) <= REBASED_MAX_DELAY * min(tm, ts))
+    return abs(ts) <= REBASED_MAX_R * abs(tm - ts) and max_delay <= REBASED_MAX_DELAY * min(tm, ts)
 
 
 def rebased_bytes(applies, input_times, n_out):

@@ -300,6 +300,80 @@ def test_delays(backend):
                tau_mem=10.0, tau_syn=4.0, max_spikes=30)
 
 
+REBASED_CASES = [  # tau_mem, tau_syn, input time span, delay span, weight mean, whether the rebased kernel applies
+    (10.0, 4.0, 40.0, 4.0, 0.4, True),
+    (4.0, 10.0, 40.0, 4.0, 0.15, True),  # tau_mem < tau_syn: r < 0
+    (10.0, 8.8, 40.0, 4.0, 0.3, True),  # r = 7.3, near the limit
+    (2.0, 1.0, 600.0, 20.0, 2.4, True),  # exponents far beyond e^{t / tau}'s range, many blocks and anchors
+    (10.0, 9.0, 40.0, 4.0, 0.3, False),  # r = 9: the exponentials
+]
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn,span,d_span,mean,applies", REBASED_CASES)
+def test_rebased_forward(backend, monkeypatch, tau_mem, tau_syn, span, d_span, mean, applies):
+    """``_lif.REBASED``: the sequential forward of a layer with delays with rebased exponential sums
+    (``spikescan_lif_forward_rebased``) gives the NumPy reference's spike counts and queue entries and its times within
+    the tolerance, with ties, long silences and either queue format; outside its limits the plain kernel runs."""
+    rng = np.random.default_rng(int(tau_mem * 10 + span))
+    t = np.where(rng.random((2, 20, 6)) < 0.25, np.inf, rng.uniform(0, span, (2, 20, 6)))
+    t[0, :3, 0] = 3.0  # simultaneous inputs
+    t[1, :, 5] = np.where(np.isfinite(t[1, :, 5]), t[1, :, 5] + 5 * span, np.inf)  # a long silence first
+    t = np.sort(t, axis=-1)
+    W = rng.normal(mean, 0.6, (20, 5))
+    D = np.round(rng.uniform(0, d_span, (20, 5)), 1)  # rounded: simultaneous arrivals
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=4, method="sequential")
+    ref = ss.lif_forward(t, W, delays=D, engine="numpy", **kw)
+    assert ref.counts.sum() > 100 and (ref.counts > 4).any()
+    kernels = []
+
+    def spy(module, kernel, *args, **kwargs):
+        kernels.append(kernel)
+        return backend.launch(module, kernel, *args, **kwargs)
+
+    monkeypatch.setattr(_lif, "REBASED", True)
+    for fmt in (False, True):
+        with permutation(fmt):
+            kernels.clear()
+            out = _lif.forward(backend.xp, spy, backend.to_device(t), backend.to_device(W), backend.to_device(D),
+                               backend.xp.full(5, tau_mem), backend.xp.full(5, tau_syn), 1.0, 4, "sequential", 32,
+                               "newton")
+            assert ("spikescan_lif_forward_rebased" in kernels) == applies, kernels
+            assert ("spikescan_lif_forward_sequential" in kernels) != applies, kernels
+            assert_same_spikes(ref, out, backend)
+    monkeypatch.setattr(_lif, "REBASED", False)
+    plain = backend.lif(t, W, D, **kw)
+    assert_same_spikes(ref, plain, backend)
+
+
+def test_rebased_forward_float32_and_runaway(backend, monkeypatch):
+    """The rebased kernel with float32 outputs, and its runaway-firing stop (the same error as the reference)."""
+    rng = np.random.default_rng(10)
+    t = random_spikes(rng, 2, 10, 4).astype(np.float32)
+    W = weights(rng, 10, 4).astype(np.float32)
+    D = rng.uniform(0.0, 3.0, (10, 4)).astype(np.float32)
+    monkeypatch.setattr(_lif, "REBASED", True)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=30)
+    ref = ss.lif_forward(t, W, delays=D, method="sequential", engine="numpy", **kw)
+    assert ref.counts.sum() >= 5
+    assert _lif.rebased_applies(np, D.astype(np.float64), np.full(4, 10.0), np.full(4, 5.0))
+    out = backend.lif(t, W, D, method="sequential", **kw)
+    assert_same_spikes(ref, out, backend, "float32")
+    G = np.random.default_rng(1).normal(size=ref.times.shape).astype(np.float32)
+    ref_g = ss.lif_backward(ref, G, method="sequential", engine="numpy", time_constant_grads=True)
+    for bwd in BACKWARD_METHODS:
+        assert_same_grads(ref_g, backend.lif_backward(out, G, bwd, time_constant_grads=True), backend, "float32")
+    t64, W64, D64 = t.astype(np.float64), W.astype(np.float64) * 1e12, D.astype(np.float64)
+    errs = []
+    for run in (lambda: ss.lif_forward(t64, W64, delays=D64, tau_mem=10.0, tau_syn=5.0, max_spikes=2,
+                                       max_total_spikes=20, engine="numpy"),
+                lambda: backend.lif(t64, W64, D64, tau_mem=10.0, tau_syn=5.0, max_spikes=2, method="sequential",
+                                    max_total_spikes=20)):
+        with pytest.raises(ss.RunawayFiringError) as info:
+            run()
+        errs.append((info.value.sample, info.value.neuron, info.value.limit, info.value.time))
+    assert errs[0][:3] == errs[1][:3] and errs[0][3] == pytest.approx(errs[1][3], rel=1e-12)
+
+
 def test_float32(backend):
     rng = np.random.default_rng(10)
     t = random_spikes(rng, 2, 10, 4).astype(np.float32)

@@ -85,6 +85,13 @@ WARP_SOLVE = False
 # same neurons over up to THREADS_PER_BLOCK / SMALL_GRID_BLOCK times as many SMs. Same results (a block only
 # groups neurons). Off (None) until a GPU run has timed it.
 SMALL_GRID_BLOCK = None
+# The sequential forward of a layer with delays with rebased exponential sums (spikescan_lif_forward_rebased, PERF.md
+# P3b; the compiled CPU engine's default, _lif_numpy.COMPILED_REBASED): products of tabulated factors instead of two
+# exponentials per queue entry, the same spike counts and entries, times within rounding. Applies within the CPU
+# engine's limits (one pair of time constants, |r| <= REBASED_MAX_R, delays <= REBASED_MAX_DELAY * min(tau)) and
+# without FORWARD_CHECKPOINTS; deciding that reads the time constants and the largest delay (a host sync). Checked in
+# the host emulation; off until a GPU run of benchmarks/gpu_perf.py has timed it.
+REBASED = False
 SMALL_GRID_SMS = 132  # an H100 / H200; a smaller device only makes the rule choose small blocks less often
 SMALL_GRID_WAVES = 4
 _CHECKPOINT_BYTES = 1 << 29
@@ -202,7 +209,13 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         ckpt_args = [checkpoints, np.int64(n_ckpt)]
     else:
         ckpt_args = [xp.empty(1, dtype=xp.float64), np.int64(0)]  # n_ckpt = 0: the kernels write none
-    if method == "sequential":
+    rebased = (method == "sequential" and REBASED and not with_checkpoints and n > 0
+               and rebased_applies(xp, D, tm, ts))
+    if rebased:
+        block = block_size(n)
+        launch("lif_forward", "spikescan_lif_forward_rebased", dtype, _blocks(n, block), block,
+               common + rebased_tables(xp, input_times, D, float(tm[0]), float(ts[0])) + outputs)
+    elif method == "sequential":
         block = block_size(n)
         launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, block), block,
                common + outputs + ckpt_args)
@@ -239,6 +252,43 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver, checkpoints=checkpoints)
     return LIFResult(times=out_times, counts=counts, residuals=res)
+
+
+def rebased_applies(xp, D, tm, ts):
+    """Whether the rebased kernel may run (``REBASED`` aside): delays, one pair of time constants and the compiled
+    engine's limits (``spikescan._lif_numpy.rebased_applies``). Reads ``[n_out]`` time constants and the largest
+    delay to the host."""
+    from .. import _lif_numpy
+
+    if D is None:
+        return False
+    host = (lambda a: a) if xp.__name__ == "numpy" else (lambda a: a.get())
+    return _lif_numpy.rebased_within_limits(float(D.max()) if D.size else 0.0, host(tm), host(ts))
+
+
+def rebased_tables(xp, input_times, D, tau_mem, tau_syn):
+    """The rebased kernel's arguments ``[E, F, width, reach, span]`` (see ``spikescan_lif_forward_rebased``): per
+    input slot ``E = (e^{(t - T)/tau_mem}, e^{(t - T)/tau_syn}, blk)`` (``T = blk * width``, ``blk = floor(t /
+    width)``; zeros for padding), per synapse ``F[i, j] = (e^{D[j, i]/tau_mem}, e^{D[j, i]/tau_syn})``. ``width =
+    max(REBASED_BLOCK * min(tau), reach + span)`` with ``reach = max(D)`` and ``span = REBASED_SPAN * min(tau)``, so
+    the sources of the entries within ``span`` of an anchor lie in two consecutive blocks."""
+    from .. import _lif_numpy
+
+    tmin = min(tau_mem, tau_syn)
+    reach = float(D.max()) if D.size else 0.0
+    span = _lif_numpy.REBASED_SPAN * tmin
+    width = max(_lif_numpy.REBASED_BLOCK * tmin, reach + span)
+    t = input_times.reshape(input_times.shape[0], -1).astype(xp.float64)
+    finite = xp.isfinite(t)
+    t = xp.where(finite, t, 0.0)
+    blk = xp.floor(t / width)
+    offset = t - blk * width
+    E = xp.stack([xp.where(finite, xp.exp(offset / tau_mem), 0.0), xp.where(finite, xp.exp(offset / tau_syn), 0.0),
+                  xp.where(finite, blk, 0.0)], axis=-1)
+    Dt = xp.ascontiguousarray(D.T)
+    F = xp.stack([xp.exp(Dt / tau_mem), xp.exp(Dt / tau_syn)], axis=-1)
+    return [xp.ascontiguousarray(E), xp.ascontiguousarray(F), np.float64(width), np.float64(reach),
+            np.float64(span)]
 
 
 def _queue_args(xp, qt, qi, qe):

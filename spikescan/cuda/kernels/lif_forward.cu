@@ -16,6 +16,8 @@
 //                                        global memory): the one-event-per-step baseline used by benchmarks.
 //   spikescan_lif_forward_scan<T>:       one warp per (batch, neuron): chunked speculative associative scan
 //                                        (DESIGN.md section 4) over chunks of `width` <= 32 events.
+//   spikescan_lif_forward_rebased<T>:    the sequential kernel of a layer with delays with rebased exponential
+//                                        sums (PERF.md P3b): no exponential per queue entry.
 //
 // quiet_exit (spikescan/cuda/_lif.py QUIET_GAP): 1 runs Neuron::quiet_gap on the gap's decay before the full gap test,
 // which it skips for the gaps where V provably stays below threshold (the compiled CPU engine's shortcut); the spikes
@@ -158,6 +160,102 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
         I = Neuron::input_jump(d.b * I, w);
         V = V_new;
         t_prev = t_k;
+    }
+    counts[tid] = count;
+}
+
+// The sequential kernel of a layer with delays and one pair of time constants, with rebased exponential sums
+// (PERF.md P3b; the CUDA form of the compiled CPU engine's _lif_numba.forward_rebased). After an anchor t0 (state
+// (V0, I0) there) and before the next spike, I(t) = B e^{-(t - t0)/tau_syn} and V(t) = A e^{-(t - t0)/tau_mem} - r I(t),
+// r = tau_syn / (tau_mem - tau_syn), A = V0 + r I0 + r sum w alpha, B = I0 + sum w beta. An arrival at t_k = t + D
+// has alpha = e^{(t_k - t0)/tau_mem} = E * F * G: the input slot's factor E = e^{(t - T)/tau_mem} (T = blk * width,
+// blk = floor(t / width); table E [batch, n_in * max_in, 3] = (E_mem, E_syn, blk)), the synapse's F = e^{D/tau_mem}
+// (table F [n_out, n_in, 2]) and G = e^{(T - t0)/tau_mem}. The launcher makes width >= reach + span (reach: the
+// largest delay), so the sources of the entries within span of an anchor lie in two consecutive blocks, lo =
+// floor((t0 - reach) / width) and lo + 1, whose four G factors the thread computes at each anchor: an entry costs
+// products and two divisions. An entry outside them (rounding at a block edge), a gap that is not provably quiet
+// (Neuron::quiet_ends, the comparisons of quiet_gap), an entry more than span after the anchor, and the open gap
+// take the sequential kernel's exact step, and the thread re-anchors after it. Same spike counts and queue entries as
+// the sequential kernel; states, and so spike times, differ by rounding. No backward checkpoints. Unbounded, like the
+// scan and step kernels: 92 registers without spilling, where the sequential kernel's launch bounds (80) spill 24
+// bytes; which is faster only a GPU run can tell.
+// The first block lo of an anchor at t0 (the sources within reach before it) and the G factors e^{(T - t0)/tau} of
+// that block and the next (T = lo * width, (lo + 1) * width).
+__device__ __forceinline__ void spikescan_rebase(double t0, double reach, double width, double tau_mem,
+                                                 double tau_syn, double& lo, double& gm0, double& gs0, double& gm1,
+                                                 double& gs1) {
+    lo = floor((t0 - reach) / width);
+    gm0 = exp((lo * width - t0) / tau_mem);
+    gs0 = exp((lo * width - t0) / tau_syn);
+    gm1 = exp(((lo + 1.0) * width - t0) / tau_mem);
+    gs1 = exp(((lo + 1.0) * width - t0) / tau_syn);
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_forward_rebased(
+    SPIKESCAN_LIF_FORWARD_PARAMS, const double* __restrict__ E, const double* __restrict__ F, double width,
+    double reach, double span, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    double* __restrict__ stuck_current) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= batch * n_out) return;
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
+    const double threshold = threshold_arr[i];  // per neuron
+    const double r = tau_syn / (tau_mem - tau_syn);
+    const double* __restrict__ Eb = E + b * (n_in * max_in) * 3;
+    const double* __restrict__ Fi = F + i * n_in * 2;
+
+    double V = 0.0, I = 0.0, t_last = -spikescan_inf();
+    long long count = 0;
+    // The anchor: its time, the sums, its first block and the G factors of that block and the next.
+    double t0 = 0.0, A = 0.0, B = 0.0, lo, gm0, gs0, gm1, gs1;
+    spikescan_rebase(t0, reach, width, tau_mem, tau_syn, lo, gm0, gs0, gm1, gs1);
+    for (long long k = 0; k <= end; ++k) {
+        const double t_k = q.time(k);  // +inf at k == end: the open gap after the last input
+        if (k < end && t_k - t0 <= span) {
+            const long long flat = q.index(k);
+            const double blk = Eb[flat * 3 + 2];
+            if (blk == lo || blk == lo + 1.0) {
+                const long long j = flat / max_in;
+                const bool first = blk == lo;
+                const double alpha = Eb[flat * 3] * Fi[j * 2] * (first ? gm0 : gm1);
+                const double beta = Eb[flat * 3 + 1] * Fi[j * 2 + 1] * (first ? gs0 : gs1);
+                const double I_end = B / beta;
+                const double V_end = A / alpha - r * I_end;
+                if (Neuron::quiet_ends(V, I, V_end, I_end, threshold)) {
+                    const double w = spikescan_event_weight(weights, flat, max_in, n_out, i);
+                    A += r * w * alpha;
+                    B += w * beta;
+                    V = V_end;
+                    I = Neuron::input_jump(I_end, w);
+                    continue;
+                }
+            }
+        }
+        // The sequential kernel's step (with its quiet test), then a new anchor at t_k. The state is that after
+        // entry k - 1 (or at t = 0), whose time is reread rather than kept live.
+        double t_prev = (k > 0) ? q.time(k - 1) : 0.0;
+        auto d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);
+        if (!Neuron::quiet_gap(V, I, d, threshold)) {
+            if (!spikescan_fire_in_gap<T, Neuron>(V, I, t_prev, t_last, stuck_times + tid, stuck_current + tid, t_k,
+                                                  k, tau_mem, tau_syn, threshold, solver, count, max_spikes,
+                                                  max_total_spikes, spike_times, spike_event, out_times, rec_base,
+                                                  nullptr, 0, 0, tid)) {
+                break;
+            }
+            d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);  // the rest of the gap after any spike
+        }
+        if (k == end) break;
+        const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
+        const double V_new = d.a * V + d.c * I;
+        I = Neuron::input_jump(d.b * I, w);
+        V = V_new;
+        A = V + r * I;
+        B = I;
+        t0 = t_k;
+        spikescan_rebase(t0, reach, width, tau_mem, tau_syn, lo, gm0, gs0, gm1, gs1);
     }
     counts[tid] = count;
 }

@@ -179,6 +179,15 @@ struct spikescan_lif {
         return (v_end + margin < threshold) && (d.b * i0 - v_end > margin);
     }
 
+    // quiet_gap from the states at both ends of the gap, (v0, i0) and (v_end, i_end) before the arrival that ends it,
+    // as the rebased forward computes them (twin of lif.quiet_ends_scalar): the same comparisons and margin.
+    static __device__ __forceinline__ bool quiet_ends(double v0, double i0, double v_end, double i_end,
+                                                      double threshold) {
+        const double margin = 1e-14 * (fabs(v0) + fabs(i0) + threshold);
+        if (fmax(v0, i0) + margin < threshold) return true;
+        return (v_end + margin < threshold) && (i_end - v_end > margin);
+    }
+
     // Exact gap test (DESIGN.md section 2) for v0 < threshold: does V reach threshold in (0, gap]?  Writes the right
     // end of the root bracket min(s_peak, gap) to *s_hi.
     static __device__ __forceinline__ bool fires_in_gap(double v0, double i0, double gap, double tau_mem,
