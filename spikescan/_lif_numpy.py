@@ -61,6 +61,8 @@ class _Layout:
 def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
     """Weight of queue entry ``ks`` of queue ``rows`` for neuron column ``cols``; 0 where ``applies`` is False."""
     idx = queue_index[rows, ks]
+    if weights.shape[0] == 0:  # a layer without inputs: only padding entries
+        return np.zeros(np.broadcast(idx, cols).shape)
     src = np.where(idx >= 0, idx // max(max_in, 1), 0)
     return np.where(applies & (idx >= 0), weights[src, cols], 0.0)
 
@@ -369,11 +371,11 @@ def _rebased_args(input_times, D, tau_mem, tau_syn):
     """``(E, F, width, n_blocks, span)`` of ``_lif_numba.forward_rebased`` (tables by ``rebased_tables``)."""
     from . import _lif_numba
 
-    batch = input_times.shape[0]
+    batch, n_in, max_in = input_times.shape
     tm, ts = float(tau_mem[0]), float(tau_syn[0])
     tmin = min(tm, ts)
     width = REBASED_BLOCK * tmin
-    flat = np.ascontiguousarray(input_times.reshape(batch, -1), np.float64)
+    flat = np.ascontiguousarray(input_times.reshape(batch, n_in * max_in), np.float64)
     finite = flat[np.isfinite(flat)]
     n_blocks = int(np.floor(finite.max() / width)) + 1 if finite.size else 1
     delays_t = np.ascontiguousarray(D.T)

@@ -63,8 +63,10 @@ def delayed_queues(times, index, n_real, max_in, delays, xp):
     batch, L1 = times.shape
     n_out = delays.shape[1]
     src = xp.where(index >= 0, index // max_in, 0)
-    # [batch, n_out, L1]: arrival = t + D[j, i]; +inf stays +inf.
-    arrival = times[:, None, :] + xp.transpose(delays[src], (0, 2, 1))
+    # [batch, n_out, L1]: arrival = t + D[j, i]; +inf stays +inf. (A layer without inputs has only the padding entry,
+    # whose source 0 does not exist: any delay will do.)
+    d_src = delays[src] if delays.shape[0] else xp.zeros(src.shape + (n_out,))
+    arrival = times[:, None, :] + xp.transpose(d_src, (0, 2, 1))
     order2 = xp.argsort(arrival, axis=2, kind="stable") if xp.__name__ == "numpy" else xp.argsort(arrival, axis=2)
     q_times = xp.take_along_axis(arrival, order2, axis=2)
     q_index = xp.take_along_axis(xp.broadcast_to(index[:, None, :], (batch, n_out, L1)), order2, axis=2)

@@ -464,6 +464,23 @@ def test_rebased_forward_float32_cap_runaway_and_per_neuron_constants(monkeypatc
     assert calls == 0
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 2), (2, 0, 1), (2, 3, 0), (2, 3, 2)])
+def test_rebased_forward_empty_shapes(shape, monkeypatch):
+    """No sample, no input, no input slot, no input spike: the rebased walk returns what the exponential walk and
+    the NumPy engine do."""
+    t = np.full(shape, np.inf)
+    W, D = np.ones((shape[1], 4)), np.ones((shape[1], 4))
+    fast, exact, ref, calls = _rebased_and_exact(t, W, D, monkeypatch, tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    assert calls == 1
+    for out in (fast, exact):
+        assert out.counts.shape == (shape[0], 4) and out.counts.sum() == 0
+        np.testing.assert_array_equal(out.times, ref.times)
+    # Both engines' backwards too (the NumPy engine once failed on a layer without inputs).
+    for engine, out in (("numpy", ref), ("numba", fast)):
+        g = ss.lif_backward(out, np.ones(out.times.shape), engine=engine)
+        assert g.weights.shape == W.shape and not g.weights.any() and not g.delays.any()
+
+
 def test_rebased_forward_is_the_same_for_any_chunking_and_format(monkeypatch):
     """Anchors and block factors are per neuron: any chunking of the neurons, serial or parallel, and either queue
     format give the same bits."""

@@ -278,7 +278,8 @@ def rebased_tables(xp, input_times, D, tau_mem, tau_syn):
     reach = float(D.max()) if D.size else 0.0
     span = _lif_numpy.REBASED_SPAN * tmin
     width = max(_lif_numpy.REBASED_BLOCK * tmin, reach + span)
-    t = input_times.reshape(input_times.shape[0], -1).astype(xp.float64)
+    batch, n_in, max_in = input_times.shape
+    t = input_times.reshape(batch, n_in * max_in).astype(xp.float64)
     finite = xp.isfinite(t)
     t = xp.where(finite, t, 0.0)
     blk = xp.floor(t / width)
