@@ -15,7 +15,10 @@ Checked against ``method="sequential"`` (the float64 reference):
 - both NumPy backward methods on both forwards: gradients by name (``weights``, ``input_times``, ``delays``,
   ``threshold``) within ``TOL``;
 - the CUDA kernels in their host emulation (``spikescan.cuda._hostemu``, as in ``test_cuda.py``; skipped without
-  ``g++``): both forward kernels (thread per neuron, warp scan) and both backward kernels, same checks;
+  ``g++``): both forward kernels (thread per neuron, warp scan) and both backward kernels, same checks; on layers
+  within its limits, the rebased forward kernel (``_lif.REBASED``) too;
+- the compiled engine, whose sequential forward sums rebased exponentials on layers with delays and one pair of time
+  constants (counted: the test of the generators requires it on at least 15% of the compiled examples);
 - NaN and +-inf delays are rejected with a ``ValueError`` that names ``delays``;
 - the ``"max"`` readout's tie rule (``li_backward`` docstring): when the maximum sits on a kink made by several
   inputs arriving at exactly ``t*``, ``kink_index`` is the first of them in the time-sorted order (the lowest flat
@@ -239,14 +242,27 @@ def check_compiled(case):
     kw, chunk_size, dtype = _split(case)
     ref, G, ref_g = _reference(case)
     cond = conditioning(case, ref)
+    rebased = _rebased(kw)  # the compiled sequential forward sums rebased exponentials
+    _STATS["rebased"][0] += int(rebased)
+    _STATS["rebased"][1] += int(rebased and ref.counts.sum() > 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
         for method in ("sequential", "scan"):
             out = ss.lif_forward(method=method, chunk_size=chunk_size, engine="numba", **kw)
-            assert_same_spikes(ref, out, dtype, f"(numba {method}, chunk {chunk_size})")
+            label = f"(numba {method}{', rebased' if rebased and method == 'sequential' else ''}, chunk {chunk_size})"
+            assert_same_spikes(ref, out, dtype, label)
             assert_same_grads(ref_g, ss.lif_backward(out, G, engine="numba", time_constant_grads=True), dtype,
                               f"(numba forward {method}, numba backward)", cond)
     return ref
+
+
+def _rebased(kw):
+    """Whether the rebased forward (compiled, and CUDA with ``_lif.REBASED``) applies to a case's layer."""
+    n_out = kw["weights"].shape[1]
+    tm = np.broadcast_to(np.asarray(kw["tau_mem"], np.float64), (n_out,))
+    ts = np.broadcast_to(np.asarray(kw["tau_syn"], np.float64), (n_out,))
+    D = None if kw["delays"] is None else np.asarray(kw["delays"], np.float64)
+    return _lif_numpy.rebased_applies(D, tm, ts)
 
 
 def check_emulated(case):
@@ -271,6 +287,16 @@ def check_emulated(case):
                 for det in (False, True):
                     assert_same_grads(ref_g, _closed.backward_closed(np, hk.launch, out, G, True, det, True), dtype,
                                       f"(emulated forward {method}, closed-form kernel, deterministic={det})", cond)
+        if _rebased(kw):  # the rebased forward kernel (opt-in on CuPy), then the closed-form backward from it
+            saved, _lif.REBASED = _lif.REBASED, True
+            try:
+                out = _lif.forward(np, hk.launch, kw["input_times"], kw["weights"], kw["delays"], tm, ts,
+                                   kw["threshold"], kw["max_spikes"], "sequential", chunk_size, kw["solver"])
+            finally:
+                _lif.REBASED = saved
+            assert_same_spikes(ref, out, dtype, "(emulated rebased forward)")
+            assert_same_grads(ref_g, _closed.backward_closed(np, hk.launch, out, G, True, False, True), dtype,
+                              "(emulated rebased forward, closed-form kernel)", cond)
     return ref
 
 
@@ -278,7 +304,8 @@ def check_emulated(case):
 # LIF properties
 # ---------------------------------------------------------------------------------------------------------------
 
-_STATS = {"numpy": [0, 0], "grazing": [0, 0], "emulated": [0, 0], "compiled": [0, 0]}  # [examples, examples with a spike]
+# [examples, examples with a spike]; "rebased": the compiled examples whose sequential forward sums rebased exponentials.
+_STATS = {"numpy": [0, 0], "grazing": [0, 0], "emulated": [0, 0], "compiled": [0, 0], "rebased": [0, 0]}
 
 
 @fast(800)
@@ -325,6 +352,8 @@ def test_random_layers_exercise_spikes():
     for name, (n, firing) in _STATS.items():
         if n:
             assert firing >= 0.5 * n, (name, n, firing)
+    if _STATS["compiled"][0]:  # the compiled property also covers the rebased forward, often
+        assert _STATS["rebased"][0] >= 0.15 * _STATS["compiled"][0], _STATS
 
 
 @fast(200)
