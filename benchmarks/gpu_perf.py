@@ -137,12 +137,17 @@ VARIANTS = {
     "closed_det_bwd": dict(forward="sequential", backward="closed",
                            settings={"spikescan.cuda._queue.USE_KERNEL": False,
                                      "spikescan.cuda._closed.DETERMINISTIC": True}),
-    # P3b: the sequential forward with rebased exponential sums (no exponential per queue entry; same spike counts,
-    # times within rounding), alone and with the M2 settings and the closed-form backward.
+    # P3b: rebased exponential sums. The sequential forward's (no exponential per queue entry; same spike counts,
+    # times within rounding) and the closed-form backward's (the entries' exponentials as products of tabulated
+    # factors), each alone, and both with the M2 settings: the M3 core (P1c + P3b + P4's kernels) as far as it is built.
+    "m2_closed_rebased": dict(forward="sequential", backward="closed",
+                              settings={**M2_SETTINGS, "spikescan.cuda._lif.REBASED": True,
+                                        "spikescan.cuda._closed.REBASED": True}),
     "rebased_fwd": dict(forward="sequential", backward="sequential",
                         settings={"spikescan.cuda._queue.USE_KERNEL": False, "spikescan.cuda._lif.REBASED": True}),
-    "m2_closed_rebased": dict(forward="sequential", backward="closed",
-                              settings={**M2_SETTINGS, "spikescan.cuda._lif.REBASED": True}),
+    "closed_rebased_bwd": dict(forward="sequential", backward="closed",
+                               settings={"spikescan.cuda._queue.USE_KERNEL": False,
+                                         "spikescan.cuda._closed.REBASED": True}),
     "scan_fwd": dict(forward="scan", backward="sequential", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "warp_bwd": dict(forward="sequential", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     "scan_fwd_warp_bwd": dict(forward="scan", backward="scan", settings={"spikescan.cuda._queue.USE_KERNEL": False}),

@@ -438,3 +438,73 @@ def test_gpu_grazing_warning_points_at_the_callers_line(method):
     if not grazing:
         pytest.skip("no grazing spike on this device (the peak's last bit depends on the device's exp)")
     assert len(grazing) == 1 and grazing[0].filename == __file__, [(w.filename, w.lineno) for w in grazing]
+
+
+def _spy_rebased(backend, monkeypatch):
+    """Patches ``backend.launch`` to record, for every launch of the closed-form neuron kernel, whether it was the
+    rebased one."""
+    flags = []
+    real = backend.launch
+
+    def spy(module, kernel, dtype, grid, block, args, shared_mem=0):
+        if kernel.startswith(_closed.KERNEL) and not kernel.startswith(_closed.SYNAPSES_KERNEL):
+            flags.append(int(kernel.endswith(_closed.REBASED_SUFFIX)))
+        return real(module, kernel, dtype, grid, block, args, shared_mem)
+
+    monkeypatch.setattr(backend, "launch", spy)
+    return flags
+
+
+REBASED_CASES = ("plain", "delays", "ties", "per_neuron_threshold", "capped", "bursts", "silent", "long_span",
+                 "near_equal_time_constants", "per_neuron_time_constants", "equal_time_constants")
+
+
+@pytest.mark.parametrize("name", REBASED_CASES)
+def test_rebased_closed_form(backend, monkeypatch, name):
+    """``_closed.REBASED``: the entries' exponentials of the closed form as products of tabulated factors (PERF.md
+    P3b with P1c). Every gradient, the time constants' included, against the NumPy sequential backward, from both
+    CUDA forwards and either queue format; the kernel gets the tables exactly where one pair of time constants
+    and finite factors allow them (not per-neuron time constants, nor a span of 60 s at tau 5 ms)."""
+    kw = _case(name)
+    monkeypatch.setattr(_closed, "REBASED", True)
+    flags = _spy_rebased(backend, monkeypatch)
+    applies = name not in ("per_neuron_time_constants", "long_span")  # several pairs; t / tau up to 12000
+    r = ss.lif_forward(**kw, method="sequential", engine="numpy")
+    G = np.random.default_rng(7).normal(size=r.times.shape)
+    ref = ss.lif_backward(r, G, method="sequential", engine="numpy", time_constant_grads=True)
+    for method, fmt in itertools.product(FORWARD_METHODS, (False, True)):
+        with permutation(fmt):
+            out = backend.lif(kw["input_times"], kw["weights"], kw.get("delays"), tau_mem=kw["tau_mem"],
+                              tau_syn=kw["tau_syn"], threshold=kw["threshold"], max_spikes=kw["max_spikes"],
+                              method=method)
+        for tau in (False, True):
+            flags.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ss.GrazingSpikeWarning)
+                g = _closed.backward_closed(backend.xp, backend.launch, out, backend.to_device(G), True, False, tau)
+            assert flags and all(f == int(applies) for f in flags), (flags, applies)
+            for gname in GRAD_NAMES + (("tau_mem", "tau_syn") if tau else ()):
+                if getattr(ref, gname) is None:
+                    assert getattr(g, gname) is None, gname
+                    continue
+                np.testing.assert_allclose(backend.to_host(getattr(g, gname)), getattr(ref, gname),
+                                           err_msg=f"grad_{gname} {name} forward={method} permuted={fmt} tau={tau}",
+                                           **TOL["float64"]["grads"])
+
+
+def test_rebased_closed_form_falls_back_beyond_its_exponent_limit(backend, monkeypatch):
+    """Input times beyond ``REBASED_MAX_EXPONENT * min(tau)`` would overflow ``e^{t/tau}``: the kernel keeps the
+    exponentials there, and the gradients stay the reference's."""
+    kw = _case("plain")
+    kw["input_times"] = kw["input_times"] + 700.0 * 5.0  # t / tau_syn > 700
+    monkeypatch.setattr(_closed, "REBASED", True)
+    flags = _spy_rebased(backend, monkeypatch)
+    r = ss.lif_forward(**kw, method="sequential", engine="numpy")
+    assert r.counts.sum() > 0
+    G = np.random.default_rng(8).normal(size=r.times.shape)
+    ref = ss.lif_backward(r, G, method="sequential", engine="numpy")
+    out = backend.lif(kw["input_times"], kw["weights"], None, tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"],
+                      threshold=kw["threshold"], max_spikes=kw["max_spikes"], method="sequential")
+    g, _ = closed(backend, out, G)
+    assert flags == [0]
+    assert_same_grads(ref, g, backend, label="beyond the exponent limit")

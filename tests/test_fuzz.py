@@ -16,7 +16,8 @@ Checked against ``method="sequential"`` (the float64 reference):
   ``threshold``) within ``TOL``;
 - the CUDA kernels in their host emulation (``spikescan.cuda._hostemu``, as in ``test_cuda.py``; skipped without
   ``g++``): both forward kernels (thread per neuron, warp scan) and both backward kernels, same checks; on layers
-  within its limits, the rebased forward kernel (``_lif.REBASED``) too;
+  within its limits, the rebased forward kernel (``_lif.REBASED``) and the rebased closed-form backward
+  (``_closed.REBASED``) too;
 - the compiled engine, whose sequential forward sums rebased exponentials on layers with delays and one pair of time
   constants (counted: the test of the generators requires it on at least 15% of the compiled examples);
 - NaN and +-inf delays are rejected with a ``ValueError`` that names ``delays``;
@@ -295,8 +296,12 @@ def check_emulated(case):
             finally:
                 _lif.REBASED = saved
             assert_same_spikes(ref, out, dtype, "(emulated rebased forward)")
-            assert_same_grads(ref_g, _closed.backward_closed(np, hk.launch, out, G, True, False, True), dtype,
-                              "(emulated rebased forward, closed-form kernel)", cond)
+            saved, _closed.REBASED = _closed.REBASED, True  # and the closed form's rebased factors
+            try:
+                g = _closed.backward_closed(np, hk.launch, out, G, True, False, True)
+            finally:
+                _closed.REBASED = saved
+            assert_same_grads(ref_g, g, dtype, "(emulated rebased forward, rebased closed-form kernel)", cond)
     return ref
 
 

@@ -41,11 +41,20 @@ SYNAPSES_KERNEL = "spikescan_lif_backward_closed_synapses"
 # With time_constant_grads: the same kernels compiled with the time-constant terms (a suffix; separate kernels keep
 # the common case's register allocation).
 TAU_SUFFIX = "_tau"
+# With REBASED's tables: the same kernels compiled with the rebased factors (after TAU_SUFFIX).
+REBASED_SUFFIX = "_rebased"
 INPUTS_KERNEL = "spikescan_lif_backward_closed_inputs"
 
 # Opt-in (PERF.md P4): deterministic reductions (see the module docstring); a GPU run of benchmarks/gpu_perf.py
 # decides whether they become the default.
 DETERMINISTIC = False
+# Opt-in (PERF.md P3b with P1c): the entries' exponentials as products of tabulated factors (see the kernel's
+# header): per input slot e^{t/tau}, per synapse e^{D/tau}, per span e^{-T_m/tau}. Applies with one pair of time
+# constants while every (t + D) / min(tau) stays below REBASED_MAX_EXPONENT (so that e^{(t + D)/tau} is finite);
+# deciding it reads the time constants and the largest input time and delay to the host. Gradients equal the exponential path's to rounding (checked in
+# the host emulation); off until a GPU run of benchmarks/gpu_perf.py has timed it.
+REBASED = False
+REBASED_MAX_EXPONENT = 600.0
 # Fields of a recorded spike in the deterministic records (kernels/lif_backward_closed.cu SPIKESCAN_CLOSED_FIELDS).
 RECORD_FIELDS = 7
 
@@ -90,24 +99,57 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
                                            n, n, slot_bytes, max_spikes, xp)
         # The host emulation fills the work buffer with NaN so that a slot read before it is written shows.
         work = (xp.full if xp.__name__ == "numpy" else _lif._empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
+        rebased = rebased_tables(xp, res) if REBASED else None
         for start in range(0, n, group):
             count = min(group, n - start)
             args = _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad,
-                                [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts)
+                                [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts, rebased)
             block = _lif.block_size(count * _lif.WARP)
-            launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else ""), grad_times.dtype,
-                   _lif._blocks(count * _lif.WARP, block), block, args)
+            launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else "") + (
+                REBASED_SUFFIX if rebased is not None else ""), grad_times.dtype, _lif._blocks(count * _lif.WARP, block),
+                   block, args)
     tau = time_constant_grads
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
                              grad_d, grad_th, grad_tm if tau else None, grad_ts if tau else None, stacklevel=5)
 
 
+def rebased_tables(xp, res):
+    """``(E [batch, n_in * max_in, 2], F [n_out, n_in, 2])`` of the rebased closed form (``REBASED``; see the
+    kernel's header), or ``None`` where it does not apply: several time constants, or an input time plus delay
+    beyond ``REBASED_MAX_EXPONENT * min(tau)``. (The forward's limits on ``r`` and the delays do not apply: the cross
+    term is ``decay``'s, and only the factors' rounding, far inside the gradients' tolerance, depends on the
+    exponents.) Host reads: the ``[n_out]`` time constants, the largest input time and the largest delay."""
+    host = (lambda a: a) if xp.__name__ == "numpy" else (lambda a: a.get())
+    tm, ts = host(res.tau_mem), host(res.tau_syn)
+    D = res.delays
+    max_delay = float(D.max()) if D is not None and D.size else 0.0
+    if not len(tm) or not ((tm == tm[0]).all() and (ts == ts[0]).all()):
+        return None
+    batch, n_in, max_in = res.input_shape
+    times, index = _queue.shared_queue_of(res)
+    table = _queue.input_table(xp, times, index, n_in, max_in)[:, :n_in * max_in]
+    finite = xp.isfinite(table)
+    t_max = float(xp.where(finite, table, 0.0).max()) if table.size else 0.0
+    tau_mem, tau_syn = float(tm[0]), float(ts[0])
+    if (t_max + max_delay) / min(tau_mem, tau_syn) > REBASED_MAX_EXPONENT:
+        return None
+    t = xp.where(finite, table, 0.0)
+    E = xp.ascontiguousarray(xp.stack([xp.exp(t / tau_mem), xp.exp(t / tau_syn)], axis=-1))
+    if D is None:
+        F = xp.empty(1, dtype=xp.float64)
+    else:
+        Dt = xp.ascontiguousarray(D.T)
+        F = xp.ascontiguousarray(xp.stack([xp.exp(Dt / tau_mem), xp.exp(Dt / tau_syn)], axis=-1))
+    return E, F
+
+
 def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad, grads, records,
-                 thr_part, grad_tm, grad_ts):
+                 thr_part, grad_tm, grad_ts, rebased=None):
     """The arguments of ``spikescan_lif_backward_closed[_tau]`` for neurons ``[start, start + count)``; ``grads``:
     ``[grad_w, grad_in, grad_d, grad_th, grazing]`` (``_lif.gradient_buffers``); ``records``: 0 (atomic sums) or 1
-    (per-spike records in ``work``, the per-neuron terms in ``thr_part``)."""
+    (per-spike records in ``work``, the per-neuron terms in ``thr_part``); ``rebased``: ``rebased_tables``' tables
+    or ``None``."""
     batch, n_in, max_in = res.input_shape
     grad_w, grad_in, grad_d, grad_th, grazing = grads
     n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
@@ -116,7 +158,8 @@ def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_
         np.int64(res.weights.shape[1]), np.int64(n_queues), np.int64(L1), np.int64(max_in),
         np.int64(res.spike_times.shape[2]), np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts,
         grad_times, work, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d,
-        grad_th, grazing, np.int32(records), thr_part, grad_tm, grad_ts]
+        grad_th, grazing, np.int32(records), thr_part, grad_tm, grad_ts] + (
+        list(rebased) if rebased is not None else [grad_tm, grad_tm])  # unread placeholders when not rebased
 
 
 def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads):

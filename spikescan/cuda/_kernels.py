@@ -27,6 +27,7 @@ MODULES = {
                     "spikescan_lif_forward_rebased"),
     "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
     "lif_backward_closed": ("spikescan_lif_backward_closed", "spikescan_lif_backward_closed_tau",
+                            "spikescan_lif_backward_closed_rebased", "spikescan_lif_backward_closed_tau_rebased",
                             "spikescan_lif_backward_closed_synapses", "spikescan_lif_backward_closed_synapses_tau",
                             "spikescan_lif_backward_closed_inputs"),
     "readout": ("spikescan_li_linear_forward", "spikescan_li_linear_backward", "spikescan_li_max_forward",

@@ -29,7 +29,16 @@
 //    (has_input_grad != 0) and grad_delays (has_delays != 0).
 //
 // Work: per entry three exponentials in step 1 (b only is used; the compiler drops a and c where it can) and three in
-// step 3; per recorded spike a 5-round butterfly and a short sequential step on lane 0.  Lanes idle on spans
+// step 3; per recorded spike a 5-round butterfly and a short sequential step on lane 0.
+// Rebased sums (kernels spikescan_lif_backward_closed[_tau]_rebased, spikescan/cuda/_closed.py REBASED; PERF.md P3b
+// with P1c): every exponent of steps 1 and
+// 3 is -(T_m - t_k)/tau with t_k = t + D[j, i], so e^{-(T_m - t_k)/tau} = E[b, f] F[i, j] e^{-T_m/tau}: rebased_E
+// [batch, n_in * max_in, 2] holds (e^{t/tau_mem}, e^{t/tau_syn}) per input slot f, rebased_F [n_out, n_in, 2] the
+// same of D (unused without delays), and the last factor is one pair per span (warp-uniform). Step 1 then takes no
+// exponential per entry and step 3 only phi's expm1 (Neuron::decay_given; the cross term as decay's). The launcher
+// enables it only while (t + D) / min(tau) stays below REBASED_MAX_EXPONENT, so the factors stay finite; a factor's
+// relative rounding grows with its exponent (~1e-13 at the limit), far inside the gradients' tolerance. The
+// source-major kernels of the deterministic mode keep the exponentials.  Lanes idle on spans
 // shorter than 32 entries (a span costs ceil(entries / 32) warp steps): a warp-wide scan of the (b, w) maps over
 // chunks of 32 entries would remove that, a later step.
 // Memory: `work` [n_group, max_spikes, 2] float64 (allocated by the launcher per call), slot (local, m) holding I_m
@@ -67,11 +76,12 @@ struct spikescan_closed_entry_t {
     double lI, g_arrival, g_tau_mem, g_tau_syn;
 };
 
+// The same with the span's decay d = Neuron::decay(s) given (the rebased step 3 forms it from tables).
 template <class Neuron>
-__device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(double s, double lVm, double lIm, double w,
-                                                                           double tau_mem, double tau_syn,
-                                                                           bool arrival, bool tau) {
-    const auto d = Neuron::decay(s, tau_mem, tau_syn);
+__device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry_d(double s, typename Neuron::decay_t d,
+                                                                             double lVm, double lIm, double w,
+                                                                             double tau_mem, double tau_syn,
+                                                                             bool arrival, bool tau) {
     const double lV = d.a * lVm;
     const double lI = d.c * lVm + d.b * lIm;
     spikescan_closed_entry_t e = {lI, arrival ? Neuron::arrival_time_grad(w, lV, lI, tau_mem, tau_syn) : 0.0, 0.0,
@@ -84,19 +94,28 @@ __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(doubl
     return e;
 }
 
+template <class Neuron>
+__device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(double s, double lVm, double lIm, double w,
+                                                                           double tau_mem, double tau_syn,
+                                                                           bool arrival, bool tau) {
+    return spikescan_closed_entry_d<Neuron>(s, Neuron::decay(s, tau_mem, tau_syn), lVm, lIm, w, tau_mem, tau_syn,
+                                            arrival, tau);
+}
+
 #define SPIKESCAN_CLOSED_NEURON_PARAMS \
     SPIKESCAN_LIF_BACKWARD_NEURON_PARAMS, double* __restrict__ work, \
     double* __restrict__ grad_weights, int has_input_grad, double* __restrict__ grad_input_times, \
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold, \
     double* __restrict__ grazing, int records, double* __restrict__ thr_part, \
-    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, \
+    const double* __restrict__ rebased_E, const double* __restrict__ rebased_F
 #define SPIKESCAN_CLOSED_NEURON_ARGS \
     SPIKESCAN_LIF_BACKWARD_NEURON_ARGS, work, grad_weights, has_input_grad, grad_input_times, has_delays, grad_delays, \
-    grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn
+    grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn, rebased_E, rebased_F
 
 // The kernel body, compiled once without and once with the time-constant terms (separate kernels, so that the
 // common case keeps the smaller register allocation).
-template <typename T, class Neuron, bool Tau>
+template <typename T, class Neuron, bool Tau, bool Rebased>
 __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_PARAMS) {
     // Warp = neuron [neuron_start, neuron_start + n_group) of the flattened batch * n_out; exits are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -118,16 +137,26 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
                        : work[(local * max_spikes + m) * 2 + field];
     };
 
+    // The rebased factors (Rebased; see the header): e^{-(T_m - t_k)/tau} of entry k (flat source f = j * max_in
+    // + m', arrival t + D[j, i]) is E[b, f] * F[i, j] * e^{-T_m/tau}.
+    const double* __restrict__ E_row = rebased_E + in_base * 2;
+    const double* __restrict__ F_row = rebased_F + (has_delays ? i * n_in * 2 : 0);
+#define SPIKESCAN_CLOSED_FACTOR(flat, c) \
+    (has_delays ? E_row[(flat) * 2 + (c)] * F_row[((flat) / max_in) * 2 + (c)] : E_row[(flat) * 2 + (c)])
+
     // 1. Currents at the spikes.
     double I = 0.0;
     for (long long m = 0; m < n_rec; ++m) {  // warp-uniform
         const long long lo = (m > 0) ? se[m - 1] : 0;
         const long long hi = se[m];
         const double Tm = st[m];
+        const double G_syn = Rebased ? exp(-Tm / tau_syn) : 0.0;
         double J = 0.0;
         for (long long k = lo + lane; k < hi; k += 32) {
-            const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
-            J += w * Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b;
+            const long long flat = q.index(k);
+            const double w = spikescan_event_weight(weights, flat, max_in, n_out, i);
+            J += w * (Rebased ? SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn
+                              : Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b);
         }
 #pragma unroll
         for (int offset = 16; offset > 0; offset >>= 1) J += __shfl_sync(SPIKESCAN_FULL_MASK, J, lane ^ offset);
@@ -227,12 +256,19 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
         const double Tm = st[m];
         const double lVm = slot(m, 0);
         const double lIm = slot(m, 1);
+        const double G_mem = Rebased ? exp(-Tm / tau_mem) : 0.0;
+        const double G_syn = Rebased ? exp(-Tm / tau_syn) : 0.0;
         for (long long k = lo + lane; k < hi; k += 32) {
             const long long flat = q.index(k);
             const long long j = flat / max_in;
             const double w = weights[j * n_out + i];
-            const auto e = spikescan_closed_entry<Neuron>(Tm - q.time(k), lVm, lIm, w, tau_mem, tau_syn,
-                                                          has_input_grad || has_delays, Tau);
+            const double s = Tm - q.time(k);
+            const auto d = Rebased ? Neuron::decay_given(s, SPIKESCAN_CLOSED_FACTOR(flat, 0) * G_mem,
+                                                         SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn,
+                                                         tau_mem, tau_syn)
+                                   : Neuron::decay(s, tau_mem, tau_syn);
+            const auto e = spikescan_closed_entry_d<Neuron>(s, d, lVm, lIm, w, tau_mem, tau_syn,
+                                                            has_input_grad || has_delays, Tau);
             atomicAdd(grad_weights + j * n_out + i, e.lI);
             if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, e.g_arrival);
             if (has_delays) atomicAdd(grad_delays + j * n_out + i, e.g_arrival);
@@ -250,16 +286,29 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
             atomicAdd(grad_tau_mem + i, e_tau_mem);
             atomicAdd(grad_tau_syn + i, e_tau_syn);
         }
-    }}
+    }
+#undef SPIKESCAN_CLOSED_FACTOR
+}
 
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed(SPIKESCAN_CLOSED_NEURON_PARAMS) {
-    spikescan_closed_neuron<T, Neuron, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
+    spikescan_closed_neuron<T, Neuron, false, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed_tau(SPIKESCAN_CLOSED_NEURON_PARAMS) {
-    spikescan_closed_neuron<T, Neuron, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
+    spikescan_closed_neuron<T, Neuron, true, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
+}
+
+// The same with the rebased factors (separate kernels: the plain ones keep their register allocation).
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_rebased(SPIKESCAN_CLOSED_NEURON_PARAMS) {
+    spikescan_closed_neuron<T, Neuron, false, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_tau_rebased(SPIKESCAN_CLOSED_NEURON_PARAMS) {
+    spikescan_closed_neuron<T, Neuron, true, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 

@@ -92,13 +92,21 @@ struct spikescan_lif {
 
     // Propagator entries (a, b, c) of the gap map [[a, c], [0, b]] for a gap s >= 0 (may be +inf).
     static __device__ __forceinline__ decay_t decay(double s, double tau_mem, double tau_syn) {
-        decay_t r;
         if (!isfinite(s)) {
+            decay_t r;
             r.a = 0.0; r.b = 0.0; r.c = 0.0;
             return r;
         }
-        r.a = exp(-s / tau_mem);
-        r.b = exp(-s / tau_syn);
+        return decay_given(s, exp(-s / tau_mem), exp(-s / tau_syn), tau_mem, tau_syn);
+    }
+
+    // decay for a finite gap s >= 0 whose exponentials a = e^{-s/tau_mem}, b = e^{-s/tau_syn} the caller already has
+    // (the rebased closed-form backward forms them as products of tabulated factors): the cross term c as decay's.
+    static __device__ __forceinline__ decay_t decay_given(double s, double a, double b, double tau_mem,
+                                                          double tau_syn) {
+        decay_t r;
+        r.a = a;
+        r.b = b;
         const double d = 1.0 / tau_syn - 1.0 / tau_mem;
         const double x = -s * d;
         if (fabs(x) < 1.0) {
