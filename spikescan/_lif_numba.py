@@ -406,7 +406,8 @@ def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, ma
     (tau_mem - tau_syn)``, ``A = V0 + r I0 + r sum w alpha_k``, ``B = I0 + sum w beta_k``, and an arrival at ``t_k =
     t + D`` has ``alpha_k = e^{(t_k - t0)/tau_mem}`` = ``E * F * G``: the input slot's factor and the synapse's
     (``rebased_tables``) times ``G = e^{(T - t0)/tau_mem}`` of the slot's time block, computed once per block and
-    anchor. So an entry costs products and two divisions; every exponent stays below ``width / tau + max(D) / tau
+    anchor (kept in a direct-mapped cache of ``n_blocks`` slots, a power of two; a block evicted by another is
+    recomputed, to the same bits). So an entry costs products and two divisions; every exponent stays below ``width / tau + max(D) / tau
     + span / tau``.
 
     Every gap is tested with ``quiet_gap_scalar``'s comparisons on the states at its two ends
@@ -414,15 +415,18 @@ def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, ma
     more than ``span`` after the anchor take ``forward_sequential``'s exact step (``_exact_step``: decays from the
     gap's length, solve, reset), and the walk re-anchors after it. Spike counts and queue entries are
     ``forward_sequential``'s; states, and so spike times, differ from it by rounding. Arguments as
-    ``forward_sequential`` (without the decay table) plus the tables, the block ``width``, the number of blocks and
-    the re-anchoring ``span``; time constants shared by all neurons (the tables are built for one pair)."""
+    ``forward_sequential`` (without the decay table) plus the tables, the block ``width``, the cache's size and the
+    re-anchoring ``span``; time constants shared by all neurons (the tables are built for one pair)."""
     N = counts.shape[0]
     Q, _, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, N // n_out if N else 0, N)
     for c_ in prange(chunks):
         chunk = np.int64(c_)
-        Gm = np.empty(n_blocks)  # G of each time block for the current anchor (valid where stamp == anchor)
+        # G of the time blocks met since the anchor: a direct-mapped cache of n_blocks slots (a power of two; slot
+        # blk % n_blocks holds block cached_blk's factors, valid while cached_anchor == anchor).
+        Gm = np.empty(n_blocks)
         Gs = np.empty(n_blocks)
-        stamp = np.full(n_blocks, -1, np.int64)
+        cached_blk = np.full(n_blocks, -1, np.int64)
+        cached_anchor = np.full(n_blocks, -1, np.int64)
         anchor = 0
         for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             i, row = _neuron(tid, n_out, Q)
@@ -445,13 +449,15 @@ def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, ma
                     w = W[j, i]
                     if t_k - t0 <= span:
                         blk = np.int64(E[b, flat, 2])
-                        if stamp[blk] != anchor:
+                        slot = blk & (n_blocks - 1)
+                        if cached_blk[slot] != blk or cached_anchor[slot] != anchor:
                             T = E[b, flat, 2] * width
-                            Gm[blk] = np.exp((T - t0) / tau_mem)
-                            Gs[blk] = np.exp((T - t0) / tau_syn)
-                            stamp[blk] = anchor
-                        alpha = E[b, flat, 0] * F[i, j, 0] * Gm[blk]
-                        beta = E[b, flat, 1] * F[i, j, 1] * Gs[blk]
+                            Gm[slot] = np.exp((T - t0) / tau_mem)
+                            Gs[slot] = np.exp((T - t0) / tau_syn)
+                            cached_blk[slot] = blk
+                            cached_anchor[slot] = anchor
+                        alpha = E[b, flat, 0] * F[i, j, 0] * Gm[slot]
+                        beta = E[b, flat, 1] * F[i, j, 1] * Gs[slot]
                         I_end = B / beta
                         V_end = A / alpha - r_syn * I_end
                         if lif.quiet_ends_scalar(V, I, V_end, I_end, threshold):

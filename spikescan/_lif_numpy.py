@@ -35,6 +35,9 @@ REBASED_MAX_R = 8.0
 REBASED_MAX_DELAY = 32.0
 REBASED_BLOCK = 8.0
 REBASED_SPAN = 16.0
+# Slots of the rebased walk's cache of block factors (a power of two): the blocks within reach of one anchor are
+# a handful ((span + delays) / block width + 2, at most 8 within the limits above).
+REBASED_CACHE = 16
 # The compiled kernels walk permuted queues in chunks of neurons, this many per Numba thread (each chunk expands its
 # neurons' rows into one scratch row).
 COMPILED_CHUNKS_PER_THREAD = 8
@@ -362,13 +365,14 @@ def rebased_within_limits(max_delay, tau_mem, tau_syn):
 
 def rebased_bytes(applies, input_times, n_out):
     """``{"rebased tables": bytes}`` of ``_rebased_args``'s tables (none unless ``applies``): for the memory
-    estimate (24 bytes per input slot, a float64 copy of the input times and its mask; 16 per synapse)."""
+    estimate (24 bytes per input slot and a float64 copy of the input times, with room to spare; 16 per synapse)."""
     batch, n_in, max_in = input_times.shape
     return {"rebased tables": 40 * batch * n_in * max_in + 16 * n_out * n_in} if applies else {}
 
 
 def _rebased_args(input_times, D, tau_mem, tau_syn):
-    """``(E, F, width, n_blocks, span)`` of ``_lif_numba.forward_rebased`` (tables by ``rebased_tables``)."""
+    """``(E, F, width, cache, span)`` of ``_lif_numba.forward_rebased`` (tables by ``rebased_tables``; ``cache``:
+    ``REBASED_CACHE`` slots of block factors)."""
     from . import _lif_numba
 
     batch, n_in, max_in = input_times.shape
@@ -376,13 +380,11 @@ def _rebased_args(input_times, D, tau_mem, tau_syn):
     tmin = min(tm, ts)
     width = REBASED_BLOCK * tmin
     flat = np.ascontiguousarray(input_times.reshape(batch, n_in * max_in), np.float64)
-    finite = flat[np.isfinite(flat)]
-    n_blocks = int(np.floor(finite.max() / width)) + 1 if finite.size else 1
     delays_t = np.ascontiguousarray(D.T)
     E = np.empty(flat.shape + (3,))
     F = np.empty(delays_t.shape + (2,))
     _lif_numba.rebased_tables(flat.size + delays_t.size, flat, delays_t, tm, ts, width, E, F)
-    return E, F, width, n_blocks, REBASED_SPAN * tmin
+    return E, F, width, REBASED_CACHE, REBASED_SPAN * tmin
 
 
 def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit,

@@ -67,6 +67,7 @@ def delayed_queues(times, index, n_real, max_in, delays, xp):
     # whose source 0 does not exist: any delay will do.)
     d_src = delays[src] if delays.shape[0] else xp.zeros(src.shape + (n_out,))
     arrival = times[:, None, :] + xp.transpose(d_src, (0, 2, 1))
+    del d_src  # [batch, L1, n_out]: not kept alive through the sort
     order2 = xp.argsort(arrival, axis=2, kind="stable") if xp.__name__ == "numpy" else xp.argsort(arrival, axis=2)
     q_times = xp.take_along_axis(arrival, order2, axis=2)
     q_index = xp.take_along_axis(xp.broadcast_to(index[:, None, :], (batch, n_out, L1)), order2, axis=2)

@@ -482,13 +482,15 @@ def test_rebased_forward_empty_shapes(shape, monkeypatch):
 
 
 def test_rebased_forward_is_the_same_for_any_chunking_and_format(monkeypatch):
-    """Anchors and block factors are per neuron: any chunking of the neurons, serial or parallel, and either queue
-    format give the same bits."""
+    """Anchors and block factors are per neuron: any chunking of the neurons, serial or parallel, either queue
+    format and any size of the block-factor cache (one slot: every other block evicts it) give the same bits."""
     t, D = _tie_heavy_layer(13, batch=3, n_out=8)
     W = np.random.default_rng(13).normal(0.6, 0.5, (t.shape[1], 8))
     kw = dict(delays=D, tau_mem=10.0, tau_syn=5.0, max_spikes=6, engine="numba")
     digests = []
-    for per_thread, serial_work, permutation in ((1, 0, True), (3, 0, True), (1000, 0, False), (1, 1 << 62, True)):
+    for per_thread, serial_work, permutation, cache in ((1, 0, True, 16), (3, 0, True, 1), (1000, 0, False, 2),
+                                                        (1, 1 << 62, True, 16)):
+        monkeypatch.setattr(_lif_numpy, "REBASED_CACHE", cache)
         monkeypatch.setattr(_lif_numpy, "COMPILED_CHUNKS_PER_THREAD", per_thread)
         monkeypatch.setattr(_lif_numba, "SERIAL_WORK", serial_work)
         monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", permutation)
