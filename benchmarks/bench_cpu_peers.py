@@ -148,7 +148,7 @@ def spikescan_call(t, w, d, engine, method, max_spikes):
 def resolved_auto(engine, t, spec, max_spikes, chunk_size=128):
     """What ``method="auto"`` runs for this layer."""
     if engine == "numba":
-        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's only backward)")
+        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's auto backward)")
     from spikescan._lif_numpy import BACKWARD_AUTO, choose_forward_method
     from spikescan._memory import most_entries
 

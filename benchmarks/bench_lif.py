@@ -97,7 +97,7 @@ def _resolved(shape):
     from spikescan._lif_numpy import BACKWARD_AUTO, choose_forward_method, resolve_engine
 
     if resolve_engine("auto") == "numba":  # as bench_cpu_peers.resolved_auto
-        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's only backward)")
+        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's auto backward)")
 
     n = shape["batch"] * shape["n_out"]
     return dict(forward=choose_forward_method(n, shape["spikes"] + 1, 128), backward=BACKWARD_AUTO)

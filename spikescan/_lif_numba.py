@@ -593,6 +593,117 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
 
 
 @_pjit
+def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, spike_event, counts,
+                    grad_times, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
+                    g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing):
+    """``lif_backward(method="closed")`` of a feed-forward layer: the EventProp closed form of
+    ``spikescan._closed_backward`` (read its docstring for the derivation) and of the CUDA kernel
+    ``spikescan_lif_backward_closed``, per output neuron ``i`` (``prange`` over chunks of them, samples in order
+    inside, so that every sum has a fixed order and no atomics). Per (sample, neuron) with recorded spikes: the
+    currents at the spikes, first to last (each span's arrivals decayed to its end); the adjoint at the spikes, last
+    to first (a grazing spike's time moves with the point before it: the previous spike of its gap, or the arrival
+    before it); then every entry before the last recorded spike in closed form from its span's anchor. Arguments and
+    outputs as ``backward`` (without the decay table); ``g_arrival`` is added to (zeroed by the caller)."""
+    max_spikes = spike_times.shape[1]
+    n_batch = (counts.shape[0] // n_out) if n_out else 0
+    Q, L1, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, n_batch, n_out)
+    for c_ in prange(chunks):
+        chunk = np.int64(c_)
+        for i in range(chunk * n_out // chunks, (chunk + 1) * n_out // chunks):
+            I_spk = np.empty(max(max_spikes, 1))  # the current at each recorded spike
+            lV_spk = np.empty(max(max_spikes, 1))  # lambda^- of each recorded spike
+            lI_spk = np.empty(max(max_spikes, 1))
+            tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
+            for b in range(sample_start, sample_stop):
+                tid = b * n_out + i
+                row = b * Q + (i if Q > 1 else 0)
+                n_rec = min(counts[tid], max_spikes)
+                if n_rec == 0:
+                    continue  # no recorded spike: no gradient flows through this neuron
+                r = _expand_row(QT, QI, pq, row, spike_event[tid, n_rec - 1], chunk) if permuted else row
+                # 1. Currents at the spikes.
+                I = 0.0
+                lo = 0
+                for m in range(n_rec):
+                    hi = spike_event[tid, m]
+                    Tm = spike_times[tid, m]
+                    J = 0.0
+                    for k in range(lo, hi):
+                        J += W[QI[r, k] // max_in, i] * np.exp(-(Tm - QT[r, k]) / tau_syn)
+                    I = np.exp(-(Tm - spike_times[tid, m - 1]) / tau_syn) * I + J if m > 0 else J
+                    I_spk[m] = I
+                    lo = hi
+                # 2. Adjoint at the spikes, last to first.
+                lV_next, lI_next, carry = 0.0, 0.0, 0.0
+                g_th, n_graze, t_graze, s_tm, s_ts = 0.0, 0.0, 0.0, 0.0, 0.0
+                for m in range(n_rec - 1, -1, -1):
+                    lV_plus, lI_plus = 0.0, 0.0
+                    if m + 1 < n_rec:
+                        a, bb, c = lif.decay_scalar(spike_times[tid, m + 1] - spike_times[tid, m], tau_mem, tau_syn)
+                        lV_plus = a * lV_next
+                        lI_plus = c * lV_next + bb * lI_next
+                    Im = I_spk[m]
+                    gs = (grad_times[tid, m] + carry) + lif.reset_time_grad_scalar(lV_plus, Im, tau_mem)
+                    D = lif.crossing_slope_scalar(Im, threshold, tau_mem)
+                    carry = 0.0
+                    if D <= 0.0:  # grazing: IFT term dropped; its time moves with the point before it
+                        lV_minus = 0.0
+                        n_graze += 1.0
+                        t_graze = spike_times[tid, m]  # last to first: the earliest stays
+                        if m > 0 and spike_event[tid, m - 1] == spike_event[tid, m]:
+                            carry = gs
+                        elif spike_event[tid, m] > 0:  # the arrival before it
+                            k = spike_event[tid, m] - 1
+                            if has_input_grad:
+                                g_arrival[b - sample_start, i, k] += gs
+                            if has_delays:
+                                grad_d[QI[r, k] // max_in, i] += gs
+                    else:
+                        lV_minus = lif.spike_adjoint_scalar(gs, D)
+                        g_th += gs / D
+                    if want_tau and m > 0:  # the state (0, I_{m-1}) left by spike m - 1, across the gap to spike m
+                        gap = spike_times[tid, m] - spike_times[tid, m - 1]
+                        a, bb, c = lif.decay_scalar(gap, tau_mem, tau_syn)
+                        _, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(gap, tau_mem, tau_syn, a, bb, c)
+                        s_tm += lV_minus * c_tm * I_spk[m - 1]
+                        s_ts += (lV_minus * c_ts + lI_plus * b_ts) * I_spk[m - 1]
+                    lV_spk[m] = lV_minus
+                    lI_spk[m] = lI_plus
+                    lV_next, lI_next = lV_minus, lI_plus
+                g_threshold[i] += g_th
+                if n_graze > 0.0:
+                    grazing[tid, 0] = n_graze
+                    grazing[tid, 1] = t_graze
+                # 3. Every entry before the last recorded spike, span by span.
+                e_tm, e_ts = 0.0, 0.0
+                lo = 0
+                for m in range(n_rec):
+                    hi = spike_event[tid, m]
+                    Tm, lVm, lIm = spike_times[tid, m], lV_spk[m], lI_spk[m]
+                    for k in range(lo, hi):
+                        j = QI[r, k] // max_in
+                        w = W[j, i]
+                        s = Tm - QT[r, k]
+                        a, bb, c = lif.decay_scalar(s, tau_mem, tau_syn)
+                        lV = a * lVm
+                        lI = c * lVm + bb * lIm
+                        grad_w[j, i] += lI
+                        if has_input_grad or has_delays:
+                            g_arr = lif.arrival_time_grad_scalar(w, lV, lI, tau_mem, tau_syn)
+                            if has_input_grad:
+                                g_arrival[b - sample_start, i, k] += g_arr
+                            if has_delays:
+                                grad_d[j, i] += g_arr
+                        if want_tau:
+                            _, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(s, tau_mem, tau_syn, a, bb, c)
+                            e_tm += lVm * c_tm * w
+                            e_ts += (lVm * c_ts + lIm * b_ts) * w
+                    lo = hi
+                g_tau_mem[i] += s_tm + e_tm
+                g_tau_syn[i] += s_ts + e_ts
+
+
+@_pjit
 def scatter_input_grads(qi, pq, qe, g_arrival, sample_start, grad_in, n_out):
     """``grad_in[b, flat] += g_arrival[b - sample_start, i, k]`` over neurons ``i`` (in order) and queue entries
     ``k`` of samples ``b`` of the block (flat sources from ``qi`` or the permutation ``pq``, as in ``_expand_row``);

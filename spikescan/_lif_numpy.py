@@ -824,8 +824,9 @@ def warn_grazing(count, neuron, n_out, t, stacklevel):
 _COMPILED_ARRIVAL_BYTES = 1 << 26
 
 
-def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads=False):
-    """``lif_backward`` by the Numba kernel (``_lif_numba.backward``); the NumPy path's outputs and warning."""
+def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads=False, closed=False):
+    """``lif_backward`` by the Numba kernel (``_lif_numba.backward``, or ``backward_closed`` with ``closed``); the
+    NumPy path's outputs and warning."""
     from . import _lif_numba
 
     res = result.residuals
@@ -859,12 +860,16 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     for start in range(0, batch, block):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
-        _lif_numba.backward((stop - start) * n_out * (L1 + max_spikes), qt, qi, pq, qe,
-                            np.ascontiguousarray(res.weights),
-                            np.ascontiguousarray(res.tau_mem), np.ascontiguousarray(res.tau_syn),
-                            np.ascontiguousarray(res.threshold, np.float64), n_out, max(max_in, 1), st, se, counts, g,
-                            table, use_table, start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad,
-                            g_threshold, bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
+        layer = (qt, qi, pq, qe, np.ascontiguousarray(res.weights), np.ascontiguousarray(res.tau_mem),
+                 np.ascontiguousarray(res.tau_syn), np.ascontiguousarray(res.threshold, np.float64), n_out,
+                 max(max_in, 1), st, se, counts, g)
+        sums = (start, stop, grad_w, grad_d, has_delays, g_arrival, input_times_grad, g_threshold,
+                bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
+        work = (stop - start) * n_out * (L1 + max_spikes)
+        if closed:
+            _lif_numba.backward_closed(work, *layer, *sums)
+        else:
+            _lif_numba.backward(work, *layer, table, use_table, *sums)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, pq, qe, g_arrival, start, grad_in, n_out)
     n_graze = grazing[:, 0]
@@ -891,7 +896,7 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
     if result.residuals.recurrent_log is not None:
         return _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine)
     if engine == "numba":
-        return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads)
+        return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads, method == "closed")
     if result.residuals.queue_perm is not None:  # a compiled forward's queues, for the NumPy methods
         result = result._replace(residuals=materialised(result.residuals))
     res = result.residuals

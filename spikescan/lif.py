@@ -152,7 +152,8 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
             ``"auto"`` (NumPy engine: ``"closed"`` for a feed-forward layer, 4.7-7.3x faster than the other two on
             a 2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy engine: ``engine="numpy"``, or
-            ``"auto"``, which then means NumPy, and ``engine="numba"`` raises ``ValueError``; CuPy inputs: a warp
+            ``"auto"``, which then means NumPy; ``engine="numba"``: the same closed form compiled, per output neuron
+            with samples in order, fixed-order sums; CuPy inputs: a warp
             per neuron, checked in the kernels' host emulation, not yet run on a GPU; with
             ``spikescan.cuda._closed.DETERMINISTIC`` its sums have a fixed order, bit-identical from run to run): the
             EventProp closed form of a feed-forward layer, the adjoint between spikes as one decay from the next
@@ -161,10 +162,10 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             ``"sequential"`` to rounding, grazing spikes included. Recurrent layers raise ``NotImplementedError``.
             With ``spikescan.set_deterministic(True)`` and CuPy inputs, ``"auto"`` runs ``"closed"`` with
             fixed-order sums (bit-identical from run to run) and ``"sequential"`` / ``"scan"`` raise ``ValueError``.
-        engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine has one backward,
-            the reverse walk of the CUDA ``"sequential"`` kernel, whatever ``method`` says (a chunked adjoint saves
-            latency on a GPU warp and nothing on a CPU core); its sums have a fixed order, so its gradients are
-            bit-identical for any number of threads. Recurrent layers: the spike loop last to first per sample
+        engine: as in ``lif_forward`` (``"numba"``, ``"numpy"`` or ``"auto"``). The compiled engine runs the reverse
+            walk of the CUDA ``"sequential"`` kernel for ``"auto"``, ``"sequential"`` and ``"scan"`` (a chunked
+            adjoint saves latency on a GPU warp and nothing on a CPU core) and its closed form for ``"closed"``; both
+            sum in a fixed order, so their gradients are bit-identical for any number of threads. Recurrent layers: the spike loop last to first per sample
             (parallel over samples), then the input entries per neuron; the gradients of the NumPy backward to
             rounding, from either engine's forward; ``method`` does not apply.
         time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (``[n_out]``; ``None``
@@ -210,9 +211,15 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             from .cuda._closed import lif_backward_closed_cuda
 
             return lif_backward_closed_cuda(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
-        if engine == "numba":
-            raise ValueError(f"method='closed' runs on the NumPy engine or on CuPy inputs (engine='numpy' or 'auto' "
-                             f"with NumPy inputs), got engine={engine!r}")
+        if engine == "numba":  # the compiled closed form (_lif_numba.backward_closed)
+            from . import _lif_numpy as impl
+
+            if result.residuals.recurrent_log is not None:
+                raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only; for a "
+                                          "recurrent layer use method='sequential', 'scan' or 'auto'")
+            impl.resolve_engine("numba")  # a clear error without Numba
+            return impl.lif_backward(result, grad_times, "closed", bool(input_times_grad), "numba",
+                                     bool(time_constant_grads))
         from ._closed_backward import lif_backward_closed
 
         return lif_backward_closed(result, grad_times, bool(input_times_grad), bool(time_constant_grads))

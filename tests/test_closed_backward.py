@@ -329,14 +329,12 @@ def test_gradients_match_finite_differences(taus):
 # Dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_closed_runs_on_the_numpy_engine_not_the_compiled_one(monkeypatch):
+def test_closed_engines_and_bad_arguments(monkeypatch):
     r = ss.lif_forward(**_case("plain"), engine="numpy")
     G = np.ones(r.times.shape)
-    with pytest.raises(ValueError, match=r"method='closed' runs on the NumPy engine or on CuPy.*engine='numba'"):
-        ss.lif_backward(r, G, method="closed", engine="numba")
     with pytest.raises(ValueError, match="engine must be"):
         ss.lif_backward(r, G, method="closed", engine="cuda")
-    # "auto" means NumPy for this method, whatever SPIKESCAN_ENGINE says.
+    # "auto" means NumPy for this method, whatever SPIKESCAN_ENGINE says (engine="numba" asks for the compiled one).
     monkeypatch.setenv("SPIKESCAN_ENGINE", "numba")
     auto = ss.lif_backward(r, G, method="closed")
     numpy = ss.lif_backward(r, G, method="closed", engine="numpy")
@@ -353,3 +351,79 @@ def test_closed_rejects_recurrent_layers():
                        recurrent_weights=rng.normal(0, 0.3, (3, 3)))
     with pytest.raises(NotImplementedError, match="feed-forward layers only"):
         ss.lif_backward(r, np.ones(r.times.shape), method="closed", engine="numpy")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compiled closed form (engine="numba": _lif_numba.backward_closed)
+# ---------------------------------------------------------------------------------------------------------------
+
+def compiled(result, G, **kw):
+    pytest.importorskip("numba")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        g = ss.lif_backward(result, G, method="closed", engine="numba", **kw)
+    return g, [w for w in rec]
+
+
+@pytest.mark.parametrize("forward_engine", ["numpy", "numba"])
+@pytest.mark.parametrize("name", CASES)
+def test_compiled_closed_equals_sequential_on_the_case_suite(name, forward_engine):
+    """``lif_backward(method="closed", engine="numba")``: every gradient (the optional ones with and without) and
+    every warning of the NumPy sequential backward, on the case suite, from both engines' forwards (the compiled
+    one's queues as a permutation where it has delays)."""
+    r = ss.lif_forward(**_case(name), engine=forward_engine)
+    G = np.random.default_rng(5).normal(size=r.times.shape)
+    for kw in (dict(time_constant_grads=True), dict(input_times_grad=False)):
+        ref, warned_ref = backward(r, G, "sequential", **kw)
+        out, warned = compiled(r, G, **kw)
+        assert_same_grads(ref, out, context=f"{name} ({forward_engine} forward): ")
+        assert [str(w.message) for w in warned] == [str(w.message) for w in warned_ref]
+
+
+def test_compiled_closed_grazing_float32_and_blocks(monkeypatch):
+    """The exact grazing constructions (one warning naming the spike, at the caller's line; the same gradients),
+    float32 results, and sample blocks of the input-time gradients: the same bits for any block and thread count."""
+    t = np.array([[[1.0, 20.0], [3.0, np.inf]], [[2.0, 20.0], [np.inf, np.inf]]])
+    W = np.array([[1.5, 0.7, np.e], [0.9, 0.5, 0.4]])
+    r = ss.lif_forward(t, W, max_spikes=4, method="sequential", engine="numpy", **GRAZE)
+    G = np.random.default_rng(0).normal(size=r.times.shape)
+    ref, warned_ref = backward(r, G, "sequential", time_constant_grads=True)
+    out, warned = compiled(r, G, time_constant_grads=True)
+    assert_same_grads(ref, out)
+    assert len(warned) == 1 and str(warned[0].message) == str(warned_ref[0].message)
+    assert warned[0].filename == __file__
+    kw = _case("delays")
+    t32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    r32 = ss.lif_forward(**t32, engine="numba")
+    G32 = np.random.default_rng(1).normal(size=r32.times.shape).astype(np.float32)
+    ref32, _ = backward(r32, G32, "sequential")
+    out32, _ = compiled(r32, G32)
+    assert_same_grads(ref32, out32, "float32")
+    from spikescan import _lif_numba, _lif_numpy
+
+    r = ss.lif_forward(**kw, engine="numba")
+    G = np.random.default_rng(2).normal(size=r.times.shape)
+    digests = []
+    for block_bytes, serial in ((1 << 30, 0), (1, 0), (1 << 30, 1 << 62)):
+        monkeypatch.setattr(_lif_numpy, "_COMPILED_ARRIVAL_BYTES", block_bytes)
+        monkeypatch.setattr(_lif_numba, "SERIAL_WORK", serial)
+        g, _ = compiled(r, G, time_constant_grads=True)
+        digests.append([np.asarray(getattr(g, n)).tobytes() for n in GRAD_NAMES])
+    assert all(d == digests[0] for d in digests)
+
+
+def test_compiled_closed_on_random_layers():
+    """Random layers with delays, ties and several spikes per gap: the compiled closed form against the NumPy one
+    and the sequential backward."""
+    rng = np.random.default_rng(11)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        n_in, n_out = int(rng.integers(2, 12)), int(rng.integers(1, 7))
+        t = np.round(random_spikes(rng, 3, n_in, 4), 1)
+        D = np.round(rng.uniform(0, 4, (n_in, n_out)), 1) if seed % 2 else None
+        r = ss.lif_forward(t, weights(rng, n_in, n_out, mean=0.8), delays=D, tau_mem=[10.0, 6.0, 5.0][seed % 3],
+                           tau_syn=5.0, max_spikes=3, engine="numba")
+        G = rng.normal(size=r.times.shape)
+        ref, _ = backward(r, G, "sequential", time_constant_grads=True)
+        out, _ = compiled(r, G, time_constant_grads=True)
+        assert_same_grads(ref, out, context=f"seed {seed}: ")
