@@ -151,9 +151,8 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
             scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
             ``"auto"`` (NumPy engine: ``"closed"`` for a feed-forward layer, 4.7-7.3x faster than the other two on
-            a 2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy engine: ``engine="numpy"``, or
-            ``"auto"``, which then means NumPy; ``engine="numba"``: the same closed form compiled, per output neuron
-            with samples in order, fixed-order sums; CuPy inputs: a warp
+            a 2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy inputs: on the engine ``engine``
+            resolves to; compiled, per output neuron with samples in order and fixed-order sums; CuPy inputs: a warp
             per neuron, checked in the kernels' host emulation, not yet run on a GPU; with
             ``spikescan.cuda._closed.DETERMINISTIC`` its sums have a fixed order, bit-identical from run to run): the
             EventProp closed form of a feed-forward layer, the adjoint between spikes as one decay from the next
@@ -211,13 +210,12 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             from .cuda._closed import lif_backward_closed_cuda
 
             return lif_backward_closed_cuda(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
-        if engine == "numba":  # the compiled closed form (_lif_numba.backward_closed)
+        if _engine(engine, xp) == "numba":  # the compiled closed form (_lif_numba.backward_closed)
             from . import _lif_numpy as impl
 
             if result.residuals.recurrent_log is not None:
                 raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only; for a "
                                           "recurrent layer use method='sequential', 'scan' or 'auto'")
-            impl.resolve_engine("numba")  # a clear error without Numba
             return impl.lif_backward(result, grad_times, "closed", bool(input_times_grad), "numba",
                                      bool(time_constant_grads))
         from ._closed_backward import lif_backward_closed
