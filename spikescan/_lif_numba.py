@@ -399,14 +399,14 @@ def rebased_tables(times, delays_t, tau_mem, tau_syn, width, E, F):
 
 @_pjit
 def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit, E, F,
-                    width, n_blocks, span, spike_times, spike_event, counts, stuck_times, stuck_current):
+                    width, cache, span, spike_times, spike_event, counts, stuck_times, stuck_current):
     """``forward_sequential`` for a layer with delays, with rebased exponential sums instead of two exponentials
     per queue entry (PERF.md P3b). After an anchor ``t0`` (where the state was ``(V0, I0)``) and before the next
     spike, ``I(t) = B e^{-(t - t0)/tau_syn}`` and ``V(t) = A e^{-(t - t0)/tau_mem} - r I(t)`` with ``r = tau_syn /
     (tau_mem - tau_syn)``, ``A = V0 + r I0 + r sum w alpha_k``, ``B = I0 + sum w beta_k``, and an arrival at ``t_k =
     t + D`` has ``alpha_k = e^{(t_k - t0)/tau_mem}`` = ``E * F * G``: the input slot's factor and the synapse's
     (``rebased_tables``) times ``G = e^{(T - t0)/tau_mem}`` of the slot's time block, computed once per block and
-    anchor (kept in a direct-mapped cache of ``n_blocks`` slots, a power of two; a block evicted by another is
+    anchor (kept in a direct-mapped cache of ``cache`` slots, a power of two; a block evicted by another is
     recomputed, to the same bits). So an entry costs products and two divisions; every exponent stays below ``width / tau + max(D) / tau
     + span / tau``.
 
@@ -421,12 +421,12 @@ def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, ma
     Q, _, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, N // n_out if N else 0, N)
     for c_ in prange(chunks):
         chunk = np.int64(c_)
-        # G of the time blocks met since the anchor: a direct-mapped cache of n_blocks slots (a power of two; slot
-        # blk % n_blocks holds block cached_blk's factors, valid while cached_anchor == anchor).
-        Gm = np.empty(n_blocks)
-        Gs = np.empty(n_blocks)
-        cached_blk = np.full(n_blocks, -1, np.int64)
-        cached_anchor = np.full(n_blocks, -1, np.int64)
+        # G of the time blocks met since the anchor: a direct-mapped cache of `cache` slots (a power of two; slot
+        # blk % cache holds block cached_blk's factors, valid while cached_anchor == anchor).
+        Gm = np.empty(cache)
+        Gs = np.empty(cache)
+        cached_blk = np.full(cache, -1, np.int64)
+        cached_anchor = np.full(cache, -1, np.int64)
         anchor = 0
         for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             i, row = _neuron(tid, n_out, Q)
@@ -449,7 +449,7 @@ def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, ma
                     w = W[j, i]
                     if t_k - t0 <= span:
                         blk = np.int64(E[b, flat, 2])
-                        slot = blk & (n_blocks - 1)
+                        slot = blk & (cache - 1)
                         if cached_blk[slot] != blk or cached_anchor[slot] != anchor:
                             T = E[b, flat, 2] * width
                             Gm[slot] = np.exp((T - t0) / tau_mem)

@@ -282,14 +282,24 @@ def resolve_engine(engine):
     return engine
 
 
+def one_pair(tau_mem, tau_syn):
+    """``(tau_mem, tau_syn)`` as floats when all neurons share one pair of ``[n_out]`` NumPy time constants, else
+    ``None`` (also for no neuron): whether one table of decays or factors can serve every neuron."""
+    if not len(tau_mem):
+        return None
+    tm, ts = float(tau_mem[0]), float(tau_syn[0])
+    return (tm, ts) if (tau_mem == tm).all() and (tau_syn == ts).all() else None
+
+
 def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
     """``(table, True)``: the decays of every gap between consecutive queue entries when all neurons share one
     queue per sample and one pair of time constants (then every neuron would compute the same ones), else a dummy
     and False."""
     from . import _lif_numba
 
-    if len(tau_mem) and shared and (tau_mem == tau_mem[0]).all() and (tau_syn == tau_syn[0]).all():
-        return _lif_numba.decay_table(qt2.size, qt2, qe, float(tau_mem[0]), float(tau_syn[0])), True
+    pair = one_pair(tau_mem, tau_syn) if shared else None
+    if pair is not None:
+        return _lif_numba.decay_table(qt2.size, qt2, qe, *pair), True
     return np.zeros((1, 1, 3)), False
 
 
@@ -362,11 +372,10 @@ def rebased_applies(delays, tau_mem, tau_syn):
 def rebased_within_limits(max_delay, tau_mem, tau_syn):
     """The limits of the rebased sums (``REBASED_MAX_R``, ``REBASED_MAX_DELAY``) for ``[n_out]`` NumPy time
     constants and the largest delay; shared by the compiled engine and the CUDA kernel."""
-    if not len(tau_mem):
+    pair = one_pair(tau_mem, tau_syn)
+    if pair is None:
         return False
-    tm, ts = float(tau_mem[0]), float(tau_syn[0])
-    if not ((tau_mem == tm).all() and (tau_syn == ts).all()):
-        return False
+    tm, ts = pair
     return abs(ts) <= REBASED_MAX_R * abs(tm - ts) and max_delay <= REBASED_MAX_DELAY * min(tm, ts)
 
 
@@ -383,7 +392,7 @@ def _rebased_args(input_times, D, tau_mem, tau_syn):
     from . import _lif_numba
 
     batch, n_in, max_in = input_times.shape
-    tm, ts = float(tau_mem[0]), float(tau_syn[0])
+    tm, ts = one_pair(tau_mem, tau_syn)
     tmin = min(tm, ts)
     width = REBASED_BLOCK * tmin
     flat = np.ascontiguousarray(input_times.reshape(batch, n_in * max_in), np.float64)

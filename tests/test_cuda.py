@@ -355,7 +355,7 @@ def test_rebased_forward_float32_and_runaway(backend, monkeypatch):
     kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=30)
     ref = ss.lif_forward(t, W, delays=D, method="sequential", engine="numpy", **kw)
     assert ref.counts.sum() >= 5
-    assert _lif.rebased_applies(np, D.astype(np.float64), np.full(4, 10.0), np.full(4, 5.0))
+    assert _lif.rebased_applies(D.astype(np.float64), np.full(4, 10.0), np.full(4, 5.0))
     out = backend.lif(t, W, D, method="sequential", **kw)
     assert_same_spikes(ref, out, backend, "float32")
     G = np.random.default_rng(1).normal(size=ref.times.shape).astype(np.float32)

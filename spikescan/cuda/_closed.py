@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _determinism, _memory
+from .. import _determinism, _lif_numpy, _memory
+from .._validate import to_host
 from . import _lif, _queue
 
 KERNEL = "spikescan_lif_backward_closed"
@@ -120,21 +121,19 @@ def rebased_tables(xp, res):
     beyond ``REBASED_MAX_EXPONENT * min(tau)``. (The forward's limits on ``r`` and the delays do not apply: the cross
     term is ``decay``'s, and only the factors' rounding, far inside the gradients' tolerance, depends on the
     exponents.) Host reads: the ``[n_out]`` time constants, the largest input time and the largest delay."""
-    host = (lambda a: a) if xp.__name__ == "numpy" else (lambda a: a.get())
-    tm, ts = host(res.tau_mem), host(res.tau_syn)
+    pair = _lif_numpy.one_pair(to_host(res.tau_mem), to_host(res.tau_syn))
+    if pair is None:
+        return None
+    tau_mem, tau_syn = pair
     D = res.delays
     max_delay = float(D.max()) if D is not None and D.size else 0.0
-    if not len(tm) or not ((tm == tm[0]).all() and (ts == ts[0]).all()):
-        return None
     batch, n_in, max_in = res.input_shape
     times, index = _queue.shared_queue_of(res)
     table = _queue.input_table(xp, times, index, n_in, max_in)[:, :n_in * max_in]
-    finite = xp.isfinite(table)
-    t_max = float(xp.where(finite, table, 0.0).max()) if table.size else 0.0
-    tau_mem, tau_syn = float(tm[0]), float(ts[0])
+    t = xp.where(xp.isfinite(table), table, 0.0)  # padding: factor 1, never read
+    t_max = float(t.max()) if t.size else 0.0
     if (t_max + max_delay) / min(tau_mem, tau_syn) > REBASED_MAX_EXPONENT:
         return None
-    t = xp.where(finite, table, 0.0)
     E = xp.ascontiguousarray(xp.stack([xp.exp(t / tau_mem), xp.exp(t / tau_syn)], axis=-1))
     if D is None:
         F = xp.empty(1, dtype=xp.float64)

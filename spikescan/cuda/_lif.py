@@ -53,6 +53,7 @@ import numpy as np
 
 from .. import _memory
 from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, runaway_firing_error, unresolvable_spike_error, warn_grazing
+from .._validate import to_host
 from .._types import LIFGrads, LIFResiduals, LIFResult
 from . import _kernels, _queue
 
@@ -210,7 +211,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     else:
         ckpt_args = [xp.empty(1, dtype=xp.float64), np.int64(0)]  # n_ckpt = 0: the kernels write none
     rebased = (method == "sequential" and REBASED and not with_checkpoints and n > 0
-               and rebased_applies(xp, D, tm, ts))
+               and rebased_applies(D, tm, ts))
     if rebased:
         block = block_size(n)
         launch("lif_forward", "spikescan_lif_forward_rebased", dtype, _blocks(n, block), block,
@@ -254,7 +255,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
 
-def rebased_applies(xp, D, tm, ts):
+def rebased_applies(D, tm, ts):
     """Whether the rebased kernel may run (``REBASED`` aside): delays, one pair of time constants and the compiled
     engine's limits (``spikescan._lif_numpy.rebased_applies``). Reads ``[n_out]`` time constants and the largest
     delay to the host."""
@@ -262,8 +263,7 @@ def rebased_applies(xp, D, tm, ts):
 
     if D is None:
         return False
-    host = (lambda a: a) if xp.__name__ == "numpy" else (lambda a: a.get())
-    return _lif_numpy.rebased_within_limits(float(D.max()) if D.size else 0.0, host(tm), host(ts))
+    return _lif_numpy.rebased_within_limits(float(D.max()) if D.size else 0.0, to_host(tm), to_host(ts))
 
 
 def rebased_tables(xp, input_times, D, tau_mem, tau_syn):
