@@ -16,12 +16,14 @@ For each shape (SHD-like inputs, ``bench_lif.shd_like_inputs``, with per-synapse
 All must give identical queues (the permutation expanded; checked before timing). ``bytes`` is what each keeps.
 
 Then the whole compiled layer (``lif_forward`` and ``lif_forward`` + ``lif_backward``, ``engine="numba"``) with
-each format (``_lif_numpy.COMPILED_PERMUTATION`` on and off, the forward summing two exponentials per entry in both)
-and with the permutation and the rebased exponential sums (``_lif_numpy.COMPILED_REBASED``, the engine's default);
+each format (``_lif_numpy.COMPILED_PERMUTATION`` on and off, with two exponentials per entry in both: the forward's
+sums and the closed-form backward's terms) and with the permutation and the rebased factors in both
+(``_lif_numpy.COMPILED_REBASED`` and ``COMPILED_REBASED_CLOSED``, the engine's default);
 the variants alternate call by call, so drifts of the machine hit all alike. Recorded: times, the residual bytes held
 after the forward and the backward's peak of traced allocations (``tracemalloc``); checked: the two formats give
-bit-identical spikes and gradients, the rebased sums identical spike counts and queue entries and times within
-1e-12 (the largest difference is recorded). ``--no-layer`` skips it.
+bit-identical spikes and gradients, the rebased factors identical spike counts and queue entries, times within
+1e-12 and gradients within 1e-10 of the largest (the largest differences are recorded). ``--no-layer`` skips
+it.
 
 Times are the median of ``--repeats`` calls after a warm-up call (Numba compiles, or loads its cache, then); the JSON
 is stamped with the commit, machine and versions (``_stamp.py``).
@@ -95,13 +97,13 @@ def run(shapes, repeats):
 
 
 def _layer_call(t, w, d, permutation, rebased=False):
-    """One compiled forward and backward with the given queue format and forward sums: times, bytes and
-    outputs."""
+    """One compiled forward and backward with the given queue format and rebased factors (forward and backward) or
+    not: times, bytes, a digest of the outputs, the forward's result and the gradients."""
     import spikescan as ss
     from spikescan import _lif_numpy
 
     _lif_numpy.COMPILED_PERMUTATION = permutation
-    _lif_numpy.COMPILED_REBASED = rebased
+    _lif_numpy.COMPILED_REBASED = _lif_numpy.COMPILED_REBASED_CLOSED = rebased
     kw = dict(tau_mem=20.0, tau_syn=5.0, max_spikes=64, delays=d, engine="numba")
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -116,17 +118,21 @@ def _layer_call(t, w, d, permutation, rebased=False):
     digest = [np.asarray(x).tobytes() for x in (out.times, out.counts, grads.weights, grads.delays,
                                                 grads.input_times, grads.threshold)]
     return dict(forward_s=t1 - t0, forward_backward_s=t2 - t0, held_bytes=int(held),
-                backward_peak_bytes=int(backward_peak)), digest, out
+                backward_peak_bytes=int(backward_peak)), digest, out, grads
 
 
-# The whole-layer variants: (queue format, forward sums). The formats are compared with the exponential sums on
-# both sides; the rebased sums with the permutation format (the engine's default).
+# The whole-layer variants: (queue format, rebased factors). The formats are compared with the exponentials on both
+# sides; the rebased factors with the permutation format (the engine's default).
 LAYER_VARIANTS = {"permutation": (True, False), "materialised": (False, False), "rebased": (True, True)}
 
 
-def _rebased_agreement(fast, exact, name):
-    """The largest relative spike-time difference of the rebased forward from the exponential one; raises unless
-    counts and queue entries are identical and the times agree within 1e-12."""
+GRAD_NAMES = ("weights", "delays", "input_times", "threshold")
+
+
+def _rebased_agreement(fast, exact, name, fast_grads, exact_grads):
+    """The largest relative spike-time difference of the rebased factors from the exponentials, and the largest
+    gradient difference relative to the gradient's largest magnitude; raises unless counts and queue entries are
+    identical, the times agree within 1e-12 and the gradients within 1e-10."""
     same = (np.array_equal(fast.counts, exact.counts)
             and np.array_equal(fast.residuals.spike_event, exact.residuals.spike_event))
     fin = np.isfinite(exact.times)
@@ -134,35 +140,45 @@ def _rebased_agreement(fast, exact, name):
     if not same or worst > 1e-12:
         raise AssertionError(f"the rebased forward changes the spikes on {name} (identical counts and entries: "
                              f"{same}; largest relative time difference {worst:.2e})")
-    return worst
+    worst_grad = 0.0
+    for g in GRAD_NAMES:
+        a, b = np.asarray(getattr(fast_grads, g)), np.asarray(getattr(exact_grads, g))
+        scale = float(np.max(np.abs(b), initial=0.0))
+        worst_grad = max(worst_grad, float(np.max(np.abs(a - b), initial=0.0)) / scale if scale else 0.0)
+    if worst_grad > 1e-10:
+        raise AssertionError(f"the rebased backward changes the gradients on {name} (largest difference "
+                             f"{worst_grad:.2e} of the largest gradient)")
+    return worst, worst_grad
 
 
 def run_layer(shapes, repeats):
     """The compiled layer in each variant (``LAYER_VARIANTS``), alternating call by call."""
     from spikescan import _lif_numpy
 
-    before = _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED
+    before = _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED, _lif_numpy.COMPILED_REBASED_CLOSED
     rows = []
     try:
         for name, shape in shapes.items():
             t, w, d = shd_like_inputs(**shape, delays=True)
             calls = {v: [] for v in LAYER_VARIANTS}
-            digests, outs = {}, {}
+            digests, outs, grads = {}, {}, {}
             for rep in range(repeats + 1):
                 for variant, flags in LAYER_VARIANTS.items():
-                    measured, digests[variant], outs[variant] = _layer_call(t, w, d, *flags)
+                    measured, digests[variant], outs[variant], grads[variant] = _layer_call(t, w, d, *flags)
                     if rep:  # the first round warms up
                         calls[variant].append(measured)
             identical = digests["permutation"] == digests["materialised"]
             if not identical:
                 raise AssertionError(f"the permutation format changes the layer's outputs on {name}")
-            worst = _rebased_agreement(outs["rebased"], outs["permutation"], name)
+            worst, worst_grad = _rebased_agreement(outs["rebased"], outs["permutation"], name, grads["rebased"],
+                                                   grads["permutation"])
             for variant, ms in calls.items():
                 row = dict(shape=name, **shape, queues="permutation" if LAYER_VARIANTS[variant][0] else "materialised",
                            sums="rebased" if LAYER_VARIANTS[variant][1] else "exponentials",
                            output_spikes=int(outs[variant].counts.sum()), calls=ms)
                 if variant == "rebased":
-                    row.update(same_spikes=True, max_relative_time_difference=worst)
+                    row.update(same_spikes=True, max_relative_time_difference=worst,
+                               max_relative_gradient_difference=worst_grad)
                 else:
                     row.update(identical=identical)
                 for key in ("forward_s", "forward_backward_s", "held_bytes", "backward_peak_bytes"):
@@ -172,7 +188,7 @@ def run_layer(shapes, repeats):
                       f"fwd+bwd {row['forward_backward_s']:.3f} s, held {row['held_bytes'] / 2**20:.0f} MiB, "
                       f"backward peak {row['backward_peak_bytes'] / 2**20:.0f} MiB", flush=True)
     finally:
-        _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED = before
+        _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED, _lif_numpy.COMPILED_REBASED_CLOSED = before
     return rows
 
 

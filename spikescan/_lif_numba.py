@@ -592,10 +592,23 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
                     grazing[tid, 1] = t_graze
 
 
+# backward_closed's rebased currents: a spike's current within this relative distance of the threshold (of the sum
+# of the absolute terms; the factors' rounding is below 1e-13 of it) is recomputed with the exponentials.
+NEAR_GRAZING = 1e-11
+
+
+@_jit
+def _block_factors(Tm, T, tau_mem, tau_syn):
+    """``backward_closed``'s rebased factor of a span ending at ``Tm`` and a time block starting at ``T``:
+    ``(e^{-(Tm - T)/tau_mem}, e^{-(Tm - T)/tau_syn})``. (Scalars only: a helper taking the cache's arrays costs
+    reference counting per entry.)"""
+    return np.exp(-(Tm - T) / tau_mem), np.exp(-(Tm - T) / tau_syn)
+
+
 @_pjit
 def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, spike_event, counts,
                     grad_times, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
-                    g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing):
+                    g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing, rebased, E, F, width, reach, cache):
     """``lif_backward(method="closed")`` of a feed-forward layer: the EventProp closed form of
     ``spikescan._closed_backward`` (read its docstring for the derivation) and of the CUDA kernel
     ``spikescan_lif_backward_closed``, per output neuron ``i`` (``prange`` over chunks of them, samples in order
@@ -603,7 +616,18 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
     currents at the spikes, first to last (each span's arrivals decayed to its end); the adjoint at the spikes, last
     to first (a grazing spike's time moves with the point before it: the previous spike of its gap, or the arrival
     before it); then every entry before the last recorded spike in closed form from its span's anchor. Arguments and
-    outputs as ``backward`` (without the decay table); ``g_arrival`` is added to (zeroed by the caller)."""
+    outputs as ``backward`` (without the decay table); ``g_arrival`` is added to (zeroed by the caller).
+
+    ``rebased`` (one pair of time constants; PERF.md P3b, as the CUDA kernel's ``REBASED``): every exponent of steps
+    1 and 3 is ``-(T_m - t - D)/tau`` for an input at ``t`` of time block ``T`` (``rebased_tables``' ``E [batch,
+    L1, 3]`` of the sample's shared queue, read at the entry's position in it: ``k`` without delays, the
+    permutation's with delays; blocks of ``width``; ``F``: the synapses' ``e^{D/tau}``, read only ``has_delays``;
+    materialised queues with delays have no position and take ``rebased=False``), so the entry's exponentials are
+    the products ``E F G`` with ``G = e^{-(T_m - T)/tau}`` computed once per span and block (a direct-mapped cache
+    of ``cache`` slots, a power of two). An entry whose block starts more than ``reach`` before ``T_m`` (so ``G``
+    stays far from underflow) takes the exponentials. Step 3's cross term is ``decay_scalar``'s
+    (``lif.decay_given_scalar``: one ``expm1`` where ``|x| < 1``). Rounding differs from the exponentials by a few
+    units of the last place of each factor."""
     max_spikes = spike_times.shape[1]
     n_batch = (counts.shape[0] // n_out) if n_out else 0
     Q, L1, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, n_batch, n_out)
@@ -613,6 +637,13 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
             I_spk = np.empty(max(max_spikes, 1))  # the current at each recorded spike
             lV_spk = np.empty(max(max_spikes, 1))  # lambda^- of each recorded spike
             lI_spk = np.empty(max(max_spikes, 1))
+            # G of the blocks met in the current span: slot blk % cache holds block cached_blk's, valid while
+            # cached_span == span (a counter: every span of every sample is a new one).
+            Gm = np.empty(cache)
+            Gs = np.empty(cache)
+            cached_blk = np.full(cache, -1, np.int64)
+            cached_span = np.full(cache, -1, np.int64)
+            span = 0
             tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
             for b in range(sample_start, sample_stop):
                 tid = b * n_out + i
@@ -621,18 +652,45 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                 if n_rec == 0:
                     continue  # no recorded spike: no gradient flows through this neuron
                 r = _expand_row(QT, QI, pq, row, spike_event[tid, n_rec - 1], chunk) if permuted else row
-                # 1. Currents at the spikes.
-                I = 0.0
-                lo = 0
-                for m in range(n_rec):
-                    hi = spike_event[tid, m]
-                    Tm = spike_times[tid, m]
-                    J = 0.0
-                    for k in range(lo, hi):
-                        J += W[QI[r, k] // max_in, i] * np.exp(-(Tm - QT[r, k]) / tau_syn)
-                    I = np.exp(-(Tm - spike_times[tid, m - 1]) / tau_syn) * I + J if m > 0 else J
-                    I_spk[m] = I
-                    lo = hi
+                # 1. Currents at the spikes. With the rebased factors, a spike whose current lies within their
+                # rounding of the threshold (nearly grazing: the sign of its crossing slope is at stake) has the
+                # whole pass redone with the exponentials, so that grazing is decided as without them.
+                for attempt in range(2):
+                    factors = rebased and attempt == 0
+                    near = False
+                    I = 0.0
+                    lo = 0
+                    for m in range(n_rec):
+                        hi = spike_event[tid, m]
+                        Tm = spike_times[tid, m]
+                        J = 0.0
+                        J_abs = 0.0
+                        span += 1
+                        for k in range(lo, hi):
+                            flat = QI[r, k]
+                            j = flat // max_in
+                            p = (pq[0][row, k] if permuted else k) if factors else 0  # position in the shared queue
+                            T = E[b, p, 2] * width if factors else -np.inf  # -inf: beyond reach
+                            if Tm - T <= reach:  # the factors (see the docstring)
+                                blk = np.int64(E[b, p, 2])
+                                slot = blk & (cache - 1)
+                                if cached_blk[slot] != blk or cached_span[slot] != span:
+                                    Gm[slot], Gs[slot] = _block_factors(Tm, T, tau_mem, tau_syn)
+                                    cached_blk[slot], cached_span[slot] = blk, span
+                                term = W[j, i] * (E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot])
+                                J += term
+                                J_abs += abs(term)
+                            else:
+                                J += W[j, i] * np.exp(-(Tm - QT[r, k]) / tau_syn)
+                        carry_I = np.exp(-(Tm - spike_times[tid, m - 1]) / tau_syn) * I if m > 0 else 0.0
+                        I = carry_I + J if m > 0 else J
+                        I_spk[m] = I
+                        lo = hi
+                        if factors and abs(I - threshold) <= NEAR_GRAZING * (J_abs + abs(carry_I)):
+                            near = True
+                            break
+                    if not near:
+                        break
                 # 2. Adjoint at the spikes, last to first.
                 lV_next, lI_next, carry = 0.0, 0.0, 0.0
                 g_th, n_graze, t_graze, s_tm, s_ts = 0.0, 0.0, 0.0, 0.0, 0.0
@@ -680,11 +738,25 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                 for m in range(n_rec):
                     hi = spike_event[tid, m]
                     Tm, lVm, lIm = spike_times[tid, m], lV_spk[m], lI_spk[m]
+                    span += 1
                     for k in range(lo, hi):
-                        j = QI[r, k] // max_in
+                        flat = QI[r, k]
+                        j = flat // max_in
                         w = W[j, i]
                         s = Tm - QT[r, k]
-                        a, bb, c = lif.decay_scalar(s, tau_mem, tau_syn)
+                        p = (pq[0][row, k] if permuted else k) if rebased else 0
+                        T = E[b, p, 2] * width if rebased else -np.inf
+                        if Tm - T <= reach:  # the same factors as step 1's
+                            blk = np.int64(E[b, p, 2])
+                            slot = blk & (cache - 1)
+                            if cached_blk[slot] != blk or cached_span[slot] != span:
+                                Gm[slot], Gs[slot] = _block_factors(Tm, T, tau_mem, tau_syn)
+                                cached_blk[slot], cached_span[slot] = blk, span
+                            a, bb, c = lif.decay_given_scalar(
+                                s, E[b, p, 0] * (F[i, j, 0] if has_delays else 1.0) * Gm[slot],
+                                E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot], tau_mem, tau_syn)
+                        else:
+                            a, bb, c = lif.decay_scalar(s, tau_mem, tau_syn)
                         lV = a * lVm
                         lI = c * lVm + bb * lIm
                         grad_w[j, i] += lI

@@ -38,6 +38,13 @@ REBASED_SPAN = 16.0
 # Slots of the rebased walk's cache of block factors (a power of two): the blocks within reach of one anchor are
 # a handful ((span + delays) / block width + 2, at most 8 within the limits above).
 REBASED_CACHE = 16
+# The compiled closed-form backward (``_lif_numba.backward_closed``) forms its per-entry exponentials as products
+# of the same tabulated factors (input slot, synapse, and one per span and time block) for a layer with one pair of
+# time constants whose queues name their input slots' times (no delays, or the permutation format) and delays
+# within REBASED_MAX_DELAY * min(tau); an entry whose time block starts more than REBASED_REACH * min(tau) before
+# its span's spike keeps the exponentials. False: the exponentials everywhere.
+COMPILED_REBASED_CLOSED = True
+REBASED_REACH = 64.0
 # The compiled kernels walk permuted queues in chunks of neurons, this many per Numba thread (each chunk expands its
 # neurons' rows into one scratch row).
 COMPILED_CHUNKS_PER_THREAD = 8
@@ -289,6 +296,43 @@ def one_pair(tau_mem, tau_syn):
         return None
     tm, ts = float(tau_mem[0]), float(tau_syn[0])
     return (tm, ts) if (tau_mem == tm).all() and (tau_syn == ts).all() else None
+
+
+def _closed_rebased_args(res):
+    """``(rebased, E, F, width, reach, cache)`` of ``_lif_numba.backward_closed`` (see ``COMPILED_REBASED_CLOSED``):
+    ``rebased_tables``' tables of the sample's shared queue (``E [batch, L1, 3]``, read at each entry's position
+    in it), or ``False`` and dummies."""
+    from . import _lif_numba
+
+    dummy = (False, np.zeros((1, 1, 3)), np.zeros((1, 1, 2)), 1.0, 0.0, 1)
+    pair = one_pair(res.tau_mem, res.tau_syn) if COMPILED_REBASED_CLOSED else None
+    if pair is None:
+        return dummy
+    tm, ts = pair
+    tmin = min(tm, ts)
+    D = res.delays
+    if D is None:
+        times, delays_t = res.queue_times[:, 0, :], np.zeros((0, 1))
+    elif res.queue_perm is not None:
+        times, delays_t = res.shared_times, res.delays_t
+    else:  # materialised per-neuron queues: no input slot's own time at hand
+        return dummy
+    if D is not None and D.size and float(D.max()) > REBASED_MAX_DELAY * tmin:
+        return dummy
+    times = np.ascontiguousarray(times)
+    width = REBASED_BLOCK * tmin
+    E = np.empty(times.shape + (3,))
+    F = np.empty(delays_t.shape + (2,)) if D is not None else np.zeros((1, 1, 2))
+    _lif_numba.rebased_tables(times.size + delays_t.size, times, delays_t, tm, ts, width, E,
+                              F if D is not None else np.empty((0, 1, 2)))
+    return True, E, F, width, REBASED_REACH * tmin, REBASED_CACHE
+
+
+def closed_rebased_bytes(res):
+    """Bytes of ``_closed_rebased_args``' tables at most (for the backward's memory check): 24 per entry of the
+    shared queues, 16 per synapse."""
+    batch, n_in, _ = res.input_shape
+    return 24 * batch * res.queue_length + 16 * n_in * res.weights.shape[1]
 
 
 def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
@@ -872,7 +916,9 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     per_sample = 8 * n_out * L1 if input_times_grad else 0
     block = batch if per_sample == 0 else max(1, min(batch, _COMPILED_ARRIVAL_BYTES // per_sample))
     block = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, block,
-                                       max(per_sample, 1), max_spikes, np)
+                                       max(per_sample, 1), max_spikes, np,
+                                       tables=closed_rebased_bytes(res) if closed else table.nbytes)
+    rebased = _closed_rebased_args(res) if closed else None
     for start in range(0, batch, block):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
@@ -883,7 +929,7 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
                 bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
         work = (stop - start) * n_out * (L1 + max_spikes)
         if closed:
-            _lif_numba.backward_closed(work, *layer, *sums)
+            _lif_numba.backward_closed(work, *layer, *sums, *rebased)
         else:
             _lif_numba.backward(work, *layer, table, use_table, *sums)
         if input_times_grad:

@@ -197,19 +197,23 @@ def check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, has_delays,
 
 
 def fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, n_neurons, group,
-                       bytes_per_neuron, max_spikes, xp):
+                       bytes_per_neuron, max_spikes, xp, tables=0):
     """The largest group of neurons, at most ``group``, whose backward working memory fits with the gradients.
 
-    ``bytes_per_neuron``: working bytes of one neuron's history. Raises ``MemoryError`` (via ``check``) when not
+    ``bytes_per_neuron``: working bytes of one neuron's history; ``tables``: bytes of tables the backward holds
+    throughout (the compiled engine's decays or rebased factors). Raises ``MemoryError`` (via ``check``) when not
     even one neuron at a time fits.
     """
     group = max(1, min(int(group), int(n_neurons)))
     grads = lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_delays, "", 0)["gradients"]
+    fixed = grads + int(tables)
     limit, _ = available(xp)
-    if limit is not None and grads + group * bytes_per_neuron > limit:
-        group = max(1, int((limit - grads) // max(bytes_per_neuron, 1)))
+    if limit is not None and fixed + group * bytes_per_neuron > limit:
+        group = max(1, int((limit - fixed) // max(bytes_per_neuron, 1)))
     parts = lif_backward_estimate(batch, n_in, max_in, n_out, input_times_grad, has_delays, "",
                                   min(group, n_neurons) * bytes_per_neuron)
+    if tables:
+        parts["tables"] = int(tables)
     check(describe("lif_backward", batch, n_out, max_spikes, has_delays), parts, xp,
           "reduce the batch, or max_spikes and the input length (one neuron's history is every input spike up to "
           "its last recorded spike), or pass input_times_grad=False for a first layer; or raise the limit with "

@@ -30,6 +30,7 @@ def test_quick_run_writes_checked_rows(tmp_path):
     for r in report["layer"]:
         if r["sums"] == "rebased":
             assert r["same_spikes"] and 0.0 <= r["max_relative_time_difference"] <= 1e-12
+            assert 0.0 < r["max_relative_gradient_difference"] <= 1e-10  # > 0: the rebased backward ran
         else:
             assert r["identical"]
     assert set(report["speedups"]["quick"]) == {"bucket_over_merge", "bucket_over_numpy", "permutation_over_bucket",
@@ -42,8 +43,8 @@ def test_a_format_that_changes_the_layer_is_reported(monkeypatch):
     real = bench_queues._layer_call
 
     def broken(t, w, d, permutation, rebased=False):
-        measured, digest, out = real(t, w, d, permutation, rebased)
-        return measured, digest + [b"x"] if permutation else digest, out
+        measured, digest, out, grads = real(t, w, d, permutation, rebased)
+        return measured, digest + [b"x"] if permutation else digest, out, grads
 
     monkeypatch.setattr(bench_queues, "_layer_call", broken)
     with pytest.raises(AssertionError, match="permutation format changes the layer's outputs"):
@@ -54,13 +55,27 @@ def test_rebased_sums_that_change_the_spikes_are_reported(monkeypatch):
     real = bench_queues._layer_call
 
     def shifted(t, w, d, permutation, rebased=False):
-        measured, digest, out = real(t, w, d, permutation, rebased)
+        measured, digest, out, grads = real(t, w, d, permutation, rebased)
         if rebased:
             out.times[...] = out.times * (1 + 1e-9)
-        return measured, digest, out
+        return measured, digest, out, grads
 
     monkeypatch.setattr(bench_queues, "_layer_call", shifted)
     with pytest.raises(AssertionError, match="rebased forward changes the spikes"):
+        bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
+
+
+def test_rebased_gradients_that_drift_are_reported(monkeypatch):
+    real = bench_queues._layer_call
+
+    def drifted(t, w, d, permutation, rebased=False):
+        measured, digest, out, grads = real(t, w, d, permutation, rebased)
+        if rebased:
+            grads.weights[...] = grads.weights * (1 + 1e-8)
+        return measured, digest, out, grads
+
+    monkeypatch.setattr(bench_queues, "_layer_call", drifted)
+    with pytest.raises(AssertionError, match="rebased backward changes the gradients"):
         bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
 
 

@@ -3,6 +3,7 @@ gradient by gradient against the sequential NumPy backward (the reference) and a
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -430,3 +431,113 @@ def test_compiled_closed_on_random_layers():
         ref, _ = backward(r, G, "sequential", time_constant_grads=True)
         out, _ = compiled(r, G, time_constant_grads=True)
         assert_same_grads(ref, out, context=f"seed {seed}: ")
+
+
+# The compiled closed form's rebased factors (_lif_numpy.COMPILED_REBASED_CLOSED)
+
+def _rebased_and_exponentials(result, G, monkeypatch, **kw):
+    """The compiled closed form with the rebased factors and with the exponentials, and whether the factors
+    applied (``_closed_rebased_args``' flag)."""
+    from spikescan import _lif_numpy
+
+    applied = []
+    real = _lif_numpy._closed_rebased_args
+    monkeypatch.setattr(_lif_numpy, "_closed_rebased_args", lambda res: (lambda a: (applied.append(a[0]), a)[1])(
+        real(res)))
+    monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED_CLOSED", True)
+    fast, warned_fast = compiled(result, G, **kw)
+    monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED_CLOSED", False)
+    exact, warned_exact = compiled(result, G, **kw)
+    monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED_CLOSED", True)
+    assert [str(w.message) for w in warned_fast] == [str(w.message) for w in warned_exact]
+    return fast, exact, applied[0]
+
+
+# case, forward engine, whether the factors apply (one pair of time constants; the input slots' times at hand:
+# no delays, or the compiled forward's permutation format; delays within REBASED_MAX_DELAY * min(tau))
+REBASED_CLOSED_CASES = [
+    ("plain", "numpy", True), ("delays", "numba", True), ("delays", "numpy", False), ("ties", "numba", True),
+    ("equal_time_constants", "numba", True), ("near_equal_time_constants", "numba", True),
+    ("per_neuron_time_constants", "numba", False), ("bursts", "numba", True), ("capped", "numba", True),
+    ("silent", "numba", True), ("long_span", "numba", True)]
+
+
+@pytest.mark.parametrize("name,forward_engine,applies", REBASED_CLOSED_CASES)
+def test_compiled_closed_rebased_equals_the_exponentials(name, forward_engine, applies, monkeypatch):
+    """The rebased factors give every gradient of the exponentials and of the NumPy reference within the
+    tolerance (long_span's entries thousands of tau before their spike keep the exponentials); where they do not
+    apply (materialised queues with delays, per-neuron time constants) the exponentials run, the same bits."""
+    r = ss.lif_forward(**_case(name), engine=forward_engine)
+    G = np.random.default_rng(7).normal(size=r.times.shape)
+    for kw in (dict(time_constant_grads=True), dict(input_times_grad=False)):
+        fast, exact, applied = _rebased_and_exponentials(r, G, monkeypatch, **kw)
+        assert applied == applies
+        ref, _ = backward(r, G, "sequential", **kw)
+        assert_same_grads(exact, fast, context=f"{name}: ")
+        assert_same_grads(ref, fast, context=f"{name}: ")
+        if not applies:
+            for n in GRAD_NAMES:
+                assert np.asarray(getattr(fast, n)).tobytes() == np.asarray(getattr(exact, n)).tobytes(), n
+
+
+def test_compiled_closed_rebased_limits_tau_pairs_and_tables(monkeypatch):
+    """tau_mem < tau_syn and a delay at the limit apply the factors, a delay past REBASED_MAX_DELAY * min(tau) does
+    not; the table of a 2 x 4 x 3 input holds one row per shared-queue entry; a one-slot cache of block factors
+    (every other block evicts it) and any sample block give the same bits as the default."""
+    from spikescan import _lif_numba, _lif_numpy
+
+    rng = np.random.default_rng(3)
+    t = random_spikes(rng, 2, 4, 3)
+    W = weights(rng, 4, 3, mean=1.2)
+    for tau_mem, tau_syn, d_max, applies in ((4.0, 7.0, 3.0, True), (10.0, 5.0, 32.0 * 5.0, True),
+                                             (10.0, 5.0, 32.0 * 5.0 + 1.0, False)):
+        D = np.full((4, 3), 1.0)
+        D[0, 0] = d_max
+        r = ss.lif_forward(t, W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=4, engine="numba")
+        assert r.counts.sum() > 0
+        G = rng.normal(size=r.times.shape)
+        fast, exact, applied = _rebased_and_exponentials(r, G, monkeypatch, time_constant_grads=True)
+        assert applied == applies, (tau_mem, tau_syn, d_max)
+        assert_same_grads(exact, fast)
+        if applies:
+            E = _lif_numpy._closed_rebased_args(r.residuals)[1]
+            assert E.shape == (2, r.residuals.queue_length, 3)
+    r = ss.lif_forward(**_case("ties"), engine="numba")
+    G = np.random.default_rng(4).normal(size=r.times.shape)
+    digests = []
+    for cache, block_bytes, serial in ((16, 1 << 30, 0), (1, 1, 0), (2, 1 << 30, 1 << 62)):
+        monkeypatch.setattr(_lif_numpy, "REBASED_CACHE", cache)
+        monkeypatch.setattr(_lif_numpy, "_COMPILED_ARRIVAL_BYTES", block_bytes)
+        monkeypatch.setattr(_lif_numba, "SERIAL_WORK", serial)
+        g, _ = compiled(r, G, time_constant_grads=True)
+        digests.append([np.asarray(getattr(g, n)).tobytes() for n in GRAD_NAMES])
+    assert all(d == digests[0] for d in digests)
+
+
+def test_compiled_closed_rebased_decides_grazing_as_the_exponentials(monkeypatch):
+    """A spike whose rebased current lies within the factors' rounding of the threshold has its currents redone
+    with the exponentials: the exact grazing construction (peak e * e^-1 = 1 at t = 12; the factors give a current
+    an ulp off the threshold) is dropped and warned about as without the factors, not given a slope of 1e-17."""
+    from spikescan import _lif_numba, _lif_numpy
+
+    r = ss.lif_forward(np.array([[[2.0]]]), np.array([[np.e]]), max_spikes=2, engine="numpy", **GRAZE)
+    G = np.full(r.times.shape, 0.7)
+    fast, exact, applied = _rebased_and_exponentials(r, G, monkeypatch)
+    assert applied
+    assert fast.weights[0, 0] == 0.0 and float(fast.threshold) == 0.0 and fast.input_times[0, 0, 0] == 0.7
+    # The factors' current (input at 2 in block 0, spike at 12) is not the threshold, but within the recheck's reach.
+    E = _lif_numpy._closed_rebased_args(r.residuals)[1]
+    current = np.e * (E[0, 0, 1] * math.exp(-(r.times[0, 0, 0] - 0.0) / GRAZE["tau_syn"]))  # libm's, as compiled
+    assert current != 1.0 and abs(current - 1.0) <= _lif_numba.NEAR_GRAZING * np.e
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 2), (2, 0, 1), (2, 3, 0), (2, 3, 2)])
+def test_compiled_closed_rebased_empty_shapes(shape, monkeypatch):
+    """No sample, no input, no input slot, no input spike: zero gradients of the right shapes."""
+    t = np.full(shape, np.inf)
+    W, D = np.ones((shape[1], 4)), np.ones((shape[1], 4))
+    for delays in (None, D):
+        r = ss.lif_forward(t, W, delays=delays, tau_mem=10.0, tau_syn=5.0, max_spikes=2, engine="numba")
+        fast, exact, _ = _rebased_and_exponentials(r, np.ones(r.times.shape), monkeypatch)
+        assert fast.weights.shape == W.shape and not fast.weights.any()
+        assert fast.input_times.shape == shape and not fast.input_times.any()

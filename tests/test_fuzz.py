@@ -19,7 +19,8 @@ Checked against ``method="sequential"`` (the float64 reference):
   within its limits, the rebased forward kernel (``_lif.REBASED``) and the rebased closed-form backward
   (``_closed.REBASED``) too;
 - the compiled engine, whose sequential forward sums rebased exponentials on layers with delays and one pair of time
-  constants (counted: the test of the generators requires it on at least 15% of the compiled examples);
+  constants (counted: the test of the generators requires it on at least 15% of the compiled examples), with both
+  its backwards (the reverse walk, and the closed form with its rebased factors where they apply);
 - NaN and +-inf delays are rejected with a ``ValueError`` that names ``delays``;
 - the ``"max"`` readout's tie rule (``li_backward`` docstring): when the maximum sits on a kink made by several
   inputs arriving at exactly ``t*``, ``kink_index`` is the first of them in the time-sorted order (the lowest flat
@@ -252,8 +253,9 @@ def check_compiled(case):
             out = ss.lif_forward(method=method, chunk_size=chunk_size, engine="numba", **kw)
             label = f"(numba {method}{', rebased' if rebased and method == 'sequential' else ''}, chunk {chunk_size})"
             assert_same_spikes(ref, out, dtype, label)
-            assert_same_grads(ref_g, ss.lif_backward(out, G, engine="numba", time_constant_grads=True), dtype,
-                              f"(numba forward {method}, numba backward)", cond)
+            for bwd in ("sequential", "closed"):  # the reverse walk; the closed form (rebased factors where they apply)
+                assert_same_grads(ref_g, ss.lif_backward(out, G, method=bwd, engine="numba", time_constant_grads=True),
+                                  dtype, f"(numba forward {method}, numba backward {bwd})", cond)
     return ref
 
 

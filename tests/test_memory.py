@@ -140,6 +140,26 @@ def test_backward_shrinks_its_groups_under_a_lower_limit(method, no_limit):
         ss.lif_backward(out, g, method=method, engine="numpy")
 
 
+@pytest.mark.parametrize("method", ["sequential", "closed"])
+def test_compiled_backward_counts_its_tables(method, no_limit):
+    """The compiled backward's tables (the reverse walk's shared decays, the closed form's rebased factors) are part
+    of its memory check, named in the error when they do not fit beside the gradients."""
+    pytest.importorskip("numba")
+    t, W, _ = _layer(5, 4, 60, 3, 24, False)
+    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=8, engine="numba")
+    g = np.ones_like(out.times)
+    ref = ss.lif_backward(out, g, method=method, engine="numba")
+    grads = _memory.lif_backward_estimate(4, 60, 3, 24, True, False, "numpy", 0)["gradients"]
+    one_sample = 8 * 24 * out.residuals.queue_length  # the arrival gradients of one sample (the working memory)
+    tables = 24 * 4 * out.residuals.queue_length  # at least 24 bytes per queue entry
+    ss.set_memory_limit(grads + one_sample + tables // 2)  # one sample at a time would fit without the tables
+    with pytest.raises(MemoryError, match=r"\(gradients [^)]*, tables [0-9.e-]+ GiB\)"):
+        ss.lif_backward(out, g, method=method, engine="numba")
+    ss.set_memory_limit(grads + one_sample + tables + 16 * 60 * 24)  # and the closed form's 16 bytes per synapse
+    low = ss.lif_backward(out, g, method=method, engine="numba")
+    assert low.weights.tobytes() == ref.weights.tobytes()
+
+
 def test_environment_variable(monkeypatch, no_limit):
     t, W, _ = _layer(4, 4, 10, 2, 8, False)
     monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "1K")

@@ -230,8 +230,14 @@ def decay_scalar(s, tau_mem, tau_syn):
     """``(a, b, c)`` of the gap map ``[[a, c], [0, b]]`` for a gap ``s >= 0``; ``(0, 0, 0)`` for ``s = inf``."""
     if not math.isfinite(s):
         return 0.0, 0.0, 0.0
-    a = math.exp(-s / tau_mem)
-    b = math.exp(-s / tau_syn)
+    return decay_given_scalar(s, math.exp(-s / tau_mem), math.exp(-s / tau_syn), tau_mem, tau_syn)
+
+
+@_scalar
+def decay_given_scalar(s, a, b, tau_mem, tau_syn):
+    """``decay_scalar`` for a finite gap ``s >= 0`` whose exponentials ``a = e^{-s/tau_mem}``, ``b = e^{-s/tau_syn}``
+    the caller already has (the compiled closed-form backward forms them as products of tabulated factors): the
+    cross term ``c`` as ``decay_scalar``'s (twin of ``Neuron::decay_given``)."""
     x = s * (1.0 / tau_mem - 1.0 / tau_syn)
     if abs(x) < 1.0:
         c = (s / tau_mem) * a * phi_scalar(x)
