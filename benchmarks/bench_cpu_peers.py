@@ -147,9 +147,11 @@ def spikescan_call(t, w, d, engine, method, max_spikes):
 
 def resolved_auto(engine, t, spec, max_spikes, chunk_size=128):
     """What ``method="auto"`` runs for this layer."""
+    from spikescan._lif_numpy import BACKWARD_AUTO, COMPILED_BACKWARD_AUTO, choose_forward_method
+
     if engine == "numba":
-        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's auto backward)")
-    from spikescan._lif_numpy import BACKWARD_AUTO, choose_forward_method
+        return dict(forward="sequential",
+                    backward=f"compiled {COMPILED_BACKWARD_AUTO} (the numba engine's auto backward)")
     from spikescan._memory import most_entries
 
     n = spec["batch"] * spec["n_out"]

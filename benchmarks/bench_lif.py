@@ -94,10 +94,11 @@ def run_numpy(shapes, methods, repeats, delays):
 
 
 def _resolved(shape):
-    from spikescan._lif_numpy import BACKWARD_AUTO, choose_forward_method, resolve_engine
+    from spikescan._lif_numpy import BACKWARD_AUTO, COMPILED_BACKWARD_AUTO, choose_forward_method, resolve_engine
 
     if resolve_engine("auto") == "numba":  # as bench_cpu_peers.resolved_auto
-        return dict(forward="sequential", backward="compiled reverse walk (the numba engine's auto backward)")
+        return dict(forward="sequential",
+                    backward=f"compiled {COMPILED_BACKWARD_AUTO} (the numba engine's auto backward)")
 
     n = shape["batch"] * shape["n_out"]
     return dict(forward=choose_forward_method(n, shape["spikes"] + 1, 128), backward=BACKWARD_AUTO)

@@ -408,13 +408,18 @@ def _queue_rows(results):
                              f"{fmt['materialised']['backward_peak_bytes'] / 2**20:.0f} MiB; bit-identical")
             if rebased:
                 rb, sp = rebased[0], r["speedups"][shape]
-                measured += (f". Rebased exponential sums in the forward (the default) against two exponentials "
-                             f"per entry: forward {seconds(rb['forward_s'])} vs "
+                both = "max_relative_gradient_difference" in rb  # files since the closed form's factors
+                what = ("Rebased factors in the forward's sums and the closed-form backward (the default) against "
+                        "two exponentials per entry in both" if both else
+                        "Rebased exponential sums in the forward (the default) against two exponentials per entry")
+                measured += (f". {what}: forward {seconds(rb['forward_s'])} vs "
                              f"{seconds(fmt['permutation']['forward_s'])} ({ratio(sp['rebased_forward'])}), fwd+bwd "
                              f"{seconds(rb['forward_backward_s'])} vs "
                              f"{seconds(fmt['permutation']['forward_backward_s'])} "
                              f"({ratio(sp['rebased_forward_backward'])}); identical spike counts, spike times within "
-                             f"{rb['max_relative_time_difference']:.1e} relative")
+                             f"{rb['max_relative_time_difference']:.1e} relative"
+                             + (f", gradients within {rb['max_relative_gradient_difference']:.1e} of the largest"
+                                if both else ""))
             rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons, delays (numba engine, "
                          f"{r['numba_threads']} threads)", measured, f"one run (median of {r['repeats']} repeats)",
                          _files([name], results)])

@@ -253,12 +253,13 @@ def choose_forward_method(n_neurons, queue_len, chunk_size):
 # (``benchmarks/results/cpu_closed_backward*.json``), whatever the layer's size.
 BACKWARD_AUTO = "closed"
 # ``method="auto"`` for the backward of a feed-forward layer on the compiled engine: the closed form
-# (``_lif_numba.backward_closed``) for a layer with delays, the reverse walk (``backward``) without. The walk reads
-# the undelayed layer's gap decays from the table its neurons share, while the closed form takes its exponentials
-# per entry: 2-core Xeon, SHD-like batch 32 x 256 (``benchmarks/results/cpu_closed_backward_numba*.json``): with
-# delays the closed form's backward took 1.17 s against 1.50 s, without 0.88 s against 0.56 s; at batch 1 x 16 both
-# about 2 ms.
-COMPILED_BACKWARD_AUTO = {"delays": "closed", "no delays": "sequential"}
+# (``_lif_numba.backward_closed``, its per-entry exponentials as products of tabulated factors where
+# ``COMPILED_REBASED_CLOSED`` applies) rather than the reverse walk (``backward``, which reads an undelayed layer's gap
+# decays from the table its neurons share). 2-core AMD EPYC, SHD-like batch 32 x 256 at ad5ed42
+# (``benchmarks/results/cpu_closed_backward_numba*.json``): backward 0.38 s against 0.41 s without delays, 0.46 s
+# against 0.67 s with; at batch 1 x 16 1.3-1.5 ms against 1.5-1.7 ms. With per-neuron time constants (no table, no
+# factors) 0.57 s against 0.69-0.71 s (a spot check).
+COMPILED_BACKWARD_AUTO = "closed"
 
 
 def numba_available():
@@ -311,11 +312,11 @@ def _closed_rebased_args(res):
     tm, ts = pair
     tmin = min(tm, ts)
     D = res.delays
-    if D is None:
-        times, delays_t = res.queue_times[:, 0, :], np.zeros((0, 1))
-    elif res.queue_perm is not None:
+    if res.queue_perm is not None:
         times, delays_t = res.shared_times, res.delays_t
-    else:  # materialised per-neuron queues: no input slot's own time at hand
+    elif D is None and res.queue_times.shape[1] == 1:  # the sample's one queue is the shared one
+        times, delays_t = res.queue_times[:, 0, :], np.zeros((0, 1))
+    else:  # materialised per-neuron queues (with delays, or a recurrent layer's unrolled one): no shared position
         return dummy
     if D is not None and D.size and float(D.max()) > REBASED_MAX_DELAY * tmin:
         return dummy
@@ -959,7 +960,7 @@ def lif_backward(result, grad_times, method, input_times_grad=True, engine="nump
         return _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine)
     if engine == "numba":
         if method == "auto":
-            method = COMPILED_BACKWARD_AUTO["delays" if result.residuals.delays is not None else "no delays"]
+            method = COMPILED_BACKWARD_AUTO
         return _backward_compiled(result, grad_times, input_times_grad, time_constant_grads, method == "closed")
     if result.residuals.queue_perm is not None:  # a compiled forward's queues, for the NumPy methods
         result = result._replace(residuals=materialised(result.residuals))
