@@ -22,8 +22,8 @@ sums and the closed-form backward's terms) and with the permutation and the reba
 the variants alternate call by call, so drifts of the machine hit all alike. Recorded: times, the residual bytes held
 after the forward and the backward's peak of traced allocations (``tracemalloc``); checked: the two formats give
 bit-identical spikes and gradients, the rebased factors identical spike counts and queue entries, times within
-1e-12 and gradients within 1e-10 of the largest (the largest differences are recorded). ``--no-layer`` skips
-it.
+1e-12 and gradients within the tests' tolerance (``rtol = atol = 1e-9`` elementwise; the largest differences are
+recorded, the gradients' relative to the largest of each). ``--no-layer`` skips it.
 
 Times are the median of ``--repeats`` calls after a warm-up call (Numba compiles, or loads its cache, then); the JSON
 is stamped with the commit, machine and versions (``_stamp.py``).
@@ -132,7 +132,9 @@ GRAD_NAMES = ("weights", "delays", "input_times", "threshold")
 def _rebased_agreement(fast, exact, name, fast_grads, exact_grads):
     """The largest relative spike-time difference of the rebased factors from the exponentials, and the largest
     gradient difference relative to the gradient's largest magnitude; raises unless counts and queue entries are
-    identical, the times agree within 1e-12 and the gradients within 1e-10."""
+    identical, the times agree within 1e-12 and the gradients within the tests' tolerance (``rtol = atol = 1e-9``,
+    elementwise: the forward's rounding moves nearly grazing spikes' large gradients by more than the backward's
+    factors do)."""
     same = (np.array_equal(fast.counts, exact.counts)
             and np.array_equal(fast.residuals.spike_event, exact.residuals.spike_event))
     fin = np.isfinite(exact.times)
@@ -140,14 +142,16 @@ def _rebased_agreement(fast, exact, name, fast_grads, exact_grads):
     if not same or worst > 1e-12:
         raise AssertionError(f"the rebased forward changes the spikes on {name} (identical counts and entries: "
                              f"{same}; largest relative time difference {worst:.2e})")
-    worst_grad = 0.0
+    worst_grad, outside = 0.0, []
     for g in GRAD_NAMES:
         a, b = np.asarray(getattr(fast_grads, g)), np.asarray(getattr(exact_grads, g))
         scale = float(np.max(np.abs(b), initial=0.0))
         worst_grad = max(worst_grad, float(np.max(np.abs(a - b), initial=0.0)) / scale if scale else 0.0)
-    if worst_grad > 1e-10:
-        raise AssertionError(f"the rebased backward changes the gradients on {name} (largest difference "
-                             f"{worst_grad:.2e} of the largest gradient)")
+        if not np.allclose(a, b, rtol=1e-9, atol=1e-9):
+            outside.append(g)
+    if outside:
+        raise AssertionError(f"the rebased factors change the gradients on {name}: {', '.join(outside)} outside "
+                             f"rtol = atol = 1e-9 (largest difference {worst_grad:.2e} of the largest gradient)")
     return worst, worst_grad
 
 
