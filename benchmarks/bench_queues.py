@@ -22,8 +22,9 @@ sums and the closed-form backward's terms) and with the permutation and the reba
 the variants alternate call by call, so drifts of the machine hit all alike. Recorded: times, the residual bytes held
 after the forward and the backward's peak of traced allocations (``tracemalloc``); checked: the two formats give
 bit-identical spikes and gradients, the rebased factors identical spike counts and queue entries, times within
-1e-12 and gradients within the tests' tolerance (``rtol = atol = 1e-9`` elementwise; the largest differences are
-recorded, the gradients' relative to the largest of each). ``--no-layer`` skips it.
+1e-12, the backward's factors the exponential backward's gradients (on the same forward result) within the tests'
+tolerance and the whole layer's within 1e-6 of the largest (``_rebased_agreement``; the largest differences are
+recorded). ``--no-layer`` skips it.
 
 Times are the median of ``--repeats`` calls after a warm-up call (Numba compiles, or loads its cache, then); the JSON
 is stamped with the commit, machine and versions (``_stamp.py``).
@@ -96,6 +97,11 @@ def run(shapes, repeats):
     return rows
 
 
+def _grad_ones(out):
+    """A unit loss gradient on every recorded spike time."""
+    return np.where(np.isfinite(out.times), 1.0, 0.0)
+
+
 def _layer_call(t, w, d, permutation, rebased=False):
     """One compiled forward and backward with the given queue format and rebased factors (forward and backward) or
     not: times, bytes, a digest of the outputs, the forward's result and the gradients."""
@@ -111,7 +117,7 @@ def _layer_call(t, w, d, permutation, rebased=False):
     t1 = time.perf_counter()
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
-    grads = ss.lif_backward(out, np.where(np.isfinite(out.times), 1.0, 0.0), engine="numba")
+    grads = ss.lif_backward(out, _grad_ones(out), engine="numba")
     t2 = time.perf_counter()
     backward_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -129,12 +135,28 @@ LAYER_VARIANTS = {"permutation": (True, False), "materialised": (False, False), 
 GRAD_NAMES = ("weights", "delays", "input_times", "threshold")
 
 
-def _rebased_agreement(fast, exact, name, fast_grads, exact_grads):
-    """The largest relative spike-time difference of the rebased factors from the exponentials, and the largest
-    gradient difference relative to the gradient's largest magnitude; raises unless counts and queue entries are
-    identical, the times agree within 1e-12 and the gradients within the tests' tolerance (``rtol = atol = 1e-9``,
-    elementwise: the forward's rounding moves nearly grazing spikes' large gradients by more than the backward's
-    factors do)."""
+def _largest_gradient_difference(a_grads, b_grads):
+    """The largest difference of any gradient relative to its largest magnitude, and the gradients outside the
+    tests' tolerance (``rtol = atol = 1e-9`` elementwise)."""
+    worst, outside = 0.0, []
+    for g in GRAD_NAMES:
+        a, b = np.asarray(getattr(a_grads, g)), np.asarray(getattr(b_grads, g))
+        scale = float(np.max(np.abs(b), initial=0.0))
+        worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)) / scale if scale else 0.0)
+        if not np.allclose(a, b, rtol=1e-9, atol=1e-9):
+            outside.append(g)
+    return worst, outside
+
+
+def _rebased_agreement(fast, exact, name, fast_grads, exact_grads, backward_alone):
+    """How far the rebased variant is from the exponentials: the largest relative spike-time difference, the
+    largest gradient difference (relative to each gradient's largest magnitude) from the whole exponential layer,
+    and from the exponential backward of the rebased forward's result (``backward_alone``: the backward's factors
+    alone). Raises unless counts and queue entries are identical, the times agree within 1e-12, the backward's
+    factors give the exponential backward's gradients within the tests' tolerance (``rtol = atol = 1e-9``
+    elementwise) and the whole layer's gradients agree within 1e-6 of the largest: the forward's rounding moves the
+    large gradients of nearly grazing spikes by more than the tolerance (9e-10 of the largest on the batch 32 x 256
+    layer), a conditioning effect, not a change of the gradients' values."""
     same = (np.array_equal(fast.counts, exact.counts)
             and np.array_equal(fast.residuals.spike_event, exact.residuals.spike_event))
     fin = np.isfinite(exact.times)
@@ -142,21 +164,21 @@ def _rebased_agreement(fast, exact, name, fast_grads, exact_grads):
     if not same or worst > 1e-12:
         raise AssertionError(f"the rebased forward changes the spikes on {name} (identical counts and entries: "
                              f"{same}; largest relative time difference {worst:.2e})")
-    worst_grad, outside = 0.0, []
-    for g in GRAD_NAMES:
-        a, b = np.asarray(getattr(fast_grads, g)), np.asarray(getattr(exact_grads, g))
-        scale = float(np.max(np.abs(b), initial=0.0))
-        worst_grad = max(worst_grad, float(np.max(np.abs(a - b), initial=0.0)) / scale if scale else 0.0)
-        if not np.allclose(a, b, rtol=1e-9, atol=1e-9):
-            outside.append(g)
+    worst_backward, outside = _largest_gradient_difference(fast_grads, backward_alone)
     if outside:
         raise AssertionError(f"the rebased factors change the gradients on {name}: {', '.join(outside)} outside "
-                             f"rtol = atol = 1e-9 (largest difference {worst_grad:.2e} of the largest gradient)")
-    return worst, worst_grad
+                             f"rtol = atol = 1e-9 of the exponential backward (largest difference "
+                             f"{worst_backward:.2e} of the largest gradient)")
+    worst_grad, _ = _largest_gradient_difference(fast_grads, exact_grads)
+    if worst_grad > 1e-6:
+        raise AssertionError(f"the rebased layer changes the gradients on {name} (largest difference "
+                             f"{worst_grad:.2e} of the largest gradient)")
+    return worst, worst_grad, worst_backward
 
 
 def run_layer(shapes, repeats):
     """The compiled layer in each variant (``LAYER_VARIANTS``), alternating call by call."""
+    import spikescan as ss
     from spikescan import _lif_numpy
 
     before = _lif_numpy.COMPILED_PERMUTATION, _lif_numpy.COMPILED_REBASED, _lif_numpy.COMPILED_REBASED_CLOSED
@@ -174,15 +196,18 @@ def run_layer(shapes, repeats):
             identical = digests["permutation"] == digests["materialised"]
             if not identical:
                 raise AssertionError(f"the permutation format changes the layer's outputs on {name}")
-            worst, worst_grad = _rebased_agreement(outs["rebased"], outs["permutation"], name, grads["rebased"],
-                                                   grads["permutation"])
+            _lif_numpy.COMPILED_REBASED_CLOSED = False  # the exponential backward of the rebased forward's result
+            backward_alone = ss.lif_backward(outs["rebased"], _grad_ones(outs["rebased"]), engine="numba")
+            worst, worst_grad, worst_backward = _rebased_agreement(
+                outs["rebased"], outs["permutation"], name, grads["rebased"], grads["permutation"], backward_alone)
             for variant, ms in calls.items():
                 row = dict(shape=name, **shape, queues="permutation" if LAYER_VARIANTS[variant][0] else "materialised",
                            sums="rebased" if LAYER_VARIANTS[variant][1] else "exponentials",
                            output_spikes=int(outs[variant].counts.sum()), calls=ms)
                 if variant == "rebased":
                     row.update(same_spikes=True, max_relative_time_difference=worst,
-                               max_relative_gradient_difference=worst_grad)
+                               max_relative_gradient_difference=worst_grad,
+                               max_relative_gradient_difference_backward=worst_backward)
                 else:
                     row.update(identical=identical)
                 for key in ("forward_s", "forward_backward_s", "held_bytes", "backward_peak_bytes"):

@@ -30,7 +30,8 @@ def test_quick_run_writes_checked_rows(tmp_path):
     for r in report["layer"]:
         if r["sums"] == "rebased":
             assert r["same_spikes"] and 0.0 <= r["max_relative_time_difference"] <= 1e-12
-            assert 0.0 < r["max_relative_gradient_difference"] <= 1e-6  # > 0: the rebased factors ran
+            assert 0.0 < r["max_relative_gradient_difference"] <= 1e-6
+            assert 0.0 < r["max_relative_gradient_difference_backward"] <= 1e-9  # > 0: the backward's factors ran
         else:
             assert r["identical"]
     assert set(report["speedups"]["quick"]) == {"bucket_over_merge", "bucket_over_numpy", "permutation_over_bucket",
@@ -75,7 +76,8 @@ def test_rebased_gradients_that_drift_are_reported(monkeypatch):
         return measured, digest, out, grads
 
     monkeypatch.setattr(bench_queues, "_layer_call", drifted)
-    with pytest.raises(AssertionError, match="rebased factors change the gradients on quick: weights outside"):
+    with pytest.raises(AssertionError, match="rebased factors change the gradients on quick: weights outside "
+                                             "rtol = atol = 1e-9 of the exponential backward"):
         bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
 
 
