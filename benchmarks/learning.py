@@ -18,7 +18,9 @@ The MLP is ``Sequential([Input((features,)), Dense(hidden, "relu"), Dense(classe
 with the same optimizer, loss, batch size and epochs.
 
 Panel: scikit-learn's bundled iris, wine and breast_cancer tables, each latency- and rate-coded (the MLP once per
-split), with stratified k-fold cross-validation (``--folds``, fixed seed, reshuffled ``--table-repeats`` times); and
+split), with stratified k-fold cross-validation (``--folds``, fixed seed, reshuffled ``--table-repeats`` times)
+(``--only digits``: the bundled 8 x 8 handwritten digits, 10 classes, the same recipe, outside the default panel
+for its cost); and
 Yin-Yang (``spikescan.datasets.yinyang``: its own latency code, 5 channels over [0, 30] ms; the MLP gets the 4
 coordinates ``(x, y, 1 - x, 1 - y)``) with the published generators' seeds (train 42, test 40), ``--yinyang-train`` /
 ``--yinyang-test`` samples, under a few reasonable settings of the time constants and readout (``t_max=60``),
@@ -71,7 +73,10 @@ from spikescan.datasets import yinyang, yinyang_points  # noqa: E402
 from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
 
 TABLES = ("iris", "wine", "breast_cancer")
-DATASETS = TABLES + ("yinyang",)
+DATASETS = TABLES + ("yinyang",)  # the default panel
+# Bundled tables outside the default panel (``--only``): digits (1797 8 x 8 images of handwritten digits, 64 pixel
+# features 0-16, 10 classes), the image task nearest latency MNIST that ships with scikit-learn; its own file.
+EXTRA_TABLES = ("digits",)
 CODES = ("latency", "rate", "poisson")
 
 # The one recipe of the tables (all three, both codes).
@@ -296,7 +301,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: 2 folds, 2 epochs, 16 hidden, few samples")
     p.add_argument("--epochs", type=int, help=f"default {FULL['epochs']} ({QUICK['epochs']} with --quick)")
-    p.add_argument("--only", nargs="+", choices=DATASETS, metavar="NAME", help=f"datasets among {DATASETS}")
+    p.add_argument("--only", nargs="+", choices=DATASETS + EXTRA_TABLES, metavar="NAME",
+                   help=f"datasets among {DATASETS + EXTRA_TABLES} (default: the panel, {DATASETS})")
     p.add_argument("--codes", nargs="+", choices=CODES, default=["latency", "rate"],
                    help="input codes of the tables (default: latency rate)")
     p.add_argument("--settings", nargs="+", choices=[s["name"] for s in YINYANG_SETTINGS], metavar="SETTING",
@@ -312,8 +318,8 @@ def parse(argv):
     p.add_argument("--table-limit", type=int, help="stratified subset of each table (default: all; 60 with --quick)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2), help="keras verbosity of fit")
-    p.add_argument("--output", help="JSON file (default: benchmarks/results/learning_<backend>.json for a full run, "
-                                    "none with --quick); rewritten after every entry")
+    p.add_argument("--output", help="JSON file (default: benchmarks/results/learning_<backend>.json for the full "
+                                    "panel, none with --quick or --only); rewritten after every entry")
     p.add_argument("--markdown", nargs="?", const="", metavar="JSON",
                    help="print a README table of JSON and exit; without JSON, print the table of this run at the end")
     args = p.parse_args(argv)
@@ -329,7 +335,7 @@ def parse(argv):
     args.yinyang_settings = [s for s in YINYANG_SETTINGS if args.settings is None or s["name"] in args.settings]
     if args.quick and args.settings is None:
         args.yinyang_settings = args.yinyang_settings[:1]
-    if args.output is None and not args.quick:
+    if args.output is None and not args.quick and args.only is None:  # a partial run never replaces the panel's file
         args.output = os.path.join(HERE, "results", f"learning_{keras.backend.backend()}.json")
     return args
 

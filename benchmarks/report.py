@@ -419,6 +419,9 @@ def _queue_rows(results):
                              f"({ratio(sp['rebased_forward_backward'])}); identical spike counts, spike times within "
                              f"{rb['max_relative_time_difference']:.1e} relative"
                              + (f", gradients within {rb['max_relative_gradient_difference']:.1e} of the largest"
+                                + (f" (the backward's factors alone: "
+                                   f"{rb['max_relative_gradient_difference_backward']:.1e})"
+                                   if "max_relative_gradient_difference_backward" in rb else "")
                                 if both else ""))
             rows.append([machine_text(r), f"batch {first['batch']}, {first['n_out']} neurons, delays (numba engine, "
                          f"{r['numba_threads']} threads)", measured, f"one run (median of {r['repeats']} repeats)",
