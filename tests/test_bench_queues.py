@@ -52,32 +52,30 @@ def test_a_format_that_changes_the_layer_is_reported(monkeypatch):
         bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
 
 
-def test_rebased_sums_that_change_the_spikes_are_reported(monkeypatch):
+def _shift_times(out, grads):
+    out.times[...] = out.times * (1 + 1e-9)
+
+
+def _drift_weight_grads(out, grads):
+    grads.weights[...] = grads.weights * (1 + 1e-8)
+
+
+@pytest.mark.parametrize("spoil,message", [
+    (_shift_times, "rebased forward changes the spikes"),
+    (_drift_weight_grads, "rebased factors change the gradients on quick: weights outside rtol = atol = 1e-9 of the "
+                          "exponential backward")])
+def test_a_rebased_variant_that_changes_the_layer_is_reported(spoil, message, monkeypatch):
+    """Spike times moved by 1e-9, or weight gradients by 1e-8, in the rebased variant stop the run."""
     real = bench_queues._layer_call
 
-    def shifted(t, w, d, permutation, rebased=False):
+    def spoiled(t, w, d, permutation, rebased=False):
         measured, digest, out, grads = real(t, w, d, permutation, rebased)
         if rebased:
-            out.times[...] = out.times * (1 + 1e-9)
+            spoil(out, grads)
         return measured, digest, out, grads
 
-    monkeypatch.setattr(bench_queues, "_layer_call", shifted)
-    with pytest.raises(AssertionError, match="rebased forward changes the spikes"):
-        bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
-
-
-def test_rebased_gradients_that_drift_are_reported(monkeypatch):
-    real = bench_queues._layer_call
-
-    def drifted(t, w, d, permutation, rebased=False):
-        measured, digest, out, grads = real(t, w, d, permutation, rebased)
-        if rebased:
-            grads.weights[...] = grads.weights * (1 + 1e-8)
-        return measured, digest, out, grads
-
-    monkeypatch.setattr(bench_queues, "_layer_call", drifted)
-    with pytest.raises(AssertionError, match="rebased factors change the gradients on quick: weights outside "
-                                             "rtol = atol = 1e-9 of the exponential backward"):
+    monkeypatch.setattr(bench_queues, "_layer_call", spoiled)
+    with pytest.raises(AssertionError, match=message):
         bench_queues.run_layer({"quick": dict(batch=2, n_in=50, spikes=5000, n_out=16)}, 1)
 
 
