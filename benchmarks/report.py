@@ -9,7 +9,8 @@ the markers is generated, everything outside them is left alone. The tables (``T
 
 - ``examples``: the example scripts' results (``examples/results/*.json``, rows in ``EXAMPLES``);
 - ``learning_torch``, ``learning_jax``: ``benchmarks/learning.py``'s panels (``benchmarks/results/learning_*.json``;
-  ``learning.py --markdown`` prints the same table);
+  ``learning.py --markdown`` prints the same table); ``learning_digits``: its ``--only digits`` run
+  (``learning_digits_torch.json``);
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
 - ``cpu_peers``: spikescan against jaxsnn and a discrete-time baseline on the CPU
@@ -228,10 +229,16 @@ def learning_table(report):
     cv = f"{s['folds']}-fold stratified CV"
     if splits > 1:
         cv += f", {splits} shuffles ({s['folds'] * splits} folds)"
+    names = {e["dataset"] for e in report["entries"]}
+    protocol = []  # what the entries used (both, for a run without entries yet)
+    if names - {"yinyang"} or not names:
+        protocol.append(f"tables: {cv}")
+    if "yinyang" in names or not names:
+        protocol.append(f"Yin-Yang: {s['yinyang_train']} train / {s['yinyang_test']} test, {s['repeats']} "
+                        f"seed{'s' if s['repeats'] > 1 else ''}")
     lines = [
         f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
-        f"{s['epochs']} epochs; tables: {cv}; Yin-Yang: {s['yinyang_train']} train / "
-        f"{s['yinyang_test']} test, {s['repeats']} seed{'s' if s['repeats'] > 1 else ''}; mean ± sample std over "
+        f"{s['epochs']} epochs; {'; '.join(protocol)}; mean ± sample std over "
         f"folds / seeds). Measured at {_commit_or_none(report)}, {st.get('keras_backend')} on {st.get('device')} "
         f"({st.get('cpu')}, {st.get('cpu_count')} cores).",
         "",
@@ -593,6 +600,7 @@ TABLES = {
     "examples": examples_table,
     "learning_torch": lambda results: learning_table(results.bench("learning_torch.json")),
     "learning_jax": lambda results: learning_table(results.bench("learning_jax.json")),
+    "learning_digits": lambda results: learning_table(results.bench("learning_digits_torch.json")),
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,

@@ -118,3 +118,18 @@ def test_every_result_names_its_commit():
         for name in results.names(kind):
             p = module.provenance(results.load(kind, name))
             assert len(p["commit"]) >= 7 and p["machine"], (name, p)
+
+
+def test_learning_caption_names_the_protocols_its_entries_used():
+    """A panel with tables and Yin-Yang names both protocols; the digits run (tables only) names only the folds."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import report as report_module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    panel = json.loads((BENCHMARK_RESULTS / "learning_torch.json").read_text())
+    digits = json.loads((BENCHMARK_RESULTS / "learning_digits_torch.json").read_text())
+    assert "Yin-Yang: " in report_module.learning_table(panel) and "3-fold" in report_module.learning_table(panel)
+    caption = report_module.learning_table(digits).splitlines()[0]
+    assert "3-fold stratified CV" in caption and "Yin-Yang" not in caption
+    assert {e["dataset"] for e in digits["entries"]} == {"digits"}
