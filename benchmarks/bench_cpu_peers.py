@@ -10,8 +10,9 @@ Three layers (``LAYERS``), tau_mem = 20 ms, tau_syn = 10 ms, threshold 1, times 
 
 Contenders:
 
-- spikescan, every engine x method: ``numpy`` and ``numba`` x ``sequential``, ``scan`` and ``auto`` (the backward of
-  the ``numba`` engine is one compiled reverse walk whatever the method). Forward + backward is one
+- spikescan, every engine x method: ``numpy`` and ``numba`` x ``sequential``, ``scan`` and ``auto`` (the ``numba``
+  engine's backward is its compiled reverse walk for ``sequential`` and ``scan``, its compiled closed form for
+  ``auto``: ``_lif_numpy.COMPILED_BACKWARD_AUTO``). Forward + backward is one
   ``lif_forward`` then one ``lif_backward`` (``grad_times`` one on every recorded spike, ``input_times_grad`` on);
   the forward time is that call's first part.
 - jaxsnn (``jaxsnn.event``: its event-based LIF population with the EventProp backward), ``jit``-compiled with

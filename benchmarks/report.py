@@ -9,8 +9,8 @@ the markers is generated, everything outside them is left alone. The tables (``T
 
 - ``examples``: the example scripts' results (``examples/results/*.json``, rows in ``EXAMPLES``);
 - ``learning_torch``, ``learning_jax``: ``benchmarks/learning.py``'s panels (``benchmarks/results/learning_*.json``;
-  ``learning.py --markdown`` prints the same table); ``learning_digits``: its ``--only digits`` run
-  (``learning_digits_torch.json``);
+  ``learning.py --markdown`` prints the same table); ``learning_digits_torch``, ``learning_digits_jax``: its
+  ``--only digits`` runs (``learning_digits_*.json``);
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
 - ``cpu_peers``: spikescan against jaxsnn and a discrete-time baseline on the CPU
@@ -600,7 +600,8 @@ TABLES = {
     "examples": examples_table,
     "learning_torch": lambda results: learning_table(results.bench("learning_torch.json")),
     "learning_jax": lambda results: learning_table(results.bench("learning_jax.json")),
-    "learning_digits": lambda results: learning_table(results.bench("learning_digits_torch.json")),
+    "learning_digits_torch": lambda results: learning_table(results.bench("learning_digits_torch.json")),
+    "learning_digits_jax": lambda results: learning_table(results.bench("learning_digits_jax.json")),
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,
