@@ -645,6 +645,10 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
             cached_span = np.full(cache, -1, np.int64)
             span = 0
             tau_mem, tau_syn, threshold = tm_arr[i], ts_arr[i], th_arr[i]
+            # Column i in contiguous copies (entries come in random source order); the sums' order is unchanged.
+            w_col = W[:, i].copy()
+            gw = grad_w[:, i].copy()
+            gd = grad_d[:, i].copy() if has_delays else gw
             for b in range(sample_start, sample_stop):
                 tid = b * n_out + i
                 row = b * Q + (i if Q > 1 else 0)
@@ -677,11 +681,11 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                                 if cached_blk[slot] != blk or cached_span[slot] != span:
                                     Gm[slot], Gs[slot] = _block_factors(Tm, T, tau_mem, tau_syn)
                                     cached_blk[slot], cached_span[slot] = blk, span
-                                term = W[j, i] * (E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot])
+                                term = w_col[j] * (E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot])
                                 J += term
                                 J_abs += abs(term)
                             else:
-                                J += W[j, i] * np.exp(-(Tm - QT[r, k]) / tau_syn)
+                                J += w_col[j] * np.exp(-(Tm - QT[r, k]) / tau_syn)
                         carry_I = np.exp(-(Tm - spike_times[tid, m - 1]) / tau_syn) * I if m > 0 else 0.0
                         I = carry_I + J if m > 0 else J
                         I_spk[m] = I
@@ -715,7 +719,7 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                             if has_input_grad:
                                 g_arrival[b - sample_start, i, k] += gs
                             if has_delays:
-                                grad_d[QI[r, k] // max_in, i] += gs
+                                gd[QI[r, k] // max_in] += gs
                     else:
                         lV_minus = lif.spike_adjoint_scalar(gs, D)
                         g_th += gs / D
@@ -742,7 +746,7 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                     for k in range(lo, hi):
                         flat = QI[r, k]
                         j = flat // max_in
-                        w = W[j, i]
+                        w = w_col[j]
                         s = Tm - QT[r, k]
                         p = (pq[0][row, k] if permuted else k) if rebased else 0
                         T = E[b, p, 2] * width if rebased else -np.inf
@@ -759,13 +763,13 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                             a, bb, c = lif.decay_scalar(s, tau_mem, tau_syn)
                         lV = a * lVm
                         lI = c * lVm + bb * lIm
-                        grad_w[j, i] += lI
+                        gw[j] += lI
                         if has_input_grad or has_delays:
                             g_arr = lif.arrival_time_grad_scalar(w, lV, lI, tau_mem, tau_syn)
                             if has_input_grad:
                                 g_arrival[b - sample_start, i, k] += g_arr
                             if has_delays:
-                                grad_d[j, i] += g_arr
+                                gd[j] += g_arr
                         if want_tau:
                             _, c_tm, b_ts, c_ts = lif.decay_param_grads_scalar(s, tau_mem, tau_syn, a, bb, c)
                             e_tm += lVm * c_tm * w
@@ -773,6 +777,10 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                     lo = hi
                 g_tau_mem[i] += s_tm + e_tm
                 g_tau_syn[i] += s_ts + e_ts
+            for j in range(W.shape[0]):
+                grad_w[j, i] = gw[j]
+                if has_delays:
+                    grad_d[j, i] = gd[j]
 
 
 @_pjit
