@@ -39,10 +39,11 @@ REBASED_SPAN = 16.0
 # a handful ((span + delays) / block width + 2, at most 8 within the limits above).
 REBASED_CACHE = 16
 # The compiled closed-form backward (``_lif_numba.backward_closed``) forms its per-entry exponentials as products
-# of the same tabulated factors (input slot, synapse, and one per span and time block) for a layer with one pair of
-# time constants whose queues name their input slots' times (no delays, or the permutation format) and delays
-# within REBASED_MAX_DELAY * min(tau); an entry whose time block starts more than REBASED_REACH * min(tau) before
-# its span's spike keeps the exponentials. False: the exponentials everywhere.
+# of the same tabulated factors (shared-queue position, synapse, and one per span and time block) for a layer with
+# one pair of time constants, delays within REBASED_MAX_DELAY * min(tau) and queues that give each entry's position
+# in the sample's shared queue (no delays and one queue per sample, or the permutation format); an entry whose time
+# block starts more than REBASED_REACH * min(tau) before its span's spike keeps the exponentials. False: the
+# exponentials everywhere.
 COMPILED_REBASED_CLOSED = True
 REBASED_REACH = 64.0
 # The compiled kernels walk permuted queues in chunks of neurons, this many per Numba thread (each chunk expands its

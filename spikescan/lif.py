@@ -166,9 +166,9 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             latency on a GPU warp and nothing on a CPU core), its closed form for ``"closed"`` and ``"auto"``
             (``_lif_numpy.COMPILED_BACKWARD_AUTO``; with one pair of time constants its per-entry exponentials are
             products of tabulated factors, ``_lif_numpy.COMPILED_REBASED_CLOSED``); both sum in a fixed order, so
-            their gradients are bit-identical for any number of threads. Recurrent layers: the spike loop last to first per sample
-            (parallel over samples), then the input entries per neuron; the gradients of the NumPy backward to
-            rounding, from either engine's forward; ``method`` does not apply.
+            their gradients are bit-identical for any number of threads. Recurrent layers: the spike loop last to
+            first per sample (parallel over samples), then the input entries per neuron; the gradients of the NumPy
+            backward to rounding, from either engine's forward; ``method`` does not apply.
         time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (``[n_out]``; ``None``
             otherwise): a few more operations per point (the gap maps' parameter derivatives), so off unless asked.
         input_times_grad: compute ``grad_input_times``. ``False`` skips its work (a scatter-add over every queue

@@ -22,7 +22,8 @@ Every formula is written twice, the two forms next to each other and in the same
   ``crossing_slope``, ``spike_adjoint``, and the backward's ``voltage_rate``, ``current_rate``,
   ``arrival_time_grad``, ``reset_time_grad``): elementwise float64 NumPy with broadcasting, called by the NumPy engines
   (sequential reference, chunked scan, recurrent layer), the readout, ``trace`` and ``init``;
-- the scalar form (``<name>_scalar``, plus the shortcut ``quiet_gap_scalar``): one neuron at a time with the
+- the scalar form (``<name>_scalar``, plus the shortcuts ``quiet_gap_scalar``, ``quiet_ends_scalar`` and
+  ``decay_given_scalar``, the gap map from exponentials the caller has): one neuron at a time with the
   ``math`` module, called by the compiled CPU kernels (``_lif_numba``, ``_recurrent_numba``). They are plain Python
   functions until ``register_numba()`` (run by those modules when they are imported) registers them with
   ``numba.extending.register_jitable``, so importing this module neither imports Numba nor compiles anything.
