@@ -324,9 +324,8 @@ def _closed_rebased_args(res):
     times = np.ascontiguousarray(times)
     width = REBASED_BLOCK * tmin
     E = np.empty(times.shape + (3,))
-    F = np.empty(delays_t.shape + (2,)) if D is not None else np.zeros((1, 1, 2))
-    _lif_numba.rebased_tables(times.size + delays_t.size, times, delays_t, tm, ts, width, E,
-                              F if D is not None else np.empty((0, 1, 2)))
+    F = np.empty(delays_t.shape + (2,))  # no rows without delays: the kernel reads F only with them
+    _lif_numba.rebased_tables(times.size + delays_t.size, times, delays_t, tm, ts, width, E, F)
     return True, E, F, width, REBASED_REACH * tmin, REBASED_CACHE
 
 
@@ -913,13 +912,16 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
     # Samples per block: the per-(sample, neuron, entry) arrival gradients of one block stay within
     # _COMPILED_ARRIVAL_BYTES (and the memory limit), then are summed into grad_in.
-    table, use_table = _compiled_decay_table(qt, qe, res.tau_mem, res.tau_syn,
-                                             permuted is None and res.queue_times.shape[1] == 1)
+    if closed:  # the closed form's factors (built after the memory check), or the reverse walk's decays
+        tables = closed_rebased_bytes(res)
+    else:
+        table, use_table = _compiled_decay_table(qt, qe, res.tau_mem, res.tau_syn,
+                                                 permuted is None and res.queue_times.shape[1] == 1)
+        tables = table.nbytes
     per_sample = 8 * n_out * L1 if input_times_grad else 0
     block = batch if per_sample == 0 else max(1, min(batch, _COMPILED_ARRIVAL_BYTES // per_sample))
     block = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, block,
-                                       max(per_sample, 1), max_spikes, np,
-                                       tables=closed_rebased_bytes(res) if closed else table.nbytes)
+                                       max(per_sample, 1), max_spikes, np, tables=tables)
     rebased = _closed_rebased_args(res) if closed else None
     for start in range(0, batch, block):
         stop = min(start + block, batch)
