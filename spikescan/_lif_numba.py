@@ -597,12 +597,26 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
 NEAR_GRAZING = 1e-11
 
 
-@_jit
-def _block_factors(Tm, T, tau_mem, tau_syn):
-    """``backward_closed``'s rebased factor of a span ending at ``Tm`` and a time block starting at ``T``:
-    ``(e^{-(Tm - T)/tau_mem}, e^{-(Tm - T)/tau_syn})``. (Scalars only: a helper taking the cache's arrays costs
-    reference counting per entry.)"""
-    return np.exp(-(Tm - T) / tau_mem), np.exp(-(Tm - T) / tau_syn)
+@cached_njit(inline="always")  # inlined into the kernel's IR: no call, no reference counting per entry
+def _entry_factors(E, F, perm, permuted, has_delays, b, row, k, i, j, Tm, width, reach, Gm, Gs, cached_blk,
+                   cached_span, span, tau_mem, tau_syn):
+    """``backward_closed``'s rebased factors of queue entry ``k`` (input ``j``) of neuron ``i``, sample ``b``, in
+    the span ending at ``Tm``: ``(True, e^{-(Tm - t_k)/tau_mem}, e^{-(Tm - t_k)/tau_syn})`` as products ``E F G``
+    (``G`` of the entry's time block from the span's cache, filled on a miss), or ``(False, 0, 0)`` when the block
+    starts more than ``reach`` before ``Tm``."""
+    p = perm[row, k] if permuted else k  # the entry's position in the sample's shared queue
+    T = E[b, p, 2] * width
+    if Tm - T > reach:
+        return False, 0.0, 0.0
+    blk = np.int64(E[b, p, 2])
+    slot = blk & (Gm.shape[0] - 1)
+    if cached_blk[slot] != blk or cached_span[slot] != span:
+        Gm[slot] = np.exp(-(Tm - T) / tau_mem)
+        Gs[slot] = np.exp(-(Tm - T) / tau_syn)
+        cached_blk[slot] = blk
+        cached_span[slot] = span
+    return (True, E[b, p, 0] * (F[i, j, 0] if has_delays else 1.0) * Gm[slot],
+            E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot])
 
 
 @_pjit
@@ -673,15 +687,11 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                         for k in range(lo, hi):
                             flat = QI[r, k]
                             j = flat // max_in
-                            p = (pq[0][row, k] if permuted else k) if factors else 0  # position in the shared queue
-                            T = E[b, p, 2] * width if factors else -np.inf  # -inf: beyond reach
-                            if Tm - T <= reach:  # the factors (see the docstring)
-                                blk = np.int64(E[b, p, 2])
-                                slot = blk & (cache - 1)
-                                if cached_blk[slot] != blk or cached_span[slot] != span:
-                                    Gm[slot], Gs[slot] = _block_factors(Tm, T, tau_mem, tau_syn)
-                                    cached_blk[slot], cached_span[slot] = blk, span
-                                term = w_col[j] * (E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot])
+                            ok, _, beta = (_entry_factors(E, F, pq[0], permuted, has_delays, b, row, k, i, j, Tm,
+                                                          width, reach, Gm, Gs, cached_blk, cached_span, span,
+                                                          tau_mem, tau_syn) if factors else (False, 0.0, 0.0))
+                            if ok:  # the factors (see the docstring)
+                                term = w_col[j] * beta
                                 J += term
                                 J_abs += abs(term)
                             else:
@@ -748,17 +758,11 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                         j = flat // max_in
                         w = w_col[j]
                         s = Tm - QT[r, k]
-                        p = (pq[0][row, k] if permuted else k) if rebased else 0
-                        T = E[b, p, 2] * width if rebased else -np.inf
-                        if Tm - T <= reach:  # the same factors as step 1's
-                            blk = np.int64(E[b, p, 2])
-                            slot = blk & (cache - 1)
-                            if cached_blk[slot] != blk or cached_span[slot] != span:
-                                Gm[slot], Gs[slot] = _block_factors(Tm, T, tau_mem, tau_syn)
-                                cached_blk[slot], cached_span[slot] = blk, span
-                            a, bb, c = lif.decay_given_scalar(
-                                s, E[b, p, 0] * (F[i, j, 0] if has_delays else 1.0) * Gm[slot],
-                                E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot], tau_mem, tau_syn)
+                        ok, alpha, beta = (_entry_factors(E, F, pq[0], permuted, has_delays, b, row, k, i, j, Tm,
+                                                          width, reach, Gm, Gs, cached_blk, cached_span, span,
+                                                          tau_mem, tau_syn) if rebased else (False, 0.0, 0.0))
+                        if ok:  # the same factors as step 1's
+                            a, bb, c = lif.decay_given_scalar(s, alpha, beta, tau_mem, tau_syn)
                         else:
                             a, bb, c = lif.decay_scalar(s, tau_mem, tau_syn)
                         lV = a * lVm
