@@ -10,6 +10,7 @@ from ._types import PeakGrads, PeakResiduals, PeakResult
 from ._types import GrazingSpikeWarning, RunawayFiringError
 from ._determinism import deterministic, set_deterministic
 from ._memory import set_memory_limit
+from .diagnostics import spike_slopes
 from .lif import lif_backward, lif_forward
 from .peak import peak_voltage, peak_voltage_backward
 from .readout import li_backward, li_forward
@@ -23,6 +24,7 @@ __all__ = [
     "li_forward", "li_backward", "LIResult", "LIResiduals", "LIGrads",
     "peak_voltage", "peak_voltage_backward", "PeakResult", "PeakResiduals", "PeakGrads",
     "lif_trace", "li_trace", "TraceResult",
+    "spike_slopes",
     "set_memory_limit",
     "set_deterministic",
     "deterministic",

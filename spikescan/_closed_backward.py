@@ -44,6 +44,8 @@ Recurrent layers are not covered (``NotImplementedError``).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 from . import _memory
@@ -67,8 +69,6 @@ def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant
                                   "layer use method='sequential', 'scan' or 'auto'")
     batch, n_in, max_in = res.input_shape
     n_out = res.weights.shape[1]
-    S = res.spike_times.shape[2]
-    N = batch * n_out
     lay = _Layout(res.queue_times.shape, n_out, max_in)
     grads = {
         "weights": np.zeros(n_in * n_out),
@@ -79,28 +79,8 @@ def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant
         "tau_syn": np.zeros(n_out) if time_constant_grads else None,
         "grazing": [],
     }
-    st = res.spike_times.reshape(N, S)
-    se = res.spike_event.reshape(N, S)
-    n_rec = np.isfinite(st).sum(axis=1)
-    # Entries each neuron needs: those before its last recorded spike.
-    n_entries = np.where(n_rec > 0, se[np.arange(N), np.maximum(n_rec - 1, 0)], 0).astype(np.int64)
-    most = int(n_entries.max(initial=0))
-    if most > 0:
-        per_neuron = _BYTES_PER_ENTRY * (most + S)
-        fits = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None, N, N,
-                                          per_neuron, S, np)
-        budget = max(most, min(_ENTRIES_PER_GROUP, fits * most))
-        cum = np.cumsum(n_entries)
-        start = 0
-        while start < N:
-            done = cum[start - 1] if start else 0
-            stop = max(start + 1, int(np.searchsorted(cum, done + budget, side="right")))
-            stop = min(stop, N)
-            neurons = np.arange(start, stop)
-            neurons = neurons[n_rec[neurons] > 0]
-            if neurons.size:
-                _group(res, grad_times, neurons, n_rec[neurons], n_entries[neurons], lay, grads)
-            start = stop
+    for neurons, n_rec, n_entries in _groups(res, input_times_grad):
+        _group(res, grad_times, neurons, n_rec, n_entries, lay, grads)
     if grads["grazing"]:
         _, first, t_first = grads["grazing"][0]  # groups ascend in neuron index
         # stacklevel 3 (called by spikescan.lif_backward; 4 through _lif_numpy.lif_backward): its caller.
@@ -113,17 +93,76 @@ def lif_backward_closed(result, grad_times, input_times_grad=True, time_constant
         threshold=threshold_grad(grads["threshold"], res), tau_mem=grads["tau_mem"], tau_syn=grads["tau_syn"])
 
 
-def _group(res, grad_times, neurons, n_rec, n_entries, lay, grads):
-    """Adds the gradients of flat neurons ``neurons`` (each with a recorded spike) to ``grads``."""
+def _groups(res, input_times_grad):
+    """``(neurons, n_rec, n_entries)`` per group of flat neurons with a recorded spike, ascending: the spikes each
+    records and the queue entries it needs (those before its last recorded spike); groups sized to
+    ``_ENTRIES_PER_GROUP`` and to the memory limit beside the gradients' arrays."""
+    batch, n_in, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    S = res.spike_times.shape[2]
+    N = batch * n_out
+    st = res.spike_times.reshape(N, S)
+    se = res.spike_event.reshape(N, S)
+    n_rec = np.isfinite(st).sum(axis=1)
+    n_entries = np.where(n_rec > 0, se[np.arange(N), np.maximum(n_rec - 1, 0)], 0).astype(np.int64)
+    most = int(n_entries.max(initial=0))
+    if most == 0:
+        return
+    per_neuron = _BYTES_PER_ENTRY * (most + S)
+    fits = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, res.delays is not None, N, N,
+                                      per_neuron, S, np)
+    budget = max(most, min(_ENTRIES_PER_GROUP, fits * most))
+    cum = np.cumsum(n_entries)
+    start = 0
+    while start < N:
+        done = cum[start - 1] if start else 0
+        stop = min(max(start + 1, int(np.searchsorted(cum, done + budget, side="right"))), N)
+        neurons = np.arange(start, stop)
+        neurons = neurons[n_rec[neurons] > 0]
+        if neurons.size:
+            yield neurons, n_rec[neurons], n_entries[neurons]
+        start = stop
+
+
+class _Spans(NamedTuple):
+    """A group's recorded spikes, the queue entries of their spans and the current at each spike (``_spans``);
+    ``n`` flat neurons, ``S`` spike slots, ``E`` entries."""
+
+    cols: Any     # [n] output neuron, time constants and threshold of each flat neuron
+    tm: Any
+    ts: Any
+    th: Any
+    T: Any        # [n, S] spike times, their events, whether recorded
+    ev: Any
+    rec: Any
+    r: Any        # [E] flat neuron (of the group), queue position, source index and channel, weight, arrival time
+    k: Any
+    src_idx: Any
+    j: Any
+    w: Any
+    t_k: Any
+    sr: Any       # (neuron, slot) of each recorded spike, and [E] the one whose span holds each entry (index into sr)
+    sm: Any
+    spike: Any
+    a: Any        # [E] decay from each entry to its span's spike
+    b: Any
+    c: Any
+    gap: Any      # [n, S] time from the previous spike to each spike, and its decay
+    ga: Any
+    gb: Any
+    gc: Any
+    I_spk: Any    # [n, S] current at each spike
+
+
+def _spans(res, neurons, n_rec, n_entries, lay):
+    """``_Spans`` of flat neurons ``neurons`` (each with a recorded spike)."""
     n = neurons.size
     S = res.spike_times.shape[2]
-    n_in, n_out = res.weights.shape
     cols = lay.i[neurons]
     tm, ts, th = res.tau_mem[cols], res.tau_syn[cols], res.threshold[cols]
     T = res.spike_times.reshape(-1, S)[neurons]
     ev = res.spike_event.reshape(-1, S)[neurons]
     rec = np.arange(S)[None, :] < n_rec[:, None]
-    g = np.where(rec, grad_times.reshape(-1, S)[neurons].astype(np.float64), 0.0)
 
     # Every needed entry, flat: neuron r (of the group), queue position k < n_entries[r].
     total = int(n_entries.sum())
@@ -153,6 +192,34 @@ def _group(res, grad_times, neurons, n_rec, n_entries, lay, grads):
     I_spk[:, 0] = J[:, 0]
     for m in range(1, S):
         I_spk[:, m] = gb[:, m] * I_spk[:, m - 1] + J[:, m]
+    return _Spans(cols, tm, ts, th, T, ev, rec, r, k, src_idx, j, w, t_k, sr, sm, spike, a, b, c, gap, ga, gb, gc,
+                  I_spk)
+
+
+def spike_currents(res):
+    """``[batch, n_out, S]`` float64 synaptic current at each recorded spike of a feed-forward layer's NumPy
+    residuals (materialised queues), ``nan`` where none was recorded: the arrivals of each span decayed to its
+    spike, as the closed backward computes them."""
+    batch, _, max_in = res.input_shape
+    n_out = res.weights.shape[1]
+    S = res.spike_times.shape[2]
+    out = np.full((batch * n_out, S), np.nan)
+    lay = _Layout(res.queue_times.shape, n_out, max_in)
+    for neurons, n_rec, n_entries in _groups(res, False):
+        sp = _spans(res, neurons, n_rec, n_entries, lay)
+        out[neurons[sp.sr], sp.sm] = sp.I_spk[sp.sr, sp.sm]
+    return out.reshape(batch, n_out, S)
+
+
+def _group(res, grad_times, neurons, n_rec, n_entries, lay, grads):
+    """Adds the gradients of flat neurons ``neurons`` (each with a recorded spike) to ``grads``."""
+    n = neurons.size
+    S = res.spike_times.shape[2]
+    n_in, n_out = res.weights.shape
+    (cols, tm, ts, th, T, ev, rec, r, k, src_idx, j, w, t_k, sr, sm, spike, a, b, c, gap, ga, gb, gc,
+     I_spk) = _spans(res, neurons, n_rec, n_entries, lay)
+    col = cols[r]
+    g = np.where(rec, grad_times.reshape(-1, S)[neurons].astype(np.float64), 0.0)
 
     # Adjoint jumps, last spike to first.
     D = lif.crossing_slope(I_spk, th[:, None], tm[:, None])

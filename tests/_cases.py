@@ -24,3 +24,21 @@ def queue_of_length(rng, length, n_in=7, t_max=40.0, batch=2):
 
 def weights(rng, n_in, n_out, mean=0.6, std=0.8):
     return rng.normal(mean, std, (n_in, n_out))
+
+
+def direct_spike_currents(r):
+    """``I`` at every recorded spike of a feed-forward ``lif_forward`` result with materialised queues, straight from
+    its definition (the arrivals before it, decayed; ``O(spikes x entries)``), ``+inf`` where none."""
+    res = r.residuals
+    batch, n_out, S = r.times.shape
+    out = np.full((batch, n_out, S), np.inf)
+    for b in range(batch):
+        for i in range(n_out):
+            q = 0 if res.queue_times.shape[1] == 1 else i
+            for m in range(int(min(r.counts[b, i], S))):
+                k = res.spike_event[b, i, m]
+                src = res.queue_index[b, q, :k] // max(res.input_shape[2], 1)
+                out[b, i, m] = np.sum(res.weights[src, i]
+                                      * np.exp(-(res.spike_times[b, i, m] - res.queue_times[b, q, :k])
+                                               / res.tau_syn[i]))
+    return out

@@ -13,7 +13,7 @@ import spikescan as ss
 from spikescan import _closed_backward
 from spikescan.neurons import lif
 
-from _cases import random_spikes, weights
+from _cases import direct_spike_currents, random_spikes, weights
 from tolerances import TOL
 
 GRAD_NAMES = ("weights", "input_times", "delays", "threshold", "tau_mem", "tau_syn")
@@ -224,30 +224,12 @@ def test_exact_grazing_spikes_follow_the_sequential_rule():
     assert g.weights[0, 0] == 0.0 and float(g.threshold) == 0.0 and g.input_times[0, 0, 0] == 0.7
 
 
-def _spike_currents(r):
-    """``I`` at every recorded spike, straight from its definition (the arrivals before it, decayed), ``+inf``
-    where none."""
-    res = r.residuals
-    batch, n_out, S = r.times.shape
-    out = np.full((batch, n_out, S), np.inf)
-    for b in range(batch):
-        for i in range(n_out):
-            q = 0 if res.queue_times.shape[1] == 1 else i
-            for m in range(int(min(r.counts[b, i], S))):
-                k = res.spike_event[b, i, m]
-                src = res.queue_index[b, q, :k] // max(res.input_shape[2], 1)
-                out[b, i, m] = np.sum(res.weights[src, i]
-                                      * np.exp(-(res.spike_times[b, i, m] - res.queue_times[b, q, :k])
-                                               / res.tau_syn[i]))
-    return out
-
-
 def burst_grazing_cutoff(r):
     """``(cutoff, forced)`` for a forward of ``_case("bursts")``: a current between the spikes' currents (the middle
     of the widest relative gap among the central ones, far from every spike's current) and the recorded spikes below
     it, which the grazing tests make grazing. Asserts that they include spikes after another spike of the same gap
     and spikes after an arrival, and a grazing spike after a grazing one."""
-    I_spk = _spike_currents(r)
+    I_spk = direct_spike_currents(r)
     values = np.sort(I_spk[np.isfinite(I_spk)])
     mid = values[len(values) // 4: 3 * len(values) // 4 + 1]
     i = int(np.argmax(np.diff(mid) / mid[1:]))
