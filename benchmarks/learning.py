@@ -26,10 +26,13 @@ coordinates ``(x, y, 1 - x, 1 - y)``) with the published generators' seeds (trai
 ``--yinyang-test`` samples, under a few reasonable settings of the time constants and readout (``t_max=60``),
 repeated ``--repeats`` times with different initialisation seeds. Every fold / repeat calls
 ``keras.utils.set_random_seed`` before building each model, so a run is reproducible on one machine and backend.
+``--recurrent`` gives the hidden layer recurrent connections with their defaults (``LIFLayer(..., recurrent=True)``;
+each setting's name gains a ``-recurrent`` suffix), everything else unchanged.
 
     KERAS_BACKEND=torch python benchmarks/learning.py                 # full panel -> results/learning_torch.json
     python benchmarks/learning.py --quick --only iris                 # smoke test (no file unless --output)
     python benchmarks/learning.py --markdown benchmarks/results/learning_torch.json   # README table from a file
+    python benchmarks/learning.py --only yinyang digits --codes latency --recurrent --output F   # recurrent
 
 Cost: the spiking model's time goes into the exact event loops (``lif_forward`` / ``lif_backward`` on the host),
 about linear in the input events per sample, so the rate code costs about four times the latency code and
@@ -142,7 +145,8 @@ def scaled_features(x_train, x_test):
 def snn(input_shape, hidden, classes, setting):
     return keras.Sequential([
         keras.Input(shape=input_shape),
-        LIFLayer(hidden, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], max_spikes=HIDDEN_MAX_SPIKES),
+        LIFLayer(hidden, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], max_spikes=HIDDEN_MAX_SPIKES,
+                 recurrent=setting.get("recurrent", False)),
         LIReadout(classes, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], readout=setting["readout"],
                   t_max=setting["t_max"]),
     ])
@@ -259,7 +263,7 @@ def run_table(name, args):
             t_tr, t_te = encode_split(code, x[tr], x[te], seed_of(args, run))
             splits.append((t_tr, y[tr], t_te, y[te]))
             shape = t_tr.shape[1:]
-        e = entry(name, code, TABLE_SETTING, run_snn(splits, classes, TABLE_SETTING, args), mlp_result,
+        e = entry(name, code, args.table_setting, run_snn(splits, classes, args.table_setting, args), mlp_result,
                   input_shape=shape, n_train=len(folds[0][0]), n_test=len(folds[0][1]))
         progress(e)
         yield e
@@ -297,6 +301,11 @@ def _write(report, path):
         write_json(report, path)
 
 
+def recurrent_setting(setting):
+    """``setting`` with a recurrent hidden layer (``LIFLayer(recurrent=True)``), named with a ``-recurrent`` suffix."""
+    return dict(setting, name=setting["name"] + "-recurrent", recurrent=True)
+
+
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: 2 folds, 2 epochs, 16 hidden, few samples")
@@ -307,6 +316,9 @@ def parse(argv):
                    help="input codes of the tables (default: latency rate)")
     p.add_argument("--settings", nargs="+", choices=[s["name"] for s in YINYANG_SETTINGS], metavar="SETTING",
                    help="Yin-Yang settings (default: all of " + ", ".join(s["name"] for s in YINYANG_SETTINGS) + ")")
+    p.add_argument("--recurrent", action="store_true",
+                   help="give the hidden layer recurrent connections (LIFLayer(recurrent=True), its defaults); each "
+                        "entry's setting is named with a '-recurrent' suffix")
     p.add_argument("--folds", type=int, help=f"stratified folds of the tables (default {FULL['folds']})")
     p.add_argument("--repeats", type=int, help=f"Yin-Yang initialisation seeds (default {FULL['repeats']})")
     p.add_argument("--table-repeats", type=int,
@@ -335,6 +347,9 @@ def parse(argv):
     args.yinyang_settings = [s for s in YINYANG_SETTINGS if args.settings is None or s["name"] in args.settings]
     if args.quick and args.settings is None:
         args.yinyang_settings = args.yinyang_settings[:1]
+    args.table_setting = recurrent_setting(TABLE_SETTING) if args.recurrent else TABLE_SETTING
+    if args.recurrent:
+        args.yinyang_settings = [recurrent_setting(s) for s in args.yinyang_settings]
     if args.output is None and not args.quick and args.only is None:  # a partial run never replaces the panel's file
         args.output = os.path.join(HERE, "results", f"learning_{keras.backend.backend()}.json")
     return args
@@ -351,11 +366,11 @@ def main(argv=None):
 
     settings = {k: getattr(args, k) for k in ("quick", "epochs", "folds", "repeats", "table_repeats", "hidden",
                                               "batch_size", "yinyang_train", "yinyang_test", "table_limit", "seed",
-                                              "codes", "datasets")}
+                                              "codes", "datasets", "recurrent")}
     settings.update(
         optimizer="adam (Keras defaults)", loss="SparseCategoricalCrossentropy(from_logits=True)",
         encode_t_max=ENCODE_T_MAX, rate_max_spikes=INPUT_MAX_SPIKES, hidden_max_spikes=HIDDEN_MAX_SPIKES,
-        table_setting=TABLE_SETTING, yinyang_settings=args.yinyang_settings, yinyang_seeds=YINYANG_SEEDS,
+        table_setting=args.table_setting, yinyang_settings=args.yinyang_settings, yinyang_seeds=YINYANG_SEEDS,
         within_points=WITHIN, std="sample standard deviation (ddof=1) over folds / repeats",
         fold_seeds="keras.utils.set_random_seed(seed * 1000 + fold) before each model (folds numbered across "
                    "repeats); StratifiedKFold(shuffle=True, random_state=seed + repeat) for each of table_repeats")

@@ -80,3 +80,22 @@ def test_quick_iris(tmp_path, capsys):
 
     table = learning().main(["--markdown", str(out)])
     assert table.count("\n| iris |") == 2
+
+
+def test_quick_recurrent(tmp_path):
+    """--recurrent: every entry's hidden layer is recurrent (its setting says so), tables and Yin-Yang alike."""
+    out = tmp_path / "learning.json"
+    report = learning().main(["--quick", "--only", "iris", "yinyang", "--codes", "latency", "--recurrent",
+                              "--output", str(out)])
+    entries = report["entries"]
+    assert [e["dataset"] for e in entries] == ["iris", "yinyang"]
+    for e in entries:
+        assert e["setting"].endswith("-recurrent") and e["model"]["recurrent"] is True
+        assert all(unit(a) for a in e["snn_accuracy"])
+    assert report["settings"]["recurrent"] is True
+    assert report["settings"]["table_setting"]["recurrent"] is True
+    setting = report["settings"]["yinyang_settings"][0]
+    model = learning().snn((5, 1), 4, 3, setting)
+    hidden = model.layers[0]
+    assert hidden.recurrent and tuple(hidden.recurrent_kernel.shape) == (4, 4)
+    assert not learning().snn((5, 1), 4, 3, learning().TABLE_SETTING).layers[0].recurrent
