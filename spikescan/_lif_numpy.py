@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from . import _memory
-from ._queue import PermutedQueues, build_queues, compiled_permutation, expand_compiled, materialised
+from ._queue import PermutedQueues, build_queues, compiled_permutation, materialised
 from ._scan import recurrence_loop, recurrence_scan
 from ._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RunawayFiringError
 from .neurons import lif
@@ -561,17 +561,23 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     # the event loop.
     method = "scan" if method == "auto" else method
     compiled = engine == "numba"
+    permutation = compiled and delays is not None and COMPILED_PERMUTATION
+    extra = None
+    if permutation:  # the event loop expands one sample's queues at a time, per thread
+        import numba
+
+        extra = {"queues of the samples in flight": 16 * numba.get_num_threads() * n_out * (n_entries + 1)}
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
-                          "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine)
+                          "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine,
+                          extra, permutation)
     W = np.asarray(weights, np.float64)
     D = None if delays is None else np.asarray(delays, np.float64)
     R = np.asarray(recurrent_weights, np.float64)
     Dr = None if recurrent_delays is None else np.asarray(recurrent_delays, np.float64)
     permuted = None
-    if compiled and D is not None and COMPILED_PERMUTATION:
-        # The event loop reads materialised queues: expanded for this call, the permutation kept for the backward.
+    if permutation:  # kept as it is: the event loop expands one sample's queues at a time
         permuted = _delayed_queues_compiled(input_times, D, permutation=True)
-        qt, qi = expand_compiled(permuted.perm, permuted.times, permuted.index, permuted.delays_t, max_in)
+        qt = qi = np.zeros((batch, 0, 1))  # (unused)
         qend = permuted.end
     elif compiled and D is not None:
         qt, qi, qend = _delayed_queues_compiled(input_times, D)
@@ -581,10 +587,13 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     if compiled:
         from . import _recurrent_numba
 
-        table, use_table = _compiled_decay_table(qt2, qend.reshape(-1), tau_mem, tau_syn, qt.shape[1] == 1)
+        table, use_table = _compiled_decay_table(qt2, qend.reshape(-1), tau_mem, tau_syn,
+                                                 qt.shape[1] == 1 and permuted is None)
+        pq = None if permuted is None else compiled_permutation(permuted.perm, permuted.times, permuted.index,
+                                                                permuted.delays_t, max_in)
         times, events, counts, log = _recurrent_numba.forward(
             qt2, qi2, qend, W, max(max_in, 1), tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver,
-            max_total_spikes, batch, table, use_table)
+            max_total_spikes, batch, table, use_table, pq)
     else:
         lay = _Layout(qt.shape, n_out, max_in)
         row = lay.row.reshape(batch, n_out)
@@ -595,7 +604,7 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     queues = (dict(queue_times=qt, queue_index=qi, queue_end=qend) if permuted is None else
               dict(queue_times=None, queue_index=None, queue_end=qend, queue_perm=permuted.perm,
                    shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t))
-    del qt, qi, qt2, qi2  # the expanded queues of a permuted layer are not kept
+    del qt, qi, qt2, qi2
     res = LIFResiduals(
         **queues, spike_times=times, spike_event=events,
         weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
@@ -610,16 +619,20 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
 def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine="numpy"):
     """The recurrent layer's backward: ``_recurrent`` (NumPy) or ``_recurrent_numba`` (``engine="numba"``); the
     same gradients to rounding, from the residuals of either engine's forward (queues kept as a permutation are
-    expanded for the call)."""
-    res = materialised(result.residuals, compiled=engine == "numba")
+    read as they are by the compiled one, expanded for the call by the NumPy one and for the time constants'
+    unrolled layer)."""
+    res = result.residuals
     if engine == "numba":
         from ._recurrent_numba import backward
     else:
         from ._recurrent import backward
+
+        res = materialised(res)
     g, grazing = backward(res, grad_times, input_times_grad, spike_grads=time_constant_grads)
     tau_mem = tau_syn = None
     if time_constant_grads:
-        tau_mem, tau_syn = _recurrent_time_constant_grads(res, grad_times, engine, g["spike_grads"])
+        tau_mem, tau_syn = _recurrent_time_constant_grads(materialised(res, compiled=engine == "numba"), grad_times,
+                                                          engine, g["spike_grads"])
     if grazing is not None:
         warn_grazing(grazing[0], grazing[1], res.weights.shape[1], grazing[2], stacklevel=4)
     return LIFGrads(

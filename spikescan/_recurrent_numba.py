@@ -34,6 +34,11 @@ arrival-time gradient per (sample, neuron, entry) for a block of samples, summed
 adjoint is walked back from each spike over its entries by the table's gap maps (no exponential per entry; the
 same values to rounding). All sums have a fixed order: gradients are bit-identical for any number of threads.
 
+Input queues with delays in the permutation format (``_queue.PermutedQueues``, what the compiled engine keeps) are
+read as they are: the forward expands one sample's queues at a time (``_expand_sample``; one sample per thread in
+flight), the backward one (sample, neuron) row at a time into the neuron's scratch row, the same bits as the
+materialised queues; nothing holds the batch's expanded queues.
+
 Performance note: Numba reference-counts the arrays passed to a helper with loops of its own, about 20 ns per call
 and array even when inlined; the hot loops therefore call helpers with scalar arguments only.
 """
@@ -118,9 +123,10 @@ def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver
 
 
 @_jit
-def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
+def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
                     use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at):
-    """The event loop of sample ``b`` (``src``: the source input of every queue entry, the row of ``W`` it adds): its
+    """The event loop of sample ``b`` (its queues: rows ``qbase + (i if Q > 1 else 0)`` of ``qt``, ``src``, ``qe`` and
+    ``table``; ``src``: the source input of every queue entry, the row of ``W`` it adds): its
     rows of ``times``, ``events``, ``counts``; its log in row ``slot`` of
     ``log_*`` (as far as it fits; ``n_log_out[slot]`` the full length); ``status[b] = (code, neuron)`` and
     ``status_at[b] = (time, current)`` of a stuck or runaway spike.
@@ -137,7 +143,7 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
             events[b, i, c] = -1
     rows = np.empty(n_out, np.int64)
     for i in range(n_out):
-        rows[i] = b * Q + (i if Q > 1 else 0)
+        rows[i] = qbase + (i if Q > 1 else 0)
     # Per neuron: state at its own last event, next arrival, next event (key, kind; slot n_out pads the tree), the
     # solved crossing and the decay over the gap up to the next arrival.
     V = np.zeros(n_out)
@@ -361,14 +367,50 @@ def _forward_sample(b, slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, h
     n_log_out[slot] = n_log
 
 
+@_jit
+def _expand_sample(pq, b, qe, QT, SRC, QE):
+    """Sample ``b``'s permuted queues (``pq``: ``_queue.compiled_permutation``) into ``QT``, ``SRC`` ``[n_out, L1]``
+    (arrival times, source inputs; padding ``+inf``, ``0``) and ``QE`` ``[n_out]`` (real entries, from ``qe``): the
+    materialised queues' rows, the same bits (``_lif_numba._expand_row``'s addition), entries up to each row's
+    ``+inf`` sentinel."""
+    perm, times, index, source, delays_t = pq
+    n_out = QT.shape[0]
+    for i in range(n_out):
+        row = b * n_out + i
+        end = qe[row]
+        QE[i] = end
+        for k in range(end + 1):
+            p = perm[row, k]
+            if index[b, p] >= 0:
+                s = source[b, p]
+                QT[i, k] = times[b, p] + delays_t[i, s]
+                SRC[i, k] = s
+            else:
+                QT[i, k] = np.inf
+                SRC[i, k] = 0
+
+
 @_pjit
-def forward_kernel(samples, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
-                   use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at):
-    """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there)."""
+def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
+                   table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at):
+    """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
+    the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
+    (``_expand_sample``: ``16 n_out L1`` bytes per sample in flight instead of the batch's)."""
+    n_out = R.shape[0]
+    L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for s_ in prange(samples.shape[0]):
         slot = np.int64(s_)
-        _forward_sample(samples[slot], slot, qt, src, qe, Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                        table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
+        b = samples[slot]
+        if permuted:
+            QT = np.empty((n_out, L1))
+            SRC = np.empty((n_out, L1), np.int64)
+            QE = np.empty(n_out, np.int64)
+            _expand_sample(pq, b, qe, QT, SRC, QE)
+            _forward_sample(b, slot, QT, SRC, QE, Q, 0, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
+                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
+        else:
+            _forward_sample(b, slot, qt, src, qe, Q, b * Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
+                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
 
 
 def _log_length(n_out, max_spikes):
@@ -376,28 +418,34 @@ def _log_length(n_out, max_spikes):
 
 
 def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver, limit, batch,
-            table, use_table):
+            table, use_table, pq=None):
     """``_recurrent.forward`` by the compiled event loop, on queues ``qt2, qi2 [batch * Q, L1]`` and ``qend``
-    (``[batch, Q]``). Returns ``(times, events, counts, log)``; raises the NumPy path's errors."""
+    (``[batch, Q]``), or on the permutation ``pq`` (``_queue.compiled_permutation``; ``qt2``, ``qi2`` then unused,
+    ``Q = n_out``). Returns ``(times, events, counts, log)``; raises the NumPy path's errors."""
     global _log_hint
     from ._lif_numpy import unresolvable_spike_error
     from ._recurrent import _runaway_error
 
     n_out = R.shape[0]
-    Q = qt2.shape[0] // max(batch, 1)
+    permuted = pq is not None
+    L1 = pq[0].shape[1] if permuted else qt2.shape[1]
+    Q = n_out if permuted else qt2.shape[0] // max(batch, 1)
     times = np.empty((batch, n_out, max_spikes))
     events = np.empty((batch, n_out, max_spikes), np.int64)
     counts = np.zeros((batch, n_out), np.int64)
     status = np.zeros((batch, 2), np.int64)
     status_at = np.full((batch, 2), np.nan)
     has_dr = Dr is not None
-    src = np.where(qi2 >= 0, qi2 // max(int(max_in), 1), 0)  # the row of W each entry adds (no division per neuron)
-    common = (np.ascontiguousarray(qt2), src, np.ascontiguousarray(qend.reshape(-1)), Q,
-              np.ascontiguousarray(W, np.float64), np.ascontiguousarray(tau_mem, np.float64),
+    if permuted:
+        qt2, src = np.zeros((0, L1)), np.zeros((0, L1), np.int64)
+    else:  # the row of W each entry adds (no division per neuron)
+        src = np.where(qi2 >= 0, qi2 // max(int(max_in), 1), 0)
+    common = (np.ascontiguousarray(qt2), src, np.ascontiguousarray(qend.reshape(-1), dtype=np.int64), Q,
+              pq if permuted else _lif_numba.NO_PERMUTATION[:5], permuted, np.ascontiguousarray(W, np.float64), np.ascontiguousarray(tau_mem, np.float64),
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table)
-    work = batch * n_out * qt2.shape[1]
+    work = batch * n_out * L1
 
     def run(samples, length):
         logs = (np.empty((samples.size, length)), np.empty((samples.size, length), np.int64),
@@ -553,8 +601,8 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
 
 
 @_pjit
-def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, start, stop, grad_w, grad_d,
-                    has_delays, g_arrival, has_input_grad, table, use_table):
+def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, start, stop, grad_w,
+                    grad_d, has_delays, g_arrival, has_input_grad, table, use_table):
     """``_recurrent._input_grads`` for samples ``[start, stop)``; ``prange`` over neurons ``i`` (their columns of
     ``grad_w``, ``grad_d``), samples in order; ``g_arrival[b - start, i, k]`` (zeroed by the caller). An entry with
     the adjoint ``(lV, lI)`` just after it gives ``d/dW = lI`` and its arrival time's gradient
@@ -563,12 +611,16 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
     With the shared decay table (one queue per sample, shared time constants), each span of entries before a spike
     is walked back from the spike by the table's gap maps (their product is the map of the whole span), entries in
     reverse order: no exponential per neuron and entry. Otherwise the entries go in order, each with the map from
-    it to its next spike, as the NumPy backward computes them."""
+    it to its next spike, as the NumPy backward computes them. ``permuted``: the queues are the permutation ``pq``
+    (``qt``, ``src`` unused), each (sample, neuron) row expanded into the neuron's scratch row as it is reached."""
     n_in, n_out = W.shape
+    L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for i_ in prange(n_out):
         i = np.int64(i_)
         tmi = tm_arr[i]
         tsi = ts_arr[i]
+        QT = np.empty((1, L1) if permuted else (0, 0))  # the scratch row
+        SRC = np.empty((1, L1) if permuted else (0, 0), np.int64)
         # Column i in contiguous copies (entries come in random source order); the sums' order is unchanged.
         w_col = W[:, i].copy()
         gw = grad_w[:, i].copy()
@@ -578,22 +630,36 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
             n_i = off[b, i + 1] - base
             if n_i == 0:
                 continue
-            row = b * Q + (i if Q > 1 else 0)
-            end = qe[row]
+            erow = b * Q + (i if Q > 1 else 0)
+            end = qe[erow]
             bl = b - start
+            if permuted:
+                perm, times, index, source, delays_t = pq
+                for k in range(end):
+                    p = perm[erow, k]
+                    s = source[b, p]
+                    QT[0, k] = times[b, p] + delays_t[i, s]  # real entries (k < end): _expand_sample's bits
+                    SRC[0, k] = s
+                row = 0
+                qt_r = QT
+                src_r = SRC
+            else:
+                row = erow
+                qt_r = qt
+                src_r = src
             if use_table:
                 lo = 0
                 for c in range(n_i):
                     t_c = sp_t[b, base + c]
                     hi = lo
-                    while hi < end and qt[row, hi] < t_c:  # the entries whose next spike is c
+                    while hi < end and qt_r[row, hi] < t_c:  # the entries whose next spike is c
                         hi += 1
                     if hi == lo:
                         continue
                     k = hi - 1
-                    lV, lI = _adjoint_back(t_c - qt[row, k], lamV[b, base + c], lamI[b, base + c], tmi, tsi)
+                    lV, lI = _adjoint_back(t_c - qt_r[row, k], lamV[b, base + c], lamI[b, base + c], tmi, tsi)
                     while True:
-                        j = src[row, k]
+                        j = src_r[row, k]
                         gw[j] += lI
                         if has_delays or has_input_grad:
                             g_arr = lif.arrival_time_grad_scalar(w_col[j], lV, lI, tmi, tsi)
@@ -603,9 +669,9 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
                                 g_arrival[bl, i, k] = g_arr
                         if k == lo:
                             break
-                        a = table[row, k, 0]  # the gap from entry k - 1 to entry k
-                        bb = table[row, k, 1]
-                        cc = table[row, k, 2]
+                        a = table[erow, k, 0]  # the gap from entry k - 1 to entry k
+                        bb = table[erow, k, 1]
+                        cc = table[erow, k, 2]
                         lI = cc * lV + bb * lI
                         lV = a * lV
                         k -= 1
@@ -614,13 +680,13 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
             t_last = sp_t[b, base + n_i - 1]
             c = 0
             for k in range(end):
-                tau = qt[row, k]
+                tau = qt_r[row, k]
                 if tau >= t_last:
                     break  # no spike after it: no gradient
                 while sp_t[b, base + c] <= tau:
                     c += 1
                 lV, lI = _adjoint_back(sp_t[b, base + c] - tau, lamV[b, base + c], lamI[b, base + c], tmi, tsi)
-                j = src[row, k]
+                j = src_r[row, k]
                 gw[j] += lI
                 if has_delays or has_input_grad:
                     g_arr = lif.arrival_time_grad_scalar(w_col[j], lV, lI, tmi, tsi)
@@ -636,17 +702,18 @@ def backward_inputs(qt, src, qe, Q, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, st
 
 def backward(res, grad_times, input_times_grad, spike_grads=False):
     """``_recurrent.backward`` by the compiled kernels: ``(grads dict, grazing (count, first flat neuron, time) or
-    None)``; ``spike_grads`` as there."""
+    None)``; ``spike_grads`` as there. Queues in the permutation format are read as they are (each row expanded
+    into a scratch row as its neuron reaches it)."""
     from ._lif_numpy import _compiled_decay_table
-    from ._queue import materialised
+    from ._queue import compiled_permutation
 
-    res = materialised(res, compiled=True)  # queues kept as a permutation: expanded for this call
     log = res.recurrent_log
     batch, n_in, max_in0 = res.input_shape
     max_in = max(max_in0, 1)
     n_out = res.weights.shape[1]
-    L1 = res.queue_times.shape[2]
-    Q = res.queue_times.shape[1]
+    permuted = res.queue_perm is not None
+    L1 = res.queue_length
+    Q = n_out if permuted else res.queue_times.shape[1]
     tm = np.ascontiguousarray(res.tau_mem, np.float64)
     ts = np.ascontiguousarray(res.tau_syn, np.float64)
     th = np.ascontiguousarray(res.threshold, np.float64)
@@ -687,11 +754,16 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
                     grad_Dr += part_Dr[j]
     finally:
         numba.set_parallel_chunksize(previous)
-    qt = np.ascontiguousarray(res.queue_times.reshape(-1, L1))
-    qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
     qe = np.ascontiguousarray(res.queue_end.reshape(-1), dtype=np.int64)
-    src = np.where(qi >= 0, qi // max_in, 0)
-    table, use_table = _compiled_decay_table(qt, qe, tm, ts, Q == 1)
+    if permuted:
+        pq = compiled_permutation(res.queue_perm, res.shared_times, res.shared_index, res.delays_t, max_in)
+        qt, qi, src = np.zeros((0, L1)), np.zeros((0, L1), np.int64), np.zeros((0, L1), np.int64)
+    else:
+        pq = _lif_numba.NO_PERMUTATION[:5]
+        qt = np.ascontiguousarray(res.queue_times.reshape(-1, L1))
+        qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
+        src = np.where(qi >= 0, qi // max_in, 0)
+    table, use_table = _compiled_decay_table(qt, qe, tm, ts, Q == 1 and not permuted)
     W = np.ascontiguousarray(res.weights, np.float64)
     has_delays = res.delays is not None
     grad_W = np.zeros((n_in, n_out))
@@ -704,11 +776,10 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
         if stop <= start:
             break
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
-        backward_inputs((stop - start) * n_out * L1, qt, src, qe, Q, W, tm, ts, off, sp_t, lamV, lamI, start,
-                        stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad, table, use_table)
+        backward_inputs((stop - start) * n_out * L1, qt, src, qe, Q, pq, permuted, W, tm, ts, off, sp_t, lamV,
+                        lamI, start, stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad, table, use_table)
         if input_times_grad:
-            _lif_numba.scatter_input_grads(g_arrival.size, qi, _lif_numba.NO_PERMUTATION, qe, g_arrival, start, grad_in,
-                                           n_out)
+            _lif_numba.scatter_input_grads(g_arrival.size, qi, pq, qe, g_arrival, start, grad_in, n_out)
     grazing = None
     n_graze = graze[:, 0]
     if n_graze.any():

@@ -605,19 +605,29 @@ def test_recurrent_compiled_equals_numpy(r_kind, d_kind, taus, input_delays, max
 
 @pytest.mark.parametrize("d_kind", ["none", "positive"])
 def test_recurrent_compiled_keeps_input_queues_as_a_permutation(d_kind, monkeypatch):
-    """A compiled recurrent layer with input delays keeps its input queues as a permutation between forward and
-    backward (expanded by ``_queue.expand_compiled`` for each call): the same bits as with materialised queues
-    (spikes, log, every gradient, time constants included), the NumPy backward from it, and the compiled
-    expansion equal to ``_queue.expand``."""
+    """A compiled recurrent layer with input delays keeps its input queues as a permutation, and its forward and
+    backward read them as they are (the forward expands one sample's queues at a time, the backward one row at a
+    time; nothing expands the batch's, except for the time constants' unrolled layer): the same bits as with
+    materialised queues (spikes, log, every gradient, time constants included), the NumPy backward from it, and
+    the compiled expansion equal to ``_queue.expand``."""
     from spikescan import _queue
 
     t, W, kw = _recurrent_layer(21, d_kind=d_kind, input_delays=True)
     out = {}
     for permutation in (True, False):
         monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", permutation)
-        r = ss.lif_forward(t, W, engine="numba", **kw)
-        G = np.random.default_rng(2).normal(size=r.times.shape)
+        with monkeypatch.context() as m:
+            def no_batch_expansion(*args, **kw):
+                raise AssertionError("the batch's queues were expanded")
+            m.setattr(_queue, "expand_compiled", no_batch_expansion)
+            m.setattr(_queue, "residual_queues", no_batch_expansion)
+            r = ss.lif_forward(t, W, engine="numba", **kw)
+            G = np.random.default_rng(2).normal(size=r.times.shape)
+            g_plain = ss.lif_backward(r, G, engine="numba")
         out[permutation] = r, ss.lif_backward(r, G, engine="numba", time_constant_grads=True), G
+        for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays"):
+            a, b = getattr(g_plain, name), getattr(out[permutation][1], name)
+            assert (a is None) == (b is None) and (a is None or np.array_equal(a, b)), name
     (rp, gp, G), (rm, gm, _) = out[True], out[False]
     res = rp.residuals
     assert res.queue_times is None and res.queue_perm is not None and rm.residuals.queue_perm is None
