@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .layers import LIFLayer
+from .layers import LIFLayer, LIReadout
 
 _STATS = ("silent_fraction", "dead_fraction", "spikes_per_neuron")
 
@@ -19,6 +19,8 @@ class FiringMonitor(keras.callbacks.Callback):
 
     After each training batch the logs carry that batch's values; at the end of an epoch, the epoch's means over
     its training batches (the figures ``History`` keeps). ``stats`` selects which of the three to report.
+    ``LIReadout(readout="max")`` layers add ``<layer>/dead_fraction``: the fraction of units whose voltage never rose
+    above its start on a training batch (their gradient is zero; see ``LIReadout``'s ``revival_penalty``).
 
     Usage: ``model.fit(..., callbacks=[spikescan_keras.FiringMonitor()])``.
     """
@@ -34,12 +36,20 @@ class FiringMonitor(keras.callbacks.Callback):
         self._batches = 0
 
     def _layers(self):
-        return [layer for layer in self.model._flatten_layers() if isinstance(layer, LIFLayer)]
+        """``(layer, stats)``: every ``LIFLayer`` with the selected statistics, and every ``LIReadout(readout="max")``
+        with its ``dead_fraction`` (units whose voltage never rose on a training batch) when that is selected."""
+        out = []
+        for layer in self.model._flatten_layers():
+            if isinstance(layer, LIFLayer):
+                out.append((layer, self.stats))
+            elif isinstance(layer, LIReadout) and layer.readout == "max" and "dead_fraction" in self.stats:
+                out.append((layer, ("dead_fraction",)))
+        return out
 
     def _read(self):
         out = {}
-        for layer in self._layers():
-            for name in self.stats:
+        for layer, stats in self._layers():
+            for name in stats:
                 out[f"{layer.name}/{name}"] = float(np.asarray(keras.ops.convert_to_numpy(getattr(layer, name).value)))
         return out
 

@@ -171,7 +171,7 @@ def shard(batches):
 
 
 class _Collectives:
-    """What a ``LIFLayer`` asks of the other ranks in a data-parallel training call (torch tensors)."""
+    """What a ``LIFLayer`` or ``LIReadout`` asks of the other ranks in a data-parallel training call (torch tensors)."""
 
     def __init__(self, dist):
         self.dist = dist
@@ -201,6 +201,15 @@ class _Collectives:
         with torch.no_grad():
             x = x.detach().clone().contiguous()
             self.dist.broadcast(x, src=0)
+        return x
+
+    def sum(self, x):
+        """``x`` (a small float tensor) summed over the ranks."""
+        import torch
+
+        with torch.no_grad():
+            x = x.detach().clone().contiguous()
+            self.dist.all_reduce(x)
         return x
 
     def firing_sums(self, counts, capped):
@@ -247,7 +256,7 @@ class DistributedDataParallel(keras.callbacks.Callback):
         self._uninstall()
 
     def _install(self):
-        from .layers import LIFLayer
+        from .layers import LIFLayer, LIReadout
 
         model, optimizer = self.model, self.model.optimizer
         saved = {"train_step": model.__dict__.get("train_step"), "apply": optimizer.__dict__.get("apply")}
@@ -267,7 +276,7 @@ class DistributedDataParallel(keras.callbacks.Callback):
 
         model.train_step, optimizer.apply = ddp_train_step, ddp_apply
         collectives = _Collectives(self._dist)
-        layers = [layer for layer in model._flatten_layers() if isinstance(layer, LIFLayer)]
+        layers = [layer for layer in model._flatten_layers() if isinstance(layer, (LIFLayer, LIReadout))]
         for layer in layers:
             layer._data_parallel = collectives
         self._installed = (saved, layers)

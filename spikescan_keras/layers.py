@@ -493,11 +493,26 @@ class LIReadout(keras.layers.Layer):
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         trainable_time_constants: learn one ``tau_mem`` and one ``tau_syn`` per unit.
         min_time_constant: positive floor of the trained time constants (None: 5% of ``min(tau_mem, tau_syn)``).
+        revival_penalty: strength of the readout's revival objective (``readout="max"`` only; ``0`` switches it
+            off). A ``"max"`` unit whose voltage never rises above its start on any sample of a training batch is
+            dead: its logit is the ``V(0) = 0`` of every sample, so its gradient is exactly zero and it cannot
+            learn its way back (its class is then never predicted; seen on Yin-Yang with a recurrent hidden layer,
+            which stopped at 65% accuracy with one of three units dead). For the set ``D`` of such units the
+            layer adds to the model's loss::
+
+                revival_penalty / units * sum_{u in D} mean_b softplus(-J_bu / J_1)
+
+            with ``J_bu`` the unit's ``"integral"`` readout value on sample ``b`` (``<= 0`` for a dead unit: its
+            voltage never rises) and ``J_1 > 0`` that of one unit-weight spike at ``t_max / 2``: it raises the
+            weights of the inputs the unit sees (a slope of at most ``1 / J_1`` per unit), the time constants
+            left alone, until the unit's voltage rises above 0 on some sample and the term switches off. The
+            non-trainable float32 weight ``dead_fraction`` (``"max"`` readouts only) holds the fraction of dead
+            units on the last training batch; ``FiringMonitor`` reports it. Default ``1.0``.
     """
 
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
                  kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,
-                 min_time_constant=None, **kwargs):
+                 min_time_constant=None, revival_penalty=1.0, **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
@@ -515,6 +530,10 @@ class LIReadout(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
                             time_constant_inputs=self.trainable_time_constants)
+        self.revival_penalty = _validate.nonnegative_scalar("revival_penalty", revival_penalty)
+        self._integral_spec = dataclasses.replace(self._spec, readout="integral", tau_readout=None)
+        self._data_parallel = None  # set by spikescan_keras.distributed.DistributedDataParallel during fit
+        self._integral_unit = None  # J_1 of the revival objective, computed on first use
         if isinstance(scale, str):
             if scale != "auto":
                 raise ValueError(f"scale must be 'auto' or a positive finite number, got {scale!r}")
@@ -547,13 +566,40 @@ class LIReadout(keras.layers.Layer):
         n_in = _build_kernel(self, input_shape)
         if self.trainable_time_constants:
             _build_time_constants(self)
+        if self.readout == "max":
+            self.dead_fraction = self.add_weight(name="dead_fraction", shape=(), initializer="zeros",
+                                                 trainable=False)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""
         taus = (self.tau_mem_per_neuron, self.tau_syn_per_neuron) if self.trainable_time_constants else ()
-        (values,) = _bridge.apply(LIOp, self._spec, tuple(map(ops.convert_to_tensor, (inputs, self.kernel, *taus))))
+        inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel)
+        taus = tuple(map(ops.convert_to_tensor, taus))
+        (values,) = _bridge.apply(LIOp, self._spec, (inputs, kernel, *taus))
+        if training and self.readout == "max":
+            dead = self._dead_units(values)
+            self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))
+            if self.revival_penalty > 0:
+                self.add_loss(self._revival_loss(inputs, kernel, tuple(map(ops.stop_gradient, taus)),
+                                                 ops.cast(dead, kernel.dtype)))
         return values if self.output_scale == 1.0 else values * self.output_scale
+
+    def _dead_units(self, values):
+        """``[units]`` float32, 1 where the unit's max readout is ``V(0) = 0`` on every sample of the training batch
+        (the global batch in data-parallel training)."""
+        alive = ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(values), 0), "float32"), axis=0)
+        if self._data_parallel is not None:
+            alive = self._data_parallel.sum(alive)
+        return ops.cast(ops.equal(alive, 0), "float32")
+
+    def _revival_loss(self, inputs, kernel, taus, dead):
+        """The revival objective of the class docstring; ``dead [units]`` is 1 for the units in ``D``."""
+        (integral,) = _bridge.apply(LIOp, self._integral_spec, (inputs, kernel, *taus))
+        if self._integral_unit is None:
+            self._integral_unit = self._unit("integral")
+        unit = self._integral_unit
+        return self.revival_penalty / self.units * ops.sum(dead * ops.mean(ops.softplus(-integral / unit), axis=0))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
@@ -565,5 +611,6 @@ class LIReadout(keras.layers.Layer):
             tau_readout=self.tau_readout, scale=self.scale,
             kernel_initializer=_serialize_initializer(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
-            trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant)
+            trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant,
+            revival_penalty=self.revival_penalty)
         return config

@@ -76,6 +76,7 @@ def test_torch_ddp_ranks_agree_with_one_process(torchrun):
         np.testing.assert_allclose(ranks[0][f"h:{key}"], values, rtol=RTOL, atol=ATOL, err_msg=key)
         np.testing.assert_array_equal(ranks[0][f"h:{key}"], ranks[1][f"h:{key}"], err_msg=key)
     assert 0.0 < history["hidden/dead_fraction"][0], "the test should exercise the revival objective's dead set"
+    assert 0.0 < max(history["readout/dead_fraction"]), "... and the readout's"
 
 
 @torch_only

@@ -128,7 +128,7 @@ def test_gradients_match_finite_differences(delays, jax_route):
 
     def loss_layers(x, *weights):
         times, _ = lif.stateless_call(list(weights[:-1]), [v.value for v in lif.non_trainable_variables], x)
-        values, _ = readout.stateless_call([weights[-1]], [], times)
+        values, _ = readout.stateless_call([weights[-1]], [v.value for v in readout.non_trainable_variables], times)
         finite = ops.where(ops.isfinite(times), times, 0.0)  # padding carries no gradient
         cotangents = [ops.convert_to_tensor(g.astype(np.float32)) for g in (grad_times, grad_values)]
         return ops.sum(finite * cotangents[0]) + ops.sum(values * cotangents[1])
@@ -491,7 +491,7 @@ def test_readout_scale(readout, tmp_path):
 
     g = rng.normal(size=(x.shape[0], 3))
     g_tensor = ops.convert_to_tensor(g.astype(np.float32))
-    (grad,) = backend_grad(lambda k: ops.sum(layer.stateless_call([k], [], x)[0] * g_tensor), [layer.kernel.numpy()])
+    (grad,) = backend_grad(lambda k: ops.sum(layer.stateless_call([k], [v.value for v in layer.non_trainable_variables], x)[0] * g_tensor), [layer.kernel.numpy()])
     expected = layer.output_scale * spikescan.li_backward(
         spikescan.li_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout,
                              t_max=T_MAX), g).weights

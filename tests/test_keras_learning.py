@@ -238,3 +238,102 @@ def test_runaway_limit_reaches_the_layer():
             lif(x)
     with pytest.raises(ValueError, match="max_total_spikes"):
         sk.LIFLayer(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, max_total_spikes=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LIReadout(readout="max"): dead units and their revival objective
+# ---------------------------------------------------------------------------------------------------------------
+
+def readout_revival_numpy(x, w, strength):
+    """The readout's revival objective of LIReadout's docstring in float64 NumPy: the dead set from li_forward's
+    max readout (0 on every sample), the integral readout of the dead units through a softplus."""
+    kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)
+    dead = (spikescan.li_forward(x, w, readout="max", **kw).values == 0).all(axis=0)
+    J = spikescan.li_forward(x, w, readout="integral", **kw).values
+    J1 = float(spikescan.li_forward(np.full((1, 1, 1), T_MAX / 2), np.ones((1, 1)), readout="integral",
+                                    **kw).values[0, 0])
+    return strength / w.shape[1] * np.sum(dead * np.logaddexp(0.0, -J / J1).mean(axis=0)), dead
+
+
+def test_readout_revival_value_and_gradient_match_finite_differences():
+    """Units 0-1 rise on some sample, 2-3 are inhibited on every one (max readout 0): only 2-3 are dead, the
+    objective matches the NumPy formula, its gradient central differences, and it reaches only the dead columns."""
+    rng = np.random.default_rng(6)
+    x = spike_input(rng, batch=3, n_in=4, max_in=2)
+    readout = sk.LIReadout(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, revival_penalty=0.7)
+    readout(x)
+    w = np.concatenate([rng.uniform(0.2, 1.0, (4, 2)), rng.uniform(-1.0, -0.2, (4, 2))], axis=1).astype(np.float32)
+
+    def penalty(x, w):
+        _, _, losses = readout.stateless_call([w], [v.value for v in readout.non_trainable_variables], x,
+                                              return_losses=True, training=True)
+        assert len(losses) == 1
+        return losses[0]
+
+    value, dead = readout_revival_numpy(x.astype(np.float64), w.astype(np.float64), 0.7)
+    assert list(dead) == [False, False, True, True] and value > 0
+    np.testing.assert_allclose(float(ops.convert_to_numpy(penalty(x, w))), value, rtol=1e-5)
+    expected = finite_differences(lambda x, w: readout_revival_numpy(x, w, 0.7)[0],
+                                  [x.astype(np.float64), w.astype(np.float64)])
+    got = backend_grad(penalty, [x, w])
+    for name, g, e in zip(["input_times", "kernel"], got, expected):
+        assert np.abs(e).max() > 0, name
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * np.abs(e).max(), err_msg=name)
+    assert np.all(got[1][:, :2] == 0) and np.all(got[1][:, 2:] < 0)  # descent raises the dead units' weights
+    # Inference, other readouts and a zero strength add nothing.
+    _, _, losses = readout.stateless_call([w], [v.value for v in readout.non_trainable_variables], x,
+                                          return_losses=True, training=False)
+    assert not losses
+    for kw in (dict(readout="integral"), dict(readout="final"), dict(readout="max", revival_penalty=0.0)):
+        other = sk.LIReadout(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, **kw)
+        other(x)
+        _, _, losses = other.stateless_call([w], [v.value for v in other.non_trainable_variables], x,
+                                            return_losses=True, training=True)
+        assert not losses, kw
+
+
+def _dead_readout_model(revival_penalty):
+    """The timing task with readout unit 1 dead from the start (every weight into it negative) and unit 0 alive
+    (every weight positive)."""
+    keras.utils.set_random_seed(7)
+    model = model_of(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, name="hidden"))
+    readout = model.layers[1]
+    readout.revival_penalty = revival_penalty
+    w = readout.kernel.numpy()
+    w[:, 0] = np.abs(w[:, 0]) + 0.1
+    w[:, 1] = -np.abs(w[:, 1]) - 0.1
+    readout.kernel.assign(w)
+    return model, readout
+
+
+def test_dead_readout_unit_is_counted_and_revived_by_training():
+    """Without the objective the dead unit gets no gradient and its kernel column never moves (its class is never
+    predicted); with it, fit raises the column until the unit's voltage rises, and FiringMonitor logs the readout's
+    dead fraction."""
+    x, y = timing_task(64)
+    model, readout = _dead_readout_model(0.0)
+    column = readout.kernel.numpy()[:, 1].copy()
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[sk.FiringMonitor()])
+    assert history.history[f"{readout.name}/dead_fraction"] == [0.5, 0.5, 0.5]
+    np.testing.assert_array_equal(readout.kernel.numpy()[:, 1], column)
+    assert (np.argmax(model.predict(x, verbose=0), axis=1) == 1).sum() == 0
+
+    model, readout = _dead_readout_model(1.0)
+    history = model.fit(x, y, batch_size=32, epochs=15, verbose=0, callbacks=[sk.FiringMonitor()])
+    dead = history.history[f"{readout.name}/dead_fraction"]
+    assert dead[0] == 0.5 and dead[-1] == 0.0, dead
+    assert float(readout.dead_fraction.numpy()) == 0.0
+    assert (np.argmax(model.predict(x, verbose=0), axis=1) == 1).sum() > 0
+
+
+def test_readout_revival_option_is_validated_and_saved(tmp_path):
+    for bad in (-1.0, float("nan"), "yes"):
+        with pytest.raises(ValueError, match="revival_penalty"):
+            sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, revival_penalty=bad)
+    readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, revival_penalty=0.3)
+    assert readout.get_config()["revival_penalty"] == 0.3
+    assert sk.LIReadout.from_config(readout.get_config()).revival_penalty == 0.3
+    model = keras.Sequential([keras.Input(shape=(3, 1)), readout])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert keras.models.load_model(path).layers[0].revival_penalty == 0.3

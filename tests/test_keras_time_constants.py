@@ -186,7 +186,7 @@ def test_readout_time_constant_gradients_match_finite_differences(readout, tau_r
     params = [v.numpy() for v in layer.trainable_variables]
 
     def loss_layer(*weights):
-        values, _ = layer.stateless_call(list(weights), [], x)
+        values, _ = layer.stateless_call(list(weights), [v.value for v in layer.non_trainable_variables], x)
         return ops.sum(values * ops.convert_to_tensor(grad_values.astype(np.float32)))
 
     def loss_numpy(w, tau_mem, tau_syn):
