@@ -10,7 +10,8 @@ the markers is generated, everything outside them is left alone. The tables (``T
 - ``examples``: the example scripts' results (``examples/results/*.json``, rows in ``EXAMPLES``);
 - ``learning_torch``, ``learning_jax``: ``benchmarks/learning.py``'s panels (``benchmarks/results/learning_*.json``;
   ``learning.py --markdown`` prints the same table); ``learning_digits_torch``, ``learning_digits_jax``: its
-  ``--only digits`` runs (``learning_digits_*.json``);
+  ``--only digits`` runs (``learning_digits_*.json``); ``learning_recurrent_torch``, ``learning_recurrent_jax``:
+  its ``--recurrent`` runs (``learning_recurrent_*.json``);
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
 - ``cpu_peers``: spikescan against jaxsnn and a discrete-time baseline on the CPU
@@ -236,8 +237,9 @@ def learning_table(report):
     if "yinyang" in names or not names:
         protocol.append(f"Yin-Yang: {s['yinyang_train']} train / {s['yinyang_test']} test, {s['repeats']} "
                         f"seed{'s' if s['repeats'] > 1 else ''}")
+    hidden = f"hidden {s['hidden']}" + (", recurrent" if s.get("recurrent") else "")
     lines = [
-        f"Obvious model vs same-size MLP (hidden {s['hidden']}, Adam default, batch {s['batch_size']}, "
+        f"Obvious model vs same-size MLP ({hidden}, Adam default, batch {s['batch_size']}, "
         f"{s['epochs']} epochs; {'; '.join(protocol)}; mean ± sample std over "
         f"folds / seeds). Measured at {_commit_or_none(report)}, {st.get('keras_backend')} on {st.get('device')} "
         f"({st.get('cpu')}, {st.get('cpu_count')} cores).",
@@ -602,6 +604,8 @@ TABLES = {
     "learning_jax": lambda results: learning_table(results.bench("learning_jax.json")),
     "learning_digits_torch": lambda results: learning_table(results.bench("learning_digits_torch.json")),
     "learning_digits_jax": lambda results: learning_table(results.bench("learning_digits_jax.json")),
+    "learning_recurrent_torch": lambda results: learning_table(results.bench("learning_recurrent_torch.json")),
+    "learning_recurrent_jax": lambda results: learning_table(results.bench("learning_recurrent_jax.json")),
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,

@@ -133,3 +133,19 @@ def test_learning_caption_names_the_protocols_its_entries_used():
     caption = report_module.learning_table(digits).splitlines()[0]
     assert "3-fold stratified CV" in caption and "Yin-Yang" not in caption
     assert {e["dataset"] for e in digits["entries"]} == {"digits"}
+
+
+def test_recurrent_learning_tables_say_the_hidden_layer_is_recurrent():
+    """The --recurrent runs' caption names the recurrent hidden layer; the panel's does not."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import report as report_module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    for backend in ("torch", "jax"):
+        run = json.loads((BENCHMARK_RESULTS / f"learning_recurrent_{backend}.json").read_text())
+        assert run["settings"]["recurrent"] is True
+        assert all(e["setting"].endswith("-recurrent") for e in run["entries"])
+        assert "(hidden 64, recurrent," in report_module.learning_table(run).splitlines()[0]
+    panel = json.loads((BENCHMARK_RESULTS / "learning_torch.json").read_text())
+    assert "recurrent" not in report_module.learning_table(panel).splitlines()[0]
