@@ -8,10 +8,10 @@ configuration; forward and backward are ``spikescan``'s, called through one cust
 importing keras.
 """
 
-from ._host import CappedSpikesWarning, SilentLayerWarning
+from ._host import CappedSpikesWarning, DeadReadoutWarning, SilentLayerWarning
 from .callbacks import FiringMonitor
 from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer, PositiveFloor
 from .nir import export_nir, import_nir
 
 __all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "PositiveFloor", "CappedSpikesWarning",
-           "SilentLayerWarning", "FiringMonitor", "export_nir", "import_nir"]
+           "SilentLayerWarning", "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir"]

@@ -40,6 +40,11 @@ class SilentLayerWarning(UserWarning):
     """A LIF layer fired no spike at all on a training batch: every exact gradient through it is zero."""
 
 
+class DeadReadoutWarning(UserWarning):
+    """Units of a ``"max"`` readout whose voltage never rose on a training batch, with no revival objective: their
+    gradient is exactly zero."""
+
+
 def _warn_silent(layer_name):
     # No count or batch number in the message: Python's default filter then shows it once per layer.
     warnings.warn(
@@ -82,6 +87,9 @@ class LISpec:
     t_max: float
     tau_readout: Optional[float]
     time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are inputs (trainable)
+    layer_name: str = ""
+    warn_dead: bool = False  # True: warn about dead units (a training call of a "max" readout without revival)
+    host_checks: bool = True  # False: the bridge runs ``LIOp.check`` itself, on values it computed from the outputs
 
 
 def _split_time_constants(spec, inputs):
@@ -192,7 +200,30 @@ class LIOp:
         (input_times, weights), tau_mem, tau_syn = _split_time_constants(spec, inputs)
         result = spikescan.li_forward(input_times, weights, tau_mem=tau_mem, tau_syn=tau_syn,
                                       readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
+        if spec.host_checks:
+            LIOp.check(spec, *LIOp.check_values(spec, (result.values,)))
         return (result.values,), result
+
+    @staticmethod
+    def check_values(spec: LISpec, outputs):
+        """``(dead,)``: the number of units whose value is 0 on every sample (a ``"max"`` unit whose voltage never
+        rose above its start), counted only when ``spec.warn_dead``."""
+        if not spec.warn_dead:
+            return (0,)
+        values = outputs[0]
+        return (((values != 0).sum(axis=0) == 0).sum(),)
+
+    @staticmethod
+    def check(spec: LISpec, dead):
+        """The forward's warning, from the host value of ``check_values``."""
+        if int(dead):
+            # No count in the message: Python's default filter then shows it once per layer.
+            warnings.warn(
+                f"LIReadout {spec.layer_name!r}: some units' voltage never rose above its start on any sample of a "
+                "training batch, so their max readout is V(0) = 0, their gradient is exactly zero and their classes "
+                "are never predicted. Keep revival_penalty > 0 (the default, 1.0) to raise their weights until "
+                "they rise, or start from other weights; the layer's dead_fraction weight and FiringMonitor count "
+                "them.", DeadReadoutWarning, stacklevel=2)
 
     @staticmethod
     def backward(spec: LISpec, result, grad_values, input_grad=True):

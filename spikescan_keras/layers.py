@@ -507,7 +507,8 @@ class LIReadout(keras.layers.Layer):
             weights of the inputs the unit sees (a slope of at most ``1 / J_1`` per unit), the time constants
             left alone, until the unit's voltage rises above 0 on some sample and the term switches off. The
             non-trainable float32 weight ``dead_fraction`` (``"max"`` readouts only) holds the fraction of dead
-            units on the last training batch; ``FiringMonitor`` reports it. Default ``1.0``.
+            units on the last training batch; ``FiringMonitor`` reports it. With ``revival_penalty=0`` a training
+            batch with dead units issues a ``DeadReadoutWarning`` naming the layer. Default ``1.0``.
     """
 
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
@@ -576,7 +577,10 @@ class LIReadout(keras.layers.Layer):
         taus = (self.tau_mem_per_neuron, self.tau_syn_per_neuron) if self.trainable_time_constants else ()
         inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel)
         taus = tuple(map(ops.convert_to_tensor, taus))
-        (values,) = _bridge.apply(LIOp, self._spec, (inputs, kernel, *taus))
+        spec = self._spec
+        if training and self.readout == "max" and self.revival_penalty == 0:
+            spec = dataclasses.replace(spec, layer_name=self.name, warn_dead=True)
+        (values,) = _bridge.apply(LIOp, spec, (inputs, kernel, *taus))
         if training and self.readout == "max":
             dead = self._dead_units(values)
             self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))

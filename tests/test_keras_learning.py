@@ -308,18 +308,22 @@ def _dead_readout_model(revival_penalty):
 
 def test_dead_readout_unit_is_counted_and_revived_by_training():
     """Without the objective the dead unit gets no gradient and its kernel column never moves (its class is never
-    predicted); with it, fit raises the column until the unit's voltage rises, and FiringMonitor logs the readout's
+    predicted), and a DeadReadoutWarning names the layer; with it (no warning), fit raises the column until the unit's voltage rises, and FiringMonitor logs the readout's
     dead fraction."""
     x, y = timing_task(64)
     model, readout = _dead_readout_model(0.0)
     column = readout.kernel.numpy()[:, 1].copy()
-    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[sk.FiringMonitor()])
+    with pytest.warns(sk.DeadReadoutWarning, match=f"LIReadout '{readout.name}': some units' voltage never rose"):
+        history = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[sk.FiringMonitor()])
     assert history.history[f"{readout.name}/dead_fraction"] == [0.5, 0.5, 0.5]
     np.testing.assert_array_equal(readout.kernel.numpy()[:, 1], column)
     assert (np.argmax(model.predict(x, verbose=0), axis=1) == 1).sum() == 0
 
-    model, readout = _dead_readout_model(1.0)
-    history = model.fit(x, y, batch_size=32, epochs=15, verbose=0, callbacks=[sk.FiringMonitor()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sk.DeadReadoutWarning)
+        model.predict(x, verbose=0)  # inference: no warning
+        model, readout = _dead_readout_model(1.0)
+        history = model.fit(x, y, batch_size=32, epochs=15, verbose=0, callbacks=[sk.FiringMonitor()])
     dead = history.history[f"{readout.name}/dead_fraction"]
     assert dead[0] == 0.5 and dead[-1] == 0.0, dead
     assert float(readout.dead_fraction.numpy()) == 0.0
