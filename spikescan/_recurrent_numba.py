@@ -35,7 +35,7 @@ adjoint is walked back from each spike over its entries by the table's gap maps 
 same values to rounding). All sums have a fixed order: gradients are bit-identical for any number of threads.
 
 Input queues with delays in the permutation format (``_queue.PermutedQueues``, what the compiled engine keeps) are
-read as they are: the forward expands one sample's queues at a time (``_expand_sample``; one sample per thread in
+read as they are: the forward expands one sample's queues at a time (``_expand_sources``; one sample per thread in
 flight), the backward one (sample, neuron) row at a time into the neuron's scratch row, the same bits as the
 materialised queues; nothing holds the batch's expanded queues.
 
@@ -368,26 +368,22 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
 
 
 @_jit
-def _expand_sample(pq, b, qe, QT, SRC, QE):
-    """Sample ``b``'s permuted queues (``pq``: ``_queue.compiled_permutation``) into ``QT``, ``SRC`` ``[n_out, L1]``
-    (arrival times, source inputs; padding ``+inf``, ``0``) and ``QE`` ``[n_out]`` (real entries, from ``qe``): the
-    materialised queues' rows, the same bits (``_lif_numba._expand_row``'s addition), entries up to each row's
-    ``+inf`` sentinel."""
+def _expand_sources(pq, b, i, n, QT, SRC, slot):
+    """The first ``n`` entries of neuron ``i``'s permuted queue in sample ``b`` (``pq``:
+    ``_queue.compiled_permutation``) into row ``slot`` of ``QT`` (arrival times) and ``SRC`` (source inputs, the
+    row of ``W`` each adds; padding ``+inf`` and ``0``): ``_lif_numba._expand_row``'s entries (the same addition,
+    so the materialised queues' bits) with source inputs instead of flat indices, as these kernels read them."""
     perm, times, index, source, delays_t = pq
-    n_out = QT.shape[0]
-    for i in range(n_out):
-        row = b * n_out + i
-        end = qe[row]
-        QE[i] = end
-        for k in range(end + 1):
-            p = perm[row, k]
-            if index[b, p] >= 0:
-                s = source[b, p]
-                QT[i, k] = times[b, p] + delays_t[i, s]
-                SRC[i, k] = s
-            else:
-                QT[i, k] = np.inf
-                SRC[i, k] = 0
+    row = b * delays_t.shape[0] + i
+    for k in range(n):
+        p = perm[row, k]
+        if index[b, p] >= 0:
+            s = source[b, p]
+            QT[slot, k] = times[b, p] + delays_t[i, s]
+            SRC[slot, k] = s
+        else:
+            QT[slot, k] = np.inf
+            SRC[slot, k] = 0
 
 
 @_pjit
@@ -395,7 +391,8 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
                    table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
-    (``_expand_sample``: ``16 n_out L1`` bytes per sample in flight instead of the batch's)."""
+    (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
+    the batch's)."""
     n_out = R.shape[0]
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for s_ in prange(samples.shape[0]):
@@ -405,7 +402,9 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             QT = np.empty((n_out, L1))
             SRC = np.empty((n_out, L1), np.int64)
             QE = np.empty(n_out, np.int64)
-            _expand_sample(pq, b, qe, QT, SRC, QE)
+            for i in range(n_out):
+                QE[i] = qe[b * n_out + i]
+                _expand_sources(pq, b, i, QE[i] + 1, QT, SRC, i)
             _forward_sample(b, slot, QT, SRC, QE, Q, 0, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
                             table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
         else:
@@ -441,7 +440,8 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     else:  # the row of W each entry adds (no division per neuron)
         src = np.where(qi2 >= 0, qi2 // max(int(max_in), 1), 0)
     common = (np.ascontiguousarray(qt2), src, np.ascontiguousarray(qend.reshape(-1), dtype=np.int64), Q,
-              pq if permuted else _lif_numba.NO_PERMUTATION[:5], permuted, np.ascontiguousarray(W, np.float64), np.ascontiguousarray(tau_mem, np.float64),
+              pq if permuted else _lif_numba.NO_PERMUTATION[:5], permuted, np.ascontiguousarray(W, np.float64),
+              np.ascontiguousarray(tau_mem, np.float64),
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table)
@@ -634,12 +634,7 @@ def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, 
             end = qe[erow]
             bl = b - start
             if permuted:
-                perm, times, index, source, delays_t = pq
-                for k in range(end):
-                    p = perm[erow, k]
-                    s = source[b, p]
-                    QT[0, k] = times[b, p] + delays_t[i, s]  # real entries (k < end): _expand_sample's bits
-                    SRC[0, k] = s
+                _expand_sources(pq, b, i, end, QT, SRC, 0)  # the real entries
                 row = 0
                 qt_r = QT
                 src_r = SRC
