@@ -146,6 +146,12 @@ class LIFOp:
         return outputs, result
 
     @staticmethod
+    def has_checks(spec: LIFSpec):
+        """Whether a call has warnings to check for: always (spikes beyond ``max_spikes``; a silent training
+        batch)."""
+        return True
+
+    @staticmethod
     def check_values(spec: LIFSpec, outputs):
         """``(capped, fired)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and neurons), and the
         number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent batch)."""
@@ -200,16 +206,19 @@ class LIOp:
         (input_times, weights), tau_mem, tau_syn = _split_time_constants(spec, inputs)
         result = spikescan.li_forward(input_times, weights, tau_mem=tau_mem, tau_syn=tau_syn,
                                       readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
-        if spec.host_checks:
+        if spec.host_checks and LIOp.has_checks(spec):
             LIOp.check(spec, *LIOp.check_values(spec, (result.values,)))
         return (result.values,), result
 
     @staticmethod
+    def has_checks(spec: LISpec):
+        """Whether a call has a warning to check for (dead units, on a training call with ``spec.warn_dead``)."""
+        return spec.warn_dead
+
+    @staticmethod
     def check_values(spec: LISpec, outputs):
         """``(dead,)``: the number of units whose value is 0 on every sample (a ``"max"`` unit whose voltage never
-        rose above its start), counted only when ``spec.warn_dead``."""
-        if not spec.warn_dead:
-            return (0,)
+        rose above its start)."""
         values = outputs[0]
         return (((values != 0).sum(axis=0) == 0).sum(),)
 

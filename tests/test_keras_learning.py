@@ -341,3 +341,24 @@ def test_readout_revival_option_is_validated_and_saved(tmp_path):
     path = tmp_path / "m.keras"
     model.save(path)
     assert keras.models.load_model(path).layers[0].revival_penalty == 0.3
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the jax bridge's buffer route")
+def test_buffer_route_defers_a_readout_check_only_when_there_is_one(monkeypatch):
+    """On jax's buffer route the ops' warnings are checked by a deferred host callback: for a readout only when it
+    can warn (a max readout's training call without revival), not on every call."""
+    from spikescan_keras import _host
+    from spikescan_keras._bridge import jax as bridge
+
+    monkeypatch.setenv("SPIKESCAN_JAX_ROUTE", "buffer")
+    checked = []
+    monkeypatch.setattr(bridge, "_check_on_host", lambda op, spec, *values: checked.append(op))
+    x = spike_input(np.random.default_rng(8), batch=3, n_in=4, max_in=2)
+    for kw, training, expected in ((dict(readout="integral"), True, []),
+                                   (dict(readout="max"), True, []),
+                                   (dict(readout="max", revival_penalty=0.0), False, []),
+                                   (dict(readout="max", revival_penalty=0.0), True, [_host.LIOp])):
+        checked.clear()
+        readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, **kw)
+        readout(x, training=training)
+        assert checked == expected, (kw, training)

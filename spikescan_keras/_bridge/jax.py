@@ -21,9 +21,10 @@ set before jax is imported.
 Buffer-route details. The callback runs at every execution (``command_buffer_compatible=False``: its work depends on
 the data, e.g. spike counts size spikescan's arrays, and on the residual cache, so it cannot be replayed from a CUDA
 graph). XLA may reuse its buffers once the callback has returned, so a forward that keeps its result for the backward
-first copies its inputs (on the device). The LIF op's host checks (spikes beyond ``max_spikes``, a silent training
-batch) are left out of the op (``LIFSpec.host_checks = False``): the bridge computes their values from the op's
-``counts`` output on the device and hands only those scalars to a ``jax.debug.callback`` that warns, outside the op.
+first copies its inputs (on the device). The ops' host checks (the LIF op's spikes beyond ``max_spikes`` and silent
+training batch, a max readout's dead units when it has no revival objective) are left out of the op
+(``host_checks = False``): where the op ``has_checks``, the bridge computes their values from the op's outputs on the
+device and hands only those scalars to a ``jax.debug.callback`` that warns, outside the op.
 spikescan's own checks (input validation, runaway firing) and the backward's read of its residual token still read a
 few scalars inside the op.
 
@@ -300,7 +301,7 @@ def _check_on_host(op, spec, *values):
 def apply(op, spec, inputs):
     """Run ``op`` (see ``spikescan_keras._host``) on JAX arrays; returns its outputs as a tuple of arrays."""
     chosen = route()
-    deferred = chosen == "buffer" and hasattr(op, "check")
+    deferred = chosen == "buffer" and hasattr(op, "check") and op.has_checks(spec)
     if deferred:
         spec = dataclasses.replace(spec, host_checks=False)
     inputs = tuple(inputs)
