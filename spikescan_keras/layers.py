@@ -42,6 +42,17 @@ def _serialize_initializer(value):
     return value if value == "auto" else keras.initializers.serialize(value)
 
 
+class _Scaled:
+    """The values of ``initializer`` times ``factor`` (a layer's internal initializer; never serialized)."""
+
+    def __init__(self, initializer, factor):
+        self.initializer, self.factor = keras.initializers.get(initializer), factor
+
+    def __call__(self, shape, dtype=None):
+        values = self.initializer(shape, dtype=dtype)
+        return values if self.factor == 1.0 else values * ops.cast(self.factor, values.dtype)
+
+
 def _n_in(layer, input_shape):
     if len(input_shape) != 3 or input_shape[1] is None:
         raise ValueError(f"{type(layer).__name__} {layer.name!r} expects spike tensors [batch, neurons, max_spikes] "
@@ -141,9 +152,11 @@ class LIFLayer(keras.layers.Layer):
     the initial values; the revival objective reads the current ones and moves the weights only.
 
     Recurrent (``recurrent=True``): also ``recurrent_kernel [units, units]``; a spike of neuron ``k`` at ``t`` adds
-    ``recurrent_kernel[k, i]`` to neuron ``i``'s current at ``t`` (after ``k``'s own reset for ``i == k``), or at
-    ``t + recurrent_delays[k, i]`` with ``recurrent_delays=True`` (weights ``recurrent_delays [units, units]`` in
-    ``[0, max_delay]``). Every spike propagates, recorded or not. Exact forward and gradients
+    ``R[k, i] = recurrent_kernel[k, i] * recurrent_kernel_scale`` (``recurrent_weights()``) to neuron ``i``'s
+    current at ``t`` (after ``k``'s own reset for ``i == k``), or at ``t + recurrent_delays[k, i]`` with
+    ``recurrent_delays=True`` (weights ``recurrent_delays [units, units]`` in ``[0, max_delay]``). Every spike
+    propagates, recorded or not. The fixed factor ``recurrent_kernel_scale`` (``recurrent_scale``) sets how fast
+    the recurrent weights learn against the input kernel. Exact forward and gradients
     (``spikescan.lif_forward(recurrent_weights=...)``, README "Recurrent layers"; trainable time constants too, on
     CPU and CUDA tensors). The calibration and the revival objective look at the input drive only (the recurrent
     input starts near zero on average).
@@ -179,7 +192,16 @@ class LIFLayer(keras.layers.Layer):
             ``"auto"`` input rule's mean weight for ``units`` inputs spiking once each (``spikescan.init.mean_weight``):
             balanced excitation and inhibition, each recurrent input a fraction of what drives a neuron to threshold.
         recurrent_delay_initializer: a Keras initializer or ``"auto"`` (uniform on ``[0, max_delay]``, or zeros).
-        recurrent_regularizer: optional Keras regularizer of ``recurrent_kernel``.
+        recurrent_regularizer: optional Keras regularizer of the recurrent weights ``R``.
+        recurrent_scale: ``"auto"`` or a positive number: the factor ``recurrent_kernel_scale`` between the
+            variable ``recurrent_kernel`` and the weights ``R`` it stands for (the initializer and the regularizer
+            see ``R``; the optimizer steps ``recurrent_kernel``). ``"auto"``: the ratio of the ``"auto"`` rules'
+            mean weights, ``mean_weight(units) / mean_weight(n_in, input_spikes, input_window)``
+            (``spikescan.init.mean_weight``) rounded to a power of two, so that a step of the same size on ``kernel`` or ``recurrent_kernel``
+            moves a neuron's drive by about as much. Without it (``1.0``), a layer with few inputs and many neurons
+            trains its recurrent weights many times faster, relative to the drive they carry, than its input kernel
+            under Adam, and training varies much more from seed to seed (README, "Recurrent layers"). Files saved
+            before this option load with ``1.0``, as they were trained.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
             model's losses).
@@ -222,7 +244,7 @@ class LIFLayer(keras.layers.Layer):
                  input_spikes=None, input_window=0.0, max_total_spikes=10_000, trainable_time_constants=False,
                  min_time_constant=None, trainable_threshold=False, min_threshold=None, recurrent=False,
                  recurrent_delays=False, recurrent_initializer="auto", recurrent_delay_initializer="auto",
-                 recurrent_regularizer=None, **kwargs):
+                 recurrent_regularizer=None, recurrent_scale="auto", **kwargs):
         super().__init__(**kwargs)
         self.supports_jit = _bridge.supports_jit()
         for name, value in (("recurrent", recurrent), ("recurrent_delays", recurrent_delays)):
@@ -235,6 +257,12 @@ class LIFLayer(keras.layers.Layer):
         self.recurrent_initializer = _initializer("recurrent_initializer", recurrent_initializer)
         self.recurrent_delay_initializer = _initializer("recurrent_delay_initializer", recurrent_delay_initializer)
         self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
+        if not (isinstance(recurrent_scale, str) and recurrent_scale == "auto"):
+            recurrent_scale = _validate.positive_scalar("recurrent_scale", recurrent_scale)
+            if not recurrent:
+                raise ValueError(f"recurrent_scale={recurrent_scale!r} needs recurrent=True")
+        self.recurrent_scale = recurrent_scale
+        self.recurrent_kernel_scale = None  # the resolved factor, set by build
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
         self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
@@ -294,6 +322,19 @@ class LIFLayer(keras.layers.Layer):
         # the mean, wine's latency code averaged 93.3% over 15 fits, with the full mean 94.4% (MLP 97.6%).
         return keras.initializers.RandomNormal(mean=mu, stddev=mu * max(1.0, float(np.sqrt(n_in))))
 
+    def _auto_recurrent_scale(self, n_in, mu_recurrent):
+        """``recurrent_scale="auto"``: the recurrent mean weight over the input one, ``mean_weight(units) /
+        mean_weight(n_in, input_spikes, input_window)``. An optimizer step of a given size on both variables then
+        moves a neuron's expected peak drive by about as much through either (``mean_weight`` is inversely
+        proportional to the drive one unit of weight gives); with Adam, which steps every weight by about its
+        learning rate whatever the gradient's scale, the weights themselves would move the recurrent drive
+        ``1 / factor`` times as fast (Yin-Yang's 5 inputs into 64 neurons: 16 times). Rounded to the nearest power
+        of two, so that multiplying and dividing by it is exact: the NIR export and import stay lossless."""
+        mu_in = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
+                                           threshold=self.threshold, input_spikes=self.input_spikes,
+                                           window=self.input_window)
+        return float(2.0 ** np.round(np.log2(mu_recurrent / mu_in)))
+
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)
         if self.use_delays:
@@ -303,13 +344,18 @@ class LIFLayer(keras.layers.Layer):
             self.delays = self.add_weight(name="delays", shape=(n_in, self.units), initializer=init,
                                           constraint=DelayRange(self.max_delay))
         if self.recurrent:
+            mu = spikescan.init.mean_weight(self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
+                                            threshold=self.threshold)
+            scale = self.recurrent_kernel_scale = (self._auto_recurrent_scale(n_in, mu)
+                                                   if self.recurrent_scale == "auto" else self.recurrent_scale)
             init = self.recurrent_initializer
             if init == "auto":
-                mu = spikescan.init.mean_weight(self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
-                                                threshold=self.threshold)
                 init = keras.initializers.RandomNormal(mean=0.0, stddev=0.5 * mu)
-            self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(self.units, self.units),
-                                                    initializer=init, regularizer=self.recurrent_regularizer)
+            reg = self.recurrent_regularizer
+            # The variable holds the weights over the factor; the initializer and the regularizer see the weights.
+            self.recurrent_kernel = self.add_weight(
+                name="recurrent_kernel", shape=(self.units, self.units), initializer=_Scaled(init, 1.0 / scale),
+                regularizer=None if reg is None else (lambda x: reg(x * scale)))
         if self.use_recurrent_delays:
             init = self.recurrent_delay_initializer
             if init == "auto":
@@ -364,7 +410,7 @@ class LIFLayer(keras.layers.Layer):
         inputs = ops.convert_to_tensor(inputs)
         kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
         delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
-        recurrent = ((ops.convert_to_tensor(self.recurrent_kernel),) if self.recurrent else ()) + (
+        recurrent = ((self._recurrent_weights(),) if self.recurrent else ()) + (
             (ops.convert_to_tensor(self.recurrent_delays),) if self.use_recurrent_delays else ())
         taus = ((ops.convert_to_tensor(self.tau_mem_per_neuron), ops.convert_to_tensor(self.tau_syn_per_neuron))
                 if self.trainable_time_constants else ())
@@ -382,6 +428,18 @@ class LIFLayer(keras.layers.Layer):
             thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
             self.add_loss(self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype), thr))
         return times
+
+    def _recurrent_weights(self):
+        """The recurrent weights the layer computes with: ``recurrent_kernel * recurrent_kernel_scale``."""
+        kernel = ops.convert_to_tensor(self.recurrent_kernel)
+        return kernel if self.recurrent_kernel_scale == 1.0 else kernel * self.recurrent_kernel_scale
+
+    def recurrent_weights(self):
+        """``recurrent_kernel * recurrent_kernel_scale`` as a NumPy array: entry ``[k, i]`` is what a spike of neuron
+        ``k`` adds to neuron ``i``'s current (``spikescan.lif_forward``'s ``recurrent_weights``)."""
+        if not self.recurrent:
+            raise ValueError(f"LIFLayer {self.name!r} has no recurrent connections (recurrent=False)")
+        return np.asarray(ops.convert_to_numpy(self._recurrent_weights()))
 
     def _firing_statistics(self, counts, capped):
         """Set ``silent_fraction``, ``dead_fraction`` and ``spikes_per_neuron`` from a training batch's ``counts
@@ -431,8 +489,17 @@ class LIFLayer(keras.layers.Layer):
             recurrent=self.recurrent, recurrent_delays=self.use_recurrent_delays,
             recurrent_initializer=_serialize_initializer(self.recurrent_initializer),
             recurrent_delay_initializer=_serialize_initializer(self.recurrent_delay_initializer),
-            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer))
+            recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer),
+            recurrent_scale=self.recurrent_scale)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("recurrent") and "recurrent_scale" not in config:
+            # Saved before the factor existed: recurrent_kernel holds the weights themselves.
+            config["recurrent_scale"] = 1.0
+        return super().from_config(config)
 
 
 def _time_constant_options(layer, trainable_time_constants, min_time_constant):

@@ -75,17 +75,18 @@ check a tool's list of supported primitives. ``import_nir`` reads this pattern (
 with one non-zero per row, at most one path per synapse) and also ``Delay -> Linear`` (one delay per input) and
 ``Linear -> Delay`` (one delay per neuron).
 
-Recurrent layers (``LIFLayer(recurrent=True)``: a spike of neuron ``k`` at ``t`` adds ``recurrent_kernel[k, i]`` to
+Recurrent layers (``LIFLayer(recurrent=True)``: a spike of neuron ``k`` at ``t`` adds ``R[k, i]`` to
 neuron ``i``'s current at ``t``, or at ``t + recurrent_delays[k, i]`` with ``recurrent_delays=True``). NIR has no
 recurrent node; a graph may have cycles (NIR's documentation: "a recurrent network, a graph with cycles"), and a
 node's input is the sum of its incoming edges. The connection is the cycle::
 
-    ... -> L_weight -> L: CubaLIF -> L_recurrent: Linear [n_out, n_out] = recurrent_kernel.T -> L
+    ... -> L_weight -> L: CubaLIF -> L_recurrent: Linear [n_out, n_out] = R.T -> L
                          L -> (next layer)
 
-so NIR weight ``[i, k]`` (``[out, in]``) is ``recurrent_kernel[k, i]``. Through ``w_in = tau_syn`` a recurrent spike
-moves ``I`` by exactly the weight, as an input spike does; ``kernel_scale`` applies to the input kernel only, so
-``recurrent_kernel`` is written unscaled. With ``recurrent_delays`` the cycle holds the per-synapse pattern of
+so NIR weight ``[i, k]`` (``[out, in]``) is ``R[k, i]``, with ``R = recurrent_kernel * recurrent_kernel_scale`` the
+weights the layer computes with (``LIFLayer.recurrent_weights()``; on import, ``recurrent_kernel = R /
+recurrent_kernel_scale``, exact for the default power-of-two factor). Through ``w_in = tau_syn`` a recurrent spike
+moves ``I`` by exactly the weight, as an input spike does; ``kernel_scale`` applies to the input kernel only. With ``recurrent_delays`` the cycle holds the per-synapse pattern of
 "Delays" (exact for the same reason: Linear and Delay are linear and time-invariant, and a zero delay is the
 undelayed connection), ``L -> L_recurrent_fanout -> L_recurrent_delay -> L_recurrent -> L`` with ``n_out`` inputs
 (``2 n_out^3 + n_out^2`` floats: 512 neurons, 268 M). A zero-delay self-connection acts after the sender's reset
@@ -105,7 +106,8 @@ Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph'
 ``max_spikes``, ``method``, ``solver``, ``chunk_size``, ``calibrate`` (``"none"`` when off), ``silence_penalty``,
 ``max_delay``, ``input_spikes``, ``input_window``, ``spike_count_strength`` / ``spike_count_tau``,
 ``kernel_scale`` (already folded into the weights; informative), and for recurrent layers ``recurrent``,
-``recurrent_delays`` (informative: import reads the graph's cycle) and ``max_total_spikes`` for ``LIFLayer``;
+``recurrent_delays`` (informative: import reads the graph's cycle), ``max_total_spikes``, ``recurrent_scale``
+(``"auto"`` or the factor) and ``recurrent_kernel_scale`` (folded into the weights; informative) for ``LIFLayer``;
 ``readout``, ``t_max``, ``tau_readout``, ``scale`` (``"auto"`` or the factor), ``trainable_time_constants``,
 ``min_time_constant`` for ``LIReadout``.
 Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
@@ -166,9 +168,9 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
     Returns:
         ``nir.NIRGraph`` with nodes ``input``, per layer ``<name>_weight`` (Linear) and ``<name>`` (CubaLIF or
         CubaLI), with delays also ``<name>_fanout`` and ``<name>_delay``, for a recurrent layer the cycle
-        ``<name> -> <name>_recurrent -> <name>`` (Linear ``recurrent_kernel.T``; with recurrent delays also
-        ``<name>_recurrent_fanout`` and ``<name>_recurrent_delay`` in it), and ``output``; see the module docstring
-        for the field-by-field mapping. Save it with ``nir.write(path, graph)``.
+        ``<name> -> <name>_recurrent -> <name>`` (Linear ``R.T``, ``LIFLayer.recurrent_weights()``; with recurrent
+        delays also ``<name>_recurrent_fanout`` and ``<name>_recurrent_delay`` in it), and ``output``; see the
+        module docstring for the field-by-field mapping. Save it with ``nir.write(path, graph)``.
     """
     nir = _nir()
     _check_unit("time_unit", time_unit)
@@ -234,8 +236,10 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         chain(layer.name, node)
         if isinstance(layer, LIFLayer) and layer.recurrent:
             # The recurrent connection as a cycle (NIR has no recurrent node; a graph may have cycles):
-            # L -> L_recurrent (Linear [out, in] = recurrent_kernel.T) -> L, the input of L summing both edges.
-            rec = _numpy(layer.recurrent_kernel).astype(np.float32)  # not scaled by kernel_scale (layers.py)
+            # L -> L_recurrent (Linear [out, in] = R.T) -> L, the input of L summing both edges.
+            # The weights the layer computes with (recurrent_kernel * recurrent_kernel_scale); kernel_scale
+            # applies to the input kernel only.
+            rec = layer.recurrent_weights().astype(np.float32)
             loop = []
             if layer.use_recurrent_delays:
                 fanout, weight, delay = _per_synapse(rec, _numpy(layer.recurrent_delays))
@@ -289,7 +293,8 @@ def _layer_metadata(layer, kernel_scale):
             meta[key] = getattr(layer, key)
     if layer.recurrent:
         meta.update(recurrent=True, recurrent_delays=layer.use_recurrent_delays,
-                    max_total_spikes=layer.max_total_spikes)
+                    max_total_spikes=layer.max_total_spikes, recurrent_scale=layer.recurrent_scale,
+                    recurrent_kernel_scale=layer.recurrent_kernel_scale)
     if layer.spike_count_regularizer is not None:
         meta.update(spike_count_strength=layer.spike_count_regularizer.strength,
                     spike_count_tau=layer.spike_count_regularizer.tau)
@@ -387,7 +392,9 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     for layer, (kernel, delays, (taus, thresholds), (rec_kernel, rec_delays)) in zip(layers, weights):
         layer.kernel.assign(kernel)
         if rec_kernel is not None:
-            layer.recurrent_kernel.assign(rec_kernel)
+            # Exact: an "auto" recurrent_kernel_scale is a power of two.
+            scale = np.float32(layer.recurrent_kernel_scale)
+            layer.recurrent_kernel.assign(np.asarray(rec_kernel, np.float32) / scale)
         if rec_delays is not None:
             layer.recurrent_delays.assign(rec_delays)
         if taus is not None:
@@ -730,6 +737,9 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         extra.update(recurrent=True, recurrent_delays=rec[1] is not None)
         if "max_total_spikes" in meta:
             extra["max_total_spikes"] = int(meta["max_total_spikes"])
+        if "recurrent_scale" in meta:  # "auto" (read back as a str) or the factor
+            scale = meta["recurrent_scale"]
+            extra["recurrent_scale"] = str(scale) if isinstance(scale, str) else float(scale)
     layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
                      max_delay=meta_time("max_delay"), **kwargs, **extra)
     return layer, kernel, delays, (taus, thresholds), rec

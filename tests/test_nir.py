@@ -306,13 +306,15 @@ def make_recurrent_model(recurrent_delays=False, seed=0):
     model = keras.Sequential([
         keras.Input(shape=(5, 3)),
         sk.LIFLayer(7, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=0.8, max_spikes=4, calibrate=(0.2, 0.95),
-                    recurrent=True, recurrent_delays=recurrent_delays, max_delay=4.0, name="lif_r"),
+                    recurrent=True, recurrent_delays=recurrent_delays, max_delay=4.0, recurrent_scale=0.25,
+                    name="lif_r"),
         sk.LIReadout(3, tau_mem=20.0, tau_syn=5.0, readout="integral", t_max=60.0, name="readout")])
     layer = model.layers[0]
-    layer.kernel_scale.assign(0.6)  # scales the input kernel only, not recurrent_kernel
+    layer.kernel_scale.assign(0.6)  # scales the input kernel only, not the recurrent weights
     rec = np.random.default_rng(seed + 10).normal(0.0, 0.3, (7, 7)).astype(np.float32)
     rec[0, 1], rec[1, 0] = 0.9, -0.7  # asymmetric: [k, i] from neuron k to neuron i
-    layer.recurrent_kernel.assign(rec)
+    layer.recurrent_kernel.assign(rec / np.float32(0.25))  # the weights R = rec (a power of two: exact)
+    np.testing.assert_array_equal(layer.recurrent_weights(), rec)
     return model
 
 
@@ -345,7 +347,7 @@ def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays):
 
 def test_recurrent_export_is_a_cycle_with_nir_orientation():
     model = make_recurrent_model()
-    rec = keras.ops.convert_to_numpy(model.layers[0].recurrent_kernel)
+    rec = model.layers[0].recurrent_weights()  # recurrent_kernel * 0.25
     g = sk.export_nir(model)
     assert list(g.nodes) == ["input", "lif_r_weight", "lif_r", "lif_r_recurrent", "readout_weight", "readout",
                              "output"]
@@ -356,14 +358,16 @@ def test_recurrent_export_is_a_cycle_with_nir_orientation():
     assert isinstance(g.nodes["lif_r_recurrent"], nir.Linear) and w.dtype == np.float32
     assert (w[1, 0], w[0, 1]) == (np.float32(0.9), np.float32(-0.7))  # [out = i, in = k] = recurrent_kernel[k, i]
     np.testing.assert_array_equal(w, rec.T)  # not scaled by kernel_scale (0.6), unlike lif_r_weight
+    np.testing.assert_array_equal(w, keras.ops.convert_to_numpy(model.layers[0].recurrent_kernel).T * 0.25)
     np.testing.assert_array_equal(g.nodes["lif_r_weight"].weight,
                                   (keras.ops.convert_to_numpy(model.layers[0].kernel) * np.float32(0.6)).T)
     meta = g.nodes["lif_r"].metadata["spikescan"]
     assert meta["recurrent"] and not meta["recurrent_delays"] and meta["max_total_spikes"] == 10_000
+    assert meta["recurrent_scale"] == meta["recurrent_kernel_scale"] == 0.25
     # Recurrent delays: the per-synapse pattern of input delays, inside the cycle.
     model = make_recurrent_model(recurrent_delays=True)
     layer = model.layers[0]
-    rec, rdel = (keras.ops.convert_to_numpy(v) for v in (layer.recurrent_kernel, layer.recurrent_delays))
+    rec, rdel = layer.recurrent_weights(), keras.ops.convert_to_numpy(layer.recurrent_delays)
     g = sk.export_nir(model)
     assert [e for e in g.edges if "recurrent" in e[0] or "recurrent" in e[1]] == [
         ("lif_r", "lif_r_recurrent_fanout"), ("lif_r_recurrent_fanout", "lif_r_recurrent_delay"),
@@ -410,8 +414,10 @@ def test_recurrent_import_follows_nir_orientation():
     for affine in (False, True):
         model = sk.import_nir(two_neuron_graph(zero_to_one, affine), synapse="jump", max_spikes=2)
         layer = model.layers[0]
-        assert layer.recurrent and not layer.use_recurrent_delays
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.recurrent_kernel), zero_to_one.T)
+        assert layer.recurrent and not layer.use_recurrent_delays and layer.recurrent_scale == "auto"
+        assert layer.recurrent_kernel_scale == 0.5  # "auto" for 1 input into 2 neurons: exact on import
+        np.testing.assert_array_equal(layer.recurrent_weights(), zero_to_one.T)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.recurrent_kernel), zero_to_one.T * 2)
         out = hidden_spikes(model, x)[0]
         assert np.isfinite(out[0, 0]) and np.isfinite(out[1, 0]) and out[1, 0] > out[0, 0]
     # The transposed matrix connects neuron 1 to neuron 0: neuron 1 stays silent.
