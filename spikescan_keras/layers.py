@@ -328,7 +328,7 @@ class LIFLayer(keras.layers.Layer):
         moves a neuron's expected peak drive by about as much through either (``mean_weight`` is inversely
         proportional to the drive one unit of weight gives); with Adam, which steps every weight by about its
         learning rate whatever the gradient's scale, the weights themselves would move the recurrent drive
-        ``1 / factor`` times as fast (Yin-Yang's 5 inputs into 64 neurons: 16 times). Rounded to the nearest power
+        ``1 / factor`` times as fast (Yin-Yang's 5 inputs into 64 neurons: 12.8 times, a factor of 1/16). Rounded to the nearest power
         of two, so that multiplying and dividing by it is exact: the NIR export and import stay lossless."""
         mu_in = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
                                            threshold=self.threshold, input_spikes=self.input_spikes,
