@@ -537,8 +537,8 @@ def cpu_peers_table(results, name="cpu_peers.json"):
         "columns compute a different, approximate model (spikes on a grid of dt): compare their cost, not their "
         "spikes; \"same counts\" is the share of (sample, neuron) pairs that fire as often as the exact neuron.",
     ]
-    header = ["Layer", "spikescan best", "auto / best method, fwd+bwd", "NumPy / Numba engine, fwd+bwd",
-              "jaxsnn (EventProp)", "Agreement with jaxsnn"]
+    header = ["Layer", "spikescan best", "auto time / best method's, fwd+bwd (< 1: auto is faster)",
+              "NumPy / Numba engine, fwd+bwd", "jaxsnn (EventProp)", "Agreement with jaxsnn"]
     header += [f"discrete dt = {dt:g} ms (approx.)" for dt in dts]
     table_rows = []
     for layer in r["layers"]:
