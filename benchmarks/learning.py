@@ -27,7 +27,9 @@ coordinates ``(x, y, 1 - x, 1 - y)``) with the published generators' seeds (trai
 repeated ``--repeats`` times with different initialisation seeds. Every fold / repeat calls
 ``keras.utils.set_random_seed`` before building each model, so a run is reproducible on one machine and backend.
 ``--recurrent`` gives the hidden layer recurrent connections with their defaults (``LIFLayer(..., recurrent=True)``;
-each setting's name gains a ``-recurrent`` suffix), everything else unchanged.
+each setting's name gains a ``-recurrent`` suffix), everything else unchanged. ``--recurrent-scale S`` sets
+``LIFLayer(recurrent_scale=S)`` instead of its default (``1`` is the parametrisation before the factor; the suffix
+becomes ``-recurrent-scale<S>``).
 
     KERAS_BACKEND=torch python benchmarks/learning.py                 # full panel -> results/learning_torch.json
     python benchmarks/learning.py --quick --only iris                 # smoke test (no file unless --output)
@@ -146,7 +148,8 @@ def snn(input_shape, hidden, classes, setting):
     return keras.Sequential([
         keras.Input(shape=input_shape),
         LIFLayer(hidden, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], max_spikes=HIDDEN_MAX_SPIKES,
-                 recurrent=setting.get("recurrent", False)),
+                 recurrent=setting.get("recurrent", False),
+                 **({"recurrent_scale": setting["recurrent_scale"]} if "recurrent_scale" in setting else {})),
         LIReadout(classes, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], readout=setting["readout"],
                   t_max=setting["t_max"]),
     ])
@@ -301,9 +304,12 @@ def _write(report, path):
         write_json(report, path)
 
 
-def recurrent_setting(setting):
-    """``setting`` with a recurrent hidden layer (``LIFLayer(recurrent=True)``), named with a ``-recurrent`` suffix."""
-    return dict(setting, name=setting["name"] + "-recurrent", recurrent=True)
+def recurrent_setting(setting, scale=None):
+    """``setting`` with a recurrent hidden layer (``LIFLayer(recurrent=True)``), named with a ``-recurrent`` suffix;
+    ``scale``: its ``recurrent_scale`` when not the default (suffix ``-recurrent-scale<scale>``)."""
+    if scale is None:
+        return dict(setting, name=setting["name"] + "-recurrent", recurrent=True)
+    return dict(setting, name=f"{setting['name']}-recurrent-scale{scale:g}", recurrent=True, recurrent_scale=scale)
 
 
 def parse(argv):
@@ -319,6 +325,9 @@ def parse(argv):
     p.add_argument("--recurrent", action="store_true",
                    help="give the hidden layer recurrent connections (LIFLayer(recurrent=True), its defaults); each "
                         "entry's setting is named with a '-recurrent' suffix")
+    p.add_argument("--recurrent-scale", type=float, metavar="S",
+                   help="with --recurrent: LIFLayer(recurrent_scale=S) instead of its default 'auto' (1 is the "
+                        "parametrisation before the factor)")
     p.add_argument("--folds", type=int, help=f"stratified folds of the tables (default {FULL['folds']})")
     p.add_argument("--repeats", type=int, help=f"Yin-Yang initialisation seeds (default {FULL['repeats']})")
     p.add_argument("--table-repeats", type=int,
@@ -347,9 +356,12 @@ def parse(argv):
     args.yinyang_settings = [s for s in YINYANG_SETTINGS if args.settings is None or s["name"] in args.settings]
     if args.quick and args.settings is None:
         args.yinyang_settings = args.yinyang_settings[:1]
-    args.table_setting = recurrent_setting(TABLE_SETTING) if args.recurrent else TABLE_SETTING
+    if args.recurrent_scale is not None and not (args.recurrent and np.isfinite(args.recurrent_scale)
+                                                 and args.recurrent_scale > 0):
+        p.error(f"--recurrent-scale needs --recurrent and a positive number, got {args.recurrent_scale!r}")
+    args.table_setting = recurrent_setting(TABLE_SETTING, args.recurrent_scale) if args.recurrent else TABLE_SETTING
     if args.recurrent:
-        args.yinyang_settings = [recurrent_setting(s) for s in args.yinyang_settings]
+        args.yinyang_settings = [recurrent_setting(s, args.recurrent_scale) for s in args.yinyang_settings]
     if args.output is None and not args.quick and args.only is None:  # a partial run never replaces the panel's file
         args.output = os.path.join(HERE, "results", f"learning_{keras.backend.backend()}.json")
     return args
@@ -366,7 +378,7 @@ def main(argv=None):
 
     settings = {k: getattr(args, k) for k in ("quick", "epochs", "folds", "repeats", "table_repeats", "hidden",
                                               "batch_size", "yinyang_train", "yinyang_test", "table_limit", "seed",
-                                              "codes", "datasets", "recurrent")}
+                                              "codes", "datasets", "recurrent", "recurrent_scale")}
     settings.update(
         optimizer="adam (Keras defaults)", loss="SparseCategoricalCrossentropy(from_logits=True)",
         encode_t_max=ENCODE_T_MAX, rate_max_spikes=INPUT_MAX_SPIKES, hidden_max_spikes=HIDDEN_MAX_SPIKES,

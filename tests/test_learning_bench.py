@@ -98,4 +98,20 @@ def test_quick_recurrent(tmp_path):
     model = learning().snn((5, 1), 4, 3, setting)
     hidden = model.layers[0]
     assert hidden.recurrent and tuple(hidden.recurrent_kernel.shape) == (4, 4)
+    assert hidden.recurrent_scale == "auto" and report["settings"]["recurrent_scale"] is None
     assert not learning().snn((5, 1), 4, 3, learning().TABLE_SETTING).layers[0].recurrent
+
+
+def test_recurrent_scale_option(capsys):
+    """--recurrent-scale S: the hidden layer's recurrent_scale, named in the setting; needs --recurrent."""
+    args = learning().parse(["--quick", "--only", "yinyang", "--recurrent", "--recurrent-scale", "1"])
+    (setting,) = args.yinyang_settings
+    assert setting["name"] == "tau20/10-integral-recurrent-scale1" and setting["recurrent_scale"] == 1.0
+    assert args.table_setting["recurrent_scale"] == 1.0
+    hidden = learning().snn((5, 1), 4, 3, setting).layers[0]
+    assert hidden.recurrent_scale == 1.0 and hidden.recurrent_kernel_scale == 1.0
+    for argv in (["--recurrent-scale", "0.5"], ["--recurrent", "--recurrent-scale", "0"],
+                 ["--recurrent", "--recurrent-scale", "nan"]):
+        with pytest.raises(SystemExit):
+            learning().parse(["--quick", *argv])
+        assert "--recurrent-scale needs --recurrent and a positive number" in capsys.readouterr().err
