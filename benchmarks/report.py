@@ -11,7 +11,8 @@ the markers is generated, everything outside them is left alone. The tables (``T
 - ``learning_torch``, ``learning_jax``: ``benchmarks/learning.py``'s panels (``benchmarks/results/learning_*.json``;
   ``learning.py --markdown`` prints the same table); ``learning_digits_torch``, ``learning_digits_jax``: its
   ``--only digits`` runs (``learning_digits_*.json``); ``learning_recurrent_torch``, ``learning_recurrent_jax``:
-  its ``--recurrent`` runs (``learning_recurrent_*.json``);
+  its ``--recurrent`` runs (``learning_recurrent_*.json``); ``learning_recurrent_seeds``: the recurrent max-readout
+  Yin-Yang entry over several seeds, with ``recurrent_scale`` at its default and at 1;
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
 - ``cpu_peers``: spikescan against jaxsnn and a discrete-time baseline on the CPU
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -263,6 +265,34 @@ def learning_table(report):
         lines.append("")
         lines.append("(incomplete run: the panel was interrupted)")
     return "\n".join(lines)
+
+
+# The recurrent max-readout Yin-Yang entry over several seeds, with the recurrent weights' factor
+# (``LIFLayer(recurrent_scale=...)``) at its default and at 1 (the parametrisation before it).
+RECURRENT_SEED_FILES = ("learning_recurrent_max_seeds_torch.json", "learning_recurrent_max_seeds_jax.json",
+                        "learning_recurrent_scale1_max_seeds_torch.json", "learning_recurrent_scale1_max_seeds_jax.json")
+
+
+def recurrent_seeds_table(results):
+    """One row per ``learning.py --recurrent --settings tau20/10-max --repeats N`` file: the test accuracy of
+    every seed, their mean, sample std and minimum."""
+    header = ["Backend", "recurrent_scale", "Test accuracy per seed", "Mean ± std", "Lowest", "File, commit"]
+    rows = []
+    for name in RECURRENT_SEED_FILES:
+        report = results.bench(name)
+        (e,) = report["entries"]
+        scale = report["settings"].get("recurrent_scale")
+        scale = "auto" if scale is None else f"{scale:g}"
+        acc = [100 * a for a in e["snn_accuracy"]]
+        rows.append([report["stamp"].get("keras_backend"), f"`{scale}`", " / ".join(f"{a:.1f}" for a in acc),
+                     f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f}%", f"{min(acc):.1f}%",
+                     _files([name], results)])
+    e = results.bench(RECURRENT_SEED_FILES[0])
+    s = e["settings"]
+    caption = (f"Yin-Yang, recurrent hidden layer, tau 20/10, max readout ({s['yinyang_train']} train / "
+               f"{s['yinyang_test']} test, {s['epochs']} epochs, seeds 0-{s['repeats'] - 1}); machine: "
+               f"{machine_text(e)}.")
+    return "\n".join([caption, ""] + table(header, rows))
 
 
 # ---------------------------------------------------------------- kernel benchmarks
@@ -606,6 +636,7 @@ TABLES = {
     "learning_digits_jax": lambda results: learning_table(results.bench("learning_digits_jax.json")),
     "learning_recurrent_torch": lambda results: learning_table(results.bench("learning_recurrent_torch.json")),
     "learning_recurrent_jax": lambda results: learning_table(results.bench("learning_recurrent_jax.json")),
+    "learning_recurrent_seeds": recurrent_seeds_table,
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,

@@ -149,3 +149,30 @@ def test_recurrent_learning_tables_say_the_hidden_layer_is_recurrent():
         assert "(hidden 64, recurrent," in report_module.learning_table(run).splitlines()[0]
     panel = json.loads((BENCHMARK_RESULTS / "learning_torch.json").read_text())
     assert "recurrent" not in report_module.learning_table(panel).splitlines()[0]
+
+
+def test_recurrent_seeds_table_rows_come_from_their_files():
+    """Each row of the seeds table: the file's backend, its recurrent_scale (``auto`` when the run left the default),
+    every seed's accuracy, and a mean and minimum that agree with them."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import report as report_module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rows = [line for line in report_module.recurrent_seeds_table(report_module.Results()).splitlines()
+            if line.startswith("| ") and not line.startswith("| Backend")]
+    assert len(rows) == len(report_module.RECURRENT_SEED_FILES)
+    for row, name in zip(rows, report_module.RECURRENT_SEED_FILES):
+        run = json.loads((BENCHMARK_RESULTS / name).read_text())
+        (entry,) = run["entries"]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        scale = run["settings"].get("recurrent_scale")  # absent before learning.py had --recurrent-scale
+        assert cells[0] == run["stamp"]["keras_backend"]
+        assert cells[1] == ("`auto`" if scale is None else f"`{scale:g}`")
+        assert entry["setting"] == "tau20/10-max-recurrent" + ("" if scale is None else f"-scale{scale:g}")
+        seeds = [float(a) for a in cells[2].split(" / ")]
+        assert seeds == [round(100 * a, 1) for a in entry["snn_accuracy"]] and len(seeds) == run["settings"]["repeats"]
+        mean = float(cells[3].split(" ± ")[0])
+        assert abs(mean - 100 * sum(entry["snn_accuracy"]) / len(seeds)) <= 0.05 + 1e-9
+        assert float(cells[4].rstrip("%")) == min(seeds)
+        assert name in cells[5]
