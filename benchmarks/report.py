@@ -269,8 +269,8 @@ def learning_table(report):
 
 # The recurrent max-readout Yin-Yang entry over several seeds, with the recurrent weights' factor
 # (``LIFLayer(recurrent_scale=...)``) at its default and at 1 (the parametrisation before it).
-RECURRENT_SEED_FILES = ("learning_recurrent_max_seeds_torch.json", "learning_recurrent_max_seeds_jax.json",
-                        "learning_recurrent_scale1_max_seeds_torch.json", "learning_recurrent_scale1_max_seeds_jax.json")
+RECURRENT_SEED_FILES = tuple(f"learning_recurrent_{kind}max_seeds_{backend}.json" for kind in ("", "scale1_")
+                             for backend in ("torch", "jax"))
 
 
 def recurrent_seeds_table(results):

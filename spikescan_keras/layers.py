@@ -197,11 +197,11 @@ class LIFLayer(keras.layers.Layer):
             variable ``recurrent_kernel`` and the weights ``R`` it stands for (the initializer and the regularizer
             see ``R``; the optimizer steps ``recurrent_kernel``). ``"auto"``: the ratio of the ``"auto"`` rules'
             mean weights, ``mean_weight(units) / mean_weight(n_in, input_spikes, input_window)``
-            (``spikescan.init.mean_weight``) rounded to a power of two, so that a step of the same size on ``kernel`` or ``recurrent_kernel``
-            moves a neuron's drive by about as much. Without it (``1.0``), a layer with few inputs and many neurons
-            trains its recurrent weights many times faster, relative to the drive they carry, than its input kernel
-            under Adam, and training varies much more from seed to seed (README, "Recurrent layers"). Files saved
-            before this option load with ``1.0``, as they were trained.
+            (``spikescan.init.mean_weight``) rounded to a power of two, so that a step of the same size on ``kernel`` or
+            ``recurrent_kernel`` moves a neuron's drive by about as much. Without it (``1.0``), a layer with few inputs
+            and many neurons trains its recurrent weights many times faster, relative to the drive they carry, than its
+            input kernel under Adam, and training varies much more from seed to seed (README, "Recurrent layers"). Files
+            saved before this option load with ``1.0``, as they were trained.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
         spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
             model's losses).
@@ -328,8 +328,9 @@ class LIFLayer(keras.layers.Layer):
         moves a neuron's expected peak drive by about as much through either (``mean_weight`` is inversely
         proportional to the drive one unit of weight gives); with Adam, which steps every weight by about its
         learning rate whatever the gradient's scale, the weights themselves would move the recurrent drive
-        ``1 / factor`` times as fast (Yin-Yang's 5 inputs into 64 neurons: 12.8 times, a factor of 1/16). Rounded to the nearest power
-        of two, so that multiplying and dividing by it is exact: the NIR export and import stay lossless."""
+        ``1 / factor`` times as fast (Yin-Yang's 5 inputs into 64 neurons: 12.8 times, a factor of 1/16). Rounded
+        to the nearest power of two, so that multiplying and dividing by it is exact: the NIR export and import stay
+        lossless."""
         mu_in = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
                                            threshold=self.threshold, input_spikes=self.input_spikes,
                                            window=self.input_window)
@@ -439,6 +440,8 @@ class LIFLayer(keras.layers.Layer):
         ``k`` adds to neuron ``i``'s current (``spikescan.lif_forward``'s ``recurrent_weights``)."""
         if not self.recurrent:
             raise ValueError(f"LIFLayer {self.name!r} has no recurrent connections (recurrent=False)")
+        if not self.built:
+            raise ValueError(f"LIFLayer {self.name!r} is not built yet: call it on an input or build it first")
         return np.asarray(ops.convert_to_numpy(self._recurrent_weights()))
 
     def _firing_statistics(self, counts, capped):

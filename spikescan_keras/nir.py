@@ -85,10 +85,11 @@ node's input is the sum of its incoming edges. The connection is the cycle::
 
 so NIR weight ``[i, k]`` (``[out, in]``) is ``R[k, i]``, with ``R = recurrent_kernel * recurrent_kernel_scale`` the
 weights the layer computes with (``LIFLayer.recurrent_weights()``; on import, ``recurrent_kernel = R /
-recurrent_kernel_scale``, exact for the default power-of-two factor). Through ``w_in = tau_syn`` a recurrent spike
-moves ``I`` by exactly the weight, as an input spike does; ``kernel_scale`` applies to the input kernel only. With ``recurrent_delays`` the cycle holds the per-synapse pattern of
-"Delays" (exact for the same reason: Linear and Delay are linear and time-invariant, and a zero delay is the
-undelayed connection), ``L -> L_recurrent_fanout -> L_recurrent_delay -> L_recurrent -> L`` with ``n_out`` inputs
+recurrent_kernel_scale``, exact for the default power-of-two factor). Through ``w_in = tau_syn`` a recurrent spike moves
+``I`` by exactly the weight, as an input spike does; ``kernel_scale`` applies to the input kernel only. With
+``recurrent_delays`` the cycle holds the per-synapse pattern of "Delays" (exact for the same reason: Linear and Delay
+are linear and time-invariant, and a zero delay is the undelayed connection), ``L -> L_recurrent_fanout ->
+L_recurrent_delay -> L_recurrent -> L`` with ``n_out`` inputs
 (``2 n_out^3 + n_out^2`` floats: 512 neurons, 268 M). A zero-delay self-connection acts after the sender's reset
 (our convention; in continuous time the reset and the current jump coincide and the jump moves no voltage at
 once, so NIR's equations give the same); discrete-time simulators deliver recurrent spikes a step later. snnTorch

@@ -160,6 +160,8 @@ def test_recurrent_scale_is_checked_saved_and_old_files_load_with_one(tmp_path):
     with pytest.raises(ValueError, match="has no recurrent connections"):
         sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2).recurrent_weights()
     layer = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, recurrent=True, recurrent_scale=0.5)
+    with pytest.raises(ValueError, match="is not built yet"):
+        layer.recurrent_weights()
     config = layer.get_config()
     assert config["recurrent_scale"] == 0.5
     assert sk.LIFLayer.from_config(config).recurrent_scale == 0.5
