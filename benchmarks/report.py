@@ -267,16 +267,19 @@ def learning_table(report):
     return "\n".join(lines)
 
 
-# The recurrent max-readout Yin-Yang entry over several seeds, with the recurrent weights' factor
-# (``LIFLayer(recurrent_scale=...)``) at its default and at 1 (the parametrisation before it).
+# Recurrent Yin-Yang entries over several seeds, with the recurrent weights' factor (``LIFLayer(recurrent_scale=...)``)
+# at its default and at 1 (the parametrisation before it): the max readout on both backends, tau 40/10 with the
+# integral readout on torch.
 RECURRENT_SEED_FILES = tuple(f"learning_recurrent_{kind}max_seeds_{backend}.json" for kind in ("", "scale1_")
-                             for backend in ("torch", "jax"))
+                             for backend in ("torch", "jax")) + (
+    "learning_recurrent_tau40_seeds_torch.json", "learning_recurrent_scale1_tau40_seeds_torch.json")
 
 
 def recurrent_seeds_table(results):
-    """One row per ``learning.py --recurrent --settings tau20/10-max --repeats N`` file: the test accuracy of
+    """One row per ``learning.py --only yinyang --recurrent --settings S --repeats N`` file: the test accuracy of
     every seed, their mean, sample std and minimum."""
-    header = ["Backend", "recurrent_scale", "Test accuracy per seed", "Mean ± std", "Lowest", "File, commit"]
+    header = ["Setting", "Backend", "recurrent_scale", "Test accuracy per seed", "Mean ± std", "Lowest",
+              "File, commit"]
     rows = []
     for name in RECURRENT_SEED_FILES:
         report = results.bench(name)
@@ -284,14 +287,13 @@ def recurrent_seeds_table(results):
         scale = report["settings"].get("recurrent_scale")
         scale = "auto" if scale is None else f"{scale:g}"
         acc = [100 * a for a in e["snn_accuracy"]]
-        rows.append([report["stamp"].get("keras_backend"), f"`{scale}`", " / ".join(f"{a:.1f}" for a in acc),
-                     f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f}%", f"{min(acc):.1f}%",
-                     _files([name], results)])
+        rows.append([e["setting"], report["stamp"].get("keras_backend"), f"`{scale}`",
+                     " / ".join(f"{a:.1f}" for a in acc), f"{statistics.mean(acc):.1f} ± {statistics.stdev(acc):.1f}%",
+                     f"{min(acc):.1f}%", _files([name], results)])
     e = results.bench(RECURRENT_SEED_FILES[0])
     s = e["settings"]
-    caption = (f"Yin-Yang, recurrent hidden layer, tau 20/10, max readout ({s['yinyang_train']} train / "
-               f"{s['yinyang_test']} test, {s['epochs']} epochs, seeds 0-{s['repeats'] - 1}); machine: "
-               f"{machine_text(e)}.")
+    caption = (f"Yin-Yang, recurrent hidden layer of {s['hidden']} ({s['yinyang_train']} train / {s['yinyang_test']} "
+               f"test, {s['epochs']} epochs, seeds 0-{s['repeats'] - 1}); machine: {machine_text(e)}.")
     return "\n".join([caption, ""] + table(header, rows))
 
 

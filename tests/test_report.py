@@ -160,19 +160,21 @@ def test_recurrent_seeds_table_rows_come_from_their_files():
     finally:
         sys.path.remove(str(SCRIPT.parent))
     rows = [line for line in report_module.recurrent_seeds_table(report_module.Results()).splitlines()
-            if line.startswith("| ") and not line.startswith("| Backend")]
+            if line.startswith("| ") and not line.startswith("| Setting")]
     assert len(rows) == len(report_module.RECURRENT_SEED_FILES)
     for row, name in zip(rows, report_module.RECURRENT_SEED_FILES):
         run = json.loads((BENCHMARK_RESULTS / name).read_text())
         (entry,) = run["entries"]
         cells = [c.strip() for c in row.strip("|").split("|")]
         scale = run["settings"].get("recurrent_scale")  # absent before learning.py had --recurrent-scale
-        assert cells[0] == run["stamp"]["keras_backend"]
-        assert cells[1] == ("`auto`" if scale is None else f"`{scale:g}`")
-        assert entry["setting"] == "tau20/10-max-recurrent" + ("" if scale is None else f"-scale{scale:g}")
-        seeds = [float(a) for a in cells[2].split(" / ")]
+        assert cells[0] == entry["setting"]
+        assert entry["setting"].endswith("-recurrent" + ("" if scale is None else f"-scale{scale:g}"))
+        assert ("max" in entry["setting"]) == ("max_seeds" in name)
+        assert cells[1] == run["stamp"]["keras_backend"] and run["stamp"]["keras_backend"] in name
+        assert cells[2] == ("`auto`" if scale is None else f"`{scale:g}`") and ("scale1_" in name) == (scale == 1)
+        seeds = [float(a) for a in cells[3].split(" / ")]
         assert seeds == [round(100 * a, 1) for a in entry["snn_accuracy"]] and len(seeds) == run["settings"]["repeats"]
-        mean = float(cells[3].split(" ± ")[0])
+        mean = float(cells[4].split(" ± ")[0])
         assert abs(mean - 100 * sum(entry["snn_accuracy"]) / len(seeds)) <= 0.05 + 1e-9
-        assert float(cells[4].rstrip("%")) == min(seeds)
-        assert name in cells[5]
+        assert float(cells[5].rstrip("%")) == min(seeds)
+        assert name in cells[6]
