@@ -27,6 +27,8 @@ _MAX_EVENT_BLOCK = 256
 
 def _tau_groups(tau_mem, tau_syn):
     """``(tau_mem, tau_syn, neuron indices)`` for every distinct pair of time constants."""
+    if tau_mem.size and bool(np.all(tau_mem == tau_mem[0]) and np.all(tau_syn == tau_syn[0])):
+        return [(float(tau_mem[0]), float(tau_syn[0]), np.arange(tau_mem.size))]  # the common case, without a sort
     pairs = np.stack([tau_mem, tau_syn], axis=1)
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -201,19 +203,24 @@ def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_reado
     W = weights.astype(np.float64)
     batch = t.shape[0]
     n_out = W.shape[1]
-    eval_time = kink_index = None
+    eval_time = kink_index = kernels = None
     if readout == "max":
         values, eval_time, kink_index = _max_forward(t, W, tau_mem, tau_syn, t_max)
     else:
         values = np.zeros((batch, n_out))
         live = t < t_max
-        for tm, ts, idx in _tau_groups(tau_mem, tau_syn):
-            kappa, _ = _linear_kernels(t, live, tm, ts, readout, t_max, tau_readout)
-            values[:, idx] = kappa.sum(axis=2) @ W[:, idx]
+        groups = _tau_groups(tau_mem, tau_syn)
+        for tm, ts, idx in groups:
+            kappa, dkappa = _linear_kernels(t, live, tm, ts, readout, t_max, tau_readout)
+            features = kappa.sum(axis=2)
+            values[:, idx] = features @ W[:, idx]
+        # One group (shared time constants): keep its kernel terms for the backward, one array the size of the input
+        # times. Per-neuron time constants would need one per group, so the backward evaluates those again.
+        kernels = (features, dkappa) if len(groups) == 1 else None
     residuals = LIResiduals(
         input_times=t, weights=W, tau_mem=tau_mem, tau_syn=tau_syn, tau_readout=tau_readout, t_max=t_max,
         readout=readout, eval_time=eval_time, kink_index=kink_index, input_dtype=input_times.dtype,
-        weights_dtype=weights.dtype)
+        weights_dtype=weights.dtype, kernels=kernels)
     return LIResult(values.astype(input_times.dtype), residuals)
 
 
@@ -297,9 +304,13 @@ def li_backward(result, grad_values, time_constant_grads=False):
         grad_taus = (np.zeros(W.shape[1]), np.zeros(W.shape[1])) if time_constant_grads else None
         live = t < res.t_max
         for tm, ts, idx in _tau_groups(res.tau_mem, res.tau_syn):
-            kappa, dkappa, *k_taus = _linear_kernels(t, live, tm, ts, res.readout, res.t_max, res.tau_readout,
-                                                     time_constant_grads)
-            grad_W[:, idx] = kappa.sum(axis=2).T @ g[:, idx]
+            if res.kernels is not None and not time_constant_grads:
+                (features, dkappa), k_taus = res.kernels, ()
+            else:
+                kappa, dkappa, *k_taus = _linear_kernels(t, live, tm, ts, res.readout, res.t_max, res.tau_readout,
+                                                         time_constant_grads)
+                features = kappa.sum(axis=2)
+            grad_W[:, idx] = features.T @ g[:, idx]
             grad_t += dkappa * (g[:, idx] @ W[:, idx].T)[..., None]
             for grad_tau, k_tau in zip(grad_taus or (), k_taus):
                 # d values[b, i] / d tau_i = sum_j (sum_m d kappa / d tau)[b, j] W[j, i]

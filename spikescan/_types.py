@@ -149,6 +149,10 @@ class LIResiduals(NamedTuple):
       ``input_times[b]`` of the input that arrives exactly at ``t*`` when the maximum sits on that input's kink,
       ``-1`` when ``t*`` is ``0``, ``t_max`` or an interior peak; ``None`` for the other readouts.
     - ``input_dtype``, ``weights_dtype``: dtypes of the forward arguments (the gradients are returned in them).
+    - ``kernels``: NumPy ``"integral"``/``"final"`` with one pair of time constants for all neurons only, the
+      forward's per-spike kernel terms the backward reuses instead of evaluating them again: ``(features [batch,
+      n_in], dkappa [batch, n_in, max_in])``, ``features = sum_m kappa`` and ``dkappa = d kappa / dt`` (float64);
+      else ``None`` (the backward evaluates the kernels itself).
 
     Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_out)``.
     """
@@ -164,6 +168,7 @@ class LIResiduals(NamedTuple):
     kink_index: Optional[Any]
     input_dtype: Any
     weights_dtype: Any
+    kernels: Optional[tuple] = None
 
 
 class LIResult(NamedTuple):

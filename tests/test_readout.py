@@ -408,6 +408,26 @@ def test_time_constant_grads_leave_the_other_gradients_unchanged(readout, tau_re
     np.testing.assert_array_equal(zero.tau_syn, 0.0)
 
 
+@pytest.mark.parametrize("readout,tau_readout", [("final", None), ("integral", None), ("integral", 1.5)])
+def test_backward_reuses_the_forward_kernels_bit_for_bit(readout, tau_readout):
+    # One pair of time constants: the forward keeps its kernel terms and the backward reuses them. Evaluating them
+    # again (residuals without them, or the time-constant path, which always does) gives the same bits.
+    rng = np.random.default_rng(13)
+    t, W = _random_case(rng, n_out=4)
+    g = rng.normal(size=(2, 4))
+    res = li_forward(t, W, tau_mem=np.full(4, 1.0), tau_syn=0.6, readout=readout, t_max=4.0,
+                     tau_readout=tau_readout)
+    assert res.residuals.kernels is not None
+    reused = li_backward(res, g)
+    fresh = li_backward(res._replace(residuals=res.residuals._replace(kernels=None)), g)
+    with_taus = li_backward(res, g, time_constant_grads=True)
+    for other in (fresh, with_taus):
+        np.testing.assert_array_equal(reused.weights, other.weights)
+        np.testing.assert_array_equal(reused.input_times, other.input_times)
+    per_neuron = li_forward(t, W, tau_mem=TAU_MEM_PER_NEURON[:4], tau_syn=0.6, readout=readout, t_max=4.0,
+                            tau_readout=tau_readout)
+    assert per_neuron.residuals.kernels is None  # one kernel array per group would be kept: evaluated again instead
+
 @pytest.mark.parametrize("readout,tau_readout", READOUT_CASES)
 def test_time_constant_grads_of_the_cuda_kernels_in_host_emulation(host_kernels, readout, tau_readout):
     """The CUDA launchers (``spikescan.cuda._readout``, the path of CuPy inputs) through the host emulation of the
