@@ -90,6 +90,7 @@ class LISpec:
     layer_name: str = ""
     warn_dead: bool = False  # True: warn about dead units (a training call of a "max" readout without revival)
     host_checks: bool = True  # False: the bridge runs ``LIOp.check`` itself, on values it computed from the outputs
+    unit_mask_input: bool = False  # True: a float mask ``[n_out]`` is the last input; only its units are computed
 
 
 def _split_time_constants(spec, inputs):
@@ -197,12 +198,22 @@ class LIFOp:
 
 class LIOp:
     """``inputs = (input_times, weights)``, followed by ``(tau_mem, tau_syn)`` ``[n_out]`` when
-    ``spec.time_constant_inputs``; ``outputs = (values,)`` with ``values [batch, n_out]``."""
+    ``spec.time_constant_inputs`` and by ``units [n_out]`` (float, 0 or 1) when ``spec.unit_mask_input``;
+    ``outputs = (values,)`` with ``values [batch, n_out]``.
+
+    With ``units``, only the set units are computed and the others' values are 0 (their cotangent is ignored). On
+    NumPy inputs the op runs on the set units' columns alone and does nothing when none is set, which is what keeps
+    the revival objective of ``LIReadout`` free on a training step without a dead unit; on CuPy it computes every
+    column and masks the result, so that no host read of ``units`` synchronises the stream. ``units`` gets a zero
+    gradient.
+    """
 
     per_sample = True
 
     @staticmethod
     def forward(spec: LISpec, inputs):
+        if spec.unit_mask_input:
+            return _masked_li_forward(spec, inputs)
         (input_times, weights), tau_mem, tau_syn = _split_time_constants(spec, inputs)
         result = spikescan.li_forward(input_times, weights, tau_mem=tau_mem, tau_syn=tau_syn,
                                       readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
@@ -236,6 +247,8 @@ class LIOp:
 
     @staticmethod
     def backward(spec: LISpec, result, grad_values, input_grad=True):
+        if spec.unit_mask_input:
+            return _masked_li_backward(spec, result, grad_values)
         # li_backward always computes the input gradient (cheap: one term per input spike and neuron).
         grads = spikescan.li_backward(result, grad_values, time_constant_grads=spec.time_constant_inputs)
         out = (grads.input_times, grads.weights)
@@ -248,6 +261,60 @@ class LIOp:
     def output_specs(spec: LISpec, inputs):
         input_times, weights = inputs[:2]
         return (((input_times.shape[0], weights.shape[1]), input_times.dtype),)
+
+
+@dataclass(frozen=True)
+class _MaskedLI:
+    """Residuals of ``LIOp`` with a unit mask: ``result`` of the computed columns (``None`` when none was),
+    ``columns`` (host indices of those columns, or ``None``: every column, masked by ``mask``), and ``(shape,
+    dtype)`` of each input, for the gradients."""
+
+    result: object
+    columns: object
+    mask: object
+    inputs: tuple
+
+
+def _masked_li_forward(spec: LISpec, inputs):
+    shapes = tuple((x.shape, x.dtype) for x in inputs)
+    *inputs, units = inputs
+    (input_times, weights), tau_mem, tau_syn = _split_time_constants(spec, tuple(inputs))
+    batch, n_out = input_times.shape[0], weights.shape[1]
+    kw = dict(readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
+    if not isinstance(units, np.ndarray):  # CuPy: every column, masked on the device
+        mask = (units > 0.5).astype(input_times.dtype)
+        result = spikescan.li_forward(input_times, weights, tau_mem=tau_mem, tau_syn=tau_syn, **kw)
+        return (result.values * mask,), _MaskedLI(result, None, mask, shapes)
+    columns = np.flatnonzero(units > 0.5)
+    values = np.zeros((batch, n_out), input_times.dtype)
+    result = None
+    if columns.size:
+        if spec.time_constant_inputs:
+            tau_mem, tau_syn = tau_mem[columns], tau_syn[columns]
+        result = spikescan.li_forward(input_times, weights[:, columns], tau_mem=tau_mem, tau_syn=tau_syn, **kw)
+        values[:, columns] = result.values
+    return (values,), _MaskedLI(result, columns, None, shapes)
+
+
+def _masked_li_backward(spec: LISpec, residuals: _MaskedLI, grad_values):
+    (t_shape, t_dtype), (w_shape, w_dtype), *taus, (u_shape, u_dtype) = residuals.inputs
+    xp = np if isinstance(grad_values, np.ndarray) else __import__("cupy")
+    tc = spec.time_constant_inputs
+    if residuals.columns is None:
+        grads = spikescan.li_backward(residuals.result, grad_values * residuals.mask, time_constant_grads=tc)
+        grad_t, grad_w, grad_taus = grads.input_times, grads.weights, (grads.tau_mem, grads.tau_syn) if tc else ()
+    else:
+        grad_t, grad_w = xp.zeros(t_shape, t_dtype), xp.zeros(w_shape, w_dtype)
+        grad_taus = tuple(xp.zeros(shape, np.float64) for shape, _ in taus)
+        if residuals.result is not None:
+            columns = residuals.columns
+            grads = spikescan.li_backward(residuals.result, grad_values[:, columns], time_constant_grads=tc)
+            grad_t = grads.input_times
+            grad_w[:, columns] = grads.weights
+            for full, part in zip(grad_taus, (grads.tau_mem, grads.tau_syn) if tc else ()):
+                full[columns] = part
+    grad_taus = tuple(g.astype(dtype) for g, (_, dtype) in zip(grad_taus, taus))
+    return (grad_t, grad_w, *grad_taus, xp.zeros(u_shape, u_dtype))
 
 
 @dataclass(frozen=True)

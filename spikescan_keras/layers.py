@@ -602,7 +602,9 @@ class LIReadout(keras.layers.Layer):
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
                             time_constant_inputs=self.trainable_time_constants)
         self.revival_penalty = _validate.nonnegative_scalar("revival_penalty", revival_penalty)
-        self._integral_spec = dataclasses.replace(self._spec, readout="integral", tau_readout=None)
+        # The revival objective's integral readout, for the dead units only (none: the op does nothing).
+        self._integral_spec = dataclasses.replace(self._spec, readout="integral", tau_readout=None,
+                                                  unit_mask_input=True)
         self._data_parallel = None  # set by spikescan_keras.distributed.DistributedDataParallel during fit
         self._integral_unit = None  # J_1 of the revival objective, computed on first use
         if isinstance(scale, str):
@@ -669,7 +671,7 @@ class LIReadout(keras.layers.Layer):
 
     def _revival_loss(self, inputs, kernel, taus, dead):
         """The revival objective of the class docstring; ``dead [units]`` is 1 for the units in ``D``."""
-        (integral,) = _bridge.apply(LIOp, self._integral_spec, (inputs, kernel, *taus))
+        (integral,) = _bridge.apply(LIOp, self._integral_spec, (inputs, kernel, *taus, dead))
         if self._integral_unit is None:
             self._integral_unit = self._unit("integral")
         unit = self._integral_unit

@@ -362,3 +362,69 @@ def test_buffer_route_defers_a_readout_check_only_when_there_is_one(monkeypatch)
         readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, **kw)
         readout(x, training=training)
         assert checked == expected, (kw, training)
+
+
+@pytest.mark.parametrize("time_constants", [False, True])
+def test_masked_integral_op_matches_the_full_op_on_its_units(time_constants):
+    """The revival objective's op with a unit mask: the set units' values and every gradient equal the full op's with
+    the other units' cotangent zeroed; no set unit gives zeros without running the readout."""
+    from spikescan_keras import _host
+
+    rng = np.random.default_rng(3)
+    x = spike_input(rng, batch=3, n_in=4, max_in=2).astype(np.float64)
+    w = rng.normal(size=(4, 5))
+    taus = (rng.uniform(8.0, 12.0, 5), rng.uniform(3.0, 5.0, 5)) if time_constants else ()
+    full_spec = _host.LISpec(TAU_MEM, TAU_SYN, "integral", T_MAX, None, time_constant_inputs=time_constants)
+    spec = _host.LISpec(TAU_MEM, TAU_SYN, "integral", T_MAX, None, time_constant_inputs=time_constants,
+                        unit_mask_input=True)
+    units = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
+    g = rng.normal(size=(3, 5))
+    (full,), full_res = _host.LIOp.forward(full_spec, (x, w, *taus))
+    (masked,), res = _host.LIOp.forward(spec, (x, w, *taus, units))
+    np.testing.assert_allclose(masked, full * units, rtol=1e-15, atol=0)
+    expected = _host.LIOp.backward(full_spec, full_res, g * units)
+    got = _host.LIOp.backward(spec, res, g)
+    assert len(got) == len(expected) + 1
+    for name, e, a in zip(["input_times", "weights", "tau_mem", "tau_syn"], expected, got):
+        assert a.shape == e.shape and a.dtype == e.dtype, name
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-15 * np.abs(e).max(), err_msg=name)
+    assert np.abs(expected[1][:, [0, 2]]).max() == 0 and np.abs(expected[1][:, [1, 3, 4]]).min() > 0
+    np.testing.assert_array_equal(got[-1], np.zeros(5))
+    # No unit set: zeros of the right shapes, and the readout is not run.
+    calls = []
+    original = spikescan.li_forward
+    spikescan.li_forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        (none,), res = _host.LIOp.forward(spec, (x, w, *taus, np.zeros(5)))
+        grads = _host.LIOp.backward(spec, res, g)
+    finally:
+        spikescan.li_forward = original
+    assert not calls
+    np.testing.assert_array_equal(none, 0.0)
+    for a, e in zip(grads, expected):
+        assert a.shape == e.shape and a.dtype == e.dtype and not a.any()
+
+
+def test_revival_objective_runs_its_readout_only_while_a_unit_is_dead(monkeypatch):
+    """A "max" readout with the revival objective: one readout evaluation per training step while every unit is
+    alive (the objective's integral readout is skipped), two while a unit is dead."""
+    x, y = timing_task(64)
+    calls = []
+    original = spikescan.li_forward
+
+    def spy(input_times, *args, **kwargs):
+        calls.append((kwargs["readout"], input_times.shape[0]))
+        return original(input_times, *args, **kwargs)
+
+    monkeypatch.setattr(spikescan, "li_forward", spy)
+    for dead_unit in (False, True):
+        model, readout = _dead_readout_model(1.0)
+        if not dead_unit:
+            w = readout.kernel.numpy()
+            w[:, 1] = np.abs(w[:, 1]) + 0.1
+            readout.kernel.assign(w)
+        calls.clear()
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+        train = [readout for readout, batch in calls if batch == 32]  # not the objective's one-spike unit J_1
+        assert train.count("max") == 2, (dead_unit, train)
+        assert train.count("integral") == (2 if dead_unit else 0), (dead_unit, train)
