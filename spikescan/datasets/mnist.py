@@ -33,6 +33,20 @@ def load_mnist_arrays(split: str, data_dir=None):
     return np.asarray(x), np.asarray(y, dtype=np.int64)
 
 
+def mnist_digest(data_dir) -> str:
+    """SHA-256 of the arrays in ``data_dir/mnist.npz`` (each key in sorted order: its name, dtype, shape and bytes),
+    which names the data a run used independently of the zip file's timestamps (``examples/mnist.py`` records it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with np.load(Path(data_dir) / "mnist.npz", allow_pickle=False) as f:
+        for key in sorted(f.files):
+            array = np.ascontiguousarray(f[key])
+            digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def latency_mnist(split: str, *, t_max: float = 20.0, threshold: float = 0.01, data_dir=None,
                   dtype=np.float32) -> SpikeDataset:
     """MNIST as a latency code: one spike per pixel, brighter pixels fire earlier.
