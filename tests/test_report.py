@@ -96,6 +96,19 @@ def test_changed_result_fails(tmp_path):
     assert "table 'examples'" in out.stderr and "50.0% with 1 ms bins" in out.stderr
 
 
+def test_mnist_subset_row_takes_only_runs_on_the_subset(tmp_path):
+    """The subset row's summaries must name the arrays tools/mnist_subset.py writes and its 4000 / 1000 split, so a
+    full-MNIST run (or another file) cannot land in that row."""
+    benchmarks, examples = _copy_results(tmp_path)
+    path = examples / "mnist_subset_torch_cpu.json"
+    result = json.loads(path.read_text())
+    assert result["data_sha256"] and result["n_train"] == 4000 and result["n_test"] == 1000
+    result["data_sha256"] = "0" * 64
+    path.write_text(json.dumps(result))
+    out = report("--check", benchmarks=benchmarks, examples=examples)
+    assert out.returncode == 1 and "mnist_subset_torch_cpu.json: data_sha256 is '000" in out.stderr, out.stderr
+
+
 def test_result_without_commit_fails(tmp_path):
     benchmarks, examples = _copy_results(tmp_path)
     path = benchmarks / "cpu_2core.json"
