@@ -107,7 +107,7 @@ def _linear_kernels(t, live, tau_mem, tau_syn, readout, t_max, tau_readout, time
     return tuple(out)
 
 
-def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None):
+def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None, engine="numpy"):
     """``max_{0 <= t <= t_max} V(t)`` per ``[batch, n_out]`` with its time and the flat input index at a kink.
 
     ``t_max`` may be ``+inf`` (the peak over all ``t >= 0``, the open gap after the last arrival included). With
@@ -118,7 +118,7 @@ def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None):
     n_out = W.shape[1]
     times, index, n_real = shared_queue(t, np)
     if delays is None or times.shape[1] == 1:  # one queue for all (with delays: only when there is no input)
-        return _walk_queues(times[:, None, :], index[:, None, :], W, tau_mem, tau_syn, t_max, max_in)
+        return _walk_queues(times[:, None, :], index[:, None, :], W, tau_mem, tau_syn, t_max, max_in, engine)
     best = np.zeros((batch, n_out))
     best_t = np.zeros((batch, n_out))
     best_k = np.full((batch, n_out), -1, np.int64)
@@ -127,11 +127,11 @@ def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None):
         idx = slice(i0, min(n_out, i0 + chunk))
         qt, qi, _ = delayed_queues(times, index, n_real, max_in, delays[:, idx], np)
         best[:, idx], best_t[:, idx], best_k[:, idx] = _walk_queues(qt, qi, W[:, idx], tau_mem[idx], tau_syn[idx],
-                                                                    t_max, max_in)
+                                                                    t_max, max_in, engine)
     return best, best_t, best_k
 
 
-def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
+def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in, engine="numpy"):
     """The maximum of ``V`` over ``[0, t_max]`` along input queues ``qt, qi`` ``[batch, Q, L1]`` (``build_queues``).
 
     ``Q = 1`` (one queue shared by every neuron) or ``Q = n_out`` (a queue per neuron). Candidates, in time order
@@ -140,7 +140,13 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
     candidate and records that input's flat index ``j * max_in + m``; otherwise ``-1``. With ``t_max = inf`` the gap
     that starts at the last arrival is open (its end value is ``V(inf) = 0``, which never beats ``V(0)``); gaps past
     it have length 0, never ``inf - inf``.
+
+    ``engine="numba"``: the same walk compiled (``_readout_numba.walk_queues``), one (sample, neuron) at a time.
     """
+    if engine == "numba":
+        from . import _readout_numba
+
+        return _readout_numba.walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in)
     batch, Q, L1 = qt.shape
     n_in, n_out = W.shape
     W_pad = np.concatenate([W, np.zeros((1, n_out))])  # row n_in: the weight of padding entries
@@ -197,7 +203,7 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
     return best, best_t, best_k
 
 
-def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):
+def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout, engine="numpy"):
     """Same contract as ``spikescan.li_forward`` for validated NumPy arguments (``tau_*`` as ``[n_out]`` float64)."""
     t = input_times.astype(np.float64)
     W = weights.astype(np.float64)
@@ -205,7 +211,7 @@ def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_reado
     n_out = W.shape[1]
     eval_time = kink_index = kernels = None
     if readout == "max":
-        values, eval_time, kink_index = _max_forward(t, W, tau_mem, tau_syn, t_max)
+        values, eval_time, kink_index = _max_forward(t, W, tau_mem, tau_syn, t_max, engine=engine)
     else:
         values = np.zeros((batch, n_out))
         live = t < t_max
@@ -224,7 +230,8 @@ def li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_reado
     return LIResult(values.astype(input_times.dtype), residuals)
 
 
-def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, time_constant_grads=False):
+def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, time_constant_grads=False,
+               engine="numpy"):
     """Gradient of ``sum g V_i(t*)``: ``V_i(t*)`` differentiated with ``t*`` fixed (envelope theorem), plus
     ``dV(t*)/da = V'(t*^-)`` for the arrival ``a`` at a kink (``kink_index >= 0``), which moves ``t*`` with it.
 
@@ -238,7 +245,13 @@ def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, 
     ``[inputs, neurons]`` temporaries stay within about ``_POINTS_PER_STEP`` entries.
     Returns ``(grad_W, grad_t, grad_D, grad_taus)``, ``grad_D`` ``None`` without delays, ``grad_taus``
     ``(grad_tau_mem, grad_tau_syn)`` ``[n_out]`` with ``time_constant_grads``, else ``None``.
+    ``engine="numba"``: the same sums compiled (``_readout_numba.max_grads``), in a fixed order.
     """
+    if engine == "numba":
+        from . import _readout_numba
+
+        return _readout_numba.max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g,
+                                        time_constant_grads)
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     grad_W = np.zeros(W.shape)
@@ -290,13 +303,14 @@ def _max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, 
     return grad_W, grad_t, grad_D, grad_taus
 
 
-def li_backward(result, grad_values, time_constant_grads=False):
+def li_backward(result, grad_values, time_constant_grads=False, engine="numpy"):
     """Same contract as ``spikescan.li_backward`` for validated NumPy arguments."""
     res = result.residuals
     g = grad_values.astype(np.float64)
     if res.readout == "max":
         grad_W, grad_t, _, grad_taus = _max_grads(res.input_times, res.weights, None, res.tau_mem, res.tau_syn,
-                                                  res.t_max, res.eval_time, res.kink_index, g, time_constant_grads)
+                                                  res.t_max, res.eval_time, res.kink_index, g, time_constant_grads,
+                                                  engine)
     else:
         t, W = res.input_times, res.weights
         grad_W = np.zeros(W.shape)
@@ -320,7 +334,7 @@ def li_backward(result, grad_values, time_constant_grads=False):
                    tau_syn=tau_syn)
 
 
-def peak_forward(t, W, D, tau_mem, tau_syn, neurons):
+def peak_forward(t, W, D, tau_mem, tau_syn, neurons, engine="numpy"):
     """``sup_{t >= 0} V_i(t)`` of the no-reset voltage for the neurons ``neurons`` (``[n_sel]`` int64 indices).
 
     ``t``, ``W``, ``D`` (or ``None``), ``tau_*``: validated float64 NumPy arrays of ``spikescan.peak_voltage``.
@@ -328,17 +342,17 @@ def peak_forward(t, W, D, tau_mem, tau_syn, neurons):
     ``PeakResiduals``).
     """
     D_sel = None if D is None else D[:, neurons]
-    return _max_forward(t, W[:, neurons], tau_mem[neurons], tau_syn[neurons], np.inf, D_sel)
+    return _max_forward(t, W[:, neurons], tau_mem[neurons], tau_syn[neurons], np.inf, D_sel, engine)
 
 
-def peak_backward(t, W, D, tau_mem, tau_syn, neurons, eval_time, kink_index, g):
+def peak_backward(t, W, D, tau_mem, tau_syn, neurons, eval_time, kink_index, g, engine="numpy"):
     """Float64 ``(grad_W, grad_t, grad_D or None)`` of ``sum g * values`` for ``peak_forward``'s outputs.
 
     ``g``: ``[batch, n_sel]`` cotangent of the selected neurons; the other columns of ``grad_W``/``grad_D`` are 0.
     """
     D_sel = None if D is None else D[:, neurons]
     gW, grad_t, gD, _ = _max_grads(t, W[:, neurons], D_sel, tau_mem[neurons], tau_syn[neurons], np.inf,
-                                   eval_time, kink_index, g)
+                                   eval_time, kink_index, g, engine=engine)
     grad_W = np.zeros(W.shape)
     grad_W[:, neurons] = gW
     grad_D = None

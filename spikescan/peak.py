@@ -24,7 +24,16 @@ def _neuron_indices(neurons, n_out):
     return np.flatnonzero(v.to_host(neurons)).astype(np.int64)
 
 
-def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons=None):
+def _host_engine(engine):
+    """``"numba"`` or ``"numpy"``: the host engine of ``engine`` (CuPy inputs are computed on the host too)."""
+    from ._lif_numpy import resolve_engine
+    from .lif import ENGINES
+
+    v.choice("engine", engine, ENGINES)
+    return resolve_engine(engine)
+
+
+def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons=None, engine="auto"):
     """Exact peak over all time of the voltage of a dense layer of neurons without threshold or reset.
 
     Dynamics (DESIGN.md sections 1 and 5) exactly those of ``li_forward``, per output neuron ``i``::
@@ -51,6 +60,9 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
         delays: optional ``[n_in, n_out]`` float32/float64 finite non-negative per-synapse delays.
         neurons: optional boolean mask ``[n_out]`` (NumPy or CuPy): only these neurons are computed; the others
             get value ``0`` and zero gradient. With no neuron selected nothing is computed (not even a copy).
+        engine: how the host computes the walk: ``"numba"`` (compiled), ``"numpy"`` or ``"auto"`` (Numba when
+            installed; ``SPIKESCAN_ENGINE`` overrides), as ``li_forward``'s; also for CuPy inputs, which are computed
+            on the host.
 
     Returns:
         ``PeakResult(values [batch, n_out] in the dtype of input_times, residuals)``. NumPy for NumPy inputs, CuPy
@@ -69,6 +81,7 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     n_out = weights.shape[1]
     tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     sel = _neuron_indices(neurons, n_out)
+    engine = _host_engine(engine)
     batch = input_times.shape[0]
     values = np.zeros((batch, n_out))
     t = W = D = None
@@ -80,7 +93,7 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
         t = v.to_host(input_times).astype(np.float64)
         W = v.to_host(weights).astype(np.float64)
         D = None if delays is None else v.to_host(delays).astype(np.float64)
-        values[:, sel], eval_time, kink_index = impl.peak_forward(t, W, D, tau_mem, tau_syn, sel)
+        values[:, sel], eval_time, kink_index = impl.peak_forward(t, W, D, tau_mem, tau_syn, sel, engine)
     residuals = PeakResiduals(
         neurons=sel, input_times=t, weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, eval_time=eval_time,
         kink_index=kink_index, input_shape=tuple(input_times.shape), n_out=n_out, input_dtype=input_times.dtype,
@@ -89,7 +102,7 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     return PeakResult(values if xp is np else xp.asarray(values), residuals)
 
 
-def peak_voltage_backward(result, grad_values):
+def peak_voltage_backward(result, grad_values, *, engine="auto"):
     """Exact reverse-mode gradients of ``peak_voltage`` (envelope theorem, as ``li_backward``'s ``"max"``).
 
     The gradient of ``V_i(t*)`` at the fixed arg max ``t*`` (an interior peak or ``0``). When the peak sits on the
@@ -102,6 +115,7 @@ def peak_voltage_backward(result, grad_values):
     Args:
         result: the ``PeakResult`` of ``peak_voltage``.
         grad_values: ``[batch, n_out]`` finite cotangent of ``result.values`` (same array kind, NumPy or CuPy).
+        engine: as ``peak_voltage``'s (compiled: a fixed summation order, the same bits for any number of threads).
 
     Returns:
         ``PeakGrads(weights, input_times, delays)`` with the shapes and dtypes of the forward arguments (``delays``
@@ -112,6 +126,7 @@ def peak_voltage_backward(result, grad_values):
     if not isinstance(result, PeakResult):
         raise TypeError(f"result must be the PeakResult returned by peak_voltage, got {type(result).__name__}")
     xp = v.cotangent("grad_values", grad_values, result.values)
+    engine = _host_engine(engine)
     res = result.residuals
     n_in = res.input_shape[1]
     if res.neurons.size:
@@ -119,7 +134,8 @@ def peak_voltage_backward(result, grad_values):
 
         g = v.to_host(grad_values).astype(np.float64)[:, res.neurons]
         grad_W, grad_t, grad_D = impl.peak_backward(res.input_times, res.weights, res.delays, res.tau_mem,
-                                                    res.tau_syn, res.neurons, res.eval_time, res.kink_index, g)
+                                                    res.tau_syn, res.neurons, res.eval_time, res.kink_index, g,
+                                                    engine)
     else:
         grad_W = np.zeros((n_in, res.n_out))
         grad_t = np.zeros(res.input_shape)

@@ -6,11 +6,13 @@ import numpy as np
 
 from . import _validate as v
 from ._types import LIGrads, LIResult
+from .lif import _engine
 
 READOUTS = ("integral", "max", "final")
 
 
-def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None):
+def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None,
+               engine="auto"):
     """Exact readout of a dense layer of non-spiking leaky integrators over the window ``[0, t_max]``.
 
     Dynamics (DESIGN.md sections 1 and 5), per output neuron ``i``, with no threshold and no reset::
@@ -44,6 +46,11 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
         t_max: positive end of the observation window.
         tau_readout: positive time constant of the weighting ``e^{-t/tau_readout}`` of ``"integral"``, or ``None``
             for none. Only valid with ``readout="integral"``.
+        engine: how NumPy inputs compute the ``"max"`` walk: ``"numba"`` (compiled, one (sample, neuron) per loop
+            iteration; needs ``pip install spikescan[cpu]``), ``"numpy"`` (vectorised over samples and neurons, a
+            Python loop over events) or ``"auto"`` (Numba when installed; ``SPIKESCAN_ENGINE`` overrides, as for
+            ``lif_forward``). The same values to rounding. ``"integral"`` and ``"final"`` are NumPy either way.
+            CuPy inputs take ``"auto"`` (the CUDA kernels).
 
     Returns:
         ``LIResult(values [batch, n_out] in the dtype of input_times, residuals)``. Arrays are NumPy for NumPy
@@ -51,10 +58,13 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
 
     Cost (NumPy): ``"integral"``/``"final"`` evaluate one kernel per input spike and distinct ``(tau_mem,
     tau_syn)`` pair, then a ``[batch, n_in] @ [n_in, n_out]`` matmul. ``"max"`` sorts each sample's inputs by time
-    (``build_queues``) and walks them in blocks of events: a short loop over the block for the states, the gap
-    maxima for the whole block at once. Residuals hold float64 copies of the inputs (see ``LIResiduals``).
+    (``build_queues``) and walks them: compiled, one (sample, neuron) per parallel loop iteration
+    (``engine="numba"``), or in blocks of events, a short Python loop over the block for the states and the gap
+    maxima for the whole block at once (``engine="numpy"``). Residuals hold float64 copies of the inputs (see
+    ``LIResiduals``).
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn)
+    engine = _engine(engine, xp)
     v.choice("readout", readout, READOUTS)
     t_max = v.positive_scalar("t_max", t_max)
     if tau_readout is not None:
@@ -65,13 +75,13 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
     if xp is np:
         from . import _readout_numpy as impl
 
-        return impl.li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
+        return impl.li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout, engine)
     from .cuda import _readout as cuda_impl
 
     return cuda_impl.li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
 
 
-def li_backward(result, grad_values, *, time_constant_grads=False):
+def li_backward(result, grad_values, *, time_constant_grads=False, engine="auto"):
     """Exact reverse-mode gradients of ``li_forward``.
 
     ``"integral"`` and ``"final"`` are linear in the weights: ``d/d weights[j, i]`` is the summed kernel of input
@@ -96,6 +106,8 @@ def li_backward(result, grad_values, *, time_constant_grads=False):
         grad_values: ``[batch, n_out]`` finite cotangent of ``result.values``.
         time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (a few more closed-form
             evaluations per input spike and neuron, so off unless asked).
+        engine: as ``li_forward``'s, for the ``"max"`` gradients (compiled: a fixed summation order, so the same
+            bits for any number of threads).
 
     Returns:
         ``LIGrads(weights, input_times, tau_mem, tau_syn)``: ``weights`` and ``input_times`` with the shapes and
@@ -107,10 +119,11 @@ def li_backward(result, grad_values, *, time_constant_grads=False):
     xp = v.cotangent("grad_values", grad_values, result.values)
     if not isinstance(time_constant_grads, (bool, np.bool_)):
         raise TypeError(f"time_constant_grads must be True or False, got {time_constant_grads!r}")
+    engine = _engine(engine, xp)
     if xp is np:
         from . import _readout_numpy as impl
 
-        return impl.li_backward(result, grad_values, bool(time_constant_grads))
+        return impl.li_backward(result, grad_values, bool(time_constant_grads), engine)
     from .cuda import _readout as cuda_impl
 
     return cuda_impl.li_backward_cuda(result, grad_values, bool(time_constant_grads))

@@ -852,3 +852,52 @@ def test_unrolled_queues_compiled_put_inputs_before_arrivals_at_equal_times():
     assert at.size == 2 and qi[at[0]] < W.shape[0] <= qi[at[1]]  # the input (source < n_in), then the arrival
     for name in ("queue_times", "queue_index", "queue_end", "spike_event"):
         np.testing.assert_array_equal(getattr(b.residuals, name), getattr(a.residuals, name), err_msg=name)
+
+
+# ---------------------------------------------------------------- the readout's "max" walk
+
+@pytest.mark.parametrize("tau", ["shared", "per_neuron"])
+def test_compiled_max_walk_equals_numpy_and_ignores_thread_count(tau):
+    """``engine="numba"`` against ``engine="numpy"`` on a layer big enough for the parallel kernels: the same kinks,
+    values, times and gradients (time constants included) to rounding, and the same bits on 1 and 2 threads."""
+    rng = np.random.default_rng(21)
+    t = np.sort(rng.uniform(0.0, 6.0, (32, 60, 4)), axis=-1)  # work above _lif_numba.SERIAL_WORK: parallel loops
+    t[rng.random(t.shape) < 0.3] = np.inf
+    t = np.sort(t, axis=-1)
+    W = rng.normal(0.0, 0.6, (60, 12))
+    taus = (rng.uniform(0.8, 1.5, 12), rng.uniform(0.3, 0.7, 12)) if tau == "per_neuron" else (1.0, 0.5)
+    kw = dict(tau_mem=taus[0], tau_syn=taus[1], readout="max", t_max=5.0)
+    g = rng.normal(size=(32, 12))
+    assert 32 * 12 * 60 * 4 > _lif_numba.SERIAL_WORK
+    ref = ss.li_forward(t, W, engine="numpy", **kw)
+    ref_g = ss.li_backward(ref, g, time_constant_grads=True, engine="numpy")
+    runs = []
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            out = ss.li_forward(t, W, engine="numba", **kw)
+            runs.append((out, ss.li_backward(out, g, time_constant_grads=True, engine="numba")))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    (out, grads), (out2, grads2) = runs
+    np.testing.assert_array_equal(out.residuals.kink_index, ref.residuals.kink_index)
+    assert (ref.residuals.kink_index >= 0).sum() > 10 and (ref.residuals.eval_time == 5.0).any()
+    np.testing.assert_allclose(out.values, ref.values, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(out.residuals.eval_time, ref.residuals.eval_time, rtol=1e-13, atol=1e-15)
+    for name in ("weights", "input_times", "tau_mem", "tau_syn"):
+        a, b = getattr(grads, name), getattr(ref_g, name)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * np.abs(b).max(), err_msg=name)
+        np.testing.assert_array_equal(a, getattr(grads2, name), err_msg=name)
+    np.testing.assert_array_equal(out.values, out2.values)
+
+
+def test_readout_engine_is_validated():
+    rng = np.random.default_rng(0)
+    t, W = np.sort(rng.uniform(0.05, 5.0, (2, 3, 4)), axis=-1), rng.normal(size=(3, 2))
+    with pytest.raises(ValueError, match="engine"):
+        ss.li_forward(t, W, tau_mem=1.0, tau_syn=0.5, readout="max", t_max=4.0, engine="fortran")
+    res = ss.li_forward(t, W, tau_mem=1.0, tau_syn=0.5, readout="max", t_max=4.0, engine="numpy")
+    with pytest.raises(ValueError, match="engine"):
+        ss.li_backward(res, np.ones((2, 2)), engine="gpu")
+    with pytest.raises(ValueError, match="engine"):
+        ss.peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, engine="fortran")

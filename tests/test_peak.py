@@ -12,6 +12,9 @@ from spikescan import _readout_numpy
 from spikescan import li_backward, li_forward, peak_voltage, peak_voltage_backward
 from tolerances import TOL
 
+# Every test once per CPU engine (tests/conftest.py): the "max" walk and its gradients are compiled on Numba's.
+pytestmark = pytest.mark.usefixtures("cpu_engine")
+
 inf = np.inf
 nan = np.nan
 # The brute force evaluates the closed-form voltage (a sum of PSP kernels) on a dense grid that contains every

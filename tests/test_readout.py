@@ -13,6 +13,9 @@ from spikescan import li_backward, li_forward
 from spikescan.cuda import _readout as _readout_cuda
 from tolerances import TOL
 
+# Every test once per CPU engine (tests/conftest.py): the "max" walk and its gradients are compiled on Numba's.
+pytestmark = pytest.mark.usefixtures("cpu_engine")
+
 READOUTS = ("final", "integral", "max")
 
 # Tolerances, kept in one place. The brute force is RK4 with step ~2e-3 (error ~1e-12); its maximum is refined by a
@@ -562,3 +565,4 @@ def test_cupy_matches_numpy(readout):
     for name in ("weights", "input_times", "tau_mem", "tau_syn"):
         np.testing.assert_allclose(cp.asnumpy(getattr(got_g, name)), getattr(ref_g, name), rtol=1e-9, atol=1e-12,
                                    err_msg=f"grad_{name}")
+
