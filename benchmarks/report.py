@@ -15,6 +15,8 @@ the markers is generated, everything outside them is left alone. The tables (``T
   Yin-Yang entry over several seeds, with ``recurrent_scale`` at its default and at 1;
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
+- ``readout_engines``: the ``"max"`` readout and ``peak_voltage`` on the NumPy and the compiled engine
+  (``benchmarks/results/cpu_readout.json`` from ``bench_readout.py``);
 - ``cpu_peers``: spikescan against jaxsnn and a discrete-time baseline on the CPU
   (``benchmarks/results/cpu_peers.json`` from ``bench_cpu_peers.py``), with the agreement checked before timing.
 
@@ -646,6 +648,31 @@ def recurrent_table(results, name="recurrent_cpu.json"):
     return "\n".join([caption, ""] + table(header, rows))
 
 
+# ---------------------------------------------------------------- readout engines
+
+def readout_table(results, name="cpu_readout.json"):
+    """``bench_readout.py``: the "max" readout and ``peak_voltage``, NumPy engine against the compiled one."""
+    r = results.bench(name)
+    caption = (f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)}, Numba with {r['numba_threads']} "
+               f"threads; median of {r['repeats']} calls after a warm-up, the engines alternating. tau_mem "
+               f"{r['tau_mem']:g} ms, tau_syn {r['tau_syn']:g} ms, t_max {r['t_max']:g} ms; about half of the "
+               "input entries are `+inf` padding. The engines were checked to agree before timing (identical "
+               "kinks; the largest relative difference of any value, time or gradient is in the last column).")
+    header = ["Shape", "NumPy engine, fwd / fwd+bwd", "Numba engine, fwd / fwd+bwd", "Speed-up (fwd / fwd+bwd)",
+              "Largest difference"]
+    rows = []
+    for shape, speed in r["speedups"].items():
+        by = {row["engine"]: row for row in r["rows"] if row["shape"] == shape}
+        first = by["numpy"]
+        what = "`peak_voltage`, delays, a quarter of the neurons" if first["kind"] == "peak" else '`"max"` readout'
+        label = (f"{what}: batch {first['batch']}, {first['n_in']} inputs x {first['max_in']} spikes, "
+                 f"{first['n_out']} units")
+        rows.append([label, _pair(by["numpy"]), _pair(by["numba"]),
+                     f"{ratio(speed['forward'])} / {ratio(speed['forward_backward'])}",
+                     f"{max(speed['max_relative_difference'].values()):.1e}"])
+    return "\n".join([caption, ""] + table(header, rows))
+
+
 TABLES = {
     "examples": examples_table,
     "learning_torch": lambda results: learning_table(results.bench("learning_torch.json")),
@@ -658,6 +685,7 @@ TABLES = {
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,
+    "readout_engines": readout_table,
 }
 
 
