@@ -216,7 +216,7 @@ def _group(res, grad_times, neurons, n_rec, n_entries, lay, grads):
     n = neurons.size
     S = res.spike_times.shape[2]
     n_in, n_out = res.weights.shape
-    (cols, tm, ts, th, T, ev, rec, r, k, src_idx, j, w, t_k, sr, sm, spike, a, b, c, gap, ga, gb, gc,
+    (cols, tm, ts, th, T, ev, rec, r, _, src_idx, j, w, t_k, sr, sm, spike, a, b, c, gap, ga, gb, gc,
      I_spk) = _spans(res, neurons, n_rec, n_entries, lay)
     col = cols[r]
     g = np.where(rec, grad_times.reshape(-1, S)[neurons].astype(np.float64), 0.0)
