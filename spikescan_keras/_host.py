@@ -369,7 +369,7 @@ class CalibrateSpec:
     tau_syn: float
     threshold: float
     target: tuple
-    max_mean_count: float
+    max_spikes: int  # the layer's; the calibration's burst bound is spikescan.init.burst_bound of it and the batch
     method: str
     solver: str
     layer_name: str
@@ -384,13 +384,13 @@ class CalibrateOp:
 
     @staticmethod
     def forward(spec: CalibrateSpec, inputs):
-        from spikescan.init import calibrate_scale
+        from spikescan.init import burst_bound, calibrate_scale
 
         input_times, weights, *delays = map(_validate.to_host, inputs)  # calibration runs once, on the host
         scale, fraction = calibrate_scale(
             input_times, weights, delays=delays[0] if delays else None,
             tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
-            max_mean_count=spec.max_mean_count, method=spec.method, solver=spec.solver)
+            max_mean_count=burst_bound(input_times, spec.max_spikes), method=spec.method, solver=spec.solver)
         low, high = spec.target
         if not low <= fraction <= high:
             warnings.warn(

@@ -207,11 +207,13 @@ class LIFLayer(keras.layers.Layer):
             model's losses).
         calibrate: ``(low, high)`` fractions, or ``None`` to switch off. On its first training call (the first
             batch of ``fit``) the layer measures the fraction of (sample, neuron) pairs that fire; outside
-            ``[low, high]``, or when the neurons fire more than ``max_spikes / 2`` spikes on average (bursts that
-            the recording would cap), it searches a factor that fixes it (``spikescan.init.calibrate_scale``) and
-            keeps it in the non-trainable weight ``kernel_scale``: the layer computes with
-            ``kernel * kernel_scale`` from then on, and the factor is saved with the model. Layers calibrate in
-            order, each on the spikes of the calibrated layers before it. Default ``(0.3, 0.9)``.
+            ``[low, high]``, or when the neurons fire more than ``spikescan.init.burst_bound`` spikes on average
+            (``min(max_spikes / 2, max(4, spikes per active input channel))``: bursts that the recording would cap
+            or that the input does not call for), it searches a factor that fixes it
+            (``spikescan.init.calibrate_scale``) and keeps it in the non-trainable weight ``kernel_scale``: the
+            layer computes with ``kernel * kernel_scale`` from then on, and the factor is saved with the model.
+            Layers calibrate in order, each on the spikes of the calibrated layers before it. Default
+            ``(0.3, 0.9)``.
         silence_penalty: strength of the revival objective (``0`` switches it off). On a training batch, for the
             set ``S`` of neurons that fire on no sample of the batch, the layer adds to the model's loss::
 
@@ -313,7 +315,7 @@ class LIFLayer(keras.layers.Layer):
         self._data_parallel = None
         if self.calibrate is not None:
             self._calibrate_spec = CalibrateSpec(self.tau_mem, self.tau_syn, self.threshold, self.calibrate,
-                                                 self.max_spikes / 2, self.method, self.solver, self.name)
+                                                 self.max_spikes, self.method, self.solver, self.name)
 
     def _auto_kernel_initializer(self, n_in):
         mu = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn, threshold=self.threshold,

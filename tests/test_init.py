@@ -5,7 +5,8 @@ import pytest
 
 import spikescan
 from spikescan.neurons import lif as lif_model
-from spikescan.init import calibrate_scale, firing_fraction, input_statistics, mean_psp_peak, mean_weight
+from spikescan.init import (BURST_FLOOR, burst_bound, calibrate_scale, firing_fraction, input_statistics,
+                            mean_psp_peak, mean_weight)
 
 TAU_MEM, TAU_SYN = 10.0, 5.0
 
@@ -113,6 +114,40 @@ def test_calibration_tames_bursts_while_keeping_the_fraction():
     scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_mean_count=2.0)
     counts = spikescan.lif_forward(x, w * scale, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1).counts
     assert scale < 1.0 and counts.mean() <= 2.0 and 0.3 <= fraction == firing_fraction(counts)
+
+
+def _volley(seed=0):
+    """A latency-coded batch (one spike per channel within 1 ms, 40% of the channels silent) and weights whose
+    neurons burst when scaled up to the target fraction."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, (32, 60, 1))
+    x[rng.random(x.shape) < 0.4] = np.inf
+    w = rng.normal(0.0, 1.0, (60, 40)) * 0.05 + rng.normal(0.0, 1.0, (1, 40)) * 0.02
+    return x, w
+
+
+def test_burst_bound_follows_the_input_and_the_recording():
+    x, _ = _volley()
+    assert burst_bound(x, 4) == 2.0  # the recording: max_spikes / 2
+    assert burst_bound(x, 16) == burst_bound(x, 64) == BURST_FLOOR  # one spike per channel: the floor
+    rate = np.sort(np.random.default_rng(1).uniform(0.0, 20.0, (8, 10, 12)), axis=-1)
+    rate[:, 5:] = np.inf  # silent channels do not lower the rate
+    rate[:, :5, 6:] = np.inf  # 6 spikes per active channel
+    assert burst_bound(rate, 64) == 6.0 and burst_bound(rate, 10) == 5.0
+    assert burst_bound(np.full((2, 3, 1), np.inf), 16) == BURST_FLOOR
+
+
+def test_calibration_of_a_volley_does_not_grow_with_max_spikes():
+    """On a synchronous volley the fraction target alone lets neurons burst (mean 7.7, up to 46 spikes); the bound
+    from the input keeps them to a few whatever max_spikes (it was max_spikes / 2, so 16 allowed 8 per neuron)."""
+    x, w = _volley()
+    kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    old, _ = calibrate_scale(x, w, max_mean_count=16 / 2, **kw)
+    scales = [calibrate_scale(x, w, max_mean_count=burst_bound(x, m), **kw)[0] for m in (8, 16, 64)]
+    assert scales[0] == scales[1] == scales[2] < old / 2
+    counts = spikescan.lif_forward(x, w * scales[1], max_spikes=1, **kw).counts
+    assert counts.mean() <= BURST_FLOOR and 0.3 <= firing_fraction(counts)
+    assert spikescan.lif_forward(x, w * old, max_spikes=1, **kw).counts.mean() > 1.5 * BURST_FLOOR
 
 
 def test_calibration_trials_that_run_away_count_as_busy(monkeypatch):
