@@ -1,4 +1,4 @@
-"""The ``"max"`` readout and ``peak_voltage`` on the CPU, NumPy engine against the compiled one, side by side in one run.
+"""The ``"max"`` readout and ``peak_voltage`` on the CPU: the NumPy engine and the compiled one side by side.
 
 ``python benchmarks/bench_readout.py [--quick] [--repeats 7] [--output FILE]``
 

@@ -92,8 +92,9 @@ def test_first_training_batch_calibrates_the_kernel_scale(tmp_path):
     scale = float(lif.kernel_scale.numpy())
     assert int(lif.calibrated.numpy()) == 1 and scale > 4.0
     # The factor is the one calibrate_scale finds on the first batch, and it brings the firing into the target.
+    bound = spikescan.init.burst_bound(x[:32], lif.max_spikes)
     expected, fraction = spikescan.init.calibrate_scale(x[:32], kernel0, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
-                                                        max_mean_count=spikescan.init.burst_bound(x[:32], lif.max_spikes))
+                                                        max_mean_count=bound)
     np.testing.assert_allclose(scale, expected, rtol=1e-6)
     assert 0.3 <= fraction <= 0.9
     # Calibrated once: more training keeps the factor; save/load keeps it too.
@@ -335,8 +336,8 @@ def _dead_readout_model(revival_penalty):
 
 def test_dead_readout_unit_is_counted_and_revived_by_training():
     """Without the objective the dead unit gets no gradient and its kernel column never moves (its class is never
-    predicted), and a DeadReadoutWarning names the layer; with it (no warning), fit raises the column until the unit's voltage rises, and FiringMonitor logs the readout's
-    dead fraction."""
+    predicted), and a DeadReadoutWarning names the layer; with it (no warning), fit raises the column until the
+    unit's voltage rises, and FiringMonitor logs the readout's dead fraction."""
     x, y = timing_task(64)
     model, readout = _dead_readout_model(0.0)
     column = readout.kernel.numpy()[:, 1].copy()
