@@ -10,6 +10,10 @@ per-synapse delays for a quarter of its neurons (the silent-neuron objective's c
 backward. Before timing it checks that the engines agree: the same kinks, values and arg max times within 1e-12
 (relative), every gradient within 1e-10 of the largest (the largest differences are recorded).
 
+Then the sort that builds each sample's queue of input spikes (``_queue.shared_queue``, every layer without delays
+and every ``"max"`` readout): NumPy's stable argsort of the whole padded row against the compiled engine's stable
+sort of the finite entries (``shared_queue_compiled``), after checking they give identical arrays.
+
 Times are the median of ``--repeats`` calls after a warm-up call (Numba compiles, or loads its cache, then); the
 engines alternate call by call, so drifts of the machine hit both alike. ``speedups`` has ``numpy`` time /
 ``numba`` time per shape. The JSON is stamped with the commit, machine and versions (``_stamp.py``).
@@ -43,6 +47,14 @@ QUICK = {
 }
 TAU_MEM, TAU_SYN, WINDOW, T_MAX = 20.0, 10.0, 30.0, 60.0
 ENGINES = ("numpy", "numba")
+# (batch, n_in, max_in, fraction of +inf padding): the MNIST example's input (a spike for a fifth of the pixels) and
+# hidden spikes, and SHD-like inputs.
+QUEUE_SHAPES = {
+    "mnist_input_b64": (64, 784, 1, 0.8),
+    "mnist_hidden_b64": (64, 350, 4, 0.5),
+    "shd_input_b32": (32, 700, 12, 0.4),
+}
+QUICK_QUEUES = {"small_b8": (8, 40, 4, 0.5)}
 
 
 def inputs(shape, seed=0):
@@ -123,6 +135,33 @@ def time_shape(shape, repeats):
     return {key: float(np.median(v)) for key, v in times.items()}
 
 
+def queue_rows(shapes, repeats):
+    """The shared-queue sort on each engine, checked identical first."""
+    from spikescan._queue import shared_queue, shared_queue_compiled
+
+    rows = []
+    for name, (batch, n_in, max_in, silent) in shapes.items():
+        rng = np.random.default_rng(1)
+        t = rng.uniform(0.0, WINDOW, (batch, n_in, max_in))
+        t[rng.random(t.shape) < silent] = np.inf
+        t = np.sort(t, axis=-1)
+        fns = {"numpy": lambda: shared_queue(t, np), "numba": lambda: shared_queue_compiled(t)}
+        ref, out = fns["numpy"](), fns["numba"]()
+        if not all(np.array_equal(a, b) for a, b in zip(ref, out)):
+            raise AssertionError(f"the compiled shared queue differs from NumPy's on {name}")
+        times = {e: [] for e in ENGINES}
+        for _ in range(repeats):
+            for e in ENGINES:
+                start = time.perf_counter()
+                fns[e]()
+                times[e].append(time.perf_counter() - start)
+        rows.append(dict(shape=name, batch=batch, n_in=n_in, max_in=max_in, entries=int(ref[2].sum()),
+                         numpy_s=float(np.median(times["numpy"])), numba_s=float(np.median(times["numba"])),
+                         identical=True))
+        print(f"{name}: shared queue {rows[-1]['numpy_s'] / rows[-1]['numba_s']:.1f}x over numpy", flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (the test suite's run)")
@@ -144,8 +183,10 @@ def main(argv=None):
         speedups[name].update(max_relative_difference=diffs, kinks=kinks)
         print(f"{name}: numba {speedups[name]['forward']:.1f}x forward, "
               f"{speedups[name]['forward_backward']:.1f}x forward+backward over numpy", flush=True)
+    queues = queue_rows(QUICK_QUEUES if args.quick else QUEUE_SHAPES, args.repeats)
     report = dict(benchmark="bench_readout", stamp=stamp(), numba_threads=numba.get_num_threads(),
-                  repeats=args.repeats, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, rows=rows, speedups=speedups)
+                  repeats=args.repeats, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, rows=rows, speedups=speedups,
+                  queues=queues)
     write_json(report, args.output)
     return report
 

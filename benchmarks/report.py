@@ -670,7 +670,14 @@ def readout_table(results, name="cpu_readout.json"):
         rows.append([label, _pair(by["numpy"]), _pair(by["numba"]),
                      f"{ratio(speed['forward'])} / {ratio(speed['forward_backward'])}",
                      f"{max(speed['max_relative_difference'].values()):.1e}"])
-    return "\n".join([caption, ""] + table(header, rows))
+    lines = [caption, ""] + table(header, rows)
+    if r.get("queues"):
+        lines += ["", "Each sample's queue of input spikes (`shared_queue`, every layer without delays and every "
+                  "`\"max\"` readout), checked identical on both engines first:", ""]
+        lines += table(["Spikes", "Real entries", "NumPy stable argsort", "Compiled sort", "Speed-up"], [
+            [f"batch {q['batch']}, {q['n_in']} inputs x {q['max_in']}", str(q["entries"]), seconds(q["numpy_s"]),
+             seconds(q["numba_s"]), ratio(q["numpy_s"] / q["numba_s"])] for q in r["queues"]])
+    return "\n".join(lines)
 
 
 TABLES = {

@@ -867,6 +867,34 @@ def stable_order(values, bucket_sort=True):
 
 
 @_pjit
+def shared_queue(flat, n_real, times_out, index_out):
+    """``_queue.shared_queue`` compiled, per sample (``prange``): the finite entries of the row ``flat[b]`` (``[batch,
+    N]`` float64 spike times, flat source index ``j * max_in + m``) in flat order, sorted stably by time
+    (``stable_order``), then ``+inf`` / ``-1`` padding up to ``L1 = times_out.shape[1]``. ``n_real[b]``: the row's
+    finite entries. The same arrays as NumPy's stable argsort of the whole row (ties keep the flat order)."""
+    batch, N = flat.shape
+    L1 = times_out.shape[1]
+    for b_ in prange(batch):
+        b = np.int64(b_)
+        n = n_real[b]
+        source = np.empty(n, np.int64)
+        values = np.empty(n)
+        k = 0
+        for f in range(N):
+            if flat[b, f] < np.inf:
+                source[k] = f
+                values[k] = flat[b, f]
+                k += 1
+        order = stable_order(values, True)
+        for k in range(n):
+            times_out[b, k] = values[order[k]]
+            index_out[b, k] = source[order[k]]
+        for k in range(n, L1):
+            times_out[b, k] = np.inf
+            index_out[b, k] = -1
+
+
+@_pjit
 def unrolled_counts(qend, Q, log_k, log_n, R, n_out, out_end):
     """Entries per (sample, neuron) row of the unrolled recurrent layer (``unrolled_queues``): the neuron's input
     entries plus the recurrent arrivals it received (spikes ``m < log_n[b]`` of neurons ``k`` with ``R[k, i] !=

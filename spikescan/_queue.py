@@ -31,6 +31,21 @@ def build_queues(input_times, delays, xp):
     return delayed_queues(times, index, n_real, input_times.shape[2], delays, xp)
 
 
+def shared_queue_compiled(input_times):
+    """``shared_queue(input_times, np)`` by the compiled engine (``_lif_numba.shared_queue``: a stable sort of each
+    sample's finite entries only, in parallel over samples): the same arrays."""
+    from . import _lif_numba
+
+    batch, n_in, max_in = input_times.shape
+    flat = np.ascontiguousarray(input_times.reshape(batch, n_in * max_in), dtype=np.float64)
+    n_real = np.isfinite(flat).sum(axis=1).astype(np.int64)
+    length = int(n_real.max()) if batch else 0
+    times = np.empty((batch, length + 1))
+    index = np.empty((batch, length + 1), np.int64)
+    _lif_numba.shared_queue(flat.size, flat, n_real, times, index)
+    return times, index, n_real
+
+
 def shared_queue(input_times, xp, length=None):
     """The queue of every sample without delays: ``(times [batch, L1], index [batch, L1], n_real [batch])``.
 

@@ -116,7 +116,12 @@ def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None, engine="numpy"):
     """
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
-    times, index, n_real = shared_queue(t, np)
+    if engine == "numba":
+        from ._queue import shared_queue_compiled
+
+        times, index, n_real = shared_queue_compiled(t)
+    else:
+        times, index, n_real = shared_queue(t, np)
     if delays is None or times.shape[1] == 1:  # one queue for all (with delays: only when there is no input)
         return _walk_queues(times[:, None, :], index[:, None, :], W, tau_mem, tau_syn, t_max, max_in, engine)
     best = np.zeros((batch, n_out))

@@ -27,6 +27,8 @@ def test_quick_run_writes_checked_rows(tmp_path):
         assert s["forward"] > 0 and s["forward_backward"] > 0 and s["kinks"] > 0, name
         assert all(0.0 <= d <= 1e-10 for d in s["max_relative_difference"].values()), name
     assert "delays" in report["speedups"]["peak_delays_b8"]["max_relative_difference"]
+    assert [q["shape"] for q in report["queues"]] == list(bench_readout.QUICK_QUEUES)
+    assert all(q["identical"] and q["numpy_s"] > 0 and q["numba_s"] > 0 and q["entries"] > 0 for q in report["queues"])
 
 
 def test_disagreeing_engines_stop_the_run(monkeypatch):

@@ -901,3 +901,32 @@ def test_readout_engine_is_validated():
         ss.li_backward(res, np.ones((2, 2)), engine="gpu")
     with pytest.raises(ValueError, match="engine"):
         ss.peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, engine="fortran")
+
+
+# ---------------------------------------------------------------- the shared queue
+
+
+@pytest.mark.parametrize("shape,silent", [((64, 350, 4), 0.5), ((8, 700, 12), 0.4), ((5, 784, 1), 0.8),
+                                          ((4, 3, 2), 1.0), ((3, 0, 2), 0.0), ((0, 4, 2), 0.0), ((2, 3, 0), 0.0)])
+def test_compiled_shared_queue_is_numpys(shape, silent):
+    """``_queue.shared_queue_compiled`` (the compiled engine's sort of each sample's spikes) gives NumPy's arrays:
+    the same times, flat source indices (ties in flat order) and counts, for spread-out times, times on a coarse grid
+    (ties everywhere: the bucket sort's merge-sort fallback), all-silent samples and empty shapes."""
+    from spikescan._queue import shared_queue, shared_queue_compiled
+
+    rng = np.random.default_rng(sum(shape))
+    for grid in (None, 0.5):
+        t = rng.uniform(0.0, 30.0, shape)
+        if grid:
+            t = np.floor(t / grid) * grid
+        t[rng.random(shape) < silent] = np.inf
+        t = np.sort(t, axis=-1)
+        if t.size and shape[1] > 5:
+            t[:, :5, 0] = 0.0
+            t[0, 5, 0] = -0.0
+        ref, out = shared_queue(t, np), shared_queue_compiled(t)
+        for name, a, b in zip(("times", "index", "n_real"), ref, out):
+            assert a.dtype == b.dtype and a.shape == b.shape, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            if name == "times":
+                np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
