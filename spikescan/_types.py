@@ -202,8 +202,12 @@ class PeakResiduals(NamedTuple):
       whose arrival is exactly at ``t*`` when the peak sits on that arrival's kink, else ``-1``.
     - ``input_shape``, ``n_out``; ``input_dtype``, ``weights_dtype``, ``delays_dtype`` (``None`` without delays):
       shapes and dtypes of the forward arguments.
+    - ``device``: CuPy inputs without delays only, ``(LIResult, mask)``: the readout's CUDA ``"max"`` kernels ran
+      on the device with ``t_max = inf`` for every neuron, and ``mask`` (``[n_out]``, the input dtype) zeroes the
+      neurons left out; ``neurons``, ``eval_time`` and ``kink_index`` are then ``None`` and nothing is on the host.
+      ``None`` otherwise.
 
-    Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_sel)`` on the host.
+    Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_sel)`` on the host (on the device for ``device``).
     """
 
     neurons: Any
@@ -219,6 +223,7 @@ class PeakResiduals(NamedTuple):
     input_dtype: Any
     weights_dtype: Any
     delays_dtype: Optional[Any]
+    device: Optional[tuple] = None
 
 
 class PeakResult(NamedTuple):

@@ -13,6 +13,12 @@ def _neuron_indices(neurons, n_out):
     """``[n_sel]`` int64 host indices of the neurons selected by the boolean mask ``neurons`` (all for ``None``)."""
     if neurons is None:
         return np.arange(n_out, dtype=np.int64)
+    _check_mask(neurons, n_out)
+    return np.flatnonzero(v.to_host(neurons)).astype(np.int64)
+
+
+def _check_mask(neurons, n_out):
+    """TypeError / ValueError naming ``neurons`` unless it is a boolean NumPy/CuPy mask ``[n_out]`` (no host read)."""
     if not hasattr(neurons, "shape") or not hasattr(neurons, "dtype"):
         raise TypeError(f"neurons must be None or a boolean NumPy/CuPy array of shape [n_out={n_out}], got "
                         f"{type(neurons).__name__}")
@@ -21,7 +27,36 @@ def _neuron_indices(neurons, n_out):
         raise TypeError(f"neurons must be a boolean mask (dtype bool), got dtype {neurons.dtype}")
     if tuple(neurons.shape) != (n_out,):
         raise ValueError(f"neurons must have shape [n_out={n_out}], got shape {tuple(neurons.shape)}")
-    return np.flatnonzero(v.to_host(neurons)).astype(np.int64)
+
+
+def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons):
+    """``peak_voltage`` of CuPy inputs without delays, on the device: the readout's ``"max"`` kernels
+    (``cuda._readout.forward``) with ``t_max = inf`` for every neuron (the same walk: with no end to the window the
+    last gap is open and its interior peak is a candidate), then the mask. No host read, not even of the mask.
+    ``xp``, ``launch``: CuPy and the CUDA launcher, or NumPy and the host emulation (the tests)."""
+    from .cuda import _readout as cuda_readout
+
+    n_out = weights.shape[1]
+    if neurons is not None:
+        _check_mask(neurons, n_out)
+    result = cuda_readout.forward(xp, launch, input_times, weights, xp.asarray(tau_mem, dtype=xp.float64),
+                                  xp.asarray(tau_syn, dtype=xp.float64), "max", np.inf, None)
+    mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)
+    residuals = PeakResiduals(
+        neurons=None, input_times=None, weights=None, delays=None, tau_mem=tau_mem, tau_syn=tau_syn, eval_time=None,
+        kink_index=None, input_shape=tuple(input_times.shape), n_out=n_out, input_dtype=input_times.dtype,
+        weights_dtype=weights.dtype, delays_dtype=None, device=(result, mask))
+    return PeakResult(result.values * mask, residuals)
+
+
+def _device_backward(xp, launch, residuals, grad_values):
+    """``peak_voltage_backward`` of ``_device_forward``'s result: the readout's ``"max"`` backward kernels on the
+    cotangent with the left-out neurons zeroed."""
+    from .cuda import _readout as cuda_readout
+
+    result, mask = residuals.device
+    grads = cuda_readout.backward(xp, launch, result, grad_values * mask.astype(grad_values.dtype))
+    return PeakGrads(grads.weights, grads.input_times, None)
 
 
 def _host_engine(engine):
@@ -59,14 +94,17 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
         tau_mem, tau_syn: positive time constants, scalars or ``[n_out]`` arrays; any ratio, equal included.
         delays: optional ``[n_in, n_out]`` float32/float64 finite non-negative per-synapse delays.
         neurons: optional boolean mask ``[n_out]`` (NumPy or CuPy): only these neurons are computed; the others
-            get value ``0`` and zero gradient. With no neuron selected nothing is computed (not even a copy).
+            get value ``0`` and zero gradient. With no neuron selected nothing is computed (not even a copy). CuPy
+            inputs without delays compute every neuron on the device and apply the mask there (no host read).
         engine: how the host computes the walk: ``"numba"`` (compiled), ``"numpy"`` or ``"auto"`` (Numba when
-            installed; ``SPIKESCAN_ENGINE`` overrides), as ``li_forward``'s; also for CuPy inputs, which are computed
-            on the host.
+            installed; ``SPIKESCAN_ENGINE`` overrides), as ``li_forward``'s; also for CuPy inputs with delays, which
+            are computed on the host.
 
     Returns:
         ``PeakResult(values [batch, n_out] in the dtype of input_times, residuals)``. NumPy for NumPy inputs, CuPy
-        for CuPy inputs: there is no CUDA kernel, CuPy inputs are copied to the host, computed with NumPy and the
+        for CuPy inputs. CuPy inputs without delays run on the device: the peak over all time is the ``"max"``
+        readout with ``t_max = inf`` (the last gap open), computed by the readout's CUDA kernels; nothing goes to
+        the host. With delays there is no CUDA kernel: the inputs are copied to the host, computed there and the
         values copied back (residuals stay on the host).
 
     Cost: a stable sort of each sample's input spikes (with delays: of each neuron's arrivals, built for a chunk of
@@ -79,9 +117,13 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
+    engine = _host_engine(engine)
+    if xp is not np and delays is None:
+        from .cuda import _readout as cuda_readout
+
+        return _device_forward(xp, cuda_readout._cupy_launch, input_times, weights, tau_mem, tau_syn, neurons)
     tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     sel = _neuron_indices(neurons, n_out)
-    engine = _host_engine(engine)
     batch = input_times.shape[0]
     values = np.zeros((batch, n_out))
     t = W = D = None
@@ -119,7 +161,8 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
 
     Returns:
         ``PeakGrads(weights, input_times, delays)`` with the shapes and dtypes of the forward arguments (``delays``
-        is ``None`` without delays); CuPy for CuPy inputs (computed on the host, copied back).
+        is ``None`` without delays); CuPy for CuPy inputs (on the device without delays; with delays computed on
+        the host and copied back).
 
     Cost: ``O(n_spikes * n_sel)`` closed forms over the input spikes and selected neurons, in chunks of neurons.
     """
@@ -128,6 +171,10 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
     xp = v.cotangent("grad_values", grad_values, result.values)
     engine = _host_engine(engine)
     res = result.residuals
+    if res.device is not None:
+        from .cuda import _readout as cuda_readout
+
+        return _device_backward(xp, cuda_readout._cupy_launch, res, grad_values)
     n_in = res.input_shape[1]
     if res.neurons.size:
         from . import _readout_numpy as impl

@@ -526,3 +526,64 @@ def test_cupy_in_cupy_out():
     for a, b in zip(got_g, ref_g):
         assert isinstance(a, cp.ndarray)
         np.testing.assert_array_equal(cp.asnumpy(a), b)
+
+
+@pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
+def test_device_path_without_delays_in_host_emulation(host_kernels, tau_mem, tau_syn):
+    """CuPy inputs without delays run on the device (``peak._device_forward`` / ``_device_backward``: the readout's
+    CUDA "max" kernels with t_max = inf, every neuron, then the mask), here through the host emulation of the same
+    kernels: the values, arg max times, kinks and gradients of the NumPy peak, equal time constants included."""
+    from spikescan import peak
+
+    rng = np.random.default_rng(31)
+    t, _ = _case(rng, n_in=6)
+    W = rng.normal(0.0, 1.0, (6, 4))  # inhibitory inputs cut rises: peaks on kinks
+    mask = np.array([True, False, True, True])
+    g = rng.normal(size=(t.shape[0], W.shape[1]))
+    taus = tuple(np.broadcast_to(np.asarray(tau, float), (4,)).copy() for tau in (tau_mem, tau_syn))
+    for neurons in (None, mask):
+        ref = peak_voltage(t, W, tau_mem=tau_mem, tau_syn=tau_syn, neurons=neurons)
+        ref_g = peak_voltage_backward(ref, g)
+        got = peak._device_forward(np, host_kernels.launch, t, W, *taus, neurons)
+        assert got.residuals.device is not None and got.residuals.neurons is None
+        np.testing.assert_allclose(got.values, ref.values, **TOL["float64"]["times"])
+        sel = ref.residuals.neurons
+        lres = got.residuals.device[0].residuals
+        np.testing.assert_array_equal(lres.kink_index[:, sel], ref.residuals.kink_index)
+        np.testing.assert_allclose(lres.eval_time[:, sel], ref.residuals.eval_time, rtol=1e-12, atol=1e-14)
+        got_g = peak._device_backward(np, host_kernels.launch, got.residuals, g)
+        assert got_g.delays is None
+        for name in ("weights", "input_times"):
+            np.testing.assert_allclose(getattr(got_g, name), getattr(ref_g, name), err_msg=name,
+                                       **TOL["float64"]["grads"])
+        if neurons is not None:
+            assert not got.values[:, ~mask].any() and not got_g.weights[:, ~mask].any()
+    assert (ref.residuals.kink_index >= 0).any()
+    with pytest.raises(TypeError, match="neurons"):
+        peak._device_forward(np, host_kernels.launch, t, W, *taus, mask.astype(np.float32))
+
+
+@pytest.mark.gpu
+def test_cupy_without_delays_stays_on_the_device():
+    """CuPy inputs without delays: computed by the readout's CUDA kernels (the residuals hold no host array), the
+    NumPy peak's values and gradients, the mask applied on the device."""
+    cp = pytest.importorskip("cupy")
+    from spikescan.cuda import is_available
+
+    if not is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(23)
+    t, W = _case(rng)
+    mask = np.array([True, False, True, True])
+    g = rng.normal(size=(4, 4))
+    kw = dict(tau_mem=1.0, tau_syn=0.5)
+    ref = peak_voltage(t, W, neurons=mask, **kw)
+    ref_g = peak_voltage_backward(ref, g)
+    got = peak_voltage(cp.asarray(t), cp.asarray(W), neurons=cp.asarray(mask), **kw)
+    assert got.residuals.device is not None and got.residuals.input_times is None
+    got_g = peak_voltage_backward(got, cp.asarray(g))
+    np.testing.assert_allclose(cp.asnumpy(got.values), ref.values, **TOL["float64"]["times"])
+    for name in ("weights", "input_times"):
+        a = getattr(got_g, name)
+        assert isinstance(a, cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(a), getattr(ref_g, name), err_msg=name, **TOL["float64"]["grads"])
