@@ -348,22 +348,14 @@ def _compiled_decay_table(qt2, qe, tau_mem, tau_syn, shared):
     return np.zeros((1, 1, 3)), False
 
 
-def _shared_compiled(input_times):
-    """``build_queues(input_times, None, np)`` with the compiled engine's sort (``_queue.shared_queue_compiled``)."""
-    from ._queue import shared_queue_compiled
-
-    times, index, n_real = shared_queue_compiled(input_times)
-    return times[:, None, :], index[:, None, :], n_real[:, None]
-
-
 def _delayed_queues_compiled(input_times, delays, bucket_sort=True, permutation=False):
     """``build_queues`` with delays, the per-neuron sorts in the compiled kernel (identical queues: the same stable
     order; ``bucket_sort``: ``_lif_numba.stable_order``'s, else a merge sort per row). ``permutation``: the same
     queues as a ``_queue.PermutedQueues`` (``_lif_numba.delayed_permutation``)."""
     from . import _lif_numba
-    from ._queue import shared_queue_compiled
+    from ._queue import shared_queue
 
-    times, index, n_real = shared_queue_compiled(input_times)
+    times, index, n_real = shared_queue(input_times, np, compiled=True)
     batch, L1 = times.shape
     n_out = delays.shape[1]
     max_in = max(input_times.shape[2], 1)
@@ -520,10 +512,10 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         permuted = _delayed_queues_compiled(input_times, D, permutation=True)
         qt = qi = None
         qend = permuted.end
-    elif engine == "numba":
-        qt, qi, qend = _delayed_queues_compiled(input_times, D) if D is not None else _shared_compiled(input_times)
+    elif engine == "numba" and D is not None:
+        qt, qi, qend = _delayed_queues_compiled(input_times, D)
     else:
-        qt, qi, qend = build_queues(input_times, D, np)
+        qt, qi, qend = build_queues(input_times, D, np, compiled=engine == "numba")
     lay = _Layout((qt if permuted is None else permuted.perm).shape, n_out, max_in)
     tm, ts = tau_mem[lay.i], tau_syn[lay.i]
     if engine == "numba":
@@ -587,10 +579,10 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         permuted = _delayed_queues_compiled(input_times, D, permutation=True)
         qt = qi = np.zeros((batch, 0, 1))  # (unused)
         qend = permuted.end
-    elif compiled:
-        qt, qi, qend = _delayed_queues_compiled(input_times, D) if D is not None else _shared_compiled(input_times)
+    elif compiled and D is not None:
+        qt, qi, qend = _delayed_queues_compiled(input_times, D)
     else:
-        qt, qi, qend = build_queues(input_times, D, np)
+        qt, qi, qend = build_queues(input_times, D, np, compiled=compiled)
     qt2, qi2 = qt.reshape(-1, qt.shape[2]), qi.reshape(-1, qi.shape[2])
     if compiled:
         from . import _recurrent_numba

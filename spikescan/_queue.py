@@ -11,12 +11,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 
-def build_queues(input_times, delays, xp):
+def build_queues(input_times, delays, xp, compiled=False):
     """Sort the input spikes of every sample (and neuron, with delays) by arrival time.
 
     Args:
         input_times: ``[batch, n_in, max_in]`` float array, ``+inf`` padded.
         delays: ``None`` or ``[n_in, n_out]`` float64 array.
+        compiled: NumPy only: the shared queue by the compiled engine (``shared_queue_compiled``, the same arrays).
 
     Returns:
         ``(queue_times, queue_index, queue_end)``: float64 ``[batch, Q, L1]`` arrival times (ascending, ``+inf``
@@ -25,7 +26,7 @@ def build_queues(input_times, delays, xp):
         ``n_out`` with delays. ``L1`` is one more than the largest number of input spikes of any sample.
         Simultaneous arrivals keep the order of the shared queue (time, then source index).
     """
-    times, index, n_real = shared_queue(input_times, xp)
+    times, index, n_real = shared_queue(input_times, xp, compiled=compiled)
     if delays is None:
         return times[:, None, :], index[:, None, :], n_real[:, None]
     return delayed_queues(times, index, n_real, input_times.shape[2], delays, xp)
@@ -46,14 +47,17 @@ def shared_queue_compiled(input_times):
     return times, index, n_real
 
 
-def shared_queue(input_times, xp, length=None):
+def shared_queue(input_times, xp, length=None, compiled=False):
     """The queue of every sample without delays: ``(times [batch, L1], index [batch, L1], n_real [batch])``.
 
     Entries as in ``build_queues``: float64 times ascending (simultaneous spikes in flat source order), int64 flat
     source index ``j * max_in + m`` (``-1`` for the ``+inf`` padding), int64 count of real entries.
     ``length``: the most real entries of any sample (``L1 - 1``) when the caller already knows it
     (``_memory.most_entries``); otherwise it is read from the device here (a host sync on CuPy).
+    ``compiled`` (NumPy only): sorted by the compiled engine (``shared_queue_compiled``), the same arrays.
     """
+    if compiled:
+        return shared_queue_compiled(input_times)
     batch, n_in, max_in = input_times.shape
     flat = input_times.reshape(batch, n_in * max_in).astype(xp.float64)
     # A stable sort keeps simultaneous spikes in source order, so queues are reproducible.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._lif_numpy import one_pair
 from ._queue import delayed_queues, shared_queue
 from ._types import LIGrads, LIResiduals, LIResult
 from .neurons import lif
@@ -27,8 +28,9 @@ _MAX_EVENT_BLOCK = 256
 
 def _tau_groups(tau_mem, tau_syn):
     """``(tau_mem, tau_syn, neuron indices)`` for every distinct pair of time constants."""
-    if tau_mem.size and bool(np.all(tau_mem == tau_mem[0]) and np.all(tau_syn == tau_syn[0])):
-        return [(float(tau_mem[0]), float(tau_syn[0]), np.arange(tau_mem.size))]  # the common case, without a sort
+    pair = one_pair(tau_mem, tau_syn)
+    if pair is not None:
+        return [(*pair, np.arange(tau_mem.size))]  # the common case, without a sort
     pairs = np.stack([tau_mem, tau_syn], axis=1)
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -116,12 +118,7 @@ def _max_forward(t, W, tau_mem, tau_syn, t_max, delays=None, engine="numpy"):
     """
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
-    if engine == "numba":
-        from ._queue import shared_queue_compiled
-
-        times, index, n_real = shared_queue_compiled(t)
-    else:
-        times, index, n_real = shared_queue(t, np)
+    times, index, n_real = shared_queue(t, np, compiled=engine == "numba")
     if delays is None or times.shape[1] == 1:  # one queue for all (with delays: only when there is no input)
         return _walk_queues(times[:, None, :], index[:, None, :], W, tau_mem, tau_syn, t_max, max_in, engine)
     best = np.zeros((batch, n_out))

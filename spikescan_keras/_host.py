@@ -298,7 +298,7 @@ def _masked_li_forward(spec: LISpec, inputs):
 
 def _masked_li_backward(spec: LISpec, residuals: _MaskedLI, grad_values):
     (t_shape, t_dtype), (w_shape, w_dtype), *taus, (u_shape, u_dtype) = residuals.inputs
-    xp = np if isinstance(grad_values, np.ndarray) else __import__("cupy")
+    xp = _validate.array_module(grad_values)
     tc = spec.time_constant_inputs
     if residuals.columns is None:
         grads = spikescan.li_backward(residuals.result, grad_values * residuals.mask, time_constant_grads=tc)
