@@ -153,6 +153,9 @@ class LIResiduals(NamedTuple):
       forward's per-spike kernel terms the backward reuses instead of evaluating them again: ``(features [batch,
       n_in], dkappa [batch, n_in, max_in])``, ``features = sum_m kappa`` and ``dkappa = d kappa / dt`` (float64);
       else ``None`` (the backward evaluates the kernels itself).
+    - ``delays``: ``[n_in, n_out]`` float64 per-synapse delays of the CUDA ``"max"`` kernels when
+      ``spikescan.peak_voltage`` ran them for a layer with delays (``spikescan.cuda._readout.forward``), else
+      ``None`` (``li_forward`` has no delays).
 
     Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_out)``.
     """
@@ -169,6 +172,7 @@ class LIResiduals(NamedTuple):
     input_dtype: Any
     weights_dtype: Any
     kernels: Optional[tuple] = None
+    delays: Optional[Any] = None
 
 
 class LIResult(NamedTuple):
@@ -190,7 +194,8 @@ class LIGrads(NamedTuple):
 
 
 class PeakResiduals(NamedTuple):
-    """What ``peak_voltage`` keeps for ``peak_voltage_backward``. Arrays are NumPy (host) whatever the inputs.
+    """What ``peak_voltage`` keeps for ``peak_voltage_backward``: NumPy (host) arrays for NumPy inputs, ``device``
+    for CuPy inputs.
 
     - ``neurons``: ``[n_sel]`` int64, ascending indices of the output neurons that were computed (all of them
       without a mask).
@@ -202,10 +207,12 @@ class PeakResiduals(NamedTuple):
       whose arrival is exactly at ``t*`` when the peak sits on that arrival's kink, else ``-1``.
     - ``input_shape``, ``n_out``; ``input_dtype``, ``weights_dtype``, ``delays_dtype`` (``None`` without delays):
       shapes and dtypes of the forward arguments.
-    - ``device``: CuPy inputs without delays only, ``(LIResult, mask)``: the readout's CUDA ``"max"`` kernels ran
-      on the device with ``t_max = inf`` for every neuron, and ``mask`` (``[n_out]``, the input dtype) zeroes the
-      neurons left out; ``neurons``, ``eval_time`` and ``kink_index`` are then ``None`` and nothing is on the host.
-      ``None`` otherwise.
+    - ``device``: CuPy inputs only, ``(chunks, mask)``: the readout's CUDA ``"max"`` kernels ran on the device with
+      ``t_max = inf``; ``chunks`` is a tuple of ``(columns, LIResult)``. Without delays one chunk ``(None, result)``
+      of every neuron, and ``mask`` (``[n_out]``, the input dtype) zeroes the neurons left out. With delays one
+      chunk per group of selected neurons (``columns``: their indices, a device array; the results hold float64
+      copies and the delays), and ``mask`` is ``None``. ``neurons`` and every array field are then ``None`` and
+      nothing is on the host. ``None`` for NumPy inputs.
 
     Memory: ``O(batch * n_in * max_in + n_in * n_out + batch * n_sel)`` on the host (on the device for ``device``).
     """

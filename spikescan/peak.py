@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _memory
 from . import _validate as v
 from ._types import PeakGrads, PeakResiduals, PeakResult
 
@@ -29,34 +30,93 @@ def _check_mask(neurons, n_out):
         raise ValueError(f"neurons must have shape [n_out={n_out}], got shape {tuple(neurons.shape)}")
 
 
-def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons):
-    """``peak_voltage`` of CuPy inputs without delays, on the device: the readout's ``"max"`` kernels
-    (``cuda._readout.forward``) with ``t_max = inf`` for every neuron (the same walk: with no end to the window the
-    last gap is open and its interior peak is a candidate), then the mask. No host read, not even of the mask.
-    ``xp``, ``launch``: CuPy and the CUDA launcher, or NumPy and the host emulation (the tests)."""
+# Queue entries (sample x neuron x arrival) of one chunk of neurons on the device path with delays: the queues of a
+# chunk take about 40 bytes per entry while they are sorted (``spikescan._memory.lif_forward_estimate``), 2 in the
+# permutation format.
+_DEVICE_ENTRIES_PER_STEP = 1 << 25
+
+
+def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons, delays=None):
+    """``peak_voltage`` of CuPy inputs, on the device: the readout's ``"max"`` kernels (``cuda._readout.forward``)
+    with ``t_max = inf`` (the same walk: with no end to the window the last gap is open and its interior peak is a
+    candidate). ``xp``, ``launch``: CuPy and the CUDA launcher, or NumPy and the host emulation (the tests).
+
+    - Without delays: every neuron walks the sample's shared queue, then the mask is applied. No host read, not
+      even of the mask.
+    - With delays: each selected neuron walks its own queue of arrivals (``t + D[j, i]``, sorted as the LIF layer's
+      are). Only the selected neurons are computed, so the mask's count is read (one small host read); their
+      queues are built and walked in chunks of neurons of about ``_DEVICE_ENTRIES_PER_STEP`` entries, on top of
+      the shared queue of the inputs, sorted once. Nothing else goes to the host.
+    """
+    from .cuda import _queue as cuda_queue
     from .cuda import _readout as cuda_readout
 
+    batch = input_times.shape[0]
     n_out = weights.shape[1]
     if neurons is not None:
         _check_mask(neurons, n_out)
-    result = cuda_readout.forward(xp, launch, input_times, weights, xp.asarray(tau_mem, dtype=xp.float64),
-                                  xp.asarray(tau_syn, dtype=xp.float64), "max", np.inf, None)
-    mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)
-    residuals = PeakResiduals(
-        neurons=None, input_times=None, weights=None, delays=None, tau_mem=tau_mem, tau_syn=tau_syn, eval_time=None,
-        kink_index=None, input_shape=tuple(input_times.shape), n_out=n_out, input_dtype=input_times.dtype,
-        weights_dtype=weights.dtype, delays_dtype=None, device=(result, mask))
-    return PeakResult(result.values * mask, residuals)
+    tm = xp.asarray(tau_mem, dtype=xp.float64)
+    ts = xp.asarray(tau_syn, dtype=xp.float64)
+
+    def residuals(device):
+        return PeakResiduals(
+            neurons=None, input_times=None, weights=None, delays=None, tau_mem=tau_mem, tau_syn=tau_syn,
+            eval_time=None, kink_index=None, input_shape=tuple(input_times.shape), n_out=n_out,
+            input_dtype=input_times.dtype, weights_dtype=weights.dtype,
+            delays_dtype=None if delays is None else delays.dtype, device=device)
+
+    if delays is None:
+        result = cuda_readout.forward(xp, launch, input_times, weights, tm, ts, "max", np.inf, None)
+        mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)
+        return PeakResult(result.values * mask, residuals((((None, result),), mask)))
+    t64 = xp.ascontiguousarray(input_times, dtype=xp.float64)
+    W = xp.asarray(weights, dtype=xp.float64)
+    D = xp.asarray(delays, dtype=xp.float64)
+    sel = xp.arange(n_out) if neurons is None else xp.flatnonzero(neurons)
+    n_sel = int(sel.size)  # with a mask: its count, read on the host
+    values = xp.zeros((batch, n_out), dtype=input_times.dtype)
+    chunks = []
+    if n_sel and batch:
+        shared = cuda_queue.shared_queue(t64, xp)  # the inputs' sort, once for every chunk
+        L1 = shared[0].shape[1]
+        permutation = bool(cuda_queue.PERMUTATION) and cuda_queue.permutation_applies(xp, L1 - 1, True)
+        per = min(n_sel, max(1, _DEVICE_ENTRIES_PER_STEP // (batch * L1)))
+        bytes_per_entry = 2 if permutation else 40
+        _memory.check(f"peak_voltage(batch={batch}, n_out={n_out}, with delays) on the device",
+                      {"queues of a chunk of neurons": bytes_per_entry * batch * per * L1,
+                       "residuals": 8 * (t64.size + batch * n_sel * 2)}, xp,
+                      "reduce the batch (each neuron's queue holds every input spike of a sample), or select fewer "
+                      "neurons")
+        for i0 in range(0, n_sel, per):
+            cols = sel[i0:i0 + per]
+            result = cuda_readout.forward(xp, launch, t64, W[:, cols], tm[cols], ts[cols], "max", np.inf, None,
+                                          delays=D[:, cols], shared=shared)
+            values[:, cols] = result.values
+            chunks.append((cols, result))
+    return PeakResult(values, residuals((tuple(chunks), None)))
 
 
 def _device_backward(xp, launch, residuals, grad_values):
     """``peak_voltage_backward`` of ``_device_forward``'s result: the readout's ``"max"`` backward kernels on the
-    cotangent with the left-out neurons zeroed."""
+    cotangent, with the left-out neurons zeroed (without delays) or on the computed neurons' columns (with)."""
     from .cuda import _readout as cuda_readout
 
-    result, mask = residuals.device
-    grads = cuda_readout.backward(xp, launch, result, grad_values * mask.astype(grad_values.dtype))
-    return PeakGrads(grads.weights, grads.input_times, None)
+    chunks, mask = residuals.device
+    if mask is not None:  # without delays: one chunk, every neuron
+        grads = cuda_readout.backward(xp, launch, chunks[0][1], grad_values * mask.astype(grad_values.dtype))
+        return PeakGrads(grads.weights, grads.input_times, None)
+    n_in, n_out = residuals.input_shape[1], residuals.n_out
+    grad_W = xp.zeros((n_in, n_out), dtype=xp.float64)
+    grad_D = xp.zeros((n_in, n_out), dtype=xp.float64)
+    grad_t = xp.zeros(residuals.input_shape, dtype=xp.float64)
+    for cols, result in chunks:  # float64 throughout (the forward ran on float64 copies), cast once at the end
+        grads, grad_d = cuda_readout.backward_with_delays(xp, launch, result,
+                                                          xp.ascontiguousarray(grad_values[:, cols]))
+        grad_W[:, cols] = grads.weights
+        grad_D[:, cols] = grad_d
+        grad_t += grads.input_times
+    return PeakGrads(grad_W.astype(residuals.weights_dtype), grad_t.astype(residuals.input_dtype),
+                     grad_D.astype(residuals.delays_dtype))
 
 
 def _host_engine(engine):
@@ -95,17 +155,18 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
         delays: optional ``[n_in, n_out]`` float32/float64 finite non-negative per-synapse delays.
         neurons: optional boolean mask ``[n_out]`` (NumPy or CuPy): only these neurons are computed; the others
             get value ``0`` and zero gradient. With no neuron selected nothing is computed (not even a copy). CuPy
-            inputs without delays compute every neuron on the device and apply the mask there (no host read).
+            inputs without delays compute every neuron on the device and apply the mask there (no host read); with
+            delays only the selected neurons, so the mask's count is read on the host.
         engine: how the host computes the walk: ``"numba"`` (compiled), ``"numpy"`` or ``"auto"`` (Numba when
-            installed; ``SPIKESCAN_ENGINE`` overrides), as ``li_forward``'s; also for CuPy inputs with delays, which
-            are computed on the host.
+            installed; ``SPIKESCAN_ENGINE`` overrides), as ``li_forward``'s. CuPy inputs are computed on the device
+            whatever it says.
 
     Returns:
         ``PeakResult(values [batch, n_out] in the dtype of input_times, residuals)``. NumPy for NumPy inputs, CuPy
-        for CuPy inputs. CuPy inputs without delays run on the device: the peak over all time is the ``"max"``
-        readout with ``t_max = inf`` (the last gap open), computed by the readout's CUDA kernels; nothing goes to
-        the host. With delays there is no CUDA kernel: the inputs are copied to the host, computed there and the
-        values copied back (residuals stay on the host).
+        for CuPy inputs. CuPy inputs run on the device: the peak over all time is the ``"max"`` readout with
+        ``t_max = inf`` (the last gap open), computed by the readout's CUDA kernels, which with delays walk each
+        neuron's own queue of arrivals (built as the LIF layer's, in chunks of neurons); no spike or weight data
+        goes to the host.
 
     Cost: a stable sort of each sample's input spikes (with delays: of each neuron's arrivals, built for a chunk of
     neurons at a time), then a walk over the arrivals in blocks of events: a short loop over the block for the
@@ -113,15 +174,17 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     ``n_sel`` selected neurons. Temporaries, the per-neuron queues included, stay within about ``2**21`` elements
     per step (``_readout_numpy._POINTS_PER_STEP``; at least one neuron's queues and one event per step) besides the
     shared queue ``[batch, n_spikes + 1]``; residuals hold float64 host copies of the inputs (see
-    ``PeakResiduals``).
+    ``PeakResiduals``). On the device the chunks of neurons hold about ``2**25`` queue entries
+    (``_DEVICE_ENTRIES_PER_STEP``); a ``MemoryError`` names the sizes when one chunk does not fit.
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
     engine = _host_engine(engine)
-    if xp is not np and delays is None:
+    if xp is not np:
         from .cuda import _readout as cuda_readout
 
-        return _device_forward(xp, cuda_readout._cupy_launch, input_times, weights, tau_mem, tau_syn, neurons)
+        return _device_forward(xp, cuda_readout._cupy_launch, input_times, weights, tau_mem, tau_syn, neurons,
+                               delays)
     tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     sel = _neuron_indices(neurons, n_out)
     batch = input_times.shape[0]
@@ -161,8 +224,7 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
 
     Returns:
         ``PeakGrads(weights, input_times, delays)`` with the shapes and dtypes of the forward arguments (``delays``
-        is ``None`` without delays); CuPy for CuPy inputs (on the device without delays; with delays computed on
-        the host and copied back).
+        is ``None`` without delays); CuPy for CuPy inputs, computed on the device.
 
     Cost: ``O(n_spikes * n_sel)`` closed forms over the input spikes and selected neurons, in chunks of neurons.
     """

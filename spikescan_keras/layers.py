@@ -229,9 +229,8 @@ class LIFLayer(keras.layers.Layer):
             and a gradient that decays only like ``1 / q^2``. Each dead neuron adds less than ``2 silence_penalty /
             units``; the objective is zero when every neuron fires somewhere in the batch, and its exact gradient
             raises the drive of dead neurons, where the spike-time gradients are zero. Default ``1.0``. On a GPU,
-            ``peak_voltage`` runs on the device for a layer without delays; with delays it runs on the host (no
-            CUDA kernel): the dead-neuron mask is read every training step, and on a batch with dead neurons the
-            layer's inputs and weights are copied there for this term.
+            ``peak_voltage`` runs on the device; for a layer with delays it computes only the dead neurons, so the
+            number of them is read on the host every training step (no spike or weight data moves).
 
     Firing statistics: the non-trainable float32 weights ``silent_fraction`` (fraction of (sample, neuron) pairs
     without a spike), ``dead_fraction`` (fraction of neurons silent on every sample) and ``spikes_per_neuron`` (mean

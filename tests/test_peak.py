@@ -447,65 +447,12 @@ def test_bad_backward_arguments():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# CuPy (copies to the host; skipped without a device)
+# CuPy: the readout's CUDA "max" kernels, in the host emulation here and on a GPU (gpu-marked)
 # --------------------------------------------------------------------------------------------------------------------
-
-class _DeviceArray(np.ndarray):
-    """Stands in for a CuPy array (a NumPy array of another type) to test the host round trip without a GPU."""
-
-
-class _FakeCupy:
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def asnumpy(x):
-        return np.asarray(x)  # a plain ndarray
-
-    @staticmethod
-    def asarray(x, dtype=None):
-        return np.asarray(x, dtype=dtype).view(_DeviceArray)
-
-
-def test_device_arrays_round_trip_through_the_host(monkeypatch):
-    from spikescan import _validate
-
-    fake = _FakeCupy()
-    monkeypatch.setattr(_validate, "array_module",
-                        lambda *xs: fake if any(isinstance(x, _DeviceArray) for x in xs) else np)
-    seen = []
-    forward, backward = _readout_numpy.peak_forward, _readout_numpy.peak_backward
-
-    def spy(fn):
-        def wrapped(*args):
-            seen.extend(type(a) for a in args if isinstance(a, np.ndarray))
-            return fn(*args)
-        return wrapped
-
-    monkeypatch.setattr(_readout_numpy, "peak_forward", spy(forward))
-    monkeypatch.setattr(_readout_numpy, "peak_backward", spy(backward))
-    rng = np.random.default_rng(22)
-    t, W = _case(rng)
-    D = _delays(rng, 4, 4).astype(np.float32)
-    mask = np.array([True, False, True, True])
-    g = rng.normal(size=(4, 4))
-    kw = dict(tau_mem=np.array([1.0, 0.5, 2.0, 1.0]), tau_syn=0.5)
-    ref = peak_voltage(t, W, delays=D, neurons=mask, **kw)
-    ref_g = peak_voltage_backward(ref, g)
-    dev = fake.asarray
-    got = peak_voltage(dev(t), dev(W), delays=dev(D), neurons=dev(mask), **{**kw, "tau_mem": dev(kw["tau_mem"])})
-    got_g = peak_voltage_backward(got, dev(g))
-    assert seen and all(tp is np.ndarray for tp in seen)  # the implementation only sees host arrays
-    assert type(got.values) is _DeviceArray and got.values.dtype == np.float64
-    np.testing.assert_array_equal(got.values, ref.values)
-    for a, b in zip(got_g, ref_g):
-        assert type(a) is _DeviceArray and a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    assert got_g.delays.dtype == np.float32
-
 
 @pytest.mark.gpu
 def test_cupy_in_cupy_out():
+    """CuPy inputs with delays and a mask: CuPy values and gradients on the device, those of the NumPy peak."""
     cp = pytest.importorskip("cupy")
     from spikescan.cuda import is_available
 
@@ -520,12 +467,13 @@ def test_cupy_in_cupy_out():
     ref = peak_voltage(t, W, delays=D, neurons=mask, **kw)
     ref_g = peak_voltage_backward(ref, g)
     got = peak_voltage(cp.asarray(t), cp.asarray(W), delays=cp.asarray(D), neurons=cp.asarray(mask), **kw)
-    assert isinstance(got.values, cp.ndarray)
+    assert isinstance(got.values, cp.ndarray) and got.residuals.device is not None
     got_g = peak_voltage_backward(got, cp.asarray(g))
-    np.testing.assert_array_equal(cp.asnumpy(got.values), ref.values)
-    for a, b in zip(got_g, ref_g):
+    np.testing.assert_allclose(cp.asnumpy(got.values), ref.values, **TOL["float64"]["times"])
+    for name in ("weights", "input_times", "delays"):
+        a = getattr(got_g, name)
         assert isinstance(a, cp.ndarray)
-        np.testing.assert_array_equal(cp.asnumpy(a), b)
+        np.testing.assert_allclose(cp.asnumpy(a), getattr(ref_g, name), err_msg=name, **TOL["float64"]["grads"])
 
 
 @pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
@@ -548,7 +496,9 @@ def test_device_path_without_delays_in_host_emulation(host_kernels, tau_mem, tau
         assert got.residuals.device is not None and got.residuals.neurons is None
         np.testing.assert_allclose(got.values, ref.values, **TOL["float64"]["times"])
         sel = ref.residuals.neurons
-        lres = got.residuals.device[0].residuals
+        (cols, lres), = got.residuals.device[0]
+        assert cols is None
+        lres = lres.residuals
         np.testing.assert_array_equal(lres.kink_index[:, sel], ref.residuals.kink_index)
         np.testing.assert_allclose(lres.eval_time[:, sel], ref.residuals.eval_time, rtol=1e-12, atol=1e-14)
         got_g = peak._device_backward(np, host_kernels.launch, got.residuals, g)
@@ -561,6 +511,163 @@ def test_device_path_without_delays_in_host_emulation(host_kernels, tau_mem, tau
     assert (ref.residuals.kink_index >= 0).any()
     with pytest.raises(TypeError, match="neurons"):
         peak._device_forward(np, host_kernels.launch, t, W, *taus, mask.astype(np.float32))
+
+
+def _device_argmax(result, n_out):
+    """``(eval_time, kink_index)`` ``[batch, n_out]`` of a device peak with delays, gathered from its chunks (NaN and
+    -2 for neurons not computed)."""
+    chunks, mask = result.residuals.device
+    assert mask is None
+    batch = result.values.shape[0]
+    eval_time = np.full((batch, n_out), np.nan)
+    kink = np.full((batch, n_out), -2, np.int64)
+    for cols, lres in chunks:
+        eval_time[:, cols] = lres.residuals.eval_time
+        kink[:, cols] = lres.residuals.kink_index
+    return eval_time, kink
+
+
+def _check_device_peak(launch, t, W, D, tau_mem, tau_syn, neurons, g, monkeypatch=None):
+    """The device path with delays (``peak._device_forward`` / ``_device_backward`` through ``launch``) against the
+    NumPy peak: values, arg max times and kinks of the computed neurons, every gradient; returns both results."""
+    from spikescan import peak
+
+    n_out = W.shape[1]
+    ref = peak_voltage(t, W, tau_mem=tau_mem, tau_syn=tau_syn, delays=D, neurons=neurons)
+    ref_g = peak_voltage_backward(ref, g)
+    taus = tuple(np.broadcast_to(np.asarray(tau, float), (n_out,)).copy() for tau in (tau_mem, tau_syn))
+    got = peak._device_forward(np, launch, t, W, *taus, neurons, D)
+    assert got.residuals.input_times is None and got.residuals.neurons is None
+    assert got.values.dtype == t.dtype
+    tol = TOL["float64" if t.dtype == np.float64 else "float32"]
+    np.testing.assert_allclose(got.values, ref.values, **tol["times"])
+    sel = ref.residuals.neurons
+    eval_time, kink = _device_argmax(got, n_out)
+    np.testing.assert_array_equal(kink[:, sel], ref.residuals.kink_index)
+    np.testing.assert_allclose(eval_time[:, sel], ref.residuals.eval_time, rtol=1e-12, atol=1e-14)
+    assert np.isnan(np.delete(eval_time, sel, axis=1)).all()  # the neurons left out were not computed
+    got_g = peak._device_backward(np, launch, got.residuals, g)
+    for name in ("weights", "input_times", "delays"):
+        a, b = getattr(got_g, name), getattr(ref_g, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, err_msg=name, **tol["grads"])
+    return ref, got, got_g
+
+
+QUEUE_FORMATS = {
+    "argsort": {},  # the default: delayed queues by the generic argsort
+    "kernel": {"USE_KERNEL": True},  # sorted by the queue kernel, materialised
+    "permutation": {"PERMUTATION": True},  # the permutation format (uint16 positions in the shared queue)
+}
+
+
+@pytest.mark.parametrize("queues", list(QUEUE_FORMATS))
+@pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
+def test_device_path_with_delays_in_host_emulation(host_kernels, monkeypatch, tau_mem, tau_syn, queues):
+    """CuPy inputs with delays run on the device: the readout's CUDA "max" kernels walk each selected neuron's own
+    queue of arrivals (every queue format the LIF layer uses), here through the host emulation: the values, arg max
+    times, kinks and gradients (weights, input times, delays) of the NumPy peak, equal time constants included."""
+    from spikescan.cuda import _queue as cuda_queue
+
+    for name, value in QUEUE_FORMATS[queues].items():
+        monkeypatch.setattr(cuda_queue, name, value)
+    rng = np.random.default_rng(32)
+    t, _ = _case(rng, n_in=6)
+    W = rng.normal(0.0, 1.0, (6, 4))  # inhibitory arrivals cut rises: peaks on kinks
+    D = _delays(rng, 6, 4)
+    g = rng.normal(size=(t.shape[0], 4))
+    kinks = 0
+    for neurons in (None, np.array([True, False, True, True])):
+        ref, _, _ = _check_device_peak(host_kernels.launch, t, W, D, tau_mem, tau_syn, neurons, g)
+        kinks += int((ref.residuals.kink_index >= 0).sum())
+    assert kinks > 0
+
+
+def test_device_path_with_delays_at_kink_ties(host_kernels):
+    """Arrivals that coincide through the delays (times and delays on a grid), with a peak on a kink that two
+    arrivals share: the kink goes to the first in queue order, as on the host; float32 in, float32 out."""
+    rng = np.random.default_rng(11)
+    t, W = _case(rng, batch=3, n_in=5, max_in=3, n_out=4)
+    t = np.round(t * 4.0) / 4.0
+    D = _delays(rng, 5, 4, grid=0.25)
+    g = rng.normal(size=(3, 4))
+    _check_device_peak(host_kernels.launch, t, W, D, 1.0, 0.5, None, g)
+    _check_device_peak(host_kernels.launch, t.astype(np.float32), W.astype(np.float32), D.astype(np.float32), 1.0,
+                       0.5, None, g.astype(np.float32))
+    # test_kink_tie_goes_to_the_first_arrival_in_queue_order's case: (j=2, m=0) and (j=1, m=0) both arrive at 0.5.
+    ref, got, got_g = _check_device_peak(host_kernels.launch, np.array([[[0.1], [0.3], [0.2]]]),
+                                         np.array([[1.0], [-2.0], [-2.0]]), np.array([[0.0], [0.2], [0.3]]), 1.0, 0.5,
+                                         None, np.ones((1, 1)))
+    np.testing.assert_array_equal(_device_argmax(got, 1)[1], [[2]])
+    assert got_g.delays[1, 0] == 0.0 and got_g.delays[2, 0] > 0.0
+
+
+def test_device_path_with_delays_in_chunks_of_neurons(host_kernels, monkeypatch):
+    """With a chunk of one neuron (``_DEVICE_ENTRIES_PER_STEP = 1``) the device path builds and walks one neuron's
+    queues at a time: the same values, arg max and kinks as in one chunk, and the same gradients."""
+    from spikescan import peak
+
+    rng = np.random.default_rng(33)
+    t, _ = _case(rng, n_in=5)
+    W = rng.normal(0.0, 1.0, (5, 4))
+    D = _delays(rng, 5, 4)
+    g = rng.normal(size=(t.shape[0], 4))
+    mask = np.array([True, True, False, True])
+    _, one, _ = _check_device_peak(host_kernels.launch, t, W, D, 1.0, 0.5, mask, g)
+    assert len(one.residuals.device[0]) == 1
+    monkeypatch.setattr(peak, "_DEVICE_ENTRIES_PER_STEP", 1)
+    _, many, _ = _check_device_peak(host_kernels.launch, t, W, D, 1.0, 0.5, mask, g)
+    assert [list(cols) for cols, _ in many.residuals.device[0]] == [[0], [1], [3]]
+    np.testing.assert_array_equal(many.values, one.values)
+    for a, b in zip(_device_argmax(many, 4), _device_argmax(one, 4)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_device_path_with_delays_deterministic(host_kernels):
+    """``spikescan.set_deterministic(True)``: fixed-order partial sums, the kinks' delay terms included (the kink
+    case of test_gradients_at_a_kink_through_delays), equal to the NumPy peak and the same bits on a second run."""
+    from spikescan import peak
+
+    t = np.array([[[0.1, 0.45], [0.3, inf]],
+                  [[0.2, inf], [0.4, 2.0]]])
+    W = np.array([[1.0, 0.6], [-3.0, 0.4]])
+    D = np.array([[0.1, 0.3], [0.2, 0.5]])
+    g = np.array([[0.7, -1.2], [1.1, 0.4]])
+    spikescan.set_deterministic(True)
+    try:
+        ref, got, got_g = _check_device_peak(host_kernels.launch, t, W, D, 1.0, 0.4, None, g)
+        again = peak._device_backward(np, host_kernels.launch,
+                                      peak._device_forward(np, host_kernels.launch, t, W, np.ones(2), np.full(2, 0.4),
+                                                           None, D).residuals, g)
+    finally:
+        spikescan.set_deterministic(False)
+    np.testing.assert_array_equal(_device_argmax(got, 2)[1][:, 0], 1 * 2 + 0)  # both samples on the kink
+    assert got_g.delays[1, 0] != 0.0
+    for a, b in zip(got_g, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_device_path_with_delays_empty_mask_and_memory(host_kernels):
+    """No neuron selected: nothing computed, zero values and gradients in the argument dtypes. A chunk that cannot
+    fit: a MemoryError naming the call, before any queue is built."""
+    from spikescan import peak
+
+    rng = np.random.default_rng(34)
+    t, W = _case(rng)
+    D = _delays(rng, 4, 4).astype(np.float32)
+    taus = (np.ones(4), np.full(4, 0.5))
+    got = peak._device_forward(np, host_kernels.launch, t, W, *taus, np.zeros(4, bool), D)
+    assert got.residuals.device == ((), None)
+    np.testing.assert_array_equal(got.values, 0.0)
+    grads = peak._device_backward(np, host_kernels.launch, got.residuals, np.ones((4, 4)))
+    assert grads.delays.dtype == np.float32 and not grads.delays.any()
+    assert not grads.weights.any() and not grads.input_times.any()
+    spikescan.set_memory_limit(1000)
+    try:
+        with pytest.raises(MemoryError, match=r"peak_voltage\(batch=4, n_out=4, with delays\) on the device"):
+            peak._device_forward(np, host_kernels.launch, t, W, *taus, None, D)
+    finally:
+        spikescan.set_memory_limit(None)
 
 
 @pytest.mark.gpu

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _determinism, _memory
-from .._queue import build_queues
 from .._types import LIGrads, LIResiduals, LIResult
+from . import _queue
 
 THREADS_PER_BLOCK = 256
 READOUT_CODES = {"final": 0, "integral": 1}
@@ -32,10 +32,10 @@ READOUT_CODES = {"final": 0, "integral": 1}
 DETERMINISTIC = False
 
 
-def _cupy_launch(module, kernel, dtype, grid, block, args):
+def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
     from . import _kernels
 
-    _kernels.launch(module, kernel, dtype, grid, block, args)
+    _kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
 
 
 def li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):
@@ -66,8 +66,15 @@ def _blocks(threads):
     return (int(threads) + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
 
 
-def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):
-    """Array-module-generic body of ``li_forward_cuda``."""
+def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout, delays=None,
+            shared=None):
+    """Array-module-generic body of ``li_forward_cuda``.
+
+    ``delays`` (``"max"`` only; ``spikescan.peak_voltage``'s device path): float64 ``[n_in, n_out]`` per-synapse
+    delays, every neuron walking its own queue of arrivals (``spikescan.cuda._queue.build_queues``, in the
+    permutation format when ``_queue.PERMUTATION`` applies); the residuals keep them for the backward. ``shared``:
+    the shared queue of ``input_times`` when the caller has built it (``spikescan._queue.shared_queue``).
+    """
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     dtype = input_times.dtype
@@ -76,17 +83,32 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
     W = xp.ascontiguousarray(weights, dtype=xp.float64)
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
     ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
+    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    if D is not None and readout != "max":
+        raise ValueError(f"delays apply to the 'max' readout only, got readout={readout!r}")
     eval_time = kink_index = None
     if readout == "max":
-        qt, qi, _ = build_queues(t64, None, xp)
-        qt = xp.ascontiguousarray(qt[:, 0, :])
-        qi = xp.ascontiguousarray(qi[:, 0, :], dtype=xp.int64)
+        if shared is None:
+            shared = _queue.shared_queue(t64, xp)
+        L1 = shared[0].shape[1]
+        permutation = D is not None and bool(_queue.PERMUTATION) and _queue.permutation_applies(xp, L1 - 1, True)
+        queues = _queue.build_queues(xp, launch, t64, D, length=L1 - 1, permutation=permutation, shared=shared)
+        if isinstance(queues, _queue.PermutedQueues):
+            qt = queues.times.reshape(batch, 1, L1)
+            qi = queues.index.reshape(batch, 1, L1)
+            perm, delays_t, permuted = queues.perm, queues.delays_t, 1
+        else:
+            qt, qi, _ = queues
+            perm, delays_t, permuted = xp.empty(1, dtype=xp.uint16), xp.empty(1, dtype=xp.float64), 0
+        qt = xp.ascontiguousarray(qt)
+        qi = xp.ascontiguousarray(qi, dtype=xp.int32)
         values = xp.empty((batch, n_out), dtype=dtype)
         eval_time = xp.empty((batch, n_out), dtype=xp.float64)
         kink_index = xp.empty((batch, n_out), dtype=xp.int64)
         launch("readout", "spikescan_li_max_forward", dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
-               [qt, qi, W, tm, ts, np.float64(t_max), np.int64(batch), np.int64(n_out), np.int64(qt.shape[1]),
-                np.int64(max_in), values, eval_time, kink_index])
+               [qt, qi, np.int64(qt.shape[1]), perm, delays_t, np.int32(permuted), W, tm, ts, np.float64(t_max),
+                np.int64(batch), np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), values, eval_time,
+                kink_index])
     else:
         det = _determinism.applies(DETERMINISTIC)
         if det:
@@ -99,7 +121,7 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
         values = (acc.sum(axis=1) if det else acc).astype(dtype)
     residuals = LIResiduals(
         input_times=t64, weights=W, tau_mem=tm, tau_syn=ts, tau_readout=tau_readout, t_max=t_max, readout=readout,
-        eval_time=eval_time, kink_index=kink_index, input_dtype=dtype, weights_dtype=weights.dtype)
+        eval_time=eval_time, kink_index=kink_index, input_dtype=dtype, weights_dtype=weights.dtype, delays=D)
     return LIResult(values, residuals)
 
 
@@ -109,19 +131,29 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
     With ``time_constant_grads`` the same kernels also sum ``g W d kappa / d tau`` per neuron (atomics into the
     ``[n_out]`` gradients of ``tau_mem`` and ``tau_syn``, from every (sample, input) thread of that neuron).
     """
+    return backward_with_delays(xp, launch, result, grad_values, time_constant_grads)[0]
+
+
+def backward_with_delays(xp, launch, result, grad_values, time_constant_grads=False):
+    """``backward``, and the float64 ``[n_in, n_out]`` gradient of the delays when the forward had them (``None``
+    otherwise): ``(LIGrads, grad_delays)``."""
     res = result.residuals
-    t, W = res.input_times, res.weights
+    t, W, D = res.input_times, res.weights, res.delays
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     g = xp.ascontiguousarray(grad_values)
     det = _determinism.applies(DETERMINISTIC)
+    has_d = np.int32(D is not None)
     if det:
         _check_partials("li_backward", batch, n_in, n_out, max_in,
-                        1 + 2 * bool(time_constant_grads) + 2 * (res.readout == "max"), xp)
+                        1 + 2 * bool(time_constant_grads) + (2 + bool(has_d)) * (res.readout == "max"), xp)
     # Deterministic: the (batch, channel, neuron) threads' partial sums, reduced below in a fixed order.
     per_neuron = (batch, n_in, n_out) if det else (n_out,)
     grad_w = xp.zeros((batch, n_in, n_out) if det else (n_in, n_out), dtype=xp.float64)
     grad_t = xp.zeros((batch, n_in, max_in), dtype=xp.float64)
+    # Always allocated (a kernel argument cannot be null through CuPy); written only with delays.
+    grad_d = xp.zeros(((batch, n_in, n_out) if det else (n_in, n_out)) if has_d else 1, dtype=xp.float64)
+    d_arg = D if has_d else xp.zeros(1, dtype=xp.float64)
     n_threads = batch * n_in * n_out
     # Always allocated (a kernel argument cannot be null through CuPy); written only with tau_grads set.
     tau_grads = np.int32(bool(time_constant_grads))
@@ -134,17 +166,18 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
         i_before = xp.zeros((batch, n_in, n_out) if det else (batch, n_out), dtype=xp.float64)
         launch("readout", "spikescan_li_max_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
                [t, W, res.tau_mem, res.tau_syn, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out),
-                res.eval_time, g, grad_w, grad_t, v_star, i_before, tau_grads, grad_tm, grad_ts, np.int32(det)])
+                res.eval_time, g, grad_w, grad_t, v_star, i_before, tau_grads, grad_tm, grad_ts, np.int32(det),
+                d_arg, has_d, grad_d])
         if det:
             v_star, i_before = v_star.sum(axis=1), i_before.sum(axis=1)
             launch("readout", "spikescan_li_inputs", g.dtype, _blocks(batch * n_in * max_in), THREADS_PER_BLOCK,
                    [t, W, res.tau_mem, res.tau_syn, code, np.float64(res.t_max), np.float64(gamma), np.int64(batch),
                     np.int64(n_in), np.int64(max_in), np.int64(n_out), g, np.int32(1), res.eval_time,
-                    res.kink_index, v_star, i_before, grad_t])
-        else:
+                    res.kink_index, v_star, i_before, grad_t, d_arg, has_d])
+        if not det or has_d:  # deterministic: the kinks' delay terms into their (sample, source, neuron) sums
             launch("readout", "spikescan_li_max_kink", g.dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
                    [res.tau_mem, np.int64(batch), np.int64(n_in), np.int64(max_in), np.int64(n_out), res.kink_index,
-                    g, v_star, i_before, grad_t])
+                    g, v_star, i_before, grad_t, np.int32(not det), has_d, grad_d, np.int32(det)])
     else:
         launch("readout", "spikescan_li_linear_backward", g.dtype, _blocks(n_threads), THREADS_PER_BLOCK,
                [t, W, res.tau_mem, res.tau_syn, code, np.float64(res.t_max),
@@ -155,12 +188,15 @@ def backward(xp, launch, result, grad_values, time_constant_grads=False):
             launch("readout", "spikescan_li_inputs", g.dtype, _blocks(batch * n_in * max_in), THREADS_PER_BLOCK,
                    [t, W, res.tau_mem, res.tau_syn, code, np.float64(res.t_max), np.float64(gamma), np.int64(batch),
                     np.int64(n_in), np.int64(max_in), np.int64(n_out), g, np.int32(0), unused,
-                    xp.zeros(1, dtype=xp.int64), unused, unused, grad_t])
+                    xp.zeros(1, dtype=xp.int64), unused, unused, grad_t, unused, np.int32(0)])
     if det:
         grad_w = grad_w.sum(axis=0)
+        if has_d:
+            grad_d = grad_d.sum(axis=0)
         if tau_grads:
             grad_tm, grad_ts = grad_tm.sum(axis=(0, 1)), grad_ts.sum(axis=(0, 1))
     if not time_constant_grads:
         grad_tm = grad_ts = None
-    return LIGrads(grad_w.astype(res.weights_dtype), grad_t.astype(res.input_dtype), tau_mem=grad_tm,
-                   tau_syn=grad_ts)
+    grads = LIGrads(grad_w.astype(res.weights_dtype), grad_t.astype(res.input_dtype), tau_mem=grad_tm,
+                    tau_syn=grad_ts)
+    return grads, (grad_d if has_d else None)

@@ -10,17 +10,20 @@
 //       grad_input_times[b, j, m] += g[b, i] W[j, i] dkappa/dt (atomic over i).  T: dtype of grad_values.  With
 //       tau_grads != 0 also grad_tau_mem[i] += g[b, i] W[j, i] sum_m dkappa/dtau_mem (atomic over batch and j), and
 //       the same for tau_syn.
-//   spikescan_li_max_forward<T>: one thread per (batch, neuron) walks the time-sorted queue (Q = 1) once: per gap
-//       (clipped to t_max) the interior peak and the end value are candidates after V(0) = 0, strictly greater
-//       wins (ties keep the earliest).  Writes values (T), eval_time t* and kink_index (flat index of the input
-//       arriving exactly at t* when the maximum is that input's end-of-gap value, else -1).
+//   spikescan_li_max_forward<T>: one thread per (batch, neuron) walks its time-sorted queue once (common.cuh
+//       spikescan_queue_t: the sample's shared queue, Q = 1; with delays a queue per neuron, materialised or in the
+//       permutation format, as the LIF kernels read them): per gap (clipped to t_max) the interior peak and the end
+//       value are candidates after V(0) = 0, strictly greater wins (ties keep the earliest).  Writes values (T),
+//       eval_time t* and kink_index (flat index of the input arriving exactly at t* when the maximum is that
+//       input's end-of-gap value, else -1).  Delays serve spikescan.peak_voltage's device path (t_max = inf).
 //   spikescan_li_max_backward<T>: one thread per (batch, j, i): envelope theorem at fixed t*:
-//       grad_weights[j, i] += g c(t* - t), grad_input_times -= g W (b - c)/tau_mem over inputs t < t*, and the
-//       partial sums V(t*) = sum W c, I(t*^-) = sum W b into per-(b, i) accumulators.  With tau_grads != 0 also
-//       grad_tau_mem[i] += g W sum dc/dtau_mem (t* - t) (the explicit term: t* does not move with the time
+//       grad_weights[j, i] += g c(t* - a), grad_input_times -= g W (b - c)/tau_mem over arrivals a < t* (a = t, or
+//       t + D[j, i] with has_delays, which also sums that term into grad_delays[j, i]), and the partial sums
+//       V(t*) = sum W c, I(t*^-) = sum W b into per-(b, i) accumulators.  With tau_grads != 0 also
+//       grad_tau_mem[i] += g W sum dc/dtau_mem (t* - a) (the explicit term: t* does not move with the time
 //       constants, or moves at V'(t*) = 0), and the same for tau_syn.
 //   spikescan_li_max_kink<T>: one thread per (batch, neuron): the input at a kink gets g V'(t*^-) =
-//       g (I(t*^-) - V(t*)) / tau_mem.
+//       g (I(t*^-) - V(t*)) / tau_mem (input_grads != 0), and so does its synapse's delay (has_delays).
 // Readout codes: 0 = final, 1 = integral.  gamma = 1 / tau_readout (0 for the plain integral).
 // Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif): kappa is
 // built from its PSP kernel c and closed forms, and the slopes c'(s) = Neuron::voltage_rate(c, b, tau_mem) (the
@@ -156,26 +159,29 @@ __global__ void spikescan_li_linear_backward(
 
 template <typename T, class Neuron>
 __global__ void spikescan_li_max_forward(
-    const double* __restrict__ queue_times, const long long* __restrict__ queue_index,
+    const double* __restrict__ queue_times, const int* __restrict__ queue_index, long long n_queues,
+    const unsigned short* __restrict__ queue_perm, const double* __restrict__ delays_t, int permuted,
     const double* __restrict__ weights, const double* __restrict__ tau_mem_arr,
-    const double* __restrict__ tau_syn_arr, double t_max, long long batch, long long n_out, long long L1,
-    long long max_in, T* __restrict__ values, double* __restrict__ eval_time, long long* __restrict__ kink_index) {
+    const double* __restrict__ tau_syn_arr, double t_max, long long batch, long long n_in, long long n_out,
+    long long L1, long long max_in, T* __restrict__ values, double* __restrict__ eval_time,
+    long long* __restrict__ kink_index) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const long long b = tid / n_out;
     const long long i = tid - b * n_out;
-    const double* qt = queue_times + b * L1;
-    const long long* qi = queue_index + b * L1;
+    const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
+    const spikescan_queue_t q = spikescan_lif_queue(queue_times + qrow * L1, queue_index + qrow * L1, permuted,
+                                                    queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double tau_mem = tau_mem_arr[i];
     const double tau_syn = tau_syn_arr[i];
     double best = 0.0, best_t = 0.0;
     long long best_k = -1;
     double V = 0.0, I = 0.0, t_last = 0.0;
     for (long long k = 0; k < L1; ++k) {
-        const double t_k = qt[k];
+        const double t_k = q.time(k);
         const double end = fmin(t_k, t_max);
         const double gap = end - t_last;
-        const long long flat = qi[k];
+        const long long flat = q.index(k);
         const bool applies = (t_k < t_max) && (flat >= 0);
         const auto d = Neuron::decay(gap, tau_mem, tau_syn);
         const double V0 = V, I0 = I;
@@ -209,27 +215,30 @@ __global__ void spikescan_li_max_backward(
     const double* __restrict__ tau_syn, long long batch, long long n_in, long long max_in, long long n_out,
     const double* __restrict__ eval_time, const T* __restrict__ grad_values, double* __restrict__ grad_weights,
     double* __restrict__ grad_input_times, double* __restrict__ v_star, double* __restrict__ i_before, int tau_grads,
-    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, int partial) {
+    double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, int partial,
+    const double* __restrict__ delays, int has_delays, double* __restrict__ grad_delays) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const double g = (double)grad_values[b * n_out + i];
     const double w = weights[j * n_out + i];
+    const double delay = has_delays ? delays[j * n_out + i] : 0.0;
     const double t_star = eval_time[b * n_out + i];
     const double* t = input_times + bj * max_in;
-    double acc_c = 0.0, acc_b = 0.0, acc_tm = 0.0, acc_ts = 0.0;
+    double acc_c = 0.0, acc_b = 0.0, acc_tm = 0.0, acc_ts = 0.0, acc_d = 0.0;
     for (long long m = 0; m < max_in; ++m) {
-        const double tm_ = t[m];
-        // An input at t* itself adds c(0) = 0 and moves t* instead (the kink kernel).
-        if (!(tm_ < t_star)) break;
-        const auto d = Neuron::decay(t_star - tm_, tau_mem[i], tau_syn[i]);
+        // The arrival, by the addition of the delayed queues (spikescan/_queue.py delayed_queues); ascending in m.
+        const double a = has_delays ? t[m] + delay : t[m];
+        // An input arriving at t* itself adds c(0) = 0 and moves t* instead (the kink kernel).
+        if (!(a < t_star)) break;
+        const auto d = Neuron::decay(t_star - a, tau_mem[i], tau_syn[i]);
         acc_c += d.c;
         acc_b += d.b;
-        if (!partial) {
-            atomicAdd(grad_input_times + bj * max_in + m, -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w);
-        }
+        const double grad_arrival = -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w;
+        acc_d += grad_arrival;
+        if (!partial) atomicAdd(grad_input_times + bj * max_in + m, grad_arrival);
         if (tau_grads) {
-            const auto pg = Neuron::decay_param_grads(t_star - tm_, tau_mem[i], tau_syn[i], d);
+            const auto pg = Neuron::decay_param_grads(t_star - a, tau_mem[i], tau_syn[i], d);
             acc_tm += pg.c_tm;
             acc_ts += pg.c_ts;
         }
@@ -240,11 +249,13 @@ __global__ void spikescan_li_max_backward(
             grad_tau_mem[tid] = g * w * acc_tm;
             grad_tau_syn[tid] = g * w * acc_ts;
         }
+        if (has_delays) grad_delays[tid] = acc_d;
         v_star[tid] = w * acc_c;
         i_before[tid] = w * acc_b;
         return;
     }
     atomicAdd(grad_weights + j * n_out + i, g * acc_c);
+    if (has_delays && acc_d != 0.0) atomicAdd(grad_delays + j * n_out + i, acc_d);
     if (tau_grads) {
         atomicAdd(grad_tau_mem + i, g * w * acc_tm);
         atomicAdd(grad_tau_syn + i, g * w * acc_ts);
@@ -257,17 +268,25 @@ template <typename T, class Neuron>
 __global__ void spikescan_li_max_kink(
     const double* __restrict__ tau_mem, long long batch, long long n_in, long long max_in, long long n_out,
     const long long* __restrict__ kink_index, const T* __restrict__ grad_values, const double* __restrict__ v_star,
-    const double* __restrict__ i_before, double* __restrict__ grad_input_times) {
+    const double* __restrict__ i_before, double* __restrict__ grad_input_times, int input_grads, int has_delays,
+    double* __restrict__ grad_delays, int partial) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const long long kink = kink_index[tid];
     if (kink < 0) return;
     const long long b = tid / n_out;
     const long long i = tid - b * n_out;
-    const double slope = Neuron::voltage_rate(v_star[tid], i_before[tid], tau_mem[i]);
-    atomicAdd(grad_input_times + b * n_in * max_in + kink, (double)grad_values[tid] * slope);
+    const double moved = (double)grad_values[tid] * Neuron::voltage_rate(v_star[tid], i_before[tid], tau_mem[i]);
+    if (input_grads) atomicAdd(grad_input_times + b * n_in * max_in + kink, moved);
+    if (!has_delays) return;
+    const long long j = kink / max_in;
+    if (partial) {
+        // [batch, n_in, n_out] partial sums: this thread alone writes column (b, ., i), so no atomic is needed.
+        grad_delays[(b * n_in + j) * n_out + i] += moved;
+    } else {
+        atomicAdd(grad_delays + j * n_out + i, moved);
+    }
 }
-
 
 // Deterministic input-time gradients (spikescan/cuda/_readout.py DETERMINISTIC): one thread per input spike
 // (b, j, m) sums its terms over the readout neurons i in order, instead of atomics from the (b, j, i) threads.
@@ -280,7 +299,8 @@ __global__ void spikescan_li_inputs(
     const double* __restrict__ tau_syn, int readout, double t_max, double gamma, long long batch, long long n_in,
     long long max_in, long long n_out, const T* __restrict__ grad_values, int max_mode,
     const double* __restrict__ eval_time, const long long* __restrict__ kink_index,
-    const double* __restrict__ v_star, const double* __restrict__ i_before, double* __restrict__ grad_input_times) {
+    const double* __restrict__ v_star, const double* __restrict__ i_before, double* __restrict__ grad_input_times,
+    const double* __restrict__ delays, int has_delays) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // (b * n_in + j) * max_in + m
     if (tid >= batch * n_in * max_in) return;
     const auto [b, flat, j] = spikescan_input_spike(tid, n_in, max_in);
@@ -290,8 +310,9 @@ __global__ void spikescan_li_inputs(
         const double g = (double)grad_values[b * n_out + i];
         const double w = weights[j * n_out + i];
         if (max_mode) {
-            if (t < eval_time[b * n_out + i]) {
-                const auto d = Neuron::decay(eval_time[b * n_out + i] - t, tau_mem[i], tau_syn[i]);
+            const double a = has_delays ? t + delays[j * n_out + i] : t;  // the arrival
+            if (a < eval_time[b * n_out + i]) {
+                const auto d = Neuron::decay(eval_time[b * n_out + i] - a, tau_mem[i], tau_syn[i]);
                 acc += -Neuron::voltage_rate(d.c, d.b, tau_mem[i]) * g * w;
             }
             if (kink_index[b * n_out + i] == flat) {
