@@ -596,6 +596,14 @@ def test_bad_types_and_inputs(jax_route):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)
 
 
+def _kill_first_neuron(layer):
+    """Make the first neuron of ``layer`` fire on no sample (every input weight negative), so that the next training
+    step computes its silent-neuron objective (``spikescan.peak_voltage`` of that neuron)."""
+    kernel = layer.kernel
+    column = -keras.ops.abs(kernel[:, :1]) - 1.0
+    kernel.assign(keras.ops.concatenate([column, kernel[:, 1:]], axis=1))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(BACKEND != "torch", reason="the zero-copy CUDA path is the torch bridge's")
 def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp_path, monkeypatch):
@@ -624,10 +632,12 @@ def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.train_on_batch(x, y)  # warm-up: builds the model, compiles the kernels
     assert model.layers[0].kernel.value.device.type == "cuda"
+    _kill_first_neuron(model.layers[0])  # the silent-neuron objective then runs peak_voltage with delays
 
-    array_types = []
-    for op in (_host.LIFOp, _host.LIOp):
-        def spy(spec, inputs, _forward=op.forward):
+    array_types, called = [], []
+    for op in (_host.LIFOp, _host.LIOp, _host.PeakOp):
+        def spy(spec, inputs, _forward=op.forward, _op=op):
+            called.append(_op)
             array_types.extend(type(a) for a in inputs)
             return _forward(spec, inputs)
         monkeypatch.setattr(op, "forward", staticmethod(spy))
@@ -641,6 +651,7 @@ def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp
     events = json.loads(trace.read_text())["traceEvents"]
 
     assert array_types and all(t is cupy.ndarray for t in array_types), array_types
+    assert _host.PeakOp in called  # the dead neuron's peak, on the device
     kernels = [e["name"] for e in events if e.get("cat") == "kernel"]
     assert any("spikescan_lif" in k for k in kernels), "the profiler must see CuPy's kernels for this test to mean"
     copies = [(e["name"], e.get("args", {}).get("bytes")) for e in events if e.get("cat") == "gpu_memcpy"]
@@ -683,10 +694,12 @@ def test_jax_gpu_training_step_moves_no_spike_or_weight_data_through_host(tmp_pa
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.train_on_batch(x, y)  # warm-up: builds and compiles the step, calibrates, compiles the CuPy kernels
     assert model.layers[0].kernel.value.devices().pop().platform == "gpu"
+    _kill_first_neuron(model.layers[0])  # the silent-neuron objective then runs peak_voltage with delays
 
-    array_types = []
-    for op in (_host.LIFOp, _host.LIOp):
-        def spy(spec, inputs, _forward=op.forward):
+    array_types, called = [], []
+    for op in (_host.LIFOp, _host.LIOp, _host.PeakOp):
+        def spy(spec, inputs, _forward=op.forward, _op=op):
+            called.append(_op)
             array_types.extend(type(a) for a in inputs)
             return _forward(spec, inputs)
         monkeypatch.setattr(op, "forward", staticmethod(spy))
@@ -700,6 +713,7 @@ def test_jax_gpu_training_step_moves_no_spike_or_weight_data_through_host(tmp_pa
               for event in line.events]
 
     assert array_types and all(t is cupy.ndarray for t in array_types), array_types
+    assert _host.PeakOp in called  # the dead neuron's peak, on the device
     ours = {line for line, name, _ in events if "spikescan_lif" in name}
     assert ours, "the profiler must see CuPy's kernels for this test to mean anything"
     xla = {line for line, name, _ in events if "Memcpy" not in name and "spikescan" not in name}
