@@ -41,8 +41,8 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
     with ``t_max = inf`` (the same walk: with no end to the window the last gap is open and its interior peak is a
     candidate). ``xp``, ``launch``: CuPy and the CUDA launcher, or NumPy and the host emulation (the tests).
 
-    - Without delays: every neuron walks the sample's shared queue, then the mask is applied. No host read, not
-      even of the mask.
+    - Without delays: the selected neurons walk the sample's shared queue (the kernel skips the others by the
+      mask, and their zero cotangent makes their backward free). No host read, not even of the mask.
     - With delays: each selected neuron walks its own queue of arrivals (``t + D[j, i]``, sorted as the LIF layer's
       are). Only the selected neurons are computed, so the mask's count is read (one small host read); their
       queues are built and walked in chunks of neurons of about ``_DEVICE_ENTRIES_PER_STEP`` entries, on top of
@@ -66,7 +66,8 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
             delays_dtype=None if delays is None else delays.dtype, device=device)
 
     if delays is None:
-        result = cuda_readout.forward(xp, launch, input_times, weights, tm, ts, "max", np.inf, None)
+        result = cuda_readout.forward(xp, launch, input_times, weights, tm, ts, "max", np.inf, None,
+                                      neuron_mask=neurons)
         mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)
         return PeakResult(result.values * mask, residuals((((None, result),), mask)))
     t64 = xp.ascontiguousarray(input_times, dtype=xp.float64)
@@ -155,8 +156,8 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
         delays: optional ``[n_in, n_out]`` float32/float64 finite non-negative per-synapse delays.
         neurons: optional boolean mask ``[n_out]`` (NumPy or CuPy): only these neurons are computed; the others
             get value ``0`` and zero gradient. With no neuron selected nothing is computed (not even a copy). CuPy
-            inputs without delays compute every neuron on the device and apply the mask there (no host read); with
-            delays only the selected neurons, so the mask's count is read on the host.
+            inputs without delays read the mask on the device (the kernels skip the neurons left out; no host
+            read); with delays the selected neurons are gathered first, so the mask's count is read on the host.
         engine: how the host computes the walk: ``"numba"`` (compiled), ``"numpy"`` or ``"auto"`` (Numba when
             installed; ``SPIKESCAN_ENGINE`` overrides), as ``li_forward``'s. CuPy inputs are computed on the device
             whatever it says.

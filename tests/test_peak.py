@@ -479,14 +479,15 @@ def test_cupy_in_cupy_out():
 @pytest.mark.parametrize("tau_mem,tau_syn", TAUS)
 def test_device_path_without_delays_in_host_emulation(host_kernels, tau_mem, tau_syn):
     """CuPy inputs without delays run on the device (``peak._device_forward`` / ``_device_backward``: the readout's
-    CUDA "max" kernels with t_max = inf, every neuron, then the mask), here through the host emulation of the same
-    kernels: the values, arg max times, kinks and gradients of the NumPy peak, equal time constants included."""
+    CUDA "max" kernels with t_max = inf, the mask read by the kernels), here through the host emulation of the same
+    kernels: the values, arg max times, kinks and gradients of the NumPy peak, equal time constants included; the
+    neuron left out is not walked (its t* is 0 where the full walk finds its peak later)."""
     from spikescan import peak
 
     rng = np.random.default_rng(31)
     t, _ = _case(rng, n_in=6)
     W = rng.normal(0.0, 1.0, (6, 4))  # inhibitory inputs cut rises: peaks on kinks
-    mask = np.array([True, False, True, True])
+    mask = np.array([False, True, True, True])
     g = rng.normal(size=(t.shape[0], W.shape[1]))
     taus = tuple(np.broadcast_to(np.asarray(tau, float), (4,)).copy() for tau in (tau_mem, tau_syn))
     for neurons in (None, mask):
@@ -506,8 +507,12 @@ def test_device_path_without_delays_in_host_emulation(host_kernels, tau_mem, tau
         for name in ("weights", "input_times"):
             np.testing.assert_allclose(getattr(got_g, name), getattr(ref_g, name), err_msg=name,
                                        **TOL["float64"]["grads"])
-        if neurons is not None:
+        if neurons is None:
+            assert (lres.eval_time[:, 0] > 0).any()
+        else:
             assert not got.values[:, ~mask].any() and not got_g.weights[:, ~mask].any()
+            np.testing.assert_array_equal(lres.eval_time[:, ~mask], 0.0)
+            np.testing.assert_array_equal(lres.kink_index[:, ~mask], -1)
     assert (ref.residuals.kink_index >= 0).any()
     with pytest.raises(TypeError, match="neurons"):
         peak._device_forward(np, host_kernels.launch, t, W, *taus, mask.astype(np.float32))

@@ -67,13 +67,15 @@ def _blocks(threads):
 
 
 def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout, delays=None,
-            shared=None):
+            shared=None, neuron_mask=None):
     """Array-module-generic body of ``li_forward_cuda``.
 
     ``delays`` (``"max"`` only; ``spikescan.peak_voltage``'s device path): float64 ``[n_in, n_out]`` per-synapse
     delays, every neuron walking its own queue of arrivals (``spikescan.cuda._queue.build_queues``, in the
     permutation format when ``_queue.PERMUTATION`` applies); the residuals keep them for the backward. ``shared``:
     the shared queue of ``input_times`` when the caller has built it (``spikescan._queue.shared_queue``).
+    ``neuron_mask`` (``"max"`` only): boolean ``[n_out]``; the neurons left out are not walked (value 0, ``t* =
+    0``, no kink), and their backward costs nothing when their cotangent is zero.
     """
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
@@ -84,8 +86,8 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
     ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
     D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
-    if D is not None and readout != "max":
-        raise ValueError(f"delays apply to the 'max' readout only, got readout={readout!r}")
+    if (D is not None or neuron_mask is not None) and readout != "max":
+        raise ValueError(f"delays and neuron_mask apply to the 'max' readout only, got readout={readout!r}")
     eval_time = kink_index = None
     if readout == "max":
         if shared is None:
@@ -108,7 +110,8 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
         launch("readout", "spikescan_li_max_forward", dtype, _blocks(batch * n_out), THREADS_PER_BLOCK,
                [qt, qi, np.int64(qt.shape[1]), perm, delays_t, np.int32(permuted), W, tm, ts, np.float64(t_max),
                 np.int64(batch), np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), values, eval_time,
-                kink_index])
+                kink_index, xp.ones(1, dtype=bool) if neuron_mask is None else xp.ascontiguousarray(neuron_mask),
+                np.int32(neuron_mask is not None)])
     else:
         det = _determinism.applies(DETERMINISTIC)
         if det:

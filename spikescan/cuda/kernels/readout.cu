@@ -15,8 +15,10 @@
 //       permutation format, as the LIF kernels read them): per gap (clipped to t_max) the interior peak and the end
 //       value are candidates after V(0) = 0, strictly greater wins (ties keep the earliest).  Writes values (T),
 //       eval_time t* and kink_index (flat index of the input arriving exactly at t* when the maximum is that
-//       input's end-of-gap value, else -1).  Delays serve spikescan.peak_voltage's device path (t_max = inf).
-//   spikescan_li_max_backward<T>: one thread per (batch, j, i): envelope theorem at fixed t*:
+//       input's end-of-gap value, else -1).  Delays serve spikescan.peak_voltage's device path (t_max = inf), and
+//       so does neuron_mask (masked != 0): a neuron left out gets value 0, t* = 0 and no kink without a walk.
+//   spikescan_li_max_backward<T>: one thread per (batch, j, i) (none of work when g[b, i] = 0, as in the linear
+//       backward): envelope theorem at fixed t*:
 //       grad_weights[j, i] += g c(t* - a), grad_input_times -= g W (b - c)/tau_mem over arrivals a < t* (a = t, or
 //       t + D[j, i] with has_delays, which also sums that term into grad_delays[j, i]), and the partial sums
 //       V(t*) = sum W c, I(t*^-) = sum W b into per-(b, i) accumulators.  With tau_grads != 0 also
@@ -124,6 +126,7 @@ __global__ void spikescan_li_linear_backward(
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const double g = (double)grad_values[b * n_out + i];
+    if (g == 0.0) return;  // every term is a multiple of g (the outputs are zero-filled)
     const double gw = g * weights[j * n_out + i];
     const double* t = input_times + bj * max_in;
     double acc = 0.0, acc_tm = 0.0, acc_ts = 0.0;
@@ -164,11 +167,17 @@ __global__ void spikescan_li_max_forward(
     const double* __restrict__ weights, const double* __restrict__ tau_mem_arr,
     const double* __restrict__ tau_syn_arr, double t_max, long long batch, long long n_in, long long n_out,
     long long L1, long long max_in, T* __restrict__ values, double* __restrict__ eval_time,
-    long long* __restrict__ kink_index) {
+    long long* __restrict__ kink_index, const bool* __restrict__ neuron_mask, int masked) {
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (tid >= batch * n_out) return;
     const long long b = tid / n_out;
     const long long i = tid - b * n_out;
+    if (masked && !neuron_mask[i]) {  // a neuron left out: value 0 at t* = 0, as if its voltage never rose
+        values[tid] = (T)0.0;
+        eval_time[tid] = 0.0;
+        kink_index[tid] = -1;
+        return;
+    }
     const long long qrow = b * n_queues + (n_queues > 1 ? i : 0);
     const spikescan_queue_t q = spikescan_lif_queue(queue_times + qrow * L1, queue_index + qrow * L1, permuted,
                                                     queue_perm, delays_t, tid, i, n_in, L1, max_in);
@@ -221,6 +230,9 @@ __global__ void spikescan_li_max_backward(
     if (tid >= batch * n_in * n_out) return;
     const auto [b, j, i, bj] = spikescan_li_synapse(tid, n_in, n_out);
     const double g = (double)grad_values[b * n_out + i];
+    // Every gradient term is a multiple of g (the kink's too) and the outputs are zero-filled: a neuron with a zero
+    // cotangent (e.g. left out by peak_voltage's mask) costs nothing.
+    if (g == 0.0) return;
     const double w = weights[j * n_out + i];
     const double delay = has_delays ? delays[j * n_out + i] : 0.0;
     const double t_star = eval_time[b * n_out + i];
