@@ -596,6 +596,20 @@ def test_bad_types_and_inputs(jax_route):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)
 
 
+def _spy_host_ops(monkeypatch):
+    """Record the array types each host op's forward receives, and which ops ran: ``(array_types, called)``."""
+    from spikescan_keras import _host
+
+    array_types, called = [], []
+    for op in (_host.LIFOp, _host.LIOp, _host.PeakOp):
+        def spy(spec, inputs, _forward=op.forward, _op=op):
+            called.append(_op)
+            array_types.extend(type(a) for a in inputs)
+            return _forward(spec, inputs)
+        monkeypatch.setattr(op, "forward", staticmethod(spy))
+    return array_types, called
+
+
 def _kill_first_neuron(layer):
     """Make the first neuron of ``layer`` fire on no sample (every input weight negative), so that the next training
     step computes its silent-neuron objective (``spikescan.peak_voltage`` of that neuron)."""
@@ -634,13 +648,7 @@ def test_torch_cuda_training_step_moves_no_spike_or_weight_data_through_host(tmp
     assert model.layers[0].kernel.value.device.type == "cuda"
     _kill_first_neuron(model.layers[0])  # the silent-neuron objective then runs peak_voltage with delays
 
-    array_types, called = [], []
-    for op in (_host.LIFOp, _host.LIOp, _host.PeakOp):
-        def spy(spec, inputs, _forward=op.forward, _op=op):
-            called.append(_op)
-            array_types.extend(type(a) for a in inputs)
-            return _forward(spec, inputs)
-        monkeypatch.setattr(op, "forward", staticmethod(spy))
+    array_types, called = _spy_host_ops(monkeypatch)
 
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
@@ -696,13 +704,7 @@ def test_jax_gpu_training_step_moves_no_spike_or_weight_data_through_host(tmp_pa
     assert model.layers[0].kernel.value.devices().pop().platform == "gpu"
     _kill_first_neuron(model.layers[0])  # the silent-neuron objective then runs peak_voltage with delays
 
-    array_types, called = [], []
-    for op in (_host.LIFOp, _host.LIOp, _host.PeakOp):
-        def spy(spec, inputs, _forward=op.forward, _op=op):
-            called.append(_op)
-            array_types.extend(type(a) for a in inputs)
-            return _forward(spec, inputs)
-        monkeypatch.setattr(op, "forward", staticmethod(spy))
+    array_types, called = _spy_host_ops(monkeypatch)
 
     with jax.profiler.trace(str(tmp_path)):
         model.train_on_batch(x, y)
