@@ -90,8 +90,9 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
                       "neurons")
         for i0 in range(0, n_sel, per):
             cols = sel[i0:i0 + per]
+            # Without any input spike every neuron has the same empty queue (the NumPy walk's shortcut too).
             result = cuda_readout.forward(xp, launch, t64, W[:, cols], tm[cols], ts[cols], "max", np.inf, None,
-                                          delays=D[:, cols], shared=shared)
+                                          delays=D[:, cols] if L1 > 1 else None, shared=shared)
             values[:, cols] = result.values
             chunks.append((cols, result))
     return PeakResult(values, residuals((tuple(chunks), None)))
@@ -114,7 +115,8 @@ def _device_backward(xp, launch, residuals, grad_values):
         grads, grad_d = cuda_readout.backward_with_delays(xp, launch, result,
                                                           xp.ascontiguousarray(grad_values[:, cols]))
         grad_W[:, cols] = grads.weights
-        grad_D[:, cols] = grad_d
+        if grad_d is not None:  # None: no input spike, so no delay gradient (zeros)
+            grad_D[:, cols] = grad_d
         grad_t += grads.input_times
     return PeakGrads(grad_W.astype(residuals.weights_dtype), grad_t.astype(residuals.input_dtype),
                      grad_D.astype(residuals.delays_dtype))

@@ -3,6 +3,8 @@ finite differences, the neuron mask, validation and dtypes."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -673,6 +675,31 @@ def test_device_path_with_delays_empty_mask_and_memory(host_kernels):
             peak._device_forward(np, host_kernels.launch, t, W, *taus, None, D)
     finally:
         spikescan.set_memory_limit(None)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 3), (2, 4, 0), (0, 4, 3), (2, 4, 3)])
+@pytest.mark.parametrize("with_delays", [False, True])
+def test_device_path_empty_inputs(host_kernels, shape, with_delays):
+    """No input channel, no spike slot, no sample, only padding: the device path gives the NumPy peak's zeros and
+    zero gradients of the right shapes, without a warning (no division by ``max_in = 0``)."""
+    from spikescan import peak
+
+    t = np.full(shape, inf)
+    W = np.ones((shape[1], 3))
+    D = np.ones((shape[1], 3)) if with_delays else None
+    g = np.ones((shape[0], 3))
+    ref = peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=D)
+    ref_g = peak_voltage_backward(ref, g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = peak._device_forward(np, host_kernels.launch, t, W, np.ones(3), np.full(3, 0.5), None, D)
+        got_g = peak._device_backward(np, host_kernels.launch, got.residuals, g)
+    np.testing.assert_array_equal(got.values, ref.values)
+    for a, b in zip(got_g, ref_g):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.gpu
