@@ -81,7 +81,7 @@ def delayed_queues(times, index, n_real, max_in, delays, xp):
     """
     batch, L1 = times.shape
     n_out = delays.shape[1]
-    src = xp.where(index >= 0, index // max_in, 0)
+    src = xp.where(index >= 0, index // max(int(max_in), 1), 0)  # max_in = 0: no real entry, nothing to divide
     # [batch, n_out, L1]: arrival = t + D[j, i]; +inf stays +inf. (A layer without inputs has only the padding entry,
     # whose source 0 does not exist: any delay will do.)
     d_src = delays[src] if delays.shape[0] else xp.zeros(src.shape + (n_out,))
@@ -126,7 +126,7 @@ def expand(xp, perm, times, index, delays_t, max_in):
     p = perm.astype(xp.int64)
     rows = xp.arange(batch)[:, None, None]
     q_index = index[rows, p]
-    j = xp.where(q_index >= 0, q_index, 0) // max_in
+    j = xp.where(q_index >= 0, q_index, 0) // max(int(max_in), 1)
     arrival = times[rows, p] + delays_t[xp.arange(n_out)[None, :, None], j]
     q_times = xp.where(q_index >= 0, arrival, np.inf)
     return q_times, q_index

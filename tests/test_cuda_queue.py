@@ -9,6 +9,8 @@ when ``_queue.USE_KERNEL`` is set.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,14 @@ def test_all_samples_empty_and_single_spikes(device):
     assert_same_queues(device, t, np.ones((4, 2)))  # L1 = 1: padding only
     t[:, 1, 0] = [0.0, 5.0, 2.5]  # one spike per sample: rows of length 1
     assert_same_queues(device, t, np.arange(8.0).reshape(4, 2))
+
+
+def test_no_spike_slots(device):
+    """``max_in = 0`` (a spike tensor without slots): padding-only queues, without a division by ``max_in``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same_queues(device, np.full((2, 4, 0), np.inf), np.ones((4, 3)))
+        assert_same_queues(device, np.full((2, 4, 0), np.inf), np.ones((4, 3)), use_kernel=False)
 
 
 def test_without_delays_the_shared_queue_is_returned(device):
