@@ -129,6 +129,23 @@ class PositiveFloor(keras.constraints.Constraint):
         return {"min_value": self.min_value}
 
 
+def _exact_dtype(layer_name, kwargs):
+    """``kwargs`` with a dtype policy that computes in float32 or float64: exact spike times need it (near 20 ms,
+    float16 resolves a spike time to 1/64 ms and bfloat16 to 1/8 ms). Under a float16 or bfloat16 global policy
+    (``keras.mixed_precision.set_global_policy("mixed_float16")``, for the other layers of a model) the layer
+    computes and keeps its weights in float32, and Keras casts its inputs there; an explicit ``dtype`` that computes
+    in another precision is a ``ValueError`` naming it."""
+    dtype = kwargs.get("dtype")
+    policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
+    if policy.compute_dtype in ("float32", "float64"):
+        return kwargs
+    if dtype is not None:
+        raise ValueError(f"{layer_name}: dtype={dtype!r} computes in {policy.compute_dtype}; spike times are exact "
+                         "only in float32 or float64 (pass dtype='float32' or 'float64', or leave it out to compute in "
+                         "float32 under a mixed-precision global policy)")
+    return {**kwargs, "dtype": "float32"}
+
+
 @keras.saving.register_keras_serializable(package="spikescan")
 class LIFLayer(keras.layers.Layer):
     """Dense layer of current-based LIF neurons with exact spike times and exact gradients (no surrogates).
@@ -249,7 +266,7 @@ class LIFLayer(keras.layers.Layer):
                  min_time_constant=None, trainable_threshold=False, min_threshold=None, recurrent=False,
                  recurrent_delays=False, recurrent_initializer="auto", recurrent_delay_initializer="auto",
                  recurrent_regularizer=None, recurrent_scale="auto", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**_exact_dtype("LIFLayer", kwargs))
         self.supports_jit = _bridge.supports_jit()
         for name, value in (("recurrent", recurrent), ("recurrent_delays", recurrent_delays)):
             if not isinstance(value, bool):
@@ -588,7 +605,7 @@ class LIReadout(keras.layers.Layer):
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
                  kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,
                  min_time_constant=None, revival_penalty=1.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**_exact_dtype("LIReadout", kwargs))
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)

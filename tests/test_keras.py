@@ -596,6 +596,41 @@ def test_bad_types_and_inputs(jax_route):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_policy_computes_spike_layers_in_float32(policy, tmp_path):
+    """Under a float16 / bfloat16 global policy (for the other layers of a model) the spike layers compute and keep
+    their weights in float32: the model trains, a float16 Dense head included, and a saved model reloads so."""
+    before = keras.config.dtype_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        x, y = timing_task(32)
+        model = keras.Sequential([
+            keras.Input(shape=x.shape[1:]),
+            sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays=True, max_delay=2.0),
+            sk.LIReadout(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX),
+            keras.layers.Dense(2),
+        ])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        lif, readout, dense = model.layers
+        assert dense.compute_dtype == policy.split("_")[1]  # the policy still applies to the other layers
+        for layer in (lif, readout):
+            assert layer.compute_dtype == "float32" and layer.variable_dtype == "float32"
+            assert all(w.dtype == "float32" for w in layer.trainable_weights)
+        path = str(tmp_path / "mixed.keras")
+        model.save(path)
+        again = keras.models.load_model(path)
+        assert [layer.compute_dtype for layer in again.layers[:2]] == ["float32", "float32"]
+        with pytest.raises(ValueError, match="dtype='float16'"):
+            sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, dtype="float16")
+        with pytest.raises(ValueError, match="dtype='mixed_bfloat16'"):
+            sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, dtype="mixed_bfloat16")
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
 def _spy_host_ops(monkeypatch):
     """Record the array types each host op's forward receives, and which ops ran: ``(array_types, called)``."""
     from spikescan_keras import _host
