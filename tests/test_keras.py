@@ -391,10 +391,11 @@ def test_tensorflow_warns_once_that_a_gpu_copies_through_the_host(monkeypatch):
     assert sum("copies its inputs" in str(w.message) for w in record) == 1
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="XLA compilation of the train step is tensorflow's jit_compile")
-def test_tensorflow_models_are_never_xla_compiled():
-    """tf.numpy_function cannot be compiled by XLA: the layers say so, and Keras turns jit_compile off, also when
-    asked for it."""
+@pytest.mark.skipif(BACKEND == "jax", reason="jax jit-compiles the step around the op's callback")
+def test_tensorflow_and_torch_models_are_never_compiled():
+    """tf.numpy_function cannot be compiled by XLA, and torch.compile could only break its graph around the op
+    (recompiling each piece: ~100x slower on a small model): the layers say so, and Keras turns jit_compile off,
+    also when asked for it (torch.compile with jit_compile=True failed inside the host code before)."""
     from keras.src.trainers.trainer import model_supports_jit
 
     lif, readout = two_layers(False)
@@ -760,6 +761,28 @@ def test_jax_gpu_training_step_moves_no_spike_or_weight_data_through_host(tmp_pa
     sizes = [re.search(r"size:(\d+)", str(details)) for _, details in host_copies]
     smallest = min(x_np.nbytes, 16 * 32 * 4)  # spike input, kernel
     assert all(m is not None and int(m.group(1)) < smallest // 8 for m in sizes), host_copies
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile is torch's")
+def test_torch_compile_runs_the_op_eagerly_between_compiled_pieces():
+    """A user's own ``torch.compile`` around fresh layers in training mode: they build (the ``"auto"`` initializers
+    give the backend Python floats) and calibrate under dynamo, which does not trace into the host code (the
+    bridge's ``apply`` is ``torch.compiler.disable``d; dynamo failed inside it before); then the compiled outputs and
+    gradients are the eager ones."""
+    import torch
+
+    lif, readout = two_layers(False)
+    x = torch.as_tensor(spike_input(np.random.default_rng(0), batch=4))
+    step = torch.compile(lambda t: readout(lif(t, training=True), training=True))
+    step(x)
+    assert int(lif.calibrated.value) == 1
+    kernel = lif.kernel.value
+    got = step(x)
+    (g_got,) = torch.autograd.grad(got.sum(), kernel)  # before the next call updates the layers' statistics
+    eager = readout(lif(x, training=True), training=True)
+    (g_eager,) = torch.autograd.grad(eager.sum(), kernel)
+    np.testing.assert_array_equal(got.detach().numpy(), eager.detach().numpy())
+    np.testing.assert_array_equal(g_got.numpy(), g_eager.numpy())
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="meta tensors are torch's")

@@ -21,7 +21,10 @@ def apply(op, spec, inputs):
 
 
 def supports_jit():
-    """Whether a compiled Keras step may contain the bridge's op: not on TensorFlow, where ``tf.numpy_function``
-    cannot be compiled by XLA. The layers copy this into their ``supports_jit`` attribute, which Keras reads to
-    resolve ``jit_compile``."""
-    return keras.backend.backend() != "tensorflow"
+    """Whether a compiled Keras step may contain the bridge's op: on jax (under ``jit`` the op is a host or buffer
+    callback), not on TensorFlow, where ``tf.numpy_function`` cannot be compiled by XLA, nor on torch, where
+    ``torch.compile`` can only break its graph around the op (``apply`` is ``torch.compiler.disable``d): the same
+    results, but each graph piece recompiled until dynamo's limit, 48.8 s against 0.4 s for four epochs of a small
+    model measured on the CPU. The layers copy this into their ``supports_jit`` attribute, which Keras reads to
+    resolve ``jit_compile``: ``jit_compile=True`` then warns and trains eagerly."""
+    return keras.backend.backend() == "jax"

@@ -81,11 +81,14 @@ def _torch_dtype(dtype):
     return dtype if isinstance(dtype, torch.dtype) else getattr(torch, np.dtype(dtype).name)
 
 
+@torch.compiler.disable
 def apply(op, spec, inputs):
     """Run ``op`` (see ``spikescan_keras._host``) on torch tensors; returns its outputs as a tuple of tensors.
 
     Tensors on the ``meta`` device (Keras traces shapes with them, e.g. when ``fit`` builds its metrics) get empty
-    outputs of the right shapes and dtypes without running the simulation.
+    outputs of the right shapes and dtypes without running the simulation. ``torch.compiler.disable``: under
+    ``torch.compile`` (a user's own, or Keras' ``jit_compile=True``, which the layers decline) dynamo does not trace
+    into the host code (it failed there) but runs the op eagerly between compiled pieces.
     """
     if any(x.device.type == "meta" for x in inputs):
         return tuple(torch.empty(tuple(shape), dtype=_torch_dtype(dtype), device="meta")
