@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import types
 
 # Numba's OpenMP runtime is loaded at its first parallel launch. By default its idle workers spin for a while after
@@ -96,10 +97,18 @@ def _variant(fn, suffix):
     return copy
 
 
+# Parallel launches take turns. Several Python threads may call the kernels at once (jax's host callbacks for
+# several devices, TensorFlow's inter-op threads running two layers side by side, a user's thread pool), and Numba's
+# workqueue threading layer, its fallback where neither OpenMP nor TBB is installed, is not threadsafe: a concurrent
+# launch aborts the process. Each launch uses every thread anyway. The serial kernels (``nogil``) still run at once.
+_PARALLEL_LOCK = threading.Lock()
+
+
 class _Parallel:
     """A kernel compiled twice from one Python function: ``prange`` as parallel loops, and as plain loops for small
     work (``kernel(work, *args)``). Each is compiled on first use and cached on disk under its own name
-    (``<name>.parallel.<stamp>`` and ``<name>.serial.<stamp>``, see ``cached_njit``)."""
+    (``<name>.parallel.<stamp>`` and ``<name>.serial.<stamp>``, see ``cached_njit``). Parallel launches hold
+    ``_PARALLEL_LOCK``."""
 
     def __init__(self, fn):
         self.parallel = cached_njit("parallel", parallel=True)(fn)
@@ -107,7 +116,10 @@ class _Parallel:
         self.__doc__ = fn.__doc__
 
     def __call__(self, work, *args):
-        return (self.serial if work < SERIAL_WORK else self.parallel)(*args)
+        if work < SERIAL_WORK:
+            return self.serial(*args)
+        with _PARALLEL_LOCK:
+            return self.parallel(*args)
 
 
 _pjit = _Parallel

@@ -90,6 +90,43 @@ def _cache_prober(tmp_path, root):
     return probe
 
 
+_THREADS_PROBE = """
+import numba
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+import spikescan as ss
+rng = np.random.default_rng(0)
+t = np.sort(rng.uniform(0, 50, (64, 100, 5)), -1)
+W = rng.normal(0.1, 0.2, (100, 128))
+kw = dict(tau_mem=10.0, tau_syn=5.0, engine="numba")
+
+def run(_):
+    r = ss.lif_forward(t, W, max_spikes=8, **kw)
+    g = ss.lif_backward(r, np.where(np.isfinite(r.times), 1.0, 0.0), engine="numba")
+    m = ss.li_forward(t, W, readout="max", t_max=60.0, **kw)
+    p = ss.peak_voltage(t, W, **kw)
+    return r.times, g.weights, m.values, p.values
+
+first = run(0)
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+with ThreadPoolExecutor(4) as pool:
+    for out in pool.map(run, range(12)):
+        assert all(np.array_equal(a, b) for a, b in zip(out, first))
+print("ok")
+"""
+
+
+def test_parallel_kernels_from_many_threads_on_the_workqueue_layer():
+    """Python threads calling the compiled kernels at once (jax's host callbacks of several devices, TensorFlow's
+    inter-op threads, a thread pool) on Numba's workqueue threading layer, which is not threadsafe (the fallback
+    without OpenMP or TBB): the parallel launches take turns instead of aborting the process, and every thread gets
+    the single-threaded results bit for bit."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
 def test_parallel_and_serial_compilations_have_separate_disk_caches(tmp_path):
     """Each kernel is compiled with and without ``parallel=True``, both with ``cache=True``. Numba's disk cache is
     keyed by the function's name, line and signature, not by its flags: if both compilations came from one function,
