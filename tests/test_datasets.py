@@ -364,3 +364,20 @@ def test_download_shd_offline(tmp_path, monkeypatch):
     files["md5sums.txt"] = b"0123  shd_test.h5.gz\n"
     with pytest.raises(OSError, match="MD5"):
         download_shd(tmp_path / "data", splits=("test",), force=True)
+
+    # No network: files already there are returned without a request; a missing one is an error naming the URL
+    # and the folder, with no partial file left behind.
+    def no_network(url):
+        urls.append(url)
+        raise heidelberg.urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(heidelberg.urllib.request, "urlopen", no_network)
+    data = tmp_path / "offline"
+    data.mkdir()
+    (data / "shd_test.h5").write_bytes((tmp_path / "raw.h5").read_bytes())
+    del urls[:]
+    assert download_shd(data, splits=("test",)) == [data / "shd_test.h5"] and urls == []
+    with pytest.raises(OSError, match=r"could not download https://zenkelab\.org/datasets/md5sums\.txt into .*offline"
+                                      r".*Name or service not known.*tonic"):
+        download_shd(data, splits=("train", "test"))
+    assert sorted(p.name for p in data.iterdir()) == ["shd_test.h5"]

@@ -26,9 +26,17 @@ SPLITS = {"shd": ("train", "test"), "ssc": ("train", "valid", "test")}
 
 
 def _fetch(url: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` (through ``dest.part``, removed on failure); an ``OSError`` naming the URL, the
+    folder and the way around when the network fails."""
     tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
-        shutil.copyfileobj(r, f)
+    try:
+        with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except OSError as e:  # urllib.error.URLError and socket errors included
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not download {url} into {dest.parent}: {e}. Without network access here, download "
+                      f"the files of {BASE_URL} elsewhere (or with tonic.datasets.SHD / SSC) and put them, "
+                      "gzipped or not, in that folder") from e
     tmp.replace(dest)
 
 
@@ -45,14 +53,17 @@ def _download(name: str, data_dir, splits, force: bool) -> list[Path]:
         check_choice("splits", s, SPLITS[name])
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    sums = data_dir / "md5sums.txt"
-    _fetch(BASE_URL + "md5sums.txt", sums)
-    md5 = {line.split()[1]: line.split()[0] for line in sums.read_text().splitlines() if len(line.split()) == 2}
+    missing = [s for s in splits if force or not (data_dir / f"{name}_{s}.h5").is_file()]
+    md5 = {}
+    if missing:  # files already there need no network (an offline rerun)
+        sums = data_dir / "md5sums.txt"
+        _fetch(BASE_URL + "md5sums.txt", sums)
+        md5 = {line.split()[1]: line.split()[0] for line in sums.read_text().splitlines() if len(line.split()) == 2}
     paths = []
     for s in splits:
         h5 = data_dir / f"{name}_{s}.h5"
         gz = h5.with_name(h5.name + ".gz")
-        if force or not h5.is_file():
+        if s in missing:
             _fetch(BASE_URL + gz.name, gz)
             if gz.name in md5 and _md5(gz) != md5[gz.name]:
                 raise OSError(f"MD5 mismatch for {gz} (expected {md5[gz.name]}); delete it and retry")
