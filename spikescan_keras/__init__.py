@@ -8,10 +8,19 @@ configuration; forward and backward are ``spikescan``'s, called through one cust
 importing keras.
 """
 
-from ._host import CappedSpikesWarning, DeadReadoutWarning, SilentLayerWarning
-from .callbacks import FiringMonitor
-from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer, PositiveFloor
-from .nir import export_nir, import_nir
+try:
+    import keras as _keras
+except ImportError as _e:
+    raise ImportError("spikescan_keras needs Keras 3 and one of its backends: pip install 'spikescan[keras]' and "
+                      "torch, jax or tensorflow (then set KERAS_BACKEND)") from _e
+if int(_keras.__version__.split(".")[0]) < 3:
+    raise ImportError(f"spikescan_keras needs Keras 3 (keras>=3.3), found keras {_keras.__version__}: "
+                      "pip install -U 'spikescan[keras]'")
+
+from ._host import CappedSpikesWarning, DeadReadoutWarning, SilentLayerWarning  # noqa: E402
+from .callbacks import FiringMonitor  # noqa: E402
+from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer, PositiveFloor  # noqa: E402
+from .nir import export_nir, import_nir  # noqa: E402
 
 __all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "PositiveFloor", "CappedSpikesWarning",
            "SilentLayerWarning", "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir"]

@@ -1,0 +1,34 @@
+"""What a user sees when an optional part is missing: ``spikescan_keras`` without Keras, or with Keras 2, says which
+package to install (each case in a fresh interpreter, with the module hidden or replaced)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import_error(prelude):
+    code = prelude + textwrap.dedent("""
+        try:
+            import spikescan_keras
+        except ImportError as e:
+            print("ImportError:", e)
+    """)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_spikescan_keras_without_keras_says_what_to_install():
+    out = _import_error("import sys\nsys.modules['keras'] = None\n")
+    assert "ImportError: spikescan_keras needs Keras 3" in out and "pip install 'spikescan[keras]'" in out
+
+
+def test_spikescan_keras_with_keras_2_says_what_to_install():
+    out = _import_error("import sys, types\nsys.modules['keras'] = types.SimpleNamespace(__version__='2.15.0')\n")
+    assert "needs Keras 3 (keras>=3.3), found keras 2.15.0" in out
