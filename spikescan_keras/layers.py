@@ -129,6 +129,12 @@ class PositiveFloor(keras.constraints.Constraint):
         return {"min_value": self.min_value}
 
 
+def _add_loss(layer, loss):
+    """``layer.add_loss`` in Keras' float dtype (``keras.config.floatx()``, that of the compiled loss): a float64
+    layer's term would otherwise meet the float32 loss in Keras' sum, which TensorFlow refuses."""
+    layer.add_loss(ops.cast(loss, keras.config.floatx()))
+
+
 def _exact_dtype(layer_name, kwargs):
     """``kwargs`` with a dtype policy that computes in float32 or float64: exact spike times need it (near 20 ms,
     float16 resolves a spike time to 1/64 ms and bfloat16 to 1/8 ms). Under a float16 or bfloat16 global policy
@@ -445,11 +451,11 @@ class LIFLayer(keras.layers.Layer):
             dead, capped = self._firing_statistics(counts, capped)
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
-            self.add_loss(self.spike_count_regularizer(times))
+            _add_loss(self, self.spike_count_regularizer(times))
         if training and self.silence_penalty > 0:
             taus = tuple(ops.stop_gradient(x) for x in taus)
             thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
-            self.add_loss(self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype), thr))
+            _add_loss(self, self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype), thr))
         return times
 
     def _recurrent_weights(self):
@@ -679,7 +685,7 @@ class LIReadout(keras.layers.Layer):
             dead = self._dead_units(values)
             self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))
             if self.revival_penalty > 0:
-                self.add_loss(self._revival_loss(inputs, kernel, tuple(map(ops.stop_gradient, taus)),
+                _add_loss(self, self._revival_loss(inputs, kernel, tuple(map(ops.stop_gradient, taus)),
                                                  ops.cast(dead, kernel.dtype)))
         return values if self.output_scale == 1.0 else values * self.output_scale
 

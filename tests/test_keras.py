@@ -632,6 +632,27 @@ def test_mixed_precision_policy_computes_spike_layers_in_float32(policy, tmp_pat
         keras.mixed_precision.set_global_policy(before)
 
 
+def test_float64_layers_train_with_their_added_losses():
+    """``dtype="float64"`` spike layers with their added losses (the spike-count regularizer, and the silent-neuron
+    and revival objectives when a neuron or unit is dead) beside Keras' float32 compiled loss: the added terms are
+    cast to ``floatx`` (TensorFlow refused to sum a float64 term with the float32 loss), the weights stay float64.
+    (A Keras ``kernel_regularizer`` on float64 weights fails the same way on TensorFlow, in Keras' own ``Dense``
+    too: not covered here.)"""
+    keras.utils.set_random_seed(0)
+    x, y = timing_task(32)
+    model = keras.Sequential([
+        keras.Input(shape=x.shape[1:], dtype="float64"),
+        sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays=True, max_delay=2.0, dtype="float64",
+                    spike_count_regularizer=sk.SpikeCountRegularizer(0.01, tau=TAU_MEM)),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, dtype="float64"),
+    ])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x.astype("float64"), y, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for layer in model.layers:
+        assert layer.compute_dtype == "float64" and layer.variable_dtype == "float64"
+
+
 def _spy_host_ops(monkeypatch):
     """Record the array types each host op's forward receives, and which ops ran: ``(array_types, called)``."""
     from spikescan_keras import _host
