@@ -98,8 +98,7 @@ SMALL_GRID_WAVES = 4
 _CHECKPOINT_BYTES = 1 << 29
 
 
-def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
-    _kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+_cupy_launch = _kernels.launch_current
 
 
 def lif_forward_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,

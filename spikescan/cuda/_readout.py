@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _determinism, _memory
 from .._types import LIGrads, LIResiduals, LIResult
-from . import _queue
+from . import _kernels, _queue
 
 THREADS_PER_BLOCK = 256
 READOUT_CODES = {"final": 0, "integral": 1}
@@ -32,10 +32,7 @@ READOUT_CODES = {"final": 0, "integral": 1}
 DETERMINISTIC = False
 
 
-def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
-    from . import _kernels
-
-    _kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+_cupy_launch = _kernels.launch_current
 
 
 def li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout):

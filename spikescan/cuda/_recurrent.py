@@ -84,8 +84,7 @@ def check_method(method):
         "NumPy inputs")
 
 
-def _cupy_launch(module, kernel, dtype, grid, block, args, shared_mem=0):
-    _kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+_cupy_launch = _kernels.launch_current
 
 
 def lif_forward_recurrent_cuda(input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, solver,
