@@ -8,6 +8,7 @@ import numpy as np
 from . import _memory
 from . import _validate as v
 from ._types import PeakGrads, PeakResiduals, PeakResult
+from .lif import _engine
 
 
 def _neuron_indices(neurons, n_out):
@@ -68,8 +69,8 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
     if delays is None:
         result = cuda_readout.forward(xp, launch, input_times, weights, tm, ts, "max", np.inf, None,
                                       neuron_mask=neurons)
-        mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)
-        return PeakResult(result.values * mask, residuals((((None, result),), mask)))
+        mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)  # for the backward
+        return PeakResult(result.values, residuals((((None, result),), mask)))  # the kernel wrote 0 where left out
     t64 = xp.ascontiguousarray(input_times, dtype=xp.float64)
     W = xp.asarray(weights, dtype=xp.float64)
     D = xp.asarray(delays, dtype=xp.float64)
@@ -80,7 +81,7 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
     if n_sel and batch:
         shared = cuda_queue.shared_queue(t64, xp)  # the inputs' sort, once for every chunk
         L1 = shared[0].shape[1]
-        permutation = bool(cuda_queue.PERMUTATION) and cuda_queue.permutation_applies(xp, L1 - 1, True)
+        permutation = cuda_queue.permutation_default(xp, L1 - 1, True)  # as cuda_readout.forward decides
         per = min(n_sel, max(1, _DEVICE_ENTRIES_PER_STEP // (batch * L1)))
         bytes_per_entry = 2 if permutation else 40
         _memory.check(f"peak_voltage(batch={batch}, n_out={n_out}, with delays) on the device",
@@ -112,23 +113,13 @@ def _device_backward(xp, launch, residuals, grad_values):
     grad_D = xp.zeros((n_in, n_out), dtype=xp.float64)
     grad_t = xp.zeros(residuals.input_shape, dtype=xp.float64)
     for cols, result in chunks:  # float64 throughout (the forward ran on float64 copies), cast once at the end
-        grads, grad_d = cuda_readout.backward_with_delays(xp, launch, result,
-                                                          xp.ascontiguousarray(grad_values[:, cols]))
+        grads, grad_d = cuda_readout.backward_with_delays(xp, launch, result, grad_values[:, cols])
         grad_W[:, cols] = grads.weights
         if grad_d is not None:  # None: no input spike, so no delay gradient (zeros)
             grad_D[:, cols] = grad_d
         grad_t += grads.input_times
     return PeakGrads(grad_W.astype(residuals.weights_dtype), grad_t.astype(residuals.input_dtype),
                      grad_D.astype(residuals.delays_dtype))
-
-
-def _host_engine(engine):
-    """``"numba"`` or ``"numpy"``: the host engine of ``engine`` (CuPy inputs are computed on the host too)."""
-    from ._lif_numpy import resolve_engine
-    from .lif import ENGINES
-
-    v.choice("engine", engine, ENGINES)
-    return resolve_engine(engine)
 
 
 def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons=None, engine="auto"):
@@ -182,13 +173,12 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
-    engine = _host_engine(engine)
+    engine = _engine(engine, np)  # validated for CuPy inputs too, which run on the device whatever it says
     if xp is not np:
         from .cuda import _readout as cuda_readout
 
         return _device_forward(xp, cuda_readout._cupy_launch, input_times, weights, tau_mem, tau_syn, neurons,
                                delays)
-    tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     sel = _neuron_indices(neurons, n_out)
     batch = input_times.shape[0]
     values = np.zeros((batch, n_out))
@@ -198,16 +188,15 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
     if sel.size:
         from . import _readout_numpy as impl
 
-        t = v.to_host(input_times).astype(np.float64)
-        W = v.to_host(weights).astype(np.float64)
-        D = None if delays is None else v.to_host(delays).astype(np.float64)
+        t = input_times.astype(np.float64)
+        W = weights.astype(np.float64)
+        D = None if delays is None else delays.astype(np.float64)
         values[:, sel], eval_time, kink_index = impl.peak_forward(t, W, D, tau_mem, tau_syn, sel, engine)
     residuals = PeakResiduals(
         neurons=sel, input_times=t, weights=W, delays=D, tau_mem=tau_mem, tau_syn=tau_syn, eval_time=eval_time,
         kink_index=kink_index, input_shape=tuple(input_times.shape), n_out=n_out, input_dtype=input_times.dtype,
         weights_dtype=weights.dtype, delays_dtype=None if delays is None else delays.dtype)
-    values = values.astype(input_times.dtype)
-    return PeakResult(values if xp is np else xp.asarray(values), residuals)
+    return PeakResult(values.astype(input_times.dtype), residuals)
 
 
 def peak_voltage_backward(result, grad_values, *, engine="auto"):
@@ -234,7 +223,7 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
     if not isinstance(result, PeakResult):
         raise TypeError(f"result must be the PeakResult returned by peak_voltage, got {type(result).__name__}")
     xp = v.cotangent("grad_values", grad_values, result.values)
-    engine = _host_engine(engine)
+    engine = _engine(engine, np)
     res = result.residuals
     if res.device is not None:
         from .cuda import _readout as cuda_readout
@@ -244,7 +233,7 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
     if res.neurons.size:
         from . import _readout_numpy as impl
 
-        g = v.to_host(grad_values).astype(np.float64)[:, res.neurons]
+        g = grad_values.astype(np.float64)[:, res.neurons]
         grad_W, grad_t, grad_D = impl.peak_backward(res.input_times, res.weights, res.delays, res.tau_mem,
                                                     res.tau_syn, res.neurons, res.eval_time, res.kink_index, g,
                                                     engine)
@@ -253,13 +242,8 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
         grad_t = np.zeros(res.input_shape)
         grad_D = None if res.delays_dtype is None else np.zeros((n_in, res.n_out))
 
-    def out(x, dtype):
-        if x is None:
-            return None
-        x = x.astype(dtype)
-        return x if xp is np else xp.asarray(x)
-
-    return PeakGrads(out(grad_W, res.weights_dtype), out(grad_t, res.input_dtype), out(grad_D, res.delays_dtype))
+    return PeakGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype),
+                     None if grad_D is None else grad_D.astype(res.delays_dtype))
 
 
 __all__ = ["peak_voltage", "peak_voltage_backward", "PeakResult", "PeakGrads"]

@@ -177,7 +177,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     with_checkpoints = bool(FORWARD_CHECKPOINTS) and method in ("sequential", "scan") and batch * n_out > 0
     n_ckpt = -(-(n_entries + max_spikes) // BACKWARD_CHUNK)  # a history: <= n_entries inputs, max_spikes spikes
     extra = {"backward checkpoints": n_ckpt * 32 * batch * n_out} if with_checkpoints else None
-    permutation = bool(_queue.PERMUTATION) and _queue.permutation_applies(xp, n_entries, delays is not None)
+    permutation = _queue.permutation_default(xp, n_entries, delays is not None)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp, extra=extra, permutation=permutation)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = device_inputs(

@@ -65,6 +65,12 @@ def permutation_applies(xp, n_entries, has_delays, max_shared=None, algorithm=No
     return kernel_fits(n_entries, _max_shared(xp) if max_shared is None else max_shared, algorithm)
 
 
+def permutation_default(xp, n_entries, has_delays):
+    """Whether a forward takes the permutation format by default: ``PERMUTATION`` is set and it applies
+    (``permutation_applies``) to queues of at most ``n_entries`` entries."""
+    return bool(PERMUTATION) and permutation_applies(xp, n_entries, has_delays)
+
+
 def shared_bytes(n_max, algorithm="bitonic"):
     """Dynamic shared memory (bytes) of ``algorithm``'s kernel for rows of up to ``n_max`` entries."""
     return n_max * (BYTES_PER_ENTRY if _check_algorithm(algorithm) == "bitonic" else COUNTING_BYTES_PER_ENTRY)

@@ -90,7 +90,7 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
         if shared is None:
             shared = _queue.shared_queue(t64, xp)
         L1 = shared[0].shape[1]
-        permutation = D is not None and bool(_queue.PERMUTATION) and _queue.permutation_applies(xp, L1 - 1, True)
+        permutation = _queue.permutation_default(xp, L1 - 1, D is not None)
         queues = _queue.build_queues(xp, launch, t64, D, length=L1 - 1, permutation=permutation, shared=shared)
         if isinstance(queues, _queue.PermutedQueues):
             qt = queues.times.reshape(batch, 1, L1)
