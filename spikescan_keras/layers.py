@@ -347,8 +347,7 @@ class LIFLayer(keras.layers.Layer):
         # sqrt(n_in) * stddev against mean n_in * mu). With stddev = mu alone, 26 inputs started every neuron within
         # ~20% of the same drive, nearly alike (the learning panel: 8 points lost on wine's latency code); with half
         # the mean, wine's latency code averaged 93.3% over 15 fits, with the full mean 94.4% (MLP 97.6%).
-        # Python floats: NumPy scalars reach the backend's random op (torch's normal() refuses 0-d arrays).
-        return keras.initializers.RandomNormal(mean=float(mu), stddev=float(mu) * max(1.0, float(np.sqrt(n_in))))
+        return keras.initializers.RandomNormal(mean=mu, stddev=mu * max(1.0, float(np.sqrt(n_in))))
 
     def _auto_recurrent_scale(self, n_in, mu_recurrent):
         """``recurrent_scale="auto"``: the recurrent mean weight over the input one, ``mean_weight(units) /
@@ -379,7 +378,7 @@ class LIFLayer(keras.layers.Layer):
                                                    if self.recurrent_scale == "auto" else self.recurrent_scale)
             init = self.recurrent_initializer
             if init == "auto":
-                init = keras.initializers.RandomNormal(mean=0.0, stddev=0.5 * float(mu))
+                init = keras.initializers.RandomNormal(mean=0.0, stddev=0.5 * mu)
             reg = self.recurrent_regularizer
             # The variable holds the weights over the factor; the initializer and the regularizer see the weights.
             self.recurrent_kernel = self.add_weight(
@@ -661,6 +660,8 @@ class LIReadout(keras.layers.Layer):
 
     def _auto_kernel_initializer(self, n_in):
         stddev = 0.5 / (np.sqrt(n_in) * self.output_scale * self._unit())
+        # A Python float: the NumPy value would reach the backend's random op (torch's normal() refuses a 0-d array
+        # under torch.compile). mean_weight, LIFLayer's, is a float already.
         return keras.initializers.RandomNormal(mean=0.0, stddev=float(stddev))
 
     def build(self, input_shape):
