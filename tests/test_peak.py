@@ -534,7 +534,7 @@ def _device_argmax(result, n_out):
     return eval_time, kink
 
 
-def _check_device_peak(launch, t, W, D, tau_mem, tau_syn, neurons, g, monkeypatch=None):
+def _check_device_peak(launch, t, W, D, tau_mem, tau_syn, neurons, g):
     """The device path with delays (``peak._device_forward`` / ``_device_backward`` through ``launch``) against the
     NumPy peak: values, arg max times and kinks of the computed neurons, every gradient; returns both results."""
     from spikescan import peak
