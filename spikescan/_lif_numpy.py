@@ -500,8 +500,9 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
                                                                               chunk_size)
     permutation = engine == "numba" and delays is not None and COMPILED_PERMUTATION
-    W = np.asarray(weights, np.float64)
-    D = None if delays is None else np.asarray(delays, np.float64)
+    # Copies even of float64 arrays: the residuals must not change when the caller updates its weights in place.
+    W = np.array(weights, np.float64)
+    D = None if delays is None else np.array(delays, np.float64)
     rebased = engine == "numba" and method == "sequential" and rebased_applies(D, tau_mem, tau_syn)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, np, engine, extra={
@@ -570,10 +571,10 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
                           "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine,
                           extra, permutation)
-    W = np.asarray(weights, np.float64)
-    D = None if delays is None else np.asarray(delays, np.float64)
-    R = np.asarray(recurrent_weights, np.float64)
-    Dr = None if recurrent_delays is None else np.asarray(recurrent_delays, np.float64)
+    W = np.array(weights, np.float64)  # copies, as in lif_forward: the residuals keep them
+    D = None if delays is None else np.array(delays, np.float64)
+    R = np.array(recurrent_weights, np.float64)
+    Dr = None if recurrent_delays is None else np.array(recurrent_delays, np.float64)
     permuted = None
     if permutation:  # kept as it is: the event loop expands one sample's queues at a time
         permuted = _delayed_queues_compiled(input_times, D, permutation=True)

@@ -555,6 +555,29 @@ def test_inputs_are_not_modified(backend):
         np.testing.assert_array_equal(backend.to_host(a), b)
 
 
+def test_results_do_not_alias_the_callers_arrays(backend):
+    """Updating the float64 inputs in place after a forward (an optimizer step before the backward) leaves the
+    backward's gradients unchanged: the launchers keep copies (LIF with delays, and the max readout)."""
+    rng = np.random.default_rng(13)
+    t, W, D = random_spikes(rng, 2, 6, 3), weights(rng, 6, 3), rng.uniform(0, 2, (6, 3))
+    xp = backend.xp
+    dev = [backend.to_device(x) for x in (t, W, D)]
+    taus = [_validate.time_constant(n, v, 3, xp) for n, v in (("tau_mem", 10.0), ("tau_syn", 5.0))]
+    r = _lif.forward(xp, backend.launch, *dev, *taus, 1.0, 5, "scan", 32, "newton")
+    ro = _readout.forward(xp, backend.ro_launch, dev[0], dev[1], *taus, "max", 30.0, None)
+    assert backend.to_host(r.counts).sum() > 0
+    G, g = xp.ones(r.times.shape), xp.ones(ro.values.shape)
+    before = [_lif.backward(xp, backend.launch, r, G), _readout.backward(xp, backend.ro_launch, ro, g)]
+    for x in dev:
+        x += 0.5
+    after = [_lif.backward(xp, backend.launch, r, G), _readout.backward(xp, backend.ro_launch, ro, g)]
+    for a, b in zip(after, before):
+        for name in ("weights", "input_times", "delays"):
+            if getattr(b, name, None) is not None:
+                np.testing.assert_array_equal(backend.to_host(getattr(a, name)), backend.to_host(getattr(b, name)),
+                                              err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Public API with CuPy arrays (dispatch, auto, types)
 # ---------------------------------------------------------------------------------------------------------------

@@ -243,6 +243,27 @@ def test_full_pending_buffers_and_short_logs_run_again_instead_of_dropping(backe
                                   ref.residuals.recurrent_log.neurons)
 
 
+def test_results_do_not_alias_the_callers_arrays(backend):
+    """The recurrent launcher keeps copies of its float64 arrays: updating them in place after the forward leaves
+    the backward unchanged."""
+    rng = np.random.default_rng(14)
+    t, W = random_spikes(rng, 2, 6, 3), weights(rng, 6, 4)
+    arrays = dict(delays=rng.uniform(0, 2, (6, 4)), recurrent_weights=rng.normal(0.0, 0.3, (4, 4)),
+                  recurrent_delays=rng.uniform(0.5, 2, (4, 4)))
+    dev = {k: backend.dev(v) for k, v in dict(t=t, W=W, **arrays).items()}
+    r = backend.forward(dev["t"], dev["W"], tau_mem=10.0, tau_syn=5.0, max_spikes=5, delays=dev["delays"],
+                        recurrent_weights=dev["recurrent_weights"], recurrent_delays=dev["recurrent_delays"])
+    assert backend.host(r.counts).sum() > 0
+    G = backend.xp.ones(r.times.shape)
+    before = backend.backward(r, G)
+    for x in dev.values():
+        x += 0.5
+    after = backend.backward(r, G)
+    for name in ("weights", "input_times", "delays", "recurrent_weights", "recurrent_delays"):
+        np.testing.assert_array_equal(backend.host(getattr(after, name)), backend.host(getattr(before, name)),
+                                      err_msg=name)
+
+
 def test_runaway_self_excitation_and_errors(backend):
     t = np.array([[[1.0], [2.0]]])
     W = np.array([[5.0, 5.0], [5.0, 5.0]])

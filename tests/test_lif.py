@@ -317,6 +317,51 @@ def test_inputs_are_not_modified():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_results_do_not_alias_the_callers_arrays(recurrent):
+    """A result's backward gives the same gradients after the caller updates its float64 arrays in place (an
+    optimizer step before the backward, shared weights): the forward keeps copies, whatever the dtype. Once per
+    CPU engine (the module's ``cpu_engine`` fixture)."""
+    rng = np.random.default_rng(5)
+    t = random_spikes(rng, 2, 6, 3)
+    args = dict(weights=weights(rng, 6, 4), delays=rng.uniform(0, 2, (6, 4)))
+    if recurrent:
+        args.update(recurrent_weights=rng.normal(0.0, 0.3, (4, 4)), recurrent_delays=rng.uniform(0.5, 2, (4, 4)))
+    r = ss.lif_forward(t, **args, tau_mem=10.0, tau_syn=5.0, max_spikes=5)
+    G = np.ones_like(r.times)
+    before = ss.lif_backward(r, G)
+    assert r.counts.sum() > 0
+    for x in (t, *args.values()):
+        x += 0.5  # in place
+    after = ss.lif_backward(r, G)
+    for name in ("weights", "input_times", "delays", "recurrent_weights", "recurrent_delays"):
+        if getattr(before, name, None) is not None:
+            np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
+
+
+def test_readout_and_peak_results_do_not_alias_the_callers_arrays():
+    rng = np.random.default_rng(6)
+    t, W, D = random_spikes(rng, 2, 6, 3), weights(rng, 6, 4), rng.uniform(0, 2, (6, 4))
+    calls = [
+        (lambda: ss.li_forward(t, W, tau_mem=10.0, tau_syn=5.0, readout="max", t_max=30.0),
+         lambda r: ss.li_backward(r, np.ones_like(r.values))),
+        (lambda: ss.peak_voltage(t, W, tau_mem=10.0, tau_syn=5.0, delays=D),
+         lambda r: ss.peak_voltage_backward(r, np.ones_like(r.values))),
+    ]
+    for forward, backward in calls:
+        r = forward()
+        before = backward(r)
+        saved = t.copy(), W.copy(), D.copy()
+        for x in (t, W, D):
+            x += 0.5
+        after = backward(r)
+        for x, y in zip((t, W, D), saved):
+            x[...] = y
+        for a, b in zip(after, before):
+            if b is not None and not np.isscalar(b):
+                np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Gradients
 # ---------------------------------------------------------------------------------------------------------------

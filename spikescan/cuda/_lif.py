@@ -143,8 +143,9 @@ def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, th
     keeps for the deterministic backwards (12 bytes per input spike, 1 / n_out of the delayed queues; ``{}``
     without delays, whose queue is the shared one)."""
     n_out = weights.shape[1]
-    W = xp.ascontiguousarray(weights, dtype=xp.float64)
-    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    # Copies even of float64 arrays: the residuals must not change when the caller updates its weights in place.
+    W = xp.array(weights, dtype=xp.float64, order="C")
+    D = None if delays is None else xp.array(delays, dtype=xp.float64, order="C")
     shared = _queue.shared_queue(input_times, xp, n_entries) if D is not None else None
     queues = _queue.build_queues(xp, launch, input_times, D, length=n_entries,  # see _queue.USE_KERNEL
                                  permutation=permutation, shared=shared)

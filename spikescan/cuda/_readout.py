@@ -78,11 +78,12 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
     n_out = weights.shape[1]
     dtype = input_times.dtype
     t_in = xp.ascontiguousarray(input_times)
-    t64 = xp.ascontiguousarray(input_times, dtype=xp.float64)
-    W = xp.ascontiguousarray(weights, dtype=xp.float64)
+    # Copies even of float64 arrays: the residuals must not change when the caller updates its arrays in place.
+    t64 = xp.array(input_times, dtype=xp.float64, order="C")
+    W = xp.array(weights, dtype=xp.float64, order="C")
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
     ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
-    D = None if delays is None else xp.ascontiguousarray(delays, dtype=xp.float64)
+    D = None if delays is None else xp.array(delays, dtype=xp.float64, order="C")
     if (D is not None or neuron_mask is not None) and readout != "max":
         raise ValueError(f"delays and neuron_mask apply to the 'max' readout only, got readout={readout!r}")
     eval_time = kink_index = None

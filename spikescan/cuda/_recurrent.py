@@ -144,8 +144,8 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
                   input_times.dtype.itemsize, xp)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = _lif.device_inputs(
         xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
-    R = xp.ascontiguousarray(recurrent_weights, dtype=xp.float64)
-    Dr = None if recurrent_delays is None else xp.ascontiguousarray(recurrent_delays, dtype=xp.float64)
+    R = xp.array(recurrent_weights, dtype=xp.float64, order="C")  # copies: the residuals keep them
+    Dr = None if recurrent_delays is None else xp.array(recurrent_delays, dtype=xp.float64, order="C")
     n_queues, L1 = qt.shape[1], qt.shape[2]
     dtype = input_times.dtype
     N = batch * n_out
