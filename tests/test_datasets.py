@@ -252,6 +252,17 @@ def test_indices_and_subsets(tmp_path):
     assert isinstance(sub, SpikeDataset) and len(sub) == 2
     np.testing.assert_array_equal(sub.meta["speaker"], [6, 4])
     assert len(full[-1]) == 1 and full[-1].labels[0] == 2
+    mask = np.array([True, False, True])
+    masked = shd("train", data_dir=tmp_path, indices=mask)
+    np.testing.assert_array_equal(masked.labels, full.labels[mask])
+    np.testing.assert_array_equal(masked.meta["speaker"], full.meta["speaker"][mask])
+    np.testing.assert_array_equal(masked.times, full[mask].times)
+    for bad, err, match in (([1.7, 0.2], TypeError, r"indices must be integers.*1\.7"),
+                            ("1", TypeError, "indices must be integers"),
+                            (np.array([True, False]), ValueError, r"boolean mask must have shape \(3,\)"),
+                            ([3], ValueError, r"indices must lie in \[-3, 3\)")):
+        with pytest.raises(err, match=match):
+            shd("train", data_dir=tmp_path, indices=bad)
 
 
 def test_ssc_gz_and_splits(tmp_path):
@@ -292,6 +303,41 @@ def test_pack_events():
     np.testing.assert_array_equal(t[0, 0], [1.0, np.inf, np.inf])
     t, dropped = pack_events(samples, 3, max_spikes_per_channel=1)
     assert t.shape == (2, 3, 1) and dropped == 2 and t[0, 1, 0] == 0.5
+    t, _ = pack_events([([1, 0], [2, 1.5])], 2, dtype=np.float64)  # lists, integer times
+    assert t.dtype == np.float64
+    np.testing.assert_array_equal(t[0, :, 0], [1.5, 2.0])
+
+
+@pytest.mark.parametrize("samples,err,match", [
+    ([(np.array([-1, 0]), np.array([1.0, 2.0]))], ValueError, r"samples\[0\]: channels must lie in \[0, 3\), got -1"),
+    ([(np.array([0]), np.array([1.0])), (np.array([5, 0]), np.array([1.0, 2.0]))], ValueError,
+     r"samples\[1\]: channels must lie in \[0, 3\), got 5"),
+    ([(np.array([0, 0]), np.array([np.nan, 2.0]))], ValueError, r"samples\[0\]: times must be finite and >= 0, got nan"),
+    ([(np.array([0, 0]), np.array([1.0, -2.0]))], ValueError, r"times must be finite and >= 0, got -2\.0"),
+    ([(np.array([0, 0]), np.array([1.0, np.inf]))], ValueError, r"times must be finite and >= 0, got inf"),
+    ([(np.array([0.5]), np.array([1.0]))], TypeError, r"samples\[0\]: channels must be integers"),
+    ([(np.array([0, 1]), np.array([1.0]))], ValueError, r"1-D of equal length, got shapes \(2,\) and \(1,\)"),
+    ([5], TypeError, r"samples\[0\] must be a \(channels, times\) pair"),
+])
+def test_pack_events_rejects_bad_events(samples, err, match):
+    with pytest.raises(err, match=match):
+        pack_events(samples, 3)
+
+
+def test_datasets_accept_float32_and_float64_only(tmp_path):
+    samples = [(np.array([0]), np.array([1e39]))]
+    with pytest.raises(ValueError, match="does not fit in float32"):
+        pack_events(samples, 1)  # it would become the +inf of padding
+    assert pack_events(samples, 1, dtype=np.float64)[0][0, 0, 0] == 1e39
+    for dtype in (int, np.float16, "int32", "not a dtype"):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            pack_events(samples, 1, dtype=dtype)
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            yinyang(4, seed=0, dtype=dtype)
+    assert yinyang(4, seed=0, dtype="float64").times.dtype == np.float64
+    write_heidelberg(tmp_path / "shd_train.h5")
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        shd("train", data_dir=tmp_path, dtype=np.float16)
 
 
 # ---------------------------------------------------------------- batching

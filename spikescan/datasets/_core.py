@@ -110,19 +110,81 @@ def report_dropped(source: str, dropped: dict, total_in: int, stacklevel: int = 
                       stacklevel=stacklevel)
 
 
+def float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """``dtype`` as a NumPy float32 or float64 dtype (the spike times the layers accept), else TypeError naming it."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from err
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def sample_indices(indices, n_total: int, source: str) -> np.ndarray:
+    """``indices`` (integers, negative ones from the end, or a boolean mask of length ``n_total``) as int64 positions
+    in ``[0, n_total)``; anything else is an error naming ``indices``."""
+    idx = np.asarray(indices)
+    if idx.dtype == bool:
+        if idx.shape != (n_total,):
+            raise ValueError(f"indices as a boolean mask must have shape ({n_total},) for {source}, got shape "
+                             f"{idx.shape}")
+        return np.flatnonzero(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers or a boolean mask, got {indices!r} (dtype {idx.dtype})")
+    idx = idx.astype(np.int64).ravel()
+    if idx.size and (idx.min() < -n_total or idx.max() >= n_total):
+        raise ValueError(f"indices must lie in [-{n_total}, {n_total}) for {source}, got {indices!r}")
+    return idx % n_total
+
+
+def _event_arrays(i: int, pair, n_channels: int):
+    """Sample ``i``'s ``(channels, times)`` pair as int64 and float64 1-D arrays, checked."""
+    try:
+        ch, t = pair
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"samples[{i}] must be a (channels, times) pair, got {type(pair).__name__}") from err
+    ch, t = np.asarray(ch), np.asarray(t)
+    if ch.ndim != 1 or t.ndim != 1 or len(ch) != len(t):
+        raise ValueError(f"samples[{i}]: channels and times must be 1-D of equal length, got shapes {ch.shape} and "
+                         f"{t.shape}")
+    if len(ch) and ch.dtype.kind not in "iu":
+        raise TypeError(f"samples[{i}]: channels must be integers, got dtype {ch.dtype}")
+    if len(t) and t.dtype.kind not in "iuf":
+        raise TypeError(f"samples[{i}]: times must be real numbers, got dtype {t.dtype}")
+    ch, t = ch.astype(np.int64), t.astype(np.float64)
+    bad = (ch < 0) | (ch >= n_channels)
+    if bad.any():
+        raise ValueError(f"samples[{i}]: channels must lie in [0, {n_channels}), got {ch[bad][0]}")
+    bad = ~np.isfinite(t) | (t < 0)
+    if bad.any():
+        raise ValueError(f"samples[{i}]: times must be finite and >= 0, got {t[bad][0]}")
+    return ch, t
+
+
 def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=np.float32):
     """Pack per-sample event lists into a padded spike tensor.
 
     Args:
-        samples: sequence of ``(channels, times)`` pairs of equal-length 1-D arrays, one pair per sample.
-        n_channels: number of channels; every channel index must lie in ``[0, n_channels)``.
+        samples: sequence of ``(channels, times)`` pairs of equal-length 1-D arrays, one pair per sample; channels
+            integers in ``[0, n_channels)``, times finite and ``>= 0``.
+        n_channels: number of channels.
         max_spikes_per_channel: keep only the first this many spikes of each channel (None: keep all).
-        dtype: float dtype of the result.
+        dtype: float32 or float64, the dtype of the result.
 
     Returns:
         ``(times [n, n_channels, max_spikes] dtype, n_dropped)``: ascending, ``+inf``-padded; ``max_spikes`` is
-        the largest kept count (at least 1); ``n_dropped`` counts spikes removed by the cap.
+        the largest kept count (at least 1); ``n_dropped`` counts spikes removed by the cap. A time too large for
+        ``dtype`` (it would become the ``+inf`` of padding) is an error.
     """
+    check_count("n_channels", n_channels)
+    check_count("max_spikes_per_channel", max_spikes_per_channel, allow_none=True)
+    dtype = float_dtype(dtype)
+    samples = [_event_arrays(i, pair, n_channels) for i, pair in enumerate(samples)]
+    largest = max((t.max() for _, t in samples if len(t)), default=0.0)
+    if largest > np.finfo(dtype).max:
+        raise ValueError(f"a spike time of {largest!r} does not fit in {dtype.name} (largest "
+                         f"{float(np.finfo(dtype).max)!r}); use float64 or another time unit")
     cap = np.inf if max_spikes_per_channel is None else max_spikes_per_channel
     counts = [np.bincount(ch, minlength=n_channels) for ch, _ in samples]
     width = int(min(cap, max((c.max(initial=0) for c in counts), default=0)))

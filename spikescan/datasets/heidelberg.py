@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._core import (TIME_UNITS, SpikeDataset, check_choice, check_count, check_positive, optional_import,
-                    pack_events, report_dropped)
+from ._core import (TIME_UNITS, SpikeDataset, check_choice, check_count, check_positive, float_dtype,
+                    optional_import, pack_events, report_dropped, sample_indices)
 
 BASE_URL = "https://zenkelab.org/datasets/"
 N_UNITS = 700
@@ -128,6 +128,7 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
     check_choice("time_unit", time_unit, TIME_UNITS)
     check_positive("t_max", t_max, allow_none=True)
     check_count("max_spikes_per_channel", max_spikes_per_channel, allow_none=True)
+    dtype = float_dtype(dtype)
     try:
         lo, hi = (0, N_UNITS) if channels is None else channels
     except (TypeError, ValueError):
@@ -148,10 +149,7 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
             sel = slice(None)
             order = None
         else:
-            idx = np.asarray(indices, dtype=np.int64).ravel()
-            if idx.size and (idx.min() < -n_total or idx.max() >= n_total):
-                raise ValueError(f"indices must lie in [-{n_total}, {n_total}) for {path.name}, got {indices!r}")
-            sel, order = np.unique(idx % n_total, return_inverse=True)
+            sel, order = np.unique(sample_indices(indices, n_total, path.name), return_inverse=True)
         raw_t, raw_u = f["spikes/times"][sel], f["spikes/units"][sel]
         labels = np.asarray(f["labels"][sel], dtype=np.int64)
         extra = f.get("extra")
@@ -202,8 +200,9 @@ def shd(split: str, *, data_dir, time_unit: str = "ms", t_max=None, channels=Non
             ``(u - start) * n_channels // (stop - start)``); a pooled channel carries the merged spike trains of its
             units, which equals summing their input currents.
         max_spikes_per_channel: keep only the first this many spikes of each (pooled) channel.
-        indices: load only these samples (in this order); None loads all.
-        dtype: float dtype of the times.
+        indices: load only these samples (integers, in this order, or a boolean mask over the split); None
+            loads all.
+        dtype: float32 or float64, the dtype of the times.
 
     Every spike removed by ``channels``, ``t_max`` or ``max_spikes_per_channel`` is counted in
     ``result.dropped[argument]`` (total ``result.dropped_spikes``) and reported by a ``DroppedSpikesWarning``.

@@ -14,7 +14,8 @@ import warnings
 
 import numpy as np
 
-from ._core import TIME_UNITS, DroppedSpikesWarning, check_choice, check_count, check_positive, pack_events
+from ._core import (TIME_UNITS, DroppedSpikesWarning, check_choice, check_count, check_positive, float_dtype,
+                    pack_events)
 
 _US = TIME_UNITS["us"]
 
@@ -51,7 +52,7 @@ class ToSpikeTensor:
         t_max: drop spikes later than this (in ``time_unit``); None keeps all.
         channel_field: ``"auto"`` or the name of the event field that holds the channel index.
         sensor_size: tonic's ``(W, H, P)`` sensor size, for ``channel_field="auto"`` on 2-D sensors.
-        dtype: float dtype of the result (default float32).
+        dtype: float32 (default) or float64, the dtype of the result.
 
     Example::
 
@@ -87,9 +88,7 @@ class ToSpikeTensor:
         self.t_max = None if t_max is None else float(t_max)
         self.channel_field = channel_field
         self.sensor_size = sensor_size
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise ValueError(f"dtype must be a float dtype, got {self.dtype}")
+        self.dtype = float_dtype(dtype)
         self.reset_dropped()
 
     def reset_dropped(self):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._core import SpikeDataset, check_choice, check_count, check_positive
+from ._core import SpikeDataset, check_choice, check_count, check_positive, float_dtype
 
 R_BIG = 0.5
 R_SMALL = 0.1
@@ -72,9 +72,10 @@ def yinyang(n_samples: int, *, seed: int, variant: str = "latency", t_min: float
     same seed; onsets come from a separate stream and are returned in ``meta["onset"]``.
 
     Returns:
-        SpikeDataset with ``times [n, 5, 1]`` (dtype, ms) and ``labels [n]`` int64.
+        SpikeDataset with ``times [n, 5, 1]`` (``dtype``: float32 or float64; ms) and ``labels [n]`` int64.
     """
     check_choice("variant", variant, ("latency", "timing"))
+    dtype = float_dtype(dtype)
     xy, labels = yinyang_points(n_samples, seed=seed)
     values = np.concatenate([xy, 1.0 - xy], axis=1)
     meta = {"values": values}
