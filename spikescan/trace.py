@@ -91,7 +91,10 @@ def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
     S = spike_t.shape[1]
     q_t = qt[row]
     q_i = qi[row]
-    w = np.where(q_i >= 0, W[np.where(q_i >= 0, q_i // max(max_in, 1), 0), col[:, None]], 0.0)
+    if W.shape[0]:
+        w = np.where(q_i >= 0, W[np.where(q_i >= 0, q_i // max(max_in, 1), 0), col[:, None]], 0.0)
+    else:  # no input channel: every queue holds its sentinel alone
+        w = np.zeros(q_i.shape)
     # Merge the events of each neuron in the order lif_forward applies them: spike m before queue entry
     # spike_event[m] (sort key 2k), after entries < k (keys 2j + 1); padding spikes last.
     key = np.concatenate([np.broadcast_to(2 * np.arange(L1) + 1, (N, L1)),
@@ -167,7 +170,7 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
-    threshold = v.positive_scalar("threshold", threshold)
+    threshold = v.to_host(v.time_constant("threshold", threshold, n_out, xp))  # a scalar or [n_out], as lif_forward's
     if max_spikes is not None:
         max_spikes = v.positive_int("max_spikes", max_spikes)
     v.choice("method", method, METHODS)

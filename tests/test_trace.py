@@ -259,6 +259,32 @@ def test_grid_validation(bad, kind, match):
         li_trace(x, W, bad, tau_mem=10.0, tau_syn=5.0)
 
 
+def test_per_neuron_thresholds():
+    """A threshold per neuron (``LIFLayer(trainable_threshold=True)``'s): each neuron's trace is the one with its
+    threshold as a scalar, and reaches it as the left limit at each of its spikes."""
+    x, W = _case(1)
+    th = np.array([0.6, 1.0, 1.7, 2.5])[:W.shape[1]]
+    t = np.linspace(0.0, 30.0, 301)
+    res = lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, threshold=th)
+    assert np.isfinite(res.spike_times).any()
+    for i, thr in enumerate(th):
+        one = lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, threshold=float(thr))
+        np.testing.assert_array_equal(res.voltage[:, i], one.voltage[:, i])
+        k = min(res.spike_times.shape[-1], one.spike_times.shape[-1])  # recordings as wide as the busiest neuron
+        np.testing.assert_array_equal(res.spike_times[:, i, :k], one.spike_times[:, i, :k])
+        assert np.isinf(res.spike_times[:, i, k:]).all() and np.isinf(one.spike_times[:, i, k:]).all()
+        assert (res.voltage[:, i] < thr).all()
+    with pytest.raises(ValueError, match=r"threshold must be a scalar or have shape \[4\]"):
+        lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, threshold=np.ones(3))
+
+
+def test_no_input_channels():
+    t = np.linspace(0.0, 5.0, 6)
+    for trace in (lif_trace, li_trace):
+        res = trace(np.zeros((2, 0, 1)), np.zeros((0, 3)), t, tau_mem=10.0, tau_syn=5.0)
+        assert res.voltage.shape == (2, 3, 6) and not res.voltage.any() and not res.current.any()
+
+
 def test_argument_validation():
     x, W = _case(0)
     t = np.linspace(0, 10, 5)
