@@ -176,8 +176,8 @@ def _forward_sequential(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_sp
             s = lif.solve_spike_time(st.V[fb, fi], st.I[fb, fi], s_hi[fb, fi], tm[fi], ts[fi], th[fi], solver)
             s_sol[fb, fi] = s
             cand[fb, fi] = np.minimum(st.t[fb, fi] + s, nxt[fb, fi])
-        e_spk = cand.min(axis=1)
-        e_in = np.where(live, nxt.min(axis=1), np.inf)
+        e_spk = cand.min(axis=1, initial=np.inf)  # (initial: a layer of no neuron has no event)
+        e_in = np.where(live, nxt.min(axis=1, initial=np.inf), np.inf)
         spike = np.isfinite(e_spk) & (e_spk <= e_in)
         arrive = ~spike & np.isfinite(e_in)
         live &= spike | arrive
@@ -225,7 +225,8 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
         ext_ok = pos < end[:, :, None]
         ext_t = np.where(ext_ok, qt2[row[:, :, None], np.minimum(pos, L1 - 1)], np.inf)
         idx = qi2[row[:, :, None], np.minimum(pos, L1 - 1)]
-        ext_w = np.where(ext_ok, W[np.where(ext_ok, idx, 0) // max_in, cols], 0.0)
+        ext_w = (np.where(ext_ok, W[np.where(ext_ok, idx, 0) // max_in, cols], 0.0) if W.shape[0]
+                 else np.zeros(ext_t.shape))  # no input channel: only the queues' sentinels
         by_spike = np.argsort(st.pend_m, axis=2, kind="stable")
         order = np.take_along_axis(by_spike, np.argsort(np.take_along_axis(st.pend_t, by_spike, axis=2), axis=2,
                                                         kind="stable"), axis=2)[:, :, :K]
@@ -275,8 +276,8 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
             cand[fb, fi] = np.minimum(Ts[fb, fi, gg] + s, gap_end[fb, fi, gg])
         # Horizon per sample: nothing before the earliest first crossing c, nor before the earliest lookahead end
         # h (a neuron unexamined past h might fire there), can be changed by arrivals not yet scheduled.
-        c = np.where(live, cand.min(axis=1), np.inf)
-        h = np.where(live, np.where(has, np.inf, look_end).min(axis=1), np.inf)
+        c = np.where(live, cand.min(axis=1, initial=np.inf), np.inf)
+        h = np.where(live, np.where(has, np.inf, look_end).min(axis=1, initial=np.inf), np.inf)
         done = live & ~np.isfinite(c) & ~np.isfinite(h)
         # The earliest spike still possible in the sample is at horizon = min(c, h), so arrivals not yet scheduled
         # come at horizon + d_min or later: every first crossing up to then is true (with d_min = 0, those at c
@@ -466,7 +467,7 @@ def _input_grads(res, adj, input_times_grad):
     grad_in = np.zeros(batch * n_in * max(max_in, 1)) if input_times_grad else None
     group = max(1, _INPUT_POINTS_PER_GROUP // max(batch * L1, 1))
     bb = np.arange(batch)[:, None, None]
-    for start in range(0, n_out, group):
+    for start in range(0, n_out if n_in else 0, group):  # no input channel: no entry but the sentinels
         cols = np.arange(start, min(start + group, n_out))
         rows = cols if Q > 1 else np.zeros(cols.size, np.int64)
         tau = qt[:, rows, :]  # [batch, G, L1]

@@ -731,7 +731,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
     graze = np.zeros((batch, 3))
     G_out = np.zeros(log.times.shape) if spike_grads else np.zeros((1, 1))
     per_sample = 8 * n_out * (n_out * (2 if has_dr else 1) + 1)
-    block = max(1, min(batch, _PARTIAL_BYTES // per_sample))
+    block = max(1, min(batch, _PARTIAL_BYTES // max(per_sample, 1)))
     previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
     try:
         for start in range(0, batch, block):

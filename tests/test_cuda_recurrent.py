@@ -524,3 +524,19 @@ def test_deterministic_backward_at_equal_times(backend, monkeypatch):
     assert ref.times[0, 0, 0] == 3.0
     t, W, R, Dr, kw = arrival_at_an_input_entry()
     check(backend, t, W, R, Dr=Dr, min_spikes=2, block_sizes=(1,), **kw)
+
+
+@pytest.mark.parametrize("shape", ["no neuron", "no input channel", "no sample", "no spike slot"])
+def test_empty_shapes(backend, shape):
+    rng = np.random.default_rng(2)
+    t, W, R = random_spikes(rng, 2, 5, 4), np.full((5, 3), 0.5), np.full((3, 3), 0.1)
+    t, W, R = {"no neuron": (t, W[:, :0], R[:0, :0]), "no input channel": (t[:, :0], W[:0], R),
+               "no sample": (t[:0], W, R), "no spike slot": (t[:, :, :0], W, R)}[shape]
+    r = backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R,
+                        recurrent_delays=np.ones_like(R))
+    times = backend.host(r.times)
+    assert times.shape == (t.shape[0], W.shape[1], 4) and np.isinf(times).all()
+    g = backend.backward(r, backend.xp.ones(r.times.shape), time_constant_grads=True)
+    for name, ref in (("weights", W), ("input_times", t), ("recurrent_weights", R)):
+        got = backend.host(getattr(g, name))
+        assert got.shape == ref.shape and not got.any(), name

@@ -261,3 +261,26 @@ def test_unrolled_feed_forward_backward_reproduces_the_recurrent_gradients():
     np.testing.assert_allclose(ff.weights[:6], grads.weights, **TOL["float64"]["grads"])
     np.testing.assert_allclose(ff.weights[6:], grads.recurrent_weights, **TOL["float64"]["grads"])
     np.testing.assert_allclose(ff.threshold, grads.threshold, **TOL["float64"]["grads"])
+
+
+@pytest.mark.parametrize("shape", ["no neuron", "no input channel", "no sample", "no spike slot"])
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+@pytest.mark.parametrize("rec_delays", [False, True])
+def test_empty_shapes(shape, method, rec_delays):
+    """Empty layers give empty or silent results and zero gradients, as the feed-forward layer does (every forward
+    and backward method, spike slopes too)."""
+    from spikescan.diagnostics import spike_slopes
+
+    rng = np.random.default_rng(2)
+    t, W, R = random_spikes(rng, 2, 5, 4), np.full((5, 3), 0.5), np.full((3, 3), 0.1)
+    t, W, R = {"no neuron": (t, W[:, :0], R[:0, :0]), "no input channel": (t[:, :0], W[:0], R),
+               "no sample": (t[:0], W, R), "no spike slot": (t[:, :, :0], W, R)}[shape]
+    kw = dict(recurrent_weights=R, recurrent_delays=np.ones_like(R) if rec_delays else None)
+    r = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, method=method, **kw)
+    assert r.times.shape == (t.shape[0], W.shape[1], 4) and r.counts.sum() == 0 and np.isinf(r.times).all()
+    for backward in ("auto", "sequential"):
+        g = ss.lif_backward(r, np.ones_like(r.times), method=backward, time_constant_grads=True)
+        for name, ref in (("weights", W), ("input_times", t), ("recurrent_weights", R)):
+            got = getattr(g, name)
+            assert got.shape == ref.shape and not got.any(), name
+    assert spike_slopes(r).shape == r.times.shape
