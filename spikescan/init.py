@@ -78,7 +78,8 @@ def mean_weight(n_in, *, tau_mem, tau_syn, threshold=1.0, input_spikes=None, win
 def input_statistics(input_times):
     """``(spikes per sample, window)`` of a spike tensor ``[batch, n_in, max_in]``: the mean number of finite
     spikes per sample and the mean spread (last minus first spike time) of the samples that have spikes."""
-    t = np.asarray(input_times, dtype=np.float64).reshape(input_times.shape[0], -1)
+    t = np.asarray(input_times, dtype=np.float64)
+    t = t.reshape(t.shape[0], int(np.prod(t.shape[1:])))  # (not -1: a batch of no sample has no inferable axis)
     real = np.isfinite(t)
     counts = real.sum(axis=1)
     has = counts > 0
@@ -181,7 +182,7 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     trials = [(0.0, f0)]
     # First guess: the data-free rule fed with the measured statistics, but only in the direction that helps.
     guess = np.log2(mean_weight(weights.shape[0], tau_mem=float(np.mean(tau_mem)), tau_syn=float(np.mean(tau_syn)),
-                                threshold=threshold, input_spikes=spikes, window=window) / mean_abs)
+                                threshold=float(np.mean(threshold)), input_spikes=spikes, window=window) / mean_abs)
     step = float(np.clip(guess, 0.25, 8.0)) if f0 < low else float(np.clip(guess, -8.0, -0.25))
     lo = hi = None  # log scales known to fire too little (lo) / too much (hi)
     if f0 < low:

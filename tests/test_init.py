@@ -91,6 +91,23 @@ def test_calibration_without_input_spikes_is_a_no_op():
     assert calibrate_scale(x, np.ones((3, 5)), tau_mem=TAU_MEM, tau_syn=TAU_SYN) == (1.0, 0.0)
 
 
+def test_calibration_of_an_empty_batch_is_a_no_op():
+    assert calibrate_scale(np.zeros((0, 3, 2)), np.ones((3, 5)), tau_mem=TAU_MEM, tau_syn=TAU_SYN) == (1.0, 0.0)
+    assert input_statistics(np.zeros((0, 3, 2))) == (0.0, 0.0)
+
+
+def test_calibration_with_a_threshold_per_neuron():
+    """``threshold [n_out]`` as for ``lif_forward``: the search lands in the target with those thresholds."""
+    rng = np.random.default_rng(3)
+    x = latency_batch(rng)
+    w = rng.normal(1.0, 1.0, (30, 64)) * 0.01 * mean_weight(30, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    th = rng.uniform(0.5, 2.0, 64)
+    scale, fraction = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=th, target=(0.4, 0.7))
+    assert 0.4 <= fraction <= 0.7 and scale > 1.0
+    counts = spikescan.lif_forward(x, w * scale, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=th, max_spikes=1).counts
+    assert firing_fraction(counts) == fraction
+
+
 @pytest.mark.parametrize("target", [(0.5, 0.5), (0.0, 0.5), (0.2, 1.5), 0.5, ("a", "b")])
 def test_calibration_rejects_bad_targets(target):
     with pytest.raises(ValueError, match="target"):
