@@ -613,6 +613,7 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         input_shape=tuple(input_times.shape), input_dtype=input_times.dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver,
         recurrent_weights=R, recurrent_delays=Dr, recurrent_log=log,
+        recurrent_weights_dtype=recurrent_weights.dtype,
         recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype)
     return LIFResult(times=times.astype(input_times.dtype), counts=counts, residuals=res)
 
@@ -641,7 +642,7 @@ def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grad
         input_times=g["input_times"].astype(res.input_dtype) if input_times_grad else None,
         delays=None if res.delays is None else g["delays"].astype(res.delays_dtype),
         threshold=threshold_grad(g["threshold"], res),
-        recurrent_weights=g["recurrent_weights"].astype(res.weights_dtype),
+        recurrent_weights=g["recurrent_weights"].astype(res.recurrent_weights_dtype),
         recurrent_delays=None if res.recurrent_delays is None else g["recurrent_delays"].astype(
             res.recurrent_delays_dtype), tau_mem=tau_mem, tau_syn=tau_syn)
 

@@ -47,6 +47,9 @@ def check_float_array(name, x, ndim):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
+        if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must have a native-endian dtype float32 or float64, got byte-swapped "
+                            f"{x.dtype.str!r}: pass {name}.astype({x.dtype.name!r})")
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got {_describe(x)}")

@@ -175,9 +175,9 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             entry) and returns ``None`` for it: for a first layer, whose input spikes are data.
 
     Returns:
-        ``LIFGrads(weights, input_times, delays, threshold, tau_mem, tau_syn)`` with the shapes and dtypes of the
-        forward arguments (``threshold`` in its shape: a scalar, or ``[n_out]``; ``tau_mem``, ``tau_syn`` always
-        ``[n_out]``)
+        ``LIFGrads(weights, input_times, delays, threshold, tau_mem, tau_syn, recurrent_weights,
+        recurrent_delays)`` with the shapes and dtypes of the forward arguments (``threshold`` float64 in its shape:
+        a scalar, or ``[n_out]``; ``tau_mem``, ``tau_syn`` float64 and always ``[n_out]``)
         (``delays`` is ``None`` without delays; ``input_times`` is ``None`` when ``input_times_grad`` is False).
 
     Memory: neurons are processed in groups sized to stay within the memory limit (see ``lif_forward``), same
@@ -185,11 +185,11 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
     """
     if not isinstance(result, LIFResult):
         raise TypeError(f"result must be the LIFResult returned by lif_forward, got {type(result).__name__}")
+    v.check_float_array("grad_times", grad_times, 3)
     xp = v.array_module(result.times, grad_times)
     if tuple(grad_times.shape) != tuple(result.times.shape):
         raise ValueError(f"grad_times must have the shape of result.times {tuple(result.times.shape)}, got shape "
                          f"{tuple(grad_times.shape)}")
-    v.check_float_array("grad_times", grad_times, 3)
     real = xp.isfinite(result.times)
     bad = real & ~xp.isfinite(grad_times)
     if bool(bad.any()):

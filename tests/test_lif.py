@@ -593,6 +593,17 @@ def test_backward_rejects_bad_cotangents():
         ss.lif_backward((r.times, r.counts), G)
     with pytest.raises(TypeError, match="input_times_grad must be True or False, got 'no'"):
         ss.lif_backward(r, np.ones(r.times.shape), input_times_grad="no")
+    for bad in (r.times.tolist(), 1.0):
+        with pytest.raises(TypeError, match="grad_times must be a NumPy or CuPy array, got"):
+            ss.lif_backward(r, bad)
+    with pytest.raises(TypeError, match=r"grad_times must have a native-endian dtype .* got byte-swapped '>f8'"):
+        ss.lif_backward(r, np.ones(r.times.shape, ">f8"))
+
+
+def test_byte_swapped_inputs_name_the_fix():
+    kw = _good()
+    with pytest.raises(TypeError, match=r"input_times must have a native-endian .*input_times\.astype\('float64'\)"):
+        ss.lif_forward(**_with(kw, "input_times", kw["input_times"].astype(">f8")))
 
 
 @pytest.mark.parametrize("method", ["sequential", "scan"])

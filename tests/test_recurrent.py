@@ -284,3 +284,15 @@ def test_empty_shapes(shape, method, rec_delays):
             got = getattr(g, name)
             assert got.shape == ref.shape and not got.any(), name
     assert spike_slopes(r).shape == r.times.shape
+
+
+def test_gradients_take_the_dtype_of_their_own_arguments():
+    """float32 recurrent weights and delays beside float64 input weights: each gradient in its argument's dtype."""
+    rng = np.random.default_rng(4)
+    t = random_spikes(rng, 2, 5, 3)
+    R, Dr = rng.normal(0.0, 0.3, (3, 3)).astype(np.float32), rng.uniform(0.5, 2, (3, 3)).astype(np.float32)
+    r = ss.lif_forward(t, weights(rng, 5, 3), tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R,
+                       recurrent_delays=Dr)
+    g = ss.lif_backward(r, np.ones_like(r.times))
+    assert g.weights.dtype == np.float64 and g.input_times.dtype == np.float64
+    assert g.recurrent_weights.dtype == np.float32 and g.recurrent_delays.dtype == np.float32

@@ -205,6 +205,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver,
         recurrent_weights=R, recurrent_delays=Dr, recurrent_log=log,
+        recurrent_weights_dtype=recurrent_weights.dtype,
         recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype, **kept)
     return LIFResult(times=out_times, counts=counts, residuals=res)
 
@@ -311,7 +312,7 @@ def backward(xp, launch, result, grad_times, input_times_grad=True, time_constan
         input_times=grad_in.astype(res.input_dtype) if input_times_grad else None,
         delays=grad_d.astype(res.delays_dtype) if has_d else None,
         threshold=grad_th.sum(keepdims=True).reshape(()) if res.threshold_is_scalar else grad_th,
-        recurrent_weights=grad_r.astype(res.weights_dtype),
+        recurrent_weights=grad_r.astype(res.recurrent_weights_dtype),
         recurrent_delays=grad_rd.astype(res.recurrent_delays_dtype) if has_rd else None, tau_mem=tau_mem,
         tau_syn=tau_syn)
 
