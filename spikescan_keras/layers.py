@@ -412,8 +412,11 @@ class LIFLayer(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
     def _scale(self, inputs, training):
-        """The kernel's factor: ``kernel_scale``, set by the calibration on the first training call."""
-        scale = ops.convert_to_tensor(self.kernel_scale)
+        """The kernel's factor: ``kernel_scale``, set by the calibration on the first training call. A copy of the
+        variable's value: a training call assigns the variable, which on torch would otherwise change in place a
+        tensor that an earlier call of the same layer in the same step (a layer shared by two branches) saved for
+        its backward."""
+        scale = ops.copy(ops.convert_to_tensor(self.kernel_scale))
         if not training or self.calibrate is None:
             return scale
         kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))

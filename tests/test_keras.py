@@ -447,6 +447,24 @@ def test_fit_reduces_loss(jax_route):
     assert delays.min() >= 0.0 and delays.max() <= 10.0, "the DelayRange constraint keeps delays in [0, max_delay]"
 
 
+def test_a_layer_shared_by_two_branches_trains():
+    """One LIFLayer called twice in a step (a two-view encoder): the calibrating layer assigns its kernel_scale on
+    each training call, which on torch changed in place a value the first call's backward needed."""
+    keras.utils.set_random_seed(1)
+    x = np.sort(np.random.default_rng(0).uniform(0, 20, (32, 8, 1)), -1).astype("float32")
+    a, b = keras.Input((8, 1)), keras.Input((8, 1))
+    encoder = sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4)
+    joined = keras.layers.Concatenate(axis=1)([encoder(a), encoder(b)])
+    model = keras.Model([a, b], sk.LIReadout(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)(joined))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = encoder.kernel.numpy().copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        history = model.fit([x, x[::-1]], np.arange(32) % 3, epochs=2, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert int(encoder.calibrated.numpy()) == 1 and np.abs(encoder.kernel.numpy() - before).max() > 0
+
+
 def test_save_load_round_trip(tmp_path):
     keras.utils.set_random_seed(1)
     x, _ = timing_task(8)
