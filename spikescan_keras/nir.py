@@ -98,8 +98,9 @@ are rejected). ``import_nir`` reads, for each CubaLIF, at most one cycle ``CubaL
 CubaLIF`` whose synapse nodes (Linear, Affine with zero bias, Delay; the runs accepted before a layer) have one
 input and one output each, into ``LIFLayer(recurrent=True, recurrent_delays=<a Delay in the cycle>)``, the weight
 converted as an input weight (``synapse``, ``r``, ``w_in``); every other cycle (two layers, a CubaLI, a self-edge
-without a Linear, two recurrent cycles on one node) raises ValueError naming its nodes. A recurrent CubaLIF needs
-one time constant per layer (trainable time constants are not available with ``recurrent=True``).
+without a Linear, two recurrent cycles on one node) raises ValueError naming its nodes. A recurrent CubaLIF may have
+time constants and thresholds per neuron, as a feed-forward one (``trainable_time_constants``,
+``trainable_threshold``).
 
 Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph's), ``model_time_unit``,
 ``synapse``, ``input_max_spikes``; each neuron node's ``metadata["spikescan"]``: the layer's ``layer`` class,
@@ -732,9 +733,6 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if "min_threshold" in meta:
             extra["min_threshold"] = float(meta["min_threshold"])
     if recurrent is not None:
-        if per_neuron:
-            raise ValueError(f"import_nir: node {name!r}: a recurrent layer needs one 'tau_mem' and one 'tau_syn' for "
-                             "all neurons (trainable time constants are not available with recurrent=True yet)")
         extra.update(recurrent=True, recurrent_delays=rec[1] is not None)
         if "max_total_spikes" in meta:
             extra["max_total_spikes"] = int(meta["max_total_spikes"])

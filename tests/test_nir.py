@@ -301,13 +301,13 @@ def test_spikescan_keras_imports_without_nir():
 
 # ------------------------------------------------------------------------------------------------- recurrent layers
 
-def make_recurrent_model(recurrent_delays=False, seed=0):
+def make_recurrent_model(recurrent_delays=False, seed=0, per_neuron=False):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input(shape=(5, 3)),
         sk.LIFLayer(7, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=0.8, max_spikes=4, calibrate=(0.2, 0.95),
                     recurrent=True, recurrent_delays=recurrent_delays, max_delay=4.0, recurrent_scale=0.25,
-                    name="lif_r"),
+                    trainable_time_constants=per_neuron, trainable_threshold=per_neuron, name="lif_r"),
         sk.LIReadout(3, tau_mem=20.0, tau_syn=5.0, readout="integral", t_max=60.0, name="readout")])
     layer = model.layers[0]
     layer.kernel_scale.assign(0.6)  # scales the input kernel only, not the recurrent weights
@@ -315,6 +315,10 @@ def make_recurrent_model(recurrent_delays=False, seed=0):
     rec[0, 1], rec[1, 0] = 0.9, -0.7  # asymmetric: [k, i] from neuron k to neuron i
     layer.recurrent_kernel.assign(rec / np.float32(0.25))  # the weights R = rec (a power of two: exact)
     np.testing.assert_array_equal(layer.recurrent_weights(), rec)
+    if per_neuron:  # trained values, one per neuron
+        layer.tau_mem_per_neuron.assign(np.linspace(0.8, 1.3, 7).astype(np.float32) * TAU_MEM)
+        layer.tau_syn_per_neuron.assign(np.linspace(1.2, 0.9, 7).astype(np.float32) * TAU_SYN)
+        layer.threshold_per_neuron.assign(np.linspace(0.7, 0.9, 7).astype(np.float32))
     return model
 
 
@@ -322,9 +326,9 @@ def hidden_spikes(model, x):
     return keras.ops.convert_to_numpy(model.layers[0](x, training=False))
 
 
-@pytest.mark.parametrize("recurrent_delays", [False, True])
-def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays):
-    model = make_recurrent_model(recurrent_delays)
+@pytest.mark.parametrize("recurrent_delays,per_neuron", [(False, False), (True, False), (True, True)])
+def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays, per_neuron):
+    model = make_recurrent_model(recurrent_delays, per_neuron=per_neuron)
     path = tmp_path / "recurrent.nir"
     nir.write(path, sk.export_nir(model))
     back = sk.import_nir(nir.read(path))
@@ -340,6 +344,10 @@ def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays):
     if recurrent_delays:
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(b.recurrent_delays),
                                       keras.ops.convert_to_numpy(a.recurrent_delays))
+    if per_neuron:  # the per-neuron values are in the graph, exactly
+        for name in ("tau_mem_per_neuron", "tau_syn_per_neuron", "threshold_per_neuron"):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(getattr(b, name)),
+                                       keras.ops.convert_to_numpy(getattr(a, name)), rtol=1e-6, err_msg=name)
     # The recurrent connection matters in this network, so the comparison above tests it.
     b.recurrent_kernel.assign(np.zeros((7, 7), np.float32))
     assert not np.array_equal(hidden_spikes(model, x), hidden_spikes(back, x))
