@@ -25,7 +25,8 @@ class LIFResiduals(NamedTuple):
       ``weights_dtype``, ``delays_dtype``.
     - Recurrent layers only (``None`` otherwise): ``recurrent_weights`` ``[n_out, n_out]`` and ``recurrent_delays``
       (or ``None``) float64, ``recurrent_log`` (``RecurrentLog``: every spike, which the backward walks in reverse)
-      and ``recurrent_weights_dtype``, ``recurrent_delays_dtype``. ``spike_event`` then counts the input queue entries applied before the spike.
+      and ``recurrent_weights_dtype``, ``recurrent_delays_dtype``. ``spike_event`` then counts the input queue
+      entries applied before the spike.
     - ``checkpoints``: CUDA backend with ``spikescan.cuda._lif.FORWARD_CHECKPOINTS`` only (``None`` otherwise): the
       state before every 32nd point of each neuron's history, written by the forward kernels so that the backward
       skips its first pass; float64 ``[n_ckpt, 4, batch * n_out]``, 1 byte per point.

@@ -40,6 +40,11 @@ class SilentLayerWarning(UserWarning):
     """A LIF layer fired no spike at all on a training batch: every exact gradient through it is zero."""
 
 
+class SilentReadoutWarning(UserWarning):
+    """A readout's logits were exactly 0 on every sample of a training batch (no input spike in its window): the
+    loss does not depend on the layers before it."""
+
+
 class DeadReadoutWarning(UserWarning):
     """Units of a ``"max"`` readout whose voltage never rose on a training batch, with no revival objective: their
     gradient is exactly zero."""
@@ -89,6 +94,7 @@ class LISpec:
     time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are inputs (trainable)
     layer_name: str = ""
     warn_dead: bool = False  # True: warn about dead units (a training call of a "max" readout without revival)
+    warn_empty: bool = False  # True: warn when every value of the batch is exactly 0 (a training call)
     host_checks: bool = True  # False: the bridge runs ``LIOp.check`` itself, on values it computed from the outputs
     unit_mask_input: bool = False  # True: a float mask ``[n_out]`` is the last input; only its units are computed
 
@@ -223,20 +229,29 @@ class LIOp:
 
     @staticmethod
     def has_checks(spec: LISpec):
-        """Whether a call has a warning to check for (dead units, on a training call with ``spec.warn_dead``)."""
-        return spec.warn_dead
+        """Whether a call has a warning to check for (on a training call: dead units with ``spec.warn_dead``, a
+        batch of all-zero values with ``spec.warn_empty``)."""
+        return spec.warn_dead or spec.warn_empty
 
     @staticmethod
     def check_values(spec: LISpec, outputs):
-        """``(dead,)``: the number of units whose value is 0 on every sample (a ``"max"`` unit whose voltage never
-        rose above its start)."""
+        """``(dead, empty)``: the number of units whose value is 0 on every sample (a ``"max"`` unit whose voltage
+        never rose above its start), and whether every value of a non-empty batch is exactly 0."""
         values = outputs[0]
-        return (((values != 0).sum(axis=0) == 0).sum(),)
+        dead = ((values != 0).sum(axis=0) == 0).sum()
+        return dead, dead == values.shape[1] if values.shape[0] else dead < 0
 
     @staticmethod
-    def check(spec: LISpec, dead):
-        """The forward's warning, from the host value of ``check_values``."""
-        if int(dead):
+    def check(spec: LISpec, dead, empty):
+        """The forward's warnings, from the host values of ``check_values``."""
+        if spec.warn_empty and bool(empty):
+            warnings.warn(
+                f"LIReadout {spec.layer_name!r}: every logit is exactly 0 on every sample of a training batch, so the "
+                "loss cannot depend on the weights before it. Usually no input spike arrives within the readout "
+                f"window [0, t_max={spec.t_max!r}]: are the spike times in the unit of t_max and the time constants "
+                "(e.g. microseconds from tonic against milliseconds), and does the layer before fire before t_max? "
+                "(All-zero readout weights give the same.)", SilentReadoutWarning, stacklevel=2)
+        elif spec.warn_dead and int(dead):
             # No count in the message: Python's default filter then shows it once per layer.
             warnings.warn(
                 f"LIReadout {spec.layer_name!r}: some units' voltage never rose above its start on any sample of a "

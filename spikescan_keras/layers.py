@@ -23,6 +23,11 @@ from ._host import CalibrateOp, CalibrateSpec, LIFOp, LIFSpec, LIOp, LISpec, Pea
 _METHODS = ("auto", "sequential", "scan")
 _SOLVERS = ("newton", "bisection", "analytic")
 _READOUTS = ("integral", "max", "final")
+# LIReadout(scale="auto"): the logit that one unit-weight input spike at t_max / 2 gives, whatever the readout and the
+# time unit. The earlier rule gave 2.4-6.0 to the configurations in milliseconds that the examples and the learning
+# panel use; 6 is what it gave examples/yinyang.py (6.04).
+AUTO_UNIT_LOGIT = 6.0
+_AUTO_SCALE_RULE = 2  # get_config's "auto_scale_rule": 2 since AUTO_UNIT_LOGIT
 
 
 def _optional_positive(name, value):
@@ -578,12 +583,16 @@ class LIReadout(keras.layers.Layer):
         t_max: positive end of the readout window.
         tau_readout: optional positive time scale of the integral's weighting (``readout="integral"`` only).
         scale: positive constant multiplying the readout values (the logits are ``scale`` times the functional
-            above), or ``"auto"``: 1 for ``"integral"``; for ``"max"`` and ``"final"`` the ratio of the integral's
-            value to this readout's value for one unit-weight input spike at ``t_max / 2`` (same time constants and
-            window), so that every readout's logits move on the integral's scale when a weight changes. A voltage is
-            an integral's value divided by a time of the order of ``t_max``: unscaled, the max readout's logits
-            moved about 25 times slower per optimizer step than the integral's, and on Yin-Yang with Adam's
-            default step it stopped near 82% training accuracy (the integral reached 95%). ``layer.output_scale``
+            above), or ``"auto"``: ``AUTO_UNIT_LOGIT / u`` (``6 / u``) with ``u`` this readout's value for one
+            unit-weight input spike at ``t_max / 2`` (same time constants and window), so that such a spike moves a
+            logit by 6 whatever the readout and the time unit. The integral's value carries the time unit (a
+            voltage times a time), and a voltage is an integral divided by a time of the order of ``t_max``: with
+            the integral's value as it is, a model written in seconds (as SHD's files and NIR graphs are) needed
+            readout weights 1000 times those of the same model in milliseconds, which Adam's steps of about the
+            learning rate barely moved (it stayed at chance); unscaled, the max readout's logits moved about 25
+            times slower per optimizer step than the integral's and on Yin-Yang stopped near 82% training accuracy.
+            Models saved before this rule (the integral's value as it was, 1 for ``"integral"``, the max and final
+            readouts on the integral's scale) load with the factor they were trained with. ``layer.output_scale``
             holds the value used.
         kernel_initializer: a Keras initializer or ``"auto"``: ``Normal(0, 0.5 / (sqrt(n_in) * u))`` where ``u``
             is the logit (``scale`` included) of one unit-weight spike at ``t_max / 2``, so that with about one
@@ -632,6 +641,8 @@ class LIReadout(keras.layers.Layer):
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
                             time_constant_inputs=self.trainable_time_constants)
         self.revival_penalty = _validate.nonnegative_scalar("revival_penalty", revival_penalty)
+        # Training calls warn when every logit of the batch is 0 (SilentReadoutWarning).
+        self._train_spec = dataclasses.replace(self._spec, layer_name=self.name, warn_empty=True)
         # The revival objective's integral readout, for the dead units only (none: the op does nothing).
         self._integral_spec = dataclasses.replace(self._spec, readout="integral", tau_readout=None,
                                                   unit_mask_input=True)
@@ -641,7 +652,7 @@ class LIReadout(keras.layers.Layer):
             if scale != "auto":
                 raise ValueError(f"scale must be 'auto' or a positive finite number, got {scale!r}")
             self.scale = "auto"
-            self.output_scale = 1.0 if self.readout == "integral" else self._unit("integral") / self._unit()
+            self.output_scale = AUTO_UNIT_LOGIT / self._unit()
         else:
             self.scale = self.output_scale = _validate.positive_scalar("scale", scale)
 
@@ -660,6 +671,11 @@ class LIReadout(keras.layers.Layer):
                 "kernel initializer are undefined; pass scale=<number> and a kernel_initializer, or a t_max of at "
                 "most a few hundred time constants")
         return value
+
+    def _legacy_auto_scale(self):
+        """The factor ``scale="auto"`` stood for before ``AUTO_UNIT_LOGIT``: 1 for ``"integral"``, the integral's
+        unit value over this readout's for ``"max"`` and ``"final"`` (``from_config`` of older files)."""
+        return 1.0 if self.readout == "integral" else self._unit("integral") / self._unit()
 
     def _auto_kernel_initializer(self, n_in):
         stddev = 0.5 / (np.sqrt(n_in) * self.output_scale * self._unit())
@@ -682,8 +698,10 @@ class LIReadout(keras.layers.Layer):
         inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel)
         taus = tuple(map(ops.convert_to_tensor, taus))
         spec = self._spec
-        if training and self.readout == "max" and self.revival_penalty == 0:
-            spec = dataclasses.replace(spec, layer_name=self.name, warn_dead=True)
+        if training:
+            spec = self._train_spec
+            if self.readout == "max" and self.revival_penalty == 0:
+                spec = dataclasses.replace(spec, warn_dead=True)
         (values,) = _bridge.apply(LIOp, spec, (inputs, kernel, *taus))
         if training and self.readout == "max":
             dead = self._dead_units(values)
@@ -720,5 +738,14 @@ class LIReadout(keras.layers.Layer):
             kernel_initializer=_serialize_initializer(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant,
-            revival_penalty=self.revival_penalty)
+            revival_penalty=self.revival_penalty, auto_scale_rule=_AUTO_SCALE_RULE)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        rule = config.pop("auto_scale_rule", 1)  # 1: saved before AUTO_UNIT_LOGIT
+        layer = super().from_config(config)
+        if rule == 1 and layer.scale == "auto":  # the factor it was trained with
+            layer.scale = layer.output_scale = layer._legacy_auto_scale()
+        return layer

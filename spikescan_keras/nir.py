@@ -110,7 +110,9 @@ Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph'
 ``kernel_scale`` (already folded into the weights; informative), and for recurrent layers ``recurrent``,
 ``recurrent_delays`` (informative: import reads the graph's cycle), ``max_total_spikes``, ``recurrent_scale``
 (``"auto"`` or the factor) and ``recurrent_kernel_scale`` (folded into the weights; informative) for ``LIFLayer``;
-``readout``, ``t_max``, ``tau_readout``, ``scale`` (``"auto"`` or the factor), ``trainable_time_constants``,
+``readout``, ``t_max``, ``tau_readout``, ``scale`` (``"auto"`` or the factor; with ``auto_scale_rule``, 2 since
+``LIReadout``'s unit-free ``"auto"``: graphs without it load with the factor ``"auto"`` stood for before),
+``trainable_time_constants``,
 ``min_time_constant`` for ``LIReadout``.
 Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
 ``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
@@ -279,7 +281,7 @@ def _layer_metadata(layer, kernel_scale):
     meta = {"layer": type(layer).__name__, "name": layer.name, "units": layer.units, "tau_mem": layer.tau_mem,
             "tau_syn": layer.tau_syn}
     if isinstance(layer, LIReadout):
-        meta.update(readout=layer.readout, t_max=layer.t_max, scale=layer.scale,
+        meta.update(readout=layer.readout, t_max=layer.t_max, scale=layer.scale, auto_scale_rule=2,
                     trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant)
         if layer.tau_readout is not None:
             meta["tau_readout"] = layer.tau_readout
@@ -702,6 +704,10 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         scale = meta.get("scale", "auto")  # "auto" (read back as a str, like "readout") or the factor
         scale = str(scale) if isinstance(scale, str) else float(scale)
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, scale=scale, **kwargs)
+        # Our graphs written before LIReadout's unit-free "auto" scale carry "scale" without "auto_scale_rule":
+        # their weights go with the factor "auto" stood for then.
+        if scale == "auto" and "scale" in meta and int(meta.get("auto_scale_rule", 1)) == 1:
+            layer.scale = layer.output_scale = layer._legacy_auto_scale()
         return layer, kernel, None, (taus, None), rec
     thresholds = None
     if meta.get("trainable_threshold", False) or np.any(p["v_threshold"] != p["v_threshold"][0]):

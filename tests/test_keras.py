@@ -483,9 +483,9 @@ def test_save_load_round_trip(tmp_path):
 
 @pytest.mark.parametrize("readout", ["integral", "max", "final"])
 def test_readout_scale(readout, tmp_path):
-    """Logits are ``output_scale`` times ``li_forward``'s values. ``"auto"``: 1 for the integral; for the max and
-    final readouts, the integral's value over this readout's for one unit-weight spike at ``t_max / 2``; the auto
-    initializer counts the scale. Saved and loaded with the model; gradients are the op's times the constant."""
+    """Logits are ``output_scale`` times ``li_forward``'s values. ``"auto"``: ``AUTO_UNIT_LOGIT`` over the
+    readout's value for one unit-weight spike at ``t_max / 2``; the auto initializer counts the scale. Saved and
+    loaded with the model; gradients are the op's times the constant."""
     rng = np.random.default_rng(5)
     x = spike_input(rng, n_in=5, max_in=2)
     unit = {r: float(spikescan.li_forward(np.full((1, 1, 1), T_MAX / 2), np.ones((1, 1)), tau_mem=TAU_MEM,
@@ -493,10 +493,9 @@ def test_readout_scale(readout, tmp_path):
             for r in ("integral", readout)}
     layer = sk.LIReadout(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout, t_max=T_MAX)
     assert layer.scale == "auto"
-    np.testing.assert_allclose(layer.output_scale, unit["integral"] / unit[readout], rtol=1e-12)
-    assert (layer.output_scale == 1.0) == (readout == "integral") and layer.output_scale > 0
+    np.testing.assert_allclose(layer.output_scale, sk.layers.AUTO_UNIT_LOGIT / unit[readout], rtol=1e-12)
     init = layer._auto_kernel_initializer(5)
-    np.testing.assert_allclose(init.stddev, 0.5 / (np.sqrt(5) * unit["integral"]), rtol=1e-12)
+    np.testing.assert_allclose(init.stddev, 0.5 / (np.sqrt(5) * sk.layers.AUTO_UNIT_LOGIT), rtol=1e-12)
     logits = ops.convert_to_numpy(layer(x))
     w = layer.kernel.numpy().astype(np.float64)
     values = spikescan.li_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout,
@@ -522,6 +521,30 @@ def test_readout_scale(readout, tmp_path):
     assert loaded.layers[0].get_config()["scale"] == 2.5
     np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(model(x)))
     assert sk.LIReadout.from_config(layer.get_config()).output_scale == layer.output_scale
+    # A configuration saved before the rule (no "auto_scale_rule") loads with the factor it was trained with.
+    old = {k: v for k, v in layer.get_config().items() if k != "auto_scale_rule"}
+    legacy = sk.LIReadout.from_config(old)
+    expected = 1.0 if readout == "integral" else unit["integral"] / unit[readout]
+    np.testing.assert_allclose(legacy.output_scale, expected, rtol=1e-12)
+    assert legacy.get_config()["scale"] == legacy.output_scale and "auto_scale_rule" in legacy.get_config()
+
+
+@pytest.mark.parametrize("readout", ["integral", "max", "final"])
+def test_auto_readout_scale_does_not_depend_on_the_time_unit(readout):
+    """The same model in milliseconds and in seconds (every time and time constant / 1000): the same auto
+    initializers and logits, so that Adam trains both alike (with the integral's raw value a model in seconds
+    needed readout weights 1000 times larger and stayed at chance)."""
+    x = spike_input(np.random.default_rng(8), n_in=5, max_in=2).astype(np.float64)
+    layers = [sk.LIReadout(3, tau_mem=TAU_MEM * u, tau_syn=TAU_SYN * u, readout=readout, t_max=T_MAX * u,
+                           dtype="float64") for u in (1.0, 1e-3)]
+    np.testing.assert_allclose(layers[1].output_scale * 1e-3 ** (readout == "integral"), layers[0].output_scale,
+                               rtol=1e-9)
+    assert layers[0]._auto_kernel_initializer(5).stddev == pytest.approx(layers[1]._auto_kernel_initializer(5).stddev)
+    layers[0](x)
+    layers[1](x * 1e-3)
+    layers[1].kernel.assign(layers[0].kernel.numpy())
+    np.testing.assert_allclose(ops.convert_to_numpy(layers[1](x * 1e-3)), ops.convert_to_numpy(layers[0](x)),
+                               rtol=1e-9)
 
 
 def test_capped_spikes_are_counted_and_warned(jax_route):
@@ -535,6 +558,33 @@ def test_capped_spikes_are_counted_and_warned(jax_route):
     assert counts.min() > 1
     assert int(lif.capped_spikes.numpy()) == int((counts - 1).sum())
     assert np.isfinite(ops.convert_to_numpy(times)).all()
+
+
+@pytest.mark.parametrize("readout,revival", [("integral", 1.0), ("max", 1.0), ("max", 0.0)])
+def test_a_readout_that_sees_no_spike_in_its_window_warns(jax_route, readout, revival):
+    """Spike times in another unit than the readout's window (microseconds against t_max in ms): every logit is 0,
+    no gradient reaches the layers before it, and a training call says so (the silent-readout warning, not the
+    dead-unit one, which would point at the wrong cause). A readout that sees its inputs does not warn."""
+    rng = np.random.default_rng(0)
+    late = spike_input(rng, batch=8, t_end=20.0) * 1000.0 + T_MAX  # all after t_max
+    labels = np.arange(8) % 2
+    for x, expected in ((late, True), (spike_input(rng, batch=8, t_end=20.0), False)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4, 2)), sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                                                    readout=readout, t_max=T_MAX,
+                                                                    revival_penalty=revival)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, labels, epochs=1, batch_size=8, verbose=0)
+            model.predict(x, verbose=0)  # inference calls never warn
+        kinds = [w.category for w in caught if issubclass(w.category, (sk.SilentReadoutWarning,
+                                                                      sk.DeadReadoutWarning))]
+        if expected:
+            assert kinds == [sk.SilentReadoutWarning], kinds
+            assert "t_max=40.0" in str(next(w.message for w in caught if w.category is sk.SilentReadoutWarning))
+        else:
+            assert kinds == [], kinds
 
 
 def test_spike_count_regularizer_value_and_gradient(jax_route):

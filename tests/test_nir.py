@@ -96,6 +96,12 @@ def test_readout_scale_round_trip(tmp_path, readout, scale):
     assert back.layers[-1].get_config()["scale"] == scale
     assert back.layers[-1].output_scale == model.layers[-1].output_scale
     assert_same(model, back, spikes(np.random.default_rng(2)))
+    if scale == "auto":  # a graph written before the unit-free rule: the factor "auto" stood for then
+        graph = sk.export_nir(model)
+        node = next(n for n in graph.nodes.values() if "auto_scale_rule" in n.metadata.get("spikescan", {}))
+        del node.metadata["spikescan"]["auto_scale_rule"]
+        old = sk.import_nir(graph).layers[-1]
+        assert old.output_scale == old._legacy_auto_scale() != model.layers[-1].output_scale
 
 
 def test_exported_fields():
@@ -473,4 +479,8 @@ def test_unsupported_cycles_name_the_nodes():
                                       v_leak=0 * ones6, v_threshold=ones6, v_reset=0 * ones6, w_in=ones6)
     graph.nodes["r1"] = nir.Linear(weight=rec)
     graph.edges += [("lif1", "r1"), ("r1", "lif1")]
-    check(graph, r"node 'lif1': a recurrent layer needs one 'tau_mem'")
+    # Per-neuron time constants in a recurrent cycle are no longer refused: a recurrent layer with trainable ones.
+    layer = sk.import_nir(graph, max_spikes=4, t_max=60.0).layers[0]
+    assert layer.recurrent and layer.trainable_time_constants
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.tau_mem_per_neuron), np.linspace(10, 20, 6),
+                               rtol=1e-6)
