@@ -35,7 +35,7 @@ import _common  # noqa: E402
 import spikescan  # noqa: E402
 from spikescan.datasets import SpikeBatches, yinyang  # noqa: E402
 from spikescan.datasets.yinyang import CLASS_NAMES  # noqa: E402
-from spikescan_keras import LIFLayer, LIReadout, distributed  # noqa: E402
+from spikescan_keras import FirstSpikeReadout, LIFLayer, LIReadout, distributed  # noqa: E402
 
 # Time constants in ms. Inputs span [0, 30] ms; hidden spikes follow within a few tau_syn, so the readout window
 # t_max covers them. tau_mem == 2 tau_syn allows the closed-form spike-time solver (no Newton iterations).
@@ -44,11 +44,16 @@ SOLVER, READOUT = "analytic", "integral"
 
 
 def build_model(hidden, max_spikes, learning_rate, decay_steps, *, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX,
-                solver=SOLVER, readout=READOUT):
+                solver=SOLVER, readout=READOUT, first_spike=False):
+    # first_spike: spiking output neurons read out by their first spike times (FirstSpikeReadout) instead of the
+    # leaky-integrator readout.
+    output = (FirstSpikeReadout(3, tau_mem=tau_mem, tau_syn=tau_syn, t_max=t_max, solver=solver, name="readout")
+              if first_spike else
+              LIReadout(3, tau_mem=tau_mem, tau_syn=tau_syn, readout=readout, t_max=t_max, name="readout"))
     model = keras.Sequential([
         keras.Input(shape=(5, 1)),
         LIFLayer(hidden, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=max_spikes, solver=solver, name="hidden"),
-        LIReadout(3, tau_mem=tau_mem, tau_syn=tau_syn, readout=readout, t_max=t_max, name="readout"),
+        output,
     ])
     # Cosine decay: a large step finds the rough class boundaries within a few epochs, the small ones at the end
     # settle the noisy accuracy that a constant rate leaves.
@@ -149,6 +154,9 @@ def write_plots(model, test, directory, *, grid=100):
 def main(argv=None):
     parser = _common.parser(__doc__, epochs=40, batch_size=32, hidden=120, learning_rate=3e-3, max_spikes=4,
                             data_dir_help="unused: Yin-Yang is generated, not downloaded")
+    parser.add_argument("--first-spike", action="store_true",
+                        help="classify by the first output spike (FirstSpikeReadout: three LIF output neurons, the "
+                             "first to fire wins) instead of the leaky-integrator readout")
     parser.add_argument("--plot", default=None, metavar="DIR",
                         help="after training, write PNG figures (decision regions, hidden raster, voltage traces) "
                              "to DIR; needs matplotlib")
@@ -170,7 +178,7 @@ def main(argv=None):
         batches = SpikeBatches(train.times, train.labels, batch_size=args.batch_size, shuffle=True, seed=args.seed)
         data = dict(x=distributed.shard(batches), validation_batch_size=args.batch_size)
         steps = args.epochs * len(data["x"])
-    model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps)
+    model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps, first_spike=args.first_spike)
     callbacks, backup = _common.fit_callbacks(args, batches=batches)
     start = time.perf_counter()
     history = model.fit(**data, epochs=args.epochs, validation_data=(val.times, val.labels),
@@ -178,6 +186,7 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
     summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
+               "output": "first_spike" if args.first_spike else "li_readout",
                "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
                "world_size": world_size, "deterministic": spikescan.deterministic(),
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),

@@ -19,9 +19,10 @@ if int(_keras.__version__.split(".")[0]) < 3:
 
 from ._host import CappedSpikesWarning, DeadReadoutWarning, SilentLayerWarning, SilentReadoutWarning  # noqa: E402
 from .callbacks import FiringMonitor  # noqa: E402
-from .layers import DelayRange, LIFLayer, LIReadout, SpikeCountRegularizer, PositiveFloor  # noqa: E402
+from .layers import (DelayRange, FirstSpikeReadout, LIFLayer, LIReadout, PositiveFloor,  # noqa: E402
+                     SpikeCountRegularizer)
 from .nir import export_nir, import_nir  # noqa: E402
 
-__all__ = ["LIFLayer", "LIReadout", "SpikeCountRegularizer", "DelayRange", "PositiveFloor", "CappedSpikesWarning",
-           "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning", "FiringMonitor", "export_nir",
-           "import_nir"]
+__all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeCountRegularizer", "DelayRange", "PositiveFloor",
+           "CappedSpikesWarning", "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning", "FiringMonitor",
+           "export_nir", "import_nir"]

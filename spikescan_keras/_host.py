@@ -78,6 +78,8 @@ class LIFSpec:
     host_checks: bool = True  # False: the bridge runs ``LIFOp.check`` itself, on values it computed from the outputs
     time_constant_inputs: bool = False  # True: per-neuron tau_mem, tau_syn are inputs (trainable)
     threshold_input: bool = False  # True: per-neuron thresholds are the last input (trainable)
+    warn_capped: bool = True  # False: spikes beyond max_spikes are expected (FirstSpikeReadout's later spikes)
+    warn_silent: bool = True  # False: a silent batch still has gradients (FirstSpikeReadout's voltage extension)
     recurrent: bool = False  # True: recurrent weights [n_out, n_out] follow the (delays of the) input weights
     recurrent_delays: bool = False  # True: and recurrent delays [n_out, n_out] after them
 
@@ -169,14 +171,14 @@ class LIFOp:
     @staticmethod
     def check(spec: LIFSpec, capped, fired):
         """The forward's warnings, from the host values of ``check_values``."""
-        if int(capped):
+        if spec.warn_capped and int(capped):
             # The message has no count, so Python's default filter shows it once per layer rather than every batch;
             # the layer's ``capped_spikes`` variable keeps the running total.
             warnings.warn(
                 f"LIFLayer {spec.layer_name!r}: some neurons fired more than max_spikes={spec.max_spikes} times; "
                 "their extra spikes keep exact dynamics but are not passed on. The layer's `capped_spikes` "
                 "variable counts them; raise max_spikes if this matters.", CappedSpikesWarning)
-        if spec.training and not int(fired):
+        if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
 
     @staticmethod

@@ -443,6 +443,11 @@ class LIFLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units, max_spikes]`` spike times."""
+        return self._spikes(inputs, training)[0]
+
+    def _spikes(self, inputs, training):
+        """The layer's forward: ``(times, inputs, kernel, taus, threshold)``, with the tensors it computed with
+        (``kernel`` times ``kernel_scale``; ``taus`` and ``threshold`` the per-neuron ones, or empty tuples)."""
         inputs = ops.convert_to_tensor(inputs)
         kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
         delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
@@ -460,10 +465,10 @@ class LIFLayer(keras.layers.Layer):
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))
         if training and self.silence_penalty > 0:
-            taus = tuple(ops.stop_gradient(x) for x in taus)
+            frozen = tuple(ops.stop_gradient(x) for x in taus)
             thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
-            _add_loss(self, self._silence_loss(inputs, kernel, delays + taus, ops.cast(dead, kernel.dtype), thr))
-        return times
+            _add_loss(self, self._silence_loss(inputs, kernel, delays + frozen, ops.cast(dead, kernel.dtype), thr))
+        return times, inputs, kernel, taus, threshold
 
     def _recurrent_weights(self):
         """The recurrent weights the layer computes with: ``recurrent_kernel * recurrent_kernel_scale``."""
@@ -538,6 +543,75 @@ class LIFLayer(keras.layers.Layer):
             # Saved before the factor existed: recurrent_kernel holds the weights themselves.
             config["recurrent_scale"] = 1.0
         return super().from_config(config)
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class FirstSpikeReadout(LIFLayer):
+    """Spiking output layer read out by its first spike times: spike tensor ``[batch, n_in, max_spikes]`` -> logits
+    ``[batch, units]``; the class is the neuron that fires first.
+
+    The neurons are ``LIFLayer``'s (the same exact dynamics, weights, calibration and silent-neuron objective;
+    ``max_spikes=1``: a neuron's later spikes do not change its logit and are neither recorded nor warned about,
+    though ``capped_spikes`` counts them). Neuron ``i``'s logit is ``-T_i / tau_logit`` with ``T_i`` its first spike
+    time when it fires by ``t_max``, and otherwise::
+
+        T_i = t_max + tau_mem * (threshold - V*_i) / threshold
+
+    with ``V*_i`` the exact peak over ``[0, t_max]`` of its voltage (which has not reset before it first fires:
+    the ``"max"`` readout of ``LIReadout``, ``spikescan.li_forward``). So every neuron that fires by ``t_max`` beats
+    every one that does not, earlier beats later, and among the silent ones the closer to threshold wins; the logits
+    suit ``SparseCategoricalCrossentropy(from_logits=True)``. Their gradients are exact: through the spike times
+    (``spikescan.lif_backward``) for the neurons that fire, through ``V*`` (``li_backward``) for the others, which
+    keeps a silent neuron of the right class learning (with the spike times alone its gradient is zero; on
+    Yin-Yang the output layer then fell silent and training stalled near chance).
+
+    ``T_i`` jumps at the firing boundary (a neuron that starts to fire at its peak time ``t* < t_max`` moves from
+    about ``t_max`` to ``t*``); the exact gradient of either side does not see the jump.
+
+    Args:
+        units: number of classes.
+        tau_mem, tau_syn, threshold: as for ``LIFLayer`` (the initial values when trainable).
+        t_max: positive end of the decision window, in the unit of the spike times.
+        tau_logit: positive time scale of the logits (default ``tau_syn``): two neurons whose first spikes are
+            ``tau_logit`` apart differ by one in logit.
+        Every other keyword argument is ``LIFLayer``'s, except ``max_spikes`` (1), ``delays`` and ``recurrent``
+        (not available for this layer).
+    """
+
+    def __init__(self, units, *, tau_mem, tau_syn, t_max, tau_logit=None, **kwargs):
+        for name in ("max_spikes", "delays", "recurrent", "recurrent_delays"):
+            if kwargs.get(name):
+                raise ValueError(f"FirstSpikeReadout does not take {name}={kwargs[name]!r} (it reads each neuron's "
+                                 "first spike; delays and recurrent connections are not available for it)")
+            kwargs.pop(name, None)
+        super().__init__(units, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=1, **kwargs)
+        self.t_max = _validate.positive_scalar("t_max", t_max)
+        self.tau_logit = _validate.positive_scalar("tau_logit", self.tau_syn if tau_logit is None else tau_logit)
+        self._spec = dataclasses.replace(self._spec, warn_capped=False, warn_silent=False)
+        self._train_spec = dataclasses.replace(self._train_spec, warn_capped=False, warn_silent=False)
+        self._window_spec = LISpec(self.tau_mem, self.tau_syn, "max", self.t_max, None,
+                                   time_constant_inputs=self.trainable_time_constants)
+
+    def call(self, inputs, training=None):
+        """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units]`` logits."""
+        times, inputs, kernel, taus, threshold = self._spikes(inputs, training)
+        (peaks,) = _bridge.apply(LIOp, self._window_spec, (inputs, kernel, *taus))
+        first = times[:, :, 0]
+        fired = first <= self.t_max  # +inf (silent) compares false
+        tau_mem = taus[0] if taus else self.tau_mem
+        thr = threshold[0] if threshold else self.threshold
+        late = self.t_max + tau_mem * (thr - ops.cast(peaks, first.dtype)) / thr
+        return -ops.where(fired, ops.where(fired, first, ops.zeros_like(first)), late) / self.tau_logit
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        for name in ("max_spikes", "delays", "recurrent", "recurrent_delays"):
+            config.pop(name)
+        config.update(t_max=self.t_max, tau_logit=self.tau_logit)
+        return config
 
 
 def _time_constant_options(layer, trainable_time_constants, min_time_constant):

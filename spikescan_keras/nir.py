@@ -126,7 +126,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from .layers import LIFLayer, LIReadout, SpikeCountRegularizer
+from .layers import FirstSpikeReadout, LIFLayer, LIReadout, SpikeCountRegularizer
 
 _TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
 _SYNAPSES = ("dirac", "jump")
@@ -185,6 +185,10 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
     if not layers:
         raise ValueError("export_nir: the model has no layers")
     for k, layer in enumerate(layers):
+        if isinstance(layer, FirstSpikeReadout):  # a CubaLIF would drop how its logits are read
+            raise ValueError(f"export_nir: layer {layer.name!r} is a FirstSpikeReadout, whose logits (first spike "
+                             "times, with the voltage of silent neurons) NIR cannot express; export the model without "
+                             "it")
         if not isinstance(layer, (LIFLayer, LIReadout)):
             raise ValueError(f"export_nir: layer {layer.name!r} is a {type(layer).__name__}; only LIFLayer and a "
                              "final LIReadout have NIR equivalents")

@@ -183,6 +183,14 @@ def test_yinyang(tmp_path):
     returned = example("yinyang").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8",
                                         "--output", str(tmp_path / "yinyang.json")])
     check_summary(tmp_path / "yinyang.json", returned, "yinyang")
+    assert returned["output"] == "li_readout"
+
+
+def test_yinyang_first_spike(tmp_path):
+    returned = example("yinyang").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8",
+                                        "--first-spike", "--output", str(tmp_path / "yinyang.json")])
+    check_summary(tmp_path / "yinyang.json", returned, "yinyang")
+    assert returned["output"] == "first_spike" and len(returned["calibration"]) == 2
 
 
 def test_deterministic_flag_sets_the_switch_and_is_recorded(tmp_path, monkeypatch):
