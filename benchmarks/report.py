@@ -172,11 +172,17 @@ def table(header, rows):
 MNIST_SUBSET_SHA256 = "610df4ed13a5a935bbed46b71d21da05eca90b6aca39d35d5b548a4ef6c0ae08"
 
 # One row per example script; ``results`` lists its JSON summaries in examples/results/ (none: not measured yet).
-# Optional ``data_sha256``, ``n_train``, ``n_test``: what each of the row's summaries must record (else an error).
+# Optional ``data_sha256``, ``n_train``, ``n_test``, ``output``: what each of the row's summaries must record (else an
+# error).
 EXAMPLES = [
     dict(dataset="Yin-Yang (latency code)", script="examples/yinyang.py", architecture="5 - 120 LIF - 3 LI",
          results=["yinyang_torch_cpu.json", "yinyang_jax_cpu.json"], command="python examples/yinyang.py",
          note="with first-batch calibration and the revival objective", paper="see paper"),
+    dict(dataset="Yin-Yang, first-spike output", script="examples/yinyang.py",
+         architecture="5 - 120 LIF - 3 LIF (first spike)",
+         results=["yinyang_first_spike_torch_cpu.json", "yinyang_first_spike_jax_cpu.json"],
+         command="python examples/yinyang.py --first-spike",
+         note="FirstSpikeReadout: the first output neuron to fire is the class", paper="-", output="first_spike"),
     dict(dataset="Yin-Yang, timing code (0.5 ms)", script="examples/yinyang_timing.py",
          architecture="same, time constants x 1/60", results=["yinyang_timing_torch_cpu.json"], classes=3,
          paper="see paper"),
@@ -198,7 +204,7 @@ EXAMPLES = [
 
 def _example_cells(spec, reports):
     for name, r in zip(spec["results"], reports):
-        for key in ("data_sha256", "n_train", "n_test"):
+        for key in ("data_sha256", "n_train", "n_test", "output"):
             if key in spec and r.get(key) != spec[key]:
                 raise ValueError(f"{name}: {key} is {r.get(key)!r}, but the row {spec['dataset']!r} is for "
                                  f"{spec[key]!r}")

@@ -109,6 +109,19 @@ def test_mnist_subset_row_takes_only_runs_on_the_subset(tmp_path):
     assert out.returncode == 1 and "mnist_subset_torch_cpu.json: data_sha256 is '000" in out.stderr, out.stderr
 
 
+def test_first_spike_row_takes_only_first_spike_runs(tmp_path):
+    """A summary of the leaky-integrator model cannot land in the first-spike row: it must record that output."""
+    benchmarks, examples = _copy_results(tmp_path)
+    path = examples / "yinyang_first_spike_torch_cpu.json"
+    result = json.loads(path.read_text())
+    assert result["output"] == "first_spike"
+    result["output"] = "li_readout"
+    path.write_text(json.dumps(result))
+    out = report("--check", benchmarks=benchmarks, examples=examples)
+    assert out.returncode == 1 and "yinyang_first_spike_torch_cpu.json: output is 'li_readout'" in out.stderr, \
+        out.stderr
+
+
 def test_result_without_commit_fails(tmp_path):
     benchmarks, examples = _copy_results(tmp_path)
     path = benchmarks / "cpu_2core.json"
