@@ -101,8 +101,11 @@ def test_jax_data_parallel_runs_each_device_on_its_batch(route):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Two devices sum the float32 gradients in another order; Adam (lr 1e-2) turns those last-bit differences of
+    # near-zero gradients into update differences: measured 2.4e-7 and 1.5e-6 on two trajectories (readout scales 1
+    # and 0.993). 1e-5 is a thousandth of one step.
     for name, diff in result["diff"].items():
-        assert diff <= ATOL, (name, diff)
+        assert diff <= 1e-5, (name, diff)
     assert result["kernel_scale"] > 2.0, "the weak initial kernel should have been calibrated up"
     np.testing.assert_allclose(result["parallel_history"]["loss"], result["single_history"]["loss"], rtol=RTOL)
     # 48 samples in batches of 16 for 2 epochs: 6 steps. One device: 6 host calls of 16 samples. Two devices: 12
