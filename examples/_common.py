@@ -46,16 +46,18 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
            data_dir_help="folder holding the dataset files"):
     """ArgumentParser with the flags every example shares; a script adds its own afterwards."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--epochs", type=_positive_int, default=epochs)
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size)
     p.add_argument("--data-dir", default=None, help=data_dir_help)
-    p.add_argument("--output", default=None, help="path of a JSON summary")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--output", type=_output_path, default=None,
+                   help="path of a JSON summary (its folder is created at the start)")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="use only the first N samples of each split (smoke tests)")
-    p.add_argument("--hidden", type=int, default=hidden, help="LIF neurons per hidden layer")
-    p.add_argument("--max-spikes", type=int, default=max_spikes,
+    p.add_argument("--hidden", type=_positive_int, default=hidden, help="LIF neurons per hidden layer")
+    p.add_argument("--max-spikes", type=_positive_int, default=max_spikes,
                    help="output spikes recorded per hidden neuron (extra spikes are counted in capped_spikes)")
-    p.add_argument("--learning-rate", type=float, default=learning_rate, help="peak of a cosine-decayed Adam")
+    p.add_argument("--learning-rate", type=_positive_float, default=learning_rate,
+                   help="peak of a cosine-decayed Adam")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="keras verbosity of fit")
     p.add_argument("--backup-dir", default=None, metavar="DIR",
@@ -112,8 +114,49 @@ def verbosity(args):
 def _positive_int(text):
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of batches, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _output_path(text):
+    """``--output``: its folder is created now, so a long run does not fail at its end on a missing folder."""
+    folder = os.path.dirname(os.path.abspath(text))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot create the folder of {text}: {err}") from err
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a JSON file")
+    return text
+
+
+# Written at the top of --backup-dir: the folder is ours to delete at the end of the run.
+BACKUP_MARKER = ".spikescan_backup"
+
+
+def _claim_backup_dir(directory):
+    """Make ``directory`` the run's backup folder: new, empty, or one that a backup of ours already holds (marked,
+    or holding our ``run_flags.json``). Any other content would be deleted with it at the end, so it is refused."""
+    if os.path.isdir(directory):
+        entries = os.listdir(directory)
+        ours = BACKUP_MARKER in entries or "run_flags.json" in entries or any(
+            os.path.isfile(os.path.join(directory, e, "run_flags.json")) for e in entries)
+        if entries and not ours:
+            listed = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+            raise SystemExit(f"error: --backup-dir {directory} already holds other files ({listed}); the backup "
+                             "folder is deleted at the end of the run, so give it a folder of its own")
+    elif os.path.exists(directory):
+        raise SystemExit(f"error: --backup-dir {directory} is a file, not a folder")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, BACKUP_MARKER), "w") as f:
+        f.write("the training backup of a spikescan example; deleted at the end of the run\n")
 
 
 KILL_ENV, KILL_STATUS = "SPIKESCAN_EXAMPLE_KILL_AFTER_BATCHES", 75
@@ -207,6 +250,8 @@ def fit_callbacks(args, *, batches=None, subdir=None):
     if args.backup_every is not None and args.backup_dir is None:
         raise SystemExit("error: --backup-every needs --backup-dir")
     if args.backup_dir is not None:
+        if is_chief():
+            _claim_backup_dir(args.backup_dir)
         flags = {k: v for k, v in sorted(vars(args).items()) if k not in _FREE_FLAGS}
         directory = args.backup_dir if subdir is None else os.path.join(args.backup_dir, subdir)
         backup = Backup(directory, every=args.backup_every, flags=flags, batches=batches)
@@ -219,9 +264,11 @@ def fit_callbacks(args, *, batches=None, subdir=None):
 
 
 def remove_backup(args):
-    """Delete ``--backup-dir`` (if given; rank 0 only): called once the run's summary is written."""
-    if getattr(args, "backup_dir", None) is not None and is_chief():
-        shutil.rmtree(args.backup_dir, ignore_errors=True)
+    """Delete ``--backup-dir`` (if given; rank 0 only): called once the run's summary is written. Only a folder
+    that carries the run's marker (``_claim_backup_dir``) is deleted."""
+    directory = getattr(args, "backup_dir", None)
+    if directory is not None and is_chief() and os.path.isfile(os.path.join(directory, BACKUP_MARKER)):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def load(loader, *args, **kwargs):

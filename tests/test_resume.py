@@ -118,7 +118,7 @@ def test_backup_flags(tmp_path, capsys):
     yinyang = yinyang_module()
     with pytest.raises(SystemExit) as exc:
         yinyang.main(["--backup-dir", str(tmp_path), "--backup-every", "0"])
-    assert exc.value.code == 2 and "positive number of batches" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--backup-every: must be a positive integer, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         yinyang.main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0", "--backup-every", "2"])
     assert "--backup-every needs --backup-dir" in str(exc.value.code)
@@ -129,3 +129,35 @@ def test_finished_run_leaves_no_backup(tmp_path):
     summary = yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--batch-size", "8",
                                      "--verbose", "0", "--backup-dir", str(backup), "--backup-every", "1"])
     assert summary["resumed_from_epoch"] is None and not backup.exists()
+
+
+def test_a_backup_dir_with_other_files_is_refused_and_kept(tmp_path):
+    """The backup folder is deleted at the end of a run: a folder that holds other files (the data, say) is refused
+    before training, and nothing in it is touched."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
+                               "--backup-dir", str(shared)])
+    assert "already holds other files (notes.txt)" in str(exc.value.code)
+    assert (shared / "notes.txt").read_text() == "mine"
+
+
+def test_bad_flags_name_themselves(capsys):
+    yinyang = yinyang_module()
+    for flag, value, message in (("--epochs", "-3", "must be a positive integer, got -3"),
+                                 ("--batch-size", "0", "must be a positive integer, got 0"),
+                                 ("--limit", "0", "must be a positive integer, got 0"),
+                                 ("--hidden", "0", "must be a positive integer, got 0"),
+                                 ("--learning-rate", "-1e-3", "must be a positive number, got -1e-3")):
+        with pytest.raises(SystemExit) as exc:
+            yinyang.main([f"{flag}={value}"])
+        assert exc.value.code == 2 and f"{flag}: {message}" in capsys.readouterr().err
+
+
+def test_output_folder_is_created_at_the_start(tmp_path):
+    output = tmp_path / "new" / "sub" / "summary.json"
+    yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
+                           "--output", str(output)])
+    assert json.loads(output.read_text())["dataset"] == "yinyang"

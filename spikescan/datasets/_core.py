@@ -37,6 +37,14 @@ class SpikeDataset:
     dropped: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        times, labels = np.asarray(self.times), np.asarray(self.labels)
+        if times.ndim != 3:
+            raise ValueError(f"times must be a spike tensor [n, channels, max_spikes], got shape {times.shape}")
+        if labels.shape != times.shape[:1]:
+            raise ValueError(f"labels must have one entry per sample, shape ({times.shape[0]},), got shape "
+                             f"{labels.shape}")
+
     @property
     def dropped_spikes(self) -> int:
         """Total number of input spikes discarded by crops and caps (0 when nothing was lost)."""
@@ -62,10 +70,14 @@ class SpikeDataset:
         return len(self.labels)
 
     def __getitem__(self, index) -> "SpikeDataset":
-        """Subset by a slice, an integer array or a boolean mask (always returns a dataset)."""
-        if isinstance(index, (int, np.integer)):
-            index = slice(index, index + 1 or None)
+        """Subset by a slice, an integer array or a boolean mask (always returns a dataset); an integer ``i`` gives
+        the one-sample dataset ``[i:i + 1]`` (``IndexError`` outside ``[-len, len)``, which also ends a ``for``
+        loop over the dataset)."""
         n = len(self)
+        if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+            if not -n <= index < n:
+                raise IndexError(f"sample index {int(index)} is out of range for a dataset of {n} samples")
+            index = slice(index % n, index % n + 1)
         meta = {k: v[index] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v
                 for k, v in self.meta.items()}
         return SpikeDataset(self.times[index], self.labels[index], self.class_names, self.time_unit,
