@@ -174,6 +174,12 @@ def test_latency_mnist_errors(tmp_path):
         latency_mnist("valid", data_dir=tmp_path)
     with pytest.raises(ValueError, match="t_max"):
         latency_mnist("train", data_dir=tmp_path, t_max=-5.0)
+    arrays = write_mnist(tmp_path)
+    arrays["x_train"] = arrays["x_train"] / 255.0  # already scaled: would be divided again, no pixel would spike
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    with pytest.raises(ValueError, match="dtype float64 and values up to 1.0.*0-255"):
+        latency_mnist("train", data_dir=tmp_path)
+    assert np.isfinite(latency_mnist("test", data_dir=tmp_path).times).any()
 
 
 # ---------------------------------------------------------------- SHD / SSC
@@ -252,6 +258,7 @@ def test_indices_and_subsets(tmp_path):
     assert isinstance(sub, SpikeDataset) and len(sub) == 2
     np.testing.assert_array_equal(sub.meta["speaker"], [6, 4])
     assert len(full[-1]) == 1 and full[-1].labels[0] == 2
+    assert len(shd("train", data_dir=tmp_path, indices=[])) == 0
     mask = np.array([True, False, True])
     masked = shd("train", data_dir=tmp_path, indices=mask)
     np.testing.assert_array_equal(masked.labels, full.labels[mask])

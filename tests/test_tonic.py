@@ -146,4 +146,20 @@ def test_validation():
         ToSpikeTensor(8, 2, time_unit="h")
     out = ToSpikeTensor(8, 2)(events[:0])
     assert out.shape == (8, 2) and np.isposinf(out).all()
+    events["p"] = 1  # SHD's artificial polarity, constant: x alone is the channel
+    assert np.isfinite(ToSpikeTensor(8, 2)(events)).sum() == 3
+
+
+def test_camera_events_without_sensor_size_are_refused():
+    """x alone as the channel would merge pixels of different rows (or polarities) into one channel."""
+    dt = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "<i1")])
+    events = np.array([(1000, 3, 0, 0), (2000, 3, 20, 1), (3000, 3, 33, 1)], dt)
+    with pytest.raises(ValueError, match="field 'y' takes several values.*sensor_size"):
+        ToSpikeTensor(34 * 34 * 2, 4)(events)
+    out = ToSpikeTensor(34 * 34 * 2, 4, sensor_size=(34, 34, 2))(events)
+    assert np.isfinite(out).sum() == 3 and (np.isfinite(out).sum(axis=1) <= 1).all()
+    assert np.isfinite(ToSpikeTensor(34 * 34 * 2, 4, channel_field="x")(events)).sum() == 3  # asked for
+    floats = np.array([(1000, 1.5, 0.0, 0.0)], [("t", "<i8"), ("x", "<f4"), ("y", "<f4"), ("p", "<f4")])
+    with pytest.raises(ValueError, match="field 'x' holds non-integer values, e.g. 1.5"):
+        ToSpikeTensor(34 * 34 * 2, 4, sensor_size=(34, 34, 2))(floats)
     assert "ToSpikeTensor(n_channels=8" in repr(ToSpikeTensor(8, 2))

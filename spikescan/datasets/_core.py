@@ -137,6 +137,8 @@ def sample_indices(indices, n_total: int, source: str) -> np.ndarray:
     """``indices`` (integers, negative ones from the end, or a boolean mask of length ``n_total``) as int64 positions
     in ``[0, n_total)``; anything else is an error naming ``indices``."""
     idx = np.asarray(indices)
+    if idx.size == 0 and idx.dtype.kind == "f":  # [] (NumPy makes an empty list float64): no sample
+        idx = idx.astype(np.int64)
     if idx.dtype == bool:
         if idx.shape != (n_total,):
             raise ValueError(f"indices as a boolean mask must have shape ({n_total},) for {source}, got shape "

@@ -71,6 +71,15 @@ def latency_mnist(split: str, *, t_max: float = 20.0, threshold: float = 0.01, d
     from .. import encode
 
     images, labels = load_mnist_arrays(split, data_dir)
+    # MNIST's pixels are 0-255 (uint8 in the official file); images already scaled to [0, 1] would be divided again
+    # and fall below any threshold: a dataset without a spike.
+    if images.dtype.kind not in "ui" and images.size and float(np.max(images)) <= 1.0:
+        raise ValueError(f"latency_mnist: the images of split {split!r} have dtype {images.dtype} and values up to "
+                         f"{float(np.max(images))!r}; the loader expects pixels of 0-255 (as in the official "
+                         "mnist.npz, uint8): write them as uint8, or multiply by 255")
+    bad = (images < 0) | (images > 255) | ~np.isfinite(images)
+    if bad.any():
+        raise ValueError(f"latency_mnist: pixel values must lie in [0, 255], got {images[bad].ravel()[0]!r}")
     v = images.reshape(len(images), -1).astype(np.float64) / 255.0
     # encode.latency silences x <= cut; the largest float below the threshold silences exactly v < threshold.
     cut = None if threshold == 0 else float(np.nextafter(threshold, -np.inf))

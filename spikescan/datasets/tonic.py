@@ -108,6 +108,14 @@ class ToSpikeTensor:
             field = "x" if self.channel_field == "auto" else self.channel_field
             if field not in names:
                 raise ValueError(f"ToSpikeTensor: events have no field {field!r} (fields: {names})")
+            if self.channel_field == "auto":  # x alone: events that vary in y or p would merge their pixels
+                for other in ("y", "p"):  # (SHD's constant artificial polarity is fine)
+                    if other in names and len(events) and np.unique(np.asarray(events[other])).size > 1:
+                        raise ValueError(
+                            f"ToSpikeTensor: the events' field {other!r} takes several values, but without "
+                            "sensor_size the channel is 'x' alone, which would merge different pixels or polarities "
+                            "into one channel; pass sensor_size=(width, height, polarities) (tonic's "
+                            "dataset.sensor_size), or channel_field='x' if that is what you want")
             ch = np.asarray(events[field])
         else:
             w, h, p = self.sensor_size
@@ -115,9 +123,16 @@ class ToSpikeTensor:
                 if field not in names:
                     raise ValueError(f"ToSpikeTensor: sensor_size {self.sensor_size} needs the event field "
                                      f"{field!r} (fields: {names})")
-            x = np.asarray(events["x"], dtype=np.int64)
-            y = np.asarray(events["y"], dtype=np.int64) if "y" in names else np.zeros_like(x)
-            pol = np.asarray(events["p"], dtype=np.int64) if p > 1 else np.zeros_like(x)
+            def integer_field(name):
+                v = np.asarray(events[name])
+                if v.dtype.kind == "f" and not np.array_equal(v, np.round(v)):
+                    raise ValueError(f"ToSpikeTensor: event field {name!r} holds non-integer values, e.g. "
+                                     f"{float(v[v != np.round(v)][0])!r}")
+                return v.astype(np.int64)
+
+            x = integer_field("x")
+            y = integer_field("y") if "y" in names else np.zeros_like(x)
+            pol = integer_field("p") if p > 1 else np.zeros_like(x)
             for field, v, size in (("x", x, w), ("y", y, h), ("p", pol, p)):
                 bad = (v < 0) | (v >= size)
                 if bad.any():
