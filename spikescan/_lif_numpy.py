@@ -500,14 +500,17 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         method = "sequential" if engine == "numba" else choose_forward_method(batch * n_out, n_entries + 1,
                                                                               chunk_size)
     permutation = engine == "numba" and delays is not None and COMPILED_PERMUTATION
-    # Copies even of float64 arrays: the residuals must not change when the caller updates its weights in place.
-    W = np.array(weights, np.float64)
-    D = None if delays is None else np.array(delays, np.float64)
+    W = np.asarray(weights, np.float64)
+    D = None if delays is None else np.asarray(delays, np.float64)
     rebased = engine == "numba" and method == "sequential" and rebased_applies(D, tau_mem, tau_syn)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, np, engine, extra={
                               **compiled_scratch_bytes(permutation, batch * n_out, n_entries + 1),
                               **rebased_bytes(rebased, input_times, n_out)}, permutation=permutation)
+    # Copies of float64 arrays too (after the memory check): the residuals must not change when the caller updates
+    # its weights in place.
+    W = W.copy() if W is weights else W
+    D = D.copy() if D is not None and D is delays else D
     permuted = None
     if permutation:
         permuted = _delayed_queues_compiled(input_times, D, permutation=True)

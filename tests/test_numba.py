@@ -704,6 +704,7 @@ def test_recurrent_compiled_wide_layer_with_long_delays():
 def test_recurrent_compiled_float32():
     t, W, kw = _recurrent_layer(14, "mixed", "some zero", "tm>ts", True)
     t32, W32 = t.astype(np.float32), W.astype(np.float32)
+    kw = {k: v.astype(np.float32) if k.startswith("recurrent") and v is not None else v for k, v in kw.items()}
     a = ss.lif_forward(t32, W32, engine="numpy", method="sequential", **kw)
     b = ss.lif_forward(t32, W32, engine="numba", **kw)
     assert b.times.dtype == np.float32 and a.counts.sum() > 20
