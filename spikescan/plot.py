@@ -38,14 +38,14 @@ def _axes(ax):
     return _pyplot().gca() if ax is None else ax
 
 
-def raster(times, *, sample=0, ax=None, **scatter_kwargs):
+def raster(times, *, sample=None, ax=None, **scatter_kwargs):
     """Raster plot of a spike tensor: one point per spike at ``(time, neuron index)``.
 
     Args:
         times: ``[batch, neurons, max_spikes]`` (``sample`` picks the sample) or ``[neurons, max_spikes]`` spike
             times, ``+inf`` padded (padding is skipped; so is any other non-finite entry). NumPy, CuPy or anything
             ``numpy.asarray`` takes.
-        sample: index of the sample for a 3-D ``times``.
+        sample: index of the sample for a 3-D ``times`` (default 0); an error for a 2-D one.
         ax: matplotlib Axes to draw on; the current axes when ``None``.
         **scatter_kwargs: passed to ``ax.scatter`` (defaults: ``marker="|"``, ``s=60``, ``color="k"``,
             ``linewidths=1``).
@@ -54,7 +54,11 @@ def raster(times, *, sample=0, ax=None, **scatter_kwargs):
         The Axes. The spikes are one ``PathCollection`` (the last of ``ax.collections``).
     """
     arr = _host(times, "times")
+    if arr.ndim == 2 and sample is not None:
+        raise ValueError(f"sample={sample!r} picks a sample of a spike tensor [batch, neurons, max_spikes], but times "
+                         f"has shape {arr.shape} (one sample already)")
     if arr.ndim == 3:
+        sample = 0 if sample is None else sample
         if not -arr.shape[0] <= sample < arr.shape[0]:
             raise IndexError(f"sample {sample} is out of range for a batch of {arr.shape[0]}")
         arr = arr[sample]
@@ -80,8 +84,10 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
         t: ``[T]`` times of the grid (any order: points are drawn sorted by time).
         voltage: ``[neurons, T]`` voltages of one sample (e.g. ``lif_trace(...).voltage[b]``) or ``[T]`` for one
             neuron.
-        neurons: indices of the neurons to draw (default: all).
-        threshold: draws a dashed horizontal line at this value (one more line in ``ax.lines``).
+        neurons: indices of the neurons to draw, or a boolean mask over them (default: all).
+        threshold: draws a dashed horizontal line at this value (one more line in ``ax.lines``); with one threshold
+            per neuron (``[neurons]``, a layer with ``trainable_threshold``), one dashed line per drawn neuron in its
+            colour.
         spike_times: ``[neurons, max_spikes]`` spike times of the same sample (``+inf`` padded), drawn as markers in
             each neuron's colour at the threshold (the voltage's left limit at a spike), or at the top of that
             neuron's trace when ``threshold`` is ``None``. Markers are one ``PathCollection`` per neuron, not lines.
@@ -99,7 +105,21 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
     if vv.ndim != 2 or vv.shape[1] != tt.size:
         raise ValueError(f"voltage must have shape [neurons, len(t)={tt.size}] (one sample: pass "
                          f"result.voltage[b]), got shape {vv.shape}")
-    idx = np.arange(vv.shape[0]) if neurons is None else np.atleast_1d(np.asarray(neurons, dtype=np.int64))
+    if neurons is None:
+        idx = np.arange(vv.shape[0])
+    else:
+        idx = np.atleast_1d(np.asarray(neurons))
+        if idx.dtype == bool:
+            if idx.shape != (vv.shape[0],):
+                raise ValueError(f"neurons as a boolean mask must have shape ({vv.shape[0]},), got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        elif idx.size and idx.dtype.kind not in "iu":
+            raise TypeError(f"neurons must be integer indices or a boolean mask, got {neurons!r}")
+        idx = idx.astype(np.int64)
+    thresholds = None if threshold is None else np.asarray(_host(threshold, "threshold"), dtype=np.float64)
+    if thresholds is not None and thresholds.shape not in ((), (vv.shape[0],)):
+        raise ValueError(f"threshold must be a number or one per neuron, shape ({vv.shape[0]},), got shape "
+                         f"{thresholds.shape}")
     if idx.size and (idx.min() < -vv.shape[0] or idx.max() >= vv.shape[0]):
         raise IndexError(f"neurons {idx.tolist()} out of range for {vv.shape[0]} neurons")
     spikes = None
@@ -116,10 +136,13 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
         (line,) = ax.plot(tt[order], vv[i, order], label=f"neuron {int(i) % vv.shape[0]}")
         if spikes is not None:
             s = spikes[i][np.isfinite(spikes[i])]
-            height = threshold if threshold is not None else (vv[i].max() if vv.shape[1] else 0.0)
+            height = (float(thresholds if thresholds.ndim == 0 else thresholds[i]) if thresholds is not None
+                      else (vv[i].max() if vv.shape[1] else 0.0))
             ax.scatter(s, np.full(s.shape, height), marker="v", color=line.get_color(), zorder=3)
-    if threshold is not None:
-        ax.axhline(float(threshold), linestyle="--", color="0.4", linewidth=1, label="threshold")
+        if thresholds is not None and thresholds.ndim == 1:
+            ax.axhline(float(thresholds[i]), linestyle="--", color=line.get_color(), linewidth=1)
+    if thresholds is not None and thresholds.ndim == 0:
+        ax.axhline(float(thresholds), linestyle="--", color="0.4", linewidth=1, label="threshold")
     ax.set_xlabel("time")
     ax.set_ylabel("voltage")
     if 0 < idx.size <= 10:

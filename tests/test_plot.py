@@ -61,6 +61,8 @@ def test_raster_current_axes_and_errors():
             splot.raster(np.zeros(3))
         with pytest.raises(IndexError, match="sample 2"):
             splot.raster(_spikes(), sample=2)
+        with pytest.raises(ValueError, match="sample=1 picks a sample"):
+            splot.raster(_spikes()[0], sample=1)  # one sample already: not silently ignored
     finally:
         plt.close(fig)
 
@@ -96,6 +98,28 @@ def test_trace_neuron_subset_no_threshold_unsorted_grid(ax):
         splot.trace(t, V, neurons=[3], ax=ax)
     with pytest.raises(ValueError, match="spike_times must have shape"):
         splot.trace(t, V, spike_times=np.zeros((2, 1)), ax=ax)
+
+
+def test_trace_boolean_neurons_and_per_neuron_thresholds(ax):
+    """A boolean mask selects its neurons (it was cast to the indices 0 and 1); one threshold per neuron (a
+    trainable-threshold layer) draws one dashed line per drawn neuron, in its colour, with its markers on it."""
+    t = np.array([0.0, 1.0, 2.0])
+    V = np.array([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])
+    spikes = np.array([[np.inf], [1.5], [0.5]])
+    splot.trace(t, V, neurons=np.array([False, True, True]), threshold=np.array([1.0, 2.0, 3.0]),
+                spike_times=spikes, ax=ax)
+    drawn, dashed = ax.lines[0::2], ax.lines[1::2]
+    np.testing.assert_array_equal(drawn[0].get_ydata(), V[1])
+    np.testing.assert_array_equal(drawn[1].get_ydata(), V[2])
+    assert [d.get_ydata()[0] for d in dashed] == [2.0, 3.0]
+    assert [d.get_color() for d in dashed] == [d.get_color() for d in drawn]
+    assert [float(c.get_offsets()[0][1]) for c in ax.collections] == [2.0, 3.0]
+    with pytest.raises(TypeError, match="integer indices or a boolean mask"):
+        splot.trace(t, V, neurons=[0.7], ax=ax)
+    with pytest.raises(ValueError, match=r"boolean mask must have shape \(3,\)"):
+        splot.trace(t, V, neurons=np.array([True, False]), ax=ax)
+    with pytest.raises(ValueError, match=r"threshold must be a number or one per neuron"):
+        splot.trace(t, V, threshold=np.ones(2), ax=ax)
 
 
 def test_lazy_import_and_clear_error(monkeypatch):
