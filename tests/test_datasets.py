@@ -88,6 +88,9 @@ def test_bin_times():
     assert np.mean(coarse[:, :4, 0] == coarse[:, 4:5, 0]) > 0.9
     with pytest.raises(ValueError, match="bin_width"):
         bin_times(t, 0.0)
+    for bad in ([np.nan, 0.3], [0.2, -0.3]):
+        with pytest.raises(ValueError, match="times must be >= 0 and not NaN"):
+            bin_times(np.array(bad), 0.5)
 
 
 def test_yinyang_validation():
@@ -384,6 +387,11 @@ def test_spike_batches_trim_and_errors():
         SpikeBatches(times, np.zeros(4), 0, use_keras=False)
     with pytest.raises(ValueError, match="length"):
         SpikeBatches(times, np.zeros(3), use_keras=False)
+    with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
+        SpikeBatches(times, np.zeros(4), shuffle="no", use_keras=False)
+    listed = SpikeBatches(times.tolist(), [0, 1, 0, 1], 2, shuffle=True, use_keras=False)  # lists index as arrays
+    x, y = listed[0]
+    assert x.shape == (2, 2, 5) and sorted(y.tolist()) in ([0, 1], [0, 0], [1, 1])
 
 
 def test_spike_batches_keras():

@@ -228,7 +228,11 @@ def bin_times(times, bin_width: float, *, align: str = "left"):
     check_positive("bin_width", bin_width)
     check_choice("align", align, ("left", "center"))
     t = np.asarray(times)
-    binned = np.floor(t.astype(np.float64) / bin_width)
+    t64 = t.astype(np.float64)
+    bad = np.isnan(t64) | (t64 < 0)
+    if bad.any():
+        raise ValueError(f"times must be >= 0 and not NaN, got {t64[bad].ravel()[0]!r}")
+    binned = np.floor(t64 / bin_width)
     if align == "center":
         binned += 0.5
     return (binned * bin_width).astype(t.dtype if t.dtype.kind == "f" else np.float64)

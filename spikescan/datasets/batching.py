@@ -70,6 +70,11 @@ class SpikeBatches:
             data, labels = data.times, data.labels
         if labels is None:
             raise ValueError("labels is required when data is an array")
+        if isinstance(data, (list, tuple)):  # (arrays, memory maps and h5py datasets are indexed as they are)
+            data = np.asarray(data)
+        for name, value in (("shuffle", shuffle), ("trim", trim)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
         if len(data) != len(labels):
             raise ValueError(f"times and labels differ in length: {len(data)} vs {len(labels)}")
         check_count("batch_size", batch_size)
