@@ -201,7 +201,10 @@ class Backup(keras.callbacks.BackupAndRestore):
             epoch = int(self.model._initial_epoch or 0)
             self._current_epoch = self.resumed_from_epoch = epoch
             if self.batches is not None and hasattr(self.batches, "_permutation"):
-                self.batches.epoch = epoch
+                # On top of the epochs the batches have already been advanced (Keras' epoch iterator calls
+                # on_epoch_end once before the first epoch): the uninterrupted run's epoch k shuffles with that
+                # offset plus k, so the resumed one must too.
+                self.batches.epoch += epoch
                 self.batches._order = self.batches._permutation()
             print(f"resuming from the backup in {self.backup_dir}: {epoch} epoch(s) done", file=sys.stderr,
                   flush=True)

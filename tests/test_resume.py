@@ -161,3 +161,38 @@ def test_output_folder_is_created_at_the_start(tmp_path):
     yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
                            "--output", str(output)])
     assert json.loads(output.read_text())["dataset"] == "yinyang"
+
+
+def test_resumed_epochs_shuffle_as_the_uninterrupted_run(tmp_path):
+    """A run resumed after epoch E shuffles epoch E as the uninterrupted run did (Keras advances the batches' epoch
+    once before the first one, so restoring the bare epoch number replayed the previous epoch's order)."""
+    from spikescan.datasets import SpikeBatches, yinyang
+    from spikescan_keras import LIFLayer, LIReadout
+
+    common = example("_common")
+    data = yinyang(24, seed=1)
+
+    class Orders(keras.callbacks.Callback):
+        def __init__(self, batches):
+            super().__init__()
+            self.batches, self.seen = batches, {}
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen[epoch] = self.batches._order.tolist()
+
+    def fit(epochs, backup_dir):
+        keras.utils.set_random_seed(0)
+        batches = SpikeBatches(data, batch_size=8, shuffle=True, seed=3)
+        model = keras.Sequential([keras.Input((5, 1)), LIFLayer(4, tau_mem=20.0, tau_syn=10.0, max_spikes=2),
+                                  LIReadout(3, tau_mem=20.0, tau_syn=10.0, t_max=60.0)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        orders = Orders(batches)
+        model.fit(batches, epochs=epochs, verbose=0,
+                  callbacks=[common.Backup(str(backup_dir), batches=batches), orders])
+        return orders.seen
+
+    whole = fit(3, tmp_path / "whole")
+    assert len({tuple(o) for o in whole.values()}) == 3  # three different shuffles
+    fit(2, tmp_path / "cut")  # "killed" after epoch 2: its backup is left behind
+    resumed = fit(3, tmp_path / "cut")
+    assert list(resumed) == [2] and resumed[2] == whole[2]
