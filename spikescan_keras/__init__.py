@@ -2,7 +2,8 @@
 backends.
 
 ``LIFLayer`` (spike tensor in, spike tensor out), ``LIReadout`` (spike tensor in, logits out) and
-``FirstSpikeReadout`` (spiking output neurons, logits from their first spike times) hold weights and configuration; forward and backward are ``spikescan``'s, called through one custom-gradient op per layer.
+``FirstSpikeReadout`` (spiking output neurons, logits from their first spike times) hold weights and configuration;
+forward and backward are ``spikescan``'s, called through one custom-gradient op per layer.
 ``export_nir`` / ``import_nir`` convert Sequential models to and from NIR graphs (``pip install spikescan[nir]``;
 ``nir`` is imported only when they are called). Set ``KERAS_BACKEND`` to ``torch``, ``jax`` or ``tensorflow`` before
 importing keras.
