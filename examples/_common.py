@@ -196,7 +196,12 @@ class Backup(keras.callbacks.BackupAndRestore):
                 changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(differ.items()))
                 raise SystemExit(f"error: the backup in {self.backup_dir} was written by a run with other flags "
                                  f"({changes}); rerun with the same flags, or delete {self.backup_dir}")
-        super().on_train_begin(logs)
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as err:  # e.g. a kill while the backup was being written
+            raise SystemExit(f"error: the backup in {self.backup_dir} cannot be read ({type(err).__name__}: {err}); "
+                             "it was probably cut short by an interruption while being written: delete the folder to "
+                             "start over (the last finished epoch's backup is not kept separately)") from err
         if restoring:
             epoch = int(self.model._initial_epoch or 0)
             self._current_epoch = self.resumed_from_epoch = epoch

@@ -107,6 +107,13 @@ def _float_dtype(dtype):
     return dt
 
 
+def _fits(t_max, dt):
+    """Spike times up to ``t_max`` must be finite in ``dt``: a larger one would become the ``+inf`` of padding."""
+    if t_max > np.finfo(dt).max:
+        raise ValueError(f"t_max={t_max!r} does not fit in {dt.name} (largest {float(np.finfo(dt).max)!r}): its spikes "
+                         "would become +inf, the padding; use float64 or another time unit")
+
+
 def _bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -203,6 +210,7 @@ def latency(values, *, t_max, t_min=0.0, cut=0.0, symmetric=False, dtype=np.floa
             raise ValueError(f"cut must lie in [0, 1) or be None, got {cut!r}")
     symmetric = _bool("symmetric", symmetric)
     dt = _float_dtype(dtype)
+    _fits(t_max, dt)
     x = _mirror(_unit_table("values", values), symmetric)
     times = t_min + (1.0 - x) * (t_max - t_min)
     if cut is not None:
@@ -262,6 +270,7 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     symmetric = _bool("symmetric", symmetric)
     return_dropped = _bool("return_dropped", return_dropped)
     dt = _float_dtype(dtype)
+    _fits(t_max, dt)
     if mode == "poisson":
         ok_seed = seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)) or (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool))

@@ -387,6 +387,8 @@ def test_spike_batches_trim_and_errors():
         SpikeBatches(times, np.zeros(4), 0, use_keras=False)
     with pytest.raises(ValueError, match="length"):
         SpikeBatches(times, np.zeros(3), use_keras=False)
+    with pytest.raises(ValueError, match="at least one sample"):
+        SpikeBatches(times[:0], np.zeros(0), use_keras=False)
     with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
         SpikeBatches(times, np.zeros(4), shuffle="no", use_keras=False)
     listed = SpikeBatches(times.tolist(), [0, 1, 0, 1], 2, shuffle=True, use_keras=False)  # lists index as arrays

@@ -120,6 +120,16 @@ def test_latency_validation():
 
 # ---------------------------------------------------------------- rate, regular
 
+def test_times_too_large_for_the_dtype_are_refused():
+    """A spike time that float32 cannot hold would become +inf, the padding: the spike would vanish."""
+    x = np.array([[0.5, 0.9]])
+    with pytest.raises(ValueError, match=r"t_max=1e\+300 does not fit in float32"):
+        latency(x, t_max=1e300, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"t_max=1e\+300 does not fit in float32"):
+        rate(x, t_max=1e300, max_spikes=2, dtype=np.float32)
+    assert np.isfinite(latency(x, t_max=1e300)).all()  # float64 holds it
+
+
 def test_rate_regular_exact_times():
     x = np.array([[0.0, 0.25, 0.5, 1.0]])
     t = rate(x, t_max=8.0, max_spikes=4)

@@ -196,3 +196,17 @@ def test_resumed_epochs_shuffle_as_the_uninterrupted_run(tmp_path):
     fit(2, tmp_path / "cut")  # "killed" after epoch 2: its backup is left behind
     resumed = fit(3, tmp_path / "cut")
     assert list(resumed) == [2] and resumed[2] == whole[2]
+
+
+def test_a_cut_short_backup_names_its_folder(tmp_path):
+    """A kill while Keras writes the backup leaves a truncated file: the resume stops with a message that names the
+    folder and what to do, not h5py's bare OSError."""
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / example("_common").BACKUP_MARKER).write_text("")  # the run's own folder
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 10)  # an HDF5 header cut short
+    with pytest.raises(SystemExit) as exc:
+        yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
+                               "--backup-dir", str(backup)])
+    assert f"the backup in {backup} cannot be read" in str(exc.value.code)
+    assert "delete the folder" in str(exc.value.code)

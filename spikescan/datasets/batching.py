@@ -77,6 +77,8 @@ class SpikeBatches:
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if len(data) != len(labels):
             raise ValueError(f"times and labels differ in length: {len(data)} vs {len(labels)}")
+        if len(labels) == 0:
+            raise ValueError("SpikeBatches needs at least one sample, got none (an empty split or subset?)")
         check_count("batch_size", batch_size)
         check_count("seed", seed, minimum=0)
         self.times, self.labels = data, np.asarray(labels)
