@@ -71,7 +71,7 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
                                       neuron_mask=neurons)
         mask = (xp.ones(n_out) if neurons is None else neurons).astype(result.values.dtype)  # for the backward
         return PeakResult(result.values, residuals((((None, result),), mask)))  # the kernel wrote 0 where left out
-    t64 = xp.ascontiguousarray(input_times, dtype=xp.float64)
+    t64 = xp.array(input_times, dtype=xp.float64, order="C")  # one copy, which every chunk's residuals share
     W = xp.asarray(weights, dtype=xp.float64)
     D = xp.asarray(delays, dtype=xp.float64)
     sel = xp.arange(n_out) if neurons is None else xp.flatnonzero(neurons)
@@ -92,8 +92,9 @@ def _device_forward(xp, launch, input_times, weights, tau_mem, tau_syn, neurons,
         for i0 in range(0, n_sel, per):
             cols = sel[i0:i0 + per]
             # Without any input spike every neuron has the same empty queue (the NumPy walk's shortcut too).
+            # (W[:, cols] and D[:, cols] are copies already.)
             result = cuda_readout.forward(xp, launch, t64, W[:, cols], tm[cols], ts[cols], "max", np.inf, None,
-                                          delays=D[:, cols] if L1 > 1 else None, shared=shared)
+                                          delays=D[:, cols] if L1 > 1 else None, shared=shared, copy=False)
             values[:, cols] = result.values
             chunks.append((cols, result))
     return PeakResult(values, residuals((tuple(chunks), None)))

@@ -626,6 +626,9 @@ def test_device_path_with_delays_in_chunks_of_neurons(host_kernels, monkeypatch)
     _, many, _ = _check_device_peak(host_kernels.launch, t, W, D, 1.0, 0.5, mask, g)
     assert [list(cols) for cols, _ in many.residuals.device[0]] == [[0], [1], [3]]
     np.testing.assert_array_equal(many.values, one.values)
+    # The chunks share one float64 copy of the inputs, not the caller's array and not one copy each.
+    kept = [r.residuals.input_times for _, r in many.residuals.device[0]]
+    assert all(k is kept[0] for k in kept) and not np.shares_memory(kept[0], t)
     for a, b in zip(_device_argmax(many, 4), _device_argmax(one, 4)):
         np.testing.assert_array_equal(a, b)
 

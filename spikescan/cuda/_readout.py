@@ -64,7 +64,7 @@ def _blocks(threads):
 
 
 def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout, delays=None,
-            shared=None, neuron_mask=None):
+            shared=None, neuron_mask=None, copy=True):
     """Array-module-generic body of ``li_forward_cuda``.
 
     ``delays`` (``"max"`` only; ``spikescan.peak_voltage``'s device path): float64 ``[n_in, n_out]`` per-synapse
@@ -72,18 +72,23 @@ def forward(xp, launch, input_times, weights, tau_mem, tau_syn, readout, t_max, 
     permutation format when ``_queue.PERMUTATION`` applies); the residuals keep them for the backward. ``shared``:
     the shared queue of ``input_times`` when the caller has built it (``spikescan._queue.shared_queue``).
     ``neuron_mask`` (``"max"`` only): boolean ``[n_out]``; the neurons left out are not walked (value 0, ``t* =
-    0``, no kink), and their backward costs nothing when their cotangent is zero.
+    0``, no kink), and their backward costs nothing when their cotangent is zero. ``copy``: the residuals keep
+    float64 copies of ``input_times``, ``weights`` and ``delays`` (a caller may update its arrays in place before
+    the backward); ``False`` keeps contiguous float64 inputs as they are, for a caller whose arrays are already its
+    own (``peak_voltage``'s chunks share one copy of the inputs).
     """
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     dtype = input_times.dtype
     t_in = xp.ascontiguousarray(input_times)
-    # Copies even of float64 arrays: the residuals must not change when the caller updates its arrays in place.
-    t64 = xp.array(input_times, dtype=xp.float64, order="C")
-    W = xp.array(weights, dtype=xp.float64, order="C")
+    # Copies even of float64 arrays (unless the caller's are its own): the residuals must not change when the
+    # caller updates its arrays in place.
+    own = (lambda x: xp.array(x, dtype=xp.float64, order="C")) if copy else (
+        lambda x: xp.ascontiguousarray(x, dtype=xp.float64))
+    t64, W = own(input_times), own(weights)
     tm = xp.ascontiguousarray(tau_mem, dtype=xp.float64)
     ts = xp.ascontiguousarray(tau_syn, dtype=xp.float64)
-    D = None if delays is None else xp.array(delays, dtype=xp.float64, order="C")
+    D = None if delays is None else own(delays)
     if (D is not None or neuron_mask is not None) and readout != "max":
         raise ValueError(f"delays and neuron_mask apply to the 'max' readout only, got readout={readout!r}")
     eval_time = kink_index = None
