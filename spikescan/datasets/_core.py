@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# ``dtype`` as NumPy float32 or float64 (the spike times the layers accept), else a TypeError naming ``dtype``.
+from ..encode import _float_dtype as float_dtype
+
 TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
 
 
@@ -120,17 +123,6 @@ def report_dropped(source: str, dropped: dict, total_in: int, stacklevel: int = 
         parts = ", ".join(f"{k}: {v}" for k, v in dropped.items() if v)
         warnings.warn(f"{source}: dropped {n} of {total_in} input spikes ({parts})", DroppedSpikesWarning,
                       stacklevel=stacklevel)
-
-
-def float_dtype(dtype, name: str = "dtype") -> np.dtype:
-    """``dtype`` as a NumPy float32 or float64 dtype (the spike times the layers accept), else TypeError naming it."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as err:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from err
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}")
-    return dt
 
 
 def sample_indices(indices, n_total: int, source: str) -> np.ndarray:
