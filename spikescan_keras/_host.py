@@ -241,7 +241,7 @@ class LIOp:
         never rose above its start), and whether every value of a non-empty batch is exactly 0."""
         values = outputs[0]
         dead = ((values != 0).sum(axis=0) == 0).sum()
-        return dead, dead == values.shape[1] if values.shape[0] else dead < 0
+        return dead, (dead == values.shape[1]) & (values.shape[0] > 0)
 
     @staticmethod
     def check(spec: LISpec, dead, empty):

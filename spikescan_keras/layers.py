@@ -751,6 +751,13 @@ class LIReadout(keras.layers.Layer):
         unit value over this readout's for ``"max"`` and ``"final"`` (``from_config`` of older files)."""
         return 1.0 if self.readout == "integral" else self._unit("integral") / self._unit()
 
+    def _follow_scale_rule(self, rule):
+        """A layer restored from a file (a config, a NIR graph) that recorded ``auto_scale_rule = rule`` (1 when it
+        recorded none): with rule 1 an ``"auto"`` scale is the factor it stood for then, which its weights go
+        with."""
+        if int(rule) == 1 and self.scale == "auto":
+            self.scale = self.output_scale = self._legacy_auto_scale()
+
     def _auto_kernel_initializer(self, n_in):
         stddev = 0.5 / (np.sqrt(n_in) * self.output_scale * self._unit())
         # A Python float: the NumPy value would reach the backend's random op (torch's normal() refuses a 0-d array
@@ -820,6 +827,5 @@ class LIReadout(keras.layers.Layer):
         config = dict(config)
         rule = config.pop("auto_scale_rule", 1)  # 1: saved before AUTO_UNIT_LOGIT
         layer = super().from_config(config)
-        if rule == 1 and layer.scale == "auto":  # the factor it was trained with
-            layer.scale = layer.output_scale = layer._legacy_auto_scale()
+        layer._follow_scale_rule(rule)
         return layer

@@ -126,7 +126,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from .layers import FirstSpikeReadout, LIFLayer, LIReadout, SpikeCountRegularizer
+from .layers import _AUTO_SCALE_RULE, FirstSpikeReadout, LIFLayer, LIReadout, SpikeCountRegularizer
 
 _TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
 _SYNAPSES = ("dirac", "jump")
@@ -285,7 +285,7 @@ def _layer_metadata(layer, kernel_scale):
     meta = {"layer": type(layer).__name__, "name": layer.name, "units": layer.units, "tau_mem": layer.tau_mem,
             "tau_syn": layer.tau_syn}
     if isinstance(layer, LIReadout):
-        meta.update(readout=layer.readout, t_max=layer.t_max, scale=layer.scale, auto_scale_rule=2,
+        meta.update(readout=layer.readout, t_max=layer.t_max, scale=layer.scale, auto_scale_rule=_AUTO_SCALE_RULE,
                     trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant)
         if layer.tau_readout is not None:
             meta["tau_readout"] = layer.tau_readout
@@ -708,10 +708,9 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         scale = meta.get("scale", "auto")  # "auto" (read back as a str, like "readout") or the factor
         scale = str(scale) if isinstance(scale, str) else float(scale)
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, scale=scale, **kwargs)
-        # Our graphs written before LIReadout's unit-free "auto" scale carry "scale" without "auto_scale_rule":
-        # their weights go with the factor "auto" stood for then.
-        if scale == "auto" and "scale" in meta and int(meta.get("auto_scale_rule", 1)) == 1:
-            layer.scale = layer.output_scale = layer._legacy_auto_scale()
+        # Our graphs written before LIReadout's unit-free "auto" scale carry "scale" without "auto_scale_rule";
+        # third-party graphs (no "scale") get the current rule.
+        layer._follow_scale_rule(meta.get("auto_scale_rule", 1 if "scale" in meta else _AUTO_SCALE_RULE))
         return layer, kernel, None, (taus, None), rec
     thresholds = None
     if meta.get("trainable_threshold", False) or np.any(p["v_threshold"] != p["v_threshold"][0]):
