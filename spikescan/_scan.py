@@ -22,7 +22,7 @@ def _matvec(A, x):
 
 def recurrence_loop(A, e, x0=None, reverse=False):
     """Evaluate the recurrence step by step (``P`` iterations, vectorised over the middle axes)."""
-    d, P = e.shape[0], e.shape[-1]
+    P = e.shape[-1]
     # One small batched matmul per step: move the matrix axes last and the step axis first.
     At = np.ascontiguousarray(np.moveaxis(A, (0, 1, -1), (-2, -1, 0)))
     et = np.ascontiguousarray(np.moveaxis(e, (0, -1), (-1, 0)))

@@ -10,7 +10,7 @@ from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset
                                 pack_events, shd, ssc, yinyang, yinyang_points)
 from spikescan.datasets.mnist import mnist_digest
 
-from _datafiles import SAMPLES, write_heidelberg, write_mnist
+from _datafiles import write_heidelberg, write_mnist
 
 
 def assert_spike_tensor(times):
