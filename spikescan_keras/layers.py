@@ -320,16 +320,22 @@ class LIFLayer(keras.layers.Layer):
         self.silence_penalty = _validate.nonnegative_scalar("silence_penalty", silence_penalty)
         self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
         self.input_window = _validate.nonnegative_scalar("input_window", input_window)
-        if not isinstance(trainable_time_constants, bool):
-            raise TypeError(f"trainable_time_constants must be True or False, got {trainable_time_constants!r}")
-        self.trainable_time_constants = trainable_time_constants
-        self.min_time_constant = (0.05 * min(self.tau_mem, self.tau_syn) if min_time_constant is None
-                                  else _validate.positive_scalar("min_time_constant", min_time_constant))
+        _time_constant_options(self, trainable_time_constants, min_time_constant)
         if not isinstance(trainable_threshold, bool):
             raise TypeError(f"trainable_threshold must be True or False, got {trainable_threshold!r}")
         self.trainable_threshold = trainable_threshold
         self.min_threshold = (0.05 * self.threshold if min_threshold is None
                               else _validate.positive_scalar("min_threshold", min_threshold))
+        if trainable_threshold and self.min_threshold > self.threshold:
+            raise ValueError(f"min_threshold={self.min_threshold!r} is above threshold={self.threshold!r}: the "
+                             "trained thresholds start at threshold and are kept at or above min_threshold")
+        if self.solver == "analytic":
+            if trainable_time_constants:
+                raise ValueError("solver='analytic' needs tau_mem == 2 * tau_syn, which trainable_time_constants=True "
+                                 "does not keep: use solver='newton' (exact as well)")
+            if abs(self.tau_mem - 2.0 * self.tau_syn) > 1e-12 * self.tau_mem:
+                raise ValueError(f"solver='analytic' needs tau_mem == 2 * tau_syn; got tau_mem={self.tau_mem!r}, "
+                                 f"tau_syn={self.tau_syn!r}")
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes,
@@ -396,13 +402,7 @@ class LIFLayer(keras.layers.Layer):
             self.recurrent_delays = self.add_weight(name="recurrent_delays", shape=(self.units, self.units),
                                                     initializer=init, constraint=DelayRange(self.max_delay))
         if self.trainable_time_constants:
-            floor = PositiveFloor(self.min_time_constant)
-            self.tau_mem_per_neuron = self.add_weight(
-                name="tau_mem", shape=(self.units,), initializer=keras.initializers.Constant(self.tau_mem),
-                constraint=floor)
-            self.tau_syn_per_neuron = self.add_weight(
-                name="tau_syn", shape=(self.units,), initializer=keras.initializers.Constant(self.tau_syn),
-                constraint=floor)
+            _build_time_constants(self)
         if self.trainable_threshold:
             self.threshold_per_neuron = self.add_weight(
                 name="threshold", shape=(self.units,), initializer=keras.initializers.Constant(self.threshold),
@@ -622,6 +622,11 @@ def _time_constant_options(layer, trainable_time_constants, min_time_constant):
     layer.trainable_time_constants = trainable_time_constants
     layer.min_time_constant = (0.05 * min(layer.tau_mem, layer.tau_syn) if min_time_constant is None
                                else _validate.positive_scalar("min_time_constant", min_time_constant))
+    smaller = min(layer.tau_mem, layer.tau_syn)
+    if trainable_time_constants and layer.min_time_constant > smaller:
+        raise ValueError(f"min_time_constant={layer.min_time_constant!r} is above min(tau_mem, tau_syn)={smaller!r}: "
+                         "the trained time constants start at tau_mem and tau_syn and are kept at or above "
+                         "min_time_constant")
 
 
 def _build_time_constants(layer):

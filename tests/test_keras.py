@@ -618,11 +618,24 @@ def test_spike_count_regularizer_value_and_gradient(jax_route):
     (dict(chunk_size=0), "chunk_size"),
     (dict(max_delay=-1.0), "max_delay"),
     (dict(kernel_initializer="no_such_init"), "kernel_initializer"),
+    # Combinations that could never train: refused when the layer is made, not at the first step that breaks them.
+    (dict(solver="analytic", tau_mem=10.0, tau_syn=4.0), "tau_mem == 2 \\* tau_syn; got tau_mem=10.0"),
+    (dict(solver="analytic", tau_mem=10.0, tau_syn=5.0, trainable_time_constants=True), "does not keep"),
+    (dict(trainable_threshold=True, min_threshold=3.0), "min_threshold=3.0 is above threshold=1.0"),
+    (dict(trainable_time_constants=True, tau_mem=10.0, tau_syn=4.0, min_time_constant=5.0),
+     "min_time_constant=5.0 is above min\\(tau_mem, tau_syn\\)=4.0"),
 ])
 def test_lif_bad_config(kwargs, match):
     args = dict(units=4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2) | kwargs
     with pytest.raises(ValueError, match=match):
         sk.LIFLayer(**args)
+
+
+def test_options_checked_against_each_other_only_where_they_apply():
+    # The floors bound trained values only; a fixed layer keeps any floor it was saved with, and the analytic solver
+    # takes time constants in the ratio 2.
+    sk.LIFLayer(4, tau_mem=10.0, tau_syn=4.0, max_spikes=2, min_threshold=3.0, min_time_constant=5.0)
+    sk.LIFLayer(4, tau_mem=10.0, tau_syn=5.0, max_spikes=2, solver="analytic", trainable_threshold=True)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -636,6 +649,7 @@ def test_lif_bad_config(kwargs, match):
     (dict(scale="max"), "scale"),
     (dict(scale=True), "scale"),
     (dict(readout="final", t_max=3000.0, tau_mem=1.0, tau_syn=0.5), "unit-weight spike at t_max / 2 is 0.0"),
+    (dict(trainable_time_constants=True, tau_mem=10.0, tau_syn=4.0, min_time_constant=4.5), "min_time_constant=4.5"),
 ])
 def test_readout_bad_config(kwargs, match):
     args = dict(units=3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX) | kwargs
