@@ -152,8 +152,14 @@ def layer(input_times, weights, tau_mem, tau_syn, delays=None):
     return xp, time_constant("tau_mem", tau_mem, n_out, xp), time_constant("tau_syn", tau_syn, n_out, xp)
 
 
-def time_constant(name, value, n_out, xp):
-    """Positive finite scalar or ``[n_out]`` array -> float64 ``[n_out]`` array on ``xp``."""
+# Time constants enter the time-constant gradients squared (tau_mem * tau_mem, tau_mem * tau_syn): outside this range
+# the square leaves float64's normal numbers (0 or inf below 1.5e-154 and above 1.3e154), and the gradients with it.
+TIME_CONSTANT_RANGE = (1e-150, 1e150)
+
+
+def time_constant(name, value, n_out, xp, *, bounded=True):
+    """Positive finite scalar or ``[n_out]`` array -> float64 ``[n_out]`` array on ``xp``; within
+    ``TIME_CONSTANT_RANGE`` when ``bounded``."""
     if isinstance(value, bool) or value is None:
         raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
     if isinstance(value, numbers.Real):
@@ -169,6 +175,12 @@ def time_constant(name, value, n_out, xp):
     bad = ~(xp.isfinite(arr) & (arr > 0))
     if bool(bad.any()):
         raise ValueError(f"{name} must be positive and finite, got {_first_bad(xp, arr, bad)}")
+    if bounded:
+        low, high = TIME_CONSTANT_RANGE
+        bad = (arr < low) | (arr > high)
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be within [{low:g}, {high:g}] (its square, in the gradients, would leave "
+                             f"float64's range): got {_first_bad(xp, arr, bad)}; express the times in another unit")
     return arr
 
 

@@ -540,6 +540,10 @@ def _with(kw, name, value):
     ("tau_syn", 0.0, ValueError, r"tau_syn must be positive and finite, got 0.0"),
     ("tau_mem", np.array([1.0, 2.0]), ValueError, r"tau_mem must be a scalar or have shape \[3\]"),
     ("tau_syn", np.array([1.0, np.nan, 2.0]), ValueError, r"tau_syn must be positive and finite, got nan"),
+    # Time constants whose square (in the time-constant gradients) underflows or overflows float64: the NumPy
+    # gradients came back NaN, the Numba ones raised a bare ZeroDivisionError.
+    ("tau_mem", 1e-200, ValueError, r"tau_mem must be within \[1e-150, 1e\+150\] .*got 1e-200"),
+    ("tau_syn", np.array([1.0, 2.0, 1e151]), ValueError, r"tau_syn must be within .*got 1e\+151 at index \(2,\)"),
     ("threshold", 0.0, ValueError, r"threshold must be positive and finite, got 0.0"),
     ("threshold", np.array([1.0, -1.0, 1.0]), ValueError, r"threshold must be positive and finite, got -1.0"),
     ("threshold", np.ones(4), ValueError, r"threshold must be a scalar or have shape \[3\], got shape \(4,\)"),
