@@ -28,6 +28,56 @@ _READOUTS = ("integral", "max", "final")
 # panel use; 6 is what it gave examples/yinyang.py (6.04).
 AUTO_UNIT_LOGIT = 6.0
 _AUTO_SCALE_RULE = 2  # get_config's "auto_scale_rule": 2 since AUTO_UNIT_LOGIT
+# get_config's "parameter_rule". 2: the trainable delays and time constants are stored over fixed units of the layer's
+# own time scale (``delay_unit``, ``tau_mem_unit``, ``tau_syn_unit``: tau_mem and tau_syn rounded to powers of two),
+# so that Adam, which steps every variable by about its learning rate whatever the gradient's scale, moves them at
+# rates that do not depend on the time unit. 1 (files saved before): stored in time units (every unit 1).
+_PARAMETER_RULE = 2
+
+
+def _power_of_two(x):
+    """``x`` rounded to the nearest power of two: multiplying and dividing by it is exact."""
+    return float(2.0 ** np.round(np.log2(x)))
+
+
+def _set_parameter_units(layer, rule):
+    """``layer.delay_unit``, ``tau_mem_unit``, ``tau_syn_unit`` for ``parameter_rule = rule`` (see
+    ``_PARAMETER_RULE``). Set before the layer is built."""
+    rule = int(rule)
+    if rule not in (1, 2):
+        raise ValueError(f"parameter_rule must be 1 or 2, got {rule!r}")
+    if getattr(layer, "built", False):
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: parameter units must be set before it is built")
+    layer._parameter_rule = rule
+    new = rule == 2
+    layer.delay_unit = _power_of_two(layer.tau_mem) if new else 1.0
+    layer.tau_mem_unit = _power_of_two(layer.tau_mem) if new else 1.0
+    layer.tau_syn_unit = _power_of_two(layer.tau_syn) if new else 1.0
+
+
+def _times_unit(variable, unit):
+    """The tensor ``variable * unit`` (the variable itself when ``unit`` is 1)."""
+    value = ops.convert_to_tensor(variable)
+    return value if unit == 1.0 else value * unit
+
+
+def _assign_over_unit(layer, variable, values, unit, flag):
+    """``variable.assign(values / unit)``: ``values`` in time units (the unit is a power of two: exact)."""
+    _numpy_times_unit(layer, variable, unit, flag)  # the same checks
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != tuple(variable.shape):
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: expected values of shape {tuple(variable.shape)}, "
+                         f"got {values.shape}")
+    variable.assign((values / unit).astype(keras.backend.standardize_dtype(variable.dtype)))
+
+
+def _numpy_times_unit(layer, variable, unit, flag):
+    if not flag:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} has no such trainable variable")
+    if not layer.built:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} is not built yet: call it on an input or build it "
+                         "first")
+    return np.asarray(ops.convert_to_numpy(_times_unit(variable, unit)))
 
 
 def _optional_positive(name, value):
@@ -169,12 +219,21 @@ class LIFLayer(keras.layers.Layer):
         tau_mem dV/dt = -V + I,  tau_syn dI/dt = -I,  spike (t, j) adds kernel[j, i] to I at t + delays[j, i],
         V = threshold  ->  output spike, V <- 0.
 
-    Weights: ``kernel [n_in, units]``; with ``delays=True`` also ``delays [n_in, units]``, kept in
-    ``[0, max_delay]`` by the ``DelayRange`` constraint (clipping after each optimizer step). With
-    ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn`` ``[units]`` (attributes
-    ``tau_mem_per_neuron``, ``tau_syn_per_neuron``), one per neuron, initialised to the ``tau_mem`` and ``tau_syn``
-    arguments, trained by their exact gradients (``spikescan.lif_backward``'s ``tau_mem`` / ``tau_syn``) and kept at
-    or above ``min_time_constant`` (default: 5% of the smaller argument) by ``PositiveFloor``. With
+    Weights: ``kernel [n_in, units]``; with ``delays=True`` also the delays ``[n_in, units]`` (``delay_values()``),
+    kept in ``[0, max_delay]`` by the ``DelayRange`` constraint (clipping after each optimizer step). With
+    ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn`` ``[units]`` (``time_constants()``), one per
+    neuron, initialised to the ``tau_mem`` and ``tau_syn`` arguments, trained by their exact gradients
+    (``spikescan.lif_backward``'s ``tau_mem`` / ``tau_syn``) and kept at or above ``min_time_constant`` (default: 5%
+    of the smaller argument) by ``PositiveFloor``.
+
+    Time parameters are stored over fixed units of the layer's own time scale: the variable ``delay_kernel`` holds
+    the delays over ``delay_unit`` (``recurrent_delay_kernel`` the recurrent ones), ``tau_mem_kernel`` and
+    ``tau_syn_kernel`` the time constants over ``tau_mem_unit`` and ``tau_syn_unit`` (``tau_mem`` and ``tau_syn``
+    rounded to powers of two; ``delay_unit`` is ``tau_mem``'s). Adam steps every variable by about its learning
+    rate whatever the gradient's scale, so variables in time units moved 1000 times faster for a model in seconds
+    than for the same model in milliseconds (in seconds, trainable time constants diverged or ran away; delays
+    learned less); over these units the same model trains the same in any time unit. Models saved before load with
+    their variables in time units (every unit 1). With
     ``trainable_threshold=True`` also ``threshold [units]`` (attribute ``threshold_per_neuron``), from the
     ``threshold`` argument, kept at or above ``min_threshold`` (default 5% of it). The first-batch calibration uses
     the initial values; the revival objective reads the current ones and moves the weights only.
@@ -182,7 +241,7 @@ class LIFLayer(keras.layers.Layer):
     Recurrent (``recurrent=True``): also ``recurrent_kernel [units, units]``; a spike of neuron ``k`` at ``t`` adds
     ``R[k, i] = recurrent_kernel[k, i] * recurrent_kernel_scale`` (``recurrent_weights()``) to neuron ``i``'s
     current at ``t`` (after ``k``'s own reset for ``i == k``), or at ``t + recurrent_delays[k, i]`` with
-    ``recurrent_delays=True`` (weights ``recurrent_delays [units, units]`` in ``[0, max_delay]``). Every spike
+    ``recurrent_delays=True`` (``recurrent_delay_values()`` ``[units, units]``, in ``[0, max_delay]``). Every spike
     propagates, recorded or not. The fixed factor ``recurrent_kernel_scale`` (``recurrent_scale``) sets how fast
     the recurrent weights learn against the input kernel. Exact forward and gradients
     (``spikescan.lif_forward(recurrent_weights=...)``, README "Recurrent layers"; trainable time constants too, on
@@ -321,6 +380,7 @@ class LIFLayer(keras.layers.Layer):
         self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
         self.input_window = _validate.nonnegative_scalar("input_window", input_window)
         _time_constant_options(self, trainable_time_constants, min_time_constant)
+        _set_parameter_units(self, _PARAMETER_RULE)
         if not isinstance(trainable_threshold, bool):
             raise TypeError(f"trainable_threshold must be True or False, got {trainable_threshold!r}")
         self.trainable_threshold = trainable_threshold
@@ -380,8 +440,10 @@ class LIFLayer(keras.layers.Layer):
             init = self.delay_initializer
             if init == "auto":
                 init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
-            self.delays = self.add_weight(name="delays", shape=(n_in, self.units), initializer=init,
-                                          constraint=DelayRange(self.max_delay))
+            # The variable holds the delays over delay_unit; the initializer and max_delay are in time units.
+            self.delay_kernel = self.add_weight(name="delay_kernel", shape=(n_in, self.units),
+                                                initializer=_Scaled(init, 1.0 / self.delay_unit),
+                                                constraint=DelayRange(self._stored_max_delay()))
         if self.recurrent:
             mu = spikescan.init.mean_weight(self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
                                             threshold=self.threshold)
@@ -399,8 +461,9 @@ class LIFLayer(keras.layers.Layer):
             init = self.recurrent_delay_initializer
             if init == "auto":
                 init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
-            self.recurrent_delays = self.add_weight(name="recurrent_delays", shape=(self.units, self.units),
-                                                    initializer=init, constraint=DelayRange(self.max_delay))
+            self.recurrent_delay_kernel = self.add_weight(
+                name="recurrent_delay_kernel", shape=(self.units, self.units),
+                initializer=_Scaled(init, 1.0 / self.delay_unit), constraint=DelayRange(self._stored_max_delay()))
         if self.trainable_time_constants:
             _build_time_constants(self)
         if self.trainable_threshold:
@@ -425,7 +488,7 @@ class LIFLayer(keras.layers.Layer):
         if not training or self.calibrate is None:
             return scale
         kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))
-        extra = (ops.stop_gradient(ops.convert_to_tensor(self.delays)),) if self.use_delays else ()
+        extra = (ops.stop_gradient(self._delays()),) if self.use_delays else ()
 
         def search():
             batch = ops.stop_gradient(inputs)
@@ -450,11 +513,10 @@ class LIFLayer(keras.layers.Layer):
         (``kernel`` times ``kernel_scale``; ``taus`` and ``threshold`` the per-neuron ones, or empty tuples)."""
         inputs = ops.convert_to_tensor(inputs)
         kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
-        delays = (ops.convert_to_tensor(self.delays),) if self.use_delays else ()
+        delays = (self._delays(),) if self.use_delays else ()
         recurrent = ((self._recurrent_weights(),) if self.recurrent else ()) + (
-            (ops.convert_to_tensor(self.recurrent_delays),) if self.use_recurrent_delays else ())
-        taus = ((ops.convert_to_tensor(self.tau_mem_per_neuron), ops.convert_to_tensor(self.tau_syn_per_neuron))
-                if self.trainable_time_constants else ())
+            (_times_unit(self.recurrent_delay_kernel, self.delay_unit),) if self.use_recurrent_delays else ())
+        taus = _time_constant_tensors(self)
         threshold = ((ops.convert_to_tensor(self.threshold_per_neuron),) if self.trainable_threshold else ())
         spec = self._train_spec if training else self._spec
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
@@ -469,6 +531,42 @@ class LIFLayer(keras.layers.Layer):
             thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
             _add_loss(self, self._silence_loss(inputs, kernel, delays + frozen, ops.cast(dead, kernel.dtype), thr))
         return times, inputs, kernel, taus, threshold
+
+    def _stored_max_delay(self):
+        return None if self.max_delay is None else self.max_delay / self.delay_unit
+
+    def _delays(self):
+        """The delays the layer computes with: ``delay_kernel * delay_unit``."""
+        return _times_unit(self.delay_kernel, self.delay_unit)
+
+    def delay_values(self):
+        """The synaptic delays ``[n_in, units]`` in time units (``delay_kernel * delay_unit``) as a NumPy array:
+        ``spikescan.lif_forward``'s ``delays``."""
+        return _numpy_times_unit(self, getattr(self, "delay_kernel", None), self.delay_unit, self.use_delays)
+
+    def recurrent_delay_values(self):
+        """The recurrent delays ``[units, units]`` in time units (``recurrent_delay_kernel * delay_unit``) as a
+        NumPy array: ``spikescan.lif_forward``'s ``recurrent_delays``."""
+        return _numpy_times_unit(self, getattr(self, "recurrent_delay_kernel", None), self.delay_unit,
+                                 self.use_recurrent_delays)
+
+    def time_constants(self):
+        """``(tau_mem, tau_syn)``, each ``[units]`` in time units, as NumPy arrays (the trained ones with
+        ``trainable_time_constants=True``, else the layer's scalars repeated)."""
+        return _time_constants_numpy(self)
+
+    def set_delay_values(self, delays):
+        """Set the delays ``[n_in, units]``, in time units (the inverse of ``delay_values()``)."""
+        _assign_over_unit(self, getattr(self, "delay_kernel", None), delays, self.delay_unit, self.use_delays)
+
+    def set_recurrent_delay_values(self, delays):
+        """Set the recurrent delays ``[units, units]``, in time units (the inverse of ``recurrent_delay_values()``)."""
+        _assign_over_unit(self, getattr(self, "recurrent_delay_kernel", None), delays, self.delay_unit,
+                          self.use_recurrent_delays)
+
+    def set_time_constants(self, tau_mem, tau_syn):
+        """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
+        _set_time_constants(self, tau_mem, tau_syn)
 
     def _recurrent_weights(self):
         """The recurrent weights the layer computes with: ``recurrent_kernel * recurrent_kernel_scale``."""
@@ -533,7 +631,7 @@ class LIFLayer(keras.layers.Layer):
             recurrent_initializer=_serialize_initializer(self.recurrent_initializer),
             recurrent_delay_initializer=_serialize_initializer(self.recurrent_delay_initializer),
             recurrent_regularizer=keras.regularizers.serialize(self.recurrent_regularizer),
-            recurrent_scale=self.recurrent_scale)
+            recurrent_scale=self.recurrent_scale, parameter_rule=self._parameter_rule)
         return config
 
     @classmethod
@@ -542,7 +640,10 @@ class LIFLayer(keras.layers.Layer):
         if config.get("recurrent") and "recurrent_scale" not in config:
             # Saved before the factor existed: recurrent_kernel holds the weights themselves.
             config["recurrent_scale"] = 1.0
-        return super().from_config(config)
+        rule = config.pop("parameter_rule", 1)  # 1: saved before the parameter units, delays etc. in time units
+        layer = super().from_config(config)
+        _set_parameter_units(layer, rule)
+        return layer
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
@@ -630,13 +731,38 @@ def _time_constant_options(layer, trainable_time_constants, min_time_constant):
 
 
 def _build_time_constants(layer):
-    """Add ``layer.tau_mem_per_neuron`` and ``layer.tau_syn_per_neuron`` ``[units]`` (weights ``tau_mem``,
-    ``tau_syn``), initialised to the layer's scalars and kept at or above ``min_time_constant``."""
-    floor = PositiveFloor(layer.min_time_constant)
+    """Add ``layer.tau_mem_kernel`` and ``layer.tau_syn_kernel`` ``[units]``: the per-neuron time constants over
+    ``tau_mem_unit`` and ``tau_syn_unit``, initialised to the layer's scalars and kept at or above
+    ``min_time_constant``."""
     for name in ("tau_mem", "tau_syn"):
-        setattr(layer, f"{name}_per_neuron", layer.add_weight(
-            name=name, shape=(layer.units,), initializer=keras.initializers.Constant(getattr(layer, name)),
-            constraint=floor))
+        unit = getattr(layer, f"{name}_unit")
+        setattr(layer, f"{name}_kernel", layer.add_weight(
+            name=f"{name}_kernel", shape=(layer.units,),
+            initializer=keras.initializers.Constant(getattr(layer, name) / unit),
+            constraint=PositiveFloor(layer.min_time_constant / unit)))
+
+
+def _time_constant_tensors(layer):
+    """``(tau_mem, tau_syn)`` per neuron as tensors in time units, or ``()`` without trainable time constants."""
+    if not layer.trainable_time_constants:
+        return ()
+    return (_times_unit(layer.tau_mem_kernel, layer.tau_mem_unit), _times_unit(layer.tau_syn_kernel,
+                                                                             layer.tau_syn_unit))
+
+
+def _set_time_constants(layer, tau_mem, tau_syn):
+    for name, values in (("tau_mem", tau_mem), ("tau_syn", tau_syn)):
+        _assign_over_unit(layer, getattr(layer, f"{name}_kernel", None), values, getattr(layer, f"{name}_unit"),
+                          layer.trainable_time_constants)
+
+
+def _time_constants_numpy(layer):
+    if not layer.trainable_time_constants:
+        return np.full(layer.units, layer.tau_mem), np.full(layer.units, layer.tau_syn)
+    if not layer.built:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} is not built yet: call it on an input or build it "
+                         "first")
+    return tuple(np.asarray(ops.convert_to_numpy(x)) for x in _time_constant_tensors(layer))
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
@@ -650,7 +776,8 @@ class LIReadout(keras.layers.Layer):
     ``SparseCategoricalCrossentropy(from_logits=True)``.
 
     Weights: ``kernel [n_in, units]``; with ``trainable_time_constants=True`` also ``tau_mem`` and ``tau_syn``
-    ``[units]`` (attributes ``tau_mem_per_neuron``, ``tau_syn_per_neuron``), one per unit, initialised to the
+    ``[units]`` (``time_constants()``; variables ``tau_mem_kernel``, ``tau_syn_kernel`` over the units of
+    ``LIFLayer``'s, so that they learn alike in any time unit), one per unit, initialised to the
     ``tau_mem`` and ``tau_syn`` arguments, trained by their exact gradients (``spikescan.li_backward``'s ``tau_mem`` /
     ``tau_syn``: the derivative of the logit at fixed input spike times) and kept at or above ``min_time_constant``
     (default: 5% of the smaller argument) by ``PositiveFloor``, as in ``LIFLayer``. ``tau_readout`` stays fixed.
@@ -716,6 +843,7 @@ class LIReadout(keras.layers.Layer):
         self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         _time_constant_options(self, trainable_time_constants, min_time_constant)
+        _set_parameter_units(self, _PARAMETER_RULE)
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
                             time_constant_inputs=self.trainable_time_constants)
@@ -780,9 +908,8 @@ class LIReadout(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""
-        taus = (self.tau_mem_per_neuron, self.tau_syn_per_neuron) if self.trainable_time_constants else ()
+        taus = _time_constant_tensors(self)
         inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(self.kernel)
-        taus = tuple(map(ops.convert_to_tensor, taus))
         spec = self._spec
         if training:
             spec = self._train_spec
@@ -824,13 +951,25 @@ class LIReadout(keras.layers.Layer):
             kernel_initializer=_serialize_initializer(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant,
-            revival_penalty=self.revival_penalty, auto_scale_rule=_AUTO_SCALE_RULE)
+            revival_penalty=self.revival_penalty, auto_scale_rule=_AUTO_SCALE_RULE,
+            parameter_rule=self._parameter_rule)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         rule = config.pop("auto_scale_rule", 1)  # 1: saved before AUTO_UNIT_LOGIT
+        parameter_rule = config.pop("parameter_rule", 1)  # 1: saved before the parameter units
         layer = super().from_config(config)
         layer._follow_scale_rule(rule)
+        _set_parameter_units(layer, parameter_rule)
         return layer
+
+    def time_constants(self):
+        """``(tau_mem, tau_syn)``, each ``[units]`` in time units, as NumPy arrays (the trained ones with
+        ``trainable_time_constants=True``, else the layer's scalars repeated)."""
+        return _time_constants_numpy(self)
+
+    def set_time_constants(self, tau_mem, tau_syn):
+        """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
+        _set_time_constants(self, tau_mem, tau_syn)

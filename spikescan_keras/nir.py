@@ -121,6 +121,7 @@ calibrated, so training an imported model starts from the imported weights.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 
 import keras
@@ -196,6 +197,11 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
             raise ValueError(f"export_nir: LIReadout {layer.name!r} must be the last layer")
         if not layer.built:
             raise ValueError(f"export_nir: layer {layer.name!r} is not built; call the model on data or build it")
+    wide = [layer.name for layer in layers if keras.backend.standardize_dtype(layer.variable_dtype) == "float64"]
+    if wide:
+        warnings.warn(f"export_nir: layers {wide} hold float64 weights; the graph carries float32 weights and delays "
+                      "(import_nir builds float32 layers that reproduce them exactly), so the float64 values are "
+                      "rounded to float32 (relative 6e-8)", stacklevel=2)
     try:
         input_shape = tuple(model.inputs[0].shape)
     except (AttributeError, IndexError, ValueError) as err:
@@ -221,12 +227,11 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         if isinstance(layer, LIFLayer):
             kernel = kernel * np.float32(_numpy(layer.kernel_scale))  # what the layer computes with, in float32
         if layer.trainable_time_constants:  # the trained per-neuron values
-            tau_mem = g(_numpy(layer.tau_mem_per_neuron).astype(np.float64))
-            tau_syn = g(_numpy(layer.tau_syn_per_neuron).astype(np.float64))
+            tau_mem, tau_syn = (g(x.astype(np.float64)) for x in layer.time_constants())
         else:
             tau_mem, tau_syn = np.full(n_out, g(layer.tau_mem)), np.full(n_out, g(layer.tau_syn))
         if isinstance(layer, LIFLayer) and layer.use_delays:
-            fanout, weight, delay = _per_synapse(kernel, _numpy(layer.delays))
+            fanout, weight, delay = _per_synapse(kernel, layer.delay_values())
             chain(f"{layer.name}_fanout", nir.Linear(weight=fanout))
             chain(f"{layer.name}_delay", nir.Delay(delay=g(delay)))
             chain(f"{layer.name}_weight", nir.Linear(weight=weight))
@@ -250,7 +255,7 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
             rec = layer.recurrent_weights().astype(np.float32)
             loop = []
             if layer.use_recurrent_delays:
-                fanout, weight, delay = _per_synapse(rec, _numpy(layer.recurrent_delays))
+                fanout, weight, delay = _per_synapse(rec, layer.recurrent_delay_values())
                 loop += [(f"{layer.name}_recurrent_fanout", nir.Linear(weight=fanout)),
                          (f"{layer.name}_recurrent_delay", nir.Delay(delay=g(delay)))]
             else:
@@ -404,13 +409,12 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
             scale = np.float32(layer.recurrent_kernel_scale)
             layer.recurrent_kernel.assign(np.asarray(rec_kernel, np.float32) / scale)
         if rec_delays is not None:
-            layer.recurrent_delays.assign(rec_delays)
+            layer.set_recurrent_delay_values(rec_delays)
         if taus is not None:
-            layer.tau_mem_per_neuron.assign(taus[0])
-            layer.tau_syn_per_neuron.assign(taus[1])
+            layer.set_time_constants(*taus)
         if isinstance(layer, LIFLayer):
             if delays is not None:
-                layer.delays.assign(delays)
+                layer.set_delay_values(delays)
             if thresholds is not None:
                 layer.threshold_per_neuron.assign(thresholds)
             layer.kernel_scale.assign(1.0)

@@ -119,7 +119,7 @@ def test_gradients_match_finite_differences(delays, jax_route):
     draw = np.random.default_rng(30)
     lif.kernel.assign(draw.normal(1.5, 0.75, lif.kernel.shape).astype(np.float32))
     if delays:
-        lif.delays.assign(draw.uniform(0.0, 5.0, lif.delays.shape).astype(np.float32))
+        lif.set_delay_values(draw.uniform(0.0, 5.0, lif.delay_kernel.shape).astype(np.float32))
     readout.kernel.assign(draw.normal(0.0, 0.3, readout.kernel.shape).astype(np.float32))
     assert np.isfinite(ops.convert_to_numpy(lif(x))).sum() > 10, "the case should have spikes"
     grad_times = rng.normal(size=(3, 6, 3))
@@ -134,7 +134,8 @@ def test_gradients_match_finite_differences(delays, jax_route):
         return ops.sum(finite * cotangents[0]) + ops.sum(values * cotangents[1])
 
     def loss_numpy(x, w, *rest):
-        delay, w_out = (rest[0], rest[1]) if delays else (None, rest[0])
+        # The variable holds the delays over delay_unit.
+        delay, w_out = (rest[0] * lif.delay_unit, rest[1]) if delays else (None, rest[0])
         res = spikescan.lif_forward(x, w, delays=delay, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3)
         values = spikescan.li_forward(res.times, w_out, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral",
                                       t_max=T_MAX, tau_readout=30.0).values * readout.output_scale
@@ -443,7 +444,7 @@ def test_fit_reduces_loss(jax_route):
         model.fit(x, y, batch_size=32, epochs=12, verbose=0)
         after, accuracy = model.evaluate(x, y, verbose=0)
     assert after < 0.6 * before and accuracy >= 0.9, (before, after, accuracy)
-    delays = model.layers[0].delays.numpy()
+    delays = model.layers[0].delay_values()
     assert delays.min() >= 0.0 and delays.max() <= 10.0, "the DelayRange constraint keeps delays in [0, max_delay]"
 
 

@@ -73,8 +73,11 @@ def test_gradients_match_finite_differences(jax_route, per_neuron):
     names = ["kernel"] + (["tau_mem", "tau_syn", "threshold"] if per_neuron else [])
     params = [W.astype(np.float32)] + ([tm.astype(np.float32), ts.astype(np.float32), th.astype(np.float32)]
                                        if per_neuron else [])
-    variables = [out.kernel] + ([out.tau_mem_per_neuron, out.tau_syn_per_neuron, out.threshold_per_neuron]
+    variables = [out.kernel] + ([out.tau_mem_kernel, out.tau_syn_kernel, out.threshold_per_neuron]
                                 if per_neuron else [])
+    # The time-constant variables hold the values over the layer's units (the reference takes the values).
+    units = [1.0] + ([out.tau_mem_unit, out.tau_syn_unit, 1.0] if per_neuron else [])
+    params = [p / np.float32(u) for p, u in zip(params, units)]
     rest = [v.value for v in out.non_trainable_variables]
     x32, g32 = x.astype(np.float32), ops.convert_to_tensor(g.astype(np.float32))
 
@@ -85,6 +88,7 @@ def test_gradients_match_finite_differences(jax_route, per_neuron):
         return ops.sum(out.stateless_call(trainable, rest, x32)[0] * g32)
 
     def loss_numpy(W, *p):
+        p = [x * u for x, u in zip(p, units[1:])]
         if per_neuron:
             return float(np.sum(reference_logits(x, W, tau_mem=p[0], tau_syn=p[1], threshold=p[2]) * g))
         return float(np.sum(reference_logits(x, W) * g))

@@ -196,7 +196,7 @@ def test_revival_objective_value_and_gradient_match_finite_differences(delays):
     # Neurons 0-1 fire, 2-3 rise below threshold (V* > 0), 4-5 are inhibited (V* = 0, Q < 0).
     w = np.concatenate([rng.uniform(1.0, 2.0, (4, 2)), rng.uniform(0.02, 0.08, (4, 2)),
                         rng.uniform(-0.6, -0.2, (4, 2))], axis=1).astype(np.float32)
-    params = [x, w] + ([lif.delays.numpy()] if delays else [])
+    params = [x, w] + ([lif.delay_kernel.numpy()] if delays else [])  # the delays over delay_unit
 
     def penalty(x, w, *d):
         _, _, losses = lif.stateless_call([w, *d], [v.value for v in lif.non_trainable_variables], x,
@@ -205,10 +205,10 @@ def test_revival_objective_value_and_gradient_match_finite_differences(delays):
         return losses[0]
 
     def numpy_penalty(x, w, *d):
-        return revival_numpy(x, w, d[0] if d else None, 1.0, 0.7)[0]
+        return revival_numpy(x, w, d[0] * lif.delay_unit if d else None, 1.0, 0.7)[0]
 
     value, dead = revival_numpy(*[p.astype(np.float64) for p in params[:2]],
-                                params[2].astype(np.float64) if delays else None, 1.0, 0.7)
+                                params[2].astype(np.float64) * lif.delay_unit if delays else None, 1.0, 0.7)
     assert list(dead) == [False, False, True, True, True, True]
     np.testing.assert_allclose(float(ops.convert_to_numpy(penalty(*params))), value, rtol=1e-5)
     expected = finite_differences(numpy_penalty, [p.astype(np.float64) for p in params])

@@ -34,11 +34,11 @@ def test_recurrent_gradients_match_finite_differences(recurrent_delays):
     assert factor == (1.0 if recurrent_delays else 0.25)
     names = [v.path.split("/")[-1] for v in lif.trainable_variables]
     assert names == ["kernel", "recurrent_kernel"] + (
-        ["recurrent_delays", "tau_mem", "tau_syn"] if recurrent_delays else [])
+        ["recurrent_delay_kernel", "tau_mem_kernel", "tau_syn_kernel"] if recurrent_delays else [])
     if recurrent_delays:
-        lif.recurrent_delays.assign(rng.uniform(0.5, 3.0, (4, 4)).astype(np.float32))
-        lif.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 4).astype(np.float32))
-        lif.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 4).astype(np.float32))
+        lif.set_recurrent_delay_values(rng.uniform(0.5, 3.0, (4, 4)).astype(np.float32))
+        lif.set_time_constants(rng.uniform(6.0, 14.0, 4).astype(np.float32),
+                               rng.uniform(2.0, 6.0, 4).astype(np.float32))
     assert np.isfinite(ops.convert_to_numpy(lif(x))).sum() > 6, "the case should have spikes"
     grad_times = rng.normal(size=(3, 4, 3))
     params = [v.numpy() for v in lif.trainable_variables]
@@ -48,9 +48,13 @@ def test_recurrent_gradients_match_finite_differences(recurrent_delays):
         finite = ops.where(ops.isfinite(times), times, 0.0)
         return ops.sum(finite * ops.convert_to_tensor(grad_times.astype(np.float32)))
 
-    def loss_numpy(w, r, dr=None, tau_mem=TAU_MEM, tau_syn=TAU_SYN):
+    def loss_numpy(w, r, dr=None, tau_mem=None, tau_syn=None):
+        # The variables hold the delays and time constants over the layer's units.
+        tau_mem = TAU_MEM if tau_mem is None else tau_mem * lif.tau_mem_unit
+        tau_syn = TAU_SYN if tau_syn is None else tau_syn * lif.tau_syn_unit
         res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=3,
-                                    recurrent_weights=r * factor, recurrent_delays=dr)
+                                    recurrent_weights=r * factor,
+                                    recurrent_delays=None if dr is None else dr * lif.delay_unit)
         return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
 
     assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params)
@@ -72,7 +76,7 @@ def test_recurrent_layer_trains_with_fit_and_survives_save_load(tmp_path):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert not np.allclose(lif.recurrent_kernel.numpy(), before)  # the recurrent weights trained
-    delays = lif.recurrent_delays.numpy()
+    delays = lif.recurrent_delay_values()
     assert delays.min() >= 0.0 and delays.max() <= 2.0  # DelayRange
     path = tmp_path / "model.keras"
     model.save(path)

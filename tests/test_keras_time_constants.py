@@ -14,7 +14,7 @@ from keras import ops  # noqa: E402
 import spikescan  # noqa: E402
 import spikescan_keras as sk  # noqa: E402
 from test_keras import (  # noqa: E402
-    assert_grads_match_finite_differences, backend_grad, finite_differences, spike_input)
+    assert_grads_match_finite_differences, backend_grad, finite_differences, spike_input, timing_task)
 
 TAU_MEM, TAU_SYN = 10.0, 4.0
 
@@ -29,11 +29,10 @@ def test_time_constant_gradients_match_finite_differences():
     x = spike_input(rng, n_in=4, max_in=3)
     lif = _layer(kernel_initializer=keras.initializers.RandomNormal(1.0, 0.5, seed=2))
     lif(x)
-    lif.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 5).astype(np.float32))
-    lif.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 5).astype(np.float32))
+    lif.set_time_constants(rng.uniform(6.0, 14.0, 5).astype(np.float32), rng.uniform(2.0, 6.0, 5).astype(np.float32))
     assert np.isfinite(ops.convert_to_numpy(lif(x))).sum() > 6, "the case should have spikes"
     names = [v.path.split("/")[-1] for v in lif.trainable_variables]
-    assert names == ["kernel", "tau_mem", "tau_syn"]
+    assert names == ["kernel", "tau_mem_kernel", "tau_syn_kernel"]
     grad_times = rng.normal(size=(3, 5, 3))
     params = [v.numpy() for v in lif.trainable_variables]
 
@@ -43,7 +42,8 @@ def test_time_constant_gradients_match_finite_differences():
         return ops.sum(finite * ops.convert_to_tensor(grad_times.astype(np.float32)))
 
     def loss_numpy(w, tau_mem, tau_syn):
-        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=3)
+        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem * lif.tau_mem_unit,
+                                    tau_syn=tau_syn * lif.tau_syn_unit, max_spikes=3)
         return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
 
     assert_grads_match_finite_differences(names, loss_layer, loss_numpy, params)
@@ -63,7 +63,7 @@ def test_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_the
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, batch_size=16, epochs=3, verbose=0)
     lif = model.get_layer("hidden")
-    tau_mem, tau_syn = lif.tau_mem_per_neuron.numpy(), lif.tau_syn_per_neuron.numpy()
+    tau_mem, tau_syn = lif.time_constants()[0], lif.time_constants()[1]
     assert not np.allclose(tau_mem, TAU_MEM) and not np.allclose(tau_syn, TAU_SYN)  # they trained
     assert tau_mem.min() >= 3.0 and tau_syn.min() >= 3.0  # PositiveFloor (a large step would cross it)
     path = tmp_path / "model.keras"
@@ -71,7 +71,7 @@ def test_fit_moves_the_time_constants_within_their_floor_and_save_load_keeps_the
     loaded = keras.saving.load_model(path)
     again = loaded.get_layer("hidden")
     assert again.trainable_time_constants and again.min_time_constant == 3.0
-    np.testing.assert_array_equal(again.tau_mem_per_neuron.numpy(), tau_mem)
+    np.testing.assert_array_equal(again.time_constants()[0], tau_mem)
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x[:4])), ops.convert_to_numpy(model(x[:4])))
 
 
@@ -93,17 +93,16 @@ def test_nir_round_trip_keeps_the_trained_time_constants(tmp_path):
     model = keras.Sequential([keras.Input(shape=(4, 2)), _layer(name="hidden"),
                               sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=40.0)])
     lif = model.get_layer("hidden")
-    lif.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 5).astype(np.float32))
-    lif.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 5).astype(np.float32))
+    lif.set_time_constants(rng.uniform(6.0, 14.0, 5).astype(np.float32), rng.uniform(2.0, 6.0, 5).astype(np.float32))
     graph = sk.export_nir(model)
-    np.testing.assert_allclose(graph.nodes["hidden"].tau_mem * 1e3, lif.tau_mem_per_neuron.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(graph.nodes["hidden"].tau_mem * 1e3, lif.time_constants()[0], rtol=1e-6)
     path = tmp_path / "model.nir"
     nir.write(path, graph)
     back = sk.import_nir(nir.read(path))
     again = back.get_layer("hidden")
     assert again.trainable_time_constants
-    np.testing.assert_allclose(again.tau_mem_per_neuron.numpy(), lif.tau_mem_per_neuron.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(again.tau_syn_per_neuron.numpy(), lif.tau_syn_per_neuron.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(again.time_constants()[0], lif.time_constants()[0], rtol=1e-6)
+    np.testing.assert_allclose(again.time_constants()[1], lif.time_constants()[1], rtol=1e-6)
     x = spike_input(rng, n_in=4, max_in=2)
     np.testing.assert_allclose(ops.convert_to_numpy(back(x)), ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)
 
@@ -117,7 +116,7 @@ def test_trainable_threshold_gradients_fit_and_nir(tmp_path):
     lif(x)
     lif.threshold_per_neuron.assign(rng.uniform(0.7, 1.3, 5).astype(np.float32))
     names = [v.path.split("/")[-1] for v in lif.trainable_variables]
-    assert names == ["kernel", "tau_mem", "tau_syn", "threshold"]
+    assert names == ["kernel", "tau_mem_kernel", "tau_syn_kernel", "threshold"]
     grad_times = rng.normal(size=(3, 5, 3))
     params = [v.numpy() for v in lif.trainable_variables]
 
@@ -126,7 +125,8 @@ def test_trainable_threshold_gradients_fit_and_nir(tmp_path):
         return ops.sum(ops.where(ops.isfinite(times), times, 0.0) * ops.convert_to_tensor(grad_times.astype("f4")))
 
     def loss_numpy(w, tau_mem, tau_syn, threshold):
-        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, threshold=threshold,
+        res = spikescan.lif_forward(x.astype(np.float64), w, tau_mem=tau_mem * lif.tau_mem_unit,
+                                    tau_syn=tau_syn * lif.tau_syn_unit, threshold=threshold,
                                     max_spikes=3)
         return np.sum(np.where(np.isfinite(res.times), res.times, 0.0) * grad_times)
 
@@ -178,10 +178,9 @@ def test_readout_time_constant_gradients_match_finite_differences(readout, tau_r
                      kernel_initializer=keras.initializers.RandomNormal(0.5, 1.0, seed=4))
     layer(x)
     # Per unit: unequal, tau_mem < tau_syn, and exactly equal time constants.
-    layer.tau_mem_per_neuron.assign(np.array([10.0, 3.0, 6.0], np.float32))
-    layer.tau_syn_per_neuron.assign(np.array([4.0, 5.0, 6.0], np.float32))
+    layer.set_time_constants(np.array([10.0, 3.0, 6.0], np.float32), np.array([4.0, 5.0, 6.0], np.float32))
     names = [v.path.split("/")[-1] for v in layer.trainable_variables]
-    assert names == ["kernel", "tau_mem", "tau_syn"]
+    assert names == ["kernel", "tau_mem_kernel", "tau_syn_kernel"]
     grad_values = rng.normal(size=(3, 3))
     params = [v.numpy() for v in layer.trainable_variables]
 
@@ -190,7 +189,8 @@ def test_readout_time_constant_gradients_match_finite_differences(readout, tau_r
         return ops.sum(values * ops.convert_to_tensor(grad_values.astype(np.float32)))
 
     def loss_numpy(w, tau_mem, tau_syn):
-        res = spikescan.li_forward(x.astype(np.float64), w, tau_mem=tau_mem, tau_syn=tau_syn, readout=readout,
+        res = spikescan.li_forward(x.astype(np.float64), w, tau_mem=tau_mem * layer.tau_mem_unit,
+                                   tau_syn=tau_syn * layer.tau_syn_unit, readout=readout,
                                    t_max=25.0, tau_readout=tau_readout)
         return layer.output_scale * np.sum(res.values * grad_values)  # a constant set at construction
 
@@ -208,7 +208,7 @@ def test_readout_fit_moves_the_time_constants_within_their_floor_and_save_load_k
     layer = model.get_layer("readout")
     assert layer.get_config()["trainable_time_constants"] and layer.get_config()["min_time_constant"] == 3.0
     model.fit(x, y, batch_size=16, epochs=3, verbose=0)
-    tau_mem, tau_syn = layer.tau_mem_per_neuron.numpy(), layer.tau_syn_per_neuron.numpy()
+    tau_mem, tau_syn = layer.time_constants()[0], layer.time_constants()[1]
     assert not np.allclose(tau_mem, TAU_MEM) and not np.allclose(tau_syn, TAU_SYN)  # they trained
     assert tau_mem.min() >= 3.0 and tau_syn.min() >= 3.0  # PositiveFloor
     path = tmp_path / "model.keras"
@@ -216,8 +216,8 @@ def test_readout_fit_moves_the_time_constants_within_their_floor_and_save_load_k
     loaded = keras.saving.load_model(path)
     again = loaded.get_layer("readout")
     assert again.trainable_time_constants and again.min_time_constant == 3.0
-    np.testing.assert_array_equal(again.tau_mem_per_neuron.numpy(), tau_mem)
-    np.testing.assert_array_equal(again.tau_syn_per_neuron.numpy(), tau_syn)
+    np.testing.assert_array_equal(again.time_constants()[0], tau_mem)
+    np.testing.assert_array_equal(again.time_constants()[1], tau_syn)
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x[:4])), ops.convert_to_numpy(model(x[:4])))
 
 
@@ -227,17 +227,16 @@ def test_readout_nir_round_trip_keeps_the_trained_time_constants(tmp_path):
     model = keras.Sequential([keras.Input(shape=(4, 2)), _layer(name="hidden"),
                               _readout(tau_readout=15.0, min_time_constant=1.5, name="readout")])
     layer = model.get_layer("readout")
-    layer.tau_mem_per_neuron.assign(rng.uniform(6.0, 14.0, 3).astype(np.float32))
-    layer.tau_syn_per_neuron.assign(rng.uniform(2.0, 6.0, 3).astype(np.float32))
+    layer.set_time_constants(rng.uniform(6.0, 14.0, 3).astype(np.float32), rng.uniform(2.0, 6.0, 3).astype(np.float32))
     graph = sk.export_nir(model)
-    np.testing.assert_allclose(graph.nodes["readout"].tau_mem * 1e3, layer.tau_mem_per_neuron.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(graph.nodes["readout"].tau_mem * 1e3, layer.time_constants()[0], rtol=1e-6)
     nir.write(tmp_path / "model.nir", graph)
     back = sk.import_nir(nir.read(tmp_path / "model.nir"))
     again = back.get_layer("readout")
     assert again.trainable_time_constants and again.min_time_constant == 1.5
     assert (again.tau_mem, again.tau_syn) == (TAU_MEM, TAU_SYN)  # the arguments, from the metadata
-    np.testing.assert_allclose(again.tau_mem_per_neuron.numpy(), layer.tau_mem_per_neuron.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(again.tau_syn_per_neuron.numpy(), layer.tau_syn_per_neuron.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(again.time_constants()[0], layer.time_constants()[0], rtol=1e-6)
+    np.testing.assert_allclose(again.time_constants()[1], layer.time_constants()[1], rtol=1e-6)
     x = spike_input(rng, n_in=4, max_in=2)
     np.testing.assert_allclose(ops.convert_to_numpy(back(x)), ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)
 
@@ -249,3 +248,74 @@ def test_readout_options_are_checked(bad):
     with pytest.raises(ValueError, match="min_time_constant"):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=10.0, min_time_constant=-1.0)
     assert sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=10.0).min_time_constant == 0.05 * TAU_SYN
+
+
+def test_time_parameters_train_alike_in_any_time_unit():
+    """The same model in milliseconds and in seconds (every time / 1000): one Adam step moves the delays and the
+    time constants by about the same fraction of their size in both. They are stored over powers of two near
+    tau_mem and tau_syn (exact to multiply and divide: NIR stays lossless), so the fractions agree within a factor
+    sqrt(2); stored in time units, the model in seconds moved them 1000 times faster (its trainable time constants
+    diverged or ran away)."""
+    x, y = timing_task(n=32)
+    moved = {}
+    for u in (1.0, 1e-3):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((3, 1)),
+            sk.LIFLayer(8, tau_mem=TAU_MEM * u, tau_syn=TAU_SYN * u, max_spikes=2, delays=True, max_delay=10.0 * u,
+                        trainable_time_constants=True, name="hidden"),
+            sk.LIReadout(2, tau_mem=TAU_MEM * u, tau_syn=TAU_SYN * u, readout="max", t_max=40.0 * u,
+                         trainable_time_constants=True, name="readout")])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        hidden, readout = model.get_layer("hidden"), model.get_layer("readout")
+        model(x * u)
+        scales = [10.0 * u, TAU_MEM * u, TAU_SYN * u, TAU_MEM * u, TAU_SYN * u]
+
+        def values():
+            return [hidden.delay_values(), *hidden.time_constants(), *readout.time_constants()]
+
+        before = values()
+        model.train_on_batch(x * u, y)
+        moved[u] = np.array([np.abs(a - b).max() / s for a, b, s in zip(values(), before, scales)])
+    assert np.all(moved[1.0] > 0), moved[1.0]
+    ratio = moved[1e-3] / moved[1.0]
+    assert np.all((ratio > 0.7) & (ratio < 1.42)), ratio
+
+
+def test_time_parameters_of_files_saved_before_the_units_load_in_time_units(tmp_path):
+    """A layer config without ``parameter_rule`` (saved before the units) holds its delays and time constants in
+    time units: every unit is 1, and the values read back are the stored ones."""
+    layer = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays=True, max_delay=5.0,
+                        trainable_time_constants=True)
+    config = layer.get_config()
+    assert config["parameter_rule"] == 2 and layer.delay_unit == 8.0 and layer.tau_syn_unit == 4.0
+    del config["parameter_rule"]
+    old = sk.LIFLayer.from_config(config)
+    old.build((None, 3, 2))
+    assert old.delay_unit == old.tau_mem_unit == old.tau_syn_unit == 1.0
+    old.delay_kernel.assign(np.full((3, 4), 2.5, np.float32))
+    old.tau_mem_kernel.assign(np.full(4, 12.0, np.float32))
+    np.testing.assert_array_equal(old.delay_values(), 2.5)
+    np.testing.assert_array_equal(old.time_constants()[0], 12.0)
+    assert old.get_config()["parameter_rule"] == 1
+    readout_config = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=20.0,
+                                  trainable_time_constants=True).get_config()
+    del readout_config["parameter_rule"]
+    assert sk.LIReadout.from_config(readout_config).tau_mem_unit == 1.0
+
+
+def test_time_parameter_accessors_check_their_arguments():
+    layer = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays=True, trainable_time_constants=True)
+    with pytest.raises(ValueError, match="not built yet"):
+        layer.delay_values()
+    layer.build((None, 3, 2))
+    with pytest.raises(ValueError, match=r"expected values of shape \(3, 4\), got \(4, 3\)"):
+        layer.set_delay_values(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="has no such trainable variable"):
+        layer.recurrent_delay_values()
+    layer.set_delay_values(np.full((3, 4), 3.0))
+    layer.set_time_constants(np.full(4, 11.0), np.full(4, 3.5))
+    assert np.all(layer.delay_values() == 3.0) and np.all(layer.time_constants()[1] == 3.5)
+    fixed = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
+    np.testing.assert_array_equal(fixed.time_constants()[0], np.full(4, TAU_MEM))

@@ -81,8 +81,8 @@ def test_round_trip_through_file_is_exact(tmp_path, delays, readout):
     assert float(keras.ops.convert_to_numpy(lif.kernel_scale)) == 1.0
     assert int(keras.ops.convert_to_numpy(lif.calibrated)) == 1  # imported weights are not recalibrated by fit
     if delays:
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(lif.delays),
-                                      keras.ops.convert_to_numpy(model.layers[0].delays))
+        np.testing.assert_array_equal(lif.delay_values(),
+                                      model.layers[0].delay_values())
 
 
 @pytest.mark.parametrize("readout, scale", [("max", 2.5), ("final", "auto")])
@@ -102,6 +102,26 @@ def test_readout_scale_round_trip(tmp_path, readout, scale):
         del node.metadata["spikescan"]["auto_scale_rule"]
         old = sk.import_nir(graph).layers[-1]
         assert old.output_scale == old._legacy_auto_scale() != model.layers[-1].output_scale
+
+
+def test_a_float64_model_is_exported_in_float32_with_a_warning():
+    """NIR carries float32 weights and delays: a float64 model's export says so (its values are rounded), and the
+    import is the float32 model that those values define."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape=(5, 3)),
+                              sk.LIFLayer(7, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, delays=True,
+                                          max_delay=4.0, calibrate=None, dtype="float64", name="wide"),
+                              sk.LIReadout(3, tau_mem=20.0, tau_syn=5.0, t_max=60.0, name="readout")])
+    with pytest.warns(UserWarning, match=r"layers \['wide'\] hold float64 weights.*rounded to float32"):
+        graph = sk.export_nir(model)
+    back = sk.import_nir(graph)
+    assert keras.backend.standardize_dtype(back.layers[0].kernel.dtype) == "float32"
+    x = spikes(np.random.default_rng(3))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(back(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-4,
+                               atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sk.export_nir(back)  # a float32 model exports without a warning
 
 
 def test_exported_fields():
@@ -153,7 +173,7 @@ def test_delay_encoding():
         "Linear", "Delay", "Linear"]
     layer = model.layers[0]
     kernel_eff = keras.ops.convert_to_numpy(layer.kernel) * np.float32(0.6)
-    delays = keras.ops.convert_to_numpy(layer.delays)
+    delays = layer.delay_values()
     fan, delay = g.nodes["lif_a_fanout"].weight, g.nodes["lif_a_delay"].delay
     w = g.nodes["lif_a_weight"].weight
     assert fan.shape == (35, 5) and w.shape == (7, 35) and delay.shape == (35,)
@@ -322,8 +342,8 @@ def make_recurrent_model(recurrent_delays=False, seed=0, per_neuron=False):
     layer.recurrent_kernel.assign(rec / np.float32(0.25))  # the weights R = rec (a power of two: exact)
     np.testing.assert_array_equal(layer.recurrent_weights(), rec)
     if per_neuron:  # trained values, one per neuron
-        layer.tau_mem_per_neuron.assign(np.linspace(0.8, 1.3, 7).astype(np.float32) * TAU_MEM)
-        layer.tau_syn_per_neuron.assign(np.linspace(1.2, 0.9, 7).astype(np.float32) * TAU_SYN)
+        layer.set_time_constants(np.linspace(0.8, 1.3, 7).astype(np.float32) * TAU_MEM,
+                                 np.linspace(1.2, 0.9, 7).astype(np.float32) * TAU_SYN)
         layer.threshold_per_neuron.assign(np.linspace(0.7, 0.9, 7).astype(np.float32))
     return model
 
@@ -348,12 +368,13 @@ def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays, 
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(b.recurrent_kernel),
                                   keras.ops.convert_to_numpy(a.recurrent_kernel))
     if recurrent_delays:
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b.recurrent_delays),
-                                      keras.ops.convert_to_numpy(a.recurrent_delays))
+        np.testing.assert_array_equal(b.recurrent_delay_values(),
+                                      a.recurrent_delay_values())
     if per_neuron:  # the per-neuron values are in the graph, exactly
-        for name in ("tau_mem_per_neuron", "tau_syn_per_neuron", "threshold_per_neuron"):
-            np.testing.assert_allclose(keras.ops.convert_to_numpy(getattr(b, name)),
-                                       keras.ops.convert_to_numpy(getattr(a, name)), rtol=1e-6, err_msg=name)
+        for name, got, want in zip(("tau_mem", "tau_syn"), b.time_constants(), a.time_constants()):
+            np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(b.threshold_per_neuron),
+                                   keras.ops.convert_to_numpy(a.threshold_per_neuron), rtol=1e-6)
     # The recurrent connection matters in this network, so the comparison above tests it.
     b.recurrent_kernel.assign(np.zeros((7, 7), np.float32))
     assert not np.array_equal(hidden_spikes(model, x), hidden_spikes(back, x))
@@ -381,7 +402,7 @@ def test_recurrent_export_is_a_cycle_with_nir_orientation():
     # Recurrent delays: the per-synapse pattern of input delays, inside the cycle.
     model = make_recurrent_model(recurrent_delays=True)
     layer = model.layers[0]
-    rec, rdel = layer.recurrent_weights(), keras.ops.convert_to_numpy(layer.recurrent_delays)
+    rec, rdel = layer.recurrent_weights(), layer.recurrent_delay_values()
     g = sk.export_nir(model)
     assert [e for e in g.edges if "recurrent" in e[0] or "recurrent" in e[1]] == [
         ("lif_r", "lif_r_recurrent_fanout"), ("lif_r_recurrent_fanout", "lif_r_recurrent_delay"),
@@ -482,5 +503,5 @@ def test_unsupported_cycles_name_the_nodes():
     # Per-neuron time constants in a recurrent cycle are no longer refused: a recurrent layer with trainable ones.
     layer = sk.import_nir(graph, max_spikes=4, t_max=60.0).layers[0]
     assert layer.recurrent and layer.trainable_time_constants
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.tau_mem_per_neuron), np.linspace(10, 20, 6),
+    np.testing.assert_allclose(layer.time_constants()[0], np.linspace(10, 20, 6),
                                rtol=1e-6)
