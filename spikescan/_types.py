@@ -259,9 +259,11 @@ class RunawayFiringError(FloatingPointError):
 
     A neuron driven far above threshold (synaptic current ``I >> threshold``) fires one spike every
     ``tau_mem * log(I / (I - threshold)) ~ tau_mem * threshold / I``, each an exact root solve: about ``1e15``
-    spikes for a weight of ``1e15``, hours of work on any backend. The limit stops it within seconds. Like the
-    "fires twice" ``FloatingPointError`` (the same condition once the inter-spike interval falls below the float64
-    resolution of ``t``), it subclasses ``FloatingPointError``, so ``except FloatingPointError`` catches both.
+    spikes for a weight of ``1e15``, hours of work on any backend. The limit stops it within seconds in a
+    feed-forward layer (a recurrent layer of mutually exciting neurons takes about ``n_out**2 * max_total_spikes``
+    neuron updates, see ``lif_forward``). Like the "fires twice" ``FloatingPointError`` (the same condition once the
+    inter-spike interval falls below the float64 resolution of ``t``), it subclasses ``FloatingPointError``, so
+    ``except FloatingPointError`` catches both.
 
     Attributes (``None`` when the error was built by hand):
         sample, neuron: the sample (batch index) and the output neuron that ran away (when several do: on NumPy
