@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 python benchmarks/report.py --check
 python -m spikescan.cuda --check
 keras_tests=()
-for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_resume.py tests/test_learning_bench.py tests/test_plot.py tests/test_nir.py tests/test_distributed.py tests/test_keras_time_constants.py tests/test_keras_recurrent.py tests/test_keras_first_spike.py; do
+for f in tests/test_keras.py tests/test_keras_learning.py tests/test_examples.py tests/test_resume.py tests/test_learning_bench.py tests/test_plot.py tests/test_nir.py tests/test_distributed.py tests/test_keras_time_constants.py tests/test_keras_recurrent.py tests/test_keras_first_spike.py tests/test_time_units_bench.py; do
   [ -f "$f" ] && keras_tests+=("$f")
 done
 # Cases marked `slow` (larger fuzzing runs) are left to `python -m pytest -m slow tests`.
