@@ -13,6 +13,7 @@ the markers is generated, everything outside them is left alone. The tables (``T
   ``--only digits`` runs (``learning_digits_*.json``); ``learning_recurrent_torch``, ``learning_recurrent_jax``:
   its ``--recurrent`` runs (``learning_recurrent_*.json``); ``learning_recurrent_seeds``: the recurrent max-readout
   Yin-Yang entry over several seeds, with ``recurrent_scale`` at its default and at 1;
+- ``time_units``: ``benchmarks/time_units.py``, the same models trained in milliseconds and in seconds;
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
 - ``readout_engines``: the ``"max"`` readout and ``peak_voltage`` on the NumPy and the compiled engine
@@ -318,6 +319,33 @@ def recurrent_seeds_table(results):
     s = e["settings"]
     caption = (f"Yin-Yang, recurrent hidden layer of {s['hidden']} ({s['yinyang_train']} train / {s['yinyang_test']} "
                f"test, {s['epochs']} epochs, seeds 0-{s['repeats'] - 1}); machine: {machine_text(e)}.")
+    return "\n".join([caption, ""] + table(header, rows))
+
+
+TIME_UNIT_FILES = ("time_units_torch.json",)
+_TIME_UNIT_LABELS = {"fixed": "no delays, fixed time constants", "delays": "trainable delays (`delays=True`)",
+                     "time_constants": "trainable time constants (`trainable_time_constants=True`)"}
+
+
+def time_units_table(results):
+    """One row per variant of a ``benchmarks/time_units.py`` report: test accuracy per seed in ms and in s."""
+    header = ["Model", "Backend", "In milliseconds", "In seconds", "Mean ms / s", "File, commit"]
+    rows = []
+    for name in TIME_UNIT_FILES:
+        report = results.bench(name)
+        for variant, label in _TIME_UNIT_LABELS.items():
+            acc = {unit: [100 * r["test_accuracy"] for r in report["rows"]
+                          if r["variant"] == variant and r["unit"] == unit] for unit in ("ms", "s")}
+            if not acc["ms"] or not acc["s"]:
+                continue
+            rows.append([label, report["stamp"].get("keras_backend"),
+                         " / ".join(f"{a:.1f}" for a in acc["ms"]), " / ".join(f"{a:.1f}" for a in acc["s"]),
+                         f"{statistics.mean(acc['ms']):.1f} / {statistics.mean(acc['s']):.1f}%",
+                         _files([name], results)])
+    s = results.bench(TIME_UNIT_FILES[0])["settings"]
+    caption = (f"The delta timing task of `benchmarks/time_units.py` ({s['train']} train / {s['test']} test, "
+               f"{s['epochs']} epochs, seeds 0-{s['seeds'] - 1}, test accuracy per seed); machine: "
+               f"{machine_text(results.bench(TIME_UNIT_FILES[0]))}.")
     return "\n".join([caption, ""] + table(header, rows))
 
 
@@ -695,6 +723,7 @@ TABLES = {
     "learning_recurrent_torch": lambda results: learning_table(results.bench("learning_recurrent_torch.json")),
     "learning_recurrent_jax": lambda results: learning_table(results.bench("learning_recurrent_jax.json")),
     "learning_recurrent_seeds": recurrent_seeds_table,
+    "time_units": time_units_table,
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,
