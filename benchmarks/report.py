@@ -322,7 +322,7 @@ def recurrent_seeds_table(results):
     return "\n".join([caption, ""] + table(header, rows))
 
 
-TIME_UNIT_FILES = ("time_units_torch.json",)
+TIME_UNIT_FILES = ("time_units_torch.json", "time_units_jax.json")
 _TIME_UNIT_LABELS = {"fixed": "no delays, fixed time constants", "delays": "trainable delays (`delays=True`)",
                      "time_constants": "trainable time constants (`trainable_time_constants=True`)"}
 
