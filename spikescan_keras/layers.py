@@ -61,9 +61,9 @@ def _times_unit(variable, unit):
     return value if unit == 1.0 else value * unit
 
 
-def _assign_over_unit(layer, variable, values, unit, flag):
+def _assign_over_unit(layer, variable, values, unit, flag, what):
     """``variable.assign(values / unit)``: ``values`` in time units (the unit is a power of two: exact)."""
-    _numpy_times_unit(layer, variable, unit, flag)  # the same checks
+    _numpy_times_unit(layer, variable, unit, flag, what)  # the same checks
     values = np.asarray(values, dtype=np.float64)
     if values.shape != tuple(variable.shape):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: expected values of shape {tuple(variable.shape)}, "
@@ -71,9 +71,26 @@ def _assign_over_unit(layer, variable, values, unit, flag):
     variable.assign((values / unit).astype(keras.backend.standardize_dtype(variable.dtype)))
 
 
-def _numpy_times_unit(layer, variable, unit, flag):
+class _Renamed:
+    """A former attribute: reading it raises ``AttributeError`` naming what replaced it (its variable now holds the
+    values over a unit, so returning it would silently mean something else)."""
+
+    def __init__(self, replacement):
+        self.replacement = replacement
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        raise AttributeError(f"{type(layer).__name__}.{self.name} was replaced by {self.replacement} (the variables "
+                             "now hold the values over the layer's time units, README 'Keras layers')")
+
+
+def _numpy_times_unit(layer, variable, unit, flag, what):
     if not flag:
-        raise ValueError(f"{type(layer).__name__} {layer.name!r} has no such trainable variable")
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} has no {what}")
     if not layer.built:
         raise ValueError(f"{type(layer).__name__} {layer.name!r} is not built yet: call it on an input or build it "
                          "first")
@@ -329,6 +346,11 @@ class LIFLayer(keras.layers.Layer):
     objective, the firing statistics and ``capped_spikes`` are those of the global batch, as in one process.
     """
 
+    delays = _Renamed("delay_values() / set_delay_values()")
+    recurrent_delays = _Renamed("recurrent_delay_values() / set_recurrent_delay_values()")
+    tau_mem_per_neuron = _Renamed("time_constants()[0] / set_time_constants()")
+    tau_syn_per_neuron = _Renamed("time_constants()[1] / set_time_constants()")
+
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
                  kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
@@ -542,13 +564,14 @@ class LIFLayer(keras.layers.Layer):
     def delay_values(self):
         """The synaptic delays ``[n_in, units]`` in time units (``delay_kernel * delay_unit``) as a NumPy array:
         ``spikescan.lif_forward``'s ``delays``."""
-        return _numpy_times_unit(self, getattr(self, "delay_kernel", None), self.delay_unit, self.use_delays)
+        return _numpy_times_unit(self, getattr(self, "delay_kernel", None), self.delay_unit, self.use_delays,
+                                 "trainable delays (delays=False)")
 
     def recurrent_delay_values(self):
         """The recurrent delays ``[units, units]`` in time units (``recurrent_delay_kernel * delay_unit``) as a
         NumPy array: ``spikescan.lif_forward``'s ``recurrent_delays``."""
         return _numpy_times_unit(self, getattr(self, "recurrent_delay_kernel", None), self.delay_unit,
-                                 self.use_recurrent_delays)
+                                 self.use_recurrent_delays, "recurrent delays (recurrent_delays=False)")
 
     def time_constants(self):
         """``(tau_mem, tau_syn)``, each ``[units]`` in time units, as NumPy arrays (the trained ones with
@@ -557,12 +580,13 @@ class LIFLayer(keras.layers.Layer):
 
     def set_delay_values(self, delays):
         """Set the delays ``[n_in, units]``, in time units (the inverse of ``delay_values()``)."""
-        _assign_over_unit(self, getattr(self, "delay_kernel", None), delays, self.delay_unit, self.use_delays)
+        _assign_over_unit(self, getattr(self, "delay_kernel", None), delays, self.delay_unit, self.use_delays,
+                          "trainable delays (delays=False)")
 
     def set_recurrent_delay_values(self, delays):
         """Set the recurrent delays ``[units, units]``, in time units (the inverse of ``recurrent_delay_values()``)."""
         _assign_over_unit(self, getattr(self, "recurrent_delay_kernel", None), delays, self.delay_unit,
-                          self.use_recurrent_delays)
+                          self.use_recurrent_delays, "recurrent delays (recurrent_delays=False)")
 
     def set_time_constants(self, tau_mem, tau_syn):
         """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
@@ -753,7 +777,7 @@ def _time_constant_tensors(layer):
 def _set_time_constants(layer, tau_mem, tau_syn):
     for name, values in (("tau_mem", tau_mem), ("tau_syn", tau_syn)):
         _assign_over_unit(layer, getattr(layer, f"{name}_kernel", None), values, getattr(layer, f"{name}_unit"),
-                          layer.trainable_time_constants)
+                          layer.trainable_time_constants, "trainable time constants (trainable_time_constants=False)")
 
 
 def _time_constants_numpy(layer):
@@ -825,6 +849,9 @@ class LIReadout(keras.layers.Layer):
             units on the last training batch; ``FiringMonitor`` reports it. With ``revival_penalty=0`` a training
             batch with dead units issues a ``DeadReadoutWarning`` naming the layer. Default ``1.0``.
     """
+
+    tau_mem_per_neuron = _Renamed("time_constants()[0] / set_time_constants()")
+    tau_syn_per_neuron = _Renamed("time_constants()[1] / set_time_constants()")
 
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
                  kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,

@@ -312,8 +312,17 @@ def test_time_parameter_accessors_check_their_arguments():
     layer.build((None, 3, 2))
     with pytest.raises(ValueError, match=r"expected values of shape \(3, 4\), got \(4, 3\)"):
         layer.set_delay_values(np.ones((4, 3)))
-    with pytest.raises(ValueError, match="has no such trainable variable"):
+    with pytest.raises(ValueError, match=r"has no recurrent delays \(recurrent_delays=False\)"):
         layer.recurrent_delay_values()
+    # The former attributes fail instead of returning values over a unit, and say what replaced them (torch's
+    # module lookup answers a failed attribute with its own message).
+    torch = BACKEND == "torch"
+    with pytest.raises(AttributeError, match="has no attribute 'delays'" if torch else
+                       r"LIFLayer.delays was replaced by delay_values\(\)"):
+        layer.delays
+    with pytest.raises(AttributeError, match="has no attribute" if torch else
+                       r"LIReadout.tau_syn_per_neuron was replaced by time_constants\(\)\[1\]"):
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=20.0).tau_syn_per_neuron
     layer.set_delay_values(np.full((3, 4), 3.0))
     layer.set_time_constants(np.full(4, 11.0), np.full(4, 3.5))
     assert np.all(layer.delay_values() == 3.0) and np.all(layer.time_constants()[1] == 3.5)
