@@ -173,14 +173,14 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
             raise ValueError(f"{name} must be a scalar or have shape [{n_out}], got shape {tuple(value.shape)}")
         arr = xp.broadcast_to(xp.asarray(value, dtype=xp.float64), (n_out,)).copy()
     bad = ~(xp.isfinite(arr) & (arr > 0))
-    if bool(bad.any()):
-        raise ValueError(f"{name} must be positive and finite, got {_first_bad(xp, arr, bad)}")
-    if bounded:
-        low, high = TIME_CONSTANT_RANGE
-        bad = (arr < low) | (arr > high)
+    low, high = TIME_CONSTANT_RANGE
+    out_of_range = ((arr < low) | (arr > high)) if bounded else bad
+    if bool((bad | out_of_range).any()):  # one check (one device sync) when every value is good
         if bool(bad.any()):
-            raise ValueError(f"{name} must be within [{low:g}, {high:g}] (its square, in the gradients, would leave "
-                             f"float64's range): got {_first_bad(xp, arr, bad)}; express the times in another unit")
+            raise ValueError(f"{name} must be positive and finite, got {_first_bad(xp, arr, bad)}")
+        raise ValueError(f"{name} must be within [{low:g}, {high:g}] (its square, in the gradients, would leave "
+                         f"float64's range): got {_first_bad(xp, arr, out_of_range)}; express the times in another "
+                         "unit")
     return arr
 
 

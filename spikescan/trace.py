@@ -170,7 +170,8 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
     n_out = weights.shape[1]
-    threshold = v.to_host(v.time_constant("threshold", threshold, n_out, xp, bounded=False))  # a scalar or [n_out], as lif_forward's
+    # A scalar or [n_out], as lif_forward's.
+    threshold = v.to_host(v.time_constant("threshold", threshold, n_out, xp, bounded=False))
     if max_spikes is not None:
         max_spikes = v.positive_int("max_spikes", max_spikes)
     v.choice("method", method, METHODS)

@@ -50,9 +50,9 @@ def _set_parameter_units(layer, rule):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: parameter units must be set before it is built")
     layer._parameter_rule = rule
     new = rule == 2
-    layer.delay_unit = _power_of_two(layer.tau_mem) if new else 1.0
     layer.tau_mem_unit = _power_of_two(layer.tau_mem) if new else 1.0
     layer.tau_syn_unit = _power_of_two(layer.tau_syn) if new else 1.0
+    layer.delay_unit = layer.tau_mem_unit
 
 
 def _times_unit(variable, unit):
@@ -61,9 +61,18 @@ def _times_unit(variable, unit):
     return value if unit == 1.0 else value * unit
 
 
+def _check_variable(layer, flag, what):
+    """The layer has the variable (``flag``) and is built."""
+    if not flag:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} has no {what}")
+    if not layer.built:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} is not built yet: call it on an input or build it "
+                         "first")
+
+
 def _assign_over_unit(layer, variable, values, unit, flag, what):
     """``variable.assign(values / unit)``: ``values`` in time units (the unit is a power of two: exact)."""
-    _numpy_times_unit(layer, variable, unit, flag, what)  # the same checks
+    _check_variable(layer, flag, what)
     values = np.asarray(values, dtype=np.float64)
     if values.shape != tuple(variable.shape):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: expected values of shape {tuple(variable.shape)}, "
@@ -89,11 +98,7 @@ class _Renamed:
 
 
 def _numpy_times_unit(layer, variable, unit, flag, what):
-    if not flag:
-        raise ValueError(f"{type(layer).__name__} {layer.name!r} has no {what}")
-    if not layer.built:
-        raise ValueError(f"{type(layer).__name__} {layer.name!r} is not built yet: call it on an input or build it "
-                         "first")
+    _check_variable(layer, flag, what)
     return np.asarray(ops.convert_to_numpy(_times_unit(variable, unit)))
 
 
@@ -454,7 +459,7 @@ class LIFLayer(keras.layers.Layer):
         mu_in = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
                                            threshold=self.threshold, input_spikes=self.input_spikes,
                                            window=self.input_window)
-        return float(2.0 ** np.round(np.log2(mu_recurrent / mu_in)))
+        return _power_of_two(mu_recurrent / mu_in)
 
     def build(self, input_shape):
         n_in = _build_kernel(self, input_shape)
@@ -783,9 +788,7 @@ def _set_time_constants(layer, tau_mem, tau_syn):
 def _time_constants_numpy(layer):
     if not layer.trainable_time_constants:
         return np.full(layer.units, layer.tau_mem), np.full(layer.units, layer.tau_syn)
-    if not layer.built:
-        raise ValueError(f"{type(layer).__name__} {layer.name!r} is not built yet: call it on an input or build it "
-                         "first")
+    _check_variable(layer, True, "trainable time constants")
     return tuple(np.asarray(ops.convert_to_numpy(x)) for x in _time_constant_tensors(layer))
 
 
