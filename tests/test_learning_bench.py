@@ -8,30 +8,20 @@ backend of this process and writes a JSON report of the promised structure. One 
 Learning quality is not asserted here (two epochs on a few samples); the full panel is a benchmark, not a test.
 """
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from _examples import benchmark
 from _keras_backend import keras_or_skip
 
 BACKEND, keras = keras_or_skip()
 pytest.importorskip("sklearn")
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "learning.py"
-
 
 def learning():
-    module = sys.modules.get("spikescan_learning_bench")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("spikescan_learning_bench", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["spikescan_learning_bench"] = module
-    return module
+    return benchmark("learning")
 
 
 def unit(x):

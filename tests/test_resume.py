@@ -11,7 +11,6 @@ script runs in subprocesses; the backup left behind is also loaded into a fresh 
 layer's non-trainable calibration state (``kernel_scale``, ``calibrated``) is in it.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -41,13 +40,6 @@ FLAGS = ["--epochs", str(EPOCHS), "--limit", str(LIMIT), "--hidden", str(HIDDEN)
 def yinyang_module():
     """``examples/yinyang.py`` as a module (it imports ``_common`` from ``examples/``)."""
     return example("yinyang")
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location("yinyang", EXAMPLES / "yinyang.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["yinyang"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_script(tmp_path, *extra, kill_after=None):

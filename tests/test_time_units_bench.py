@@ -5,28 +5,18 @@ writes its JSON report, and its time parameters move by the same fraction of the
     KERAS_BACKEND=torch python -m pytest tests/test_time_units_bench.py
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from _examples import benchmark
 from _keras_backend import keras_or_skip
 
 BACKEND, keras = keras_or_skip()
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "time_units.py"
-
 
 def bench():
-    module = sys.modules.get("spikescan_time_units_bench")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("spikescan_time_units_bench", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module
+    return benchmark("time_units")
 
 
 def test_short_run_writes_the_report_and_moves_time_parameters_alike_in_both_units(tmp_path):
