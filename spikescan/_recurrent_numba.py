@@ -19,8 +19,10 @@ solver and state updates are those of the NumPy loop on the same gaps (and the s
 ``_lif_numba`` where a gap runs from one queue entry to the next), so both give identical counts and times to
 rounding (scalar vs vectorised forms), and with ``R = 0`` the compiled feed-forward layer's bits. Each sample's
 ``RecurrentLog`` goes into a buffer of a guessed length; samples that outgrow it run again with the length they
-needed (the same results: the loop is deterministic). Stuck and runaway spikes stop the sample and leave a flag;
-``forward`` raises the errors of the NumPy path after the kernel (of the sample whose error comes first in time).
+needed (the same results: the loop is deterministic). Stuck and runaway spikes stop the sample, leave a flag and
+stop the other samples at their next round (the call raises anyway; a runaway sample costs its own time, not the
+batch's); ``forward`` raises the errors of the NumPy path after the kernel (of the samples that stopped on their
+own, the one whose error comes first in time).
 
 Backward (``backward``): (1) ``prange`` over samples: the spike loop of ``_recurrent.backward`` per sample, spikes
 last to first, the adjoint of each target at each arrival from the target's next spike strictly after it (a
@@ -51,6 +53,8 @@ from numba import prange
 
 from . import _lif_numba, _memory
 from ._lif_numba import _OK, _RUNAWAY, _STUCK
+
+_ABORTED = 3  # the sample stopped because another one failed (its status is not reported)
 from ._types import RecurrentLog
 from .neurons import lif
 
@@ -124,12 +128,14 @@ def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver
 
 @_jit
 def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
-                    use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at):
+                    use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
     """The event loop of sample ``b`` (its queues: rows ``qbase + (i if Q > 1 else 0)`` of ``qt``, ``src``, ``qe`` and
     ``table``; ``src``: the source input of every queue entry, the row of ``W`` it adds): its
     rows of ``times``, ``events``, ``counts``; its log in row ``slot`` of
     ``log_*`` (as far as it fits; ``n_log_out[slot]`` the full length); ``status[b] = (code, neuron)`` and
-    ``status_at[b] = (time, current)`` of a stuck or runaway spike.
+    ``status_at[b] = (time, current)`` of a stuck or runaway spike. Such a spike also sets ``abort[0]``, which every
+    sample's loop reads once per round and stops on (``_ABORTED``): the call raises anyway, so the other samples
+    need not run on (a recurrent layer that runs away takes about ``n_out**2 * limit`` updates per sample).
 
     Written as one loop body: the hot steps take no helper with array arguments (Numba reference-counts arrays
     passed to a helper with loops, twice per array and call, which cost more than the arithmetic here)."""
@@ -185,6 +191,9 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
     n_log = 0
     code = _OK
     while True:
+        if abort[0] != 0:  # another sample stopped the call: its error is raised
+            code = _ABORTED
+            break
         # Next events of the neurons whose future changed; after an arrival round, its arrivals first: decay to e,
         # input entries at e in queue order, then pending recurrent arrivals in spike order.
         for q in range(nd):
@@ -360,6 +369,7 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
                     nd += 1
             n_log += 1
         if code != _OK:
+            abort[0] = 1
             break
     status[b, 0] = code
     for i in range(n_out):
@@ -388,7 +398,7 @@ def _expand_sources(pq, b, i, n, QT, SRC, slot):
 
 @_pjit
 def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                   table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at):
+                   table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
     (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
@@ -406,10 +416,12 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
                 QE[i] = qe[b * n_out + i]
                 _expand_sources(pq, b, i, QE[i] + 1, QT, SRC, i)
             _forward_sample(b, slot, QT, SRC, QE, Q, 0, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
+                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at,
+                            abort)
         else:
             _forward_sample(b, slot, qt, src, qe, Q, b * Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at)
+                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at,
+                            abort)
 
 
 def _log_length(n_out, max_spikes):
@@ -453,15 +465,17 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
         n_log = np.zeros(samples.size, np.int64)
         previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
         try:
-            forward_kernel(work, samples, *common, times, events, counts, *logs, n_log, status, status_at)
+            forward_kernel(work, samples, *common, times, events, counts, *logs, n_log, status, status_at,
+                           np.zeros(1, np.int64))
         finally:
             numba.set_parallel_chunksize(previous)
         return logs, n_log
 
     length = _log_length(n_out, max_spikes)
     (log_t, log_k, log_I), n_log = run(np.arange(batch), length)
-    bad = np.flatnonzero(status[:, 0] != _OK)
-    if bad.size:  # the first in simulated time (the lower sample at a tie)
+    bad = np.flatnonzero((status[:, 0] == _STUCK) | (status[:, 0] == _RUNAWAY))
+    if bad.size:  # of the samples that stopped on their own (others may have been aborted for them): the first in
+        # simulated time (the lower sample at a tie)
         b = int(bad[np.argmin(status_at[bad, 0])])
         k = int(status[b, 1])
         if status[b, 0] == _RUNAWAY:

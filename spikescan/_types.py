@@ -267,7 +267,9 @@ class RunawayFiringError(FloatingPointError):
 
     Attributes (``None`` when the error was built by hand):
         sample, neuron: the sample (batch index) and the output neuron that ran away (when several do: on NumPy
-            the first to reach the limit, on CUDA the lowest flat index ``sample * n_out + neuron``).
+            the first to reach the limit, on CUDA the lowest flat index ``sample * n_out + neuron``). In a recurrent
+            layer on Numba or CUDA the first sample to stop stops the others, so which of several runaway samples is
+            named can depend on thread timing.
         time: time of its spike number ``limit + 1``, the one that was not allowed.
         current: its input (synaptic) current ``I`` at that time.
         limit: the ``max_total_spikes`` in force.

@@ -286,6 +286,31 @@ def test_runaway_self_excitation_and_errors(backend):
         backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, block_size=0)
 
 
+def test_a_runaway_sample_stops_the_others(backend):
+    # Three samples that all run away: the first to stop sets the abort flag and the others stop at their next step
+    # instead of each running to the limit (n_out**2 * max_total_spikes updates apiece in a recurrent layer).
+    launched = []
+    base = backend.launch
+
+    def launch(*args, **kw):
+        launched.append(args[5])
+        return base(*args, **kw)
+
+    backend.launch = launch
+    t = np.array([[[1.0], [2.0]]] * 3)
+    W = np.array([[5.0, 5.0], [5.0, 5.0]])
+    with pytest.raises(ss.RunawayFiringError, match="runaway self-excitation"):
+        backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.full((2, 2), 3.0),
+                        max_total_spikes=50, block_size=2)
+    args = launched[-1]
+    counts, stuck_times, abort_all = (backend.host(args[i]) for i in (-9, -4, -1))
+    assert abort_all[0] == 1
+    assert (counts == 51).any() and np.isfinite(stuck_times).any()  # one sample ran to the limit and reported it
+    if backend.name == "emulated":  # blocks run one after another: samples 1 and 2 stop at their first step
+        np.testing.assert_array_equal(counts[1:], 0)
+        assert not np.isfinite(stuck_times[2:]).any()
+
+
 def test_cupy_entry_points_dispatch_to_the_recurrent_kernels(host_kernels, monkeypatch):
     # Without a GPU: NumPy stands in for CuPy and the emulation for the device, so that the wiring of
     # lif_forward_recurrent_cuda and of lif_backward_cuda's dispatch runs (the gpu test below goes through lif.py).

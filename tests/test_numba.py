@@ -770,6 +770,31 @@ def test_recurrent_compiled_errors_match_numpy():
     assert info.value.sample == 0 and info.value.time < errs[0].time
 
 
+def test_recurrent_runaway_sample_stops_the_other_samples(monkeypatch):
+    # Sample 0 runs away at once; samples 1-5 (20,000 weak input spikes each, no spike) stop at their next round
+    # once it has, instead of running to their end: the call raises anyway.
+    from spikescan import _recurrent_numba
+
+    seen = []
+    kernel = _recurrent_numba.forward_kernel
+
+    def spy(*args):
+        kernel(*args)
+        seen.append(args)
+
+    monkeypatch.setattr(_recurrent_numba, "forward_kernel", spy)
+    t = np.full((6, 2, 20_000), np.inf)
+    t[0, 0, 0] = 1.0
+    t[1:, 1] = np.linspace(1.0, 2e4, 20_000)
+    W = np.array([[5.0, 5.0], [1e-3, 1e-3]])
+    with pytest.raises(ss.RunawayFiringError, match="of sample 0 fires more than max_total_spikes=200"):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.full((2, 2), 3.0),
+                       max_total_spikes=200, engine="numba")
+    status = seen[-1][-3]
+    assert status[0, 0] == _lif_numba._RUNAWAY
+    np.testing.assert_array_equal(status[1:, 0], _recurrent_numba._ABORTED)
+
+
 def test_recurrent_grazing_warning_from_the_compiled_backward():
     t, W = np.array([[[2.0]]]), np.array([[np.e]])
     r = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=10.0, max_spikes=2, recurrent_weights=np.array([[0.0]]),

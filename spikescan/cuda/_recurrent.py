@@ -20,8 +20,10 @@ Sizes the kernel cannot know in advance are checked after it, never truncated:
 
 Errors as ``_lif.forward``: ``FloatingPointError`` for a neuron that fires twice at one float64 time,
 ``RunawayFiringError`` (with the recurrent hint of ``spikescan._recurrent._runaway_error``) for one that exceeds
-``max_total_spikes``; the lowest flat index ``sample * n_out + neuron`` is reported. Host syncs: the queue length,
-and one small read of the flags after each run of the kernel.
+``max_total_spikes``; the lowest flat index ``sample * n_out + neuron`` among the samples that stopped is reported
+(the first sample to stop, on an error or a full pending buffer, stops the others at their next step: the batch is
+raised on or run again anyway, so a runaway sample costs its own time, not the batch's). Host syncs: the queue
+length, and one small read of the flags after each run of the kernel.
 
 Backward: ``spikescan_recurrent_backward_spikes`` (one block per sample: the spikes last to first, a block sum of
 each spike's recurrent arrivals), then ``spikescan_recurrent_backward_inputs`` (thread per (sample, neuron) over
@@ -161,6 +163,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         stuck_times = xp.full(N, np.inf, dtype=xp.float64)
         stuck_current = xp.full(N, np.nan, dtype=xp.float64)
         overflow = xp.zeros(batch, dtype=xp.int32)
+        abort_all = xp.zeros(1, dtype=xp.int32)
         state = xp.empty(_STATE_FIELDS * N, dtype=xp.float64)
         istate = xp.empty(_INT_FIELDS * N, dtype=xp.int64)
         pend_t = xp.empty(pend_cap * N, dtype=xp.float64)
@@ -169,7 +172,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
                 np.int32(SOLVER_CODES[solver]), np.int64(batch), np.int64(n_out), np.int64(n_queues), np.int64(L1),
                 np.int64(max(max_in, 1)), np.int64(max_spikes), np.int64(limit), np.int64(pend_cap),
                 np.int64(log_cap), state, istate, pend_t, pend_w, spike_times, spike_event, out_times, counts, log_t,
-                log_k, log_I, log_n, stuck_times, stuck_current, overflow]
+                log_k, log_I, log_n, stuck_times, stuck_current, overflow, abort_all]
         launch(MODULE, "spikescan_recurrent_forward", dtype, batch, block, args, shared_mem=block * _RED_BYTES)
         del state, istate, pend_t, pend_w
         if N == 0:

@@ -21,6 +21,9 @@
 //   Errors (as spikescan_lif_forward_sequential): a spike at or before the neuron's previous one (unresolvable
 //   spike train) writes its time to stuck_times; spike number max_total_spikes + 1 writes its time and current to
 //   stuck_times / stuck_current and leaves counts = max_total_spikes + 1.  Either stops the sample.
+//   A sample that stops (an error or a full pending buffer) sets abort_all[0] = 1, which every block reads once
+//   per step and stops on: the launcher raises or reruns the whole batch anyway, and a recurrent layer that runs
+//   away takes about n_out^2 * max_total_spikes neuron updates per sample.  Aborted samples report nothing.
 //   A neuron's crossing depends only on its state and its next arrival, so it is recomputed only when one of them
 //   changed (an arrival applied, its own spike, or a pending arrival earlier than its next one): with delays an
 //   input event changes one neuron.  Scratch (no initialisation needed): state [8, batch * n_out] float64 (V, I,
@@ -126,7 +129,8 @@ __global__ void spikescan_recurrent_forward(
     double* __restrict__ pend_w, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ log_t,
     long long* __restrict__ log_k, double* __restrict__ log_I, long long* __restrict__ log_n,
-    double* __restrict__ stuck_times, double* __restrict__ stuck_current, int* __restrict__ overflow) {
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current, int* __restrict__ overflow,
+    int* __restrict__ abort_all) {
     const long long b = blockIdx.x;  // grid = batch: uniform over the block
     if (b >= batch) return;
     const long long nthreads = blockDim.x;
@@ -162,6 +166,7 @@ __global__ void spikescan_recurrent_forward(
     while (true) {
         // Every neuron's next arrival and first crossing before it.
         spikescan_rec_red_t mine = {spikescan_inf(), n_out, spikescan_inf(), stop};
+        if (threadIdx.x == 0 && *(volatile const int*)abort_all != 0) mine.stop = 1;  // another sample stopped
         for (long long i = threadIdx.x; i < n_out; i += nthreads) {
             const long long nb = b * n_out + i;
             double nxt, cand;
@@ -192,7 +197,10 @@ __global__ void spikescan_recurrent_forward(
             mine.e = fmin(mine.e, nxt);
         }
         const spikescan_rec_red_t all = spikescan_block_reduce(mine, spikescan_rec_shared, red_op);
-        if (all.stop) break;
+        if (all.stop) {
+            if (threadIdx.x == 0) *(volatile int*)abort_all = 1;
+            break;
+        }
         const double e_spk = all.c;
         const double e_in = all.e;
         if (isfinite(e_spk) && e_spk <= e_in) {
@@ -267,7 +275,10 @@ __global__ void spikescan_recurrent_forward(
                 }
                 k = nx.k;
             }
-            if (stop) break;  // uniform: it came from the reduction
+            if (stop) {  // uniform: it came from the reduction
+                if (threadIdx.x == 0) *(volatile int*)abort_all = 1;
+                break;
+            }
         } else if (isfinite(e_in)) {
             // Arrivals at e_in: input entries in queue order, then pending recurrent ones in spike order.
             for (long long i = threadIdx.x; i < n_out; i += nthreads) {
