@@ -5,6 +5,7 @@ Nothing here modifies its inputs.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -88,11 +89,47 @@ def check_finite(name, x):
         raise ValueError(f"{name} must be finite, got {_first_bad(xp, x, bad)}")
 
 
+# The most a synaptic current may reach: |I| never exceeds the sum of |w| over the arrivals (decay only shrinks it),
+# and the membrane potential stays within the current's range; the solvers form a few products of these with
+# factors of order one. Far above any meaningful current (the dynamics are invariant to scaling the weights and
+# the threshold together), far below float64's 1.8e308.
+CURRENT_LIMIT = 1e300
+
+
 def check_weights(name, weights, n_in):
+    """``weights [n_in, n_out]``, float, finite. Returns ``max |weights|`` (0 when empty): one reduction (a host
+    sync on CuPy) that also finds NaN and inf, which it propagates."""
     check_float_array(name, weights, 2)
     if weights.shape[0] != n_in:
         raise ValueError(f"{name} must have shape [n_in={n_in}, n_out], got {_describe(weights)}")
-    check_finite(name, weights)
+    most = float(array_module(weights).abs(weights).max()) if weights.size else 0.0
+    if not math.isfinite(most):
+        check_finite(name, weights)
+    return most
+
+
+def check_current_bound(name, weights, most, input_times):
+    """The synaptic currents the inputs can drive stay below ``CURRENT_LIMIT``: ``sum_j |w[j, i]| n_j`` over the
+    ``n_j`` spikes of input ``j`` of a sample. ``most``: ``max |weights|`` from ``check_weights``. Free when the
+    static bound ``most * n_in * max_in`` holds, as it does for any weights a model trains to; the exact bound per
+    sample and neuron (a reduction) only when it does not."""
+    if most * input_times.shape[1] * input_times.shape[2] < CURRENT_LIMIT:
+        return
+    xp = array_module(weights)
+    spikes = xp.isfinite(input_times).sum(axis=2).astype(xp.float64)  # [batch, n_in]
+    with np.errstate(over="ignore"):  # an infinite bound is an answer here
+        bound = spikes @ xp.abs(weights.astype(xp.float64))  # [batch, n_out]
+    if bound.size == 0:
+        return
+    worst = float(bound.max())
+    if worst < CURRENT_LIMIT:
+        return
+    b, i = (int(k) for k in xp.unravel_index(xp.argmax(bound), bound.shape))
+    raise ValueError(
+        f"{name} up to {most:.3g} in magnitude could drive the synaptic current of neuron {i} of sample {b} to "
+        f"{worst:.3g} (the sum of |weight| over its input spikes), beyond what float64 arithmetic can carry through "
+        f"the dynamics (limit {CURRENT_LIMIT:.0e}); the dynamics are invariant to scaling the weights and the "
+        "threshold together: scale both down")
 
 
 def check_delays(delays, weights):
@@ -119,15 +156,24 @@ def _check_square(name, x, n_out, xp):
     check_finite(name, x)
 
 
-def check_recurrent(recurrent_weights, recurrent_delays, weights, xp):
-    """``recurrent_weights [n_out, n_out]`` (finite) and optional ``recurrent_delays`` of its shape (finite,
-    ``>= 0``), on the array module of the layer."""
+def check_recurrent(recurrent_weights, recurrent_delays, weights, xp, max_total_spikes):
+    """``recurrent_weights [n_out, n_out]`` (finite, and small enough that ``n_out * max_total_spikes`` arrivals of
+    the largest cannot take a current past ``CURRENT_LIMIT``) and optional ``recurrent_delays`` of its shape
+    (finite, ``>= 0``), on the array module of the layer."""
     if recurrent_weights is None:
         if recurrent_delays is not None:
             raise ValueError("recurrent_delays needs recurrent_weights (the layer has no recurrent connections)")
         return
     n_out = weights.shape[1]
     _check_square("recurrent_weights", recurrent_weights, n_out, xp)
+    most = float(xp.abs(recurrent_weights).max()) if recurrent_weights.size else 0.0
+    reach = most * n_out * max_total_spikes
+    if reach >= CURRENT_LIMIT:
+        raise ValueError(
+            f"recurrent_weights up to {most:.3g} in magnitude, arriving up to n_out * max_total_spikes = "
+            f"{n_out} * {max_total_spikes} times, could drive a synaptic current to {reach:.3g}, "
+            f"beyond what float64 arithmetic can carry through the dynamics (limit {CURRENT_LIMIT:.0e}); scale the "
+            "weights and the threshold down together (the dynamics are invariant to that), or lower max_total_spikes")
     if recurrent_delays is None:
         return
     _check_square("recurrent_delays", recurrent_delays, n_out, xp)
@@ -146,7 +192,8 @@ def layer(input_times, weights, tau_mem, tau_syn, delays=None):
         check_float_array("delays", delays, 2)
     xp = array_module(input_times, weights, delays)
     check_spike_times("input_times", input_times)
-    check_weights("weights", weights, input_times.shape[1])
+    most = check_weights("weights", weights, input_times.shape[1])
+    check_current_bound("weights", weights, most, input_times)
     check_delays(delays, weights)
     n_out = weights.shape[1]
     return xp, time_constant("tau_mem", tau_mem, n_out, xp), time_constant("tau_syn", tau_syn, n_out, xp)
@@ -205,6 +252,28 @@ def cotangent(name, grad, values):
                          f"{tuple(grad.shape)}")
     check_finite(name, grad)
     return xp
+
+
+def finite_gradients(op, grads, cotangent_name, cotangent):
+    """Raise ``FloatingPointError`` when a gradient of ``grads`` (a ``LIFGrads`` / ``LIGrads``; ``None`` fields
+    skipped) is not finite: from finite arguments only a float64 overflow gets there (cotangents near float64's
+    range times the dynamics' derivatives), and NaN or inf must not reach an optimizer unannounced. One reduction
+    over every field (a host sync on CuPy)."""
+    arrays = [(name, g) for name, g in zip(grads._fields, grads) if g is not None and getattr(g, "size", 1)]
+    if not arrays:
+        return
+    xp = array_module(*(g for _, g in arrays if hasattr(g, "shape")))
+    flags = xp.stack([xp.isfinite(xp.asarray(g)).all() for _, g in arrays])
+    ok = flags.get() if hasattr(flags, "get") else flags
+    if bool(np.all(ok)):
+        return
+    name, g = arrays[int(np.argmin(ok))]
+    g = xp.asarray(g)
+    where = _first_bad(xp, g, ~xp.isfinite(g)) if g.ndim else repr(g.item())
+    scale = float(xp.where(xp.isfinite(cotangent), xp.abs(cotangent), 0).max()) if cotangent.size else 0.0
+    raise FloatingPointError(
+        f"{op}: the gradient of {name} is not finite ({where}) though every argument is: it overflowed "
+        f"{g.dtype} (the largest |{cotangent_name}| is {scale:.3g}); scale the loss (and so {cotangent_name}) down")
 
 
 def to_host(x):

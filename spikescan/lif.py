@@ -98,7 +98,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
     v.choice("method", method, METHODS)
     v.choice("solver", solver, SOLVERS)
     engine = _engine(engine, xp)
-    v.check_recurrent(recurrent_weights, recurrent_delays, weights, xp)
+    v.check_recurrent(recurrent_weights, recurrent_delays, weights, xp, max_total_spikes)
     if solver == "analytic" and not bool(xp.all(xp.abs(tau_mem - 2.0 * tau_syn) <= 1e-12 * tau_mem)):
         bad = int(xp.argmax(xp.abs(tau_mem - 2.0 * tau_syn)))
         raise ValueError(
@@ -210,33 +210,38 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
                              f"from run to run; with spikescan.set_deterministic(True) use method='auto' or 'closed' "
                              f"(or turn the setting off)")
         method = "closed"
+    # (No helper function between here and the backends: their warnings' stacklevels count from this frame.)
     if method == "closed":
         v.choice("engine", engine, ENGINES)
         if xp is not np:
             from .cuda._closed import lif_backward_closed_cuda
 
-            return lif_backward_closed_cuda(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
-        if _engine(engine, xp) == "numba":  # the compiled closed form (_lif_numba.backward_closed)
+            grads = lif_backward_closed_cuda(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
+        elif _engine(engine, xp) == "numba":  # the compiled closed form (_lif_numba.backward_closed)
             from . import _lif_numpy as impl
 
             if result.residuals.recurrent_log is not None:
                 raise NotImplementedError("lif_backward(method='closed') covers feed-forward layers only; for a "
                                           "recurrent layer use method='sequential', 'scan' or 'auto'")
-            return impl.lif_backward(result, grad_times, "closed", bool(input_times_grad), "numba",
-                                     bool(time_constant_grads))
-        from ._closed_backward import lif_backward_closed
+            grads = impl.lif_backward(result, grad_times, "closed", bool(input_times_grad), "numba",
+                                      bool(time_constant_grads))
+        else:
+            from ._closed_backward import lif_backward_closed
 
-        return lif_backward_closed(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
-    engine = _engine(engine, xp)
-    if xp is np:
+            grads = lif_backward_closed(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
+    elif xp is np:
         from . import _lif_numpy as impl
 
-        return impl.lif_backward(result, grad_times, method, bool(input_times_grad), engine,
-                                 bool(time_constant_grads))
-    from .cuda import _lif as cuda_impl
+        grads = impl.lif_backward(result, grad_times, method, bool(input_times_grad), _engine(engine, xp),
+                                  bool(time_constant_grads))
+    else:
+        _engine(engine, xp)
+        from .cuda import _lif as cuda_impl
 
-    return cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad),
-                                       bool(time_constant_grads))
+        grads = cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad),
+                                            bool(time_constant_grads))
+    v.finite_gradients("lif_backward", grads, "grad_times", grad_times)
+    return grads
 
 
 __all__ = ["lif_forward", "lif_backward", "LIFResult", "LIFGrads", "RunawayFiringError", "GrazingSpikeWarning",

@@ -229,7 +229,9 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
     if res.device is not None:
         from .cuda import _readout as cuda_readout
 
-        return _device_backward(xp, cuda_readout._cupy_launch, res, grad_values)
+        grads = _device_backward(xp, cuda_readout._cupy_launch, res, grad_values)
+        v.finite_gradients("peak_voltage_backward", grads, "grad_values", grad_values)
+        return grads
     n_in = res.input_shape[1]
     if res.neurons.size:
         from . import _readout_numpy as impl
@@ -243,8 +245,10 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
         grad_t = np.zeros(res.input_shape)
         grad_D = None if res.delays_dtype is None else np.zeros((n_in, res.n_out))
 
-    return PeakGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype),
-                     None if grad_D is None else grad_D.astype(res.delays_dtype))
+    grads = PeakGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype),
+                      None if grad_D is None else grad_D.astype(res.delays_dtype))
+    v.finite_gradients("peak_voltage_backward", grads, "grad_values", grad_values)
+    return grads
 
 
 __all__ = ["peak_voltage", "peak_voltage_backward", "PeakResult", "PeakGrads"]

@@ -123,10 +123,13 @@ def li_backward(result, grad_values, *, time_constant_grads=False, engine="auto"
     if xp is np:
         from . import _readout_numpy as impl
 
-        return impl.li_backward(result, grad_values, bool(time_constant_grads), engine)
-    from .cuda import _readout as cuda_impl
+        grads = impl.li_backward(result, grad_values, bool(time_constant_grads), engine)
+    else:
+        from .cuda import _readout as cuda_impl
 
-    return cuda_impl.li_backward_cuda(result, grad_values, bool(time_constant_grads))
+        grads = cuda_impl.li_backward_cuda(result, grad_values, bool(time_constant_grads))
+    v.finite_gradients("li_backward", grads, "grad_values", grad_values)
+    return grads
 
 
 __all__ = ["li_forward", "li_backward", "LIResult", "LIGrads"]

@@ -292,6 +292,84 @@ def test_grazing_warning_is_exported_and_pickles():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Float64 overflow: refused before the forward, reported after the backward, never silent
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("cpu_engine")
+@pytest.mark.parametrize("method", ["sequential", "scan"])
+def test_weights_that_could_overflow_the_current_are_refused(method):
+    # Three simultaneous inputs whose true sum, 1.3e308, is finite: summed in queue order the current was
+    # 1.5e308 + 1.5e308 = inf, then inf - 1.7e308 = inf, and the neuron silently never fired (counts 0).
+    t = np.array([[[1.0], [1.0], [1.0]]])
+    W = np.array([[1.5e308], [1.5e308], [-1.7e308]])
+    with pytest.raises(ValueError, match=r"weights up to 1\.7e\+308 in magnitude could drive the synaptic current "
+                                         r"of neuron 0 of sample 0 to inf"):
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=3, method=method)
+    with pytest.raises(ValueError, match=r"weights up to 1e\+300 .* neuron 1 of sample 1 to 1\.1e\+300"):
+        ss.lif_forward(np.array([[[1.0], [np.inf]], [[1.0], [2.0]]]), np.array([[1.0, 1e300], [0.0, 1e299]]),
+                       tau_mem=10.0, tau_syn=5.0, max_spikes=3, method=method)
+    for fn, kw in ((ss.li_forward, dict(t_max=20.0)), (ss.peak_voltage, {})):
+        with pytest.raises(ValueError, match="could drive the synaptic current"):
+            fn(t, W, tau_mem=10.0, tau_syn=5.0, **kw)
+
+
+@pytest.mark.usefixtures("cpu_engine")
+def test_large_weights_within_the_bound_are_simulated():
+    # max |w| * n_in * max_in = 1e299 * 2 * 8 passes the static bound's limit, but only one spike arrives: the exact
+    # bound (1e299) holds, so the layer runs (one spike at the input's time: the current is far above threshold).
+    t = np.full((1, 2, 8), np.inf)
+    t[0, 0, 0] = 1.0
+    W = np.array([[1e299], [1e299]])
+    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, threshold=1e298, max_spikes=3)
+    assert out.counts[0, 0] >= 1 and np.isfinite(out.times[0, 0, 0])
+
+
+@pytest.mark.usefixtures("cpu_engine")
+def test_recurrent_weights_that_could_overflow_the_current_are_refused():
+    t = np.array([[[1.0], [2.0]]])
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    R = np.full((2, 2), 1e296)
+    with pytest.raises(ValueError, match=r"recurrent_weights up to 1e\+296 .* 2 \* 10000 times, could drive a "
+                                         r"synaptic current to 2e\+300"):
+        ss.lif_forward(t, np.ones((2, 2)), recurrent_weights=R, **kw)
+    # Within the bound with a lower limit: it runs, and its first spike drives the other neuron faster than float64
+    # resolves (the "fires twice" error).
+    with pytest.raises(FloatingPointError, match="fires twice"):
+        ss.lif_forward(t, np.full((2, 2), 5.0), recurrent_weights=R, max_total_spikes=100, **kw)
+
+
+@pytest.mark.usefixtures("cpu_engine")
+@pytest.mark.parametrize("method", ["sequential", "scan", "closed"])
+def test_gradients_that_overflow_are_reported(method):
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 10, (2, 4, 3)), axis=-1)
+    W = rng.normal(1.0, 0.5, (4, 3))
+    out = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=3)
+    G = np.where(np.isfinite(out.times), 1e308, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's own overflow warnings on the way
+        with pytest.raises(FloatingPointError, match=r"lif_backward: the gradient of weights is not finite \(.*\) "
+                                                     r"though every argument is: it overflowed float64 \(the largest "
+                                                     r"\|grad_times\| is 1e\+308\)"):
+            ss.lif_backward(out, G, method=method)
+        lr = ss.li_forward(t, W, tau_mem=10.0, tau_syn=5.0, t_max=20.0)
+        with pytest.raises(FloatingPointError, match="li_backward: the gradient of weights is not finite"):
+            ss.li_backward(lr, np.full(lr.values.shape, 1e308))
+        pk = ss.peak_voltage(t, 1e3 * W, tau_mem=10.0, tau_syn=5.0)  # d peak / d input time ~ w / tau: 100 x 1e308
+        with pytest.raises(FloatingPointError, match="peak_voltage_backward: the gradient of input_times is not "
+                                                     "finite"):
+            ss.peak_voltage_backward(pk, np.full(pk.values.shape, 1e308))
+    # float32 arguments: the float64 gradients fit, their cast back to float32 does not
+    out32 = ss.lif_forward(t.astype(np.float32), W.astype(np.float32), tau_mem=10.0, tau_syn=5.0, max_spikes=3)
+    G32 = np.where(np.isfinite(out32.times), np.float32(1e38), np.float32(0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(FloatingPointError, match="it overflowed float32"):
+            ss.lif_backward(out32, G32, method=method)
+    ss.lif_backward(out, np.where(np.isfinite(out.times), 1.0, 0.0), method=method)  # and ordinary ones pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CUDA kernels: host emulation everywhere, the GPU when there is one
 # ---------------------------------------------------------------------------------------------------------------
 
