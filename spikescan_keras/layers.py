@@ -70,13 +70,21 @@ def _check_variable(layer, flag, what):
                          "first")
 
 
-def _assign_over_unit(layer, variable, values, unit, flag, what):
-    """``variable.assign(values / unit)``: ``values`` in time units (the unit is a power of two: exact)."""
+def _assign_over_unit(layer, variable, values, unit, flag, what, label, low, high=None):
+    """``variable.assign(values / unit)``: ``values`` in time units (the unit is a power of two: exact), each within
+    ``[low, high]`` (``high=None``: no upper bound), the range the variable's constraint keeps: a value outside it
+    would be moved silently at the first training step, so it is refused, as are NaN and inf."""
     _check_variable(layer, flag, what)
     values = np.asarray(values, dtype=np.float64)
     if values.shape != tuple(variable.shape):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: expected values of shape {tuple(variable.shape)}, "
                          f"got {values.shape}")
+    bad = ~np.isfinite(values) | (values < low) | (False if high is None else values > high)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        limits = f">= {low!r}" if high is None else f"within [{low!r}, {high!r}]"
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: {label} must be {limits} (the range training keeps "
+                         f"them in), got {float(values[idx])!r} at index {idx}")
     variable.assign((values / unit).astype(keras.backend.standardize_dtype(variable.dtype)))
 
 
@@ -586,12 +594,13 @@ class LIFLayer(keras.layers.Layer):
     def set_delay_values(self, delays):
         """Set the delays ``[n_in, units]``, in time units (the inverse of ``delay_values()``)."""
         _assign_over_unit(self, getattr(self, "delay_kernel", None), delays, self.delay_unit, self.use_delays,
-                          "trainable delays (delays=False)")
+                          "trainable delays (delays=False)", "delays", 0.0, self.max_delay)
 
     def set_recurrent_delay_values(self, delays):
         """Set the recurrent delays ``[units, units]``, in time units (the inverse of ``recurrent_delay_values()``)."""
         _assign_over_unit(self, getattr(self, "recurrent_delay_kernel", None), delays, self.delay_unit,
-                          self.use_recurrent_delays, "recurrent delays (recurrent_delays=False)")
+                          self.use_recurrent_delays, "recurrent delays (recurrent_delays=False)", "recurrent delays",
+                          0.0, self.max_delay)
 
     def set_time_constants(self, tau_mem, tau_syn):
         """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
@@ -782,7 +791,8 @@ def _time_constant_tensors(layer):
 def _set_time_constants(layer, tau_mem, tau_syn):
     for name, values in (("tau_mem", tau_mem), ("tau_syn", tau_syn)):
         _assign_over_unit(layer, getattr(layer, f"{name}_kernel", None), values, getattr(layer, f"{name}_unit"),
-                          layer.trainable_time_constants, "trainable time constants (trainable_time_constants=False)")
+                          layer.trainable_time_constants, "trainable time constants (trainable_time_constants=False)",
+                          name, layer.min_time_constant)
 
 
 def _time_constants_numpy(layer):

@@ -107,13 +107,15 @@ Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph'
 ``name``, ``units``, ``tau_mem``, ``tau_syn``, ``threshold`` and the fields NIR lacks, in the model's unit:
 ``max_spikes``, ``method``, ``solver``, ``chunk_size``, ``calibrate`` (``"none"`` when off), ``silence_penalty``,
 ``max_delay``, ``input_spikes``, ``input_window``, ``spike_count_strength`` / ``spike_count_tau``,
-``kernel_scale`` (already folded into the weights; informative), and for recurrent layers ``recurrent``,
-``recurrent_delays`` (informative: import reads the graph's cycle), ``max_total_spikes``, ``recurrent_scale``
+``max_total_spikes``, ``trainable_time_constants`` / ``min_time_constant``, ``trainable_threshold`` /
+``min_threshold``, ``kernel_scale`` (already folded into the weights; informative), and for recurrent layers
+``recurrent``, ``recurrent_delays`` (informative: import reads the graph's cycle), ``recurrent_scale``
 (``"auto"`` or the factor) and ``recurrent_kernel_scale`` (folded into the weights; informative) for ``LIFLayer``;
 ``readout``, ``t_max``, ``tau_readout``, ``scale`` (``"auto"`` or the factor; with ``auto_scale_rule``, 2 since
 ``LIReadout``'s unit-free ``"auto"``: graphs without it load with the factor ``"auto"`` stood for before),
 ``trainable_time_constants``,
-``min_time_constant`` for ``LIReadout``.
+``min_time_constant``, ``revival_penalty`` for ``LIReadout``. A third-party graph with per-neuron time constants
+or thresholds imports with the default floors (5% of the smallest value) over all its neurons.
 Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
 ``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
 calibrated, so training an imported model starts from the imported weights.
@@ -291,7 +293,8 @@ def _layer_metadata(layer, kernel_scale):
             "tau_syn": layer.tau_syn}
     if isinstance(layer, LIReadout):
         meta.update(readout=layer.readout, t_max=layer.t_max, scale=layer.scale, auto_scale_rule=_AUTO_SCALE_RULE,
-                    trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant)
+                    trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant,
+                    revival_penalty=layer.revival_penalty)
         if layer.tau_readout is not None:
             meta["tau_readout"] = layer.tau_readout
         return meta
@@ -300,13 +303,13 @@ def _layer_metadata(layer, kernel_scale):
                 calibrate="none" if layer.calibrate is None else np.array(layer.calibrate, dtype=np.float64),
                 input_window=layer.input_window, delays=layer.use_delays,
                 trainable_time_constants=layer.trainable_time_constants, min_time_constant=layer.min_time_constant,
-                trainable_threshold=layer.trainable_threshold, min_threshold=layer.min_threshold)
+                trainable_threshold=layer.trainable_threshold, min_threshold=layer.min_threshold,
+                max_total_spikes=layer.max_total_spikes)
     for key in ("max_delay", "input_spikes"):
         if getattr(layer, key) is not None:
             meta[key] = getattr(layer, key)
     if layer.recurrent:
-        meta.update(recurrent=True, recurrent_delays=layer.use_recurrent_delays,
-                    max_total_spikes=layer.max_total_spikes, recurrent_scale=layer.recurrent_scale,
+        meta.update(recurrent=True, recurrent_delays=layer.use_recurrent_delays, recurrent_scale=layer.recurrent_scale,
                     recurrent_kernel_scale=layer.recurrent_kernel_scale)
     if layer.spike_count_regularizer is not None:
         meta.update(spike_count_strength=layer.spike_count_regularizer.strength,
@@ -524,7 +527,8 @@ def _recurrent_loops(nodes, succ, pred, nir):
 def _input_size(name, node):
     shape = np.asarray(node.input_type["input"]).ravel()
     if shape.size != 1:
-        raise ValueError(f"import_nir: node {name!r}: field 'shape' must be one-dimensional [n_in], got {shape}")
+        raise ValueError(f"import_nir: node {name!r}: field 'input_type' must be one-dimensional [n_in], got "
+                         f"{shape.tolist()}")
     return int(shape[0])
 
 
@@ -654,7 +658,8 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
     for field in ("v_leak", "v_reset") if is_lif else ("v_leak",):
         if np.any(p[field] != 0):
             raise ValueError(f"import_nir: node {name!r}: field {field!r} must be 0 (spikescan neurons rest and reset "
-                             f"at 0), got values up to {np.abs(p[field]).max()!r}")
+                             f"at 0), got {float(p[field][np.argmax(p[field] != 0)])!r} (neuron "
+                             f"{int(np.argmax(p[field] != 0))})")
     meta = _meta_dict(node.metadata)
     # A CubaLIF with one value per neuron, or a CubaLIF / CubaLI exported from trainable time constants, becomes a
     # layer with trainable per-neuron time constants; elsewhere one value per layer (a third-party CubaLI with
@@ -697,9 +702,12 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if "tau_mem" in meta and "tau_syn" in meta:  # the layer's arguments (initial values), in the model's unit
             kwargs.update(tau_mem=meta_time("tau_mem"), tau_syn=meta_time("tau_syn"))
         kwargs.update(trainable_time_constants=True)
-        if "min_time_constant" in meta:
-            kwargs["min_time_constant"] = meta_time("min_time_constant")
         taus = tuple(_convert(p[f], graph_unit, time_unit).astype(np.float32) for f in ("tau_mem", "tau_syn"))
+        # The floor training keeps them above: the exported layer's, else the default rule (5% of the smaller time
+        # constant) over every neuron's values, not the layer arguments' (neuron 0's), which would move the smaller
+        # ones up at the first training step.
+        kwargs["min_time_constant"] = (meta_time("min_time_constant") if "min_time_constant" in meta
+                                       else 0.05 * float(min(taus[0].min(), taus[1].min())))
     if not is_lif:
         if delays is not None:
             raise ValueError(f"import_nir: node {name!r}: delays before a CubaLI (LIReadout) are not supported")
@@ -711,6 +719,8 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         tau_readout = meta_time("tau_readout", None if "readout" in meta else overrides["tau_readout"])
         scale = meta.get("scale", "auto")  # "auto" (read back as a str, like "readout") or the factor
         scale = str(scale) if isinstance(scale, str) else float(scale)
+        if "revival_penalty" in meta:
+            kwargs["revival_penalty"] = float(meta["revival_penalty"])
         layer = LIReadout(n_out, readout=readout, t_max=t_max, tau_readout=tau_readout, scale=scale, **kwargs)
         # Our graphs written before LIReadout's unit-free "auto" scale carry "scale" without "auto_scale_rule";
         # third-party graphs (no "scale") get the current rule.
@@ -738,17 +748,17 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
                      input_window=meta_time("input_window", 0.0))
         if "input_spikes" in meta:
             extra["input_spikes"] = float(meta["input_spikes"])
+        if "max_total_spikes" in meta:
+            extra["max_total_spikes"] = int(meta["max_total_spikes"])
         if "spike_count_strength" in meta:
             extra["spike_count_regularizer"] = SpikeCountRegularizer(float(meta["spike_count_strength"]),
                                                                      meta_time("spike_count_tau"))
-    if thresholds is not None:
-        extra.update(trainable_threshold=True)
-        if "min_threshold" in meta:
-            extra["min_threshold"] = float(meta["min_threshold"])
+    if thresholds is not None:  # the floor as for the time constants: 5% of the smallest, if not exported
+        extra.update(trainable_threshold=True,
+                     min_threshold=float(meta["min_threshold"]) if "min_threshold" in meta
+                     else 0.05 * float(thresholds.min()))
     if recurrent is not None:
         extra.update(recurrent=True, recurrent_delays=rec[1] is not None)
-        if "max_total_spikes" in meta:
-            extra["max_total_spikes"] = int(meta["max_total_spikes"])
         if "recurrent_scale" in meta:  # "auto" (read back as a str) or the factor
             scale = meta["recurrent_scale"]
             extra["recurrent_scale"] = str(scale) if isinstance(scale, str) else float(scale)

@@ -274,7 +274,10 @@ def test_unsupported_graphs_name_node_and_field():
                v_reset=0 * ones6)
     cases = [
         (graph_with(lif1=nir.CubaLIF(**{**lif, "v_leak": 0.1 * ones6})), r"node 'lif1'.*'v_leak'"),
-        (graph_with(lif1=nir.CubaLIF(**{**lif, "v_reset": -ones6})), r"node 'lif1'.*'v_reset'"),
+        (graph_with(lif1=nir.CubaLIF(**{**lif, "v_reset": np.r_[0.0, -0.5, 0, 0, 0, 0]})),
+         r"node 'lif1'.*'v_reset' must be 0 .* got -0\.5 \(neuron 1\)"),
+        (graph_with(**{"in": nir.Input(input_type=np.array([1, 4]))}), r"node 'in'.*'input_type' must be "
+                                                                       r"one-dimensional \[n_in\], got \[1, 4\]"),
         # Per-neuron time constants import into a LIFLayer with trainable ones (test_keras_time_constants.py), not
         # into a readout, which has one value per layer.
         (graph_with(lif1=nir.CubaLIF(**{**lif, "tau_mem": -0.02 * ones6})), r"node 'lif1'.*'tau_mem' must be > 0"),
@@ -424,7 +427,7 @@ def test_feed_forward_export_has_no_recurrent_parts():
     names = list(g.nodes)
     assert g.edges == list(zip(names[:-1], names[1:]))  # still a plain chain
     for name in ("lif_a", "lif_b"):
-        assert not {"recurrent", "recurrent_delays", "max_total_spikes"} & set(g.nodes[name].metadata["spikescan"])
+        assert not {"recurrent", "recurrent_delays"} & set(g.nodes[name].metadata["spikescan"])
 
 
 def two_neuron_graph(rec_weight, affine=False):
@@ -505,3 +508,57 @@ def test_unsupported_cycles_name_the_nodes():
     assert layer.recurrent and layer.trainable_time_constants
     np.testing.assert_allclose(layer.time_constants()[0], np.linspace(10, 20, 6),
                                rtol=1e-6)
+
+
+def test_third_party_per_neuron_values_keep_their_values_through_training():
+    # Per-neuron thresholds and time constants from another tool: the floors come from every neuron's values, not
+    # neuron 0's (whose 5% was 0.5 and 0.25 here: one step at learning rate 0 moved neuron 1's 0.1 up to them and
+    # changed its spikes).
+    n_in, n = 3, 2
+    graph = nir.NIRGraph(nodes={
+        "in": nir.Input(input_type=np.array([n_in])),
+        "fc": nir.Linear(weight=np.array([[1, 1, 1], [30, 30, 30]], np.float32)),
+        "lif": nir.CubaLIF(tau_syn=np.array([5e-3, 0.1e-3]), tau_mem=np.array([20e-3, 20e-3]), r=np.ones(n),
+                           v_leak=np.zeros(n), v_threshold=np.array([10.0, 0.1]), v_reset=np.zeros(n),
+                           w_in=np.array([5e-3, 0.1e-3])),
+        "out": nir.Output(output_type=np.array([n]))}, edges=[("in", "fc"), ("fc", "lif"), ("lif", "out")])
+    model = sk.import_nir(graph, max_spikes=4)
+    layer = model.layers[0]
+    assert layer.min_threshold == pytest.approx(0.005) and layer.min_time_constant == pytest.approx(0.005)
+    x = np.full((2, n_in, 1), np.inf, np.float32)
+    x[:, :, 0] = [1.0, 2.0, 3.0]
+    before = keras.ops.convert_to_numpy(model(x, training=False))
+    assert np.isfinite(before[0, 1]).sum() >= 2
+    model.compile(keras.optimizers.SGD(learning_rate=0.0), "mse")
+    model.fit(x, np.zeros((2, n, 4), np.float32), epochs=1, verbose=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.threshold_per_neuron), np.float32([10.0, 0.1]))
+    np.testing.assert_allclose(layer.time_constants()[1], [5.0, 0.1], rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, training=False)), before)
+
+
+def test_round_trip_keeps_the_runaway_limit_and_the_revival_penalty(tmp_path):
+    model = keras.Sequential([keras.Input(shape=(5, 3)),
+                              sk.LIFLayer(6, tau_mem=20.0, tau_syn=10.0, max_spikes=3, max_total_spikes=500),
+                              sk.LIReadout(3, tau_mem=20.0, tau_syn=10.0, t_max=60.0, readout="max",
+                                           revival_penalty=0.0)])
+    nir.write(tmp_path / "g.nir", sk.export_nir(model))
+    back = sk.import_nir(nir.read(tmp_path / "g.nir"))
+    assert back.layers[0].max_total_spikes == 500
+    assert back.layers[1].revival_penalty == 0.0
+
+
+def test_setters_refuse_values_training_would_move():
+    model = keras.Sequential([keras.Input(shape=(3, 2)),
+                              sk.LIFLayer(2, tau_mem=20.0, tau_syn=10.0, max_spikes=2, delays=True, max_delay=5.0,
+                                          trainable_time_constants=True, recurrent=True, recurrent_delays=True)])
+    layer = model.layers[0]
+    with pytest.raises(ValueError, match=r"tau_syn must be >= 0\.5 .* got 0\.1 at index \(1,\)"):
+        layer.set_time_constants(np.array([20.0, 20.0]), np.array([10.0, 0.1]))
+    with pytest.raises(ValueError, match=r"delays must be within \[0\.0, 5\.0\] .* got 6\.0 at index \(2, 1\)"):
+        layer.set_delay_values(np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 6.0]]))
+    with pytest.raises(ValueError, match=r"recurrent delays must be within \[0\.0, 5\.0\] .* got nan"):
+        layer.set_recurrent_delay_values(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"delays must be within .* got -1\.0"):
+        layer.set_delay_values(-np.ones((3, 2)))
+    layer.set_delay_values(np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]))  # the bounds themselves are in range
+    np.testing.assert_allclose(layer.delay_values(), [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
