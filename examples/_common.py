@@ -211,8 +211,9 @@ class Backup(keras.callbacks.BackupAndRestore):
                 # offset plus k, so the resumed one must too.
                 self.batches.epoch += epoch
                 self.batches._order = self.batches._permutation()
-            print(f"resuming from the backup in {self.backup_dir}: {epoch} epoch(s) done", file=sys.stderr,
-                  flush=True)
+            if is_chief():  # one line for the run, not one per rank
+                print(f"resuming from the backup in {self.backup_dir}: {epoch} epoch(s) done", file=sys.stderr,
+                      flush=True)
         if not is_chief():  # data-parallel training: rank 0 writes the backup folder
             return
         os.makedirs(self.backup_dir, exist_ok=True)

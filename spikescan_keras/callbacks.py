@@ -27,7 +27,7 @@ class FiringMonitor(keras.callbacks.Callback):
 
     def __init__(self, stats=_STATS):
         super().__init__()
-        stats = tuple(stats)
+        stats = (stats,) if isinstance(stats, str) else tuple(stats)  # one name as a string: not its letters
         unknown = [s for s in stats if s not in _STATS]
         if unknown or not stats:
             raise ValueError(f"stats must be a non-empty subset of {_STATS}, got {stats!r}")

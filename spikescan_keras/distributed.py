@@ -46,6 +46,7 @@ process on jax.
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -113,7 +114,7 @@ class ShardedBatches(keras.utils.PyDataset):
     as ``spikescan.datasets.SpikeBatches``; its ``on_epoch_begin`` / ``on_epoch_end`` are forwarded (a shuffled
     ``SpikeBatches`` reshuffles by its seed and epoch, the same on every rank). The ranks get disjoint slices whose
     sizes differ by at most one sample. A last global batch with fewer samples than ranks is dropped, so that every
-    rank has a sample at every step (the ranks must take the same number of steps).
+    rank has a sample at every step (the ranks must take the same number of steps), with a warning on rank 0.
 
     Order: the k-th batch ``fit`` asks for in an epoch is the slice of global batch k, whatever index it asks with.
     ``fit(shuffle=True)``, the default, reorders a PyDataset's batches with each process's own random state, which
@@ -128,8 +129,13 @@ class ShardedBatches(keras.utils.PyDataset):
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.batches, self.rank, self.world_size = batches, int(rank), int(world_size)
         n = len(batches)
-        if n and len(_leaves(batches[n - 1])[0]) < self.world_size:
+        if n and (last := len(_leaves(batches[n - 1])[0])) < self.world_size:
             n -= 1
+            if n and self.rank == 0:
+                warnings.warn(f"the last global batch has {last} sample(s), fewer than world_size="
+                              f"{self.world_size}: it is left out of every epoch (one process would train on it); "
+                              "choose the dataset size or batch size so that the last batch has at least "
+                              "world_size samples, or drop those samples yourself to silence this", stacklevel=2)
         if n == 0:
             raise ValueError(f"no batch has at least world_size={world_size} samples")
         self._len, self._served = n, 0

@@ -115,3 +115,19 @@ def test_jax_data_parallel_runs_each_device_on_its_batch(route):
     # The calibration needs the whole first batch: each device all-gathers it, as one device would see it.
     assert result["single_seen"]["CalibrateOp"] == [16]
     assert result["parallel_seen"]["CalibrateOp"] == [16, 16]
+
+
+def test_sharded_batches_warn_when_a_short_last_batch_is_left_out():
+    from spikescan_keras import distributed
+
+    batches = [(np.zeros((4, 2, 1)), np.zeros(4)), (np.zeros((1, 2, 1)), np.zeros(1))]  # 5 samples, batch 4
+    with pytest.warns(UserWarning, match=r"the last global batch has 1 sample\(s\), fewer than world_size=2: it is "
+                                         r"left out of every epoch"):
+        sharded = distributed.ShardedBatches(batches, rank=0, world_size=2)
+    assert len(sharded) == 1 and sharded[0][0].shape == (2, 2, 1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rank 1 says nothing (rank 0 speaks for all), and a full last batch is kept
+        assert len(distributed.ShardedBatches(batches, rank=1, world_size=2)) == 1
+        assert len(distributed.ShardedBatches(batches[:1] * 2, rank=0, world_size=2)) == 2

@@ -236,6 +236,9 @@ def test_new_options_are_validated(kwargs, match):
 def test_firing_monitor_rejects_unknown_statistics():
     with pytest.raises(ValueError, match="stats"):
         sk.FiringMonitor(stats=("rate",))
+    with pytest.raises(ValueError, match=r"got \('rate',\)"):  # a string is one name, not its letters
+        sk.FiringMonitor(stats="rate")
+    assert sk.FiringMonitor(stats="silent_fraction").stats == ("silent_fraction",)
 
 
 def test_layer_killed_during_training_is_reported_and_revived():

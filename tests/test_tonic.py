@@ -163,3 +163,40 @@ def test_camera_events_without_sensor_size_are_refused():
     with pytest.raises(ValueError, match="field 'x' holds non-integer values, e.g. 1.5"):
         ToSpikeTensor(34 * 34 * 2, 4, sensor_size=(34, 34, 2))(floats)
     assert "ToSpikeTensor(n_channels=8" in repr(ToSpikeTensor(8, 2))
+
+
+def test_samples_emptied_inside_compose_collate_as_empty():
+    """tonic's Compose stops at a sample a transform emptied, so ToSpikeTensor inside it never runs on that sample:
+    collate_spikes takes the empty event array as a sample without spikes (all +inf), and says what to do when
+    there is no tensor to take the shape from."""
+    dt = np.dtype([("t", np.int64), ("x", np.int64), ("p", np.int64)])
+    transform = tonic.transforms.Compose([tonic.transforms.CropTime(max=60_000), ToSpikeTensor(2, 4, t_max=60.0)])
+    full, emptied = transform(np.array([(1000, 0, 1), (2000, 1, 1)], dt)), transform(np.zeros(0, dt))
+    assert emptied.dtype.names is not None and emptied.size == 0  # what tonic hands over
+    times, labels = collate_spikes([(emptied, 0), (full, 1)])
+    assert times.shape == (2, 2, 4) and times.dtype == np.float32
+    np.testing.assert_array_equal(times[0], ToSpikeTensor(2, 4, t_max=60.0)(np.zeros(0, dt)))
+    np.testing.assert_array_equal(times[1], full)
+    with pytest.raises(ValueError, match="every item is an empty event array.*ToSpikeTensor after Compose"):
+        collate_spikes([(emptied, 0), (emptied, 1)])
+    with pytest.raises(ValueError, match="item 1 is a structured event array of 2 events"):
+        collate_spikes([(full, 0), (np.array([(1000, 0, 1), (2000, 1, 1)], dt), 1)])
+
+
+def test_float32_merging_distinct_times_is_warned():
+    """An hour into a recording in ms, float32's spacing is 0.25 ms: events 1 and 99 us apart become simultaneous.
+    The tensor is what was asked for (float32), with a warning that counts the merged pairs; float64 keeps them."""
+    from spikescan.datasets import MergedSpikesWarning
+
+    dt = np.dtype([("t", np.int64), ("x", np.int64), ("p", np.int64)])
+    hour = 3_600_000_000
+    events = np.array([(hour + 1, 0, 1), (hour + 2, 0, 1), (hour + 100, 0, 1), (hour + 100, 1, 1)], dt)
+    with pytest.warns(MergedSpikesWarning, match=r"2 pair\(s\) of distinct spike times of one channel became equal "
+                                                 r"in float32 \(times up to 3600000\.1, where its spacing is 0\.25\)"):
+        out = ToSpikeTensor(2, 3)(events)
+    assert (out[0] == np.float32(3_600_000.0)).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out64 = ToSpikeTensor(2, 3, dtype=np.float64)(events)
+        ToSpikeTensor(2, 3)(np.array([(1, 0, 1), (2, 0, 1), (100, 0, 1)], dt))  # near zero: distinct in float32
+    np.testing.assert_array_equal(out64[0], [3_600_000.001, 3_600_000.002, 3_600_000.1])

@@ -6,7 +6,7 @@ loader's ``time_unit`` says otherwise. Optional dependencies (h5py, keras) are i
 (``pip install spikescan[data]``).
 """
 
-from ._core import DroppedSpikesWarning, SpikeDataset, bin_times, pack_events
+from ._core import DroppedSpikesWarning, MergedSpikesWarning, SpikeDataset, bin_times, pack_events
 from .batching import SpikeBatches
 from .heidelberg import download_shd, download_ssc, shd, ssc
 from .mnist import latency_mnist, load_mnist_arrays
@@ -14,7 +14,7 @@ from .tonic import ToSpikeTensor, collate_spikes
 from .yinyang import yinyang, yinyang_points
 
 __all__ = [
-    "DroppedSpikesWarning", "SpikeBatches", "SpikeDataset", "ToSpikeTensor", "bin_times", "collate_spikes",
-    "download_shd", "download_ssc",
+    "DroppedSpikesWarning", "MergedSpikesWarning", "SpikeBatches", "SpikeDataset", "ToSpikeTensor", "bin_times",
+    "collate_spikes", "download_shd", "download_ssc",
     "latency_mnist", "load_mnist_arrays", "pack_events", "shd", "ssc", "yinyang", "yinyang_points",
 ]

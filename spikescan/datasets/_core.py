@@ -19,6 +19,12 @@ class DroppedSpikesWarning(UserWarning):
     """A loader discarded input spikes because of a crop or a cap that the caller asked for."""
 
 
+class MergedSpikesWarning(UserWarning):
+    """Rounding spike times to the result's dtype (float32) made distinct spikes of a channel simultaneous: far
+    from zero, float32 cannot tell them apart (its spacing is ``t * 6e-8``: 0.25 ms at one hour in ms). Use
+    ``dtype=np.float64`` or times that start near zero."""
+
+
 @dataclass
 class SpikeDataset:
     """Spike tensors with labels.
@@ -181,7 +187,8 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
     Returns:
         ``(times [n, n_channels, max_spikes] dtype, n_dropped)``: ascending, ``+inf``-padded; ``max_spikes`` is
         the largest kept count (at least 1); ``n_dropped`` counts spikes removed by the cap. A time too large for
-        ``dtype`` (it would become the ``+inf`` of padding) is an error.
+        ``dtype`` (it would become the ``+inf`` of padding) is an error; distinct times of a channel that round to
+        the same float32 number issue a ``MergedSpikesWarning`` with their count.
     """
     check_count("n_channels", n_channels)
     check_count("max_spikes_per_channel", max_spikes_per_channel, allow_none=True)
@@ -195,7 +202,8 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
     counts = [np.bincount(ch, minlength=n_channels) for ch, _ in samples]
     width = int(min(cap, max((c.max(initial=0) for c in counts), default=0)))
     out = np.full((len(samples), n_channels, max(width, 1)), np.inf, dtype=dtype)
-    dropped = 0
+    dropped = merged = 0
+    merged_at = 0.0
     for i, ((ch, t), cnt) in enumerate(zip(samples, counts)):
         if len(t) == 0:
             continue
@@ -206,6 +214,16 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
         keep = rank < width
         dropped += int(len(t) - keep.sum())
         out[i, ch[keep], rank[keep]] = t[keep]
+        if dtype != np.float64 and len(t) > 1:
+            # Neighbours in a channel, distinct in float64, equal once rounded: counted, not silent.
+            same = (ch[1:] == ch[:-1]) & keep[1:] & (t[1:] > t[:-1])
+            rounded = t.astype(dtype)
+            merged += int(np.count_nonzero(same & (rounded[1:] == rounded[:-1])))
+            merged_at = max(merged_at, float(t[1:][same].max(initial=0.0)))
+    if merged:
+        warnings.warn(f"{merged} pair(s) of distinct spike times of one channel became equal in {dtype.name} (times "
+                      f"up to {merged_at!r}, where its spacing is {float(np.spacing(dtype.type(merged_at)))!r}); "
+                      f"use dtype=np.float64, or times that start near zero", MergedSpikesWarning, stacklevel=3)
     return out, dropped
 
 

@@ -197,6 +197,11 @@ def collate_spikes(batch):
     ``times`` keeps the samples' dtype (float32 from :class:`ToSpikeTensor`); integer labels become int64. Returns
     NumPy arrays (``model.fit`` accepts them, as does a ``torch.utils.data.DataLoader`` given
     ``collate_fn=collate_spikes``). Raises ValueError when the samples' shapes differ.
+
+    An item whose ``times`` is an *empty* structured event array is a sample without events that never reached
+    :class:`ToSpikeTensor`: tonic's ``transforms.Compose`` stops at a sample that a transform before it emptied
+    (``CropTime``, ``Denoise``, ...). It becomes an all-``+inf`` tensor of the other items' shape and dtype (what
+    ``ToSpikeTensor`` makes of no events); a batch of such items only is an error (no shape to take).
     """
     batch = list(batch)
     if not batch:
@@ -208,11 +213,23 @@ def collate_spikes(batch):
         except (TypeError, ValueError) as err:
             raise ValueError(f"collate_spikes: item {i} is not a (times, label) pair") from err
         t = np.asarray(t)
-        if times and t.shape != times[0].shape:
-            raise ValueError(f"collate_spikes: item {i} has shape {t.shape}, item 0 has {times[0].shape} (use "
-                             f"ToSpikeTensor, whose output has a fixed shape)")
+        if t.dtype.names is not None and t.size:
+            raise ValueError(f"collate_spikes: item {i} is a structured event array of {t.size} events, not a spike "
+                             "tensor: apply ToSpikeTensor to the events first")
         times.append(t)
         labels.append(np.asarray(label))
+    tensors = [t for t in times if t.dtype.names is None]
+    if not tensors:
+        raise ValueError("collate_spikes: every item is an empty event array (no spike tensor to take the shape "
+                         "from): tonic's Compose skips the transforms after one that empties a sample, so apply "
+                         "ToSpikeTensor after Compose, not inside it")
+    first = next(i for i, t in enumerate(times) if t.dtype.names is None)
+    for i, t in enumerate(times):
+        if t.dtype.names is not None:  # an emptied sample: no spikes
+            times[i] = np.full(tensors[0].shape, np.inf, dtype=tensors[0].dtype)
+        elif t.shape != tensors[0].shape:
+            raise ValueError(f"collate_spikes: item {i} has shape {t.shape}, item {first} has {tensors[0].shape} "
+                             "(use ToSpikeTensor, whose output has a fixed shape)")
     labels = np.stack(labels)
     if labels.dtype.kind in "iub":
         labels = labels.astype(np.int64)
