@@ -8,6 +8,7 @@ custom-gradient op per layer (``spikescan_keras._bridge``). Supported backends: 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
@@ -237,6 +238,36 @@ def _exact_dtype(layer_name, kwargs):
     return {**kwargs, "dtype": "float32"}
 
 
+def _check_float64_backend(layer_name, compute_dtype):
+    """jax without 64-bit mode truncates float64 arrays to float32 (with a generic warning of its own): say so
+    for the layer, with the fix."""
+    if compute_dtype != "float64" or keras.backend.backend() != "jax":
+        return
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        warnings.warn(f"{layer_name}: float64 on the jax backend needs jax's 64-bit mode; without it jax computes this "
+                      "layer in float32. Set JAX_ENABLE_X64=1 in the environment (or call "
+                      "jax.config.update('jax_enable_x64', True) before making any array)", UserWarning, stacklevel=4)
+
+
+def _check_input_precision(layer, inputs):
+    """Spike times that arrive in float16 or bfloat16 were already rounded by the layer before (a ``Concatenate``
+    under a mixed-precision policy): near 20 ms to 1/64 ms (float16) or 1/8 ms (bfloat16). Keras' cast to the
+    layer's float32 cannot undo that, so it is a warning (once per layer) that names the fix."""
+    dtype = getattr(inputs, "dtype", None)
+    if dtype is None or getattr(layer, "_warned_low_precision", False):
+        return
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype in ("float16", "bfloat16"):
+        layer._warned_low_precision = True
+        warnings.warn(f"{type(layer).__name__} {layer.name!r}: its input spike times arrive in {dtype}, rounded by the "
+                      "layer before it (near 20 ms float16 keeps 1/64 ms, bfloat16 1/8 ms); the cast to "
+                      f"{layer.compute_dtype} cannot restore them. Give the layers that carry spike times "
+                      "dtype='float32' (e.g. keras.layers.Concatenate(axis=1, dtype='float32')) under a "
+                      "mixed-precision policy", UserWarning, stacklevel=3)
+
+
 @keras.saving.register_keras_serializable(package="spikescan")
 class LIFLayer(keras.layers.Layer):
     """Dense layer of current-based LIF neurons with exact spike times and exact gradients (no surrogates).
@@ -329,8 +360,9 @@ class LIFLayer(keras.layers.Layer):
             or that the input does not call for), it searches a factor that fixes it
             (``spikescan.init.calibrate_scale``) and keeps it in the non-trainable weight ``kernel_scale``: the
             layer computes with ``kernel * kernel_scale`` from then on, and the factor is saved with the model.
-            Layers calibrate in order, each on the spikes of the calibrated layers before it. Default
-            ``(0.3, 0.9)``.
+            Layers calibrate in order, each on the spikes of the calibrated layers before it. A frozen layer
+            (``trainable = False``) does not calibrate: like Keras' frozen ``BatchNormalization`` it keeps
+            computing the function it had (with its ``kernel_scale`` as it is). Default ``(0.3, 0.9)``.
         silence_penalty: strength of the revival objective (``0`` switches it off). On a training batch, for the
             set ``S`` of neurons that fire on no sample of the batch, the layer adds to the model's loss::
 
@@ -372,6 +404,7 @@ class LIFLayer(keras.layers.Layer):
                  recurrent_delays=False, recurrent_initializer="auto", recurrent_delay_initializer="auto",
                  recurrent_regularizer=None, recurrent_scale="auto", **kwargs):
         super().__init__(**_exact_dtype("LIFLayer", kwargs))
+        _check_float64_backend("LIFLayer", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
         for name, value in (("recurrent", recurrent), ("recurrent_delays", recurrent_delays)):
             if not isinstance(value, bool):
@@ -520,7 +553,7 @@ class LIFLayer(keras.layers.Layer):
         tensor that an earlier call of the same layer in the same step (a layer shared by two branches) saved for
         its backward."""
         scale = ops.copy(ops.convert_to_tensor(self.kernel_scale))
-        if not training or self.calibrate is None:
+        if not training or self.calibrate is None or not self.trainable:  # a frozen layer keeps its function
             return scale
         kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))
         extra = (ops.stop_gradient(self._delays()),) if self.use_delays else ()
@@ -538,6 +571,10 @@ class LIFLayer(keras.layers.Layer):
         self.kernel_scale.assign(scale)
         self.calibrated.assign(ops.ones((), "int32"))
         return scale
+
+    def __call__(self, inputs, *args, **kwargs):
+        _check_input_precision(self, inputs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units, max_spikes]`` spike times."""
@@ -870,6 +907,7 @@ class LIReadout(keras.layers.Layer):
                  kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,
                  min_time_constant=None, revival_penalty=1.0, **kwargs):
         super().__init__(**_exact_dtype("LIReadout", kwargs))
+        _check_float64_backend("LIReadout", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
         self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
@@ -945,6 +983,10 @@ class LIReadout(keras.layers.Layer):
             self.dead_fraction = self.add_weight(name="dead_fraction", shape=(), initializer="zeros",
                                                  trainable=False)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
+
+    def __call__(self, inputs, *args, **kwargs):
+        _check_input_precision(self, inputs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""

@@ -716,6 +716,72 @@ def test_mixed_precision_policy_computes_spike_layers_in_float32(policy, tmp_pat
         keras.mixed_precision.set_global_policy(before)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_spike_times_rounded_before_a_spike_layer_are_warned(policy):
+    """Under a mixed policy a Concatenate of two spike inputs computes in float16 / bfloat16 and rounds the times
+    before the spike layer casts them back to float32: the layer warns once, naming the fix; a float32 Concatenate
+    passes the times exact and says nothing."""
+    before = keras.config.dtype_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        a, b = keras.Input(shape=(3, 2)), keras.Input(shape=(2, 2))
+        lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
+        with pytest.warns(UserWarning, match=rf"LIFLayer .* input spike times arrive in {policy.split('_')[1]}.*"
+                                             r"dtype='float32'"):
+            lif(keras.layers.Concatenate(axis=1)([a, b]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lif(keras.layers.Concatenate(axis=1)([a, b]))  # once per layer
+            exact = keras.layers.Concatenate(axis=1, dtype="float32")([a, b])
+            sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)(exact)
+            sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)(exact)
+        with pytest.warns(UserWarning, match="LIReadout .* arrive in"):
+            sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)(keras.layers.Concatenate(axis=1)([a, b]))
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def test_float64_on_jax_without_x64_is_warned():
+    """jax without 64-bit mode computes float64 arrays in float32: a float64 spike layer says so and how to fix it
+    (other backends, or jax with x64, compute in float64 and say nothing)."""
+    x64 = BACKEND == "jax" and __import__("jax").config.jax_enable_x64
+    if BACKEND == "jax" and not x64:
+        with pytest.warns(UserWarning, match="LIFLayer: float64 on the jax backend needs .*JAX_ENABLE_X64=1"):
+            sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, dtype="float64")
+        with pytest.warns(UserWarning, match="LIReadout: float64 on the jax backend"):
+            sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, dtype="float64")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, dtype="float64")
+
+
+def test_frozen_layer_does_not_calibrate():
+    """``trainable = False`` keeps the layer's function through ``fit`` (as a frozen BatchNormalization does): no
+    first-batch calibration of its kernel_scale. Before, a frozen layer of hand-set weights that fired nowhere was
+    rescaled ~25x at the first batch and fired ~200 spikes."""
+    keras.utils.set_random_seed(0)
+    x, y = timing_task(32)
+    lif = sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2,
+                      kernel_initializer=keras.initializers.RandomNormal(0.02, 0.01, seed=3))
+    model = keras.Sequential([keras.Input(shape=x.shape[1:]), lif,
+                              sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)])
+    lif.trainable = False
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = keras.ops.convert_to_numpy(lif(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the silent layer is reported: that is the point of the setup
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert float(keras.ops.convert_to_numpy(lif.kernel_scale)) == 1.0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(lif(x)), before)
+    lif.trainable = True  # unfrozen, the same layer calibrates at its next training batch
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert float(keras.ops.convert_to_numpy(lif.kernel_scale)) != 1.0
+
+
 def test_float64_layers_train_with_their_added_losses():
     """``dtype="float64"`` spike layers with their added losses (the spike-count regularizer, and the silent-neuron
     and revival objectives when a neuron or unit is dead) beside Keras' float32 compiled loss: the added terms are
