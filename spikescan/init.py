@@ -130,9 +130,11 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     move towards the target, so no trial is far above the firing onset (runaway firing is slow to simulate).
     The first guess uses :func:`mean_weight` with the measured input statistics (:func:`input_statistics`).
 
-    A layer whose inputs carry no spike cannot be calibrated: ``1.0`` is returned. A trial scale at which a neuron
-    runs away (``RunawayFiringError``) counts as too busy; the weights as given running away raise it. Each trial is one
-    ``lif_forward`` with ``max_spikes=1`` (the counts are exact whatever ``max_spikes``).
+    Samples without any input spike are left out (no weight makes them fire, so they would only dilute the
+    fraction and push the factor up: with 80% empty samples a 30% target meant firing on every non-empty one, in
+    bursts). A layer whose inputs carry no spike cannot be calibrated: ``1.0`` is returned. A trial scale at which a
+    neuron runs away (``RunawayFiringError``) counts as too busy; the weights as given running away raise it. Each
+    trial is one ``lif_forward`` with ``max_spikes=1`` (the counts are exact whatever ``max_spikes``).
 
     Args:
         input_times: ``[batch, n_in, max_in]`` spike tensor (NumPy), e.g. the first training batch.
@@ -155,6 +157,10 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
         max_mean_count = v.positive_scalar("max_mean_count", max_mean_count)
     aim = 0.5 * (low + high)
     weights = np.asarray(weights, dtype=np.float64)
+    input_times = np.asarray(input_times)
+    carries = np.isfinite(input_times).any(axis=(1, 2))
+    if carries.any() and not carries.all():
+        input_times = input_times[carries]
     busy = {}  # log scale -> whether the mean count exceeds max_mean_count
 
     def fraction(log_s):

@@ -54,9 +54,10 @@ def _warn_silent(layer_name):
     # No count or batch number in the message: Python's default filter then shows it once per layer.
     warnings.warn(
         f"LIFLayer {layer_name!r} fired no spike on a training batch, so every gradient through it (and through the "
-        "layers before it) is zero and this batch teaches nothing. Its drive is below threshold: keep the layer's "
+        "layers before it) is zero and this batch teaches nothing. Its drive is below threshold. Keep the layer's "
         "first-batch calibration on (calibrate=(low, high), the default) and its silence_penalty > 0 so silent "
-        "neurons are pushed back towards threshold, or start from larger weights (kernel_initializer), a lower "
+        "neurons are pushed back towards threshold; if both are on, the kernel may have no positive weight (all "
+        "zero or negative, which neither can fix: start from kernel_initializer='auto'), or needs a lower "
         "threshold or longer time constants; if it fell silent during training, lower the learning rate.",
         SilentLayerWarning, stacklevel=2)
 
@@ -177,7 +178,10 @@ class LIFOp:
             warnings.warn(
                 f"LIFLayer {spec.layer_name!r}: some neurons fired more than max_spikes={spec.max_spikes} times; "
                 "their extra spikes keep exact dynamics but are not passed on. The layer's `capped_spikes` "
-                "variable counts them; raise max_spikes if this matters.", CappedSpikesWarning)
+                "variable counts them; raise max_spikes if this matters. If the neurons fire far more than "
+                "max_spikes (the layer's spikes_per_neuron, FiringMonitor), the layer is more likely running away "
+                "(weights grown too large: a learning rate too high, or a calibration factor far from 1) than short "
+                "of max_spikes.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
 
@@ -204,6 +208,24 @@ class LIFOp:
         return ((batch, n_out, spec.max_spikes), input_times.dtype), ((batch, n_out), np.dtype(np.int32))
 
 
+def _warn_late_inputs(spec: LISpec, input_times, values):
+    """On a training call: warn when most input spikes arrive after ``t_max``, outside the readout window (spike
+    times in another unit than ``t_max``, e.g. microseconds against milliseconds, while a few early spikes keep the
+    logits from being all zero; all-zero ``values`` are the empty-readout warning's). One reduction (a host sync
+    on CuPy)."""
+    xp = _validate.array_module(input_times)
+    real = xp.isfinite(input_times)
+    counts = xp.stack([real.sum(), (real & (input_times > spec.t_max)).sum(), (values != 0).sum()])
+    total, late, nonzero = (int(c) for c in (counts.get() if hasattr(counts, "get") else counts))
+    if total and nonzero and 2 * late > total:
+        # No count in the message: Python's default filter then shows it once per layer.
+        warnings.warn(
+            f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after t_max={spec.t_max!r}, "
+            "outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
+            "t_max and the time constants (e.g. microseconds from tonic against milliseconds)? Otherwise raise "
+            "t_max to cover the activity of the layer before.", SilentReadoutWarning, stacklevel=2)
+
+
 class LIOp:
     """``inputs = (input_times, weights)``, followed by ``(tau_mem, tau_syn)`` ``[n_out]`` when
     ``spec.time_constant_inputs`` and by ``units [n_out]`` (float, 0 or 1) when ``spec.unit_mask_input``;
@@ -227,6 +249,8 @@ class LIOp:
                                       readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
         if spec.host_checks and LIOp.has_checks(spec):
             LIOp.check(spec, *LIOp.check_values(spec, (result.values,)))
+        if spec.host_checks and spec.warn_empty:
+            _warn_late_inputs(spec, input_times, result.values)
         return (result.values,), result
 
     @staticmethod
@@ -247,12 +271,15 @@ class LIOp:
     def check(spec: LISpec, dead, empty):
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_empty and bool(empty):
+            dead_max = (" For readout='max' every unit may instead be dead: weights that only lower the voltage "
+                        "leave its maximum at V(0) = 0 (keep revival_penalty > 0, the default, to raise them)."
+                        if spec.readout == "max" else "")
             warnings.warn(
                 f"LIReadout {spec.layer_name!r}: every logit is exactly 0 on every sample of a training batch, so the "
                 "loss cannot depend on the weights before it. Usually no input spike arrives within the readout "
                 f"window [0, t_max={spec.t_max!r}]: are the spike times in the unit of t_max and the time constants "
                 "(e.g. microseconds from tonic against milliseconds), and does the layer before fire before t_max? "
-                "(All-zero readout weights give the same.)", SilentReadoutWarning, stacklevel=2)
+                f"(All-zero readout weights give the same.){dead_max}", SilentReadoutWarning, stacklevel=2)
         elif spec.warn_dead and int(dead):
             # No count in the message: Python's default filter then shows it once per layer.
             warnings.warn(
@@ -392,6 +419,37 @@ class CalibrateSpec:
     layer_name: str
 
 
+# A calibration factor this far from 1 (either way) means initial weights far off the inputs' scale.
+CALIBRATION_FAR = 64.0
+
+
+def _calibration_warnings(spec, input_times, weights, scale, fraction):
+    """What the first-batch calibration could not fix, or fixed with a factor far from 1, with its likely cause."""
+    low, high = spec.target
+    name = f"LIFLayer {spec.layer_name!r}: calibration on the first training batch"
+    if not low <= fraction <= high:
+        if not np.isfinite(input_times).any():
+            cause = "the batch carries no input spike"
+        elif not (np.asarray(weights) > 0).any():
+            cause = ("its kernel has no positive weight (all zero or negative), which no factor makes fire: start "
+                     "from weights with a positive mean (kernel_initializer='auto', the default)")
+        else:
+            cause = ("the inputs may carry too few spikes for this layer, or the factor the search reached is not "
+                     "enough (a threshold far above the weights' scale, time constants short against the inputs' "
+                     "spread)" if fraction < low else "the layer fires on too many samples even with weights scaled "
+                     "down")
+        warnings.warn(f"{name} reached a firing fraction of {fraction:.3f} (target {low}-{high}) with the kernel "
+                      f"scaled by {scale:.4g}: {cause}.", SilentLayerWarning if fraction == 0.0 else UserWarning)
+    elif not 1.0 / CALIBRATION_FAR < scale < CALIBRATION_FAR:
+        # No factor in the message: Python's default filter then shows it once per layer.
+        warnings.warn(
+            f"{name} scaled the kernel by a factor far from 1 (kernel_scale, more than {CALIBRATION_FAR:g}x either "
+            "way): the initial weights are far off the scale these inputs need. The layer computes with kernel * "
+            "kernel_scale, so every optimizer step on kernel moves the weights that many times as far as Adam "
+            "means to: training may run away (spikes far beyond max_spikes) or barely move. Start from weights of "
+            "the inputs' scale (kernel_initializer='auto', the default).", UserWarning)
+
+
 class CalibrateOp:
     """``inputs = (input_times, weights)`` or ``(input_times, weights, delays)``; ``outputs = (scale,)``, a scalar
     in the dtype of ``weights``: the factor ``spikescan.init.calibrate_scale`` finds for these inputs. Not
@@ -408,12 +466,7 @@ class CalibrateOp:
             input_times, weights, delays=delays[0] if delays else None,
             tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
             max_mean_count=burst_bound(input_times, spec.max_spikes), method=spec.method, solver=spec.solver)
-        low, high = spec.target
-        if not low <= fraction <= high:
-            warnings.warn(
-                f"LIFLayer {spec.layer_name!r}: calibration on the first training batch reached a firing fraction "
-                f"of {fraction:.3f} (target {low}-{high}) with the kernel scaled by {scale:.4g}; the inputs may carry "
-                "too few spikes for this layer.", SilentLayerWarning if fraction == 0.0 else UserWarning)
+        _calibration_warnings(spec, input_times, weights, scale, fraction)
         if isinstance(inputs[1], np.ndarray):
             return (np.asarray(scale, dtype=weights.dtype),), None
         import cupy

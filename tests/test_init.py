@@ -188,3 +188,15 @@ def test_calibration_trials_that_run_away_count_as_busy(monkeypatch):
     assert fraction == 1.0 and 4.0 <= 0.5 * scale <= 5.0
     with pytest.raises(RunawayFiringError):
         calibrate_scale(x, w * 20, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+
+
+def test_calibration_leaves_samples_without_input_spikes_out():
+    """Empty samples cannot fire whatever the factor: counted, they pushed the factor up until the other samples
+    fired on every neuron (80% empty samples, 30% target). The factor is the one of the non-empty samples alone."""
+    rng = np.random.default_rng(3)
+    x = latency_batch(rng)
+    w = rng.normal(1.0, 1.0, (30, 64)) * 0.01 * mean_weight(30, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    padded = np.concatenate([x, np.full((4 * len(x),) + x.shape[1:], np.inf)])  # 80% empty samples
+    alone = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    assert calibrate_scale(padded, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN) == alone
+    assert 0.3 <= alone[1] <= 0.9

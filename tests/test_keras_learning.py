@@ -108,6 +108,30 @@ def test_first_training_batch_calibrates_the_kernel_scale(tmp_path):
     assert loaded.layers[0].get_config()["calibrate"] == [0.3, 0.9]
 
 
+def test_calibration_says_what_it_could_not_fix_and_what_it_fixed_far_from_1():
+    """A kernel with no positive weight cannot be calibrated into firing: the warning says so instead of blaming the
+    inputs. Weights ~1000x too small are fixed, with a factor far from 1 that amplifies every optimizer step as
+    much: a warning names the cause (it shows as runaway firing later, where only CappedSpikesWarning spoke)."""
+    keras.utils.set_random_seed(2)
+    x, y = timing_task(64)
+    zero = model_of(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, kernel_initializer="zeros"))
+    with pytest.warns(sk.SilentLayerWarning, match="calibration on the first training batch reached a firing "
+                                                   "fraction of 0.000 .* its kernel has no positive weight"):
+        zero.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+    tiny = model_of(quiet_lif(mean=2e-5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+    assert float(tiny.layers[0].kernel_scale.numpy()) > 64
+    assert any("scaled the kernel by a factor far from 1" in str(w.message) for w in caught)
+    fine = model_of(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2))  # the "auto" initializer
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fine.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+    assert 1 / 64 < float(fine.layers[0].kernel_scale.numpy()) < 64
+    assert not any("scaled the kernel by a factor far from 1" in str(w.message) for w in caught)
+
+
 def test_calibration_does_not_depend_on_a_larger_recording():
     """A synchronous volley (one spike per channel): layers that differ only in max_spikes (8, 16, 64) calibrate to
     the same factor, the input's burst bound. It was max_spikes / 2, so raising max_spikes, as the capped-spikes
