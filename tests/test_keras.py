@@ -510,7 +510,9 @@ def test_readout_scale(readout, tmp_path):
 
     g = rng.normal(size=(x.shape[0], 3))
     g_tensor = ops.convert_to_tensor(g.astype(np.float32))
-    (grad,) = backend_grad(lambda k: ops.sum(layer.stateless_call([k], [v.value for v in layer.non_trainable_variables], x)[0] * g_tensor), [layer.kernel.numpy()])
+    state = [v.value for v in layer.non_trainable_variables]
+    (grad,) = backend_grad(lambda k: ops.sum(layer.stateless_call([k], state, x)[0] * g_tensor),
+                           [layer.kernel.numpy()])
     expected = layer.output_scale * spikescan.li_backward(
         spikescan.li_forward(x.astype(np.float64), w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=readout,
                              t_max=T_MAX), g).weights
