@@ -771,7 +771,7 @@ def test_recurrent_compiled_errors_match_numpy():
 
 
 def test_recurrent_runaway_sample_stops_the_other_samples(monkeypatch):
-    # Sample 0 runs away at once; samples 1-5 (20,000 weak input spikes each, no spike) stop at their next round
+    # Sample 0 runs away at once; samples 1-5 (20,000 weak input spikes each, no spike) stop at their first round
     # once it has, instead of running to their end: the call raises anyway.
     from spikescan import _recurrent_numba
 
@@ -787,9 +787,16 @@ def test_recurrent_runaway_sample_stops_the_other_samples(monkeypatch):
     t[0, 0, 0] = 1.0
     t[1:, 1] = np.linspace(1.0, 2e4, 20_000)
     W = np.array([[5.0, 5.0], [1e-3, 1e-3]])
-    with pytest.raises(ss.RunawayFiringError, match="of sample 0 fires more than max_total_spikes=200"):
-        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.full((2, 2), 3.0),
-                       max_total_spikes=200, engine="numba")
+    # One thread: the samples run in order, so every later one starts after the abort (with more threads, those
+    # that run beside sample 0 may finish first; which ones depends on the scheduler).
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with pytest.raises(ss.RunawayFiringError, match="of sample 0 fires more than max_total_spikes=200"):
+            ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=np.full((2, 2), 3.0),
+                           max_total_spikes=200, engine="numba")
+    finally:
+        numba.set_num_threads(threads)
     status = seen[-1][-3]
     assert status[0, 0] == _lif_numba._RUNAWAY
     np.testing.assert_array_equal(status[1:, 0], _recurrent_numba._ABORTED)
