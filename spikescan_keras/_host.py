@@ -12,10 +12,11 @@ has the same shape:
 - ``per_sample``: True when every output is one row per sample along axis 0 of ``inputs[0]`` and the other inputs
   are shared by all samples (weights), so a data-parallel bridge may run the op on each device's slice of the batch
   and sum the shared inputs' gradients; False when the result depends on the whole batch (the calibration).
-- optional ``check_values(spec, outputs) -> values`` and ``check(spec, *values)``: the op's host checks (warnings),
-  split so that a bridge that keeps the outputs on the device can leave them out of the op
-  (``spec.host_checks = False``), compute ``values`` (a few scalars) from the outputs with its own array library (only
-  operators, ``.sum()`` and ``.size`` are used) and hand just those to ``check`` on the host.
+- optional ``check_values(spec, outputs, inputs) -> values`` and ``check(spec, *values)``: the op's host checks
+  (warnings), split so that a bridge that keeps the arrays on the device can leave them out of the op
+  (``spec.host_checks = False``), compute ``values`` (a few scalars) from the outputs and inputs with its own array
+  library (only operators, ``.sum()``, ``.size`` and ``.shape`` are used) and hand just those to ``check`` on the
+  host.
 
 Only numerics from ``spikescan`` run here; nothing imports a deep-learning framework.
 """
@@ -152,7 +153,7 @@ class LIFOp:
             recurrent_delays=recurrent_delays)
         outputs = (result.times, result.counts.astype(np.int32))
         if spec.host_checks:
-            LIFOp.check(spec, *LIFOp.check_values(spec, outputs))
+            LIFOp.check(spec, *LIFOp.check_values(spec, outputs, inputs))
         return outputs, result
 
     @staticmethod
@@ -162,7 +163,7 @@ class LIFOp:
         return True
 
     @staticmethod
-    def check_values(spec: LIFSpec, outputs):
+    def check_values(spec: LIFSpec, outputs, inputs):
         """``(capped, fired)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and neurons), and the
         number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent batch)."""
         counts = outputs[1]
@@ -208,24 +209,6 @@ class LIFOp:
         return ((batch, n_out, spec.max_spikes), input_times.dtype), ((batch, n_out), np.dtype(np.int32))
 
 
-def _warn_late_inputs(spec: LISpec, input_times, values):
-    """On a training call: warn when most input spikes arrive after ``t_max``, outside the readout window (spike
-    times in another unit than ``t_max``, e.g. microseconds against milliseconds, while a few early spikes keep the
-    logits from being all zero; all-zero ``values`` are the empty-readout warning's). One reduction (a host sync
-    on CuPy)."""
-    xp = _validate.array_module(input_times)
-    real = xp.isfinite(input_times)
-    counts = xp.stack([real.sum(), (real & (input_times > spec.t_max)).sum(), (values != 0).sum()])
-    total, late, nonzero = (int(c) for c in (counts.get() if hasattr(counts, "get") else counts))
-    if total and nonzero and 2 * late > total:
-        # No count in the message: Python's default filter then shows it once per layer.
-        warnings.warn(
-            f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after t_max={spec.t_max!r}, "
-            "outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
-            "t_max and the time constants (e.g. microseconds from tonic against milliseconds)? Otherwise raise "
-            "t_max to cover the activity of the layer before.", SilentReadoutWarning, stacklevel=2)
-
-
 class LIOp:
     """``inputs = (input_times, weights)``, followed by ``(tau_mem, tau_syn)`` ``[n_out]`` when
     ``spec.time_constant_inputs`` and by ``units [n_out]`` (float, 0 or 1) when ``spec.unit_mask_input``;
@@ -248,9 +231,7 @@ class LIOp:
         result = spikescan.li_forward(input_times, weights, tau_mem=tau_mem, tau_syn=tau_syn,
                                       readout=spec.readout, t_max=spec.t_max, tau_readout=spec.tau_readout)
         if spec.host_checks and LIOp.has_checks(spec):
-            LIOp.check(spec, *LIOp.check_values(spec, (result.values,)))
-        if spec.host_checks and spec.warn_empty:
-            _warn_late_inputs(spec, input_times, result.values)
+            LIOp.check(spec, *LIOp.check_values(spec, (result.values,), inputs))
         return (result.values,), result
 
     @staticmethod
@@ -260,15 +241,19 @@ class LIOp:
         return spec.warn_dead or spec.warn_empty
 
     @staticmethod
-    def check_values(spec: LISpec, outputs):
-        """``(dead, empty)``: the number of units whose value is 0 on every sample (a ``"max"`` unit whose voltage
-        never rose above its start), and whether every value of a non-empty batch is exactly 0."""
-        values = outputs[0]
+    def check_values(spec: LISpec, outputs, inputs):
+        """``(dead, empty, spikes, late)``: the number of units whose value is 0 on every sample (a ``"max"`` unit
+        whose voltage never rose above its start), whether every value of a non-empty batch is exactly 0, and the
+        input spikes of the batch, all of them and those after ``t_max`` (spike times are validated: ``< inf``
+        is finite)."""
+        values, input_times = outputs[0], inputs[0]
         dead = ((values != 0).sum(axis=0) == 0).sum()
-        return dead, (dead == values.shape[1]) & (values.shape[0] > 0)
+        real = input_times < np.inf
+        return (dead, (dead == values.shape[1]) & (values.shape[0] > 0), real.sum(),
+                (real & (input_times > spec.t_max)).sum())
 
     @staticmethod
-    def check(spec: LISpec, dead, empty):
+    def check(spec: LISpec, dead, empty, spikes, late):
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_empty and bool(empty):
             dead_max = (" For readout='max' every unit may instead be dead: weights that only lower the voltage "
@@ -288,6 +273,15 @@ class LIOp:
                 "are never predicted. Keep revival_penalty > 0 (the default, 1.0) to raise their weights until "
                 "they rise, or start from other weights; the layer's dead_fraction weight and FiringMonitor count "
                 "them.", DeadReadoutWarning, stacklevel=2)
+        if spec.warn_empty and not bool(empty) and 2 * int(late) > int(spikes):
+            # Most inputs outside the window while a few early ones keep the logits from being all zero (spike
+            # times in another unit, e.g. microseconds against milliseconds). No count in the message: Python's
+            # default filter then shows it once per layer.
+            warnings.warn(
+                f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after t_max={spec.t_max!r}, "
+                "outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
+                "t_max and the time constants (e.g. microseconds from tonic against milliseconds)? Otherwise raise "
+                "t_max to cover the activity of the layer before.", SilentReadoutWarning, stacklevel=2)
 
     @staticmethod
     def backward(spec: LISpec, result, grad_values, input_grad=True):

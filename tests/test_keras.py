@@ -594,8 +594,8 @@ def test_a_readout_that_sees_no_spike_in_its_window_warns(jax_route, readout, re
 def test_most_inputs_after_t_max_are_warned(jax_route):
     """Spike times in microseconds against a window in milliseconds, with a few spikes early enough (Yin-Yang's
     bias spike at t = 0) that the logits are not all zero: the readout says most inputs arrive after t_max, once
-    per layer; inputs inside the window, and inference calls, say nothing. (Not on jax's buffer route, whose
-    checks run outside the op on its outputs alone.)"""
+    per layer; inputs inside the window, and inference calls, say nothing (on jax's buffer route too, where the
+    check runs outside the op on device values)."""
     rng = np.random.default_rng(0)
     x = spike_input(rng, batch=8, t_end=20.0) * 1000.0
     x[:, 0, 0] = 0.0  # an early spike on every sample
@@ -610,7 +610,7 @@ def test_most_inputs_after_t_max_are_warned(jax_route):
             model.fit(inputs, labels, epochs=1, batch_size=8, verbose=0)
             model.predict(inputs, verbose=0)
         late = [str(w.message) for w in caught if w.category is sk.SilentReadoutWarning]
-        if expected and jax_route != "buffer":
+        if expected:
             assert len(late) == 1 and "most input spikes of a training batch arrive after t_max=40.0" in late[0]
         else:
             assert late == []

@@ -22,9 +22,10 @@ Buffer-route details. The callback runs at every execution (``command_buffer_com
 the data, e.g. spike counts size spikescan's arrays, and on the residual cache, so it cannot be replayed from a CUDA
 graph). XLA may reuse its buffers once the callback has returned, so a forward that keeps its result for the backward
 first copies its inputs (on the device). The ops' host checks (the LIF op's spikes beyond ``max_spikes`` and silent
-training batch, a max readout's dead units when it has no revival objective) are left out of the op
-(``host_checks = False``): where the op ``has_checks``, the bridge computes their values from the op's outputs on the
-device and hands only those scalars to a ``jax.debug.callback`` that warns, outside the op.
+training batch, a readout's all-zero batch, dead units when it has no revival objective, and inputs mostly after
+``t_max``) are left out of the op (``host_checks = False``): where the op ``has_checks``, the bridge computes their
+values from the op's outputs and inputs on the device and hands only those scalars to a ``jax.debug.callback`` that
+warns, outside the op.
 spikescan's own checks (input validation, runaway firing) and the backward's read of its residual token still read a
 few scalars inside the op.
 
@@ -314,6 +315,7 @@ def apply(op, spec, inputs):
         _cache.size = max(_cache.size, _CACHE_SIZE * devices)
         outputs = _sharded(op, spec, chosen, inputs, mesh, axis)
     if deferred:
-        values = op.check_values(spec, tuple(jax.lax.stop_gradient(y) for y in outputs))
+        values = op.check_values(spec, tuple(jax.lax.stop_gradient(y) for y in outputs),
+                                 tuple(jax.lax.stop_gradient(x) for x in inputs))
         jax.debug.callback(functools.partial(_check_on_host, op, spec), *values)
     return outputs
