@@ -53,10 +53,10 @@ from numba import prange
 
 from . import _lif_numba, _memory
 from ._lif_numba import _OK, _RUNAWAY, _STUCK
-
-_ABORTED = 3  # the sample stopped because another one failed (its status is not reported)
 from ._types import RecurrentLog
 from .neurons import lif
+
+_ABORTED = 3  # the sample stopped because another one failed (its status is not reported)
 
 lif.register_numba()
 

@@ -96,16 +96,21 @@ def check_finite(name, x):
 CURRENT_LIMIT = 1e300
 
 
+def finite_magnitude(name, x):
+    """``x`` finite; returns ``max |x|`` (0 when empty): one reduction (a host sync on CuPy) that also finds NaN and
+    inf, which it propagates (``check_finite`` runs only to name the first bad entry)."""
+    most = float(array_module(x).abs(x).max()) if x.size else 0.0
+    if not math.isfinite(most):
+        check_finite(name, x)
+    return most
+
+
 def check_weights(name, weights, n_in):
-    """``weights [n_in, n_out]``, float, finite. Returns ``max |weights|`` (0 when empty): one reduction (a host
-    sync on CuPy) that also finds NaN and inf, which it propagates."""
+    """``weights [n_in, n_out]``, float, finite. Returns ``max |weights|`` (``finite_magnitude``)."""
     check_float_array(name, weights, 2)
     if weights.shape[0] != n_in:
         raise ValueError(f"{name} must have shape [n_in={n_in}, n_out], got {_describe(weights)}")
-    most = float(array_module(weights).abs(weights).max()) if weights.size else 0.0
-    if not math.isfinite(most):
-        check_finite(name, weights)
-    return most
+    return finite_magnitude(name, weights)
 
 
 def check_current_bound(name, weights, most, input_times):
@@ -146,14 +151,14 @@ def check_delays(delays, weights):
 
 
 def _check_square(name, x, n_out, xp):
-    """``x`` a finite float ``[n_out, n_out]`` array on the array module ``xp``."""
+    """``x`` a finite float ``[n_out, n_out]`` array on the array module ``xp``; returns ``max |x|``."""
     check_float_array(name, x, 2)
     if tuple(x.shape) != (n_out, n_out):
         raise ValueError(f"{name} must have shape [n_out, n_out] = [{n_out}, {n_out}], got {_describe(x)}")
     if array_module(x) is not xp:
         raise TypeError(f"{name} must be on the array module of input_times ({xp.__name__}), got "
                         f"{type(x).__module__}.{type(x).__name__}")
-    check_finite(name, x)
+    return finite_magnitude(name, x)
 
 
 def check_recurrent(recurrent_weights, recurrent_delays, weights, xp, max_total_spikes):
@@ -165,8 +170,7 @@ def check_recurrent(recurrent_weights, recurrent_delays, weights, xp, max_total_
             raise ValueError("recurrent_delays needs recurrent_weights (the layer has no recurrent connections)")
         return
     n_out = weights.shape[1]
-    _check_square("recurrent_weights", recurrent_weights, n_out, xp)
-    most = float(xp.abs(recurrent_weights).max()) if recurrent_weights.size else 0.0
+    most = _check_square("recurrent_weights", recurrent_weights, n_out, xp)
     reach = most * n_out * max_total_spikes
     if reach >= CURRENT_LIMIT:
         raise ValueError(

@@ -229,17 +229,18 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             from ._closed_backward import lif_backward_closed
 
             grads = lif_backward_closed(result, grad_times, bool(input_times_grad), bool(time_constant_grads))
-    elif xp is np:
-        from . import _lif_numpy as impl
-
-        grads = impl.lif_backward(result, grad_times, method, bool(input_times_grad), _engine(engine, xp),
-                                  bool(time_constant_grads))
     else:
-        _engine(engine, xp)
-        from .cuda import _lif as cuda_impl
+        engine = _engine(engine, xp)
+        if xp is np:
+            from . import _lif_numpy as impl
 
-        grads = cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad),
-                                            bool(time_constant_grads))
+            grads = impl.lif_backward(result, grad_times, method, bool(input_times_grad), engine,
+                                      bool(time_constant_grads))
+        else:
+            from .cuda import _lif as cuda_impl
+
+            grads = cuda_impl.lif_backward_cuda(result, grad_times, method, bool(input_times_grad),
+                                                bool(time_constant_grads))
     v.finite_gradients("lif_backward", grads, "grad_times", grad_times)
     return grads
 

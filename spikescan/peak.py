@@ -230,8 +230,14 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
         from .cuda import _readout as cuda_readout
 
         grads = _device_backward(xp, cuda_readout._cupy_launch, res, grad_values)
-        v.finite_gradients("peak_voltage_backward", grads, "grad_values", grad_values)
-        return grads
+    else:
+        grads = _host_backward(res, grad_values, engine)
+    v.finite_gradients("peak_voltage_backward", grads, "grad_values", grad_values)
+    return grads
+
+
+def _host_backward(res, grad_values, engine):
+    """``peak_voltage_backward`` of a NumPy result (``PeakGrads`` in the forward arguments' dtypes)."""
     n_in = res.input_shape[1]
     if res.neurons.size:
         from . import _readout_numpy as impl
@@ -244,11 +250,8 @@ def peak_voltage_backward(result, grad_values, *, engine="auto"):
         grad_W = np.zeros((n_in, res.n_out))
         grad_t = np.zeros(res.input_shape)
         grad_D = None if res.delays_dtype is None else np.zeros((n_in, res.n_out))
-
-    grads = PeakGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype),
-                      None if grad_D is None else grad_D.astype(res.delays_dtype))
-    v.finite_gradients("peak_voltage_backward", grads, "grad_values", grad_values)
-    return grads
+    return PeakGrads(grad_W.astype(res.weights_dtype), grad_t.astype(res.input_dtype),
+                     None if grad_D is None else grad_D.astype(res.delays_dtype))
 
 
 __all__ = ["peak_voltage", "peak_voltage_backward", "PeakResult", "PeakGrads"]

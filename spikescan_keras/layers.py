@@ -268,8 +268,17 @@ def _check_input_precision(layer, inputs):
                       "mixed-precision policy", UserWarning, stacklevel=3)
 
 
+class _SpikeTimesLayer(keras.layers.Layer):
+    """A layer whose input is spike times: warns (``_check_input_precision``) when they arrive already rounded to
+    16 bits, before Keras casts them to the layer's dtype."""
+
+    def __call__(self, inputs, *args, **kwargs):
+        _check_input_precision(self, inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+
 @keras.saving.register_keras_serializable(package="spikescan")
-class LIFLayer(keras.layers.Layer):
+class LIFLayer(_SpikeTimesLayer):
     """Dense layer of current-based LIF neurons with exact spike times and exact gradients (no surrogates).
 
     Input and output are spike tensors ``[batch, neurons, max_spikes]``: spike times ascending along the last axis,
@@ -572,10 +581,6 @@ class LIFLayer(keras.layers.Layer):
         self.calibrated.assign(ops.ones((), "int32"))
         return scale
 
-    def __call__(self, inputs, *args, **kwargs):
-        _check_input_precision(self, inputs)
-        return super().__call__(inputs, *args, **kwargs)
-
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units, max_spikes]`` spike times."""
         return self._spikes(inputs, training)[0]
@@ -840,7 +845,7 @@ def _time_constants_numpy(layer):
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
-class LIReadout(keras.layers.Layer):
+class LIReadout(_SpikeTimesLayer):
     """Non-spiking leaky-integrator readout: spike tensor ``[batch, n_in, max_spikes]`` -> logits ``[batch, units]``.
 
     Each unit has the LIF sub-threshold dynamics without threshold; its logit is a functional of ``V(t)`` on
@@ -983,10 +988,6 @@ class LIReadout(keras.layers.Layer):
             self.dead_fraction = self.add_weight(name="dead_fraction", shape=(), initializer="zeros",
                                                  trainable=False)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
-
-    def __call__(self, inputs, *args, **kwargs):
-        _check_input_precision(self, inputs)
-        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_spikes]`` spike times -> ``[batch, units]`` logits."""

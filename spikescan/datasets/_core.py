@@ -216,10 +216,10 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
         out[i, ch[keep], rank[keep]] = t[keep]
         if dtype != np.float64 and len(t) > 1:
             # Neighbours in a channel, distinct in float64, equal once rounded: counted, not silent.
-            same = (ch[1:] == ch[:-1]) & keep[1:] & (t[1:] > t[:-1])
             rounded = t.astype(dtype)
-            merged += int(np.count_nonzero(same & (rounded[1:] == rounded[:-1])))
-            merged_at = max(merged_at, float(t[1:][same].max(initial=0.0)))
+            pairs = (ch[1:] == ch[:-1]) & keep[1:] & (t[1:] > t[:-1]) & (rounded[1:] == rounded[:-1])
+            merged += int(np.count_nonzero(pairs))
+            merged_at = max(merged_at, float(t[1:][pairs].max(initial=0.0)))
     if merged:
         warnings.warn(f"{merged} pair(s) of distinct spike times of one channel became equal in {dtype.name} (times "
                       f"up to {merged_at!r}, where its spacing is {float(np.spacing(dtype.type(merged_at)))!r}); "

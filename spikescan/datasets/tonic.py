@@ -218,17 +218,17 @@ def collate_spikes(batch):
                              "tensor: apply ToSpikeTensor to the events first")
         times.append(t)
         labels.append(np.asarray(label))
-    tensors = [t for t in times if t.dtype.names is None]
-    if not tensors:
+    first = next((i for i, t in enumerate(times) if t.dtype.names is None), None)
+    if first is None:
         raise ValueError("collate_spikes: every item is an empty event array (no spike tensor to take the shape "
                          "from): tonic's Compose skips the transforms after one that empties a sample, so apply "
                          "ToSpikeTensor after Compose, not inside it")
-    first = next(i for i, t in enumerate(times) if t.dtype.names is None)
+    shape, dtype = times[first].shape, times[first].dtype
     for i, t in enumerate(times):
         if t.dtype.names is not None:  # an emptied sample: no spikes
-            times[i] = np.full(tensors[0].shape, np.inf, dtype=tensors[0].dtype)
-        elif t.shape != tensors[0].shape:
-            raise ValueError(f"collate_spikes: item {i} has shape {t.shape}, item {first} has {tensors[0].shape} "
+            times[i] = np.full(shape, np.inf, dtype=dtype)
+        elif t.shape != shape:
+            raise ValueError(f"collate_spikes: item {i} has shape {t.shape}, item {first} has {shape} "
                              "(use ToSpikeTensor, whose output has a fixed shape)")
     labels = np.stack(labels)
     if labels.dtype.kind in "iub":
