@@ -316,8 +316,10 @@ def capped_spikes(model):
 
 
 def kernel_scales(model):
-    """The factor each LIF layer's first-batch calibration applied to its kernel (1.0 when none was needed)."""
-    return [round(float(ops.convert_to_numpy(layer.kernel_scale.value)), 4) for layer in lif_layers(model)]
+    """The factor each LIF layer's first-batch calibration applied to its kernel (1.0 when none was needed):
+    ``kernel_scale`` over the layer's ``voltage_unit``, where it starts."""
+    return [round(float(ops.convert_to_numpy(layer.kernel_scale.value)) / layer.voltage_unit, 4)
+            for layer in lif_layers(model)]
 
 
 def compile_model(model, learning_rate, decay_steps):
@@ -331,7 +333,7 @@ def train(model, train_set, test_set, args, *, val_set=None):
     LIF layers' firing statistics in the logs), then evaluate on ``test_set``. With several processes each trains
     on its shard of every batch (``spikescan_keras.distributed.shard``) and evaluates the whole test set.
 
-    Returns a dict with test_accuracy, test_loss, seconds (fit), calibration (each LIF layer's kernel_scale),
+    Returns a dict with test_accuracy, test_loss, seconds (fit), calibration (each LIF layer's calibration factor),
     capped_spikes (over the whole run, evaluation included), the last epoch's firing statistics and
     resumed_from_epoch (``--backup-dir``: the epochs a restored backup held, else None). ``summary`` deletes the
     backup once the summary is written.

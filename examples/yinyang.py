@@ -73,12 +73,12 @@ def encode_points(xy, dtype=np.float32):
 
 
 def hidden_weights(model):
-    """The hidden layer's effective kernel (``kernel * kernel_scale``, the calibration factor), its delays or
-    None, and its neuron parameters, as float64 NumPy for ``spikescan.lif_trace``."""
+    """The hidden layer's effective kernel (``kernel * kernel_scale``: its voltage unit and calibration factor), its
+    delays or None, and its neuron parameters, as float64 NumPy for ``spikescan.lif_trace``."""
     layer = model.get_layer("hidden")
     kernel = keras.ops.convert_to_numpy(layer.kernel.value).astype(np.float64)
     scale = float(keras.ops.convert_to_numpy(layer.kernel_scale.value))
-    delays = keras.ops.convert_to_numpy(layer.delays.value).astype(np.float64) if layer.use_delays else None
+    delays = layer.delay_values().astype(np.float64) if layer.use_delays else None
     return dict(weights=kernel * scale, delays=delays, tau_mem=layer.tau_mem, tau_syn=layer.tau_syn,
                 threshold=layer.threshold)
 

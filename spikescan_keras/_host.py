@@ -437,10 +437,10 @@ def _calibration_warnings(spec, input_times, weights, scale, fraction):
     elif not 1.0 / CALIBRATION_FAR < scale < CALIBRATION_FAR:
         # No factor in the message: Python's default filter then shows it once per layer.
         warnings.warn(
-            f"{name} scaled the kernel by a factor far from 1 (kernel_scale, more than {CALIBRATION_FAR:g}x either "
-            "way): the initial weights are far off the scale these inputs need. The layer computes with kernel * "
-            "kernel_scale, so every optimizer step on kernel moves the weights that many times as far as Adam "
-            "means to: training may run away (spikes far beyond max_spikes) or barely move. Start from weights of "
+            f"{name} scaled the kernel by a factor far from 1 (more than {CALIBRATION_FAR:g}x either way, kept in "
+            "kernel_scale): the initial weights are far off the scale these inputs need. The layer computes with "
+            "kernel * kernel_scale, so every optimizer step on kernel moves the weights that many times as far as "
+            "Adam means to: training may run away (spikes far beyond max_spikes) or barely move. Start from weights of "
             "the inputs' scale (kernel_initializer='auto', the default).", UserWarning)
 
 

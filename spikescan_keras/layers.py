@@ -32,8 +32,10 @@ _AUTO_SCALE_RULE = 2  # get_config's "auto_scale_rule": 2 since AUTO_UNIT_LOGIT
 # get_config's "parameter_rule". 2: the trainable delays and time constants are stored over fixed units of the layer's
 # own time scale (``delay_unit``, ``tau_mem_unit``, ``tau_syn_unit``: tau_mem and tau_syn rounded to powers of two),
 # so that Adam, which steps every variable by about its learning rate whatever the gradient's scale, moves them at
-# rates that do not depend on the time unit. 1 (files saved before): stored in time units (every unit 1).
-_PARAMETER_RULE = 2
+# rates that do not depend on the time unit. 3: also the LIF layers' weights and trainable thresholds over
+# ``voltage_unit`` (the threshold rounded to a power of two), for the same reason in voltage. 1 (files saved before
+# rule 2): stored in time units (every unit 1); 2: voltage unit 1.
+_PARAMETER_RULE = 3
 
 
 def _power_of_two(x):
@@ -45,15 +47,17 @@ def _set_parameter_units(layer, rule):
     """``layer.delay_unit``, ``tau_mem_unit``, ``tau_syn_unit`` for ``parameter_rule = rule`` (see
     ``_PARAMETER_RULE``). Set before the layer is built."""
     rule = int(rule)
-    if rule not in (1, 2):
-        raise ValueError(f"parameter_rule must be 1 or 2, got {rule!r}")
+    if rule not in (1, 2, 3):
+        raise ValueError(f"parameter_rule must be 1, 2 or 3, got {rule!r}")
     if getattr(layer, "built", False):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: parameter units must be set before it is built")
     layer._parameter_rule = rule
-    new = rule == 2
+    new = rule >= 2
     layer.tau_mem_unit = _power_of_two(layer.tau_mem) if new else 1.0
     layer.tau_syn_unit = _power_of_two(layer.tau_syn) if new else 1.0
     layer.delay_unit = layer.tau_mem_unit
+    if hasattr(layer, "threshold"):  # the LIF layers
+        layer.voltage_unit = _power_of_two(layer.threshold) if rule >= 3 else 1.0
 
 
 def _times_unit(variable, unit):
@@ -72,21 +76,27 @@ def _check_variable(layer, flag, what):
 
 
 def _assign_over_unit(layer, variable, values, unit, flag, what, label, low, high=None):
-    """``variable.assign(values / unit)``: ``values`` in time units (the unit is a power of two: exact), each within
-    ``[low, high]`` (``high=None``: no upper bound), the range the variable's constraint keeps: a value outside it
-    would be moved silently at the first training step, so it is refused, as are NaN and inf."""
+    """``variable.assign(values / unit)``: ``values`` in time or voltage units (the unit is a power of two: exact),
+    each within ``[low, high]`` (``high=None``: no upper bound), the range the variable's constraint keeps: a value
+    outside it would be moved silently at the first training step, so it is refused, as are NaN and inf."""
     _check_variable(layer, flag, what)
     values = np.asarray(values, dtype=np.float64)
     if values.shape != tuple(variable.shape):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: expected values of shape {tuple(variable.shape)}, "
                          f"got {values.shape}")
-    bad = ~np.isfinite(values) | (values < low) | (False if high is None else values > high)
+    # The constraint's own test, on the stored values in the variable's dtype: a value at its floor read back by the
+    # getter (the floor over the unit, rounded to that dtype, times the unit) is set again unchanged.
+    dtype = keras.backend.standardize_dtype(variable.dtype)
+    with np.errstate(over="ignore"):  # a value beyond the dtype's range becomes inf, refused below
+        stored = (values / unit).astype(dtype)
+    bad = (~np.isfinite(stored) | (stored < np.asarray(low / unit, dtype))
+           | (False if high is None else stored > np.asarray(high / unit, dtype)))
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         limits = f">= {low!r}" if high is None else f"within [{low!r}, {high!r}]"
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: {label} must be {limits} (the range training keeps "
                          f"them in), got {float(values[idx])!r} at index {idx}")
-    variable.assign((values / unit).astype(keras.backend.standardize_dtype(variable.dtype)))
+    variable.assign(stored)
 
 
 class _Renamed:
@@ -102,8 +112,11 @@ class _Renamed:
     def __get__(self, layer, owner=None):
         if layer is None:
             return self
-        raise AttributeError(f"{type(layer).__name__}.{self.name} was replaced by {self.replacement} (the variables "
-                             "now hold the values over the layer's time units, README 'Keras layers')")
+        raise AttributeError(self.message(layer))
+
+    def message(self, layer):
+        return (f"{type(layer).__name__}.{self.name} was replaced by {self.replacement} (the variables now hold the "
+                "values over the layer's units, README 'Keras layers')")
 
 
 def _numpy_times_unit(layer, variable, unit, flag, what):
@@ -146,14 +159,14 @@ def _n_in(layer, input_shape):
     return int(input_shape[1])
 
 
-def _build_kernel(layer, input_shape):
-    """Add ``layer.kernel [n_in, units]`` (its initializer, or the layer's ``"auto"`` rule; its regularizer) and
-    return ``n_in``."""
+def _build_kernel(layer, input_shape, unit=1.0):
+    """Add ``layer.kernel [n_in, units]`` (its initializer, or the layer's ``"auto"`` rule, over ``unit``; its
+    regularizer) and return ``n_in``."""
     n_in = _n_in(layer, input_shape)
     init = layer.kernel_initializer
+    init = layer._auto_kernel_initializer(n_in) if init == "auto" else init
     layer.kernel = layer.add_weight(
-        name="kernel", shape=(n_in, layer.units),
-        initializer=layer._auto_kernel_initializer(n_in) if init == "auto" else init,
+        name="kernel", shape=(n_in, layer.units), initializer=init if unit == 1.0 else _Scaled(init, 1.0 / unit),
         regularizer=layer.kernel_regularizer)
     return n_in
 
@@ -276,6 +289,17 @@ class _SpikeTimesLayer(keras.layers.Layer):
         _check_input_precision(self, inputs)
         return super().__call__(inputs, *args, **kwargs)
 
+    def __getattr__(self, name):
+        # Python answers the AttributeError of a _Renamed attribute by calling __getattr__, which on torch is the
+        # module's and would replace the message with a bare "has no attribute".
+        renamed = getattr(type(self), name, None)
+        if isinstance(renamed, _Renamed):
+            raise AttributeError(renamed.message(self))
+        lookup = getattr(super(), "__getattr__", None)  # torch's module; none on jax and tensorflow
+        if lookup is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return lookup(name)
+
 
 @keras.saving.register_keras_serializable(package="spikescan")
 class LIFLayer(_SpikeTimesLayer):
@@ -304,9 +328,19 @@ class LIFLayer(_SpikeTimesLayer):
     than for the same model in milliseconds (in seconds, trainable time constants diverged or ran away; delays
     learned less); over these units the same model trains the same in any time unit. Models saved before load with
     their variables in time units (every unit 1). With
-    ``trainable_threshold=True`` also ``threshold [units]`` (attribute ``threshold_per_neuron``), from the
+    ``trainable_threshold=True`` also ``threshold [units]`` (``thresholds()``, ``set_thresholds()``), from the
     ``threshold`` argument, kept at or above ``min_threshold`` (default 5% of it). The first-batch calibration uses
     the initial values; the revival objective reads the current ones and moves the weights only.
+
+    Voltage parameters likewise, over ``voltage_unit`` (``threshold`` rounded to a power of two): the layer computes
+    with the weights ``kernel * kernel_scale``, where ``kernel_scale`` starts at ``voltage_unit`` (the calibration
+    multiplies it by the factor it finds; ``kernel_initializer`` gives the weights, the variable starts at them over
+    ``voltage_unit``; ``kernel_regularizer`` sees the variable); the variable ``threshold_kernel`` holds the
+    trainable thresholds over it, and the ``"auto"`` ``recurrent_kernel_scale`` includes it. A neuron with reset to
+    0 computes the same spikes when its threshold and its weights are multiplied by one factor, and over this unit
+    the same model trains alike at any threshold (threshold 20 in millivolts against 1: without it Adam moved the
+    weights 20 times slower relative to their size; README "Voltage units"). Models saved before (``parameter_rule``
+    2 or 1) load with ``voltage_unit = 1``.
 
     Recurrent (``recurrent=True``): also ``recurrent_kernel [units, units]``; a spike of neuron ``k`` at ``t`` adds
     ``R[k, i] = recurrent_kernel[k, i] * recurrent_kernel_scale`` (``recurrent_weights()``) to neuron ``i``'s
@@ -325,7 +359,7 @@ class LIFLayer(_SpikeTimesLayer):
     Args:
         units: number of LIF neurons.
         tau_mem, tau_syn: positive membrane and synaptic time constants (scalars).
-        threshold: positive firing threshold (not trained).
+        threshold: positive firing threshold (the initial one with ``trainable_threshold=True``).
         max_spikes: spikes recorded per neuron (last axis of the output).
         delays: learn one non-negative delay per synapse.
         chunk_size, solver, method, max_total_spikes: passed to ``spikescan.lif_forward`` (a neuron firing more
@@ -352,8 +386,8 @@ class LIFLayer(_SpikeTimesLayer):
         recurrent_regularizer: optional Keras regularizer of the recurrent weights ``R``.
         recurrent_scale: ``"auto"`` or a positive number: the factor ``recurrent_kernel_scale`` between the
             variable ``recurrent_kernel`` and the weights ``R`` it stands for (the initializer and the regularizer
-            see ``R``; the optimizer steps ``recurrent_kernel``). ``"auto"``: the ratio of the ``"auto"`` rules'
-            mean weights, ``mean_weight(units) / mean_weight(n_in, input_spikes, input_window)``
+            see ``R``; the optimizer steps ``recurrent_kernel``). ``"auto"``: ``voltage_unit`` times the ratio of the
+            ``"auto"`` rules' mean weights, ``mean_weight(units) / mean_weight(n_in, input_spikes, input_window)``
             (``spikescan.init.mean_weight``) rounded to a power of two, so that a step of the same size on ``kernel`` or
             ``recurrent_kernel`` moves a neuron's drive by about as much. Without it (``1.0``), a layer with few inputs
             and many neurons trains its recurrent weights many times faster, relative to the drive they carry, than its
@@ -367,8 +401,8 @@ class LIFLayer(_SpikeTimesLayer):
             ``[low, high]``, or when the neurons fire more than ``spikescan.init.burst_bound`` spikes on average
             (``min(max_spikes / 2, max(4, spikes per active input channel))``: bursts that the recording would cap
             or that the input does not call for), it searches a factor that fixes it
-            (``spikescan.init.calibrate_scale``) and keeps it in the non-trainable weight ``kernel_scale``: the
-            layer computes with ``kernel * kernel_scale`` from then on, and the factor is saved with the model.
+            (``spikescan.init.calibrate_scale``) and multiplies the non-trainable weight ``kernel_scale`` by it (which
+            starts at ``voltage_unit``): the layer computes with ``kernel * kernel_scale``, saved with the model.
             Layers calibrate in order, each on the spikes of the calibrated layers before it. A frozen layer
             (``trainable = False``) does not calibrate: like Keras' frozen ``BatchNormalization`` it keeps
             computing the function it had (with its ``kernel_scale`` as it is). Default ``(0.3, 0.9)``.
@@ -404,6 +438,7 @@ class LIFLayer(_SpikeTimesLayer):
     recurrent_delays = _Renamed("recurrent_delay_values() / set_recurrent_delay_values()")
     tau_mem_per_neuron = _Renamed("time_constants()[0] / set_time_constants()")
     tau_syn_per_neuron = _Renamed("time_constants()[1] / set_time_constants()")
+    threshold_per_neuron = _Renamed("thresholds() / set_thresholds()")
 
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
@@ -512,7 +547,7 @@ class LIFLayer(_SpikeTimesLayer):
         return _power_of_two(mu_recurrent / mu_in)
 
     def build(self, input_shape):
-        n_in = _build_kernel(self, input_shape)
+        n_in = _build_kernel(self, input_shape, self.voltage_unit)
         if self.use_delays:
             init = self.delay_initializer
             if init == "auto":
@@ -524,7 +559,7 @@ class LIFLayer(_SpikeTimesLayer):
         if self.recurrent:
             mu = spikescan.init.mean_weight(self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
                                             threshold=self.threshold)
-            scale = self.recurrent_kernel_scale = (self._auto_recurrent_scale(n_in, mu)
+            scale = self.recurrent_kernel_scale = (self._auto_recurrent_scale(n_in, mu) * self.voltage_unit
                                                    if self.recurrent_scale == "auto" else self.recurrent_scale)
             init = self.recurrent_initializer
             if init == "auto":
@@ -543,13 +578,16 @@ class LIFLayer(_SpikeTimesLayer):
                 initializer=_Scaled(init, 1.0 / self.delay_unit), constraint=DelayRange(self._stored_max_delay()))
         if self.trainable_time_constants:
             _build_time_constants(self)
-        if self.trainable_threshold:
-            self.threshold_per_neuron = self.add_weight(
-                name="threshold", shape=(self.units,), initializer=keras.initializers.Constant(self.threshold),
-                constraint=PositiveFloor(self.min_threshold))
+        if self.trainable_threshold:  # over voltage_unit (a power of two: exact)
+            self.threshold_kernel = self.add_weight(
+                name="threshold", shape=(self.units,),
+                initializer=keras.initializers.Constant(self.threshold / self.voltage_unit),
+                constraint=PositiveFloor(self.min_threshold / self.voltage_unit))
         self.capped_spikes = self.add_weight(name="capped_spikes", shape=(), dtype="int32", initializer="zeros",
                                              trainable=False)
-        self.kernel_scale = self.add_weight(name="kernel_scale", shape=(), initializer="ones", trainable=False)
+        # The kernel holds the weights over kernel_scale: voltage_unit until the calibration multiplies it.
+        self.kernel_scale = self.add_weight(name="kernel_scale", shape=(), trainable=False,
+                                            initializer=keras.initializers.Constant(self.voltage_unit))
         self.calibrated = self.add_weight(name="calibrated", shape=(), dtype="int32", initializer="zeros",
                                           trainable=False)
         for name in ("silent_fraction", "dead_fraction", "spikes_per_neuron"):
@@ -557,14 +595,14 @@ class LIFLayer(_SpikeTimesLayer):
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
     def _scale(self, inputs, training):
-        """The kernel's factor: ``kernel_scale``, set by the calibration on the first training call. A copy of the
-        variable's value: a training call assigns the variable, which on torch would otherwise change in place a
+        """The kernel's factor: ``kernel_scale``, multiplied by the calibration on the first training call. A copy of
+        the variable's value: a training call assigns the variable, which on torch would otherwise change in place a
         tensor that an earlier call of the same layer in the same step (a layer shared by two branches) saved for
         its backward."""
         scale = ops.copy(ops.convert_to_tensor(self.kernel_scale))
         if not training or self.calibrate is None or not self.trainable:  # a frozen layer keeps its function
             return scale
-        kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel))
+        kernel = ops.stop_gradient(ops.convert_to_tensor(self.kernel)) * scale  # the weights before calibration
         extra = (ops.stop_gradient(self._delays()),) if self.use_delays else ()
 
         def search():
@@ -574,7 +612,8 @@ class LIFLayer(_SpikeTimesLayer):
             (found,) = _bridge.apply(CalibrateOp, self._calibrate_spec, (batch, kernel, *extra))
             found = ops.cast(ops.stop_gradient(found), scale.dtype)
             # Every rank found the same factor from the same data; rank 0's makes it identical bit for bit.
-            return found if self._data_parallel is None else self._data_parallel.broadcast(found)
+            found = found if self._data_parallel is None else self._data_parallel.broadcast(found)
+            return scale * found
 
         scale = ops.cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"), lambda: scale, search)
         self.kernel_scale.assign(scale)
@@ -594,7 +633,7 @@ class LIFLayer(_SpikeTimesLayer):
         recurrent = ((self._recurrent_weights(),) if self.recurrent else ()) + (
             (_times_unit(self.recurrent_delay_kernel, self.delay_unit),) if self.use_recurrent_delays else ())
         taus = _time_constant_tensors(self)
-        threshold = ((ops.convert_to_tensor(self.threshold_per_neuron),) if self.trainable_threshold else ())
+        threshold = ((self._thresholds(),) if self.trainable_threshold else ())
         spec = self._train_spec if training else self._spec
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
@@ -647,6 +686,23 @@ class LIFLayer(_SpikeTimesLayer):
     def set_time_constants(self, tau_mem, tau_syn):
         """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
         _set_time_constants(self, tau_mem, tau_syn)
+
+    def _thresholds(self):
+        """The trained thresholds the layer computes with: ``threshold_kernel * voltage_unit``."""
+        return _times_unit(self.threshold_kernel, self.voltage_unit)
+
+    def thresholds(self):
+        """The firing thresholds ``[units]`` in voltage units as a NumPy array (the trained ones with
+        ``trainable_threshold=True``, else the layer's scalar repeated)."""
+        if not self.trainable_threshold:
+            return np.full(self.units, self.threshold)
+        return _numpy_times_unit(self, self.threshold_kernel, self.voltage_unit, True, "")
+
+    def set_thresholds(self, thresholds):
+        """Set the trained thresholds ``[units]``, in voltage units (the inverse of ``thresholds()``)."""
+        _assign_over_unit(self, getattr(self, "threshold_kernel", None), thresholds, self.voltage_unit,
+                          self.trainable_threshold, "trainable thresholds (trainable_threshold=False)", "thresholds",
+                          self.min_threshold)
 
     def _recurrent_weights(self):
         """The recurrent weights the layer computes with: ``recurrent_kernel * recurrent_kernel_scale``."""

@@ -243,8 +243,7 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
         common = dict(tau_mem=tau_mem, tau_syn=tau_syn, r=np.ones(n_out), v_leak=np.zeros(n_out), w_in=tau_syn.copy(),
                       metadata=meta)
         if isinstance(layer, LIFLayer):
-            threshold = (_numpy(layer.threshold_per_neuron).astype(np.float64) if layer.trainable_threshold
-                         else np.full(n_out, layer.threshold))
+            threshold = layer.thresholds().astype(np.float64)
             node = nir.CubaLIF(v_threshold=threshold, v_reset=np.zeros(n_out), **common)
         else:
             node = nir.CubaLI(**common)
@@ -406,7 +405,9 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
         raise ValueError("import_nir: the graph has no CubaLIF or CubaLI node")
     model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
     for layer, (kernel, delays, (taus, thresholds), (rec_kernel, rec_delays)) in zip(layers, weights):
-        layer.kernel.assign(kernel)
+        # An LIFLayer's kernel holds the weights over its voltage unit (a power of two: exact), kept in kernel_scale.
+        unit = np.float32(getattr(layer, "voltage_unit", 1.0))
+        layer.kernel.assign(np.asarray(kernel, np.float32) / unit)
         if rec_kernel is not None:
             # Exact: an "auto" recurrent_kernel_scale is a power of two.
             scale = np.float32(layer.recurrent_kernel_scale)
@@ -419,8 +420,8 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
             if delays is not None:
                 layer.set_delay_values(delays)
             if thresholds is not None:
-                layer.threshold_per_neuron.assign(thresholds)
-            layer.kernel_scale.assign(1.0)
+                layer.set_thresholds(thresholds)
+            layer.kernel_scale.assign(unit)
             layer.calibrated.assign(1)
     return model
 

@@ -73,10 +73,10 @@ def test_gradients_match_finite_differences(jax_route, per_neuron):
     names = ["kernel"] + (["tau_mem", "tau_syn", "threshold"] if per_neuron else [])
     params = [W.astype(np.float32)] + ([tm.astype(np.float32), ts.astype(np.float32), th.astype(np.float32)]
                                        if per_neuron else [])
-    variables = [out.kernel] + ([out.tau_mem_kernel, out.tau_syn_kernel, out.threshold_per_neuron]
+    variables = [out.kernel] + ([out.tau_mem_kernel, out.tau_syn_kernel, out.threshold_kernel]
                                 if per_neuron else [])
-    # The time-constant variables hold the values over the layer's units (the reference takes the values).
-    units = [1.0] + ([out.tau_mem_unit, out.tau_syn_unit, 1.0] if per_neuron else [])
+    # The variables hold the values over the layer's units (the reference takes the values).
+    units = [out.voltage_unit] + ([out.tau_mem_unit, out.tau_syn_unit, out.voltage_unit] if per_neuron else [])
     params = [p / np.float32(u) for p, u in zip(params, units)]
     rest = [v.value for v in out.non_trainable_variables]
     x32, g32 = x.astype(np.float32), ops.convert_to_tensor(g.astype(np.float32))

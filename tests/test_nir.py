@@ -45,7 +45,7 @@ def make_model(delays, readout=True, seed=0):
     layers = [keras.Input(shape=(5, 3)),
               sk.LIFLayer(7, tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=0.8, max_spikes=3, delays=delays,
                           max_delay=4.0, calibrate=(0.2, 0.95), silence_penalty=0.5, method="sequential", name="lif_a"),
-              sk.LIFLayer(6, tau_mem=20.0, tau_syn=10.0, max_spikes=2, calibrate=None, name="lif_b",
+              sk.LIFLayer(6, tau_mem=20.0, tau_syn=10.0, threshold=20.0, max_spikes=2, calibrate=None, name="lif_b",
                           spike_count_regularizer=sk.SpikeCountRegularizer(0.01, 30.0))]
     if readout:
         layers.append(sk.LIReadout(3, tau_mem=20.0, tau_syn=5.0, readout="integral", t_max=60.0, tau_readout=25.0,
@@ -80,6 +80,11 @@ def test_round_trip_through_file_is_exact(tmp_path, delays, readout):
     lif = back.layers[0]
     assert float(keras.ops.convert_to_numpy(lif.kernel_scale)) == 1.0
     assert int(keras.ops.convert_to_numpy(lif.calibrated)) == 1  # imported weights are not recalibrated by fit
+    # threshold 20: the kernel holds the weights over the voltage unit 16, kept in kernel_scale, on both sides
+    for layer in (model.layers[1], back.layers[1]):
+        assert layer.voltage_unit == 16.0 and float(keras.ops.convert_to_numpy(layer.kernel_scale)) == 16.0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(back.layers[1].kernel),
+                                  keras.ops.convert_to_numpy(model.layers[1].kernel))
     if delays:
         np.testing.assert_array_equal(lif.delay_values(),
                                       model.layers[0].delay_values())
@@ -347,7 +352,7 @@ def make_recurrent_model(recurrent_delays=False, seed=0, per_neuron=False):
     if per_neuron:  # trained values, one per neuron
         layer.set_time_constants(np.linspace(0.8, 1.3, 7).astype(np.float32) * TAU_MEM,
                                  np.linspace(1.2, 0.9, 7).astype(np.float32) * TAU_SYN)
-        layer.threshold_per_neuron.assign(np.linspace(0.7, 0.9, 7).astype(np.float32))
+        layer.set_thresholds(np.linspace(0.7, 0.9, 7).astype(np.float32))
     return model
 
 
@@ -376,8 +381,7 @@ def test_recurrent_round_trip_through_file_is_exact(tmp_path, recurrent_delays, 
     if per_neuron:  # the per-neuron values are in the graph, exactly
         for name, got, want in zip(("tau_mem", "tau_syn"), b.time_constants(), a.time_constants()):
             np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=name)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(b.threshold_per_neuron),
-                                   keras.ops.convert_to_numpy(a.threshold_per_neuron), rtol=1e-6)
+        np.testing.assert_allclose(b.thresholds(), a.thresholds(), rtol=1e-6)
     # The recurrent connection matters in this network, so the comparison above tests it.
     b.recurrent_kernel.assign(np.zeros((7, 7), np.float32))
     assert not np.array_equal(hidden_spikes(model, x), hidden_spikes(back, x))
@@ -531,7 +535,7 @@ def test_third_party_per_neuron_values_keep_their_values_through_training():
     assert np.isfinite(before[0, 1]).sum() >= 2
     model.compile(keras.optimizers.SGD(learning_rate=0.0), "mse")
     model.fit(x, np.zeros((2, n, 4), np.float32), epochs=1, verbose=0)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.threshold_per_neuron), np.float32([10.0, 0.1]))
+    np.testing.assert_array_equal(layer.thresholds(), np.float32([10.0, 0.1]))
     np.testing.assert_allclose(layer.time_constants()[1], [5.0, 0.1], rtol=1e-6)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, training=False)), before)
 
