@@ -172,10 +172,10 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
             products of tabulated factors, ``_lif_numpy.COMPILED_REBASED_CLOSED``); both sum in a fixed order, so
             their gradients are bit-identical for any number of threads. Recurrent layers: the spike loop last to
             first per sample (parallel over samples), then the input entries per neuron; the gradients of the NumPy
-            backward to rounding, from either engine's forward; ``method`` does not apply.
+            backward to rounding, from either engine's forward (``method="closed"`` raises ``NotImplementedError``).
         time_constant_grads: also compute the gradients of ``tau_mem`` and ``tau_syn`` (``[n_out]``; ``None``
             otherwise): a few more operations per point (the gap maps' parameter derivatives), so off unless asked.
-        input_times_grad: compute ``grad_input_times``. ``False`` skips its work (a scatter-add over every queue
+        input_times_grad: compute ``grads.input_times``. ``False`` skips its work (a scatter-add over every queue
             entry) and returns ``None`` for it: for a first layer, whose input spikes are data.
 
     Returns:

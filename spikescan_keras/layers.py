@@ -354,7 +354,8 @@ class LIFLayer(_SpikeTimesLayer):
 
     Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
     non-trainable variable ``capped_spikes`` (int32) accumulates, over every call since it was built, the number of
-    spikes fired but not recorded, and a ``CappedSpikesWarning`` is issued the first time it happens.
+    spikes fired but not recorded, and a ``CappedSpikesWarning`` is issued when it happens (Python's default warning
+    filter shows it once per place in the code that triggers it).
 
     Args:
         units: number of LIF neurons.

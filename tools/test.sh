@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (README "Tests"): the README's results tables against their JSON
+# The project's test command (README "Quickstart"): the README's results tables against their JSON
 # (benchmarks/report.py --check), the CUDA compile check, the array library and datasets, then the
 # Keras layers, examples and learning benchmark once per Keras backend (KERAS_BACKEND is read at import, so one
 # process per backend). GPU tests carry the `gpu` marker and skip without a device.

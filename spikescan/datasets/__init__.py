@@ -2,8 +2,8 @@
 
 Every loader returns a :class:`SpikeDataset` whose ``times`` are ``[n, channels, max_spikes]`` floats, ascending
 along the last axis and padded with ``+inf``, with ``labels [n]`` int64. Times are in milliseconds unless a
-loader's ``time_unit`` says otherwise. Optional dependencies (h5py, keras) are imported only when needed
-(``pip install spikescan[data]``).
+loader's ``time_unit`` says otherwise. Optional dependencies are imported only when needed: h5py for SHD / SSC
+(``pip install spikescan[data]``), keras for ``SpikeBatches`` as a Keras ``PyDataset`` (``spikescan[keras]``).
 """
 
 from ._core import DroppedSpikesWarning, MergedSpikesWarning, SpikeDataset, bin_times, pack_events
