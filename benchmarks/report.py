@@ -14,6 +14,7 @@ the markers is generated, everything outside them is left alone. The tables (``T
   its ``--recurrent`` runs (``learning_recurrent_*.json``); ``learning_recurrent_seeds``: the recurrent max-readout
   Yin-Yang entry over several seeds, with ``recurrent_scale`` at its default and at 1;
 - ``time_units``: ``benchmarks/time_units.py``, the same models trained in milliseconds and in seconds;
+- ``voltage_units``: ``benchmarks/voltage_units.py``, the same models trained at threshold 1 and at threshold 20;
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
   ``gpu_*.json`` from ``bench_lif_cuda.py``), with the run-to-run noise next to them;
 - ``readout_engines``: the ``"max"`` readout and ``peak_voltage`` on the NumPy and the compiled engine
@@ -346,6 +347,34 @@ def time_units_table(results):
     caption = (f"The delta timing task of `benchmarks/time_units.py` ({s['train']} train / {s['test']} test, "
                f"{s['epochs']} epochs, seeds 0-{s['seeds'] - 1}, test accuracy per seed); machine: "
                f"{machine_text(results.bench(TIME_UNIT_FILES[0]))}.")
+    return "\n".join([caption, ""] + table(header, rows))
+
+
+VOLTAGE_UNIT_FILES = ("voltage_units_torch.json", "voltage_units_before_torch.json")
+_VOLTAGE_UNIT_LABELS = {"fixed": "kernel only", "threshold": "trainable thresholds (`trainable_threshold=True`)",
+                        "recurrent": "recurrent (`recurrent=True`)"}
+
+
+def voltage_units_table(results):
+    """One row per (file, variant) of ``benchmarks/voltage_units.py`` reports: test accuracy per seed at threshold 1
+    and at threshold 20."""
+    header = ["Model", "Backend", "Threshold 1", "Threshold 20", "Mean 1 / 20", "File, commit"]
+    rows = []
+    for name in VOLTAGE_UNIT_FILES:
+        report = results.bench(name)
+        for variant, label in _VOLTAGE_UNIT_LABELS.items():
+            acc = {t: [100 * r["test_accuracy"] for r in report["rows"]
+                       if r["variant"] == variant and r["threshold"] == t] for t in (1.0, 20.0)}
+            if not acc[1.0] or not acc[20.0]:
+                continue
+            rows.append([label, report["stamp"].get("keras_backend"),
+                         " / ".join(f"{a:.1f}" for a in acc[1.0]), " / ".join(f"{a:.1f}" for a in acc[20.0]),
+                         f"{statistics.mean(acc[1.0]):.1f} / {statistics.mean(acc[20.0]):.1f}%",
+                         _files([name], results)])
+    s = results.bench(VOLTAGE_UNIT_FILES[0])["settings"]
+    caption = (f"Yin-Yang in `benchmarks/voltage_units.py` ({s['train']} train / {s['test']} test, {s['epochs']} "
+               f"epochs, seeds 0-{s['seeds'] - 1}, test accuracy per seed); machine: "
+               f"{machine_text(results.bench(VOLTAGE_UNIT_FILES[0]))}.")
     return "\n".join([caption, ""] + table(header, rows))
 
 
@@ -724,6 +753,7 @@ TABLES = {
     "learning_recurrent_jax": lambda results: learning_table(results.bench("learning_recurrent_jax.json")),
     "learning_recurrent_seeds": recurrent_seeds_table,
     "time_units": time_units_table,
+    "voltage_units": voltage_units_table,
     "benchmarks": benchmarks_section,
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,
