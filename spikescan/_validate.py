@@ -216,6 +216,12 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
     if isinstance(value, numbers.Real):
         arr = xp.full((n_out,), float(value), dtype=xp.float64)
     else:
+        if isinstance(value, (list, tuple)):  # one value per neuron, written out
+            try:
+                value = xp.asarray(np.asarray(value, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}] (a list of numbers "
+                                f"is taken as one), got {value!r}") from None
         if not hasattr(value, "shape"):
             raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
         if array_module(value) is not xp:

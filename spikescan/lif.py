@@ -89,8 +89,9 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             with the estimate by part (sort, queues, spike records, working arrays) and what to reduce.
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn, delays)
-    threshold_is_scalar = np.ndim(threshold) == 0
+    given = threshold
     threshold = v.time_constant("threshold", threshold, weights.shape[1], xp, bounded=False)  # positive finite, [n_out]
+    threshold_is_scalar = np.ndim(given) == 0
     max_spikes = v.positive_int("max_spikes", max_spikes)
     chunk_size = v.positive_int("chunk_size", chunk_size)
     # Counts are int64: any larger limit means the same as 2**63 - 1.

@@ -143,7 +143,7 @@ def _state_in_groups(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
 
 
 def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delays=None, max_spikes=None,
-              method="auto"):
+              method="auto", recurrent_weights=None, recurrent_delays=None):
     """Exact membrane voltage and synaptic current of a ``lif_forward`` layer at the times ``t``.
 
     Runs ``lif_forward`` for the exact spike times, then evaluates each neuron's state at every grid time from the
@@ -151,8 +151,14 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     conventions at input and spike times: right-continuous, with ``V`` reported as the post-reset ``0`` at a spike
     and ``V < threshold`` everywhere else (``threshold`` is the left limit at each spike).
 
+    Recurrent layers (``recurrent_weights``): every spike of neuron ``k`` at ``t_s`` is one more input event of
+    neuron ``i``, arriving at ``t_s + recurrent_delays[k, i]`` with the jump ``recurrent_weights[k, i]`` (after
+    ``k``'s own reset for ``i == k``, as in ``lif_forward``), and the resets are the forward's own spikes (all of
+    them, recorded or not), so the trace follows the forward exactly.
+
     Args:
-        input_times, weights, tau_mem, tau_syn, threshold, delays, method: as for ``lif_forward``.
+        input_times, weights, tau_mem, tau_syn, threshold, delays, method, recurrent_weights, recurrent_delays: as
+            for ``lif_forward``.
         t: 1-D times (list, NumPy or CuPy array) at which to evaluate, finite and ``>= 0``, in any order (duplicates
             allowed); the output's last axis follows this order.
         max_spikes: length of the returned ``spike_times`` axis. ``None``: the largest spike count of any neuron (at
@@ -178,9 +184,12 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     grid = _check_grid(t)
     dtype = input_times.dtype
     args = [v.to_host(x) for x in (input_times, weights, delays, tau_mem, tau_syn)]
+    recurrent = [None if x is None else v.to_host(x) for x in (recurrent_weights, recurrent_delays)]
+
     def forward(k):
         return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
-                           delays=args[2], method=method)
+                           delays=args[2], method=method, recurrent_weights=recurrent[0],
+                           recurrent_delays=recurrent[1])
 
     result = forward(max_spikes or _FIRST_MAX_SPIKES)
     most = int(result.counts.max(initial=0))
@@ -188,20 +197,51 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
         result = forward(most)
     res = materialised(result.residuals)
     batch, n_in, max_in = res.input_shape
-    Q, L1 = res.queue_times.shape[1:]
+    if res.recurrent_weights is None:
+        queue_times, queue_index, weights, spike_event = res.queue_times, res.queue_index, res.weights, res.spike_event
+    else:
+        queue_times, queue_index, weights, max_in, spike_event = _recurrent_events(res, v.to_host(input_times))
+    Q, L1 = queue_times.shape[1:]
     n = np.arange(batch * n_out)
     b, i = n // n_out, n % n_out
     row = b * Q + (i if Q > 1 else 0)
     S = res.spike_times.shape[-1]
-    V, I = _state_in_groups(res.queue_times.reshape(-1, L1), res.queue_index.reshape(-1, L1), row, i, res.weights,
-                          max_in, res.tau_mem[i], res.tau_syn[i], res.spike_times.reshape(-1, S),
-                          res.spike_event.reshape(-1, S), grid)
+    V, I = _state_in_groups(queue_times.reshape(-1, L1), queue_index.reshape(-1, L1), row, i, weights, max_in,
+                          res.tau_mem[i], res.tau_syn[i], res.spike_times.reshape(-1, S), spike_event.reshape(-1, S),
+                          grid)
     keep = max_spikes if max_spikes is not None else max(most, 1)
     spikes = res.spike_times[..., :keep]
     if spikes.shape[-1] < keep:  # max_spikes above every count: pad with +inf
         spikes = np.concatenate([spikes, np.full((batch, n_out, keep - spikes.shape[-1]), np.inf)], axis=-1)
     out = [x.reshape(batch, n_out, x.shape[-1]).astype(dtype) for x in (V, I, spikes)]
     return TraceResult(*(out if xp is np else [xp.asarray(x) for x in out]))
+
+
+def _recurrent_events(res, input_times):
+    """A recurrent layer's events as a feed-forward layer's: its spikes (``res.spike_times``, all of them) appended
+    to the input channels, ``recurrent_weights`` to the weights and the delays (0 where none). Returns
+    ``(queue_times, queue_index, weights, max_in, spike_event)`` for ``_state_on_grid``, ``spike_event`` placing
+    each spike before the queue entries at its own time (reset first, then the jump, as in the forward)."""
+    batch, n_in, max_in = res.input_shape
+    n_out, S = res.spike_times.shape[1:]
+    width = max(max_in, S)
+    events = np.full((batch, n_in + n_out, width), np.inf)
+    events[:, :n_in, :max_in] = input_times
+    events[:, n_in:, :S] = res.spike_times
+    weights = np.concatenate([res.weights, res.recurrent_weights])
+    delays = None
+    if res.delays is not None or res.recurrent_delays is not None:
+        delays = np.concatenate([np.zeros((n_in, n_out)) if res.delays is None else res.delays,
+                                 np.zeros((n_out, n_out)) if res.recurrent_delays is None else res.recurrent_delays])
+    queue_times, queue_index, _ = build_queues(events, delays, np)
+    Q = queue_times.shape[1]
+    spike_event = np.full(res.spike_times.shape, -1, np.int64)
+    for b in range(batch):
+        for i in range(n_out):
+            spikes = res.spike_times[b, i]
+            fired = np.isfinite(spikes)
+            spike_event[b, i, fired] = np.searchsorted(queue_times[b, i if Q > 1 else 0], spikes[fired], side="left")
+    return queue_times, queue_index, weights, width, spike_event
 
 
 def li_trace(input_times, weights, t, *, tau_mem, tau_syn):

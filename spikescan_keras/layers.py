@@ -124,6 +124,18 @@ def _numpy_times_unit(layer, variable, unit, flag, what):
     return np.asarray(ops.convert_to_numpy(_times_unit(variable, unit)))
 
 
+_PER_NEURON_TAUS = "trainable_time_constants=True and set_time_constants()"
+
+
+def _layer_scalar(name, value, per_neuron):
+    """A positive finite number; an array or list (one value per neuron) is refused with the route that gives one
+    per neuron (``per_neuron``)."""
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:
+        raise ValueError(f"{name} must be a positive finite number (the layer's initial value), got {value!r}; for "
+                         f"one value per neuron use {per_neuron}")
+    return _validate.positive_scalar(name, value)
+
+
 def _optional_positive(name, value):
     return None if value is None else _validate.positive_scalar(name, value)
 
@@ -468,9 +480,9 @@ class LIFLayer(_SpikeTimesLayer):
         self.recurrent_scale = recurrent_scale
         self.recurrent_kernel_scale = None  # the resolved factor, set by build
         self.units = _validate.positive_int("units", units)
-        self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
-        self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
-        self.threshold = _validate.positive_scalar("threshold", threshold)
+        self.tau_mem = _layer_scalar("tau_mem", tau_mem, _PER_NEURON_TAUS)
+        self.tau_syn = _layer_scalar("tau_syn", tau_syn, _PER_NEURON_TAUS)
+        self.threshold = _layer_scalar("threshold", threshold, "trainable_threshold=True and set_thresholds()")
         self.max_spikes = _validate.positive_int("max_spikes", max_spikes)
         self.max_total_spikes = _validate.positive_int("max_total_spikes", max_total_spikes)
         if not isinstance(delays, bool):
@@ -972,8 +984,8 @@ class LIReadout(_SpikeTimesLayer):
         _check_float64_backend("LIReadout", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
         self.units = _validate.positive_int("units", units)
-        self.tau_mem = _validate.positive_scalar("tau_mem", tau_mem)
-        self.tau_syn = _validate.positive_scalar("tau_syn", tau_syn)
+        self.tau_mem = _layer_scalar("tau_mem", tau_mem, _PER_NEURON_TAUS)
+        self.tau_syn = _layer_scalar("tau_syn", tau_syn, _PER_NEURON_TAUS)
         self.readout = _validate.choice("readout", readout, _READOUTS)
         self.t_max = _validate.positive_scalar("t_max", t_max)
         self.tau_readout = _optional_positive("tau_readout", tau_readout)

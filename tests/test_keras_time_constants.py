@@ -85,6 +85,12 @@ def test_options_are_checked(bad):
         sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, trainable_threshold=bad)
     with pytest.raises(ValueError, match="min_threshold"):
         sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, min_threshold=0.0)
+    # One value per neuron goes through the trainable parameters, which the error names.
+    with pytest.raises(ValueError, match=r"threshold must be a positive finite number .* trainable_threshold=True and "
+                                         r"set_thresholds\(\)"):
+        sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, threshold=np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"tau_mem must be .* trainable_time_constants=True and set_time_constants"):
+        sk.LIReadout(3, tau_mem=[10.0, 12.0, 14.0], tau_syn=TAU_SYN, t_max=20.0)
 
 
 def test_nir_round_trip_keeps_the_trained_time_constants(tmp_path):

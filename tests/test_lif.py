@@ -648,3 +648,23 @@ def test_scan_backward_by_segments_equals_loop_on_random_layers():
             if a is not None:
                 np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * max(1.0, float(np.max(np.abs(a)))),
                                            err_msg=f"trial {trial}: {name}")
+
+
+def test_per_neuron_parameters_may_be_lists():
+    """A list of one value per neuron means the array of them (threshold, tau_mem, tau_syn); a list that is not a
+    vector of numbers names the argument."""
+    rng = np.random.default_rng(3)
+    x = np.sort(rng.uniform(0.0, 30.0, (2, 4, 2)), axis=-1)
+    W = rng.uniform(1.5, 3.0, (4, 3))
+    lists = ss.lif_forward(x, W, tau_mem=[10.0, 12.0, 14.0], tau_syn=(5, 4, 3), threshold=[1.0, 1.5, 2.0], max_spikes=3)
+    arrays = ss.lif_forward(x, W, tau_mem=np.array([10.0, 12.0, 14.0]), tau_syn=np.array([5.0, 4.0, 3.0]),
+                         threshold=np.array([1.0, 1.5, 2.0]), max_spikes=3)
+    assert np.isfinite(arrays.times).sum() > 3
+    np.testing.assert_array_equal(lists.times, arrays.times)
+    for name, bad in (("threshold", [1.0, [2.0], 3.0]), ("tau_mem", ["a", "b", "c"])):
+        args = dict(tau_mem=10.0, tau_syn=5.0, threshold=1.0)
+        args[name] = bad
+        with pytest.raises(TypeError, match=f"{name} must be a positive number or an array of shape \\[3\\]"):
+            ss.lif_forward(x, W, max_spikes=3, **args)
+    with pytest.raises(ValueError, match=r"threshold must be a scalar or have shape \[3\], got shape \(2,\)"):
+        ss.lif_forward(x, W, tau_mem=10.0, tau_syn=5.0, threshold=[1.0, 2.0], max_spikes=3)
