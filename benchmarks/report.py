@@ -350,7 +350,7 @@ def time_units_table(results):
     return "\n".join([caption, ""] + table(header, rows))
 
 
-VOLTAGE_UNIT_FILES = ("voltage_units_torch.json", "voltage_units_before_torch.json")
+VOLTAGE_UNIT_FILES = ("voltage_units_torch.json", "voltage_units_jax.json", "voltage_units_before_torch.json")
 _VOLTAGE_UNIT_LABELS = {"fixed": "kernel only", "threshold": "trainable thresholds (`trainable_threshold=True`)",
                         "recurrent": "recurrent (`recurrent=True`)"}
 
