@@ -102,8 +102,8 @@ def burst_bound(input_times, max_spikes):
     itself: a neuron need not fire more often than a busy input channel, and at least a few times. Without it the
     bound grew with ``max_spikes``, a recording size: on latency-coded MNIST (one spike per pixel, a synchronous
     volley at t = 0) raising ``max_spikes`` from 4 to 16 let the calibration settle 2.6 times higher, the hidden
-    neurons burst (4.7 spikes each on the last training batch instead of 1.7) and training stalled at 77% training accuracy,
-    against 98% (``examples/mnist.py`` on the 5000-image subset).
+    neurons burst (4.7 spikes each on the last training batch instead of 1.7) and training stalled at 77% training
+    accuracy, against 98% (``examples/mnist.py`` on the 5000-image subset).
     """
     t = np.asarray(input_times)
     real = np.isfinite(t)
