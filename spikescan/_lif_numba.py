@@ -242,12 +242,18 @@ def _apply_input(V, I, a, b, c, flat, W, max_in, i):
 
 @_pjit
 def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit,
-                       table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current):
+                       table, use_table, spike_times, spike_event, counts, stuck_times, stuck_current, WT, qs):
     """Event-by-event walk per (sample, neuron). ``qt``, ``qi``: ``[batch * Q, L1]``, or the permutation format
     ``pq`` (``_queue_setup``); ``qe``: ``[batch * Q]``; ``table``: ``decay_table`` when ``use_table``; outputs
-    ``[batch * n_out, max_spikes]`` pre-filled (``inf`` / ``-1``) and ``[batch * n_out]``."""
+    ``[batch * n_out, max_spikes]`` pre-filled (``inf`` / ``-1``) and ``[batch * n_out]``.
+
+    ``WT``: ``W.T`` contiguous (a neuron's weights in one run of memory: the walk reads them in the queue's random
+    source order); ``qs``: the source input of every entry of a shared queue ``qi`` (``qi // max_in``, ``-1`` for
+    padding), or empty (per-neuron queues: their rows are divided as they are read): the same weights and sums, so
+    the same bits, without an integer division and a strided load per (neuron, entry)."""
     N = counts.shape[0]
     Q, _, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, N // n_out if N else 0, N)
+    has_qs = qs.shape[0] > 0
     for c_ in prange(chunks):
         chunk = np.int64(c_)  # prange indices may be typed unsigned; int64 keeps index arithmetic integral
         for tid in range(chunk * N // chunks, (chunk + 1) * N // chunks):
@@ -270,7 +276,13 @@ def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out,
                         break
                 if k == end:
                     break
-                V, I = _apply_input(V, I, a, bb, c, QI[r, k], W, max_in, i)
+                if has_qs:
+                    src = qs[r, k]
+                else:
+                    flat = QI[r, k]
+                    src = flat // max_in if flat >= 0 else -1
+                # _apply_input's update, the weight read from WT
+                V, I = a * V + c * I, lif.input_jump_scalar(bb * I, WT[i, src] if src >= 0 else 0.0)
                 t_prev = t_k
             counts[tid] = count
 
@@ -609,32 +621,18 @@ def backward(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_tim
 NEAR_GRAZING = 1e-11
 
 
-@cached_njit(inline="always")  # inlined into the kernel's IR: no call, no reference counting per entry
-def _entry_factors(E, F, perm, permuted, has_delays, b, row, k, i, j, Tm, width, reach, Gm, Gs, cached_blk,
-                   cached_span, span, tau_mem, tau_syn):
-    """``backward_closed``'s rebased factors of queue entry ``k`` (input ``j``) of neuron ``i``, sample ``b``, in
-    the span ending at ``Tm``: ``(True, e^{-(Tm - t_k)/tau_mem}, e^{-(Tm - t_k)/tau_syn})`` as products ``E F G``
-    (``G`` of the entry's time block from the span's cache, filled on a miss), or ``(False, 0, 0)`` when the block
-    starts more than ``reach`` before ``Tm``."""
-    p = perm[row, k] if permuted else k  # the entry's position in the sample's shared queue
-    T = E[b, p, 2] * width
-    if Tm - T > reach:
-        return False, 0.0, 0.0
-    blk = np.int64(E[b, p, 2])
-    slot = blk & (Gm.shape[0] - 1)
-    if cached_blk[slot] != blk or cached_span[slot] != span:
-        Gm[slot] = np.exp(-(Tm - T) / tau_mem)
-        Gs[slot] = np.exp(-(Tm - T) / tau_syn)
-        cached_blk[slot] = blk
-        cached_span[slot] = span
-    return (True, E[b, p, 0] * (F[i, j, 0] if has_delays else 1.0) * Gm[slot],
-            E[b, p, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot])
+# backward_closed's rebased factors of queue entry k (input j) of neuron i, sample b, in the span ending at Tm:
+# (ok, e^{-(Tm - t_k)/tau_mem}, e^{-(Tm - t_k)/tau_syn}) as products E F G (G of the entry's time block from the
+# span's cache, filled on a miss), or ok = False when the block starts more than reach before Tm. Written out at both
+# of its uses in the kernel: a helper with array arguments, even inlined into Numba's IR (inline="always"), has its
+# arrays reference-counted per call in the serial compilation (atomic NRT_incref / NRT_decref per entry: that
+# variant took 2-4x the parallel one's time at one thread), which the written-out code does not.
 
 
 @_pjit
 def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, spike_times, spike_event, counts,
                     grad_times, sample_start, sample_stop, grad_w, grad_d, has_delays, g_arrival, has_input_grad,
-                    g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing, rebased, E, F, width, reach, cache):
+                    g_threshold, want_tau, g_tau_mem, g_tau_syn, grazing, rebased, E, F, width, reach, cache, qs):
     """``lif_backward(method="closed")`` of a feed-forward layer: the EventProp closed form of
     ``spikescan._closed_backward`` (read its docstring for the derivation) and of the CUDA kernel
     ``spikescan_lif_backward_closed``, per output neuron ``i`` (``prange`` over chunks of them, samples in order
@@ -653,10 +651,15 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
     of ``cache`` slots, a power of two). An entry whose block starts more than ``reach`` before ``T_m`` (so ``G``
     stays far from underflow) takes the exponentials. Step 3's cross term is ``decay_scalar``'s
     (``lif.decay_given_scalar``: one ``expm1`` where ``|x| < 1``). Rounding differs from the exponentials by a few
-    units of the last place of each factor."""
+    units of the last place of each factor.
+
+    ``qs``: the source input of every entry of ``qi`` (``forward_sequential``'s), or empty (per-neuron queues: their
+    rows are divided as they are read), so that steps 1 and 3 take no integer division per entry."""
     max_spikes = spike_times.shape[1]
     n_batch = (counts.shape[0] // n_out) if n_out else 0
     Q, L1, QT, QI, permuted, chunks = _queue_setup(qt, qi, pq, n_batch, n_out)
+    perm = pq[0]
+    has_qs = qs.shape[0] > 0
     for c_ in prange(chunks):
         chunk = np.int64(c_)
         for i in range(chunk * n_out // chunks, (chunk + 1) * n_out // chunks):
@@ -697,11 +700,22 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                         J_abs = 0.0
                         span += 1
                         for k in range(lo, hi):
-                            flat = QI[r, k]
-                            j = flat // max_in
-                            ok, _, beta = (_entry_factors(E, F, pq[0], permuted, has_delays, b, row, k, i, j, Tm,
-                                                          width, reach, Gm, Gs, cached_blk, cached_span, span,
-                                                          tau_mem, tau_syn) if factors else (False, 0.0, 0.0))
+                            j = qs[r, k] if has_qs else QI[r, k] // max_in
+                            ok, alpha, beta = False, 0.0, 0.0
+                            if factors:  # the rebased factors (the comment above the kernel)
+                                pos = perm[row, k] if permuted else k  # position in the shared queue
+                                T = E[b, pos, 2] * width
+                                if not (Tm - T > reach):
+                                    blk = np.int64(E[b, pos, 2])
+                                    slot = blk & (Gm.shape[0] - 1)
+                                    if cached_blk[slot] != blk or cached_span[slot] != span:
+                                        Gm[slot] = np.exp(-(Tm - T) / tau_mem)
+                                        Gs[slot] = np.exp(-(Tm - T) / tau_syn)
+                                        cached_blk[slot] = blk
+                                        cached_span[slot] = span
+                                    ok = True
+                                    alpha = E[b, pos, 0] * (F[i, j, 0] if has_delays else 1.0) * Gm[slot]
+                                    beta = E[b, pos, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot]
                             if ok:  # the factors (see the docstring)
                                 term = w_col[j] * beta
                                 J += term
@@ -766,13 +780,24 @@ def backward_closed(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, n_out, max_in, sp
                     Tm, lVm, lIm = spike_times[tid, m], lV_spk[m], lI_spk[m]
                     span += 1
                     for k in range(lo, hi):
-                        flat = QI[r, k]
-                        j = flat // max_in
+                        j = qs[r, k] if has_qs else QI[r, k] // max_in
                         w = w_col[j]
                         s = Tm - QT[r, k]
-                        ok, alpha, beta = (_entry_factors(E, F, pq[0], permuted, has_delays, b, row, k, i, j, Tm,
-                                                          width, reach, Gm, Gs, cached_blk, cached_span, span,
-                                                          tau_mem, tau_syn) if rebased else (False, 0.0, 0.0))
+                        ok, alpha, beta = False, 0.0, 0.0
+                        if rebased:  # the rebased factors (the comment above the kernel)
+                            pos = perm[row, k] if permuted else k  # the entry's position in the sample's shared queue
+                            T = E[b, pos, 2] * width
+                            if not (Tm - T > reach):
+                                blk = np.int64(E[b, pos, 2])
+                                slot = blk & (Gm.shape[0] - 1)
+                                if cached_blk[slot] != blk or cached_span[slot] != span:
+                                    Gm[slot] = np.exp(-(Tm - T) / tau_mem)
+                                    Gs[slot] = np.exp(-(Tm - T) / tau_syn)
+                                    cached_blk[slot] = blk
+                                    cached_span[slot] = span
+                                ok = True
+                                alpha = E[b, pos, 0] * (F[i, j, 0] if has_delays else 1.0) * Gm[slot]
+                                beta = E[b, pos, 1] * (F[i, j, 1] if has_delays else 1.0) * Gs[slot]
                         if ok:  # the same factors as step 1's
                             a, bb, c = lif.decay_given_scalar(s, alpha, beta, tau_mem, tau_syn)
                         else:

@@ -471,7 +471,11 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
     if method == "sequential" and rebased is not None:
         _lif_numba.forward_rebased(work, *args[:-2], *rebased, times, events, counts, stuck_times, stuck_current)
     elif method == "sequential":
-        _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current)
+        # Source rows of a shared queue (a sample's, one row each: no bigger than qi2); per-neuron queues divide.
+        shared = pq[0].shape[0] == 0 and lay.Q == 1
+        qs = np.where(qi2 >= 0, qi2 // max(lay.max_in, 1), -1) if shared else np.zeros((0, 0), np.int64)
+        _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current,
+                                      np.ascontiguousarray(args[4].T), qs)
     else:
         _lif_numba.forward_scan(work, *args, int(chunk_size), times, events, counts, stuck_times, stuck_current)
     stuck = np.isfinite(stuck_times)
@@ -941,6 +945,9 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     block = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, block,
                                        max(per_sample, 1), max_spikes, np, tables=tables)
     rebased = _closed_rebased_args(res) if closed else None
+    # The closed form's source input of every entry of a shared queue (per-neuron queues divide; backward_closed)
+    shared = closed and pq[0].shape[0] == 0 and qi.shape[0] == batch
+    qs = np.where(qi >= 0, qi // max(max_in, 1), -1) if shared else np.zeros((0, 0), np.int64)
     for start in range(0, batch, block):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
@@ -951,7 +958,7 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
                 bool(time_constant_grads), g_tau_mem, g_tau_syn, grazing)
         work = (stop - start) * n_out * (L1 + max_spikes)
         if closed:
-            _lif_numba.backward_closed(work, *layer, *sums, *rebased)
+            _lif_numba.backward_closed(work, *layer, *sums, *rebased, qs)
         else:
             _lif_numba.backward(work, *layer, table, use_table, *sums)
         if input_times_grad:

@@ -104,7 +104,9 @@ def test_forward_raises_before_allocating(delays, no_limit):
     assert "lif_forward(batch=32, n_out=128, max_spikes=16" in msg
     assert "spikescan.set_memory_limit" in msg and "GiB" in msg
     assert ("drop the delays" in msg) if delays else ("batch" in msg)
-    assert peak < need / 20  # nothing large was allocated before the error
+    # Nothing of the estimate's size was allocated before the error: only the input checks' temporaries (sortedness,
+    # finiteness: up to the input's size each; need / 20 alone was within 2 KB of them, flaky).
+    assert peak < min(need / 5, 2 * t.nbytes + W.nbytes), (peak, need, t.nbytes)
     np.testing.assert_array_equal(t, t0)
     np.testing.assert_array_equal(W, W0)
     # At the estimate the call runs.
