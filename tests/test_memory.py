@@ -234,3 +234,27 @@ def test_the_compiled_recurrent_log_is_checked_before_it_is_allocated():
         assert ss.lif_forward(t, W, **kw).residuals.recurrent_log.times.shape[1] == M
     finally:
         ss.set_memory_limit(previous)
+
+
+def test_host_reading_is_reused_only_for_small_needs_and_briefly(no_limit, monkeypatch):
+    """The MemAvailable reading is reused within _HOST_TTL seconds for a need of at most a quarter of it; a larger
+    need, or a later call, reads afresh (so a call near the limit always sees the current figure)."""
+    readings = iter([8_000, 4_000, 2_000, 1_000, 500])
+    calls = []
+
+    def host():
+        calls.append(1)
+        return next(readings)
+
+    clock = [100.0]
+    monkeypatch.setattr(_memory, "_host_available", host)
+    monkeypatch.setattr(_memory.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_memory, "_host_reading", [float("-inf"), None])
+    assert _memory.available(np, 100) == (8_000, "memory available to this process (MemAvailable)")
+    assert _memory.available(np, 2_000)[0] == 8_000 and len(calls) == 1  # a quarter: reused
+    assert _memory.available(np, 2_001)[0] == 4_000 and len(calls) == 2  # more: read again
+    clock[0] += _memory._HOST_TTL
+    assert _memory.available(np, 10)[0] == 2_000 and len(calls) == 3  # too old: read again
+    assert _memory.available(np)[0] == 1_000 and len(calls) == 4  # no estimate: always read
+    with pytest.raises(MemoryError):  # the check reads afresh when the need is near the reading
+        _memory.check("a call", {"work": 600}, np, "reduce it")
