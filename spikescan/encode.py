@@ -219,7 +219,7 @@ def latency(values, *, t_max, t_min=0.0, cut=0.0, symmetric=False, dtype=np.floa
 
 
 def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=False, return_dropped=False,
-         dtype=np.float64):
+         dtype=np.float64, slots=None):
     """Rate code: the number of spikes in ``[0, t_max]`` grows with the value.
 
     A value ``x`` in ``[0, 1]`` becomes a spike train of mean rate ``x * max_spikes / t_max``:
@@ -238,7 +238,8 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
       and so on), then sorted per channel. The same seed gives the same spikes.
 
     A Poisson count can exceed ``max_spikes`` (for ``x = 1`` it does about half the time). The output keeps
-    ``max_spikes`` slots and each channel's earliest spikes; the spikes that did not fit are counted, a
+    ``slots`` slots (default ``max_spikes``; give more to keep the Poisson tail, e.g. ``max_spikes + 4 *
+    sqrt(max_spikes) + 4``) and each channel's earliest spikes; the spikes that did not fit are counted, a
     :class:`spikescan.datasets.DroppedSpikesWarning` states the exact number, and ``return_dropped=True`` returns
     it too. Silence the warning with ``warnings.simplefilter("ignore", DroppedSpikesWarning)`` if the cap is
     intended.
@@ -246,18 +247,21 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     Args:
         values: ``[n, features]`` values in ``[0, 1]`` (see :func:`scale`); outside values, NaN and inf are errors.
         t_max: length of the coding window (> 0, finite), in the unit of the network's time constants.
-        max_spikes: number of spike slots per channel, and the expected count for ``x = 1`` (integer >= 1).
+        max_spikes: the expected count for ``x = 1`` (integer >= 1), and by default the number of spike slots per
+            channel.
         mode: ``"regular"`` or ``"poisson"``.
         seed: for ``"poisson"``: anything ``numpy.random.default_rng`` accepts (None, an int >= 0, a
             ``SeedSequence`` or a ``Generator``, which is advanced). Ignored by ``"regular"``.
         symmetric: if True each feature uses two channels, ``x`` then ``1 - x`` (see :func:`latency`).
         return_dropped: if True return ``(times, dropped)``.
         dtype: float32 or float64 output (computed in float64).
+        slots: spike slots per channel, the output's last axis (integer >= ``max_spikes``; default
+            ``max_spikes``).
 
     Returns:
-        ``times [n, features, max_spikes]`` (``[n, 2 * features, max_spikes]`` when ``symmetric``), ascending and
-        ``+inf`` padded; with ``return_dropped=True``, ``(times, dropped)`` where ``dropped`` is the int number of
-        spikes that did not fit in ``max_spikes`` slots (always 0 for ``"regular"``).
+        ``times [n, features, slots]`` (``[n, 2 * features, slots]`` when ``symmetric``), ascending and ``+inf``
+        padded; with ``return_dropped=True``, ``(times, dropped)`` where ``dropped`` is the int number of spikes
+        that did not fit in ``slots`` slots (always 0 for ``"regular"``).
     """
     t_max = _real("t_max", t_max)
     if not t_max > 0:
@@ -265,6 +269,11 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     if isinstance(max_spikes, bool) or not isinstance(max_spikes, numbers.Integral) or max_spikes < 1:
         raise ValueError(f"max_spikes must be an integer >= 1, got {max_spikes!r}")
     max_spikes = int(max_spikes)
+    if slots is None:
+        slots = max_spikes
+    elif isinstance(slots, bool) or not isinstance(slots, numbers.Integral) or slots < max_spikes:
+        raise ValueError(f"slots must be an integer >= max_spikes={max_spikes}, got {slots!r}")
+    slots = int(slots)
     if mode not in RATE_MODES:
         raise ValueError(f"mode must be one of {', '.join(repr(m) for m in RATE_MODES)}; got {mode!r}")
     symmetric = _bool("symmetric", symmetric)
@@ -280,11 +289,11 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
             raise ValueError(f"seed must be >= 0, got {seed!r}")
     x = _mirror(_unit_table("values", values), symmetric)
     n, channels = x.shape
-    times = np.full((n, channels, max_spikes), np.inf)
+    times = np.full((n, channels, slots), np.inf)
     dropped = 0
     if mode == "regular":
         k = np.minimum(np.floor(x * max_spikes + 0.5), max_spikes)[..., None]
-        m = np.arange(max_spikes, dtype=np.float64)
+        m = np.arange(slots, dtype=np.float64)
         times = np.where(m < k, (m + 0.5) * t_max / np.maximum(k, 1.0), np.inf)
     else:
         rng = np.random.default_rng(seed)
@@ -295,15 +304,15 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
         order = np.lexsort((t, owner))
         t, owner = t[order], owner[order]
         rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = rank < max_spikes
+        keep = rank < slots
         dropped = int(total - np.count_nonzero(keep))
-        times.reshape(-1, max_spikes)[owner[keep], rank[keep]] = t[keep]
+        times.reshape(-1, slots)[owner[keep], rank[keep]] = t[keep]
         if dropped:
             from .datasets._core import DroppedSpikesWarning  # lazy: keeps `import spikescan` light
 
             warnings.warn(
                 f"spikescan.encode.rate(mode='poisson'): {dropped} of {total} spikes did not fit in "
-                f"max_spikes={max_spikes} slots and were dropped (the latest of their channel)"
+                f"{slots} slots and were dropped (the latest of their channel); slots= keeps more"
                 + ("" if return_dropped else "; pass return_dropped=True to get the count"),
                 DroppedSpikesWarning, stacklevel=2)
     times = times.astype(dt)

@@ -274,3 +274,20 @@ def test_encoded_tables_drive_lif_forward():
         out = ss.lif_forward(times, weights, tau_mem=10.0, tau_syn=5.0, threshold=1.0, max_spikes=4)
         assert out.times.shape == (times.shape[0], 5, 4) and out.times.dtype == times.dtype
         assert_spike_tensor(out.times)
+
+
+def test_rate_slots_keep_the_poisson_tail():
+    """``slots`` widens the output beyond ``max_spikes`` (the expected count at x = 1): the same draws, so the first
+    ``max_spikes`` slots are those of the default, and the tail that the default dropped is kept."""
+    x = np.full((20, 6), 1.0)
+    with pytest.warns(DroppedSpikesWarning, match="slots= keeps more"):
+        narrow, lost = rate(x, t_max=10.0, max_spikes=8, mode="poisson", seed=5, return_dropped=True)
+    wide, lost_wide = rate(x, t_max=10.0, max_spikes=8, mode="poisson", seed=5, return_dropped=True, slots=40)
+    assert lost > 0 and lost_wide == 0 and wide.shape == (20, 6, 40)
+    np.testing.assert_array_equal(wide[..., :8], narrow)
+    assert np.isfinite(wide).sum() == np.isfinite(narrow).sum() + lost
+    regular = rate(np.array([[0.5]]), t_max=8.0, max_spikes=4, slots=6)
+    np.testing.assert_array_equal(regular[0, 0], [2.0, 6.0, np.inf, np.inf, np.inf, np.inf])
+    for bad in (3, 2.5, True):
+        with pytest.raises(ValueError, match="slots must be an integer >= max_spikes=4"):
+            rate(x, t_max=8.0, max_spikes=4, slots=bad)
