@@ -934,8 +934,9 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     grad_in = np.zeros((batch, n_in * max_in)) if input_times_grad else None
     # Samples per block: the per-(sample, neuron, entry) arrival gradients of one block stay within
     # _COMPILED_ARRIVAL_BYTES (and the memory limit), then are summed into grad_in.
-    if closed:  # the closed form's factors (built after the memory check), or the reverse walk's decays
-        tables = closed_rebased_bytes(res)
+    if closed:  # the closed form's factors (built after the memory check) and its entries' sources, or the
+        # reverse walk's decays
+        tables = closed_rebased_bytes(res) + 17 * qi.size
     else:
         table, use_table = _compiled_decay_table(qt, qe, res.tau_mem, res.tau_syn,
                                                  permuted is None and res.queue_times.shape[1] == 1)

@@ -147,8 +147,9 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
     - ``spike records``: times and events (float64 and int64) and the output times, per recorded spike slot;
     - ``working``: the NumPy scan's chunk arrays (about 400 bytes per neuron and chunk lane, at most ``L1``
       lanes), or the loop's per-neuron state (about 300 bytes per neuron); for the compiled engine
-      (``backend="numba"``) the shared decay table (24 bytes per queue entry) and a few per-neuron index arrays (64
-      bytes per neuron).
+      (``backend="numba"``) the shared decay table (24 bytes per queue entry), each shared-queue entry's source
+      input (int64 and its temporaries, 17 bytes per entry), the transposed weights and a few per-neuron index arrays
+      (64 bytes per neuron).
     """
     slots = batch * n_in * max_in
     L1 = n_entries + 1
@@ -162,7 +163,8 @@ def lif_forward_estimate(batch, n_in, max_in, n_out, n_entries, max_spikes, has_
         lanes = min(chunk_size, L1) if method == "scan" else 1  # the scan's chunks are no longer than the queue
         parts["working"] = neurons * (400 * lanes if method == "scan" else 300)
     elif backend == "numba":
-        parts["working"] = 24 * batch * L1 + 64 * neurons  # the table; index and per-neuron arrays
+        # the table, the entries' sources, W.T; index and per-neuron arrays
+        parts["working"] = (24 + 17) * batch * L1 + 8 * n_in * n_out + 64 * neurons
     return parts
 
 

@@ -218,10 +218,13 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
     else:
         if isinstance(value, (list, tuple)):  # one value per neuron, written out
             try:
-                value = xp.asarray(np.asarray(value, dtype=np.float64))
+                listed = np.asarray(value)
             except (TypeError, ValueError):
+                listed = None
+            if listed is None or listed.dtype.kind not in "iuf":  # ragged, strings, booleans, objects
                 raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}] (a list of numbers "
-                                f"is taken as one), got {value!r}") from None
+                                f"is taken as one), got {value!r}")
+            value = xp.asarray(listed.astype(np.float64))
         if not hasattr(value, "shape"):
             raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
         if array_module(value) is not xp:

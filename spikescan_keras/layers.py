@@ -605,7 +605,49 @@ class LIFLayer(_SpikeTimesLayer):
                                           trainable=False)
         for name in ("silent_fraction", "dead_fraction", "spikes_per_neuron"):
             setattr(self, name, self.add_weight(name=name, shape=(), initializer="zeros", trainable=False))
+        if self._parameter_rule >= 3:
+            # The unit the voltage variables are stored over, saved with them (the last variable): weights files
+            # carry no config, so loading one saved over another unit, or before the unit (one variable fewer),
+            # converts the values instead of reading them over the wrong unit (load_own_variables, set_weights).
+            self.stored_voltage_unit = self.add_weight(
+                name="voltage_unit", shape=(), trainable=False,
+                initializer=keras.initializers.Constant(self.voltage_unit))
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
+
+    def load_own_variables(self, store):
+        if self._parameter_rule >= 3 and len(store.keys()) == len(self.variables) - 1:
+            # Saved before the voltage unit (parameter_rule 2 or 1): the same variables but the last, in voltage
+            # units.
+            for i, variable in enumerate(self._trainable_variables + self._non_trainable_variables[:-1]):
+                variable.assign(store[f"{i}"])
+            self._follow_voltage_unit(1.0)
+            return
+        super().load_own_variables(store)
+        if self._parameter_rule >= 3:
+            self._follow_voltage_unit(float(ops.convert_to_numpy(self.stored_voltage_unit)))
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        if self.built and self._parameter_rule >= 3:
+            self._follow_voltage_unit(float(ops.convert_to_numpy(self.stored_voltage_unit)))
+
+    def _follow_voltage_unit(self, saved):
+        """Values just loaded over the voltage unit ``saved`` (1: in voltage units) re-expressed over this layer's:
+        the kernel (with ``kernel_scale``, so their product, the weights, stays), the trained thresholds and the
+        ``"auto"`` recurrent weights' variable, each multiplied by ``saved / voltage_unit`` (powers of two: exact)."""
+        if self._parameter_rule < 3:
+            return
+        ratio = saved / self.voltage_unit
+        if ratio != 1.0:
+            if not (ratio > 0 and np.isfinite(ratio) and _power_of_two(ratio) == ratio):
+                raise ValueError(f"LIFLayer {self.name!r}: the loaded weights were stored over the voltage unit "
+                                 f"{saved!r}, which is not a power of two: they did not come from an LIFLayer")
+            scaled = [self.kernel] + ([self.threshold_kernel] if self.trainable_threshold else []) + (
+                [self.recurrent_kernel] if self.recurrent and self.recurrent_scale == "auto" else [])
+            for variable in scaled:
+                variable.assign(ops.convert_to_tensor(variable) * ratio)
+            self.kernel_scale.assign(ops.convert_to_tensor(self.kernel_scale) / ratio)
+        self.stored_voltage_unit.assign(self.voltage_unit)
 
     def _scale(self, inputs, training):
         """The kernel's factor: ``kernel_scale``, multiplied by the calibration on the first training call. A copy of
@@ -700,26 +742,38 @@ class LIFLayer(_SpikeTimesLayer):
         """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
         _set_time_constants(self, tau_mem, tau_syn)
 
+    def _unit_tensor(self):
+        """The voltage unit as the variable that was saved with the weights (it equals ``voltage_unit`` unless a
+        model-level ``set_weights`` brought values over another unit; computing with it keeps them right)."""
+        if self._parameter_rule < 3:
+            return self.voltage_unit
+        return ops.convert_to_tensor(self.stored_voltage_unit)
+
     def _thresholds(self):
-        """The trained thresholds the layer computes with: ``threshold_kernel * voltage_unit``."""
-        return _times_unit(self.threshold_kernel, self.voltage_unit)
+        """The trained thresholds the layer computes with: ``threshold_kernel`` times the voltage unit."""
+        return ops.convert_to_tensor(self.threshold_kernel) * self._unit_tensor()
 
     def thresholds(self):
         """The firing thresholds ``[units]`` in voltage units as a NumPy array (the trained ones with
         ``trainable_threshold=True``, else the layer's scalar repeated)."""
         if not self.trainable_threshold:
             return np.full(self.units, self.threshold)
-        return _numpy_times_unit(self, self.threshold_kernel, self.voltage_unit, True, "")
+        _check_variable(self, True, "")
+        return np.asarray(ops.convert_to_numpy(self._thresholds()))
 
     def set_thresholds(self, thresholds):
         """Set the trained thresholds ``[units]``, in voltage units (the inverse of ``thresholds()``)."""
-        _assign_over_unit(self, getattr(self, "threshold_kernel", None), thresholds, self.voltage_unit,
-                          self.trainable_threshold, "trainable thresholds (trainable_threshold=False)", "thresholds",
+        _check_variable(self, self.trainable_threshold, "trainable thresholds (trainable_threshold=False)")
+        self._follow_voltage_unit(float(ops.convert_to_numpy(self._unit_tensor())))
+        _assign_over_unit(self, self.threshold_kernel, thresholds, self.voltage_unit, True, "", "thresholds",
                           self.min_threshold)
 
     def _recurrent_weights(self):
-        """The recurrent weights the layer computes with: ``recurrent_kernel * recurrent_kernel_scale``."""
+        """The recurrent weights the layer computes with: ``recurrent_kernel * recurrent_kernel_scale`` (the
+        ``"auto"`` factor with the saved voltage unit, ``_unit_tensor``)."""
         kernel = ops.convert_to_tensor(self.recurrent_kernel)
+        if self._parameter_rule >= 3 and self.recurrent_scale == "auto":
+            return kernel * (self.recurrent_kernel_scale / self.voltage_unit) * self._unit_tensor()
         return kernel if self.recurrent_kernel_scale == 1.0 else kernel * self.recurrent_kernel_scale
 
     def recurrent_weights(self):

@@ -23,8 +23,8 @@ NIR field                      spikescan value (export) / use (import)
 =============================  ===========================================================================
 ``Input.shape``                ``[n_in]``, the first layer's input neurons (its ``max_spikes`` axis, the
                                spike-tensor padding, is in the graph metadata)
-``Linear.weight [out, in]``    ``(kernel * kernel_scale).T``, float32 (the calibration factor folded in);
-                               import: ``kernel = (weight * r * w_in / tau_syn).T``, exact when
+``Linear.weight [out, in]``    ``(kernel * kernel_scale).T``, float32 (the voltage unit and calibration folded
+                               in); import: the weights ``(weight * r * w_in / tau_syn).T``, exact when
                                ``w_in == tau_syn`` and ``r == 1``. An ``Affine`` with zero bias reads as Linear
 ``CubaLIF.tau_mem, tau_syn``   ``tau_mem``, ``tau_syn`` per neuron (arrays of one value), in the graph's unit
 ``CubaLIF.w_in``               ``tau_syn`` (same array, graph unit): a spike then moves ``I`` by exactly ``W``
@@ -117,7 +117,8 @@ Metadata (``graph.metadata["spikescan"]``: ``format``, ``time_unit`` (the graph'
 ``min_time_constant``, ``revival_penalty`` for ``LIReadout``. A third-party graph with per-neuron time constants
 or thresholds imports with the default floors (5% of the smallest value) over all its neurons.
 Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
-``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s have ``kernel_scale = 1`` and are marked as
+``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s hold the weights over their ``voltage_unit``
+(``kernel = weights / voltage_unit``, ``kernel_scale = voltage_unit``: exact, a power of two) and are marked as
 calibrated, so training an imported model starts from the imported weights.
 """
 

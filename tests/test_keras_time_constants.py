@@ -409,3 +409,62 @@ def test_the_voltage_unit_and_the_threshold_accessors():
     old(x)
     assert old.voltage_unit == 1.0 and float(ops.convert_to_numpy(old.kernel_scale)) == 1.0
     assert old.get_config()["parameter_rule"] == 2
+
+
+def test_weights_files_saved_over_another_voltage_unit_load_converted(tmp_path):
+    """Weights files carry no config: a layer stores its voltage unit as its last variable, so weights saved before
+    the unit (one variable fewer, values in voltage units) or over another unit are converted on loading
+    (``load_weights``, ``set_weights``) and compute what they computed where they were saved; read over the wrong
+    unit, threshold 20's trained thresholds came back 16 times too large and the recurrent weights ran away."""
+    x = spike_input(np.random.default_rng(9), n_in=4, max_in=3)
+
+    def model(layer):
+        return keras.Sequential([keras.Input((4, 3)), layer,
+                                 sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=40.0)])
+
+    options = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, trainable_threshold=True, recurrent=True,
+                   calibrate=None)
+    keras.utils.set_random_seed(4)
+    config = sk.LIFLayer(5, threshold=20.0, **options).get_config()
+    config["parameter_rule"] = 2
+    old = model(sk.LIFLayer.from_config(config))
+    hidden = old.layers[0]
+    assert hidden.voltage_unit == 1.0 and len(hidden.variables) == 9
+    hidden.kernel_scale.assign(0.75)  # as if calibrated
+    hidden.set_thresholds(np.linspace(15.0, 25.0, 5))
+    path = tmp_path / "old.weights.h5"
+    old.save_weights(path)
+    want = ops.convert_to_numpy(old(x))
+    assert np.isfinite(ops.convert_to_numpy(hidden(x))).sum() > 5
+
+    def effective(layer):
+        return (ops.convert_to_numpy(layer.kernel) * float(ops.convert_to_numpy(layer.kernel_scale)),
+                layer.thresholds(), layer.recurrent_weights())
+
+    new = model(sk.LIFLayer(5, threshold=20.0, **options))
+    new.load_weights(path)
+    layer = new.layers[0]
+    assert layer.voltage_unit == 16.0 and len(layer.variables) == 10
+    assert float(ops.convert_to_numpy(layer.kernel_scale)) == 12.0  # the unit times the factor
+    for got, expected in zip(effective(layer), effective(hidden)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(new(x)), want, rtol=1e-5, atol=1e-6)
+    # Over another unit (threshold 5: unit 4): the layer's set_weights converts; the model's assigns every variable
+    # (the unit's too), which the layer computes with, and the next setter converts.
+    for through_layer in (True, False):
+        other = model(sk.LIFLayer(5, threshold=5.0, **options))
+        if through_layer:
+            other.layers[0].set_weights(new.layers[0].get_weights())
+            other.layers[1].set_weights(new.layers[1].get_weights())
+            assert float(ops.convert_to_numpy(other.layers[0].stored_voltage_unit)) == 4.0
+        else:
+            other.set_weights(new.get_weights())
+        for got, expected in zip(effective(other.layers[0]), effective(hidden)):
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
+        np.testing.assert_allclose(ops.convert_to_numpy(other(x)), want, rtol=1e-5, atol=1e-6)
+    other.layers[0].set_thresholds(np.full(5, 18.0))
+    assert float(ops.convert_to_numpy(other.layers[0].stored_voltage_unit)) == 4.0
+    np.testing.assert_allclose(other.layers[0].thresholds(), 18.0)
+    np.testing.assert_allclose(other.layers[0].recurrent_weights(), hidden.recurrent_weights(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not built yet"):
+        sk.LIFLayer(5, threshold=5.0, **options).thresholds()

@@ -661,7 +661,8 @@ def test_per_neuron_parameters_may_be_lists():
                          threshold=np.array([1.0, 1.5, 2.0]), max_spikes=3)
     assert np.isfinite(arrays.times).sum() > 3
     np.testing.assert_array_equal(lists.times, arrays.times)
-    for name, bad in (("threshold", [1.0, [2.0], 3.0]), ("tau_mem", ["a", "b", "c"])):
+    for name, bad in (("threshold", [1.0, [2.0], 3.0]), ("tau_mem", ["a", "b", "c"]), ("threshold", ["1", "1", "1"]),
+                      ("tau_syn", [True, True, True])):
         args = dict(tau_mem=10.0, tau_syn=5.0, threshold=1.0)
         args[name] = bad
         with pytest.raises(TypeError, match=f"{name} must be a positive number or an array of shape \\[3\\]"):

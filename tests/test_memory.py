@@ -157,7 +157,8 @@ def test_compiled_backward_counts_its_tables(method, no_limit):
     ss.set_memory_limit(grads + one_sample + tables // 2)  # one sample at a time would fit without the tables
     with pytest.raises(MemoryError, match=r"\(gradients [^)]*, tables [0-9.e-]+ GiB\)"):
         ss.lif_backward(out, g, method=method, engine="numba")
-    ss.set_memory_limit(grads + one_sample + tables + 16 * 60 * 24)  # and the closed form's 16 bytes per synapse
+    # and the closed form's 16 bytes per synapse and 17 per queue entry (its entries' sources)
+    ss.set_memory_limit(grads + one_sample + tables + 16 * 60 * 24 + 17 * 4 * out.residuals.queue_length)
     low = ss.lif_backward(out, g, method=method, engine="numba")
     assert low.weights.tobytes() == ref.weights.tobytes()
 
