@@ -278,8 +278,9 @@ def test_layer_killed_during_training_is_reported_and_revived():
         assert np.isinf(ops.convert_to_numpy(lif(x))).all()
         # Adam climbs every weight from about -|w| / 10 at ~one learning rate per step: 13 epochs here (the "auto"
         # kernel's spread of mu * sqrt(n_in) makes |w| larger than the former mu * max(1, sqrt(n_in) / 2) did).
-        # Training is chaotic, so another CPU's rounding (XLA's, on jax) can take longer: up to 60 epochs, stopped
-        # once most neurons fire again (a CI machine was still all dead at 20).
+        # Up to 60 epochs, stopped once most neurons fire again: one clean-clone run of the suite on jax was still
+        # all dead at 20 (not reproduced alone, in its file or in the next clean-clone run, where revival took 9-10
+        # epochs; the cause, something the same worker's earlier tests leave behind, was not found).
 
         class Revived(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
