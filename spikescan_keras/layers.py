@@ -623,20 +623,23 @@ class LIFLayer(_SpikeTimesLayer):
             self._follow_voltage_unit(1.0)
             return
         super().load_own_variables(store)
-        if self._parameter_rule >= 3:
-            self._follow_voltage_unit(float(ops.convert_to_numpy(self.stored_voltage_unit)))
+        self._sync_voltage_unit()
 
     def set_weights(self, weights):
         super().set_weights(weights)
-        if self.built and self._parameter_rule >= 3:
+        if self.built:
+            self._sync_voltage_unit()
+
+    def _sync_voltage_unit(self):
+        """Values brought over the unit the variable ``stored_voltage_unit`` now holds (loaded or assigned with them)
+        re-expressed over this layer's ``voltage_unit`` (``_follow_voltage_unit``); nothing before rule 3."""
+        if self._parameter_rule >= 3:
             self._follow_voltage_unit(float(ops.convert_to_numpy(self.stored_voltage_unit)))
 
     def _follow_voltage_unit(self, saved):
         """Values just loaded over the voltage unit ``saved`` (1: in voltage units) re-expressed over this layer's:
         the kernel (with ``kernel_scale``, so their product, the weights, stays), the trained thresholds and the
         ``"auto"`` recurrent weights' variable, each multiplied by ``saved / voltage_unit`` (powers of two: exact)."""
-        if self._parameter_rule < 3:
-            return
         ratio = saved / self.voltage_unit
         if ratio != 1.0:
             if not (ratio > 0 and np.isfinite(ratio) and _power_of_two(ratio) == ratio):
@@ -764,7 +767,7 @@ class LIFLayer(_SpikeTimesLayer):
     def set_thresholds(self, thresholds):
         """Set the trained thresholds ``[units]``, in voltage units (the inverse of ``thresholds()``)."""
         _check_variable(self, self.trainable_threshold, "trainable thresholds (trainable_threshold=False)")
-        self._follow_voltage_unit(float(ops.convert_to_numpy(self._unit_tensor())))
+        self._sync_voltage_unit()
         _assign_over_unit(self, self.threshold_kernel, thresholds, self.voltage_unit, True, "", "thresholds",
                           self.min_threshold)
 
