@@ -448,6 +448,15 @@ def _rebased_args(input_times, D, tau_mem, tau_syn):
     return E, F, width, REBASED_CACHE, REBASED_SPAN * tmin
 
 
+def _entry_sources(qi, max_in, shared):
+    """The source input of every entry of a shared queue ``qi`` (one row per sample: no bigger than ``qi``; ``-1``
+    for padding), which the compiled kernels read instead of dividing each (neuron, entry)'s flat index; empty for
+    per-neuron queues (``shared`` false), which they divide as they read them."""
+    if not shared:
+        return np.zeros((0, 0), np.int64)
+    return np.where(qi >= 0, qi // max(max_in, 1), -1)
+
+
 def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit,
                       rebased=None):
     """The Numba kernels (``_lif_numba``) on the queues ``compiled_queue_args`` made; same outputs and errors as
@@ -471,9 +480,7 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
     if method == "sequential" and rebased is not None:
         _lif_numba.forward_rebased(work, *args[:-2], *rebased, times, events, counts, stuck_times, stuck_current)
     elif method == "sequential":
-        # Source rows of a shared queue (a sample's, one row each: no bigger than qi2); per-neuron queues divide.
-        shared = pq[0].shape[0] == 0 and lay.Q == 1
-        qs = np.where(qi2 >= 0, qi2 // max(lay.max_in, 1), -1) if shared else np.zeros((0, 0), np.int64)
+        qs = _entry_sources(qi2, lay.max_in, pq[0].shape[0] == 0 and lay.Q == 1)
         _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current,
                                       np.ascontiguousarray(args[4].T), qs)
     else:
@@ -946,9 +953,7 @@ def _backward_compiled(result, grad_times, input_times_grad, time_constant_grads
     block = _memory.fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays, batch, block,
                                        max(per_sample, 1), max_spikes, np, tables=tables)
     rebased = _closed_rebased_args(res) if closed else None
-    # The closed form's source input of every entry of a shared queue (per-neuron queues divide; backward_closed)
-    shared = closed and pq[0].shape[0] == 0 and qi.shape[0] == batch
-    qs = np.where(qi >= 0, qi // max(max_in, 1), -1) if shared else np.zeros((0, 0), np.int64)
+    qs = _entry_sources(qi, max_in, closed and pq[0].shape[0] == 0 and qi.shape[0] == batch)
     for start in range(0, batch, block):
         stop = min(start + block, batch)
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
