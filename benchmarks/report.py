@@ -328,21 +328,26 @@ _TIME_UNIT_LABELS = {"fixed": "no delays, fixed time constants", "delays": "trai
                      "time_constants": "trainable time constants (`trainable_time_constants=True`)"}
 
 
+def _paired_rows(results, files, labels, key, pair):
+    """Rows of the unit benchmarks (``time_units.py``, ``voltage_units.py``): per file and variant, the test accuracy
+    per seed at each of the two values ``pair`` of ``row[key]``, their means, and the file with its commit."""
+    rows = []
+    for name in files:
+        report = results.bench(name)
+        for variant, label in labels.items():
+            acc = [[100 * r["test_accuracy"] for r in report["rows"] if r["variant"] == variant and r[key] == value]
+                   for value in pair]
+            if not all(acc):
+                continue
+            rows.append([label, report["stamp"].get("keras_backend"), *(" / ".join(f"{a:.1f}" for a in x) for x in acc),
+                         " / ".join(f"{statistics.mean(x):.1f}" for x in acc) + "%", _files([name], results)])
+    return rows
+
+
 def time_units_table(results):
     """One row per variant of a ``benchmarks/time_units.py`` report: test accuracy per seed in ms and in s."""
     header = ["Model", "Backend", "In milliseconds", "In seconds", "Mean ms / s", "File, commit"]
-    rows = []
-    for name in TIME_UNIT_FILES:
-        report = results.bench(name)
-        for variant, label in _TIME_UNIT_LABELS.items():
-            acc = {unit: [100 * r["test_accuracy"] for r in report["rows"]
-                          if r["variant"] == variant and r["unit"] == unit] for unit in ("ms", "s")}
-            if not acc["ms"] or not acc["s"]:
-                continue
-            rows.append([label, report["stamp"].get("keras_backend"),
-                         " / ".join(f"{a:.1f}" for a in acc["ms"]), " / ".join(f"{a:.1f}" for a in acc["s"]),
-                         f"{statistics.mean(acc['ms']):.1f} / {statistics.mean(acc['s']):.1f}%",
-                         _files([name], results)])
+    rows = _paired_rows(results, TIME_UNIT_FILES, _TIME_UNIT_LABELS, "unit", ("ms", "s"))
     s = results.bench(TIME_UNIT_FILES[0])["settings"]
     caption = (f"The delta timing task of `benchmarks/time_units.py` ({s['train']} train / {s['test']} test, "
                f"{s['epochs']} epochs, seeds 0-{s['seeds'] - 1}, test accuracy per seed); machine: "
@@ -359,18 +364,7 @@ def voltage_units_table(results):
     """One row per (file, variant) of ``benchmarks/voltage_units.py`` reports: test accuracy per seed at threshold 1
     and at threshold 20."""
     header = ["Model", "Backend", "Threshold 1", "Threshold 20", "Mean 1 / 20", "File, commit"]
-    rows = []
-    for name in VOLTAGE_UNIT_FILES:
-        report = results.bench(name)
-        for variant, label in _VOLTAGE_UNIT_LABELS.items():
-            acc = {t: [100 * r["test_accuracy"] for r in report["rows"]
-                       if r["variant"] == variant and r["threshold"] == t] for t in (1.0, 20.0)}
-            if not acc[1.0] or not acc[20.0]:
-                continue
-            rows.append([label, report["stamp"].get("keras_backend"),
-                         " / ".join(f"{a:.1f}" for a in acc[1.0]), " / ".join(f"{a:.1f}" for a in acc[20.0]),
-                         f"{statistics.mean(acc[1.0]):.1f} / {statistics.mean(acc[20.0]):.1f}%",
-                         _files([name], results)])
+    rows = _paired_rows(results, VOLTAGE_UNIT_FILES, _VOLTAGE_UNIT_LABELS, "threshold", (1.0, 20.0))
     s = results.bench(VOLTAGE_UNIT_FILES[0])["settings"]
     caption = (f"Yin-Yang in `benchmarks/voltage_units.py` ({s['train']} train / {s['test']} test, {s['epochs']} "
                f"epochs, seeds 0-{s['seeds'] - 1}, test accuracy per seed); machine: "

@@ -96,20 +96,39 @@ def run_one(keras, variant, unit, seed, args):
     return row
 
 
-def summary(rows):
-    """Mean test accuracy per (variant, unit), and the ms - s difference per variant."""
+def paired_summary(rows, variants, key, pair, label=str):
+    """Mean test accuracy per variant and value of ``row[key]`` (named ``label(value)``), and per variant the
+    difference of the means at the two values ``pair`` (``"<first>_minus_<second>"``)."""
     out = {}
-    for variant in VARIANTS:
+    for variant in variants:
         means = {}
-        for unit in UNITS:
-            acc = [r["test_accuracy"] for r in rows if r["variant"] == variant and r["unit"] == unit]
+        for value in pair:
+            acc = [r["test_accuracy"] for r in rows if r["variant"] == variant and r[key] == value]
             if acc:
-                means[unit] = float(np.mean(acc))
+                means[label(value)] = float(np.mean(acc))
         if means:
             out[variant] = dict(mean_test_accuracy=means)
             if len(means) == 2:
-                out[variant]["ms_minus_s"] = means["ms"] - means["s"]
+                first, second = (label(value) for value in pair)
+                out[variant][f"{first}_minus_{second}"] = means[first] - means[second]
     return out
+
+
+def run_panel(report, output, cells, run, summarise):
+    """Run ``run(*cell)`` for every cell in order, appending its row to ``report["rows"]``, printing it, and
+    rewriting ``output`` with the report after each, ``report["summary"] = summarise(rows)`` included."""
+    for cell in cells:
+        row = run(*cell)
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        report["summary"] = summarise(report["rows"])
+        Path(output).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def summary(rows):
+    """Mean test accuracy per (variant, unit), and the ms - s difference per variant."""
+    return paired_summary(rows, VARIANTS, "unit", tuple(UNITS))
 
 
 def parse(argv=None):
@@ -133,15 +152,9 @@ def main(argv=None):
     from _stamp import stamp
 
     report = dict(benchmark="time_units", stamp=stamp(), settings=vars(args), rows=[])
-    for variant in args.variants:
-        for unit in UNITS:
-            for seed in range(args.seeds):
-                row = run_one(keras, variant, unit, seed, args)
-                report["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                report["summary"] = summary(report["rows"])
-                Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    cells = [(variant, unit, seed) for variant in args.variants for unit in UNITS for seed in range(args.seeds)]
+    return run_panel(report, args.output, cells, lambda variant, unit, seed: run_one(keras, variant, unit, seed, args),
+                     summary)
 
 
 if __name__ == "__main__":

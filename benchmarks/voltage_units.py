@@ -19,15 +19,14 @@ threshold): a library whose weights learn at rates that do not depend on the thr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from time_units import paired_summary, run_panel  # noqa: E402  (the unit benchmarks' shared table and loop)
 
 TAU_MEM, TAU_SYN, T_MAX = 20.0, 10.0, 60.0
 VARIANTS = ("fixed", "threshold", "recurrent")
@@ -65,18 +64,7 @@ def run_one(keras, variant, threshold, seed, data, args):
 
 def summary(rows):
     """Mean test accuracy per (variant, threshold), and the difference threshold 1 - threshold 20 per variant."""
-    out = {}
-    for variant in VARIANTS:
-        means = {}
-        for threshold in THRESHOLDS:
-            acc = [r["test_accuracy"] for r in rows if r["variant"] == variant and r["threshold"] == threshold]
-            if acc:
-                means[f"{threshold:g}"] = float(np.mean(acc))
-        if means:
-            out[variant] = dict(mean_test_accuracy=means)
-            if len(means) == 2:
-                out[variant]["1_minus_20"] = means["1"] - means["20"]
-    return out
+    return paired_summary(rows, VARIANTS, "threshold", THRESHOLDS, label=lambda t: f"{t:g}")
 
 
 def parse(argv=None):
@@ -103,15 +91,10 @@ def main(argv=None):
     train, test = yinyang(args.train, seed=42), yinyang(args.test, seed=40)
     data = (train.times, train.labels), (test.times, test.labels)
     report = dict(benchmark="voltage_units", stamp=stamp(), settings=vars(args), rows=[])
-    for variant in args.variants:
-        for threshold in THRESHOLDS:
-            for seed in range(args.seeds):
-                row = run_one(keras, variant, threshold, seed, data, args)
-                report["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                report["summary"] = summary(report["rows"])
-                Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    cells = [(variant, threshold, seed) for variant in args.variants for threshold in THRESHOLDS
+             for seed in range(args.seeds)]
+    return run_panel(report, args.output, cells,
+                     lambda variant, threshold, seed: run_one(keras, variant, threshold, seed, data, args), summary)
 
 
 if __name__ == "__main__":
