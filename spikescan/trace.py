@@ -234,14 +234,26 @@ def _recurrent_events(res, input_times):
         delays = np.concatenate([np.zeros((n_in, n_out)) if res.delays is None else res.delays,
                                  np.zeros((n_out, n_out)) if res.recurrent_delays is None else res.recurrent_delays])
     queue_times, queue_index, _ = build_queues(events, delays, np)
-    Q = queue_times.shape[1]
-    spike_event = np.full(res.spike_times.shape, -1, np.int64)
-    for b in range(batch):
-        for i in range(n_out):
-            spikes = res.spike_times[b, i]
-            fired = np.isfinite(spikes)
-            spike_event[b, i, fired] = np.searchsorted(queue_times[b, i if Q > 1 else 0], spikes[fired], side="left")
-    return queue_times, queue_index, weights, width, spike_event
+    return queue_times, queue_index, weights, width, _spike_positions(queue_times, res.spike_times)
+
+
+def _spike_positions(queue_times, spike_times):
+    """``[batch, n_out, S]`` int64: for each finite spike, the number of entries of its neuron's queue row
+    (``queue_times[b, i]``, or ``queue_times[b, 0]`` for a shared queue) strictly before it; ``-1`` for padding.
+    One flat ``searchsorted`` over all rows: integer keys ``row * M + rank``, with ``rank`` the position of a time
+    among all distinct finite times (``M - 1`` for ``+inf``), are ascending along the flattened queues."""
+    batch, Q, L1 = queue_times.shape
+    n_out, S = spike_times.shape[1:]
+    fired = np.isfinite(spike_times)
+    finite_q = np.isfinite(queue_times)
+    values = np.unique(np.concatenate([queue_times[finite_q], spike_times[fired]]))
+    M = values.size + 1
+    rank_q = np.where(finite_q, np.searchsorted(values, np.where(finite_q, queue_times, 0.0)), M - 1)
+    rank_s = np.searchsorted(values, np.where(fired, spike_times, 0.0))
+    rows = np.arange(batch * Q, dtype=np.int64).reshape(batch, Q, 1)
+    row = np.arange(batch, dtype=np.int64)[:, None] * Q + (np.arange(n_out) if Q > 1 else 0)  # [batch, n_out]
+    at = np.searchsorted((rows * M + rank_q).ravel(), (row[..., None] * M + rank_s).ravel(), side="left")
+    return np.where(fired, at.reshape(batch, n_out, S) - row[..., None] * L1, -1)
 
 
 def li_trace(input_times, weights, t, *, tau_mem, tau_syn):

@@ -386,3 +386,28 @@ def test_recurrent_layer_matches_superposition(delays, tau_mem, tau_syn):
         np.testing.assert_allclose(near.voltage[0, i[sel], at.size + k], 0.0, rtol=0, atol=1e-12)
     # The recurrent input matters here: the feed-forward trace differs.
     assert np.abs(lif_trace(x, W, t, **kw).voltage - res.voltage).max() > 0.1
+
+
+@pytest.mark.parametrize("Q", [1, 3], ids=["shared-queue", "per-neuron-queues"])
+def test_spike_positions_match_a_per_row_search(Q):
+    """``_spike_positions`` (one flat search over every queue row) equals ``searchsorted(side="left")`` row by row,
+    with spikes tied to queue entries, before the first and after the last, padding, and empty rows."""
+    rng = np.random.default_rng(3)
+    batch, n_out, L1, S = 4, 3, 9, 5
+    grid = np.arange(12) * 0.5  # a coarse grid makes ties between spikes and entries common
+    queue = np.sort(rng.choice(grid, (batch, Q, L1)), axis=-1)
+    queue[..., -2:] = np.inf  # padding and the sentinel
+    queue[1] = np.inf  # a sample with no input at all
+    spikes = np.sort(np.concatenate([rng.choice(grid, (batch, n_out, S - 2)), np.full((batch, n_out, 2), np.inf)],
+                                    axis=-1), axis=-1)
+    spikes[0, 0, 0] = -1.0  # before every entry
+    spikes[2, 1, :2] = [9.0, 9.5]  # after every finite entry
+    expected = np.full(spikes.shape, -1, np.int64)
+    for b in range(batch):
+        for i in range(n_out):
+            fired = np.isfinite(spikes[b, i])
+            expected[b, i, fired] = np.searchsorted(queue[b, i if Q > 1 else 0], spikes[b, i, fired], side="left")
+    from spikescan.trace import _spike_positions
+
+    np.testing.assert_array_equal(_spike_positions(queue, spikes), expected)
+    assert (expected[np.isfinite(spikes)] > 0).any() and (expected == 0).any()
