@@ -76,27 +76,41 @@ def _check_variable(layer, flag, what):
 
 
 def _assign_over_unit(layer, variable, values, unit, flag, what, label, low, high=None):
-    """``variable.assign(values / unit)``: ``values`` in time or voltage units (the unit is a power of two: exact),
-    each within ``[low, high]`` (``high=None``: no upper bound), the range the variable's constraint keeps: a value
-    outside it would be moved silently at the first training step, so it is refused, as are NaN and inf."""
+    """``variable.assign(values / unit)`` after ``_over_unit``'s checks."""
+    variable.assign(_over_unit(layer, variable, values, unit, flag, what, label, low, high))
+
+
+def _over_unit(layer, variable, values, unit, flag, what, label, low, high=None):
+    """``values / unit`` in ``variable``'s dtype, checked: ``values`` in time or voltage units (the unit is a power
+    of two: exact), each within ``[low, high]`` (``high=None``: no upper bound), the range the variable's constraint
+    keeps: a value outside it would be moved silently at the first training step, so it is refused, as are NaN, inf
+    and values beyond the dtype's range. Assigns nothing, so a setter of two variables can check both first."""
     _check_variable(layer, flag, what)
-    values = np.asarray(values, dtype=np.float64)
+    name = f"{type(layer).__name__} {layer.name!r}"
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: {label} must be real numbers, got {values!r}") from err
     if values.shape != tuple(variable.shape):
-        raise ValueError(f"{type(layer).__name__} {layer.name!r}: expected values of shape {tuple(variable.shape)}, "
-                         f"got {values.shape}")
+        raise ValueError(f"{name}: {label} must have shape {tuple(variable.shape)}, got {values.shape}")
     # The constraint's own test, on the stored values in the variable's dtype: a value at its floor read back by the
     # getter (the floor over the unit, rounded to that dtype, times the unit) is set again unchanged.
     dtype = keras.backend.standardize_dtype(variable.dtype)
     with np.errstate(over="ignore"):  # a value beyond the dtype's range becomes inf, refused below
         stored = (values / unit).astype(dtype)
+    beyond = np.isfinite(values) & ~np.isfinite(stored)
+    if beyond.any():
+        idx = tuple(int(i) for i in np.argwhere(beyond)[0])
+        raise ValueError(f"{name}: {label} must fit the layer's {dtype} variable (over its unit {unit!r}), got "
+                         f"{float(values[idx])!r} at index {idx}")
     bad = (~np.isfinite(stored) | (stored < np.asarray(low / unit, dtype))
            | (False if high is None else stored > np.asarray(high / unit, dtype)))
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         limits = f">= {low!r}" if high is None else f"within [{low!r}, {high!r}]"
-        raise ValueError(f"{type(layer).__name__} {layer.name!r}: {label} must be {limits} (the range training keeps "
-                         f"them in), got {float(values[idx])!r} at index {idx}")
-    variable.assign(stored)
+        raise ValueError(f"{name}: {label} must be {limits} (the range training keeps them in), got "
+                         f"{float(values[idx])!r} at index {idx}")
+    return stored
 
 
 class _Renamed:
@@ -957,10 +971,14 @@ def _time_constant_tensors(layer):
 
 
 def _set_time_constants(layer, tau_mem, tau_syn):
-    for name, values in (("tau_mem", tau_mem), ("tau_syn", tau_syn)):
-        _assign_over_unit(layer, getattr(layer, f"{name}_kernel", None), values, getattr(layer, f"{name}_unit"),
+    """Checks both, then assigns both: a refused ``tau_syn`` leaves ``tau_mem`` as it was."""
+    stored = [(getattr(layer, f"{name}_kernel", None),
+               _over_unit(layer, getattr(layer, f"{name}_kernel", None), values, getattr(layer, f"{name}_unit"),
                           layer.trainable_time_constants, "trainable time constants (trainable_time_constants=False)",
-                          name, layer.min_time_constant)
+                          name, layer.min_time_constant))
+              for name, values in (("tau_mem", tau_mem), ("tau_syn", tau_syn))]
+    for variable, values in stored:
+        variable.assign(values)
 
 
 def _time_constants_numpy(layer):

@@ -316,7 +316,7 @@ def test_time_parameter_accessors_check_their_arguments():
     with pytest.raises(ValueError, match="not built yet"):
         layer.delay_values()
     layer.build((None, 3, 2))
-    with pytest.raises(ValueError, match=r"expected values of shape \(3, 4\), got \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"delays must have shape \(3, 4\), got \(4, 3\)"):
         layer.set_delay_values(np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"has no recurrent delays \(recurrent_delays=False\)"):
         layer.recurrent_delay_values()
@@ -329,6 +329,15 @@ def test_time_parameter_accessors_check_their_arguments():
     layer.set_delay_values(np.full((3, 4), 3.0))
     layer.set_time_constants(np.full(4, 11.0), np.full(4, 3.5))
     assert np.all(layer.delay_values() == 3.0) and np.all(layer.time_constants()[1] == 3.5)
+    # Both checked before either is assigned: a refused tau_syn leaves tau_mem as it was.
+    for bad_syn, match in ((np.array([4.0, np.nan, 4.0, 4.0]), "tau_syn must be >= .* got nan"),
+                           (np.ones(3), r"tau_syn must have shape \(4,\)"),
+                           (["a"] * 4, "tau_syn must be real numbers")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            layer.set_time_constants(np.full(4, 8.0), bad_syn)
+        np.testing.assert_array_equal(layer.time_constants()[0], 11.0)
+    with pytest.raises(TypeError, match="tau_mem must be real numbers"):
+        layer.set_time_constants("a", np.full(4, 3.5))
     fixed = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
     np.testing.assert_array_equal(fixed.time_constants()[0], np.full(4, TAU_MEM))
 
@@ -388,7 +397,8 @@ def test_the_voltage_unit_and_the_threshold_accessors():
     layer.threshold_kernel.assign(layer.threshold_kernel.constraint(layer.threshold_kernel - 100.0))
     layer.set_thresholds(layer.thresholds())  # the floor, read back, is accepted unchanged
     for bad, match in ((np.full(5, 2.4), "thresholds must be >= 2.5"), (np.full(5, np.nan), "got nan"),
-                       (np.ones(4), "expected values of shape")):
+                       (np.ones(4), r"thresholds must have shape \(5,\), got \(4,\)"),
+                       (np.full(5, 1e300), "must fit the layer's float32 variable")):
         before = ops.convert_to_numpy(layer.threshold_kernel).copy()
         with pytest.raises(ValueError, match=match):
             layer.set_thresholds(bad)
