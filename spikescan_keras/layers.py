@@ -254,6 +254,15 @@ class PositiveFloor(keras.constraints.Constraint):
         return {"min_value": self.min_value}
 
 
+def _learns_from(layer, inputs, training):
+    """Whether a call updates the training state (calibration, firing statistics, revival objective): a training
+    call, unless its batch is known to be empty (nothing to calibrate on, count or revive; the mean over no sample
+    would be NaN). In data-parallel training every rank takes part, since those use the global batch."""
+    if not training:
+        return False
+    return layer._data_parallel is not None or inputs.shape[0] != 0  # None (unknown) or a positive size
+
+
 def _add_loss(layer, loss):
     """``layer.add_loss`` in Keras' float dtype (``keras.config.floatx()``, that of the compiled loss): a float64
     layer's term would otherwise meet the float32 loss in Keras' sum, which TensorFlow refuses."""
@@ -700,7 +709,8 @@ class LIFLayer(_SpikeTimesLayer):
         """The layer's forward: ``(times, inputs, kernel, taus, threshold)``, with the tensors it computed with
         (``kernel`` times ``kernel_scale``; ``taus`` and ``threshold`` the per-neuron ones, or empty tuples)."""
         inputs = ops.convert_to_tensor(inputs)
-        kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, training)
+        learn = _learns_from(self, inputs, training)
+        kernel = ops.convert_to_tensor(self.kernel) * self._scale(inputs, learn)
         delays = (self._delays(),) if self.use_delays else ()
         recurrent = ((self._recurrent_weights(),) if self.recurrent else ()) + (
             (_times_unit(self.recurrent_delay_kernel, self.delay_unit),) if self.use_recurrent_delays else ())
@@ -709,12 +719,12 @@ class LIFLayer(_SpikeTimesLayer):
         spec = self._train_spec if training else self._spec
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
-        if training:
+        if learn:
             dead, capped = self._firing_statistics(counts, capped)
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))
-        if training and self.silence_penalty > 0:
+        if learn and self.silence_penalty > 0:
             frozen = tuple(ops.stop_gradient(x) for x in taus)
             thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
             _add_loss(self, self._silence_loss(inputs, kernel, delays + frozen, ops.cast(dead, kernel.dtype), thr))
@@ -1143,7 +1153,7 @@ class LIReadout(_SpikeTimesLayer):
             if self.readout == "max" and self.revival_penalty == 0:
                 spec = dataclasses.replace(spec, warn_dead=True)
         (values,) = _bridge.apply(LIOp, spec, (inputs, kernel, *taus))
-        if training and self.readout == "max":
+        if _learns_from(self, inputs, training) and self.readout == "max":
             dead = self._dead_units(values)
             self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))
             if self.revival_penalty > 0:

@@ -1011,3 +1011,30 @@ def test_torch_meta_tensors_trace_shapes_without_simulating(monkeypatch):
     assert counts.shape == (7, 5) and counts.dtype == torch.int32
     (values,) = _bridge.apply(_host.LIOp, readout._spec, (times, torch.empty((5, 2), device="meta")))
     assert values.shape == (7, 2)
+
+
+def test_a_training_call_on_an_empty_batch_changes_no_state():
+    """A training call on a batch of no sample returns empty outputs and leaves the training state as it was: no
+    calibration (the next real batch calibrates, as on a fresh layer), no firing statistics, no revival loss (its
+    mean over no sample would be NaN). It used to fail in the statistics after marking the layer calibrated."""
+    x = spike_input(np.random.default_rng(2), batch=4, n_in=5, max_in=3)
+    small = keras.initializers.Constant(1e-4)  # silent before calibration
+
+    def make(cls, **kw):
+        return cls(3, tau_mem=10.0, tau_syn=5.0, kernel_initializer=small, **kw)
+
+    for cls, kw in ((sk.LIFLayer, dict(max_spikes=4)), (sk.FirstSpikeReadout, dict(t_max=30.0))):
+        layer, fresh = make(cls, **kw), make(cls, **kw)
+        out = layer(x[:0], training=True)
+        assert tuple(out.shape)[0] == 0
+        assert int(ops.convert_to_numpy(layer.calibrated)) == 0
+        assert float(ops.convert_to_numpy(layer.kernel_scale)) == 1.0
+        assert not layer.losses
+        assert float(ops.convert_to_numpy(layer.dead_fraction)) == 0.0
+        layer(x, training=True)
+        fresh(x, training=True)
+        assert float(ops.convert_to_numpy(layer.kernel_scale)) == float(ops.convert_to_numpy(fresh.kernel_scale)) > 1
+    readout = sk.LIReadout(3, tau_mem=10.0, tau_syn=5.0, readout="max", t_max=30.0)
+    out = readout(x[:0], training=True)
+    assert tuple(out.shape) == (0, 3) and not readout.losses
+    assert float(ops.convert_to_numpy(readout.dead_fraction)) == 0.0
