@@ -557,7 +557,7 @@ def lif_forward(input_times, weights, delays, tau_mem, tau_syn, threshold, max_s
         threshold_is_scalar=threshold_is_scalar,
         input_shape=tuple(input_times.shape), input_dtype=input_times.dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver)
-    return LIFResult(times=times.reshape(batch, n_out, max_spikes).astype(input_times.dtype),
+    return LIFResult(times=_output_times(times.reshape(batch, n_out, max_spikes), input_times.dtype),
                      counts=counts.reshape(batch, n_out), residuals=res)
 
 
@@ -629,7 +629,22 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         recurrent_weights=R, recurrent_delays=Dr, recurrent_log=log,
         recurrent_weights_dtype=recurrent_weights.dtype,
         recurrent_delays_dtype=None if recurrent_delays is None else recurrent_delays.dtype)
-    return LIFResult(times=times.astype(input_times.dtype), counts=counts, residuals=res)
+    return LIFResult(times=_output_times(times, input_times.dtype), counts=counts, residuals=res)
+
+
+def _output_times(times, dtype):
+    """The float64 spike times in the dtype of the input times, refusing a finite time that it cannot hold (a spike
+    turned into ``+inf``, which reads as no spike): only possible in a narrower dtype, with time constants or
+    delays near its range."""
+    with np.errstate(over="ignore"):  # an overflow is refused below
+        out = times.astype(dtype)
+    if out.dtype != times.dtype:
+        lost = np.isinf(out) & np.isfinite(times)
+        if lost.any():
+            raise ValueError(f"a spike time ({float(times[lost][0])!r}) exceeds the range of the input dtype {dtype} "
+                             f"(at most {float(np.finfo(dtype).max):.4g}); express the times in a larger unit, or use "
+                             "float64 input_times")
+    return out
 
 
 def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine="numpy"):

@@ -150,6 +150,25 @@ def check_delays(delays, weights):
         raise ValueError(f"delays must be >= 0, got {_first_bad(xp, delays, neg)}")
 
 
+def check_arrivals(input_times, delays):
+    """With ``delays``: every arrival time (input spike time plus delay) stays a finite number of the dtype of
+    ``input_times``, so that no arrival and no output spike overflows to ``+inf`` (a spike lost without a trace).
+    Checked on the latest input spike plus the longest delay: one reduction over each (a host sync on CuPy)."""
+    if delays is None or input_times.size == 0 or delays.size == 0:
+        return
+    xp = array_module(input_times)
+    finite = xp.isfinite(input_times)
+    latest = float(xp.where(finite, input_times, 0).max())
+    longest = float(delays.max())
+    limit = float(np.finfo(input_times.dtype).max)
+    if latest + longest <= limit:  # inf (a float64 overflow) fails too
+        return
+    raise ValueError(f"input_times + delays must stay within the range of {input_times.dtype} (at most {limit:.4g}): "
+                     f"the latest input spike ({latest!r}) plus the longest delay ({longest!r}) reaches "
+                     f"{latest + longest!r}; express the times in a larger unit"
+                     + ("" if input_times.dtype == np.float64 else ", or use float64"))
+
+
 def _check_square(name, x, n_out, xp):
     """``x`` a finite float ``[n_out, n_out]`` array on the array module ``xp``; returns ``max |x|``."""
     check_float_array(name, x, 2)
@@ -199,6 +218,7 @@ def layer(input_times, weights, tau_mem, tau_syn, delays=None):
     most = check_weights("weights", weights, input_times.shape[1])
     check_current_bound("weights", weights, most, input_times)
     check_delays(delays, weights)
+    check_arrivals(input_times, delays)
     n_out = weights.shape[1]
     return xp, time_constant("tau_mem", tau_mem, n_out, xp), time_constant("tau_syn", tau_syn, n_out, xp)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _validate as v
@@ -72,6 +74,8 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
         if readout != "integral":
             raise ValueError(f"tau_readout only applies to readout='integral'; got tau_readout={tau_readout!r} with "
                              f"readout={readout!r} (pass tau_readout=None)")
+    if readout == "integral" and tau_mem.size:
+        _check_integral_window(t_max, tau_mem, tau_syn, tau_readout)
     if xp is np:
         from . import _readout_numpy as impl
 
@@ -79,6 +83,21 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
     from .cuda import _readout as cuda_impl
 
     return cuda_impl.li_forward_cuda(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout)
+
+
+# The "integral" kernels and their time-constant derivatives multiply up to three factors (t_max - t) / tau and divide
+# by as many: beyond this many time constants their terms leave float64's normal range (NaN or inf, or silently
+# imprecise subnormals), whatever the time unit.
+MAX_INTEGRAL_WINDOW = 1e100
+
+
+def _check_integral_window(t_max, tau_mem, tau_syn, tau_readout):
+    """``t_max`` at most ``MAX_INTEGRAL_WINDOW`` times the shortest time constant (one host sync on CuPy)."""
+    shortest = min(float(tau_mem.min()), float(tau_syn.min()), math.inf if tau_readout is None else tau_readout)
+    if t_max / shortest > MAX_INTEGRAL_WINDOW:
+        raise ValueError(f"t_max must be at most {MAX_INTEGRAL_WINDOW:g} times the shortest time constant for "
+                         f"readout='integral' (its closed forms leave float64's range beyond, in any time unit); got "
+                         f"t_max={t_max!r} with a time constant of {shortest!r}")
 
 
 def li_backward(result, grad_values, *, time_constant_grads=False, engine="auto"):

@@ -669,3 +669,25 @@ def test_per_neuron_parameters_may_be_lists():
             ss.lif_forward(x, W, max_spikes=3, **args)
     with pytest.raises(ValueError, match=r"threshold must be a scalar or have shape \[3\], got shape \(2,\)"):
         ss.lif_forward(x, W, tau_mem=10.0, tau_syn=5.0, threshold=[1.0, 2.0], max_spikes=3)
+
+
+def test_arrivals_and_spikes_beyond_the_dtype_range_are_refused(cpu_engine):
+    """An input time plus its delay that overflows the input dtype, or a spike time beyond it, is refused naming the
+    cause: the arrival or spike became +inf, read as no spike (the compiled engine even counted a spike it never
+    recorded), and the backward blamed the loss's scale."""
+    one = np.array([[5.0]])
+    for x, D, dtype_name in ((np.array([[[1.7e308]]]), np.array([[1e308]]), "float64"),
+                             (np.array([[[3e38]]], np.float32), np.array([[1e38]], np.float32), "float32")):
+        for call in (lambda: ss.lif_forward(x, one.astype(x.dtype), tau_mem=10.0, tau_syn=5.0, max_spikes=4,
+                                            delays=D, engine=cpu_engine),
+                     lambda: ss.peak_voltage(x, one.astype(x.dtype), tau_mem=10.0, tau_syn=5.0, delays=D),
+                     lambda: ss.lif_trace(x, one.astype(x.dtype), [0.0, 1.0], tau_mem=10.0, tau_syn=5.0, delays=D)):
+            with pytest.raises(ValueError, match=rf"input_times \+ delays must stay within the range of {dtype_name}"):
+                call()
+    # Just within range: accepted.
+    ss.lif_forward(np.array([[[1.0e308]]]), one, tau_mem=10.0, tau_syn=5.0, max_spikes=4, delays=np.array([[7e307]]),
+                   engine=cpu_engine)
+    # A spike after the last input, beyond float32 (time constants near the range): refused, not turned into +inf.
+    with pytest.raises(ValueError, match=r"a spike time \(3.7.*\) exceeds the range of the input dtype float32"):
+        ss.lif_forward(np.array([[[3.39e38]]], np.float32), np.array([[5.0]], np.float32), tau_mem=1e38, tau_syn=5e37,
+                       max_spikes=4, engine=cpu_engine)

@@ -566,3 +566,25 @@ def test_cupy_matches_numpy(readout):
         np.testing.assert_allclose(cp.asnumpy(getattr(got_g, name)), getattr(ref_g, name), rtol=1e-9, atol=1e-12,
                                    err_msg=f"grad_{name}")
 
+
+
+def test_integral_window_beyond_float64_is_refused():
+    """The integral readout's closed forms multiply up to three factors (t_max - t) / tau: beyond 1e100 time
+    constants they left float64's range (the tau_syn gradient came back NaN from 3.6e103, the value inf, then NaN),
+    in any time unit. Such windows are refused naming t_max; up to the bound values and gradients are finite."""
+    x = np.array([[[1.0, 2.0]]])
+    W = np.array([[1.0]])
+    for tau_readout in (None, 7.0):
+        r = li_forward(x, W, tau_mem=10.0, tau_syn=5.0, readout="integral", t_max=5e100, tau_readout=tau_readout)
+        g = li_backward(r, np.ones_like(r.values), time_constant_grads=True)
+        for part in (r.values, g.weights, g.input_times, g.tau_mem, g.tau_syn):
+            assert np.isfinite(part).all()
+        if tau_readout is None:  # each input's whole PSP integrates to tau_syn
+            np.testing.assert_allclose(r.values, 2 * 5.0, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"t_max must be at most 1e\+100 times the shortest time constant .*"
+                                         r"t_max=1e\+170 with a time constant of 5.0"):
+        li_forward(x, W, tau_mem=10.0, tau_syn=5.0, readout="integral", t_max=1e170)
+    with pytest.raises(ValueError, match="time constant of 1e-90"):
+        li_forward(x, W, tau_mem=10.0, tau_syn=5.0, readout="integral", t_max=1e20, tau_readout=1e-90)
+    # The other readouts have no such products: their values stay right for any window.
+    assert li_forward(x, W, tau_mem=10.0, tau_syn=5.0, readout="final", t_max=1e170).values[0, 0] == 0.0
