@@ -200,3 +200,20 @@ def test_calibration_leaves_samples_without_input_spikes_out():
     alone = calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
     assert calibrate_scale(padded, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN) == alone
     assert 0.3 <= alone[1] <= 0.9
+
+
+def test_tiny_windows_give_the_psp_peak():
+    """A window far below the time constants is a near-synchronous input: the mean PSP peak is the PSP's peak. Below
+    about 1e-16 tau the running-area difference rounded to 0 and ``mean_weight`` (and the first-batch calibration
+    of inputs spanning such a window) raised a bare ZeroDivisionError."""
+    peak = mean_psp_peak(10.0, 5.0, 0.0)
+    for window in (1e-300, 1e-20, 1e-8, 4.9e-6):
+        assert mean_psp_peak(10.0, 5.0, window) == peak
+    assert mean_weight(100, tau_mem=10.0, tau_syn=5.0, window=1e-20) == mean_weight(100, tau_mem=10.0,
+                                                                                              tau_syn=5.0)
+    # Just above the cut the grid's value is continuous with it.
+    assert abs(mean_psp_peak(10.0, 5.0, 1e-4) / peak - 1) < 1e-6
+    x = np.full((2, 10, 1), np.inf)
+    x[:, 0, 0] = 5e-324
+    scale, fraction = calibrate_scale(x, np.full((10, 4), 1e-3), tau_mem=10.0, tau_syn=5.0)
+    assert np.isfinite(scale) and scale > 0
