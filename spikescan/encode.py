@@ -280,6 +280,9 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     return_dropped = _bool("return_dropped", return_dropped)
     dt = _float_dtype(dtype)
     _fits(t_max, dt)
+    if mode == "regular" and not np.isfinite((slots + 0.5) * t_max):  # the centres' product (m + 0.5) * t_max
+        raise ValueError(f"t_max={t_max!r} times {slots} + 0.5 spike slots overflows float64 (the regular code's "
+                         "spike times are (m + 0.5) * t_max / k); use another time unit")
     if mode == "poisson":
         ok_seed = seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)) or (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool))

@@ -1,4 +1,5 @@
 import gzip
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -208,6 +209,18 @@ def test_shd_reads_official_format(tmp_path):
     np.testing.assert_allclose(ds.times[2, 10, :2], f16_ms([0.1, 0.25]), rtol=1e-6)  # sorted per channel
     assert np.isposinf(ds.times[1]).all()
     assert_spike_tensor(ds.times)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -0.25, np.inf])
+def test_shd_with_a_corrupt_time_is_an_error_whatever_the_filters(tmp_path, bad):
+    """A NaN, negative or infinite time in the file is an error naming the file and the sample, also when ``t_max``
+    or ``channels`` would have removed it (with t_max, a NaN was counted as a spike dropped for t_max)."""
+    samples = [([0.001, 0.002], [3, 4], 1), ([0.001, bad, 0.3], [3, 600, 4], 0)]
+    write_heidelberg(tmp_path / "shd_train.h5", samples=samples)
+    for kw in ({}, dict(t_max=100.0), dict(channels=(0, 100))):
+        with pytest.raises(ValueError, match=r"shd_train.h5: sample 1 of the selection holds the spike time "
+                                             rf"{re.escape(repr(float(np.float16(bad))))} s; times must be finite"):
+            shd("train", data_dir=tmp_path, **kw)
 
 
 def test_shd_caps_and_crops_are_reported(tmp_path):
@@ -444,3 +457,17 @@ def test_download_shd_offline(tmp_path, monkeypatch):
                                       r".*Name or service not known.*tonic"):
         download_shd(data, splits=("train", "test"))
     assert sorted(p.name for p in data.iterdir()) == ["shd_test.h5"]
+
+
+def test_times_beyond_the_dtype_are_refused_not_padded():
+    """A spike time that its dtype cannot hold would become the +inf of padding, a spike lost unreported (float32
+    Yin-Yang at t_max=1e39 kept 36% of its spikes; bin_times turned 1e300 into +inf): refused, naming the cause."""
+    with pytest.raises(ValueError, match=r"do not fit in float32 .*lower t_max or t_bias, or use dtype=np.float64"):
+        yinyang(10, seed=0, t_max=1e39)
+    with pytest.raises(ValueError, match=r"do not fit in float32 .*lower onset_max or delta"):
+        yinyang(10, seed=0, variant="timing", delta=1e39)
+    assert np.isfinite(yinyang(10, seed=0, t_max=1e39, dtype=np.float64).times).all()
+    with pytest.raises(ValueError, match=r"times / bin_width overflows float64 for the time 1e\+300 with bin_width="
+                                         r"1e-10"):
+        bin_times(np.array([[[5.0, 1e300]]]), 1e-10)
+    np.testing.assert_array_equal(bin_times(np.array([[[5.0, 1e300, np.inf]]]), 1e-3)[0, 0, [0, 2]], [5.0, np.inf])

@@ -242,7 +242,13 @@ def bin_times(times, bin_width: float, *, align: str = "left"):
     bad = np.isnan(t64) | (t64 < 0)
     if bad.any():
         raise ValueError(f"times must be >= 0 and not NaN, got {t64[bad].ravel()[0]!r}")
-    binned = np.floor(t64 / bin_width)
-    if align == "center":
-        binned += 0.5
-    return (binned * bin_width).astype(t.dtype if t.dtype.kind == "f" else np.float64)
+    with np.errstate(over="ignore"):  # an overflow is refused below
+        binned = np.floor(t64 / bin_width)
+        if align == "center":
+            binned += 0.5
+        out = binned * bin_width
+    lost = np.isfinite(t64) & ~np.isfinite(out)
+    if lost.any():
+        raise ValueError(f"times / bin_width overflows float64 for the time {float(t64[lost].ravel()[0])!r} with bin_width="
+                         f"{bin_width!r}; use a larger bin_width or another time unit")
+    return out.astype(t.dtype if t.dtype.kind == "f" else np.float64)

@@ -166,9 +166,13 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
     dropped = {"channels": 0, "t_max": 0}
     samples = []
     total_in = 0
-    for t, u in zip(raw_t, raw_u):
+    for k, (t, u) in enumerate(zip(raw_t, raw_u)):
         t = np.asarray(t, dtype=np.float64) * scale
         u = np.asarray(u, dtype=np.int64)
+        bad = ~np.isfinite(t) | (t < 0)
+        if bad.any():  # before any filter: a corrupt time is an error, not a spike dropped for its channel or t_max
+            raise ValueError(f"{path.name}: sample {k} of the selection holds the spike time "
+                             f"{float(t[bad][0] / scale)!r} s; times must be finite and >= 0")
         total_in += len(t)
         keep = (u >= lo) & (u < hi)
         dropped["channels"] += int(len(u) - keep.sum())

@@ -92,4 +92,10 @@ def yinyang(n_samples: int, *, seed: int, variant: str = "latency", t_min: float
         onset = np.random.default_rng([seed, 1]).uniform(0.0, onset_max, size=(n_samples, 1))
         times = np.concatenate([onset + values * delta, onset], axis=1)
         meta["onset"] = onset[:, 0]
-    return SpikeDataset(times[:, :, None].astype(dtype), labels, CLASS_NAMES, "ms", {}, meta)
+    with np.errstate(over="ignore"):  # an overflow is refused below
+        out = times[:, :, None].astype(dtype)
+    if not np.isfinite(out).all():  # a spike time beyond the dtype would become the +inf of padding
+        names = ("t_max", "t_bias") if variant == "latency" else ("onset_max", "delta")
+        raise ValueError(f"spike times up to {float(times.max())!r} do not fit in {np.dtype(dtype).name} (largest "
+                         f"{float(np.finfo(dtype).max)!r}): lower {' or '.join(names)}, or use dtype=np.float64")
+    return SpikeDataset(out, labels, CLASS_NAMES, "ms", {}, meta)
