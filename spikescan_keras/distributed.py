@@ -24,11 +24,18 @@ batches one process would. ``DistributedDataParallel`` makes the ranks train as 
 - the ``LIFLayer`` quantities that depend on the whole batch are those of the global batch: the first-batch
   calibration runs on the all-gathered batch (and its factor is broadcast from rank 0, so ``kernel_scale`` is
   identical bit for bit), the set of dead neurons of the revival objective (``silence_penalty``) and the firing
-  statistics are summed over the ranks, and ``capped_spikes`` counts the training spikes of all ranks;
-- at the end of each epoch the training entries of the logs (loss, metrics) are averaged over the ranks, weighted
-  by samples, before ``History`` and the progress bar see them: the epoch's figures are those of the global data.
-  Per-batch progress (``verbose=1``) shows each rank's own running values; ``val_`` entries are left alone (each
-  rank evaluates the validation data it is given).
+  statistics are summed over the ranks, and ``capped_spikes`` counts the training spikes of all ranks (inference
+  calls, validation included, add each rank's own);
+- at the end of each epoch the entries of the logs are averaged over the ranks before ``History``, the progress
+  bar and the callbacks listed after this one see them: the training entries (loss, metrics) weighted by each
+  rank's training samples, the ``val_`` entries by its validation samples. So the epoch's figures are those of the
+  global data, whether every rank evaluates the same validation data or its own shard of it, and callbacks that act
+  on them (``EarlyStopping``, ``ReduceLROnPlateau``, ``ModelCheckpoint(save_best_only=True)``) decide alike on every
+  rank. **List ``DistributedDataParallel()`` first** in ``callbacks``: a callback before it sees this rank's own
+  figures, and ranks that decide differently (one stops, one goes on) diverge or fail in a collective. Per-batch
+  progress (``verbose=1``) shows each rank's own running values.
+- a ``fit`` that raises in a training step removes the hooks (a later ``fit`` without the callback runs no
+  collective); hooks left by a ``fit`` that raised elsewhere are removed by the next ``fit`` with the callback.
 
 Rank 0 should be the only one writing files; ``rank()`` says which one a process is. The collectives run only during
 ``fit`` with the callback, only in training calls, and all-reduce few numbers per layer and step besides the
@@ -125,6 +132,9 @@ class ShardedBatches(keras.utils.PyDataset):
 
     def __init__(self, batches, *, rank, world_size):
         super().__init__()
+        for name, value in (("rank", rank), ("world_size", world_size)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.batches, self.rank, self.world_size = batches, int(rank), int(world_size)
@@ -147,7 +157,8 @@ class ShardedBatches(keras.utils.PyDataset):
         if not -self._len <= index < self._len:
             raise IndexError(f"batch index {index} out of range for {self._len} batches")
         step, self._served = self._served % self._len, self._served + 1
-        return tuple(None if a is None else _rows(a, self.rank, self.world_size) for a in self.batches[step])
+        return keras.tree.map_structure(lambda a: None if a is None else _rows(a, self.rank, self.world_size),
+                                        tuple(self.batches[step]))
 
     def on_epoch_begin(self):
         self._served = 0
@@ -256,7 +267,7 @@ class DistributedDataParallel(keras.callbacks.Callback):
             self._dist = None
             return
         self._install()
-        self._first_step, self._epoch, self._epoch_samples = True, None, 0
+        self._first_step, self._epoch, self._epoch_samples, self._val_samples = True, None, 0, 0
 
     def on_train_end(self, logs=None):
         self._uninstall()
@@ -265,40 +276,46 @@ class DistributedDataParallel(keras.callbacks.Callback):
         from .layers import LIFLayer, LIReadout
 
         model, optimizer = self.model, self.model.optimizer
-        saved = {"train_step": model.__dict__.get("train_step"), "apply": optimizer.__dict__.get("apply")}
-        train_step, apply = model.train_step, optimizer.apply
+        _remove_hooks(model)  # left by a fit that raised outside a training step (on_train_end never ran)
+        saved = {"train_step": model.__dict__.get("train_step"), "apply": optimizer.__dict__.get("apply"),
+                 "test_step": model.__dict__.get("test_step")}
+        train_step, apply, test_step = model.train_step, optimizer.apply, model.test_step
 
         def ddp_train_step(data):
-            self._local_samples = int(_leaves(keras.utils.unpack_x_y_sample_weight(data)[0])[0].shape[0])
-            self._epoch_samples += self._local_samples
-            if self._first_step:
-                self._first_step = False
-                self._start()
-            return train_step(data)
+            try:
+                self._local_samples = int(_leaves(keras.utils.unpack_x_y_sample_weight(data)[0])[0].shape[0])
+                self._epoch_samples += self._local_samples
+                if self._first_step:
+                    self._first_step = False
+                    self._start()
+                return train_step(data)
+            except BaseException:
+                # fit ends here without on_train_end: a later fit must not run these hooks (and their collectives)
+                self._uninstall()
+                raise
 
         def ddp_apply(grads, trainable_variables=None):
             variables = optimizer._trainable_variables if trainable_variables is None else trainable_variables
             return apply(self._all_reduce_gradients(list(grads), list(variables)), trainable_variables)
 
-        model.train_step, optimizer.apply = ddp_train_step, ddp_apply
+        def ddp_test_step(data):  # counts this rank's validation samples, to weight the val_ figures
+            self._val_samples += int(_leaves(keras.utils.unpack_x_y_sample_weight(data)[0])[0].shape[0])
+            return test_step(data)
+
+        for owner, name, hook in ((model, "train_step", ddp_train_step), (optimizer, "apply", ddp_apply),
+                                  (model, "test_step", ddp_test_step)):
+            hook._spikescan_ddp_saved = saved[name]
+            setattr(owner, name, hook)
         collectives = _Collectives(self._dist)
         layers = [layer for layer in model._flatten_layers() if isinstance(layer, (LIFLayer, LIReadout))]
         for layer in layers:
             layer._data_parallel = collectives
-        self._installed = (saved, layers)
+        self._installed = True
 
     def _uninstall(self):
-        if self._installed is None:
-            return
-        saved, layers = self._installed
-        for owner, name in ((self.model, "train_step"), (self.model.optimizer, "apply")):
-            if saved[name] is None:
-                owner.__dict__.pop(name, None)
-            else:
-                owner.__dict__[name] = saved[name]
-        for layer in layers:
-            layer._data_parallel = None
-        self._installed = None
+        if self._installed:
+            _remove_hooks(self.model)
+            self._installed = None
 
     # -------------------------------------------------------------- collectives
 
@@ -354,21 +371,50 @@ class DistributedDataParallel(keras.callbacks.Callback):
     # -------------------------------------------------------------- logs
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch, self._epoch_samples = epoch, 0
+        self._epoch, self._epoch_samples, self._val_samples = epoch, 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
         if self._dist is None or logs is None:
             return
         import torch
 
-        keys = sorted(k for k, v in logs.items() if not k.startswith("val_") and isinstance(v, (int, float)))
-        n = float(self._epoch_samples)
-        values = torch.tensor([float(logs[k]) * n for k in keys] + [n], dtype=torch.float64,
-                              device=_device(self.model))
+        # Training entries weighted by each rank's training samples, val_ entries by its validation samples: the
+        # figures of the global data, the same on every rank (so callbacks after this one decide alike).
+        numeric = sorted(k for k, v in logs.items() if isinstance(v, (int, float, np.floating, np.integer)))
+        groups = [[k for k in numeric if not k.startswith("val_")], [k for k in numeric if k.startswith("val_")]]
+        weights = [float(self._epoch_samples), float(self._val_samples)]
+        sizes = torch.tensor([len(groups[0]), len(groups[1])], dtype=torch.int64, device=_device(self.model))
+        everyone = [torch.empty_like(sizes) for _ in range(self._dist.get_world_size())]
+        self._dist.all_gather(everyone, sizes)  # entries of different lengths would make the all-reduce fail
+        if len({tuple(t.tolist()) for t in everyone}) > 1:
+            raise RuntimeError("the ranks end the epoch with different log entries (training, val_ counts: "
+                               f"{dict(enumerate(tuple(t.tolist()) for t in everyone))}); give every rank "
+                               "validation data, or none, and the same metrics")
+        values = torch.tensor([float(logs[k]) * n for keys, n in zip(groups, weights) for k in keys] + weights,
+                              dtype=torch.float64, device=_device(self.model))
         self._dist.all_reduce(values)
-        total = float(values[-1])
-        if total > 0:
-            logs.update({k: float(values[i]) / total for i, k in enumerate(keys)})
+        totals, offset = values[-2:].tolist(), 0
+        for keys, total in zip(groups, totals):
+            if total > 0:
+                logs.update({k: float(values[offset + i]) / total for i, k in enumerate(keys)})
+            offset += len(keys)
+
+
+def _remove_hooks(model):
+    """Restore what ``DistributedDataParallel._install`` replaced on ``model`` and its optimizer, and detach the
+    layers from the collectives (nothing to do when no hook is installed)."""
+    from .layers import LIFLayer, LIReadout
+
+    for owner, name in ((model, "train_step"), (model, "test_step"), (model.optimizer, "apply")):
+        hook = None if owner is None else owner.__dict__.get(name)
+        if hook is not None and hasattr(hook, "_spikescan_ddp_saved"):
+            if hook._spikescan_ddp_saved is None:
+                owner.__dict__.pop(name)
+            else:
+                owner.__dict__[name] = hook._spikescan_ddp_saved
+    for layer in model._flatten_layers():
+        if isinstance(layer, (LIFLayer, LIReadout)):
+            layer._data_parallel = None
 
 
 def _device(model):

@@ -63,11 +63,53 @@ def train():
     return weights, history.history
 
 
+def train_validated():
+    """``(weights, history)`` of 3 epochs with validation data, each rank given its own shard of it (all of it in a
+    single process), and ``EarlyStopping`` on ``val_loss`` after the callback: the val_ figures are those of the
+    whole validation set on every rank, so the ranks stop at the same epoch."""
+    model = build()
+    data, val = yinyang(N_SAMPLES, seed=3), yinyang(21, seed=4)
+    r, world = distributed.rank(), distributed.world_size()
+    batches = distributed.ShardedBatches(
+        SpikeBatches(data.times, data.labels, batch_size=GLOBAL_BATCH, shuffle=True, seed=1), rank=r,
+        world_size=world)
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=0, min_delta=-1e9)]  # stops after 1
+    if world > 1:
+        callbacks.insert(0, distributed.DistributedDataParallel())
+    history = model.fit(batches, epochs=3, verbose=0, callbacks=callbacks,
+                        validation_data=(val.times[r::world], val.labels[r::world]))
+    weights = {v.path.split("/", 1)[-1]: keras.ops.convert_to_numpy(v.value) for v in model.weights}
+    return weights, history.history
+
+
+def failed_fit_leaves_no_hooks():
+    """A data-parallel ``fit`` that raises in a training step (negative spike times): afterwards the model and its
+    layers carry no hook, so a later ``fit`` runs no collective."""
+    model = build()
+    data = yinyang(32, seed=3)
+    bad = data.times.copy()
+    bad[:, 0, 0] = -1.0
+    batches = distributed.shard(SpikeBatches(bad, data.labels, batch_size=GLOBAL_BATCH))
+    try:
+        model.fit(batches, epochs=1, verbose=0, callbacks=[distributed.DistributedDataParallel()])
+    except ValueError as err:
+        assert "input_times must be >= 0" in str(err), err
+    else:
+        raise AssertionError("the fit should have raised")
+    hooked = [name for name in ("train_step", "test_step") if name in model.__dict__]
+    hooked += ["optimizer.apply"] * ("apply" in model.optimizer.__dict__)
+    hooked += [layer.name for layer in model.layers if getattr(layer, "_data_parallel", None) is not None]
+    return hooked
+
+
 def main(out):
     world = distributed.initialize()
     rank = distributed.rank()
     weights, history = train()
     np.savez(os.path.join(out, f"rank{rank}.npz"), world_size=world,
+             **{f"w:{k}": v for k, v in weights.items()}, **{f"h:{k}": np.asarray(v) for k, v in history.items()})
+    weights, history = train_validated()
+    np.savez(os.path.join(out, f"validated{rank}.npz"), hooks_left=json.dumps(failed_fit_leaves_no_hooks()),
              **{f"w:{k}": v for k, v in weights.items()}, **{f"h:{k}": np.asarray(v) for k, v in history.items()})
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
