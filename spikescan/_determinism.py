@@ -17,6 +17,8 @@ on a GPU has not been measured yet (``benchmarks/gpu_perf.py``, variant ``m2_clo
 
 from __future__ import annotations
 
+import numpy as np
+
 import os
 
 ENV = "SPIKESCAN_DETERMINISTIC"
@@ -29,9 +31,9 @@ def set_deterministic(enabled):
     """Turn the bitwise-reproducible GPU mode on (``True``) or off (``False``), or back to the environment
     variable's choice (``None``). Applies to calls made afterwards, in this process."""
     global _flag
-    if enabled is not None and not isinstance(enabled, bool):
+    if enabled is not None and not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    _flag = enabled
+    _flag = None if enabled is None else bool(enabled)
 
 
 def applies(setting):

@@ -175,9 +175,12 @@ def scale(values, low=None, high=None):
         j = int(np.argmax(bad))
         raise ValueError(f"high must be >= low for every feature, got high={high[j]!r} < low={low[j]!r} "
                          f"(feature {j})")
-    span = high - low
     clipped = np.clip(x, low, high)
-    scaled = np.divide(clipped - low, span, out=np.zeros_like(clipped), where=span > 0)
+    # A feature whose range exceeds float64 (high - low overflows) is scaled in halves (exact): NaN otherwise.
+    with np.errstate(over="ignore"):
+        half = np.where(np.isfinite(high - low), 1.0, 0.5)
+    span = high * half - low * half
+    scaled = np.divide(clipped * half - low * half, span, out=np.zeros_like(clipped), where=span > 0)
     return np.clip(scaled, 0.0, 1.0), low, high
 
 

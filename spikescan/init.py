@@ -107,7 +107,9 @@ def burst_bound(input_times, max_spikes):
     neurons burst (4.7 spikes each on the last training batch instead of 1.7) and training stalled at 77% training
     accuracy, against 98% (``examples/mnist.py`` on the 5000-image subset).
     """
+    max_spikes = v.positive_int("max_spikes", max_spikes)
     t = np.asarray(input_times)
+    v.check_float_array("input_times", t, 3)
     real = np.isfinite(t)
     channels = int(real.any(axis=-1).sum())
     per_channel = float(real.sum()) / channels if channels else 0.0
@@ -155,6 +157,8 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     from .lif import lif_forward
 
     low, high = _check_target(target)
+    max_rounds = v.positive_int("max_rounds", max_rounds)
+    v.check_float_array("input_times", np.asarray(input_times), 3)
     if max_mean_count is not None:
         max_mean_count = v.positive_scalar("max_mean_count", max_mean_count)
     aim = 0.5 * (low + high)

@@ -366,6 +366,9 @@ def test_switch_and_environment_variable(restore_switch, monkeypatch):
         ss.deterministic()
     with pytest.raises(TypeError, match="enabled must be True, False or None, got 1"):
         ss.set_deterministic(1)
+    ss.set_deterministic(np.True_)  # NumPy's booleans, as lif_backward's flags accept them
+    assert ss.deterministic() is True
+    ss.set_deterministic(None)
 
 
 def test_switch_routes_every_cuda_path_to_its_fixed_order_kernels(restore_switch, host_kernels):

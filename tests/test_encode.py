@@ -295,3 +295,10 @@ def test_rate_slots_keep_the_poisson_tail():
     for bad in (3, 2.5, True):
         with pytest.raises(ValueError, match="slots must be an integer >= max_spikes=4"):
             rate(x, t_max=8.0, max_spikes=4, slots=bad)
+
+
+def test_scale_of_a_range_beyond_float64():
+    """A feature spanning more than float64's range (high - low overflows) is scaled in exact halves (it gave NaN)."""
+    x = np.array([[-1.7e308, 0.0], [1.7e308, 1.0], [0.0, 0.5]])
+    scaled, low, high = scale(x)
+    np.testing.assert_allclose(scaled, [[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]], rtol=1e-15)

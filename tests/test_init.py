@@ -217,3 +217,17 @@ def test_tiny_windows_give_the_psp_peak():
     x[:, 0, 0] = 5e-324
     scale, fraction = calibrate_scale(x, np.full((10, 4), 1e-3), tau_mem=10.0, tau_syn=5.0)
     assert np.isfinite(scale) and scale > 0
+
+
+def test_calibration_helpers_check_their_arguments():
+    x = np.full((2, 3, 1), 1.0)
+    w = np.full((3, 2), 0.5)
+    for bad in ("a", 2.5, 0, -1):
+        with pytest.raises(ValueError, match="max_rounds must be a positive integer"):
+            calibrate_scale(x, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_rounds=bad)
+    with pytest.raises(ValueError, match="input_times must have 3 dimensions"):
+        calibrate_scale(x[:, :, 0], w, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    with pytest.raises(ValueError, match="max_spikes must be a positive integer, got -8"):
+        burst_bound(x, -8)
+    with pytest.raises(ValueError, match="input_times must have 3 dimensions"):
+        burst_bound(x[0, 0], 8)
