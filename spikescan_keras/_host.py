@@ -434,7 +434,9 @@ def _calibration_warnings(spec, input_times, weights, scale, fraction):
                      "down")
         warnings.warn(f"{name} reached a firing fraction of {fraction:.3f} (target {low}-{high}) with the kernel "
                       f"scaled by {scale:.4g}: {cause}.", SilentLayerWarning if fraction == 0.0 else UserWarning)
-    elif not 1.0 / CALIBRATION_FAR < scale < CALIBRATION_FAR:
+    else:
+        _warn_squeezed_inputs(spec, input_times)
+    if low <= fraction <= high and not 1.0 / CALIBRATION_FAR < scale < CALIBRATION_FAR:
         # No factor in the message: Python's default filter then shows it once per layer.
         warnings.warn(
             f"{name} scaled the kernel by a factor far from 1 (more than {CALIBRATION_FAR:g}x either way, kept in "
@@ -442,6 +444,26 @@ def _calibration_warnings(spec, input_times, weights, scale, fraction):
             "kernel * kernel_scale, so every optimizer step on kernel moves the weights that many times as far as "
             "Adam means to: training may run away (spikes far beyond max_spikes) or barely move. Start from weights of "
             "the inputs' scale (kernel_initializer='auto', the default).", UserWarning)
+
+
+# Input spikes spread over less than this fraction of the shorter time constant reach a neuron as one volley.
+SQUEEZED_WINDOW = 0.01
+
+
+def _warn_squeezed_inputs(spec, input_times):
+    """Warn when the first training batch's input spikes span a tiny fraction of the time constants, the signature
+    of spike times in another unit than the time constants (seconds against milliseconds: Yin-Yang then trained at
+    chance with healthy-looking firing statistics, every neuron firing on every sample or on none)."""
+    from spikescan.init import input_statistics
+
+    _, window = input_statistics(input_times)
+    shortest = min(spec.tau_mem, spec.tau_syn)
+    if 0.0 < window < SQUEEZED_WINDOW * shortest:
+        warnings.warn(
+            f"LIFLayer {spec.layer_name!r}: the input spikes of the first training batch span {window:.3g} per sample "
+            f"on average, {window / shortest:.2g} of the shorter time constant ({shortest:g}): the neurons receive "
+            "each sample as one near-synchronous volley and can hardly tell its spike times apart. Are the spike "
+            "times in the unit of the time constants (e.g. seconds against milliseconds)?", UserWarning)
 
 
 class CalibrateOp:

@@ -4,6 +4,7 @@ revival objective for dead neurons (value and gradient against finite difference
 One process per backend (tools/test.sh); without KERAS_BACKEND the jax backend is used.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -497,3 +498,18 @@ def test_revival_objective_runs_its_readout_only_while_a_unit_is_dead(monkeypatc
         train = [readout for readout, batch in calls if batch == 32]  # not the objective's one-spike unit J_1
         assert train.count("max") == 2, (dead_unit, train)
         assert train.count("integral") == (2 if dead_unit else 0), (dead_unit, train)
+
+
+def test_spike_times_in_another_unit_than_the_time_constants_are_warned():
+    """Spike times in seconds against time constants in milliseconds: every sample reaches the layer as one
+    near-synchronous volley (Yin-Yang trained at chance with healthy-looking firing statistics and no warning). The
+    first-batch calibration warns when the inputs span under 1% of the shorter time constant; not in milliseconds."""
+    keras.utils.set_random_seed(3)
+    x, y = timing_task(64)
+    message = r"span .* of the shorter time constant \(4\): .* seconds against milliseconds"
+    for scale, warned in ((1e-3, True), (1.0, False)):
+        model = model_of(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x[:32] * scale, y[:32], batch_size=32, epochs=1, verbose=0)
+        assert any(re.search(message, str(w.message)) for w in caught) == warned, scale
