@@ -8,6 +8,7 @@ custom-gradient op per layer (``spikescan_keras._bridge``). Supported backends: 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 
 import keras
@@ -261,6 +262,65 @@ def _learns_from(layer, inputs, training):
     if not training:
         return False
     return layer._data_parallel is not None or inputs.shape[0] != 0  # None (unknown) or a positive size
+
+
+# Keras losses that read the model's outputs as probabilities unless told otherwise (from_logits=False).
+_PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
+                       "categorical_focal_crossentropy", "binary_focal_crossentropy")
+
+
+def _probability_loss(loss):
+    """A description of ``loss`` when it reads its inputs as probabilities (a crossentropy with ``from_logits``
+    false: a string, a loss function or a ``keras.losses.Loss``), else None."""
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        loss = loss[0]
+    if isinstance(loss, str):
+        return repr(loss) if loss in _PROBABILITY_LOSSES else None
+    if isinstance(loss, keras.losses.Loss):
+        try:
+            config = loss.get_config()
+        except (NotImplementedError, TypeError):  # a user's Loss without a config
+            return None
+        name = str(config.get("name") or "")
+        if config.get("from_logits") is False and any(p in name for p in _PROBABILITY_LOSSES):
+            return f"{type(loss).__name__}(from_logits=False)"
+        return None
+    name = getattr(loss, "__name__", "")
+    return f"keras.losses.{name}" if name in _PROBABILITY_LOSSES else None
+
+
+def _warn_probability_loss(layer):
+    """Once per layer, on its first training call: warn when the model being trained compiled a loss that reads
+    probabilities and this layer's logits are the model's output (a string crossentropy, ``from_logits=False``:
+    Yin-Yang stayed at chance on every backend, predicting one class). The model is the nearest caller's ``self``
+    that is a compiled ``keras.Model``; a model whose output cannot be traced to the layer (a subclassed one) is
+    left alone."""
+    layer._loss_checked = True
+    frame, model = sys._getframe(1), None
+    for _ in range(80):
+        if frame is None:
+            return
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.Model) and getattr(owner, "compiled", False):
+            model = owner
+            break
+        frame = frame.f_back
+    if model is None:
+        return
+    if isinstance(model, keras.Sequential):
+        is_output = bool(model.layers) and model.layers[-1] is layer
+    else:
+        outputs = keras.tree.flatten(getattr(model, "outputs", None) or [])
+        is_output = len(outputs) == 1 and getattr(getattr(outputs[0], "_keras_history", None), "operation",
+                                                  None) is layer
+    described = _probability_loss(getattr(model, "loss", None)) if is_output else None
+    if described:
+        warnings.warn(
+            f"{type(layer).__name__} {layer.name!r} outputs logits (unnormalised scores), but the model's loss "
+            f"{described} reads its outputs as probabilities (from_logits=False): training stalls near chance. "
+            "Compile with keras.losses.SparseCategoricalCrossentropy(from_logits=True) (or CategoricalCrossentropy("
+            "from_logits=True) for one-hot labels), or add a keras.layers.Softmax() after the layer.", UserWarning,
+            stacklevel=3)
 
 
 def _add_loss(layer, loss):
@@ -925,6 +985,8 @@ class FirstSpikeReadout(LIFLayer):
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units]`` logits."""
+        if training and not getattr(self, "_loss_checked", False):
+            _warn_probability_loss(self)
         times, inputs, kernel, taus, threshold = self._spikes(inputs, training)
         (peaks,) = _bridge.apply(LIOp, self._window_spec, (inputs, kernel, *taus))
         first = times[:, :, 0]
@@ -1150,6 +1212,8 @@ class LIReadout(_SpikeTimesLayer):
         spec = self._spec
         if training:
             spec = self._train_spec
+            if not getattr(self, "_loss_checked", False):
+                _warn_probability_loss(self)
             if self.readout == "max" and self.revival_penalty == 0:
                 spec = dataclasses.replace(spec, warn_dead=True)
         (values,) = _bridge.apply(LIOp, spec, (inputs, kernel, *taus))

@@ -513,3 +513,37 @@ def test_spike_times_in_another_unit_than_the_time_constants_are_warned():
             warnings.simplefilter("always")
             model.fit(x[:32] * scale, y[:32], batch_size=32, epochs=1, verbose=0)
         assert any(re.search(message, str(w.message)) for w in caught) == warned, scale
+
+
+def test_a_loss_that_reads_probabilities_is_warned():
+    """The readouts output logits. A crossentropy that reads probabilities (the string loss, from_logits=False)
+    kept Yin-Yang at chance on every backend, predicting one class, without a word: the first training call warns,
+    once, for a Sequential or Functional model whose output the readout is; not with from_logits=True, nor with a
+    Softmax after the readout."""
+    x, y = timing_task(32)
+
+    def fit(loss, readout, softmax=False):
+        inputs = keras.Input(shape=(3, 1))
+        out = readout(sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)(inputs))
+        model = keras.Model(inputs, keras.layers.Softmax()(out) if softmax else out)
+        if not softmax and loss == "sparse_categorical_crossentropy":
+            model = keras.Sequential([keras.Input(shape=(3, 1)), *model.layers[1:]])  # the Sequential route too
+        model.compile("adam", loss)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+        return [str(w.message) for w in caught if "outputs logits" in str(w.message)]
+
+    def li():
+        return sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)
+
+    def first():
+        return sk.FirstSpikeReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)
+
+    (message,) = fit("sparse_categorical_crossentropy", li())
+    assert "LIReadout" in message and "'sparse_categorical_crossentropy' reads its outputs as probabilities" in message
+    assert "SparseCategoricalCrossentropy(from_logits=True)" in message
+    assert len(fit(keras.losses.SparseCategoricalCrossentropy(), first())) == 1
+    assert len(fit(keras.losses.sparse_categorical_crossentropy, li())) == 1
+    assert fit(keras.losses.SparseCategoricalCrossentropy(from_logits=True), li()) == []
+    assert fit("sparse_categorical_crossentropy", li(), softmax=True) == []
