@@ -283,15 +283,20 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
         # come at horizon + d_min or later: every first crossing up to then is true (with d_min = 0, those at c
         # when c <= h).
         horizon = np.minimum(c, h)
-        commit = has & live[:, None] & (cand <= (horizon + d_min)[:, None])
+        # Strictly before horizon + d_min (the crossings at the horizon itself aside): an arrival not yet scheduled
+        # may land exactly there, and the event loop then tests the gap that ends at it, as the next round will.
+        commit = has & live[:, None] & ((cand < (horizon + d_min)[:, None]) | (cand <= horizon[:, None]))
         # Arrivals applied: those before the horizon (at it too when the horizon is a lookahead end h < c: no
         # crossing anywhere up to h), never at or after the neuron's own first crossing; a committed neuron applies
         # everything before its crossing, even past the horizon (d_min > 0).
+        # "Before the crossing" counts lanes, not times: the crossing lies in gap g0, after arrivals 0 .. g0 - 1,
+        # and may round to the time of arrival g0 - 1 (a crossing right after an arrival, which caused it).
         at_h = (h < c)[:, None, None]
         lim = horizon[:, None, None]
+        ahead = np.arange(K) < g0[:, :, None]  # the arrivals before each neuron's first crossing (with has)
         before = ((ev_t < lim) | (at_h & (ev_t == lim))) & ev_ok & live[:, None, None]
-        before &= (ev_t < cand[:, :, None]) | ~has[:, :, None]
-        before |= commit[:, :, None] & ev_ok & (ev_t < cand[:, :, None])
+        before &= ahead | ~has[:, :, None]
+        before |= commit[:, :, None] & ev_ok & ahead
         n_apply = before.sum(axis=2)  # a prefix of the merged arrivals
         nb, ni = np.nonzero(n_apply > 0)
         k = n_apply[nb, ni]

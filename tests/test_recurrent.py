@@ -296,3 +296,52 @@ def test_gradients_take_the_dtype_of_their_own_arguments():
     g = ss.lif_backward(r, np.ones_like(r.times))
     assert g.weights.dtype == np.float64 and g.input_times.dtype == np.float64
     assert g.recurrent_weights.dtype == np.float32 and g.recurrent_delays.dtype == np.float32
+
+
+def test_scan_applies_an_arrival_once_when_a_crossing_rounds_to_its_time():
+    """A recurrent arrival that lands within an ulp of the receiver's threshold crossing: the crossing lies in the
+    gap after the arrival, at a time that rounds to the arrival's. The scan applied "the arrivals before the
+    crossing" by time, left that arrival out of the spike's state and applied it again after the reset, so the
+    receiver's current carried it twice (its next spike at 7.15 instead of 8.24, or an extra spike). Constructed
+    ties (an arrival placed at -2 .. +1 ulp of a crossing, as the sequential loop computes it) on random layers:
+    the scan, at any lookahead, equals the sequential loop."""
+    t = np.array([[[1.0907143662499397, 4.323451255468874], [3.653759681856269, 4.330637153691215],
+                   [1.389326451494639, 3.985217765917323]]])
+    W = np.array([[2.663054282109341, 1.2485947390936432, 1.8176052100757425],
+                  [0.6787170165584923, 1.9580960253776452, 1.094765999074044],
+                  [2.412409115259121, 0.9340790904385063, 1.2818556406269173]])
+    R = np.zeros((3, 3))
+    R[2, 1] = 2.0
+    Dr = np.zeros((3, 3))
+    Dr[2, 1] = 0.2063819543389913  # neuron 2's spike + Dr = neuron 1's crossing
+    cases = [(t, W, dict(tau_mem=10.0, tau_syn=3.0, max_spikes=4, recurrent_weights=R, recurrent_delays=Dr))]
+    rng = np.random.default_rng(1)
+    while len(cases) < 60:
+        tm = float(rng.choice([10.0, 6.0, 5.0]))
+        ts = float(rng.choice([tm / 2, tm, tm * 0.3, tm * 1.5]))
+        x = np.sort(rng.uniform(0, 5, (1, 3, 2)), axis=-1)
+        w_in = rng.uniform(0.5, 3.0, (3, 3))
+        base = ss.lif_forward(x, w_in, tau_mem=tm, tau_syn=ts, max_spikes=6, engine="numpy", method="sequential")
+        fire = [i for i in range(3) if base.counts[0, i] > 0]
+        if len(fire) < 2:
+            continue
+        k, i = rng.choice(fire, 2, replace=False)
+        tk, ti = base.times[0, k, 0], base.times[0, i, int(rng.integers(min(base.counts[0, i], 6)))]
+        if tk >= ti:
+            continue
+        target = np.nextafter(ti, -np.inf) if rng.random() < 0.5 else ti
+        R = np.zeros((3, 3))
+        R[k, i] = float(rng.choice([-30.0, -0.5, 2.0, 3.0]))
+        Dr = np.zeros((3, 3))
+        Dr[k, i] = target - tk
+        cases.append((x, w_in, dict(tau_mem=tm, tau_syn=ts, max_spikes=6, recurrent_weights=R, recurrent_delays=Dr)))
+    for x, w_in, kw in cases:
+        seq = ss.lif_forward(x, w_in, engine="numpy", method="sequential", **kw)
+        for chunk in (2, 128):
+            scan = ss.lif_forward(x, w_in, engine="numpy", method="scan", chunk_size=chunk, **kw)
+            np.testing.assert_array_equal(scan.counts, seq.counts)
+            np.testing.assert_allclose(scan.times, seq.times, **TOL["float64"]["times"])
+            log_s, log_q = scan.residuals.recurrent_log, seq.residuals.recurrent_log
+            np.testing.assert_allclose(log_s.currents, log_q.currents, rtol=1e-12, atol=1e-12)
+    first = ss.lif_forward(*cases[0][:2], engine="numpy", method="scan", **cases[0][2])
+    np.testing.assert_allclose(first.times[0, 1, :2], [5.428318739881431, 8.244369979506642], rtol=1e-14)
