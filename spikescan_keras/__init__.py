@@ -21,9 +21,9 @@ if int(_keras.__version__.split(".")[0]) < 3:
 from ._host import CappedSpikesWarning, DeadReadoutWarning, SilentLayerWarning, SilentReadoutWarning  # noqa: E402
 from .callbacks import FiringMonitor  # noqa: E402
 from .layers import (DelayRange, FirstSpikeReadout, LIFLayer, LIReadout, PositiveFloor,  # noqa: E402
-                     SpikeCountRegularizer)
+                     SpikeCountRegularizer, SpikeDropout)
 from .nir import export_nir, import_nir  # noqa: E402
 
-__all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeCountRegularizer", "DelayRange", "PositiveFloor",
-           "CappedSpikesWarning", "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning", "FiringMonitor",
+__all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeDropout", "SpikeCountRegularizer", "DelayRange",
+           "PositiveFloor", "CappedSpikesWarning", "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning", "FiringMonitor",
            "export_nir", "import_nir"]

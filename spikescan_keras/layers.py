@@ -1274,3 +1274,52 @@ class LIReadout(_SpikeTimesLayer):
     def set_time_constants(self, tau_mem, tau_syn):
         """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
         _set_time_constants(self, tau_mem, tau_syn)
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class SpikeDropout(keras.layers.Layer):
+    """Dropout for spike tensors ``[batch, n, max_spikes]``: during training each spike (or, with
+    ``unit="channel"``, each channel's whole spike train) is removed with probability ``rate``: set to ``+inf``, the
+    padding, and each channel sorted again. At inference the input passes unchanged.
+
+    ``keras.layers.Dropout`` does not apply to spike times: it would move a dropped spike to ``t = 0`` (the most
+    influential time, not an absent spike) and delay the kept ones by ``1 / (1 - rate)``; after a ``LIFLayer`` it
+    turns the ``+inf`` padding into NaN (``inf * 0``), which the next layer refuses. Nothing is rescaled here: a spike
+    carries its time, not an amplitude, so the kept spikes stay exactly as they were (the next layer sees fewer
+    spikes during training than at inference, as with the spike deletion of event-based data augmentation).
+    Gradients flow to the kept spikes (the re-sort is a permutation); a removed spike gets none.
+
+    Args:
+        rate: probability of removing a spike (or channel), in ``[0, 1)``.
+        unit: ``"spike"`` (each spike on its own) or ``"channel"`` (all spikes of an input channel of a sample).
+        seed: seed of the layer's random stream (``keras.random.SeedGenerator``).
+    """
+
+    def __init__(self, rate, *, unit="spike", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or not (
+                0.0 <= float(rate) < 1.0):
+            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        _validate.choice("unit", unit, ("spike", "channel"))
+        self.rate, self.unit, self.seed = float(rate), unit, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def call(self, inputs, training=None):
+        """``inputs [batch, n, max_spikes]`` spike times -> the same shape, some spikes set to ``+inf``."""
+        if not training or self.rate == 0.0:
+            return inputs
+        inputs = ops.convert_to_tensor(inputs)
+        shape = ops.shape(inputs)
+        draw_shape = (shape[0], shape[1], 1) if self.unit == "channel" else shape
+        keep = keras.random.uniform(draw_shape, seed=self.seed_generator) >= self.rate
+        dropped = ops.where(keep, inputs, ops.full_like(inputs, float("inf")))
+        return ops.sort(dropped, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, unit=self.unit, seed=self.seed)
+        return config

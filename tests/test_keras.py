@@ -1038,3 +1038,37 @@ def test_a_training_call_on_an_empty_batch_changes_no_state():
     out = readout(x[:0], training=True)
     assert tuple(out.shape) == (0, 3) and not readout.losses
     assert float(ops.convert_to_numpy(readout.dead_fraction)) == 0.0
+
+
+def test_spike_dropout_removes_spikes_and_keeps_the_rest_exactly():
+    """SpikeDropout removes spikes (sets them to +inf and re-sorts each channel) while training and passes the input
+    unchanged at inference; kept spikes keep their times bit for bit, removed ones get no gradient. keras' Dropout
+    would have moved dropped spikes to t = 0 and scaled the kept ones."""
+    rng = np.random.default_rng(4)
+    x = np.sort(rng.uniform(0.0, 20.0, (64, 10, 6)), axis=-1).astype(np.float32)
+    x[:, :, 5] = np.inf  # padding stays padding
+    layer = sk.SpikeDropout(0.3, seed=1)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(x)), x)
+    out = ops.convert_to_numpy(layer(x, training=True))
+    kept = np.isfinite(out)
+    assert 0.6 < kept.sum() / np.isfinite(x).sum() < 0.8
+    assert (np.diff(np.where(kept, out, 1e30), axis=-1) >= 0).all()  # ascending, +inf padding last
+    for b, i in ((0, 0), (5, 3), (63, 9)):  # each channel's kept spikes are a subset of its spikes, unchanged
+        assert set(out[b, i][kept[b, i]].tolist()) <= set(x[b, i].tolist())
+    channels = ops.convert_to_numpy(sk.SpikeDropout(0.5, unit="channel", seed=2)(x, training=True))
+    whole = np.isinf(channels[..., :5]).all(axis=-1) | np.isfinite(channels[..., :5]).all(axis=-1)
+    assert whole.all() and 0.3 < np.isinf(channels[..., 0]).mean() < 0.7
+    np.testing.assert_array_equal(channels[np.isfinite(channels[..., 0])], x[np.isfinite(channels[..., 0])])
+    # Gradients reach the kept spikes through the re-sort, none the removed ones.
+    loss = lambda t: ops.sum(ops.where(ops.isfinite(t), t * t, ops.zeros_like(t)))  # noqa: E731
+    keras.utils.set_random_seed(0)
+    drop = sk.SpikeDropout(0.5, seed=3)
+    (grad,) = backend_grad(lambda t: loss(drop(t, training=True)), [x[:2]])
+    removed = np.isfinite(x[:2]) & (grad == 0)
+    assert removed.any() and (~removed & np.isfinite(x[:2]) & (grad != 2 * x[:2])).sum() == 0
+    assert sk.SpikeDropout.from_config(sk.SpikeDropout(0.25, unit="channel", seed=5).get_config()).rate == 0.25
+    for bad in (1.0, -0.1, "a", True):
+        with pytest.raises(ValueError, match="rate must be a number in"):
+            sk.SpikeDropout(bad)
+    with pytest.raises(ValueError, match="unit must be one of 'spike', 'channel'"):
+        sk.SpikeDropout(0.1, unit="neuron")
