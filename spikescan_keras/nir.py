@@ -130,7 +130,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from .layers import _AUTO_SCALE_RULE, FirstSpikeReadout, LIFLayer, LIReadout, SpikeCountRegularizer
+from .layers import _AUTO_SCALE_RULE, FirstSpikeReadout, LIFLayer, LIReadout, SpikeCountRegularizer, SpikeDropout
 
 _TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
 _SYNAPSES = ("dirac", "jump")
@@ -185,7 +185,8 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
     _check_unit("graph_time_unit", graph_time_unit)
     if not isinstance(model, keras.Sequential):
         raise TypeError(f"export_nir supports keras.Sequential models, got {type(model).__name__}")
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    # SpikeDropout is the identity outside training: the exported graph (an inference model) has no node for it.
+    layers = [layer for layer in model.layers if not isinstance(layer, (keras.layers.InputLayer, SpikeDropout))]
     if not layers:
         raise ValueError("export_nir: the model has no layers")
     for k, layer in enumerate(layers):

@@ -566,3 +566,14 @@ def test_setters_refuse_values_training_would_move():
         layer.set_delay_values(-np.ones((3, 2)))
     layer.set_delay_values(np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]))  # the bounds themselves are in range
     np.testing.assert_allclose(layer.delay_values(), [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+
+
+def test_export_skips_spike_dropout():
+    """SpikeDropout is the identity outside training: a model with it exports the same graph as one without."""
+    plain = make_model(delays=False)
+    layers = [layer for layer in plain.layers]
+    dropped = keras.Sequential([keras.Input(shape=(5, 3)), sk.SpikeDropout(0.2), layers[0], sk.SpikeDropout(0.1),
+                                *layers[1:]])
+    a, b = sk.export_nir(plain), sk.export_nir(dropped)
+    assert list(a.nodes) == list(b.nodes) and a.edges == b.edges
+    np.testing.assert_array_equal(a.nodes["lif_a_weight"].weight, b.nodes["lif_a_weight"].weight)
