@@ -194,7 +194,7 @@ def _build_kernel(layer, input_shape, unit=1.0):
     init = layer._auto_kernel_initializer(n_in) if init == "auto" else init
     layer.kernel = layer.add_weight(
         name="kernel", shape=(n_in, layer.units), initializer=init if unit == 1.0 else _Scaled(init, 1.0 / unit),
-        regularizer=layer.kernel_regularizer)
+        regularizer=layer.kernel_regularizer, constraint=layer.kernel_constraint)
     return n_in
 
 
@@ -490,6 +490,9 @@ class LIFLayer(_SpikeTimesLayer):
             input kernel under Adam, and training varies much more from seed to seed (README, "Recurrent layers"). Files
             saved before this option load with ``1.0``, as they were trained.
         kernel_regularizer: optional Keras regularizer of ``kernel``.
+        kernel_constraint: optional Keras constraint of ``kernel``, applied after each optimizer step to the variable
+            (the weights over ``kernel_scale``, a positive factor): sign constraints (``keras.constraints.NonNeg()``
+            for excitatory-only weights) hold for the weights themselves; norm bounds apply to the stored values.
         spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
             model's losses).
         calibrate: ``(low, high)`` fractions, or ``None`` to switch off. On its first training call (the first
@@ -538,7 +541,8 @@ class LIFLayer(_SpikeTimesLayer):
 
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
-                 kernel_regularizer=None, spike_count_regularizer=None, calibrate=(0.3, 0.9), silence_penalty=1.0,
+                 kernel_regularizer=None, kernel_constraint=None, spike_count_regularizer=None, calibrate=(0.3, 0.9),
+                 silence_penalty=1.0,
                  input_spikes=None, input_window=0.0, max_total_spikes=10_000, trainable_time_constants=False,
                  min_time_constant=None, trainable_threshold=False, min_threshold=None, recurrent=False,
                  recurrent_delays=False, recurrent_initializer="auto", recurrent_delay_initializer="auto",
@@ -578,6 +582,7 @@ class LIFLayer(_SpikeTimesLayer):
         self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
         self.delay_initializer = _initializer("delay_initializer", delay_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.spike_count_regularizer = keras.regularizers.get(spike_count_regularizer)
         if self.spike_count_regularizer is not None and not isinstance(self.spike_count_regularizer,
                                                                        SpikeCountRegularizer):
@@ -912,6 +917,7 @@ class LIFLayer(_SpikeTimesLayer):
             method=self.method, kernel_initializer=_serialize_initializer(self.kernel_initializer),
             delay_initializer=_serialize_initializer(self.delay_initializer), max_delay=self.max_delay,
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            kernel_constraint=keras.constraints.serialize(self.kernel_constraint),
             spike_count_regularizer=keras.regularizers.serialize(self.spike_count_regularizer),
             calibrate=None if self.calibrate is None else list(self.calibrate), silence_penalty=self.silence_penalty,
             input_spikes=self.input_spikes, input_window=self.input_window, max_total_spikes=self.max_total_spikes,
@@ -1101,6 +1107,8 @@ class LIReadout(_SpikeTimesLayer):
             readout (half a unit rather than one: about half a point on wine's latency code over 15 fits, at two
             kernel spreads: small, but in the same direction both times).
         kernel_regularizer: optional Keras regularizer of ``kernel``.
+        kernel_constraint: optional Keras constraint of ``kernel`` (e.g. ``keras.constraints.NonNeg()``), applied
+            after each optimizer step to the variable (the weights over the readout's positive unit).
         trainable_time_constants: learn one ``tau_mem`` and one ``tau_syn`` per unit.
         min_time_constant: positive floor of the trained time constants (None: 5% of ``min(tau_mem, tau_syn)``).
         revival_penalty: strength of the readout's revival objective (``readout="max"`` only; ``0`` switches it
@@ -1125,8 +1133,8 @@ class LIReadout(_SpikeTimesLayer):
     tau_syn_per_neuron = _Renamed("time_constants()[1] / set_time_constants()")
 
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
-                 kernel_initializer="auto", kernel_regularizer=None, trainable_time_constants=False,
-                 min_time_constant=None, revival_penalty=1.0, **kwargs):
+                 kernel_initializer="auto", kernel_regularizer=None, kernel_constraint=None,
+                 trainable_time_constants=False, min_time_constant=None, revival_penalty=1.0, **kwargs):
         super().__init__(**_exact_dtype("LIReadout", kwargs))
         _check_float64_backend("LIReadout", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
@@ -1141,6 +1149,7 @@ class LIReadout(_SpikeTimesLayer):
                              f"readout={readout!r}")
         self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
         _time_constant_options(self, trainable_time_constants, min_time_constant)
         _set_parameter_units(self, _PARAMETER_RULE)
         self.input_spec = keras.layers.InputSpec(ndim=3)
@@ -1251,6 +1260,7 @@ class LIReadout(_SpikeTimesLayer):
             tau_readout=self.tau_readout, scale=self.scale,
             kernel_initializer=_serialize_initializer(self.kernel_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            kernel_constraint=keras.constraints.serialize(self.kernel_constraint),
             trainable_time_constants=self.trainable_time_constants, min_time_constant=self.min_time_constant,
             revival_penalty=self.revival_penalty, auto_scale_rule=_AUTO_SCALE_RULE,
             parameter_rule=self._parameter_rule)

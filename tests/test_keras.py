@@ -1072,3 +1072,25 @@ def test_spike_dropout_removes_spikes_and_keeps_the_rest_exactly():
             sk.SpikeDropout(bad)
     with pytest.raises(ValueError, match="unit must be one of 'spike', 'channel'"):
         sk.SpikeDropout(0.1, unit="neuron")
+
+
+def test_kernel_constraints_hold_after_training_and_serialize():
+    """kernel_constraint (e.g. NonNeg for excitatory-only weights) holds after every optimizer step, for LIFLayer,
+    FirstSpikeReadout and LIReadout, and survives get_config / from_config."""
+    x, y = timing_task(32)
+    nonneg = keras.constraints.NonNeg()
+    mixed = keras.initializers.RandomNormal(0.1, 0.3, seed=4)  # negative entries to clip at the first step
+    hidden = sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, kernel_constraint=nonneg,
+                         kernel_initializer=mixed)
+    readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, kernel_constraint="non_neg",
+                           kernel_initializer=mixed)
+    model = keras.Sequential([keras.Input(shape=(3, 1)), hidden, readout])
+    model.compile(keras.optimizers.Adam(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert all(ops.convert_to_numpy(layer.kernel).min() < 0 for layer in (hidden, readout))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    for layer in (hidden, readout):
+        assert ops.convert_to_numpy(layer.kernel).min() >= 0, layer.name
+        clone = type(layer).from_config(layer.get_config())
+        assert isinstance(clone.kernel_constraint, keras.constraints.NonNeg)
+    first = sk.FirstSpikeReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, kernel_constraint=nonneg)
+    assert isinstance(sk.FirstSpikeReadout.from_config(first.get_config()).kernel_constraint, keras.constraints.NonNeg)
