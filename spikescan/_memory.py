@@ -242,3 +242,32 @@ def fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays,
           "its last recorded spike), or pass input_times_grad=False for a first layer; or raise the limit with "
           "spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT if more memory is really there")
     return group
+
+
+# Points (sample x event x neuron) of one step of the "max" walk (_readout_numpy._POINTS_PER_STEP).
+_WALK_POINTS = 1 << 21
+
+
+def check_readout(what, batch, n_in, max_in, n_out, xp, has_delays=False, walk=True):
+    """``li_forward`` / ``peak_voltage``: float64 copies of the inputs with the queue or kernel arrays built from them
+    and their temporaries (about 16 arrays the size of the inputs), the weights (and delays) in float64, the outputs
+    and their arg max times, and with ``walk`` (the ``"max"`` readout, ``peak_voltage``) one step of the walk (about
+    12 float64 arrays over a block of samples x events x neurons). An upper bound of the large arrays, checked
+    before any is allocated."""
+    spikes = batch * n_in * max(max_in, 1)
+    parts = {"inputs, queues and kernels (float64)": 8 * 16 * spikes,
+             "weights (float64 copies)": 8 * 2 * n_in * n_out * (2 if has_delays else 1),
+             "outputs and arg max times": 8 * 4 * batch * n_out,
+             "one step of the walk": 8 * 12 * min(batch * (spikes // max(batch, 1) + 1) * n_out, _WALK_POINTS)
+             if walk else 0}
+    return check(what, parts, xp, "use a smaller batch (or fewer neurons)")
+
+
+def check_trace(what, batch, n_out, n_times, itemsize, xp, group_points=0):
+    """``lif_trace`` / ``li_trace``: the voltage and current on the grid, in float64 and in the output dtype, and
+    (``group_points``: the events and grid points of one group of neurons) the group's working arrays, about 20
+    float64 values per point (merged events, their maps, the scan, the per-grid-time lookups)."""
+    points = batch * n_out * n_times
+    parts = {"voltage and current (float64)": 16 * points, "returned copies": 2 * itemsize * points,
+             "working arrays of one group of neurons": 8 * 20 * group_points}
+    return check(what, parts, xp, "evaluate fewer times (a coarser or shorter grid t) or fewer samples at once")

@@ -181,7 +181,9 @@ def peak_voltage(input_times, weights, *, tau_mem, tau_syn, delays=None, neurons
         return _device_forward(xp, cuda_readout._cupy_launch, input_times, weights, tau_mem, tau_syn, neurons,
                                delays)
     sel = _neuron_indices(neurons, n_out)
-    batch = input_times.shape[0]
+    batch, n_in, max_in = input_times.shape
+    _memory.check_readout(f"peak_voltage(batch={batch}, n_in={n_in}, max_in={max_in}, n_out={n_out})", batch, n_in,
+                          max_in, n_out, np, delays is not None)
     values = np.zeros((batch, n_out))
     t = W = D = None
     eval_time = np.zeros((batch, sel.size))

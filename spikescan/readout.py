@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from . import _memory
 from . import _validate as v
 from ._types import LIGrads, LIResult
 from .lif import _engine
@@ -76,6 +77,9 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
                              f"readout={readout!r} (pass tau_readout=None)")
     if readout == "integral" and tau_mem.size:
         _check_integral_window(t_max, tau_mem, tau_syn, tau_readout)
+    batch, n_in, max_in = input_times.shape
+    _memory.check_readout(f"li_forward(batch={batch}, n_in={n_in}, max_in={max_in}, n_out={weights.shape[1]})", batch,
+                          n_in, max_in, weights.shape[1], xp, walk=readout == "max")
     if xp is np:
         from . import _readout_numpy as impl
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _memory
 from . import _validate as v
 from ._queue import build_queues, materialised
 from ._scan import recurrence_scan
@@ -131,9 +132,18 @@ def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
     return a * V0 + c * I0, b * I0
 
 
-def _state_in_groups(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
-    """``_state_on_grid`` over groups of neurons of at most ``_POINTS_PER_GROUP`` points each."""
+def _group_points(N, L1, S, T):
+    """Events and grid points of one group of ``_state_in_groups`` (``N`` neurons of ``L1`` queue entries and
+    ``S`` spikes each, ``T`` grid times)."""
+    per = L1 + S + T
+    return min(N, max(1, _POINTS_PER_GROUP // per)) * per
+
+
+def _state_in_groups(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t, what="trace"):
+    """``_state_on_grid`` over groups of neurons of at most ``_POINTS_PER_GROUP`` points each (memory checked first:
+    the outputs and one group's working arrays)."""
     N = row.size
+    _memory.check_trace(what, 1, N, t.size, 0, np, _group_points(N, qt.shape[1], spike_t.shape[1], t.size))
     group = max(1, _POINTS_PER_GROUP // (qt.shape[1] + spike_t.shape[1] + t.size))
     V, I = np.empty((N, t.size)), np.empty((N, t.size))
     for start in range(0, N, group):
@@ -183,13 +193,20 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     v.choice("method", method, METHODS)
     grid = _check_grid(t)
     dtype = input_times.dtype
+    _memory.check_trace(f"lif_trace(batch={input_times.shape[0]}, n_out={n_out}, len(t)={grid.size})",
+                        input_times.shape[0], n_out, grid.size, dtype.itemsize, np)
     args = [v.to_host(x) for x in (input_times, weights, delays, tau_mem, tau_syn)]
     recurrent = [None if x is None else v.to_host(x) for x in (recurrent_weights, recurrent_delays)]
 
     def forward(k):
-        return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
-                           delays=args[2], method=method, recurrent_weights=recurrent[0],
-                           recurrent_delays=recurrent[1])
+        try:
+            return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
+                               delays=args[2], method=method, recurrent_weights=recurrent[0],
+                               recurrent_delays=recurrent[1])
+        except MemoryError as err:  # name the recording lif_trace chose, which the caller may not have passed
+            chosen = "yours" if k == max_spikes else "the recording lif_trace starts with, or the largest count"
+            raise MemoryError(f"lif_trace: the lif_forward call that finds the spikes (max_spikes={k}: {chosen}) does "
+                              f"not fit: {err}") from err
 
     result = forward(max_spikes or _FIRST_MAX_SPIKES)
     most = int(result.counts.max(initial=0))
@@ -208,7 +225,7 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     S = res.spike_times.shape[-1]
     V, I = _state_in_groups(queue_times.reshape(-1, L1), queue_index.reshape(-1, L1), row, i, weights, max_in,
                           res.tau_mem[i], res.tau_syn[i], res.spike_times.reshape(-1, S), spike_event.reshape(-1, S),
-                          grid)
+                          grid, f"lif_trace(batch={batch}, n_out={n_out}, len(t)={grid.size})")
     keep = max_spikes if max_spikes is not None else max(most, 1)
     spikes = res.spike_times[..., :keep]
     if spikes.shape[-1] < keep:  # max_spikes above every count: pad with +inf
@@ -276,6 +293,9 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
     tau_mem, tau_syn = v.to_host(tau_mem), v.to_host(tau_syn)
     grid = _check_grid(t)
     dtype = input_times.dtype
+    batch, n_in, max_in = input_times.shape
+    _memory.check_trace(f"li_trace(batch={batch}, n_out={n_out}, len(t)={grid.size})", batch, n_out, grid.size,
+                        dtype.itemsize, np)
     times_h = v.to_host(input_times)
     W = np.asarray(v.to_host(weights), np.float64)
     batch, n_in, max_in = times_h.shape
@@ -284,7 +304,8 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
     n = np.arange(batch * n_out)
     b, i = n // n_out, n % n_out
     V, I = _state_in_groups(qt.reshape(-1, L1), qi.reshape(-1, L1), b, i, W, max_in, tau_mem[i], tau_syn[i],
-                          np.zeros((n.size, 0)), np.zeros((n.size, 0), np.int64), grid)
+                          np.zeros((n.size, 0)), np.zeros((n.size, 0), np.int64), grid,
+                          f"li_trace(batch={batch}, n_out={n_out}, len(t)={grid.size})")
     out = [V.reshape(batch, n_out, grid.size).astype(dtype), I.reshape(batch, n_out, grid.size).astype(dtype),
            np.zeros((batch, n_out, 0), dtype)]
     return TraceResult(*(out if xp is np else [xp.asarray(x) for x in out]))

@@ -259,3 +259,42 @@ def test_host_reading_is_reused_only_for_small_needs_and_briefly(no_limit, monke
     assert _memory.available(np)[0] == 1_000 and len(calls) == 4  # no estimate: always read
     with pytest.raises(MemoryError):  # the check reads afresh when the need is near the reading
         _memory.check("a call", {"work": 600}, np, "reduce it")
+
+
+@pytest.mark.parametrize("call", ["li_integral", "li_max", "peak", "lif_trace", "li_trace"])
+def test_readouts_and_traces_check_before_allocating(call, no_limit, monkeypatch):
+    """li_forward, peak_voltage, lif_trace and li_trace estimate their large arrays from the shapes: the estimate
+    bounds what they allocate, and under a limit below it they raise MemoryError naming the call and the sizes
+    before allocating anything of its size (they failed in NumPy's allocator, naming no argument)."""
+    t, W, _ = _layer(3, 16, 60, 4, 40, False)
+    grid = np.linspace(0.0, 60.0, 400)
+    kw = dict(tau_mem=10.0, tau_syn=5.0)
+    run, name = {
+        "li_integral": (lambda: ss.li_forward(t, W, readout="integral", t_max=60.0, **kw), "li_forward(batch=16"),
+        "li_max": (lambda: ss.li_forward(t, W, readout="max", t_max=60.0, **kw), "li_forward(batch=16"),
+        "peak": (lambda: ss.peak_voltage(t, W, **kw), "peak_voltage(batch=16"),
+        "lif_trace": (lambda: ss.lif_trace(t, W, grid, **kw), "lif_trace(batch=16, n_out=40, len(t)=400)"),
+        "li_trace": (lambda: ss.li_trace(t, W, grid, **kw), "li_trace(batch=16, n_out=40, len(t)=400)"),
+    }[call]
+    needs = []
+    check = _memory.check
+
+    def recording(what, parts, xp, advice):
+        if what.startswith(name.split("(")[0]):
+            needs.append(int(sum(parts.values())))
+        return check(what, parts, xp, advice)
+
+    run()  # first-call costs (lazy imports, caches) aside
+    monkeypatch.setattr(_memory, "check", recording)
+    _, peak = _peak(run)
+    assert needs and peak <= max(needs), (peak, needs)  # the estimates bound the allocations
+    ss.set_memory_limit(min(needs) // 2)
+
+    def refused():
+        with pytest.raises(MemoryError) as info:
+            run()
+        return info
+
+    info, peak = _peak(refused)
+    assert name in str(info.value) and "GiB" in str(info.value)
+    assert peak < 3 * t.nbytes + W.nbytes, (peak, t.nbytes)  # the input checks' temporaries only
