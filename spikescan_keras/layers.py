@@ -140,6 +140,9 @@ def _numpy_times_unit(layer, variable, unit, flag, what):
 
 
 _PER_NEURON_TAUS = "trainable_time_constants=True and set_time_constants()"
+# Thresholds a Keras layer accepts: its voltage unit (the threshold's power of two) times weights of order one stay
+# normal float32 numbers (float32 spans about 1e-38 to 3e38).
+_THRESHOLD_RANGE = (1e-30, 1e30)
 
 
 def _layer_scalar(name, value, per_neuron):
@@ -570,6 +573,10 @@ class LIFLayer(_SpikeTimesLayer):
         self.tau_mem = _layer_scalar("tau_mem", tau_mem, _PER_NEURON_TAUS)
         self.tau_syn = _layer_scalar("tau_syn", tau_syn, _PER_NEURON_TAUS)
         self.threshold = _layer_scalar("threshold", threshold, "trainable_threshold=True and set_thresholds()")
+        if not _THRESHOLD_RANGE[0] <= self.threshold <= _THRESHOLD_RANGE[1]:
+            raise ValueError(f"threshold must be within [{_THRESHOLD_RANGE[0]:g}, {_THRESHOLD_RANGE[1]:g}] for a Keras "
+                             f"layer (its weights, scaled by its voltage unit, live in float32 variables), got "
+                             f"{self.threshold!r}; express the voltages in another unit")
         self.max_spikes = _validate.positive_int("max_spikes", max_spikes)
         self.max_total_spikes = _validate.positive_int("max_total_spikes", max_total_spikes)
         if not isinstance(delays, bool):
@@ -977,7 +984,9 @@ class FirstSpikeReadout(LIFLayer):
 
     def __init__(self, units, *, tau_mem, tau_syn, t_max, tau_logit=None, **kwargs):
         for name in ("max_spikes", "delays", "recurrent", "recurrent_delays"):
-            if kwargs.get(name):
+            # max_spikes: refused whatever its value (0 and None were ignored); the others when they ask for the
+            # feature (False and None are the defaults).
+            if (name == "max_spikes" and name in kwargs) or kwargs.get(name):
                 raise ValueError(f"FirstSpikeReadout does not take {name}={kwargs[name]!r} (it reads each neuron's "
                                  "first spike; delays and recurrent connections are not available for it)")
             kwargs.pop(name, None)

@@ -471,3 +471,31 @@ def test_times_beyond_the_dtype_are_refused_not_padded():
                                          r"1e-10"):
         bin_times(np.array([[[5.0, 1e300]]]), 1e-10)
     np.testing.assert_array_equal(bin_times(np.array([[[5.0, 1e300, np.inf]]]), 1e-3)[0, 0, [0, 2]], [5.0, np.inf])
+
+
+def test_spike_dataset_checks_what_it_holds():
+    """A SpikeDataset built by hand is checked like the layers' inputs (NaN, negative or unsorted times, non-integer
+    or negative labels were accepted, and n_classes came out 0 for negative labels); a bad index names the rule."""
+    good = np.sort(np.random.default_rng(0).uniform(0, 10, (4, 3, 2)), axis=-1)
+    labels = np.array([0, 1, 2, 1])
+    ds = SpikeDataset(good, labels)
+    for times, match in ((np.where(good == good[1, 2, 0], np.nan, good), "times contains NaN"),
+                         (good - 20.0, "times must be >= 0"), (good[..., ::-1].copy(), "ascending")):
+        with pytest.raises(ValueError, match=match):
+            SpikeDataset(times, labels)
+    with pytest.raises(ValueError, match="labels must be class indices >= 0, got -1"):
+        SpikeDataset(good, np.array([0, -1, 2, 1]))
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        SpikeDataset(good, labels.astype(float))
+    with pytest.raises(IndexError, match="boolean mask of length 4 as index, got an array of dtype bool"):
+        ds[np.array([True, False])]
+    with pytest.raises(IndexError, match="got 'a'"):
+        ds["a"]
+    np.testing.assert_array_equal(ds[np.array([True, False, True, False])].labels, [0, 2])
+
+
+def test_a_corrupt_hdf5_file_is_named(tmp_path):
+    pytest.importorskip("h5py")
+    (tmp_path / "shd_train.h5").write_bytes(b"not an hdf5 file")
+    with pytest.raises(OSError, match=r"shd_train.h5: not a readable HDF5 file .*download_shd"):
+        shd("train", data_dir=tmp_path)

@@ -1094,3 +1094,15 @@ def test_kernel_constraints_hold_after_training_and_serialize():
         assert isinstance(clone.kernel_constraint, keras.constraints.NonNeg)
     first = sk.FirstSpikeReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, kernel_constraint=nonneg)
     assert isinstance(sk.FirstSpikeReadout.from_config(first.get_config()).kernel_constraint, keras.constraints.NonNeg)
+
+
+def test_threshold_range_of_a_keras_layer():
+    """A threshold whose voltage unit would overflow the float32 variables is refused at construction (1e300 gave
+    "weights must be finite, got nan" at the first call)."""
+    for bad in (1e300, 1e31, 1e-31):
+        with pytest.raises(ValueError, match=r"threshold must be within \[1e-30, 1e\+30\] for a Keras layer"):
+            sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, threshold=bad)
+    x = spike_input(np.random.default_rng(1))
+    for ok in (1e30, 1e-30):
+        assert ops.convert_to_numpy(sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2,
+                                                threshold=ok)(x, training=True)).shape == (3, 3, 2)

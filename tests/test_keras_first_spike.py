@@ -141,6 +141,8 @@ def test_trains_and_round_trips(jax_route, tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(max_spikes=3), "does not take max_spikes=3"),
+    (dict(max_spikes=0), "does not take max_spikes=0"),  # falsy values were ignored
+    (dict(max_spikes=None), "does not take max_spikes=None"),
     (dict(delays=True), "does not take delays=True"),
     (dict(recurrent=True), "does not take recurrent=True"),
     (dict(t_max=-1.0), "t_max must be a positive finite number"),

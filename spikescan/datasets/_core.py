@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,6 +24,14 @@ class MergedSpikesWarning(UserWarning):
     """Rounding spike times to the result's dtype (float32) made distinct spikes of a channel simultaneous: far
     from zero, float32 cannot tell them apart (its spacing is ``t * 6e-8``: 0.25 ms at one hour in ms). Use
     ``dtype=np.float64`` or times that start near zero."""
+
+
+_subset = threading.local()  # .active while SpikeDataset.__getitem__ builds a subset of a dataset already checked
+
+
+def _describe_index(index):
+    shape = getattr(index, "shape", None)
+    return f"an array of dtype {index.dtype} and shape {shape}" if shape is not None else repr(index)
 
 
 @dataclass
@@ -53,6 +62,14 @@ class SpikeDataset:
         if labels.shape != times.shape[:1]:
             raise ValueError(f"labels must have one entry per sample, shape ({times.shape[0]},), got shape "
                              f"{labels.shape}")
+        if not getattr(_subset, "active", False):  # a subset of a checked dataset (__getitem__) is not checked again
+            from .. import _validate
+
+            _validate.check_spike_times("times", times)  # float32/64, no NaN, no negative time, ascending
+            if labels.dtype.kind not in "iu":
+                raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+            if labels.size and labels.min() < 0:
+                raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
 
     @property
     def dropped_spikes(self) -> int:
@@ -89,8 +106,16 @@ class SpikeDataset:
             index = slice(index % n, index % n + 1)
         meta = {k: v[index] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v
                 for k, v in self.meta.items()}
-        return SpikeDataset(self.times[index], self.labels[index], self.class_names, self.time_unit,
-                            dict(self.dropped), meta)
+        try:
+            times, labels = self.times[index], self.labels[index]
+        except (IndexError, TypeError) as err:
+            raise type(err)(f"a dataset of {n} samples takes a slice, an int, an integer array or a boolean mask of "
+                            f"length {n} as index, got {_describe_index(index)}: {err}") from err
+        _subset.active = True
+        try:
+            return SpikeDataset(times, labels, self.class_names, self.time_unit, dict(self.dropped), meta)
+        finally:
+            _subset.active = False
 
 
 def optional_import(name: str, extra: str = "data"):

@@ -143,7 +143,12 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
 
     h5py = optional_import("h5py")
     path = hdf5_path(name, split, data_dir)
-    with h5py.File(path, "r") as f:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:  # h5py's message does not name the file
+        raise OSError(f"{path}: not a readable HDF5 file ({err}); download it again (spikescan.datasets."
+                      f"download_{name})") from err
+    with handle as f:
         n_total = len(f["labels"])
         if indices is None:
             sel = slice(None)
