@@ -3,8 +3,8 @@
 Nothing here is shared with the rest of spikescan (STYLE.md, "An independent reference beside every op"): its own
 closed forms, its own threshold-crossing test, its own root finding, its own event order. It is written to be read,
 not to be fast (a Python loop over every event of every neuron): the tests chain through it, reference ->
-sequential -> scan -> CUDA. It validates nothing beyond what it needs to run; call ``spikescan.lif_forward`` for
-checked arguments.
+sequential -> scan -> CUDA. Its arguments are checked by its own few lines (NaN, negative or unsorted times, negative
+delays, non-positive time constants or thresholds).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def lif_forward_reference(input_times, weights, *, tau_mem, tau_syn, threshold=1
         raise ValueError(f"delays must be [n_in, n_out] = {(n_in, n_out)}, got {delays.shape}")
     recurrent = recurrent_weights is not None
     rec_w, rec_d = square(recurrent_weights, "recurrent_weights"), square(recurrent_delays, "recurrent_delays")
+    _check_arguments(input_times, weights, delays, rec_w, rec_d, tau_mem, tau_syn, threshold, max_spikes)
 
     times = np.full((batch, n_out, max_spikes), np.inf)
     counts = np.zeros((batch, n_out), dtype=np.int64)
@@ -219,6 +220,27 @@ class _Neuron:
         self.advance(t)
         while self.arrivals and self.arrivals[0][0] == t:
             self.i = self.i + heapq.heappop(self.arrivals)[2]
+
+
+def _check_arguments(input_times, weights, delays, rec_w, rec_d, tau_mem, tau_syn, threshold, max_spikes):
+    """What the simulation needs to mean something, each refused with its name and a value (written here, sharing
+    nothing with ``spikescan._validate``)."""
+    def first(name, x, bad, rule):
+        if bad.any():
+            k = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise ValueError(f"{name} must be {rule}, got {float(x[k])!r} at index {k}")
+
+    first("input_times", input_times, np.isnan(input_times) | (input_times < 0), "spike times >= 0 (not NaN)")
+    first("input_times", input_times[..., 1:], input_times[..., 1:] < input_times[..., :-1],
+          "ascending along the last axis (+inf padding last)")
+    for name, x in (("weights", weights), ("recurrent_weights", rec_w)):
+        first(name, x, ~np.isfinite(x), "finite")
+    for name, x in (("delays", delays), ("recurrent_delays", rec_d)):
+        first(name, x, ~np.isfinite(x) | (x < 0), "finite and >= 0")
+    for name, x in (("tau_mem", tau_mem), ("tau_syn", tau_syn), ("threshold", threshold)):
+        first(name, x, ~np.isfinite(x) | (x <= 0), "positive and finite")
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, (int, np.integer)) or max_spikes < 1:
+        raise ValueError(f"max_spikes must be a positive integer, got {max_spikes!r}")
 
 
 def _simulate(ar, b, input_times, weights, delays, rec_w, rec_d, tau_mem, tau_syn, threshold):

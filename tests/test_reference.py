@@ -290,3 +290,26 @@ def test_runaway_firing_raises():
     W = np.array([[0.0, 0.0], [0.0, 1e5]])
     with pytest.raises(FloatingPointError, match=r"neuron 1 of sample 0 .*spike 10001 at t=1\.5\d*"):
         lif_forward_reference(t, W, tau_mem=5.0, tau_syn=5.0, max_spikes=2)
+
+
+def test_reference_checks_its_arguments():
+    """The reference refuses what would make its simulation meaningless, naming the argument (NaN, negative and
+    unsorted times, negative delays, NaN weights and non-positive time constants gave output or bare errors)."""
+    x = np.array([[[1.0, 2.0], [0.5, np.inf]]])
+    W = np.full((2, 3), 0.8)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    bad_x = [(np.array([[[1.0, np.nan], [0.5, np.inf]]]), "input_times must be spike times >= 0"),
+             (np.array([[[-1.0, 2.0], [0.5, np.inf]]]), "input_times must be spike times >= 0"),
+             (np.array([[[2.0, 1.0], [0.5, np.inf]]]), "ascending")]
+    for times, match in bad_x:
+        with pytest.raises(ValueError, match=match):
+            lif_forward_reference(times, W, **kw)
+    cases = [(dict(delays=np.full((2, 3), -1.0)), "delays must be finite and >= 0, got -1.0"),
+             (dict(weights=np.full((2, 3), np.nan)), "weights must be finite"),
+             (dict(tau_mem=0.0), "tau_mem must be positive"), (dict(tau_syn=-1.0), "tau_syn must be positive"),
+             (dict(max_spikes=0), "max_spikes must be a positive integer, got 0"),
+             (dict(recurrent_weights=np.eye(3), recurrent_delays=-np.eye(3)), "recurrent_delays must be finite")]
+    for change, match in cases:
+        args = {**kw, "weights": W, **change}
+        with pytest.raises(ValueError, match=match):
+            lif_forward_reference(x, args.pop("weights"), **args)
