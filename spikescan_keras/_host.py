@@ -411,6 +411,7 @@ class CalibrateSpec:
     method: str
     solver: str
     layer_name: str
+    warn: bool = True  # False: another process of a data-parallel run warns for this calibration (rank 0)
 
 
 # A calibration factor this far from 1 (either way) means initial weights far off the inputs' scale.
@@ -482,7 +483,8 @@ class CalibrateOp:
             input_times, weights, delays=delays[0] if delays else None,
             tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
             max_mean_count=burst_bound(input_times, spec.max_spikes), method=spec.method, solver=spec.solver)
-        _calibration_warnings(spec, input_times, weights, scale, fraction)
+        if spec.warn:
+            _calibration_warnings(spec, input_times, weights, scale, fraction)
         if isinstance(inputs[1], np.ndarray):
             return (np.asarray(scale, dtype=weights.dtype),), None
         import cupy

@@ -34,6 +34,9 @@ batches one process would. ``DistributedDataParallel`` makes the ranks train as 
   rank. **List ``DistributedDataParallel()`` first** in ``callbacks``: a callback before it sees this rank's own
   figures, and ranks that decide differently (one stops, one goes on) diverge or fail in a collective. Per-batch
   progress (``verbose=1``) shows each rank's own running values.
+- the layers' warnings of a training call (silent layer or readout, dead readout units, inputs after ``t_max``,
+  spikes beyond ``max_spikes``, the calibration's) judge the global batch and come from rank 0 alone: one rank's
+  share alone may be silent while the others fire;
 - a ``fit`` that raises in a training step removes the hooks (a later ``fit`` without the callback runs no
   collective); hooks left by a ``fit`` that raised elsewhere are removed by the next ``fit`` with the callback.
 
@@ -228,6 +231,16 @@ class _Collectives:
             x = x.detach().clone().contiguous()
             self.dist.all_reduce(x)
         return x
+
+    def is_main(self):
+        """Whether this process is rank 0 (the one that warns for the global batch)."""
+        return self.dist.get_rank() == 0
+
+    def check(self, op, spec, *values):
+        """``op.check(spec, *values)`` on rank 0 with the host values of global sums: the warnings of the global batch,
+        once (each rank's share alone would warn of a silent batch that the others fired on)."""
+        if self.is_main():
+            op.check(spec, *(v.item() if hasattr(v, "item") else v for v in values))
 
     def firing_sums(self, counts, capped):
         """``counts [b, units]`` (spikes per sample and neuron) and ``capped`` (spikes not recorded) of this rank ->

@@ -762,7 +762,10 @@ class LIFLayer(_SpikeTimesLayer):
             batch = ops.stop_gradient(inputs)
             if self._data_parallel is not None:  # calibrate on the global batch, as one process would
                 batch = self._data_parallel.gather_batch(batch)
-            (found,) = _bridge.apply(CalibrateOp, self._calibrate_spec, (batch, kernel, *extra))
+            spec = self._calibrate_spec
+            if self._data_parallel is not None and not self._data_parallel.is_main():
+                spec = dataclasses.replace(spec, warn=False)  # every rank calibrates on the global batch; rank 0 warns
+            (found,) = _bridge.apply(CalibrateOp, spec, (batch, kernel, *extra))
             found = ops.cast(ops.stop_gradient(found), scale.dtype)
             # Every rank found the same factor from the same data; rank 0's makes it identical bit for bit.
             found = found if self._data_parallel is None else self._data_parallel.broadcast(found)
@@ -789,10 +792,15 @@ class LIFLayer(_SpikeTimesLayer):
         taus = _time_constant_tensors(self)
         threshold = ((self._thresholds(),) if self.trainable_threshold else ())
         spec = self._train_spec if training else self._spec
+        global_checks = learn and self._data_parallel is not None
+        if global_checks:  # judged below on the global batch, not on this rank's share
+            spec = dataclasses.replace(spec, warn_capped=False, warn_silent=False)
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         if learn:
             dead, capped = self._firing_statistics(counts, capped)
+            if global_checks:  # capped: the global count; neurons that fired on some sample of the global batch
+                self._data_parallel.check(LIFOp, self._train_spec, capped, ops.sum(1.0 - dead))
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))
@@ -1234,7 +1242,12 @@ class LIReadout(_SpikeTimesLayer):
                 _warn_probability_loss(self)
             if self.readout == "max" and self.revival_penalty == 0:
                 spec = dataclasses.replace(spec, warn_dead=True)
+        global_checks = training and self._data_parallel is not None
+        if global_checks:  # judged below on the global batch, not on this rank's share
+            checked, spec = spec, dataclasses.replace(spec, warn_dead=False, warn_empty=False)
         (values,) = _bridge.apply(LIOp, spec, (inputs, kernel, *taus))
+        if global_checks and LIOp.has_checks(checked):
+            self._global_checks(checked, inputs, values)
         if _learns_from(self, inputs, training) and self.readout == "max":
             dead = self._dead_units(values)
             self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))
@@ -1242,6 +1255,19 @@ class LIReadout(_SpikeTimesLayer):
                 _add_loss(self, self._revival_loss(inputs, kernel, tuple(map(ops.stop_gradient, taus)),
                                                  ops.cast(dead, kernel.dtype)))
         return values if self.output_scale == 1.0 else values * self.output_scale
+
+    def _global_checks(self, spec, inputs, values):
+        """Data-parallel training: ``LIOp``'s warnings from the global batch's sums (units that never rose, samples,
+        input spikes and those after ``t_max``), issued by rank 0."""
+        real = ops.cast(ops.isfinite(ops.stop_gradient(inputs)), "float32")
+        late = real * ops.cast(ops.greater(ops.stop_gradient(inputs), self.t_max), "float32")
+        alive = ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(values), 0), "float32"), axis=0)
+        local = ops.concatenate([alive, ops.stack([ops.cast(ops.shape(values)[0], "float32"), ops.sum(real),
+                                                   ops.sum(late)])])
+        total = self._data_parallel.sum(local)
+        dead = ops.sum(ops.cast(ops.equal(total[:-3], 0), "float32"))
+        empty = ops.logical_and(ops.equal(dead, float(self.units)), total[-3] > 0)
+        self._data_parallel.check(LIOp, spec, dead, empty, total[-2], total[-1])
 
     def _dead_units(self, values):
         """``[units]`` float32, 1 where the unit's max readout is ``V(0) = 0`` on every sample of the training batch

@@ -102,6 +102,26 @@ def failed_fit_leaves_no_hooks():
     return hooked
 
 
+def warnings_of_the_global_batch():
+    """Warning classes each rank issues when every odd sample has no input spike, so rank 1's share (the odd samples)
+    is silent while the global batch fires; then when every sample is silent. Judged on each rank's share, rank 1
+    warned of a silent layer and readout in the first case."""
+    import warnings
+
+    data = yinyang(32, seed=3)
+    half = data.times.copy()
+    half[1::2] = np.inf
+    seen = []
+    for times in (half, np.full_like(data.times, np.inf)):
+        model = build()
+        batches = distributed.shard(SpikeBatches(times, data.labels, batch_size=GLOBAL_BATCH))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(batches, epochs=1, verbose=0, callbacks=[distributed.DistributedDataParallel()])
+        seen.append(sorted({w.category.__name__ for w in caught if "Silent" in w.category.__name__}))
+    return seen
+
+
 def main(out):
     world = distributed.initialize()
     rank = distributed.rank()
@@ -110,6 +130,7 @@ def main(out):
              **{f"w:{k}": v for k, v in weights.items()}, **{f"h:{k}": np.asarray(v) for k, v in history.items()})
     weights, history = train_validated()
     np.savez(os.path.join(out, f"validated{rank}.npz"), hooks_left=json.dumps(failed_fit_leaves_no_hooks()),
+             silent_warnings=json.dumps(warnings_of_the_global_batch()),
              **{f"w:{k}": v for k, v in weights.items()}, **{f"h:{k}": np.asarray(v) for k, v in history.items()})
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

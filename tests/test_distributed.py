@@ -98,6 +98,12 @@ def test_torch_ddp_validation_shards_and_failed_fits(torchrun):
         np.testing.assert_array_equal(ranks[0][f"w:{name}"], ranks[1][f"w:{name}"], err_msg=name)
         np.testing.assert_allclose(ranks[0][f"w:{name}"], expected, rtol=RTOL, atol=ATOL, err_msg=name)
     assert [json.loads(str(r["hooks_left"])) for r in ranks] == [[], []]
+    # Warnings judge the global batch, on rank 0, as one process does: no silent layer when only rank 1's share is
+    # silent (rank 1 warned of one), both warnings when everything is; rank 1 says nothing.
+    expected = _distributed_torch.warnings_of_the_global_batch()
+    assert "SilentLayerWarning" not in expected[0] and expected[1] == ["SilentLayerWarning", "SilentReadoutWarning"]
+    assert json.loads(str(ranks[0]["silent_warnings"])) == expected
+    assert json.loads(str(ranks[1]["silent_warnings"])) == [[], []]
 
 
 @torch_only
