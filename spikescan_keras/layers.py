@@ -1341,6 +1341,7 @@ class SpikeDropout(keras.layers.Layer):
     """
 
     def __init__(self, rate, *, unit="spike", seed=None, **kwargs):
+        kwargs.setdefault("autocast", False)  # spike times keep their dtype (float16 would round and overflow them)
         super().__init__(**kwargs)
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or not (
                 0.0 <= float(rate) < 1.0):

@@ -1106,3 +1106,18 @@ def test_threshold_range_of_a_keras_layer():
     for ok in (1e30, 1e-30):
         assert ops.convert_to_numpy(sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2,
                                                 threshold=ok)(x, training=True)).shape == (3, 3, 2)
+
+
+def test_spike_dropout_keeps_the_dtype_of_the_spike_times():
+    """Keras casts a layer's inputs to its compute dtype: float64 spike times came out float32, and under a float16
+    policy a time of 70000 became +inf (a lost spike), at inference too. SpikeDropout passes them through."""
+    x = np.array([[[19.99, 20.01, 70000.0]]])
+    if BACKEND != "jax" or keras.config.floatx() == "float64":
+        assert keras.backend.standardize_dtype(sk.SpikeDropout(0.2)(x).dtype) == "float64"
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        out = ops.convert_to_numpy(sk.SpikeDropout(0.2)(x.astype(np.float32)))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    np.testing.assert_array_equal(out, x.astype(np.float32))
