@@ -29,9 +29,9 @@ batches one process would. ``DistributedDataParallel`` makes the ranks train as 
 - at the end of each epoch the entries of the logs are averaged over the ranks before ``History``, the progress
   bar and the callbacks listed after this one see them: the training entries (loss, metrics) weighted by each
   rank's training samples, the ``val_`` entries by its validation samples. So the epoch's figures are those of the
-  global data, whether every rank evaluates the same validation data or its own shard of it, and callbacks that act
-  on them (``EarlyStopping``, ``ReduceLROnPlateau``, ``ModelCheckpoint(save_best_only=True)``) decide alike on every
-  rank. **List ``DistributedDataParallel()`` first** in ``callbacks``: a callback before it sees this rank's own
+  global data, whether every rank evaluates the same validation data, its own shard of it, or (rank 0 alone) all of
+  it, and callbacks that act on them (``EarlyStopping``, ``ReduceLROnPlateau``,
+  ``ModelCheckpoint(save_best_only=True)``) decide alike on every rank. **List ``DistributedDataParallel()`` first** in ``callbacks``: a callback before it sees this rank's own
   figures, and ranks that decide differently (one stops, one goes on) diverge or fail in a collective. Per-batch
   progress (``verbose=1``) shows each rank's own running values.
 - the layers' warnings of a training call (silent layer or readout, dead readout units, inputs after ``t_max``,
@@ -392,25 +392,20 @@ class DistributedDataParallel(keras.callbacks.Callback):
         import torch
 
         # Training entries weighted by each rank's training samples, val_ entries by its validation samples: the
-        # figures of the global data, the same on every rank (so callbacks after this one decide alike).
-        numeric = sorted(k for k, v in logs.items() if isinstance(v, (int, float, np.floating, np.integer)))
-        groups = [[k for k in numeric if not k.startswith("val_")], [k for k in numeric if k.startswith("val_")]]
-        weights = [float(self._epoch_samples), float(self._val_samples)]
-        sizes = torch.tensor([len(groups[0]), len(groups[1])], dtype=torch.int64, device=_device(self.model))
-        everyone = [torch.empty_like(sizes) for _ in range(self._dist.get_world_size())]
-        self._dist.all_gather(everyone, sizes)  # entries of different lengths would make the all-reduce fail
-        if len({tuple(t.tolist()) for t in everyone}) > 1:
-            raise RuntimeError("the ranks end the epoch with different log entries (training, val_ counts: "
-                               f"{dict(enumerate(tuple(t.tolist()) for t in everyone))}); give every rank "
-                               "validation data, or none, and the same metrics")
-        values = torch.tensor([float(logs[k]) * n for keys, n in zip(groups, weights) for k in keys] + weights,
-                              dtype=torch.float64, device=_device(self.model))
+        # figures of the global data, the same on every rank (so callbacks after this one decide alike). Over the
+        # union of the ranks' entries: a rank without an entry (no validation data) weighs 0 in it and receives the
+        # others' figure.
+        mine = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float, np.floating, np.integer))}
+        names = [None] * self._dist.get_world_size()
+        self._dist.all_gather_object(names, sorted(mine))
+        keys = sorted(set().union(*names))
+        weight = {False: float(self._epoch_samples), True: float(self._val_samples)}
+        n = [weight[k.startswith("val_")] if k in mine else 0.0 for k in keys]
+        values = torch.tensor([mine.get(k, 0.0) * w for k, w in zip(keys, n)] + n, dtype=torch.float64,
+                              device=_device(self.model))
         self._dist.all_reduce(values)
-        totals, offset = values[-2:].tolist(), 0
-        for keys, total in zip(groups, totals):
-            if total > 0:
-                logs.update({k: float(values[offset + i]) / total for i, k in enumerate(keys)})
-            offset += len(keys)
+        sums, totals = values[:len(keys)].tolist(), values[len(keys):].tolist()
+        logs.update({k: s / t for k, s, t in zip(keys, sums, totals) if t > 0})
 
 
 def _remove_hooks(model):

@@ -63,10 +63,10 @@ def train():
     return weights, history.history
 
 
-def train_validated():
-    """``(weights, history)`` of 3 epochs with validation data, each rank given its own shard of it (all of it in a
-    single process), and ``EarlyStopping`` on ``val_loss`` after the callback: the val_ figures are those of the
-    whole validation set on every rank, so the ranks stop at the same epoch."""
+def train_validated(split="shard"):
+    """``(weights, history)`` of 3 epochs with validation data: each rank given its own shard of it (``"shard"``),
+    or rank 0 all of it and the others none (``"rank0"``); all of it in a single process. ``EarlyStopping`` on
+    ``val_loss`` after the callback reads the averaged figures (it ends the run after 2 epochs whatever they are)."""
     model = build()
     data, val = yinyang(N_SAMPLES, seed=3), yinyang(21, seed=4)
     r, world = distributed.rank(), distributed.world_size()
@@ -76,8 +76,11 @@ def train_validated():
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=0, min_delta=-1e9)]  # stops after 1
     if world > 1:
         callbacks.insert(0, distributed.DistributedDataParallel())
-    history = model.fit(batches, epochs=3, verbose=0, callbacks=callbacks,
-                        validation_data=(val.times[r::world], val.labels[r::world]))
+    if split == "shard":
+        validation = (val.times[r::world], val.labels[r::world])
+    else:
+        validation = (val.times, val.labels) if r == 0 else None
+    history = model.fit(batches, epochs=3, verbose=0, callbacks=callbacks, validation_data=validation)
     weights = {v.path.split("/", 1)[-1]: keras.ops.convert_to_numpy(v.value) for v in model.weights}
     return weights, history.history
 
@@ -128,6 +131,8 @@ def main(out):
     weights, history = train()
     np.savez(os.path.join(out, f"rank{rank}.npz"), world_size=world,
              **{f"w:{k}": v for k, v in weights.items()}, **{f"h:{k}": np.asarray(v) for k, v in history.items()})
+    weights, history = train_validated("rank0")
+    np.savez(os.path.join(out, f"validated_rank0_{rank}.npz"), **{f"h:{k}": np.asarray(v) for k, v in history.items()})
     weights, history = train_validated()
     np.savez(os.path.join(out, f"validated{rank}.npz"), hooks_left=json.dumps(failed_fit_leaves_no_hooks()),
              silent_warnings=json.dumps(warnings_of_the_global_batch()),

@@ -81,9 +81,9 @@ def test_torch_ddp_ranks_agree_with_one_process(torchrun):
 
 @torch_only
 def test_torch_ddp_validation_shards_and_failed_fits(torchrun):
-    """Each rank validates on its own shard: the val_ figures are averaged by validation samples (those of the whole
-    validation set, as one process computes them), so EarlyStopping after the callback stops every rank at the same
-    epoch and the weights stay identical (each rank stopped on its own figures before). A fit that raises in a
+    """Each rank validates on its own shard, or rank 0 alone on all of it: the val_ figures are averaged by
+    validation samples (those of the whole validation set, as one process computes them) and are the same on every
+    rank, so callbacks after the callback (EarlyStopping here) read the same figures and the weights stay identical. A fit that raises in a
     training step leaves no hook behind (a stale hook all-reduced the gradients twice in the next fit)."""
     out, _ = torchrun
     ranks = [np.load(out / f"validated{r}.npz") for r in (0, 1)]
@@ -98,6 +98,11 @@ def test_torch_ddp_validation_shards_and_failed_fits(torchrun):
         np.testing.assert_array_equal(ranks[0][f"w:{name}"], ranks[1][f"w:{name}"], err_msg=name)
         np.testing.assert_allclose(ranks[0][f"w:{name}"], expected, rtol=RTOL, atol=ATOL, err_msg=name)
     assert [json.loads(str(r["hooks_left"])) for r in ranks] == [[], []]
+    # Validation data on rank 0 alone: every rank receives its val_ figures (this raised, entries differing).
+    alone = [np.load(out / f"validated_rank0_{r}.npz") for r in (0, 1)]
+    for key, values in history.items():
+        np.testing.assert_array_equal(alone[0][f"h:{key}"], alone[1][f"h:{key}"], err_msg=key)
+        np.testing.assert_allclose(alone[0][f"h:{key}"], values, rtol=RTOL, atol=ATOL, err_msg=key)
     # Warnings judge the global batch, on rank 0, as one process does: no silent layer when only rank 1's share is
     # silent (rank 1 warned of one), both warnings when everything is; rank 1 says nothing.
     expected = _distributed_torch.warnings_of_the_global_batch()
