@@ -272,22 +272,31 @@ _PROBABILITY_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentr
                        "categorical_focal_crossentropy", "binary_focal_crossentropy")
 
 
+# The crossentropies that read probabilities unless given from_logits=True.
+_PROBABILITY_LOSS_CLASSES = tuple(getattr(keras.losses, name) for name in (
+    "SparseCategoricalCrossentropy", "CategoricalCrossentropy", "BinaryCrossentropy", "CategoricalFocalCrossentropy",
+    "BinaryFocalCrossentropy") if hasattr(keras.losses, name))
+
+
 def _probability_loss(loss):
     """A description of ``loss`` when it reads its inputs as probabilities (a crossentropy with ``from_logits``
-    false: a string, a loss function or a ``keras.losses.Loss``), else None."""
+    false: a string or class name, a loss function or a ``keras.losses.Loss``), else None."""
     if isinstance(loss, (list, tuple)) and len(loss) == 1:
         loss = loss[0]
     if isinstance(loss, str):
-        return repr(loss) if loss in _PROBABILITY_LOSSES else None
-    if isinstance(loss, keras.losses.Loss):
         try:
-            config = loss.get_config()
-        except (NotImplementedError, TypeError):  # a user's Loss without a config
+            resolved = keras.losses.get(loss)
+        except (ValueError, TypeError):
             return None
-        name = str(config.get("name") or "")
-        if config.get("from_logits") is False and any(p in name for p in _PROBABILITY_LOSSES):
-            return f"{type(loss).__name__}(from_logits=False)"
-        return None
+        if isinstance(resolved, type):
+            resolved = resolved()
+        return repr(loss) if _probability_loss(resolved) else None
+    if isinstance(loss, _PROBABILITY_LOSS_CLASSES):
+        try:
+            from_logits = loss.get_config().get("from_logits")
+        except (NotImplementedError, TypeError):
+            return None
+        return f"{type(loss).__name__}(from_logits=False)" if from_logits is False else None
     name = getattr(loss, "__name__", "")
     return f"keras.losses.{name}" if name in _PROBABILITY_LOSSES else None
 
@@ -295,16 +304,16 @@ def _probability_loss(loss):
 def _warn_probability_loss(layer):
     """Once per layer, on its first training call: warn when the model being trained compiled a loss that reads
     probabilities and this layer's logits are the model's output (a string crossentropy, ``from_logits=False``:
-    Yin-Yang stayed at chance on every backend, predicting one class). The model is the nearest caller's ``self``
-    that is a compiled ``keras.Model``; a model whose output cannot be traced to the layer (a subclassed one) is
-    left alone."""
+    Yin-Yang stayed at chance on every backend, predicting one class). The model is the ``self`` of the running
+    ``train_step`` (``fit``, ``train_on_batch``); a custom loop, or a model whose output cannot be traced to the layer
+    (a subclassed one, a nested model), is left alone."""
     layer._loss_checked = True
     frame, model = sys._getframe(1), None
     for _ in range(80):
         if frame is None:
             return
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, keras.Model) and getattr(owner, "compiled", False):
+        owner = frame.f_locals.get("self") if frame.f_code.co_name == "train_step" else None
+        if isinstance(owner, keras.Model):
             model = owner
             break
         frame = frame.f_back

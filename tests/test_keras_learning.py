@@ -547,3 +547,16 @@ def test_a_loss_that_reads_probabilities_is_warned():
     assert len(fit(keras.losses.sparse_categorical_crossentropy, li())) == 1
     assert fit(keras.losses.SparseCategoricalCrossentropy(from_logits=True), li()) == []
     assert fit("sparse_categorical_crossentropy", li(), softmax=True) == []
+    assert len(fit("SparseCategoricalCrossentropy", li())) == 1  # a class name
+    assert len(fit(keras.losses.SparseCategoricalCrossentropy(name="ce"), li())) == 1  # a custom name
+    # A submodel compiled (before) with a probability loss, inside an outer model that ends in Softmax: the model
+    # being trained is the outer one, whose output is the Softmax's: no warning.
+    inner = keras.Sequential([keras.Input(shape=(3, 1)), sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                                                     max_spikes=2), li()])
+    inner.compile("adam", "sparse_categorical_crossentropy")
+    outer = keras.Sequential([keras.Input(shape=(3, 1)), inner, keras.layers.Softmax()])
+    outer.compile("adam", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outer.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert not [w for w in caught if "outputs logits" in str(w.message)]
