@@ -17,9 +17,9 @@ on a GPU has not been measured yet (``benchmarks/gpu_perf.py``, variant ``m2_clo
 
 from __future__ import annotations
 
-import numpy as np
-
 import os
+
+import numpy as np
 
 ENV = "SPIKESCAN_DETERMINISTIC"
 _TRUE = ("1", "true", "yes", "on")

@@ -153,13 +153,13 @@ def check_delays(delays, weights):
 def check_arrivals(input_times, delays):
     """With ``delays``: every arrival time (input spike time plus delay) stays a finite number of the dtype of
     ``input_times``, so that no arrival and no output spike overflows to ``+inf`` (a spike lost without a trace).
-    Checked on the latest input spike plus the longest delay: one reduction over each (a host sync on CuPy)."""
+    Checked on the latest input spike plus the longest delay: one reduction over each (one host sync on CuPy)."""
     if delays is None or input_times.size == 0 or delays.size == 0:
         return
     xp = array_module(input_times)
-    finite = xp.isfinite(input_times)
-    latest = float(xp.where(finite, input_times, 0).max())
-    longest = float(delays.max())
+    both = xp.stack([xp.where(input_times < xp.inf, input_times, 0).max().astype(xp.float64),
+                     delays.max().astype(xp.float64)])
+    latest, longest = (float(x) for x in (both.tolist() if xp is not np else both))  # one transfer on CuPy
     limit = float(np.finfo(input_times.dtype).max)
     if latest + longest <= limit:  # inf (a float64 overflow) fails too
         return

@@ -283,9 +283,9 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     return_dropped = _bool("return_dropped", return_dropped)
     dt = _float_dtype(dtype)
     _fits(t_max, dt)
-    if mode == "regular" and not np.isfinite((slots + 0.5) * t_max):  # the centres' product (m + 0.5) * t_max
-        raise ValueError(f"t_max={t_max!r} times {slots} + 0.5 spike slots overflows float64 (the regular code's "
-                         "spike times are (m + 0.5) * t_max / k); use another time unit")
+    if mode == "regular" and not np.isfinite((max_spikes - 0.5) * t_max):  # the last centre's (m + 0.5) * t_max
+        raise ValueError(f"t_max={t_max!r} times max_spikes - 0.5 = {max_spikes - 0.5} overflows float64 (the "
+                         "regular code's spike times are (m + 0.5) * t_max / k); use another time unit")
     if mode == "poisson":
         ok_seed = seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence)) or (
             isinstance(seed, numbers.Integral) and not isinstance(seed, bool))
@@ -300,7 +300,8 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     if mode == "regular":
         k = np.minimum(np.floor(x * max_spikes + 0.5), max_spikes)[..., None]
         m = np.arange(slots, dtype=np.float64)
-        times = np.where(m < k, (m + 0.5) * t_max / np.maximum(k, 1.0), np.inf)
+        with np.errstate(over="ignore"):  # slots past k (set to +inf) may overflow; the spikes cannot (checked)
+            times = np.where(m < k, (m + 0.5) * t_max / np.maximum(k, 1.0), np.inf)
     else:
         rng = np.random.default_rng(seed)
         counts = rng.poisson(x * max_spikes).reshape(-1)

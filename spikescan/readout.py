@@ -77,9 +77,10 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
                              f"readout={readout!r} (pass tau_readout=None)")
     if readout == "integral" and tau_mem.size:
         _check_integral_window(t_max, tau_mem, tau_syn, tau_readout)
-    batch, n_in, max_in = input_times.shape
-    _memory.check_readout(f"li_forward(batch={batch}, n_in={n_in}, max_in={max_in}, n_out={weights.shape[1]})", batch,
-                          n_in, max_in, weights.shape[1], xp, walk=readout == "max")
+    if xp is np:  # (the CUDA kernels' own working set is another; their launchers check it)
+        batch, n_in, max_in = input_times.shape
+        _memory.check_readout(f"li_forward(batch={batch}, n_in={n_in}, max_in={max_in}, n_out={weights.shape[1]})",
+                              batch, n_in, max_in, weights.shape[1], np, walk=readout == "max")
     if xp is np:
         from . import _readout_numpy as impl
 
@@ -97,7 +98,8 @@ MAX_INTEGRAL_WINDOW = 1e100
 
 def _check_integral_window(t_max, tau_mem, tau_syn, tau_readout):
     """``t_max`` at most ``MAX_INTEGRAL_WINDOW`` times the shortest time constant (one host sync on CuPy)."""
-    shortest = min(float(tau_mem.min()), float(tau_syn.min()), math.inf if tau_readout is None else tau_readout)
+    shortest = min(float(v.array_module(tau_mem).minimum(tau_mem, tau_syn).min()),
+                   math.inf if tau_readout is None else tau_readout)
     if t_max / shortest > MAX_INTEGRAL_WINDOW:
         raise ValueError(f"t_max must be at most {MAX_INTEGRAL_WINDOW:g} times the shortest time constant for "
                          f"readout='integral' (its closed forms leave float64's range beyond, in any time unit); got "

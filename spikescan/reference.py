@@ -231,8 +231,9 @@ def _check_arguments(input_times, weights, delays, rec_w, rec_d, tau_mem, tau_sy
             raise ValueError(f"{name} must be {rule}, got {float(x[k])!r} at index {k}")
 
     first("input_times", input_times, np.isnan(input_times) | (input_times < 0), "spike times >= 0 (not NaN)")
-    first("input_times", input_times[..., 1:], input_times[..., 1:] < input_times[..., :-1],
-          "ascending along the last axis (+inf padding last)")
+    down = np.zeros(input_times.shape, bool)  # each spike earlier than the one before it
+    down[..., 1:] = input_times[..., 1:] < input_times[..., :-1]
+    first("input_times", input_times, down, "ascending along the last axis (+inf padding last)")
     for name, x in (("weights", weights), ("recurrent_weights", rec_w)):
         first(name, x, ~np.isfinite(x), "finite")
     for name, x in (("delays", delays), ("recurrent_delays", rec_d)):

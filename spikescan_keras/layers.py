@@ -91,7 +91,7 @@ def _over_unit(layer, variable, values, unit, flag, what, label, low, high=None)
     try:
         values = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name}: {label} must be real numbers, got {values!r}") from err
+        raise TypeError(f"{name}: {label} must be an array of real numbers, got {values!r}") from err
     if values.shape != tuple(variable.shape):
         raise ValueError(f"{name}: {label} must have shape {tuple(variable.shape)}, got {values.shape}")
     # The constraint's own test, on the stored values in the variable's dtype: a value at its floor read back by the

@@ -332,11 +332,11 @@ def test_time_parameter_accessors_check_their_arguments():
     # Both checked before either is assigned: a refused tau_syn leaves tau_mem as it was.
     for bad_syn, match in ((np.array([4.0, np.nan, 4.0, 4.0]), "tau_syn must be >= .* got nan"),
                            (np.ones(3), r"tau_syn must have shape \(4,\)"),
-                           (["a"] * 4, "tau_syn must be real numbers")):
+                           (["a"] * 4, "tau_syn must be an array of real numbers")):
         with pytest.raises((ValueError, TypeError), match=match):
             layer.set_time_constants(np.full(4, 8.0), bad_syn)
         np.testing.assert_array_equal(layer.time_constants()[0], 11.0)
-    with pytest.raises(TypeError, match="tau_mem must be real numbers"):
+    with pytest.raises(TypeError, match="tau_mem must be an array of real numbers"):
         layer.set_time_constants("a", np.full(4, 3.5))
     fixed = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
     np.testing.assert_array_equal(fixed.time_constants()[0], np.full(4, TAU_MEM))

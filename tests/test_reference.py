@@ -297,10 +297,12 @@ def test_reference_checks_its_arguments():
     unsorted times, negative delays, NaN weights and non-positive time constants gave output or bare errors)."""
     x = np.array([[[1.0, 2.0], [0.5, np.inf]]])
     W = np.full((2, 3), 0.8)
+    assert lif_forward_reference(np.array([[[1.0, 2.0, 3.0], [0.5, np.inf, np.inf]]]), W, tau_mem=10.0, tau_syn=5.0,
+                                 max_spikes=2)[0].shape == (1, 3, 2)
     kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2)
     bad_x = [(np.array([[[1.0, np.nan], [0.5, np.inf]]]), "input_times must be spike times >= 0"),
              (np.array([[[-1.0, 2.0], [0.5, np.inf]]]), "input_times must be spike times >= 0"),
-             (np.array([[[2.0, 1.0], [0.5, np.inf]]]), "ascending")]
+             (np.array([[[1.0, 3.0, 2.0], [0.5, np.inf, np.inf]]]), r"ascending .*got 2.0 at index \(0, 0, 2\)")]
     for times, match in bad_x:
         with pytest.raises(ValueError, match=match):
             lif_forward_reference(times, W, **kw)
