@@ -1255,10 +1255,11 @@ class LIReadout(_SpikeTimesLayer):
         if global_checks:  # judged below on the global batch, not on this rank's share
             checked, spec = spec, dataclasses.replace(spec, warn_dead=False, warn_empty=False)
         (values,) = _bridge.apply(LIOp, spec, (inputs, kernel, *taus))
+        alive = None  # per unit, the global batch's samples where it rose (data-parallel: summed once, here)
         if global_checks and LIOp.has_checks(checked):
-            self._global_checks(checked, inputs, values)
+            alive = self._global_checks(checked, inputs, values)
         if _learns_from(self, inputs, training) and self.readout == "max":
-            dead = self._dead_units(values)
+            dead = self._dead_units(values, alive)
             self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))
             if self.revival_penalty > 0:
                 _add_loss(self, self._revival_loss(inputs, kernel, tuple(map(ops.stop_gradient, taus)),
@@ -1267,23 +1268,27 @@ class LIReadout(_SpikeTimesLayer):
 
     def _global_checks(self, spec, inputs, values):
         """Data-parallel training: ``LIOp``'s warnings from the global batch's sums (units that never rose, samples,
-        input spikes and those after ``t_max``), issued by rank 0."""
+        input spikes and those after ``t_max``), issued by rank 0. Returns the global ``alive`` counts per unit
+        (``_dead_units`` takes them instead of summing again)."""
         real = ops.cast(ops.isfinite(ops.stop_gradient(inputs)), "float32")
         late = real * ops.cast(ops.greater(ops.stop_gradient(inputs), self.t_max), "float32")
-        alive = ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(values), 0), "float32"), axis=0)
+        alive = _risen(values)
         local = ops.concatenate([alive, ops.stack([ops.cast(ops.shape(values)[0], "float32"), ops.sum(real),
                                                    ops.sum(late)])])
         total = self._data_parallel.sum(local)
         dead = ops.sum(ops.cast(ops.equal(total[:-3], 0), "float32"))
         empty = ops.logical_and(ops.equal(dead, float(self.units)), total[-3] > 0)
         self._data_parallel.check(LIOp, spec, dead, empty, total[-2], total[-1])
+        return total[:-3]
 
-    def _dead_units(self, values):
+    def _dead_units(self, values, alive=None):
         """``[units]`` float32, 1 where the unit's max readout is ``V(0) = 0`` on every sample of the training batch
-        (the global batch in data-parallel training)."""
-        alive = ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(values), 0), "float32"), axis=0)
-        if self._data_parallel is not None:
-            alive = self._data_parallel.sum(alive)
+        (the global batch in data-parallel training). ``alive``: the global counts ``_global_checks`` summed, if it
+        ran."""
+        if alive is None:
+            alive = _risen(values)
+            if self._data_parallel is not None:
+                alive = self._data_parallel.sum(alive)
         return ops.cast(ops.equal(alive, 0), "float32")
 
     def _revival_loss(self, inputs, kernel, taus, dead):
@@ -1328,6 +1333,11 @@ class LIReadout(_SpikeTimesLayer):
     def set_time_constants(self, tau_mem, tau_syn):
         """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
         _set_time_constants(self, tau_mem, tau_syn)
+
+
+def _risen(values):
+    """``[units]`` float32: the samples of this batch where each readout unit's value is not its start ``0``."""
+    return ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(values), 0), "float32"), axis=0)
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
