@@ -81,7 +81,6 @@ def li_forward(input_times, weights, *, tau_mem, tau_syn, readout="integral", t_
         batch, n_in, max_in = input_times.shape
         _memory.check_readout(f"li_forward(batch={batch}, n_in={n_in}, max_in={max_in}, n_out={weights.shape[1]})",
                               batch, n_in, max_in, weights.shape[1], np, walk=readout == "max")
-    if xp is np:
         from . import _readout_numpy as impl
 
         return impl.li_forward(input_times, weights, tau_mem, tau_syn, readout, t_max, tau_readout, engine)

@@ -132,19 +132,13 @@ def _state_on_grid(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t):
     return a * V0 + c * I0, b * I0
 
 
-def _group_points(N, L1, S, T):
-    """Events and grid points of one group of ``_state_in_groups`` (``N`` neurons of ``L1`` queue entries and
-    ``S`` spikes each, ``T`` grid times)."""
-    per = L1 + S + T
-    return min(N, max(1, _POINTS_PER_GROUP // per)) * per
-
-
 def _state_in_groups(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t, what="trace"):
     """``_state_on_grid`` over groups of neurons of at most ``_POINTS_PER_GROUP`` points each (memory checked first:
     the outputs and one group's working arrays)."""
     N = row.size
-    _memory.check_trace(what, 1, N, t.size, 0, np, _group_points(N, qt.shape[1], spike_t.shape[1], t.size))
-    group = max(1, _POINTS_PER_GROUP // (qt.shape[1] + spike_t.shape[1] + t.size))
+    per = qt.shape[1] + spike_t.shape[1] + t.size  # events and grid points of one neuron
+    group = max(1, _POINTS_PER_GROUP // per)
+    _memory.check_trace(what, 1, N, t.size, 0, np, min(N, group) * per)
     V, I = np.empty((N, t.size)), np.empty((N, t.size))
     for start in range(0, N, group):
         g = slice(start, min(start + group, N))
