@@ -25,5 +25,5 @@ from .layers import (DelayRange, FirstSpikeReadout, LIFLayer, LIReadout, Positiv
 from .nir import export_nir, import_nir  # noqa: E402
 
 __all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeDropout", "SpikeCountRegularizer", "DelayRange",
-           "PositiveFloor", "CappedSpikesWarning", "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning", "FiringMonitor",
-           "export_nir", "import_nir"]
+           "PositiveFloor", "CappedSpikesWarning", "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning",
+           "FiringMonitor", "export_nir", "import_nir"]

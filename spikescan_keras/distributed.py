@@ -31,9 +31,10 @@ batches one process would. ``DistributedDataParallel`` makes the ranks train as 
   rank's training samples, the ``val_`` entries by its validation samples. So the epoch's figures are those of the
   global data, whether every rank evaluates the same validation data, its own shard of it, or (rank 0 alone) all of
   it, and callbacks that act on them (``EarlyStopping``, ``ReduceLROnPlateau``,
-  ``ModelCheckpoint(save_best_only=True)``) decide alike on every rank. **List ``DistributedDataParallel()`` first** in ``callbacks``: a callback before it sees this rank's own
-  figures, and ranks that decide differently (one stops, one goes on) diverge or fail in a collective. Per-batch
-  progress (``verbose=1``) shows each rank's own running values.
+  ``ModelCheckpoint(save_best_only=True)``) decide alike on every rank. **List ``DistributedDataParallel()``
+  first** in ``callbacks``: a callback before it sees this rank's own figures, and ranks that decide differently
+  (one stops, one goes on) diverge or fail in a collective. Per-batch progress (``verbose=1``) shows each rank's
+  own running values.
 - the layers' warnings of a training call (silent layer or readout, dead readout units, inputs after ``t_max``,
   spikes beyond ``max_spikes``, the calibration's) judge the global batch and come from rank 0 alone: one rank's
   share alone may be silent while the others fire;

@@ -554,11 +554,10 @@ class LIFLayer(_SpikeTimesLayer):
     def __init__(self, units, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=False, chunk_size=128,
                  solver="newton", method="auto", kernel_initializer="auto", delay_initializer="auto", max_delay=None,
                  kernel_regularizer=None, kernel_constraint=None, spike_count_regularizer=None, calibrate=(0.3, 0.9),
-                 silence_penalty=1.0,
-                 input_spikes=None, input_window=0.0, max_total_spikes=10_000, trainable_time_constants=False,
-                 min_time_constant=None, trainable_threshold=False, min_threshold=None, recurrent=False,
-                 recurrent_delays=False, recurrent_initializer="auto", recurrent_delay_initializer="auto",
-                 recurrent_regularizer=None, recurrent_scale="auto", **kwargs):
+                 silence_penalty=1.0, input_spikes=None, input_window=0.0, max_total_spikes=10_000,
+                 trainable_time_constants=False, min_time_constant=None, trainable_threshold=False, min_threshold=None,
+                 recurrent=False, recurrent_delays=False, recurrent_initializer="auto",
+                 recurrent_delay_initializer="auto", recurrent_regularizer=None, recurrent_scale="auto", **kwargs):
         super().__init__(**_exact_dtype("LIFLayer", kwargs))
         _check_float64_backend("LIFLayer", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()

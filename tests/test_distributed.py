@@ -83,8 +83,9 @@ def test_torch_ddp_ranks_agree_with_one_process(torchrun):
 def test_torch_ddp_validation_shards_and_failed_fits(torchrun):
     """Each rank validates on its own shard, or rank 0 alone on all of it: the val_ figures are averaged by
     validation samples (those of the whole validation set, as one process computes them) and are the same on every
-    rank, so callbacks after the callback (EarlyStopping here) read the same figures and the weights stay identical. A fit that raises in a
-    training step leaves no hook behind (a stale hook all-reduced the gradients twice in the next fit)."""
+    rank, so callbacks after the callback (EarlyStopping here) read the same figures and the weights stay identical.
+    A fit that raises in a training step leaves no hook behind (a stale hook all-reduced the gradients twice in the
+    next fit)."""
     out, _ = torchrun
     ranks = [np.load(out / f"validated{r}.npz") for r in (0, 1)]
     import _distributed_torch

@@ -274,6 +274,6 @@ def bin_times(times, bin_width: float, *, align: str = "left"):
         out = binned * bin_width
     lost = np.isfinite(t64) & ~np.isfinite(out)
     if lost.any():
-        raise ValueError(f"times / bin_width overflows float64 for the time {float(t64[lost].ravel()[0])!r} with bin_width="
-                         f"{bin_width!r}; use a larger bin_width or another time unit")
+        raise ValueError(f"times / bin_width overflows float64 for the time {float(t64[lost].ravel()[0])!r} with "
+                         f"bin_width={bin_width!r}; use a larger bin_width or another time unit")
     return out.astype(t.dtype if t.dtype.kind == "f" else np.float64)
