@@ -11,7 +11,9 @@ emulation runs a coroutine per CUDA thread.
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +197,55 @@ def test_grazing_spike_warns_with_the_numpy_fields(backend):
             assert (b.count, b.sample, b.neuron, b.time) == (a.count, a.sample, a.neuron, a.time) == (1, 1, 2, 12.0)
             assert str(b) == str(a)
             assert_same_grads(g_ref, g, backend, label=f"grazing forward={method} deterministic={det}")
+
+
+def test_rebased_closed_form_decides_grazing_as_the_exponentials_do(backend, monkeypatch):
+    """``_closed.REBASED``: the tabulated factors round the current at a spike differently from the exponentials,
+    and at a spike whose voltage peaks exactly at the threshold that rounding decides the sign of the crossing slope.
+    Such a spike (current within ``NEAR_GRAZING`` of the threshold) has the currents recomputed with the
+    exponentials, as the compiled engine does: the same warning and gradients as the NumPy backward, in both
+    reductions and with the time constants' gradients. Before, the atomic kernel divided by a slope of about 1e-16
+    (gradients near 1e15, no warning). Cases: equal time constants (``V`` peaks at 6.0 at the threshold) and the
+    grazing layer of the other tests."""
+    monkeypatch.setattr(_closed, "REBASED", True)
+    flags = _spy_rebased(backend, monkeypatch)
+    t1, W1 = np.array([[[1.0], [1.0]]]), np.array([[np.e / 2], [np.e / 2]])
+    t2, W2 = grazing_layer()
+    for label, t, W, taus in (("equal", t1, W1, dict(tau_mem=5.0, tau_syn=5.0)), ("layer", t2, W2, GRAZE)):
+        r = ss.lif_forward(t, W, max_spikes=3, method="sequential", engine="numpy", **taus)
+        G = np.random.default_rng(int(r.counts.sum()) + 1).normal(size=r.times.shape)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ref = ss.lif_backward(r, G, method="sequential", engine="numpy", time_constant_grads=True)
+        assert [type(w.message) for w in rec] == [ss.GrazingSpikeWarning], label
+        for method in FORWARD_METHODS:
+            out = backend.lif(t, W, max_spikes=3, method=method, **taus)
+            np.testing.assert_array_equal(backend.to_host(out.counts), r.counts)
+            for det, tau in itertools.product(REDUCTIONS, (False, True)):
+                flags.clear()
+                g, warned = closed(backend, out, G, deterministic=det, time_constant_grads=tau)
+                if backend.name == "gpu" and not warned:
+                    continue  # whether the peak is exactly at the threshold depends on the device's exp
+                assert flags and all(f == int(not det) for f in flags), (flags, det)  # rebased: atomic mode only
+                assert [str(w) for w in warned] == [str(rec[0].message)], (label, method, det, tau)
+                for gname in GRAD_NAMES + (("tau_mem", "tau_syn") if tau else ()):
+                    if gname == "delays":
+                        assert g.delays is None and ref.delays is None
+                        continue
+                    np.testing.assert_allclose(backend.to_host(getattr(g, gname)), getattr(ref, gname),
+                                               err_msg=f"grad_{gname} {label} forward={method} det={det} tau={tau}",
+                                               **TOL["float64"]["grads"])
+
+
+def test_near_grazing_bound_is_the_compiled_engines():
+    """The CUDA closed form's ``SPIKESCAN_NEAR_GRAZING`` is ``_lif_numba.NEAR_GRAZING``: both engines redo the same
+    spikes with the exponentials."""
+    pytest.importorskip("numba")
+    from spikescan import _lif_numba
+
+    source = (Path(_closed.__file__).parent / "kernels" / "lif_backward_closed.cu").read_text()
+    (value,) = re.findall(r"#define SPIKESCAN_NEAR_GRAZING (\S+)", source)
+    assert float(value) == _lif_numba.NEAR_GRAZING
 
 
 def test_grazing_bookkeeping_after_spikes_and_after_arrivals(backend):

@@ -58,6 +58,11 @@
 // go to thr_part's rows 1 and 2, the entries' to the synapse kernel's per-synapse sums.
 #include "neurons/lif.cuh"
 
+// Step 1 of the rebased kernels: a spike's current within this relative distance of the threshold (of the sum of the
+// absolute terms; the factors' rounding is below 1e-13 of it) is recomputed with the exponentials. The twin of
+// spikescan/_lif_numba.py NEAR_GRAZING (a test checks that they are equal).
+#define SPIKESCAN_NEAR_GRAZING 1e-11
+
 // Orders lane 0's global stores before the other lanes' loads of them (a warp barrier with memory ordering).  The
 // host emulation (spikescan/cuda/_hostemu.py, no __CUDACC__) runs lanes in lock step at every warp intrinsic, so a
 // shuffle is its barrier.
@@ -144,24 +149,48 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
 #define SPIKESCAN_CLOSED_FACTOR(flat, c) \
     (has_delays ? E_row[(flat) * 2 + (c)] * F_row[((flat) / max_in) * 2 + (c)] : E_row[(flat) * 2 + (c)])
 
-    // 1. Currents at the spikes.
-    double I = 0.0;
-    for (long long m = 0; m < n_rec; ++m) {  // warp-uniform
-        const long long lo = (m > 0) ? se[m - 1] : 0;
-        const long long hi = se[m];
-        const double Tm = st[m];
-        const double G_syn = Rebased ? exp(-Tm / tau_syn) : 0.0;
-        double J = 0.0;
-        for (long long k = lo + lane; k < hi; k += 32) {
-            const long long flat = q.index(k);
-            const double w = spikescan_event_weight(weights, flat, max_in, n_out, i);
-            J += w * (Rebased ? SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn
-                              : Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b);
-        }
+    // 1. Currents at the spikes. With the rebased factors, a spike whose current lies within their rounding of the
+    // threshold (nearly grazing: the sign of its crossing slope is at stake) has the whole step redone with the
+    // exponentials, so that grazing is decided as without them (as _lif_numba.backward_closed, NEAR_GRAZING).
+    for (int attempt = 0; attempt < (Rebased ? 2 : 1); ++attempt) {  // warp-uniform
+        const bool factors = Rebased && attempt == 0;
+        bool near = false;
+        double I = 0.0;
+        for (long long m = 0; m < n_rec; ++m) {  // warp-uniform
+            const long long lo = (m > 0) ? se[m - 1] : 0;
+            const long long hi = se[m];
+            const double Tm = st[m];
+            const double G_syn = factors ? exp(-Tm / tau_syn) : 0.0;
+            double J = 0.0, J_abs = 0.0;
+            for (long long k = lo + lane; k < hi; k += 32) {
+                const long long flat = q.index(k);
+                const double w = spikescan_event_weight(weights, flat, max_in, n_out, i);
+                if (factors) {
+                    const double term = w * (SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn);
+                    J += term;
+                    J_abs += fabs(term);
+                } else {
+                    J += w * Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b;
+                }
+            }
 #pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) J += __shfl_sync(SPIKESCAN_FULL_MASK, J, lane ^ offset);
-        I = (m > 0) ? Neuron::decay(Tm - st[m - 1], tau_mem, tau_syn).b * I + J : J;
-        if (lane == 0) slot(m, 0) = I;
+            for (int offset = 16; offset > 0; offset >>= 1) J += __shfl_sync(SPIKESCAN_FULL_MASK, J, lane ^ offset);
+            const double I_prev = I;
+            const double b_prev = (m > 0) ? Neuron::decay(Tm - st[m - 1], tau_mem, tau_syn).b : 0.0;
+            I = (m > 0) ? b_prev * I + J : J;
+            if (lane == 0) slot(m, 0) = I;
+            if (factors) {  // warp-uniform: every lane holds the same I after the butterfly
+#pragma unroll
+                for (int offset = 16; offset > 0; offset >>= 1) {
+                    J_abs += __shfl_sync(SPIKESCAN_FULL_MASK, J_abs, lane ^ offset);
+                }
+                if (fabs(I - threshold) <= SPIKESCAN_NEAR_GRAZING * (J_abs + fabs(b_prev * I_prev))) {
+                    near = true;
+                    break;
+                }
+            }
+        }
+        if (!near) break;
     }
 
     // 2. Adjoint at the spikes, last to first (lane 0).
