@@ -18,6 +18,22 @@ from .trace import TraceResult, li_trace, lif_trace
 
 __version__ = "0.1.0"
 
+# Submodules with optional or heavier dependencies, imported on first access (``spikescan.init.mean_weight``,
+# ``spikescan.datasets.yinyang``, ...), so ``import spikescan`` stays light and needs neither matplotlib nor h5py.
+_LAZY_SUBMODULES = ("datasets", "init", "plot", "reference")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 __all__ = [
     "lif_forward", "lif_backward", "LIFResult", "LIFResiduals", "LIFGrads",
     "RunawayFiringError", "GrazingSpikeWarning",

@@ -64,8 +64,8 @@ def _first_bad(xp, x, bad):
 
 def check_spike_times(name, times):
     """Spike tensor ``[batch, channels, max_spikes]``: no NaN, no negative time, ascending along the last axis."""
+    check_float_array(name, times, 3)  # first: a list gets an error that names the argument
     xp = array_module(times)
-    check_float_array(name, times, 3)
     nan = xp.isnan(times)
     if bool(nan.any()):
         raise ValueError(f"{name} contains NaN ({_first_bad(xp, times, nan)}); pad unused slots with +inf")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, latency_mnist,
-                                pack_events, shd, ssc, yinyang, yinyang_points)
+                                pack_events, shd, ssc, unpack_events, yinyang, yinyang_points)
 from spikescan.datasets.mnist import mnist_digest
 
 from _datafiles import write_heidelberg, write_mnist
@@ -329,6 +329,50 @@ def test_pack_events():
     t, _ = pack_events([([1, 0], [2, 1.5])], 2, dtype=np.float64)  # lists, integer times
     assert t.dtype == np.float64
     np.testing.assert_array_equal(t[0, :, 0], [1.5, 2.0])
+
+
+def test_unpack_events_inverts_pack_events():
+    """Events out of a spike tensor, in time order (ties by channel), and back: the same tensor; a layer's output
+    unpacks to its finite times, all of them, with nothing from the padding."""
+    import spikescan as ss
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        samples = []
+        for n_events in (0, 1, 40):
+            ch = rng.integers(0, 6, n_events)
+            t = rng.choice([0.0, 1.5, 2.0, 7.25], n_events) + rng.integers(0, 3, n_events)  # many exact ties
+            samples.append((ch, t))
+        packed, _ = pack_events(samples, 6, dtype=dtype)
+        events = unpack_events(packed)
+        assert len(events) == 3
+        for (ch, t), (ch0, t0) in zip(events, samples):
+            assert ch.dtype == np.int64 and t.dtype == dtype and len(t) == len(t0)
+            order = np.lexsort((ch0, t0))
+            np.testing.assert_array_equal(t, t0[order].astype(dtype))
+            np.testing.assert_array_equal(ch, ch0[order])
+        again, _ = pack_events(events, 6, dtype=dtype)
+        np.testing.assert_array_equal(again, packed)
+    x = np.sort(rng.uniform(0, 30, (3, 20, 4)), axis=-1)
+    out = ss.lif_forward(x, rng.normal(0.3, 0.3, (20, 8)), tau_mem=10.0, tau_syn=5.0, max_spikes=5)
+    events = unpack_events(out.times)
+    for b, (ch, t) in enumerate(events):
+        np.testing.assert_array_equal(np.bincount(ch, minlength=8), np.minimum(out.counts[b], 5))
+        np.testing.assert_array_equal(np.sort(t), np.sort(out.times[b][np.isfinite(out.times[b])]))
+        assert (np.diff(t) >= 0).all()
+    assert unpack_events(np.full((0, 4, 2), np.inf)) == []
+
+
+@pytest.mark.parametrize("times,err,match", [
+    (np.array([[[2.0, 1.0]]]), ValueError, r"times must be ascending"),
+    (np.array([[[np.nan]]]), ValueError, r"times contains NaN"),
+    (np.zeros((2, 3)), ValueError, r"times must have 3 dimensions"),
+    ([[[1.0]]], TypeError, r"times must be a NumPy or CuPy array"),
+    (np.zeros((1, 1, 1), np.int64), TypeError, r"times must have dtype float32 or float64"),
+])
+def test_unpack_events_rejects_bad_tensors(times, err, match):
+    with pytest.raises(err, match=match):
+        unpack_events(times)
 
 
 @pytest.mark.parametrize("samples,err,match", [

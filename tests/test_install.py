@@ -32,3 +32,27 @@ def test_spikescan_keras_without_keras_says_what_to_install():
 def test_spikescan_keras_with_keras_2_says_what_to_install():
     out = _import_error("import sys, types\nsys.modules['keras'] = types.SimpleNamespace(__version__='2.15.0')\n")
     assert "needs Keras 3 (keras>=3.3), found keras 2.15.0" in out
+
+
+def test_submodules_load_on_first_access():
+    """``spikescan.init``, ``.reference``, ``.datasets`` and ``.plot`` are reachable from ``import spikescan``
+    alone, loaded when first used: the import itself pulls in none of them, nor matplotlib or h5py."""
+    code = textwrap.dedent("""
+        import sys
+        import spikescan as ss
+        lazy = ("init", "reference", "datasets", "plot")
+        assert not any(f"spikescan.{m}" in sys.modules for m in lazy), [m for m in lazy if f"spikescan.{m}" in sys.modules]
+        assert "matplotlib" not in sys.modules and "h5py" not in sys.modules
+        assert set(lazy) <= set(dir(ss))
+        print(ss.init.mean_weight(5, tau_mem=20.0, tau_syn=10.0) > 0, callable(ss.reference.lif_forward_reference),
+              callable(ss.datasets.unpack_events), ss.plot.raster.__name__)
+        try:
+            ss.no_such_name
+        except AttributeError as e:
+            print("AttributeError:", e)
+    """)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["True True True raster",
+                                       "AttributeError: module 'spikescan' has no attribute 'no_such_name'"]

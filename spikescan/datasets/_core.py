@@ -252,6 +252,32 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
     return out, dropped
 
 
+def unpack_events(times):
+    """The inverse of ``pack_events``: a spike tensor ``[n, channels, max_spikes]`` (any layer's output, e.g.
+    ``lif_forward(...).times``, or an input tensor) as one ``(channels, times)`` pair of 1-D arrays per sample, in
+    time order (simultaneous spikes by channel). ``+inf`` padding is left out; every finite time is kept.
+
+    NumPy in, NumPy out; CuPy in, CuPy out (the pairs are device arrays). Returns a list of ``n`` pairs
+    ``(channels int64, times)``, the times in the tensor's dtype, so ``pack_events(unpack_events(t), t.shape[1],
+    dtype=t.dtype)`` rebuilds ``t`` (up to the padding width, which ``pack_events`` sets to the largest count).
+    """
+    from .._validate import array_module, check_spike_times
+
+    check_spike_times("times", times)
+    xp = array_module(times)
+    n, n_channels, width = times.shape
+    flat = times.reshape(n, n_channels * width)
+    out = []
+    for i in range(n):
+        row = flat[i]
+        where = xp.nonzero(row < xp.inf)[0]
+        t = row[where]
+        ch = (where // max(width, 1)).astype(xp.int64)
+        order = xp.lexsort(xp.stack([ch, t])) if len(t) else where
+        out.append((ch[order], t[order]))
+    return out
+
+
 def bin_times(times, bin_width: float, *, align: str = "left"):
     """Quantise spike times to a grid of spacing ``bin_width`` (same unit as ``times``).
 
