@@ -54,8 +54,13 @@ def lif_forward_reference(input_times, weights, *, tau_mem, tau_syn, threshold=1
         recurrent_weights: optional ``[n_out, n_out]``, ``[sender, receiver]`` (None: feed-forward).
         recurrent_delays: optional ``[n_out, n_out]`` non-negative delays of the recurrent synapses (None: 0).
         dps: None to compute in float64 (roots by bisection to one ulp); an int to compute everything in mpmath at
-            that many decimal digits (inputs converted exactly from their float64 values, results rounded to
-            float64 at the end).
+            that many decimal digits (inputs converted exactly from their float64 values, arrival times ``t +
+            delay`` summed exactly, results rounded to float64 at the end). In float64 a neuron restarts from each
+            spike time rounded to float64, so far from ``t = 0`` each spike passes up to half an ulp of its time to
+            the next ones, amplified where a later crossing is shallow: on a 2 s input (tau 20 / 5 ms, delays up to
+            500 ms, 237 spikes of one neuron) its spikes were up to 54 ulps (about 2e-11 ms at t = 1500 ms) from a
+            40-digit run, where the library's engines, which restart from the solved offset inside the gap, stayed
+            within 2. For long inputs, compare against ``dps``.
 
     Returns:
         ``(times, counts)``: ``times [batch, n_out, max_spikes]`` float64, the first ``max_spikes`` spike times of
