@@ -58,9 +58,10 @@ def lif_forward_reference(input_times, weights, *, tau_mem, tau_syn, threshold=1
             delay`` summed exactly, results rounded to float64 at the end). In float64 a neuron restarts from each
             spike time rounded to float64, so far from ``t = 0`` each spike passes up to half an ulp of its time to
             the next ones, amplified where a later crossing is shallow: on a 2 s input (tau 20 / 5 ms, delays up to
-            500 ms, 237 spikes of one neuron) its spikes were up to 54 ulps (about 2e-11 ms at t = 1500 ms) from a
-            40-digit run, where the library's engines, which restart from the solved offset inside the gap, stayed
-            within 2. For long inputs, compare against ``dps``.
+            500 ms, 237 spikes of one neuron) its spikes were up to 54 ulps of their times from a 40-digit run (and
+            2.2e-10 ms, about 500 ulps, at t = 2076 ms on another neuron of that input), where the library's
+            engines, which restart from the solved offset inside the gap, stayed within 2 (within 1.4e-12 ms there).
+            For long inputs, compare against ``dps``.
 
     Returns:
         ``(times, counts)``: ``times [batch, n_out, max_spikes]`` float64, the first ``max_spikes`` spike times of
