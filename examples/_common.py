@@ -371,7 +371,7 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
     out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                limit=args.limit, **extra)
     if is_chief():
-        emit(out, args.output)
+        emit(out, args.output, args)
     remove_backup(args)
     return out
 
@@ -388,10 +388,18 @@ def stamp():
     return module.stamp()
 
 
-def emit(summary, output):
-    """Add ``stamp`` (``stamp()``: which commit ran, where) to ``summary``, print it as one JSON line and write it to
-    ``output`` (if not None); returns it."""
+def command_line(args):
+    """Every command-line value of ``args`` (an ``argparse.Namespace``) that JSON holds as it is, by name."""
+    return {k: v for k, v in sorted(vars(args).items()) if v is None or isinstance(v, (bool, int, float, str))}
+
+
+def emit(summary, output, args=None):
+    """Add ``stamp`` (``stamp()``: which commit ran, where) and, given ``args``, ``args`` (``command_line``: how it
+    was run, e.g. ``max_spikes``) to ``summary``, print it as one JSON line and write it to ``output`` (if not
+    None); returns it."""
     summary.setdefault("stamp", stamp())
+    if args is not None:
+        summary.setdefault("args", command_line(args))
     print(json.dumps(summary))
     if output:
         with open(output, "w") as f:

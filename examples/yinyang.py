@@ -197,7 +197,7 @@ def main(argv=None):
         for path in write_plots(model, test, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     if _common.is_chief():
-        _common.emit(summary, args.output)
+        _common.emit(summary, args.output, args)
     _common.remove_backup(args)
     return summary
 

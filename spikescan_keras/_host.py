@@ -178,11 +178,11 @@ class LIFOp:
             # the layer's ``capped_spikes`` variable keeps the running total.
             warnings.warn(
                 f"LIFLayer {spec.layer_name!r}: some neurons fired more than max_spikes={spec.max_spikes} times; "
-                "their extra spikes keep exact dynamics but are not passed on. The layer's `capped_spikes` "
-                "variable counts them; raise max_spikes if this matters. If the neurons fire far more than "
-                "max_spikes (the layer's spikes_per_neuron, FiringMonitor), the layer is more likely running away "
-                "(weights grown too large: a learning rate too high, or a calibration factor far from 1) than short "
-                "of max_spikes.", CappedSpikesWarning)
+                "their later spikes keep exact dynamics but are not passed on to the next layer (the layer's "
+                "`capped_spikes` variable counts them). Usually a few neurons fire a short burst on every sample, "
+                "which training tolerates; raise max_spikes if the later spikes carry information. If instead the "
+                "count keeps growing during training while the loss stalls, the weights are running away: lower "
+                "the learning rate.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
 

@@ -44,6 +44,8 @@ def check_summary(path, returned, dataset):
     for key in ("dropped_input_spikes", "capped_spikes"):
         if key in summary:
             assert type(summary[key]) is int and summary[key] >= 0, (key, summary[key])
+    # The command line it ran with, so a result file says how it was made.
+    assert summary["args"]["epochs"] == 1 and summary["args"]["max_spikes"] > 0, summary["args"]
     return summary
 
 
