@@ -412,6 +412,8 @@ class CalibrateSpec:
     solver: str
     layer_name: str
     warn: bool = True  # False: another process of a data-parallel run warns for this calibration (rank 0)
+    # False: no bound on the mean spike count (FirstSpikeReadout, whose later spikes are neither read nor passed on)
+    bound_bursts: bool = True
 
 
 # A calibration factor this far from 1 (either way) means initial weights far off the inputs' scale.
@@ -482,7 +484,8 @@ class CalibrateOp:
         scale, fraction = calibrate_scale(
             input_times, weights, delays=delays[0] if delays else None,
             tau_mem=spec.tau_mem, tau_syn=spec.tau_syn, threshold=spec.threshold, target=spec.target,
-            max_mean_count=burst_bound(input_times, spec.max_spikes), method=spec.method, solver=spec.solver)
+            max_mean_count=burst_bound(input_times, spec.max_spikes) if spec.bound_bursts else None,
+            method=spec.method, solver=spec.solver)
         if spec.warn:
             _calibration_warnings(spec, input_times, weights, scale, fraction)
         if isinstance(inputs[1], np.ndarray):

@@ -1011,6 +1011,10 @@ class FirstSpikeReadout(LIFLayer):
         self.tau_logit = _validate.positive_scalar("tau_logit", self.tau_syn if tau_logit is None else tau_logit)
         self._spec = dataclasses.replace(self._spec, warn_capped=False, warn_silent=False)
         self._train_spec = dataclasses.replace(self._train_spec, warn_capped=False, warn_silent=False)
+        if self.calibrate is not None:
+            # Only each neuron's first spike is read: the burst bound (a mean of at most 1/2 spike per sample and
+            # neuron with max_spikes=1) would scale the kernel down until most output neurons were silent.
+            self._calibrate_spec = dataclasses.replace(self._calibrate_spec, bound_bursts=False)
         self._window_spec = LISpec(self.tau_mem, self.tau_syn, "max", self.t_max, None,
                                    time_constant_inputs=self.trainable_time_constants)
 
