@@ -29,12 +29,15 @@ repeated ``--repeats`` times with different initialisation seeds. Every fold / r
 ``--recurrent`` gives the hidden layer recurrent connections with their defaults (``LIFLayer(..., recurrent=True)``;
 each setting's name gains a ``-recurrent`` suffix), everything else unchanged. ``--recurrent-scale S`` sets
 ``LIFLayer(recurrent_scale=S)`` instead of its default (``1`` is the parametrisation before the factor; the suffix
-becomes ``-recurrent-scale<S>``).
+becomes ``-recurrent-scale<S>``). ``--first-spike`` replaces the readout by ``FirstSpikeReadout(classes, tau_mem,
+tau_syn, t_max)`` (its defaults; the class is the first output neuron to fire), each setting's readout part of the
+name becoming ``first-spike``.
 
     KERAS_BACKEND=torch python benchmarks/learning.py                 # full panel -> results/learning_torch.json
     python benchmarks/learning.py --quick --only iris                 # smoke test (no file unless --output)
     python benchmarks/learning.py --markdown benchmarks/results/learning_torch.json   # README table from a file
     python benchmarks/learning.py --only yinyang digits --codes latency --recurrent --output F   # recurrent
+    python benchmarks/learning.py --only yinyang digits --codes latency --first-spike --output F   # first spike
 
 Cost: the spiking model's time goes into the exact event loops (``lif_forward`` / ``lif_backward`` on the host),
 about linear in the input events per sample, so the rate code costs about four times the latency code and
@@ -75,7 +78,7 @@ from _stamp import stamp, write_json  # noqa: E402
 from report import learning_table  # noqa: E402
 from spikescan import encode  # noqa: E402
 from spikescan.datasets import yinyang, yinyang_points  # noqa: E402
-from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
+from spikescan_keras import FirstSpikeReadout, LIFLayer, LIReadout  # noqa: E402
 
 TABLES = ("iris", "wine", "breast_cancer")
 DATASETS = TABLES + ("yinyang",)  # the default panel
@@ -145,13 +148,14 @@ def scaled_features(x_train, x_test):
 # ---------------------------------------------------------------- models
 
 def snn(input_shape, hidden, classes, setting):
+    taus = dict(tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"])
+    readout = (FirstSpikeReadout(classes, **taus, t_max=setting["t_max"]) if setting["readout"] == "first_spike" else
+               LIReadout(classes, **taus, readout=setting["readout"], t_max=setting["t_max"]))
     return keras.Sequential([
         keras.Input(shape=input_shape),
-        LIFLayer(hidden, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], max_spikes=HIDDEN_MAX_SPIKES,
-                 recurrent=setting.get("recurrent", False),
+        LIFLayer(hidden, **taus, max_spikes=HIDDEN_MAX_SPIKES, recurrent=setting.get("recurrent", False),
                  **({"recurrent_scale": setting["recurrent_scale"]} if "recurrent_scale" in setting else {})),
-        LIReadout(classes, tau_mem=setting["tau_mem"], tau_syn=setting["tau_syn"], readout=setting["readout"],
-                  t_max=setting["t_max"]),
+        readout,
     ])
 
 
@@ -304,6 +308,11 @@ def _write(report, path):
         write_json(report, path)
 
 
+def first_spike_setting(setting):
+    """``setting`` with ``FirstSpikeReadout`` as the readout, its name's readout part replaced by ``first-spike``."""
+    return dict(setting, name=setting["name"].rsplit("-", 1)[0] + "-first-spike", readout="first_spike")
+
+
 def recurrent_setting(setting, scale=None):
     """``setting`` with a recurrent hidden layer (``LIFLayer(recurrent=True)``), named with a ``-recurrent`` suffix;
     ``scale``: its ``recurrent_scale`` when not the default (suffix ``-recurrent-scale<scale>``)."""
@@ -325,6 +334,9 @@ def parse(argv):
     p.add_argument("--recurrent", action="store_true",
                    help="give the hidden layer recurrent connections (LIFLayer(recurrent=True), its defaults); each "
                         "entry's setting is named with a '-recurrent' suffix")
+    p.add_argument("--first-spike", action="store_true",
+                   help="read out by FirstSpikeReadout (the first output neuron to fire is the class) instead of "
+                        "LIReadout; each setting's readout part of the name becomes 'first-spike'")
     p.add_argument("--recurrent-scale", type=float, metavar="S",
                    help="with --recurrent: LIFLayer(recurrent_scale=S) instead of its default 'auto' (1 is the "
                         "parametrisation before the factor)")
@@ -362,6 +374,9 @@ def parse(argv):
     args.table_setting = recurrent_setting(TABLE_SETTING, args.recurrent_scale) if args.recurrent else TABLE_SETTING
     if args.recurrent:
         args.yinyang_settings = [recurrent_setting(s, args.recurrent_scale) for s in args.yinyang_settings]
+    if args.first_spike:
+        args.table_setting = first_spike_setting(args.table_setting)
+        args.yinyang_settings = list({s["name"]: s for s in map(first_spike_setting, args.yinyang_settings)}.values())
     if args.output is None and not args.quick and args.only is None:  # a partial run never replaces the panel's file
         args.output = os.path.join(HERE, "results", f"learning_{keras.backend.backend()}.json")
     return args
@@ -378,7 +393,8 @@ def main(argv=None):
 
     settings = {k: getattr(args, k) for k in ("quick", "epochs", "folds", "repeats", "table_repeats", "hidden",
                                               "batch_size", "yinyang_train", "yinyang_test", "table_limit", "seed",
-                                              "codes", "datasets", "recurrent", "recurrent_scale")}
+                                              "codes", "datasets", "recurrent", "recurrent_scale",
+                                              "first_spike")}
     settings.update(
         optimizer="adam (Keras defaults)", loss="SparseCategoricalCrossentropy(from_logits=True)",
         encode_t_max=ENCODE_T_MAX, rate_max_spikes=INPUT_MAX_SPIKES, hidden_max_spikes=HIDDEN_MAX_SPIKES,

@@ -105,3 +105,23 @@ def test_recurrent_scale_option(capsys):
         with pytest.raises(SystemExit):
             learning().parse(["--quick", *argv])
         assert "--recurrent-scale needs --recurrent and a positive number" in capsys.readouterr().err
+
+
+def test_quick_first_spike(tmp_path):
+    """--first-spike: every entry reads out by FirstSpikeReadout (its setting says so), tables and Yin-Yang alike;
+    settings that differ only in their readout become one."""
+    out = tmp_path / "learning.json"
+    report = learning().main(["--quick", "--only", "iris", "yinyang", "--codes", "latency", "--first-spike",
+                              "--output", str(out)])
+    entries = report["entries"]
+    assert [e["dataset"] for e in entries] == ["iris", "yinyang"]
+    for e in entries:
+        assert e["setting"].endswith("-first-spike"), e["setting"]
+        assert all(unit(a) for a in e["snn_accuracy"])
+    assert report["settings"]["first_spike"] is True
+    model = learning().snn((5, 1), 4, 3, report["settings"]["yinyang_settings"][0])
+    assert type(model.layers[-1]).__name__ == "FirstSpikeReadout" and model.layers[-1].t_max == 60.0
+    args = learning().parse(["--quick", "--only", "yinyang", "--first-spike",
+                             "--settings", "tau20/10-integral", "tau20/10-max", "tau10/5-integral"])
+    assert [s["name"] for s in args.yinyang_settings] == ["tau20/10-first-spike", "tau10/5-first-spike"]
+    assert type(learning().snn((5, 1), 4, 3, learning().TABLE_SETTING).layers[-1]).__name__ == "LIReadout"
