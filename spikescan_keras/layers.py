@@ -34,9 +34,10 @@ _AUTO_SCALE_RULE = 2  # get_config's "auto_scale_rule": 2 since AUTO_UNIT_LOGIT
 # own time scale (``delay_unit``, ``tau_mem_unit``, ``tau_syn_unit``: tau_mem and tau_syn rounded to powers of two),
 # so that Adam, which steps every variable by about its learning rate whatever the gradient's scale, moves them at
 # rates that do not depend on the time unit. 3: also the LIF layers' weights and trainable thresholds over
-# ``voltage_unit`` (the threshold rounded to a power of two), for the same reason in voltage. 1 (files saved before
+# ``voltage_unit`` (the threshold rounded to a power of two), for the same reason in voltage. 4: ``FirstSpikeReadout``'s
+# voltage unit is that times ``FirstSpikeReadout.VOLTAGE_STEP`` (the other layers are as in 3). 1 (files saved before
 # rule 2): stored in time units (every unit 1); 2: voltage unit 1.
-_PARAMETER_RULE = 3
+_PARAMETER_RULE = 4
 
 
 def _power_of_two(x):
@@ -48,8 +49,8 @@ def _set_parameter_units(layer, rule):
     """``layer.delay_unit``, ``tau_mem_unit``, ``tau_syn_unit`` for ``parameter_rule = rule`` (see
     ``_PARAMETER_RULE``). Set before the layer is built."""
     rule = int(rule)
-    if rule not in (1, 2, 3):
-        raise ValueError(f"parameter_rule must be 1, 2 or 3, got {rule!r}")
+    if rule not in (1, 2, 3, 4):
+        raise ValueError(f"parameter_rule must be 1, 2, 3 or 4, got {rule!r}")
     if getattr(layer, "built", False):
         raise ValueError(f"{type(layer).__name__} {layer.name!r}: parameter units must be set before it is built")
     layer._parameter_rule = rule
@@ -58,7 +59,8 @@ def _set_parameter_units(layer, rule):
     layer.tau_syn_unit = _power_of_two(layer.tau_syn) if new else 1.0
     layer.delay_unit = layer.tau_mem_unit
     if hasattr(layer, "threshold"):  # the LIF layers
-        layer.voltage_unit = _power_of_two(layer.threshold) if rule >= 3 else 1.0
+        step = layer.VOLTAGE_STEP if rule >= 4 else 1.0
+        layer.voltage_unit = _power_of_two(layer.threshold) * step if rule >= 3 else 1.0
 
 
 def _times_unit(variable, unit):
@@ -545,6 +547,9 @@ class LIFLayer(_SpikeTimesLayer):
     objective, the firing statistics and ``capped_spikes`` are those of the global batch, as in one process.
     """
 
+    # The voltage unit's factor over the threshold rounded to a power of two (parameter_rule 4; a power of two).
+    VOLTAGE_STEP = 1.0
+
     delays = _Renamed("delay_values() / set_delay_values()")
     recurrent_delays = _Renamed("recurrent_delay_values() / set_recurrent_delay_values()")
     tau_mem_per_neuron = _Renamed("time_constants()[0] / set_time_constants()")
@@ -997,6 +1002,14 @@ class FirstSpikeReadout(LIFLayer):
         Every other keyword argument is ``LIFLayer``'s, except ``max_spikes`` (1), ``delays`` and ``recurrent``
         (not available for this layer).
     """
+
+    # The kernel (and trainable thresholds) are stored over 16 times the threshold's power of two, so an optimizer
+    # step moves the weights 16 times as far as in an LIFLayer. Adam steps every variable by about its learning
+    # rate, and a step of the readout's weights moved its first spike times, and so its logits, about 20 times less
+    # than a step of LIReadout's weights moved its logits: on small data the first-spike model learned far more
+    # slowly. benchmarks/learning.py --first-spike (3 seeds / folds, 20 epochs, Adam 1e-3): README "Does the
+    # obvious model learn?". Files saved before (parameter_rule 3) load with the factor 1.
+    VOLTAGE_STEP = 16.0
 
     def __init__(self, units, *, tau_mem, tau_syn, t_max, tau_logit=None, **kwargs):
         for name in ("max_spikes", "delays", "recurrent", "recurrent_delays"):

@@ -46,7 +46,7 @@ def test_logits_are_first_spike_times_or_the_voltage_gap():
     x, W = case()
     out = layer(dtype="float64")
     out.build(x.shape)
-    out.kernel.assign(W)
+    out.kernel.assign(W / out.voltage_unit)  # the kernel holds the weights over the voltage unit (exact: 2^k)
     expected = reference_logits(x, W)
     fired = -expected * TAU_LOGIT <= T_MAX
     assert fired.any() and (~fired).any(), "the case has neurons on both sides"
@@ -88,7 +88,7 @@ def test_gradients_match_finite_differences(jax_route, per_neuron):
         return ops.sum(out.stateless_call(trainable, rest, x32)[0] * g32)
 
     def loss_numpy(W, *p):
-        p = [x * u for x, u in zip(p, units[1:])]
+        W, p = W * units[0], [x * u for x, u in zip(p, units[1:])]
         if per_neuron:
             return float(np.sum(reference_logits(x, W, tau_mem=p[0], tau_syn=p[1], threshold=p[2]) * g))
         return float(np.sum(reference_logits(x, W) * g))
@@ -110,7 +110,8 @@ def test_a_silent_neuron_of_the_right_class_still_learns(jax_route):
     assert (spikescan.lif_forward(x, weak.astype(np.float64), tau_mem=TAU_MEM, tau_syn=TAU_SYN,
                                   max_spikes=1).counts == 0).all()
     rest = [v.value for v in out.non_trainable_variables]
-    (grad,) = backend_grad(lambda k: ops.sum(out.stateless_call([k], rest, x.astype(np.float32))[0][:, 0]), [weak])
+    stored = weak / np.float32(out.voltage_unit)  # the kernel holds the weights over the voltage unit
+    (grad,) = backend_grad(lambda k: ops.sum(out.stateless_call([k], rest, x.astype(np.float32))[0][:, 0]), [stored])
     assert np.abs(grad).max() > 0
 
 
@@ -158,6 +159,37 @@ def test_calibration_does_not_bound_bursts():
         assert int(ops.convert_to_numpy(lay.calibrated)) == 1
         scales[name] = float(ops.convert_to_numpy(lay.kernel_scale)) / lay.voltage_unit
     assert scales["readout"] == 1.0 and scales["lif"] < 1.0, scales
+
+
+def test_voltage_step_and_files_saved_before_it(tmp_path):
+    """The kernel is stored over 16 times the threshold's power of two (``VOLTAGE_STEP``: an optimizer step moves
+    the weights 16 times as far as in an ``LIFLayer``, for a first-spike readout whose logits moved about 20 times
+    less per step than ``LIReadout``'s); the weights it computes with are unchanged. A layer saved before
+    (``parameter_rule`` 3) rebuilds with the factor 1, and its weights file loads into a new layer converted:
+    the same logits."""
+    x, W = case(seed=4)
+    new = layer(threshold=0.3)
+    new.build(x.shape)
+    assert sk.FirstSpikeReadout.VOLTAGE_STEP == 16.0 and new.voltage_unit == 0.25 * 16.0
+    assert float(ops.convert_to_numpy(new.kernel_scale)) == new.voltage_unit
+    assert new.get_config()["parameter_rule"] == 4
+    config = new.get_config()
+    config["parameter_rule"] = 3
+    old = sk.FirstSpikeReadout.from_config(config)
+    old.build(x.shape)
+    assert old.voltage_unit == 0.25 and old.get_config()["parameter_rule"] == 3
+    old.kernel.assign((W / old.voltage_unit).astype(np.float32))
+    logits = ops.convert_to_numpy(old(x.astype(np.float32)))
+    np.testing.assert_allclose(logits, reference_logits(x, W.astype(np.float32), threshold=0.3), rtol=2e-6, atol=2e-6)
+    inputs = keras.Input(x.shape[1:])
+    saved = keras.Model(inputs, old(inputs))
+    saved.save_weights(tmp_path / "old.weights.h5")
+    fresh = layer(threshold=0.3)
+    inputs = keras.Input(x.shape[1:])
+    loaded = keras.Model(inputs, fresh(inputs))
+    loaded.load_weights(tmp_path / "old.weights.h5")
+    np.testing.assert_allclose(ops.convert_to_numpy(fresh.kernel), ops.convert_to_numpy(old.kernel) / 16.0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x.astype(np.float32))), logits)
 
 
 @pytest.mark.parametrize("kwargs,match", [
