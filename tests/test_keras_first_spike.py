@@ -162,15 +162,15 @@ def test_calibration_does_not_bound_bursts():
 
 
 def test_voltage_step_and_files_saved_before_it(tmp_path):
-    """The kernel is stored over 16 times the threshold's power of two (``VOLTAGE_STEP``: an optimizer step moves
-    the weights 16 times as far as in an ``LIFLayer``, for a first-spike readout whose logits moved about 20 times
+    """The kernel is stored over 8 times the threshold's power of two (``VOLTAGE_STEP``: an optimizer step moves
+    the weights 8 times as far as in an ``LIFLayer``, for a first-spike readout whose logits moved about 20 times
     less per step than ``LIReadout``'s); the weights it computes with are unchanged. A layer saved before
     (``parameter_rule`` 3) rebuilds with the factor 1, and its weights file loads into a new layer converted:
     the same logits."""
     x, W = case(seed=4)
     new = layer(threshold=0.3)
     new.build(x.shape)
-    assert sk.FirstSpikeReadout.VOLTAGE_STEP == 16.0 and new.voltage_unit == 0.25 * 16.0
+    assert sk.FirstSpikeReadout.VOLTAGE_STEP == 8.0 and new.voltage_unit == 0.25 * 8.0
     assert float(ops.convert_to_numpy(new.kernel_scale)) == new.voltage_unit
     assert new.get_config()["parameter_rule"] == 4
     config = new.get_config()
@@ -188,7 +188,7 @@ def test_voltage_step_and_files_saved_before_it(tmp_path):
     inputs = keras.Input(x.shape[1:])
     loaded = keras.Model(inputs, fresh(inputs))
     loaded.load_weights(tmp_path / "old.weights.h5")
-    np.testing.assert_allclose(ops.convert_to_numpy(fresh.kernel), ops.convert_to_numpy(old.kernel) / 16.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(fresh.kernel), ops.convert_to_numpy(old.kernel) / 8.0)
     np.testing.assert_array_equal(ops.convert_to_numpy(loaded(x.astype(np.float32))), logits)
 
 
