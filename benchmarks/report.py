@@ -13,6 +13,8 @@ the markers is generated, everything outside them is left alone. The tables (``T
   ``--only digits`` runs (``learning_digits_*.json``); ``learning_recurrent_torch``, ``learning_recurrent_jax``:
   its ``--recurrent`` runs (``learning_recurrent_*.json``); ``learning_recurrent_seeds``: the recurrent max-readout
   Yin-Yang entry over several seeds, with ``recurrent_scale`` at its default and at 1;
+  ``learning_first_spike_torch``, ``learning_first_spike_baseline_torch``: its ``--first-spike`` run and the same
+  run with ``LIReadout`` (``learning_first_spike*_torch.json``);
 - ``time_units``: ``benchmarks/time_units.py``, the same models trained in milliseconds and in seconds;
 - ``voltage_units``: ``benchmarks/voltage_units.py``, the same models trained at threshold 1 and at threshold 20;
 - ``benchmarks``: the kernel benchmarks' ratios (``benchmarks/results/cpu_*.json`` from ``bench_lif.py``,
@@ -265,7 +267,8 @@ def learning_table(report):
     if "yinyang" in names or not names:
         protocol.append(f"Yin-Yang: {s['yinyang_train']} train / {s['yinyang_test']} test, {s['repeats']} "
                         f"seed{'s' if s['repeats'] > 1 else ''}")
-    hidden = f"hidden {s['hidden']}" + (", recurrent" if s.get("recurrent") else "")
+    hidden = (f"hidden {s['hidden']}" + (", recurrent" if s.get("recurrent") else "")
+              + (", FirstSpikeReadout" if s.get("first_spike") else ""))
     lines = [
         f"Obvious model vs same-size MLP ({hidden}, Adam default, batch {s['batch_size']}, "
         f"{s['epochs']} epochs; {'; '.join(protocol)}; mean ± sample std over "
@@ -746,6 +749,9 @@ TABLES = {
     "learning_recurrent_torch": lambda results: learning_table(results.bench("learning_recurrent_torch.json")),
     "learning_recurrent_jax": lambda results: learning_table(results.bench("learning_recurrent_jax.json")),
     "learning_recurrent_seeds": recurrent_seeds_table,
+    "learning_first_spike_torch": lambda results: learning_table(results.bench("learning_first_spike_torch.json")),
+    "learning_first_spike_baseline_torch": lambda results: learning_table(
+        results.bench("learning_first_spike_baseline_torch.json")),
     "time_units": time_units_table,
     "voltage_units": voltage_units_table,
     "benchmarks": benchmarks_section,
