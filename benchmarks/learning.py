@@ -371,12 +371,13 @@ def parse(argv):
     if args.recurrent_scale is not None and not (args.recurrent and np.isfinite(args.recurrent_scale)
                                                  and args.recurrent_scale > 0):
         p.error(f"--recurrent-scale needs --recurrent and a positive number, got {args.recurrent_scale!r}")
-    args.table_setting = recurrent_setting(TABLE_SETTING, args.recurrent_scale) if args.recurrent else TABLE_SETTING
-    if args.recurrent:
-        args.yinyang_settings = [recurrent_setting(s, args.recurrent_scale) for s in args.yinyang_settings]
-    if args.first_spike:
+    args.table_setting = TABLE_SETTING
+    if args.first_spike:  # before the recurrent suffix: the name's last part is still the readout
         args.table_setting = first_spike_setting(args.table_setting)
         args.yinyang_settings = list({s["name"]: s for s in map(first_spike_setting, args.yinyang_settings)}.values())
+    if args.recurrent:
+        args.table_setting = recurrent_setting(args.table_setting, args.recurrent_scale)
+        args.yinyang_settings = [recurrent_setting(s, args.recurrent_scale) for s in args.yinyang_settings]
     if args.output is None and not args.quick and args.only is None:  # a partial run never replaces the panel's file
         args.output = os.path.join(HERE, "results", f"learning_{keras.backend.backend()}.json")
     return args

@@ -34,10 +34,12 @@ _AUTO_SCALE_RULE = 2  # get_config's "auto_scale_rule": 2 since AUTO_UNIT_LOGIT
 # own time scale (``delay_unit``, ``tau_mem_unit``, ``tau_syn_unit``: tau_mem and tau_syn rounded to powers of two),
 # so that Adam, which steps every variable by about its learning rate whatever the gradient's scale, moves them at
 # rates that do not depend on the time unit. 3: also the LIF layers' weights and trainable thresholds over
-# ``voltage_unit`` (the threshold rounded to a power of two), for the same reason in voltage. 4: ``FirstSpikeReadout``'s
-# voltage unit is that times ``FirstSpikeReadout.VOLTAGE_STEP`` (the other layers are as in 3). 1 (files saved before
-# rule 2): stored in time units (every unit 1); 2: voltage unit 1.
-_PARAMETER_RULE = 4
+# ``voltage_unit`` (the threshold rounded to a power of two), for the same reason in voltage. 1 (files saved before
+# rule 2): stored in time units (every unit 1); 2: voltage unit 1. 4 (``FirstSpikeReadout`` only, ``_FIRST_SPIKE_RULE``):
+# its voltage unit is that of 3 times ``FirstSpikeReadout.VOLTAGE_STEP``. The other layers keep writing 3, so that
+# files saved with them load in versions that know only rules 1-3.
+_PARAMETER_RULE = 3
+_FIRST_SPIKE_RULE = 4
 
 
 def _power_of_two(x):
@@ -1009,7 +1011,9 @@ class FirstSpikeReadout(LIFLayer):
     # step of LIReadout's weights moved its logits: on small data the first-spike model learned far more slowly.
     # Factors 8 and 16 gained alike on small data (benchmarks/learning.py --first-spike: README "Does the obvious
     # model learn?"); on the full Yin-Yang example (3 seeds, torch) 8 kept the accuracy of 1 and 16 lost a seed.
-    # Files saved before (parameter_rule 3) load with the factor 1.
+    # Files saved before (parameter_rule 3) load with the factor 1. kernel_regularizer and kernel_constraint see the
+    # stored values, which are the weights over kernel_scale (8 times the LIFLayer's unit at the start): an L2
+    # penalty on them weighs the weights 64 times less than in an LIFLayer, a norm bound is 8 times looser.
     VOLTAGE_STEP = 8.0
 
     def __init__(self, units, *, tau_mem, tau_syn, t_max, tau_logit=None, **kwargs):
@@ -1021,6 +1025,7 @@ class FirstSpikeReadout(LIFLayer):
                                  "first spike; delays and recurrent connections are not available for it)")
             kwargs.pop(name, None)
         super().__init__(units, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=1, **kwargs)
+        _set_parameter_units(self, _FIRST_SPIKE_RULE)  # from_config sets a saved layer's own rule after this
         self.t_max = _validate.positive_scalar("t_max", t_max)
         self.tau_logit = _validate.positive_scalar("tau_logit", self.tau_syn if tau_logit is None else tau_logit)
         self._spec = dataclasses.replace(self._spec, warn_capped=False, warn_silent=False)

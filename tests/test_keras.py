@@ -1028,12 +1028,13 @@ def test_a_training_call_on_an_empty_batch_changes_no_state():
         out = layer(x[:0], training=True)
         assert tuple(out.shape)[0] == 0
         assert int(ops.convert_to_numpy(layer.calibrated)) == 0
-        assert float(ops.convert_to_numpy(layer.kernel_scale)) == 1.0
+        assert float(ops.convert_to_numpy(layer.kernel_scale)) == layer.voltage_unit  # where it starts
         assert not layer.losses
         assert float(ops.convert_to_numpy(layer.dead_fraction)) == 0.0
         layer(x, training=True)
         fresh(x, training=True)
-        assert float(ops.convert_to_numpy(layer.kernel_scale)) == float(ops.convert_to_numpy(fresh.kernel_scale)) > 1
+        scale = float(ops.convert_to_numpy(layer.kernel_scale))
+        assert scale == float(ops.convert_to_numpy(fresh.kernel_scale)) > layer.voltage_unit
     readout = sk.LIReadout(3, tau_mem=10.0, tau_syn=5.0, readout="max", t_max=30.0)
     out = readout(x[:0], training=True)
     assert tuple(out.shape) == (0, 3) and not readout.losses

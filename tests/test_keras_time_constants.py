@@ -295,7 +295,7 @@ def test_time_parameters_of_files_saved_before_the_units_load_in_time_units(tmp_
     layer = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays=True, max_delay=5.0,
                         trainable_time_constants=True)
     config = layer.get_config()
-    assert config["parameter_rule"] == 4 and layer.delay_unit == 8.0 and layer.tau_syn_unit == 4.0
+    assert config["parameter_rule"] == 3 and layer.delay_unit == 8.0 and layer.tau_syn_unit == 4.0
     del config["parameter_rule"]
     old = sk.LIFLayer.from_config(config)
     old.build((None, 3, 2))
@@ -413,7 +413,7 @@ def test_the_voltage_unit_and_the_threshold_accessors():
         fixed.set_thresholds(np.ones(3))
     # Saved before the voltage unit (parameter_rule 2): the kernel holds the weights themselves.
     config = fixed.get_config()
-    assert config["parameter_rule"] == 4
+    assert config["parameter_rule"] == 3
     config["parameter_rule"] = 2
     old = sk.LIFLayer.from_config(config)
     old(x)

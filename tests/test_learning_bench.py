@@ -124,4 +124,9 @@ def test_quick_first_spike(tmp_path):
     args = learning().parse(["--quick", "--only", "yinyang", "--first-spike",
                              "--settings", "tau20/10-integral", "tau20/10-max", "tau10/5-integral"])
     assert [s["name"] for s in args.yinyang_settings] == ["tau20/10-first-spike", "tau10/5-first-spike"]
+    args = learning().parse(["--quick", "--only", "yinyang", "--first-spike", "--recurrent", "--recurrent-scale", "1",
+                             "--settings", "tau20/10-integral", "tau20/10-max"])
+    (setting,) = args.yinyang_settings  # one model: the two settings differ only in the replaced readout
+    assert setting["name"] == "tau20/10-first-spike-recurrent-scale1" and setting["recurrent"]
+    assert args.table_setting["name"] == "tau10/5-first-spike-recurrent-scale1"
     assert type(learning().snn((5, 1), 4, 3, learning().TABLE_SETTING).layers[-1]).__name__ == "LIReadout"

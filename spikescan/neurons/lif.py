@@ -451,8 +451,9 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
     Requires ``V(0) = v0 < threshold <= V(s_hi)`` with ``V`` increasing and concave on the bracket. All inputs are
     broadcast to one shape; float64 throughout.
 
-    - ``"newton"``: Newton from ``s = 0``; iterates rise monotonically. A step that leaves the bracket or shrinks
-      it too slowly is replaced by a bisection step, so grazing spikes still converge to full precision.
+    - ``"newton"``: Newton from ``s = 0``; iterates rise monotonically. Each round probes the Newton step, the
+      chord point and the midpoint of the bracket and keeps the tightest bracket, so grazing spikes still converge
+      to full precision.
     - ``"bisection"``: halvings of the bracket until its width is one ulp.
     - ``"analytic"``: closed form, valid only for ``tau_mem == 2 tau_syn`` (``V = (v0 + i0) x - i0 x^2`` with
       ``x = e^{-s/tau_mem}``).
