@@ -370,8 +370,9 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
     out.update({k: v for k, v in result.items() if k not in out})
     out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                limit=args.limit, **extra)
+    out["args"] = command_line(args)
     if is_chief():
-        emit(out, args.output, args)
+        emit(out, args.output)
     remove_backup(args)
     return out
 
@@ -389,17 +390,15 @@ def stamp():
 
 
 def command_line(args):
-    """Every command-line value of ``args`` (an ``argparse.Namespace``) that JSON holds as it is, by name."""
+    """Every command-line value of ``args`` (an ``argparse.Namespace``) that JSON holds as it is, by name: the
+    summaries' ``args``, so that a result file says how it was made (e.g. ``max_spikes``)."""
     return {k: v for k, v in sorted(vars(args).items()) if v is None or isinstance(v, (bool, int, float, str))}
 
 
-def emit(summary, output, args=None):
-    """Add ``stamp`` (``stamp()``: which commit ran, where) and, given ``args``, ``args`` (``command_line``: how it
-    was run, e.g. ``max_spikes``) to ``summary``, print it as one JSON line and write it to ``output`` (if not
-    None); returns it."""
+def emit(summary, output):
+    """Add ``stamp`` (``stamp()``: which commit ran, where) to ``summary``, print it as one JSON line and write it to
+    ``output`` (if not None); returns it."""
     summary.setdefault("stamp", stamp())
-    if args is not None:
-        summary.setdefault("args", command_line(args))
     print(json.dumps(summary))
     if output:
         with open(output, "w") as f:

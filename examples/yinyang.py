@@ -192,12 +192,13 @@ def main(argv=None):
                "capped_spikes": int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value)),
                "calibration": _common.kernel_scales(model),
                "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key},
-               "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
+               "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch,
+               "args": _common.command_line(args)}
     if args.plot is not None and _common.is_chief():
         for path in write_plots(model, test, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     if _common.is_chief():
-        _common.emit(summary, args.output, args)
+        _common.emit(summary, args.output)
     _common.remove_backup(args)
     return summary
 

@@ -88,8 +88,9 @@ def main(argv=None):
     summary = {"dataset": "yinyang_timing", "test_accuracy": runs[0]["test_accuracy"], "epochs": args.epochs,
                "seconds": round(sum(r["seconds"] for r in runs), 1), "device": _common.device_name(),
                "backend": keras.backend.backend(), "delta_ms": DELTA, "onset_max_ms": ONSET_MAX,
-               "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN, "deterministic": spikescan.deterministic(), "runs": runs}
-    _common.emit(summary, args.output, args)
+               "tau_mem_ms": TAU_MEM, "tau_syn_ms": TAU_SYN, "deterministic": spikescan.deterministic(), "runs": runs,
+               "args": _common.command_line(args)}
+    _common.emit(summary, args.output)
     _common.remove_backup(args)
     return summary
 
