@@ -1,6 +1,6 @@
 """The library's reference: a plain, scalar, global event simulation of a LIF layer (optionally recurrent).
 
-Nothing here is shared with the rest of spikescan (STYLE.md, "An independent reference beside every op"): its own
+Nothing here is shared with the rest of spikescan (an independent reference beside the fast paths): its own
 closed forms, its own threshold-crossing test, its own root finding, its own event order. It is written to be read,
 not to be fast (a Python loop over every event of every neuron): the tests chain through it, reference ->
 sequential -> scan -> CUDA. Its arguments are checked by its own few lines (NaN, negative or unsorted times, negative
@@ -12,7 +12,17 @@ from __future__ import annotations
 import heapq
 import math
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class ReferenceResult(NamedTuple):
+    """``lif_forward_reference``'s result; a tuple, so ``times, counts = lif_forward_reference(...)`` works."""
+
+    times: np.ndarray   # [batch, n_out, max_spikes] float64, ascending, +inf padded
+    counts: np.ndarray  # [batch, n_out] int64, the true number of spikes
+
 
 MAX_TOTAL_SPIKES = 10_000
 """Spikes one neuron may fire on one sample before the simulation stops with ``FloatingPointError``."""
@@ -64,8 +74,9 @@ def lif_forward_reference(input_times, weights, *, tau_mem, tau_syn, threshold=1
             For long inputs, compare against ``dps``.
 
     Returns:
-        ``(times, counts)``: ``times [batch, n_out, max_spikes]`` float64, the first ``max_spikes`` spike times of
-        each neuron in ascending order, ``+inf`` padded; ``counts [batch, n_out]`` int64, the true number of spikes.
+        ``ReferenceResult(times, counts)`` (a named tuple): ``times [batch, n_out, max_spikes]`` float64, the first
+        ``max_spikes`` spike times of each neuron in ascending order, ``+inf`` padded; ``counts [batch, n_out]``
+        int64, the true number of spikes.
 
     Raises:
         FloatingPointError: a neuron fires more than 10,000 times on one sample (runaway), naming the sample, the
@@ -116,7 +127,7 @@ def lif_forward_reference(input_times, weights, *, tau_mem, tau_syn, threshold=1
             counts[b, i] = len(train)
             for m, t in enumerate(train[:max_spikes]):
                 times[b, i, m] = float(t)
-    return times, counts
+    return ReferenceResult(times, counts)
 
 
 # ---------------------------------------------------------------------------------------------------------------

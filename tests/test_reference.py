@@ -315,3 +315,16 @@ def test_reference_checks_its_arguments():
         args = {**kw, "weights": W, **change}
         with pytest.raises(ValueError, match=match):
             lif_forward_reference(x, args.pop("weights"), **args)
+
+
+def test_reference_result_is_a_named_tuple():
+    """``lif_forward_reference`` returns ``ReferenceResult(times, counts)``: by name, or unpacked as a pair."""
+    from spikescan.reference import ReferenceResult, lif_forward_reference
+
+    x = np.array([[[1.0, 3.0]]])
+    out = lif_forward_reference(x, np.array([[4.0]]), tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    assert isinstance(out, ReferenceResult)
+    times, counts = out
+    assert times is out.times and counts is out.counts and counts.dtype == np.int64
+    np.testing.assert_allclose(out.times, ss.lif_forward(x, np.array([[4.0]]), tau_mem=10.0, tau_syn=5.0,
+                                                         max_spikes=2).times, rtol=1e-12)

@@ -1,4 +1,4 @@
-"""The one table of tolerances for comparing implementations (STYLE.md habit 1).
+"""The one table of tolerances for comparing implementations (every test reads its tolerances here).
 
 Spike counts must always be identical. Times and gradients are compared with ``numpy.testing.assert_allclose``
 semantics (``|a - b| <= atol + rtol |b|``).
