@@ -35,11 +35,10 @@ _AUTO_SCALE_RULE = 2  # get_config's "auto_scale_rule": 2 since AUTO_UNIT_LOGIT
 # so that Adam, which steps every variable by about its learning rate whatever the gradient's scale, moves them at
 # rates that do not depend on the time unit. 3: also the LIF layers' weights and trainable thresholds over
 # ``voltage_unit`` (the threshold rounded to a power of two), for the same reason in voltage. 1 (files saved before
-# rule 2): stored in time units (every unit 1); 2: voltage unit 1. 4 (``FirstSpikeReadout`` only, ``_FIRST_SPIKE_RULE``):
-# its voltage unit is that of 3 times ``FirstSpikeReadout.VOLTAGE_STEP``. The other layers keep writing 3, so that
-# files saved with them load in versions that know only rules 1-3.
+# rule 2): stored in time units (every unit 1); 2: voltage unit 1. 4 (``FirstSpikeReadout`` only, its
+# ``PARAMETER_RULE``): its voltage unit is that of 3 times ``FirstSpikeReadout.VOLTAGE_STEP``. The other layers keep
+# writing 3, so that files saved with them load in versions that know only rules 1-3.
 _PARAMETER_RULE = 3
-_FIRST_SPIKE_RULE = 4
 
 
 def _power_of_two(x):
@@ -551,6 +550,8 @@ class LIFLayer(_SpikeTimesLayer):
 
     # The voltage unit's factor over the threshold rounded to a power of two (parameter_rule 4; a power of two).
     VOLTAGE_STEP = 1.0
+    # The parameter_rule a new layer of this class uses and saves (see _PARAMETER_RULE).
+    PARAMETER_RULE = _PARAMETER_RULE
 
     delays = _Renamed("delay_values() / set_delay_values()")
     recurrent_delays = _Renamed("recurrent_delay_values() / set_recurrent_delay_values()")
@@ -615,7 +616,7 @@ class LIFLayer(_SpikeTimesLayer):
         self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
         self.input_window = _validate.nonnegative_scalar("input_window", input_window)
         _time_constant_options(self, trainable_time_constants, min_time_constant)
-        _set_parameter_units(self, _PARAMETER_RULE)
+        _set_parameter_units(self, self.PARAMETER_RULE)
         if not isinstance(trainable_threshold, bool):
             raise TypeError(f"trainable_threshold must be True or False, got {trainable_threshold!r}")
         self.trainable_threshold = trainable_threshold
@@ -1015,6 +1016,7 @@ class FirstSpikeReadout(LIFLayer):
     # stored values, which are the weights over kernel_scale (8 times the LIFLayer's unit at the start): an L2
     # penalty on them weighs the weights 64 times less than in an LIFLayer, a norm bound is 8 times looser.
     VOLTAGE_STEP = 8.0
+    PARAMETER_RULE = 4  # the rule that applies VOLTAGE_STEP
 
     def __init__(self, units, *, tau_mem, tau_syn, t_max, tau_logit=None, **kwargs):
         for name in ("max_spikes", "delays", "recurrent", "recurrent_delays"):
@@ -1025,7 +1027,6 @@ class FirstSpikeReadout(LIFLayer):
                                  "first spike; delays and recurrent connections are not available for it)")
             kwargs.pop(name, None)
         super().__init__(units, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=1, **kwargs)
-        _set_parameter_units(self, _FIRST_SPIKE_RULE)  # from_config sets a saved layer's own rule after this
         self.t_max = _validate.positive_scalar("t_max", t_max)
         self.tau_logit = _validate.positive_scalar("tau_logit", self.tau_syn if tau_logit is None else tau_logit)
         self._spec = dataclasses.replace(self._spec, warn_capped=False, warn_silent=False)
