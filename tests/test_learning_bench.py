@@ -72,16 +72,23 @@ def test_quick_iris(tmp_path, capsys):
     assert table.count("\n| iris |") == 2
 
 
-def test_quick_recurrent(tmp_path):
-    """--recurrent: every entry's hidden layer is recurrent (its setting says so), tables and Yin-Yang alike."""
-    out = tmp_path / "learning.json"
-    report = learning().main(["--quick", "--only", "iris", "yinyang", "--codes", "latency", "--recurrent",
-                              "--output", str(out)])
+def quick_variant(tmp_path, flag):
+    """A quick run of iris and Yin-Yang (latency code) with ``flag``: its report, after checking that both entries
+    ran, with the setting names of ``flag`` and accuracies in [0, 1]."""
+    report = learning().main(["--quick", "--only", "iris", "yinyang", "--codes", "latency", flag,
+                              "--output", str(tmp_path / "learning.json")])
     entries = report["entries"]
     assert [e["dataset"] for e in entries] == ["iris", "yinyang"]
     for e in entries:
-        assert e["setting"].endswith("-recurrent") and e["model"]["recurrent"] is True
+        assert e["setting"].endswith(flag[1:]), e["setting"]  # "--recurrent" -> "-recurrent"
         assert all(unit(a) for a in e["snn_accuracy"])
+    return report
+
+
+def test_quick_recurrent(tmp_path):
+    """--recurrent: every entry's hidden layer is recurrent (its setting says so), tables and Yin-Yang alike."""
+    report = quick_variant(tmp_path, "--recurrent")
+    assert all(e["model"]["recurrent"] is True for e in report["entries"])
     assert report["settings"]["recurrent"] is True
     assert report["settings"]["table_setting"]["recurrent"] is True
     setting = report["settings"]["yinyang_settings"][0]
@@ -110,14 +117,7 @@ def test_recurrent_scale_option(capsys):
 def test_quick_first_spike(tmp_path):
     """--first-spike: every entry reads out by FirstSpikeReadout (its setting says so), tables and Yin-Yang alike;
     settings that differ only in their readout become one."""
-    out = tmp_path / "learning.json"
-    report = learning().main(["--quick", "--only", "iris", "yinyang", "--codes", "latency", "--first-spike",
-                              "--output", str(out)])
-    entries = report["entries"]
-    assert [e["dataset"] for e in entries] == ["iris", "yinyang"]
-    for e in entries:
-        assert e["setting"].endswith("-first-spike"), e["setting"]
-        assert all(unit(a) for a in e["snn_accuracy"])
+    report = quick_variant(tmp_path, "--first-spike")
     assert report["settings"]["first_spike"] is True
     model = learning().snn((5, 1), 4, 3, report["settings"]["yinyang_settings"][0])
     assert type(model.layers[-1]).__name__ == "FirstSpikeReadout" and model.layers[-1].t_max == 60.0
