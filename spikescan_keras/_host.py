@@ -51,6 +51,22 @@ class DeadReadoutWarning(UserWarning):
     gradient is exactly zero."""
 
 
+CAPPED_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def capped_share(capped: int, spikes: int) -> str:
+    """``capped`` of ``spikes`` (``0 < capped <= spikes``) as a band of ``CAPPED_BANDS``: ``"under 1%"``, ``"1-2%"``,
+    ..., ``"over 50%"`` (a share on an edge belongs to the band above it)."""
+    share = capped / max(spikes, capped, 1)
+    edges = [f"{100 * e:g}%" for e in CAPPED_BANDS]
+    below = sum(share >= e for e in CAPPED_BANDS)
+    if below == 0:
+        return f"under {edges[0]}"
+    if below == len(CAPPED_BANDS):
+        return f"over {edges[-1]}"
+    return f"{edges[below - 1][:-1]}-{edges[below]}"
+
+
 def _warn_silent(layer_name):
     # No count or batch number in the message: Python's default filter then shows it once per layer.
     warnings.warn(
@@ -164,25 +180,28 @@ class LIFOp:
 
     @staticmethod
     def check_values(spec: LIFSpec, outputs, inputs):
-        """``(capped, fired)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and neurons), and the
-        number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent batch)."""
+        """``(capped, fired, spikes)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and
+        neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent
+        batch) and all the spikes fired."""
         counts = outputs[1]
         over = counts - spec.max_spikes
-        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0)
+        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum()
 
     @staticmethod
-    def check(spec: LIFSpec, capped, fired):
+    def check(spec: LIFSpec, capped, fired, spikes):
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_capped and int(capped):
-            # The message has no count, so Python's default filter shows it once per layer rather than every batch;
-            # the layer's ``capped_spikes`` variable keeps the running total.
+            # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
+            # shows it once per layer and band: again when the share moves (a runaway shows as a rising band). The
+            # layer's ``capped_spikes`` variable keeps the running total.
             warnings.warn(
-                f"LIFLayer {spec.layer_name!r}: some neurons fired more than max_spikes={spec.max_spikes} times; "
-                "their later spikes keep exact dynamics but are not passed on to the next layer (the layer's "
-                "`capped_spikes` variable counts them). Usually a few neurons fire a short burst on every sample, "
-                "which training tolerates; raise max_spikes if the later spikes carry information. If instead the "
-                "count keeps growing during training while the loss stalls, the weights are running away: lower "
-                "the learning rate.", CappedSpikesWarning)
+                f"LIFLayer {spec.layer_name!r}: {capped_share(int(capped), int(spikes))} of a batch's spikes "
+                f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
+                "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
+                "them, and this warning shows again when the share moves to another band). Usually a few neurons "
+                "fire a short burst on every sample, which training tolerates; raise max_spikes if the later spikes "
+                "carry information. If instead the share keeps rising during training while the loss stalls, the "
+                "weights are running away: lower the learning rate.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
 

@@ -814,9 +814,9 @@ class LIFLayer(_SpikeTimesLayer):
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         if learn:
-            dead, capped = self._firing_statistics(counts, capped)
-            if global_checks:  # capped: the global count; neurons that fired on some sample of the global batch
-                self._data_parallel.check(LIFOp, self._train_spec, capped, ops.sum(1.0 - dead))
+            dead, capped, spikes = self._firing_statistics(counts, capped)
+            if global_checks:  # the global counts; neurons that fired on some sample of the global batch
+                self._data_parallel.check(LIFOp, self._train_spec, capped, ops.sum(1.0 - dead), spikes)
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))
@@ -910,21 +910,24 @@ class LIFLayer(_SpikeTimesLayer):
 
     def _firing_statistics(self, counts, capped):
         """Set ``silent_fraction``, ``dead_fraction`` and ``spikes_per_neuron`` from a training batch's ``counts
-        [batch, units]``; returns ``dead [units]`` (1.0 where no sample of the batch fired) and the unrecorded
-        spikes to count. In data-parallel training both are those of the global batch (``capped`` summed)."""
+        [batch, units]``; returns ``dead [units]`` (1.0 where no sample of the batch fired), the unrecorded
+        spikes to count and all the spikes fired. In data-parallel training all three are those of the global batch
+        (``capped`` summed)."""
         if self._data_parallel is None:
+            spikes = ops.sum(counts)
             silent = ops.cast(counts == 0, "float32")
             dead = ops.min(silent, axis=0)
             self.silent_fraction.assign(ops.mean(silent))
             self.spikes_per_neuron.assign(ops.mean(ops.cast(counts, "float32")))
         else:
             fired, silent, samples, capped = self._data_parallel.firing_sums(counts, capped)
+            spikes = ops.sum(fired)
             pairs = ops.cast(samples * self.units, "float32")
             dead = ops.cast(fired == 0, "float32")
             self.silent_fraction.assign(ops.cast(silent, "float32") / pairs)
             self.spikes_per_neuron.assign(ops.cast(ops.sum(fired), "float32") / pairs)
         self.dead_fraction.assign(ops.mean(dead))
-        return dead, capped
+        return dead, capped, spikes
 
     def _silence_loss(self, inputs, kernel, extra, dead, threshold):
         """The revival objective of the class docstring; ``dead [units]`` is 1 for the neurons in ``S``; ``extra``:

@@ -555,13 +555,38 @@ def test_capped_spikes_are_counted_and_warned(jax_route):
     x = np.zeros((2, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires repeatedly
     lif = sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1,
                       kernel_initializer=keras.initializers.Constant(50.0))
-    with pytest.warns(sk.CappedSpikesWarning, match="max_spikes=1"):
+    with pytest.warns(sk.CappedSpikesWarning, match="max_spikes=1") as record:
         times = lif(x)
     counts = spikescan.lif_forward(x, np.full((1, 3), 50.0, np.float32), tau_mem=TAU_MEM, tau_syn=TAU_SYN,
                                    max_spikes=1).counts
-    assert counts.min() > 1
+    assert counts.min() > 2  # so more than half of the spikes were not passed on
+    assert "over 50% of a batch's spikes" in str(record[0].message)
     assert int(lif.capped_spikes.numpy()) == int((counts - 1).sum())
     assert np.isfinite(ops.convert_to_numpy(times)).all()
+
+
+@pytest.mark.parametrize("capped,spikes,band", [
+    (1, 101, "under 1%"), (1, 100, "1-2%"), (3, 100, "2-5%"), (9, 100, "5-10%"), (19, 100, "10-20%"),
+    (20, 100, "20-50%"), (50, 100, "over 50%"), (7, 7, "over 50%")])
+def test_capped_share_bands(capped, spikes, band):
+    from spikescan_keras._host import capped_share
+
+    assert capped_share(capped, spikes) == band
+
+
+def test_capped_spikes_warning_shows_again_when_the_share_moves_band():
+    """Under Python's default filter the warning shows once per layer and band of the share: a rising share (a
+    runaway) shows again, the same share every batch does not."""
+    from spikescan_keras._host import LIFOp, LIFSpec
+
+    spec = LIFSpec(tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=1.0, max_spikes=2, method="auto", chunk_size=128,
+                   solver="newton", layer_name="hidden")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for capped in (3, 4, 3, 30, 31, 0):  # 3-4%, then 30%, then nothing capped
+            LIFOp.check(spec, capped, 10, 100)
+    messages = [str(w.message) for w in caught if w.category is sk.CappedSpikesWarning]
+    assert len(messages) == 2 and "'hidden': 2-5% of" in messages[0] and "'hidden': 20-50% of" in messages[1]
 
 
 @pytest.mark.parametrize("readout,revival", [("integral", 1.0), ("max", 1.0), ("max", 0.0)])
