@@ -619,6 +619,7 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         times, events, counts, log = _recurrent.forward(
             qt2, qi2, row, end, W, max(max_in, 1), tau_mem, tau_syn, threshold, R, Dr, max_spikes, method,
             chunk_size, solver, max_total_spikes)
+    _recurrent.check_arrivals_in_range(log, Dr, np)
     queues = (dict(queue_times=qt, queue_index=qi, queue_end=qend) if permuted is None else
               dict(queue_times=None, queue_index=None, queue_end=qend, queue_perm=permuted.perm,
                    shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t))
@@ -642,12 +643,23 @@ def _output_times(times, dtype):
     with np.errstate(over="ignore"):  # an overflow is refused below
         out = times.astype(dtype)
     if out.dtype != times.dtype:
-        lost = np.isinf(out) & np.isfinite(times)
+        lost = lost_output_times(times, out, np)
         if lost.any():
-            raise ValueError(f"a spike time ({float(times[lost][0])!r}) exceeds the range of the input dtype {dtype} "
-                             f"(at most {float(np.finfo(dtype).max):.4g}); express the times in a larger unit, or use "
-                             "float64 input_times")
+            raise output_range_error(times, lost, dtype, np)
     return out
+
+
+def lost_output_times(times, out, xp):
+    """Where a finite float64 spike time ``times`` became ``+inf`` in the output ``out`` (a narrower dtype)."""
+    return xp.isinf(out) & xp.isfinite(times)
+
+
+def output_range_error(times, lost, dtype, xp):
+    """The error for spike times ``times`` (float64) lost where ``lost`` in an output of ``dtype``."""
+    first = float(times.reshape(-1)[int(xp.argmax(lost.reshape(-1)))])
+    return ValueError(f"a spike time ({first!r}) exceeds the range of the input dtype {np.dtype(dtype)} "
+                      f"(at most {float(np.finfo(dtype).max):.4g}); express the times in a larger unit, or use "
+                      "float64 input_times")
 
 
 def _recurrent_backward(result, grad_times, input_times_grad, time_constant_grads, engine="numpy"):

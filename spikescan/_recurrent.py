@@ -88,6 +88,36 @@ def _runaway_error(b, k, n_out, t, current, limit, threshold):
     return err
 
 
+def lost_arrivals(log, recurrent_delays, xp):
+    """``[batch, M]``: the logged spikes (``log``, a ``RecurrentLog``) whose arrival after their neuron's longest
+    recurrent delay overflows float64 (``+inf``, which every engine reads as no arrival)."""
+    longest = recurrent_delays.max(axis=1) if recurrent_delays.size else xp.zeros(0)
+    real = log.neurons >= 0
+    if not longest.size:
+        return real & False
+    with np.errstate(over="ignore"):
+        return real & xp.isinf(log.times + longest[xp.maximum(log.neurons, 0)])
+
+
+def arrival_range_error(log, lost, recurrent_delays, xp):
+    """The error for the first spike of ``lost_arrivals``."""
+    b, m = divmod(int(xp.argmax(lost.reshape(-1))), lost.shape[1])
+    k, t = int(log.neurons[b, m]), float(log.times[b, m])
+    return ValueError(
+        f"recurrent_delays: neuron {k} of sample {b} spikes at t={t!r}, and its longest recurrent delay "
+        f"({float(recurrent_delays[k].max())!r}) takes that spike's arrival past the float64 range (at most "
+        f"{float(np.finfo(np.float64).max):.4g}), where it would be lost; express the times in a larger unit")
+
+
+def check_arrivals_in_range(log, recurrent_delays, xp):
+    """Refuse a run in which a recurrent arrival overflowed float64 (``lost_arrivals``): one reduction."""
+    if recurrent_delays is None:
+        return
+    lost = lost_arrivals(log, recurrent_delays, xp)
+    if bool(lost.any()):
+        raise arrival_range_error(log, lost, recurrent_delays, xp)
+
+
 def _commit_spikes(st, sb, sk, t_sp, I_after, p, R, Dr, th, n_out):
     """Record spikes ``(sb, sk)`` at ``t_sp`` (at most one per sample per call), log them and schedule their
     recurrent arrivals (only non-zero weights: a zero weight changes nothing)."""
@@ -113,7 +143,8 @@ def _commit_spikes(st, sb, sk, t_sp, I_after, p, R, Dr, th, n_out):
     st.n_log[sb] += 1
     # Arrivals [len(sb), n_out] into each target's first free pending slot.
     w = R[sk]
-    arrive = np.broadcast_to(t_sp[:, None] + (0.0 if Dr is None else Dr[sk]), w.shape)
+    with np.errstate(over="ignore"):  # an arrival past the float64 range is refused after the run (lost_arrivals)
+        arrive = np.broadcast_to(t_sp[:, None] + (0.0 if Dr is None else Dr[sk]), w.shape)
     rb, ri = np.nonzero(w != 0.0)
     if rb.size == 0:
         return
@@ -285,7 +316,9 @@ def _forward_scan(qt2, qi2, row, end, W, max_in, tm, ts, th, R, Dr, max_spikes, 
         horizon = np.minimum(c, h)
         # Strictly before horizon + d_min (the crossings at the horizon itself aside): an arrival not yet scheduled
         # may land exactly there, and the event loop then tests the gap that ends at it, as the next round will.
-        commit = has & live[:, None] & ((cand < (horizon + d_min)[:, None]) | (cand <= horizon[:, None]))
+        with np.errstate(over="ignore"):  # a horizon + d_min past float64 is +inf: no arrival can come before it
+            reach = horizon + d_min
+        commit = has & live[:, None] & ((cand < reach[:, None]) | (cand <= horizon[:, None]))
         # Arrivals applied: those before the horizon (at it too when the horizon is a lookahead end h < c: no
         # crossing anywhere up to h), never at or after the neuron's own first crossing; a committed neuron applies
         # everything before its crossing, even past the horizon (d_min > 0).

@@ -385,6 +385,26 @@ def test_float32(backend):
                max_spikes=30)
 
 
+@pytest.mark.parametrize("method,rebased", [("sequential", False), ("scan", False), ("step", False),
+                                            ("sequential", True)])
+def test_float32_spike_beyond_the_dtype_range_is_refused(backend, monkeypatch, method, rebased):
+    """A spike after the last input beyond float32 (time constants near its range) is refused with the NumPy
+    engine's error; the kernels' float32 output held +inf there, which reads as no spike, while counts said 1."""
+    monkeypatch.setattr(_lif, "REBASED", rebased)
+    t, W, D = (np.array([[[3.3e38]]], np.float32), np.array([[5.0]], np.float32),
+               np.array([[1.0]], np.float32) if rebased else None)
+    kw = dict(tau_mem=1e38, tau_syn=5e37, max_spikes=2)
+    message = r"a spike time \(3\.6.*e\+38\) exceeds the range of the input dtype float32"
+    with pytest.raises(ValueError, match=message):
+        ss.lif_forward(t, W, delays=D, engine="numpy", **kw)
+    with pytest.raises(ValueError, match=message):
+        backend.lif(t, W, D, method=method, **kw)
+    # Within range (time constants 100 times shorter): the same spike as the NumPy engine.
+    kw.update(tau_mem=1e36, tau_syn=5e35)
+    assert_same_spikes(ss.lif_forward(t, W, delays=D, engine="numpy", **kw), backend.lif(t, W, D, method=method, **kw),
+                       backend, "float32")
+
+
 def test_max_spikes_cap(backend):
     rng = np.random.default_rng(11)
     t = random_spikes(rng, 2, 10, 5)

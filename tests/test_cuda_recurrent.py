@@ -286,6 +286,30 @@ def test_runaway_self_excitation_and_errors(backend):
         backend.forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4, recurrent_weights=R, block_size=0)
 
 
+def test_arrivals_and_spikes_beyond_the_dtype_range_are_refused(backend):
+    """A recurrent arrival past float64 (a spike near 1e308 plus a recurrent delay of 1e308) and a float32 spike
+    time beyond float32 are refused as the NumPy engine refuses them: both would read as no spike (+inf)."""
+    t = np.array([[[1.0e308], [np.inf]]])
+    W = np.array([[5.0, 0.0], [0.0, 0.0]])
+    R = np.array([[0.0, 5.0], [0.0, 0.0]])
+    kw = dict(tau_mem=1e140, tau_syn=5e139, max_spikes=2, recurrent_weights=R)
+    message = r"neuron 0 of sample 0 spikes at t=1e\+308, and its longest recurrent delay \(1e\+308\)"
+    for call in (lambda D: ss.lif_forward(t, W, recurrent_delays=D, engine="numpy", **kw),
+                 lambda D: backend.forward(t, W, recurrent_delays=D, **kw)):
+        with pytest.raises(ValueError, match=message):
+            call(np.array([[0.0, 1e308], [0.0, 0.0]]))
+        result = call(np.array([[0.0, 0.5e308], [0.0, 0.0]]))  # the arrival at 1.5e308 is within range
+        np.testing.assert_array_equal(backend.host(result.counts), [[1, 1]])
+    t32 = np.array([[[1.0e38], [np.inf]]], np.float32)
+    message = r"a spike time \(3\.99.*e\+38\) exceeds the range of the input dtype float32"
+    kw32 = dict(tau_mem=1e30, tau_syn=5e29, max_spikes=2, recurrent_weights=R.astype(np.float32),
+                recurrent_delays=np.array([[0.0, 3.0e38], [0.0, 0.0]], np.float32))
+    for call in (lambda: ss.lif_forward(t32, W.astype(np.float32), engine="numpy", **kw32),
+                 lambda: backend.forward(t32, W.astype(np.float32), **kw32)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_a_runaway_sample_stops_the_others(backend):
     # Three samples that all run away: the first to stop sets the abort flag and the others stop at their next step
     # instead of each running to the limit (n_out**2 * max_total_spikes updates apiece in a recurrent layer).

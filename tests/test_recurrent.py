@@ -6,6 +6,8 @@ one forward, the event loop, for both methods). The independent reference (``spi
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -351,3 +353,21 @@ def test_scan_applies_an_arrival_once_when_a_crossing_rounds_to_its_time():
             np.testing.assert_allclose(log_s.currents, log_q.currents, rtol=1e-12, atol=1e-12)
     first = ss.lif_forward(*cases[0][:2], engine="numpy", method="scan", **cases[0][2])
     np.testing.assert_allclose(first.times[0, 1, :2], [5.428318739881431, 8.244369979506642], rtol=1e-14)
+
+
+def test_a_recurrent_arrival_beyond_float64_is_refused():
+    """A spike near 1e308 plus a recurrent delay of 1e308 arrives at +inf, which every engine reads as no arrival:
+    refused after the run, naming the neuron, its spike and its longest delay (the input delays' range check cannot
+    see it, spike times being known only during the run)."""
+    t = np.array([[[1.0e308], [np.inf]]])
+    W = np.array([[5.0, 0.0], [0.0, 0.0]])
+    kw = dict(tau_mem=1e140, tau_syn=5e139, max_spikes=2, recurrent_weights=np.array([[0.0, 5.0], [0.0, 0.0]]))
+    for method in ("sequential", "scan"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow warning on the way
+            with pytest.raises(ValueError, match=r"neuron 0 of sample 0 spikes at t=1e\+308, and its longest "
+                                                 r"recurrent delay \(1e\+308\) takes that spike's arrival past"):
+                ss.lif_forward(t, W, recurrent_delays=np.array([[0.0, 1e308], [0.0, 0.0]]), method=method, **kw)
+            out = ss.lif_forward(t, W, recurrent_delays=np.array([[0.0, 0.5e308], [0.0, 0.0]]), method=method, **kw)
+        np.testing.assert_array_equal(out.counts, [[1, 1]])
+        assert out.times[0, 1, 0] == 1.5e308

@@ -52,7 +52,8 @@ import math
 import numpy as np
 
 from .. import _memory
-from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, runaway_firing_error, unresolvable_spike_error, warn_grazing
+from .._lif_numpy import (DEFAULT_MAX_TOTAL_SPIKES, lost_output_times, output_range_error, runaway_firing_error,
+                          unresolvable_spike_error, warn_grazing)
 from .._validate import to_host
 from .._types import LIFGrads, LIFResiduals, LIFResult
 from . import _kernels, _queue
@@ -233,9 +234,16 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
                    THREADS_PER_BLOCK, common + [np.int64(k)] + state + outputs)
     else:
         raise ValueError(f"method must be 'auto', 'sequential', 'scan' or 'step', got {method!r}")
-    # One small reduction and a one-byte read (a host sync): the price of raising instead of recording garbage.
+    # One small reduction and a short read (a host sync): the price of raising instead of recording garbage. In a
+    # dtype narrower than float64, a spike time beyond its range would read as no spike (+inf): refused too.
     stuck = xp.isfinite(stuck_times)
-    if bool(stuck.any()):
+    narrow = dtype != np.float64
+    lost = lost_output_times(spike_times, out_times, xp) if narrow else None
+    flags = xp.stack([stuck.any(), lost.any()]) if narrow else stuck.any()[None]
+    flags = flags.get() if hasattr(flags, "get") else flags
+    if narrow and flags[1] and not flags[0]:
+        raise output_range_error(spike_times, lost, dtype, xp)
+    if flags[0]:
         first = int(xp.argmax(stuck))
         t_stop = float(stuck_times[first])
         if int(counts.reshape(-1)[first]) > limit:  # the kernel left max_total_spikes + 1: runaway firing

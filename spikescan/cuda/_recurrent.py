@@ -55,8 +55,9 @@ import warnings
 import numpy as np
 
 from .. import _determinism, _memory
-from .._lif_numpy import DEFAULT_MAX_TOTAL_SPIKES, unresolvable_spike_error, warn_grazing
-from .._recurrent import _runaway_error, unrolled_residuals
+from .._lif_numpy import (DEFAULT_MAX_TOTAL_SPIKES, lost_output_times, output_range_error, unresolvable_spike_error,
+                          warn_grazing)
+from .._recurrent import _runaway_error, arrival_range_error, lost_arrivals, unrolled_residuals
 from .._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RecurrentLog
 from . import _kernels, _lif, _queue
 from ._lif import SOLVER_CODES
@@ -151,6 +152,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     n_queues, L1 = qt.shape[1], qt.shape[2]
     dtype = input_times.dtype
     N = batch * n_out
+    lost = lost_out = None  # (none computed when the layer has no neurons)
     while True:
         spike_times = xp.full((batch, n_out, max_spikes), np.inf, dtype=xp.float64)
         spike_event = xp.full((batch, n_out, max_spikes), -1, dtype=xp.int64)
@@ -179,9 +181,13 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
             n_log_max = 0
             break
         # One small read (a host sync): errors, full pending buffers, the longest log.
-        flags = xp.stack([xp.isfinite(stuck_times).any().astype(xp.int64), overflow.max().astype(xp.int64),
-                          log_n.max()])
-        stuck, overflowed, n_log_max = (int(x) for x in (flags.get() if hasattr(flags, "get") else flags))
+        # Refused below: an arrival that overflowed float64 (with recurrent delays; read as no arrival), a spike
+        # time beyond the range of a narrower output dtype (read as no spike).
+        lost = None if Dr is None else lost_arrivals(RecurrentLog(log_t, log_k, log_I, log_n), Dr, xp)
+        lost_out = None if dtype == np.float64 else lost_output_times(spike_times, out_times, xp)
+        flags = xp.stack([xp.isfinite(stuck_times).any(), overflow.max(), log_n.max()]
+                         + [x.any() for x in (lost, lost_out) if x is not None]).astype(xp.int64)
+        stuck, overflowed, n_log_max, *lost_any = (int(x) for x in (flags.get() if hasattr(flags, "get") else flags))
         if stuck:
             first = int(xp.argmax(xp.isfinite(stuck_times)))
             t_stop = float(stuck_times[first])
@@ -202,6 +208,10 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         break
     log = RecurrentLog(times=log_t[:, :n_log_max], neurons=log_k[:, :n_log_max], currents=log_I[:, :n_log_max],
                        count=log_n)
+    if lost is not None and lost_any[0]:
+        raise arrival_range_error(log, lost[:, :n_log_max], Dr, xp)
+    if lost_out is not None and lost_any[-1]:
+        raise output_range_error(spike_times, lost_out, dtype, xp)
     res = LIFResiduals(
         queue_times=qt, queue_index=qi, queue_end=qe, spike_times=spike_times, spike_event=spike_event,
         weights=W, delays=D, tau_mem=tm, tau_syn=ts, threshold=th, threshold_is_scalar=bool(threshold_is_scalar),
