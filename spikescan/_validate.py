@@ -25,7 +25,7 @@ def array_module(*arrays):
         elif isinstance(x, np.ndarray):
             kinds.add("numpy")
         else:
-            raise TypeError(f"expected a NumPy or CuPy array, got {type(x).__name__}")
+            raise TypeError(f"expected a NumPy or CuPy array, got {_foreign(x)}")
     if kinds == {"cupy", "numpy"}:
         raise TypeError("arrays mix NumPy and CuPy; pass all arrays on the same device")
     if "cupy" in kinds:
@@ -39,14 +39,31 @@ def array_module(*arrays):
     return np
 
 
+# Arrays of other frameworks, by top-level module: what to call them in an error.
+_FRAMEWORKS = {"jax": "a JAX array", "jaxlib": "a JAX array", "torch": "a torch tensor",
+               "tensorflow": "a TensorFlow tensor"}
+
+
+def _foreign(x, name=None):
+    """``x``'s type, fully named, for an error refusing it; for another framework's array, what to do instead."""
+    kind = type(x)
+    described = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__name__
+    framework = _FRAMEWORKS.get(kind.__module__.split(".")[0])
+    if framework is None:
+        return described
+    arg = name or "it"
+    return (f"{described} ({framework}): convert it with np.asarray({arg}) outside a traced function, or train "
+            "through the spikescan_keras layers on that framework's Keras backend, which hand the arrays over")
+
+
 def _describe(x):
     return f"{type(x).__name__} with shape {getattr(x, 'shape', None)} and dtype {getattr(x, 'dtype', None)}"
 
 
 def check_float_array(name, x, ndim):
     """``x`` must be a float32/float64 array of ``ndim`` dimensions."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    if not isinstance(x, np.ndarray) and type(x).__module__.split(".")[0] != "cupy":
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}")
     if x.dtype not in _FLOAT_DTYPES:
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
             raise TypeError(f"{name} must have a native-endian dtype float32 or float64, got byte-swapped "

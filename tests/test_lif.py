@@ -604,6 +604,32 @@ def test_backward_rejects_bad_cotangents():
         ss.lif_backward(r, np.ones(r.times.shape, ">f8"))
 
 
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_another_frameworks_arrays_are_refused_naming_the_argument(framework):
+    """A JAX array or torch tensor has a shape and a dtype, so it used to get past the argument checks into a
+    ``TypeError`` that named neither the argument nor the framework ("expected a NumPy or CuPy array, got
+    ArrayImpl")."""
+    if framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        convert, kind = jnp.asarray, r"jaxlib\..*ArrayImpl \(a JAX array\)"
+    else:
+        torch = pytest.importorskip("torch")
+        convert, kind = torch.as_tensor, r"torch\.Tensor \(a torch tensor\)"
+    kw = _good()
+    r = ss.lif_forward(**kw)
+    for name, call in (
+            ("weights", lambda: ss.lif_forward(**_with(kw, "weights", convert(kw["weights"])))),
+            ("input_times", lambda: ss.lif_forward(**_with(kw, "input_times", convert(kw["input_times"])))),
+            ("grad_times", lambda: ss.lif_backward(r, convert(np.ones(r.times.shape)))),
+            ("weights", lambda: ss.li_forward(kw["input_times"], convert(kw["weights"]), tau_mem=10.0, tau_syn=5.0,
+                                              t_max=20.0)),
+            ("weights", lambda: ss.peak_voltage(kw["input_times"], convert(kw["weights"]), tau_mem=10.0,
+                                                tau_syn=5.0))):
+        with pytest.raises(TypeError, match=rf"{name} must be a NumPy or CuPy array, got {kind}: convert it with "
+                                            rf"np\.asarray\({name}\)"):
+            call()
+
+
 def test_byte_swapped_inputs_name_the_fix():
     kw = _good()
     with pytest.raises(TypeError, match=r"input_times must have a native-endian .*input_times\.astype\('float64'\)"):
