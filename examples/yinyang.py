@@ -126,8 +126,8 @@ def write_plots(model, test, directory, *, grid=100):
     res = spikescan.lif_trace(inputs, t=t, **params)
     fig = Figure(figsize=(4 * len(picks), 4))
     for k, ax in enumerate(np.atleast_1d(fig.subplots(1, len(picks), sharey=True))):
-        spikescan.plot.raster(res.spike_times, sample=k, ax=ax)
-        ax.set(xlim=(0, T_MAX), xlabel="time (ms)",
+        spikescan.plot.raster(res.spike_times, sample=k, ax=ax, time_unit="ms")
+        ax.set(xlim=(0, T_MAX),
                title=f"{CLASS_NAMES[test.labels[picks[k]]]} sample (predicted {CLASS_NAMES[test_pred[picks[k]]]})")
     paths.append(os.path.join(directory, "hidden_raster.png"))
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
@@ -144,8 +144,8 @@ def write_plots(model, test, directory, *, grid=100):
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     spikescan.plot.trace(t_fine, fine.voltage[0], neurons=neurons, threshold=params["threshold"],
-                         spike_times=fine.spike_times[0], ax=ax)
-    ax.set(xlabel="time (ms)", title=f"Hidden voltages, {CLASS_NAMES[test.labels[picks[0]]]} test sample")
+                         spike_times=fine.spike_times[0], ax=ax, time_unit="ms")
+    ax.set(title=f"Hidden voltages, {CLASS_NAMES[test.labels[picks[0]]]} test sample")
     paths.append(os.path.join(directory, "hidden_trace.png"))
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     return paths

@@ -38,7 +38,13 @@ def _axes(ax):
     return _pyplot().gca() if ax is None else ax
 
 
-def raster(times, *, sample=None, ax=None, **scatter_kwargs):
+def _time_label(unit):
+    if unit is not None and not isinstance(unit, str):
+        raise TypeError(f"time_unit must be a string such as 'ms', or None, got {unit!r}")
+    return "time" if not unit else f"time ({unit})"
+
+
+def raster(times, *, sample=None, ax=None, time_unit=None, **scatter_kwargs):
     """Raster plot of a spike tensor: one point per spike at ``(time, neuron index)``.
 
     Args:
@@ -47,6 +53,7 @@ def raster(times, *, sample=None, ax=None, **scatter_kwargs):
             ``numpy.asarray`` takes.
         sample: index of the sample for a 3-D ``times`` (default 0); an error for a 2-D one.
         ax: matplotlib Axes to draw on; the current axes when ``None``.
+        time_unit: the unit of ``times`` for the x-axis label (``"ms"`` gives ``"time (ms)"``); ``None``: ``"time"``.
         **scatter_kwargs: passed to ``ax.scatter`` (defaults: ``marker="|"``, ``s=60``, ``color="k"``,
             ``linewidths=1``).
 
@@ -70,14 +77,14 @@ def raster(times, *, sample=None, ax=None, **scatter_kwargs):
     kwargs = dict(marker="|", s=60, color="k", linewidths=1)
     kwargs.update(scatter_kwargs)
     ax.scatter(arr[neuron, slot], neuron, **kwargs)
-    ax.set_xlabel("time")
+    ax.set_xlabel(_time_label(time_unit))
     ax.set_ylabel("neuron")
     if arr.shape[0]:
         ax.set_ylim(-0.5, arr.shape[0] - 0.5)
     return ax
 
 
-def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None):
+def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None, time_unit=None):
     """Voltage traces of one sample: one line per neuron, an optional dashed threshold line and spike markers.
 
     Args:
@@ -92,6 +99,7 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
             each neuron's colour at the threshold (the voltage's left limit at a spike), or at the top of that
             neuron's trace when ``threshold`` is ``None``. Markers are one ``PathCollection`` per neuron, not lines.
         ax: matplotlib Axes to draw on; the current axes when ``None``.
+        time_unit: the unit of ``t`` for the x-axis label (``"ms"`` gives ``"time (ms)"``); ``None``: ``"time"``.
 
     Returns:
         The Axes, with one ``Line2D`` per drawn neuron (labelled ``"neuron i"``) plus one for the threshold.
@@ -143,7 +151,7 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
             ax.axhline(float(thresholds[i]), linestyle="--", color=line.get_color(), linewidth=1)
     if thresholds is not None and thresholds.ndim == 0:
         ax.axhline(float(thresholds), linestyle="--", color="0.4", linewidth=1, label="threshold")
-    ax.set_xlabel("time")
+    ax.set_xlabel(_time_label(time_unit))
     ax.set_ylabel("voltage")
     if 0 < idx.size <= 10:
         ax.legend(loc="best", fontsize="small")

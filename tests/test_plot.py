@@ -49,8 +49,12 @@ def test_raster_one_point_per_finite_spike(ax):
     splot.raster(times, sample=1, ax=ax, color="r")
     assert len(ax.collections) == 2 and len(ax.collections[-1].get_offsets()) == 1
     # 2-D input: one sample's [neurons, max_spikes].
-    splot.raster(times[0], ax=ax)
+    assert ax.get_xlabel() == "time"
+    splot.raster(times[0], ax=ax, time_unit="ms")
     assert len(ax.collections[-1].get_offsets()) == 5
+    assert ax.get_xlabel() == "time (ms)" and ax.get_ylabel() == "neuron"
+    with pytest.raises(TypeError, match="time_unit must be a string such as 'ms', or None, got 1000"):
+        splot.raster(times[0], ax=ax, time_unit=1000)
 
 
 def test_raster_current_axes_and_errors():
@@ -80,6 +84,9 @@ def test_trace_lines_threshold_and_markers(ax):
     assert n_spikes > 0
     assert sum(len(c.get_offsets()) for c in ax.collections) == n_spikes
     np.testing.assert_allclose(ax.lines[0].get_ydata(), res.voltage[0, 0])
+    assert ax.get_xlabel() == "time" and ax.get_ylabel() == "voltage"
+    splot.trace(t, res.voltage[0], ax=ax, time_unit="s")
+    assert ax.get_xlabel() == "time (s)"
 
 
 def test_trace_neuron_subset_no_threshold_unsorted_grid(ax):
