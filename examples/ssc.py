@@ -10,7 +10,8 @@ archives), the official files from https://zenkelab.org/datasets/. Download them
 (then pass its ``SSC`` folder). A missing file stops the script with that message.
 
 Model, flags and input options are those of ``examples/shd.py`` (``--n-channels`` 140 pooled bands, ``--t-max``
-1000 ms, optional ``--max-input-spikes``, delays up to ``--max-delay`` 25 ms); see its docstring. Training uses
+1000 ms, optional ``--max-input-spikes``, delays up to ``--max-delay`` 25 ms, ``--tau-mem`` 20 ms and ``--tau-syn``
+5 ms); see its docstring. Training uses
 the 75466 training samples with the 9981 validation samples reported after every epoch; the 20382 test samples
 are evaluated once at the end. JSON summary with ``--output``.
 """

@@ -132,6 +132,27 @@ def test_shd_recurrent_trains_end_to_end(tmp_path):
     assert len(hidden) == 1 and hidden[0].recurrent
 
 
+def test_shd_format_files_of_your_own_time_constants_and_class_count(tmp_path):
+    """Files in SHD's format with 10 classes train a 10-class readout (the class names in ``extra/keys``), with the
+    time constants of ``--tau-mem`` / ``--tau-syn``; a label outside the named classes stops the script."""
+    write_speech(tmp_path, "shd", 10, ("train", "test"))
+    returned = run_speech("shd", tmp_path, tmp_path / "shd.json", "--tau-mem", "100", "--tau-syn", "8")
+    summary = check_summary(tmp_path / "shd.json", returned, "shd")
+    assert summary["n_classes"] == 10 and summary["tau_mem"] == 100.0 and summary["tau_syn"] == 8.0
+    model = example("shd").build_model(N_POOLED, 10, 6, 4, 1000.0, 25.0, tau_mem=100.0, tau_syn=8.0)
+    assert model.layers[-1].units == 10 and model.layers[-1].t_max == 1000.0 + 50.0 + 200.0
+    assert all(layer.tau_mem == 100.0 and layer.tau_syn == 8.0 for layer in model.layers)
+    samples = speech_samples(6, 10, seed=0)
+    samples[1] = samples[1][:2] + (12,)
+    write_heidelberg(tmp_path / "shd_test.h5", samples, n_classes=10)
+    with pytest.raises(SystemExit, match=r"error: shd_test has label 12, outside the 10 classes of the class names "
+                                         r"in extra/keys \(labels 0-9\)"):
+        run_speech("shd", tmp_path, tmp_path / "shd.json")
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            run_speech("shd", tmp_path, tmp_path / "shd.json", "--tau-mem", bad)
+
+
 def test_ssc_with_validation_split(tmp_path):
     data = write_speech(tmp_path, "ssc", 35, ("train", "valid", "test"))
     returned = run_speech("ssc", tmp_path, tmp_path / "ssc.json")
