@@ -10,6 +10,7 @@ import pytest
 from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, latency_mnist,
                                 pack_events, shd, ssc, unpack_events, yinyang, yinyang_points)
 from spikescan.datasets.mnist import mnist_digest
+from spikescan.datasets.randman import randman
 
 from _datafiles import write_heidelberg, write_mnist
 
@@ -73,6 +74,88 @@ def test_yinyang_timing_variant_information_in_small_offsets():
     assert (offsets >= -1e-5).all() and (offsets <= 0.5 + 1e-5).all()  # information sits in <= 0.5 ms
     np.testing.assert_allclose(offsets, 0.5 * lat.meta["values"], atol=1e-5)
     assert_spike_tensor(tim.times)
+
+
+def _randman_reference(points, label, *, n_channels, dim_manifold, alpha, duration, manifold_seed, n_classes,
+                       n_spikes=1, grid=4096):
+    """The randman construction written out term by term (one channel, one term at a time): the original's random
+    Fourier series per dimension, multiplied over dimensions, scaled per channel by its range over the grid."""
+    import itertools
+    import math
+
+    terms = int(min(math.ceil(1e-3 ** (-1.0 / alpha)), 1000))
+    rng = np.random.default_rng(manifold_seed)
+    params = rng.random((n_classes, n_spikes, n_channels, dim_manifold, 3, terms))
+
+    def f(x, c, s):
+        value = 1.0
+        for d in range(dim_manifold):
+            theta = params[label, s, c, d]
+            value *= sum(theta[0, k] * (1.0 / (k + 1) ** alpha) * math.sin(2 * math.pi * (k * x[d] * theta[1, k]
+                                                                                          + theta[2, k]))
+                         for k in range(1, terms))  # k = 0 is the constant term, left out
+        return value
+
+    per_dim = max(2, round(grid ** (1.0 / dim_manifold)))
+    lattice = [np.array(p) for p in itertools.product(np.linspace(0, 1, per_dim), repeat=dim_manifold)]
+    out = np.empty((len(points), n_channels, n_spikes))
+    for c in range(n_channels):
+        for s in range(n_spikes):
+            ref = [f(x, c, s) for x in lattice]
+            low, high = min(ref), max(ref)
+            for i, x in enumerate(points):
+                out[i, c, s] = duration * min(max((f(x, c, s) - low) / (high - low), 0.0), 1.0)
+    return np.sort(out, axis=-1)
+
+
+@pytest.mark.parametrize("dim_manifold,n_spikes", [(1, 1), (2, 2)])
+def test_randman_against_the_construction_written_out(dim_manifold, n_spikes):
+    kw = dict(n_channels=3, dim_manifold=dim_manifold, alpha=2.0, duration=50.0, manifold_seed=5, n_classes=3)
+    for seed in (1, 2) if dim_manifold == 1 else (1,):  # two splits of one task: the same maps
+        d = randman(12, seed=seed, n_spikes=n_spikes, dtype=np.float64, **kw)
+        for label in range(3):
+            mine = d.labels == label
+            ref = _randman_reference(d.meta["points"][mine], label, n_spikes=n_spikes, **kw)
+            np.testing.assert_allclose(d.times[mine], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_randman_shapes_balance_determinism_and_timing_only():
+    assert randman(3, seed=1).times.shape == (3, 100, 1)  # the original's defaults: 100 channels, 10 classes
+    d = randman(1003, seed=1, n_channels=20)
+    assert d.times.shape == (1003, 20, 1) and d.times.dtype == np.float32 and d.time_unit == "ms"
+    assert d.times.min() >= 0.0 and d.times.max() <= 50.0 and np.isfinite(d.times).all()
+    counts = np.bincount(d.labels)
+    assert counts.tolist() == [101, 101, 101] + [100] * 7
+    assert d.meta["points"].shape == (1003, 1) and len(d.class_names) == 10
+    # Every channel reaches both ends of the window over the scaling grid; the samples spread over it.
+    assert (d.times.min(axis=0) < 2.0).all() and (d.times.max(axis=0) > 48.0).all()
+    again = randman(1003, seed=1, n_channels=20)
+    np.testing.assert_array_equal(again.times, d.times)
+    np.testing.assert_array_equal(again.labels, d.labels)
+    other = randman(50, seed=2, n_channels=20)
+    assert not np.array_equal(other.times, d.times[:50])
+    # Another task: other maps for the same points.
+    assert not np.allclose(randman(50, seed=2, manifold_seed=1, n_channels=20).times, other.times)
+    # Two spikes per channel from two maps, ascending; float64 on request.
+    two = randman(20, seed=1, n_spikes=2, n_channels=7, dtype=np.float64)
+    assert two.times.shape == (20, 7, 2) and two.times.dtype == np.float64
+    assert (np.diff(two.times, axis=-1) >= 0).all()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(n_samples=0), r"n_samples must be an integer >= 1, got 0"),
+    (dict(seed=-1), r"seed must be an integer >= 0, got -1"),
+    (dict(n_channels=2.5), r"n_channels must be an integer >= 1, got 2.5"),
+    (dict(dim_manifold=0), r"dim_manifold must be an integer >= 1, got 0"),
+    (dict(alpha=0.0), r"alpha must be a finite number > 0, got 0.0"),
+    (dict(duration=float("inf")), r"duration must be a finite number > 0, got inf"),
+    (dict(dtype=np.int32), r"dtype"),
+])
+def test_randman_validation(kw, match):
+    args = dict(n_samples=10, seed=0)
+    args.update(kw)
+    with pytest.raises((ValueError, TypeError), match=match):
+        randman(args.pop("n_samples"), **args)
 
 
 def test_bin_times():

@@ -202,6 +202,18 @@ def test_mnist_missing_file(tmp_path):
     assert str(tmp_path / "mnist.npz") in message and "tf-keras-datasets/mnist.npz" in message
 
 
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_randman(tmp_path, recurrent):
+    returned = example("randman").main([*TINY, "--limit", "24", "--dim-manifold", "2", "--n-channels", "6",
+                                        "--output", str(tmp_path / "randman.json")] + (["--recurrent"] if recurrent
+                                                                                       else []))
+    summary = check_summary(tmp_path / "randman.json", returned, "randman")
+    assert summary["n_train"] == summary["n_test"] == 24 and summary["recurrent"] is recurrent
+    assert summary["n_channels"] == 6 and summary["dim_manifold"] == 2 and summary["n_classes"] == 10
+    model = example("randman").build_model(6, 10, 8, 4, recurrent=recurrent)
+    assert model.get_layer("hidden").recurrent is recurrent and model.get_layer("readout").t_max == 50.0 + 40.0
+
+
 def test_yinyang(tmp_path):
     returned = example("yinyang").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8",
                                         "--output", str(tmp_path / "yinyang.json")])

@@ -1,4 +1,4 @@
-"""Spike-tensor datasets: Yin-Yang, latency-coded MNIST, SHD and SSC, and a bridge from tonic's event datasets.
+"""Spike-tensor datasets: Yin-Yang, random manifolds (randman), latency-coded MNIST, SHD and SSC, and a bridge from tonic's event datasets.
 
 Every loader returns a :class:`SpikeDataset` whose ``times`` are ``[n, channels, max_spikes]`` floats, ascending
 along the last axis and padded with ``+inf``, with ``labels [n]`` int64. Times are in milliseconds unless a
@@ -10,12 +10,13 @@ from ._core import DroppedSpikesWarning, MergedSpikesWarning, SpikeDataset, bin_
 from .batching import SpikeBatches
 from .heidelberg import download_shd, download_ssc, shd, ssc
 from .mnist import latency_mnist, load_mnist_arrays
+from .randman import randman
 from .tonic import ToSpikeTensor, collate_spikes
 from .yinyang import yinyang, yinyang_points
 
 __all__ = [
     "DroppedSpikesWarning", "MergedSpikesWarning", "SpikeBatches", "SpikeDataset", "ToSpikeTensor", "bin_times",
     "collate_spikes", "download_shd", "download_ssc",
-    "latency_mnist", "load_mnist_arrays", "pack_events", "shd", "ssc", "unpack_events", "yinyang",
+    "latency_mnist", "load_mnist_arrays", "pack_events", "randman", "shd", "ssc", "unpack_events", "yinyang",
     "yinyang_points",
 ]

@@ -1,0 +1,70 @@
+"""Random manifolds (randman) with exact spike times: a spike-timing task where every input channel fires once per
+sample in every class, so only the times carry the class (``spikescan.datasets.randman``, after Zenke & Vogels
+2021). LIFLayer (hidden) + LIReadout, trained by ``model.fit``; generated, no download.
+
+    python examples/randman.py                     # torch backend (default), CPU
+    python examples/randman.py --recurrent         # a recurrent hidden layer
+    KERAS_BACKEND=jax python examples/randman.py   # jax backend
+
+Task (the script's defaults): 10 classes, 20 input channels, two-dimensional manifolds (``--dim-manifold``), spike
+times in [0, 50] ms; 5000 training and 1000 test samples (sample seeds 1 and 2, task ``--manifold-seed`` 0), plus a
+validation split of 1000 (seed 3). On these splits, scikit-learn's logistic regression on the spike times gets 64.2%
+of the test samples and its MLP (128 ReLU units) 99.9-100% (two seeds); with ``--dim-manifold 3`` 80.9% and 94.2-94.8%,
+with ``--dim-manifold 1`` 64.2% and 100%. Hidden width matters: at ``--dim-manifold 2``, 128 hidden LIF neurons
+reached 85-88% and 256 (the default) 95.7% (torch, one run each). Writes a JSON summary with ``--output``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras  # noqa: E402
+
+import _common  # noqa: E402
+from spikescan.datasets import randman  # noqa: E402
+from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
+
+# Time constants in ms: inputs span [0, 50] ms; the readout window covers the hidden spikes that follow the last
+# input by a few tau_syn.
+TAU_MEM, TAU_SYN, DURATION = 20.0, 5.0, 50.0
+N_CLASSES, N_CHANNELS = 10, 20
+SPLITS = dict(train=(5000, 1), valid=(1000, 3), test=(1000, 2))  # samples, seed
+
+
+def build_model(n_channels, n_classes, hidden, max_spikes, *, duration=DURATION, recurrent=False):
+    return keras.Sequential([
+        keras.Input(shape=(n_channels, None)),
+        LIFLayer(hidden, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, recurrent=recurrent,
+                 name="hidden"),
+        LIReadout(n_classes, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=duration + 2 * TAU_MEM, name="readout"),
+    ])
+
+
+def main(argv=None):
+    parser = _common.parser(__doc__, epochs=30, batch_size=64, hidden=256, learning_rate=3e-3, max_spikes=8,
+                            data_dir_help="unused: randman is generated, not downloaded")
+    parser.add_argument("--dim-manifold", type=_common._positive_int, default=2,
+                        help="dimension of each class's manifold (harder when larger)")
+    parser.add_argument("--n-channels", type=_common._positive_int, default=N_CHANNELS, help="input channels")
+    parser.add_argument("--manifold-seed", type=int, default=0, help="seed of the task (the classes' manifolds)")
+    parser.add_argument("--recurrent", action="store_true", help="recurrent connections in the hidden layer")
+    args = parser.parse_args(argv)
+    _common.initialize_distributed(args)
+    keras.utils.set_random_seed(args.seed)
+    data = {split: _common.first(randman(n, seed=seed, manifold_seed=args.manifold_seed, n_classes=N_CLASSES,
+                                         n_channels=args.n_channels, dim_manifold=args.dim_manifold,
+                                         duration=DURATION), args.limit)
+            for split, (n, seed) in SPLITS.items()}
+    model = build_model(args.n_channels, N_CLASSES, args.hidden, args.max_spikes, recurrent=args.recurrent)
+    result = _common.train(model, data["train"], data["test"], args, val_set=data["valid"])
+    return _common.summary("randman", args, result, n_train=len(data["train"]), n_test=len(data["test"]),
+                           n_classes=N_CLASSES, n_channels=args.n_channels, dim_manifold=args.dim_manifold,
+                           manifold_seed=args.manifold_seed, recurrent=args.recurrent)
+
+
+if __name__ == "__main__":
+    main()

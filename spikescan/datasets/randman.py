@@ -1,0 +1,109 @@
+"""Random manifolds (randman): a synthetic spike-timing classification task whose classes differ only in when each
+channel fires, after Zenke & Vogels (2021), "The remarkable robustness of surrogate gradient learning for
+instilling complex function in spiking neural networks" (Neural Computation 33(4)).
+
+Each class is a smooth random map ``f: [0, 1]^dim_manifold -> [0, 1]^n_channels``; a sample draws a point ``x``
+uniformly and channel ``c`` fires at ``duration * f_c(x)``. Every channel fires once (``n_spikes`` times with one map
+per spike) in every class, so spike counts carry no information: only the times do. ``alpha`` sets the smoothness
+(the spectrum of the random Fourier series falls as ``1 / k^alpha``) and ``dim_manifold`` the difficulty.
+
+The construction is that of the original code (a product over manifold dimensions of random Fourier series with
+``ceil(1e-3^(-1/alpha))`` terms, at most 1000, and no constant term), in NumPy with continuous times (the original
+rounds them to time steps) and one difference so that splits drawn with different ``seed`` share one task: each
+channel is scaled to ``[0, 1]`` by its minimum and maximum over a fixed grid of the manifold (the original uses the
+generated samples), and the rare value of a sample between grid points that falls outside is clipped to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._core import SpikeDataset, check_count, check_positive, float_dtype
+
+PRECISION = 1e-3  # the spectrum is cut where 1 / k^alpha falls below it
+MAX_TERMS = 1000
+GRID_POINTS = 4096  # points of the scaling grid (the nearest power per dimension)
+
+
+def _terms(alpha):
+    return int(min(math.ceil(PRECISION ** (-1.0 / alpha)), MAX_TERMS))
+
+
+def _manifold_params(n_classes, n_spikes, n_channels, dim_manifold, alpha, manifold_seed):
+    """``[n_classes, n_spikes, n_channels, dim_manifold, 3, terms]`` uniform parameters (amplitude, frequency,
+    phase) of every class's maps, without the constant term."""
+    rng = np.random.default_rng(manifold_seed)
+    params = rng.random((n_classes, n_spikes, n_channels, dim_manifold, 3, _terms(alpha)))
+    params[..., 0, 0] = 0.0  # no constant term (the first term's sine has frequency 0)
+    return params
+
+
+def _evaluate(params, x, alpha):
+    """``f(x)`` for points ``x [n, dim_manifold]`` and one map's parameters ``[n_channels, dim_manifold, 3, terms]``:
+    ``[n, n_channels]``."""
+    terms = params.shape[-1]
+    k = np.arange(terms)
+    spectrum = 1.0 / (k + 1.0) ** alpha
+    out = np.ones((len(x), params.shape[0]))
+    for d in range(params.shape[1]):
+        amplitude, frequency, phase = params[:, d, 0], params[:, d, 1], params[:, d, 2]  # [channels, terms]
+        arg = 2.0 * np.pi * (x[:, d, None, None] * (k * frequency)[None] + phase[None])  # [n, channels, terms]
+        out *= np.einsum("nct,ct->nc", np.sin(arg), amplitude * spectrum)
+    return out
+
+
+def _grid(dim_manifold):
+    per_dim = max(2, int(round(GRID_POINTS ** (1.0 / dim_manifold))))
+    axes = np.linspace(0.0, 1.0, per_dim)
+    return np.stack([g.ravel() for g in np.meshgrid(*([axes] * dim_manifold), indexing="ij")], axis=1)
+
+
+def randman(n_samples: int, *, seed: int, manifold_seed: int = 0, n_classes: int = 10, n_channels: int = 100,
+            dim_manifold: int = 1, n_spikes: int = 1, alpha: float = 2.0, duration: float = 50.0,
+            dtype=np.float32) -> SpikeDataset:
+    """Random-manifold spike-timing classification (module docstring): ``n_samples`` samples, classes balanced
+    (``n_samples // n_classes`` each, the remainder to the first classes) in random order.
+
+    Args:
+        n_samples: samples to draw.
+        seed: seed of the samples (points and order); use different seeds for the training and test splits.
+        manifold_seed: seed of the classes' maps: the task itself (the same for every split of one task).
+        n_classes, n_channels: classes and input channels.
+        dim_manifold: dimension of each class's manifold (1 is the easiest; the original study used 1-3).
+        n_spikes: spikes per channel and sample, each from a map of its own.
+        alpha: smoothness (> 0): larger is smoother and easier.
+        duration: positive length of the input window; spike times lie in ``[0, duration]`` (ms).
+        dtype: float32 or float64.
+
+    Returns:
+        SpikeDataset with ``times [n, n_channels, n_spikes]`` (ascending per channel), ``labels [n]`` int64 and
+        ``meta["points"] [n, dim_manifold]``, the manifold coordinates of each sample.
+    """
+    check_count("n_samples", n_samples)
+    check_count("seed", seed, minimum=0)
+    check_count("manifold_seed", manifold_seed, minimum=0)
+    check_count("n_classes", n_classes)
+    check_count("n_channels", n_channels)
+    check_count("dim_manifold", dim_manifold)
+    check_count("n_spikes", n_spikes)
+    check_positive("alpha", alpha)
+    check_positive("duration", duration)
+    dtype = float_dtype(dtype)
+    params = _manifold_params(n_classes, n_spikes, n_channels, dim_manifold, alpha, manifold_seed)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n_samples) % n_classes).astype(np.int64)
+    points = rng.random((n_samples, dim_manifold))
+    grid = _grid(dim_manifold)
+    values = np.empty((n_samples, n_channels, n_spikes))
+    for k in range(n_classes):
+        mine = labels == k
+        for s in range(n_spikes):
+            ref = _evaluate(params[k, s], grid, alpha)
+            low, span = ref.min(axis=0), ref.max(axis=0) - ref.min(axis=0)
+            span[span == 0] = 1.0
+            values[mine, :, s] = np.clip((_evaluate(params[k, s], points[mine], alpha) - low) / span, 0.0, 1.0)
+    times = np.sort(values * duration, axis=-1).astype(dtype)
+    return SpikeDataset(times, labels, tuple(f"manifold {k}" for k in range(n_classes)), "ms", {},
+                        {"points": points})
