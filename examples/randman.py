@@ -11,7 +11,7 @@ times in [0, 50] ms; 5000 training and 1000 test samples (sample seeds 1 and 2, 
 validation split of 1000 (seed 3). On these splits, scikit-learn's logistic regression on the spike times gets 64.2%
 of the test samples and its MLP (128 ReLU units) 99.9-100% (two seeds); with ``--dim-manifold 3`` 80.9% and 94.2-94.8%,
 with ``--dim-manifold 1`` 64.2% and 100%. Hidden width matters: at ``--dim-manifold 2``, 128 hidden LIF neurons
-reached 85-88% and 256 (the default) 95.7% (torch, one run each). Writes a JSON summary with ``--output``.
+reached 88.0% and 256 (the default) 95.7% (torch, one run each). Writes a JSON summary with ``--output``.
 """
 
 from __future__ import annotations

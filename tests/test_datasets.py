@@ -126,7 +126,7 @@ def test_randman_shapes_balance_determinism_and_timing_only():
     assert d.times.min() >= 0.0 and d.times.max() <= 50.0 and np.isfinite(d.times).all()
     counts = np.bincount(d.labels)
     assert counts.tolist() == [101, 101, 101] + [100] * 7
-    assert d.meta["points"].shape == (1003, 1) and len(d.class_names) == 10
+    assert d.meta["points"].shape == (1003, 2) and len(d.class_names) == 10
     # Every channel reaches both ends of the window over the scaling grid; the samples spread over it.
     assert (d.times.min(axis=0) < 2.0).all() and (d.times.max(axis=0) > 48.0).all()
     again = randman(1003, seed=1, n_channels=20)

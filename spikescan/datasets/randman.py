@@ -61,7 +61,7 @@ def _grid(dim_manifold):
 
 
 def randman(n_samples: int, *, seed: int, manifold_seed: int = 0, n_classes: int = 10, n_channels: int = 100,
-            dim_manifold: int = 1, n_spikes: int = 1, alpha: float = 2.0, duration: float = 50.0,
+            dim_manifold: int = 2, n_spikes: int = 1, alpha: float = 2.0, duration: float = 50.0,
             dtype=np.float32) -> SpikeDataset:
     """Random-manifold spike-timing classification (module docstring): ``n_samples`` samples, classes balanced
     (``n_samples // n_classes`` each, the remainder to the first classes) in random order.
@@ -71,7 +71,7 @@ def randman(n_samples: int, *, seed: int, manifold_seed: int = 0, n_classes: int
         seed: seed of the samples (points and order); use different seeds for the training and test splits.
         manifold_seed: seed of the classes' maps: the task itself (the same for every split of one task).
         n_classes, n_channels: classes and input channels.
-        dim_manifold: dimension of each class's manifold (1 is the easiest; the original study used 1-3).
+        dim_manifold: dimension of each class's manifold (2, the original code's default; 1 is easier, 3 harder).
         n_spikes: spikes per channel and sample, each from a map of its own.
         alpha: smoothness (> 0): larger is smoother and easier.
         duration: positive length of the input window; spike times lie in ``[0, duration]`` (ms).
