@@ -8,10 +8,11 @@ sample in every class, so only the times carry the class (``spikescan.datasets.r
 
 Task (the script's defaults): 10 classes, 20 input channels, two-dimensional manifolds (``--dim-manifold``), spike
 times in [0, 50] ms; 5000 training and 1000 test samples (sample seeds 1 and 2, task ``--manifold-seed`` 0), plus a
-validation split of 1000 (seed 3). On these splits, scikit-learn's logistic regression on the spike times gets 64.2%
-of the test samples and its MLP (128 ReLU units) 99.9-100% (two seeds); with ``--dim-manifold 3`` 80.9% and 94.2-94.8%,
-with ``--dim-manifold 1`` 64.2% and 100%. Hidden width matters: at ``--dim-manifold 2``, 128 hidden LIF neurons
-reached 88.0% and 256 (the default) 95.7% (torch, one run each). Writes a JSON summary with ``--output``.
+validation split of 1000 (seed 3). Non-spiking baselines on the same splits (``benchmarks/randman_baselines.py``,
+``benchmarks/results/randman_baselines.json``): logistic regression on the spike times gets about 64% at
+``--dim-manifold`` 1 and 2 and 81% at 3, an MLP of 128 ReLU units 100%, 100% and 94%. Hidden width matters: at
+``--dim-manifold 2``, 128 hidden LIF neurons reached 88.0% and 256 (the default) 95.7% (torch, one run each; the
+128-neuron run's file was not kept). Writes a JSON summary with ``--output``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ Neuron options: ``--tau-mem`` (default 20 ms) and ``--tau-syn`` (default 5 ms) f
 remembers its input for about ``tau_mem + max_delay`` (45 ms with the defaults), which suits SHD's phonetic
 structure; for a task of your own whose classes differ by events further apart than that, with silence in
 between, raise ``--tau-mem`` or ``--max-delay`` (on a synthetic task whose classes differed only in the order of
-four bursts 100 ms apart, ``--tau-mem 100`` took the default model from chance to about 80%). The number of classes
+four bursts 100 ms apart, ``--tau-mem 100`` took the default model from chance to about 80%, in a probe whose files
+were not kept). The number of classes
 is the number of class names in the files (``extra/keys``; 20 in SHD, 35 in SSC), so files of your own in the same
 format train with their own classes; a label outside them stops the script.
 
@@ -90,7 +91,11 @@ def load_split(name, split, args):
 def class_count(name, data):
     """The number of classes: the class names of the files (``extra/keys``), else the dataset's own; a label outside
     them stops the script."""
-    names = next((d.class_names for d in data.values() if len(d.class_names)), ())
+    named = {split: tuple(d.class_names) for split, d in data.items() if len(d.class_names)}
+    names = next(iter(named.values()), ())
+    if any(other != names for other in named.values()):
+        raise SystemExit(f"error: the {name} files name different classes (extra/keys): "
+                         + "; ".join(f"{name}_{split}: {len(n)} classes" for split, n in named.items()))
     n_classes = len(names) if names else DATASETS[name][1]
     for split, d in data.items():
         bad = (d.labels < 0) | (d.labels >= n_classes)

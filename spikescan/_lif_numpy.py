@@ -619,7 +619,7 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         times, events, counts, log = _recurrent.forward(
             qt2, qi2, row, end, W, max(max_in, 1), tau_mem, tau_syn, threshold, R, Dr, max_spikes, method,
             chunk_size, solver, max_total_spikes)
-    _recurrent.check_arrivals_in_range(log, Dr, np)
+    _recurrent.check_arrivals_in_range(log, R, Dr, np)
     queues = (dict(queue_times=qt, queue_index=qi, queue_end=qend) if permuted is None else
               dict(queue_times=None, queue_index=None, queue_end=qend, queue_perm=permuted.perm,
                    shared_times=permuted.times, shared_index=permuted.index, delays_t=permuted.delays_t))

@@ -88,34 +88,36 @@ def _runaway_error(b, k, n_out, t, current, limit, threshold):
     return err
 
 
-def lost_arrivals(log, recurrent_delays, xp):
+def lost_arrivals(log, recurrent_weights, recurrent_delays, xp):
     """``[batch, M]``: the logged spikes (``log``, a ``RecurrentLog``) whose arrival after their neuron's longest
-    recurrent delay overflows float64 (``+inf``, which every engine reads as no arrival)."""
-    longest = recurrent_delays.max(axis=1) if recurrent_delays.size else xp.zeros(0)
+    recurrent delay to a neuron it connects to (non-zero weight: no arrival is scheduled for the others) overflows
+    float64 (``+inf``, which every engine reads as no arrival)."""
     real = log.neurons >= 0
-    if not longest.size:
+    if not recurrent_delays.size:
         return real & False
+    longest = xp.where(recurrent_weights != 0, recurrent_delays, 0.0).max(axis=1)
     with np.errstate(over="ignore"):
         return real & xp.isinf(log.times + longest[xp.maximum(log.neurons, 0)])
 
 
-def arrival_range_error(log, lost, recurrent_delays, xp):
+def arrival_range_error(log, lost, recurrent_weights, recurrent_delays, xp):
     """The error for the first spike of ``lost_arrivals``."""
     b, m = divmod(int(xp.argmax(lost.reshape(-1))), lost.shape[1])
     k, t = int(log.neurons[b, m]), float(log.times[b, m])
+    longest = float(xp.where(recurrent_weights[k] != 0, recurrent_delays[k], 0.0).max())
     return ValueError(
-        f"recurrent_delays: neuron {k} of sample {b} spikes at t={t!r}, and its longest recurrent delay "
-        f"({float(recurrent_delays[k].max())!r}) takes that spike's arrival past the float64 range (at most "
+        f"recurrent_delays: neuron {k} of sample {b} spikes at t={t!r}, and its longest recurrent delay to a "
+        f"neuron it connects to ({longest!r}) takes that spike's arrival past the float64 range (at most "
         f"{float(np.finfo(np.float64).max):.4g}), where it would be lost; express the times in a larger unit")
 
 
-def check_arrivals_in_range(log, recurrent_delays, xp):
+def check_arrivals_in_range(log, recurrent_weights, recurrent_delays, xp):
     """Refuse a run in which a recurrent arrival overflowed float64 (``lost_arrivals``): one reduction."""
     if recurrent_delays is None:
         return
-    lost = lost_arrivals(log, recurrent_delays, xp)
+    lost = lost_arrivals(log, recurrent_weights, recurrent_delays, xp)
     if bool(lost.any()):
-        raise arrival_range_error(log, lost, recurrent_delays, xp)
+        raise arrival_range_error(log, lost, recurrent_weights, recurrent_delays, xp)
 
 
 def _commit_spikes(st, sb, sk, t_sp, I_after, p, R, Dr, th, n_out):

@@ -60,6 +60,7 @@ def raster(times, *, sample=None, ax=None, time_unit=None, **scatter_kwargs):
     Returns:
         The Axes. The spikes are one ``PathCollection`` (the last of ``ax.collections``).
     """
+    label = _time_label(time_unit)  # first: a bad argument draws nothing
     arr = _host(times, "times")
     if arr.ndim == 2 and sample is not None:
         raise ValueError(f"sample={sample!r} picks a sample of a spike tensor [batch, neurons, max_spikes], but times "
@@ -77,7 +78,7 @@ def raster(times, *, sample=None, ax=None, time_unit=None, **scatter_kwargs):
     kwargs = dict(marker="|", s=60, color="k", linewidths=1)
     kwargs.update(scatter_kwargs)
     ax.scatter(arr[neuron, slot], neuron, **kwargs)
-    ax.set_xlabel(_time_label(time_unit))
+    ax.set_xlabel(label)
     ax.set_ylabel("neuron")
     if arr.shape[0]:
         ax.set_ylim(-0.5, arr.shape[0] - 0.5)
@@ -104,6 +105,7 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
     Returns:
         The Axes, with one ``Line2D`` per drawn neuron (labelled ``"neuron i"``) plus one for the threshold.
     """
+    label = _time_label(time_unit)  # first: a bad argument draws nothing
     tt = _host(t, "t")
     vv = _host(voltage, "voltage")
     if tt.ndim != 1:
@@ -151,7 +153,7 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
             ax.axhline(float(thresholds[i]), linestyle="--", color=line.get_color(), linewidth=1)
     if thresholds is not None and thresholds.ndim == 0:
         ax.axhline(float(thresholds), linestyle="--", color="0.4", linewidth=1, label="threshold")
-    ax.set_xlabel(_time_label(time_unit))
+    ax.set_xlabel(label)
     ax.set_ylabel("voltage")
     if 0 < idx.size <= 10:
         ax.legend(loc="best", fontsize="small")

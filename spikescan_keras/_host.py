@@ -56,14 +56,14 @@ CAPPED_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 def capped_share(capped: int, spikes: int) -> str:
     """``capped`` of ``spikes`` (``0 < capped <= spikes``) as a band of ``CAPPED_BANDS``: ``"under 1%"``, ``"1-2%"``,
-    ..., ``"over 50%"`` (a share on an edge belongs to the band above it)."""
+    ..., ``"50% or more"`` (a share on an edge belongs to the band above it)."""
     share = capped / max(spikes, capped, 1)
     edges = [f"{100 * e:g}%" for e in CAPPED_BANDS]
     below = sum(share >= e for e in CAPPED_BANDS)
     if below == 0:
         return f"under {edges[0]}"
     if below == len(CAPPED_BANDS):
-        return f"over {edges[-1]}"
+        return f"{edges[-1]} or more"
     return f"{edges[below - 1][:-1]}-{edges[below]}"
 
 
@@ -192,16 +192,16 @@ class LIFOp:
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_capped and int(capped):
             # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
-            # shows it once per layer and band: again when the share moves (a runaway shows as a rising band). The
-            # layer's ``capped_spikes`` variable keeps the running total.
+            # shows it once per layer and band: again when the share reaches a new band (a runaway shows as a rising
+            # band). The layer's ``capped_spikes`` variable keeps the running total.
             warnings.warn(
                 f"LIFLayer {spec.layer_name!r}: {capped_share(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
-                "them, and this warning shows again when the share moves to another band). Usually a few neurons "
-                "fire a short burst on every sample, which training tolerates; raise max_spikes if the later spikes "
-                "carry information. If instead the share keeps rising during training while the loss stalls, the "
-                "weights are running away: lower the learning rate.", CappedSpikesWarning)
+                "them, and this warning shows again when the share reaches a band not shown before). Usually a few "
+                "neurons fire a short burst on every sample, which training tolerates; raise max_spikes if the later "
+                "spikes carry information. If instead the share keeps rising during training while the loss "
+                "stalls, the weights are running away: lower the learning rate.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
 

@@ -464,8 +464,9 @@ class LIFLayer(_SpikeTimesLayer):
 
     Capped spikes: only the first ``max_spikes`` spikes of a neuron are passed on (its dynamics stay exact). The
     non-trainable variable ``capped_spikes`` (int32) accumulates, over every call since it was built, the number of
-    spikes fired but not recorded, and a ``CappedSpikesWarning`` is issued when it happens (Python's default warning
-    filter shows it once per place in the code that triggers it).
+    spikes fired but not recorded, and a ``CappedSpikesWarning`` gives their share of the batch's spikes as a band
+    (under 1%, 1-2%, ..., 50% or more); Python's default warning filter shows it once per layer and band, so a share
+    rising into a band not shown before shows again.
 
     Args:
         units: number of LIF neurons.

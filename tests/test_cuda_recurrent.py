@@ -293,12 +293,15 @@ def test_arrivals_and_spikes_beyond_the_dtype_range_are_refused(backend):
     W = np.array([[5.0, 0.0], [0.0, 0.0]])
     R = np.array([[0.0, 5.0], [0.0, 0.0]])
     kw = dict(tau_mem=1e140, tau_syn=5e139, max_spikes=2, recurrent_weights=R)
-    message = r"neuron 0 of sample 0 spikes at t=1e\+308, and its longest recurrent delay \(1e\+308\)"
+    message = (r"neuron 0 of sample 0 spikes at t=1e\+308, and its longest recurrent delay to a neuron it connects "
+               r"to \(1e\+308\)")
     for call in (lambda D: ss.lif_forward(t, W, recurrent_delays=D, engine="numpy", **kw),
                  lambda D: backend.forward(t, W, recurrent_delays=D, **kw)):
         with pytest.raises(ValueError, match=message):
             call(np.array([[0.0, 1e308], [0.0, 0.0]]))
         result = call(np.array([[0.0, 0.5e308], [0.0, 0.0]]))  # the arrival at 1.5e308 is within range
+        np.testing.assert_array_equal(backend.host(result.counts), [[1, 1]])
+        result = call(np.array([[1e308, 0.5e308], [0.0, 0.0]]))  # 1e308 on a connection of weight 0: unused
         np.testing.assert_array_equal(backend.host(result.counts), [[1, 1]])
     t32 = np.array([[[1.0e38], [np.inf]]], np.float32)
     message = r"a spike time \(3\.99.*e\+38\) exceeds the range of the input dtype float32"

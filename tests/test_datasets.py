@@ -1,6 +1,7 @@
 import gzip
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -108,8 +109,11 @@ def _randman_reference(points, label, *, n_channels, dim_manifold, alpha, durati
     return np.sort(out, axis=-1)
 
 
-@pytest.mark.parametrize("dim_manifold,n_spikes", [(1, 1), (2, 2)])
-def test_randman_against_the_construction_written_out(dim_manifold, n_spikes):
+@pytest.mark.parametrize("dim_manifold,n_spikes,chunk", [(1, 1, None), (2, 2, None), (1, 1, 100)])
+def test_randman_against_the_construction_written_out(dim_manifold, n_spikes, chunk, monkeypatch):
+    """Also with points evaluated in chunks of one (``chunk=100`` entries: 3 channels x 32 terms per point)."""
+    if chunk is not None:
+        monkeypatch.setattr(sys.modules["spikescan.datasets.randman"], "CHUNK_ELEMENTS", chunk)
     kw = dict(n_channels=3, dim_manifold=dim_manifold, alpha=2.0, duration=50.0, manifold_seed=5, n_classes=3)
     for seed in (1, 2) if dim_manifold == 1 else (1,):  # two splits of one task: the same maps
         d = randman(12, seed=seed, n_spikes=n_spikes, dtype=np.float64, **kw)

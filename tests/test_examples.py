@@ -151,6 +151,10 @@ def test_shd_format_files_of_your_own_time_constants_and_class_count(tmp_path):
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit):
             run_speech("shd", tmp_path, tmp_path / "shd.json", "--tau-mem", bad)
+    write_heidelberg(tmp_path / "shd_test.h5", speech_samples(6, 10, seed=0), n_classes=12)
+    with pytest.raises(SystemExit, match=r"error: the shd files name different classes \(extra/keys\): shd_train: "
+                                         r"10 classes; shd_test: 12 classes"):
+        run_speech("shd", tmp_path, tmp_path / "shd.json")
 
 
 def test_ssc_with_validation_split(tmp_path):

@@ -53,8 +53,10 @@ def test_raster_one_point_per_finite_spike(ax):
     splot.raster(times[0], ax=ax, time_unit="ms")
     assert len(ax.collections[-1].get_offsets()) == 5
     assert ax.get_xlabel() == "time (ms)" and ax.get_ylabel() == "neuron"
+    drawn = len(ax.collections)
     with pytest.raises(TypeError, match="time_unit must be a string such as 'ms', or None, got 1000"):
         splot.raster(times[0], ax=ax, time_unit=1000)
+    assert len(ax.collections) == drawn  # refused before drawing
 
 
 def test_raster_current_axes_and_errors():

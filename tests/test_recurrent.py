@@ -366,8 +366,13 @@ def test_a_recurrent_arrival_beyond_float64_is_refused():
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no overflow warning on the way
             with pytest.raises(ValueError, match=r"neuron 0 of sample 0 spikes at t=1e\+308, and its longest "
-                                                 r"recurrent delay \(1e\+308\) takes that spike's arrival past"):
+                                                 r"recurrent delay to a neuron it connects to \(1e\+308\) takes "
+                                                 r"that spike's arrival past"):
                 ss.lif_forward(t, W, recurrent_delays=np.array([[0.0, 1e308], [0.0, 0.0]]), method=method, **kw)
             out = ss.lif_forward(t, W, recurrent_delays=np.array([[0.0, 0.5e308], [0.0, 0.0]]), method=method, **kw)
+            # A long delay on a connection of weight 0 schedules no arrival: nothing is lost, nothing refused.
+            unused = ss.lif_forward(t, W, recurrent_delays=np.array([[1e308, 0.5e308], [0.0, 0.0]]), method=method,
+                                    **kw)
         np.testing.assert_array_equal(out.counts, [[1, 1]])
         assert out.times[0, 1, 0] == 1.5e308
+        np.testing.assert_array_equal(unused.times, out.times)

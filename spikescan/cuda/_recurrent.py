@@ -183,7 +183,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         # One small read (a host sync): errors, full pending buffers, the longest log.
         # Refused below: an arrival that overflowed float64 (with recurrent delays; read as no arrival), a spike
         # time beyond the range of a narrower output dtype (read as no spike).
-        lost = None if Dr is None else lost_arrivals(RecurrentLog(log_t, log_k, log_I, log_n), Dr, xp)
+        lost = None if Dr is None else lost_arrivals(RecurrentLog(log_t, log_k, log_I, log_n), R, Dr, xp)
         lost_out = None if dtype == np.float64 else lost_output_times(spike_times, out_times, xp)
         flags = xp.stack([xp.isfinite(stuck_times).any(), overflow.max(), log_n.max()]
                          + [x.any() for x in (lost, lost_out) if x is not None]).astype(xp.int64)
@@ -209,7 +209,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     log = RecurrentLog(times=log_t[:, :n_log_max], neurons=log_k[:, :n_log_max], currents=log_I[:, :n_log_max],
                        count=log_n)
     if lost is not None and lost_any[0]:
-        raise arrival_range_error(log, lost[:, :n_log_max], Dr, xp)
+        raise arrival_range_error(log, lost[:, :n_log_max], R, Dr, xp)
     if lost_out is not None and lost_any[-1]:
         raise output_range_error(spike_times, lost_out, dtype, xp)
     res = LIFResiduals(

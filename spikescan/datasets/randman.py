@@ -40,17 +40,23 @@ def _manifold_params(n_classes, n_spikes, n_channels, dim_manifold, alpha, manif
     return params
 
 
+CHUNK_ELEMENTS = 1 << 22  # points are evaluated in chunks of at most this many (point, channel, term) entries
+
+
 def _evaluate(params, x, alpha):
     """``f(x)`` for points ``x [n, dim_manifold]`` and one map's parameters ``[n_channels, dim_manifold, 3, terms]``:
-    ``[n, n_channels]``."""
-    terms = params.shape[-1]
+    ``[n, n_channels]``, in chunks of points (32 MiB of sines at a time)."""
+    n_channels, terms = params.shape[0], params.shape[-1]
     k = np.arange(terms)
     spectrum = 1.0 / (k + 1.0) ** alpha
-    out = np.ones((len(x), params.shape[0]))
+    out = np.ones((len(x), n_channels))
+    step = max(1, CHUNK_ELEMENTS // (n_channels * terms))
     for d in range(params.shape[1]):
         amplitude, frequency, phase = params[:, d, 0], params[:, d, 1], params[:, d, 2]  # [channels, terms]
-        arg = 2.0 * np.pi * (x[:, d, None, None] * (k * frequency)[None] + phase[None])  # [n, channels, terms]
-        out *= np.einsum("nct,ct->nc", np.sin(arg), amplitude * spectrum)
+        for start in range(0, len(x), step):
+            part = slice(start, start + step)
+            arg = 2.0 * np.pi * (x[part, d, None, None] * (k * frequency)[None] + phase[None])  # [n, channels, terms]
+            out[part] *= np.einsum("nct,ct->nc", np.sin(arg), amplitude * spectrum)
     return out
 
 
