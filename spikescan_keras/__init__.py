@@ -18,12 +18,13 @@ if int(_keras.__version__.split(".")[0]) < 3:
     raise ImportError(f"spikescan_keras needs Keras 3 (keras>=3.3), found keras {_keras.__version__}: "
                       "pip install -U 'spikescan[keras]'")
 
-from ._host import CappedSpikesWarning, DeadReadoutWarning, SilentLayerWarning, SilentReadoutWarning  # noqa: E402
+from ._host import (CappedSpikesWarning, DeadNeuronsWarning, DeadReadoutWarning, SilentLayerWarning,  # noqa: E402
+                    SilentReadoutWarning)
 from .callbacks import FiringMonitor  # noqa: E402
 from .layers import (DelayRange, FirstSpikeReadout, LIFLayer, LIReadout, PositiveFloor,  # noqa: E402
                      SpikeCountRegularizer, SpikeDropout)
 from .nir import export_nir, import_nir  # noqa: E402
 
 __all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeDropout", "SpikeCountRegularizer", "DelayRange",
-           "PositiveFloor", "CappedSpikesWarning", "SilentLayerWarning", "SilentReadoutWarning", "DeadReadoutWarning",
-           "FiringMonitor", "export_nir", "import_nir"]
+           "PositiveFloor", "CappedSpikesWarning", "DeadNeuronsWarning", "SilentLayerWarning", "SilentReadoutWarning",
+           "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir"]

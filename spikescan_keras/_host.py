@@ -51,6 +51,11 @@ class DeadReadoutWarning(UserWarning):
     gradient is exactly zero."""
 
 
+class DeadNeuronsWarning(UserWarning):
+    """Neurons of a LIF layer that fired on no sample of a training batch, with no revival objective
+    (``silence_penalty=0``): their gradient is exactly zero and nothing brings them back."""
+
+
 CAPPED_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -98,6 +103,8 @@ class LIFSpec:
     threshold_input: bool = False  # True: per-neuron thresholds are the last input (trainable)
     warn_capped: bool = True  # False: spikes beyond max_spikes are expected (FirstSpikeReadout's later spikes)
     warn_silent: bool = True  # False: a silent batch still has gradients (FirstSpikeReadout's voltage extension)
+    warn_dead: bool = False  # True: neurons silent on every sample of a training batch are warned about
+    # (silence_penalty=0: no revival objective)
     recurrent: bool = False  # True: recurrent weights [n_out, n_out] follow the (delays of the) input weights
     recurrent_delays: bool = False  # True: and recurrent delays [n_out, n_out] after them
 
@@ -180,15 +187,16 @@ class LIFOp:
 
     @staticmethod
     def check_values(spec: LIFSpec, outputs, inputs):
-        """``(capped, fired, spikes)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and
+        """``(capped, fired, spikes, dead)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and
         neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent
-        batch) and all the spikes fired."""
+        batch), all the spikes fired, and the neurons that fired on no sample (0 for an empty batch)."""
         counts = outputs[1]
         over = counts - spec.max_spikes
-        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum()
+        dead = (((counts > 0).sum(axis=0) == 0).sum()) * (counts.shape[0] > 0)
+        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum(), dead
 
     @staticmethod
-    def check(spec: LIFSpec, capped, fired, spikes):
+    def check(spec: LIFSpec, capped, fired, spikes, dead=0):
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_capped and int(capped):
             # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
@@ -204,6 +212,14 @@ class LIFOp:
                 "stalls, the weights are running away: lower the learning rate.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
+        elif spec.training and spec.warn_dead and int(dead):
+            # No count in the message: Python's default filter shows it once per layer.
+            warnings.warn(
+                f"LIFLayer {spec.layer_name!r}: some neurons fired on no sample of a training batch, and "
+                "silence_penalty=0 switches off the revival objective, so their gradients are exactly zero and "
+                "nothing in training brings them back (the layer's `dead_fraction` variable gives their share). "
+                "Keep silence_penalty > 0 (the default, 1.0) unless they fire on other batches.",
+                DeadNeuronsWarning, stacklevel=2)
 
     @staticmethod
     def backward(spec: LIFSpec, result, grad_times, input_grad=True):

@@ -553,6 +553,9 @@ class LIFLayer(_SpikeTimesLayer):
     VOLTAGE_STEP = 1.0
     # The parameter_rule a new layer of this class uses and saves (see _PARAMETER_RULE).
     PARAMETER_RULE = _PARAMETER_RULE
+    # Whether a neuron silent on every sample of a training batch gets no gradient without the revival objective
+    # (silence_penalty=0), which a DeadNeuronsWarning then says; FirstSpikeReadout's silent neurons learn through V*.
+    WARNS_DEAD = True
 
     delays = _Renamed("delay_values() / set_delay_values()")
     recurrent_delays = _Renamed("recurrent_delay_values() / set_recurrent_delay_values()")
@@ -809,6 +812,9 @@ class LIFLayer(_SpikeTimesLayer):
         taus = _time_constant_tensors(self)
         threshold = ((self._thresholds(),) if self.trainable_threshold else ())
         spec = self._train_spec if training else self._spec
+        if training and self.WARNS_DEAD and self.silence_penalty == 0:  # no revival objective: dead stays dead
+            spec = dataclasses.replace(spec, warn_dead=True)
+        checked = spec
         global_checks = learn and self._data_parallel is not None
         if global_checks:  # judged below on the global batch, not on this rank's share
             spec = dataclasses.replace(spec, warn_capped=False, warn_silent=False)
@@ -817,7 +823,7 @@ class LIFLayer(_SpikeTimesLayer):
         if learn:
             dead, capped, spikes = self._firing_statistics(counts, capped)
             if global_checks:  # the global counts; neurons that fired on some sample of the global batch
-                self._data_parallel.check(LIFOp, self._train_spec, capped, ops.sum(1.0 - dead), spikes)
+                self._data_parallel.check(LIFOp, checked, capped, ops.sum(1.0 - dead), spikes, ops.sum(dead))
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))
@@ -1020,6 +1026,7 @@ class FirstSpikeReadout(LIFLayer):
     # stored values, which are the weights over kernel_scale (8 times the LIFLayer's unit at the start): an L2
     # penalty on them weighs the weights 64 times less than in an LIFLayer, a norm bound is 8 times looser.
     VOLTAGE_STEP = 8.0
+    WARNS_DEAD = False
     PARAMETER_RULE = 4  # the rule that applies VOLTAGE_STEP
 
     def __init__(self, units, *, tau_mem, tau_syn, t_max, tau_logit=None, **kwargs):

@@ -83,6 +83,31 @@ def test_firing_statistics_match_the_spike_counts():
     np.testing.assert_allclose(history.history[f"{lif.name}/spikes_per_neuron"], [counts.mean()], rtol=1e-6)
 
 
+def test_dead_neurons_without_the_revival_objective_warn():
+    """silence_penalty=0: a neuron that fires on no sample of a training batch gets exactly zero gradient and nothing
+    brings it back, which a DeadNeuronsWarning says (once per layer); with the objective on (the default), on
+    inference calls, or with no dead neuron, it does not."""
+    keras.utils.set_random_seed(1)
+    x, y = timing_task(32)
+
+    def fit(layer, data=x):
+        model = model_of(layer)
+        kernel = layer.kernel.numpy().copy()
+        kernel[:, 0] = -abs(kernel[:, 0]) - 0.1  # neuron 0: every input weight negative, so it never fires
+        layer.kernel.assign(kernel)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(data, y, batch_size=32, epochs=1, verbose=0)
+            model.predict(data, verbose=0)
+        return [w for w in caught if w.category is sk.DeadNeuronsWarning], model
+
+    dead, model = fit(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4, calibrate=None,
+                                  silence_penalty=0.0, name="no_revival"))
+    assert len(dead) == 1 and "'no_revival': some neurons fired on no sample" in str(dead[0].message)
+    assert float(model.layers[0].dead_fraction.numpy()) >= 1 / 16
+    assert not fit(sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4, calibrate=None))[0]
+
+
 def test_first_training_batch_calibrates_the_kernel_scale(tmp_path):
     keras.utils.set_random_seed(2)
     x, y = timing_task(64)
