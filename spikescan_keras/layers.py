@@ -817,7 +817,7 @@ class LIFLayer(_SpikeTimesLayer):
         checked = spec
         global_checks = learn and self._data_parallel is not None
         if global_checks:  # judged below on the global batch, not on this rank's share
-            spec = dataclasses.replace(spec, warn_capped=False, warn_silent=False)
+            spec = dataclasses.replace(spec, warn_capped=False, warn_silent=False, warn_dead=False)
         times, counts = _bridge.apply(LIFOp, spec, (inputs, kernel, *delays, *recurrent, *taus, *threshold))
         capped = ops.sum(ops.maximum(counts - self.max_spikes, 0))
         if learn:
