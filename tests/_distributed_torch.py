@@ -30,11 +30,12 @@ N_SAMPLES, GLOBAL_BATCH, EPOCHS, HIDDEN = 51, 16, 2, 12
 EXAMPLE_FLAGS = ["--epochs", "1", "--limit", "40", "--hidden", "6", "--batch-size", "16", "--verbose", "0"]
 
 
-def build():
+def build(silence_penalty=1.0):
     model = keras.Sequential([
         keras.Input(shape=(5, 1)),
         LIFLayer(HIDDEN, tau_mem=20.0, tau_syn=10.0, max_spikes=2, solver="analytic", name="hidden",
-                 kernel_initializer=keras.initializers.RandomNormal(0.05, 0.1, seed=1)),
+                 kernel_initializer=keras.initializers.RandomNormal(0.05, 0.1, seed=1),
+                 silence_penalty=silence_penalty),
         LIReadout(3, tau_mem=20.0, tau_syn=10.0, t_max=60.0, name="readout", readout="max",
                   kernel_initializer=keras.initializers.RandomNormal(-0.1, 0.1, seed=2)),
     ])
@@ -107,21 +108,23 @@ def failed_fit_leaves_no_hooks():
 
 def warnings_of_the_global_batch():
     """Warning classes each rank issues when every odd sample has no input spike, so rank 1's share (the odd samples)
-    is silent while the global batch fires; then when every sample is silent. Judged on each rank's share, rank 1
-    warned of a silent layer and readout in the first case."""
+    is silent while the global batch fires; then when every sample is silent; then the first case again without the
+    revival objective (``silence_penalty=0``: dead neurons are warned about). Judged on each rank's share, rank 1
+    warned of a silent layer and readout in the first case, and of dead neurons (all of its share's) in the third."""
     import warnings
 
     data = yinyang(32, seed=3)
     half = data.times.copy()
     half[1::2] = np.inf
     seen = []
-    for times in (half, np.full_like(data.times, np.inf)):
-        model = build()
+    for times, penalty in ((half, 1.0), (np.full_like(data.times, np.inf), 1.0), (half, 0.0)):
+        model = build(silence_penalty=penalty)
         batches = distributed.shard(SpikeBatches(times, data.labels, batch_size=GLOBAL_BATCH))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.fit(batches, epochs=1, verbose=0, callbacks=[distributed.DistributedDataParallel()])
-        seen.append(sorted({w.category.__name__ for w in caught if "Silent" in w.category.__name__}))
+        seen.append(sorted({w.category.__name__ for w in caught
+                            if "Silent" in w.category.__name__ or "Dead" in w.category.__name__}))
     return seen
 
 
