@@ -176,8 +176,8 @@ def table(header, rows):
 MNIST_SUBSET_SHA256 = "610df4ed13a5a935bbed46b71d21da05eca90b6aca39d35d5b548a4ef6c0ae08"
 
 # One row per example script; ``results`` lists its JSON summaries in examples/results/ (none: not measured yet).
-# Optional ``data_sha256``, ``n_train``, ``n_test``, ``output``, ``recurrent``, ``dim_manifold``: what each of the row's summaries must record (else an
-# error).
+# Optional ``data_sha256``, ``n_train``, ``n_test``, ``output``, ``recurrent``, ``dim_manifold``: what each of the
+# row's summaries must record (else an error).
 EXAMPLES = [
     dict(dataset="Yin-Yang (latency code)", script="examples/yinyang.py", architecture="5 - 120 LIF - 3 LI",
          results=["yinyang_torch_cpu.json", "yinyang_jax_cpu.json"], command="python examples/yinyang.py",

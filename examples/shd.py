@@ -28,9 +28,9 @@ remembers its input for about ``tau_mem + max_delay`` (45 ms with the defaults),
 structure; for a task of your own whose classes differ by events further apart than that, with silence in
 between, raise ``--tau-mem`` or ``--max-delay`` (on a synthetic task whose classes differed only in the order of
 four bursts 100 ms apart, ``--tau-mem 100`` took the default model from chance to about 80%, in a probe whose files
-were not kept). The number of classes
-is the number of class names in the files (``extra/keys``; 20 in SHD, 35 in SSC), so files of your own in the same
-format train with their own classes; a label outside them stops the script.
+were not kept). The number of classes is the number of class names in the files (``extra/keys``; 20 in SHD, 35 in
+SSC), so files of your own in the same format train with their own classes; a label outside them, or files that
+name different classes, stops the script.
 
 The readout integrates its membrane potential over ``[0, t_max + 2 max_delay + 2 tau_mem]``, long enough for spikes
 delayed twice by the longest delay. SHD has no validation split: training uses the 8156 training samples and the
@@ -101,8 +101,8 @@ def class_count(name, data):
         bad = (d.labels < 0) | (d.labels >= n_classes)
         if bad.any():
             where = "the class names in extra/keys" if names else f"{name.upper()}'s classes"
-            raise SystemExit(f"error: {name}_{split} has label {int(d.labels[bad][0])}, outside the {n_classes} classes "
-                             f"of {where} (labels 0-{n_classes - 1})")
+            raise SystemExit(f"error: {name}_{split} has label {int(d.labels[bad][0])}, outside the {n_classes} "
+                             f"classes of {where} (labels 0-{n_classes - 1})")
     return n_classes
 
 

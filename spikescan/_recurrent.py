@@ -88,14 +88,20 @@ def _runaway_error(b, k, n_out, t, current, limit, threshold):
     return err
 
 
+def _longest_connected_delay(recurrent_weights, recurrent_delays, xp):
+    """``[n_out]``: each neuron's longest recurrent delay to a neuron it connects to (non-zero weight: no arrival is
+    scheduled for the others; 0 when it connects to none)."""
+    return xp.where(recurrent_weights != 0, recurrent_delays, 0.0).max(axis=1)
+
+
 def lost_arrivals(log, recurrent_weights, recurrent_delays, xp):
     """``[batch, M]``: the logged spikes (``log``, a ``RecurrentLog``) whose arrival after their neuron's longest
-    recurrent delay to a neuron it connects to (non-zero weight: no arrival is scheduled for the others) overflows
-    float64 (``+inf``, which every engine reads as no arrival)."""
+    connected recurrent delay (``_longest_connected_delay``) overflows float64 (``+inf``, which every engine reads
+    as no arrival)."""
     real = log.neurons >= 0
     if not recurrent_delays.size:
         return real & False
-    longest = xp.where(recurrent_weights != 0, recurrent_delays, 0.0).max(axis=1)
+    longest = _longest_connected_delay(recurrent_weights, recurrent_delays, xp)
     with np.errstate(over="ignore"):
         return real & xp.isinf(log.times + longest[xp.maximum(log.neurons, 0)])
 
@@ -104,7 +110,7 @@ def arrival_range_error(log, lost, recurrent_weights, recurrent_delays, xp):
     """The error for the first spike of ``lost_arrivals``."""
     b, m = divmod(int(xp.argmax(lost.reshape(-1))), lost.shape[1])
     k, t = int(log.neurons[b, m]), float(log.times[b, m])
-    longest = float(xp.where(recurrent_weights[k] != 0, recurrent_delays[k], 0.0).max())
+    longest = float(_longest_connected_delay(recurrent_weights, recurrent_delays, xp)[k])
     return ValueError(
         f"recurrent_delays: neuron {k} of sample {b} spikes at t={t!r}, and its longest recurrent delay to a "
         f"neuron it connects to ({longest!r}) takes that spike's arrival past the float64 range (at most "

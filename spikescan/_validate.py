@@ -19,8 +19,7 @@ def array_module(*arrays):
     for x in arrays:
         if x is None:
             continue
-        mod = type(x).__module__.split(".")[0]
-        if mod == "cupy":
+        if _top_module(x) == "cupy":
             kinds.add("cupy")
         elif isinstance(x, np.ndarray):
             kinds.add("numpy")
@@ -44,11 +43,16 @@ _FRAMEWORKS = {"jax": "a JAX array", "jaxlib": "a JAX array", "torch": "a torch 
                "tensorflow": "a TensorFlow tensor"}
 
 
+def _top_module(x):
+    """The top-level package of ``x``'s type (``"numpy"``, ``"cupy"``, ``"jaxlib"``, ...)."""
+    return type(x).__module__.split(".")[0]
+
+
 def _foreign(x, name=None):
     """``x``'s type, fully named, for an error refusing it; for another framework's array, what to do instead."""
     kind = type(x)
     described = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__name__
-    framework = _FRAMEWORKS.get(kind.__module__.split(".")[0])
+    framework = _FRAMEWORKS.get(_top_module(x))
     if framework is None:
         return described
     arg = name or "it"
@@ -62,7 +66,7 @@ def _describe(x):
 
 def check_float_array(name, x, ndim):
     """``x`` must be a float32/float64 array of ``ndim`` dimensions."""
-    if not isinstance(x, np.ndarray) and type(x).__module__.split(".")[0] != "cupy":
+    if not isinstance(x, np.ndarray) and _top_module(x) != "cupy":
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}")
     if x.dtype not in _FLOAT_DTYPES:
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:

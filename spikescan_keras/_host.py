@@ -189,10 +189,11 @@ class LIFOp:
     def check_values(spec: LIFSpec, outputs, inputs):
         """``(capped, fired, spikes, dead)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and
         neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent
-        batch), all the spikes fired, and the neurons that fired on no sample (0 for an empty batch)."""
+        batch), all the spikes fired, and the neurons that fired on no sample (0 for an empty batch, and when
+        ``spec.warn_dead`` is off: not counted)."""
         counts = outputs[1]
         over = counts - spec.max_spikes
-        dead = (((counts > 0).sum(axis=0) == 0).sum()) * (counts.shape[0] > 0)
+        dead = (((counts > 0).sum(axis=0) == 0).sum()) * (counts.shape[0] > 0) if spec.warn_dead else 0
         return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum(), dead
 
     @staticmethod

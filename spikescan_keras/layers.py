@@ -932,7 +932,7 @@ class LIFLayer(_SpikeTimesLayer):
             pairs = ops.cast(samples * self.units, "float32")
             dead = ops.cast(fired == 0, "float32")
             self.silent_fraction.assign(ops.cast(silent, "float32") / pairs)
-            self.spikes_per_neuron.assign(ops.cast(ops.sum(fired), "float32") / pairs)
+            self.spikes_per_neuron.assign(ops.cast(spikes, "float32") / pairs)
         self.dead_fraction.assign(ops.mean(dead))
         return dead, capped, spikes
 

@@ -1,4 +1,5 @@
-"""Spike-tensor datasets: Yin-Yang, random manifolds (randman), latency-coded MNIST, SHD and SSC, and a bridge from tonic's event datasets.
+"""Spike-tensor datasets: Yin-Yang, random manifolds (randman), latency-coded MNIST, SHD and SSC, and a bridge from
+tonic's event datasets.
 
 Every loader returns a :class:`SpikeDataset` whose ``times`` are ``[n, channels, max_spikes]`` floats, ascending
 along the last axis and padded with ``+inf``, with ``labels [n]`` int64. Times are in milliseconds unless a
