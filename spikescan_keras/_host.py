@@ -56,18 +56,19 @@ class DeadNeuronsWarning(UserWarning):
     (``silence_penalty=0``): their gradient is exactly zero and nothing brings them back."""
 
 
-CAPPED_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
-def capped_share(capped: int, spikes: int) -> str:
-    """``capped`` of ``spikes`` (``0 < capped <= spikes``) as a band of ``CAPPED_BANDS``: ``"under 1%"``, ``"1-2%"``,
-    ..., ``"50% or more"`` (a share on an edge belongs to the band above it)."""
-    share = capped / max(spikes, capped, 1)
-    edges = [f"{100 * e:g}%" for e in CAPPED_BANDS]
-    below = sum(share >= e for e in CAPPED_BANDS)
+def share_band(part: int, whole: int) -> str:
+    """``part`` of ``whole`` (``0 < part <= whole``) as a band of ``SHARE_BANDS``: ``"under 1%"``, ``"1-2%"``, ...,
+    ``"50% or more"`` (a share on an edge belongs to the band above it). Warnings give amounts as bands, not counts,
+    so that Python's default filter shows each once per layer and band."""
+    share = part / max(whole, part, 1)
+    edges = [f"{100 * e:g}%" for e in SHARE_BANDS]
+    below = sum(share >= e for e in SHARE_BANDS)
     if below == 0:
         return f"under {edges[0]}"
-    if below == len(CAPPED_BANDS):
+    if below == len(SHARE_BANDS):
         return f"{edges[-1]} or more"
     return f"{edges[below - 1][:-1]}-{edges[below]}"
 
@@ -187,24 +188,24 @@ class LIFOp:
 
     @staticmethod
     def check_values(spec: LIFSpec, outputs, inputs):
-        """``(capped, fired, spikes, dead)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch and
-        neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a silent
-        batch), all the spikes fired, and the neurons that fired on no sample (0 for an empty batch, and when
-        ``spec.warn_dead`` is off: not counted)."""
+        """``(capped, fired, spikes, dead, units)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch
+        and neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a
+        silent batch), all the spikes fired, the neurons that fired on no sample (0 for an empty batch, and when
+        ``spec.warn_dead`` is off: not counted) and the layer's neurons."""
         counts = outputs[1]
         over = counts - spec.max_spikes
         dead = (((counts > 0).sum(axis=0) == 0).sum()) * (counts.shape[0] > 0) if spec.warn_dead else 0
-        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum(), dead
+        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum(), dead, counts.shape[1]
 
     @staticmethod
-    def check(spec: LIFSpec, capped, fired, spikes, dead=0):
+    def check(spec: LIFSpec, capped, fired, spikes, dead=0, units=0):
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_capped and int(capped):
             # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
             # shows it once per layer and band: again when the share reaches a new band (a runaway shows as a rising
             # band). The layer's ``capped_spikes`` variable keeps the running total.
             warnings.warn(
-                f"LIFLayer {spec.layer_name!r}: {capped_share(int(capped), int(spikes))} of a batch's spikes "
+                f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
                 "them, and this warning shows again when the share reaches a band not shown before). Usually a few "
@@ -214,9 +215,11 @@ class LIFOp:
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name)
         elif spec.training and spec.warn_dead and int(dead):
-            # No count in the message: Python's default filter shows it once per layer.
+            # The share as a band, not a count: Python's default filter shows it once per layer and band.
             warnings.warn(
-                f"LIFLayer {spec.layer_name!r}: some neurons fired on no sample of a training batch, and "
+                f"LIFLayer {spec.layer_name!r}: {share_band(int(dead), int(units))} of its {int(units)} neurons fired "
+                "on no sample of a training batch (the warning shows again when the share reaches a band not shown "
+                "before), and "
                 "silence_penalty=0 switches off the revival objective, so their gradients are exactly zero and "
                 "nothing in training brings them back (the layer's `dead_fraction` variable gives their share). "
                 "Keep silence_penalty > 0 (the default, 1.0) unless they fire on other batches.",

@@ -823,7 +823,8 @@ class LIFLayer(_SpikeTimesLayer):
         if learn:
             dead, capped, spikes = self._firing_statistics(counts, capped)
             if global_checks:  # the global counts; neurons that fired on some sample of the global batch
-                self._data_parallel.check(LIFOp, checked, capped, ops.sum(1.0 - dead), spikes, ops.sum(dead))
+                self._data_parallel.check(LIFOp, checked, capped, ops.sum(1.0 - dead), spikes, ops.sum(dead),
+                                          self.units)
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))

@@ -568,10 +568,10 @@ def test_capped_spikes_are_counted_and_warned(jax_route):
 @pytest.mark.parametrize("capped,spikes,band", [
     (1, 101, "under 1%"), (1, 100, "1-2%"), (3, 100, "2-5%"), (9, 100, "5-10%"), (19, 100, "10-20%"),
     (20, 100, "20-50%"), (50, 100, "50% or more"), (7, 7, "50% or more")])
-def test_capped_share_bands(capped, spikes, band):
-    from spikescan_keras._host import capped_share
+def test_share_bands(capped, spikes, band):
+    from spikescan_keras._host import share_band
 
-    assert capped_share(capped, spikes) == band
+    assert share_band(capped, spikes) == band
 
 
 def test_capped_spikes_warning_shows_again_when_the_share_moves_band():
@@ -587,6 +587,27 @@ def test_capped_spikes_warning_shows_again_when_the_share_moves_band():
             LIFOp.check(spec, capped, 10, 100)
     messages = [str(w.message) for w in caught if w.category is sk.CappedSpikesWarning]
     assert len(messages) == 2 and "'hidden': 2-5% of" in messages[0] and "'hidden': 20-50% of" in messages[1]
+
+
+def test_dead_neurons_warning_gives_the_share_and_shows_again_when_it_moves_band():
+    """The dead-neuron warning (silence_penalty=0) gives the share of the layer's neurons that fired on no sample, as
+    a band: under the default filter it shows once per layer and band, so more neurons dying shows again."""
+    from spikescan_keras._host import LIFOp, LIFSpec
+
+    spec = LIFSpec(tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=1.0, max_spikes=2, method="auto", chunk_size=128,
+                   solver="newton", layer_name="hidden", training=True, warn_dead=True)
+    counts = np.ones((4, 50), np.int32)
+    counts[:, :3] = 0  # 3 of 50 neurons dead
+    values = LIFOp.check_values(spec, (None, counts), ())
+    assert [int(v) for v in values] == [0, 188, 188, 3, 50]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for dead in (values, 4, 0, 30):  # 6% and 8%, then none, then 60%
+            LIFOp.check(spec, *((0, 10, 100, dead, 50) if isinstance(dead, int) else dead))
+    messages = [str(w.message) for w in caught if w.category is sk.DeadNeuronsWarning]
+    assert len(messages) == 2, messages
+    assert "'hidden': 5-10% of its 50 neurons fired on no sample" in messages[0]
+    assert "'hidden': 50% or more of its 50 neurons" in messages[1]
 
 
 @pytest.mark.parametrize("readout,revival", [("integral", 1.0), ("max", 1.0), ("max", 0.0)])
