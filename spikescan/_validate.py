@@ -68,6 +68,9 @@ def check_float_array(name, x, ndim):
     """``x`` must be a float32/float64 array of ``ndim`` dimensions."""
     if not isinstance(x, np.ndarray) and _top_module(x) != "cupy":
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}")
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain NumPy array, got a masked array, whose mask would be ignored: mark "
+                        f"absent spikes with +inf padding instead (np.ma.filled({name}, np.inf) for spike times)")
     if x.dtype not in _FLOAT_DTYPES:
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
             raise TypeError(f"{name} must have a native-endian dtype float32 or float64, got byte-swapped "
@@ -270,6 +273,11 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
             raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
         if array_module(value) is not xp:
             raise TypeError(f"{name} must live on the same device (NumPy/CuPy) as the spike times")
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"{name} must be a plain array, got a masked array (its mask would be ignored)")
+        if getattr(value, "dtype", None) is None or value.dtype.kind not in "iuf":  # bool, complex, str, object
+            raise TypeError(f"{name} must be a positive number or an array of real numbers of shape [{n_out}], got "
+                            f"dtype {getattr(value, 'dtype', None)}")
         if value.shape not in ((), (n_out,)):
             raise ValueError(f"{name} must be a scalar or have shape [{n_out}], got shape {tuple(value.shape)}")
         arr = xp.broadcast_to(xp.asarray(value, dtype=xp.float64), (n_out,)).copy()
@@ -345,6 +353,6 @@ def positive_int(name, value):
 
 
 def choice(name, value, options):
-    if value not in options:
+    if not isinstance(value, type(options[0])) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {value!r}")
     return value

@@ -38,6 +38,9 @@ class TraceResult(NamedTuple):
     - ``current``: ``[batch, n_out, len(t)]`` synaptic current ``I(t)``.
     - ``spike_times``: ``[batch, n_out, max_spikes]`` output spike times, ascending, ``+inf`` padded (the spike
       tensor of ``lif_forward``); ``[batch, n_out, 0]`` for ``li_trace``, whose neurons do not spike.
+    - ``counts``: ``[batch, n_out]`` int64, every spike of each neuron (``lif_forward``'s ``counts``), so that
+      ``counts > spike_times.shape[-1]`` shows the neurons whose recording ``max_spikes`` cut (the voltage and
+      current always follow every spike); zeros for ``li_trace``.
 
     Conventions (both right-continuous, i.e. the state just after everything that happens at ``t``):
 
@@ -55,6 +58,7 @@ class TraceResult(NamedTuple):
     voltage: Any
     current: Any
     spike_times: Any
+    counts: Any
 
 
 def _check_grid(t):
@@ -167,11 +171,12 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
             allowed); the output's last axis follows this order.
         max_spikes: length of the returned ``spike_times`` axis. ``None``: the largest spike count of any neuron (at
             least 1), so every spike is returned. The trace itself always uses every spike: when a neuron fires more
-            than ``max_spikes`` times, ``lif_forward`` is rerun with the true count and only the recording is cut.
+            than ``max_spikes`` times, ``lif_forward`` is rerun with the true count and only the recording is cut
+            (``counts`` gives every neuron's true count).
 
     Returns:
-        ``TraceResult(voltage, current, spike_times)``: ``[batch, n_out, len(t)]`` twice and
-        ``[batch, n_out, max_spikes]``, in the dtype of ``input_times``.
+        ``TraceResult(voltage, current, spike_times, counts)``: ``[batch, n_out, len(t)]`` twice and
+        ``[batch, n_out, max_spikes]``, in the dtype of ``input_times``, and ``[batch, n_out]`` int64.
 
     CuPy inputs are copied to the host, computed with NumPy (the ``lif_forward`` NumPy path gives the same spike
     times) and returned as CuPy arrays. Cost: one or two ``lif_forward`` calls, then ``O(batch * n_out * (E +
@@ -225,6 +230,7 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     if spikes.shape[-1] < keep:  # max_spikes above every count: pad with +inf
         spikes = np.concatenate([spikes, np.full((batch, n_out, keep - spikes.shape[-1]), np.inf)], axis=-1)
     out = [x.reshape(batch, n_out, x.shape[-1]).astype(dtype) for x in (V, I, spikes)]
+    out.append(np.asarray(result.counts, dtype=np.int64))
     return TraceResult(*(out if xp is np else [xp.asarray(x) for x in out]))
 
 
@@ -279,8 +285,8 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
         t: 1-D times, finite and ``>= 0``, in any order.
 
     Returns:
-        ``TraceResult(voltage, current, spike_times)`` with ``spike_times`` of shape ``[batch, n_out, 0]``; dtype of
-        ``input_times``. CuPy inputs are computed on the host and returned as CuPy arrays.
+        ``TraceResult(voltage, current, spike_times, counts)`` with ``spike_times`` of shape ``[batch, n_out, 0]``
+        and ``counts`` zeros; dtype of ``input_times``. CuPy inputs are computed on the host and returned as CuPy arrays.
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn)
     n_out = weights.shape[1]
@@ -301,7 +307,7 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
                           np.zeros((n.size, 0)), np.zeros((n.size, 0), np.int64), grid,
                           f"li_trace(batch={batch}, n_out={n_out}, len(t)={grid.size})")
     out = [V.reshape(batch, n_out, grid.size).astype(dtype), I.reshape(batch, n_out, grid.size).astype(dtype),
-           np.zeros((batch, n_out, 0), dtype)]
+           np.zeros((batch, n_out, 0), dtype), np.zeros((batch, n_out), np.int64)]
     return TraceResult(*(out if xp is np else [xp.asarray(x) for x in out]))
 
 

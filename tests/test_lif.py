@@ -695,6 +695,34 @@ def test_per_neuron_parameters_may_be_lists():
             ss.lif_forward(x, W, max_spikes=3, **args)
     with pytest.raises(ValueError, match=r"threshold must be a scalar or have shape \[3\], got shape \(2,\)"):
         ss.lif_forward(x, W, tau_mem=10.0, tau_syn=5.0, threshold=[1.0, 2.0], max_spikes=3)
+    # arrays of what is not a real number: complex (its imaginary part would be dropped), bool, strings, objects
+    for name, bad in (("tau_mem", np.array([10.0, 10.0 + 5j, 10.0])), ("threshold", np.array([1.0, 1.0, 1.0 + 1e9j])),
+                      ("tau_syn", np.array([True, True, True])), ("tau_mem", np.array(["10", "10", "10"])),
+                      ("tau_syn", np.array([5.0, 5.0, 5.0], dtype=object))):
+        args = dict(tau_mem=10.0, tau_syn=5.0, threshold=1.0)
+        args[name] = bad
+        with pytest.raises(TypeError, match=f"{name} must be a positive number or an array of real numbers of shape "
+                                            f"\\[3\\], got dtype {bad.dtype}"):
+            ss.lif_forward(x, W, max_spikes=3, **args)
+    with pytest.raises(TypeError, match="tau_mem must be a plain array, got a masked array"):
+        ss.lif_forward(x, W, tau_mem=np.ma.masked_array([10.0, 12.0, 14.0], [0, 1, 0]), tau_syn=5.0, max_spikes=3)
+
+
+def test_masked_arrays_and_non_string_choices_are_refused():
+    """A masked array's mask would be ignored (a masked spike would still arrive): refused, naming the argument and
+    what to pass instead; a method given as an array (``in`` on a tuple compares elementwise) is refused too."""
+    x = np.array([[[1.0, 2.0]]])
+    W = np.full((1, 2), 3.0)
+    masked = np.ma.masked_array(x, [[[False, True]]])
+    with pytest.raises(TypeError, match=r"input_times must be a plain NumPy array, got a masked array.*np.ma.filled"):
+        ss.lif_forward(masked, W, tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    with pytest.raises(TypeError, match="weights must be a plain NumPy array, got a masked array"):
+        ss.lif_forward(x, np.ma.masked_array(W), tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    with pytest.raises(ValueError, match=r"method must be one of .*; got array\(\['scan'\]"):
+        ss.lif_forward(x, W, tau_mem=10.0, tau_syn=5.0, max_spikes=2, method=np.array(["scan"]))
+    plain = ss.lif_forward(np.ma.filled(masked, np.inf), W, tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    np.testing.assert_array_equal(plain.counts, ss.lif_forward(x[..., :1], W, tau_mem=10.0, tau_syn=5.0,
+                                                               max_spikes=2).counts)
 
 
 def test_arrivals_and_spikes_beyond_the_dtype_range_are_refused(cpu_engine):

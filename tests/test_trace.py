@@ -188,6 +188,10 @@ def test_max_spikes_cuts_only_the_recording():
     assert cut.spike_times.shape[-1] == 1
     np.testing.assert_array_equal(cut.voltage, full.voltage)
     np.testing.assert_array_equal(cut.spike_times, full.spike_times[..., :1])
+    # what the cut left out shows in the true counts, the same from every recording length
+    for res in (full, cut):
+        assert res.counts.dtype == np.int64
+        np.testing.assert_array_equal(res.counts, counts)
     wide = lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, max_spikes=int(counts.max()) + 3)
     assert np.isinf(wide.spike_times[..., -3:]).all()
     np.testing.assert_array_equal(wide.voltage, full.voltage)
@@ -222,6 +226,7 @@ def test_li_trace_matches_li_forward_final(tau_mem, tau_syn):
     t = t[np.isfinite(t)]
     res = li_trace(x, W, t, tau_mem=tau_mem, tau_syn=tau_syn)
     assert res.spike_times.shape == (2, 4, 0)
+    assert res.counts.shape == (2, 4) and res.counts.dtype == np.int64 and not res.counts.any()
     for k, t_k in enumerate(t):
         final = li_forward(x, W, tau_mem=tau_mem, tau_syn=tau_syn, readout="final", t_max=float(t_k)).values
         np.testing.assert_allclose(res.voltage[..., k], final, rtol=1e-10, atol=1e-12)
@@ -310,7 +315,7 @@ def test_argument_validation():
 
 def test_exported():
     assert {"lif_trace", "li_trace", "TraceResult"} <= set(ss.__all__)
-    assert ss.TraceResult._fields == ("voltage", "current", "spike_times")
+    assert ss.TraceResult._fields == ("voltage", "current", "spike_times", "counts")
 
 
 @pytest.mark.gpu
