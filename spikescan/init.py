@@ -31,6 +31,16 @@ def _psp_area(s, tau_mem, tau_syn):
     return alpha * s * s * lif.exp_divided_difference2(-alpha * s, -beta * s)
 
 
+def _time_constant(name, value):
+    """A positive scalar time constant within ``lif_forward``'s range, as a float."""
+    value = v.positive_scalar(name, value)
+    low, high = v.TIME_CONSTANT_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be within [{low:g}, {high:g}], as in lif_forward, got {value!r}; express the "
+                         "times in another unit")
+    return value
+
+
 def mean_psp_peak(tau_mem, tau_syn, window, *, points=4097):
     """Peak over ``t`` of the mean voltage that one unit-weight spike, placed uniformly at random on
     ``[0, window]``, produces: ``max_t (C(t) - C(t - window)) / window`` (``C`` the PSP's running area, ``C = 0``
@@ -41,7 +51,11 @@ def mean_psp_peak(tau_mem, tau_syn, window, *, points=4097):
     gives the PSP's peak: the mean over it differs by a relative ``(window / tau)^2 / 24`` at most, less than the
     rounding of ``C(t) - C(t - window)``, which for windows below ``1e-16 tau`` is 0.
     """
-    tau_mem, tau_syn = float(tau_mem), float(tau_syn)
+    tau_mem, tau_syn = _time_constant("tau_mem", tau_mem), _time_constant("tau_syn", tau_syn)
+    window = v.nonnegative_scalar("window", window)
+    points = v.positive_int("points", points)
+    if points < 2:
+        raise ValueError(f"points must be at least 2 (a grid over the window), got {points!r}")
     t_peak = float(lif.peak_time(0.0, 1.0, tau_mem, tau_syn))
     psp_peak = float(lif.voltage(t_peak, 0.0, 1.0, tau_mem, tau_syn))
     if window <= 1e-6 * min(tau_mem, tau_syn):
@@ -68,19 +82,27 @@ def mean_weight(n_in, *, tau_mem, tau_syn, threshold=1.0, input_spikes=None, win
             spread of the weights keeps some silent).
     """
     n_in = v.positive_int("n_in", n_in)
-    tau_mem = v.positive_scalar("tau_mem", tau_mem)
-    tau_syn = v.positive_scalar("tau_syn", tau_syn)
+    tau_mem = _time_constant("tau_mem", tau_mem)
+    tau_syn = _time_constant("tau_syn", tau_syn)
     threshold = v.positive_scalar("threshold", threshold)
     drive = v.positive_scalar("drive", drive)
     spikes = float(n_in) if input_spikes is None else v.positive_scalar("input_spikes", input_spikes)
     window = v.nonnegative_scalar("window", window)
-    return drive * threshold / (spikes * mean_psp_peak(tau_mem, tau_syn, window))
+    with np.errstate(over="ignore", divide="ignore", under="ignore"):  # refused below
+        mu = np.float64(drive) * threshold / (np.float64(spikes) * mean_psp_peak(tau_mem, tau_syn, window))
+    if not (np.isfinite(mu) and mu > 0):
+        raise ValueError(f"mean_weight: drive * threshold / (input_spikes * mean_psp_peak) = {float(mu)!r} is not a "
+                         f"finite positive weight (drive={drive!r}, threshold={threshold!r}, input_spikes={spikes!r}, "
+                         f"tau_mem={tau_mem!r}, tau_syn={tau_syn!r}, window={window!r}): bring them to a common scale")
+    return float(mu)
 
 
 def input_statistics(input_times):
     """``(spikes per sample, window)`` of a spike tensor ``[batch, n_in, max_in]``: the mean number of finite
-    spikes per sample and the mean spread (last minus first spike time) of the samples that have spikes."""
-    t = np.asarray(input_times, dtype=np.float64)
+    spikes per sample and the mean spread (last minus first spike time) of the samples that have spikes. Checked as
+    ``lif_forward`` checks its spike times (NaN, negative or unsorted times are refused)."""
+    v.check_spike_times("input_times", input_times)
+    t = np.asarray(v.to_host(input_times), dtype=np.float64)
     t = t.reshape(t.shape[0], int(np.prod(t.shape[1:])))  # (not -1: a batch of no sample has no inferable axis)
     real = np.isfinite(t)
     counts = real.sum(axis=1)

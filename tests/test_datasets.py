@@ -154,6 +154,8 @@ def test_randman_shapes_balance_determinism_and_timing_only():
     (dict(alpha=0.0), r"alpha must be a finite number > 0, got 0.0"),
     (dict(duration=float("inf")), r"duration must be a finite number > 0, got inf"),
     (dict(dtype=np.int32), r"dtype"),
+    # float32 times up to 1e39 would mostly become the +inf of padding
+    (dict(duration=1e39), r"duration=1e\+39 does not fit in float32 .*use dtype=np.float64"),
 ])
 def test_randman_validation(kw, match):
     args = dict(n_samples=10, seed=0)
@@ -179,6 +181,14 @@ def test_bin_times():
     for bad in ([np.nan, 0.3], [0.2, -0.3]):
         with pytest.raises(ValueError, match="times must be >= 0 and not NaN"):
             bin_times(np.array(bad), 0.5)
+    # a bin centre beyond float32 would turn a real spike into padding: refused, the input unchanged
+    near = np.array([3e38, np.inf], np.float32)
+    kept = near.copy()
+    with pytest.raises(ValueError, match=r"the time 3.0000000[0-9e+]* binned with bin_width=1e\+38 \(align='center'\) "
+                                         r"is 3.5e\+38, beyond float32's range"):
+        bin_times(near, 1e38, align="center")
+    np.testing.assert_array_equal(near, kept)
+    assert bin_times(near, 1e38)[0] == np.float32(3e38)  # the left edge fits
 
 
 def test_yinyang_validation():
@@ -466,6 +476,9 @@ def test_unpack_events_rejects_bad_tensors(times, err, match):
     ([(np.array([-1, 0]), np.array([1.0, 2.0]))], ValueError, r"samples\[0\]: channels must lie in \[0, 3\), got -1"),
     ([(np.array([0]), np.array([1.0])), (np.array([5, 0]), np.array([1.0, 2.0]))], ValueError,
      r"samples\[1\]: channels must lie in \[0, 3\), got 5"),
+    # a uint64 channel above int64's range is reported as given, not wrapped to a negative number
+    ([(np.array([2**63], np.uint64), np.array([1.0]))], ValueError,
+     r"samples\[0\]: channels must lie in \[0, 3\), got 9223372036854775808"),
     ([(np.array([0, 0]), np.array([np.nan, 2.0]))], ValueError, r"samples\[0\]: times must be finite and >= 0, got nan"),
     ([(np.array([0, 0]), np.array([1.0, -2.0]))], ValueError, r"times must be finite and >= 0, got -2\.0"),
     ([(np.array([0, 0]), np.array([1.0, np.inf]))], ValueError, r"times must be finite and >= 0, got inf"),

@@ -43,6 +43,10 @@ def test_spread_inputs_need_larger_weights():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(window=-1.0), "window"), (dict(window=float("inf")), "window"), (dict(input_spikes=0), "input_spikes"),
     (dict(tau_mem=0.0), "tau_mem"), (dict(drive=-1.0), "drive"),
+    # outside lif_forward's range (a bare ZeroDivisionError before), and a weight that overflows (inf before)
+    (dict(tau_mem=1.0, tau_syn=1e-300), r"tau_syn must be within \[1e-150, 1e\+150\], as in lif_forward, got 1e-300"),
+    (dict(input_spikes=1e-320), r"mean_weight: .* = inf is not a finite positive weight .*input_spikes=1e-320"),
+    (dict(threshold=1e308, drive=1e308), r"= inf is not a finite positive weight \(drive=1e\+308"),
 ])
 def test_mean_weight_rejects_bad_arguments(kwargs, match):
     args = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN) | kwargs
@@ -118,6 +122,26 @@ def test_input_statistics():
     x = np.array([[[1.0, 4.0], [np.inf, np.inf]], [[2.0, np.inf], [3.0, np.inf]], [[np.inf] * 2] * 2])
     spikes, window = input_statistics(x)
     assert spikes == pytest.approx(4 / 3) and window == pytest.approx((3.0 + 1.0) / 2)
+    # NaN was counted as padding and negative times as spikes: refused as lif_forward refuses them
+    for bad, match in ((np.nan, "input_times contains NaN"), (-1.0, "input_times must be >= 0, got -1.0")):
+        y = x.copy()
+        y[0, 1, 0] = bad
+        with pytest.raises(ValueError, match=match):
+            input_statistics(y)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tau_mem=-10.0), "tau_mem must be a positive finite number, got -10.0"),
+    (dict(tau_syn=float("nan")), "tau_syn must be a positive finite number, got nan"),
+    (dict(tau_mem=0), "tau_mem must be a positive finite number, got 0"),
+    (dict(window=-1.0), "window must be"), (dict(window=float("nan")), "window must be"),
+    (dict(points=1), "points must be at least 2"), (dict(points=2.5), "points must be a positive integer"),
+])
+def test_mean_psp_peak_checks_its_arguments(kwargs, match):
+    """Public: bad time constants returned 0.0 with only RuntimeWarnings before."""
+    args = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, window=5.0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        mean_psp_peak(args.pop("tau_mem"), args.pop("tau_syn"), args.pop("window"), **args)
 
 
 def test_calibration_tames_bursts_while_keeping_the_fraction():

@@ -189,10 +189,10 @@ def _event_arrays(i: int, pair, n_channels: int):
         raise TypeError(f"samples[{i}]: channels must be integers, got dtype {ch.dtype}")
     if len(t) and t.dtype.kind not in "iuf":
         raise TypeError(f"samples[{i}]: times must be real numbers, got dtype {t.dtype}")
-    ch, t = ch.astype(np.int64), t.astype(np.float64)
-    bad = (ch < 0) | (ch >= n_channels)
+    bad = (ch < 0) | (ch >= n_channels)  # on the given integers: a uint64 above int64's range would wrap
     if bad.any():
         raise ValueError(f"samples[{i}]: channels must lie in [0, {n_channels}), got {ch[bad][0]}")
+    ch, t = ch.astype(np.int64), t.astype(np.float64)
     bad = ~np.isfinite(t) | (t < 0)
     if bad.any():
         raise ValueError(f"samples[{i}]: times must be finite and >= 0, got {t[bad][0]}")
@@ -293,13 +293,20 @@ def bin_times(times, bin_width: float, *, align: str = "left"):
     bad = np.isnan(t64) | (t64 < 0)
     if bad.any():
         raise ValueError(f"times must be >= 0 and not NaN, got {t64[bad].ravel()[0]!r}")
+    dtype = t.dtype if t.dtype.kind == "f" else np.dtype(np.float64)
     with np.errstate(over="ignore"):  # an overflow is refused below
         binned = np.floor(t64 / bin_width)
         if align == "center":
             binned += 0.5
         out = binned * bin_width
+        cast = out.astype(dtype)
     lost = np.isfinite(t64) & ~np.isfinite(out)
     if lost.any():
         raise ValueError(f"times / bin_width overflows float64 for the time {float(t64[lost].ravel()[0])!r} with "
                          f"bin_width={bin_width!r}; use a larger bin_width or another time unit")
-    return out.astype(t.dtype if t.dtype.kind == "f" else np.float64)
+    lost = np.isfinite(t64) & ~np.isfinite(cast)  # a bin edge or centre beyond the dtype: it would become padding
+    if lost.any():
+        raise ValueError(f"the time {float(t64[lost].ravel()[0])!r} binned with bin_width={bin_width!r} "
+                         f"(align={align!r}) is {float(out[lost].ravel()[0])!r}, beyond {dtype.name}'s range: it "
+                         "would become the +inf of padding; use a smaller bin_width, align='left', or float64 times")
+    return cast

@@ -97,6 +97,10 @@ def randman(n_samples: int, *, seed: int, manifold_seed: int = 0, n_classes: int
     check_positive("alpha", alpha)
     check_positive("duration", duration)
     dtype = float_dtype(dtype)
+    if duration > float(np.finfo(dtype).max):  # spike times up to it would become the +inf of padding
+        raise ValueError(f"duration={duration!r} does not fit in {np.dtype(dtype).name} (largest "
+                         f"{float(np.finfo(dtype).max)!r}), so spike times near it would become the +inf of padding: "
+                         "lower duration, or use dtype=np.float64")
     params = _manifold_params(n_classes, n_spikes, n_channels, dim_manifold, alpha, manifold_seed)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n_samples) % n_classes).astype(np.int64)
