@@ -295,6 +295,13 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
             raise ValueError(f"seed must be >= 0, got {seed!r}")
     x = _mirror(_unit_table("values", values), symmetric)
     n, channels = x.shape
+    from . import _memory  # lazy, as the datasets' warnings: keeps `import spikescan` light
+
+    table = n * channels * slots
+    expected = int(np.ceil(x.sum() * max_spikes)) if mode == "poisson" else 0  # Poisson draws: ~5 arrays of each
+    _memory.check(f"encode.rate(n={n}, channels={channels}, max_spikes={max_spikes}, slots={slots}, mode={mode!r})",
+                  {"spike table": 2 * 8 * table, "output": dt.itemsize * table, "Poisson draws": 40 * expected}, np,
+                  "lower max_spikes or slots, or encode fewer values at a time")
     times = np.full((n, channels, slots), np.inf)
     dropped = 0
     if mode == "regular":
@@ -322,5 +329,17 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
                 f"{slots} slots and were dropped (the latest of their channel); slots= keeps more"
                 + ("" if return_dropped else "; pass return_dropped=True to get the count"),
                 DroppedSpikesWarning, stacklevel=2)
-    times = times.astype(dt)
-    return (times, dropped) if return_dropped else times
+    out = times.astype(dt)
+    if dt != np.float64 and slots > 1:
+        # Neighbours in a channel, distinct in float64, equal once rounded: counted, not silent (pack_events' rule).
+        pairs = (times[..., 1:] > times[..., :-1]) & (out[..., 1:] == out[..., :-1])
+        merged = int(np.count_nonzero(pairs))
+        if merged:
+            from .datasets._core import MergedSpikesWarning
+
+            at = float(times[..., 1:][pairs].max())
+            warnings.warn(f"spikescan.encode.rate: {merged} pair(s) of distinct spike times of one channel became "
+                          f"equal in {dt.name} (times up to {at!r}, where its spacing is "
+                          f"{float(np.spacing(dt.type(at)))!r}); they stay two spikes at one time. Use "
+                          "dtype=np.float64 to keep them apart", MergedSpikesWarning, stacklevel=2)
+    return (out, dropped) if return_dropped else out

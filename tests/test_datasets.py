@@ -322,8 +322,9 @@ def test_shd_with_a_corrupt_time_is_an_error_whatever_the_filters(tmp_path, bad)
 
 def test_shd_caps_and_crops_are_reported(tmp_path):
     write_heidelberg(tmp_path / "shd_test.h5")
-    with pytest.warns(DroppedSpikesWarning, match="dropped"):
+    with pytest.warns(DroppedSpikesWarning, match="dropped") as record:
         ds = shd("test", data_dir=tmp_path, max_spikes_per_channel=2)
+    assert len(record) == 1  # the loader's report, not pack_events' too
     assert ds.times.shape[2] == 2 and ds.dropped == {"channels": 0, "t_max": 0, "max_spikes_per_channel": 2}
     np.testing.assert_allclose(ds.times[0, 3], f16_ms([0.0005, 0.001]), rtol=1e-6)  # the earliest are kept
 
@@ -421,8 +422,11 @@ def test_pack_events():
     assert t.shape == (2, 3, 3) and dropped == 0
     np.testing.assert_array_equal(t[0, 1], [0.5, 2.0, 3.0])
     np.testing.assert_array_equal(t[0, 0], [1.0, np.inf, np.inf])
-    t, dropped = pack_events(samples, 3, max_spikes_per_channel=1)
+    with pytest.warns(DroppedSpikesWarning, match=r"pack_events: max_spikes_per_channel=1 left out 2 of 4 spikes") \
+            as record:
+        t, dropped = pack_events(samples, 3, max_spikes_per_channel=1)
     assert t.shape == (2, 3, 1) and dropped == 2 and t[0, 1, 0] == 0.5
+    assert record[0].filename == __file__  # points at the caller
     t, _ = pack_events([([1, 0], [2, 1.5])], 2, dtype=np.float64)  # lists, integer times
     assert t.dtype == np.float64
     np.testing.assert_array_equal(t[0, :, 0], [1.5, 2.0])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import spikescan as ss
-from spikescan.datasets import DroppedSpikesWarning
+from spikescan.datasets import DroppedSpikesWarning, MergedSpikesWarning
 from spikescan.encode import latency, rate, scale
 
 
@@ -257,6 +257,27 @@ def test_rate_validation():
         rate(np.array([[np.nan]]), t_max=1.0, max_spikes=2, mode="poisson")
     with pytest.raises(TypeError, match="return_dropped"):
         rate(x, t_max=1.0, max_spikes=2, return_dropped=1)
+    # a request that cannot fit is refused by name before anything is allocated (NumPy's own errors named nothing)
+    for kw in (dict(max_spikes=10**12), dict(max_spikes=2**62, mode="poisson")):
+        with pytest.raises(MemoryError, match=r"encode.rate\(n=2, channels=3, max_spikes=\d+, slots=\d+, mode=.* needs "
+                                              r"about .*lower max_spikes or slots"):
+            rate(x, t_max=1.0, **kw)
+
+
+def test_rate_float32_merging_is_warned_with_its_count():
+    """Poisson times far from zero, rounded to float32: distinct times of a channel that become equal stay two spikes
+    at one time, and are counted (as pack_events counts them); float64 keeps them apart, and few spikes merge none."""
+    x = np.ones((50, 20))
+    with pytest.warns(MergedSpikesWarning, match=r"encode.rate: \d+ pair\(s\) of distinct spike times") as record:
+        narrow = rate(x, t_max=1e9, max_spikes=1000, mode="poisson", seed=0, dtype=np.float32, slots=1200)
+    wide = rate(x, t_max=1e9, max_spikes=1000, mode="poisson", seed=0, slots=1200)
+    merged = int(str(record[0].message).split(": ")[1].split(" ")[0])
+    expected = ((wide[..., 1:] > wide[..., :-1]) & (narrow[..., 1:] == narrow[..., :-1])).sum()
+    assert merged == expected > 0 and record[0].filename == __file__
+    np.testing.assert_array_equal(np.isfinite(narrow), np.isfinite(wide))  # nothing lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rate(x[:2] / 2, t_max=20.0, max_spikes=8, mode="poisson", seed=0, dtype=np.float32, slots=30)
 
 
 # ---------------------------------------------------------------- into the network

@@ -213,8 +213,20 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
         ``(times [n, n_channels, max_spikes] dtype, n_dropped)``: ascending, ``+inf``-padded; ``max_spikes`` is
         the largest kept count (at least 1); ``n_dropped`` counts spikes removed by the cap. A time too large for
         ``dtype`` (it would become the ``+inf`` of padding) is an error; distinct times of a channel that round to
-        the same float32 number issue a ``MergedSpikesWarning`` with their count.
+        the same float32 number issue a ``MergedSpikesWarning`` with their count, and spikes left out by the cap a
+        ``DroppedSpikesWarning`` with theirs.
     """
+    out, dropped = _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel=3)
+    if dropped:
+        total = sum(len(np.asarray(pair[0])) for pair in samples)
+        warnings.warn(f"pack_events: max_spikes_per_channel={max_spikes_per_channel} left out {dropped} of {total} "
+                      "spikes (the latest of their channel)", DroppedSpikesWarning, stacklevel=2)
+    return out, dropped
+
+
+def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel):
+    """``pack_events`` without the warning of the cap's dropped spikes (the loaders report those with the other
+    crops'); ``stacklevel`` of the merged-spikes warning, counted from here."""
     check_count("n_channels", n_channels)
     check_count("max_spikes_per_channel", max_spikes_per_channel, allow_none=True)
     dtype = float_dtype(dtype)
@@ -248,7 +260,8 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
     if merged:
         warnings.warn(f"{merged} pair(s) of distinct spike times of one channel became equal in {dtype.name} (times "
                       f"up to {merged_at!r}, where its spacing is {float(np.spacing(dtype.type(merged_at)))!r}); "
-                      f"use dtype=np.float64, or times that start near zero", MergedSpikesWarning, stacklevel=3)
+                      f"use dtype=np.float64, or times that start near zero", MergedSpikesWarning,
+                      stacklevel=stacklevel)
     return out, dropped
 
 

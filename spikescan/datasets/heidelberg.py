@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._core import (TIME_UNITS, SpikeDataset, check_choice, check_count, check_positive, float_dtype,
-                    optional_import, pack_events, report_dropped, sample_indices)
+from ._core import (TIME_UNITS, SpikeDataset, _pack_events, check_choice, check_count, check_positive, float_dtype,
+                    optional_import, report_dropped, sample_indices)
 
 BASE_URL = "https://zenkelab.org/datasets/"
 N_UNITS = 700
@@ -189,8 +189,8 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         if n_channels is not None:
             ch = ch * n_channels // width
         samples.append((ch, t[keep]))
-    times, dropped["max_spikes_per_channel"] = pack_events(
-        samples, n_out, max_spikes_per_channel=max_spikes_per_channel, dtype=dtype)
+    times, dropped["max_spikes_per_channel"] = _pack_events(samples, n_out, max_spikes_per_channel, dtype,
+                                                            stacklevel=3)
     report_dropped(f"{name}({split!r})", dropped, total_in, stacklevel=4)
     return SpikeDataset(times, labels, class_names, time_unit, dropped, meta)
 

@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 
-from ._core import (TIME_UNITS, DroppedSpikesWarning, check_choice, check_count, check_positive, float_dtype,
-                    pack_events)
+from ._core import (TIME_UNITS, DroppedSpikesWarning, _pack_events, check_choice, check_count, check_positive,
+                    float_dtype)
 
 _US = TIME_UNITS["us"]
 
@@ -171,8 +171,8 @@ class ToSpikeTensor:
             keep = t <= self.t_max
             dropped["t_max"] = int(len(t) - keep.sum())
             ch, t = ch[keep], t[keep]
-        packed, dropped["max_spikes"] = pack_events([(ch, t)], self.n_channels,
-                                                    max_spikes_per_channel=self.max_spikes, dtype=self.dtype)
+        packed, dropped["max_spikes"] = _pack_events([(ch, t)], self.n_channels, self.max_spikes, self.dtype,
+                                                     stacklevel=3)
         out = np.full((self.n_channels, self.max_spikes), np.inf, dtype=self.dtype)
         out[:, :packed.shape[-1]] = packed[0]
         self.last_dropped = dropped
