@@ -34,6 +34,14 @@ def _host(x, name):
     return arr.astype(np.float64)
 
 
+def _no_nan(name, arr):
+    """Spike times: NaN is no spike time (padding is ``+inf``), so it is refused rather than left undrawn."""
+    nan = np.isnan(arr)
+    if nan.any():
+        idx = tuple(int(i) for i in np.argwhere(nan)[0])
+        raise ValueError(f"{name} contains NaN at index {idx} (of the drawn sample); pad unused slots with +inf")
+
+
 def _axes(ax):
     return _pyplot().gca() if ax is None else ax
 
@@ -67,12 +75,15 @@ def raster(times, *, sample=None, ax=None, time_unit=None, **scatter_kwargs):
                          f"has shape {arr.shape} (one sample already)")
     if arr.ndim == 3:
         sample = 0 if sample is None else sample
+        if isinstance(sample, (bool, np.bool_)) or not isinstance(sample, (int, np.integer)):
+            raise TypeError(f"sample must be an integer index into the batch, got {sample!r}")
         if not -arr.shape[0] <= sample < arr.shape[0]:
             raise IndexError(f"sample {sample} is out of range for a batch of {arr.shape[0]}")
         arr = arr[sample]
     elif arr.ndim != 2:
         raise ValueError(f"times must have shape [batch, neurons, max_spikes] or [neurons, max_spikes], got shape "
                          f"{arr.shape}")
+    _no_nan("times", arr)
     ax = _axes(ax)
     neuron, slot = np.nonzero(np.isfinite(arr))
     kwargs = dict(marker="|", s=60, color="k", linewidths=1)
@@ -140,6 +151,7 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
         if spikes.ndim != 2 or spikes.shape[0] != vv.shape[0]:
             raise ValueError(f"spike_times must have shape [neurons={vv.shape[0]}, max_spikes] (the same sample as "
                              f"voltage), got shape {spikes.shape}")
+        _no_nan("spike_times", spikes)
     ax = _axes(ax)
     order = np.argsort(tt, kind="stable")
     for i in idx:

@@ -69,6 +69,17 @@ def test_raster_current_axes_and_errors():
             splot.raster(_spikes(), sample=2)
         with pytest.raises(ValueError, match="sample=1 picks a sample"):
             splot.raster(_spikes()[0], sample=1)  # one sample already: not silently ignored
+        for bad in (1.5, True, "0"):  # named, not NumPy's IndexError
+            with pytest.raises(TypeError, match=f"sample must be an integer index into the batch, got {bad!r}"):
+                splot.raster(_spikes(), sample=bad)
+        drawn = len(plt.gca().collections)
+        nan = _spikes()
+        nan[0, 1, 0] = np.nan  # not a spike time: refused, not left undrawn
+        with pytest.raises(ValueError, match=r"times contains NaN at index \(1, 0\).*pad unused slots with \+inf"):
+            splot.raster(nan)
+        with pytest.raises(ValueError, match=r"spike_times contains NaN at index \(1, 0\)"):
+            splot.trace(np.arange(3.0), np.zeros((nan.shape[1], 3)), spike_times=nan[0])
+        assert len(plt.gca().collections) == drawn and not plt.gca().lines  # nothing drawn by a refused call
     finally:
         plt.close(fig)
 
