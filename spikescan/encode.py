@@ -109,7 +109,7 @@ def _float_dtype(dtype):
 
 def _fits(t_max, dt):
     """Spike times up to ``t_max`` must be finite in ``dt``: a larger one would become the ``+inf`` of padding."""
-    if t_max > np.finfo(dt).max:
+    if t_max > float(np.finfo(dt).max):  # compared in float64: no overflow warning on the way
         raise ValueError(f"t_max={t_max!r} does not fit in {dt.name} (largest {float(np.finfo(dt).max)!r}): its spikes "
                          "would become +inf, the padding; use float64 or another time unit")
 

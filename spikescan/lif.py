@@ -44,7 +44,9 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             layers: see ``recurrent_weights``.
         chunk_size: events per speculative chunk for ``"scan"``.
         solver: ``"newton"`` (with bisection fallback), ``"bisection"``, or ``"analytic"`` (only for
-            ``tau_mem == 2 tau_syn``).
+            ``tau_mem == 2 tau_syn``, to a relative ``1e-12`` of ``tau_mem``, so that ``2 * tau_syn`` computed in
+            another unit still qualifies; the closed form then assumes the exact ratio, which moves a spike time
+            by about that relative amount).
         max_total_spikes: most spikes one neuron may fire on one sample, counted over the whole input, recorded or
             not (so it bounds ``counts``, where ``max_spikes`` bounds the recording). Default 10,000: far above
             what trained layers fire, and reached within seconds even by the NumPy backend (about 0.3-1 ms per
