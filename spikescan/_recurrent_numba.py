@@ -57,6 +57,7 @@ from ._types import RecurrentLog
 from .neurons import lif
 
 _ABORTED = 3  # the sample stopped because another one failed (its status is not reported)
+_HEAP_FULL = 4  # a neuron's heap of pending recurrent arrivals was full: the sample runs again with larger heaps
 
 lif.register_numba()
 
@@ -73,6 +74,8 @@ _ARRIVAL_BYTES = 1 << 26
 
 # The longest log the last call needed: the next call's first guess of the per-sample log length.
 _log_hint = 0
+# The most pending recurrent arrivals one neuron held in the last call: the next call's first heap capacity.
+_heap_hint = 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -98,20 +101,6 @@ def _tree_build(win, P, key_t, kind):
         win[node] = left if _earlier(key_t[left], kind[left], left, key_t[right], kind[right], right) else right
 
 
-@_jit
-def _heap_grow(ht, hm, hw, hn):
-    n_out, cap = ht.shape
-    t2 = np.empty((n_out, 2 * cap))
-    m2 = np.empty((n_out, 2 * cap), np.int64)
-    w2 = np.empty((n_out, 2 * cap))
-    for i in range(n_out):
-        for q in range(hn[i]):
-            t2[i, q] = ht[i, q]
-            m2[i, q] = hm[i, q]
-            w2[i, q] = hw[i, q]
-    return t2, m2, w2
-
-
 @_lif_numba.cached_njit(inline="always")  # scalar arguments only: inlined without reference counting
 def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver):
     """``(time, kind, s)`` of a neuron's next event from ``(v0, i0)`` at ``t0``: the first crossing inside the gap up
@@ -128,7 +117,8 @@ def _next_event(v0, i0, t0, t_next, a, b, c, tau_mem, tau_syn, threshold, solver
 
 @_jit
 def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit, table,
-                    use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
+                    use_table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort, ht,
+                    hm, hw, heap_most):
     """The event loop of sample ``b`` (its queues: rows ``qbase + (i if Q > 1 else 0)`` of ``qt``, ``src``, ``qe`` and
     ``table``; ``src``: the source input of every queue entry, the row of ``W`` it adds): its
     rows of ``times``, ``events``, ``counts``; its log in row ``slot`` of
@@ -136,6 +126,11 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
     ``status_at[b] = (time, current)`` of a stuck or runaway spike. Such a spike also sets ``abort[0]``, which every
     sample's loop reads once per round and stops on (``_ABORTED``): the call raises anyway, so the other samples
     need not run on (a recurrent layer that runs away takes about ``n_out**2 * limit`` updates per sample).
+
+    ``ht, hm, hw [n_out, capacity]``: room for each neuron's heap of pending recurrent arrivals. A push into a full
+    heap stops the sample with ``_HEAP_FULL`` (no abort), and the caller runs it again with larger heaps: growing
+    them here would reassign the arrays inside the loop, which makes Numba reference-count them on every iteration
+    (measured: a third of the loop's time). ``heap_most[slot]``: the largest heap the sample held.
 
     Written as one loop body: the hot steps take no helper with array arguments (Numba reference-counts arrays
     passed to a helper with loops, twice per array and call, which cost more than the arithmetic here)."""
@@ -169,11 +164,9 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
     todo = np.arange(n_out)  # neurons whose next event must be recomputed
     group = np.empty(n_out, np.int64)
     # Pending recurrent arrivals: a binary heap per neuron ordered by (time, spike's log index).
-    hcap = 4
-    ht = np.empty((n_out, hcap))
-    hm = np.empty((n_out, hcap), np.int64)
-    hw = np.empty((n_out, hcap))
+    hcap = ht.shape[1]
     hn = np.zeros(n_out, np.int64)
+    most = 0
     # Tournament tree: win[node] the earliest neuron below node; leaves at P + i.
     P = 1
     log_p = 1
@@ -187,6 +180,10 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
     nd = n_out
     rebuild = True
     arriving = False  # the neurons to recompute first apply their arrivals at e
+    # The last gap decay computed, with its gap and time constants: a spike reaches every neuron it connects to at
+    # once, and without delays they share their last event and their next one, so most neurons of a round take it.
+    m_gap = -1.0
+    m_tm = m_ts = m_a = m_b = m_c = 0.0
     e = 0.0
     n_log = 0
     code = _OK
@@ -249,8 +246,12 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
             t0 = T[i]
             if use_table and t_next == t_in and k < qe[row] and t0 == (qt[row, k - 1] if k > 0 else 0.0):
                 a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]  # the same gap: the same bits
+            elif t_next - t0 == m_gap and tm_arr[i] == m_tm and ts_arr[i] == m_ts:
+                a, bb, c = m_a, m_b, m_c  # the gap and time constants of the neuron before: the same bits
             else:
-                a, bb, c = lif.decay_scalar(t_next - t0, tm_arr[i], ts_arr[i])
+                m_gap, m_tm, m_ts = t_next - t0, tm_arr[i], ts_arr[i]
+                a, bb, c = lif.decay_scalar(m_gap, m_tm, m_ts)
+                m_a, m_b, m_c = a, bb, c
             da[i] = a
             db[i] = bb
             dc[i] = c
@@ -346,11 +347,12 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
                     continue  # changes nothing: not scheduled
                 tau = e + Dr[k, r] if has_dr else e
                 if hn[r] == hcap:
-                    ht, hm, hw = _heap_grow(ht, hm, hw, hn)
-                    hcap *= 2
+                    code = _HEAP_FULL
+                    break
                 # push (tau, n_log, w) onto r's heap
                 h = hn[r]
                 hn[r] = h + 1
+                most = max(most, h + 1)
                 while h > 0:
                     parent = (h - 1) >> 1
                     pt = ht[r, parent]
@@ -367,11 +369,15 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
                     flag[r] = True
                     todo[nd] = r
                     nd += 1
+            if code != _OK:
+                break
             n_log += 1
         if code != _OK:
-            abort[0] = 1
+            if code != _HEAP_FULL:
+                abort[0] = 1
             break
     status[b, 0] = code
+    heap_most[slot] = most
     for i in range(n_out):
         counts[b, i] = cnt[i]
     n_log_out[slot] = n_log
@@ -398,16 +404,21 @@ def _expand_sources(pq, b, i, n, QT, SRC, slot):
 
 @_pjit
 def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                   table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort):
+                   table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort,
+                   heap_capacity, heap_most):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
     (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
-    the batch's)."""
+    the batch's). Heaps of pending arrivals start at ``heap_capacity`` per neuron; a sample that fills one runs
+    again with four times the room (the loop is deterministic: the same results)."""
     n_out = R.shape[0]
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for s_ in prange(samples.shape[0]):
         slot = np.int64(s_)
         b = samples[slot]
+        QT = np.empty((0, 0))
+        SRC = np.empty((0, 0), np.int64)
+        QE = np.empty(0, np.int64)
         if permuted:
             QT = np.empty((n_out, L1))
             SRC = np.empty((n_out, L1), np.int64)
@@ -415,13 +426,22 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             for i in range(n_out):
                 QE[i] = qe[b * n_out + i]
                 _expand_sources(pq, b, i, QE[i] + 1, QT, SRC, i)
-            _forward_sample(b, slot, QT, SRC, QE, Q, 0, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at,
-                            abort)
-        else:
-            _forward_sample(b, slot, qt, src, qe, Q, b * Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at,
-                            abort)
+        cap = heap_capacity
+        while True:
+            ht = np.empty((n_out, cap))
+            hm = np.empty((n_out, cap), np.int64)
+            hw = np.empty((n_out, cap))
+            if permuted:
+                _forward_sample(b, slot, QT, SRC, QE, Q, 0, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
+                                table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status,
+                                status_at, abort, ht, hm, hw, heap_most)
+            else:
+                _forward_sample(b, slot, qt, src, qe, Q, b * Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver,
+                                limit, table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status,
+                                status_at, abort, ht, hm, hw, heap_most)
+            if status[b, 0] != _HEAP_FULL:
+                break
+            cap *= 4
 
 
 def _log_length(n_out, max_spikes):
@@ -460,15 +480,18 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     work = batch * n_out * L1
 
     def run(samples, length):
+        global _heap_hint
         logs = (np.empty((samples.size, length)), np.empty((samples.size, length), np.int64),
                 np.empty((samples.size, length)))
         n_log = np.zeros(samples.size, np.int64)
+        heap_most = np.zeros(samples.size, np.int64)
         previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
         try:
             forward_kernel(work, samples, *common, times, events, counts, *logs, n_log, status, status_at,
-                           np.zeros(1, np.int64))
+                           np.zeros(1, np.int64), max(4, _heap_hint + _heap_hint // 4), heap_most)
         finally:
             numba.set_parallel_chunksize(previous)
+        _heap_hint = int(heap_most.max(initial=0))
         return logs, n_log
 
     length = _log_length(n_out, max_spikes)

@@ -691,12 +691,25 @@ def test_recurrent_compiled_keeps_input_queues_as_a_permutation(d_kind, monkeypa
 RecurrentLogFields = ("times", "neurons", "currents", "count")
 
 
-def test_recurrent_compiled_wide_layer_with_long_delays():
-    """More neurons than a few tree levels (and bulk rounds), recurrent delays long enough to pile up to 24 pending
-    arrivals on one neuron (the per-neuron heaps grow from 4)."""
+def test_recurrent_compiled_wide_layer_with_long_delays(monkeypatch):
+    """More neurons than a few tree levels (and bulk rounds), recurrent delays long enough to pile up more than 16
+    pending arrivals on one neuron: heaps that start at 4 fill twice, and the samples run again with 16 and 64
+    (the same results as the NumPy engine's, and as heaps large enough from the start, bit for bit)."""
+    from spikescan import _recurrent_numba
+
     t, W, kw = _recurrent_layer(12, "mixed", "positive", "tm>ts", False, batch=2, n_in=30, n_out=40, max_in=3,
                                 t_max=40.0, d_max=6.0)
     kw["recurrent_weights"] *= 0.3
+    monkeypatch.setattr(_recurrent_numba, "_heap_hint", 0)  # heaps of 4 at first
+    small = ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
+    # the largest heap a sample held, recorded by the run that completed: above 16, so that run had heaps of 64,
+    # after runs with 4 and 16 that filled
+    most = _recurrent_numba._heap_hint
+    assert most > 16
+    monkeypatch.setattr(_recurrent_numba, "_heap_hint", 1000)
+    large = ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(small, name), getattr(large, name), err_msg=name)
     ref, _ = _assert_engines_agree(t, 0.2 * W, kw, min_spikes=60)
     assert ref.residuals.recurrent_log.count.min() > 40
 
@@ -744,6 +757,8 @@ def test_recurrent_bitwise_identical_for_any_thread_count_log_length_and_blocks(
         numba.set_num_threads(before)
     assert one == two
     monkeypatch.setattr(_lif_numba, "SERIAL_WORK", 1 << 62)  # the serial compilation
+    assert _recurrent_digest(t, W, kw) == one
+    monkeypatch.setattr(_recurrent_numba, "_heap_hint", 0)  # heaps that fill and grow
     assert _recurrent_digest(t, W, kw) == one
     monkeypatch.setattr(_recurrent_numba, "_log_length", lambda n_out, max_spikes: 1)
     monkeypatch.setattr(_recurrent_numba, "_PARTIAL_BYTES", 1)
@@ -797,7 +812,7 @@ def test_recurrent_runaway_sample_stops_the_other_samples(monkeypatch):
                            max_total_spikes=200, engine="numba")
     finally:
         numba.set_num_threads(threads)
-    status = seen[-1][-3]
+    status = seen[-1][-5]  # (..., status, status_at, abort, heap_capacity, heap_most)
     assert status[0, 0] == _lif_numba._RUNAWAY
     np.testing.assert_array_equal(status[1:, 0], _recurrent_numba._ABORTED)
 
