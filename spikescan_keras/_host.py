@@ -23,7 +23,10 @@ Only numerics from ``spikescan`` run here; nothing imports a deep-learning frame
 
 from __future__ import annotations
 
+import itertools
+import sys
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -56,6 +59,40 @@ class DeadNeuronsWarning(UserWarning):
     (``silence_penalty=0``): their gradient is exactly zero and nothing brings them back."""
 
 
+# Per-layer warning registries: Python's default filter shows a warning once per text and place in the registry of
+# the module that warns, so two layers of one name (an explicit name=, or the automatic names again after
+# keras.backend.clear_session()) would share one: the second model, silent from its first batch, would train without a
+# word. Each layer warns into a registry of its own instead (the filters themselves apply as usual: "always" shows
+# every time, "error" raises, "ignore" hides, "once" shows once per text in the process).
+_layer_keys = itertools.count(1)
+_registries: dict = {}
+
+
+def layer_key(layer) -> int:
+    """A new key (``> 0``, never reused) for ``layer``'s warnings; its registry goes with the layer."""
+    key = next(_layer_keys)
+    weakref.finalize(layer, _registries.pop, key, None)
+    return key
+
+
+def warn(key: int, message: str, category, stacklevel: int = 1):
+    """``warnings.warn(message, category, stacklevel)`` (``stacklevel`` counted from the caller of ``warn``) into the
+    registry of the layer with ``key`` (0: the calling module's, as ``warnings.warn``)."""
+    if not key:
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
+        return
+    try:
+        frame = sys._getframe(stacklevel)
+    except ValueError:  # fewer frames than asked for: the outermost one, as warnings.warn does
+        frame = sys._getframe(1)
+        while frame.f_back is not None:
+            frame = frame.f_back
+    registry = _registries.setdefault(key, {})
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__", "<string>"), registry=registry,
+                           module_globals=frame.f_globals)
+
+
 SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -73,9 +110,9 @@ def share_band(part: int, whole: int) -> str:
     return f"{edges[below - 1][:-1]}-{edges[below]}"
 
 
-def _warn_silent(layer_name):
+def _warn_silent(layer_name, key=0):
     # No count or batch number in the message: Python's default filter then shows it once per layer.
-    warnings.warn(
+    warn(key,
         f"LIFLayer {layer_name!r} fired no spike on a training batch, so every gradient through it (and through the "
         "layers before it) is zero and this batch teaches nothing. Its drive is below threshold. Keep the layer's "
         "first-batch calibration on (calibrate=(low, high), the default) and its silence_penalty > 0 so silent "
@@ -108,6 +145,7 @@ class LIFSpec:
     # (silence_penalty=0: no revival objective)
     recurrent: bool = False  # True: recurrent weights [n_out, n_out] follow the (delays of the) input weights
     recurrent_delays: bool = False  # True: and recurrent delays [n_out, n_out] after them
+    layer_key: int = 0  # the layer's warning registry (``layer_key``); 0: the module's
 
 
 @dataclass(frozen=True)
@@ -125,6 +163,7 @@ class LISpec:
     warn_empty: bool = False  # True: warn when every value of the batch is exactly 0 (a training call)
     host_checks: bool = True  # False: the bridge runs ``LIOp.check`` itself, on values it computed from the outputs
     unit_mask_input: bool = False  # True: a float mask ``[n_out]`` is the last input; only its units are computed
+    layer_key: int = 0  # the layer's warning registry (``layer_key``); 0: the module's
 
 
 def _split_time_constants(spec, inputs):
@@ -204,7 +243,7 @@ class LIFOp:
             # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
             # shows it once per layer and band: again when the share reaches a new band (a runaway shows as a rising
             # band). The layer's ``capped_spikes`` variable keeps the running total.
-            warnings.warn(
+            warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
@@ -213,10 +252,10 @@ class LIFOp:
                 "spikes carry information. If instead the share keeps rising during training while the loss "
                 "stalls, the weights are running away: lower the learning rate.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
-            _warn_silent(spec.layer_name)
+            _warn_silent(spec.layer_name, spec.layer_key)
         elif spec.training and spec.warn_dead and int(dead):
             # The share as a band, not a count: Python's default filter shows it once per layer and band.
-            warnings.warn(
+            warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(dead), int(units))} of its {int(units)} neurons fired "
                 "on no sample of a training batch (the warning shows again when the share reaches a band not shown "
                 "before), and "
@@ -298,7 +337,7 @@ class LIOp:
             dead_max = (" For readout='max' every unit may instead be dead: weights that only lower the voltage "
                         "leave its maximum at V(0) = 0 (keep revival_penalty > 0, the default, to raise them)."
                         if spec.readout == "max" else "")
-            warnings.warn(
+            warn(spec.layer_key,
                 f"LIReadout {spec.layer_name!r}: every logit is exactly 0 on every sample of a training batch, so the "
                 "loss cannot depend on the weights before it. Usually no input spike arrives within the readout "
                 f"window [0, t_max={spec.t_max!r}]: are the spike times in the unit of t_max and the time constants "
@@ -306,7 +345,7 @@ class LIOp:
                 f"(All-zero readout weights give the same.){dead_max}", SilentReadoutWarning, stacklevel=2)
         elif spec.warn_dead and int(dead):
             # No count in the message: Python's default filter then shows it once per layer.
-            warnings.warn(
+            warn(spec.layer_key,
                 f"LIReadout {spec.layer_name!r}: some units' voltage never rose above its start on any sample of a "
                 "training batch, so their max readout is V(0) = 0, their gradient is exactly zero and their classes "
                 "are never predicted. Keep revival_penalty > 0 (the default, 1.0) to raise their weights until "
@@ -316,7 +355,7 @@ class LIOp:
             # Most inputs outside the window while a few early ones keep the logits from being all zero (spike
             # times in another unit, e.g. microseconds against milliseconds). No count in the message: Python's
             # default filter then shows it once per layer.
-            warnings.warn(
+            warn(spec.layer_key,
                 f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after t_max={spec.t_max!r}, "
                 "outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
                 "t_max and the time constants (e.g. microseconds from tonic against milliseconds)? Otherwise raise "
@@ -453,6 +492,7 @@ class CalibrateSpec:
     warn: bool = True  # False: another process of a data-parallel run warns for this calibration (rank 0)
     # False: no bound on the mean spike count (FirstSpikeReadout, whose later spikes are neither read nor passed on)
     bound_bursts: bool = True
+    layer_key: int = 0  # the layer's warning registry (``layer_key``); 0: the module's
 
 
 # A calibration factor this far from 1 (either way) means initial weights far off the inputs' scale.
@@ -474,13 +514,13 @@ def _calibration_warnings(spec, input_times, weights, scale, fraction):
                      "enough (a threshold far above the weights' scale, time constants short against the inputs' "
                      "spread)" if fraction < low else "the layer fires on too many samples even with weights scaled "
                      "down")
-        warnings.warn(f"{name} reached a firing fraction of {fraction:.3f} (target {low}-{high}) with the kernel "
-                      f"scaled by {scale:.4g}: {cause}.", SilentLayerWarning if fraction == 0.0 else UserWarning)
+        warn(spec.layer_key, f"{name} reached a firing fraction of {fraction:.3f} (target {low}-{high}) with the "
+             f"kernel scaled by {scale:.4g}: {cause}.", SilentLayerWarning if fraction == 0.0 else UserWarning)
     else:
         _warn_squeezed_inputs(spec, input_times)
     if low <= fraction <= high and not 1.0 / CALIBRATION_FAR < scale < CALIBRATION_FAR:
         # No factor in the message: Python's default filter then shows it once per layer.
-        warnings.warn(
+        warn(spec.layer_key,
             f"{name} scaled the kernel by a factor far from 1 (more than {CALIBRATION_FAR:g}x either way, kept in "
             "kernel_scale): the initial weights are far off the scale these inputs need. The layer computes with "
             "kernel * kernel_scale, so every optimizer step on kernel moves the weights that many times as far as "
@@ -501,7 +541,7 @@ def _warn_squeezed_inputs(spec, input_times):
     _, window = input_statistics(input_times)
     shortest = min(spec.tau_mem, spec.tau_syn)
     if 0.0 < window < SQUEEZED_WINDOW * shortest:
-        warnings.warn(
+        warn(spec.layer_key,
             f"LIFLayer {spec.layer_name!r}: the input spikes of the first training batch span {window:.3g} per sample "
             f"on average, {window / shortest:.2g} of the shorter time constant ({shortest:g}): the neurons receive "
             "each sample as one near-synchronous volley and can hardly tell its spike times apart. Are the spike "

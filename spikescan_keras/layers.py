@@ -20,7 +20,7 @@ import spikescan.init
 from spikescan import _validate
 
 from . import _bridge
-from ._host import CalibrateOp, CalibrateSpec, LIFOp, LIFSpec, LIOp, LISpec, PeakOp, PeakSpec
+from ._host import CalibrateOp, CalibrateSpec, LIFOp, LIFSpec, LIOp, LISpec, PeakOp, PeakSpec, layer_key, warn
 
 _METHODS = ("auto", "sequential", "scan")
 _SOLVERS = ("newton", "bisection", "analytic")
@@ -330,12 +330,12 @@ def _warn_probability_loss(layer):
                                                   None) is layer
     described = _probability_loss(getattr(model, "loss", None)) if is_output else None
     if described:
-        warnings.warn(
-            f"{type(layer).__name__} {layer.name!r} outputs logits (unnormalised scores), but the model's loss "
-            f"{described} reads its outputs as probabilities (from_logits=False): training stalls near chance. "
-            "Compile with keras.losses.SparseCategoricalCrossentropy(from_logits=True) (or CategoricalCrossentropy("
-            "from_logits=True) for one-hot labels), or add a keras.layers.Softmax() after the layer.", UserWarning,
-            stacklevel=3)
+        warn(getattr(layer, "_warn_key", 0),
+             f"{type(layer).__name__} {layer.name!r} outputs logits (unnormalised scores), but the model's loss "
+             f"{described} reads its outputs as probabilities (from_logits=False): training stalls near chance. "
+             "Compile with keras.losses.SparseCategoricalCrossentropy(from_logits=True) (or CategoricalCrossentropy("
+             "from_logits=True) for one-hot labels), or add a keras.layers.Softmax() after the layer.", UserWarning,
+             stacklevel=3)
 
 
 def _add_loss(layer, loss):
@@ -384,11 +384,12 @@ def _check_input_precision(layer, inputs):
     dtype = keras.backend.standardize_dtype(dtype)
     if dtype in ("float16", "bfloat16"):
         layer._warned_low_precision = True
-        warnings.warn(f"{type(layer).__name__} {layer.name!r}: its input spike times arrive in {dtype}, rounded by the "
-                      "layer before it (near 20 ms float16 keeps 1/64 ms, bfloat16 1/8 ms); the cast to "
-                      f"{layer.compute_dtype} cannot restore them. Give the layers that carry spike times "
-                      "dtype='float32' (e.g. keras.layers.Concatenate(axis=1, dtype='float32')) under a "
-                      "mixed-precision policy", UserWarning, stacklevel=3)
+        warn(getattr(layer, "_warn_key", 0),
+             f"{type(layer).__name__} {layer.name!r}: its input spike times arrive in {dtype}, rounded by the layer "
+             "before it (near 20 ms float16 keeps 1/64 ms, bfloat16 1/8 ms); the cast to "
+             f"{layer.compute_dtype} cannot restore them. Give the layers that carry spike times "
+             "dtype='float32' (e.g. keras.layers.Concatenate(axis=1, dtype='float32')) under a "
+             "mixed-precision policy", UserWarning, stacklevel=3)
 
 
 class _SpikeTimesLayer(keras.layers.Layer):
@@ -637,10 +638,11 @@ class LIFLayer(_SpikeTimesLayer):
                 raise ValueError(f"solver='analytic' needs tau_mem == 2 * tau_syn; got tau_mem={self.tau_mem!r}, "
                                  f"tau_syn={self.tau_syn!r}")
         self.input_spec = keras.layers.InputSpec(ndim=3)
+        self._warn_key = layer_key(self)  # its warnings show once per layer, not once per layer name
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes,
                              time_constant_inputs=trainable_time_constants, threshold_input=trainable_threshold,
-                             recurrent=recurrent, recurrent_delays=recurrent_delays)
+                             recurrent=recurrent, recurrent_delays=recurrent_delays, layer_key=self._warn_key)
         self._train_spec = dataclasses.replace(self._spec, training=True)
         self._peak_spec = PeakSpec(self.tau_mem, self.tau_syn, time_constant_inputs=trainable_time_constants)
         # Set by spikescan_keras.distributed.DistributedDataParallel while it trains the model on several torch
@@ -649,7 +651,8 @@ class LIFLayer(_SpikeTimesLayer):
         self._data_parallel = None
         if self.calibrate is not None:
             self._calibrate_spec = CalibrateSpec(self.tau_mem, self.tau_syn, self.threshold, self.calibrate,
-                                                 self.max_spikes, self.method, self.solver, self.name)
+                                                 self.max_spikes, self.method, self.solver, self.name,
+                                                 layer_key=self._warn_key)
 
     def _auto_kernel_initializer(self, n_in):
         mu = spikescan.init.mean_weight(n_in, tau_mem=self.tau_mem, tau_syn=self.tau_syn, threshold=self.threshold,
@@ -730,10 +733,26 @@ class LIFLayer(_SpikeTimesLayer):
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={1: n_in})
 
     def load_own_variables(self, store):
-        if self._parameter_rule >= 3 and len(store.keys()) == len(self.variables) - 1:
-            # Saved before the voltage unit (parameter_rule 2 or 1): the same variables but the last, in voltage
-            # units.
-            for i, variable in enumerate(self._trainable_variables + self._non_trainable_variables[:-1]):
+        if not self.built:  # an unbuilt layer (a copy, or a model saved before its first call): nothing to load
+            super().load_own_variables(store)
+            return
+        targets = self._trainable_variables + self._non_trainable_variables
+        # Saved before the voltage unit (parameter_rule 2 or 1): the same variables but the last, in voltage units.
+        legacy = self._parameter_rule >= 3 and len(store.keys()) == len(targets) - 1
+        if legacy:
+            targets = targets[:-1]
+        if len(store.keys()) == len(targets):  # (another count: Keras' own error, before anything is assigned)
+            # Every shape first, so that a file of a layer with other options changes nothing here and says why.
+            for i, variable in enumerate(targets):
+                shape = tuple(np.shape(store[f"{i}"]))
+                if shape != tuple(variable.shape):
+                    raise ValueError(
+                        f"{type(self).__name__} {self.name!r}: the stored variable {i} has shape {shape} where this "
+                        f"layer's {variable.name!r} has {tuple(variable.shape)}: the weights come from a layer with "
+                        "other options (units, inputs, delays, recurrent, recurrent_delays, trainable_threshold, "
+                        "trainable_time_constants). Nothing was loaded.")
+        if legacy:
+            for i, variable in enumerate(targets):
                 variable.assign(store[f"{i}"])
             self._follow_voltage_unit(1.0)
             return
@@ -1214,8 +1233,9 @@ class LIReadout(_SpikeTimesLayer):
         _time_constant_options(self, trainable_time_constants, min_time_constant)
         _set_parameter_units(self, _PARAMETER_RULE)
         self.input_spec = keras.layers.InputSpec(ndim=3)
+        self._warn_key = layer_key(self)  # its warnings show once per layer, not once per layer name
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
-                            time_constant_inputs=self.trainable_time_constants)
+                            time_constant_inputs=self.trainable_time_constants, layer_key=self._warn_key)
         self.revival_penalty = _validate.nonnegative_scalar("revival_penalty", revival_penalty)
         # Training calls warn when every logit of the batch is 0 (SilentReadoutWarning).
         self._train_spec = dataclasses.replace(self._spec, layer_name=self.name, warn_empty=True)

@@ -58,6 +58,21 @@ def test_silent_layer_is_warned_and_its_statistics_logged():
     np.testing.assert_array_equal(lif.kernel.numpy(), before)
 
 
+def test_training_warnings_show_once_per_layer_not_once_per_layer_name():
+    """Under Python's default filter a warning shows once per layer: a second model whose silent layer has the same
+    name (an explicit name=, or the automatic names again after keras.backend.clear_session()) is warned too, where a
+    registry shared by the name kept it silent; the same layer on later batches and epochs is not warned again."""
+    keras.utils.set_random_seed(0)
+    x, y = timing_task(64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(2):
+            model = model_of(quiet_lif(calibrate=None, silence_penalty=0.0))  # both named "hidden"
+            model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    silent = [str(w.message) for w in caught if w.category is sk.SilentLayerWarning]
+    assert len(silent) == 2 and all("'hidden' fired no spike" in m for m in silent), silent
+
+
 def test_inference_does_not_warn_or_update_statistics():
     x, _ = timing_task(8)
     lif = quiet_lif()
