@@ -536,7 +536,9 @@ class LIFLayer(_SpikeTimesLayer):
             voltage never rises above rest (there ``V* = 0`` has no gradient, and ``Q <= 0``), with a bounded value
             and a gradient that decays only like ``1 / q^2``. Each dead neuron adds less than ``2 silence_penalty /
             units``; the objective is zero when every neuron fires somewhere in the batch, and its exact gradient
-            raises the drive of dead neurons, where the spike-time gradients are zero. Default ``1.0``. On a GPU,
+            raises the drive of dead neurons, where the spike-time gradients are zero. A frozen layer
+            (``trainable = False``) adds no such term: it keeps its function, and its objective would only push the
+            layers before it. Default ``1.0``. On a GPU,
             ``peak_voltage`` runs on the device; for a layer with delays it computes only the dead neurons, so the
             number of them is read on the host every training step (no spike or weight data moves).
 
@@ -847,7 +849,7 @@ class LIFLayer(_SpikeTimesLayer):
         self.capped_spikes.assign_add(ops.cast(capped, "int32"))
         if self.spike_count_regularizer is not None:
             _add_loss(self, self.spike_count_regularizer(times))
-        if learn and self.silence_penalty > 0:
+        if learn and self.silence_penalty > 0 and self.trainable:  # a frozen layer adds no objective
             frozen = tuple(ops.stop_gradient(x) for x in taus)
             thr = ops.stop_gradient(threshold[0]) if threshold else self.threshold
             _add_loss(self, self._silence_loss(inputs, kernel, delays + frozen, ops.cast(dead, kernel.dtype), thr))
@@ -1206,7 +1208,8 @@ class LIReadout(_SpikeTimesLayer):
             left alone, until the unit's voltage rises above 0 on some sample and the term switches off. The
             non-trainable float32 weight ``dead_fraction`` (``"max"`` readouts only) holds the fraction of dead
             units on the last training batch; ``FiringMonitor`` reports it. With ``revival_penalty=0`` a training
-            batch with dead units issues a ``DeadReadoutWarning`` naming the layer. Default ``1.0``.
+            batch with dead units issues a ``DeadReadoutWarning`` naming the layer. A frozen readout
+            (``trainable = False``) adds no such term. Default ``1.0``.
     """
 
     tau_mem_per_neuron = _Renamed("time_constants()[0] / set_time_constants()")
@@ -1316,7 +1319,7 @@ class LIReadout(_SpikeTimesLayer):
         if _learns_from(self, inputs, training) and self.readout == "max":
             dead = self._dead_units(values, alive)
             self.dead_fraction.assign(ops.cast(ops.mean(dead), "float32"))
-            if self.revival_penalty > 0:
+            if self.revival_penalty > 0 and self.trainable:  # a frozen layer adds no objective
                 _add_loss(self, self._revival_loss(inputs, kernel, tuple(map(ops.stop_gradient, taus)),
                                                  ops.cast(dead, kernel.dtype)))
         return values if self.output_scale == 1.0 else values * self.output_scale

@@ -902,6 +902,39 @@ def test_frozen_layer_does_not_calibrate():
     assert float(keras.ops.convert_to_numpy(lif.kernel_scale)) != 1.0
 
 
+def test_frozen_layers_add_no_revival_objective():
+    """A frozen LIFLayer with dead neurons (and a frozen "max" readout with dead units) adds no revival term to the
+    loss: the same loss and the same step of the trainable layer before it as with the objective switched off. It
+    keeps its function; its objective would only have pushed the layers before it."""
+    x, y = timing_task(8)
+
+    def step(penalty, readout_penalty):
+        keras.utils.set_random_seed(0)
+        first = sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, calibrate=None, name="first")
+        frozen = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, calibrate=None,
+                             silence_penalty=penalty, name="frozen")
+        readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, readout="max",
+                               revival_penalty=readout_penalty)
+        model = keras.Sequential([keras.Input(x.shape[1:]), first, frozen, readout])
+        first.kernel.assign(np.random.default_rng(1).normal(1.2, 0.6, first.kernel.shape).astype("float32"))
+        kernel = np.random.default_rng(2).normal(0.05, 0.3, frozen.kernel.shape).astype("float32")
+        kernel[:, :3] = -np.abs(kernel[:, :3])  # three neurons that cannot fire
+        frozen.kernel.assign(kernel)
+        readout.kernel.assign(np.concatenate([np.full((6, 1), -1.0), np.full((6, 1), 1.0)], 1).astype("float32"))
+        frozen.trainable = readout.trainable = False
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loss = model.train_on_batch(x, y)
+        return float(loss), ops.convert_to_numpy(first.kernel).copy(), float(frozen.dead_fraction.numpy()), float(
+            readout.dead_fraction.numpy())
+
+    on, off = step(1.0, 1.0), step(0.0, 0.0)
+    assert on[2] > 0 and on[3] > 0  # dead neurons and dead readout units were there to revive
+    assert on[0] == off[0]
+    np.testing.assert_array_equal(on[1], off[1])
+
+
 def test_float64_layers_train_with_their_added_losses():
     """``dtype="float64"`` spike layers with their added losses (the spike-count regularizer, and the silent-neuron
     and revival objectives when a neuron or unit is dead) beside Keras' float32 compiled loss: the added terms are
