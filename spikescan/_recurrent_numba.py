@@ -19,7 +19,9 @@ solver and state updates are those of the NumPy loop on the same gaps (and the s
 ``_lif_numba`` where a gap runs from one queue entry to the next), so both give identical counts and times to
 rounding (scalar vs vectorised forms), and with ``R = 0`` the compiled feed-forward layer's bits. Each sample's
 ``RecurrentLog`` goes into a buffer of a guessed length; samples that outgrow it run again with the length they
-needed (the same results: the loop is deterministic). Stuck and runaway spikes stop the sample, leave a flag and
+needed (the same results: the loop is deterministic); so does a sample that fills a neuron's heap of pending
+arrivals (heaps are allocated outside the loop, so that Numba need not reference-count them on every iteration;
+the next call starts from the largest heap of the last). Stuck and runaway spikes stop the sample, leave a flag and
 stop the other samples at their next round (the call raises anyway; a runaway sample costs its own time, not the
 batch's); ``forward`` raises the errors of the NumPy path after the kernel (of the samples that stopped on their
 own, the one whose error comes first in time).

@@ -286,7 +286,8 @@ def li_trace(input_times, weights, t, *, tau_mem, tau_syn):
 
     Returns:
         ``TraceResult(voltage, current, spike_times, counts)`` with ``spike_times`` of shape ``[batch, n_out, 0]``
-        and ``counts`` zeros; dtype of ``input_times``. CuPy inputs are computed on the host and returned as CuPy arrays.
+        and ``counts`` zeros; dtype of ``input_times``. CuPy inputs are computed on the host and returned as CuPy
+        arrays.
     """
     xp, tau_mem, tau_syn = v.layer(input_times, weights, tau_mem, tau_syn)
     n_out = weights.shape[1]

@@ -356,8 +356,8 @@ class LIOp:
             # times in another unit, e.g. microseconds against milliseconds). No count in the message: Python's
             # default filter then shows it once per layer.
             warn(spec.layer_key,
-                f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after t_max={spec.t_max!r}, "
-                "outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
+                f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after "
+                f"t_max={spec.t_max!r}, outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
                 "t_max and the time constants (e.g. microseconds from tonic against milliseconds)? Otherwise raise "
                 "t_max to cover the activity of the layer before.", SilentReadoutWarning, stacklevel=2)
 

@@ -320,6 +320,17 @@ def test_shd_with_a_corrupt_time_is_an_error_whatever_the_filters(tmp_path, bad)
             shd("train", data_dir=tmp_path, **kw)
 
 
+def test_shd_with_a_unit_index_beyond_700_is_an_error_whatever_the_filters(tmp_path):
+    """A unit index the format does not have (uint16 in the file, up to 65535) is a corrupt file: an error naming the
+    file, the sample and the index, also with a channels= crop (it was counted as a spike that crop dropped)."""
+    samples = [([0.001, 0.002], [3, 4], 1), ([0.001, 0.2, 0.3], [3, 812, 4], 0)]
+    write_heidelberg(tmp_path / "shd_train.h5", samples=samples)
+    for kw in ({}, dict(channels=(0, 100)), dict(n_channels=70)):
+        with pytest.raises(ValueError, match=r"shd_train.h5: sample 1 of the selection holds the unit index 812; "
+                                             r"units must lie in \[0, 700\)"):
+            shd("train", data_dir=tmp_path, **kw)
+
+
 def test_shd_caps_and_crops_are_reported(tmp_path):
     write_heidelberg(tmp_path / "shd_test.h5")
     with pytest.warns(DroppedSpikesWarning, match="dropped") as record:

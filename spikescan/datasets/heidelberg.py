@@ -178,6 +178,10 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         if bad.any():  # before any filter: a corrupt time is an error, not a spike dropped for its channel or t_max
             raise ValueError(f"{path.name}: sample {k} of the selection holds the spike time "
                              f"{float(t[bad][0] / scale)!r} s; times must be finite and >= 0")
+        units = (u < 0) | (u >= N_UNITS)
+        if units.any():  # a corrupt file, not spikes dropped by a channels= crop
+            raise ValueError(f"{path.name}: sample {k} of the selection holds the unit index {int(u[units][0])}; "
+                             f"units must lie in [0, {N_UNITS})")
         total_in += len(t)
         keep = (u >= lo) & (u < hi)
         dropped["channels"] += int(len(u) - keep.sum())
