@@ -76,8 +76,10 @@ _ARRIVAL_BYTES = 1 << 26
 
 # The longest log the last call needed: the next call's first guess of the per-sample log length.
 _log_hint = 0
-# The most pending recurrent arrivals one neuron held in the last call: the next call's first heap capacity.
-_heap_hint = 0
+# Per layer shape ``(n_out, with recurrent delays)``: the most pending recurrent arrivals one neuron held in the last
+# call of that shape that completed, the next one's first heap capacity (a hint from another shape, or from a call
+# that ran away, could ask a wide layer for far more memory than it needs).
+_heap_hints: dict = {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -481,8 +483,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table)
     work = batch * n_out * L1
 
-    def run(samples, length):
-        global _heap_hint
+    def run(samples, length, heap_capacity):
         logs = (np.empty((samples.size, length)), np.empty((samples.size, length), np.int64),
                 np.empty((samples.size, length)))
         n_log = np.zeros(samples.size, np.int64)
@@ -490,14 +491,15 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
         previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
         try:
             forward_kernel(work, samples, *common, times, events, counts, *logs, n_log, status, status_at,
-                           np.zeros(1, np.int64), max(4, _heap_hint + _heap_hint // 4), heap_most)
+                           np.zeros(1, np.int64), heap_capacity, heap_most)
         finally:
             numba.set_parallel_chunksize(previous)
-        _heap_hint = int(heap_most.max(initial=0))
-        return logs, n_log
+        return logs, n_log, int(heap_most.max(initial=0))
 
     length = _log_length(n_out, max_spikes)
-    (log_t, log_k, log_I), n_log = run(np.arange(batch), length)
+    shape = (n_out, has_dr)
+    hint = _heap_hints.get(shape, 0)
+    (log_t, log_k, log_I), n_log, heap_most = run(np.arange(batch), length, max(4, hint + hint // 4))
     bad = np.flatnonzero((status[:, 0] == _STUCK) | (status[:, 0] == _RUNAWAY))
     if bad.size:  # of the samples that stopped on their own (others may have been aborted for them): the first in
         # simulated time (the lower sample at a tie)
@@ -508,6 +510,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
         raise unresolvable_spike_error(b * n_out + k, n_out, status_at[b, 0])
     M = int(n_log.max(initial=0))
     _log_hint = M
+    _heap_hints[shape] = heap_most  # every sample ran its loop to the end (those that outgrew the log too)
     over = np.flatnonzero(n_log > length)
     # The spike log of every sample (float64 time, int64 neuron, float64 current), and a second run's buffers for
     # the samples that outgrew the guess: known only now, so checked only now, before they are allocated.
@@ -524,7 +527,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     for out, buf in ((out_t, log_t), (out_k, log_k), (out_I, log_I)):
         out[:, :keep.shape[1]][keep] = buf[:, :keep.shape[1]][keep]
     if over.size:  # the samples whose logs did not fit, again with the length they need
-        (log_t, log_k, log_I), _ = run(over, M)
+        (log_t, log_k, log_I), _, _ = run(over, M, max(4, heap_most))
         for j, b in enumerate(over):
             n = int(n_log[b])
             out_t[b, :n], out_k[b, :n], out_I[b, :n] = log_t[j, :n], log_k[j, :n], log_I[j, :n]

@@ -69,8 +69,9 @@ def check_float_array(name, x, ndim):
     if not isinstance(x, np.ndarray) and _top_module(x) != "cupy":
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}")
     if isinstance(x, np.ma.MaskedArray):
-        raise TypeError(f"{name} must be a plain NumPy array, got a masked array, whose mask would be ignored: mark "
-                        f"absent spikes with +inf padding instead (np.ma.filled({name}, np.inf) for spike times)")
+        raise TypeError(f"{name} must be a plain NumPy array, got a masked array, whose mask would be ignored: fill "
+                        f"the masked entries yourself, np.ma.filled({name}, value) (for spike times value=np.inf, the "
+                        "padding)")
     if x.dtype not in _FLOAT_DTYPES:
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
             raise TypeError(f"{name} must have a native-endian dtype float32 or float64, got byte-swapped "
@@ -255,7 +256,8 @@ TIME_CONSTANT_RANGE = (1e-150, 1e150)
 def time_constant(name, value, n_out, xp, *, bounded=True):
     """Positive finite scalar or ``[n_out]`` array -> float64 ``[n_out]`` array on ``xp``; within
     ``TIME_CONSTANT_RANGE`` when ``bounded``."""
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, (bool, np.bool_)) or value is None or (
+            isinstance(value, (numbers.Number, np.generic)) and not isinstance(value, numbers.Real)):  # complex
         raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
     if isinstance(value, numbers.Real):
         arr = xp.full((n_out,), float(value), dtype=xp.float64)

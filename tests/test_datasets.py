@@ -438,6 +438,9 @@ def test_pack_events():
         t, dropped = pack_events(samples, 3, max_spikes_per_channel=1)
     assert t.shape == (2, 3, 1) and dropped == 2 and t[0, 1, 0] == 0.5
     assert record[0].filename == __file__  # points at the caller
+    with pytest.warns(DroppedSpikesWarning, match=r"left out 2 of 4 spikes"):  # a generator, read once
+        t_gen, _ = pack_events((pair for pair in samples), 3, max_spikes_per_channel=1)
+    np.testing.assert_array_equal(t_gen, t)
     t, _ = pack_events([([1, 0], [2, 1.5])], 2, dtype=np.float64)  # lists, integer times
     assert t.dtype == np.float64
     np.testing.assert_array_equal(t[0, :, 0], [1.5, 2.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import mpmath as mp
 import numpy as np
 import pytest
@@ -704,6 +705,10 @@ def test_per_neuron_parameters_may_be_lists():
         with pytest.raises(TypeError, match=f"{name} must be a positive number or an array of real numbers of shape "
                                             f"\\[3\\], got dtype {bad.dtype}"):
             ss.lif_forward(x, W, max_spikes=3, **args)
+    for bad in (np.complex128(10.0), 10.0 + 0j, np.bool_(True), np.str_("10")):  # scalars too, by name
+        with pytest.raises(TypeError, match=f"tau_mem must be a positive number or an array of shape \\[3\\], got "
+                                            f"{re.escape(repr(bad))}"):
+            ss.lif_forward(x, W, tau_mem=bad, tau_syn=5.0, max_spikes=3)
     with pytest.raises(TypeError, match="tau_mem must be a plain array, got a masked array"):
         ss.lif_forward(x, W, tau_mem=np.ma.masked_array([10.0, 12.0, 14.0], [0, 1, 0]), tau_syn=5.0, max_spikes=3)
 

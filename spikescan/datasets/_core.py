@@ -216,6 +216,7 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
         the same float32 number issue a ``MergedSpikesWarning`` with their count, and spikes left out by the cap a
         ``DroppedSpikesWarning`` with theirs.
     """
+    samples = list(samples)  # read twice below (any iterable of pairs is taken)
     out, dropped = _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel=3)
     if dropped:
         total = sum(len(np.asarray(pair[0])) for pair in samples)

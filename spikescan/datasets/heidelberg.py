@@ -194,7 +194,7 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
             ch = ch * n_channels // width
         samples.append((ch, t[keep]))
     times, dropped["max_spikes_per_channel"] = _pack_events(samples, n_out, max_spikes_per_channel, dtype,
-                                                            stacklevel=3)
+                                                            stacklevel=4)  # the caller of shd() / ssc()
     report_dropped(f"{name}({split!r})", dropped, total_in, stacklevel=4)
     return SpikeDataset(times, labels, class_names, time_unit, dropped, meta)
 
