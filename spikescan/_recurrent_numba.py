@@ -74,8 +74,10 @@ _CROSS, _ARRIVE, _NONE = 0, 1, 2
 _PARTIAL_BYTES = 1 << 26
 _ARRIVAL_BYTES = 1 << 26
 
-# The longest log the last call needed: the next call's first guess of the per-sample log length.
-_log_hint = 0
+# Per layer shape ``(n_out, with recurrent delays)``: the longest log the last completed call of that shape needed,
+# the next one's first guess of the per-sample log length (another layer's could be far longer than this one needs,
+# and the first run's logs are allocated for the whole batch).
+_log_hints: dict = {}
 # Per layer shape ``(n_out, with recurrent delays)``: the most pending recurrent arrivals one neuron held in the last
 # call of that shape that completed, the next one's first heap capacity (a hint from another shape, or from a call
 # that ran away, could ask a wide layer for far more memory than it needs).
@@ -448,8 +450,8 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             cap *= 4
 
 
-def _log_length(n_out, max_spikes):
-    return max(256, min(n_out * max_spikes, 1 << 14), _log_hint + _log_hint // 4)
+def _log_length(n_out, max_spikes, hint=0):
+    return max(256, min(n_out * max_spikes, 1 << 14), hint + hint // 4)
 
 
 def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_spikes, solver, limit, batch,
@@ -457,7 +459,6 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     """``_recurrent.forward`` by the compiled event loop, on queues ``qt2, qi2 [batch * Q, L1]`` and ``qend``
     (``[batch, Q]``), or on the permutation ``pq`` (``_queue.compiled_permutation``; ``qt2``, ``qi2`` then unused,
     ``Q = n_out``). Returns ``(times, events, counts, log)``; raises the NumPy path's errors."""
-    global _log_hint
     from ._lif_numpy import unresolvable_spike_error
     from ._recurrent import _runaway_error
 
@@ -496,8 +497,8 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
             numba.set_parallel_chunksize(previous)
         return logs, n_log, int(heap_most.max(initial=0))
 
-    length = _log_length(n_out, max_spikes)
     shape = (n_out, has_dr)
+    length = _log_length(n_out, max_spikes, _log_hints.get(shape, 0))
     hint = _heap_hints.get(shape, 0)
     (log_t, log_k, log_I), n_log, heap_most = run(np.arange(batch), length, max(4, hint + hint // 4))
     bad = np.flatnonzero((status[:, 0] == _STUCK) | (status[:, 0] == _RUNAWAY))
@@ -509,7 +510,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
             raise _runaway_error(b, k, n_out, status_at[b, 0], status_at[b, 1], limit, threshold[k])
         raise unresolvable_spike_error(b * n_out + k, n_out, status_at[b, 0])
     M = int(n_log.max(initial=0))
-    _log_hint = M
+    _log_hints[shape] = M
     _heap_hints[shape] = heap_most  # every sample ran its loop to the end (those that outgrew the log too)
     over = np.flatnonzero(n_log > length)
     # The spike log of every sample (float64 time, int64 neuron, float64 current), and a second run's buffers for

@@ -715,22 +715,24 @@ def test_recurrent_compiled_wide_layer_with_long_delays(monkeypatch):
 
 
 def test_recurrent_heap_hints_are_per_layer_shape_and_only_from_calls_that_completed(monkeypatch):
-    """The first heap capacity of a call comes from the last completed call of the same shape: a runaway call (its
+    """The first heap capacity (and log length) of a call comes from the last completed call of the same shape: a runaway call (its
     heaps hold thousands of pending arrivals) leaves no hint, and one shape's hint is not another's (a hint of a
     small layer that piled up arrivals asked a wide layer for tens of GB before)."""
     from spikescan import _recurrent_numba
 
     monkeypatch.setattr(_recurrent_numba, "_heap_hints", {})
+    monkeypatch.setattr(_recurrent_numba, "_log_hints", {})  # the same for the first guess of the log length
     t = np.array([[[1.0]]])
     with pytest.raises(ss.RunawayFiringError):
         ss.lif_forward(t, np.full((1, 8), 5.0), tau_mem=10.0, tau_syn=5.0, max_spikes=4, engine="numba",
                        recurrent_weights=np.full((8, 8), 3.0), recurrent_delays=np.full((8, 8), 0.5),
                        max_total_spikes=300)
-    assert _recurrent_numba._heap_hints == {}
+    assert _recurrent_numba._heap_hints == {} and _recurrent_numba._log_hints == {}
     x, W, kw = _recurrent_layer(12, "mixed", "positive", "tm>ts", False, batch=2, n_in=30, n_out=40, max_in=3,
                                 t_max=40.0, d_max=6.0)
     ss.lif_forward(x, 0.2 * W, engine="numba", **dict(kw, recurrent_weights=0.3 * kw["recurrent_weights"]))
     assert set(_recurrent_numba._heap_hints) == {(40, True)} and _recurrent_numba._heap_hints[(40, True)] > 16
+    assert set(_recurrent_numba._log_hints) == {(40, True)}
 
 
 def test_recurrent_compiled_float32():
@@ -779,7 +781,7 @@ def test_recurrent_bitwise_identical_for_any_thread_count_log_length_and_blocks(
     assert _recurrent_digest(t, W, kw) == one
     monkeypatch.setattr(_recurrent_numba, "_heap_hints", {})  # heaps that fill and grow
     assert _recurrent_digest(t, W, kw) == one
-    monkeypatch.setattr(_recurrent_numba, "_log_length", lambda n_out, max_spikes: 1)
+    monkeypatch.setattr(_recurrent_numba, "_log_length", lambda n_out, max_spikes, hint=0: 1)
     monkeypatch.setattr(_recurrent_numba, "_PARTIAL_BYTES", 1)
     monkeypatch.setattr(_recurrent_numba, "_ARRIVAL_BYTES", 1)
     assert _recurrent_digest(t, W, kw) == one
