@@ -41,12 +41,13 @@ N_CLASSES, N_CHANNELS = 10, 20
 SPLITS = dict(train=(5000, 1), valid=(1000, 3), test=(1000, 2))  # samples, seed
 
 
-def build_model(n_channels, n_classes, hidden, max_spikes, *, duration=DURATION, recurrent=False):
+def build_model(n_channels, n_classes, hidden, max_spikes, *, duration=DURATION, recurrent=False, tau_mem=TAU_MEM,
+                tau_syn=TAU_SYN):
     return keras.Sequential([
         keras.Input(shape=(n_channels, None)),
-        LIFLayer(hidden, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, recurrent=recurrent,
+        LIFLayer(hidden, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=max_spikes, recurrent=recurrent,
                  name="hidden"),
-        LIReadout(n_classes, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=duration + 2 * TAU_MEM, name="readout"),
+        LIReadout(n_classes, tau_mem=tau_mem, tau_syn=tau_syn, t_max=duration + 2 * tau_mem, name="readout"),
     ])
 
 
@@ -58,6 +59,10 @@ def main(argv=None):
     parser.add_argument("--n-channels", type=_common._positive_int, default=N_CHANNELS, help="input channels")
     parser.add_argument("--manifold-seed", type=int, default=0, help="seed of the task (the classes' manifolds)")
     parser.add_argument("--recurrent", action="store_true", help="recurrent connections in the hidden layer")
+    parser.add_argument("--tau-mem", type=_common._positive_float, default=TAU_MEM,
+                        help="membrane time constant of every layer (ms)")
+    parser.add_argument("--tau-syn", type=_common._positive_float, default=TAU_SYN,
+                        help="synaptic time constant of every layer (ms)")
     args = parser.parse_args(argv)
     _common.initialize_distributed(args)
     keras.utils.set_random_seed(args.seed)
@@ -65,11 +70,13 @@ def main(argv=None):
                                          n_channels=args.n_channels, dim_manifold=args.dim_manifold,
                                          duration=DURATION), args.limit)
             for split, (n, seed) in SPLITS.items()}
-    model = build_model(args.n_channels, N_CLASSES, args.hidden, args.max_spikes, recurrent=args.recurrent)
+    model = build_model(args.n_channels, N_CLASSES, args.hidden, args.max_spikes, recurrent=args.recurrent,
+                        tau_mem=args.tau_mem, tau_syn=args.tau_syn)
     result = _common.train(model, data["train"], data["test"], args, val_set=data["valid"])
     return _common.summary("randman", args, result, n_train=len(data["train"]), n_test=len(data["test"]),
                            n_classes=N_CLASSES, n_channels=args.n_channels, dim_manifold=args.dim_manifold,
-                           manifold_seed=args.manifold_seed, recurrent=args.recurrent)
+                           manifold_seed=args.manifold_seed, recurrent=args.recurrent, tau_mem=args.tau_mem,
+                           tau_syn=args.tau_syn)
 
 
 if __name__ == "__main__":
