@@ -73,6 +73,38 @@ def test_training_warnings_show_once_per_layer_not_once_per_layer_name():
     assert len(silent) == 2 and all("'hidden' fired no spike" in m for m in silent), silent
 
 
+def test_subclassed_models_pass_training_to_the_layers_as_the_readme_says():
+    """README: a subclassed model's call must take ``training`` and pass it on; without a ``training`` argument Keras
+    runs the layers as in inference during fit (no calibration, statistics at 0), on every backend."""
+    x, y = timing_task(32)
+
+    class Model(keras.Model):
+        def __init__(self, forward_training):
+            super().__init__()
+            self.forward_training = forward_training
+            self.lif = sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
+            self.readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)
+
+        def call(self, inputs, training=None):
+            return self.readout(self.lif(inputs, training=training), training=training)
+
+    class NoTraining(Model):
+        def call(self, inputs):  # no training argument: Keras cannot hand it down
+            return self.readout(self.lif(inputs))
+
+    seen = {}
+    for forward_training in (True, False):
+        keras.utils.set_random_seed(0)
+        model = (Model if forward_training else NoTraining)(forward_training)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        seen[forward_training] = (int(model.lif.calibrated.numpy()), float(model.lif.spikes_per_neuron.numpy()))
+    assert seen[True][0] == 1 and seen[True][1] > 0
+    assert seen[False] == (0, 0.0)
+
+
 def test_inference_does_not_warn_or_update_statistics():
     x, _ = timing_task(8)
     lif = quiet_lif()
