@@ -258,10 +258,9 @@ class LIFOp:
             warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(dead), int(units))} of its {int(units)} neurons fired "
                 "on no sample of a training batch (the warning shows again when the share reaches a band not shown "
-                "before), and "
-                "silence_penalty=0 switches off the revival objective, so their gradients are exactly zero and "
-                "nothing in training brings them back (the layer's `dead_fraction` variable gives their share). "
-                "Keep silence_penalty > 0 (the default, 1.0) unless they fire on other batches.",
+                "before), and silence_penalty=0 switches off the revival objective, so their gradients are exactly "
+                "zero and nothing in training brings them back (the layer's `dead_fraction` variable gives their "
+                "share). Keep silence_penalty > 0 (the default, 1.0) unless they fire on other batches.",
                 DeadNeuronsWarning, stacklevel=2)
 
     @staticmethod
@@ -357,8 +356,9 @@ class LIOp:
             # default filter then shows it once per layer.
             warn(spec.layer_key,
                 f"LIReadout {spec.layer_name!r}: most input spikes of a training batch arrive after "
-                f"t_max={spec.t_max!r}, outside the readout window, where they cannot move the logits. Are the spike times in the unit of "
-                "t_max and the time constants (e.g. microseconds from tonic against milliseconds)? Otherwise raise "
+                f"t_max={spec.t_max!r}, outside the readout window, where they cannot move the logits. Are the spike "
+                "times in the unit of t_max and the time constants (e.g. microseconds from tonic against "
+                "milliseconds)? Otherwise raise "
                 "t_max to cover the activity of the layer before.", SilentReadoutWarning, stacklevel=2)
 
     @staticmethod
