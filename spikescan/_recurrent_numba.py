@@ -422,29 +422,24 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
     for s_ in prange(samples.shape[0]):
         slot = np.int64(s_)
         b = samples[slot]
-        QT = np.empty((0, 0))
-        SRC = np.empty((0, 0), np.int64)
-        QE = np.empty(0, np.int64)
-        if permuted:
+        if permuted:  # this sample's queues, expanded: rows 0 .. n_out - 1
             QT = np.empty((n_out, L1))
             SRC = np.empty((n_out, L1), np.int64)
             QE = np.empty(n_out, np.int64)
             for i in range(n_out):
                 QE[i] = qe[b * n_out + i]
                 _expand_sources(pq, b, i, QE[i] + 1, QT, SRC, i)
+            base = 0
+        else:  # the batch's queues: rows b * Q ..
+            QT, SRC, QE, base = qt, src, qe, b * Q
         cap = heap_capacity
         while True:
             ht = np.empty((n_out, cap))
             hm = np.empty((n_out, cap), np.int64)
             hw = np.empty((n_out, cap))
-            if permuted:
-                _forward_sample(b, slot, QT, SRC, QE, Q, 0, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                                table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status,
-                                status_at, abort, ht, hm, hw, heap_most)
-            else:
-                _forward_sample(b, slot, qt, src, qe, Q, b * Q, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver,
-                                limit, table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status,
-                                status_at, abort, ht, hm, hw, heap_most)
+            _forward_sample(b, slot, QT, SRC, QE, Q, base, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
+                            table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at,
+                            abort, ht, hm, hw, heap_most)
             if status[b, 0] != _HEAP_FULL:
                 break
             cap *= 4
