@@ -335,11 +335,9 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
         pairs = (times[..., 1:] > times[..., :-1]) & (out[..., 1:] == out[..., :-1])
         merged = int(np.count_nonzero(pairs))
         if merged:
-            from .datasets._core import MergedSpikesWarning
+            from .datasets._core import MergedSpikesWarning, merged_message
 
             at = float(times[..., 1:][pairs].max())
-            warnings.warn(f"spikescan.encode.rate: {merged} pair(s) of distinct spike times of one channel became "
-                          f"equal in {dt.name} (times up to {at!r}, where its spacing is "
-                          f"{float(np.spacing(dt.type(at)))!r}); they stay two spikes at one time. Use "
-                          "dtype=np.float64 to keep them apart", MergedSpikesWarning, stacklevel=2)
+            warnings.warn(f"spikescan.encode.rate: {merged_message(merged, at, dt)}; they stay two spikes at one "
+                          "time. Use dtype=np.float64 to keep them apart", MergedSpikesWarning, stacklevel=2)
     return (out, dropped) if return_dropped else out

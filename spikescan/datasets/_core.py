@@ -26,6 +26,13 @@ class MergedSpikesWarning(UserWarning):
     ``dtype=np.float64`` or times that start near zero."""
 
 
+def merged_message(merged: int, at: float, dtype) -> str:
+    """The body of a ``MergedSpikesWarning``: ``merged`` pairs, the latest at time ``at``, equal in ``dtype``."""
+    dtype = np.dtype(dtype)
+    return (f"{merged} pair(s) of distinct spike times of one channel became equal in {dtype.name} (times up to "
+            f"{at!r}, where its spacing is {float(np.spacing(dtype.type(at)))!r})")
+
+
 _subset = threading.local()  # .active while SpikeDataset.__getitem__ builds a subset of a dataset already checked
 
 
@@ -259,10 +266,8 @@ def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel)
             merged += int(np.count_nonzero(pairs))
             merged_at = max(merged_at, float(t[1:][pairs].max(initial=0.0)))
     if merged:
-        warnings.warn(f"{merged} pair(s) of distinct spike times of one channel became equal in {dtype.name} (times "
-                      f"up to {merged_at!r}, where its spacing is {float(np.spacing(dtype.type(merged_at)))!r}); "
-                      f"use dtype=np.float64, or times that start near zero", MergedSpikesWarning,
-                      stacklevel=stacklevel)
+        warnings.warn(f"{merged_message(merged, merged_at, dtype)}; use dtype=np.float64, or times that start near "
+                      "zero", MergedSpikesWarning, stacklevel=stacklevel)
     return out, dropped
 
 
