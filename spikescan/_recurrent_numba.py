@@ -21,7 +21,8 @@ rounding (scalar vs vectorised forms), and with ``R = 0`` the compiled feed-forw
 ``RecurrentLog`` goes into a buffer of a guessed length; samples that outgrow it run again with the length they
 needed (the same results: the loop is deterministic); so does a sample that fills a neuron's heap of pending
 arrivals (heaps are allocated outside the loop, so that Numba need not reference-count them on every iteration;
-the next call starts from the largest heap of the last). Stuck and runaway spikes stop the sample, leave a flag and
+the next call starts from the largest heap of the last; heaps that would outgrow the memory the call may use
+raise ``MemoryError`` instead). Stuck and runaway spikes stop the sample, leave a flag and
 stop the other samples at their next round (the call raises anyway; a runaway sample costs its own time, not the
 batch's); ``forward`` raises the errors of the NumPy path after the kernel (of the samples that stopped on their
 own, the one whose error comes first in time).
@@ -60,6 +61,8 @@ from .neurons import lif
 
 _ABORTED = 3  # the sample stopped because another one failed (its status is not reported)
 _HEAP_FULL = 4  # a neuron's heap of pending recurrent arrivals was full: the sample runs again with larger heaps
+_HEAP_MEMORY = 5  # ... and larger heaps would not fit in the memory the call may use: the call raises MemoryError
+_HEAP_BYTES = 24  # per pending arrival: its time, its spike's log index, its weight
 
 lif.register_numba()
 
@@ -411,12 +414,13 @@ def _expand_sources(pq, b, i, n, QT, SRC, slot):
 @_pjit
 def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
                    table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort,
-                   heap_capacity, heap_most):
+                   heap_capacity, heap_limit, heap_most):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
     (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
     the batch's). Heaps of pending arrivals start at ``heap_capacity`` per neuron; a sample that fills one runs
-    again with four times the room (the loop is deterministic: the same results)."""
+    again with four times the room (the loop is deterministic: the same results), up to ``heap_limit`` (what fits
+    in memory); a sample that fills heaps of ``heap_limit`` stops with ``_HEAP_MEMORY`` (and aborts the others)."""
     n_out = R.shape[0]
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for s_ in prange(samples.shape[0]):
@@ -432,7 +436,7 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             base = 0
         else:  # the batch's queues: rows b * Q ..
             QT, SRC, QE, base = qt, src, qe, b * Q
-        cap = heap_capacity
+        cap = min(heap_capacity, heap_limit)
         while True:
             ht = np.empty((n_out, cap))
             hm = np.empty((n_out, cap), np.int64)
@@ -442,7 +446,17 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
                             abort, ht, hm, hw, heap_most)
             if status[b, 0] != _HEAP_FULL:
                 break
-            cap *= 4
+            if cap >= heap_limit:
+                status[b, 0] = _HEAP_MEMORY
+                status_at[b, 0] = cap
+                abort[0] = 1
+                break
+            cap = min(cap * 4, heap_limit)
+
+
+def _heap_room():
+    """``(bytes, source)`` that the heaps of pending recurrent arrivals may use: what the call may (``_memory``)."""
+    return _memory.available(np)
 
 
 def _log_length(n_out, max_spikes, hint=0):
@@ -478,6 +492,11 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table)
     work = batch * n_out * L1
+    # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond
+    # what the call may use, split between the threads.
+    in_flight = max(1, min(numba.get_num_threads(), batch))
+    room, room_source = _heap_room()
+    heap_limit = max(4, (room if room is not None else 1 << 62) // (_HEAP_BYTES * n_out * in_flight))
 
     def run(samples, length, heap_capacity):
         logs = (np.empty((samples.size, length)), np.empty((samples.size, length), np.int64),
@@ -487,7 +506,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
         previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
         try:
             forward_kernel(work, samples, *common, times, events, counts, *logs, n_log, status, status_at,
-                           np.zeros(1, np.int64), heap_capacity, heap_most)
+                           np.zeros(1, np.int64), heap_capacity, heap_limit, heap_most)
         finally:
             numba.set_parallel_chunksize(previous)
         return logs, n_log, int(heap_most.max(initial=0))
@@ -497,6 +516,17 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     hint = _heap_hints.get(shape, 0)
     (log_t, log_k, log_I), n_log, heap_most = run(np.arange(batch), length, max(4, hint + hint // 4))
     bad = np.flatnonzero((status[:, 0] == _STUCK) | (status[:, 0] == _RUNAWAY))
+    full = np.flatnonzero(status[:, 0] == _HEAP_MEMORY)
+    if full.size and not bad.size:
+        b = int(full[0])
+        raise MemoryError(
+            f"lif_forward(batch={batch}, n_out={n_out}, recurrent, engine='numba'): sample {b} piled up more than "
+            f"{heap_limit} pending recurrent arrivals (spikes sent but not yet arrived) on one neuron; heaps for "
+            f"more would need over {_memory._gib(_HEAP_BYTES * n_out * heap_limit * in_flight)} for the "
+            f"{in_flight} sample(s) in flight, more than the {_memory._gib(room)} the call may use ({room_source}). "
+            "Long recurrent delays with strong excitation do this; reduce the recurrent delays or the excitation, "
+            "lower max_total_spikes to stop runaway firing sooner, or raise the limit with "
+            "spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT")
     if bad.size:  # of the samples that stopped on their own (others may have been aborted for them): the first in
         # simulated time (the lower sample at a tie)
         b = int(bad[np.argmin(status_at[bad, 0])])

@@ -833,7 +833,7 @@ def test_recurrent_runaway_sample_stops_the_other_samples(monkeypatch):
                            max_total_spikes=200, engine="numba")
     finally:
         numba.set_num_threads(threads)
-    status = seen[-1][-5]  # (..., status, status_at, abort, heap_capacity, heap_most)
+    status = seen[-1][-6]  # (..., status, status_at, abort, heap_capacity, heap_limit, heap_most)
     assert status[0, 0] == _lif_numba._RUNAWAY
     np.testing.assert_array_equal(status[1:, 0], _recurrent_numba._ABORTED)
 
@@ -1036,3 +1036,25 @@ def test_compiled_shared_queue_is_numpys(shape, silent):
             np.testing.assert_array_equal(a, b, err_msg=name)
             if name == "times":
                 np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+
+
+def test_recurrent_heaps_stop_at_the_memory_the_call_may_use(monkeypatch):
+    """Heaps of pending recurrent arrivals grow (4x a step) only as far as the memory the call may use: a layer
+    that piles up more than fits gets a MemoryError that says what piled up and what to change, instead of
+    allocating on (a runaway with long delays asked for tens of GB); with room for them, the same call runs."""
+    from spikescan import _recurrent_numba
+
+    t, W, kw = _recurrent_layer(12, "mixed", "positive", "tm>ts", False, batch=2, n_in=30, n_out=40, max_in=3,
+                                t_max=40.0, d_max=6.0)
+    kw["recurrent_weights"] *= 0.3
+    monkeypatch.setattr(_recurrent_numba, "_heap_hints", {})
+    in_flight = min(numba.get_num_threads(), 2)
+    # room for heaps of 8 pending arrivals per neuron; the layer piles up more than 16 on one (the test above)
+    monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda: (24 * 40 * 8 * in_flight, "a test's limit"))
+    with pytest.raises(MemoryError, match=r"sample \d piled up more than 8 pending recurrent arrivals .* on one "
+                                          r"neuron.*a test's limit.*reduce the recurrent delays"):
+        ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
+    assert _recurrent_numba._heap_hints == {}
+    monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda: (24 * 40 * 64 * in_flight, "a test's limit"))
+    ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
+    assert _recurrent_numba._heap_hints[(40, True)] > 16
