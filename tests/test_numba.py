@@ -715,8 +715,8 @@ def test_recurrent_compiled_wide_layer_with_long_delays(monkeypatch):
 
 
 def test_recurrent_heap_hints_are_per_layer_shape_and_only_from_calls_that_completed(monkeypatch):
-    """The first heap capacity (and log length) of a call comes from the last completed call of the same shape: a runaway call (its
-    heaps hold thousands of pending arrivals) leaves no hint, and one shape's hint is not another's (a hint of a
+    """The first heap capacity (and log length) of a call comes from the last completed call of the same shape: a
+    runaway call (its heaps hold thousands of pending arrivals) leaves no hint, and one shape's hint is not another's (a hint of a
     small layer that piled up arrivals asked a wide layer for tens of GB before)."""
     from spikescan import _recurrent_numba
 
