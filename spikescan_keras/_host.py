@@ -505,7 +505,8 @@ def _calibration_warnings(spec, input_times, weights, scale, fraction):
     name = f"LIFLayer {spec.layer_name!r}: calibration on the first training batch"
     if not low <= fraction <= high:
         if not np.isfinite(input_times).any():
-            cause = "the batch carries no input spike"
+            cause = ("the batch carries no input spike, so the layer keeps its scale and calibrates on the next "
+                     "training batch that does")
         elif not (np.asarray(weights) > 0).any():
             cause = ("its kernel has no positive weight (all zero or negative), which no factor makes fire: start "
                      "from weights with a positive mean (kernel_initializer='auto', the default)")

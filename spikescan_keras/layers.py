@@ -810,11 +810,15 @@ class LIFLayer(_SpikeTimesLayer):
             found = ops.cast(ops.stop_gradient(found), scale.dtype)
             # Every rank found the same factor from the same data; rank 0's makes it identical bit for bit.
             found = found if self._data_parallel is None else self._data_parallel.broadcast(found)
-            return scale * found
+            # A batch without a single input spike shows nothing to calibrate on: the layer keeps its scale and
+            # calibrates on the next training batch that carries spikes (it used to count as done, for good).
+            ready = ops.any(ops.isfinite(batch))
+            return ops.where(ready, scale * found, scale), ops.cast(ready, "int32")
 
-        scale = ops.cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"), lambda: scale, search)
+        scale, done = ops.cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"),
+                               lambda: (scale, ops.ones((), "int32")), search)
         self.kernel_scale.assign(scale)
-        self.calibrated.assign(ops.ones((), "int32"))
+        self.calibrated.assign(done)
         return scale
 
     def call(self, inputs, training=None):

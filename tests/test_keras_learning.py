@@ -209,6 +209,27 @@ def test_calibration_says_what_it_could_not_fix_and_what_it_fixed_far_from_1():
     assert not any("scaled the kernel by a factor far from 1" in str(w.message) for w in caught)
 
 
+def test_a_batch_without_input_spikes_does_not_use_up_the_calibration():
+    """A first training batch with no input spike at all calibrates nothing: the layer says so, keeps its scale and
+    calibrates on the next batch, to the factor that batch alone gives. It used to mark itself calibrated with the
+    scale unchanged, for good (a custom initializer's layer then stayed silent and trained at chance)."""
+    keras.utils.set_random_seed(2)
+    x, y = timing_task(64)
+    model = model_of(quiet_lif())
+    lif = model.layers[0]
+    kernel0 = lif.kernel.numpy().copy()
+    empty = np.full((32,) + x.shape[1:], np.inf, x.dtype)
+    with pytest.warns(sk.SilentLayerWarning, match="carries no input spike, so the layer keeps its scale and "
+                                                   "calibrates on the next training batch that does"):
+        model.fit(empty, y[:32], batch_size=32, epochs=1, verbose=0)
+    assert int(lif.calibrated.numpy()) == 0 and float(lif.kernel_scale.numpy()) == 1.0
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+    assert int(lif.calibrated.numpy()) == 1
+    expected, _ = spikescan.init.calibrate_scale(x[:32], kernel0, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                                 max_mean_count=spikescan.init.burst_bound(x[:32], lif.max_spikes))
+    np.testing.assert_allclose(float(lif.kernel_scale.numpy()), expected, rtol=1e-6)
+
+
 def test_calibration_does_not_depend_on_a_larger_recording():
     """A synchronous volley (one spike per channel): layers that differ only in max_spikes (8, 16, 64) calibrate to
     the same factor, the input's burst bound. It was max_spikes / 2, so raising max_spikes, as the capped-spikes
