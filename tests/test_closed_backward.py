@@ -523,3 +523,27 @@ def test_compiled_closed_rebased_empty_shapes(shape, monkeypatch):
         fast, exact, _ = _rebased_and_exponentials(r, np.ones(r.times.shape), monkeypatch)
         assert fast.weights.shape == W.shape and not fast.weights.any()
         assert fast.input_times.shape == shape and not fast.input_times.any()
+
+
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+def test_bisection_puts_an_exact_graze_at_the_peak_as_newton_does(engine):
+    """A PSP whose peak meets the threshold exactly (tau_mem = 2 tau_syn: peak W/4 = 1): every solver puts the spike
+    at the peak, 1 + tau_mem ln 2, with a slope <= 0, and the backward drops its IFT term with a
+    GrazingSpikeWarning. Bisection used to return the earliest float where the flat top rounds to the threshold
+    (8e-12 early here, 8e-9 tau_mem), with a positive slope and gradients of 1e4 without a warning."""
+    if engine == "numba":
+        pytest.importorskip("numba")
+    x, W = np.array([[[1.0]]]), np.array([[4.0]])
+    times = {}
+    for solver in ("newton", "analytic", "bisection"):
+        r = ss.lif_forward(x, W, tau_mem=1e-3, tau_syn=5e-4, max_spikes=2, solver=solver, engine=engine)
+        assert r.counts[0, 0] == 1, solver
+        times[solver] = r.times[0, 0, 0]
+        assert ss.spike_slopes(r)[0, 0, 0] <= 0.0, solver
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            g = ss.lif_backward(r, np.isfinite(r.times) * 1.0)
+        assert [type(w.message) for w in rec] == [ss.GrazingSpikeWarning], solver
+        assert g.weights[0, 0] == 0.0 and float(g.threshold) == 0.0, solver
+    assert abs(times["bisection"] - (1.0 + 1e-3 * np.log(2.0))) <= 1e-15
+    assert times["bisection"] == times["newton"]

@@ -242,6 +242,20 @@ def test_time_constants_and_solvers(backend, tau_mem, tau_syn, solver):
                tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=40, solver=solver)
 
 
+@pytest.mark.parametrize("solver", ["newton", "bisection", "analytic"])
+def test_exact_graze_lands_at_the_peak_for_every_solver(backend, solver):
+    """The kernels' solvers as NumPy's at a PSP whose peak meets the threshold exactly: the spike at the peak (the
+    bisection stops on a bracket end within rounding of the threshold, as Newton does), the same bits."""
+    t, W = np.array([[[1.0]]]), np.array([[4.0]])
+    ref = ss.lif_forward(t, W, tau_mem=1e-3, tau_syn=5e-4, max_spikes=2, solver=solver, engine="numpy")
+    for method in ("sequential", "scan"):
+        out = backend.lif(t, W, tau_mem=1e-3, tau_syn=5e-4, max_spikes=2, method=method, solver=solver)
+        np.testing.assert_array_equal(backend.to_host(out.counts), ref.counts)
+        np.testing.assert_array_equal(backend.to_host(out.times), ref.times)
+    assert ref.times[0, 0, 0] == ss.lif_forward(t, W, tau_mem=1e-3, tau_syn=5e-4, max_spikes=2,
+                                                solver="newton", engine="numpy").times[0, 0, 0]
+
+
 def test_per_neuron_time_constants(backend):
     rng = np.random.default_rng(7)
     t = random_spikes(rng, 2, 10, 4)

@@ -454,7 +454,10 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
     - ``"newton"``: Newton from ``s = 0``; iterates rise monotonically. Each round probes the Newton step, the
       chord point and the midpoint of the bracket and keeps the tightest bracket, so grazing spikes still converge
       to full precision.
-    - ``"bisection"``: halvings of the bracket until its width is one ulp.
+    - ``"bisection"``: halvings of the bracket until its width is one ulp. A bracket whose end already meets the
+      threshold up to the rounding of evaluating ``V`` (a grazing spike at the voltage's peak) returns that end, as
+      Newton stops there: halving would pick the earliest float where the flat top rounds to the threshold, up to
+      ``~1e-8 tau`` early with a spurious positive crossing slope.
     - ``"analytic"``: closed form, valid only for ``tau_mem == 2 tau_syn`` (``V = (v0 + i0) x - i0 x^2`` with
       ``x = e^{-s/tau_mem}``).
     """
@@ -471,6 +474,10 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
     lo = np.zeros(v0.shape)
     hi = s_hi.copy()
     if solver == "bisection":
+        # the bracket's end meets the threshold within the rounding of V: it is the root (Newton's stop rule)
+        met = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold <= np.finfo(np.float64).eps * (
+            threshold + np.abs(v0) + np.abs(i0))
+        lo = np.where(met, hi, lo)
         for _ in range(BISECTION_MAX_ITERS):
             mid = 0.5 * (lo + hi)
             active = (mid > lo) & (mid < hi)
@@ -525,7 +532,8 @@ def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
 
     The three-probe bracketed Newton of ``solve_spike_time`` (Newton step from ``lo``, chord point,
     midpoint; stops at a two-ulp bracket, a Newton step below float64 resolution, or ``V(hi)`` within the rounding
-    of the threshold), bisection to one ulp, or the closed form for ``tau_mem == 2 tau_syn``.
+    of the threshold), bisection to one ulp (the bracket's end if it meets the threshold within that rounding), or
+    the closed form for ``tau_mem == 2 tau_syn``.
     """
     if solver == SOLVER_ANALYTIC:
         disc = max((i0 - v0) * (i0 - v0) - 4.0 * i0 * (threshold - v0), 0.0)
@@ -534,6 +542,8 @@ def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
     lo = 0.0
     hi = s_hi
     if solver == SOLVER_BISECTION:
+        if voltage_scalar(hi, v0, i0, tau_mem, tau_syn) - threshold <= _EPS * (threshold + abs(v0) + abs(i0)):
+            return hi  # the bracket's end meets the threshold within the rounding of V (Newton's stop rule)
         for _ in range(BISECTION_MAX_ITERS):
             mid = 0.5 * (lo + hi)
             if not ((mid > lo) and (mid < hi)):

@@ -286,6 +286,10 @@ __device__ double spikescan_lif::solve_spike_time(double v0, double i0, double s
     double lo = 0.0;
     double hi = s_hi;
     if (solver == SPIKESCAN_SOLVER_BISECTION) {
+        // the bracket's end meets the threshold within the rounding of V (a grazing spike at the peak): it is the
+        // root, as Newton stops there (halving would end up to ~1e-8 tau early on the flat top)
+        if (voltage(hi, v0, i0, tau_mem, tau_syn) - threshold <=
+            2.220446049250313e-16 * (threshold + fabs(v0) + fabs(i0))) return hi;
         for (int it = 0; it < SPIKESCAN_BISECTION_MAX_ITERS; ++it) {
             const double mid = 0.5 * (lo + hi);
             if (!((mid > lo) && (mid < hi))) break;
