@@ -48,7 +48,7 @@ def _run(code, tmp_path, timeout=600):
 
 ARRAY = "import numpy as np\nimport spikescan as ss"
 ENCODE = "from spikescan import encode"
-PLOT = "import spikescan.plot"
+PLOT = "import matplotlib.pyplot as plt"
 KERAS = "import os\nos.environ.setdefault(\"KERAS_BACKEND\""
 NIR = "import nir, tonic"
 
@@ -65,6 +65,7 @@ def test_array_library_block_and_plots(tmp_path):
         assert out.times.shape == (8, 32, 16) and out.counts.shape == (8, 32)
         assert grads.weights.shape == weights.shape and grads.input_times.shape == input_times.shape
         assert res.voltage.shape == (8, 32, 2000)
+        assert top.collections and bottom.lines and not top.lines  # the raster above, the traces below
         print("ok")
     """)
     assert "ok" in _run(code, tmp_path)
