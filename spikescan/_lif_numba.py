@@ -288,6 +288,74 @@ def forward_sequential(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out,
 
 
 @_pjit
+def forward_lanes(qt, qe, W, th_arr, tau_mem, tau_syn, solver, max_spikes, limit, table, qs, lanes, spike_times,
+                  spike_event, counts, stuck_times, stuck_current):
+    """``forward_sequential`` for neurons that share one queue per sample and one pair of time constants (a layer
+    without delays): ``lanes`` neurons of a sample walk the queue together, entry by entry, instead of one after
+    the other. Per entry, one pass over the lanes decays every state, adds the entry's weights (a contiguous run of
+    ``W``'s row) and runs the exact cheap gap test; only the lanes it cannot clear take ``_spikes_in_gap`` (the
+    per-neuron walk's steps, on the same values). Each lane computes the same operations in the same order as the
+    per-neuron walk, so the outputs are the same bits; the lanes' independent updates overlap in the CPU's
+    pipelines (and its vector units where the compiler uses them) where one neuron's walk waits on each update.
+    ``qt [batch, L1]``, ``qe [batch]``, ``table``, ``qs [batch, L1]``: the shared queues, their decay table and
+    source inputs; outputs as ``forward_sequential``'s."""
+    batch = qe.shape[0]
+    n_out = W.shape[1]
+    groups = (n_out + lanes - 1) // lanes
+    for g_ in prange(batch * groups):
+        g = np.int64(g_)
+        b = g // groups
+        i0 = (g - b * groups) * lanes
+        n = min(lanes, n_out - i0)
+        V = np.zeros(n)
+        I = np.zeros(n)
+        V_next = np.empty(n)
+        I_next = np.empty(n)
+        th = th_arr[i0:i0 + n].copy()
+        t_last = np.full(n, -np.inf)
+        cnt = np.zeros(n, np.int64)
+        loud = np.zeros(n, np.bool_)  # the gap test could not clear the lane's gap
+        stopped = np.zeros(n, np.bool_)  # a stuck or runaway spike ended the lane's walk
+        end = qe[b]
+        t_prev = 0.0
+        for k in range(end + 1):
+            t_k = qt[b, k]  # +inf at k == end: the open gap after the last input
+            a, bb, c = table[b, k, 0], table[b, k, 1], table[b, k, 2]
+            src = qs[b, k] if k < end else -1
+            n_loud = 0
+            for lane in range(n):  # the quiet lanes' whole step, and every lane's state as if its gap were quiet
+                v, cur = V[lane], I[lane]
+                quiet = lif.quiet_gap_scalar(v, cur, a, bb, c, th[lane])
+                loud[lane] = not quiet
+                n_loud += 0 if quiet else 1
+                V_next[lane] = a * v + c * cur
+                I_next[lane] = lif.input_jump_scalar(bb * cur, W[src, i0 + lane] if src >= 0 else 0.0)
+            if n_loud > 0:
+                for lane in range(n):
+                    if not loud[lane] or stopped[lane]:
+                        continue
+                    tid = b * n_out + i0 + lane
+                    status, v, cur, _, t_last[lane], cnt[lane], t_stop, I_stop, a2, b2, c2 = _spikes_in_gap(
+                        V[lane], I[lane], a, bb, c, t_prev, t_last[lane], t_k, k, tau_mem, tau_syn, th[lane],
+                        solver, cnt[lane], max_spikes, limit, spike_times, spike_event, tid)
+                    if status != _OK:
+                        stuck_times[tid] = t_stop
+                        stuck_current[tid] = I_stop
+                        stopped[lane] = True
+                        continue
+                    V_next[lane] = a2 * v + c2 * cur
+                    I_next[lane] = lif.input_jump_scalar(b2 * cur, W[src, i0 + lane] if src >= 0 else 0.0)
+            if k == end:
+                break
+            for lane in range(n):
+                V[lane] = V_next[lane]
+                I[lane] = I_next[lane]
+            t_prev = t_k
+        for lane in range(n):
+            counts[b * n_out + i0 + lane] = cnt[lane]
+
+
+@_pjit
 def forward_scan(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, max_in, max_spikes, limit, table,
                  use_table, width, spike_times, spike_event, counts, stuck_times, stuck_current):
     """Chunked speculative scan per (sample, neuron), chunks of ``width`` events; arguments as

@@ -25,6 +25,10 @@ DEFAULT_MAX_TOTAL_SPIKES = 10_000
 # False materialises them as the NumPy engine does (benchmarks/bench_queues.py compares the two).
 COMPILED_PERMUTATION = True
 PERMUTATION_MAX_UINT16 = 65536
+# The compiled sequential forward of a layer whose neurons share one queue per sample and one pair of time constants
+# (no delays) walks this many neurons of a sample together, entry by entry (``_lif_numba.forward_lanes``: the same
+# bits as one neuron after the other, ``forward_sequential``, which 0 selects).
+COMPILED_LANES = 64
 # The compiled sequential forward of a layer with delays and one pair of time constants sums rebased exponentials
 # (``_lif_numba.forward_rebased``, PERF.md P3b) instead of taking two exponentials per queue entry; False: the
 # exponentials (``forward_sequential``). It applies while every exponent stays small: |r| = |tau_syn / (tau_mem -
@@ -479,6 +483,10 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
     work = N * lay.L1
     if method == "sequential" and rebased is not None:
         _lif_numba.forward_rebased(work, *args[:-2], *rebased, times, events, counts, stuck_times, stuck_current)
+    elif method == "sequential" and COMPILED_LANES and use_table and lay.Q == 1 and pq[0].shape[0] == 0:
+        _lif_numba.forward_lanes(work, qt2, qe, args[4], args[7], *one_pair(tau_mem, tau_syn), args[8], max_spikes,
+                                 int(limit), table, _entry_sources(qi2, lay.max_in, True), COMPILED_LANES, times,
+                                 events, counts, stuck_times, stuck_current)
     elif method == "sequential":
         qs = _entry_sources(qi2, lay.max_in, pq[0].shape[0] == 0 and lay.Q == 1)
         _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current,

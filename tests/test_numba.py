@@ -1058,3 +1058,66 @@ def test_recurrent_heaps_stop_at_the_memory_the_call_may_use(monkeypatch):
     monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda: (24 * 40 * 64 * in_flight, "a test's limit"))
     ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
     assert _recurrent_numba._heap_hints[(40, True)] > 16
+
+
+def _lanes_and_walk(t, W, monkeypatch, lanes=(64, 5), **kw):
+    """``lif_forward`` (compiled, sequential) with the neurons walking the shared queue together in groups of each
+    of ``lanes`` and one after the other (``COMPILED_LANES = 0``), counting the calls of each kernel."""
+    calls = {"lanes": 0, "walk": 0}
+    for name, key in (("forward_lanes", "lanes"), ("forward_sequential", "walk")):
+        kernel = getattr(_lif_numba, name)
+
+        def spy(*args, _kernel=kernel, _key=key):
+            calls[_key] += 1
+            return _kernel(*args)
+
+        monkeypatch.setattr(_lif_numba, name, spy)
+    outs = []
+    for n in tuple(lanes) + (0,):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_LANES", n)
+        outs.append(ss.lif_forward(t, W, engine="numba", method="sequential", **kw))
+    return outs, calls
+
+
+def _assert_same_bits(a, b):
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.residuals.spike_event, b.residuals.spike_event)
+
+
+@pytest.mark.parametrize("n_out,mean,threshold", [(24, 0.2, 1.0), (70, 0.5, "per neuron"), (3, 0.9, 1.0)])
+def test_lanes_walk_gives_the_per_neuron_walks_bits(n_out, mean, threshold, monkeypatch):
+    """Neurons of a sample walking their shared queue together (groups of 64 and of 5: full, partial and single
+    groups) give the per-neuron walk's spike times, counts and events bit for bit: bursts beyond max_spikes,
+    per-neuron thresholds, silent padding entries, empty samples, the analytic and Newton solvers."""
+    t, W, _ = _layer(21, batch=5, n_in=40, max_in=3, n_out=n_out, mean=mean)
+    t[2] = np.inf  # a sample without input spikes
+    th = np.linspace(0.6, 1.4, n_out) if threshold == "per neuron" else threshold
+    for solver, tau_syn in (("newton", 4.0), ("analytic", 5.0)):
+        (a, b, walk), calls = _lanes_and_walk(t, W, monkeypatch, tau_mem=10.0, tau_syn=tau_syn, threshold=th,
+                                              max_spikes=3, solver=solver)
+        assert walk.counts.sum() > 50 and walk.capped_spikes > 0 and (walk.counts == 0).any()
+        _assert_same_bits(a, walk)
+        _assert_same_bits(b, walk)
+        assert calls == {"lanes": 2, "walk": 1}
+
+
+def test_lanes_walk_float32_runaway_and_where_it_does_not_apply(monkeypatch):
+    """float32 inputs; runaway firing raises the same error from either walk; layers with delays or per-neuron
+    time constants take the per-neuron walk (the lanes share one queue and one decay table)."""
+    t, W, D = _layer(22, n_out=30, mean=0.5, delays=True)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+    (a, _, walk), calls = _lanes_and_walk(t.astype(np.float32), W.astype(np.float32), monkeypatch, **kw)
+    assert a.times.dtype == np.float32 and walk.capped_spikes > 0 and calls == {"lanes": 2, "walk": 1}
+    _assert_same_bits(a, walk)
+    errs = []
+    for lanes in (64, 0):
+        monkeypatch.setattr(_lif_numpy, "COMPILED_LANES", lanes)
+        with pytest.raises(ss.RunawayFiringError) as info:
+            ss.lif_forward(t, W * 1e12, engine="numba", method="sequential", max_total_spikes=50, **kw)
+        errs.append((info.value.sample, info.value.neuron, info.value.limit, info.value.time, str(info.value)))
+    assert errs[0] == errs[1]
+    for case in (dict(kw, delays=D), dict(kw, tau_mem=np.linspace(8.0, 12.0, 30))):
+        d = case.pop("delays", None)
+        _, calls = _lanes_and_walk(t, W, monkeypatch, lanes=(64,), delays=d, **case)
+        assert calls["lanes"] == 0, case
