@@ -558,11 +558,36 @@ def _queue_rows(results):
     return rows
 
 
+def _lanes_rows(results):
+    """One row per shape of a bench_lanes.py result: the compiled forward without delays, neurons walking their
+    sample's queue together (the default) against one after the other."""
+    rows = []
+    for name in results.names("benchmarks", "cpu_*.json"):
+        r = results.bench(name)
+        if r.get("benchmark") != "bench_lanes":
+            continue
+        for row in r["rows"]:
+            f, fb = row["forward_s"], row["forward_backward_s"]
+            measured = (f"forward without delays, {row['lanes']} neurons walking each sample's queue together "
+                        f"(the default) in {seconds(f['lanes'])} against one neuron after the other in "
+                        f"{seconds(f['walk'])}: {ratio(row['speedup_forward'])} (the compiled scan: "
+                        f"{seconds(f['scan'])}); forward + backward {seconds(fb['lanes'])} vs {seconds(fb['walk'])} "
+                        f"({ratio(row['speedup_forward_backward'])}); bit-identical; "
+                        f"{row['spikes_per_neuron']:.2g} spikes per neuron")
+            shape = (f"batch {row['batch']}, {row['n_in']} inputs ({row['input_spikes_per_sample']:.0f} spikes per "
+                     f"sample), {row['n_out']} neurons ({row['shape'].split('_')[0]}; numba engine, "
+                     f"{r['numba_threads']} threads)")
+            rows.append([machine_text(r), shape, measured, f"one run (median of {r['repeats']} repeats)",
+                         f"`{name}`, {commit_text(r)}"])
+    return rows
+
+
 def benchmarks_table(results):
     rows = []
     for name in _bench_lif_names(results):
         rows += _cpu_rows(name, results)
     rows += _queue_rows(results)
+    rows += _lanes_rows(results)
     rows += _gpu_rows(results)
     caption = ("Each ratio compares times from one run on one machine; \"auto time / best method's\" divides auto's "
                "time by the faster of sequential and scan, so where auto runs the faster method's code it times the "
