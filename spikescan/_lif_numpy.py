@@ -461,6 +461,14 @@ def _entry_sources(qi, max_in, shared):
     return np.where(qi >= 0, qi // max(max_in, 1), -1)
 
 
+def _lanes(neurons):
+    """Neurons per group of ``forward_lanes`` for ``neurons`` (sample, neuron) pairs: ``COMPILED_LANES``, fewer (not
+    below 8) when that would leave the threads fewer than four groups each (a batch of one sample)."""
+    import numba
+
+    return max(1, min(COMPILED_LANES, max(8, -(-neurons // (4 * numba.get_num_threads())))))
+
+
 def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit,
                       rebased=None):
     """The Numba kernels (``_lif_numba``) on the queues ``compiled_queue_args`` made; same outputs and errors as
@@ -485,7 +493,7 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
         _lif_numba.forward_rebased(work, *args[:-2], *rebased, times, events, counts, stuck_times, stuck_current)
     elif method == "sequential" and COMPILED_LANES and use_table and lay.Q == 1 and pq[0].shape[0] == 0:
         _lif_numba.forward_lanes(work, qt2, qe, args[4], args[7], *one_pair(tau_mem, tau_syn), args[8], max_spikes,
-                                 int(limit), table, _entry_sources(qi2, lay.max_in, True), COMPILED_LANES, times,
+                                 int(limit), table, _entry_sources(qi2, lay.max_in, True), _lanes(N), times,
                                  events, counts, stuck_times, stuck_current)
     elif method == "sequential":
         qs = _entry_sources(qi2, lay.max_in, pq[0].shape[0] == 0 and lay.Q == 1)
