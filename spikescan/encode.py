@@ -108,10 +108,14 @@ def _float_dtype(dtype):
 
 
 def _fits(t_max, dt):
-    """Spike times up to ``t_max`` must be finite in ``dt``: a larger one would become the ``+inf`` of padding."""
+    """Spike times up to ``t_max`` must be finite in ``dt`` (a larger one would become the ``+inf`` of padding), and
+    ``t_max`` a normal number there (a smaller one rounds to 0 or keeps too few bits to order the spikes)."""
     if t_max > float(np.finfo(dt).max):  # compared in float64: no overflow warning on the way
         raise ValueError(f"t_max={t_max!r} does not fit in {dt.name} (largest {float(np.finfo(dt).max)!r}): its spikes "
                          "would become +inf, the padding; use float64 or another time unit")
+    if t_max < float(np.finfo(dt).tiny):
+        raise ValueError(f"t_max={t_max!r} is below the smallest normal {dt.name} ({float(np.finfo(dt).tiny)!r}): "
+                         "its spike times would round to 0 or lose their order; use float64 or another time unit")
 
 
 def _bool(name, value):

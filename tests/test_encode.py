@@ -132,6 +132,13 @@ def test_times_too_large_for_the_dtype_are_refused():
     with pytest.raises(ValueError, match=r"t_max=1.7e\+308 times max_spikes - 0.5 = 3.5 overflows float64"):
         rate(np.ones((1, 1)), t_max=1.7e308, max_spikes=4)
     assert np.isfinite(rate(np.ones((1, 1)), t_max=3e307, max_spikes=4)).all()
+    # A t_max below the dtype's smallest normal number: float32 rounded 1e-46 to 0, every spike at 0 (the latency
+    # order erased, a rate spike on the boundary) without a word.
+    for code in (lambda dt, t: latency(x, t_max=t, dtype=dt), lambda dt, t: rate(x, t_max=t, max_spikes=1, dtype=dt)):
+        with pytest.raises(ValueError, match=r"t_max=1e-46 is below the smallest normal float32"):
+            code(np.float32, 1e-46)
+    assert np.unique(latency(x, t_max=1e-46)).size == 2  # float64 keeps both times
+    assert 0.0 < rate(x, t_max=1e-46, max_spikes=1).min() < 1e-46  # and the rate spikes off the boundary
 
 
 def test_rate_regular_exact_times():
