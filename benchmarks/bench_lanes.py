@@ -67,6 +67,7 @@ def measure(t, W, repeats):
     from spikescan import _lif_numpy
 
     lanes = _lif_numpy.COMPILED_LANES
+    group = _lif_numpy._lanes(t.shape[0] * W.shape[1])  # the neurons per group the engine takes for this shape
     kw = dict(tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=16, engine="numba")
 
     def forward(variant):
@@ -95,7 +96,7 @@ def measure(t, W, repeats):
                 calls[(v, kind)].append(time.perf_counter() - t0)
     med = {key: float(np.median(v)) for key, v in calls.items() if v}
     return dict(
-        identical=_same(outs["lanes"], outs["walk"]), lanes=lanes,
+        identical=_same(outs["lanes"], outs["walk"]), lanes=lanes, group=group,
         output_spikes=int(outs["walk"].counts.sum()),
         spikes_per_neuron=float(outs["walk"].counts.mean()),
         input_spikes_per_sample=float(np.isfinite(t).sum() / max(t.shape[0], 1)),

@@ -573,7 +573,8 @@ def _lanes_rows(results):
             continue
         for row in r["rows"]:
             f, fb = row["forward_s"], row["forward_backward_s"]
-            measured = (f"forward without delays, {row['lanes']} neurons walking each sample's queue together "
+            measured = (f"forward without delays, {row.get('group', row['lanes'])} neurons walking each sample's "
+                        "queue together "
                         f"(the default) in {seconds(f['lanes'])} against one neuron after the other in "
                         f"{seconds(f['walk'])}: {ratio(row['speedup_forward'])} (the compiled scan: "
                         f"{seconds(f['scan'])}); forward + backward {seconds(fb['lanes'])} vs {seconds(fb['walk'])} "

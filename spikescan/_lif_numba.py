@@ -499,8 +499,8 @@ def forward_rebased(qt, qi, pq, qe, W, tm_arr, ts_arr, th_arr, solver, n_out, ma
     t + D`` has ``alpha_k = e^{(t_k - t0)/tau_mem}`` = ``E * F * G``: the input slot's factor and the synapse's
     (``rebased_tables``) times ``G = e^{(T - t0)/tau_mem}`` of the slot's time block, computed once per block and
     anchor (kept in a direct-mapped cache of ``cache`` slots, a power of two; a block evicted by another is
-    recomputed, to the same bits). So an entry costs products and two divisions; every exponent stays below ``width / tau + max(D) / tau
-    + span / tau``.
+    recomputed, to the same bits). So an entry costs products and two divisions; every exponent stays below
+    ``width / tau + max(D) / tau + span / tau``.
 
     Every gap is tested with ``quiet_gap_scalar``'s comparisons on the states at its two ends
     (``lif.quiet_ends_scalar``). A gap that is not provably quiet, the open gap after the last entry, and an entry

@@ -26,8 +26,9 @@ DEFAULT_MAX_TOTAL_SPIKES = 10_000
 COMPILED_PERMUTATION = True
 PERMUTATION_MAX_UINT16 = 65536
 # The compiled sequential forward of a layer whose neurons share one queue per sample and one pair of time constants
-# (no delays) walks this many neurons of a sample together, entry by entry (``_lif_numba.forward_lanes``: the same
-# bits as one neuron after the other, ``forward_sequential``, which 0 selects).
+# (no delays) walks up to this many neurons of a sample together, entry by entry (``_lif_numba.forward_lanes``: the
+# same bits as one neuron after the other, ``forward_sequential``, which 0 selects); ``_lanes`` takes fewer when a
+# small batch would leave the threads too few groups.
 COMPILED_LANES = 64
 # The compiled sequential forward of a layer with delays and one pair of time constants sums rebased exponentials
 # (``_lif_numba.forward_rebased``, PERF.md P3b) instead of taking two exponentials per queue entry; False: the

@@ -454,9 +454,10 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             cap = min(cap * 4, heap_limit)
 
 
-def _heap_room():
-    """``(bytes, source)`` that the heaps of pending recurrent arrivals may use: what the call may (``_memory``)."""
-    return _memory.available(np)
+def _heap_room(need):
+    """``(bytes, source)`` that the heaps of pending recurrent arrivals may use: what the call may (``_memory``;
+    ``need``, the first heaps' bytes, lets a small call reuse a recent reading of the memory available)."""
+    return _memory.available(np, need)
 
 
 def _log_length(n_out, max_spikes, hint=0):
@@ -495,7 +496,10 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond
     # what the call may use, split between the threads.
     in_flight = max(1, min(numba.get_num_threads(), batch))
-    room, room_source = _heap_room()
+    shape = (n_out, has_dr)
+    hint = _heap_hints.get(shape, 0)
+    first = max(4, hint + hint // 4)  # the first heaps' capacity
+    room, room_source = _heap_room(_HEAP_BYTES * n_out * in_flight * first)
     heap_limit = max(4, (room if room is not None else 1 << 62) // (_HEAP_BYTES * n_out * in_flight))
 
     def run(samples, length, heap_capacity):
@@ -511,10 +515,8 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
             numba.set_parallel_chunksize(previous)
         return logs, n_log, int(heap_most.max(initial=0))
 
-    shape = (n_out, has_dr)
     length = _log_length(n_out, max_spikes, _log_hints.get(shape, 0))
-    hint = _heap_hints.get(shape, 0)
-    (log_t, log_k, log_I), n_log, heap_most = run(np.arange(batch), length, max(4, hint + hint // 4))
+    (log_t, log_k, log_I), n_log, heap_most = run(np.arange(batch), length, first)
     bad = np.flatnonzero((status[:, 0] == _STUCK) | (status[:, 0] == _RUNAWAY))
     full = np.flatnonzero(status[:, 0] == _HEAP_MEMORY)
     if full.size and not bad.size:

@@ -21,7 +21,7 @@ def test_quick_run_writes_checked_rows(tmp_path):
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_lanes" and "commit" in report["stamp"]
     (row,) = report["rows"]
-    assert row["identical"] and row["lanes"] > 0 and row["output_spikes"] > 20
+    assert row["identical"] and row["lanes"] > 0 and 1 <= row["group"] <= row["lanes"] and row["output_spikes"] > 20
     assert set(row["forward_s"]) == {"lanes", "walk", "scan"} and set(row["forward_backward_s"]) == {"lanes", "walk"}
     assert all(len(c) == 2 and min(c) > 0 for c in row["calls"].values())
     assert row["speedup_forward"] == row["forward_s"]["walk"] / row["forward_s"]["lanes"]

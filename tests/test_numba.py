@@ -716,8 +716,8 @@ def test_recurrent_compiled_wide_layer_with_long_delays(monkeypatch):
 
 def test_recurrent_heap_hints_are_per_layer_shape_and_only_from_calls_that_completed(monkeypatch):
     """The first heap capacity (and log length) of a call comes from the last completed call of the same shape: a
-    runaway call (its heaps hold thousands of pending arrivals) leaves no hint, and one shape's hint is not another's (a hint of a
-    small layer that piled up arrivals asked a wide layer for tens of GB before)."""
+    runaway call (its heaps hold thousands of pending arrivals) leaves no hint, and one shape's hint is not
+    another's (a hint of a small layer that piled up arrivals asked a wide layer for tens of GB before)."""
     from spikescan import _recurrent_numba
 
     monkeypatch.setattr(_recurrent_numba, "_heap_hints", {})
@@ -1050,12 +1050,12 @@ def test_recurrent_heaps_stop_at_the_memory_the_call_may_use(monkeypatch):
     monkeypatch.setattr(_recurrent_numba, "_heap_hints", {})
     in_flight = min(numba.get_num_threads(), 2)
     # room for heaps of 8 pending arrivals per neuron; the layer piles up more than 16 on one (the test above)
-    monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda: (24 * 40 * 8 * in_flight, "a test's limit"))
+    monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda need: (24 * 40 * 8 * in_flight, "a test's limit"))
     with pytest.raises(MemoryError, match=r"sample \d piled up more than 8 pending recurrent arrivals .* on one "
                                           r"neuron.*a test's limit.*reduce the recurrent delays"):
         ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
     assert _recurrent_numba._heap_hints == {}
-    monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda: (24 * 40 * 64 * in_flight, "a test's limit"))
+    monkeypatch.setattr(_recurrent_numba, "_heap_room", lambda need: (24 * 40 * 64 * in_flight, "a test's limit"))
     ss.lif_forward(t, 0.2 * W, engine="numba", **kw)
     assert _recurrent_numba._heap_hints[(40, True)] > 16
 
@@ -1087,8 +1087,8 @@ def _assert_same_bits(a, b):
 
 @pytest.mark.parametrize("n_out,mean,threshold", [(24, 0.2, 1.0), (70, 0.5, "per neuron"), (3, 0.9, 1.0)])
 def test_lanes_walk_gives_the_per_neuron_walks_bits(n_out, mean, threshold, monkeypatch):
-    """Neurons of a sample walking their shared queue together (groups of 64 and of 5: full, partial and single
-    groups) give the per-neuron walk's spike times, counts and events bit for bit: bursts beyond max_spikes,
+    """Neurons of a sample walking their shared queue together (COMPILED_LANES 64 and 5, which ``_lanes`` may shrink
+    for this small batch: full, partial and single groups) give the per-neuron walk's spike times, counts and events bit for bit: bursts beyond max_spikes,
     per-neuron thresholds, silent padding entries, empty samples, the analytic and Newton solvers."""
     t, W, _ = _layer(21, batch=5, n_in=40, max_in=3, n_out=n_out, mean=mean)
     t[2] = np.inf  # a sample without input spikes
