@@ -500,7 +500,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     hint = _heap_hints.get(shape, 0)
     first = max(4, hint + hint // 4)  # the first heaps' capacity
     room, room_source = _heap_room(_HEAP_BYTES * n_out * in_flight * first)
-    heap_limit = max(4, (room if room is not None else 1 << 62) // (_HEAP_BYTES * n_out * in_flight))
+    heap_limit = max(4, (room if room is not None else 1 << 62) // (_HEAP_BYTES * max(n_out, 1) * in_flight))
 
     def run(samples, length, heap_capacity):
         logs = (np.empty((samples.size, length)), np.empty((samples.size, length), np.int64),
