@@ -467,7 +467,7 @@ def _lanes(neurons):
     below 8) when that would leave the threads fewer than four groups each (a batch of one sample)."""
     import numba
 
-    return max(1, min(COMPILED_LANES, max(8, -(-neurons // (4 * numba.get_num_threads())))))
+    return min(COMPILED_LANES, max(8, -(-neurons // (4 * numba.get_num_threads()))))
 
 
 def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size, solver, limit,
@@ -492,7 +492,7 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
     work = N * lay.L1
     if method == "sequential" and rebased is not None:
         _lif_numba.forward_rebased(work, *args[:-2], *rebased, times, events, counts, stuck_times, stuck_current)
-    elif method == "sequential" and COMPILED_LANES and use_table and lay.Q == 1 and pq[0].shape[0] == 0:
+    elif method == "sequential" and COMPILED_LANES and use_table:  # the table: one shared queue, one tau pair
         _lif_numba.forward_lanes(work, qt2, qe, args[4], args[7], *one_pair(tau_mem, tau_syn), args[8], max_spikes,
                                  int(limit), table, _entry_sources(qi2, lay.max_in, True), _lanes(N), times,
                                  events, counts, stuck_times, stuck_current)

@@ -448,7 +448,6 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
                 break
             if cap >= heap_limit:
                 status[b, 0] = _HEAP_MEMORY
-                status_at[b, 0] = cap
                 abort[0] = 1
                 break
             cap = min(cap * 4, heap_limit)

