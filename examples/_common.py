@@ -58,6 +58,9 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
                    help="output spikes recorded per hidden neuron (extra spikes are counted in capped_spikes)")
     p.add_argument("--learning-rate", type=_positive_float, default=learning_rate,
                    help="peak of a cosine-decayed Adam")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                   help="decoupled weight decay of Adam (AdamW) on the synaptic and recurrent weight matrices only "
+                        "(not on delays, time constants or thresholds); default 0: none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="keras verbosity of fit")
     p.add_argument("--backup-dir", default=None, metavar="DIR",
@@ -115,6 +118,21 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def probability(text):
+    """A ``type=`` for rates in ``[0, 1)``."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
 
 
@@ -322,9 +340,22 @@ def kernel_scales(model):
             for layer in lif_layers(model)]
 
 
-def compile_model(model, learning_rate, decay_steps):
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(decay_steps, 1), alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
+# Variables that weight decay leaves alone: delays, time constants and thresholds have no reason to shrink towards 0.
+_NO_DECAY = ("delay_kernel", "tau_mem_kernel", "tau_syn_kernel", "threshold")
+
+
+def optimizer(learning_rate, decay_steps, weight_decay=0.0, alpha=0.01):
+    """Adam with a cosine-decayed learning rate (down to ``alpha`` times its peak after ``decay_steps``) and, with
+    ``weight_decay``, decoupled weight decay (AdamW) on the weight matrices only."""
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(decay_steps, 1), alpha=alpha)
+    adam = keras.optimizers.Adam(schedule, weight_decay=weight_decay or None)
+    if weight_decay:
+        adam.exclude_from_weight_decay(var_names=list(_NO_DECAY))
+    return adam
+
+
+def compile_model(model, learning_rate, decay_steps, weight_decay=0.0):
+    model.compile(optimizer=optimizer(learning_rate, decay_steps, weight_decay),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
 
@@ -340,7 +371,7 @@ def train(model, train_set, test_set, args, *, val_set=None):
     """
     start = time.perf_counter()
     batches = SpikeBatches(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    compile_model(model, args.learning_rate, args.epochs * len(batches))
+    compile_model(model, args.learning_rate, args.epochs * len(batches), args.weight_decay)
     val = None if val_set is None else SpikeBatches(val_set, batch_size=args.batch_size)
     callbacks, backup = fit_callbacks(args, batches=batches)
     history = model.fit(distributed.shard(batches), epochs=args.epochs, validation_data=val,
@@ -368,7 +399,8 @@ def summary(dataset, args, result, *, dropped_input_spikes=0, **extra):
            "dropped_input_spikes": int(dropped_input_spikes),
            "capped_spikes": result["capped_spikes"]}
     out.update({k: v for k, v in result.items() if k not in out})
-    out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+    out.update(hidden=args.hidden, batch_size=args.batch_size, learning_rate=args.learning_rate,
+               weight_decay=args.weight_decay, seed=args.seed,
                limit=args.limit, **extra)
     out["args"] = command_line(args)
     if is_chief():

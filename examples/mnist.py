@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import _common  # noqa: E402
 from spikescan.datasets import latency_mnist  # noqa: E402
 from spikescan.datasets.mnist import mnist_digest  # noqa: E402
-from spikescan_keras import LIFLayer, LIReadout  # noqa: E402
+from spikescan_keras import LIFLayer, LIReadout, SpikeDropout  # noqa: E402
 
 # Time constants in ms. Input spikes lie in [0, t_max] (most digit pixels are white and fire at 0); tau_mem ==
 # 2 tau_syn allows the closed-form spike-time solver. The readout window leaves 2 tau_mem after the last input.
@@ -43,10 +43,12 @@ TAU_MEM, TAU_SYN = 10.0, 5.0
 SOLVER, READOUT = "analytic", "max"
 
 
-def build_model(n_channels, hidden, max_spikes, t_max):
+def build_model(n_channels, hidden, max_spikes, t_max, dropout=0.0):
+    # dropout: SpikeDropout of whole hidden neurons (each sample's spike train of a neuron) during training.
     return keras.Sequential([
         keras.Input(shape=(n_channels, None)),
         LIFLayer(hidden, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, solver=SOLVER, name="hidden"),
+        *([SpikeDropout(dropout, unit="channel", name="dropout")] if dropout else []),
         LIReadout(10, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=READOUT, t_max=t_max + 2 * TAU_MEM, name="readout"),
     ])
 
@@ -54,19 +56,22 @@ def build_model(n_channels, hidden, max_spikes, t_max):
 def main(argv=None):
     parser = _common.parser(__doc__, epochs=20, batch_size=64, hidden=350, learning_rate=2e-3, max_spikes=4)
     parser.add_argument("--t-max", type=float, default=20.0, help="latest input spike time in ms (latency code)")
+    parser.add_argument("--dropout", type=_common.probability, default=0.0,
+                        help="during training, remove each hidden neuron's spikes on a sample with this probability "
+                             "(spikescan_keras.SpikeDropout, unit='channel'); default 0: none")
     args = parser.parse_args(argv)
     _common.initialize_distributed(args)
 
     keras.utils.set_random_seed(args.seed)
     train, test = (_common.first(_common.load(latency_mnist, split, t_max=args.t_max, data_dir=args.data_dir),
                                  args.limit) for split in ("train", "test"))
-    model = build_model(train.n_channels, args.hidden, args.max_spikes, args.t_max)
+    model = build_model(train.n_channels, args.hidden, args.max_spikes, args.t_max, args.dropout)
     result = _common.train(model, train, test, args)
     # Which data: None for keras' own file, else the digest of DIR/mnist.npz's arrays (tools/mnist_subset.py writes a
     # real-MNIST subset there for machines without internet access).
     digest = None if args.data_dir is None else mnist_digest(args.data_dir)
     return _common.summary("mnist", args, result, n_train=len(train), n_test=len(test), t_max=args.t_max,
-                           data_sha256=digest)
+                           dropout=args.dropout, data_sha256=digest)
 
 
 if __name__ == "__main__":

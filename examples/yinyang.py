@@ -44,7 +44,7 @@ SOLVER, READOUT = "analytic", "integral"
 
 
 def build_model(hidden, max_spikes, learning_rate, decay_steps, *, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX,
-                solver=SOLVER, readout=READOUT, first_spike=False):
+                solver=SOLVER, readout=READOUT, first_spike=False, weight_decay=0.0):
     # first_spike: spiking output neurons read out by their first spike times (FirstSpikeReadout) instead of the
     # leaky-integrator readout.
     output = (FirstSpikeReadout(3, tau_mem=tau_mem, tau_syn=tau_syn, t_max=t_max, solver=solver, name="readout")
@@ -57,8 +57,7 @@ def build_model(hidden, max_spikes, learning_rate, decay_steps, *, tau_mem=TAU_M
     ])
     # Cosine decay: a large step finds the rough class boundaries within a few epochs, the small ones at the end
     # settle the noisy accuracy that a constant rate leaves.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
+    model.compile(optimizer=_common.optimizer(learning_rate, decay_steps, weight_decay, alpha=0.02),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
@@ -178,7 +177,8 @@ def main(argv=None):
         batches = SpikeBatches(train.times, train.labels, batch_size=args.batch_size, shuffle=True, seed=args.seed)
         data = dict(x=distributed.shard(batches), validation_batch_size=args.batch_size)
         steps = args.epochs * len(data["x"])
-    model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps, first_spike=args.first_spike)
+    model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps, first_spike=args.first_spike,
+                        weight_decay=args.weight_decay)
     callbacks, backup = _common.fit_callbacks(args, batches=batches)
     start = time.perf_counter()
     history = model.fit(**data, epochs=args.epochs, validation_data=(val.times, val.labels),
@@ -193,7 +193,7 @@ def main(argv=None):
                "calibration": _common.kernel_scales(model),
                "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key},
                "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch,
-               "args": _common.command_line(args)}
+               "weight_decay": args.weight_decay, "args": _common.command_line(args)}
     if args.plot is not None and _common.is_chief():
         for path in write_plots(model, test, args.plot):
             print(f"wrote {path}", file=sys.stderr)

@@ -54,7 +54,7 @@ def train_one(train, val, test, args, bin_width):
     keras.utils.set_random_seed(args.seed)
     steps = args.epochs * -(-len(train.labels) // args.batch_size)
     model = latency.build_model(args.hidden, args.max_spikes, args.learning_rate, steps, tau_mem=TAU_MEM,
-                                tau_syn=TAU_SYN, t_max=T_MAX, readout=args.readout)
+                                tau_syn=TAU_SYN, t_max=T_MAX, readout=args.readout, weight_decay=args.weight_decay)
     callbacks, backup = _common.fit_callbacks(args, subdir="exact" if bin_width is None else f"bins_{bin_width:g}ms")
     start = time.perf_counter()
     model.fit(code(train), train.labels, batch_size=args.batch_size, epochs=args.epochs,

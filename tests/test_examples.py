@@ -196,6 +196,58 @@ def test_mnist(tmp_path):
     assert summary["dropped_input_spikes"] == 0
     assert summary["n_train"] == summary["n_test"] == 8
     assert summary["data_sha256"] == mnist_digest(tmp_path)
+    assert summary["dropout"] == 0.0 and summary["weight_decay"] == 0.0
+
+
+def test_mnist_dropout(tmp_path):
+    """``--dropout``: a SpikeDropout of whole hidden neurons between the layers, recorded in the summary."""
+    write_mnist(tmp_path, n_train=12, n_test=10)
+    returned = example("mnist").main([*TINY, "--data-dir", str(tmp_path), "--verbose", "0", "--limit", "8",
+                                      "--dropout", "0.25"])
+    assert returned["dropout"] == 0.25 and returned["args"]["dropout"] == 0.25
+    model = example("mnist").build_model(784, 8, 4, 20.0, dropout=0.25)
+    assert [layer.name for layer in model.layers] == ["hidden", "dropout", "readout"]
+    assert model.get_layer("dropout").rate == 0.25 and model.get_layer("dropout").unit == "channel"
+    assert [layer.name for layer in example("mnist").build_model(784, 8, 4, 20.0).layers] == ["hidden", "readout"]
+    for bad in ("1", "-0.1"):
+        with pytest.raises(SystemExit):
+            example("mnist").main(["--dropout", bad])
+
+
+def test_weight_decay_shrinks_weight_matrices_only(tmp_path):
+    """``--weight-decay``: one AdamW step on zero gradients leaves Adam's own update at 0, so each weight matrix
+    shrinks by exactly ``1 - lr * wd`` while delays, time constants and thresholds keep their values; 0 changes
+    nothing; the summary records it."""
+    from spikescan_keras import LIFLayer, LIReadout
+
+    common = example("mnist") and __import__("_common")
+    lr, wd = 0.01, 0.5
+    model = keras.Sequential([keras.Input((6, 1)),
+                              LIFLayer(4, tau_mem=10.0, tau_syn=5.0, max_spikes=2, delays=True, recurrent=True,
+                                       recurrent_delays=True, trainable_time_constants=True, trainable_threshold=True,
+                                       name="hidden"),
+                              LIReadout(3, tau_mem=10.0, tau_syn=5.0, t_max=40.0, trainable_time_constants=True,
+                                        name="readout")])
+    for decay in (wd, 0.0):
+        before = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
+        opt = common.optimizer(lr, 100, decay)
+        opt.apply_gradients([(keras.ops.zeros_like(v.value), v) for v in model.trainable_variables])
+        after = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
+        paths = [v.path for v in model.trainable_variables]
+        shrunk = {p: np.allclose(x, b * (1 - lr * decay), rtol=1e-6, atol=0) and not (decay and np.array_equal(x, b))
+                  for p, x, b in zip(paths, after, before)}
+        unchanged = {p: np.array_equal(x, b) for p, x, b in zip(paths, after, before)}
+        names = sorted(shrunk)
+        matrices = [n for n in names if n.endswith(("/kernel", "/recurrent_kernel"))]
+        assert len(matrices) == 3, names
+        assert all(shrunk[n] for n in matrices), (decay, shrunk)
+        assert all(unchanged[n] for n in names if n not in matrices), (decay, unchanged)
+    assert len(names) > 3  # delays, time constants and the threshold were there and kept
+    returned = example("yinyang").main(["--epochs", "1", "--batch-size", "16", "--limit", "32", "--hidden", "8",
+                                        "--weight-decay", "1e-4", "--verbose", "0"])
+    assert returned["weight_decay"] == 1e-4 and returned["args"]["weight_decay"] == 1e-4
+    with pytest.raises(SystemExit):
+        example("yinyang").main(["--weight-decay", "-1"])
 
 
 def test_mnist_missing_file(tmp_path):
