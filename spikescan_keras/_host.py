@@ -23,6 +23,7 @@ Only numerics from ``spikescan`` run here; nothing imports a deep-learning frame
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import warnings
@@ -94,6 +95,27 @@ def warn(key: int, message: str, category, stacklevel: int = 1):
 
 
 SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def batch_indexed(forward):
+    """``op.forward`` whose errors about ``input_times`` at an index (NaN, a negative or descending time) add that
+    the index counts samples within the batch the layer was called on, not the dataset the batch came from (Keras
+    shuffles and slices it), and how to find the sample; the same exception type, raised from the original."""
+    @functools.wraps(forward)
+    def wrapped(spec, inputs):
+        try:
+            return forward(spec, inputs)
+        except (ValueError, TypeError) as err:
+            text = str(err)
+            if type(err) not in (ValueError, TypeError) or not text.startswith("input_times") or "index (" not in text:
+                raise
+            batch = int(inputs[0].shape[0])
+            name = getattr(spec, "layer_name", "")
+            raise type(err)(
+                f"{text} [in layer {name!r}: the index's first entry counts samples within this call's batch of "
+                f"{batch}, not the dataset; spikescan.datasets.SpikeDataset(times, labels) checks a whole dataset "
+                "and names the sample]") from err
+    return wrapped
 
 
 def share_band(part: int, whole: int) -> str:
@@ -204,6 +226,7 @@ class LIFOp:
     per_sample = True
 
     @staticmethod
+    @batch_indexed
     def forward(spec: LIFSpec, inputs):
         inputs, threshold = _split_threshold(spec, inputs)
         inputs, tau_mem, tau_syn = _split_time_constants(spec, inputs)
@@ -301,6 +324,7 @@ class LIOp:
     per_sample = True
 
     @staticmethod
+    @batch_indexed
     def forward(spec: LISpec, inputs):
         if spec.unit_mask_input:
             return _masked_li_forward(spec, inputs)
@@ -454,6 +478,7 @@ class PeakOp:
     per_sample = True
 
     @staticmethod
+    @batch_indexed
     def forward(spec: PeakSpec, inputs):
         *inputs, neurons = inputs
         inputs, tau_mem, tau_syn = _split_time_constants(spec, tuple(inputs))
@@ -557,6 +582,7 @@ class CalibrateOp:
     per_sample = False
 
     @staticmethod
+    @batch_indexed
     def forward(spec: CalibrateSpec, inputs):
         from spikescan.init import burst_bound, calibrate_scale
 

@@ -1073,7 +1073,7 @@ class FirstSpikeReadout(LIFLayer):
             # neuron with max_spikes=1) would scale the kernel down until most output neurons were silent.
             self._calibrate_spec = dataclasses.replace(self._calibrate_spec, bound_bursts=False)
         self._window_spec = LISpec(self.tau_mem, self.tau_syn, "max", self.t_max, None,
-                                   time_constant_inputs=self.trainable_time_constants)
+                                   time_constant_inputs=self.trainable_time_constants, layer_name=self.name)
 
     def call(self, inputs, training=None):
         """``inputs [batch, n_in, max_in]`` spike times -> ``[batch, units]`` logits."""
@@ -1242,7 +1242,8 @@ class LIReadout(_SpikeTimesLayer):
         self.input_spec = keras.layers.InputSpec(ndim=3)
         self._warn_key = layer_key(self)  # its warnings show once per layer, not once per layer name
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
-                            time_constant_inputs=self.trainable_time_constants, layer_key=self._warn_key)
+                            time_constant_inputs=self.trainable_time_constants, layer_name=self.name,
+                            layer_key=self._warn_key)
         self.revival_penalty = _validate.nonnegative_scalar("revival_penalty", revival_penalty)
         # Training calls warn when every logit of the batch is 0 (SilentReadoutWarning).
         self._train_spec = dataclasses.replace(self._spec, layer_name=self.name, warn_empty=True)

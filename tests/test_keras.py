@@ -801,6 +801,30 @@ def test_bad_types_and_inputs(jax_route):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, tau_readout=5.0)
 
 
+def test_input_errors_say_the_index_is_within_the_batch():
+    """A bad spike time met during ``fit`` is named by its index within the batch the layer was called on (Keras
+    slices and shuffles the dataset), and the error says so, with the batch size and how to find the sample; the
+    readout's and the calibration's errors too."""
+    times, labels = timing_task()
+    times = times[:40].copy()
+    times[33, 2, 0] = np.nan  # the 2nd sample of the last batch of 8 (batches of 16, not shuffled)
+    error = {"jax": RuntimeError, "tensorflow": Exception}.get(BACKEND, ValueError)
+    for calibrate in (True, False):  # the calibration's op meets the first batch; the layer's op the others
+        model = small_model() if calibrate else small_model(calibrate=None)
+        bad = times if not calibrate else np.concatenate([times[32:], times[:32]])  # first batch: sample 1 of 16
+        batch = 8 if not calibrate else 16
+        with pytest.raises(error, match=rf"(?s)input_times contains NaN \(nan at index \(1, 2, 0\)\).*in layer "
+                                        rf"'\w+': the index's first entry counts samples within this call's batch "
+                                        rf"of {batch}, not the dataset; spikescan.datasets.SpikeDataset"):
+            model.fit(bad, labels[:40], batch_size=16, epochs=1, shuffle=False, verbose=0)
+    readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX, name="out")
+    x = np.full((3, 4, 1), 5.0, np.float32)
+    x[2, 1, 0] = -1.0
+    with pytest.raises(RuntimeError if BACKEND == "jax" else ValueError,
+                       match=r"(?s)input_times must be >= 0, got -1.0 at index \(2, 1, 0\).*in layer 'out'.*batch of 3"):
+        readout(x)
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_policy_computes_spike_layers_in_float32(policy, tmp_path):
     """Under a float16 / bfloat16 global policy (for the other layers of a model) the spike layers compute and keep
