@@ -821,7 +821,8 @@ def test_input_errors_say_the_index_is_within_the_batch():
     x = np.full((3, 4, 1), 5.0, np.float32)
     x[2, 1, 0] = -1.0
     with pytest.raises(RuntimeError if BACKEND == "jax" else ValueError,
-                       match=r"(?s)input_times must be >= 0, got -1.0 at index \(2, 1, 0\).*in layer 'out'.*batch of 3"):
+                       match=r"(?s)input_times must be >= 0, got -1.0 at index \(2, 1, 0\).*in layer 'out'.*"
+                             r"batch of 3"):
         readout(x)
 
 
