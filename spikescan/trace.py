@@ -21,7 +21,7 @@ from . import _memory
 from . import _validate as v
 from ._queue import build_queues, materialised
 from ._scan import recurrence_scan
-from .lif import METHODS, lif_forward
+from .lif import DEFAULT_MAX_TOTAL_SPIKES, METHODS, lif_forward
 from .neurons import lif
 
 # Neurons x (events + grid times) handled at once, to bound memory (a few dozen float64 temporaries per point).
@@ -151,7 +151,8 @@ def _state_in_groups(qt, qi, row, col, W, max_in, tm, ts, spike_t, spike_e, t, w
 
 
 def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delays=None, max_spikes=None,
-              method="auto", recurrent_weights=None, recurrent_delays=None):
+              method="auto", recurrent_weights=None, recurrent_delays=None, chunk_size=128, solver="newton",
+              max_total_spikes=DEFAULT_MAX_TOTAL_SPIKES, engine="auto"):
     """Exact membrane voltage and synaptic current of a ``lif_forward`` layer at the times ``t``.
 
     Runs ``lif_forward`` for the exact spike times, then evaluates each neuron's state at every grid time from the
@@ -165,8 +166,9 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
     them, recorded or not), so the trace follows the forward exactly.
 
     Args:
-        input_times, weights, tau_mem, tau_syn, threshold, delays, method, recurrent_weights, recurrent_delays: as
-            for ``lif_forward``.
+        input_times, weights, tau_mem, tau_syn, threshold, delays, method, recurrent_weights, recurrent_delays,
+            chunk_size, solver, max_total_spikes, engine: as for ``lif_forward``, which finds the spikes with them
+            (so the trace's spike times are bit for bit those of ``lif_forward`` called with the same arguments).
         t: 1-D times (list, NumPy or CuPy array) at which to evaluate, finite and ``>= 0``, in any order (duplicates
             allowed); the output's last axis follows this order.
         max_spikes: length of the returned ``spike_times`` axis. ``None``: the largest spike count of any neuron (at
@@ -201,7 +203,8 @@ def lif_trace(input_times, weights, t, *, tau_mem, tau_syn, threshold=1.0, delay
         try:
             return lif_forward(args[0], args[1], tau_mem=args[3], tau_syn=args[4], threshold=threshold, max_spikes=k,
                                delays=args[2], method=method, recurrent_weights=recurrent[0],
-                               recurrent_delays=recurrent[1])
+                               recurrent_delays=recurrent[1], chunk_size=chunk_size, solver=solver,
+                               max_total_spikes=max_total_spikes, engine=engine)
         except MemoryError as err:  # name the recording lif_trace chose, which the caller may not have passed
             chosen = "yours" if k == max_spikes else "the recording lif_trace starts with, or the largest count"
             raise MemoryError(f"lif_trace: the lif_forward call that finds the spikes (max_spikes={k}: {chosen}) does "

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import spikescan as ss
-from spikescan import lif_forward, lif_trace, li_forward, li_trace
+from spikescan import _lif_numpy, lif_forward, lif_trace, li_forward, li_trace
 
 TOL = dict(rtol=1e-9, atol=1e-10)
 
@@ -198,6 +198,32 @@ def test_max_spikes_cuts_only_the_recording():
     for method in ("sequential", "scan"):
         np.testing.assert_allclose(lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, method=method).voltage,
                                    full.voltage, **TOL)
+
+
+def test_spike_finding_options_pass_through():
+    """``engine``, ``solver``, ``chunk_size`` and ``max_total_spikes`` reach the ``lif_forward`` that finds the
+    spikes: the trace's spike times are bit for bit those of ``lif_forward`` with the same arguments, and a runaway
+    limit stops the trace where it stops the layer."""
+    x, W = _case(3)
+    t = np.linspace(0.0, 60.0, 121)
+    engines = ("numpy", "numba") if _lif_numpy.numba_available() else ("numpy",)
+    for engine in engines:
+        for solver, method, chunk in (("newton", "sequential", 128), ("bisection", "scan", 2),
+                                      ("analytic", "auto", 128)):
+            kw = dict(tau_mem=10.0, tau_syn=5.0, method=method, solver=solver, chunk_size=chunk, engine=engine)
+            tr = lif_trace(x, W, t, **kw)
+            fw = lif_forward(x, W, max_spikes=tr.spike_times.shape[-1], **kw)
+            np.testing.assert_array_equal(tr.spike_times, fw.times)
+            np.testing.assert_array_equal(tr.counts, fw.counts)
+    burst = dict(tau_mem=10.0, tau_syn=5.0, max_total_spikes=5)
+    with pytest.raises(ss.RunawayFiringError, match="max_total_spikes=5"):
+        lif_forward(np.array([[[0.0]]]), np.array([[40.0]]), max_spikes=1, **burst)
+    with pytest.raises(ss.RunawayFiringError, match="max_total_spikes=5"):
+        lif_trace(np.array([[[0.0]]]), np.array([[40.0]]), t, **burst)
+    with pytest.raises(ValueError, match="engine"):
+        lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, engine="gpu")
+    with pytest.raises(ValueError, match="solver"):
+        lif_trace(x, W, t, tau_mem=10.0, tau_syn=5.0, solver="euler")
 
 
 def test_silent_layer_and_many_spikes():
