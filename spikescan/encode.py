@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from ._validate import _first_bad
+from ._validate import _first_bad, choice
 
 __all__ = ["scale", "latency", "rate"]
 
@@ -110,12 +110,13 @@ def _float_dtype(dtype):
 def _fits(t_max, dt):
     """Spike times up to ``t_max`` must be finite in ``dt`` (a larger one would become the ``+inf`` of padding), and
     ``t_max`` a normal number there (a smaller one rounds to 0 or keeps too few bits to order the spikes)."""
+    fix = "use float64 or another time unit" if dt == np.float32 else "use another time unit"
     if t_max > float(np.finfo(dt).max):  # compared in float64: no overflow warning on the way
         raise ValueError(f"t_max={t_max!r} does not fit in {dt.name} (largest {float(np.finfo(dt).max)!r}): its spikes "
-                         "would become +inf, the padding; use float64 or another time unit")
+                         f"would become +inf, the padding; {fix}")
     if t_max < float(np.finfo(dt).tiny):
         raise ValueError(f"t_max={t_max!r} is below the smallest normal {dt.name} ({float(np.finfo(dt).tiny)!r}): "
-                         "its spike times would round to 0 or lose their order; use float64 or another time unit")
+                         f"its spike times would round to 0 or lose their order; {fix}")
 
 
 def _bool(name, value):
@@ -281,8 +282,7 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     elif isinstance(slots, bool) or not isinstance(slots, numbers.Integral) or slots < max_spikes:
         raise ValueError(f"slots must be an integer >= max_spikes={max_spikes}, got {slots!r}")
     slots = int(slots)
-    if mode not in RATE_MODES:
-        raise ValueError(f"mode must be one of {', '.join(repr(m) for m in RATE_MODES)}; got {mode!r}")
+    choice("mode", mode, RATE_MODES)  # a str: an array of one name would pass `in` and then `==` elementwise
     symmetric = _bool("symmetric", symmetric)
     return_dropped = _bool("return_dropped", return_dropped)
     dt = _float_dtype(dtype)

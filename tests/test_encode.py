@@ -135,8 +135,11 @@ def test_times_too_large_for_the_dtype_are_refused():
     # A t_max below the dtype's smallest normal number: float32 rounded 1e-46 to 0, every spike at 0 (the latency
     # order erased, a rate spike on the boundary) without a word.
     for code in (lambda dt, t: latency(x, t_max=t, dtype=dt), lambda dt, t: rate(x, t_max=t, max_spikes=1, dtype=dt)):
-        with pytest.raises(ValueError, match=r"t_max=1e-46 is below the smallest normal float32"):
+        with pytest.raises(ValueError, match=r"t_max=1e-46 is below the smallest normal float32.*use float64 or"):
             code(np.float32, 1e-46)
+        with pytest.raises(ValueError, match=r"t_max=1e-320 is below the smallest normal float64.*; use another "
+                                             r"time unit$"):  # no advice to use the dtype it already has
+            code(np.float64, 1e-320)
     assert np.unique(latency(x, t_max=1e-46)).size == 2  # float64 keeps both times
     assert 0.0 < rate(x, t_max=1e-46, max_spikes=1).min() < 1e-46  # and the rate spikes off the boundary
 
@@ -254,6 +257,8 @@ def test_rate_validation():
         rate(x, t_max=0.0, max_spikes=2)
     with pytest.raises(ValueError, match="mode must be one of.*'burst'"):
         rate(x, t_max=1.0, max_spikes=2, mode="burst")
+    with pytest.raises(ValueError, match=r"mode must be one of 'regular', 'poisson'; got array\(\['regular'\]"):
+        rate(np.ones((1, 2)), t_max=1.0, max_spikes=2, mode=np.array(["regular"]))  # accepted before
     with pytest.raises(ValueError, match="seed must be >= 0"):
         rate(x, t_max=1.0, max_spikes=2, mode="poisson", seed=-1)
     with pytest.raises(TypeError, match="seed"):
