@@ -13,7 +13,8 @@ _STATS = ("silent_fraction", "dead_fraction", "spikes_per_neuron")
 @keras.saving.register_keras_serializable(package="spikescan")
 class FiringMonitor(keras.callbacks.Callback):
     """Puts the firing statistics of every ``LIFLayer`` into ``fit``'s logs, so the progress bar and ``History``
-    show them: ``<layer>/silent_fraction`` (fraction of (sample, neuron) pairs without a spike),
+    show them (``<layer>`` is the layer's name, or its path from the model where nested models reuse a name):
+    ``<layer>/silent_fraction`` (fraction of (sample, neuron) pairs without a spike),
     ``<layer>/dead_fraction`` (fraction of neurons silent on every sample of a batch) and
     ``<layer>/spikes_per_neuron`` (mean spike count per neuron and sample).
 
@@ -36,21 +37,34 @@ class FiringMonitor(keras.callbacks.Callback):
         self._batches = 0
 
     def _layers(self):
-        """``(layer, stats)``: every ``LIFLayer`` with the selected statistics, and every ``LIReadout(readout="max")``
-        with its ``dead_fraction`` (units whose voltage never rose on a training batch) when that is selected."""
-        out = []
-        for layer in self.model._flatten_layers():
-            if isinstance(layer, LIFLayer):
-                out.append((layer, self.stats))
-            elif isinstance(layer, LIReadout) and layer.readout == "max" and "dead_fraction" in self.stats:
-                out.append((layer, ("dead_fraction",)))
-        return out
+        """``(key, layer, stats)``: every ``LIFLayer`` with the selected statistics, and every
+        ``LIReadout(readout="max")`` with its ``dead_fraction`` (units whose voltage never rose on a training batch)
+        when that is selected. ``key`` is the layer's name, or, where two monitored layers share a name (in nested
+        models), its path of names from the model down (``encoder_1/hidden``), so that no layer's figures overwrite
+        another's."""
+        found = []
+        seen = set()
+
+        def walk(parent, prefix):
+            for layer in parent._flatten_layers(include_self=False, recursive=False):
+                if id(layer) in seen:  # a layer used twice is monitored once
+                    continue
+                seen.add(id(layer))
+                if isinstance(layer, LIFLayer):
+                    found.append((prefix + layer.name, layer, self.stats))
+                elif isinstance(layer, LIReadout) and layer.readout == "max" and "dead_fraction" in self.stats:
+                    found.append((prefix + layer.name, layer, ("dead_fraction",)))
+                walk(layer, prefix + layer.name + "/")
+
+        walk(self.model, "")
+        names = [layer.name for _, layer, _ in found]
+        return [(path if names.count(layer.name) > 1 else layer.name, layer, stats) for path, layer, stats in found]
 
     def _read(self):
         out = {}
-        for layer, stats in self._layers():
+        for key, layer, stats in self._layers():
             for name in stats:
-                out[f"{layer.name}/{name}"] = float(np.asarray(keras.ops.convert_to_numpy(getattr(layer, name).value)))
+                out[f"{key}/{name}"] = float(np.asarray(keras.ops.convert_to_numpy(getattr(layer, name).value)))
         return out
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -363,6 +363,39 @@ def test_firing_monitor_rejects_unknown_statistics():
     assert sk.FiringMonitor(stats="silent_fraction").stats == ("silent_fraction",)
 
 
+def test_firing_monitor_keeps_layers_of_one_name_apart():
+    """Two nested encoders whose hidden layers share a name: each gets its own keys (its path of names), so a
+    silent encoder's figures do not overwrite a firing one's (before, both wrote "hid/..."); unique names keep their
+    plain keys."""
+    keras.utils.set_random_seed(0)
+    x, y = timing_task(16)
+
+    def encoder(n, name):
+        return keras.Sequential([keras.Input(x.shape[1:]), sk.LIFLayer(n, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                                                        max_spikes=2, name="hid")], name=name)
+
+    a, b = keras.Input(x.shape[1:]), keras.Input(x.shape[1:])
+    e1, e2 = encoder(3, "e1"), encoder(5, "e2")
+    joined = keras.layers.Concatenate(axis=1)([e1(a), e2(b)])
+    model = keras.Model([a, b], sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, name="out")(joined))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = model.fit([x, np.full_like(x, np.inf)], y, batch_size=16, epochs=1, verbose=0,
+                            callbacks=[sk.FiringMonitor(stats="silent_fraction")])
+    assert sorted(history.history) == ["e1/hid/silent_fraction", "e2/hid/silent_fraction", "loss"]
+    assert history.history["e2/hid/silent_fraction"] == [1.0]  # no input spike: silent
+    assert history.history["e1/hid/silent_fraction"][0] < 1.0
+    plain = keras.Sequential([keras.Input(x.shape[1:]), sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                                                                     max_spikes=2, name="hidden"),
+                              sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, readout="max",
+                                           name="readout")])
+    plain.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = plain.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[sk.FiringMonitor()])
+    assert sorted(k for k in history.history if "/" in k) == [
+        "hidden/dead_fraction", "hidden/silent_fraction", "hidden/spikes_per_neuron", "readout/dead_fraction"]
+
+
 def test_layer_killed_during_training_is_reported_and_revived():
     """A too-large step that leaves every weight negative: the layer is reported silent and its neurons fire again."""
     keras.utils.set_random_seed(4)
