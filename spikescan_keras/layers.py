@@ -205,6 +205,16 @@ def _build_kernel(layer, input_shape, unit=1.0):
 
 
 @keras.saving.register_keras_serializable(package="spikescan")
+def _mean(x, axis=None):
+    """``ops.mean`` in ``x``'s own precision: on the torch and jax backends Keras' mean of a float64 tensor comes out
+    rounded to float32, which made a float64 model's added losses (and their gradients) float32-accurate."""
+    shape = ops.shape(x)
+    count = 1
+    for a in (range(len(shape)) if axis is None else (axis,)):
+        count = count * shape[a]
+    return ops.sum(x, axis=axis) / ops.cast(count, x.dtype)
+
+
 class SpikeCountRegularizer(keras.regularizers.Regularizer):
     """Differentiable stand-in for a spike-count penalty, applied to a spike tensor ``times [batch, n, max_spikes]``::
 
@@ -226,7 +236,7 @@ class SpikeCountRegularizer(keras.regularizers.Regularizer):
         self.tau = _validate.positive_scalar("tau", tau)
 
     def __call__(self, times):
-        return self.strength * ops.mean(ops.sum(ops.exp(-times / self.tau), axis=(1, 2)))
+        return self.strength * _mean(ops.sum(ops.exp(-times / self.tau), axis=(1, 2)))
 
     def get_config(self):
         return {"strength": self.strength, "tau": self.tau}
@@ -971,7 +981,7 @@ class LIFLayer(_SpikeTimesLayer):
         net_drive = ops.matmul(spikes, kernel)  # [batch, units]
         q = ops.relu(-net_drive) / threshold
         gap = threshold - ops.cast(peaks, kernel.dtype) + threshold * q / (1.0 + q)
-        return self.silence_penalty / self.units * ops.sum(dead * ops.mean(gap, axis=0) / threshold)
+        return self.silence_penalty / self.units * ops.sum(dead * _mean(gap, axis=0) / threshold)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units, self.max_spikes)
@@ -1360,7 +1370,7 @@ class LIReadout(_SpikeTimesLayer):
         if self._integral_unit is None:
             self._integral_unit = self._unit("integral")
         unit = self._integral_unit
-        return self.revival_penalty / self.units * ops.sum(dead * ops.mean(ops.softplus(-integral / unit), axis=0))
+        return self.revival_penalty / self.units * ops.sum(dead * _mean(ops.softplus(-integral / unit), axis=0))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
