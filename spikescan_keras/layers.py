@@ -505,6 +505,9 @@ class LIFLayer(_SpikeTimesLayer):
         recurrent_initializer: a Keras initializer or ``"auto"``: ``Normal(0, mu / 2)`` with ``mu`` the
             ``"auto"`` input rule's mean weight for ``units`` inputs spiking once each (``spikescan.init.mean_weight``):
             balanced excitation and inhibition, each recurrent input a fraction of what drives a neuron to threshold.
+            In a layer of very few units (2 or 3) that fraction is large: about one draw in ten gives a neuron a
+            self-connection strong enough to fire without end, a ``RunawayFiringError`` on the first call; draw
+            again (another seed) or pass a narrower initializer.
         recurrent_delay_initializer: a Keras initializer or ``"auto"`` (uniform on ``[0, max_delay]``, or zeros).
         recurrent_regularizer: optional Keras regularizer of the recurrent weights ``R``.
         recurrent_scale: ``"auto"`` or a positive number: the factor ``recurrent_kernel_scale`` between the
