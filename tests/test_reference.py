@@ -328,3 +328,108 @@ def test_reference_result_is_a_named_tuple():
     assert times is out.times and counts is out.counts and counts.dtype == np.int64
     np.testing.assert_allclose(out.times, ss.lif_forward(x, np.array([[4.0]]), tau_mem=10.0, tau_syn=5.0,
                                                          max_spikes=2).times, rtol=1e-12)
+
+
+def _bad_inputs():
+    """(id, arguments changed from a valid call, the argument the error must name)."""
+    x2 = np.array([[[1.0], [1.0]]])
+    return [
+        ("weights-sum-overflows", dict(input_times=x2, weights=np.full((2, 1), 1.5e308)), "weights"),
+        ("weights-sum-past-limit", dict(input_times=x2, weights=np.full((2, 1), 1e300)), "weights"),
+        ("arrival-overflows", dict(input_times=np.array([[[1e308]]]), delays=np.array([[1e308]])), "delays"),
+        ("complex-weights", dict(weights=np.array([[2.0 + 1j]])), "weights"),
+        ("bool-weights", dict(weights=np.array([[True]])), "weights"),
+        ("int-weights", dict(weights=np.array([[2]])), "weights"),
+        ("string-times", dict(input_times=np.array([[["1.0"]]])), "input_times"),
+        ("list-times", dict(input_times=[[[1.0]]]), "input_times"),
+        ("recurrent-delays-alone", dict(recurrent_delays=np.zeros((1, 1))), "recurrent_delays"),
+        ("2d-times", dict(input_times=np.array([[1.0]])), "input_times"),
+        ("1d-weights", dict(weights=np.array([2.0])), "weights"),
+        ("tau-shape", dict(tau_mem=np.array([1.0, 2.0, 3.0])), "tau_mem"),
+        ("tau-complex", dict(tau_syn=1j), "tau_syn"),
+        ("tau-bool", dict(tau_mem=True), "tau_mem"),
+        ("tau-too-small", dict(tau_mem=1e-200), "tau_mem"),
+        ("tau-too-large", dict(tau_syn=1e200), "tau_syn"),
+        ("threshold-shape", dict(threshold=np.ones(2)), "threshold"),
+        ("recurrent-weights-huge", dict(recurrent_weights=np.array([[1e297]])), "recurrent_weights"),
+    ]
+
+
+@pytest.mark.parametrize("name,change,argument", _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
+def test_reference_refuses_what_lif_forward_refuses(name, change, argument):
+    """The reference refuses each input lif_forward refuses, with the same exception type and an error naming the
+    argument (it returned silent neurons for overflowing currents and arrivals, accepted complex, bool and string
+    arrays and lone recurrent_delays, and raised bare unpacking, index and broadcast errors)."""
+    args = dict(input_times=np.array([[[1.0, np.inf]]]), weights=np.array([[2.0]]), tau_mem=10.0, tau_syn=5.0,
+                max_spikes=2)
+    args.update(change)
+    with pytest.raises((TypeError, ValueError)) as fast:
+        ss.lif_forward(**args)
+    with pytest.raises(fast.type, match=argument) as ref:
+        lif_forward_reference(**args)
+    assert argument in str(fast.value) and type(ref.value) is fast.type
+
+
+@pytest.mark.parametrize("dps", [0, -5, 2.5, True, 14, 10**9, "40"])
+def test_reference_dps_must_be_a_sensible_integer(dps):
+    """dps=0 gave wrong counts, negative and fractional values were accepted, 10**9 ran without end."""
+    with pytest.raises(ValueError, match=f"dps must be None .*got {dps!r}"):
+        lif_forward_reference(np.array([[[1.0]]]), np.array([[2.0]]), tau_mem=10.0, tau_syn=5.0, max_spikes=2,
+                              dps=dps)
+    x, w = np.array([[[1.0]]]), np.array([[5.0]])
+    out = lif_forward_reference(x, w, tau_mem=10.0, tau_syn=5.0, max_spikes=2, dps=15)
+    assert out.counts.tolist() == [[1]] == ss.lif_forward(x, w, tau_mem=10.0, tau_syn=5.0, max_spikes=2).counts.tolist()
+
+
+def test_reference_handles_empty_layers_as_lif_forward():
+    """n_out == 0 raised "min() arg is an empty sequence"; every empty axis gives lif_forward's result."""
+    for t_shape, w_shape in [((1, 1, 1), (1, 0)), ((0, 1, 1), (1, 2)), ((1, 0, 1), (0, 2)), ((1, 1, 0), (1, 2))]:
+        t, w = np.ones(t_shape), np.full(w_shape, 3.0)
+        ref = lif_forward_reference(t, w, tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+        fast = ss.lif_forward(t, w, tau_mem=10.0, tau_syn=5.0, max_spikes=2)
+        assert ref.times.shape == fast.times.shape and ref.counts.shape == fast.counts.shape
+        np.testing.assert_array_equal(ref.counts, fast.counts)
+
+
+def test_reference_limits_are_lif_forwards():
+    """The reference restates lif_forward's bounds rather than importing them (it shares no code): they agree."""
+    from spikescan import _validate, reference
+
+    assert reference.CURRENT_LIMIT == _validate.CURRENT_LIMIT
+    assert reference.TIME_CONSTANT_RANGE == _validate.TIME_CONSTANT_RANGE
+    assert reference.MAX_TOTAL_SPIKES == ss.lif.DEFAULT_MAX_TOTAL_SPIKES
+
+
+def test_reference_refuses_a_recurrent_arrival_past_float64():
+    """A spike at 1e308 plus a recurrent delay of 1e308 arrived at +inf and was dropped (the neuron reported
+    silent); lif_forward refuses it naming recurrent_delays. The reference refuses it too: in float64 the spike,
+    a few tau after t = 1e308, is below the resolution of t; at 400 digits it is placed, and its arrival refused."""
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=2, recurrent_weights=np.array([[5.0]]),
+              recurrent_delays=np.array([[1e308]]))
+    t, w = np.array([[[1e308]]]), np.array([[5.0]])
+    with pytest.raises(ValueError, match="recurrent_delays"):
+        ss.lif_forward(t, w, **kw)
+    with pytest.raises(FloatingPointError, match="below the resolution of t"):
+        lif_forward_reference(t, w, **kw)
+    with pytest.raises(ValueError, match="recurrent_delays: neuron 0 of sample 0 spikes at t=1e"):
+        lif_forward_reference(t, w, dps=400, **kw)
+
+
+def test_reference_refuses_what_its_arithmetic_cannot_carry():
+    """No NaN or unresolvable time may silence a neuron: a gap of 1e300 tau_mem made V NaN (the neuron silent for
+    good: 1 spike where lif_forward finds 2), and a spike a tiny offset after t = 1e300 was lost; such a gap now
+    decays V to 0, and a crossing below the resolution of t is refused. A current of 1e299 with tau_syn = 1e150 made
+    the peak time NaN (silent) or raised a bare math domain error; it is now computed."""
+    kw = dict(tau_mem=1e-100, tau_syn=0.5e-100, max_spikes=3)
+    t = np.array([[[0.0, 1e300]]])
+    assert ss.lif_forward(t, np.array([[5.0]]), **kw).counts.tolist() == [[2]]
+    with pytest.raises(FloatingPointError, match=r"neuron 0 of sample 0 .*below the resolution of t"):
+        lif_forward_reference(t, np.array([[5.0]]), **kw)
+    quiet = lif_forward_reference(t, np.array([[0.5]]), **kw)  # the long gap itself is no error
+    assert quiet.counts.tolist() == [[0]]
+    big = dict(tau_mem=1e150, tau_syn=1e-150, max_spikes=3, threshold=1e100)
+    assert lif_forward_reference(np.array([[[0.0]]]), np.array([[1e299]]), **big).counts.tolist() == [[0]]
+    fires = dict(tau_mem=1e-150, tau_syn=1e150, max_spikes=3, threshold=1e290)
+    with pytest.raises(FloatingPointError, match="runaway firing"):  # lif_forward: "fires twice" (also an error)
+        lif_forward_reference(np.array([[[0.0]]]), np.array([[1e299]]), **fires)
+
