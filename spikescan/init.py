@@ -24,11 +24,18 @@ def _psp_area(s, tau_mem, tau_syn):
     """``C(s) = int_0^s c(u) du`` of the unit PSP ``c`` (``V`` of a unit current injected at 0), ``s >= 0``.
 
     ``c(u) = alpha (e^{-alpha u} - e^{-beta u}) / (beta - alpha)`` with ``alpha = 1/tau_mem``, ``beta = 1/tau_syn``
-    integrates to ``alpha s^2 exp[0, -alpha s, -beta s]`` (second divided difference; stable for equal rates).
+    integrates to ``alpha s^2 exp[0, -alpha s, -beta s]`` (second divided difference; stable for equal rates),
+    formed as ``(alpha s) (s exp[...])`` so that no factor overflows. Beyond ``50 max(tau_mem, tau_syn)`` the
+    area is its limit ``tau_syn``: what is left of it, at most ``(1 + x) e^{-x}`` of it at ``x = s / max(tau)``,
+    is below ``1e-20`` of it (and ``s * s`` would overflow for ``s`` above ``1.3e154``).
     """
     s = np.asarray(s, dtype=np.float64)
     alpha, beta = 1.0 / tau_mem, 1.0 / tau_syn
-    return alpha * s * s * lif.exp_divided_difference2(-alpha * s, -beta * s)
+    out = np.full(s.shape, float(tau_syn))
+    near = min(alpha, beta) * s <= 50.0
+    sn = s[near]
+    out[near] = (alpha * sn) * (sn * lif.exp_divided_difference2(-alpha * sn, -beta * sn))
+    return out
 
 
 def _time_constant(name, value):
@@ -41,28 +48,45 @@ def _time_constant(name, value):
     return value
 
 
+MAX_POINTS = 10**6
+"""Most grid points ``mean_psp_peak`` takes (about 8 MB per array of them); its default is 4097."""
+
+
 def mean_psp_peak(tau_mem, tau_syn, window, *, points=4097):
     """Peak over ``t`` of the mean voltage that one unit-weight spike, placed uniformly at random on
     ``[0, window]``, produces: ``max_t (C(t) - C(t - window)) / window`` (``C`` the PSP's running area, ``C = 0``
     for negative arguments); the PSP's own peak ``max_s c(s)`` when ``window == 0``.
 
-    The maximum is taken on a grid of ``points`` times over ``[0, window + t_peak + 5 max(tau)]`` (an
-    initialisation rule needs no more precision than that). A window below ``1e-6`` of the shorter time constant
-    gives the PSP's peak: the mean over it differs by a relative ``(window / tau)^2 / 24`` at most, less than the
-    rounding of ``C(t) - C(t - window)``, which for windows below ``1e-16 tau`` is 0.
+    The maximum is taken on a grid of ``points`` times over ``[0, window + t_peak + 5 max(tau)]`` (an initialisation
+    rule needs no more precision than that; ``points`` from 2 to ``MAX_POINTS``). Any finite window is computed:
+    beyond ``50 max(tau)`` the area left of the PSP is below ``1e-20`` of it, and for windows far longer than the
+    time constants the result is ``tau_syn / window`` (the PSP's area over the window). A window below ``1e-6`` of
+    the shorter time constant gives the PSP's peak: the mean over it differs by a relative ``(window / tau)^2 / 24``
+    at most, less than the rounding of ``C(t) - C(t - window)``, which for windows below ``1e-16 tau`` is 0.
+    ``FloatingPointError`` when the PSP's peak is out of float64's reach (time constants about 1e300 apart).
     """
     tau_mem, tau_syn = _time_constant("tau_mem", tau_mem), _time_constant("tau_syn", tau_syn)
     window = v.nonnegative_scalar("window", window)
     points = v.positive_int("points", points)
     if points < 2:
         raise ValueError(f"points must be at least 2 (a grid over the window), got {points!r}")
+    if points > MAX_POINTS:
+        raise ValueError(f"points must be at most MAX_POINTS = {MAX_POINTS} (an initialisation rule needs no finer "
+                         f"grid, and each of its arrays takes 8 bytes a point), got {points!r}")
     t_peak = float(lif.peak_time(0.0, 1.0, tau_mem, tau_syn))
     psp_peak = float(lif.voltage(t_peak, 0.0, 1.0, tau_mem, tau_syn))
+    if not (np.isfinite(t_peak) and psp_peak > 0):  # lif.peak_time gives inf for tau_mem / tau_syn near 1e300
+        raise FloatingPointError(f"mean_psp_peak: the PSP's peak (time {t_peak!r}, value {psp_peak!r}) is out of "
+                                 f"reach for tau_mem={tau_mem!r}, tau_syn={tau_syn!r}: bring them closer together")
     if window <= 1e-6 * min(tau_mem, tau_syn):
         return psp_peak
     t = np.linspace(0.0, window + t_peak + 5.0 * max(tau_mem, tau_syn), points)
     mean = (_psp_area(t, tau_mem, tau_syn) - _psp_area(np.maximum(t - window, 0.0), tau_mem, tau_syn)) / window
-    return float(min(psp_peak, mean.max()))
+    peak = float(mean.max())
+    if not np.isfinite(peak):  # min(psp_peak, nan) would return psp_peak: no NaN may pass as an answer
+        raise FloatingPointError(f"mean_psp_peak: the mean voltage over window={window!r} is {peak!r} "
+                                 f"(tau_mem={tau_mem!r}, tau_syn={tau_syn!r})")
+    return min(psp_peak, peak)
 
 
 def mean_weight(n_in, *, tau_mem, tau_syn, threshold=1.0, input_spikes=None, window=0.0, drive=1.5):

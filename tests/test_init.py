@@ -1,5 +1,8 @@
 """spikescan.init: the data-free initial weight rule and the data-aware calibration of a layer's weight scale."""
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 
@@ -255,3 +258,27 @@ def test_calibration_helpers_check_their_arguments():
         burst_bound(x, -8)
     with pytest.raises(ValueError, match="input_times must have 3 dimensions"):
         burst_bound(x[0, 0], 8)
+
+
+@pytest.mark.parametrize("window", [1e3, 1e155, 1e200, 1e300, 1e308])
+def test_mean_psp_peak_of_long_windows_is_the_area_over_the_window(window):
+    """Spikes spread over a window far longer than the time constants add up to the PSP's area, tau_syn, over the
+    window. From 1e155 on, s * s overflowed and min(psp_peak, nan) returned the synchronous peak, 0.25 (5e17 times
+    too large at 1e155); mean_weight(window=1e300) returned the window=0 weight with only a RuntimeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mean_psp_peak(10.0, 5.0, window) == pytest.approx(5.0 / window, rel=1e-12)
+        assert mean_weight(10, tau_mem=10.0, tau_syn=5.0, window=window) == pytest.approx(
+            1.5 / (10 * 5.0 / window), rel=1e-12)
+    tail = 51 * math.exp(-50)  # what the area leaves out beyond 50 tau, relative: below 1e-20
+    assert tail < 1e-20
+
+
+def test_mean_psp_peak_bounds_points_and_refuses_an_unreachable_peak():
+    """points=10**12 raised a bare MemoryError from np.linspace; time constants 1e300 apart gave a PSP peak of 0.0
+    (lif.peak_time is inf there) and so a mean peak of 0.0, silently."""
+    with pytest.raises(ValueError, match="points must be at most MAX_POINTS = 1000000.*got 1000000000000"):
+        mean_psp_peak(10.0, 5.0, 1.0, points=10**12)
+    assert mean_psp_peak(10.0, 5.0, 1.0, points=10**6) == pytest.approx(mean_psp_peak(10.0, 5.0, 1.0), rel=1e-6)
+    with pytest.raises(FloatingPointError, match="tau_mem=1e\\+150, tau_syn=1e-150"):
+        mean_psp_peak(1e150, 1e-150, 0.0)
