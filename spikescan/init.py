@@ -152,10 +152,13 @@ def burst_bound(input_times, max_spikes):
     volley at t = 0) raising ``max_spikes`` from 4 to 16 let the calibration settle 2.6 times higher, the hidden
     neurons burst (4.7 spikes each on the last training batch instead of 1.7) and training stalled at 77% training
     accuracy, against 98% (``examples/mnist.py`` on the 5000-image subset).
+
+    ``input_times`` is checked as ``lif_forward`` checks it (a float32/float64 array; NaN, negative or unsorted
+    times are refused).
     """
     max_spikes = v.positive_int("max_spikes", max_spikes)
-    t = np.asarray(input_times)
-    v.check_float_array("input_times", t, 3)
+    v.check_spike_times("input_times", input_times)
+    t = v.to_host(input_times)
     real = np.isfinite(t)
     channels = int(real.any(axis=-1).sum())
     per_channel = float(real.sum()) / channels if channels else 0.0
@@ -163,8 +166,17 @@ def burst_bound(input_times, max_spikes):
 
 
 def firing_fraction(counts):
-    """Fraction of (sample, neuron) pairs with at least one spike, from spike counts ``[batch, n_out]``."""
-    counts = np.asarray(counts)
+    """Fraction of (sample, neuron) pairs with at least one spike, from spike counts ``[batch, n_out]``: an integer
+    NumPy or CuPy array of counts ``>= 0``, such as ``LIFResult.counts``."""
+    if not isinstance(counts, np.ndarray) and v._top_module(counts) != "cupy":
+        raise TypeError(f"counts must be an integer array [batch, n_out] (LIFResult.counts), got {v._foreign(counts)}")
+    counts = v.to_host(counts)
+    if counts.dtype.kind not in "iu":  # bool, float (NaN), complex, strings, objects
+        raise TypeError(f"counts must be an integer array [batch, n_out] (LIFResult.counts), got dtype {counts.dtype}")
+    if counts.ndim != 2:
+        raise ValueError(f"counts must have 2 dimensions [batch, n_out], got shape {counts.shape}")
+    if counts.size and counts.min() < 0:
+        raise ValueError(f"counts must be >= 0, got {v._first_bad(np, counts, counts < 0)}")
     return float((counts > 0).mean()) if counts.size else 0.0
 
 
@@ -187,8 +199,10 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
     trial is one ``lif_forward`` with ``max_spikes=1`` (the counts are exact whatever ``max_spikes``).
 
     Args:
-        input_times: ``[batch, n_in, max_in]`` spike tensor (NumPy), e.g. the first training batch.
-        weights: ``[n_in, n_out]``; ``delays``: optional ``[n_in, n_out]``.
+        input_times: ``[batch, n_in, max_in]`` spike tensor (a float32/float64 NumPy array), e.g. the first
+            training batch.
+        weights: ``[n_in, n_out]`` float32/float64, finite (checked as ``lif_forward`` checks them, before any
+            trial); ``delays``: optional ``[n_in, n_out]``.
         tau_mem, tau_syn, threshold, method, solver: as for ``lif_forward``.
         target: ``(low, high)`` with ``0 < low < high <= 1``.
         max_mean_count: optional bound on the mean spike count per (sample, neuron) (e.g. half of a layer's
@@ -204,12 +218,12 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
 
     low, high = _check_target(target)
     max_rounds = v.positive_int("max_rounds", max_rounds)
-    v.check_float_array("input_times", np.asarray(input_times), 3)
+    v.check_float_array("input_times", input_times, 3)  # as lif_forward: a float32/float64 NumPy array
+    v.check_weights("weights", weights, input_times.shape[1])  # float32/float64 (not bool or complex), finite
     if max_mean_count is not None:
         max_mean_count = v.positive_scalar("max_mean_count", max_mean_count)
     aim = 0.5 * (low + high)
-    weights = np.asarray(weights, dtype=np.float64)
-    input_times = np.asarray(input_times)
+    weights = weights.astype(np.float64)
     carries = np.isfinite(input_times).any(axis=(1, 2))
     if carries.any() and not carries.all():
         input_times = input_times[carries]

@@ -282,3 +282,52 @@ def test_mean_psp_peak_bounds_points_and_refuses_an_unreachable_peak():
     assert mean_psp_peak(10.0, 5.0, 1.0, points=10**6) == pytest.approx(mean_psp_peak(10.0, 5.0, 1.0), rel=1e-6)
     with pytest.raises(FloatingPointError, match="tau_mem=1e\\+150, tau_syn=1e-150"):
         mean_psp_peak(1e150, 1e-150, 0.0)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    ([[[np.nan]]], TypeError, "input_times must be a NumPy or CuPy array"),  # a list: burst_bound gave 4.0
+    (np.array([[[np.nan]]]), ValueError, "input_times contains NaN"),
+    (np.array([[[2.0, 1.0]]]), ValueError, "input_times must be ascending"),
+    (np.array([[[-1.0]]]), ValueError, "input_times must be >= 0"),
+    (np.array([[[1]]]), TypeError, "input_times must have dtype float32 or float64"),
+])
+def test_burst_bound_checks_input_times_as_lif_forward(bad, error, match):
+    """burst_bound accepted NaN, unsorted, negative and list input times (burst_bound([[[nan]]], 8) == 4.0); it now
+    refuses each as lif_forward does, same type and message."""
+    with pytest.raises(error, match=match):
+        burst_bound(bad, 8)
+    with pytest.raises(error, match=match):
+        spikescan.lif_forward(bad, np.ones((1, 1)), tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (np.array([[-1, 2]]), ValueError, r"counts must be >= 0, got -1 at index \(0, 0\)"),
+    (np.array([[np.nan, 1.0]]), TypeError, "counts must be an integer array.*float64"),
+    ([[1, 0]], TypeError, "counts must be an integer array.*list"),
+    (np.array([[True, False]]), TypeError, "counts must be an integer array.*bool"),
+    (np.array([1, 0]), ValueError, "counts must have 2 dimensions"),
+])
+def test_firing_fraction_checks_counts(bad, error, match):
+    """firing_fraction took negative counts, NaN and lists and returned a fraction of them."""
+    with pytest.raises(error, match=match):
+        firing_fraction(bad)
+    assert firing_fraction(np.array([[0, 3], [1, 0]])) == 0.5 and firing_fraction(np.zeros((0, 2), int)) == 0.0
+
+
+@pytest.mark.parametrize("weights,error,match", [
+    (np.full((2, 3), 1.0 + 1j), TypeError, "weights must have dtype float32 or float64, got complex128"),
+    (np.ones((2, 3), bool), TypeError, "weights must have dtype float32 or float64, got bool"),
+    ([[1.0] * 3] * 2, TypeError, "weights must be a NumPy or CuPy array"),
+    (np.full((2, 3), np.nan), ValueError, "weights must be finite"),
+    (np.ones((3, 3)), ValueError, r"weights must have shape \[n_in=2, n_out\]"),
+])
+def test_calibrate_scale_checks_weights_as_lif_forward(weights, error, match):
+    """calibrate_scale cast complex weights to real with a ComplexWarning and bool weights to 0/1 before any
+    trial; it now refuses what lif_forward refuses, with its error."""
+    x = np.array([[[1.0, 2.0], [0.5, np.inf]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(error, match=match):
+            calibrate_scale(x, weights, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+        with pytest.raises(error, match=match):
+            spikescan.lif_forward(x, weights, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1)
