@@ -656,6 +656,29 @@ def test_spike_dataset_checks_what_it_holds():
     np.testing.assert_array_equal(ds[np.array([True, False, True, False])].labels, [0, 2])
 
 
+def test_spike_dataset_labels_time_unit_and_stored_types():
+    """Labels beyond class_names gave n_classes below the labels' range (labels up to 7 with 2 names), any time_unit
+    was taken, list times stayed a list (n_channels then failed), uint8 labels stayed uint8 (the docstring promises
+    int64), and ds[True] added an axis before failing on the shape."""
+    good = np.sort(np.random.default_rng(0).uniform(0, 10, (4, 3, 2)), axis=-1)
+    labels = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"labels must be < 2, the number of class_names .*got 6 at index 1"):
+        SpikeDataset(good, labels + 5 * (labels == 1), class_names=("a", "b"))
+    assert SpikeDataset(good, labels, class_names=("a", "b")).n_classes == 2
+    with pytest.raises(ValueError, match=r"time_unit must be one of \('s', 'ms', 'us'\), got 'hours'"):
+        SpikeDataset(good, labels, time_unit="hours")
+    listed = SpikeDataset(good.tolist(), labels.astype(np.uint8).tolist())
+    assert isinstance(listed.times, np.ndarray) and listed.n_channels == 3 and listed.labels.dtype == np.int64
+    small = SpikeDataset(good.astype(np.float32), labels.astype(np.uint8))
+    assert small.labels.dtype == np.int64 and small.times.dtype == np.float32
+    assert small[1:3].labels.dtype == np.int64
+    for index in (True, np.bool_(False), None, (0, 1)):
+        with pytest.raises(TypeError, match=r"a dataset of 4 samples takes .* as index, got .*other axes"):
+            small[index]
+    with pytest.raises(TypeError, match=r"whole floats are not truncated"):
+        SpikeDataset(good, labels + 0.5)
+
+
 def test_a_corrupt_hdf5_file_is_named(tmp_path):
     pytest.importorskip("h5py")
     (tmp_path / "shd_train.h5").write_bytes(b"not an hdf5 file")

@@ -36,6 +36,38 @@ def merged_message(merged: int, at: float, dtype) -> str:
 _subset = threading.local()  # .active while SpikeDataset.__getitem__ builds a subset of a dataset already checked
 
 
+def class_indices(name: str, labels, *, source: str = "", integral_floats: bool = False) -> np.ndarray:
+    """``labels`` as a 1-D int64 array of class indices ``>= 0``, else a TypeError or ValueError naming ``name``,
+    ``source`` (the file or function the labels come from, if any) and the first offending value with its index.
+
+    Integer dtypes are taken; floats only with ``integral_floats`` (labels read from a file), and only whole values
+    (``3.0``), never truncated; anything else (bool, str, object, complex) is refused. Nothing is modified.
+    """
+    at = f"{source}: " if source else ""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"{at}{name} must be 1-D, one class index per sample, got shape {y.shape}")
+    if y.size == 0 and y.dtype.kind == "f":  # [] (NumPy makes an empty list float64): no label
+        return y.astype(np.int64)
+    if y.dtype.kind == "f" and integral_floats:
+        bad = ~(np.isfinite(y) & (y == np.round(y)) & (np.abs(y) < 2.0 ** 63))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{at}{name} must be whole class indices, got {y[i].item()!r} at index {i} (not "
+                             "truncated: a fractional label is a corrupt or foreign file)")
+    elif y.dtype.kind not in "iu":
+        floats = " (whole floats are not truncated: pass labels.astype(np.int64))" if y.dtype.kind == "f" else ""
+        raise TypeError(f"{at}{name} must be integer class indices, got dtype {y.dtype}{floats}")
+    bad = y < 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{at}{name} must be class indices >= 0, got {y[i].item()!r} at index {i}")
+    if y.dtype == np.uint64 and y.size and y.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(y))
+        raise ValueError(f"{at}{name} must be class indices below 2**63, got {y[i].item()!r} at index {i}")
+    return y.astype(np.int64, copy=False)
+
+
 def _describe_index(index):
     shape = getattr(index, "shape", None)
     return f"an array of dtype {index.dtype} and shape {shape}" if shape is not None else repr(index)
@@ -48,11 +80,14 @@ class SpikeDataset:
     Attributes:
         times: ``[n, channels, max_spikes]`` float spike times in ``time_unit``, ascending along the last axis,
             padded with ``+inf``.
-        labels: ``[n]`` int64 class indices.
-        class_names: name of each class, indexed by label.
-        time_unit: unit of ``times`` (``"s"``, ``"ms"`` or ``"us"``).
+        labels: ``[n]`` int64 class indices (any integer dtype given is converted; floats, bools and negative values
+            are refused).
+        class_names: name of each class, indexed by label (when given, every label must be below its length).
+        time_unit: unit of ``times`` (``"s"``, ``"ms"`` or ``"us"``; anything else is refused).
         dropped: number of input spikes discarded by each crop or cap, keyed by the argument that caused it.
         meta: per-dataset extras; arrays whose first axis has length ``n`` are per-sample and follow indexing.
+
+    ``times`` given as a list is stored as the NumPy array it was checked as.
     """
 
     times: np.ndarray
@@ -63,7 +98,12 @@ class SpikeDataset:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        times, labels = np.asarray(self.times), np.asarray(self.labels)
+        check_choice("time_unit", self.time_unit, TIME_UNITS)
+        try:
+            times, labels = np.asarray(self.times), np.asarray(self.labels)
+        except ValueError as err:  # a ragged list
+            raise ValueError(f"times and labels must be arrays (a spike tensor [n, channels, max_spikes] and [n] "
+                             f"labels): {err}") from err
         if times.ndim != 3:
             raise ValueError(f"times must be a spike tensor [n, channels, max_spikes], got shape {times.shape}")
         if labels.shape != times.shape[:1]:
@@ -73,10 +113,14 @@ class SpikeDataset:
             from .. import _validate
 
             _validate.check_spike_times("times", times)  # float32/64, no NaN, no negative time, ascending
-            if labels.dtype.kind not in "iu":
-                raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-            if labels.size and labels.min() < 0:
-                raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
+            labels = class_indices("labels", labels)
+            if self.class_names and labels.size and labels.max() >= len(self.class_names):
+                i = int(np.argmax(labels >= len(self.class_names)))
+                raise ValueError(f"labels must be < {len(self.class_names)}, the number of class_names (one name per "
+                                 f"class), got {int(labels[i])} at index {i}")
+        if not isinstance(self.times, np.ndarray):  # a list: stored as the array checked (a memory map stays one)
+            self.times = times
+        self.labels = labels
 
     @property
     def dropped_spikes(self) -> int:
@@ -105,9 +149,15 @@ class SpikeDataset:
     def __getitem__(self, index) -> "SpikeDataset":
         """Subset by a slice, an integer array or a boolean mask (always returns a dataset); an integer ``i`` gives
         the one-sample dataset ``[i:i + 1]`` (``IndexError`` outside ``[-len, len)``, which also ends a ``for``
-        loop over the dataset)."""
+        loop over the dataset). ``True``, ``None`` and tuples, which NumPy would apply to other axes than the
+        samples, are a TypeError."""
         n = len(self)
-        if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+        if index is None or isinstance(index, (bool, np.bool_, tuple)):  # NumPy: a new axis, or more than samples
+            raise TypeError(f"a dataset of {n} samples takes a slice, an int, an integer array or a boolean mask of "
+                            f"length {n} as index, got "
+                            f"{f'a tuple of {len(index)} indices' if isinstance(index, tuple) else repr(index)}, "
+                            "which would index other axes than the samples")
+        if isinstance(index, (int, np.integer)):
             if not -n <= index < n:
                 raise IndexError(f"sample index {int(index)} is out of range for a dataset of {n} samples")
             index = slice(index % n, index % n + 1)
