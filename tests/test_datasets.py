@@ -554,21 +554,80 @@ def test_spike_batches_trim_and_errors():
     times = np.full((4, 2, 5), np.inf, dtype=np.float32)
     times[0, 0, :2] = [1.0, 2.0]
     times[3, 1, :3] = [1.0, 2.0, 3.0]
-    b = SpikeBatches(times, np.zeros(4), 2, trim=True, use_keras=False)
+    zeros = np.zeros(4, dtype=np.int64)
+    b = SpikeBatches(times, zeros, 2, trim=True, use_keras=False)
     assert b[0][0].shape == (2, 2, 2) and b[1][0].shape == (2, 2, 3)
     with pytest.raises(IndexError):
         b[2]
     with pytest.raises(ValueError, match="batch_size"):
-        SpikeBatches(times, np.zeros(4), 0, use_keras=False)
+        SpikeBatches(times, zeros, 0, use_keras=False)
     with pytest.raises(ValueError, match="length"):
-        SpikeBatches(times, np.zeros(3), use_keras=False)
+        SpikeBatches(times, zeros[:3], use_keras=False)
     with pytest.raises(ValueError, match="at least one sample"):
-        SpikeBatches(times[:0], np.zeros(0), use_keras=False)
+        SpikeBatches(times[:0], zeros[:0], use_keras=False)
     with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
-        SpikeBatches(times, np.zeros(4), shuffle="no", use_keras=False)
+        SpikeBatches(times, zeros, shuffle="no", use_keras=False)
     listed = SpikeBatches(times.tolist(), [0, 1, 0, 1], 2, shuffle=True, use_keras=False)  # lists index as arrays
     x, y = listed[0]
     assert x.shape == (2, 2, 5) and sorted(y.tolist()) in ([0, 1], [0, 0], [1, 1])
+
+
+def test_spike_batches_check_times_and_labels_once(tmp_path, monkeypatch):
+    """Raw arrays were taken unchecked (NaN, 2-D, negative or descending times, float or str labels) and reached the
+    layers batch by batch; use_keras="no" silently chose the Keras class. The times are checked once, at
+    construction (not per batch), a memory map block by block; labels come out int64."""
+    from spikescan.datasets import _core, batching
+
+    good = np.sort(np.random.default_rng(1).uniform(0, 5, (6, 3, 2)), axis=-1).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.uint8)
+    nan, negative, descending = good.copy(), good.copy(), good.copy()
+    nan[4, 1, 0] = np.nan
+    negative[2, 0, 0] = -1.0
+    descending[5, 2] = [3.0, 1.0]
+    for times, err, match in ((nan, ValueError, r"times contains NaN \(nan at index \(4, 1, 0\)\)"),
+                              (negative, ValueError, r"times must be >= 0, got -1.0 at index \(2, 0, 0\)"),
+                              (descending, ValueError, r"times must be ascending .* index \(5, 2, 0\)"),
+                              (good[:, :, 0], ValueError, r"times must have 3 dimensions"),
+                              (good.astype(np.float16), TypeError, r"times must have dtype float32 or float64")):
+        with pytest.raises(err, match=match):
+            SpikeBatches(times, labels, use_keras=False)
+    for bad, err, match in ((labels + 0.5, TypeError, r"labels must be integer class indices, got dtype float64"),
+                            (labels.astype(str), TypeError, r"labels must be integer class indices, got dtype <U"),
+                            (np.array([0, 1, -2, 0, 1, 2]), ValueError, r"labels must be class indices >= 0, got -2 "
+                                                                         r"at index 2"),
+                            (np.eye(6, dtype=int), ValueError, r"labels must be 1-D, .* got shape \(6, 6\)")):
+        with pytest.raises(err, match=match):
+            SpikeBatches(good, bad, use_keras=False)
+    for flag in ("no", 0, 1.0):
+        with pytest.raises(TypeError, match=f"use_keras must be None, True or False, got {flag!r}"):
+            SpikeBatches(good, labels, use_keras=flag)
+    assert type(SpikeBatches(good, labels, use_keras=False)) is SpikeBatches
+
+    calls = []
+    monkeypatch.setattr(batching, "check_stored_spike_times",
+                        lambda *a: calls.append(a) or _core.check_stored_spike_times(*a))
+    batches = SpikeBatches(good, labels, 2, shuffle=True, use_keras=False)
+    for _ in range(2):
+        for x, y in batches:
+            assert y.dtype == np.int64
+    assert len(calls) == 1  # once per construction, not per batch or epoch
+
+    # a memory map is read in blocks of samples; an error names the block
+    monkeypatch.setattr(_core, "CHECK_ELEMENTS", 12)  # two samples of 3 x 2 per block
+    stored = np.lib.format.open_memmap(tmp_path / "times.npy", mode="w+", dtype=np.float32, shape=good.shape)
+    stored[:] = nan
+    with pytest.raises(ValueError, match=r"times\[4:6\] contains NaN \(nan at index \(0, 1, 0\)\)"):
+        SpikeBatches(stored, labels, use_keras=False)
+    stored[:] = good
+    assert isinstance(SpikeBatches(stored, labels, use_keras=False).times, np.memmap)
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "times.h5", "w") as f:
+        f["good"], f["negative"], f["ints"] = good, negative, np.zeros((6, 3, 2), dtype=np.int32)
+        with pytest.raises(ValueError, match=r"times\[2:4\] must be >= 0, got -1.0 at index \(0, 0, 0\)"):
+            SpikeBatches(f["negative"], labels, use_keras=False)
+        with pytest.raises(TypeError, match=r"times must have dtype float32 or float64, got int32"):
+            SpikeBatches(f["ints"], labels, use_keras=False)
+        np.testing.assert_array_equal(SpikeBatches(f["good"], labels, 4, use_keras=False)[1][0], good[4:])
 
 
 def test_spike_batches_keras():

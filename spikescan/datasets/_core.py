@@ -68,6 +68,37 @@ def class_indices(name: str, labels, *, source: str = "", integral_floats: bool 
     return y.astype(np.int64, copy=False)
 
 
+CHECK_ELEMENTS = 1 << 24  # check_stored_spike_times reads and checks blocks of samples of at most this many times
+
+
+def check_stored_spike_times(name: str, data) -> None:
+    """``_validate.check_spike_times`` (float32/64, ``[n, channels, max_spikes]``, no NaN, no negative time,
+    ascending) on ``data``, a NumPy or CuPy array, a memory map or an h5py dataset, in blocks of samples: an
+    on-disk tensor is read once, block by block, and the checks' temporaries stay small. An error in a block other
+    than the whole names it as ``name[start:stop]`` (its index counts from ``start``). Nothing is modified."""
+    from .._validate import _top_module, check_float_array, check_spike_times
+
+    in_memory = isinstance(data, np.ndarray) or _top_module(data) == "cupy"
+    if in_memory:
+        check_float_array(name, data, 3)
+    else:
+        shape, dtype = getattr(data, "shape", None), getattr(data, "dtype", None)
+        if shape is None or dtype is None:
+            raise TypeError(f"{name} must be a spike tensor [n, channels, max_spikes] (an array, a memory map or an "
+                            f"h5py dataset), got {type(data).__name__}")
+        if len(shape) != 3:
+            raise ValueError(f"{name} must be a spike tensor [n, channels, max_spikes], got shape {tuple(shape)}")
+        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+    n = data.shape[0]
+    per = max(1, CHECK_ELEMENTS // max(1, int(np.prod(data.shape[1:]))))
+    for start in range(0, n, per):
+        stop = min(start + per, n)
+        whole = start == 0 and stop == n
+        block = data if whole else data[start:stop]
+        check_spike_times(name if whole else f"{name}[{start}:{stop}]", block if in_memory else np.asarray(block))
+
+
 def _describe_index(index):
     shape = getattr(index, "shape", None)
     return f"an array of dtype {index.dtype} and shape {shape}" if shape is not None else repr(index)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._core import SpikeDataset, check_count
+from ._core import SpikeDataset, check_count, check_stored_spike_times, class_indices
 
 _KERAS_CLASS = None
 
@@ -33,8 +33,11 @@ class SpikeBatches:
     """Iterate ``(times [b, channels, max_spikes], labels [b] int64)`` batches over a spike dataset.
 
     Args:
-        data: a :class:`SpikeDataset`, or a ``times [n, channels, max_spikes]`` array (then pass ``labels``).
-        labels: ``[n]`` labels when ``data`` is an array.
+        data: a :class:`SpikeDataset`, or a ``times [n, channels, max_spikes]`` array (then pass ``labels``): a
+            NumPy array, a list, a memory map or an h5py dataset, checked once here as a :class:`SpikeDataset`
+            checks its times (float32 or float64, no NaN, no negative time, ascending along the last axis; an array
+            that is not in memory is read block by block).
+        labels: ``[n]`` integer class indices ``>= 0`` when ``data`` is an array (batches hold them as int64).
         batch_size: samples per batch; the last, partial batch is kept (``len = ceil(n / batch_size)``).
         shuffle: reorder samples every epoch with the permutation ``default_rng([seed, epoch])``, so the order
             depends only on ``seed`` and the epoch number.
@@ -42,7 +45,7 @@ class SpikeBatches:
         trim: cut the last axis of each batch to the largest spike count in that batch (fewer ``+inf`` columns,
             but batch shapes vary).
         use_keras: derive from ``keras.utils.PyDataset`` so ``model.fit`` accepts the object. None: when keras
-            imports; False: a plain Python iterable; True: require keras.
+            imports; False: a plain Python iterable; True: require keras. Anything else is a TypeError.
         **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for ``PyDataset``.
 
     Indexing ``batches[i]`` gives batch ``i`` of the current epoch; ``on_epoch_end()`` advances the epoch (keras
@@ -50,6 +53,8 @@ class SpikeBatches:
     """
 
     def __new__(cls, *args, use_keras=None, **kwargs):
+        if use_keras is not None and not isinstance(use_keras, (bool, np.bool_)):
+            raise TypeError(f"use_keras must be None, True or False, got {use_keras!r}")
         if cls is SpikeBatches and use_keras is not False:
             keras_cls = _keras_class()
             if keras_cls is not None:
@@ -64,24 +69,27 @@ class SpikeBatches:
             super().__init__(**pydataset_kwargs)
         elif pydataset_kwargs:
             raise TypeError(f"unexpected arguments without keras: {sorted(pydataset_kwargs)}")
-        if isinstance(data, SpikeDataset):
-            if labels is not None:
-                raise ValueError("labels must be None when data is a SpikeDataset (it has its own labels)")
-            data, labels = data.times, data.labels
-        if labels is None:
-            raise ValueError("labels is required when data is an array")
-        if isinstance(data, (list, tuple)):  # (arrays, memory maps and h5py datasets are indexed as they are)
-            data = np.asarray(data)
         for name, value in (("shuffle", shuffle), ("trim", trim)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
+        check_count("batch_size", batch_size)
+        check_count("seed", seed, minimum=0)
+        if isinstance(data, SpikeDataset):  # checked when it was built
+            if labels is not None:
+                raise ValueError("labels must be None when data is a SpikeDataset (it has its own labels)")
+            data, labels = data.times, data.labels
+        else:
+            if labels is None:
+                raise ValueError("labels is required when data is an array")
+            if isinstance(data, (list, tuple)):  # (arrays, memory maps and h5py datasets are indexed as they are)
+                data = np.asarray(data)
+            check_stored_spike_times("times", data)  # once here, as SpikeDataset does, not per batch
+            labels = class_indices("labels", labels)
         if len(data) != len(labels):
             raise ValueError(f"times and labels differ in length: {len(data)} vs {len(labels)}")
         if len(labels) == 0:
             raise ValueError("SpikeBatches needs at least one sample, got none (an empty split or subset?)")
-        check_count("batch_size", batch_size)
-        check_count("seed", seed, minimum=0)
-        self.times, self.labels = data, np.asarray(labels)
+        self.times, self.labels = data, labels
         self.batch_size, self.shuffle, self.seed, self.trim = batch_size, shuffle, seed, trim
         self.epoch = 0
         self._order = self._permutation()
