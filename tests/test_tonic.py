@@ -105,6 +105,35 @@ def test_collate_plain_and_dataloader(shd_dir):
         collate_spikes([(np.zeros((2, 3)), 0), (np.zeros((2, 4)), 1)])
 
 
+def test_collate_checks_times_and_labels():
+    """collate_spikes stacked NaN, negative or descending times and float, str or negative labels as they were: the
+    batch is now checked as a SpikeDataset is, naming the item."""
+    good = np.sort(np.random.default_rng(0).uniform(0, 5, (2, 3)), axis=-1).astype(np.float32)
+    nan, negative, descending = good.copy(), good.copy(), good[:, ::-1].copy()
+    nan[1, 0] = np.nan
+    negative[0, 0] = -1.0
+    for t, err, match in ((nan, ValueError, r"collate_spikes: the items' times \[item, channel, spike\] contains NaN "
+                                            r"\(nan at index \(1, 1, 0\)\)"),
+                          (negative, ValueError, r"times \[item, channel, spike\] must be >= 0, got -1.0 at index "
+                                                 r"\(1, 0, 0\)"),
+                          (descending, ValueError, r"must be ascending along the last axis"),
+                          (good.astype(np.int32), TypeError, r"item 1's times must have dtype float32 or float64, "
+                                                             r"got int32"),
+                          (good[0], ValueError, r"item 1's times must be a spike tensor \[channels, max_spikes\], "
+                                                r"got shape \(3,\)")):
+        with pytest.raises(err, match=match):
+            collate_spikes([(good, 0), (t, 1)])
+    for label, err, match in ((0.5, TypeError, r"collate_spikes \(index: item\): labels must be integer class "
+                                               r"indices, got dtype float64"),
+                              ("a", TypeError, r"labels must be integer class indices, got dtype <U"),
+                              (-1, ValueError, r"labels must be class indices >= 0, got -1 at index 1"),
+                              ([1, 2], ValueError, r"item 1's label must be one class index, got shape \(2,\)")):
+        with pytest.raises(err, match=match):
+            collate_spikes([(good, 0), (good, label)])
+    times, labels = collate_spikes([(good, np.uint8(3)), (good.astype(np.float32), 1)])
+    assert labels.dtype == np.int64 and labels.tolist() == [3, 1] and times.dtype == np.float32
+
+
 def test_2d_sensor_flattening_matches_tonic_frame_layout():
     """A camera dataset's events (N-MNIST's dtype and sensor size): channel ``(p * H + y) * W + x``, the flattening
     of tonic's ``ToFrame`` layout ``[P, H, W]``, so per-channel spike counts equal the flattened frame."""

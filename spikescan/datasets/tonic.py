@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from ._core import (TIME_UNITS, DroppedSpikesWarning, _pack_events, check_choice, check_count, check_positive,
-                    float_dtype)
+                    class_indices, float_dtype)
 
 _US = TIME_UNITS["us"]
 
@@ -194,9 +194,11 @@ class ToSpikeTensor:
 def collate_spikes(batch):
     """Stack ``(times [channels, max_spikes], label)`` pairs into ``(times [b, channels, max_spikes], labels [b])``.
 
-    ``times`` keeps the samples' dtype (float32 from :class:`ToSpikeTensor`); integer labels become int64. Returns
-    NumPy arrays (``model.fit`` accepts them, as does a ``torch.utils.data.DataLoader`` given
-    ``collate_fn=collate_spikes``). Raises ValueError when the samples' shapes differ.
+    ``times`` keeps the samples' dtype (float32 from :class:`ToSpikeTensor`); labels become int64. Returns NumPy
+    arrays (``model.fit`` accepts them, as does a ``torch.utils.data.DataLoader`` given ``collate_fn=collate_spikes``).
+    The batch is checked as a :class:`SpikeDataset` is: each ``times`` float32 or float64 and 2-D, all of one shape,
+    no NaN, no negative time, ascending along the last axis; each label a scalar integer class index ``>= 0``.
+    Anything else is a TypeError or ValueError naming the item.
 
     An item whose ``times`` is an *empty* structured event array is a sample without events that never reached
     :class:`ToSpikeTensor`: tonic's ``transforms.Compose`` stops at a sample that a transform before it emptied
@@ -212,12 +214,20 @@ def collate_spikes(batch):
             t, label = item
         except (TypeError, ValueError) as err:
             raise ValueError(f"collate_spikes: item {i} is not a (times, label) pair") from err
-        t = np.asarray(t)
-        if t.dtype.names is not None and t.size:
-            raise ValueError(f"collate_spikes: item {i} is a structured event array of {t.size} events, not a spike "
-                             "tensor: apply ToSpikeTensor to the events first")
+        t, label = np.asarray(t), np.asarray(label)
+        if t.dtype.names is not None:
+            if t.size:
+                raise ValueError(f"collate_spikes: item {i} is a structured event array of {t.size} events, not a "
+                                 "spike tensor: apply ToSpikeTensor to the events first")
+        elif t.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"collate_spikes: item {i}'s times must have dtype float32 or float64, got {t.dtype}")
+        elif t.ndim != 2:
+            raise ValueError(f"collate_spikes: item {i}'s times must be a spike tensor [channels, max_spikes], got "
+                             f"shape {t.shape}")
+        if label.ndim != 0:
+            raise ValueError(f"collate_spikes: item {i}'s label must be one class index, got shape {label.shape}")
         times.append(t)
-        labels.append(np.asarray(label))
+        labels.append(label)
     first = next((i for i, t in enumerate(times) if t.dtype.names is None), None)
     if first is None:
         raise ValueError("collate_spikes: every item is an empty event array (no spike tensor to take the shape "
@@ -230,7 +240,9 @@ def collate_spikes(batch):
         elif t.shape != shape:
             raise ValueError(f"collate_spikes: item {i} has shape {t.shape}, item {first} has {shape} "
                              "(use ToSpikeTensor, whose output has a fixed shape)")
-    labels = np.stack(labels)
-    if labels.dtype.kind in "iub":
-        labels = labels.astype(np.int64)
-    return np.stack(times), labels
+    from .._validate import check_spike_times
+
+    labels = class_indices("labels", np.stack(labels), source="collate_spikes (index: item)")
+    times = np.stack(times)
+    check_spike_times("collate_spikes: the items' times [item, channel, spike]", times)
+    return times, labels
