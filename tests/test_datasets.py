@@ -191,6 +191,22 @@ def test_bin_times():
     assert bin_times(near, 1e38)[0] == np.float32(3e38)  # the left edge fits
 
 
+def test_bin_times_takes_float32_and_float64_arrays_only():
+    """Strings, complex, bool and object arrays were binned (complex dropping its imaginary part), int input came back
+    float64 and float16 stayed float16 (which the layers refuse), against the docstring's "the input's dtype"."""
+    for bad, match in ((np.array(["1", "2"]), "got <U1"), (np.array([1 + 1j]), "got complex128"),
+                       (np.array([True]), "got bool"), (np.array([1.0, None], dtype=object), "got object"),
+                       (np.array([1, 2]), "got int64"), (np.array([1.0], dtype=np.float16), "got float16")):
+        with pytest.raises(TypeError, match=f"times must have dtype float32 or float64, {match}"):
+            bin_times(bad, 1.0)
+    with pytest.raises(TypeError, match="times must be a NumPy array of dtype float32 or float64, got list"):
+        bin_times([1.0, 2.5], 1.0)
+    for dtype in (np.float32, np.float64):
+        out = bin_times(np.array([0.3, 2.5, np.inf], dtype=dtype), 1.0)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, [0.0, 2.0, np.inf])
+
+
 def test_yinyang_validation():
     with pytest.raises(ValueError, match="variant"):
         yinyang(10, seed=0, variant="rate")

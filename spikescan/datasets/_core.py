@@ -383,17 +383,25 @@ def bin_times(times, bin_width: float, *, align: str = "left"):
 
     ``align="left"`` maps ``t`` to the left edge ``floor(t / bin_width) * bin_width``; ``align="center"`` to the
     bin centre ``(floor(t / bin_width) + 0.5) * bin_width``. The map is monotone, so sorted spike lists stay
-    sorted (spikes in one bin become simultaneous) and ``+inf`` padding is unchanged. Returns a new array of the
-    input's dtype and shape.
+    sorted (spikes in one bin become simultaneous) and ``+inf`` padding is unchanged.
+
+    ``times`` must be a NumPy array of dtype float32 or float64 (the spike times the layers take), of any shape;
+    anything else (a list, integers, float16, bool, complex, strings, objects) is a TypeError. Returns a new array
+    of the input's dtype and shape.
     """
+    from .._validate import check_float_array
+
     check_positive("bin_width", bin_width)
     check_choice("align", align, ("left", "center"))
-    t = np.asarray(times)
+    if not isinstance(times, np.ndarray):
+        raise TypeError(f"times must be a NumPy array of dtype float32 or float64, got {type(times).__name__}")
+    check_float_array("times", times, times.ndim)
+    t = times
     t64 = t.astype(np.float64)
     bad = np.isnan(t64) | (t64 < 0)
     if bad.any():
         raise ValueError(f"times must be >= 0 and not NaN, got {t64[bad].ravel()[0]!r}")
-    dtype = t.dtype if t.dtype.kind == "f" else np.dtype(np.float64)
+    dtype = t.dtype
     with np.errstate(over="ignore"):  # an overflow is refused below
         binned = np.floor(t64 / bin_width)
         if align == "center":
