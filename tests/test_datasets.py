@@ -299,6 +299,33 @@ def test_latency_mnist_errors(tmp_path):
     assert np.isfinite(latency_mnist("test", data_dir=tmp_path).times).any()
 
 
+def test_mnist_file_contents_are_checked_naming_the_file(tmp_path):
+    """Float labels were truncated (2.7 -> 2), a file without a split raised a bare KeyError, an empty split
+    "cannot reshape array of size 0", images and labels of different lengths or labels beyond 9 an error that did not
+    name the file. Whole float labels are taken."""
+    arrays = write_mnist(tmp_path)
+    path = str(tmp_path / "mnist.npz")
+
+    def written(**change):
+        np.savez(tmp_path / "mnist.npz", **{k: v for k, v in {**arrays, **change}.items() if v is not None})
+
+    cases = [(dict(y_test=arrays["y_test"] + 0.7), r"y_test must be whole class indices, got [0-9].7 at index 0"),
+             (dict(y_test=np.array([1.0, np.nan, 2.0])), r"y_test must be whole class indices, got nan at index 1"),
+             (dict(y_test=np.array([1, -3, 2])), r"y_test must be class indices >= 0, got -3 at index 1"),
+             (dict(y_test=np.array([1, 12, 2])), r"y_test must hold digits 0-9 .*got 12 at index 1"),
+             (dict(y_test=None), r"no array 'y_test' for split 'test' \(the file holds \['x_test', 'x_train', "
+                                 r"'y_train'\]"),
+             (dict(x_test=arrays["x_test"][:0], y_test=arrays["y_test"][:0]),
+              r"x_test must hold images \[n, 28, 28\], at least one, got shape \(0, 28, 28\)"),
+             (dict(y_test=arrays["y_test"][:2]), r"x_test holds 3 images but y_test 2 labels")]
+    for change, match in cases:
+        written(**change)
+        with pytest.raises(ValueError, match=re.escape(path) + ": " + match):
+            latency_mnist("test", data_dir=tmp_path)
+    written(y_test=arrays["y_test"].astype(np.float32))
+    np.testing.assert_array_equal(latency_mnist("test", data_dir=tmp_path).labels, arrays["y_test"])
+
+
 # ---------------------------------------------------------------- SHD / SSC
 
 def f16_ms(x):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._core import SpikeDataset, check_choice, check_positive, optional_import
+from ._core import SpikeDataset, check_choice, check_positive, class_indices, optional_import
 
 
 def load_mnist_arrays(split: str, data_dir=None):
@@ -15,22 +15,37 @@ def load_mnist_arrays(split: str, data_dir=None):
     With ``data_dir``, reads ``data_dir/mnist.npz`` (keys ``x_train, y_train, x_test, y_test``, the file that
     ``keras.datasets.mnist`` uses) with NumPy. Without it, calls ``keras.datasets.mnist.load_data()``, which reads
     keras' cache (``~/.keras/datasets/mnist.npz``) and downloads the file there when it is missing.
+
+    A file without the split's arrays, with no images, with images and labels of different lengths, or with labels
+    that are not whole class indices ``>= 0`` (a float label is never truncated) is a ValueError naming the file.
     """
     check_choice("split", split, ("train", "test"))
     if data_dir is not None:
         path = Path(data_dir) / "mnist.npz"
+        source = str(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found. Put keras' mnist.npz there (from "
                 "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz), "
                 "or pass data_dir=None to load it through keras.datasets.mnist")
         with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in (f"x_{split}", f"y_{split}") if k not in f.files]
+            if missing:
+                raise ValueError(f"{path}: no array {missing[0]!r} for split {split!r} (the file holds "
+                                 f"{sorted(f.files)}; keras' mnist.npz holds x_train, y_train, x_test, y_test)")
             x, y = f[f"x_{split}"], f[f"y_{split}"]
     else:
+        source = "keras.datasets.mnist.load_data()"
         keras = optional_import("keras", "keras")
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
-    return np.asarray(x), np.asarray(y, dtype=np.int64)
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{source}: x_{split} must hold images [n, 28, 28], at least one, got shape {x.shape}")
+    y = class_indices(f"y_{split}", y, source=source, integral_floats=True)
+    if len(y) != len(x):
+        raise ValueError(f"{source}: x_{split} holds {len(x)} images but y_{split} {len(y)} labels")
+    return x, y
 
 
 def mnist_digest(data_dir) -> str:
@@ -71,6 +86,11 @@ def latency_mnist(split: str, *, t_max: float = 20.0, threshold: float = 0.01, d
     from .. import encode
 
     images, labels = load_mnist_arrays(split, data_dir)
+    if labels.max() > 9:
+        i = int(np.argmax(labels > 9))
+        source = Path(data_dir) / "mnist.npz" if data_dir is not None else "keras.datasets.mnist.load_data()"
+        raise ValueError(f"{source}: y_{split} must hold digits 0-9 (latency_mnist's 10 classes), got "
+                         f"{int(labels[i])} at index {i}")
     # MNIST's pixels are 0-255 (uint8 in the official file); images already scaled to [0, 1] would be divided again
     # and fall below any threshold: a dataset without a spike.
     if images.dtype.kind not in "ui" and images.size and float(np.max(images)) <= 1.0:
