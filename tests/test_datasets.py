@@ -374,6 +374,39 @@ def test_shd_with_a_unit_index_beyond_700_is_an_error_whatever_the_filters(tmp_p
             shd("train", data_dir=tmp_path, **kw)
 
 
+def test_a_malformed_shd_file_is_named_with_the_sample(tmp_path):
+    """A sample whose units and times differ in length raised a bare IndexError, fractional labels were truncated,
+    labels beyond extra/keys or datasets of different lengths failed without naming the file (or were zipped
+    short). Each is now a ValueError naming the file and the sample; whole float labels load."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "shd_train.h5"
+
+    def written(samples=((([0.1, 0.2], [3, 4], 1)), ([0.3], [5], 0)), labels=None, drop=None):
+        write_heidelberg(path, list(samples))
+        with h5py.File(path, "a") as f:
+            if labels is not None:
+                del f["labels"]
+                f["labels"] = np.asarray(labels)
+            if drop is not None:
+                del f[drop]
+
+    cases = [(dict(samples=[([0.1, 0.2], [3, 4], 1), ([0.3, 0.4], [5], 0)]),
+              r"shd_train.h5: sample 1 of the selection has 2 spike times but 1 units"),
+             (dict(labels=[1.0, 2.5]), r"shd_train.h5 \(index: sample of the selection\): labels must be whole class "
+                                       r"indices, got 2.5 at index 1"),
+             (dict(labels=[1, 20]), r"shd_train.h5: sample 1 of the selection has the label 20, but extra/keys names "
+                                    r"20 classes"),
+             (dict(labels=[1, 0, 2]), r"shd_train.h5: its datasets disagree on the number of samples "
+                                      r"\({'spikes/times': 2, 'spikes/units': 2, 'labels': 3}\)"),
+             (dict(drop="spikes/units"), r"shd_train.h5: no dataset 'spikes/units'")]
+    for change, match in cases:
+        written(**change)
+        with pytest.raises(ValueError, match=match):
+            shd("train", data_dir=tmp_path)
+    written(labels=[1.0, 0.0])
+    np.testing.assert_array_equal(shd("train", data_dir=tmp_path).labels, [1, 0])
+
+
 def test_shd_caps_and_crops_are_reported(tmp_path):
     write_heidelberg(tmp_path / "shd_test.h5")
     with pytest.warns(DroppedSpikesWarning, match="dropped") as record:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._core import (TIME_UNITS, SpikeDataset, _pack_events, check_choice, check_count, check_positive, float_dtype,
-                    optional_import, report_dropped, sample_indices)
+from ._core import (TIME_UNITS, SpikeDataset, _pack_events, check_choice, check_count, check_positive, class_indices,
+                    float_dtype, optional_import, report_dropped, sample_indices)
 
 BASE_URL = "https://zenkelab.org/datasets/"
 N_UNITS = 700
@@ -149,6 +149,14 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         raise OSError(f"{path}: not a readable HDF5 file ({err}); download it again (spikescan.datasets."
                       f"download_{name})") from err
     with handle as f:
+        missing = [key for key in ("spikes/times", "spikes/units", "labels") if key not in f]
+        if missing:
+            raise ValueError(f"{path}: no dataset {missing[0]!r}; an SHD / SSC file holds spikes/times, spikes/units "
+                             "and labels")
+        lengths = {key: len(f[key]) for key in ("spikes/times", "spikes/units", "labels")}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{path}: its datasets disagree on the number of samples ({lengths}); the file is "
+                             f"corrupt: download it again (spikescan.datasets.download_{name})")
         n_total = len(f["labels"])
         if indices is None:
             sel = slice(None)
@@ -156,9 +164,14 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         else:
             sel, order = np.unique(sample_indices(indices, n_total, path.name), return_inverse=True)
         raw_t, raw_u = f["spikes/times"][sel], f["spikes/units"][sel]
-        labels = np.asarray(f["labels"][sel], dtype=np.int64)
+        labels = class_indices("labels", f["labels"][sel], source=f"{path.name} (index: sample of the selection)",
+                               integral_floats=True)
         extra = f.get("extra")
         class_names = _decode(extra["keys"][()]) if extra is not None and "keys" in extra else ()
+        if class_names and labels.size and labels.max() >= len(class_names):
+            k = int(np.argmax(labels >= len(class_names)))
+            raise ValueError(f"{path.name}: sample {k} of the selection has the label {int(labels[k])}, but "
+                             f"extra/keys names {len(class_names)} classes")
         meta = {"path": str(path)}
         if extra is not None and "speaker" in extra:
             meta["speaker"] = np.asarray(extra["speaker"][()])[sel]
@@ -174,6 +187,9 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
     for k, (t, u) in enumerate(zip(raw_t, raw_u)):
         t = np.asarray(t, dtype=np.float64) * scale
         u = np.asarray(u, dtype=np.int64)
+        if t.shape != u.shape:
+            raise ValueError(f"{path.name}: sample {k} of the selection has {len(t)} spike times but {len(u)} units; "
+                             f"they must pair up one to one (a corrupt file: download it again)")
         bad = ~np.isfinite(t) | (t < 0)
         if bad.any():  # before any filter: a corrupt time is an error, not a spike dropped for its channel or t_max
             raise ValueError(f"{path.name}: sample {k} of the selection holds the spike time "
@@ -219,6 +235,9 @@ def shd(split: str, *, data_dir, time_unit: str = "ms", t_max=None, channels=Non
 
     Every spike removed by ``channels``, ``t_max`` or ``max_spikes_per_channel`` is counted in
     ``result.dropped[argument]`` (total ``result.dropped_spikes``) and reported by a ``DroppedSpikesWarning``.
+    A malformed file (a missing dataset, datasets or a sample's times and units of different lengths, fractional
+    labels or labels beyond ``extra/keys``, times that are not finite and ``>= 0``, units outside ``[0, 700)``) is a
+    ValueError naming the file and the sample.
 
     Returns:
         SpikeDataset with ``times [n, channels, max_spikes]`` (ascending, ``+inf``-padded, ``time_unit``),
