@@ -486,6 +486,56 @@ def test_ssc_gz_and_splits(tmp_path):
         ssc("validation", data_dir=tmp_path)
 
 
+def test_a_bad_archive_is_named_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A corrupt or truncated .h5.gz raised BadGzipFile / EOFError without the path and left shd_train.h5.part; the
+    .zip branch extracted straight to shd_train.h5, so a CRC error or an interruption left a partial .h5 that the
+    next load took. Both decompress through .part, renamed only when complete."""
+    import zipfile
+
+    write_heidelberg(tmp_path / "raw.h5")
+    raw = (tmp_path / "raw.h5").read_bytes()
+    gz = tmp_path / "shd_train.h5.gz"
+    whole = gzip.compress(raw)
+
+    def left():  # what decompression left beside the archives
+        return sorted(p.name for p in tmp_path.iterdir() if p.name in ("shd_train.h5", "shd_train.h5.part"))
+    for content in (b"not gzip at all", whole[:len(whole) // 2]):
+        gz.write_bytes(content)
+        with pytest.raises(OSError, match=f"could not decompress {re.escape(str(gz))} to shd_train.h5: .*corrupt or "
+                                          "incomplete"):
+            shd("train", data_dir=tmp_path)
+        assert left() == []
+    gz.unlink()
+
+    zp = tmp_path / "shd_train.h5.zip"
+    with zipfile.ZipFile(zp, "w") as z:  # stored, so one flipped byte of the member fails its CRC at the end
+        z.writestr("shd_train.h5", raw)
+    data = bytearray(zp.read_bytes())
+    data[data.index(raw[:64]) + 1000] ^= 0xFF
+    zp.write_bytes(bytes(data))
+    with pytest.raises(OSError, match=f"could not decompress {re.escape(str(zp))} to shd_train.h5: Bad CRC-32"):
+        shd("train", data_dir=tmp_path)
+    assert left() == []
+    with zipfile.ZipFile(zp, "w") as z:
+        z.writestr("other.h5", raw)
+    with pytest.raises(OSError, match=r"There is no item named 'shd_train.h5' in the archive"):
+        shd("train", data_dir=tmp_path)
+    with zipfile.ZipFile(zp, "w") as z:
+        z.writestr("shd_train.h5", raw)
+    copy = shutil.copyfileobj
+
+    def interrupted(fi, fo, *args):
+        fo.write(fi.read(100))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfileobj", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        shd("train", data_dir=tmp_path)
+    assert left() == []
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    assert shd("train", data_dir=tmp_path).times.shape == (3, 700, 4) and left() == ["shd_train.h5"]
+
+
 def test_heidelberg_missing_file_and_bad_args(tmp_path):
     pytest.importorskip("h5py")
     with pytest.raises(FileNotFoundError, match=r"shd_test\.h5.*download_shd"):

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def _download(name: str, data_dir, splits, force: bool) -> list[Path]:
             _fetch(BASE_URL + gz.name, gz)
             if gz.name in md5 and _md5(gz) != md5[gz.name]:
                 raise OSError(f"MD5 mismatch for {gz} (expected {md5[gz.name]}); delete it and retry")
-            _gunzip(gz, h5)
+            _decompress(gz, h5)
             gz.unlink()
         paths.append(h5)
     return paths
@@ -88,25 +89,40 @@ def download_ssc(data_dir, splits=("train", "valid", "test"), *, force: bool = F
     return _download("ssc", data_dir, splits, force)
 
 
-def _gunzip(src: Path, dest: Path) -> None:
+def _decompress(src: Path, dest: Path) -> None:
+    """Decompress ``src`` (``.gz``, or ``.zip`` holding ``dest.name``) to ``dest`` through ``dest.part``, renamed only
+    once complete: a failure or an interruption leaves neither a partial ``dest`` (which later loads would take)
+    nor the ``.part``; a corrupt or truncated archive is an ``OSError`` naming it."""
     tmp = dest.with_name(dest.name + ".part")
-    with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-        shutil.copyfileobj(fi, fo, 1 << 20)
+    try:
+        with open(tmp, "wb") as fo:
+            if src.suffix == ".zip":
+                with zipfile.ZipFile(src) as z, z.open(dest.name) as fi:
+                    shutil.copyfileobj(fi, fo, 1 << 20)
+            else:
+                with gzip.open(src, "rb") as fi:
+                    shutil.copyfileobj(fi, fo, 1 << 20)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, EOFError, zlib.error, zipfile.BadZipFile, KeyError)):
+            raise OSError(f"could not decompress {src} to {dest.name}: {err!s}; the archive is corrupt or "
+                          f"incomplete: delete it and download it again") from err
+        raise
     tmp.replace(dest)
 
 
 def hdf5_path(name: str, split: str, data_dir) -> Path:
     """Path of ``{name}_{split}.h5`` in ``data_dir``, decompressing ``.h5.gz`` or ``.h5.zip`` next to it if only
-    the archive is there. Raises FileNotFoundError naming the expected path and how to get it."""
+    the archive is there (through a temporary ``.part`` file, renamed once complete). Raises FileNotFoundError naming
+    the expected path and how to get it, OSError naming an archive that does not decompress."""
     h5 = Path(data_dir) / f"{name}_{split}.h5"
     if h5.is_file():
         return h5
     gz, zp = h5.with_name(h5.name + ".gz"), h5.with_name(h5.name + ".zip")
     if gz.is_file():
-        _gunzip(gz, h5)
+        _decompress(gz, h5)
     elif zp.is_file():
-        with zipfile.ZipFile(zp) as z:
-            z.extract(h5.name, h5.parent)
+        _decompress(zp, h5)
     else:
         raise FileNotFoundError(
             f"{h5} not found (nor {gz.name} or {zp.name}). Download it with "
