@@ -572,6 +572,26 @@ def test_pack_events():
     np.testing.assert_array_equal(t[0, :, 0], [1.5, 2.0])
 
 
+def test_pack_events_checks_memory_and_samples(monkeypatch):
+    """A huge n_channels gave NumPy's "Unable to allocate 72.8 TiB" from a count array, and samples=None a bare
+    "'NoneType' object is not iterable": a MemoryError naming n_channels, before allocating, and a TypeError naming
+    samples."""
+    one = [(np.array([0]), np.array([1.0]))]
+    with pytest.raises(MemoryError, match=r"pack_events\(1 samples, n_channels=10000000000000, .*reduce n_channels"):
+        pack_events(one, 10**13)
+    monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "1M")
+    with pytest.raises(MemoryError, match=r"n_channels=100000, 1 spike\(s\) per channel, float32\) needs about "
+                                          r".*SPIKESCAN_MEMORY_LIMIT"):
+        pack_events(one * 10, 100_000)
+    with pytest.raises(MemoryError, match=r"n_channels=10, 200000 spike\(s\) per channel.*max_spikes_per_channel"):
+        pack_events([(np.zeros(200_000, dtype=int), np.arange(200_000.0))], 10)
+    assert pack_events(one * 10, 1000)[0].shape == (10, 1000, 1)  # 80 kB of counts, 40 kB of tensor: fits
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match=f"samples must be an iterable of \\(channels, times\\) pairs, one per "
+                                            f"sample, got {type(bad).__name__}"):
+            pack_events(bad, 3)
+
+
 def test_unpack_events_inverts_pack_events():
     """Events out of a spike tensor, in time order (ties by channel), and back: the same tensor; a layer's output
     unpacks to its finite times, all of them, with nothing from the padding."""

@@ -302,15 +302,34 @@ def pack_events(samples, n_channels: int, *, max_spikes_per_channel=None, dtype=
         the largest kept count (at least 1); ``n_dropped`` counts spikes removed by the cap. A time too large for
         ``dtype`` (it would become the ``+inf`` of padding) is an error; distinct times of a channel that round to
         the same float32 number issue a ``MergedSpikesWarning`` with their count, and spikes left out by the cap a
-        ``DroppedSpikesWarning`` with theirs.
+        ``DroppedSpikesWarning`` with theirs. When the result and the per-sample channel counts would not fit in
+        the memory available (``spikescan.set_memory_limit``, ``SPIKESCAN_MEMORY_LIMIT``, else what the system
+        reports), a ``MemoryError`` names their size and ``n_channels``, before they are allocated.
     """
-    samples = list(samples)  # read twice below (any iterable of pairs is taken)
+    try:
+        samples = list(samples)  # read twice below (any iterable of pairs is taken)
+    except TypeError as err:
+        raise TypeError(f"samples must be an iterable of (channels, times) pairs, one per sample, got "
+                        f"{type(samples).__name__}") from err
     out, dropped = _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel=3)
     if dropped:
         total = sum(len(np.asarray(pair[0])) for pair in samples)
         warnings.warn(f"pack_events: max_spikes_per_channel={max_spikes_per_channel} left out {dropped} of {total} "
                       "spikes (the latest of their channel)", DroppedSpikesWarning, stacklevel=2)
     return out, dropped
+
+
+def _check_packed_memory(n, n_channels, width, dtype):
+    """``_memory.check`` of ``_pack_events``' large arrays: the int64 spike counts of every sample and channel and
+    the ``[n, n_channels, width]`` result."""
+    from .. import _memory
+
+    parts = {"spike counts per sample and channel (int64)": 8 * n * n_channels,
+             "spike tensor": n * n_channels * width * dtype.itemsize}
+    _memory.check(f"pack_events({n} samples, n_channels={n_channels}, {width} spike(s) per channel, {dtype.name})",
+                  parts, np, "reduce n_channels (both grow with it), max_spikes_per_channel, or the number of samples "
+                  "packed at once; or raise the limit with spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT if more "
+                  "memory is really there")
 
 
 def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel):
@@ -324,9 +343,11 @@ def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel)
     if largest > np.finfo(dtype).max:
         raise ValueError(f"a spike time of {largest!r} does not fit in {dtype.name} (largest "
                          f"{float(np.finfo(dtype).max)!r}); use float64 or another time unit")
+    _check_packed_memory(len(samples), n_channels, 1, dtype)  # before the counts: n_channels alone may be too many
     cap = np.inf if max_spikes_per_channel is None else max_spikes_per_channel
     counts = [np.bincount(ch, minlength=n_channels) for ch, _ in samples]
     width = int(min(cap, max((c.max(initial=0) for c in counts), default=0)))
+    _check_packed_memory(len(samples), n_channels, max(width, 1), dtype)
     out = np.full((len(samples), n_channels, max(width, 1)), np.inf, dtype=dtype)
     dropped = merged = 0
     merged_at = 0.0
