@@ -156,12 +156,45 @@ def test_randman_shapes_balance_determinism_and_timing_only():
     (dict(dtype=np.int32), r"dtype"),
     # float32 times up to 1e39 would mostly become the +inf of padding
     (dict(duration=1e39), r"duration=1e\+39 does not fit in float32 .*use dtype=np.float64"),
+    # NumPy's meshgrid stops at 32 dimensions ("only supports up to 32 dimensions")
+    (dict(dim_manifold=33), r"dim_manifold must be <= 32, got 33"),
+    # the spectrum 1 / k^alpha underflows: every map was 0, so every spike time 0, silently
+    (dict(alpha=600.0), r"alpha \* dim_manifold must be <= 1000, got alpha=600.0 with dim_manifold=2: .*every spike "
+                        r"time would be 0"),
+    (dict(alpha=1e17, dim_manifold=1), r"alpha \* dim_manifold must be <= 1000"),
 ])
 def test_randman_validation(kw, match):
     args = dict(n_samples=10, seed=0)
     args.update(kw)
     with pytest.raises((ValueError, TypeError), match=match):
         randman(args.pop("n_samples"), **args)
+
+
+def test_randman_checks_memory_before_allocating(monkeypatch):
+    """randman(10**9) was OOM-killed, dim_manifold=26 built a grid of 2**26 points (about 80 GB), a huge n_channels
+    failed in NumPy's allocator: the estimate (an upper bound of the measured peak) is checked first and the
+    MemoryError names the arguments and what to reduce. alpha=1e-3 raised a bare OverflowError computing the number
+    of terms, which the docstring caps at 1000."""
+    from spikescan.datasets.randman import MAX_TERMS, _terms, memory_estimate
+
+    monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "200M")
+    with pytest.raises(MemoryError, match=r"randman\(n_samples=1000000000, n_classes=10, n_channels=100, .*samples "
+                                          r"[0-9.e+]+ GiB.* reduce n_samples"):
+        randman(10**9, seed=0)
+    with pytest.raises(MemoryError, match=r"dim_manifold=26, .*reduce dim_manifold \(the scaling grid has "
+                                          r"2\*\*dim_manifold points from 13 on: 67108864 here;"):
+        randman(10, seed=0, dim_manifold=26)
+    with pytest.raises(MemoryError, match=r"n_channels=1000000, .*reduce n_channels \(the maps' values on the "
+                                          r"scaling grid of 4096 points grow with it\)"):
+        randman(10, seed=0, n_channels=10**6)
+    with pytest.raises(MemoryError, match=r"n_classes=100000, .*reduce n_classes, n_spikes or n_channels"):
+        randman(10, seed=0, n_classes=10**5)
+    assert randman(100, seed=0).times.shape == (100, 100, 1)  # the default task fits in 200 MiB (estimate 138 MiB)
+    parts = memory_estimate(1000, 10, 100, 2, 1, 2.0, 4)
+    assert 100 * 2**20 < sum(parts.values()) < 200 * 2**20  # measured peak (tracemalloc): 105 MiB
+    assert _terms(1e-3) == _terms(5e-324) == MAX_TERMS and _terms(2.0) == 32
+    ds = randman(20, seed=0, n_channels=5, alpha=1e-3)
+    assert_spike_tensor(ds.times) and np.unique(ds.times).size == ds.times.size
 
 
 def test_bin_times():
