@@ -28,7 +28,9 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def set_memory_limit(nbytes):
-    """Bytes that one ``lif_forward`` / ``lif_backward`` call may use (``None``: back to the default).
+    """Bytes that one ``lif_forward`` / ``lif_backward`` call may use (``None``: back to the default); the other
+    calls that check their memory (the readouts, the traces, ``datasets.randman`` and ``datasets.pack_events``) take
+    the same limit.
 
     On NumPy this replaces the default (the memory the operating system reports available); on CuPy the lower of
     this and the device's free memory applies. Returns the previous value.
