@@ -204,7 +204,6 @@ def _build_kernel(layer, input_shape, unit=1.0):
     return n_in
 
 
-@keras.saving.register_keras_serializable(package="spikescan")
 def _mean(x, axis=None):
     """``ops.mean`` in ``x``'s own precision: on the torch and jax backends Keras' mean of a float64 tensor comes out
     rounded to float32, which made a float64 model's added losses (and their gradients) float32-accurate."""
@@ -215,6 +214,7 @@ def _mean(x, axis=None):
     return ops.sum(x, axis=axis) / ops.cast(count, x.dtype)
 
 
+@keras.saving.register_keras_serializable(package="spikescan")
 class SpikeCountRegularizer(keras.regularizers.Regularizer):
     """Differentiable stand-in for a spike-count penalty, applied to a spike tensor ``times [batch, n, max_spikes]``::
 
