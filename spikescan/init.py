@@ -24,17 +24,17 @@ def _psp_area(s, tau_mem, tau_syn):
     """``C(s) = int_0^s c(u) du`` of the unit PSP ``c`` (``V`` of a unit current injected at 0), ``s >= 0``.
 
     ``c(u) = alpha (e^{-alpha u} - e^{-beta u}) / (beta - alpha)`` with ``alpha = 1/tau_mem``, ``beta = 1/tau_syn``
-    integrates to ``alpha s^2 exp[0, -alpha s, -beta s]`` (second divided difference; stable for equal rates),
-    formed as ``(alpha s) (s exp[...])`` so that no factor overflows. Beyond ``50 max(tau_mem, tau_syn)`` the
-    area is its limit ``tau_syn``: what is left of it, at most ``(1 + x) e^{-x}`` of it at ``x = s / max(tau)``,
-    is below ``1e-20`` of it (and ``s * s`` would overflow for ``s`` above ``1.3e154``).
+    integrates to ``alpha s^2 exp[0, -alpha s, -beta s]`` (second divided difference; stable for equal rates).
+    Beyond ``50 max(tau_mem, tau_syn)`` the area is its limit ``tau_syn``: what is left of it, at most ``(1 + x)
+    e^{-x}`` of it at ``x = s / max(tau)``, is below ``1e-20`` of it (and ``s * s`` would overflow for ``s`` above
+    ``1.3e154``; within ``50 max(tau)`` it cannot, as time constants stay below ``1e150``).
     """
     s = np.asarray(s, dtype=np.float64)
     alpha, beta = 1.0 / tau_mem, 1.0 / tau_syn
     out = np.full(s.shape, float(tau_syn))
     near = min(alpha, beta) * s <= 50.0
     sn = s[near]
-    out[near] = (alpha * sn) * (sn * lif.exp_divided_difference2(-alpha * sn, -beta * sn))
+    out[near] = alpha * sn * sn * lif.exp_divided_difference2(-alpha * sn, -beta * sn)
     return out
 
 

@@ -1,6 +1,5 @@
 """spikescan.init: the data-free initial weight rule and the data-aware calibration of a layer's weight scale."""
 
-import math
 import warnings
 
 import numpy as np
@@ -270,8 +269,13 @@ def test_mean_psp_peak_of_long_windows_is_the_area_over_the_window(window):
         assert mean_psp_peak(10.0, 5.0, window) == pytest.approx(5.0 / window, rel=1e-12)
         assert mean_weight(10, tau_mem=10.0, tau_syn=5.0, window=window) == pytest.approx(
             1.5 / (10 * 5.0 / window), rel=1e-12)
-    tail = 51 * math.exp(-50)  # what the area leaves out beyond 50 tau, relative: below 1e-20
-    assert tail < 1e-20
+    # Where the area switches to its limit (50 max(tau)), the closed form already equals it to rounding.
+    from spikescan.init import _psp_area
+
+    for tm, ts in ((10.0, 5.0), (5.0, 10.0), (20.0, 20.0)):
+        edge = 50.0 * max(tm, ts)
+        below, above = _psp_area(np.array([edge * (1 - 1e-12), edge * (1 + 1e-12)]), tm, ts)
+        assert below == pytest.approx(ts, rel=1e-15) and above == ts
 
 
 def test_mean_psp_peak_bounds_points_and_refuses_an_unreachable_peak():
