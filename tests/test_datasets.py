@@ -751,6 +751,33 @@ def test_spike_batches_trim_and_errors():
     assert x.shape == (2, 2, 5) and sorted(y.tolist()) in ([0, 1], [0, 0], [1, 1])
 
 
+def test_spike_batches_take_torch_tensors_and_numpy_bools_and_datasets_array_class_names():
+    """A CPU torch tensor of times is checked (its dtype is torch's own, which np.dtype cannot read: a bare
+    TypeError) and batched as before; use_keras=np.False_ gives the plain class, as False does; class_names given as
+    a NumPy array works and is stored as a tuple (its truth value was ambiguous)."""
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(0, 10, (6, 3, 2)), axis=-1).astype(np.float32)
+    y = np.arange(6) % 3
+    plain = SpikeBatches(x, y, batch_size=4, use_keras=np.False_)
+    assert type(plain) is SpikeBatches
+    ds = SpikeDataset(x, y, class_names=np.array(["a", "b", "c"]))
+    assert ds.class_names == ("a", "b", "c") and ds.n_classes == 3
+    with pytest.raises(ValueError, match=r"labels must be < 2, the number of class_names"):
+        SpikeDataset(x, y, class_names=np.array(["a", "b"]))
+    with pytest.raises(TypeError, match="class_names must be a sequence of names"):
+        SpikeDataset(x, y, class_names="abc")
+    torch = pytest.importorskip("torch")
+    batches = SpikeBatches(torch.from_numpy(x), y, batch_size=4, use_keras=False)
+    times, labels = batches[0]
+    np.testing.assert_array_equal(np.asarray(times), x[:4])
+    bad = x.copy()
+    bad[5, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"times contains NaN \(nan at index \(5, 1, 0\)\)"):
+        SpikeBatches(torch.from_numpy(bad), y, use_keras=False)
+    with pytest.raises(TypeError, match="times must have dtype float32 or float64, got torch.int64"):
+        SpikeBatches(torch.zeros((2, 3, 1), dtype=torch.int64), [0, 1], use_keras=False)
+
+
 def test_spike_batches_check_times_and_labels_once(tmp_path, monkeypatch):
     """Raw arrays were taken unchecked (NaN, 2-D, negative or descending times, float or str labels) and reached the
     layers batch by batch; use_keras="no" silently chose the Keras class. The times are checked once, at

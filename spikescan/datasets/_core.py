@@ -73,7 +73,8 @@ CHECK_ELEMENTS = 1 << 24  # check_stored_spike_times reads and checks blocks of 
 
 def check_stored_spike_times(name: str, data) -> None:
     """``_validate.check_spike_times`` (float32/64, ``[n, channels, max_spikes]``, no NaN, no negative time,
-    ascending) on ``data``, a NumPy or CuPy array, a memory map or an h5py dataset, in blocks of samples: an
+    ascending) on ``data``, a NumPy or CuPy array, a memory map, an h5py dataset or anything else NumPy reads
+    block by block (a CPU torch tensor), in blocks of samples: an
     on-disk tensor is read once, block by block, and the checks' temporaries stay small. An error in a block other
     than the whole names it as ``name[start:stop]`` (its index counts from ``start``). Nothing is modified."""
     from .._validate import _top_module, check_float_array, check_spike_times
@@ -88,8 +89,12 @@ def check_stored_spike_times(name: str, data) -> None:
                             f"h5py dataset), got {type(data).__name__}")
         if len(shape) != 3:
             raise ValueError(f"{name} must be a spike tensor [n, channels, max_spikes], got shape {tuple(shape)}")
-        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"{name} must have dtype float32 or float64, got {dtype}")
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:  # a framework's own dtype (a torch tensor): that of its first sample as NumPy reads it
+            dtype = np.asarray(data[:1]).dtype if len(shape) and shape[0] else None
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"{name} must have dtype float32 or float64, got {getattr(data, 'dtype', dtype)}")
     n = data.shape[0]
     per = max(1, CHECK_ELEMENTS // max(1, int(np.prod(data.shape[1:]))))
     for start in range(0, n, per):
@@ -118,7 +123,8 @@ class SpikeDataset:
         dropped: number of input spikes discarded by each crop or cap, keyed by the argument that caused it.
         meta: per-dataset extras; arrays whose first axis has length ``n`` are per-sample and follow indexing.
 
-    ``times`` given as a list is stored as the NumPy array it was checked as.
+    ``times`` given as anything but a NumPy array (a list, a tuple, an h5py dataset, another framework's tensor) is
+    stored as the NumPy array it was checked as; ``class_names`` as a tuple.
     """
 
     times: np.ndarray
@@ -130,6 +136,9 @@ class SpikeDataset:
 
     def __post_init__(self):
         check_choice("time_unit", self.time_unit, TIME_UNITS)
+        if isinstance(self.class_names, str) or not hasattr(self.class_names, "__iter__"):
+            raise TypeError(f"class_names must be a sequence of names, one per class, got {self.class_names!r}")
+        self.class_names = tuple(self.class_names)  # a list or an array of names: stored as a tuple
         try:
             times, labels = np.asarray(self.times), np.asarray(self.labels)
         except ValueError as err:  # a ragged list

@@ -55,7 +55,7 @@ class SpikeBatches:
     def __new__(cls, *args, use_keras=None, **kwargs):
         if use_keras is not None and not isinstance(use_keras, (bool, np.bool_)):
             raise TypeError(f"use_keras must be None, True or False, got {use_keras!r}")
-        if cls is SpikeBatches and use_keras is not False:
+        if cls is SpikeBatches and (use_keras is None or bool(use_keras)):
             keras_cls = _keras_class()
             if keras_cls is not None:
                 cls = keras_cls
