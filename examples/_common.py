@@ -300,10 +300,11 @@ def remove_backup(args):
 
 def load(loader, *args, **kwargs):
     """``loader(*args, **kwargs)``, turning a missing file or a missing optional dependency into ``SystemExit``
-    with the loader's message (where to put the files, how to download them)."""
+    with the loader's message (where to put the files, how to download them), and so a file the loader refuses
+    (``ValueError``: malformed contents, a label outside the file's classes, named with the file and sample)."""
     try:
         return loader(*args, **kwargs)
-    except (FileNotFoundError, ImportError) as err:
+    except (FileNotFoundError, ImportError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
 
 

@@ -145,8 +145,8 @@ def test_shd_format_files_of_your_own_time_constants_and_class_count(tmp_path):
     samples = speech_samples(6, 10, seed=0)
     samples[1] = samples[1][:2] + (12,)
     write_heidelberg(tmp_path / "shd_test.h5", samples, n_classes=10)
-    with pytest.raises(SystemExit, match=r"error: shd_test has label 12, outside the 10 classes of the class names "
-                                         r"in extra/keys \(labels 0-9\)"):
+    with pytest.raises(SystemExit, match=r"error: shd_test.h5: sample 1 of the selection has the label 12, but "
+                                         r"extra/keys names 10 classes"):
         run_speech("shd", tmp_path, tmp_path / "shd.json")
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit):

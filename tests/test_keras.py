@@ -740,7 +740,8 @@ def test_added_losses_keep_float64():
     floatx = keras.config.floatx()
     keras.config.set_floatx("float64")  # added losses take Keras' float dtype, that of the compiled loss
     try:
-        lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, spike_count_regularizer=reg)
+        lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, spike_count_regularizer=reg,
+                          dtype="float64")  # explicit: another test of the process may have set a global policy
         times = ops.convert_to_numpy(lif(x))
         loss = ops.convert_to_numpy(lif.losses[0])
     finally:
