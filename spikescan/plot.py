@@ -121,6 +121,9 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
     vv = _host(voltage, "voltage")
     if tt.ndim != 1:
         raise ValueError(f"t must be 1-D, got shape {tt.shape}")
+    if not np.isfinite(tt).all():  # a grid time is a time: NaN or inf would draw nothing there, silently
+        at = int(np.argmin(np.isfinite(tt)))
+        raise ValueError(f"t must be finite, got {float(tt[at])!r} at index {at}")
     if vv.ndim == 1:
         vv = vv[None, :]
     if vv.ndim != 2 or vv.shape[1] != tt.size:
@@ -130,6 +133,8 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
         idx = np.arange(vv.shape[0])
     else:
         idx = np.atleast_1d(np.asarray(neurons))
+        if idx.ndim != 1:
+            raise ValueError(f"neurons must be a 1-D list of indices or a boolean mask, got shape {idx.shape}")
         if idx.dtype == bool:
             if idx.shape != (vv.shape[0],):
                 raise ValueError(f"neurons as a boolean mask must have shape ({vv.shape[0]},), got {idx.shape}")
@@ -141,6 +146,8 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
     if thresholds is not None and thresholds.shape not in ((), (vv.shape[0],)):
         raise ValueError(f"threshold must be a number or one per neuron, shape ({vv.shape[0]},), got shape "
                          f"{thresholds.shape}")
+    if thresholds is not None and not np.isfinite(thresholds).all():
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
     if idx.size and (idx.min() < -vv.shape[0] or idx.max() >= vv.shape[0]):
         raise IndexError(f"neurons {idx.tolist()} out of range for {vv.shape[0]} neurons")
     spikes = None

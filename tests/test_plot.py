@@ -102,6 +102,25 @@ def test_trace_lines_threshold_and_markers(ax):
     assert ax.get_xlabel() == "time (s)"
 
 
+def test_trace_refuses_a_nan_grid_nan_threshold_and_2d_neurons(ax):
+    """A NaN grid time or threshold was drawn as a gap or nothing, silently; 2-D neurons gave a bare IndexError.
+    Nothing is drawn when an argument is refused."""
+    t = np.linspace(0.0, 10.0, 5)
+    v = np.zeros((3, 5))
+    bad_t = t.copy()
+    bad_t[2] = np.nan
+    with pytest.raises(ValueError, match=r"t must be finite, got nan at index 2"):
+        splot.trace(bad_t, v, ax=ax)
+    with pytest.raises(ValueError, match=r"threshold must be finite, got nan"):
+        splot.trace(t, v, threshold=float("nan"), ax=ax)
+    with pytest.raises(ValueError, match=r"threshold must be finite"):
+        splot.trace(t, v, threshold=np.array([1.0, np.inf, 1.0]), ax=ax)
+    with pytest.raises(ValueError, match=r"neurons must be a 1-D list of indices or a boolean mask, got shape "
+                                         r"\(1, 2\)"):
+        splot.trace(t, v, neurons=[[0, 1]], ax=ax)
+    assert not ax.lines and not ax.collections
+
+
 def test_trace_neuron_subset_no_threshold_unsorted_grid(ax):
     t = np.array([3.0, 1.0, 2.0])
     V = np.array([[0.3, 0.1, 0.2], [1.0, 2.0, 3.0], [5.0, 6.0, 7.0]])
