@@ -4,15 +4,14 @@ bits with either queue format, and the JSON has every row and the speedups."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
 pytest.importorskip("numba")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import bench_queues  # noqa: E402
+from _examples import benchmark  # noqa: E402
+
+bench_queues = benchmark("bench_queues")
 
 
 def test_quick_run_writes_checked_rows(tmp_path):

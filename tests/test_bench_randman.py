@@ -6,15 +6,15 @@ from __future__ import annotations
 import ast
 import json
 import os
-import sys
 
 import pytest
 
 pytest.importorskip("sklearn")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import randman_baselines  # noqa: E402
+from _examples import benchmark  # noqa: E402
+
+randman_baselines = benchmark("randman_baselines")
 
 
 def _example_constants():

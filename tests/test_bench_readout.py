@@ -4,15 +4,14 @@ stamp and speedup; a disagreement stops the run."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
 pytest.importorskip("numba")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import bench_readout  # noqa: E402
+from _examples import benchmark  # noqa: E402
+
+bench_readout = benchmark("bench_readout")
 
 
 def test_quick_run_writes_checked_rows(tmp_path):

@@ -2,16 +2,13 @@
 JSON holds what the README table needs (stamp, settings, one row per layer and variant, speed-ups)."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from _examples import benchmark
 
-import bench_recurrent  # noqa: E402
+bench_recurrent = benchmark("bench_recurrent")
 
 
 def test_quick_run_writes_checked_rows(tmp_path):
