@@ -20,9 +20,9 @@ def load_mnist_arrays(split: str, data_dir=None):
     that are not whole class indices ``>= 0`` (a float label is never truncated) is a ValueError naming the file.
     """
     check_choice("split", split, ("train", "test"))
+    source = _source(data_dir)
     if data_dir is not None:
         path = Path(data_dir) / "mnist.npz"
-        source = str(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found. Put keras' mnist.npz there (from "
@@ -35,7 +35,6 @@ def load_mnist_arrays(split: str, data_dir=None):
                                  f"{sorted(f.files)}; keras' mnist.npz holds x_train, y_train, x_test, y_test)")
             x, y = f[f"x_{split}"], f[f"y_{split}"]
     else:
-        source = "keras.datasets.mnist.load_data()"
         keras = optional_import("keras", "keras")
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
@@ -46,6 +45,11 @@ def load_mnist_arrays(split: str, data_dir=None):
     if len(y) != len(x):
         raise ValueError(f"{source}: x_{split} holds {len(x)} images but y_{split} {len(y)} labels")
     return x, y
+
+
+def _source(data_dir) -> str:
+    """Where the arrays come from, for error messages: ``data_dir/mnist.npz``, or keras' loader."""
+    return str(Path(data_dir) / "mnist.npz") if data_dir is not None else "keras.datasets.mnist.load_data()"
 
 
 def mnist_digest(data_dir) -> str:
@@ -88,8 +92,7 @@ def latency_mnist(split: str, *, t_max: float = 20.0, threshold: float = 0.01, d
     images, labels = load_mnist_arrays(split, data_dir)
     if labels.max() > 9:
         i = int(np.argmax(labels > 9))
-        source = Path(data_dir) / "mnist.npz" if data_dir is not None else "keras.datasets.mnist.load_data()"
-        raise ValueError(f"{source}: y_{split} must hold digits 0-9 (latency_mnist's 10 classes), got "
+        raise ValueError(f"{_source(data_dir)}: y_{split} must hold digits 0-9 (latency_mnist's 10 classes), got "
                          f"{int(labels[i])} at index {i}")
     # MNIST's pixels are 0-255 (uint8 in the official file); images already scaled to [0, 1] would be divided again
     # and fall below any threshold: a dataset without a spike.
