@@ -121,26 +121,23 @@ def _positive_int(text):
     return value
 
 
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return value
+def _float_type(name, low, high, *, low_open, rule):
+    """An argparse ``type=`` named ``name`` (argparse quotes it for text that is no number): a float in ``(low,
+    high)`` with ``low`` itself allowed unless ``low_open`` (NaN is never in range), else ``must be {rule}``."""
+    def parse(text):
+        value = float(text)
+        if not ((low < value) if low_open else (low <= value)) or not value < high:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def probability(text):
-    """A ``type=`` for rates in ``[0, 1)``."""
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+_positive_float = _float_type("_positive_float", 0.0, float("inf"), low_open=True, rule="a positive number")
+_non_negative_float = _float_type("_non_negative_float", 0.0, float("inf"), low_open=False,
+                                  rule="a non-negative number")
+probability = _float_type("probability", 0.0, 1.0, low_open=False, rule="a number in [0, 1)")  # rates in [0, 1)
 
 
 def _output_path(text):
