@@ -76,6 +76,12 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
     return p
 
 
+def add_time_constants(p, tau_mem, tau_syn):
+    """``--tau-mem`` and ``--tau-syn`` (ms, positive), the time constants of every layer, with these defaults."""
+    p.add_argument("--tau-mem", type=_positive_float, default=tau_mem, help="membrane time constant of every layer (ms)")
+    p.add_argument("--tau-syn", type=_positive_float, default=tau_syn, help="synaptic time constant of every layer (ms)")
+
+
 def initialize_distributed(args=None):
     """Join the process group when started by ``torchrun`` (``spikescan_keras.distributed.initialize``), set the
     CPU threads (``cpu_threads``) and, with ``args.deterministic``, spikescan's bitwise-reproducible mode; returns

@@ -37,19 +37,26 @@ from spikescan.datasets import latency_mnist  # noqa: E402
 from spikescan.datasets.mnist import mnist_digest  # noqa: E402
 from spikescan_keras import LIFLayer, LIReadout, SpikeDropout  # noqa: E402
 
-# Time constants in ms. Input spikes lie in [0, t_max] (most digit pixels are white and fire at 0); tau_mem ==
-# 2 tau_syn allows the closed-form spike-time solver. The readout window leaves 2 tau_mem after the last input.
+# Time constants in ms (--tau-mem, --tau-syn). Input spikes lie in [0, t_max] (most digit pixels are white and fire
+# at 0); tau_mem == 2 tau_syn allows the closed-form spike-time solver, any other ratio takes Newton's (exact as
+# well, slower). The readout window leaves 2 tau_mem after the last input.
 TAU_MEM, TAU_SYN = 10.0, 5.0
-SOLVER, READOUT = "analytic", "max"
+READOUT = "max"
 
 
-def build_model(n_channels, hidden, max_spikes, t_max, dropout=0.0):
+def solver_for(tau_mem, tau_syn):
+    """The hidden layer's spike-time solver: the closed form where it applies, else Newton's."""
+    return "analytic" if tau_mem == 2 * tau_syn else "newton"
+
+
+def build_model(n_channels, hidden, max_spikes, t_max, dropout=0.0, tau_mem=TAU_MEM, tau_syn=TAU_SYN):
     # dropout: SpikeDropout of whole hidden neurons (each sample's spike train of a neuron) during training.
     return keras.Sequential([
         keras.Input(shape=(n_channels, None)),
-        LIFLayer(hidden, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, solver=SOLVER, name="hidden"),
+        LIFLayer(hidden, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=max_spikes, solver=solver_for(tau_mem, tau_syn),
+                 name="hidden"),
         *([SpikeDropout(dropout, unit="channel", name="dropout")] if dropout else []),
-        LIReadout(10, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout=READOUT, t_max=t_max + 2 * TAU_MEM, name="readout"),
+        LIReadout(10, tau_mem=tau_mem, tau_syn=tau_syn, readout=READOUT, t_max=t_max + 2 * tau_mem, name="readout"),
     ])
 
 
@@ -59,19 +66,22 @@ def main(argv=None):
     parser.add_argument("--dropout", type=_common.probability, default=0.0,
                         help="during training, remove each hidden neuron's spikes on a sample with this probability "
                              "(spikescan_keras.SpikeDropout, unit='channel'); default 0: none")
+    _common.add_time_constants(parser, TAU_MEM, TAU_SYN)
     args = parser.parse_args(argv)
     _common.initialize_distributed(args)
 
     keras.utils.set_random_seed(args.seed)
     train, test = (_common.first(_common.load(latency_mnist, split, t_max=args.t_max, data_dir=args.data_dir),
                                  args.limit) for split in ("train", "test"))
-    model = build_model(train.n_channels, args.hidden, args.max_spikes, args.t_max, args.dropout)
+    model = build_model(train.n_channels, args.hidden, args.max_spikes, args.t_max, args.dropout, args.tau_mem,
+                        args.tau_syn)
     result = _common.train(model, train, test, args)
     # Which data: None for keras' own file, else the digest of DIR/mnist.npz's arrays (tools/mnist_subset.py writes a
     # real-MNIST subset there for machines without internet access).
     digest = None if args.data_dir is None else mnist_digest(args.data_dir)
     return _common.summary("mnist", args, result, n_train=len(train), n_test=len(test), t_max=args.t_max,
-                           dropout=args.dropout, data_sha256=digest)
+                           dropout=args.dropout, tau_mem=args.tau_mem, tau_syn=args.tau_syn,
+                           solver=solver_for(args.tau_mem, args.tau_syn), data_sha256=digest)
 
 
 if __name__ == "__main__":

@@ -62,10 +62,7 @@ def main(argv=None):
     parser.add_argument("--n-channels", type=_common._positive_int, default=N_CHANNELS, help="input channels")
     parser.add_argument("--manifold-seed", type=int, default=0, help="seed of the task (the classes' manifolds)")
     parser.add_argument("--recurrent", action="store_true", help="recurrent connections in the hidden layer")
-    parser.add_argument("--tau-mem", type=_common._positive_float, default=TAU_MEM,
-                        help="membrane time constant of every layer (ms)")
-    parser.add_argument("--tau-syn", type=_common._positive_float, default=TAU_SYN,
-                        help="synaptic time constant of every layer (ms)")
+    _common.add_time_constants(parser, TAU_MEM, TAU_SYN)
     args = parser.parse_args(argv)
     _common.initialize_distributed(args)
     keras.utils.set_random_seed(args.seed)

@@ -114,10 +114,7 @@ def run(name, argv, doc):
     parser.add_argument("--t-max", type=float, default=1000.0, help="drop input spikes after this time (ms)")
     parser.add_argument("--max-input-spikes", type=int, default=None, help="cap on spikes per input channel")
     parser.add_argument("--max-delay", type=float, default=MAX_DELAY, help="upper bound of the delays (ms)")
-    parser.add_argument("--tau-mem", type=_common._positive_float, default=TAU_MEM,
-                        help="membrane time constant of every layer (ms)")
-    parser.add_argument("--tau-syn", type=_common._positive_float, default=TAU_SYN,
-                        help="synaptic time constant of every layer (ms)")
+    _common.add_time_constants(parser, TAU_MEM, TAU_SYN)
     parser.add_argument("--recurrent", action="store_true",
                         help="one recurrent hidden layer instead of two feed-forward ones")
     args = parser.parse_args(argv)

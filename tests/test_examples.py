@@ -197,6 +197,25 @@ def test_mnist(tmp_path):
     assert summary["n_train"] == summary["n_test"] == 8
     assert summary["data_sha256"] == mnist_digest(tmp_path)
     assert summary["dropout"] == 0.0 and summary["weight_decay"] == 0.0
+    assert (summary["tau_mem"], summary["tau_syn"], summary["solver"]) == (10.0, 5.0, "analytic")
+
+
+def test_mnist_time_constants(tmp_path):
+    """``--tau-mem`` / ``--tau-syn`` set both layers' time constants; a ratio other than 2 takes Newton's solver (the
+    closed form would refuse it), recorded in the summary; a non-positive value stops the script."""
+    write_mnist(tmp_path, n_train=12, n_test=10)
+    returned = example("mnist").main([*TINY, "--data-dir", str(tmp_path), "--verbose", "0", "--limit", "8",
+                                      "--tau-mem", "20", "--tau-syn", "5"])
+    assert (returned["tau_mem"], returned["tau_syn"], returned["solver"]) == (20.0, 5.0, "newton")
+    model = example("mnist").build_model(784, 8, 4, 20.0, tau_mem=20.0, tau_syn=5.0)
+    hidden, readout = model.get_layer("hidden"), model.get_layer("readout")
+    assert (hidden.tau_mem, hidden.tau_syn, hidden.solver) == (20.0, 5.0, "newton")
+    assert (readout.tau_mem, readout.tau_syn, readout.t_max) == (20.0, 5.0, 60.0)
+    assert example("mnist").build_model(784, 8, 4, 20.0, tau_mem=8.0, tau_syn=4.0).get_layer("hidden").solver \
+        == "analytic"
+    for bad in ("0", "-5", "nan"):
+        with pytest.raises(SystemExit):
+            example("mnist").main(["--tau-syn", bad])
 
 
 def test_mnist_dropout(tmp_path):
