@@ -267,9 +267,10 @@ def check_readout(what, batch, n_in, max_in, n_out, xp, has_delays=False, walk=T
 
 def check_trace(what, batch, n_out, n_times, itemsize, xp, group_points=0):
     """``lif_trace`` / ``li_trace``: the voltage and current on the grid, in float64 and in the output dtype, and
-    (``group_points``: the events and grid points of one group of neurons) the group's working arrays, about 20
-    float64 values per point (merged events, their maps, the scan, the per-grid-time lookups)."""
+    (``group_points``: the events and grid points of one group of neurons) the group's working arrays, about 40
+    float64 values per point (merged events, their maps, the scan, the per-grid-time lookups; measured up to about
+    36 per event point when the grid is short beside the queues)."""
     points = batch * n_out * n_times
     parts = {"voltage and current (float64)": 16 * points, "returned copies": 2 * itemsize * points,
-             "working arrays of one group of neurons": 8 * 20 * group_points}
+             "working arrays of one group of neurons": 8 * 40 * group_points}
     return check(what, parts, xp, "evaluate fewer times (a coarser or shorter grid t) or fewer samples at once")

@@ -261,7 +261,8 @@ def test_host_reading_is_reused_only_for_small_needs_and_briefly(no_limit, monke
         _memory.check("a call", {"work": 600}, np, "reduce it")
 
 
-@pytest.mark.parametrize("call", ["li_integral", "li_max", "peak", "lif_trace", "li_trace"])
+@pytest.mark.parametrize("call", ["li_integral", "li_max", "peak", "lif_trace", "li_trace", "lif_trace_short_grid",
+                                  "li_trace_short_grid"])
 def test_readouts_and_traces_check_before_allocating(call, no_limit, monkeypatch):
     """li_forward, peak_voltage, lif_trace and li_trace estimate their large arrays from the shapes: the estimate
     bounds what they allocate, and under a limit below it they raise MemoryError naming the call and the sizes
@@ -275,6 +276,9 @@ def test_readouts_and_traces_check_before_allocating(call, no_limit, monkeypatch
         "peak": (lambda: ss.peak_voltage(t, W, **kw), "peak_voltage(batch=16"),
         "lif_trace": (lambda: ss.lif_trace(t, W, grid, **kw), "lif_trace(batch=16, n_out=40, len(t)=400)"),
         "li_trace": (lambda: ss.li_trace(t, W, grid, **kw), "li_trace(batch=16, n_out=40, len(t)=400)"),
+        # A grid short beside the queues: the working arrays per event point dominate (they were undercounted).
+        "lif_trace_short_grid": (lambda: ss.lif_trace(t, W, grid[:8], **kw), "lif_trace(batch=16, n_out=40, len(t)=8)"),
+        "li_trace_short_grid": (lambda: ss.li_trace(t, W, grid[:8], **kw), "li_trace(batch=16, n_out=40, len(t)=8)"),
     }[call]
     needs = []
     check = _memory.check
