@@ -246,22 +246,35 @@ def fit_backward_group(batch, n_in, max_in, n_out, input_times_grad, has_delays,
     return group
 
 
-# Points (sample x event x neuron) of one step of the "max" walk (_readout_numpy._POINTS_PER_STEP).
+# Points (sample x event x neuron) of one step of the "max" walk and the most events per step
+# (_readout_numpy._POINTS_PER_STEP and _MAX_EVENT_BLOCK).
 _WALK_POINTS = 1 << 21
+_WALK_EVENTS = 256
 
 
 def check_readout(what, batch, n_in, max_in, n_out, xp, has_delays=False, walk=True):
     """``li_forward`` / ``peak_voltage``: float64 copies of the inputs with the queue or kernel arrays built from them
     and their temporaries (about 16 arrays the size of the inputs), the weights (and delays) in float64, the outputs
-    and their arg max times, and with ``walk`` (the ``"max"`` readout, ``peak_voltage``) one step of the walk (about
-    12 float64 arrays over a block of samples x events x neurons). An upper bound of the large arrays, checked
-    before any is allocated."""
+    and their arg max times, and with ``walk`` (the ``"max"`` readout, ``peak_voltage``) one step of the walk: a
+    block of samples x at most ``_WALK_EVENTS`` events x neurons (without delays: every neuron, at most about
+    ``_WALK_POINTS`` points unless one event of every neuron is more; with delays: a chunk of neurons whose queues
+    hold about ``_WALK_POINTS`` entries, at least one neuron's), about 24 float64 per point on the shared queue
+    (measured up to 20) and 28 on per-neuron queues (measured up to 23), and with delays the chunk's queues, about
+    64 bytes per entry while they are built beside the previous chunk's. An upper bound of the large arrays, from
+    the shapes alone (queues as long as every input slot), checked before any is allocated."""
     spikes = batch * n_in * max(max_in, 1)
+    L1 = n_in * max_in + 1  # the longest queue a sample can have
+    if has_delays:  # a chunk of neurons holds about _WALK_POINTS entries (the true L1, at most this one)
+        chunk = max(_WALK_POINTS, batch * L1)
+        points = min(batch * n_out * min(L1, _WALK_EVENTS), chunk)
+    else:
+        points = batch * n_out * min(L1, _WALK_EVENTS, max(1, _WALK_POINTS // max(1, batch * n_out)))
     parts = {"inputs, queues and kernels (float64)": 8 * 16 * spikes,
              "weights (float64 copies)": 8 * 2 * n_in * n_out * (2 if has_delays else 1),
              "outputs and arg max times": 8 * 4 * batch * n_out,
-             "one step of the walk": 8 * 12 * min(batch * (spikes // max(batch, 1) + 1) * n_out, _WALK_POINTS)
-             if walk else 0}
+             "one step of the walk": 8 * (28 if has_delays else 24) * points if walk else 0}
+    if walk and has_delays:
+        parts["queues of a chunk of neurons"] = 64 * min(batch * n_out * L1, chunk)
     return check(what, parts, xp, "use a smaller batch (or fewer neurons)")
 
 

@@ -262,7 +262,7 @@ def test_host_reading_is_reused_only_for_small_needs_and_briefly(no_limit, monke
 
 
 @pytest.mark.parametrize("call", ["li_integral", "li_max", "peak", "lif_trace", "li_trace", "lif_trace_short_grid",
-                                  "li_trace_short_grid"])
+                                  "li_trace_short_grid", "li_max_dense", "peak_dense", "peak_delays"])
 def test_readouts_and_traces_check_before_allocating(call, no_limit, monkeypatch):
     """li_forward, peak_voltage, lif_trace and li_trace estimate their large arrays from the shapes: the estimate
     bounds what they allocate, and under a limit below it they raise MemoryError naming the call and the sizes
@@ -270,6 +270,8 @@ def test_readouts_and_traces_check_before_allocating(call, no_limit, monkeypatch
     t, W, _ = _layer(3, 16, 60, 4, 40, False)
     grid = np.linspace(0.0, 60.0, 400)
     kw = dict(tau_mem=10.0, tau_syn=5.0)
+    dense = np.sort(np.random.default_rng(4).uniform(0, 50, t.shape), axis=-1)  # every slot a spike: longer queues
+    D = np.random.default_rng(5).uniform(0, 5, W.shape)
     run, name = {
         "li_integral": (lambda: ss.li_forward(t, W, readout="integral", t_max=60.0, **kw), "li_forward(batch=16"),
         "li_max": (lambda: ss.li_forward(t, W, readout="max", t_max=60.0, **kw), "li_forward(batch=16"),
@@ -279,6 +281,11 @@ def test_readouts_and_traces_check_before_allocating(call, no_limit, monkeypatch
         # A grid short beside the queues: the working arrays per event point dominate (they were undercounted).
         "lif_trace_short_grid": (lambda: ss.lif_trace(t, W, grid[:8], **kw), "lif_trace(batch=16, n_out=40, len(t)=8)"),
         "li_trace_short_grid": (lambda: ss.li_trace(t, W, grid[:8], **kw), "li_trace(batch=16, n_out=40, len(t)=8)"),
+        # The walk's working arrays per point, and with delays the per-neuron queues (both were undercounted).
+        "li_max_dense": (lambda: ss.li_forward(dense, W, readout="max", t_max=60.0, engine="numpy", **kw),
+                         "li_forward(batch=16"),
+        "peak_dense": (lambda: ss.peak_voltage(dense, W, engine="numpy", **kw), "peak_voltage(batch=16"),
+        "peak_delays": (lambda: ss.peak_voltage(dense, W, delays=D, engine="numpy", **kw), "peak_voltage(batch=16"),
     }[call]
     needs = []
     check = _memory.check
