@@ -49,10 +49,11 @@ def _env_limit():
     if raw is None or not raw.strip():
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", raw, re.IGNORECASE)
-    if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"SPIKESCAN_MEMORY_LIMIT must be a positive number of bytes, optionally with a K, M, G or T "
-                         f"suffix (powers of 1024), got {raw!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    nbytes = 0 if match is None else int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if nbytes < 1:  # "0", or a fraction of a byte ("0.5") that would leave no memory to any call
+        raise ValueError(f"SPIKESCAN_MEMORY_LIMIT must be a number of bytes of at least 1, optionally with a K, M, G "
+                         f"or T suffix (powers of 1024), got {raw!r}")
+    return nbytes
 
 
 def _host_available():

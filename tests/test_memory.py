@@ -174,9 +174,10 @@ def test_environment_variable(monkeypatch, no_limit):
     ss.set_memory_limit(2048)  # the call's setting wins over the environment
     assert _memory.available(np) == (2048, "spikescan.set_memory_limit")
     ss.set_memory_limit(None)
-    monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "lots")
-    with pytest.raises(ValueError, match="SPIKESCAN_MEMORY_LIMIT.*'lots'"):
-        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
+    for bad in ("lots", "0", "0.5", "0.0001K"):  # a fraction of a byte would refuse every call
+        monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", bad)
+        with pytest.raises(ValueError, match=f"SPIKESCAN_MEMORY_LIMIT.*'{bad}'"):
+            ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1G"])
