@@ -25,6 +25,9 @@ def _check_mask(neurons, n_out):
         raise TypeError(f"neurons must be None or a boolean NumPy/CuPy array of shape [n_out={n_out}], got "
                         f"{type(neurons).__name__}")
     v.array_module(neurons)  # NumPy or CuPy, else a TypeError naming the type
+    if isinstance(neurons, np.ma.MaskedArray):
+        raise TypeError("neurons must be a plain boolean array, got a masked array, whose mask would be ignored: "
+                        "pass np.ma.filled(neurons, False)")
     if neurons.dtype != np.bool_:
         raise TypeError(f"neurons must be a boolean mask (dtype bool), got dtype {neurons.dtype}")
     if tuple(neurons.shape) != (n_out,):

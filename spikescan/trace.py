@@ -67,6 +67,9 @@ def _check_grid(t):
         t = t.get()
     if isinstance(t, (bool, np.bool_)) or isinstance(t, (str, bytes)):
         raise TypeError(f"t must be a 1-D array of times, got {t!r}")
+    if isinstance(t, np.ma.MaskedArray):
+        raise TypeError("t must be a plain array of times, got a masked array, whose mask would be ignored: pass "
+                        "the unmasked times, t.compressed()")
     arr = np.asarray(t)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"t must be a 1-D array of real times, got dtype {arr.dtype}")

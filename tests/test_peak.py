@@ -405,6 +405,7 @@ def _ok():
     (dict(neurons=np.ones((1, 2), bool)), ValueError, "neurons"),
     (dict(neurons=np.ones(2, np.int64)), TypeError, "neurons"),
     (dict(neurons=[True, False]), TypeError, "neurons"),
+    (dict(neurons=np.ma.array([True, True], mask=[False, True])), TypeError, "neurons must be a plain .* masked"),
     (dict(tau_mem=-1.0), ValueError, "tau_mem"),
     (dict(tau_mem=0.0), ValueError, "tau_mem"),
     (dict(tau_syn=np.ones(3)), ValueError, "tau_syn"),

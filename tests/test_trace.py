@@ -281,6 +281,7 @@ def test_li_trace_is_lif_trace_without_threshold():
     (np.zeros((2, 3)), ValueError, r"t must be 1-D .* shape \(2, 3\)"),
     (3.0, ValueError, r"t must be 1-D .* shape \(\)"),
     (np.array(["a"]), TypeError, "t must be a 1-D array of real times"),
+    (np.ma.masked_less(np.array([1.0, -5.0]), 0.0), TypeError, "t must be a plain array .* masked array"),
 ])
 def test_grid_validation(bad, kind, match):
     x, W = _case(0)
