@@ -611,7 +611,7 @@ def _fanout(names, fan, d, w2, n_in):
     jj = src[kk]
     pairs = ii * n_in + jj
     if len(np.unique(pairs)) != len(pairs):
-        dup = pairs[np.argmax(np.bincount(pairs) > 1)] if len(pairs) else 0
+        dup = int(np.argmax(np.bincount(pairs) > 1))  # the smallest pair value that occurs twice
         raise ValueError(f"import_nir: node {names[2]!r}: field 'weight': input {dup % n_in} reaches neuron "
                          f"{dup // n_in} through several delayed paths; spikescan has one delay per synapse")
     w = np.zeros((n_out, n_in), dtype=np.result_type(w2.dtype, np.float32))

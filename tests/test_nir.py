@@ -196,6 +196,26 @@ def test_delay_encoding():
     assert_same(model, sk.import_nir(g), spikes(np.random.default_rng(4)))
 
 
+
+def test_fanout_with_two_paths_for_one_synapse_names_it():
+    # Not export_nir's layout (a gain of 2), so the general reading runs: input 2 reaches neuron 1 through slots 0
+    # and 1. The error names that synapse (the pair value 5 once indexed the 4 paths: IndexError).
+    fan = np.zeros((4, 3))
+    fan[0, 2] = fan[1, 2] = 2.0
+    fan[2, 0] = fan[3, 1] = 1.0
+    w2 = np.zeros((2, 4))
+    w2[1, 0] = w2[1, 1] = w2[0, 2] = w2[0, 3] = 1.0
+    ones = np.ones(2)
+    graph = nir.NIRGraph(nodes={
+        "in": nir.Input(input_type=np.array([3])), "fan": nir.Linear(weight=fan),
+        "d": nir.Delay(delay=np.array([0.001, 0.002, 0.0, 0.0])), "w": nir.Linear(weight=w2),
+        "lif": nir.CubaLIF(tau_mem=0.02 * ones, tau_syn=0.005 * ones, r=ones, v_leak=0 * ones, v_threshold=ones,
+                           v_reset=0 * ones, w_in=ones),
+        "out": nir.Output(output_type=np.array([2]))},
+        edges=[("in", "fan"), ("fan", "d"), ("d", "w"), ("w", "lif"), ("lif", "out")])
+    with pytest.raises(ValueError, match=r"node 'w'.*input 2 reaches neuron 1 through several delayed paths"):
+        sk.import_nir(graph, max_spikes=2)
+
 def other_tool_graph(w_in=1.0, r=1.0, affine=True, unit_scale=1.0):
     """Input -> Affine (zero bias) -> CubaLIF -> Linear -> CubaLI -> Output, seconds, v_leak = 0, r = 1,
     w_in = 1: the shape of graphs that norse writes (it exports torch.nn.Linear as Affine)."""
