@@ -218,10 +218,18 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
     nodes = {"input": nir.Input(input_type=np.array([input_shape[1]]))}
     edges = []
     prev = "input"
+    owners = {"input": "the graph's Input", "output": "the graph's Output"}  # node name -> what it stands for
 
-    def chain(name, node):
-        nonlocal prev
+    def add(name, node, layer):  # a layer's node; a name taken twice would overwrite a node (a layer lost)
+        if name in owners:
+            raise ValueError(f"export_nir: layer {layer.name!r} needs the node name {name!r}, which is taken by "
+                             f"{owners[name]}; rename the layer")
+        owners[name] = f"layer {layer.name!r}"
         nodes[name] = node
+
+    def chain(name, node, layer):
+        nonlocal prev
+        add(name, node, layer)
         edges.append((prev, name))
         prev = name
 
@@ -236,11 +244,11 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
             tau_mem, tau_syn = np.full(n_out, g(layer.tau_mem)), np.full(n_out, g(layer.tau_syn))
         if isinstance(layer, LIFLayer) and layer.use_delays:
             fanout, weight, delay = _per_synapse(kernel, layer.delay_values())
-            chain(f"{layer.name}_fanout", nir.Linear(weight=fanout))
-            chain(f"{layer.name}_delay", nir.Delay(delay=g(delay)))
-            chain(f"{layer.name}_weight", nir.Linear(weight=weight))
+            chain(f"{layer.name}_fanout", nir.Linear(weight=fanout), layer)
+            chain(f"{layer.name}_delay", nir.Delay(delay=g(delay)), layer)
+            chain(f"{layer.name}_weight", nir.Linear(weight=weight), layer)
         else:
-            chain(f"{layer.name}_weight", nir.Linear(weight=np.ascontiguousarray(kernel.T)))
+            chain(f"{layer.name}_weight", nir.Linear(weight=np.ascontiguousarray(kernel.T)), layer)
         meta = {"spikescan": _layer_metadata(layer, kernel_scale=isinstance(layer, LIFLayer))}
         common = dict(tau_mem=tau_mem, tau_syn=tau_syn, r=np.ones(n_out), v_leak=np.zeros(n_out), w_in=tau_syn.copy(),
                       metadata=meta)
@@ -249,7 +257,7 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
             node = nir.CubaLIF(v_threshold=threshold, v_reset=np.zeros(n_out), **common)
         else:
             node = nir.CubaLI(**common)
-        chain(layer.name, node)
+        chain(layer.name, node, layer)
         if isinstance(layer, LIFLayer) and layer.recurrent:
             # The recurrent connection as a cycle (NIR has no recurrent node; a graph may have cycles):
             # L -> L_recurrent (Linear [out, in] = R.T) -> L, the input of L summing both edges.
@@ -266,7 +274,7 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
             loop.append((f"{layer.name}_recurrent", nir.Linear(weight=weight)))
             src = layer.name
             for name, rec_node in loop:
-                nodes[name] = rec_node
+                add(name, rec_node, layer)
                 edges.append((src, name))
                 src = name
             edges.append((src, layer.name))

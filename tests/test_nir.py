@@ -343,6 +343,17 @@ def test_export_rejects_other_layers():
         sk.export_nir(make_model(False), time_unit="min")
 
 
+
+@pytest.mark.parametrize("names, taken", [(("a", "a_weight"), "a_weight"), (("a_weight", "a"), "a_weight"),
+                                          (("a", "output"), "output"), (("input", "b"), "input")])
+def test_export_refuses_layer_names_whose_nodes_collide(names, taken):
+    # Layers "a" and "a_weight" both need the node "a_weight": the second overwrote the first (a layer's neurons or
+    # weights lost from the graph) without an error.
+    model = keras.Sequential([keras.Input(shape=(5, 3))] + [
+        sk.LIFLayer(5, tau_mem=20.0, tau_syn=10.0, max_spikes=2, calibrate=None, name=name) for name in names])
+    with pytest.raises(ValueError, match=rf"needs the node name '{taken}', which is taken by"):
+        sk.export_nir(model)
+
 def test_spikescan_keras_imports_without_nir():
     code = ("import sys; sys.modules['nir'] = None\n"
             "import spikescan_keras as sk\n"
