@@ -371,6 +371,11 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     _check_unit("graph_time_unit", graph_time_unit)
     meta_unit = str(gmeta.get("model_time_unit", graph_time_unit))
     _check_unit("metadata model_time_unit", meta_unit)
+    if input_max_spikes is not None:
+        integer = isinstance(input_max_spikes, (int, np.integer)) and not isinstance(input_max_spikes, (bool, np.bool_))
+        if not integer or input_max_spikes < 0:
+            raise ValueError(f"input_max_spikes must be a non-negative integer or None, got "
+                             f"{input_max_spikes!r}")
     if input_max_spikes is None and "input_max_spikes" in gmeta:
         input_max_spikes = int(gmeta["input_max_spikes"])
 
@@ -746,7 +751,8 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         threshold = float(meta.get("threshold", p["v_threshold"][0]))
     else:
         threshold = _uniform(name, "v_threshold", p["v_threshold"])
-    max_spikes = meta.get("max_spikes", overrides["max_spikes"])
+    # Our metadata's value (an HDF5 integer), else the argument, which LIFLayer checks (int() would truncate 2.7)
+    max_spikes = int(meta["max_spikes"]) if "max_spikes" in meta else overrides["max_spikes"]
     if max_spikes is None:
         raise ValueError(f"import_nir: node {name!r}: a CubaLIF needs max_spikes (spikes recorded per neuron); pass "
                          "import_nir(..., max_spikes=N)")
@@ -773,6 +779,6 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if "recurrent_scale" in meta:  # "auto" (read back as a str) or the factor
             scale = meta["recurrent_scale"]
             extra["recurrent_scale"] = str(scale) if isinstance(scale, str) else float(scale)
-    layer = LIFLayer(n_out, threshold=threshold, max_spikes=int(max_spikes), delays=delays is not None,
+    layer = LIFLayer(n_out, threshold=threshold, max_spikes=max_spikes, delays=delays is not None,
                      max_delay=meta_time("max_delay"), **kwargs, **extra)
     return layer, kernel, delays, (taus, thresholds), rec

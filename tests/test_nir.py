@@ -330,6 +330,22 @@ def test_unsupported_graphs_name_node_and_field():
         sk.import_nir(graph, synapse="euler")
 
 
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_spikes=2.7), r"max_spikes must be a positive integer, got 2\.7"),
+    (dict(max_spikes=True), r"max_spikes must be a positive integer, got True"),
+    (dict(max_spikes="3"), r"max_spikes must be a positive integer, got '3'"),
+    (dict(max_spikes=4, input_max_spikes=-3), r"input_max_spikes must be a non-negative integer or None, got -3"),
+    (dict(max_spikes=4, input_max_spikes=2.5), r"input_max_spikes must be a non-negative integer or None, got 2\.5"),
+    (dict(max_spikes=4, input_max_spikes=True), r"input_max_spikes .* got True")])
+def test_import_refuses_bad_max_spikes_arguments(kwargs, match):
+    # int(max_spikes) made 2.7 a layer with 2 spikes per neuron and True one with 1, where LIFLayer refuses both.
+    graph, *_ = other_tool_graph()
+    with pytest.raises(ValueError, match=match):
+        sk.import_nir(graph, t_max=60.0, **kwargs)
+    model = sk.import_nir(graph, t_max=60.0, max_spikes=np.int64(3), input_max_spikes=np.int64(2))
+    assert model.layers[0].max_spikes == 3 and tuple(model.inputs[0].shape) == (None, 4, 2)
+
 def test_export_rejects_other_layers():
     model = keras.Sequential([keras.Input(shape=(5, 3)), sk.LIFLayer(4, tau_mem=20.0, tau_syn=10.0, max_spikes=2),
                               keras.layers.Dense(3, name="dense_head")])
