@@ -702,15 +702,24 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
 
     factor = p["r"] * p["w_in"] / (p["tau_syn"] if synapse == "dirac" else 1.0)
 
-    def weights(w, d):  # NIR [out, in] -> our [in, out]; the factor is the receiving neuron's
+    def weights(w, d, kind):  # NIR [out, in] -> our [in, out]; the factor is the receiving neuron's
         w = np.asarray(w)
-        kernel = w if np.all(factor == 1) else w.astype(np.float64) * factor[:, None]
-        kernel = np.ascontiguousarray(kernel.T).astype(np.float32)
-        return kernel, None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(
-            np.float32)
+        with np.errstate(over="ignore"):  # refused below: an infinite weight or delay is no layer's
+            kernel = w if np.all(factor == 1) else w.astype(np.float64) * factor[:, None]
+            kernel = np.ascontiguousarray(kernel.T).astype(np.float32)
+            delay = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(
+                np.float32)
+        if not np.isfinite(kernel).all():
+            raise ValueError(f"import_nir: node {name!r}: its {kind} weights (the Linear weight times r * w_in"
+                             f"{' / tau_syn' if synapse == 'dirac' else ''}) exceed the float32 range, up to "
+                             f"{float(np.abs(w.astype(np.float64) * factor[:, None]).max())!r}")
+        if delay is not None and not np.isfinite(delay).all():
+            raise ValueError(f"import_nir: node {name!r}: its {kind} delays exceed the float32 range in "
+                             f"{time_unit!r}")
+        return kernel, delay
 
-    kernel, delays = weights(w, d)
-    rec = (None, None) if recurrent is None else weights(*recurrent)
+    kernel, delays = weights(w, d, "input")
+    rec = (None, None) if recurrent is None else weights(*recurrent, "recurrent")
     kwargs = dict(tau_mem=model_time(tau_mem_g, "tau_mem"), tau_syn=model_time(tau_syn_g, "tau_syn"),
                   name=str(meta.get("name", name)).replace("/", "_"))
     taus = None

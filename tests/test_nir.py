@@ -346,6 +346,18 @@ def test_import_refuses_bad_max_spikes_arguments(kwargs, match):
     model = sk.import_nir(graph, t_max=60.0, max_spikes=np.int64(3), input_max_spikes=np.int64(2))
     assert model.layers[0].max_spikes == 3 and tuple(model.inputs[0].shape) == (None, 4, 2)
 
+
+def test_import_refuses_weights_and_delays_beyond_float32():
+    # r * w_in / tau_syn scales NIR's weights; past float32's range the layer got inf weights (a numpy warning only).
+    graph, *_ = other_tool_graph(r=1e39)
+    with pytest.raises(ValueError, match=r"node 'lif1': its input weights .* exceed the float32 range"):
+        sk.import_nir(graph, synapse="jump", max_spikes=4, t_max=60.0)
+    graph, *_ = other_tool_graph(affine=False)
+    graph.nodes["d"] = nir.Delay(delay=np.full(6, 1e36))  # 1e36 s is finite, 1e39 ms is not (in float32)
+    graph.edges[:] = [("in", "fc1"), ("fc1", "d"), ("d", "lif1"), ("lif1", "fc2"), ("fc2", "li"), ("li", "out")]
+    with pytest.raises(ValueError, match=r"node 'lif1': its input delays exceed the float32 range in 'ms'"):
+        sk.import_nir(graph, max_spikes=4, t_max=60.0)
+
 def test_export_rejects_other_layers():
     model = keras.Sequential([keras.Input(shape=(5, 3)), sk.LIFLayer(4, tau_mem=20.0, tau_syn=10.0, max_spikes=2),
                               keras.layers.Dense(3, name="dense_head")])
