@@ -28,7 +28,10 @@ class FiringMonitor(keras.callbacks.Callback):
 
     def __init__(self, stats=_STATS):
         super().__init__()
-        stats = (stats,) if isinstance(stats, str) else tuple(stats)  # one name as a string: not its letters
+        try:
+            stats = (stats,) if isinstance(stats, str) else tuple(stats)  # one name as a string: not its letters
+        except TypeError:  # None, a number: not "'NoneType' object is not iterable"
+            raise ValueError(f"stats must be a non-empty subset of {_STATS}, got {stats!r}") from None
         unknown = [s for s in stats if s not in _STATS]
         if unknown or not stats:
             raise ValueError(f"stats must be a non-empty subset of {_STATS}, got {stats!r}")

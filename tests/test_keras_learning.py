@@ -361,6 +361,9 @@ def test_firing_monitor_rejects_unknown_statistics():
     with pytest.raises(ValueError, match=r"got \('rate',\)"):  # a string is one name, not its letters
         sk.FiringMonitor(stats="rate")
     assert sk.FiringMonitor(stats="silent_fraction").stats == ("silent_fraction",)
+    for stats in (None, 5):  # not iterable: the argument named, not "'NoneType' object is not iterable"
+        with pytest.raises(ValueError, match=rf"stats must be a non-empty subset .* got {stats}"):
+            sk.FiringMonitor(stats=stats)
 
 
 def test_firing_monitor_keeps_layers_of_one_name_apart():
