@@ -125,7 +125,8 @@ class ShardedBatches(keras.utils.PyDataset):
     as ``spikescan.datasets.SpikeBatches``; its ``on_epoch_begin`` / ``on_epoch_end`` are forwarded (a shuffled
     ``SpikeBatches`` reshuffles by its seed and epoch, the same on every rank). The ranks get disjoint slices whose
     sizes differ by at most one sample. A last global batch with fewer samples than ranks is dropped, so that every
-    rank has a sample at every step (the ranks must take the same number of steps), with a warning on rank 0.
+    rank has a sample at every step (the ranks must take the same number of steps), with a warning on rank 0; an
+    earlier one raises ValueError when it is served. A batch that is an array alone is ``x``.
 
     Order: the k-th batch ``fit`` asks for in an epoch is the slice of global batch k, whatever index it asks with.
     ``fit(shuffle=True)``, the default, reorders a PyDataset's batches with each process's own random state, which
@@ -161,8 +162,13 @@ class ShardedBatches(keras.utils.PyDataset):
         if not -self._len <= index < self._len:
             raise IndexError(f"batch index {index} out of range for {self._len} batches")
         step, self._served = self._served % self._len, self._served + 1
-        return keras.tree.map_structure(lambda a: None if a is None else _rows(a, self.rank, self.world_size),
-                                        tuple(self.batches[step]))
+        batch = self.batches[step]
+        batch = tuple(batch) if isinstance(batch, list) else batch  # a bare array is x, not a tuple of its rows
+        if (size := len(_leaves(batch)[0])) < self.world_size:  # the last one is left out in __init__
+            raise ValueError(f"global batch {step} has {size} sample(s), fewer than world_size={self.world_size}: "
+                             "a rank would train on an empty batch (every rank needs a sample at every step); "
+                             "only the last batch may be short")
+        return keras.tree.map_structure(lambda a: None if a is None else _rows(a, self.rank, self.world_size), batch)
 
     def on_epoch_begin(self):
         self._served = 0

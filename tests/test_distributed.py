@@ -182,3 +182,17 @@ def test_sharded_batches_slice_every_array_of_nested_batches():
     for kw in (dict(rank=0.5, world_size=2), dict(rank=True, world_size=2), dict(rank=0, world_size=2.0)):
         with pytest.raises(TypeError, match="must be an int"):
             distributed.ShardedBatches([(x1, y)], **kw)
+
+
+def test_sharded_batches_refuse_a_short_batch_before_the_last_and_slice_a_bare_x():
+    """A global batch before the last with fewer samples than ranks gave a rank an empty batch (its loss a mean over
+    nothing); a batch that is x alone was split into its rows by tuple()."""
+    from spikescan_keras import distributed
+
+    batches = [(np.zeros((4, 2)), np.zeros(4)), (np.zeros((1, 2)), np.zeros(1)), (np.zeros((4, 2)), np.zeros(4))]
+    sharded = distributed.ShardedBatches(batches, rank=1, world_size=2)
+    assert sharded[0][0].shape == (2, 2)
+    with pytest.raises(ValueError, match=r"global batch 1 has 1 sample\(s\), fewer than world_size=2"):
+        sharded[1]
+    x = np.arange(12.0).reshape(6, 2)
+    np.testing.assert_array_equal(distributed.ShardedBatches([x], rank=1, world_size=2)[0], x[1::2])
