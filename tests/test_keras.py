@@ -433,6 +433,72 @@ def small_model(**lif_kwargs):
     return model
 
 
+def test_first_layer_fed_with_data_skips_its_input_gradient(jax_route, monkeypatch):
+    """In ``model.fit`` nothing differentiates the data: the first LIF layer's backward is asked for no input-time
+    gradient (torch: ``needs_input_grad``; jax: the input is not ``perturbed``), the second one's is; the weight
+    gradients are those of a backward that computes it (the same kernels, the input gradient only left out).
+    TensorFlow's ``custom_gradient`` cannot tell, so there every layer computes it."""
+    from spikescan_keras import _host
+
+    calls, original = [], _host.LIFOp.backward
+
+    def spy(spec, result, grad, input_grad=True):
+        calls.append((spec.layer_name, input_grad))
+        return original(spec, result, grad, input_grad=input_grad)
+
+    keras.utils.set_random_seed(0)
+    x, y = timing_task(8)
+    model = keras.Sequential([
+        keras.Input(shape=(3, 1)),
+        sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, name="first"),
+        sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, name="second"),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # builds the optimizer and traces the step without the spy
+    monkeypatch.setattr(_host.LIFOp, "backward", staticmethod(spy))
+    before = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert sorted(set(calls)) == [("first", BACKEND == "tensorflow"), ("second", True)], calls
+    # The weight gradients match a backward that also computes the first layer's input gradient.
+    calls.clear()
+    monkeypatch.setattr(_host.LIFOp, "backward",
+                        staticmethod(lambda spec, result, grad, input_grad=True: spy(spec, result, grad)))
+    for v, b in zip(model.trainable_variables, before):
+        v.assign(b)
+    grads_all = _weight_grads(model, x, y)
+    monkeypatch.setattr(_host.LIFOp, "backward", staticmethod(spy))
+    grads_skip = _weight_grads(model, x, y)
+    for a, b in zip(grads_all, grads_skip):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.abs(g).sum() > 0 for g in grads_all)
+
+
+def _weight_grads(model, x, y):
+    """Gradients of the mean cross-entropy with respect to the model's trainable variables (the data is constant)."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(True)
+    variables = model.trainable_variables
+    if BACKEND == "torch":
+        for v in variables:
+            v.value.grad = None
+        loss_fn(y, model(x, training=True)).backward()
+        return [v.value.grad.detach().cpu().numpy().copy() for v in variables]
+    if BACKEND == "jax":
+        import jax
+
+        def loss(values):
+            logits, _ = model.stateless_call(values, [w.value for w in model.non_trainable_variables], x,
+                                             training=True)
+            return loss_fn(y, logits)
+
+        return [np.asarray(g) for g in jax.grad(loss)([v.value for v in variables])]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    return [g.numpy() for g in tape.gradient(loss, [v.value for v in variables])]
+
+
 def test_fit_reduces_loss(jax_route):
     keras.utils.set_random_seed(0)
     x, y = timing_task()

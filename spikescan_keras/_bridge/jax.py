@@ -40,6 +40,12 @@ the backward callback takes the result back by that token, so a training step ru
 bounded (``_CACHE_SIZE`` results): a backward whose result was evicted, or that runs twice, recomputes the forward
 from the saved inputs, which is correct and costs one extra forward.
 
+Input gradient: the op's ``custom_vjp`` uses symbolic zeros, so its forward learns whether anything differentiates
+the input spike times (``CustomVJPPrimal.perturbed``). A first layer fed with data is not differentiated with respect
+to its input in a training step (Keras differentiates the trainable variables), and its backward skips that gradient
+(``input_grad=False``), as torch's ``needs_input_grad`` lets the torch bridge do; a cotangent that is a symbolic zero
+(the output does not reach the loss) gives zero gradients without a callback.
+
 Data parallelism: under a Keras distribution that shards the batch axis (``keras.distribution.DataParallel``, or
 ``ModelParallel``'s data layout) a callback would receive the global batch gathered onto one device. So ``apply``
 wraps the op in ``jax.shard_map`` over the batch axis: each device's callback runs on its own slice of the batch (on
@@ -159,16 +165,21 @@ def _pure_forward(op, spec, inputs, stash):
     return tuple(jax.pure_callback(host, structs, *inputs, vmap_method="sequential"))
 
 
-def _pure_backward(op, spec, token, grad, inputs):
+def _wanted(values, input_grad):
+    """The entries of ``values`` (one per op input) whose gradient is computed: all, or all but the first."""
+    return tuple(values) if input_grad else tuple(values)[1:]
+
+
+def _pure_backward(op, spec, token, grad, inputs, input_grad):
     def host(token, grad, *arrays):
         arrays = _host_arrays(arrays)
         result = _cache.take(token)
         if result is None:
             result = op.forward(spec, arrays)[1]
-        grads = op.backward(spec, result, np.asarray(grad))
-        return tuple(np.asarray(g, dtype=a.dtype) for g, a in zip(grads, arrays))
+        grads = op.backward(spec, result, np.asarray(grad), input_grad=input_grad)
+        return tuple(np.asarray(g, dtype=a.dtype) for g, a in zip(*(_wanted(v, input_grad) for v in (grads, arrays))))
 
-    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs)
+    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in _wanted(inputs, input_grad))
     return tuple(jax.pure_callback(host, structs, token, grad, *inputs, vmap_method="sequential"))
 
 
@@ -218,16 +229,16 @@ def _buffer_forward(op, spec, inputs, stash):
     return tuple(_buffer(callback, structs)(*inputs))
 
 
-def _buffer_backward(op, spec, token, grad, inputs):
+def _buffer_backward(op, spec, token, grad, inputs, input_grad):
     def callback(ctx, outs, token, grad, *buffers):
         with _array_library(ctx, buffers) as xp:
             arrays = tuple(_array(xp, b) for b in buffers)
             result = _cache.take(int(_array(xp, token)))
             if result is None:
                 result = op.forward(spec, arrays)[1]
-            _write(xp, outs, op.backward(spec, result, _array(xp, grad)))
+            _write(xp, outs, _wanted(op.backward(spec, result, _array(xp, grad), input_grad=input_grad), input_grad))
 
-    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs)
+    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in _wanted(inputs, input_grad))
     return tuple(_buffer(callback, structs)(token, grad, *inputs))
 
 
@@ -243,16 +254,25 @@ def _call(op, spec, route, inputs):
 
 
 def _call_fwd(op, spec, route, inputs):
-    *outputs, token = _FORWARD[route](op, spec, inputs, stash=True)
-    return tuple(outputs), (inputs, token)
+    # symbolic_zeros: each input comes as a CustomVJPPrimal whose ``perturbed`` says whether anything differentiates
+    # with respect to it; a first layer fed with data (Keras differentiates the trainable variables only) is not,
+    # so its backward skips the input-time gradient (as torch's needs_input_grad does).
+    values = tuple(x.value for x in inputs)
+    *outputs, token = _FORWARD[route](op, spec, values, stash=True)
+    return tuple(outputs), (values, token, bool(inputs[0].perturbed))
 
 
 def _call_bwd(op, spec, route, residuals, cotangents):
-    inputs, token = residuals
-    return (_BACKWARD[route](op, spec, token, cotangents[0], inputs),)
+    inputs, token, input_grad = residuals
+    grad = cotangents[0]
+    if isinstance(grad, jax.custom_derivatives.SymbolicZero):
+        # The output does not reach the loss: every gradient is zero (the stashed result ages out of the cache).
+        return ((None,) * len(inputs),)
+    grads = _BACKWARD[route](op, spec, token, grad, inputs, input_grad)
+    return (grads if input_grad else (None, *grads),)
 
 
-_call.defvjp(_call_fwd, _call_bwd)
+_call.defvjp(_call_fwd, _call_bwd, symbolic_zeros=True)
 
 
 def _batch_sharding(batch):
