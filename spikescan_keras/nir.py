@@ -349,7 +349,8 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
         time_unit: unit of the returned model's times: ``"ms"`` (default), ``"s"`` or ``"us"``.
         graph_time_unit: the graph's unit; None takes the one our metadata records, else ``"s"``.
         synapse: ``"dirac"`` (NIR's equations: a spike through weight ``W`` moves ``I`` by ``r w_in W /
-            tau_syn``) or ``"jump"`` (by ``r w_in W``: graphs written by norse and tools with its convention).
+            tau_syn``) or ``"jump"`` (by ``r w_in W``: graphs written by norse and tools with its convention). A
+            graph whose metadata records its convention (``export_nir``'s: ``"dirac"``) refuses the other one.
         max_spikes, readout, t_max, tau_readout: for neuron nodes without our metadata (third-party graphs):
             ``max_spikes`` of every ``LIFLayer`` (required then), ``readout`` (default ``"integral"``),
             ``t_max`` (required for a ``CubaLI``; in ``time_unit``) and ``tau_readout`` of the ``LIReadout``.
@@ -366,6 +367,10 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
     if not isinstance(graph, nir.NIRGraph):
         raise TypeError(f"import_nir expects a nir.NIRGraph, got {type(graph).__name__}")
     gmeta = _meta_dict(graph.metadata)
+    if "synapse" in gmeta and str(gmeta["synapse"]) != synapse:  # our export records its convention
+        raise ValueError(f"import_nir: synapse={synapse!r}, but the graph's metadata says it was written with "
+                         f"synapse={str(gmeta['synapse'])!r} (spikescan's export_nir): its weights would be read "
+                         f"off by a factor tau_syn; pass synapse={str(gmeta['synapse'])!r}")
     if graph_time_unit is None:
         graph_time_unit = str(gmeta.get("time_unit", "s"))
     _check_unit("graph_time_unit", graph_time_unit)

@@ -88,6 +88,9 @@ def test_round_trip_through_file_is_exact(tmp_path, delays, readout):
     if delays:
         np.testing.assert_array_equal(lif.delay_values(),
                                       model.layers[0].delay_values())
+    # Our graphs record their synapse convention: the other one would read every weight off by tau_syn.
+    with pytest.raises(ValueError, match="synapse='jump', but the graph's metadata says .* synapse='dirac'"):
+        sk.import_nir(nir.read(path), synapse="jump")
 
 
 @pytest.mark.parametrize("readout, scale", [("max", 2.5), ("final", "auto")])
