@@ -220,7 +220,8 @@ def latency(values, *, t_max, t_min=0.0, cut=0.0, symmetric=False, dtype=np.floa
     dt = _float_dtype(dtype)
     _fits(t_max, dt)
     x = _mirror(_unit_table("values", values), symmetric)
-    times = t_min + (1.0 - x) * (t_max - t_min)
+    # Rounded, t_min + 1 * (t_max - t_min) can exceed t_max by an ulp; clamping keeps the order (a monotone map).
+    times = np.minimum(t_min + (1.0 - x) * (t_max - t_min), t_max)
     if cut is not None:
         times = np.where(x > cut, times, np.inf)
     return times[..., None].astype(dt)

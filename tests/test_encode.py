@@ -335,3 +335,12 @@ def test_scale_of_a_range_beyond_float64():
     x = np.array([[-1.7e308, 0.0], [1.7e308, 1.0], [0.0, 0.5]])
     scaled, low, high = scale(x)
     np.testing.assert_allclose(scaled, [[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]], rtol=1e-15)
+
+
+def test_latency_zero_spikes_exactly_at_t_max_never_past_it():
+    # t_min + (1 - 0) * (t_max - t_min) rounds one ulp above t_max for this pair.
+    t_min, t_max = 1.9013254342163477, 7.343743534003257
+    assert t_min + (t_max - t_min) > t_max
+    times = latency([[0.0, 1e-17, 0.5, 1.0]], t_min=t_min, t_max=t_max, cut=None)
+    assert times[0, 0, 0] == t_max and times[0, 1, 0] <= t_max and times[0, 3, 0] == t_min
+    assert (np.diff(times[0, :, 0]) <= 0).all()  # larger values still spike earlier
