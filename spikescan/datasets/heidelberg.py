@@ -202,7 +202,13 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
     total_in = 0
     for k, (t, u) in enumerate(zip(raw_t, raw_u)):
         t = np.asarray(t, dtype=np.float64) * scale
-        u = np.asarray(u, dtype=np.int64)
+        u = np.asarray(u)
+        if u.dtype.kind not in "iu":  # a float unit is not truncated (nor NaN cast to a garbage index)
+            whole = np.isfinite(u) & (u == np.round(u)) & (np.abs(u) < 2.0 ** 62)
+            if not whole.all():
+                raise ValueError(f"{path.name}: sample {k} of the selection holds the unit index "
+                                 f"{u[~whole][0].item()!r}; units must be whole numbers in [0, {N_UNITS})")
+        u = u.astype(np.int64)
         if t.shape != u.shape:
             raise ValueError(f"{path.name}: sample {k} of the selection has {len(t)} spike times but {len(u)} units; "
                              f"they must pair up one to one (a corrupt file: download it again)")
@@ -252,7 +258,8 @@ def shd(split: str, *, data_dir, time_unit: str = "ms", t_max=None, channels=Non
     Every spike removed by ``channels``, ``t_max`` or ``max_spikes_per_channel`` is counted in
     ``result.dropped[argument]`` (total ``result.dropped_spikes``) and reported by a ``DroppedSpikesWarning``.
     A malformed file (a missing dataset, datasets or a sample's times and units of different lengths, fractional
-    labels or labels beyond ``extra/keys``, times that are not finite and ``>= 0``, units outside ``[0, 700)``) is a
+    labels or labels beyond ``extra/keys``, times that are not finite and ``>= 0``, units not whole or outside
+    ``[0, 700)``) is a
     ValueError naming the file and the sample.
 
     Returns:
