@@ -229,3 +229,26 @@ def test_float32_merging_distinct_times_is_warned():
         out64 = ToSpikeTensor(2, 3, dtype=np.float64)(events)
         ToSpikeTensor(2, 3)(np.array([(1, 0, 1), (2, 0, 1), (100, 0, 1)], dt))  # near zero: distinct in float32
     np.testing.assert_array_equal(out64[0], [3_600_000.001, 3_600_000.002, 3_600_000.1])
+
+
+def test_bad_event_values_are_named_with_their_real_value():
+    """A negative time was refused as 'samples[0]: times must be finite and >= 0, got -0.005' (no such argument, in
+    ms); inf, 1e30 or a huge uint64 address was cast to int64 first and reported as -9223372036854775808 or -1."""
+    events = np.zeros(3, [("t", "<i8"), ("x", "<i8")])
+    events["t"], events["x"] = [10, -5, 20], [0, 1, 1]
+    with pytest.raises(ValueError, match=r"event times 't' must be finite and >= 0 \(microseconds\), got -5 at "
+                                         r"event 1"):
+        ToSpikeTensor(2, 4)(events)
+    for dtype, value, match in (("<f8", np.inf, "channel field holds non-integer values, e.g. inf"),
+                                ("<f8", 1e30, "channel 1e\\+30 outside"),
+                                ("<u8", 2 ** 64 - 1, "channel 18446744073709551615 outside")):
+        bad = np.zeros(2, [("t", "<i8"), ("x", dtype)])
+        bad["x"] = [value, 0]
+        with pytest.raises(ValueError, match=match):
+            ToSpikeTensor(2, 4)(bad)
+    camera = np.zeros(2, [("t", "<i8"), ("x", "<f4"), ("y", "<f4"), ("p", "<f4")])
+    for value, match in ((np.inf, "event field 'y' holds non-integer values, e.g. inf"),
+                         (1e30, "event field 'y' must lie in \\[0, 3\\) for sensor_size \\(2, 3, 2\\), got 1.0000")):
+        camera["y"] = [value, 0]
+        with pytest.raises(ValueError, match=match):
+            ToSpikeTensor(12, 4, sensor_size=(2, 3, 2))(camera)

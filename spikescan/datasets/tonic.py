@@ -20,6 +20,15 @@ from ._core import (TIME_UNITS, DroppedSpikesWarning, _pack_events, check_choice
 _US = TIME_UNITS["us"]
 
 
+def _whole(what, v):
+    """``v`` unchanged when a float array holds only finite whole numbers (any other dtype is returned as is)."""
+    if v.dtype.kind == "f":
+        bad = ~np.isfinite(v) | (v != np.round(v))
+        if bad.any():
+            raise ValueError(f"ToSpikeTensor: {what} holds non-integer values, e.g. {v[bad][0].item()!r}")
+    return v
+
+
 class ToSpikeTensor:
     """tonic transform: structured event array -> spike tensor ``[n_channels, max_spikes]``.
 
@@ -123,40 +132,38 @@ class ToSpikeTensor:
                 if field not in names:
                     raise ValueError(f"ToSpikeTensor: sensor_size {self.sensor_size} needs the event field "
                                      f"{field!r} (fields: {names})")
-            def integer_field(name):
-                v = np.asarray(events[name])
-                if v.dtype.kind == "f" and not np.array_equal(v, np.round(v)):
-                    raise ValueError(f"ToSpikeTensor: event field {name!r} holds non-integer values, e.g. "
-                                     f"{float(v[v != np.round(v)][0])!r}")
-                return v.astype(np.int64)
-
-            x = integer_field("x")
-            y = integer_field("y") if "y" in names else np.zeros_like(x)
-            pol = integer_field("p") if p > 1 else np.zeros_like(x)
-            for field, v, size in (("x", x, w), ("y", y, h), ("p", pol, p)):
+            def field_in(name, size):
+                # Checked in the field's own dtype: inf, 1e30 or a uint64 above int64's range would wrap in the cast.
+                v = _whole(f"event field {name!r}", np.asarray(events[name]))
                 bad = (v < 0) | (v >= size)
                 if bad.any():
-                    raise ValueError(f"ToSpikeTensor: event field {field!r} must lie in [0, {size}) for sensor_size "
-                                     f"{self.sensor_size}, got {v[bad][0]}")
+                    raise ValueError(f"ToSpikeTensor: event field {name!r} must lie in [0, {size}) for sensor_size "
+                                     f"{self.sensor_size}, got {v[bad][0].item()!r}")
+                return v.astype(np.int64)
+
+            x = field_in("x", w)
+            y = field_in("y", h) if "y" in names else np.zeros_like(x)
+            pol = field_in("p", p) if p > 1 else np.zeros_like(x)
             ch = (pol * h + y) * w + x
-        if ch.dtype.kind == "f":
-            if not np.array_equal(ch, np.round(ch)):
-                raise ValueError("ToSpikeTensor: channel field holds non-integer values")
-        elif ch.dtype.kind not in "iub":
+        if ch.dtype.kind not in "iubf":
             raise ValueError(f"ToSpikeTensor: channel field must be integer, got dtype {ch.dtype}")
-        ch = ch.astype(np.int64)
-        bad = (ch < 0) | (ch >= self.n_channels)
+        ch = _whole("channel field", ch)
+        bad = (ch < 0) | (ch >= self.n_channels)  # before the cast to int64, which would wrap a huge value
         if bad.any():
-            raise ValueError(f"ToSpikeTensor: channel {ch[bad][0]} outside [0, {self.n_channels})")
-        return ch
+            raise ValueError(f"ToSpikeTensor: channel {ch[bad][0].item()!r} outside [0, {self.n_channels})")
+        return ch.astype(np.int64)
 
     def times(self, events) -> np.ndarray:
         """``[n_events]`` float64 event times in ``time_unit`` (``t`` is in microseconds)."""
         if "t" not in events.dtype.names:
             raise ValueError(f"ToSpikeTensor: events have no time field 't' (fields: {events.dtype.names})")
-        t = np.asarray(events["t"], dtype=np.float64)
-        if not np.isfinite(t).all():
-            raise ValueError("ToSpikeTensor: event times must be finite")
+        raw = np.asarray(events["t"])
+        t = raw.astype(np.float64)
+        bad = ~np.isfinite(t) | (t < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"ToSpikeTensor: event times 't' must be finite and >= 0 (microseconds), got "
+                             f"{raw[i].item()!r} at event {i}")
         return t / (_US / TIME_UNITS[self.time_unit])
 
     def __call__(self, events) -> np.ndarray:
