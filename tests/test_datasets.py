@@ -430,7 +430,7 @@ def test_a_malformed_shd_file_is_named_with_the_sample(tmp_path):
              (dict(labels=[1, 20]), r"shd_train.h5: sample 1 of the selection has the label 20, but extra/keys names "
                                     r"20 classes"),
              (dict(labels=[1, 0, 2]), r"shd_train.h5: its datasets disagree on the number of samples "
-                                      r"\({'spikes/times': 2, 'spikes/units': 2, 'labels': 3}\)"),
+                                      r"\({'spikes/times': 2, 'spikes/units': 2, 'labels': 3, 'extra/speaker': 2}\)"),
              (dict(drop="spikes/units"), r"shd_train.h5: no dataset 'spikes/units'")]
     for change, match in cases:
         written(**change)
@@ -1003,3 +1003,17 @@ def test_shd_fractional_or_nan_unit_is_an_error_not_truncated(tmp_path, unit, sh
         f["labels"] = np.array([0], np.uint16)
     with pytest.raises(ValueError, match=rf"shd_train.h5: sample 0 of the selection holds the unit index {shown}; "):
         shd("train", data_dir=tmp_path)
+
+
+def test_shd_speaker_list_of_another_length_is_an_error(tmp_path):
+    """extra/speaker shorter than labels loaded silently (meta["speaker"] of 2 for 3 samples, whole in every subset)
+    and indices=[2] failed with a bare IndexError."""
+    h5py = pytest.importorskip("h5py")
+    write_heidelberg(tmp_path / "shd_train.h5")
+    with h5py.File(tmp_path / "shd_train.h5", "a") as f:
+        del f["extra/speaker"]
+        f["extra/speaker"] = np.array([7, 8], np.uint16)
+    for kw in ({}, {"indices": [2]}):
+        with pytest.raises(ValueError, match=r"shd_train.h5: its datasets disagree on the number of samples "
+                                             r"\(.*'labels': 3, 'extra/speaker': 2\}\)"):
+            shd("train", data_dir=tmp_path, **kw)

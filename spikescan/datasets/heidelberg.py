@@ -169,7 +169,8 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         if missing:
             raise ValueError(f"{path}: no dataset {missing[0]!r}; an SHD / SSC file holds spikes/times, spikes/units "
                              "and labels")
-        lengths = {key: len(f[key]) for key in ("spikes/times", "spikes/units", "labels")}
+        keys = ("spikes/times", "spikes/units", "labels") + (("extra/speaker",) if "extra/speaker" in f else ())
+        lengths = {key: len(f[key]) for key in keys}  # a short speaker list would pair speakers with other samples
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{path}: its datasets disagree on the number of samples ({lengths}); the file is "
                              f"corrupt: download it again (spikescan.datasets.download_{name})")
