@@ -631,7 +631,13 @@ class LIFLayer(_SpikeTimesLayer):
                                                                        SpikeCountRegularizer):
             raise TypeError("spike_count_regularizer must be a SpikeCountRegularizer or None, got "
                             f"{spike_count_regularizer!r}")
-        self.calibrate = None if calibrate is None else spikescan.init._check_target(calibrate)
+        if calibrate is not None:
+            try:
+                calibrate = spikescan.init._check_target(calibrate)
+            except ValueError as err:  # the argument by its name here (the check calls it "target")
+                raise ValueError("calibrate must be None or a pair (low, high) of fractions with 0 < low < high <= 1, "
+                                 f"got {calibrate!r}") from err
+        self.calibrate = calibrate
         self.silence_penalty = _validate.nonnegative_scalar("silence_penalty", silence_penalty)
         self.input_spikes = None if input_spikes is None else _validate.positive_scalar("input_spikes", input_spikes)
         self.input_window = _validate.nonnegative_scalar("input_window", input_window)

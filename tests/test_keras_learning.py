@@ -343,8 +343,8 @@ def test_revival_objective_value_and_gradient_match_finite_differences(delays):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(calibrate=(0.9, 0.3)), "target"),
-    (dict(calibrate=0.5), "target"),
+    (dict(calibrate=(0.9, 0.3)), r"calibrate must .* got \(0\.9, 0\.3\)"),  # named as the layer's argument
+    (dict(calibrate=0.5), r"calibrate must .* got 0\.5"),
     (dict(silence_penalty=-1.0), "silence_penalty"),
     (dict(silence_penalty=float("nan")), "silence_penalty"),
     (dict(input_spikes=0), "input_spikes"),
