@@ -162,6 +162,8 @@ def _optional_positive(name, value):
 
 
 def _initializer(name, value):
+    if value is None:  # keras.initializers.get(None) is None: an LIFLayer crashed in build, an LIReadout took Glorot
+        raise ValueError(f"{name} must be 'auto' or a Keras initializer, got None")
     if value == "auto":
         return "auto"
     try:

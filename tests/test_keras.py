@@ -835,6 +835,12 @@ def test_added_losses_keep_float64():
     (dict(chunk_size=0), "chunk_size"),
     (dict(max_delay=-1.0), "max_delay"),
     (dict(kernel_initializer="no_such_init"), "kernel_initializer"),
+    # None: at threshold 1 it silently meant Keras' default, at other thresholds a TypeError in build.
+    (dict(kernel_initializer=None), "kernel_initializer must be 'auto' or a Keras initializer, got None"),
+    (dict(delays=True, delay_initializer=None), "delay_initializer must be .* got None"),
+    (dict(recurrent=True, recurrent_initializer=None), "recurrent_initializer must be .* got None"),
+    (dict(recurrent=True, recurrent_delays=True, recurrent_delay_initializer=None),
+     "recurrent_delay_initializer must be .* got None"),
     # Combinations that could never train: refused when the layer is made, not at the first step that breaks them.
     (dict(solver="analytic", tau_mem=10.0, tau_syn=4.0), "tau_mem == 2 \\* tau_syn; got tau_mem=10.0"),
     (dict(solver="analytic", tau_mem=10.0, tau_syn=5.0, trainable_time_constants=True), "does not keep"),
@@ -867,6 +873,7 @@ def test_options_checked_against_each_other_only_where_they_apply():
     (dict(scale=True), "scale"),
     (dict(readout="final", t_max=3000.0, tau_mem=1.0, tau_syn=0.5), "unit-weight spike at t_max / 2 is 0.0"),
     (dict(trainable_time_constants=True, tau_mem=10.0, tau_syn=4.0, min_time_constant=4.5), "min_time_constant=4.5"),
+    (dict(kernel_initializer=None), "kernel_initializer must be 'auto' or a Keras initializer, got None"),
 ])
 def test_readout_bad_config(kwargs, match):
     args = dict(units=3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX) | kwargs
