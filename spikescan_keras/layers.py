@@ -187,6 +187,29 @@ class _Scaled:
         return values if self.factor == 1.0 else values * ops.cast(self.factor, values.dtype)
 
 
+class _CheckedDelays:
+    """The delays of ``initializer`` (in time units) over ``layer.delay_unit``, each checked to lie in ``[0,
+    max_delay]`` (the range ``DelayRange`` keeps): a negative one failed only at the first call, in spikescan, without
+    naming the initializer; one above ``max_delay`` was clipped silently by the first optimizer step."""
+
+    def __init__(self, layer, initializer, argument):
+        self.layer, self.argument = layer, argument
+        self.scaled = _Scaled(initializer, 1.0 / layer.delay_unit)
+
+    def __call__(self, shape, dtype=None):
+        values = self.scaled(shape, dtype=dtype)
+        stored = np.asarray(ops.convert_to_numpy(values))
+        high = self.layer._stored_max_delay()
+        bad = ~np.isfinite(stored) | (stored < 0) | (False if high is None else stored > stored.dtype.type(high))
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            limits = ">= 0" if high is None else f"within [0, max_delay={self.layer.max_delay!r}]"
+            raise ValueError(f"{type(self.layer).__name__} {self.layer.name!r}: {self.argument} must give delays "
+                             f"{limits} (the range training keeps them in), got "
+                             f"{float(stored[idx]) * self.layer.delay_unit!r} at index {idx}")
+        return values
+
+
 def _n_in(layer, input_shape):
     if len(input_shape) != 3 or input_shape[1] is None:
         raise ValueError(f"{type(layer).__name__} {layer.name!r} expects spike tensors [batch, neurons, max_spikes] "
@@ -708,7 +731,7 @@ class LIFLayer(_SpikeTimesLayer):
                 init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
             # The variable holds the delays over delay_unit; the initializer and max_delay are in time units.
             self.delay_kernel = self.add_weight(name="delay_kernel", shape=(n_in, self.units),
-                                                initializer=_Scaled(init, 1.0 / self.delay_unit),
+                                                initializer=_CheckedDelays(self, init, "delay_initializer"),
                                                 constraint=DelayRange(self._stored_max_delay()))
         if self.recurrent:
             mu = spikescan.init.mean_weight(self.units, tau_mem=self.tau_mem, tau_syn=self.tau_syn,
@@ -729,7 +752,8 @@ class LIFLayer(_SpikeTimesLayer):
                 init = "zeros" if self.max_delay is None else keras.initializers.RandomUniform(0.0, self.max_delay)
             self.recurrent_delay_kernel = self.add_weight(
                 name="recurrent_delay_kernel", shape=(self.units, self.units),
-                initializer=_Scaled(init, 1.0 / self.delay_unit), constraint=DelayRange(self._stored_max_delay()))
+                initializer=_CheckedDelays(self, init, "recurrent_delay_initializer"),
+                constraint=DelayRange(self._stored_max_delay()))
         if self.trainable_time_constants:
             _build_time_constants(self)
         if self.trainable_threshold:  # over voltage_unit (a power of two: exact)

@@ -854,6 +854,28 @@ def test_lif_bad_config(kwargs, match):
         sk.LIFLayer(**args)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(delays=True, max_delay=2.0, delay_initializer=keras.initializers.Constant(3.0)),
+     r"delay_initializer must give delays within \[0, max_delay=2.0\] .* got 3.0 at index \(0, 0\)"),
+    (dict(delays=True, delay_initializer=keras.initializers.Constant(-1.0)),
+     r"delay_initializer must give delays >= 0 .* got -1.0 at index \(0, 0\)"),
+    (dict(recurrent=True, recurrent_delays=True, max_delay=2.0,
+          recurrent_delay_initializer=keras.initializers.RandomUniform(2.5, 4.0)),
+     r"recurrent_delay_initializer must give delays within \[0, max_delay=2.0\]"),
+])
+def test_initial_delays_outside_the_constraint_are_refused(kwargs, match):
+    """An initializer's delays above max_delay were used as they were until the first optimizer step clipped them
+    (DelayRange), silently; negative ones failed at the first call without naming the initializer."""
+    lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        lif.build((None, 3, 2))
+    # Delays within the range, max_delay itself included, are kept as given.
+    ok = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays=True, max_delay=2.0,
+                     delay_initializer=keras.initializers.Constant(2.0))
+    ok.build((None, 3, 2))
+    np.testing.assert_array_equal(ok.delay_values(), np.full((3, 4), 2.0))
+
+
 def test_options_checked_against_each_other_only_where_they_apply():
     # The floors bound trained values only; a fixed layer keeps any floor it was saved with, and the analytic solver
     # takes time constants in the ratio 2.
