@@ -760,7 +760,7 @@ class LIFLayer(_SpikeTimesLayer):
             self.threshold_kernel = self.add_weight(
                 name="threshold", shape=(self.units,),
                 initializer=keras.initializers.Constant(self.threshold / self.voltage_unit),
-                constraint=PositiveFloor(self.min_threshold / self.voltage_unit))
+                constraint=PositiveFloor(_stored_floor(self, "min_threshold", self.min_threshold, self.voltage_unit)))
         self.capped_spikes = self.add_weight(name="capped_spikes", shape=(), dtype="int32", initializer="zeros",
                                              trainable=False)
         # The kernel holds the weights over kernel_scale: voltage_unit until the calibration multiplies it.
@@ -1159,6 +1159,18 @@ def _time_constant_options(layer, trainable_time_constants, min_time_constant):
                          "min_time_constant")
 
 
+def _stored_floor(layer, name, value, unit):
+    """``value / unit``, the floor ``PositiveFloor`` keeps a variable stored over ``unit`` at, checked to stay
+    positive in the layer's variable dtype: a ``min_threshold`` or ``min_time_constant`` that rounds to 0 there let
+    training (and the setters) take the thresholds or time constants to 0."""
+    floor = value / unit
+    if not np.asarray(floor, keras.backend.standardize_dtype(layer.variable_dtype)) > 0:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: {name}={value!r} is 0 in the layer's "
+                         f"{layer.variable_dtype} variables (stored over the unit {unit!r}), so it would not keep the "
+                         f"trained values positive; pass a larger {name}")
+    return floor
+
+
 def _build_time_constants(layer):
     """Add ``layer.tau_mem_kernel`` and ``layer.tau_syn_kernel`` ``[units]``: the per-neuron time constants over
     ``tau_mem_unit`` and ``tau_syn_unit``, initialised to the layer's scalars and kept at or above
@@ -1168,7 +1180,7 @@ def _build_time_constants(layer):
         setattr(layer, f"{name}_kernel", layer.add_weight(
             name=f"{name}_kernel", shape=(layer.units,),
             initializer=keras.initializers.Constant(getattr(layer, name) / unit),
-            constraint=PositiveFloor(layer.min_time_constant / unit)))
+            constraint=PositiveFloor(_stored_floor(layer, "min_time_constant", layer.min_time_constant, unit))))
 
 
 def _time_constant_tensors(layer):

@@ -247,6 +247,21 @@ def test_readout_nir_round_trip_keeps_the_trained_time_constants(tmp_path):
     np.testing.assert_allclose(ops.convert_to_numpy(back(x)), ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("make, name", [
+    (lambda: sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, trainable_threshold=True,
+                         min_threshold=1e-50), "min_threshold"),
+    (lambda: sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, trainable_time_constants=True,
+                         min_time_constant=1e-50), "min_time_constant"),
+    (lambda: sk.LIReadout(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=20.0, trainable_time_constants=True,
+                          min_time_constant=1e-50), "min_time_constant"),
+])
+def test_a_floor_that_rounds_to_zero_in_float32_is_refused(make, name):
+    """A positive floor that is 0 in the float32 variable let the constraint (PositiveFloor) and the setters keep
+    thresholds or time constants at 0: set_thresholds(zeros) was accepted and the next call failed in spikescan."""
+    with pytest.raises(ValueError, match=rf"{name}=1e-50 is 0 in the layer's float32 variables"):
+        make().build((None, 4, 2))
+
+
 @pytest.mark.parametrize("bad", ["yes", 1])
 def test_readout_options_are_checked(bad):
     with pytest.raises(TypeError, match="trainable_time_constants"):
