@@ -9,7 +9,9 @@ values, arg max times, kinks and every gradient.
 
 - ``walk_queues``: ``prange`` over (sample, neuron); each walks its queue (shared by the sample's neurons, or its
   own with delays) and keeps the first candidate of largest value: ``V(0) = 0``, then per gap the interior peak and
-  the value at the gap's end (a kink candidate when an input arrives there).
+  the value at the gap's end (a kink candidate when an input arrives there). A queue shared by a sample's neurons is
+  walked once per sample with the neurons in step (``prange`` over samples, when there are at least as many as
+  threads), a gap's decay computed once for all of them when they share their time constants: the same bits.
 - ``max_grads``: two passes, each with a fixed summation order and no atomics (bit-identical for any number of
   threads): ``prange`` over neurons for the weight, delay and time-constant gradients and the slope ``V'(t*^-)`` at
   a kink, then ``prange`` over samples for the input-time gradients (each input spike sums over the neurons in
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -27,6 +30,18 @@ from ._lif_numba import _jit, _pjit
 from .neurons import lif
 
 lif.register_numba()
+
+
+# The interior peak of a gap from (V0, I0) is V = I there, below I0 (V rises only while V < I, and a positive I
+# decays): it can beat the best value so far only if max(V0, I0) does. The margin (far above rounding) keeps every
+# case where the computed peak could round past the best; skipping the rest changes no result.
+_PEAK_MARGIN = 1e-12
+
+
+@_jit
+def _peak_may_beat(V0, I0, best):
+    hi = max(V0, I0)
+    return hi + abs(hi) * _PEAK_MARGIN >= best
 
 
 @_pjit
@@ -54,11 +69,12 @@ def _walk(qt, qi, W, tau_mem, tau_syn, t_max, max_in, best, best_t, best_k):
             V0, I0 = V, I
             V = a * V0 + c * I0
             I = lif.input_jump_scalar(bb * I0, w)
-            s_peak = lif.peak_time_scalar(V0, I0, tm, ts)
-            if s_peak < gap:
-                v_peak = lif.voltage_scalar(s_peak, V0, I0, tm, ts)
-                if v_peak > bv:
-                    bv, bt, bk = v_peak, t_last + s_peak, np.int64(-1)
+            if _peak_may_beat(V0, I0, bv):
+                s_peak = lif.peak_time_scalar(V0, I0, tm, ts)
+                if s_peak < gap:
+                    v_peak = lif.voltage_scalar(s_peak, V0, I0, tm, ts)
+                    if v_peak > bv:
+                        bv, bt, bk = v_peak, t_last + s_peak, np.int64(-1)
             if V > bv:
                 bv, bt, bk = V, end, (idx if applies else np.int64(-1))
             t_last = end
@@ -67,16 +83,79 @@ def _walk(qt, qi, W, tau_mem, tau_syn, t_max, max_in, best, best_t, best_k):
         best_k[b, i] = bk
 
 
+@_pjit
+def _walk_shared(qt, qi, W, tau_mem, tau_syn, uniform, t_max, max_in, best, best_t, best_k):
+    """``_walk`` for one queue per sample (``Q = 1``): ``prange`` over samples, each walking its queue once with all
+    its neurons in step, so that with one pair of time constants (``uniform``) a gap's decay is computed once for
+    every neuron. Per neuron the same operations in the same order as ``_walk``: the same bits."""
+    batch, _, L1 = qt.shape
+    n_out = W.shape[1]
+    tm0 = tau_mem[0] if n_out else 1.0
+    ts0 = tau_syn[0] if n_out else 1.0
+    for b_ in prange(batch):
+        b = np.int64(b_)
+        V = np.zeros(n_out)
+        I = np.zeros(n_out)
+        bv = np.zeros(n_out)
+        bt = np.zeros(n_out)
+        bk = np.full(n_out, -1, np.int64)
+        t_last = 0.0
+        for k in range(L1):
+            if k > 0 and t_last >= t_max:
+                break  # every later input arrives at or after t_max (for t_max = inf: the queue is done)
+            t = qt[b, 0, k]
+            idx = qi[b, 0, k]
+            end = min(t, t_max)
+            gap = end - t_last if math.isfinite(t_last) else 0.0
+            applies = t < t_max and idx >= 0
+            j = idx // max(max_in, 1) if applies else np.int64(0)
+            a, bb, c = lif.decay_scalar(gap, tm0, ts0)
+            for i in range(n_out):
+                tm, ts = tau_mem[i], tau_syn[i]
+                if not uniform:
+                    a, bb, c = lif.decay_scalar(gap, tm, ts)
+                w = W[j, i] if applies else 0.0
+                V0, I0 = V[i], I[i]
+                Vn = a * V0 + c * I0
+                I[i] = lif.input_jump_scalar(bb * I0, w)
+                V[i] = Vn
+                if _peak_may_beat(V0, I0, bv[i]):
+                    s_peak = lif.peak_time_scalar(V0, I0, tm, ts)
+                    if s_peak < gap:
+                        v_peak = lif.voltage_scalar(s_peak, V0, I0, tm, ts)
+                        if v_peak > bv[i]:
+                            bv[i], bt[i], bk[i] = v_peak, t_last + s_peak, np.int64(-1)
+                if Vn > bv[i]:
+                    bv[i], bt[i], bk[i] = Vn, end, (idx if applies else np.int64(-1))
+            t_last = end
+        for i in range(n_out):
+            best[b, i] = bv[i]
+            best_t[b, i] = bt[i]
+            best_k[b, i] = bk[i]
+
+
+# Set by the tests: "auto" takes _walk_shared for one queue per sample when the batch gives every thread a sample,
+# "shared" / "per_neuron" force one kernel.
+WALK = "auto"
+
+
 def walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in):
     """``_readout_numpy._walk_queues`` compiled: ``(best, best_t, best_k)`` ``[batch, n_out]``."""
-    batch, _, L1 = qt.shape
+    batch, Q, L1 = qt.shape
     n_out = W.shape[1]
     best = np.zeros((batch, n_out))
     best_t = np.zeros((batch, n_out))
     best_k = np.full((batch, n_out), -1, np.int64)
-    _walk(batch * n_out * L1, np.ascontiguousarray(qt, dtype=np.float64), np.ascontiguousarray(qi, dtype=np.int64),
-          np.ascontiguousarray(W, dtype=np.float64), np.ascontiguousarray(tau_mem, dtype=np.float64),
-          np.ascontiguousarray(tau_syn, dtype=np.float64), float(t_max), np.int64(max_in), best, best_t, best_k)
+    args = (np.ascontiguousarray(qt, dtype=np.float64), np.ascontiguousarray(qi, dtype=np.int64),
+            np.ascontiguousarray(W, dtype=np.float64), np.ascontiguousarray(tau_mem, dtype=np.float64),
+            np.ascontiguousarray(tau_syn, dtype=np.float64))
+    shared = Q == 1 and (WALK == "shared" or (WALK == "auto" and batch >= numba.get_num_threads()))
+    if shared:
+        tm, ts = args[3], args[4]
+        uniform = bool(n_out == 0 or (np.all(tm == tm[0]) and np.all(ts == ts[0])))
+        _walk_shared(batch * n_out * L1, *args, uniform, float(t_max), np.int64(max_in), best, best_t, best_k)
+    else:
+        _walk(batch * n_out * L1, *args, float(t_max), np.int64(max_in), best, best_t, best_k)
     return best, best_t, best_k
 
 

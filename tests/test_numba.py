@@ -997,6 +997,44 @@ def test_compiled_max_walk_equals_numpy_and_ignores_thread_count(tau):
     np.testing.assert_array_equal(out.values, out2.values)
 
 
+@pytest.mark.parametrize("tau", ["shared", "per_neuron"])
+@pytest.mark.parametrize("t_max", [5.0, np.inf])
+def test_max_walk_per_sample_equals_per_neuron_bit_for_bit(tau, t_max, monkeypatch):
+    """The walk of a queue shared by a sample's neurons, all neurons in step (one decay per gap with one pair of time
+    constants), gives the bits of one (sample, neuron) at a time, which skips the same hopeless interior peaks; both
+    match the NumPy engine (kinks exactly); an empty sample and inputs at or after t_max included. ``t_max = inf``:
+    ``peak_voltage``'s walk (the open gap after the last arrival)."""
+    from spikescan import _readout_numba
+
+    rng = np.random.default_rng(5)
+    t = np.sort(rng.uniform(0.0, 6.0, (9, 40, 3)), axis=-1)
+    t[rng.random(t.shape) < 0.3] = np.inf
+    t[4] = np.inf  # a sample without input
+    t = np.sort(t, axis=-1)
+    W = rng.normal(0.2, 0.6, (40, 7))
+    taus = (rng.uniform(0.8, 1.5, 7), rng.uniform(0.3, 0.7, 7)) if tau == "per_neuron" else (1.0, 0.5)
+    kw = dict(tau_mem=taus[0], tau_syn=taus[1])
+
+    def run(engine):
+        if np.isinf(t_max):
+            return ss.peak_voltage(t, W, engine=engine, **kw)
+        return ss.li_forward(t, W, readout="max", t_max=t_max, engine=engine, **kw)
+
+    ref = run("numpy")
+    out = {}
+    for walk in ("shared", "per_neuron"):
+        monkeypatch.setattr(_readout_numba, "WALK", walk)
+        out[walk] = run("numba")
+    a, b = out["shared"], out["per_neuron"]
+    for name in ("eval_time", "kink_index"):
+        np.testing.assert_array_equal(getattr(a.residuals, name), getattr(b.residuals, name), err_msg=name)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.residuals.kink_index, ref.residuals.kink_index)
+    assert (ref.residuals.kink_index >= 0).sum() > 5 and (ref.residuals.kink_index < 0).sum() > 5
+    np.testing.assert_allclose(a.values, ref.values, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(a.residuals.eval_time, ref.residuals.eval_time, rtol=1e-13, atol=1e-15)
+
+
 def test_readout_engine_is_validated():
     rng = np.random.default_rng(0)
     t, W = np.sort(rng.uniform(0.05, 5.0, (2, 3, 4)), axis=-1), rng.normal(size=(3, 2))
