@@ -12,10 +12,10 @@ values, arg max times, kinks and every gradient.
   the value at the gap's end (a kink candidate when an input arrives there). A queue shared by a sample's neurons is
   walked once per sample with the neurons in step (``prange`` over samples, when there are at least as many as
   threads), a gap's decay computed once for all of them when they share their time constants: the same bits.
-- ``max_grads``: two passes, each with a fixed summation order and no atomics (bit-identical for any number of
-  threads): ``prange`` over neurons for the weight, delay and time-constant gradients and the slope ``V'(t*^-)`` at
-  a kink, then ``prange`` over samples for the input-time gradients (each input spike sums over the neurons in
-  order, then the kinks are added).
+- ``max_grads``: one pass, ``prange`` over samples, each (input spike, neuron) pair's decay computed once: the
+  input-time gradient (each input spike sums over the neurons in order, then the kinks are added) and each sample's
+  share of the weight, delay and time-constant gradients, which are then summed over the samples; fixed summation
+  orders and no atomics (bit-identical for any number of threads).
 """
 
 from __future__ import annotations
@@ -171,69 +171,61 @@ def _arrival_terms(t, d, t_star, tm, ts):
 
 
 @_pjit
-def _by_neuron(t, W, D, has_delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, want_tau, grad_W, grad_D,
-               g_tau_mem, g_tau_syn, slope):
-    batch, n_in, max_in = t.shape
-    n_out = W.shape[1]
-    for i_ in prange(n_out):
-        i = np.int64(i_)
-        tm, ts = tau_mem[i], tau_syn[i]
-        for b in range(batch):
-            gb = g[b, i]
-            t_star = eval_time[b, i]
-            kink = kink_index[b, i] >= 0
-            terms = 0.0
-            for j in range(n_in):
-                w = W[j, i]
-                d = D[j, i] if has_delays else 0.0
-                for m in range(max_in):
-                    tm_ = t[b, j, m]
-                    if not tm_ < t_max:
-                        break  # ascending, +inf padded: the rest are at or after t_max
-                    live, a, bb, c, s = _arrival_terms(tm_, d, t_star, tm, ts)
-                    if not live:
-                        continue
-                    grad_W[j, i] += c * gb
-                    if has_delays:
-                        grad_D[j, i] += -lif.voltage_rate_scalar(c, bb, tm) * gb * w
-                    if want_tau:
-                        _, c_tm, _, c_ts = lif.decay_param_grads_scalar(s, tm, ts, a, bb, c)
-                        g_tau_mem[i] += c_tm * (gb * w)
-                        g_tau_syn[i] += c_ts * (gb * w)
-                    if kink:
-                        terms += (bb - c) * w
-            if kink:
-                slope[b, i] = terms / tm
-                if has_delays:
-                    grad_D[kink_index[b, i] // max_in, i] += gb * slope[b, i]
-
-
-@_pjit
-def _by_sample(t, W, D, has_delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, slope, grad_t):
+def _grads_by_sample(t, W, D, has_delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, want_tau, part_W, part_D,
+                     part_tm, part_ts, slope, grad_t):
+    """One pass over every (input spike, neuron) pair of each sample (``prange`` over samples): the input-time
+    gradient (summed over the neurons in order), and the sample's share of the weight, delay and time-constant
+    gradients in ``part_*[b]`` (summed over its spikes in order; the caller sums the samples), then the kinks. Each
+    pair's decay is computed once for all of them."""
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     for b_ in prange(batch):
         b = np.int64(b_)
+        terms = np.zeros(n_out)
         for j in range(n_in):
             for m in range(max_in):
                 tm_ = t[b, j, m]
                 if not tm_ < t_max:
-                    break
+                    break  # ascending, +inf padded: the rest are at or after t_max
                 acc = 0.0
                 for i in range(n_out):
+                    w = W[j, i]
                     d = D[j, i] if has_delays else 0.0
-                    live, a, bb, c, s = _arrival_terms(tm_, d, eval_time[b, i], tau_mem[i], tau_syn[i])
-                    if live:
-                        acc += -lif.voltage_rate_scalar(c, bb, tau_mem[i]) * g[b, i] * W[j, i]
+                    tm, ts = tau_mem[i], tau_syn[i]
+                    live, a, bb, c, s = _arrival_terms(tm_, d, eval_time[b, i], tm, ts)
+                    if not live:
+                        continue
+                    gb = g[b, i]
+                    part_W[b, j, i] += c * gb
+                    g_arrival = -lif.voltage_rate_scalar(c, bb, tm) * gb * w
+                    acc += g_arrival
+                    if has_delays:
+                        part_D[b, j, i] += g_arrival
+                    if want_tau:
+                        _, c_tm, _, c_ts = lif.decay_param_grads_scalar(s, tm, ts, a, bb, c)
+                        part_tm[b, i] += c_tm * (gb * w)
+                        part_ts[b, i] += c_ts * (gb * w)
+                    if kink_index[b, i] >= 0:
+                        terms[i] += (bb - c) * w
                 grad_t[b, j, m] = acc
         for i in range(n_out):
             k = kink_index[b, i]
             if k >= 0:
+                slope[b, i] = terms[i] / tau_mem[i]
                 grad_t[b, k // max_in, k % max_in] += g[b, i] * slope[b, i]
+                if has_delays:
+                    part_D[b, k // max_in, i] += g[b, i] * slope[b, i]
+
+
+# Samples per call of _grads_by_sample: their per-sample gradient shares [samples, n_in, n_out] stay within about
+# this many float64 entries (two such arrays with delays).
+_PART_ENTRIES = 1 << 21
 
 
 def max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, time_constant_grads=False):
-    """``_readout_numpy._max_grads`` compiled: ``(grad_W, grad_t, grad_D, grad_taus)``, the same contract."""
+    """``_readout_numpy._max_grads`` compiled: ``(grad_W, grad_t, grad_D, grad_taus)``, the same contract. Sums in a
+    fixed order (per sample, then over the samples in blocks of fixed size): the same bits on any number of
+    threads."""
     batch, n_in, max_in = t.shape
     n_out = W.shape[1]
     has_delays = delays is not None
@@ -246,13 +238,25 @@ def max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, t
     kink_index = np.ascontiguousarray(kink_index, dtype=np.int64)
     g = np.ascontiguousarray(g, dtype=np.float64)
     grad_W = np.zeros((n_in, n_out))
-    grad_D = np.zeros((n_in, n_out)) if has_delays else np.zeros((1, 1))
+    grad_D = np.zeros((n_in, n_out)) if has_delays else None
     g_tau_mem, g_tau_syn = np.zeros(n_out), np.zeros(n_out)
     slope = np.zeros((batch, n_out))
     grad_t = np.zeros(t.shape)
-    work = batch * n_in * max_in * n_out
-    _by_neuron(work, t, W, D, has_delays, tau_mem, tau_syn, float(t_max), eval_time, kink_index, g,
-               bool(time_constant_grads), grad_W, grad_D, g_tau_mem, g_tau_syn, slope)
-    _by_sample(work, t, W, D, has_delays, tau_mem, tau_syn, float(t_max), eval_time, kink_index, g, slope, grad_t)
+    block = int(max(1, _PART_ENTRIES // max(1, n_in * n_out)))
+    for b0 in range(0, batch, block):
+        sl = slice(b0, min(batch, b0 + block))
+        nb = sl.stop - b0
+        part_W = np.zeros((nb, n_in, n_out))
+        part_D = np.zeros((nb, n_in, n_out)) if has_delays else np.zeros((1, 1, 1))
+        part_tm, part_ts = np.zeros((nb, n_out)), np.zeros((nb, n_out))
+        _grads_by_sample(nb * n_in * max_in * n_out, t[sl], W, D, has_delays, tau_mem, tau_syn, float(t_max),
+                         eval_time[sl], kink_index[sl], g[sl], bool(time_constant_grads), part_W, part_D, part_tm,
+                         part_ts, slope[sl], grad_t[sl])
+        grad_W += part_W.sum(axis=0)
+        if has_delays:
+            grad_D += part_D.sum(axis=0)
+        if time_constant_grads:
+            g_tau_mem += part_tm.sum(axis=0)
+            g_tau_syn += part_ts.sum(axis=0)
     grad_taus = (g_tau_mem, g_tau_syn) if time_constant_grads else None
-    return grad_W, grad_t, grad_D if has_delays else None, grad_taus
+    return grad_W, grad_t, grad_D, grad_taus

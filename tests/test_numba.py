@@ -1035,6 +1035,36 @@ def test_max_walk_per_sample_equals_per_neuron_bit_for_bit(tau, t_max, monkeypat
     np.testing.assert_allclose(a.residuals.eval_time, ref.residuals.eval_time, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("delays", [False, True])
+def test_max_gradients_in_blocks_of_samples(delays, monkeypatch):
+    """The compiled max gradients sum each sample's share and then the samples, in blocks that bound the shares'
+    memory: one sample per block gives the same input-time gradients bit for bit and the others to rounding."""
+    from spikescan import _readout_numba
+
+    rng = np.random.default_rng(8)
+    t = np.sort(rng.uniform(0.0, 6.0, (7, 30, 3)), axis=-1)
+    t[rng.random(t.shape) < 0.3] = np.inf
+    t = np.sort(t, axis=-1)
+    W = rng.normal(0.2, 0.6, (30, 5))
+    D = rng.uniform(0.0, 1.0, W.shape) if delays else None
+    g = rng.normal(size=(7, 5))
+    res = ss.peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=D, engine="numba")
+    whole = ss.peak_voltage_backward(res, g, engine="numba")
+    monkeypatch.setattr(_readout_numba, "_PART_ENTRIES", 1)
+    blocks = ss.peak_voltage_backward(res, g, engine="numba")
+    np.testing.assert_array_equal(blocks.input_times, whole.input_times)
+    names = ("weights", "delays") if delays else ("weights",)
+    for name in names:
+        a, b = getattr(blocks, name), getattr(whole, name)
+        assert np.abs(b).max() > 0
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14 * np.abs(b).max(), err_msg=name)
+    ref = ss.peak_voltage_backward(ss.peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=D, engine="numpy"), g,
+                                   engine="numpy")
+    for name in names + ("input_times",):
+        a, b = getattr(blocks, name), getattr(ref, name)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * np.abs(b).max(), err_msg=name)
+
+
 def test_readout_engine_is_validated():
     rng = np.random.default_rng(0)
     t, W = np.sort(rng.uniform(0.05, 5.0, (2, 3, 4)), axis=-1), rng.normal(size=(3, 2))
