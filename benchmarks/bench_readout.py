@@ -5,8 +5,9 @@
 Shapes are the examples' readouts: hidden spikes (``max_in`` per neuron, about half of them ``+inf`` padding,
 times uniform over the input window) into the readout units; ``peak`` is ``peak_voltage`` of a layer with
 per-synapse delays for a quarter of its neurons (the silent-neuron objective's call). For each shape and engine
-(``engine="numpy"``: vectorised over samples and neurons, a Python loop over events; ``engine="numba"``: one compiled
-(sample, neuron) walk per loop iteration, ``spikescan._readout_numba``) it times the forward and the forward +
+(``engine="numpy"``: vectorised over samples and neurons, a Python loop over events; ``engine="numba"``: compiled
+walks, one per sample with its neurons in step on a shared queue, one per (sample, neuron) on per-neuron queues with
+delays, ``spikescan._readout_numba``) it times the forward and the forward +
 backward. Before timing it checks that the engines agree: the same kinks, values and arg max times within 1e-12
 (relative), every gradient within 1e-10 of the largest (the largest differences are recorded).
 
