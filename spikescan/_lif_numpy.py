@@ -501,7 +501,10 @@ def _forward_compiled(queues, W, lay, tau_mem, tau_syn, threshold, max_spikes, m
         _lif_numba.forward_sequential(work, *args, times, events, counts, stuck_times, stuck_current,
                                       np.ascontiguousarray(args[4].T), qs)
     else:
-        _lif_numba.forward_scan(work, *args, int(chunk_size), times, events, counts, stuck_times, stuck_current)
+        # A chunk holds at most a queue row (L1 entries), and the kernel allocates its lanes per neuron: a larger
+        # chunk_size means the same, and must not allocate more (nor overflow the kernel's int64).
+        _lif_numba.forward_scan(work, *args, min(int(chunk_size), lay.L1), times, events, counts, stuck_times,
+                                stuck_current)
     stuck = np.isfinite(stuck_times)
     if stuck.any():
         first = int(np.argmax(stuck))

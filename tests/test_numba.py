@@ -1189,3 +1189,15 @@ def test_lanes_walk_float32_runaway_and_where_it_does_not_apply(monkeypatch):
         d = case.pop("delays", None)
         _, calls = _lanes_and_walk(t, W, monkeypatch, lanes=(64,), delays=d, **case)
         assert calls["lanes"] == 0, case
+
+
+@pytest.mark.parametrize("chunk_size", [2**32 + 1, 2**63, 2**70])
+def test_scan_chunk_size_above_the_queue_allocates_only_the_queue(chunk_size):
+    # The compiled scan allocated chunk_size lanes per neuron: MemoryError at 2**32 + 1 on a 4-entry queue, a Numba
+    # TypingError from 2**63 on; any chunk_size beyond the queue means the whole queue (as on the NumPy engine).
+    t, W, _ = _layer(7, batch=2, n_in=4, max_in=2, n_out=3, mean=1.0)
+    kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=4, method="scan")
+    ref = ss.lif_forward(t, W, engine="numpy", chunk_size=chunk_size, **kw)
+    out = ss.lif_forward(t, W, engine="numba", chunk_size=chunk_size, **kw)
+    np.testing.assert_array_equal(out.counts, ref.counts)
+    np.testing.assert_allclose(out.times, ref.times, **TOL["float64"]["times"])
