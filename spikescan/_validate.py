@@ -260,7 +260,12 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
             isinstance(value, (numbers.Number, np.generic)) and not isinstance(value, numbers.Real)):  # complex
         raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}], got {value!r}")
     if isinstance(value, numbers.Real):
-        arr = xp.full((n_out,), float(value), dtype=xp.float64)
+        try:
+            scalar = float(value)
+        except OverflowError:  # an int beyond float64's range (its repr may be too long to print)
+            raise ValueError(f"{name} must be positive and finite, got an integer of {int(value).bit_length()} bits, "
+                             "beyond float64's range") from None
+        arr = xp.full((n_out,), scalar, dtype=xp.float64)
     else:
         if isinstance(value, (list, tuple)):  # one value per neuron, written out
             try:
