@@ -547,8 +547,8 @@ def _with(kw, name, value):
     ("tau_syn", np.array([1.0, 2.0, 1e151]), ValueError, r"tau_syn must be within .*got 1e\+151 at index \(2,\)"),
     ("threshold", 0.0, ValueError, r"threshold must be positive and finite, got 0.0"),
     # Python ints beyond float64: a bare OverflowError ("int too large to convert to float") named no argument.
-    pytest.param("threshold", 10**400, ValueError, r"threshold must be positive and finite, got an integer of 1329 bits",
-                 id="threshold-huge-int"),
+    pytest.param("threshold", 10**400, ValueError,
+                 r"threshold must be positive and finite, got an integer of 1329 bits", id="threshold-huge-int"),
     pytest.param("tau_mem", -10**400, ValueError, r"tau_mem must be positive and finite, got an integer of 1329 bits",
                  id="tau_mem-huge-int"),
     ("threshold", np.array([1.0, -1.0, 1.0]), ValueError, r"threshold must be positive and finite, got -1.0"),
