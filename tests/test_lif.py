@@ -554,6 +554,8 @@ def _with(kw, name, value):
     ("threshold", np.array([1.0, -1.0, 1.0]), ValueError, r"threshold must be positive and finite, got -1.0"),
     ("threshold", np.ones(4), ValueError, r"threshold must be a scalar or have shape \[3\], got shape \(4,\)"),
     ("max_spikes", 0, ValueError, r"max_spikes must be a positive integer, got 0"),
+    # Beyond the address space NumPy's own "array is too big" (on an empty batch, where no MemoryError comes first).
+    ("max_spikes", 2**62, ValueError, r"max_spikes must be at most 1152921504606846975 .*got 4611686018427387904"),
     ("chunk_size", 2.5, ValueError, r"chunk_size must be a positive integer, got 2.5"),
     ("method", "fast", ValueError, r"method must be one of 'auto', 'sequential', 'scan'; got 'fast'"),
     ("solver", "secant", ValueError, r"solver must be one of .*got 'secant'"),
@@ -755,3 +757,12 @@ def test_arrivals_and_spikes_beyond_the_dtype_range_are_refused(cpu_engine):
     with pytest.raises(ValueError, match=r"a spike time \(3.7.*\) exceeds the range of the input dtype float32"):
         ss.lif_forward(np.array([[[3.39e38]]], np.float32), np.array([[5.0]], np.float32), tau_mem=1e38, tau_syn=5e37,
                        max_spikes=4, engine=cpu_engine)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3), (2, 4, 3)])
+@pytest.mark.parametrize("n_out", [0, 3])
+def test_max_spikes_beyond_the_address_space_names_the_argument(shape, n_out):
+    # An empty batch or layer needs no memory, so no MemoryError named max_spikes: NumPy's "array is too big" came
+    # from allocating the [0, max_spikes] records.
+    with pytest.raises(ValueError, match=r"max_spikes must be at most \d+ .*got 1180591620717411303424"):
+        ss.lif_forward(np.zeros(shape), np.ones((4, n_out)), tau_mem=10.0, tau_syn=5.0, max_spikes=2**70)
