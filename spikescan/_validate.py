@@ -300,16 +300,38 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
     return arr
 
 
+def _finite_real(value):
+    """``value`` as a float when it is a real number (not a bool) that float64 holds as a finite number, else
+    ``None``: a Python int beyond float64's range made ``np.isfinite`` raise a TypeError that named no argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value):
+    """``repr(value)``, or for an int too long to print usefully (or at all: Python limits int-to-str conversions),
+    its size."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)).bit_length() > 64:
+        return f"an integer of {abs(int(value)).bit_length()} bits"
+    return repr(value)
+
+
 def positive_scalar(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    number = _finite_real(value)
+    if number is None or number <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {_shown(value)}")
+    return number
 
 
 def nonnegative_scalar(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    number = _finite_real(value)
+    if number is None or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {_shown(value)}")
+    return number
 
 
 def cotangent(name, grad, values):
