@@ -72,6 +72,9 @@ from ._residuals import ResidualCache
 
 _CACHE_SIZE = 16
 _cache = ResidualCache(_CACHE_SIZE)
+# False: every op computes the gradient of its input spike times, differentiated or not (benchmarks/
+# bench_training_step.py times both; read when a step is traced).
+SKIP_INPUT_GRAD = True
 _ROUTES = ("auto", "buffer", "pure")
 _ROUTE_VARIABLE = "SPIKESCAN_JAX_ROUTE"
 _warned = set()  # the one-time warnings already given
@@ -259,7 +262,7 @@ def _call_fwd(op, spec, route, inputs):
     # so its backward skips the input-time gradient (as torch's needs_input_grad does).
     values = tuple(x.value for x in inputs)
     *outputs, token = _FORWARD[route](op, spec, values, stash=True)
-    return tuple(outputs), (values, token, bool(inputs[0].perturbed))
+    return tuple(outputs), (values, token, bool(inputs[0].perturbed) or not SKIP_INPUT_GRAD)
 
 
 def _call_bwd(op, spec, route, residuals, cotangents):
