@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from fractions import Fraction
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def _env_limit():
     if raw is None or not raw.strip():
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", raw, re.IGNORECASE)
-    nbytes = 0 if match is None else int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    # Exact arithmetic: a float overflows to inf (a bare OverflowError) for a long string of digits.
+    nbytes = 0 if match is None else int(Fraction(match.group(1)) * _UNITS[match.group(2).upper()])
     if nbytes < 1:  # "0", or a fraction of a byte ("0.5") that would leave no memory to any call
         raise ValueError(f"SPIKESCAN_MEMORY_LIMIT must be a number of bytes of at least 1, optionally with a K, M, G "
                          f"or T suffix (powers of 1024), got {raw!r}")

@@ -178,6 +178,12 @@ def test_environment_variable(monkeypatch, no_limit):
         monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", bad)
         with pytest.raises(ValueError, match=f"SPIKESCAN_MEMORY_LIMIT.*'{bad}'"):
             ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
+    # More digits than a float holds (it overflowed to inf: a bare OverflowError) is a limit as set_memory_limit's
+    # huge ints are: exact.
+    for huge, nbytes in (("9" * 400, 10**400 - 1), ("1" * 310 + "T", int("1" * 310) << 40)):
+        monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", huge)
+        assert _memory.available(np) == (nbytes, "SPIKESCAN_MEMORY_LIMIT")
+        ss.lif_forward(t, W, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, True, "1G"])
