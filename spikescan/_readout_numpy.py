@@ -143,7 +143,8 @@ def _walk_queues(qt, qi, W, tau_mem, tau_syn, t_max, max_in, engine="numpy"):
     that starts at the last arrival is open (its end value is ``V(inf) = 0``, which never beats ``V(0)``); gaps past
     it have length 0, never ``inf - inf``.
 
-    ``engine="numba"``: the same walk compiled (``_readout_numba.walk_queues``), one (sample, neuron) at a time.
+    ``engine="numba"``: the same walk compiled (``_readout_numba.walk_queues``): one (sample, neuron) at a time, or
+    on a shared queue one sample at a time with its neurons in step (the same bits).
     """
     if engine == "numba":
         from . import _readout_numba
