@@ -218,8 +218,9 @@ def _grads_by_sample(t, W, D, has_delays, tau_mem, tau_syn, t_max, eval_time, ki
 
 
 # Samples per call of _grads_by_sample: their per-sample gradient shares [samples, n_in, n_out] stay within about
-# this many float64 entries (two such arrays with delays).
+# _PART_ENTRIES float64 entries (two such arrays with delays), or hold _MIN_BLOCK samples where that is more.
 _PART_ENTRIES = 1 << 21
+_MIN_BLOCK = 8
 
 
 def max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, time_constant_grads=False):
@@ -242,7 +243,9 @@ def max_grads(t, W, delays, tau_mem, tau_syn, t_max, eval_time, kink_index, g, t
     g_tau_mem, g_tau_syn = np.zeros(n_out), np.zeros(n_out)
     slope = np.zeros((batch, n_out))
     grad_t = np.zeros(t.shape)
-    block = int(max(1, _PART_ENTRIES // max(1, n_in * n_out)))
+    # At least _MIN_BLOCK samples, so that wide layers keep several threads busy; never the thread count, which
+    # would make the sums' order, and so their bits, depend on it.
+    block = int(max(1, min(batch, _MIN_BLOCK), _PART_ENTRIES // max(1, n_in * n_out)))
     for b0 in range(0, batch, block):
         sl = slice(b0, min(batch, b0 + block))
         nb = sl.stop - b0

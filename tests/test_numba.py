@@ -1038,7 +1038,8 @@ def test_max_walk_per_sample_equals_per_neuron_bit_for_bit(tau, t_max, monkeypat
 @pytest.mark.parametrize("delays", [False, True])
 def test_max_gradients_in_blocks_of_samples(delays, monkeypatch):
     """The compiled max gradients sum each sample's share and then the samples, in blocks that bound the shares'
-    memory: one sample per block gives the same input-time gradients bit for bit and the others to rounding."""
+    memory (at least a few samples each): one sample per block gives the same input-time gradients bit for bit and
+    the others to rounding."""
     from spikescan import _readout_numba
 
     rng = np.random.default_rng(8)
@@ -1051,6 +1052,7 @@ def test_max_gradients_in_blocks_of_samples(delays, monkeypatch):
     res = ss.peak_voltage(t, W, tau_mem=1.0, tau_syn=0.5, delays=D, engine="numba")
     whole = ss.peak_voltage_backward(res, g, engine="numba")
     monkeypatch.setattr(_readout_numba, "_PART_ENTRIES", 1)
+    monkeypatch.setattr(_readout_numba, "_MIN_BLOCK", 1)
     blocks = ss.peak_voltage_backward(res, g, engine="numba")
     np.testing.assert_array_equal(blocks.input_times, whole.input_times)
     names = ("weights", "delays") if delays else ("weights",)
