@@ -378,7 +378,9 @@ def train(model, train_set, test_set, args, *, val_set=None):
     compile_model(model, args.learning_rate, args.epochs * len(batches), args.weight_decay)
     val = None if val_set is None else SpikeBatches(val_set, batch_size=args.batch_size)
     callbacks, backup = fit_callbacks(args, batches=batches)
-    history = model.fit(distributed.shard(batches), epochs=args.epochs, validation_data=val,
+    # shuffle=False: the batches shuffle themselves by seed and epoch, which a resumed run restores; fit's own
+    # reordering of the batches draws from Python's global random state, which a resumption does not restore.
+    history = model.fit(distributed.shard(batches), epochs=args.epochs, validation_data=val, shuffle=False,
                         verbose=verbosity(args), callbacks=callbacks)
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(SpikeBatches(test_set, batch_size=args.batch_size), verbose=0)

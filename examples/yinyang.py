@@ -170,13 +170,12 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     train, val, test = (yinyang(n if args.limit is None else min(n, args.limit), seed=s)
                         for n, s in ((5000, 42), (1000, 41), (1000, 40)))
-    if world_size == 1:  # keras batches and shuffles the arrays
-        data, batches = dict(x=train.times, y=train.labels, batch_size=args.batch_size), None
-        steps = args.epochs * -(-len(train.labels) // args.batch_size)
-    else:  # the same shuffled global batches on every rank, each rank training on its slice of them
-        batches = SpikeBatches(train.times, train.labels, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-        data = dict(x=distributed.shard(batches), validation_batch_size=args.batch_size)
-        steps = args.epochs * len(data["x"])
+    # Batches shuffled by seed and epoch alone, which a resumed run (--backup-dir) restores (keras' own shuffle of
+    # arrays draws from the global random state, which it does not); with several processes the same global batches
+    # on every rank, each rank training on its slice of them.
+    batches = SpikeBatches(train.times, train.labels, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    data = dict(x=distributed.shard(batches), validation_batch_size=args.batch_size, shuffle=False)
+    steps = args.epochs * len(data["x"])
     model = build_model(args.hidden, args.max_spikes, args.learning_rate, steps, first_spike=args.first_spike,
                         weight_decay=args.weight_decay)
     callbacks, backup = _common.fit_callbacks(args, batches=batches)
@@ -184,8 +183,9 @@ def main(argv=None):
     history = model.fit(**data, epochs=args.epochs, validation_data=(val.times, val.labels),
                         verbose=_common.verbosity(args), callbacks=callbacks)
     seconds = time.perf_counter() - start
-    _, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
-    summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "epochs": args.epochs,
+    test_loss, test_accuracy = model.evaluate(test.times, test.labels, batch_size=256, verbose=0)
+    summary = {"dataset": "yinyang", "test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
+               "epochs": args.epochs,
                "output": "first_spike" if args.first_spike else "li_readout",
                "seconds": round(seconds, 1), "device": _common.device_name(), "backend": keras.backend.backend(),
                "world_size": world_size, "deterministic": spikescan.deterministic(),

@@ -202,3 +202,30 @@ def test_a_cut_short_backup_names_its_folder(tmp_path):
                                "--backup-dir", str(backup)])
     assert f"the backup in {backup} cannot be read" in str(exc.value.code)
     assert "delete the folder" in str(exc.value.code)
+
+
+@pytest.mark.parametrize("script", ["yinyang", "randman"])
+def test_a_run_resumed_at_an_epoch_end_trains_as_the_uninterrupted_one(tmp_path, script):
+    """Killed right after an epoch's backup, the resumed run goes on with the batches, in the order, of the run that
+    was never interrupted, and so ends with its result. (``fit``'s own shuffle drew from Python's and torch's global
+    random state, which a resumption starts afresh: the resumed epochs replayed the first epochs' orders.)"""
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env.update(KERAS_BACKEND=BACKEND, PYTHONUNBUFFERED="1")
+    flags = [str(EXAMPLES / f"{script}.py"), "--epochs", "3", "--limit", "32", "--batch-size", "8", "--hidden", "8",
+             "--verbose", "0"]
+
+    def run(*extra, kill_after=None):
+        run_env = env if kill_after is None else {**env, KILL_ENV: str(kill_after)}
+        return subprocess.run([sys.executable, *flags, *extra], cwd=tmp_path, env=run_env, capture_output=True,
+                              text=True, timeout=300)
+
+    whole = run("--output", str(tmp_path / "whole.json"))
+    assert whole.returncode == 0, whole.stderr
+    backup = ["--backup-dir", str(tmp_path / "backup")]
+    killed = run(*backup, kill_after=9)  # the first batch of the third epoch, after the second epoch's backup
+    assert killed.returncode == KILL_STATUS, killed.stderr
+    resumed = run(*backup, "--output", str(tmp_path / "resumed.json"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("whole", "resumed"))
+    assert b["resumed_from_epoch"] == 2
+    assert (b["test_loss"], b["firing"]) == (a["test_loss"], a["firing"])
