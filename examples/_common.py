@@ -280,6 +280,7 @@ def fit_callbacks(args, *, batches=None, subdir=None):
     if args.backup_every is not None and args.backup_dir is None:
         raise SystemExit("error: --backup-every needs --backup-dir")
     if args.backup_dir is not None:
+        _refuse_outputs_inside(args)
         if is_chief():
             _claim_backup_dir(args.backup_dir)
         flags = {k: v for k, v in sorted(vars(args).items()) if k not in _FREE_FLAGS}
@@ -291,6 +292,16 @@ def fit_callbacks(args, *, batches=None, subdir=None):
     if distributed.world_size() > 1:
         callbacks.append(distributed.DistributedDataParallel())
     return callbacks, backup
+
+
+def _refuse_outputs_inside(args):
+    """Stop when ``--output`` or ``--plot`` lies in ``--backup-dir``: the folder is deleted once the summary is
+    written, and the results with it."""
+    backup = os.path.realpath(args.backup_dir)
+    for flag, path in (("--output", getattr(args, "output", None)), ("--plot", getattr(args, "plot", None))):
+        if path and os.path.commonpath([backup, os.path.realpath(path)]) == backup:
+            raise SystemExit(f"error: {flag} {path} lies in --backup-dir {args.backup_dir}, which is deleted at the "
+                             "end of the run; write it elsewhere")
 
 
 def remove_backup(args):

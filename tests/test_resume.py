@@ -229,3 +229,16 @@ def test_a_run_resumed_at_an_epoch_end_trains_as_the_uninterrupted_one(tmp_path,
     a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("whole", "resumed"))
     assert b["resumed_from_epoch"] == 2
     assert (b["test_loss"], b["firing"]) == (a["test_loss"], a["firing"])
+
+
+@pytest.mark.parametrize("flag, path", [("--output", "backup/summary.json"), ("--plot", "backup"),
+                                        ("--output", "backup/sub/summary.json")])
+def test_results_inside_the_backup_dir_are_refused(tmp_path, flag, path):
+    """The backup folder is deleted once the summary is written: a summary or plots inside it would go with it."""
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    backup, target = tmp_path / "backup", tmp_path / path
+    with pytest.raises(SystemExit) as exc:
+        yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
+                               "--backup-dir", str(backup), flag, str(target)])
+    assert f"{flag} {target} lies in --backup-dir" in str(exc.value.code)
