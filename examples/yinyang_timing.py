@@ -46,6 +46,11 @@ TAU_MEM, TAU_SYN = latency.TAU_MEM * SCALE, latency.TAU_SYN * SCALE
 T_MAX = ONSET_MAX + DELTA + 10 * TAU_MEM  # the latest onset plus the response window
 
 
+def name(bin_width):
+    """A bin width as the runs' labels and backup folders write it: ``1`` for 1.0, distinct for distinct widths."""
+    return f"{bin_width:.15g}"
+
+
 def train_one(train, val, test, args, bin_width):
     """Train a fresh model on ``train`` (times binned to ``bin_width`` unless None); returns its run summary."""
     def code(ds):
@@ -55,14 +60,15 @@ def train_one(train, val, test, args, bin_width):
     steps = args.epochs * -(-len(train.labels) // args.batch_size)
     model = latency.build_model(args.hidden, args.max_spikes, args.learning_rate, steps, tau_mem=TAU_MEM,
                                 tau_syn=TAU_SYN, t_max=T_MAX, readout=args.readout, weight_decay=args.weight_decay)
-    callbacks, backup = _common.fit_callbacks(args, subdir="exact" if bin_width is None else f"bins_{bin_width:g}ms")
+    subdir = "exact" if bin_width is None else f"bins_{name(bin_width)}ms"
+    callbacks, backup = _common.fit_callbacks(args, subdir=subdir)
     start = time.perf_counter()
     model.fit(code(train), train.labels, batch_size=args.batch_size, epochs=args.epochs,
               validation_data=(code(val), val.labels), verbose=args.verbose, callbacks=callbacks)
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(code(test), test.labels, batch_size=256, verbose=0)
     capped = int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value))
-    run = {"input": "exact" if bin_width is None else f"bins of {bin_width:g} ms", "bin_width_ms": bin_width,
+    run = {"input": "exact" if bin_width is None else f"bins of {name(bin_width)} ms", "bin_width_ms": bin_width,
            "test_accuracy": float(accuracy), "seconds": round(seconds, 1), "capped_spikes": capped,
            "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
     print(json.dumps(run), flush=True)
@@ -72,13 +78,13 @@ def train_one(train, val, test, args, bin_width):
 def main(argv=None):
     parser = _common.parser(__doc__, epochs=30, batch_size=32, hidden=120, learning_rate=3e-3, max_spikes=4,
                             data_dir_help="unused: Yin-Yang is generated, not downloaded")
-    parser.add_argument("--bin-widths", type=float, nargs="*", default=[1.0],
+    parser.add_argument("--bin-widths", type=_common._positive_float, nargs="*", default=[1.0],
                         help="time bins (ms) to compare with exact times (default: 1 ms, twice delta)")
     parser.add_argument("--readout", choices=("integral", "max"), default="integral")
     args = parser.parse_args(argv)
-    for width in args.bin_widths:
-        if not width > 0:
-            parser.error(f"--bin-widths must be positive, got {width!r}")
+    names = [name(width) for width in args.bin_widths]
+    if len(set(names)) < len(names):  # the same run twice, and one backup folder (--backup-dir) for both
+        parser.error(f"--bin-widths names a width twice: {' '.join(names)}")
     _common.apply_deterministic(args)
 
     splits = ((5000, 42), (1000, 41), (1000, 40))

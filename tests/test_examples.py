@@ -332,3 +332,23 @@ def test_yinyang_timing(tmp_path):
     assert all(0.0 <= r["test_accuracy"] <= 1.0 and r["capped_spikes"] >= 0 for r in runs)
     with pytest.raises(SystemExit):
         example("yinyang_timing").main(["--bin-widths", "0"])
+
+
+@pytest.mark.parametrize("widths, message", [(["inf"], "must be a positive number, got inf"),
+                                             (["1", "1.0"], "names a width twice: 1 1"),
+                                             (["0.1", "0.1000001", "0.1"], "names a width twice")])
+def test_yinyang_timing_bin_widths_are_checked_before_training(capsys, widths, message):
+    """An infinite width failed in bin_times after the exact run had trained; a width given twice (or two that the
+    backup folders' names merged: bins_0.1ms for 0.1 and 0.1000001) made the second run restore the first one's
+    finished backup with --backup-dir and report it as its own result."""
+    with pytest.raises(SystemExit) as exc:
+        example("yinyang_timing").main(["--bin-widths", *widths])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_yinyang_timing_runs_of_close_widths_back_up_apart(tmp_path):
+    returned = example("yinyang_timing").main(["--epochs", "1", "--batch-size", "16", "--limit", "16", "--hidden",
+                                               "4", "--bin-widths", "0.1", "0.1000001", "--verbose", "0",
+                                               "--backup-dir", str(tmp_path / "backup")])
+    assert [r["resumed_from_epoch"] for r in returned["runs"]] == [None, None, None]
+    assert len({r["input"] for r in returned["runs"]}) == 3
