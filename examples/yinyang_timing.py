@@ -38,7 +38,7 @@ import keras  # noqa: E402
 import _common  # noqa: E402
 import yinyang as latency  # noqa: E402  (examples/yinyang.py)
 import spikescan  # noqa: E402
-from spikescan.datasets import bin_times, yinyang  # noqa: E402
+from spikescan.datasets import SpikeBatches, bin_times, yinyang  # noqa: E402
 
 DELTA, ONSET_MAX = 0.5, 20.0
 SCALE = DELTA / 30.0  # latency code window (30 ms) -> timing code window (delta)
@@ -57,19 +57,22 @@ def train_one(train, val, test, args, bin_width):
         return ds.times if bin_width is None else bin_times(ds.times, bin_width)
 
     keras.utils.set_random_seed(args.seed)
-    steps = args.epochs * -(-len(train.labels) // args.batch_size)
+    # Shuffled by seed and epoch alone, which a resumed run (--backup-dir) restores; fit's shuffle of arrays draws
+    # from the global random state, which it does not.
+    batches = SpikeBatches(code(train), train.labels, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    steps = args.epochs * len(batches)
     model = latency.build_model(args.hidden, args.max_spikes, args.learning_rate, steps, tau_mem=TAU_MEM,
                                 tau_syn=TAU_SYN, t_max=T_MAX, readout=args.readout, weight_decay=args.weight_decay)
     subdir = "exact" if bin_width is None else f"bins_{name(bin_width)}ms"
-    callbacks, backup = _common.fit_callbacks(args, subdir=subdir)
+    callbacks, backup = _common.fit_callbacks(args, batches=batches, subdir=subdir)
     start = time.perf_counter()
-    model.fit(code(train), train.labels, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(code(val), val.labels), verbose=args.verbose, callbacks=callbacks)
+    model.fit(batches, epochs=args.epochs, shuffle=False, validation_data=(code(val), val.labels),
+              validation_batch_size=args.batch_size, verbose=args.verbose, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    _, accuracy = model.evaluate(code(test), test.labels, batch_size=256, verbose=0)
+    loss, accuracy = model.evaluate(code(test), test.labels, batch_size=256, verbose=0)
     capped = int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value))
     run = {"input": "exact" if bin_width is None else f"bins of {name(bin_width)} ms", "bin_width_ms": bin_width,
-           "test_accuracy": float(accuracy), "seconds": round(seconds, 1), "capped_spikes": capped,
+           "test_accuracy": float(accuracy), "test_loss": float(loss), "seconds": round(seconds, 1), "capped_spikes": capped,
            "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
     print(json.dumps(run), flush=True)
     return run
