@@ -72,7 +72,8 @@ def train_one(train, val, test, args, bin_width):
     loss, accuracy = model.evaluate(code(test), test.labels, batch_size=256, verbose=0)
     capped = int(keras.ops.convert_to_numpy(model.get_layer("hidden").capped_spikes.value))
     run = {"input": "exact" if bin_width is None else f"bins of {name(bin_width)} ms", "bin_width_ms": bin_width,
-           "test_accuracy": float(accuracy), "test_loss": float(loss), "seconds": round(seconds, 1), "capped_spikes": capped,
+           "test_accuracy": float(accuracy), "test_loss": float(loss), "seconds": round(seconds, 1),
+           "capped_spikes": capped,
            "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
     print(json.dumps(run), flush=True)
     return run
