@@ -110,10 +110,12 @@ def run(name, argv, doc):
     """Parse ``argv``, train and evaluate on SHD (``name="shd"``) or SSC (``"ssc"``); returns the summary dict."""
     splits = DATASETS[name][2]
     parser = _common.parser(doc, epochs=30, batch_size=64, hidden=512, learning_rate=2e-3, max_spikes=32)
-    parser.add_argument("--n-channels", type=int, default=140, help="pool the 700 channels into this many (1-700)")
-    parser.add_argument("--t-max", type=float, default=1000.0, help="drop input spikes after this time (ms)")
-    parser.add_argument("--max-input-spikes", type=int, default=None, help="cap on spikes per input channel")
-    parser.add_argument("--max-delay", type=float, default=MAX_DELAY, help="upper bound of the delays (ms)")
+    positive_int, positive_float = _common._positive_int, _common._positive_float  # checked before the data load
+    parser.add_argument("--n-channels", type=positive_int, default=140,
+                        help="pool the 700 channels into this many (1-700)")
+    parser.add_argument("--t-max", type=positive_float, default=1000.0, help="drop input spikes after this time (ms)")
+    parser.add_argument("--max-input-spikes", type=positive_int, default=None, help="cap on spikes per input channel")
+    parser.add_argument("--max-delay", type=positive_float, default=MAX_DELAY, help="upper bound of the delays (ms)")
     _common.add_time_constants(parser, TAU_MEM, TAU_SYN)
     parser.add_argument("--recurrent", action="store_true",
                         help="one recurrent hidden layer instead of two feed-forward ones")

@@ -185,6 +185,25 @@ def test_shd_requires_data_dir(capsys):
     assert "--data-dir is required" in err and "shd_train.h5" in err and "download_shd" in err
 
 
+@pytest.mark.parametrize("flag, value, message", [("--max-delay", "-1", "must be a positive number, got -1"),
+                                                   ("--max-delay", "nan", "must be a positive number, got nan"),
+                                                   ("--t-max", "0", "must be a positive number, got 0"),
+                                                   ("--n-channels", "0", "must be a positive integer, got 0"),
+                                                   ("--max-input-spikes", "0", "must be a positive integer, got 0")])
+def test_speech_input_flags_are_checked_at_parsing(tmp_path, capsys, flag, value, message):
+    """A bad --max-delay ended in the layer's ValueError traceback after the data had been loaded (minutes for SSC);
+    the other input flags were refused by the loader, after reading the files, by their Python names."""
+    with pytest.raises(SystemExit) as exc:
+        example("shd").main([*TINY, "--data-dir", str(tmp_path), f"{flag}={value}"])
+    assert exc.value.code == 2 and f"{flag}: {message}" in capsys.readouterr().err
+
+
+def test_mnist_t_max_is_checked_at_parsing(capsys):
+    with pytest.raises(SystemExit) as exc:
+        example("mnist").main(["--t-max=-5"])
+    assert exc.value.code == 2 and "--t-max: must be a positive number, got -5" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- MNIST and Yin-Yang
 
 def test_mnist(tmp_path):
