@@ -148,6 +148,8 @@ probability = _float_type("probability", 0.0, 1.0, low_open=False, rule="a numbe
 
 def _output_path(text):
     """``--output``: its folder is created now, so a long run does not fail at its end on a missing folder."""
+    if not text.strip():  # an empty path would write nothing, silently
+        raise argparse.ArgumentTypeError("must be the path of a JSON file, got an empty string")
     folder = os.path.dirname(os.path.abspath(text))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -162,15 +164,35 @@ def _output_path(text):
 BACKUP_MARKER = ".spikescan_backup"
 
 
+# What a backup folder of ours holds: the marker, the run's flags, keras' BackupAndRestore files (and their previous
+# versions); yinyang_timing keeps one such folder per run inside it.
+_BACKUP_FILES = {"run_flags.json", "run_flags.json.partial", "latest.weights.h5", "latest.weights.h5.bkp",
+                 "training_metadata.json", "training_metadata.json.bkp"}
+
+
+def _not_backup_files(directory, depth=0):
+    """The entries of ``directory`` (paths relative to it, sorted) that no backup of ours writes."""
+    other = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if entry in _BACKUP_FILES or entry == BACKUP_MARKER:
+            if os.path.isfile(path):
+                continue
+        elif depth == 0 and os.path.isdir(path) and not os.path.islink(path):
+            other += [os.path.join(entry, e) for e in _not_backup_files(path, depth + 1)]
+            continue
+        other.append(entry)
+    return other
+
+
 def _claim_backup_dir(directory):
-    """Make ``directory`` the run's backup folder: new, empty, or one that a backup of ours already holds (marked,
-    or holding our ``run_flags.json``). Any other content would be deleted with it at the end, so it is refused."""
+    """Make ``directory`` the run's backup folder: new, empty, or one that holds nothing but what our backups write
+    (their files, and folders of them). Any other content would be deleted with it at the end, so it is refused,
+    named."""
     if os.path.isdir(directory):
-        entries = os.listdir(directory)
-        ours = BACKUP_MARKER in entries or "run_flags.json" in entries or any(
-            os.path.isfile(os.path.join(directory, e, "run_flags.json")) for e in entries)
-        if entries and not ours:
-            listed = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        other = _not_backup_files(directory)
+        if other:
+            listed = ", ".join(other[:5]) + (", ..." if len(other) > 5 else "")
             raise SystemExit(f"error: --backup-dir {directory} already holds other files ({listed}); the backup "
                              "folder is deleted at the end of the run, so give it a folder of its own")
     elif os.path.exists(directory):

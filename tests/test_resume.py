@@ -134,6 +134,16 @@ def test_a_backup_dir_with_other_files_is_refused_and_kept(tmp_path):
                                "--backup-dir", str(shared)])
     assert "already holds other files (notes.txt)" in str(exc.value.code)
     assert (shared / "notes.txt").read_text() == "mine"
+    # A backup of ours beside the files (a marker, a run's flags in a subfolder) does not make them ours.
+    (shared / "bins_1ms").mkdir()
+    (shared / "bins_1ms" / "run_flags.json").write_text("{}")
+    (shared / ".spikescan_backup").write_text("marker")
+    (shared / "bins_1ms" / "data.csv").write_text("mine too")
+    with pytest.raises(SystemExit) as exc:
+        yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
+                               "--backup-dir", str(shared)])
+    assert "already holds other files (bins_1ms/data.csv, notes.txt)" in str(exc.value.code)
+    assert (shared / "notes.txt").read_text() == "mine" and (shared / "bins_1ms" / "data.csv").exists()
 
 
 def test_bad_flags_name_themselves(capsys):
@@ -142,7 +152,8 @@ def test_bad_flags_name_themselves(capsys):
                                  ("--batch-size", "0", "must be a positive integer, got 0"),
                                  ("--limit", "0", "must be a positive integer, got 0"),
                                  ("--hidden", "0", "must be a positive integer, got 0"),
-                                 ("--learning-rate", "-1e-3", "must be a positive number, got -1e-3")):
+                                 ("--learning-rate", "-1e-3", "must be a positive number, got -1e-3"),
+                                 ("--output", "", "must be the path of a JSON file, got an empty string")):
         with pytest.raises(SystemExit) as exc:
             yinyang.main([f"{flag}={value}"])
         assert exc.value.code == 2 and f"{flag}: {message}" in capsys.readouterr().err
