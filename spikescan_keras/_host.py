@@ -100,11 +100,22 @@ SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 def batch_indexed(forward):
     """``op.forward`` whose errors about ``input_times`` at an index (NaN, a negative or descending time) add that
     the index counts samples within the batch the layer was called on, not the dataset the batch came from (Keras
-    shuffles and slices it), and how to find the sample; the same exception type, raised from the original."""
+    shuffles and slices it), and how to find the sample; the same exception type, raised from the original. Its
+    ``FloatingPointError`` (``RunawayFiringError``, with the same fields) gets the layer's name."""
     @functools.wraps(forward)
     def wrapped(spec, inputs):
         try:
             return forward(spec, inputs)
+        except FloatingPointError as err:  # RunawayFiringError, or spikes closer than float64 resolves: which layer?
+            name = getattr(spec, "layer_name", "")
+            if not name or type(err) not in (FloatingPointError, spikescan.RunawayFiringError):
+                raise
+            text = (f"{err} [in layer {name!r}; the sample counts within this call's batch of "
+                    f"{int(inputs[0].shape[0])}]")
+            if type(err) is FloatingPointError:
+                raise FloatingPointError(text) from err
+            raise spikescan.RunawayFiringError(text, err.sample, err.neuron, err.time, err.current,
+                                               err.limit) from err
         except (ValueError, TypeError) as err:
             text = str(err)
             if type(err) not in (ValueError, TypeError) or not text.startswith("input_times") or "index (" not in text:
@@ -344,11 +355,11 @@ class LIOp:
     @staticmethod
     def check_values(spec: LISpec, outputs, inputs):
         """``(dead, empty, spikes, late)``: the number of units whose value is 0 on every sample (a ``"max"`` unit
-        whose voltage never rose above its start), whether every value of a non-empty batch is exactly 0, and the
-        input spikes of the batch, all of them and those after ``t_max`` (spike times are validated: ``< inf``
-        is finite)."""
+        whose voltage never rose above its start; 0 for an empty batch), whether every value of a non-empty batch
+        is exactly 0, and the input spikes of the batch, all of them and those after ``t_max`` (spike times are
+        validated: ``< inf`` is finite)."""
         values, input_times = outputs[0], inputs[0]
-        dead = ((values != 0).sum(axis=0) == 0).sum()
+        dead = ((values != 0).sum(axis=0) == 0).sum() * (values.shape[0] > 0)  # an empty batch has no dead unit
         real = input_times < np.inf
         return (dead, (dead == values.shape[1]) & (values.shape[0] > 0), real.sum(),
                 (real & (input_times > spec.t_max)).sum())

@@ -1398,3 +1398,87 @@ def test_spike_dropout_keeps_the_dtype_of_the_spike_times():
     finally:
         keras.config.set_dtype_policy(previous)
     np.testing.assert_array_equal(out, x.astype(np.float32))
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="the torch and tensorflow bridges' host backward")
+def test_second_order_gradient_through_the_op_raises():
+    """The backward runs on the host, so its gradients have no gradient of their own: differentiating them (a
+    gradient penalty) raises instead of silently leaving out every term through the op; first-order gradients taken
+    with create_graph / under a recording tape are unchanged."""
+    rng = np.random.default_rng(5)
+    x = spike_input(rng)
+    lif = sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, name="penalised")
+    lif(x)
+    lif.kernel.assign(np.random.default_rng(30).normal(1.5, 0.75, lif.kernel.shape).astype(np.float32))
+
+    def loss(w):
+        times, _ = lif.stateless_call([w], [v.value for v in lif.non_trainable_variables], x)
+        return ops.sum(ops.where(ops.isfinite(times), times, 0.0))
+
+    first = backend_grad(loss, [lif.kernel.numpy()])[0]
+    assert np.abs(first).max() > 0
+    match = "LIFOp \\(layer 'penalised'\\) has no second-order gradient"
+    if BACKEND == "torch":
+        import torch
+
+        w = ops.convert_to_tensor(lif.kernel.numpy()).detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(w), w, create_graph=True)
+        np.testing.assert_array_equal(g.detach().cpu().numpy(), first)
+        with pytest.raises(RuntimeError, match=match):
+            torch.autograd.grad((g ** 2).sum() + (w ** 2).sum(), w)
+        return
+    import tensorflow as tf
+
+    def second(w):
+        with tf.GradientTape() as outer:
+            outer.watch(w)
+            with tf.GradientTape() as inner:
+                inner.watch(w)
+                value = loss(w)
+            g = inner.gradient(value, w)
+            penalty = tf.reduce_sum(g ** 2) + tf.reduce_sum(w ** 2)
+        return g, outer.gradient(penalty, w)
+
+    w = tf.convert_to_tensor(lif.kernel.numpy())
+    for run in (second, tf.function(second)):
+        with pytest.raises(RuntimeError, match=match):
+            run(w)
+
+
+def test_max_readout_empty_training_batch_warns_of_no_dead_unit():
+    """A training call on an empty batch has no unit that never rose: no DeadReadoutWarning (LIFLayer's dead check
+    already counted none), the same as LIOp's values on a non-empty batch would say."""
+    from spikescan_keras._host import LIOp, LISpec
+
+    spec = LISpec(TAU_MEM, TAU_SYN, "max", T_MAX, None, layer_name="r", warn_dead=True, warn_empty=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (values,), _ = LIOp.forward(spec, (np.zeros((0, 4, 2)), np.ones((4, 3))))
+    assert values.shape == (0, 3)
+    weights = np.ones((4, 3))
+    weights[:, 0] = -1.0  # unit 0 never rises above V(0) = 0
+    with pytest.warns(sk.DeadReadoutWarning):  # a batch where a unit never rose still warns
+        LIOp.forward(spec, (np.full((2, 4, 2), 1.0), weights))
+
+
+def test_runaway_firing_error_names_the_layer():
+    """A RunawayFiringError from a layer names it (and keeps its type and fields): which of a model's layers ran
+    away is otherwise not in the message."""
+    x = np.zeros((1, 1, 1), np.float32)  # one strong input at t = 0: the neuron fires without end
+    lif = sk.LIFLayer(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, max_total_spikes=50, name="runaway",
+                      kernel_initializer=keras.initializers.Constant(1e4))
+    lif.build(x.shape)
+    if BACKEND == "jax":
+        error = RuntimeError
+    else:
+        error = spikescan.RunawayFiringError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)
+        with pytest.raises(error, match="(?s)max_total_spikes=50.*in layer 'runaway'"):
+            lif(x)
+        # The op itself keeps the fields (Keras re-raises a layer's exception with the message alone).
+        from spikescan_keras._host import LIFOp
+
+        with pytest.raises(spikescan.RunawayFiringError, match="in layer 'runaway'") as info:
+            LIFOp.forward(lif._spec, (x.astype(np.float64), np.full((1, 2), 1e4)))
+    assert (info.value.sample, info.value.limit) == (0, 50)

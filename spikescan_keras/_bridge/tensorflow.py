@@ -20,6 +20,9 @@ Residuals: as on the jax bridge, the forward callback keeps the spikescan result
 (``_residuals.ResidualCache``) and returns an integer token; the backward callback takes the result back by that
 token, or recomputes the forward from the saved inputs when it was evicted.
 
+The gradients are not differentiable themselves: a second-order gradient through the op raises a ``RuntimeError``
+instead of silently leaving out its terms.
+
 Outputs after the first get no gradient: their cotangents (zeros of their dtype, or ``None``) are ignored, and a
 ``None`` cotangent of the first output gives ``None`` input gradients.
 """
@@ -80,11 +83,31 @@ def _custom_gradient_op(op, spec):
                                       name=f"spikescan_{op.__name__}_grad")
             for g, x in zip(grads, inputs):
                 g.set_shape(x.shape)
-            return tuple(grads)
+            return _not_twice_differentiable(op, spec, tuple(grads), (grad, *inputs))
 
         return tuple(outputs), backward
 
     return fn
+
+
+def _not_twice_differentiable(op, spec, grads, sources):
+    """``grads`` through an identity connected to ``sources`` (the op's inputs and incoming gradient) whose gradient
+    raises: the backward is a ``tf.numpy_function``, which TensorFlow treats as not differentiable, so a
+    second-order gradient (a tape recording the backward) would otherwise silently leave out every term through
+    the op."""
+    count = len(grads)
+
+    @tf.custom_gradient
+    def identity(*tensors):
+        def second_order(*upstream):
+            raise RuntimeError(
+                f"spikescan_keras: {op.__name__} (layer {getattr(spec, 'layer_name', '')!r}) has no second-order "
+                "gradient (its backward runs on the host); differentiating its gradients would leave out every "
+                "term through it")
+
+        return tuple(tf.identity(g) for g in tensors[:count]), second_order
+
+    return identity(*grads, *sources)
 
 
 def _warn_device_once():

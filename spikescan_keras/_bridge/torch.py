@@ -7,6 +7,9 @@
   CuPy and a CUDA build of torch and is not exercised by the CPU test-suite.
 - Other devices (MPS, XPU, ...) raise a ``TypeError`` naming the device.
 
+The backward is not differentiable itself: a second-order gradient through the op raises instead of silently
+leaving out its terms.
+
 Residuals: the spikescan result object lives on ``ctx`` until autograd frees the graph, so the backward does not
 recompute the forward.
 """
@@ -65,6 +68,7 @@ class _HostFunction(torch.autograd.Function):
             outputs, result = op.forward(spec, tuple(_to_array(x) for x in inputs))
             outputs = tuple(_to_tensor(y, device) for y in outputs)
         ctx.op, ctx.spec, ctx.result, ctx.device = op, spec, result, device
+        ctx.save_for_backward(*inputs)  # only to connect a second-order gradient to them (it raises)
         ctx.mark_non_differentiable(*outputs[1:])
         return outputs
 
@@ -74,7 +78,40 @@ class _HostFunction(torch.autograd.Function):
             return (None, None) + (None,) * len(ctx.needs_input_grad[2:])
         with _on_stream(ctx.device):
             grads = ctx.op.backward(ctx.spec, ctx.result, _to_array(grad), input_grad=ctx.needs_input_grad[2])
-            return (None, None) + tuple(None if g is None else _to_tensor(g, ctx.device) for g in grads)
+            grads = tuple(None if g is None else _to_tensor(g, ctx.device) for g in grads)
+        return (None, None) + _not_twice_differentiable(ctx, grad, grads)
+
+
+class _SecondOrder(torch.autograd.Function):
+    """Identity on the gradients of a ``_HostFunction`` backward run under ``create_graph=True``, connected to that
+    op's inputs and incoming gradient, whose own backward raises: the backward is host code, so a second-order
+    gradient would otherwise silently leave out every term through the op (``once_differentiable`` catches only a
+    dependence on the incoming gradient, and its error node is pruned by ``torch.autograd.grad(..., inputs)``)."""
+
+    @staticmethod
+    def forward(ctx, message, count, *tensors):
+        ctx.message = message
+        return tuple(g.view_as(g) for g in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ctx.message)
+
+
+def _not_twice_differentiable(ctx, grad, grads):
+    """``grads`` as they are, or, when the backward runs with grad mode on (``create_graph=True``), behind a
+    ``_SecondOrder`` node."""
+    if not torch.is_grad_enabled():
+        return grads
+    sources = (grad, *ctx.saved_tensors)
+    if not any(x.requires_grad for x in sources):
+        return grads
+    message = (f"spikescan_keras: {ctx.op.__name__} (layer {getattr(ctx.spec, 'layer_name', '')!r}) has no "
+               "second-order gradient (its backward runs on the host); differentiating its gradients "
+               "(create_graph=True) would leave out every term through it")
+    present = [g for g in grads if g is not None]
+    aliased = iter(_SecondOrder.apply(message, len(present), *present, *sources))
+    return tuple(None if g is None else next(aliased) for g in grads)
 
 
 def _torch_dtype(dtype):
