@@ -36,6 +36,12 @@ def merged_message(merged: int, at: float, dtype) -> str:
 _subset = threading.local()  # .active while SpikeDataset.__getitem__ builds a subset of a dataset already checked
 
 
+def is_whole(values) -> np.ndarray:
+    """Where a float array holds finite whole numbers (``3.0``): the test every loader applies before casting read
+    indices (labels, units, event addresses) to integers, so that none is truncated or wrapped."""
+    return np.isfinite(values) & (values == np.round(values))
+
+
 def class_indices(name: str, labels, *, source: str = "", integral_floats: bool = False) -> np.ndarray:
     """``labels`` as a 1-D int64 array of class indices ``>= 0``, else a TypeError or ValueError naming ``name``,
     ``source`` (the file or function the labels come from, if any) and the first offending value with its index.
@@ -50,7 +56,7 @@ def class_indices(name: str, labels, *, source: str = "", integral_floats: bool 
     if y.size == 0 and y.dtype.kind == "f":  # [] (NumPy makes an empty list float64): no label
         return y.astype(np.int64)
     if y.dtype.kind == "f" and integral_floats:
-        bad = ~(np.isfinite(y) & (y == np.round(y)) & (np.abs(y) < 2.0 ** 63))
+        bad = ~(is_whole(y) & (np.abs(y) < 2.0 ** 63))
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"{at}{name} must be whole class indices, got {y[i].item()!r} at index {i} (not "

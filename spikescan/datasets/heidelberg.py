@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._core import (TIME_UNITS, SpikeDataset, _pack_events, check_choice, check_count, check_positive, class_indices,
-                    float_dtype, optional_import, report_dropped, sample_indices)
+                    float_dtype, is_whole, optional_import, report_dropped, sample_indices)
 
 BASE_URL = "https://zenkelab.org/datasets/"
 N_UNITS = 700
@@ -205,7 +205,7 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         t = np.asarray(t, dtype=np.float64) * scale
         u = np.asarray(u)
         if u.dtype.kind not in "iu":  # a float unit is not truncated (nor NaN cast to a garbage index)
-            whole = np.isfinite(u) & (u == np.round(u)) & (np.abs(u) < 2.0 ** 62)
+            whole = is_whole(u) & (np.abs(u) < 2.0 ** 62)
             if not whole.all():
                 raise ValueError(f"{path.name}: sample {k} of the selection holds the unit index "
                                  f"{u[~whole][0].item()!r}; units must be whole numbers in [0, {N_UNITS})")

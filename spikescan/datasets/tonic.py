@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from ._core import (TIME_UNITS, DroppedSpikesWarning, _pack_events, check_choice, check_count, check_positive,
-                    class_indices, float_dtype)
+                    class_indices, float_dtype, is_whole)
 
 _US = TIME_UNITS["us"]
 
@@ -23,7 +23,7 @@ _US = TIME_UNITS["us"]
 def _whole(what, v):
     """``v`` unchanged when a float array holds only finite whole numbers (any other dtype is returned as is)."""
     if v.dtype.kind == "f":
-        bad = ~np.isfinite(v) | (v != np.round(v))
+        bad = ~is_whole(v)
         if bad.any():
             raise ValueError(f"ToSpikeTensor: {what} holds non-integer values, e.g. {v[bad][0].item()!r}")
     return v
