@@ -263,8 +263,8 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
         try:
             scalar = float(value)
         except OverflowError:  # an int beyond float64's range (its repr may be too long to print)
-            raise ValueError(f"{name} must be positive and finite, got an integer of {int(value).bit_length()} bits, "
-                             "beyond float64's range") from None
+            raise ValueError(f"{name} must be positive and finite, got {_shown(value)}, beyond float64's "
+                             "range") from None
         arr = xp.full((n_out,), scalar, dtype=xp.float64)
     else:
         if isinstance(value, (list, tuple)):  # one value per neuron, written out
