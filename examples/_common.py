@@ -78,8 +78,8 @@ def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
 
 def add_time_constants(p, tau_mem, tau_syn):
     """``--tau-mem`` and ``--tau-syn`` (ms, positive), the time constants of every layer, with these defaults."""
-    p.add_argument("--tau-mem", type=_positive_float, default=tau_mem, help="membrane time constant of every layer (ms)")
-    p.add_argument("--tau-syn", type=_positive_float, default=tau_syn, help="synaptic time constant of every layer (ms)")
+    for flag, default, kind in (("--tau-mem", tau_mem, "membrane"), ("--tau-syn", tau_syn, "synaptic")):
+        p.add_argument(flag, type=_positive_float, default=default, help=f"{kind} time constant of every layer (ms)")
 
 
 def initialize_distributed(args=None):
