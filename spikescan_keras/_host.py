@@ -97,6 +97,14 @@ def warn(key: int, message: str, category, stacklevel: int = 1):
 SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
+def second_order_error(op, spec):
+    """The ``RuntimeError`` a bridge raises when something differentiates an op's gradients: its backward runs on
+    the host, so the framework would otherwise leave out every term through the op without a word."""
+    return RuntimeError(f"spikescan_keras: {op.__name__} (layer {getattr(spec, 'layer_name', '')!r}) has no "
+                        "second-order gradient (its backward runs on the host); differentiating its gradients (a "
+                        "gradient penalty, create_graph=True, nested tapes) would leave out every term through it")
+
+
 def batch_indexed(forward):
     """``op.forward`` whose errors about ``input_times`` at an index (NaN, a negative or descending time) add that
     the index counts samples within the batch the layer was called on, not the dataset the batch came from (Keras

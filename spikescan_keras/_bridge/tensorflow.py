@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from .._host import second_order_error
 from ._residuals import ResidualCache
 
 _CACHE_SIZE = 16
@@ -100,10 +101,7 @@ def _not_twice_differentiable(op, spec, grads, sources):
     @tf.custom_gradient
     def identity(*tensors):
         def second_order(*upstream):
-            raise RuntimeError(
-                f"spikescan_keras: {op.__name__} (layer {getattr(spec, 'layer_name', '')!r}) has no second-order "
-                "gradient (its backward runs on the host); differentiating its gradients would leave out every "
-                "term through it")
+            raise second_order_error(op, spec)
 
         return tuple(tf.identity(g) for g in tensors[:count]), second_order
 

@@ -21,6 +21,8 @@ import contextlib
 import numpy as np
 import torch
 
+from .._host import second_order_error
+
 
 def _check_devices(inputs):
     device = inputs[0].device
@@ -89,13 +91,13 @@ class _SecondOrder(torch.autograd.Function):
     dependence on the incoming gradient, and its error node is pruned by ``torch.autograd.grad(..., inputs)``)."""
 
     @staticmethod
-    def forward(ctx, message, count, *tensors):
-        ctx.message = message
+    def forward(ctx, op, spec, count, *tensors):
+        ctx.op, ctx.spec = op, spec
         return tuple(g.view_as(g) for g in tensors[:count])
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(ctx.message)
+        raise second_order_error(ctx.op, ctx.spec)
 
 
 def _not_twice_differentiable(ctx, grad, grads):
@@ -106,11 +108,8 @@ def _not_twice_differentiable(ctx, grad, grads):
     sources = (grad, *ctx.saved_tensors)
     if not any(x.requires_grad for x in sources):
         return grads
-    message = (f"spikescan_keras: {ctx.op.__name__} (layer {getattr(ctx.spec, 'layer_name', '')!r}) has no "
-               "second-order gradient (its backward runs on the host); differentiating its gradients "
-               "(create_graph=True) would leave out every term through it")
     present = [g for g in grads if g is not None]
-    aliased = iter(_SecondOrder.apply(message, len(present), *present, *sources))
+    aliased = iter(_SecondOrder.apply(ctx.op, ctx.spec, len(present), *present, *sources))
     return tuple(None if g is None else next(aliased) for g in grads)
 
 
