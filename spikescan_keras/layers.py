@@ -107,14 +107,21 @@ def _over_unit(layer, variable, values, unit, flag, what, label, low, high=None)
         idx = tuple(int(i) for i in np.argwhere(beyond)[0])
         raise ValueError(f"{name}: {label} must fit the layer's {dtype} variable (over its unit {unit!r}), got "
                          f"{float(values[idx])!r} at index {idx}")
-    bad = (~np.isfinite(stored) | (stored < np.asarray(low / unit, dtype))
-           | (False if high is None else stored > np.asarray(high / unit, dtype)))
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+    idx = _first_outside(stored, low, high, unit)
+    if idx is not None:
         limits = f">= {low!r}" if high is None else f"within [{low!r}, {high!r}]"
         raise ValueError(f"{name}: {label} must be {limits} (the range training keeps them in), got "
                          f"{float(values[idx])!r} at index {idx}")
     return stored
+
+
+def _first_outside(stored, low, high, unit):
+    """The index of the first of ``stored`` (values over ``unit``, in their variable's dtype) that is not finite or
+    lies outside ``[low, high]`` over ``unit`` in that dtype (the constraint's own test; ``high=None``: no upper
+    bound), else None."""
+    bad = (~np.isfinite(stored) | (stored < np.asarray(low / unit, stored.dtype))
+           | (False if high is None else stored > np.asarray(high / unit, stored.dtype)))
+    return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
 
 
 class _Renamed:
@@ -199,11 +206,9 @@ class _CheckedDelays:
     def __call__(self, shape, dtype=None):
         values = self.scaled(shape, dtype=dtype)
         stored = np.asarray(ops.convert_to_numpy(values))
-        high = self.layer._stored_max_delay()
-        bad = ~np.isfinite(stored) | (stored < 0) | (False if high is None else stored > stored.dtype.type(high))
-        if bad.any():
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            limits = ">= 0" if high is None else f"within [0, max_delay={self.layer.max_delay!r}]"
+        idx = _first_outside(stored, 0.0, self.layer.max_delay, self.layer.delay_unit)
+        if idx is not None:
+            limits = ">= 0" if self.layer.max_delay is None else f"within [0, max_delay={self.layer.max_delay!r}]"
             raise ValueError(f"{type(self.layer).__name__} {self.layer.name!r}: {self.argument} must give delays "
                              f"{limits} (the range training keeps them in), got "
                              f"{float(stored[idx]) * self.layer.delay_unit!r} at index {idx}")
