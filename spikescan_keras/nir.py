@@ -119,7 +119,10 @@ or thresholds imports with the default floors (5% of the smallest value) over al
 Optional entries are absent when None, as HDF5 has no None). Initializers, ``kernel_regularizer`` and
 ``recurrent_regularizer`` are not carried. Imported ``LIFLayer`` s hold the weights over their ``voltage_unit``
 (``kernel = weights / voltage_unit``, ``kernel_scale = voltage_unit``: exact, a power of two) and are marked as
-calibrated, so training an imported model starts from the imported weights.
+calibrated, so training an imported model starts from the imported weights. Their variables take the dtype of
+Keras' global dtype policy (float32 by default, float64 under ``keras.config.set_dtype_policy("float64")``); graph
+values that dtype cannot hold (float64 weights of other tools, a weight factor ``r w_in / tau_syn``) are rounded to
+it with a ``UserWarning`` naming each node and field and the largest relative change.
 """
 
 from __future__ import annotations
@@ -386,7 +389,7 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
 
     chain, loops = _chain(graph, nir)
     n_in = _input_size(chain[0], graph.nodes[chain[0]])
-    layers, weights = [], []
+    layers, weights, rounded = [], [], []
     synapses, n_prev = [], n_in
     for name in chain[1:-1]:
         node = graph.nodes[name]
@@ -414,7 +417,7 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
             recurrent = (rw, rd)
         layer, kernel, delays, taus, rec = _neuron(name, node, w, d, nir, time_unit, graph_time_unit, meta_unit,
                                                    synapse, dict(max_spikes=max_spikes, readout=readout, t_max=t_max,
-                                                                 tau_readout=tau_readout), recurrent)
+                                                                 tau_readout=tau_readout), rounded, recurrent)
         layers.append(layer)
         weights.append((kernel, delays, taus, rec))
         synapses, n_prev = [], kernel.shape[1]
@@ -423,15 +426,18 @@ def import_nir(graph, *, time_unit="ms", graph_time_unit=None, synapse="dirac", 
                          "supported (the graph must end with CubaLIF or CubaLI -> Output)")
     if not layers:
         raise ValueError("import_nir: the graph has no CubaLIF or CubaLI node")
+    if rounded:
+        shown = "; ".join(f"node {name!r} {what} (largest relative change {rel:.3g})" for name, what, rel in rounded)
+        warnings.warn(f"import_nir: the layers hold {_layer_dtype()} (keras.config.dtype_policy()), so these graph "
+                      f"values are rounded to it: {shown}", stacklevel=2)
     model = keras.Sequential([keras.Input(shape=(n_in, input_max_spikes)), *layers])
     for layer, (kernel, delays, (taus, thresholds), (rec_kernel, rec_delays)) in zip(layers, weights):
         # An LIFLayer's kernel holds the weights over its voltage unit (a power of two: exact), kept in kernel_scale.
-        unit = np.float32(getattr(layer, "voltage_unit", 1.0))
-        layer.kernel.assign(np.asarray(kernel, np.float32) / unit)
+        unit = kernel.dtype.type(getattr(layer, "voltage_unit", 1.0))
+        layer.kernel.assign(kernel / unit)
         if rec_kernel is not None:
             # Exact: an "auto" recurrent_kernel_scale is a power of two.
-            scale = np.float32(layer.recurrent_kernel_scale)
-            layer.recurrent_kernel.assign(np.asarray(rec_kernel, np.float32) / scale)
+            layer.recurrent_kernel.assign(rec_kernel / rec_kernel.dtype.type(layer.recurrent_kernel_scale))
         if rec_delays is not None:
             layer.set_recurrent_delay_values(rec_delays)
         if taus is not None:
@@ -667,10 +673,35 @@ def _pick(converted, original):
     return float(converted)
 
 
-def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, overrides, recurrent=None):
-    """``(layer, kernel [n_in, n_out] float32, delays [n_in, n_out] float32 or None, (taus, thresholds),
-    (recurrent_kernel [n_out, n_out] or None, recurrent_delays or None))`` for a CubaLIF / CubaLI; ``recurrent``:
-    the ``(weight [n_out, n_out], delay or None)`` of its recurrent connection, in NIR's [out, in] order."""
+# Relative changes up to a few float64 ulps are the unit conversion's (or the weight factor's) own rounding: a model
+# exported by export_nir reads back within them, bit for bit after rounding to float32.
+_ROUNDING_FLOOR = 2.0 ** -50
+
+
+def _layer_dtype():
+    """The variable dtype of the layers import_nir builds (no ``dtype`` argument: the global dtype policy's, float32
+    under a float16 or bfloat16 one, ``layers._exact_dtype``)."""
+    policy = keras.config.dtype_policy()
+    return np.dtype(policy.variable_dtype if policy.compute_dtype in ("float32", "float64") else "float32")
+
+
+def _note_rounding(rounded, name, what, exact, stored):
+    """Append ``(name, what, largest relative change)`` to ``rounded`` where ``stored`` (the layer's dtype) differs
+    from the float64 values ``exact`` by more than ``_ROUNDING_FLOOR``."""
+    exact = np.asarray(exact, np.float64)
+    changed = stored.astype(np.float64) != exact
+    if np.any(changed):
+        rel = float((np.abs(stored.astype(np.float64)[changed] - exact[changed]) / np.abs(exact[changed])).max())
+        if rel > _ROUNDING_FLOOR:
+            rounded.append((name, what, rel))
+
+
+def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, overrides, rounded, recurrent=None):
+    """``(layer, kernel [n_in, n_out], delays [n_in, n_out] or None, (taus, thresholds),
+    (recurrent_kernel [n_out, n_out] or None, recurrent_delays or None))`` for a CubaLIF / CubaLI, arrays in Keras'
+    float type (``_layer_dtype``); ``recurrent``: the ``(weight [n_out, n_out], delay or None)`` of its recurrent
+    connection, in NIR's [out, in] order. Values that type cannot hold exactly are appended to ``rounded``."""
+    dtype = _layer_dtype()
     is_lif = isinstance(node, nir.CubaLIF)
     n_out = w.shape[0]
     p = {f: _param(name, node, f, n_out) for f in ("tau_mem", "tau_syn", "r", "v_leak", "w_in")}
@@ -709,18 +740,21 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
 
     def weights(w, d, kind):  # NIR [out, in] -> our [in, out]; the factor is the receiving neuron's
         w = np.asarray(w)
+        exact = np.ascontiguousarray((w.astype(np.float64) * factor[:, None]).T)
+        exact_delay = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T)
         with np.errstate(over="ignore"):  # refused below: an infinite weight or delay is no layer's
-            kernel = w if np.all(factor == 1) else w.astype(np.float64) * factor[:, None]
-            kernel = np.ascontiguousarray(kernel.T).astype(np.float32)
-            delay = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T).astype(
-                np.float32)
+            kernel = exact.astype(dtype)
+            delay = None if d is None else exact_delay.astype(dtype)
         if not np.isfinite(kernel).all():
             raise ValueError(f"import_nir: node {name!r}: its {kind} weights (the Linear weight times r * w_in"
-                             f"{' / tau_syn' if synapse == 'dirac' else ''}) exceed the float32 range, up to "
-                             f"{float(np.abs(w.astype(np.float64) * factor[:, None]).max())!r}")
+                             f"{' / tau_syn' if synapse == 'dirac' else ''}) exceed the {dtype} range, up to "
+                             f"{float(np.abs(exact).max())!r}")
         if delay is not None and not np.isfinite(delay).all():
-            raise ValueError(f"import_nir: node {name!r}: its {kind} delays exceed the float32 range in "
+            raise ValueError(f"import_nir: node {name!r}: its {kind} delays exceed the {dtype} range in "
                              f"{time_unit!r}")
+        _note_rounding(rounded, name, f"{kind} weights", exact, kernel)
+        if delay is not None:
+            _note_rounding(rounded, name, f"{kind} delays", exact_delay, delay)
         return kernel, delay
 
     kernel, delays = weights(w, d, "input")
@@ -732,7 +766,10 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if "tau_mem" in meta and "tau_syn" in meta:  # the layer's arguments (initial values), in the model's unit
             kwargs.update(tau_mem=meta_time("tau_mem"), tau_syn=meta_time("tau_syn"))
         kwargs.update(trainable_time_constants=True)
-        taus = tuple(_convert(p[f], graph_unit, time_unit).astype(np.float32) for f in ("tau_mem", "tau_syn"))
+        exact_taus = tuple(_convert(p[f], graph_unit, time_unit) for f in ("tau_mem", "tau_syn"))
+        taus = tuple(x.astype(dtype) for x in exact_taus)
+        for field, x, y in zip(("tau_mem", "tau_syn"), exact_taus, taus):
+            _note_rounding(rounded, name, field, x, y)
         # The floor training keeps them above: the exported layer's, else the default rule (5% of the smaller time
         # constant) over every neuron's values, not the layer arguments' (neuron 0's), which would move the smaller
         # ones up at the first training step.
@@ -761,7 +798,8 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
         if not np.all(p["v_threshold"] > 0):
             raise ValueError(f"import_nir: node {name!r}: field 'v_threshold' must be > 0, got "
                              f"{p['v_threshold'].min()!r}")
-        thresholds = p["v_threshold"].astype(np.float32)
+        thresholds = p["v_threshold"].astype(dtype)
+        _note_rounding(rounded, name, "v_threshold", p["v_threshold"], thresholds)
         threshold = float(meta.get("threshold", p["v_threshold"][0]))
     else:
         threshold = _uniform(name, "v_threshold", p["v_threshold"])

@@ -69,7 +69,9 @@ def test_round_trip_through_file_is_exact(tmp_path, delays, readout):
     model = make_model(delays, readout)
     path = tmp_path / "model.nir"
     nir.write(path, sk.export_nir(model))
-    back = sk.import_nir(nir.read(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # our own graph: nothing to round
+        back = sk.import_nir(nir.read(path))
     x = spikes(np.random.default_rng(1))
     out = keras.ops.convert_to_numpy(model(x, training=False))
     assert np.isfinite(out).any() and np.ptp(out[np.isfinite(out)]) > 0  # not a trivial network
@@ -91,6 +93,43 @@ def test_round_trip_through_file_is_exact(tmp_path, delays, readout):
     # Our graphs record their synapse convention: the other one would read every weight off by tau_syn.
     with pytest.raises(ValueError, match="synapse='jump', but the graph's metadata says .* synapse='dirac'"):
         sk.import_nir(nir.read(path), synapse="jump")
+
+
+def test_import_says_which_graph_values_float32_rounds():
+    graph, w1, _ = other_tool_graph(affine=False)
+    w64 = w1.astype(np.float64) + 1e-3 / 3  # not float32 values
+    graph.nodes["fc1"] = nir.Linear(weight=w64)
+    graph.nodes["lif1"].v_threshold = np.linspace(1.0, 1.1, 6)  # per neuron: trainable thresholds, stored as float32
+    with pytest.warns(UserWarning, match=r"float32 .* rounded to it: node 'lif1' input weights \(largest relative "
+                                         r"change [0-9.e-]+\); node 'lif1' v_threshold"):
+        imported = sk.import_nir(graph, synapse="jump", max_spikes=4, t_max=60.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(imported.layers[0].kernel), w64.T.astype(np.float32))
+    # float32 weights read with synapse="jump" are taken as they are: no warning.
+    graph, *_ = other_tool_graph(affine=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sk.import_nir(graph, synapse="jump", max_spikes=4, t_max=60.0)
+
+
+def test_import_keeps_float64_values_under_a_float64_policy():
+    if keras.backend.backend() == "jax":
+        import jax
+        if not jax.config.jax_enable_x64:
+            pytest.skip("float64 layers need jax's 64-bit mode")
+    graph, w1, _ = other_tool_graph(affine=False)
+    w64 = w1.astype(np.float64) + 1e-3 / 3
+    graph.nodes["fc1"] = nir.Linear(weight=w64)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # nothing is rounded
+            imported = sk.import_nir(graph, synapse="jump", max_spikes=4, t_max=60.0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    kernel = keras.ops.convert_to_numpy(imported.layers[0].kernel)
+    assert kernel.dtype == np.float64
+    np.testing.assert_array_equal(kernel, w64.T)
 
 
 @pytest.mark.parametrize("readout, scale", [("max", 2.5), ("final", "auto")])
