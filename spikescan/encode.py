@@ -335,6 +335,12 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
                 + ("" if return_dropped else "; pass return_dropped=True to get the count"),
                 DroppedSpikesWarning, stacklevel=2)
     out = times.astype(dt)
+    if mode == "poisson" and dt != np.float64:
+        # The window is [0, t_max) in the output dtype too: a time just below t_max would otherwise round up to it.
+        below = dt.type(t_max)
+        if float(below) >= t_max:
+            below = np.nextafter(below, dt.type(0))
+        np.minimum(out, below, out=out, where=np.isfinite(out))
     if dt != np.float64 and slots > 1:
         # Neighbours in a channel, distinct in float64, equal once rounded: counted, not silent (pack_events' rule).
         pairs = (times[..., 1:] > times[..., :-1]) & (out[..., 1:] == out[..., :-1])

@@ -276,6 +276,31 @@ def test_rate_validation():
             rate(x, t_max=1.0, **kw)
 
 
+def test_rate_poisson_float32_times_stay_below_t_max(monkeypatch):
+    """A draw just below t_max that float32 rounds up to t_max is kept inside the window [0, t_max) of the
+    docstring: at the largest float32 below t_max (for t_max = 20, which float32 holds, and 0.1, which it rounds
+    up)."""
+    real = np.random.default_rng
+
+    class Late:  # the Poisson counts of a real generator, every time in the window's last 2^-30
+        def __init__(self, seed):
+            self.rng = real(seed)
+
+        def poisson(self, lam):
+            return self.rng.poisson(lam)
+
+        def random(self, n):
+            return np.full(n, 1.0 - 2.0 ** -30)
+
+    monkeypatch.setattr(np.random, "default_rng", Late)
+    for t_max in (20.0, 0.1):
+        below = np.nextafter(np.float32(t_max), np.float32(0))
+        below = below if float(np.float32(t_max)) >= t_max else np.float32(t_max)
+        t = rate(np.ones((2, 3)), t_max=t_max, max_spikes=4, mode="poisson", seed=0, dtype=np.float32, slots=12)
+        fin = t[np.isfinite(t)]
+        assert fin.size > 0 and np.all(fin == below) and np.all(fin.astype(np.float64) < t_max)
+
+
 def test_rate_float32_merging_is_warned_with_its_count():
     """Poisson times far from zero, rounded to float32: distinct times of a channel that become equal stay two spikes
     at one time, and are counted (as pack_events counts them); float64 keeps them apart, and few spikes merge none."""

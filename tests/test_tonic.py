@@ -103,6 +103,10 @@ def test_collate_plain_and_dataloader(shd_dir):
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels)
     with pytest.raises(ValueError, match="item 1 has shape"):
         collate_spikes([(np.zeros((2, 3)), 0), (np.zeros((2, 4)), 1)])
+    # float32 and float64 items: float64, exactly both.
+    a, b = np.full((2, 3), 0.1, np.float32), np.full((2, 3), 0.1)
+    times, _ = collate_spikes([(a, 0), (b, 1)])
+    assert times.dtype == np.float64 and np.array_equal(times[0], a.astype(np.float64)) and np.array_equal(times[1], b)
 
 
 def test_collate_checks_times_and_labels():

@@ -201,7 +201,8 @@ class ToSpikeTensor:
 def collate_spikes(batch):
     """Stack ``(times [channels, max_spikes], label)`` pairs into ``(times [b, channels, max_spikes], labels [b])``.
 
-    ``times`` keeps the samples' dtype (float32 from :class:`ToSpikeTensor`); labels become int64. Returns NumPy
+    ``times`` keeps the samples' dtype (float32 from :class:`ToSpikeTensor`; float64 when float32 and float64 items
+    are mixed, which holds both exactly); labels become int64. Returns NumPy
     arrays (``model.fit`` accepts them, as does a ``torch.utils.data.DataLoader`` given ``collate_fn=collate_spikes``).
     The batch is checked as a :class:`SpikeDataset` is: each ``times`` float32 or float64 and 2-D, all of one shape,
     no NaN, no negative time, ascending along the last axis; each label a scalar integer class index ``>= 0``.
