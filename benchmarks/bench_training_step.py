@@ -9,8 +9,9 @@ probability 0.19, as MNIST's non-black pixels do, at a uniform time in ``[0, 20]
 model with the same seed:
 
 - ``default``: what a user runs;
-- ``input_grad`` (jax only): the first layer also computes the gradient of its input spike times, which nothing uses
-  (``spikescan_keras._bridge.jax.SKIP_INPUT_GRAD = False``; the torch bridge skips it through ``needs_input_grad``);
+- ``input_grad`` (jax and tensorflow): the first layer also computes the gradient of its input spike times, which
+  nothing uses (``spikescan_keras._bridge.jax.SKIP_INPUT_GRAD = False``, the same switch in ``_bridge.tensorflow``;
+  the torch bridge skips it through ``needs_input_grad``);
 - ``per_neuron_walk``: the compiled ``"max"`` readout walks each (sample, unit) on its own instead of a sample's
   units in step (``spikescan._readout_numba.WALK = "per_neuron"``; the same bits).
 
@@ -56,6 +57,8 @@ def run_variant(variant, source, args):
     bridge = None
     if keras.backend.backend() == "jax":
         from spikescan_keras._bridge import jax as bridge
+    elif keras.backend.backend() == "tensorflow":
+        from spikescan_keras._bridge import tensorflow as bridge
     from spikescan_keras import _host
 
     saved = (_readout_numba.WALK, None if bridge is None else bridge.SKIP_INPUT_GRAD, _host.LIFOp.backward)
@@ -117,7 +120,7 @@ def main(argv=None):
         from spikescan.datasets import latency_mnist
 
         source, data = (_common.first(latency_mnist("train", t_max=20.0, data_dir=args.data_dir), n),), "mnist.npz"
-    variants = [v for v in VARIANTS if v != "input_grad" or args.backend == "jax"]
+    variants = [v for v in VARIANTS if v != "input_grad" or args.backend != "torch"]
     rows = {}
     for variant in variants:
         rows[variant] = run_variant(variant, source, args)

@@ -1,6 +1,6 @@
 """``benchmarks/bench_training_step.py`` on a tiny model: every variant trains, the JSON is stamped, and the
-switches do what they say (on jax the first layer's backward computes the input-time gradient only in the
-``input_grad`` variant; the readout walks give the same training)."""
+switches do what they say (on every backend the first layer's backward computes the input-time gradient only in the
+``input_grad`` variant, which torch does not have; the readout walks give the same training)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ if importlib.util.find_spec("keras") is None:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
 def test_quick_run_checks_its_switches(backend, tmp_path):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"needs {backend}")
@@ -32,7 +32,7 @@ def test_quick_run_checks_its_switches(backend, tmp_path):
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_training_step" and "commit" in report["stamp"]
     assert report["backend"] == backend and report["data"] == "synthetic"
-    expected = ["default", "input_grad", "per_neuron_walk"] if backend == "jax" else ["default", "per_neuron_walk"]
+    expected = ["default", "per_neuron_walk"] if backend == "torch" else ["default", "input_grad", "per_neuron_walk"]
     assert list(report["variants"]) == expected and sorted(report["speedups"]) == sorted(expected[1:])
     rows = report["variants"]
     assert all(row["step_s"] > 0 for row in rows.values())

@@ -435,9 +435,9 @@ def small_model(**lif_kwargs):
 
 def test_first_layer_fed_with_data_skips_its_input_gradient(jax_route, monkeypatch):
     """In ``model.fit`` nothing differentiates the data: the first LIF layer's backward is asked for no input-time
-    gradient (torch: ``needs_input_grad``; jax: the input is not ``perturbed``), the second one's is; the weight
-    gradients are those of a backward that computes it (the same kernels, the input gradient only left out).
-    TensorFlow's ``custom_gradient`` cannot tell, so there every layer computes it."""
+    gradient (torch: ``needs_input_grad``; jax: the input is not ``perturbed``; TensorFlow: no tape records it, and
+    the traced step prunes the op that would compute it), the second one's is; the weight gradients are those of a
+    backward that computes it (the same kernels, the input gradient only left out)."""
     from spikescan_keras import _host
 
     calls, original = [], _host.LIFOp.backward
@@ -459,7 +459,7 @@ def test_first_layer_fed_with_data_skips_its_input_gradient(jax_route, monkeypat
     monkeypatch.setattr(_host.LIFOp, "backward", staticmethod(spy))
     before = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert sorted(set(calls)) == [("first", BACKEND == "tensorflow"), ("second", True)], calls
+    assert sorted(set(calls)) == [("first", False), ("second", True)], calls
     # The weight gradients match a backward that also computes the first layer's input gradient.
     calls.clear()
     monkeypatch.setattr(_host.LIFOp, "backward",
@@ -472,6 +472,63 @@ def test_first_layer_fed_with_data_skips_its_input_gradient(jax_route, monkeypat
     for a, b in zip(grads_all, grads_skip):
         np.testing.assert_array_equal(a, b)
     assert any(np.abs(g).sum() > 0 for g in grads_all)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's tapes and tf.function")
+def test_tensorflow_input_gradient_wherever_a_tape_asks_for_it(monkeypatch):
+    """The TensorFlow bridge leaves the first layer's input gradient out when no tape records the input; a tape that
+    does, eagerly, around a tf.function traced before or under it, or inside one, gets the gradient of the backward
+    that always computes it, bit for bit; one that records only the weights gets the same weight gradients."""
+    import tensorflow as tf
+
+    from spikescan_keras._bridge import tensorflow as bridge
+
+    keras.utils.set_random_seed(0)
+    x, _ = timing_task(8)
+    x = tf.constant(x)
+    model = keras.Sequential([
+        keras.Input(shape=(3, 1)),
+        sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None),
+        sk.LIFLayer(6, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None),
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX),
+    ])
+
+    def loss(xx):
+        return tf.reduce_sum(model(xx) ** 2)
+
+    def eager(watch):
+        with tf.GradientTape() as tape:
+            if watch:
+                tape.watch(x)
+            value = loss(x)
+        return tape.gradient(value, x if watch else model.trainable_variables)
+
+    monkeypatch.setattr(bridge, "SKIP_INPUT_GRAD", False)
+    reference, reference_weights = eager(True).numpy(), [g.numpy() for g in eager(False)]
+    assert np.abs(reference).sum() > 0
+    monkeypatch.setattr(bridge, "SKIP_INPUT_GRAD", True)
+    for got, want in zip(eager(False), reference_weights):
+        np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(eager(True).numpy(), reference)
+
+    traced_before = tf.function(loss)
+    traced_before(x)  # traced with no tape
+
+    def outer(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return tape.gradient(value, x).numpy()
+
+    @tf.function
+    def inner(xx):
+        with tf.GradientTape() as tape:
+            tape.watch(xx)
+            value = loss(xx)
+        return tape.gradient(value, xx)
+
+    for got in (outer(traced_before), outer(tf.function(loss)), inner(x).numpy()):
+        np.testing.assert_array_equal(got, reference)
 
 
 def _weight_grads(model, x, y):
