@@ -42,10 +42,28 @@ from spikescan.datasets import SpikeBatches
 from spikescan_keras import FiringMonitor, LIFLayer, distributed
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that removes the folders ``--output`` created (``_output_path``) when the command line turns
+    out to be wrong (``error``: a later flag, or a script's own check after parsing): a failed command leaves
+    nothing behind. Only folders it created and that are still empty go."""
+
+    created = []  # the folders _output_path made, deepest last
+
+    def error(self, message):
+        for folder in reversed(_Parser.created):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty, or gone
+                pass
+        _Parser.created.clear()
+        super().error(message)
+
+
 def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
            data_dir_help="folder holding the dataset files"):
     """ArgumentParser with the flags every example shares; a script adds its own afterwards."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _Parser.created.clear()
+    p = _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=_positive_int, default=epochs)
     p.add_argument("--batch-size", type=_positive_int, default=batch_size)
     p.add_argument("--data-dir", default=None, help=data_dir_help)
@@ -151,10 +169,16 @@ def _output_path(text):
     if not text.strip():  # an empty path would write nothing, silently
         raise argparse.ArgumentTypeError("must be the path of a JSON file, got an empty string")
     folder = os.path.dirname(os.path.abspath(text))
+    missing = []  # the folders this call creates, outermost first
+    parent = folder
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        missing.insert(0, parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise argparse.ArgumentTypeError(f"cannot create the folder of {text}: {err}") from err
+    _Parser.created.extend(missing)
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text} is a folder; give the path of a JSON file")
     return text

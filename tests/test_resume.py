@@ -159,6 +159,22 @@ def test_bad_flags_name_themselves(capsys):
         assert exc.value.code == 2 and f"{flag}: {message}" in capsys.readouterr().err
 
 
+def test_a_failed_command_leaves_no_output_folder(tmp_path, capsys):
+    """--output creates its folder while the flags are parsed; when a later flag (or a script's own check) fails,
+    the folders it created are removed again, and folders that were there or that hold files stay."""
+    output = tmp_path / "new" / "sub" / "summary.json"
+    for argv in (["--output", str(output), "--epochs", "0"], ["--output", str(output), "--bin-widths", "1", "1.0"]):
+        module = yinyang_module() if "--epochs" in argv else example("yinyang_timing")
+        with pytest.raises(SystemExit) as exc:
+            module.main(argv)
+        assert exc.value.code == 2 and not (tmp_path / "new").exists(), argv
+    capsys.readouterr()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(SystemExit):
+        yinyang_module().main(["--output", str(tmp_path / "kept" / "a" / "s.json"), "--epochs", "0"])
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "a").exists()
+
+
 def test_output_folder_is_created_at_the_start(tmp_path):
     output = tmp_path / "new" / "sub" / "summary.json"
     yinyang_module().main(["--epochs", "1", "--limit", "16", "--hidden", "4", "--verbose", "0",
