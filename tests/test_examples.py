@@ -237,6 +237,19 @@ def test_mnist_time_constants(tmp_path):
             example("mnist").main(["--tau-syn", bad])
 
 
+def test_mnist_readout(tmp_path):
+    """``--readout``: the LIReadout's logit, ``"max"`` by default, recorded in the summary."""
+    write_mnist(tmp_path, n_train=12, n_test=10)
+    returned = example("mnist").main([*TINY, "--data-dir", str(tmp_path), "--verbose", "0", "--limit", "8",
+                                      "--readout", "integral"])
+    assert returned["readout"] == "integral"
+    assert example("mnist").build_model(784, 8, 4, 20.0, readout="integral").get_layer("readout").readout \
+        == "integral"
+    assert example("mnist").build_model(784, 8, 4, 20.0).get_layer("readout").readout == "max"
+    with pytest.raises(SystemExit):
+        example("mnist").main(["--readout", "final"])
+
+
 def test_mnist_dropout(tmp_path):
     """``--dropout``: a SpikeDropout of whole hidden neurons between the layers, recorded in the summary."""
     write_mnist(tmp_path, n_train=12, n_test=10)
