@@ -338,3 +338,13 @@ def test_calibrate_scale_checks_weights_as_lif_forward(weights, error, match):
             calibrate_scale(x, weights, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
         with pytest.raises(error, match=match):
             spikescan.lif_forward(x, weights, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=1)
+
+
+@pytest.mark.parametrize("bad, match", [(np.nan, r"input_times contains NaN \(nan at index \(1, 0, 0\)\)"),
+                                        (-np.inf, r"input_times must be >= 0, got -inf at index \(1, 0, 0\)")])
+def test_calibrate_scale_refuses_a_sample_of_nan_or_negative_times(bad, match):
+    """A sample whose every time is NaN or -inf has no finite spike: it was left out with the empty samples, so the
+    bad times never reached lif_forward's checks and the scale came back as if they were not there."""
+    x = np.array([[[0.5, 1.0], [0.2, np.inf]], [[bad, bad], [bad, bad]]])
+    with pytest.raises(ValueError, match=match):
+        calibrate_scale(x, np.ones((2, 3)), tau_mem=10.0, tau_syn=5.0)
