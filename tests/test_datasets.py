@@ -1017,3 +1017,23 @@ def test_shd_speaker_list_of_another_length_is_an_error(tmp_path):
         with pytest.raises(ValueError, match=r"shd_train.h5: its datasets disagree on the number of samples "
                                              r"\(.*'labels': 3, 'extra/speaker': 2\}\)"):
             shd("train", data_dir=tmp_path, **kw)
+
+
+def test_spike_batches_shuffle_an_h5py_dataset(tmp_path):
+    """The docstring takes an h5py dataset as data; shuffled batches index it with a permutation, which h5py refused
+    ("Indexing elements must be in increasing order"). Batches hold the same samples as from the array."""
+    h5py = pytest.importorskip("h5py")
+    times = np.sort(np.random.default_rng(0).random((7, 2, 3)), axis=-1)
+    labels = np.arange(7)
+    with h5py.File(tmp_path / "times.h5", "w") as f:
+        f["times"] = times
+        stored = SpikeBatches(f["times"], labels, 3, shuffle=True, seed=4, use_keras=False)
+        memory = SpikeBatches(times, labels, 3, shuffle=True, seed=4, use_keras=False)
+        for epoch in range(2):
+            for i in range(len(stored)):
+                (t, y), (t_ref, y_ref) = stored[i], memory[i]
+                np.testing.assert_array_equal(y, y_ref)
+                np.testing.assert_array_equal(t, t_ref)
+                np.testing.assert_array_equal(t, times[y])
+            stored.on_epoch_end()
+            memory.on_epoch_end()

@@ -108,7 +108,13 @@ class SpikeBatches:
         idx = self._order[index * self.batch_size:(index + 1) * self.batch_size]
         if not self.shuffle:
             idx = slice(idx[0], idx[-1] + 1)
-        times, labels = self.times[idx], self.labels[idx]
+            times = self.times[idx]
+        elif isinstance(self.times, np.ndarray):
+            times = self.times[idx]
+        else:  # an h5py dataset (or other store) reads a list of indices only in increasing order: read sorted
+            ascending = np.sort(idx)
+            times = np.asarray(self.times[ascending])[np.searchsorted(ascending, idx)]
+        labels = self.labels[idx]
         if self.trim:
             width = max(int(np.isfinite(times).sum(axis=-1).max(initial=0)), 1)
             times = times[..., :width]
