@@ -141,6 +141,9 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
             idx = np.flatnonzero(idx)
         elif idx.size and idx.dtype.kind not in "iu":
             raise TypeError(f"neurons must be integer indices or a boolean mask, got {neurons!r}")
+        # Range-checked before the cast: a uint64 index of 2**63 or more wrapped to a negative, valid index.
+        if idx.size and (idx.min() < -vv.shape[0] or idx.max() >= vv.shape[0]):
+            raise IndexError(f"neurons {idx.tolist()} out of range for {vv.shape[0]} neurons")
         idx = idx.astype(np.int64)
     thresholds = None if threshold is None else np.asarray(_host(threshold, "threshold"), dtype=np.float64)
     if thresholds is not None and thresholds.shape not in ((), (vv.shape[0],)):

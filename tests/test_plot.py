@@ -207,3 +207,11 @@ def test_yinyang_grid_encoding_matches_dataset():
 
     data = yinyang(50, seed=40)
     np.testing.assert_array_equal(example.encode_points(data.meta["values"][:, :2]), data.times)
+
+
+def test_trace_refuses_unsigned_indices_that_wrap(ax):
+    """uint64 2**64 - 1 became -1 in the cast to int64, a valid index: the last neuron was drawn instead of an
+    IndexError."""
+    with pytest.raises(IndexError, match=r"neurons \[18446744073709551615\] out of range for 3 neurons"):
+        splot.trace(np.arange(4.0), np.zeros((3, 4)), neurons=np.array([2**64 - 1], np.uint64), ax=ax)
+    assert not ax.lines
