@@ -1037,3 +1037,17 @@ def test_spike_batches_shuffle_an_h5py_dataset(tmp_path):
                 np.testing.assert_array_equal(t, times[y])
             stored.on_epoch_end()
             memory.on_epoch_end()
+
+
+def test_yinyang_and_randman_refuse_times_below_the_smallest_normal():
+    """Spike times below the dtype's smallest normal were rounded to subnormals and 0 without a word (the classes of
+    Yin-Yang live in their order), where encode.latency refuses the same window."""
+    from spikescan.datasets import randman
+
+    with pytest.raises(ValueError, match=r"spike times up to 1e-44 are below the smallest normal float32"):
+        yinyang(3, seed=1, t_max=1e-44)
+    with pytest.raises(ValueError, match=r"below the smallest normal float64 .* raise onset_max or delta"):
+        yinyang(3, seed=1, variant="timing", onset_max=0.0, delta=1e-320, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"duration=1e-45 is below the smallest normal float32"):
+        randman(4, seed=1, n_channels=3, n_classes=2, duration=1e-45)
+    assert yinyang(3, seed=1, t_max=1e-37).times.max() > 0  # normal float32 times still pass

@@ -166,6 +166,10 @@ def randman(n_samples: int, *, seed: int, manifold_seed: int = 0, n_classes: int
         raise ValueError(f"duration={duration!r} does not fit in {np.dtype(dtype).name} (largest "
                          f"{float(np.finfo(dtype).max)!r}), so spike times near it would become the +inf of padding: "
                          "lower duration, or use dtype=np.float64")
+    if duration < float(np.finfo(dtype).tiny):  # as encode.latency: the times would round to 0 or lose their order
+        raise ValueError(f"duration={duration!r} is below the smallest normal {np.dtype(dtype).name} "
+                         f"({float(np.finfo(dtype).tiny)!r}), so spike times would round to 0 or lose their order: "
+                         "raise duration (another time unit)")
     if dim_manifold > MAX_DIM:
         raise ValueError(f"dim_manifold must be <= {MAX_DIM}, got {dim_manifold!r} (the scaling grid alone would "
                          f"have 2**{dim_manifold} points)")

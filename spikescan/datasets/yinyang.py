@@ -94,8 +94,13 @@ def yinyang(n_samples: int, *, seed: int, variant: str = "latency", t_min: float
         meta["onset"] = onset[:, 0]
     with np.errstate(over="ignore"):  # an overflow is refused below
         out = times[:, :, None].astype(dtype)
+    names = ("t_max", "t_bias") if variant == "latency" else ("onset_max", "delta")
+    latest = float(t_max) if variant == "latency" else float(onset_max) + float(delta)
+    if latest < float(np.finfo(dtype).tiny):  # as encode.latency: the times would round to 0 or lose their order
+        raise ValueError(f"spike times up to {latest!r} are below the smallest normal {np.dtype(dtype).name} "
+                         f"({float(np.finfo(dtype).tiny)!r}): they would round to 0 or lose their order; raise "
+                         f"{' or '.join(names)}, or use another time unit")
     if not np.isfinite(out).all():  # a spike time beyond the dtype would become the +inf of padding
-        names = ("t_max", "t_bias") if variant == "latency" else ("onset_max", "delta")
         raise ValueError(f"spike times up to {float(times.max())!r} do not fit in {np.dtype(dtype).name} (largest "
                          f"{float(np.finfo(dtype).max)!r}): lower {' or '.join(names)}, or use dtype=np.float64")
     return SpikeDataset(out, labels, CLASS_NAMES, "ms", {}, meta)
