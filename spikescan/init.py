@@ -170,6 +170,9 @@ def firing_fraction(counts):
     NumPy or CuPy array of counts ``>= 0``, such as ``LIFResult.counts``."""
     if not isinstance(counts, np.ndarray) and v._top_module(counts) != "cupy":
         raise TypeError(f"counts must be an integer array [batch, n_out] (LIFResult.counts), got {v._foreign(counts)}")
+    if isinstance(counts, np.ma.MaskedArray):
+        raise TypeError("counts must be a plain integer array, got a masked array, whose mask would be ignored: "
+                        "select the unmasked pairs yourself")
     counts = v.to_host(counts)
     if counts.dtype.kind not in "iu":  # bool, float (NaN), complex, strings, objects
         raise TypeError(f"counts must be an integer array [batch, n_out] (LIFResult.counts), got dtype {counts.dtype}")

@@ -932,6 +932,10 @@ def test_spike_dataset_labels_time_unit_and_stored_types():
     assert SpikeDataset(good, labels, class_names=("a", "b")).n_classes == 2
     with pytest.raises(ValueError, match=r"time_unit must be one of \('s', 'ms', 'us'\), got 'hours'"):
         SpikeDataset(good, labels, time_unit="hours")
+    # A choice given as an array is named, not NumPy's "truth value of an array is ambiguous".
+    with pytest.raises(ValueError, match=r"variant must be one of .*got array\(\['latency', 'timing'\]"):
+        yinyang(4, seed=0, variant=np.array(["latency", "timing"]))
+    assert yinyang(4, seed=0, variant=np.str_("timing")).n_channels == 5
     listed = SpikeDataset(good.tolist(), labels.astype(np.uint8).tolist())
     assert isinstance(listed.times, np.ndarray) and listed.n_channels == 3 and listed.labels.dtype == np.int64
     small = SpikeDataset(good.astype(np.float32), labels.astype(np.uint8))

@@ -313,6 +313,8 @@ def test_burst_bound_checks_input_times_as_lif_forward(bad, error, match):
     ([[1, 0]], TypeError, "counts must be an integer array.*list"),
     (np.array([[True, False]]), TypeError, "counts must be an integer array.*bool"),
     (np.array([1, 0]), ValueError, "counts must have 2 dimensions"),
+    (np.ma.masked_array([[1, 0]], mask=[[False, True]]), TypeError, "counts must be a plain integer array, got a "
+                                                                    "masked array"),
 ])
 def test_firing_fraction_checks_counts(bad, error, match):
     """firing_fraction took negative counts, NaN and lists and returned a fraction of them."""

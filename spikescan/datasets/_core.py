@@ -230,7 +230,8 @@ def optional_import(name: str, extra: str = "data"):
 
 
 def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
+    # A str first: an array's `in` would raise NumPy's "truth value ... is ambiguous", naming nothing.
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
