@@ -738,6 +738,10 @@ def test_spike_batches_trim_and_errors():
     assert b[0][0].shape == (2, 2, 2) and b[1][0].shape == (2, 2, 3)
     with pytest.raises(IndexError):
         b[2]
+    for bad in (True, "a", 1.0):  # True was batch 1
+        with pytest.raises(TypeError, match=f"batch index must be an integer, got {bad!r}"):
+            b[bad]
+    assert b[np.int64(1)][0].shape == (2, 2, 3)
     with pytest.raises(ValueError, match="batch_size"):
         SpikeBatches(times, zeros, 0, use_keras=False)
     with pytest.raises(ValueError, match="length"):

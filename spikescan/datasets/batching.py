@@ -102,6 +102,8 @@ class SpikeBatches:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __getitem__(self, index: int):
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"batch index must be an integer, got {index!r}")
         if not -len(self) <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         index %= len(self)
