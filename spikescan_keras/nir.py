@@ -736,13 +736,14 @@ def _neuron(name, node, w, d, nir, time_unit, graph_unit, meta_unit, synapse, ov
             return default
         return float(_convert(float(meta[key]), meta_unit, time_unit))
 
-    factor = p["r"] * p["w_in"] / (p["tau_syn"] if synapse == "dirac" else 1.0)
+    with np.errstate(over="ignore"):  # an infinite factor makes infinite weights, refused in weights() below
+        factor = p["r"] * p["w_in"] / (p["tau_syn"] if synapse == "dirac" else 1.0)
 
     def weights(w, d, kind):  # NIR [out, in] -> our [in, out]; the factor is the receiving neuron's
         w = np.asarray(w)
-        exact = np.ascontiguousarray((w.astype(np.float64) * factor[:, None]).T)
-        exact_delay = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T)
         with np.errstate(over="ignore"):  # refused below: an infinite weight or delay is no layer's
+            exact = np.ascontiguousarray((w.astype(np.float64) * factor[:, None]).T)
+            exact_delay = None if d is None else np.ascontiguousarray(_convert(d, graph_unit, time_unit).T)
             kernel = exact.astype(dtype)
             delay = None if d is None else exact_delay.astype(dtype)
         if not np.isfinite(kernel).all():

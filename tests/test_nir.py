@@ -394,6 +394,11 @@ def test_import_refuses_weights_and_delays_beyond_float32():
     graph, *_ = other_tool_graph(r=1e39)
     with pytest.raises(ValueError, match=r"node 'lif1': its input weights .* exceed the float32 range"):
         sk.import_nir(graph, synapse="jump", max_spikes=4, t_max=60.0)
+    graph, *_ = other_tool_graph(r=1e307)  # beyond float64 too once multiplied by w_in / tau_syn: no numpy warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match=r"node 'lif1': its input weights .* exceed the float32 range, up to inf"):
+            sk.import_nir(graph, max_spikes=4, t_max=60.0)
     graph, *_ = other_tool_graph(affine=False)
     graph.nodes["d"] = nir.Delay(delay=np.full(6, 1e36))  # 1e36 s is finite, 1e39 ms is not (in float32)
     graph.edges[:] = [("in", "fc1"), ("fc1", "d"), ("d", "lif1"), ("lif1", "fc2"), ("fc2", "li"), ("li", "out")]
