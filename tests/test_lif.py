@@ -766,3 +766,23 @@ def test_max_spikes_beyond_the_address_space_names_the_argument(shape, n_out):
     # from allocating the [0, max_spikes] records.
     with pytest.raises(ValueError, match=r"max_spikes must be at most \d+ .*got 1180591620717411303424"):
         ss.lif_forward(np.zeros(shape), np.ones((4, n_out)), tau_mem=10.0, tau_syn=5.0, max_spikes=2**70)
+
+
+@pytest.mark.usefixtures("cpu_engine")
+@pytest.mark.parametrize("solver", ["newton", "bisection"])
+def test_near_grazing_spike_with_tau_mem_far_above_tau_syn_is_placed_to_its_conditioning(solver):
+    """tau_mem / tau_syn = 1e3 needs a current of ~1000 thresholds (the PSP is scaled by ~tau_syn / tau_mem). The
+    solvers' stop rule took V's rounding error as eps (threshold + |v0| + |i0|), 1000x too large there, so Newton
+    stopped far above a near-grazing root: 1.9e-7 relative early for a peak 1e-11 above threshold (bisection: 4e-11).
+    """
+    from spikescan.reference import lif_forward_reference
+
+    tm, ts = 5000.0, 5.0
+    t = np.array([[[0.0]]])
+    peak = ss.peak_voltage(t, np.ones((1, 1)), tau_mem=tm, tau_syn=ts).values[0, 0]
+    for margin in (1e-9, 1e-10, 1e-11):
+        W = np.array([[(1 + margin) / peak]])
+        exact = lif_forward_reference(t, W, tau_mem=tm, tau_syn=ts, max_spikes=1, dps=40).times[0, 0, 0]
+        for method in ("sequential", "scan"):
+            got = ss.lif_forward(t, W, tau_mem=tm, tau_syn=ts, max_spikes=1, solver=solver, method=method).times
+            np.testing.assert_allclose(got[0, 0, 0], exact, rtol=2e-10, err_msg=f"margin {margin}, {method}")

@@ -445,6 +445,21 @@ def _next_up(x):
     return math.nextafter(x, _INF)
 
 
+def voltage_noise(v0, v, threshold):
+    """Rounding error of evaluating ``V = a v0 + c i0`` where it came out as ``v`` (the solvers' stop rule):
+    ``eps (threshold + 2 |v0| + |v|)``, as ``|c i0| = |v - a v0| <= |v| + |v0|``. Not ``eps |i0|``: ``c`` is far
+    below 1 when ``tau_mem >> tau_syn`` (about ``tau_syn / tau_mem``), so ``i0`` may be 1000 thresholds at a
+    crossing, and a stop within ``eps |i0|`` of the threshold placed near-grazing spikes up to ``1e-7`` early
+    (``tau_mem / tau_syn = 1e3``, peak ``1e-11`` above threshold; bisection to one ulp: ``4e-11``)."""
+    return np.finfo(np.float64).eps * (threshold + 2.0 * np.abs(v0) + np.abs(v))
+
+
+@_scalar
+def voltage_noise_scalar(v0, v, threshold):
+    """``voltage_noise`` for one neuron: ``eps (threshold + 2 |v0| + |v|)``."""
+    return _EPS * (threshold + 2.0 * abs(v0) + abs(v))
+
+
 def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton"):
     """First root of ``V(s) = threshold`` on ``[0, s_hi]`` for firing states (DESIGN.md section 3).
 
@@ -475,8 +490,8 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
     hi = s_hi.copy()
     if solver == "bisection":
         # the bracket's end meets the threshold within the rounding of V: it is the root (Newton's stop rule)
-        met = voltage(hi, v0, i0, tau_mem, tau_syn) - threshold <= np.finfo(np.float64).eps * (
-            threshold + np.abs(v0) + np.abs(i0))
+        v_end = voltage(hi, v0, i0, tau_mem, tau_syn)
+        met = v_end - threshold <= voltage_noise(v0, v_end, threshold)
         lo = np.where(met, hi, lo)
         for _ in range(BISECTION_MAX_ITERS):
             mid = 0.5 * (lo + hi)
@@ -492,7 +507,6 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
     v_lo, b_lo = v0, np.ones(v0.shape)
     v_hi = voltage(hi, v0, i0, tau_mem, tau_syn)
     eps = np.finfo(np.float64).eps
-    noise = eps * (threshold + np.abs(v0) + np.abs(i0))
     active = np.ones(lo.shape, bool)
     for _ in range(NEWTON_MAX_ITERS):
         # Invariant: V(lo) < threshold <= V(hi), V concave on [lo, hi]. Each round probes three points at once: the
@@ -503,7 +517,7 @@ def solve_spike_time(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver="newton")
         slope = (b_lo * i0 - v_lo) / tau_mem
         step = (threshold - v_lo) / np.where(slope > 0, slope, 1.0)
         active &= ((np.nextafter(np.nextafter(lo, np.inf), np.inf) < hi) & ~((slope > 0) & (step <= eps * lo))
-                   & (v_hi - threshold > noise))
+                   & (v_hi - threshold > voltage_noise(v0, v_hi, threshold)))
         if not active.any():
             break
         rise = v_hi - v_lo
@@ -542,7 +556,8 @@ def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
     lo = 0.0
     hi = s_hi
     if solver == SOLVER_BISECTION:
-        if voltage_scalar(hi, v0, i0, tau_mem, tau_syn) - threshold <= _EPS * (threshold + abs(v0) + abs(i0)):
+        v_end = voltage_scalar(hi, v0, i0, tau_mem, tau_syn)
+        if v_end - threshold <= voltage_noise_scalar(v0, v_end, threshold):
             return hi  # the bracket's end meets the threshold within the rounding of V (Newton's stop rule)
         for _ in range(BISECTION_MAX_ITERS):
             mid = 0.5 * (lo + hi)
@@ -553,7 +568,6 @@ def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
             else:
                 lo = mid
         return hi
-    noise = _EPS * (threshold + abs(v0) + abs(i0))
     v_lo = v0
     b_lo = 1.0
     v_hi = voltage_scalar(hi, v0, i0, tau_mem, tau_syn)
@@ -561,7 +575,7 @@ def solve_spike_time_scalar(v0, i0, s_hi, tau_mem, tau_syn, threshold, solver):
         slope = (b_lo * i0 - v_lo) / tau_mem
         step = (threshold - v_lo) / (slope if slope > 0.0 else 1.0)
         if not ((_next_up(_next_up(lo)) < hi) and not ((slope > 0.0) and (step <= _EPS * lo))
-                and (v_hi - threshold > noise)):
+                and (v_hi - threshold > voltage_noise_scalar(v0, v_hi, threshold))):
             break
         rise = v_hi - v_lo
         p0 = lo + step if slope > 0.0 else lo

@@ -288,8 +288,8 @@ __device__ double spikescan_lif::solve_spike_time(double v0, double i0, double s
     if (solver == SPIKESCAN_SOLVER_BISECTION) {
         // the bracket's end meets the threshold within the rounding of V (a grazing spike at the peak): it is the
         // root, as Newton stops there (halving would end up to ~1e-8 tau early on the flat top)
-        if (voltage(hi, v0, i0, tau_mem, tau_syn) - threshold <=
-            2.220446049250313e-16 * (threshold + fabs(v0) + fabs(i0))) return hi;
+        const double v_end = voltage(hi, v0, i0, tau_mem, tau_syn);
+        if (v_end - threshold <= 2.220446049250313e-16 * (threshold + 2.0 * fabs(v0) + fabs(v_end))) return hi;
         for (int it = 0; it < SPIKESCAN_BISECTION_MAX_ITERS; ++it) {
             const double mid = 0.5 * (lo + hi);
             if (!((mid > lo) && (mid < hi))) break;
@@ -317,7 +317,6 @@ __device__ __forceinline__ double spikescan_lif::newton_spike_time(double v0, do
     double lo = 0.0;
     double hi = s_hi;
     const double eps = 2.220446049250313e-16;
-    const double noise = eps * (threshold + fabs(v0) + fabs(i0));
     double v_lo = v0;
     double v_hi = voltage(hi, v0, i0, tau_mem, tau_syn);
     for (int it = 0; it < SPIKESCAN_NEWTON_MAX_ITERS; ++it) {
@@ -325,7 +324,8 @@ __device__ __forceinline__ double spikescan_lif::newton_spike_time(double v0, do
         const double slope = (d.b * i0 - v_lo) / tau_mem;
         const double step = (threshold - v_lo) / (slope > 0.0 ? slope : 1.0);
         const bool active = (nextafter(nextafter(lo, spikescan_inf()), spikescan_inf()) < hi) &&
-                            !((slope > 0.0) && (step <= eps * lo)) && (v_hi - threshold > noise);
+                            !((slope > 0.0) && (step <= eps * lo)) &&
+                            (v_hi - threshold > eps * (threshold + 2.0 * fabs(v0) + fabs(v_hi)));  // voltage_noise
         if (!active) break;  // with Warp, warp-uniform
         const double rise = v_hi - v_lo;
         double probes[3];
