@@ -35,11 +35,17 @@ def _host(x, name):
 
 
 def _no_nan(name, arr):
-    """Spike times: NaN is no spike time (padding is ``+inf``), so it is refused rather than left undrawn."""
+    """Spike times: NaN and negative times (``-inf`` included) are no spike times (padding is ``+inf``, spikes come
+    at ``t >= 0``), so they are refused rather than left undrawn or drawn where no spike can be."""
     nan = np.isnan(arr)
     if nan.any():
         idx = tuple(int(i) for i in np.argwhere(nan)[0])
         raise ValueError(f"{name} contains NaN at index {idx} (of the drawn sample); pad unused slots with +inf")
+    negative = arr < 0
+    if negative.any():
+        idx = tuple(int(i) for i in np.argwhere(negative)[0])
+        raise ValueError(f"{name} contains the negative time {float(arr[idx])!r} at index {idx} (of the drawn sample); spike "
+                         f"times are >= 0 and unused slots are +inf")
 
 
 def _axes(ax):
@@ -57,7 +63,7 @@ def raster(times, *, sample=None, ax=None, time_unit=None, **scatter_kwargs):
 
     Args:
         times: ``[batch, neurons, max_spikes]`` (``sample`` picks the sample) or ``[neurons, max_spikes]`` spike
-            times, ``+inf`` padded (padding is skipped; so is any other non-finite entry). NumPy, CuPy or anything
+            times, ``+inf`` padded (padding is skipped; NaN and negative times are refused). NumPy, CuPy or anything
             ``numpy.asarray`` takes.
         sample: index of the sample for a 3-D ``times`` (default 0); an error for a 2-D one.
         ax: matplotlib Axes to draw on; the current axes when ``None``.

@@ -79,6 +79,13 @@ def test_raster_current_axes_and_errors():
             splot.raster(nan)
         with pytest.raises(ValueError, match=r"spike_times contains NaN at index \(1, 0\)"):
             splot.trace(np.arange(3.0), np.zeros((nan.shape[1], 3)), spike_times=nan[0])
+        for value in (-0.5, -np.inf):  # no spike comes before t = 0: refused, not drawn (nor skipped like padding)
+            negative = _spikes()
+            negative[0, 2, 1] = value
+            with pytest.raises(ValueError, match=rf"times contains the negative time {value!r} at index \(2, 1\)"):
+                splot.raster(negative)
+            with pytest.raises(ValueError, match=rf"spike_times contains the negative time {value!r} at index"):
+                splot.trace(np.arange(3.0), np.zeros((negative.shape[1], 3)), spike_times=negative[0])
         assert len(plt.gca().collections) == drawn and not plt.gca().lines  # nothing drawn by a refused call
     finally:
         plt.close(fig)
