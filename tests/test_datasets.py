@@ -249,6 +249,19 @@ def test_yinyang_validation():
         yinyang(0, seed=0)
     with pytest.raises(ValueError, match="delta"):
         yinyang(10, seed=0, variant="timing", delta=0.0)
+    # Refused before allocating, by name: NumPy's own MemoryError named neither the call nor its argument.
+    with pytest.raises(MemoryError, match=r"yinyang\(n_samples=1000000000000000, float32\) needs about .*"
+                                          r"reduce n_samples"):
+        yinyang(10**15, seed=0)
+    with warnings.catch_warnings():  # the defaults' float32 rounding moves the offsets by about 1e-6 ms: no warning
+        warnings.simplefilter("error")
+        yinyang(50, seed=0, variant="timing")
+    with pytest.warns(UserWarning, match=r"rounding the spike times to float32 moved them by up to .* of "
+                                         r"delta=1e-05, the range of the offsets that carry the class"):
+        yinyang(50, seed=0, variant="timing", delta=1e-5)  # offsets of 1e-5 ms at 20 ms: a few float32 steps
+    yinyang(50, seed=0, variant="timing", delta=1e-5, dtype=np.float64)  # float64 keeps them
+    with pytest.raises(MemoryError, match=r"yinyang_points\(n_samples=1000000000000000\).*reduce n_samples"):
+        yinyang_points(10**15, seed=0)
 
 
 # ---------------------------------------------------------------- MNIST

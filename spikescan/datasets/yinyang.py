@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -36,6 +37,7 @@ def yinyang_points(n_samples: int, *, seed: int):
     """
     check_count("n_samples", n_samples)
     check_count("seed", seed, minimum=0)
+    _check_memory(f"yinyang_points(n_samples={n_samples})", {"points and labels": 24 * n_samples})
     rng = np.random.RandomState(seed)
     xy = np.empty((n_samples, 2))
     labels = np.empty(n_samples, dtype=np.int64)
@@ -50,6 +52,14 @@ def yinyang_points(n_samples: int, *, seed: int):
         xy[i] = x, y
         labels[i] = goal
     return xy, labels
+
+
+def _check_memory(what, parts):
+    """``_memory.check`` before allocating: numpy's own MemoryError names neither the call nor its argument."""
+    from .. import _memory
+
+    _memory.check(what, parts, np, "reduce n_samples (generate the data in parts); or raise the limit with "
+                  "spikescan.set_memory_limit / SPIKESCAN_MEMORY_LIMIT if more memory is really there")
 
 
 def yinyang(n_samples: int, *, seed: int, variant: str = "latency", t_min: float = 0.0, t_max: float = 30.0,
@@ -71,11 +81,21 @@ def yinyang(n_samples: int, *, seed: int, variant: str = "latency", t_min: float
     ``delta`` (see :func:`bin_times`) erases it. Points and labels are identical to the latency variant for the
     same seed; onsets come from a separate stream and are returned in ``meta["onset"]``.
 
+    A ``MemoryError`` naming ``n_samples`` is raised before allocating when the data would not fit
+    (``spikescan.set_memory_limit``); a ``UserWarning`` says so when rounding to ``dtype`` moves the timing
+    variant's spikes by more than 0.1% of ``delta`` (float32 far from zero).
+
     Returns:
         SpikeDataset with ``times [n, 5, 1]`` (``dtype``: float32 or float64; ms) and ``labels [n]`` int64.
     """
     check_choice("variant", variant, ("latency", "timing"))
     dtype = float_dtype(dtype)
+    check_count("n_samples", n_samples)
+    # Per sample: points and labels 24 B; float64 inputs, times and the temporaries that build them (a peak of 120-190
+    # B measured with tracemalloc, counted as 192); the result's 5 spikes in dtype.
+    _check_memory(f"yinyang(n_samples={n_samples}, {np.dtype(dtype).name})",
+                  {"points and labels": 24 * n_samples, "float64 inputs, times and temporaries": 192 * n_samples,
+                   "spike tensor": 5 * np.dtype(dtype).itemsize * n_samples})
     xy, labels = yinyang_points(n_samples, seed=seed)
     values = np.concatenate([xy, 1.0 - xy], axis=1)
     meta = {"values": values}
@@ -103,4 +123,13 @@ def yinyang(n_samples: int, *, seed: int, variant: str = "latency", t_min: float
     if not np.isfinite(out).all():  # a spike time beyond the dtype would become the +inf of padding
         raise ValueError(f"spike times up to {float(times.max())!r} do not fit in {np.dtype(dtype).name} (largest "
                          f"{float(np.finfo(dtype).max)!r}): lower {' or '.join(names)}, or use dtype=np.float64")
+    if variant == "timing" and n_samples:
+        # The class lives in offsets of at most delta: rounding far from zero (float32's spacing is t * 6e-8) can
+        # blur or merge them, silently, unless said.
+        moved = float(np.max(np.abs(out[:, :, 0].astype(np.float64) - times)))
+        if moved > 1e-3 * float(delta):
+            warnings.warn(f"yinyang(variant='timing'): rounding the spike times to {np.dtype(dtype).name} moved them "
+                          f"by up to {moved:.3g} ms, {moved / float(delta):.2%} of delta={delta!r}, the range of the "
+                          f"offsets that carry the class; use dtype=np.float64, a larger delta or a smaller onset_max",
+                          UserWarning, stacklevel=2)
     return SpikeDataset(out, labels, CLASS_NAMES, "ms", {}, meta)
