@@ -54,16 +54,28 @@ def layer(batch, n_in, spikes, n_out, recurrent_delays, seed=0):
 
 
 def variants():
-    out = [("numpy", "sequential"), ("numpy", "scan")]
+    """``(engine, method, kernel)``; the compiled engine's two forward kernels side by side: the neurons walking the
+    shared queue together (``"lanes"``: one shared queue, one pair of time constants, no recurrent delays) and the
+    general event loop (``"event loop"``)."""
+    out = [("numpy", "sequential", None), ("numpy", "scan", None)]
     if numba_available():
-        out.append(("numba", "sequential"))
+        out += [("numba", "sequential", "lanes"), ("numba", "sequential", "event loop")]
     return out
 
 
-def _run(args, engine, method, max_spikes):
+def _run(args, engine, method, max_spikes, kernel=None):
     t, w, r, dr = args
-    return ss.lif_forward(t, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, recurrent_weights=r,
-                          recurrent_delays=dr, method=method, engine=engine)
+    lanes = None
+    if kernel is not None:
+        from spikescan import _recurrent_numba
+
+        lanes, _recurrent_numba.LANES = _recurrent_numba.LANES, kernel == "lanes"
+    try:
+        return ss.lif_forward(t, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, recurrent_weights=r,
+                              recurrent_delays=dr, method=method, engine=engine)
+    finally:
+        if lanes is not None:
+            _recurrent_numba.LANES = lanes
 
 
 def _check(ref, out, gref, gout, label):
@@ -90,21 +102,23 @@ def bench(shape, repeats, max_spikes=16):
         g = np.where(np.isfinite(ref.times), 1.0, 0.0)
         gref = ss.lif_backward(ref, g, input_times_grad=False)
         name = "shd_recurrent_delays" if rec_delays else "shd_recurrent"
-        for engine, method in variants():
-            label = f"{name}/{engine}/{method}"
-            out = _run(args, engine, method, max_spikes)
+        for engine, method, kernel in variants():
+            if kernel == "lanes" and rec_delays:  # positive delays: the event loop runs
+                continue
+            label = f"{name}/{engine}/{method}" + (f"/{kernel}" if kernel else "")
+            out = _run(args, engine, method, max_spikes, kernel)
             gout = ss.lif_backward(out, g, input_times_grad=False, engine=engine)
             _check(ref, out, gref, gout, label)
             fwd, full = [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                res = _run(args, engine, method, max_spikes)
+                res = _run(args, engine, method, max_spikes, kernel)
                 t1 = time.perf_counter()
                 ss.lif_backward(res, g, input_times_grad=False, engine=engine)
                 t2 = time.perf_counter()
                 fwd.append(t1 - t0)
                 full.append(t2 - t0)
-            rows.append(dict(layer=name, shape=shape_, engine=engine, method=method, forward_s=float(np.median(fwd)),
+            rows.append(dict(layer=name, shape=shape_, engine=engine, method=method, kernel=kernel, forward_s=float(np.median(fwd)),
                              forward_backward_s=float(np.median(full)), forward_repeats=fwd, full_repeats=full,
                              spikes_per_sample=float(ref.counts.sum() / shape_["batch"]),
                              capped_spikes=ref.capped_spikes))

@@ -641,7 +641,7 @@ def _pair(row):
 
 
 def _variant(row):
-    return f"{row['engine']} {row['method']}"
+    return f"{row['engine']} {row['method']}" + (f" ({row['kernel']})" if row.get("kernel") else "")
 
 
 def _peer_cell(row, best, note=""):

@@ -585,15 +585,16 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
                        solver, max_total_spikes, threshold_is_scalar, recurrent_weights, recurrent_delays, n_entries,
                        engine="numpy"):
     """The recurrent layer on the NumPy queues: ``_recurrent`` (NumPy, ``method`` "sequential" or "scan") or, for
-    ``engine="numba"``, ``_recurrent_numba`` (its one forward, the event loop, for every ``method``)."""
+    ``engine="numba"``, ``_recurrent_numba`` (its event loop, or its lanes where they apply, for every
+    ``method``)."""
     from . import _recurrent
 
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     # "auto": the windows, which the NumPy engine runs faster than the event loop (benchmarks/results/
     # recurrent_cpu.json: 1.2x on an SHD-like layer without recurrent delays (1.6x in a run on a loaded machine),
-    # 7-8x with delays of 1-5 ms, where every arrival is an event of the loop). The compiled engine has one forward,
-    # the event loop.
+    # 7-8x with delays of 1-5 ms, where every arrival is an event of the loop). The compiled engine has its own
+    # forwards (the event loop, and the lanes where they apply), whatever the method.
     method = "scan" if method == "auto" else method
     compiled = engine == "numba"
     permutation = compiled and delays is not None and COMPILED_PERMUTATION

@@ -2,8 +2,11 @@
 scalar code, with the scalar closed forms, gap test and solvers of ``neurons.lif``.
 
 Imported only when a recurrent layer runs with ``engine="numba"`` (or ``"auto"`` with Numba installed). Semantics
-are those of ``_recurrent`` (its module docstring); this engine has one forward, the event loop of
-``_recurrent._forward_sequential``, whatever ``method`` says.
+are those of ``_recurrent`` (its module docstring); this engine's forward is the event loop of
+``_recurrent._forward_sequential`` whatever ``method`` says, run by ``_forward_sample``, or by ``_lanes_sample``
+where a sample's neurons share one input queue and one pair of time constants and spikes arrive without delay:
+there every input entry reaches every neuron, so they walk the queue together (one pass over the neurons per
+entry, a round of the loop per spike time; the loop's bits, ``LANES`` switches it off).
 
 Forward (``forward``): ``prange`` over samples; per sample, the event loop with each neuron's state at its own last
 event. Every neuron keeps its next event: its first threshold crossing inside its current gap (up to its next
@@ -85,6 +88,9 @@ _log_hints: dict = {}
 # call of that shape that completed, the next one's first heap capacity (a hint from another shape, or from a call
 # that ran away, could ask a wide layer for far more memory than it needs).
 _heap_hints: dict = {}
+# One shared input queue per sample, one pair of time constants and no recurrent delays (or all zero): the neurons
+# walk the queue together (``_lanes_sample``) instead of the general event loop. Off: the event loop (tests compare).
+LANES = True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -393,6 +399,229 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
 
 
 @_jit
+def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_ptr, r_col, r_val, solver, limit, table,
+                  times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
+    """``_forward_sample`` for a layer whose neurons share one input queue per sample (row ``row`` of ``qt``,
+    ``src``, ``qe``, ``table``) and one pair of time constants, without recurrent delays: every input entry then
+    reaches every neuron, so all neurons start each gap between consecutive entries at the same time, and a spike's
+    recurrent arrivals land at the spike's own time. The neurons walk the queue together, as the feed-forward lanes
+    do (``_lif_numba.forward_lanes``): one pass over the neurons per entry applies it and runs the exact cheap gap
+    test on the next gap with the table's decay; only the neurons it cannot clear solve for their crossing (the
+    armed ones, a short list). Inside a gap the earliest crossing(s) make a round of the event loop: reset, record,
+    log (neuron order); then, before the entry's time, the arrivals at that time (each target, from ``R``'s non-zero
+    entries ``r_ptr, r_col, r_val`` by rows, decays to it and adds the spikes' weights in spike order), and the
+    neurons whose state changed test the rest of the gap again; a crossing at the entry's own time leaves its
+    arrivals to the entry's round, after the input entries, as the event loop orders them. The same operations on
+    the same values as the event loop (the same bits in every comparison run), except that a target of a recurrent
+    arrival is not tested for a crossing inside the sub-gap before it (the test of its whole gap put its first
+    crossing after the arrival); no heap, no tournament tree."""
+    n_out = R.shape[0]
+    max_spikes = times.shape[2]
+    cap = log_t.shape[1]
+    for i in range(n_out):
+        for c in range(max_spikes):
+            times[b, i, c] = np.inf
+            events[b, i, c] = -1
+    V = np.zeros(n_out)
+    I = np.zeros(n_out)
+    T = np.zeros(n_out)  # the neuron's last event; t_prev (the gap's start) unless a round inside the gap moved it
+    key = np.full(n_out, np.inf)  # the neuron's crossing inside its current gap, +inf if none
+    s_sol = np.zeros(n_out)
+    da = np.empty(n_out)  # decay over [T, t_k] of a neuron with T != t_prev
+    db = np.empty(n_out)
+    dc = np.empty(n_out)
+    last = np.full(n_out, -np.inf)
+    cnt = np.zeros(n_out, np.int64)
+    arm = np.empty(n_out, np.int64)  # neurons with a crossing in their gap (and stale entries: listed, not armed)
+    listed = np.zeros(n_out, np.bool_)
+    hit = np.zeros(n_out, np.bool_)
+    mark = np.zeros(n_out, np.bool_)
+    changed = np.empty(n_out, np.int64)
+    group = np.empty(n_out, np.int64)
+    deferred = np.empty(n_out, np.int64)  # spikes at the entry's own time: their arrivals join its round
+    end = qe[row]
+    n_arm = 0
+    n_log = 0
+    code = _OK
+    k = 0
+    t_prev = 0.0
+    # Every neuron starts at rest, V = I = 0 below its threshold: no crossing before the first entry.
+    while True:
+        if abort[0] != 0:  # another sample stopped the call: its error is raised
+            code = _ABORTED
+            break
+        t_k = qt[row, k]  # +inf at k == end: the open gap after the last input
+        n_def = 0
+        m_gap = -1.0
+        m_a = m_b = m_c = 0.0
+        while n_arm > 0:  # rounds of crossings inside the gap, earliest first
+            e = np.inf
+            m = 0
+            for q in range(n_arm):
+                i = arm[q]
+                if key[i] == np.inf:  # disarmed since listed
+                    listed[i] = False
+                    continue
+                arm[m] = i
+                m += 1
+                if key[i] < e:
+                    e = key[i]
+            n_arm = m
+            if m == 0:
+                break
+            ng = 0
+            m = 0
+            for q in range(n_arm):
+                i = arm[q]
+                if key[i] == e:
+                    # insertion in neuron order
+                    h = ng
+                    while h > 0 and group[h - 1] > i:
+                        group[h] = group[h - 1]
+                        h -= 1
+                    group[h] = i
+                    ng += 1
+                    key[i] = np.inf
+                    listed[i] = False
+                else:
+                    arm[m] = i
+                    m += 1
+            n_arm = m
+            for q in range(ng):  # reset all, then record, log and check each in neuron order
+                j = group[q]
+                _, b2, _ = lif.decay_scalar(s_sol[j], tau_mem, tau_syn)
+                V[j], I[j] = lif.reset_scalar(th_arr[j], I[j] * b2)
+                T[j] = e
+            for q in range(ng):
+                j = group[q]
+                if e <= last[j]:
+                    code = _STUCK
+                    status[b, 1] = j
+                    status_at[b, 0] = e
+                    break
+                if cnt[j] >= limit:
+                    code = _RUNAWAY
+                    status[b, 1] = j
+                    status_at[b, 0] = e
+                    status_at[b, 1] = I[j]
+                    break
+                last[j] = e
+                cj = cnt[j]
+                if cj < max_spikes:
+                    times[b, j, cj] = e
+                    events[b, j, cj] = k
+                cnt[j] = cj + 1
+                if n_log < cap:
+                    log_t[slot, n_log] = e
+                    log_k[slot, n_log] = j
+                    log_I[slot, n_log] = I[j]
+                n_log += 1
+            if code != _OK:
+                break
+            n_chg = 0
+            for q in range(ng):
+                j = group[q]
+                mark[j] = True
+                changed[n_chg] = j
+                n_chg += 1
+            if e == t_k:  # arrivals at the entry's time come after its input entries: in its round below
+                for q in range(ng):
+                    deferred[n_def + q] = group[q]
+                n_def += ng
+            else:  # the arrival round at e: each target decays to e, then adds the spikes in spike order
+                for q in range(ng):
+                    j = group[q]
+                    for p in range(r_ptr[j], r_ptr[j + 1]):
+                        r = r_col[p]
+                        if not hit[r]:
+                            hit[r] = True
+                            gap = e - T[r]
+                            if gap != m_gap:
+                                m_gap = gap
+                                m_a, m_b, m_c = lif.decay_scalar(gap, tau_mem, tau_syn)
+                            v = V[r]
+                            V[r] = m_a * v + m_c * I[r]
+                            I[r] = m_b * I[r]
+                            T[r] = e
+                            if not mark[r]:
+                                mark[r] = True
+                                changed[n_chg] = r
+                                n_chg += 1
+                for q in range(ng):
+                    j = group[q]
+                    for p in range(r_ptr[j], r_ptr[j + 1]):
+                        r = r_col[p]
+                        I[r] = lif.input_jump_scalar(I[r], r_val[p])
+            # The rest of the gap, [e, t_k], for every neuron whose state changed: spikes and targets.
+            a2, b2, c2 = lif.decay_scalar(t_k - e, tau_mem, tau_syn)
+            for q in range(n_chg):
+                i = changed[q]
+                mark[i] = False
+                hit[i] = False
+                key[i] = np.inf  # a target's crossing moves with its arrivals
+                da[i] = a2
+                db[i] = b2
+                dc[i] = c2
+                if not lif.quiet_gap_scalar(V[i], I[i], a2, b2, c2, th_arr[i]):
+                    fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_k - e, tau_mem, tau_syn, th_arr[i])
+                    if fires:
+                        s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tau_mem, tau_syn, th_arr[i],
+                                                               solver)
+                        key[i] = min(e + s_sol[i], t_k)
+                        if not listed[i]:
+                            listed[i] = True
+                            arm[n_arm] = i
+                            n_arm += 1
+        if code != _OK or k == end:
+            break
+        # The entry's round at t_k: every neuron decays to it, adds the input entries at t_k in queue order, then
+        # the recurrent arrivals of spikes at t_k in spike order; and, in the same pass, the gap test of its next
+        # gap [t_k, t_next] with the table's decay (all neurons start it at t_k).
+        k2 = k
+        while k2 < end and qt[row, k2] == t_k:
+            k2 += 1
+        a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]
+        t_next = qt[row, k2]
+        a3, b3, c3 = table[row, k2, 0], table[row, k2, 1], table[row, k2, 2]
+        n_arm = 0
+        for i in range(n_out):
+            v = V[i]
+            cur = I[i]
+            if T[i] == t_prev:
+                V[i] = a * v + c * cur
+                cur = bb * cur
+            else:
+                V[i] = da[i] * v + dc[i] * cur
+                cur = db[i] * cur
+            for kk in range(k, k2):
+                cur = lif.input_jump_scalar(cur, W[src[row, kk], i])
+            for q in range(n_def):
+                w = R[deferred[q], i]
+                if w != 0.0:
+                    cur = lif.input_jump_scalar(cur, w)
+            I[i] = cur
+            T[i] = t_k
+            key[i] = np.inf
+            listed[i] = False
+            if not lif.quiet_gap_scalar(V[i], cur, a3, b3, c3, th_arr[i]):
+                fires, s_hi = lif.fires_in_gap_scalar(V[i], cur, t_next - t_k, tau_mem, tau_syn, th_arr[i])
+                if fires:
+                    s_sol[i] = lif.solve_spike_time_scalar(V[i], cur, s_hi, tau_mem, tau_syn, th_arr[i], solver)
+                    key[i] = min(t_k + s_sol[i], t_next)
+                    listed[i] = True
+                    arm[n_arm] = i
+                    n_arm += 1
+        k = k2
+        t_prev = t_k
+    if code != _OK:
+        abort[0] = 1
+    status[b, 0] = code
+    for i in range(n_out):
+        counts[b, i] = cnt[i]
+    n_log_out[slot] = n_log
+
+
+@_jit
 def _expand_sources(pq, b, i, n, QT, SRC, slot):
     """The first ``n`` entries of neuron ``i``'s permuted queue in sample ``b`` (``pq``:
     ``_queue.compiled_permutation``) into row ``slot`` of ``QT`` (arrival times) and ``SRC`` (source inputs, the
@@ -413,19 +642,26 @@ def _expand_sources(pq, b, i, n, QT, SRC, slot):
 
 @_pjit
 def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                   table, use_table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort,
-                   heap_capacity, heap_limit, heap_most):
+                   table, use_table, lanes, r_ptr, r_col, r_val, times, events, counts, log_t, log_k, log_I, n_log,
+                   status, status_at, abort, heap_capacity, heap_limit, heap_most):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
     (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
     the batch's). Heaps of pending arrivals start at ``heap_capacity`` per neuron; a sample that fills one runs
     again with four times the room (the loop is deterministic: the same results), up to ``heap_limit`` (what fits
-    in memory); a sample that fills heaps of ``heap_limit`` stops with ``_HEAP_MEMORY`` (and aborts the others)."""
+    in memory); a sample that fills heaps of ``heap_limit`` stops with ``_HEAP_MEMORY`` (and aborts the others).
+    ``lanes``: ``_lanes_sample`` instead (one shared queue per sample, one pair of time constants, no recurrent
+    delays: no heaps)."""
     n_out = R.shape[0]
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for s_ in prange(samples.shape[0]):
         slot = np.int64(s_)
         b = samples[slot]
+        if lanes:
+            _lanes_sample(b, slot, qt, src, qe, b, W, tm_arr[0], ts_arr[0], th_arr, R, r_ptr, r_col, r_val, solver,
+                          limit, table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort)
+            heap_most[slot] = 0
+            continue
         if permuted:  # this sample's queues, expanded: rows 0 .. n_out - 1
             QT = np.empty((n_out, L1))
             SRC = np.empty((n_out, L1), np.int64)
@@ -451,6 +687,15 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
                 abort[0] = 1
                 break
             cap = min(cap * 4, heap_limit)
+
+
+def _by_rows(R):
+    """``R``'s non-zero entries by rows (``(ptr [n_out + 1], col, val)``, columns ascending): each spike's targets
+    and weights for ``_lanes_sample``."""
+    rows, cols = np.nonzero(R)
+    ptr = np.zeros(R.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=R.shape[0]), out=ptr[1:])
+    return ptr, cols.astype(np.int64), np.ascontiguousarray(R[rows, cols], np.float64)
 
 
 def _heap_room(need):
@@ -490,7 +735,9 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(tau_mem, np.float64),
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
-              has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table)
+              has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table,
+              bool(LANES and n_out > 0 and use_table and Q == 1 and not permuted and (not has_dr or not np.any(Dr))),
+              *_by_rows(R))
     work = batch * n_out * L1
     # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond
     # what the call may use, split between the threads.

@@ -735,6 +735,102 @@ def test_recurrent_heap_hints_are_per_layer_shape_and_only_from_calls_that_compl
     assert set(_recurrent_numba._log_hints) == {(40, True)}
 
 
+
+def _lanes_layer(seed, n_out, kind):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.0, 25.0, (3, 8, 4))
+    t[rng.random(t.shape) < 0.2] = np.inf
+    t = np.sort(np.round(t) if kind == "equal times" else t, axis=-1)  # rounded: entries and spikes at equal times
+    W = rng.normal(0.9, 0.7, (8, n_out))
+    scale = {"excitatory": 0.3, "inhibitory": 0.6}.get(kind, 0.3) / np.sqrt(n_out)
+    R = rng.normal(0.0, scale, (n_out, n_out))
+    if kind == "excitatory":
+        R = np.abs(R)
+    elif kind == "inhibitory":
+        R = -np.abs(R)
+    elif kind == "sparse":
+        R[rng.random(R.shape) < 0.8] = 0.0
+    elif kind == "zero":
+        R[:] = 0.0
+    kw = dict(tau_mem=[8.0, 5.0, 3.0][seed % 3], tau_syn=[3.0, 5.0, 7.0][seed % 3],
+              threshold=rng.uniform(0.8, 1.2, n_out), max_spikes=[40, 1, 3][seed % 3], recurrent_weights=R,
+              recurrent_delays=np.zeros((n_out, n_out)) if seed % 2 else None)
+    return t, W, kw
+
+
+@pytest.mark.parametrize("kind", ["mixed", "excitatory", "inhibitory", "sparse", "zero", "equal times"])
+def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
+    """Neurons sharing one input queue and one pair of time constants, without recurrent delays (or all zero), walk
+    the queue together (``_lanes_sample``): the event loop's spikes, events, log and errors, bit for bit, and the
+    NumPy engine's within the tolerances; across layer widths, time constants (2:1, equal, tau_mem < tau_syn),
+    capped recording, spikes at an entry's own time and runaway excitation."""
+    from spikescan import _recurrent_numba
+
+    taken = []
+    kernel = _recurrent_numba.forward_kernel
+
+    def spy(*args):
+        taken.append(args[19])  # ``lanes`` (after the work size)
+        return kernel(*args)
+
+    monkeypatch.setattr(_recurrent_numba, "forward_kernel", spy)
+    compared = runaway = 0
+    for seed in range(12):
+        n_out = [1, 5, 17, 40][seed % 4]
+        t, W, kw = _lanes_layer(seed, n_out, kind)
+        W = 1.5 * W if kind == "excitatory" else W
+        out = {}
+        for lanes in (False, True):
+            monkeypatch.setattr(_recurrent_numba, "LANES", lanes)
+            taken.clear()
+            try:
+                out[lanes] = ss.lif_forward(t, W, engine="numba", max_total_spikes=2000, **kw)
+            except ss.RunawayFiringError as err:
+                out[lanes] = str(err)
+            assert set(taken) == {lanes}  # (a second call runs the samples whose log outgrew the first guess)
+        if isinstance(out[False], str) or isinstance(out[True], str):
+            assert out[True] == out[False]
+            runaway += 1
+            continue
+        a, b = out[False], out[True]
+        for name in ("times", "counts"):
+            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+        np.testing.assert_array_equal(b.residuals.spike_event, a.residuals.spike_event)
+        for name in RecurrentLogFields:
+            np.testing.assert_array_equal(getattr(b.residuals.recurrent_log, name),
+                                          getattr(a.residuals.recurrent_log, name), err_msg=name)
+        ref = ss.lif_forward(t, W, engine="numpy", method="sequential", max_total_spikes=2000, **kw)
+        np.testing.assert_array_equal(b.counts, ref.counts)
+        fin = np.isfinite(ref.times)
+        np.testing.assert_allclose(b.times[fin], ref.times[fin], **TOL["float64"]["times"])
+        compared += int(a.counts.sum() > 0)
+    assert compared >= 8 and (runaway > 0) == (kind == "excitatory")
+
+
+def test_recurrent_lanes_only_where_their_assumptions_hold(monkeypatch):
+    """The lanes need one queue shared by a sample's neurons, one pair of time constants and arrivals at the spike's
+    time: input delays, per-neuron time constants or a positive recurrent delay take the event loop."""
+    from spikescan import _recurrent_numba
+
+    taken = []
+    kernel = _recurrent_numba.forward_kernel
+
+    def spy(*args):
+        taken.append(args[19])
+        return kernel(*args)
+
+    monkeypatch.setattr(_recurrent_numba, "forward_kernel", spy)
+    t, W, kw = _lanes_layer(0, 6, "mixed")
+    cases = {"plain": ({}, True), "zero delays": (dict(recurrent_delays=np.zeros((6, 6))), True),
+             "a positive delay": (dict(recurrent_delays=np.eye(6)), False),
+             "input delays": (dict(delays=np.full((8, 6), 0.5)), False),
+             "per-neuron tau_mem": (dict(tau_mem=np.linspace(6.0, 9.0, 6)), False)}
+    for name, (change, lanes) in cases.items():
+        taken.clear()
+        ss.lif_forward(t, W, engine="numba", **dict(kw, **change))
+        assert set(taken) == {lanes}, name
+
+
 def test_recurrent_compiled_float32():
     t, W, kw = _recurrent_layer(14, "mixed", "some zero", "tm>ts", True)
     t32, W32 = t.astype(np.float32), W.astype(np.float32)
