@@ -452,6 +452,7 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
             break
         t_k = qt[row, k]  # +inf at k == end: the open gap after the last input
         n_def = 0
+        moved = False  # a round inside the gap moved some neuron's last event past t_prev
         m_gap = -1.0
         m_a = m_b = m_c = 0.0
         while n_arm > 0:  # rounds of crossings inside the gap, earliest first
@@ -518,6 +519,7 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
                 n_log += 1
             if code != _OK:
                 break
+            moved = True
             n_chg = 0
             for q in range(ng):
                 j = group[q]
@@ -583,34 +585,49 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
         a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]
         t_next = qt[row, k2]
         a3, b3, c3 = table[row, k2, 0], table[row, k2, 1], table[row, k2, 2]
+        if moved or k2 != k + 1 or n_def > 0:
+            for i in range(n_out):
+                v = V[i]
+                cur = I[i]
+                if T[i] == t_prev:
+                    V[i] = a * v + c * cur
+                    cur = bb * cur
+                else:
+                    V[i] = da[i] * v + dc[i] * cur
+                    cur = db[i] * cur
+                for kk in range(k, k2):
+                    cur = lif.input_jump_scalar(cur, W[src[row, kk], i])
+                for q in range(n_def):
+                    w = R[deferred[q], i]
+                    if w != 0.0:
+                        cur = lif.input_jump_scalar(cur, w)
+                I[i] = cur
+                T[i] = t_k
+        else:  # no round in the gap: every neuron at t_prev, one input entry (the loop the compiler vectorises)
+            s_k = src[row, k]
+            for i in range(n_out):
+                v = V[i]
+                cur = I[i]
+                V[i] = a * v + c * cur
+                I[i] = lif.input_jump_scalar(bb * cur, W[s_k, i])
+                T[i] = t_k
+        # The next gap's test; after every round all keys are +inf and nothing is listed.
         n_arm = 0
         for i in range(n_out):
-            v = V[i]
-            cur = I[i]
-            if T[i] == t_prev:
-                V[i] = a * v + c * cur
-                cur = bb * cur
-            else:
-                V[i] = da[i] * v + dc[i] * cur
-                cur = db[i] * cur
-            for kk in range(k, k2):
-                cur = lif.input_jump_scalar(cur, W[src[row, kk], i])
-            for q in range(n_def):
-                w = R[deferred[q], i]
-                if w != 0.0:
-                    cur = lif.input_jump_scalar(cur, w)
-            I[i] = cur
-            T[i] = t_k
-            key[i] = np.inf
-            listed[i] = False
-            if not lif.quiet_gap_scalar(V[i], cur, a3, b3, c3, th_arr[i]):
-                fires, s_hi = lif.fires_in_gap_scalar(V[i], cur, t_next - t_k, tau_mem, tau_syn, th_arr[i])
-                if fires:
-                    s_sol[i] = lif.solve_spike_time_scalar(V[i], cur, s_hi, tau_mem, tau_syn, th_arr[i], solver)
-                    key[i] = min(t_k + s_sol[i], t_next)
-                    listed[i] = True
-                    arm[n_arm] = i
-                    n_arm += 1
+            if not lif.quiet_gap_scalar(V[i], I[i], a3, b3, c3, th_arr[i]):
+                arm[n_arm] = i
+                n_arm += 1
+        m = 0
+        for q in range(n_arm):
+            i = arm[q]
+            fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_next - t_k, tau_mem, tau_syn, th_arr[i])
+            if fires:
+                s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tau_mem, tau_syn, th_arr[i], solver)
+                key[i] = min(t_k + s_sol[i], t_next)
+                listed[i] = True
+                arm[m] = i
+                m += 1
+        n_arm = m
         k = k2
         t_prev = t_k
     if code != _OK:
