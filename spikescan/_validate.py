@@ -300,9 +300,20 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
     return arr
 
 
+def unwrap_0d(value):
+    """The Python number inside a 0-d NumPy or CuPy array of a real or integer dtype (``x.max()`` on CuPy is one;
+    NumPy's scalars already are numbers); anything else as it is, for the caller's check to accept or refuse."""
+    if getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") in "iuf" \
+            and hasattr(value, "item") and not isinstance(value, numbers.Number):
+        return value.item()
+    return value
+
+
 def _finite_real(value):
-    """``value`` as a float when it is a real number (not a bool) that float64 holds as a finite number, else
-    ``None``: a Python int beyond float64's range made ``np.isfinite`` raise a TypeError that named no argument."""
+    """``value`` as a float when it is a real number (not a bool; a 0-d array of one counts) that float64 holds as a
+    finite number, else ``None``: a Python int beyond float64's range made ``np.isfinite`` raise a TypeError that
+    named no argument."""
+    value = unwrap_0d(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     try:
@@ -376,9 +387,10 @@ def to_host(x):
 
 
 def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    number = unwrap_0d(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return int(number)
 
 
 def choice(name, value, options):

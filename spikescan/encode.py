@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from ._validate import _first_bad, choice
+from ._validate import _first_bad, choice, unwrap_0d
 
 __all__ = ["scale", "latency", "rate"]
 
@@ -79,9 +79,10 @@ def _unit_table(name, x):
 
 
 def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    number = unwrap_0d(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    value = float(number)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value
@@ -275,14 +276,14 @@ def rate(values, *, t_max, max_spikes, mode="regular", seed=None, symmetric=Fals
     t_max = _real("t_max", t_max)
     if not t_max > 0:
         raise ValueError(f"t_max must be > 0, got {t_max!r}")
-    if isinstance(max_spikes, bool) or not isinstance(max_spikes, numbers.Integral) or max_spikes < 1:
+    number = unwrap_0d(max_spikes)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
         raise ValueError(f"max_spikes must be an integer >= 1, got {max_spikes!r}")
-    max_spikes = int(max_spikes)
-    if slots is None:
-        slots = max_spikes
-    elif isinstance(slots, bool) or not isinstance(slots, numbers.Integral) or slots < max_spikes:
+    max_spikes = int(number)
+    number = max_spikes if slots is None else unwrap_0d(slots)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < max_spikes:
         raise ValueError(f"slots must be an integer >= max_spikes={max_spikes}, got {slots!r}")
-    slots = int(slots)
+    slots = int(number)
     choice("mode", mode, RATE_MODES)  # a str: an array of one name would pass `in` and then `==` elementwise
     symmetric = _bool("symmetric", symmetric)
     return_dropped = _bool("return_dropped", return_dropped)

@@ -557,6 +557,10 @@ def _with(kw, name, value):
     # Beyond the address space NumPy's own "array is too big" (on an empty batch, where no MemoryError comes first).
     ("max_spikes", 2**62, ValueError, r"max_spikes must be at most 1152921504606846975 .*got 4611686018427387904"),
     ("chunk_size", 2.5, ValueError, r"chunk_size must be a positive integer, got 2.5"),
+    # A 0-d array counts as the number inside it (test_zero_d_arrays_count_as_their_numbers), not as anything else.
+    ("max_spikes", np.array(4.0), ValueError, r"max_spikes must be a positive integer, got array\(4\.\)"),
+    ("max_spikes", np.array(True), ValueError, r"max_spikes must be a positive integer, got array\(True\)"),
+    ("max_spikes", np.array([4]), ValueError, r"max_spikes must be a positive integer, got array\(\[4\]\)"),
     ("method", "fast", ValueError, r"method must be one of 'auto', 'sequential', 'scan'; got 'fast'"),
     ("solver", "secant", ValueError, r"solver must be one of .*got 'secant'"),
     ("solver", "analytic", ValueError, r"solver='analytic' needs tau_mem == 2 \* tau_syn; got tau_mem=10.0, "
@@ -589,6 +593,27 @@ def test_bad_input_raises_clear_errors(name, value, error, match):
     with pytest.raises(error, match=match):
         ss.lif_forward(**_with(kw, name, value))
     np.testing.assert_array_equal(kw["input_times"], before)
+
+
+def test_zero_d_arrays_count_as_their_numbers():
+    """A 0-d array of a number (``x.max()`` on CuPy is one) is taken as that number wherever a scalar is asked for,
+    as NumPy's scalars are: the integer counts and ``t_max`` refused it by name before, the time constants did not."""
+    from spikescan import encode
+
+    kw = _good()
+    plain = ss.lif_forward(**kw)
+    wrapped = ss.lif_forward(**dict(kw, max_spikes=np.array(kw["max_spikes"]), chunk_size=np.array(2),
+                                    max_total_spikes=np.array(10**6), tau_mem=np.array(kw["tau_mem"])))
+    np.testing.assert_array_equal(wrapped.times, plain.times)
+    a = ss.li_forward(kw["input_times"], kw["weights"], tau_mem=10.0, tau_syn=5.0, t_max=30.0)
+    b = ss.li_forward(kw["input_times"], kw["weights"], tau_mem=10.0, tau_syn=5.0, t_max=np.array(30.0))
+    np.testing.assert_array_equal(a.values, b.values)
+    x = np.array([[0.25, 0.5]])
+    np.testing.assert_array_equal(encode.latency(x, t_max=np.array(10.0)), encode.latency(x, t_max=10.0))
+    np.testing.assert_array_equal(encode.rate(x, t_max=np.array(10.0), max_spikes=np.array(3), slots=np.array(4)),
+                                  encode.rate(x, t_max=10.0, max_spikes=3, slots=4))
+    with pytest.raises(TypeError, match=r"t_max must be a real number, got array\(True\)"):
+        encode.latency(x, t_max=np.array(True))
 
 
 def test_backward_rejects_bad_cotangents():
