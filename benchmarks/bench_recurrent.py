@@ -4,9 +4,11 @@ side by side in one run.
 An SHD-like recurrent layer (``spikes`` Poisson input spikes per sample on 700 channels over 1 s, 128 neurons,
 ``tau_mem`` 20 ms, ``tau_syn`` 5 ms, recurrent weights ``N(0, 0.04)``) without recurrent delays, and one with a
 quarter of the neurons and half the batch with recurrent delays uniform on [1, 5] ms (whose 1 ms minimum lets the
-parallel method commit whole windows). Every variant is
-first checked against ``engine="numpy", method="sequential"`` (identical spike counts, times and gradients within
-the test tolerances) and only then timed: forward, and forward + backward, median of ``--repeats``.
+parallel method commit whole windows). The compiled engine runs twice on the first layer: its neurons walking the
+shared queue together (``lanes``, what it runs there) and its general event loop (what it runs with delays). Every
+variant is first checked against ``engine="numpy", method="sequential"`` (identical spike counts, times and
+gradients within the test tolerances) and only then timed: forward, and forward + backward, median of
+``--repeats``.
 
     python benchmarks/bench_recurrent.py                         # -> benchmarks/results/recurrent_cpu.json
     python benchmarks/bench_recurrent.py --quick --output F      # a small case (the test suite runs this)
