@@ -121,7 +121,8 @@ def bench(shape, repeats, max_spikes=16):
                 fwd.append(t1 - t0)
                 full.append(t2 - t0)
             rows.append(dict(layer=name, shape=shape_, engine=engine, method=method, kernel=kernel,
-                             forward_s=float(np.median(fwd)), forward_backward_s=float(np.median(full)), forward_repeats=fwd, full_repeats=full,
+                             forward_s=float(np.median(fwd)), forward_backward_s=float(np.median(full)),
+                             forward_repeats=fwd, full_repeats=full,
                              spikes_per_sample=float(ref.counts.sum() / shape_["batch"]),
                              capped_spikes=ref.capped_spikes))
             print(f"{label:40s} forward {rows[-1]['forward_s']:.3f} s  forward+backward "
