@@ -57,8 +57,8 @@ def layer(batch, n_in, spikes, n_out, recurrent_delays, seed=0):
 
 def variants():
     """``(engine, method, kernel)``; the compiled engine's two forward kernels side by side: the neurons walking the
-    shared queue together (``"lanes"``: one shared queue, one pair of time constants, no recurrent delays) and the
-    general event loop (``"event loop"``)."""
+    shared queue together (``"lanes"``: one shared queue, no recurrent delays) and the general event loop
+    (``"event loop"``)."""
     out = [("numpy", "sequential", None), ("numpy", "scan", None)]
     if numba_available():
         out += [("numba", "sequential", "lanes"), ("numba", "sequential", "event loop")]

@@ -4,9 +4,9 @@ scalar code, with the scalar closed forms, gap test and solvers of ``neurons.lif
 Imported only when a recurrent layer runs with ``engine="numba"`` (or ``"auto"`` with Numba installed). Semantics
 are those of ``_recurrent`` (its module docstring); this engine's forward is the event loop of
 ``_recurrent._forward_sequential`` whatever ``method`` says, run by ``_forward_sample``, or by ``_lanes_sample``
-where a sample's neurons share one input queue and one pair of time constants and spikes arrive without delay:
-there every input entry reaches every neuron, so they walk the queue together (one pass over the neurons per
-entry, a round of the loop per spike time; the loop's bits, ``LANES`` switches it off).
+where a sample's neurons share one input queue and spikes arrive without delay: there every input entry reaches
+every neuron, so they walk the queue together (one pass over the neurons per entry, a round of the loop per spike
+time; the loop's bits, ``LANES`` switches it off).
 
 Forward (``forward``): ``prange`` over samples; per sample, the event loop with each neuron's state at its own last
 event. Every neuron keeps its next event: its first threshold crossing inside its current gap (up to its next
@@ -88,7 +88,7 @@ _log_hints: dict = {}
 # call of that shape that completed, the next one's first heap capacity (a hint from another shape, or from a call
 # that ran away, could ask a wide layer for far more memory than it needs).
 _heap_hints: dict = {}
-# One shared input queue per sample, one pair of time constants and no recurrent delays (or all zero): the neurons
+# One shared input queue per sample and no recurrent delays (or all zero): the neurons
 # walk the queue together (``_lanes_sample``) instead of the general event loop. Off: the event loop (tests compare).
 LANES = True
 
@@ -399,16 +399,16 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
 
 
 @_jit
-def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_ptr, r_col, r_val, solver, limit, table,
-                  times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
+def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, R, r_ptr, r_col, r_val, solver, limit,
+                  table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
     """``_forward_sample`` for a layer whose neurons share one input queue per sample (row ``row`` of ``qt``,
-    ``src``, ``qe``, ``table``) and one pair of time constants, without recurrent delays: every input entry then
-    reaches every neuron, so all neurons start each gap between consecutive entries at the same time, and a spike's
-    recurrent arrivals land at the spike's own time. The neurons walk the queue together, as the feed-forward lanes
-    do (``_lif_numba.forward_lanes``): one pass over the neurons per entry applies it and runs the exact cheap gap
-    test on the next gap with the table's decay; only the neurons it cannot clear solve for their crossing (the
-    armed ones, a short list). Inside a gap the earliest crossing(s) make a round of the event loop: reset, record,
-    log (neuron order); then, before the entry's time, the arrivals at that time (each target, from ``R``'s non-zero
+    ``src``, ``qe``; ``table`` when ``shared``: one pair of time constants), without recurrent delays: every input
+    entry then reaches every neuron, so all neurons start each gap between consecutive entries at the same time, and
+    a spike's recurrent arrivals land at the spike's own time. The neurons walk the queue together, as the
+    feed-forward lanes do (``_lif_numba.forward_lanes``): one pass over the neurons per entry applies it and runs
+    the exact cheap gap test on the next gap with the table's decay (each neuron's own, with time constants of its
+    own); only the neurons it cannot clear solve for their crossing (the armed ones, a short list). Inside a gap the
+    earliest crossing(s) make a round of the event loop: reset, record, log (neuron order); then, before the entry's time, the arrivals at that time (each target, from ``R``'s non-zero
     entries ``r_ptr, r_col, r_val`` by rows, decays to it and adds the spikes' weights in spike order), and the
     neurons whose state changed test the rest of the gap again; a crossing at the entry's own time leaves its
     arrivals to the entry's round, after the input entries, as the event loop orders them. The same operations on
@@ -427,9 +427,12 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
     T = np.zeros(n_out)  # the neuron's last event; t_prev (the gap's start) unless a round inside the gap moved it
     key = np.full(n_out, np.inf)  # the neuron's crossing inside its current gap, +inf if none
     s_sol = np.zeros(n_out)
-    da = np.empty(n_out)  # decay over [T, t_k] of a neuron with T != t_prev
+    da = np.empty(n_out)  # decay over [T, t_k]: of a neuron with T != t_prev, or of every neuron if not shared
     db = np.empty(n_out)
     dc = np.empty(n_out)
+    if not shared:  # the first gap, [0, t_0], from rest
+        for i in range(n_out):
+            da[i], db[i], dc[i] = lif.decay_scalar(qt[row, 0], tm_arr[i], ts_arr[i])
     last = np.full(n_out, -np.inf)
     cnt = np.zeros(n_out, np.int64)
     arm = np.empty(n_out, np.int64)  # neurons with a crossing in their gap (and stale entries: listed, not armed)
@@ -454,7 +457,7 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
         n_def = 0
         moved = False  # a round inside the gap moved some neuron's last event past t_prev
         m_gap = -1.0
-        m_a = m_b = m_c = 0.0
+        m_tm = m_ts = m_a = m_b = m_c = 0.0
         while n_arm > 0:  # rounds of crossings inside the gap, earliest first
             e = np.inf
             m = 0
@@ -490,7 +493,7 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
             n_arm = m
             for q in range(ng):  # reset all, then record, log and check each in neuron order
                 j = group[q]
-                _, b2, _ = lif.decay_scalar(s_sol[j], tau_mem, tau_syn)
+                _, b2, _ = lif.decay_scalar(s_sol[j], tm_arr[j], ts_arr[j])
                 V[j], I[j] = lif.reset_scalar(th_arr[j], I[j] * b2)
                 T[j] = e
             for q in range(ng):
@@ -538,9 +541,9 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
                         if not hit[r]:
                             hit[r] = True
                             gap = e - T[r]
-                            if gap != m_gap:
-                                m_gap = gap
-                                m_a, m_b, m_c = lif.decay_scalar(gap, tau_mem, tau_syn)
+                            if gap != m_gap or tm_arr[r] != m_tm or ts_arr[r] != m_ts:
+                                m_gap, m_tm, m_ts = gap, tm_arr[r], ts_arr[r]
+                                m_a, m_b, m_c = lif.decay_scalar(gap, m_tm, m_ts)
                             v = V[r]
                             V[r] = m_a * v + m_c * I[r]
                             I[r] = m_b * I[r]
@@ -555,20 +558,24 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
                         r = r_col[p]
                         I[r] = lif.input_jump_scalar(I[r], r_val[p])
             # The rest of the gap, [e, t_k], for every neuron whose state changed: spikes and targets.
-            a2, b2, c2 = lif.decay_scalar(t_k - e, tau_mem, tau_syn)
+            r_tm = r_ts = -1.0
+            a2 = b2 = c2 = 0.0
             for q in range(n_chg):
                 i = changed[q]
                 mark[i] = False
                 hit[i] = False
                 key[i] = np.inf  # a target's crossing moves with its arrivals
+                tm, ts = tm_arr[i], ts_arr[i]
+                if tm != r_tm or ts != r_ts:
+                    r_tm, r_ts = tm, ts
+                    a2, b2, c2 = lif.decay_scalar(t_k - e, tm, ts)
                 da[i] = a2
                 db[i] = b2
                 dc[i] = c2
                 if not lif.quiet_gap_scalar(V[i], I[i], a2, b2, c2, th_arr[i]):
-                    fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_k - e, tau_mem, tau_syn, th_arr[i])
+                    fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_k - e, tm, ts, th_arr[i])
                     if fires:
-                        s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tau_mem, tau_syn, th_arr[i],
-                                                               solver)
+                        s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tm, ts, th_arr[i], solver)
                         key[i] = min(e + s_sol[i], t_k)
                         if not listed[i]:
                             listed[i] = True
@@ -582,14 +589,16 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
         k2 = k
         while k2 < end and qt[row, k2] == t_k:
             k2 += 1
-        a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]
         t_next = qt[row, k2]
-        a3, b3, c3 = table[row, k2, 0], table[row, k2, 1], table[row, k2, 2]
-        if moved or k2 != k + 1 or n_def > 0:
+        a = bb = c = a3 = b3 = c3 = 0.0
+        if shared:  # (without, the table is a dummy)
+            a, bb, c = table[row, k, 0], table[row, k, 1], table[row, k, 2]
+            a3, b3, c3 = table[row, k2, 0], table[row, k2, 1], table[row, k2, 2]
+        if moved or k2 != k + 1 or n_def > 0 or not shared:
             for i in range(n_out):
                 v = V[i]
                 cur = I[i]
-                if T[i] == t_prev:
+                if shared and T[i] == t_prev:
                     V[i] = a * v + c * cur
                     cur = bb * cur
                 else:
@@ -613,16 +622,31 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tau_mem, tau_syn, th_arr, R, r_p
                 T[i] = t_k
         # The next gap's test; after every round all keys are +inf and nothing is listed.
         n_arm = 0
-        for i in range(n_out):
-            if not lif.quiet_gap_scalar(V[i], I[i], a3, b3, c3, th_arr[i]):
-                arm[n_arm] = i
-                n_arm += 1
+        if shared:
+            for i in range(n_out):
+                if not lif.quiet_gap_scalar(V[i], I[i], a3, b3, c3, th_arr[i]):
+                    arm[n_arm] = i
+                    n_arm += 1
+        else:  # each neuron's decay over the next gap (the same bits for equal time constants: computed once)
+            r_tm = r_ts = -1.0
+            for i in range(n_out):
+                tm, ts = tm_arr[i], ts_arr[i]
+                if tm != r_tm or ts != r_ts:
+                    r_tm, r_ts = tm, ts
+                    a3, b3, c3 = lif.decay_scalar(t_next - t_k, tm, ts)
+                da[i] = a3
+                db[i] = b3
+                dc[i] = c3
+                if not lif.quiet_gap_scalar(V[i], I[i], a3, b3, c3, th_arr[i]):
+                    arm[n_arm] = i
+                    n_arm += 1
         m = 0
         for q in range(n_arm):
             i = arm[q]
-            fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_next - t_k, tau_mem, tau_syn, th_arr[i])
+            tm, ts = tm_arr[i], ts_arr[i]
+            fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_next - t_k, tm, ts, th_arr[i])
             if fires:
-                s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tau_mem, tau_syn, th_arr[i], solver)
+                s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tm, ts, th_arr[i], solver)
                 key[i] = min(t_k + s_sol[i], t_next)
                 listed[i] = True
                 arm[m] = i
@@ -667,7 +691,7 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
     the batch's). Heaps of pending arrivals start at ``heap_capacity`` per neuron; a sample that fills one runs
     again with four times the room (the loop is deterministic: the same results), up to ``heap_limit`` (what fits
     in memory); a sample that fills heaps of ``heap_limit`` stops with ``_HEAP_MEMORY`` (and aborts the others).
-    ``lanes``: ``_lanes_sample`` instead (one shared queue per sample, one pair of time constants, no recurrent
+    ``lanes``: ``_lanes_sample`` instead (one shared queue per sample, no recurrent
     delays: no heaps)."""
     n_out = R.shape[0]
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
@@ -675,8 +699,9 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
         slot = np.int64(s_)
         b = samples[slot]
         if lanes:
-            _lanes_sample(b, slot, qt, src, qe, b, W, tm_arr[0], ts_arr[0], th_arr, R, r_ptr, r_col, r_val, solver,
-                          limit, table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at, abort)
+            _lanes_sample(b, slot, qt, src, qe, b, W, tm_arr, ts_arr, use_table, th_arr, R, r_ptr, r_col, r_val,
+                          solver, limit, table, times, events, counts, log_t, log_k, log_I, n_log, status, status_at,
+                          abort)
             heap_most[slot] = 0
             continue
         if permuted:  # this sample's queues, expanded: rows 0 .. n_out - 1
@@ -753,7 +778,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table,
-              bool(LANES and n_out > 0 and use_table and Q == 1 and not permuted and (not has_dr or not np.any(Dr))),
+              bool(LANES and n_out > 0 and Q == 1 and not permuted and (not has_dr or not np.any(Dr))),
               *_by_rows(R))
     work = batch * n_out * L1
     # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond

@@ -752,17 +752,22 @@ def _lanes_layer(seed, n_out, kind):
         R[rng.random(R.shape) < 0.8] = 0.0
     elif kind == "zero":
         R[:] = 0.0
-    kw = dict(tau_mem=[8.0, 5.0, 3.0][seed % 3], tau_syn=[3.0, 5.0, 7.0][seed % 3],
+    tau_mem, tau_syn = [8.0, 5.0, 3.0][seed % 3], [3.0, 5.0, 7.0][seed % 3]
+    if kind == "per-neuron time constants":  # half the neurons share a pair: decays computed once for them
+        tau_mem, tau_syn = rng.uniform(3.0, 9.0, n_out), rng.uniform(2.0, 6.0, n_out)
+        tau_mem[: n_out // 2], tau_syn[: n_out // 2] = 6.0, 3.0
+    kw = dict(tau_mem=tau_mem, tau_syn=tau_syn,
               threshold=rng.uniform(0.8, 1.2, n_out), max_spikes=[40, 1, 3][seed % 3], recurrent_weights=R,
               recurrent_delays=np.zeros((n_out, n_out)) if seed % 2 else None)
     return t, W, kw
 
 
-@pytest.mark.parametrize("kind", ["mixed", "excitatory", "inhibitory", "sparse", "zero", "equal times"])
+@pytest.mark.parametrize("kind", ["mixed", "excitatory", "inhibitory", "sparse", "zero", "equal times",
+                                  "per-neuron time constants"])
 def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
-    """Neurons sharing one input queue and one pair of time constants, without recurrent delays (or all zero), walk
-    the queue together (``_lanes_sample``): the event loop's spikes, events, log and errors, bit for bit, and the
-    NumPy engine's within the tolerances; across layer widths, time constants (2:1, equal, tau_mem < tau_syn),
+    """Neurons sharing one input queue, without recurrent delays (or all zero), walk the queue together
+    (``_lanes_sample``): the event loop's spikes, events, log and errors, bit for bit, and the NumPy engine's within
+    the tolerances; across layer widths, time constants (2:1, equal, tau_mem < tau_syn, one pair per neuron),
     capped recording, spikes at an entry's own time and runaway excitation."""
     from spikescan import _recurrent_numba
 
@@ -808,8 +813,8 @@ def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
 
 
 def test_recurrent_lanes_only_where_their_assumptions_hold(monkeypatch):
-    """The lanes need one queue shared by a sample's neurons, one pair of time constants and arrivals at the spike's
-    time: input delays, per-neuron time constants or a positive recurrent delay take the event loop."""
+    """The lanes need one queue shared by a sample's neurons and arrivals at the spike's time: input delays or a
+    positive recurrent delay take the event loop; time constants per neuron do not."""
     from spikescan import _recurrent_numba
 
     taken = []
@@ -824,7 +829,7 @@ def test_recurrent_lanes_only_where_their_assumptions_hold(monkeypatch):
     cases = {"plain": ({}, True), "zero delays": (dict(recurrent_delays=np.zeros((6, 6))), True),
              "a positive delay": (dict(recurrent_delays=np.eye(6)), False),
              "input delays": (dict(delays=np.full((8, 6), 0.5)), False),
-             "per-neuron tau_mem": (dict(tau_mem=np.linspace(6.0, 9.0, 6)), False)}
+             "per-neuron tau_mem": (dict(tau_mem=np.linspace(6.0, 9.0, 6)), True)}
     for name, (change, lanes) in cases.items():
         taken.clear()
         ss.lif_forward(t, W, engine="numba", **dict(kw, **change))
