@@ -408,9 +408,9 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
     feed-forward lanes do (``_lif_numba.forward_lanes``): one pass over the neurons per entry applies it and runs
     the exact cheap gap test on the next gap with the table's decay (each neuron's own, with time constants of its
     own); only the neurons it cannot clear solve for their crossing (the armed ones, a short list). Inside a gap the
-    earliest crossing(s) make a round of the event loop: reset, record, log (neuron order); then, before the entry's time, the arrivals at that time (each target, from ``R``'s non-zero
-    entries ``r_ptr, r_col, r_val`` by rows, decays to it and adds the spikes' weights in spike order), and the
-    neurons whose state changed test the rest of the gap again; a crossing at the entry's own time leaves its
+    earliest crossing(s) make a round of the event loop: reset, record, log (neuron order); then, before the entry's
+    time, the arrivals at that time (each target, from ``R``'s non-zero entries ``r_ptr, r_col, r_val`` by rows,
+    decays to it and adds the spikes' weights in spike order), and the neurons whose state changed test the rest of the gap again; a crossing at the entry's own time leaves its
     arrivals to the entry's round, after the input entries, as the event loop orders them. The same operations on
     the same values as the event loop (the same bits in every comparison run), except that a target of a recurrent
     arrival is not tested for a crossing inside the sub-gap before it (the test of its whole gap put its first
