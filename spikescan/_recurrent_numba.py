@@ -401,19 +401,19 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
 @_jit
 def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, R, r_ptr, r_col, r_val, solver, limit,
                   table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
-    """``_forward_sample`` for a layer whose neurons share one input queue per sample (row ``row`` of ``qt``,
-    ``src``, ``qe``; ``table`` when ``shared``: one pair of time constants), without recurrent delays: every input
-    entry then reaches every neuron, so all neurons start each gap between consecutive entries at the same time, and
-    a spike's recurrent arrivals land at the spike's own time. The neurons walk the queue together, as the
-    feed-forward lanes do (``_lif_numba.forward_lanes``): one pass over the neurons per entry applies it and runs
-    the exact cheap gap test on the next gap with the table's decay (each neuron's own, with time constants of its
-    own); only the neurons it cannot clear solve for their crossing (the armed ones, a short list). Inside a gap the
-    earliest crossing(s) make a round of the event loop: reset, record, log (neuron order); then, before the entry's
-    time, the arrivals at that time (each target, from ``R``'s non-zero entries ``r_ptr, r_col, r_val`` by rows,
-    decays to it and adds the spikes' weights in spike order), and the neurons whose state changed test the rest of the gap again; a crossing at the entry's own time leaves its
-    arrivals to the entry's round, after the input entries, as the event loop orders them. The same operations on
-    the same values as the event loop (the same bits in every comparison run), except that a target of a recurrent
-    arrival is not tested for a crossing inside the sub-gap before it (the test of its whole gap put its first
+    """``_forward_sample`` for a layer whose neurons share one input queue per sample (row ``row`` of ``qt``, ``src``,
+    ``qe``; ``table`` when ``shared``: one pair of time constants), without recurrent delays: every input entry then
+    reaches every neuron, so all neurons start each gap between consecutive entries at the same time, and a spike's
+    recurrent arrivals land at the spike's own time. The neurons walk the queue together, as the feed-forward lanes do
+    (``_lif_numba.forward_lanes``): one pass over the neurons per entry applies it and runs the exact cheap gap test on
+    the next gap with the table's decay (each neuron's own, with time constants of its own); only the neurons it cannot
+    clear solve for their crossing (the armed ones, a short list). Inside a gap the earliest crossing(s) make a round of
+    the event loop: reset, record, log (neuron order); then, before the entry's time, the arrivals at that time (each
+    target, from ``R``'s non-zero entries ``r_ptr, r_col, r_val`` by rows, decays to it and adds the spikes' weights in
+    spike order), and the neurons whose state changed test the rest of the gap again; a crossing at the entry's own time
+    leaves its arrivals to the entry's round, after the input entries, as the event loop orders them. The same
+    operations on the same values as the event loop (the same bits in every comparison run), except that a target of a
+    recurrent arrival is not tested for a crossing inside the sub-gap before it (the test of its whole gap put its first
     crossing after the arrival); no heap, no tournament tree."""
     n_out = R.shape[0]
     max_spikes = times.shape[2]
