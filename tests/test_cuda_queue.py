@@ -336,3 +336,57 @@ def test_permutation_falls_back_beyond_uint16_positions(device, monkeypatch):
     out = _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(D), **kw)
     for a, b in zip(numpy_build_queues(t, D, np), out):
         np.testing.assert_array_equal(to_host(b), a)
+
+
+class _DriverKernel:
+    """A compiled kernel as the CUDA driver treats its shared memory: ``max_dynamic_shared_size_bytes`` starts at
+    48 KiB less the kernel's static shared memory (``shared_size_bytes``), may be raised (cudaFuncSetAttribute) as
+    long as static + dynamic fit the device's opt-in maximum, and a launch asking for more dynamic shared memory than
+    it allows fails (CUDA_ERROR_INVALID_VALUE)."""
+
+    def __init__(self, static, optin=232448):
+        self.shared_size_bytes = static
+        self._optin = optin
+        self._max_dynamic = 48 * 1024 - static
+        self.launches = []
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._max_dynamic
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        if value + self.shared_size_bytes > self._optin:
+            raise RuntimeError("cudaFuncSetAttribute: CUDA_ERROR_INVALID_VALUE")
+        self._max_dynamic = value
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if shared_mem > self._max_dynamic:
+            raise RuntimeError(f"launch with {shared_mem} bytes of dynamic shared memory, the kernel allows "
+                               f"{self._max_dynamic}: CUDA_ERROR_INVALID_VALUE")
+        self.launches.append(shared_mem)
+
+
+@pytest.mark.parametrize("n_max", [8085, 8086, 8192, 8193, 38634])
+def test_counting_launch_opts_in_when_static_and_dynamic_shared_memory_pass_48_kib(monkeypatch, n_max):
+    """The counting sort has COUNTING_STATIC_SHARED bytes of static shared memory: rows of 8086 to 8192 entries
+    need 48512 to 49152 bytes of dynamic shared memory, not above 48 KiB, yet above the 48 KiB - 640 that the kernel
+    allows until the launcher opts in. (The host emulation does not model static shared memory.)"""
+    from spikescan.cuda import _kernels
+
+    kernel = _DriverKernel(_queue.COUNTING_STATIC_SHARED)
+    monkeypatch.setattr(_kernels, "get_kernel", lambda module, name, dtype: kernel)
+    shared = _queue.shared_bytes(n_max, "counting")
+    assert _queue.kernel_fits(n_max, 232448, "counting")
+    _kernels.launch("queue", _queue.KERNELS["counting"], np.float64, 1, 512, [], shared_mem=shared)
+    assert kernel.launches == [shared]
+
+
+def test_counting_rows_just_below_48_kib_of_dynamic_shared_memory(device):
+    """8192 spikes in one row: 49152 bytes of dynamic shared memory for the counting sort, which with its 640 bytes
+    of static shared memory passes 48 KiB (the opt-in path on the GPU); 96 KiB for the bitonic sort."""
+    rng = np.random.default_rng(13)
+    t = np.sort(np.round(rng.uniform(0.0, 100.0, (1, 128, 64)), 3), axis=-1)
+    assert int(np.isfinite(t).sum()) == 8192
+    assert_same_queues(device, t, np.round(rng.uniform(0.0, 5.0, (128, 1)), 2))
+    assert device[1].launched == [device[1].kernel]

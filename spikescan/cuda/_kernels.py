@@ -119,18 +119,18 @@ def launch_current(module, kernel, dtype, grid, block, args, shared_mem=0):
 def launch(module, kernel, dtype, grid, block, args, shared_mem=0):
     """Launch ``kernel<dtype>`` with ``grid`` and ``block`` (ints) on the current stream.
 
-    ``shared_mem``: bytes of dynamic shared memory; above the default 48 KiB the kernel is opted in first (up to
-    ``max_shared_mem()``).
+    ``shared_mem``: bytes of dynamic shared memory; above what the kernel allows by default (48 KiB less its
+    static shared memory: the counting sort of queue.cu has 640 bytes of it) the kernel is opted in first (up to
+    ``max_shared_mem()`` for static and dynamic together).
     """
     if grid <= 0:
         return
     k = get_kernel(module, kernel, dtype)
-    if shared_mem > _DEFAULT_SHARED and k.max_dynamic_shared_size_bytes < shared_mem:
+    # Not `shared_mem > 48 KiB`: the driver's default limit on dynamic shared memory is 48 KiB minus the kernel's
+    # static shared memory, so a kernel with static shared memory needs the opt-in somewhat below 48 KiB too.
+    if shared_mem > 0 and k.max_dynamic_shared_size_bytes < shared_mem:
         k.max_dynamic_shared_size_bytes = int(shared_mem)
     k((int(grid),), (int(block),), tuple(args), shared_mem=int(shared_mem))
-
-
-_DEFAULT_SHARED = 48 * 1024
 
 
 def max_shared_mem():
