@@ -143,3 +143,33 @@ def test_forward_launch_bound_matches_the_launcher():
     bound = int(re.search(r"#define SPIKESCAN_FORWARD_THREADS (\d+)", src).group(1))
     assert _lif.THREADS_PER_BLOCK <= bound
     assert "SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(" in src
+
+
+def _warps_per_block(registers):
+    """Warps of a block that fit the 64K 32-bit registers a block may hold on sm_80 / sm_90 (registers are allocated
+    per warp in units of 256); a launch of more fails with 'too many resources requested for launch', which the host
+    emulation (no registers) cannot show."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return 65536 // per_warp
+
+
+def test_recurrent_block_sizes_the_launcher_accepts_fit_the_register_file():
+    """The recurrent kernels take any block size ``_recurrent._check_block`` accepts (``block_size`` of
+    ``_recurrent.forward`` / ``backward``): each must fit the register file at the kernels' register counts."""
+    if _kernels.nvrtc_module() is None:
+        pytest.skip("NVRTC is not available")
+    from spikescan.cuda import _recurrent
+
+    rows = _resources.resources(("80", "90"), modules=("recurrent",))
+    per_block = {"spikescan_recurrent_forward", "spikescan_recurrent_backward_spikes"}  # the block = sample kernels
+    accepted = []
+    for block in range(32, 1025, 32):
+        try:
+            accepted.append(_recurrent._check_block(block))
+        except ValueError:
+            pass
+    assert _recurrent.MAX_BLOCK in accepted
+    for row in rows:
+        if row["kernel"] in per_block:
+            fits = _warps_per_block(row["registers"]) * 32
+            assert max(accepted) <= fits, (row["name_expression"], row["arch"], row["registers"], max(accepted))

@@ -64,6 +64,10 @@ from ._lif import SOLVER_CODES
 
 MODULE = "recurrent"
 MAX_BLOCK = 256
+# Largest block_size accepted: the forward kernel takes 88 (sm_90) to 92 (sm_80) registers per thread, so a block of
+# more than 672 threads needs more than the 64K registers a block may hold and fails to launch on the GPU ("too many
+# resources requested"), which the host emulation cannot show (tests/test_cuda_resources.py checks the bound).
+BLOCK_LIMIT = 512
 PENDING_CAPACITY = 16
 _STATE_FIELDS = 8  # SPIKESCAN_REC_FIELDS: V, I, t, last spike, crossing, its offset, earliest pending, next arrival
 _INT_FIELDS = 3  # SPIKESCAN_REC_INT_FIELDS: next queue entry, pending count, crossing out of date
@@ -116,8 +120,9 @@ def default_block_size(n_out):
 
 
 def _check_block(block_size):
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or not 1 <= block_size <= 1024:
-        raise ValueError(f"block_size must be an integer from 1 to 1024, got {block_size!r}")
+    if (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+            or not 1 <= block_size <= BLOCK_LIMIT):
+        raise ValueError(f"block_size must be an integer from 1 to {BLOCK_LIMIT}, got {block_size!r}")
     return int(block_size)
 
 

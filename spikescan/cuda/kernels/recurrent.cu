@@ -4,16 +4,17 @@
 // grad_times.  Every kernel is also a template on the neuron model (class Neuron: neurons/lif.cuh's spikescan_lif,
 // the twin of spikescan/neurons/lif.py), whose closed forms, gap test and solvers it calls.
 //
-// spikescan_recurrent_forward<T>: one block per sample, threads over neurons (thread tid owns neurons tid,
-//   tid + blockDim, ...; any blockDim up to 1024).  Each step every thread finds, for its neurons, the next arrival
-//   (next input queue entry or earliest pending recurrent arrival) and the first threshold crossing inside the gap
-//   up to it; a block reduction gives the sample's earliest crossing (lowest neuron index at ties) and earliest
-//   arrival.  Crossings at a time are committed before arrivals at that time: the crossing neurons, in neuron
-//   order, reset (V <- 0, I kept), are recorded (slot < max_spikes), counted, appended to the sample's spike log and
-//   schedule R[k, i] at t + Dr[k, i] for every target i with R[k, i] != 0 (the target's owner appends it to the
-//   target's pending buffer, so the buffer stays in spike order).  Otherwise every neuron whose next arrival is at
-//   the earliest arrival time advances to it and applies the input entries at that time in queue order, then the
-//   pending recurrent arrivals at that time in spike order.
+// spikescan_recurrent_forward<T>: one block per sample, threads over neurons (thread tid owns neurons tid, tid +
+//   blockDim, ...; any blockDim up to 512: at 88-92 registers per thread a block of more than 672 threads exceeds the
+//   register file, spikescan/cuda/_recurrent.py BLOCK_LIMIT).  Each step every thread finds, for its neurons, the next
+//   arrival (next input queue entry or earliest pending recurrent arrival) and the first threshold crossing inside the
+//   gap up to it; a block reduction gives the sample's earliest crossing (lowest neuron index at ties) and earliest
+//   arrival.  Crossings at a time are committed before arrivals at that time: the crossing neurons, in neuron order,
+//   reset (V <- 0, I kept), are recorded (slot < max_spikes), counted, appended to the sample's spike log and schedule
+//   R[k, i] at t + Dr[k, i] for every target i with R[k, i] != 0 (the target's owner appends it to the target's pending
+//   buffer, so the buffer stays in spike order).  Otherwise every neuron whose next arrival is at the earliest arrival
+//   time advances to it and applies the input entries at that time in queue order, then the pending recurrent arrivals
+//   at that time in spike order.
 //   Pending buffers: pend_cap entries per (sample, neuron) in global memory ([pend_cap, batch * n_out], so that a
 //   warp's accesses coalesce).  A full buffer stops the sample and sets overflow[b] = 1: the launcher reruns with a
 //   larger buffer, so no arrival is ever dropped.  The log holds log_cap spikes per sample; log_n[b] counts every
