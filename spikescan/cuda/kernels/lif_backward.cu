@@ -360,6 +360,11 @@ __global__ void spikescan_lif_backward_scan(SPIKESCAN_LIF_BACKWARD_PARAMS) {
         tau = __shfl_sync(SPIKESCAN_FULL_MASK, pt.t, last);
         m0 += n_spikes;
     }
+#ifdef __CUDACC__
+    // Lanes 0-3 stored pass 1's checkpoints, every lane loads them below: a warp barrier with memory ordering (the
+    // shuffles in between order no memory; cf. spikescan_closed_warp_sync). The host emulation needs none.
+    __syncwarp();
+#endif
 
     // Pass 2: chunks last to first (carry: the adjoint after the chunk's last point).
     double lV = 0.0, lI = 0.0, lT = 0.0, g_threshold = 0.0, g_tau_mem = 0.0, g_tau_syn = 0.0;  // per lane
