@@ -302,6 +302,13 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
             ng += 1
             key_t[j] = np.inf
             kind[j] = _NONE
+            if kd == _ARRIVE and ng == 1 and not (hn[j] > 0 and ht[j, 0] == e):
+                # An input entry alone (with input delays, each neuron's own times): a round of its own, whose
+                # recomputation below updates the neuron's path once (taking it off the tree first would be a
+                # second update per arrival). Any other neuron arriving at e is the next round's: arrivals change
+                # only their own neuron, and a crossing found at e comes first either way. A spike's recurrent
+                # arrivals reach many neurons at once: those rounds gather all of them (and rebuild the tree).
+                break
             if kd == _ARRIVE and ng >= bulk_at:
                 rebuild = True
                 break
