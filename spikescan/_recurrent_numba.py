@@ -14,7 +14,8 @@ arrival: the next entry of its input queue or the earliest of its pending recurr
 A tournament tree over the neurons, ordered by (time, crossing before arrival, neuron index), gives the sample's
 earliest. A round takes every crossing at that time (neuron order: reset, record, log, schedule the arrivals of
 non-zero recurrent weights into each target's heap ordered by (time, spike index)), or every arrival at that time
-(decay, input entries in queue order, then the pending recurrent ones in spike order). Only the neurons whose
+(decay, input entries in queue order, then the pending recurrent ones in spike order; an input entry that arrives
+alone, as with input delays, is a round of its own: the same states). Only the neurons whose
 future changed (their state, or an arrival scheduled before their next one) recompute their next event, in the
 same pass that applies a round's arrivals; a round of many neurons (an input entry of a layer without input delays
 reaches all of them: one scan collects them) rebuilds the tree instead of updating it leaf by leaf. The gap test,
