@@ -580,15 +580,14 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
                 da[i] = a2
                 db[i] = b2
                 dc[i] = c2
-                if not lif.quiet_gap_scalar(V[i], I[i], a2, b2, c2, th_arr[i]):
-                    fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_k - e, tm, ts, th_arr[i])
-                    if fires:
-                        s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tm, ts, th_arr[i], solver)
-                        key[i] = min(e + s_sol[i], t_k)
-                        if not listed[i]:
-                            listed[i] = True
-                            arm[n_arm] = i
-                            n_arm += 1
+                t_x, kind_x, s_x = _next_event(V[i], I[i], e, t_k, a2, b2, c2, tm, ts, th_arr[i], solver)
+                if kind_x == _CROSS:
+                    s_sol[i] = s_x
+                    key[i] = t_x
+                    if not listed[i]:
+                        listed[i] = True
+                        arm[n_arm] = i
+                        n_arm += 1
         if code != _OK or k == end:
             break
         # The entry's round at t_k: every neuron decays to it, adds the input entries at t_k in queue order, then
@@ -649,13 +648,17 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
                     arm[n_arm] = i
                     n_arm += 1
         m = 0
-        for q in range(n_arm):
+        for q in range(n_arm):  # the neurons the quiet test could not clear: the event loop's next event
             i = arm[q]
-            tm, ts = tm_arr[i], ts_arr[i]
-            fires, s_hi = lif.fires_in_gap_scalar(V[i], I[i], t_next - t_k, tm, ts, th_arr[i])
-            if fires:
-                s_sol[i] = lif.solve_spike_time_scalar(V[i], I[i], s_hi, tm, ts, th_arr[i], solver)
-                key[i] = min(t_k + s_sol[i], t_next)
+            if shared:
+                a4, b4, c4 = a3, b3, c3
+            else:
+                a4, b4, c4 = da[i], db[i], dc[i]
+            t_x, kind_x, s_x = _next_event(V[i], I[i], t_k, t_next, a4, b4, c4, tm_arr[i], ts_arr[i], th_arr[i],
+                                           solver)
+            if kind_x == _CROSS:
+                s_sol[i] = s_x
+                key[i] = t_x
                 listed[i] = True
                 arm[m] = i
                 m += 1
