@@ -303,7 +303,7 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
 def unwrap_0d(value):
     """The Python number inside a 0-d NumPy or CuPy array of a real or integer dtype (``x.max()`` on CuPy is one;
     NumPy's scalars already are numbers); anything else as it is, for the caller's check to accept or refuse."""
-    if getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") in "iuf" \
+    if getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u", "f") \
             and hasattr(value, "item") and not isinstance(value, numbers.Number):
         return value.item()
     return value

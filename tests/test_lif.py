@@ -615,6 +615,15 @@ def test_zero_d_arrays_count_as_their_numbers():
     with pytest.raises(TypeError, match=r"t_max must be a real number, got array\(True\)"):
         encode.latency(x, t_max=np.array(True))
 
+    class NoDtype:  # 0-d and with .item(), but no number's dtype: not unwrapped
+        ndim = 0
+
+        def item(self):
+            return 4
+
+    with pytest.raises(ValueError, match="max_spikes must be a positive integer"):
+        ss.lif_forward(**dict(kw, max_spikes=NoDtype()))
+
 
 def test_backward_rejects_bad_cotangents():
     kw = _good()
