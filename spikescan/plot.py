@@ -34,7 +34,7 @@ def _host(x, name):
     return arr.astype(np.float64)
 
 
-def _no_nan(name, arr):
+def _check_times(name, arr):
     """Spike times: NaN and negative times (``-inf`` included) are no spike times (padding is ``+inf``, spikes come
     at ``t >= 0``), so they are refused rather than left undrawn or drawn where no spike can be."""
     nan = np.isnan(arr)
@@ -44,8 +44,8 @@ def _no_nan(name, arr):
     negative = arr < 0
     if negative.any():
         idx = tuple(int(i) for i in np.argwhere(negative)[0])
-        raise ValueError(f"{name} contains the negative time {float(arr[idx])!r} at index {idx} (of the drawn sample); spike "
-                         f"times are >= 0 and unused slots are +inf")
+        raise ValueError(f"{name} contains the negative time {float(arr[idx])!r} at index {idx} (of the drawn "
+                         f"sample); spike times are >= 0 and unused slots are +inf")
 
 
 def _axes(ax):
@@ -89,7 +89,7 @@ def raster(times, *, sample=None, ax=None, time_unit=None, **scatter_kwargs):
     elif arr.ndim != 2:
         raise ValueError(f"times must have shape [batch, neurons, max_spikes] or [neurons, max_spikes], got shape "
                          f"{arr.shape}")
-    _no_nan("times", arr)
+    _check_times("times", arr)
     ax = _axes(ax)
     neuron, slot = np.nonzero(np.isfinite(arr))
     kwargs = dict(marker="|", s=60, color="k", linewidths=1)
@@ -167,7 +167,7 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
         if spikes.ndim != 2 or spikes.shape[0] != vv.shape[0]:
             raise ValueError(f"spike_times must have shape [neurons={vv.shape[0]}, max_spikes] (the same sample as "
                              f"voltage), got shape {spikes.shape}")
-        _no_nan("spike_times", spikes)
+        _check_times("spike_times", spikes)
     ax = _axes(ax)
     order = np.argsort(tt, kind="stable")
     for i in idx:
