@@ -762,13 +762,8 @@ def _lanes_layer(seed, n_out, kind):
     return t, W, kw
 
 
-@pytest.mark.parametrize("kind", ["mixed", "excitatory", "inhibitory", "sparse", "zero", "equal times",
-                                  "per-neuron time constants"])
-def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
-    """Neurons sharing one input queue, without recurrent delays (or all zero), walk the queue together
-    (``_lanes_sample``): the event loop's spikes, events, log and errors, bit for bit, and the NumPy engine's within
-    the tolerances; across layer widths, time constants (2:1, equal, tau_mem < tau_syn, one pair per neuron),
-    capped recording, spikes at an entry's own time and runaway excitation."""
+def _spy_lanes(monkeypatch):
+    """A list that collects the ``lanes`` flag of every ``forward_kernel`` call."""
     from spikescan import _recurrent_numba
 
     taken = []
@@ -779,6 +774,19 @@ def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
         return kernel(*args)
 
     monkeypatch.setattr(_recurrent_numba, "forward_kernel", spy)
+    return taken
+
+
+@pytest.mark.parametrize("kind", ["mixed", "excitatory", "inhibitory", "sparse", "zero", "equal times",
+                                  "per-neuron time constants"])
+def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
+    """Neurons sharing one input queue, without recurrent delays (or all zero), walk the queue together
+    (``_lanes_sample``): the event loop's spikes, events, log and errors, bit for bit, and the NumPy engine's within
+    the tolerances; across layer widths, time constants (2:1, equal, tau_mem < tau_syn, one pair per neuron),
+    capped recording, spikes at an entry's own time and runaway excitation."""
+    from spikescan import _recurrent_numba
+
+    taken = _spy_lanes(monkeypatch)
     compared = runaway = 0
     for seed in range(12):
         n_out = [1, 5, 17, 40][seed % 4]
@@ -815,16 +823,7 @@ def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
 def test_recurrent_lanes_only_where_their_assumptions_hold(monkeypatch):
     """The lanes need one queue shared by a sample's neurons and arrivals at the spike's time: input delays or a
     positive recurrent delay take the event loop; time constants per neuron do not."""
-    from spikescan import _recurrent_numba
-
-    taken = []
-    kernel = _recurrent_numba.forward_kernel
-
-    def spy(*args):
-        taken.append(args[19])
-        return kernel(*args)
-
-    monkeypatch.setattr(_recurrent_numba, "forward_kernel", spy)
+    taken = _spy_lanes(monkeypatch)
     t, W, kw = _lanes_layer(0, 6, "mixed")
     cases = {"plain": ({}, True), "zero delays": (dict(recurrent_delays=np.zeros((6, 6))), True),
              "a positive delay": (dict(recurrent_delays=np.eye(6)), False),
