@@ -2,13 +2,15 @@
 side by side in one run.
 
 An SHD-like recurrent layer (``spikes`` Poisson input spikes per sample on 700 channels over 1 s, 128 neurons,
-``tau_mem`` 20 ms, ``tau_syn`` 5 ms, recurrent weights ``N(0, 0.04)``) without recurrent delays, and one with a
-quarter of the neurons and half the batch with recurrent delays uniform on [1, 5] ms (whose 1 ms minimum lets the
-parallel method commit whole windows). The compiled engine runs twice on the first layer: its neurons walking the
-shared queue together (``lanes``, what it runs there) and its general event loop (what it runs with delays). Every
-variant is first checked against ``engine="numpy", method="sequential"`` (identical spike counts, times and
-gradients within the test tolerances) and only then timed: forward, and forward + backward, median of
-``--repeats``.
+``tau_mem`` 20 ms, ``tau_syn`` 5 ms, recurrent weights ``N(0, 0.04)``) without recurrent delays; the same layer with
+input delays uniform on [0, 25] ms (what ``examples/shd.py --recurrent`` trains); and one with a quarter of the
+neurons and half the batch with recurrent delays uniform on [1, 5] ms (whose 1 ms minimum lets the parallel method
+commit whole windows). The compiled engine runs each of its forward kernels that applies: its neurons walking the
+shared queue together (``lanes``: no input or recurrent delays), each neuron walking its own queue in time windows
+between the layer's spikes (``windows``: input delays, no recurrent delays) and its general event loop (``event
+loop``, what it runs with recurrent delays). Every variant is first checked against ``engine="numpy",
+method="sequential"`` (identical spike counts, times and gradients within the test tolerances) and only then timed:
+forward, and forward + backward, median of ``--repeats``.
 
     python benchmarks/bench_recurrent.py                         # -> benchmarks/results/recurrent_cpu.json
     python benchmarks/bench_recurrent.py --quick --output F      # a small case (the test suite runs this)
@@ -34,13 +36,16 @@ import spikescan as ss  # noqa: E402
 from spikescan._lif_numpy import numba_available  # noqa: E402
 from _stamp import stamp, write_json  # noqa: E402
 
-TAU_MEM, TAU_SYN, DURATION = 20.0, 5.0, 1000.0
+TAU_MEM, TAU_SYN, DURATION, MAX_DELAY = 20.0, 5.0, 1000.0, 25.0
+# The layers: (name, input delays, recurrent delays).
+LAYERS = (("shd_recurrent", False, False), ("shd_recurrent_input_delays", True, False),
+          ("shd_recurrent_delays", False, True))
 FULL = dict(batch=4, n_in=700, spikes=3000, n_out=128)
 QUICK = dict(batch=2, n_in=20, spikes=60, n_out=8)
 
 
-def layer(batch, n_in, spikes, n_out, recurrent_delays, seed=0):
-    """Input spike times, input weights, recurrent weights and (optionally) recurrent delays."""
+def layer(batch, n_in, spikes, n_out, recurrent_delays, input_delays=False, seed=0):
+    """Input spike times, input weights, recurrent weights, and (optionally) recurrent and input delays."""
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(spikes, np.full(n_in, 1.0 / n_in), size=batch)
     t = np.full((batch, n_in, max(int(counts.max()), 1)), np.inf)
@@ -52,32 +57,44 @@ def layer(batch, n_in, spikes, n_out, recurrent_delays, seed=0):
     w = rng.normal(mean, mean, (n_in, n_out))
     r = rng.normal(0.0, 0.04, (n_out, n_out))
     dr = rng.uniform(1.0, 5.0, (n_out, n_out)) if recurrent_delays else None
-    return t, w, r, dr
+    d = rng.uniform(0.0, MAX_DELAY, (n_in, n_out)) if input_delays else None
+    return t, w, r, dr, d
 
 
 def variants():
-    """``(engine, method, kernel)``; the compiled engine's two forward kernels side by side: the neurons walking the
-    shared queue together (``"lanes"``: one shared queue, no recurrent delays) and the general event loop
-    (``"event loop"``)."""
+    """``(engine, method, kernel)``; the compiled engine's forward kernels side by side: the neurons walking the
+    shared queue together (``"lanes"``: one shared queue, no recurrent delays), each neuron its own queue in windows
+    (``"windows"``: input delays, no recurrent delays) and the general event loop (``"event loop"``)."""
     out = [("numpy", "sequential", None), ("numpy", "scan", None)]
     if numba_available():
-        out += [("numba", "sequential", "lanes"), ("numba", "sequential", "event loop")]
+        out += [("numba", "sequential", "lanes"), ("numba", "sequential", "windows"),
+                ("numba", "sequential", "event loop")]
     return out
 
 
+def applies(kernel, input_delays, recurrent_delays):
+    """Whether the compiled engine runs ``kernel`` on such a layer when it is switched on."""
+    if kernel == "lanes":
+        return not input_delays and not recurrent_delays
+    if kernel == "windows":
+        return input_delays and not recurrent_delays
+    return True
+
+
 def _run(args, engine, method, max_spikes, kernel=None):
-    t, w, r, dr = args
-    lanes = None
+    t, w, r, dr, d = args
+    saved = None
     if kernel is not None:
         from spikescan import _recurrent_numba
 
-        lanes, _recurrent_numba.LANES = _recurrent_numba.LANES, kernel == "lanes"
+        saved = _recurrent_numba.LANES, _recurrent_numba.WINDOWS
+        _recurrent_numba.LANES, _recurrent_numba.WINDOWS = kernel == "lanes", kernel == "windows"
     try:
-        return ss.lif_forward(t, w, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes, recurrent_weights=r,
-                              recurrent_delays=dr, method=method, engine=engine)
+        return ss.lif_forward(t, w, delays=d, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes,
+                              recurrent_weights=r, recurrent_delays=dr, method=method, engine=engine)
     finally:
-        if lanes is not None:
-            _recurrent_numba.LANES = lanes
+        if saved is not None:
+            _recurrent_numba.LANES, _recurrent_numba.WINDOWS = saved
 
 
 def _check(ref, out, gref, gout, label):
@@ -94,18 +111,17 @@ def _check(ref, out, gref, gout, label):
 
 def bench(shape, repeats, max_spikes=16):
     rows = []
-    for rec_delays in (False, True):
+    for name, in_delays, rec_delays in LAYERS:
         # With recurrent delays every spike schedules n_out arrivals at distinct times, each an event of the
         # reference loop: a quarter of the neurons and half the batch keep it to minutes.
         shape_ = dict(shape, n_out=max(8, shape["n_out"] // 4), batch=max(1, shape["batch"] // 2)) if rec_delays \
             else shape
-        args = layer(**shape_, recurrent_delays=rec_delays)
+        args = layer(**shape_, recurrent_delays=rec_delays, input_delays=in_delays)
         ref = _run(args, "numpy", "sequential", max_spikes)
         g = np.where(np.isfinite(ref.times), 1.0, 0.0)
         gref = ss.lif_backward(ref, g, input_times_grad=False)
-        name = "shd_recurrent_delays" if rec_delays else "shd_recurrent"
         for engine, method, kernel in variants():
-            if kernel == "lanes" and rec_delays:  # positive delays: the event loop runs
+            if kernel is not None and not applies(kernel, in_delays, rec_delays):
                 continue
             label = f"{name}/{engine}/{method}" + (f"/{kernel}" if kernel else "")
             out = _run(args, engine, method, max_spikes, kernel)
@@ -148,7 +164,8 @@ def main(argv=None):
     rows = bench(shape, args.repeats)
     report = dict(benchmark="bench_recurrent", stamp=stamp(), load_average=[load_start, os.getloadavg()[0]],
                   settings=dict(shape=shape, tau_mem=TAU_MEM, tau_syn=TAU_SYN, duration_ms=DURATION,
-                                recurrent_std=0.04, recurrent_delays="uniform [1, 5] ms", repeats=args.repeats,
+                                recurrent_std=0.04, recurrent_delays="uniform [1, 5] ms",
+                                input_delays=f"uniform [0, {MAX_DELAY:g}] ms", repeats=args.repeats,
                                 quick=args.quick),
                   rows=rows, seconds=time.perf_counter() - t0)
     output = args.output or (None if args.quick else os.path.join(HERE, "results", "recurrent_cpu.json"))

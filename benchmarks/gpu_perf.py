@@ -1135,7 +1135,7 @@ def recurrent_inputs(cfg, batch, hidden, rec_delays):
     from bench_recurrent import layer
 
     t = layer(batch, cfg["n_in"], cfg["spikes"], hidden, rec_delays)[0]
-    _, w, r, dr = layer(cfg["batches"][0], cfg["n_in"], cfg["spikes"], hidden, rec_delays)
+    _, w, r, dr, _ = layer(cfg["batches"][0], cfg["n_in"], cfg["spikes"], hidden, rec_delays)
     return t, w * cfg["w_scale"], r, dr
 
 

@@ -741,7 +741,8 @@ def recurrent_table(results, name="recurrent_cpu.json"):
     header = ["Layer", "Spikes / sample", "Engine, method", "Forward / fwd+bwd", "Speed-up"]
     rows = []
     for row in r["rows"]:
-        layer = "no recurrent delays" if row["layer"] == "shd_recurrent" else "recurrent delays 1-5 ms"
+        layer = {"shd_recurrent": "no delays", "shd_recurrent_delays": "recurrent delays 1-5 ms",
+                 "shd_recurrent_input_delays": f"input delays {st.get('input_delays', '')[8:]}"}[row["layer"]]
         size = row.get("shape", shape)
         layer += f", batch {size['batch']}, {size['n_out']} neurons"
         rows.append([layer, f"{row['spikes_per_sample']:.0f}", _variant(row), _pair(row),

@@ -602,10 +602,14 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
     # buffers (three arrays of four slots per (sample, neuron); they grow with the spikes in flight).
     extra = {"recurrent weights and delays (float64)": 8 * n_out * n_out * (1 + (recurrent_delays is not None)),
              "pending recurrent arrivals": 96 * batch * n_out}
-    if permutation:  # the event loop expands one sample's queues at a time, per thread
+    if compiled and delays is not None:
         import numba
 
-        extra["queues of the samples in flight"] = 16 * numba.get_num_threads() * n_out * (n_entries + 1)
+        in_flight = numba.get_num_threads()
+        if permutation:  # the event loop expands one sample's queues at a time, per thread
+            extra["queues of the samples in flight"] = 16 * in_flight * n_out * (n_entries + 1)
+        if recurrent_delays is None or not np.any(recurrent_delays):  # the windows' decay table per sample
+            extra["decay tables of the samples in flight"] = 24 * in_flight * n_out * (n_entries + 1)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
                           "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine,
                           extra, permutation)

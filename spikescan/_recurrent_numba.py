@@ -3,10 +3,13 @@ scalar code, with the scalar closed forms, gap test and solvers of ``neurons.lif
 
 Imported only when a recurrent layer runs with ``engine="numba"`` (or ``"auto"`` with Numba installed). Semantics
 are those of ``_recurrent`` (its module docstring); this engine's forward is the event loop of
-``_recurrent._forward_sequential`` whatever ``method`` says, run by ``_forward_sample``, or by ``_lanes_sample``
-where a sample's neurons share one input queue and spikes arrive without delay: there every input entry reaches
-every neuron, so they walk the queue together (one pass over the neurons per entry, a round of the loop per spike
-time; the loop's bits, ``LANES`` switches it off).
+``_recurrent._forward_sequential`` whatever ``method`` says, run by ``_forward_sample``; where spikes arrive without
+delay (no or all-zero recurrent delays) by one of two kernels with the loop's bits: ``_lanes_sample`` where a
+sample's neurons share one input queue (every input entry reaches every neuron, so they walk the queue together:
+one pass over the neurons per entry, a round of the loop per spike time; ``LANES`` switches it off), else
+``_windows_sample`` (input delays: between two layer spikes the neurons are independent, so each walks its own queue
+alone, up to the end of a time window or its first crossing; the earliest crossing in the window is the next round,
+and its targets that walked past it walk again from a saved state; ``WINDOWS`` switches it off).
 
 Forward (``forward``): ``prange`` over samples; per sample, the event loop with each neuron's state at its own last
 event. Every neuron keeps its next event: its first threshold crossing inside its current gap (up to its next
@@ -92,6 +95,11 @@ _heap_hints: dict = {}
 # One shared input queue per sample and no recurrent delays (or all zero): the neurons
 # walk the queue together (``_lanes_sample``) instead of the general event loop. Off: the event loop (tests compare).
 LANES = True
+# Without recurrent delays (or all zero) but with a queue per neuron (input delays): the neurons walk their own
+# queues in windows of about WINDOW_ENTRIES entries each (``_windows_sample``) instead of the general event loop.
+# Off: the event loop (tests compare). The window changes the work, not the results.
+WINDOWS = True
+WINDOW_ENTRIES = 2.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -674,6 +682,301 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
 
 
 @_jit
+def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r_ptr, r_col, r_val, solver, limit,
+                    entries, dt, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
+    """``_forward_sample`` for a layer without recurrent delays (or all zero) whose neurons each have their own input
+    queue (input delays; rows ``qbase + (i if Q > 1 else 0)``), the event loop's results without its merge of the
+    queues: between two layer spikes the neurons are independent, so each walks its own queue alone, up to the end
+    of a time window ``[.., H]`` or its first crossing, whichever comes first (in the loop's gap tests, on the same
+    gaps). The earliest crossing at or before ``H`` is the next round, as in the loop: reset, record, log (neuron
+    order); each target of the spikes (``R``'s non-zero entries ``r_ptr, r_col, r_val`` by rows) is brought to the
+    spike time (a target that walked past it starts again from its state at the window's start or its last round,
+    ``sV, sI, sT, sp``, and walks the same gaps up to it), adds the input entries at that time, then the spikes'
+    weights in spike order, and walks on from there. Windows hold about ``entries`` queue entries per neuron
+    (``H`` grows by ``span * entries / mean queue length``); they change the work, not the results. Gaps between
+    consecutive entries take their decay from the sample's table ``dt [n_out, >= L1, 3]`` (computed here once, each
+    as the loop computes it, so a walk that starts again costs loads). The same operations on the same values as
+    the event loop, except that, as in ``_lanes_sample``, a target of a recurrent arrival is not tested for a
+    crossing inside the sub-gap before it (the test of its whole gap put its first crossing after the arrival)."""
+    n_out = th_arr.shape[0]
+    max_spikes = times.shape[2]
+    cap = log_t.shape[1]
+    for i in range(n_out):
+        for c in range(max_spikes):
+            times[b, i, c] = np.inf
+            events[b, i, c] = -1
+    rows = np.empty(n_out, np.int64)
+    span = 0.0
+    total = 0
+    for i in range(n_out):  # the decay table: the gap from entry k - 1 (time 0 for k = 0) to entry k
+        row = qbase + (i if Q > 1 else 0)
+        rows[i] = row
+        prev = 0.0
+        end = qe[row]
+        for k in range(end):
+            a, bb, c = lif.decay_scalar(qt[row, k] - prev, tm_arr[i], ts_arr[i])
+            dt[i, k, 0] = a
+            dt[i, k, 1] = bb
+            dt[i, k, 2] = c
+            prev = qt[row, k]
+        dt[i, end, 0] = dt[i, end, 1] = dt[i, end, 2] = 0.0  # the open gap after the last entry
+        total += end
+        span = max(span, prev)
+    width = span * entries / (total / n_out) if total > 0 and span > 0.0 else np.inf
+    # Per neuron: the state at its last event and the next entry; its crossing in the gap from there (+inf if none)
+    # and the solve's offset; whether that gap was tested without a crossing (then its decay); the state the walk
+    # started from in this window (or after its last round).
+    V = np.zeros(n_out)
+    I = np.zeros(n_out)
+    T = np.zeros(n_out)
+    p = np.zeros(n_out, np.int64)
+    key = np.full(n_out, np.inf)
+    s_sol = np.zeros(n_out)
+    ready = np.zeros(n_out, np.bool_)
+    da = np.zeros(n_out)
+    db = np.zeros(n_out)
+    dc = np.zeros(n_out)
+    sV = np.zeros(n_out)
+    sI = np.zeros(n_out)
+    sT = np.zeros(n_out)
+    sp = np.zeros(n_out, np.int64)
+    last = np.full(n_out, -np.inf)
+    cnt = np.zeros(n_out, np.int64)
+    arm = np.empty(n_out, np.int64)  # neurons with a crossing (and stale entries: listed, not armed)
+    listed = np.zeros(n_out, np.bool_)
+    hit = np.zeros(n_out, np.bool_)
+    mark = np.zeros(n_out, np.bool_)
+    todo = np.arange(n_out)  # the neurons to walk: all at a window's start, the changed ones after a round
+    group = np.empty(n_out, np.int64)
+    n_arm = 0
+    nd = n_out
+    H = width
+    w_min = width / 64.0
+    w_max = width * 64.0
+    redone = 0  # entries walked again in this window, or walked after one of its rounds
+    m_gap = -1.0  # the last decay of a target to its round, with its gap and time constants
+    m_tm = m_ts = m_a = m_b = m_c = 0.0
+    again = False  # walking after a round
+    n_log = 0
+    code = _OK
+    while True:
+        if abort[0] != 0:  # another sample stopped the call: its error is raised
+            code = _ABORTED
+            break
+        # Walk: each neuron to do, from its last event, gap by gap: the loop's gap test, then (no crossing, the next
+        # entry at or before H) the decay and every input entry at that time.
+        for q in range(nd):
+            i = todo[q]
+            if key[i] != np.inf:  # at its crossing
+                continue
+            row = rows[i]
+            end = qe[row]
+            tm, ts, th = tm_arr[i], ts_arr[i], th_arr[i]
+            k = p[i]
+            v = V[i]
+            cur = I[i]
+            t0 = T[i]
+            ok = ready[i]
+            a, bb, c = da[i], db[i], dc[i]
+            while True:
+                t_in = qt[row, k]  # +inf at the end of the queue
+                if not ok:
+                    if t0 == (qt[row, k - 1] if k > 0 else 0.0):
+                        a, bb, c = dt[i, k, 0], dt[i, k, 1], dt[i, k, 2]
+                    else:
+                        a, bb, c = lif.decay_scalar(t_in - t0, tm, ts)
+                    t_x, kind_x, s_x = _next_event(v, cur, t0, t_in, a, bb, c, tm, ts, th, solver)
+                    if kind_x == _CROSS:
+                        key[i] = t_x
+                        s_sol[i] = s_x
+                        if not listed[i]:
+                            listed[i] = True
+                            arm[n_arm] = i
+                            n_arm += 1
+                        break
+                    ok = True
+                if t_in > H:
+                    break
+                v2 = a * v + c * cur
+                cur = bb * cur
+                while k < end and qt[row, k] == t_in:
+                    cur = lif.input_jump_scalar(cur, W[src[row, k], i])
+                    k += 1
+                v = v2
+                t0 = t_in
+                ok = False
+            if again:
+                redone += k - p[i]
+            V[i] = v
+            I[i] = cur
+            T[i] = t0
+            p[i] = k
+            ready[i] = ok
+            da[i] = a
+            db[i] = bb
+            dc[i] = c
+        # The earliest crossing; a round if it lies in the window.
+        e = np.inf
+        m = 0
+        for q in range(n_arm):
+            i = arm[q]
+            if key[i] == np.inf:  # disarmed since listed
+                listed[i] = False
+                continue
+            arm[m] = i
+            m += 1
+            if key[i] < e:
+                e = key[i]
+        n_arm = m
+        if e > H:  # the next window, from every neuron's state now; it ends no earlier than the next event
+            t_min = e
+            for i in range(n_out):
+                if key[i] == np.inf:
+                    t_min = min(t_min, qt[rows[i], p[i]])
+            if t_min == np.inf:
+                break
+            H = max(H + width, t_min)
+            # Adapt the width: walks started again cost entries, windows cost a pass over the neurons.
+            if redone > 4 * n_out:
+                width = max(0.8 * width, w_min)
+            else:
+                width = min(1.25 * width, w_max)
+            redone = 0
+            again = False
+            for i in range(n_out):
+                sV[i] = V[i]
+                sI[i] = I[i]
+                sT[i] = T[i]
+                sp[i] = p[i]
+                todo[i] = i
+            nd = n_out
+            continue
+        ng = 0
+        m = 0
+        for q in range(n_arm):
+            i = arm[q]
+            if key[i] == e:
+                h = ng  # insertion in neuron order
+                while h > 0 and group[h - 1] > i:
+                    group[h] = group[h - 1]
+                    h -= 1
+                group[h] = i
+                ng += 1
+                key[i] = np.inf
+                listed[i] = False
+            else:
+                arm[m] = i
+                m += 1
+        n_arm = m
+        for q in range(ng):  # reset all, then record, log and check each in neuron order
+            j = group[q]
+            _, b2, _ = lif.decay_scalar(s_sol[j], tm_arr[j], ts_arr[j])
+            V[j], I[j] = lif.reset_scalar(th_arr[j], I[j] * b2)
+            T[j] = e
+        for q in range(ng):
+            j = group[q]
+            if e <= last[j]:
+                code = _STUCK
+                status[b, 1] = j
+                status_at[b, 0] = e
+                break
+            if cnt[j] >= limit:
+                code = _RUNAWAY
+                status[b, 1] = j
+                status_at[b, 0] = e
+                status_at[b, 1] = I[j]
+                break
+            last[j] = e
+            cj = cnt[j]
+            if cj < max_spikes:
+                times[b, j, cj] = e
+                events[b, j, cj] = p[j]
+            cnt[j] = cj + 1
+            if n_log < cap:
+                log_t[slot, n_log] = e
+                log_k[slot, n_log] = j
+                log_I[slot, n_log] = I[j]
+            n_log += 1
+        if code != _OK:
+            break
+        nd = 0
+        for q in range(ng):
+            j = group[q]
+            mark[j] = True
+            todo[nd] = j
+            nd += 1
+        # Each target at e: from its state there, or walked again from its saved state up to e (the same gaps),
+        # then the input entries at e (those of a neuron that spiked at e are still due); then the spikes' weights.
+        for q in range(ng):
+            j = group[q]
+            for x in range(r_ptr[j], r_ptr[j + 1]):
+                r = r_col[x]
+                if hit[r]:
+                    continue
+                hit[r] = True
+                row = rows[r]
+                tm, ts = tm_arr[r], ts_arr[r]
+                if T[r] > e:
+                    v, cur, t0, k = sV[r], sI[r], sT[r], sp[r]
+                    redone += p[r] - k
+                else:
+                    v, cur, t0, k = V[r], I[r], T[r], p[r]
+                end = qe[row]
+                while qt[row, k] <= e:
+                    t_in = qt[row, k]
+                    if t0 == (qt[row, k - 1] if k > 0 else 0.0):
+                        a, bb, c = dt[r, k, 0], dt[r, k, 1], dt[r, k, 2]
+                    else:
+                        a, bb, c = lif.decay_scalar(t_in - t0, tm, ts)
+                    v2 = a * v + c * cur
+                    cur = bb * cur
+                    while k < end and qt[row, k] == t_in:
+                        cur = lif.input_jump_scalar(cur, W[src[row, k], r])
+                        k += 1
+                    v = v2
+                    t0 = t_in
+                if t0 < e:
+                    if e - t0 != m_gap or tm != m_tm or ts != m_ts:  # most targets of a round share their gap
+                        m_gap, m_tm, m_ts = e - t0, tm, ts
+                        m_a, m_b, m_c = lif.decay_scalar(m_gap, tm, ts)
+                    a, bb, c = m_a, m_b, m_c
+                    v2 = a * v + c * cur
+                    cur = bb * cur
+                    v = v2
+                    t0 = e
+                V[r] = v
+                I[r] = cur
+                T[r] = t0
+                p[r] = k
+                if not mark[r]:
+                    mark[r] = True
+                    todo[nd] = r
+                    nd += 1
+        for q in range(ng):
+            j = group[q]
+            for x in range(r_ptr[j], r_ptr[j + 1]):
+                r = r_col[x]
+                I[r] = lif.input_jump_scalar(I[r], r_val[x])
+        again = True
+        for q in range(nd):  # their futures start at e: walked again from there
+            i = todo[q]
+            mark[i] = False
+            hit[i] = False
+            key[i] = np.inf
+            ready[i] = False
+            sV[i] = V[i]
+            sI[i] = I[i]
+            sT[i] = T[i]
+            sp[i] = p[i]
+    if code != _OK:
+        abort[0] = 1
+    status[b, 0] = code
+    for i in range(n_out):
+        counts[b, i] = cnt[i]
+    n_log_out[slot] = n_log
+
+
+@_jit
 def _expand_sources(pq, b, i, n, QT, SRC, slot):
     """The first ``n`` entries of neuron ``i``'s permuted queue in sample ``b`` (``pq``:
     ``_queue.compiled_permutation``) into row ``slot`` of ``QT`` (arrival times) and ``SRC`` (source inputs, the
@@ -694,8 +997,8 @@ def _expand_sources(pq, b, i, n, QT, SRC, slot):
 
 @_pjit
 def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                   table, use_table, lanes, r_ptr, r_col, r_val, times, events, counts, log_t, log_k, log_I, n_log,
-                   status, status_at, abort, heap_capacity, heap_limit, heap_most):
+                   table, use_table, lanes, windows, entries, r_ptr, r_col, r_val, times, events, counts, log_t,
+                   log_k, log_I, n_log, status, status_at, abort, heap_capacity, heap_limit, heap_most):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
     (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
@@ -703,7 +1006,8 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
     again with four times the room (the loop is deterministic: the same results), up to ``heap_limit`` (what fits
     in memory); a sample that fills heaps of ``heap_limit`` stops with ``_HEAP_MEMORY`` (and aborts the others).
     ``lanes``: ``_lanes_sample`` instead (one shared queue per sample, no recurrent
-    delays: no heaps)."""
+    delays: no heaps); ``windows``: ``_windows_sample`` (no recurrent delays; windows of about ``entries`` queue
+    entries per neuron, a decay table of ``24 n_out L1`` bytes per sample in flight)."""
     n_out = R.shape[0]
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for s_ in prange(samples.shape[0]):
@@ -725,6 +1029,12 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             base = 0
         else:  # the batch's queues: rows b * Q ..
             QT, SRC, QE, base = qt, src, qe, b * Q
+        if windows:
+            _windows_sample(b, slot, QT, SRC, QE, Q, base, W, tm_arr, ts_arr, th_arr, r_ptr,
+                            r_col, r_val, solver, limit, entries, np.empty((n_out, L1, 3)), times, events, counts,
+                            log_t, log_k, log_I, n_log, status, status_at, abort)
+            heap_most[slot] = 0
+            continue
         cap = min(heap_capacity, heap_limit)
         while True:
             ht = np.empty((n_out, cap))
@@ -779,6 +1089,8 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
     status = np.zeros((batch, 2), np.int64)
     status_at = np.full((batch, 2), np.nan)
     has_dr = Dr is not None
+    no_delay = not has_dr or not np.any(Dr)  # spikes arrive at their own time
+    lanes = bool(LANES and n_out > 0 and Q == 1 and not permuted and no_delay)
     if permuted:
         qt2, src = np.zeros((0, L1)), np.zeros((0, L1), np.int64)
     else:  # the row of W each entry adds (no division per neuron)
@@ -789,8 +1101,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table,
-              bool(LANES and n_out > 0 and Q == 1 and not permuted and (not has_dr or not np.any(Dr))),
-              *_by_rows(R))
+              lanes, bool(WINDOWS and n_out > 0 and not lanes and no_delay), float(WINDOW_ENTRIES), *_by_rows(R))
     work = batch * n_out * L1
     # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond
     # what the call may use, split between the threads.

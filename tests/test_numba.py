@@ -762,15 +762,15 @@ def _lanes_layer(seed, n_out, kind):
     return t, W, kw
 
 
-def _spy_lanes(monkeypatch):
-    """A list that collects the ``lanes`` flag of every ``forward_kernel`` call."""
+def _spy_lanes(monkeypatch, flag=19):
+    """A list that collects the ``lanes`` flag (``flag=20``: ``windows``) of every ``forward_kernel`` call."""
     from spikescan import _recurrent_numba
 
     taken = []
     kernel = _recurrent_numba.forward_kernel
 
     def spy(*args):
-        taken.append(args[19])  # ``lanes`` (after the work size)
+        taken.append(args[flag])  # (after the work size)
         return kernel(*args)
 
     monkeypatch.setattr(_recurrent_numba, "forward_kernel", spy)
@@ -821,19 +821,136 @@ def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
 
 
 def test_recurrent_lanes_only_where_their_assumptions_hold(monkeypatch):
-    """The lanes need one queue shared by a sample's neurons and arrivals at the spike's time: input delays or a
-    positive recurrent delay take the event loop; time constants per neuron do not."""
-    taken = _spy_lanes(monkeypatch)
+    """The lanes need one queue shared by a sample's neurons and arrivals at the spike's time: input delays take
+    the windows, a positive recurrent delay the event loop; time constants per neuron change neither."""
+    lanes_taken = _spy_lanes(monkeypatch)
+    windows_taken = _spy_lanes(monkeypatch, flag=20)
     t, W, kw = _lanes_layer(0, 6, "mixed")
-    cases = {"plain": ({}, True), "zero delays": (dict(recurrent_delays=np.zeros((6, 6))), True),
-             "a positive delay": (dict(recurrent_delays=np.eye(6)), False),
-             "input delays": (dict(delays=np.full((8, 6), 0.5)), False),
-             "per-neuron tau_mem": (dict(tau_mem=np.linspace(6.0, 9.0, 6)), True)}
-    for name, (change, lanes) in cases.items():
-        taken.clear()
+    cases = {"plain": ({}, "lanes"), "zero delays": (dict(recurrent_delays=np.zeros((6, 6))), "lanes"),
+             "a positive delay": (dict(recurrent_delays=np.eye(6)), "loop"),
+             "input delays": (dict(delays=np.full((8, 6), 0.5)), "windows"),
+             "input delays and zero recurrent ones": (dict(delays=np.full((8, 6), 0.5),
+                                                           recurrent_delays=np.zeros((6, 6))), "windows"),
+             "input delays and a positive recurrent one": (dict(delays=np.full((8, 6), 0.5),
+                                                                recurrent_delays=np.eye(6)), "loop"),
+             "per-neuron tau_mem": (dict(tau_mem=np.linspace(6.0, 9.0, 6)), "lanes"),
+             "per-neuron tau_mem, input delays": (dict(tau_mem=np.linspace(6.0, 9.0, 6),
+                                                       delays=np.full((8, 6), 0.5)), "windows")}
+    for name, (change, kernel) in cases.items():
+        lanes_taken.clear()
+        windows_taken.clear()
         ss.lif_forward(t, W, engine="numba", **dict(kw, **change))
-        assert set(taken) == {lanes}, name
+        assert set(lanes_taken) == {kernel == "lanes"} and set(windows_taken) == {kernel == "windows"}, name
 
+
+@pytest.mark.parametrize("kind", ["mixed", "excitatory", "inhibitory", "sparse", "zero", "equal times",
+                                  "per-neuron time constants"])
+def test_recurrent_windows_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
+    """Neurons with queues of their own (input delays), without recurrent delays (or all zero), walk them in
+    windows (``_windows_sample``): the event loop's spikes, events, log and errors, bit for bit, for windows of a
+    third of an entry per neuron to all of the queue, on both queue formats and on a shared queue (lanes off);
+    and the NumPy engine's within the tolerances."""
+    from spikescan import _lif_numpy, _recurrent_numba
+
+    taken = _spy_lanes(monkeypatch, flag=20)
+    compared = runaway = 0
+    for seed in range(8):
+        n_out = [1, 5, 17, 40][seed % 4]
+        t, W, kw = _lanes_layer(seed, n_out, kind)
+        W = 1.5 * W if kind == "excitatory" else W
+        d = np.random.default_rng(seed).uniform(0.0, 5.0, W.shape)
+        shared = seed % 4 == 0  # a shared queue (one neuron: with delays too): the windows with the lanes off
+        if not shared:
+            kw["delays"] = np.round(d) if kind == "equal times" else d
+        monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", seed % 3 != 2)
+        monkeypatch.setattr(_recurrent_numba, "LANES", not shared)
+        out = {}
+        for windows, entries in ((False, 2.0), (True, 0.3), (True, 2.0), (True, 1e9)):
+            monkeypatch.setattr(_recurrent_numba, "WINDOWS", windows)
+            monkeypatch.setattr(_recurrent_numba, "WINDOW_ENTRIES", entries)
+            taken.clear()
+            try:
+                out[windows, entries] = ss.lif_forward(t, W, engine="numba", max_total_spikes=2000, **kw)
+            except ss.RunawayFiringError as err:
+                out[windows, entries] = str(err)
+            assert set(taken) == {windows}
+        a = out.pop((False, 2.0))
+        if isinstance(a, str):
+            assert all(b == a for b in out.values())
+            runaway += 1
+            continue
+        for b in out.values():
+            assert not isinstance(b, str), b
+            for name in ("times", "counts"):
+                np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+            np.testing.assert_array_equal(b.residuals.spike_event, a.residuals.spike_event)
+            for name in RecurrentLogFields:
+                np.testing.assert_array_equal(getattr(b.residuals.recurrent_log, name),
+                                              getattr(a.residuals.recurrent_log, name), err_msg=name)
+        ref = ss.lif_forward(t, W, engine="numpy", method="sequential", max_total_spikes=2000, **kw)
+        np.testing.assert_array_equal(a.counts, ref.counts)
+        fin = np.isfinite(ref.times)
+        np.testing.assert_allclose(a.times[fin], ref.times[fin], **TOL["float64"]["times"])
+        compared += int(a.counts.sum() > 0)
+    assert compared >= 5 and (runaway > 0) == (kind == "excitatory")
+
+
+
+
+def test_recurrent_windows_count_their_decay_tables_in_the_memory_check():
+    """The windows keep a decay table per sample in flight (24 bytes per queue entry of each neuron): the memory
+    check counts it where they run (input delays, no recurrent delays), and not where the event loop does."""
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0.0, 50.0, (2, 20, 30)), axis=-1)
+    W = rng.normal(0.3, 0.2, (20, 64))
+    kw = dict(delays=rng.uniform(0.0, 5.0, W.shape), recurrent_weights=rng.normal(0.0, 0.05, (64, 64)),
+              tau_mem=10.0, tau_syn=5.0, max_spikes=4, engine="numba")
+    previous = ss.set_memory_limit(400_000)
+    try:
+        for recurrent_delays, counted in ((None, True), (np.zeros((64, 64)), True), (np.ones((64, 64)), False)):
+            with pytest.raises(MemoryError, match="queues of the samples in flight") as err:
+                ss.lif_forward(t, W, recurrent_delays=recurrent_delays, **kw)
+            assert ("decay tables of the samples in flight" in str(err.value)) == counted
+    finally:
+        ss.set_memory_limit(previous)
+
+def test_recurrent_windows_add_inputs_before_arrivals_at_equal_times(monkeypatch):
+    """An input entry and a recurrent arrival at the same time add in that order (the event loop's and the NumPy
+    engine's). Neuron 0 fires on its own (nothing reaches it back); every one of its spikes meets an input entry of
+    neuron 1 at exactly its time (delay 0; the input reaches neuron 0 only after the run). Adding them the other way
+    round rounds differently in about half of these layers, which shows in neuron 1's spikes."""
+    from spikescan import _recurrent_numba
+
+    coincide = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        K = 12
+        t = np.full((1, 1 + K, 60), np.inf)
+        t[0, 0] = np.sort(rng.uniform(0.0, 100.0, 60))
+        W = np.zeros((1 + K, 2))
+        W[0] = [0.9, 0.85]
+        D = np.zeros((1 + K, 2))
+        kw = dict(tau_mem=8.0, tau_syn=3.0, max_spikes=60,
+                  recurrent_weights=np.array([[0.0, rng.uniform(0.1, 0.5)], [0.0, 0.0]]))
+        first = ss.lif_forward(t, W, delays=D, engine="numba", **kw)
+        n = min(K, int(first.counts[0, 0]))
+        t[0, 1:1 + n, 0] = first.times[0, 0, :n]
+        W[1:, 1] = rng.uniform(0.05, 0.3, K)
+        D[1:, 0] = 1000.0
+        out = {}
+        for windows in (False, True):
+            monkeypatch.setattr(_recurrent_numba, "WINDOWS", windows)
+            out[windows] = ss.lif_forward(t, W, delays=D, engine="numba", **kw)
+        a, b = out[False], out[True]
+        np.testing.assert_array_equal(a.times[0, 0, :n], first.times[0, 0, :n])  # neuron 0 unchanged
+        np.testing.assert_array_equal(b.times, a.times)
+        np.testing.assert_array_equal(b.residuals.recurrent_log.currents, a.residuals.recurrent_log.currents)
+        ref = ss.lif_forward(t, W, delays=D, engine="numpy", method="sequential", **kw)
+        np.testing.assert_array_equal(b.counts, ref.counts)
+        fin = np.isfinite(ref.times)
+        np.testing.assert_allclose(b.times[fin], ref.times[fin], **TOL["float64"]["times"])
+        coincide += n
+    assert coincide >= 80
 
 def test_recurrent_compiled_float32():
     t, W, kw = _recurrent_layer(14, "mixed", "some zero", "tm>ts", True)
