@@ -795,7 +795,7 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                             n_arm += 1
                         break
                     ok = True
-                if t_in > H:
+                if k == end or t_in > H:  # (the open gap after the last entry has nothing to apply)
                     break
                 v2 = a * v + c * cur
                 cur = bb * cur
@@ -828,7 +828,8 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
             if key[i] < e:
                 e = key[i]
         n_arm = m
-        if e > H:  # the next window, from every neuron's state now; it ends no earlier than the next event
+        if e > H or e == np.inf:  # the next window, from every neuron's state now; it ends no earlier than the
+            # next event (none: done)
             t_min = e
             for i in range(n_out):
                 if key[i] == np.inf:

@@ -762,6 +762,16 @@ def _lanes_layer(seed, n_out, kind):
     return t, W, kw
 
 
+def _assert_same_recurrent_forward(b, a):
+    """Bit for bit: spike times, counts, events and the spike log."""
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+    np.testing.assert_array_equal(b.residuals.spike_event, a.residuals.spike_event)
+    for name in RecurrentLogFields:
+        np.testing.assert_array_equal(getattr(b.residuals.recurrent_log, name),
+                                      getattr(a.residuals.recurrent_log, name), err_msg=name)
+
+
 def _spy_lanes(monkeypatch, flag=19):
     """A list that collects the ``lanes`` flag (``flag=20``: ``windows``) of every ``forward_kernel`` call."""
     from spikescan import _recurrent_numba
@@ -806,12 +816,7 @@ def test_recurrent_lanes_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
             runaway += 1
             continue
         a, b = out[False], out[True]
-        for name in ("times", "counts"):
-            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
-        np.testing.assert_array_equal(b.residuals.spike_event, a.residuals.spike_event)
-        for name in RecurrentLogFields:
-            np.testing.assert_array_equal(getattr(b.residuals.recurrent_log, name),
-                                          getattr(a.residuals.recurrent_log, name), err_msg=name)
+        _assert_same_recurrent_forward(b, a)
         ref = ss.lif_forward(t, W, engine="numpy", method="sequential", max_total_spikes=2000, **kw)
         np.testing.assert_array_equal(b.counts, ref.counts)
         fin = np.isfinite(ref.times)
@@ -881,12 +886,7 @@ def test_recurrent_windows_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
             continue
         for b in out.values():
             assert not isinstance(b, str), b
-            for name in ("times", "counts"):
-                np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
-            np.testing.assert_array_equal(b.residuals.spike_event, a.residuals.spike_event)
-            for name in RecurrentLogFields:
-                np.testing.assert_array_equal(getattr(b.residuals.recurrent_log, name),
-                                              getattr(a.residuals.recurrent_log, name), err_msg=name)
+            _assert_same_recurrent_forward(b, a)
         ref = ss.lif_forward(t, W, engine="numpy", method="sequential", max_total_spikes=2000, **kw)
         np.testing.assert_array_equal(a.counts, ref.counts)
         fin = np.isfinite(ref.times)
@@ -896,6 +896,27 @@ def test_recurrent_windows_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
 
 
 
+def test_recurrent_windows_on_samples_without_a_window(monkeypatch):
+    """Samples without input spikes, or with all of them at time 0 (no time span: one window of any length), and a
+    layer without any input: the windows end, with the event loop's results."""
+    from spikescan import _recurrent_numba
+
+    rng = np.random.default_rng(3)
+    t = np.full((3, 4, 3), np.inf)
+    t[1] = 0.0
+    t[2, :, :2] = np.sort(rng.uniform(0.0, 20.0, (4, 2)), axis=-1)
+    W = rng.normal(1.5, 0.5, (4, 6))
+    kw = dict(delays=rng.uniform(0.0, 3.0, W.shape), recurrent_weights=rng.normal(0.0, 0.3, (6, 6)), tau_mem=8.0,
+              tau_syn=4.0, max_spikes=5, engine="numba")
+    counts = []
+    for times in (t, t[:1], np.zeros((2, 4, 0))):
+        out = {}
+        for windows in (False, True):
+            monkeypatch.setattr(_recurrent_numba, "WINDOWS", windows)
+            out[windows] = ss.lif_forward(times, W, **kw)
+        _assert_same_recurrent_forward(out[True], out[False])
+        counts.append(out[True].counts.sum(axis=1))
+    assert counts[0][0] == 0 and counts[0][1] > 0 and counts[0][2] > 0 and counts[1][0] == counts[2].sum() == 0
 
 def test_recurrent_windows_count_their_decay_tables_in_the_memory_check():
     """The windows keep a decay table per sample in flight (24 bytes per queue entry of each neuron): the memory
