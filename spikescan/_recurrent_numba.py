@@ -100,6 +100,9 @@ LANES = True
 # Off: the event loop (tests compare). The window changes the work, not the results.
 WINDOWS = True
 WINDOW_ENTRIES = 2.0
+# The backward with shared time constants and no recurrent delays carries the targets' adjoints from spike to spike
+# (``backward_spikes``'s ``carried``); False forms each from the target's next spike.
+CARRIED = True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1188,12 +1191,18 @@ def _adjoint_back(span, lV1, lI1, tau_mem, tau_syn):
 
 @_pjit
 def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_arr, R, Dr, has_dr, start, stop, off,
-                    sp_t, lamV, lamI, part_R, part_Dr, part_th, graze, want_spike_grads, spike_grads):
+                    sp_t, lamV, lamI, part_R, part_Dr, part_th, graze, want_spike_grads, spike_grads, carried):
     """The spike loop of ``_recurrent.backward`` for samples ``[start, stop)`` (``prange``): each neuron's spikes by
     neuron (``off [batch, n_out + 1]``, ``sp_t``), the adjoint before each (``lamV``, ``lamI``), per-sample partial
     gradients ``part_* [stop - start, ...]`` (zeroed by the caller), ``graze[b] = (count, earliest time, neuron)``
     and, when ``want_spike_grads``, ``spike_grads[b, m]``: spike ``m``'s derivative through everything outside its
-    neuron (``_recurrent.backward``'s ``spike_grads``)."""
+    neuron (``_recurrent.backward``'s ``spike_grads``).
+
+    Every spike needs every target's adjoint at its time. By default each is formed from the target's next spike
+    (one gap map, two exponentials, per pair). ``carried`` (shared time constants, no recurrent delays): the
+    targets' adjoints are carried from one spike time to the next earlier one by one gap map that all of them share,
+    and formed afresh from a target's spike only when the walk passes it; the same values up to rounding (a product
+    of gap maps instead of one). Recurrent delays, if given, are all zero there."""
     n_out = R.shape[0]
     S = grad_times.shape[2]
     for s_ in prange(stop - start):
@@ -1220,6 +1229,11 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
         n_graze = 0
         t_graze = np.inf
         k_graze = -1
+        tm0 = tm_arr[0] if n_out > 0 else 1.0
+        ts0 = ts_arr[0] if n_out > 0 else 1.0
+        curV = np.zeros(n_out if carried else 0)  # carried: each target's adjoint at t_cur
+        curI = np.zeros(n_out if carried else 0)
+        t_cur = log_t[b, n - 1] if n > 0 else 0.0
         # Spikes last to first: everything a spike feeds (arrivals at or after it, later spikes) is done.
         for m in range(n - 1, -1, -1):
             k = log_k[b, m]
@@ -1234,7 +1248,32 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
                 lV_after, lI_after = _adjoint_back(sp_t[b, nxt] - t, lamV[b, nxt], lamI[b, nxt], tmk, ts_arr[k])
             g = grad_times[b, k, ck] if ck < S else 0.0
             total = 0.0
-            for i in range(n_out):
+            if carried:
+                if t < t_cur:
+                    a, bb, cc = lif.decay_scalar(t_cur - t, tm0, ts0)
+                    for i in range(n_out):
+                        base = off[b, i]
+                        c = ptr[i]
+                        if c > 0 and sp_t[b, base + c - 1] > t:
+                            c -= 1
+                            while c > 0 and sp_t[b, base + c - 1] > t:
+                                c -= 1
+                            ptr[i] = c
+                            curV[i], curI[i] = _adjoint_back(sp_t[b, base + c] - t, lamV[b, base + c],
+                                                             lamI[b, base + c], tm0, ts0)
+                        else:
+                            v = curV[i]
+                            curV[i] = a * v
+                            curI[i] = cc * v + bb * curI[i]
+                    t_cur = t
+                for i in range(n_out):
+                    lI = curI[i]
+                    g_arrival = lif.arrival_time_grad_scalar(R[k, i], curV[i], lI, tm0, ts0)
+                    part_R[bl, k, i] += lI
+                    if has_dr:
+                        part_Dr[bl, k, i] += g_arrival
+                    total += g_arrival
+            for i in range(n_out if not carried else 0):
                 base = off[b, i]
                 c = ptr[i]
                 while c > 0 and sp_t[b, base + c - 1] > t:
@@ -1413,6 +1452,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
     G_out = np.zeros(log.times.shape) if spike_grads else np.zeros((1, 1))
     per_sample = 8 * n_out * (n_out * (2 if has_dr else 1) + 1)
     block = max(1, min(batch, _PARTIAL_BYTES // max(per_sample, 1)))
+    carried = CARRIED and not (has_dr and Dr.any()) and bool(np.all(tm == tm[:1])) and bool(np.all(ts == ts[:1]))
     previous = numba.set_parallel_chunksize(1)  # samples differ in work: hand them out one by one
     try:
         for start in range(0, batch, block):
@@ -1422,7 +1462,7 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
             part_th = np.zeros((stop - start, n_out))
             backward_spikes((stop - start) * n_out * max(M // max(batch, 1), 1), log_t, log_k, log_I, log_n, g_all,
                             tm, ts, th, R, Dr, has_dr, start, stop, off, sp_t, lamV, lamI, part_R, part_Dr, part_th,
-                            graze, bool(spike_grads), G_out)
+                            graze, bool(spike_grads), G_out, carried)
             for j in range(stop - start):  # in sample order
                 grad_R += part_R[j]
                 grad_th += part_th[j]

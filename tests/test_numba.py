@@ -1076,6 +1076,78 @@ def test_recurrent_runaway_sample_stops_the_other_samples(monkeypatch):
     np.testing.assert_array_equal(status[1:, 0], _recurrent_numba._ABORTED)
 
 
+CARRIED_CASES = [
+    # (recurrent weights, recurrent delays, time constants, input delays, equal spike times across neurons)
+    ("mixed", "none", "tm>ts", False, False),
+    ("excitatory", "zero", "tm<ts", True, False),
+    ("inhibitory", "none", "tm==ts", True, False),
+    ("mixed", "none", "tm>ts", False, True),
+]
+
+
+@pytest.mark.parametrize("r_kind,d_kind,taus,input_delays,ties", CARRIED_CASES,
+                         ids=["-".join(map(str, c)) for c in CARRIED_CASES])
+def test_recurrent_backward_carries_adjoints_where_time_constants_are_shared(r_kind, d_kind, taus, input_delays,
+                                                                            ties, monkeypatch):
+    """With shared time constants and no (or only zero) recurrent delays the compiled backward carries the targets'
+    adjoints from spike to spike (``backward_spikes``'s ``carried``): every gradient, the time constants' too, as
+    forming each from the target's next spike (``CARRIED = False``) to rounding, and the NumPy engine's within the
+    tolerance table. Ties: pairs of neurons with equal input weights spike at equal times (a target's spike at the
+    source's time is not after it)."""
+    from spikescan import _recurrent_numba
+
+    t, W, kw = _recurrent_layer(23, r_kind, d_kind, taus, input_delays, batch=4, n_out=8)
+    if ties:
+        t = np.round(t)
+        W[:, 1::2] = W[:, 0::2]
+        kw["recurrent_weights"][:, 1::2] = kw["recurrent_weights"][:, 0::2]
+        kw["recurrent_weights"][1::2] = kw["recurrent_weights"][0::2]
+        kw["threshold"][1::2] = kw["threshold"][0::2]
+    res = ss.lif_forward(t, W, engine="numba", **kw)
+    if ties:
+        tt = res.times[..., 0]
+        assert (np.isfinite(tt[:, 0::2]) & (tt[:, 0::2] == tt[:, 1::2])).sum() >= 4
+    G = np.random.default_rng(1).normal(size=res.times.shape)
+    seen = []
+    real = _recurrent_numba.backward_spikes
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    grads = {}
+    for carried in (True, False):
+        monkeypatch.setattr(_recurrent_numba, "CARRIED", carried)
+        monkeypatch.setattr(_recurrent_numba, "backward_spikes", spy)
+        grads[carried] = ss.lif_backward(res, G, engine="numba", time_constant_grads=True)
+    assert seen == [True, False]
+    g_ref = ss.lif_backward(res, G, engine="numpy", time_constant_grads=True)
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "recurrent_delays", "tau_mem",
+                 "tau_syn"):
+        a, b, c = getattr(grads[False], name), getattr(grads[True], name), getattr(g_ref, name)
+        if a is None:
+            assert b is None and c is None, name
+            continue
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max(), err_msg=name)
+        np.testing.assert_allclose(b, c, **TOL["float64"]["grads"], err_msg=name)
+    assert np.abs(g_ref.recurrent_weights).max() > 0.1
+
+
+def test_recurrent_backward_forms_adjoints_afresh_with_recurrent_delays_or_own_time_constants(monkeypatch):
+    """Positive recurrent delays (each arrival after its spike) and per-neuron time constants take the direct
+    backward: no shared gap map carries them."""
+    from spikescan import _recurrent_numba
+
+    seen = []
+    real = _recurrent_numba.backward_spikes
+    monkeypatch.setattr(_recurrent_numba, "backward_spikes", lambda *a: seen.append(a[-1]) or real(*a))
+    for d_kind, taus in (("some zero", "tm>ts"), ("none", "per-neuron")):
+        t, W, kw = _recurrent_layer(5, "mixed", d_kind, taus)
+        res = ss.lif_forward(t, W, engine="numba", **kw)
+        ss.lif_backward(res, np.ones_like(res.times), engine="numba")
+    assert seen == [False, False]
+
+
 def test_recurrent_grazing_warning_from_the_compiled_backward():
     t, W = np.array([[[2.0]]]), np.array([[np.e]])
     r = ss.lif_forward(t, W, tau_mem=10.0, tau_syn=10.0, max_spikes=2, recurrent_weights=np.array([[0.0]]),
