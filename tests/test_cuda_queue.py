@@ -213,7 +213,8 @@ def queues_of_rows(rows, D):
 def test_adversarial_arrivals(device):
     """Cases aimed at the counting sort's bins (bin = a monotone function of the arrival over [min, max] of the row;
     a larger arrival must never get a smaller bin): equal arrivals, arrivals one ulp apart on both sides of bin
-    boundaries, huge and tiny spreads, overflow of t + D to +inf and -inf, a far outlier that puts everything else in one bin,
+    boundaries, huge and tiny spreads, overflow of t + D to +inf and -inf, a far outlier that puts everything else in
+    one bin,
     arrivals descending along the shared queue; rows of 0, 1 and 2 entries and rows longer than the block."""
     rng = np.random.default_rng(8)
     n_in = 7

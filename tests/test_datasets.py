@@ -689,7 +689,8 @@ def test_unpack_events_rejects_bad_tensors(times, err, match):
     # a uint64 channel above int64's range is reported as given, not wrapped to a negative number
     ([(np.array([2**63], np.uint64), np.array([1.0]))], ValueError,
      r"samples\[0\]: channels must lie in \[0, 3\), got 9223372036854775808"),
-    ([(np.array([0, 0]), np.array([np.nan, 2.0]))], ValueError, r"samples\[0\]: times must be finite and >= 0, got nan"),
+    ([(np.array([0, 0]), np.array([np.nan, 2.0]))], ValueError,
+     r"samples\[0\]: times must be finite and >= 0, got nan"),
     ([(np.array([0, 0]), np.array([1.0, -2.0]))], ValueError, r"times must be finite and >= 0, got -2\.0"),
     ([(np.array([0, 0]), np.array([1.0, np.inf]))], ValueError, r"times must be finite and >= 0, got inf"),
     ([(np.array([0.5]), np.array([1.0]))], TypeError, r"samples\[0\]: channels must be integers"),

@@ -311,7 +311,8 @@ def check_emulated(case):
 # LIF properties
 # ---------------------------------------------------------------------------------------------------------------
 
-# [examples, examples with a spike]; "rebased": the compiled examples whose sequential forward sums rebased exponentials.
+# [examples, examples with a spike]; "rebased": the compiled examples whose sequential forward sums rebased
+# exponentials.
 _STATS = {"numpy": [0, 0], "grazing": [0, 0], "emulated": [0, 0], "compiled": [0, 0], "rebased": [0, 0]}
 
 

@@ -41,7 +41,8 @@ def test_submodules_load_on_first_access():
         import sys
         import spikescan as ss
         lazy = ("init", "reference", "datasets", "plot")
-        assert not any(f"spikescan.{m}" in sys.modules for m in lazy), [m for m in lazy if f"spikescan.{m}" in sys.modules]
+        loaded = [m for m in lazy if f"spikescan.{m}" in sys.modules]
+        assert not loaded, loaded
         assert "matplotlib" not in sys.modules and "h5py" not in sys.modules
         assert set(lazy) <= set(dir(ss))
         print(ss.init.mean_weight(5, tau_mem=20.0, tau_syn=10.0) > 0, callable(ss.reference.lif_forward_reference),

@@ -1469,7 +1469,8 @@ def _assert_same_bits(a, b):
 def test_lanes_walk_gives_the_per_neuron_walks_bits(n_out, mean, threshold, monkeypatch):
     """Neurons of a sample walking their shared queue together (COMPILED_LANES 64 and 5, which ``_lanes`` may shrink
     for this small batch: full, partial and single groups) give the per-neuron walk's spike times, counts and events
-    bit for bit: bursts beyond max_spikes, per-neuron thresholds, silent padding entries, empty samples, the analytic and Newton solvers."""
+    bit for bit: bursts beyond max_spikes, per-neuron thresholds, silent padding entries, empty samples, the analytic
+    and Newton solvers."""
     t, W, _ = _layer(21, batch=5, n_in=40, max_in=3, n_out=n_out, mean=mean)
     t[2] = np.inf  # a sample without input spikes
     th = np.linspace(0.6, 1.4, n_out) if threshold == "per neuron" else threshold

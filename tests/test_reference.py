@@ -165,7 +165,8 @@ def simulate_grid(input_times, W, tau_mem, tau_syn, threshold, t_end, dt, delays
     later grid point restarts from (0, I) at that time (zero-delay recurrent arrivals land there, after the reset).
     One sample: spike-time lists."""
     n_in, n_out = W.shape
-    tau_mem, tau_syn, threshold = (np.broadcast_to(np.asarray(x, float), (n_out,)) for x in (tau_mem, tau_syn, threshold))
+    tau_mem, tau_syn, threshold = (np.broadcast_to(np.asarray(x, float), (n_out,))
+                                   for x in (tau_mem, tau_syn, threshold))
     delays = np.zeros((n_in, n_out)) if delays is None else delays
     R = np.zeros((n_out, n_out)) if recurrent_weights is None else recurrent_weights
     Dr = np.zeros((n_out, n_out)) if recurrent_delays is None else recurrent_delays

@@ -52,8 +52,9 @@ DETERMINISTIC = False
 # Opt-in (PERF.md P3b with P1c): the entries' exponentials as products of tabulated factors (see the kernel's
 # header): per input slot e^{t/tau}, per synapse e^{D/tau}, per span e^{-T_m/tau}. Applies with one pair of time
 # constants while every (t + D) / min(tau) stays below REBASED_MAX_EXPONENT (so that e^{(t + D)/tau} is finite);
-# deciding it reads the time constants and the largest input time and delay to the host. Gradients equal the exponential path's to rounding (checked in
-# the host emulation); off until a GPU run of benchmarks/gpu_perf.py has timed it.
+# deciding it reads the time constants and the largest input time and delay to the host. Gradients equal the
+# exponential path's to rounding (checked in the host emulation); off until a GPU run of benchmarks/gpu_perf.py has
+# timed it.
 REBASED = False
 REBASED_MAX_EXPONENT = 600.0
 # Fields of a recorded spike in the deterministic records (kernels/lif_backward_closed.cu SPIKESCAN_CLOSED_FIELDS).
@@ -106,9 +107,9 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
             args = _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad,
                                 [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts, rebased)
             block = _lif.block_size(count * _lif.WARP)
-            launch(MODULE, KERNEL + (TAU_SUFFIX if time_constant_grads else "") + (
-                REBASED_SUFFIX if rebased is not None else ""), grad_times.dtype, _lif._blocks(count * _lif.WARP, block),
-                   block, args)
+            name = KERNEL + (TAU_SUFFIX if time_constant_grads else "")
+            name += REBASED_SUFFIX if rebased is not None else ""
+            launch(MODULE, name, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
     tau = time_constant_grads
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
