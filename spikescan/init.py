@@ -291,13 +291,24 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
 
 
 def _check_target(target):
-    try:
-        low, high = (float(x) for x in target)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"target must be a pair (low, high) of fractions, got {target!r}") from err
+    """``(low, high)``: a tuple, list or 1-d array of two real numbers (not bools, strings or ints beyond float64:
+    ``float`` read ``(0.5, True)`` as ``(0.5, 1.0)``, ``("0.3", "0.9")`` as fractions, a dict by its keys, and an
+    int past float64's range raised a bare ``OverflowError``), with ``0 < low < high <= 1``."""
+    items = list(target) if isinstance(target, (tuple, list)) or (
+        isinstance(target, np.ndarray) and target.ndim == 1) else None
+    numbers = None if items is None or len(items) != 2 else [v._finite_real(x) for x in items]
+    if numbers is None or None in numbers:
+        raise ValueError(f"target must be a pair (low, high) of finite fractions, got {_shown_pair(target)}")
+    low, high = numbers
     if not (0.0 < low < high <= 1.0):
         raise ValueError(f"target must satisfy 0 < low < high <= 1, got {target!r}")
     return low, high
+
+
+def _shown_pair(target):
+    if isinstance(target, (tuple, list)):
+        return "(" + ", ".join(v._shown(x) for x in target) + ")"
+    return v._shown(target)
 
 
 __all__ = ["mean_weight", "mean_psp_peak", "calibrate_scale", "burst_bound", "input_statistics", "firing_fraction"]

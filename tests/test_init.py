@@ -120,6 +120,20 @@ def test_calibration_rejects_bad_targets(target):
         calibrate_scale(np.zeros((1, 1, 1)), np.ones((1, 1)), tau_mem=TAU_MEM, tau_syn=TAU_SYN, target=target)
 
 
+@pytest.mark.parametrize("target, shown", [
+    ((0.5, True), "(0.5, True)"), ((np.bool_(False), 0.5), "(np.False_, 0.5)"), (("0.3", "0.9"), "('0.3', '0.9')"),
+    ({0.3: 1, 0.9: 2}, "{0.3: 1, 0.9: 2}"), ((0.3, 10**400), "(0.3, an integer of 1329 bits)"),
+    ((float("nan"), 0.5), "(nan, 0.5)"), ((0.3, float("inf")), "(0.3, inf)"), (np.array([[0.3], [0.9]]), "array")])
+def test_calibration_target_must_be_two_finite_real_numbers(target, shown):
+    """``float()`` took bools as 0/1, strings of digits as numbers and a dict by its keys, and a huge int raised a
+    bare OverflowError: each is refused, naming target and what it got, before any trial."""
+    with pytest.raises(ValueError, match="target") as info:
+        calibrate_scale(np.zeros((1, 1, 1)), np.ones((1, 1)), tau_mem=TAU_MEM, tau_syn=TAU_SYN, target=target)
+    assert shown in str(info.value)
+    assert calibrate_scale(np.zeros((1, 1, 1)), np.ones((1, 1)), tau_mem=TAU_MEM, tau_syn=TAU_SYN,
+                           target=np.array([0.25, np.float32(0.75)])) == (1.0, 0.0)
+
+
 def test_input_statistics():
     x = np.array([[[1.0, 4.0], [np.inf, np.inf]], [[2.0, np.inf], [3.0, np.inf]], [[np.inf] * 2] * 2])
     spikes, window = input_statistics(x)
