@@ -389,7 +389,7 @@ def to_host(x):
 def positive_int(name, value):
     number = unwrap_0d(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer, got {_shown(value)}")
     return int(number)
 
 

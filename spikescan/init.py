@@ -110,7 +110,14 @@ def mean_weight(n_in, *, tau_mem, tau_syn, threshold=1.0, input_spikes=None, win
     tau_syn = _time_constant("tau_syn", tau_syn)
     threshold = v.positive_scalar("threshold", threshold)
     drive = v.positive_scalar("drive", drive)
-    spikes = float(n_in) if input_spikes is None else v.positive_scalar("input_spikes", input_spikes)
+    if input_spikes is None:  # one spike per input: n_in as a float, which a Python int may be too large for
+        try:
+            spikes = float(n_in)
+        except OverflowError:
+            raise ValueError(f"n_in must be within float64's range (at most about 1.8e308 inputs), got "
+                             f"{v._shown(n_in)}") from None
+    else:
+        spikes = v.positive_scalar("input_spikes", input_spikes)
     window = v.nonnegative_scalar("window", window)
     with np.errstate(over="ignore", divide="ignore", under="ignore"):  # refused below
         mu = np.float64(drive) * threshold / (np.float64(spikes) * mean_psp_peak(tau_mem, tau_syn, window))

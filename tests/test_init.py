@@ -56,6 +56,18 @@ def test_mean_weight_rejects_bad_arguments(kwargs, match):
         mean_weight(10, **args)
 
 
+def test_mean_weight_of_a_huge_number_of_inputs():
+    """An int ``n_in`` beyond float64's range raised a bare OverflowError (``float(n_in)``), and a negative one too
+    long to print a ValueError about Python's int-to-str limit: both name n_in and its size. Large ints that
+    float64 holds keep their answer."""
+    assert mean_weight(10**30, tau_mem=TAU_MEM, tau_syn=TAU_SYN) == pytest.approx(
+        mean_weight(10, tau_mem=TAU_MEM, tau_syn=TAU_SYN) * 1e-29)
+    with pytest.raises(ValueError, match=r"n_in must be within float64's range .* got an integer of 1329 bits"):
+        mean_weight(10**400, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+    with pytest.raises(ValueError, match="n_in must be a positive integer, got an integer of 16610 bits"):
+        mean_weight(-10**5000, tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+
+
 def latency_batch(rng, batch=48, n_in=30, t_max=20.0):
     """About half the channels carry one spike, spread over [0, t_max] (a latency code of sparse data)."""
     t = rng.uniform(0.0, t_max, (batch, n_in, 1))
