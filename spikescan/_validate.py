@@ -393,6 +393,19 @@ def positive_int(name, value):
     return int(number)
 
 
+# The most spikes a row of the float64 spike records can hold: beyond, NumPy cannot even form the array's shape.
+MAX_RECORDED = np.iinfo(np.intp).max // 8
+
+
+def max_spikes(value, name="max_spikes"):
+    """A positive int of at most ``MAX_RECORDED`` (``lif_forward``'s bound on its spike records)."""
+    value = positive_int(name, value)
+    if value > MAX_RECORDED:  # the records' shape must exist, even for an empty batch or zero neurons
+        raise ValueError(f"{name} must be at most {MAX_RECORDED} (a row of float64 spike times larger than the "
+                         f"address space), got {value if value.bit_length() <= 256 else _shown(value)}")
+    return value
+
+
 def choice(name, value, options):
     if not isinstance(value, type(options[0])) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {value!r}")

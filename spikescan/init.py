@@ -161,9 +161,9 @@ def burst_bound(input_times, max_spikes):
     accuracy, against 98% (``examples/mnist.py`` on the 5000-image subset).
 
     ``input_times`` is checked as ``lif_forward`` checks it (a float32/float64 array; NaN, negative or unsorted
-    times are refused).
+    times are refused), and ``max_spikes`` too (a positive int of at most ``MAX_RECORDED``).
     """
-    max_spikes = v.positive_int("max_spikes", max_spikes)
+    max_spikes = v.max_spikes(max_spikes)  # lif_forward's bound (max_spikes / 2 overflowed past float64's range)
     v.check_spike_times("input_times", input_times)
     t = v.to_host(input_times)
     real = np.isfinite(t)

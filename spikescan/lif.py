@@ -13,8 +13,7 @@ METHODS = ("auto", "sequential", "scan")
 BACKWARD_METHODS = METHODS + ("closed",)
 SOLVERS = ("newton", "bisection", "analytic")
 ENGINES = ("auto", "numba", "numpy")
-# The most spikes a row of the float64 spike records can hold: beyond, NumPy cannot even form the array's shape.
-_MAX_RECORDED = np.iinfo(np.intp).max // 8
+_MAX_RECORDED = v.MAX_RECORDED  # the most spikes a row of the float64 spike records can hold
 
 
 def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_spikes, delays=None, method="auto",
@@ -96,10 +95,7 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
     given = threshold
     threshold = v.time_constant("threshold", threshold, weights.shape[1], xp, bounded=False)  # positive finite, [n_out]
     threshold_is_scalar = np.ndim(given) == 0
-    max_spikes = v.positive_int("max_spikes", max_spikes)
-    if max_spikes > _MAX_RECORDED:  # the records' shape must exist, even for an empty batch or zero neurons
-        raise ValueError(f"max_spikes must be at most {_MAX_RECORDED} (a row of float64 spike times larger than the "
-                         f"address space), got {max_spikes}")
+    max_spikes = v.max_spikes(max_spikes)  # at most MAX_RECORDED: the records' shape must exist
     chunk_size = v.positive_int("chunk_size", chunk_size)
     # Counts are int64: any larger limit means the same as 2**63 - 1.
     max_total_spikes = min(v.positive_int("max_total_spikes", max_total_spikes), np.iinfo(np.int64).max)

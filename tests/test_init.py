@@ -209,6 +209,17 @@ def test_burst_bound_follows_the_input_and_the_recording():
     assert burst_bound(np.full((2, 3, 1), np.inf), 16) == BURST_FLOOR
 
 
+def test_burst_bound_refuses_max_spikes_beyond_lif_forwards_bound():
+    """``max_spikes / 2`` raised a bare OverflowError for an int past float64's range: refused with
+    ``lif_forward``'s bound, naming max_spikes and its size."""
+    x, _ = _volley()
+    MAX_RECORDED = spikescan.lif._MAX_RECORDED
+    assert burst_bound(x, MAX_RECORDED) == BURST_FLOOR
+    for bad, shown in ((MAX_RECORDED + 1, str(MAX_RECORDED + 1)), (10**400, "an integer of 1329 bits")):
+        with pytest.raises(ValueError, match=f"max_spikes must be at most {MAX_RECORDED} .*got {shown}"):
+            burst_bound(x, bad)
+
+
 def test_calibration_of_a_volley_does_not_grow_with_max_spikes():
     """On a synchronous volley the fraction target alone lets neurons burst (mean 7.7, up to 46 spikes); the bound
     from the input keeps them to a few whatever max_spikes (it was max_spikes / 2, so 16 allowed 8 per neuron)."""
