@@ -272,7 +272,8 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
                 listed = np.asarray(value)
             except (TypeError, ValueError):
                 listed = None
-            if listed is None or listed.dtype.kind not in "iuf":  # ragged, strings, booleans, objects
+            # ragged, strings, booleans, objects; a bool among numbers too (np.asarray made [True, 20.0] floats)
+            if listed is None or listed.dtype.kind not in "iuf" or _holds_bool(value):
                 raise TypeError(f"{name} must be a positive number or an array of shape [{n_out}] (a list of numbers "
                                 f"is taken as one), got {value!r}")
             value = xp.asarray(listed.astype(np.float64))
@@ -298,6 +299,16 @@ def time_constant(name, value, n_out, xp, *, bounded=True):
                          f"float64's range): got {_first_bad(xp, arr, out_of_range)}; express the times in another "
                          "unit")
     return arr
+
+
+def _holds_bool(value):
+    """Whether a (nested) list or tuple holds a bool: a Python or NumPy bool, or an array of them."""
+    for item in value:
+        if isinstance(item, (bool, np.bool_)) or getattr(getattr(item, "dtype", None), "kind", None) == "b":
+            return True
+        if isinstance(item, (list, tuple)) and _holds_bool(item):
+            return True
+    return False
 
 
 def unwrap_0d(value):

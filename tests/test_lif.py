@@ -718,6 +718,18 @@ def test_scan_backward_by_segments_equals_loop_on_random_layers():
                                            err_msg=f"trial {trial}: {name}")
 
 
+@pytest.mark.parametrize("name, bad", [("tau_mem", [True, 20.0, 20.0]), ("tau_syn", (5, np.bool_(True), 5)),
+                                       ("threshold", [1.0, 1.0, np.array(False)])])
+def test_per_neuron_lists_refuse_bools_among_numbers(name, bad):
+    """A list of bools alone was refused, but np.asarray turned a bool among numbers into 1.0 (tau_mem=[True,
+    20.0, 20.0] ran with tau_mem 1): refused as a scalar bool is, naming the argument."""
+    rng = np.random.default_rng(3)
+    x = np.sort(rng.uniform(0.0, 30.0, (2, 4, 2)), axis=-1)
+    args = dict(tau_mem=10.0, tau_syn=5.0, threshold=1.0) | {name: bad}
+    with pytest.raises(TypeError, match=f"{name} must be a positive number or an array of shape \\[3\\] .*got "):
+        ss.lif_forward(x, rng.uniform(1.5, 3.0, (4, 3)), max_spikes=3, **args)
+
+
 def test_per_neuron_parameters_may_be_lists():
     """A list of one value per neuron means the array of them (threshold, tau_mem, tau_syn); a list that is not a
     vector of numbers names the argument."""
