@@ -168,10 +168,41 @@ def _optional_positive(name, value):
     return None if value is None else _validate.positive_scalar(name, value)
 
 
+@keras.saving.register_keras_serializable(package="spikescan")
+class _ArrayInitializer(keras.initializers.Initializer):
+    """The values of an initializer argument given as an array (NumPy, or a tensor of the backend): real, finite, 2-d
+    at construction, and of the variable's shape when the layer is built. Keras' own array initializer compared the
+    array with ``"auto"`` here (an ambiguous truth value) and a wrong shape failed in build without the argument."""
+
+    def __init__(self, value, argument="kernel_initializer"):
+        self.argument = argument
+        array = np.asarray(ops.convert_to_numpy(value) if ops.is_tensor(value) else value)
+        if array.dtype.kind not in "iuf":  # bool, complex, strings, objects
+            raise TypeError(f"{argument} given as an array must hold real numbers, got dtype {array.dtype}")
+        if array.ndim != 2:
+            raise ValueError(f"{argument} given as an array must have 2 dimensions (the weights' shape), got shape "
+                             f"{array.shape}")
+        self.value = array.astype(np.float64)  # a copy: later changes to the caller's array do not reach the layer
+        bad = ~np.isfinite(self.value)
+        if bad.any():
+            raise ValueError(f"{argument} given as an array must be finite, got {_validate._first_bad(np, array, bad)}")
+
+    def __call__(self, shape, dtype=None):
+        if tuple(int(n) for n in shape) != self.value.shape:
+            raise ValueError(f"{self.argument} given as an array must have the shape of the variable it initializes, "
+                             f"{tuple(int(n) for n in shape)}, got shape {self.value.shape}")
+        return ops.cast(self.value, dtype or "float32")
+
+    def get_config(self):
+        return {"value": self.value.tolist(), "argument": self.argument}
+
+
 def _initializer(name, value):
     if value is None:  # keras.initializers.get(None) is None: an LIFLayer crashed in build, an LIReadout took Glorot
         raise ValueError(f"{name} must be 'auto' or a Keras initializer, got None")
-    if value == "auto":
+    if isinstance(value, (np.ndarray, np.generic)) or ops.is_tensor(value):
+        return _ArrayInitializer(value, name)
+    if isinstance(value, str) and value == "auto":
         return "auto"
     try:
         return keras.initializers.get(value)
@@ -180,7 +211,7 @@ def _initializer(name, value):
 
 
 def _serialize_initializer(value):
-    return value if value == "auto" else keras.initializers.serialize(value)
+    return value if isinstance(value, str) and value == "auto" else keras.initializers.serialize(value)
 
 
 class _Scaled:
@@ -227,7 +258,7 @@ def _build_kernel(layer, input_shape, unit=1.0):
     regularizer) and return ``n_in``."""
     n_in = _n_in(layer, input_shape)
     init = layer.kernel_initializer
-    init = layer._auto_kernel_initializer(n_in) if init == "auto" else init
+    init = layer._auto_kernel_initializer(n_in) if isinstance(init, str) and init == "auto" else init
     layer.kernel = layer.add_weight(
         name="kernel", shape=(n_in, layer.units), initializer=init if unit == 1.0 else _Scaled(init, 1.0 / unit),
         regularizer=layer.kernel_regularizer, constraint=layer.kernel_constraint)

@@ -933,6 +933,36 @@ def test_initial_delays_outside_the_constraint_are_refused(kwargs, match):
     np.testing.assert_array_equal(ok.delay_values(), np.full((3, 4), 2.0))
 
 
+def test_initializers_given_as_arrays():
+    """An array of the variable's shape gives its values (also through get_config); any other array is refused
+    naming the argument: the layer compared it with "auto" (an ambiguous truth value), and a wrong shape failed in
+    build without naming it."""
+    kernel = np.arange(12.0).reshape(3, 4) / 10.0
+    lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None, kernel_initializer=kernel,
+                      delays=True, max_delay=5.0, delay_initializer=np.full((3, 4), 2.0), recurrent=True,
+                      recurrent_initializer=ops.convert_to_tensor(np.full((4, 4), 0.01)))
+    lif.build((None, 3, 2))
+    np.testing.assert_allclose(ops.convert_to_numpy(lif.kernel) * lif.voltage_unit, kernel, rtol=1e-6)
+    np.testing.assert_array_equal(lif.delay_values(), np.full((3, 4), 2.0))
+    np.testing.assert_allclose(lif.recurrent_weights(), np.full((4, 4), 0.01), rtol=1e-6)
+    again = sk.LIFLayer.from_config(lif.get_config())
+    again.build((None, 3, 2))
+    np.testing.assert_array_equal(ops.convert_to_numpy(again.kernel), ops.convert_to_numpy(lif.kernel))
+    readout = sk.LIReadout(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, kernel_initializer=kernel)
+    readout.build((None, 3, 2))
+    np.testing.assert_allclose(ops.convert_to_numpy(readout.kernel), kernel, rtol=1e-6)
+    wrong = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, kernel_initializer=np.ones((5, 7)))
+    with pytest.raises(ValueError, match=r"kernel_initializer given as an array must have the shape .*\(3, 4\), got "
+                                         r"shape \(5, 7\)"):
+        wrong.build((None, 3, 2))
+    for bad, error, match in ((np.ones(4), ValueError, r"have 2 dimensions .* got shape \(4,\)"),
+                              (np.float64(0.5), ValueError, r"have 2 dimensions .* got shape \(\)"),
+                              (np.ones((3, 4), bool), TypeError, "hold real numbers, got dtype bool"),
+                              (np.full((3, 4), np.nan), ValueError, r"be finite, got nan at index \(0, 0\)")):
+        with pytest.raises(error, match="kernel_initializer given as an array must " + match):
+            sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, kernel_initializer=bad)
+
+
 def test_options_checked_against_each_other_only_where_they_apply():
     # The floors bound trained values only; a fixed layer keeps any floor it was saved with, and the analytic solver
     # takes time constants in the ratio 2.
