@@ -674,7 +674,7 @@ class LIFLayer(_SpikeTimesLayer):
             raise ValueError(f"threshold must be within [{_THRESHOLD_RANGE[0]:g}, {_THRESHOLD_RANGE[1]:g}] for a Keras "
                              f"layer (its weights, scaled by its voltage unit, live in float32 variables), got "
                              f"{self.threshold!r}; express the voltages in another unit")
-        self.max_spikes = _validate.positive_int("max_spikes", max_spikes)
+        self.max_spikes = _validate.max_spikes(max_spikes)  # lif_forward's bound, here rather than at the first call
         self.max_total_spikes = _validate.positive_int("max_total_spikes", max_total_spikes)
         if not isinstance(delays, bool):
             raise TypeError(f"delays must be True or False, got {delays!r}")

@@ -887,6 +887,9 @@ def test_added_losses_keep_float64():
     (dict(threshold=float("nan")), "threshold"),
     (dict(max_spikes=0), "max_spikes"),
     (dict(max_spikes=2.5), "max_spikes"),
+    # lif_forward's bound, when the layer is made (it failed only at the first call)
+    (dict(max_spikes=2**62), r"max_spikes must be at most \d+ .*got 4611686018427387904"),
+    (dict(max_spikes=10**30), r"max_spikes must be at most \d+ .*got 1000000000000000000000000000000"),
     (dict(solver="secant"), "solver"),
     (dict(method="fast"), "method"),
     (dict(chunk_size=0), "chunk_size"),
