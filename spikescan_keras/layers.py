@@ -17,7 +17,7 @@ from keras import ops
 
 import spikescan
 import spikescan.init
-from spikescan import _validate
+from spikescan import _memory, _validate
 
 from . import _bridge
 from ._host import CalibrateOp, CalibrateSpec, LIFOp, LIFSpec, LIOp, LISpec, PeakOp, PeakSpec, layer_key, warn
@@ -164,6 +164,15 @@ def _layer_scalar(name, value, per_neuron):
     return _validate.positive_scalar(name, value)
 
 
+def _units(value):
+    """A positive int whose per-sample outputs (at least ``units`` float64 values) fit the address space."""
+    units = _validate.positive_int("units", value)
+    if units > _validate.MAX_RECORDED:
+        raise ValueError(f"units must be at most {_validate.MAX_RECORDED} (a sample's outputs larger than the address "
+                         f"space), got {units if units.bit_length() <= 256 else _validate._shown(units)}")
+    return units
+
+
 def _optional_positive(name, value):
     return None if value is None else _validate.positive_scalar(name, value)
 
@@ -257,6 +266,12 @@ def _build_kernel(layer, input_shape, unit=1.0):
     """Add ``layer.kernel [n_in, units]`` (its initializer, or the layer's ``"auto"`` rule, over ``unit``; its
     regularizer) and return ``n_in``."""
     n_in = _n_in(layer, input_shape)
+    # A kernel (and recurrent kernel) beyond the memory: a MemoryError naming the sizes, not the backend's allocator
+    # failing inside add_weight (units=10**12 was a RuntimeError of torch's CPU allocator).
+    recurrent = getattr(layer, "recurrent", False)
+    parts = {"kernel": 4 * n_in * layer.units, "recurrent kernel": 4 * layer.units ** 2 if recurrent else 0}
+    _memory.check(f"{type(layer).__name__} {layer.name!r} (n_in={n_in}, units={layer.units})", parts, np,
+                  "lower units")
     init = layer.kernel_initializer
     init = layer._auto_kernel_initializer(n_in) if isinstance(init, str) and init == "auto" else init
     layer.kernel = layer.add_weight(
@@ -666,7 +681,7 @@ class LIFLayer(_SpikeTimesLayer):
                 raise ValueError(f"recurrent_scale={recurrent_scale!r} needs recurrent=True")
         self.recurrent_scale = recurrent_scale
         self.recurrent_kernel_scale = None  # the resolved factor, set by build
-        self.units = _validate.positive_int("units", units)
+        self.units = _units(units)
         self.tau_mem = _layer_scalar("tau_mem", tau_mem, _PER_NEURON_TAUS)
         self.tau_syn = _layer_scalar("tau_syn", tau_syn, _PER_NEURON_TAUS)
         self.threshold = _layer_scalar("threshold", threshold, "trainable_threshold=True and set_thresholds()")
@@ -675,6 +690,10 @@ class LIFLayer(_SpikeTimesLayer):
                              f"layer (its weights, scaled by its voltage unit, live in float32 variables), got "
                              f"{self.threshold!r}; express the voltages in another unit")
         self.max_spikes = _validate.max_spikes(max_spikes)  # lif_forward's bound, here rather than at the first call
+        if self.units * self.max_spikes > _validate.MAX_RECORDED:  # a sample's output spike times
+            raise ValueError(f"units * max_spikes must be at most {_validate.MAX_RECORDED} (a sample's output spike "
+                             f"times larger than the address space), got units={self.units}, "
+                             f"max_spikes={self.max_spikes}")
         self.max_total_spikes = _validate.positive_int("max_total_spikes", max_total_spikes)
         if not isinstance(delays, bool):
             raise TypeError(f"delays must be True or False, got {delays!r}")
@@ -1318,7 +1337,7 @@ class LIReadout(_SpikeTimesLayer):
         super().__init__(**_exact_dtype("LIReadout", kwargs))
         _check_float64_backend("LIReadout", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
-        self.units = _validate.positive_int("units", units)
+        self.units = _units(units)
         self.tau_mem = _layer_scalar("tau_mem", tau_mem, _PER_NEURON_TAUS)
         self.tau_syn = _layer_scalar("tau_syn", tau_syn, _PER_NEURON_TAUS)
         self.readout = _validate.choice("readout", readout, _READOUTS)

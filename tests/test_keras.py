@@ -966,6 +966,19 @@ def test_initializers_given_as_arrays():
             sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, kernel_initializer=bad)
 
 
+def test_huge_units_are_refused_with_their_sizes():
+    """units=10**12 failed inside add_weight (the backend's allocator, e.g. a RuntimeError on torch): beyond the
+    address space at construction, beyond the memory at build, each naming units."""
+    with pytest.raises(ValueError, match=r"units must be at most \d+ .*got 1000000000000000000000000000000"):
+        sk.LIReadout(10**30, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)
+    with pytest.raises(ValueError, match=r"units \* max_spikes must be at most \d+ .*units=1152921504606846975"):
+        sk.LIFLayer(2**60 - 1, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
+    for layer in (sk.LIFLayer(10**12, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2),
+                  sk.LIReadout(10**12, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)):
+        with pytest.raises(MemoryError, match=r"\(n_in=3, units=1000000000000\) needs about .*kernel .*lower units"):
+            layer.build((None, 3, 2))
+
+
 def test_options_checked_against_each_other_only_where_they_apply():
     # The floors bound trained values only; a fixed layer keeps any floor it was saved with, and the analytic solver
     # takes time constants in the ratio 2.
