@@ -173,6 +173,24 @@ def _units(value):
     return units
 
 
+def _keras_get(name, value, get, what):
+    """``get(value)`` (``keras.regularizers.get``, ``keras.constraints.get``), its ValueError naming the argument:
+    Keras' own, "Could not interpret regularizer identifier: bogus", named none."""
+    try:
+        return get(value)
+    except ValueError as err:
+        raise ValueError(f"{name} must be None or a Keras {what} (an instance, a name or a config), got "
+                         f"{value!r}") from err
+
+
+def _regularizer(name, value):
+    return _keras_get(name, value, keras.regularizers.get, "regularizer")
+
+
+def _constraint(name, value):
+    return _keras_get(name, value, keras.constraints.get, "constraint")
+
+
 def _optional_positive(name, value):
     return None if value is None else _validate.positive_scalar(name, value)
 
@@ -674,7 +692,7 @@ class LIFLayer(_SpikeTimesLayer):
         self.use_recurrent_delays = recurrent_delays
         self.recurrent_initializer = _initializer("recurrent_initializer", recurrent_initializer)
         self.recurrent_delay_initializer = _initializer("recurrent_delay_initializer", recurrent_delay_initializer)
-        self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
+        self.recurrent_regularizer = _regularizer("recurrent_regularizer", recurrent_regularizer)
         if not (isinstance(recurrent_scale, str) and recurrent_scale == "auto"):
             recurrent_scale = _validate.positive_scalar("recurrent_scale", recurrent_scale)
             if not recurrent:
@@ -704,9 +722,9 @@ class LIFLayer(_SpikeTimesLayer):
         self.max_delay = _optional_positive("max_delay", max_delay)
         self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
         self.delay_initializer = _initializer("delay_initializer", delay_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.spike_count_regularizer = keras.regularizers.get(spike_count_regularizer)
+        self.kernel_regularizer = _regularizer("kernel_regularizer", kernel_regularizer)
+        self.kernel_constraint = _constraint("kernel_constraint", kernel_constraint)
+        self.spike_count_regularizer = _regularizer("spike_count_regularizer", spike_count_regularizer)
         if self.spike_count_regularizer is not None and not isinstance(self.spike_count_regularizer,
                                                                        SpikeCountRegularizer):
             raise TypeError("spike_count_regularizer must be a SpikeCountRegularizer or None, got "
@@ -1347,8 +1365,8 @@ class LIReadout(_SpikeTimesLayer):
             raise ValueError(f"tau_readout only applies to readout='integral', got tau_readout={tau_readout!r} with "
                              f"readout={readout!r}")
         self.kernel_initializer = _initializer("kernel_initializer", kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.kernel_regularizer = _regularizer("kernel_regularizer", kernel_regularizer)
+        self.kernel_constraint = _constraint("kernel_constraint", kernel_constraint)
         _time_constant_options(self, trainable_time_constants, min_time_constant)
         _set_parameter_units(self, _PARAMETER_RULE)
         self.input_spec = keras.layers.InputSpec(ndim=3)

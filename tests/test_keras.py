@@ -979,6 +979,18 @@ def test_huge_units_are_refused_with_their_sizes():
             layer.build((None, 3, 2))
 
 
+@pytest.mark.parametrize("name", ["kernel_regularizer", "kernel_constraint", "spike_count_regularizer",
+                                  "recurrent_regularizer"])
+def test_unknown_regularizer_or_constraint_names_the_argument(name):
+    """Keras' "Could not interpret regularizer identifier: bogus" named no argument."""
+    extra = dict(recurrent=True) if name.startswith("recurrent") else {}
+    with pytest.raises(ValueError, match=f"{name} must be None or a Keras .* got 'bogus'"):
+        sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, **extra, **{name: "bogus"})
+    if name.startswith("kernel"):
+        with pytest.raises(ValueError, match=f"{name} must be None or a Keras .* got 'bogus'"):
+            sk.LIReadout(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX, **{name: "bogus"})
+
+
 def test_options_checked_against_each_other_only_where_they_apply():
     # The floors bound trained values only; a fixed layer keeps any floor it was saved with, and the analytic solver
     # takes time constants in the ratio 2.
