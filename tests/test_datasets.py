@@ -259,7 +259,12 @@ def test_yinyang_validation():
     with pytest.warns(UserWarning, match=r"rounding the spike times to float32 moved them by up to .* of "
                                          r"delta=1e-05, the range of the offsets that carry the class"):
         yinyang(50, seed=0, variant="timing", delta=1e-5)  # offsets of 1e-5 ms at 20 ms: a few float32 steps
-    yinyang(50, seed=0, variant="timing", delta=1e-5, dtype=np.float64)  # float64 keeps them
+    with warnings.catch_warnings():  # float64 keeps them: any warning (the rounding one included) is an error
+        warnings.simplefilter("error")
+        wide = yinyang(50, seed=0, variant="timing", delta=1e-5, dtype=np.float64)
+    assert wide.times.dtype == np.float64
+    np.testing.assert_allclose(wide.times[:, :4, 0] - wide.times[:, 4:, 0], 1e-5 * wide.meta["values"], rtol=0,
+                               atol=1e-13)  # the offsets to float64 precision at 20 ms (4e-15 a step)
     with pytest.raises(MemoryError, match=r"yinyang_points\(n_samples=1000000000000000\).*reduce n_samples"):
         yinyang_points(10**15, seed=0)
 
