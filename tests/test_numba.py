@@ -898,9 +898,11 @@ def test_recurrent_windows_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
 
 def test_recurrent_windows_on_samples_without_a_window(monkeypatch):
     """Samples without input spikes, or with all of them at time 0 (no time span: one window of any length), and a
-    layer without any input: the windows end, with the event loop's results."""
+    layer without any input: the windows end, with the event loop's results (the windows ran: the spy sees them
+    asked for, and the event loop without them)."""
     from spikescan import _recurrent_numba
 
+    taken = _spy_lanes(monkeypatch, flag=20)
     rng = np.random.default_rng(3)
     t = np.full((3, 4, 3), np.inf)
     t[1] = 0.0
@@ -913,7 +915,9 @@ def test_recurrent_windows_on_samples_without_a_window(monkeypatch):
         out = {}
         for windows in (False, True):
             monkeypatch.setattr(_recurrent_numba, "WINDOWS", windows)
+            taken.clear()
             out[windows] = ss.lif_forward(times, W, **kw)
+            assert set(taken) == {windows}, (times.shape, windows)
         _assert_same_recurrent_forward(out[True], out[False])
         counts.append(out[True].counts.sum(axis=1))
     assert counts[0][0] == 0 and counts[0][1] > 0 and counts[0][2] > 0 and counts[1][0] == counts[2].sum() == 0
