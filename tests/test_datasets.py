@@ -140,10 +140,14 @@ def test_randman_shapes_balance_determinism_and_timing_only():
     assert not np.array_equal(other.times, d.times[:50])
     # Another task: other maps for the same points.
     assert not np.allclose(randman(50, seed=2, manifold_seed=1, n_channels=20).times, other.times)
-    # Two spikes per channel from two maps, ascending; float64 on request.
+    # A point of its own per sample: no two samples share a pattern.
+    assert np.unique(d.times.reshape(len(d.times), -1), axis=0).shape[0] == len(d.times)
+    # Two spikes per channel from two maps of their own, ascending; float64 on request. Timing only: every channel
+    # of every sample fires both (n_spikes times, no +inf), at distinct times (two maps, not one map twice).
     two = randman(20, seed=1, n_spikes=2, n_channels=7, dtype=np.float64)
     assert two.times.shape == (20, 7, 2) and two.times.dtype == np.float64
-    assert (np.diff(two.times, axis=-1) >= 0).all()
+    assert np.isfinite(two.times).all() and (two.times <= 50.0).all()
+    assert (np.diff(two.times, axis=-1) > 0).all()
 
 
 @pytest.mark.parametrize("kw,match", [
