@@ -325,13 +325,22 @@ def test_encoded_tables_drive_lif_forward():
     table = rng.normal([5.0, 3.0, 4.0, 1.0], [0.8, 0.4, 1.7, 0.7], (12, 4))  # iris-like raw features
     x_train, low, high = scale(table[:8])
     x_test, _, _ = scale(table[8:], low, high)
+    assert x_test.min() >= 0.0 and x_test.max() <= 1.0  # clipped to the training bounds
+    # The documented windows: latency in [t_min, t_max]; the regular rate code's bin centres strictly inside
+    # (0, t_max), never on a boundary; Poisson draws in [0, t_max).
+    closed, inside, half_open = ((np.greater_equal, np.less_equal), (np.greater, np.less),
+                                 (np.greater_equal, np.less))
     encoded = [
-        latency(x_train, t_max=20.0, symmetric=True),
-        latency(x_test, t_max=20.0, cut=0.1, dtype=np.float32),
-        rate(x_test, t_max=20.0, max_spikes=6),
-        rate(x_train, t_max=20.0, max_spikes=6, mode="poisson", seed=0, symmetric=True, dtype=np.float32),
+        (latency(x_train, t_min=2.0, t_max=20.0, symmetric=True), 2.0, closed),
+        (latency(x_test, t_min=2.0, t_max=20.0, cut=0.1, dtype=np.float32), 2.0, closed),
+        (rate(x_test, t_max=20.0, max_spikes=6), 0.0, inside),
+        (rate(x_train, t_max=20.0, max_spikes=6, mode="poisson", seed=0, symmetric=True, dtype=np.float32), 0.0,
+         half_open),
     ]
-    for times in encoded:
+    for times, t_min, (above, below) in encoded:
+        fin = times[np.isfinite(times)].astype(np.float64)
+        assert fin.size > times.shape[0]  # spikes to bound
+        assert above(fin, t_min).all() and below(fin, 20.0).all()
         weights = rng.normal(0.5, 0.5, (times.shape[1], 5)).astype(times.dtype)
         out = ss.lif_forward(times, weights, tau_mem=10.0, tau_syn=5.0, threshold=1.0, max_spikes=4)
         assert out.times.shape == (times.shape[0], 5, 4) and out.times.dtype == times.dtype
