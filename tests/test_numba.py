@@ -922,22 +922,46 @@ def test_recurrent_windows_on_samples_without_a_window(monkeypatch):
         counts.append(out[True].counts.sum(axis=1))
     assert counts[0][0] == 0 and counts[0][1] > 0 and counts[0][2] > 0 and counts[1][0] == counts[2].sum() == 0
 
-def test_recurrent_windows_count_their_decay_tables_in_the_memory_check():
+def test_recurrent_windows_count_their_decay_tables_in_the_memory_check(monkeypatch):
     """The windows keep a decay table per sample in flight (24 bytes per queue entry of each neuron): the memory
-    check counts it where they run (input delays, no recurrent delays), and not where the event loop does."""
+    check counts it where they run (input delays, no recurrent delays), and not where the event loop does; exactly
+    that many bytes, 1.5 times the (16-byte) queues of the samples in flight, and the estimate grows by them."""
+    from spikescan import _memory
+
     rng = np.random.default_rng(0)
     t = np.sort(rng.uniform(0.0, 50.0, (2, 20, 30)), axis=-1)
     W = rng.normal(0.3, 0.2, (20, 64))
     kw = dict(delays=rng.uniform(0.0, 5.0, W.shape), recurrent_weights=rng.normal(0.0, 0.05, (64, 64)),
               tau_mem=10.0, tau_syn=5.0, max_spikes=4, engine="numba")
+    estimates = []
+    check = _memory.check
+
+    def spy(what, parts, xp, advice):
+        estimates.append(dict(parts))
+        return check(what, parts, xp, advice)
+
+    monkeypatch.setattr(_memory, "check", spy)
+    queues, tables = "queues of the samples in flight", "decay tables of the samples in flight"
     previous = ss.set_memory_limit(400_000)
+    totals = []
     try:
         for recurrent_delays, counted in ((None, True), (np.zeros((64, 64)), True), (np.ones((64, 64)), False)):
-            with pytest.raises(MemoryError, match="queues of the samples in flight") as err:
+            estimates.clear()
+            with pytest.raises(MemoryError, match=queues) as err:
                 ss.lif_forward(t, W, recurrent_delays=recurrent_delays, **kw)
-            assert ("decay tables of the samples in flight" in str(err.value)) == counted
+            assert (tables in str(err.value)) == counted
+            parts, = estimates  # the forward's one check, which raised
+            n_entries = 20 * 30  # every input spike of a sample is finite
+            assert parts[queues] == 16 * numba.get_num_threads() * 64 * (n_entries + 1)
+            if counted:
+                assert parts[tables] == 24 * numba.get_num_threads() * 64 * (n_entries + 1) == 1.5 * parts[queues]
+            else:
+                assert tables not in parts
+            totals.append(sum(parts.values()))
     finally:
         ss.set_memory_limit(previous)
+    # zero recurrent delays against positive ones: the same layer but for the windows' tables
+    assert totals[1] - totals[2] == 24 * numba.get_num_threads() * 64 * (20 * 30 + 1)
 
 def test_recurrent_windows_add_inputs_before_arrivals_at_equal_times(monkeypatch):
     """An input entry and a recurrent arrival at the same time add in that order (the event loop's and the NumPy
