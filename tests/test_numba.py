@@ -492,6 +492,9 @@ def test_rebased_forward_float32_cap_runaway_and_per_neuron_constants(monkeypatc
                                                  monkeypatch, **kw)
     assert calls == 1 and fast.times.dtype == np.float32 and fast.capped_spikes == ref.capped_spikes > 0
     _assert_same_spikes(fast, ref, TOL["float32"]["times"])
+    assert exact.times.dtype == np.float32
+    _assert_same_spikes(exact, ref, TOL["float32"]["times"])
+    _assert_same_spikes(fast, exact, TOL["float32"]["times"])
     errs = []
     for rebased in (True, False):
         monkeypatch.setattr(_lif_numpy, "COMPILED_REBASED", rebased)
@@ -500,8 +503,10 @@ def test_rebased_forward_float32_cap_runaway_and_per_neuron_constants(monkeypatc
         errs.append((info.value.sample, info.value.neuron, info.value.limit, info.value.time))
     assert errs[0][:3] == errs[1][:3] and errs[0][3] == pytest.approx(errs[1][3], rel=1e-12)
     per_neuron = dict(kw, tau_mem=np.linspace(8.0, 12.0, W.shape[1]))
-    _, _, _, calls = _rebased_and_exact(t, W, D, monkeypatch, **per_neuron)
-    assert calls == 0
+    fast, exact, ref, calls = _rebased_and_exact(t, W, D, monkeypatch, **per_neuron)
+    assert calls == 0 and ref.counts.sum() > 0
+    _assert_same_spikes(fast, exact, dict(rtol=0, atol=0))  # both the exponentials: the same bits
+    _assert_same_spikes(fast, ref, TOL["float64"]["times"])
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 2), (2, 0, 1), (2, 3, 0), (2, 3, 2)])
