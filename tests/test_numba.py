@@ -259,7 +259,12 @@ def test_without_numba_auto_falls_back_and_numba_says_how_to_install(monkeypatch
     t, W, _ = _layer(7)
     kw = dict(tau_mem=10.0, tau_syn=5.0, max_spikes=3)
     assert _lif_numpy.resolve_engine("auto") == "numpy"
-    ss.lif_forward(t, W, **kw)
+    ref = ss.lif_forward(t, W, engine="numpy", **kw)
+    for name in ("forward_sequential", "forward_lanes", "forward_scan", "forward_rebased"):
+        monkeypatch.setattr(_lif_numba, name, lambda *args: pytest.fail("a compiled kernel ran"))
+    out = ss.lif_forward(t, W, **kw)  # "auto": the NumPy engine, not a compiled kernel
+    assert ref.counts.sum() > 0
+    np.testing.assert_array_equal(out.times, ref.times)
     with pytest.raises(ImportError, match=r"spikescan\[cpu\]"):
         ss.lif_forward(t, W, engine="numba", **kw)
 
