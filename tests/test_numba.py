@@ -1538,8 +1538,9 @@ def test_lanes_walk_float32_runaway_and_where_it_does_not_apply(monkeypatch):
     assert errs[0] == errs[1]
     for case in (dict(kw, delays=D), dict(kw, tau_mem=np.linspace(8.0, 12.0, 30))):
         d = case.pop("delays", None)
-        _, calls = _lanes_and_walk(t, W, monkeypatch, lanes=(64,), delays=d, **case)
-        assert calls["lanes"] == 0, case
+        (a, walk), calls = _lanes_and_walk(t, W, monkeypatch, lanes=(64,), delays=d, **case)
+        assert calls["lanes"] == 0 and walk.counts.sum() > 0, case
+        _assert_same_bits(a, walk)  # lanes on or off: the one per-neuron walk
 
 
 @pytest.mark.parametrize("chunk_size", [2**32 + 1, 2**63, 2**70])
