@@ -103,6 +103,10 @@ WINDOW_ENTRIES = 2.0
 # The backward with shared time constants and no recurrent delays carries the targets' adjoints from spike to spike
 # (``backward_spikes``'s ``carried``); False forms each from the target's next spike.
 CARRIED = True
+# The backward of permuted input queues (input delays) with one pair of time constants forms each entry's
+# exponentials from tabulated factors (``backward_inputs``' ``rebased``, as ``_lif_numba.backward_closed``'s, under
+# ``_lif_numpy.COMPILED_REBASED_CLOSED`` and its limits); False: two exponentials per entry.
+REBASED = True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1322,7 +1326,8 @@ def backward_spikes(log_t, log_k, log_I, log_n, grad_times, tm_arr, ts_arr, th_a
 
 @_pjit
 def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, lamV, lamI, start, stop, grad_w,
-                    grad_d, has_delays, g_arrival, has_input_grad, table, use_table):
+                    grad_d, has_delays, g_arrival, has_input_grad, table, use_table, rebased, E, F, width, reach,
+                    cache):
     """``_recurrent._input_grads`` for samples ``[start, stop)``; ``prange`` over neurons ``i`` (their columns of
     ``grad_w``, ``grad_d``), samples in order; ``g_arrival[b - start, i, k]`` (zeroed by the caller). An entry with
     the adjoint ``(lV, lI)`` just after it gives ``d/dW = lI`` and its arrival time's gradient
@@ -1332,7 +1337,13 @@ def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, 
     is walked back from the spike by the table's gap maps (their product is the map of the whole span), entries in
     reverse order: no exponential per neuron and entry. Otherwise the entries go in order, each with the map from
     it to its next spike, as the NumPy backward computes them. ``permuted``: the queues are the permutation ``pq``
-    (``qt``, ``src`` unused), each (sample, neuron) row expanded into the neuron's scratch row as it is reached."""
+    (``qt``, ``src`` unused), each (sample, neuron) row expanded into the neuron's scratch row as it is reached.
+
+    ``rebased`` (permuted queues, one pair of time constants; ``_lif_numpy._closed_rebased_args``): an entry's two
+    exponentials ``e^{-(T_c - t - D)/tau}`` are the products ``E F G`` of its input slot's and synapse's tabulated
+    factors and ``G = e^{-(T_c - T)/tau}`` of its time block ``T``, computed once per (spike, block) in a
+    direct-mapped cache of ``cache`` slots; an entry whose block starts more than ``reach`` before its spike takes
+    the exponentials (as ``_lif_numba.backward_closed``'s). The same gradients to rounding."""
     n_in, n_out = W.shape
     L1 = pq[0].shape[1] if permuted else qt.shape[1]
     for i_ in prange(n_out):
@@ -1345,6 +1356,12 @@ def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, 
         w_col = W[:, i].copy()
         gw = grad_w[:, i].copy()
         gd = grad_d[:, i].copy() if has_delays else gw
+        Gm = np.empty(cache)  # rebased: e^{-(T_c - T)/tau} per (spike, block), direct-mapped by block
+        Gs = np.empty(cache)
+        cached_blk = np.full(cache, -1, np.int64)
+        cached_span = np.full(cache, -1, np.int64)
+        span = 0
+        perm = pq[0]
         for b in range(start, stop):
             base = off[b, i]
             n_i = off[b, i + 1] - base
@@ -1394,14 +1411,44 @@ def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, 
                 continue
             t_last = sp_t[b, base + n_i - 1]
             c = 0
+            span += 1
+            prow = b * n_out + i
             for k in range(end):
                 tau = qt_r[row, k]
                 if tau >= t_last:
                     break  # no spike after it: no gradient
-                while sp_t[b, base + c] <= tau:
+                if sp_t[b, base + c] <= tau:
                     c += 1
-                lV, lI = _adjoint_back(sp_t[b, base + c] - tau, lamV[b, base + c], lamI[b, base + c], tmi, tsi)
+                    while sp_t[b, base + c] <= tau:
+                        c += 1
+                    span += 1
                 j = src_r[row, k]
+                Tc = sp_t[b, base + c]
+                lVc = lamV[b, base + c]
+                lIc = lamI[b, base + c]
+                ok = False
+                alpha = 0.0
+                beta = 0.0
+                if rebased:
+                    pos = perm[prow, k]
+                    T = E[b, pos, 2] * width
+                    if not (Tc - T > reach):
+                        blk = np.int64(E[b, pos, 2])
+                        slot = blk & (cache - 1)
+                        if cached_blk[slot] != blk or cached_span[slot] != span:
+                            Gm[slot] = np.exp(-(Tc - T) / tmi)
+                            Gs[slot] = np.exp(-(Tc - T) / tsi)
+                            cached_blk[slot] = blk
+                            cached_span[slot] = span
+                        ok = True
+                        alpha = E[b, pos, 0] * F[i, j, 0] * Gm[slot]
+                        beta = E[b, pos, 1] * F[i, j, 1] * Gs[slot]
+                if ok:
+                    a, bb, cc = lif.decay_given_scalar(Tc - tau, alpha, beta, tmi, tsi)
+                else:
+                    a, bb, cc = lif.decay_scalar(Tc - tau, tmi, tsi)
+                lV = a * lVc
+                lI = cc * lVc + bb * lIc
                 gw[j] += lI
                 if has_delays or has_input_grad:
                     g_arr = lif.arrival_time_grad_scalar(w_col[j], lV, lI, tmi, tsi)
@@ -1415,11 +1462,36 @@ def backward_inputs(qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, off, sp_t, 
                 grad_d[j, i] = gd[j]
 
 
+def _check_backward_memory(res, batch, n_in, max_in, n_out, M, L1, Q, permuted, has_dr, input_times_grad,
+                           spike_grads):
+    """``MemoryError`` before ``backward`` allocates more than the call may use: its large arrays by part (the
+    blocks of partial sums and arrival gradients at their largest)."""
+    from ._lif_numpy import closed_rebased_bytes
+
+    per_sample = 8 * n_out * (n_out * (2 if has_dr else 1) + 1)
+    partial = per_sample * max(1, min(batch, _PARTIAL_BYTES // max(per_sample, 1)))
+    per_arrival = 8 * n_out * L1 if input_times_grad else 0
+    arrival = per_arrival * (max(1, min(batch, _ARRIVAL_BYTES // per_arrival)) if per_arrival else 0)
+    entries = batch * Q * L1
+    parts = {"spike adjoints": 8 * batch * (n_out + 1) + 24 * batch * M * (2 if spike_grads else 1),
+             "per-sample recurrent partial sums": partial,
+             "arrival-time gradients": arrival + (8 * batch * n_in * max_in if input_times_grad else 0),
+             # the entries' sources and the temporaries that form them (17 bytes per entry), the gap decays
+             "queue sources and decay tables": 0 if permuted else 17 * entries + (24 * entries if Q == 1 else 0),
+             "rebased factors": closed_rebased_bytes(res) if permuted and REBASED else 0,
+             # and their copies in the arguments' dtypes
+             "gradients": 2 * (8 * n_in * n_out * 2 + 8 * n_out * n_out * (2 if has_dr else 1)
+                               + (8 * batch * n_in * max_in if input_times_grad else 0))}
+    _memory.check(f"lif_backward(batch={batch}, n_out={n_out}, recurrent, engine='numba')", parts, np,
+                  "reduce the batch or the layer, or raise the limit with spikescan.set_memory_limit / "
+                  "SPIKESCAN_MEMORY_LIMIT")
+
+
 def backward(res, grad_times, input_times_grad, spike_grads=False):
     """``_recurrent.backward`` by the compiled kernels: ``(grads dict, grazing (count, first flat neuron, time) or
     None)``; ``spike_grads`` as there. Queues in the permutation format are read as they are (each row expanded
     into a scratch row as its neuron reaches it)."""
-    from ._lif_numpy import _compiled_decay_table
+    from ._lif_numpy import _closed_rebased_args, _compiled_decay_table
     from ._queue import compiled_permutation
 
     log = res.recurrent_log
@@ -1436,6 +1508,8 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
     has_dr = res.recurrent_delays is not None
     Dr = np.ascontiguousarray(res.recurrent_delays, np.float64) if has_dr else np.zeros((1, 1))
     M = log.times.shape[1]
+    _check_backward_memory(res, batch, n_in, max_in, n_out, M, L1, Q, permuted, has_dr, input_times_grad,
+                           spike_grads)
     log_t = np.ascontiguousarray(log.times, np.float64)
     log_k = np.ascontiguousarray(log.neurons, np.int64)
     log_I = np.ascontiguousarray(log.currents, np.float64)
@@ -1480,6 +1554,8 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
         qi = np.ascontiguousarray(res.queue_index.reshape(-1, L1), dtype=np.int64)
         src = np.where(qi >= 0, qi // max_in, 0)
     table, use_table = _compiled_decay_table(qt, qe, tm, ts, Q == 1 and not permuted)
+    rebased = _closed_rebased_args(res) if permuted and REBASED else \
+        (False, np.zeros((1, 1, 3)), np.zeros((1, 1, 2)), 1.0, 0.0, 1)
     W = np.ascontiguousarray(res.weights, np.float64)
     has_delays = res.delays is not None
     grad_W = np.zeros((n_in, n_out))
@@ -1493,7 +1569,8 @@ def backward(res, grad_times, input_times_grad, spike_grads=False):
             break
         g_arrival = np.zeros((stop - start, n_out, L1) if input_times_grad else (1, 1, 1))
         backward_inputs((stop - start) * n_out * L1, qt, src, qe, Q, pq, permuted, W, tm, ts, off, sp_t, lamV,
-                        lamI, start, stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad, table, use_table)
+                        lamI, start, stop, grad_W, grad_D, has_delays, g_arrival, input_times_grad, table, use_table,
+                        *rebased)
         if input_times_grad:
             _lif_numba.scatter_input_grads(g_arrival.size, qi, pq, qe, g_arrival, start, grad_in, n_out)
     grazing = None

@@ -656,9 +656,12 @@ def test_recurrent_compiled_keeps_input_queues_as_a_permutation(d_kind, monkeypa
     backward read them as they are (the forward expands one sample's queues at a time, the backward one row at a
     time; nothing expands the batch's, except for the time constants' unrolled layer): the same bits as with
     materialised queues (spikes, log, every gradient, time constants included), the NumPy backward from it, and
-    the compiled expansion equal to ``_queue.expand``."""
-    from spikescan import _queue
+    the compiled expansion equal to ``_queue.expand``. The backward's rebased factors need the permutation's
+    positions: off here (against the exponentials in
+    ``test_recurrent_backward_rebases_the_input_entries_of_permuted_queues``)."""
+    from spikescan import _queue, _recurrent_numba
 
+    monkeypatch.setattr(_recurrent_numba, "REBASED", False)
     t, W, kw = _recurrent_layer(21, d_kind=d_kind, input_delays=True)
     out = {}
     for permutation in (True, False):
@@ -1184,6 +1187,78 @@ def test_recurrent_backward_forms_adjoints_afresh_with_recurrent_delays_or_own_t
         res = ss.lif_forward(t, W, engine="numba", **kw)
         ss.lif_backward(res, np.ones_like(res.times), engine="numba")
     assert seen == [False, False]
+
+
+@pytest.mark.parametrize("taus,reach", [("tm>ts", None), ("tm<ts", 0.5), ("tm==ts", None), ("per-neuron", None)])
+def test_recurrent_backward_rebases_the_input_entries_of_permuted_queues(taus, reach, monkeypatch):
+    """With input delays (permuted queues) and one pair of time constants the compiled backward forms each input
+    entry's exponentials from tabulated factors (``backward_inputs``' ``rebased``): every gradient, the input
+    times', delays' and time constants' too, as with the exponentials (``REBASED = False``) to rounding, and the
+    NumPy engine's within the tolerance table. A small reach sends most entries back to the exponentials within one
+    call; per-neuron time constants take the exponentials."""
+    from spikescan import _recurrent_numba
+
+    if reach is not None:
+        monkeypatch.setattr(_lif_numpy, "REBASED_REACH", reach)
+    t, W, kw = _recurrent_layer(31, "inhibitory", "none", taus, input_delays=True, batch=4, n_out=8, t_max=60.0)
+    res = ss.lif_forward(t, W, engine="numba", **kw)
+    assert res.residuals.queue_perm is not None
+    G = np.random.default_rng(2).normal(size=res.times.shape)
+    seen = []
+    real = _recurrent_numba.backward_inputs
+    monkeypatch.setattr(_recurrent_numba, "backward_inputs", lambda *a: seen.append(a[-6]) or real(*a))
+    grads = {}
+    for rebased in (True, False):
+        monkeypatch.setattr(_recurrent_numba, "REBASED", rebased)
+        grads[rebased] = ss.lif_backward(res, G, engine="numba", time_constant_grads=True)
+    assert seen == [taus != "per-neuron", False]
+    g_ref = ss.lif_backward(res, G, engine="numpy", time_constant_grads=True)
+    for name in ("weights", "input_times", "delays", "threshold", "recurrent_weights", "tau_mem", "tau_syn"):
+        a, b, c = getattr(grads[False], name), getattr(grads[True], name), getattr(g_ref, name)
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max(), err_msg=name)
+        np.testing.assert_allclose(b, c, **TOL["float64"]["grads"], err_msg=name)
+    assert np.abs(g_ref.delays).max() > 0.1
+
+
+@pytest.mark.parametrize("input_delays", [False, True])
+def test_recurrent_compiled_backward_checks_its_memory_first(input_delays, monkeypatch):
+    """The compiled recurrent backward estimates its large arrays before allocating them: over the limit a
+    ``MemoryError`` names the call and its parts (the rebased factors with input delays, the queue sources and
+    decay tables without) and the result is untouched; within it, the arrays NumPy allocates for the call
+    (tracemalloc's peak) stay within the estimate."""
+    import tracemalloc
+
+    from spikescan import _memory
+
+    t, W, kw = _recurrent_layer(8, "inhibitory", "none", "tm>ts", input_delays, batch=5, n_in=30, n_out=20,
+                                max_in=6, t_max=40.0)
+    res = ss.lif_forward(t, W, engine="numba", **kw)
+    G = np.ones_like(res.times)
+    estimates = []
+    check = _memory.check
+    monkeypatch.setattr(_memory, "check", lambda what, parts, *a: estimates.append((what, dict(parts))) or check(
+        what, parts, *a))
+    part = "rebased factors" if input_delays else "queue sources and decay tables"
+    before = {k: np.copy(v) for k, v in res.residuals._asdict().items() if isinstance(v, np.ndarray)}
+    previous = ss.set_memory_limit(2000)
+    try:
+        with pytest.raises(MemoryError, match=rf"lif_backward\(batch=5, n_out=20, recurrent, engine='numba'\).*{part}"):
+            ss.lif_backward(res, G, engine="numba")
+    finally:
+        ss.set_memory_limit(previous)
+    for k, v in before.items():
+        np.testing.assert_array_equal(getattr(res.residuals, k), v, err_msg=k)
+    ss.lif_backward(res, G, engine="numba")  # compiles first: tracemalloc would count the compiler's objects
+    estimates.clear()
+    tracemalloc.start()
+    try:
+        ss.lif_backward(res, G, engine="numba")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (what, parts), = [e for e in estimates if e[0].startswith("lif_backward")]
+    assert parts[part] > 0
+    assert 0 < peak <= sum(parts.values())
 
 
 def test_recurrent_grazing_warning_from_the_compiled_backward():
