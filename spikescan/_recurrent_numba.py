@@ -513,6 +513,28 @@ def _fire_group(b, slot, e, group, ng, k, p, V, I, T, s_sol, tm_arr, ts_arr, th_
     return _OK, n_log
 
 
+@_round_jit
+def _mark_group(group, ng, mark, changed):
+    """``ng``: the round's neurons ``group[:ng]`` marked (``mark``) and listed first in ``changed``, the neurons
+    whose state the round changed (its targets follow)."""
+    for q in range(ng):
+        j = group[q]
+        mark[j] = True
+        changed[q] = j
+    return ng
+
+
+@_round_jit
+def _add_spikes(group, ng, r_ptr, r_col, r_val, I):
+    """The round's spikes (``group[:ng]``) reach their targets, already at the spikes' time: each adds its weights
+    (``R``'s non-zero entries by rows, ``r_ptr, r_col, r_val``) to the targets' currents ``I``, in spike order."""
+    for q in range(ng):
+        j = group[q]
+        for x in range(r_ptr[j], r_ptr[j + 1]):
+            r = r_col[x]
+            I[r] = lif.input_jump_scalar(I[r], r_val[x])
+
+
 @_jit
 def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, R, r_ptr, r_col, r_val, solver, limit,
                   table, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
@@ -583,12 +605,7 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
             if code != _OK:
                 break
             moved = True
-            n_chg = 0
-            for q in range(ng):
-                j = group[q]
-                mark[j] = True
-                changed[n_chg] = j
-                n_chg += 1
+            n_chg = _mark_group(group, ng, mark, changed)
             if e == t_k:  # arrivals at the entry's time come after its input entries: in its round below
                 for q in range(ng):
                     deferred[n_def + q] = group[q]
@@ -612,11 +629,7 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
                                 mark[r] = True
                                 changed[n_chg] = r
                                 n_chg += 1
-                for q in range(ng):
-                    j = group[q]
-                    for p in range(r_ptr[j], r_ptr[j + 1]):
-                        r = r_col[p]
-                        I[r] = lif.input_jump_scalar(I[r], r_val[p])
+                _add_spikes(group, ng, r_ptr, r_col, r_val, I)
             # The rest of the gap, [e, t_k], for every neuron whose state changed: spikes and targets.
             r_tm = r_ts = -1.0
             a2 = b2 = c2 = 0.0
@@ -890,12 +903,7 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                                   limit, times, events, log_t, log_k, log_I, n_log, status, status_at)
         if code != _OK:
             break
-        nd = 0
-        for q in range(ng):
-            j = group[q]
-            mark[j] = True
-            todo[nd] = j
-            nd += 1
+        nd = _mark_group(group, ng, mark, todo)
         # Each target at e: from its state there, or walked again from its saved state up to e (the same gaps),
         # then the input entries at e (those of a neuron that spiked at e are still due); then the spikes' weights.
         for q in range(ng):
@@ -943,11 +951,7 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                     mark[r] = True
                     todo[nd] = r
                     nd += 1
-        for q in range(ng):
-            j = group[q]
-            for x in range(r_ptr[j], r_ptr[j + 1]):
-                r = r_col[x]
-                I[r] = lif.input_jump_scalar(I[r], r_val[x])
+        _add_spikes(group, ng, r_ptr, r_col, r_val, I)
         again = True
         for q in range(nd):  # their futures start at e: walked again from there
             i = todo[q]
