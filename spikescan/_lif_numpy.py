@@ -85,9 +85,12 @@ def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
 
 def unresolvable_spike_error(neuron, n_out, t):
     """The error for flat neuron ``neuron`` (sample * n_out + index) firing twice at float64 time ``t``."""
+    t = float(t)
     return FloatingPointError(
-        f"neuron {neuron % n_out} of sample {neuron // n_out} fires twice at t={float(t)!r}: its inter-spike "
-        "interval is below float64 time resolution (synaptic current far above threshold; check the weights)")
+        f"neuron {neuron % n_out} of sample {neuron // n_out} fires twice at t={t!r}: its inter-spike "
+        f"interval is below float64 time resolution ({float(np.spacing(abs(t)))!r} at that time): either the "
+        "synaptic current is far above threshold (check the weights), or the times lie so far from zero that this "
+        "spacing is coarse against the time constants (shift the times to start near 0)")
 
 
 def runaway_firing_error(neuron, n_out, t, current, limit, threshold):

@@ -306,6 +306,18 @@ def test_unresolvable_spike_rate_raises(method):
         ss.lif_forward(t, np.array([[1e15]]), tau_mem=10.0, tau_syn=5.0, max_spikes=4, method=method)
 
 
+def test_times_far_from_zero_are_named_as_a_cause_of_firing_twice():
+    """At 1e17 the float64 spacing of the times (16) exceeds tau_mem: ordinary weights then "fire twice" at one time.
+    The error gives that spacing and names the offset as a cause, not only the weights."""
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(0, 50, (2, 100, 5)), -1)
+    w = rng.normal(0.03, 0.05, (100, 32))
+    with pytest.raises(FloatingPointError, match=r"fires twice at t=1\.0000000000000\d*e\+17: .*\(16\.0 at that "
+                                                 r"time\).*shift the times to start near 0"):
+        ss.lif_forward(x + 1e17, w, tau_mem=10.0, tau_syn=5.0, max_spikes=16)
+    assert ss.lif_forward(x, w, tau_mem=10.0, tau_syn=5.0, max_spikes=16).counts.sum() > 0  # near zero: it runs
+
+
 def test_inputs_are_not_modified():
     rng = np.random.default_rng(12)
     t = random_spikes(rng, 2, 6, 3)

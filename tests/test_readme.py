@@ -74,7 +74,8 @@ def test_array_library_block_and_plots(tmp_path):
 def test_encode_block(tmp_path):
     prelude = "import numpy as np\nfeatures_train = np.random.default_rng(0).uniform(-1.0, 3.0, (20, 4))\n"
     code = prelude + _block(ENCODE) + textwrap.dedent("""
-        assert times.shape == (20, 4, 1) and rates.shape == (20, 4, 8)
+        assert times.shape == (20, 4, 1) and rates.shape == (20, 4, 8) and pairs.shape == (20, 8, 1)
+        assert (np.isfinite(pairs[:, :4]) | np.isfinite(pairs[:, 4:])).all()  # every value fires on x or 1 - x
         assert np.isinf(times[x <= 0]).all() and np.isfinite(times[x > 0]).all()
         print("ok")
     """)
