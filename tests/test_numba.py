@@ -967,14 +967,14 @@ def test_recurrent_windows_count_their_decay_tables_in_the_memory_check(monkeypa
             n_entries = 20 * 30  # every input spike of a sample is finite
             assert parts[queues] == 16 * numba.get_num_threads() * 64 * (n_entries + 1)
             if counted:
-                assert parts[tables] == 24 * numba.get_num_threads() * 64 * (n_entries + 1) == 1.5 * parts[queues]
+                assert parts[tables] == 40 * numba.get_num_threads() * 64 * (n_entries + 1) == 2.5 * parts[queues]
             else:
                 assert tables not in parts
             totals.append(sum(parts.values()))
     finally:
         ss.set_memory_limit(previous)
     # zero recurrent delays against positive ones: the same layer but for the windows' tables
-    assert totals[1] - totals[2] == 24 * numba.get_num_threads() * 64 * (20 * 30 + 1)
+    assert totals[1] - totals[2] == 40 * numba.get_num_threads() * 64 * (20 * 30 + 1)
 
 def test_recurrent_windows_add_inputs_before_arrivals_at_equal_times(monkeypatch):
     """An input entry and a recurrent arrival at the same time add in that order (the event loop's and the NumPy
