@@ -165,10 +165,10 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
     (measured: a third of the loop's time). ``heap_most[slot]``: the largest heap the sample held.
 
     Written as one loop body: the hot steps take no helper with array arguments (Numba reference-counts arrays
-    passed to a helper with loops, twice per array and call, which cost more than the arithmetic here)."""
+    passed to a helper with loops, twice per array and call, which cost more than the arithmetic here); the round's
+    spikes are recorded by ``_fire_group``, which the lanes and the windows share, inlined."""
     n_out = R.shape[0]
     max_spikes = times.shape[2]
-    cap = log_t.shape[1]
     for i in range(n_out):
         counts[b, i] = 0
         for c in range(max_spikes):
@@ -348,38 +348,19 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
             nd = ng
             arriving = True
             continue
-        # Spikes at e: reset all, then record, log and schedule each in neuron order.
+        # Spikes at e: reset all, then record, log and check each in neuron order; then schedule each spike's
+        # arrivals (log index first + q: the heaps pop by (time, log index), whatever the order of the pushes).
+        first = n_log
+        code, n_log = _fire_group(b, slot, e, group, ng, -1, p, V, I, T, s_sol, tm_arr, ts_arr, th_arr, last, cnt,
+                                  limit, times, events, log_t, log_k, log_I, n_log, status, status_at)
         for q in range(ng):
             k = group[q]
-            _, bb, _ = lif.decay_scalar(s_sol[k], tm_arr[k], ts_arr[k])
-            V[k], I[k] = lif.reset_scalar(th_arr[k], I[k] * bb)
-            T[k] = e
             flag[k] = True
             todo[nd] = k
             nd += 1
-        for q in range(ng):
+        for q in range(ng if code == _OK else 0):
             k = group[q]
-            if e <= last[k]:
-                code = _STUCK
-                status[b, 1] = k
-                status_at[b, 0] = e
-                break
-            if cnt[k] >= limit:
-                code = _RUNAWAY
-                status[b, 1] = k
-                status_at[b, 0] = e
-                status_at[b, 1] = I[k]
-                break
-            last[k] = e
-            c = cnt[k]
-            if c < max_spikes:
-                times[b, k, c] = e
-                events[b, k, c] = p[k]
-            cnt[k] = c + 1
-            if n_log < cap:
-                log_t[slot, n_log] = e
-                log_k[slot, n_log] = k
-                log_I[slot, n_log] = I[k]
+            m = first + q
             for r in range(n_out):
                 w = R[k, r]
                 if w == 0.0:
@@ -388,21 +369,21 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
                 if hn[r] == hcap:
                     code = _HEAP_FULL
                     break
-                # push (tau, n_log, w) onto r's heap
+                # push (tau, m, w) onto r's heap
                 h = hn[r]
                 hn[r] = h + 1
                 most = max(most, h + 1)
                 while h > 0:
                     parent = (h - 1) >> 1
                     pt = ht[r, parent]
-                    if pt < tau or (pt == tau and hm[r, parent] < n_log):
+                    if pt < tau or (pt == tau and hm[r, parent] < m):
                         break
                     ht[r, h] = pt
                     hm[r, h] = hm[r, parent]
                     hw[r, h] = hw[r, parent]
                     h = parent
                 ht[r, h] = tau
-                hm[r, h] = n_log
+                hm[r, h] = m
                 hw[r, h] = w
                 if tau < nx[r] and not flag[r]:  # its next arrival moves earlier
                     flag[r] = True
@@ -410,7 +391,6 @@ def _forward_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, R
                     nd += 1
             if code != _OK:
                 break
-            n_log += 1
         if code != _OK:
             if code != _HEAP_FULL:
                 abort[0] = 1
