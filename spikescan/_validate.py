@@ -104,7 +104,17 @@ def check_spike_times(name, times):
             nxt = idx[:-1] + (idx[-1] + 1,)
             raise ValueError(
                 f"{name} must be ascending along the last axis (+inf padding last); got {times[idx].item()!r} at "
-                f"index {idx} followed by {times[nxt].item()!r}")
+                f"index {idx} followed by {times[nxt].item()!r}{_raster_hint(xp, times)}")
+
+
+def _raster_hint(xp, times):
+    """For the error of unsorted spike times: when every entry is 0 or 1, the array is most likely a binned raster
+    (one entry per time bin, the format of time-stepped simulators) and the way to spike times is named."""
+    if not bool(((times == 0) | (times == 1)).all()):
+        return ""
+    return ("; its entries are all 0 or 1, like a binned raster (one entry per time bin), not spike times: "
+            "spikescan.datasets.from_raster(raster, dt, time_axis=2) turns a raster [batch, channels, bins] into "
+            "spike times")
 
 
 def check_finite(name, x):

@@ -274,10 +274,22 @@ class _CheckedDelays:
 
 
 def _n_in(layer, input_shape):
-    if len(input_shape) != 3 or input_shape[1] is None:
-        raise ValueError(f"{type(layer).__name__} {layer.name!r} expects spike tensors [batch, neurons, max_spikes] "
-                         f"with a known number of neurons, got input shape {tuple(input_shape)}")
-    return int(input_shape[1])
+    """The number of input channels of ``input_shape`` ``[batch, channels, max_spikes]``. The layers declare no input
+    spec before they are built, so that a wrong shape gets this message (what the axes are, how a table becomes
+    spike times) rather than Keras' generic "expected ndim=3"; once built, the spec holds ``ndim`` and ``n_in``."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[1] is None:
+        hint = ""
+        if len(shape) == 2:
+            hint = (": a table of features [batch, features] is encoded into spike times first, e.g. "
+                    "spikescan.encode.latency(spikescan.encode.scale(x)[0], t_max=..., symmetric=True)")
+        elif len(shape) > 3:
+            hint = (": flatten the channel axes first, x.reshape(len(x), -1, x.shape[-1]) (an image batch "
+                    "[batch, h, w] is a table: x.reshape(len(x), -1), then an encoder of spikescan.encode)")
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} expects spike times [batch, channels, max_spikes] "
+                         f"(ascending along the last axis, +inf padded) with a known number of channels, got input "
+                         f"shape {shape}{hint}")
+    return int(shape[1])
 
 
 def _build_kernel(layer, input_shape, unit=1.0):
@@ -756,7 +768,6 @@ class LIFLayer(_SpikeTimesLayer):
             if abs(self.tau_mem - 2.0 * self.tau_syn) > 1e-12 * self.tau_mem:
                 raise ValueError(f"solver='analytic' needs tau_mem == 2 * tau_syn; got tau_mem={self.tau_mem!r}, "
                                  f"tau_syn={self.tau_syn!r}")
-        self.input_spec = keras.layers.InputSpec(ndim=3)
         self._warn_key = layer_key(self)  # its warnings show once per layer, not once per layer name
         self._spec = LIFSpec(self.tau_mem, self.tau_syn, self.threshold, self.max_spikes, self.method,
                              self.chunk_size, self.solver, self.name, max_total_spikes=self.max_total_spikes,
@@ -1369,7 +1380,6 @@ class LIReadout(_SpikeTimesLayer):
         self.kernel_constraint = _constraint("kernel_constraint", kernel_constraint)
         _time_constant_options(self, trainable_time_constants, min_time_constant)
         _set_parameter_units(self, _PARAMETER_RULE)
-        self.input_spec = keras.layers.InputSpec(ndim=3)
         self._warn_key = layer_key(self)  # its warnings show once per layer, not once per layer name
         self._spec = LISpec(self.tau_mem, self.tau_syn, self.readout, self.t_max, self.tau_readout,
                             time_constant_inputs=self.trainable_time_constants, layer_name=self.name,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, latency_mnist,
-                                pack_events, shd, ssc, unpack_events, yinyang, yinyang_points)
+from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, from_raster,
+                                latency_mnist, pack_events, shd, ssc, unpack_events, yinyang, yinyang_points)
 from spikescan.datasets.mnist import mnist_digest
 from spikescan.datasets.randman import randman
 
@@ -677,6 +677,84 @@ def test_unpack_events_inverts_pack_events():
         np.testing.assert_array_equal(np.sort(t), np.sort(out.times[b][np.isfinite(out.times[b])]))
         assert (np.diff(t) >= 0).all()
     assert unpack_events(np.full((0, 4, 2), np.inf)) == []
+
+
+def _raster_by_loops(raster, dt, time_axis, align, t_start):
+    """``from_raster``'s events, one bin at a time: sample, channel (C order of the other axes), and ``count``
+    copies of the bin's time per bin."""
+    r = np.moveaxis(np.asarray(raster), time_axis, 0)  # [T, batch, ...]
+    samples = []
+    for b in range(r.shape[1]):
+        ch, t = [], []
+        for k in range(r.shape[0]):
+            flat = r[k, b].reshape(-1)
+            for c in range(flat.size):
+                for _ in range(int(flat[c])):
+                    ch.append(c)
+                    t.append(t_start + (k + (0.5 if align == "center" else 0.0)) * dt)
+        samples.append((np.array(ch, np.int64), np.array(t)))
+    return samples
+
+
+@pytest.mark.parametrize("layout,time_axis", [("tb", 0), ("bt", 1), ("bct", -1), ("bt", -3)])
+@pytest.mark.parametrize("align,t_start", [("left", 0.0), ("center", 2.5)])
+def test_from_raster_matches_its_events_bin_by_bin(layout, time_axis, align, t_start):
+    """A raster of counts (bool, integers, whole floats; several spikes in one bin; channel axes flattened in C
+    order) gives the spike tensor of its events listed bin by bin, every spike kept."""
+    rng = np.random.default_rng(3)
+    shape = {"tb": (7, 3, 2, 4), "bt": (3, 7, 2, 4), "bct": (3, 2, 4, 7)}[layout]
+    if time_axis == -3:
+        shape = (3, 7, 2, 4)
+    counts = rng.poisson(0.4, shape)
+    for raster in (counts.astype(np.int32), counts.astype(np.float64), counts > 0):
+        times, dropped = from_raster(raster, 1.25, time_axis=time_axis, align=align, t_start=t_start,
+                                     dtype=np.float64)
+        expected, _ = pack_events(_raster_by_loops(raster, 1.25, time_axis, align, t_start), 8, dtype=np.float64)
+        assert dropped == 0 and times.shape == expected.shape and times.shape[:2] == (3, 8)
+        np.testing.assert_array_equal(times, expected)
+        assert np.isfinite(times).sum() == int(np.asarray(raster).sum())
+
+
+def test_from_raster_reports_a_cap_and_feeds_a_layer():
+    import spikescan as ss
+
+    raster = np.zeros((2, 3, 10), np.uint8)  # [batch, channels, bins]
+    raster[0, 1, [2, 4, 6, 8]] = 1
+    raster[1, 2, 3] = 5
+    with pytest.warns(DroppedSpikesWarning, match=r"from_raster: max_spikes_per_channel=2 left out 5 of 9 spikes"):
+        times, dropped = from_raster(raster, 0.5, time_axis=2, max_spikes_per_channel=2)
+    assert dropped == 5 and times.dtype == np.float32
+    np.testing.assert_array_equal(times[0, 1], [1.0, 2.0])
+    np.testing.assert_array_equal(times[1, 2], [1.5, 1.5])
+    out = ss.lif_forward(from_raster(raster, 0.5, time_axis=2)[0], np.full((3, 2), 2.0, np.float32), tau_mem=10.0,
+                         tau_syn=5.0, max_spikes=4)
+    assert out.counts.sum() > 0
+    with pytest.raises(ValueError, match=r"its entries are all 0 or 1, like a binned raster"):
+        ss.lif_forward((raster[:1] > 0).astype(np.float32), np.ones((3, 2), np.float32), tau_mem=10.0, tau_syn=5.0,
+                       max_spikes=4)
+    assert from_raster(np.zeros((0, 3, 5)), 1.0, time_axis=2)[0].shape == (0, 3, 1)
+
+
+@pytest.mark.parametrize("raster,kwargs,err,match", [
+    (-np.ones((2, 2, 2), int), {}, ValueError, r"raster must hold spike counts >= 0, got -1 at index \(0, 0, 0\)"),
+    (np.full((2, 2, 2), 0.5), {}, ValueError, r"raster must hold whole spike counts >= 0, got 0.5 at index"),
+    (np.full((2, 2, 2), np.nan), {}, ValueError, r"raster must hold whole spike counts >= 0, got nan"),
+    (np.zeros((4, 3)), {}, ValueError, r"raster must have a time axis, a sample axis and at least one channel axis "
+                                       r"\(3-D or more\), got shape \(4, 3\); one sample \[T, channels\]: "
+                                       r"raster\[:, None\]"),
+    (np.zeros((2, 2, 2)), {"time_axis": 3}, ValueError, r"time_axis must be an axis of raster \(shape \(2, 2, 2\)\), "
+                                                        r"got 3"),
+    (np.zeros((2, 2, 2)), {"time_axis": 1.0}, ValueError, r"time_axis must be an axis"),
+    (np.zeros((2, 2, 2)), {"dt": 0.0}, ValueError, r"dt must be a finite number > 0, got 0.0"),
+    (np.zeros((2, 2, 2)), {"t_start": -1.0}, ValueError, r"t_start must be a finite number >= 0, got -1.0"),
+    (np.zeros((2, 2, 2)), {"align": "right"}, ValueError, r"align"),
+    (np.zeros((2, 2, 0)), {}, ValueError, r"raster has no channels"),
+    (np.array([[["a"]]]), {}, TypeError, r"raster must hold spike counts \(bool, integers or whole floats\), got "
+                                         r"dtype <U1"),
+])
+def test_from_raster_rejects_bad_input(raster, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        from_raster(raster, **({"dt": 1.0} | kwargs))
 
 
 @pytest.mark.parametrize("times,err,match", [

@@ -1028,8 +1028,15 @@ def test_bad_types_and_inputs(jax_route):
     with pytest.raises(ValueError, match="strength"):
         sk.SpikeCountRegularizer(-1.0, tau=1.0)
     lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)
-    with pytest.raises(ValueError, match="ndim=3|spike tensors"):
+    # Before the build a wrong rank gets the layers' message (the axes, and how a table or an image becomes spike
+    # times), not Keras' generic "expected ndim=3"; after it, Keras' input spec checks the rank and n_in.
+    with pytest.raises(ValueError, match=r"expects spike times \[batch, channels, max_spikes\].*got input shape "
+                                         r"\(2, 3\): a table of features .*spikescan\.encode\.latency"):
         lif(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"LIReadout .*got input shape \(2, 3, 4, 5\): flatten the channel axes"):
+        sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=T_MAX)(np.zeros((2, 3, 4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"LIFLayer .*got input shape \(None, 3\): a table"):
+        keras.Sequential([keras.Input((3,)), sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2)])
     lif(np.zeros((2, 3, 1), np.float32))
     with pytest.raises(ValueError, match="axis 1|incompatible"):
         lif(np.zeros((2, 5, 1), np.float32))

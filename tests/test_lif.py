@@ -541,7 +541,12 @@ def _with(kw, name, value):
 @pytest.mark.parametrize("name,value,error,match", [
     ("input_times", "nan", ValueError, r"input_times contains NaN \(nan at index \(0, 1, 0\)\)"),
     ("input_times", "negative", ValueError, r"input_times must be >= 0, got -1.0"),
-    ("input_times", "unsorted", ValueError, r"input_times must be ascending"),
+    ("input_times", "unsorted", ValueError, r"input_times must be ascending along the last axis \(\+inf padding "
+                                            r"last\); got 3.0 at index \(0, 0, 0\) followed by 1.0$"),
+    # A 0/1 raster (one entry per time bin) is named as one, with the way to spike times.
+    ("input_times", "raster", ValueError, r"got 1.0 at index \(0, 0, 1\) followed by 0.0; its entries are all 0 or "
+                                          r"1, like a binned raster .*spikescan.datasets.from_raster\(raster, dt, "
+                                          r"time_axis=2\)"),
     ("input_times", "2d", ValueError, r"input_times must have 3 dimensions"),
     ("input_times", "int", TypeError, r"input_times must have dtype float32 or float64, got int64"),
     ("input_times", [[[1.0]]], TypeError, r"input_times must be a NumPy or CuPy array"),
@@ -584,12 +589,13 @@ def test_bad_input_raises_clear_errors(name, value, error, match):
     if name == "input_times" and isinstance(value, str):
         value = {
             "nan": t.copy(),
-            "negative": t.copy(), "unsorted": t.copy(), "2d": t[0], "int": np.ones(t.shape, np.int64)}[value]
+            "negative": t.copy(), "unsorted": t.copy(), "2d": t[0], "int": np.ones(t.shape, np.int64),
+            "raster": np.tile(np.array([0.0, 1.0, 0.0], t.dtype), t.shape[:2] + (1,))}[value]
         if match.startswith("input_times contains NaN"):
             value[0, 1, 0] = np.nan
         elif "must be >= 0" in match:
             value[1, 2, 0] = -1.0
-        elif "ascending" in match:
+        elif "ascending" in match and "raster" not in match:
             value[0, 0, :] = [3.0, 1.0, 2.0]
     elif name == "weights" and value == "shape":
         value = kw["weights"][:3]

@@ -415,6 +415,77 @@ def unpack_events(times):
     return out
 
 
+def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t_start: float = 0.0,
+                max_spikes_per_channel=None, dtype=np.float32):
+    """Binned spike rasters (the time-stepped format of snnTorch, Norse, or tonic's ``ToFrame``) as spike times.
+
+    ``raster`` holds spike counts per time bin: one axis (``time_axis``) the bins, the first of the other axes the
+    samples, the remaining axes the channels (flattened in C order: ``[T, batch, 2, 34, 34]`` gives 2312
+    channels). A count ``c`` in bin ``k`` becomes ``c`` simultaneous spikes at ``t_start + k * dt``
+    (``align="left"``, the bin's start) or ``t_start + (k + 0.5) * dt`` (``align="center"``), in the unit of
+    ``dt``. Every spike is kept (a cap is reported, as by ``pack_events``); the times within a bin are lost by the
+    binning itself, so a raster of ``dt``-wide bins gives spike times on that grid.
+
+    Args:
+        raster: array-like of non-negative whole numbers (bool, integers, or floats without a fraction), at least
+            3-D (a single sample ``[T, channels]``: ``raster[:, None]``).
+        dt: bin width (> 0), in the time unit of the layers' time constants.
+        time_axis: the axis of the bins (snnTorch and Norse: 0, ``[T, batch, ...]``; ``[batch, T, ...]``: 1).
+        align: ``"left"`` or ``"center"``.
+        t_start: time of bin 0's start (finite, >= 0).
+        max_spikes_per_channel, dtype: as for ``pack_events``.
+
+    Returns:
+        ``(times [batch, channels, max_spikes] dtype, n_dropped)``, as ``pack_events``.
+    """
+    check_positive("dt", dt)
+    check_choice("align", align, ("left", "center"))
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(t_start) or t_start < 0:
+        raise ValueError(f"t_start must be a finite number >= 0, got {t_start!r}")
+    if type(raster).__module__.split(".")[0] == "cupy":
+        raise TypeError("raster must be a NumPy array (or array-like), got a CuPy array: pass raster.get()")
+    r = np.asarray(raster)
+    if r.dtype.kind not in "biuf":
+        raise TypeError(f"raster must hold spike counts (bool, integers or whole floats), got dtype {r.dtype}")
+    if r.ndim < 3:
+        raise ValueError(f"raster must have a time axis, a sample axis and at least one channel axis (3-D or more), "
+                         f"got shape {r.shape}; one sample [T, channels]: raster[:, None]")
+    if isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer)) \
+            or not -r.ndim <= time_axis < r.ndim:
+        raise ValueError(f"time_axis must be an axis of raster (shape {r.shape}), got {time_axis!r}")
+    if r.dtype.kind == "f":
+        bad = ~np.isfinite(r) | (r < 0) | (r != np.floor(r))
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"raster must hold whole spike counts >= 0, got {r[idx].item()!r} at index {idx}")
+    elif r.dtype.kind == "i":
+        bad = r < 0
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"raster must hold spike counts >= 0, got {r[idx].item()!r} at index {idx}")
+    r = np.moveaxis(r, time_axis, -1)
+    n, n_bins = r.shape[0], r.shape[-1]
+    n_channels = math.prod(r.shape[1:-1])
+    if n_channels == 0:
+        raise ValueError(f"raster has no channels: shape {np.shape(raster)} with time_axis={time_axis}")
+    r = r.reshape(n, n_channels, n_bins)
+    b, c, k = np.nonzero(r)  # C order: samples ascending, then channels, then bins (time order within a channel)
+    counts = r[b, c, k]
+    if r.dtype.kind == "f" and counts.size and counts.max() > 2.0 ** 53:
+        raise ValueError(f"raster holds a count of {counts.max()!r} spikes in one bin, beyond what can be packed")
+    counts = counts.astype(np.int64)
+    b, c, k = (np.repeat(a, counts) for a in (b, c, k))
+    t = t_start + (k + (0.5 if align == "center" else 0.0)) * float(dt)
+    edges = np.searchsorted(b, np.arange(n + 1))
+    samples = [(c[edges[i]:edges[i + 1]], t[edges[i]:edges[i + 1]]) for i in range(n)]
+    out, dropped = _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel=3)
+    if dropped:
+        warnings.warn(f"from_raster: max_spikes_per_channel={max_spikes_per_channel} left out {dropped} of {len(t)} "
+                      "spikes (the latest of their channel)", DroppedSpikesWarning, stacklevel=2)
+    return out, dropped
+
+
 def bin_times(times, bin_width: float, *, align: str = "left"):
     """Quantise spike times to a grid of spacing ``bin_width`` (same unit as ``times``).
 
