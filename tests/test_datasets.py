@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spikescan.datasets import (DroppedSpikesWarning, SpikeBatches, SpikeDataset, bin_times, from_raster,
-                                latency_mnist, pack_events, shd, ssc, unpack_events, yinyang, yinyang_points)
+                                latency_mnist, pack_events, shd, ssc, to_raster, unpack_events, yinyang, yinyang_points)
 from spikescan.datasets.mnist import mnist_digest
 from spikescan.datasets.randman import randman
 
@@ -733,6 +733,50 @@ def test_from_raster_reports_a_cap_and_feeds_a_layer():
         ss.lif_forward((raster[:1] > 0).astype(np.float32), np.ones((3, 2), np.float32), tau_mem=10.0, tau_syn=5.0,
                        max_spikes=4)
     assert from_raster(np.zeros((0, 3, 5)), 1.0, time_axis=2)[0].shape == (0, 3, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_to_raster_counts_each_bin_and_inverts_from_raster(dtype):
+    """``to_raster`` counts every spike in its bin (checked spike by spike), puts the bins on the asked axis, and
+    ``from_raster`` of it gives ``bin_times`` of the times, channel by channel (dt a power of two)."""
+    rng = np.random.default_rng(5)
+    t = np.sort(rng.uniform(0, 12, (3, 4, 6)), axis=-1).astype(dtype)
+    t[..., 1] = t[..., 0]  # simultaneous spikes: a count of two
+    t[rng.random(t.shape) < 0.3] = np.inf
+    t = np.sort(t, axis=-1)
+    raster = to_raster(t, 0.5, time_axis=-1, dtype=np.uint8)
+    expected = np.zeros((3, 4, int(np.floor(np.nanmax(np.where(np.isfinite(t), t, np.nan)) / 0.5)) + 1), np.uint8)
+    for b, c, m in zip(*np.nonzero(np.isfinite(t))):
+        expected[b, c, int(np.floor(float(t[b, c, m]) / 0.5))] += 1
+    assert raster.dtype == np.uint8
+    np.testing.assert_array_equal(raster, expected)
+    np.testing.assert_array_equal(to_raster(t, 0.5), np.moveaxis(expected, 2, 0).astype(np.int32))
+    np.testing.assert_array_equal(to_raster(t, 0.5, time_axis=1), np.moveaxis(expected, 2, 1).astype(np.int32))
+    back, _ = from_raster(to_raster(t, 0.5), 0.5, dtype=dtype)
+    binned = bin_times(t, 0.5)
+    assert back.shape[:2] == t.shape[:2]
+    width = max(back.shape[2], t.shape[2])
+    pad = lambda x: np.concatenate([x, np.full(x.shape[:2] + (width - x.shape[2],), np.inf, dtype)], axis=2)  # noqa
+    np.testing.assert_array_equal(pad(back), pad(binned))
+
+
+def test_to_raster_reports_spikes_outside_its_bins():
+    t = np.array([[[0.5, 1.0, 2.0, 9.0]], [[np.inf] * 4]])
+    with pytest.warns(DroppedSpikesWarning, match=r"to_raster: 3 of 4 spikes lie outside the 2 bins of width 0.5 "
+                                                  r"from t_start=0.75"):
+        raster = to_raster(t, 0.5, n_bins=2, t_start=0.75)
+    np.testing.assert_array_equal(raster[:, :, 0], [[1, 0], [0, 0]])  # 1.0 in [0.75, 1.25); 0.5, 2.0, 9.0 out
+    assert to_raster(np.full((2, 3, 1), np.inf), 1.0).shape == (1, 2, 3)  # no spike: one empty bin
+    with pytest.raises(ValueError, match=r"a bin holds 300 spikes, more than dtype uint8 can count \(at most 255\)"):
+        to_raster(np.zeros((1, 1, 300)), 1.0, dtype=np.uint8)
+    for kwargs, err, match in [({"dt": -1.0}, ValueError, r"dt must be"), ({"n_bins": 0}, ValueError, r"n_bins"),
+                               ({"time_axis": 3}, ValueError, r"time_axis must be 0, 1, 2"),
+                               ({"dtype": np.float32}, TypeError, r"dtype must be an integer dtype"),
+                               ({"t_start": np.nan}, ValueError, r"t_start must be a finite number >= 0, got nan")]:
+        with pytest.raises(err, match=match):
+            to_raster(t, **({"dt": 1.0} | kwargs))
+    with pytest.raises(ValueError, match=r"times must be ascending"):
+        to_raster(np.array([[[2.0, 1.0]]]), 1.0)
 
 
 @pytest.mark.parametrize("raster,kwargs,err,match", [

@@ -8,7 +8,7 @@ loader's ``time_unit`` says otherwise. Optional dependencies are imported only w
 """
 
 from ._core import (DroppedSpikesWarning, MergedSpikesWarning, SpikeDataset, bin_times, from_raster, pack_events,
-                    unpack_events)
+                    to_raster, unpack_events)
 from .batching import SpikeBatches
 from .heidelberg import download_shd, download_ssc, shd, ssc
 from .mnist import latency_mnist, load_mnist_arrays
@@ -18,7 +18,6 @@ from .yinyang import yinyang, yinyang_points
 
 __all__ = [
     "DroppedSpikesWarning", "MergedSpikesWarning", "SpikeBatches", "SpikeDataset", "ToSpikeTensor", "bin_times",
-    "collate_spikes", "download_shd", "download_ssc", "from_raster",
-    "latency_mnist", "load_mnist_arrays", "pack_events", "randman", "shd", "ssc", "unpack_events", "yinyang",
-    "yinyang_points",
+    "collate_spikes", "download_shd", "download_ssc", "from_raster", "latency_mnist", "load_mnist_arrays",
+    "pack_events", "randman", "shd", "ssc", "to_raster", "unpack_events", "yinyang", "yinyang_points",
 ]

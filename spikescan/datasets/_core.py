@@ -486,6 +486,80 @@ def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t
     return out, dropped
 
 
+def to_raster(times, dt: float, *, n_bins=None, time_axis: int = 0, t_start: float = 0.0, dtype=np.int32):
+    """Spike times as a binned raster of spike counts, the inverse of ``from_raster`` on its grid.
+
+    Bin ``k`` counts the spikes in ``[t_start + k * dt, t_start + (k + 1) * dt)`` (``k = floor((t - t_start) /
+    dt)`` in float64, the bins of ``bin_times``), so ``from_raster(to_raster(t, dt), dt)`` gives ``bin_times(t,
+    dt)`` with each channel's spikes in order, where ``dt`` is a power of two (other widths can round a bin's
+    start into the bin before it). For a time-stepped model, a plot of counts, or a comparison with binned data.
+
+    Args:
+        times: spike tensor ``[batch, channels, max_spikes]`` (float32/float64, ascending, ``+inf`` padded); NumPy
+            or CuPy (the raster is then a CuPy array).
+        dt: bin width (> 0), in the unit of ``times``.
+        n_bins: number of bins; ``None``: up to the last spike's bin (1 when there is none). Spikes at or after
+            ``t_start + n_bins * dt``, or before ``t_start``, are left out with a ``DroppedSpikesWarning`` that
+            counts them.
+        time_axis: where the bins go: ``0`` gives ``[T, batch, channels]`` (snnTorch, Norse), ``1`` ``[batch, T,
+            channels]``, ``2`` or ``-1`` ``[batch, channels, T]``.
+        t_start: the first bin's start (finite, >= 0).
+        dtype: an integer dtype for the counts (a bin holding more spikes than it can count is an error).
+
+    Returns:
+        The raster, ``dtype``, with ``batch * channels * n_bins`` entries.
+    """
+    from .. import _memory
+    from .._validate import array_module, check_spike_times
+
+    check_spike_times("times", times)
+    check_positive("dt", dt)
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(t_start) or t_start < 0:
+        raise ValueError(f"t_start must be a finite number >= 0, got {t_start!r}")
+    check_count("n_bins", n_bins, allow_none=True)
+    if isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer)) or not -3 <= time_axis < 3:
+        raise ValueError(f"time_axis must be 0, 1, 2 (or -3..-1) for a raster of three axes, got {time_axis!r}")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be an integer dtype, got {dtype!r}") from err
+    if dtype.kind not in "iu":
+        raise TypeError(f"dtype must be an integer dtype (the raster holds spike counts), got {dtype}")
+    xp = array_module(times)
+    n, n_channels, _ = times.shape
+    t = times.astype(xp.float64)
+    finite = xp.isfinite(t)
+    with np.errstate(over="ignore", invalid="ignore"):
+        k = xp.floor((t - float(t_start)) / float(dt))
+    total = int(finite.sum())
+    early = finite & (k < 0)
+    if n_bins is None:
+        kept = finite & ~early
+        n_bins = int(k[kept].max()) + 1 if bool(kept.any()) else 1
+        if n_bins > 2 ** 62:
+            raise ValueError(f"the last spike, {float(t[kept].max())!r}, lies in bin {n_bins - 1} of width "
+                             f"dt={dt!r}: too many bins; pass a larger dt or n_bins")
+    keep = finite & (k >= 0) & (k < n_bins)
+    dropped = total - int(keep.sum())
+    _memory.check(f"to_raster({n} samples, {n_channels} channels, n_bins={n_bins}, {dtype.name})",
+                  {"raster": n * n_channels * n_bins * dtype.itemsize}, xp,
+                  "pass a larger dt, fewer bins (n_bins), or fewer samples at once")
+    b_idx, c_idx, _ = xp.nonzero(keep)
+    flat = (b_idx * n_channels + c_idx) * n_bins + k[keep].astype(xp.int64)
+    counts = xp.bincount(flat, minlength=n * n_channels * n_bins) if flat.size else \
+        xp.zeros(n * n_channels * n_bins, xp.int64)
+    most = int(counts.max()) if counts.size else 0
+    if most > np.iinfo(dtype).max:
+        raise ValueError(f"a bin holds {most} spikes, more than dtype {dtype.name} can count (at most "
+                         f"{np.iinfo(dtype).max}); pass a wider integer dtype or a smaller dt")
+    raster = xp.moveaxis(counts.astype(dtype).reshape(n, n_channels, n_bins), 2, time_axis)
+    if dropped:
+        warnings.warn(f"to_raster: {dropped} of {total} spikes lie outside the {n_bins} bins of width {dt!r} from "
+                      f"t_start={t_start!r} and are not counted", DroppedSpikesWarning, stacklevel=2)
+    return xp.ascontiguousarray(raster)
+
+
 def bin_times(times, bin_width: float, *, align: str = "left"):
     """Quantise spike times to a grid of spacing ``bin_width`` (same unit as ``times``).
 
