@@ -7,7 +7,9 @@
   ``x`` and ``1 - x``, as the encoder's documentation recommends for tables: with one channel a feature at its
   minimum never spikes and small values arrive last, which cost 22 points on wine in a 30-epoch run) or a rate code
   ``encode.rate(x, t_max=20, max_spikes=8, mode="regular")`` (``--codes poisson`` adds ``mode="poisson"`` with a
-  seed per fold);
+  seed per fold; ``--codes raster`` the input of a time-stepped simulator: a Bernoulli raster of 20 bins of 1 ms,
+  a value ``x`` spiking in each bin with probability ``0.4 x`` (8 spikes at 1 on average, as the rate code),
+  seeded per fold, turned into spike times on the bins' starts by ``spikescan.datasets.from_raster``);
 - ``Sequential([Input((channels, max_in)), LIFLayer(hidden, tau_mem=10, tau_syn=5, max_spikes=8),
   LIReadout(classes, tau_mem=10, tau_syn=5, t_max=40)])``, every other argument at its default (so the kernel
   scale is calibrated on the first training batch and the silence penalty is on);
@@ -85,11 +87,12 @@ DATASETS = TABLES + ("yinyang",)  # the default panel
 # Bundled tables outside the default panel (``--only``): digits (1797 8 x 8 images of handwritten digits, 64 pixel
 # features 0-16, 10 classes), the image task nearest latency MNIST that ships with scikit-learn; its own file.
 EXTRA_TABLES = ("digits",)
-CODES = ("latency", "rate", "poisson")
+CODES = ("latency", "rate", "poisson", "raster")
 
 # The one recipe of the tables (all three, both codes).
 ENCODE_T_MAX = 20.0
 INPUT_MAX_SPIKES = 8  # rate code: spikes for a feature at 1
+RASTER_BINS = 20  # raster code: bins of ENCODE_T_MAX / RASTER_BINS, INPUT_MAX_SPIKES expected spikes at 1
 TABLE_SETTING = dict(name="tau10/5-integral", tau_mem=10.0, tau_syn=5.0, readout="integral", t_max=40.0)
 HIDDEN_MAX_SPIKES = 8
 
@@ -131,6 +134,15 @@ def encode_split(code, x_train, x_test, seed):
     s_test, _, _ = encode.scale(x_test, low, high)
     if code == "latency":
         return tuple(encode.latency(v, t_max=ENCODE_T_MAX, symmetric=True) for v in (s_train, s_test))
+    if code == "raster":
+        from spikescan.datasets import from_raster
+
+        out = []
+        for part, v in enumerate((s_train, s_test)):
+            rng = np.random.default_rng([seed, part])
+            raster = rng.random((RASTER_BINS,) + v.shape) < v * (INPUT_MAX_SPIKES / RASTER_BINS)  # [T, n, F]
+            out.append(from_raster(raster, ENCODE_T_MAX / RASTER_BINS, time_axis=0, dtype=np.float64)[0])
+        return tuple(out)
     mode = "regular" if code == "rate" else "poisson"
     kw = dict(t_max=ENCODE_T_MAX, max_spikes=INPUT_MAX_SPIKES, mode=mode)
     if mode == "poisson":

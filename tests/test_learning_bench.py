@@ -72,6 +72,25 @@ def test_quick_iris(tmp_path, capsys):
     assert table.count("\n| iris |") == 2
 
 
+def test_raster_code_is_a_seeded_bernoulli_raster_on_the_bins_starts():
+    """``--codes raster``: each feature spikes in each of the 20 bins of 1 ms with probability ``0.4 x`` (8 spikes
+    at 1 on average, as the rate code), seeded per split, as spike times on the bins' starts."""
+    import numpy as np
+
+    lb = learning()
+    x = np.tile(np.array([[0.0], [5.0], [10.0]]), (4000, 1))  # one feature, scaled to 0, 0.5 and 1
+    train, test = lb.encode_split("raster", x, x, seed=3)
+    again, _ = lb.encode_split("raster", x, x, seed=3)
+    np.testing.assert_array_equal(train, again)
+    assert train.shape[:2] == (12000, 1) and not np.array_equal(train, test)
+    finite = np.isfinite(train)
+    assert (train[finite] == np.floor(train[finite])).all() and train[finite].max() <= 19.0
+    counts = finite.sum(axis=2)[:, 0]
+    per_value = [counts[v::3].mean() for v in range(3)]  # binomial(20, 0.4 x): mean 8 x, std <= 2.2 / sqrt(4000)
+    np.testing.assert_allclose(per_value, [0.0, 4.0, 8.0], atol=0.15)
+    assert (np.diff(train, axis=2)[np.isfinite(np.diff(train, axis=2))] > 0).all()  # one spike per bin at most
+
+
 def quick_variant(tmp_path, flag):
     """A quick run of iris and Yin-Yang (latency code) with ``flag``: its report, after checking that both entries
     ran, with the setting names of ``flag`` and accuracies in [0, 1]."""
