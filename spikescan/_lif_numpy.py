@@ -612,7 +612,8 @@ def _recurrent_forward(input_times, weights, delays, tau_mem, tau_syn, threshold
         if permutation:  # the event loop expands one sample's queues at a time, per thread
             extra["queues of the samples in flight"] = 16 * in_flight * n_out * (n_entries + 1)
         if recurrent_delays is None or not np.any(recurrent_delays):  # the windows' table per sample
-            extra["decay tables of the samples in flight"] = 40 * in_flight * n_out * (n_entries + 1)
+            extra["entry tables (decay, time, weight) of the samples in flight"] = (
+                40 * in_flight * n_out * (n_entries + 1))
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None,
                           "sequential" if compiled else "scan", chunk_size, input_times.dtype.itemsize, np, engine,
                           extra, permutation)

@@ -954,7 +954,8 @@ def test_recurrent_windows_count_their_decay_tables_in_the_memory_check(monkeypa
         return check(what, parts, xp, advice)
 
     monkeypatch.setattr(_memory, "check", spy)
-    queues, tables = "queues of the samples in flight", "decay tables of the samples in flight"
+    queues = "queues of the samples in flight"
+    tables = "entry tables (decay, time, weight) of the samples in flight"
     previous = ss.set_memory_limit(400_000)
     totals = []
     try:
