@@ -308,27 +308,36 @@ def one_pair(tau_mem, tau_syn):
     return (tm, ts) if (tau_mem == tm).all() and (tau_syn == ts).all() else None
 
 
-def _closed_rebased_args(res):
-    """``(rebased, E, F, width, reach, cache)`` of ``_lif_numba.backward_closed`` (see ``COMPILED_REBASED_CLOSED``):
-    ``rebased_tables``' tables of the sample's shared queue (``E [batch, L1, 3]``, read at each entry's position
-    in it), or ``False`` and dummies."""
-    from . import _lif_numba
-
-    dummy = (False, np.zeros((1, 1, 3)), np.zeros((1, 1, 2)), 1.0, 0.0, 1)
+def _rebased_source(res):
+    """``(tau_mem, tau_syn, times, delays_t)`` where ``_closed_rebased_args`` builds its tables (one pair of time
+    constants, the sample's shared queue, delays within ``REBASED_MAX_DELAY`` time constants), else ``None``."""
     pair = one_pair(res.tau_mem, res.tau_syn) if COMPILED_REBASED_CLOSED else None
     if pair is None:
-        return dummy
+        return None
     tm, ts = pair
-    tmin = min(tm, ts)
     D = res.delays
     if res.queue_perm is not None:
         times, delays_t = res.shared_times, res.delays_t
     elif D is None and res.queue_times.shape[1] == 1:  # the sample's one queue is the shared one
         times, delays_t = res.queue_times[:, 0, :], np.zeros((0, 1))
     else:  # materialised per-neuron queues (with delays, or a recurrent layer's unrolled one): no shared position
-        return dummy
-    if D is not None and D.size and float(D.max()) > REBASED_MAX_DELAY * tmin:
-        return dummy
+        return None
+    if D is not None and D.size and float(D.max()) > REBASED_MAX_DELAY * min(tm, ts):
+        return None
+    return tm, ts, times, delays_t
+
+
+def _closed_rebased_args(res):
+    """``(rebased, E, F, width, reach, cache)`` of ``_lif_numba.backward_closed`` (see ``COMPILED_REBASED_CLOSED``):
+    ``rebased_tables``' tables of the sample's shared queue (``E [batch, L1, 3]``, read at each entry's position
+    in it), or ``False`` and dummies."""
+    from . import _lif_numba
+
+    source = _rebased_source(res)
+    if source is None:
+        return False, np.zeros((1, 1, 3)), np.zeros((1, 1, 2)), 1.0, 0.0, 1
+    tm, ts, times, delays_t = source
+    tmin = min(tm, ts)
     times = np.ascontiguousarray(times)
     width = REBASED_BLOCK * tmin
     E = np.empty(times.shape + (3,))
@@ -338,8 +347,10 @@ def _closed_rebased_args(res):
 
 
 def closed_rebased_bytes(res):
-    """Bytes of ``_closed_rebased_args``' tables at most (for the backward's memory check): 24 per entry of the
-    shared queues, 16 per synapse."""
+    """Bytes of ``_closed_rebased_args``' tables (for the backward's memory check): 24 per entry of the shared
+    queues, 16 per synapse; 0 where it builds none (per-neuron time constants, long delays, per-neuron queues)."""
+    if _rebased_source(res) is None:
+        return 0
     batch, n_in, _ = res.input_shape
     return 24 * batch * res.queue_length + 16 * n_in * res.weights.shape[1]
 

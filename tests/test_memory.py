@@ -163,6 +163,26 @@ def test_compiled_backward_counts_its_tables(method, no_limit):
     assert low.weights.tobytes() == ref.weights.tobytes()
 
 
+@pytest.mark.parametrize("delays", [False, True])
+def test_rebased_factors_are_counted_where_they_are_built(delays):
+    """The backward's memory check counts the rebased factors' tables by what ``_closed_rebased_args`` builds: their
+    bytes where it builds them, 0 where it does not (per-neuron time constants; it counted them there too)."""
+    pytest.importorskip("numba")
+    from spikescan import _lif_numpy
+
+    t, W, D = _layer(6, 3, 20, 3, 8, delays)
+    for tau_mem, built in ((10.0, True), (np.linspace(8.0, 12.0, 8), False)):
+        out = ss.lif_forward(t, W, delays=D, tau_mem=tau_mem, tau_syn=5.0, max_spikes=4, engine="numba")
+        res = out.residuals
+        rebased, E, F, *_ = _lif_numpy._closed_rebased_args(res)
+        assert rebased is built
+        counted = _lif_numpy.closed_rebased_bytes(res)
+        if built:
+            assert E.nbytes + F.nbytes <= counted <= 2 * (E.nbytes + F.nbytes) + 16 * W.size
+        else:
+            assert counted == 0
+
+
 def test_environment_variable(monkeypatch, no_limit):
     t, W, _ = _layer(4, 4, 10, 2, 8, False)
     monkeypatch.setenv("SPIKESCAN_MEMORY_LIMIT", "1K")
