@@ -9,7 +9,9 @@
   ``encode.rate(x, t_max=20, max_spikes=8, mode="regular")`` (``--codes poisson`` adds ``mode="poisson"`` with a
   seed per fold; ``--codes raster`` the input of a time-stepped simulator: a Bernoulli raster of 20 bins of 1 ms,
   a value ``x`` spiking in each bin with probability ``0.4 x`` (8 spikes at 1 on average, as the rate code),
-  seeded per fold, turned into spike times on the bins' starts by ``spikescan.datasets.from_raster``);
+  seeded per fold, turned into spike times on the bins' starts by ``spikescan.datasets.from_raster``; a random
+  code loses information in the draw, so the entries of these two also train the MLP on each channel's spike count
+  of the same tensors, ``counts_mlp_*``: the fair comparison for them);
 - ``Sequential([Input((channels, max_in)), LIFLayer(hidden, tau_mem=10, tau_syn=5, max_spikes=8),
   LIReadout(classes, tau_mem=10, tau_syn=5, t_max=40)])``, every other argument at its default (so the kernel
   scale is calibrated on the first training batch and the silence penalty is on);
@@ -88,6 +90,7 @@ DATASETS = TABLES + ("yinyang",)  # the default panel
 # features 0-16, 10 classes), the image task nearest latency MNIST that ships with scikit-learn; its own file.
 EXTRA_TABLES = ("digits",)
 CODES = ("latency", "rate", "poisson", "raster")
+RANDOM_CODES = ("poisson", "raster")  # drawn at random: their entries add an MLP on the drawn spike counts
 
 # The one recipe of the tables (all three, both codes).
 ENCODE_T_MAX = 20.0
@@ -150,6 +153,12 @@ def encode_split(code, x_train, x_test, seed):
             warnings.simplefilter("ignore")
             return (encode.rate(s_train, seed=[seed, 0], **kw), encode.rate(s_test, seed=[seed, 1], **kw))
     return encode.rate(s_train, **kw), encode.rate(s_test, **kw)
+
+
+def spike_counts(times):
+    """``[n, channels]`` float32: each channel's number of spikes over ``INPUT_MAX_SPIKES`` (a feature at 1's
+    expected count in the rate codes)."""
+    return (np.isfinite(times).sum(axis=2) / INPUT_MAX_SPIKES).astype(np.float32)
 
 
 def scaled_features(x_train, x_test):
@@ -284,6 +293,16 @@ def run_table(name, args):
             shape = t_tr.shape[1:]
         e = entry(name, code, args.table_setting, run_snn(splits, classes, args.table_setting, args), mlp_result,
                   input_shape=shape, n_train=len(folds[0][0]), n_test=len(folds[0][1]))
+        if code in RANDOM_CODES:
+            # What the random draw leaves of the features: the same MLP on each channel's spike count of the very
+            # tensors the spiking model saw (over the expected count at 1), the fair comparison for these codes.
+            counts = [(spike_counts(t_tr), y_tr, spike_counts(t_te), y_te) for t_tr, y_tr, t_te, y_te in splits]
+            c = run_mlp(counts, classes, args)
+            e["counts_mlp_accuracy"] = c["accuracy"]
+            e["counts_mlp_mean"], e["counts_mlp_std"] = _mean_std(c["accuracy"])
+            e["counts_mlp_seconds"] = round(c["seconds"], 2)
+            print(f"{'':<14} {code:<8} MLP on the spike counts {e['counts_mlp_mean']:.3f}±{e['counts_mlp_std']:.3f}",
+                  flush=True)
         progress(e)
         yield e
 

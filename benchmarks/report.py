@@ -305,6 +305,12 @@ def learning_table(report):
             f"{100 * e['gap']:+.1f} | {'yes' if e['within_3_points'] else '**no**'} | "
             f"{e['silent_fraction']:.2f} / {e['dead_fraction']:.2f} | {e['spikes_per_neuron']:.2f} | "
             f"{e['kernel_scale']:.3g} | {e['seconds']:.0f} |")
+    counted = [e for e in report["entries"] if "counts_mlp_mean" in e]
+    if counted:  # random codes: the same MLP on the drawn spike counts, what the draw leaves of the features
+        lines.append("")
+        lines.append("The same MLP on each input channel's spike count of the same spike tensors (what a random code "
+                     "leaves of the features): " + "; ".join(
+                         f"{e['dataset']} {e['code']} {acc(e, 'counts_mlp')}" for e in counted) + ".")
     if not report.get("complete", True):
         lines.append("")
         lines.append("(incomplete run: the panel was interrupted)")

@@ -91,6 +91,25 @@ def test_raster_code_is_a_seeded_bernoulli_raster_on_the_bins_starts():
     assert (np.diff(train, axis=2)[np.isfinite(np.diff(train, axis=2))] > 0).all()  # one spike per bin at most
 
 
+def test_random_codes_add_an_mlp_on_their_spike_counts(tmp_path):
+    """A raster entry also trains the MLP on each channel's spike count of the very tensors the spiking model saw
+    (``counts_mlp_*``), and the README table says so under it."""
+    import numpy as np
+
+    lb = learning()
+    out = tmp_path / "raster.json"
+    lb.main(["--quick", "--only", "iris", "--codes", "raster", "--output", str(out)])
+    e, = json.loads(out.read_text())["entries"]
+    folds = len(e["snn_accuracy"])
+    assert e["code"] == "raster" and len(e["counts_mlp_accuracy"]) == folds
+    assert all(unit(a) for a in e["counts_mlp_accuracy"])
+    assert e["counts_mlp_mean"] == pytest.approx(sum(e["counts_mlp_accuracy"]) / folds)
+    assert f"iris raster {100 * e['counts_mlp_mean']:.1f}" in lb.main(["--markdown", str(out)])
+    times = np.full((2, 3, 4), np.inf)
+    times[0, 1, :2] = [1.0, 2.0]
+    np.testing.assert_array_equal(lb.spike_counts(times), [[0.0, 2 / 8, 0.0], [0.0, 0.0, 0.0]])
+
+
 def quick_variant(tmp_path, flag):
     """A quick run of iris and Yin-Yang (latency code) with ``flag``: its report, after checking that both entries
     ran, with the setting names of ``flag`` and accuracies in [0, 1]."""
