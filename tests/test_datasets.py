@@ -777,6 +777,15 @@ def test_to_raster_reports_spikes_outside_its_bins():
             to_raster(t, **({"dt": 1.0} | kwargs))
     with pytest.raises(ValueError, match=r"times must be ascending"):
         to_raster(np.array([[[2.0, 1.0]]]), 1.0)
+    import spikescan as ss
+
+    previous = ss.set_memory_limit(10**6)
+    try:  # a spike far out asks for 10**7 bins: refused before the counts are allocated
+        with pytest.raises(MemoryError, match=r"to_raster\(1 samples, 1 channels, n_bins=10000001, int32\) .*counts "
+                                              r"per bin \(int64\) .*pass a larger dt"):
+            to_raster(np.array([[[1e7]]]), 1.0)
+    finally:
+        ss.set_memory_limit(previous)
 
 
 @pytest.mark.parametrize("raster,kwargs,err,match", [

@@ -415,6 +415,12 @@ def unpack_events(times):
     return out
 
 
+def _check_t_start(t_start):
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(t_start) or t_start < 0:
+        raise ValueError(f"t_start must be a finite number >= 0, got {t_start!r}")
+
+
 def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t_start: float = 0.0,
                 max_spikes_per_channel=None, dtype=np.float32):
     """Binned spike rasters (the time-stepped format of snnTorch, Norse, or tonic's ``ToFrame``) as spike times.
@@ -440,9 +446,7 @@ def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t
     """
     check_positive("dt", dt)
     check_choice("align", align, ("left", "center"))
-    if isinstance(t_start, bool) or not isinstance(t_start, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(t_start) or t_start < 0:
-        raise ValueError(f"t_start must be a finite number >= 0, got {t_start!r}")
+    _check_t_start(t_start)
     if type(raster).__module__.split(".")[0] == "cupy":
         raise TypeError("raster must be a NumPy array (or array-like), got a CuPy array: pass raster.get()")
     r = np.asarray(raster)
@@ -514,9 +518,7 @@ def to_raster(times, dt: float, *, n_bins=None, time_axis: int = 0, t_start: flo
 
     check_spike_times("times", times)
     check_positive("dt", dt)
-    if isinstance(t_start, bool) or not isinstance(t_start, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(t_start) or t_start < 0:
-        raise ValueError(f"t_start must be a finite number >= 0, got {t_start!r}")
+    _check_t_start(t_start)
     check_count("n_bins", n_bins, allow_none=True)
     if isinstance(time_axis, bool) or not isinstance(time_axis, (int, np.integer)) or not -3 <= time_axis < 3:
         raise ValueError(f"time_axis must be 0, 1, 2 (or -3..-1) for a raster of three axes, got {time_axis!r}")
@@ -542,13 +544,13 @@ def to_raster(times, dt: float, *, n_bins=None, time_axis: int = 0, t_start: flo
                              f"dt={dt!r}: too many bins; pass a larger dt or n_bins")
     keep = finite & (k >= 0) & (k < n_bins)
     dropped = total - int(keep.sum())
+    size = n * n_channels * n_bins
     _memory.check(f"to_raster({n} samples, {n_channels} channels, n_bins={n_bins}, {dtype.name})",
-                  {"raster": n * n_channels * n_bins * dtype.itemsize}, xp,
+                  {"counts per bin (int64)": 8 * size, "raster": size * dtype.itemsize}, xp,
                   "pass a larger dt, fewer bins (n_bins), or fewer samples at once")
     b_idx, c_idx, _ = xp.nonzero(keep)
     flat = (b_idx * n_channels + c_idx) * n_bins + k[keep].astype(xp.int64)
-    counts = xp.bincount(flat, minlength=n * n_channels * n_bins) if flat.size else \
-        xp.zeros(n * n_channels * n_bins, xp.int64)
+    counts = xp.bincount(flat, minlength=size) if flat.size else xp.zeros(size, xp.int64)
     most = int(counts.max()) if counts.size else 0
     if most > np.iinfo(dtype).max:
         raise ValueError(f"a bin holds {most} spikes, more than dtype {dtype.name} can count (at most "
