@@ -788,6 +788,12 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
     listed = np.zeros(n_out, np.bool_)
     hit = np.zeros(n_out, np.bool_)
     mark = np.zeros(n_out, np.bool_)
+    # Neurons whose walk stopped short of H at the earliest crossing known then (no crossing of theirs before it):
+    # a round comes first, after which they walk on from where they stopped (their state and saved state kept).
+    short = np.zeros(n_out, np.bool_)
+    shorts = np.empty(n_out, np.int64)
+    n_short = 0
+    resumed = np.zeros(n_out, np.bool_)  # walking on after a stop: not walked before, so not counted as redone
     todo = np.arange(n_out)  # the neurons to walk: all at a window's start, the changed ones after a round
     group = np.empty(n_out, np.int64)
     n_arm = 0
@@ -806,7 +812,12 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
             code = _ABORTED
             break
         # Walk: each neuron to do, from its last event, gap by gap: the loop's gap test, then (no crossing, the next
-        # entry at or before H) the decay and every input entry at that time.
+        # entry at or before the bound) the decay and every input entry at that time. The bound: H, or the earliest
+        # crossing known if earlier (a round comes there first, which changes its targets' futures).
+        bound = H
+        for q in range(n_arm):
+            if key[arm[q]] < bound:
+                bound = key[arm[q]]
         for q in range(nd):
             i = todo[q]
             if key[i] != np.inf:  # at its crossing
@@ -835,9 +846,15 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                             listed[i] = True
                             arm[n_arm] = i
                             n_arm += 1
+                        if t_x < bound:
+                            bound = t_x
                         break
                     ok = True
-                if k == end or t_in > H:  # (the open gap after the last entry has nothing to apply)
+                if k == end or t_in > bound:  # (the open gap after the last entry has nothing to apply)
+                    if k < end and t_in <= H and not short[i]:
+                        short[i] = True
+                        shorts[n_short] = i
+                        n_short += 1
                     break
                 v2 = a * v + c * cur
                 cur = bb * cur
@@ -847,8 +864,9 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                 v = v2
                 t0 = t_in
                 ok = False
-            if again:
+            if again and not resumed[i]:
                 redone += k - p[i]
+            resumed[i] = False
             V[i] = v
             I[i] = cur
             T[i] = t0
@@ -875,6 +893,9 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                 width = min(1.25 * width, w_max)
             redone = 0
             again = False
+            for q in range(n_short):  # (none: a stop short of H means a crossing before H, so a round)
+                short[shorts[q]] = False
+            n_short = 0
             for i in range(n_out):
                 sV[i] = V[i]
                 sI[i] = I[i]
@@ -939,6 +960,15 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                     nd += 1
         _add_spikes(group, ng, r_ptr, r_col, r_val, I)
         again = True
+        # The neurons that stopped short and the round left alone walk on from where they stopped.
+        n_on = 0
+        for q in range(n_short):
+            i = shorts[q]
+            short[i] = False
+            if not mark[i]:
+                shorts[n_on] = i
+                n_on += 1
+        n_short = 0
         for q in range(nd):  # their futures start at e: walked again from there
             i = todo[q]
             mark[i] = False
@@ -949,6 +979,11 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
             sI[i] = I[i]
             sT[i] = T[i]
             sp[i] = p[i]
+        for q in range(n_on):
+            i = shorts[q]
+            resumed[i] = True
+            todo[nd] = i
+            nd += 1
     if code != _OK:
         abort[0] = 1
     status[b, 0] = code
