@@ -794,6 +794,7 @@ TABLES = {
     "learning_jax": lambda results: learning_table(results.bench("learning_jax.json")),
     "learning_digits_torch": lambda results: learning_table(results.bench("learning_digits_torch.json")),
     "learning_digits_jax": lambda results: learning_table(results.bench("learning_digits_jax.json")),
+    "learning_raster_torch": lambda results: learning_table(results.bench("learning_raster_torch.json")),
     "learning_recurrent_torch": lambda results: learning_table(results.bench("learning_recurrent_torch.json")),
     "learning_recurrent_jax": lambda results: learning_table(results.bench("learning_recurrent_jax.json")),
     "learning_recurrent_seeds": recurrent_seeds_table,
