@@ -64,8 +64,9 @@ def _describe(x):
     return f"{type(x).__name__} with shape {getattr(x, 'shape', None)} and dtype {getattr(x, 'dtype', None)}"
 
 
-def check_float_array(name, x, ndim):
-    """``x`` must be a float32/float64 array of ``ndim`` dimensions."""
+def check_float_array(name, x, ndim, spikes=False):
+    """``x`` must be a float32/float64 array of ``ndim`` dimensions. ``spikes``: ``x`` holds spike times, so a bool
+    or integer array, most likely a binned raster, is refused with the way to spike times."""
     if not isinstance(x, np.ndarray) and _top_module(x) != "cupy":
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}")
     if isinstance(x, np.ma.MaskedArray):
@@ -76,6 +77,10 @@ def check_float_array(name, x, ndim):
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
             raise TypeError(f"{name} must have a native-endian dtype float32 or float64, got byte-swapped "
                             f"{x.dtype.str!r}: pass {name}.astype({x.dtype.name!r})")
+        if spikes and x.dtype.kind in "biu":
+            raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}; spike times are floats, and "
+                            f"bool or integer entries are usually a binned raster (spike counts per time bin): "
+                            f"{RASTER_WAY}")
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got {_describe(x)}")
@@ -89,7 +94,7 @@ def _first_bad(xp, x, bad):
 
 def check_spike_times(name, times):
     """Spike tensor ``[batch, channels, max_spikes]``: no NaN, no negative time, ascending along the last axis."""
-    check_float_array(name, times, 3)  # first: a list gets an error that names the argument
+    check_float_array(name, times, 3, spikes=True)  # first: a list gets an error that names the argument
     xp = array_module(times)
     nan = xp.isnan(times)
     if bool(nan.any()):
@@ -107,14 +112,23 @@ def check_spike_times(name, times):
                 f"index {idx} followed by {times[nxt].item()!r}{_raster_hint(xp, times)}")
 
 
+# How a binned raster becomes spike times, for the errors that meet one where spike times are expected.
+RASTER_WAY = ("spikescan.datasets.from_raster(raster, dt, time_axis=...) turns one into spike times (time_axis: the "
+              "axis of the bins, 0 for snnTorch's and Norse's [T, batch, channels], 2 for [batch, channels, T])")
+
+
 def _raster_hint(xp, times):
-    """For the error of unsorted spike times: when every entry is 0 or 1, the array is most likely a binned raster
-    (one entry per time bin, the format of time-stepped simulators) and the way to spike times is named."""
-    if not bool(((times == 0) | (times == 1)).all()):
+    """For the error of unsorted spike times: when every entry is 0 or 1, or every entry is a whole number and some
+    are 0, the array is most likely a binned raster (spike counts per time bin, the format of time-stepped
+    simulators) and the way to spike times is named."""
+    if bool(((times == 0) | (times == 1)).all()):
+        what = "all 0 or 1"
+    elif bool((times == xp.floor(times)).all()) and bool((times == 0).any()):
+        what = "whole numbers with zeros among them"
+    else:
         return ""
-    return ("; its entries are all 0 or 1, like a binned raster (one entry per time bin), not spike times: "
-            "spikescan.datasets.from_raster(raster, dt, time_axis=2) turns a raster [batch, channels, bins] into "
-            "spike times")
+    return (f"; its entries are {what}, like a binned raster (spike counts per time bin), not spike times: "
+            f"{RASTER_WAY}")
 
 
 def check_finite(name, x):
@@ -244,7 +258,7 @@ def layer(input_times, weights, tau_mem, tau_syn, delays=None):
     """The checks every layer op starts with: ``input_times [batch, n_in, max_in]`` (float, sorted, no NaN or
     negative times), ``weights [n_in, n_out]``, optional ``delays`` of the weights' shape (finite, ``>= 0``), all
     on one array module; time constants as ``[n_out]`` float64 arrays on it. Returns ``(xp, tau_mem, tau_syn)``."""
-    check_float_array("input_times", input_times, 3)
+    check_float_array("input_times", input_times, 3, spikes=True)
     check_float_array("weights", weights, 2)
     if delays is not None:
         check_float_array("delays", delays, 2)

@@ -228,7 +228,7 @@ def calibrate_scale(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, de
 
     low, high = _check_target(target)
     max_rounds = v.positive_int("max_rounds", max_rounds)
-    v.check_float_array("input_times", input_times, 3)  # as lif_forward: a float32/float64 NumPy array
+    v.check_float_array("input_times", input_times, 3, spikes=True)  # as lif_forward: a float32/float64 NumPy array
     # NaN, negative or unsorted times, before the samples without a finite spike are left out below: a sample of
     # NaN or -inf alone has none, and would otherwise be dropped unreported.
     v.check_spike_times("input_times", input_times)

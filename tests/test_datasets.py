@@ -733,6 +733,12 @@ def test_from_raster_reports_a_cap_and_feeds_a_layer():
         ss.lif_forward((raster[:1] > 0).astype(np.float32), np.ones((3, 2), np.float32), tau_mem=10.0, tau_syn=5.0,
                        max_spikes=4)
     assert from_raster(np.zeros((0, 3, 5)), 1.0, time_axis=2)[0].shape == (0, 3, 1)
+    previous = ss.set_memory_limit(10**6)
+    try:  # 10**12 spikes in one bin: refused by size before any array of events is made
+        with pytest.raises(MemoryError, match=r"from_raster\(1 samples, 1 channels, 1000000000000 spikes\).*slices"):
+            from_raster(np.array([[[1e12]]]), 1.0)
+    finally:
+        ss.set_memory_limit(previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -790,7 +796,8 @@ def test_to_raster_reports_spikes_outside_its_bins():
 
 @pytest.mark.parametrize("raster,kwargs,err,match", [
     (-np.ones((2, 2, 2), int), {}, ValueError, r"raster must hold spike counts >= 0, got -1 at index \(0, 0, 0\)"),
-    (np.full((2, 2, 2), 0.5), {}, ValueError, r"raster must hold whole spike counts >= 0, got 0.5 at index"),
+    (np.full((2, 2, 2), 0.5), {}, ValueError, r"raster must hold whole spike counts >= 0, got 0.5 at index .*drawn "
+                                              r"into counts first"),
     (np.full((2, 2, 2), np.nan), {}, ValueError, r"raster must hold whole spike counts >= 0, got nan"),
     (np.zeros((4, 3)), {}, ValueError, r"raster must have a time axis, a sample axis and at least one channel axis "
                                        r"\(3-D or more\), got shape \(4, 3\); one sample \[T, channels\]: "

@@ -546,7 +546,11 @@ def _with(kw, name, value):
     # A 0/1 raster (one entry per time bin) is named as one, with the way to spike times.
     ("input_times", "raster", ValueError, r"got 1.0 at index \(0, 0, 1\) followed by 0.0; its entries are all 0 or "
                                           r"1, like a binned raster .*spikescan.datasets.from_raster\(raster, dt, "
-                                          r"time_axis=2\)"),
+                                          r"time_axis=...\) .*0 for snnTorch's and Norse's \[T, batch, channels\]"),
+    ("input_times", "count raster", ValueError, r"got 2.0 at index \(0, 0, 1\) followed by 0.0; its entries are whole "
+                                                r"numbers with zeros among them, like a binned raster"),
+    ("input_times", "bool raster", TypeError, r"input_times must have dtype float32 or float64, got bool; spike times "
+                                              r"are floats, and bool or integer entries are usually a binned raster"),
     ("input_times", "2d", ValueError, r"input_times must have 3 dimensions"),
     ("input_times", "int", TypeError, r"input_times must have dtype float32 or float64, got int64"),
     ("input_times", [[[1.0]]], TypeError, r"input_times must be a NumPy or CuPy array"),
@@ -590,7 +594,9 @@ def test_bad_input_raises_clear_errors(name, value, error, match):
         value = {
             "nan": t.copy(),
             "negative": t.copy(), "unsorted": t.copy(), "2d": t[0], "int": np.ones(t.shape, np.int64),
-            "raster": np.tile(np.array([0.0, 1.0, 0.0], t.dtype), t.shape[:2] + (1,))}[value]
+            "raster": np.tile(np.array([0.0, 1.0, 0.0], t.dtype), t.shape[:2] + (1,)),
+            "count raster": np.tile(np.array([0.0, 2.0, 0.0], t.dtype), t.shape[:2] + (1,)),
+            "bool raster": np.tile(np.array([False, True, False]), t.shape[:2] + (1,))}[value]
         if match.startswith("input_times contains NaN"):
             value[0, 1, 0] = np.nan
         elif "must be >= 0" in match:

@@ -430,7 +430,8 @@ def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t
     channels). A count ``c`` in bin ``k`` becomes ``c`` simultaneous spikes at ``t_start + k * dt``
     (``align="left"``, the bin's start) or ``t_start + (k + 0.5) * dt`` (``align="center"``), in the unit of
     ``dt``. Every spike is kept (a cap is reported, as by ``pack_events``); the times within a bin are lost by the
-    binning itself, so a raster of ``dt``-wide bins gives spike times on that grid.
+    binning itself, so a raster of ``dt``-wide bins gives spike times on that grid. A wrong ``time_axis`` that
+    keeps the sample axis first (bins and channels swapped) cannot be detected: check the layout.
 
     Args:
         raster: array-like of non-negative whole numbers (bool, integers, or floats without a fraction), at least
@@ -462,7 +463,9 @@ def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t
         bad = ~np.isfinite(r) | (r < 0) | (r != np.floor(r))
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"raster must hold whole spike counts >= 0, got {r[idx].item()!r} at index {idx}")
+            raise ValueError(f"raster must hold whole spike counts >= 0, got {r[idx].item()!r} at index {idx}; "
+                             "probabilities of a spike per bin are drawn into counts first (rng.random(p.shape) < p), "
+                             "or the values encoded by spikescan.encode.rate")
     elif r.dtype.kind == "i":
         bad = r < 0
         if bad.any():
@@ -477,8 +480,16 @@ def from_raster(raster, dt: float, *, time_axis: int = 0, align: str = "left", t
     b, c, k = np.nonzero(r)  # C order: samples ascending, then channels, then bins (time order within a channel)
     counts = r[b, c, k]
     if r.dtype.kind == "f" and counts.size and counts.max() > 2.0 ** 53:
-        raise ValueError(f"raster holds a count of {counts.max()!r} spikes in one bin, beyond what can be packed")
+        raise ValueError(f"raster holds a count of {float(counts.max())!r} spikes in one bin, beyond what can be "
+                         "packed")
     counts = counts.astype(np.int64)
+    from .. import _memory
+
+    total = int(counts.sum())
+    # Each spike's sample, channel and bin (int64) and time (float64), before pack_events checks its own arrays.
+    _memory.check(f"from_raster({n} samples, {n_channels} channels, {total} spikes)",
+                  {"spikes as events (sample, channel, bin, time)": 32 * total}, np,
+                  "convert fewer samples at a time (the raster in slices along its sample axis)")
     b, c, k = (np.repeat(a, counts) for a in (b, c, k))
     t = t_start + (k + (0.5 if align == "center" else 0.0)) * float(dt)
     edges = np.searchsorted(b, np.arange(n + 1))
