@@ -789,8 +789,8 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
     hit = np.zeros(n_out, np.bool_)
     mark = np.zeros(n_out, np.bool_)
     # Neurons whose walk stopped short of H at the earliest crossing known then (no crossing of theirs before it):
-    # a round comes first, after which they walk on from where they stopped (their state and saved state kept).
-    short = np.zeros(n_out, np.bool_)
+    # a round comes first (a pass with such a stop always ends in one, so each is listed once), after which they
+    # walk on from where they stopped (their state and saved state kept).
     shorts = np.empty(n_out, np.int64)
     n_short = 0
     resumed = np.zeros(n_out, np.bool_)  # walking on after a stop: not walked before, so not counted as redone
@@ -851,8 +851,7 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                         break
                     ok = True
                 if k == end or t_in > bound:  # (the open gap after the last entry has nothing to apply)
-                    if k < end and t_in <= H and not short[i]:
-                        short[i] = True
+                    if k < end and t_in <= H:
                         shorts[n_short] = i
                         n_short += 1
                     break
@@ -893,9 +892,6 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                 width = min(1.25 * width, w_max)
             redone = 0
             again = False
-            for q in range(n_short):  # (none: a stop short of H means a crossing before H, so a round)
-                short[shorts[q]] = False
-            n_short = 0
             for i in range(n_out):
                 sV[i] = V[i]
                 sI[i] = I[i]
@@ -964,7 +960,6 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
         n_on = 0
         for q in range(n_short):
             i = shorts[q]
-            short[i] = False
             if not mark[i]:
                 shorts[n_on] = i
                 n_on += 1

@@ -546,14 +546,13 @@ def to_raster(times, dt: float, *, n_bins=None, time_axis: int = 0, t_start: flo
     with np.errstate(over="ignore", invalid="ignore"):
         k = xp.floor((t - float(t_start)) / float(dt))
     total = int(finite.sum())
-    early = finite & (k < 0)
+    keep = finite & (k >= 0)  # at or after t_start
     if n_bins is None:
-        kept = finite & ~early
-        n_bins = int(k[kept].max()) + 1 if bool(kept.any()) else 1
+        n_bins = int(k[keep].max()) + 1 if bool(keep.any()) else 1
         if n_bins > 2 ** 62:
-            raise ValueError(f"the last spike, {float(t[kept].max())!r}, lies in bin {n_bins - 1} of width "
+            raise ValueError(f"the last spike, {float(t[keep].max())!r}, lies in bin {n_bins - 1} of width "
                              f"dt={dt!r}: too many bins; pass a larger dt or n_bins")
-    keep = finite & (k >= 0) & (k < n_bins)
+    keep &= k < n_bins
     dropped = total - int(keep.sum())
     size = n * n_channels * n_bins
     _memory.check(f"to_raster({n} samples, {n_channels} channels, n_bins={n_bins}, {dtype.name})",
