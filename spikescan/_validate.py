@@ -358,11 +358,17 @@ def _finite_real(value):
     return number if math.isfinite(number) else None
 
 
-def _shown(value):
+def _shown(value, typed=True):
     """``repr(value)``, or for an int too long to print usefully (or at all: Python limits int-to-str conversions),
-    its size."""
+    its size; with ``typed``, for what is not a real number (a torch or jax scalar, a string) its type too, so that
+    a message about a scalar blames the type and not a value that looks right (``dt=torch.tensor(1.0)``)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)).bit_length() > 64:
         return f"an integer of {abs(int(value)).bit_length()} bits"
+    if typed and value is not None and not isinstance(value, (bool, np.bool_)) \
+            and not isinstance(unwrap_0d(value), numbers.Real):
+        kind = type(value)
+        kind = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        return f"{value!r} (of type {kind}; give a Python or NumPy number)"
     return repr(value)
 
 

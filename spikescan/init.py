@@ -314,8 +314,8 @@ def _check_target(target):
 
 def _shown_pair(target):
     if isinstance(target, (tuple, list)):
-        return "(" + ", ".join(v._shown(x) for x in target) + ")"
-    return v._shown(target)
+        return "(" + ", ".join(v._shown(x, typed=False) for x in target) + ")"
+    return v._shown(target, typed=False)
 
 
 __all__ = ["mean_weight", "mean_psp_peak", "calibrate_scale", "burst_bound", "input_statistics", "firing_fraction"]

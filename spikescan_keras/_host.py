@@ -95,6 +95,9 @@ def warn(key: int, message: str, category, stacklevel: int = 1):
 
 
 SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+# From this share of a batch's spikes capped on, CappedSpikesWarning's advice is to raise max_spikes, not that a few
+# neurons burst (a band edge of SHARE_BANDS, so the advice is constant within a band and the filter still works).
+CAPPED_LARGE_SHARE = 0.1
 
 
 def second_order_error(op, spec):
@@ -285,14 +288,21 @@ class LIFOp:
             # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
             # shows it once per layer and band: again when the share reaches a new band (a runaway shows as a rising
             # band). The layer's ``capped_spikes`` variable keeps the running total.
+            large = int(capped) / max(int(spikes), int(capped), 1) >= CAPPED_LARGE_SHARE  # share_band's share
+            advice = (
+                "A share this large means the layer's neurons routinely fire more than max_spikes times per sample, "
+                "as dense input (rate codes, rasters) drives them: raise max_spikes (doubling it usually brings the "
+                "share under a few percent). If instead the share keeps rising during training while the loss "
+                "stalls, the weights are running away: lower the learning rate." if large else
+                "Usually a few neurons fire a short burst on every sample, which training tolerates; raise max_spikes "
+                "if the later spikes carry information. If instead the share keeps rising during training while the "
+                "loss stalls, the weights are running away: lower the learning rate.")
             warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
-                "them, and this warning shows again when the share reaches a band not shown before). Usually a few "
-                "neurons fire a short burst on every sample, which training tolerates; raise max_spikes if the later "
-                "spikes carry information. If instead the share keeps rising during training while the loss "
-                "stalls, the weights are running away: lower the learning rate.", CappedSpikesWarning)
+                "them, and this warning shows again when the share reaches a band not shown before). " + advice,
+                CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name, spec.layer_key)
         elif spec.training and spec.warn_dead and int(dead):

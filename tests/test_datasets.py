@@ -794,6 +794,14 @@ def test_to_raster_reports_spikes_outside_its_bins():
         ss.set_memory_limit(previous)
 
 
+class _Tensor:
+    """A 0-d tensor of a framework that is not NumPy: not a ``numbers.Real``, no NumPy dtype."""
+    ndim = 0
+
+    def __repr__(self):
+        return "tensor(1.)"
+
+
 @pytest.mark.parametrize("raster,kwargs,err,match", [
     (-np.ones((2, 2, 2), int), {}, ValueError, r"raster must hold spike counts >= 0, got -1 at index \(0, 0, 0\)"),
     (np.full((2, 2, 2), 0.5), {}, ValueError, r"raster must hold whole spike counts >= 0, got 0.5 at index .*drawn "
@@ -806,6 +814,9 @@ def test_to_raster_reports_spikes_outside_its_bins():
                                                         r"got 3"),
     (np.zeros((2, 2, 2)), {"time_axis": 1.0}, ValueError, r"time_axis must be an axis"),
     (np.zeros((2, 2, 2)), {"dt": 0.0}, ValueError, r"dt must be a finite number > 0, got 0.0"),
+    # A scalar of another framework (here a stand-in for torch.tensor(1.0)) is refused for its type, not its value.
+    (np.zeros((2, 2, 2)), {"dt": _Tensor()}, ValueError, r"dt must be a finite number > 0, got tensor\(1\.\) \(of "
+                                                        r"type \S*_Tensor; give a Python or NumPy number\)"),
     (np.zeros((2, 2, 2)), {"t_start": -1.0}, ValueError, r"t_start must be a finite number >= 0, got -1.0"),
     (np.zeros((2, 2, 2)), {"align": "right"}, ValueError, r"align"),
     (np.zeros((2, 2, 0)), {}, ValueError, r"raster has no channels"),

@@ -162,6 +162,8 @@ def test_input_statistics():
     (dict(tau_mem=-10.0), "tau_mem must be a positive finite number, got -10.0"),
     (dict(tau_syn=float("nan")), "tau_syn must be a positive finite number, got nan"),
     (dict(tau_mem=0), "tau_mem must be a positive finite number, got 0"),
+    (dict(tau_mem="10"), r"tau_mem must be a positive finite number, got '10' \(of type str; give a Python or NumPy "
+                         r"number\)"),
     # A Python int beyond float64: np.isfinite raised a TypeError that named no argument.
     (dict(tau_syn=10**400), "tau_syn must be a positive finite number, got an integer of 1329 bits"),
     (dict(window=-10**400), "window must be a finite number >= 0, got an integer of 1329 bits"),

@@ -759,6 +759,22 @@ def test_capped_spikes_warning_shows_again_when_the_share_moves_band():
     assert len(messages) == 2 and "'hidden': 2-5% of" in messages[0] and "'hidden': 20-50% of" in messages[1]
 
 
+@pytest.mark.parametrize("capped,large", [(9, False), (10, True), (60, True)])
+def test_capped_spikes_warning_advises_raising_max_spikes_when_the_share_is_large(capped, large):
+    """From 10% of a batch's spikes capped on (dense input, e.g. a rate raster), the advice is to raise max_spikes;
+    below it, that a few neurons bursting is tolerated."""
+    from spikescan_keras._host import LIFOp, LIFSpec
+
+    spec = LIFSpec(tau_mem=TAU_MEM, tau_syn=TAU_SYN, threshold=1.0, max_spikes=8, method="auto", chunk_size=128,
+                   solver="newton", layer_name="hidden")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LIFOp.check(spec, capped, 10, 100)
+    (message,) = [str(w.message) for w in caught if w.category is sk.CappedSpikesWarning]
+    assert ("routinely fire more than max_spikes" in message) is large
+    assert ("Usually a few neurons" in message) is not large
+
+
 def test_dead_neurons_warning_gives_the_share_and_shows_again_when_it_moves_band():
     """The dead-neuron warning (silence_penalty=0) gives the share of the layer's neurons that fired on no sample, as
     a band: under the default filter it shows once per layer and band, so more neurons dying shows again."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import _validate
 # ``dtype`` as NumPy float32 or float64 (the spike times the layers accept), else a TypeError naming ``dtype``.
 from ..encode import _float_dtype as float_dtype
 
@@ -238,10 +239,10 @@ def check_choice(name: str, value, choices) -> None:
 def check_positive(name: str, value, *, allow_zero: bool = False, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    number = _validate._finite_real(value)
+    if number is None or not (number >= 0 if allow_zero else number > 0):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got "
+                         f"{_validate._shown(value)}")
 
 
 def check_count(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> None:
