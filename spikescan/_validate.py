@@ -86,30 +86,63 @@ def check_float_array(name, x, ndim, spikes=False):
         raise ValueError(f"{name} must have {ndim} dimensions, got {_describe(x)}")
 
 
-def _first_bad(xp, x, bad):
-    """A short description of the first entry where ``bad`` holds, for error messages."""
+def _first_bad(xp, x, bad, offset=0):
+    """A short description of the first entry where ``bad`` holds, for error messages; ``offset``: the index of
+    ``x``'s first sample in the tensor it was cut from."""
     idx = tuple(int(i) for i in xp.argwhere(bad)[0])
-    return f"{x[idx].item()!r} at index {idx}"
+    shown = (idx[0] + offset,) + idx[1:] if idx else idx
+    return f"{x[idx].item()!r} at index {shown}"
+
+
+# check_spike_times works in blocks of samples of at most this many times, so that its temporaries (a bool per
+# entry) stay small beside the tensor: it runs before the memory check, which needs checked shapes.
+CHECK_ELEMENTS = 1 << 24
+
+
+def _sample_blocks(times):
+    """``(first sample, block)`` views of ``times`` along its first axis, each of at most ``CHECK_ELEMENTS``
+    entries (at least one sample)."""
+    per = max(1, CHECK_ELEMENTS // max(1, math.prod(times.shape[1:])))
+    for start in range(0, times.shape[0], per):
+        yield start, times[start:start + per]
+
+
+def _negative_hint(value):
+    """What to do about a negative spike time ``value``."""
+    if value == -1 or value == -math.inf:
+        return f"; spike times pad unused slots with +inf, not {value!r}"
+    return ("; spike times count from each sample's start at 0: shift a recording that starts earlier (subtract its "
+            "start time)")
 
 
 def check_spike_times(name, times):
-    """Spike tensor ``[batch, channels, max_spikes]``: no NaN, no negative time, ascending along the last axis."""
+    """Spike tensor ``[batch, channels, max_spikes]``: no NaN, no negative time, ascending along the last axis. In
+    blocks of samples (``CHECK_ELEMENTS``), so the check needs little memory beside the tensor."""
     check_float_array(name, times, 3, spikes=True)  # first: a list gets an error that names the argument
     xp = array_module(times)
-    nan = xp.isnan(times)
-    if bool(nan.any()):
-        raise ValueError(f"{name} contains NaN ({_first_bad(xp, times, nan)}); pad unused slots with +inf")
-    neg = times < 0
-    if bool(neg.any()):
-        raise ValueError(f"{name} must be >= 0, got {_first_bad(xp, times, neg)}")
+    # On NumPy one reduction clears NaN and negative times at once (np.min propagates NaN); CuPy's min may not with
+    # its cuTENSOR accelerator, so there each is tested.
+    if xp is not np or not times.size or not float(times.min()) >= 0:
+        for start, block in _sample_blocks(times):
+            nan = xp.isnan(block)
+            if bool(nan.any()):
+                raise ValueError(f"{name} contains NaN ({_first_bad(xp, block, nan, start)}); pad unused slots "
+                                 "with +inf")
+        for start, block in _sample_blocks(times):
+            neg = block < 0
+            if bool(neg.any()):
+                raise ValueError(f"{name} must be >= 0, got {_first_bad(xp, block, neg, start)}"
+                                 f"{_negative_hint(float(block[neg][0]))}")
     if times.shape[-1] > 1:
-        down = times[..., 1:] < times[..., :-1]
-        if bool(down.any()):
-            idx = tuple(int(i) for i in xp.argwhere(down)[0])
-            nxt = idx[:-1] + (idx[-1] + 1,)
-            raise ValueError(
-                f"{name} must be ascending along the last axis (+inf padding last); got {times[idx].item()!r} at "
-                f"index {idx} followed by {times[nxt].item()!r}{_raster_hint(xp, times)}")
+        for start, block in _sample_blocks(times):
+            down = block[..., 1:] < block[..., :-1]
+            if bool(down.any()):
+                idx = tuple(int(i) for i in xp.argwhere(down)[0])
+                nxt = idx[:-1] + (idx[-1] + 1,)
+                raise ValueError(
+                    f"{name} must be ascending along the last axis (+inf padding last); got {block[idx].item()!r} "
+                    f"at index {(idx[0] + start,) + idx[1:]} followed by {block[nxt].item()!r}"
+                    f"{_raster_hint(xp, times)}")
 
 
 # How a binned raster becomes spike times, for the errors that meet one where spike times are expected.

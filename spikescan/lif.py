@@ -61,7 +61,8 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
             EPYC: 0.08 s at 16 neurons, 3.5 s at 128; the first sample to stop stops the others, so a batch costs
             about one sample's time): lower the limit to stop such a layer sooner.
         recurrent_weights: optional ``[n_out, n_out]``: entry ``[k, i]`` is added to neuron ``i``'s current when
-            neuron ``k`` spikes (README "Recurrent layers"). Every spike propagates, recorded or not. ``"sequential"``
+            neuron ``k`` spikes (README "Recurrent layers"): rows send, columns receive, as in ``weights`` (a
+            ``W[post, pre]`` matrix goes in transposed). Every spike propagates, recorded or not. ``"sequential"``
             processes the earliest event of each sample at a time (the reference); ``"scan"`` (and ``"auto"``) lets
             every neuron look up to ``chunk_size`` arrivals ahead and applies, at once, everything before the sample's
             earliest possible next spike (plus the smallest recurrent delay), so whole windows go in one step. Both
@@ -80,7 +81,8 @@ def lif_forward(input_times, weights, *, tau_mem, tau_syn, threshold=1.0, max_sp
 
     Returns:
         ``LIFResult(times [batch, n_out, max_spikes], counts [batch, n_out], residuals)``. Arrays are NumPy for
-        NumPy inputs and CuPy for CuPy inputs.
+        NumPy inputs and CuPy for CuPy inputs. A neuron's spikes beyond ``max_spikes`` are not in ``times`` and
+        nothing warns here (the Keras layers do): ``counts > max_spikes`` marks them, ``capped_spikes`` sums them.
 
     Raises:
         RunawayFiringError: a neuron exceeds ``max_total_spikes`` (every method and backend checks it as it goes;

@@ -111,8 +111,8 @@ def trace(t, voltage, *, neurons=None, threshold=None, spike_times=None, ax=None
             neuron.
         neurons: indices of the neurons to draw, or a boolean mask over them (default: all).
         threshold: draws a dashed horizontal line at this value (one more line in ``ax.lines``); with one threshold
-            per neuron (``[neurons]``, a layer with ``trainable_threshold``), one dashed line per drawn neuron in its
-            colour.
+            per row of ``voltage`` (``[voltage.shape[0]]``, all the neurons, not only those in ``neurons``: a layer
+            with ``trainable_threshold``), one dashed line per drawn neuron in its colour.
         spike_times: ``[neurons, max_spikes]`` spike times of the same sample (``+inf`` padded), drawn as markers in
             each neuron's colour at the threshold (the voltage's left limit at a spike), or at the top of that
             neuron's trace when ``threshold`` is ``None``. Markers are one ``PathCollection`` per neuron, not lines.

@@ -649,6 +649,46 @@ def test_zero_d_arrays_count_as_their_numbers():
         ss.lif_forward(**dict(kw, max_spikes=NoDtype()))
 
 
+@pytest.mark.parametrize("bad,hint", [
+    (-1.0, r"spike times pad unused slots with \+inf, not -1.0"),
+    (-np.inf, r"spike times pad unused slots with \+inf, not -inf"),
+    (-0.5, r"spike times count from each sample's start at 0: shift a recording that starts earlier")])
+def test_negative_spike_times_say_what_to_do(bad, hint):
+    """-1 (or -inf) is the padding of other tools; any other negative time, a recording that starts before 0."""
+    kw = _good()
+    kw["input_times"] = kw["input_times"].copy()
+    kw["input_times"][1, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"input_times must be >= 0, got .* at index \(1, 0, 0\); " + hint):
+        ss.lif_forward(**kw)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("nan", r"contains NaN \(nan at index \(13, 2, 1\)\)"),
+    ("negative", r"must be >= 0, got -2.0 at index \(13, 2, 1\)"),
+    ("unsorted", r"must be ascending along the last axis .* at index \(13, 2, 1\) followed by")])
+def test_spike_time_checks_work_in_blocks_of_samples(monkeypatch, bad, match):
+    """The spike tensor's checks run before the memory check, so they work in blocks of samples (their temporaries,
+    a bool per entry, stay a block's size: a spike tensor near the memory limit made them allocate three times its
+    size in bools); an error names the entry's index in the whole tensor."""
+    import tracemalloc
+    from spikescan import _validate
+
+    t = np.sort(np.random.default_rng(0).uniform(0.0, 50.0, (16, 100, 400)), axis=-1)  # 640000 entries, 5.1 MB
+    monkeypatch.setattr(_validate, "CHECK_ELEMENTS", 100 * 400)  # one sample per block
+    tracemalloc.start()
+    try:
+        _validate.check_spike_times("input_times", t)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # A block's bools (40 KB) and NumPy's buffers (~130 KB for the strided comparison); one bool per entry of the
+    # whole tensor would be 640 KB (the old checks held three).
+    assert peak < t.size // 2
+    t[13, 2, 1] = {"nan": np.nan, "negative": -2.0, "unsorted": t[13, 2, 2] + 1.0}[bad]
+    with pytest.raises(ValueError, match="input_times " + match):
+        _validate.check_spike_times("input_times", t)
+
+
 def test_backward_rejects_bad_cotangents():
     kw = _good()
     r = ss.lif_forward(**kw)
