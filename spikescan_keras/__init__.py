@@ -22,9 +22,9 @@ from ._host import (CappedSpikesWarning, DeadNeuronsWarning, DeadReadoutWarning,
                     SilentReadoutWarning)
 from .callbacks import FiringMonitor  # noqa: E402
 from .layers import (DelayRange, FirstSpikeReadout, LIFLayer, LIReadout, PositiveFloor,  # noqa: E402
-                     SpikeCountRegularizer, SpikeDropout)
+                     SpikeCountRegularizer, SpikeDropout, apply_constraints)
 from .nir import export_nir, import_nir  # noqa: E402
 
 __all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeDropout", "SpikeCountRegularizer", "DelayRange",
            "PositiveFloor", "CappedSpikesWarning", "DeadNeuronsWarning", "SilentLayerWarning", "SilentReadoutWarning",
-           "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir"]
+           "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir", "apply_constraints"]

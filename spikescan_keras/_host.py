@@ -97,7 +97,7 @@ def warn(key: int, message: str, category, stacklevel: int = 1):
 SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 # From this share of a batch's spikes capped on, CappedSpikesWarning's advice is to raise max_spikes, not that a few
 # neurons burst (a band edge of SHARE_BANDS, so the advice is constant within a band and the filter still works).
-CAPPED_LARGE_SHARE = 0.1
+CAPPED_LARGE_SHARE = 0.2
 
 
 def second_order_error(op, spec):
@@ -106,6 +106,12 @@ def second_order_error(op, spec):
     return RuntimeError(f"spikescan_keras: {op.__name__} (layer {getattr(spec, 'layer_name', '')!r}) has no "
                         "second-order gradient (its backward runs on the host); differentiating its gradients (a "
                         "gradient penalty, create_graph=True, nested tapes) would leave out every term through it")
+
+
+# The starts of the errors of the forward's parameters that a layer's constraints keep valid (delays >= 0,
+# thresholds and time constants above their floors).
+CONSTRAINED = ("delays must be >= 0", "recurrent_delays must be >= 0", "threshold must be positive",
+               "tau_mem must be positive", "tau_syn must be positive")
 
 
 def batch_indexed(forward):
@@ -129,6 +135,13 @@ def batch_indexed(forward):
                                                err.limit) from err
         except (ValueError, TypeError) as err:
             text = str(err)
+            if type(err) is ValueError and text.startswith(CONSTRAINED):
+                # A parameter its constraint keeps valid under Keras' optimizers: a loop of the user's own skipped it.
+                raise ValueError(
+                    f"{text} [in layer {getattr(spec, 'layer_name', '')!r}: the layer's constraints keep its delays, "
+                    "thresholds and time constants valid when a Keras optimizer steps (model.fit, "
+                    "optimizer.apply); a training loop of your own (a torch.optim optimizer, optax, ...) must apply "
+                    "them after each step: spikescan_keras.apply_constraints(model)]") from err
             if type(err) not in (ValueError, TypeError) or not text.startswith("input_times") or "index (" not in text:
                 raise
             batch = int(inputs[0].shape[0])

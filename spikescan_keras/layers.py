@@ -377,6 +377,34 @@ class PositiveFloor(keras.constraints.Constraint):
         return {"min_value": self.min_value}
 
 
+def apply_constraints(model):
+    """Applies each trainable variable's constraint to it (``v.assign(v.constraint(v))``), as Keras' optimizers do
+    after every step, for a training loop of your own (a ``torch.optim`` optimizer over ``model.parameters()``,
+    optax, ...), which knows nothing of Keras constraints: call it after each optimizer step. Without it a step can
+    take delays below 0 (or above ``max_delay``) and trainable thresholds or time constants below their floors, and
+    the next forward refuses them (or, above ``max_delay``, runs with delays the layer was not configured for).
+
+    Args:
+        model: a Keras model or layer (its ``trainable_variables``), or an iterable of Keras variables.
+
+    Returns:
+        The number of variables whose constraint was applied.
+    """
+    variables = getattr(model, "trainable_variables", model)
+    try:
+        variables = list(variables)
+    except TypeError:
+        raise TypeError(f"apply_constraints takes a Keras model or layer, or an iterable of Keras variables, got "
+                        f"{type(model).__name__}") from None
+    applied = 0
+    for variable in variables:
+        constraint = getattr(variable, "constraint", None)
+        if constraint is not None:
+            variable.assign(constraint(variable))
+            applied += 1
+    return applied
+
+
 def _learns_from(layer, inputs, training):
     """Whether a call updates the training state (calibration, firing statistics, revival objective): a training
     call, unless its batch is known to be empty (nothing to calibrate on, count or revive; the mean over no sample

@@ -51,11 +51,12 @@ ENCODE = "from spikescan import encode"
 PLOT = "import matplotlib.pyplot as plt"
 KERAS = "import os\nos.environ.setdefault(\"KERAS_BACKEND\""
 NIR = "import nir, tonic"
+TORCH_LOOP = "import torch\nimport keras\nimport spikescan_keras as sk"
 
 
 def test_every_block_is_run_or_accounted_for():
     for block in _blocks():
-        run = [start for start in (ARRAY, ENCODE, PLOT, KERAS, NIR) if block.startswith(start)]
+        run = [start for start in (ARRAY, ENCODE, PLOT, KERAS, NIR, TORCH_LOOP) if block.startswith(start)]
         assert len(run) + (block.splitlines()[0] in NOT_RUN) == 1, f"README block not tested: {block[:200]!r}"
 
 
@@ -101,3 +102,30 @@ def test_keras_block_trains_and_nir_round_trip(tmp_path):
         print("ok")
     """)
     assert "ok" in _run(code, tmp_path)
+
+
+def test_torch_loop_block_trains_and_keeps_the_constraints(tmp_path):
+    """The hand-written torch loop runs as written on a DataLoader of Yin-Yang-like spike times, with a learning
+    rate large enough that its steps take delays out of [0, max_delay]: apply_constraints keeps them in."""
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    prelude = textwrap.dedent("""
+        import os
+        os.environ["KERAS_BACKEND"] = "torch"
+        import numpy as np
+        import torch
+        rng = np.random.default_rng(0)
+        n_in, max_in, n_classes = 5, 1, 3
+        x = np.sort(rng.uniform(0.0, 20.0, (96, n_in, max_in)), axis=-1).astype("float32")
+        y = rng.integers(0, n_classes, 96)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
+                                             batch_size=32)
+    """)
+    block = _block(TORCH_LOOP).replace("lr=1e-3", "lr=1.0")
+    check = textwrap.dedent("""
+        delays = model.layers[0].delay_values()
+        assert 0.0 <= delays.min() and delays.max() <= 5.0 and (delays == 5.0).any(), (delays.min(), delays.max())
+        assert np.isfinite(float(loss))
+        print("ok")
+    """)
+    assert "ok" in _run(prelude + block + check, tmp_path)
