@@ -3,12 +3,15 @@ side by side in one run.
 
 An SHD-like recurrent layer (``spikes`` Poisson input spikes per sample on 700 channels over 1 s, 128 neurons,
 ``tau_mem`` 20 ms, ``tau_syn`` 5 ms, recurrent weights ``N(0, 0.04)``) without recurrent delays; the same layer with
-input delays uniform on [0, 25] ms (what ``examples/shd.py --recurrent`` trains); and one with a quarter of the
-neurons and half the batch with recurrent delays uniform on [1, 5] ms (whose 1 ms minimum lets the parallel method
-commit whole windows). The compiled engine runs each of its forward kernels that applies: its neurons walking the
-shared queue together (``lanes``: no input or recurrent delays), each neuron walking its own queue in time windows
-between the layer's spikes (``windows``: input delays, no recurrent delays) and its general event loop (``event
-loop``, what it runs with recurrent delays). Every variant is first checked against ``engine="numpy",
+input delays uniform on [0, 25] ms (what ``examples/shd.py --recurrent`` trains); that layer with a tenth of the
+recurrent pairs connected and half the batch; and one with a quarter of the neurons and half the batch with
+recurrent delays uniform on [1, 5] ms (whose 1 ms minimum lets the parallel method commit whole windows). The
+compiled engine runs each of its forward kernels that applies: its neurons walking the shared queue together
+(``lanes``: no input or recurrent delays), each neuron walking its own queue in time windows between the layer's
+spikes (``windows``: input delays, no recurrent delays; also with its walks always stopping at the earliest
+crossing known, ``windows, stopping``, and always going on to the window's end, ``windows, walking on``, where
+``windows`` decides by the share of connected pairs) and its general event loop (``event loop``, what it runs with
+recurrent delays). Every variant is first checked against ``engine="numpy",
 method="sequential"`` (identical spike counts, times and gradients within the test tolerances) and only then timed:
 forward, and forward + backward, median of ``--repeats``.
 
@@ -37,15 +40,16 @@ from spikescan._lif_numpy import numba_available  # noqa: E402
 from _stamp import stamp, write_json  # noqa: E402
 
 TAU_MEM, TAU_SYN, DURATION, MAX_DELAY = 20.0, 5.0, 1000.0, 25.0
-# The layers: (name, input delays, recurrent delays).
-LAYERS = (("shd_recurrent", False, False), ("shd_recurrent_input_delays", True, False),
-          ("shd_recurrent_delays", False, True))
+# The layers: (name, input delays, recurrent delays, share of connected recurrent pairs).
+LAYERS = (("shd_recurrent", False, False, 1.0), ("shd_recurrent_input_delays", True, False, 1.0),
+          ("shd_recurrent_input_delays_sparse", True, False, 0.1), ("shd_recurrent_delays", False, True, 1.0))
 FULL = dict(batch=4, n_in=700, spikes=3000, n_out=128)
 QUICK = dict(batch=2, n_in=20, spikes=60, n_out=8)
 
 
-def layer(batch, n_in, spikes, n_out, recurrent_delays, input_delays=False, seed=0):
-    """Input spike times, input weights, recurrent weights, and (optionally) recurrent and input delays."""
+def layer(batch, n_in, spikes, n_out, recurrent_delays, input_delays=False, connected=1.0, seed=0):
+    """Input spike times, input weights, recurrent weights (a share ``connected`` of the pairs non-zero), and
+    (optionally) recurrent and input delays."""
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(spikes, np.full(n_in, 1.0 / n_in), size=batch)
     t = np.full((batch, n_in, max(int(counts.max()), 1)), np.inf)
@@ -58,6 +62,8 @@ def layer(batch, n_in, spikes, n_out, recurrent_delays, input_delays=False, seed
     r = rng.normal(0.0, 0.04, (n_out, n_out))
     dr = rng.uniform(1.0, 5.0, (n_out, n_out)) if recurrent_delays else None
     d = rng.uniform(0.0, MAX_DELAY, (n_in, n_out)) if input_delays else None
+    if connected < 1.0:
+        r = r * (np.random.default_rng(seed + 1).uniform(size=r.shape) < connected)
     return t, w, r, dr, d
 
 
@@ -68,6 +74,7 @@ def variants():
     out = [("numpy", "sequential", None), ("numpy", "scan", None)]
     if numba_available():
         out += [("numba", "sequential", "lanes"), ("numba", "sequential", "windows"),
+                ("numba", "sequential", "windows, stopping"), ("numba", "sequential", "windows, walking on"),
                 ("numba", "sequential", "event loop")]
     return out
 
@@ -76,7 +83,7 @@ def applies(kernel, input_delays, recurrent_delays):
     """Whether the compiled engine runs ``kernel`` on such a layer when it is switched on."""
     if kernel == "lanes":
         return not input_delays and not recurrent_delays
-    if kernel == "windows":
+    if kernel.startswith("windows"):
         return input_delays and not recurrent_delays
     return True
 
@@ -87,14 +94,18 @@ def _run(args, engine, method, max_spikes, kernel=None):
     if kernel is not None:
         from spikescan import _recurrent_numba
 
-        saved = _recurrent_numba.LANES, _recurrent_numba.WINDOWS
-        _recurrent_numba.LANES, _recurrent_numba.WINDOWS = kernel == "lanes", kernel == "windows"
+        saved = _recurrent_numba.LANES, _recurrent_numba.WINDOWS, _recurrent_numba.WINDOW_STOP_DENSITY
+        _recurrent_numba.LANES, _recurrent_numba.WINDOWS = kernel == "lanes", kernel.startswith("windows")
+        # The windows' walks stop at the earliest crossing known (density 0: always), go on to the window's end
+        # (never), or, as the engine decides, where enough of the recurrent pairs are connected.
+        _recurrent_numba.WINDOW_STOP_DENSITY = {"windows, stopping": 0.0, "windows, walking on": np.inf}.get(
+            kernel, saved[2])
     try:
         return ss.lif_forward(t, w, delays=d, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=max_spikes,
                               recurrent_weights=r, recurrent_delays=dr, method=method, engine=engine)
     finally:
         if saved is not None:
-            _recurrent_numba.LANES, _recurrent_numba.WINDOWS = saved
+            _recurrent_numba.LANES, _recurrent_numba.WINDOWS, _recurrent_numba.WINDOW_STOP_DENSITY = saved
 
 
 def _check(ref, out, gref, gout, label):
@@ -111,12 +122,13 @@ def _check(ref, out, gref, gout, label):
 
 def bench(shape, repeats, max_spikes=16):
     rows = []
-    for name, in_delays, rec_delays in LAYERS:
+    for name, in_delays, rec_delays, connected in LAYERS:
         # With recurrent delays every spike schedules n_out arrivals at distinct times, each an event of the
-        # reference loop: a quarter of the neurons and half the batch keep it to minutes.
+        # reference loop: a quarter of the neurons and half the batch keep it to minutes; the reference takes
+        # minutes per sample on the layers with input delays, so the sparse one has half the batch.
         shape_ = dict(shape, n_out=max(8, shape["n_out"] // 4), batch=max(1, shape["batch"] // 2)) if rec_delays \
-            else shape
-        args = layer(**shape_, recurrent_delays=rec_delays, input_delays=in_delays)
+            else dict(shape, batch=max(1, shape["batch"] // 2)) if connected < 1.0 else shape
+        args = layer(**shape_, recurrent_delays=rec_delays, input_delays=in_delays, connected=connected)
         ref = _run(args, "numpy", "sequential", max_spikes)
         g = np.where(np.isfinite(ref.times), 1.0, 0.0)
         gref = ss.lif_backward(ref, g, input_times_grad=False)
@@ -136,7 +148,8 @@ def bench(shape, repeats, max_spikes=16):
                 t2 = time.perf_counter()
                 fwd.append(t1 - t0)
                 full.append(t2 - t0)
-            rows.append(dict(layer=name, shape=shape_, engine=engine, method=method, kernel=kernel,
+            rows.append(dict(layer=name, shape=shape_, connected=connected, engine=engine, method=method,
+                             kernel=kernel,
                              forward_s=float(np.median(fwd)), forward_backward_s=float(np.median(full)),
                              forward_repeats=fwd, full_repeats=full,
                              spikes_per_sample=float(ref.counts.sum() / shape_["batch"]),

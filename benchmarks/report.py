@@ -748,7 +748,10 @@ def recurrent_table(results, name="recurrent_cpu.json"):
     rows = []
     for row in r["rows"]:
         layer = {"shd_recurrent": "no delays", "shd_recurrent_delays": "recurrent delays 1-5 ms",
-                 "shd_recurrent_input_delays": f"input delays {st.get('input_delays', '')[8:]}"}[row["layer"]]
+                 "shd_recurrent_input_delays": f"input delays {st.get('input_delays', '')[8:]}",
+                 "shd_recurrent_input_delays_sparse": f"input delays {st.get('input_delays', '')[8:]}, "
+                                                      f"{100 * row.get('connected', 1.0):g}% of the recurrent pairs "
+                                                      "connected"}[row["layer"]]
         size = row.get("shape", shape)
         layer += f", batch {size['batch']}, {size['n_out']} neurons"
         rows.append([layer, f"{row['spikes_per_sample']:.0f}", _variant(row), _pair(row),

@@ -101,6 +101,14 @@ LANES = True
 # Off: the event loop (tests compare). The window changes the work, not the results.
 WINDOWS = True
 WINDOW_ENTRIES = 2.0
+# In a window, when at least this share of the layer's (sender, target) pairs are connected (non-zero entries of
+# R), each neuron stops its walk at the earliest crossing known when it walks: a round comes first there, and would
+# most likely send it back to walk again from the round. Below it they walk on to the window's end, past rounds that
+# most likely leave them alone. The work, not the results. CPU time of the forward on the SHD-like layer with input
+# delays (one thread) at 0 / 10 / 30 / 50 / 70 / 100% connected pairs: stopping 96 / 116 / 138 / 159 / 175 / 198 ms,
+# walking on 74 / 102 / 138 / 169 / 195 / 226 ms (stopping only the neurons most of the layer targets was worse than
+# both at 50%: 176 ms).
+WINDOW_STOP_DENSITY = 0.3
 # The backward with shared time constants and no recurrent delays carries the targets' adjoints from spike to spike
 # (``backward_spikes``'s ``carried``); False forms each from the target's next spike.
 CARRIED = True
@@ -720,12 +728,14 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
 
 @_jit
 def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r_ptr, r_col, r_val, solver, limit,
-                    entries, dt, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at, abort):
+                    entries, stop, dt, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at,
+                    abort):
     """``_forward_sample`` for a layer without recurrent delays (or all zero) whose neurons each have their own input
     queue (input delays; rows ``qbase + (i if Q > 1 else 0)``), the event loop's results without its merge of the
     queues: between two layer spikes the neurons are independent, so each walks its own queue alone, up to the end
     of a time window ``[.., H]`` or its first crossing, whichever comes first (in the loop's gap tests, on the same
-    gaps). The earliest crossing at or before ``H`` is the next round, as in the loop: reset, record, log (neuron
+    gaps); with ``stop`` (a densely connected ``R``: ``WINDOW_STOP_DENSITY``) also at the earliest crossing known
+    when it walks, as a round comes first there. The earliest crossing at or before ``H`` is the next round, as in the loop: reset, record, log (neuron
     order); each target of the spikes (``R``'s non-zero entries ``r_ptr, r_col, r_val`` by rows) is brought to the
     spike time (a target that walked past it starts again from its state at the window's start or its last round,
     ``sV, sI, sT, sp``, and walks the same gaps up to it), adds the input entries at that time, then the spikes'
@@ -815,7 +825,7 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
         # entry at or before the bound) the decay and every input entry at that time. The bound: H, or the earliest
         # crossing known if earlier (a round comes there first, which changes its targets' futures).
         bound = H
-        for q in range(n_arm):
+        for q in range(n_arm if stop else 0):
             if key[arm[q]] < bound:
                 bound = key[arm[q]]
         for q in range(nd):
@@ -846,7 +856,7 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
                             listed[i] = True
                             arm[n_arm] = i
                             n_arm += 1
-                        if t_x < bound:
+                        if stop and t_x < bound:
                             bound = t_x
                         break
                     ok = True
@@ -1008,8 +1018,8 @@ def _expand_sources(pq, b, i, n, QT, SRC, slot):
 
 @_pjit
 def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_arr, R, Dr, has_dr, solver, limit,
-                   table, use_table, lanes, windows, entries, r_ptr, r_col, r_val, times, events, counts, log_t,
-                   log_k, log_I, n_log, status, status_at, abort, heap_capacity, heap_limit, heap_most):
+                   table, use_table, lanes, windows, entries, stop, r_ptr, r_col, r_val, times, events, counts,
+                   log_t, log_k, log_I, n_log, status, status_at, abort, heap_capacity, heap_limit, heap_most):
     """``_forward_sample`` for every sample in ``samples`` (its log in the row of its position there). ``permuted``:
     the queues are the permutation ``pq`` (``qt``, ``src`` unused), each sample's expanded for its loop only
     (``_expand_sources``, up to each row's ``+inf`` sentinel: ``16 n_out L1`` bytes per sample in flight instead of
@@ -1042,8 +1052,8 @@ def forward_kernel(samples, qt, src, qe, Q, pq, permuted, W, tm_arr, ts_arr, th_
             QT, SRC, QE, base = qt, src, qe, b * Q
         if windows:
             _windows_sample(b, slot, QT, SRC, QE, Q, base, W, tm_arr, ts_arr, th_arr, r_ptr,
-                            r_col, r_val, solver, limit, entries, np.empty((n_out, L1, 5)), times, events, counts,
-                            log_t, log_k, log_I, n_log, status, status_at, abort)
+                            r_col, r_val, solver, limit, entries, stop, np.empty((n_out, L1, 5)), times, events,
+                            counts, log_t, log_k, log_I, n_log, status, status_at, abort)
             heap_most[slot] = 0
             continue
         cap = min(heap_capacity, heap_limit)
@@ -1112,7 +1122,8 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(tau_syn, np.float64), np.ascontiguousarray(threshold, np.float64),
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table,
-              lanes, bool(WINDOWS and n_out > 0 and not lanes and no_delay), float(WINDOW_ENTRIES), *_by_rows(R))
+              lanes, bool(WINDOWS and n_out > 0 and not lanes and no_delay), float(WINDOW_ENTRIES),
+              bool(np.count_nonzero(R) >= WINDOW_STOP_DENSITY * n_out * n_out), *_by_rows(R))
     work = batch * n_out * L1
     # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond
     # what the call may use, split between the threads.

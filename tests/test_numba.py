@@ -866,8 +866,9 @@ def test_recurrent_lanes_only_where_their_assumptions_hold(monkeypatch):
 def test_recurrent_windows_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
     """Neurons with queues of their own (input delays), without recurrent delays (or all zero), walk them in
     windows (``_windows_sample``): the event loop's spikes, events, log and errors, bit for bit, for windows of a
-    third of an entry per neuron to all of the queue, on both queue formats and on a shared queue (lanes off);
-    and the NumPy engine's within the tolerances."""
+    third of an entry per neuron to all of the queue, walks stopping at the earliest crossing known or going on to
+    the window's end, on both queue formats and on a shared queue (lanes off); and the NumPy engine's within the
+    tolerances."""
     from spikescan import _lif_numpy, _recurrent_numba
 
     taken = _spy_lanes(monkeypatch, flag=20)
@@ -883,16 +884,19 @@ def test_recurrent_windows_equal_the_event_loop_bit_for_bit(kind, monkeypatch):
         monkeypatch.setattr(_lif_numpy, "COMPILED_PERMUTATION", seed % 3 != 2)
         monkeypatch.setattr(_recurrent_numba, "LANES", not shared)
         out = {}
-        for windows, entries in ((False, 2.0), (True, 0.3), (True, 2.0), (True, 1e9)):
+        # Walks that stop at the earliest crossing known (density 0: always) or go on to the window's end (never).
+        for windows, entries, density in ((False, 2.0, 0.3), (True, 0.3, 0.0), (True, 2.0, 0.0), (True, 1e9, 0.0),
+                                          (True, 0.3, 2.0), (True, 2.0, 2.0), (True, 1e9, 2.0)):
             monkeypatch.setattr(_recurrent_numba, "WINDOWS", windows)
             monkeypatch.setattr(_recurrent_numba, "WINDOW_ENTRIES", entries)
+            monkeypatch.setattr(_recurrent_numba, "WINDOW_STOP_DENSITY", density)
             taken.clear()
             try:
-                out[windows, entries] = ss.lif_forward(t, W, engine="numba", max_total_spikes=2000, **kw)
+                out[windows, entries, density] = ss.lif_forward(t, W, engine="numba", max_total_spikes=2000, **kw)
             except ss.RunawayFiringError as err:
-                out[windows, entries] = str(err)
+                out[windows, entries, density] = str(err)
             assert set(taken) == {windows}
-        a = out.pop((False, 2.0))
+        a = out.pop((False, 2.0, 0.3))
         if isinstance(a, str):
             assert all(b == a for b in out.values())
             runaway += 1
