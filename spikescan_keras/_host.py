@@ -114,6 +114,10 @@ CONSTRAINED = ("delays must be >= 0", "recurrent_delays must be >= 0", "threshol
                "tau_mem must be positive", "tau_syn must be positive")
 
 
+# The starts of the errors of non-finite weights, which a diverged training step leaves.
+DIVERGED = ("weights must be finite", "recurrent_weights must be finite")
+
+
 def batch_indexed(forward):
     """``op.forward`` whose errors about ``input_times`` at an index (NaN, a negative or descending time) add that
     the index counts samples within the batch the layer was called on, not the dataset the batch came from (Keras
@@ -140,8 +144,13 @@ def batch_indexed(forward):
                 raise ValueError(
                     f"{text} [in layer {getattr(spec, 'layer_name', '')!r}: the layer's constraints keep its delays, "
                     "thresholds and time constants valid when a Keras optimizer steps (model.fit, "
-                    "optimizer.apply); a training loop of your own (a torch.optim optimizer, optax, ...) must apply "
-                    "them after each step: spikescan_keras.apply_constraints(model)]") from err
+                    "optimizer.apply); a training loop of your own must apply them after each step: "
+                    "spikescan_keras.apply_constraints(model) after a torch.optim step, or trainable = "
+                    "spikescan_keras.apply_constraints(model, trainable) in a functional (jax) loop]") from err
+            if type(err) is ValueError and text.startswith(DIVERGED):
+                raise ValueError(
+                    f"{text} [in layer {getattr(spec, 'layer_name', '')!r}: a training step made its weights "
+                    "non-finite, as a diverged step does: lower the learning rate or clip the gradients]") from err
             if type(err) not in (ValueError, TypeError) or not text.startswith("input_times") or "index (" not in text:
                 raise
             batch = int(inputs[0].shape[0])

@@ -377,32 +377,49 @@ class PositiveFloor(keras.constraints.Constraint):
         return {"min_value": self.min_value}
 
 
-def apply_constraints(model):
-    """Applies each trainable variable's constraint to it (``v.assign(v.constraint(v))``), as Keras' optimizers do
-    after every step, for a training loop of your own (a ``torch.optim`` optimizer over ``model.parameters()``,
-    optax, ...), which knows nothing of Keras constraints: call it after each optimizer step. Without it a step can
+def apply_constraints(model, values=None):
+    """Each trainable variable's constraint, as Keras' optimizers apply it after every step, for a training loop of
+    your own, which knows nothing of Keras constraints: call it after each optimizer step. Without it a step can
     take delays below 0 (or above ``max_delay``) and trainable thresholds or time constants below their floors, and
     the next forward refuses them (or, above ``max_delay``, runs with delays the layer was not configured for).
 
     Args:
-        model: a Keras model or layer (its ``trainable_variables``), or an iterable of Keras variables.
+        model: a Keras model or layer (its ``trainable_variables``), or a list of Keras variables.
+        values: ``None`` to assign each constrained variable in place (a ``torch.optim`` loop over
+            ``model.parameters()``; eager code), or one array per trainable variable, in their order (a pure
+            functional loop: ``model.stateless_call`` with ``jax.jit``), which are returned constrained and assigned
+            to nothing (works inside ``jax.jit``).
 
     Returns:
-        The number of variables whose constraint was applied.
+        With ``values``: the list of arrays, each constrained where its variable has a constraint. Without: the
+        number of variables whose constraint was applied.
     """
     variables = getattr(model, "trainable_variables", model)
     try:
         variables = list(variables)
     except TypeError:
-        raise TypeError(f"apply_constraints takes a Keras model or layer, or an iterable of Keras variables, got "
+        raise TypeError(f"apply_constraints takes a Keras model or layer, or a list of Keras variables, got "
                         f"{type(model).__name__}") from None
-    applied = 0
-    for variable in variables:
-        constraint = getattr(variable, "constraint", None)
-        if constraint is not None:
-            variable.assign(constraint(variable))
-            applied += 1
-    return applied
+    if values is not None:
+        values = list(values)
+        if len(values) != len(variables):
+            raise ValueError(f"apply_constraints: values must hold one array per trainable variable "
+                             f"({len(variables)}), got {len(values)}")
+        return [value if getattr(variable, "constraint", None) is None else variable.constraint(value)
+                for variable, value in zip(variables, values)]
+    updates = [(variable, variable.constraint(variable)) for variable in variables
+               if getattr(variable, "constraint", None) is not None]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if any(isinstance(value, jax.core.Tracer) for _, value in updates):
+            raise TypeError("apply_constraints(model) assigns the model's variables, which cannot happen inside "
+                            "jax.jit or another transform (the variables would hold its placeholders): constrain "
+                            "the arrays of a functional loop instead, trainable = "
+                            "spikescan_keras.apply_constraints(model, trainable)")
+    for variable, value in updates:
+        variable.assign(value)
+    return len(updates)
 
 
 def _learns_from(layer, inputs, training):

@@ -966,7 +966,9 @@ def test_a_loop_of_your_own_applies_the_constraints_with_apply_constraints():
     lif.delay_kernel.assign(stepped)
     lif.threshold_kernel.assign(np.full(4, -0.5, np.float32))
     with pytest.raises(Exception, match=r"delays must be >= 0, got .*\[in layer 'hidden': .*"
-                                        r"spikescan_keras\.apply_constraints\(model\)\]"):
+                                        r"spikescan_keras\.apply_constraints\(model\) after a torch\.optim step, "
+                                        r"or trainable = spikescan_keras\.apply_constraints\(model, trainable\) "
+                                        r"in a functional \(jax\) loop\]"):
         model(x)
     assert sk.apply_constraints(model) == 2
     delays = lif.delay_values()
@@ -975,6 +977,53 @@ def test_a_loop_of_your_own_applies_the_constraints_with_apply_constraints():
     assert np.isfinite(ops.convert_to_numpy(model(x))[np.isfinite(good)]).all()
     with pytest.raises(TypeError, match="apply_constraints takes a Keras model or layer"):
         sk.apply_constraints(3)
+
+
+def test_apply_constraints_on_the_arrays_of_a_functional_loop():
+    """A functional loop (model.stateless_call under jax.jit) holds its own arrays: apply_constraints(model, values)
+    returns them constrained, the model's variables untouched; on jax also inside jit. apply_constraints(model)
+    there would fill the variables with jit's placeholders: refused, nothing assigned."""
+    lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None, delays=True, max_delay=2.0,
+                      trainable_threshold=True)
+    model = keras.Sequential([keras.Input((3, 2)), lif])
+    before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    stepped = [b - 10.0 for b in before]  # every delay below 0, every threshold below its floor
+    out = [ops.convert_to_numpy(v) for v in sk.apply_constraints(model, stepped)]
+    kinds = [type(v.constraint).__name__ for v in model.trainable_variables]
+    assert sorted(kinds) == ["DelayRange", "NoneType", "PositiveFloor"]
+    for v, b, o in zip(model.trainable_variables, stepped, out):
+        if isinstance(v.constraint, sk.DelayRange):
+            assert (o == 0.0).all()
+        elif isinstance(v.constraint, sk.PositiveFloor):  # the thresholds' floor
+            np.testing.assert_allclose(o, v.constraint.min_value, rtol=1e-6)
+        else:  # the kernel has no constraint
+            np.testing.assert_array_equal(o, b)
+    for v, b in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(ops.convert_to_numpy(v), b)
+    with pytest.raises(ValueError, match=r"one array per trainable variable \(3\), got 2"):
+        sk.apply_constraints(model, stepped[:2])
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jitted = jax.jit(lambda values: sk.apply_constraints(model, values))
+        for a, b in zip(jitted(stepped), out):
+            np.testing.assert_array_equal(np.asarray(a), b)
+        with pytest.raises(TypeError, match=r"cannot happen inside jax.jit .* trainable = "
+                                            r"spikescan_keras\.apply_constraints\(model, trainable\)"):
+            jax.jit(lambda values: (sk.apply_constraints(model), values)[1])(stepped)
+        for v, b in zip(model.trainable_variables, before):
+            np.testing.assert_array_equal(ops.convert_to_numpy(v), b)
+
+
+def test_non_finite_weights_name_the_layer_and_a_diverged_step():
+    lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None, name="hidden")
+    model = keras.Sequential([keras.Input((3, 2)), lif])
+    kernel = ops.convert_to_numpy(lif.kernel).copy()
+    kernel[1, 2] = np.nan
+    lif.kernel.assign(kernel)
+    with pytest.raises(Exception, match=r"weights must be finite, got nan at index \(1, 2\) \[in layer 'hidden': a "
+                                        r"training step made its weights non-finite"):
+        model(np.array([[[0.0, 1.0]] * 3], np.float32))
 
 
 def test_initializers_given_as_arrays():

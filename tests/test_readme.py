@@ -52,11 +52,12 @@ PLOT = "import matplotlib.pyplot as plt"
 KERAS = "import os\nos.environ.setdefault(\"KERAS_BACKEND\""
 NIR = "import nir, tonic"
 TORCH_LOOP = "import torch\nimport keras\nimport spikescan_keras as sk"
+JAX_LOOP = "import jax.numpy as jnp\nimport jax"
 
 
 def test_every_block_is_run_or_accounted_for():
     for block in _blocks():
-        run = [start for start in (ARRAY, ENCODE, PLOT, KERAS, NIR, TORCH_LOOP) if block.startswith(start)]
+        run = [start for start in (ARRAY, ENCODE, PLOT, KERAS, NIR, TORCH_LOOP, JAX_LOOP) if block.startswith(start)]
         assert len(run) + (block.splitlines()[0] in NOT_RUN) == 1, f"README block not tested: {block[:200]!r}"
 
 
@@ -125,6 +126,35 @@ def test_torch_loop_block_trains_and_keeps_the_constraints(tmp_path):
     check = textwrap.dedent("""
         delays = model.layers[0].delay_values()
         assert 0.0 <= delays.min() and delays.max() <= 5.0 and (delays == 5.0).any(), (delays.min(), delays.max())
+        assert np.isfinite(float(loss))
+        print("ok")
+    """)
+    assert "ok" in _run(prelude + block + check, tmp_path)
+
+
+def test_jax_loop_block_trains_like_fit_and_keeps_the_constraints(tmp_path):
+    """The functional jax loop runs as written (jit, stateless_call, apply_constraints on the arrays): the delays
+    stay in [0, max_delay] though its steps push them out (a large learning rate), the layer calibrated and the
+    model holds the trained values at the end."""
+    pytest.importorskip("jax")
+    pytest.importorskip("keras")
+    prelude = textwrap.dedent("""
+        import os
+        os.environ["KERAS_BACKEND"] = "jax"
+        import numpy as np
+        rng = np.random.default_rng(0)
+        n_in, max_in, n_classes = 5, 1, 3
+        x = np.sort(rng.uniform(0.0, 20.0, (96, n_in, max_in)), axis=-1).astype("float32")
+        y = rng.integers(0, n_classes, 96)
+        batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)] * 4
+    """)
+    block = _block(JAX_LOOP).replace("1e-2 * g", "3.0 * g")
+    check = textwrap.dedent("""
+        lif = model.layers[0]
+        delays = lif.delay_values()
+        assert 0.0 <= delays.min() and delays.max() <= 5.0 and (delays == 5.0).any(), (delays.min(), delays.max())
+        assert int(lif.calibrated.numpy()) == 1
+        np.testing.assert_array_equal(np.asarray(lif.kernel.value), np.asarray(trainable[0]))
         assert np.isfinite(float(loss))
         print("ok")
     """)
