@@ -39,9 +39,12 @@ recurrent connections          see "Recurrent layers" below
 =============================  ===========================================================================
 
 Because ``W`` equals our weight, a tool that ignores ``w_in`` and reads ``W`` as the jump of ``I`` simulates our
-exported graphs with our dynamics: norse's NIR importer (as of its current source) maps CubaLIF to its ``LIFCell``,
-whose current jumps by the weight, without reading ``w_in``; jaxsnn's importer does not read ``w_in`` either
-(it reads time constants in ms: export with ``graph_time_unit="ms"`` for it). Reading third-party graphs,
+exported graphs with our dynamics: jaxsnn's importer does not read ``w_in`` (it reads time constants in ms:
+export with ``graph_time_unit="ms"`` for it). A time-stepped tool that multiplies by ``w_in`` and integrates
+``tau_syn dI/dt = -I + w_in S`` with one Euler step per time step, a spike entering as 1 rather than as a delta
+of area 1, moves ``I`` by ``dt w_in W / tau_syn = dt W`` per spike: our currents come out ``dt`` times too weak
+there (norse's importer, as of its source at commit 22a17ec, does this, with ``dt = 1e-3`` s by default: 1000
+times in a graph written in seconds); scale the weights by ``1 / dt`` for such a tool. Reading third-party graphs,
 ``import_nir(..., synapse="dirac")`` (default) applies NIR's equations as written (jump ``r w_in W / tau_syn``);
 ``synapse="jump"`` reads ``I`` jumps by ``r w_in W`` instead, the convention of graphs written by norse
 (``w_in = 1``, ``r = 1``: jump ``W``). ``r`` is folded into the weights (``I' = r I`` obeys the same equations),
@@ -133,6 +136,9 @@ from collections import defaultdict
 import keras
 import numpy as np
 
+from spikescan import _memory
+
+from ._host import CappedSpikesWarning
 from .layers import _AUTO_SCALE_RULE, FirstSpikeReadout, LIFLayer, LIReadout, SpikeCountRegularizer, SpikeDropout
 
 _TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
@@ -204,6 +210,22 @@ def export_nir(model, *, time_unit="ms", graph_time_unit="s"):
             raise ValueError(f"export_nir: LIReadout {layer.name!r} must be the last layer")
         if not layer.built:
             raise ValueError(f"export_nir: layer {layer.name!r} is not built; call the model on data or build it")
+    capped = [(layer, int(_numpy(layer.capped_spikes))) for layer in layers if isinstance(layer, LIFLayer)]
+    capped = [f"{layer.name!r} (max_spikes={layer.max_spikes}: {n} capped)" for layer, n in capped if n > 0]
+    if capped:
+        warnings.warn(f"export_nir: layers {', '.join(capped)} have passed on only the first max_spikes spikes of a "
+                      "neuron on a sample (their capped_spikes count the rest). NIR has no such cap: another "
+                      "simulator passes every spike on, so on inputs where a neuron fires more often the graph "
+                      "computes other outputs than the model. For a graph that matches, raise max_spikes until "
+                      "capped_spikes stays 0 on your data.", CappedSpikesWarning, stacklevel=2)
+    delayed = sum(layer.kernel.shape[0] * layer.units * (layer.kernel.shape[0] + layer.units) for layer in layers
+                  if isinstance(layer, LIFLayer) and layer.use_delays)
+    delayed += sum(layer.units ** 3 * 2 for layer in layers
+                   if isinstance(layer, LIFLayer) and layer.recurrent and layer.use_recurrent_delays)
+    if delayed:  # the dense fan-out and weight matrices of the per-synapse delays (module docstring, "Delays")
+        _memory.check("export_nir (per-synapse delays)", {"delay fan-out and weight matrices (float32)": 4 * delayed},
+                      np, "per-synapse delays need n_in * n_out * (n_in + n_out) float32 numbers per layer in NIR's "
+                      "standard nodes; export a model without delays, or with fewer inputs or neurons")
     wide = [layer.name for layer in layers if keras.backend.standardize_dtype(layer.variable_dtype) == "float64"]
     if wide:
         warnings.warn(f"export_nir: layers {wide} hold float64 weights; the graph carries float32 weights and delays "

@@ -21,6 +21,7 @@ BACKEND, keras = keras_or_skip()
 nir = pytest.importorskip("nir")
 pytest.importorskip("h5py")
 
+import spikescan as ss  # noqa: E402
 import spikescan_keras as sk  # noqa: E402
 
 # 15.966 / 1000 * 1000 != 15.966 in float64: the round trip must not rely on the conversion being invertible.
@@ -168,7 +169,8 @@ def test_a_float64_model_is_exported_in_float32_with_a_warning():
                                atol=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        sk.export_nir(back)  # a float32 model exports without a warning
+        warnings.simplefilter("ignore", sk.CappedSpikesWarning)  # (its spikes were capped above: warned, not here)
+        sk.export_nir(back)  # a float32 model exports without a warning about its precision
 
 
 def test_exported_fields():
@@ -211,6 +213,38 @@ def test_exported_fields():
     np.testing.assert_array_equal(g_ms.nodes["lif_a"].tau_mem, np.full(7, TAU_MEM))
     assert g_ms.metadata["spikescan"]["time_unit"] == "ms"
     assert_same(model, sk.import_nir(g_ms), spikes(np.random.default_rng(2)))
+
+
+def test_export_warns_when_a_layer_capped_spikes_nir_would_pass_on():
+    """NIR has no max_spikes: another simulator passes every spike on, so a model whose layers capped spikes (the
+    running capped_spikes) is warned about at export; one that never capped is not."""
+    model = make_model(delays=False, readout=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sk.export_nir(model)
+    assert not [w for w in caught if w.category is sk.CappedSpikesWarning]
+    hidden = model.layers[0]
+    x = np.zeros((2, 5, 3), np.float32)  # every input at t = 0: the first layer's neurons burst
+    hidden.kernel.assign(np.full(hidden.kernel.shape, 5.0, np.float32))
+    model(x, training=False)
+    capped = int(keras.ops.convert_to_numpy(hidden.capped_spikes))
+    assert capped > 0
+    with pytest.warns(sk.CappedSpikesWarning, match=rf"export_nir: layers 'lif_a' \(max_spikes=3: {capped} capped\)"
+                                                    r".*NIR has no such cap"):
+        sk.export_nir(model)
+
+
+def test_export_checks_the_memory_of_per_synapse_delays():
+    """Per-synapse delays need n_in * n_out * (n_in + n_out) float32 numbers in NIR's nodes: checked first."""
+    model = make_model(delays=True, readout=False)
+    previous = ss.set_memory_limit(4 * 5 * 7 * (5 + 7) - 1)  # one float32 short
+    try:
+        with pytest.raises(MemoryError, match=r"export_nir \(per-synapse delays\) needs .*export a model without "
+                                              r"delays"):
+            sk.export_nir(model)
+    finally:
+        ss.set_memory_limit(previous)
+    sk.export_nir(model)
 
 
 def test_delay_encoding():
