@@ -108,13 +108,10 @@ def second_order_error(op, spec):
                         "gradient penalty, create_graph=True, nested tapes) would leave out every term through it")
 
 
-# The starts of the errors of the forward's parameters that a layer's constraints keep valid (delays >= 0,
-# thresholds and time constants above their floors).
+# The starts of the forward's errors about parameters that a layer's constraints keep valid (delays >= 0,
+# thresholds and time constants above their floors), and about non-finite weights, which a diverged step leaves.
 CONSTRAINED = ("delays must be >= 0", "recurrent_delays must be >= 0", "threshold must be positive",
                "tau_mem must be positive", "tau_syn must be positive")
-
-
-# The starts of the errors of non-finite weights, which a diverged training step leaves.
 DIVERGED = ("weights must be finite", "recurrent_weights must be finite")
 
 
@@ -314,17 +311,16 @@ class LIFOp:
             advice = (
                 "A share this large means the layer's neurons routinely fire more than max_spikes times per sample, "
                 "as dense input (rate codes, rasters) drives them: raise max_spikes (doubling it usually brings the "
-                "share under a few percent). If instead the share keeps rising during training while the loss "
-                "stalls, the weights are running away: lower the learning rate." if large else
+                "share under a few percent)." if large else
                 "Usually a few neurons fire a short burst on every sample, which training tolerates; raise max_spikes "
-                "if the later spikes carry information. If instead the share keeps rising during training while the "
-                "loss stalls, the weights are running away: lower the learning rate.")
+                "if the later spikes carry information.")
             warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
-                "them, and this warning shows again when the share reaches a band not shown before). " + advice,
-                CappedSpikesWarning)
+                f"them, and this warning shows again when the share reaches a band not shown before). {advice} If "
+                "instead the share keeps rising during training while the loss stalls, the weights are running "
+                "away: lower the learning rate.", CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name, spec.layer_key)
         elif spec.training and spec.warn_dead and int(dead):
