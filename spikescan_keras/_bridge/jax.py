@@ -314,8 +314,13 @@ def _sharded(op, spec, route, inputs, mesh, axis):
         out_specs = tuple(P() for _ in op.output_specs(spec, inputs))
     # check_vma=False: the callbacks' outputs carry no replication information; the transpose then sums the
     # cotangents of the replicated inputs over the devices (psum), which is the gradient of the weights.
-    return tuple(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), *shared), out_specs=out_specs,
-                               check_vma=False)(*inputs))
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), *shared), out_specs=out_specs, check_vma=False)
+    if not any(isinstance(x, jax.core.Tracer) for x in inputs):
+        # An eager call (model(x) outside fit, predict and jit): jax runs an eager shard_map primitive by primitive
+        # and has no rule there for a custom_vjp with symbolic zeros (NotImplementedError); compiled, it runs as
+        # inside fit.
+        mapped = jax.jit(mapped)
+    return tuple(mapped(*inputs))
 
 
 def _check_on_host(op, spec, *values):
