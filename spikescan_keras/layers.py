@@ -553,12 +553,32 @@ def _check_input_precision(layer, inputs):
              "mixed-precision policy", UserWarning, stacklevel=3)
 
 
+def _check_parameter_precision(layer):
+    """On torch, ``model.double()`` (or ``.half()``, ``.to(dtype)``) converts the variables' tensors but not the
+    layer's Keras dtype, in which it computes: the parameters' precision would be dropped without a word (once per
+    layer, a warning that names the fix)."""
+    kernel = getattr(layer, "kernel", None) if layer.built else None
+    if kernel is None or getattr(layer, "_warned_parameter_dtype", False) or keras.backend.backend() != "torch":
+        return
+    held = keras.backend.standardize_dtype(kernel.value.dtype)
+    if held == keras.backend.standardize_dtype(kernel.dtype):
+        return
+    layer._warned_parameter_dtype = True
+    warn(getattr(layer, "_warn_key", 0),
+         f"{type(layer).__name__} {layer.name!r}: its parameters were converted to {held} (torch's module.double(), "
+         f".half() or .to(dtype)), but it computes in its Keras dtype {layer.compute_dtype}, to which they are cast. "
+         "For float64 build the layers with dtype='float64' (or under a float64 dtype policy) instead", UserWarning,
+         stacklevel=3)
+
+
 class _SpikeTimesLayer(keras.layers.Layer):
     """A layer whose input is spike times: warns (``_check_input_precision``) when they arrive already rounded to
-    16 bits, before Keras casts them to the layer's dtype."""
+    16 bits, before Keras casts them to the layer's dtype, and (``_check_parameter_precision``) when torch converted
+    its parameters to another dtype than the one it computes in."""
 
     def __call__(self, inputs, *args, **kwargs):
         _check_input_precision(self, inputs)
+        _check_parameter_precision(self)
         return super().__call__(inputs, *args, **kwargs)
 
     def __getattr__(self, name):

@@ -1015,6 +1015,28 @@ def test_apply_constraints_on_the_arrays_of_a_functional_loop():
             np.testing.assert_array_equal(ops.convert_to_numpy(v), b)
 
 
+def test_torch_double_warns_that_the_layers_compute_in_their_keras_dtype():
+    """torch's model.double() converts the variables' tensors, not the layers' Keras dtype, in which they compute:
+    a warning (once per layer) names the fix instead of a silent cast back to float32."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch modules only")
+    model = keras.Sequential([keras.Input((3, 2)), sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2),
+                              sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=40.0)])
+    x = np.array([[[0.0, 1.0]] * 3], np.float32)
+
+    def converted():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model(x)
+        return [str(w.message) for w in caught if "its parameters were converted" in str(w.message)]
+
+    assert converted() == []
+    model.double()
+    messages = converted()
+    assert len(messages) == 2 and "converted to float64" in messages[0] and "dtype='float64'" in messages[0]
+    assert converted() == []  # once per layer
+
+
 def test_non_finite_weights_name_the_layer_and_a_diverged_step():
     lif = sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, calibrate=None, name="hidden")
     model = keras.Sequential([keras.Input((3, 2)), lif])
