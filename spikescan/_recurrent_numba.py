@@ -739,8 +739,8 @@ def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r
     the loop: reset, record, log (neuron order); each target of the spikes (``R``'s non-zero entries ``r_ptr,
     r_col, r_val`` by rows) is brought to the spike time (a target that walked past it starts again from its state
     at the window's start or its last round, ``sV, sI, sT, sp``, and walks the same gaps up to it), adds the input
-    entries at that time, then the spikes' weights in spike order, and walks on from there. Windows hold about ``entries`` queue entries per neuron
-    (``H`` grows by ``span * entries / mean queue length``); they change the work, not the results. Gaps between
+    entries at that time, then the spikes' weights in spike order, and walks on from there. Windows hold about
+    ``entries`` queue entries per neuron (``H`` grows by ``span * entries / mean queue length``); they change the work, not the results. Gaps between
     consecutive entries take their decay from the sample's table ``dt [n_out, >= L1, 5]`` (computed here once, each
     as the loop computes it, so a walk that starts again costs loads), which also holds each entry's time and weight
     (``qt``, ``W[src, i]``): a walk reads one record per entry instead of three arrays and a column of ``W`` (7-11%
