@@ -730,23 +730,24 @@ def _lanes_sample(b, slot, qt, src, qe, row, W, tm_arr, ts_arr, shared, th_arr, 
 def _windows_sample(b, slot, qt, src, qe, Q, qbase, W, tm_arr, ts_arr, th_arr, r_ptr, r_col, r_val, solver, limit,
                     entries, stop, dt, times, events, counts, log_t, log_k, log_I, n_log_out, status, status_at,
                     abort):
-    """``_forward_sample`` for a layer without recurrent delays (or all zero) whose neurons each have their own input
-    queue (input delays; rows ``qbase + (i if Q > 1 else 0)``), the event loop's results without its merge of the
-    queues: between two layer spikes the neurons are independent, so each walks its own queue alone, up to the end
-    of a time window ``[.., H]`` or its first crossing, whichever comes first (in the loop's gap tests, on the same
-    gaps); with ``stop`` (a densely connected ``R``: ``WINDOW_STOP_DENSITY``) also at the earliest crossing known
-    when it walks, as a round comes first there. The earliest crossing at or before ``H`` is the next round, as in
-    the loop: reset, record, log (neuron order); each target of the spikes (``R``'s non-zero entries ``r_ptr,
+    """``_forward_sample`` for a layer without recurrent delays (or all zero) whose neurons each have their own
+    input queue (input delays; rows ``qbase + (i if Q > 1 else 0)``), the event loop's results without its merge of
+    the queues: between two layer spikes the neurons are independent, so each walks its own queue alone, up to the
+    end of a time window ``[.., H]`` or its first crossing, whichever comes first (in the loop's gap tests, on the
+    same gaps); with ``stop`` (a densely connected ``R``: ``WINDOW_STOP_DENSITY``) also at the earliest crossing
+    known when it walks, as a round comes first there. The earliest crossing at or before ``H`` is the next round,
+    as in the loop: reset, record, log (neuron order); each target of the spikes (``R``'s non-zero entries ``r_ptr,
     r_col, r_val`` by rows) is brought to the spike time (a target that walked past it starts again from its state
     at the window's start or its last round, ``sV, sI, sT, sp``, and walks the same gaps up to it), adds the input
     entries at that time, then the spikes' weights in spike order, and walks on from there. Windows hold about
-    ``entries`` queue entries per neuron (``H`` grows by ``span * entries / mean queue length``); they change the work, not the results. Gaps between
-    consecutive entries take their decay from the sample's table ``dt [n_out, >= L1, 5]`` (computed here once, each
-    as the loop computes it, so a walk that starts again costs loads), which also holds each entry's time and weight
-    (``qt``, ``W[src, i]``): a walk reads one record per entry instead of three arrays and a column of ``W`` (7-11%
-    less time on the SHD-like layer with input delays, one thread). The same operations on the same values as
-    the event loop, except that, as in ``_lanes_sample``, a target of a recurrent arrival is not tested for a
-    crossing inside the sub-gap before it (the test of its whole gap put its first crossing after the arrival)."""
+    ``entries`` queue entries per neuron (``H`` grows by ``span * entries / mean queue length``); they change the
+    work, not the results. Gaps between consecutive entries take their decay from the sample's table ``dt [n_out, >=
+    L1, 5]`` (computed here once, each as the loop computes it, so a walk that starts again costs loads), which also
+    holds each entry's time and weight (``qt``, ``W[src, i]``): a walk reads one record per entry instead of three
+    arrays and a column of ``W`` (7-11% less time on the SHD-like layer with input delays, one thread). The same
+    operations on the same values as the event loop, except that, as in ``_lanes_sample``, a target of a recurrent
+    arrival is not tested for a crossing inside the sub-gap before it (the test of its whole gap put its first
+    crossing after the arrival)."""
     n_out = th_arr.shape[0]
     max_spikes = times.shape[2]
     for i in range(n_out):
