@@ -361,10 +361,15 @@ def remove_backup(args):
 def load(loader, *args, **kwargs):
     """``loader(*args, **kwargs)``, turning a missing file or a missing optional dependency into ``SystemExit``
     with the loader's message (where to put the files, how to download them), and so a file the loader refuses
-    (``ValueError``: malformed contents, a label outside the file's classes, named with the file and sample)."""
+    (``ValueError``, ``TypeError``: malformed contents, a label outside the file's classes, named with the file and
+    sample; ``OSError``: a corrupt file or archive; ``MemoryError``: the spike tensor would not fit, with the
+    script's options that shrink it)."""
     try:
         return loader(*args, **kwargs)
-    except (FileNotFoundError, ImportError, ValueError) as err:
+    except MemoryError as err:
+        raise SystemExit(f"error: {err} (this script's options: --max-input-spikes, --n-channels, --t-max, "
+                         "--limit)") from err
+    except (OSError, ImportError, ValueError, TypeError) as err:  # FileNotFoundError is an OSError
         raise SystemExit(f"error: {err}") from err
 
 

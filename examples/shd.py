@@ -82,8 +82,12 @@ def load_split(name, split, args):
             import h5py
         except ImportError as err:
             raise SystemExit(f"error: h5py is required to read {name.upper()}: pip install spikescan[data]") from err
-        with h5py.File(_common.load(hdf5_path, name, split, args.data_dir), "r") as f:
-            indices = np.arange(min(args.limit, len(f["labels"])))
+        path = _common.load(hdf5_path, name, split, args.data_dir)
+        try:
+            with h5py.File(path, "r") as f:
+                indices = np.arange(min(args.limit, len(f["labels"])))
+        except OSError as err:  # h5py's own message names no file
+            raise SystemExit(f"error: {path} is not a readable HDF5 file ({err}); download it again") from err
     return _common.load(loader, split, data_dir=args.data_dir, t_max=args.t_max, n_channels=args.n_channels,
                         max_spikes_per_channel=args.max_input_spikes, indices=indices)
 

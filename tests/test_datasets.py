@@ -418,6 +418,19 @@ def test_shd_with_a_corrupt_time_is_an_error_whatever_the_filters(tmp_path, bad)
             shd("train", data_dir=tmp_path, **kw)
 
 
+def test_shd_file_written_in_milliseconds_is_warned(tmp_path):
+    """SHD/SSC store seconds and last about a second: a file whose times run to 900 (written in ms) trained at
+    chance behind a generic "dropped ... (t_max)" warning, or without any warning when no t_max was given."""
+    write_heidelberg(tmp_path / "shd_train.h5", samples=[([1.0, 500.0, 900.0], [3, 4, 5], 1), ([2.0], [3], 0)])
+    with pytest.warns(UserWarning, match=r"shd\('train'\): the latest spike time in shd_train.h5 is 900, read as "
+                                         r"seconds .* 15 minutes, .* written in milliseconds"):
+        shd("train", data_dir=tmp_path)
+    write_heidelberg(tmp_path / "shd_train.h5")  # seconds: no such warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        shd("train", data_dir=tmp_path)
+
+
 def test_shd_with_a_unit_index_beyond_700_is_an_error_whatever_the_filters(tmp_path):
     """A unit index the format does not have (uint16 in the file, up to 65535) is a corrupt file: an error naming the
     file, the sample and the index, also with a channels= crop (it was counted as a spike that crop dropped)."""

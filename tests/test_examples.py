@@ -155,6 +155,10 @@ def test_shd_format_files_of_your_own_time_constants_and_class_count(tmp_path):
     with pytest.raises(SystemExit, match=r"error: the shd files name different classes \(extra/keys\): shd_train: "
                                          r"10 classes; shd_test: 12 classes"):
         run_speech("shd", tmp_path, tmp_path / "shd.json")
+    # A corrupt file is named (h5py's own "file signature not found" named none, with a traceback).
+    (tmp_path / "shd_test.h5").write_bytes(b"not an HDF5 file")
+    with pytest.raises(SystemExit, match=r"error: .*shd_test.h5 is not a readable HDF5 file .*download it again"):
+        run_speech("shd", tmp_path, tmp_path / "shd.json")
 
 
 def test_ssc_with_validation_split(tmp_path):

@@ -256,3 +256,20 @@ def test_bad_event_values_are_named_with_their_real_value():
         camera["y"] = [value, 0]
         with pytest.raises(ValueError, match=match):
             ToSpikeTensor(12, 4, sensor_size=(2, 3, 2))(camera)
+
+
+def test_to_spike_tensor_checks_the_memory_of_its_padded_output():
+    """Each sample's output is [n_channels, max_spikes] whatever its spikes: checked against the memory limit (it
+    was NumPy's bare "Unable to allocate 26.1 GiB" for ToSpikeTensor(700, 10**7))."""
+    import spikescan as ss
+
+    dt = np.dtype([("t", np.int64), ("x", np.int64), ("p", np.int64)])
+    events = np.array([(1000, 0, 1), (2000, 1, 1)], dt)
+    previous = ss.set_memory_limit(2 * 1000 * 4 - 1)  # one float32 short of [2, 1000]
+    try:
+        with pytest.raises(MemoryError, match=r"ToSpikeTensor\(n_channels=2, max_spikes=1000\) needs .*lower "
+                                              r"max_spikes"):
+            ToSpikeTensor(2, 1000)(events)
+        assert ToSpikeTensor(2, 999)(events).shape == (2, 999)
+    finally:
+        ss.set_memory_limit(previous)

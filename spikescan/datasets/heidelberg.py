@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import shutil
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,6 +24,9 @@ from ._core import (TIME_UNITS, SpikeDataset, _pack_events, check_choice, check_
 
 BASE_URL = "https://zenkelab.org/datasets/"
 N_UNITS = 700
+# SHD and SSC recordings last about a second: a latest spike time beyond this many seconds is read as a file in
+# another unit (ms or us), warned.
+LONGEST_RECORDING_S = 100.0
 SPLITS = {"shd": ("train", "test"), "ssc": ("train", "valid", "test")}
 
 
@@ -201,8 +205,11 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
     dropped = {"channels": 0, "t_max": 0}
     samples = []
     total_in = 0
+    latest = 0.0  # the latest spike time as stored (seconds)
     for k, (t, u) in enumerate(zip(raw_t, raw_u)):
-        t = np.asarray(t, dtype=np.float64) * scale
+        t = np.asarray(t, dtype=np.float64)
+        latest = max(latest, float(t.max())) if t.size and np.isfinite(t).all() else latest
+        t = t * scale
         u = np.asarray(u)
         if u.dtype.kind not in "iu":  # a float unit is not truncated (nor NaN cast to a garbage index)
             whole = is_whole(u) & (np.abs(u) < 2.0 ** 62)
@@ -232,6 +239,11 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         if n_channels is not None:
             ch = ch * n_channels // width
         samples.append((ch, t[keep]))
+    if latest > LONGEST_RECORDING_S:
+        warnings.warn(f"{name}({split!r}): the latest spike time in {path.name} is {latest:g}, read as seconds (as "
+                      f"{name.upper()} stores them): {latest / 60:.3g} minutes, where recordings last about a second. "
+                      "A file written in milliseconds (or microseconds) reads 1000 (10^6) times too long: convert "
+                      "its spikes/times to seconds", UserWarning, stacklevel=3)
     times, dropped["max_spikes_per_channel"] = _pack_events(samples, n_out, max_spikes_per_channel, dtype,
                                                             stacklevel=4)  # the caller of shd() / ssc()
     report_dropped(f"{name}({split!r})", dropped, total_in, stacklevel=4)

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from .. import _memory
 from ._core import (TIME_UNITS, DroppedSpikesWarning, _pack_events, check_choice, check_count, check_positive,
                     class_indices, float_dtype, is_whole)
 
@@ -180,6 +181,9 @@ class ToSpikeTensor:
             ch, t = ch[keep], t[keep]
         packed, dropped["max_spikes"] = _pack_events([(ch, t)], self.n_channels, self.max_spikes, self.dtype,
                                                      stacklevel=3)
+        _memory.check(f"ToSpikeTensor(n_channels={self.n_channels}, max_spikes={self.max_spikes})",
+                      {"spike tensor of the sample": self.n_channels * self.max_spikes * np.dtype(self.dtype).itemsize},
+                      np, "lower max_spikes (the padded width of every sample) or n_channels")
         out = np.full((self.n_channels, self.max_spikes), np.inf, dtype=self.dtype)
         out[:, :packed.shape[-1]] = packed[0]
         self.last_dropped = dropped
