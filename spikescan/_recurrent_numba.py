@@ -1117,6 +1117,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
         qt2, src = np.zeros((0, L1)), np.zeros((0, L1), np.int64)
     else:  # the row of W each entry adds (no division per neuron)
         src = np.where(qi2 >= 0, qi2 // max(int(max_in), 1), 0)
+    rows = _by_rows(R)
     common = (np.ascontiguousarray(qt2), src, np.ascontiguousarray(qend.reshape(-1), dtype=np.int64), Q,
               pq if permuted else _lif_numba.NO_PERMUTATION[:5], permuted, np.ascontiguousarray(W, np.float64),
               np.ascontiguousarray(tau_mem, np.float64),
@@ -1124,7 +1125,7 @@ def forward(qt2, qi2, qend, W, max_in, tau_mem, tau_syn, threshold, R, Dr, max_s
               np.ascontiguousarray(R, np.float64), np.ascontiguousarray(Dr, np.float64) if has_dr else np.zeros((1, 1)),
               has_dr, lif.SOLVER_CODES[solver], int(limit), table, use_table,
               lanes, bool(WINDOWS and n_out > 0 and not lanes and no_delay), float(WINDOW_ENTRIES),
-              bool(np.count_nonzero(R) >= WINDOW_STOP_DENSITY * n_out * n_out), *_by_rows(R))
+              bool(rows[0][-1] >= WINDOW_STOP_DENSITY * n_out * n_out), *rows)  # (rows[0][-1]: R's non-zeros)
     work = batch * n_out * L1
     # Heaps of pending arrivals grow while a sample runs (each sample in flight holds n_out of them): never beyond
     # what the call may use, split between the threads.

@@ -105,31 +105,40 @@ def test_keras_block_trains_and_nir_round_trip(tmp_path):
     assert "ok" in _run(code, tmp_path)
 
 
+def _loop_data(backend):
+    """The training loops' prelude: the backend, and 96 samples of 5 input spike times in 3 classes."""
+    return textwrap.dedent(f"""
+        import os
+        os.environ["KERAS_BACKEND"] = "{backend}"
+        import numpy as np
+        rng = np.random.default_rng(0)
+        n_in, max_in, n_classes = 5, 1, 3
+        x = np.sort(rng.uniform(0.0, 20.0, (96, n_in, max_in)), axis=-1).astype("float32")
+        y = rng.integers(0, n_classes, 96)
+    """)
+
+
+# After a loop: its delays stayed in [0, max_delay=5] though the steps pushed some to the bound, and a loss came out.
+_LOOP_CHECK = textwrap.dedent("""
+    delays = model.layers[0].delay_values()
+    assert 0.0 <= delays.min() and delays.max() <= 5.0 and (delays == 5.0).any(), (delays.min(), delays.max())
+    assert np.isfinite(float(loss))
+    print("ok")
+""")
+
+
 def test_torch_loop_block_trains_and_keeps_the_constraints(tmp_path):
     """The hand-written torch loop runs as written on a DataLoader of Yin-Yang-like spike times, with a learning
     rate large enough that its steps take delays out of [0, max_delay]: apply_constraints keeps them in."""
     pytest.importorskip("torch")
     pytest.importorskip("keras")
-    prelude = textwrap.dedent("""
-        import os
-        os.environ["KERAS_BACKEND"] = "torch"
-        import numpy as np
+    prelude = _loop_data("torch") + textwrap.dedent("""
         import torch
-        rng = np.random.default_rng(0)
-        n_in, max_in, n_classes = 5, 1, 3
-        x = np.sort(rng.uniform(0.0, 20.0, (96, n_in, max_in)), axis=-1).astype("float32")
-        y = rng.integers(0, n_classes, 96)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x), torch.tensor(y)),
                                              batch_size=32)
     """)
     block = _block(TORCH_LOOP).replace("lr=1e-3", "lr=1.0")
-    check = textwrap.dedent("""
-        delays = model.layers[0].delay_values()
-        assert 0.0 <= delays.min() and delays.max() <= 5.0 and (delays == 5.0).any(), (delays.min(), delays.max())
-        assert np.isfinite(float(loss))
-        print("ok")
-    """)
-    assert "ok" in _run(prelude + block + check, tmp_path)
+    assert "ok" in _run(prelude + block + _LOOP_CHECK, tmp_path)
 
 
 def test_jax_loop_block_trains_like_fit_and_keeps_the_constraints(tmp_path):
@@ -138,24 +147,11 @@ def test_jax_loop_block_trains_like_fit_and_keeps_the_constraints(tmp_path):
     model holds the trained values at the end."""
     pytest.importorskip("jax")
     pytest.importorskip("keras")
-    prelude = textwrap.dedent("""
-        import os
-        os.environ["KERAS_BACKEND"] = "jax"
-        import numpy as np
-        rng = np.random.default_rng(0)
-        n_in, max_in, n_classes = 5, 1, 3
-        x = np.sort(rng.uniform(0.0, 20.0, (96, n_in, max_in)), axis=-1).astype("float32")
-        y = rng.integers(0, n_classes, 96)
-        batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)] * 4
-    """)
+    prelude = _loop_data("jax") + "batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)] * 4\n"
     block = _block(JAX_LOOP).replace("1e-2 * g", "3.0 * g")
     check = textwrap.dedent("""
         lif = model.layers[0]
-        delays = lif.delay_values()
-        assert 0.0 <= delays.min() and delays.max() <= 5.0 and (delays == 5.0).any(), (delays.min(), delays.max())
         assert int(lif.calibrated.numpy()) == 1
         np.testing.assert_array_equal(np.asarray(lif.kernel.value), np.asarray(trainable[0]))
-        assert np.isfinite(float(loss))
-        print("ok")
     """)
-    assert "ok" in _run(prelude + block + check, tmp_path)
+    assert "ok" in _run(prelude + block + check + _LOOP_CHECK, tmp_path)

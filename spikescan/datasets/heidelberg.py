@@ -205,11 +205,9 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
     dropped = {"channels": 0, "t_max": 0}
     samples = []
     total_in = 0
-    latest = 0.0  # the latest spike time as stored (seconds)
+    latest = 0.0  # the latest spike time (in time_unit)
     for k, (t, u) in enumerate(zip(raw_t, raw_u)):
-        t = np.asarray(t, dtype=np.float64)
-        latest = max(latest, float(t.max())) if t.size and np.isfinite(t).all() else latest
-        t = t * scale
+        t = np.asarray(t, dtype=np.float64) * scale
         u = np.asarray(u)
         if u.dtype.kind not in "iu":  # a float unit is not truncated (nor NaN cast to a garbage index)
             whole = is_whole(u) & (np.abs(u) < 2.0 ** 62)
@@ -224,6 +222,7 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         if bad.any():  # before any filter: a corrupt time is an error, not a spike dropped for its channel or t_max
             raise ValueError(f"{path.name}: sample {k} of the selection holds the spike time "
                              f"{float(t[bad][0] / scale)!r} s; times must be finite and >= 0")
+        latest = max(latest, float(t.max())) if t.size else latest  # (finite: checked above)
         units = (u < 0) | (u >= N_UNITS)
         if units.any():  # a corrupt file, not spikes dropped by a channels= crop
             raise ValueError(f"{path.name}: sample {k} of the selection holds the unit index {int(u[units][0])}; "
@@ -239,6 +238,7 @@ def load_heidelberg(name: str, split: str, *, data_dir, time_unit: str = "ms", t
         if n_channels is not None:
             ch = ch * n_channels // width
         samples.append((ch, t[keep]))
+    latest /= scale  # as stored: seconds
     if latest > LONGEST_RECORDING_S:
         warnings.warn(f"{name}({split!r}): the latest spike time in {path.name} is {latest:g}, read as seconds (as "
                       f"{name.upper()} stores them): {latest / 60:.3g} minutes, where recordings last about a second. "

@@ -99,6 +99,10 @@ class ToSpikeTensor:
         self.channel_field = channel_field
         self.sensor_size = sensor_size
         self.dtype = float_dtype(dtype)
+        # Every sample's output is [n_channels, max_spikes]: checked once, here, not per sample.
+        _memory.check(f"ToSpikeTensor(n_channels={self.n_channels}, max_spikes={self.max_spikes})",
+                      {"spike tensor of the sample": self.n_channels * self.max_spikes * self.dtype.itemsize},
+                      np, "lower max_spikes (the padded width of every sample) or n_channels")
         self.reset_dropped()
 
     def reset_dropped(self):
@@ -181,9 +185,6 @@ class ToSpikeTensor:
             ch, t = ch[keep], t[keep]
         packed, dropped["max_spikes"] = _pack_events([(ch, t)], self.n_channels, self.max_spikes, self.dtype,
                                                      stacklevel=3)
-        _memory.check(f"ToSpikeTensor(n_channels={self.n_channels}, max_spikes={self.max_spikes})",
-                      {"spike tensor of the sample": self.n_channels * self.max_spikes * np.dtype(self.dtype).itemsize},
-                      np, "lower max_spikes (the padded width of every sample) or n_channels")
         out = np.full((self.n_channels, self.max_spikes), np.inf, dtype=self.dtype)
         out[:, :packed.shape[-1]] = packed[0]
         self.last_dropped = dropped
