@@ -660,6 +660,30 @@ def test_pack_events_checks_memory_and_samples(monkeypatch):
             pack_events(bad, 3)
 
 
+def test_pack_events_warns_of_a_tensor_mostly_padding(monkeypatch):
+    """One channel with far more spikes than the rest set the width of every sample's channels: in an SHD run, one
+    sample with 2 million spikes on one channel made a 9 GiB tensor of padding that passed the memory check and got
+    the process killed during training. A tensor of at least PADDED_BYTES, under PADDED_FILL spikes, is warned with
+    the sample, the channel and a cap; an evenly filled one, or a small one, is not."""
+    from spikescan.datasets import PaddedSpikesWarning, _core
+
+    rng = np.random.default_rng(0)
+    even = [(rng.integers(0, 20, 400), np.sort(rng.uniform(0, 100, 400))) for _ in range(6)]
+    outlier = list(even)
+    outlier[4] = (np.concatenate([even[4][0], np.full(5000, 7)]), np.concatenate([even[4][1], np.arange(5000.0)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pack_events(outlier, 20)  # 2.4 MB: under the default threshold
+        monkeypatch.setattr(_core, "PADDED_BYTES", 1 << 10)
+        assert pack_events(even, 20)[0].size >= 1 << 8  # 2.9 kB, about 40% spikes
+    with pytest.warns(PaddedSpikesWarning, match=r"pack_events: the spike tensor \[6, 20, 5\d\d\d\] float32 takes "
+                      r"0.00\d+ GiB and is 98.\d\d% \+inf padding: sample 4, channel 7 has 5\d\d\d spikes, while "
+                      r"9\d.\d+% of the channels that spike have at most \d\d\. max_spikes_per_channel=\d\d would "
+                      r"keep \d\d.\d\d% of the spikes in 0.0\d+ MiB") as record:
+        pack_events(outlier, 20)
+    assert record[0].filename == __file__
+
+
 def test_unpack_events_inverts_pack_events():
     """Events out of a spike tensor, in time order (ties by channel), and back: the same tensor; a layer's output
     unpacks to its finite times, all of them, with nothing from the padding."""

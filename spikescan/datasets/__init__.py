@@ -7,8 +7,8 @@ loader's ``time_unit`` says otherwise. Optional dependencies are imported only w
 (``pip install spikescan[data]``), keras for ``SpikeBatches`` as a Keras ``PyDataset`` (``spikescan[keras]``).
 """
 
-from ._core import (DroppedSpikesWarning, MergedSpikesWarning, SpikeDataset, bin_times, from_raster, pack_events,
-                    to_raster, unpack_events)
+from ._core import (DroppedSpikesWarning, MergedSpikesWarning, PaddedSpikesWarning, SpikeDataset, bin_times,
+                    from_raster, pack_events, to_raster, unpack_events)
 from .batching import SpikeBatches
 from .heidelberg import download_shd, download_ssc, shd, ssc
 from .mnist import latency_mnist, load_mnist_arrays
@@ -17,7 +17,7 @@ from .tonic import ToSpikeTensor, collate_spikes
 from .yinyang import yinyang, yinyang_points
 
 __all__ = [
-    "DroppedSpikesWarning", "MergedSpikesWarning", "SpikeBatches", "SpikeDataset", "ToSpikeTensor", "bin_times",
-    "collate_spikes", "download_shd", "download_ssc", "from_raster", "latency_mnist", "load_mnist_arrays",
+    "DroppedSpikesWarning", "MergedSpikesWarning", "PaddedSpikesWarning", "SpikeBatches", "SpikeDataset",
+    "ToSpikeTensor", "bin_times", "collate_spikes", "download_shd", "download_ssc", "from_raster", "latency_mnist", "load_mnist_arrays",
     "pack_events", "randman", "shd", "ssc", "to_raster", "unpack_events", "yinyang", "yinyang_points",
 ]

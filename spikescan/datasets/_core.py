@@ -27,6 +27,17 @@ class MergedSpikesWarning(UserWarning):
     ``dtype=np.float64`` or times that start near zero."""
 
 
+class PaddedSpikesWarning(UserWarning):
+    """A packed spike tensor is large and almost all ``+inf`` padding: a few channels with far more spikes than the
+    rest set its width (``max_spikes``) for every sample and channel. Memory and every layer's work grow with that
+    width; a ``max_spikes_per_channel`` cap (its message suggests one) shrinks both."""
+
+
+# PaddedSpikesWarning: from this many bytes of packed tensor, when under PADDED_FILL of its entries are spikes.
+PADDED_BYTES = 256 << 20
+PADDED_FILL = 0.02
+
+
 def merged_message(merged: int, at: float, dtype) -> str:
     """The body of a ``MergedSpikesWarning``: ``merged`` pairs, the latest at time ``at``, equal in ``dtype``."""
     dtype = np.dtype(dtype)
@@ -349,6 +360,32 @@ def _check_packed_memory(n, n_channels, width, dtype):
                   "memory is really there")
 
 
+def _warn_padding(counts, width, dtype, stacklevel):
+    """``PaddedSpikesWarning`` when the ``[n, n_channels, width]`` tensor about to be packed from ``counts`` (one
+    per-channel spike count array per sample) is large and almost all padding, with the cap that would fix it."""
+    n_entries = len(counts) * (len(counts[0]) if counts else 0) * max(width, 1)
+    nbytes = n_entries * dtype.itemsize
+    if nbytes < PADDED_BYTES:
+        return
+    nonzero = np.concatenate([c[c > 0] for c in counts])
+    kept = int(np.minimum(nonzero, width).sum())
+    if kept >= PADDED_FILL * n_entries:
+        return
+    sample = max(range(len(counts)), key=lambda i: counts[i].max(initial=0))
+    channel = int(np.argmax(counts[sample]))
+    cap = int(np.quantile(nonzero, 0.99, method="lower"))  # an observed count: the share below is exact
+    share = np.count_nonzero(nonzero <= cap) / len(nonzero)
+    kept_capped = int(np.minimum(nonzero, cap).sum())
+    capped_bytes = len(counts) * len(counts[0]) * cap * dtype.itemsize
+    warnings.warn(
+        f"pack_events: the spike tensor [{len(counts)}, {len(counts[0])}, {width}] {dtype.name} takes "
+        f"{nbytes / (1 << 30):.3g} GiB and is {100 * (1 - kept / n_entries):.2f}% +inf padding: sample {sample}, "
+        f"channel {channel} has {int(counts[sample][channel])} spikes, while {100 * share:.4g}% of the channels that spike "
+        f"have at most {cap}. max_spikes_per_channel={cap} would keep {100 * kept_capped / max(kept, 1):.2f}% of the spikes "
+        f"in {capped_bytes / (1 << 20):.3g} MiB; every layer's work also grows with this width",
+        PaddedSpikesWarning, stacklevel=stacklevel)
+
+
 def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel):
     """``pack_events`` without the warning of the cap's dropped spikes (the loaders report those with the other
     crops'); ``stacklevel`` of the merged-spikes warning, counted from here."""
@@ -364,6 +401,7 @@ def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel)
     cap = np.inf if max_spikes_per_channel is None else max_spikes_per_channel
     counts = [np.bincount(ch, minlength=n_channels) for ch, _ in samples]
     width = int(min(cap, max((c.max(initial=0) for c in counts), default=0)))
+    _warn_padding(counts, width, dtype, stacklevel + 1)
     _check_packed_memory(len(samples), n_channels, max(width, 1), dtype)
     out = np.full((len(samples), n_channels, max(width, 1)), np.inf, dtype=dtype)
     dropped = merged = 0
