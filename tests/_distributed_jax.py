@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from spikescan.datasets import yinyang  # noqa: E402
 from spikescan_keras import LIFLayer, LIReadout, _host  # noqa: E402
+from spikescan_keras._bridge import jax as jax_bridge  # noqa: E402
 
 N_SAMPLES, BATCH, EPOCHS = 48, 16, 2
 seen = {"LIFOp": [], "CalibrateOp": []}
@@ -59,10 +60,18 @@ def train(data):
     counted = {k: len(v) for k, v in seen.items()}
     eager = float(np.max(np.abs(np.asarray(model(data.times[:BATCH], training=False))
                                 - model.predict(data.times[:BATCH], verbose=0))))
+    # A second eager call of the same shape reuses the first's compilation: no layer traces its shard_map again.
+    sharded, traces = jax_bridge._sharded, []
+    jax_bridge._sharded = lambda *args: traces.append(args[0].__name__) or sharded(*args)
+    try:
+        model(data.times[BATCH:2 * BATCH], training=False)
+    finally:
+        jax_bridge._sharded = sharded
+    eager_traces = len(traces)
     for k, n in counted.items():
         del seen[k][n:]
     return {v.path.split("/", 1)[1]: np.asarray(keras.ops.convert_to_numpy(v.value)) for v in model.weights}, \
-        dict(history.history, eager_vs_predict=eager)
+        dict(history.history, eager_vs_predict=eager, eager_traces=eager_traces)
 
 
 def main():

@@ -145,6 +145,8 @@ def test_jax_data_parallel_runs_each_device_on_its_batch(route):
     # An eager model(x) under DataParallel ran jax's eager shard_map, which has no rule for the op's custom_vjp
     # (NotImplementedError): it now runs compiled, with predict's logits.
     assert result["parallel_history"]["eager_vs_predict"] == 0.0
+    # Each eager call traced and compiled its shard_map anew (57 ms against 5 ms for two layers): cached now.
+    assert result["parallel_history"]["eager_traces"] == 0
     # 48 samples in batches of 16 for 2 epochs: 6 steps. One device: 6 host calls of 16 samples. Two devices: 12
     # calls of 8 (each device its half, not the global batch gathered onto one device).
     assert result["single_seen"]["LIFOp"] == [16] * 6

@@ -315,12 +315,16 @@ def _sharded(op, spec, route, inputs, mesh, axis):
     # check_vma=False: the callbacks' outputs carry no replication information; the transpose then sums the
     # cotangents of the replicated inputs over the devices (psum), which is the gradient of the weights.
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), *shared), out_specs=out_specs, check_vma=False)
-    if not any(isinstance(x, jax.core.Tracer) for x in inputs):
-        # An eager call (model(x) outside fit, predict and jit): jax runs an eager shard_map primitive by primitive
-        # and has no rule there for a custom_vjp with symbolic zeros (NotImplementedError); compiled, it runs as
-        # inside fit.
-        mapped = jax.jit(mapped)
     return tuple(mapped(*inputs))
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_sharded(op, spec, route, mesh, axis):
+    """``_sharded`` compiled for eager calls (``model(x)`` outside ``fit``, ``predict`` and ``jit``): jax runs an eager
+    ``shard_map`` primitive by primitive and has no rule there for a ``custom_vjp`` with symbolic zeros
+    (``NotImplementedError``); compiled, it runs as inside ``fit``. Cached, so that repeated calls reuse jit's
+    compilation (one per input shape) instead of tracing a fresh closure each time."""
+    return jax.jit(lambda *inputs: _sharded(op, spec, route, inputs, mesh, axis))
 
 
 def _check_on_host(op, spec, *values):
@@ -341,7 +345,10 @@ def apply(op, spec, inputs):
         mesh, axis, devices = sharding
         # Each device stashes its own forward results until its backward takes them back.
         _cache.size = max(_cache.size, _CACHE_SIZE * devices)
-        outputs = _sharded(op, spec, chosen, inputs, mesh, axis)
+        if any(isinstance(x, jax.core.Tracer) for x in inputs):
+            outputs = _sharded(op, spec, chosen, inputs, mesh, axis)
+        else:
+            outputs = tuple(_eager_sharded(op, spec, chosen, mesh, axis)(*inputs))
     if deferred:
         values = op.check_values(spec, tuple(jax.lax.stop_gradient(y) for y in outputs),
                                  tuple(jax.lax.stop_gradient(x) for x in inputs))
