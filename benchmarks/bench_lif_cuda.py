@@ -236,7 +236,7 @@ def run_queue_bench(args):
             t_np, _, d_np = shd_like_inputs(batch, N_IN, args.spikes, n_out, seed=batch + n_out, delays=True)
             t, d = cupy.asarray(t_np), cupy.asarray(d_np)
             row = dict(batch=batch, n_in=N_IN, n_out=n_out, input_spikes=int(np.isfinite(t_np).sum()))
-            row["shared_s"], _ = _median_time(lambda: shared_queue(t, cupy), args.repeats)
+            row["shared_s"], _ = _median_time(lambda t=t: shared_queue(t, cupy), args.repeats)
             outs = {}
             for name, fn in paths.items():
                 fn(t, d)  # warm-up: compiles
@@ -245,7 +245,7 @@ def run_queue_bench(args):
                     outs[name] = fn(t, d)
                     _sync()
                 row[f"{name}_peak_pool_bytes"] = int(hook.peak)
-                row[f"{name}_s"], _ = _median_time(lambda: fn(t, d), args.repeats)
+                row[f"{name}_s"], _ = _median_time(lambda fn=fn, t=t, d=d: fn(t, d), args.repeats)
                 if name == "argsort":  # hold one result at a time
                     outs[name] = [cupy.asnumpy(x) for x in outs[name]]
                     pool.free_all_blocks()
