@@ -86,11 +86,16 @@ def _event_weights(weights, queue_index, max_in, rows, cols, ks, applies):
 def unresolvable_spike_error(neuron, n_out, t):
     """The error for flat neuron ``neuron`` (sample * n_out + index) firing twice at float64 time ``t``."""
     t = float(t)
+    spacing = abs(t) - float(np.nextafter(abs(t), 0.0))  # finite at the largest float64 (np.spacing gives inf)
+    weights = "the synaptic current is far above threshold (check the weights)"
+    far = ("the times lie so far from zero that this spacing is coarse against the time constants, so that even a "
+           "first spike after its input cannot be placed (shift the times to start near 0, or use a time unit closer "
+           "to the time constants)")
+    causes = f"{far}, or {weights}" if spacing > 1e-6 else f"{weights}, or {far}"
     return FloatingPointError(
-        f"neuron {neuron % n_out} of sample {neuron // n_out} fires twice at t={t!r}: its inter-spike "
-        f"interval is below float64 time resolution ({float(np.spacing(abs(t)))!r} at that time): either the "
-        "synaptic current is far above threshold (check the weights), or the times lie so far from zero that this "
-        "spacing is coarse against the time constants (shift the times to start near 0)")
+        f"neuron {neuron % n_out} of sample {neuron // n_out} fires twice at t={t!r}: two spikes at one float64 "
+        f"time, since the spacing of float64 times there ({spacing!r}) is coarser than the time between its spikes. "
+        f"Either {causes}")
 
 
 def runaway_firing_error(neuron, n_out, t, current, limit, threshold):

@@ -68,11 +68,13 @@ def check_float_array(name, x, ndim, spikes=False):
     """``x`` must be a float32/float64 array of ``ndim`` dimensions. ``spikes``: ``x`` holds spike times, so a bool
     or integer array, most likely a binned raster, is refused with the way to spike times."""
     if not isinstance(x, np.ndarray) and _top_module(x) != "cupy":
-        raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}")
+        hint = (f": np.asarray({name}, dtype=np.float32) (or float64)" if isinstance(x, (list, tuple))
+                else "")
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {_foreign(x, name)}{hint}")
     if isinstance(x, np.ma.MaskedArray):
+        fill = "np.inf) (+inf is the padding)" if spikes else "value)"
         raise TypeError(f"{name} must be a plain NumPy array, got a masked array, whose mask would be ignored: fill "
-                        f"the masked entries yourself, np.ma.filled({name}, value) (for spike times value=np.inf, the "
-                        "padding)")
+                        f"the masked entries yourself, np.ma.filled({name}, {fill}")
     if x.dtype not in _FLOAT_DTYPES:
         if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
             raise TypeError(f"{name} must have a native-endian dtype float32 or float64, got byte-swapped "
@@ -81,7 +83,8 @@ def check_float_array(name, x, ndim, spikes=False):
             raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}; spike times are floats, and "
                             f"bool or integer entries are usually a binned raster (spike counts per time bin): "
                             f"{RASTER_WAY}")
-        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}"
+                        + (f": {name}.astype(np.float64) (or float32)" if x.dtype.kind in "fiu" else ""))
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got {_describe(x)}")
 

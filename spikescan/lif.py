@@ -195,6 +195,9 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
     """
     if not isinstance(result, LIFResult):
         raise TypeError(f"result must be the LIFResult returned by lif_forward, got {type(result).__name__}")
+    if isinstance(grad_times, (int, float, np.number)) and not isinstance(grad_times, bool):
+        raise TypeError(f"grad_times must be an array of result.times' shape, got the scalar {grad_times!r}: "
+                        f"np.full_like(result.times, {grad_times!r}) gives every recorded spike time that cotangent")
     v.check_float_array("grad_times", grad_times, 3)
     xp = v.array_module(result.times, grad_times)
     if tuple(grad_times.shape) != tuple(result.times.shape):

@@ -23,13 +23,16 @@ def _check_mask(neurons, n_out):
     """TypeError / ValueError naming ``neurons`` unless it is a boolean NumPy/CuPy mask ``[n_out]`` (no host read)."""
     if not hasattr(neurons, "shape") or not hasattr(neurons, "dtype"):
         raise TypeError(f"neurons must be None or a boolean NumPy/CuPy array of shape [n_out={n_out}], got "
-                        f"{type(neurons).__name__}")
+                        f"{type(neurons).__name__}; from a list of indices: mask = np.zeros({n_out}, bool); "
+                        f"mask[indices] = True")
     v.array_module(neurons)  # NumPy or CuPy, else a TypeError naming the type
     if isinstance(neurons, np.ma.MaskedArray):
         raise TypeError("neurons must be a plain boolean array, got a masked array, whose mask would be ignored: "
                         "pass np.ma.filled(neurons, False)")
     if neurons.dtype != np.bool_:
-        raise TypeError(f"neurons must be a boolean mask (dtype bool), got dtype {neurons.dtype}")
+        hint = (f"; from indices: mask = np.zeros({n_out}, bool); mask[indices] = True" if neurons.dtype.kind in "iu"
+                else "")
+        raise TypeError(f"neurons must be a boolean mask (dtype bool), got dtype {neurons.dtype}{hint}")
     if tuple(neurons.shape) != (n_out,):
         raise ValueError(f"neurons must have shape [n_out={n_out}], got shape {tuple(neurons.shape)}")
 

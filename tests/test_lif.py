@@ -312,10 +312,18 @@ def test_times_far_from_zero_are_named_as_a_cause_of_firing_twice():
     rng = np.random.default_rng(0)
     x = np.sort(rng.uniform(0, 50, (2, 100, 5)), -1)
     w = rng.normal(0.03, 0.05, (100, 32))
-    with pytest.raises(FloatingPointError, match=r"fires twice at t=1\.0000000000000\d*e\+17: .*\(16\.0 at that "
-                                                 r"time\).*shift the times to start near 0"):
+    with pytest.raises(FloatingPointError, match=r"fires twice at t=1\.0000000000000\d*e\+17: .*there \(16\.0\) "
+                                                 r"is coarser.*Either the times lie so far from zero.*shift the times "
+                                                 r"to start near 0.*or the synaptic current"):
         ss.lif_forward(x + 1e17, w, tau_mem=10.0, tau_syn=5.0, max_spikes=16)
     assert ss.lif_forward(x, w, tau_mem=10.0, tau_syn=5.0, max_spikes=16).counts.sum() > 0  # near zero: it runs
+    # One input at 1e30 (spacing 1.4e14) or at the largest float64 (spacing 2**971, which np.spacing gives as inf):
+    # the first spike already cannot be placed after its input, and the offset comes first among the causes.
+    w = np.full((4, 3), 3.0)
+    for t, spacing in ((1e30, r"140737488355328\.0"), (np.finfo(np.float64).max, r"1\.9958\d*e\+292")):
+        with pytest.raises(FloatingPointError, match=rf"fires twice at .*there \({spacing}\) is coarser.*Either the "
+                                                     r"times lie so far from zero.*even a first spike"):
+            ss.lif_forward(np.full((1, 4, 1), t), w, tau_mem=10.0, tau_syn=5.0, max_spikes=4)
 
 
 def test_inputs_are_not_modified():
@@ -703,9 +711,22 @@ def test_backward_rejects_bad_cotangents():
         ss.lif_backward((r.times, r.counts), G)
     with pytest.raises(TypeError, match="input_times_grad must be True or False, got 'no'"):
         ss.lif_backward(r, np.ones(r.times.shape), input_times_grad="no")
-    for bad in (r.times.tolist(), 1.0):
-        with pytest.raises(TypeError, match="grad_times must be a NumPy or CuPy array, got"):
-            ss.lif_backward(r, bad)
+    with pytest.raises(TypeError, match=r"grad_times must be a NumPy or CuPy array, got list: "
+                                        r"np.asarray\(grad_times, dtype=np.float32\)"):
+        ss.lif_backward(r, r.times.tolist())
+    with pytest.raises(TypeError, match=r"grad_times must be an array of result.times' shape, got the scalar 1.0: "
+                                        r"np.full_like\(result.times, 1.0\)"):
+        ss.lif_backward(r, 1.0)
+    with pytest.raises(TypeError, match=r"grad_times must have dtype float32 or float64, got float16: "
+                                        r"grad_times.astype\(np.float64\)"):
+        ss.lif_backward(r, np.ones(r.times.shape, np.float16))
+    with pytest.raises(TypeError, match=r"grad_times must be a plain NumPy array, got a masked array.*"
+                                        r"np.ma.filled\(grad_times, value\)$"):
+        ss.lif_backward(r, np.ma.masked_array(np.ones(r.times.shape)))
+    with pytest.raises(TypeError, match=r"input_times must be a plain NumPy array, got a masked array.*"
+                                        r"np.ma.filled\(input_times, np.inf\) \(\+inf is the padding\)$"):
+        ss.lif_forward(np.ma.masked_array(r.times), np.ones((r.times.shape[1], 2)), tau_mem=10.0, tau_syn=5.0,
+                       max_spikes=2)
     with pytest.raises(TypeError, match=r"grad_times must have a native-endian dtype .* got byte-swapped '>f8'"):
         ss.lif_backward(r, np.ones(r.times.shape, ">f8"))
 

@@ -403,8 +403,9 @@ def _ok():
     (dict(delays=[[0.0, 0.0]]), TypeError, "delays"),
     (dict(neurons=np.ones(3, bool)), ValueError, "neurons"),
     (dict(neurons=np.ones((1, 2), bool)), ValueError, "neurons"),
-    (dict(neurons=np.ones(2, np.int64)), TypeError, "neurons"),
-    (dict(neurons=[True, False]), TypeError, "neurons"),
+    (dict(neurons=np.ones(2, np.int64)), TypeError, r"neurons must be a boolean mask .* got dtype int64; from "
+                                                    r"indices: mask = np.zeros\(2, bool\); mask\[indices\] = True"),
+    (dict(neurons=[0, 1]), TypeError, r"got list; from a list of indices: mask = np.zeros\(2, bool\)"),
     (dict(neurons=np.ma.array([True, True], mask=[False, True])), TypeError, "neurons must be a plain .* masked"),
     (dict(tau_mem=-1.0), ValueError, "tau_mem"),
     (dict(tau_mem=0.0), ValueError, "tau_mem"),
