@@ -28,8 +28,11 @@ _flag = None  # set_deterministic's value, or None (then the environment variabl
 
 
 def set_deterministic(enabled):
-    """Turn the bitwise-reproducible GPU mode on (``True``) or off (``False``), or back to the environment
-    variable's choice (``None``). Applies to calls made afterwards, in this process."""
+    """Turn the bitwise-reproducible GPU mode on or off for the calls made afterwards, in this process.
+
+    Args:
+        enabled: ``True`` (on), ``False`` (off) or ``None`` (back to ``SPIKESCAN_DETERMINISTIC``'s choice).
+    """
     global _flag
     if enabled is not None and not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")

@@ -34,7 +34,14 @@ def set_memory_limit(nbytes):
     the same limit.
 
     On NumPy this replaces the default (the memory the operating system reports available); on CuPy the lower of
-    this and the device's free memory applies. Returns the previous value.
+    this and the device's free memory applies.
+
+    Args:
+        nbytes: a positive number of bytes, or ``None``.
+
+    Returns:
+        The previous value set by this function (``None`` if none was), not ``SPIKESCAN_MEMORY_LIMIT``, which
+        applies only while no value is set here.
     """
     global _limit
     if nbytes is not None:

