@@ -35,6 +35,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 from keras import ops
 
 import spikescan
@@ -59,11 +60,27 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+PLOT_HELP = ("after training, write PNG figures to DIR: the learning curves, the test set's confusion matrix, and the "
+             "input and every LIF layer's spikes for one test sample of each of the first classes; needs matplotlib")
+
+
+def _plot_dir(value):
+    """``--plot DIR``: refused at parsing when matplotlib is missing, before any data is loaded or trained on."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise argparse.ArgumentTypeError("needs matplotlib: pip install spikescan[plot]") from None
+    return value
+
+
 def parser(doc, *, epochs, batch_size, hidden, learning_rate, max_spikes,
-           data_dir_help="folder holding the dataset files"):
-    """ArgumentParser with the flags every example shares; a script adds its own afterwards."""
+           data_dir_help="folder holding the dataset files", plot_help=None):
+    """ArgumentParser with the flags every example shares; a script adds its own afterwards. ``plot_help``: the
+    help of ``--plot DIR`` (``PLOT_HELP``: the figures of ``write_plots``), None: no such flag."""
     _Parser.created.clear()
     p = _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if plot_help is not None:
+        p.add_argument("--plot", type=_plot_dir, default=None, metavar="DIR", help=plot_help)
     p.add_argument("--epochs", type=_positive_int, default=epochs)
     p.add_argument("--batch-size", type=_positive_int, default=batch_size)
     p.add_argument("--data-dir", default=None, help=data_dir_help)
@@ -447,9 +464,76 @@ def train(model, train_set, test_set, args, *, val_set=None):
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(SpikeBatches(test_set, batch_size=args.batch_size), verbose=0)
     firing = {key: round(values[-1], 4) for key, values in history.history.items() if "/" in key}
+    if getattr(args, "plot", None) is not None and is_chief():
+        for path in write_plots(model, test_set, history.history, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
     return {"test_accuracy": float(test_accuracy), "test_loss": float(test_loss), "seconds": round(seconds, 1),
             "calibration": kernel_scales(model), "capped_spikes": capped_spikes(model), "firing": firing,
-            "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch}
+            "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch,
+            "history": {key: [round(float(v), 6) for v in values] for key, values in history.history.items()
+                        if "/" not in key}}
+
+
+def write_plots(model, test_set, history, directory, *, classes=3):
+    """The PNG figures of ``--plot DIR`` (``PLOT_HELP``) in ``directory``; returns their paths.
+
+    ``learning_curves.png``: loss and accuracy per epoch (training, and validation where there is one);
+    ``confusion.png``: the test set's confusion matrix, each true class's row as shares of its samples;
+    ``spikes.png``: for one test sample of each of the first ``classes`` classes, the input raster and the spikes of
+    every LIF layer (the layers' own outputs: every recorded spike, exact times)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    import spikescan.plot
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    fig = Figure(figsize=(10, 4))
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        for prefix, label in (("", "training"), ("val_", "validation")):
+            if history.get(prefix + metric):
+                ax.plot(epochs, history[prefix + metric], marker="o", label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    paths.append(os.path.join(directory, "learning_curves.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+
+    logits = model.predict(SpikeBatches(test_set, batch_size=256), verbose=0)
+    predicted = np.argmax(logits, axis=1)
+    n_classes = logits.shape[1]
+    counts = np.zeros((n_classes, n_classes))
+    np.add.at(counts, (test_set.labels, predicted), 1)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    image = ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="share of the true class's test samples")
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"Test confusion matrix, accuracy {np.mean(predicted == test_set.labels):.1%}")
+    paths.append(os.path.join(directory, "confusion.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+
+    picks = [int(np.flatnonzero(test_set.labels == k)[0]) for k in range(n_classes) if (test_set.labels == k).any()]
+    picks = picks[:classes]
+    x = test_set.times[picks]
+    rows = [("input", x)]
+    for layer in model.layers:
+        x = layer(x, training=False)
+        if isinstance(layer, LIFLayer):
+            rows.append((f"{layer.name} ({layer.units} LIF)", np.asarray(keras.ops.convert_to_numpy(x))))
+    fig = Figure(figsize=(4 * len(picks), 3 * len(rows)))
+    axes = np.asarray(fig.subplots(len(rows), len(picks), sharex=True, squeeze=False))
+    for r, (name, times) in enumerate(rows):
+        for c, i in enumerate(picks):
+            spikescan.plot.raster(times, sample=c, ax=axes[r, c], time_unit="ms")
+            axes[r, c].set_title(f"{name}: test sample {i}, class {int(test_set.labels[i])} "
+                                 f"(predicted {int(predicted[i])})", fontsize="small")
+            axes[r, c].set_ylabel("input channel" if r == 0 else "neuron")
+    paths.append(os.path.join(directory, "spikes.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    return paths
 
 
 def first(dataset, limit):

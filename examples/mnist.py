@@ -64,7 +64,8 @@ def build_model(n_channels, hidden, max_spikes, t_max, dropout=0.0, tau_mem=TAU_
 
 
 def main(argv=None):
-    parser = _common.parser(__doc__, epochs=20, batch_size=64, hidden=350, learning_rate=2e-3, max_spikes=4)
+    parser = _common.parser(__doc__, epochs=20, batch_size=64, hidden=350, learning_rate=2e-3, max_spikes=4,
+                            plot_help=_common.PLOT_HELP)
     parser.add_argument("--t-max", type=_common._positive_float, default=20.0,
                         help="latest input spike time in ms (latency code)")
     parser.add_argument("--dropout", type=_common.probability, default=0.0,

@@ -56,7 +56,7 @@ def build_model(n_channels, n_classes, hidden, max_spikes, *, duration=DURATION,
 
 def main(argv=None):
     parser = _common.parser(__doc__, epochs=30, batch_size=64, hidden=512, learning_rate=3e-3, max_spikes=8,
-                            data_dir_help="unused: randman is generated, not downloaded")
+                            data_dir_help="unused: randman is generated, not downloaded", plot_help=_common.PLOT_HELP)
     parser.add_argument("--dim-manifold", type=_common._positive_int, default=2,
                         help="dimension of each class's manifold (harder when larger)")
     parser.add_argument("--n-channels", type=_common._positive_int, default=N_CHANNELS, help="input channels")

@@ -113,7 +113,8 @@ def class_count(name, data):
 def run(name, argv, doc):
     """Parse ``argv``, train and evaluate on SHD (``name="shd"``) or SSC (``"ssc"``); returns the summary dict."""
     splits = DATASETS[name][2]
-    parser = _common.parser(doc, epochs=30, batch_size=64, hidden=512, learning_rate=2e-3, max_spikes=32)
+    parser = _common.parser(doc, epochs=30, batch_size=64, hidden=512, learning_rate=2e-3, max_spikes=32,
+                            plot_help=_common.PLOT_HELP)
     positive_int, positive_float = _common._positive_int, _common._positive_float  # checked before the data load
     parser.add_argument("--n-channels", type=positive_int, default=140,
                         help="pool the 700 channels into this many (1-700)")

@@ -152,19 +152,13 @@ def write_plots(model, test, directory, *, grid=100):
 
 def main(argv=None):
     parser = _common.parser(__doc__, epochs=40, batch_size=32, hidden=120, learning_rate=3e-3, max_spikes=4,
-                            data_dir_help="unused: Yin-Yang is generated, not downloaded")
+                            data_dir_help="unused: Yin-Yang is generated, not downloaded",
+                            plot_help="after training, write PNG figures (decision regions, hidden raster, voltage "
+                                      "traces) to DIR; needs matplotlib")
     parser.add_argument("--first-spike", action="store_true",
                         help="classify by the first output spike (FirstSpikeReadout: three LIF output neurons, the "
                              "first to fire wins) instead of the leaky-integrator readout")
-    parser.add_argument("--plot", default=None, metavar="DIR",
-                        help="after training, write PNG figures (decision regions, hidden raster, voltage traces) "
-                             "to DIR; needs matplotlib")
     args = parser.parse_args(argv)
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as err:
-            raise SystemExit("error: --plot needs matplotlib: pip install spikescan[plot]") from err
 
     world_size = _common.initialize_distributed(args)
     keras.utils.set_random_seed(args.seed)

@@ -208,6 +208,29 @@ def test_yinyang_example_writes_plots(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_examples_write_plots(tmp_path, monkeypatch):
+    """``--plot DIR`` of the scripts on ``_common.train`` (randman here; mnist, shd and ssc alike): learning curves,
+    the test confusion matrix and the input and hidden spikes of a test sample per class, and the per-epoch history
+    in the summary. Without matplotlib, ``--plot`` is refused when the command line is parsed."""
+    _yinyang_example()  # the backend checks
+    randman = example("randman")
+    out = tmp_path / "figures"
+    summary = randman.main(["--epochs", "2", "--hidden", "8", "--batch-size", "8", "--limit", "24", "--n-channels",
+                            "6", "--verbose", "0", "--plot", str(out)])
+    for name in ("learning_curves.png", "confusion.png", "spikes.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 1000, name
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    history = summary["history"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= history.keys()
+    assert all(len(v) == 2 and all(np.isfinite(v)) for v in history.values()), history
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as exc:
+        randman.main(["--epochs", "1", "--plot", str(tmp_path / "other")])
+    assert exc.value.code == 2 and not (tmp_path / "other").exists()
+
+
 def test_yinyang_grid_encoding_matches_dataset():
     example = _yinyang_example()
     from spikescan.datasets import yinyang
