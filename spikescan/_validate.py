@@ -115,7 +115,8 @@ def _negative_hint(value):
     if value == -1 or value == -math.inf:
         return f"; spike times pad unused slots with +inf, not {value!r}"
     return ("; spike times count from each sample's start at 0: shift a recording that starts earlier (subtract its "
-            "start time)")
+            "start time). Feature values (standardised ones are negative) are not spike times: encode them, e.g. "
+            "spikescan.encode.latency(spikescan.encode.scale(x)[0], t_max=...)")
 
 
 def check_spike_times(name, times):
@@ -162,6 +163,11 @@ def _raster_hint(xp, times):
     elif bool((times == xp.floor(times)).all()) and bool((times == 0).any()):
         what = "whole numbers with zeros among them"
     else:
+        _, channels, slots = times.shape
+        if channels < slots:
+            return (f"; with {channels} channel(s) of {slots} spike slots each: if the last axis holds channels or "
+                    "features, the axes are swapped (the format is [batch, channels, spike slots]; a table [batch, "
+                    "features] of spike times is x[:, :, None])")
         return ""
     return (f"; its entries are {what}, like a binned raster (spike counts per time bin), not spike times: "
             f"{RASTER_WAY}")

@@ -98,6 +98,9 @@ SHARE_BANDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 # From this share of a batch's spikes capped on, CappedSpikesWarning's advice is to raise max_spikes, not that a few
 # neurons burst (a band edge of SHARE_BANDS, so the advice is constant within a band and the filter still works).
 CAPPED_LARGE_SHARE = 0.2
+# Input with at most this many spike slots per channel (latency codes: one) is not dense: a large capped share on it
+# points to runaway weights, not to max_spikes.
+SPARSE_SLOTS = 2
 
 
 def second_order_error(op, spec):
@@ -291,29 +294,40 @@ class LIFOp:
 
     @staticmethod
     def check_values(spec: LIFSpec, outputs, inputs):
-        """``(capped, fired, spikes, dead, units)`` from ``counts``: spikes beyond ``max_spikes`` (summed over batch
-        and neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not a
-        silent batch), all the spikes fired, the neurons that fired on no sample (0 for an empty batch, and when
-        ``spec.warn_dead`` is off: not counted) and the layer's neurons."""
+        """``(capped, fired, spikes, dead, units, slots)`` from ``counts``: spikes beyond ``max_spikes`` (summed over
+        batch and neurons), the number of (sample, neuron) pairs that fired (1 when ``counts`` is empty, which is not
+        a silent batch), all the spikes fired, the neurons that fired on no sample (0 for an empty batch, and when
+        ``spec.warn_dead`` is off: not counted), the layer's neurons and the input's spike slots per channel."""
         counts = outputs[1]
         over = counts - spec.max_spikes
         dead = (((counts > 0).sum(axis=0) == 0).sum()) * (counts.shape[0] > 0) if spec.warn_dead else 0
-        return (over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum(), dead, counts.shape[1]
+        return ((over * (over > 0)).sum(), (counts > 0).sum() + (counts.size == 0), counts.sum(), dead,
+                counts.shape[1], int(inputs[0].shape[-1]))
 
     @staticmethod
-    def check(spec: LIFSpec, capped, fired, spikes, dead=0, units=0):
+    def check(spec: LIFSpec, capped, fired, spikes, dead=0, units=0, slots=None):
         """The forward's warnings, from the host values of ``check_values``."""
         if spec.warn_capped and int(capped):
             # The message gives the share of the batch's spikes as a band, not a count, so Python's default filter
             # shows it once per layer and band: again when the share reaches a new band (a runaway shows as a rising
             # band). The layer's ``capped_spikes`` variable keeps the running total.
             large = int(capped) / max(int(spikes), int(capped), 1) >= CAPPED_LARGE_SHARE  # share_band's share
-            advice = (
-                "A share this large means the layer's neurons routinely fire more than max_spikes times per sample, "
-                "as dense input (rate codes, rasters) drives them: raise max_spikes (doubling it usually brings the "
-                "share under a few percent)." if large else
-                "Usually a few neurons fire a short burst on every sample, which training tolerates; raise max_spikes "
-                "if the later spikes carry information.")
+            sparse = slots is not None and int(slots) <= SPARSE_SLOTS
+            if large and sparse:
+                # Adam(1.0) on a latency code: 95% of the neurons dead, the rest bursting, and the advice was to
+                # raise max_spikes for dense input.
+                advice = (f"The input has at most {int(slots)} spike(s) per channel, so this is no dense input: "
+                          "neurons firing this often on it point to weights grown too large, most likely a learning "
+                          "rate too high for this layer (lower it); raise max_spikes only if such bursts are "
+                          "intended.")
+            elif large:
+                advice = (
+                    "A share this large means the layer's neurons routinely fire more than max_spikes times per "
+                    "sample, as dense input (rate codes, rasters) drives them: raise max_spikes (doubling it usually "
+                    "brings the share under a few percent).")
+            else:
+                advice = ("Usually a few neurons fire a short burst on every sample, which training tolerates; raise "
+                          "max_spikes if the later spikes carry information.")
             warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
@@ -603,6 +617,9 @@ def _calibration_warnings(spec, input_times, weights, scale, fraction):
 
 # Input spikes spread over less than this fraction of the shorter time constant reach a neuron as one volley.
 SQUEEZED_WINDOW = 0.01
+# One spike slot per channel, spread over less than this fraction of the shorter time constant: most likely a table
+# of feature values in [0, 1] read as spike times (Keras adds the trailing axis of 1 to a [batch, features] array).
+FEATURE_WINDOW = 0.5
 
 
 def _warn_squeezed_inputs(spec, input_times):
@@ -619,6 +636,16 @@ def _warn_squeezed_inputs(spec, input_times):
             f"on average, {window / shortest:.2g} of the shorter time constant ({shortest:g}): the neurons receive "
             "each sample as one near-synchronous volley and can hardly tell its spike times apart. Are the spike "
             "times in the unit of the time constants (e.g. seconds against milliseconds)?", UserWarning)
+    elif input_times.shape[-1] == 1 and 0.0 < window < FEATURE_WINDOW * shortest:
+        # A [batch, features] table of values in [0, 1] trained at chance this way on sklearn's digits, with
+        # healthy firing statistics (2 spikes per neuron, none silent) and no other warning.
+        warn(spec.layer_key,
+            f"LIFLayer {spec.layer_name!r}: each input channel of the first training batch has one spike slot, and "
+            f"its spikes span {window:.3g} per sample on average, {window / shortest:.2g} of the shorter time "
+            f"constant ({shortest:g}): the neurons can hardly tell these times apart. If they are feature values (a "
+            "[batch, features] table read as spike times), encode them over a few time constants first: "
+            f"spikescan.encode.latency(spikescan.encode.scale(x)[0], t_max={4 * shortest:g}), then the same "
+            "scale's bounds for the test set.", UserWarning)
 
 
 class CalibrateOp:

@@ -1011,8 +1011,8 @@ class LIFLayer(_SpikeTimesLayer):
             ready = ops.any(ops.isfinite(batch))
             return ops.where(ready, scale * found, scale), ops.cast(ready, "int32")
 
-        scale, done = ops.cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"),
-                               lambda: (scale, ops.ones((), "int32")), search)
+        scale, done = _cond(ops.cast(ops.convert_to_tensor(self.calibrated), "bool"),
+                            lambda: (scale, ops.ones((), "int32")), search)
         self.kernel_scale.assign(scale)
         self.calibrated.assign(done)
         return scale
@@ -1342,6 +1342,18 @@ def _time_constant_tensors(layer):
         return ()
     return (_times_unit(layer.tau_mem_kernel, layer.tau_mem_unit), _times_unit(layer.tau_syn_kernel,
                                                                              layer.tau_syn_unit))
+
+
+def _cond(pred, true_fn, false_fn):
+    """``keras.ops.cond``, except on torch, whose eager tensors take a Python branch (what Keras' torch ``cond`` does):
+    there ``ops.cond`` is a Keras operation, which wraps any error of a branch (bad input spike times found by the
+    calibration on the first training batch) in "Exception encountered when calling Cond.call()" and a list of its
+    arguments, private lambdas included."""
+    if keras.backend.backend() != "torch":
+        return ops.cond(pred, true_fn, false_fn)
+    if getattr(pred, "device", None) is not None and pred.device.type == "meta":  # symbolic build: as Keras' torch cond
+        return true_fn()
+    return true_fn() if bool(pred) else false_fn()
 
 
 def _set_time_constants(layer, tau_mem, tau_syn):

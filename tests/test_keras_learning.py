@@ -648,6 +648,29 @@ def test_spike_times_in_another_unit_than_the_time_constants_are_warned():
         assert any(re.search(message, str(w.message)) for w in caught) == warned, scale
 
 
+def test_feature_values_read_as_spike_times_are_warned():
+    """A [batch, features] table scaled to [0, 1] and passed where spike times go (Keras adds the axis of one slot)
+    trained sklearn's digits at chance for 15 epochs with healthy firing statistics and no warning: one slot per
+    channel spanning under half the shorter time constant is warned, with the encoding to use; the same table
+    latency-coded over 4 time constants is not."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from spikescan import encode
+
+    features, labels = datasets.load_digits(return_X_y=True)
+    x, _, _ = encode.scale(features[:64])
+    message = (r"one spike slot, and its spikes span 0.99\d* per sample on average, 0.25 of the shorter time "
+               r"constant \(4\).*feature values.*spikescan.encode.latency\(spikescan.encode.scale\(x\)\[0\], t_max=16\)")
+    for inputs, warned in ((x[:, :, None], True), (encode.latency(x, t_max=16.0), False)):
+        model = keras.Sequential([keras.Input(shape=(64, 1)),
+                                  sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4),
+                                  sk.LIReadout(10, tau_mem=TAU_MEM, tau_syn=TAU_SYN, t_max=40.0)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(inputs, labels[:64], batch_size=64, epochs=1, verbose=0)
+        assert any(re.search(message, str(w.message)) for w in caught) == warned, [str(w.message) for w in caught]
+
+
 def test_a_loss_that_reads_probabilities_is_warned():
     """The readouts output logits. A crossentropy that reads probabilities (the string loss, from_logits=False)
     kept Yin-Yang at chance on every backend, predicting one class, without a word: the first training call warns,

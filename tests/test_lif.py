@@ -660,14 +660,30 @@ def test_zero_d_arrays_count_as_their_numbers():
 @pytest.mark.parametrize("bad,hint", [
     (-1.0, r"spike times pad unused slots with \+inf, not -1.0"),
     (-np.inf, r"spike times pad unused slots with \+inf, not -inf"),
-    (-0.5, r"spike times count from each sample's start at 0: shift a recording that starts earlier")])
+    (-0.5, r"spike times count from each sample's start at 0: shift a recording that starts earlier.*Feature values "
+           r"\(standardised ones are negative\) are not spike times: encode them, e.g. spikescan.encode.latency")])
 def test_negative_spike_times_say_what_to_do(bad, hint):
-    """-1 (or -inf) is the padding of other tools; any other negative time, a recording that starts before 0."""
+    """-1 (or -inf) is the padding of other tools; any other negative time, a recording that starts before 0, or
+    standardised features passed as spike times."""
     kw = _good()
     kw["input_times"] = kw["input_times"].copy()
     kw["input_times"][1, 0, 0] = bad
     with pytest.raises(ValueError, match=r"input_times must be >= 0, got .* at index \(1, 0, 0\); " + hint):
         ss.lif_forward(**kw)
+
+
+def test_unsorted_times_with_few_channels_name_swapped_axes():
+    """A [batch, features] table transposed to [batch, 1, features] (one channel of many slots) was refused as
+    unsorted with no hint about the axes."""
+    kw = _good()
+    x = np.random.default_rng(1).uniform(0.0, 20.0, (4, 1, 6))
+    with pytest.raises(ValueError, match=r"must be ascending along the last axis .*; with 1 channel\(s\) of 6 spike "
+                                         r"slots each: if the last axis holds channels or features, the axes are "
+                                         r"swapped .*x\[:, :, None\]\)$"):
+        ss.lif_forward(x, np.ones((1, 3)), tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"], max_spikes=2)
+    descending = np.sort(np.random.default_rng(2).uniform(0.0, 20.0, (4, 6, 6)))[..., ::-1].copy()
+    with pytest.raises(ValueError, match=r"followed by [-+.\de]+$"):  # as many channels as slots: no such hint
+        ss.lif_forward(descending, np.ones((6, 3)), tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"], max_spikes=2)
 
 
 @pytest.mark.parametrize("bad,match", [
