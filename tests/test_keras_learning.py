@@ -659,7 +659,8 @@ def test_feature_values_read_as_spike_times_are_warned():
     features, labels = datasets.load_digits(return_X_y=True)
     x, _, _ = encode.scale(features[:64])
     message = (r"one spike slot, and its spikes span 0.99\d* per sample on average, 0.25 of the shorter time "
-               r"constant \(4\).*feature values.*spikescan.encode.latency\(spikescan.encode.scale\(x\)\[0\], t_max=16\)")
+               r"constant \(4\).*feature values.*spikescan.encode.latency\(spikescan.encode.scale\(x\)\[0\], "
+               r"t_max=16\)")
     for inputs, warned in ((x[:, :, None], True), (encode.latency(x, t_max=16.0), False)):
         model = keras.Sequential([keras.Input(shape=(64, 1)),
                                   sk.LIFLayer(16, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=4),

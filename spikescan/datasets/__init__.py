@@ -18,6 +18,7 @@ from .yinyang import yinyang, yinyang_points
 
 __all__ = [
     "DroppedSpikesWarning", "MergedSpikesWarning", "PaddedSpikesWarning", "SpikeBatches", "SpikeDataset",
-    "ToSpikeTensor", "bin_times", "collate_spikes", "download_shd", "download_ssc", "from_raster", "latency_mnist", "load_mnist_arrays",
+    "ToSpikeTensor", "bin_times", "collate_spikes", "download_shd", "download_ssc", "from_raster", "latency_mnist",
+    "load_mnist_arrays",
     "pack_events", "randman", "shd", "ssc", "to_raster", "unpack_events", "yinyang", "yinyang_points",
 ]

@@ -380,9 +380,10 @@ def _warn_padding(counts, width, dtype, stacklevel):
     warnings.warn(
         f"pack_events: the spike tensor [{len(counts)}, {len(counts[0])}, {width}] {dtype.name} takes "
         f"{nbytes / (1 << 30):.3g} GiB and is {100 * (1 - kept / n_entries):.2f}% +inf padding: sample {sample}, "
-        f"channel {channel} has {int(counts[sample][channel])} spikes, while {100 * share:.4g}% of the channels that spike "
-        f"have at most {cap}. max_spikes_per_channel={cap} would keep {100 * kept_capped / max(kept, 1):.2f}% of the spikes "
-        f"in {capped_bytes / (1 << 20):.3g} MiB; every layer's work also grows with this width",
+        f"channel {channel} has {int(counts[sample][channel])} spikes, while {100 * share:.4g}% of the channels "
+        f"that spike have at most {cap}. max_spikes_per_channel={cap} would keep "
+        f"{100 * kept_capped / max(kept, 1):.2f}% of the spikes in {capped_bytes / (1 << 20):.3g} MiB; every layer's "
+        "work also grows with this width",
         PaddedSpikesWarning, stacklevel=stacklevel)
 
 
