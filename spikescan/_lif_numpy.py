@@ -6,6 +6,8 @@ queue row ``b * Q + (i if Q > 1 else 0)`` (see ``_queue.build_queues``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 
@@ -746,8 +748,7 @@ def _recurrent_time_constant_grads(res, grad_times, engine, spike_grads=None):
     if spike_grads is None:
         spike_grads = _recurrent.backward(res, grad_times, False, spike_grads=True)[0]["spike_grads"]
     unrolled, g_unrolled = _recurrent.unrolled_layer(res, spike_grads, compiled=engine == "numba")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
+    with quiet_grazing():  # the recurrent backward has already warned
         grads = lif_backward(unrolled, g_unrolled, "auto", input_times_grad=False, engine=engine,
                              time_constant_grads=True)
     return grads.tau_mem, grads.tau_syn
@@ -981,8 +982,26 @@ def grazing_spike_warning(count, neuron, n_out, t):
         count=int(count), sample=int(sample), neuron=int(index), time=float(t))
 
 
+# Inside ``quiet_grazing()``: the backward of a recurrent layer's unrolled copy, whose grazing spikes the recurrent
+# backward has already warned of.
+_grazing_quiet = contextvars.ContextVar("spikescan_grazing_quiet", default=False)
+
+
+@contextlib.contextmanager
+def quiet_grazing():
+    """No ``GrazingSpikeWarning`` from the calls inside. Not ``warnings.catch_warnings``: changing the filters
+    resets every warning registry of the process, so warnings meant to show once (the Keras layers' per layer and
+    band, a user's own) showed again on every training batch of a recurrent layer with trainable time constants."""
+    token = _grazing_quiet.set(True)
+    try:
+        yield
+    finally:
+        _grazing_quiet.reset(token)
+
+
 def warn_grazing(count, neuron, n_out, t, stacklevel):
-    warnings.warn(grazing_spike_warning(count, neuron, n_out, t), stacklevel=stacklevel + 1)
+    if not _grazing_quiet.get():
+        warnings.warn(grazing_spike_warning(count, neuron, n_out, t), stacklevel=stacklevel + 1)
 
 
 # Bytes of per-(sample, neuron, queue entry) input-time gradients the compiled backward holds at once.

@@ -244,6 +244,26 @@ def test_time_constant_gradients_match_finite_differences(delays, rec_delays):
     assert np.abs(grads.tau_mem).min() > 0 and np.abs(grads.tau_syn).min() > 0
 
 
+def _warn_once():
+    warnings.warn("spikescan test: shown once under the default filter", UserWarning)
+
+
+def test_time_constant_gradients_leave_the_warning_filters_alone():
+    """The recurrent backward silenced the unrolled copy's grazing warnings with warnings.catch_warnings, whose
+    filter change resets every warning registry of the process: a warning shown once (the Keras layers' per layer
+    and band, a user's own) showed again after every such backward, on every training batch."""
+    t, W, R, _, _ = case(6, batch=2, n_in=4, n_out=3, max_in=3, r_mean=0.2, t_max=20.0)
+    W[:, 0] += 0.8
+    res = ss.lif_forward(t, W, tau_mem=8.0, tau_syn=3.0, max_spikes=2, recurrent_weights=R)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        _warn_once()
+        grads = ss.lif_backward(res, np.ones_like(res.times), time_constant_grads=True)
+        _warn_once()
+    assert np.abs(grads.tau_mem).max() > 0
+    assert sum("shown once" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+
+
 def test_unrolled_feed_forward_backward_reproduces_the_recurrent_gradients():
     # The recurrent layer unrolled into a feed-forward one (its own spikes as fixed inputs, each spike's cotangent
     # its derivative through the other neurons) must give, through the feed-forward backward (a different

@@ -50,15 +50,13 @@ backward kernel (``_lif.backward``) gives each neuron's exact ``tau_mem`` / ``ta
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .. import _determinism, _memory
-from .._lif_numpy import (DEFAULT_MAX_TOTAL_SPIKES, lost_output_times, output_range_error, unresolvable_spike_error,
-                          warn_grazing)
+from .._lif_numpy import (DEFAULT_MAX_TOTAL_SPIKES, lost_output_times, output_range_error, quiet_grazing,
+                          unresolvable_spike_error, warn_grazing)
 from .._recurrent import _runaway_error, arrival_range_error, lost_arrivals, unrolled_residuals
-from .._types import GrazingSpikeWarning, LIFGrads, LIFResiduals, LIFResult, RecurrentLog
+from .._types import LIFGrads, LIFResiduals, LIFResult, RecurrentLog
 from . import _kernels, _lif, _queue
 from ._lif import SOLVER_CODES
 
@@ -357,8 +355,7 @@ def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads, determini
                                spike_event=xp.ascontiguousarray(virtual.spike_event),
                                weights=xp.ascontiguousarray(virtual.weights))
     unrolled = LIFResult(times=spike_t, counts=n_spk, residuals=virtual)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", GrazingSpikeWarning)  # the recurrent backward has already warned
+    with quiet_grazing():  # the recurrent backward has already warned
         grads = _lif.backward(xp, launch, unrolled, spike_grads, "auto", input_times_grad=False,
                               time_constant_grads=True, tau_partials=deterministic)
     return grads.tau_mem, grads.tau_syn
