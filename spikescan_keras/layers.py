@@ -352,7 +352,10 @@ class SpikeCountRegularizer(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package="spikescan")
 class DelayRange(keras.constraints.Constraint):
-    """Clips delays to ``[0, max_delay]`` (``[0, inf)`` when ``max_delay`` is None) after every optimizer step."""
+    """Clips delays to ``[0, max_delay]`` (``[0, inf)`` when ``max_delay`` is None) after every optimizer step.
+
+    A layer applies it to the values it stores, the delays over its ``delay_unit`` (``layer.delay_values()`` gives
+    them in time units), so ``layer.delay_kernel.constraint.max_delay`` reads ``max_delay / delay_unit``."""
 
     def __init__(self, max_delay=None):
         self.max_delay = _optional_positive("max_delay", max_delay)
@@ -505,6 +508,18 @@ def _add_loss(layer, loss):
     """``layer.add_loss`` in Keras' float dtype (``keras.config.floatx()``, that of the compiled loss): a float64
     layer's term would otherwise meet the float32 loss in Keras' sum, which TensorFlow refuses."""
     layer.add_loss(ops.cast(loss, keras.config.floatx()))
+
+
+def _no_spike_count_activity(layer_name, kwargs):
+    """``kwargs``, refusing a ``SpikeCountRegularizer`` given as Keras' ``activity_regularizer``: Keras divides an
+    activity penalty by the batch size, on top of the regularizer's own mean over the batch, so it would act
+    ``batch`` times weaker than asked (and on a readout's logits it means nothing)."""
+    if isinstance(kwargs.get("activity_regularizer"), SpikeCountRegularizer):
+        where = ("pass it as spike_count_regularizer=" if layer_name == "LIFLayer" else
+                 "it applies to spike times: pass it to the LIFLayer before, as spike_count_regularizer=")
+        raise TypeError(f"{layer_name}: activity_regularizer=SpikeCountRegularizer(...) would be divided by the batch "
+                        f"size a second time by Keras; {where}")
+    return kwargs
 
 
 def _exact_dtype(layer_name, kwargs):
@@ -697,7 +712,7 @@ class LIFLayer(_SpikeTimesLayer):
             (the weights over ``kernel_scale``, a positive factor): sign constraints (``keras.constraints.NonNeg()``
             for excitatory-only weights) hold for the weights themselves; norm bounds apply to the stored values.
         spike_count_regularizer: optional ``SpikeCountRegularizer`` applied to the output spikes (added to the
-            model's losses).
+            model's losses on every call, as Keras' activity regularizers are: part of ``val_loss`` too).
         calibrate: ``(low, high)`` fractions, or ``None`` to switch off. On its first training call (the first
             batch of ``fit``) the layer measures the fraction of (sample, neuron) pairs that fire; outside
             ``[low, high]``, or when the neurons fire more than ``spikescan.init.burst_bound`` spikes on average
@@ -759,7 +774,7 @@ class LIFLayer(_SpikeTimesLayer):
                  trainable_time_constants=False, min_time_constant=None, trainable_threshold=False, min_threshold=None,
                  recurrent=False, recurrent_delays=False, recurrent_initializer="auto",
                  recurrent_delay_initializer="auto", recurrent_regularizer=None, recurrent_scale="auto", **kwargs):
-        super().__init__(**_exact_dtype("LIFLayer", kwargs))
+        super().__init__(**_exact_dtype("LIFLayer", _no_spike_count_activity("LIFLayer", kwargs)))
         _check_float64_backend("LIFLayer", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
         for name, value in (("recurrent", recurrent), ("recurrent_delays", recurrent_delays)):
@@ -1444,7 +1459,7 @@ class LIReadout(_SpikeTimesLayer):
     def __init__(self, units, *, tau_mem, tau_syn, readout="integral", t_max, tau_readout=None, scale="auto",
                  kernel_initializer="auto", kernel_regularizer=None, kernel_constraint=None,
                  trainable_time_constants=False, min_time_constant=None, revival_penalty=1.0, **kwargs):
-        super().__init__(**_exact_dtype("LIReadout", kwargs))
+        super().__init__(**_exact_dtype("LIReadout", _no_spike_count_activity("LIReadout", kwargs)))
         _check_float64_backend("LIReadout", self.compute_dtype)
         self.supports_jit = _bridge.supports_jit()
         self.units = _units(units)

@@ -563,9 +563,17 @@ def test_fit_reduces_loss(jax_route):
                         spike_count_regularizer=sk.SpikeCountRegularizer(1e-3, tau=T_MAX))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sk.CappedSpikesWarning)
-        before, _ = model.evaluate(x, y, verbose=0)  # inference: cross-entropy only, no training-time penalties
+        before, _ = model.evaluate(x, y, verbose=0)  # inference: no training-time penalties (the revival terms)
         model.fit(x, y, batch_size=32, epochs=12, verbose=0)
-        after, accuracy = model.evaluate(x, y, verbose=0)
+        after, accuracy = model.evaluate(x, y, verbose=0, batch_size=len(x))
+        # The spike-count term is added on every call, as Keras' activity regularizers are: evaluate's loss is the
+        # cross-entropy plus the term on the same batch (the README says val_loss includes it).
+        logits = model.predict(x, verbose=0, batch_size=len(x))
+        crossentropy = float(ops.convert_to_numpy(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            y, logits)))
+        hidden = ops.convert_to_numpy(model.layers[0](x))
+        term = 1e-3 * float(np.exp(-hidden / T_MAX).sum(axis=(1, 2)).mean())
+    assert term > 1e-4 and abs(after - (crossentropy + term)) < 1e-5, (after, crossentropy, term)
     assert after < 0.6 * before and accuracy >= 0.9, (before, after, accuracy)
     delays = model.layers[0].delay_values()
     assert delays.min() >= 0.0 and delays.max() <= 10.0, "the DelayRange constraint keeps delays in [0, max_delay]"
@@ -1143,6 +1151,13 @@ def test_bad_types_and_inputs(jax_route):
         sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, delays="yes")
     with pytest.raises(TypeError, match="spike_count_regularizer"):
         sk.LIFLayer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, spike_count_regularizer="l2")
+    # Keras divides an activity regularizer by the batch size, on top of the regularizer's own batch mean.
+    for layer, match in ((sk.LIFLayer, "pass it as spike_count_regularizer="),
+                         (sk.LIReadout, "it applies to spike times: pass it to the LIFLayer before")):
+        kw = dict(max_spikes=2) if layer is sk.LIFLayer else dict(t_max=T_MAX)
+        with pytest.raises(TypeError, match=rf"activity_regularizer=SpikeCountRegularizer\(...\) would be divided by "
+                                            rf"the batch size a second time by Keras; {match}"):
+            layer(4, tau_mem=TAU_MEM, tau_syn=TAU_SYN, activity_regularizer=sk.SpikeCountRegularizer(0.1, 5.0), **kw)
     with pytest.raises(ValueError, match="tau"):
         sk.SpikeCountRegularizer(0.1, tau=0.0)
     with pytest.raises(ValueError, match="strength"):
