@@ -21,10 +21,11 @@ if int(_keras.__version__.split(".")[0]) < 3:
 from ._host import (CappedSpikesWarning, DeadNeuronsWarning, DeadReadoutWarning, SilentLayerWarning,  # noqa: E402
                     SilentReadoutWarning)
 from .callbacks import FiringMonitor  # noqa: E402
-from .layers import (DelayRange, FirstSpikeReadout, LIFLayer, LIReadout, PositiveFloor,  # noqa: E402
-                     SpikeCountRegularizer, SpikeDropout, apply_constraints)
+from .layers import (ConcatenateSpikes, DelayRange, FirstSpikeReadout, LIFLayer, LIReadout,  # noqa: E402
+                     PositiveFloor, SpikeCountRegularizer, SpikeDropout, apply_constraints)
 from .nir import export_nir, import_nir  # noqa: E402
 
-__all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeDropout", "SpikeCountRegularizer", "DelayRange",
-           "PositiveFloor", "CappedSpikesWarning", "DeadNeuronsWarning", "SilentLayerWarning", "SilentReadoutWarning",
-           "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir", "apply_constraints"]
+__all__ = ["LIFLayer", "LIReadout", "FirstSpikeReadout", "SpikeDropout", "ConcatenateSpikes", "SpikeCountRegularizer",
+           "DelayRange", "PositiveFloor", "CappedSpikesWarning", "DeadNeuronsWarning", "SilentLayerWarning",
+           "SilentReadoutWarning", "DeadReadoutWarning", "FiringMonitor", "export_nir", "import_nir",
+           "apply_constraints"]

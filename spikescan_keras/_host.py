@@ -316,10 +316,10 @@ class LIFOp:
             if large and sparse:
                 # Adam(1.0) on a latency code: 95% of the neurons dead, the rest bursting, and the advice was to
                 # raise max_spikes for dense input.
-                advice = (f"The input has at most {int(slots)} spike(s) per channel, so this is no dense input: "
-                          "neurons firing this often on it point to weights grown too large, most likely a learning "
-                          "rate too high for this layer (lower it); raise max_spikes only if such bursts are "
-                          "intended.")
+                advice = (f"The input has at most {int(slots)} spike(s) per channel, so this is no dense input: a "
+                          "neuron that fires more than max_spikes times on it has large weights. If the share grows "
+                          "during training, the learning rate is most likely too high for this layer: lower it. "
+                          "Raise max_spikes if such bursts are intended.")
             elif large:
                 advice = (
                     "A share this large means the layer's neurons routinely fire more than max_spikes times per "
@@ -332,9 +332,9 @@ class LIFOp:
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
-                f"them, and this warning shows again when the share reaches a band not shown before). {advice} If "
-                "instead the share keeps rising during training while the loss stalls, the weights are running "
-                "away: lower the learning rate.", CappedSpikesWarning)
+                f"them, and this warning shows again when the share reaches a band not shown before). {advice}"
+                + ("" if large and sparse else " If instead the share keeps rising during training while the loss "
+                   "stalls, the weights are running away: lower the learning rate."), CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name, spec.layer_key)
         elif spec.training and spec.warn_dead and int(dead):

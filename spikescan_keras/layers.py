@@ -1688,3 +1688,51 @@ class SpikeDropout(keras.layers.Layer):
         config = super().get_config()
         config.update(rate=self.rate, unit=self.unit, seed=self.seed)
         return config
+
+
+@keras.saving.register_keras_serializable(package="spikescan")
+class ConcatenateSpikes(keras.layers.Layer):
+    """Joins spike tensors ``[batch, n_k, slots_k]`` along the channel axis: ``[batch, sum_k n_k, max_k slots_k]``.
+
+    Spike tensors from different layers seldom have the same number of slots (``max_spikes`` of each ``LIFLayer``,
+    ``max_in`` of the input), so ``keras.layers.Concatenate(axis=1)`` refuses them; here each is padded with
+    ``+inf`` (no spike) to the widest before joining, which changes no spike. Use it for parallel branches with other
+    time constants, or a skip connection from the input to a later layer. Gradients reach every spike; the padding
+    gets none.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("autocast", False)  # spike times keep their dtype
+        super().__init__(**kwargs)
+
+    def _check(self, shapes):
+        if not isinstance(shapes, (list, tuple)) or len(shapes) < 2:
+            raise ValueError(f"ConcatenateSpikes {self.name!r} joins a list of at least two spike tensors, got "
+                             f"{shapes!r}")
+        for k, shape in enumerate(shapes):
+            if len(shape) != 3:
+                raise ValueError(f"ConcatenateSpikes {self.name!r}: input {k} must be a spike tensor [batch, "
+                                 f"channels, slots], got shape {tuple(shape)}")
+
+    def build(self, input_shape):
+        self._check(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        """A list of spike tensors ``[batch, n_k, slots_k]`` -> ``[batch, sum_k n_k, max_k slots_k]``."""
+        inputs = [ops.convert_to_tensor(x) for x in inputs]
+        dtypes = {keras.backend.standardize_dtype(x.dtype) for x in inputs}
+        if len(dtypes) > 1:
+            raise TypeError(f"ConcatenateSpikes {self.name!r}: the spike tensors have different dtypes "
+                            f"{sorted(dtypes)}; give the layers one dtype")
+        width = max(int(x.shape[2]) for x in inputs)
+        padded = [x if int(x.shape[2]) == width else ops.concatenate(
+            [x, ops.full((ops.shape(x)[0], ops.shape(x)[1], width - int(x.shape[2])), float("inf"), dtype=x.dtype)],
+            axis=2) for x in inputs]
+        return ops.concatenate(padded, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        self._check(input_shape)
+        channels = [shape[1] for shape in input_shape]
+        slots = [shape[2] for shape in input_shape]
+        return (input_shape[0][0], None if None in channels else sum(channels), None if None in slots else max(slots))

@@ -787,7 +787,7 @@ def test_capped_spikes_warning_advises_raising_max_spikes_when_the_share_is_larg
         assert ("routinely fire more than max_spikes" in message) is large
         assert ("Usually a few neurons" in message) is not large
     assert ("at most 1 spike(s) per channel, so this is no dense input" in sparse) is large
-    assert ("learning rate too high for this layer (lower it)" in sparse) is large
+    assert ("the learning rate is most likely too high for this layer: lower it" in sparse) is large
     assert ("Usually a few neurons" in sparse) is not large and "routinely" not in sparse
 
 
@@ -1643,6 +1643,46 @@ def test_threshold_range_of_a_keras_layer():
     for ok in (1e30, 1e-30):
         assert ops.convert_to_numpy(sk.LIFLayer(3, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2,
                                                 threshold=ok)(x, training=True)).shape == (3, 3, 2)
+
+
+def test_concatenate_spikes_joins_tensors_of_different_widths(tmp_path):
+    """Two LIF branches with other time constants and max_spikes, and a skip connection from the input, joined
+    along the channel axis for one readout: keras' Concatenate refuses the different slot counts; ConcatenateSpikes
+    pads each with +inf, trains both branches, and saves and loads."""
+    keras.utils.set_random_seed(4)
+    x, y = timing_task(64)
+    inputs = keras.Input((3, 1))
+    fast = sk.LIFLayer(8, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=2, name="fast")(inputs)
+    slow = sk.LIFLayer(6, tau_mem=2 * TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, name="slow")(inputs)
+    with pytest.raises(ValueError, match="Concatenate"):
+        keras.layers.Concatenate(axis=1)([inputs, fast, slow])
+    joined = sk.ConcatenateSpikes(name="join")([inputs, fast, slow])
+    assert tuple(joined.shape) == (None, 3 + 8 + 6, 3)
+    model = keras.Model(inputs, sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="max", t_max=T_MAX)(joined))
+    model.compile(keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    parts = [x] + [ops.convert_to_numpy(model.get_layer(name)(x)) for name in ("fast", "slow")]
+    expected = np.concatenate([np.pad(p, ((0, 0), (0, 0), (0, 3 - p.shape[2])), constant_values=np.inf)
+                               for p in parts], axis=1)
+    np.testing.assert_array_equal(ops.convert_to_numpy(model.get_layer("join")([x, *parts[1:]])), expected)
+    before = {name: np.array(model.get_layer(name).kernel.numpy()) for name in ("fast", "slow")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    for name, kernel in before.items():  # gradients reached both branches through the join
+        assert np.abs(model.get_layer(name).kernel.numpy() - kernel).max() > 0, name
+    path = tmp_path / "joined.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    join = sk.ConcatenateSpikes()
+    with pytest.raises(ValueError, match="joins a list of at least two spike tensors"):
+        join([x])
+    with pytest.raises(ValueError, match=r"input 1 must be a spike tensor \[batch, channels, slots\], got shape "
+                                         r"\(64, 3\)"):
+        sk.ConcatenateSpikes()([x, x[:, :, 0]])
+    if BACKEND != "jax" or keras.config.floatx() == "float64":  # jax makes float32 of float64 without X64
+        with pytest.raises(TypeError, match=r"different dtypes \['float32', 'float64'\]"):
+            sk.ConcatenateSpikes()([ops.convert_to_tensor(x, "float32"), ops.convert_to_tensor(x, "float64")])
 
 
 def test_spike_dropout_keeps_the_dtype_of_the_spike_times():
