@@ -208,7 +208,8 @@ BACKUP_MARKER = ".spikescan_backup"
 # What a backup folder of ours holds: the marker, the run's flags, keras' BackupAndRestore files (and their previous
 # versions); yinyang_timing keeps one such folder per run inside it.
 _BACKUP_FILES = {"run_flags.json", "run_flags.json.partial", "latest.weights.h5", "latest.weights.h5.bkp",
-                 "training_metadata.json", "training_metadata.json.bkp"}
+                 "training_metadata.json", "training_metadata.json.bkp", "partial.weights.h5",
+                 "training_metadata.json.partial", ".lock"}
 
 
 def _not_backup_files(directory, depth=0):
@@ -226,10 +227,10 @@ def _not_backup_files(directory, depth=0):
     return other
 
 
-def _claim_backup_dir(directory):
-    """Make ``directory`` the run's backup folder: new, empty, or one that holds nothing but what our backups write
-    (their files, and folders of them). Any other content would be deleted with it at the end, so it is refused,
-    named."""
+def _check_backup_dir(directory):
+    """Stop unless ``directory`` is new, empty, or holds nothing but what our backups write (their files, and folders
+    of them): any other content would be deleted with it at the end, so it is refused, named. Every rank checks (it
+    only reads), so that all of them stop, not rank 0 alone while the others wait for it in ``fit``."""
     if os.path.isdir(directory):
         other = _not_backup_files(directory)
         if other:
@@ -238,7 +239,37 @@ def _claim_backup_dir(directory):
                              "folder is deleted at the end of the run, so give it a folder of its own")
     elif os.path.exists(directory):
         raise SystemExit(f"error: --backup-dir {directory} is a file, not a folder")
+
+
+_lock_files = {}  # the open lock files of this process's backup folders (by real path), held until it exits
+
+
+def _release_backup_dir(directory):
+    """Let go of this process's lock on ``directory`` (a run that stopped, or finished, in a process that goes on)."""
+    handle = _lock_files.pop(os.path.realpath(directory), None)
+    if handle is not None:
+        handle.close()
+
+
+def _claim_backup_dir(directory):
+    """Make ``directory`` (checked by ``_check_backup_dir``) the run's backup folder, locked for this process: a
+    second run given the same folder stops at once. Two runs writing one backup crashed (h5py's bare "unable to lock
+    file" in one, and the other told its backup was cut short)."""
     os.makedirs(directory, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        fcntl = None
+    key = os.path.realpath(directory)
+    if fcntl is not None and key not in _lock_files:  # (a run of this process may hold it already: a resumption)
+        handle = open(os.path.join(directory, ".lock"), "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise SystemExit(f"error: --backup-dir {directory} is in use by another run (its lock is held); give "
+                             "each run a folder of its own") from None
+        _lock_files[key] = handle
     with open(os.path.join(directory, BACKUP_MARKER), "w") as f:
         f.write("the training backup of a spikescan example; deleted at the end of the run\n")
 
@@ -264,9 +295,10 @@ class Backup(keras.callbacks.BackupAndRestore):
     backup held (None when nothing was restored).
     """
 
-    def __init__(self, backup_dir, *, every=None, flags=None, batches=None):
+    def __init__(self, backup_dir, *, every=None, flags=None, batches=None, lock_dir=None):
         super().__init__(backup_dir, save_freq="epoch" if every is None else int(every), delete_checkpoint=False)
         self.flags, self.batches = flags, batches
+        self.lock_dir = lock_dir  # the folder _claim_backup_dir locked for the run, let go when the backup is refused
         self.resumed_from_epoch = None
         self._flags_path = os.path.join(backup_dir, "run_flags.json")
 
@@ -278,11 +310,13 @@ class Backup(keras.callbacks.BackupAndRestore):
             differ = {k: (saved.get(k), v) for k, v in self.flags.items() if saved.get(k) != v}
             if differ:
                 changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(differ.items()))
+                self._release()
                 raise SystemExit(f"error: the backup in {self.backup_dir} was written by a run with other flags "
                                  f"({changes}); rerun with the same flags, or delete {self.backup_dir}")
         try:
             super().on_train_begin(logs)
         except (OSError, ValueError, KeyError) as err:  # e.g. a kill while the backup was being written
+            self._release()
             raise SystemExit(f"error: the backup in {self.backup_dir} cannot be read ({type(err).__name__}: {err}); "
                              "it was probably cut short by an interruption while being written: delete the folder to "
                              "start over (the last finished epoch's backup is not kept separately)") from err
@@ -307,9 +341,26 @@ class Backup(keras.callbacks.BackupAndRestore):
                 json.dump(self.flags, f, indent=2)
             os.replace(partial, self._flags_path)
 
+    def _release(self):
+        if self.lock_dir is not None:
+            _release_backup_dir(self.lock_dir)
+
     def _save_model(self):
-        if is_chief():  # data-parallel training: the ranks hold the same state, rank 0 writes it
-            super()._save_model()
+        """Write the weights and the metadata (epoch) each to a file of its own beside the backup, then move them
+        over it (``os.replace``, atomic): a kill while writing leaves the previous backup whole. Keras writes in
+        place, and a SIGTERM then left a backup that could not be read, losing the run. The weights move first: a
+        kill between the two moves leaves the newer weights with the older epoch count, which repeats batches
+        rather than skipping any. Rank 0 writes (data-parallel ranks hold the same state)."""
+        if not is_chief():
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = os.path.join(self.backup_dir, "partial.weights.h5")  # keras wants the .weights.h5 suffix
+        self.model.save_weights(filepath=weights, overwrite=True)
+        metadata = self._training_metadata_path + ".partial"
+        with open(metadata, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+        os.replace(weights, self._weights_path)
+        os.replace(metadata, self._training_metadata_path)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -338,22 +389,25 @@ class _KillAfterBatches(keras.callbacks.Callback):
 def fit_callbacks(args, *, batches=None, subdir=None):
     """``(callbacks, backup)`` for ``model.fit``: FiringMonitor, the ``Backup`` of ``--backup-dir`` (in its
     ``subdir`` when given; ``backup`` is None without the flag), the test hook of ``KILL_ENV`` and, with several
-    processes, ``DistributedDataParallel`` (last: it broadcasts rank 0's state after the backup is restored)."""
+    processes, ``DistributedDataParallel`` (first)."""
     callbacks, backup = [FiringMonitor()], None
     if args.backup_every is not None and args.backup_dir is None:
         raise SystemExit("error: --backup-every needs --backup-dir")
     if args.backup_dir is not None:
         _refuse_outputs_inside(args)
+        _check_backup_dir(args.backup_dir)
         if is_chief():
             _claim_backup_dir(args.backup_dir)
         flags = {k: v for k, v in sorted(vars(args).items()) if k not in _FREE_FLAGS}
         directory = args.backup_dir if subdir is None else os.path.join(args.backup_dir, subdir)
-        backup = Backup(directory, every=args.backup_every, flags=flags, batches=batches)
+        backup = Backup(directory, every=args.backup_every, flags=flags, batches=batches, lock_dir=args.backup_dir)
         callbacks.append(backup)
     if os.environ.get(KILL_ENV):
         callbacks.append(_KillAfterBatches(int(os.environ[KILL_ENV])))
     if distributed.world_size() > 1:
-        callbacks.append(distributed.DistributedDataParallel())
+        # First, as the README says: the callbacks after it see the epoch's logs averaged over the ranks (its
+        # broadcast of rank 0's state happens at the first training step, after the backup is restored).
+        callbacks.insert(0, distributed.DistributedDataParallel())
     return callbacks, backup
 
 
@@ -373,6 +427,7 @@ def remove_backup(args):
     directory = getattr(args, "backup_dir", None)
     if directory is not None and is_chief() and os.path.isfile(os.path.join(directory, BACKUP_MARKER)):
         shutil.rmtree(directory, ignore_errors=True)
+        _release_backup_dir(directory)
 
 
 def load(loader, *args, **kwargs):

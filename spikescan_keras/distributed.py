@@ -87,9 +87,12 @@ def initialize():
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if keras.backend.backend() != "torch":
         if size > 1:
+            other = ("on jax use keras.distribution.DataParallel (and jax.distributed.initialize on several "
+                     "machines)" if keras.backend.backend() == "jax" else
+                     "spikescan_keras has no data-parallel route on tensorflow: use torch, or jax with "
+                     "keras.distribution.DataParallel")
             raise RuntimeError(f"WORLD_SIZE={size}: torchrun-style data parallelism needs the torch backend "
-                               f"(KERAS_BACKEND=torch), not {keras.backend.backend()!r}; on jax use "
-                               "keras.distribution.DataParallel (and jax.distributed.initialize on several machines)")
+                               f"(KERAS_BACKEND=torch), not {keras.backend.backend()!r}; {other}")
         return 1
     import torch
     import torch.distributed as dist
@@ -194,7 +197,19 @@ def shard(batches):
     """``ShardedBatches(batches)`` for this process's rank when several processes train together, else ``batches``
     unchanged. ``batches`` holds the global batches (``batch_size`` = the global batch size)."""
     size = world_size()
+    _check_joined("shard")
     return batches if size < 2 else ShardedBatches(batches, rank=rank(), world_size=size)
+
+
+def _check_joined(what):
+    """A ``RuntimeError`` when ``torchrun`` started several processes (``WORLD_SIZE > 1``) on the torch backend but
+    this one has not joined their group: each would otherwise train a model of its own on all the data, each
+    believing itself rank 0, without a word."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or "1")
+    if size > 1 and keras.backend.backend() == "torch" and _process_group() is None:
+        raise RuntimeError(f"{what}: WORLD_SIZE={size} (started by torchrun) but this process has not joined the "
+                           "process group: call spikescan_keras.distributed.initialize() first, before building the "
+                           "model; without it each process would train a model of its own on all the data")
 
 
 class _Collectives:
@@ -282,6 +297,7 @@ class DistributedDataParallel(keras.callbacks.Callback):
     # -------------------------------------------------------------- hooks on the model and its optimizer
 
     def on_train_begin(self, logs=None):
+        _check_joined("DistributedDataParallel")
         self._dist = _process_group()
         if self._dist is None or self._dist.get_world_size() < 2:
             self._dist = None

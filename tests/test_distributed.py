@@ -201,3 +201,29 @@ def test_sharded_batches_refuse_a_short_batch_before_the_last_and_slice_a_bare_x
         sharded[1]
     x = np.arange(12.0).reshape(6, 2)
     np.testing.assert_array_equal(distributed.ShardedBatches([x], rank=1, world_size=2)[0], x[1::2])
+
+
+def test_a_process_of_torchrun_that_did_not_join_is_stopped(monkeypatch):
+    """Under torchrun without ``initialize()``, ``shard`` returned the data unchanged and ``DistributedDataParallel``
+    did nothing: each process trained a model of its own on all the data, each as rank 0. Both now raise, naming
+    ``initialize()``; a backend without torchrun data parallelism says what to use instead."""
+    from spikescan_keras import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if BACKEND == "torch":
+        pytest.importorskip("torch.distributed")
+        match = r"WORLD_SIZE=2 \(started by torchrun\) but this process has not joined the process group: call " \
+                r"spikescan_keras.distributed.initialize\(\) first"
+        with pytest.raises(RuntimeError, match="shard: " + match):
+            distributed.shard([1, 2, 3])
+        callback = distributed.DistributedDataParallel()
+        with pytest.raises(RuntimeError, match="DistributedDataParallel: " + match):
+            callback.on_train_begin()
+    else:
+        other = ("on jax use keras.distribution.DataParallel" if BACKEND == "jax" else
+                 "spikescan_keras has no data-parallel route on tensorflow")
+        with pytest.raises(RuntimeError, match=rf"WORLD_SIZE=2: torchrun-style data parallelism needs the torch "
+                                               rf"backend .*; {other}"):
+            distributed.initialize()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.shard([1, 2, 3]) == [1, 2, 3]

@@ -146,6 +146,67 @@ def test_a_backup_dir_with_other_files_is_refused_and_kept(tmp_path):
     assert (shared / "notes.txt").read_text() == "mine" and (shared / "bins_1ms" / "data.csv").exists()
 
 
+def test_a_backup_dir_with_other_files_stops_every_rank(tmp_path, monkeypatch):
+    """Under torchrun rank 0 refused the folder and the other ranks went on into fit, where they died on gloo's
+    "Connection closed by peer": every rank checks the folder (rank 0 alone writes to it)."""
+    common = example("_common")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine")
+    monkeypatch.setattr(common, "is_chief", lambda: False)
+    args = yinyang_module()._common.parser("", epochs=1, batch_size=8, hidden=4, learning_rate=1e-3,
+                                           max_spikes=2).parse_args(["--backup-dir", str(shared)])
+    with pytest.raises(SystemExit, match=r"already holds other files \(notes.txt\)"):
+        common.fit_callbacks(args)
+
+
+def test_two_runs_cannot_share_a_backup_dir(tmp_path):
+    """Two runs given one backup folder both crashed (h5py's bare "unable to lock file", and a backup "cut short"):
+    the first run locks it, and the second stops at once naming the folder; the lock goes with the first run."""
+    common = example("_common")
+    backup = tmp_path / "backup"
+    common._claim_backup_dir(str(backup))  # this process: the first run
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import _common; "
+            "_common._claim_backup_dir(sys.argv[2])")
+    other = subprocess.run([sys.executable, "-c", code, str(EXAMPLES), str(backup)], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, KERAS_BACKEND=BACKEND))
+    assert other.returncode != 0 and f"--backup-dir {backup} is in use by another run" in other.stderr, other.stderr
+    common._release_backup_dir(str(backup))
+    again = subprocess.run([sys.executable, "-c", code, str(EXAMPLES), str(backup)], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, KERAS_BACKEND=BACKEND))
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_kill_while_writing_a_backup_leaves_the_previous_one(tmp_path, monkeypatch):
+    """Keras overwrote the backup in place, so a SIGTERM while it wrote left a file that could not be read and the
+    whole run was lost: the new backup is written beside the old one and moved over it only once complete."""
+    from spikescan.datasets import SpikeBatches, yinyang
+    from spikescan_keras import LIFLayer, LIReadout
+
+    common = example("_common")
+    data = yinyang(16, seed=1)
+    model = keras.Sequential([keras.Input((5, 1)), LIFLayer(4, tau_mem=20.0, tau_syn=10.0, max_spikes=2),
+                              LIReadout(3, tau_mem=20.0, tau_syn=10.0, t_max=60.0)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    backup = common.Backup(str(tmp_path), batches=None)
+    model.fit(SpikeBatches(data, batch_size=8), epochs=1, verbose=0, callbacks=[backup])
+    saved = {name: (tmp_path / name).read_bytes() for name in ("latest.weights.h5", "training_metadata.json")}
+    save_weights = model.save_weights
+
+    def killed(filepath, overwrite=True):  # half a file, then the signal
+        with open(filepath, "wb") as f:
+            f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "save_weights", killed)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(SpikeBatches(data, batch_size=8), epochs=2, verbose=0, callbacks=[backup])
+    for name, content in saved.items():
+        assert (tmp_path / name).read_bytes() == content, name
+    monkeypatch.setattr(model, "save_weights", save_weights)
+    model.load_weights(tmp_path / "latest.weights.h5")  # whole
+
+
 def test_bad_flags_name_themselves(capsys):
     yinyang = yinyang_module()
     for flag, value, message in (("--epochs", "-3", "must be a positive integer, got -3"),
