@@ -514,7 +514,8 @@ def train(model, train_set, test_set, args, *, val_set=None):
     callbacks, backup = fit_callbacks(args, batches=batches)
     # shuffle=False: the batches shuffle themselves by seed and epoch, which a resumed run restores; fit's own
     # reordering of the batches draws from Python's global random state, which a resumption does not restore.
-    history = model.fit(distributed.shard(batches), epochs=args.epochs, validation_data=val, shuffle=False,
+    sharded = distributed.shard(batches)
+    history = model.fit(sharded, epochs=args.epochs, validation_data=val, shuffle=False,
                         verbose=verbosity(args), callbacks=callbacks)
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(SpikeBatches(test_set, batch_size=args.batch_size), verbose=0)
@@ -525,6 +526,8 @@ def train(model, train_set, test_set, args, *, val_set=None):
     return {"test_accuracy": float(test_accuracy), "test_loss": float(test_loss), "seconds": round(seconds, 1),
             "calibration": kernel_scales(model), "capped_spikes": capped_spikes(model), "firing": firing,
             "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch,
+            # Several processes: the samples of a last global batch too short to share, left out of every epoch.
+            "dropped_last_batch_samples": int(getattr(sharded, "dropped_samples", 0)),
             "history": {key: [round(float(v), 6) for v in values] for key, values in history.history.items()
                         if "/" not in key}}
 

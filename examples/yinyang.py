@@ -187,6 +187,7 @@ def main(argv=None):
                "calibration": _common.kernel_scales(model),
                "firing": {key: round(v[-1], 4) for key, v in history.history.items() if "/" in key},
                "resumed_from_epoch": None if backup is None else backup.resumed_from_epoch,
+               "dropped_last_batch_samples": int(getattr(data["x"], "dropped_samples", 0)),
                "weight_decay": args.weight_decay, "args": _common.command_line(args)}
     if args.plot is not None and _common.is_chief():
         for path in write_plots(model, test, args.plot):

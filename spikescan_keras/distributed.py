@@ -128,8 +128,9 @@ class ShardedBatches(keras.utils.PyDataset):
     as ``spikescan.datasets.SpikeBatches``; its ``on_epoch_begin`` / ``on_epoch_end`` are forwarded (a shuffled
     ``SpikeBatches`` reshuffles by its seed and epoch, the same on every rank). The ranks get disjoint slices whose
     sizes differ by at most one sample. A last global batch with fewer samples than ranks is dropped, so that every
-    rank has a sample at every step (the ranks must take the same number of steps), with a warning on rank 0; an
-    earlier one raises ValueError when it is served. A batch that is an array alone is ``x``.
+    rank has a sample at every step (the ranks must take the same number of steps), with a warning on rank 0
+    (``dropped_samples`` counts its samples); an earlier one raises ValueError when it is served. A batch that is an
+    array alone is ``x``. In a process group, ``rank`` and ``world_size`` must be the group's.
 
     Order: the k-th batch ``fit`` asks for in an epoch is the slice of global batch k, whatever index it asks with.
     ``fit(shuffle=True)``, the default, reorders a PyDataset's batches with each process's own random state, which
@@ -145,10 +146,17 @@ class ShardedBatches(keras.utils.PyDataset):
                 raise TypeError(f"{name} must be an int, got {value!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        group = _process_group()
+        if group is not None and (rank, world_size) != (group.get_rank(), group.get_world_size()):
+            raise ValueError(f"rank={rank}, world_size={world_size} do not match this process's group (rank "
+                             f"{group.get_rank()} of {group.get_world_size()}): the ranks would get overlapping or "
+                             "missing slices; use shard(batches), which reads them from the group")
         self.batches, self.rank, self.world_size = batches, int(rank), int(world_size)
+        self.dropped_samples = 0  # per epoch: the samples of a last global batch too short to share
         n = len(batches)
         if n and (last := len(_leaves(batches[n - 1])[0])) < self.world_size:
             n -= 1
+            self.dropped_samples = last
             if n and self.rank == 0:
                 warnings.warn(f"the last global batch has {last} sample(s), fewer than world_size="
                               f"{self.world_size}: it is left out of every epoch (one process would train on it); "

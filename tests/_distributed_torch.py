@@ -27,7 +27,8 @@ from spikescan_keras import FiringMonitor, LIFLayer, LIReadout, distributed  # n
 # neurons start dead (the revival objective acts); so do readout units on some batches (the max readout's revival
 # objective acts, its dead set that of the global batch). Seeded initializers: no global seeding needed.
 N_SAMPLES, GLOBAL_BATCH, EPOCHS, HIDDEN = 51, 16, 2, 12
-EXAMPLE_FLAGS = ["--epochs", "1", "--limit", "40", "--hidden", "6", "--batch-size", "16", "--verbose", "0"]
+# 33 samples in batches of 16: a last global batch of 1 sample, left out (dropped_last_batch_samples).
+EXAMPLE_FLAGS = ["--epochs", "1", "--limit", "33", "--hidden", "6", "--batch-size", "16", "--verbose", "0"]
 
 
 def build(silence_penalty=1.0):
@@ -149,6 +150,14 @@ def main(out):
     summary = example("yinyang").main([*EXAMPLE_FLAGS, "--output", os.path.join(out, "yinyang.json")])
     with open(os.path.join(out, f"summary{rank}.json"), "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "stamp"}, f)
+    # Another rank than the group's: overlapping slices; refused.
+    try:
+        distributed.ShardedBatches([(np.zeros((4, 2, 1)), np.zeros(4))], rank=1 - rank, world_size=2)
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    with open(os.path.join(out, f"refused{rank}.txt"), "w") as f:
+        f.write(refused)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,10 @@ def test_torchrun_yinyang_example(torchrun):
     written = json.loads((out / "yinyang.json").read_text())
     returned = [json.loads((out / f"summary{r}.json").read_text()) for r in (0, 1)]
     assert written["world_size"] == 2 and written["dataset"] == "yinyang"
+    assert written["dropped_last_batch_samples"] == 1  # 33 samples in global batches of 16
+    for r in (0, 1):  # ShardedBatches with the other rank's number: refused, naming the group's
+        assert (out / f"refused{r}.txt").read_text().startswith(
+            f"rank={1 - r}, world_size=2 do not match this process's group (rank {r} of 2)")
     assert 0.0 <= written["test_accuracy"] <= 1.0
     same = {k: v for k, v in written.items() if k not in ("stamp", "seconds")}  # each rank times itself
     for summary in returned:
@@ -164,6 +168,7 @@ def test_sharded_batches_warn_when_a_short_last_batch_is_left_out():
                                          r"left out of every epoch"):
         sharded = distributed.ShardedBatches(batches, rank=0, world_size=2)
     assert len(sharded) == 1 and sharded[0][0].shape == (2, 2, 1)
+    assert sharded.dropped_samples == 1  # the examples' summaries report it (dropped_last_batch_samples)
     import warnings
 
     with warnings.catch_warnings():
