@@ -69,7 +69,7 @@ def _plot_dir(value):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise argparse.ArgumentTypeError("needs matplotlib: pip install spikescan[plot]") from None
+        raise argparse.ArgumentTypeError("needs matplotlib: pip install 'spikescan[plot]'") from None
     return value
 
 

@@ -81,7 +81,7 @@ def load_split(name, split, args):
         try:
             import h5py
         except ImportError as err:
-            raise SystemExit(f"error: h5py is required to read {name.upper()}: pip install spikescan[data]") from err
+            raise SystemExit(f"error: h5py is required to read {name.upper()}: pip install 'spikescan[data]'") from err
         path = _common.load(hdf5_path, name, split, args.data_dir)
         try:
             with h5py.File(path, "r") as f:

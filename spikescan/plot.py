@@ -18,7 +18,7 @@ def _pyplot():
     try:
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ImportError("spikescan.plot needs matplotlib: pip install spikescan[plot]") from err
+        raise ImportError("spikescan.plot needs matplotlib: pip install 'spikescan[plot]'") from err
     return plt
 
 

@@ -9,11 +9,33 @@ forward and backward are ``spikescan``'s, called through one custom-gradient op 
 importing keras.
 """
 
+def _backend_choice():
+    """The backend keras was asked for, and where the choice came from (``KERAS_BACKEND``, else keras.json)."""
+    import json
+    import os
+
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    path = os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")), "keras.json")
+    try:
+        with open(path) as f:
+            return json.load(f).get("backend", "tensorflow"), path
+    except (OSError, ValueError):
+        return "tensorflow", "keras' default (KERAS_BACKEND is not set)"
+
+
 try:
     import keras as _keras
 except ImportError as _e:
-    raise ImportError("spikescan_keras needs Keras 3 and one of its backends: pip install 'spikescan[keras]' and "
-                      "torch, jax or tensorflow (then set KERAS_BACKEND)") from _e
+    import importlib.util as _util
+
+    if _util.find_spec("keras") is None:
+        raise ImportError("spikescan_keras needs Keras 3 and one of its backends: pip install 'spikescan[keras]' and "
+                          "torch, jax or tensorflow (then set KERAS_BACKEND)") from _e
+    _backend, _source = _backend_choice()  # keras is there: its backend is not
+    raise ImportError(f"spikescan_keras: keras is installed, but its backend {_backend!r} (from {_source}) could not "
+                      f"be imported ({_e}); install it, or set KERAS_BACKEND to torch, jax or tensorflow, whichever "
+                      "is installed") from _e
 if int(_keras.__version__.split(".")[0]) < 3:
     raise ImportError(f"spikescan_keras needs Keras 3 (keras>=3.3), found keras {_keras.__version__}: "
                       "pip install -U 'spikescan[keras]'")

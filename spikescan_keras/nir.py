@@ -150,7 +150,8 @@ def _nir():
     try:
         import nir
     except ImportError as err:
-        raise ImportError(f"export_nir / import_nir need the nir package: pip install spikescan[nir]  ({err})") from err
+        raise ImportError(f"export_nir / import_nir need the nir package: pip install 'spikescan[nir]'  "
+                          f"({err})") from err
     return nir
 
 

@@ -29,6 +29,38 @@ def test_spikescan_keras_without_keras_says_what_to_install():
     assert "ImportError: spikescan_keras needs Keras 3" in out and "pip install 'spikescan[keras]'" in out
 
 
+def test_spikescan_keras_with_a_missing_backend_names_it(monkeypatch):
+    """Keras installed but the backend it was asked for not: the message was the one for a missing Keras ("pip
+    install 'spikescan[keras]'"), though Keras was there; it names the backend and where the choice came from."""
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    out = _import_error("import sys\nsys.modules['jax'] = None\n")
+    assert "keras is installed, but its backend 'jax' (from KERAS_BACKEND) could not be imported" in out, out
+    assert "set KERAS_BACKEND to torch, jax or tensorflow" in out
+
+
+def test_the_sdist_carries_what_its_tests_import(tmp_path):
+    """The source distribution shipped tests/test_*.py without the helpers they import (conftest.py, _cases.py,
+    tolerances.py, ...) nor the examples and benchmarks that tests load: 34 collection errors after unpacking it."""
+    import tarfile
+
+    pytest = __import__("pytest")
+    build_meta = pytest.importorskip("setuptools.build_meta")
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        name = build_meta.build_sdist(str(tmp_path))
+    finally:
+        os.chdir(cwd)
+    with tarfile.open(tmp_path / name) as archive:
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    for needed in ("tests/conftest.py", "tests/_cases.py", "tests/tolerances.py", "tests/_keras_backend.py",
+                   "tests/_examples.py", "tests/_datafiles.py", "examples/_common.py", "examples/yinyang.py",
+                   "benchmarks/gpu_perf.py", "benchmarks/_stamp.py", "tools/test.sh", "CHANGELOG.md",
+                   "spikescan/cuda/kernels/lif_forward.cu"):
+        assert needed in names, needed
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+
+
 def test_spikescan_keras_with_keras_2_says_what_to_install():
     out = _import_error("import sys, types\nsys.modules['keras'] = types.SimpleNamespace(__version__='2.15.0')\n")
     assert "needs Keras 3 (keras>=3.3), found keras 2.15.0" in out

@@ -174,7 +174,7 @@ def test_lazy_import_and_clear_error(monkeypatch):
     subprocess.run([sys.executable, "-c", code], check=True)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"pip install spikescan\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install 'spikescan\[plot\]'"):
         splot.raster(_spikes())
 
 

@@ -181,7 +181,8 @@ def require_nvrtc(nvrtc=None):
     """``nvrtc`` or the importable NVRTC binding; RuntimeError saying what to install when there is none."""
     nvrtc = nvrtc or nvrtc_module()
     if nvrtc is None:
-        raise RuntimeError("NVRTC is not available (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12)")
+        raise RuntimeError("NVRTC is not available (pip install 'spikescan[cuda-check]', which installs cupy-cuda12x "
+                           "and nvidia-cuda-nvrtc-cu12)")
     return nvrtc
 
 

@@ -238,7 +238,7 @@ def optional_import(name: str, extra: str = "data"):
     try:
         return importlib.import_module(name)
     except ImportError as err:
-        raise ImportError(f"{name} is required here: pip install spikescan[{extra}]  ({err})") from err
+        raise ImportError(f"{name} is required here: pip install 'spikescan[{extra}]'  ({err})") from err
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -60,7 +60,7 @@ class SpikeBatches:
             if keras_cls is not None:
                 cls = keras_cls
             elif use_keras:
-                raise ImportError("keras is required for use_keras=True: pip install spikescan[keras]")
+                raise ImportError("keras is required for use_keras=True: pip install 'spikescan[keras]'")
         return super().__new__(cls)
 
     def __init__(self, data, labels=None, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0,
