@@ -48,8 +48,21 @@ def test_the_sdist_carries_what_its_tests_import(tmp_path):
     if int(setuptools.__version__.split(".")[0]) < 77:  # pyproject.toml's build requirement
         pytest.skip(f"building needs setuptools>=77, found {setuptools.__version__}")
     build_meta = pytest.importorskip("setuptools.build_meta")
+    # From a copy of the tracked files: setuptools reads a leftover *.egg-info/SOURCES.txt as its file list.
+    try:
+        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True,
+                                 timeout=60).stdout.decode().split("\0")
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("needs git to list the tracked files")
+    import shutil
+
+    source = tmp_path / "src"
+    for name in filter(None, tracked):
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(source / os.path.dirname(name), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), source / name)
     cwd = os.getcwd()
-    os.chdir(ROOT)
+    os.chdir(source)
     try:
         name = build_meta.build_sdist(str(tmp_path))
     finally:
