@@ -46,6 +46,11 @@ class ToSpikeTensor:
       ``[P, H, W]``: ``channel = (p * H + y) * W + x``, so ``n_channels`` must be ``W * H * P``. A single-polarity
       sensor (``P == 1``) ignores ``p`` (as tonic's ``ToFrame`` does; SHD's events carry ``p = 1`` with
       ``sensor_size = (700, 1, 1)``, so they map to ``channel = x``), and events without ``y`` need ``H == 1``.
+      Events with a ``y`` field need ``sensor_size`` (or an explicit ``channel_field``).
+
+    Times must reach it in tonic's microseconds: a transform before it that rescales ``t`` (tonic's
+    ``Downsample(time_factor=0.001)``, meant to give milliseconds) makes every time 1000 times too small here, and
+    rounds it too, since tonic keeps ``t`` as integers. Convert with ``time_unit`` instead.
 
     Dropped spikes are counted exactly, never silently: spikes later than ``t_max`` (in ``time_unit``; a spike at
     exactly ``t_max`` is kept) and spikes beyond the first ``max_spikes`` of a channel (among those within
@@ -122,8 +127,16 @@ class ToSpikeTensor:
             field = "x" if self.channel_field == "auto" else self.channel_field
             if field not in names:
                 raise ValueError(f"ToSpikeTensor: events have no field {field!r} (fields: {names})")
-            if self.channel_field == "auto":  # x alone: events that vary in y or p would merge their pixels
-                for other in ("y", "p"):  # (SHD's constant artificial polarity is fine)
+            if self.channel_field == "auto" and "y" in names:
+                # A camera's events: x alone would merge rows, and a sample whose events share one row (a single
+                # event, or a sparse sample after Denoise) passed a check on the values and landed on channel x.
+                raise ValueError(
+                    "ToSpikeTensor: the events have a field 'y' (a 2-D sensor), but without sensor_size the channel "
+                    "is 'x' alone, which would merge the rows (and polarities) into one channel; pass "
+                    "sensor_size=(width, height, polarities) (tonic's dataset.sensor_size), or channel_field='x' if "
+                    "that is what you want")
+            if self.channel_field == "auto":  # x alone: events that vary in p would merge their polarities
+                for other in ("p",):  # (SHD's constant artificial polarity is fine)
                     if other in names and len(events) and np.unique(np.asarray(events[other])).size > 1:
                         raise ValueError(
                             f"ToSpikeTensor: the events' field {other!r} takes several values, but without "
@@ -192,7 +205,7 @@ class ToSpikeTensor:
             self.dropped[k] += v
         n = sum(dropped.values())
         if n:
-            parts = ", ".join(f"{k}: {v}" for k, v in dropped.items() if v)
+            parts = ", ".join(f"{k}: {v} (beyond {k}={getattr(self, k)!r})" for k, v in dropped.items() if v)
             warnings.warn(f"ToSpikeTensor: dropped {n} of {len(events)} spikes of a sample ({parts}); running total "
                           f"in .dropped", DroppedSpikesWarning, stacklevel=2)
         return out
