@@ -312,8 +312,9 @@ class LIFOp:
             # shows it once per layer and band: again when the share reaches a new band (a runaway shows as a rising
             # band). The layer's ``capped_spikes`` variable keeps the running total.
             large = int(capped) / max(int(spikes), int(capped), 1) >= CAPPED_LARGE_SHARE  # share_band's share
-            sparse = slots is not None and int(slots) <= SPARSE_SLOTS
-            if large and sparse:
+            runaway = (" If instead the share keeps rising during training while the loss stalls, the weights are "
+                       "running away: lower the learning rate.")
+            if large and slots is not None and int(slots) <= SPARSE_SLOTS:
                 # Adam(1.0) on a latency code: 95% of the neurons dead, the rest bursting, and the advice was to
                 # raise max_spikes for dense input.
                 advice = (f"The input has at most {int(slots)} spike(s) per channel, so this is no dense input: a "
@@ -324,17 +325,16 @@ class LIFOp:
                 advice = (
                     "A share this large means the layer's neurons routinely fire more than max_spikes times per "
                     "sample, as dense input (rate codes, rasters) drives them: raise max_spikes (doubling it usually "
-                    "brings the share under a few percent).")
+                    "brings the share under a few percent)." + runaway)
             else:
                 advice = ("Usually a few neurons fire a short burst on every sample, which training tolerates; raise "
-                          "max_spikes if the later spikes carry information.")
+                          "max_spikes if the later spikes carry information." + runaway)
             warn(spec.layer_key,
                 f"LIFLayer {spec.layer_name!r}: {share_band(int(capped), int(spikes))} of a batch's spikes "
                 f"came after their neuron's first max_spikes={spec.max_spikes} on a sample; they keep exact "
                 "dynamics but are not passed on to the next layer (the layer's `capped_spikes` variable counts "
-                f"them, and this warning shows again when the share reaches a band not shown before). {advice}"
-                + ("" if large and sparse else " If instead the share keeps rising during training while the loss "
-                   "stalls, the weights are running away: lower the learning rate."), CappedSpikesWarning)
+                f"them, and this warning shows again when the share reaches a band not shown before). {advice}",
+                CappedSpikesWarning)
         if spec.training and spec.warn_silent and not int(fired):
             _warn_silent(spec.layer_name, spec.layer_key)
         elif spec.training and spec.warn_dead and int(dead):

@@ -1726,9 +1726,8 @@ class ConcatenateSpikes(keras.layers.Layer):
             raise TypeError(f"ConcatenateSpikes {self.name!r}: the spike tensors have different dtypes "
                             f"{sorted(dtypes)}; give the layers one dtype")
         width = max(int(x.shape[2]) for x in inputs)
-        padded = [x if int(x.shape[2]) == width else ops.concatenate(
-            [x, ops.full((ops.shape(x)[0], ops.shape(x)[1], width - int(x.shape[2])), float("inf"), dtype=x.dtype)],
-            axis=2) for x in inputs]
+        padded = [ops.pad(x, [[0, 0], [0, 0], [0, width - int(x.shape[2])]], constant_values=float("inf"))
+                  for x in inputs]
         return ops.concatenate(padded, axis=1)
 
     def compute_output_shape(self, input_shape):

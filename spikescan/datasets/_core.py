@@ -360,10 +360,10 @@ def _check_packed_memory(n, n_channels, width, dtype):
                   "memory is really there")
 
 
-def _warn_padding(counts, width, dtype, stacklevel):
+def _warn_padding(counts, n_channels, width, dtype, stacklevel):
     """``PaddedSpikesWarning`` when the ``[n, n_channels, width]`` tensor about to be packed from ``counts`` (one
     per-channel spike count array per sample) is large and almost all padding, with the cap that would fix it."""
-    n_entries = len(counts) * (len(counts[0]) if counts else 0) * max(width, 1)
+    n_entries = len(counts) * n_channels * max(width, 1)
     nbytes = n_entries * dtype.itemsize
     if nbytes < PADDED_BYTES:
         return
@@ -376,9 +376,9 @@ def _warn_padding(counts, width, dtype, stacklevel):
     cap = int(np.quantile(nonzero, 0.99, method="lower"))  # an observed count: the share below is exact
     share = np.count_nonzero(nonzero <= cap) / len(nonzero)
     kept_capped = int(np.minimum(nonzero, cap).sum())
-    capped_bytes = len(counts) * len(counts[0]) * cap * dtype.itemsize
+    capped_bytes = len(counts) * n_channels * cap * dtype.itemsize
     warnings.warn(
-        f"pack_events: the spike tensor [{len(counts)}, {len(counts[0])}, {width}] {dtype.name} takes "
+        f"pack_events: the spike tensor [{len(counts)}, {n_channels}, {width}] {dtype.name} takes "
         f"{nbytes / (1 << 30):.3g} GiB and is {100 * (1 - kept / n_entries):.2f}% +inf padding: sample {sample}, "
         f"channel {channel} has {int(counts[sample][channel])} spikes, while {100 * share:.4g}% of the channels "
         f"that spike have at most {cap}. max_spikes_per_channel={cap} would keep "
@@ -402,7 +402,7 @@ def _pack_events(samples, n_channels, max_spikes_per_channel, dtype, stacklevel)
     cap = np.inf if max_spikes_per_channel is None else max_spikes_per_channel
     counts = [np.bincount(ch, minlength=n_channels) for ch, _ in samples]
     width = int(min(cap, max((c.max(initial=0) for c in counts), default=0)))
-    _warn_padding(counts, width, dtype, stacklevel + 1)
+    _warn_padding(counts, n_channels, width, dtype, stacklevel + 1)
     _check_packed_memory(len(samples), n_channels, max(width, 1), dtype)
     out = np.full((len(samples), n_channels, max(width, 1)), np.inf, dtype=dtype)
     dropped = merged = 0

@@ -42,7 +42,7 @@ def load_mnist_arrays(split: str, data_dir=None):
         try:
             (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         except Exception as err:  # keras raises a bare Exception ("URL fetch failure ...") without a network
-            if isinstance(err, (KeyboardInterrupt, MemoryError)):
+            if isinstance(err, MemoryError):
                 raise
             raise OSError(f"keras.datasets.mnist.load_data() could not load MNIST ({type(err).__name__}: {err}). "
                           f"Without a network, download {MNIST_URL} elsewhere, put it in a folder DIR and pass "

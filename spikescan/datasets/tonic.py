@@ -135,14 +135,14 @@ class ToSpikeTensor:
                     "is 'x' alone, which would merge the rows (and polarities) into one channel; pass "
                     "sensor_size=(width, height, polarities) (tonic's dataset.sensor_size), or channel_field='x' if "
                     "that is what you want")
-            if self.channel_field == "auto":  # x alone: events that vary in p would merge their polarities
-                for other in ("p",):  # (SHD's constant artificial polarity is fine)
-                    if other in names and len(events) and np.unique(np.asarray(events[other])).size > 1:
-                        raise ValueError(
-                            f"ToSpikeTensor: the events' field {other!r} takes several values, but without "
-                            "sensor_size the channel is 'x' alone, which would merge different pixels or polarities "
-                            "into one channel; pass sensor_size=(width, height, polarities) (tonic's "
-                            "dataset.sensor_size), or channel_field='x' if that is what you want")
+            # x alone: events that vary in p would merge their polarities (SHD's constant artificial one is fine)
+            if self.channel_field == "auto" and "p" in names and len(events) and \
+                    np.unique(np.asarray(events["p"])).size > 1:
+                raise ValueError(
+                    "ToSpikeTensor: the events' field 'p' takes several values, but without sensor_size the channel "
+                    "is 'x' alone, which would merge different pixels or polarities into one channel; pass "
+                    "sensor_size=(width, height, polarities) (tonic's dataset.sensor_size), or channel_field='x' if "
+                    "that is what you want")
             ch = np.asarray(events[field])
         else:
             w, h, p = self.sensor_size
