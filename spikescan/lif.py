@@ -159,11 +159,13 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
         result: the ``LIFResult`` of ``lif_forward``.
         grad_times: ``[batch, n_out, max_spikes]`` cotangent of ``result.times``.
         method: ``"sequential"`` (reverse event loop, the reference), ``"scan"`` (NumPy: states by associative
-            scan, adjoint span by span between spikes; CuPy: one warp per neuron, not yet measured on a GPU) or
-            ``"auto"`` (NumPy engine: ``"closed"`` for a feed-forward layer, 4.7-7.3x faster than the other two on
-            a 2-core CPU; CuPy: the thread-per-neuron kernel), or ``"closed"`` (NumPy inputs: on the engine ``engine``
+            scan, adjoint span by span between spikes; CuPy: one warp per neuron) or
+            ``"auto"`` (feed-forward layers: ``"closed"``, 4.7-7.3x faster than the other two on a 2-core CPU
+            (NumPy engine), and on an H200 (CuPy) 1.7-3.6x faster than ``"scan"`` and 15-107x faster than
+            ``"sequential"``; recurrent layers: their own backward), or
+            ``"closed"`` (NumPy inputs: on the engine ``engine``
             resolves to; compiled, per output neuron with samples in order and fixed-order sums; CuPy inputs: a warp
-            per neuron, checked in the kernels' host emulation, not yet run on a GPU; with
+            per neuron, checked against the NumPy reference on an H200 and in the kernels' host emulation; with
             ``spikescan.cuda._closed.DETERMINISTIC`` its sums have a fixed order, bit-identical from run to run): the
             EventProp closed form of a feed-forward layer, the adjoint between spikes as one decay from the next
             spike, so the spikes are walked and every input entry's contribution is computed independently
@@ -219,6 +221,11 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
                              f"from run to run; with spikescan.set_deterministic(True) use method='auto' or 'closed' "
                              f"(or turn the setting off)")
         method = "closed"
+    if method == "auto" and xp is not np and result.residuals.recurrent_log is None:
+        from .cuda import _closed as cuda_closed
+
+        if cuda_closed.AUTO:  # the closed form: fastest on every batch the H200 run of gpu_perf.py measured
+            method = "closed"
     # (No helper function between here and the backends: their warnings' stacklevels count from this frame.)
     if method == "closed":
         v.choice("engine", engine, ENGINES)

@@ -128,7 +128,8 @@ def test_closed_kernel_on_permutation_queues(backend, name, algorithm):
     opts = dict(tau_mem=kw["tau_mem"], tau_syn=kw["tau_syn"], threshold=kw["threshold"], max_spikes=kw["max_spikes"])
     for method in FORWARD_METHODS:
         label = f"{name} forward={method} on permuted queues ({algorithm})"
-        out = backend.lif(*args, **opts, method=method)
+        with permutation(False, algorithm):  # materialised queues (the default is the permutation format)
+            out = backend.lif(*args, **opts, method=method)
         assert out.residuals.queue_perm is None
         with permutation(True, algorithm):
             permuted = backend.lif(*args, **opts, method=method)
@@ -365,7 +366,8 @@ def test_deterministic_spans_split_tied_arrivals_as_the_record_says(backend):
     t = np.sort(rng.integers(0, 6, (2, n_in, 3)).astype(np.float64), axis=-1)
     D = rng.integers(0, 3, (n_in, n_out)).astype(np.float64)  # integer times: many exactly equal arrivals
     W = weights(rng, n_in, n_out, mean=0.5, std=0.3)
-    out = backend.lif(t, W, D, tau_mem=8.0, tau_syn=4.0, max_spikes=4, method="sequential")
+    with permutation(False):  # the record is edited against materialised queues
+        out = backend.lif(t, W, D, tau_mem=8.0, tau_syn=4.0, max_spikes=4, method="sequential")
     res = out.residuals
     qt = backend.to_host(res.queue_times)
     ev = backend.to_host(res.spike_event).copy()

@@ -281,8 +281,9 @@ def test_longest_row_on_an_h100(device):
 def test_default_kernel_and_unknown_algorithm(device, monkeypatch):
     xp, launch, _ = device
     t = tied_spikes(np.random.default_rng(11), 2, 4, 3)
-    assert _queue.ALGORITHM == "bitonic" and _queue.USE_KERNEL is False  # opt-in until a GPU run measures both
-    assert _queue.PERMUTATION is False  # likewise
+    # The defaults since the H200 run of gpu_perf.py (counting-sort kernel, permutation format).
+    assert _queue.ALGORITHM == "counting" and _queue.USE_KERNEL is True and _queue.PERMUTATION is True
+    monkeypatch.setattr(_queue, "USE_KERNEL", False)
     assert_same_queues(device, t, np.ones((4, 2)), use_kernel=None, algorithm=None)
     assert launch.launched == []  # USE_KERNEL False: the argsort path
     monkeypatch.setattr(_queue, "USE_KERNEL", True)

@@ -16,7 +16,7 @@ import pytest
 
 import spikescan as ss
 from spikescan import _validate
-from spikescan.cuda import _lif, _recurrent, is_available
+from spikescan.cuda import _lif, _queue, _recurrent, is_available
 
 from _cases import random_spikes, weights
 from tolerances import TOL
@@ -378,7 +378,8 @@ def test_methods_on_cupy_inputs_name_the_event_loop(host_kernels, monkeypatch):
                                                                       ("threshold", 1.0))]
     args = (t, W, D, *tc, 3, "newton", 300, True, R, Dr)
     outs = {m: _recurrent.lif_forward_recurrent_cuda(*args, m) for m in ("sequential", "auto")}
-    assert launched == ["spikescan_recurrent_forward"] * 2
+    # (Besides the queue kernel that sorts the delayed input queue.)
+    assert [k for k in launched if k not in _queue.KERNELS.values()] == ["spikescan_recurrent_forward"] * 2
     for name in ("times", "counts"):
         np.testing.assert_array_equal(getattr(outs["auto"], name), getattr(outs["sequential"], name))
     for name in ("times", "neurons", "currents", "count"):

@@ -11,6 +11,7 @@ import pytest
 import spikescan as ss
 from spikescan import _memory
 from spikescan.cuda import _lif
+from spikescan.cuda import _queue as _cuda_queue
 
 from tolerances import TOL
 
@@ -219,16 +220,22 @@ def test_default_is_the_available_host_memory(no_limit, monkeypatch):
     assert limit is not None and limit > (64 << 20) and "MemAvailable" in source
 
 
-def test_cuda_launchers_check_before_allocating(host_kernels, no_limit):
+@pytest.mark.parametrize("permuted", [True, False], ids=["permutation_queues", "materialised_queues"])
+def test_cuda_launchers_check_before_allocating(host_kernels, no_limit, monkeypatch, permuted):
     """The CUDA launchers (run here through the host emulation) raise before building queues and shrink the
-    backward's checkpoint groups under a lower limit, with the gradients of the unlimited run."""
+    backward's checkpoint groups under a lower limit, with the gradients of the unlimited run; for both queue
+    formats (the permutation default, and materialised queues)."""
+    monkeypatch.setattr(_cuda_queue, "PERMUTATION", permuted)
     t, W, D = _layer(5, 8, 40, 2, 16, True)
     tm, ts = np.full(16, 10.0), np.full(16, 5.0)
     out = _lif.forward(np, host_kernels.launch, t, W, D, tm, ts, 1.0, 8, "sequential", 32, "newton")
     g = np.random.default_rng(1).normal(size=out.times.shape)
     ref = _lif.backward(np, host_kernels.launch, out, g, "sequential")
-    need = sum(_memory.lif_forward_estimate(8, 40, 2, 16, _memory.most_entries(t, np), 8, True, "sequential", 32, 8,
-                                            "cupy").values())
+    n_entries = _memory.most_entries(t, np)
+    permutation = _cuda_queue.permutation_default(np, n_entries, True)  # the launcher's format
+    assert permutation == permuted
+    need = sum(_memory.lif_forward_estimate(8, 40, 2, 16, n_entries, 8, True, "sequential", 32, 8, "cupy",
+                                            permutation=permutation).values())
     ss.set_memory_limit(need - 1)
     with pytest.raises(MemoryError, match=r"lif_forward\(batch=8, n_out=16, max_spikes=8, with delays\)"):
         _lif.forward(np, host_kernels.launch, t, W, D, tm, ts, 1.0, 8, "sequential", 32, "newton")

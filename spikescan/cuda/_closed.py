@@ -1,8 +1,8 @@
 """CuPy launcher of the closed-form (EventProp-form) LIF backward kernel (``kernels/lif_backward_closed.cu``, PERF.md
 section 3, P1c): the GPU twin of ``spikescan._closed_backward`` (``lif_backward(method="closed")`` on NumPy).
 
-Opt-in: ``spikescan.lif_backward(method="closed")`` with CuPy inputs dispatches here once wired (see
-``lif_backward_closed_cuda``). Same outputs as ``_lif.backward``: ``LIFGrads`` with the same dtypes, the threshold's
+``spikescan.lif_backward(method="closed")`` with CuPy inputs dispatches here, and so does ``method="auto"`` for a
+feed-forward layer (``AUTO``). Same outputs as ``_lif.backward``: ``LIFGrads`` with the same dtypes, the threshold's
 gradient summed to a scalar for a scalar threshold, and ``GrazingSpikeWarning`` with the NumPy path's fields (one
 small reduction and host sync, the only one).
 
@@ -10,8 +10,8 @@ With ``time_constant_grads=True`` the kernels add the time constants' gradients 
 each entry's response and each span's opening state through the derivative of the span's map). Recurrent layers:
 ``NotImplementedError``, as on NumPy.
 
-Queues: materialised, or kept as permutations of the shared queue (``residuals.queue_perm``, opt-in
-``_queue.PERMUTATION``); the kernel reads both through common.cuh's ``spikescan_queue_t``, with the same queue
+Queues: materialised, or kept as permutations of the shared queue (``residuals.queue_perm``, the
+default ``_queue.PERMUTATION``); the kernel reads both through common.cuh's ``spikescan_queue_t``, with the same queue
 arguments as ``_lif.backward`` (``_lif._queue_args``).
 
 Reductions: by default ``atomicAdd`` on double, as in the other backward kernels (the last bits vary from run to
@@ -46,15 +46,22 @@ TAU_SUFFIX = "_tau"
 REBASED_SUFFIX = "_rebased"
 INPUTS_KERNEL = "spikescan_lif_backward_closed_inputs"
 
-# Opt-in (PERF.md P4): deterministic reductions (see the module docstring); a GPU run of benchmarks/gpu_perf.py
-# decides whether they become the default.
+# spikescan.lif_backward(method="auto") of a feed-forward layer with CuPy inputs runs this kernel (False: the
+# thread- or warp-per-neuron kernels of spikescan.cuda._lif, by their BACKWARD_AUTO). On the H200 run of
+# benchmarks/gpu_perf.py (benchmarks/results/gpu_perf_nvidia_h200.json) its gradients passed the gate against the
+# NumPy reference, and it took the SHD network's backward from 692 ms (thread per neuron) and 161 ms (warp per
+# neuron) to 45 ms at batch 256, and from 179 ms to 1.7 ms at batch 1.
+AUTO = True
+# Opt-in (PERF.md P4; spikescan.set_deterministic(True) turns it on for every CUDA path): deterministic reductions
+# (see the module docstring). On the H200 run they cost 1.7x the atomics' backward at batch 256 (78 ms against 44 ms;
+# 1.17x of forward + backward), so atomics stay the default.
 DETERMINISTIC = False
 # Opt-in (PERF.md P3b with P1c): the entries' exponentials as products of tabulated factors (see the kernel's
 # header): per input slot e^{t/tau}, per synapse e^{D/tau}, per span e^{-T_m/tau}. Applies with one pair of time
 # constants while every (t + D) / min(tau) stays below REBASED_MAX_EXPONENT (so that e^{(t + D)/tau} is finite);
 # deciding it reads the time constants and the largest input time and delay to the host. Gradients equal the
-# exponential path's to rounding (checked in the host emulation); off until a GPU run of benchmarks/gpu_perf.py has
-# timed it.
+# exponential path's to rounding (checked in the host emulation and on the H200 run of benchmarks/gpu_perf.py, where
+# it was no faster: 45 ms against 45 ms at batch 256, 9.6 against 7.4 ms at batch 32), so it stays off.
 REBASED = False
 REBASED_MAX_EXPONENT = 600.0
 # Fields of a recorded spike in the deterministic records (kernels/lif_backward_closed.cu SPIKESCAN_CLOSED_FIELDS).

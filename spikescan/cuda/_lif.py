@@ -20,7 +20,7 @@ Backward methods (``lif_backward_cuda(..., method)``, same gradients up to round
   reference kernel).
 - ``"scan"``: ``spikescan_lif_backward_scan``, one warp per (batch, neuron), 32 points per step: a warp scan of the
   state maps, and the adjoint in closed form between spikes.
-- ``"auto"``: ``BACKWARD_AUTO`` (``"sequential"``).
+- ``"auto"``: ``BACKWARD_AUTO`` (``"scan"``).
 
 Errors: a neuron whose next spike rounds to its previous spike's time (an inter-spike interval below the float64
 spacing of t) stops in the kernel, and the forward raises ``FloatingPointError`` naming it, as the NumPy path does.
@@ -63,36 +63,44 @@ WARP = 32
 THREADS_PER_BLOCK = 256
 BACKWARD_CHUNK = 32  # SPIKESCAN_BWD_CHUNK in lif_backward.cu (and the warp width of its scan kernel)
 BACKWARD_KERNELS = {"sequential": "spikescan_lif_backward", "scan": "spikescan_lif_backward_scan"}
-# The warp scan should hide the per-point latency that bounds the thread-per-neuron kernel, but it has only run in
-# the host emulation so far: "auto" stays on the GPU-verified kernel until bench_lif_cuda.py has measured both.
-BACKWARD_AUTO = "sequential"
+# "auto" among this module's two backward kernels: the warp scan hides the per-point latency that bounds the
+# thread-per-neuron kernel (on the H200 run of benchmarks/gpu_perf.py, the SHD network's backward took 161 ms against
+# 692 ms at batch 256 and 2.9 ms against 179 ms at batch 1; same gradients, checked by its gate). spikescan.lif_backward
+# runs neither for a feed-forward layer unless asked: its "auto" is the closed form (spikescan.cuda._closed.AUTO).
+BACKWARD_AUTO = "scan"
 # The forward kernels' exact cheap gap test (``spikescan_lif::quiet_gap``, the compiled CPU engine's shortcut): a gap
 # in which V provably stays below threshold skips the peak time (log1p) and the second decay of the full test.
-# Same spikes bit for bit (checked in the host emulation); off until a GPU run of benchmarks/gpu_perf.py has timed
-# both settings.
-QUIET_GAP = False
+# Same spikes bit for bit (checked in the host emulation and on the H200 run of benchmarks/gpu_perf.py, where it took
+# 12% off the sequential forward at batch 1 and 2% at batch 32, and changed the scan forward and batch 256 by 1% or
+# less either way).
+QUIET_GAP = True
 # Backward checkpoints written by the forward kernels (PERF.md P1b): the state before every 32nd point of each
 # neuron's history, kept in the residuals (32 bytes per neuron per 32 points, sized for the longest possible history:
 # the queue plus max_spikes), so that the backward kernels skip their first pass (a forward walk over every point)
 # and need no checkpoint groups. Gradients equal the plain path's to rounding (the forward's states at spikes are
-# reset from the solved offset, the backward's from the recorded time). Off until a GPU run has timed it.
+# reset from the solved offset, the backward's from the recorded time). Off: the default backward is the closed form
+# (spikescan.cuda._closed), which reads no checkpoints; with the warp backward it saved 31% of the backward at batch
+# 256 on the H200 run of benchmarks/gpu_perf.py (fwd_checkpoints_warp_bwd against warp_bwd).
 FORWARD_CHECKPOINTS = False
 # The scan forward's spike solve with the Newton solver's three probe voltages of each round evaluated by three lanes
 # at once (spikescan_lif::solve_spike_time_warp; PERF.md P3a's "one lane per probe"): the same iterates and spike
-# times bit for bit, one voltage's latency per round instead of three. Off until a GPU run has timed it.
-WARP_SOLVE = False
+# times bit for bit, one voltage's latency per round instead of three (checked on the H200 run of
+# benchmarks/gpu_perf.py: same spikes; 6% off the scan forward at batch 256, 8% at batch 32, 2% at batch 1).
+WARP_SOLVE = True
 # Small grids (PERF.md P5): a launch of fewer than SMALL_GRID_WAVES * SMALL_GRID_SMS blocks of THREADS_PER_BLOCK
 # leaves most SMs idle (batch 1 x 512 neurons: two blocks of the thread-per-neuron backward, on two SMs). With
 # SMALL_GRID_BLOCK set, such launches use blocks of that many threads instead (a multiple of 32), which spreads the
 # same neurons over up to THREADS_PER_BLOCK / SMALL_GRID_BLOCK times as many SMs. Same results (a block only
-# groups neurons). Off (None) until a GPU run has timed it.
-SMALL_GRID_BLOCK = None
+# groups neurons). 64 since the H200 run of benchmarks/gpu_perf.py, whose fastest variants all used it; None: blocks of
+# THREADS_PER_BLOCK always.
+SMALL_GRID_BLOCK = 64
 # The sequential forward of a layer with delays with rebased exponential sums (spikescan_lif_forward_rebased, PERF.md
 # P3b; the compiled CPU engine's default, _lif_numpy.COMPILED_REBASED): products of tabulated factors instead of two
 # exponentials per queue entry, the same spike counts and entries, times within rounding. Applies within the CPU
 # engine's limits (one pair of time constants, |r| <= REBASED_MAX_R, delays <= REBASED_MAX_DELAY * min(tau)) and
 # without FORWARD_CHECKPOINTS; deciding that reads the time constants and the largest delay (a host sync). Checked in
-# the host emulation; off until a GPU run of benchmarks/gpu_perf.py has timed it.
+# the host emulation and on the H200 run of benchmarks/gpu_perf.py, where it was slower than the exponentials (forward
+# 575 ms against 539 ms at batch 256, 107 against 98 ms at batch 32: rebased_fwd against sequential), so it stays off.
 REBASED = False
 SMALL_GRID_SMS = 132  # an H100 / H200; a smaller device only makes the rule choose small blocks less often
 SMALL_GRID_WAVES = 4

@@ -4,7 +4,7 @@
 values, simultaneous arrivals included), except that ``queue_index`` is int32: the kernels read 12 bytes per queue
 entry instead of 16, and the queues a layer keeps for its backward take 25% less memory. It builds the shared queue
 of every sample as that function does, then orders the delayed queues either by the generic argsort path
-(``spikescan._queue.delayed_queues``; the default, ``USE_KERNEL = False``) or by a kernel: one thread block per
+(``spikescan._queue.delayed_queues``, with ``USE_KERNEL = False``) or by a kernel (the default): one thread block per
 (sample, neuron) row orders it in shared memory and writes the outputs directly, with no ``[batch, n_out, L1]``
 temporaries (the generic path holds about five of them at 8 bytes per entry). Two kernels (``algorithm``, default
 ``ALGORITHM``), with identical results:
@@ -19,7 +19,7 @@ temporaries (the generic path holds about five of them at 8 bytes per entry). Tw
 
 Rows longer than the chosen kernel allows take the generic argsort path.
 
-Permutation format (opt-in, ``PERMUTATION``; PERF.md P2b): ``build_queues(..., permutation=True)`` has the kernel
+Permutation format (the default, ``PERMUTATION``; PERF.md P2b): ``build_queues(..., permutation=True)`` has the kernel
 write, per (sample, neuron) row, only a ``uint16`` permutation ``perm[b, i, r]``: the position in the sample's shared
 queue of the row's r-th arrival (rows r >= n_real point at the shared queue's padding position ``n_real[b]``, time
 ``+inf``, index ``-1``). The LIF kernels read entry k as ``times[b, p] + D^T[i, index[b, p] // max_in]`` with
@@ -40,17 +40,20 @@ BYTES_PER_ENTRY = 12  # bitonic: float64 arrival + int32 position in the shared 
 COUNTING_BYTES_PER_ENTRY = 6  # counting: int32 bin count + uint16 position in the shared queue
 COUNTING_STATIC_SHARED = 640  # counting: per-warp min, max (float64) and sum (int32) for 32 warps
 COUNTING_MAX_ROW = 65536  # counting: positions are uint16
-# The kernels are checked against the NumPy queues bit for bit by the host emulation, but have not yet run on a GPU
-# (tests/test_cuda_queue.py and ``bench_lif_cuda.py --queues`` do so under the ``gpu`` marker). Until a GPU run has
-# verified them, the LIF forward keeps the generic argsort path; set this to True to use a kernel.
-USE_KERNEL = False
-# Kernel used when USE_KERNEL is True: "bitonic" until a GPU run has measured both.
-ALGORITHM = "bitonic"
+# The kernels give the NumPy queues bit for bit, in the host emulation and on an H200 (tests/test_cuda_queue.py's gpu
+# tests and the gate of benchmarks/gpu_perf.py, benchmarks/results/gpu_perf_nvidia_h200.json); there the counting
+# sort built the SHD network's queues at batch 256 3.5x faster than the generic argsort path (forward 152 ms against
+# 539 ms, `queue_counting` against `sequential`). False: the argsort path (CuPy's sort), for comparison.
+USE_KERNEL = True
+# Kernel used when USE_KERNEL is True: "counting" (6 bytes per entry instead of the bitonic kernel's 12, and faster on
+# the H200 run); "bitonic" gives the same queues.
+ALGORITHM = "counting"
 KERNELS = {"bitonic": "spikescan_delay_queue", "counting": "spikescan_delay_queue_counting"}
 # Permutation format for the feed-forward LIF layers with delays (see above): sorted by the ALGORITHM kernel whatever
 # USE_KERNEL says (only the kernels write permutations). Bit-identical spikes in the host emulation
-# (tests/test_cuda.py); off until a GPU run of benchmarks/gpu_perf.py has measured it.
-PERMUTATION = False
+# (tests/test_cuda.py) and on the H200 run of benchmarks/gpu_perf.py, where it took the SHD network's peak memory at
+# batch 256 from 12.8 GiB (materialised, counting sort) to 2.7 GiB; False keeps materialised queues.
+PERMUTATION = True
 PERMUTATION_MAX_L1 = 65536  # positions 0 .. L1 - 1 in uint16
 MAX_THREADS = 512
 INDEX_LIMIT = 2**31 - 1  # flat indices j * max_in + m < n_in * max_in must fit in int32

@@ -356,7 +356,9 @@ def _time_constant_grads(xp, launch, res, spike_t, n_spk, spike_grads, determini
                                weights=xp.ascontiguousarray(virtual.weights))
     unrolled = LIFResult(times=spike_t, counts=n_spk, residuals=virtual)
     with quiet_grazing():  # the recurrent backward has already warned
-        grads = _lif.backward(xp, launch, unrolled, spike_grads, "auto", input_times_grad=False,
+        # The thread-per-neuron kernel: the one whose per-neuron tau partials (deterministic mode) the tests and the
+        # H200 run checked for recurrent layers; the warp kernel's "auto" is for feed-forward calls.
+        grads = _lif.backward(xp, launch, unrolled, spike_grads, "sequential", input_times_grad=False,
                               time_constant_grads=True, tau_partials=deterministic)
     return grads.tau_mem, grads.tau_syn
 
