@@ -106,9 +106,18 @@ from bench_lif_jax import MAX_SPIKES, TAU_MEM, TAU_SYN, THRESHOLD  # noqa: E402
 # ---------------------------------------------------------------------------------------------------------------
 
 # Variants of the CUDA path: forward method (spikescan.cuda._lif.forward), backward kernel (_lif.backward, or
-# "closed": the closed-form kernel, spikescan.cuda._closed.backward_closed) and module settings applied while the
-# variant runs. "default" is what a user gets (auto / auto, library settings);
-# "sequential" is the GPU-verified kernel set, the baseline "sequential" of the speedups.
+# "closed": the closed-form kernel, spikescan.cuda._closed.backward_closed; "auto" as spikescan.lif_backward resolves
+# it) and module settings applied while the variant runs. "default" is what a user gets (auto / auto, the library's
+# settings, whatever they are at the commit measured); every other variant states every setting (BASE_SETTINGS, then
+# its own), so that its name means the same kernels at every commit. "sequential" is the first GPU-verified kernel
+# set, the baseline "sequential" of the speedups; "previous_default" is what a user got before the H200 run of
+# commit 9122a8f made the M2 paths the defaults.
+BASE_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": False, "spikescan.cuda._queue.ALGORITHM": "bitonic",
+                 "spikescan.cuda._queue.PERMUTATION": False, "spikescan.cuda._lif.QUIET_GAP": False,
+                 "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False, "spikescan.cuda._lif.WARP_SOLVE": False,
+                 "spikescan.cuda._lif.SMALL_GRID_BLOCK": None, "spikescan.cuda._lif.REBASED": False,
+                 "spikescan.cuda._lif.BACKWARD_AUTO": "sequential", "spikescan.cuda._closed.AUTO": False,
+                 "spikescan.cuda._closed.REBASED": False, "spikescan.cuda._closed.DETERMINISTIC": False}
 # The M2 forward and queue settings shared by the m2_* variants (FORWARD_CHECKPOINTS off: the closed-form backward
 # reads none).
 M2_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": True,
@@ -122,6 +131,7 @@ VARIANTS = {
     "default": dict(forward="auto", backward="auto", settings={}),
     "sequential": dict(forward="sequential", backward="sequential",
                        settings={"spikescan.cuda._queue.USE_KERNEL": False}),
+    "previous_default": dict(forward="auto", backward="auto", settings={}),
     # Every opt-in path at once (the M2 candidate so far): warp backward from the forward's checkpoints, counting-
     # sort permutation queues, the quiet-gap forward, the scan forward's three-lane solve, 64-thread blocks for
     # small launches. Early in the list so that a stage short of time still measures it.
@@ -131,6 +141,8 @@ VARIANTS = {
     "closed_bwd": dict(forward="sequential", backward="closed", settings={"spikescan.cuda._queue.USE_KERNEL": False}),
     # m2_candidate with the closed-form backward (which reads neither the forward's checkpoints nor a first pass).
     "m2_closed": dict(forward="auto", backward="closed", settings=M2_SETTINGS),
+    # m2_closed with the scan forward at every batch (auto picks the sequential kernel for large batches).
+    "m2_closed_scan_fwd": dict(forward="scan", backward="closed", settings=M2_SETTINGS),
     # m2_closed with deterministic reductions (P4): per-spike records, then source-major kernels without atomics.
     "m2_closed_det": dict(forward="auto", backward="closed",
                           settings={**M2_SETTINGS, "spikescan.cuda._closed.DETERMINISTIC": True}),
@@ -182,7 +194,11 @@ VARIANTS = {
                                         "spikescan.cuda._queue.ALGORITHM": "counting",
                                         "spikescan.cuda._queue.PERMUTATION": True}),
 }
+for _name, _spec in VARIANTS.items():
+    if _name != "default":
+        _spec["settings"] = {**BASE_SETTINGS, **_spec["settings"]}
 BASELINE_VARIANT = "sequential"
+KEPT_VARIANTS = ("default", BASELINE_VARIANT)  # whatever --variants says
 SPEEDUP_BASELINES = ("jax_f32", "jax_f64", "step", "sequential", "numba_cpu")
 CHUNK_SIZE = 32
 SWEEP_MAX_SPIKES = 64  # bench_lif_cuda.py's layer sweep
@@ -492,6 +508,8 @@ class Layer:
     def backward(self, result, grad_times, method, launch, input_times_grad=True):
         from spikescan.cuda import _closed, _lif
 
+        if method == "auto" and _closed.AUTO:  # as spikescan.lif_backward resolves it for a feed-forward layer
+            method = "closed"
         if method == "closed":
             return _closed.backward_closed(self.device.xp, launch, result, grad_times, input_times_grad)
         return _lif.backward(self.device.xp, launch, result, grad_times, method, input_times_grad)
@@ -2192,7 +2210,8 @@ def orchestrate(args):
     def command(name, deadline):
         return [sys.executable, os.path.abspath(__file__), "--stage", name, "--workdir", workdir,
                 "--deadline", repr(deadline)] + (["--dry-run"] if args.dry_run else []) + \
-            (["--repeats", str(args.repeats)] if args.repeats else []) + (["--ncu"] if args.ncu else [])
+            (["--repeats", str(args.repeats)] if args.repeats else []) + (["--ncu"] if args.ncu else []) + \
+            (["--variants", *VARIANTS] if args.variants else [])
 
     # Dry run: the JAX stages need no device and compute their own reference, so they run beside the emulated
     # stages (JAX's compiles take most of a dry run's time on a CPU). On a GPU every stage runs alone.
@@ -2323,12 +2342,19 @@ def parse_args(argv=None):
     p.add_argument("--dry-run-jax-all", action="store_true",
                    help="dry run: run every JAX stage (default: jax_medium only, float32 and float64)")
     p.add_argument("--stages", nargs="+", choices=list(STAGES), help="run only these stages (the rest: skipped)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   help=f"gate and time only these variants ({', '.join(KEPT_VARIANTS)} always: the baselines of the "
+                        f"speedups and the floor)")
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage's longest timeout")
     p.add_argument("--workdir", help="folder for the stages' files (default: a temporary folder, removed at the end)")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary folder (stage logs, references)")
     p.add_argument("--stage", help=argparse.SUPPRESS, choices=list(STAGE_FUNCTIONS))
     p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.variants:
+        keep = set(args.variants) | set(KEPT_VARIANTS)
+        for name in [v for v in VARIANTS if v not in keep]:
+            del VARIANTS[name]
     if args.stage and (args.workdir is None or args.deadline is None):
         p.error("--stage needs --workdir and --deadline")
     return args

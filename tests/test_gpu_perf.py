@@ -9,6 +9,7 @@ is killed at its timeout with its partial results kept, and a variant that faile
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -342,3 +343,32 @@ def test_repeatability_check_holds_only_a_promise():
     assert not failed["ok"] and failed["differ"] == ["weights"] and not failed["bit_identical"]
     recorded = gpu_perf.repeatability_check(device, grads, nudged, atomic)
     assert recorded["ok"] and not recorded["required"] and recorded["differ"] == ["weights"]
+
+
+def test_variants_option_gates_and_times_only_those_and_the_baselines(tmp_path):
+    """``--variants``: a short GPU rerun of chosen variants; the stage subprocesses get the same list, and the
+    baselines of the speedups (default, sequential) stay."""
+    if _hostemu.compiler() is None:
+        pytest.skip("no host C++ compiler for the kernel emulation")
+    out = tmp_path / "perf.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_perf.py"), "--dry-run", "--output",
+                           str(out), "--stages", "device", "gate", "network_single", "--variants", "m2_closed"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    with open(out) as f:
+        data = json.load(f)
+    assert set(data["stages"]["gate"]["result"]["variants"]) == {"default", "sequential", "m2_closed", "step"}
+    assert set(data["stages"]["network_single"]["result"]["variants"]) == {"default", "sequential", "m2_closed"}
+    assert set(data["settings"]["variants"]) == {"default", "sequential", "m2_closed"}
+
+
+def test_variants_state_every_setting_but_the_default():
+    """A variant's name means the same kernels whatever the library's defaults: each states every module setting
+    of BASE_SETTINGS (its own value or the base's), and only "default" takes the library's."""
+    assert gpu_perf.VARIANTS["default"]["settings"] == {}
+    for name, spec in gpu_perf.VARIANTS.items():
+        if name != "default":
+            assert set(spec["settings"]) >= set(gpu_perf.BASE_SETTINGS), name
+    for path in gpu_perf.BASE_SETTINGS:  # every base setting names a real module attribute
+        module, attr = path.rsplit(".", 1)
+        assert hasattr(importlib.import_module(module), attr), path
