@@ -791,6 +791,64 @@ def readout_table(results, name="cpu_readout.json"):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- GPU: gpu_perf.py
+
+def _gb(row):
+    mem = row.get("memory") or {}
+    return f"{mem['peak_bytes'] / 2**30:.1f} GiB" if mem.get("peak_bytes") else "-"
+
+
+def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed"):
+    """``gpu_perf.py``: the SHD network at batch 256 / 32 / 1, the library's default at the commit measured and
+    ``variant`` beside the JAX build of the paper's algorithm, against the fastest variant and the counted floor."""
+    r = results.bench(name)
+    st = r["settings"]
+    net = st["network"]
+    stages = r["stages"]
+    floor = {(f["batch"], f["variant"]): f for f in r["floor"]["fractions"]}
+    caption = (f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)}; CuPy kernels in float64, median of "
+               f"{st['repeats']} repeats after {st['warmup']} warm-up, CUDA events around every kernel; every "
+               f"variant passed the gate against the NumPy reference first. Network: {net['n_in']} inputs "
+               f"(~{net['spikes']} spikes per sample) -> {net['hidden']} -> {net['hidden']} LIF, learnable delays on "
+               f"both layers, max_spikes {st['max_spikes']}. JAX: the `jax.lax.associative_scan` build of the "
+               f"paper's algorithm (`bench_lif_jax.py`) on the same inputs. `default` is what `auto` / `auto` ran "
+               f"at that commit; `{variant}` is the set of kernels made the default after this run. The last "
+               f"column divides the counted floor (PERF.md section 1) by `{variant}`'s time.")
+    header = ["Batch", "JAX fwd+bwd, float32 (float64)", "`default`: fwd / fwd+bwd", f"`{variant}`: fwd / bwd / "
+              "fwd+bwd", f"`{variant}` speed over JAX float32 (float64)", "Fastest variant: fwd+bwd, fwd; "
+              f"`{variant}`'s time over theirs", "Peak memory, `default` / `" + variant + "`", "Fraction of floor"]
+    rows = []
+    for size in ("large", "medium", "single"):
+        net_stage = stages.get(f"network_{size}", {}).get("result", {})
+        if not net_stage.get("variants"):
+            continue
+        batch = net_stage["batch"]
+        rows_by = net_stage["variants"]
+        d, v = rows_by["default"], rows_by[variant]
+        jax = stages.get(f"jax_{size}", {}).get("result", {}).get("dtypes", {})
+        j32 = (jax.get("float32") or {}).get("forward_backward_s")
+        j64 = (jax.get("float64") or {}).get("forward_backward_s")
+        jax_cell = seconds(j32) + (f" ({seconds(j64)})" if j64 else "") if j32 else "-"
+        over = ratio(j32 / v["wall_s"]) + (f" ({ratio(j64 / v['wall_s'])})" if j64 else "") if j32 else "-"
+        summ = r["summary"][str(batch)]
+        best, best_fwd = summ["fastest_forward_backward"], summ["fastest_forward"]
+        fastest = (f"`{best}`, `{best_fwd}`; {ratio(v['wall_s'] / rows_by[best]['wall_s'])}, "
+                   f"{ratio(v['forward_s'] / rows_by[best_fwd]['forward_s'])}")
+        fl = floor.get((batch, variant))
+        rows.append([str(batch), jax_cell, f"{seconds(d['forward_s'])} / {seconds(d['wall_s'])}",
+                     f"{seconds(v['forward_s'])} / {seconds(v['backward_s'])} / {seconds(v['wall_s'])}", over,
+                     fastest, f"{_gb(d)} / {_gb(v)}", percent(fl["fraction"]) if fl else "-"])
+    lines = [caption, ""] + table(header, rows)
+    base = stages.get("baselines_single", {}).get("result", {})
+    if base.get("step_over"):
+        so = base["step_over"]
+        lines += ["", f"Batch 1, layer 1 alone ({base['n_in']} -> {base['n_out']}, delays), forward only, at that "
+                  f"commit's settings: one event per kernel launch takes {ratio(so['sequential'])} the time of the "
+                  f"fused sequential kernel, {ratio(so['scan'])} that of the scan and {ratio(so['auto'])} that of "
+                  "`auto`."]
+    return "\n".join(lines)
+
+
 TABLES = {
     "examples": examples_table,
     "learning_torch": lambda results: learning_table(results.bench("learning_torch.json")),
@@ -810,6 +868,7 @@ TABLES = {
     "cpu_peers": cpu_peers_table,
     "recurrent": recurrent_table,
     "readout_engines": readout_table,
+    "gpu_perf": gpu_perf_table,
 }
 
 
