@@ -1203,12 +1203,78 @@ def recurrent_reference_case(cfg, hidden, rec_delays, path):
         value = getattr(grads, name)
         if value is not None:
             arrays[f"grad_{name}"] = np.asarray(value)
+    start = time.perf_counter()
+    arrays.update(recurrent_noise(t[samples], w, r, dr, cfg["max_spikes"], method, G, arrays))
+    noise_s = time.perf_counter() - start
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
     return dict(method=method, engine="numpy", samples=samples, forward_s=forward_s, backward_s=backward_s,
-                spikes=int(ref.counts.sum()), log_length=int(log.count.max()))
+                noise_s=noise_s, spikes=int(ref.counts.sum()), log_length=int(log.count.max()),
+                noise={k[len("noise_"):]: float(v) for k, v in arrays.items() if k.startswith("noise_")})
+
+
+# The recurrent gate's noise floor. In a long recurrent chain (~2500 spikes per sample) the exact gradient is
+# ill-conditioned: two correct float64 implementations that round differently (NumPy against Numba), or the NumPy
+# engine on input times moved by one ulp, disagree by ~1e-10 of a gradient's largest entry, which on its small entries
+# is 10-60x ``TOL["float64"]["grads"]``. The gate allows, per array, ``atol + RECURRENT_NOISE_FACTOR x noise`` beside
+# ``rtol |want|``, where ``noise`` is the largest of those measured spreads (max abs diff over the array).
+RECURRENT_NOISE_FACTOR = 4.0
+RECURRENT_NOISE_ARRAYS = ("times", "log_times", "log_currents", "grad_input_times") + tuple(
+    f"grad_{n}" for n in RECURRENT_GRADS)
+
+
+def _recurrent_arrays(out, grads):
+    log = out.residuals.recurrent_log
+    d = dict(counts=out.counts, spike_event=out.residuals.spike_event, times=out.times, log_count=log.count,
+             log_times=log.times, log_currents=log.currents, grad_input_times=grads.input_times)
+    for name in RECURRENT_GRADS:
+        if getattr(grads, name) is not None:
+            d[f"grad_{name}"] = np.asarray(getattr(grads, name))
+    return d
+
+
+def recurrent_noise(t, w, r, dr, max_spikes, method, G, ref):
+    """``noise_<array>``: the spread of correct float64 answers around the reference ``ref`` on the same layer: the
+    compiled engine (another operation order) on the same inputs, and the reference's own engine on input times moved
+    by one ulp (two random signs), each with the reference's cotangent; max abs diff per array over the runs whose
+    spike counts and events equal the reference's (a run that changes them is left out)."""
+    import spikescan as ss
+    from spikescan._lif_numpy import numba_available
+
+    runs = [(t, "numba", "sequential")] if numba_available() else []
+    for seed in (1, 2):
+        sign = np.random.default_rng(seed).choice([-1.0, 1.0], size=t.shape)
+        runs.append((np.where(np.isfinite(t), np.nextafter(t, sign * np.inf), t), "numpy", method))
+    noise = {k: 0.0 for k in RECURRENT_NOISE_ARRAYS if k in ref}
+    n = ref["log_count"]
+    for ti, engine, meth in runs:
+        out = recurrent_cpu(ti, w, r, dr, max_spikes, engine, meth)
+        if not (np.array_equal(out.counts, ref["counts"]) and np.array_equal(out.residuals.spike_event,
+                                                                            ref["spike_event"])):
+            continue
+        got = _recurrent_arrays(out, ss.lif_backward(out, G, input_times_grad=True, engine=engine))
+        if not np.array_equal(got["log_count"], n):
+            continue
+        for key in noise:
+            a, b = np.asarray(got[key], dtype=np.float64), np.asarray(ref[key], dtype=np.float64)
+            if key.startswith("log_"):
+                a = np.concatenate([a[i, : n[i]] for i in range(len(n))])
+                b = np.concatenate([b[i, : n[i]] for i in range(len(n))])
+            fin = np.isfinite(a) & np.isfinite(b)
+            if fin.any():
+                noise[key] = max(noise[key], float(np.abs(a[fin] - b[fin]).max()))
+    return {f"noise_{k}": np.float64(v) for k, v in noise.items()}
+
+
+def with_noise(tol, ref, name):
+    """``tol`` with its ``atol`` raised by ``RECURRENT_NOISE_FACTOR`` x the reference's measured noise of ``name``
+    (none recorded: ``tol`` as it is)."""
+    noise = ref.get(f"noise_{name}")
+    if noise is None:
+        return tol
+    return dict(tol, atol=tol["atol"] + RECURRENT_NOISE_FACTOR * float(noise))
 
 
 def numba_info():
@@ -1317,7 +1383,7 @@ def recurrent_gate_checks(device, out, grads, ref, tol):
     checks = [dict(check="counts", ok=bool(np.array_equal(host(out.counts)[S], ref["counts"]))),
               dict(check="spike_event",
                    ok=bool(np.array_equal(host(out.residuals.spike_event)[S], ref["spike_event"]))),
-              compare("times", host(out.times)[S], ref["times"], tol["times"])]
+              compare("times", host(out.times)[S], ref["times"], with_noise(tol["times"], ref, "times"))]
     n = ref["log_count"]
     same_n = bool(np.array_equal(host(log.count)[S], n))
     checks.append(dict(check="log_count", ok=same_n))
@@ -1330,15 +1396,16 @@ def recurrent_gate_checks(device, out, grads, ref, tol):
                            ok=bool(np.array_equal(flat(host(log.neurons), S), flat(ref["log_neurons"], ks)))))
         for name in ("times", "currents"):
             checks.append(compare(f"log_{name}", flat(host(getattr(log, name)), S), flat(ref[f"log_{name}"], ks),
-                                  tol["times"]))
+                                  with_noise(tol["times"], ref, f"log_{name}")))
     for name in RECURRENT_GRADS:
         want, got = ref.get(f"grad_{name}"), getattr(grads, name)
         if (want is None) != (got is None):
             checks.append(dict(check=f"grad_{name}", ok=False, reason="computed on one side only"))
         elif want is not None:
-            checks.append(compare(f"grad_{name}", host(got), want, tol["grads"]))
+            checks.append(compare(f"grad_{name}", host(got), want, with_noise(tol["grads"], ref, f"grad_{name}")))
     g_in = host(grads.input_times)
-    checks.append(compare("grad_input_times", g_in[S], ref["grad_input_times"], tol["grads"]))
+    checks.append(compare("grad_input_times", g_in[S], ref["grad_input_times"],
+                          with_noise(tol["grads"], ref, "grad_input_times")))
     others = np.ones(g_in.shape[0], dtype=bool)
     others[S] = False
     checks.append(dict(check="grad_input_times_zero_outside_reference_samples", ok=bool(not g_in[others].any())))

@@ -372,3 +372,16 @@ def test_variants_state_every_setting_but_the_default():
     for path in gpu_perf.BASE_SETTINGS:  # every base setting names a real module attribute
         module, attr = path.rsplit(".", 1)
         assert hasattr(importlib.import_module(module), attr), path
+
+
+def test_recurrent_noise_widens_atol_only_by_the_measured_spread():
+    """The recurrent gate's allowance: ``atol + RECURRENT_NOISE_FACTOR x noise`` for an array whose spread between
+    correct float64 answers was measured, the table's tolerance otherwise; an error far above the spread still
+    fails."""
+    tol = dict(rtol=1e-9, atol=1e-9)
+    assert gpu_perf.with_noise(tol, {}, "grad_weights") == tol
+    wide = gpu_perf.with_noise(tol, {"noise_grad_weights": np.float64(2.5e-7)}, "grad_weights")
+    assert wide == dict(rtol=1e-9, atol=1e-9 + gpu_perf.RECURRENT_NOISE_FACTOR * 2.5e-7)
+    want = np.array([2.5e3, 1.0, -3.0])
+    assert np.allclose(want + np.array([0.0, 3e-7, 0.0]), want, **wide)  # the GPU run's size of disagreement
+    assert not np.allclose(want + np.array([0.0, 1e-3, 0.0]), want, **wide)  # a real error on a small entry
