@@ -802,6 +802,35 @@ def test_is_available_and_choose_method():
     assert choose_method(1, 16, 5000) == "scan"
     assert choose_method(1024, 512, 5000) == "sequential"
     assert choose_method(1, 16, 10) == "sequential"
+    # Permutation queues (delays): the scan at every batch (H200: 83 ms against 119 ms at batch 256 x 512).
+    assert choose_method(1024, 512, 5000, permuted=True) == "scan"
+    assert choose_method(1, 16, 10, permuted=True) == "sequential"
+
+
+@pytest.mark.parametrize("permuted", [True, False])
+def test_auto_forward_takes_the_scan_on_permutation_queues(host_kernels, monkeypatch, permuted):
+    """``method="auto"`` tells ``choose_method`` the queue format: on a shape where the thread-per-neuron kernel
+    would be chosen (the thread threshold lowered to 0 here), a layer with delays and permutation queues runs the
+    scan, one with materialised queues the sequential kernel."""
+    import spikescan.cuda as cuda
+
+    monkeypatch.setattr(cuda, "_SEQUENTIAL_THREADS_PER_SM", 0)
+    monkeypatch.setattr(_queue, "PERMUTATION", permuted)
+    rng = np.random.default_rng(5)
+    t = random_spikes(rng, 2, 30, 4, t_max=20.0)
+    assert int(np.isfinite(t).sum(axis=(1, 2)).max()) >= cuda._MIN_SCAN_QUEUE
+    W, D = rng.normal(0.3, 0.2, size=(30, 4)), rng.uniform(0.0, 3.0, size=(30, 4))
+    launched = []
+
+    def launch(*args, **kw):
+        launched.append(args[1])
+        return host_kernels.launch(*args, **kw)
+
+    tc = np.full(4, 10.0), np.full(4, 5.0), np.ones(4)
+    out = _lif.forward(np, launch, t, W, D, *tc, 8, "auto", 32, "newton")
+    assert (out.residuals.queue_perm is not None) == permuted
+    forward = [k for k in launched if k.startswith("spikescan_lif_forward")]
+    assert forward == (["spikescan_lif_forward_scan"] if permuted else ["spikescan_lif_forward_sequential"])
 
 
 def test_permutation_memory_estimate():

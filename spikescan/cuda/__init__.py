@@ -48,7 +48,7 @@ _SEQUENTIAL_THREADS_PER_SM = 256
 _MIN_SCAN_QUEUE = 64
 
 
-def choose_method(batch, n_out, queue_len):
+def choose_method(batch, n_out, queue_len, permuted=False):
     """``method="auto"`` on the GPU: ``"sequential"`` or ``"scan"`` for a forward of this shape.
 
     The fused sequential kernel runs one thread per (batch, neuron) and walks ``queue_len`` events serially; the scan
@@ -56,8 +56,17 @@ def choose_method(batch, n_out, queue_len):
     somewhat higher cost per event. The sequential kernel wins once ``batch * n_out`` threads fill the device
     (``>= 256`` per multiprocessor, about 34k on an H100), and for short queues (``< 64`` events) where the
     latency saved by the scan is small; the scan wins otherwise (small batch, inference, few neurons, long queues).
+
+    ``permuted``: the layer's queues are permutations of the shared queue (a layer with delays, the default
+    ``_queue.PERMUTATION``). Every queue entry is then a gather through the permutation, and a warp's 32 lanes
+    gathering one neuron's consecutive entries beat 32 threads each gathering its own neuron's: on an H200 the scan
+    kernel ran the SHD network's forward at batch 256 (131072 neurons) in 83 ms against the sequential kernel's
+    119 ms (`benchmarks/results/gpu_perf_nvidia_h200_defaults.json`, `m2_closed_scan_fwd` against `m2_closed`; with
+    materialised queues the two kernels were within 5% of each other), so the scan is chosen at every batch.
     """
     n_sm, _ = _device_threads()
     if queue_len < _MIN_SCAN_QUEUE:
         return "sequential"
+    if permuted:
+        return "scan"
     return "sequential" if batch * n_out >= _SEQUENTIAL_THREADS_PER_SM * n_sm else "scan"

@@ -180,14 +180,14 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     batch, n_in, max_in = input_times.shape
     n_out = weights.shape[1]
     n_entries = _memory.most_entries(input_times, xp)  # one small reduction and read (a host sync)
+    permutation = _queue.permutation_default(xp, n_entries, delays is not None)
     if method == "auto":
         from . import choose_method
 
-        method = choose_method(batch, n_out, n_entries)
+        method = choose_method(batch, n_out, n_entries, permuted=bool(permutation))
     with_checkpoints = bool(FORWARD_CHECKPOINTS) and method in ("sequential", "scan") and batch * n_out > 0
     n_ckpt = -(-(n_entries + max_spikes) // BACKWARD_CHUNK)  # a history: <= n_entries inputs, max_spikes spikes
     extra = {"backward checkpoints": n_ckpt * 32 * batch * n_out} if with_checkpoints else None
-    permutation = _queue.permutation_default(xp, n_entries, delays is not None)
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp, extra=extra, permutation=permutation)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = device_inputs(
