@@ -798,7 +798,18 @@ def _gb(row):
     return f"{mem['peak_bytes'] / 2**30:.1f} GiB" if mem.get("peak_bytes") else "-"
 
 
-def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed"):
+GPU_DEFAULT_NOTE = ("`default` is what `auto` / `auto` ran at that commit; `{variant}` is the set of kernels made "
+                    "the default after this run.")
+
+
+def _gpu_commit_text(r):
+    if r.get("stamp_note") and r.get("provenance", {}).get("commit"):
+        return (f"commit {r['provenance']['commit'][:7]} (the working tree measured; the machine's git metadata "
+                f"was commit {r['stamp']['commit'][:7]}'s: `stamp_note`)")
+    return commit_text(r)
+
+
+def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed", note=GPU_DEFAULT_NOTE):
     """``gpu_perf.py``: the SHD network at batch 256 / 32 / 1, the library's default at the commit measured and
     ``variant`` beside the JAX build of the paper's algorithm, against the fastest variant and the counted floor."""
     r = results.bench(name)
@@ -806,13 +817,12 @@ def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed
     net = st["network"]
     stages = r["stages"]
     floor = {(f["batch"], f["variant"]): f for f in r["floor"]["fractions"]}
-    caption = (f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)}; CuPy kernels in float64, median of "
+    caption = (f"Measured at: `{name}`, {_gpu_commit_text(r)}, {machine_text(r)}; CuPy kernels in float64, median of "
                f"{st['repeats']} repeats after {st['warmup']} warm-up, CUDA events around every kernel; every "
                f"variant passed the gate against the NumPy reference first. Network: {net['n_in']} inputs "
                f"(~{net['spikes']} spikes per sample) -> {net['hidden']} -> {net['hidden']} LIF, learnable delays on "
                f"both layers, max_spikes {st['max_spikes']}. JAX: the `jax.lax.associative_scan` build of the "
-               f"paper's algorithm (`bench_lif_jax.py`) on the same inputs. `default` is what `auto` / `auto` ran "
-               f"at that commit; `{variant}` is the set of kernels made the default after this run. The last "
+               f"paper's algorithm (`bench_lif_jax.py`) on the same inputs. {note.format(variant=variant)} The last "
                f"column divides the counted floor (PERF.md section 1) by `{variant}`'s time.")
     header = ["Batch", "JAX fwd+bwd, float32 (float64)", "`default`: fwd / fwd+bwd", f"`{variant}`: fwd / bwd / "
               "fwd+bwd", f"`{variant}` speed over JAX float32 (float64)", "Fastest variant: fwd+bwd, fwd; "
@@ -842,10 +852,11 @@ def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed
     base = stages.get("baselines_single", {}).get("result", {})
     if base.get("step_over"):
         so = base["step_over"]
+        names = {"sequential": "the fused sequential kernel", "scan": "the scan", "auto": "`auto`"}
+        parts = [f"{ratio(so[k])} the time of {label}" for k, label in names.items() if k in so]
         lines += ["", f"Batch 1, layer 1 alone ({base['n_in']} -> {base['n_out']}, delays), forward only, at that "
-                  f"commit's settings: one event per kernel launch takes {ratio(so['sequential'])} the time of the "
-                  f"fused sequential kernel, {ratio(so['scan'])} that of the scan and {ratio(so['auto'])} that of "
-                  "`auto`."]
+                  f"commit's settings: one event per kernel launch takes " + ", ".join(parts[:-1]) +
+                  (" and " if len(parts) > 1 else "") + parts[-1] + "."]
     return "\n".join(lines)
 
 
@@ -869,6 +880,11 @@ TABLES = {
     "recurrent": recurrent_table,
     "readout_engines": readout_table,
     "gpu_perf": gpu_perf_table,
+    "gpu_perf_defaults": lambda results: gpu_perf_table(
+        results, "gpu_perf_nvidia_h200_defaults.json", "m2_closed_scan_fwd",
+        "A shorter run at the new defaults (some variants and stages only): `default` is what `auto` / `auto` runs "
+        "there; `{variant}` is `m2_closed` with the scan forward at every batch, which `auto` chooses since this "
+        "run on layers with delays."),
 }
 
 
