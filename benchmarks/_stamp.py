@@ -5,6 +5,10 @@
 - ``commit`` (HEAD of the repository holding this file, or None outside a git checkout), ``dirty`` (tracked files
   differ from HEAD) and ``dirty_files`` (up to 20 of them: results from a dirty tree ran code that is not in the
   commit);
+- ``source``: ``fingerprint()`` of the tracked files' content as run (a SHA-256 over ``path blob`` lines), which
+  ``python benchmarks/_stamp.py --fingerprint COMMIT`` computes for any commit: a result whose ``commit`` cannot be
+  trusted (a copy of the repository with stale git metadata, as on a device machine that kept an old ``.git``) is
+  tied to the commit whose fingerprint it equals;
 - ``time_utc``, ``host``, ``machine``, ``cpu`` (model name), ``cpu_count``;
 - ``python``, ``numpy`` and, when already imported (this module imports neither), ``keras`` with its
   ``keras_backend`` and that backend's version (``torch`` / ``jax``), ``sklearn``, ``cupy``;
@@ -28,6 +32,39 @@ def _git(*args):
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
+
+
+def fingerprint(commit=None, repo=REPO):
+    """SHA-256 of the sorted ``path blob-id`` lines of the tracked files: their content in the working tree
+    (``commit=None``; a tracked file deleted there counts as missing) or in ``commit``'s tree. Equal for a clean
+    checkout and its commit; None outside a git checkout."""
+    import hashlib
+
+    def git(*args, stdin=None):
+        try:
+            out = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=120,
+                                 input=stdin)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    if commit is None:
+        listed = git("ls-files", "-z")
+        if listed is None:
+            return None
+        paths = sorted(p for p in listed.split("\0") if p and os.path.isfile(os.path.join(repo, p))
+                       and not os.path.islink(os.path.join(repo, p)))  # links: left out on both sides
+        blobs = git("hash-object", "--stdin-paths", stdin="\n".join(paths) + "\n") if paths else ""
+        if blobs is None:
+            return None
+        lines = [f"{p} {b}" for p, b in zip(paths, blobs.split())]
+    else:
+        tree = git("ls-tree", "-r", "-z", commit)
+        if tree is None:
+            return None
+        lines = sorted(f"{entry.split(chr(9), 1)[1]} {entry.split()[2]}" for entry in tree.split("\0") if entry
+                       and entry.split()[1] == "blob" and entry.split()[0] != "120000")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
 def _cpu_model():
@@ -77,6 +114,7 @@ def stamp():
         "commit": None if head is None else head.strip(),
         "dirty": None if dirty_files is None else bool(dirty_files),
         "dirty_files": None if dirty_files is None else dirty_files[:20],
+        "source": fingerprint(),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host": platform.node(),
         "machine": platform.machine(),
@@ -99,7 +137,10 @@ def stamp():
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(stamp(), indent=2))
+    if len(sys.argv) == 3 and sys.argv[1] == "--fingerprint":
+        print(fingerprint(sys.argv[2]))
+    else:
+        print(json.dumps(stamp(), indent=2))
 
 
 def write_json(report, path, indent=2):
