@@ -385,3 +385,24 @@ def test_recurrent_noise_widens_atol_only_by_the_measured_spread():
     want = np.array([2.5e3, 1.0, -3.0])
     assert np.allclose(want + np.array([0.0, 3e-7, 0.0]), want, **wide)  # the GPU run's size of disagreement
     assert not np.allclose(want + np.array([0.0, 1e-3, 0.0]), want, **wide)  # a real error on a small entry
+
+
+def test_recurrent_agreement_uses_the_gates_noise():
+    """The GPU-vs-Numba comparison of the timed rows allows the gate's measured spread on the layer, and only
+    that: a disagreement of the spread's size passes with it and fails without, a larger one fails with it."""
+    counts = np.array([[3, 1]])
+    times = np.array([[[1.0, 2.0, 3.0], [4.0, np.inf, np.inf]]])
+    grads = {name: None for name in gpu_perf.RECURRENT_GRADS}
+    grads["weights"] = np.array([[2.5e3, 1.0]])
+    cpu_out = types.SimpleNamespace(counts=counts, times=times)
+    cpu_grads = types.SimpleNamespace(**grads)
+    tol = dict(times=dict(rtol=1e-12, atol=1e-12), grads=dict(rtol=1e-9, atol=1e-9))
+
+    def gpu(delta):
+        g = {k: (None if v is None else v + np.array([[0.0, delta]])) for k, v in grads.items()}
+        return dict(counts=counts, times=times, grads=g)
+
+    noise = {"grad_weights": 2.5e-7}
+    assert gpu_perf.recurrent_agreement(gpu(3e-7), cpu_out, cpu_grads, dict(tol, noise=noise))["ok"]
+    assert not gpu_perf.recurrent_agreement(gpu(3e-7), cpu_out, cpu_grads, tol)["ok"]
+    assert not gpu_perf.recurrent_agreement(gpu(1e-3), cpu_out, cpu_grads, dict(tol, noise=noise))["ok"]
