@@ -1212,7 +1212,8 @@ def recurrent_reference_case(cfg, hidden, rec_delays, path):
     os.replace(tmp, path)
     return dict(method=method, engine="numpy", samples=samples, forward_s=forward_s, backward_s=backward_s,
                 noise_s=noise_s, spikes=int(ref.counts.sum()), log_length=int(log.count.max()),
-                noise={k[len("noise_"):]: float(v) for k, v in arrays.items() if k.startswith("noise_")})
+                noise={k[len("noise_"):]: float(v) for k, v in arrays.items() if k.startswith("noise_")},
+                noise_scale={k: _largest(arrays[k]) for k in RECURRENT_NOISE_ARRAYS if k in arrays})
 
 
 # The recurrent gate's noise floor. In a long recurrent chain (~2500 spikes per sample) the exact gradient is
@@ -1266,6 +1267,13 @@ def recurrent_noise(t, w, r, dr, max_spikes, method, G, ref):
             if fin.any():
                 noise[key] = max(noise[key], float(np.abs(a[fin] - b[fin]).max()))
     return {f"noise_{k}": np.float64(v) for k, v in noise.items()}
+
+
+def _largest(a):
+    """Largest finite |a| (0.0 for none): the scale that a measured spread is relative to."""
+    a = np.asarray(a, dtype=np.float64)
+    fin = np.isfinite(a)
+    return float(np.abs(a[fin]).max()) if fin.any() else 0.0
 
 
 def with_noise(tol, ref, name):
@@ -1414,9 +1422,17 @@ def recurrent_gate_checks(device, out, grads, ref, tol):
 
 def recurrent_agreement(host_gpu, cpu_out, cpu_grads, tol):
     """The CUDA layer's first timed run against the compiled CPU engine's on the same inputs (every sample), within
-    the tolerance table widened by the gate's measured spread of correct answers on the layer (``tol["noise"]``:
-    array name -> max abs diff; see ``with_noise``)."""
-    noise = {f"noise_{k}": v for k, v in (tol.get("noise") or {}).items()}
+    the tolerance table widened by the gate's measured spread of correct answers on the layer, taken relative to the
+    largest |value| of the gate's array (``tol["noise"]``, ``tol["noise_scale"]``: array name -> max abs diff, max
+    |value|) and applied to this comparison's largest |value|: the row sums its gradients over a whole batch and
+    its cotangent differs from the gate's, so the spread scales with the values (see ``with_noise``)."""
+    spread, scale = tol.get("noise") or {}, tol.get("noise_scale") or {}
+    wants = dict(times=cpu_out.times, **{f"grad_{n}": getattr(cpu_grads, n) for n in RECURRENT_GRADS
+                                           if getattr(cpu_grads, n) is not None})
+    noise = {}
+    for k, v in spread.items():
+        if k in wants:
+            noise[f"noise_{k}"] = v * _largest(wants[k]) / scale[k] if scale.get(k) else v
     checks = [dict(check="counts", ok=bool(np.array_equal(host_gpu["counts"], cpu_out.counts))),
               compare("times", host_gpu["times"], cpu_out.times, with_noise(tol["times"], noise, "times"))]
     for name in RECURRENT_GRADS:
@@ -1531,9 +1547,10 @@ def stage_recurrent(ctx):
         batch, key, hidden, rd = min(todo, key=lambda x: predict_gpu(estimate[x[1]], x[0], sms))
         todo.remove((batch, key, hidden, rd))
         # The gate's measured spread of correct answers on this layer widens the GPU-vs-Numba comparison too.
-        noise = (result["gate"][key].get("reference") or {}).get("noise") or {}
-        recurrent_row(ctx, device, cfg, dict(tol, noise=noise), batch, key, hidden, rd, estimate, numba_seen,
-                      numba_threads, sms, gate_walls)
+        reference = result["gate"][key].get("reference") or {}
+        recurrent_row(ctx, device, cfg, dict(tol, noise=reference.get("noise") or {},
+                                             noise_scale=reference.get("noise_scale") or {}),
+                      batch, key, hidden, rd, estimate, numba_seen, numba_threads, sms, gate_walls)
 
 
 def recurrent_events(ref, cfg, hidden, rec_delays):

@@ -406,3 +406,8 @@ def test_recurrent_agreement_uses_the_gates_noise():
     assert gpu_perf.recurrent_agreement(gpu(3e-7), cpu_out, cpu_grads, dict(tol, noise=noise))["ok"]
     assert not gpu_perf.recurrent_agreement(gpu(3e-7), cpu_out, cpu_grads, tol)["ok"]
     assert not gpu_perf.recurrent_agreement(gpu(1e-3), cpu_out, cpu_grads, dict(tol, noise=noise))["ok"]
+    # Relative to the gate's scale: a gate array 10x smaller than this comparison's allows a 10x larger spread.
+    rel = dict(tol, noise=noise, noise_scale={"grad_weights": 2.5e2})
+    assert gpu_perf.recurrent_agreement(gpu(3e-6), cpu_out, cpu_grads, rel)["ok"]
+    assert not gpu_perf.recurrent_agreement(gpu(3e-6), cpu_out, cpu_grads, dict(tol, noise=noise))["ok"]
+    assert not gpu_perf.recurrent_agreement(gpu(1e-4), cpu_out, cpu_grads, rel)["ok"]
