@@ -1685,6 +1685,48 @@ def test_concatenate_spikes_joins_tensors_of_different_widths(tmp_path):
             sk.ConcatenateSpikes()([ops.convert_to_tensor(x, "float32"), ops.convert_to_tensor(x, "float64")])
 
 
+def test_concatenate_spikes_gradients_match_finite_differences(jax_route):
+    """Backend autodiff through two LIF branches of different slot counts, the input as a skip connection,
+    ConcatenateSpikes and a readout equals float64 central differences of spikescan's forward with NumPy's padded
+    concatenation: every branch's kernel, the readout's and the input times (through both branches and the skip)."""
+    rng = np.random.default_rng(12)
+    x = spike_input(rng)  # [3, 4, 2]
+    fast = sk.LIFLayer(5, tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=3, name="fast")
+    slow = sk.LIFLayer(3, tau_mem=2 * TAU_MEM, tau_syn=TAU_SYN, max_spikes=1, name="slow")
+    join = sk.ConcatenateSpikes()
+    readout = sk.LIReadout(2, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral", t_max=T_MAX, tau_readout=30.0)
+    readout(join([x, fast(x), slow(x)]))
+    draw = np.random.default_rng(31)
+    fast.kernel.assign(draw.normal(1.5, 0.75, fast.kernel.shape).astype(np.float32))
+    slow.kernel.assign(draw.normal(1.5, 0.75, slow.kernel.shape).astype(np.float32))
+    readout.kernel.assign(draw.normal(0.0, 0.3, readout.kernel.shape).astype(np.float32))
+    for layer in (fast, slow):
+        assert np.isfinite(ops.convert_to_numpy(layer(x))).sum() > 3, f"{layer.name} should fire"
+    grad_values = rng.normal(size=(3, 2))
+    params = [x, fast.kernel.numpy(), slow.kernel.numpy(), readout.kernel.numpy()]
+
+    def run(layer, weights, inputs):
+        return layer.stateless_call([weights], [v.value for v in layer.non_trainable_variables], inputs)[0]
+
+    def loss_layers(x, w_fast, w_slow, w_out):
+        joined = join([x, run(fast, w_fast, x), run(slow, w_slow, x)])
+        values = run(readout, w_out, joined)
+        return ops.sum(values * ops.convert_to_tensor(grad_values.astype(np.float32)))
+
+    def loss_numpy(x, w_fast, w_slow, w_out):
+        parts = [x] + [spikescan.lif_forward(x, w, tau_mem=tm, tau_syn=TAU_SYN, max_spikes=m).times
+                       for w, tm, m in ((w_fast, TAU_MEM, 3), (w_slow, 2 * TAU_MEM, 1))]
+        width = max(p.shape[2] for p in parts)
+        joined = np.concatenate([np.pad(p, ((0, 0), (0, 0), (0, width - p.shape[2])), constant_values=np.inf)
+                                 for p in parts], axis=1)
+        values = spikescan.li_forward(joined, w_out, tau_mem=TAU_MEM, tau_syn=TAU_SYN, readout="integral",
+                                      t_max=T_MAX, tau_readout=30.0).values * readout.output_scale
+        return np.sum(values * grad_values)
+
+    assert_grads_match_finite_differences(["input_times", "fast_kernel", "slow_kernel", "readout_kernel"],
+                                          loss_layers, loss_numpy, params)
+
+
 def test_spike_dropout_keeps_the_dtype_of_the_spike_times():
     """Keras casts a layer's inputs to its compute dtype: float64 spike times came out float32, and under a float16
     policy a time of 70000 became +inf (a lost spike), at inference too. SpikeDropout passes them through."""
