@@ -117,7 +117,8 @@ BASE_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": False, "spikescan.cuda._que
                  "spikescan.cuda._lif.FORWARD_CHECKPOINTS": False, "spikescan.cuda._lif.WARP_SOLVE": False,
                  "spikescan.cuda._lif.SMALL_GRID_BLOCK": None, "spikescan.cuda._lif.REBASED": False,
                  "spikescan.cuda._lif.BACKWARD_AUTO": "sequential", "spikescan.cuda._closed.AUTO": False,
-                 "spikescan.cuda._closed.REBASED": False, "spikescan.cuda._closed.DETERMINISTIC": False}
+                 "spikescan.cuda._closed.REBASED": False, "spikescan.cuda._closed.DETERMINISTIC": False,
+                 "spikescan.cuda.SCAN_ON_PERMUTED": False}
 # The M2 forward and queue settings shared by the m2_* variants (FORWARD_CHECKPOINTS off: the closed-form backward
 # reads none).
 M2_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": True,

@@ -797,7 +797,7 @@ def test_nothing_compiles_at_import_and_sources_resolve():
     assert set(_kernels.MODULE_NEURONS) == set(_kernels.MODULES) - {"queue"}
 
 
-def test_is_available_and_choose_method():
+def test_is_available_and_choose_method(monkeypatch):
     assert isinstance(is_available(), bool)
     assert choose_method(1, 16, 5000) == "scan"
     assert choose_method(1024, 512, 5000) == "sequential"
@@ -805,6 +805,10 @@ def test_is_available_and_choose_method():
     # Permutation queues (delays): the scan at every batch (H200: 83 ms against 119 ms at batch 256 x 512).
     assert choose_method(1024, 512, 5000, permuted=True) == "scan"
     assert choose_method(1, 16, 10, permuted=True) == "sequential"
+    import spikescan.cuda as cuda
+
+    monkeypatch.setattr(cuda, "SCAN_ON_PERMUTED", False)  # the rule before that run (gpu_perf's older variants)
+    assert choose_method(1024, 512, 5000, permuted=True) == "sequential"
 
 
 @pytest.mark.parametrize("permuted", [True, False])

@@ -46,6 +46,8 @@ def _device_threads_of(device_id):
 # below it the warp-per-neuron scan (32x the threads) wins. A heuristic: re-tune with benchmarks/bench_lif_cuda.py.
 _SEQUENTIAL_THREADS_PER_SM = 256
 _MIN_SCAN_QUEUE = 64
+# choose_method's rule for permutation queues (see its docstring); False: the thread-count rule for every layer.
+SCAN_ON_PERMUTED = True
 
 
 def choose_method(batch, n_out, queue_len, permuted=False):
@@ -67,6 +69,6 @@ def choose_method(batch, n_out, queue_len, permuted=False):
     n_sm, _ = _device_threads()
     if queue_len < _MIN_SCAN_QUEUE:
         return "sequential"
-    if permuted:
+    if permuted and SCAN_ON_PERMUTED:
         return "scan"
     return "sequential" if batch * n_out >= _SEQUENTIAL_THREADS_PER_SM * n_sm else "scan"
