@@ -26,9 +26,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _git(*args):
+def _git(*args, repo=REPO, stdin=None, timeout=30):
     try:
-        out = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=timeout,
+                             input=stdin)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -40,30 +41,27 @@ def fingerprint(commit=None, repo=REPO):
     checkout and its commit; None outside a git checkout."""
     import hashlib
 
-    def git(*args, stdin=None):
-        try:
-            out = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=120,
-                                 input=stdin)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
     if commit is None:
-        listed = git("ls-files", "-z")
+        listed = _git("ls-files", "-z", repo=repo)
         if listed is None:
             return None
-        paths = sorted(p for p in listed.split("\0") if p and os.path.isfile(os.path.join(repo, p))
-                       and not os.path.islink(os.path.join(repo, p)))  # links: left out on both sides
-        blobs = git("hash-object", "--stdin-paths", stdin="\n".join(paths) + "\n") if paths else ""
+        paths = [p for p in listed.split("\0") if p and os.path.isfile(os.path.join(repo, p))
+                 and not os.path.islink(os.path.join(repo, p))]  # links: left out on both sides
+        blobs = _git("hash-object", "--stdin-paths", repo=repo, stdin="\n".join(paths) + "\n",
+                     timeout=120) if paths else ""
         if blobs is None:
             return None
         lines = [f"{p} {b}" for p, b in zip(paths, blobs.split())]
     else:
-        tree = git("ls-tree", "-r", "-z", commit)
+        tree = _git("ls-tree", "-r", "-z", commit, repo=repo)
         if tree is None:
             return None
-        lines = sorted(f"{entry.split(chr(9), 1)[1]} {entry.split()[2]}" for entry in tree.split("\0") if entry
-                       and entry.split()[1] == "blob" and entry.split()[0] != "120000")
+        lines = []
+        for entry in filter(None, tree.split("\0")):
+            meta, path = entry.split("\t", 1)
+            mode, kind, blob = meta.split()
+            if kind == "blob" and mode != "120000":  # links: left out on both sides
+                lines.append(f"{path} {blob}")
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
