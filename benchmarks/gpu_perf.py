@@ -509,8 +509,7 @@ class Layer:
     def backward(self, result, grad_times, method, launch, input_times_grad=True):
         from spikescan.cuda import _closed, _lif
 
-        if method == "auto" and _closed.AUTO:  # as spikescan.lif_backward resolves it for a feed-forward layer
-            method = "closed"
+        method = _closed.resolve_auto(method)  # as spikescan.lif_backward resolves it for a feed-forward layer
         if method == "closed":
             return _closed.backward_closed(self.device.xp, launch, result, grad_times, input_times_grad)
         return _lif.backward(self.device.xp, launch, result, grad_times, method, input_times_grad)

@@ -221,11 +221,10 @@ def lif_backward(result, grad_times, *, method="auto", input_times_grad=True, ti
                              f"from run to run; with spikescan.set_deterministic(True) use method='auto' or 'closed' "
                              f"(or turn the setting off)")
         method = "closed"
-    if method == "auto" and xp is not np and result.residuals.recurrent_log is None:
+    if xp is not np and result.residuals.recurrent_log is None:
         from .cuda import _closed as cuda_closed
 
-        if cuda_closed.AUTO:  # the closed form: fastest on every batch the H200 run of gpu_perf.py measured
-            method = "closed"
+        method = cuda_closed.resolve_auto(method)  # the closed form: fastest at every batch the H200 run measured
     # (No helper function between here and the backends: their warnings' stacklevels count from this frame.)
     if method == "closed":
         v.choice("engine", engine, ENGINES)

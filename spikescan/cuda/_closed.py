@@ -68,6 +68,13 @@ REBASED_MAX_EXPONENT = 600.0
 RECORD_FIELDS = 7
 
 
+def resolve_auto(method):
+    """``method`` of a feed-forward layer's backward on CuPy with ``"auto"`` resolved by ``AUTO``: ``"closed"``, or
+    ``"auto"`` left for ``spikescan.cuda._lif.backward`` (its ``BACKWARD_AUTO``). The rule of
+    ``spikescan.lif_backward`` and ``benchmarks/gpu_perf.py``'s variants."""
+    return "closed" if method == "auto" and AUTO else method
+
+
 def lif_backward_closed_cuda(result, grad_times, input_times_grad=True, time_constant_grads=False,
                              deterministic=None):
     """``lif_backward(method="closed")`` on the GPU: ``LIFGrads`` of CuPy arrays.
