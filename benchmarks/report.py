@@ -82,14 +82,20 @@ class Results:
 
 def provenance(report):
     """``dict(commit, dirty, dirty_files, machine, how)`` of a results dict; ``how`` is ``"recorded"`` (a
-    ``stamp``), ``"by hand"`` (top-level ``commit``) or ``"history"`` (``provenance`` from the git history).
-    ValueError when the report names no commit."""
+    ``stamp``), ``"by hand"`` (top-level ``commit``), ``"history"`` (``provenance`` from the git history) or
+    ``"corrected"`` (a ``stamp`` whose commit came from stale git metadata: ``provenance`` names the commit whose
+    files ran, and ``stamp_note`` says how that is known; ``stamp_commit`` is the stamp's). ValueError when the
+    report names no commit."""
     if isinstance(report.get("stamp"), dict) and report["stamp"].get("commit"):
         st = report["stamp"]
         device = st.get("device")
         machine = device if device and device != "cpu" else f"{st.get('cpu_count')}-core {st.get('cpu')}"
-        return dict(commit=st["commit"], dirty=st.get("dirty"), dirty_files=", ".join(st.get("dirty_files") or []),
-                    machine=machine, how="recorded")
+        out = dict(commit=st["commit"], dirty=st.get("dirty"), dirty_files=", ".join(st.get("dirty_files") or []),
+                   machine=machine, how="recorded")
+        if report.get("stamp_note") and (report.get("provenance") or {}).get("commit"):
+            out.update(commit=report["provenance"]["commit"], dirty=False, dirty_files="", how="corrected",
+                       stamp_commit=st["commit"])
+        return out
     if isinstance(report.get("provenance"), dict) and report["provenance"].get("commit"):
         p = report["provenance"]
         how = "recorded" if p.get("recorded_at_measurement", False) else "history"
@@ -104,6 +110,9 @@ def provenance(report):
 def commit_text(report):
     """``commit 0123abc``, with ``(dirty: ...)``, ``(stamped by hand)`` or ``(from git history)`` as it applies."""
     p = provenance(report)
+    if p["how"] == "corrected":
+        return (f"commit {p['commit'][:7]} (the working tree measured; the machine's git metadata was commit "
+                f"{p['stamp_commit'][:7]}'s: `stamp_note`)")
     notes = []
     if p["dirty"]:
         notes.append(f"dirty: {p['dirty_files']}" if p["dirty_files"] else "dirty")
@@ -802,13 +811,6 @@ GPU_DEFAULT_NOTE = ("`default` is what `auto` / `auto` ran at that commit; `{var
                     "the default after this run.")
 
 
-def _gpu_commit_text(r):
-    if r.get("stamp_note") and r.get("provenance", {}).get("commit"):
-        return (f"commit {r['provenance']['commit'][:7]} (the working tree measured; the machine's git metadata "
-                f"was commit {r['stamp']['commit'][:7]}'s: `stamp_note`)")
-    return commit_text(r)
-
-
 def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed", note=GPU_DEFAULT_NOTE):
     """``gpu_perf.py``: the SHD network at batch 256 / 32 / 1, the library's default at the commit measured and
     ``variant`` beside the JAX build of the paper's algorithm, against the fastest variant and the counted floor."""
@@ -817,7 +819,7 @@ def gpu_perf_table(results, name="gpu_perf_nvidia_h200.json", variant="m2_closed
     net = st["network"]
     stages = r["stages"]
     floor = {(f["batch"], f["variant"]): f for f in r["floor"]["fractions"]}
-    caption = (f"Measured at: `{name}`, {_gpu_commit_text(r)}, {machine_text(r)}; CuPy kernels in float64, median of "
+    caption = (f"Measured at: `{name}`, {commit_text(r)}, {machine_text(r)}; CuPy kernels in float64, median of "
                f"{st['repeats']} repeats after {st['warmup']} warm-up, CUDA events around every kernel; every "
                f"variant passed the gate against the NumPy reference first. Network: {net['n_in']} inputs "
                f"(~{net['spikes']} spikes per sample) -> {net['hidden']} -> {net['hidden']} LIF, learnable delays on "

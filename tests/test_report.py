@@ -146,6 +146,24 @@ def test_every_result_names_its_commit():
             assert len(p["commit"]) >= 7 and p["machine"], (name, p)
 
 
+def test_a_corrected_stamp_names_the_commit_that_ran():
+    """A stamp taken with stale git metadata (``stamp_note`` and a ``provenance`` commit beside it): the commit is
+    the provenance's, the stamp's is named as the machine's metadata, and the dirty list does not apply."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import report as module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    stamp = dict(commit="9122a8f" + "0" * 33, dirty=True, dirty_files=["a.py"], device="NVIDIA H200")
+    plain = dict(stamp=stamp)
+    assert module.commit_text(plain) == "commit 9122a8f (dirty: a.py)"
+    corrected = dict(stamp=stamp, stamp_note="why", provenance=dict(commit="9df638c"))
+    p = module.provenance(corrected)
+    assert (p["commit"], p["dirty"], p["how"], p["machine"]) == ("9df638c", False, "corrected", "NVIDIA H200")
+    assert module.commit_text(corrected) == ("commit 9df638c (the working tree measured; the machine's git "
+                                             "metadata was commit 9122a8f's: `stamp_note`)")
+
+
 def test_learning_caption_names_the_protocols_its_entries_used():
     """A panel with tables and Yin-Yang names both protocols; the digits run (tables only) names only the folds."""
     sys.path.insert(0, str(SCRIPT.parent))
