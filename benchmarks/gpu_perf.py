@@ -1196,13 +1196,7 @@ def recurrent_reference_case(cfg, hidden, rec_delays, path):
     grads = ss.lif_backward(ref, G, input_times_grad=True, engine="numpy")
     backward_s = time.perf_counter() - start
     log = ref.residuals.recurrent_log
-    arrays = dict(samples=np.asarray(samples), counts=ref.counts, times=ref.times,
-                  spike_event=ref.residuals.spike_event, log_count=log.count, log_neurons=log.neurons,
-                  log_times=log.times, log_currents=log.currents, G=G, grad_input_times=grads.input_times)
-    for name in RECURRENT_GRADS:
-        value = getattr(grads, name)
-        if value is not None:
-            arrays[f"grad_{name}"] = np.asarray(value)
+    arrays = dict(_recurrent_arrays(ref, grads), samples=np.asarray(samples), G=G)
     start = time.perf_counter()
     arrays.update(recurrent_noise(t[samples], w, r, dr, cfg["max_spikes"], method, G, arrays))
     noise_s = time.perf_counter() - start
@@ -1227,9 +1221,11 @@ RECURRENT_NOISE_ARRAYS = ("times", "log_times", "log_currents", "grad_input_time
 
 
 def _recurrent_arrays(out, grads):
+    """Every array of a recurrent forward and backward that the gate compares, by the names of its reference file."""
     log = out.residuals.recurrent_log
     d = dict(counts=out.counts, spike_event=out.residuals.spike_event, times=out.times, log_count=log.count,
-             log_times=log.times, log_currents=log.currents, grad_input_times=grads.input_times)
+             log_neurons=log.neurons, log_times=log.times, log_currents=log.currents,
+             grad_input_times=grads.input_times)
     for name in RECURRENT_GRADS:
         if getattr(grads, name) is not None:
             d[f"grad_{name}"] = np.asarray(getattr(grads, name))
