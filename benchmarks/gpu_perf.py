@@ -1257,12 +1257,16 @@ def recurrent_noise(t, w, r, dr, max_spikes, method, G, ref):
         for key in noise:
             a, b = np.asarray(got[key], dtype=np.float64), np.asarray(ref[key], dtype=np.float64)
             if key.startswith("log_"):
-                a = np.concatenate([a[i, : n[i]] for i in range(len(n))])
-                b = np.concatenate([b[i, : n[i]] for i in range(len(n))])
+                a, b = _log_entries(a, n, range(len(n))), _log_entries(b, n, range(len(n)))
             fin = np.isfinite(a) & np.isfinite(b)
             if fin.any():
                 noise[key] = max(noise[key], float(np.abs(a[fin] - b[fin]).max()))
     return {f"noise_{k}": np.float64(v) for k, v in noise.items()}
+
+
+def _log_entries(a, n, rows):
+    """The recorded entries of a spike-log array ``a`` in one flat array: row ``rows[j]`` holds ``n[j]``."""
+    return np.concatenate([a[i, : n[j]] for j, i in enumerate(rows)])
 
 
 def _largest(a):
@@ -1392,14 +1396,12 @@ def recurrent_gate_checks(device, out, grads, ref, tol):
     same_n = bool(np.array_equal(host(log.count)[S], n))
     checks.append(dict(check="log_count", ok=same_n))
     if same_n:
-        def flat(a, rows):
-            return np.concatenate([a[i, : n[j]] for j, i in enumerate(rows)])
-
         ks = range(len(S))
-        checks.append(dict(check="log_neurons",
-                           ok=bool(np.array_equal(flat(host(log.neurons), S), flat(ref["log_neurons"], ks)))))
+        checks.append(dict(check="log_neurons", ok=bool(np.array_equal(_log_entries(host(log.neurons), n, S),
+                                                                       _log_entries(ref["log_neurons"], n, ks)))))
         for name in ("times", "currents"):
-            checks.append(compare(f"log_{name}", flat(host(getattr(log, name)), S), flat(ref[f"log_{name}"], ks),
+            checks.append(compare(f"log_{name}", _log_entries(host(getattr(log, name)), n, S),
+                                  _log_entries(ref[f"log_{name}"], n, ks),
                                   with_noise(tol["times"], ref, f"log_{name}")))
     for name in RECURRENT_GRADS:
         want, got = ref.get(f"grad_{name}"), getattr(grads, name)
