@@ -154,6 +154,25 @@ def assert_quiet_gap_changes_nothing(backend, out, t, W, D, **kw):
 
 
 @contextlib.contextmanager
+def entry_table(enabled):
+    """``_lif.ENTRY_TABLE`` set to ``enabled`` inside the block."""
+    saved = _lif.ENTRY_TABLE
+    _lif.ENTRY_TABLE = enabled
+    try:
+        yield
+    finally:
+        _lif.ENTRY_TABLE = saved
+
+
+def assert_entry_table_changes_nothing(backend, out, t, W, D, **kw):
+    """The forward with the other ``ENTRY_TABLE`` setting than ``out``'s: sources from the table and weights and
+    delays from the neuron's row of pairs are the same doubles, so every output is bit-identical."""
+    with entry_table(not _lif.ENTRY_TABLE):
+        other = backend.lif(t, W, D, **kw)
+    assert_identical_spikes(out, other, backend, "(other ENTRY_TABLE)")
+
+
+@contextlib.contextmanager
 def warp_solve(enabled):
     """``_lif.WARP_SOLVE`` set to ``enabled`` inside the block."""
     saved = _lif.WARP_SOLVE
@@ -185,6 +204,7 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
             out = backend.lif(t, W, D, method=method, chunk_size=cs, **kw)
             assert_same_spikes(ref, out, backend, dtype)
             assert_quiet_gap_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
+            assert_entry_table_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
             if method == "scan":
                 assert_warp_solve_changes_nothing(backend, out, t, W, D, method=method, chunk_size=cs, **kw)
             if D is not None:  # the permutation format of the queues: both queue kernels, with and without the
@@ -198,6 +218,9 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
                     assert res.queue_perm.dtype == np.uint16 and res.queue_length == out.residuals.queue_length
                     assert (res.checkpoints is not None) == checkpoints
                     assert_identical_spikes(out, permuted, backend, label + ")")
+                    with permutation(True, algorithm), forward_checkpoints(checkpoints):
+                        assert_entry_table_changes_nothing(backend, permuted, t, W, D, method=method, chunk_size=cs,
+                                                           **kw)
                     for bwd in BACKWARD_METHODS:
                         assert_same_grads(ref_g, backend.lif_backward(permuted, G, bwd, time_constant_grads=True),
                                           backend, dtype, label=f"{label}, backward {bwd})")
@@ -846,3 +869,36 @@ def test_permutation_memory_estimate():
     permuted = _memory.lif_forward_estimate(*args, permutation=True)["queues"]
     assert materialised == 40 * 4 * 8 * 30
     assert permuted == 2 * 4 * 8 * 30 + 24 * 4 * 30
+
+
+@pytest.mark.parametrize("delays", [False, True])
+@pytest.mark.parametrize("method", ["sequential", "scan", "step"])
+def test_entry_table_is_read_where_it_applies(host_kernels, monkeypatch, method, delays):
+    """With ``ENTRY_TABLE`` the kernels take weights and delays from the table wherever ``entry_table_applies`` says
+    (the scan kernel on any shared queue, every kernel on permutation queues), and nowhere else: a table whose
+    weights are doubled changes the spikes exactly there. Bit-identity with the table intact is checked by every
+    ``check_case``."""
+    monkeypatch.setattr(_lif, "ENTRY_TABLE", True)
+    monkeypatch.setattr(_queue, "PERMUTATION", True)
+    rng = np.random.default_rng(11)
+    t = random_spikes(rng, 2, 12, 4, t_max=10.0)
+    W = rng.normal(0.4, 0.3, size=(12, 5))
+    D = rng.uniform(0.0, 2.0, size=(12, 5)) if delays else None
+    tc = np.full(5, 5.0), np.full(5, 2.5), np.ones(5)
+    plain = _lif.forward(np, host_kernels.launch, t, W, D, *tc, 8, method, 32, "newton")
+    assert plain.counts.sum() > 0
+    build = _lif.entry_table_args
+
+    def doubled(xp, queue_args, W, D, max_in, table):
+        args = build(xp, queue_args, W, D, max_in, table)
+        if table:
+            args[1][..., 0] *= 2.0
+        return args
+
+    monkeypatch.setattr(_lif, "entry_table_args", doubled)
+    out = _lif.forward(np, host_kernels.launch, t, W, D, *tc, 8, method, 32, "newton")
+    applies = _lif.entry_table_applies(method, 1, delays)
+    assert applies == (method == "scan" or delays)
+    assert np.array_equal(out.counts, plain.counts) != applies
+    monkeypatch.setattr(_lif, "ENTRY_TABLE", False)
+    assert not _lif.entry_table_applies(method, 1, delays)

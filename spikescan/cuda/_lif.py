@@ -102,6 +102,19 @@ SMALL_GRID_BLOCK = 64
 # the host emulation and on the H200 run of benchmarks/gpu_perf.py, where it was slower than the exponentials (forward
 # 575 ms against 539 ms at batch 256, 107 against 98 ms at batch 32: rebased_fwd against sequential), so it stays off.
 REBASED = False
+# The forward's entry table (PERF.md section 6, the forward's memory pattern): for a queue that is a sample's shared
+# one (a layer without delays, or permutation queues), the launcher builds a source table (int32 [batch, L1], the
+# source j of each shared-queue position) and the (weight, delay) pairs [n_out, n_in, 2], and the kernels read an
+# entry's source from the table instead of dividing its flat index (a 64-bit and a 32-bit integer division per
+# entry), and its weight and delay from the neuron's own row of pairs in one 16-byte load, instead of a weights
+# column [n_in, n_out] with a different cache line for every source and a second load from D^T. Taken by the scan
+# forward (a warp's lanes are one neuron's consecutive entries, whose sources then share the neuron's 11 KiB row)
+# and by the sequential and step forwards on permutation queues (lanes are neurons, each gathers its own source
+# either way; the pair saves a load); not by the sequential forward without delays, whose lanes read one source's
+# weights [n_in, n_out] row coalesced. The same doubles in the same additions: spikes bit-identical (checked in the
+# host emulation, tests/test_cuda.py). Costs 4 bytes per shared-queue entry and 16 per synapse for the forward's
+# duration. Off until a GPU run of benchmarks/gpu_perf.py times it (variant m3_entry_table).
+ENTRY_TABLE = False
 SMALL_GRID_SMS = 132  # an H100 / H200; a smaller device only makes the rule choose small blocks less often
 SMALL_GRID_WAVES = 4
 _CHECKPOINT_BYTES = 1 << 29
@@ -206,9 +219,12 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     stuck_current = xp.full(batch * n_out, np.nan, dtype=xp.float64)
     limit = np.int64(min(int(max_total_spikes), np.iinfo(np.int64).max))
     n = batch * n_out
+    rebased = (method == "sequential" and REBASED and not FORWARD_CHECKPOINTS and batch * n_out > 0
+               and rebased_applies(D, tm, ts))
+    table = entry_table_applies(method, n_queues, permuted is not None) and not rebased
     common = queue_args + [np.int64(n_in), W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)),
                            np.int64(batch), np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in),
-                           np.int64(max_spikes), limit]
+                           np.int64(max_spikes), limit] + entry_table_args(xp, queue_args, W, D, max_in, table)
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
     checkpoints = None
     if with_checkpoints:
@@ -219,8 +235,6 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         ckpt_args = [checkpoints, np.int64(n_ckpt)]
     else:
         ckpt_args = [xp.empty(1, dtype=xp.float64), np.int64(0)]  # n_ckpt = 0: the kernels write none
-    rebased = (method == "sequential" and REBASED and not with_checkpoints and n > 0
-               and rebased_applies(D, tm, ts))
     if rebased:
         block = block_size(n)
         launch("lif_forward", "spikescan_lif_forward_rebased", dtype, _blocks(n, block), block,
@@ -269,6 +283,27 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver, checkpoints=checkpoints)
     return LIFResult(times=out_times, counts=counts, residuals=res)
+
+
+def entry_table_applies(method, n_queues, permuted):
+    """Whether a forward of ``method`` reads the entry table (``ENTRY_TABLE``): a shared queue (``n_queues == 1``:
+    no delays, or ``permuted``), and the scan kernel or a permutation queue."""
+    return bool(ENTRY_TABLE) and n_queues == 1 and method in ("sequential", "scan", "step") and (
+        method == "scan" or permuted)
+
+
+def entry_table_args(xp, queue_args, W, D, max_in, table):
+    """The forward kernels' last three common arguments ``[entry_src, entry_wd, entry_table]``: with ``table``, the
+    source of every position of the shared queue (int32 ``[batch, L1]``, ``index // max_in``, ``-1`` for padding)
+    and the (weight, delay) pairs ``[n_out, n_in, 2]`` (delay 0 without delays); placeholders otherwise."""
+    if not table:
+        return [xp.empty(1, dtype=xp.int32), xp.empty(2, dtype=xp.float64), np.int32(0)]
+    index = queue_args[1][:, 0, :]
+    src = xp.where(index >= 0, index // np.int32(max_in), np.int32(-1)).astype(xp.int32)
+    wd = xp.empty((W.shape[1], W.shape[0], 2), dtype=xp.float64)
+    wd[..., 0] = W.T
+    wd[..., 1] = 0.0 if D is None else D.T
+    return [xp.ascontiguousarray(src), wd, np.int32(1)]
 
 
 def rebased_applies(D, tm, ts):

@@ -90,8 +90,15 @@ __device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
             tid * max_spikes};
 }
 
+// A (weight, delay) pair of the forward's entry table (spikescan/cuda/_lif.py ENTRY_TABLE): wd[i * n_in + j] =
+// (W[j, i], D[j, i]), 16-byte aligned so that one 128-bit load reads both.
+struct alignas(16) spikescan_wd_t {
+    double w, d;
+};
+
 // A LIF neuron's input queue in either of its two formats (spikescan/cuda/_queue.py PERMUTATION), read by entry:
-// `time(k)` (arrival) and `index(k)` (flat source j * max_in + m, -1 for padding).
+// `time(k)` (arrival), `index(k)` (flat source j * max_in + m, -1 for padding) and `weight(k, ...)` (the entry's
+// weight for neuron i, 0 for padding).
 // - Materialised (perm == nullptr): t, idx are the neuron's queue row of queue_times / queue_index.
 // - Permutation (layers with delays): t, idx are the sample's shared queue (spikescan/_queue.py shared_queue, times
 //   ascending, +inf / -1 padded), perm the neuron's row of uint16 positions in it (padding entries point at a
@@ -99,6 +106,11 @@ __device__ __forceinline__ spikescan_lif_neuron_t spikescan_lif_neuron(
 //   is t[p] + d[idx[p] / max_in], the same IEEE double addition as spikescan/_queue.py's delayed_queues and
 //   kernels/queue.cu, so the arrivals are bit-identical to the materialised queue's. 2 bytes per entry instead of
 //   12. The branch on perm is uniform across a launch.
+// - Entry table (table != 0; the forward kernels only, on a sample's shared queue: without delays, or permuted):
+//   src is the sample's row of the source table ([batch, L1] int32, j = index / max_in or -1 for padding) and wd
+//   the (weight, delay) pairs [n_out, n_in]. An entry reads its source from src instead of dividing its flat index,
+//   and its weight (and delay) from the neuron's own row of wd, one 16-byte load, instead of a column of weights
+//   [n_in, n_out] (a different cache line for every source). The same doubles, so the same spikes bit for bit.
 struct spikescan_queue_t {
     // Rows are addressed from the kernel's arguments on every access rather than held as row pointers: the
     // arguments live in the constant bank, so the permutation format keeps no extra register live across the
@@ -110,14 +122,56 @@ struct spikescan_queue_t {
     int permuted;
     long long tid, i, n_in, L1;
     int max_in;
+    // Entry table: the source table [batch, L1] and the queue_times argument, whose rows it shares, so that a
+    // source is found at src[(t - t_base) + p] from the row pointer t that the queue holds anyway (a row pointer of
+    // its own would cost the bounded sequential kernel a spill).
+    const int* src = nullptr;
+    const double* t_base = nullptr;
+    const spikescan_wd_t* wd = nullptr;  // (weight, delay) pairs [n_out, n_in]
+    int table = 0;
+    __device__ __forceinline__ int source(long long p) const { return src[(t - t_base) + p]; }
+    __device__ __forceinline__ long long position(long long k) const {
+        return permuted ? (long long)perm[tid * L1 + k] : k;
+    }
     __device__ __forceinline__ double time(long long k) const {
         if (!permuted) return t[k];
         const int p = perm[tid * L1 + k];
+        if (table) {
+            const int j = source(p);
+            return j < 0 ? spikescan_inf() : t[p] + wd[i * n_in + j].d;
+        }
         const int flat = idx[p];
         return flat < 0 ? spikescan_inf() : t[p] + d[i * n_in + flat / max_in];
     }
     __device__ __forceinline__ int index(long long k) const {
-        return idx[permuted ? (long long)perm[tid * L1 + k] : k];
+        return idx[position(k)];
+    }
+    // The weight of entry k for neuron i (weights [n_in, n_out] without the table).
+    __device__ __forceinline__ double weight(long long k, const double* __restrict__ weights, long long n_out) const {
+        if (table) {
+            const int j = source(position(k));
+            return j < 0 ? 0.0 : wd[i * n_in + j].w;
+        }
+        return spikescan_event_weight(weights, index(k), max_in, n_out, i);
+    }
+    // Arrival and weight of entry k at once (one read of the pair with the table).
+    __device__ __forceinline__ void entry(long long k, const double* __restrict__ weights, long long n_out,
+                                          double& time_k, double& weight_k) const {
+        if (!table) {
+            time_k = time(k);
+            weight_k = spikescan_event_weight(weights, index(k), max_in, n_out, i);
+            return;
+        }
+        const long long p = position(k);
+        const int j = source(p);
+        if (j < 0) {
+            time_k = permuted ? spikescan_inf() : t[p];
+            weight_k = 0.0;
+            return;
+        }
+        const spikescan_wd_t pair = wd[i * n_in + j];
+        time_k = permuted ? t[p] + pair.d : t[p];
+        weight_k = pair.w;
     }
 };
 
@@ -130,6 +184,24 @@ __device__ __forceinline__ spikescan_queue_t spikescan_lif_queue(const double* q
                                                                  long long tid, long long i, long long n_in,
                                                                  long long L1, long long max_in) {
     return {qt, qi, queue_perm, delays_t, permuted, tid, i, n_in, L1, (int)max_in};
+}
+
+// The forward kernels' queue: spikescan_lif_queue with the entry table when entry_table != 0 (entry_src
+// [batch, L1] int32, rows as queue_times' [batch, 1, L1]; entry_wd [n_out, n_in] pairs; the launcher passes it only
+// for a shared queue, n_queues == 1).
+__device__ __forceinline__ spikescan_queue_t spikescan_lif_forward_queue(
+    const double* qt, const int* qi, int permuted, const unsigned short* __restrict__ queue_perm,
+    const double* __restrict__ delays_t, long long tid, long long i, long long n_in, long long L1,
+    long long max_in, const double* queue_times, const int* __restrict__ entry_src,
+    const double* __restrict__ entry_wd, int entry_table) {
+    spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
+    if (entry_table) {
+        q.src = entry_src;
+        q.t_base = queue_times;
+        q.wd = reinterpret_cast<const spikescan_wd_t*>(entry_wd);
+        q.table = 1;
+    }
+    return q;
 }
 
 // The backward kernels' view of neuron tid = b * n_out + i (lif_backward.cu, lif_backward_closed.cu): its queue in

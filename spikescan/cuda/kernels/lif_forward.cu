@@ -114,7 +114,8 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
     const double* __restrict__ tau_mem_arr, const double* __restrict__ tau_syn_arr, \
     const double* __restrict__ threshold_arr, int solver, int quiet_exit, \
     long long batch, long long n_out, long long n_queues, long long L1, long long max_in, long long max_spikes, \
-    long long max_total_spikes
+    long long max_total_spikes, const int* __restrict__ entry_src, const double* __restrict__ entry_wd, \
+    int entry_table
 
 template <typename T, class Neuron>
 __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
@@ -125,7 +126,8 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
+    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
+                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
     const double threshold = threshold_arr[i];  // per neuron
 
     double V = 0.0, I = 0.0, t_prev = 0.0, t_last = -spikescan_inf();
@@ -155,7 +157,7 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
         if (n_ckpt > 0 && count < max_spikes) {  // entry k is point k + count
             spikescan_store_checkpoint(checkpoints, n_ckpt, batch * n_out, tid, k + count, count, V, I, t_prev);
         }
-        const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
+        const double w = q.weight(k, weights, n_out);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
         V = V_new;
@@ -248,7 +250,7 @@ __global__ void spikescan_lif_forward_rebased(
             d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);  // the rest of the gap after any spike
         }
         if (k == end) break;
-        const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
+        const double w = q.weight(k, weights, n_out);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
         V = V_new;
@@ -273,7 +275,8 @@ __global__ void spikescan_lif_forward_step(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
+    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
+                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
     const double threshold = threshold_arr[i];  // per neuron
     if (k > end || isfinite(stuck_times[tid])) return;
     double V = state_V[tid], I = state_I[tid], t_prev = state_t[tid], t_last = state_last[tid];
@@ -294,7 +297,7 @@ __global__ void spikescan_lif_forward_step(
         d = Neuron::decay(t_k - t_prev, tau_mem, tau_syn);  // the rest of the gap after any spike
     }
     if (ok && k < end) {
-        const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
+        const double w = q.weight(k, weights, n_out);
         const double V_new = d.a * V + d.c * I;
         I = Neuron::input_jump(d.b * I, w);
         V = V_new;
@@ -329,7 +332,8 @@ __global__ void spikescan_lif_forward_scan(
     if (tid >= batch * n_out) return;  // uniform across the warp
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
+    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
+                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
     const double threshold = threshold_arr[i];  // per neuron
 
     // Queue positions as int: a row holds fewer than 2^31 entries (queue_index is int32 and the launcher checks
@@ -341,7 +345,8 @@ __global__ void spikescan_lif_forward_scan(
     while (k <= last) {
         const bool active = (lane < width) && (lane <= last - k);
         const int e = active ? k + lane : 0;
-        const double t_e = active ? q.time(e) : 0.0;
+        double t_e = 0.0, w_e = 0.0;
+        if (active) q.entry(e, weights, n_out, t_e, w_e);
         const double t_before = __shfl_up_sync(SPIKESCAN_FULL_MASK, t_e, 1);
         const double t_prev = (lane == 0) ? t0 : t_before;
         const double gap = active ? t_e - t_prev : 0.0;
@@ -352,7 +357,7 @@ __global__ void spikescan_lif_forward_scan(
             g = Neuron::decay(gap, tau_mem, tau_syn);
             m.a = g.a; m.c = g.c; m.b = g.b; m.eV = 0.0;
             // Neuron::input_jump as an affine map: the weight is added to I.
-            m.eI = (e < last) ? spikescan_event_weight(weights, q.index(e), max_in, n_out, i) : 0.0;
+            m.eI = (e < last) ? w_e : 0.0;
         } else {
             m.a = 1.0; m.c = 0.0; m.b = 1.0; m.eV = 0.0; m.eI = 0.0;
         }
