@@ -118,7 +118,7 @@ BASE_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": False, "spikescan.cuda._que
                  "spikescan.cuda._lif.SMALL_GRID_BLOCK": None, "spikescan.cuda._lif.REBASED": False,
                  "spikescan.cuda._lif.BACKWARD_AUTO": "sequential", "spikescan.cuda._closed.AUTO": False,
                  "spikescan.cuda._closed.REBASED": False, "spikescan.cuda._closed.DETERMINISTIC": False,
-                 "spikescan.cuda.SCAN_ON_PERMUTED": False}
+                 "spikescan.cuda.SCAN_ON_PERMUTED": False, "spikescan.cuda._lif.ENTRY_TABLE": False}
 # The M2 forward and queue settings shared by the m2_* variants (FORWARD_CHECKPOINTS off: the closed-form backward
 # reads none).
 M2_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": True,
@@ -144,6 +144,13 @@ VARIANTS = {
     "m2_closed": dict(forward="auto", backward="closed", settings=M2_SETTINGS),
     # m2_closed with the scan forward at every batch (auto picks the sequential kernel for large batches).
     "m2_closed_scan_fwd": dict(forward="scan", backward="closed", settings=M2_SETTINGS),
+    # The forward's entry table (spikescan.cuda._lif.ENTRY_TABLE: sources from a per-sample table, weight and delay
+    # from the neuron's row of pairs in one load, no integer divisions) on the scan forward, and on auto's kernels
+    # (the sequential forward at large batches without SCAN_ON_PERMUTED): the first step of PERF.md section 6's road.
+    "m3_table_scan": dict(forward="scan", backward="closed",
+                          settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True}),
+    "m3_table": dict(forward="auto", backward="closed",
+                     settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True}),
     # m2_closed with deterministic reductions (P4): per-spike records, then source-major kernels without atomics.
     "m2_closed_det": dict(forward="auto", backward="closed",
                           settings={**M2_SETTINGS, "spikescan.cuda._closed.DETERMINISTIC": True}),

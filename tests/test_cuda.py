@@ -889,8 +889,8 @@ def test_entry_table_is_read_where_it_applies(host_kernels, monkeypatch, method,
     assert plain.counts.sum() > 0
     build = _lif.entry_table_args
 
-    def doubled(xp, queue_args, W, D, max_in, table):
-        args = build(xp, queue_args, W, D, max_in, table)
+    def doubled(xp, src, W, D, table):
+        args = build(xp, src, W, D, table)
         if table:
             args[1][..., 0] *= 2.0
         return args

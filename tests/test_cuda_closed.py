@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import types
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import spikescan as ss
-from spikescan.cuda import _closed
+from spikescan.cuda import _closed, _lif, _queue
 
 from _cases import random_spikes, weights
 from test_closed_backward import _case, burst_grazing_cutoff
@@ -71,6 +72,28 @@ def assert_same_grads(ref, out, backend, dtype="float64", label=""):
         np.testing.assert_allclose(b, a, err_msg=f"grad_{name} {label}", **TOL[dtype]["grads"])
 
 
+def assert_entry_table_changes_nothing(backend, out, G, flag, g, label, time_constant_grads=False):
+    """The closed form with the other ``_lif.ENTRY_TABLE`` setting gives gradients ``g`` again where the forward's
+    queue is a shared one (the table applies): the same doubles in the same sums, so bit for bit in the emulation
+    (one thread applies the atomic adds in order) and to the atomics' rounding on a GPU."""
+    saved = _lif.ENTRY_TABLE
+    _lif.ENTRY_TABLE = not saved
+    try:
+        other, _ = closed(backend, out, G, flag, False, time_constant_grads)
+    finally:
+        _lif.ENTRY_TABLE = saved
+    for gname in GRAD_NAMES + (("tau_mem", "tau_syn") if time_constant_grads else ()):
+        a, b = getattr(g, gname), getattr(other, gname)
+        if a is None:
+            assert b is None, gname
+            continue
+        a, b = backend.to_host(a), backend.to_host(b)
+        if backend.name == "gpu":
+            np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-13, err_msg=f"grad_{gname} {label} (ENTRY_TABLE)")
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=f"grad_{gname} {label} (other ENTRY_TABLE)")
+
+
 def check(backend, kw, G=None, dtype="float64", label=""):
     """Both CUDA forwards of case ``kw``, then the closed-form kernel against the NumPy sequential backward (with and
     without input-time gradients); returns the NumPy forward."""
@@ -89,6 +112,8 @@ def check(backend, kw, G=None, dtype="float64", label=""):
             assert_same_grads(g_ref, g, backend, dtype,
                               f"{label} forward={method} input_times_grad={flag} deterministic={det}")
             assert [str(w) for w in warned] == [str(w) for w in warned_ref]
+            if not det:
+                assert_entry_table_changes_nothing(backend, out, G, flag, g, f"{label} forward={method}")
     return r
 
 
@@ -141,6 +166,8 @@ def test_closed_kernel_on_permutation_queues(backend, name, algorithm):
             g, warned = closed(backend, permuted, G, flag, det)
             assert_same_grads(g_ref, g, backend, label=f"{label} input_times_grad={flag} deterministic={det}")
             assert [str(w) for w in warned] == [str(w) for w in warned_ref]
+            if not det:
+                assert_entry_table_changes_nothing(backend, permuted, G, flag, g, label)
             for gname in GRAD_NAMES:
                 a, b = getattr(g_mat, gname), getattr(g, gname)
                 if a is None:
@@ -353,6 +380,9 @@ def test_time_constant_gradients(backend, name):
             assert np.shape(b) == np.shape(a), gname
             np.testing.assert_allclose(b, a, err_msg=f"grad_{gname} {name} forward={method} deterministic={det}",
                                        **TOL["float64"]["grads"])
+        if not det:
+            assert_entry_table_changes_nothing(backend, out, G, True, g, f"{name} forward={method}",
+                                               time_constant_grads=True)
         assert np.abs(ref.tau_mem).max() > 0 and np.abs(ref.tau_syn).max() > 0
 
 
@@ -561,3 +591,37 @@ def test_rebased_closed_form_falls_back_beyond_its_exponent_limit(backend, monke
     g, _ = closed(backend, out, G)
     assert flags == [0]
     assert_same_grads(ref, g, backend, label="beyond the exponent limit")
+
+
+@pytest.mark.parametrize("delays", [False, True])
+def test_closed_kernel_reads_the_entry_table(host_kernels, monkeypatch, delays):
+    """With ``_lif.ENTRY_TABLE``, the closed form takes each entry's weight and delay from the table on a shared
+    queue (no delays, or permutation queues): a table with doubled weights changes the gradients; the kernel does
+    not read it from materialised delayed queues, whose gradients stay the same."""
+    monkeypatch.setattr(_lif, "ENTRY_TABLE", True)
+    kw = _case("delays")
+    if not delays:
+        kw["delays"] = None
+    backend = types.SimpleNamespace(xp=np, launch=host_kernels.launch, to_device=lambda x: x, to_host=lambda x: x)
+    build = _lif.entry_table_args
+
+    def doubled(xp, src, W, D, table):
+        args = build(xp, src, W, D, table)
+        if table:
+            args[1][..., 0] *= 2.0
+        return args
+
+    for permuted in ((False, True) if delays else (False,)):
+        monkeypatch.setattr(_queue, "PERMUTATION", permuted)
+        out = _lif.forward(np, host_kernels.launch, kw["input_times"], kw["weights"], kw["delays"],
+                           np.full(kw["weights"].shape[1], float(kw["tau_mem"])),
+                           np.full(kw["weights"].shape[1], float(kw["tau_syn"])), kw["threshold"], kw["max_spikes"],
+                           "sequential", 32, "newton")
+        assert out.counts.sum() > 0
+        G = np.random.default_rng(3).normal(size=out.times.shape)
+        plain, _ = closed(backend, out, G)
+        with monkeypatch.context() as m:
+            m.setattr(_lif, "entry_table_args", doubled)
+            changed, _ = closed(backend, out, G)
+        reads = permuted or not delays
+        assert np.array_equal(changed.weights, plain.weights) != reads, (delays, permuted)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from spikescan._queue import build_queues as numpy_build_queues
+from spikescan._queue import shared_queue as numpy_shared_queue
 from spikescan.cuda import _queue, is_available
 
 
@@ -62,6 +63,14 @@ def assert_same_queues(device, t, D, **kw):
         np.testing.assert_array_equal(b, a, err_msg=name)
     if D is not None:
         assert_same_permutation(device, t, D, ref, **kw)
+        if "source" not in kw:  # the entry table's sources (spikescan.cuda._lif.ENTRY_TABLE): the same queues
+            kw["source"] = xp.asarray(_queue.source_table(np, numpy_shared_queue(t, np)[1], t.shape[2]))
+            before = len(launch.launched)
+            out = _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(D), **kw)
+            for name, a, b in zip(("queue_times", "queue_index", "queue_end"), ref, out):
+                np.testing.assert_array_equal(to_host(b), a, err_msg=f"{name} (source table)")
+            del launch.launched[before:]  # off the record, as assert_same_permutation's
+            assert_same_permutation(device, t, D, ref, **kw)
 
 
 def assert_same_permutation(device, t, D, ref, **kw):
@@ -392,3 +401,20 @@ def test_counting_rows_just_below_48_kib_of_dynamic_shared_memory(device):
     assert int(np.isfinite(t).sum()) == 8192
     assert_same_queues(device, t, np.round(rng.uniform(0.0, 5.0, (128, 1)), 2))
     assert device[1].launched == [device[1].kernel]
+
+
+def test_the_queue_kernels_read_the_source_table(device):
+    """With ``source``, the kernels take each entry's source from the table (here a wrong one: every real entry
+    from source 0) instead of its flat index; the table is read, not only passed."""
+    xp, launch, to_host = device
+    rng = np.random.default_rng(8)
+    t = tied_spikes(rng, 2, 6, 3)
+    D = rng.uniform(0.0, 4.0, (6, 5))
+    index = numpy_shared_queue(t, np)[1]
+    wrong = np.where(index >= 0, 0, -1).astype(np.int32)
+    out = _queue.build_queues(xp, launch, xp.asarray(t), xp.asarray(D), use_kernel=True, algorithm=launch.algorithm,
+                              source=xp.asarray(wrong))
+    ref = numpy_build_queues(t, D, np)
+    assert not np.array_equal(to_host(out[0]), ref[0])
+    D0 = np.repeat(D[:1], 6, axis=0)  # what the wrong table describes: every source with source 0's delays
+    np.testing.assert_array_equal(to_host(out[0]), numpy_build_queues(t, D0, np)[0])

@@ -116,10 +116,12 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
         # The host emulation fills the work buffer with NaN so that a slot read before it is written shows.
         work = (xp.full if xp.__name__ == "numpy" else _lif._empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
         rebased = rebased_tables(xp, res) if REBASED else None
+        table = entry_table(xp, res, queue_args) if rebased is None else None
         for start in range(0, n, group):
             count = min(group, n - start)
             args = _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad,
-                                [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts, rebased)
+                                [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts, rebased,
+                                table)
             block = _lif.block_size(count * _lif.WARP)
             name = KERNEL + (TAU_SUFFIX if time_constant_grads else "")
             name += REBASED_SUFFIX if rebased is not None else ""
@@ -158,12 +160,25 @@ def rebased_tables(xp, res):
     return E, F
 
 
+def entry_table(xp, res, queue_args):
+    """The kernel's entry-table arguments (``spikescan.cuda._lif.ENTRY_TABLE``, ``_lif.entry_table_args``) for a
+    result whose queue is a sample's shared one (no delays, or permutation queues), else ``None``: the source table
+    of the shared queue and the (weight, delay) pairs, built from the residuals (one elementwise pass over the shared
+    queue and one over the synapses)."""
+    if not _lif.ENTRY_TABLE or queue_args[0].shape[1] != 1:
+        return None
+    src = _queue.source_table(xp, queue_args[1][:, 0, :], res.input_shape[2])
+    return _lif.entry_table_args(xp, src, res.weights, res.delays, True)
+
+
 def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad, grads, records,
-                 thr_part, grad_tm, grad_ts, rebased=None):
+                 thr_part, grad_tm, grad_ts, rebased=None, table=None):
     """The arguments of ``spikescan_lif_backward_closed[_tau]`` for neurons ``[start, start + count)``; ``grads``:
     ``[grad_w, grad_in, grad_d, grad_th, grazing]`` (``_lif.gradient_buffers``); ``records``: 0 (atomic sums) or 1
     (per-spike records in ``work``, the per-neuron terms in ``thr_part``); ``rebased``: ``rebased_tables``' tables
-    or ``None``."""
+    or ``None``; ``table``: ``entry_table``'s arguments or ``None`` (not with ``rebased``)."""
+    if table is None:  # placeholders, unread
+        table = [res.spike_event, grad_tm, np.int32(0)]
     batch, n_in, max_in = res.input_shape
     grad_w, grad_in, grad_d, grad_th, grazing = grads
     n_queues, L1 = queue_args[0].shape[1], queue_args[0].shape[2]
@@ -173,7 +188,7 @@ def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_
         np.int64(res.spike_times.shape[2]), np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts,
         grad_times, work, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d,
         grad_th, grazing, np.int32(records), thr_part, grad_tm, grad_ts] + (
-        list(rebased) if rebased is not None else [grad_tm, grad_tm])  # unread placeholders when not rebased
+        list(rebased) if rebased is not None else [grad_tm, grad_tm]) + table  # unread placeholders when not rebased
 
 
 def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads):

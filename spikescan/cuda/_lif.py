@@ -154,7 +154,7 @@ def lif_backward_cuda(result, grad_times, method="auto", input_times_grad=True, 
 
 
 def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar,
-                  n_entries=None, permutation=False):
+                  n_entries=None, permutation=False, entry_table=False):
     """What the forward launchers (this module's and ``_recurrent``'s) hand the kernels: contiguous float64 ``W``,
     ``D`` (or ``None``), the input queues ``qt, qi (int32), qe (int64)`` built on the device, ``tm, ts`` and ``th``
     ``[n_out]``, and ``threshold_is_scalar`` (from ``threshold`` when ``None``). ``n_entries``: the most input
@@ -163,16 +163,18 @@ def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, th
     ``qt`` is a ``_queue.PermutedQueues`` and ``qi``, ``qe`` are ``None`` when that format applies. Last, ``kept``:
     the ``LIFResiduals`` fields of the shared queue (``shared_times``, ``shared_index``) that a layer with delays
     keeps for the deterministic backwards (12 bytes per input spike, 1 / n_out of the delayed queues; ``{}``
-    without delays, whose queue is the shared one)."""
+    without delays, whose queue is the shared one), and ``src``: with ``entry_table``, the shared queue's source
+    table (``_queue.source_table``, which the queue kernel reads too), else ``None``."""
     n_out = weights.shape[1]
     # Copies even of float64 arrays: the residuals must not change when the caller updates its weights in place.
     W = xp.array(weights, dtype=xp.float64, order="C")
     D = None if delays is None else xp.array(delays, dtype=xp.float64, order="C")
-    shared = _queue.shared_queue(input_times, xp, n_entries) if D is not None else None
+    shared = _queue.shared_queue(input_times, xp, n_entries) if D is not None or entry_table else None
+    src = _queue.source_table(xp, shared[1], input_times.shape[2]) if entry_table else None
     queues = _queue.build_queues(xp, launch, input_times, D, length=n_entries,  # see _queue.USE_KERNEL
-                                 permutation=permutation, shared=shared)
-    kept = {} if shared is None else dict(shared_times=shared[0],
-                                          shared_index=xp.ascontiguousarray(shared[1], dtype=xp.int32))
+                                 permutation=permutation, shared=shared, source=src)
+    kept = {} if D is None else dict(shared_times=shared[0],
+                                     shared_index=xp.ascontiguousarray(shared[1], dtype=xp.int32))
     if isinstance(queues, _queue.PermutedQueues):
         qt, qi, qe = queues, None, None
     else:
@@ -184,7 +186,7 @@ def device_inputs(xp, launch, input_times, weights, delays, tau_mem, tau_syn, th
     if threshold_is_scalar is None:
         threshold_is_scalar = xp.ndim(threshold) == 0
     th = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(threshold, dtype=xp.float64), (n_out,)))
-    return W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept
+    return W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept, src
 
 
 def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, max_spikes, method, chunk_size,
@@ -203,9 +205,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     extra = {"backward checkpoints": n_ckpt * 32 * batch * n_out} if with_checkpoints else None
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp, extra=extra, permutation=permutation)
-    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = device_inputs(
+    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept, src = device_inputs(
         xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries,
-        permutation)
+        permutation, entry_table=bool(ENTRY_TABLE))
     permuted = qt if isinstance(qt, _queue.PermutedQueues) else None
     queue_args = _queue_args(xp, qt, qi, qe)
     qe = queue_args[2]
@@ -224,7 +226,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     table = entry_table_applies(method, n_queues, permuted is not None) and not rebased
     common = queue_args + [np.int64(n_in), W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)),
                            np.int64(batch), np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in),
-                           np.int64(max_spikes), limit] + entry_table_args(xp, queue_args, W, D, max_in, table)
+                           np.int64(max_spikes), limit] + entry_table_args(xp, src, W, D, table)
     outputs = [spike_times, spike_event, out_times, counts, stuck_times, stuck_current]
     checkpoints = None
     if with_checkpoints:
@@ -292,18 +294,16 @@ def entry_table_applies(method, n_queues, permuted):
         method == "scan" or permuted)
 
 
-def entry_table_args(xp, queue_args, W, D, max_in, table):
+def entry_table_args(xp, src, W, D, table):
     """The forward kernels' last three common arguments ``[entry_src, entry_wd, entry_table]``: with ``table``, the
-    source of every position of the shared queue (int32 ``[batch, L1]``, ``index // max_in``, ``-1`` for padding)
-    and the (weight, delay) pairs ``[n_out, n_in, 2]`` (delay 0 without delays); placeholders otherwise."""
+    shared queue's source table ``src`` (int32 ``[batch, L1]``, ``_queue.source_table``) and the (weight, delay)
+    pairs ``[n_out, n_in, 2]`` (delay 0 without delays); placeholders otherwise."""
     if not table:
         return [xp.empty(1, dtype=xp.int32), xp.empty(2, dtype=xp.float64), np.int32(0)]
-    index = queue_args[1][:, 0, :]
-    src = xp.where(index >= 0, index // np.int32(max_in), np.int32(-1)).astype(xp.int32)
     wd = xp.empty((W.shape[1], W.shape[0], 2), dtype=xp.float64)
     wd[..., 0] = W.T
     wd[..., 1] = 0.0 if D is None else D.T
-    return [xp.ascontiguousarray(src), wd, np.int32(1)]
+    return [src, wd, np.int32(1)]
 
 
 def rebased_applies(D, tm, ts):

@@ -104,7 +104,7 @@ def _check_algorithm(algorithm):
 
 
 def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=MAX_THREADS, use_kernel=None,
-                 algorithm=None, length=None, permutation=False, shared=None):
+                 algorithm=None, length=None, permutation=False, shared=None, source=None):
     """``spikescan._queue.build_queues(input_times, delays, xp)`` with the delayed queues sorted by the kernel.
 
     Args:
@@ -121,6 +121,8 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
             module docstring; the kernel sorts the rows whatever ``use_kernel`` says).
         shared: the shared queue ``shared_queue(input_times, xp, length)`` when the caller has built it (it is
             then not built again).
+        source: the shared queue's source table (``source_table``), from which the kernels read each entry's
+            source instead of dividing its flat index (``spikescan.cuda._lif.ENTRY_TABLE``); same queues.
 
     Returns:
         ``(queue_times, queue_index, queue_end)`` as ``spikescan._queue.build_queues``, ``queue_index`` int32; or a
@@ -161,12 +163,22 @@ def build_queues(xp, launch, input_times, delays, max_shared=None, max_threads=M
     launch("queue", KERNELS[algorithm], np.float64, batch * n_out, block_size(n_max, max_threads, algorithm),
            [times, xp.ascontiguousarray(index), xp.ascontiguousarray(n_real), delays_t,
             np.int64(n_in), np.int64(n_out), np.int64(L1), np.int64(max_in), np.int64(n_max), q_times, q_index,
-            np.int32(permuted), q_perm],
+            np.int32(permuted), q_perm,
+            xp.empty(1, dtype=xp.int32) if source is None else xp.ascontiguousarray(source, dtype=xp.int32),
+            np.int32(source is not None)],
            shared_mem=shared_bytes(n_max, algorithm))
     q_end = xp.broadcast_to(n_real[:, None], (batch, n_out)).copy()
     if permuted:
         return PermutedQueues(q_perm, times, xp.ascontiguousarray(index, dtype=xp.int32), q_end, delays_t)
     return q_times, q_index, q_end
+
+
+def source_table(xp, index, max_in):
+    """The source ``j`` of every entry of shared-queue rows ``index`` (flat ``j * max_in + m``, ``-1`` for
+    padding): int32, ``-1`` for padding (the entry table of ``spikescan.cuda._lif.ENTRY_TABLE``)."""
+    index = xp.asarray(index)
+    # (max_in = 0: no spike slots, every entry is padding; the division is by 1 so that it raises no warning)
+    return xp.ascontiguousarray(xp.where(index >= 0, index // max(int(max_in), 1), -1).astype(xp.int32))
 
 
 def _max_shared(xp):

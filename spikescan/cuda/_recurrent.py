@@ -148,7 +148,7 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     log_cap = max(log_cap, 1)
     _check_memory(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, pend_cap, log_cap,
                   input_times.dtype.itemsize, xp)
-    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept = _lif.device_inputs(
+    W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept, _ = _lif.device_inputs(
         xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries)
     R = xp.array(recurrent_weights, dtype=xp.float64, order="C")  # copies: the residuals keep them
     Dr = None if recurrent_delays is None else xp.array(recurrent_delays, dtype=xp.float64, order="C")

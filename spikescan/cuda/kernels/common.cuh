@@ -154,6 +154,25 @@ struct spikescan_queue_t {
         }
         return spikescan_event_weight(weights, index(k), max_in, n_out, i);
     }
+    // A real entry k (k < the queue's end): its position p in its row, source j, arrival t and weight w; with the
+    // table from the source table and the pair, otherwise as time(k), index(k) / max_in and spikescan_event_weight
+    // (the same values). The flat index, where needed, is idx[p].
+    struct entry_t {
+        long long p;
+        long long j;
+        double t, w;
+    };
+    __device__ __forceinline__ entry_t real_entry(long long k, const double* __restrict__ weights,
+                                                  long long n_out) const {
+        if (!table) {
+            const long long flat = index(k);
+            return {position(k), flat / max_in, time(k), spikescan_event_weight(weights, flat, max_in, n_out, i)};
+        }
+        const long long p = position(k);
+        const int j = source(p);
+        const spikescan_wd_t pair = wd[i * n_in + j];
+        return {p, j, permuted ? t[p] + pair.d : t[p], pair.w};
+    }
     // Arrival and weight of entry k at once (one read of the pair with the table).
     __device__ __forceinline__ void entry(long long k, const double* __restrict__ weights, long long n_out,
                                           double& time_k, double& weight_k) const {
@@ -186,6 +205,20 @@ __device__ __forceinline__ spikescan_queue_t spikescan_lif_queue(const double* q
     return {qt, qi, queue_perm, delays_t, permuted, tid, i, n_in, L1, (int)max_in};
 }
 
+// q with the entry table when entry_table != 0 (as spikescan_lif_forward_queue; the closed-form backward).
+__device__ __forceinline__ spikescan_queue_t spikescan_with_entry_table(spikescan_queue_t q, const double* queue_times,
+                                                                       const int* __restrict__ entry_src,
+                                                                       const double* __restrict__ entry_wd,
+                                                                       int entry_table) {
+    if (entry_table) {
+        q.src = entry_src;
+        q.t_base = queue_times;
+        q.wd = reinterpret_cast<const spikescan_wd_t*>(entry_wd);
+        q.table = 1;
+    }
+    return q;
+}
+
 // The forward kernels' queue: spikescan_lif_queue with the entry table when entry_table != 0 (entry_src
 // [batch, L1] int32, rows as queue_times' [batch, 1, L1]; entry_wd [n_out, n_in] pairs; the launcher passes it only
 // for a shared queue, n_queues == 1).
@@ -194,14 +227,9 @@ __device__ __forceinline__ spikescan_queue_t spikescan_lif_forward_queue(
     const double* __restrict__ delays_t, long long tid, long long i, long long n_in, long long L1,
     long long max_in, const double* queue_times, const int* __restrict__ entry_src,
     const double* __restrict__ entry_wd, int entry_table) {
-    spikescan_queue_t q = spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
-    if (entry_table) {
-        q.src = entry_src;
-        q.t_base = queue_times;
-        q.wd = reinterpret_cast<const spikescan_wd_t*>(entry_wd);
-        q.table = 1;
-    }
-    return q;
+    return spikescan_with_entry_table(
+        spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in), queue_times, entry_src,
+        entry_wd, entry_table);
 }
 
 // The backward kernels' view of neuron tid = b * n_out + i (lif_backward.cu, lif_backward_closed.cu): its queue in

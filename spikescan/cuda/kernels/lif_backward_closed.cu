@@ -113,10 +113,12 @@ __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(doubl
     int has_delays, double* __restrict__ grad_delays, double* __restrict__ grad_threshold, \
     double* __restrict__ grazing, int records, double* __restrict__ thr_part, \
     double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, \
-    const double* __restrict__ rebased_E, const double* __restrict__ rebased_F
+    const double* __restrict__ rebased_E, const double* __restrict__ rebased_F, \
+    const int* __restrict__ entry_src, const double* __restrict__ entry_wd, int entry_table
 #define SPIKESCAN_CLOSED_NEURON_ARGS \
     SPIKESCAN_LIF_BACKWARD_NEURON_ARGS, work, grad_weights, has_input_grad, grad_input_times, has_delays, grad_delays, \
-    grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn, rebased_E, rebased_F
+    grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn, rebased_E, rebased_F, entry_src, \
+    entry_wd, entry_table
 
 // The kernel body, compiled once without and once with the time-constant terms (separate kernels, so that the
 // common case keeps the smaller register allocation).
@@ -127,9 +129,12 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
     const int lane = threadIdx.x & 31;
     if (local >= n_group) return;
     const long long tid = neuron_start + local;
-    const auto [b, i, q, tau_mem, tau_syn, threshold, st, se, gt, n_rec] = spikescan_lif_backward_neuron(
+    const auto [b, i, q0, tau_mem, tau_syn, threshold, st, se, gt, n_rec] = spikescan_lif_backward_neuron(
         tid, queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, tau_mem_arr, tau_syn_arr,
         threshold_arr, n_in, n_out, n_queues, L1, max_in, max_spikes, spike_times, spike_event, counts, grad_times);
+    // The entry table (spikescan/cuda/_lif.py ENTRY_TABLE; the launcher passes it for a shared queue and not with
+    // the rebased factors): steps 1 and 3 read their entries through q.real_entry.
+    const spikescan_queue_t q = spikescan_with_entry_table(q0, queue_times, entry_src, entry_wd, entry_table);
     if (records && lane == 0) {
         for (int row = 0; row < 3; ++row) thr_part[row * n_group + local] = 0.0;
     }
@@ -163,14 +168,15 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
             const double G_syn = factors ? exp(-Tm / tau_syn) : 0.0;
             double J = 0.0, J_abs = 0.0;
             for (long long k = lo + lane; k < hi; k += 32) {
-                const long long flat = q.index(k);
-                const double w = spikescan_event_weight(weights, flat, max_in, n_out, i);
                 if (factors) {
+                    const long long flat = q.index(k);
+                    const double w = spikescan_event_weight(weights, flat, max_in, n_out, i);
                     const double term = w * (SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn);
                     J += term;
                     J_abs += fabs(term);
                 } else {
-                    J += w * Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b;
+                    const auto e = q.real_entry(k, weights, n_out);
+                    J += e.w * Neuron::decay(Tm - e.t, tau_mem, tau_syn).b;
                 }
             }
 #pragma unroll
@@ -288,10 +294,11 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
         const double G_mem = Rebased ? exp(-Tm / tau_mem) : 0.0;
         const double G_syn = Rebased ? exp(-Tm / tau_syn) : 0.0;
         for (long long k = lo + lane; k < hi; k += 32) {
-            const long long flat = q.index(k);
-            const long long j = flat / max_in;
-            const double w = weights[j * n_out + i];
-            const double s = Tm - q.time(k);
+            const auto entry = q.real_entry(k, weights, n_out);
+            const long long j = entry.j;
+            const long long flat = (has_input_grad || Rebased) ? (long long)q.idx[entry.p] : 0;
+            const double w = entry.w;
+            const double s = Tm - entry.t;
             const auto d = Rebased ? Neuron::decay_given(s, SPIKESCAN_CLOSED_FACTOR(flat, 0) * G_mem,
                                                          SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn,
                                                          tau_mem, tau_syn)

@@ -38,6 +38,16 @@
 #define SPIKESCAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
+// Arrival of entry k of a row: the IEEE addition of delayed_queues. The flat index fits in int (launcher check).
+// src_row: the sample's row of the source table (spikescan/cuda/_lif.py ENTRY_TABLE; j = index / max_in, read
+// instead of divided) or nullptr.
+template <class T>
+__device__ __forceinline__ T spikescan_queue_arrival(const T* __restrict__ t_row, const long long* __restrict__ idx_row,
+                                                     const int* __restrict__ src_row, const T* __restrict__ d_row,
+                                                     int max_in, int k) {
+    return t_row[k] + d_row[src_row != nullptr ? src_row[k] : (int)idx_row[k] / max_in];
+}
+
 // (t1, k1) < (t2, k2) in the order of the queue: by arrival time, then by position in the shared queue.
 template <class T>
 __device__ __forceinline__ bool spikescan_queue_before(T t1, int k1, T t2, int k2) {
@@ -47,12 +57,15 @@ __device__ __forceinline__ bool spikescan_queue_before(T t1, int k1, T t2, int k
 // Grid: batch * n_out blocks (block b * n_out + i), any power-of-two block size. Shared: n_max * (sizeof(T) + 4)
 // bytes, n_max >= max(n_real). delays_t: [n_out, n_in] (the transpose of D, so that a row reads one contiguous
 // range). q_times, q_index: [batch, n_out, L1] (q_index int32: the launcher checks n_in * max_in < 2^31).
+// has_source != 0: source [batch, L1] int32 is the shared queue's source table (j of each entry, -1 for padding;
+// spikescan/cuda/_lif.py ENTRY_TABLE), read instead of dividing index by max_in; the same arrivals bit for bit.
 template <class T>
 __global__ void spikescan_delay_queue(const T* __restrict__ times, const long long* __restrict__ index,
                                       const long long* __restrict__ n_real, const T* __restrict__ delays_t,
                                       long long n_in, long long n_out, long long L1, long long max_in,
                                       long long n_max, T* __restrict__ q_times, int* __restrict__ q_index,
-                                      int permuted, unsigned short* __restrict__ q_perm) {
+                                      int permuted, unsigned short* __restrict__ q_perm,
+                                      const int* __restrict__ source, int has_source) {
     SPIKESCAN_DYNAMIC_SHARED(double, spikescan_queue_shared);
     T* key = reinterpret_cast<T*>(spikescan_queue_shared);
     int* pos = reinterpret_cast<int*>(key + n_max);
@@ -65,10 +78,11 @@ __global__ void spikescan_delay_queue(const T* __restrict__ times, const long lo
     const int stride = blockDim.x;
     const T* t_row = times + b * L1;
     const long long* idx_row = index + b * L1;
+    const int* src_row = has_source ? source + b * L1 : nullptr;
     const T* d_row = delays_t + i * n_in;
 
     for (int k = tid; k < n; k += stride) {
-        key[k] = t_row[k] + d_row[idx_row[k] / max_in];
+        key[k] = spikescan_queue_arrival(t_row, idx_row, src_row, d_row, (int)max_in, k);
         pos[k] = k;
     }
     __syncthreads();
@@ -127,12 +141,6 @@ __global__ void spikescan_delay_queue(const T* __restrict__ times, const long lo
 // Static scratch of spikescan_delay_queue_counting: one slot per warp (blocks of at most 1024 threads).
 #define SPIKESCAN_QUEUE_WARPS 32
 
-// Arrival of entry k of a row: the IEEE addition of delayed_queues. The flat index fits in int (launcher check).
-template <class T>
-__device__ __forceinline__ T spikescan_queue_arrival(const T* __restrict__ t_row, const long long* __restrict__ idx_row,
-                                                     const T* __restrict__ d_row, int max_in, int k) {
-    return t_row[k] + d_row[(int)idx_row[k] / max_in];
-}
 
 // The bins of a row: bin(a) = min(floor((clamp(a) / 2 - lo / 2) * scale), n_bins - 1), with clamp(a) = a limited
 // to [lo, hi], lo and hi the row's extreme arrivals limited to finite values and scale = n_bins / (hi / 2 - lo / 2)
@@ -167,7 +175,8 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
                                                const long long* __restrict__ n_real, const T* __restrict__ delays_t,
                                                long long n_in, long long n_out, long long L1, long long max_in,
                                                long long n_max, T* __restrict__ q_times, int* __restrict__ q_index,
-                                               int permuted, unsigned short* __restrict__ q_perm) {
+                                               int permuted, unsigned short* __restrict__ q_perm,
+                                               const int* __restrict__ source, int has_source) {
     SPIKESCAN_DYNAMIC_SHARED(double, spikescan_queue_shared);
     int* bins = reinterpret_cast<int*>(spikescan_queue_shared);
     unsigned short* perm = reinterpret_cast<unsigned short*>(bins + n_max);
@@ -187,12 +196,13 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
     const int max_in_i = (int)max_in;
     const T* t_row = times + b * L1;
     const long long* idx_row = index + b * L1;
+    const int* src_row = has_source ? source + b * L1 : nullptr;
     const T* d_row = delays_t + i * n_in;
 
     // 1. The row's extreme arrivals (block-uniform), bin counts zeroed. n bins: about one entry per bin.
     double lo = spikescan_inf(), hi = -spikescan_inf();
     for (int k = tid; k < n; k += stride) {
-        const double a = spikescan_queue_arrival(t_row, idx_row, d_row, max_in_i, k);
+        const double a = spikescan_queue_arrival(t_row, idx_row, src_row, d_row, max_in_i, k);
         lo = fmin(lo, a);
         hi = fmax(hi, a);
         bins[k] = 0;
@@ -221,7 +231,7 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
 
         // 2. Counts per bin.
         for (int k = tid; k < n; k += stride) {
-            atomicAdd(&bins[bin_of(spikescan_queue_arrival(t_row, idx_row, d_row, max_in_i, k))], 1);
+            atomicAdd(&bins[bin_of(spikescan_queue_arrival(t_row, idx_row, src_row, d_row, max_in_i, k))], 1);
         }
         __syncthreads();
 
@@ -260,7 +270,7 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
             const int k = base + (stride - 1 - tid);
 #endif
             if (k < n) {
-                const int c = bin_of(spikescan_queue_arrival(t_row, idx_row, d_row, max_in_i, k));
+                const int c = bin_of(spikescan_queue_arrival(t_row, idx_row, src_row, d_row, max_in_i, k));
                 perm[atomicAdd(&bins[c], 1)] = (unsigned short)k;
             }
             __syncthreads();
@@ -272,11 +282,11 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
             const int hi_slot = bins[c];
             for (int p = lo_slot + 1; p < hi_slot; ++p) {
                 const int kp = perm[p];
-                const T ap = spikescan_queue_arrival(t_row, idx_row, d_row, max_in_i, kp);
+                const T ap = spikescan_queue_arrival(t_row, idx_row, src_row, d_row, max_in_i, kp);
                 int q = p - 1;
                 for (; q >= lo_slot; --q) {
                     const int kq = perm[q];
-                    if (!spikescan_queue_before(ap, kp, spikescan_queue_arrival(t_row, idx_row, d_row, max_in_i, kq),
+                    if (!spikescan_queue_before(ap, kp, spikescan_queue_arrival(t_row, idx_row, src_row, d_row, max_in_i, kq),
                                                 kq)) {
                         break;
                     }
@@ -296,7 +306,7 @@ __global__ void spikescan_delay_queue_counting(const T* __restrict__ times, cons
     for (long long r = tid; r < L1; r += stride) {
         if (r < n) {
             const int k = perm[r];
-            q_times[out + r] = spikescan_queue_arrival(t_row, idx_row, d_row, max_in_i, k);
+            q_times[out + r] = spikescan_queue_arrival(t_row, idx_row, src_row, d_row, max_in_i, k);
             q_index[out + r] = (int)idx_row[k];
         } else {
             q_times[out + r] = spikescan_inf();
