@@ -25,7 +25,11 @@ S8):
   forward and backward (wall time with host syncs beside them). Checks that each variant gives the first one's
   spike counts at the timed shape, counts the work (queue entries, backward points, spike solves) for the floor,
   and at batch 256 measures each variant's peak memory (CuPy pool high-water mark by a memory hook, the pool's
-  reserved bytes and the device's used bytes by ``memGetInfo``).
+  reserved bytes and the device's used bytes by ``memGetInfo``). Beside the instrumented runs, ``plain_wall_s``:
+  the same call with no events around its kernels (what a user's call takes; the event pairs cost host time, most
+  visibly at batch 1). At batch 1, ``host_profile``: the default variant's forward + backward under ``cProfile``
+  (launches per call, time waiting for the device, an estimate of the host's own work, time by package, the top
+  functions), the data for P5's host half.
 - ``jax_large`` / ``jax_medium`` / ``jax_single`` (S3, S4, S5): the ``jax.lax.associative_scan`` build of the paper's
   algorithm (``bench_lif_jax.make_layer`` / ``queues``: the same network and inputs, queue lengths from the exact
   forward) in float32 at batch 256, 32 and 1 and in float64 at batch 32: compile time, forward + backward time,
@@ -600,6 +604,93 @@ def _timed_calls(device, fn, repeats, warmup, inspect, may_call=None):
     return seen, runs, 0
 
 
+# Host-side profile of one forward + backward (batch 1): where the wall goes that the kernels do not take.
+HOST_PROFILE_RUNS = 3
+HOST_PROFILE_TOP = 25
+# Functions in which the host waits for the device (a host sync), by the name cProfile gives them: CuPy's array
+# reads and stream / device synchronisations. A wait inside int() or float() of a device scalar is not a call
+# cProfile sees: it counts as the calling function's own time (spikescan's launchers then show a large tottime).
+WAITS = re.compile(r"synchronize|'get' of 'cupy|asnumpy|'item' of 'cupy|'tolist' of 'cupy")
+
+
+def plain_walls(device, fn, repeats):
+    """Wall times of ``repeats`` calls of ``fn()`` with nothing recorded around the kernels (no CUDA events): the
+    time a user's call takes, beside the instrumented runs' ``wall_s`` (whose event pairs cost host time)."""
+    walls = []
+    for _ in range(max(int(repeats), 1)):
+        device.sync()
+        start = time.perf_counter()
+        out = fn()
+        device.sync()
+        walls.append(time.perf_counter() - start)
+        del out
+    return walls
+
+
+def _profile_package(filename, name):
+    """The package a profiled function belongs to: the first directory after ``site-packages`` or the repository
+    (``spikescan``, ``cupy``, ``numpy``, ``benchmarks``), for built-ins the module named in the function's name
+    (CuPy's compiled methods show as ``<method 'get' of 'cupy._core.core._ndarray_base' objects>``)."""
+    if filename == "~":
+        for package in ("cupy", "numpy", "spikescan"):
+            if package in name:
+                return package
+        return "builtins"
+    path = filename.replace("\\", "/")
+    for marker in ("site-packages/", ROOT.replace("\\", "/") + "/"):
+        if marker in path:
+            return path.split(marker, 1)[1].split("/", 1)[0].split(".", 1)[0]
+    return "other"
+
+
+def host_profile(device, fn, runs=HOST_PROFILE_RUNS, top=HOST_PROFILE_TOP):
+    """``fn()`` (one forward + backward) profiled by ``cProfile`` over ``runs`` calls after a warm one, per call:
+    wall, kernel launches (counted by wrapping ``device.launch``), ``tottime`` summed by package, and the ``top``
+    functions by ``tottime``. Time a function spends waiting for the device (a host sync) is its own ``tottime``:
+    ``sync_s`` sums the waits cProfile names (``WAITS``), and ``host_s``, the wall less ``sync_s``, bounds the host's
+    own work from above (waits inside ``int()`` / ``float()`` of device scalars stay in it, as their callers'
+    time)."""
+    import cProfile
+    import pstats
+
+    launched = []
+    launch = device.launch
+
+    def counting(*args, **kw):
+        launched.append(args[1])
+        return launch(*args, **kw)
+
+    fn()
+    device.sync()
+    profiler = cProfile.Profile()
+    device.launch = counting
+    try:
+        start = time.perf_counter()
+        profiler.enable()
+        for _ in range(runs):
+            out = fn()
+            device.sync()
+            del out
+        profiler.disable()
+        wall = (time.perf_counter() - start) / runs
+    finally:
+        device.launch = launch
+    rows, packages = [], {}
+    for (filename, line, name), (_, calls, tottime, cumtime, _) in pstats.Stats(profiler).stats.items():
+        package = _profile_package(filename, name)
+        packages[package] = packages.get(package, 0.0) + tottime / runs
+        shown = os.path.relpath(filename, ROOT) if filename.startswith(ROOT) else filename
+        where = name if filename == "~" else f"{shown}:{line}({name})"
+        rows.append(dict(function=where, package=package, calls=calls / runs, tottime_s=tottime / runs,
+                         cumtime_s=cumtime / runs))
+    rows.sort(key=lambda r: -r["tottime_s"])
+    waits = [r for r in rows if WAITS.search(r["function"])]
+    sync_s = sum(r["tottime_s"] for r in waits)
+    return dict(runs=runs, wall_s=wall, launches=len(launched) / runs,
+                kernels=sorted(set(launched)), sync_s=sync_s, host_s=max(wall - sync_s, 0.0),
+                waits=waits[:10], packages=dict(sorted(packages.items(), key=lambda kv: -kv[1])), top=rows[:top])
+
+
 def work_counts(device, result, max_spikes):
     """Queue entries, backward points and spike solves of one layer's forward result (host numbers)."""
     res = result.residuals
@@ -860,6 +951,7 @@ def stage_network(ctx, role):
             entry = dict(status="ok", **summarise_runs(runs))
             if agrees is not None:
                 entry["agrees_with"] = agrees
+            entry["plain_wall_s"] = median(plain_walls(device, lambda: net.run(variant), ctx.repeats))
             device.free()
             if role == "large":
                 entry["memory"] = device.peak_memory(lambda: net.run(variant))
@@ -874,6 +966,17 @@ def stage_network(ctx, role):
                     f"{entry['backward_s'] * 1e3:10.2f} ms  wall {entry['wall_s'] * 1e3:10.2f} ms")
         else:
             ctx.log(f"batch {batch:<4} {variant:<28} {entry['status']}: {entry.get('reason')}")
+        ctx.writer.flush()
+    if role == "single" and result["variants"].get("default", {}).get("status") == "ok" and ctx.time_left() > 5:
+        try:
+            profile = host_profile(device, lambda: net.run("default"))
+            result["host_profile"] = profile
+            ctx.log(f"batch {batch} default, host profile: wall {profile['wall_s'] * 1e3:.2f} ms, "
+                    f"{profile['launches']:.0f} launches, waiting for the device {profile['sync_s'] * 1e3:.2f} ms, "
+                    f"host work ~{profile['host_s'] * 1e3:.2f} ms; by package (ms): "
+                    + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in list(profile["packages"].items())[:5]))
+        except Exception as exc:
+            result["host_profile"] = dict(status="failed", reason=f"{type(exc).__name__}: {exc}")
         ctx.writer.flush()
 
 

@@ -110,7 +110,7 @@ def test_dry_run_timings_memory_and_work(report):
         assert set(net["variants"]) == set(gpu_perf.VARIANTS)
         for name, row in net["variants"].items():
             assert row["status"] == "ok", (role, name, row.get("reason"))
-            assert row["wall_s"] > 0 and row["forward_s"] > 0 and row["backward_s"] > 0
+            assert row["wall_s"] > 0 and row["forward_s"] > 0 and row["backward_s"] > 0 and row["plain_wall_s"] > 0
             assert row["queue_build_s"] > 0 and row["kernels"]
             assert all(k["launches"] > 0 for k in row["kernels"].values())
             if "agrees_with" in row:
@@ -120,6 +120,14 @@ def test_dry_run_timings_memory_and_work(report):
                 assert row["memory"]["peak_bytes"] > 0
         work = net["work"]
         assert work["layer1"]["queue_entries"] > 0 and work["layer2"]["backward_points"] > 0
+    profile = report["stages"]["network_single"]["result"]["host_profile"]
+    assert profile["runs"] == gpu_perf.HOST_PROFILE_RUNS and profile["wall_s"] > 0
+    # Two layers, each: the queue kernel and a forward kernel, then the closed-form backward.
+    assert profile["launches"] >= 6 and "spikescan_lif_backward_closed" in profile["kernels"]
+    assert 0 < len(profile["top"]) <= gpu_perf.HOST_PROFILE_TOP
+    assert profile["top"] == sorted(profile["top"], key=lambda r: -r["tottime_s"])
+    assert "spikescan" in profile["packages"] and sum(profile["packages"].values()) <= profile["wall_s"] * 1.05
+    assert 0 <= profile["host_s"] <= profile["wall_s"]
     base = report["stages"]["baselines_single"]["result"]["methods"]
     assert base["step"]["status"] == "ok" and all(m["identical_counts"] for m in base.values())
     sweep = report["stages"]["sweep"]["result"]
@@ -411,3 +419,17 @@ def test_recurrent_agreement_uses_the_gates_noise():
     assert gpu_perf.recurrent_agreement(gpu(3e-6), cpu_out, cpu_grads, rel)["ok"]
     assert not gpu_perf.recurrent_agreement(gpu(3e-6), cpu_out, cpu_grads, dict(tol, noise=noise))["ok"]
     assert not gpu_perf.recurrent_agreement(gpu(1e-4), cpu_out, cpu_grads, rel)["ok"]
+
+
+def test_profile_packages_and_waits():
+    """``host_profile``'s grouping: a file under the repository or site-packages by its top directory, a built-in by
+    the module its name shows; the wait pattern catches CuPy's device-to-host reads and synchronisations."""
+    assert gpu_perf._profile_package(os.path.join(gpu_perf.ROOT, "spikescan", "cuda", "_lif.py"), "forward") == \
+        "spikescan"
+    assert gpu_perf._profile_package("/x/lib/python3.12/site-packages/cupy/_core/x.py", "f") == "cupy"
+    assert gpu_perf._profile_package("~", "<method 'get' of 'cupy._core.core._ndarray_base' objects>") == "cupy"
+    assert gpu_perf._profile_package("~", "<built-in method builtins.len>") == "builtins"
+    assert gpu_perf.WAITS.search("<method 'get' of 'cupy._core.core._ndarray_base' objects>")
+    assert gpu_perf.WAITS.search("<method 'synchronize' of 'cupy.cuda.stream.Stream' objects>")
+    assert not gpu_perf.WAITS.search("<built-in method builtins.len>")
+    assert not gpu_perf.WAITS.search("<method 'get' of 'dict' objects>")
