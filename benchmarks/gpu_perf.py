@@ -122,7 +122,8 @@ BASE_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": False, "spikescan.cuda._que
                  "spikescan.cuda._lif.SMALL_GRID_BLOCK": None, "spikescan.cuda._lif.REBASED": False,
                  "spikescan.cuda._lif.BACKWARD_AUTO": "sequential", "spikescan.cuda._closed.AUTO": False,
                  "spikescan.cuda._closed.REBASED": False, "spikescan.cuda._closed.DETERMINISTIC": False,
-                 "spikescan.cuda.SCAN_ON_PERMUTED": False, "spikescan.cuda._lif.ENTRY_TABLE": False}
+                 "spikescan.cuda.SCAN_ON_PERMUTED": False, "spikescan.cuda._lif.ENTRY_TABLE": False,
+                 "spikescan.cuda._lif.STAGED_SCAN": False}
 # The M2 forward and queue settings shared by the m2_* variants (FORWARD_CHECKPOINTS off: the closed-form backward
 # reads none).
 M2_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": True,
@@ -155,6 +156,11 @@ VARIANTS = {
                           settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True}),
     "m3_table": dict(forward="auto", backward="closed",
                      settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True}),
+    # m3_table_scan with each sample's shared queue staged in shared memory by the scan forward
+    # (spikescan.cuda._lif.STAGED_SCAN, PERF.md section 6 road item 1).
+    "m3_staged": dict(forward="scan", backward="closed",
+                      settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True,
+                                "spikescan.cuda._lif.STAGED_SCAN": True}),
     # m2_closed with deterministic reductions (P4): per-spike records, then source-major kernels without atomics.
     "m2_closed_det": dict(forward="auto", backward="closed",
                           settings={**M2_SETTINGS, "spikescan.cuda._closed.DETERMINISTIC": True}),

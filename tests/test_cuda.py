@@ -172,6 +172,20 @@ def assert_entry_table_changes_nothing(backend, out, t, W, D, **kw):
     assert_identical_spikes(out, other, backend, "(other ENTRY_TABLE)")
 
 
+def assert_staged_scan_changes_nothing(backend, out, t, W, D, **kw):
+    """The scan forward on permutation queues with ``STAGED_SCAN`` (each sample's shared queue in shared memory)
+    gives ``out``'s outputs bit for bit; so does the other ``STAGED_WARPS`` of 1 and 8 (blocks of one neuron, and
+    blocks that a sample's last neurons do not fill)."""
+    saved = _lif.STAGED_SCAN, _lif.STAGED_WARPS
+    try:
+        for warps in (8, 1):
+            _lif.STAGED_SCAN, _lif.STAGED_WARPS = True, warps
+            other = backend.lif(t, W, D, **kw)
+            assert_identical_spikes(out, other, backend, f"(STAGED_SCAN, {warps} warps per block)")
+    finally:
+        _lif.STAGED_SCAN, _lif.STAGED_WARPS = saved
+
+
 @contextlib.contextmanager
 def warp_solve(enabled):
     """``_lif.WARP_SOLVE`` set to ``enabled`` inside the block."""
@@ -221,6 +235,9 @@ def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_size
                     with permutation(True, algorithm), forward_checkpoints(checkpoints):
                         assert_entry_table_changes_nothing(backend, permuted, t, W, D, method=method, chunk_size=cs,
                                                            **kw)
+                        if method == "scan":
+                            assert_staged_scan_changes_nothing(backend, permuted, t, W, D, method=method,
+                                                               chunk_size=cs, **kw)
                     for bwd in BACKWARD_METHODS:
                         assert_same_grads(ref_g, backend.lif_backward(permuted, G, bwd, time_constant_grads=True),
                                           backend, dtype, label=f"{label}, backward {bwd})")
@@ -902,3 +919,45 @@ def test_entry_table_is_read_where_it_applies(host_kernels, monkeypatch, method,
     assert np.array_equal(out.counts, plain.counts) != applies
     monkeypatch.setattr(_lif, "ENTRY_TABLE", False)
     assert not _lif.entry_table_applies(method, 1, delays)
+
+
+
+def test_staged_scan_runs_where_the_queue_fits(host_kernels, monkeypatch):
+    """``STAGED_SCAN``: the scan on permutation queues launches the staged kernel with 12 bytes of shared memory per
+    shared-queue entry; where that exceeds the device's shared memory, or without permutation queues, the plain scan
+    runs. Bit-identity with the plain scan is checked by every ``check_case``."""
+    monkeypatch.setattr(_lif, "STAGED_SCAN", True)
+    rng = np.random.default_rng(13)
+    t = random_spikes(rng, 3, 10, 4, t_max=10.0)
+    W, D = rng.normal(0.5, 0.3, size=(10, 6)), rng.uniform(0.0, 2.0, size=(10, 6))
+    tc = np.full(6, 5.0), np.full(6, 2.5), np.ones(6)
+    launched = []
+
+    def launch(module, kernel, dtype, grid, block, args, shared_mem=0):
+        launched.append((kernel, shared_mem))
+        return host_kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+
+    L1 = int(np.isfinite(t).sum(axis=(1, 2)).max()) + 1
+    for permuted, max_shared, staged in ((True, None, True), (True, 12 * L1 - 1, False), (False, None, False)):
+        monkeypatch.setattr(_queue, "PERMUTATION", permuted)
+        if max_shared is not None:
+            monkeypatch.setattr(_queue, "_max_shared", lambda xp: max_shared)
+        launched.clear()
+        out = _lif.forward(np, launch, t, W, D, *tc, 8, "scan", 32, "newton")
+        forward = [k for k in launched if k[0].startswith("spikescan_lif_forward")]
+        assert forward == ([("spikescan_lif_forward_scan_staged", 12 * L1)] if staged
+                           else [("spikescan_lif_forward_scan", 0)]), (permuted, max_shared)
+        assert out.counts.sum() > 0
+        monkeypatch.undo()
+        monkeypatch.setattr(_lif, "STAGED_SCAN", True)
+    # The staged kernel reads the entry table even with ENTRY_TABLE off (its sources are staged from it).
+    assert not _lif.ENTRY_TABLE
+    recorded = {}
+
+    def record(module, kernel, dtype, grid, block, args, shared_mem=0):
+        recorded[kernel] = args
+        return host_kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+
+    _lif.forward(np, record, t, W, D, *tc, 8, "scan", 32, "newton")
+    args = recorded["spikescan_lif_forward_scan_staged"]
+    assert args[22] == 1 and args[20].dtype == np.int32 and args[21].shape == (6, 10, 2)  # entry_src, _wd, _table

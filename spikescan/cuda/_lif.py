@@ -115,6 +115,14 @@ REBASED = False
 # host emulation, tests/test_cuda.py). Costs 4 bytes per shared-queue entry and 16 per synapse for the forward's
 # duration. Off until a GPU run of benchmarks/gpu_perf.py times it (variant m3_entry_table).
 ENTRY_TABLE = False
+# The scan forward on permutation queues with each sample's shared queue (times and sources, 12 bytes per entry)
+# staged in shared memory by the block of STAGED_WARPS neurons of that sample (spikescan_lif_forward_scan_staged,
+# PERF.md section 6 road item 1): the entries' gathers through the permutations then read shared memory, not global
+# memory (where 32 lanes gather from up to 32 cache lines). Reads the entry table whatever ENTRY_TABLE says. Applies
+# where the queue fits the device's shared memory (L1 <= 19370 on an H100 / H200), otherwise the plain scan runs.
+# Same spikes bit for bit (host emulation). Off until a GPU run of benchmarks/gpu_perf.py times it (m3_staged).
+STAGED_SCAN = False
+STAGED_WARPS = 8
 SMALL_GRID_SMS = 132  # an H100 / H200; a smaller device only makes the rule choose small blocks less often
 SMALL_GRID_WAVES = 4
 _CHECKPOINT_BYTES = 1 << 29
@@ -205,9 +213,10 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     extra = {"backward checkpoints": n_ckpt * 32 * batch * n_out} if with_checkpoints else None
     _memory.check_forward(batch, n_in, max_in, n_out, n_entries, max_spikes, delays is not None, method, chunk_size,
                           input_times.dtype.itemsize, xp, extra=extra, permutation=permutation)
+    staged = staged_scan_applies(xp, method, bool(permutation), n_entries + 1)
     W, D, qt, qi, qe, tm, ts, th, threshold_is_scalar, kept, src = device_inputs(
         xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshold, threshold_is_scalar, n_entries,
-        permutation, entry_table=bool(ENTRY_TABLE))
+        permutation, entry_table=bool(ENTRY_TABLE) or staged)
     permuted = qt if isinstance(qt, _queue.PermutedQueues) else None
     queue_args = _queue_args(xp, qt, qi, qe)
     qe = queue_args[2]
@@ -223,7 +232,8 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     n = batch * n_out
     rebased = (method == "sequential" and REBASED and not FORWARD_CHECKPOINTS and batch * n_out > 0
                and rebased_applies(D, tm, ts))
-    table = entry_table_applies(method, n_queues, permuted is not None) and not rebased
+    staged = staged and permuted is not None and L1 == n_entries + 1
+    table = (entry_table_applies(method, n_queues, permuted is not None) or staged) and not rebased
     common = queue_args + [np.int64(n_in), W, tm, ts, th, np.int32(SOLVER_CODES[solver]), np.int32(bool(QUIET_GAP)),
                            np.int64(batch), np.int64(n_out), np.int64(n_queues), np.int64(L1), np.int64(max_in),
                            np.int64(max_spikes), limit] + entry_table_args(xp, src, W, D, table)
@@ -245,6 +255,12 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         block = block_size(n)
         launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, block), block,
                common + outputs + ckpt_args)
+    elif staged:
+        width = np.int32(min(int(chunk_size), WARP))
+        per_sample = -(-n_out // STAGED_WARPS)
+        launch("lif_forward", "spikescan_lif_forward_scan_staged", dtype, batch * per_sample, STAGED_WARPS * WARP,
+               common + [width, np.int32(bool(WARP_SOLVE)), np.int64(per_sample)] + outputs + ckpt_args,
+               shared_mem=staged_bytes(L1))
     elif method == "scan":
         width = np.int32(min(int(chunk_size), WARP))
         block = block_size(n * WARP)
@@ -285,6 +301,19 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         input_shape=tuple(input_times.shape), input_dtype=dtype, weights_dtype=weights.dtype,
         delays_dtype=None if delays is None else delays.dtype, solver=solver, checkpoints=checkpoints)
     return LIFResult(times=out_times, counts=counts, residuals=res)
+
+
+def staged_bytes(L1):
+    """Dynamic shared memory of the staged scan forward: a sample's shared queue, float64 times and int32 sources."""
+    return 12 * int(L1)
+
+
+def staged_scan_applies(xp, method, permuted, L1):
+    """Whether the scan forward runs staged (``STAGED_SCAN``): the scan on permutation queues whose shared queue
+    (``L1`` entries) fits a block's shared memory (the device's opt-in maximum, or the emulator's)."""
+    if not (STAGED_SCAN and method == "scan" and permuted):
+        return False
+    return staged_bytes(L1) <= _queue._max_shared(xp)
 
 
 def entry_table_applies(method, n_queues, permuted):

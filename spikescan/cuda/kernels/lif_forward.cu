@@ -42,6 +42,10 @@
 // RunawayFiringError.
 #include "neurons/lif.cuh"
 
+#ifndef SPIKESCAN_DYNAMIC_SHARED
+#define SPIKESCAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Launch bounds of the fused sequential kernel (the default at large batch): 256-thread blocks
 // (spikescan/cuda/_lif.py THREADS_PER_BLOCK, which must not exceed it; tested) and at least 3 resident blocks per
 // SM, which caps ptxas at 80 registers per thread (65536 / 768 = 85, rounded down to the 8-register allocation
@@ -321,21 +325,17 @@ __global__ void spikescan_lif_forward_step(
 // records it, the state resets to (0, b(s) I) at the spike, k += f, and the next round resumes from the spike, so
 // the rest of that gap is tested again.  Rounds continue until the +inf sentinel gap is consumed: no input is ever
 // dropped.  Work per round: one decay + gap test per lane and 5 x 5 shuffles; a spike costs one extra round.
+// The scan forward of one neuron (warp): the body of spikescan_lif_forward_scan and
+// spikescan_lif_forward_scan_staged, given its queue q (entry `end` the +inf sentinel), its time constants and
+// threshold, and the base of its spike records.
 template <typename T, class Neuron>
-__global__ void spikescan_lif_forward_scan(
-    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
-    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
-    double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
-    long long n_ckpt) {
-    const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
-    const int lane = threadIdx.x & 31;
-    if (tid >= batch * n_out) return;  // uniform across the warp
-    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
-        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
-                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
-    const double threshold = threshold_arr[i];  // per neuron
-
+__device__ __forceinline__ void spikescan_scan_neuron(
+    const spikescan_queue_t& q, long long tid, int lane, long long end, double tau_mem, double tau_syn,
+    double threshold, long long rec_base, const double* __restrict__ weights, long long n_out, int solver,
+    int quiet_exit, int width, int warp_solve, long long max_spikes, long long max_total_spikes,
+    long long ckpt_columns, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
     // Queue positions as int: a row holds fewer than 2^31 entries (queue_index is int32 and the launcher checks
     // n_in * max_in < 2^31), and `lane <= last - k` keeps k + lane from overflowing.
     const int last = (int)end;
@@ -382,7 +382,7 @@ __global__ void spikescan_lif_forward_scan(
             const int first = (fire_mask == 0u) ? 32 : __ffs((int)fire_mask) - 1;
             const bool committed = active && ((fire_mask == 0u) ? (e < last) : (lane <= first));
             if (committed) {
-                spikescan_store_checkpoint(checkpoints, n_ckpt, batch * n_out, tid, (long long)e + count, count,
+                spikescan_store_checkpoint(checkpoints, n_ckpt, ckpt_columns, tid, (long long)e + count, count,
                                            V_start, I_start, t_prev);
             }
         }
@@ -433,4 +433,66 @@ __global__ void spikescan_lif_forward_scan(
         t0 = t_spike;
     }
     if (lane == 0) counts[tid] = count;
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_forward_scan(
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
+    long long n_ckpt) {
+    const long long tid = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;  // warp = neuron
+    const int lane = threadIdx.x & 31;
+    if (tid >= batch * n_out) return;  // uniform across the warp
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
+                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
+    const double threshold = threshold_arr[i];  // per neuron
+
+    spikescan_scan_neuron<T, Neuron>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights, n_out, solver,
+                                     quiet_exit, width, warp_solve, max_spikes, max_total_spikes, batch * n_out,
+                                     spike_times, spike_event, out_times, counts, stuck_times, stuck_current,
+                                     checkpoints, n_ckpt);
+}
+
+// The scan forward with the sample's shared queue staged in shared memory (spikescan/cuda/_lif.py STAGED_SCAN;
+// PERF.md section 6, road item 1): permutation queues with the entry table only (permuted != 0, entry_table != 0).
+// Each block holds the warps (neurons) i = (blockIdx.x mod blocks_per_sample) * warps + warp of one sample
+// b = blockIdx.x / blocks_per_sample; its threads first copy the sample's shared queue, times and sources (L1 doubles,
+// then L1 ints: 12 * L1 bytes of dynamic shared memory), and the neurons' gathers of the entries their permutations
+// name then read shared memory instead of global memory. The delays and weights still come from the neurons' rows
+// of pairs in global memory. The same doubles as spikescan_lif_forward_scan: the same spikes bit for bit.
+template <typename T, class Neuron>
+__global__ void spikescan_lif_forward_scan_staged(
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, long long blocks_per_sample,
+    double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
+    long long* __restrict__ counts, double* __restrict__ stuck_times, double* __restrict__ stuck_current,
+    double* __restrict__ checkpoints, long long n_ckpt) {
+    SPIKESCAN_DYNAMIC_SHARED(double, spikescan_forward_shared);
+    double* staged_times = spikescan_forward_shared;
+    int* staged_src = reinterpret_cast<int*>(staged_times + L1);
+    const long long sample = blockIdx.x / blocks_per_sample;
+    const long long neuron = (blockIdx.x - sample * blocks_per_sample) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    for (long long k = threadIdx.x; k < L1; k += blockDim.x) {
+        staged_times[k] = queue_times[sample * L1 + k];
+        staged_src[k] = entry_src[sample * L1 + k];
+    }
+    __syncthreads();
+    if (neuron >= n_out) return;  // uniform across the warp
+    const long long tid = sample * n_out + neuron;
+    const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
+        tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
+    spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in,
+                                                      queue_times, entry_src, entry_wd, entry_table);
+    q.t = staged_times;  // the source table's rows are addressed from t: (t - t_base) + p = p
+    q.t_base = staged_times;
+    q.src = staged_src;
+    const double threshold = threshold_arr[i];  // per neuron
+
+    spikescan_scan_neuron<T, Neuron>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights, n_out, solver,
+                                     quiet_exit, width, warp_solve, max_spikes, max_total_spikes, batch * n_out,
+                                     spike_times, spike_event, out_times, counts, stuck_times, stuck_current,
+                                     checkpoints, n_ckpt);
 }
