@@ -176,14 +176,15 @@ def assert_staged_scan_changes_nothing(backend, out, t, W, D, **kw):
     """The scan forward on permutation queues with ``STAGED_SCAN`` (each sample's shared queue in shared memory)
     gives ``out``'s outputs bit for bit; so does the other ``STAGED_WARPS`` of 1 and 8 (blocks of one neuron, and
     blocks that a sample's last neurons do not fill)."""
-    saved = _lif.STAGED_SCAN, _lif.STAGED_WARPS
+    saved = _lif.STAGED_SCAN, _lif.STAGED_WARPS, _lif.SCAN_PREFETCH
     try:
-        for warps in (8, 1):
-            _lif.STAGED_SCAN, _lif.STAGED_WARPS = True, warps
+        for warps, prefetch in ((8, True), (1, False)):
+            _lif.STAGED_SCAN, _lif.STAGED_WARPS, _lif.SCAN_PREFETCH = True, warps, prefetch
             other = backend.lif(t, W, D, **kw)
-            assert_identical_spikes(out, other, backend, f"(STAGED_SCAN, {warps} warps per block)")
+            assert_identical_spikes(out, other, backend,
+                                    f"(STAGED_SCAN, {warps} warps per block, SCAN_PREFETCH {prefetch})")
     finally:
-        _lif.STAGED_SCAN, _lif.STAGED_WARPS = saved
+        _lif.STAGED_SCAN, _lif.STAGED_WARPS, _lif.SCAN_PREFETCH = saved
 
 
 @contextlib.contextmanager
@@ -199,10 +200,18 @@ def warp_solve(enabled):
 
 def assert_warp_solve_changes_nothing(backend, out, t, W, D, **kw):
     """The scan forward with the other ``WARP_SOLVE`` setting than ``out``'s: the same Newton iterates with the probes
-    spread over three lanes, so every output is bit-identical (and the other solvers take the same path)."""
+    spread over three lanes, so every output is bit-identical (and the other solvers take the same path). Also with
+    the other ``SCAN_PREFETCH`` setting: the next chunk's entries loaded a round early are the same values."""
     with warp_solve(not _lif.WARP_SOLVE):
         other = backend.lif(t, W, D, **kw)
     assert_identical_spikes(out, other, backend, "(other WARP_SOLVE)")
+    saved = _lif.SCAN_PREFETCH
+    _lif.SCAN_PREFETCH = not saved
+    try:
+        other = backend.lif(t, W, D, **kw)
+    finally:
+        _lif.SCAN_PREFETCH = saved
+    assert_identical_spikes(out, other, backend, "(other SCAN_PREFETCH)")
 
 
 def check_case(backend, t, W, D=None, methods=("sequential", "scan"), chunk_sizes=(32,), dtype="float64",
@@ -961,3 +970,29 @@ def test_staged_scan_runs_where_the_queue_fits(host_kernels, monkeypatch):
     _lif.forward(np, record, t, W, D, *tc, 8, "scan", 32, "newton")
     args = recorded["spikescan_lif_forward_scan_staged"]
     assert args[22] == 1 and args[20].dtype == np.int32 and args[21].shape == (6, 10, 2)  # entry_src, _wd, _table
+
+
+def test_scan_prefetch_is_its_own_kernel(host_kernels, monkeypatch):
+    """``SCAN_PREFETCH`` runs ``spikescan_lif_forward_scan_prefetch`` (a separate instantiation, so that the plain
+    scan kernel's code and registers stay as they were) and gives the plain scan's spikes bit for bit; the staged
+    kernel takes it as an argument."""
+    monkeypatch.setattr(_queue, "PERMUTATION", True)
+    rng = np.random.default_rng(21)
+    # ~200 entries per queue and weak weights: long quiet stretches, whose rounds take the prefetched chunk.
+    t = random_spikes(rng, 2, 50, 4, t_max=40.0)
+    W, D = rng.normal(0.12, 0.1, size=(50, 4)), rng.uniform(0.0, 2.0, size=(50, 4))
+    tc = np.full(4, 5.0), np.full(4, 2.5), np.ones(4)
+    plain = _lif.forward(np, host_kernels.launch, t, W, D, *tc, 8, "scan", 32, "newton")
+    assert 0 < plain.counts.sum() < int(plain.residuals.queue_end.sum()) // 32
+    launched = []
+
+    def launch(module, kernel, dtype, grid, block, args, shared_mem=0):
+        launched.append(kernel)
+        return host_kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+
+    monkeypatch.setattr(_lif, "SCAN_PREFETCH", True)
+    out = _lif.forward(np, launch, t, W, D, *tc, 8, "scan", 32, "newton")
+    assert [k for k in launched if k.startswith("spikescan_lif_forward")] == ["spikescan_lif_forward_scan_prefetch"]
+    for name in ("times", "counts"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(plain, name))
+    np.testing.assert_array_equal(out.residuals.spike_event, plain.residuals.spike_event)

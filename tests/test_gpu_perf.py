@@ -110,7 +110,8 @@ def test_dry_run_timings_memory_and_work(report):
         assert set(net["variants"]) == set(gpu_perf.VARIANTS)
         for name, row in net["variants"].items():
             assert row["status"] == "ok", (role, name, row.get("reason"))
-            assert row["wall_s"] > 0 and row["forward_s"] > 0 and row["backward_s"] > 0 and row["plain_wall_s"] > 0
+            assert row["wall_s"] > 0 and row["forward_s"] > 0 and row["backward_s"] > 0
+            assert (row["plain_wall_s"] > 0) if role != "large" else ("plain_wall_s" not in row)
             assert row["queue_build_s"] > 0 and row["kernels"]
             assert all(k["launches"] > 0 for k in row["kernels"].values())
             if "agrees_with" in row:

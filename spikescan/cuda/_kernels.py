@@ -24,7 +24,8 @@ DTYPES = {"float32": "float", "float64": "double"}
 # module (file stem) -> kernel template names; each is instantiated for every entry of DTYPES.
 MODULES = {
     "lif_forward": ("spikescan_lif_forward_sequential", "spikescan_lif_forward_step", "spikescan_lif_forward_scan",
-                    "spikescan_lif_forward_rebased", "spikescan_lif_forward_scan_staged"),
+                    "spikescan_lif_forward_rebased", "spikescan_lif_forward_scan_staged",
+                    "spikescan_lif_forward_scan_prefetch"),
     "lif_backward": ("spikescan_lif_backward", "spikescan_lif_backward_scan"),
     "lif_backward_closed": ("spikescan_lif_backward_closed", "spikescan_lif_backward_closed_tau",
                             "spikescan_lif_backward_closed_rebased", "spikescan_lif_backward_closed_tau_rebased",

@@ -123,6 +123,13 @@ ENTRY_TABLE = False
 # Same spikes bit for bit (host emulation). Off until a GPU run of benchmarks/gpu_perf.py times it (m3_staged).
 STAGED_SCAN = False
 STAGED_WARPS = 8
+# The scan forwards' software prefetch: each round also loads the entries of the chunk after it (which the next round
+# starts at when this one commits all its entries), so that their gathers' latency overlaps the round's arithmetic
+# instead of opening the next round; after a spike the next round loads its own. Aimed at small batches, where too
+# few warps are resident to hide a round's chain of dependent loads (permutation, then arrival time and source, then
+# weight and delay). The same values: spikes bit-identical (host emulation). Off until a GPU run of
+# benchmarks/gpu_perf.py times it (m3_prefetch).
+SCAN_PREFETCH = False
 SMALL_GRID_SMS = 132  # an H100 / H200; a smaller device only makes the rule choose small blocks less often
 SMALL_GRID_WAVES = 4
 _CHECKPOINT_BYTES = 1 << 29
@@ -259,12 +266,14 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
         width = np.int32(min(int(chunk_size), WARP))
         per_sample = -(-n_out // STAGED_WARPS)
         launch("lif_forward", "spikescan_lif_forward_scan_staged", dtype, batch * per_sample, STAGED_WARPS * WARP,
-               common + [width, np.int32(bool(WARP_SOLVE)), np.int64(per_sample)] + outputs + ckpt_args,
+               common + [width, np.int32(bool(WARP_SOLVE)), np.int32(bool(SCAN_PREFETCH)), np.int64(per_sample)]
+               + outputs + ckpt_args,
                shared_mem=staged_bytes(L1))
     elif method == "scan":
         width = np.int32(min(int(chunk_size), WARP))
         block = block_size(n * WARP)
-        launch("lif_forward", "spikescan_lif_forward_scan", dtype, _blocks(n * WARP, block), block,
+        kernel = "spikescan_lif_forward_scan_prefetch" if SCAN_PREFETCH else "spikescan_lif_forward_scan"
+        launch("lif_forward", kernel, dtype, _blocks(n * WARP, block), block,
                common + [width, np.int32(bool(WARP_SOLVE))] + outputs + ckpt_args)
     elif method == "step":
         state = [xp.zeros(n, dtype=xp.float64) for _ in range(3)] + [xp.full(n, -np.inf, dtype=xp.float64)]

@@ -328,7 +328,7 @@ __global__ void spikescan_lif_forward_step(
 // The scan forward of one neuron (warp): the body of spikescan_lif_forward_scan and
 // spikescan_lif_forward_scan_staged, given its queue q (entry `end` the +inf sentinel), its time constants and
 // threshold, and the base of its spike records.
-template <typename T, class Neuron>
+template <typename T, class Neuron, bool Prefetch>
 __device__ __forceinline__ void spikescan_scan_neuron(
     const spikescan_queue_t& q, long long tid, int lane, long long end, double tau_mem, double tau_syn,
     double threshold, long long rec_base, const double* __restrict__ weights, long long n_out, int solver,
@@ -342,11 +342,30 @@ __device__ __forceinline__ void spikescan_scan_neuron(
     double V = 0.0, I = 0.0, t0 = 0.0, t_last = -spikescan_inf();
     int k = 0;
     long long count = 0;
+    // Prefetch (spikescan/cuda/_lif.py SCAN_PREFETCH; a template parameter, so that the plain kernel's code and
+    // registers are untouched): each round also loads the entries of the chunk that follows
+    // it if it commits all `width` of its own (k + width), so that their loads overlap the round's arithmetic; the
+    // next round uses them when it starts there (a quiet round) and loads its own after a spike. The same values.
+    int next_k = -1;
+    double t_next = 0.0, w_next = 0.0;
     while (k <= last) {
         const bool active = (lane < width) && (lane <= last - k);
         const int e = active ? k + lane : 0;
         double t_e = 0.0, w_e = 0.0;
-        if (active) q.entry(e, weights, n_out, t_e, w_e);
+        if (Prefetch && next_k == k) {  // warp-uniform
+            t_e = t_next;
+            w_e = w_next;
+        } else if (active) {
+            q.entry(e, weights, n_out, t_e, w_e);
+        }
+        if (Prefetch) {
+            next_k = k + width;
+            t_next = 0.0;
+            w_next = 0.0;
+            if (lane < width && next_k <= last && lane <= last - next_k) {
+                q.entry(next_k + lane, weights, n_out, t_next, w_next);
+            }
+        }
         const double t_before = __shfl_up_sync(SPIKESCAN_FULL_MASK, t_e, 1);
         const double t_prev = (lane == 0) ? t0 : t_before;
         const double gap = active ? t_e - t_prev : 0.0;
@@ -435,8 +454,8 @@ __device__ __forceinline__ void spikescan_scan_neuron(
     if (lane == 0) counts[tid] = count;
 }
 
-template <typename T, class Neuron>
-__global__ void spikescan_lif_forward_scan(
+template <typename T, class Neuron, bool Prefetch>
+__device__ __forceinline__ void spikescan_scan_kernel_body(
     SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
     long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
     double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
@@ -450,10 +469,36 @@ __global__ void spikescan_lif_forward_scan(
                                                              max_in, queue_times, entry_src, entry_wd, entry_table);
     const double threshold = threshold_arr[i];  // per neuron
 
-    spikescan_scan_neuron<T, Neuron>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights, n_out, solver,
-                                     quiet_exit, width, warp_solve, max_spikes, max_total_spikes, batch * n_out,
+    spikescan_scan_neuron<T, Neuron, Prefetch>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights,
+                                               n_out, solver, quiet_exit, width, warp_solve, max_spikes,
+                                               max_total_spikes, batch * n_out,
                                      spike_times, spike_event, out_times, counts, stuck_times, stuck_current,
                                      checkpoints, n_ckpt);
+}
+
+#define SPIKESCAN_SCAN_KERNEL_ARGS \
+    queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, n_in, weights, tau_mem_arr, tau_syn_arr, \
+    threshold_arr, solver, quiet_exit, batch, n_out, n_queues, L1, max_in, max_spikes, max_total_spikes, entry_src, \
+    entry_wd, entry_table, width, warp_solve, spike_times, spike_event, out_times, counts, stuck_times, \
+    stuck_current, checkpoints, n_ckpt
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_forward_scan(
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
+    long long n_ckpt) {
+    spikescan_scan_kernel_body<T, Neuron, false>(SPIKESCAN_SCAN_KERNEL_ARGS);
+}
+
+// spikescan_lif_forward_scan with the next chunk's entries prefetched (spikescan/cuda/_lif.py SCAN_PREFETCH).
+template <typename T, class Neuron>
+__global__ void spikescan_lif_forward_scan_prefetch(
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
+    long long n_ckpt) {
+    spikescan_scan_kernel_body<T, Neuron, true>(SPIKESCAN_SCAN_KERNEL_ARGS);
 }
 
 // The scan forward with the sample's shared queue staged in shared memory (spikescan/cuda/_lif.py STAGED_SCAN;
@@ -465,7 +510,7 @@ __global__ void spikescan_lif_forward_scan(
 // of pairs in global memory. The same doubles as spikescan_lif_forward_scan: the same spikes bit for bit.
 template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_scan_staged(
-    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, long long blocks_per_sample,
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, int prefetch, long long blocks_per_sample,
     double* __restrict__ spike_times, long long* __restrict__ spike_event, T* __restrict__ out_times,
     long long* __restrict__ counts, double* __restrict__ stuck_times, double* __restrict__ stuck_current,
     double* __restrict__ checkpoints, long long n_ckpt) {
@@ -491,8 +536,15 @@ __global__ void spikescan_lif_forward_scan_staged(
     q.src = staged_src;
     const double threshold = threshold_arr[i];  // per neuron
 
-    spikescan_scan_neuron<T, Neuron>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights, n_out, solver,
-                                     quiet_exit, width, warp_solve, max_spikes, max_total_spikes, batch * n_out,
-                                     spike_times, spike_event, out_times, counts, stuck_times, stuck_current,
-                                     checkpoints, n_ckpt);
+    if (prefetch) {
+        spikescan_scan_neuron<T, Neuron, true>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights,
+                                               n_out, solver, quiet_exit, width, warp_solve, max_spikes,
+                                               max_total_spikes, batch * n_out, spike_times, spike_event, out_times,
+                                               counts, stuck_times, stuck_current, checkpoints, n_ckpt);
+    } else {
+        spikescan_scan_neuron<T, Neuron, false>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights,
+                                                n_out, solver, quiet_exit, width, warp_solve, max_spikes,
+                                                max_total_spikes, batch * n_out, spike_times, spike_event, out_times,
+                                                counts, stuck_times, stuck_current, checkpoints, n_ckpt);
+    }
 }
