@@ -59,7 +59,8 @@ S8):
   (``STAGES``: at most 90 s, at least 20 s kept for it) comes out of the same 450 s; the earlier stages' are as
   before.
 - ``ncu`` (S7, ``--ncu``; skipped when ``ncu`` is missing): Nsight Compute (``--clock-control none``) on the default
-  variant's kernels at batch 32: launch statistics (registers, shared memory), occupancy, speed of light.
+  variant's kernels at batch 32 (or on each of ``--ncu-variants``, one ncu run each): launch statistics
+  (registers, shared memory), occupancy, speed of light and the memory workload (hit rates, sectors per request).
 
 The JSON: ``stamp`` (``_stamp.stamp()``: commit, dirty flag, machine, versions; ``device`` set to the GPU),
 ``settings``, ``stages`` (``{name: {status, protocol_step, elapsed_s, timeout_s, reason?, result}}``, ``status`` one
@@ -2073,8 +2074,15 @@ def _gpu_ceilings(copy_bytes, n_sm):
     return out
 
 
+NCU_SECTIONS = ("LaunchStats", "Occupancy", "SpeedOfLight", "MemoryWorkloadAnalysis")
+NCU_LAUNCHES = 12  # per variant: a forward + backward of the two layers launches about that many kernels
+
+
 def stage_ncu(ctx):
-    """S7: Nsight Compute on the default variant's kernels at the medium batch (``--clock-control none``)."""
+    """S7: Nsight Compute (``--clock-control none``) on the kernels of each of ``--ncu-variants`` (default: the
+    default variant) at the medium batch, one ncu process per variant with an equal share of the stage's time:
+    launch statistics, occupancy, speed of light and the memory workload (L1 / L2 hit rates and sectors per request:
+    whether the forward's gathers are what its time goes to)."""
     if ctx.dry_run:
         raise StageSkipped("dry run: Nsight Compute profiles GPU kernels only")
     if not ctx.args.ncu:
@@ -2082,40 +2090,55 @@ def stage_ncu(ctx):
     exe = shutil.which("ncu")
     if exe is None:
         raise StageSkipped("ncu not found on PATH")
-    timeout = max(5.0, ctx.time_left() - 5)
-    cmd = [exe, "--clock-control", "none", "--target-processes", "all", "--kernel-name", "regex:spikescan",
-           "--launch-count", "12", "--section", "LaunchStats", "--section", "Occupancy", "--section",
-           "SpeedOfLight", "--csv", "--page", "details", sys.executable, os.path.abspath(__file__), "--stage",
-           "ncu_target", "--workdir", ctx.workdir, "--deadline", str(time.time() + timeout)]
-    ctx.writer.result["command"] = " ".join(cmd)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        ctx.writer.result["stdout_tail"] = (exc.stdout or b"")[-2000:] if isinstance(exc.stdout, str) else None
-        raise
-    with open(os.path.join(ctx.workdir, "ncu.csv"), "w") as f:
-        f.write(proc.stdout)
     import csv
 
-    rows = [r for r in csv.reader(line for line in proc.stdout.splitlines() if line.startswith('"'))]
-    metrics = []
-    if rows:
-        header = rows[0]
-        col = {k: header.index(k) for k in ("ID", "Kernel Name", "Section Name", "Metric Name", "Metric Unit",
-                                             "Metric Value") if k in header}
-        for r in rows[1:]:
-            metrics.append({k.lower().replace(" ", "_"): r[i] for k, i in col.items() if i < len(r)})
-    ctx.writer.result.update(returncode=proc.returncode, metrics=metrics[:3000], metrics_total=len(metrics),
-                             stderr_tail=proc.stderr[-1500:])
-    if proc.returncode != 0 or not metrics:
-        raise RuntimeError(f"ncu exited {proc.returncode} with {len(metrics)} metric rows: {proc.stderr[-300:]}")
+    names = [v for v in (getattr(ctx.args, "ncu_variants", None) or ["default"]) if v in ctx.variants()]
+    if not names:
+        raise StageSkipped("none of --ncu-variants passed the gate")
+    ctx.writer.result["variants"] = {}
+    failed = []
+    for n, name in enumerate(names):
+        timeout = max(5.0, (ctx.time_left() - 5) / (len(names) - n))
+        sections = [arg for section in NCU_SECTIONS for arg in ("--section", section)]
+        cmd = [exe, "--clock-control", "none", "--target-processes", "all", "--kernel-name", "regex:spikescan",
+               "--launch-count", str(NCU_LAUNCHES), *sections, "--csv", "--page", "details", sys.executable,
+               os.path.abspath(__file__), "--stage", "ncu_target", "--ncu-variants", name, "--workdir",
+               ctx.workdir, "--deadline", str(time.time() + timeout)]
+        entry = ctx.writer.result["variants"][name] = dict(command=" ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            entry.update(status="timeout", timeout_s=timeout)
+            failed.append(name)
+            ctx.writer.flush()
+            continue
+        with open(os.path.join(ctx.workdir, f"ncu_{name}.csv"), "w") as f:
+            f.write(proc.stdout)
+        rows = [r for r in csv.reader(line for line in proc.stdout.splitlines() if line.startswith('"'))]
+        metrics = []
+        if rows:
+            header = rows[0]
+            col = {k: header.index(k) for k in ("ID", "Kernel Name", "Section Name", "Metric Name", "Metric Unit",
+                                                 "Metric Value") if k in header}
+            for r in rows[1:]:
+                metrics.append({k.lower().replace(" ", "_"): r[i] for k, i in col.items() if i < len(r)})
+        ok = proc.returncode == 0 and bool(metrics)
+        entry.update(status="ok" if ok else "failed", returncode=proc.returncode, metrics=metrics[:3000],
+                     metrics_total=len(metrics), stderr_tail=proc.stderr[-1500:])
+        if not ok:
+            failed.append(name)
+        ctx.writer.flush()
+    if failed:
+        raise RuntimeError(f"ncu gave no metrics for {', '.join(failed)}")
 
 
 def stage_ncu_target(ctx):
-    """What ncu profiles: one forward + backward of the default variant at the medium batch."""
+    """What ncu profiles: one forward + backward of a variant (``--ncu-variants``' first; default: the default
+    variant) at the medium batch."""
     device = Device(ctx.dry_run)
     t, params = network_inputs(ctx.config["network"], ctx.config["batches"]["medium"])
-    Network(device, t, params).run("default")
+    variant = (getattr(ctx.args, "ncu_variants", None) or ["default"])[0]
+    Network(device, t, params).run(variant)
     device.sync()
 
 
@@ -2425,7 +2448,8 @@ def orchestrate(args):
         return [sys.executable, os.path.abspath(__file__), "--stage", name, "--workdir", workdir,
                 "--deadline", repr(deadline)] + (["--dry-run"] if args.dry_run else []) + \
             (["--repeats", str(args.repeats)] if args.repeats else []) + (["--ncu"] if args.ncu else []) + \
-            (["--variants", *VARIANTS] if args.variants else [])
+            (["--variants", *VARIANTS] if args.variants else []) + \
+            (["--ncu-variants", *args.ncu_variants] if args.ncu_variants else [])
 
     # Dry run: the JAX stages need no device and compute their own reference, so they run beside the emulated
     # stages (JAX's compiles take most of a dry run's time on a CPU). On a GPU every stage runs alone.
@@ -2552,6 +2576,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=450.0, help="total seconds for every stage (default 450)")
     p.add_argument("--dry-run", action="store_true", help="every stage on the CPU (host emulation, tiny shapes)")
     p.add_argument("--ncu", action="store_true", help="also run Nsight Compute on the default variant (S7)")
+    p.add_argument("--ncu-variants", nargs="+", choices=list(VARIANTS),
+                   help="with --ncu: profile these variants' kernels instead, one ncu run each (e.g. default "
+                        "m3_table_scan m3_staged)")
     p.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (default 3; dry run 1)")
     p.add_argument("--dry-run-jax-all", action="store_true",
                    help="dry run: run every JAX stage (default: jax_medium only, float32 and float64)")

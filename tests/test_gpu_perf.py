@@ -434,3 +434,39 @@ def test_profile_packages_and_waits():
     assert gpu_perf.WAITS.search("<method 'synchronize' of 'cupy.cuda.stream.Stream' objects>")
     assert not gpu_perf.WAITS.search("<built-in method builtins.len>")
     assert not gpu_perf.WAITS.search("<method 'get' of 'dict' objects>")
+
+
+def test_ncu_stage_runs_one_profile_per_variant(tmp_path, monkeypatch):
+    """``--ncu --ncu-variants A B``: one ncu run per variant, each naming its variant to the profiled stage, with
+    the memory-workload section; its CSV rows parsed per variant, and a variant without metrics fails the stage by
+    name after the others are recorded. (A stand-in ``ncu`` on ``PATH`` prints what Nsight Compute's CSV looks
+    like.)"""
+    fake = tmp_path / "bin" / "ncu"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo \"$@\" >> " + str(tmp_path / "calls.txt") + "\n"
+        "case \"$*\" in *'--ncu-variants m2_closed '*) echo 'ncu: no kernels profiled' >&2; exit 1;; esac\n"
+        "echo '==PROF== Connected'\n"
+        "echo '\"ID\",\"Kernel Name\",\"Section Name\",\"Metric Name\",\"Metric Unit\",\"Metric Value\"'\n"
+        "echo '\"0\",\"spikescan_lif_forward_scan\",\"Memory Workload Analysis\",\"L1/TEX Hit Rate\",\"%\",\"41.5\"'\n"
+        "echo '\"1\",\"spikescan_lif_backward_closed\",\"Occupancy\",\"Achieved Occupancy\",\"%\",\"30.1\"'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    args = argparse.Namespace(dry_run=False, ncu=True, ncu_variants=["default", "m2_closed", "m3_staged"],
+                              deadline=time.time() + 60, workdir=str(tmp_path), repeats=0)
+    writer = gpu_perf.StageWriter(str(tmp_path / "ncu.json"))
+    ctx = gpu_perf.StageContext(args, writer)
+    with pytest.raises(RuntimeError, match="no metrics for m2_closed$"):
+        gpu_perf.stage_ncu(ctx)
+    result = writer.result["variants"]
+    assert list(result) == ["default", "m2_closed", "m3_staged"]
+    for name in ("default", "m3_staged"):
+        assert result[name]["status"] == "ok" and result[name]["metrics_total"] == 2
+        assert result[name]["metrics"][0] == dict(id="0", kernel_name="spikescan_lif_forward_scan",
+                                                  section_name="Memory Workload Analysis",
+                                                  metric_name="L1/TEX Hit Rate", metric_unit="%", metric_value="41.5")
+    assert result["m2_closed"]["status"] == "failed" and result["m2_closed"]["returncode"] == 1
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 3 and all("--section MemoryWorkloadAnalysis" in c for c in calls)
+    assert [c.split("--ncu-variants ")[1].split()[0] for c in calls] == ["default", "m2_closed", "m3_staged"]
