@@ -124,7 +124,8 @@ BASE_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": False, "spikescan.cuda._que
                  "spikescan.cuda._lif.BACKWARD_AUTO": "sequential", "spikescan.cuda._closed.AUTO": False,
                  "spikescan.cuda._closed.REBASED": False, "spikescan.cuda._closed.DETERMINISTIC": False,
                  "spikescan.cuda.SCAN_ON_PERMUTED": False, "spikescan.cuda._lif.ENTRY_TABLE": False,
-                 "spikescan.cuda._lif.STAGED_SCAN": False, "spikescan.cuda._lif.SCAN_PREFETCH": False}
+                 "spikescan.cuda._lif.STAGED_SCAN": False, "spikescan.cuda._lif.SCAN_PREFETCH": False,
+                 "spikescan.cuda._closed.SHARED_ACCUMULATORS": False}
 # The M2 forward and queue settings shared by the m2_* variants (FORWARD_CHECKPOINTS off: the closed-form backward
 # reads none).
 M2_SETTINGS = {"spikescan.cuda._queue.USE_KERNEL": True,
@@ -171,6 +172,11 @@ VARIANTS = {
                                settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True,
                                          "spikescan.cuda._lif.STAGED_SCAN": True,
                                          "spikescan.cuda._lif.SCAN_PREFETCH": True}),
+    # m3_table_scan with the closed-form backward's weight and delay gradients summed per neuron in shared memory
+    # (spikescan.cuda._closed.SHARED_ACCUMULATORS: n_in global atomics per neuron instead of one per entry).
+    "m3_shared_accum": dict(forward="scan", backward="closed",
+                            settings={**M2_SETTINGS, "spikescan.cuda._lif.ENTRY_TABLE": True,
+                                      "spikescan.cuda._closed.SHARED_ACCUMULATORS": True}),
     # m2_closed with deterministic reductions (P4): per-spike records, then source-major kernels without atomics.
     "m2_closed_det": dict(forward="auto", backward="closed",
                           settings={**M2_SETTINGS, "spikescan.cuda._closed.DETERMINISTIC": True}),

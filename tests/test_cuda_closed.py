@@ -94,6 +94,29 @@ def assert_entry_table_changes_nothing(backend, out, G, flag, g, label, time_con
             np.testing.assert_array_equal(b, a, err_msg=f"grad_{gname} {label} (other ENTRY_TABLE)")
 
 
+def assert_shared_accumulators_agree(backend, out, G, flag, g, label, time_constant_grads=False):
+    """``_closed.SHARED_ACCUMULATORS`` (with the entry table where it applies): the weight and delay gradients summed
+    per neuron in shared memory before one global add per source give ``g`` to rounding (the same terms in another
+    order), every other gradient bit for bit in the emulation."""
+    saved = _closed.SHARED_ACCUMULATORS, _lif.ENTRY_TABLE
+    _closed.SHARED_ACCUMULATORS, _lif.ENTRY_TABLE = True, True
+    try:
+        other, _ = closed(backend, out, G, flag, False, time_constant_grads)
+    finally:
+        _closed.SHARED_ACCUMULATORS, _lif.ENTRY_TABLE = saved
+    for gname in GRAD_NAMES + (("tau_mem", "tau_syn") if time_constant_grads else ()):
+        a, b = getattr(g, gname), getattr(other, gname)
+        if a is None:
+            assert b is None, gname
+            continue
+        a, b = backend.to_host(a), backend.to_host(b)
+        if gname in ("weights", "delays") or backend.name == "gpu":
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13,
+                                       err_msg=f"grad_{gname} {label} (SHARED_ACCUMULATORS)")
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=f"grad_{gname} {label} (SHARED_ACCUMULATORS)")
+
+
 def check(backend, kw, G=None, dtype="float64", label=""):
     """Both CUDA forwards of case ``kw``, then the closed-form kernel against the NumPy sequential backward (with and
     without input-time gradients); returns the NumPy forward."""
@@ -114,6 +137,7 @@ def check(backend, kw, G=None, dtype="float64", label=""):
             assert [str(w) for w in warned] == [str(w) for w in warned_ref]
             if not det:
                 assert_entry_table_changes_nothing(backend, out, G, flag, g, f"{label} forward={method}")
+                assert_shared_accumulators_agree(backend, out, G, flag, g, f"{label} forward={method}")
     return r
 
 
@@ -168,6 +192,7 @@ def test_closed_kernel_on_permutation_queues(backend, name, algorithm):
             assert [str(w) for w in warned] == [str(w) for w in warned_ref]
             if not det:
                 assert_entry_table_changes_nothing(backend, permuted, G, flag, g, label)
+                assert_shared_accumulators_agree(backend, permuted, G, flag, g, label)
             for gname in GRAD_NAMES:
                 a, b = getattr(g_mat, gname), getattr(g, gname)
                 if a is None:
@@ -383,6 +408,8 @@ def test_time_constant_gradients(backend, name):
         if not det:
             assert_entry_table_changes_nothing(backend, out, G, True, g, f"{name} forward={method}",
                                                time_constant_grads=True)
+            assert_shared_accumulators_agree(backend, out, G, True, g, f"{name} forward={method}",
+                                             time_constant_grads=True)
         assert np.abs(ref.tau_mem).max() > 0 and np.abs(ref.tau_syn).max() > 0
 
 
@@ -625,3 +652,38 @@ def test_closed_kernel_reads_the_entry_table(host_kernels, monkeypatch, delays):
             changed, _ = closed(backend, out, G)
         reads = permuted or not delays
         assert np.array_equal(changed.weights, plain.weights) != reads, (delays, permuted)
+
+
+def test_shared_accumulators_launch_and_block_sizes(host_kernels, monkeypatch):
+    """``SHARED_ACCUMULATORS`` launches the ``_x`` kernel with one warp's rows (8 bytes per source, twice with
+    delays) of shared memory per warp, halving the block until the rows fit; where one warp's rows do not fit it
+    runs the per-entry atomics; its sums reach the gradients (a kernel that dropped them would zero grad_weights)."""
+    assert _closed.accumulator_block(256, 11200, 232448) == 256  # the SHD network: 700 sources with delays
+    assert _closed.accumulator_block(256, 40000, 232448) == 128
+    assert _closed.accumulator_block(64, 11200, 232448) == 64
+    assert _closed.accumulator_block(256, 232448, 232448) == 32
+    assert _closed.accumulator_block(256, 232449, 232448) is None
+    monkeypatch.setattr(_closed, "SHARED_ACCUMULATORS", True)
+    kw = _case("delays")
+    out = _lif.forward(np, host_kernels.launch, kw["input_times"], kw["weights"], kw["delays"],
+                       np.full(kw["weights"].shape[1], float(kw["tau_mem"])),
+                       np.full(kw["weights"].shape[1], float(kw["tau_syn"])), kw["threshold"], kw["max_spikes"],
+                       "sequential", 32, "newton")
+    G = np.random.default_rng(4).normal(size=out.times.shape)
+    launched = []
+
+    def launch(module, kernel, dtype, grid, block, args, shared_mem=0):
+        launched.append((kernel, block, shared_mem))
+        return host_kernels.launch(module, kernel, dtype, grid, block, args, shared_mem)
+
+    backend = types.SimpleNamespace(xp=np, launch=launch, to_device=lambda x: x, to_host=lambda x: x)
+    g, _ = closed(backend, out, G)
+    n_in = kw["weights"].shape[0]
+    kernel, block, shared = launched[-1]
+    assert kernel == "spikescan_lif_backward_closed_x" and shared == block // 32 * 16 * n_in
+    assert np.abs(g.weights).max() > 0 and np.abs(g.delays).max() > 0
+    monkeypatch.setattr(_queue, "_max_shared", lambda xp: 16 * n_in - 1)  # one warp's rows do not fit
+    launched.clear()
+    plain, _ = closed(backend, out, G)
+    assert launched[-1][0] == "spikescan_lif_backward_closed" and launched[-1][2] == 0
+    np.testing.assert_allclose(plain.weights, g.weights, rtol=1e-12, atol=1e-13)

@@ -44,6 +44,7 @@ SYNAPSES_KERNEL = "spikescan_lif_backward_closed_synapses"
 TAU_SUFFIX = "_tau"
 # With REBASED's tables: the same kernels compiled with the rebased factors (after TAU_SUFFIX).
 REBASED_SUFFIX = "_rebased"
+EXTRAS_SUFFIX = "_x"  # the kernels with the opt-in paths compiled in (entry table, shared accumulators)
 INPUTS_KERNEL = "spikescan_lif_backward_closed_inputs"
 
 # spikescan.lif_backward(method="auto") of a feed-forward layer with CuPy inputs runs this kernel (False: the
@@ -64,6 +65,14 @@ DETERMINISTIC = False
 # it was no faster: 45 ms against 45 ms at batch 256, 9.6 against 7.4 ms at batch 32), so it stays off.
 REBASED = False
 REBASED_MAX_EXPONENT = 600.0
+# Per-warp accumulators in shared memory for the weight and delay gradients (the atomic kernels' step 3): each
+# neuron's warp sums its entries' terms per source in n_in doubles (two rows with delays) and adds each sum to the
+# global gradient once, n_in atomics per neuron instead of one per queue entry (the SHD network at batch 256: ~5700
+# entries per neuron against 700 sources). Blocks shrink (to one warp at the least) until their rows fit the
+# device's shared memory; where one warp's rows do not fit, the per-entry atomics run. The same terms summed in
+# another order: gradients equal to rounding (checked in the host emulation). Off until a GPU run of
+# benchmarks/gpu_perf.py times it (variant m3_shared_accum).
+SHARED_ACCUMULATORS = False
 # Fields of a recorded spike in the deterministic records (kernels/lif_backward_closed.cu SPIKESCAN_CLOSED_FIELDS).
 RECORD_FIELDS = 7
 
@@ -117,15 +126,23 @@ def backward_closed(xp, launch, result, grad_times, input_times_grad=True, deter
         work = (xp.full if xp.__name__ == "numpy" else _lif._empty)(group * max_spikes * 2, np.nan, dtype=xp.float64)
         rebased = rebased_tables(xp, res) if REBASED else None
         table = entry_table(xp, res, queue_args) if rebased is None else None
+        row_bytes = 8 * n_in * (2 if res.delays is not None else 1)  # a warp's shared accumulators
         for start in range(0, n, group):
             count = min(group, n - start)
+            block = _lif.block_size(count * _lif.WARP)
+            shared = 0
+            if SHARED_ACCUMULATORS and rebased is None:
+                block = accumulator_block(block, row_bytes, _queue._max_shared(xp))
+                shared = 0 if block is None else block // _lif.WARP * row_bytes
+                block = block or _lif.block_size(count * _lif.WARP)
             args = _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad,
                                 [grad_w, grad_in, grad_d, grad_th, grazing], 0, grad_th, grad_tm, grad_ts, rebased,
-                                table)
-            block = _lif.block_size(count * _lif.WARP)
+                                table, accum_shared=shared > 0)
             name = KERNEL + (TAU_SUFFIX if time_constant_grads else "")
             name += REBASED_SUFFIX if rebased is not None else ""
-            launch(MODULE, name, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args)
+            name += EXTRAS_SUFFIX if table is not None or shared > 0 else ""
+            launch(MODULE, name, grad_times.dtype, _lif._blocks(count * _lif.WARP, block), block, args,
+                   shared_mem=shared)
     tau = time_constant_grads
     # stacklevel 5: the caller of spikescan.lif_backward (through lif_backward_closed_cuda and this function).
     return _lif.finish_grads(xp, res, grazing if n > 0 else None, grad_w, grad_in if input_times_grad else None,
@@ -160,6 +177,14 @@ def rebased_tables(xp, res):
     return E, F
 
 
+def accumulator_block(block, row_bytes, max_shared):
+    """Threads per block for ``SHARED_ACCUMULATORS``: ``block`` halved (to one warp at the least) until its warps'
+    accumulator rows (``row_bytes`` each) fit ``max_shared`` bytes; ``None`` where one warp's do not fit."""
+    while block > _lif.WARP and block // _lif.WARP * row_bytes > max_shared:
+        block //= 2
+    return block if block // _lif.WARP * row_bytes <= max_shared and row_bytes > 0 else None
+
+
 def entry_table(xp, res, queue_args):
     """The kernel's entry-table arguments (``spikescan.cuda._lif.ENTRY_TABLE``, ``_lif.entry_table_args``) for a
     result whose queue is a sample's shared one (no delays, or permutation queues), else ``None``: the source table
@@ -172,11 +197,13 @@ def entry_table(xp, res, queue_args):
 
 
 def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_times_grad, grads, records,
-                 thr_part, grad_tm, grad_ts, rebased=None, table=None):
+                 thr_part, grad_tm, grad_ts, rebased=None, table=None, accum_shared=False):
     """The arguments of ``spikescan_lif_backward_closed[_tau]`` for neurons ``[start, start + count)``; ``grads``:
     ``[grad_w, grad_in, grad_d, grad_th, grazing]`` (``_lif.gradient_buffers``); ``records``: 0 (atomic sums) or 1
     (per-spike records in ``work``, the per-neuron terms in ``thr_part``); ``rebased``: ``rebased_tables``' tables
-    or ``None``; ``table``: ``entry_table``'s arguments or ``None`` (not with ``rebased``)."""
+    or ``None``; ``table``: ``entry_table``'s arguments or ``None`` (not with ``rebased``); ``accum_shared``: the
+    weight and delay gradients through per-warp shared-memory rows (``SHARED_ACCUMULATORS``; the launch then gives
+    each warp its rows of dynamic shared memory)."""
     if table is None:  # placeholders, unread
         table = [res.spike_event, grad_tm, np.int32(0)]
     batch, n_in, max_in = res.input_shape
@@ -188,7 +215,8 @@ def _neuron_args(res, queue_args, start, count, counts, grad_times, work, input_
         np.int64(res.spike_times.shape[2]), np.int64(start), np.int64(count), res.spike_times, res.spike_event, counts,
         grad_times, work, grad_w, np.int32(input_times_grad), grad_in, np.int32(res.delays is not None), grad_d,
         grad_th, grazing, np.int32(records), thr_part, grad_tm, grad_ts] + (
-        list(rebased) if rebased is not None else [grad_tm, grad_tm]) + table  # unread placeholders when not rebased
+        list(rebased) if rebased is not None else [grad_tm, grad_tm]) + table + [  # placeholders when not rebased
+        np.int32(bool(accum_shared))]
 
 
 def _backward_deterministic(xp, launch, result, grad_times, input_times_grad, time_constant_grads):

@@ -260,8 +260,8 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
                common + rebased_tables(xp, input_times, D, float(tm[0]), float(ts[0])) + outputs)
     elif method == "sequential":
         block = block_size(n)
-        launch("lif_forward", "spikescan_lif_forward_sequential", dtype, _blocks(n, block), block,
-               common + outputs + ckpt_args)
+        launch("lif_forward", "spikescan_lif_forward_sequential_x" if table else "spikescan_lif_forward_sequential",
+               dtype, _blocks(n, block), block, common + outputs + ckpt_args)
     elif staged:
         width = np.int32(min(int(chunk_size), WARP))
         per_sample = -(-n_out // STAGED_WARPS)
@@ -272,7 +272,9 @@ def forward(xp, launch, input_times, weights, delays, tau_mem, tau_syn, threshol
     elif method == "scan":
         width = np.int32(min(int(chunk_size), WARP))
         block = block_size(n * WARP)
-        kernel = "spikescan_lif_forward_scan_prefetch" if SCAN_PREFETCH else "spikescan_lif_forward_scan"
+        # The plain kernel has no entry table compiled in (its registers stay as measured): _x has it.
+        kernel = ("spikescan_lif_forward_scan_prefetch" if SCAN_PREFETCH
+                  else "spikescan_lif_forward_scan_x" if table else "spikescan_lif_forward_scan")
         launch("lif_forward", kernel, dtype, _blocks(n * WARP, block), block,
                common + [width, np.int32(bool(WARP_SOLVE))] + outputs + ckpt_args)
     elif method == "step":

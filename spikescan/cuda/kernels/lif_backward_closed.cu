@@ -58,6 +58,10 @@
 // go to thr_part's rows 1 and 2, the entries' to the synapse kernel's per-synapse sums.
 #include "neurons/lif.cuh"
 
+#ifndef SPIKESCAN_DYNAMIC_SHARED
+#define SPIKESCAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Step 1 of the rebased kernels: a spike's current within this relative distance of the threshold (of the sum of the
 // absolute terms; the factors' rounding is below 1e-13 of it) is recomputed with the exponentials. The twin of
 // spikescan/_lif_numba.py NEAR_GRAZING (a test checks that they are equal).
@@ -114,15 +118,17 @@ __device__ __forceinline__ spikescan_closed_entry_t spikescan_closed_entry(doubl
     double* __restrict__ grazing, int records, double* __restrict__ thr_part, \
     double* __restrict__ grad_tau_mem, double* __restrict__ grad_tau_syn, \
     const double* __restrict__ rebased_E, const double* __restrict__ rebased_F, \
-    const int* __restrict__ entry_src, const double* __restrict__ entry_wd, int entry_table
+    const int* __restrict__ entry_src, const double* __restrict__ entry_wd, int entry_table, int accum_shared
 #define SPIKESCAN_CLOSED_NEURON_ARGS \
     SPIKESCAN_LIF_BACKWARD_NEURON_ARGS, work, grad_weights, has_input_grad, grad_input_times, has_delays, grad_delays, \
     grad_threshold, grazing, records, thr_part, grad_tau_mem, grad_tau_syn, rebased_E, rebased_F, entry_src, \
-    entry_wd, entry_table
+    entry_wd, entry_table, accum_shared
 
 // The kernel body, compiled once without and once with the time-constant terms (separate kernels, so that the
 // common case keeps the smaller register allocation).
-template <typename T, class Neuron, bool Tau, bool Rebased>
+// Extras: the opt-in paths (spikescan/cuda/_lif.py ENTRY_TABLE, spikescan/cuda/_closed.py SHARED_ACCUMULATORS),
+// compiled only into the *_x kernels, so that the default kernels keep their code and registers.
+template <typename T, class Neuron, bool Tau, bool Rebased, bool Extras>
 __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_PARAMS) {
     // Warp = neuron [neuron_start, neuron_start + n_group) of the flattened batch * n_out; exits are warp-uniform.
     const long long local = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -134,7 +140,8 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
         threshold_arr, n_in, n_out, n_queues, L1, max_in, max_spikes, spike_times, spike_event, counts, grad_times);
     // The entry table (spikescan/cuda/_lif.py ENTRY_TABLE; the launcher passes it for a shared queue and not with
     // the rebased factors): steps 1 and 3 read their entries through q.real_entry.
-    const spikescan_queue_t q = spikescan_with_entry_table(q0, queue_times, entry_src, entry_wd, entry_table);
+    const spikescan_queue_t q =
+        Extras ? spikescan_with_entry_table(q0, queue_times, entry_src, entry_wd, entry_table) : q0;
     if (records && lane == 0) {
         for (int row = 0; row < 3; ++row) thr_part[row * n_group + local] = 0.0;
     }
@@ -174,9 +181,12 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
                     const double term = w * (SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn);
                     J += term;
                     J_abs += fabs(term);
-                } else {
+                } else if constexpr (Extras) {
                     const auto e = q.real_entry(k, weights, n_out);
                     J += e.w * Neuron::decay(Tm - e.t, tau_mem, tau_syn).b;
+                } else {
+                    const double w = spikescan_event_weight(weights, q.index(k), max_in, n_out, i);
+                    J += w * Neuron::decay(Tm - q.time(k), tau_mem, tau_syn).b;
                 }
             }
 #pragma unroll
@@ -283,6 +293,18 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
     spikescan_closed_warp_sync();
 
     // 3. Every entry before the last recorded spike, span by span.
+    // accum_shared (spikescan/cuda/_closed.py SHARED_ACCUMULATORS): the warp sums its neuron's weight (and delay)
+    // gradient per source in its own rows of dynamic shared memory (n_in doubles each, zeroed here), and adds each
+    // nonzero sum to grad_weights / grad_delays once at the end: n_in global atomics per neuron instead of one per
+    // entry. Same terms, summed in another order.
+    SPIKESCAN_DYNAMIC_SHARED(double, spikescan_closed_shared);
+    double* acc_w = spikescan_closed_shared + (threadIdx.x >> 5) * n_in * (has_delays ? 2 : 1);
+    double* acc_d = acc_w + n_in;
+    const bool accum = Extras && accum_shared;
+    if (accum) {
+        for (long long c = lane; c < n_in * (has_delays ? 2 : 1); c += 32) acc_w[c] = 0.0;
+        spikescan_closed_warp_sync();
+    }
     double e_tau_mem = 0.0, e_tau_syn = 0.0;  // this lane's entries' time-constant terms
     for (long long m = 0; m < n_rec; ++m) {  // warp-uniform
         const long long lo = (m > 0) ? se[m - 1] : 0;
@@ -294,22 +316,43 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
         const double G_mem = Rebased ? exp(-Tm / tau_mem) : 0.0;
         const double G_syn = Rebased ? exp(-Tm / tau_syn) : 0.0;
         for (long long k = lo + lane; k < hi; k += 32) {
-            const auto entry = q.real_entry(k, weights, n_out);
-            const long long j = entry.j;
-            const long long flat = (has_input_grad || Rebased) ? (long long)q.idx[entry.p] : 0;
-            const double w = entry.w;
-            const double s = Tm - entry.t;
+            long long j, flat;
+            double w, s;
+            if constexpr (Extras) {
+                const auto entry = q.real_entry(k, weights, n_out);
+                j = entry.j;
+                flat = (has_input_grad || Rebased) ? (long long)q.idx[entry.p] : 0;
+                w = entry.w;
+                s = Tm - entry.t;
+            } else {
+                flat = q.index(k);
+                j = flat / max_in;
+                w = weights[j * n_out + i];
+                s = Tm - q.time(k);
+            }
             const auto d = Rebased ? Neuron::decay_given(s, SPIKESCAN_CLOSED_FACTOR(flat, 0) * G_mem,
                                                          SPIKESCAN_CLOSED_FACTOR(flat, 1) * G_syn,
                                                          tau_mem, tau_syn)
                                    : Neuron::decay(s, tau_mem, tau_syn);
             const auto e = spikescan_closed_entry_d<Neuron>(s, d, lVm, lIm, w, tau_mem, tau_syn,
                                                             has_input_grad || has_delays, Tau);
-            atomicAdd(grad_weights + j * n_out + i, e.lI);
+            if (accum) {
+                atomicAdd(acc_w + j, e.lI);
+                if (has_delays) atomicAdd(acc_d + j, e.g_arrival);
+            } else {
+                atomicAdd(grad_weights + j * n_out + i, e.lI);
+                if (has_delays) atomicAdd(grad_delays + j * n_out + i, e.g_arrival);
+            }
             if (has_input_grad) atomicAdd(grad_input_times + in_base + flat, e.g_arrival);
-            if (has_delays) atomicAdd(grad_delays + j * n_out + i, e.g_arrival);
             e_tau_mem += e.g_tau_mem;
             e_tau_syn += e.g_tau_syn;
+        }
+    }
+    if (accum) {  // warp-uniform
+        spikescan_closed_warp_sync();
+        for (long long c = lane; c < n_in; c += 32) {
+            if (acc_w[c] != 0.0) atomicAdd(grad_weights + c * n_out + i, acc_w[c]);
+            if (has_delays && acc_d[c] != 0.0) atomicAdd(grad_delays + c * n_out + i, acc_d[c]);
         }
     }
     if (Tau) {  // warp-uniform
@@ -328,23 +371,35 @@ __device__ __forceinline__ void spikescan_closed_neuron(SPIKESCAN_CLOSED_NEURON_
 
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed(SPIKESCAN_CLOSED_NEURON_PARAMS) {
-    spikescan_closed_neuron<T, Neuron, false, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
+    spikescan_closed_neuron<T, Neuron, false, false, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed_tau(SPIKESCAN_CLOSED_NEURON_PARAMS) {
-    spikescan_closed_neuron<T, Neuron, true, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
+    spikescan_closed_neuron<T, Neuron, true, false, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 // The same with the rebased factors (separate kernels: the plain ones keep their register allocation).
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed_rebased(SPIKESCAN_CLOSED_NEURON_PARAMS) {
-    spikescan_closed_neuron<T, Neuron, false, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
+    spikescan_closed_neuron<T, Neuron, false, true, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 template <typename T, class Neuron>
 __global__ void spikescan_lif_backward_closed_tau_rebased(SPIKESCAN_CLOSED_NEURON_PARAMS) {
-    spikescan_closed_neuron<T, Neuron, true, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
+    spikescan_closed_neuron<T, Neuron, true, true, false>(SPIKESCAN_CLOSED_NEURON_ARGS);
+}
+
+// The same with the opt-in paths compiled in (the entry table, the shared accumulators; Extras), with and without
+// the time-constant terms (not with the rebased factors: the launcher does not combine them).
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_x(SPIKESCAN_CLOSED_NEURON_PARAMS) {
+    spikescan_closed_neuron<T, Neuron, false, false, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
+}
+
+template <typename T, class Neuron>
+__global__ void spikescan_lif_backward_closed_tau_x(SPIKESCAN_CLOSED_NEURON_PARAMS) {
+    spikescan_closed_neuron<T, Neuron, true, false, true>(SPIKESCAN_CLOSED_NEURON_ARGS);
 }
 
 

@@ -121,8 +121,10 @@ __device__ __forceinline__ bool spikescan_fire_in_gap(double& V, double& I, doub
     long long max_total_spikes, const int* __restrict__ entry_src, const double* __restrict__ entry_wd, \
     int entry_table
 
-template <typename T, class Neuron>
-__global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
+// The sequential kernel's body; Table: the entry table compiled in (spikescan_lif_forward_sequential_x only, so
+// that the plain kernel keeps its code under its launch bounds).
+template <typename T, class Neuron, bool Table>
+__device__ __forceinline__ void spikescan_sequential_body(
     SPIKESCAN_LIF_FORWARD_PARAMS, double* __restrict__ spike_times, long long* __restrict__ spike_event,
     T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
     double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
@@ -130,8 +132,10 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
     if (tid >= batch * n_out) return;
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
-                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
+    const spikescan_queue_t q =
+        Table ? spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in,
+                                            queue_times, entry_src, entry_wd, entry_table)
+              : spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
 
     double V = 0.0, I = 0.0, t_prev = 0.0, t_last = -spikescan_inf();
@@ -168,6 +172,29 @@ __global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
         t_prev = t_k;
     }
     counts[tid] = count;
+}
+
+#define SPIKESCAN_SEQUENTIAL_KERNEL_ARGS \
+    queue_times, queue_index, queue_end, queue_perm, delays_t, permuted, n_in, weights, tau_mem_arr, tau_syn_arr, \
+    threshold_arr, solver, quiet_exit, batch, n_out, n_queues, L1, max_in, max_spikes, max_total_spikes, entry_src, \
+    entry_wd, entry_table, spike_times, spike_event, out_times, counts, stuck_times, stuck_current, checkpoints, \
+    n_ckpt
+
+template <typename T, class Neuron>
+__global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential(
+    SPIKESCAN_LIF_FORWARD_PARAMS, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
+    spikescan_sequential_body<T, Neuron, false>(SPIKESCAN_SEQUENTIAL_KERNEL_ARGS);
+}
+
+// spikescan_lif_forward_sequential with the entry table compiled in (spikescan/cuda/_lif.py ENTRY_TABLE).
+template <typename T, class Neuron>
+__global__ void SPIKESCAN_FORWARD_BOUNDS spikescan_lif_forward_sequential_x(
+    SPIKESCAN_LIF_FORWARD_PARAMS, double* __restrict__ spike_times, long long* __restrict__ spike_event,
+    T* __restrict__ out_times, long long* __restrict__ counts, double* __restrict__ stuck_times,
+    double* __restrict__ stuck_current, double* __restrict__ checkpoints, long long n_ckpt) {
+    spikescan_sequential_body<T, Neuron, true>(SPIKESCAN_SEQUENTIAL_KERNEL_ARGS);
 }
 
 // The sequential kernel of a layer with delays and one pair of time constants, with rebased exponential sums
@@ -454,7 +481,9 @@ __device__ __forceinline__ void spikescan_scan_neuron(
     if (lane == 0) counts[tid] = count;
 }
 
-template <typename T, class Neuron, bool Prefetch>
+// Table: the entry table compiled in (its use still decided by entry_table), only in the opt-in kernels, so that
+// the plain scan kernel keeps its code and registers.
+template <typename T, class Neuron, bool Prefetch, bool Table>
 __device__ __forceinline__ void spikescan_scan_kernel_body(
     SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
     long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
@@ -465,15 +494,16 @@ __device__ __forceinline__ void spikescan_scan_kernel_body(
     if (tid >= batch * n_out) return;  // uniform across the warp
     const auto [b, i, qt, qi, end, tau_mem, tau_syn, rec_base] = spikescan_lif_neuron(
         tid, n_out, n_queues, L1, max_spikes, queue_times, queue_index, queue_end, tau_mem_arr, tau_syn_arr);
-    const spikescan_queue_t q = spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1,
-                                                             max_in, queue_times, entry_src, entry_wd, entry_table);
+    const spikescan_queue_t q =
+        Table ? spikescan_lif_forward_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in,
+                                            queue_times, entry_src, entry_wd, entry_table)
+              : spikescan_lif_queue(qt, qi, permuted, queue_perm, delays_t, tid, i, n_in, L1, max_in);
     const double threshold = threshold_arr[i];  // per neuron
 
     spikescan_scan_neuron<T, Neuron, Prefetch>(q, tid, lane, end, tau_mem, tau_syn, threshold, rec_base, weights,
                                                n_out, solver, quiet_exit, width, warp_solve, max_spikes,
-                                               max_total_spikes, batch * n_out,
-                                     spike_times, spike_event, out_times, counts, stuck_times, stuck_current,
-                                     checkpoints, n_ckpt);
+                                               max_total_spikes, batch * n_out, spike_times, spike_event, out_times,
+                                               counts, stuck_times, stuck_current, checkpoints, n_ckpt);
 }
 
 #define SPIKESCAN_SCAN_KERNEL_ARGS \
@@ -488,17 +518,27 @@ __global__ void spikescan_lif_forward_scan(
     long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
     double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
     long long n_ckpt) {
-    spikescan_scan_kernel_body<T, Neuron, false>(SPIKESCAN_SCAN_KERNEL_ARGS);
+    spikescan_scan_kernel_body<T, Neuron, false, false>(SPIKESCAN_SCAN_KERNEL_ARGS);
 }
 
-// spikescan_lif_forward_scan with the next chunk's entries prefetched (spikescan/cuda/_lif.py SCAN_PREFETCH).
+// spikescan_lif_forward_scan with the entry table compiled in (spikescan/cuda/_lif.py ENTRY_TABLE).
+template <typename T, class Neuron>
+__global__ void spikescan_lif_forward_scan_x(
+    SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
+    long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
+    double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
+    long long n_ckpt) {
+    spikescan_scan_kernel_body<T, Neuron, false, true>(SPIKESCAN_SCAN_KERNEL_ARGS);
+}
+
+// spikescan_lif_forward_scan_x with the next chunk's entries prefetched (spikescan/cuda/_lif.py SCAN_PREFETCH).
 template <typename T, class Neuron>
 __global__ void spikescan_lif_forward_scan_prefetch(
     SPIKESCAN_LIF_FORWARD_PARAMS, int width, int warp_solve, double* __restrict__ spike_times,
     long long* __restrict__ spike_event, T* __restrict__ out_times, long long* __restrict__ counts,
     double* __restrict__ stuck_times, double* __restrict__ stuck_current, double* __restrict__ checkpoints,
     long long n_ckpt) {
-    spikescan_scan_kernel_body<T, Neuron, true>(SPIKESCAN_SCAN_KERNEL_ARGS);
+    spikescan_scan_kernel_body<T, Neuron, true, true>(SPIKESCAN_SCAN_KERNEL_ARGS);
 }
 
 // The scan forward with the sample's shared queue staged in shared memory (spikescan/cuda/_lif.py STAGED_SCAN;
