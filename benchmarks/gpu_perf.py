@@ -48,8 +48,9 @@ S8):
   loop would take hours at 512 neurons): identical counts, spike events, log lengths and log neurons, times and
   log currents within ``TOL["float64"]``, every gradient (weights, threshold, recurrent weights and delays, input
   times) within the same table. The NumPy references (and Numba's compile of the recurrent engine) run from the
-  start of the protocol in a background process (``recurrent_reference``: CPU only, one thread, ``nice``), beside
-  the other stages; the stage waits for them. Then, for the layers that passed, cheapest row first: forward + backward
+  start of the protocol in a background process (``recurrent_reference``: CPU only, ``nice``; one single-threaded
+  worker process per layer, the largest first, as the host's cores allow), beside the other stages; the stage
+  waits for them. Then, for the layers that passed, cheapest row first: forward + backward
   at batch 32 and 256 with a CUDA event pair around the forward, the backward and every kernel launch (wall time
   beside them), the compiled CPU engine (``engine="numba"``, all cores, wall time of forward and of forward +
   backward) on the same inputs, checked against the CUDA layer on every sample (counts, times, gradients within the
@@ -1449,9 +1450,34 @@ def numba_warmup():
     return time.perf_counter() - start
 
 
+def reference_workers(n_cases, cpu_count=None):
+    """Processes for the recurrent references: one per case, leaving two cores to the GPU stages' host work (one
+    on a 2- or 3-core machine)."""
+    cpus = os.cpu_count() if cpu_count is None else cpu_count
+    return max(1, min(n_cases, (cpus or 1) - 2))
+
+
+def _reference_case_entry(cfg, key, hidden, rec_delays, path):
+    """One recurrent reference case in a worker process: its ``recurrent_reference_case`` record with ``status``
+    and ``seconds``."""
+    start = time.perf_counter()
+    try:
+        entry = dict(status="ok", **recurrent_reference_case(cfg, hidden, rec_delays, path))
+    except Exception as exc:
+        entry = dict(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
+    entry["seconds"] = time.perf_counter() - start
+    return key, entry
+
+
 def stage_recurrent_reference(ctx):
-    """Beside the other stages (CPU only, one thread, low priority; the orchestrator starts it first): Numba's cache
-    of the recurrent engine, then the NumPy references of the recurrent gate, one file per layer as it is done."""
+    """Beside the other stages (CPU only, one thread per process, low priority; the orchestrator starts it first):
+    Numba's cache of the recurrent engine, then the NumPy references of the recurrent gate, one file per layer as it
+    is done. The layers run in parallel processes (``reference_workers``), the longest first, so that on a GPU host's
+    cores the largest layer's reference (512 neurons with recurrent delays, the one a short budget missed when they
+    ran one after another) starts at once."""
+    import concurrent.futures
+    import multiprocessing
+
     with contextlib.suppress(OSError):
         os.nice(10)
     cfg = ctx.config["recurrent"]
@@ -1459,20 +1485,20 @@ def stage_recurrent_reference(ctx):
     started = time.perf_counter()
     result.update(cases={}, threads=dict((k, os.environ.get(k)) for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")))
     result["numba_warmup_s"] = numba_warmup()
+    layers = recurrent_layers(cfg)[::-1]  # the most expensive first
+    result["workers"] = workers = reference_workers(len(layers))
     ctx.writer.flush()
-    for key, hidden, rd in recurrent_layers(cfg):
-        start = time.perf_counter()
-        try:
-            entry = dict(status="ok", **recurrent_reference_case(cfg, hidden, rd,
-                                                                 recurrent_reference_path(ctx.workdir, key)))
-        except Exception as exc:
-            entry = dict(status="failed", reason=f"{type(exc).__name__}: {exc}",
-                         traceback=traceback.format_exc()[-2000:])
-        entry["seconds"] = time.perf_counter() - start
-        result["cases"][key] = entry
-        result["seconds"] = time.perf_counter() - started
-        ctx.writer.flush()
-        ctx.log(f"recurrent reference {key}: {entry['status']} in {entry['seconds']:.1f} s")
+    # Spawned workers (a fork would copy Numba's and JAX's thread state): each imports this file and loads the
+    # recurrent engine from the cache the warm-up filled.
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_reference_case_entry, cfg, key, hidden, rd,
+                               recurrent_reference_path(ctx.workdir, key)) for key, hidden, rd in layers]
+        for future in concurrent.futures.as_completed(futures):
+            key, entry = future.result()
+            result["cases"][key] = entry
+            result["seconds"] = time.perf_counter() - started
+            ctx.writer.flush()
+            ctx.log(f"recurrent reference {key}: {entry['status']} in {entry['seconds']:.1f} s")
 
 
 class RecurrentLayer:

@@ -470,3 +470,14 @@ def test_ncu_stage_runs_one_profile_per_variant(tmp_path, monkeypatch):
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == 3 and all("--section MemoryWorkloadAnalysis" in c for c in calls)
     assert [c.split("--ncu-variants ")[1].split()[0] for c in calls] == ["default", "m2_closed", "m3_staged"]
+
+
+def test_reference_workers_leave_cores_to_the_gpu_stages():
+    """One worker process per recurrent reference, as the cores allow after two for the GPU stages' host work; at
+    least one (a CI machine's 2 cores run them one after another, as before)."""
+    assert gpu_perf.reference_workers(4, cpu_count=16) == 4
+    assert gpu_perf.reference_workers(4, cpu_count=5) == 3
+    assert gpu_perf.reference_workers(4, cpu_count=2) == 1
+    assert gpu_perf.reference_workers(4, cpu_count=None) >= 1
+    layers = gpu_perf.recurrent_layers(gpu_perf.CONFIG[False]["recurrent"])
+    assert layers[-1][0] == "n512_delays"  # the stage submits the reversed list: the largest layer first
