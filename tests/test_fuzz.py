@@ -36,7 +36,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 import spikescan as ss
@@ -481,8 +481,20 @@ def test_scan_equals_sequential_many_layers_slow(case, grazing_case):
         check_compiled(grazing_case)
 
 
+# A case the property found (times 1.3e-12 relative apart, beyond the table's 1e-12), pinned so that the expected
+# failure does not depend on which examples a Hypothesis release draws: derandomized draws change between releases,
+# and those of 6.170 all passed, which made this strict xfail an XPASS.
+CLOSER_GRAZING_CASE = dict(
+    input_times=np.array([[[0.2809698039849946, 0.6965499069153097, 4.586374133985795, 10.828348684464723,
+                            13.825594066404632, 15.516844813721269]]]),
+    weights=np.array([[-2.0250307746388345, 0.8768370786310511]]),
+    delays=np.array([[2.1889663392898324, 0.526966861807677]]), tau_mem=10.0, tau_syn=5.0, threshold=1.0,
+    max_spikes=1, solver="newton", chunk_size=2, dtype="float64", seed=0)
+
+
 @pytest.mark.xfail(strict=True, reason="near-grazing conditioning of the spike times: see the docstring")
 @fast(300)
+@example(case=CLOSER_GRAZING_CASE)
 @given(case=layers(grazing=GRAZING_EPS_CLOSER))
 def test_closer_grazing_crossings(case):
     """Margins of ``1e-8`` of the threshold: slopes ``dV/dt ~ 1e-4`` at the crossing. The gradient tolerance now
