@@ -283,6 +283,9 @@ STAGES = {
     "recurrent": ("S8", 90, 20),
     "ncu": ("S7", 90, 20),
 }
+# A dry run's stages run every variant in the host emulation, on a CPU that CI shares with other tests: their
+# longest timeouts, which are sized for a GPU, are this many times longer there (the budget still bounds the total).
+DRY_RUN_TIMEOUT_SCALE = 3.0
 JAX_DTYPES = dict(large=("float32",), medium=("float32", "float64"), single=("float32",))
 DRY_RUN_JAX = ("medium",)  # the JAX stages a dry run runs (unless --dry-run-jax-all)
 
@@ -2537,7 +2540,8 @@ def orchestrate(args):
                           if s not in background and report["stages"][s]["status"] == "pending"
                           and (s != "ncu" or args.ncu)) + 5
             left = args.budget_s - (time.time() - t0)
-            timeout = min(longest * args.timeout_scale, left - reserve)
+            timeout = min(longest * args.timeout_scale * (DRY_RUN_TIMEOUT_SCALE if args.dry_run else 1.0),
+                          left - reserve)
             if timeout < least * min(1.0, args.timeout_scale):
                 report["stages"][name] = dict(status="skipped", protocol_step=step, result={},
                                               reason=f"budget: {left:.0f} s left, {reserve:.0f} s kept for later "

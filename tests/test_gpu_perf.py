@@ -71,6 +71,10 @@ def test_dry_run_stages(report):
     must_run = ["device", "gate", "network_large", "network_medium", "network_single", "baselines_single", "sweep",
                 "recurrent"]
     assert [s for s in must_run if report["stages"][s]["status"] != "ok"] == []
+    # The emulation gets DRY_RUN_TIMEOUT_SCALE times a GPU stage's longest timeout (as the budget allows).
+    timeout = report["stages"]["network_single"]["timeout_s"]
+    assert gpu_perf.STAGES["network_single"][1] < timeout <= \
+        gpu_perf.STAGES["network_single"][1] * gpu_perf.DRY_RUN_TIMEOUT_SCALE
     jax_status = report["stages"]["jax_medium"]["status"]
     assert jax_status == ("ok" if _jax_available() else "skipped"), report["stages"]["jax_medium"].get("reason")
     assert report["stages"]["ncu"]["status"] == "skipped"
